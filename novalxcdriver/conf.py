@@ -1,0 +1,63 @@
+"""Configuration options of the ``[lxc]`` group.
+
+Registered on import; ``list_opts`` feeds oslo-config-generator (entry point
+``novalxcdriver`` in setup.cfg, sample in etc/novalxcdriver.conf.sample).
+"""
+
+from oslo_config import cfg
+
+CONF = cfg.CONF
+
+lxc_group = cfg.OptGroup(
+    'lxc', title='LXC driver options',
+    help='Options of novalxcdriver, the Nova compute driver that runs each '
+         'instance as an unprivileged LXC system container.')
+
+lxc_opts = [
+    cfg.StrOpt('lxc_path', default='/var/lib/novalxc/containers',
+               help='LXC lxcpath holding one directory per container '
+                    '(config, console and LXC logs). Operators inspect '
+                    'containers with "lxc-ls -P <lxc_path>".'),
+    cfg.StrOpt('state_path', default='/var/lib/novalxc',
+               help='Directory for the driver\'s own state: container ID '
+                    'reservations (ids/), per-container root filesystems '
+                    '(rootfs/), the image cache (images/) and locks '
+                    '(locks/).'),
+    cfg.IntOpt('command_timeout', default=120, min=1,
+               help='Seconds any single lxc-* or mount command may run '
+                    'before it is killed and reported as failed.'),
+    cfg.IntOpt('soft_reboot_timeout', default=60, min=1,
+               help='Seconds a soft reboot may take before the driver falls '
+                    'back to a hard reboot (Nova REBOOT SOFT semantics).'),
+    cfg.IntOpt('shutdown_timeout', default=60, min=0,
+               help='Seconds a clean halt may take during destroy before the '
+                    'container is killed.'),
+    cfg.FloatOpt('state_poll_interval', default=2.0, min=0.0,
+                 help='Seconds between scans of container states that turn '
+                      'stops and starts from inside a container into Nova '
+                      'lifecycle events. 0 disables the scan.'),
+    cfg.IntOpt('console_log_size_kib', default=1024, min=64,
+               help='Size in KiB at which LXC rotates a container\'s '
+                    'console log (lxc.console.size).'),
+    cfg.IntOpt('image_max_unpacked_gib', default=32, min=1,
+               help='Largest total size, in GiB, of the files in one '
+                    'unpacked image; a larger archive (or a compression '
+                    'bomb) is refused.'),
+    cfg.IntOpt('id_range_size', default=65536, min=65536,
+               help='Number of uids and gids in each container\'s isolated '
+                    'range (the idmap). Container ID N owns the range '
+                    'starting at root\'s /etc/subuid start + N * size.'),
+]
+
+
+def register_opts(conf=CONF):
+    conf.register_group(lxc_group)
+    conf.register_opts(lxc_opts, group=lxc_group)
+
+
+def list_opts():
+    """Return the options for oslo-config-generator."""
+    return [(lxc_group, lxc_opts)]
+
+
+register_opts()
