@@ -1,0 +1,387 @@
+"""Container IDs and the uid/gid ranges (idmaps) they own.
+
+Every container runs in its own user namespace (user_namespaces(7)). Its
+uid 0 maps to a host uid that no other container uses, so that a process
+escaping one container owns nothing in another. The host ranges come from
+root's entries in /etc/subuid and /etc/subgid (subuid(5), subgid(5)), which
+are cut into slices of ``range_size`` ids (65536 by default, a full 16-bit
+uid space)::
+
+    container ID N  ->  host uids [subuid_start + N * size, + size)
+                        host gids [subgid_start + N * size, + size)
+
+so ``floor(min(subuid count, subgid count) / size)`` IDs exist, numbered
+from 0, and the ranges of two different IDs never overlap.
+
+An ID is handed out by creating ``<state_path>/ids/<N>/`` with
+``os.mkdir``, which fails when the directory already exists: the reservation
+*is* the directory, and ``owner.json`` inside it only records who made it.
+Allocation additionally runs under the external (file-based, and also
+in-process) oslo.concurrency lock ``novalxc-ids`` in
+``<state_path>/locks``. Both are needed:
+
+* the lock alone, as in the old OpenVZ driver, was an in-process lock
+  around an in-memory scan and gave one ID to two containers; it also
+  forgets everything when nova-compute dies;
+* the directory survives crashes and restarts, so an ID is never reused
+  while the instance (or its leftover rootfs and LXC config, reported by
+  ``artifact_ids``) still exists; and ``os.mkdir`` stays atomic even
+  against a process that does not take our lock;
+* the lock makes "is this instance already holding an ID? else take the
+  lowest free one" a single step, so two concurrent spawns of one instance
+  get one ID, and the lowest-free scan does not race.
+"""
+
+import dataclasses
+import errno
+import json
+import os
+import pwd
+import re
+import shutil
+import stat
+import tempfile
+import threading
+import time
+
+from oslo_concurrency import lockutils
+from oslo_log import log as logging
+
+from novalxcdriver import exception
+
+LOG = logging.getLogger(__name__)
+
+LOCK_NAME = 'novalxc-ids'
+OWNER_FILE = 'owner.json'
+DEFAULT_RANGE_SIZE = 65536
+
+# Only canonical decimal names are reservations; '007' would not block
+# os.mkdir('7'), so it must not be counted either.
+_CID_RE = re.compile(r'^(0|[1-9][0-9]*)$')
+
+
+@dataclasses.dataclass(frozen=True)
+class Idmap:
+    """Host-side ranges of one container.
+
+    Container uid/gid 0 maps to host ``uid_start``/``gid_start``; ``size``
+    consecutive ids are mapped in each direction.
+    """
+
+    uid_start: int
+    gid_start: int
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Reservation:
+    """Who holds container ID ``cid``.
+
+    ``instance_uuid``, ``instance_name`` and ``pid`` are None when the
+    reservation directory has no readable ``owner.json`` (a crash between
+    mkdir and rename, or a foreign entry); ``created_at`` (epoch seconds)
+    then falls back to the directory's mtime.
+    """
+
+    cid: int
+    instance_uuid: str | None
+    instance_name: str | None
+    pid: int | None
+    created_at: float
+
+
+def _user_names(user):
+    """Return the spellings of ``user`` a subuid line may use: name, uid."""
+    names = {str(user)}
+    try:
+        if str(user).isdigit():
+            names.add(pwd.getpwuid(int(user)).pw_name)
+        else:
+            names.add(str(pwd.getpwnam(user).pw_uid))
+    except KeyError:
+        # No passwd entry: only the spelling we were given can match.
+        pass
+    if str(user) == 'root':
+        names.add('0')
+    return names
+
+
+def _read_range(path, names):
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.readlines()
+    except OSError as e:
+        raise exception.IdmapUnavailable(
+            reason='cannot read %s: %s' % (path, e.strerror or e))
+    found = []
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith('#'):
+            continue
+        fields = line.split(':')
+        if len(fields) != 3 or fields[0] not in names:
+            continue
+        try:
+            start, count = int(fields[1]), int(fields[2])
+        except ValueError:
+            start = count = -1
+        if start < 0 or count <= 0:
+            LOG.warning('Ignoring malformed line %(n)d of %(path)s: %(l)r',
+                        {'n': lineno, 'path': path, 'l': line})
+            continue
+        found.append((start, count))
+    if not found:
+        raise exception.IdmapUnavailable(
+            reason='%s has no range for %s' % (
+                path, ' or '.join(sorted(names))))
+    if len(found) > 1:
+        LOG.info('%(path)s has %(n)d ranges for %(user)s; only the first, '
+                 '%(first)s, is used.',
+                 {'path': path, 'n': len(found),
+                  'user': '/'.join(sorted(names)), 'first': found[0]})
+    return found[0]
+
+
+def read_subordinate_ranges(subuid_path='/etc/subuid',
+                            subgid_path='/etc/subgid', user='root'):
+    """Return ``user``'s subordinate ranges from subuid(5)/subgid(5) files.
+
+    Lines are ``name_or_uid:start:count``; the user may be given by name or
+    by uid (``root`` or ``0``). Blank lines and ``#`` comments are skipped,
+    malformed lines are logged and skipped.
+
+    When the user has several lines, the first well-formed one is used.
+    Tools such as ``usermod --add-subuids`` append ranges, so the first
+    line stays put and existing containers keep their idmaps; picking e.g.
+    the largest range would silently remap every container when a bigger
+    range is appended.
+
+    :returns: ``((uid_start, uid_count), (gid_start, gid_count))``
+    :raises exception.IdmapUnavailable: a file is unreadable or has no
+        usable range for the user.
+    """
+    names = _user_names(user)
+    return (_read_range(subuid_path, names), _read_range(subgid_path, names))
+
+
+class IdAllocator:
+    """Hands out container IDs, persistently and race-free on one host.
+
+    :param state_path: the driver's state directory; reservations live in
+        ``state_path/ids/<N>/``, the external lock in ``state_path/locks``.
+    :param range_size: uids/gids per container (``[lxc] id_range_size``).
+    :param subuid_path: subuid(5) file holding root's range.
+    :param subgid_path: subgid(5) file holding root's range.
+    :param artifact_ids: optional callable returning an iterable of IDs
+        still used by leftover artifacts (rootfs dirs, container configs);
+        those IDs are never handed out. Called under the lock, once per
+        allocation; its exceptions propagate.
+
+    The subordinate ranges are read on first use (``count``, ``idmap``,
+    ``allocate``) and then cached: changing them under running containers
+    would move their idmaps, so a change takes effect on restart.
+    """
+
+    def __init__(self, state_path, range_size=DEFAULT_RANGE_SIZE,
+                 subuid_path='/etc/subuid', subgid_path='/etc/subgid',
+                 artifact_ids=None):
+        if range_size < 1:
+            raise ValueError('range_size must be positive, got %r'
+                             % (range_size,))
+        self.state_path = state_path
+        self.ids_path = os.path.join(state_path, 'ids')
+        self.lock_path = os.path.join(state_path, 'locks')
+        self.range_size = range_size
+        self.subuid_path = subuid_path
+        self.subgid_path = subgid_path
+        self._artifact_ids = artifact_ids
+        self._ranges = None
+        self._ranges_lock = threading.Lock()
+
+    def _get_ranges(self):
+        with self._ranges_lock:
+            # Cache only success, so fixing /etc/subuid needs no restart.
+            if self._ranges is None:
+                self._ranges = read_subordinate_ranges(
+                    self.subuid_path, self.subgid_path)
+            return self._ranges
+
+    @property
+    def count(self):
+        """Number of container IDs on this host (IDs are 0..count-1).
+
+        :raises exception.IdmapUnavailable: no subordinate range for root.
+        """
+        (_, uid_count), (_, gid_count) = self._get_ranges()
+        return min(uid_count, gid_count) // self.range_size
+
+    def idmap(self, cid):
+        """Return the :class:`Idmap` of container ID ``cid``.
+
+        :raises exception.IdmapUnavailable: no range for root, or ``cid``
+            is not in ``0..count-1`` (e.g. root's ranges shrank).
+        """
+        (uid_start, _), (gid_start, _) = self._get_ranges()
+        count = self.count
+        if isinstance(cid, bool) or not isinstance(cid, int) or not (
+                0 <= cid < count):
+            raise exception.IdmapUnavailable(
+                reason='container ID %r is outside the %d IDs that root\'s '
+                       'subordinate ranges hold' % (cid, count))
+        offset = cid * self.range_size
+        return Idmap(uid_start=uid_start + offset,
+                     gid_start=gid_start + offset, size=self.range_size)
+
+    def _lock(self):
+        return lockutils.lock(LOCK_NAME, external=True,
+                              lock_path=self.lock_path)
+
+    def _reservation_path(self, cid):
+        return os.path.join(self.ids_path, str(cid))
+
+    def allocate(self, instance_uuid, instance_name):
+        """Reserve the lowest free container ID for an instance.
+
+        Idempotent: if ``instance_uuid`` already holds a reservation, that
+        ID is returned and nothing is written. An ID is free when it has no
+        reservation directory and ``artifact_ids`` does not list it.
+
+        :returns: the container ID (int).
+        :raises exception.IdRangeExhausted: no free ID.
+        :raises exception.IdmapUnavailable: no subordinate range for root.
+        """
+        instance_uuid, instance_name = str(instance_uuid), str(instance_name)
+        count = self.count
+        os.makedirs(self.ids_path, exist_ok=True)
+        with self._lock():
+            existing = self.find(instance_uuid)
+            if existing is not None:
+                return existing
+            busy = set(self._reserved_ids())
+            if self._artifact_ids is not None:
+                busy.update(int(i) for i in self._artifact_ids())
+            for cid in range(count):
+                if cid in busy:
+                    continue
+                path = self._reservation_path(cid)
+                try:
+                    # The atomic step: no makedirs/exist_ok here.
+                    os.mkdir(path, 0o755)
+                except FileExistsError:
+                    # Someone outside our lock got there first.
+                    continue
+                try:
+                    self._write_owner(path, instance_uuid, instance_name)
+                except BaseException:
+                    shutil.rmtree(path, ignore_errors=True)
+                    raise
+                LOG.debug('Reserved container ID %(cid)d for instance '
+                          '%(uuid)s (%(name)s)',
+                          {'cid': cid, 'uuid': instance_uuid,
+                           'name': instance_name})
+                return cid
+        raise exception.IdRangeExhausted(count=count)
+
+    @staticmethod
+    def _write_owner(path, instance_uuid, instance_name):
+        record = {'instance_uuid': instance_uuid,
+                  'instance_name': instance_name,
+                  'pid': os.getpid(),
+                  'created_at': time.time()}
+        fd, tmp = tempfile.mkstemp(prefix='.owner.', suffix='.tmp', dir=path)
+        try:
+            with os.fdopen(fd, 'w', encoding='utf-8') as f:
+                os.fchmod(f.fileno(), 0o644)
+                json.dump(record, f)
+                f.flush()
+                # So a power loss leaves no empty owner.json behind.
+                os.fsync(f.fileno())
+            # Readers see either no owner.json or a complete one.
+            os.rename(tmp, os.path.join(path, OWNER_FILE))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def _reserved_ids(self):
+        try:
+            names = os.listdir(self.ids_path)
+        except FileNotFoundError:
+            return []
+        return sorted(int(n) for n in names if _CID_RE.match(n))
+
+    def _read_reservation(self, cid):
+        path = self._reservation_path(cid)
+        try:
+            mtime = os.lstat(path).st_mtime
+        except FileNotFoundError:
+            return None
+        try:
+            with open(os.path.join(path, OWNER_FILE), encoding='utf-8') as f:
+                rec = json.load(f)
+            uuid, name = rec['instance_uuid'], rec['instance_name']
+            pid, created = rec['pid'], rec['created_at']
+            if not (isinstance(uuid, str) and isinstance(name, str) and
+                    isinstance(pid, int) and
+                    isinstance(created, (int, float))):
+                raise ValueError('unexpected types')
+        except (OSError, ValueError, KeyError, TypeError):
+            # Still taken: the directory is the reservation.
+            return Reservation(cid=cid, instance_uuid=None,
+                               instance_name=None, pid=None,
+                               created_at=mtime)
+        return Reservation(cid=cid, instance_uuid=uuid, instance_name=name,
+                           pid=pid, created_at=float(created))
+
+    def reservations(self):
+        """Return every reservation on disk, unreadable ones included.
+
+        Takes no lock: a reservation being created may show up without its
+        owner (see :class:`Reservation`). IDs beyond ``count`` (left from
+        larger ranges) are included too.
+
+        :returns: ``{cid: Reservation}``
+        """
+        result = {}
+        for cid in self._reserved_ids():
+            res = self._read_reservation(cid)
+            if res is not None:
+                result[cid] = res
+        return result
+
+    def find(self, instance_uuid):
+        """Return the ID reserved for ``instance_uuid``, or None.
+
+        Should a corrupted state hold several, the lowest is returned.
+        """
+        instance_uuid = str(instance_uuid)
+        for cid in self._reserved_ids():
+            res = self._read_reservation(cid)
+            if res is not None and res.instance_uuid == instance_uuid:
+                return cid
+        return None
+
+    def release(self, cid):
+        """Remove the reservation of ``cid``; a missing one is not an error.
+
+        Call it only after the container's artifacts are gone, or list
+        them in ``artifact_ids``: once released the ID may be reused.
+        """
+        path = self._reservation_path(int(cid))
+        with self._lock():
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return
+            try:
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(path)
+                else:
+                    # Never follow a symlink planted in ids/.
+                    os.unlink(path)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+        LOG.debug('Released container ID %d', cid)

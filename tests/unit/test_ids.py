@@ -1,0 +1,468 @@
+"""Tests for novalxcdriver.ids: subuid parsing, idmaps, ID reservations."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from unittest import mock
+
+import fixtures
+from oslo_concurrency import lockutils
+from oslotest import base
+
+from novalxcdriver import exception
+from novalxcdriver import ids
+
+SIZE = 65536
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+# Run by each worker process of the cross-process race test. It signals
+# that it is ready, waits for a common start signal so the workers really
+# run concurrently, then allocates and prints its IDs as JSON.
+CHILD_SCRIPT = """
+import json, os, sys, time
+from novalxcdriver import ids
+state, subuid, subgid, worker, n, ready, go = sys.argv[1:]
+alloc = ids.IdAllocator(state, subuid_path=subuid, subgid_path=subgid)
+alloc.count
+open(ready, 'w').close()
+deadline = time.monotonic() + 30
+while not os.path.exists(go):
+    if time.monotonic() > deadline:
+        sys.exit('no start signal')
+    time.sleep(0.002)
+got = [alloc.allocate('uuid-%s-%d' % (worker, i), 'inst-%s-%d' % (worker, i))
+       for i in range(int(n))]
+print(json.dumps({'pid': os.getpid(), 'ids': got}))
+"""
+
+
+class _Base(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.state = os.path.join(self.tmp, 'state')
+
+    def write(self, name, text):
+        path = os.path.join(self.tmp, name)
+        with open(path, 'w') as f:
+            f.write(text)
+        return path
+
+    def ranges(self, subuid, subgid=None):
+        """Write subuid/subgid files; return their paths."""
+        return (self.write('subuid', subuid),
+                self.write('subgid', subuid if subgid is None else subgid))
+
+    def allocator(self, n_ids=256, artifact_ids=None, **kw):
+        subuid, subgid = self.ranges(
+            'root:100000:%d\n' % (n_ids * SIZE),
+            'root:300000:%d\n' % (n_ids * SIZE))
+        return ids.IdAllocator(self.state, subuid_path=subuid,
+                               subgid_path=subgid,
+                               artifact_ids=artifact_ids, **kw)
+
+
+class ReadSubordinateRangesTest(_Base):
+
+    def test_root_by_name(self):
+        uid, gid = self.ranges('root:100000:655360\n',
+                               'root:200000:131072\n')
+        self.assertEqual(((100000, 655360), (200000, 131072)),
+                         ids.read_subordinate_ranges(uid, gid))
+
+    def test_root_by_uid_zero(self):
+        uid, gid = self.ranges('0:100000:655360\n', 'root:7:65536\n')
+        self.assertEqual(((100000, 655360), (7, 65536)),
+                         ids.read_subordinate_ranges(uid, gid))
+
+    def test_comments_blank_lines_and_other_users(self):
+        text = ('# subordinate ids\n'
+                '\n'
+                'alice:100000:65536\n'
+                '   \n'
+                '1000:165536:65536\n'
+                '  root:231072:1000000000  \n')
+        uid, gid = self.ranges(text)
+        self.assertEqual(((231072, 1000000000), (231072, 1000000000)),
+                         ids.read_subordinate_ranges(uid, gid))
+
+    def test_first_root_line_wins(self):
+        uid, gid = self.ranges('root:100000:65536\n'
+                               '0:900000:10000000\n'
+                               'root:50000000:20000000\n')
+        self.assertEqual(((100000, 65536), (100000, 65536)),
+                         ids.read_subordinate_ranges(uid, gid))
+
+    def test_malformed_lines_skipped(self):
+        uid, gid = self.ranges('root:abc:65536\n'
+                               'root:100000\n'
+                               'root:100000:0\n'
+                               'root:-5:65536\n'
+                               'root:400000:131072\n')
+        self.assertEqual(((400000, 131072), (400000, 131072)),
+                         ids.read_subordinate_ranges(uid, gid))
+
+    def test_other_user(self):
+        uid, gid = self.ranges('root:1:65536\nnova:100000:65536\n')
+        self.assertEqual(((100000, 65536), (100000, 65536)),
+                         ids.read_subordinate_ranges(uid, gid, user='nova'))
+
+    def test_missing_root_raises(self):
+        uid, gid = self.ranges('root:100000:65536\n',
+                               '# only others\nalice:100000:65536\n')
+        e = self.assertRaises(exception.IdmapUnavailable,
+                              ids.read_subordinate_ranges, uid, gid)
+        self.assertIn(gid, str(e))
+        self.assertIn('no range for', e.kwargs['reason'])
+
+    def test_root_only_in_comment_raises(self):
+        uid, gid = self.ranges('#root:100000:65536\n')
+        self.assertRaises(exception.IdmapUnavailable,
+                          ids.read_subordinate_ranges, uid, gid)
+
+    def test_missing_file_raises(self):
+        uid, _ = self.ranges('root:100000:65536\n')
+        missing = os.path.join(self.tmp, 'nope')
+        e = self.assertRaises(exception.IdmapUnavailable,
+                              ids.read_subordinate_ranges, uid, missing)
+        self.assertIn(missing, e.kwargs['reason'])
+
+    def test_count_from_smaller_range(self):
+        for uid_count, gid_count in ((10 * SIZE, 4 * SIZE + 5),
+                                     (4 * SIZE + 5, 10 * SIZE)):
+            uid, gid = self.ranges('root:100000:%d\n' % uid_count,
+                                   'root:100000:%d\n' % gid_count)
+            alloc = ids.IdAllocator(self.state, subuid_path=uid,
+                                    subgid_path=gid)
+            self.assertEqual(4, alloc.count)
+
+    def test_count_with_custom_size(self):
+        uid, gid = self.ranges('root:100000:1000000000\n')
+        alloc = ids.IdAllocator(self.state, range_size=10 ** 6,
+                                subuid_path=uid, subgid_path=gid)
+        self.assertEqual(1000, alloc.count)
+
+    def test_no_range_for_root_on_use(self):
+        uid, gid = self.ranges('alice:100000:65536\n')
+        alloc = ids.IdAllocator(self.state, subuid_path=uid, subgid_path=gid)
+        self.assertRaises(exception.IdmapUnavailable, lambda: alloc.count)
+        self.assertRaises(exception.IdmapUnavailable, alloc.allocate,
+                          'u', 'n')
+
+
+class IdmapTest(_Base):
+
+    def test_arithmetic(self):
+        alloc = self.allocator(n_ids=8)
+        self.assertEqual(ids.Idmap(100000, 300000, SIZE), alloc.idmap(0))
+        self.assertEqual(ids.Idmap(100000 + 3 * SIZE, 300000 + 3 * SIZE,
+                                   SIZE), alloc.idmap(3))
+        self.assertEqual(ids.Idmap(100000 + 7 * SIZE, 300000 + 7 * SIZE,
+                                   SIZE), alloc.idmap(7))
+
+    def test_frozen(self):
+        m = self.allocator(n_ids=1).idmap(0)
+        self.assertRaises(AttributeError, setattr, m, 'size', 1)
+
+    def _check_disjoint_inside(self, alloc, uid_range, gid_range):
+        maps = [alloc.idmap(c) for c in range(alloc.count)]
+        for attr, (start, count) in (('uid_start', uid_range),
+                                     ('gid_start', gid_range)):
+            spans = sorted((getattr(m, attr), getattr(m, attr) + m.size)
+                           for m in maps)
+            # Sorted and each ending before the next begins: no two overlap.
+            for (_, end), (nxt, _) in zip(spans, spans[1:]):
+                self.assertLessEqual(end, nxt)
+            self.assertGreaterEqual(spans[0][0], start)
+            self.assertLessEqual(spans[-1][1], start + count)
+
+    def test_no_overlap_real_sized_range(self):
+        uid, gid = self.ranges('root:100000:1000000000\n',
+                               'root:100000:999999999\n')
+        alloc = ids.IdAllocator(self.state, subuid_path=uid, subgid_path=gid)
+        self.assertEqual(15258, alloc.count)
+        self._check_disjoint_inside(alloc, (100000, 1000000000),
+                                    (100000, 999999999))
+
+    def test_no_overlap_every_pair(self):
+        # Odd size and count so no power-of-two arithmetic hides a bug.
+        uid, gid = self.ranges('root:1000:%d\n' % (150 * 70001 + 3),
+                               'root:5:%d\n' % (150 * 70001 + 70000))
+        alloc = ids.IdAllocator(self.state, range_size=70001,
+                                subuid_path=uid, subgid_path=gid)
+        self.assertEqual(150, alloc.count)
+        maps = [alloc.idmap(c) for c in range(alloc.count)]
+        for i, a in enumerate(maps):
+            self.assertEqual(70001, a.size)
+            for b in maps[i + 1:]:
+                for attr in ('uid_start', 'gid_start'):
+                    lo, hi = sorted((getattr(a, attr), getattr(b, attr)))
+                    self.assertGreaterEqual(hi, lo + 70001)
+        self._check_disjoint_inside(alloc, (1000, 150 * 70001 + 3),
+                                    (5, 150 * 70001 + 70000))
+
+    def test_out_of_range_raises(self):
+        alloc = self.allocator(n_ids=4)
+        for bad in (4, 5, -1, '1', None, True):
+            self.assertRaises(exception.IdmapUnavailable, alloc.idmap, bad)
+
+
+class AllocateTest(_Base):
+
+    def owner(self, cid):
+        with open(os.path.join(self.state, 'ids', str(cid),
+                               'owner.json')) as f:
+            return json.load(f)
+
+    def test_lowest_free_and_owner_record(self):
+        alloc = self.allocator()
+        before = time.time()
+        self.assertEqual(0, alloc.allocate('uuid-a', 'inst-a'))
+        self.assertEqual(1, alloc.allocate('uuid-b', 'inst-b'))
+        self.assertEqual(2, alloc.allocate('uuid-c', 'inst-c'))
+        rec = self.owner(1)
+        self.assertEqual('uuid-b', rec['instance_uuid'])
+        self.assertEqual('inst-b', rec['instance_name'])
+        self.assertEqual(os.getpid(), rec['pid'])
+        self.assertTrue(before <= rec['created_at'] <= time.time())
+        # Nothing but owner.json: temp files were renamed away.
+        self.assertEqual(['owner.json'],
+                         os.listdir(os.path.join(self.state, 'ids', '1')))
+        res = alloc.reservations()
+        self.assertEqual([0, 1, 2], sorted(res))
+        self.assertEqual(ids.Reservation(1, 'uuid-b', 'inst-b', os.getpid(),
+                                         rec['created_at']), res[1])
+        self.assertEqual(2, alloc.find('uuid-c'))
+        self.assertIsNone(alloc.find('uuid-z'))
+
+    def test_idempotent_for_same_instance(self):
+        alloc = self.allocator()
+        alloc.allocate('uuid-a', 'inst-a')
+        cid = alloc.allocate('uuid-b', 'inst-b')
+        self.assertEqual(cid, alloc.allocate('uuid-b', 'inst-b'))
+        self.assertEqual(cid, alloc.allocate('uuid-b', 'renamed'))
+        self.assertEqual([0, 1], sorted(alloc.reservations()))
+        self.assertEqual('inst-b', self.owner(cid)['instance_name'])
+
+    def test_release_then_reuse(self):
+        alloc = self.allocator()
+        for i in range(4):
+            alloc.allocate('uuid-%d' % i, 'inst-%d' % i)
+        alloc.release(1)
+        self.assertFalse(os.path.exists(os.path.join(self.state, 'ids', '1')))
+        self.assertIsNone(alloc.find('uuid-1'))
+        self.assertEqual(1, alloc.allocate('uuid-new', 'inst-new'))
+        self.assertEqual(4, alloc.allocate('uuid-next', 'inst-next'))
+
+    def test_release_is_idempotent(self):
+        alloc = self.allocator()
+        alloc.release(3)
+        cid = alloc.allocate('uuid-a', 'inst-a')
+        alloc.release(cid)
+        alloc.release(cid)
+        self.assertEqual({}, alloc.reservations())
+
+    def test_release_leaves_symlink_target_alone(self):
+        alloc = self.allocator()
+        target = os.path.join(self.tmp, 'precious')
+        os.makedirs(os.path.join(target, 'sub'))
+        os.makedirs(os.path.join(self.state, 'ids'))
+        os.symlink(target, os.path.join(self.state, 'ids', '2'))
+        alloc.release(2)
+        self.assertTrue(os.path.isdir(os.path.join(target, 'sub')))
+        self.assertFalse(os.path.lexists(
+            os.path.join(self.state, 'ids', '2')))
+
+    def test_artifact_ids_skipped(self):
+        leftovers = {0, 2}
+        alloc = self.allocator(artifact_ids=lambda: iter(leftovers))
+        self.assertEqual(1, alloc.allocate('uuid-a', 'inst-a'))
+        self.assertEqual(3, alloc.allocate('uuid-b', 'inst-b'))
+        # Artifacts are asked again each time, not cached.
+        leftovers.clear()
+        self.assertEqual(0, alloc.allocate('uuid-c', 'inst-c'))
+        self.assertFalse(os.path.exists(os.path.join(self.state, 'ids', '2')))
+
+    def test_dir_without_owner_is_taken(self):
+        alloc = self.allocator()
+        os.makedirs(os.path.join(self.state, 'ids', '0'))
+        self.assertEqual(1, alloc.allocate('uuid-a', 'inst-a'))
+        res = alloc.reservations()[0]
+        self.assertEqual((0, None, None, None),
+                         (res.cid, res.instance_uuid, res.instance_name,
+                          res.pid))
+        self.assertIsInstance(res.created_at, float)
+
+    def test_half_written_owner_is_taken(self):
+        alloc = self.allocator()
+        os.makedirs(os.path.join(self.state, 'ids', '0'))
+        with open(os.path.join(self.state, 'ids', '0', 'owner.json'),
+                  'w') as f:
+            f.write('{"instance_uuid": "uuid-x", "inst')
+        self.assertEqual(1, alloc.allocate('uuid-a', 'inst-a'))
+        self.assertIsNone(alloc.reservations()[0].instance_uuid)
+        self.assertIsNone(alloc.find('uuid-x'))
+
+    def test_non_canonical_entries_ignored(self):
+        alloc = self.allocator()
+        ids_dir = os.path.join(self.state, 'ids')
+        for name in ('007', 'foo', '.owner.tmp'):
+            os.makedirs(os.path.join(ids_dir, name))
+        self.assertEqual(0, alloc.allocate('uuid-a', 'inst-a'))
+        self.assertEqual([0], list(alloc.reservations()))
+
+    def test_mkdir_collision_moves_on(self):
+        alloc = self.allocator()
+        real_mkdir = os.mkdir
+        ids_dir = os.path.join(self.state, 'ids')
+        calls = []
+
+        def racing_mkdir(path, *args, **kwargs):
+            # A process ignoring our lock grabs the ID under our feet.
+            if os.path.dirname(path) == ids_dir and not calls:
+                calls.append(path)
+                real_mkdir(path)
+            return real_mkdir(path, *args, **kwargs)
+
+        with mock.patch.object(ids.os, 'mkdir', side_effect=racing_mkdir):
+            self.assertEqual(1, alloc.allocate('uuid-a', 'inst-a'))
+        self.assertEqual([os.path.join(ids_dir, '0')], calls)
+        self.assertIsNone(alloc.reservations()[0].instance_uuid)
+
+    def test_exhausted_raises_with_count(self):
+        alloc = self.allocator(n_ids=3)
+        self.assertEqual([0, 1, 2], [alloc.allocate('u%d' % i, 'n%d' % i)
+                                     for i in range(3)])
+        e = self.assertRaises(exception.IdRangeExhausted, alloc.allocate,
+                              'u3', 'n3')
+        self.assertEqual(3, e.kwargs['count'])
+        self.assertIn('all 3 IDs', str(e))
+        # The instances already holding IDs still get theirs.
+        self.assertEqual(2, alloc.allocate('u2', 'n2'))
+
+    def test_exhausted_by_artifacts(self):
+        alloc = self.allocator(n_ids=2, artifact_ids=lambda: [1])
+        alloc.allocate('u0', 'n0')
+        e = self.assertRaises(exception.IdRangeExhausted, alloc.allocate,
+                              'u1', 'n1')
+        self.assertEqual(2, e.kwargs['count'])
+
+    def test_range_smaller_than_one_id(self):
+        uid, gid = self.ranges('root:100000:65535\n')
+        alloc = ids.IdAllocator(self.state, subuid_path=uid, subgid_path=gid)
+        self.assertEqual(0, alloc.count)
+        e = self.assertRaises(exception.IdRangeExhausted, alloc.allocate,
+                              'u', 'n')
+        self.assertEqual(0, e.kwargs['count'])
+
+    def test_failed_owner_write_frees_the_id(self):
+        alloc = self.allocator()
+        with mock.patch.object(ids.json, 'dump', side_effect=OSError(28)):
+            self.assertRaises(OSError, alloc.allocate, 'u', 'n')
+        self.assertEqual({}, alloc.reservations())
+        self.assertEqual(0, alloc.allocate('u', 'n'))
+
+    def test_uses_external_lock(self):
+        alloc = self.allocator()
+        with mock.patch.object(ids.lockutils, 'lock',
+                               wraps=lockutils.lock) as lock:
+            alloc.allocate('u', 'n')
+            alloc.release(0)
+        lock.assert_called_with('novalxc-ids', external=True,
+                                lock_path=os.path.join(self.state, 'locks'))
+        self.assertEqual(2, lock.call_count)
+        self.assertTrue(os.path.exists(
+            os.path.join(self.state, 'locks', 'novalxc-ids')))
+
+
+class RaceTest(_Base):
+
+    def _run_threads(self, n_threads, work):
+        results, errors = [], []
+        barrier = threading.Barrier(n_threads)
+
+        def run(t):
+            try:
+                barrier.wait()
+                results.extend(work(t))
+            except Exception as e:  # Surfaced below, not lost in a thread.
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(t,))
+                   for t in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertEqual([], errors)
+        return results
+
+    def test_threads_get_distinct_ids(self):
+        alloc = self.allocator(n_ids=256)
+        got = self._run_threads(8, lambda t: [
+            (alloc.allocate('uuid-%d-%d' % (t, i), 'inst'), t, i)
+            for i in range(25)])
+        cids = [c for c, _, _ in got]
+        self.assertEqual(200, len(cids))
+        self.assertEqual(set(range(200)), set(cids))
+        res = alloc.reservations()
+        for cid, t, i in got:
+            self.assertEqual('uuid-%d-%d' % (t, i), res[cid].instance_uuid)
+
+    def test_threads_same_instance_get_one_id(self):
+        alloc = self.allocator()
+        got = self._run_threads(8, lambda t: [
+            alloc.allocate('uuid-same', 'inst') for i in range(5)])
+        self.assertEqual({0}, set(got))
+        self.assertEqual([0], list(alloc.reservations()))
+
+    def test_processes_get_distinct_ids(self):
+        subuid, subgid = self.ranges('root:100000:%d\n' % (256 * SIZE))
+        go = os.path.join(self.tmp, 'go')
+        env = dict(os.environ)
+        env['PYTHONPATH'] = os.pathsep.join(
+            [REPO_ROOT] + [p for p in [env.get('PYTHONPATH')] if p])
+        procs, ready = [], []
+        for w in range(4):
+            ready.append(os.path.join(self.tmp, 'ready-%d' % w))
+            procs.append(subprocess.Popen(
+                [sys.executable, '-c', CHILD_SCRIPT, self.state, subuid,
+                 subgid, str(w), '25', ready[-1], go],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                cwd=REPO_ROOT, text=True))
+        self.addCleanup(lambda: [p.kill() for p in procs
+                                 if p.poll() is None])
+        deadline = time.monotonic() + 30
+        while not all(os.path.exists(r) for r in ready):
+            self.assertTrue(all(p.poll() is None for p in procs),
+                            'a worker died before starting')
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        open(go, 'w').close()
+
+        by_pid = {}
+        for p in procs:
+            out, err = p.communicate(timeout=30)
+            self.assertEqual(0, p.returncode, err)
+            result = json.loads(out)
+            self.assertEqual(25, len(result['ids']))
+            by_pid[result['pid']] = result['ids']
+        self.assertEqual(4, len(by_pid))
+        cids = [c for got in by_pid.values() for c in got]
+        self.assertEqual(100, len(cids))
+        self.assertEqual(100, len(set(cids)), 'an ID was handed out twice')
+        self.assertEqual(set(range(100)), set(cids))
+
+        alloc = ids.IdAllocator(self.state, subuid_path=subuid,
+                                subgid_path=subgid)
+        res = alloc.reservations()
+        self.assertEqual(set(cids), set(res))
+        for pid, got in by_pid.items():
+            for cid in got:
+                self.assertEqual(pid, res[cid].pid)
+                self.assertEqual(cid, alloc.find(res[cid].instance_uuid))
