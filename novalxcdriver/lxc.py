@@ -1,0 +1,207 @@
+"""The one module that runs external commands.
+
+Every lxc-* tool (and the ``unshare`` that holds a user namespace open for an
+idmapped mount) is started here with an argv list, never through a shell,
+with a timeout. Failures become :class:`exception.CommandFailed` or
+:class:`exception.CommandTimedOut`, which carry the command, exit code and
+stderr. Option meanings follow the LXC 5 man pages (lxc-start(1),
+lxc-stop(1), lxc-info(1), lxc-ls(1), lxc-freeze(1)).
+"""
+
+import contextlib
+import os
+import subprocess
+import time
+
+from oslo_concurrency import processutils
+from oslo_log import log as logging
+
+from novalxcdriver import conf
+from novalxcdriver import exception
+
+CONF = conf.CONF
+LOG = logging.getLogger(__name__)
+
+# lxc-info -s prints these; see lxc_state_t in LXC's lxccontainer.h.
+STATES = ('STOPPED', 'STARTING', 'RUNNING', 'STOPPING', 'ABORTING',
+          'FREEZING', 'FROZEN', 'THAWED')
+
+
+def execute(*argv, timeout=None, check_exit_code=0):
+    """Run argv (no shell) and return (stdout, stderr) as text.
+
+    :param timeout: seconds; defaults to ``[lxc] command_timeout``.
+    :raises CommandFailed: on an exit code not in check_exit_code.
+    :raises CommandTimedOut: the command was killed after ``timeout``.
+    """
+    timeout = CONF.lxc.command_timeout if timeout is None else timeout
+    procs = []
+    try:
+        return processutils.execute(*argv, timeout=timeout,
+                                    check_exit_code=check_exit_code,
+                                    on_execute=procs.append)
+    except subprocess.TimeoutExpired:
+        # processutils leaves the child running on a timeout.
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        raise exception.CommandTimedOut(cmd=' '.join(argv), timeout=timeout)
+    except processutils.ProcessExecutionError as e:
+        raise exception.CommandFailed(cmd=' '.join(argv),
+                                      exit_code=e.exit_code,
+                                      stderr=(e.stderr or '').strip())
+
+
+def _lxc(tool, name, lxc_path, *args, **kwargs):
+    return execute(tool, '-n', name, '-P', lxc_path, *args, **kwargs)
+
+
+def start(name, lxc_path):
+    """lxc-start -d: returns once the container's init has been started."""
+    _lxc('lxc-start', name, lxc_path, '-d')
+
+
+def stop(name, lxc_path, timeout):
+    """Clean halt (lxc.signal.halt) then, after ``timeout`` seconds, kill."""
+    _lxc('lxc-stop', name, lxc_path, '-t', str(timeout),
+         timeout=timeout + CONF.lxc.command_timeout)
+
+
+def request_halt(name, lxc_path, timeout):
+    """Ask for a clean halt and wait up to ``timeout`` seconds; never kill.
+
+    :returns: True if the container stopped within the timeout.
+    """
+    try:
+        _lxc('lxc-stop', name, lxc_path, '--nokill', '-t', str(timeout),
+             timeout=timeout + CONF.lxc.command_timeout)
+    except exception.CommandFailed:
+        return False
+    return True
+
+
+def kill(name, lxc_path):
+    """lxc-stop -k: SIGKILL init at once."""
+    _lxc('lxc-stop', name, lxc_path, '-k')
+
+
+def reboot(name, lxc_path, timeout):
+    """Request a clean reboot (lxc.signal.reboot) and wait for it.
+
+    :returns: True if the container rebooted within ``timeout`` seconds.
+    """
+    try:
+        _lxc('lxc-stop', name, lxc_path, '-r', '-t', str(timeout),
+             timeout=timeout + CONF.lxc.command_timeout)
+    except exception.CommandFailed:
+        return False
+    return True
+
+
+def freeze(name, lxc_path):
+    _lxc('lxc-freeze', name, lxc_path)
+
+
+def unfreeze(name, lxc_path):
+    _lxc('lxc-unfreeze', name, lxc_path)
+
+
+def info(name, lxc_path):
+    """State and init PID of one container.
+
+    :returns: (state, pid): state is one of STATES, pid an int or None.
+    :raises ContainerNotFound: LXC does not know the container.
+    """
+    try:
+        out, _err = _lxc('lxc-info', name, lxc_path, '-s', '-p')
+    except exception.CommandFailed as e:
+        if 'doesn\'t exist' in e.kwargs['stderr']:
+            raise exception.ContainerNotFound(name=name)
+        raise
+    fields = {}
+    for line in out.splitlines():
+        key, _sep, value = line.partition(':')
+        fields[key.strip()] = value.strip()
+    state = fields.get('State', 'STOPPED')
+    pid = int(fields['PID']) if fields.get('PID', '').isdigit() else None
+    return state, pid
+
+
+def states(lxc_path):
+    """States of every container under lxc_path, from one lxc-ls call.
+
+    :returns: dict of container name to state (one of STATES).
+    """
+    out, _err = execute('lxc-ls', '-P', lxc_path, '-f', '-F', 'NAME,STATE')
+    result = {}
+    for line in out.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 2:
+            result[fields[0]] = fields[1]
+    return result
+
+
+def version():
+    """The installed LXC version as a string, e.g. '5.0.2'."""
+    out, _err = execute('lxc-start', '--version')
+    return out.strip()
+
+
+@contextlib.contextmanager
+def user_namespace(idmap):
+    """Yield an open fd of a user namespace mapping idmap's range to 0.
+
+    The namespace is held by a short-lived ``unshare`` process (util-linux)
+    whose maps are written by newuidmap/newgidmap, so root's /etc/subuid and
+    /etc/subgid ranges are enforced by the system tools (user_namespaces(7)).
+    The fd alone keeps the namespace alive once the process is gone.
+
+    :param idmap: an ids.Idmap (uid_start, gid_start, size).
+    :raises CommandFailed: unshare exited before its maps were written.
+    :raises CommandTimedOut: the maps did not appear in time.
+    """
+    argv = ['unshare', '--user',
+            '--map-users=%d,0,%d' % (idmap.uid_start, idmap.size),
+            '--map-groups=%d,0,%d' % (idmap.gid_start, idmap.size),
+            'cat']
+    want_uid = ['0', str(idmap.uid_start), str(idmap.size)]
+    want_gid = ['0', str(idmap.gid_start), str(idmap.size)]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, close_fds=True)
+    fd = None
+    try:
+        deadline = time.monotonic() + CONF.lxc.command_timeout
+        # Until unshare has run, /proc/PID/*_map show the parent's maps.
+        while True:
+            if proc.poll() is not None:
+                raise exception.CommandFailed(
+                    cmd=' '.join(argv), exit_code=proc.returncode,
+                    stderr=proc.stderr.read().decode(errors='replace'))
+            if (_read_map(proc.pid, 'uid_map') == want_uid and
+                    _read_map(proc.pid, 'gid_map') == want_gid):
+                break
+            if time.monotonic() > deadline:
+                raise exception.CommandTimedOut(
+                    cmd=' '.join(argv), timeout=CONF.lxc.command_timeout)
+            time.sleep(0.001)
+        fd = os.open('/proc/%d/ns/user' % proc.pid,
+                     os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        proc.stdin.close()
+        if fd is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _read_map(pid, which):
+    try:
+        with open('/proc/%d/%s' % (pid, which)) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []

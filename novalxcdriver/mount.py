@@ -1,0 +1,135 @@
+"""Mounts the driver makes on the host, through the kernel's syscalls.
+
+An idmapped mount (mount_setattr(2) with MOUNT_ATTR_IDMAP) shows the shared,
+unshifted image directory to a container's user namespace as if owned by
+that container's range, without chowning a file. Overlay (kernel
+Documentation/filesystems/overlayfs.rst) stacks a per-container upper
+directory on that view; an overlay mount itself cannot be idmapped, so the
+idmap goes on the lower layer. Syscall numbers are x86_64's.
+"""
+
+import ctypes
+import ctypes.util
+import errno
+import os
+
+from novalxcdriver import exception
+
+_libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                        ctypes.c_ulong, ctypes.c_char_p)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+
+# asm/unistd_64.h
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_MOUNT_SETATTR = 442
+# linux/mount.h, fcntl.h
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_OPEN_TREE_CLONE = 1
+_OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_RDONLY = 0x1
+_MOUNT_ATTR_NOSUID = 0x2
+_MOUNT_ATTR_NODEV = 0x4
+_MOUNT_ATTR_IDMAP = 0x100000
+_MNT_DETACH = 2
+
+
+class _MountAttr(ctypes.Structure):
+    # struct mount_attr, linux/mount.h (MOUNT_ATTR_SIZE_VER0 = 32 bytes)
+    _fields_ = [('attr_set', ctypes.c_uint64),
+                ('attr_clr', ctypes.c_uint64),
+                ('propagation', ctypes.c_uint64),
+                ('userns_fd', ctypes.c_uint64)]
+
+
+def _check(result, what, target):
+    if result < 0:
+        err = ctypes.get_errno()
+        raise exception.MountFailed(what=what, target=target,
+                                    reason=os.strerror(err))
+    return result
+
+
+def idmapped_bind(source, target, userns_fd):
+    """Bind source on target, read-only, shifted by userns_fd's idmap.
+
+    A file owned by host uid 0 in source appears owned by the namespace's
+    first mapped host uid (the container's root) under target.
+
+    :param userns_fd: an open /proc/PID/ns/user fd (lxc.user_namespace).
+    :raises MountFailed: a syscall failed (errno text in the message).
+    """
+    what = 'idmapped view of %s' % source
+    tree = _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source),
+                                _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC),
+                  what, target)
+    try:
+        # Read-only: the shared image must never be written through a view.
+        attr = _MountAttr(_MOUNT_ATTR_IDMAP | _MOUNT_ATTR_RDONLY |
+                          _MOUNT_ATTR_NODEV, 0, 0, userns_fd)
+        _check(_libc.syscall(_SYS_MOUNT_SETATTR, tree, b'', _AT_EMPTY_PATH,
+                             ctypes.byref(attr), ctypes.sizeof(attr)),
+               what, target)
+        _check(_libc.syscall(_SYS_MOVE_MOUNT, tree, b'', _AT_FDCWD,
+                             os.fsencode(target), _MOVE_MOUNT_F_EMPTY_PATH),
+               what, target)
+    finally:
+        os.close(tree)
+
+
+def overlay(lower, upper, work, target):
+    """Mount an overlay of upper (read-write) over lower on target.
+
+    :raises MountFailed: mount(2) failed.
+    """
+    for path in (lower, upper, work):
+        # Overlay options are comma/colon separated with no escaping.
+        if any(c in path for c in ',:\\\n'):
+            raise exception.MountFailed(
+                what='overlay', target=target,
+                reason='unsupported character in path %r' % path)
+    options = 'lowerdir=%s,upperdir=%s,workdir=%s' % (lower, upper, work)
+    _check(_libc.mount(b'overlay', os.fsencode(target), b'overlay', 0,
+                       options.encode()), 'overlay', target)
+
+
+def unmount(target):
+    """Unmount target; detach lazily if it is busy. Idempotent.
+
+    :raises MountFailed: for errors other than 'not mounted'.
+    """
+    if _libc.umount2(os.fsencode(target), 0) == 0:
+        return
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOENT):
+        return
+    if err == errno.EBUSY:
+        _check(_libc.umount2(os.fsencode(target), _MNT_DETACH),
+               'lazy unmount', target)
+        return
+    raise exception.MountFailed(what='unmount', target=target,
+                                reason=os.strerror(err))
+
+
+def mountpoints():
+    """Every mount point in this mount namespace (set of absolute paths)."""
+    points = set()
+    with open('/proc/self/mountinfo') as f:
+        for line in f:
+            # Field 5 is the mount point, octal-escaped (proc(5)).
+            raw = line.split()[4]
+            points.add(raw.encode().decode('unicode_escape'))
+    return points
+
+
+def unmount_tree(top):
+    """Unmount everything mounted at or below top, deepest first."""
+    top = os.path.abspath(top)
+    inside = [p for p in mountpoints()
+              if p == top or p.startswith(top + '/')]
+    for point in sorted(inside, key=len, reverse=True):
+        unmount(point)
