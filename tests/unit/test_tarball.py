@@ -1,0 +1,628 @@
+"""Tests for novalxcdriver.tarball: every archive is built here."""
+
+import errno
+import gzip
+import io
+import os
+import stat
+import struct
+import tarfile
+import time
+from unittest import mock
+import warnings
+
+import fixtures
+from oslotest import base
+import zstandard
+
+from novalxcdriver import exception
+from novalxcdriver import tarball
+
+MiB = 1024 * 1024
+BIG = 1024 * MiB
+MTIME = 1700000000
+
+
+class _Zeros(object):
+    """File-like object that reads as ``size`` zero bytes."""
+
+    def __init__(self, size):
+        self.left = size
+
+    def read(self, size=-1):
+        size = self.left if size < 0 else min(size, self.left)
+        self.left -= size
+        return bytes(size)
+
+
+def _info(name, kind=tarfile.REGTYPE, mode=0o644, uid=0, gid=0, **kwargs):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.uid = uid
+    info.gid = gid
+    info.mtime = MTIME
+    for key, value in kwargs.items():
+        setattr(info, key, value)
+    return info
+
+
+def reg(name, data=b'', **kwargs):
+    info = _info(name, size=len(data), **kwargs)
+    return info, io.BytesIO(data)
+
+
+def zeros(name, size):
+    return _info(name, size=size), _Zeros(size)
+
+
+def directory(name, mode=0o755, **kwargs):
+    return _info(name, tarfile.DIRTYPE, mode=mode, **kwargs), None
+
+
+def symlink(name, target):
+    return _info(name, tarfile.SYMTYPE, mode=0o777, linkname=target), None
+
+
+def hardlink(name, target, **kwargs):
+    return _info(name, tarfile.LNKTYPE, linkname=target, **kwargs), None
+
+
+def fifo(name):
+    return _info(name, tarfile.FIFOTYPE), None
+
+
+def device(name, kind):
+    return _info(name, kind, mode=0o600, devmajor=1, devminor=3), None
+
+
+def xattr(attr, value):
+    """A pax record as GNU tar --xattrs writes it; value is bytes."""
+    return {'SCHILY.xattr.' + attr: value.decode('utf-8', 'surrogateescape')}
+
+
+class TestUnpackRootfs(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.archives = os.path.join(self.tmp, 'archives')
+        self.dest = os.path.join(self.tmp, 'rootfs')
+        self.outside = os.path.join(self.tmp, 'outside')
+        for path in (self.archives, self.dest, self.outside):
+            os.mkdir(path)
+        self.secret = os.path.join(self.outside, 'secret')
+        with open(self.secret, 'wb') as f:
+            f.write(b'secret')
+        os.chmod(self.secret, 0o600)
+        os.chmod(self.outside, 0o750)
+        self.outside_before = self._snapshot(self.outside)
+        self.is_root = os.geteuid() == 0
+
+    # Helpers -------------------------------------------------------------
+
+    def _snapshot(self, top):
+        """Everything about a tree that an attack could change."""
+        result = {}
+        for root, dirs, files in os.walk(top):
+            for name in ['.'] + dirs + files:
+                path = os.path.normpath(os.path.join(root, name))
+                st = os.lstat(path)
+                content = None
+                if stat.S_ISREG(st.st_mode):
+                    with open(path, 'rb') as f:
+                        content = f.read()
+                result[os.path.relpath(path, top)] = (
+                    st.st_mode, st.st_uid, st.st_gid, st.st_nlink,
+                    st.st_mtime_ns, content)
+        return result
+
+    def write_archive(self, members, compression='', name='image',
+                      fmt=tarfile.PAX_FORMAT):
+        """Write a tarball of (TarInfo, fileobj) pairs; return its path."""
+        path = os.path.join(self.archives, name)
+        if compression == 'zst':
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode='w', format=fmt) as tar:
+                for info, data in members:
+                    tar.addfile(info, data)
+            # With a checksum, as the zstd command writes by default.
+            compressor = zstandard.ZstdCompressor(write_checksum=True)
+            with open(path, 'wb') as f:
+                f.write(compressor.compress(buf.getvalue()))
+        else:
+            mode = 'w:' + compression if compression else 'w'
+            with tarfile.open(path, mode, format=fmt) as tar:
+                for info, data in members:
+                    tar.addfile(info, data)
+        return path
+
+    def write_bytes(self, data, name='image'):
+        path = os.path.join(self.archives, name)
+        with open(path, 'wb') as f:
+            f.write(data)
+        return path
+
+    def unpack(self, path, max_bytes=BIG):
+        return tarball.unpack_rootfs(path, self.dest, max_bytes)
+
+    def in_dest(self, name):
+        return os.path.join(self.dest, name)
+
+    def assertNothingOutside(self):
+        self.assertEqual(self.outside_before, self._snapshot(self.outside))
+        self.assertEqual(['archives', 'outside', 'rootfs'],
+                         sorted(os.listdir(self.tmp)))
+
+    def assertRefused(self, path, member, max_bytes=BIG):
+        """The archive is refused because of member; nothing leaked."""
+        e = self.assertRaises(exception.UnsafeArchiveMember,
+                              self.unpack, path, max_bytes)
+        self.assertEqual(member, e.kwargs['member'])
+        self.assertIn(repr(member), str(e))
+        self.assertNothingOutside()
+        return e
+
+    def assertArchiveError(self, path, *fragments):
+        e = self.assertRaises(exception.ArchiveError, self.unpack, path)
+        for fragment in fragments:
+            self.assertIn(fragment, str(e))
+        self.assertNothingOutside()
+        return e
+
+    def require_user_xattrs(self):
+        probe = os.path.join(self.tmp, 'probe')
+        open(probe, 'wb').close()
+        try:
+            os.setxattr(probe, 'user.probe', b'1')
+        except OSError as e:
+            if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                self.skipTest('no user xattrs on %s' % self.tmp)
+            raise
+        finally:
+            os.unlink(probe)
+
+    def written_bytes(self):
+        total = 0
+        for root, dirs, files in os.walk(self.dest):
+            for name in files:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+        return total
+
+    # Formats -------------------------------------------------------------
+
+    def test_formats_detected_by_content(self):
+        # Each file is named after another format than the one it has.
+        cases = [('', 'image.tar.gz'), ('gz', 'image.tar.xz'),
+                 ('xz', 'image.tar.bz2'), ('bz2', 'image.tar.zst'),
+                 ('zst', 'image.tar')]
+        for compression, name in cases:
+            dest = os.path.join(self.tmp, 'rootfs-' + name)
+            os.mkdir(dest)
+            path = self.write_archive(
+                [directory('etc'), reg('etc/hostname', b'box\n')],
+                compression, name)
+            self.assertEqual(4, tarball.unpack_rootfs(path, dest, BIG),
+                             compression)
+            with open(os.path.join(dest, 'etc/hostname'), 'rb') as f:
+                self.assertEqual(b'box\n', f.read(), compression)
+
+    def test_gnu_format_plain_tar(self):
+        path = self.write_archive([reg('a', b'xyz')], fmt=tarfile.GNU_FORMAT)
+        self.assertEqual(3, self.unpack(path))
+
+    # What a rootfs needs kept --------------------------------------------
+
+    def test_rootfs_metadata_kept(self):
+        members = [
+            directory('.', mode=0o755),
+            directory('./usr', mode=0o755),
+            directory('./usr/bin', mode=0o755),
+            directory('./tmp', mode=0o1777),
+            directory('./srv', mode=0o2750, uid=1234, gid=5678),
+            reg('./usr/bin/su', b'#!/bin/true\n', mode=0o4755),
+            reg('./usr/bin/wall', b'wall', mode=0o2755, gid=5),
+            reg('./srv/data', b'12345', mode=0o640, uid=1234, gid=5678),
+            hardlink('./usr/bin/su.hard', 'usr/bin/su', mode=0o4755),
+            symlink('./bin', 'usr/bin'),
+            symlink('./usr/bin/sh', '/usr/bin/dash'),
+            symlink('./usr/bin/up', '../../srv/data'),
+            fifo('./srv/pipe'),
+        ]
+        written = self.unpack(self.write_archive(members))
+        self.assertEqual(len(b'#!/bin/true\n') + len(b'wall') + 5, written)
+
+        def mode(name):
+            return stat.S_IMODE(os.lstat(self.in_dest(name)).st_mode)
+
+        self.assertEqual(0o755, mode('.'))
+        self.assertEqual(0o1777, mode('tmp'))
+        self.assertEqual(0o2750, mode('srv'))
+        self.assertEqual(0o4755, mode('usr/bin/su'))
+        self.assertEqual(0o2755, mode('usr/bin/wall'))
+        self.assertEqual(0o640, mode('srv/data'))
+        self.assertEqual(os.stat(self.in_dest('usr/bin/su')).st_ino,
+                         os.stat(self.in_dest('usr/bin/su.hard')).st_ino)
+        self.assertEqual(2, os.stat(self.in_dest('usr/bin/su')).st_nlink)
+        self.assertEqual('usr/bin', os.readlink(self.in_dest('bin')))
+        self.assertEqual('/usr/bin/dash',
+                         os.readlink(self.in_dest('usr/bin/sh')))
+        self.assertEqual('../../srv/data',
+                         os.readlink(self.in_dest('usr/bin/up')))
+        self.assertTrue(stat.S_ISFIFO(os.lstat(self.in_dest('srv/pipe'))
+                                      .st_mode))
+        for name in ('usr/bin/su', 'srv', 'bin', 'usr/bin/sh', '.'):
+            self.assertEqual(MTIME, os.lstat(self.in_dest(name)).st_mtime,
+                             name)
+        if not self.is_root:
+            self.skipTest('owners are only kept when running as root')
+        for name, owner in (('srv', (1234, 5678)), ('srv/data', (1234, 5678)),
+                            ('usr/bin/wall', (0, 5)),
+                            ('usr/bin/su', (0, 0))):
+            st = os.lstat(self.in_dest(name))
+            self.assertEqual(owner, (st.st_uid, st.st_gid), name)
+
+    def test_numeric_owner_ignores_names(self):
+        if not self.is_root:
+            self.skipTest('owners are only kept when running as root')
+        # 'root' exists on the host but must not win over the numbers.
+        info, data = reg('f', b'x', uid=4321, gid=4322)
+        info.uname = info.gname = 'root'
+        self.unpack(self.write_archive([(info, data)]))
+        st = os.lstat(self.in_dest('f'))
+        self.assertEqual((4321, 4322), (st.st_uid, st.st_gid))
+
+    def test_binary_user_xattr_kept_exactly(self):
+        self.require_user_xattrs()
+        value = bytes(range(256)) + b'\xff\xfe\x00\xc3('
+        info, data = reg('f', b'x')
+        info.pax_headers = dict(xattr('user.bin', value),
+                                **xattr('user.a%3Db%25', b'text'))
+        dinfo, _ = directory('d')
+        dinfo.pax_headers = xattr('user.dir', b'\x80')
+        self.unpack(self.write_archive([(dinfo, None), (info, data)]))
+        self.assertEqual(value, os.getxattr(self.in_dest('f'), 'user.bin'))
+        # GNU tar escapes '=' and '%' in attribute names.
+        self.assertEqual(b'text', os.getxattr(self.in_dest('f'), 'user.a=b%'))
+        self.assertEqual(b'\x80', os.getxattr(self.in_dest('d'), 'user.dir'))
+
+    def test_security_capability_survives_chown_and_hard_link(self):
+        if not self.is_root:
+            self.skipTest('setting security.capability needs root')
+        # VFS_CAP_REVISION_2 | effective, permitted = CAP_NET_RAW (13).
+        cap = struct.pack('<5I', 0x02000001, 1 << 13, 0, 0, 0)
+        info, data = reg('usr/bin/ping', b'ping', mode=0o755, uid=0, gid=7)
+        info.pax_headers = xattr('security.capability', cap)
+        members = [(info, data),
+                   hardlink('usr/bin/ping2', 'usr/bin/ping', mode=0o755,
+                            gid=7)]
+        try:
+            self.unpack(self.write_archive(members))
+        except exception.ArchiveError as e:
+            if 'Operation not supported' in str(e):
+                self.skipTest(str(e))
+            raise
+        self.assertEqual(cap, os.getxattr(self.in_dest('usr/bin/ping'),
+                                          'security.capability'))
+        self.assertEqual(cap, os.getxattr(self.in_dest('usr/bin/ping2'),
+                                          'security.capability'))
+
+    def test_replacing_member_keeps_last_version(self):
+        members = [reg('f', b'old'), reg('f', b'new!'), symlink('l', 'f'),
+                   symlink('l', '/f'), reg('x', b'1'), symlink('x', 'f')]
+        self.assertEqual(8, self.unpack(self.write_archive(members)))
+        with open(self.in_dest('f'), 'rb') as f:
+            self.assertEqual(b'new!', f.read())
+        self.assertEqual('/f', os.readlink(self.in_dest('l')))
+        self.assertEqual('f', os.readlink(self.in_dest('x')))
+
+    def test_sparse_member_counted_at_full_size(self):
+        # tarfile cannot write sparse members; feed the filter directly.
+        info, _ = reg('sparse')
+        info.size = 3000
+        info.sparse = [(0, 10), (1000, 5000)]
+        member_filter = tarball._MemberFilter(self.dest, BIG)
+        member_filter(info, self.dest)
+        self.assertEqual(5010, member_filter.total)
+        info.sparse = [(0, 10)]
+        member_filter(info, self.dest)
+        self.assertEqual(8010, member_filter.total)
+
+    # Refused: names ------------------------------------------------------
+
+    def test_absolute_name_refused(self):
+        name = os.path.join(self.outside, 'pwned')
+        self.assertRefused(self.write_archive([reg(name, b'x')]), name)
+
+    def test_dotdot_name_refused(self):
+        name = '../outside/pwned'
+        self.assertRefused(self.write_archive([reg(name, b'x')]), name)
+
+    def test_dotdot_inside_name_refused(self):
+        name = 'etc/../../outside/pwned'
+        self.assertRefused(self.write_archive([reg(name, b'x')]), name)
+
+    def test_empty_name_refused(self):
+        e = self.assertRefused(self.write_archive([reg('', b'x')]), '')
+        self.assertIn('empty name', str(e))
+
+    def test_non_directory_replacing_root_refused(self):
+        self.assertRefused(self.write_archive([symlink('./', '/etc')]), './')
+
+    # Refused: symlinks -------------------------------------------------
+
+    def test_file_through_absolute_symlink_refused(self):
+        path = self.write_archive([symlink('a', self.outside),
+                                   reg('a/pwned', b'x')])
+        e = self.assertRefused(path, 'a/pwned')
+        self.assertIn('symlink', str(e))
+
+    def test_file_through_symlinked_parent_deeper_refused(self):
+        path = self.write_archive([directory('etc'),
+                                   symlink('etc/a', self.outside),
+                                   reg('etc/a/b/pwned', b'x')])
+        self.assertRefused(path, 'etc/a/b/pwned')
+        self.assertFalse(os.path.lexists(os.path.join(self.outside, 'b')))
+
+    def test_relative_symlink_climbing_out_refused(self):
+        path = self.write_archive([directory('etc'),
+                                   symlink('etc/x', '../../../etc/shadow')])
+        e = self.assertRefused(path, 'etc/x')
+        self.assertIn('climbs out', str(e))
+
+    def test_relative_symlink_to_outside_dir_refused(self):
+        path = self.write_archive([symlink('a', '../outside'),
+                                   reg('a/pwned', b'x')])
+        self.assertRefused(path, 'a')
+
+    def test_split_symlink_across_two_archives_refused(self):
+        # CVE-2025-45582: the first archive is harmless on its own.
+        first = self.write_archive([symlink('a', self.outside)], name='one')
+        self.assertEqual(0, self.unpack(first))
+        self.assertEqual(self.outside, os.readlink(self.in_dest('a')))
+        second = self.write_archive([reg('a/pwned', b'x')], name='two')
+        self.assertRefused(second, 'a/pwned')
+
+    def test_file_over_existing_symlink_refused(self):
+        path = self.write_archive([symlink('s', self.secret),
+                                   reg('s', b'pwned')])
+        e = self.assertRefused(path, 's')
+        self.assertIn('regular file cannot replace the existing symlink',
+                      str(e))
+
+    def test_file_over_symlink_from_earlier_archive_refused(self):
+        self.unpack(self.write_archive([symlink('s', self.secret)], 'gz',
+                                       name='one'))
+        self.assertRefused(self.write_archive([reg('s', b'pwned')],
+                                              name='two'), 's')
+
+    def test_directory_over_existing_symlink_refused(self):
+        # Without the check, tarfile chmods the directory at the end,
+        # through the symlink.
+        path = self.write_archive([symlink('d', self.outside),
+                                   directory('d', mode=0o777)])
+        self.assertRefused(path, 'd')
+
+    def test_symlink_over_existing_directory_refused(self):
+        path = self.write_archive([directory('d'), symlink('d', '/etc')])
+        self.assertRefused(path, 'd')
+        self.assertTrue(os.path.isdir(self.in_dest('d')))
+
+    def test_file_over_existing_fifo_refused(self):
+        # open() for writing would block forever on the FIFO.
+        self.useFixture(fixtures.Timeout(20, gentle=True))
+        path = self.write_archive([fifo('p'), reg('p', b'x')])
+        self.assertRefused(path, 'p')
+
+    # Refused: hard links -----------------------------------------------
+
+    def test_hard_link_absolute_refused(self):
+        path = self.write_archive([hardlink('h', self.secret)])
+        self.assertRefused(path, 'h')
+        self.assertFalse(os.path.lexists(self.in_dest('h')))
+
+    def test_hard_link_dotdot_refused(self):
+        path = self.write_archive([hardlink('h', '../outside/secret')])
+        self.assertRefused(path, 'h')
+
+    def test_hard_link_through_symlink_refused(self):
+        path = self.write_archive([symlink('l', self.outside),
+                                   hardlink('h', 'l/secret', mode=0o777)])
+        self.assertRefused(path, 'h')
+
+    def test_hard_link_to_symlink_refused(self):
+        # link(2) would link the symlink itself and tarfile would then
+        # chmod and chown the new name, following the symlink to secret.
+        path = self.write_archive([symlink('s', self.secret),
+                                   hardlink('h', 's', mode=0o777)])
+        e = self.assertRefused(path, 'h')
+        self.assertIn('hard link to the symlink', str(e))
+        self.assertFalse(os.path.lexists(self.in_dest('h')))
+
+    def test_hard_link_to_missing_target_refused(self):
+        path = self.write_archive([hardlink('h', 'later'),
+                                   reg('later', b'x')])
+        self.assertRefused(path, 'h')
+
+    def test_hard_link_to_directory_refused(self):
+        path = self.write_archive([directory('d'), hardlink('h', 'd')])
+        self.assertRefused(path, 'h')
+
+    # Refused: member types ---------------------------------------------
+
+    def test_character_device_refused(self):
+        path = self.write_archive([device('null', tarfile.CHRTYPE)])
+        e = self.assertRefused(path, 'null')
+        self.assertIn('device node', str(e))
+        self.assertFalse(os.path.lexists(self.in_dest('null')))
+
+    def test_block_device_refused(self):
+        path = self.write_archive([device('sda', tarfile.BLKTYPE)])
+        e = self.assertRefused(path, 'sda')
+        self.assertIn('device node', str(e))
+        self.assertFalse(os.path.lexists(self.in_dest('sda')))
+
+    def test_unknown_member_type_refused(self):
+        path = self.write_archive([(_info('odd', b'Z', size=0), None)])
+        self.assertRefused(path, 'odd')
+
+    def test_invalid_owner_and_mtime_refused(self):
+        # chown() and utime() would raise OverflowError / ValueError.
+        for record in ({'uid': str(2 ** 40)}, {'gid': '-5'},
+                       {'mtime': 'nan'}, {'mtime': '1e300'}):
+            info, data = reg('f', b'x')
+            info.pax_headers = record
+            e = self.assertRefused(self.write_archive([(info, data)]), 'f')
+            self.assertIn('invalid', str(e))
+
+    def test_xattr_that_cannot_be_set_is_an_error(self):
+        self.require_user_xattrs()
+        # Linux allows no user.* attributes on symlinks.
+        info, _ = symlink('l', 'target')
+        info.pax_headers = xattr('user.x', b'1')
+        path = self.write_archive([(info, None)])
+        self.assertArchiveError(path, 'extended attribute user.x', "'l'")
+
+    # Refused: sizes ----------------------------------------------------
+
+    def test_file_larger_than_max_bytes_refused(self):
+        path = self.write_archive([reg('small', b'abc'),
+                                   zeros('big', 2 * MiB)])
+        e = self.assertRefused(path, 'big', max_bytes=MiB)
+        self.assertIn('limit of %d bytes' % MiB, str(e))
+        self.assertFalse(os.path.lexists(self.in_dest('big')))
+
+    def test_exactly_max_bytes_allowed(self):
+        path = self.write_archive([reg('a', b'abc'), reg('b', b'de')])
+        self.assertEqual(5, self.unpack(path, max_bytes=5))
+
+    def test_gzip_bomb_refused_before_writing(self):
+        path = self.write_archive([zeros('zeros', 200 * MiB)], 'gz')
+        self.assertLess(os.path.getsize(path), 2 * MiB)
+        start = time.monotonic()
+        self.assertRefused(path, 'zeros', max_bytes=10 * MiB)
+        self.assertLess(time.monotonic() - start, 5)
+        self.assertLess(self.written_bytes(), 10 * MiB)
+
+    def test_many_files_bomb_stops_at_limit(self):
+        members = [zeros('f%02d' % i, MiB) for i in range(30)]
+        path = self.write_archive(members, 'xz')
+        self.assertRefused(path, 'f10', max_bytes=10 * MiB)
+        self.assertLessEqual(self.written_bytes(), 10 * MiB)
+        self.assertFalse(os.path.lexists(self.in_dest('f10')))
+
+    def test_file_larger_than_free_space_refused(self):
+        path = self.write_archive([reg('f', b'x' * 2000)])
+        with mock.patch.object(tarball, '_free_bytes', return_value=1000):
+            e = self.assertRefused(path, 'f')
+        self.assertIn('only 1000 are free', str(e))
+
+    def test_free_space_read_from_dest(self):
+        st = os.statvfs(self.dest)
+        self.assertEqual(st.f_bavail * st.f_frsize,
+                         tarball._free_bytes(self.dest))
+
+    def test_oversized_metadata_header_refused(self):
+        info, data = reg('f', b'x')
+        info.pax_headers = xattr('user.big', b'v' * 4096)
+        path = self.write_archive([(info, data)])
+        with mock.patch.object(tarball, '_MAX_HEADER_BYTES', 1024):
+            self.assertArchiveError(path, 'metadata header')
+        self.assertEqual([], os.listdir(self.dest))
+
+    def test_members_not_accumulated(self):
+        # tarfile would keep every member read in tar.members.
+        path = self.write_archive([reg('f%d' % i, b'x') for i in range(50)])
+        with tarfile.open(path, 'r|') as tar:
+            seen = [(m.name, len(tar.members))
+                    for m in tarball._stream_members(tar)]
+        self.assertEqual(['f%d' % i for i in range(50)],
+                         [name for name, _ in seen])
+        self.assertEqual({0}, {count for _, count in seen})
+
+    def test_quiet(self):
+        ok = self.write_archive([reg('a', b'x'), symlink('l', '/a')], 'xz',
+                                name='ok')
+        bad = self.write_archive([symlink('s', self.outside),
+                                  reg('s/x', b'x')], name='bad')
+        stderr = self.useFixture(fixtures.StringStream('stderr')).stream
+        stdout = self.useFixture(fixtures.StringStream('stdout')).stream
+        self.useFixture(fixtures.MonkeyPatch('sys.stderr', stderr))
+        self.useFixture(fixtures.MonkeyPatch('sys.stdout', stdout))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            self.unpack(ok)
+            self.assertRaises(exception.UnsafeArchiveMember, self.unpack, bad)
+        self.assertEqual([], caught)
+        stderr.seek(0)
+        stdout.seek(0)
+        self.assertEqual('', stderr.read() + stdout.read())
+
+    # Not a tarball, or a broken one ------------------------------------
+
+    def test_truncated_tar_gz_refused(self):
+        data = os.urandom(256 * 1024)
+        path = self.write_archive([reg('etc/random', data)], 'gz')
+        with open(path, 'rb') as f:
+            whole = f.read()
+        half = self.write_bytes(whole[:len(whole) // 2], 'half.tar.gz')
+        self.assertArchiveError(half, 'truncated or corrupt')
+
+    def test_tar_cut_at_member_boundary_refused(self):
+        # tarfile alone would take this for a one-member archive.
+        path = self.write_archive([reg('a', b'x' * 512), reg('b', b'y')])
+        with open(path, 'rb') as f:
+            first_member = f.read(2 * 512)
+        cut = self.write_bytes(first_member, 'cut.tar')
+        self.assertArchiveError(cut, 'truncated or corrupt',
+                                'end-of-archive marker')
+
+    def test_corrupt_compressed_data_refused(self):
+        # zstd can only notice corrupt stored blocks through the frame
+        # checksum, which write_archive() includes.
+        data = os.urandom(256 * 1024)
+        for compression in ('gz', 'bz2', 'xz', 'zst'):
+            path = self.write_archive([reg('random', data)], compression,
+                                      name=compression)
+            with open(path, 'rb') as f:
+                whole = bytearray(f.read())
+            middle = len(whole) // 2
+            for i in range(middle, middle + 64):
+                whole[i] ^= 0x55
+            broken = self.write_bytes(bytes(whole), 'broken-' + compression)
+            self.assertArchiveError(broken, 'truncated or corrupt')
+
+    def test_compressed_non_tar_refused(self):
+        for compression, compress in (
+                ('gz', gzip.compress),
+                ('zst', zstandard.ZstdCompressor().compress)):
+            path = self.write_bytes(compress(os.urandom(4096)),
+                                    'image.' + compression)
+            self.assertArchiveError(path, 'truncated or corrupt')
+
+    def test_corrupt_zstd_refused(self):
+        path = self.write_bytes(b'\x28\xb5\x2f\xfd' + os.urandom(512))
+        self.assertArchiveError(path, 'truncated or corrupt')
+
+    def test_random_bytes_refused(self):
+        path = self.write_bytes(b'\x00\x01' + os.urandom(4094))
+        self.assertArchiveError(path, 'not a tar archive',
+                                'starts with \\x00\\x01')
+
+    def test_qcow2_refused(self):
+        header = b'QFI\xfb\x00\x00\x00\x03' + bytes(504)
+        path = self.write_bytes(header, 'rootfs.tar.gz')
+        e = self.assertArchiveError(path)
+        self.assertEqual(
+            'archive refused: not a tar archive: content starts with '
+            'QFI\\xfb\\x00\\x00\\x00\\x03 (qcow2?)', str(e))
+
+    def test_iso_refused(self):
+        image = bytearray(0x9000)
+        image[0x8001:0x8006] = b'CD001'
+        path = self.write_bytes(bytes(image))
+        self.assertArchiveError(path, 'not a tar archive', '(ISO 9660?)')
+
+    def test_empty_file_refused(self):
+        path = self.write_bytes(b'')
+        self.assertArchiveError(path, 'not a tar archive: empty file')
