@@ -1,0 +1,278 @@
+"""Container: the model of one LXC container and every artifact it owns.
+
+Artifacts of a container named N with container ID C:
+
+- ``<state_path>/ids/C``           its ID reservation (ids.IdAllocator)
+- ``<state_path>/rootfs/C``        its copy-on-write root (rootfs.Rootfs)
+- ``<lxc_path>/N/config``          lxc.conf, carrying the driver's record
+- ``<lxc_path>/N/*.log``           console and LXC logs
+- ``<lxc_path>/N/suspended``       marks a freeze made by Nova's suspend
+- cgroups                          made and removed by LXC itself
+
+They are created in that order and removed in the reverse one, so any
+crash leaves a state that ``destroy`` recognises and finishes cleaning.
+"""
+
+import math
+import os
+import shutil
+import time
+
+from oslo_log import log as logging
+
+from novalxcdriver import conf
+from novalxcdriver import exception
+from novalxcdriver import lxc
+from novalxcdriver import rootfs as rootfs_mod
+from novalxcdriver import spec as spec_mod
+
+CONF = conf.CONF
+LOG = logging.getLogger(__name__)
+
+CONSOLE_OUTPUT_MAX = 100 * 1024  # bytes, like libvirt's console log tail.
+
+
+class Container:
+    """One container, named after its Nova instance.
+
+    :param name: the LXC name (instance.name); checked by spec.check_name.
+    :param instance_uuid: the Nova instance it belongs to.
+    :param ids: the host's ids.IdAllocator.
+    """
+
+    def __init__(self, name, instance_uuid, lxc_path, state_path, ids):
+        self.name = spec_mod.check_name(name)
+        self.instance_uuid = instance_uuid
+        self.lxc_path = lxc_path
+        self.state_path = state_path
+        self.ids = ids
+        self.dir = os.path.join(lxc_path, name)
+        self.config_path = os.path.join(self.dir, 'config')
+        self._suspended_path = os.path.join(self.dir, 'suspended')
+
+    # -- what exists --------------------------------------------------
+
+    def record(self):
+        """The driver's record from the config ({} when there is none)."""
+        try:
+            with open(self.config_path) as f:
+                return spec_mod.parse_record(f.read())
+        except FileNotFoundError:
+            return {}
+
+    def exists(self):
+        """True once create() has written the config (until destroy)."""
+        return os.path.exists(self.config_path)
+
+    def cid(self):
+        """This container's ID: from its record, else its reservation."""
+        return self.record().get('id', self.ids.find(self.instance_uuid))
+
+    def rootfs(self):
+        cid = self.cid()
+        return None if cid is None else rootfs_mod.Rootfs(self.state_path,
+                                                          cid)
+
+    # -- creation -------------------------------------------------------
+
+    def create(self, spec, image):
+        """Build the rootfs and write the config; the container stays stopped.
+
+        On any failure everything made so far is removed.
+
+        :param spec: the spec.ContainerSpec (its cid already reserved).
+        :param image: images.CachedImage the rootfs is built on.
+        :raises ContainerExists: a container of that name exists already.
+        """
+        os.makedirs(self.lxc_path, mode=0o711, exist_ok=True)
+        try:
+            os.mkdir(self.dir, 0o700)
+        except FileExistsError:
+            raise exception.ContainerExists(name=self.name)
+        root = rootfs_mod.Rootfs(self.state_path, spec.cid)
+        try:
+            root.create(image.rootfs, spec.idmap)
+            tmp = self.config_path + '.tmp'
+            with open(tmp, 'w') as f:
+                f.write(spec_mod.render_config(spec))
+            os.rename(tmp, self.config_path)
+        except BaseException:
+            self._remove_quietly(root)
+            raise
+
+    def _remove_quietly(self, root):
+        try:
+            root.destroy()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def ensure_rootfs(self, image_cache):
+        """Remount the rootfs if missing (after a host reboot)."""
+        record = self.record()
+        root = rootfs_mod.Rootfs(self.state_path, record['id'])
+        image = image_cache.lookup(record['image_id'])
+        if image is None:
+            raise exception.ContainerNotFound(name=self.name)
+        root.mount(image.rootfs, self.ids.idmap(record['id']))
+
+    # -- state ----------------------------------------------------------
+
+    def state(self):
+        """(LXC state, init pid or None).
+
+        :raises ContainerNotFound: no config for this container.
+        """
+        if not self.exists():
+            raise exception.ContainerNotFound(name=self.name)
+        return lxc.info(self.name, self.lxc_path)
+
+    def is_suspended(self):
+        return os.path.exists(self._suspended_path)
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self):
+        """Start init (lxc-start -d); a running container is left as is."""
+        state, _pid = self.state()
+        if state == 'RUNNING':
+            return
+        self._clear_suspended()
+        lxc.start(self.name, self.lxc_path)
+
+    def stop(self, timeout=0, retry_interval=0):
+        """Halt cleanly within timeout seconds, else kill (Nova power_off).
+
+        The halt signal (lxc.signal.halt) is sent again every
+        retry_interval seconds, as libvirt resends ACPI power button
+        presses. timeout 0 kills at once.
+        """
+        self._thaw_if_frozen()
+        state, _pid = self.state()
+        if state == 'STOPPED':
+            return
+        deadline = time.monotonic() + timeout
+        while timeout > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            step = min(retry_interval or remaining, remaining)
+            if lxc.request_halt(self.name, self.lxc_path,
+                                max(1, math.ceil(step))):
+                return
+            # lxc-stop also fails at once when a halt is already under way.
+            if self.state()[0] == 'STOPPED':
+                return
+            time.sleep(min(0.1, max(0, deadline - time.monotonic())))
+        if timeout > 0:
+            LOG.info('Container %s did not halt within %ss; killing it',
+                     self.name, timeout)
+        self.kill()
+
+    def kill(self):
+        self._thaw_if_frozen()
+        if self.state()[0] != 'STOPPED':
+            lxc.kill(self.name, self.lxc_path)
+
+    def reboot(self, soft, timeout):
+        """Reboot, soft (clean) or hard (kill and start).
+
+        A soft reboot that does not complete within timeout seconds, or of
+        a container that is not running, becomes a hard one.
+        """
+        if soft and self.state()[0] == 'RUNNING':
+            if lxc.reboot(self.name, self.lxc_path, timeout):
+                if self.state()[0] == 'RUNNING':
+                    return
+            LOG.warning('Soft reboot of %s did not complete in %ss; '
+                        'rebooting hard', self.name, timeout)
+        self.kill()
+        self.start()
+
+    def freeze(self, suspend=False):
+        """Freeze every process (cgroup freezer); suspend marks it so."""
+        if suspend:
+            open(self._suspended_path, 'w').close()
+        if self.state()[0] != 'FROZEN':
+            lxc.freeze(self.name, self.lxc_path)
+
+    def thaw(self):
+        self._clear_suspended()
+        if self.state()[0] in ('FROZEN', 'FREEZING'):
+            lxc.unfreeze(self.name, self.lxc_path)
+
+    def _thaw_if_frozen(self):
+        if self.exists() and self.state()[0] in ('FROZEN', 'FREEZING'):
+            # A frozen task cannot act on a signal, not even SIGKILL.
+            lxc.unfreeze(self.name, self.lxc_path)
+        self._clear_suspended()
+
+    def _clear_suspended(self):
+        try:
+            os.unlink(self._suspended_path)
+        except FileNotFoundError:
+            pass
+
+    def destroy(self, timeout=0):
+        """Stop the container and remove every artifact.
+
+        Idempotent; finishes the job after a failed or interrupted create
+        or destroy.
+
+        :param timeout: seconds for a clean halt before the kill.
+        """
+        if self.exists():
+            self.stop(timeout)
+        cid = self.cid()
+        if cid is not None:
+            # Rootfs first: the config still names the ID meanwhile.
+            rootfs_mod.Rootfs(self.state_path, cid).destroy()
+        if os.path.lexists(self.dir):
+            shutil.rmtree(self.dir)
+        if cid is not None and self.ids.find(self.instance_uuid) == cid:
+            self.ids.release(cid)
+
+    # -- output ---------------------------------------------------------
+
+    def console_output(self, max_bytes=CONSOLE_OUTPUT_MAX):
+        """The last max_bytes of the console log (and its rotation).
+
+        :returns: bytes (empty before the container first started).
+        """
+        data = b''
+        for path in (self.dir + '/console.log.1', self.dir + '/console.log'):
+            try:
+                with open(path, 'rb') as f:
+                    size = os.fstat(f.fileno()).st_size
+                    f.seek(max(0, size - max_bytes))
+                    data += f.read()
+            except FileNotFoundError:
+                pass
+        return data[-max_bytes:]
+
+
+def all_records(lxc_path):
+    """Records of every container of ours under lxc_path.
+
+    :returns: dict of container name to its record (spec.parse_record).
+    """
+    records = {}
+    try:
+        names = os.listdir(lxc_path)
+    except FileNotFoundError:
+        return records
+    for name in names:
+        try:
+            with open(os.path.join(lxc_path, name, 'config')) as f:
+                record = spec_mod.parse_record(f.read())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if record:
+            records[name] = record
+    return records
+
+
+def artifact_ids(lxc_path, state_path):
+    """IDs still held by a container config or a rootfs directory."""
+    ids = rootfs_mod.existing_ids(state_path)
+    ids.update(r['id'] for r in all_records(lxc_path).values() if 'id' in r)
+    return ids

@@ -1,0 +1,372 @@
+"""LXCDriver: Nova's compute driver contract, mapped onto containers.
+
+Each method finds the instance's container.Container and asks it to act;
+Nova objects are translated into a spec.ContainerSpec on the way down and
+project exceptions into Nova's on the way up. nova-compute loads this class
+as ``compute_driver = novalxc.LXCDriver`` through the nova.virt.novalxc
+shim. Method contracts: nova/virt/driver.py (Nova 34).
+"""
+
+import os
+
+from nova.compute import power_state
+from nova import exception as nova_exc
+from nova.objects import fields
+from nova.virt import driver
+from nova.virt import event as virtevent
+from nova.virt import hardware
+from nova.virt import images as nova_images
+import nova.virt.node
+import os_resource_classes as orc
+from oslo_log import log as logging
+from oslo_serialization import jsonutils
+from oslo_utils import excutils
+from oslo_utils import units
+
+from novalxcdriver import conf
+from novalxcdriver import container as container_mod
+from novalxcdriver import events
+from novalxcdriver import exception
+from novalxcdriver import host as host_mod
+from novalxcdriver import ids
+from novalxcdriver import images
+from novalxcdriver import rootfs as rootfs_mod
+from novalxcdriver import spec as spec_mod
+
+CONF = conf.CONF
+LOG = logging.getLogger(__name__)
+
+# LXC state (lxc-info -s) to Nova power state.
+POWER_STATES = {
+    'STOPPED': power_state.SHUTDOWN,
+    'STARTING': power_state.RUNNING,
+    'RUNNING': power_state.RUNNING,
+    'STOPPING': power_state.RUNNING,
+    'ABORTING': power_state.CRASHED,
+    'FREEZING': power_state.PAUSED,
+    'FROZEN': power_state.PAUSED,
+    'THAWED': power_state.RUNNING,
+}
+
+# LXC state reached on its own to the lifecycle event Nova understands.
+LIFECYCLE_EVENTS = {
+    'STOPPED': virtevent.EVENT_LIFECYCLE_STOPPED,
+    'RUNNING': virtevent.EVENT_LIFECYCLE_STARTED,
+    'FROZEN': virtevent.EVENT_LIFECYCLE_PAUSED,
+}
+
+
+class LXCDriver(driver.ComputeDriver):
+    """Runs each Nova instance as an unprivileged LXC system container."""
+
+    capabilities = dict(
+        driver.ComputeDriver.capabilities,
+        # Images are rootfs tarballs uploaded as disk_format=raw.
+        supports_image_type_raw=True,
+        # No image cache manager yet: cached images stay until removed.
+        has_imagecache=False,
+        supports_evacuate=False,
+        supports_migrate_to_same_host=False,
+        supports_attach_interface=False,
+        supports_multiattach=False,
+        supports_trusted_certs=False,
+    )
+
+    def __init__(self, virtapi, read_only=False):
+        super().__init__(virtapi)
+        self._lxc_path = CONF.lxc.lxc_path
+        self._state_path = CONF.lxc.state_path
+        self._images = images.ImageCache(
+            self._state_path, CONF.lxc.image_max_unpacked_gib * units.Gi)
+        self._ids = None
+        self._watcher = None
+
+    # -- host -------------------------------------------------------------
+
+    def init_host(self, host):
+        """Check the host, reconcile crash leftovers, watch states.
+
+        :raises HostCheckFailed: listing everything the host lacks.
+        """
+        problems = host_mod.problems()
+        try:
+            self._ids = ids.IdAllocator(
+                self._state_path, range_size=CONF.lxc.id_range_size,
+                artifact_ids=self._artifact_ids)
+            if self._ids.count < 1:
+                raise exception.IdmapUnavailable(
+                    reason='the range holds no block of %d ids' %
+                    CONF.lxc.id_range_size)
+        except exception.IdmapUnavailable as e:
+            problems.append(str(e))
+        if problems:
+            raise exception.HostCheckFailed(problems='; '.join(problems))
+        for path in (self._lxc_path, self._state_path):
+            os.makedirs(path, mode=0o711, exist_ok=True)
+        self._reconcile()
+        if CONF.lxc.state_poll_interval:
+            self._watcher = events.StateWatcher(
+                self._lxc_path, CONF.lxc.state_poll_interval,
+                self._state_changed)
+            self._watcher.start()
+
+    def cleanup_host(self, host):
+        if self._watcher:
+            self._watcher.stop()
+
+    def _artifact_ids(self):
+        return container_mod.artifact_ids(self._lxc_path, self._state_path)
+
+    def _reconcile(self):
+        """Finish what a crash interrupted; remount roots after a reboot."""
+        self._images.remove_partials()
+        records = container_mod.all_records(self._lxc_path)
+        complete = {r['id'] for r in records.values() if 'id' in r}
+        for cid, res in self._ids.reservations().items():
+            if cid in complete or host_mod.process_alive(res.pid):
+                continue
+            LOG.warning('Removing container ID %d of instance %s: its spawn '
+                        'was interrupted', cid, res.instance_uuid)
+            self._container_of(res.instance_name,
+                               res.instance_uuid).destroy()
+        for name, record in records.items():
+            if record.get('host') != CONF.host:
+                continue
+            try:
+                self._container_of(name, record['instance_uuid']) \
+                    .ensure_rootfs(self._images)
+            except exception.NovaLXCError:
+                LOG.exception('Cannot remount the root of container %s', name)
+
+    def _state_changed(self, name, old, new):
+        record = container_mod.Container(
+            name, None, self._lxc_path, self._state_path, self._ids).record()
+        transition = LIFECYCLE_EVENTS.get(new)
+        if not record or record.get('host') != CONF.host or not transition:
+            return
+        if old in ('FROZEN', 'FREEZING') and new == 'RUNNING':
+            transition = virtevent.EVENT_LIFECYCLE_RESUMED
+        LOG.info('Container %s went from %s to %s', name, old, new)
+        self.emit_event(virtevent.LifecycleEvent(record['instance_uuid'],
+                                                 transition))
+
+    def get_host_ip_addr(self):
+        return CONF.my_ip
+
+    def get_available_nodes(self, refresh=False):
+        return [CONF.host]
+
+    def get_available_resource(self, nodename):
+        """Host CPUs, memory (MiB) and instance disk (GiB), Nova's dict."""
+        mem_total, mem_used = host_mod.memory_mb()
+        disk_total, disk_used, disk_free = host_mod.disk_gb(self._state_path)
+        arch = fields.Architecture.canonicalize(host_mod.arch())
+        return {
+            'vcpus': host_mod.cpu_count(),
+            'memory_mb': mem_total,
+            'local_gb': disk_total,
+            'vcpus_used': 0,
+            'memory_mb_used': mem_used,
+            'local_gb_used': disk_used,
+            'hypervisor_type': fields.HVType.LXC,
+            'hypervisor_version': host_mod.lxc_version_int(),
+            'hypervisor_hostname': nodename,
+            'cpu_info': jsonutils.dumps({'arch': arch}),
+            'disk_available_least': disk_free,
+            'supported_instances': [(arch, fields.HVType.LXC,
+                                     fields.VMMode.EXE)],
+            'numa_topology': None,
+            'uuid': nova.virt.node.get_local_node_uuid(),
+        }
+
+    def update_provider_tree(self, provider_tree, nodename, allocations=None):
+        """VCPU, MEMORY_MB and DISK_GB inventory of the host."""
+        vcpus = host_mod.cpu_count()
+        memory_mb, _used = host_mod.memory_mb()
+        disk_gb, _used, _free = host_mod.disk_gb(self._state_path)
+        ratios = self._get_allocation_ratios(
+            provider_tree.data(nodename).inventory)
+        reserved = {
+            orc.VCPU: CONF.reserved_host_cpus,
+            orc.MEMORY_MB: CONF.reserved_host_memory_mb,
+            orc.DISK_GB: self._get_reserved_host_disk_gb_from_config(),
+        }
+        totals = {orc.VCPU: vcpus, orc.MEMORY_MB: memory_mb,
+                  orc.DISK_GB: disk_gb}
+        provider_tree.update_inventory(nodename, {
+            rc: {'total': total, 'min_unit': 1, 'max_unit': total,
+                 'step_size': 1, 'allocation_ratio': ratios[rc],
+                 'reserved': reserved[rc]}
+            for rc, total in totals.items()})
+
+    # -- instances ----------------------------------------------------------
+
+    def _container_of(self, name, instance_uuid):
+        return container_mod.Container(name, instance_uuid, self._lxc_path,
+                                       self._state_path, self._ids)
+
+    def _container(self, instance):
+        try:
+            return self._container_of(instance.name, instance.uuid)
+        except exception.InvalidContainerName as e:
+            raise nova_exc.InvalidInput(reason=str(e))
+
+    def _existing(self, instance):
+        c = self._container(instance)
+        if not c.exists():
+            raise nova_exc.InstanceNotFound(instance_id=instance.uuid)
+        return c
+
+    def list_instances(self):
+        return [name for name, r in
+                container_mod.all_records(self._lxc_path).items()
+                if r.get('host') == CONF.host]
+
+    def list_instance_uuids(self):
+        return [r['instance_uuid'] for r in
+                container_mod.all_records(self._lxc_path).values()
+                if r.get('host') == CONF.host]
+
+    def instance_exists(self, instance):
+        return self._container(instance).exists()
+
+    def get_info(self, instance, use_cache=True):
+        """:raises InstanceNotFound: no container for the instance."""
+        c = self._existing(instance)
+        try:
+            state, _pid = c.state()
+        except exception.ContainerNotFound:
+            raise nova_exc.InstanceNotFound(instance_id=instance.uuid)
+        power = POWER_STATES.get(state, power_state.NOSTATE)
+        if power == power_state.PAUSED and c.is_suspended():
+            power = power_state.SUSPENDED
+        return hardware.InstanceInfo(state=power, internal_id=c.name)
+
+    def get_console_output(self, context, instance):
+        return self._existing(instance).console_output()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def spawn(self, context, instance, image_meta, injected_files,
+              admin_password, allocations, network_info=None,
+              block_device_info=None, power_on=True, accel_info=None):
+        """Create the container from image_meta's rootfs and start it.
+
+        :raises ImageUnacceptable: the image is not a usable rootfs archive.
+        :raises InvalidInput: something asked of the instance that this
+            driver cannot provide (VIFs, volumes, ephemeral or swap disks).
+        """
+        self._refuse_unsupported(instance, network_info, block_device_info)
+        c = self._container(instance)
+        image = self._cached_image(context, instance, image_meta)
+        cid = self._ids.allocate(instance.uuid, instance.name)
+        try:
+            root = rootfs_mod.Rootfs(self._state_path, cid)
+            spec = spec_mod.build(
+                instance, CONF.host, cid, self._ids.idmap(cid), image,
+                container_dir=c.dir, rootfs=root.merged,
+                console_log_size=CONF.lxc.console_log_size_kib * 1024)
+            c.create(spec, image)
+            if power_on:
+                c.start()
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                LOG.warning('Spawn failed; removing what it made',
+                            instance=instance)
+                c.destroy()
+        LOG.info('Container %s spawned (ID %d)', c.name, cid,
+                 instance=instance)
+
+    @staticmethod
+    def _refuse_unsupported(instance, network_info, block_device_info):
+        # Each refusal is a clear build fault rather than a silent omission.
+        if network_info:
+            raise nova_exc.InvalidInput(
+                reason='novalxcdriver does not plug VIFs yet; boot with '
+                       '--nic none')
+        mapping = driver.block_device_info_get_mapping(block_device_info)
+        if mapping:
+            raise nova_exc.InvalidInput(
+                reason='novalxcdriver cannot attach volumes')
+        flavor = instance.flavor
+        if flavor.ephemeral_gb or flavor.swap:
+            raise nova_exc.InvalidInput(
+                reason='novalxcdriver does not provide ephemeral or swap '
+                       'disks yet; use a flavor without them')
+
+    def _cached_image(self, context, instance, image_meta):
+        image_id = image_meta.id
+        formats = (image_meta.obj_attr_is_set('container_format') and
+                   image_meta.container_format,
+                   image_meta.obj_attr_is_set('disk_format') and
+                   image_meta.disk_format)
+        if formats != ('bare', 'raw'):
+            raise nova_exc.ImageUnacceptable(
+                image_id=image_id,
+                reason='novalxcdriver boots root filesystem tarballs '
+                       'uploaded with container_format=bare and '
+                       'disk_format=raw, not %s/%s' % formats)
+
+        def fetch(dest_path):
+            nova_images.fetch(context, image_id, dest_path)
+
+        try:
+            return self._images.get(image_id, fetch)
+        except exception.ImageUnpackError as e:
+            raise nova_exc.ImageUnacceptable(image_id=image_id,
+                                             reason=str(e))
+
+    def destroy(self, context, instance, network_info, block_device_info=None,
+                destroy_disks=True, destroy_secrets=True):
+        """Kill the container and remove all of it. Idempotent."""
+        self._container(instance).destroy()
+
+    def cleanup(self, context, instance, network_info, block_device_info=None,
+                destroy_disks=True, migrate_data=None, destroy_vifs=True,
+                destroy_secrets=True):
+        # destroy() already removed every artifact.
+        self._container(instance).destroy()
+
+    def reboot(self, context, instance, network_info, reboot_type,
+               block_device_info=None, bad_volumes_callback=None,
+               accel_info=None, share_info=None):
+        """SOFT: clean reboot within [lxc] soft_reboot_timeout, else HARD."""
+        c = self._existing(instance)
+        c.ensure_rootfs(self._images)
+        c.reboot(soft=reboot_type == 'SOFT',
+                 timeout=CONF.lxc.soft_reboot_timeout)
+
+    def power_off(self, instance, timeout=0, retry_interval=0):
+        self._existing(instance).stop(timeout, retry_interval)
+
+    def power_on(self, context, instance, network_info,
+                 block_device_info=None, accel_info=None, share_info=None):
+        c = self._existing(instance)
+        c.ensure_rootfs(self._images)
+        c.start()
+
+    def resume_state_on_host_boot(self, context, instance, network_info,
+                                  share_info, block_device_info=None):
+        """Restart a container that was running before the host booted."""
+        c = self._existing(instance)
+        c.ensure_rootfs(self._images)
+        c.thaw()
+        c.start()
+
+    def pause(self, instance):
+        self._existing(instance).freeze()
+
+    def unpause(self, instance):
+        self._existing(instance).thaw()
+
+    def suspend(self, context, instance):
+        """Freeze the container (cgroup freezer), marked as suspended.
+
+        Its memory stays allocated: CRIU cannot checkpoint on these
+        kernels, so nothing is written to disk.
+        """
+        self._existing(instance).freeze(suspend=True)
+
+    def resume(self, context, instance, network_info, block_device_info=None,
+               share_info=None):
+        self._existing(instance).thaw()

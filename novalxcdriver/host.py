@@ -1,0 +1,119 @@
+"""Facts about the compute host: what it has and whether it can run us.
+
+Read from /proc, /sys and the filesystem holding the driver's state; the
+LXC version comes through the lxc module. No state, no side effects.
+"""
+
+import os
+import platform
+import shutil
+
+from oslo_utils import units
+
+from novalxcdriver import lxc
+
+# What the driver runs (lxc.py) and what newuidmap-based idmaps need.
+REQUIRED_TOOLS = ('lxc-start', 'lxc-stop', 'lxc-info', 'lxc-ls',
+                  'lxc-freeze', 'lxc-unfreeze', 'unshare', 'newuidmap',
+                  'newgidmap')
+
+
+def cpu_count():
+    """Online host CPUs available to this process (int)."""
+    return len(os.sched_getaffinity(0))
+
+
+def meminfo():
+    """/proc/meminfo as a dict of field name to KiB (int)."""
+    result = {}
+    with open('/proc/meminfo') as f:
+        for line in f:
+            name, _sep, rest = line.partition(':')
+            fields = rest.split()
+            if fields and fields[0].isdigit():
+                result[name] = int(fields[0])
+    return result
+
+
+def memory_mb():
+    """(total, used) host memory in MiB; used excludes reclaimable cache."""
+    info = meminfo()
+    total = info['MemTotal'] // 1024
+    available = info.get('MemAvailable', info['MemFree']) // 1024
+    return total, total - available
+
+
+def disk_gb(path):
+    """(total, used, free) GiB of the filesystem holding path (ints)."""
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    st = os.statvfs(path)
+    total = st.f_blocks * st.f_frsize // units.Gi
+    free = st.f_bavail * st.f_frsize // units.Gi
+    return total, total - free, free
+
+
+def arch():
+    """Host architecture in Nova's terms (e.g. 'x86_64')."""
+    return platform.machine()
+
+
+def lxc_version_int():
+    """LXC's version as an integer, Nova style (5.0.2 -> 5000002)."""
+    parts = (lxc.version().split('.') + ['0', '0'])[:3]
+    major, minor, patch = (int(''.join(c for c in p if c.isdigit()) or 0)
+                           for p in parts)
+    return major * 1000000 + minor * 1000 + patch
+
+
+def process_alive(pid):
+    """True if a process with this pid exists (kill(2) with signal 0)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def uptime_seconds():
+    with open('/proc/uptime') as f:
+        return float(f.read().split()[0])
+
+
+def problems():
+    """Everything this host lacks to run unprivileged LXC containers.
+
+    :returns: list of human-readable problems, each saying what to do
+        (empty when the host is ready). Subuid ranges are checked by
+        ids.IdAllocator.
+    """
+    found = []
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    if missing:
+        found.append('missing commands %s: install the Debian packages lxc '
+                     'and uidmap' % ', '.join(missing))
+    if not os.path.exists('/proc/self/ns/user'):
+        found.append('the kernel has no user namespaces '
+                     '(CONFIG_USER_NS)')
+    else:
+        try:
+            with open('/proc/sys/user/max_user_namespaces') as f:
+                if int(f.read()) == 0:
+                    found.append('user namespaces are disabled: set '
+                                 'sysctl user.max_user_namespaces > 0')
+        except FileNotFoundError:
+            pass
+    with open('/proc/filesystems') as f:
+        if 'overlay' not in f.read().split():
+            found.append('the kernel has no overlay filesystem: '
+                         'modprobe overlay')
+    if not (os.path.isdir('/sys/fs/cgroup/freezer') or
+            os.path.exists('/sys/fs/cgroup/cgroup.controllers')):
+        found.append('no cgroup freezer: mount the cgroup v1 freezer '
+                     'controller or cgroup v2')
+    if os.geteuid() != 0:
+        found.append('the driver must run as root (it mounts root '
+                     'filesystems and starts containers)')
+    return found

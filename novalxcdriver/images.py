@@ -1,0 +1,204 @@
+"""The per-host Glance image cache: one download and one unpack per image.
+
+Layout under ``<state_path>/images``::
+
+    <image_id>/rootfs/      the unpacked root filesystem (never written again)
+    <image_id>/image.json   written last: its presence marks the entry complete
+    .partial-<image_id>-*   a download or unpack in progress (or crashed)
+
+Concurrent boots of a new image, in threads or in other driver processes on
+the host, serialise on an external per-image lock and re-check the cache
+after taking it, so the image is fetched and unpacked exactly once.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+
+from oslo_concurrency import lockutils
+from oslo_log import log as logging
+from oslo_utils import uuidutils
+
+from novalxcdriver import exception
+from novalxcdriver import host
+from novalxcdriver import tarball
+
+LOG = logging.getLogger(__name__)
+
+_MARKER = 'image.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedImage:
+    """An unpacked image: its rootfs directory and what init it runs.
+
+    :ivar init_system: key of spec.INIT_SIGNALS.
+    :ivar size: bytes of regular file data in the rootfs.
+    """
+
+    image_id: str
+    rootfs: str
+    init_system: str
+    size: int
+
+
+class ImageCache:
+    """Glance images unpacked once per host.
+
+    :param state_path: the driver's state directory ([lxc] state_path).
+    :param max_bytes: largest unpacked image, in bytes.
+    """
+
+    def __init__(self, state_path, max_bytes):
+        self.path = os.path.join(state_path, 'images')
+        self._lock_path = os.path.join(state_path, 'locks')
+        self._max_bytes = max_bytes
+
+    def _entry(self, image_id):
+        if not uuidutils.is_uuid_like(image_id):
+            # The id becomes a path component.
+            raise exception.ImageUnpackError(
+                image_id=image_id, reason='image id is not a UUID')
+        return os.path.join(self.path, image_id)
+
+    def lookup(self, image_id):
+        """The cached image, or None when it is not (completely) cached."""
+        entry = self._entry(image_id)
+        try:
+            with open(os.path.join(entry, _MARKER)) as f:
+                meta = json.load(f)
+        except FileNotFoundError:
+            return None
+        return CachedImage(image_id, os.path.join(entry, 'rootfs'),
+                           meta['init_system'], meta['size'])
+
+    def get(self, image_id, fetch):
+        """Return the cached image, fetching and unpacking it if needed.
+
+        :param fetch: callable(dest_path) writing the image's bytes to
+            dest_path (the driver wraps nova.virt.images.fetch).
+
+        :raises ImageUnpackError: the image is not a usable rootfs archive
+            (nothing of it stays in the cache).
+        """
+        cached = self.lookup(image_id)
+        if cached:
+            return cached
+        with lockutils.lock('novalxc-image-' + image_id, external=True,
+                            lock_path=self._lock_path):
+            # Another thread or process may have finished it meanwhile.
+            cached = self.lookup(image_id)
+            if cached:
+                return cached
+            return self._populate(image_id, fetch)
+
+    def _populate(self, image_id, fetch):
+        entry = self._entry(image_id)
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        # The pid tells remove_partials whose unpack it is.
+        partial = tempfile.mkdtemp(
+            prefix='.partial-%s-%d-' % (image_id, os.getpid()),
+            dir=self.path)
+        try:
+            archive = os.path.join(partial, 'archive')
+            fetch(archive)
+            rootfs = os.path.join(partial, 'rootfs')
+            os.mkdir(rootfs)
+            try:
+                size = tarball.unpack_rootfs(archive, rootfs, self._max_bytes)
+            except (exception.ArchiveError,
+                    exception.UnsafeArchiveMember) as e:
+                raise exception.ImageUnpackError(image_id=image_id,
+                                                 reason=str(e))
+            os.unlink(archive)
+            init_system = detect_init(rootfs)
+            if init_system is None:
+                raise exception.ImageUnpackError(
+                    image_id=image_id,
+                    reason='no /sbin/init in the archive: not a root '
+                           'filesystem')
+            with open(os.path.join(partial, _MARKER), 'w') as f:
+                json.dump({'init_system': init_system, 'size': size}, f)
+            os.rename(partial, entry)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        LOG.info('Image %s cached: %d bytes, %s init', image_id, size,
+                 init_system)
+        return self.lookup(image_id)
+
+    def remove_partials(self):
+        """Delete unpacks left by processes that died (crash leftovers).
+
+        :returns: the number of partial unpacks removed.
+        """
+        removed = 0
+        if not os.path.isdir(self.path):
+            return removed
+        for name in os.listdir(self.path):
+            if not name.startswith('.partial-'):
+                continue
+            # .partial-<uuid>-<pid>-<random>; a uuid has 4 dashes.
+            fields = name[len('.partial-'):].split('-')
+            if len(fields) > 5 and fields[5].isdigit() and \
+                    host.process_alive(int(fields[5])):
+                continue
+            shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
+            removed += 1
+        return removed
+
+
+def resolve_in_root(root, path, max_links=40):
+    """Resolve path as the container would see it, without leaving root.
+
+    Symlinks are followed with root as '/', so an absolute or climbing link
+    cannot lead outside (path_resolution(7) inside a chroot).
+
+    :returns: the host path inside root, or None when it does not exist.
+    """
+    parts = [p for p in path.split('/') if p]
+    resolved = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == '.':
+            continue
+        if part == '..':
+            if resolved:
+                resolved.pop()
+            continue
+        host = os.path.join(root, *resolved, part)
+        if os.path.islink(host):
+            links += 1
+            if links > max_links:
+                return None
+            target = os.readlink(host)
+            if target.startswith('/'):
+                resolved = []
+            parts = [p for p in target.split('/') if p] + parts
+            continue
+        if not os.path.lexists(host):
+            return None
+        resolved.append(part)
+    return os.path.join(root, *resolved)
+
+
+def detect_init(rootfs):
+    """Which init /sbin/init of rootfs is: a key of spec.INIT_SIGNALS.
+
+    :returns: 'systemd', 'busybox', 'sysvinit', or None when there is no
+        executable /sbin/init.
+    """
+    init = resolve_in_root(rootfs, '/sbin/init')
+    if init is None or not os.path.isfile(init):
+        return None
+    if not os.stat(init).st_mode & 0o111:
+        return None
+    base = os.path.basename(init)
+    if 'systemd' in base:
+        return 'systemd'
+    if 'busybox' in base:
+        return 'busybox'
+    return 'sysvinit'
