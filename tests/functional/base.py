@@ -1,0 +1,162 @@
+"""Shared set-up for functional tests: real LXC, as root, on this host.
+
+Containers live under FUNC_ROOT so that a run never touches an operator's
+/var/lib/novalxc; the image cache there is kept between runs.
+"""
+
+import os
+import subprocess
+import time
+import uuid
+
+import fixtures
+from nova import context as nova_context
+from nova import objects
+from nova.tests.unit import fake_instance
+from nova.virt import fake as fake_virt
+from oslo_config import fixture as config_fixture
+from oslotest import base
+
+from novalxcdriver import conf
+from novalxcdriver import driver
+from novalxcdriver import mount
+from tests.functional import rootfs_images
+
+CONF = conf.CONF
+FUNC_ROOT = os.environ.get('NOVALXC_FUNC_ROOT', '/var/lib/novalxc-functional')
+HOST = 'novalxc-functional'
+
+
+def require_root(testcase):
+    if os.geteuid() != 0:
+        testcase.skipTest('functional tests need root and real LXC')
+
+
+class DriverFixture(fixtures.Fixture):
+    """An LXCDriver on FUNC_ROOT whose image fetch copies local tarballs.
+
+    :ivar images: dict image id -> tarball path served by the fake fetch.
+    :ivar fetches: list of image ids fetched (to count downloads).
+    """
+
+    def __init__(self, watch_interval=0):
+        super().__init__()
+        self.watch_interval = watch_interval
+
+    def _setUp(self):
+        objects.register_all()
+        cfg = self.useFixture(config_fixture.Config(CONF))
+        cfg.config(host=HOST)
+        cfg.config(group='lxc', lxc_path=os.path.join(FUNC_ROOT, 'lxc'),
+                   state_path=os.path.join(FUNC_ROOT, 'state'),
+                   state_poll_interval=self.watch_interval,
+                   soft_reboot_timeout=20)
+        self.images = {}
+        self.fetches = []
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.virt.images.fetch', self.fetch))
+        self.events = []
+        self.driver = driver.LXCDriver(fake_virt.FakeVirtAPI())
+        self.driver.register_event_listener(self.events.append)
+        self.driver.init_host(HOST)
+        self.addCleanup(self.driver.cleanup_host, HOST)
+
+    def fetch(self, context, image_id, path, trusted_certs=None):
+        self.fetches.append(image_id)
+        with open(self.images[image_id], 'rb') as src, \
+                open(path, 'wb') as dst:
+            while True:
+                chunk = src.read(1 << 20)
+                if not chunk:
+                    break
+                dst.write(chunk)
+
+
+class FunctionalTestCase(base.BaseTestCase):
+    """Gives a driver, a context and helpers that check the real host."""
+
+    watch_interval = 0
+
+    def setUp(self):
+        super().setUp()
+        require_root(self)
+        self.fx = self.useFixture(DriverFixture(self.watch_interval))
+        self.driver = self.fx.driver
+        self.ctxt = nova_context.get_admin_context()
+
+    def add_image(self, path):
+        image_id = str(uuid.uuid4())
+        self.fx.images[image_id] = path
+        return image_id
+
+    def busybox_image(self):
+        tmp = self.useFixture(fixtures.TempDir()).path
+        return self.add_image(
+            rootfs_images.busybox_tarball(os.path.join(tmp, 'bb.tar.gz')))
+
+    def image_meta(self, image_id, container_format='bare',
+                   disk_format='raw'):
+        return objects.ImageMeta.from_dict({
+            'id': image_id, 'container_format': container_format,
+            'disk_format': disk_format, 'properties': {}})
+
+    def make_instance(self, **flavor):
+        values = {'memory_mb': 256, 'vcpus': 1, 'root_gb': 1,
+                  'ephemeral_gb': 0, 'swap': 0}
+        values.update(flavor)
+        inst_id = int(uuid.uuid4().int % 10 ** 8)
+        instance = fake_instance.fake_instance_obj(
+            self.ctxt, id=inst_id, uuid=str(uuid.uuid4()),
+            hostname='server-%d' % inst_id, host=HOST,
+            flavor=objects.Flavor(flavorid='1', name='test', **values))
+        # Make sure a failing test leaves nothing behind.
+        self.addCleanup(self.driver.destroy, self.ctxt, instance, [])
+        return instance
+
+    def spawn(self, instance, image_id, power_on=True):
+        self.driver.spawn(self.ctxt, instance, self.image_meta(image_id), [],
+                          None, {}, network_info=[], power_on=power_on)
+
+    # -- checks on the real host ------------------------------------------
+
+    def lxc_state(self, name):
+        out = subprocess.run(
+            ['lxc-info', '-n', name, '-P', CONF.lxc.lxc_path, '-s', '-H'],
+            capture_output=True, text=True)
+        return out.stdout.strip() or None
+
+    def lxc_pid(self, name):
+        out = subprocess.run(
+            ['lxc-info', '-n', name, '-P', CONF.lxc.lxc_path, '-p', '-H'],
+            capture_output=True, text=True, check=True)
+        return int(out.stdout.strip())
+
+    def attach(self, name, *argv, check=True):
+        return subprocess.run(
+            ['lxc-attach', '-n', name, '-P', CONF.lxc.lxc_path, '--']
+            + list(argv), capture_output=True, text=True, check=check)
+
+    def wait_for(self, predicate, timeout=30, interval=0.05):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        self.fail('condition not met within %ss' % timeout)
+
+    def artifacts_of(self, instance, cid):
+        """Every artifact of the container that still exists (list)."""
+        state = CONF.lxc.state_path
+        found = [p for p in (
+            os.path.join(CONF.lxc.lxc_path, instance.name),
+            os.path.join(state, 'rootfs', str(cid)),
+            os.path.join(state, 'ids', str(cid))) if os.path.lexists(p)]
+        found += [p for p in mount.mountpoints()
+                  if p.startswith(os.path.join(state, 'rootfs', str(cid)))]
+        for controller in os.listdir('/sys/fs/cgroup'):
+            cg = os.path.join('/sys/fs/cgroup', controller,
+                              'lxc.payload.' + instance.name)
+            if os.path.exists(cg):
+                found.append(cg)
+        return found
