@@ -16,11 +16,12 @@ from novalxcdriver import exception
 from novalxcdriver import ids
 
 # LXC uses the name as a directory under lxcpath; keep it a plain word.
-_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$')
+# \Z, not $: $ also matches before a trailing newline.
+_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z')
 # RFC 1123 host name label(s), as lxc.uts.name goes to sethostname(2).
 _HOSTNAME_RE = re.compile(
-    r'^(?=.{1,63}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?'
-    r'(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$')
+    r'^(?=.{1,63}\Z)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?'
+    r'(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\Z')
 _RECORD_PREFIX = '# novalxc.'
 
 # Signals that make each kind of init halt and reboot cleanly
