@@ -29,9 +29,6 @@ lxc_opts = [
     cfg.IntOpt('soft_reboot_timeout', default=60, min=1,
                help='Seconds a soft reboot may take before the driver falls '
                     'back to a hard reboot (Nova REBOOT SOFT semantics).'),
-    cfg.IntOpt('shutdown_timeout', default=60, min=0,
-               help='Seconds a clean halt may take during destroy before the '
-                    'container is killed.'),
     cfg.FloatOpt('state_poll_interval', default=2.0, min=0.0,
                  help='Seconds between scans of container states that turn '
                       'stops and starts from inside a container into Nova '

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 host to run novalxcdriver's tests (as root): LXC and
+# uidmap tools, debootstrap and busybox for test images, lxcfs, subordinate
+# id ranges for root, and tox. Idempotent.
+set -euo pipefail
+
+if [ "$(id -u)" != 0 ]; then
+    echo "run as root: the functional tests start real LXC containers" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+    lxc uidmap debootstrap busybox-static lxcfs zstd xz-utils bzip2 \
+    attr ca-certificates git >/dev/null
+
+# Unprivileged containers take their uid/gid ranges from root's subordinate
+# ranges (subuid(5)); without one, newuidmap refuses every mapping.
+for f in /etc/subuid /etc/subgid; do
+    touch "$f"
+    grep -qE '^(root|0):' "$f" || echo 'root:100000:1000000000' >> "$f"
+done
+
+python3 -m pip install -q --upgrade 'tox>=4'
