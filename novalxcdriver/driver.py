@@ -142,7 +142,9 @@ class LXCDriver(driver.ComputeDriver):
         record = container_mod.Container(
             name, None, self._lxc_path, self._state_path, self._ids).record()
         transition = LIFECYCLE_EVENTS.get(new)
-        if not record or record.get('host') != CONF.host or not transition:
+        # EVENT_LIFECYCLE_STARTED is 0: compare with None, not truth.
+        if (not record or record.get('host') != CONF.host or
+                transition is None):
             return
         if old in ('FROZEN', 'FREEZING') and new == 'RUNNING':
             transition = virtevent.EVENT_LIFECYCLE_RESUMED

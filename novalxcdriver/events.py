@@ -53,7 +53,13 @@ class StateWatcher:
         for name, state in states.items():
             old = previous.get(name)
             if old is not None and old != state:
-                self._on_change(name, old, state)
+                try:
+                    self._on_change(name, old, state)
+                except Exception:
+                    # The baseline has moved on: a failure here must not
+                    # lose the other containers' changes.
+                    LOG.exception('Handling the change of container %s '
+                                  'from %s to %s failed', name, old, state)
 
     def _run(self):
         while not self._stop.wait(self._interval):
