@@ -1,0 +1,510 @@
+"""Tests for novalxcdriver.container, with the lxc layer and mounts mocked."""
+
+import dataclasses
+import os
+from unittest import mock
+
+import fixtures
+from oslo_config import fixture as config_fixture
+from oslotest import base
+
+from novalxcdriver import conf
+from novalxcdriver import container as container_mod
+from novalxcdriver import exception
+from novalxcdriver import ids
+from novalxcdriver import images
+from novalxcdriver import spec as spec_mod
+
+UUID = '0d7c2b1e-5a3f-4c9b-8e21-7f6a5b4c3d2e'
+IMAGE_ID = 'a1b2c3d4-0000-4000-8000-000000000001'
+NAME = 'instance-0000001a'
+SIZE = 65536
+
+
+class FakeClock:
+    """time.monotonic and time.sleep that only move when asked."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.sleeps = []
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class _Base(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(config_fixture.Config(conf.CONF))
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.lxc_path = os.path.join(self.tmp, 'containers')
+        self.state_path = os.path.join(self.tmp, 'state')
+        subuid = os.path.join(self.tmp, 'subuid')
+        subgid = os.path.join(self.tmp, 'subgid')
+        with open(subuid, 'w') as f:
+            f.write('root:100000:%d\n' % (16 * SIZE))
+        with open(subgid, 'w') as f:
+            f.write('root:300000:%d\n' % (16 * SIZE))
+        self.ids = ids.IdAllocator(self.state_path, subuid_path=subuid,
+                                   subgid_path=subgid)
+
+        # The lxc layer: a container whose state the tests set.
+        self.lxc_state = 'RUNNING'
+        patcher = mock.patch.object(container_mod, 'lxc', autospec=True)
+        self.lxc = patcher.start()
+        self.addCleanup(patcher.stop)
+        self.lxc.info.side_effect = self._info
+        self.lxc.kill.side_effect = self._set('STOPPED')
+        self.lxc.start.side_effect = self._set('RUNNING')
+        self.lxc.freeze.side_effect = self._set('FROZEN')
+        self.lxc.unfreeze.side_effect = self._set('RUNNING')
+        self.lxc.request_halt.return_value = False
+        self.lxc.reboot.return_value = True
+
+        # Mounts: nothing is mounted, nothing will be.
+        patcher = mock.patch('novalxcdriver.rootfs.mount', autospec=True)
+        self.mount = patcher.start()
+        self.addCleanup(patcher.stop)
+        self.mount.mountpoints.return_value = set()
+
+        self.clock = FakeClock()
+        patcher = mock.patch.object(container_mod, 'time', self.clock)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+        self.image = images.CachedImage(IMAGE_ID, '/images/x/rootfs',
+                                        'busybox', 100)
+        self.c = container_mod.Container(NAME, UUID, self.lxc_path,
+                                         self.state_path, self.ids)
+
+    def _info(self, name, lxc_path):
+        self.assertEqual(NAME, name)
+        self.assertEqual(self.lxc_path, lxc_path)
+        if self.lxc_state == 'STOPPED':
+            return 'STOPPED', None
+        return self.lxc_state, 4242
+
+    def _set(self, state):
+        def set_state(*args, **kwargs):
+            self.lxc_state = state
+        return set_state
+
+    def make_spec(self, cid):
+        return spec_mod.ContainerSpec(
+            name=NAME, instance_uuid=UUID, host='compute-1', cid=cid,
+            idmap=self.ids.idmap(cid), hostname='web-1',
+            rootfs=os.path.join(self.state_path, 'rootfs', str(cid),
+                                'merged'),
+            container_dir=self.c.dir, image_id=IMAGE_ID,
+            init_system='busybox', console_log_size=65536)
+
+    def make_container(self):
+        """Lay out what a complete create() leaves: ID, rootfs, config."""
+        cid = self.ids.allocate(UUID, NAME)
+        upper = os.path.join(self.state_path, 'rootfs', str(cid), 'upper')
+        os.makedirs(upper)
+        with open(os.path.join(upper, 'file'), 'w') as f:
+            f.write('written by the container')
+        os.makedirs(self.c.dir)
+        with open(self.c.config_path, 'w') as f:
+            f.write(spec_mod.render_config(self.make_spec(cid)))
+        with open(os.path.join(self.c.dir, 'console.log'), 'w') as f:
+            f.write('boot\n')
+        return cid
+
+    def lxc_calls(self):
+        """Names of the state-changing lxc calls, in order."""
+        return [c[0] for c in self.lxc.mock_calls if c[0] != 'info']
+
+
+class StopTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.make_container()
+
+    def test_timeout_zero_kills_at_once(self):
+        self.c.stop(0)
+        self.assertEqual(['kill'], self.lxc_calls())
+        self.lxc.kill.assert_called_once_with(NAME, self.lxc_path)
+        self.assertEqual('STOPPED', self.lxc_state)
+        self.assertEqual([], self.clock.sleeps)
+
+    def test_already_stopped(self):
+        self.lxc_state = 'STOPPED'
+        self.c.stop(30)
+        self.assertEqual([], self.lxc_calls())
+
+    def test_clean_halt(self):
+        def halt(name, lxc_path, timeout):
+            self.lxc_state = 'STOPPED'
+            return True
+        self.lxc.request_halt.side_effect = halt
+        self.c.stop(30, 10)
+        self.assertEqual(['request_halt'], self.lxc_calls())
+        self.lxc.request_halt.assert_called_once_with(NAME, self.lxc_path,
+                                                      10)
+
+    def test_returns_when_stopped_although_request_failed(self):
+        # lxc-stop fails at once when a halt is under way already.
+        def halt(name, lxc_path, timeout):
+            self.clock.now += 1
+            self.lxc_state = 'STOPPED'
+            return False
+        self.lxc.request_halt.side_effect = halt
+        self.c.stop(30, 10)
+        self.assertEqual(['request_halt'], self.lxc_calls())
+
+    def test_halt_repeated_then_killed_after_timeout(self):
+        deadline = self.clock.now + 10
+        kill_times = []
+        halt_times = []
+
+        def halt(name, lxc_path, timeout):
+            # lxc-stop --nokill -t waits that long, then fails.
+            halt_times.append(self.clock.now)
+            self.clock.now += timeout
+            return False
+
+        def kill(name, lxc_path):
+            kill_times.append(self.clock.now)
+            self.lxc_state = 'STOPPED'
+
+        self.lxc.request_halt.side_effect = halt
+        self.lxc.kill.side_effect = kill
+        self.c.stop(10, 3)
+
+        timeouts = [c.args[2] for c in self.lxc.request_halt.call_args_list]
+        self.assertEqual(4, len(timeouts))
+        self.assertEqual([3, 3, 3], timeouts[:3])
+        for t in timeouts:
+            self.assertIsInstance(t, int)
+            self.assertGreaterEqual(t, 1)
+            self.assertLessEqual(t, 3)
+        for t in halt_times:
+            self.assertLess(t, deadline)
+        self.assertEqual(['request_halt'] * 4 + ['kill'], self.lxc_calls())
+        self.assertEqual(1, len(kill_times))
+        self.assertGreaterEqual(kill_times[0], deadline)
+        self.assertEqual('STOPPED', self.lxc_state)
+
+    def test_halt_without_retry_interval_asks_once_for_all(self):
+        def halt(name, lxc_path, timeout):
+            self.clock.now += timeout
+            return False
+        self.lxc.request_halt.side_effect = halt
+        self.c.stop(20)
+        self.lxc.request_halt.assert_called_once_with(NAME, self.lxc_path,
+                                                      20)
+        self.assertEqual(['request_halt', 'kill'], self.lxc_calls())
+
+    def test_frozen_thawed_before_kill(self):
+        self.lxc_state = 'FROZEN'
+        self.c.stop(0)
+        self.assertEqual(['unfreeze', 'kill'], self.lxc_calls())
+
+    def test_frozen_thawed_before_halt(self):
+        self.lxc_state = 'FROZEN'
+
+        def halt(name, lxc_path, timeout):
+            self.assertEqual('RUNNING', self.lxc_state)
+            self.lxc_state = 'STOPPED'
+            return True
+        self.lxc.request_halt.side_effect = halt
+        self.c.stop(30)
+        self.assertEqual(['unfreeze', 'request_halt'], self.lxc_calls())
+
+    def test_freezing_thawed_before_kill(self):
+        self.lxc_state = 'FREEZING'
+        self.c.kill()
+        self.assertEqual(['unfreeze', 'kill'], self.lxc_calls())
+
+    def test_stop_clears_suspended_marker(self):
+        self.c.freeze(suspend=True)
+        self.c.stop(0)
+        self.assertFalse(self.c.is_suspended())
+
+
+class LifecycleTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.make_container()
+
+    def test_state_without_config(self):
+        os.unlink(self.c.config_path)
+        self.assertRaises(exception.ContainerNotFound, self.c.state)
+        self.lxc.info.assert_not_called()
+
+    def test_start(self):
+        self.lxc_state = 'STOPPED'
+        self.c.start()
+        self.lxc.start.assert_called_once_with(NAME, self.lxc_path)
+
+    def test_start_running_does_nothing(self):
+        self.c.start()
+        self.lxc.start.assert_not_called()
+
+    def test_soft_reboot(self):
+        self.c.reboot(soft=True, timeout=60)
+        self.assertEqual(['reboot'], self.lxc_calls())
+        self.lxc.reboot.assert_called_once_with(NAME, self.lxc_path, 60)
+
+    def test_soft_reboot_falls_back_to_hard(self):
+        self.lxc.reboot.return_value = False
+        self.c.reboot(soft=True, timeout=60)
+        self.assertEqual(['reboot', 'kill', 'start'], self.lxc_calls())
+        self.assertEqual('RUNNING', self.lxc_state)
+
+    def test_soft_reboot_that_leaves_it_stopped_falls_back(self):
+        def reboot(name, lxc_path, timeout):
+            self.lxc_state = 'STOPPED'
+            return True
+        self.lxc.reboot.side_effect = reboot
+        self.c.reboot(soft=True, timeout=60)
+        self.assertEqual(['reboot', 'start'], self.lxc_calls())
+        self.assertEqual('RUNNING', self.lxc_state)
+
+    def test_soft_reboot_of_stopped_starts(self):
+        self.lxc_state = 'STOPPED'
+        self.c.reboot(soft=True, timeout=60)
+        self.assertEqual(['start'], self.lxc_calls())
+
+    def test_hard_reboot(self):
+        self.c.reboot(soft=False, timeout=60)
+        self.assertEqual(['kill', 'start'], self.lxc_calls())
+        self.assertEqual('RUNNING', self.lxc_state)
+
+    def test_freeze_suspend_marks_and_thaw_clears(self):
+        self.assertFalse(self.c.is_suspended())
+        self.c.freeze(suspend=True)
+        self.assertTrue(self.c.is_suspended())
+        self.assertTrue(os.path.exists(os.path.join(self.c.dir,
+                                                    'suspended')))
+        self.lxc.freeze.assert_called_once_with(NAME, self.lxc_path)
+        self.assertEqual('FROZEN', self.lxc_state)
+        self.c.thaw()
+        self.assertFalse(self.c.is_suspended())
+        self.lxc.unfreeze.assert_called_once_with(NAME, self.lxc_path)
+        self.assertEqual('RUNNING', self.lxc_state)
+
+    def test_pause_does_not_mark(self):
+        self.c.freeze()
+        self.assertFalse(self.c.is_suspended())
+        self.assertEqual('FROZEN', self.lxc_state)
+
+    def test_freeze_frozen_does_not_refreeze(self):
+        self.lxc_state = 'FROZEN'
+        self.c.freeze(suspend=True)
+        self.lxc.freeze.assert_not_called()
+        self.assertTrue(self.c.is_suspended())
+
+    def test_thaw_running_does_nothing(self):
+        self.c.thaw()
+        self.lxc.unfreeze.assert_not_called()
+
+    def test_start_clears_suspended_marker(self):
+        self.c.freeze(suspend=True)
+        self.lxc_state = 'STOPPED'
+        self.c.start()
+        self.assertFalse(self.c.is_suspended())
+
+
+class CreateTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        patcher = mock.patch('novalxcdriver.rootfs.Rootfs', autospec=True)
+        self.rootfs_cls = patcher.start()
+        self.addCleanup(patcher.stop)
+        self.root = self.rootfs_cls.return_value
+        self.cid = self.ids.allocate(UUID, NAME)
+        self.spec = self.make_spec(self.cid)
+
+    def test_create(self):
+        self.c.create(self.spec, self.image)
+        self.rootfs_cls.assert_called_once_with(self.state_path, self.cid)
+        self.root.create.assert_called_once_with(
+            self.image.rootfs, self.ids.idmap(self.cid))
+        self.assertTrue(self.c.exists())
+        self.assertEqual(0o700, os.stat(self.c.dir).st_mode & 0o777)
+        with open(self.c.config_path) as f:
+            self.assertEqual(spec_mod.render_config(self.spec), f.read())
+        self.assertEqual({'instance_uuid': UUID, 'host': 'compute-1',
+                          'id': self.cid, 'image_id': IMAGE_ID},
+                         self.c.record())
+        self.assertEqual(['config'], os.listdir(self.c.dir))
+        # Created stopped.
+        self.lxc.start.assert_not_called()
+
+    def test_rootfs_failure_removes_dir(self):
+        self.root.create.side_effect = exception.MountFailed(
+            what='overlay', target='x', reason='EPERM')
+        self.assertRaises(exception.MountFailed, self.c.create, self.spec,
+                          self.image)
+        self.assertFalse(os.path.lexists(self.c.dir))
+        self.assertFalse(self.c.exists())
+        self.root.destroy.assert_called_once_with()
+
+    def test_render_failure_removes_dir(self):
+        bad = dataclasses.replace(self.spec, hostname='a\nlxc.x = y')
+        self.assertRaises(ValueError, self.c.create, bad, self.image)
+        self.assertFalse(os.path.lexists(self.c.dir))
+        self.root.destroy.assert_called_once_with()
+
+    def test_existing_dir_refused_and_kept(self):
+        os.makedirs(self.c.dir)
+        with open(os.path.join(self.c.dir, 'config'), 'w') as f:
+            f.write('someone else\n')
+        e = self.assertRaises(exception.ContainerExists, self.c.create,
+                              self.spec, self.image)
+        self.assertEqual({'name': NAME}, e.kwargs)
+        self.root.create.assert_not_called()
+        self.root.destroy.assert_not_called()
+        with open(os.path.join(self.c.dir, 'config')) as f:
+            self.assertEqual('someone else\n', f.read())
+
+
+class DestroyTest(_Base):
+
+    def rootfs_dir(self, cid):
+        return os.path.join(self.state_path, 'rootfs', str(cid))
+
+    def test_destroy(self):
+        cid = self.make_container()
+        self.c.destroy()
+        self.assertEqual(['kill'], self.lxc_calls())
+        self.assertFalse(os.path.lexists(self.c.dir))
+        self.assertFalse(os.path.lexists(self.rootfs_dir(cid)))
+        self.assertIsNone(self.ids.find(UUID))
+        self.assertEqual({}, self.ids.reservations())
+        self.assertFalse(self.c.exists())
+
+    def test_destroy_with_halt_timeout(self):
+        self.make_container()
+
+        def halt(name, lxc_path, timeout):
+            self.lxc_state = 'STOPPED'
+            return True
+        self.lxc.request_halt.side_effect = halt
+        self.c.destroy(timeout=20)
+        self.assertEqual(['request_halt'], self.lxc_calls())
+        self.assertFalse(os.path.lexists(self.c.dir))
+
+    def test_destroy_is_idempotent(self):
+        cid = self.make_container()
+        self.c.destroy()
+        self.lxc.reset_mock()
+        self.c.destroy()
+        self.c.destroy()
+        self.assertEqual([], self.lxc_calls())
+        self.lxc.info.assert_not_called()
+        self.assertFalse(os.path.lexists(self.rootfs_dir(cid)))
+        self.assertEqual({}, self.ids.reservations())
+
+    def test_destroy_of_nothing(self):
+        self.c.destroy()
+        self.assertEqual([], self.lxc_calls())
+        self.assertFalse(os.path.lexists(self.c.dir))
+
+    def test_destroy_after_interrupted_create(self):
+        # The ID was reserved, the rootfs half made, no config written.
+        cid = self.ids.allocate(UUID, NAME)
+        os.makedirs(os.path.join(self.rootfs_dir(cid), 'upper'))
+        os.makedirs(self.c.dir)
+        self.c.destroy()
+        self.lxc.info.assert_not_called()
+        self.assertFalse(os.path.lexists(self.rootfs_dir(cid)))
+        self.assertFalse(os.path.lexists(self.c.dir))
+        self.assertIsNone(self.ids.find(UUID))
+        self.assertEqual({}, self.ids.reservations())
+
+    def test_destroy_after_reservation_only(self):
+        self.ids.allocate(UUID, NAME)
+        self.c.destroy()
+        self.assertEqual({}, self.ids.reservations())
+
+    def test_destroy_keeps_id_reserved_by_other_instance(self):
+        # The record names ID 0 but the reservation belongs to another
+        # instance (the ID was reused): do not release someone else's ID.
+        cid = self.make_container()
+        self.ids.release(cid)
+        self.assertEqual(cid, self.ids.allocate('other-uuid', 'other'))
+        self.c.destroy()
+        self.assertEqual(cid, self.ids.find('other-uuid'))
+
+    def test_mounted_rootfs_not_deleted(self):
+        cid = self.make_container()
+        merged = os.path.join(self.rootfs_dir(cid), 'merged')
+        self.mount.mountpoints.return_value = {merged}
+        self.assertRaises(exception.MountFailed, self.c.destroy)
+        self.mount.unmount_tree.assert_called_once_with(self.rootfs_dir(cid))
+        # Nothing deleted through the mount; the ID stays reserved.
+        self.assertTrue(os.path.exists(os.path.join(
+            self.rootfs_dir(cid), 'upper', 'file')))
+        self.assertEqual(cid, self.ids.find(UUID))
+
+
+class ConsoleOutputTest(_Base):
+
+    def write(self, name, data):
+        os.makedirs(self.c.dir, exist_ok=True)
+        with open(os.path.join(self.c.dir, name), 'wb') as f:
+            f.write(data)
+
+    def test_no_log(self):
+        self.assertEqual(b'', self.c.console_output())
+
+    def test_tail_across_rotation(self):
+        self.write('console.log.1', b'a' * 100)
+        self.write('console.log', b'b' * 50)
+        self.assertEqual(b'a' * 30 + b'b' * 50,
+                         self.c.console_output(max_bytes=80))
+        self.assertEqual(b'a' * 100 + b'b' * 50,
+                         self.c.console_output(max_bytes=1000))
+
+    def test_tail_of_current_log_only(self):
+        self.write('console.log.1', b'a' * 100)
+        self.write('console.log', b'0123456789')
+        self.assertEqual(b'6789', self.c.console_output(max_bytes=4))
+
+    def test_only_current_log(self):
+        self.write('console.log', b'hello\n')
+        self.assertEqual(b'hello\n', self.c.console_output())
+
+    def test_default_limit(self):
+        size = container_mod.CONSOLE_OUTPUT_MAX
+        self.write('console.log', b'y' * 10 + b'x' * size)
+        self.assertEqual(b'x' * size, self.c.console_output())
+
+
+class RecordsTest(_Base):
+
+    def test_all_records_and_artifact_ids(self):
+        cid = self.make_container()
+        os.makedirs(os.path.join(self.lxc_path, 'foreign'))
+        with open(os.path.join(self.lxc_path, 'foreign', 'config'),
+                  'w') as f:
+            f.write('lxc.uts.name = foreign\n')
+        os.makedirs(os.path.join(self.lxc_path, 'noconfig'))
+        os.makedirs(os.path.join(self.state_path, 'rootfs', '9'))
+        self.assertEqual({NAME: {'instance_uuid': UUID,
+                                 'host': 'compute-1', 'id': cid,
+                                 'image_id': IMAGE_ID}},
+                         container_mod.all_records(self.lxc_path))
+        self.assertEqual({cid, 9}, container_mod.artifact_ids(
+            self.lxc_path, self.state_path))
+
+    def test_no_lxc_path(self):
+        self.assertEqual({}, container_mod.all_records(
+            os.path.join(self.tmp, 'nothing')))
+
+    def test_invalid_name_refused(self):
+        self.assertRaises(exception.InvalidContainerName,
+                          container_mod.Container, '../x', UUID,
+                          self.lxc_path, self.state_path, self.ids)

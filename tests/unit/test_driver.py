@@ -1,0 +1,590 @@
+"""Tests for novalxcdriver.driver: LXCDriver with the lxc layer mocked.
+
+The container, ids, images and spec modules run for real over temporary
+directories; only lxc-* commands, mounts and host facts are mocked.
+"""
+
+import functools
+import os
+from unittest import mock
+
+import fixtures
+from nova.compute import power_state
+from nova.compute import provider_tree
+from nova import context as nova_context
+from nova import exception as nova_exc
+from nova.network import model as network_model
+from nova import objects
+from nova.tests.unit import fake_instance
+from nova.virt import driver as nova_driver
+from nova.virt import event as virtevent
+import os_resource_classes as orc
+from oslo_config import fixture as config_fixture
+from oslo_serialization import jsonutils
+from oslotest import base
+
+from novalxcdriver import conf
+from novalxcdriver import container as container_mod
+from novalxcdriver import driver
+from novalxcdriver import exception
+from novalxcdriver import ids
+from novalxcdriver import lxc
+from novalxcdriver import spec as spec_mod
+from tests.unit import test_images
+
+UUID = '0d7c2b1e-5a3f-4c9b-8e21-7f6a5b4c3d2e'
+UUID2 = '9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d'
+IMAGE_ID = test_images.IMAGE_ID
+NODE_UUID = 'f1e2d3c4-b5a6-4978-8695-a4b3c2d1e0f9'
+HOST = 'compute-1'
+SIZE = 65536
+
+
+class _Base(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        objects.register_all()
+        self.context = nova_context.get_admin_context()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.lxc_path = os.path.join(self.tmp, 'containers')
+        self.state_path = os.path.join(self.tmp, 'state')
+        self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
+        self.cfg.config(host=HOST)
+        self.cfg.config(group='lxc', lxc_path=self.lxc_path,
+                        state_path=self.state_path, state_poll_interval=0)
+
+        # Root's subordinate ranges, in files of the test.
+        self.subuid = os.path.join(self.tmp, 'subuid')
+        self.subgid = os.path.join(self.tmp, 'subgid')
+        for path in (self.subuid, self.subgid):
+            with open(path, 'w') as f:
+                f.write('root:100000:%d\n' % (16 * SIZE))
+        self.patch('novalxcdriver.driver.ids.IdAllocator',
+                   functools.partial(ids.IdAllocator,
+                                     subuid_path=self.subuid,
+                                     subgid_path=self.subgid))
+        self.problems = self.patch('novalxcdriver.host.problems',
+                                   return_value=[])
+
+        # lxc-* commands: one container state per name.
+        self.states = {}
+        self.lxc = self.patch('novalxcdriver.container.lxc', autospec=True)
+        self.lxc.info.side_effect = self._info
+        self.lxc.start.side_effect = self._setter('RUNNING')
+        self.lxc.kill.side_effect = self._setter('STOPPED')
+        self.lxc.freeze.side_effect = self._setter('FROZEN')
+        self.lxc.unfreeze.side_effect = self._setter('RUNNING')
+        self.lxc.request_halt.return_value = False
+        self.lxc.reboot.return_value = True
+
+        # Mounts: Rootfs makes its directories, mounts nothing.
+        self.mount = self.patch('novalxcdriver.rootfs.mount', autospec=True)
+        self.mount.mountpoints.return_value = set()
+        self.rootfs_create = self.patch(
+            'novalxcdriver.rootfs.Rootfs.create', autospec=True,
+            side_effect=self._rootfs_create)
+        self.rootfs_mount = self.patch('novalxcdriver.rootfs.Rootfs.mount',
+                                       autospec=True)
+
+        self.fetch = self.patch(
+            'novalxcdriver.driver.nova_images.fetch',
+            side_effect=lambda ctx, image_id, dest:
+                test_images.write_rootfs_tarball(dest))
+
+        self.drv = driver.LXCDriver(mock.Mock())
+        self.events = []
+        self.drv.register_event_listener(self.events.append)
+
+    def patch(self, target, *args, **kwargs):
+        patcher = mock.patch(target, *args, **kwargs)
+        mocked = patcher.start()
+        self.addCleanup(patcher.stop)
+        return mocked
+
+    def _info(self, name, lxc_path):
+        self.assertEqual(self.lxc_path, lxc_path)
+        # lxc-info: a defined container is STOPPED until started.
+        if name not in self.states:
+            if not os.path.exists(os.path.join(lxc_path, name, 'config')):
+                raise exception.ContainerNotFound(name=name)
+            self.states[name] = 'STOPPED'
+        state = self.states[name]
+        return state, None if state == 'STOPPED' else 4242
+
+    def _setter(self, state):
+        def set_state(name, lxc_path, *args):
+            self.states[name] = state
+        return set_state
+
+    @staticmethod
+    def _rootfs_create(root, image_rootfs, idmap):
+        # The real one chowns and mounts; make the directories only.
+        for d in (root.lower, root.upper, root.work, root.merged):
+            os.makedirs(d)
+
+    def instance(self, uuid=UUID, ephemeral_gb=0, swap=0, **updates):
+        flavor = objects.Flavor(
+            id=1, name='m1.small', memory_mb=256, vcpus=1, root_gb=1,
+            ephemeral_gb=ephemeral_gb, swap=swap, flavorid='1',
+            rxtx_factor=1.0, vcpu_weight=1, disabled=False, is_public=True,
+            extra_specs={}, projects=[])
+        return fake_instance.fake_instance_obj(
+            self.context, uuid=uuid, hostname='web-1', flavor=flavor,
+            **updates)
+
+    @staticmethod
+    def image_meta(container_format='bare', disk_format='raw'):
+        meta = {'id': IMAGE_ID, 'name': 'busybox'}
+        if container_format:
+            meta['container_format'] = container_format
+        if disk_format:
+            meta['disk_format'] = disk_format
+        return objects.ImageMeta.from_dict(meta)
+
+    def init_host(self):
+        self.drv.init_host(HOST)
+        self.addCleanup(self.drv.cleanup_host, HOST)
+
+    def spawn(self, instance, image_meta=None, **kwargs):
+        self.drv.spawn(self.context, instance,
+                       image_meta or self.image_meta(), [], None, {},
+                       **kwargs)
+
+    def write_container(self, name, uuid, host=HOST, cid=0, state=None):
+        """A container as a complete spawn leaves it, on disk."""
+        path = os.path.join(self.lxc_path, name)
+        os.makedirs(path)
+        spec = spec_mod.ContainerSpec(
+            name=name, instance_uuid=uuid, host=host, cid=cid,
+            idmap=ids.Idmap(100000, 100000, SIZE), hostname=name,
+            rootfs='/r', container_dir=path, image_id=IMAGE_ID,
+            init_system='busybox', console_log_size=65536)
+        with open(os.path.join(path, 'config'), 'w') as f:
+            f.write(spec_mod.render_config(spec))
+        if state:
+            self.states[name] = state
+        return path
+
+
+class CapabilitiesTest(base.BaseTestCase):
+
+    def test_honest(self):
+        caps = driver.LXCDriver.capabilities
+        self.assertTrue(caps['supports_image_type_raw'])
+        for key in ('supports_attach_interface', 'has_imagecache',
+                    'supports_evacuate', 'supports_migrate_to_same_host',
+                    'supports_multiattach', 'supports_trusted_certs',
+                    'supports_extend_volume', 'supports_pcpus',
+                    'supports_device_tagging', 'supports_vtpm',
+                    'supports_image_type_qcow2', 'supports_image_type_iso',
+                    'supports_image_type_vmdk', 'supports_image_type_ami'):
+            self.assertIs(False, caps[key], key)
+
+    def test_every_nova_capability_listed(self):
+        caps = driver.LXCDriver.capabilities
+        for key in nova_driver.ComputeDriver.capabilities:
+            self.assertIn(key, caps)
+            self.assertIsInstance(caps[key], bool, key)
+        self.assertEqual(['supports_image_type_raw'],
+                         [k for k, v in caps.items()
+                          if k.startswith('supports_image_type_') and v])
+
+
+class InitHostTest(_Base):
+
+    def test_ready_host(self):
+        self.init_host()
+        self.assertTrue(os.path.isdir(self.lxc_path))
+        self.assertTrue(os.path.isdir(self.state_path))
+        self.assertIsNone(self.drv._watcher)
+
+    def test_every_problem_listed(self):
+        self.problems.return_value = ['missing commands lxc-start',
+                                      'no cgroup freezer']
+        e = self.assertRaises(exception.HostCheckFailed, self.drv.init_host,
+                              HOST)
+        self.assertIn('missing commands lxc-start', str(e))
+        self.assertIn('no cgroup freezer', str(e))
+        self.assertFalse(os.path.exists(self.lxc_path))
+
+    def test_missing_subuid(self):
+        os.unlink(self.subuid)
+        self.problems.return_value = ['no cgroup freezer']
+        e = self.assertRaises(exception.HostCheckFailed, self.drv.init_host,
+                              HOST)
+        self.assertIn('no cgroup freezer', str(e))
+        self.assertIn(self.subuid, str(e))
+        self.assertIn('/etc/subuid', str(e))
+        self.assertFalse(os.path.exists(self.lxc_path))
+
+    def test_subuid_range_too_small(self):
+        with open(self.subgid, 'w') as f:
+            f.write('root:100000:1000\n')
+        e = self.assertRaises(exception.HostCheckFailed, self.drv.init_host,
+                              HOST)
+        self.assertIn('65536', str(e))
+
+    def test_watcher_started_and_stopped(self):
+        self.cfg.config(group='lxc', state_poll_interval=0.5)
+        with mock.patch('novalxcdriver.events.StateWatcher',
+                        autospec=True) as watcher_cls:
+            self.drv.init_host(HOST)
+            watcher_cls.assert_called_once_with(
+                self.lxc_path, 0.5, self.drv._state_changed)
+            watcher_cls.return_value.start.assert_called_once_with()
+            self.drv.cleanup_host(HOST)
+            watcher_cls.return_value.stop.assert_called_once_with()
+
+    def test_interrupted_spawn_cleaned_up(self):
+        # A dead process reserved ID 0 and made a rootfs, no config.
+        allocator = ids.IdAllocator(self.state_path,
+                                    subuid_path=self.subuid,
+                                    subgid_path=self.subgid)
+        with mock.patch('os.getpid', return_value=2 ** 30):
+            cid = allocator.allocate(UUID, 'instance-00000001')
+        rootfs = os.path.join(self.state_path, 'rootfs', str(cid))
+        os.makedirs(os.path.join(rootfs, 'upper'))
+        self.init_host()
+        self.assertEqual({}, allocator.reservations())
+        self.assertFalse(os.path.exists(rootfs))
+
+    def test_remounts_own_roots(self):
+        self.init_host()
+        instance = self.instance()
+        self.spawn(instance)
+        self.rootfs_mount.reset_mock()
+        self.drv.init_host(HOST)
+        self.rootfs_mount.assert_called_once()
+        root, image_rootfs, idmap = self.rootfs_mount.call_args.args
+        self.assertEqual(0, root.cid)
+        self.assertEqual(self.drv._ids.idmap(0), idmap)
+        self.assertTrue(image_rootfs.endswith(IMAGE_ID + '/rootfs'))
+
+
+class SpawnTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.init_host()
+
+    def assert_nothing_created(self):
+        self.assertEqual({}, self.drv._ids.reservations())
+        self.assertEqual([], os.listdir(self.lxc_path))
+        self.assertFalse(os.path.exists(
+            os.path.join(self.state_path, 'rootfs')))
+        self.lxc.start.assert_not_called()
+
+    def test_spawn(self):
+        instance = self.instance()
+        self.spawn(instance)
+        c_dir = os.path.join(self.lxc_path, instance.name)
+        with open(os.path.join(c_dir, 'config')) as f:
+            config = f.read()
+        self.assertEqual({'instance_uuid': UUID, 'host': HOST, 'id': 0,
+                          'image_id': IMAGE_ID},
+                         spec_mod.parse_record(config))
+        self.assertIn('lxc.uts.name = web-1\n', config)
+        self.assertIn('lxc.signal.halt = SIGUSR1\n', config)
+        self.assertIn('lxc.idmap = u 0 100000 65536\n', config)
+        self.assertIn('lxc.console.size = 1048576\n', config)
+        self.assertIn('lxc.rootfs.path = dir:%s/rootfs/0/merged\n'
+                      % self.state_path, config)
+        self.assertEqual(0, self.drv._ids.find(UUID))
+        self.fetch.assert_called_once()
+        self.assertEqual(IMAGE_ID, self.fetch.call_args.args[1])
+        self.lxc.start.assert_called_once_with(instance.name, self.lxc_path)
+        self.assertEqual(power_state.RUNNING,
+                         self.drv.get_info(instance).state)
+        self.assertEqual([instance.name], self.drv.list_instances())
+        self.assertEqual([UUID], self.drv.list_instance_uuids())
+        self.assertTrue(self.drv.instance_exists(instance))
+
+    def test_spawn_powered_off(self):
+        instance = self.instance()
+        self.spawn(instance, power_on=False)
+        self.lxc.start.assert_not_called()
+        self.assertTrue(self.drv.instance_exists(instance))
+
+    def test_second_spawn_uses_cached_image_and_next_id(self):
+        self.spawn(self.instance())
+        other = self.instance(uuid=UUID2, id=2)
+        self.spawn(other)
+        self.fetch.assert_called_once()
+        self.assertEqual(1, self.drv._ids.find(UUID2))
+
+    def test_image_formats_refused_before_anything(self):
+        for formats in (('bare', 'qcow2'), ('ovf', 'raw'), ('bare', None),
+                        (None, 'raw'), ('docker', 'raw')):
+            e = self.assertRaises(nova_exc.ImageUnacceptable, self.spawn,
+                                  self.instance(),
+                                  self.image_meta(*formats))
+            self.assertIn(IMAGE_ID, str(e))
+        self.fetch.assert_not_called()
+        self.assert_nothing_created()
+
+    def test_unusable_image_refused(self):
+        self.fetch.side_effect = (
+            lambda ctx, image_id, dest:
+                test_images.write_rootfs_tarball(dest, with_init=False))
+        e = self.assertRaises(nova_exc.ImageUnacceptable, self.spawn,
+                              self.instance())
+        self.assertIn('/sbin/init', str(e))
+        self.assert_nothing_created()
+
+    def test_vifs_refused(self):
+        network_info = network_model.NetworkInfo([
+            network_model.VIF(id='4e2a7b3c-0000-4000-8000-00000000000a')])
+        self.assertRaises(nova_exc.InvalidInput, self.spawn, self.instance(),
+                          network_info=network_info)
+        self.fetch.assert_not_called()
+        self.assert_nothing_created()
+
+    def test_empty_network_info_accepted(self):
+        self.spawn(self.instance(), network_info=network_model.NetworkInfo())
+        self.assertEqual(0, self.drv._ids.find(UUID))
+
+    def test_volumes_refused(self):
+        bdi = {'block_device_mapping': [{'mount_device': '/dev/vdb',
+                                         'connection_info': {}}]}
+        self.assertRaises(nova_exc.InvalidInput, self.spawn, self.instance(),
+                          block_device_info=bdi)
+        self.fetch.assert_not_called()
+        self.assert_nothing_created()
+
+    def test_ephemeral_refused(self):
+        self.assertRaises(nova_exc.InvalidInput, self.spawn,
+                          self.instance(ephemeral_gb=1))
+        self.fetch.assert_not_called()
+        self.assert_nothing_created()
+
+    def test_swap_refused(self):
+        self.assertRaises(nova_exc.InvalidInput, self.spawn,
+                          self.instance(swap=512))
+        self.fetch.assert_not_called()
+        self.assert_nothing_created()
+
+    def test_failure_after_allocation_destroys(self):
+        real_destroy = container_mod.Container.destroy
+        with mock.patch.object(
+                container_mod.Container, 'create', autospec=True,
+                side_effect=exception.MountFailed(
+                    what='overlay', target='t', reason='EPERM')), \
+                mock.patch.object(container_mod.Container, 'destroy',
+                                  autospec=True,
+                                  side_effect=real_destroy) as destroy:
+            self.assertRaises(exception.MountFailed, self.spawn,
+                              self.instance())
+        destroy.assert_called_once()
+        self.assertEqual(UUID, destroy.call_args.args[0].instance_uuid)
+        self.assert_nothing_created()
+
+    def test_start_failure_destroys(self):
+        self.lxc.start.side_effect = exception.CommandFailed(
+            cmd='lxc-start', exit_code=1, stderr='no')
+        self.assertRaises(exception.CommandFailed, self.spawn,
+                          self.instance())
+        self.assertEqual({}, self.drv._ids.reservations())
+        self.assertEqual([], os.listdir(self.lxc_path))
+        self.assertEqual([], os.listdir(
+            os.path.join(self.state_path, 'rootfs')))
+
+    def test_destroy(self):
+        instance = self.instance()
+        self.spawn(instance)
+        self.drv.destroy(self.context, instance, None)
+        self.assertFalse(self.drv.instance_exists(instance))
+        self.assertEqual([], self.drv.list_instances())
+        self.assertEqual({}, self.drv._ids.reservations())
+        self.lxc.kill.assert_called_once_with(instance.name, self.lxc_path)
+        # Idempotent.
+        self.drv.destroy(self.context, instance, None)
+
+
+class GetInfoTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.inst = self.instance()
+        self.write_container(self.inst.name, UUID, state='RUNNING')
+
+    def test_power_states(self):
+        self.assertEqual(set(lxc.STATES), set(driver.POWER_STATES))
+        for state in lxc.STATES:
+            self.states[self.inst.name] = state
+            info = self.drv.get_info(self.inst)
+            self.assertEqual(driver.POWER_STATES[state], info.state, state)
+        expected = {'STOPPED': power_state.SHUTDOWN,
+                    'RUNNING': power_state.RUNNING,
+                    'FROZEN': power_state.PAUSED,
+                    'ABORTING': power_state.CRASHED}
+        for state, power in expected.items():
+            self.states[self.inst.name] = state
+            self.assertEqual(power, self.drv.get_info(self.inst).state)
+
+    def test_unknown_state(self):
+        self.states[self.inst.name] = 'WEIRD'
+        self.assertEqual(power_state.NOSTATE,
+                         self.drv.get_info(self.inst).state)
+
+    def test_suspended(self):
+        self.drv.suspend(self.context, self.inst)
+        self.assertEqual(power_state.SUSPENDED,
+                         self.drv.get_info(self.inst).state)
+        self.drv.resume(self.context, self.inst, None)
+        self.assertEqual(power_state.RUNNING,
+                         self.drv.get_info(self.inst).state)
+
+    def test_paused_is_not_suspended(self):
+        self.drv.pause(self.inst)
+        self.assertEqual(power_state.PAUSED,
+                         self.drv.get_info(self.inst).state)
+
+    def test_no_container(self):
+        other = self.instance(uuid=UUID2, id=2)
+        self.assertRaises(nova_exc.InstanceNotFound, self.drv.get_info,
+                          other)
+
+    def test_lxc_does_not_know_it(self):
+        self.lxc.info.side_effect = exception.ContainerNotFound(
+            name=self.inst.name)
+        self.assertRaises(nova_exc.InstanceNotFound, self.drv.get_info,
+                          self.inst)
+
+
+class ListInstancesTest(_Base):
+
+    def test_only_this_host(self):
+        self.write_container('instance-00000001', UUID, cid=0)
+        self.write_container('instance-00000002', UUID2, cid=1)
+        self.write_container('instance-00000003',
+                             'ffffffff-0000-4000-8000-000000000003',
+                             host='compute-2', cid=2)
+        foreign = os.path.join(self.lxc_path, 'handmade')
+        os.makedirs(foreign)
+        with open(os.path.join(foreign, 'config'), 'w') as f:
+            f.write('lxc.uts.name = handmade\n')
+        self.assertEqual(['instance-00000001', 'instance-00000002'],
+                         sorted(self.drv.list_instances()))
+        self.assertEqual(sorted([UUID, UUID2]),
+                         sorted(self.drv.list_instance_uuids()))
+
+    def test_no_lxc_path(self):
+        self.assertEqual([], self.drv.list_instances())
+
+
+class ResourcesTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.patch('novalxcdriver.host.cpu_count', return_value=8)
+        self.patch('novalxcdriver.host.memory_mb',
+                   return_value=(16000, 4000))
+        self.disk = self.patch('novalxcdriver.host.disk_gb',
+                               return_value=(100, 40, 60))
+        self.patch('novalxcdriver.host.arch', return_value='x86_64')
+        self.patch('novalxcdriver.host.lxc_version_int',
+                   return_value=5000002)
+        self.patch('nova.virt.node.get_local_node_uuid',
+                   return_value=NODE_UUID)
+
+    def test_get_available_resource(self):
+        res = self.drv.get_available_resource(HOST)
+        self.assertEqual('lxc', res['hypervisor_type'])
+        self.assertIsInstance(res['hypervisor_version'], int)
+        self.assertEqual(5000002, res['hypervisor_version'])
+        self.assertEqual([('x86_64', 'lxc', 'exe')],
+                         res['supported_instances'])
+        self.assertEqual(8, res['vcpus'])
+        self.assertEqual(16000, res['memory_mb'])
+        self.assertEqual(4000, res['memory_mb_used'])
+        self.assertEqual(100, res['local_gb'])
+        self.assertEqual(40, res['local_gb_used'])
+        self.assertEqual(60, res['disk_available_least'])
+        self.assertEqual(HOST, res['hypervisor_hostname'])
+        self.assertEqual(NODE_UUID, res['uuid'])
+        self.assertEqual({'arch': 'x86_64'},
+                         jsonutils.loads(res['cpu_info']))
+        self.disk.assert_called_with(self.state_path)
+
+    def test_nodes(self):
+        self.assertEqual([HOST], self.drv.get_available_nodes())
+
+    def test_update_provider_tree(self):
+        self.cfg.config(reserved_host_cpus=1, reserved_host_memory_mb=512,
+                        reserved_host_disk_mb=2048, cpu_allocation_ratio=2.0,
+                        ram_allocation_ratio=None,
+                        initial_ram_allocation_ratio=1.5,
+                        disk_allocation_ratio=None,
+                        initial_disk_allocation_ratio=1.0)
+        tree = provider_tree.ProviderTree()
+        tree.new_root(HOST, NODE_UUID)
+        self.drv.update_provider_tree(tree, HOST)
+        inventory = tree.data(HOST).inventory
+        self.assertEqual({orc.VCPU, orc.MEMORY_MB, orc.DISK_GB},
+                         set(inventory))
+        self.assertEqual({'total': 8, 'min_unit': 1, 'max_unit': 8,
+                          'step_size': 1, 'allocation_ratio': 2.0,
+                          'reserved': 1}, inventory[orc.VCPU])
+        self.assertEqual({'total': 16000, 'min_unit': 1, 'max_unit': 16000,
+                          'step_size': 1, 'allocation_ratio': 1.5,
+                          'reserved': 512}, inventory[orc.MEMORY_MB])
+        self.assertEqual({'total': 100, 'min_unit': 1, 'max_unit': 100,
+                          'step_size': 1, 'allocation_ratio': 1.0,
+                          'reserved': 2}, inventory[orc.DISK_GB])
+
+    def test_update_provider_tree_keeps_placement_ratio(self):
+        # Without [DEFAULT] *_allocation_ratio, a ratio set in placement
+        # stays (Nova's _get_allocation_ratios precedence).
+        self.cfg.config(ram_allocation_ratio=None)
+        tree = provider_tree.ProviderTree()
+        tree.new_root(HOST, NODE_UUID)
+        tree.update_inventory(HOST, {orc.MEMORY_MB: {
+            'total': 1, 'allocation_ratio': 3.0}})
+        self.drv.update_provider_tree(tree, HOST)
+        self.assertEqual(
+            3.0, tree.data(HOST).inventory[orc.MEMORY_MB]['allocation_ratio'])
+
+
+class StateChangedTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.write_container('instance-00000001', UUID, cid=0)
+        self.write_container('instance-00000002', UUID2, host='compute-2',
+                             cid=1)
+
+    def changed(self, old, new, name='instance-00000001'):
+        del self.events[:]
+        self.drv._state_changed(name, old, new)
+        return [(e.get_instance_uuid(), e.get_transition())
+                for e in self.events]
+
+    def test_events(self):
+        cases = [
+            ('RUNNING', 'STOPPED', virtevent.EVENT_LIFECYCLE_STOPPED),
+            ('STOPPING', 'STOPPED', virtevent.EVENT_LIFECYCLE_STOPPED),
+            ('STOPPED', 'RUNNING', virtevent.EVENT_LIFECYCLE_STARTED),
+            ('STARTING', 'RUNNING', virtevent.EVENT_LIFECYCLE_STARTED),
+            ('RUNNING', 'FROZEN', virtevent.EVENT_LIFECYCLE_PAUSED),
+            ('FROZEN', 'RUNNING', virtevent.EVENT_LIFECYCLE_RESUMED),
+            ('FREEZING', 'RUNNING', virtevent.EVENT_LIFECYCLE_RESUMED),
+        ]
+        for old, new, transition in cases:
+            self.assertEqual([(UUID, transition)], self.changed(old, new),
+                             '%s -> %s' % (old, new))
+        for e in self.events:
+            self.assertIsInstance(e, virtevent.LifecycleEvent)
+
+    def test_intermediate_states_ignored(self):
+        for old, new in (('RUNNING', 'STOPPING'), ('STOPPED', 'STARTING'),
+                         ('RUNNING', 'FREEZING')):
+            self.assertEqual([], self.changed(old, new))
+
+    def test_other_host_ignored(self):
+        self.assertEqual([], self.changed('RUNNING', 'STOPPED',
+                                          name='instance-00000002'))
+
+    def test_unknown_container_ignored(self):
+        self.assertEqual([], self.changed('RUNNING', 'STOPPED',
+                                          name='handmade'))

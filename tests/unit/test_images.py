@@ -1,0 +1,326 @@
+"""Tests for novalxcdriver.images: the image cache and init detection."""
+
+import io
+import os
+import subprocess
+import tarfile
+import threading
+import time
+
+import fixtures
+from oslotest import base
+
+from novalxcdriver import exception
+from novalxcdriver import images
+
+IMAGE_ID = '3e1c7a52-52a4-4bd0-8d3c-6f9f5d2b8a11'
+OTHER_ID = 'c0ffee00-1111-4222-8333-444455556666'
+BUSYBOX = b'\x7fELF fake busybox\n'
+
+
+def _add(tar, name, kind='file', data=b'', mode=0o755, target=None):
+    info = tarfile.TarInfo(name)
+    info.uid = info.gid = 0
+    info.mtime = 1700000000
+    info.mode = mode
+    if kind == 'dir':
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+    elif kind == 'symlink':
+        info.type = tarfile.SYMTYPE
+        info.linkname = target
+        tar.addfile(info)
+    else:
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+def write_rootfs_tarball(path, with_init=True):
+    """Write a tiny busybox-like root as a gzip tarball at path."""
+    with tarfile.open(path, 'w:gz') as tar:
+        _add(tar, 'bin', 'dir')
+        _add(tar, 'bin/busybox', data=BUSYBOX)
+        _add(tar, 'etc', 'dir')
+        _add(tar, 'etc/hostname', data=b'box\n', mode=0o644)
+        _add(tar, 'sbin', 'dir')
+        if with_init:
+            _add(tar, 'sbin/init', 'symlink', target='/bin/busybox')
+
+
+class _Tree(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.root = self.useFixture(fixtures.TempDir()).path
+
+    def file(self, rel, mode=0o755, data=b'x'):
+        path = os.path.join(self.root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'wb') as f:
+            f.write(data)
+        os.chmod(path, mode)
+        return path
+
+    def link(self, rel, target):
+        path = os.path.join(self.root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.symlink(target, path)
+        return path
+
+
+class ResolveInRootTest(_Tree):
+
+    def test_plain_file(self):
+        busybox = self.file('bin/busybox')
+        self.assertEqual(busybox,
+                         images.resolve_in_root(self.root, '/bin/busybox'))
+
+    def test_absolute_symlink(self):
+        busybox = self.file('bin/busybox')
+        self.link('sbin/init', '/bin/busybox')
+        self.assertEqual(busybox,
+                         images.resolve_in_root(self.root, '/sbin/init'))
+
+    def test_relative_symlink(self):
+        systemd = self.file('lib/systemd/systemd')
+        self.link('sbin/init', '../lib/systemd/systemd')
+        self.assertEqual(systemd,
+                         images.resolve_in_root(self.root, '/sbin/init'))
+
+    def test_climbing_symlink_stays_in_root(self):
+        busybox = self.file('bin/busybox')
+        self.link('sbin/init', '../../../../../../bin/busybox')
+        self.assertEqual(busybox,
+                         images.resolve_in_root(self.root, '/sbin/init'))
+
+    def test_absolute_symlink_to_host_file_not_followed(self):
+        # /etc/passwd exists on the host, not in the root.
+        self.link('etc/passwd-link', '/etc/passwd')
+        self.assertTrue(os.path.exists('/etc/passwd'))
+        self.assertIsNone(images.resolve_in_root(self.root,
+                                                 '/etc/passwd-link'))
+
+    def test_climbing_symlink_to_host_file_not_followed(self):
+        self.link('sbin/init', '../../../../../../../etc/passwd')
+        self.assertIsNone(images.resolve_in_root(self.root, '/sbin/init'))
+
+    def test_symlinked_directory(self):
+        systemd = self.file('usr/lib/systemd/systemd')
+        self.link('lib', 'usr/lib')
+        self.link('sbin/init', '/lib/systemd/systemd')
+        self.assertEqual(systemd,
+                         images.resolve_in_root(self.root, '/sbin/init'))
+
+    def test_chain_of_links(self):
+        target = self.file('bin/real')
+        self.link('bin/b', 'real')
+        self.link('bin/a', '/bin/b')
+        self.assertEqual(target, images.resolve_in_root(self.root, 'bin/a'))
+
+    def test_loop(self):
+        self.link('sbin/a', 'b')
+        self.link('sbin/b', '/sbin/a')
+        self.assertIsNone(images.resolve_in_root(self.root, '/sbin/a'))
+
+    def test_self_loop(self):
+        self.link('sbin/init', 'init')
+        self.assertIsNone(images.resolve_in_root(self.root, '/sbin/init'))
+
+    def test_missing(self):
+        self.assertIsNone(images.resolve_in_root(self.root, '/sbin/init'))
+        os.mkdir(os.path.join(self.root, 'sbin'))
+        self.assertIsNone(images.resolve_in_root(self.root, '/sbin/init'))
+
+    def test_dangling_link(self):
+        self.link('sbin/init', '/bin/nothing')
+        self.assertIsNone(images.resolve_in_root(self.root, '/sbin/init'))
+
+    def test_dot_and_dotdot_in_path(self):
+        busybox = self.file('bin/busybox')
+        os.mkdir(os.path.join(self.root, 'sbin'))
+        self.assertEqual(busybox, images.resolve_in_root(
+            self.root, '/../sbin/../bin/./busybox'))
+        # As in path_resolution(7), a missing directory before '..' fails.
+        self.assertIsNone(images.resolve_in_root(
+            self.root, '/nothing/../bin/busybox'))
+
+
+class DetectInitTest(_Tree):
+
+    def test_systemd(self):
+        self.file('lib/systemd/systemd')
+        self.link('sbin/init', '/lib/systemd/systemd')
+        self.assertEqual('systemd', images.detect_init(self.root))
+
+    def test_busybox(self):
+        self.file('bin/busybox')
+        self.link('sbin/init', '../bin/busybox')
+        self.assertEqual('busybox', images.detect_init(self.root))
+
+    def test_sysvinit(self):
+        self.file('sbin/init')
+        self.assertEqual('sysvinit', images.detect_init(self.root))
+
+    def test_no_init(self):
+        self.file('bin/sh')
+        self.assertIsNone(images.detect_init(self.root))
+
+    def test_not_executable(self):
+        self.file('sbin/init', mode=0o644)
+        self.assertIsNone(images.detect_init(self.root))
+
+    def test_directory(self):
+        os.makedirs(os.path.join(self.root, 'sbin/init'))
+        self.assertIsNone(images.detect_init(self.root))
+
+    def test_link_out_of_root_ignored(self):
+        # Resolved inside the root, where it does not exist.
+        self.link('sbin/init', '/bin/sh')
+        self.assertTrue(os.path.exists('/bin/sh'))
+        self.assertIsNone(images.detect_init(self.root))
+
+
+class ImageCacheTest(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.state = self.useFixture(fixtures.TempDir()).path
+        self.cache = images.ImageCache(self.state, 64 * 1024 * 1024)
+        self.fetches = []
+        self.fetch_lock = threading.Lock()
+
+    def fetch(self, dest, with_init=True, delay=0):
+        with self.fetch_lock:
+            self.fetches.append(dest)
+        # The archive goes inside a partial directory of the cache.
+        self.assertTrue(os.path.basename(os.path.dirname(dest))
+                        .startswith('.partial-' + IMAGE_ID))
+        if delay:
+            time.sleep(delay)
+        write_rootfs_tarball(dest, with_init=with_init)
+
+    def cache_entries(self):
+        try:
+            return sorted(os.listdir(self.cache.path))
+        except FileNotFoundError:
+            return []
+
+    def test_first_get_fetches_and_unpacks(self):
+        image = self.cache.get(IMAGE_ID, self.fetch)
+        self.assertEqual(1, len(self.fetches))
+        self.assertIsInstance(image, images.CachedImage)
+        self.assertEqual(IMAGE_ID, image.image_id)
+        self.assertEqual('busybox', image.init_system)
+        self.assertEqual(len(BUSYBOX) + len(b'box\n'), image.size)
+        self.assertEqual(os.path.join(self.cache.path, IMAGE_ID, 'rootfs'),
+                         image.rootfs)
+        with open(os.path.join(image.rootfs, 'bin/busybox'), 'rb') as f:
+            self.assertEqual(BUSYBOX, f.read())
+        self.assertEqual('/bin/busybox',
+                         os.readlink(os.path.join(image.rootfs, 'sbin/init')))
+        # The downloaded archive is not kept; no partial is left.
+        self.assertEqual([IMAGE_ID], self.cache_entries())
+        self.assertEqual(['image.json', 'rootfs'], sorted(os.listdir(
+            os.path.join(self.cache.path, IMAGE_ID))))
+
+    def test_second_get_does_not_fetch(self):
+        first = self.cache.get(IMAGE_ID, self.fetch)
+        second = self.cache.get(IMAGE_ID, self.fetch)
+        self.assertEqual(1, len(self.fetches))
+        self.assertEqual(first, second)
+        self.assertEqual(first, self.cache.lookup(IMAGE_ID))
+
+    def test_new_cache_object_sees_entry(self):
+        first = self.cache.get(IMAGE_ID, self.fetch)
+        again = images.ImageCache(self.state, 1).get(IMAGE_ID, self.fetch)
+        self.assertEqual(1, len(self.fetches))
+        self.assertEqual(first, again)
+
+    def test_concurrent_gets_fetch_once(self):
+        barrier = threading.Barrier(8)
+        results, errors = [], []
+
+        def worker():
+            try:
+                barrier.wait()
+                results.append(self.cache.get(
+                    IMAGE_ID, lambda dest: self.fetch(dest, delay=0.05)))
+            except Exception as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        self.assertEqual([], errors)
+        self.assertEqual(8, len(results))
+        self.assertEqual(1, len(self.fetches))
+        self.assertEqual(1, len(set(results)))
+        self.assertEqual([IMAGE_ID], self.cache_entries())
+
+    def test_fetch_failure_leaves_nothing(self):
+        def fetch(dest):
+            with open(dest, 'wb') as f:
+                f.write(b'half an image')
+            raise IOError('glance went away')
+
+        self.assertRaises(IOError, self.cache.get, IMAGE_ID, fetch)
+        self.assertEqual([], self.cache_entries())
+        self.assertIsNone(self.cache.lookup(IMAGE_ID))
+        # The next attempt fetches again.
+        self.assertEqual('busybox',
+                         self.cache.get(IMAGE_ID, self.fetch).init_system)
+
+    def test_no_init_refused_and_nothing_left(self):
+        e = self.assertRaises(
+            exception.ImageUnpackError, self.cache.get, IMAGE_ID,
+            lambda dest: self.fetch(dest, with_init=False))
+        self.assertIn('/sbin/init', str(e))
+        self.assertIn(IMAGE_ID, str(e))
+        self.assertEqual([], self.cache_entries())
+        self.assertIsNone(self.cache.lookup(IMAGE_ID))
+
+    def test_not_an_archive_refused_and_nothing_left(self):
+        def fetch(dest):
+            with open(dest, 'wb') as f:
+                f.write(b'QFI\xfb this is a qcow2 image, not a tarball' * 50)
+
+        self.assertRaises(exception.ImageUnpackError, self.cache.get,
+                          IMAGE_ID, fetch)
+        self.assertEqual([], self.cache_entries())
+
+    def test_too_large_refused(self):
+        cache = images.ImageCache(self.state, 4)
+        self.assertRaises(exception.ImageUnpackError, cache.get, IMAGE_ID,
+                          self.fetch)
+        self.assertEqual([], self.cache_entries())
+
+    def test_non_uuid_image_id_refused(self):
+        for bad in ('../../etc', 'abc', IMAGE_ID + '/x', ''):
+            self.assertRaises(exception.ImageUnpackError, self.cache.get,
+                              bad, self.fetch)
+            self.assertRaises(exception.ImageUnpackError, self.cache.lookup,
+                              bad)
+        self.assertEqual([], self.fetches)
+
+    def test_lookup_of_uncached(self):
+        self.assertIsNone(self.cache.lookup(OTHER_ID))
+
+    def test_remove_partials(self):
+        os.makedirs(self.cache.path)
+        child = subprocess.Popen(['true'])
+        child.wait()
+        dead = '.partial-%s-%d-abc123' % (IMAGE_ID, child.pid)
+        alive = '.partial-%s-%d-def456' % (OTHER_ID, os.getpid())
+        odd = '.partial-garbage'
+        for name in (dead, alive, odd):
+            os.makedirs(os.path.join(self.cache.path, name, 'rootfs'))
+        complete = self.cache.get(IMAGE_ID, self.fetch)
+
+        self.assertEqual(2, self.cache.remove_partials())
+        self.assertEqual(sorted([alive, IMAGE_ID]), self.cache_entries())
+        self.assertEqual(complete, self.cache.lookup(IMAGE_ID))
+
+    def test_remove_partials_without_cache_dir(self):
+        self.assertEqual(0, self.cache.remove_partials())

@@ -1,0 +1,253 @@
+"""Tests for novalxcdriver.spec: the container description and lxc.conf."""
+
+import dataclasses
+
+from nova import context as nova_context
+from nova import objects
+from nova.tests.unit import fake_instance
+from oslotest import base
+
+from novalxcdriver import exception
+from novalxcdriver import ids
+from novalxcdriver import images
+from novalxcdriver import spec
+
+UUID = '6f5d9c3e-1b1a-4a57-9a43-0e6a5f4f1c2d'
+IMAGE_ID = 'a1b2c3d4-0000-4000-8000-000000000001'
+
+
+def make_spec(**overrides):
+    values = dict(
+        name='instance-0000001a',
+        instance_uuid=UUID,
+        host='compute-1',
+        cid=3,
+        idmap=ids.Idmap(uid_start=296608, gid_start=496608, size=65536),
+        hostname='web-1',
+        rootfs='/var/lib/novalxc/rootfs/3/merged',
+        container_dir='/var/lib/novalxc/containers/instance-0000001a',
+        image_id=IMAGE_ID,
+        init_system='systemd',
+        console_log_size=1048576,
+    )
+    values.update(overrides)
+    return spec.ContainerSpec(**values)
+
+
+def config_keys(text):
+    """Return the 'key = value' lines of a config as a list of pairs."""
+    pairs = []
+    for line in text.splitlines():
+        if line.startswith('#') or not line.strip():
+            continue
+        key, sep, value = line.partition(' = ')
+        assert sep, line
+        pairs.append((key, value))
+    return pairs
+
+
+class RenderConfigTest(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.spec = make_spec()
+        self.text = spec.render_config(self.spec)
+        self.pairs = config_keys(self.text)
+        self.single = {}
+        for key, value in self.pairs:
+            self.single.setdefault(key, []).append(value)
+
+    def value(self, key):
+        values = self.single.get(key, [])
+        self.assertEqual(1, len(values), 'key %s: %r' % (key, values))
+        return values[0]
+
+    def test_ends_with_newline(self):
+        self.assertTrue(self.text.endswith('\n'))
+        self.assertFalse(self.text.endswith('\n\n'))
+
+    def test_rootfs_path(self):
+        self.assertEqual('dir:/var/lib/novalxc/rootfs/3/merged',
+                         self.value('lxc.rootfs.path'))
+
+    def test_idmap_lines(self):
+        self.assertEqual(['u 0 296608 65536', 'g 0 496608 65536'],
+                         self.single['lxc.idmap'])
+
+    def test_uts_name(self):
+        self.assertEqual('web-1', self.value('lxc.uts.name'))
+
+    def test_net_is_empty(self):
+        self.assertEqual('empty', self.value('lxc.net.0.type'))
+        self.assertEqual([], [k for k, _v in self.pairs
+                              if k.startswith('lxc.net.') and
+                              k != 'lxc.net.0.type'])
+
+    def test_includes(self):
+        self.assertEqual(['/usr/share/lxc/config/common.conf',
+                          '/usr/share/lxc/config/userns.conf'],
+                         self.single['lxc.include'])
+
+    def test_console(self):
+        base_dir = '/var/lib/novalxc/containers/instance-0000001a'
+        self.assertEqual(base_dir + '/console.log',
+                         self.value('lxc.console.logfile'))
+        self.assertEqual('1048576', self.value('lxc.console.size'))
+        self.assertEqual('1', self.value('lxc.console.rotate'))
+        self.assertEqual(base_dir + '/lxc.log', self.value('lxc.log.file'))
+
+    def test_apparmor_unconfined(self):
+        self.assertEqual('unconfined', self.value('lxc.apparmor.profile'))
+
+    def test_no_unsupported_seccomp_key(self):
+        self.assertNotIn('lxc.seccomp', self.single)
+
+    def test_signals_per_init(self):
+        expected = {
+            'systemd': ('SIGRTMIN+3', 'SIGINT'),
+            'busybox': ('SIGUSR1', 'SIGTERM'),
+            'sysvinit': ('SIGPWR', 'SIGINT'),
+        }
+        for init, (halt, reboot) in expected.items():
+            text = spec.render_config(make_spec(init_system=init))
+            pairs = dict(config_keys(text))
+            self.assertEqual(halt, pairs['lxc.signal.halt'], init)
+            self.assertEqual(reboot, pairs['lxc.signal.reboot'], init)
+
+    def test_unknown_init_refused(self):
+        self.assertRaises(KeyError, spec.render_config,
+                          make_spec(init_system='openrc'))
+
+    def test_record_lines_at_top(self):
+        lines = self.text.splitlines()
+        self.assertTrue(lines[0].startswith('#'))
+        self.assertEqual([
+            '# novalxc.instance_uuid = ' + UUID,
+            '# novalxc.host = compute-1',
+            '# novalxc.id = 3',
+            '# novalxc.image_id = ' + IMAGE_ID,
+        ], lines[1:5])
+        # Every line after the record is a key.
+        for line in lines[5:]:
+            self.assertFalse(line.startswith('#'), line)
+
+    def test_newline_in_any_value_refused(self):
+        # name is not rendered (check_name guards it); init_system is a
+        # key of INIT_SIGNALS.
+        strings = [f.name for f in dataclasses.fields(spec.ContainerSpec)
+                   if f.type is str and
+                   f.name not in ('name', 'init_system')]
+        self.assertIn('hostname', strings)
+        for field in strings:
+            for bad in ('a\nlxc.mount.entry = / x', 'a\rb'):
+                self.assertRaises(ValueError, spec.render_config,
+                                  make_spec(**{field: bad}))
+
+
+class ParseRecordTest(base.BaseTestCase):
+
+    def test_round_trip(self):
+        record = spec.parse_record(spec.render_config(make_spec()))
+        self.assertEqual({'instance_uuid': UUID, 'host': 'compute-1',
+                          'id': 3, 'image_id': IMAGE_ID}, record)
+        self.assertIsInstance(record['id'], int)
+
+    def test_no_record(self):
+        self.assertEqual({}, spec.parse_record(
+            'lxc.uts.name = foo\n# a comment = here\n'))
+        self.assertEqual({}, spec.parse_record(''))
+
+    def test_bad_id_dropped(self):
+        record = spec.parse_record('# novalxc.id = x\n# novalxc.host = h\n')
+        self.assertEqual({'host': 'h'}, record)
+
+
+class CheckNameTest(base.BaseTestCase):
+
+    def test_accepts(self):
+        for name in ('instance-0000001a', 'a', 'web_1.example',
+                     'x' * 128):
+            self.assertEqual(name, spec.check_name(name))
+
+    def test_refuses(self):
+        bad = ['', 'a b', 'a;rm -rf /', 'a$(id)', 'a`id`', 'a|b', 'a&b',
+               "a'b", 'a"b', 'a/b', '/abs', 'a\nb', 'a\n', '.hidden',
+               '..', '../x', '-n', 'x' * 129, None, 5, b'instance-1']
+        for name in bad:
+            self.assertRaises(exception.InvalidContainerName,
+                              spec.check_name, name)
+
+
+class HostnameForTest(base.BaseTestCase):
+
+    def test_valid(self):
+        for name in ('web-1', 'a', 'host.example.com', 'A1-b2'):
+            self.assertEqual(name, spec.hostname_for(name, 'fb'))
+
+    def test_fallback(self):
+        for name in (None, '', '-web', 'web-', 'we b', 'a_b', 'a..b',
+                     'x' * 64, 'a\nb', 'web\n', 'a;b', '.a'):
+            self.assertEqual('fb', spec.hostname_for(name, 'fb'), name)
+
+
+class BuildTest(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        objects.register_all()
+        self.context = nova_context.get_admin_context()
+        self.idmap = ids.Idmap(100000, 200000, 65536)
+        self.image = images.CachedImage(IMAGE_ID, '/img/rootfs', 'busybox',
+                                        1234)
+
+    def build(self, console_log_size=1048576, hostname='web-1'):
+        instance = fake_instance.fake_instance_obj(
+            self.context, uuid=UUID, hostname=hostname)
+        return instance, spec.build(
+            instance, 'compute-1', 7, self.idmap, self.image,
+            container_dir='/c/' + instance.name, rootfs='/r/7/merged',
+            console_log_size=console_log_size)
+
+    def test_fields(self):
+        instance, s = self.build()
+        self.assertEqual(instance.name, s.name)
+        self.assertEqual(UUID, s.instance_uuid)
+        self.assertEqual('web-1', s.hostname)
+        self.assertEqual('compute-1', s.host)
+        self.assertEqual(7, s.cid)
+        self.assertEqual(self.idmap, s.idmap)
+        self.assertEqual('/r/7/merged', s.rootfs)
+        self.assertEqual('/c/' + instance.name, s.container_dir)
+        self.assertEqual(IMAGE_ID, s.image_id)
+        self.assertEqual('busybox', s.init_system)
+        self.assertEqual('/c/%s/config' % instance.name, s.config_path)
+
+    def test_console_size_power_of_two(self):
+        for given, expected in ((1048576, 1048576), (1048575, 524288),
+                                (100 * 1024, 65536), (65536, 65536),
+                                (3, 2)):
+            _instance, s = self.build(console_log_size=given)
+            self.assertEqual(expected, s.console_log_size, given)
+
+    def test_invalid_hostname_falls_back_to_name(self):
+        instance, s = self.build(hostname='bad_host name')
+        self.assertEqual(instance.name, s.hostname)
+
+    def test_unsafe_instance_name_refused(self):
+        self.assertRaises(
+            exception.InvalidContainerName, spec.build,
+            FakeInstance('a/b', UUID, 'h'), 'compute-1', 7, self.idmap,
+            self.image, container_dir='/c', rootfs='/r',
+            console_log_size=65536)
+
+    def test_spec_is_frozen(self):
+        _instance, s = self.build()
+        self.assertRaises(dataclasses.FrozenInstanceError, setattr, s,
+                          'cid', 8)
+
+
+class FakeInstance:
+    """Just the attributes spec.build reads, with any name."""
+
+    def __init__(self, name, uuid, hostname):
+        self.name, self.uuid, self.hostname = name, uuid, hostname
