@@ -72,8 +72,13 @@ def request_halt(name, lxc_path, timeout):
 
     :returns: True if the container stopped within the timeout.
     """
+    return _lxc_waits('lxc-stop', name, lxc_path, '--nokill', timeout)
+
+
+def _lxc_waits(tool, name, lxc_path, flag, timeout):
+    # lxc-stop exits non-zero when what it waits for does not happen.
     try:
-        _lxc('lxc-stop', name, lxc_path, '--nokill', '-t', str(timeout),
+        _lxc(tool, name, lxc_path, flag, '-t', str(timeout),
              timeout=timeout + CONF.lxc.command_timeout)
     except exception.CommandFailed:
         return False
@@ -90,12 +95,7 @@ def reboot(name, lxc_path, timeout):
 
     :returns: True if the container rebooted within ``timeout`` seconds.
     """
-    try:
-        _lxc('lxc-stop', name, lxc_path, '-r', '-t', str(timeout),
-             timeout=timeout + CONF.lxc.command_timeout)
-    except exception.CommandFailed:
-        return False
-    return True
+    return _lxc_waits('lxc-stop', name, lxc_path, '-r', timeout)
 
 
 def freeze(name, lxc_path):

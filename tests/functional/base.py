@@ -6,6 +6,7 @@ Containers live under FUNC_ROOT so that a run never touches an operator's
 
 import os
 import subprocess
+import threading
 import time
 import uuid
 
@@ -116,6 +117,24 @@ class FunctionalTestCase(base.BaseTestCase):
     def spawn(self, instance, image_id, power_on=True):
         self.driver.spawn(self.ctxt, instance, self.image_meta(image_id), [],
                           None, {}, network_info=[], power_on=power_on)
+
+    def spawn_concurrently(self, instances, image_id, power_on=True):
+        """Spawn every instance at once, one thread each; fail on errors."""
+        errors = []
+
+        def boot(instance):
+            try:
+                self.spawn(instance, image_id, power_on=power_on)
+            except Exception as e:  # asserted below, in the test's thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=boot, args=(i,))
+                   for i in instances]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual([], errors)
 
     # -- checks on the real host ------------------------------------------
 

@@ -2,7 +2,6 @@
 
 import os
 import tarfile
-import threading
 import time
 
 from nova.compute import power_state
@@ -163,21 +162,7 @@ class BusyboxLifecycleTest(base.FunctionalTestCase):
 
     def test_ids_and_ranges_unique_across_concurrent_spawns(self):
         instances = [self.make_instance() for _ in range(6)]
-        errors = []
-
-        def boot(inst):
-            try:
-                self.spawn(inst, self.image_id)
-            except Exception as e:  # collected and asserted below
-                errors.append(e)
-
-        threads = [threading.Thread(target=boot, args=(i,))
-                   for i in instances]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self.assertEqual([], errors)
+        self.spawn_concurrently(instances, self.image_id)
         cids = [self.driver._ids.find(i.uuid) for i in instances]
         self.assertEqual(len(instances), len(set(cids)))
         starts = sorted(self.driver._ids.idmap(c).uid_start for c in cids)
@@ -192,21 +177,7 @@ class ImageCacheTest(base.FunctionalTestCase):
     def test_new_image_fetched_and_unpacked_once_for_ten_boots(self):
         image_id = self.busybox_image()
         instances = [self.make_instance() for _ in range(10)]
-        errors = []
-
-        def boot(inst):
-            try:
-                self.spawn(inst, image_id, power_on=False)
-            except Exception as e:
-                errors.append(e)
-
-        threads = [threading.Thread(target=boot, args=(i,))
-                   for i in instances]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self.assertEqual([], errors)
+        self.spawn_concurrently(instances, image_id, power_on=False)
         self.assertEqual([image_id], self.fx.fetches)
 
 
