@@ -40,14 +40,15 @@ class DriverFixture(fixtures.Fixture):
     :ivar fetches: list of image ids fetched (to count downloads).
     """
 
-    def __init__(self, watch_interval=0):
+    def __init__(self, watch_interval=0, host=HOST):
         super().__init__()
         self.watch_interval = watch_interval
+        self.host = host
 
     def _setUp(self):
         objects.register_all()
         cfg = self.useFixture(config_fixture.Config(CONF))
-        cfg.config(host=HOST)
+        cfg.config(host=self.host)
         cfg.config(group='lxc', lxc_path=os.path.join(FUNC_ROOT, 'lxc'),
                    state_path=os.path.join(FUNC_ROOT, 'state'),
                    state_poll_interval=self.watch_interval,
@@ -59,8 +60,8 @@ class DriverFixture(fixtures.Fixture):
         self.events = []
         self.driver = driver.LXCDriver(fake_virt.FakeVirtAPI())
         self.driver.register_event_listener(self.events.append)
-        self.driver.init_host(HOST)
-        self.addCleanup(self.driver.cleanup_host, HOST)
+        self.driver.init_host(self.host)
+        self.addCleanup(self.driver.cleanup_host, self.host)
 
     def fetch(self, context, image_id, path, trusted_certs=None):
         self.fetches.append(image_id)
@@ -77,11 +78,13 @@ class FunctionalTestCase(base.BaseTestCase):
     """Gives a driver, a context and helpers that check the real host."""
 
     watch_interval = 0
+    host = HOST
 
     def setUp(self):
         super().setUp()
         require_root(self)
-        self.fx = self.useFixture(DriverFixture(self.watch_interval))
+        self.fx = self.useFixture(DriverFixture(self.watch_interval,
+                                                self.host))
         self.driver = self.fx.driver
         self.ctxt = nova_context.get_admin_context()
 
@@ -108,7 +111,7 @@ class FunctionalTestCase(base.BaseTestCase):
         inst_id = int(uuid.uuid4().int % 10 ** 8)
         instance = fake_instance.fake_instance_obj(
             self.ctxt, id=inst_id, uuid=str(uuid.uuid4()),
-            hostname='server-%d' % inst_id, host=HOST,
+            hostname='server-%d' % inst_id, host=self.host,
             flavor=objects.Flavor(flavorid='1', name='test', **values))
         # Make sure a failing test leaves nothing behind.
         self.addCleanup(self.driver.destroy, self.ctxt, instance, [])

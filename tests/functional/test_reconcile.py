@@ -1,0 +1,83 @@
+"""init_host after a crash: half-made containers are removed, IDs kept safe."""
+
+import os
+import subprocess
+import sys
+
+from novalxcdriver import conf
+from novalxcdriver import driver
+from novalxcdriver import mount
+from novalxcdriver import rootfs
+from tests.functional import base
+
+CONF = conf.CONF
+
+
+class ReconcileTest(base.FunctionalTestCase):
+
+    # init_host acts on every container of its host: a host name of this
+    # process's own keeps it off containers of concurrent test processes.
+    host = 'novalxc-reconcile-%d' % os.getpid()
+
+    def _allocate_in_dead_process(self, instance):
+        # A driver process that reserved an ID and died mid-spawn.
+        code = ('import sys; from novalxcdriver import ids; '
+                'print(ids.IdAllocator(sys.argv[1]).allocate(sys.argv[2], '
+                'sys.argv[3]))')
+        out = subprocess.run(
+            [sys.executable, '-c', code, CONF.lxc.state_path, instance.uuid,
+             instance.name], check=True, capture_output=True, text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                os.path.abspath(__file__)))))
+        return int(out.stdout.split()[-1])
+
+    def test_interrupted_spawn_is_cleaned_and_complete_ones_kept(self):
+        image_id = self.busybox_image()
+        survivor = self.make_instance()
+        self.spawn(survivor, image_id)
+        crashed = self.make_instance()
+        cid = self._allocate_in_dead_process(crashed)
+        # The crash came after the root was mounted, before the config.
+        image = self.driver._images.lookup(image_id)
+        root = rootfs.Rootfs(CONF.lxc.state_path, cid)
+        root.create(image.rootfs, self.driver._ids.idmap(cid))
+        self.assertTrue(root.is_mounted())
+
+        restarted = driver.LXCDriver(None)
+        restarted.init_host(self.host)
+
+        self.assertEqual([], self.artifacts_of(crashed, cid))
+        self.assertIsNone(restarted._ids.find(crashed.uuid))
+        self.assertEqual('RUNNING', self.lxc_state(survivor.name))
+        self.assertIn(survivor.name, restarted.list_instances())
+
+    def test_id_of_leftover_rootfs_is_not_reused(self):
+        image_id = self.busybox_image()
+        first = self.make_instance()
+        self.spawn(first, image_id, power_on=False)
+        cid = self.driver._ids.find(first.uuid)
+        # A leftover root whose reservation is gone (e.g. removed by hand).
+        self.driver._ids.release(cid)
+        second = self.make_instance()
+        self.spawn(second, image_id, power_on=False)
+        self.assertNotEqual(cid, self.driver._ids.find(second.uuid))
+        self.assertTrue(os.path.isdir(
+            os.path.join(CONF.lxc.state_path, 'rootfs', str(cid))))
+
+    def test_rootfs_remounted_after_host_reboot(self):
+        image_id = self.busybox_image()
+        instance = self.make_instance()
+        self.spawn(instance, image_id)
+        cid = self.driver._ids.find(instance.uuid)
+        # A host reboot: every container stopped, every mount gone.
+        subprocess.run(['lxc-stop', '-k', '-n', instance.name, '-P',
+                        CONF.lxc.lxc_path], check=True)
+        root = rootfs.Rootfs(CONF.lxc.state_path, cid)
+        mount.unmount_tree(root.path)
+        self.assertFalse(root.is_mounted())
+
+        restarted = driver.LXCDriver(None)
+        restarted.init_host(self.host)
+        self.assertTrue(root.is_mounted())
+        restarted.resume_state_on_host_boot(self.ctxt, instance, [], None)
+        self.assertEqual('RUNNING', self.lxc_state(instance.name))
