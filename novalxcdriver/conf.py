@@ -40,6 +40,10 @@ lxc_opts = [
                help='Largest total size, in GiB, of the files in one '
                     'unpacked image; a larger archive (or a compression '
                     'bomb) is refused.'),
+    cfg.IntOpt('pids_max', default=4096, min=16,
+               help='Most tasks (processes and threads) one container may '
+                    'run at once (pids cgroup), so a fork bomb stops there. '
+                    'A flavor overrides it with the extra spec lxc:pids_max.'),
     cfg.IntOpt('id_range_size', default=65536, min=65536,
                help='Number of uids and gids in each container\'s isolated '
                     'range (the idmap). Container ID N owns the range '

@@ -75,13 +75,15 @@ class Container:
 
     # -- creation -------------------------------------------------------
 
-    def create(self, spec, image):
+    def create(self, spec, image, root_gb=0, ephemeral_gb=0):
         """Build the rootfs and write the config; the container stays stopped.
 
         On any failure everything made so far is removed.
 
         :param spec: the spec.ContainerSpec (its cid already reserved).
         :param image: images.CachedImage the rootfs is built on.
+        :param root_gb: GiB of the root disk (0: unbounded, no disk).
+        :param ephemeral_gb: GiB of the ephemeral disk (0: none).
         :raises ContainerExists: a container of that name exists already.
         """
         os.makedirs(self.lxc_path, mode=0o711, exist_ok=True)
@@ -91,7 +93,7 @@ class Container:
             raise exception.ContainerExists(name=self.name)
         root = rootfs_mod.Rootfs(self.state_path, spec.cid)
         try:
-            root.create(image.rootfs, spec.idmap)
+            root.create(image.rootfs, spec.idmap, root_gb, ephemeral_gb)
             tmp = self.config_path + '.tmp'
             with open(tmp, 'w') as f:
                 f.write(spec_mod.render_config(spec))

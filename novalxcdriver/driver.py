@@ -30,6 +30,7 @@ from novalxcdriver import exception
 from novalxcdriver import host as host_mod
 from novalxcdriver import ids
 from novalxcdriver import images
+from novalxcdriver import limits as limits_mod
 from novalxcdriver import rootfs as rootfs_mod
 from novalxcdriver import spec as spec_mod
 
@@ -256,19 +257,18 @@ class LXCDriver(driver.ComputeDriver):
 
         :raises ImageUnacceptable: the image is not a usable rootfs archive.
         :raises InvalidInput: something asked of the instance that this
-            driver cannot provide (VIFs, volumes, ephemeral or swap disks).
+            host or driver cannot provide (VIFs, volumes, a flavor larger
+            than the host, a bad extra spec).
         """
         self._refuse_unsupported(instance, network_info, block_device_info)
         c = self._container(instance)
         image = self._cached_image(context, instance, image_meta)
+        flavor = instance.flavor
         cid = self._ids.allocate(instance.uuid, instance.name)
         try:
-            root = rootfs_mod.Rootfs(self._state_path, cid)
-            spec = spec_mod.build(
-                instance, CONF.host, cid, self._ids.idmap(cid), image,
-                container_dir=c.dir, rootfs=root.merged,
-                console_log_size=CONF.lxc.console_log_size_kib * 1024)
-            c.create(spec, image)
+            spec = self._spec(instance, c, cid, image)
+            c.create(spec, image, root_gb=flavor.root_gb,
+                     ephemeral_gb=flavor.ephemeral_gb)
             if power_on:
                 c.start()
         except Exception:
@@ -290,11 +290,48 @@ class LXCDriver(driver.ComputeDriver):
         if mapping:
             raise nova_exc.InvalidInput(
                 reason='novalxcdriver cannot attach volumes')
-        flavor = instance.flavor
-        if flavor.ephemeral_gb or flavor.swap:
+        if len(driver.block_device_info_get_ephemerals(
+                block_device_info)) > 1:
             raise nova_exc.InvalidInput(
-                reason='novalxcdriver does not provide ephemeral or swap '
-                       'disks yet; use a flavor without them')
+                reason='novalxcdriver gives a container one ephemeral disk, '
+                       'on /mnt')
+
+    def _spec(self, instance, container, cid, image):
+        """The instance's ContainerSpec, limits checked against the host.
+
+        :raises InvalidInput: the flavor asks more than the host has, or
+            an extra spec is bad.
+        """
+        flavor = instance.flavor
+        root = rootfs_mod.Rootfs(self._state_path, cid)
+        try:
+            mem_total, _used = host_mod.memory_mb()
+            if flavor.memory_mb > mem_total:
+                raise exception.InvalidFlavor(
+                    reason='%d MiB of memory asked, the host has %d MiB' %
+                    (flavor.memory_mb, mem_total))
+            disk_total = host_mod.disk_gb(self._state_path)[0]
+            if flavor.root_gb + flavor.ephemeral_gb > disk_total:
+                raise exception.InvalidFlavor(
+                    reason='%d GiB of disk asked, the filesystem holding '
+                           'instances has %d GiB' % (
+                               flavor.root_gb + flavor.ephemeral_gb,
+                               disk_total))
+            numa = instance.numa_topology
+            limits = limits_mod.for_instance(
+                flavor, cid, host_mod.shared_cpus(), CONF.lxc.pids_max,
+                io_device=host_mod.whole_disk(self._state_path),
+                pinning=numa.cpu_pinning if numa else None)
+        except exception.InvalidFlavor as e:
+            raise nova_exc.InvalidInput(reason=str(e))
+        return spec_mod.build(
+            instance, CONF.host, cid, self._ids.idmap(cid), image,
+            container_dir=container.dir, rootfs=root.merged,
+            console_log_size=CONF.lxc.console_log_size_kib * 1024,
+            limits=limits, cgroup_version=host_mod.cgroup_version(),
+            swap_accounting=host_mod.swap_accounting(),
+            ephemeral=(root.ephemeral_disk.mountpoint
+                       if flavor.ephemeral_gb else None))
 
     def _cached_image(self, context, instance, image_meta):
         image_id = image_meta.id

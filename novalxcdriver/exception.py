@@ -74,3 +74,7 @@ class ArchiveError(NovaLXCError):
 
 class ContainerExists(NovaLXCError):
     msg_fmt = 'Container %(name)s exists already.'
+
+
+class InvalidFlavor(NovaLXCError):
+    msg_fmt = 'The flavor cannot be honoured on this host: %(reason)s'

@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 
+from nova.virt import hardware
 from oslo_utils import units
 
 from novalxcdriver import lxc
@@ -15,7 +16,7 @@ from novalxcdriver import lxc
 # What the driver runs (lxc.py) and what newuidmap-based idmaps need.
 REQUIRED_TOOLS = ('lxc-start', 'lxc-stop', 'lxc-info', 'lxc-ls',
                   'lxc-freeze', 'lxc-unfreeze', 'unshare', 'newuidmap',
-                  'newgidmap')
+                  'newgidmap', 'losetup', 'mkfs.ext4', 'lxcfs')
 
 
 def cpu_count():
@@ -66,6 +67,55 @@ def lxc_version_int():
     return major * 1000000 + minor * 1000 + patch
 
 
+def cgroup_version():
+    """2 on a unified (cgroup v2) host, else 1 (cgroups(7))."""
+    if os.path.exists('/sys/fs/cgroup/cgroup.controllers'):
+        return 2
+    return 1
+
+
+def swap_accounting():
+    """True when memory cgroups can limit swap (memsw files, swap.max)."""
+    if cgroup_version() == 2:
+        return True
+    return os.path.exists('/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes')
+
+
+def shared_cpus():
+    """Sorted host CPU ids for instances without dedicated CPUs.
+
+    Nova's ``[compute] cpu_shared_set`` when set, else every CPU this
+    process may run on.
+    """
+    configured = hardware.get_cpu_shared_set()
+    return sorted(configured or os.sched_getaffinity(0))
+
+
+def whole_disk(path):
+    """'MAJ:MIN' of the whole disk holding path, or None if not a disk.
+
+    Block I/O throttles apply to whole disks, not partitions
+    (Documentation/admin-guide/cgroup-v1/blkio-controller.rst).
+    """
+    st = os.stat(path)
+    sys_dev = '/sys/dev/block/%d:%d' % (os.major(st.st_dev),
+                                        os.minor(st.st_dev))
+    if not os.path.exists(sys_dev):
+        return None
+    if os.path.exists(os.path.join(sys_dev, 'partition')):
+        sys_dev = os.path.join(os.path.realpath(sys_dev), '..')
+    with open(os.path.join(sys_dev, 'dev')) as f:
+        return f.read().strip()
+
+
+LXCFS_MOUNT = '/var/lib/lxcfs'
+
+
+def lxcfs_running():
+    """True when lxcfs serves /proc files under LXCFS_MOUNT."""
+    return os.path.exists(os.path.join(LXCFS_MOUNT, 'proc', 'meminfo'))
+
+
 def process_alive(pid):
     """True if a process with this pid exists (kill(2) with signal 0)."""
     try:
@@ -92,8 +142,8 @@ def problems():
     found = []
     missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
     if missing:
-        found.append('missing commands %s: install the Debian packages lxc '
-                     'and uidmap' % ', '.join(missing))
+        found.append('missing commands %s: install the Debian packages lxc, '
+                     'uidmap, lxcfs, e2fsprogs and mount' % ', '.join(missing))
     if not os.path.exists('/proc/self/ns/user'):
         found.append('the kernel has no user namespaces '
                      '(CONFIG_USER_NS)')
@@ -113,6 +163,8 @@ def problems():
             os.path.exists('/sys/fs/cgroup/cgroup.controllers')):
         found.append('no cgroup freezer: mount the cgroup v1 freezer '
                      'controller or cgroup v2')
+    if not os.path.exists('/dev/loop-control'):
+        found.append('no loop devices (/dev/loop-control): modprobe loop')
     if os.geteuid() != 0:
         found.append('the driver must run as root (it mounts root '
                      'filesystems and starts containers)')

@@ -141,6 +141,17 @@ def states(lxc_path):
     return result
 
 
+def attach_loop(path):
+    """Attach path to a free loop device (losetup(8)); return its path."""
+    out, _err = execute('losetup', '--find', '--show', path)
+    return out.strip()
+
+
+def detach_loop(device):
+    """Detach a loop device; a mounted one goes when it is unmounted."""
+    execute('losetup', '--detach', device)
+
+
 def version():
     """The installed LXC version as a string, e.g. '5.0.2'."""
     out, _err = execute('lxc-start', '--version')

@@ -36,6 +36,7 @@ _MOUNT_ATTR_NOSUID = 0x2
 _MOUNT_ATTR_NODEV = 0x4
 _MOUNT_ATTR_IDMAP = 0x100000
 _MNT_DETACH = 2
+_MS_NODEV = 4  # sys/mount.h
 
 
 class _MountAttr(ctypes.Structure):
@@ -95,6 +96,15 @@ def overlay(lower, upper, work, target):
     options = 'lowerdir=%s,upperdir=%s,workdir=%s' % (lower, upper, work)
     _check(_libc.mount(b'overlay', os.fsencode(target), b'overlay', 0,
                        options.encode()), 'overlay', target)
+
+
+def ext4(device, target):
+    """Mount an ext4 device on target, without device files (nodev).
+
+    :raises MountFailed: mount(2) failed.
+    """
+    _check(_libc.mount(os.fsencode(device), os.fsencode(target), b'ext4',
+                       _MS_NODEV, None), 'ext4 %s' % device, target)
 
 
 def unmount(target):

@@ -3,10 +3,17 @@
 Layout under ``<state_path>/rootfs/<cid>`` (named by container ID, so a
 leftover directory keeps its ID from being reused)::
 
-    lower/   idmapped, read-only view of the cached image's rootfs
-    upper/   the container's own writes (owned by its root, idmap.uid_start)
-    work/    overlay's work directory
-    merged/  the overlay: lxc.rootfs.path
+    root.img       the root disk: root_gb GiB of ext4 (disk.Disk)
+    root/          its mount point, holding
+      upper/       the container's own writes (owned by its root)
+      work/        overlay's work directory
+    ephemeral.img  the ephemeral disk, when the flavor has one
+    ephemeral/     its mount point, bind-mounted on /mnt in the container
+    lower/         idmapped, read-only view of the cached image's rootfs
+    merged/        the overlay: lxc.rootfs.path
+
+A flavor with root_gb 0 gets no root disk: upper/ and work/ then live in
+root/ on the host's filesystem, unbounded.
 
 The image is never written and never chowned; creating a root costs two
 mounts whatever the image's size. The driver owns these mounts and removes
@@ -18,6 +25,7 @@ import shutil
 
 from oslo_log import log as logging
 
+from novalxcdriver import disk
 from novalxcdriver import exception
 from novalxcdriver import lxc
 from novalxcdriver import mount
@@ -35,8 +43,13 @@ class Rootfs:
         self.cid = cid
         self.path = os.path.join(state_path, 'rootfs', str(cid))
         self.lower = os.path.join(self.path, 'lower')
-        self.upper = os.path.join(self.path, 'upper')
-        self.work = os.path.join(self.path, 'work')
+        self.root_disk = disk.Disk(os.path.join(self.path, 'root.img'),
+                                   os.path.join(self.path, 'root'))
+        self.ephemeral_disk = disk.Disk(
+            os.path.join(self.path, 'ephemeral.img'),
+            os.path.join(self.path, 'ephemeral'))
+        self.upper = os.path.join(self.root_disk.mountpoint, 'upper')
+        self.work = os.path.join(self.root_disk.mountpoint, 'work')
         self.merged = os.path.join(self.path, 'merged')
 
     def exists(self):
@@ -45,10 +58,15 @@ class Rootfs:
     def is_mounted(self):
         return self.merged in mount.mountpoints()
 
-    def create(self, image_rootfs, idmap):
-        """Make the directories and mount the root over image_rootfs.
+    def has_ephemeral(self):
+        return os.path.exists(self.ephemeral_disk.image_path)
 
-        :param idmap: spec.Idmap of the container.
+    def create(self, image_rootfs, idmap, root_gb=0, ephemeral_gb=0):
+        """Make the disks and directories and mount the root.
+
+        :param idmap: ids.Idmap of the container.
+        :param root_gb: GiB of the root disk; 0 for none (unbounded).
+        :param ephemeral_gb: GiB of the ephemeral disk; 0 for none.
         :raises MountFailed, CommandFailed: the caller destroys on failure.
         """
         os.makedirs(os.path.dirname(self.path), mode=0o711, exist_ok=True)
@@ -56,13 +74,23 @@ class Rootfs:
         os.mkdir(self.path, 0o711)
         for d in (self.lower, self.merged):
             os.mkdir(d, 0o755)
+        if root_gb:
+            self.root_disk.create(root_gb, 0, 0)
+        else:
+            os.mkdir(self.root_disk.mountpoint, 0o755)
         for d in (self.upper, self.work):
             os.mkdir(d, 0o755)
             os.chown(d, idmap.uid_start, idmap.gid_start)
+        if ephemeral_gb:
+            self.ephemeral_disk.create(ephemeral_gb, idmap.uid_start,
+                                       idmap.gid_start)
         self.mount(image_rootfs, idmap)
 
     def mount(self, image_rootfs, idmap):
-        """Mount lower and the overlay if they are not (after host boot)."""
+        """Mount disks, lower and the overlay where missing (host boot)."""
+        for d in (self.root_disk, self.ephemeral_disk):
+            if os.path.exists(d.image_path):
+                d.mount()
         points = mount.mountpoints()
         if self.lower not in points:
             with lxc.user_namespace(idmap) as userns_fd:

@@ -14,6 +14,7 @@ import re
 
 from novalxcdriver import exception
 from novalxcdriver import ids
+from novalxcdriver import limits as limits_mod
 
 # LXC uses the name as a directory under lxcpath; keep it a plain word.
 # \Z, not $: $ also matches before a trailing newline.
@@ -49,6 +50,10 @@ class ContainerSpec:
     :ivar image_id: Glance image the rootfs is built on.
     :ivar init_system: 'systemd', 'busybox' or 'sysvinit' (INIT_SIGNALS).
     :ivar console_log_size: bytes before LXC rotates the console log.
+    :ivar limits: limits.Limits of the container.
+    :ivar cgroup_version: the host's cgroup layout, 1 or 2.
+    :ivar swap_accounting: whether the host's memory cgroups limit swap.
+    :ivar ephemeral: host directory bind-mounted on /mnt, or None.
     """
 
     name: str
@@ -62,6 +67,10 @@ class ContainerSpec:
     image_id: str
     init_system: str
     console_log_size: int
+    limits: limits_mod.Limits
+    cgroup_version: int = 1
+    ephemeral: object = None
+    swap_accounting: bool = True
 
     @property
     def config_path(self):
@@ -135,6 +144,12 @@ def render_config(spec):
         ('lxc.log.file', spec.lxc_log),
         ('lxc.log.level', 'WARN'),
     ]
+    keys += limits_mod.render(spec.limits, spec.cgroup_version,
+                              spec.swap_accounting)
+    if spec.ephemeral:
+        # Where cloud-init and Nova's other drivers put the ephemeral disk.
+        keys.append(('lxc.mount.entry',
+                     '%s mnt none bind,create=dir 0 0' % spec.ephemeral))
     lines = ['# Written by novalxcdriver; changes are lost on rebuild.']
     lines += ['%s%s = %s' % (_RECORD_PREFIX, k, v) for k, v in record]
     lines += ['%s = %s' % (k, v) for k, v in keys]
@@ -164,13 +179,16 @@ def parse_record(config_text):
 
 
 def build(instance, host, cid, idmap, image, container_dir, rootfs,
-          console_log_size):
+          console_log_size, limits, cgroup_version=1, ephemeral=None,
+          swap_accounting=True):
     """Describe the container of a Nova instance.
 
     :param instance: nova.objects.Instance (name, uuid, hostname are read).
     :param image: images.CachedImage the rootfs is built on.
     :param console_log_size: bytes; rounded down to a power of two as
         lxc.container.conf(5) asks for lxc.console.size.
+    :param limits: limits.Limits of the container.
+    :param ephemeral: host directory of the ephemeral disk, or None.
     :raises InvalidContainerName: instance.name is not a safe LXC name.
     """
     return ContainerSpec(
@@ -185,4 +203,8 @@ def build(instance, host, cid, idmap, image, container_dir, rootfs,
         image_id=image.image_id,
         init_system=image.init_system,
         console_log_size=1 << (console_log_size.bit_length() - 1),
+        limits=limits,
+        cgroup_version=cgroup_version,
+        ephemeral=ephemeral,
+        swap_accounting=swap_accounting,
     )

@@ -13,12 +13,17 @@ from novalxcdriver import container as container_mod
 from novalxcdriver import exception
 from novalxcdriver import ids
 from novalxcdriver import images
+from novalxcdriver import limits
 from novalxcdriver import spec as spec_mod
 
 UUID = '0d7c2b1e-5a3f-4c9b-8e21-7f6a5b4c3d2e'
 IMAGE_ID = 'a1b2c3d4-0000-4000-8000-000000000001'
 NAME = 'instance-0000001a'
 SIZE = 65536
+LIMITS = limits.Limits(
+    memory_bytes=256 * 1024 * 1024, memsw_bytes=256 * 1024 * 1024,
+    cpus=(0,), cpu_period_us=100000, cpu_quota_us=100000, cpu_shares=None,
+    pids_max=4096)
 
 
 class FakeClock:
@@ -101,12 +106,13 @@ class _Base(base.BaseTestCase):
             rootfs=os.path.join(self.state_path, 'rootfs', str(cid),
                                 'merged'),
             container_dir=self.c.dir, image_id=IMAGE_ID,
-            init_system='busybox', console_log_size=65536)
+            init_system='busybox', console_log_size=65536, limits=LIMITS)
 
     def make_container(self):
         """Lay out what a complete create() leaves: ID, rootfs, config."""
         cid = self.ids.allocate(UUID, NAME)
-        upper = os.path.join(self.state_path, 'rootfs', str(cid), 'upper')
+        upper = os.path.join(self.state_path, 'rootfs', str(cid), 'root',
+                             'upper')
         os.makedirs(upper)
         with open(os.path.join(upper, 'file'), 'w') as f:
             f.write('written by the container')
@@ -330,7 +336,7 @@ class CreateTest(_Base):
         self.c.create(self.spec, self.image)
         self.rootfs_cls.assert_called_once_with(self.state_path, self.cid)
         self.root.create.assert_called_once_with(
-            self.image.rootfs, self.ids.idmap(self.cid))
+            self.image.rootfs, self.ids.idmap(self.cid), 0, 0)
         self.assertTrue(self.c.exists())
         self.assertEqual(0o700, os.stat(self.c.dir).st_mode & 0o777)
         with open(self.c.config_path) as f:
@@ -341,6 +347,12 @@ class CreateTest(_Base):
         self.assertEqual(['config'], os.listdir(self.c.dir))
         # Created stopped.
         self.lxc.start.assert_not_called()
+
+    def test_disk_sizes_reach_rootfs(self):
+        self.c.create(self.spec, self.image, root_gb=2, ephemeral_gb=3)
+        self.root.create.assert_called_once_with(
+            self.image.rootfs, self.ids.idmap(self.cid), 2, 3)
+        self.assertTrue(self.c.exists())
 
     def test_rootfs_failure_removes_dir(self):
         self.root.create.side_effect = exception.MountFailed(
@@ -415,7 +427,7 @@ class DestroyTest(_Base):
     def test_destroy_after_interrupted_create(self):
         # The ID was reserved, the rootfs half made, no config written.
         cid = self.ids.allocate(UUID, NAME)
-        os.makedirs(os.path.join(self.rootfs_dir(cid), 'upper'))
+        os.makedirs(os.path.join(self.rootfs_dir(cid), 'root', 'upper'))
         os.makedirs(self.c.dir)
         self.c.destroy()
         self.lxc.info.assert_not_called()
@@ -446,7 +458,7 @@ class DestroyTest(_Base):
         self.mount.unmount_tree.assert_called_once_with(self.rootfs_dir(cid))
         # Nothing deleted through the mount; the ID stays reserved.
         self.assertTrue(os.path.exists(os.path.join(
-            self.rootfs_dir(cid), 'upper', 'file')))
+            self.rootfs_dir(cid), 'root', 'upper', 'file')))
         self.assertEqual(cid, self.ids.find(UUID))
 
 

@@ -28,6 +28,7 @@ from novalxcdriver import container as container_mod
 from novalxcdriver import driver
 from novalxcdriver import exception
 from novalxcdriver import ids
+from novalxcdriver import limits
 from novalxcdriver import lxc
 from novalxcdriver import spec as spec_mod
 from tests.unit import test_images
@@ -38,6 +39,7 @@ IMAGE_ID = test_images.IMAGE_ID
 NODE_UUID = 'f1e2d3c4-b5a6-4978-8695-a4b3c2d1e0f9'
 HOST = 'compute-1'
 SIZE = 65536
+MiB = 1024 * 1024
 
 
 class _Base(base.BaseTestCase):
@@ -66,6 +68,17 @@ class _Base(base.BaseTestCase):
                                      subgid_path=self.subgid))
         self.problems = self.patch('novalxcdriver.host.problems',
                                    return_value=[])
+        # Host facts spawn checks a flavor against.
+        self.memory = self.patch('novalxcdriver.host.memory_mb',
+                                 return_value=(16000, 4000))
+        self.disk = self.patch('novalxcdriver.host.disk_gb',
+                               return_value=(100, 40, 60))
+        self.shared_cpus = self.patch('novalxcdriver.host.shared_cpus',
+                                      return_value=list(range(8)))
+        self.whole_disk = self.patch('novalxcdriver.host.whole_disk',
+                                     return_value='8:0')
+        self.cgroup_version = self.patch(
+            'novalxcdriver.host.cgroup_version', return_value=2)
 
         # lxc-* commands: one container state per name.
         self.states = {}
@@ -118,20 +131,29 @@ class _Base(base.BaseTestCase):
         return set_state
 
     @staticmethod
-    def _rootfs_create(root, image_rootfs, idmap):
-        # The real one chowns and mounts; make the directories only.
+    def _rootfs_create(root, image_rootfs, idmap, root_gb=0,
+                       ephemeral_gb=0):
+        # The real one makes disks, chowns and mounts; make the
+        # directories only.
         for d in (root.lower, root.upper, root.work, root.merged):
             os.makedirs(d)
+        if ephemeral_gb:
+            os.makedirs(root.ephemeral_disk.mountpoint)
 
-    def instance(self, uuid=UUID, ephemeral_gb=0, swap=0, **updates):
+    def instance(self, uuid=UUID, ephemeral_gb=0, swap=0, memory_mb=256,
+                 vcpus=1, root_gb=1, extra_specs=None, numa_topology=None,
+                 **updates):
         flavor = objects.Flavor(
-            id=1, name='m1.small', memory_mb=256, vcpus=1, root_gb=1,
-            ephemeral_gb=ephemeral_gb, swap=swap, flavorid='1',
-            rxtx_factor=1.0, vcpu_weight=1, disabled=False, is_public=True,
-            extra_specs={}, projects=[])
-        return fake_instance.fake_instance_obj(
+            id=1, name='m1.small', memory_mb=memory_mb, vcpus=vcpus,
+            root_gb=root_gb, ephemeral_gb=ephemeral_gb, swap=swap,
+            flavorid='1', rxtx_factor=1.0, vcpu_weight=1, disabled=False,
+            is_public=True, extra_specs=extra_specs or {}, projects=[])
+        instance = fake_instance.fake_instance_obj(
             self.context, uuid=uuid, hostname='web-1', flavor=flavor,
             **updates)
+        instance.numa_topology = numa_topology
+        instance.obj_reset_changes(['numa_topology'])
+        return instance
 
     @staticmethod
     def image_meta(container_format='bare', disk_format='raw'):
@@ -159,7 +181,11 @@ class _Base(base.BaseTestCase):
             name=name, instance_uuid=uuid, host=host, cid=cid,
             idmap=ids.Idmap(100000, 100000, SIZE), hostname=name,
             rootfs='/r', container_dir=path, image_id=IMAGE_ID,
-            init_system='busybox', console_log_size=65536)
+            init_system='busybox', console_log_size=65536,
+            limits=limits.Limits(
+                memory_bytes=256 * MiB, memsw_bytes=256 * MiB, cpus=(0,),
+                cpu_period_us=100000, cpu_quota_us=100000, cpu_shares=None,
+                pids_max=4096))
         with open(os.path.join(path, 'config'), 'w') as f:
             f.write(spec_mod.render_config(spec))
         if state:
@@ -352,17 +378,168 @@ class SpawnTest(_Base):
         self.fetch.assert_not_called()
         self.assert_nothing_created()
 
-    def test_ephemeral_refused(self):
-        self.assertRaises(nova_exc.InvalidInput, self.spawn,
-                          self.instance(ephemeral_gb=1))
-        self.fetch.assert_not_called()
-        self.assert_nothing_created()
+    def config(self, instance):
+        with open(os.path.join(self.lxc_path, instance.name,
+                               'config')) as f:
+            return f.read()
 
-    def test_swap_refused(self):
-        self.assertRaises(nova_exc.InvalidInput, self.spawn,
-                          self.instance(swap=512))
-        self.fetch.assert_not_called()
+    def limit_keys(self, config, prefix='lxc.cgroup2.'):
+        return {k[len(prefix):]: v for k, v in (
+            line.split(' = ', 1) for line in config.splitlines()
+            if line.startswith(prefix))}
+
+    def spawn_recording_create(self, instance):
+        real_create = container_mod.Container.create
+        with mock.patch.object(container_mod.Container, 'create',
+                               autospec=True,
+                               side_effect=real_create) as create:
+            self.spawn(instance)
+        create.assert_called_once()
+        return create.call_args
+
+    def assert_refused_cleanly(self, instance, *expected):
+        """spawn raises InvalidInput naming expected; nothing is left."""
+        real_destroy = container_mod.Container.destroy
+        with mock.patch.object(container_mod.Container, 'destroy',
+                               autospec=True,
+                               side_effect=real_destroy) as destroy:
+            e = self.assertRaises(nova_exc.InvalidInput, self.spawn,
+                                  instance)
+        for text in expected:
+            self.assertIn(text, str(e))
+        destroy.assert_called_once()
+        self.assertEqual(UUID, destroy.call_args.args[0].instance_uuid)
+        self.rootfs_create.assert_not_called()
         self.assert_nothing_created()
+        return e
+
+    def test_disk_sizes_reach_container_create(self):
+        instance = self.instance(root_gb=5, ephemeral_gb=3)
+        call = self.spawn_recording_create(instance)
+        self.assertEqual(5, call.kwargs['root_gb'])
+        self.assertEqual(3, call.kwargs['ephemeral_gb'])
+        self.rootfs_create.assert_called_once()
+        self.assertEqual((5, 3), self.rootfs_create.call_args.args[3:])
+        self.lxc.start.assert_called_once_with(instance.name, self.lxc_path)
+
+    def test_no_ephemeral_disk(self):
+        instance = self.instance(root_gb=2)
+        call = self.spawn_recording_create(instance)
+        self.assertEqual(2, call.kwargs['root_gb'])
+        self.assertEqual(0, call.kwargs['ephemeral_gb'])
+        self.assertNotIn('lxc.mount.entry', self.config(instance))
+
+    def test_ephemeral_bind_mounted_on_mnt(self):
+        instance = self.instance(ephemeral_gb=1)
+        self.spawn(instance)
+        self.assertIn(
+            'lxc.mount.entry = %s/rootfs/0/ephemeral mnt none '
+            'bind,create=dir 0 0\n' % self.state_path,
+            self.config(instance))
+
+    def test_swap_is_memory_swap_limit(self):
+        instance = self.instance(swap=512)
+        self.spawn(instance)
+        keys = self.limit_keys(self.config(instance))
+        self.assertEqual(str(256 * MiB), keys['memory.max'])
+        self.assertEqual(str(512 * MiB), keys['memory.swap.max'])
+        self.lxc.start.assert_called_once_with(instance.name, self.lxc_path)
+
+    def test_limits_in_config_v2(self):
+        instance = self.instance(vcpus=2)
+        self.spawn(instance)
+        config = self.config(instance)
+        self.assertEqual({
+            'memory.max': str(256 * MiB),
+            'memory.swap.max': '0',
+            'cpuset.cpus': '0,1',
+            'cpu.max': '200000 100000',
+            'pids.max': '4096',
+        }, self.limit_keys(config))
+        self.assertEqual({}, self.limit_keys(config, 'lxc.cgroup.'))
+        self.shared_cpus.assert_called_with()
+
+    def test_limits_in_config_v1(self):
+        self.cgroup_version.return_value = 1
+        instance = self.instance()
+        self.spawn(instance)
+        config = self.config(instance)
+        keys = self.limit_keys(config, 'lxc.cgroup.')
+        self.assertEqual(str(256 * MiB), keys['memory.limit_in_bytes'])
+        self.assertEqual('0', keys['cpuset.cpus'])
+        self.assertEqual({}, self.limit_keys(config))
+
+    def test_cpus_round_robin_by_container_id(self):
+        first = self.instance(vcpus=2)
+        second = self.instance(uuid=UUID2, id=2, vcpus=2)
+        self.spawn(first)
+        self.spawn(second)
+        self.assertEqual('0,1', self.limit_keys(
+            self.config(first))['cpuset.cpus'])
+        self.assertEqual('2,3', self.limit_keys(
+            self.config(second))['cpuset.cpus'])
+
+    def test_pinned_cpus(self):
+        cell = objects.InstanceNUMACell(
+            id=0, cpuset=set(), pcpuset={0, 1}, memory=256,
+            cpu_pinning_raw={})
+        cell.pin_vcpus((0, 5), (1, 6))
+        numa = objects.InstanceNUMATopology(cells=[cell])
+        instance = self.instance(vcpus=2, numa_topology=numa)
+        self.spawn(instance)
+        self.assertEqual('5,6', self.limit_keys(
+            self.config(instance))['cpuset.cpus'])
+
+    def test_pids_max_from_conf_and_extra_spec(self):
+        self.cfg.config(group='lxc', pids_max=100)
+        instance = self.instance()
+        self.spawn(instance)
+        self.assertEqual('100', self.limit_keys(
+            self.config(instance))['pids.max'])
+        other = self.instance(uuid=UUID2, id=2,
+                              extra_specs={'lxc:pids_max': '64'})
+        self.spawn(other)
+        self.assertEqual('64', self.limit_keys(
+            self.config(other))['pids.max'])
+
+    def test_io_limits_on_whole_disk(self):
+        instance = self.instance(
+            extra_specs={'quota:disk_write_iops_sec': '500'})
+        self.spawn(instance)
+        self.assertEqual('8:0 wiops=500', self.limit_keys(
+            self.config(instance))['io.max'])
+        self.whole_disk.assert_called_with(self.state_path)
+
+    def test_flavor_filling_the_host_accepted(self):
+        call = self.spawn_recording_create(self.instance(
+            memory_mb=16000, root_gb=70, ephemeral_gb=30))
+        self.assertEqual((70, 30), (call.kwargs['root_gb'],
+                                    call.kwargs['ephemeral_gb']))
+
+    def test_more_memory_than_host_refused(self):
+        self.assert_refused_cleanly(self.instance(memory_mb=16001),
+                                    '16001 MiB of memory',
+                                    'host has 16000 MiB')
+
+    def test_more_disk_than_filesystem_refused(self):
+        self.assert_refused_cleanly(
+            self.instance(root_gb=80, ephemeral_gb=21), '101 GiB of disk',
+            '100 GiB')
+        self.disk.assert_called_with(self.state_path)
+
+    def test_more_vcpus_than_host_refused(self):
+        self.assert_refused_cleanly(self.instance(vcpus=9), '9 vCPUs',
+                                    'offers 8 CPUs')
+
+    def test_bad_cpu_period_refused(self):
+        self.assert_refused_cleanly(
+            self.instance(extra_specs={'quota:cpu_period': '5'}),
+            'quota:cpu_period')
+
+    def test_bad_pids_max_refused(self):
+        self.assert_refused_cleanly(
+            self.instance(extra_specs={'lxc:pids_max': 'abc'}),
+            'lxc:pids_max', "'abc'")
 
     def test_failure_after_allocation_destroys(self):
         real_destroy = container_mod.Container.destroy

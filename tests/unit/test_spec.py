@@ -10,10 +10,15 @@ from oslotest import base
 from novalxcdriver import exception
 from novalxcdriver import ids
 from novalxcdriver import images
+from novalxcdriver import limits
 from novalxcdriver import spec
 
 UUID = '6f5d9c3e-1b1a-4a57-9a43-0e6a5f4f1c2d'
 IMAGE_ID = 'a1b2c3d4-0000-4000-8000-000000000001'
+LIMITS = limits.Limits(
+    memory_bytes=256 * 1024 * 1024, memsw_bytes=512 * 1024 * 1024,
+    cpus=(2, 3), cpu_period_us=100000, cpu_quota_us=200000,
+    cpu_shares=None, pids_max=4096)
 
 
 def make_spec(**overrides):
@@ -29,6 +34,7 @@ def make_spec(**overrides):
         image_id=IMAGE_ID,
         init_system='systemd',
         console_log_size=1048576,
+        limits=LIMITS,
     )
     values.update(overrides)
     return spec.ContainerSpec(**values)
@@ -138,10 +144,39 @@ class RenderConfigTest(base.BaseTestCase):
                    if f.type is str and
                    f.name not in ('name', 'init_system')]
         self.assertIn('hostname', strings)
-        for field in strings:
+        for field in strings + ['ephemeral']:
             for bad in ('a\nlxc.mount.entry = / x', 'a\rb'):
                 self.assertRaises(ValueError, spec.render_config,
                                   make_spec(**{field: bad}))
+
+    def test_limits_v1_after_base_keys(self):
+        limit_keys = limits.render(LIMITS, 1)
+        self.assertIn(('lxc.cgroup.memory.limit_in_bytes',
+                       str(256 * 1024 * 1024)), limit_keys)
+        # The limit keys end the config, in render's order.
+        self.assertEqual(limit_keys, self.pairs[-len(limit_keys):])
+        self.assertEqual([], [k for k, _v in self.pairs
+                              if k.startswith('lxc.cgroup2.')])
+
+    def test_limits_v2(self):
+        pairs = config_keys(spec.render_config(make_spec(cgroup_version=2)))
+        limit_keys = limits.render(LIMITS, 2)
+        self.assertIn(('lxc.cgroup2.memory.max', str(256 * 1024 * 1024)),
+                      limit_keys)
+        self.assertEqual(limit_keys, pairs[-len(limit_keys):])
+        self.assertEqual([], [k for k, _v in pairs
+                              if k.startswith('lxc.cgroup.')])
+
+    def test_no_ephemeral_no_mount_entry(self):
+        self.assertNotIn('lxc.mount.entry', self.single)
+
+    def test_ephemeral_bind_mounted_on_mnt(self):
+        pairs = config_keys(spec.render_config(
+            make_spec(ephemeral='/var/lib/novalxc/rootfs/3/ephemeral')))
+        self.assertEqual(
+            ['/var/lib/novalxc/rootfs/3/ephemeral mnt none bind,create=dir '
+             '0 0'],
+            [v for k, v in pairs if k == 'lxc.mount.entry'])
 
 
 class ParseRecordTest(base.BaseTestCase):
@@ -200,13 +235,13 @@ class BuildTest(base.BaseTestCase):
         self.image = images.CachedImage(IMAGE_ID, '/img/rootfs', 'busybox',
                                         1234)
 
-    def build(self, console_log_size=1048576, hostname='web-1'):
+    def build(self, console_log_size=1048576, hostname='web-1', **kwargs):
         instance = fake_instance.fake_instance_obj(
             self.context, uuid=UUID, hostname=hostname)
         return instance, spec.build(
             instance, 'compute-1', 7, self.idmap, self.image,
             container_dir='/c/' + instance.name, rootfs='/r/7/merged',
-            console_log_size=console_log_size)
+            console_log_size=console_log_size, limits=LIMITS, **kwargs)
 
     def test_fields(self):
         instance, s = self.build()
@@ -221,6 +256,22 @@ class BuildTest(base.BaseTestCase):
         self.assertEqual(IMAGE_ID, s.image_id)
         self.assertEqual('busybox', s.init_system)
         self.assertEqual('/c/%s/config' % instance.name, s.config_path)
+        self.assertIs(LIMITS, s.limits)
+        self.assertEqual(1, s.cgroup_version)
+        self.assertIsNone(s.ephemeral)
+
+    def test_cgroup_version_and_ephemeral(self):
+        _instance, s = self.build(cgroup_version=2,
+                                  ephemeral='/s/rootfs/7/ephemeral')
+        self.assertEqual(2, s.cgroup_version)
+        self.assertEqual('/s/rootfs/7/ephemeral', s.ephemeral)
+
+    def test_limits_required(self):
+        instance = fake_instance.fake_instance_obj(self.context, uuid=UUID)
+        self.assertRaises(
+            TypeError, spec.build, instance, 'compute-1', 7, self.idmap,
+            self.image, container_dir='/c', rootfs='/r',
+            console_log_size=65536)
 
     def test_console_size_power_of_two(self):
         for given, expected in ((1048576, 1048576), (1048575, 524288),
@@ -238,7 +289,7 @@ class BuildTest(base.BaseTestCase):
             exception.InvalidContainerName, spec.build,
             FakeInstance('a/b', UUID, 'h'), 'compute-1', 7, self.idmap,
             self.image, container_dir='/c', rootfs='/r',
-            console_log_size=65536)
+            console_log_size=65536, limits=LIMITS)
 
     def test_spec_is_frozen(self):
         _instance, s = self.build()

@@ -1,0 +1,178 @@
+"""Tests for novalxcdriver.disk, with losetup, mkfs.ext4 and mount mocked."""
+
+import os
+from unittest import mock
+
+import fixtures
+from oslotest import base
+
+from novalxcdriver import disk
+from novalxcdriver import exception
+
+GiB = 1024 ** 3
+LOOP = '/dev/loop7'
+
+
+class _Base(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        # Shell metacharacters and a space: argv must carry them as is.
+        self.tmp = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                                'a b;$(x)')
+        os.mkdir(self.tmp)
+        self.image = os.path.join(self.tmp, 'root.img')
+        self.mountpoint = os.path.join(self.tmp, 'root')
+        self.disk = disk.Disk(self.image, self.mountpoint)
+
+        self.lxc = self.patch('novalxcdriver.disk.lxc', autospec=True)
+        self.lxc.attach_loop.return_value = LOOP
+        self.mount = self.patch('novalxcdriver.disk.mount', autospec=True)
+        self.mounted = set()
+        self.mount.mountpoints.side_effect = lambda: set(self.mounted)
+        self.mount.ext4.side_effect = self._ext4
+        self.chown = self.patch('os.chown', autospec=True)
+
+    def patch(self, target, *args, **kwargs):
+        patcher = mock.patch(target, *args, **kwargs)
+        mocked = patcher.start()
+        self.addCleanup(patcher.stop)
+        return mocked
+
+    def _ext4(self, device, target):
+        # A fresh ext4 filesystem holds lost+found.
+        self.mounted.add(target)
+        os.mkdir(os.path.join(target, 'lost+found'))
+
+
+class CreateTest(_Base):
+
+    def test_sparse_image_of_exact_size(self):
+        self.disk.create(2, 1000, 2000)
+        st = os.stat(self.image)
+        self.assertEqual(2 * GiB, st.st_size)
+        # Sparse: (almost) nothing allocated.
+        self.assertLess(st.st_blocks * 512, 1024 * 1024)
+
+    def test_mkfs_argv(self):
+        self.disk.create(1, 1000, 2000)
+        self.lxc.execute.assert_called_once()
+        call = self.lxc.execute.call_args
+        argv = list(call.args)
+        self.assertEqual('mkfs.ext4', argv[0])
+        # The image path is one argument, unquoted: no shell.
+        self.assertEqual(self.image, argv[-1])
+        self.assertNotIn('shell', call.kwargs)
+        for arg in argv:
+            self.assertIsInstance(arg, str)
+        self.assertIn('-F', argv)
+        # No blocks reserved for root.
+        self.assertEqual('0', argv[argv.index('-m') + 1])
+        options = argv[argv.index('-E') + 1].split(',')
+        self.assertIn('lazy_itable_init=1', options)
+        self.assertIn('lazy_journal_init=1', options)
+
+    def test_formatted_then_loop_mounted_then_detached(self):
+        order = mock.Mock()
+        order.attach_mock(self.lxc, 'lxc')
+        order.attach_mock(self.mount.ext4, 'ext4')
+        self.disk.create(1, 1000, 2000)
+        names = [c[0] for c in order.mock_calls]
+        self.assertEqual(['lxc.execute', 'lxc.attach_loop', 'ext4',
+                          'lxc.detach_loop'], names)
+        self.lxc.attach_loop.assert_called_once_with(self.image)
+        self.mount.ext4.assert_called_once_with(LOOP, self.mountpoint)
+        self.lxc.detach_loop.assert_called_once_with(LOOP)
+
+    def test_mountpoint_owned_by_uid_gid(self):
+        self.disk.create(1, 1000, 2000)
+        self.chown.assert_called_once_with(self.mountpoint, 1000, 2000)
+        self.assertEqual(0o755, os.stat(self.mountpoint).st_mode & 0o777)
+        self.assertEqual([], os.listdir(self.mountpoint))
+
+    def test_chown_after_mount(self):
+        # Owning the directory below the mount would not show in it.
+        def chown(path, uid, gid):
+            self.assertIn(path, self.mounted)
+        self.chown.side_effect = chown
+        self.disk.create(1, 0, 0)
+        self.chown.assert_called_once_with(self.mountpoint, 0, 0)
+
+    def test_existing_mountpoint_accepted(self):
+        os.mkdir(self.mountpoint)
+        self.disk.create(1, 0, 0)
+        self.mount.ext4.assert_called_once_with(LOOP, self.mountpoint)
+
+    def test_existing_image_refused(self):
+        with open(self.image, 'wb') as f:
+            f.write(b'someone else')
+        self.assertRaises(FileExistsError, self.disk.create, 1, 0, 0)
+        with open(self.image, 'rb') as f:
+            self.assertEqual(b'someone else', f.read())
+        self.lxc.execute.assert_not_called()
+        self.lxc.attach_loop.assert_not_called()
+        self.mount.ext4.assert_not_called()
+
+    def test_mkfs_failure_mounts_nothing(self):
+        self.lxc.execute.side_effect = exception.CommandFailed(
+            cmd='mkfs.ext4', exit_code=1, stderr='bad')
+        self.assertRaises(exception.CommandFailed, self.disk.create, 1, 0,
+                          0)
+        self.lxc.attach_loop.assert_not_called()
+        self.mount.ext4.assert_not_called()
+        self.chown.assert_not_called()
+
+    def test_loop_detached_when_mount_fails(self):
+        self.mount.ext4.side_effect = exception.MountFailed(
+            what='ext4 ' + LOOP, target=self.mountpoint, reason='EINVAL')
+        self.assertRaises(exception.MountFailed, self.disk.create, 1, 0, 0)
+        self.lxc.detach_loop.assert_called_once_with(LOOP)
+        self.chown.assert_not_called()
+
+
+class MountTest(_Base):
+
+    def test_mounts_when_not_mounted(self):
+        # As after a host reboot: image and mount point, no mount.
+        os.mkdir(self.mountpoint)
+        self.disk.mount()
+        self.lxc.attach_loop.assert_called_once_with(self.image)
+        self.mount.ext4.assert_called_once_with(LOOP, self.mountpoint)
+        self.lxc.detach_loop.assert_called_once_with(LOOP)
+        self.assertTrue(self.disk.is_mounted())
+
+    def test_noop_when_mounted(self):
+        self.mounted.add(self.mountpoint)
+        self.disk.mount()
+        self.lxc.attach_loop.assert_not_called()
+        self.mount.ext4.assert_not_called()
+        self.lxc.detach_loop.assert_not_called()
+
+    def test_other_mounts_do_not_count(self):
+        self.mounted.update({self.tmp, self.mountpoint + '/x',
+                             self.mountpoint + '2'})
+        self.assertFalse(self.disk.is_mounted())
+        os.mkdir(self.mountpoint)
+        self.disk.mount()
+        self.mount.ext4.assert_called_once_with(LOOP, self.mountpoint)
+
+    def test_loop_detached_when_mount_fails(self):
+        self.mount.ext4.side_effect = exception.MountFailed(
+            what='ext4', target=self.mountpoint, reason='EBUSY')
+        self.assertRaises(exception.MountFailed, self.disk.mount)
+        self.lxc.detach_loop.assert_called_once_with(LOOP)
+
+
+class DeviceTest(_Base):
+
+    def test_major_minor(self):
+        st = mock.Mock(st_dev=os.makedev(259, 17))
+        with mock.patch('os.stat', return_value=st) as stat:
+            self.assertEqual('259:17', self.disk.device())
+        stat.assert_called_once_with(self.mountpoint)
+
+    def test_of_the_mountpoint(self):
+        os.mkdir(self.mountpoint)
+        dev = os.stat(self.mountpoint).st_dev
+        self.assertEqual('%d:%d' % (os.major(dev), os.minor(dev)),
+                         self.disk.device())
