@@ -112,7 +112,9 @@ class FunctionalTestCase(base.BaseTestCase):
         instance = fake_instance.fake_instance_obj(
             self.ctxt, id=inst_id, uuid=str(uuid.uuid4()),
             hostname='server-%d' % inst_id, host=self.host,
-            flavor=objects.Flavor(flavorid='1', name='test', **values))
+            flavor=objects.Flavor(flavorid='1', name='test', extra_specs={},
+                                  **values))
+        instance.numa_topology = None
         # Make sure a failing test leaves nothing behind.
         self.addCleanup(self.driver.destroy, self.ctxt, instance, [])
         return instance

@@ -5,6 +5,7 @@ debian: a debootstrapped Debian 12 (systemd) root, built once per machine
 (about a minute) and cached under CACHE_DIR.
 """
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -24,7 +25,9 @@ _INITTAB = b"""::sysinit:/bin/mount -t tmpfs tmpfs /run
 """
 _APPLETS = ('sh', 'ls', 'cat', 'echo', 'sleep', 'mount', 'id', 'ps',
             'touch', 'rm', 'hostname', 'poweroff', 'reboot', 'halt', 'dd',
-            'head', 'grep', 'true')
+            'head', 'grep', 'true', 'free', 'nproc', 'df', 'uptime', 'mkdir',
+            'seq', 'yes', 'sync', 'wc', 'tail', 'kill', 'cut', 'env', 'stat',
+            'mknod', 'chmod', 'ln', 'cp', 'mv', 'sed', 'tr', 'timeout')
 
 
 def busybox_tarball(path):
@@ -76,9 +79,14 @@ class _BytesReader:
         return chunk
 
 
+# procps: free, uptime and ps read /proc (which lxcfs virtualises).
+DEBIAN_PACKAGES = 'systemd-sysv,iproute2,ifupdown,procps'
+
+
 def debian_tarball():
     """Path of a cached zstd rootfs tarball of Debian 12 with systemd."""
-    path = os.path.join(CACHE_DIR, 'debian-bookworm.tar.zst')
+    key = hashlib.sha256(DEBIAN_PACKAGES.encode()).hexdigest()[:8]
+    path = os.path.join(CACHE_DIR, 'debian-bookworm-%s.tar.zst' % key)
     if os.path.exists(path):
         return path
     os.makedirs(CACHE_DIR, exist_ok=True)
@@ -87,7 +95,7 @@ def debian_tarball():
         root = os.path.join(work, 'root')
         subprocess.run(
             ['debootstrap', '--variant=minbase',
-             '--include=systemd-sysv,iproute2,ifupdown', 'bookworm', root,
+             '--include=' + DEBIAN_PACKAGES, 'bookworm', root,
              DEBIAN_MIRROR], check=True, stdout=subprocess.DEVNULL)
         tmp = os.path.join(work, 'rootfs.tar.zst')
         # /dev is LXC's to populate (lxc.autodev); devices are refused.

@@ -1,0 +1,136 @@
+"""Flavor limits hold inside real containers (issue: resources and limits).
+
+Each test starts a container with a small flavor, makes a process inside
+it misbehave, and checks that the limit stopped it there, while the
+container (and the host) carry on.
+"""
+
+import os
+import time
+
+from novalxcdriver import conf
+from tests.functional import base
+from tests.functional import rootfs_images
+
+CONF = conf.CONF
+CGROUP = '/sys/fs/cgroup'
+
+
+class LimitsTest(base.FunctionalTestCase):
+
+    def _cgroup(self, name, controller, key):
+        path = os.path.join(CGROUP, controller, 'lxc.payload.' + name, key)
+        with open(path) as f:
+            return f.read().strip()
+
+    def _busybox_container(self, **flavor):
+        instance = self.make_instance(**flavor)
+        self.spawn(instance, self.busybox_image())
+        return instance
+
+    def test_memory_hog_is_killed_inside_only(self):
+        instance = self._busybox_container(memory_mb=128)
+        self.assertEqual(str(128 << 20), self._cgroup(
+            instance.name, 'memory', 'memory.limit_in_bytes'))
+        init_pid = self.lxc_pid(instance.name)
+        # dd touches its whole 300 MiB buffer: far past the 128 MiB limit.
+        hog = self.attach(instance.name, 'dd', 'if=/dev/zero',
+                          'of=/dev/null', 'bs=300M', 'count=1', check=False)
+        self.assertEqual(137, hog.returncode)  # SIGKILL from the OOM killer
+        oom = dict(line.split() for line in self._cgroup(
+            instance.name, 'memory', 'memory.oom_control').splitlines())
+        self.assertGreater(int(oom['oom_kill']), 0)
+        # Only the hog died: init and the container live on.
+        self.assertEqual('RUNNING', self.lxc_state(instance.name))
+        self.assertEqual(init_pid, self.lxc_pid(instance.name))
+        self.assertEqual('ok', self.attach(instance.name, 'echo',
+                                           'ok').stdout.strip())
+
+    def test_fork_bomb_stops_at_pids_max(self):
+        instance = self.make_instance()
+        instance.flavor.extra_specs = {'lxc:pids_max': '64'}
+        self.spawn(instance, self.busybox_image())
+        self.assertEqual('64', self._cgroup(instance.name, 'pids',
+                                            'pids.max'))
+        bomb = self.attach(
+            instance.name, 'sh', '-c',
+            # Children keep no pipe of ours open, or run() would wait.
+            'i=0; while [ $i -lt 300 ]; do sleep 60 >/dev/null 2>&1 & '
+            'i=$((i+1)); done; echo started', check=False)
+        self.assertIn("can't fork", bomb.stderr)
+        self.assertLessEqual(int(self._cgroup(instance.name, 'pids',
+                                              'pids.current')), 64)
+        self.assertGreater(int(self._cgroup(instance.name, 'pids',
+                                            'pids.events').split()[-1]), 0)
+        # The host still forks; the driver still controls the container.
+        self.driver.power_off(instance)
+        self.assertEqual('STOPPED', self.lxc_state(instance.name))
+
+    def test_root_disk_full_at_root_gb_and_ephemeral_on_mnt(self):
+        instance = self._busybox_container(root_gb=1, ephemeral_gb=1)
+        host_free = os.statvfs(CONF.lxc.state_path).f_bavail
+        fill = self.attach(instance.name, 'dd', 'if=/dev/zero',
+                           'of=/root/fill', 'bs=1M', check=False)
+        self.assertNotEqual(0, fill.returncode)
+        self.assertIn('No space left on device', fill.stderr)
+        written = int(self.attach(instance.name, 'stat', '-c', '%s',
+                                  '/root/fill').stdout)
+        # ext4 metadata takes a little of the 1 GiB.
+        self.assertGreater(written, 900 << 20)
+        self.assertLessEqual(written, 1 << 30)
+        # The host lost at most the container's 1 GiB, not its free space.
+        lost = (host_free - os.statvfs(CONF.lxc.state_path).f_bavail) * \
+            os.statvfs(CONF.lxc.state_path).f_frsize
+        self.assertLess(lost, 1100 << 20)
+        # A neighbour's disk of its own is untouched and writable.
+        df = self.attach(instance.name, 'df', '-k', '/mnt').stdout
+        size_kib = int(df.splitlines()[-1].split()[1])
+        self.assertGreater(size_kib, 900 * 1024)
+        self.assertLessEqual(size_kib, 1024 * 1024)
+        self.attach(instance.name, 'touch', '/mnt/ephemeral-ok')
+
+    def test_cpu_time_bounded_by_vcpus(self):
+        instance = self._busybox_container(vcpus=1)
+        self.assertEqual('1', self.attach(instance.name,
+                                          'nproc').stdout.strip())
+        # Two busy loops want two CPUs; the flavor sells one.
+        self.attach(instance.name, 'sh', '-c',
+                    'yes >/dev/null 2>&1 & yes >/dev/null 2>&1 & sleep 0.2')
+        start_ns = int(self._cgroup(instance.name, 'cpuacct',
+                                    'cpuacct.usage'))
+        start = time.monotonic()
+        time.sleep(3)
+        used_ns = int(self._cgroup(instance.name, 'cpuacct',
+                                   'cpuacct.usage')) - start_ns
+        wall_ns = (time.monotonic() - start) * 1e9
+        print('CPU used by a 1-vCPU container running 2 busy loops: '
+              '%.2f CPUs' % (used_ns / wall_ns))
+        self.assertLess(used_ns / wall_ns, 1.1)
+        self.assertGreater(used_ns / wall_ns, 0.3)
+
+
+class DebianViewTest(base.FunctionalTestCase):
+    """lxcfs: free, nproc, uptime and /proc inside show the flavor."""
+
+    def test_free_nproc_uptime_show_the_flavor(self):
+        instance = self.make_instance(memory_mb=512, vcpus=1)
+        self.spawn(instance, self.add_image(rootfs_images.debian_tarball()))
+        self.wait_for(lambda: self.attach(instance.name, 'true',
+                                          check=False).returncode == 0)
+        free = self.attach(instance.name, 'free', '-m').stdout
+        total_mib = int(free.splitlines()[1].split()[1])
+        self.assertEqual(512, total_mib)
+        self.assertEqual('1', self.attach(instance.name,
+                                          'nproc').stdout.strip())
+        cpuinfo = self.attach(instance.name, 'cat', '/proc/cpuinfo').stdout
+        self.assertEqual(1, cpuinfo.count('processor\t:'))
+        stat = self.attach(instance.name, 'cat', '/proc/stat').stdout
+        self.assertEqual(1, len([line for line in stat.splitlines()
+                                 if line.startswith('cpu') and
+                                 not line.startswith('cpu ')]))
+        with open('/proc/uptime') as f:
+            host_uptime = float(f.read().split()[0])
+        uptime = float(self.attach(instance.name, 'cat',
+                                   '/proc/uptime').stdout.split()[0])
+        self.assertLess(uptime, 120)
+        self.assertLess(uptime, host_uptime)
