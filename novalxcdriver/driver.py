@@ -8,6 +8,7 @@ shim. Method contracts: nova/virt/driver.py (Nova 34).
 """
 
 import os
+import time
 
 from nova.compute import power_state
 from nova import exception as nova_exc
@@ -31,6 +32,8 @@ from novalxcdriver import host as host_mod
 from novalxcdriver import ids
 from novalxcdriver import images
 from novalxcdriver import limits as limits_mod
+from novalxcdriver import lxc
+from novalxcdriver import numa
 from novalxcdriver import rootfs as rootfs_mod
 from novalxcdriver import spec as spec_mod
 
@@ -90,6 +93,8 @@ class LXCDriver(driver.ComputeDriver):
         :raises HostCheckFailed: listing everything the host lacks.
         """
         problems = host_mod.problems()
+        if not problems and not host_mod.lxcfs_running():
+            problems += self._start_lxcfs()
         try:
             self._ids = ids.IdAllocator(
                 self._state_path, range_size=CONF.lxc.id_range_size,
@@ -110,6 +115,25 @@ class LXCDriver(driver.ComputeDriver):
                 self._lxc_path, CONF.lxc.state_poll_interval,
                 self._state_changed)
             self._watcher.start()
+
+    def _start_lxcfs(self):
+        """Start lxcfs, which shows each container its own /proc figures.
+
+        :returns: list of problems (empty once lxcfs serves its files).
+        """
+        log_path = os.path.join(self._state_path, 'lxcfs.log')
+        LOG.info('lxcfs is not running; starting it on %s (log: %s)',
+                 host_mod.LXCFS_MOUNT, log_path)
+        os.makedirs(self._state_path, mode=0o711, exist_ok=True)
+        os.makedirs(host_mod.LXCFS_MOUNT, exist_ok=True)
+        lxc.start_daemon(['lxcfs', host_mod.LXCFS_MOUNT], log_path)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if host_mod.lxcfs_running():
+                return []
+            time.sleep(0.1)
+        return ['lxcfs did not start on %s: see %s'
+                % (host_mod.LXCFS_MOUNT, log_path)]
 
     def cleanup_host(self, host):
         if self._watcher:
@@ -178,29 +202,35 @@ class LXCDriver(driver.ComputeDriver):
             'disk_available_least': disk_free,
             'supported_instances': [(arch, fields.HVType.LXC,
                                      fields.VMMode.EXE)],
-            'numa_topology': None,
+            'numa_topology': numa.topology()._to_json(),
             'uuid': nova.virt.node.get_local_node_uuid(),
         }
 
     def update_provider_tree(self, provider_tree, nodename, allocations=None):
-        """VCPU, MEMORY_MB and DISK_GB inventory of the host."""
-        vcpus = host_mod.cpu_count()
+        """VCPU, PCPU, MEMORY_MB and DISK_GB inventory of the host.
+
+        VCPU counts [compute] cpu_shared_set (all CPUs when neither set is
+        configured), PCPU [compute] cpu_dedicated_set, as Nova's libvirt
+        driver does; reserved_host_* and allocation ratios apply.
+        """
         memory_mb, _used = host_mod.memory_mb()
         disk_gb, _used, _free = host_mod.disk_gb(self._state_path)
         ratios = self._get_allocation_ratios(
             provider_tree.data(nodename).inventory)
-        reserved = {
-            orc.VCPU: CONF.reserved_host_cpus,
-            orc.MEMORY_MB: CONF.reserved_host_memory_mb,
-            orc.DISK_GB: self._get_reserved_host_disk_gb_from_config(),
+        totals = {
+            orc.VCPU: (len(numa.shared_cpus()), CONF.reserved_host_cpus),
+            orc.PCPU: (len(numa.dedicated_cpus()), 0),
+            orc.MEMORY_MB: (memory_mb, CONF.reserved_host_memory_mb),
+            orc.DISK_GB: (disk_gb,
+                          self._get_reserved_host_disk_gb_from_config()),
         }
-        totals = {orc.VCPU: vcpus, orc.MEMORY_MB: memory_mb,
-                  orc.DISK_GB: disk_gb}
         provider_tree.update_inventory(nodename, {
             rc: {'total': total, 'min_unit': 1, 'max_unit': total,
-                 'step_size': 1, 'allocation_ratio': ratios[rc],
-                 'reserved': reserved[rc]}
-            for rc, total in totals.items()})
+                 'step_size': 1,
+                 # Dedicated CPUs are never overcommitted.
+                 'allocation_ratio': 1.0 if rc == orc.PCPU else ratios[rc],
+                 'reserved': reserved}
+            for rc, (total, reserved) in totals.items() if total})
 
     # -- instances ----------------------------------------------------------
 
@@ -317,11 +347,11 @@ class LXCDriver(driver.ComputeDriver):
                            'instances has %d GiB' % (
                                flavor.root_gb + flavor.ephemeral_gb,
                                disk_total))
-            numa = instance.numa_topology
+            topology = instance.numa_topology
             limits = limits_mod.for_instance(
-                flavor, cid, host_mod.shared_cpus(), CONF.lxc.pids_max,
+                flavor, cid, sorted(numa.shared_cpus()), CONF.lxc.pids_max,
                 io_device=host_mod.whole_disk(self._state_path),
-                pinning=numa.cpu_pinning if numa else None)
+                pinning=topology.cpu_pinning if topology else None)
         except exception.InvalidFlavor as e:
             raise nova_exc.InvalidInput(reason=str(e))
         return spec_mod.build(

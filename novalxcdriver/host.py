@@ -8,7 +8,6 @@ import os
 import platform
 import shutil
 
-from nova.virt import hardware
 from oslo_utils import units
 
 from novalxcdriver import lxc
@@ -79,16 +78,6 @@ def swap_accounting():
     if cgroup_version() == 2:
         return True
     return os.path.exists('/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes')
-
-
-def shared_cpus():
-    """Sorted host CPU ids for instances without dedicated CPUs.
-
-    Nova's ``[compute] cpu_shared_set`` when set, else every CPU this
-    process may run on.
-    """
-    configured = hardware.get_cpu_shared_set()
-    return sorted(configured or os.sched_getaffinity(0))
 
 
 def whole_disk(path):

@@ -152,6 +152,17 @@ def detach_loop(device):
     execute('losetup', '--detach', device)
 
 
+def start_daemon(argv, log_path):
+    """Start argv in a session of its own, outliving this process.
+
+    Its output goes to log_path. Returns at once; the caller checks that
+    the daemon does its job.
+    """
+    with open(log_path, 'ab') as log:
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                         stderr=log, close_fds=True, start_new_session=True)
+
+
 def version():
     """The installed LXC version as a string, e.g. '5.0.2'."""
     out, _err = execute('lxc-start', '--version')

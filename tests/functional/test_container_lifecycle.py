@@ -10,6 +10,7 @@ from nova.virt import event as virtevent
 
 from novalxcdriver import conf
 from novalxcdriver import events
+from novalxcdriver import rootfs
 from tests.functional import base
 from tests.functional import rootfs_images
 
@@ -64,8 +65,7 @@ class BusyboxLifecycleTest(base.FunctionalTestCase):
             os.path.join(image.rootfs, 'root', 'written-inside')))
         self.assertTrue(os.path.exists(
             os.path.join(image.rootfs, 'etc', 'inittab')))
-        upper = os.path.join(CONF.lxc.state_path, 'rootfs', str(cid),
-                             'upper')
+        upper = rootfs.Rootfs(CONF.lxc.state_path, cid).upper
         st = os.stat(os.path.join(upper, 'root', 'written-inside'))
         self.assertEqual(self.driver._ids.idmap(cid).uid_start, st.st_uid)
         # The shared image itself keeps host root as owner: never chowned.

@@ -73,8 +73,8 @@ class _Base(base.BaseTestCase):
                                  return_value=(16000, 4000))
         self.disk = self.patch('novalxcdriver.host.disk_gb',
                                return_value=(100, 40, 60))
-        self.shared_cpus = self.patch('novalxcdriver.host.shared_cpus',
-                                      return_value=list(range(8)))
+        self.shared_cpus = self.patch('novalxcdriver.numa.shared_cpus',
+                                      return_value=set(range(8)))
         self.whole_disk = self.patch('novalxcdriver.host.whole_disk',
                                      return_value='8:0')
         self.cgroup_version = self.patch(
