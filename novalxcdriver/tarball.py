@@ -55,6 +55,7 @@ without following symlinks, because chown clears security.capability and
 tarfile chowns a hard-linked inode again when it extracts the link.
 """
 
+import copy
 import lzma
 import os
 import re
@@ -149,8 +150,10 @@ def unpack_rootfs(archive_path, dest_dir, max_bytes):
             with tarfile.open(fileobj=source, mode=mode,
                               tarinfo=_CheckedTarInfo, errorlevel=2, debug=0,
                               errors='surrogateescape') as tar:
-                tar.extractall(dest_dir, members=_stream_members(tar),
-                               numeric_owner=True, filter=member_filter)
+                tar.extractall(dest_dir,
+                               members=_stream_members(tar, member_filter,
+                                                       dest_dir),
+                               numeric_owner=True, **_NO_STOCK_FILTER)
             member_filter.finish()
         except (exception.ArchiveError, exception.UnsafeArchiveMember):
             raise
@@ -196,18 +199,28 @@ def _detect(head):
     raise exception.ArchiveError(reason=reason)
 
 
-def _stream_members(tar):
-    """Yield the members one at a time.
+# Our checks run in _stream_members, on every Python: extractall()'s
+# filter argument only exists from 3.11.4 (Debian 12 has 3.11.2), and from
+# 3.14 its default, 'data', would strip the setuid bits and owners a rootfs
+# needs. Where the argument exists, tell tarfile to add nothing of its own.
+_NO_STOCK_FILTER = ({'filter': 'fully_trusted'}
+                    if hasattr(tarfile, 'fully_trusted_filter') else {})
 
-    tarfile keeps every member it has read in tar.members; a stream of
-    millions of empty headers would hold them all in memory.
+
+def _stream_members(tar, member_filter, dest_dir):
+    """Yield the checked members one at a time.
+
+    extractall() consumes them lazily, so each check sees the files that
+    the members before it wrote. tarfile keeps every member it has read in
+    tar.members; a stream of millions of empty headers would hold them all
+    in memory.
     """
     while True:
         member = tar.next()
         if member is None:
             return
         del tar.members[:]
-        yield member
+        yield member_filter(member, dest_dir)
 
 
 class _CheckedTarInfo(tarfile.TarInfo):
@@ -323,7 +336,11 @@ class _MemberFilter(object):
         elif member.isreg():
             self._account_size(member)
         self._collect_xattrs(member, changes['name'])
-        return member.replace(deep=False, **changes)
+        # A copy, as TarInfo.replace() (Python >= 3.11.4) would make.
+        checked = copy.copy(member)
+        for key, value in changes.items():
+            setattr(checked, key, value)
+        return checked
 
     def finish(self):
         """Apply what must wait until extractall() has returned."""

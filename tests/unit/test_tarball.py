@@ -535,7 +535,8 @@ class TestUnpackRootfs(base.BaseTestCase):
         path = self.write_archive([reg('f%d' % i, b'x') for i in range(50)])
         with tarfile.open(path, 'r|') as tar:
             seen = [(m.name, len(tar.members))
-                    for m in tarball._stream_members(tar)]
+                    for m in tarball._stream_members(
+                        tar, lambda member, dest: member, self.dest)]
         self.assertEqual(['f%d' % i for i in range(50)],
                          [name for name, _ in seen])
         self.assertEqual({0}, {count for _, count in seen})
