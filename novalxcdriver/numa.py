@@ -88,7 +88,9 @@ def _siblings(cpus):
             sets.add(frozenset(hardware.parse_cpu_spec(_read(path)) & cpus))
         except FileNotFoundError:
             sets.add(frozenset([cpu]))
-    return sorted((set(s) for s in sets if len(s) > 1), key=min)
+    # Every CPU in a set, single-thread cores too: Nova's packing takes
+    # the largest set as threads per core.
+    return sorted((set(s) for s in sets if s), key=min)
 
 
 def topology():
