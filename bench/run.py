@@ -1,0 +1,276 @@
+"""Run the benchmarks: ``python -m bench.run [--out DIR] [options]``.
+
+Runs as root on a host set up by tools/test-setup.sh, with the package's
+dependencies and matplotlib (bench-requirements.txt) installed; ``tox -e
+bench`` does both. Writes, in --out (docs/benchmarks by default):
+
+- results.json   every sample, the run's options and the machine's facts
+- RESULTS.md     the figures against the targets of issue 6, and plots
+- *.png          latency distributions, spawn against image size,
+                 throughput per batch, memory per container, API latency
+
+Everything runs under --root (/var/lib/novalxc-bench) and is destroyed at
+the end, even on failure; the unpacked image cache there is kept for the
+next run. The check that nothing is left is printed, and a leak makes the
+exit status 1.
+"""
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import signal
+import sys
+import time
+import traceback
+
+from bench import boot
+from bench import density
+from bench import harness
+from bench import images as bench_images
+from bench import machine
+from bench import nova_api
+from bench import plots
+from bench import report
+from bench import spawn
+from bench import throughput
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAMILIES = ('spawn', 'boot', 'density', 'throughput', 'api')
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog='python -m bench.run', description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out', default=os.path.join(REPO, 'docs', 'benchmarks'),
+                   help='directory for results.json, RESULTS.md and plots')
+    p.add_argument('--root', default='/var/lib/novalxc-bench',
+                   help="the driver's lxc_path and state_path go under it")
+    p.add_argument('--only', default=','.join(FAMILIES),
+                   help='comma-separated subset of %s' % ', '.join(FAMILIES))
+    p.add_argument('--runs', type=int, default=20,
+                   help='samples per image and side for spawn latency and '
+                        'boot to service (default 20)')
+    p.add_argument('--count', type=int, default=100,
+                   help='spawns per throughput run (default 100)')
+    p.add_argument('--concurrency', type=int, default=10,
+                   help='threads of the throughput run (default 10)')
+    p.add_argument('--batch', type=int, default=10,
+                   help='spawns per throughput batch (default 10)')
+    p.add_argument('--density-busybox', type=int, default=20,
+                   help='idle busybox containers for density (default 20)')
+    p.add_argument('--density-debian', type=int, default=10,
+                   help='idle Debian containers for density (default 10)')
+    p.add_argument('--settle', type=float, default=10,
+                   help='seconds idle before memory is read (default 10)')
+    p.add_argument('--api-runs', type=int, default=10,
+                   help='API boots at concurrency 1 (default 10)')
+    p.add_argument('--api-concurrent-runs', type=int, default=30,
+                   help='API boots at concurrency 10 (default 30)')
+    p.add_argument('--api-image', default='debian-12')
+    p.add_argument('--api-flavor', default='lxc.tiny')
+    p.add_argument('--clouds-yaml', default=nova_api.CLOUDS_YAML)
+    p.add_argument('--cloud', default=nova_api.CLOUD)
+    p.add_argument('--compute-log', default=nova_api.COMPUTE_LOG,
+                   help="nova-compute's log, for its own build timings")
+    p.add_argument('--note', default='',
+                   help='a sentence for RESULTS.md (e.g. "machine busy")')
+    p.add_argument('--report-only', action='store_true',
+                   help='rewrite RESULTS.md and plots from --out\'s '
+                        'results.json')
+    args = p.parse_args(argv)
+    args.only = [f.strip() for f in args.only.split(',') if f.strip()]
+    unknown = set(args.only) - set(FAMILIES)
+    if unknown:
+        p.error('unknown --only %s' % ', '.join(sorted(unknown)))
+    return args
+
+
+def log(msg):
+    print('[%s] %s' % (time.strftime('%H:%M:%S'), msg), flush=True)
+
+
+def _terminate(signum, frame):
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks destroy everything.
+    raise KeyboardInterrupt('signal %d' % signum)
+
+
+def host_warnings(args, facts):
+    """What on this host will distort the figures (list of text)."""
+    found = []
+    try:
+        instances = int(facts['sysctls']['fs.inotify.max_user_instances'])
+    except (KeyError, ValueError):
+        instances = None
+    # systemd in each container takes ~5 inotify instances, all charged to
+    # host root as well (user namespace ucounts): at 128, about 25 Debian
+    # containers run at once and the rest die with "Too many open files".
+    if ('throughput' in args.only and instances is not None and
+            instances // 5 < args.count):
+        found.append(
+            'fs.inotify.max_user_instances = %d: only about %d systemd '
+            'containers can run at once here, and the Debian throughput run '
+            'starts %d (raise it first, e.g. sysctl -w '
+            'fs.inotify.max_user_instances=1048576)' % (
+                instances, instances // 5, args.count))
+    return found
+
+
+def measure(args, results):
+    """Run the chosen families into results; always clean up after."""
+    if set(args.only) - {'api'}:
+        measure_host(args, results)
+    if 'api' in args.only:
+        measure_api(args, results)
+
+
+def measure_host(args, results):
+    """Families 1-6: the driver and raw LXC on this host."""
+    images = {}
+    log('images: building or finding the tarballs')
+    for image in bench_images.all_images():
+        images[image.key] = image
+    h = harness.Harness(args.root, list(images.values()))
+    try:
+        h.destroy_everything()
+        h.drop_stale_images()
+        results['leaks'] = {'before': h.leaks()}
+        for image in images.values():
+            log('images: caching %s' % image.label)
+            cached = h.cache(image)
+            results['images'][image.key] = {
+                'label': image.label, 'tarball_bytes': image.tarball_bytes,
+                'unpacked_bytes': cached.size, 'image_id': image.image_id}
+        # Warm-up: page cache, LXC's and Python's first-call costs.
+        for image in images.values():
+            spawn.driver_sample(h, image)
+            spawn.raw_sample(h, image)
+        families = {
+            'spawn': lambda: spawn.measure(
+                h, list(images.values()), args.runs, log=log),
+            'boot': lambda: boot.measure(
+                h, images['debian'], args.runs, log=log),
+            'density': lambda: {
+                'busybox': density.measure(
+                    h, images['busybox'], args.density_busybox, False,
+                    args.settle, log=log),
+                'debian': density.measure(
+                    h, images['debian'], args.density_debian, True,
+                    args.settle, log=log)},
+            'throughput': lambda: {
+                key: throughput.measure(h, images[key], args.count,
+                                        args.concurrency, args.batch,
+                                        log=log)
+                for key in ('busybox', 'debian')},
+        }
+        for name in FAMILIES:
+            if name not in args.only or name not in families:
+                continue
+            log('%s: starting' % name)
+            try:
+                results[name] = families[name]()
+            except Exception:
+                results['errors'][name] = traceback.format_exc()
+                log('%s: FAILED\n%s' % (name, results['errors'][name]))
+                h.destroy_everything()
+    finally:
+        log('cleanup: destroying everything under %s' % args.root)
+        try:
+            h.destroy_everything()
+        finally:
+            results['leaks']['after'] = h.leaks()
+            h.close()
+
+
+def measure_api(args, results):
+    """Family 7: the Nova API of the all-in-one cloud, if it runs."""
+    log('api: starting')
+    try:
+        results['api'] = nova_api.measure(
+            [(1, args.api_runs), (10, args.api_concurrent_runs)],
+            image_name=args.api_image, flavor_name=args.api_flavor,
+            clouds_yaml=args.clouds_yaml, cloud=args.cloud,
+            compute_log=args.compute_log, log=log)
+        results['leaks'].setdefault('after', {})['api servers'] = \
+            results['api'].get('leftovers', [])
+    except Exception:
+        results['errors']['api'] = traceback.format_exc()
+        log('api: FAILED\n%s' % results['errors']['api'])
+
+
+def _rounded(value):
+    """value with every float rounded to 6 decimals (microseconds).
+
+    Finer digits are noise; rounding keeps results.json small enough to
+    commit.
+    """
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def write(results, out_dir, command):
+    """results.json, the plots and RESULTS.md in out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, 'results.json'), 'w') as f:
+        json.dump(_rounded(results), f, indent=1, sort_keys=True)
+        f.write('\n')
+    names = plots.draw(results, out_dir, log=log)
+    with open(os.path.join(out_dir, 'RESULTS.md'), 'w') as f:
+        f.write(report.markdown(results, command, names))
+    log('wrote %s: results.json, RESULTS.md, %s' % (
+        out_dir, ', '.join(names) or 'no plots'))
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    command = 'python -m bench.run ' + shlex.join(
+        sys.argv[1:] if argv is None else argv)
+    if args.report_only:
+        with open(os.path.join(args.out, 'results.json')) as f:
+            results = json.load(f)
+        write(results, args.out, results.get('command', command))
+        print(report.console_table(results))
+        return 0
+    if os.geteuid() != 0:
+        print('bench.run needs root: it starts real LXC containers',
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING,
+                        format='%(levelname)s %(name)s: %(message)s')
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    results = {'machine': machine.facts(REPO), 'config': vars(args),
+               'command': command.strip(), 'note': args.note, 'errors': {},
+               'images': {}, 'leaks': {}}
+    log('machine: %(cpu_model)s, %(cores)s cores, %(memory_mib)s MiB, '
+        'kernel %(kernel)s, LXC %(lxc_version)s, load %(loadavg_start)s'
+        % results['machine'])
+    results['warnings'] = host_warnings(args, results['machine'])
+    for warning in results['warnings']:
+        log('WARNING: %s' % warning)
+    measure(args, results)
+    results['machine']['loadavg_end'] = machine.loadavg()
+    results['duration_seconds'] = time.monotonic() - started
+    write(results, args.out, command.strip())
+    print()
+    print(report.console_table(results))
+    left = {k: v for k, v in results['leaks'].get('after', {}).items() if v}
+    print()
+    print('cleanup check: %s' % (
+        'nothing left (containers, container dirs, rootfs dirs, ID '
+        'reservations, mounts, cgroups, API servers: none)' if not left
+        else 'LEFT BEHIND: %s' % left))
+    if results['errors']:
+        print('failed families: %s' % ', '.join(results['errors']))
+    return 1 if left or results['errors'] else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Throughput: many create+start at a fixed concurrency (items 4 and 6).
+
+Like nova-compute, one LXCDriver serves every thread; ``concurrency``
+threads spawn ``count`` instances in all (a thread takes the next instance
+as soon as its spawn returns, like nova's max_concurrent_builds). Spawns
+are grouped into batches of ``batch`` by the order in which they finish; a
+batch's rate is its size over the time since the previous batch finished.
+Then every container is destroyed at the same concurrency, timed with its
+cleanup. The raw side starts as many prepared containers with
+``lxc-start -d`` at the same concurrency: the host's own rate.
+"""
+
+import concurrent.futures
+import time
+
+
+def batch_rates(finish_times, start, batch):
+    """Rates (per second) of consecutive batches of finished operations.
+
+    :param finish_times: perf_counter times at which each one finished.
+    :param start: perf_counter time at which the first one started.
+    :returns: list of rates, one per complete batch.
+    """
+    times = sorted(finish_times)
+    rates = []
+    previous = start
+    for end in range(batch, len(times) + 1, batch):
+        rates.append(batch / (times[end - 1] - previous))
+        previous = times[end - 1]
+    return rates
+
+
+def _pool(concurrency, work, items):
+    """Run work(item) on a thread pool; return (start, results, errors)."""
+    results, errors = [], []
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(work, item) for item in items]
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                results.append(future.result())
+            except Exception as e:
+                errors.append(repr(e))
+    return start, results, errors
+
+
+def _driver(h, image, count, concurrency, batch):
+    instances = [h.make_instance() for _ in range(count)]
+
+    def spawn(instance):
+        seconds, phases = h.spawn(instance, image)
+        return {'seconds': seconds, 'end': time.perf_counter(),
+                'phases': phases}
+
+    def destroy(instance):
+        seconds, phases = h.destroy(instance)
+        return {'seconds': seconds, 'end': time.perf_counter(),
+                'phases': phases}
+
+    try:
+        start, spawns, errors = _pool(concurrency, spawn, instances)
+        running = sum(h.state(i.name) == 'RUNNING' for i in instances)
+    finally:
+        d_start, destroys, d_errors = _pool(concurrency, destroy, instances)
+    return _figures(start, spawns, errors, running, batch, d_start,
+                    destroys, d_errors)
+
+
+def _raw(h, image, count, concurrency, batch):
+    raws = []
+    try:
+        for _ in range(count):
+            raws.append(h.prepare_raw(image))
+
+        def start_one(raw):
+            return {'seconds': raw.start(), 'end': time.perf_counter()}
+
+        def kill_one(raw):
+            return {'seconds': raw.kill(), 'end': time.perf_counter()}
+
+        start, spawns, errors = _pool(concurrency, start_one, raws)
+        running = sum(h.state(r.name) == 'RUNNING' for r in raws)
+        d_start, destroys, d_errors = _pool(concurrency, kill_one, raws)
+    finally:
+        for raw in raws:
+            raw.remove()
+    return _figures(start, spawns, errors, running, batch, d_start,
+                    destroys, d_errors)
+
+
+def _figures(start, spawns, errors, running, batch, d_start, destroys,
+             d_errors):
+    ends = [s['end'] for s in spawns]
+    d_ends = [d['end'] for d in destroys]
+    figures = {
+        'spawn_seconds': [s['seconds'] for s in spawns],
+        'spawn_end': [e - start for e in sorted(ends)],
+        'errors': errors,
+        'running': running,
+        'total_seconds': (max(ends) - start) if ends else None,
+        'rate': len(ends) / (max(ends) - start) if ends else None,
+        'batch_rates': batch_rates(ends, start, batch),
+        'destroy_seconds': [d['seconds'] for d in destroys],
+        'destroy_errors': d_errors,
+        'destroy_total_seconds': (max(d_ends) - d_start) if d_ends else None,
+        'destroy_rate': (len(d_ends) / (max(d_ends) - d_start)
+                         if d_ends else None),
+    }
+    if spawns and 'phases' in spawns[0]:
+        # The driver's own phases (bench.harness.PhaseTimer), in the same
+        # order as spawn_seconds and destroy_seconds.
+        figures['spawn_phases'] = [s['phases'] for s in spawns]
+        figures['destroy_phases'] = [d['phases'] for d in destroys]
+    return figures
+
+
+def measure(h, image, count, concurrency, batch=10, log=print):
+    """count create+start of image at concurrency, driver then raw.
+
+    :returns: {'driver': figures, 'raw': figures}: per-spawn seconds,
+        finish times since the start (s), overall rate and batch rates
+        (per second), errors, how many were RUNNING afterwards, and the
+        same for destroys.
+    """
+    results = {}
+    for side, runner in (('driver', _driver), ('raw', _raw)):
+        results[side] = r = runner(h, image, count, concurrency, batch)
+        log('  throughput %s %s: %d in %.1f s = %.1f/s; batches %s; '
+            'destroy %.1f/s; errors %d' % (
+                image.key, side, len(r['spawn_seconds']), r['total_seconds'],
+                r['rate'], ' '.join('%.1f' % x for x in r['batch_rates']),
+                r['destroy_rate'] or 0, len(r['errors'])))
+        time.sleep(3)
+    return results
