@@ -22,4 +22,10 @@ for f in /etc/subuid /etc/subgid; do
     grep -qE '^(root|0):' "$f" || echo 'root:100000:1000000000' >> "$f"
 done
 
+# Each systemd container takes inotify instances counted against host root;
+# at Debian's default of 128 only about 25 can boot at once.
+if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 8192 ]; then
+    echo 8192 > /proc/sys/fs/inotify/max_user_instances
+fi
+
 python3 -m pip install -q --upgrade 'tox>=4'

@@ -1,0 +1,221 @@
+"""The sub-commands: up, status, down, clean, openstack."""
+
+import os
+import shutil
+import time
+
+from novalxc_aio import cloud
+from novalxc_aio import install
+from novalxc_aio import layout
+from novalxc_aio import procs
+from novalxc_aio import services
+from novalxc_aio import setup
+from novalxc_aio import util
+
+
+def _require_root():
+    if os.geteuid() != 0:
+        raise util.AioError('run as root: the aio installs packages, runs '
+                            'services and starts LXC containers')
+
+
+def up():
+    """Install, configure and start the whole cloud; idempotent."""
+    _require_root()
+    t0 = time.monotonic()
+    install.debian_packages()
+    install.subordinate_ids()
+    install.inotify_limits()
+    if install.virtualenv():
+        setup.restart_later(*services.PYTHON_SERVICES)
+    if install.this_repo():
+        setup.restart_later('nova-compute')
+    secrets = util.load_secrets()
+    util.makedirs(layout.ETC, 0o755)
+    util.makedirs(layout.LOGS, 0o755)
+    setup.lxcfs()
+    setup.mariadb(secrets)
+    setup.rabbitmq(secrets)
+    setup.openvswitch()
+    setup.ovn()
+    setup.keystone(secrets)
+    setup.identities(secrets)
+    # These start their APIs without waiting, so that one service's
+    # database sync overlaps with another's start-up.
+    setup.glance(secrets)
+    setup.placement(secrets)
+    setup.neutron(secrets)
+    setup.nova(secrets)
+    setup.wait_apis()
+    setup.nova_compute(secrets)
+    cloud.flavors(secrets)
+    cloud.images(secrets)
+    cloud.client_config(secrets)
+    cloud.check_client()
+    util.say('the cloud is up (%.0f s). Try:', time.monotonic() - t0)
+    print('  . %s && openstack server list' % layout.etc('demo-openrc'))
+    print('  %s demo' % os.path.join(layout.AIO_DIR, 'novalxc-aio'))
+    print('  logs: %s/   configs: %s/' % (layout.LOGS, layout.ETC))
+    return 0
+
+
+def status():
+    """Print each service, its PID and whether it answers.
+
+    :returns: 0 if every service runs and answers, else 3.
+    """
+    rows = []
+    healthy = True
+    for service in services.all_services():
+        pid = procs.recorded_pid(service.name)
+        try:
+            answers = bool(service.probe()) if pid or \
+                service.name == 'lxcfs' else False
+        except Exception:
+            answers = False
+        if pid:
+            state = 'running'
+        elif service.name == 'lxcfs' and answers:
+            state = 'not ours'
+        else:
+            state = 'stopped'
+            healthy = False
+        healthy = healthy and answers
+        rows.append((service.name, str(pid or '-'), state,
+                     'yes' if answers else 'NO', service.where))
+    widths = [max(len(r[i]) for r in rows + [_HEADER]) for i in range(4)]
+    for row in [_HEADER] + rows:
+        print('  '.join(c.ljust(w) for c, w in zip(row, widths)) +
+              '  ' + row[4])
+    print('logs: %s/<service>.log' % layout.LOGS)
+    return 0 if healthy else 3
+
+
+_HEADER = ('SERVICE', 'PID', 'STATE', 'ANSWERS', 'WHERE')
+
+
+def down():
+    """Stop what up started, by recorded PID, in reverse start order.
+
+    The OpenStack services stop together (each takes seconds to finish
+    cleanly); then OVN, Open vSwitch, RabbitMQ, MariaDB one by one. lxcfs
+    stays if containers use it: stopping it would break their /proc.
+    """
+    _require_root()
+    order = [s.name for s in services.all_services()]
+    openstack = [n for n in reversed(order)
+                 if n in services.PYTHON_SERVICES]
+    # Also PID files of services this version no longer knows.
+    tiers = [[n for n in procs.recorded_names() if n not in order],
+             openstack]
+    tiers += [[n] for n in reversed(order) if n not in openstack]
+    for names in tiers:
+        if names == ['lxcfs'] and procs.recorded_pid('lxcfs'):
+            users = _lxcfs_users()
+            if users:
+                util.say('lxcfs left running: containers use it (pids %s)',
+                         ' '.join(map(str, users)))
+                continue
+        for name, pid in sorted(procs.stop(*names).items()):
+            util.say('stopped %s (pid %d)', name, pid)
+    remaining = [n for n in procs.recorded_names()
+                 if procs.recorded_pid(n) and n != 'lxcfs']
+    if remaining:
+        util.warn('still running: %s', ' '.join(remaining))
+    return 1 if remaining else 0
+
+
+def _lxcfs_users():
+    """PIDs in other mount namespaces with lxcfs mounts (containers)."""
+    ours = os.readlink('/proc/self/ns/mnt')
+    users = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink('/proc/%s/ns/mnt' % entry) == ours:
+                continue
+            with open('/proc/%s/mountinfo' % entry) as f:
+                if 'lxcfs' in f.read():
+                    users.append(int(entry))
+        except OSError:
+            continue
+    return users
+
+
+def clean(remove_venv=False):
+    """down, then remove every bit of aio state (not the packages).
+
+    Containers under the aio's lxc_path are killed and their root
+    filesystems unmounted before anything is deleted: removing files
+    through a mounted root would reach into the shared image.
+    """
+    _require_root()
+    down()
+    if os.path.isdir(layout.LXC_PATH):
+        for name in sorted(os.listdir(layout.LXC_PATH)):
+            if os.path.exists(os.path.join(layout.LXC_PATH, name, 'config')):
+                util.run(['lxc-stop', '-k', '-P', layout.LXC_PATH, '-n', name],
+                         check=False, capture=True, timeout=60)
+                util.say('killed container %s', name)
+    for mountpoint in mounts_under(layout.STATE):
+        util.run(['umount', mountpoint], check=False, capture=True)
+    left = mounts_under(layout.STATE)
+    if left:
+        raise util.AioError('still mounted, not removing %s: %s' % (
+            layout.STATE, ', '.join(left)))
+    _remove_ovs_taps()
+    paths = [layout.STATE, layout.ETC, layout.LOGS]
+    if procs.recorded_pid('lxcfs'):
+        # down left it for containers that use it: keep its PID file.
+        util.say('keeping %s: lxcfs still runs', layout.RUN)
+    else:
+        paths.append(layout.RUN)
+    if remove_venv:
+        paths.append(layout.PREFIX)
+    for path in paths:
+        if os.path.lexists(path):
+            shutil.rmtree(path)
+            util.say('removed %s', path)
+    util.say('clean: packages and the image cache %s are kept',
+             layout.IMAGE_CACHE)
+    return 0
+
+
+def _remove_ovs_taps():
+    """The tap devices of the userspace datapath (br-int, ovs-netdev).
+
+    ovs-vswitchd leaves them behind when it stops; with the aio's OVS
+    database gone they belong to nothing.
+    """
+    if services.process_running('ovs-vswitchd'):
+        return
+    for dev in ('br-int', 'ovs-netdev'):
+        if os.path.exists('/sys/class/net/%s/tun_flags' % dev):
+            util.run(['ip', 'link', 'delete', dev], check=False,
+                     capture=True)
+            util.say('removed tap device %s', dev)
+
+
+def mounts_under(top):
+    """Mount points below top, deepest first (mountinfo(5) field 5)."""
+    found = []
+    with open('/proc/self/mountinfo') as f:
+        for line in f:
+            point = line.split()[4].replace('\\040', ' ')
+            if point.startswith(top.rstrip('/') + '/'):
+                found.append(point)
+    return sorted(set(found), key=lambda p: (-p.count('/'), p))
+
+
+def openstack(args):
+    """Run the venv's openstack CLI with the aio's clouds.yaml.
+
+    OS_CLOUD defaults to the demo user; pass --os-cloud novalxc-admin for
+    the admin.
+    """
+    env = dict(os.environ)
+    env['OS_CLIENT_CONFIG_FILE'] = layout.CLOUDS_YAML
+    env.setdefault('OS_CLOUD', layout.CLOUD_DEMO)
+    argv = [layout.venv_bin('openstack')] + list(args)
+    os.execve(argv[0], argv, env)

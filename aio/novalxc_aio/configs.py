@@ -1,0 +1,280 @@
+"""The text of every configuration file of the cloud.
+
+Pure functions of the generated secrets and layout: ``up`` rewrites the
+files on each run, so they always match this code.
+"""
+
+from novalxc_aio import layout
+
+# Keystone's service project and the domain of everything.
+_DOMAIN = 'Default'
+
+
+def ini(sections):
+    """Render [(section, [(key, value), ...]), ...] as INI text."""
+    out = ['# Written by novalxc-aio (aio/novalxc_aio/configs.py); '
+           'rewritten by every "up".']
+    for section, items in sections:
+        out.append('')
+        out.append('[%s]' % section)
+        for key, value in items:
+            if isinstance(value, bool):
+                value = 'true' if value else 'false'
+            if '\n' in str(value):
+                raise ValueError('newline in %s.%s' % (section, key))
+            out.append('%s = %s' % (key, value))
+    return '\n'.join(out) + '\n'
+
+
+def db_url(secrets, database):
+    user = layout.DATABASES[database]
+    return 'mysql+pymysql://%s:%s@%s:%d/%s?charset=utf8' % (
+        user, secrets['db_' + user], layout.HOST, layout.PORTS['mariadb'],
+        database)
+
+
+def transport_url(secrets):
+    return 'rabbit://novalxc:%s@%s:%d/' % (
+        secrets['rabbit'], layout.HOST, layout.PORTS['rabbitmq'])
+
+
+def keystone_auth(secrets, user):
+    """Password auth of a service user in the service project."""
+    return [
+        ('auth_type', 'password'),
+        ('auth_url', layout.KEYSTONE_URL),
+        ('project_domain_name', _DOMAIN),
+        ('user_domain_name', _DOMAIN),
+        ('project_name', 'service'),
+        ('username', user),
+        ('password', secrets['svc_' + user]),
+        ('region_name', layout.REGION),
+    ]
+
+
+def authtoken(secrets, user):
+    """[keystone_authtoken]: the middleware validating users' tokens."""
+    return [('www_authenticate_uri', layout.KEYSTONE_URL),
+            ('service_token_roles_required', True)] + \
+        keystone_auth(secrets, user)
+
+
+def concurrency(service):
+    return ('oslo_concurrency',
+            [('lock_path', layout.state(service, 'locks'))])
+
+
+# -- MariaDB ------------------------------------------------------------------
+
+def my_cnf():
+    return '\n'.join([
+        '# Written by novalxc-aio: the aio\'s own MariaDB instance.',
+        '[mysqld]',
+        'user = mysql',
+        'datadir = %s' % layout.state('mysql'),
+        'socket = %s' % layout.RUN + '/mysqld/mysqld.sock',
+        'pid-file = %s' % layout.RUN + '/mysqld/mysqld.pid',
+        'bind-address = %s' % layout.HOST,
+        'port = %d' % layout.PORTS['mariadb'],
+        'skip-name-resolve',
+        # Each OpenStack service keeps a pool of connections per worker.
+        'max_connections = 1000',
+        'innodb_buffer_pool_size = 256M',
+        'character-set-server = utf8mb3',
+        'collation-server = utf8mb3_general_ci',
+        '',
+        '[client]',
+        'socket = %s' % layout.RUN + '/mysqld/mysqld.sock',
+        '',
+    ])
+
+
+MYSQL_SOCKET = layout.RUN + '/mysqld/mysqld.sock'
+
+
+# -- RabbitMQ -----------------------------------------------------------------
+
+def rabbitmq_conf():
+    return '\n'.join([
+        '# Written by novalxc-aio.',
+        'listeners.tcp.default = %s:%d' % (layout.HOST,
+                                           layout.PORTS['rabbitmq']),
+        'log.console = true',
+        'log.console.level = info',
+        'log.file = false',
+        '',
+    ])
+
+
+# -- Keystone -----------------------------------------------------------------
+
+def keystone_conf(secrets):
+    return ini([
+        ('DEFAULT', [('debug', False)]),
+        ('database', [('connection', db_url(secrets, 'keystone'))]),
+        ('token', [('provider', 'fernet')]),
+        ('fernet_tokens', [('key_repository',
+                            layout.state('keystone', 'fernet-keys'))]),
+        ('credential', [('key_repository',
+                         layout.state('keystone', 'credential-keys'))]),
+    ])
+
+
+# -- Glance -------------------------------------------------------------------
+
+def glance_api_conf(secrets):
+    glance = layout.state('glance')
+    return ini([
+        ('DEFAULT', [('enabled_backends', 'file:file'),
+                     ('debug', False)]),
+        ('database', [('connection', db_url(secrets, 'glance'))]),
+        ('glance_store', [('default_backend', 'file')]),
+        ('file', [('filesystem_store_datadir', glance + '/images/')]),
+        ('os_glance_staging_store',
+         [('filesystem_store_datadir', glance + '/staging/')]),
+        ('os_glance_tasks_store',
+         [('filesystem_store_datadir', glance + '/tasks/')]),
+        ('keystone_authtoken', authtoken(secrets, 'glance')),
+        ('paste_deploy', [('flavor', 'keystone'),
+                          ('config_file',
+                           layout.etc('glance', 'glance-api-paste.ini'))]),
+        concurrency('glance'),
+    ])
+
+
+# -- Placement ----------------------------------------------------------------
+
+def placement_conf(secrets):
+    return ini([
+        ('DEFAULT', [('debug', False)]),
+        ('placement_database',
+         [('connection', db_url(secrets, 'placement'))]),
+        ('api', [('auth_strategy', 'keystone')]),
+        ('keystone_authtoken', authtoken(secrets, 'placement')),
+    ])
+
+
+# -- Nova ---------------------------------------------------------------------
+
+def nova_conf(secrets, compute=False):
+    """nova.conf of the control services, or nova-cpu.conf of nova-compute.
+
+    nova-compute gets no database credentials: it must reach the
+    databases through the conductor only (Nova refuses direct access
+    from compute and logs every attempt as an error).
+    """
+    sections = [
+        ('DEFAULT', [
+            ('host', layout.NOVA_HOST),
+            ('my_ip', layout.HOST),
+            ('transport_url', transport_url(secrets)),
+            ('state_path', layout.state('nova')),
+            ('compute_driver', 'novalxc.LXCDriver'),
+            # Containers share the host's CPUs: 16 vCPUs per core lets a
+            # two-core host hold 32 lxc.tiny servers (memory is not
+            # overcommitted).
+            ('cpu_allocation_ratio', 16.0),
+            ('debug', False),
+        ]),
+        ('api', [('auth_strategy', 'keystone')]),
+        ('wsgi', [('api_paste_config', layout.etc('nova', 'api-paste.ini'))]),
+    ]
+    if not compute:
+        sections += [
+            ('api_database', [('connection', db_url(secrets, 'nova_api'))]),
+            ('database', [('connection', db_url(secrets, 'nova'))]),
+        ]
+    sections += [
+        ('keystone_authtoken', authtoken(secrets, 'nova')),
+        # Nova sends its own token along with the user's to Neutron,
+        # Glance and Cinder (required for long operations).
+        ('service_user', [('send_service_user_token', True)] +
+         keystone_auth(secrets, 'nova')),
+        ('placement', keystone_auth(secrets, 'placement')),
+        ('neutron', keystone_auth(secrets, 'neutron') +
+         [('service_metadata_proxy', False)]),
+        ('glance', [('region_name', layout.REGION)]),
+        ('conductor', [('workers', 1)]),
+        ('scheduler', [('workers', 1),
+                       # up runs discover_hosts once compute is up.
+                       ('discover_hosts_in_cells_interval', -1)]),
+        ('vnc', [('enabled', False)]),
+        ('spice', [('enabled', False)]),
+        ('serial_console', [('enabled', False)]),
+        ('lxc', [('lxc_path', layout.LXC_PATH),
+                 ('state_path', layout.DRIVER_STATE)]),
+        concurrency('nova'),
+    ]
+    return ini(sections)
+
+
+# -- Neutron ------------------------------------------------------------------
+
+def neutron_conf(secrets):
+    return ini([
+        ('DEFAULT', [
+            ('core_plugin', 'ml2'),
+            ('service_plugins', 'ovn-router'),
+            ('auth_strategy', 'keystone'),
+            ('transport_url', transport_url(secrets)),
+            ('api_paste_config', layout.etc('neutron', 'api-paste.ini')),
+            ('state_path', layout.state('neutron')),
+            # Neutron tells Nova when a port goes up or down
+            # (network-vif-plugged): needs the [nova] section.
+            ('notify_nova_on_port_status_changes', True),
+            ('notify_nova_on_port_data_changes', True),
+            ('debug', False),
+        ]),
+        ('database', [('connection', db_url(secrets, 'neutron'))]),
+        ('keystone_authtoken', authtoken(secrets, 'neutron')),
+        ('nova', keystone_auth(secrets, 'nova')),
+        concurrency('neutron'),
+    ])
+
+
+def ml2_conf():
+    return ini([
+        ('ml2', [('type_drivers', 'local,flat,vlan,geneve'),
+                 ('tenant_network_types', 'geneve'),
+                 ('mechanism_drivers', 'ovn'),
+                 ('extension_drivers', 'port_security'),
+                 ('overlay_ip_version', 4)]),
+        ('ml2_type_geneve', [('vni_ranges', '1:65536'),
+                             ('max_header_size', 38)]),
+        ('ml2_type_flat', [('flat_networks', '*')]),
+        ('securitygroup', [('enable_security_group', True)]),
+        ('ovn', [
+            ('ovn_nb_connection', 'tcp:%s:%d' % (layout.HOST,
+                                                 layout.PORTS['ovn-nb'])),
+            ('ovn_sb_connection', 'tcp:%s:%d' % (layout.HOST,
+                                                 layout.PORTS['ovn-sb'])),
+            ('ovn_l3_scheduler', 'leastloaded'),
+            # No OVN metadata agent in the aio yet.
+            ('ovn_metadata_enabled', False),
+        ]),
+    ])
+
+
+# -- gunicorn -----------------------------------------------------------------
+
+def gunicorn_conf(name, wsgi_app, port, threads=4):
+    """gunicorn.conf.py of one API, read from the service's directory.
+
+    The WSGI apps of Nova and Neutron parse sys.argv as their own command
+    line, so gunicorn gets no arguments and takes everything from here.
+    """
+    return '\n'.join([
+        '# Written by novalxc-aio: %s API under gunicorn.' % name,
+        'wsgi_app = %r' % wsgi_app,
+        'bind = [%r]' % ('%s:%d' % (layout.HOST, port)),
+        # One process with a few threads: enough for one user, light on
+        # a two-core machine. The OpenStack APIs run in threading mode.
+        'workers = 1',
+        'threads = %d' % threads,
+        'timeout = 300',
+        'graceful_timeout = 10',
+        'proc_name = %r' % ('novalxc-aio-' + name),
+        # gunicorn 27 opens a control socket by default; not needed.
+        'control_socket_disable = True',
+        '',
+    ])

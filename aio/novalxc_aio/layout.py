@@ -1,0 +1,132 @@
+"""Where everything of the all-in-one cloud lives, and on which port.
+
+One place for paths, ports and names, so that ``up``, ``status``, ``down``
+and ``clean`` agree on what belongs to the aio. Nothing here touches the
+host.
+"""
+
+import os
+import re
+import socket
+
+# aio/novalxc_aio/layout.py -> the repository root.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+AIO_DIR = os.path.join(REPO, 'aio')
+
+PREFIX = '/opt/novalxc-aio'
+VENV = os.path.join(PREFIX, 'venv')
+VENV_BIN = os.path.join(VENV, 'bin')
+ETC = '/etc/novalxc-aio'
+STATE = '/var/lib/novalxc-aio'
+LOGS = '/var/log/novalxc-aio'
+RUN = '/run/novalxc-aio'
+PIDS = os.path.join(RUN, 'pids')
+SECRETS = os.path.join(STATE, 'secrets.json')
+MARKERS = os.path.join(STATE, 'done')
+
+# The driver's own paths: distinct from the functional tests'
+# (/var/lib/novalxc-functional) and from a real deployment's defaults
+# (/var/lib/novalxc), so the aio never touches their containers.
+LXC_PATH = os.path.join(STATE, 'containers')
+DRIVER_STATE = os.path.join(STATE, 'driver')
+
+# Open vSwitch and OVN keep their standard run directories, so that
+# ovs-vsctl, ovn-nbctl & co. work without options; their databases live
+# in the aio state.
+OVS_RUN = '/run/openvswitch'
+OVN_RUN = '/run/ovn'
+
+# Rootfs tarballs are built by tests/functional/rootfs_images.py into its
+# cache (shared with the functional tests; built once per machine).
+IMAGE_CACHE = os.environ.get('NOVALXC_TEST_CACHE',
+                             '/var/cache/novalxcdriver-test')
+
+HOST = '127.0.0.1'
+# Nova's service host name and OVN's chassis name: the same, so that a port
+# bound to this Nova host binds to this chassis.
+NOVA_HOST = socket.gethostname()
+# It also lands in SQL, OVS settings and queue names: plain names only.
+if not re.match(r'^[A-Za-z0-9][A-Za-z0-9.-]*$', NOVA_HOST):
+    raise SystemExit('novalxc-aio: unusual host name %r: set a plain host '
+                     'name (letters, digits, dots, dashes)' % NOVA_HOST)
+REGION = 'RegionOne'
+
+PORTS = {
+    'mariadb': 3306,
+    'epmd': 4369,
+    'rabbitmq': 5672,
+    'ovn-nb': 6641,
+    'ovn-sb': 6642,
+    'keystone': 5000,
+    'glance': 9292,
+    'placement': 8778,
+    'nova-api': 8774,
+    'neutron': 9696,
+}
+
+
+def url(service, path=''):
+    return 'http://%s:%d%s' % (HOST, PORTS[service], path)
+
+
+KEYSTONE_URL = url('keystone', '/v3')
+
+# Databases and the MariaDB user that owns each.
+DATABASES = {
+    'keystone': 'keystone',
+    'glance': 'glance',
+    'placement': 'placement',
+    'nova_api': 'nova',
+    'nova': 'nova',
+    'nova_cell0': 'nova',
+    'neutron': 'neutron',
+}
+
+# Users in Keystone's "service" project, one per service.
+SERVICE_USERS = ('glance', 'placement', 'nova', 'neutron')
+
+# Keystone catalog: service type -> (name, url).
+CATALOG = {
+    'image': ('glance', url('glance')),
+    'placement': ('placement', url('placement')),
+    'compute': ('nova', url('nova-api', '/v2.1')),
+    'network': ('neutron', url('neutron')),
+}
+
+DEMO_PROJECT = 'demo'
+DEMO_USER = 'demo'
+CLOUD_ADMIN = 'novalxc-admin'
+CLOUD_DEMO = 'novalxc-demo'
+CLOUDS_YAML = os.path.join(ETC, 'clouds.yaml')
+
+# Flavors without swap or ephemeral disks (the driver refuses both).
+FLAVORS = (
+    # id/name, MiB, vCPUs, root GiB
+    ('lxc.tiny', 256, 1, 1),
+    ('lxc.small', 1024, 1, 4),
+)
+
+# Glance image names of the busybox and Debian 12 rootfs tarballs.
+BUSYBOX_IMAGE = 'busybox'
+DEBIAN_IMAGE = 'debian-12'
+
+
+def log_file(name):
+    return os.path.join(LOGS, name + '.log')
+
+
+def pid_file(name):
+    return os.path.join(PIDS, name + '.pid')
+
+
+def etc(*parts):
+    return os.path.join(ETC, *parts)
+
+
+def state(*parts):
+    return os.path.join(STATE, *parts)
+
+
+def venv_bin(name):
+    return os.path.join(VENV_BIN, name)

@@ -1,0 +1,473 @@
+"""One function per service: configure it, prepare its data, start it.
+
+Every function is idempotent: it rewrites configuration, does one-time
+steps (database schemas, keys) only once, and leaves a running instance
+that the aio started alone. Services are started through procs, so each
+has a log file and a PID file, and ``down`` can stop exactly them.
+"""
+
+import glob
+import grp
+import hashlib
+import json
+import os
+import pwd
+
+from novalxc_aio import api
+from novalxc_aio import configs
+from novalxc_aio import layout
+from novalxc_aio import procs
+from novalxc_aio import services
+from novalxc_aio import util
+
+_SERVICES = services.by_name()
+
+
+# Services whose configuration changed during this run: restarted by
+# launch() if they already run.
+_restart = set()
+
+
+def restart_later(*names):
+    _restart.update(names)
+
+
+def _config(path, text, readers, mode=0o644):
+    """Write a configuration file; its readers restart if it changed."""
+    if util.write_file(path, text, mode):
+        _restart.update(readers)
+
+
+def launch(name):
+    """Start service name without waiting; restart it if it is stale.
+
+    Stale: its configuration changed in this run, or its command line or
+    environment differ from those it was started with.
+    """
+    service = _SERVICES[name]
+    if procs.recorded_pid(name) and (name in _restart or
+                                     procs.spec_changed(service)):
+        util.say('restarting %s: its code, configuration or command line '
+                 'changed', name)
+        procs.stop(name)
+    _restart.discard(name)
+    pid, started = procs.start(service)
+    util.say('%s %s (pid %d)', 'started' if started else 'running:',
+             name, pid)
+
+
+def start(*names):
+    """Start the named services, then wait until each of them answers.
+
+    A service that dies while starting is started once more (its log keeps
+    the first attempt); a second death fails the run.
+    """
+    for name in names:
+        launch(name)
+    for name in names:
+        _wait(name)
+
+
+def _wait(name):
+    try:
+        procs.wait(_SERVICES[name])
+    except procs.Exited as e:
+        util.warn('%s\nstarting %s once more', e, name)
+        launch(name)
+        procs.wait(_SERVICES[name])
+
+
+def _owner(user):
+    return pwd.getpwnam(user).pw_uid, grp.getgrnam(user).gr_gid
+
+
+def _version(package):
+    """Installed version of a PyPI package in the venv (for markers).
+
+    Read from its .dist-info directory name: no interpreter start-up.
+    """
+    pattern = os.path.join(layout.VENV, 'lib', 'python3*', 'site-packages',
+                           '%s-*.dist-info' % package.replace('-', '_'))
+    found = glob.glob(pattern)
+    if len(found) != 1:
+        raise util.AioError('cannot tell the version of %s in %s' % (
+            package, layout.VENV))
+    return os.path.basename(found[0])[len(package) + 1:-len('.dist-info')]
+
+
+def _once(name, version, argv_list, log):
+    """Run one-time commands (a db sync) unless done for this version."""
+    if util.marker_done(name, version):
+        return
+    util.say('%s (once per version; log %s)', name, layout.log_file(log))
+    for argv in argv_list:
+        util.run(argv, log=log)
+    util.mark_done(name, version)
+
+
+def _copy_paste_ini(service, name, readers):
+    """Copy a service's stock paste pipeline from the venv, unchanged."""
+    src = os.path.join(layout.VENV, 'etc', service, name)
+    with open(src) as f:
+        _config(layout.etc(service, name), f.read(), readers)
+
+
+# -- host facilities ----------------------------------------------------------
+
+def lxcfs():
+    """lxcfs: per-container /proc/meminfo, cpuinfo, uptime (FUSE)."""
+    if services.lxcfs_mounted() and not procs.recorded_pid('lxcfs'):
+        util.say('lxcfs already runs on %s (not started by the aio): '
+                 'containers use it', services.LXCFS_DIR)
+        return
+    if not procs.recorded_pid('lxcfs'):
+        os.makedirs(services.LXCFS_DIR, exist_ok=True)
+    start('lxcfs')
+
+
+# -- MariaDB ------------------------------------------------------------------
+
+def mariadb(secrets):
+    """The aio's own MariaDB instance on 127.0.0.1:3306.
+
+    With the databases and one user per service (random passwords).
+    """
+    mysql = _owner('mysql')
+    _config(layout.etc('mysql', 'my.cnf'), configs.my_cnf(), ['mariadb'])
+    util.makedirs(os.path.dirname(configs.MYSQL_SOCKET), 0o755, mysql)
+    datadir = layout.state('mysql')
+    if not os.path.isdir(os.path.join(datadir, 'mysql')):
+        util.say('initialising MariaDB data in %s', datadir)
+        util.makedirs(datadir, 0o700, mysql)
+        util.run(['mariadb-install-db',
+                  '--defaults-file=' + layout.etc('mysql', 'my.cnf'),
+                  '--skip-test-db',
+                  '--auth-root-authentication-method=socket'],
+                 log='mariadb-install')
+    start('mariadb')
+    sql = []
+    for user in sorted(set(layout.DATABASES.values())):
+        who = "'%s'@'%s'" % (user, layout.HOST)
+        password = secrets['db_' + user]
+        sql += ["CREATE USER IF NOT EXISTS %s IDENTIFIED BY '%s';" % (
+                who, password),
+                "ALTER USER %s IDENTIFIED BY '%s';" % (who, password)]
+    for database, user in sorted(layout.DATABASES.items()):
+        sql += ['CREATE DATABASE IF NOT EXISTS %s;' % database,
+                "GRANT ALL PRIVILEGES ON %s.* TO '%s'@'%s';" % (
+                    database, user, layout.HOST)]
+    # Root logs in through its unix socket (unix_socket auth): the SQL goes
+    # on stdin, so no password is ever on a command line.
+    _sql('\n'.join(sql))
+
+
+def _sql(statement):
+    """Run one SQL statement as MariaDB's root; return its output text."""
+    return util.run(['mariadb', '--defaults-file=' +
+                     layout.etc('mysql', 'my.cnf'), '-u', 'root', '-N', '-B'],
+                    input=statement.rstrip().rstrip(';') + ';\n',
+                    capture=True).stdout.strip()
+
+
+# -- RabbitMQ -----------------------------------------------------------------
+
+def rabbitmq(secrets):
+    """RabbitMQ on 127.0.0.1:5672 (and its epmd), user novalxc."""
+    rabbit = _owner('rabbitmq')
+    util.makedirs(services.RABBITMQ_HOME, 0o750, rabbit)
+    util.makedirs(os.path.join(layout.LOGS, 'rabbitmq'), 0o750, rabbit)
+    _config(layout.etc('rabbitmq', 'rabbitmq.conf'), configs.rabbitmq_conf(),
+            ['rabbitmq'])
+    # No plugins (the management UI would listen on another port).
+    _config(layout.etc('rabbitmq', 'enabled_plugins'), '[].\n',
+            ['rabbitmq'])
+    if procs.port_owner(layout.PORTS['epmd']) and \
+            not procs.recorded_pid('epmd'):
+        util.say('an epmd already listens on port %d: RabbitMQ uses it',
+                 layout.PORTS['epmd'])
+    else:
+        start('epmd')
+    start('rabbitmq')
+    services.rabbitmqctl('await_startup', '--timeout', '120')
+    users = services.rabbitmqctl('-q', 'list_users').stdout.split()
+    if 'novalxc' not in users:
+        # Without a password argument rabbitmqctl reads it from stdin.
+        services.rabbitmqctl('add_user', 'novalxc',
+                             input=secrets['rabbit'] + '\n')
+    services.rabbitmqctl('set_permissions', '-p', '/', 'novalxc',
+                         '.*', '.*', '.*')
+
+
+# -- Open vSwitch and OVN -----------------------------------------------------
+
+def openvswitch():
+    """ovsdb-server and ovs-vswitchd with the userspace datapath; br-int.
+
+    The bridge uses datapath_type=netdev, so no openvswitch kernel module
+    is needed; ovn-controller finds its settings in external_ids.
+    """
+    util.makedirs(layout.state('ovs'), 0o750)
+    util.makedirs(layout.OVS_RUN, 0o755)
+    if not procs.recorded_pid('ovsdb-server') and \
+            procs.unix_socket_answers(layout.OVS_RUN + '/db.sock'):
+        raise util.AioError(
+            'an Open vSwitch the aio did not start runs on %s/db.sock (the '
+            'Debian service?): stop it and run up again' % layout.OVS_RUN)
+    db = layout.state('ovs', 'conf.db')
+    if not os.path.exists(db):
+        util.run(['ovsdb-tool', 'create', db,
+                  '/usr/share/openvswitch/vswitch.ovsschema'])
+    start('ovsdb-server')
+    util.run(['ovs-vsctl', '--no-wait', 'init'])
+    util.run(['ovs-vsctl', '--no-wait', 'set', 'Open_vSwitch', '.',
+              'external_ids:system-id=%s' % layout.NOVA_HOST,
+              'external_ids:hostname=%s' % layout.NOVA_HOST,
+              'external_ids:ovn-remote=tcp:%s:%d' % (
+                  layout.HOST, layout.PORTS['ovn-sb']),
+              'external_ids:ovn-encap-type=geneve',
+              'external_ids:ovn-encap-ip=%s' % layout.HOST,
+              'external_ids:ovn-bridge-datapath-type=netdev'])
+    start('ovs-vswitchd')
+    util.run(['ovs-vsctl', '--may-exist', 'add-br', 'br-int', '--',
+              'set', 'Bridge', 'br-int', 'datapath_type=netdev',
+              'fail_mode=secure', 'other_config:disable-in-band=true'])
+
+
+def ovn():
+    """OVN: Northbound and Southbound databases, northd, the controller."""
+    util.makedirs(layout.state('ovn'), 0o750)
+    util.makedirs(layout.OVN_RUN, 0o755)
+    for name in ('nb', 'sb'):
+        db = layout.state('ovn', 'ovn%s_db.db' % name)
+        if not os.path.exists(db):
+            util.run(['ovsdb-tool', 'create', db,
+                      '/usr/share/ovn/ovn-%s.ovsschema' % name])
+    start('ovn-nb', 'ovn-sb')
+    start('ovn-northd', 'ovn-controller')
+
+
+# -- Keystone -----------------------------------------------------------------
+
+def keystone(secrets):
+    """Keystone on :5000 with fernet tokens; admin bootstrapped."""
+    _config(layout.etc('keystone', 'keystone.conf'),
+            configs.keystone_conf(secrets), ['keystone'], mode=0o640)
+    _config(layout.etc('keystone', 'gunicorn.conf.py'),
+            configs.gunicorn_conf('keystone', 'keystone.wsgi.api:application',
+                                  layout.PORTS['keystone']), ['keystone'])
+    conf = ['--config-file', layout.etc('keystone', 'keystone.conf')]
+    manage = [layout.venv_bin('keystone-manage')] + conf
+    _once('keystone-db-sync', _version('keystone'),
+          [manage + ['db_sync']], 'keystone-manage')
+    for keys, command in (('fernet-keys', 'fernet_setup'),
+                          ('credential-keys', 'credential_setup')):
+        path = layout.state('keystone', keys)
+        if not os.path.exists(os.path.join(path, '0')):
+            util.makedirs(path, 0o700)
+            util.run(manage + [command, '--keystone-user', 'root',
+                               '--keystone-group', 'root'],
+                     log='keystone-manage')
+    # Re-run when the admin password changes (marker: its hash only). The
+    # password goes through the environment, not the command line.
+    admin = hashlib.sha256(secrets['admin'].encode()).hexdigest()
+    if not util.marker_done('keystone-bootstrap', admin):
+        util.run(manage + [
+            'bootstrap',
+            '--bootstrap-admin-url', layout.KEYSTONE_URL,
+            '--bootstrap-internal-url', layout.KEYSTONE_URL,
+            '--bootstrap-public-url', layout.KEYSTONE_URL,
+            '--bootstrap-region-id', layout.REGION],
+            env=util.clean_env({'OS_BOOTSTRAP_PASSWORD': secrets['admin']}),
+            log='keystone-manage')
+        util.mark_done('keystone-bootstrap', admin)
+    start('keystone')
+
+
+def identities(secrets):
+    """Projects, users, roles, services and endpoints (Keystone API).
+
+    service project: one user per OpenStack service (roles admin and
+    service); demo project: user demo with role member.
+    """
+    wanted = json.dumps([sorted(layout.CATALOG.items()),
+                         layout.SERVICE_USERS, layout.DEMO_USER,
+                         layout.DEMO_PROJECT, secrets], sort_keys=True)
+    wanted = hashlib.sha256(wanted.encode()).hexdigest()
+    if util.marker_done('keystone-identities', wanted):
+        return
+    s = api.Session('admin', secrets['admin'], 'admin')
+
+    def find(kind, **query):
+        qs = '&'.join('%s=%s' % kv for kv in sorted(query.items()))
+        found = s.get('identity', '/%s?%s' % (kind, qs))[kind]
+        return found[0]['id'] if found else None
+
+    def ensure(kind, body, **query):
+        existing = find(kind, **query)
+        if existing:
+            return existing
+        singular = kind[:-1]
+        return s.post('identity', '/' + kind, {singular: body})[singular]['id']
+
+    roles = {name: ensure('roles', {'name': name}, name=name)
+             for name in ('admin', 'member', 'reader', 'service')}
+    projects = {name: ensure('projects', {'name': name,
+                                          'domain_id': 'default'}, name=name)
+                for name in ('service', layout.DEMO_PROJECT)}
+
+    def user(name, password, project, role_names):
+        uid = ensure('users', {'name': name, 'password': password,
+                               'domain_id': 'default',
+                               'default_project_id': projects[project]},
+                     name=name)
+        for role in role_names:
+            s.call('PUT', 'identity', '/projects/%s/users/%s/roles/%s' % (
+                projects[project], uid, roles[role]))
+
+    user(layout.DEMO_USER, secrets['demo'], layout.DEMO_PROJECT,
+         ['member', 'reader'])
+    for name in layout.SERVICE_USERS:
+        user(name, secrets['svc_' + name], 'service', ['admin', 'service'])
+
+    for service_type, (name, url) in sorted(layout.CATALOG.items()):
+        sid = ensure('services', {'type': service_type, 'name': name},
+                     type=service_type)
+        for interface in ('public', 'internal'):
+            if not find('endpoints', service_id=sid, interface=interface):
+                s.post('identity', '/endpoints', {'endpoint': {
+                    'service_id': sid, 'interface': interface, 'url': url,
+                    'region_id': layout.REGION}})
+    util.mark_done('keystone-identities', wanted)
+
+
+# -- Glance, Placement --------------------------------------------------------
+
+def glance(secrets):
+    """Glance on :9292, images in a file store under the aio state."""
+    _config(layout.etc('glance', 'glance-api.conf'),
+            configs.glance_api_conf(secrets), ['glance'], mode=0o640)
+    _copy_paste_ini('glance', 'glance-api-paste.ini', ['glance'])
+    _config(layout.etc('glance', 'gunicorn.conf.py'),
+            configs.gunicorn_conf('glance', 'glance.wsgi.api:application',
+                                  layout.PORTS['glance']), ['glance'])
+    for sub in ('images', 'staging', 'tasks', 'locks'):
+        util.makedirs(layout.state('glance', sub), 0o750)
+    _once('glance-db-sync', _version('glance'), [[
+        layout.venv_bin('glance-manage'), '--config-file',
+        layout.etc('glance', 'glance-api.conf'), 'db_sync']], 'glance-manage')
+    launch('glance')
+
+
+def placement(secrets):
+    """Placement on :8778."""
+    _config(layout.etc('placement', 'placement.conf'),
+            configs.placement_conf(secrets), ['placement'], mode=0o640)
+    _config(layout.etc('placement', 'gunicorn.conf.py'),
+            configs.gunicorn_conf('placement',
+                                  'placement.wsgi.api:application',
+                                  layout.PORTS['placement']), ['placement'])
+    _once('placement-db-sync', _version('openstack-placement'), [[
+        layout.venv_bin('placement-manage'), '--config-file',
+        layout.etc('placement', 'placement.conf'), 'db', 'sync']],
+        'placement-manage')
+    launch('placement')
+
+
+# -- Neutron ------------------------------------------------------------------
+
+def neutron(secrets):
+    """neutron-server (API on :9696) with ML2/OVN, and OVN maintenance."""
+    neutron_conf = layout.etc('neutron', 'neutron.conf')
+    ml2_conf = layout.etc('neutron', 'plugins', 'ml2', 'ml2_conf.ini')
+    readers = ['neutron', 'neutron-ovn-maintenance-worker']
+    _config(neutron_conf, configs.neutron_conf(secrets), readers, mode=0o640)
+    _config(ml2_conf, configs.ml2_conf(), readers)
+    _copy_paste_ini('neutron', 'api-paste.ini', ['neutron'])
+    _config(layout.etc('neutron', 'gunicorn.conf.py'),
+            configs.gunicorn_conf('neutron', 'neutron.wsgi.api:application',
+                                  layout.PORTS['neutron']), ['neutron'])
+    util.makedirs(layout.state('neutron', 'locks'), 0o750)
+    _once('neutron-db-sync', _version('neutron'), [[
+        layout.venv_bin('neutron-db-manage'), '--config-file', neutron_conf,
+        '--config-file', ml2_conf, 'upgrade', 'heads']], 'neutron-db-manage')
+    launch('neutron')
+    launch('neutron-ovn-maintenance-worker')
+
+
+# -- Nova ---------------------------------------------------------------------
+
+def nova(secrets):
+    """nova-api (:8774), conductor, scheduler; cells set up once."""
+    conf = layout.etc('nova', 'nova.conf')
+    _config(conf, configs.nova_conf(secrets),
+            ['nova-api', 'nova-conductor', 'nova-scheduler'], mode=0o640)
+    _config(layout.etc('nova', 'nova-cpu.conf'),
+            configs.nova_conf(secrets, compute=True), ['nova-compute'],
+            mode=0o640)
+    _copy_paste_ini('nova', 'api-paste.ini', ['nova-api'])
+    _config(layout.etc('nova-api', 'gunicorn.conf.py'),
+            configs.gunicorn_conf('nova-api',
+                                  'nova.wsgi.osapi_compute:application',
+                                  layout.PORTS['nova-api']), ['nova-api'])
+    for path in (layout.state('nova', 'locks'), layout.LXC_PATH,
+                 layout.DRIVER_STATE):
+        util.makedirs(path, 0o711)
+    manage = [layout.venv_bin('nova-manage'), '--config-file', conf]
+    version = _version('nova')
+    _once('nova-api-db-sync', version, [manage + ['api_db', 'sync']],
+          'nova-manage')
+    if not util.marker_done('nova-cells'):
+        util.run(manage + ['cell_v2', 'map_cell0'], log='nova-manage')
+        cells = util.run(manage + ['cell_v2', 'list_cells'],
+                         capture=True).stdout
+        if ' cell1 ' not in cells:
+            util.run(manage + ['cell_v2', 'create_cell', '--name', 'cell1'],
+                     log='nova-manage')
+        util.mark_done('nova-cells')
+    _once('nova-db-sync', version, [manage + ['db', 'sync']], 'nova-manage')
+    for name in ('nova-api', 'nova-conductor', 'nova-scheduler'):
+        launch(name)
+
+
+def nova_compute(secrets):
+    """nova-compute with compute_driver = novalxc.LXCDriver.
+
+    Boots scheduled before nova-compute has finished init_host go to
+    ERROR: wait until it consumes its RPC queue, map the host into cell1
+    and wait until its hypervisor is listed and up.
+    """
+    start('nova-compute')
+    # Map the host into cell1; the scheduler cannot place servers on an
+    # unmapped host. The mapping lives in the API database.
+
+    def mapped():
+        return _sql('SELECT COUNT(*) FROM nova_api.host_mappings '
+                    "WHERE host = '%s'" % layout.NOVA_HOST) != '0'
+
+    def discover():
+        if mapped():
+            return True
+        util.run([layout.venv_bin('nova-manage'), '--config-file',
+                  layout.etc('nova', 'nova.conf'), 'cell_v2',
+                  'discover_hosts'], log='nova-manage')
+        return mapped()
+    util.wait_for('host %s mapped to cell1' % layout.NOVA_HOST, discover, 60,
+                  interval=2)
+    s = api.Session('admin', secrets['admin'], 'admin')
+
+    def hypervisor_up():
+        # The list, not detail: detail asks the driver for the host's uptime.
+        hvs = s.get('compute', '/os-hypervisors')['hypervisors']
+        return any(h['hypervisor_hostname'] == layout.NOVA_HOST and
+                   h['state'] == 'up' and h['status'] == 'enabled'
+                   for h in hvs)
+    util.wait_for('hypervisor %s up in the Nova API' % layout.NOVA_HOST,
+                  hypervisor_up, 120, interval=1)
+
+
+def wait_apis():
+    """Wait for the services the functions above started without waiting."""
+    for name in ('glance', 'placement', 'neutron', 'nova-api',
+                 'nova-conductor', 'nova-scheduler'):
+        _wait(name)
+        util.say('%s answers', name)
