@@ -371,17 +371,42 @@ class IdAllocator:
         """
         path = self._reservation_path(int(cid))
         with self._lock():
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                return
-            try:
-                if stat.S_ISDIR(st.st_mode):
-                    shutil.rmtree(path)
-                else:
-                    # Never follow a symlink planted in ids/.
-                    os.unlink(path)
-            except OSError as e:
-                if e.errno != errno.ENOENT:
-                    raise
+            self._remove(path)
         LOG.debug('Released container ID %d', cid)
+
+    def remove_orphan(self, cid):
+        """Remove the reservation of ``cid`` if it names no owner.
+
+        ``allocate`` writes ``owner.json`` under the lock right after the
+        mkdir, so a reservation without an owner seen under the lock was
+        left by a process killed in between (or made by hand). Its ID never
+        reached a spawn, so no artifact of a container carries it (and
+        ``artifact_ids`` would still protect one that did).
+
+        :returns: True if the reservation was removed.
+        """
+        path = self._reservation_path(int(cid))
+        with self._lock():
+            res = self._read_reservation(int(cid))
+            if res is None or res.instance_uuid is not None:
+                return False
+            self._remove(path)
+        LOG.warning('Removed container ID %d: its reservation names no '
+                    'owner (a process died while making it)', cid)
+        return True
+
+    @staticmethod
+    def _remove(path):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(path)
+            else:
+                # Never follow a symlink planted in ids/.
+                os.unlink(path)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise

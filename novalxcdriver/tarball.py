@@ -47,7 +47,8 @@ stops the whole unpack:
 8. Owners and mtimes are values the kernel accepts; pax and GNU long-name
    headers, which tarfile reads whole into memory, are at most 8 MiB; the
    archive must end with its end-of-archive marker (tarfile itself takes a
-   stream cut at a member boundary for a complete archive).
+   stream cut at a member boundary, or a corrupt header, for the end of a
+   complete archive), and compressed data must match its checksums.
 
 Extended attributes come from the ``SCHILY.xattr.*`` pax records that GNU
 tar ``--xattrs`` writes. They are set after extractall() has finished,
@@ -55,7 +56,9 @@ without following symlinks, because chown clears security.capability and
 tarfile chowns a hard-linked inode again when it extracts the link.
 """
 
+import bz2
 import copy
+import gzip
 import lzma
 import os
 import re
@@ -138,22 +141,17 @@ def unpack_rootfs(archive_path, dest_dir, max_bytes):
         archive.seek(0)
         member_filter = _MemberFilter(dest_dir, max_bytes)
         try:
-            if compression == 'zst':
-                source = zstandard.ZstdDecompressor().stream_reader(
-                    archive, read_across_frames=True)
-                mode = 'r|'
-            else:
-                source = archive
-                mode = 'r|' + compression
+            source = _DECOMPRESSORS[compression](archive)
             # errorlevel=2 turns failures that tarfile would only note
             # (chown, chmod, utime) into exceptions; debug=0 keeps it quiet.
-            with tarfile.open(fileobj=source, mode=mode,
+            with tarfile.open(fileobj=source, mode='r|',
                               tarinfo=_CheckedTarInfo, errorlevel=2, debug=0,
                               errors='surrogateescape') as tar:
                 tar.extractall(dest_dir,
                                members=_stream_members(tar, member_filter,
                                                        dest_dir),
                                numeric_owner=True, **_NO_STOCK_FILTER)
+            _read_to_end(source)
             member_filter.finish()
         except (exception.ArchiveError, exception.UnsafeArchiveMember):
             raise
@@ -172,6 +170,32 @@ def unpack_rootfs(archive_path, dest_dir, max_bytes):
             raise exception.ArchiveError(
                 reason='extraction failed: %s' % e) from e
     return member_filter.total
+
+
+# Decompressors that check the stream's own checksums (gzip CRC-32 and
+# length, the xz check, bzip2 block CRCs, the zstd frame checksum) as they
+# read; tarfile's own stream mode never checks a gzip CRC.
+_DECOMPRESSORS = {
+    '': lambda f: f,
+    'gz': lambda f: gzip.GzipFile(fileobj=f, mode='rb'),
+    'xz': lzma.LZMAFile,
+    'bz2': bz2.BZ2File,
+    'zst': lambda f: zstandard.ZstdDecompressor().stream_reader(
+        f, read_across_frames=True),
+}
+# tar pads an archive to 10 KiB records after its end-of-archive marker;
+# reading on to the end of the compressed stream checks its checksums.
+# Beyond this much, the rest is not read.
+_MAX_TRAILER_BYTES = 16 * 1024 * 1024
+
+
+def _read_to_end(source):
+    left = _MAX_TRAILER_BYTES
+    while left > 0:
+        chunk = source.read(min(left, 1 << 20))
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 def _corrupt(error):
@@ -242,6 +266,12 @@ class _CheckedTarInfo(tarfile.TarInfo):
             raise exception.ArchiveError(
                 reason='archive is truncated or corrupt: data ends before '
                        'the end-of-archive marker') from None
+        except tarfile.InvalidHeaderError as e:
+            # tarfile takes a bad header after the first for the end of
+            # the archive too, and drops every member after it.
+            raise exception.ArchiveError(
+                reason='archive is truncated or corrupt: %s at byte %d' % (
+                    e, tar.offset)) from None
 
     def _proc_member(self, tar):
         if self.type in _METADATA_TYPES and self.size > _MAX_HEADER_BYTES:
