@@ -6,15 +6,26 @@ inside the container and nowhere else. mkfs.ext4 with lazy inode table and
 journal init formats even a large sparse file in about 10 ms. The loop
 device is detached right after mounting (LO_FLAGS_AUTOCLEAR, loop(4)), so
 unmounting frees it and nothing else needs tracking.
+
+A loop device's I/O counters (/sys/block/loopN/stat) belong to the device,
+which later disks reuse, so each attach saves them next to the image
+(``<image>.iostat``): diagnostics reports the disk's own I/O as the
+difference.
 """
 
 import os
 
+from oslo_log import log as logging
 from oslo_utils import excutils
 from oslo_utils import units
 
+from novalxcdriver import exception
 from novalxcdriver import lxc
 from novalxcdriver import mount
+
+LOG = logging.getLogger(__name__)
+SYS_DEV_BLOCK = '/sys/dev/block'
+SYS_BLOCK = '/sys/block'
 
 
 class Disk:
@@ -27,6 +38,7 @@ class Disk:
     def __init__(self, image_path, mountpoint):
         self.image_path = image_path
         self.mountpoint = mountpoint
+        self.io_baseline_path = image_path + '.iostat'
 
     def create(self, size_gb, uid, gid):
         """Make a size_gb GiB ext4 image, mount it, give its root to uid.
@@ -58,6 +70,7 @@ class Disk:
             return
         device = lxc.attach_loop(self.image_path)
         try:
+            self._save_io_baseline(device)
             mount.ext4(device, self.mountpoint)
         except Exception:
             with excutils.save_and_reraise_exception():
@@ -65,7 +78,67 @@ class Disk:
         # Autoclear: the device goes away with the unmount.
         lxc.detach_loop(device)
 
+    def _save_io_baseline(self, device):
+        """Save 'MAJ:MIN <its /sys/block stat>' of the loop device.
+
+        Bookkeeping for diagnostics only: a failure is logged, and leaves
+        no baseline (rather than an earlier attachment's).
+        """
+        try:
+            try:
+                os.unlink(self.io_baseline_path)
+            except FileNotFoundError:
+                pass
+            rdev = os.stat(device).st_rdev
+            number = '%d:%d' % (os.major(rdev), os.minor(rdev))
+            with open(os.path.join(SYS_DEV_BLOCK, number, 'stat')) as f:
+                counters = f.read()
+            with open(self.io_baseline_path, 'w') as f:
+                f.write('%s %s' % (number, counters))
+        except OSError as e:
+            LOG.warning('Cannot save the I/O counters of %s for %s: %s',
+                        device, self.image_path, e)
+
+    def detach_loops(self):
+        """Detach loop devices still backed by the image: crash leftovers.
+
+        A process killed between losetup and the detach after the mount
+        leaves a device without autoclear, which no unmount frees. Devices
+        with autoclear set go by themselves (the kernel may still be
+        clearing one right after the unmount); a device still mounted is
+        only marked autoclear by the detach (loop(4)).
+        """
+        for device in loop_devices_of(os.path.realpath(self.image_path),
+                                      autoclear=False):
+            LOG.warning('Detaching %s, left attached to %s', device,
+                        self.image_path)
+            try:
+                lxc.detach_loop(device)
+            except exception.CommandFailed as e:
+                # Gone meanwhile: the work is done.
+                LOG.info('Cannot detach %s: %s', device, e)
+
     def device(self):
         """'MAJ:MIN' of the mounted filesystem's device."""
         st = os.stat(self.mountpoint)
         return '%d:%d' % (os.major(st.st_dev), os.minor(st.st_dev))
+
+
+def loop_devices_of(path, autoclear=None):
+    """Loop devices whose backing file is path (/sys/block/loopN/loop).
+
+    :param autoclear: True or False: only devices with that flag.
+    """
+    found = []
+    for name in sorted(os.listdir(SYS_BLOCK)):
+        sysfs = os.path.join(SYS_BLOCK, name, 'loop')
+        try:
+            with open(os.path.join(sysfs, 'backing_file')) as f:
+                backing = f.read().rstrip('\n')
+            with open(os.path.join(sysfs, 'autoclear')) as f:
+                flag = f.read().strip() == '1'
+        except OSError:
+            continue
+        if backing == path and autoclear in (None, flag):
+            found.append('/dev/' + name)
+    return found

@@ -18,6 +18,8 @@ from novalxcdriver import exception
 # CFS bandwidth period when the flavor names none (kernel default, µs).
 DEFAULT_CPU_PERIOD_US = 100000
 PIDS_MAX_SPEC = 'lxc:pids_max'
+# Lowest value of lxc:pids_max (as of the [lxc] pids_max option).
+PIDS_MAX_MIN = 16
 _IO_SPECS = ('disk_read_bytes_sec', 'disk_write_bytes_sec',
              'disk_read_iops_sec', 'disk_write_iops_sec')
 
@@ -131,7 +133,7 @@ def cpu_shares(extra_specs):
 
 def pids_max(extra_specs, default):
     """Most tasks in the container: lxc:pids_max, else the [lxc] default."""
-    value = _int_spec(extra_specs, PIDS_MAX_SPEC, 16)
+    value = _int_spec(extra_specs, PIDS_MAX_SPEC, PIDS_MAX_MIN)
     return default if value is None else value
 
 

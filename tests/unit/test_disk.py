@@ -176,3 +176,52 @@ class DeviceTest(_Base):
         dev = os.stat(self.mountpoint).st_dev
         self.assertEqual('%d:%d' % (os.major(dev), os.minor(dev)),
                          self.disk.device())
+
+
+class IoBaselineTest(_Base):
+    """Each attach saves the loop device's counters for diagnostics."""
+
+    def setUp(self):
+        super().setUp()
+        self.sys = os.path.join(self.tmp, 'sys-dev-block')
+        self.patch('novalxcdriver.disk.SYS_DEV_BLOCK', self.sys)
+        real_stat = os.stat
+
+        def stat(path, *args, **kwargs):
+            if path == LOOP:
+                return mock.Mock(st_rdev=os.makedev(7, 7))
+            return real_stat(path, *args, **kwargs)
+        self.patch('os.stat', side_effect=stat)
+        os.makedirs(os.path.join(self.sys, '7:7'))
+        with open(os.path.join(self.sys, '7:7', 'stat'), 'w') as f:
+            f.write('  10 0 80 1 20 0 160 2 0 3 3 0 0 0 0 0 0\n')
+        os.mkdir(self.mountpoint)
+
+    def baseline(self):
+        with open(self.disk.io_baseline_path) as f:
+            return f.read()
+
+    def test_saved_before_the_mount(self):
+        def ext4(device, target):
+            # The filesystem's own mount I/O counts as the disk's.
+            self.assertEqual('7:7   10 0 80 1 20 0 160 2 0 3 3 0 0 0 0 0 0\n',
+                             self.baseline())
+            self.mounted.add(target)
+        self.mount.ext4.side_effect = ext4
+        self.disk.mount()
+        self.mount.ext4.assert_called_once_with(LOOP, self.mountpoint)
+        self.assertEqual(self.image + '.iostat', self.disk.io_baseline_path)
+
+    def test_replaces_an_earlier_attachment(self):
+        with open(self.disk.io_baseline_path, 'w') as f:
+            f.write('7:3 1 2 3 4 5 6 7 8\n')
+        self.disk.mount()
+        self.assertTrue(self.baseline().startswith('7:7 '))
+
+    def test_failure_leaves_no_baseline_and_mounts(self):
+        with open(self.disk.io_baseline_path, 'w') as f:
+            f.write('7:3 1 2 3 4 5 6 7 8\n')
+        os.unlink(os.path.join(self.sys, '7:7', 'stat'))
+        self.disk.mount()
+        self.assertFalse(os.path.exists(self.disk.io_baseline_path))
+        self.assertTrue(self.disk.is_mounted())
