@@ -11,6 +11,8 @@ Artifacts of a container named N with container ID C:
 
 They are created in that order and removed in the reverse one, so any
 crash leaves a state that ``destroy`` recognises and finishes cleaning.
+The veth pairs of its NICs are the driver's (vif.py): the config only
+names them (``nics``), and LXC moves them in and out at start and stop.
 """
 
 import math
@@ -68,6 +70,27 @@ class Container:
         """This container's ID: from its record, else its reservation."""
         return self.record().get('id', self.ids.find(self.instance_uuid))
 
+    def nics(self):
+        """The NICs its config gives it: tuple of spec.NicSpec."""
+        try:
+            with open(self.config_path) as f:
+                return spec_mod.parse_nics(f.read())
+        except FileNotFoundError:
+            return ()
+
+    def set_nics(self, nics):
+        """Rewrite the config with these NICs (renumbered, names kept).
+
+        LXC reads them at the container's next start; a running
+        container's NICs are the caller's business (vif.hot_plug).
+        """
+        with open(self.config_path) as f:
+            text = spec_mod.with_nics(f.read(), nics)
+        tmp = self.config_path + '.tmp'
+        with open(tmp, 'w') as f:
+            f.write(text)
+        os.rename(tmp, self.config_path)
+
     def rootfs(self):
         cid = self.cid()
         return None if cid is None else rootfs_mod.Rootfs(self.state_path,
@@ -94,6 +117,10 @@ class Container:
         root = rootfs_mod.Rootfs(self.state_path, spec.cid)
         try:
             root.create(image.rootfs, spec.idmap, root_gb, ephemeral_gb)
+            # systemd sets the hostname from /etc/hostname over lxc.uts.name;
+            # an image carries its build host's.
+            root.write_etc_file('hostname', spec.hostname + '\n',
+                                spec.idmap)
             tmp = self.config_path + '.tmp'
             with open(tmp, 'w') as f:
                 f.write(spec_mod.render_config(spec))
@@ -175,11 +202,14 @@ class Container:
         if self.state()[0] != 'STOPPED':
             lxc.kill(self.name, self.lxc_path)
 
-    def reboot(self, soft, timeout):
+    def reboot(self, soft, timeout, before_start=None):
         """Reboot, soft (clean) or hard (kill and start).
 
         A soft reboot that does not complete within timeout seconds, or of
         a container that is not running, becomes a hard one.
+
+        :param before_start: called, if given, between the kill and the
+            start of a hard reboot (to make what the start needs).
         """
         if soft and self.state()[0] == 'RUNNING':
             if lxc.reboot(self.name, self.lxc_path, timeout):
@@ -188,6 +218,8 @@ class Container:
             LOG.warning('Soft reboot of %s did not complete in %ss; '
                         'rebooting hard', self.name, timeout)
         self.kill()
+        if before_start:
+            before_start()
         self.start()
 
     def freeze(self, suspend=False):

@@ -25,7 +25,9 @@ from oslo_utils import excutils
 from oslo_utils import units
 
 from novalxcdriver import conf
+from novalxcdriver import configdrive
 from novalxcdriver import container as container_mod
+from novalxcdriver import diagnostics
 from novalxcdriver import events
 from novalxcdriver import exception
 from novalxcdriver import host as host_mod
@@ -36,6 +38,7 @@ from novalxcdriver import lxc
 from novalxcdriver import numa
 from novalxcdriver import rootfs as rootfs_mod
 from novalxcdriver import spec as spec_mod
+from novalxcdriver import vif as vif_mod
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -71,7 +74,8 @@ class LXCDriver(driver.ComputeDriver):
         has_imagecache=False,
         supports_evacuate=False,
         supports_migrate_to_same_host=False,
-        supports_attach_interface=False,
+        # Hot-plug into the running container's network namespace.
+        supports_attach_interface=True,
         supports_multiattach=False,
         supports_trusted_certs=False,
     )
@@ -148,7 +152,13 @@ class LXCDriver(driver.ComputeDriver):
         records = container_mod.all_records(self._lxc_path)
         complete = {r['id'] for r in records.values() if 'id' in r}
         for cid, res in self._ids.reservations().items():
-            if cid in complete or host_mod.process_alive(res.pid):
+            if cid in complete:
+                continue
+            if res.instance_uuid is None:
+                # Killed between the reservation's mkdir and its owner.
+                self._ids.remove_orphan(cid)
+                continue
+            if host_mod.process_alive(res.pid):
                 continue
             LOG.warning('Removing container ID %d of instance %s: its spawn '
                         'was interrupted', cid, res.instance_uuid)
@@ -285,20 +295,39 @@ class LXCDriver(driver.ComputeDriver):
               block_device_info=None, power_on=True, accel_info=None):
         """Create the container from image_meta's rootfs and start it.
 
+        Its VIFs are plugged before the start, which waits for Neutron's
+        network-vif-plugged events (_plug_vifs_and_wait). A config drive,
+        when Nova asks for one, carries injected_files and admin_password
+        (configdrive.py); nothing is injected otherwise.
+
         :raises ImageUnacceptable: the image is not a usable rootfs archive.
         :raises InvalidInput: something asked of the instance that this
-            host or driver cannot provide (VIFs, volumes, a flavor larger
-            than the host, a bad extra spec).
+            host or driver cannot provide (a VIF type other than ovs or
+            bridge, volumes, a flavor larger than the host, a bad extra
+            spec).
+        :raises VirtualInterfaceCreateException: Neutron reported a VIF
+            failed, or not in time (vif_plugging_is_fatal).
         """
-        self._refuse_unsupported(instance, network_info, block_device_info)
+        self._refuse_unsupported(instance, block_device_info)
+        network_info = network_info or []
+        nics = vif_mod.nics_for(network_info)
         c = self._container(instance)
         image = self._cached_image(context, instance, image_meta)
         flavor = instance.flavor
         cid = self._ids.allocate(instance.uuid, instance.name)
+        plugged = []
         try:
-            spec = self._spec(instance, c, cid, image)
+            spec = self._spec(
+                instance, c, cid, image, nics,
+                config_drive=configdrive.required_by(instance, image_meta))
             c.create(spec, image, root_gb=flavor.root_gb,
                      ephemeral_gb=flavor.ephemeral_gb)
+            if spec.config_drive:
+                configdrive.write(spec.config_drive, instance,
+                                  injected_files, admin_password,
+                                  network_info, spec.idmap)
+            plugged = network_info
+            self._plug_vifs_and_wait(instance, network_info, power_on)
             if power_on:
                 c.start()
         except Exception:
@@ -306,16 +335,13 @@ class LXCDriver(driver.ComputeDriver):
                 LOG.warning('Spawn failed; removing what it made',
                             instance=instance)
                 c.destroy()
+                self._unplug_vifs(instance, plugged)
         LOG.info('Container %s spawned (ID %d)', c.name, cid,
                  instance=instance)
 
     @staticmethod
-    def _refuse_unsupported(instance, network_info, block_device_info):
+    def _refuse_unsupported(instance, block_device_info):
         # Each refusal is a clear build fault rather than a silent omission.
-        if network_info:
-            raise nova_exc.InvalidInput(
-                reason='novalxcdriver does not plug VIFs yet; boot with '
-                       '--nic none')
         mapping = driver.block_device_info_get_mapping(block_device_info)
         if mapping:
             raise nova_exc.InvalidInput(
@@ -326,8 +352,12 @@ class LXCDriver(driver.ComputeDriver):
                 reason='novalxcdriver gives a container one ephemeral disk, '
                        'on /mnt')
 
-    def _spec(self, instance, container, cid, image):
+    def _spec(self, instance, container, cid, image, nics=(),
+              config_drive=False):
         """The instance's ContainerSpec, limits checked against the host.
+
+        :param nics: tuple of spec.NicSpec (vif.nics_for).
+        :param config_drive: whether it has a config drive.
 
         :raises InvalidInput: the flavor asks more than the host has, or
             an extra spec is bad.
@@ -361,7 +391,10 @@ class LXCDriver(driver.ComputeDriver):
             limits=limits, cgroup_version=host_mod.cgroup_version(),
             swap_accounting=host_mod.swap_accounting(),
             ephemeral=(root.ephemeral_disk.mountpoint
-                       if flavor.ephemeral_gb else None))
+                       if flavor.ephemeral_gb else None),
+            nics=nics,
+            config_drive=(configdrive.path_for(root.path)
+                          if config_drive else None))
 
     def _cached_image(self, context, instance, image_meta):
         image_id = image_meta.id
@@ -387,23 +420,42 @@ class LXCDriver(driver.ComputeDriver):
 
     def destroy(self, context, instance, network_info, block_device_info=None,
                 destroy_disks=True, destroy_secrets=True):
-        """Kill the container and remove all of it. Idempotent."""
-        self._container(instance).destroy()
+        """Kill the container, remove all of it and unplug its VIFs.
+
+        Idempotent. The NICs its config names are removed even when
+        network_info misses them.
+        """
+        self.cleanup(context, instance, network_info, block_device_info,
+                     destroy_disks)
 
     def cleanup(self, context, instance, network_info, block_device_info=None,
                 destroy_disks=True, migrate_data=None, destroy_vifs=True,
                 destroy_secrets=True):
-        # destroy() already removed every artifact.
-        self._container(instance).destroy()
+        """destroy's work; VIFs stay plugged unless destroy_vifs."""
+        c = self._container(instance)
+        try:
+            nics = c.nics()
+        except ValueError as e:
+            LOG.warning('Cannot read the NICs of container %s: %s', c.name,
+                        e, instance=instance)
+            nics = ()
+        c.destroy()
+        if destroy_vifs:
+            self._unplug_vifs(instance, network_info or [], nics)
 
     def reboot(self, context, instance, network_info, reboot_type,
                block_device_info=None, bad_volumes_callback=None,
                accel_info=None, share_info=None):
-        """SOFT: clean reboot within [lxc] soft_reboot_timeout, else HARD."""
+        """SOFT: clean reboot within [lxc] soft_reboot_timeout, else HARD.
+
+        VIFs are plugged again around it (_replug_running).
+        """
         c = self._existing(instance)
         c.ensure_rootfs(self._images)
         c.reboot(soft=reboot_type == 'SOFT',
-                 timeout=CONF.lxc.soft_reboot_timeout)
+                 timeout=CONF.lxc.soft_reboot_timeout,
+                 before_start=lambda: self.plug_vifs(instance, network_info))
+        self._replug_running(c, instance, network_info)
 
     def power_off(self, instance, timeout=0, retry_interval=0):
         self._existing(instance).stop(timeout, retry_interval)
@@ -412,6 +464,7 @@ class LXCDriver(driver.ComputeDriver):
                  block_device_info=None, accel_info=None, share_info=None):
         c = self._existing(instance)
         c.ensure_rootfs(self._images)
+        self.plug_vifs(instance, network_info)
         c.start()
 
     def resume_state_on_host_boot(self, context, instance, network_info,
@@ -420,6 +473,7 @@ class LXCDriver(driver.ComputeDriver):
         c = self._existing(instance)
         c.ensure_rootfs(self._images)
         c.thaw()
+        self.plug_vifs(instance, network_info)
         c.start()
 
     def pause(self, instance):
@@ -439,3 +493,171 @@ class LXCDriver(driver.ComputeDriver):
     def resume(self, context, instance, network_info, block_device_info=None,
                share_info=None):
         self._existing(instance).thaw()
+
+    # -- networking: vif.py ------------------------------------------------
+
+    def plug_vifs(self, instance, network_info):
+        """Make and plug each VIF's veth pair where missing. Idempotent.
+
+        :raises InvalidInput, VirtualInterfacePlugException: vif.plug.
+        """
+        for vif in network_info or ():
+            vif_mod.plug(instance, vif)
+
+    def unplug_vifs(self, instance, network_info):
+        """:raises VirtualInterfaceUnplugException: vif.unplug."""
+        for vif in network_info or ():
+            vif_mod.unplug(instance, vif)
+
+    def _unplug_vifs(self, instance, network_info, nics=()):
+        """Unplug network_info's VIFs, then the rest of nics; quietly."""
+        for vif in network_info:
+            vif_mod.unplug(instance, vif, ignore_errors=True)
+        unplugged = {vif['id'] for vif in network_info}
+        vif_mod.remove_leftovers(
+            [nic for nic in nics if nic.port_id not in unplugged])
+
+    def _neutron_failed_callback(self, event_name, instance):
+        LOG.error('Neutron reported failure on event %s', event_name,
+                  instance=instance)
+        if CONF.vif_plugging_is_fatal:
+            raise nova_exc.VirtualInterfaceCreateException()
+
+    def _plug_vifs_and_wait(self, instance, network_info, power_on):
+        """Plug the VIFs; return once Neutron reports the down ones up.
+
+        Nova's libvirt driver's rule (_create_guest_with_network): wait
+        for network-vif-plugged of each VIF not active yet, only before a
+        start and with [DEFAULT] vif_plugging_timeout set; a failure event
+        or a timeout is fatal if vif_plugging_is_fatal, else logged.
+
+        :raises VirtualInterfaceCreateException: a fatal failure.
+        """
+        timeout = CONF.vif_plugging_timeout
+        events = (vif_mod.neutron_events(network_info)
+                  if power_on and timeout else [])
+        try:
+            with self.virtapi.wait_for_instance_event(
+                    instance, events, timeout=timeout,
+                    error_callback=self._neutron_failed_callback):
+                self.plug_vifs(instance, network_info)
+        except nova_exc.InstanceEventTimeout:
+            if CONF.vif_plugging_is_fatal:
+                raise nova_exc.VirtualInterfaceCreateException()
+            LOG.warning('Neutron did not report VIFs %s plugged within '
+                        '%ss; starting anyway (vif_plugging_is_fatal is '
+                        'False)', [tag for _name, tag in events], timeout,
+                        instance=instance)
+
+    def _replug_running(self, c, instance, network_info):
+        """Give a running container the NICs its config names.
+
+        A restart by LXC alone (a soft reboot) gives back only the NICs
+        its config had at lxc-start: the pairs of NICs attached since then
+        died with the old network namespace. Plug them again and move
+        their container ends in.
+        """
+        self.plug_vifs(instance, network_info)
+        _state, pid = c.state()
+        if pid is None:
+            return
+        for nic in c.nics():
+            if vif_mod.link_exists(nic.peer_dev):
+                vif_mod.hot_plug(pid, nic)
+
+    def attach_interface(self, context, instance, image_meta, vif):
+        """Plug vif and give the container a NIC for it, at once if running.
+
+        The NIC takes the first free ethN and stays in the config, so
+        restarts by Nova keep it (plug_vifs, _replug_running). A reboot
+        from inside the guest restarts it with the NICs LXC started it
+        with: one attached since then is back at the next start or reboot
+        through Nova.
+
+        :raises InstanceNotFound: no container for the instance.
+        :raises InterfaceAttachFailed: anything else; nothing is left.
+        """
+        c = self._existing(instance)
+        nics = c.nics()
+        if any(nic.port_id == vif['id'] for nic in nics):
+            LOG.info('Port %s is attached already', vif['id'],
+                     instance=instance)
+            return
+        try:
+            nic = vif_mod.nic_for(vif, len(nics), vif_mod.free_name(nics))
+            vif_mod.plug(instance, vif)
+            _state, pid = c.state()
+            if pid is not None:
+                vif_mod.hot_plug(pid, nic)
+            c.set_nics(nics + (nic,))
+        except Exception as e:
+            LOG.error('Attaching port %s failed: %s', vif['id'], e,
+                      instance=instance)
+            vif_mod.unplug(instance, vif, ignore_errors=True)
+            raise nova_exc.InterfaceAttachFailed(
+                instance_uuid=instance.uuid) from e
+        LOG.info('Port %s attached as %s', vif['id'], nic.name,
+                 instance=instance)
+
+    def detach_interface(self, context, instance, vif):
+        """Remove vif's NIC from the container and unplug it.
+
+        Deleting the host end of the pair takes the container end with
+        it, wherever it is.
+
+        :raises InstanceNotFound: no container for the instance.
+        :raises VirtualInterfaceUnplugException: unplugging failed.
+        """
+        c = self._existing(instance)
+        nics = c.nics()
+        kept = tuple(nic for nic in nics if nic.port_id != vif['id'])
+        if kept == nics:
+            LOG.warning('Port %s is not attached to the container',
+                        vif['id'], instance=instance)
+        try:
+            vif_mod.unplug(instance, vif)
+        finally:
+            if kept != nics:
+                c.set_nics(kept)
+
+    # -- diagnostics and host figures ------------------------------------
+
+    def _diagnostics_sample(self, instance):
+        """(diagnostics.Sample, Nova power state) of the instance.
+
+        :raises InstanceNotFound: no container for the instance.
+        """
+        c = self._existing(instance)
+        power = self.get_info(instance).state
+        try:
+            _state, pid = c.state()
+        except exception.ContainerNotFound:
+            raise nova_exc.InstanceNotFound(instance_id=instance.uuid)
+        sample = diagnostics.sample(c.name, pid, host_mod.cgroup_version(),
+                                    disks=diagnostics.disks_of(c.rootfs()))
+        return sample, power
+
+    def get_instance_diagnostics(self, instance):
+        """CPU, memory, disk and NIC figures of the container.
+
+        :returns: nova.objects.Diagnostics (diagnostics.to_diagnostics).
+        :raises InstanceNotFound: no container for the instance.
+        """
+        sample, power = self._diagnostics_sample(instance)
+        return diagnostics.to_diagnostics(sample, power)
+
+    def get_diagnostics(self, instance):
+        """The same figures as a dict in libvirt's keys (to_dict).
+
+        :raises InstanceNotFound: no container for the instance.
+        """
+        sample, _power = self._diagnostics_sample(instance)
+        return diagnostics.to_dict(sample)
+
+    def get_host_cpu_stats(self):
+        """Host CPU times (ns) and frequency (MHz), for Nova's CPU monitor."""
+        return diagnostics.host_cpu_stats()
+
+    def get_host_uptime(self):
+        """uptime(1)'s line, as libvirt returns it."""
+        return diagnostics.host_uptime()

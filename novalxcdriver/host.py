@@ -15,7 +15,9 @@ from novalxcdriver import lxc
 # What the driver runs (lxc.py) and what newuidmap-based idmaps need.
 REQUIRED_TOOLS = ('lxc-start', 'lxc-stop', 'lxc-info', 'lxc-ls',
                   'lxc-freeze', 'lxc-unfreeze', 'unshare', 'newuidmap',
-                  'newgidmap', 'losetup', 'mkfs.ext4', 'lxcfs')
+                  'newgidmap', 'losetup', 'mkfs.ext4', 'lxcfs',
+                  # NICs (vif.py); ethtool for Open vSwitch userspace.
+                  'ip', 'nsenter', 'ethtool')
 
 
 def cpu_count():

@@ -9,6 +9,7 @@ leftover directory keeps its ID from being reused)::
       work/        overlay's work directory
     ephemeral.img  the ephemeral disk, when the flavor has one
     ephemeral/     its mount point, bind-mounted on /mnt in the container
+    *.img.iostat   each disk's loop device I/O counters when attached
     lower/         idmapped, read-only view of the cached image's rootfs
     merged/        the overlay: lxc.rootfs.path
 
@@ -27,6 +28,7 @@ from oslo_log import log as logging
 
 from novalxcdriver import disk
 from novalxcdriver import exception
+from novalxcdriver import images
 from novalxcdriver import lxc
 from novalxcdriver import mount
 
@@ -98,8 +100,42 @@ class Rootfs:
         if self.merged not in points:
             mount.overlay(self.lower, self.upper, self.work, self.merged)
 
+    def write_etc_file(self, name, text, idmap):
+        """Write /etc/<name> of the container, owned by its root, 0644.
+
+        Paths resolve as inside the container (images.resolve_in_root), so
+        a hostile image's links cannot lead the write out of its root; an
+        image with no /etc directory is left as it is. The root must be
+        mounted and the container stopped.
+        """
+        etc = images.resolve_in_root(self.merged, '/etc')
+        if etc is None or os.path.islink(etc) or not os.path.isdir(etc):
+            LOG.info('No /etc in the root of container ID %d; %s not '
+                     'written', self.cid, name)
+            return
+        dir_fd = os.open(etc, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError:
+                LOG.info('/etc/%s is a directory in the root of container '
+                         'ID %d; left as it is', name, self.cid)
+                return
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                         os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
+            with os.fdopen(fd, 'w') as f:
+                os.fchown(fd, idmap.uid_start, idmap.gid_start)
+                f.write(text)
+        finally:
+            os.close(dir_fd)
+
     def unmount(self):
         mount.unmount_tree(self.path)
+        # A crash between losetup and the mount leaves a loop device.
+        for d in (self.root_disk, self.ephemeral_disk):
+            d.detach_loops()
 
     def destroy(self):
         """Unmount and delete everything of this root. Idempotent.

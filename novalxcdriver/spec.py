@@ -6,13 +6,15 @@ instance and the driver's choices (container ID, idmap, image), and
 (keys from lxc.container.conf(5), LXC 5). The same text carries the
 container's own record (Nova instance UUID, host, container ID, image), as
 comment lines, so a crashed host can be reconciled from the files alone;
-``parse_record`` is the one reader of that record.
+``parse_record`` is the one reader of that record, ``parse_nics`` the one
+reader of the container's NICs.
 """
 
 import dataclasses
 import re
 
 from novalxcdriver import exception
+from novalxcdriver import host
 from novalxcdriver import ids
 from novalxcdriver import limits as limits_mod
 
@@ -25,6 +27,16 @@ _HOSTNAME_RE = re.compile(
     r'(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\Z')
 _RECORD_PREFIX = '# novalxc.'
 
+# What lxcfs serves per container (lxcfs(1)), bound over the container's own.
+LXCFS_FILES = tuple('proc/' + f for f in (
+    'cpuinfo', 'diskstats', 'loadavg', 'meminfo', 'slabinfo', 'stat',
+    'swaps', 'uptime')) + ('sys/devices/system/cpu',)
+_NIC_RECORD = _RECORD_PREFIX + 'nic.'
+_NIC_KEY_RE = re.compile(r'^lxc\.net\.(\d+)\.([a-z.]+)\Z')
+# Each NIC's own record, beside its lxc.net keys: what LXC does not know.
+_NIC_RECORD_FIELDS = ('port_id', 'host_dev', 'kind', 'bridge')
+NIC_KINDS = ('bridge', 'ovs')
+
 # Signals that make each kind of init halt and reboot cleanly
 # (lxc.signal.halt / lxc.signal.reboot): systemd(1) "Signals",
 # busybox init.c, sysvinit's LXC defaults.
@@ -33,6 +45,38 @@ INIT_SIGNALS = {
     'busybox': ('SIGUSR1', 'SIGTERM'),
     'sysvinit': ('SIGPWR', 'SIGINT'),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class NicSpec:
+    """One NIC of the container: a veth pair, one end on each side.
+
+    The driver makes the pair and plugs the host end (vif.plug); LXC moves
+    the container end in at each start as a ``phys`` NIC and hands it back
+    to the host at each stop (lxc.container.conf(5), "NETWORK"), so the
+    pair, its place on the bridge and its settings outlive restarts.
+
+    :ivar index: the N of the lxc.net.N keys.
+    :ivar name: its name inside the container (eth0, eth1, ...).
+    :ivar mac: the Neutron port's MAC address (lower case).
+    :ivar mtu: MTU of both ends, bytes.
+    :ivar host_dev: the host end, named after the VIF (its devname).
+    :ivar peer_dev: the container end's name while it is on the host
+        (lxc.net.N.link).
+    :ivar kind: 'bridge' (a Linux bridge) or 'ovs' (Open vSwitch).
+    :ivar bridge: the bridge the host end is plugged into.
+    :ivar port_id: the Neutron port, Nova's VIF id.
+    """
+
+    index: int
+    name: str
+    mac: str
+    mtu: int
+    host_dev: str
+    peer_dev: str
+    kind: str
+    bridge: str
+    port_id: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +98,9 @@ class ContainerSpec:
     :ivar cgroup_version: the host's cgroup layout, 1 or 2.
     :ivar swap_accounting: whether the host's memory cgroups limit swap.
     :ivar ephemeral: host directory bind-mounted on /mnt, or None.
+    :ivar nics: tuple of NicSpec, in lxc.net index order.
+    :ivar config_drive: host directory holding the config drive's files,
+        bind-mounted read-only on /config-drive, or None.
     """
 
     name: str
@@ -71,6 +118,8 @@ class ContainerSpec:
     cgroup_version: int = 1
     ephemeral: object = None
     swap_accounting: bool = True
+    nics: tuple = ()
+    config_drive: object = None
 
     @property
     def config_path(self):
@@ -125,6 +174,15 @@ def render_config(spec):
         # seccomp, /proc and /sys, and the lxcfs hooks (common.conf.d).
         ('lxc.include', '/usr/share/lxc/config/common.conf'),
         ('lxc.include', '/usr/share/lxc/config/userns.conf'),
+        # Debian's lxcfs hooks (common.conf.d/00-lxcfs.conf) run a shell
+        # script of some 20 processes per start and sleep 0.5 s per stop;
+        # plain bind mounts of lxcfs's files do the same job in no time.
+        ('lxc.hook.mount', ''),
+        ('lxc.hook.post-stop', ''),
+    ] + [
+        ('lxc.mount.entry', '%s/%s %s none bind,optional 0 0'
+         % (host.LXCFS_MOUNT, path, path)) for path in LXCFS_FILES
+    ] + [
         ('lxc.arch', 'linux64'),
         ('lxc.uts.name', spec.hostname),
         ('lxc.rootfs.path', 'dir:' + spec.rootfs),
@@ -134,8 +192,8 @@ def render_config(spec):
         # namespace, seccomp, dropped capabilities and cgroups.
         ('lxc.apparmor.profile', 'unconfined'),
         ('lxc.autodev', '1'),
-        # Only a loopback until VIFs are plugged.
-        ('lxc.net.0.type', 'empty'),
+        # The NICs, or a loopback only (render_nics).
+        ('lxc.net', None),
         ('lxc.signal.halt', halt),
         ('lxc.signal.reboot', reboot),
         ('lxc.console.logfile', spec.console_log),
@@ -150,12 +208,122 @@ def render_config(spec):
         # Where cloud-init and Nova's other drivers put the ephemeral disk.
         keys.append(('lxc.mount.entry',
                      '%s mnt none bind,create=dir 0 0' % spec.ephemeral))
+    if spec.config_drive:
+        # Where cloud-init's ConfigDrive datasource looks in a container
+        # (and nova-lxd put it); read-only, as a config drive is.
+        keys.append(('lxc.mount.entry',
+                     '%s config-drive none bind,ro,create=dir 0 0'
+                     % spec.config_drive))
     lines = ['# Written by novalxcdriver; changes are lost on rebuild.']
     lines += ['%s%s = %s' % (_RECORD_PREFIX, k, v) for k, v in record]
-    lines += ['%s = %s' % (k, v) for k, v in keys]
+    for k, v in keys:
+        if k == 'lxc.net':
+            lines += render_nics(spec.nics)
+        else:
+            lines.append('%s = %s' % (k, v))
+    _check_lines(lines)
+    return '\n'.join(lines) + '\n'
+
+
+def _check_lines(lines):
     for line in lines:
         if '\n' in line or '\r' in line:
             raise ValueError('newline in lxc config line %r' % line)
+
+
+def render_nics(nics):
+    """The config lines of the container's NICs (lxc.container.conf(5)).
+
+    Each NIC is a ``phys`` device: the container end of its veth pair,
+    moved in by LXC with its name, MAC and MTU, and brought up. No NIC:
+    ``lxc.net.0.type = empty``, a network namespace with a loopback only.
+
+    :param nics: tuple of NicSpec.
+    :returns: list of lines, without newlines.
+    """
+    if not nics:
+        return ['lxc.net.0.type = empty']
+    lines = []
+    for i, nic in enumerate(nics):
+        for value in dataclasses.astuple(nic):
+            # One word each: the record and lxc.conf split on blanks.
+            if (not str(value) or '=' in str(value) or
+                    len(str(value).split()) != 1):
+                raise ValueError('bad value %r in NIC %s' % (value, nic))
+        if nic.index != i or nic.kind not in NIC_KINDS:
+            raise ValueError('NIC %s at position %d: index %d, kind %s'
+                             % (nic.name, i, nic.index, nic.kind))
+        lines.append('%s%d = %s' % (_NIC_RECORD, i, ' '.join(
+            '%s=%s' % (f, getattr(nic, f)) for f in _NIC_RECORD_FIELDS)))
+        lines += ['lxc.net.%d.%s = %s' % (i, k, v) for k, v in (
+            ('type', 'phys'),
+            ('link', nic.peer_dev),
+            ('name', nic.name),
+            ('hwaddr', nic.mac),
+            ('mtu', nic.mtu),
+            ('flags', 'up'),
+        )]
+    return lines
+
+
+def parse_nics(config_text):
+    """The NICs of a rendered config, the one reader of render_nics' lines.
+
+    :returns: tuple of NicSpec in index order (empty with no NIC).
+    :raises ValueError: a NIC lacks a key or its record.
+    """
+    keys = {}
+    for line in config_text.splitlines():
+        if line.startswith(_NIC_RECORD):
+            index, _sep, fields = line[len(_NIC_RECORD):].partition(' = ')
+            keys.setdefault(int(index), {}).update(
+                f.split('=', 1) for f in fields.split())
+            continue
+        key, sep, value = line.partition(' = ')
+        match = _NIC_KEY_RE.match(key) if sep else None
+        if match:
+            keys.setdefault(int(match.group(1)), {})[match.group(2)] = value
+    nics = []
+    for index in sorted(keys):
+        k = keys[index]
+        if k.get('type') == 'empty':
+            continue
+        try:
+            nics.append(NicSpec(
+                index=index, name=k['name'], mac=k['hwaddr'],
+                mtu=int(k['mtu']), host_dev=k['host_dev'],
+                peer_dev=k['link'], kind=k['kind'], bridge=k['bridge'],
+                port_id=k['port_id']))
+        except (KeyError, ValueError) as e:
+            raise ValueError('NIC %d of the config is incomplete: %s'
+                             % (index, e))
+    return tuple(nics)
+
+
+def with_nics(config_text, nics):
+    """config_text with its NIC lines replaced by those of nics.
+
+    The new lines take the place of the old ones; every other line stays.
+    The NICs are renumbered 0..n-1 in their order (their names stay).
+
+    :param nics: iterable of NicSpec.
+    :returns: the new config text.
+    """
+    new = render_nics(tuple(dataclasses.replace(nic, index=i)
+                            for i, nic in enumerate(nics)))
+    _check_lines(new)
+    lines = []
+    placed = False
+    for line in config_text.splitlines():
+        key = line.partition(' = ')[0]
+        if line.startswith(_NIC_RECORD) or _NIC_KEY_RE.match(key):
+            if not placed:
+                lines += new
+                placed = True
+            continue
+        lines.append(line)
+    if not placed:
+        lines += new
     return '\n'.join(lines) + '\n'
 
 
@@ -167,6 +335,8 @@ def parse_record(config_text):
     """
     record = {}
     for line in config_text.splitlines():
+        if line.startswith(_NIC_RECORD):
+            continue
         if line.startswith(_RECORD_PREFIX) and '=' in line:
             key, _sep, value = line[len(_RECORD_PREFIX):].partition('=')
             record[key.strip()] = value.strip()
@@ -180,7 +350,7 @@ def parse_record(config_text):
 
 def build(instance, host, cid, idmap, image, container_dir, rootfs,
           console_log_size, limits, cgroup_version=1, ephemeral=None,
-          swap_accounting=True):
+          swap_accounting=True, nics=(), config_drive=None):
     """Describe the container of a Nova instance.
 
     :param instance: nova.objects.Instance (name, uuid, hostname are read).
@@ -189,6 +359,8 @@ def build(instance, host, cid, idmap, image, container_dir, rootfs,
         lxc.container.conf(5) asks for lxc.console.size.
     :param limits: limits.Limits of the container.
     :param ephemeral: host directory of the ephemeral disk, or None.
+    :param nics: tuple of NicSpec (vif.nics_for).
+    :param config_drive: host directory of the config drive, or None.
     :raises InvalidContainerName: instance.name is not a safe LXC name.
     """
     return ContainerSpec(
@@ -207,4 +379,6 @@ def build(instance, host, cid, idmap, image, container_dir, rootfs,
         cgroup_version=cgroup_version,
         ephemeral=ephemeral,
         swap_accounting=swap_accounting,
+        nics=tuple(nics),
+        config_drive=config_drive,
     )

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Set up the host and run every test suite: style, unit, and functional
-# (real LXC containers, busybox and Debian 12 roots). Run as root.
+# Set up the host and run every test suite: style, unit, functional (real
+# LXC containers, busybox and Debian 12 roots, Linux bridge and Open vSwitch
+# NICs). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/test-setup.sh
+# The Open vSwitch tests get a private userspace OVS of their own.
+NOVALXC_TEST_OVSDB=$(bash tools/test-ovs.sh start)
+export NOVALXC_TEST_OVSDB
+trap 'bash tools/test-ovs.sh stop' EXIT
 python3 -m tox -e pep8,unit,functional "$@"

@@ -13,7 +13,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     lxc uidmap debootstrap busybox-static lxcfs zstd xz-utils bzip2 \
-    attr ca-certificates git >/dev/null
+    attr ca-certificates git iproute2 ethtool openvswitch-switch >/dev/null
 
 # Unprivileged containers take their uid/gid ranges from root's subordinate
 # ranges (subuid(5)); without one, newuidmap refuses every mapping.

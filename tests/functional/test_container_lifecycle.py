@@ -260,6 +260,9 @@ class DebianTest(base.FunctionalTestCase):
         self.assertIn('multi-user.target', self.attach(
             instance.name, 'systemctl', 'list-units', '--type=target',
             '--state=active', '--no-legend').stdout)
+        # systemd kept the instance's hostname (the image says 'vm' or so).
+        self.assertEqual(instance.hostname, self.attach(
+            instance.name, 'hostname').stdout.strip())
         # Container root is not host root.
         pid = self.lxc_pid(instance.name)
         self.assertNotEqual(0, os.stat('/proc/%d' % pid).st_uid)

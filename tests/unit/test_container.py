@@ -520,3 +520,45 @@ class RecordsTest(_Base):
         self.assertRaises(exception.InvalidContainerName,
                           container_mod.Container, '../x', UUID,
                           self.lxc_path, self.state_path, self.ids)
+
+
+class NicsTest(_Base):
+    """The NICs the config names, read and rewritten; reboot's hook."""
+
+    def nic(self, index, port_id):
+        return spec_mod.NicSpec(
+            index=index, name='eth%d' % index,
+            mac='fa:16:3e:00:00:0%d' % index,
+            mtu=1500, host_dev='tap' + port_id, peer_dev='nlx' + port_id,
+            kind='bridge', bridge='br0', port_id=port_id)
+
+    def test_none_without_config(self):
+        self.assertEqual((), self.c.nics())
+
+    def test_set_and_read_back(self):
+        self.make_container()
+        self.assertEqual((), self.c.nics())
+        nics = (self.nic(0, 'a'), self.nic(1, 'b'))
+        self.c.set_nics(nics)
+        self.assertEqual(nics, self.c.nics())
+        self.c.set_nics(nics[1:])
+        (left,) = self.c.nics()
+        self.assertEqual((0, 'eth1', 'b'),
+                         (left.index, left.name, left.port_id))
+        # The rest of the config and its record are untouched.
+        self.assertEqual(UUID, self.c.record()['instance_uuid'])
+        self.assertFalse(os.path.exists(self.c.config_path + '.tmp'))
+
+    def test_hard_reboot_calls_before_start_between_kill_and_start(self):
+        self.make_container()
+        before = mock.Mock(side_effect=lambda: self.assertEqual(
+            ['kill'], self.lxc_calls()))
+        self.c.reboot(soft=False, timeout=60, before_start=before)
+        before.assert_called_once_with()
+        self.assertEqual(['kill', 'start'], self.lxc_calls())
+
+    def test_soft_reboot_does_not_call_before_start(self):
+        self.make_container()
+        before = mock.Mock()
+        self.c.reboot(soft=True, timeout=60, before_start=before)
+        before.assert_not_called()

@@ -31,7 +31,9 @@ from novalxcdriver import ids
 from novalxcdriver import limits
 from novalxcdriver import lxc
 from novalxcdriver import spec as spec_mod
+from novalxcdriver import vif as vif_mod
 from tests.unit import test_images
+from tests.unit import test_vif
 
 UUID = '0d7c2b1e-5a3f-4c9b-8e21-7f6a5b4c3d2e'
 UUID2 = '9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d'
@@ -105,7 +107,9 @@ class _Base(base.BaseTestCase):
             side_effect=lambda ctx, image_id, dest:
                 test_images.write_rootfs_tarball(dest))
 
-        self.drv = driver.LXCDriver(mock.Mock())
+        # MagicMock: wait_for_instance_event is a context manager.
+        self.virtapi = mock.MagicMock()
+        self.drv = driver.LXCDriver(self.virtapi)
         self.events = []
         self.drv.register_event_listener(self.events.append)
 
@@ -198,7 +202,8 @@ class CapabilitiesTest(base.BaseTestCase):
     def test_honest(self):
         caps = driver.LXCDriver.capabilities
         self.assertTrue(caps['supports_image_type_raw'])
-        for key in ('supports_attach_interface', 'has_imagecache',
+        self.assertTrue(caps['supports_attach_interface'])
+        for key in ('has_imagecache',
                     'supports_evacuate', 'supports_migrate_to_same_host',
                     'supports_multiattach', 'supports_trusted_certs',
                     'supports_extend_volume', 'supports_pcpus',
@@ -358,11 +363,14 @@ class SpawnTest(_Base):
         self.assertIn('/sbin/init', str(e))
         self.assert_nothing_created()
 
-    def test_vifs_refused(self):
+    def test_unsupported_vif_type_refused_before_anything(self):
         network_info = network_model.NetworkInfo([
-            network_model.VIF(id='4e2a7b3c-0000-4000-8000-00000000000a')])
-        self.assertRaises(nova_exc.InvalidInput, self.spawn, self.instance(),
-                          network_info=network_info)
+            network_model.VIF(id='4e2a7b3c-0000-4000-8000-00000000000a',
+                              address='fa:16:3e:00:00:01',
+                              type='vhostuser')])
+        e = self.assertRaises(nova_exc.InvalidInput, self.spawn,
+                              self.instance(), network_info=network_info)
+        self.assertIn("vif_type 'vhostuser'", str(e))
         self.fetch.assert_not_called()
         self.assert_nothing_created()
 
@@ -427,7 +435,7 @@ class SpawnTest(_Base):
         call = self.spawn_recording_create(instance)
         self.assertEqual(2, call.kwargs['root_gb'])
         self.assertEqual(0, call.kwargs['ephemeral_gb'])
-        self.assertNotIn('lxc.mount.entry', self.config(instance))
+        self.assertNotIn(' mnt none ', self.config(instance))
 
     def test_ephemeral_bind_mounted_on_mnt(self):
         instance = self.instance(ephemeral_gb=1)
@@ -765,3 +773,344 @@ class StateChangedTest(_Base):
     def test_unknown_container_ignored(self):
         self.assertEqual([], self.changed('RUNNING', 'STOPPED',
                                           name='handmade'))
+
+
+class NetworkingTest(_Base):
+    """VIFs: spawn's plug and wait, destroy's unplug, hot-plug.
+
+    The vif module's host side (plug, unplug, hot_plug, remove_leftovers)
+    is mocked; its pure parts run.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.init_host()
+        self.vif = mock.Mock()
+        for name in ('plug', 'unplug', 'hot_plug', 'remove_leftovers',
+                     'link_exists'):
+            setattr(self.vif, name, self.patch('novalxcdriver.vif.' + name))
+        self.vif.link_exists.return_value = False
+        # One record of plugs, waits and starts, in order.
+        self.calls = mock.Mock()
+        self.calls.attach_mock(self.vif.plug, 'plug')
+        self.calls.attach_mock(self.lxc.start, 'start')
+        self.wait = self.virtapi.wait_for_instance_event
+        self.wait.return_value.__enter__.side_effect = (
+            lambda: self.calls.wait_enter())
+        # A false __exit__: exceptions of the block go through.
+        self.wait.return_value.__exit__.side_effect = (
+            lambda *exc: self.calls.wait_exit() and False)
+        self.network_info = network_model.NetworkInfo([
+            test_vif.ovs_vif(test_vif.PORT, active=False),
+            test_vif.bridge_vif(test_vif.PORT2, active=True)])
+
+    def config(self, instance):
+        with open(os.path.join(self.lxc_path, instance.name,
+                               'config')) as f:
+            return f.read()
+
+    def reset_vif(self):
+        for name in ('plug', 'unplug', 'hot_plug', 'remove_leftovers'):
+            getattr(self.vif, name).reset_mock()
+
+    def assert_nothing_created(self):
+        self.assertEqual({}, self.drv._ids.reservations())
+        self.assertEqual([], os.listdir(self.lxc_path))
+        self.lxc.start.assert_not_called()
+
+    def test_spawn_plugs_waits_then_starts(self):
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info)
+        # Only the VIF Neutron has not reported up is waited for.
+        self.wait.assert_called_once_with(
+            instance, [('network-vif-plugged', test_vif.PORT)], timeout=300,
+            error_callback=self.drv._neutron_failed_callback)
+        self.assertEqual([
+            mock.call.wait_enter(),
+            mock.call.plug(instance, self.network_info[0]),
+            mock.call.plug(instance, self.network_info[1]),
+            mock.call.wait_exit(),
+            mock.call.start(instance.name, self.lxc_path),
+        ], self.calls.mock_calls)
+
+    def test_spawn_writes_nics(self):
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info)
+        nics = spec_mod.parse_nics(self.config(instance))
+        self.assertEqual(vif_mod.nics_for(self.network_info), nics)
+        self.assertEqual(['eth0', 'eth1'], [n.name for n in nics])
+
+    def test_no_wait_without_start_or_timeout(self):
+        self.spawn(self.instance(), network_info=self.network_info,
+                   power_on=False)
+        self.assertEqual([], self.wait.call_args.args[1])
+        self.assertEqual(2, self.vif.plug.call_count)
+        self.cfg.config(vif_plugging_timeout=0)
+        self.wait.reset_mock()
+        self.spawn(self.instance(uuid=UUID2, id=2),
+                   network_info=self.network_info)
+        self.assertEqual([], self.wait.call_args.args[1])
+
+    def test_no_vif_no_event(self):
+        self.spawn(self.instance(), network_info=network_model.NetworkInfo())
+        self.assertEqual([], self.wait.call_args.args[1])
+        self.vif.plug.assert_not_called()
+
+    def _time_out(self):
+        self.wait.return_value.__exit__.side_effect = (
+            nova_exc.InstanceEventTimeout())
+
+    def test_timeout_fatal_leaves_nothing(self):
+        self._time_out()
+        instance = self.instance()
+        self.assertRaises(nova_exc.VirtualInterfaceCreateException,
+                          self.spawn, instance,
+                          network_info=self.network_info)
+        self.assert_nothing_created()
+        self.assertEqual(
+            [mock.call(instance, v, ignore_errors=True)
+             for v in self.network_info],
+            self.vif.unplug.call_args_list)
+        self.vif.remove_leftovers.assert_called_once_with([])
+
+    def test_timeout_not_fatal_starts(self):
+        self.cfg.config(vif_plugging_is_fatal=False)
+        self._time_out()
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info)
+        self.lxc.start.assert_called_once_with(instance.name, self.lxc_path)
+        self.vif.unplug.assert_not_called()
+
+    def test_neutron_failure_callback(self):
+        instance = self.instance()
+        self.assertRaises(nova_exc.VirtualInterfaceCreateException,
+                          self.drv._neutron_failed_callback,
+                          'network-vif-plugged', instance)
+        self.cfg.config(vif_plugging_is_fatal=False)
+        self.assertIsNone(self.drv._neutron_failed_callback(
+            'network-vif-plugged', instance))
+
+    def test_plug_failure_unplugs_all(self):
+        self.vif.plug.side_effect = [
+            None, nova_exc.VirtualInterfacePlugException('no bridge')]
+        instance = self.instance()
+        self.assertRaises(nova_exc.VirtualInterfacePlugException,
+                          self.spawn, instance,
+                          network_info=self.network_info)
+        self.assert_nothing_created()
+        self.assertEqual(2, self.vif.unplug.call_count)
+
+    def test_failure_before_plugging_unplugs_nothing(self):
+        # A flavor larger than the host fails before any VIF is plugged:
+        # nothing to unplug (nor an OVSDB to wait for).
+        self.assertRaises(nova_exc.InvalidInput, self.spawn,
+                          self.instance(memory_mb=32000),
+                          network_info=self.network_info)
+        self.assert_nothing_created()
+        self.vif.plug.assert_not_called()
+        self.vif.unplug.assert_not_called()
+
+    def test_destroy_survives_unreadable_nics(self):
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info)
+        with open(os.path.join(self.lxc_path, instance.name, 'config'),
+                  'a') as f:
+            f.write('lxc.net.7.type = phys\n')
+        self.drv.destroy(self.context, instance, self.network_info)
+        self.assertFalse(self.drv.instance_exists(instance))
+        self.assertEqual(2, self.vif.unplug.call_count)
+
+    def test_destroy_unplugs_and_removes_leftovers(self):
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info)
+        nics = vif_mod.nics_for(self.network_info)
+        self.drv.destroy(self.context, instance, self.network_info[:1])
+        self.vif.unplug.assert_called_once_with(
+            instance, self.network_info[0], ignore_errors=True)
+        # The NIC Nova did not name goes by the config's record.
+        self.vif.remove_leftovers.assert_called_once_with([nics[1]])
+        self.assertFalse(self.drv.instance_exists(instance))
+
+    def test_cleanup_can_keep_vifs(self):
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info)
+        self.drv.cleanup(self.context, instance, self.network_info,
+                         destroy_vifs=False)
+        self.vif.unplug.assert_not_called()
+        self.vif.remove_leftovers.assert_not_called()
+        self.assertFalse(self.drv.instance_exists(instance))
+
+    def test_plug_and_unplug_vifs(self):
+        instance = self.instance()
+        self.drv.plug_vifs(instance, self.network_info)
+        self.drv.unplug_vifs(instance, self.network_info)
+        self.assertEqual(
+            [mock.call(instance, v) for v in self.network_info],
+            self.vif.plug.call_args_list)
+        self.assertEqual(
+            [mock.call(instance, v) for v in self.network_info],
+            self.vif.unplug.call_args_list)
+
+    def test_power_on_plugs_first(self):
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info, power_on=False)
+        done = len(self.calls.mock_calls)
+        self.drv.power_on(self.context, instance, self.network_info)
+        self.assertEqual(['plug', 'plug', 'start'],
+                         [c[0] for c in self.calls.mock_calls[done:]])
+
+    def test_hard_reboot_plugs_between_kill_and_start(self):
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info)
+        self.calls.attach_mock(self.lxc.kill, 'kill')
+        done = len(self.calls.mock_calls)
+        self.drv.reboot(self.context, instance, self.network_info, 'HARD')
+        self.assertEqual(['kill', 'plug', 'plug', 'start', 'plug', 'plug'],
+                         [c[0] for c in self.calls.mock_calls[done:]])
+        self.vif.hot_plug.assert_not_called()
+
+    def test_soft_reboot_moves_lost_nics_back_in(self):
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info)
+        nics = vif_mod.nics_for(self.network_info)
+        # LXC gave back eth0 only: eth1's pair was made again on the host.
+        self.vif.link_exists.side_effect = lambda dev: dev == nics[1].peer_dev
+        self.drv.reboot(self.context, instance, self.network_info, 'SOFT')
+        self.lxc.reboot.assert_called_once()
+        self.vif.hot_plug.assert_called_once_with(4242, nics[1])
+
+    def _spawned_with_one(self, state='RUNNING'):
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info[:1],
+                   power_on=state == 'RUNNING')
+        self.reset_vif()
+        return instance
+
+    def test_attach_running(self):
+        instance = self._spawned_with_one()
+        new = self.network_info[1]
+        self.drv.attach_interface(self.context, instance, None, new)
+        self.vif.plug.assert_called_once_with(instance, new)
+        nic = vif_mod.nic_for(new, 1)
+        self.vif.hot_plug.assert_called_once_with(4242, nic)
+        self.assertEqual(['eth0', 'eth1'], [
+            n.name for n in spec_mod.parse_nics(self.config(instance))])
+
+    def test_attach_stopped_waits_for_start(self):
+        instance = self._spawned_with_one('STOPPED')
+        self.drv.attach_interface(self.context, instance, None,
+                                  self.network_info[1])
+        self.vif.plug.assert_called_once()
+        self.vif.hot_plug.assert_not_called()
+        self.assertEqual(2, len(spec_mod.parse_nics(self.config(instance))))
+
+    def test_attach_takes_first_free_name(self):
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info)
+        self.drv.detach_interface(self.context, instance,
+                                  self.network_info[0])
+        third = test_vif.ovs_vif('5a5a5a5a-0000-4000-8000-000000000003')
+        self.drv.attach_interface(self.context, instance, None, third)
+        self.assertEqual([('eth1', test_vif.PORT2), ('eth0', third['id'])], [
+            (n.name, n.port_id)
+            for n in spec_mod.parse_nics(self.config(instance))])
+
+    def test_attach_failure_leaves_nothing(self):
+        instance = self._spawned_with_one()
+        before = self.config(instance)
+        self.vif.hot_plug.side_effect = exception.CommandFailed(
+            cmd='ip', exit_code=2, stderr='File exists')
+        new = self.network_info[1]
+        self.assertRaises(nova_exc.InterfaceAttachFailed,
+                          self.drv.attach_interface, self.context, instance,
+                          None, new)
+        self.vif.unplug.assert_called_once_with(instance, new,
+                                                ignore_errors=True)
+        self.assertEqual(before, self.config(instance))
+
+    def test_attach_unsupported_type(self):
+        instance = self._spawned_with_one()
+        self.assertRaises(nova_exc.InterfaceAttachFailed,
+                          self.drv.attach_interface, self.context, instance,
+                          None, test_vif.ovs_vif(test_vif.PORT2,
+                                                 type='vhostuser'))
+        self.vif.plug.assert_not_called()
+
+    def test_attach_twice_is_a_no_op(self):
+        instance = self._spawned_with_one()
+        self.drv.attach_interface(self.context, instance, None,
+                                  self.network_info[0])
+        self.vif.plug.assert_not_called()
+
+    def test_attach_to_missing_instance(self):
+        self.assertRaises(nova_exc.InstanceNotFound,
+                          self.drv.attach_interface, self.context,
+                          self.instance(), None, self.network_info[0])
+
+    def test_detach(self):
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info)
+        self.reset_vif()
+        self.drv.detach_interface(self.context, instance,
+                                  self.network_info[0])
+        self.vif.unplug.assert_called_once_with(instance,
+                                                self.network_info[0])
+        self.assertEqual([test_vif.PORT2], [
+            n.port_id for n in spec_mod.parse_nics(self.config(instance))])
+
+    def test_detach_unknown_port_still_unplugs(self):
+        instance = self._spawned_with_one()
+        before = self.config(instance)
+        self.drv.detach_interface(self.context, instance,
+                                  self.network_info[1])
+        self.vif.unplug.assert_called_once()
+        self.assertEqual(before, self.config(instance))
+
+    def test_detach_failure_still_forgets_the_nic(self):
+        instance = self._spawned_with_one()
+        self.vif.unplug.side_effect = (
+            nova_exc.VirtualInterfaceUnplugException(reason='x'))
+        self.assertRaises(nova_exc.VirtualInterfaceUnplugException,
+                          self.drv.detach_interface, self.context, instance,
+                          self.network_info[0])
+        self.assertEqual((), spec_mod.parse_nics(self.config(instance)))
+
+
+class ConfigDriveTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.init_host()
+        self.write = self.patch('novalxcdriver.configdrive.write')
+
+    def config(self, instance):
+        with open(os.path.join(self.lxc_path, instance.name,
+                               'config')) as f:
+            return f.read()
+
+    def test_written_and_mounted_when_asked(self):
+        instance = self.instance(config_drive='True')
+        network_info = network_model.NetworkInfo()
+        self.drv.spawn(self.context, instance, self.image_meta(),
+                       [('/etc/motd', 'hi')], 'secret', {},
+                       network_info=network_info)
+        path = os.path.join(self.state_path, 'rootfs', '0', 'config-drive')
+        self.write.assert_called_once_with(
+            path, instance, [('/etc/motd', 'hi')], 'secret', network_info,
+            self.drv._ids.idmap(0))
+        self.assertIn('lxc.mount.entry = %s config-drive none '
+                      'bind,ro,create=dir 0 0' % path, self.config(instance))
+
+    def test_none_unless_asked(self):
+        instance = self.instance()
+        self.spawn(instance)
+        self.write.assert_not_called()
+        self.assertNotIn('config-drive', self.config(instance))
+
+    def test_failure_leaves_nothing(self):
+        self.write.side_effect = OSError('disk full')
+        self.assertRaises(OSError, self.spawn,
+                          self.instance(config_drive='True'))
+        self.assertEqual({}, self.drv._ids.reservations())
+        self.assertEqual([], os.listdir(self.lxc_path))
+        self.lxc.start.assert_not_called()

@@ -232,3 +232,58 @@ class ExistingIdsTest(_Base):
         for name in ('3', '12', 'tmp', '7x'):
             os.makedirs(os.path.join(self.state_path, 'rootfs', name))
         self.assertEqual({3, 12}, rootfs.existing_ids(self.state_path))
+
+
+class WriteEtcFileTest(_Base):
+    """write_etc_file stays inside the root whatever the image's links."""
+
+    IDMAP = ids.Idmap(uid_start=165536, gid_start=265536, size=65536)
+
+    def setUp(self):
+        super().setUp()
+        self.fchown = self.patch('os.fchown', autospec=True)
+        os.makedirs(self.root.merged)
+        self.outside = self.useFixture(fixtures.TempDir()).path
+
+    def test_writes_hostname_owned_by_container_root(self):
+        os.mkdir(os.path.join(self.root.merged, 'etc'))
+        with open(os.path.join(self.root.merged, 'etc', 'hostname'),
+                  'w') as f:
+            f.write('vm\n')
+        self.root.write_etc_file('hostname', 'web-1\n', self.IDMAP)
+        path = os.path.join(self.root.merged, 'etc', 'hostname')
+        with open(path) as f:
+            self.assertEqual('web-1\n', f.read())
+        self.assertEqual(0o644, os.stat(path).st_mode & 0o777)
+        self.fchown.assert_called_once_with(mock.ANY, 165536, 265536)
+
+    def test_absolute_etc_link_resolves_inside_the_root(self):
+        # /etc -> /srv/etc in the image: the host's /srv is never touched.
+        os.makedirs(os.path.join(self.root.merged, 'srv', 'etc'))
+        os.symlink('/srv/etc', os.path.join(self.root.merged, 'etc'))
+        self.root.write_etc_file('hostname', 'web-1\n', self.IDMAP)
+        self.assertTrue(os.path.exists(os.path.join(
+            self.root.merged, 'srv', 'etc', 'hostname')))
+
+    def test_file_link_pointing_out_is_replaced_not_followed(self):
+        victim = os.path.join(self.outside, 'victim')
+        with open(victim, 'w') as f:
+            f.write('keep')
+        os.mkdir(os.path.join(self.root.merged, 'etc'))
+        os.symlink(victim, os.path.join(self.root.merged, 'etc',
+                                        'hostname'))
+        self.root.write_etc_file('hostname', 'web-1\n', self.IDMAP)
+        with open(victim) as f:
+            self.assertEqual('keep', f.read())
+        path = os.path.join(self.root.merged, 'etc', 'hostname')
+        self.assertFalse(os.path.islink(path))
+
+    def test_no_etc_or_directory_in_the_way_is_left_alone(self):
+        self.root.write_etc_file('hostname', 'web-1\n', self.IDMAP)
+        self.assertFalse(os.path.exists(os.path.join(self.root.merged,
+                                                     'etc')))
+        os.makedirs(os.path.join(self.root.merged, 'etc', 'hostname'))
+        self.root.write_etc_file('hostname', 'web-1\n', self.IDMAP)
+        self.assertTrue(os.path.isdir(os.path.join(self.root.merged, 'etc',
+                                                   'hostname')))
+        self.fchown.assert_not_called()

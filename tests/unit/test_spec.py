@@ -168,7 +168,8 @@ class RenderConfigTest(base.BaseTestCase):
                               if k.startswith('lxc.cgroup.')])
 
     def test_no_ephemeral_no_mount_entry(self):
-        self.assertNotIn('lxc.mount.entry', self.single)
+        self.assertEqual([], [v for v in self.single['lxc.mount.entry']
+                              if ' mnt ' in v])
 
     def test_ephemeral_bind_mounted_on_mnt(self):
         pairs = config_keys(spec.render_config(
@@ -176,7 +177,22 @@ class RenderConfigTest(base.BaseTestCase):
         self.assertEqual(
             ['/var/lib/novalxc/rootfs/3/ephemeral mnt none bind,create=dir '
              '0 0'],
-            [v for k, v in pairs if k == 'lxc.mount.entry'])
+            [v for k, v in pairs
+             if k == 'lxc.mount.entry' and not v.startswith('/var/lib/lxcfs')])
+
+    def test_lxcfs_bound_without_debian_hooks(self):
+        pairs = config_keys(spec.render_config(make_spec()))
+        keys = [k for k, _v in pairs]
+        # The hooks are cleared after the includes that add them.
+        self.assertGreater(keys.index('lxc.hook.mount'),
+                           max(i for i, k in enumerate(keys)
+                               if k == 'lxc.include'))
+        self.assertEqual('', self.single['lxc.hook.post-stop'][0])
+        self.assertIn('/var/lib/lxcfs/proc/meminfo proc/meminfo none '
+                      'bind,optional 0 0', self.single['lxc.mount.entry'])
+        self.assertIn('/var/lib/lxcfs/sys/devices/system/cpu '
+                      'sys/devices/system/cpu none bind,optional 0 0',
+                      self.single['lxc.mount.entry'])
 
 
 class ParseRecordTest(base.BaseTestCase):
@@ -302,3 +318,122 @@ class FakeInstance:
 
     def __init__(self, name, uuid, hostname):
         self.name, self.uuid, self.hostname = name, uuid, hostname
+
+
+def make_nic(index=0, name=None, kind='ovs', port_id='4e2a7b3c-1111'):
+    return spec.NicSpec(
+        index=index, name=name or 'eth%d' % index,
+        mac='fa:16:3e:00:00:%02x' % index, mtu=1442,
+        host_dev='tap' + port_id[:11], peer_dev='nlx' + port_id[:11],
+        kind=kind, bridge='br-int' if kind == 'ovs' else 'br0',
+        port_id=port_id)
+
+
+class NicsTest(base.BaseTestCase):
+    """NICs rendered into lxc.net.N keys, read back, replaced."""
+
+    def setUp(self):
+        super().setUp()
+        self.nics = (make_nic(0, port_id='4e2a7b3c-1111'),
+                     make_nic(1, kind='bridge', port_id='9f8e7d6c-2222'))
+
+    def test_no_nic_is_loopback_only(self):
+        self.assertEqual(['lxc.net.0.type = empty'], spec.render_nics(()))
+
+    def test_phys_keys_per_nic(self):
+        pairs = config_keys('\n'.join(spec.render_nics(self.nics)))
+        self.assertEqual([
+            ('lxc.net.0.type', 'phys'),
+            ('lxc.net.0.link', 'nlx4e2a7b3c-11'),
+            ('lxc.net.0.name', 'eth0'),
+            ('lxc.net.0.hwaddr', 'fa:16:3e:00:00:00'),
+            ('lxc.net.0.mtu', '1442'),
+            ('lxc.net.0.flags', 'up'),
+            ('lxc.net.1.type', 'phys'),
+            ('lxc.net.1.link', 'nlx9f8e7d6c-22'),
+            ('lxc.net.1.name', 'eth1'),
+            ('lxc.net.1.hwaddr', 'fa:16:3e:00:00:01'),
+            ('lxc.net.1.mtu', '1442'),
+            ('lxc.net.1.flags', 'up'),
+        ], pairs)
+
+    def test_record_beside_keys(self):
+        lines = spec.render_nics(self.nics[:1])
+        self.assertEqual('# novalxc.nic.0 = port_id=4e2a7b3c-1111 '
+                         'host_dev=tap4e2a7b3c-11 kind=ovs bridge=br-int',
+                         lines[0])
+
+    def test_in_config_instead_of_empty(self):
+        text = spec.render_config(make_spec(nics=self.nics))
+        keys = dict(config_keys(text))
+        self.assertEqual('phys', keys['lxc.net.0.type'])
+        self.assertNotIn('empty', [v for k, v in config_keys(text)
+                                   if k.startswith('lxc.net.')])
+        # The record at the top is unchanged by NIC records.
+        self.assertEqual({'instance_uuid': UUID, 'host': 'compute-1',
+                          'id': 3, 'image_id': IMAGE_ID},
+                         spec.parse_record(text))
+
+    def test_round_trip(self):
+        text = spec.render_config(make_spec(nics=self.nics))
+        self.assertEqual(self.nics, spec.parse_nics(text))
+        self.assertEqual((), spec.parse_nics(
+            spec.render_config(make_spec())))
+        self.assertEqual((), spec.parse_nics(''))
+
+    def test_index_must_match_position(self):
+        self.assertRaises(ValueError, spec.render_nics,
+                          (make_nic(1),))
+
+    def test_unknown_kind_refused(self):
+        self.assertRaises(ValueError, spec.render_nics,
+                          (make_nic(kind='macvtap'),))
+
+    def test_blank_or_newline_values_refused(self):
+        for field, value in (('name', 'eth 0'), ('mac', 'x\nlxc.a = b'),
+                             ('bridge', ''), ('host_dev', 'a=b')):
+            nic = dataclasses.replace(make_nic(), **{field: value})
+            self.assertRaises(ValueError, spec.render_nics, (nic,))
+
+    def test_incomplete_nic_refused(self):
+        text = '\n'.join(spec.render_nics(self.nics[:1]))
+        broken = text.replace('lxc.net.0.hwaddr', 'lxc.net.0.hwaddrx')
+        self.assertRaises(ValueError, spec.parse_nics, broken)
+        no_record = '\n'.join(text.splitlines()[1:])
+        self.assertRaises(ValueError, spec.parse_nics, no_record)
+
+    def test_with_nics_replaces_in_place(self):
+        text = spec.render_config(make_spec())
+        added = spec.with_nics(text, self.nics)
+        self.assertEqual(self.nics, spec.parse_nics(added))
+        # Same lines around them, NICs where 'empty' was.
+        before = text.splitlines()
+        after = added.splitlines()
+        at = before.index('lxc.net.0.type = empty')
+        self.assertEqual(before[:at], after[:at])
+        self.assertEqual(before[at + 1:], after[at + 14:])
+        self.assertEqual(text, spec.with_nics(added, ()))
+
+    def test_with_nics_renumbers_and_keeps_names(self):
+        text = spec.render_config(make_spec(nics=self.nics))
+        left = spec.with_nics(text, self.nics[1:])
+        (nic,) = spec.parse_nics(left)
+        self.assertEqual((0, 'eth1'), (nic.index, nic.name))
+
+    def test_build_takes_nics(self):
+        s = make_spec(nics=self.nics)
+        self.assertEqual(self.nics, s.nics)
+        self.assertEqual((), make_spec().nics)
+
+
+class ConfigDriveTest(base.BaseTestCase):
+
+    def test_bound_read_only_on_config_drive(self):
+        text = spec.render_config(make_spec(
+            config_drive='/var/lib/novalxc/rootfs/3/config-drive'))
+        self.assertIn(('lxc.mount.entry',
+                       '/var/lib/novalxc/rootfs/3/config-drive config-drive '
+                       'none bind,ro,create=dir 0 0'), config_keys(text))
+
+    def test_none_without(self):
+        self.assertNotIn('config-drive', spec.render_config(make_spec()))

@@ -13,10 +13,15 @@ import subprocess
 import sys
 import tarfile
 import time
+from unittest import mock
 
+from nova.api.validation.extra_specs import validators
+from nova.tests.functional.api import client
 from nova.tests.functional import integrated_helpers
+from nova import utils
 
 from novalxcdriver import conf
+from novalxcdriver import extra_specs
 from novalxcdriver import mount
 from tests.functional import base
 from tests.functional import rootfs_images
@@ -26,7 +31,8 @@ CONF = conf.CONF
 API_ROOT = os.path.join(base.FUNC_ROOT, 'api-%d' % os.getpid())
 
 
-class LXCServersTest(integrated_helpers._IntegratedTestBase):
+class LXCAPITestCase(integrated_helpers._IntegratedTestBase):
+    """Nova's API and services, nova-compute running LXCDriver."""
 
     ADMIN_API = True
     microversion = 'latest'
@@ -106,6 +112,9 @@ class LXCServersTest(integrated_helpers._IntegratedTestBase):
                   if p.startswith(os.path.join(state, 'rootfs', str(cid)))]
         return found
 
+
+class LXCServersTest(LXCAPITestCase):
+
     def test_server_lifecycle_on_real_container(self):
         image_id = self._busybox_image()
         server = self._wait_for_state_change(self._boot(image_id), 'ACTIVE')
@@ -175,3 +184,73 @@ class LXCServersTest(integrated_helpers._IntegratedTestBase):
             os.path.join(CONF.lxc.lxc_path, name)))
         self.assertIsNone(
             self.compute.manager.driver._ids.find(server['id']))
+
+    def test_server_diagnostics(self):
+        server = self._wait_for_state_change(
+            self._boot(self._busybox_image()), 'ACTIVE')
+        name = server['OS-EXT-SRV-ATTR:instance_name']
+        flavor = server['flavor']  # Its figures, from microversion 2.47.
+        self._lxc('lxc-attach', name, '--', 'dd', 'if=/dev/zero',
+                  'of=/root/d', 'bs=64k', 'count=16', 'oflag=direct')
+
+        diags = self.api.get_server_diagnostics(server['id'])
+        self.assertEqual('running', diags['state'])
+        self.assertEqual(('libvirt', 'lxc', 'linux'),
+                         (diags['driver'], diags['hypervisor'],
+                          diags['hypervisor_os']))
+        self.assertEqual(flavor['ram'], diags['memory_details']['maximum'])
+        # The container's cgroup: named after it, but with a suffix when
+        # another test process runs a container of the same name.
+        with open('/proc/%d/cgroup' % self._pid(name)) as f:
+            memcg = [line.split(':')[2].strip() for line in f
+                     if line.split(':')[1] == 'memory'][0]
+        with open('/sys/fs/cgroup/memory%s/memory.limit_in_bytes' %
+                  memcg) as f:
+            self.assertEqual(flavor['ram'] << 20, int(f.read()))
+        self.assertGreater(diags['memory_details']['used'], 0)
+        self.assertEqual(flavor['vcpus'], diags['num_cpus'])
+        self.assertEqual(list(range(flavor['vcpus'])),
+                         [c['id'] for c in diags['cpu_details']])
+        self.assertGreater(sum(c['time'] for c in diags['cpu_details']), 0)
+        self.assertEqual([], diags['nic_details'])  # --nic none
+        # The root disk, when the flavor gives one.
+        self.assertEqual(1 if flavor['disk'] else 0, diags['num_disks'])
+        if flavor['disk']:
+            self.assertGreaterEqual(
+                diags['disk_details'][0]['write_bytes'], 1 << 20)
+
+        # Before 2.48: the driver's dict, libvirt's keys.
+        with utils.temporary_mutation(self.api, microversion='2.47'):
+            old = self.api.get_server_diagnostics(server['id'])
+        self.assertEqual(flavor['ram'] * 1024, old['memory'])
+        self.assertIn('cpu0_time', old)
+
+        # Nova asks only running servers.
+        server = self._action(server, {'os-stop': None}, 'SHUTOFF')
+        ex = self.assertRaises(client.OpenStackApiException,
+                               self.api.get_server_diagnostics, server['id'])
+        self.assertEqual(409, ex.response.status_code)
+
+    def test_bad_lxc_extra_spec_refused_when_set(self):
+        # An installed novalxcdriver registers its validators through the
+        # nova.api.extra_spec_validators entry point; from a source tree,
+        # register them as Nova's loader would.
+        registered = {v.name: v for v in extra_specs.register()}
+        self.useFixture(base.fixtures.MockPatchObject(
+            validators, 'NAMESPACES', validators.NAMESPACES | {'lxc'}))
+        patcher = mock.patch.dict(validators.VALIDATORS, registered)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+        flavor_id = self._create_flavor(memory_mb=128, vcpu=1, disk=1,
+                                        ephemeral=0)
+        for spec in ({'lxc:pids_max': '8'}, {'lxc:pids_max': 'many'},
+                     {'lxc:pid_max': '64'}):
+            ex = self.assertRaises(
+                client.OpenStackApiException, self.api.post_extra_spec,
+                flavor_id, {'extra_specs': spec})
+            self.assertEqual(400, ex.response.status_code)
+        self.api.post_extra_spec(flavor_id,
+                                 {'extra_specs': {'lxc:pids_max': '64'}})
+        self.assertEqual({'lxc:pids_max': '64'},
+                         self.api.get_extra_specs(flavor_id))

@@ -1,0 +1,302 @@
+"""The container's NICs: Nova's VIFs plugged on the host, one veth pair each.
+
+For each VIF of network_info the driver makes a veth pair. Its host end
+takes the VIF's devname (``tapXXXXXXXX-XX``) and is plugged into the VIF's
+bridge; its container end (``nlx`` + port id while on the host) carries the
+port's MAC and MTU and becomes ethN in the container: a ``phys`` NIC that
+LXC moves in at each start and gives back to the host at each stop
+(spec.NicSpec). The pair, its bridge port and its settings so outlive
+container restarts; they go when the VIF is unplugged.
+
+- vif_type ``ovs`` (Neutron ML2/OVN and ML2/OVS): os-vif's ``ovs`` plugin
+  adds the host end to the bridge (br-int) with the external_ids Neutron
+  binds by (iface-id, attached-mac, iface-status=active, vm-uuid), as
+  libvirt does for its taps; with ``ovs_hybrid_plug`` it makes the per-port
+  Linux bridge qbr... linked to br-int, and the host end joins qbr. On a
+  userspace (netdev) datapath the container end checksums in software
+  (lxc.disable_tx_checksum), or TCP stalls.
+- vif_type ``bridge``: the host end joins the Linux bridge named by the
+  network, which must exist. Nova 34 and os-vif 5 dropped their Linux
+  bridge support, so this is plain ip-link(8).
+
+Anything else (vhostuser, direct, macvtap, ...) is refused with
+InvalidInput before anything is made.
+
+os-vif is set up once per process (_setup): its privileged calls (ip link
+on the host end) run in this process when nova-compute runs as root, as it
+must for this driver, unless ``[vif_plug_ovs_privileged] helper_command``
+names a privsep helper; ``[os_vif_ovs] ovsdb_connection`` defaults to the
+local ovsdb-server's socket instead of os-vif's tcp:127.0.0.1:6640.
+"""
+
+import os
+import re
+import threading
+
+from nova import exception as nova_exc
+from nova.network import model as network_model
+from nova.network import os_vif_util
+import os_vif
+from os_vif import objects as osv_objects
+from oslo_config import cfg
+from oslo_log import log as logging
+from vif_plug_ovs import ovs as vif_plug_ovs
+from vif_plug_ovs import privsep as vif_plug_privsep
+
+from novalxcdriver import conf
+from novalxcdriver import exception
+from novalxcdriver import lxc
+from novalxcdriver import spec as spec_mod
+
+CONF = conf.CONF
+LOG = logging.getLogger(__name__)
+
+OVSDB_CONNECTION = 'unix:/run/openvswitch/db.sock'
+# Network MTU when Neutron gives none (os-vif's network_device_mtu).
+DEFAULT_MTU = 1500
+KINDS = {
+    network_model.VIF_TYPE_OVS: 'ovs',
+    network_model.VIF_TYPE_BRIDGE: 'bridge',
+}
+PEER_PREFIX = 'nlx'
+# Interface names: IFNAMSIZ - 1 characters, no '/', ':' or blanks.
+_IFNAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,15}\Z')
+_MAC_RE = re.compile(r'^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z')
+
+_setup_lock = threading.Lock()
+_setup_done = False
+
+
+# -- the description: pure ------------------------------------------------
+
+def nic_for(vif, index, name=None):
+    """The NicSpec of one Nova VIF.
+
+    :param vif: nova.network.model.VIF.
+    :param index: its lxc.net index; it is ethN with N = index unless
+        name is given.
+    :raises InvalidInput: a vif_type or vnic_type this driver cannot plug,
+        or a VIF without a usable MAC, device name or bridge.
+    """
+    port_id = vif['id']
+    vif_type = vif['type']
+    vnic_type = vif.get('vnic_type') or network_model.VNIC_TYPE_NORMAL
+    if vif_type not in KINDS or vnic_type != network_model.VNIC_TYPE_NORMAL:
+        raise nova_exc.InvalidInput(
+            reason='novalxcdriver cannot plug port %s of vif_type %r '
+                   '(vnic_type %r): it plugs vif_type %s with vnic_type '
+                   'normal' % (port_id, vif_type, vnic_type,
+                               ' or '.join(sorted(KINDS))))
+    network = vif['network'] or network_model.Network()
+    host_dev = (vif.get('devname') or
+                ('tap' + port_id)[:network_model.NIC_NAME_LEN])
+    nic = spec_mod.NicSpec(
+        index=index,
+        name=name or 'eth%d' % index,
+        mac=(vif['address'] or '').lower(),
+        mtu=int(network.get_meta('mtu') or DEFAULT_MTU),
+        host_dev=host_dev,
+        peer_dev=(PEER_PREFIX + port_id)[:network_model.NIC_NAME_LEN],
+        kind=KINDS[vif_type],
+        bridge=network['bridge'] or '',
+        port_id=port_id)
+    if not _MAC_RE.match(nic.mac):
+        raise nova_exc.InvalidInput(
+            reason='port %s has no usable MAC address: %r'
+                   % (port_id, vif['address']))
+    for what, dev in (('device', nic.host_dev), ('bridge', nic.bridge)):
+        if not _IFNAME_RE.match(dev):
+            raise nova_exc.InvalidInput(
+                reason='port %s: %r cannot be a network %s name'
+                       % (port_id, dev, what))
+    return nic
+
+
+def nics_for(network_info):
+    """NicSpecs of every VIF of network_info, eth0, eth1, ... in order.
+
+    :raises InvalidInput: as nic_for, for the first VIF refused.
+    """
+    return tuple(nic_for(vif, i) for i, vif in enumerate(network_info or ()))
+
+
+def free_name(nics):
+    """The first ethN that none of nics is named."""
+    names = {nic.name for nic in nics}
+    n = 0
+    while 'eth%d' % n in names:
+        n += 1
+    return 'eth%d' % n
+
+
+def neutron_events(network_info):
+    """Events to wait for before the container starts (libvirt's rule).
+
+    Only VIFs known to be down get a network-vif-plugged event: a VIF up
+    already, or of unknown state, will not undergo the transition.
+
+    :returns: list of (event name, port id).
+    """
+    return [('network-vif-plugged', vif['id'])
+            for vif in network_info or ()
+            if vif.get('active', True) is False]
+
+
+def _on_userspace_ovs(vif):
+    return (vif['type'] == network_model.VIF_TYPE_OVS and
+            (vif.get('details') or {}).get(
+                network_model.VIF_DETAILS_OVS_DATAPATH_TYPE) ==
+            network_model.VIF_DETAILS_OVS_DATAPATH_NETDEV)
+
+
+# -- the host ---------------------------------------------------------------
+
+def link_exists(dev):
+    """Whether network device dev exists in the host's namespace."""
+    return os.path.exists(os.path.join('/sys/class/net', dev))
+
+
+def register_opts(conf=CONF):
+    """os-vif's [os_vif_ovs] options, with the local OVSDB as default.
+
+    Registered before os-vif loads its plugin, which reads the connection
+    then (and registers the same options again, harmlessly).
+    """
+    # The options' own default (cfg.set_defaults), which survives
+    # CONF.reset(), unlike CONF.set_default.
+    cfg.set_defaults(vif_plug_ovs.OvsPlugin.CONFIG_OPTS,
+                     ovsdb_connection=OVSDB_CONNECTION)
+    conf.register_opts(vif_plug_ovs.OvsPlugin.CONFIG_OPTS,
+                       group='os_vif_ovs')
+
+
+register_opts()
+
+
+def _setup():
+    """Load os-vif's plugins once; see the module's docstring."""
+    global _setup_done
+    with _setup_lock:
+        if _setup_done:
+            return
+        os_vif.initialize()
+        if (os.geteuid() == 0 and
+                not CONF.vif_plug_ovs_privileged.helper_command):
+            vif_plug_privsep.vif_plug.set_client_mode(False)
+        _setup_done = True
+
+
+def _osvif_vif(vif):
+    """os-vif's object for an ovs VIF (os_vif_util), to be plugged here."""
+    obj = os_vif_util.nova_to_osvif_vif(vif)
+    profile = obj.port_profile
+    if 'create_tap' in profile.fields:
+        # The host end is our veth, never a tap of os-vif's (which it
+        # refuses for hybrid plugs anyway).
+        profile.create_tap = False
+    if isinstance(obj, osv_objects.vif.VIFOpenVSwitch):
+        # What libvirt does for <virtualport type='openvswitch'>: the host
+        # end goes on the bridge with the external_ids Neutron looks for.
+        profile.create_port = True
+    return obj
+
+
+def plug(instance, vif):
+    """Make the VIF's veth pair if missing and plug its host end.
+
+    Idempotent: an existing pair is plugged again (after a host reboot or
+    a restart that lost it, Nova's plug_vifs).
+
+    :param instance: nova.objects.Instance the VIF belongs to.
+    :param vif: nova.network.model.VIF.
+    :returns: the VIF's NicSpec (index 0).
+    :raises InvalidInput: the VIF is refused (nic_for).
+    :raises VirtualInterfacePlugException: plugging failed; what this call
+        made is removed.
+    """
+    nic = nic_for(vif, 0)
+    made = not link_exists(nic.host_dev)
+    try:
+        if made:
+            lxc.create_veth(nic.host_dev, nic.peer_dev, nic.mac, nic.mtu)
+            if _on_userspace_ovs(vif):
+                lxc.disable_tx_checksum(nic.peer_dev)
+        if nic.kind == 'bridge':
+            if not link_exists(nic.bridge):
+                raise nova_exc.VirtualInterfacePlugException(
+                    'port %s: Linux bridge %s does not exist on this host'
+                    % (nic.port_id, nic.bridge))
+            lxc.set_link_master(nic.host_dev, nic.bridge)
+        else:
+            _setup()
+            obj = _osvif_vif(vif)
+            os_vif.plug(obj, os_vif_util.nova_to_osvif_instance(instance))
+            if isinstance(obj, osv_objects.vif.VIFBridge):
+                # Hybrid plug: qbr... stands between us and br-int.
+                lxc.set_link_master(nic.host_dev, obj.bridge_name)
+        lxc.set_link_up(nic.host_dev)
+    except Exception as e:
+        LOG.error('Plugging port %s (%s) failed: %s', nic.port_id,
+                  nic.host_dev, e, instance=instance)
+        if made:
+            unplug(instance, vif, ignore_errors=True)
+        if isinstance(e, nova_exc.NovaException):
+            raise
+        raise nova_exc.VirtualInterfacePlugException(
+            'port %s (%s): %s' % (nic.port_id, nic.host_dev, e)) from e
+    return nic
+
+
+def unplug(instance, vif, ignore_errors=False):
+    """Unplug the VIF's host end and delete its veth pair. Idempotent.
+
+    A VIF that plug refuses has nothing to unplug.
+
+    :raises VirtualInterfaceUnplugException: unless ignore_errors.
+    """
+    try:
+        nic = nic_for(vif, 0)
+    except nova_exc.InvalidInput:
+        return
+    try:
+        if nic.kind == 'ovs':
+            _setup()
+            os_vif.unplug(_osvif_vif(vif),
+                          os_vif_util.nova_to_osvif_instance(instance))
+        if link_exists(nic.host_dev):
+            lxc.delete_link(nic.host_dev)
+    except Exception as e:
+        LOG.warning('Unplugging port %s (%s) failed: %s', nic.port_id,
+                    nic.host_dev, e, instance=instance)
+        if not ignore_errors:
+            raise nova_exc.VirtualInterfaceUnplugException(
+                reason='port %s (%s): %s' % (nic.port_id, nic.host_dev, e))
+
+
+def remove_leftovers(nics):
+    """Delete what is left of nics' pairs and OVS ports; never raises.
+
+    For a container destroyed without its network_info: its config still
+    names each host end (spec.parse_nics).
+    """
+    for nic in nics:
+        try:
+            if nic.kind == 'ovs':
+                _setup()
+                lxc.ovs_del_port(CONF.os_vif_ovs.ovsdb_connection,
+                                 nic.host_dev)
+            if link_exists(nic.host_dev):
+                lxc.delete_link(nic.host_dev)
+        except (exception.NovaLXCError, OSError) as e:
+            LOG.warning('Cannot remove %s of port %s: %s', nic.host_dev,
+                        nic.port_id, e)
+
+
+def hot_plug(pid, nic):
+    """Move nic's container end into the running container of init pid.
+
+    It takes its name there (ethN), the port's MAC and MTU, and goes up.
+    """
+    lxc.move_link(nic.peer_dev, pid, nic.name)
+    lxc.netns_ip(pid, 'link', 'set', 'dev', nic.name, 'address', nic.mac,
+                 'mtu', str(nic.mtu), 'up')

@@ -1,0 +1,379 @@
+"""Tests for novalxcdriver.vif: NICs of Nova VIFs, with commands mocked.
+
+Nova's own network model builds the VIFs and os_vif_util converts them for
+real; os-vif's plug/unplug, the lxc module and the host's devices are
+mocked.
+"""
+
+from unittest import mock
+
+from nova import context as nova_context
+from nova import exception as nova_exc
+from nova.network import model as network_model
+from nova import objects
+from nova.tests.unit import fake_instance
+import os_vif.objects
+from oslo_config import fixture as config_fixture
+from oslotest import base
+
+from novalxcdriver import conf
+from novalxcdriver import exception
+from novalxcdriver import spec
+from novalxcdriver import vif
+
+PORT = '4e2a7b3c-5d6e-4f70-8192-a3b4c5d6e7f8'
+PORT2 = '9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a'
+NET = 'b1c2d3e4-0000-4000-8000-00000000000b'
+INSTANCE = '0d7c2b1e-5a3f-4c9b-8e21-7f6a5b4c3d2e'
+
+
+def network(bridge='br-int', mtu=1442):
+    subnet = network_model.Subnet(
+        cidr='10.0.0.0/24', gateway=network_model.IP('10.0.0.1'),
+        ips=[network_model.FixedIP(address='10.0.0.5')])
+    kwargs = {'mtu': mtu} if mtu else {}
+    return network_model.Network(id=NET, bridge=bridge, label='tenant',
+                                 subnets=[subnet], **kwargs)
+
+
+def ovs_vif(port_id=PORT, active=False, datapath='netdev', hybrid=False,
+            **kwargs):
+    """A port as Neutron ML2/OVN binds it on a netdev br-int."""
+    details = {
+        network_model.VIF_DETAILS_PORT_FILTER: True,
+        network_model.VIF_DETAILS_OVS_HYBRID_PLUG: hybrid,
+        network_model.VIF_DETAILS_BRIDGE_NAME: 'br-int',
+        network_model.VIF_DETAILS_OVS_DATAPATH_TYPE: datapath,
+        network_model.VIF_DETAILS_OVS_CREATE_TAP: True,
+    }
+    values = dict(id=port_id, address='FA:16:3E:12:34:56',
+                  network=network(), type=network_model.VIF_TYPE_OVS,
+                  details=details, devname=('tap' + port_id)[:14],
+                  ovs_interfaceid=port_id, active=active)
+    values.update(kwargs)
+    return network_model.VIF(**values)
+
+
+def bridge_vif(port_id=PORT2, bridge='nlxtb1', mtu=1400, **kwargs):
+    values = dict(id=port_id, address='fa:16:3e:aa:bb:cc',
+                  network=network(bridge, mtu),
+                  type=network_model.VIF_TYPE_BRIDGE,
+                  devname=('tap' + port_id)[:14], active=True)
+    values.update(kwargs)
+    return network_model.VIF(**values)
+
+
+class NicForTest(base.BaseTestCase):
+
+    def test_ovs(self):
+        nic = vif.nic_for(ovs_vif(), 2)
+        self.assertEqual(spec.NicSpec(
+            index=2, name='eth2', mac='fa:16:3e:12:34:56', mtu=1442,
+            host_dev='tap4e2a7b3c-5d', peer_dev='nlx4e2a7b3c-5d',
+            kind='ovs', bridge='br-int', port_id=PORT), nic)
+
+    def test_bridge(self):
+        nic = vif.nic_for(bridge_vif(), 0, name='eth3')
+        self.assertEqual(('eth3', 'bridge', 'nlxtb1', 1400),
+                         (nic.name, nic.kind, nic.bridge, nic.mtu))
+
+    def test_defaults(self):
+        nic = vif.nic_for(bridge_vif(devname=None, network=network(
+            'br0', mtu=None)), 0)
+        self.assertEqual('tap9f8e7d6c-5b', nic.host_dev)
+        self.assertEqual(vif.DEFAULT_MTU, nic.mtu)
+
+    def test_names_fit_ifnamsiz(self):
+        nic = vif.nic_for(ovs_vif(), 0)
+        self.assertLessEqual(len(nic.host_dev), 15)
+        self.assertLessEqual(len(nic.peer_dev), 15)
+        self.assertNotEqual(nic.host_dev, nic.peer_dev)
+
+    def test_unsupported_types_refused(self):
+        for vif_type in ('vhostuser', 'binding_failed', 'unbound', 'tap',
+                         'macvtap', None):
+            e = self.assertRaises(
+                nova_exc.InvalidInput, vif.nic_for,
+                ovs_vif(type=vif_type), 0)
+            self.assertIn('vif_type %r' % vif_type, str(e))
+            self.assertIn(PORT, str(e))
+
+    def test_direct_vnic_refused(self):
+        e = self.assertRaises(nova_exc.InvalidInput, vif.nic_for,
+                              ovs_vif(vnic_type='direct'), 0)
+        self.assertIn("vnic_type 'direct'", str(e))
+
+    def test_bad_values_refused(self):
+        for bad in (ovs_vif(address=None), ovs_vif(address='fa:16:3e'),
+                    ovs_vif(devname='tap/../x'),
+                    ovs_vif(devname='a-name-longer-than-15'),
+                    bridge_vif(bridge=None), bridge_vif(bridge='br 0')):
+            self.assertRaises(nova_exc.InvalidInput, vif.nic_for, bad, 0)
+
+    def test_nics_for_in_order(self):
+        nics = vif.nics_for([ovs_vif(), bridge_vif()])
+        self.assertEqual([(0, 'eth0', PORT), (1, 'eth1', PORT2)],
+                         [(n.index, n.name, n.port_id) for n in nics])
+        self.assertEqual((), vif.nics_for(None))
+        self.assertEqual((), vif.nics_for(network_model.NetworkInfo()))
+
+    def test_free_name(self):
+        nics = vif.nics_for([ovs_vif(), bridge_vif()])
+        self.assertEqual('eth2', vif.free_name(nics))
+        self.assertEqual('eth0', vif.free_name(nics[1:]))
+        self.assertEqual('eth0', vif.free_name(()))
+
+
+class NeutronEventsTest(base.BaseTestCase):
+
+    def test_only_vifs_known_down(self):
+        info = network_model.NetworkInfo([
+            ovs_vif(PORT, active=False), ovs_vif(PORT2, active=True)])
+        self.assertEqual([('network-vif-plugged', PORT)],
+                         vif.neutron_events(info))
+
+    def test_unknown_state_is_not_waited_for(self):
+        v = ovs_vif()
+        del v['active']
+        self.assertEqual([], vif.neutron_events([v]))
+        self.assertEqual([], vif.neutron_events(None))
+
+
+class _HostBase(base.BaseTestCase):
+    """lxc, os-vif and the host's devices mocked."""
+
+    def setUp(self):
+        super().setUp()
+        objects.register_all()
+        os_vif.objects.register_all()
+        self.useFixture(config_fixture.Config(conf.CONF))
+        self.context = nova_context.get_admin_context()
+        self.instance = fake_instance.fake_instance_obj(
+            self.context, uuid=INSTANCE, project_id='p1')
+        self.lxc = self.patch('novalxcdriver.vif.lxc', autospec=True)
+        self.devices = {'br-int', 'nlxtb1'}
+        self.lxc.create_veth.side_effect = (
+            lambda host, peer, mac, mtu: self.devices.update((host, peer)))
+        self.lxc.delete_link.side_effect = self._delete
+        self.patch('novalxcdriver.vif.link_exists',
+                   side_effect=lambda dev: dev in self.devices)
+        self.os_vif = self.patch('novalxcdriver.vif.os_vif')
+        self.setup = self.patch('novalxcdriver.vif._setup')
+
+    def _delete(self, dev):
+        # A veth pair goes as a whole.
+        self.devices -= {dev, 'nlx' + dev[3:]}
+
+    def patch(self, target, *args, **kwargs):
+        patcher = mock.patch(target, *args, **kwargs)
+        mocked = patcher.start()
+        self.addCleanup(patcher.stop)
+        return mocked
+
+    def plugged_osvif(self):
+        self.os_vif.plug.assert_called_once()
+        obj, info = self.os_vif.plug.call_args.args
+        self.assertEqual(INSTANCE, info.uuid)
+        return obj
+
+
+class PlugTest(_HostBase):
+
+    def test_bridge(self):
+        nic = vif.plug(self.instance, bridge_vif())
+        self.assertEqual(vif.nic_for(bridge_vif(), 0), nic)
+        self.assertEqual([
+            mock.call.create_veth('tap9f8e7d6c-5b', 'nlx9f8e7d6c-5b',
+                                  'fa:16:3e:aa:bb:cc', 1400),
+            mock.call.set_link_master('tap9f8e7d6c-5b', 'nlxtb1'),
+            mock.call.set_link_up('tap9f8e7d6c-5b'),
+        ], self.lxc.mock_calls)
+        self.os_vif.plug.assert_not_called()
+
+    def test_missing_bridge_fails_and_leaves_nothing(self):
+        e = self.assertRaises(nova_exc.VirtualInterfacePlugException,
+                              vif.plug, self.instance,
+                              bridge_vif(bridge='nobr'))
+        self.assertIn('Linux bridge nobr does not exist', str(e))
+        self.assertEqual({'br-int', 'nlxtb1'}, self.devices)
+
+    def test_ovs_on_userspace_datapath(self):
+        vif.plug(self.instance, ovs_vif())
+        self.setup.assert_called_once_with()
+        self.assertEqual([
+            mock.call.create_veth('tap4e2a7b3c-5d', 'nlx4e2a7b3c-5d',
+                                  'fa:16:3e:12:34:56', 1442),
+            # The container end checksums in software (TCP on netdev).
+            mock.call.disable_tx_checksum('nlx4e2a7b3c-5d'),
+            mock.call.set_link_up('tap4e2a7b3c-5d'),
+        ], self.lxc.mock_calls)
+        obj = self.plugged_osvif()
+        self.assertIsInstance(obj, os_vif.objects.vif.VIFOpenVSwitch)
+        self.assertEqual('ovs', obj.plugin)
+        self.assertEqual('tap4e2a7b3c-5d', obj.vif_name)
+        self.assertEqual('br-int', obj.network.bridge)
+        self.assertEqual(1442, obj.network.mtu)
+        profile = obj.port_profile
+        self.assertEqual(PORT, profile.interface_id)
+        self.assertEqual('netdev', profile.datapath_type)
+        # os-vif puts the port on br-int with Neutron's external_ids, on
+        # our veth end, not a tap of its own (ovs_create_tap is ignored).
+        self.assertTrue(profile.create_port)
+        self.assertFalse(profile.create_tap)
+
+    def test_ovs_on_kernel_datapath_keeps_offload(self):
+        vif.plug(self.instance, ovs_vif(datapath='system'))
+        self.lxc.disable_tx_checksum.assert_not_called()
+
+    def test_hybrid_plug_joins_qbr(self):
+        vif.plug(self.instance, ovs_vif(hybrid=True))
+        obj = self.plugged_osvif()
+        self.assertIsInstance(obj, os_vif.objects.vif.VIFBridge)
+        self.assertFalse(obj.port_profile.create_tap)
+        self.lxc.set_link_master.assert_called_once_with(
+            'tap4e2a7b3c-5d', 'qbr4e2a7b3c-5d')
+
+    def test_existing_pair_plugged_again(self):
+        self.devices.update({'tap4e2a7b3c-5d', 'nlx4e2a7b3c-5d'})
+        vif.plug(self.instance, ovs_vif())
+        self.lxc.create_veth.assert_not_called()
+        self.lxc.disable_tx_checksum.assert_not_called()
+        self.os_vif.plug.assert_called_once()
+
+    def test_os_vif_failure_leaves_nothing(self):
+        self.os_vif.plug.side_effect = RuntimeError('ovsdb unreachable')
+        e = self.assertRaises(nova_exc.VirtualInterfacePlugException,
+                              vif.plug, self.instance, ovs_vif())
+        self.assertIn('ovsdb unreachable', str(e))
+        self.assertIn(PORT, str(e))
+        self.os_vif.unplug.assert_called_once()
+        self.assertEqual({'br-int', 'nlxtb1'}, self.devices)
+
+    def test_failure_keeps_a_pair_it_did_not_make(self):
+        self.devices.update({'tap4e2a7b3c-5d', 'nlx4e2a7b3c-5d'})
+        self.os_vif.plug.side_effect = RuntimeError('boom')
+        self.assertRaises(nova_exc.VirtualInterfacePlugException,
+                          vif.plug, self.instance, ovs_vif())
+        self.lxc.delete_link.assert_not_called()
+        self.os_vif.unplug.assert_not_called()
+
+    def test_unsupported_type_makes_nothing(self):
+        self.assertRaises(nova_exc.InvalidInput, vif.plug, self.instance,
+                          ovs_vif(type='vhostuser'))
+        self.assertEqual([], self.lxc.mock_calls)
+
+
+class UnplugTest(_HostBase):
+
+    def test_ovs(self):
+        self.devices.update({'tap4e2a7b3c-5d', 'nlx4e2a7b3c-5d'})
+        vif.unplug(self.instance, ovs_vif())
+        self.os_vif.unplug.assert_called_once()
+        obj = self.os_vif.unplug.call_args.args[0]
+        self.assertEqual('tap4e2a7b3c-5d', obj.vif_name)
+        self.lxc.delete_link.assert_called_once_with('tap4e2a7b3c-5d')
+        self.assertEqual({'br-int', 'nlxtb1'}, self.devices)
+
+    def test_bridge(self):
+        self.devices.update({'tap9f8e7d6c-5b', 'nlx9f8e7d6c-5b'})
+        vif.unplug(self.instance, bridge_vif())
+        self.os_vif.unplug.assert_not_called()
+        self.lxc.delete_link.assert_called_once_with('tap9f8e7d6c-5b')
+
+    def test_idempotent(self):
+        vif.unplug(self.instance, bridge_vif())
+        self.lxc.delete_link.assert_not_called()
+
+    def test_unsupported_type_has_nothing_to_unplug(self):
+        vif.unplug(self.instance, ovs_vif(type='binding_failed'))
+        self.assertEqual([], self.lxc.mock_calls)
+        self.os_vif.unplug.assert_not_called()
+
+    def test_failure(self):
+        self.os_vif.unplug.side_effect = RuntimeError('boom')
+        e = self.assertRaises(nova_exc.VirtualInterfaceUnplugException,
+                              vif.unplug, self.instance, ovs_vif())
+        self.assertIn('boom', str(e))
+        vif.unplug(self.instance, ovs_vif(), ignore_errors=True)
+
+
+class LeftoversTest(_HostBase):
+
+    def test_removed_by_config_names(self):
+        nics = vif.nics_for([ovs_vif(), bridge_vif()])
+        self.devices.update({'tap4e2a7b3c-5d', 'tap9f8e7d6c-5b'})
+        vif.remove_leftovers(nics)
+        self.lxc.ovs_del_port.assert_called_once_with(
+            conf.CONF.os_vif_ovs.ovsdb_connection, 'tap4e2a7b3c-5d')
+        self.assertEqual({'br-int', 'nlxtb1'}, self.devices)
+
+    def test_never_raises(self):
+        nics = vif.nics_for([ovs_vif(), bridge_vif()])
+        self.devices.update({'tap9f8e7d6c-5b'})
+        self.lxc.ovs_del_port.side_effect = FileNotFoundError('ovs-vsctl')
+        vif.remove_leftovers(nics)
+        self.lxc.delete_link.assert_called_once_with('tap9f8e7d6c-5b')
+        self.lxc.delete_link.side_effect = exception.CommandFailed(
+            cmd='ip', exit_code=1, stderr='no')
+        vif.remove_leftovers(nics)
+
+
+class HotPlugTest(_HostBase):
+
+    def test_moved_named_and_up(self):
+        nic = vif.nic_for(ovs_vif(), 1)
+        vif.hot_plug(4242, nic)
+        self.assertEqual([
+            mock.call.move_link('nlx4e2a7b3c-5d', 4242, 'eth1'),
+            mock.call.netns_ip(4242, 'link', 'set', 'dev', 'eth1',
+                               'address', 'fa:16:3e:12:34:56', 'mtu',
+                               '1442', 'up'),
+        ], self.lxc.mock_calls)
+
+
+class SetupTest(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
+        for target, value in (('novalxcdriver.vif._setup_done', False),):
+            patcher = mock.patch(target, value)
+            patcher.start()
+            self.addCleanup(patcher.stop)
+        patcher = mock.patch('novalxcdriver.vif.os_vif')
+        self.os_vif = patcher.start()
+        self.addCleanup(patcher.stop)
+        patcher = mock.patch.object(vif.vif_plug_privsep.vif_plug,
+                                    'set_client_mode')
+        self.client_mode = patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def test_once_in_process_as_root(self):
+        with mock.patch('os.geteuid', return_value=0):
+            vif._setup()
+            vif._setup()
+        self.os_vif.initialize.assert_called_once_with()
+        self.client_mode.assert_called_once_with(False)
+        self.assertEqual(vif.OVSDB_CONNECTION,
+                         conf.CONF.os_vif_ovs.ovsdb_connection)
+
+    def test_helper_command_respected(self):
+        vif._setup()  # registers the groups
+        with mock.patch('novalxcdriver.vif._setup_done', False), \
+                mock.patch('os.geteuid', return_value=0):
+            self.client_mode.reset_mock()
+            self.cfg.config(group='vif_plug_ovs_privileged',
+                            helper_command='privsep-helper --x')
+            vif._setup()
+        self.client_mode.assert_not_called()
+
+    def test_not_root_uses_privsep_daemon(self):
+        with mock.patch('os.geteuid', return_value=1000):
+            vif._setup()
+        self.client_mode.assert_not_called()
+
+    def test_configured_connection_wins(self):
+        vif._setup()
+        self.cfg.config(group='os_vif_ovs', ovsdb_connection='tcp:1.2.3.4:1')
+        self.assertEqual('tcp:1.2.3.4:1',
+                         conf.CONF.os_vif_ovs.ovsdb_connection)
