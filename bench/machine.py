@@ -50,8 +50,8 @@ def lxc_hooks():
     """lxc.hook.* lines every container gets from common.conf.d.
 
     Debian's lxcfs adds a mount hook (a shell script) and a post-stop
-    hook; both sides of every comparison run them, so they are part of the
-    floor, and worth knowing when reading start and stop times.
+    hook (a 0.5 s sleep); the driver's config clears both, which is worth
+    knowing when comparing start and stop times with other setups.
     """
     hooks = []
     for path in sorted(glob.glob('/usr/share/lxc/config/common.conf.d/'

@@ -328,8 +328,9 @@ def markdown(results, command, plots):
         out += ['Host limits: %s.' % ', '.join(
             '%s = %s' % kv for kv in sorted(m['sysctls'].items())), '']
     if m.get('lxc_hooks'):
-        out += ['Every container, driver and raw alike, also runs the hooks '
-                'the host\'s LXC config adds (common.conf.d): %s.' % ', '.join(
+        out += ['The host\'s LXC config adds these hooks (common.conf.d): '
+                '%s. The driver\'s lxc.conf, which the raw side shares, '
+                'clears them and binds lxcfs\'s files itself.' % ', '.join(
                     '`%s`' % h for h in m['lxc_hooks']), '']
     images = results.get('images', {})
     if images:
