@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 host to run novalxcdriver's tests (as root): LXC and
-# uidmap tools, debootstrap and busybox for test images, lxcfs, subordinate
-# id ranges for root, and tox. Idempotent.
+# uidmap tools, debootstrap and busybox for test images, lxcfs, gcc for the
+# hardening suite's static helper, subordinate id ranges for root, and tox.
+# Idempotent.
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
@@ -13,7 +14,8 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     lxc uidmap debootstrap busybox-static lxcfs zstd xz-utils bzip2 \
-    attr ca-certificates git iproute2 ethtool openvswitch-switch >/dev/null
+    attr ca-certificates git iproute2 ethtool openvswitch-switch \
+    gcc libc6-dev >/dev/null
 
 # Unprivileged containers take their uid/gid ranges from root's subordinate
 # ranges (subuid(5)); without one, newuidmap refuses every mapping.

@@ -225,3 +225,39 @@ class IoBaselineTest(_Base):
         self.disk.mount()
         self.assertFalse(os.path.exists(self.disk.io_baseline_path))
         self.assertTrue(self.disk.is_mounted())
+
+
+class DetachLoopsTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.sys_block = os.path.join(self.tmp, 'sys-block')
+        self.patch('novalxcdriver.disk.SYS_BLOCK', self.sys_block)
+        # loop0: ours, left by a crash; loop1: ours, autoclear (mounted,
+        # or being cleared); loop2: another file; sda: not a loop device.
+        for name, backing, autoclear in (
+                ('loop0', self.image, '0'), ('loop1', self.image, '1'),
+                ('loop2', self.image + '.other', '0')):
+            os.makedirs(os.path.join(self.sys_block, name, 'loop'))
+            for key, value in (('backing_file', backing + '\n'),
+                               ('autoclear', autoclear + '\n')):
+                with open(os.path.join(self.sys_block, name, 'loop',
+                                       key), 'w') as f:
+                    f.write(value)
+        os.makedirs(os.path.join(self.sys_block, 'sda'))
+        open(self.image, 'w').close()
+
+    def test_only_leftovers_without_autoclear_detached(self):
+        self.disk.detach_loops()
+        self.lxc.detach_loop.assert_called_once_with('/dev/loop0')
+
+    def test_device_gone_meanwhile_is_fine(self):
+        self.lxc.detach_loop.side_effect = exception.CommandFailed(
+            cmd='losetup', exit_code=1, stderr='No such device')
+        self.disk.detach_loops()
+
+    def test_loop_devices_of(self):
+        self.assertEqual(['/dev/loop0', '/dev/loop1'],
+                         disk.loop_devices_of(self.image))
+        self.assertEqual(['/dev/loop1'],
+                         disk.loop_devices_of(self.image, autoclear=True))

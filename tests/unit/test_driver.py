@@ -280,6 +280,13 @@ class InitHostTest(_Base):
         self.assertEqual({}, allocator.reservations())
         self.assertFalse(os.path.exists(rootfs))
 
+    def test_reservation_without_owner_removed(self):
+        # A process killed between the reservation's mkdir and owner.json:
+        # no pid to ask, no container; init_host must not trip on it.
+        os.makedirs(os.path.join(self.state_path, 'ids', '3'))
+        self.init_host()
+        self.assertEqual({}, self.drv._ids.reservations())
+
     def test_remounts_own_roots(self):
         self.init_host()
         instance = self.instance()

@@ -278,6 +278,18 @@ class AllocateTest(_Base):
         self.assertFalse(os.path.lexists(
             os.path.join(self.state, 'ids', '2')))
 
+    def test_remove_orphan_only_without_owner(self):
+        alloc = self.allocator()
+        owned = alloc.allocate('uuid-a', 'inst-a')
+        # A process killed between the mkdir and owner.json.
+        os.mkdir(os.path.join(self.state, 'ids', '1'))
+        self.assertIsNone(alloc.reservations()[1].instance_uuid)
+        self.assertFalse(alloc.remove_orphan(owned))
+        self.assertTrue(alloc.remove_orphan(1))
+        self.assertFalse(alloc.remove_orphan(1))
+        self.assertEqual([owned], list(alloc.reservations()))
+        self.assertEqual(1, alloc.allocate('uuid-b', 'inst-b'))
+
     def test_artifact_ids_skipped(self):
         leftovers = {0, 2}
         alloc = self.allocator(artifact_ids=lambda: iter(leftovers))

@@ -593,6 +593,34 @@ class TestUnpackRootfs(base.BaseTestCase):
             broken = self.write_bytes(bytes(whole), 'broken-' + compression)
             self.assertArchiveError(broken, 'truncated or corrupt')
 
+    def test_bad_header_after_the_first_refused(self):
+        # tarfile alone takes it for the end and drops what follows.
+        path = self.write_archive([reg('a', b'x'), reg('b', b'y'),
+                                   reg('c', b'z')])
+        with open(path, 'rb') as f:
+            data = bytearray(f.read())
+        header = data.find(b'b\0')
+        header -= header % 512
+        data[header + 148:header + 156] = b'0000000\0'  # its checksum
+        for name, blob in (('bad.tar', bytes(data)),
+                           ('bad.tar.gz', gzip.compress(bytes(data)))):
+            path = self.write_bytes(blob, name)
+            self.assertArchiveError(path, 'truncated or corrupt',
+                                    'bad checksum')
+
+    def test_gzip_crc_mismatch_refused(self):
+        # Stored (incompressible) data damaged: only the CRC tells.
+        data = os.urandom(256 * 1024)
+        path = self.write_archive([reg('random', data), reg('after', b'x')],
+                                  'gz')
+        with open(path, 'rb') as f:
+            whole = bytearray(f.read())
+        offset = whole.find(data[100000:100064])
+        self.assertGreater(offset, 0)
+        whole[offset:offset + 64] = bytes(64)
+        broken = self.write_bytes(bytes(whole), 'crc.tar.gz')
+        self.assertArchiveError(broken, 'truncated or corrupt', 'CRC')
+
     def test_compressed_non_tar_refused(self):
         for compression, compress in (
                 ('gz', gzip.compress),
