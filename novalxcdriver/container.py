@@ -136,8 +136,14 @@ class Container:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def ensure_rootfs(self, image_cache):
-        """Remount the rootfs if missing (after a host reboot)."""
+        """Remount the rootfs if missing (after a host reboot).
+
+        :raises ContainerNotFound: the container or its image is gone
+            (a destroy may run meanwhile in another process).
+        """
         record = self.record()
+        if 'id' not in record or 'image_id' not in record:
+            raise exception.ContainerNotFound(name=self.name)
         root = rootfs_mod.Rootfs(self.state_path, record['id'])
         image = image_cache.lookup(record['image_id'])
         if image is None:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# A private Open vSwitch (userspace datapath only) for the networking tests:
-# `start` prints the ovsdb connection to give them in NOVALXC_TEST_OVSDB,
-# `stop` ends it. Its sockets, database and logs live in one directory, so
-# it never touches a system or all-in-one OVS running beside it.
+# An Open vSwitch for the networking tests: `start` prints the ovsdb
+# connection to give them in NOVALXC_TEST_OVSDB. One already running (the
+# all-in-one cloud's or Debian's) is used as it is: two userspace datapaths
+# cannot share a host (both need the ovs-netdev device); the tests only add
+# and remove bridges of their own on it. Otherwise a private one is started,
+# with its sockets, database and logs in one directory, and `stop` ends it.
 set -euo pipefail
 dir=${NOVALXC_TEST_OVS_DIR:-/run/novalxc-test-ovs}
 
@@ -13,12 +15,24 @@ stop() {
         fi
     done
     sleep 0.5
+    # A userspace datapath's device may outlive its daemon and would keep
+    # the next ovs-vswitchd (e.g. the all-in-one cloud's) from opening its
+    # own; remove it when no ovs-vswitchd is left to own it.
+    if ! pgrep -x ovs-vswitchd >/dev/null; then
+        ip link delete ovs-netdev 2>/dev/null || true
+    fi
     rm -rf "$dir"
 }
+
+system_db=unix:/run/openvswitch/db.sock
 
 case "${1:-}" in
 start)
     stop
+    if ovs-vsctl --db="$system_db" --timeout=2 show >/dev/null 2>&1; then
+        echo "$system_db"
+        exit 0
+    fi
     mkdir -p "$dir"
     ovsdb-tool create "$dir/conf.db" /usr/share/openvswitch/vswitch.ovsschema
     ovsdb-server "$dir/conf.db" --remote="punix:$dir/db.sock" \
