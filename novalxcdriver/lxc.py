@@ -58,8 +58,16 @@ def _lxc(tool, name, lxc_path, *args, **kwargs):
 
 
 def start(name, lxc_path):
-    """lxc-start -d: returns once the container's init has been started."""
-    _lxc('lxc-start', name, lxc_path, '-d')
+    """lxc-start -d: returns once the container's init has been started.
+
+    LXC's log of the container goes to <lxc_path>/<name>/lxc.log from here
+    rather than from an lxc.log.file key: every lxc-* tool that loads a
+    config holding that key creates the file and its directory (LXC's
+    log.c, build_dir), so an lxc-ls or lxc-info racing a destroy brought
+    the removed container directory back.
+    """
+    _lxc('lxc-start', name, lxc_path, '-d',
+         '-o', os.path.join(lxc_path, name, 'lxc.log'), '-l', 'WARN')
 
 
 def stop(name, lxc_path, timeout):

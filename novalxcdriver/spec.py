@@ -129,10 +129,6 @@ class ContainerSpec:
     def console_log(self):
         return self.container_dir + '/console.log'
 
-    @property
-    def lxc_log(self):
-        return self.container_dir + '/lxc.log'
-
 
 def check_name(name):
     """Return name if it is a safe LXC container name.
@@ -199,8 +195,6 @@ def render_config(spec):
         ('lxc.console.logfile', spec.console_log),
         ('lxc.console.size', str(spec.console_log_size)),
         ('lxc.console.rotate', '1'),
-        ('lxc.log.file', spec.lxc_log),
-        ('lxc.log.level', 'WARN'),
     ]
     keys += limits_mod.render(spec.limits, spec.cgroup_version,
                               spec.swap_accounting)

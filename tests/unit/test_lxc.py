@@ -115,7 +115,8 @@ class ArgvTest(_MockedExecute):
 
     def test_start(self):
         lxc.start('c1', PATH)
-        self.assert_argv(['lxc-start', '-n', 'c1', '-P', PATH, '-d'])
+        self.assert_argv(['lxc-start', '-n', 'c1', '-P', PATH, '-d',
+                          '-o', PATH + '/c1/lxc.log', '-l', 'WARN'])
 
     def test_stop(self):
         lxc.stop('c1', PATH, 30)
@@ -146,7 +147,8 @@ class ArgvTest(_MockedExecute):
 
     def test_name_with_spaces_stays_one_argument(self):
         lxc.start('a b;c', PATH)
-        self.assert_argv(['lxc-start', '-n', 'a b;c', '-P', PATH, '-d'])
+        self.assert_argv(['lxc-start', '-n', 'a b;c', '-P', PATH, '-d',
+                          '-o', PATH + '/a b;c/lxc.log', '-l', 'WARN'])
 
     def test_request_halt_false_on_failure(self):
         self.fail_with('timed out')

@@ -100,7 +100,9 @@ class RenderConfigTest(base.BaseTestCase):
                          self.value('lxc.console.logfile'))
         self.assertEqual('1048576', self.value('lxc.console.size'))
         self.assertEqual('1', self.value('lxc.console.rotate'))
-        self.assertEqual(base_dir + '/lxc.log', self.value('lxc.log.file'))
+        # lxc-start -o sets LXC's log: any lxc-* tool loading a config with
+        # lxc.log.file recreates its directory, even after a destroy.
+        self.assertNotIn('lxc.log.file', self.single)
 
     def test_apparmor_unconfined(self):
         self.assertEqual('unconfined', self.value('lxc.apparmor.profile'))
