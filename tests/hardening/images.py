@@ -1,0 +1,344 @@
+"""Images of the hardening suite: busybox with helpers, and hostile tarballs.
+
+``busybox_plus`` is the functional suite's busybox root with more applets
+and extra files (the static ``hh`` helper built from hh.c). ``corpus``
+builds the crafted archives of issue 5, each with what the driver must do
+with it: refuse it with a reason, or unpack it harmlessly.
+"""
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import zlib
+
+from tests.functional import rootfs_images
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MTIME = 1700000000
+EXTRA_APPLETS = ('unshare', 'find', 'insmod', 'sha256sum', 'nsenter',
+                 'fallocate', 'readlink', 'usleep', 'date', 'xargs', 'awk')
+
+
+def helper(cache_dir):
+    """Path of the static hh helper, compiled once per source version.
+
+    :raises subprocess.CalledProcessError: gcc failed (needs libc6-dev).
+    """
+    with open(os.path.join(HERE, 'hh.c'), 'rb') as f:
+        source = f.read()
+    path = os.path.join(cache_dir, 'hh-%s' %
+                        hashlib.sha256(source).hexdigest()[:12])
+    if not os.path.exists(path):
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = path + '.tmp%d' % os.getpid()
+        subprocess.run(['gcc', '-static', '-O2', '-Wall', '-o', tmp,
+                        os.path.join(HERE, 'hh.c')], check=True)
+        os.rename(tmp, path)
+    return path
+
+
+def _info(name, kind=tarfile.REGTYPE, mode=0o644, **kwargs):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.mtime = MTIME
+    for key, value in kwargs.items():
+        setattr(info, key, value)
+    return info
+
+
+def busybox_plus(path, extras=()):
+    """A gzip busybox rootfs tarball with extra applets and files.
+
+    :param extras: (name, bytes, mode) of files to add.
+    """
+    base = rootfs_images.busybox_tarball(path + '.base')
+    try:
+        with tarfile.open(base) as src, tarfile.open(path, 'w:gz') as dst:
+            names = set()
+            for member in src:
+                names.add(member.name)
+                dst.addfile(member, src.extractfile(member)
+                            if member.isreg() else None)
+            for applet in EXTRA_APPLETS:
+                if 'bin/' + applet not in names:
+                    dst.addfile(_info('bin/' + applet, tarfile.SYMTYPE,
+                                      0o777, linkname='busybox'))
+            for name, data, mode in extras:
+                dst.addfile(_info(name, size=len(data), mode=mode),
+                            io.BytesIO(data))
+    finally:
+        os.unlink(base)
+    return path
+
+
+def helper_image(path, cache_dir):
+    """busybox_plus with /hh, and /hh-selfexe for the CVE-2019-5736 test."""
+    with open(helper(cache_dir), 'rb') as f:
+        hh = f.read()
+    return busybox_plus(path, extras=[
+        ('hh', hh, 0o755),
+        # The runtime exec'ing this script runs itself in the container.
+        ('hh-selfexe', b'#!/proc/self/exe\n', 0o755)])
+
+
+def _base_members(tar, with_etc=True):
+    """The members of a minimal valid root: busybox init and a shell."""
+    with open(rootfs_images.BUSYBOX, 'rb') as f:
+        data = f.read()
+    for d in ('bin', 'sbin', 'tmp', 'root', 'run', 'proc', 'sys', 'dev'):
+        tar.addfile(_info(d, tarfile.DIRTYPE, 0o755))
+    tar.addfile(_info('bin/busybox', size=len(data), mode=0o755),
+                io.BytesIO(data))
+    for applet in ('sh', 'sleep', 'true', 'cat', 'mount', 'echo'):
+        tar.addfile(_info('bin/' + applet, tarfile.SYMTYPE, 0o777,
+                          linkname='busybox'))
+    tar.addfile(_info('sbin/init', tarfile.SYMTYPE, 0o777,
+                      linkname='/bin/busybox'))
+    if not with_etc:
+        return
+    tar.addfile(_info('etc', tarfile.DIRTYPE, 0o755))
+    inittab = b'::sysinit:/bin/echo hostile image booted\n' \
+              b'::respawn:/bin/sleep 86400\n'
+    tar.addfile(_info('etc/inittab', size=len(inittab)),
+                io.BytesIO(inittab))
+
+
+@dataclasses.dataclass
+class Case:
+    """One crafted image and the driver's expected answer.
+
+    :ivar expect: 'refused' (ImageUnacceptable whose reason holds
+        ``reason``) or 'harmless' (the container boots; nothing leaks).
+    """
+
+    name: str
+    path: str
+    expect: str
+    reason: str = ''
+    max_unpacked_gib: int = 0   # raise [lxc] image_max_unpacked_gib for it
+
+
+def _tar(path, members, with_base=True, compression='gz', with_etc=True):
+    mode = 'w:' + compression if compression else 'w'
+    with tarfile.open(path, mode, format=tarfile.PAX_FORMAT) as tar:
+        if with_base:
+            _base_members(tar, with_etc)
+        for info, data in members:
+            tar.addfile(info, data)
+    return path
+
+
+def _reg(name, data=b'x', **kwargs):
+    return _info(name, size=len(data), **kwargs), io.BytesIO(data)
+
+
+def _sym(name, target):
+    return _info(name, tarfile.SYMTYPE, 0o777, linkname=target), None
+
+
+def _hard(name, target):
+    return _info(name, tarfile.LNKTYPE, linkname=target), None
+
+
+class _Zeros:
+    def __init__(self, size):
+        self.left = size
+
+    def read(self, size=-1):
+        size = self.left if size < 0 else min(size, self.left)
+        self.left -= size
+        return bytes(size)
+
+
+def gzip_bomb(path, size):
+    """A gzip tarball of one file of size zero bytes (about size/1000)."""
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + '.tmp%d' % os.getpid()
+    with gzip.GzipFile(tmp, 'wb', compresslevel=1, mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode='w|') as tar:
+            _base_members(tar)
+            tar.addfile(_info('bomb', size=size), _Zeros(size))
+    os.rename(tmp, path)
+    return path
+
+
+def corpus(work, canary, cache_dir, bomb_bytes):
+    """The hostile and broken images of issue 5, built in work.
+
+    :param canary: a directory outside every image root; each escaping
+        member aims at it, so a successful attack leaves a file there.
+    :param bomb_bytes: size of the gzip bomb's file: more than the
+        driver's [lxc] image_max_unpacked_gib.
+    :returns: list of Case.
+    """
+    # From the unpack directory <state>/images/.partial-*/rootfs, as many
+    # '..' as reach '/', then down to the canary.
+    up = '../' * 12 + canary.lstrip('/')
+    secret = os.path.join(canary, 'secret')
+    cases = []
+
+    def add(name, members, expect, reason='', **kwargs):
+        path = os.path.join(work, name + '.tar.gz')
+        _tar(path, members, **{k: v for k, v in kwargs.items()
+                               if k in ('with_base', 'compression',
+                                        'with_etc')})
+        cases.append(Case(name, path, expect, reason,
+                          kwargs.get('max_unpacked_gib', 0)))
+
+    add('absolute-path', [_reg(canary + '/absolute')], 'refused',
+        'absolute name')
+    add('dotdot-path', [_reg(up + '/dotdot')], 'refused', "'..' in name")
+    add('symlink-then-file', [_sym('escape', canary),
+                              _reg('escape/through-symlink')],
+        'refused', 'goes through the symlink')
+    # The two-archive form of CVE-2025-45582 as two members of one
+    # archive, the link deeper and named like a real directory.
+    add('symlink-split-members', [
+        (_info('usr', tarfile.DIRTYPE, 0o755), None),
+        _sym('usr/lib', canary),
+        (_info('usr/lib', tarfile.DIRTYPE, 0o755), None),
+        _reg('usr/lib/split')], 'refused', 'cannot replace')
+    add('symlink-climbing-then-file', [
+        _sym('var', '../' * 12 + canary.lstrip('/')),
+        _reg('var/climbed')], 'refused', 'climbs out of the image root')
+    add('hardlink-absolute-outside', [_hard('etc/shadow-copy', secret)],
+        'refused', 'absolute hard link target')
+    add('hardlink-dotdot-outside', [_hard('etc/shadow-copy',
+                                          up + '/secret')],
+        'refused', "'..' in hard link target")
+    add('hardlink-to-symlink', [_sym('etc/link', secret),
+                                _hard('etc/hard', 'etc/link')],
+        'refused', 'hard link to the symlink')
+    add('char-device', [
+        (_info('dev/mem', tarfile.CHRTYPE, 0o666, devmajor=1, devminor=1),
+         None)], 'refused', 'device node')
+    add('block-device', [
+        (_info('dev/vda', tarfile.BLKTYPE, 0o666, devmajor=254,
+               devminor=0), None)], 'refused', 'device node')
+    add('fifo', [(_info('run/fifo', tarfile.FIFOTYPE, 0o644), None)],
+        'harmless')
+    add('xz-compressed', [], 'harmless', compression='xz')
+    add('absolute-symlinks-inside', [_sym('etc/mtab', '/proc/mounts'),
+                                     _sym('root/shadow', '/etc/shadow'),
+                                     _sym('root/canary', secret)],
+        'harmless')
+    # The driver writes /etc/hostname into the root from the host: an
+    # image's links must not lead that write out.
+    add('etc-symlink-to-host', [_sym('etc', canary)], 'harmless',
+        with_etc=False)
+    add('hostname-symlink-to-host', [_sym('etc/hostname', secret)],
+        'harmless')
+    add('setuid-file', [_reg('bin/suid', b'#!/bin/sh\n', mode=0o4755)],
+        'harmless')
+    add('file-replaces-directory', [_reg('etc')], 'refused',
+        'cannot replace')
+    add('no-sbin-init', [_reg('etc/hostname', b'x\n')], 'refused',
+        'no /sbin/init', with_base=False)
+    add('init-symlink-to-host', [
+        (_info('sbin', tarfile.DIRTYPE, 0o755), None),
+        _sym('sbin/init', '/usr/bin/python3')], 'refused', 'no /sbin/init',
+        with_base=False)
+
+    bomb = Case('gzip-bomb', gzip_bomb(
+        os.path.join(cache_dir, 'bomb-%d.tar.gz' % bomb_bytes), bomb_bytes),
+        'refused', 'exceed the limit of')
+    cases.append(bomb)
+    # A file larger than the disk's free space, the size limit set high:
+    # refused from its header, before a byte is written.
+    free = shutil.disk_usage(work).free
+    huge = os.path.join(work, 'larger-than-disk.tar.gz')
+    raw = io.BytesIO()
+    tar = tarfile.open(fileobj=raw, mode='w', format=tarfile.PAX_FORMAT)
+    _base_members(tar)
+    # The header of a file twice the free space, 1 MiB of it, no end.
+    data = raw.getvalue() + _info('huge', size=free * 2).tobuf(
+        tarfile.PAX_FORMAT, 'utf-8', 'surrogateescape') + bytes(1 << 20)
+    with open(huge, 'wb') as f:
+        f.write(gzip.compress(data))
+    cases.append(Case('larger-than-disk', huge, 'refused',
+                      'bytes but only', max_unpacked_gib=10 ** 6))
+
+    good = busybox_plus(os.path.join(work, 'good.tar.gz'))
+    with open(good, 'rb') as f:
+        data = f.read()
+    truncated = os.path.join(work, 'truncated.tar.gz')
+    with open(truncated, 'wb') as f:
+        f.write(data[:len(data) // 2])
+    cases.append(Case('truncated', truncated, 'refused',
+                      'truncated or corrupt'))
+    blob = os.path.join(work, 'blob.bin')
+    with open(blob, 'wb') as f:
+        f.write(hashlib.sha512(b'not a tarball').digest() * 1024)
+    cases.append(Case('non-tar-blob', blob, 'refused', 'not a tar archive'))
+    qcow2 = os.path.join(work, 'disk.qcow2')
+    with open(qcow2, 'wb') as f:
+        f.write(b'QFI\xfb' + bytes(4096))
+    cases.append(Case('qcow2-disk', qcow2, 'refused', '(qcow2?)'))
+    compressed_junk = os.path.join(work, 'junk.gz')
+    with open(compressed_junk, 'wb') as f:
+        f.write(gzip.compress(b'#!/bin/sh\nrm -rf /\n' * 1000))
+    cases.append(Case('gzip-of-non-tar', compressed_junk, 'refused',
+                      'truncated or corrupt'))
+    corrupt = os.path.join(work, 'corrupt.tar.gz')
+    with open(corrupt, 'wb') as f:
+        raw = bytearray(data)
+        for i in range(len(raw) // 3, len(raw) // 3 + 4096):
+            raw[i] ^= 0x5a
+        f.write(bytes(raw))
+    cases.append(Case('corrupt-deflate', corrupt, 'refused',
+                      'truncated or corrupt'))
+
+    # A complete root whose later part is damaged: tarfile alone would
+    # take a bad header for the end of the archive, and never reads as
+    # far as the gzip CRC; either way files would be silently missing.
+    raw = io.BytesIO()
+    tar = tarfile.open(fileobj=raw, mode='w', format=tarfile.PAX_FORMAT)
+    _base_members(tar)
+    noise = hashlib.shake_256(b'noise').digest(256 * 1024)
+    for i in range(3):
+        tar.addfile(_info('etc/data%d' % i, size=len(noise)),
+                    io.BytesIO(noise))
+    tar.close()
+    whole = bytearray(raw.getvalue())
+    header = whole.find(b'etc/data2')
+    header -= header % 512
+    bad_header = bytearray(whole)
+    bad_header[header + 148:header + 156] = b'0000000\0'  # its checksum
+    path = os.path.join(work, 'bad-header-mid-archive.tar.gz')
+    with open(path, 'wb') as f:
+        f.write(gzip.compress(bytes(bad_header)))
+    cases.append(Case('bad-header-mid-archive', path, 'refused',
+                      'truncated or corrupt: bad checksum'))
+    late = bytearray(gzip.compress(bytes(whole), compresslevel=1))
+    for i in range(len(late) * 9 // 10, len(late) * 9 // 10 + 16):
+        late[i] ^= 0x55
+    path = os.path.join(work, 'gzip-crc-mismatch.tar.gz')
+    with open(path, 'wb') as f:
+        f.write(bytes(late))
+    cases.append(Case('gzip-crc-mismatch', path, 'refused',
+                      'truncated or corrupt'))
+    return cases
+
+
+def checksum_tree(top):
+    """{relative path: (mode, uid, gid, size, crc)} of everything below."""
+    result = {}
+    for root, dirs, files in os.walk(top):
+        for name in ['.'] + dirs + files:
+            path = os.path.normpath(os.path.join(root, name))
+            st = os.lstat(path)
+            crc = None
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, 'rb') as f:
+                    crc = zlib.crc32(f.read())
+            result[os.path.relpath(path, top)] = (
+                st.st_mode, st.st_uid, st.st_gid, st.st_size, crc)
+    return result

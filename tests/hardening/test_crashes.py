@@ -1,0 +1,231 @@
+"""The driver's process killed (SIGKILL) at each step of spawn and destroy.
+
+For every crash point a driver process (tests.hardening.worker) is armed
+to kill itself right before or after one function of the driver runs,
+then asked to spawn or destroy. While the half-made container's
+artifacts remain, a new allocation (the driver's own IdAllocator) must not
+hand out its ID. Then a new driver process starts on the same host and
+state, runs init_host and deletes the instance: nothing may be left, no
+mount, directory, cgroup, ID reservation, loop device, monitor process,
+veth or held lock.
+
+A host reboot is simulated too: containers running, every container
+killed, every mount under the state path gone, a new driver runs
+init_host and resume_state_on_host_boot.
+"""
+
+import os
+import subprocess
+import uuid
+
+from oslotest import base as oslo_base
+
+from novalxcdriver import container
+from novalxcdriver import ids
+from novalxcdriver import mount
+from tests.functional import base as func_base
+from tests.hardening import base
+from tests.hardening import images
+from tests.hardening import summary
+
+# (label, target, when, match): match 'dir' stands for the container's
+# directory, 'config' for its config file.
+SPAWN_POINTS = (
+    ('fetch', 'nova.virt.images:fetch', 'after', None),
+    ('ImageCache.get', 'novalxcdriver.images:ImageCache.get', 'after',
+     None),
+    ('IdAllocator._write_owner', 'novalxcdriver.ids:IdAllocator._write_owner',
+     'before', None),
+    ('IdAllocator.allocate', 'novalxcdriver.ids:IdAllocator.allocate',
+     'after', None),
+    ('Disk.create', 'novalxcdriver.disk:Disk.create', 'before', None),
+    ('lxc.attach_loop', 'novalxcdriver.lxc:attach_loop', 'after', None),
+    ('mount.ext4', 'novalxcdriver.mount:ext4', 'after', None),
+    ('Disk.create', 'novalxcdriver.disk:Disk.create', 'after', None),
+    ('mount.idmapped_bind', 'novalxcdriver.mount:idmapped_bind', 'after',
+     None),
+    ('mount.overlay', 'novalxcdriver.mount:overlay', 'after', None),
+    ('Rootfs.create', 'novalxcdriver.rootfs:Rootfs.create', 'after', None),
+    ('config write', 'os:rename', 'before', 'config'),
+    ('config write', 'os:rename', 'after', 'config'),
+    ('lxc.start', 'novalxcdriver.lxc:start', 'before', None),
+    ('lxc.start', 'novalxcdriver.lxc:start', 'after', None),
+)
+DESTROY_POINTS = (
+    ('Container.stop', 'novalxcdriver.container:Container.stop', 'before',
+     None),
+    ('Container.stop', 'novalxcdriver.container:Container.stop', 'after',
+     None),
+    ('Rootfs.unmount', 'novalxcdriver.rootfs:Rootfs.unmount', 'after', None),
+    ('Rootfs.destroy', 'novalxcdriver.rootfs:Rootfs.destroy', 'after', None),
+    ('rmtree(container dir)', 'shutil:rmtree', 'before', 'dir'),
+    ('rmtree(container dir)', 'shutil:rmtree', 'after', 'dir'),
+    ('IdAllocator.release', 'novalxcdriver.ids:IdAllocator.release',
+     'before', None),
+)
+
+
+class CrashTest(oslo_base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        func_base.require_root(self)
+        self.root = base.test_root(self)
+        self.tarball = images.busybox_plus(os.path.join(self.root,
+                                                        'bb.tar.gz'))
+        self.host = 'hardening-crash-%d' % os.getpid()
+
+    def _worker(self, root, image_id):
+        return base.Worker(self, root, self.host,
+                           images={image_id: self.tarball},
+                           state_poll_interval=1.0)
+
+    def _match(self, match, lxc_path, spec):
+        directory = os.path.join(lxc_path, base.instance_name(spec))
+        return {'dir': directory, 'config': directory + '/config',
+                None: None}[match]
+
+    def _crash_once(self, phase, i, label, target, when, match):
+        """One crash point in a root of its own.
+
+        :returns: (left, held, probe, leaks, problems): what the crash
+            left, the IDs it held, the ID a new allocation got, what the
+            restarted driver left, and anything else wrong (as text).
+        """
+        root = os.path.join(self.root, '%s-%02d' % (phase, i))
+        os.makedirs(root)
+        image_id = str(uuid.uuid4())
+        spec = base.instance_spec(0x2000 + i + (100 if phase == 'destroy'
+                                                else 0))
+        name = base.instance_name(spec)
+        problems = []
+        worker = self._worker(root, image_id)
+        lxc_path, state_path = worker.lxc_path, worker.state_path
+        if phase == 'destroy':
+            result, = worker.call('spawn', instances=[spec],
+                                  image_id=image_id)
+            if result['error']:
+                return [], [], None, [], ['spawn failed: %s'
+                                          % result['message']]
+        worker.call('arm', target=target, when=when,
+                    match=self._match(match, lxc_path, spec))
+        op = {'spawn': dict(op='spawn', instances=[spec], image_id=image_id),
+              'destroy': dict(op='destroy', instances=[spec])}[phase]
+        status = worker.crash_during(**op)
+        if status != -9:
+            problems.append('exit status %s, not SIGKILL' % status)
+
+        left = base.leaks(lxc_path, state_path, [name])
+        # The half-made container keeps its ID while its artifacts remain.
+        held = base.held_ids(lxc_path, state_path)
+        allocator = ids.IdAllocator(
+            state_path, artifact_ids=lambda: container.artifact_ids(
+                lxc_path, state_path))
+        probe = allocator.allocate(str(uuid.uuid4()), 'probe')
+        allocator.release(probe)
+        if probe in held:
+            problems.append('ID %d handed out again while held by %s' % (
+                probe, sorted(held)))
+        veth_names = base.veth_pairs(lxc_path)
+
+        restarted = self._worker(root, image_id)
+        result, = restarted.call('destroy', instances=[spec])
+        if result['error']:
+            problems.append('destroy after restart: %s: %s' % (
+                result['error'], result['message']))
+        restarted.quit()
+        leaks = base.leaks(lxc_path, state_path, [name],
+                           veth_names=veth_names)
+        if not leaks:
+            base.force_clean(root)
+        return left, sorted(held), probe, leaks, problems
+
+    def _crash_points(self, phase, points):
+        figures = {}
+        failures = {}
+        for i, (label, target, when, match) in enumerate(points):
+            point = '%s: %s %s' % (phase, when, label)
+            try:
+                left, held, probe, leaks, problems = self._crash_once(
+                    phase, i, label, target, when, match)
+            except base.WorkerError as e:
+                left, held, probe, leaks, problems = [], [], None, [], [
+                    '%s' % e]
+            figures[point] = len(leaks)
+            print('HARDENING crash point %-40s left %2d artifacts (IDs held '
+                  '%s, new ID %s); leaks after restart+delete %d%s' % (
+                      point, len(left), held, probe, len(leaks), ''.join(
+                          '\n    ' + x for x in leaks + problems)))
+            if leaks or problems:
+                failures[point] = leaks + problems
+        summary.record(
+            'crashes.' + phase,
+            '%d crash points in %s, %d leaks after restart and delete, %d '
+            'points with problems' % (len(points), phase,
+                                      sum(figures.values()), len(failures)),
+            points=len(points), leaks=sum(figures.values()),
+            per_point=figures)
+        self.assertEqual({}, failures)
+
+    def test_crash_at_each_step_of_spawn(self):
+        self._crash_points('spawn', SPAWN_POINTS)
+
+    def test_crash_at_each_step_of_destroy(self):
+        self._crash_points('destroy', DESTROY_POINTS)
+
+    def test_host_reboot_brings_running_instances_back(self):
+        image_id = str(uuid.uuid4())
+        worker = self._worker(self.root, image_id)
+        lxc_path, state_path = worker.lxc_path, worker.state_path
+        running = [base.instance_spec(0x3000 + i) for i in range(3)]
+        stopped = base.instance_spec(0x3010)
+        self.assertEqual([None] * 3, [r['error'] for r in worker.call(
+            'spawn', instances=running, image_id=image_id)])
+        self.assertEqual([None], [r['error'] for r in worker.call(
+            'spawn', instances=[stopped], image_id=image_id,
+            power_on=False)])
+        names = [base.instance_name(s) for s in running]
+        for name in names:
+            base.attach(name, lxc_path, 'sh', '-c',
+                        'echo kept > /root/persist', check=True)
+
+        # The reboot: nova-compute dies with the host, every container
+        # stops at once, every mount and loop device goes.
+        worker.kill()
+        for name in names:
+            subprocess.run(['lxc-stop', '-k', '-n', name, '-P', lxc_path],
+                           check=True)
+        mount.unmount_tree(state_path)
+        self.assertEqual([], base.mounts_under(state_path))
+        self.assertEqual([], base.loop_devices(state_path))
+
+        restarted = self._worker(self.root, image_id)
+        results = restarted.call('resume_state_on_host_boot',
+                                 instances=running)
+        self.assertEqual([None] * 3, [r['error'] for r in results])
+        states = [base.lxc_info(n, lxc_path)[0] for n in names]
+        kept = [base.attach(n, lxc_path, 'cat', '/root/persist').stdout
+                for n in names]
+        self.assertEqual(['RUNNING'] * 3, states)
+        self.assertEqual(['kept\n'] * 3, kept)
+        # The one that was stopped stays so, and still starts.
+        stopped_name = base.instance_name(stopped)
+        self.assertEqual('STOPPED', base.lxc_info(stopped_name,
+                                                  lxc_path)[0])
+        self.assertEqual([None], [r['error'] for r in restarted.call(
+            'power_on', instances=[stopped])])
+        self.assertEqual('RUNNING', base.lxc_info(stopped_name,
+                                                  lxc_path)[0])
+
+        everything = running + [stopped]
+        self.assertEqual([None] * 4, [r['error'] for r in restarted.call(
+            'destroy', instances=everything)])
+        leaks = base.leaks(lxc_path, state_path,
+                           names + [stopped_name])
+        summary.record(
+            'reboot', 'simulated host reboot: %d of 3 running instances '
+            'RUNNING again with their data, the stopped one stopped; %d '
+            'leaks after deleting all' % (states.count('RUNNING'),
+                                          len(leaks)),
+            running_again=states.count('RUNNING'), leaks=len(leaks))
+        self.assertEqual([], leaks)

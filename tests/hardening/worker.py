@@ -1,0 +1,287 @@
+"""One driver process, as one nova-compute service: commands on stdin.
+
+Started by tests.hardening.base.Worker as ``python -m
+tests.hardening.worker`` from the repository. Like nova-compute it runs in
+native threading mode (no eventlet) and owns one LXCDriver with its own
+CONF.host; several workers given the same [lxc] state_path and lxc_path
+are several compute services on one node.
+
+Protocol: one JSON object a line on stdin, ``{"op": NAME, ...}``; one JSON
+answer a line on the original stdout, ``{"ok": true, "result": ...}`` or
+``{"ok": false, "error": CLASS, "message": TEXT}``. Everything else the
+process prints goes to stderr (the test's log file).
+
+``arm`` makes the process SIGKILL itself right before or after a named
+function runs (``module:attr.path``), so tests can crash the driver at
+any step of spawn or destroy.
+"""
+
+import os
+
+# As nova-compute's entry point does, before anything imports eventlet.
+os.environ.setdefault('OS_NOVA_DISABLE_EVENTLET_PATCHING', '1')
+from nova import monkey_patch  # noqa: E402
+monkey_patch.patch()
+
+import importlib  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+
+# nova.conf registers Nova's options (host, instance_name_template).
+import nova.conf  # noqa: E402,F401
+from nova import context as nova_context  # noqa: E402
+from nova import objects  # noqa: E402
+from nova.tests.unit import fake_instance  # noqa: E402
+from nova.virt import fake as fake_virt  # noqa: E402
+import nova.virt.images  # noqa: E402
+
+from novalxcdriver import conf  # noqa: E402
+from novalxcdriver import driver as driver_mod  # noqa: E402
+from novalxcdriver import lxc  # noqa: E402
+from novalxcdriver import tarball  # noqa: E402
+
+CONF = conf.CONF
+LOG = logging.getLogger('hardening.worker')
+
+
+class Worker:
+
+    def __init__(self):
+        self.driver = None
+        self.images = {}
+        self.fetch_delay = 0
+        self.counts = {'fetch': 0, 'unpack': 0}
+        self.counts_lock = threading.Lock()
+        self.ctxt = None
+
+    # -- set-up ----------------------------------------------------------
+
+    def op_configure(self, host, lxc_path, state_path, images=None,
+                     fetch_delay=0, name_template=None,
+                     image_max_unpacked_gib=None, state_poll_interval=0):
+        CONF([], project='nova', default_config_files=[])
+        objects.register_all()
+        CONF.set_override('host', host)
+        if name_template:
+            CONF.set_override('instance_name_template', name_template)
+        CONF.set_override('lxc_path', lxc_path, group='lxc')
+        CONF.set_override('state_path', state_path, group='lxc')
+        CONF.set_override('state_poll_interval', state_poll_interval,
+                          group='lxc')
+        CONF.set_override('soft_reboot_timeout', 20, group='lxc')
+        if image_max_unpacked_gib:
+            CONF.set_override('image_max_unpacked_gib',
+                              image_max_unpacked_gib, group='lxc')
+        self.images = dict(images or {})
+        self.fetch_delay = fetch_delay
+        # Glance: a local copy, counted. The driver calls the module's
+        # attribute at fetch time, so arm() can wrap this one too.
+        nova.virt.images.fetch = self._fetch
+        real_unpack = tarball.unpack_rootfs
+
+        def counted_unpack(*args, **kwargs):
+            with self.counts_lock:
+                self.counts['unpack'] += 1
+            return real_unpack(*args, **kwargs)
+
+        tarball.unpack_rootfs = counted_unpack
+        self.ctxt = nova_context.get_admin_context()
+        self.driver = driver_mod.LXCDriver(fake_virt.FakeVirtAPI())
+        return {'pid': os.getpid()}
+
+    def _fetch(self, context, image_id, path, trusted_certs=None):
+        with self.counts_lock:
+            self.counts['fetch'] += 1
+        # Slow enough that concurrent boots really race for the image.
+        time.sleep(self.fetch_delay)
+        shutil.copyfile(self.images[image_id], path)
+
+    def op_init_host(self):
+        self.driver.init_host(CONF.host)
+
+    def op_add_images(self, images):
+        self.images.update(images)
+
+    def op_arm(self, target, when, match=None):
+        arm(target, when, match)
+
+    def op_counts(self):
+        with self.counts_lock:
+            return dict(self.counts)
+
+    def op_quit(self):
+        self.driver.cleanup_host(CONF.host)
+        return 'bye'
+
+    # -- instances -------------------------------------------------------
+
+    def instance(self, spec):
+        flavor = objects.Flavor(
+            flavorid='1', name='hardening',
+            extra_specs=spec.get('extra_specs', {}),
+            memory_mb=spec.get('memory_mb', 64), vcpus=spec.get('vcpus', 1),
+            root_gb=spec.get('root_gb', 1),
+            ephemeral_gb=spec.get('ephemeral_gb', 0),
+            swap=spec.get('swap', 0))
+        # Nova's own test factory sets every field a real instance has.
+        instance = fake_instance.fake_instance_obj(
+            self.ctxt, id=spec['id'], uuid=spec['uuid'],
+            hostname=spec.get('hostname', 'hardening-%d' % spec['id']),
+            display_name=spec.get('display_name', 'hardening'),
+            host=CONF.host, node=CONF.host, flavor=flavor,
+            metadata=spec.get('metadata', {}),
+            user_data=spec.get('user_data'))
+        instance.numa_topology = None
+        return instance
+
+    def _each(self, specs, action):
+        """Run action(instance) for every spec, one thread each."""
+        results = [None] * len(specs)
+
+        def run(i, spec):
+            start = time.monotonic()
+            try:
+                value = action(self.instance(spec))
+                results[i] = {'uuid': spec['uuid'], 'error': None,
+                              'value': value}
+            except Exception as e:
+                LOG.exception('%s of %s failed', action.__name__,
+                              spec['uuid'])
+                results[i] = {'uuid': spec['uuid'],
+                              'error': type(e).__name__,
+                              'message': str(e)}
+            results[i]['seconds'] = time.monotonic() - start
+
+        threads = [threading.Thread(target=run, args=(i, s))
+                   for i, s in enumerate(specs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+
+    def image_meta(self, image_id):
+        return objects.ImageMeta.from_dict({
+            'id': image_id, 'container_format': 'bare',
+            'disk_format': 'raw', 'properties': {}})
+
+    def op_spawn(self, instances, image_id, power_on=True,
+                 injected_files=()):
+        def spawn(instance):
+            self.driver.spawn(self.ctxt, instance,
+                              self.image_meta(image_id),
+                              [tuple(f) for f in injected_files], None, {},
+                              network_info=[], power_on=power_on)
+            return self._describe(instance)
+        return self._each(instances, spawn)
+
+    def op_destroy(self, instances):
+        def destroy(instance):
+            self.driver.destroy(self.ctxt, instance, [])
+        return self._each(instances, destroy)
+
+    def op_resume_state_on_host_boot(self, instances):
+        def resume(instance):
+            self.driver.resume_state_on_host_boot(self.ctxt, instance, [],
+                                                  None)
+            return self._describe(instance)
+        return self._each(instances, resume)
+
+    def op_power_on(self, instances):
+        def power_on(instance):
+            self.driver.power_on(self.ctxt, instance, [])
+            return self._describe(instance)
+        return self._each(instances, power_on)
+
+    def op_info(self, instances):
+        return self._each(instances, self._describe)
+
+    def _describe(self, instance):
+        exists = self.driver.instance_exists(instance)
+        state = pid = None
+        if exists:
+            state, pid = lxc.info(instance.name, CONF.lxc.lxc_path)
+        return {'name': instance.name, 'exists': exists, 'state': state,
+                'pid': pid, 'cid': self.driver._ids.find(instance.uuid)}
+
+    def op_list_instances(self):
+        return self.driver.list_instances()
+
+    def op_allocate_probe(self, uuid):
+        """Reserve the lowest free ID as a new spawn would, then free it."""
+        cid = self.driver._ids.allocate(uuid, 'probe')
+        self.driver._ids.release(cid)
+        return cid
+
+
+def arm(target, when, match=None):
+    """SIGKILL this process right 'before' or 'after' target runs.
+
+    :param target: 'module:attr[.attr...]', e.g.
+        'novalxcdriver.rootfs:Rootfs.create'.
+    :param match: only calls with an argument containing this text.
+    """
+    modname, path = target.split(':')
+    owner = importlib.import_module(modname)
+    parts = path.split('.')
+    for part in parts[:-1]:
+        owner = getattr(owner, part)
+    name = parts[-1]
+    static = isinstance(inspect.getattr_static(owner, name), staticmethod)
+    real = getattr(owner, name)
+
+    def die():
+        LOG.warning('Crash point %s (%s): SIGKILL', target, when)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def crashing(*args, **kwargs):
+        hit = match is None or any(match in str(a) for a in args)
+        if hit and when == 'before':
+            die()
+        result = real(*args, **kwargs)
+        if hit and when == 'after':
+            die()
+        return result
+
+    setattr(owner, name, staticmethod(crashing) if static else crashing)
+
+
+def main():
+    # Answers go to a private copy of stdout (not inherited by commands the
+    # driver runs); fd 1 becomes stderr, so stray prints cannot corrupt
+    # the protocol.
+    answers = os.fdopen(os.dup(1), 'w', buffering=1)
+    os.dup2(2, 1)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO,
+        format='%(asctime)s ' + str(os.getpid()) +
+               ' %(levelname)s %(name)s %(message)s')
+    worker = Worker()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        op = request.pop('op')
+        try:
+            result = getattr(worker, 'op_' + op)(**request)
+            answer = {'ok': True, 'result': result}
+        except Exception as e:
+            LOG.exception('op %s failed', op)
+            answer = {'ok': False, 'error': type(e).__name__,
+                      'message': str(e),
+                      'traceback': traceback.format_exc()}
+        answers.write(json.dumps(answer) + '\n')
+        if op == 'quit':
+            break
+
+
+if __name__ == '__main__':
+    main()
