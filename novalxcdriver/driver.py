@@ -8,7 +8,6 @@ shim. Method contracts: nova/virt/driver.py (Nova 34).
 """
 
 import os
-import time
 
 from nova.compute import power_state
 from nova import exception as nova_exc
@@ -34,7 +33,7 @@ from novalxcdriver import host as host_mod
 from novalxcdriver import ids
 from novalxcdriver import images
 from novalxcdriver import limits as limits_mod
-from novalxcdriver import lxc
+from novalxcdriver import lxcfs
 from novalxcdriver import numa
 from novalxcdriver import rootfs as rootfs_mod
 from novalxcdriver import spec as spec_mod
@@ -97,8 +96,10 @@ class LXCDriver(driver.ComputeDriver):
         :raises HostCheckFailed: listing everything the host lacks.
         """
         problems = host_mod.problems()
-        if not problems and not host_mod.lxcfs_running():
-            problems += self._start_lxcfs()
+        if not problems:
+            os.makedirs(self._state_path, mode=0o711, exist_ok=True)
+            problems += lxcfs.ensure(
+                os.path.join(self._state_path, 'lxcfs.log'))
         try:
             self._ids = ids.IdAllocator(
                 self._state_path, range_size=CONF.lxc.id_range_size,
@@ -119,25 +120,6 @@ class LXCDriver(driver.ComputeDriver):
                 self._lxc_path, CONF.lxc.state_poll_interval,
                 self._state_changed)
             self._watcher.start()
-
-    def _start_lxcfs(self):
-        """Start lxcfs, which shows each container its own /proc figures.
-
-        :returns: list of problems (empty once lxcfs serves its files).
-        """
-        log_path = os.path.join(self._state_path, 'lxcfs.log')
-        LOG.info('lxcfs is not running; starting it on %s (log: %s)',
-                 host_mod.LXCFS_MOUNT, log_path)
-        os.makedirs(self._state_path, mode=0o711, exist_ok=True)
-        os.makedirs(host_mod.LXCFS_MOUNT, exist_ok=True)
-        lxc.start_daemon(['lxcfs', host_mod.LXCFS_MOUNT], log_path)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if host_mod.lxcfs_running():
-                return []
-            time.sleep(0.1)
-        return ['lxcfs did not start on %s: see %s'
-                % (host_mod.LXCFS_MOUNT, log_path)]
 
     def cleanup_host(self, host):
         if self._watcher:

@@ -102,11 +102,6 @@ def whole_disk(path):
 LXCFS_MOUNT = '/var/lib/lxcfs'
 
 
-def lxcfs_running():
-    """True when lxcfs serves /proc files under LXCFS_MOUNT."""
-    return os.path.exists(os.path.join(LXCFS_MOUNT, 'proc', 'meminfo'))
-
-
 def process_alive(pid):
     """True if a process with this pid exists (kill(2) with signal 0)."""
     try:

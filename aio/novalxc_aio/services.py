@@ -87,6 +87,11 @@ def lxcfs_mounted():
                    for line in f)
 
 
+def lxcfs_serving():
+    """True when lxcfs answers; a dead daemon's mount gives ENOTCONN."""
+    return os.path.exists(os.path.join(LXCFS_DIR, 'proc', 'meminfo'))
+
+
 def _ovs_appctl(target, *args):
     return procs.command_probe(['ovs-appctl', '-t', target] + list(args))
 
@@ -138,9 +143,9 @@ def all_services():
                      layout.etc('neutron', 'plugins', 'ml2', 'ml2_conf.ini'))
     return [
         # lxcfs gives containers their own /proc/meminfo, cpuinfo, uptime
-        # (hooked in by LXC's common.conf.d/00-lxcfs.conf).
+        # (bound into each container's /proc by the driver's lxc.conf).
         procs.Service('lxcfs', ('lxcfs', '--foreground', LXCFS_DIR),
-                      lxcfs_mounted, where=LXCFS_DIR),
+                      lxcfs_serving, where=LXCFS_DIR),
         procs.Service('mariadb', ('/usr/sbin/mariadbd',
                                   '--defaults-file=' +
                                   layout.etc('mysql', 'my.cnf')),

@@ -116,10 +116,14 @@ def _copy_paste_ini(service, name, readers):
 
 def lxcfs():
     """lxcfs: per-container /proc/meminfo, cpuinfo, uptime (FUSE)."""
-    if services.lxcfs_mounted() and not procs.recorded_pid('lxcfs'):
+    if services.lxcfs_serving() and not procs.recorded_pid('lxcfs'):
         util.say('lxcfs already runs on %s (not started by the aio): '
                  'containers use it', services.LXCFS_DIR)
         return
+    if services.lxcfs_mounted() and not services.lxcfs_serving():
+        util.say('lxcfs on %s died and left its mount: detaching it',
+                 services.LXCFS_DIR)
+        util.run(['umount', '--lazy', services.LXCFS_DIR], log='lxcfs')
     if not procs.recorded_pid('lxcfs'):
         os.makedirs(services.LXCFS_DIR, exist_ok=True)
     start('lxcfs')

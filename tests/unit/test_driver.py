@@ -70,6 +70,8 @@ class _Base(base.BaseTestCase):
                                      subgid_path=self.subgid))
         self.problems = self.patch('novalxcdriver.host.problems',
                                    return_value=[])
+        self.lxcfs = self.patch('novalxcdriver.lxcfs.ensure',
+                                return_value=[])
         # Host facts spawn checks a flavor against.
         self.memory = self.patch('novalxcdriver.host.memory_mb',
                                  return_value=(16000, 4000))
@@ -238,6 +240,23 @@ class InitHostTest(_Base):
         self.assertIn('missing commands lxc-start', str(e))
         self.assertIn('no cgroup freezer', str(e))
         self.assertFalse(os.path.exists(self.lxc_path))
+
+    def test_lxcfs_ensured_with_log_in_state_path(self):
+        self.init_host()
+        self.lxcfs.assert_called_once_with(
+            os.path.join(self.state_path, 'lxcfs.log'))
+
+    def test_lxcfs_problem_fails_host_check(self):
+        self.lxcfs.return_value = ['lxcfs did not start on /var/lib/lxcfs']
+        e = self.assertRaises(exception.HostCheckFailed, self.drv.init_host,
+                              HOST)
+        self.assertIn('lxcfs did not start', str(e))
+        self.assertFalse(os.path.exists(self.lxc_path))
+
+    def test_lxcfs_not_tried_on_a_host_lacking_tools(self):
+        self.problems.return_value = ['missing commands lxcfs']
+        self.assertRaises(exception.HostCheckFailed, self.drv.init_host, HOST)
+        self.lxcfs.assert_not_called()
 
     def test_missing_subuid(self):
         os.unlink(self.subuid)
