@@ -24,9 +24,12 @@ from oslo_log import log as logging
 
 from novalxcdriver import conf
 from novalxcdriver import exception
+from novalxcdriver import host
+from novalxcdriver import limits as limits_mod
 from novalxcdriver import lxc
 from novalxcdriver import rootfs as rootfs_mod
 from novalxcdriver import spec as spec_mod
+from novalxcdriver import throttle
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -172,7 +175,32 @@ class Container:
         if state == 'RUNNING':
             return
         self._clear_suspended()
+        self._place_io_throttles()
         lxc.start(self.name, self.lxc_path)
+
+    def _place_io_throttles(self):
+        """Aim the record's disk I/O throttles at the disks' devices.
+
+        Loop device numbers change whenever the disks are attached again
+        (host boot), so the keys are rewritten before each start.
+        """
+        with open(self.config_path) as f:
+            text = f.read()
+        io_throttles = limits_mod.parse_io(
+            spec_mod.parse_record(text).get('io'))
+        if not io_throttles:
+            return
+        devices = self.rootfs().disk_devices()
+        if not devices:
+            raise exception.DisksNotMounted(name=self.name)
+        new = spec_mod.with_io(text, limits_mod.render_io(
+            io_throttles, devices, host.cgroup_version()))
+        if new != text:
+            tmp = self.config_path + '.tmp'
+            with open(tmp, 'w') as f:
+                f.write(new)
+            os.rename(tmp, self.config_path)
+        throttle.set_writeback(io_throttles, devices)
 
     def stop(self, timeout=0, retry_interval=0):
         """Halt cleanly within timeout seconds, else kill (Nova power_off).

@@ -22,6 +22,7 @@ from oslo_utils import units
 from novalxcdriver import exception
 from novalxcdriver import lxc
 from novalxcdriver import mount
+from novalxcdriver import throttle
 
 LOG = logging.getLogger(__name__)
 SYS_DEV_BLOCK = '/sys/dev/block'
@@ -70,7 +71,10 @@ class Disk:
             return
         device = lxc.attach_loop(self.image_path)
         try:
-            self._save_io_baseline(device)
+            number = self._save_io_baseline(device)
+            if number:
+                # An earlier user's throttle must not follow the device.
+                throttle.clear(number)
             mount.ext4(device, self.mountpoint)
         except Exception:
             with excutils.save_and_reraise_exception():
@@ -83,7 +87,10 @@ class Disk:
 
         Bookkeeping for diagnostics only: a failure is logged, and leaves
         no baseline (rather than an earlier attachment's).
+
+        :returns: the device's 'MAJ:MIN', or None if stat(2) failed on it.
         """
+        number = None
         try:
             try:
                 os.unlink(self.io_baseline_path)
@@ -98,6 +105,7 @@ class Disk:
         except OSError as e:
             LOG.warning('Cannot save the I/O counters of %s for %s: %s',
                         device, self.image_path, e)
+        return number
 
     def detach_loops(self):
         """Detach loop devices still backed by the image: crash leftovers.

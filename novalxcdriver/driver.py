@@ -362,7 +362,6 @@ class LXCDriver(driver.ComputeDriver):
             topology = instance.numa_topology
             limits = limits_mod.for_instance(
                 flavor, cid, sorted(numa.shared_cpus()), CONF.lxc.pids_max,
-                io_device=host_mod.whole_disk(self._state_path),
                 pinning=topology.cpu_pinning if topology else None)
         except exception.InvalidFlavor as e:
             raise nova_exc.InvalidInput(reason=str(e))

@@ -78,3 +78,8 @@ class ContainerExists(NovaLXCError):
 
 class InvalidFlavor(NovaLXCError):
     msg_fmt = 'The flavor cannot be honoured on this host: %(reason)s'
+
+
+class DisksNotMounted(NovaLXCError):
+    msg_fmt = ('Container %(name)s has disk I/O throttles but none of its '
+               'disks is mounted')

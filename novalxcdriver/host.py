@@ -82,23 +82,6 @@ def swap_accounting():
     return os.path.exists('/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes')
 
 
-def whole_disk(path):
-    """'MAJ:MIN' of the whole disk holding path, or None if not a disk.
-
-    Block I/O throttles apply to whole disks, not partitions
-    (Documentation/admin-guide/cgroup-v1/blkio-controller.rst).
-    """
-    st = os.stat(path)
-    sys_dev = '/sys/dev/block/%d:%d' % (os.major(st.st_dev),
-                                        os.minor(st.st_dev))
-    if not os.path.exists(sys_dev):
-        return None
-    if os.path.exists(os.path.join(sys_dev, 'partition')):
-        sys_dev = os.path.join(os.path.realpath(sys_dev), '..')
-    with open(os.path.join(sys_dev, 'dev')) as f:
-        return f.read().strip()
-
-
 LXCFS_MOUNT = '/var/lib/lxcfs'
 
 

@@ -3,7 +3,10 @@
 ``for_instance`` turns a Nova flavor (memory_mb, swap, vcpus, extra specs)
 and, for dedicated-CPU instances, Nova's CPU pinning into a frozen
 ``Limits``; ``render`` turns that into lxc.cgroup.* (cgroup v1) or
-lxc.cgroup2.* keys (cgroup v2). Sources: the kernel's cgroup docs
+lxc.cgroup2.* keys (cgroup v2). Disk I/O throttles name block devices that
+change whenever the disks are attached again, so ``render_io`` renders them
+apart, before each start (container.Container.start). Sources: the
+kernel's cgroup docs
 (Documentation/admin-guide/cgroup-v1/{memory,cpusets,pids,blkio-controller}
 .rst, sched-bwc.rst for CFS bandwidth, cgroup-v2.rst), Nova's flavor
 extra-spec reference for the ``quota:`` keys.
@@ -35,9 +38,8 @@ class Limits:
     :ivar cpu_quota_us: CFS quota per period, µs (-1: unlimited).
     :ivar cpu_shares: relative weight (cgroup v1 cpu.shares), or None.
     :ivar pids_max: most tasks at once.
-    :ivar io: tuple of (kind, value) with kind one of _IO_SPECS, applied to
-        the block device ``io_device`` ('MAJ:MIN').
-    :ivar io_device: whole-disk device behind the instance's disks.
+    :ivar io: tuple of (kind, value) with kind one of _IO_SPECS (bytes or
+        operations per second), for each of the instance's own disks.
     """
 
     memory_bytes: int
@@ -48,7 +50,6 @@ class Limits:
     cpu_shares: object
     pids_max: int
     io: tuple = ()
-    io_device: object = None
 
 
 def _int_spec(extra_specs, key, minimum, maximum=None):
@@ -156,17 +157,22 @@ def io(extra_specs):
     return tuple(result)
 
 
-def for_instance(flavor, cid, host_cpus, pids_default, io_device=None,
-                 pinning=None):
+def for_instance(flavor, cid, host_cpus, pids_default, pinning=None):
     """Limits of an instance's container.
 
     :param flavor: nova.objects.Flavor.
     :param host_cpus: sorted host CPU ids for shared instances.
     :param pinning: host CPU ids of a dedicated instance, or None.
-    :raises InvalidFlavor: the flavor asks what the host cannot give or an
-        extra spec has a bad value.
+    :raises InvalidFlavor: the flavor asks what the host cannot give, an
+        extra spec has a bad value, or disk I/O throttles come without a
+        root disk to hold them (root_gb 0: the root is the host's disk).
     """
     specs = dict(flavor.extra_specs or {})
+    io_throttles = io(specs)
+    if io_throttles and not flavor.root_gb:
+        raise exception.InvalidFlavor(
+            reason='quota:disk_* throttle the instance\'s own disks; a '
+                   'flavor with root_gb 0 has none')
     mem, memsw = memory(flavor)
     period, quota = cpu_bandwidth(flavor.vcpus, specs)
     return Limits(
@@ -177,8 +183,7 @@ def for_instance(flavor, cid, host_cpus, pids_default, io_device=None,
         cpu_quota_us=quota,
         cpu_shares=cpu_shares(specs),
         pids_max=pids_max(specs, pids_default),
-        io=io(specs),
-        io_device=io_device,
+        io=io_throttles,
     )
 
 
@@ -224,9 +229,6 @@ def render(limits, cgroup_version, swap_accounting=True):
             # cpu.weight spans 1..10000 where shares span 2..262144.
             keys.append(('cpu.weight', 1 + (limits.cpu_shares - 2) * 9999
                          // 262142))
-        if limits.io and limits.io_device:
-            keys.append(('io.max', '%s %s' % (limits.io_device, ' '.join(
-                '%s=%d' % (_V2_IO_KEYS[k], v) for k, v in limits.io))))
         return [('lxc.cgroup2.' + k, str(v)) for k, v in keys]
     keys = [('memory.limit_in_bytes', limits.memory_bytes)]
     if swap_accounting:
@@ -240,7 +242,64 @@ def render(limits, cgroup_version, swap_accounting=True):
     ]
     if limits.cpu_shares:
         keys.append(('cpu.shares', limits.cpu_shares))
-    if limits.io_device:
-        keys += [(_V1_IO_FILES[k], '%s %d' % (limits.io_device, v))
-                 for k, v in limits.io]
     return [('lxc.cgroup.' + k, str(v)) for k, v in keys]
+
+
+def render_io(io_throttles, devices, cgroup_version):
+    """lxc.conf keys throttling each device, per lxc.container.conf(5).
+
+    Each disk gets the whole throttle, as Nova's libvirt driver gives each
+    of an instance's disks its quota:disk_* values.
+
+    :param io_throttles: Limits.io.
+    :param devices: 'MAJ:MIN' of the instance's own disks.
+    :param cgroup_version: 1 (blkio.throttle.*) or 2 (io.max).
+    :returns: list of (key, value).
+    """
+    if cgroup_version == 2:
+        return [('lxc.cgroup2.io.max', '%s %s' % (dev, ' '.join(
+            '%s=%d' % (_V2_IO_KEYS[k], v) for k, v in io_throttles)))
+            for dev in devices]
+    return [('lxc.cgroup.' + _V1_IO_FILES[k], '%s %d' % (dev, v))
+            for dev in devices for k, v in io_throttles]
+
+
+def is_io_key(key):
+    """True for the lxc.conf keys render_io writes."""
+    return key == 'lxc.cgroup2.io.max' or key.startswith(
+        'lxc.cgroup.blkio.throttle.')
+
+
+def writeback_rules(io_throttles, device):
+    """cgroup v1 root blkio rules for device: its write throttles.
+
+    On cgroup v1 the kernel's flusher threads write dirty pages back from
+    the root cgroup, not the writer's (cgroup-v1/blkio-controller.rst), so
+    a container's buffered writes escape its own throttle. The device is
+    the instance's alone, so a rule at the root binds those writes to the
+    same rate. A container mixing both kinds of writes can reach twice it.
+
+    :returns: list of (root blkio file name, line to write).
+    """
+    return [(_V1_IO_FILES[k], '%s %d' % (device, v))
+            for k, v in io_throttles if k.startswith('disk_write')]
+
+
+def clear_rules(device):
+    """cgroup v1 root blkio (file, line) pairs removing device's rules."""
+    return [(f, '%s 0' % device) for f in sorted(_V1_IO_FILES.values())]
+
+
+def format_io(io_throttles):
+    """One word for the driver's record: 'kind=value,kind=value'."""
+    return ','.join('%s=%d' % (k, v) for k, v in io_throttles)
+
+
+def parse_io(text):
+    """format_io's inverse; unknown kinds or bad values are dropped."""
+    result = []
+    for item in (text or '').split(','):
+        kind, _sep, value = item.partition('=')
+        if kind in _IO_SPECS and value.isdigit() and int(value) > 0:
+            result.append((kind, int(value)))
+    return tuple(result)

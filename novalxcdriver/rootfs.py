@@ -31,6 +31,7 @@ from novalxcdriver import exception
 from novalxcdriver import images
 from novalxcdriver import lxc
 from novalxcdriver import mount
+from novalxcdriver import throttle
 
 LOG = logging.getLogger(__name__)
 
@@ -131,7 +132,14 @@ class Rootfs:
         finally:
             os.close(dir_fd)
 
+    def disk_devices(self):
+        """'MAJ:MIN' of each mounted disk of its own (root, ephemeral)."""
+        return [d.device() for d in (self.root_disk, self.ephemeral_disk)
+                if d.is_mounted()]
+
     def unmount(self):
+        for device in self.disk_devices():
+            throttle.clear(device)
         mount.unmount_tree(self.path)
         # A crash between losetup and the mount leaves a loop device.
         for d in (self.root_disk, self.ephemeral_disk):

@@ -165,6 +165,9 @@ def render_config(spec):
         ('id', spec.cid),
         ('image_id', spec.image_id),
     ]
+    if spec.limits.io:
+        # Applied to the disks' devices at each start (with_io).
+        record.append(('io', limits_mod.format_io(spec.limits.io)))
     keys = [
         # Debian's stock unprivileged setup: capabilities, devices cgroup,
         # seccomp, /proc and /sys, and the lxcfs hooks (common.conf.d).
@@ -321,11 +324,25 @@ def with_nics(config_text, nics):
     return '\n'.join(lines) + '\n'
 
 
+def with_io(config_text, keys):
+    """config_text with its disk I/O throttle keys replaced by keys.
+
+    :param keys: (key, value) pairs from limits.render_io.
+    :returns: the new config text (the new keys at its end).
+    """
+    new = ['%s = %s' % kv for kv in keys]
+    _check_lines(new)
+    lines = [line for line in config_text.splitlines()
+             if not limits_mod.is_io_key(line.partition(' = ')[0])]
+    return '\n'.join(lines + new) + '\n'
+
+
 def parse_record(config_text):
     """Read the driver's record back from a rendered config.
 
-    :returns: dict with 'instance_uuid', 'host', 'image_id' (str) and 'id'
-        (int), or {} when the text holds no record.
+    :returns: dict with 'instance_uuid', 'host', 'image_id' (str), 'id'
+        (int) and, with disk I/O throttles, 'io' (limits.format_io), or {}
+        when the text holds no record.
     """
     record = {}
     for line in config_text.splitlines():

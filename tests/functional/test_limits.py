@@ -89,6 +89,63 @@ class LimitsTest(base.FunctionalTestCase):
         self.assertLessEqual(size_kib, 1024 * 1024)
         self.attach(instance.name, 'touch', '/mnt/ephemeral-ok')
 
+    def _timed(self, name, *argv):
+        start = time.monotonic()
+        self.attach(name, *argv)
+        return time.monotonic() - start
+
+    def test_disk_io_throttles_hold(self):
+        mib_s = 4
+        throttled = self.make_instance(root_gb=1)
+        throttled.flavor.extra_specs = {
+            'quota:disk_read_bytes_sec': str(mib_s << 20),
+            'quota:disk_write_bytes_sec': str(mib_s << 20)}
+        self.spawn(throttled, self.busybox_image())
+        free = self._busybox_container(root_gb=1)
+        st = os.stat(os.path.join(CONF.lxc.state_path, 'rootfs',
+                                  str(self.driver._container(throttled).cid()),
+                                  'root'))
+        device = '%d:%d' % (os.major(st.st_dev), os.minor(st.st_dev))
+        rule = '%s %d' % (device, mib_s << 20)
+        self.assertIn(rule, self._cgroup(
+            throttled.name, 'blkio', 'blkio.throttle.read_bps_device'))
+        self.assertIn(rule, self._cgroup(
+            throttled.name, 'blkio', 'blkio.throttle.write_bps_device'))
+        root_rules = os.path.join(CGROUP, 'blkio',
+                                  'blkio.throttle.write_bps_device')
+        with open(root_rules) as f:
+            self.assertIn(rule, f.read().splitlines())
+
+        size_mib = 3 * mib_s   # 3 s at the throttle
+        floor = 2.0            # the throttle allows short bursts
+        figures = {}
+        for label, inst in (('throttled', throttled), ('free', free)):
+            # Buffered: the kernel's flusher writes it back, from the
+            # host's root cgroup on cgroup v1.
+            writeback = self._timed(
+                inst.name, 'sh', '-c',
+                'dd if=/dev/zero of=/root/wb bs=1M count=%d 2>/dev/null '
+                '&& sync' % size_mib)
+            # fsync: written back by the container's own task.
+            fsync = self._timed(
+                inst.name, 'dd', 'if=/dev/zero', 'of=/root/fs', 'bs=1M',
+                'count=%d' % size_mib, 'conv=fsync')
+            with open('/proc/sys/vm/drop_caches', 'w') as f:
+                f.write('3')
+            read = self._timed(inst.name, 'dd', 'if=/root/fs',
+                               'of=/dev/null', 'bs=1M')
+            figures[label] = (writeback, fsync, read)
+            print('%s container (%s), %d MiB: write+sync %.1f s, '
+                  'write with fsync %.1f s, read %.1f s'
+                  % ((label, '%d MiB/s' % mib_s if inst is throttled
+                      else 'no throttle', size_mib) + figures[label]))
+        for seconds in figures['throttled']:
+            self.assertGreater(seconds, floor)
+
+        self.driver.destroy(self.ctxt, throttled, [])
+        with open(root_rules) as f:
+            self.assertNotIn(device, f.read())
+
     def test_cpu_time_bounded_by_vcpus(self):
         instance = self._busybox_container(vcpus=1)
         self.assertEqual('1', self.attach(instance.name,

@@ -252,6 +252,20 @@ class LifecycleTest(_Base):
         self.c.start()
         self.lxc.start.assert_called_once_with(NAME, self.lxc_path)
 
+    def test_start_with_io_throttles_but_no_disk_refused(self):
+        # Starting unthrottled would sell more than the flavor says.
+        with open(self.c.config_path) as f:
+            text = f.read()
+        with open(self.c.config_path, 'w') as f:
+            f.write(text.replace(
+                '# novalxc.image_id', '# novalxc.io = '
+                'disk_write_bytes_sec=1000\n# novalxc.image_id'))
+        self.assertEqual('disk_write_bytes_sec=1000',
+                         self.c.record()['io'])
+        self.lxc_state = 'STOPPED'
+        self.assertRaises(exception.DisksNotMounted, self.c.start)
+        self.lxc.start.assert_not_called()
+
     def test_start_running_does_nothing(self):
         self.c.start()
         self.lxc.start.assert_not_called()

@@ -32,6 +32,8 @@ class _Base(base.BaseTestCase):
         self.mount.mountpoints.side_effect = lambda: set(self.mounted)
         self.mount.ext4.side_effect = self._ext4
         self.chown = self.patch('os.chown', autospec=True)
+        self.throttle = self.patch('novalxcdriver.disk.throttle',
+                                   autospec=True)
 
     def patch(self, target, *args, **kwargs):
         patcher = mock.patch(target, *args, **kwargs)
@@ -212,6 +214,15 @@ class IoBaselineTest(_Base):
         self.mount.ext4.assert_called_once_with(LOOP, self.mountpoint)
         self.assertEqual(self.image + '.iostat', self.disk.io_baseline_path)
 
+    def test_earlier_throttles_cleared_before_the_mount(self):
+        # The loop device may have served another instance's disk.
+        def ext4(device, target):
+            self.throttle.clear.assert_called_once_with('7:7')
+            self.mounted.add(target)
+        self.mount.ext4.side_effect = ext4
+        self.disk.mount()
+        self.mount.ext4.assert_called_once()
+
     def test_replaces_an_earlier_attachment(self):
         with open(self.disk.io_baseline_path, 'w') as f:
             f.write('7:3 1 2 3 4 5 6 7 8\n')
@@ -225,6 +236,7 @@ class IoBaselineTest(_Base):
         self.disk.mount()
         self.assertFalse(os.path.exists(self.disk.io_baseline_path))
         self.assertTrue(self.disk.is_mounted())
+        self.throttle.clear.assert_called_once_with('7:7')
 
 
 class DetachLoopsTest(_Base):

@@ -79,8 +79,6 @@ class _Base(base.BaseTestCase):
                                return_value=(100, 40, 60))
         self.shared_cpus = self.patch('novalxcdriver.numa.shared_cpus',
                                       return_value=set(range(8)))
-        self.whole_disk = self.patch('novalxcdriver.host.whole_disk',
-                                     return_value='8:0')
         self.cgroup_version = self.patch(
             'novalxcdriver.host.cgroup_version', return_value=2)
 
@@ -536,13 +534,40 @@ class SpawnTest(_Base):
         self.assertEqual('64', self.limit_keys(
             self.config(other))['pids.max'])
 
-    def test_io_limits_on_whole_disk(self):
+    def test_io_throttles_on_own_disks_at_each_start(self):
+        devices = self.patch('novalxcdriver.rootfs.Rootfs.disk_devices',
+                             return_value=['7:3', '7:9'])
+        writeback = self.patch('novalxcdriver.throttle.set_writeback')
         instance = self.instance(
             extra_specs={'quota:disk_write_iops_sec': '500'})
         self.spawn(instance)
-        self.assertEqual('8:0 wiops=500', self.limit_keys(
-            self.config(instance))['io.max'])
-        self.whole_disk.assert_called_with(self.state_path)
+        config = self.config(instance)
+        self.assertIn('lxc.cgroup2.io.max = 7:3 wiops=500\n', config)
+        self.assertIn('lxc.cgroup2.io.max = 7:9 wiops=500\n', config)
+        writeback.assert_called_once_with(
+            (('disk_write_iops_sec', 500),), ['7:3', '7:9'])
+        # Attached again (host boot): other devices, the old keys go.
+        self.drv.power_off(instance)
+        devices.return_value = ['7:4']
+        self.drv.power_on(self.context, instance, [])
+        config = self.config(instance)
+        self.assertEqual(['lxc.cgroup2.io.max = 7:4 wiops=500'],
+                         [line for line in config.splitlines()
+                          if 'io.max' in line])
+        self.assertEqual(['7:4'], writeback.call_args.args[1])
+
+    def test_no_io_throttles_touch_nothing(self):
+        writeback = self.patch('novalxcdriver.throttle.set_writeback')
+        instance = self.instance()
+        self.spawn(instance)
+        self.assertNotIn('io.max', self.config(instance))
+        writeback.assert_not_called()
+
+    def test_io_throttles_without_root_disk_refused(self):
+        self.assert_refused_cleanly(
+            self.instance(root_gb=0,
+                          extra_specs={'quota:disk_read_bytes_sec': '9'}),
+            'root_gb 0')
 
     def test_flavor_filling_the_host_accepted(self):
         call = self.spawn_recording_create(self.instance(

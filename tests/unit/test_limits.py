@@ -12,9 +12,9 @@ MiB = 1024 * 1024
 HOST_CPUS = list(range(8))
 
 
-def flavor(memory_mb=512, swap=0, vcpus=2, extra_specs=None):
+def flavor(memory_mb=512, swap=0, vcpus=2, extra_specs=None, root_gb=1):
     return objects.Flavor(memory_mb=memory_mb, swap=swap, vcpus=vcpus,
-                          extra_specs=extra_specs or {})
+                          root_gb=root_gb, extra_specs=extra_specs or {})
 
 
 def make_limits(**overrides):
@@ -178,20 +178,30 @@ class ForInstanceTest(base.BaseTestCase):
         self.assertEqual(limits.Limits(
             memory_bytes=512 * MiB, memsw_bytes=640 * MiB, cpus=(2, 3),
             cpu_period_us=100000, cpu_quota_us=200000, cpu_shares=None,
-            pids_max=4096, io=(), io_device=None), got)
+            pids_max=4096, io=()), got)
 
     def test_extra_specs(self):
         got = limits.for_instance(
             flavor(vcpus=1, extra_specs={
                 'quota:cpu_shares': '2048', 'quota:cpu_quota': '-1',
                 'lxc:pids_max': '50', 'quota:disk_read_bytes_sec': '9'}),
-            0, HOST_CPUS, 4096, io_device='8:0', pinning={7})
+            0, HOST_CPUS, 4096, pinning={7})
         self.assertEqual((7,), got.cpus)
         self.assertEqual(-1, got.cpu_quota_us)
         self.assertEqual(2048, got.cpu_shares)
         self.assertEqual(50, got.pids_max)
         self.assertEqual((('disk_read_bytes_sec', 9),), got.io)
-        self.assertEqual('8:0', got.io_device)
+
+    def test_io_throttles_need_a_root_disk(self):
+        # root_gb 0: the root is on the host's own disk, shared by all.
+        e = self.assertRaises(
+            exception.InvalidFlavor, limits.for_instance,
+            flavor(root_gb=0,
+                   extra_specs={'quota:disk_write_bytes_sec': '1000'}),
+            0, HOST_CPUS, 4096)
+        self.assertIn('root_gb 0', str(e))
+        got = limits.for_instance(flavor(root_gb=0), 0, HOST_CPUS, 4096)
+        self.assertEqual((), got.io)
 
     def test_bad_shares_refused(self):
         for shares in ('1', '262145', 'many'):
@@ -217,12 +227,12 @@ class RenderV1Test(base.BaseTestCase):
             ('lxc.cgroup.pids.max', '4096'),
         ], limits.render(make_limits(), 1))
 
-    def test_unlimited_quota_shares_and_io(self):
+    def test_unlimited_quota_shares_and_no_io(self):
+        # Disk I/O throttles are render_io's: their devices change.
         got = limits.render(make_limits(
             cpus=(3,), cpu_quota_us=-1, cpu_shares=512,
             io=(('disk_read_bytes_sec', 1000),
-                ('disk_write_iops_sec', 40)),
-            io_device='8:0'), 1)
+                ('disk_write_iops_sec', 40))), 1)
         self.assertEqual([
             ('lxc.cgroup.memory.limit_in_bytes', str(512 * MiB)),
             ('lxc.cgroup.memory.memsw.limit_in_bytes', str(768 * MiB)),
@@ -231,8 +241,6 @@ class RenderV1Test(base.BaseTestCase):
             ('lxc.cgroup.cpu.cfs_quota_us', '-1'),
             ('lxc.cgroup.pids.max', '4096'),
             ('lxc.cgroup.cpu.shares', '512'),
-            ('lxc.cgroup.blkio.throttle.read_bps_device', '8:0 1000'),
-            ('lxc.cgroup.blkio.throttle.write_iops_device', '8:0 40'),
         ], got)
 
     def test_memory_before_memsw(self):
@@ -241,24 +249,6 @@ class RenderV1Test(base.BaseTestCase):
         keys = [k for k, _v in limits.render(make_limits(), 1)]
         self.assertLess(keys.index('lxc.cgroup.memory.limit_in_bytes'),
                         keys.index('lxc.cgroup.memory.memsw.limit_in_bytes'))
-
-    def test_io_only_with_a_device(self):
-        got = limits.render(make_limits(
-            io=(('disk_read_bytes_sec', 1000),)), 1)
-        self.assertEqual([], [k for k, _v in got if 'blkio' in k])
-
-    def test_every_io_kind(self):
-        io = tuple((kind, n + 1) for n, kind in enumerate((
-            'disk_read_bytes_sec', 'disk_write_bytes_sec',
-            'disk_read_iops_sec', 'disk_write_iops_sec')))
-        got = [kv for kv in limits.render(
-            make_limits(io=io, io_device='253:1'), 1) if 'blkio' in kv[0]]
-        self.assertEqual([
-            ('lxc.cgroup.blkio.throttle.read_bps_device', '253:1 1'),
-            ('lxc.cgroup.blkio.throttle.write_bps_device', '253:1 2'),
-            ('lxc.cgroup.blkio.throttle.read_iops_device', '253:1 3'),
-            ('lxc.cgroup.blkio.throttle.write_iops_device', '253:1 4'),
-        ], got)
 
 
 class RenderV2Test(base.BaseTestCase):
@@ -288,28 +278,67 @@ class RenderV2Test(base.BaseTestCase):
         got = dict(limits.render(make_limits(), 2))
         self.assertNotIn('lxc.cgroup2.cpu.weight', got)
 
-    def test_io_max(self):
-        got = limits.render(make_limits(
-            io=(('disk_read_bytes_sec', 1000), ('disk_write_bytes_sec', 2),
-                ('disk_read_iops_sec', 30), ('disk_write_iops_sec', 40)),
-            io_device='8:16'), 2)
-        self.assertEqual(
-            [('lxc.cgroup2.io.max', '8:16 rbps=1000 wbps=2 riops=30 '
-              'wiops=40')],
-            [kv for kv in got if kv[0] == 'lxc.cgroup2.io.max'])
-
-    def test_io_only_with_a_device(self):
-        got = limits.render(make_limits(
-            io=(('disk_read_bytes_sec', 1000),)), 2)
-        self.assertEqual([], [k for k, _v in got if 'io.max' in k])
-        got = limits.render(make_limits(io_device='8:0'), 2)
-        self.assertEqual([], [k for k, _v in got if 'io.max' in k])
-
     def test_no_v1_keys(self):
         for key, _value in limits.render(make_limits(
-                cpu_shares=100, io=(('disk_read_iops_sec', 1),),
-                io_device='8:0'), 2):
+                cpu_shares=100, io=(('disk_read_iops_sec', 1),)), 2):
             self.assertTrue(key.startswith('lxc.cgroup2.'), key)
+
+
+class RenderIoTest(base.BaseTestCase):
+
+    IO = (('disk_read_bytes_sec', 1), ('disk_write_bytes_sec', 2),
+          ('disk_read_iops_sec', 3), ('disk_write_iops_sec', 4))
+
+    def test_v1_every_kind_on_every_device(self):
+        self.assertEqual([
+            ('lxc.cgroup.blkio.throttle.read_bps_device', '7:3 1'),
+            ('lxc.cgroup.blkio.throttle.write_bps_device', '7:3 2'),
+            ('lxc.cgroup.blkio.throttle.read_iops_device', '7:3 3'),
+            ('lxc.cgroup.blkio.throttle.write_iops_device', '7:3 4'),
+            ('lxc.cgroup.blkio.throttle.read_bps_device', '7:9 1'),
+            ('lxc.cgroup.blkio.throttle.write_bps_device', '7:9 2'),
+            ('lxc.cgroup.blkio.throttle.read_iops_device', '7:9 3'),
+            ('lxc.cgroup.blkio.throttle.write_iops_device', '7:9 4'),
+        ], limits.render_io(self.IO, ['7:3', '7:9'], 1))
+
+    def test_v2_one_io_max_per_device(self):
+        self.assertEqual([
+            ('lxc.cgroup2.io.max', '7:3 rbps=1 wbps=2 riops=3 wiops=4'),
+            ('lxc.cgroup2.io.max', '7:9 rbps=1 wbps=2 riops=3 wiops=4'),
+        ], limits.render_io(self.IO, ['7:3', '7:9'], 2))
+
+    def test_every_rendered_key_is_an_io_key(self):
+        for version in (1, 2):
+            for key, _v in limits.render_io(self.IO, ['7:3'], version):
+                self.assertTrue(limits.is_io_key(key), key)
+        for key, _v in limits.render(make_limits(cpu_shares=9), 1):
+            self.assertFalse(limits.is_io_key(key), key)
+
+    def test_writeback_rules_are_the_write_throttles(self):
+        self.assertEqual([
+            ('blkio.throttle.write_bps_device', '7:3 2'),
+            ('blkio.throttle.write_iops_device', '7:3 4'),
+        ], limits.writeback_rules(self.IO, '7:3'))
+        self.assertEqual([], limits.writeback_rules(
+            (('disk_read_bytes_sec', 1),), '7:3'))
+
+    def test_clear_rules_zero_every_kind(self):
+        self.assertEqual([
+            ('blkio.throttle.read_bps_device', '7:3 0'),
+            ('blkio.throttle.read_iops_device', '7:3 0'),
+            ('blkio.throttle.write_bps_device', '7:3 0'),
+            ('blkio.throttle.write_iops_device', '7:3 0'),
+        ], limits.clear_rules('7:3'))
+
+    def test_record_round_trip(self):
+        text = limits.format_io(self.IO)
+        self.assertNotIn(' ', text)
+        self.assertEqual(self.IO, limits.parse_io(text))
+        self.assertEqual((), limits.parse_io(''))
+        self.assertEqual((), limits.parse_io(None))
+        self.assertEqual((('disk_read_iops_sec', 3),), limits.parse_io(
+            'disk_read_iops_sec=3,bogus=1,disk_write_bytes_sec=x,'
+            'disk_read_bytes_sec=0'))
 
 
 class NovaSemanticsTest(base.BaseTestCase):

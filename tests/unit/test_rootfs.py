@@ -37,6 +37,8 @@ class _Base(base.BaseTestCase):
         self.disk_mount = self.patch('novalxcdriver.disk.Disk.mount',
                                      autospec=True)
         self.chown = self.patch('os.chown', autospec=True)
+        self.throttle = self.patch('novalxcdriver.rootfs.throttle',
+                                   autospec=True)
 
     def patch(self, target, *args, **kwargs):
         patcher = mock.patch(target, *args, **kwargs)
@@ -207,6 +209,25 @@ class DestroyTest(_Base):
         # Idempotent.
         self.root.destroy()
         self.mount.unmount_tree.assert_called_once_with(self.top)
+
+    def test_disk_throttles_cleared_before_the_unmount(self):
+        self.patch('novalxcdriver.disk.Disk.is_mounted', autospec=True,
+                   side_effect=lambda d: d.mountpoint in self.mounted)
+        self.patch('novalxcdriver.disk.Disk.device', autospec=True,
+                   side_effect=lambda d: {
+                       self.root.root_disk.mountpoint: '7:1',
+                       self.root.ephemeral_disk.mountpoint: '7:2',
+                   }[d.mountpoint])
+        self.assertEqual(['7:1', '7:2'], self.root.disk_devices())
+
+        def unmount_tree(top):
+            self.assertEqual([mock.call('7:1'), mock.call('7:2')],
+                             self.throttle.clear.call_args_list)
+            self.mounted.clear()
+        self.mount.unmount_tree.side_effect = unmount_tree
+        self.root.destroy()
+        self.mount.unmount_tree.assert_called_once_with(self.top)
+        self.assertEqual([], self.root.disk_devices())
 
     def test_refuses_while_something_stays_mounted(self):
         for stuck in (self.root.root_disk.mountpoint, self.root.merged,

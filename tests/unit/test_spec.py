@@ -215,6 +215,34 @@ class ParseRecordTest(base.BaseTestCase):
         self.assertEqual({'host': 'h'}, record)
 
 
+class IoTest(base.BaseTestCase):
+
+    IO = (('disk_read_bytes_sec', 1000), ('disk_write_iops_sec', 40))
+
+    def test_record_carries_the_throttles_not_the_keys(self):
+        text = spec.render_config(make_spec(limits=dataclasses.replace(
+            LIMITS, io=self.IO)))
+        record = spec.parse_record(text)
+        self.assertEqual(self.IO, limits.parse_io(record['io']))
+        self.assertFalse([k for k, _v in config_keys(text)
+                          if limits.is_io_key(k)])
+
+    def test_with_io_replaces_every_earlier_key(self):
+        text = spec.render_config(make_spec())
+        first = spec.with_io(text, limits.render_io(self.IO, ['7:1'], 1))
+        second = spec.with_io(first, limits.render_io(self.IO, ['7:2'], 1))
+        self.assertEqual([
+            ('lxc.cgroup.blkio.throttle.read_bps_device', '7:2 1000'),
+            ('lxc.cgroup.blkio.throttle.write_iops_device', '7:2 40'),
+        ], [kv for kv in config_keys(second) if limits.is_io_key(kv[0])])
+        # Everything else stays, in its order.
+        self.assertEqual(text, spec.with_io(second, []))
+
+    def test_with_io_refuses_a_newline(self):
+        self.assertRaises(ValueError, spec.with_io, '',
+                          [('lxc.cgroup2.io.max', '7:1 rbps=1\nlxc.x = y')])
+
+
 class CheckNameTest(base.BaseTestCase):
 
     def test_accepts(self):
