@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up the host and run every test suite: style, unit, functional (real
 # LXC containers, busybox and Debian 12 roots, Linux bridge and Open vSwitch
-# NICs). Run as root.
+# NICs) and hardening (races, crashes, hostile images, escapes, noisy
+# neighbours; about 10 minutes). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/test-setup.sh
@@ -9,4 +10,4 @@ bash tools/test-setup.sh
 NOVALXC_TEST_OVSDB=$(bash tools/test-ovs.sh start)
 export NOVALXC_TEST_OVSDB
 trap 'bash tools/test-ovs.sh stop' EXIT
-python3 -m tox -e pep8,unit,functional "$@"
+python3 -m tox -e pep8,unit,functional,hardening "$@"

@@ -28,6 +28,17 @@ FUNC_ROOT = os.environ.get('NOVALXC_FUNC_ROOT', '/var/lib/novalxc-functional')
 HOST = 'novalxc-functional'
 
 
+def poll(predicate, timeout=30, interval=0.05):
+    """predicate()'s first true value within timeout s, else its last."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
 def require_root(testcase):
     if os.geteuid() != 0:
         testcase.skipTest('functional tests need root and real LXC')
@@ -161,13 +172,10 @@ class FunctionalTestCase(base.BaseTestCase):
             + list(argv), capture_output=True, text=True, check=check)
 
     def wait_for(self, predicate, timeout=30, interval=0.05):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
-        self.fail('condition not met within %ss' % timeout)
+        value = poll(predicate, timeout, interval)
+        if not value:
+            self.fail('condition not met within %ss' % timeout)
+        return value
 
     def artifacts_of(self, instance, cid):
         """Every artifact of the container that still exists (list)."""

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import fixtures
@@ -424,13 +423,3 @@ class HardeningTestCase(func_base.FunctionalTestCase):
     def leaks(self, names, veth_names=()):
         return leaks(self.lxc_path, self.state_path, names,
                      veth_names=veth_names)
-
-
-def wait_until(predicate, timeout=60, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()

@@ -1,12 +1,11 @@
 """Through the Nova API: 10 rounds of 10 parallel boots and deletes.
 
-Nova's in-process REST harness (integrated_helpers._IntegratedTestBase)
-with LXCDriver as its compute driver, set up as the functional suite's
-tests/functional/api/test_servers.py does, but with casts left
-asynchronous: each round boots 10 servers with one request (min_count 10:
-the compute service builds them in parallel), waits for all of them to be
-ACTIVE (their containers RUNNING), deletes them all, and checks that
-nothing of them is left on the host.
+Nova's in-process REST harness with LXCDriver as its compute driver, set
+up as for the functional suite's API tests (api_base.LXCAPITestCase), but
+with casts left asynchronous: each round boots 10 servers with one request
+(min_count 10: the compute service builds them in parallel), waits for all
+of them to be ACTIVE (their containers RUNNING), deletes them all, and
+checks that nothing of them is left on the host.
 
 One request rather than 10 concurrent ones: in native threading mode,
 concurrent schedule_and_build_instances calls deadlock inside the
@@ -15,17 +14,14 @@ holding the cell read lock waits for the SQLite write lock, whose holder
 waits behind a queued cell writer), before the driver is ever reached.
 """
 
-import io
 import os
-import sys
 import threading
 import time
 
-import fixtures
 from nova.tests.functional.api import client
-from nova.tests.functional import integrated_helpers
 
 from novalxcdriver import conf
+from tests.functional.api import base as api_base
 from tests.functional import base as func_base
 from tests.hardening import base
 from tests.hardening import images
@@ -36,49 +32,29 @@ ROUNDS = int(os.environ.get('NOVALXC_HARDENING_API_ROUNDS', '10'))
 AT_ONCE = 10
 
 
-class APIChurnTest(integrated_helpers._IntegratedTestBase):
+class APIChurnTest(api_base.LXCAPITestCase):
 
-    ADMIN_API = True
-    microversion = 'latest'
-    REQUIRES_LOCKING = True
     # Real parallelism: the API answers at once, builds run concurrently.
     CAST_AS_CALL = False
 
     def setUp(self):
         func_base.require_root(self)
-        # nova.test poisons /sys reads; the driver checks the real host.
-        self.useFixture(fixtures.MockPatch(
-            'nova.tests.fixtures.SysFsPoisonFixture.inject_poison'))
         # A root of this process's own, cleaned up last (after services).
         self.api_root = base.test_root(self)
         super().setUp()
 
-    def _setup_services(self):
-        # nova's wheel installs its paste config under the environment's
-        # prefix, not beside the package where nova.test looks for it.
-        self.flags(group='wsgi', api_paste_config=os.path.join(
-            sys.prefix, 'etc', 'nova', 'api-paste.ini'))
-        super()._setup_services()
+    def _api_root(self):
+        return self.api_root
 
-    def _setup_compute_service(self):
+    def _compute_flags(self):
         # 10 one-vCPU servers at once on a small host: Nova's default
         # initial ratio (4.0) would not place them all.
-        self.flags(compute_driver='novalxc.LXCDriver',
-                   instance_name_template=base.NAME_PREFIX + 'api-%08x',
-                   cpu_allocation_ratio=16.0)
-        self.flags(group='lxc', lxc_path=os.path.join(self.api_root, 'lxc'),
-                   state_path=os.path.join(self.api_root, 'state'),
-                   state_poll_interval=0.5, soft_reboot_timeout=20)
-        return super()._setup_compute_service()
+        return dict(instance_name_template=base.NAME_PREFIX + 'api-%08x',
+                    cpu_allocation_ratio=16.0)
 
     def _image(self):
-        path = images.busybox_plus(os.path.join(self.api_root, 'bb.tar.gz'))
-        with open(path, 'rb') as f:
-            image = self.glance.create(None, {
-                'name': 'busybox-rootfs', 'container_format': 'bare',
-                'disk_format': 'raw', 'status': 'active',
-                'properties': {}}, data=io.BytesIO(f.read()))
-        return image['id']
+        return self._rootfs_image(images.busybox_plus(
+            os.path.join(self.api_root, 'bb.tar.gz')))
 
     def _wait_all(self, servers, status, timeout=300):
         """Wait until every server has status; return them, or fail."""

@@ -20,6 +20,7 @@ from nova.tests.unit import fake_instance
 from oslo_config import fixture as config_fixture
 
 from novalxcdriver import conf
+from tests.functional import base as func_base
 from tests.hardening import base
 from tests.hardening import images
 from tests.hardening import summary
@@ -63,7 +64,7 @@ class HostileImagesTest(base.HardeningTestCase):
                 image_id
         finally:
             self.driver._images._max_bytes = self.max_bytes
-        state = base.wait_until(
+        state = func_base.poll(
             lambda: self.lxc_state(instance.name) == 'RUNNING', timeout=30)
         return ('harmless' if state else 'error',
                 'RUNNING' if state else self.lxc_state(instance.name),

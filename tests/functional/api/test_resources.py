@@ -12,12 +12,12 @@ import subprocess
 
 from novalxcdriver import conf
 from novalxcdriver import host
-from tests.functional.api import test_servers
+from tests.functional.api import base as api_base
 
 CONF = conf.CONF
 
 
-class PlacementTest(test_servers.LXCAPITestCase):
+class PlacementTest(api_base.LXCAPITestCase):
 
     def _setup_compute_service(self):
         # CPU 0 for shared instances, CPU 1 for dedicated ones.

@@ -7,113 +7,25 @@ Glance is Nova's fixture serving a real busybox rootfs tarball. Each step is
 checked on the real container, not only in the API's answer.
 """
 
-import io
 import os
 import subprocess
-import sys
 import tarfile
 import time
 from unittest import mock
 
 from nova.api.validation.extra_specs import validators
 from nova.tests.functional.api import client
-from nova.tests.functional import integrated_helpers
 from nova import utils
 
 from novalxcdriver import conf
 from novalxcdriver import extra_specs
-from novalxcdriver import mount
+from tests.functional.api import base as api_base
 from tests.functional import base
-from tests.functional import rootfs_images
 
 CONF = conf.CONF
-# Per test process: concurrent workers each run their own nova-compute.
-API_ROOT = os.path.join(base.FUNC_ROOT, 'api-%d' % os.getpid())
 
 
-class LXCAPITestCase(integrated_helpers._IntegratedTestBase):
-    """Nova's API and services, nova-compute running LXCDriver."""
-
-    ADMIN_API = True
-    microversion = 'latest'
-    # Real threads (the driver's state watcher) and real commands.
-    REQUIRES_LOCKING = True
-
-    def setUp(self):
-        base.require_root(self)
-        # nova.test poisons /sys reads; this test runs real containers on
-        # the real host, whose cgroups and namespaces the driver checks.
-        self.useFixture(base.fixtures.MockPatch(
-            'nova.tests.fixtures.SysFsPoisonFixture.inject_poison'))
-        super().setUp()
-
-    def _setup_services(self):
-        # nova's wheel installs its paste config under the environment's
-        # prefix, not beside the package where nova.test looks for it.
-        self.flags(group='wsgi', api_paste_config=os.path.join(
-            sys.prefix, 'etc', 'nova', 'api-paste.ini'))
-        super()._setup_services()
-
-    def _setup_compute_service(self):
-        self.flags(compute_driver='novalxc.LXCDriver')
-        self.flags(group='lxc', lxc_path=os.path.join(API_ROOT, 'lxc'),
-                   state_path=os.path.join(API_ROOT, 'state'),
-                   state_poll_interval=0.5, soft_reboot_timeout=20)
-        return super()._setup_compute_service()
-
-    def _rootfs_image(self, path):
-        with open(path, 'rb') as f:
-            image = self.glance.create(None, {
-                'name': 'busybox-rootfs', 'container_format': 'bare',
-                'disk_format': 'raw', 'status': 'active',
-                'properties': {}}, data=io.BytesIO(f.read()))
-        return image['id']
-
-    def _busybox_image(self):
-        tmp = self.useFixture(base.fixtures.TempDir()).path
-        return self._rootfs_image(rootfs_images.busybox_tarball(
-            os.path.join(tmp, 'busybox.tar.gz')))
-
-    def _lxc(self, tool, name, *args):
-        return subprocess.run(
-            [tool, '-n', name, '-P', CONF.lxc.lxc_path] + list(args),
-            capture_output=True, text=True)
-
-    def _state(self, name):
-        return self._lxc('lxc-info', name, '-s', '-H').stdout.strip()
-
-    def _pid(self, name):
-        return int(self._lxc('lxc-info', name, '-p', '-H').stdout.strip())
-
-    def _boot(self, image_id):
-        server = self._build_server(image_uuid=image_id, flavor_id='1',
-                                    networks='none')
-        server = self.api.post_server({'server': server})
-        self.addCleanup(self._cleanup_server, server['id'])
-        return server
-
-    def _cleanup_server(self, server_id):
-        try:
-            self.api.delete_server(server_id)
-        except Exception:
-            pass
-
-    def _action(self, server, action, status):
-        self.api.post_server_action(server['id'], action)
-        return self._wait_for_state_change(server, status)
-
-    def _leftovers(self, name, cid):
-        state = CONF.lxc.state_path
-        paths = [os.path.join(CONF.lxc.lxc_path, name),
-                 os.path.join(state, 'rootfs', str(cid)),
-                 os.path.join(state, 'ids', str(cid))]
-        found = [p for p in paths if os.path.lexists(p)]
-        found += [p for p in mount.mountpoints()
-                  if p.startswith(os.path.join(state, 'rootfs', str(cid)))]
-        return found
-
-
-class LXCServersTest(LXCAPITestCase):
+class LXCServersTest(api_base.LXCAPITestCase):
 
     def test_server_lifecycle_on_real_container(self):
         image_id = self._busybox_image()
