@@ -151,7 +151,13 @@ class Container:
         image = image_cache.lookup(record['image_id'])
         if image is None:
             raise exception.ContainerNotFound(name=self.name)
-        root.mount(image.rootfs, self.ids.idmap(record['id']))
+        try:
+            root.mount(image.rootfs, self.ids.idmap(record['id']))
+        except exception.NovaLXCError:
+            # A destroy in another process removed the disks under us.
+            if not self.exists():
+                raise exception.ContainerNotFound(name=self.name)
+            raise
 
     # -- state ----------------------------------------------------------
 

@@ -152,6 +152,8 @@ class LXCDriver(driver.ComputeDriver):
             try:
                 self._container_of(name, record['instance_uuid']) \
                     .ensure_rootfs(self._images)
+            except exception.ContainerNotFound:
+                LOG.info('Container %s was destroyed meanwhile', name)
             except exception.NovaLXCError:
                 LOG.exception('Cannot remount the root of container %s', name)
 

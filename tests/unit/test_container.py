@@ -396,6 +396,40 @@ class CreateTest(_Base):
             self.assertEqual('someone else\n', f.read())
 
 
+class EnsureRootfsTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.make_container()
+        self.cache = mock.Mock()
+        self.cache.lookup.return_value = self.image
+        patcher = mock.patch('novalxcdriver.rootfs.Rootfs.mount',
+                             autospec=True)
+        self.root_mount = patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def test_mounts_on_the_cached_image(self):
+        self.c.ensure_rootfs(self.cache)
+        root, image_rootfs, idmap = self.root_mount.call_args.args
+        self.assertEqual('/images/x/rootfs', image_rootfs)
+        self.assertEqual(self.ids.idmap(root.cid), idmap)
+
+    def test_destroyed_meanwhile_is_not_found(self):
+        def destroyed_under_us(*args):
+            os.unlink(self.c.config_path)
+            raise exception.CommandFailed(cmd='losetup', exit_code=1,
+                                          stderr='No such file')
+        self.root_mount.side_effect = destroyed_under_us
+        self.assertRaises(exception.ContainerNotFound,
+                          self.c.ensure_rootfs, self.cache)
+
+    def test_failure_of_a_live_container_raised(self):
+        self.root_mount.side_effect = exception.MountFailed(
+            what='overlay', target='/x', reason='EINVAL')
+        self.assertRaises(exception.MountFailed, self.c.ensure_rootfs,
+                          self.cache)
+
+
 class DestroyTest(_Base):
 
     def rootfs_dir(self, cid):
