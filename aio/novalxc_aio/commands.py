@@ -1,7 +1,9 @@
 """The sub-commands: up, status, down, clean, openstack."""
 
+import glob
 import os
 import shutil
+import signal
 import time
 
 from novalxc_aio import cloud
@@ -118,11 +120,67 @@ def down():
                 continue
         for name, pid in sorted(procs.stop(*names).items()):
             util.say('stopped %s (pid %d)', name, pid)
+    for pid in _stop_metadata_proxies():
+        util.say('stopped metadata haproxy (pid %d)', pid)
     remaining = [n for n in procs.recorded_names()
                  if procs.recorded_pid(n) and n != 'lxcfs']
     if remaining:
         util.warn('still running: %s', ' '.join(remaining))
     return 1 if remaining else 0
+
+
+def _metadata_proxies():
+    """{PID file: PID} of the haproxies the OVN metadata agent runs.
+
+    One per network, each in its ovnmeta- namespace. haproxy daemonizes
+    into a session of its own, so stopping the agent does not stop them.
+    A PID counts only if that process runs haproxy on a configuration of
+    the agent's.
+    """
+    found = {}
+    pids = os.path.join(layout.METADATA_STATE, 'external', 'pids')
+    for path in glob.glob(os.path.join(pids, '*.pid.haproxy')):
+        try:
+            with open(path) as f:
+                pid = int(f.read().split()[0])
+            with open('/proc/%d/cmdline' % pid, 'rb') as f:
+                argv = f.read().decode(errors='replace').split('\0')
+        except (OSError, ValueError, IndexError):
+            continue
+        if os.path.basename(argv[0]) == 'haproxy' and any(
+                a.startswith(layout.METADATA_STATE + '/') for a in argv):
+            found[path] = pid
+    return found
+
+
+def _stop_metadata_proxies(timeout=10):
+    """SIGTERM the agent's haproxies; returns their PIDs."""
+    found = _metadata_proxies()
+    for path, pid in found.items():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while _metadata_proxies() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for path in found:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return sorted(found.values())
+
+
+def _remove_metadata_namespaces():
+    """The ovnmeta-<network> namespaces (and the veths in them)."""
+    proc = util.run(['ip', 'netns', 'list'], check=False, capture=True)
+    for line in proc.stdout.splitlines():
+        name = line.split()[0] if line.split() else ''
+        if name.startswith(layout.METADATA_NETNS_PREFIX):
+            util.run(['ip', 'netns', 'delete', name], check=False,
+                     capture=True)
+            util.say('removed network namespace %s', name)
 
 
 def _lxcfs_users():
@@ -165,6 +223,7 @@ def clean(remove_venv=False):
         raise util.AioError('still mounted, not removing %s: %s' % (
             layout.STATE, ', '.join(left)))
     _remove_ovs_taps()
+    _remove_metadata_namespaces()
     paths = [layout.STATE, layout.ETC, layout.LOGS]
     if procs.recorded_pid('lxcfs'):
         # down left it for containers that use it: keep its PID file.
