@@ -233,6 +233,10 @@ def neutron_conf(secrets):
             # (network-vif-plugged): needs the [nova] section.
             ('notify_nova_on_port_status_changes', True),
             ('notify_nova_on_port_data_changes', True),
+            # Events sent within this many seconds of the last batch wait
+            # for the next: a boot's network-vif-plugged follows its
+            # network-changed within 2 s (the default), so it waited.
+            ('send_events_interval', 1),
             ('debug', False),
         ]),
         ('database', [('connection', db_url(secrets, 'neutron'))]),
