@@ -52,6 +52,7 @@ def up():
     setup.nova_compute(secrets)
     cloud.flavors(secrets)
     cloud.images(secrets)
+    cloud.network(secrets)
     cloud.client_config(secrets)
     cloud.check_client()
     util.say('the cloud is up (%.0f s). Try:', time.monotonic() - t0)

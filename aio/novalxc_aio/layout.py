@@ -113,6 +113,14 @@ FLAVORS = (
 BUSYBOX_IMAGE = 'busybox'
 DEBIAN_IMAGE = 'debian-12'
 
+# The demo project's tenant network (geneve, OVN native DHCP) and its
+# security groups: "default" gets ICMP and SSH ingress from anywhere,
+# NO_ICMP_GROUP only SSH (for isolation checks).
+DEMO_NETWORK = 'demo-net'
+DEMO_SUBNET = 'demo-subnet'
+DEMO_CIDR = '10.0.0.0/24'
+NO_ICMP_GROUP = 'no-icmp'
+
 # The OVN metadata agent: its state (haproxy configs and PID files, the
 # UNIX socket the haproxies forward to) and the namespaces it makes, one per
 # network (ovnmeta-<network id>) with 169.254.169.254 in it.
