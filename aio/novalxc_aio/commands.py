@@ -211,12 +211,16 @@ def clean(remove_venv=False):
     """
     _require_root()
     down()
+    configs = []
     if os.path.isdir(layout.LXC_PATH):
-        for name in sorted(os.listdir(layout.LXC_PATH)):
-            if os.path.exists(os.path.join(layout.LXC_PATH, name, 'config')):
-                util.run(['lxc-stop', '-k', '-P', layout.LXC_PATH, '-n', name],
-                         check=False, capture=True, timeout=60)
-                util.say('killed container %s', name)
+        configs = sorted(glob.glob(os.path.join(layout.LXC_PATH, '*',
+                                                'config')))
+    for config in configs:
+        name = os.path.basename(os.path.dirname(config))
+        util.run(['lxc-stop', '-k', '-P', layout.LXC_PATH, '-n', name],
+                 check=False, capture=True, timeout=60)
+        util.say('killed container %s', name)
+    _remove_veths(configs)
     for mountpoint in mounts_under(layout.STATE):
         util.run(['umount', mountpoint], check=False, capture=True)
     left = mounts_under(layout.STATE)
@@ -240,6 +244,39 @@ def clean(remove_venv=False):
     util.say('clean: packages and the image cache %s are kept',
              layout.IMAGE_CACHE)
     return 0
+
+
+# The driver's one reader of the NICs a container config names, run in the
+# virtualenv (the driver is installed there): prints their host ends.
+_HOST_DEVS = '\n'.join([
+    'import sys',
+    'from novalxcdriver import spec',
+    'for path in sys.argv[1:]:',
+    '    with open(path) as f:',
+    '        print(*[nic.host_dev for nic in spec.parse_nics(f.read())])',
+])
+
+
+def _remove_veths(configs):
+    """Delete the veth pairs of the containers whose configs are given.
+
+    A container stopped outside Nova keeps its VIFs' pairs on the host (the
+    driver unplugs them when Nova deletes the server).
+    """
+    python = layout.venv_bin('python')
+    if not configs or not os.path.exists(python):
+        return
+    proc = util.run([python, '-c', _HOST_DEVS] + configs, check=False,
+                    capture=True, timeout=120)
+    if proc.returncode != 0:
+        util.warn('cannot read the NICs of the containers: %s',
+                  proc.stderr.strip()[-500:])
+        return
+    for dev in proc.stdout.split():
+        if os.path.exists(os.path.join('/sys/class/net', dev)):
+            util.run(['ip', 'link', 'delete', dev], check=False,
+                     capture=True)
+            util.say('removed veth pair %s', dev)
 
 
 def _remove_ovs_taps():
