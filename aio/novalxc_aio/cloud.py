@@ -1,9 +1,11 @@
-"""What a cloud user finds: flavors, images, clouds.yaml and openrc."""
+"""What a cloud user finds: flavors, images, a network, clouds.yaml, openrc.
+"""
 
 import hashlib
 import importlib.util
 import json
 import os
+import urllib.parse
 
 from novalxc_aio import api
 from novalxc_aio import layout
@@ -48,15 +50,20 @@ def _rootfs_images():
     return module
 
 
-def busybox_tarball():
-    """The busybox rootfs, cached under a name tied to its builder."""
+def _busybox_path():
+    """The busybox rootfs' cache path, named after its builder's code."""
     with open(_ROOTFS_IMAGES, 'rb') as f:
         key = hashlib.sha256(f.read()).hexdigest()[:8]
-    path = os.path.join(layout.IMAGE_CACHE, 'aio-busybox-%s.tar.gz' % key)
+    return os.path.join(layout.IMAGE_CACHE, 'aio-busybox-%s.tar.gz' % key)
+
+
+def busybox_tarball():
+    """The busybox rootfs; its eth0 gets an address by DHCP at boot."""
+    path = _busybox_path()
     if not os.path.exists(path):
         util.makedirs(layout.IMAGE_CACHE, 0o755)
         tmp = path + '.tmp'
-        _rootfs_images().busybox_tarball(tmp)
+        _rootfs_images().busybox_tarball(tmp, dhcp=True)
         os.rename(tmp, path)
     return path
 
@@ -72,29 +79,103 @@ def images(secrets):
 
     Rootfs tarballs go to Glance as container_format=bare,
     disk_format=raw: the driver unpacks them into the container's root.
+    Each image records its tarball's name (property novalxc_rootfs, which
+    changes with the recipe): a changed recipe uploads a new image and
+    deletes the old one.
     """
     s = api.Session('admin', secrets['admin'], 'admin')
     wanted = (
-        (layout.BUSYBOX_IMAGE, busybox_tarball,
+        (layout.BUSYBOX_IMAGE, _busybox_path, busybox_tarball,
          {'os_distro': 'busybox'}),
-        (layout.DEBIAN_IMAGE, debian_tarball,
-         {'os_distro': 'debian', 'os_version': '12'}),
+        (layout.DEBIAN_IMAGE, _rootfs_images().debian_tarball_path,
+         debian_tarball, {'os_distro': 'debian', 'os_version': '12'}),
     )
-    for name, build, properties in wanted:
+    for name, path_of, build, properties in wanted:
+        rootfs = os.path.basename(path_of())
         found = s.get('image', '/v2/images?name=' + name)['images']
-        if any(i['status'] == 'active' for i in found):
+        if any(i['status'] == 'active' and i.get('novalxc_rootfs') == rootfs
+               for i in found):
             continue
-        for image in found:  # an interrupted upload: start over
-            s.call('DELETE', 'image', '/v2/images/' + image['id'])
         path = build()
         util.say('uploading image %s (%d MB) from %s', name,
                  os.path.getsize(path) // 10 ** 6, path)
         body = {'name': name, 'container_format': 'bare',
-                'disk_format': 'raw', 'visibility': 'public'}
+                'disk_format': 'raw', 'visibility': 'public',
+                'novalxc_rootfs': rootfs}
         body.update(_IMAGE_PROPERTIES)
         body.update(properties)
         image = s.post('image', '/v2/images', body)
         s.put_file('image', '/v2/images/%s/file' % image['id'], path)
+        # Older recipes and interrupted uploads.
+        for old in found:
+            util.say('deleting image %s %s (%s)', name, old['id'],
+                     old.get('novalxc_rootfs') or old['status'])
+            s.call('DELETE', 'image', '/v2/images/' + old['id'])
+
+
+# Ingress rules of the demo project's security groups (egress is open:
+# Neutron gives every new group its egress rules).
+_ICMP = {'protocol': 'icmp'}
+_SSH = {'protocol': 'tcp', 'port_range_min': 22, 'port_range_max': 22}
+_RULES = (('default', (_ICMP, _SSH)), (layout.NO_ICMP_GROUP, (_SSH,)))
+
+
+def network(secrets):
+    """The demo project's network, subnet and security groups.
+
+    Made as the demo user, so they are the demo project's; found by name
+    on later runs. demo-net is a geneve network whose subnet has DHCP
+    (OVN's native DHCP hands out each port's address, the MTU and a route
+    to the metadata service). The project's "default" security group
+    gets ICMP and SSH ingress from anywhere; "no-icmp" only SSH.
+    """
+    s = api.Session(layout.DEMO_USER, secrets['demo'], layout.DEMO_PROJECT)
+
+    # kind: the collection's JSON key; its URL has dashes.
+    def find(kind, **query):
+        query['project_id'] = s.project_id
+        found = s.get('network', '/v2.0/%s?%s' % (
+            kind.replace('_', '-'),
+            urllib.parse.urlencode(sorted(query.items()))))[kind]
+        return found[0] if found else None
+
+    def ensure(kind, body, **query):
+        found = find(kind, **query)
+        if found:
+            return found
+        singular = kind[:-1]
+        util.say('creating %s %s', singular.replace('_', ' '),
+                 body.get('name', ''))
+        return s.post('network', '/v2.0/' + kind.replace('_', '-'),
+                      {singular: body})[singular]
+
+    net = ensure('networks', {'name': layout.DEMO_NETWORK},
+                 name=layout.DEMO_NETWORK)
+    ensure('subnets', {'name': layout.DEMO_SUBNET, 'network_id': net['id'],
+                       'ip_version': 4, 'cidr': layout.DEMO_CIDR,
+                       'enable_dhcp': True},
+           name=layout.DEMO_SUBNET, network_id=net['id'])
+    # Listing its groups makes the project's "default" group if missing.
+    groups = {'default': find('security_groups', name='default'),
+              layout.NO_ICMP_GROUP: ensure(
+                  'security_groups',
+                  {'name': layout.NO_ICMP_GROUP,
+                   'description': 'SSH in, no ICMP (isolation checks)'},
+                  name=layout.NO_ICMP_GROUP)}
+    for name, rules in _RULES:
+        group = groups[name]
+        for rule in rules:
+            wanted = dict(rule, direction='ingress', ethertype='IPv4',
+                          remote_ip_prefix='0.0.0.0/0')
+            if any(all(r.get(k) == v for k, v in wanted.items())
+                   for r in group['security_group_rules']):
+                continue
+            util.say('security group %s: allowing %s in', name,
+                     rule['protocol'])
+            s.post('network', '/v2.0/security-group-rules',
+                   {'security_group_rule': dict(
+                       wanted, security_group_id=group['id'])})
+    return net
 
 
 def _cloud(name, user, password, project):

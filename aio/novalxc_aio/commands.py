@@ -1,7 +1,9 @@
 """The sub-commands: up, status, down, clean, openstack."""
 
+import glob
 import os
 import shutil
+import signal
 import time
 
 from novalxc_aio import cloud
@@ -50,6 +52,7 @@ def up():
     setup.nova_compute(secrets)
     cloud.flavors(secrets)
     cloud.images(secrets)
+    cloud.network(secrets)
     cloud.client_config(secrets)
     cloud.check_client()
     util.say('the cloud is up (%.0f s). Try:', time.monotonic() - t0)
@@ -118,11 +121,67 @@ def down():
                 continue
         for name, pid in sorted(procs.stop(*names).items()):
             util.say('stopped %s (pid %d)', name, pid)
+    for pid in _stop_metadata_proxies():
+        util.say('stopped metadata haproxy (pid %d)', pid)
     remaining = [n for n in procs.recorded_names()
                  if procs.recorded_pid(n) and n != 'lxcfs']
     if remaining:
         util.warn('still running: %s', ' '.join(remaining))
     return 1 if remaining else 0
+
+
+def _metadata_proxies():
+    """{PID file: PID} of the haproxies the OVN metadata agent runs.
+
+    One per network, each in its ovnmeta- namespace. haproxy daemonizes
+    into a session of its own, so stopping the agent does not stop them.
+    A PID counts only if that process runs haproxy on a configuration of
+    the agent's.
+    """
+    found = {}
+    pids = os.path.join(layout.METADATA_STATE, 'external', 'pids')
+    for path in glob.glob(os.path.join(pids, '*.pid.haproxy')):
+        try:
+            with open(path) as f:
+                pid = int(f.read().split()[0])
+            with open('/proc/%d/cmdline' % pid, 'rb') as f:
+                argv = f.read().decode(errors='replace').split('\0')
+        except (OSError, ValueError, IndexError):
+            continue
+        if os.path.basename(argv[0]) == 'haproxy' and any(
+                a.startswith(layout.METADATA_STATE + '/') for a in argv):
+            found[path] = pid
+    return found
+
+
+def _stop_metadata_proxies(timeout=10):
+    """SIGTERM the agent's haproxies; returns their PIDs."""
+    found = _metadata_proxies()
+    for path, pid in found.items():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while _metadata_proxies() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for path in found:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return sorted(found.values())
+
+
+def _remove_metadata_namespaces():
+    """The ovnmeta-<network> namespaces (and the veths in them)."""
+    proc = util.run(['ip', 'netns', 'list'], check=False, capture=True)
+    for line in proc.stdout.splitlines():
+        name = line.split()[0] if line.split() else ''
+        if name.startswith(layout.METADATA_NETNS_PREFIX):
+            util.run(['ip', 'netns', 'delete', name], check=False,
+                     capture=True)
+            util.say('removed network namespace %s', name)
 
 
 def _lxcfs_users():
@@ -152,12 +211,16 @@ def clean(remove_venv=False):
     """
     _require_root()
     down()
+    configs = []
     if os.path.isdir(layout.LXC_PATH):
-        for name in sorted(os.listdir(layout.LXC_PATH)):
-            if os.path.exists(os.path.join(layout.LXC_PATH, name, 'config')):
-                util.run(['lxc-stop', '-k', '-P', layout.LXC_PATH, '-n', name],
-                         check=False, capture=True, timeout=60)
-                util.say('killed container %s', name)
+        configs = sorted(glob.glob(os.path.join(layout.LXC_PATH, '*',
+                                                'config')))
+    for config in configs:
+        name = os.path.basename(os.path.dirname(config))
+        util.run(['lxc-stop', '-k', '-P', layout.LXC_PATH, '-n', name],
+                 check=False, capture=True, timeout=60)
+        util.say('killed container %s', name)
+    _remove_veths(configs)
     for mountpoint in mounts_under(layout.STATE):
         util.run(['umount', mountpoint], check=False, capture=True)
     left = mounts_under(layout.STATE)
@@ -165,6 +228,7 @@ def clean(remove_venv=False):
         raise util.AioError('still mounted, not removing %s: %s' % (
             layout.STATE, ', '.join(left)))
     _remove_ovs_taps()
+    _remove_metadata_namespaces()
     paths = [layout.STATE, layout.ETC, layout.LOGS]
     if procs.recorded_pid('lxcfs'):
         # down left it for containers that use it: keep its PID file.
@@ -180,6 +244,39 @@ def clean(remove_venv=False):
     util.say('clean: packages and the image cache %s are kept',
              layout.IMAGE_CACHE)
     return 0
+
+
+# The driver's one reader of the NICs a container config names, run in the
+# virtualenv (the driver is installed there): prints their host ends.
+_HOST_DEVS = '\n'.join([
+    'import sys',
+    'from novalxcdriver import spec',
+    'for path in sys.argv[1:]:',
+    '    with open(path) as f:',
+    '        print(*[nic.host_dev for nic in spec.parse_nics(f.read())])',
+])
+
+
+def _remove_veths(configs):
+    """Delete the veth pairs of the containers whose configs are given.
+
+    A container stopped outside Nova keeps its VIFs' pairs on the host (the
+    driver unplugs them when Nova deletes the server).
+    """
+    python = layout.venv_bin('python')
+    if not configs or not os.path.exists(python):
+        return
+    proc = util.run([python, '-c', _HOST_DEVS] + configs, check=False,
+                    capture=True, timeout=120)
+    if proc.returncode != 0:
+        util.warn('cannot read the NICs of the containers: %s',
+                  proc.stderr.strip()[-500:])
+        return
+    for dev in proc.stdout.split():
+        if os.path.exists(os.path.join('/sys/class/net', dev)):
+            util.run(['ip', 'link', 'delete', dev], check=False,
+                     capture=True)
+            util.say('removed veth pair %s', dev)
 
 
 def _remove_ovs_taps():

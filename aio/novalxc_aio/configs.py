@@ -4,6 +4,8 @@ Pure functions of the generated secrets and layout: ``up`` rewrites the
 files on each run, so they always match this code.
 """
 
+import os
+
 from novalxc_aio import layout
 
 # Keystone's service project and the domain of everything.
@@ -191,8 +193,11 @@ def nova_conf(secrets, compute=False):
         ('service_user', [('send_service_user_token', True)] +
          keystone_auth(secrets, 'nova')),
         ('placement', keystone_auth(secrets, 'placement')),
+        # Neutron's OVN metadata agent proxies the servers' requests to
+        # nova-metadata, signing the instance ID with the shared secret.
         ('neutron', keystone_auth(secrets, 'neutron') +
-         [('service_metadata_proxy', False)]),
+         [('service_metadata_proxy', True),
+          ('metadata_proxy_shared_secret', secrets['metadata'])]),
         ('glance', [('region_name', layout.REGION)]),
         ('conductor', [('workers', 1)]),
         ('scheduler', [('workers', 1),
@@ -203,6 +208,11 @@ def nova_conf(secrets, compute=False):
         ('serial_console', [('enabled', False)]),
         ('lxc', [('lxc_path', layout.LXC_PATH),
                  ('state_path', layout.DRIVER_STATE)]),
+        # nova-compute loads os-vif's plugins before the driver, so the
+        # driver's default for this (the same socket) comes too late:
+        # os-vif would use tcp:127.0.0.1:6640, where nothing listens.
+        ('os_vif_ovs', [('ovsdb_connection',
+                         'unix:%s/db.sock' % layout.OVS_RUN)]),
         concurrency('nova'),
     ]
     return ini(sections)
@@ -223,6 +233,10 @@ def neutron_conf(secrets):
             # (network-vif-plugged): needs the [nova] section.
             ('notify_nova_on_port_status_changes', True),
             ('notify_nova_on_port_data_changes', True),
+            # Events sent within this many seconds of the last batch wait
+            # for the next: a boot's network-vif-plugged follows its
+            # network-changed within 2 s (the default), so it waited.
+            ('send_events_interval', 1),
             ('debug', False),
         ]),
         ('database', [('connection', db_url(secrets, 'neutron'))]),
@@ -249,10 +263,48 @@ def ml2_conf():
             ('ovn_sb_connection', 'tcp:%s:%d' % (layout.HOST,
                                                  layout.PORTS['ovn-sb'])),
             ('ovn_l3_scheduler', 'leastloaded'),
-            # No OVN metadata agent in the aio yet.
-            ('ovn_metadata_enabled', False),
+            # A metadata port per network, and DHCP's route to
+            # 169.254.169.254 through it (neutron-ovn-metadata-agent).
+            ('ovn_metadata_enabled', True),
         ]),
     ])
+
+
+# Privsep contexts of Neutron's agents (neutron/privileged/__init__.py).
+_PRIVSEP_SECTIONS = ('privsep', 'privsep_link', 'privsep_namespace',
+                     'privsep_ovs_vsctl', 'privsep_conntrack',
+                     'privsep_dhcp_release')
+
+
+def ovn_metadata_agent_conf(secrets):
+    """The OVN metadata agent's only configuration file.
+
+    It needs no database or message bus: it reads the OVN Southbound
+    database and the local OVSDB, makes the ovnmeta-<network> namespaces
+    with a haproxy each, and forwards to nova-metadata.
+    """
+    conf = layout.etc('neutron', 'ovn_metadata_agent.ini')
+    # The agent runs as root and there is no sudo: privsep helpers and
+    # commands run as root directly (oslo.privsep would prefix "sudo").
+    helper = '%s --config-file %s' % (layout.venv_bin('privsep-helper'),
+                                      conf)
+    return ini([
+        ('DEFAULT', [
+            ('state_path', layout.METADATA_STATE),
+            ('metadata_proxy_socket', layout.METADATA_SOCKET),
+            ('nova_metadata_host', layout.HOST),
+            ('nova_metadata_port', layout.PORTS['nova-metadata']),
+            ('metadata_proxy_shared_secret', secrets['metadata']),
+            ('debug', False),
+        ]),
+        ('AGENT', [('root_helper', '')]),
+        ('ovs', [('ovsdb_connection', 'unix:%s/db.sock' % layout.OVS_RUN)]),
+        ('ovn', [('ovn_sb_connection', 'tcp:%s:%d' % (
+            layout.HOST, layout.PORTS['ovn-sb']))]),
+        ('oslo_concurrency', [('lock_path', os.path.join(
+            layout.METADATA_STATE, 'locks'))]),
+    ] + [(section, [('helper_command', helper)])
+         for section in _PRIVSEP_SECTIONS])
 
 
 # -- gunicorn -----------------------------------------------------------------

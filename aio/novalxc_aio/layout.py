@@ -62,6 +62,8 @@ PORTS = {
     'glance': 9292,
     'placement': 8778,
     'nova-api': 8774,
+    # Nova's metadata API; the OVN metadata agent's haproxies forward to it.
+    'nova-metadata': 8775,
     'neutron': 9696,
 }
 
@@ -110,6 +112,21 @@ FLAVORS = (
 # Glance image names of the busybox and Debian 12 rootfs tarballs.
 BUSYBOX_IMAGE = 'busybox'
 DEBIAN_IMAGE = 'debian-12'
+
+# The demo project's tenant network (geneve, OVN native DHCP) and its
+# security groups: "default" gets ICMP and SSH ingress from anywhere,
+# NO_ICMP_GROUP only SSH (for isolation checks).
+DEMO_NETWORK = 'demo-net'
+DEMO_SUBNET = 'demo-subnet'
+DEMO_CIDR = '10.0.0.0/24'
+NO_ICMP_GROUP = 'no-icmp'
+
+# The OVN metadata agent: its state (haproxy configs and PID files, the
+# UNIX socket the haproxies forward to) and the namespaces it makes, one per
+# network (ovnmeta-<network id>) with 169.254.169.254 in it.
+METADATA_STATE = os.path.join(STATE, 'ovn-metadata')
+METADATA_SOCKET = os.path.join(METADATA_STATE, 'metadata_proxy')
+METADATA_NETNS_PREFIX = 'ovnmeta-'
 
 
 def log_file(name):

@@ -255,6 +255,21 @@ def unix_socket_answers(path):
         return False
 
 
+def unix_socket_listening(path):
+    """True if a process of this network namespace listens on path.
+
+    Read from /proc/net/unix (flag __SO_ACCEPTCON), without connecting: a
+    server that logs every connection that sends nothing stays quiet.
+    """
+    with open('/proc/net/unix') as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if len(fields) == 8 and fields[7] == path and \
+                    int(fields[3], 16) & 0x10000:
+                return True
+    return False
+
+
 def port_owner(port):
     """True if something listens on 127.0.0.1:port (or the wildcard)."""
     try:

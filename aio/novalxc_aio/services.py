@@ -210,7 +210,17 @@ def all_services():
         # maintenance tasks an API worker does not run).
         _oslo_service('neutron-ovn-maintenance-worker', *neutron_confs,
                       probe=lambda: True),
+        # Servers' requests to 169.254.169.254 reach it through the
+        # metadata agent's haproxies.
+        _oslo_service('neutron-ovn-metadata-agent',
+                      layout.etc('neutron', 'ovn_metadata_agent.ini'),
+                      probe=functools.partial(procs.unix_socket_listening,
+                                              layout.METADATA_SOCKET),
+                      where='169.254.169.254 in ovnmeta-<network> '
+                            'namespaces'),
         _gunicorn('nova-api', layout.PORTS['nova-api'],
+                  env={'OS_NOVA_CONFIG_DIR': layout.etc('nova')}),
+        _gunicorn('nova-metadata', layout.PORTS['nova-metadata'],
                   env={'OS_NOVA_CONFIG_DIR': layout.etc('nova')}),
         _oslo_service('nova-conductor', nova_conf,
                       probe=_consumer_probe('conductor'),
@@ -227,8 +237,10 @@ def all_services():
 
 # Services running code from the virtualenv (restarted when it changes).
 PYTHON_SERVICES = ('keystone', 'glance', 'placement', 'neutron',
-                   'neutron-ovn-maintenance-worker', 'nova-api',
-                   'nova-conductor', 'nova-scheduler', 'nova-compute')
+                   'neutron-ovn-maintenance-worker',
+                   'neutron-ovn-metadata-agent', 'nova-api',
+                   'nova-metadata', 'nova-conductor', 'nova-scheduler',
+                   'nova-compute')
 
 
 def by_name():

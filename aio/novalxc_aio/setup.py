@@ -380,7 +380,11 @@ def placement(secrets):
 # -- Neutron ------------------------------------------------------------------
 
 def neutron(secrets):
-    """neutron-server (API on :9696) with ML2/OVN, and OVN maintenance."""
+    """neutron-server (API on :9696) with ML2/OVN, and its helpers.
+
+    OVN maintenance, and the OVN metadata agent (169.254.169.254 on each
+    network, proxied to nova-metadata).
+    """
     neutron_conf = layout.etc('neutron', 'neutron.conf')
     ml2_conf = layout.etc('neutron', 'plugins', 'ml2', 'ml2_conf.ini')
     readers = ['neutron', 'neutron-ovn-maintenance-worker']
@@ -396,23 +400,32 @@ def neutron(secrets):
         '--config-file', ml2_conf, 'upgrade', 'heads']], 'neutron-db-manage')
     launch('neutron')
     launch('neutron-ovn-maintenance-worker')
+    agent_conf = layout.etc('neutron', 'ovn_metadata_agent.ini')
+    _config(agent_conf, configs.ovn_metadata_agent_conf(secrets),
+            ['neutron-ovn-metadata-agent'], mode=0o640)
+    util.makedirs(layout.METADATA_STATE, 0o750)
+    launch('neutron-ovn-metadata-agent')
 
 
 # -- Nova ---------------------------------------------------------------------
 
 def nova(secrets):
-    """nova-api (:8774), conductor, scheduler; cells set up once."""
+    """nova-api (:8774), nova-metadata (:8775), conductor, scheduler.
+
+    Cells are set up once.
+    """
     conf = layout.etc('nova', 'nova.conf')
     _config(conf, configs.nova_conf(secrets),
-            ['nova-api', 'nova-conductor', 'nova-scheduler'], mode=0o640)
+            ['nova-api', 'nova-metadata', 'nova-conductor',
+             'nova-scheduler'], mode=0o640)
     _config(layout.etc('nova', 'nova-cpu.conf'),
             configs.nova_conf(secrets, compute=True), ['nova-compute'],
             mode=0o640)
-    _copy_paste_ini('nova', 'api-paste.ini', ['nova-api'])
-    _config(layout.etc('nova-api', 'gunicorn.conf.py'),
-            configs.gunicorn_conf('nova-api',
-                                  'nova.wsgi.osapi_compute:application',
-                                  layout.PORTS['nova-api']), ['nova-api'])
+    _copy_paste_ini('nova', 'api-paste.ini', ['nova-api', 'nova-metadata'])
+    for name, app in (('nova-api', 'nova.wsgi.osapi_compute:application'),
+                      ('nova-metadata', 'nova.wsgi.metadata:application')):
+        _config(layout.etc(name, 'gunicorn.conf.py'),
+                configs.gunicorn_conf(name, app, layout.PORTS[name]), [name])
     for path in (layout.state('nova', 'locks'), layout.LXC_PATH,
                  layout.DRIVER_STATE):
         util.makedirs(path, 0o711)
@@ -429,7 +442,8 @@ def nova(secrets):
                      log='nova-manage')
         util.mark_done('nova-cells')
     _once('nova-db-sync', version, [manage + ['db', 'sync']], 'nova-manage')
-    for name in ('nova-api', 'nova-conductor', 'nova-scheduler'):
+    for name in ('nova-api', 'nova-metadata', 'nova-conductor',
+                 'nova-scheduler'):
         launch(name)
 
 
@@ -471,7 +485,8 @@ def nova_compute(secrets):
 
 def wait_apis():
     """Wait for the services the functions above started without waiting."""
-    for name in ('glance', 'placement', 'neutron', 'nova-api',
+    for name in ('glance', 'placement', 'neutron',
+                 'neutron-ovn-metadata-agent', 'nova-api', 'nova-metadata',
                  'nova-conductor', 'nova-scheduler'):
         _wait(name)
         util.say('%s answers', name)

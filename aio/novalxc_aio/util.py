@@ -124,7 +124,7 @@ def load_secrets():
     is random; nothing is hard-coded.
     """
     names = (['db_' + u for u in sorted(set(layout.DATABASES.values()))] +
-             ['rabbit', 'admin', 'demo'] +
+             ['rabbit', 'admin', 'demo', 'metadata'] +
              ['svc_' + u for u in layout.SERVICE_USERS])
     try:
         with open(layout.SECRETS) as f:

@@ -1,8 +1,10 @@
 """Real root filesystem tarballs for functional tests.
 
-busybox: built here in a second from Debian's busybox-static.
+busybox: built here in a second from Debian's busybox-static; with dhcp,
+eth0 (if any) gets its address by DHCP at boot (the all-in-one cloud's).
 debian: a debootstrapped Debian 12 (systemd) root, built once per machine
-(about a minute) and cached under CACHE_DIR.
+(about a minute) and cached under CACHE_DIR; ifupdown configures its eth0
+by DHCP.
 """
 
 import hashlib
@@ -29,9 +31,56 @@ _APPLETS = ('sh', 'ls', 'cat', 'echo', 'sleep', 'mount', 'id', 'ps',
             'seq', 'yes', 'sync', 'wc', 'tail', 'kill', 'cut', 'env', 'stat',
             'mknod', 'chmod', 'ln', 'cp', 'mv', 'sed', 'tr', 'timeout')
 
+# DHCP at boot: udhcpc(8) runs /etc/udhcpc.script (busybox ships none) and
+# forks to the background once bound (or after its last try), renewing.
+_NET_APPLETS = ('ip', 'udhcpc', 'ping', 'wget', 'nc')
+_INITTAB_DHCP = _INITTAB.replace(
+    b'::sysinit:/bin/echo',
+    b'::sysinit:/etc/init.d/dhcp\n::sysinit:/bin/echo', 1)
+_DHCP_INIT = b"""#!/bin/sh
+# eth0 by DHCP, if the container has an eth0.
+ip link show eth0 >/dev/null 2>&1 || exit 0
+exec udhcpc -i eth0 -s /etc/udhcpc.script -b -t 5 -T 2 \\
+    -O staticroutes -O mtu
+"""
+_UDHCPC_SCRIPT = b"""#!/bin/sh
+# udhcpc(8) calls this with deconfig, bound, renew, leasefail or nak.
+case "$1" in
+deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set dev "$interface" up
+    ;;
+bound|renew)
+    ip addr replace "$ip/$mask" dev "$interface"
+    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+    # RFC 3442: classless routes (OVN's include 169.254.169.254, the
+    # metadata service) replace the router option.
+    if [ -n "$staticroutes" ]; then
+        set -- $staticroutes
+        while [ $# -ge 2 ]; do
+            if [ "$2" = 0.0.0.0 ]; then
+                ip route replace "$1" dev "$interface"
+            else
+                ip route replace "$1" via "$2" dev "$interface"
+            fi
+            shift 2
+        done
+    elif [ -n "$router" ]; then
+        set -- $router
+        ip route replace default via "$1" dev "$interface"
+    fi
+    ;;
+esac
+exit 0
+"""
 
-def busybox_tarball(path):
-    """Write a gzip rootfs tarball of a busybox system to path."""
+
+def busybox_tarball(path, dhcp=False):
+    """Write a gzip rootfs tarball of a busybox system to path.
+
+    :param dhcp: configure eth0 by DHCP at boot, and add the ip, udhcpc,
+        ping, wget and nc applets.
+    """
     with tarfile.open(path, 'w:gz') as tar:
         def add_dir(name, mode=0o755):
             info = tarfile.TarInfo(name)
@@ -57,10 +106,14 @@ def busybox_tarball(path):
         add_dir('tmp', 0o1777)
         with open(BUSYBOX, 'rb') as f:
             add_file('bin/busybox', f.read(), 0o755)
-        for applet in _APPLETS:
+        for applet in _APPLETS + (_NET_APPLETS if dhcp else ()):
             add_link('bin/' + applet, 'busybox')
         add_link('sbin/init', '/bin/busybox')
-        add_file('etc/inittab', _INITTAB)
+        if dhcp:
+            add_dir('etc/init.d')
+            add_file('etc/init.d/dhcp', _DHCP_INIT, 0o755)
+            add_file('etc/udhcpc.script', _UDHCPC_SCRIPT, 0o755)
+        add_file('etc/inittab', _INITTAB_DHCP if dhcp else _INITTAB)
         add_file('etc/passwd', b'root:x:0:0:root:/root:/bin/sh\n')
         add_file('etc/group', b'root:x:0:\n')
     return path
@@ -79,14 +132,39 @@ class _BytesReader:
         return chunk
 
 
-# procps: free, uptime and ps read /proc (which lxcfs virtualises).
-DEBIAN_PACKAGES = 'systemd-sysv,iproute2,ifupdown,procps'
+# procps: free, uptime and ps read /proc (which lxcfs virtualises);
+# isc-dhcp-client: ifupdown's dhcp method; wget: fetch metadata from
+# 169.254.169.254.
+DEBIAN_PACKAGES = ('systemd-sysv,iproute2,ifupdown,isc-dhcp-client,procps,'
+                   'wget')
+# eth0 by DHCP through ifupdown (in a container without eth0, the
+# networking service fails: systemd says degraded). Not systemd-networkd:
+# with /sys mounted read-write it waits for udev, which containers lack.
+_DEBIAN_FILES = {
+    'etc/network/interfaces': b"""\
+# novalxcdriver test image: eth0 by DHCP.
+source /etc/network/interfaces.d/*
+
+auto lo
+iface lo inet loopback
+
+auto eth0
+iface eth0 inet dhcp
+""",
+}
+
+
+def debian_tarball_path():
+    """Where debian_tarball() caches it: named after what goes in."""
+    key = hashlib.sha256(repr((DEBIAN_PACKAGES,
+                               sorted(_DEBIAN_FILES.items()))).encode())
+    return os.path.join(CACHE_DIR,
+                        'debian-bookworm-%s.tar.zst' % key.hexdigest()[:8])
 
 
 def debian_tarball():
     """Path of a cached zstd rootfs tarball of Debian 12 with systemd."""
-    key = hashlib.sha256(DEBIAN_PACKAGES.encode()).hexdigest()[:8]
-    path = os.path.join(CACHE_DIR, 'debian-bookworm-%s.tar.zst' % key)
+    path = debian_tarball_path()
     if os.path.exists(path):
         return path
     os.makedirs(CACHE_DIR, exist_ok=True)
@@ -97,6 +175,11 @@ def debian_tarball():
             ['debootstrap', '--variant=minbase',
              '--include=' + DEBIAN_PACKAGES, 'bookworm', root,
              DEBIAN_MIRROR], check=True, stdout=subprocess.DEVNULL)
+        for name, data in _DEBIAN_FILES.items():
+            os.makedirs(os.path.dirname(os.path.join(root, name)),
+                        exist_ok=True)
+            with open(os.path.join(root, name), 'wb') as f:
+                f.write(data)
         tmp = os.path.join(work, 'rootfs.tar.zst')
         # /dev is LXC's to populate (lxc.autodev); devices are refused.
         subprocess.run(

@@ -1,0 +1,354 @@
+"""smoke: the CI check of the whole cloud, networking included.
+
+up; Neutron drives OVN; three busybox servers on demo-net, each booted
+with a Neutron port of its own: they get their ports' addresses by DHCP,
+ping each other where their security groups allow it and not where they
+do not, read the metadata service; one reboots; all are deleted. Checks
+look at the host, not only at the API: the containers, their addresses
+inside (lxc-attach), and that nothing of them remains afterwards (LXC
+dir, root filesystem and mounts, container ID reservation, veth pair, OVS
+port, port binding). Prints one line per check and "N passed, M failed".
+"""
+
+import glob
+import json
+import os
+import subprocess
+import time
+import uuid
+
+from novalxc_aio import api
+from novalxc_aio import commands
+from novalxc_aio import demo
+from novalxc_aio import layout
+from novalxc_aio import util
+
+# Interface names the driver gives a VIF's veth pair (nova's NIC_NAME_LEN).
+_VIF_DEV_PREFIXES = ('tap', 'nlx')
+_NIC_NAME_LEN = 14
+
+
+class Checks:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, what, ok, detail=''):
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+        print('%s: %s%s' % ('PASS' if ok else 'FAIL', what,
+                            (' (%s)' % detail) if detail and not ok else ''),
+              flush=True)
+        return ok
+
+    def wait(self, what, predicate, timeout, interval=0.5):
+        """Check that predicate() turns true within timeout seconds."""
+        try:
+            value, seconds = api.wait_until(what, predicate, timeout,
+                                            interval)
+        except TimeoutError as e:
+            self.check(what, False, str(e))
+            return None
+        self.check('%s (%.1f s)' % (what, seconds), True)
+        return value
+
+
+def _lxc_info(name, *flags):
+    proc = subprocess.run(['lxc-info', '-P', layout.LXC_PATH, '-n', name,
+                           '-H'] + list(flags), capture_output=True,
+                          text=True, timeout=60)
+    return proc.stdout.strip() if proc.returncode == 0 else ''
+
+
+def _reservations_of(instance_uuid):
+    """Container IDs whose on-disk reservation names the instance."""
+    found = []
+    for owner in glob.glob(os.path.join(layout.DRIVER_STATE, 'ids', '*',
+                                        'owner.json')):
+        try:
+            with open(owner) as f:
+                if json.load(f).get('instance_uuid') == instance_uuid:
+                    found.append(os.path.basename(os.path.dirname(owner)))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _leftovers(name, cids):
+    paths = [os.path.join(layout.LXC_PATH, name)]
+    for cid in cids:
+        paths += [os.path.join(layout.DRIVER_STATE, 'rootfs', cid),
+                  os.path.join(layout.DRIVER_STATE, 'ids', cid)]
+    found = [p for p in paths if os.path.lexists(p)]
+    for cid in cids:
+        root = os.path.join(layout.DRIVER_STATE, 'rootfs', cid)
+        found += [m for m in commands.mounts_under(layout.DRIVER_STATE)
+                  if m == root or m.startswith(root + '/')]
+    return found
+
+
+def _vif_devices(port_ids):
+    """Host devices and br-int ports still named after the ports' VIFs."""
+    names = {(prefix + port_id)[:_NIC_NAME_LEN]
+             for port_id in port_ids for prefix in _VIF_DEV_PREFIXES}
+    links = set(os.listdir('/sys/class/net'))
+    bridge = set(util.run(['ovs-vsctl', 'list-ports', 'br-int'],
+                          capture=True).stdout.split())
+    return sorted(names & (links | bridge))
+
+
+def _ovn_switches():
+    return util.run(['ovn-nbctl', 'ls-list'], capture=True).stdout
+
+
+def _neutron_checks(c, s):
+    """Neutron answers, drives OVN, and has what up makes for servers."""
+    try:
+        agents = s.get('network', '/v2.0/agents?host=' +
+                       layout.NOVA_HOST)['agents']
+        for agent_type in ('OVN Controller agent', 'OVN Metadata agent'):
+            c.check('Neutron sees the %s of %s' % (agent_type,
+                                                   layout.NOVA_HOST),
+                    any(a['agent_type'] == agent_type and a['alive']
+                        for a in agents),
+                    json.dumps([(a['agent_type'], a['alive'])
+                                for a in agents]))
+        net = s.post('network', '/v2.0/networks',
+                     {'network': {'name': 'smoke-net'}})['network']
+        switch = 'neutron-' + net['id']
+        c.wait('a Neutron network becomes an OVN logical switch',
+               lambda: switch in _ovn_switches(), 20)
+        s.call('DELETE', 'network', '/v2.0/networks/' + net['id'])
+        c.wait('deleting it removes the logical switch',
+               lambda: switch not in _ovn_switches(), 20)
+    except (util.AioError, api.ApiError) as e:
+        c.check('Neutron with ML2/OVN', False, str(e))
+
+
+def _group_ingress(d, name):
+    """Protocols the demo project's group name lets in from anywhere."""
+    groups = d.get('network', '/v2.0/security-groups?name=%s&project_id=%s'
+                   % (name, d.project_id))['security_groups']
+    if not groups:
+        return None
+    return {r['protocol'] for r in groups[0]['security_group_rules']
+            if r['direction'] == 'ingress' and
+            r['remote_ip_prefix'] == '0.0.0.0/0'}
+
+
+def _demo_network_checks(c, d):
+    """demo-net with DHCP, and the two security groups, as up made them."""
+    subnets = d.get('network', '/v2.0/subnets?name=' +
+                    layout.DEMO_SUBNET)['subnets']
+    c.check('%s has subnet %s with DHCP' % (layout.DEMO_NETWORK,
+                                            layout.DEMO_CIDR),
+            any(sn['cidr'] == layout.DEMO_CIDR and sn['enable_dhcp']
+                for sn in subnets), json.dumps(subnets))
+    default = _group_ingress(d, 'default')
+    no_icmp = _group_ingress(d, layout.NO_ICMP_GROUP)
+    c.check('security groups: default lets ICMP and SSH in, %s only SSH'
+            % layout.NO_ICMP_GROUP,
+            default is not None and {'icmp', 'tcp'} <= default and
+            no_icmp == {'tcp'}, 'default %s, %s %s' % (
+                default, layout.NO_ICMP_GROUP, no_icmp))
+
+
+def _ping(name, address):
+    """True if container name gets an ICMP echo reply from address."""
+    return demo.attach(name, 'ping', '-c', '3', '-W', '2',
+                       address).returncode == 0
+
+
+def _tcp_answer(name, address, port):
+    """How address answers container name's TCP SYN to port.
+
+    'refused' (a RST: let through, nothing listens), 'timeout' (dropped),
+    or what nc said.
+    """
+    proc = demo.attach(name, 'nc', '-w', '3', address, str(port))
+    said = (proc.stderr + proc.stdout).lower()
+    for word in ('refused', 'timed out'):
+        if word in said:
+            return word.split()[0]
+    return said.strip() or 'exit %d' % proc.returncode
+
+
+class _Node:
+    """One smoke server: its port, its server, its container."""
+
+    def __init__(self, label, port, server):
+        self.label = label
+        self.port = port
+        self.server = server
+        self.address = port['fixed_ips'][0]['ip_address']
+        self.container = None
+        self.host = None
+        self.cids = []
+
+    def __str__(self):
+        return '%s (%s)' % (self.label, self.address)
+
+
+def _boot(c, s, d, net_id, run):
+    """Ports and busybox servers a, b (default group) and c (no-icmp)."""
+    groups = {name: d.get('network', '/v2.0/security-groups?name=%s&'
+                          'project_id=%s' % (name, d.project_id))[
+                              'security_groups'][0]['id']
+              for name in ('default', layout.NO_ICMP_GROUP)}
+    nodes = []
+    for label, group in (('a', 'default'), ('b', 'default'),
+                         ('c', layout.NO_ICMP_GROUP)):
+        name = 'smoke-%s-%s' % (run, label)
+        port = d.post('network', '/v2.0/ports', {'port': {
+            'name': name, 'network_id': net_id,
+            'security_groups': [groups[group]]}})['port']
+        nodes.append(_Node(label, port, None))
+        nodes[-1].server = demo.Server.boot(
+            d, name, layout.BUSYBOX_IMAGE, 'lxc.tiny',
+            networks=[{'port': port['id']}])
+    start = time.monotonic()
+    for node in nodes:
+        node.server.wait_status('ACTIVE', demo.ACTIVE_TIMEOUT)
+    c.check('3 servers ACTIVE, a port each (%.1f s)' %
+            (time.monotonic() - start), True)
+    for node in nodes:
+        shown = s.get('compute', '/servers/' + node.server.id)['server']
+        node.container = shown['OS-EXT-SRV-ATTR:instance_name']
+        node.host = shown['OS-EXT-SRV-ATTR:host']
+        node.cids = _reservations_of(node.server.id)
+    return nodes
+
+
+def _running_checks(c, s, nodes):
+    c.check('servers on host %s' % layout.NOVA_HOST,
+            all(n.host == layout.NOVA_HOST for n in nodes),
+            ', '.join(n.host for n in nodes))
+    states = [_lxc_info(n.container, '-s') for n in nodes]
+    c.check('containers RUNNING', states == ['RUNNING'] * len(nodes),
+            ', '.join(states))
+    c.check('one container ID reserved per server',
+            all(len(n.cids) == 1 for n in nodes),
+            ', '.join(str(n.cids) for n in nodes))
+    c.wait('console logs show the boot',
+           lambda: all('busybox booted' in n.server.console()
+                       for n in nodes), 60)
+    bindings = []
+    for n in nodes:
+        port = s.get('network', '/v2.0/ports/' + n.port['id'])['port']
+        bindings.append((port['binding:host_id'], port['binding:vif_type'],
+                         port['status']))
+    c.check('ports bound to %s as vif_type ovs, ACTIVE' % layout.NOVA_HOST,
+            all(b == (layout.NOVA_HOST, 'ovs', 'ACTIVE') for b in bindings),
+            str(bindings))
+
+
+def _network_checks(c, nodes, mtu):
+    a, b, cc = nodes
+
+    def addressed():
+        found = [demo.inside_ipv4(n.container) for n in nodes]
+        return found if [f[0] for f in found] == [
+            n.address for n in nodes] else None
+    found = c.wait('eth0 inside has the port\'s address, by DHCP: %s' %
+                   ', '.join(map(str, nodes)), addressed, 60)
+    if found:
+        c.check('eth0 MTU inside is the network\'s (%d)' % mtu,
+                all(f[1] == mtu for f in found), str([f[1] for f in found]))
+    c.check('%s pings %s (default group lets ICMP in)' % (a, b),
+            _ping(a.container, b.address))
+    c.check('%s pings %s (its egress is open)' % (cc, a),
+            _ping(cc.container, a.address))
+    c.check('%s cannot ping %s (group %s: no ICMP in)' % (
+        a, cc, layout.NO_ICMP_GROUP), not _ping(a.container, cc.address))
+    answer = _tcp_answer(a.container, cc.address, 22)
+    c.check('%s reaches %s on tcp/22 (refused, not dropped: SSH is let in)'
+            % (a, cc), answer == 'refused', answer)
+    meta = demo.metadata(a.container)
+    c.check('metadata from inside %s: meta_data.json names the server' % a,
+            bool(meta) and meta.get('uuid') == a.server.id, str(meta))
+
+
+def _reboot_check(c, node):
+    pid = _lxc_info(node.container, '-p')
+    seconds = node.server.action({'reboot': {'type': 'SOFT'}}, 'ACTIVE')
+    new_pid = _lxc_info(node.container, '-p')
+    c.check('reboot -> ACTIVE (%.1f s) with a new init' % seconds,
+            new_pid and new_pid != pid and
+            _lxc_info(node.container, '-s') == 'RUNNING',
+            'init pid %s -> %s' % (pid, new_pid))
+    c.wait('after the reboot, eth0 has %s again' % node.address,
+           lambda: demo.inside_ipv4(node.container)[0] == node.address, 30)
+
+
+def _delete_checks(c, s, nodes):
+    start = time.monotonic()
+    for node in nodes:
+        node.server.s.call('DELETE', 'compute', '/servers/' + node.server.id)
+    for node in nodes:
+        api.wait_until('server %s deleted' % node.server.id,
+                       lambda: not node.server.s.exists(
+                           'compute', '/servers/' + node.server.id),
+                       demo.STEP_TIMEOUT)
+    c.check('delete -> gone from the API (%.1f s)' %
+            (time.monotonic() - start), True)
+    c.check('lxc-info no longer knows the containers',
+            all(_lxc_info(n.container, '-s') == '' for n in nodes))
+    left = [p for n in nodes for p in _leftovers(n.container, n.cids)]
+    c.check('nothing of the servers remains on the host', not left,
+            ', '.join(left))
+    c.check('no container ID reservation remains',
+            not any(_reservations_of(n.server.id) for n in nodes))
+    bindings = []
+    for n in nodes:
+        port = s.get('network', '/v2.0/ports/' + n.port['id'])['port']
+        bindings.append((port['device_id'], port['binding:host_id']))
+    c.check('ports unbound (no device, no host)',
+            all(b == ('', '') for b in bindings), str(bindings))
+    devices = _vif_devices([n.port['id'] for n in nodes])
+    c.check('no veth or br-int port of theirs remains', not devices,
+            ', '.join(devices))
+
+
+def smoke(keep_up=False):
+    """up, three servers with networking, reboot, delete, down.
+
+    :returns: 0 if every check passed, else 1.
+    """
+    c = Checks()
+    try:
+        c.check('up', commands.up() == 0)
+    except util.AioError as e:
+        c.check('up', False, str(e))
+        print('%d passed, %d failed' % (c.passed, c.failed))
+        return 1
+    secrets = util.load_secrets()
+    s = demo.session(secrets, 'admin')
+    d = demo.session(secrets, 'demo')
+    _neutron_checks(c, s)
+    nodes = []
+    try:
+        _demo_network_checks(c, d)
+        net = d.get('network', '/v2.0/networks/' +
+                    demo.network_id(d))['network']
+        nodes = _boot(c, s, d, net['id'], uuid.uuid4().hex[:6])
+        _running_checks(c, s, nodes)
+        _network_checks(c, nodes, net['mtu'])
+        _reboot_check(c, nodes[0])
+        _delete_checks(c, s, nodes)
+    except (util.AioError, api.ApiError, TimeoutError) as e:
+        c.check('servers with networking', False, str(e))
+        for node in nodes:
+            if node.server is not None:
+                demo.cleanup(node.server)
+    for node in nodes:
+        try:
+            d.call('DELETE', 'network', '/v2.0/ports/' + node.port['id'])
+        except api.ApiError as e:
+            if e.status != 404:
+                print('could not delete port %s: %s' % (node.port['id'], e))
+    if not keep_up:
+        c.check('down', commands.down() == 0)
+    print('%d passed, %d failed' % (c.passed, c.failed))
+    return 0 if c.failed == 0 else 1
