@@ -179,7 +179,10 @@ def _setup():
     with _setup_lock:
         if _setup_done:
             return
-        os_vif.initialize()
+        # nova-compute (nova.cmd.compute) loads the plugins before it loads
+        # this driver, so its ovs plugin read ovsdb_connection before
+        # register_opts gave it our default: load them again.
+        os_vif.initialize(reset=True)
         if (os.geteuid() == 0 and
                 not CONF.vif_plug_ovs_privileged.helper_command):
             vif_plug_privsep.vif_plug.set_client_mode(False)

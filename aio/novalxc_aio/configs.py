@@ -208,11 +208,6 @@ def nova_conf(secrets, compute=False):
         ('serial_console', [('enabled', False)]),
         ('lxc', [('lxc_path', layout.LXC_PATH),
                  ('state_path', layout.DRIVER_STATE)]),
-        # nova-compute loads os-vif's plugins before the driver, so the
-        # driver's default for this (the same socket) comes too late:
-        # os-vif would use tcp:127.0.0.1:6640, where nothing listens.
-        ('os_vif_ovs', [('ovsdb_connection',
-                         'unix:%s/db.sock' % layout.OVS_RUN)]),
         concurrency('nova'),
     ]
     return ini(sections)

@@ -13,6 +13,7 @@ from nova.network import model as network_model
 from nova import objects
 from nova.tests.unit import fake_instance
 import os_vif.objects
+from oslo_config import cfg
 from oslo_config import fixture as config_fixture
 from oslotest import base
 
@@ -352,7 +353,7 @@ class SetupTest(base.BaseTestCase):
         with mock.patch('os.geteuid', return_value=0):
             vif._setup()
             vif._setup()
-        self.os_vif.initialize.assert_called_once_with()
+        self.os_vif.initialize.assert_called_once_with(reset=True)
         self.client_mode.assert_called_once_with(False)
         self.assertEqual(vif.OVSDB_CONNECTION,
                          conf.CONF.os_vif_ovs.ovsdb_connection)
@@ -377,3 +378,32 @@ class SetupTest(base.BaseTestCase):
         self.cfg.config(group='os_vif_ovs', ovsdb_connection='tcp:1.2.3.4:1')
         self.assertEqual('tcp:1.2.3.4:1',
                          conf.CONF.os_vif_ovs.ovsdb_connection)
+
+
+class PluginsLoadedFirstTest(base.BaseTestCase):
+    """nova-compute loads os-vif's plugins before it loads the driver."""
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(config_fixture.Config(conf.CONF))
+        patcher = mock.patch('novalxcdriver.vif._setup_done', False)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        opts = vif.vif_plug_ovs.OvsPlugin.CONFIG_OPTS
+        self.addCleanup(cfg.set_defaults, opts,
+                        ovsdb_connection=vif.OVSDB_CONNECTION)
+        self.addCleanup(vif.os_vif.initialize, reset=True)
+        # os-vif's own default, as when nova.cmd.compute initialises it.
+        cfg.set_defaults(opts, ovsdb_connection='tcp:127.0.0.1:6640')
+        vif.os_vif.initialize(reset=True)
+        self.assertEqual('tcp:127.0.0.1:6640', self.ovs_plugin_connection())
+        cfg.set_defaults(opts, ovsdb_connection=vif.OVSDB_CONNECTION)
+
+    @staticmethod
+    def ovs_plugin_connection():
+        return vif.os_vif._EXT_MANAGER['ovs'].obj.ovsdb.connection
+
+    def test_ovs_plugin_gets_the_local_socket(self):
+        with mock.patch('os.geteuid', return_value=1000):
+            vif._setup()
+        self.assertEqual(vif.OVSDB_CONNECTION, self.ovs_plugin_connection())
