@@ -261,19 +261,28 @@ def unplug(instance, vif, ignore_errors=False):
         nic = nic_for(vif, 0)
     except nova_exc.InvalidInput:
         return
-    try:
-        if nic.kind == 'ovs':
+    errors = []
+    if nic.kind == 'ovs':
+        try:
             _setup()
             os_vif.unplug(_osvif_vif(vif),
                           os_vif_util.nova_to_osvif_instance(instance))
+        except Exception as e:
+            errors.append(e)
+    # The pair goes even when os-vif failed: it is ours, not os-vif's.
+    try:
         if link_exists(nic.host_dev):
             lxc.delete_link(nic.host_dev)
     except Exception as e:
+        errors.append(e)
+    if errors:
+        reason = '; '.join(str(e) for e in errors)
         LOG.warning('Unplugging port %s (%s) failed: %s', nic.port_id,
-                    nic.host_dev, e, instance=instance)
+                    nic.host_dev, reason, instance=instance)
         if not ignore_errors:
             raise nova_exc.VirtualInterfaceUnplugException(
-                reason='port %s (%s): %s' % (nic.port_id, nic.host_dev, e))
+                reason='port %s (%s): %s' % (nic.port_id, nic.host_dev,
+                                             reason))
 
 
 def remove_leftovers(nics):

@@ -297,6 +297,15 @@ class UnplugTest(_HostBase):
         self.assertIn('boom', str(e))
         vif.unplug(self.instance, ovs_vif(), ignore_errors=True)
 
+    def test_pair_deleted_when_os_vif_fails(self):
+        self.devices.update({'tap4e2a7b3c-5d', 'nlx4e2a7b3c-5d'})
+        self.os_vif.unplug.side_effect = RuntimeError('no ovsdb')
+        e = self.assertRaises(nova_exc.VirtualInterfaceUnplugException,
+                              vif.unplug, self.instance, ovs_vif())
+        self.assertIn('no ovsdb', str(e))
+        self.lxc.delete_link.assert_called_once_with('tap4e2a7b3c-5d')
+        self.assertEqual({'br-int', 'nlxtb1'}, self.devices)
+
 
 class LeftoversTest(_HostBase):
 
