@@ -69,8 +69,8 @@ class LXCDriver(driver.ComputeDriver):
         driver.ComputeDriver.capabilities,
         # Images are rootfs tarballs uploaded as disk_format=raw.
         supports_image_type_raw=True,
-        # No image cache manager yet: cached images stay until removed.
-        has_imagecache=False,
+        # manage_image_cache prunes the unpacked image cache.
+        has_imagecache=True,
         supports_evacuate=False,
         supports_migrate_to_same_host=False,
         # Hot-plug into the running container's network namespace.
@@ -170,6 +170,23 @@ class LXCDriver(driver.ComputeDriver):
         LOG.info('Container %s went from %s to %s', name, old, new)
         self.emit_event(virtevent.LifecycleEvent(record['instance_uuid'],
                                                  transition))
+
+    def manage_image_cache(self, context, all_instances):
+        """Remove cached images that nothing uses (Nova's periodic pass).
+
+        Kept: the images of every container in lxc_path and of the
+        instances Nova lists, and any image used within [image_cache]
+        remove_unused_original_minimum_age_seconds. Nothing is removed
+        when [image_cache] remove_unused_base_images is False.
+        """
+        if not CONF.image_cache.remove_unused_base_images:
+            return
+        in_use = {r['image_id'] for r in
+                  container_mod.all_records(self._lxc_path).values()
+                  if 'image_id' in r}
+        in_use.update(i.image_ref for i in all_instances if i.image_ref)
+        min_age = CONF.image_cache.remove_unused_original_minimum_age_seconds
+        self._images.prune(in_use, min_age)
 
     def get_host_ip_addr(self):
         return CONF.my_ip

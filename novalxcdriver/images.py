@@ -9,6 +9,10 @@ Layout under ``<state_path>/images``::
 Concurrent boots of a new image, in threads or in other driver processes on
 the host, serialise on an external per-image lock and re-check the cache
 after taking it, so the image is fetched and unpacked exactly once.
+
+Each ``get`` stamps the entry's mtime; ``prune`` (Nova's image cache
+manager, through the driver's manage_image_cache) removes entries no
+container uses and unused for long enough, under the same lock.
 """
 
 import dataclasses
@@ -16,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
@@ -83,16 +88,62 @@ class ImageCache:
         :raises ImageUnpackError: the image is not a usable rootfs archive
             (nothing of it stays in the cache).
         """
+        entry = self._entry(image_id)
+        # Stamp first: a prune that runs from now on sees the entry in use.
+        try:
+            os.utime(entry)
+        except FileNotFoundError:
+            pass
         cached = self.lookup(image_id)
         if cached:
             return cached
-        with lockutils.lock('novalxc-image-' + image_id, external=True,
-                            lock_path=self._lock_path):
+        with self._lock(image_id):
             # Another thread or process may have finished it meanwhile.
             cached = self.lookup(image_id)
             if cached:
                 return cached
             return self._populate(image_id, fetch)
+
+    def _lock(self, image_id):
+        return lockutils.lock('novalxc-image-' + image_id, external=True,
+                              lock_path=self._lock_path)
+
+    def prune(self, in_use, min_age_seconds):
+        """Remove cached images not in use and unused for min_age_seconds.
+
+        An entry goes out of the cache's name space by one rename, under
+        the image's lock, then is deleted; a crash in between leaves a
+        partial that remove_partials deletes.
+
+        :param in_use: image ids to keep whatever their age (set of str).
+        :param min_age_seconds: seconds since an image was last used
+            (Nova's [image_cache] remove_unused_original_minimum_age_seconds).
+        :returns: list of the image ids removed.
+        """
+        removed = []
+        if not os.path.isdir(self.path):
+            return removed
+        for image_id in sorted(os.listdir(self.path)):
+            if image_id in in_use or not uuidutils.is_uuid_like(image_id):
+                continue
+            with self._lock(image_id):
+                entry = self._entry(image_id)
+                try:
+                    # Re-read under the lock: a get() may have stamped it.
+                    age = time.time() - os.stat(entry).st_mtime
+                except FileNotFoundError:
+                    continue
+                if age < min_age_seconds or self.lookup(image_id) is None:
+                    continue
+                doomed = tempfile.mkdtemp(
+                    prefix='.partial-%s-%d-' % (image_id, os.getpid()),
+                    dir=self.path)
+                os.rename(entry, os.path.join(doomed, 'entry'))
+            shutil.rmtree(doomed, ignore_errors=True)
+            LOG.info('Image %s removed from the cache: unused for %d s',
+                     image_id, age)
+            removed.append(image_id)
+        return removed
 
     def _populate(self, image_id, fetch):
         entry = self._entry(image_id)

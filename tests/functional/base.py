@@ -5,6 +5,7 @@ Containers live under FUNC_ROOT so that a run never touches an operator's
 """
 
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -51,17 +52,18 @@ class DriverFixture(fixtures.Fixture):
     :ivar fetches: list of image ids fetched (to count downloads).
     """
 
-    def __init__(self, watch_interval=0, host=HOST):
+    def __init__(self, watch_interval=0, host=HOST, root=FUNC_ROOT):
         super().__init__()
         self.watch_interval = watch_interval
         self.host = host
+        self.root = root
 
     def _setUp(self):
         objects.register_all()
         cfg = self.useFixture(config_fixture.Config(CONF))
         cfg.config(host=self.host)
-        cfg.config(group='lxc', lxc_path=os.path.join(FUNC_ROOT, 'lxc'),
-                   state_path=os.path.join(FUNC_ROOT, 'state'),
+        cfg.config(group='lxc', lxc_path=os.path.join(self.root, 'lxc'),
+                   state_path=os.path.join(self.root, 'state'),
                    state_poll_interval=self.watch_interval,
                    soft_reboot_timeout=20)
         self.images = {}
@@ -90,12 +92,19 @@ class FunctionalTestCase(base.BaseTestCase):
 
     watch_interval = 0
     host = HOST
+    # True: a driver root of this test's own (for tests that act on the
+    # whole state, which other tests share), removed after it.
+    private_root = False
 
     def setUp(self):
         super().setUp()
         require_root(self)
+        root = FUNC_ROOT
+        if self.private_root:
+            root = os.path.join(FUNC_ROOT, 'private-%d' % os.getpid())
+            self.addCleanup(shutil.rmtree, root, ignore_errors=True)
         self.fx = self.useFixture(DriverFixture(self.watch_interval,
-                                                self.host))
+                                                self.host, root))
         self.driver = self.fx.driver
         self.ctxt = nova_context.get_admin_context()
 

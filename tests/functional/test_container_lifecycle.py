@@ -7,6 +7,7 @@ import time
 from nova.compute import power_state
 from nova import exception as nova_exc
 from nova.virt import event as virtevent
+from oslo_config import fixture as config_fixture
 
 from novalxcdriver import conf
 from novalxcdriver import events
@@ -180,6 +181,40 @@ class ImageCacheTest(base.FunctionalTestCase):
         instances = [self.make_instance() for _ in range(10)]
         self.spawn_concurrently(instances, image_id, power_on=False)
         self.assertEqual([image_id], self.fx.fetches)
+
+
+class ImagePruneTest(base.FunctionalTestCase):
+    """Nova's image cache manager pass through manage_image_cache."""
+
+    # Pruning looks at every cached image: not the ones of other tests.
+    private_root = True
+
+    def test_unused_images_pruned_used_kept(self):
+        kept, gone = self.busybox_image(), self.busybox_image()
+        keeper, leaver = self.make_instance(), self.make_instance()
+        self.spawn(keeper, kept)
+        self.spawn(leaver, gone)
+        self.driver.destroy(self.ctxt, leaver, [])
+        cache = self.driver._images
+        hour_ago = time.time() - 3600
+        for image_id in (kept, gone):
+            os.utime(os.path.join(cache.path, image_id),
+                     (hour_ago, hour_ago))
+        self.useFixture(config_fixture.Config(CONF)).config(
+            group='image_cache',
+            remove_unused_original_minimum_age_seconds=600)
+
+        self.driver.manage_image_cache(self.ctxt, [])
+        self.assertIsNone(cache.lookup(gone))
+        self.assertIsNotNone(cache.lookup(kept))
+        self.assertEqual([kept], os.listdir(cache.path))
+        # The keeper's root, over the kept image, still boots.
+        self.driver.reboot(self.ctxt, keeper, [], 'HARD')
+        self.assertEqual('ok', self.attach(keeper.name, 'echo',
+                                           'ok').stdout.strip())
+        # A new boot from the pruned image fetches it again.
+        self.spawn(self.make_instance(), gone)
+        self.assertEqual(2, self.fx.fetches.count(gone))
 
 
 class BadImageTest(base.FunctionalTestCase):

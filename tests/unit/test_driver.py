@@ -38,6 +38,7 @@ from tests.unit import test_vif
 UUID = '0d7c2b1e-5a3f-4c9b-8e21-7f6a5b4c3d2e'
 UUID2 = '9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d'
 IMAGE_ID = test_images.IMAGE_ID
+OTHER_IMAGE_ID = test_images.OTHER_ID
 NODE_UUID = 'f1e2d3c4-b5a6-4978-8695-a4b3c2d1e0f9'
 HOST = 'compute-1'
 SIZE = 65536
@@ -203,8 +204,8 @@ class CapabilitiesTest(base.BaseTestCase):
         caps = driver.LXCDriver.capabilities
         self.assertTrue(caps['supports_image_type_raw'])
         self.assertTrue(caps['supports_attach_interface'])
-        for key in ('has_imagecache',
-                    'supports_evacuate', 'supports_migrate_to_same_host',
+        self.assertTrue(caps['has_imagecache'])
+        for key in ('supports_evacuate', 'supports_migrate_to_same_host',
                     'supports_multiattach', 'supports_trusted_certs',
                     'supports_extend_volume', 'supports_pcpus',
                     'supports_device_tagging', 'supports_vtpm',
@@ -686,6 +687,30 @@ class GetInfoTest(_Base):
             name=self.inst.name)
         self.assertRaises(nova_exc.InstanceNotFound, self.drv.get_info,
                           self.inst)
+
+
+class ImageCacheManagerTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.init_host()
+        self.prune = self.patch('novalxcdriver.images.ImageCache.prune',
+                                return_value=[])
+
+    def test_images_of_containers_and_instances_kept(self):
+        self.write_container('instance-00000001', UUID, cid=0)
+        self.write_container('instance-00000002', UUID2, host='compute-2',
+                             cid=1)
+        listed = self.instance(uuid=UUID2, image_ref=OTHER_IMAGE_ID)
+        self.cfg.config(group='image_cache',
+                        remove_unused_original_minimum_age_seconds=600)
+        self.drv.manage_image_cache(self.context, [listed])
+        self.prune.assert_called_once_with({IMAGE_ID, OTHER_IMAGE_ID}, 600)
+
+    def test_nothing_removed_when_nova_says_so(self):
+        self.cfg.config(group='image_cache', remove_unused_base_images=False)
+        self.drv.manage_image_cache(self.context, [])
+        self.prune.assert_not_called()
 
 
 class ListInstancesTest(_Base):

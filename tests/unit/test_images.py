@@ -324,3 +324,67 @@ class ImageCacheTest(base.BaseTestCase):
 
     def test_remove_partials_without_cache_dir(self):
         self.assertEqual(0, self.cache.remove_partials())
+
+
+class PruneTest(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.state = self.useFixture(fixtures.TempDir()).path
+        self.cache = images.ImageCache(self.state, 64 * 1024 * 1024)
+        self.fetches = []
+        for image_id in (IMAGE_ID, OTHER_ID):
+            self.cache.get(image_id, self.fetch)
+
+    def fetch(self, dest):
+        self.fetches.append(dest)
+        write_rootfs_tarball(dest)
+
+    def age(self, image_id, seconds):
+        then = time.time() - seconds
+        os.utime(os.path.join(self.cache.path, image_id), (then, then))
+
+    def entries(self):
+        return sorted(os.listdir(self.cache.path))
+
+    def test_unused_and_old_removed_in_use_kept(self):
+        self.age(IMAGE_ID, 100)
+        self.age(OTHER_ID, 100)
+        self.assertEqual([OTHER_ID], self.cache.prune({IMAGE_ID}, 50))
+        self.assertEqual([IMAGE_ID], self.entries())
+        self.assertIsNone(self.cache.lookup(OTHER_ID))
+        self.assertIsNotNone(self.cache.lookup(IMAGE_ID))
+
+    def test_recently_used_kept(self):
+        self.age(OTHER_ID, 10)
+        self.assertEqual([], self.cache.prune(set(), 50))
+        self.assertEqual(sorted([IMAGE_ID, OTHER_ID]), self.entries())
+
+    def test_get_marks_an_image_used(self):
+        self.age(OTHER_ID, 100)
+        self.cache.get(OTHER_ID, self.fetch)
+        self.assertEqual(2, len(self.fetches))  # a hit: no new fetch
+        self.assertEqual([], self.cache.prune(set(), 50))
+        self.assertIsNotNone(self.cache.lookup(OTHER_ID))
+
+    def test_removed_image_fetched_again(self):
+        self.age(OTHER_ID, 100)
+        self.assertEqual([OTHER_ID], self.cache.prune({IMAGE_ID}, 50))
+        image = self.cache.get(OTHER_ID, self.fetch)
+        self.assertEqual(3, len(self.fetches))
+        self.assertTrue(os.path.lexists(os.path.join(image.rootfs,
+                                                     'sbin', 'init')))
+
+    def test_partials_and_other_names_left_alone(self):
+        partial = '.partial-%s-%d-abc' % (OTHER_ID, os.getpid())
+        os.makedirs(os.path.join(self.cache.path, partial))
+        os.makedirs(os.path.join(self.cache.path, 'not-an-image'))
+        self.age(IMAGE_ID, 100)
+        self.age(OTHER_ID, 100)
+        self.assertEqual(sorted([IMAGE_ID, OTHER_ID]),
+                         sorted(self.cache.prune(set(), 50)))
+        self.assertEqual(sorted([partial, 'not-an-image']), self.entries())
+
+    def test_without_cache_dir(self):
+        cache = images.ImageCache(os.path.join(self.state, 'none'), 1)
+        self.assertEqual([], cache.prune(set(), 0))

@@ -8,6 +8,7 @@ on the real host: real containers, as root.
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 
@@ -37,6 +38,8 @@ class LXCAPITestCase(integrated_helpers._IntegratedTestBase):
         # the real host, whose cgroups and namespaces the driver checks.
         self.useFixture(base.fixtures.MockPatch(
             'nova.tests.fixtures.SysFsPoisonFixture.inject_poison'))
+        # Registered first, so it runs last: after nova-compute stopped.
+        self.addCleanup(shutil.rmtree, self._api_root(), ignore_errors=True)
         super().setUp()
 
     def _setup_services(self):
