@@ -10,7 +10,9 @@ shim. Method contracts: nova/virt/driver.py (Nova 34).
 import os
 
 from nova.compute import power_state
+from nova import context as nova_context
 from nova import exception as nova_exc
+from nova import objects
 from nova.objects import fields
 from nova.virt import driver
 from nova.virt import event as virtevent
@@ -18,6 +20,7 @@ from nova.virt import hardware
 from nova.virt import images as nova_images
 import nova.virt.node
 import os_resource_classes as orc
+from oslo_concurrency import lockutils
 from oslo_log import log as logging
 from oslo_serialization import jsonutils
 from oslo_utils import excutils
@@ -118,7 +121,7 @@ class LXCDriver(driver.ComputeDriver):
         if CONF.lxc.state_poll_interval:
             self._watcher = events.StateWatcher(
                 self._lxc_path, CONF.lxc.state_poll_interval,
-                self._state_changed)
+                self._state_changed, on_restart=self._restarted)
             self._watcher.start()
 
     def cleanup_host(self, host):
@@ -187,6 +190,37 @@ class LXCDriver(driver.ComputeDriver):
         in_use.update(i.image_ref for i in all_instances if i.image_ref)
         min_age = CONF.image_cache.remove_unused_original_minimum_age_seconds
         self._images.prune(in_use, min_age)
+
+    def _restarted(self, name):
+        """Give a container restarted by LXC alone its attached NICs again.
+
+        A reboot from inside the guest restarts it with the NICs LXC
+        started it with: the pairs of NICs attached since then died with
+        the old network namespace (their host ends are gone).
+        """
+        c = container_mod.Container(
+            name, None, self._lxc_path, self._state_path, self._ids)
+        record = c.record()
+        if record.get('host') != CONF.host:
+            return
+        with self._nics_lock(record['instance_uuid']):
+            lost = [nic.name for nic in c.nics()
+                    if not vif_mod.link_exists(nic.host_dev)]
+        if not lost:
+            return
+        instance, network_info = self._instance_and_network_info(
+            record['instance_uuid'])
+        LOG.info('Container %s restarted without its NICs %s; plugging '
+                 'them again', name, ', '.join(lost), instance=instance)
+        self._replug_running(self._container(instance), instance,
+                             network_info)
+
+    def _instance_and_network_info(self, instance_uuid):
+        """The instance and its network_info, from Nova's database."""
+        context = nova_context.get_admin_context()
+        instance = objects.Instance.get_by_uuid(
+            context, instance_uuid, expected_attrs=['info_cache'])
+        return instance, instance.get_network_info()
 
     def get_host_ip_addr(self):
         return CONF.my_ip
@@ -557,26 +591,39 @@ class LXCDriver(driver.ComputeDriver):
         died with the old network namespace. Plug them again and move
         their container ends in.
         """
-        self.plug_vifs(instance, network_info)
-        _state, pid = c.state()
-        if pid is None:
-            return
-        for nic in c.nics():
-            if vif_mod.link_exists(nic.peer_dev):
-                vif_mod.hot_plug(pid, nic)
+        with self._nics_lock(instance.uuid):
+            self.plug_vifs(instance, network_info)
+            _state, pid = c.state()
+            if pid is None:
+                return
+            for nic in c.nics():
+                if vif_mod.link_exists(nic.peer_dev):
+                    vif_mod.hot_plug(pid, nic)
+
+    @staticmethod
+    def _nics_lock(instance_uuid):
+        """Serialises changes to one container's NICs in this process.
+
+        The state watcher's thread replugs NICs while Nova may reboot or
+        attach: two plugs of one pair would undo each other.
+        """
+        return lockutils.lock('novalxc-nics-' + instance_uuid)
 
     def attach_interface(self, context, instance, image_meta, vif):
         """Plug vif and give the container a NIC for it, at once if running.
 
         The NIC takes the first free ethN and stays in the config, so
-        restarts by Nova keep it (plug_vifs, _replug_running). A reboot
-        from inside the guest restarts it with the NICs LXC started it
-        with: one attached since then is back at the next start or reboot
-        through Nova.
+        restarts by Nova keep it (plug_vifs, _replug_running), and so does
+        a reboot from inside the guest once the state watcher sees it
+        (_restarted; [lxc] state_poll_interval).
 
         :raises InstanceNotFound: no container for the instance.
         :raises InterfaceAttachFailed: anything else; nothing is left.
         """
+        with self._nics_lock(instance.uuid):
+            return self._attach_interface(context, instance, image_meta, vif)
+
+    def _attach_interface(self, context, instance, image_meta, vif):
         c = self._existing(instance)
         nics = c.nics()
         if any(nic.port_id == vif['id'] for nic in nics):
@@ -608,6 +655,10 @@ class LXCDriver(driver.ComputeDriver):
         :raises InstanceNotFound: no container for the instance.
         :raises VirtualInterfaceUnplugException: unplugging failed.
         """
+        with self._nics_lock(instance.uuid):
+            return self._detach_interface(context, instance, vif)
+
+    def _detach_interface(self, context, instance, vif):
         c = self._existing(instance)
         nics = c.nics()
         kept = tuple(nic for nic in nics if nic.port_id != vif['id'])

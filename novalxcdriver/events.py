@@ -6,6 +6,9 @@ state without Nova asking. A daemon thread scans every container's state
 Nova's virtevent.LifecycleEvent and the server's state follows. Nova itself
 ignores events for instances with a task in progress (the compute manager's
 _sync_instance_power_state), so changes the driver makes cause no harm.
+
+A reboot from inside is a restart by LXC that may fall between two scans:
+a running container whose init pid changed is reported as restarted.
 """
 
 import threading
@@ -23,13 +26,18 @@ class StateWatcher:
     :param lxc_path: the lxcpath to scan.
     :param interval: seconds between scans.
     :param on_change: callback, run in the watcher's thread.
+    :param on_restart: callback(name), run in the watcher's thread, for a
+        container seen running with another init than when last seen
+        running.
     """
 
-    def __init__(self, lxc_path, interval, on_change):
+    def __init__(self, lxc_path, interval, on_change, on_restart=None):
         self._lxc_path = lxc_path
         self._interval = interval
         self._on_change = on_change
+        self._on_restart = on_restart
         self._states = None
+        self._running_pids = {}
         self._stop = threading.Event()
         self._thread = None
 
@@ -46,20 +54,37 @@ class StateWatcher:
 
     def scan(self):
         """Scan once and report changes since the previous scan."""
-        states = lxc.states(self._lxc_path)
+        scanned = lxc.states(self._lxc_path)
+        states = {name: state for name, (state, _pid) in scanned.items()}
         previous, self._states = self._states, states
+        # The init pid each container had when last seen running, whatever
+        # it went through between scans.
+        pids = self._running_pids
+        self._running_pids = {name: pid for name, pid in pids.items()
+                              if name in scanned}
+        self._running_pids.update(
+            (name, pid) for name, (state, pid) in scanned.items()
+            if state == 'RUNNING' and pid is not None)
         if previous is None:
             return
         for name, state in states.items():
             old = previous.get(name)
             if old is not None and old != state:
-                try:
-                    self._on_change(name, old, state)
-                except Exception:
-                    # The baseline has moved on: a failure here must not
-                    # lose the other containers' changes.
-                    LOG.exception('Handling the change of container %s '
-                                  'from %s to %s failed', name, old, state)
+                self._call(self._on_change, name, old, state)
+            if (self._on_restart and state == 'RUNNING' and
+                    pids.get(name) not in (None,
+                                           self._running_pids.get(name))):
+                self._call(self._on_restart, name)
+
+    @staticmethod
+    def _call(callback, name, *args):
+        try:
+            callback(name, *args)
+        except Exception:
+            # The baseline has moved on: a failure here must not lose the
+            # other containers' changes.
+            LOG.exception('Handling a change of container %s (%s) failed',
+                          name, ' -> '.join(args) or 'restart')
 
     def _run(self):
         while not self._stop.wait(self._interval):

@@ -137,16 +137,20 @@ def info(name, lxc_path):
 
 
 def states(lxc_path):
-    """States of every container under lxc_path, from one lxc-ls call.
+    """State and init pid of every container under lxc_path (one lxc-ls).
 
-    :returns: dict of container name to state (one of STATES).
+    :returns: dict of container name to (state, pid): state one of STATES,
+        pid an int, or None when lxc-ls shows none ('-').
     """
-    out, _err = execute('lxc-ls', '-P', lxc_path, '-f', '-F', 'NAME,STATE')
+    out, _err = execute('lxc-ls', '-P', lxc_path, '-f', '-F',
+                        'NAME,STATE,PID')
     result = {}
     for line in out.splitlines()[1:]:
         fields = line.split()
         if len(fields) >= 2:
-            result[fields[0]] = fields[1]
+            pid = fields[2] if len(fields) > 2 else ''
+            result[fields[0]] = (fields[1],
+                                 int(pid) if pid.isdigit() else None)
     return result
 
 

@@ -14,6 +14,7 @@ import subprocess
 import threading
 import uuid
 
+import fixtures
 from nova import exception as nova_exc
 from nova.network import model as network_model
 from oslo_config import fixture as config_fixture
@@ -251,6 +252,43 @@ class LinuxBridgeTest(_NetworkingBase):
         self.driver.destroy(self.ctxt, instance, [first, vif])
         self.assert_unplugged(first, self.bridge)
         self.assert_unplugged(vif)
+
+
+class RebootFromInsideTest(_NetworkingBase):
+    """A guest's own reboot keeps the NICs attached since its start."""
+
+    # The driver learns of the restart from its state watcher.
+    watch_interval = 0.2
+
+    def setUp(self):
+        super().setUp()
+        self.bridge = self.linux_bridge('nlxtr', self.addr(2, 1))
+
+    def test_hot_plugged_nic_back_after_reboot_from_inside(self):
+        first = make_vif('bridge', self.bridge)
+        instance = self.spawn_with([first])
+        vif = make_vif('bridge', self.bridge, mtu=1300)
+        self.driver.attach_interface(self.ctxt, instance, None, vif)
+        self.assertEqual(['eth0', 'eth1'], self.names_inside(instance))
+        # What Nova's database would give: the instance's network_info.
+        self.useFixture(fixtures.MockPatchObject(
+            self.driver, '_instance_and_network_info',
+            return_value=(instance, [first, vif])))
+        pid = self.lxc_pid(instance.name)
+
+        # The attached shell dies with the rest (SIGTERM, 143).
+        self.sh(instance, 'reboot', check=False)
+        self.wait_for(lambda: self.lxc_state(instance.name) == 'RUNNING'
+                      and self.lxc_pid(instance.name) not in (None, pid))
+        self.wait_for(lambda: self.names_inside(instance) == ['eth0',
+                                                              'eth1'])
+        self.assertEqual((vif['address'], 1300),
+                         self.nic_inside(instance, 'eth1'))
+        self.ping(instance, 'eth1', self.addr(2, 3), self.addr(2, 1))
+
+        self.driver.destroy(self.ctxt, instance, [first, vif])
+        self.assert_unplugged(first, self.bridge)
+        self.assert_unplugged(vif, self.bridge)
 
 
 class OpenVSwitchTest(_NetworkingBase):

@@ -120,6 +120,12 @@ class _Base(base.BaseTestCase):
         self.addCleanup(patcher.stop)
         return mocked
 
+    def patch_object(self, target, attribute, **kwargs):
+        patcher = mock.patch.object(target, attribute, **kwargs)
+        mocked = patcher.start()
+        self.addCleanup(patcher.stop)
+        return mocked
+
     def _info(self, name, lxc_path):
         self.assertEqual(self.lxc_path, lxc_path)
         # lxc-info: a defined container is STOPPED until started.
@@ -280,7 +286,8 @@ class InitHostTest(_Base):
                         autospec=True) as watcher_cls:
             self.drv.init_host(HOST)
             watcher_cls.assert_called_once_with(
-                self.lxc_path, 0.5, self.drv._state_changed)
+                self.lxc_path, 0.5, self.drv._state_changed,
+                on_restart=self.drv._restarted)
             watcher_cls.return_value.start.assert_called_once_with()
             self.drv.cleanup_host(HOST)
             watcher_cls.return_value.stop.assert_called_once_with()
@@ -1054,6 +1061,48 @@ class NetworkingTest(_Base):
         self.drv.reboot(self.context, instance, self.network_info, 'SOFT')
         self.lxc.reboot.assert_called_once()
         self.vif.hot_plug.assert_called_once_with(4242, nics[1])
+
+    def test_restart_from_inside_replugs_lost_nics(self):
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info)
+        nics = vif_mod.nics_for(self.network_info)
+        lookup = self.patch_object(
+            self.drv, '_instance_and_network_info',
+            return_value=(instance, self.network_info))
+        self.reset_vif()
+        # eth0's pair came back to the host and in again (LXC knew it);
+        # eth1, attached since, died with the old network namespace,
+        # then plug made it again.
+        present = {nics[0].host_dev}
+        self.vif.link_exists.side_effect = lambda dev: dev in present
+
+        def plug(inst, vif):
+            # As vif.plug: a pair only where its host end is missing.
+            if vif['devname'] not in present:
+                present.update({vif['devname'],
+                                (vif_mod.PEER_PREFIX + vif['id'])[:14]})
+        self.vif.plug.side_effect = plug
+        self.drv._restarted(instance.name)
+        lookup.assert_called_once_with(instance.uuid)
+        self.assertEqual(2, self.vif.plug.call_count)
+        self.vif.hot_plug.assert_called_once_with(4242, nics[1])
+
+    def test_restart_with_every_nic_needs_nothing(self):
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info)
+        lookup = self.patch_object(self.drv, '_instance_and_network_info')
+        self.reset_vif()
+        self.vif.link_exists.return_value = True
+        self.drv._restarted(instance.name)
+        lookup.assert_not_called()
+        self.vif.plug.assert_not_called()
+
+    def test_restart_of_another_hosts_container_ignored(self):
+        self.write_container('instance-00000009', UUID2, host='compute-2',
+                             cid=5)
+        lookup = self.patch_object(self.drv, '_instance_and_network_info')
+        self.drv._restarted('instance-00000009')
+        lookup.assert_not_called()
 
     def _spawned_with_one(self, state='RUNNING'):
         instance = self.instance()

@@ -3,6 +3,7 @@
 import threading
 from unittest import mock
 
+import fixtures
 from oslotest import base
 
 from novalxcdriver import events
@@ -10,20 +11,28 @@ from novalxcdriver import events
 PATH = '/var/lib/novalxc/containers'
 
 
-class StateWatcherScanTest(base.BaseTestCase):
+class _WatcherBase(base.BaseTestCase):
 
     def setUp(self):
         super().setUp()
-        self.changes = []
+        self.changes, self.restarts = [], []
         self.watcher = events.StateWatcher(
-            PATH, 0.01, lambda *change: self.changes.append(change))
+            PATH, 0.01, lambda *change: self.changes.append(change),
+            on_restart=self.restarts.append)
         patcher = mock.patch('novalxcdriver.lxc.states')
         self.states = patcher.start()
         self.addCleanup(patcher.stop)
 
     def scan(self, states):
-        self.states.return_value = dict(states)
+        # A state alone: a running container keeps init pid 100.
+        self.states.return_value = {
+            name: value if isinstance(value, tuple) else
+            (value, 100 if value == 'RUNNING' else None)
+            for name, value in states.items()}
         self.watcher.scan()
+
+
+class StateWatcherScanTest(_WatcherBase):
 
     def test_first_scan_is_baseline(self):
         self.scan({'a': 'RUNNING', 'b': 'STOPPED'})
@@ -87,11 +96,55 @@ class StateWatcherScanTest(base.BaseTestCase):
         self.assertEqual([('a', 'RUNNING', 'STOPPED')], self.changes)
 
 
+class RestartTest(_WatcherBase):
+
+    def test_new_init_between_scans_is_a_restart(self):
+        # A reboot from inside, quicker than the scan interval.
+        self.scan({'a': ('RUNNING', 10), 'b': ('RUNNING', 20)})
+        self.scan({'a': ('RUNNING', 11), 'b': ('RUNNING', 20)})
+        self.assertEqual(['a'], self.restarts)
+        self.assertEqual([], self.changes)
+        self.scan({'a': ('RUNNING', 11), 'b': ('RUNNING', 20)})
+        self.assertEqual(['a'], self.restarts)
+
+    def test_restart_seen_through_its_states(self):
+        self.scan({'a': ('RUNNING', 10)})
+        self.scan({'a': ('STOPPING', None)})
+        self.scan({'a': ('STOPPED', None)})
+        self.scan({'a': ('RUNNING', 12)})
+        self.assertEqual(['a'], self.restarts)
+        self.assertEqual([('a', 'RUNNING', 'STOPPING'),
+                          ('a', 'STOPPING', 'STOPPED'),
+                          ('a', 'STOPPED', 'RUNNING')], self.changes)
+
+    def test_first_start_is_no_restart(self):
+        self.scan({'a': ('STOPPED', None)})
+        self.scan({'a': ('RUNNING', 10)})
+        self.scan({'b': ('RUNNING', 30), 'a': ('RUNNING', 10)})
+        self.assertEqual([], self.restarts)
+
+    def test_vanished_then_recreated_is_no_restart(self):
+        self.scan({'a': ('RUNNING', 10)})
+        self.scan({})
+        self.scan({'a': ('RUNNING', 40)})
+        self.assertEqual([], self.restarts)
+
+    def test_failing_restart_callback_logged(self):
+        def on_restart(name):
+            raise ValueError('no network info')
+        self.watcher = events.StateWatcher(PATH, 0.01, self.changes.append,
+                                           on_restart=on_restart)
+        self.scan({'a': ('RUNNING', 10)})
+        log = self.useFixture(fixtures.FakeLogger())
+        self.scan({'a': ('RUNNING', 11)})
+        self.assertIn('container a (restart) failed', log.output)
+
+
 class StateWatcherThreadTest(base.BaseTestCase):
 
     def test_thread_survives_failed_scans(self):
-        results = [RuntimeError('lxc-ls failed'), {'a': 'RUNNING'},
-                   RuntimeError('again'), {'a': 'STOPPED'}]
+        results = [RuntimeError('lxc-ls failed'), {'a': ('RUNNING', 9)},
+                   RuntimeError('again'), {'a': ('STOPPED', None)}]
         calls = []
         changed = threading.Event()
         changes = []

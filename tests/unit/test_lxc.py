@@ -206,15 +206,16 @@ class StatesTest(_MockedExecute):
 
     def test_rows(self):
         self.pe.return_value = (
-            'NAME              STATE  \n'
-            'instance-00000001 RUNNING\n'
-            'instance-00000002 STOPPED\n'
-            'instance-00000003 FROZEN \n', '')
-        self.assertEqual({'instance-00000001': 'RUNNING',
-                          'instance-00000002': 'STOPPED',
-                          'instance-00000003': 'FROZEN'},
+            'NAME              STATE   PID  \n'
+            'instance-00000001 RUNNING 4242 \n'
+            'instance-00000002 STOPPED -    \n'
+            'instance-00000003 FROZEN  77   \n', '')
+        self.assertEqual({'instance-00000001': ('RUNNING', 4242),
+                          'instance-00000002': ('STOPPED', None),
+                          'instance-00000003': ('FROZEN', 77)},
                          lxc.states(PATH))
-        self.assert_argv(['lxc-ls', '-P', PATH, '-f', '-F', 'NAME,STATE'])
+        self.assert_argv(['lxc-ls', '-P', PATH, '-f', '-F',
+                          'NAME,STATE,PID'])
 
     def test_header_only(self):
         self.pe.return_value = ('NAME STATE \n', '')
