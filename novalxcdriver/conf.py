@@ -32,7 +32,9 @@ lxc_opts = [
     cfg.FloatOpt('state_poll_interval', default=2.0, min=0.0,
                  help='Seconds between scans of container states that turn '
                       'stops and starts from inside a container into Nova '
-                      'lifecycle events. 0 disables the scan.'),
+                      'lifecycle events, and give a container that rebooted '
+                      'itself back the NICs attached since its start. 0 '
+                      'disables the scan.'),
     cfg.IntOpt('console_log_size_kib', default=1024, min=64,
                help='Size in KiB at which LXC rotates a container\'s '
                     'console log (lxc.console.size).'),
