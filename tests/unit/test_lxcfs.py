@@ -10,7 +10,8 @@ from novalxcdriver import exception
 from novalxcdriver import lxcfs
 
 
-class StateTest(base.BaseTestCase):
+class _Base(base.BaseTestCase):
+    """lxcfs's mount point moved into a temporary directory."""
 
     def setUp(self):
         super().setUp()
@@ -18,6 +19,12 @@ class StateTest(base.BaseTestCase):
         self.mnt = os.path.join(self.tmp, 'lxcfs')
         self.useFixture(fixtures.MonkeyPatch(
             'novalxcdriver.host.LXCFS_MOUNT', self.mnt))
+
+
+class StateTest(_Base):
+
+    def setUp(self):
+        super().setUp()
         self.points = self.useFixture(fixtures.MockPatch(
             'novalxcdriver.mount.mountpoints', return_value=set())).mock
 
@@ -36,14 +43,10 @@ class StateTest(base.BaseTestCase):
         self.assertEqual(lxcfs.ABSENT, lxcfs.state())
 
 
-class EnsureTest(base.BaseTestCase):
+class EnsureTest(_Base):
 
     def setUp(self):
         super().setUp()
-        self.tmp = self.useFixture(fixtures.TempDir()).path
-        self.mnt = os.path.join(self.tmp, 'lxcfs')
-        self.useFixture(fixtures.MonkeyPatch(
-            'novalxcdriver.host.LXCFS_MOUNT', self.mnt))
         self.state = self.useFixture(fixtures.MockPatch(
             'novalxcdriver.lxcfs.state')).mock
         self.unmount = self.useFixture(fixtures.MockPatch(
