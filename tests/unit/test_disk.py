@@ -4,16 +4,16 @@ import os
 from unittest import mock
 
 import fixtures
-from oslotest import base
 
 from novalxcdriver import disk
 from novalxcdriver import exception
+from tests.unit import base as unit_base
 
 GiB = 1024 ** 3
 LOOP = '/dev/loop7'
 
 
-class _Base(base.BaseTestCase):
+class _Base(unit_base.TestCase):
 
     def setUp(self):
         super().setUp()
@@ -34,12 +34,6 @@ class _Base(base.BaseTestCase):
         self.chown = self.patch('os.chown', autospec=True)
         self.throttle = self.patch('novalxcdriver.disk.throttle',
                                    autospec=True)
-
-    def patch(self, target, *args, **kwargs):
-        patcher = mock.patch(target, *args, **kwargs)
-        mocked = patcher.start()
-        self.addCleanup(patcher.stop)
-        return mocked
 
     def _ext4(self, device, target):
         # A fresh ext4 filesystem holds lost+found.

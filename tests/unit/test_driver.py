@@ -32,6 +32,7 @@ from novalxcdriver import limits
 from novalxcdriver import lxc
 from novalxcdriver import spec as spec_mod
 from novalxcdriver import vif as vif_mod
+from tests.unit import base as unit_base
 from tests.unit import test_images
 from tests.unit import test_vif
 
@@ -45,7 +46,7 @@ SIZE = 65536
 MiB = 1024 * 1024
 
 
-class _Base(base.BaseTestCase):
+class _Base(unit_base.TestCase):
 
     def setUp(self):
         super().setUp()
@@ -113,18 +114,6 @@ class _Base(base.BaseTestCase):
         self.drv = driver.LXCDriver(self.virtapi)
         self.events = []
         self.drv.register_event_listener(self.events.append)
-
-    def patch(self, target, *args, **kwargs):
-        patcher = mock.patch(target, *args, **kwargs)
-        mocked = patcher.start()
-        self.addCleanup(patcher.stop)
-        return mocked
-
-    def patch_object(self, target, attribute, **kwargs):
-        patcher = mock.patch.object(target, attribute, **kwargs)
-        mocked = patcher.start()
-        self.addCleanup(patcher.stop)
-        return mocked
 
     def _info(self, name, lxc_path):
         self.assertEqual(self.lxc_path, lxc_path)

@@ -4,19 +4,19 @@ import os
 from unittest import mock
 
 import fixtures
-from oslotest import base
 
 from novalxcdriver import disk
 from novalxcdriver import exception
 from novalxcdriver import ids
 from novalxcdriver import rootfs
+from tests.unit import base as unit_base
 
 IDMAP = ids.Idmap(uid_start=165536, gid_start=265536, size=65536)
 IMAGE_ROOTFS = '/images/x/rootfs'
 USERNS_FD = 42
 
 
-class _Base(base.BaseTestCase):
+class _Base(unit_base.TestCase):
 
     def setUp(self):
         super().setUp()
@@ -39,12 +39,6 @@ class _Base(base.BaseTestCase):
         self.chown = self.patch('os.chown', autospec=True)
         self.throttle = self.patch('novalxcdriver.rootfs.throttle',
                                    autospec=True)
-
-    def patch(self, target, *args, **kwargs):
-        patcher = mock.patch(target, *args, **kwargs)
-        mocked = patcher.start()
-        self.addCleanup(patcher.stop)
-        return mocked
 
     def _disk_create(self, d, size_gb, uid, gid):
         # What the real one leaves: an image file, a mounted directory.

@@ -21,6 +21,7 @@ from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import spec
 from novalxcdriver import vif
+from tests.unit import base as unit_base
 
 PORT = '4e2a7b3c-5d6e-4f70-8192-a3b4c5d6e7f8'
 PORT2 = '9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a'
@@ -140,7 +141,7 @@ class NeutronEventsTest(base.BaseTestCase):
         self.assertEqual([], vif.neutron_events(None))
 
 
-class _HostBase(base.BaseTestCase):
+class _HostBase(unit_base.TestCase):
     """lxc, os-vif and the host's devices mocked."""
 
     def setUp(self):
@@ -164,12 +165,6 @@ class _HostBase(base.BaseTestCase):
     def _delete(self, dev):
         # A veth pair goes as a whole.
         self.devices -= {dev, 'nlx' + dev[3:]}
-
-    def patch(self, target, *args, **kwargs):
-        patcher = mock.patch(target, *args, **kwargs)
-        mocked = patcher.start()
-        self.addCleanup(patcher.stop)
-        return mocked
 
     def plugged_osvif(self):
         self.os_vif.plug.assert_called_once()
