@@ -17,9 +17,9 @@ import tarfile
 import zlib
 
 from tests.functional import rootfs_images
+from tests import tar_members
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MTIME = 1700000000
 EXTRA_APPLETS = ('unshare', 'find', 'insmod', 'sha256sum', 'nsenter',
                  'fallocate', 'readlink', 'usleep', 'date', 'xargs', 'awk')
 
@@ -42,16 +42,6 @@ def helper(cache_dir):
     return path
 
 
-def _info(name, kind=tarfile.REGTYPE, mode=0o644, **kwargs):
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = mode
-    info.mtime = MTIME
-    for key, value in kwargs.items():
-        setattr(info, key, value)
-    return info
-
-
 def busybox_plus(path, extras=()):
     """A gzip busybox rootfs tarball with extra applets and files.
 
@@ -67,10 +57,10 @@ def busybox_plus(path, extras=()):
                             if member.isreg() else None)
             for applet in EXTRA_APPLETS:
                 if 'bin/' + applet not in names:
-                    dst.addfile(_info('bin/' + applet, tarfile.SYMTYPE,
-                                      0o777, linkname='busybox'))
+                    dst.addfile(*tar_members.symlink('bin/' + applet,
+                                                     'busybox'))
             for name, data, mode in extras:
-                dst.addfile(_info(name, size=len(data), mode=mode),
+                dst.addfile(tar_members.info(name, size=len(data), mode=mode),
                             io.BytesIO(data))
     finally:
         os.unlink(base)
@@ -92,21 +82,17 @@ def _base_members(tar, with_etc=True):
     with open(rootfs_images.BUSYBOX, 'rb') as f:
         data = f.read()
     for d in ('bin', 'sbin', 'tmp', 'root', 'run', 'proc', 'sys', 'dev'):
-        tar.addfile(_info(d, tarfile.DIRTYPE, 0o755))
-    tar.addfile(_info('bin/busybox', size=len(data), mode=0o755),
-                io.BytesIO(data))
+        tar.addfile(*tar_members.directory(d))
+    tar.addfile(*tar_members.reg('bin/busybox', data, mode=0o755))
     for applet in ('sh', 'sleep', 'true', 'cat', 'mount', 'echo'):
-        tar.addfile(_info('bin/' + applet, tarfile.SYMTYPE, 0o777,
-                          linkname='busybox'))
-    tar.addfile(_info('sbin/init', tarfile.SYMTYPE, 0o777,
-                      linkname='/bin/busybox'))
+        tar.addfile(*tar_members.symlink('bin/' + applet, 'busybox'))
+    tar.addfile(*tar_members.symlink('sbin/init', '/bin/busybox'))
     if not with_etc:
         return
-    tar.addfile(_info('etc', tarfile.DIRTYPE, 0o755))
+    tar.addfile(*tar_members.directory('etc'))
     inittab = b'::sysinit:/bin/echo hostile image booted\n' \
               b'::respawn:/bin/sleep 86400\n'
-    tar.addfile(_info('etc/inittab', size=len(inittab)),
-                io.BytesIO(inittab))
+    tar.addfile(*tar_members.reg('etc/inittab', inittab))
 
 
 @dataclasses.dataclass
@@ -135,25 +121,7 @@ def _tar(path, members, with_base=True, compression='gz', with_etc=True):
 
 
 def _reg(name, data=b'x', **kwargs):
-    return _info(name, size=len(data), **kwargs), io.BytesIO(data)
-
-
-def _sym(name, target):
-    return _info(name, tarfile.SYMTYPE, 0o777, linkname=target), None
-
-
-def _hard(name, target):
-    return _info(name, tarfile.LNKTYPE, linkname=target), None
-
-
-class _Zeros:
-    def __init__(self, size):
-        self.left = size
-
-    def read(self, size=-1):
-        size = self.left if size < 0 else min(size, self.left)
-        self.left -= size
-        return bytes(size)
+    return tar_members.reg(name, data, **kwargs)
 
 
 def gzip_bomb(path, size):
@@ -165,7 +133,7 @@ def gzip_bomb(path, size):
     with gzip.GzipFile(tmp, 'wb', compresslevel=1, mtime=0) as gz:
         with tarfile.open(fileobj=gz, mode='w|') as tar:
             _base_members(tar)
-            tar.addfile(_info('bomb', size=size), _Zeros(size))
+            tar.addfile(*tar_members.zeros('bomb', size))
     os.rename(tmp, path)
     return path
 
@@ -196,46 +164,46 @@ def corpus(work, canary, cache_dir, bomb_bytes):
     add('absolute-path', [_reg(canary + '/absolute')], 'refused',
         'absolute name')
     add('dotdot-path', [_reg(up + '/dotdot')], 'refused', "'..' in name")
-    add('symlink-then-file', [_sym('escape', canary),
+    add('symlink-then-file', [tar_members.symlink('escape', canary),
                               _reg('escape/through-symlink')],
         'refused', 'goes through the symlink')
     # The two-archive form of CVE-2025-45582 as two members of one
     # archive, the link deeper and named like a real directory.
     add('symlink-split-members', [
-        (_info('usr', tarfile.DIRTYPE, 0o755), None),
-        _sym('usr/lib', canary),
-        (_info('usr/lib', tarfile.DIRTYPE, 0o755), None),
+        tar_members.directory('usr'),
+        tar_members.symlink('usr/lib', canary),
+        tar_members.directory('usr/lib'),
         _reg('usr/lib/split')], 'refused', 'cannot replace')
     add('symlink-climbing-then-file', [
-        _sym('var', '../' * 12 + canary.lstrip('/')),
+        tar_members.symlink('var', '../' * 12 + canary.lstrip('/')),
         _reg('var/climbed')], 'refused', 'climbs out of the image root')
-    add('hardlink-absolute-outside', [_hard('etc/shadow-copy', secret)],
+    add('hardlink-absolute-outside',
+        [tar_members.hardlink('etc/shadow-copy', secret)],
         'refused', 'absolute hard link target')
-    add('hardlink-dotdot-outside', [_hard('etc/shadow-copy',
-                                          up + '/secret')],
+    add('hardlink-dotdot-outside',
+        [tar_members.hardlink('etc/shadow-copy', up + '/secret')],
         'refused', "'..' in hard link target")
-    add('hardlink-to-symlink', [_sym('etc/link', secret),
-                                _hard('etc/hard', 'etc/link')],
+    add('hardlink-to-symlink', [tar_members.symlink('etc/link', secret),
+                                tar_members.hardlink('etc/hard', 'etc/link')],
         'refused', 'hard link to the symlink')
     add('char-device', [
-        (_info('dev/mem', tarfile.CHRTYPE, 0o666, devmajor=1, devminor=1),
-         None)], 'refused', 'device node')
+        (tar_members.info('dev/mem', tarfile.CHRTYPE, 0o666, devmajor=1,
+                          devminor=1), None)], 'refused', 'device node')
     add('block-device', [
-        (_info('dev/vda', tarfile.BLKTYPE, 0o666, devmajor=254,
-               devminor=0), None)], 'refused', 'device node')
-    add('fifo', [(_info('run/fifo', tarfile.FIFOTYPE, 0o644), None)],
-        'harmless')
+        (tar_members.info('dev/vda', tarfile.BLKTYPE, 0o666, devmajor=254,
+                          devminor=0), None)], 'refused', 'device node')
+    add('fifo', [tar_members.fifo('run/fifo')], 'harmless')
     add('xz-compressed', [], 'harmless', compression='xz')
-    add('absolute-symlinks-inside', [_sym('etc/mtab', '/proc/mounts'),
-                                     _sym('root/shadow', '/etc/shadow'),
-                                     _sym('root/canary', secret)],
-        'harmless')
+    add('absolute-symlinks-inside', [
+        tar_members.symlink('etc/mtab', '/proc/mounts'),
+        tar_members.symlink('root/shadow', '/etc/shadow'),
+        tar_members.symlink('root/canary', secret)], 'harmless')
     # The driver writes /etc/hostname into the root from the host: an
     # image's links must not lead that write out.
-    add('etc-symlink-to-host', [_sym('etc', canary)], 'harmless',
-        with_etc=False)
-    add('hostname-symlink-to-host', [_sym('etc/hostname', secret)],
-        'harmless')
+    add('etc-symlink-to-host', [tar_members.symlink('etc', canary)],
+        'harmless', with_etc=False)
+    add('hostname-symlink-to-host',
+        [tar_members.symlink('etc/hostname', secret)], 'harmless')
     add('setuid-file', [_reg('bin/suid', b'#!/bin/sh\n', mode=0o4755)],
         'harmless')
     add('file-replaces-directory', [_reg('etc')], 'refused',
@@ -243,9 +211,9 @@ def corpus(work, canary, cache_dir, bomb_bytes):
     add('no-sbin-init', [_reg('etc/hostname', b'x\n')], 'refused',
         'no /sbin/init', with_base=False)
     add('init-symlink-to-host', [
-        (_info('sbin', tarfile.DIRTYPE, 0o755), None),
-        _sym('sbin/init', '/usr/bin/python3')], 'refused', 'no /sbin/init',
-        with_base=False)
+        tar_members.directory('sbin'),
+        tar_members.symlink('sbin/init', '/usr/bin/python3')], 'refused',
+        'no /sbin/init', with_base=False)
 
     bomb = Case('gzip-bomb', gzip_bomb(
         os.path.join(cache_dir, 'bomb-%d.tar.gz' % bomb_bytes), bomb_bytes),
@@ -259,7 +227,7 @@ def corpus(work, canary, cache_dir, bomb_bytes):
     tar = tarfile.open(fileobj=raw, mode='w', format=tarfile.PAX_FORMAT)
     _base_members(tar)
     # The header of a file twice the free space, 1 MiB of it, no end.
-    data = raw.getvalue() + _info('huge', size=free * 2).tobuf(
+    data = raw.getvalue() + tar_members.info('huge', size=free * 2).tobuf(
         tarfile.PAX_FORMAT, 'utf-8', 'surrogateescape') + bytes(1 << 20)
     with open(huge, 'wb') as f:
         f.write(gzip.compress(data))
@@ -304,7 +272,7 @@ def corpus(work, canary, cache_dir, bomb_bytes):
     _base_members(tar)
     noise = hashlib.shake_256(b'noise').digest(256 * 1024)
     for i in range(3):
-        tar.addfile(_info('etc/data%d' % i, size=len(noise)),
+        tar.addfile(tar_members.info('etc/data%d' % i, size=len(noise)),
                     io.BytesIO(noise))
     tar.close()
     whole = bytearray(raw.getvalue())

@@ -17,63 +17,17 @@ import zstandard
 
 from novalxcdriver import exception
 from novalxcdriver import tarball
+from tests import tar_members
+from tests.tar_members import device
+from tests.tar_members import directory
+from tests.tar_members import fifo
+from tests.tar_members import hardlink
+from tests.tar_members import reg
+from tests.tar_members import symlink
+from tests.tar_members import zeros
 
 MiB = 1024 * 1024
 BIG = 1024 * MiB
-MTIME = 1700000000
-
-
-class _Zeros(object):
-    """File-like object that reads as ``size`` zero bytes."""
-
-    def __init__(self, size):
-        self.left = size
-
-    def read(self, size=-1):
-        size = self.left if size < 0 else min(size, self.left)
-        self.left -= size
-        return bytes(size)
-
-
-def _info(name, kind=tarfile.REGTYPE, mode=0o644, uid=0, gid=0, **kwargs):
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = mode
-    info.uid = uid
-    info.gid = gid
-    info.mtime = MTIME
-    for key, value in kwargs.items():
-        setattr(info, key, value)
-    return info
-
-
-def reg(name, data=b'', **kwargs):
-    info = _info(name, size=len(data), **kwargs)
-    return info, io.BytesIO(data)
-
-
-def zeros(name, size):
-    return _info(name, size=size), _Zeros(size)
-
-
-def directory(name, mode=0o755, **kwargs):
-    return _info(name, tarfile.DIRTYPE, mode=mode, **kwargs), None
-
-
-def symlink(name, target):
-    return _info(name, tarfile.SYMTYPE, mode=0o777, linkname=target), None
-
-
-def hardlink(name, target, **kwargs):
-    return _info(name, tarfile.LNKTYPE, linkname=target, **kwargs), None
-
-
-def fifo(name):
-    return _info(name, tarfile.FIFOTYPE), None
-
-
-def device(name, kind):
-    return _info(name, kind, mode=0o600, devmajor=1, devminor=3), None
 
 
 def xattr(attr, value):
@@ -252,8 +206,8 @@ class TestUnpackRootfs(base.BaseTestCase):
         self.assertTrue(stat.S_ISFIFO(os.lstat(self.in_dest('srv/pipe'))
                                       .st_mode))
         for name in ('usr/bin/su', 'srv', 'bin', 'usr/bin/sh', '.'):
-            self.assertEqual(MTIME, os.lstat(self.in_dest(name)).st_mtime,
-                             name)
+            self.assertEqual(tar_members.MTIME,
+                             os.lstat(self.in_dest(name)).st_mtime, name)
         if not self.is_root:
             self.skipTest('owners are only kept when running as root')
         for name, owner in (('srv', (1234, 5678)), ('srv/data', (1234, 5678)),
@@ -463,7 +417,8 @@ class TestUnpackRootfs(base.BaseTestCase):
         self.assertFalse(os.path.lexists(self.in_dest('sda')))
 
     def test_unknown_member_type_refused(self):
-        path = self.write_archive([(_info('odd', b'Z', size=0), None)])
+        path = self.write_archive(
+            [(tar_members.info('odd', b'Z', size=0), None)])
         self.assertRefused(path, 'odd')
 
     def test_invalid_owner_and_mtime_refused(self):
