@@ -192,11 +192,12 @@ class Container:
         """
         with open(self.config_path) as f:
             text = f.read()
-        io_throttles = limits_mod.parse_io(
-            spec_mod.parse_record(text).get('io'))
+        record = spec_mod.parse_record(text)
+        io_throttles = limits_mod.parse_io(record.get('io'))
         if not io_throttles:
             return
-        devices = self.rootfs().disk_devices()
+        devices = rootfs_mod.Rootfs(self.state_path,
+                                    record['id']).disk_devices()
         if not devices:
             raise exception.DisksNotMounted(name=self.name)
         new = spec_mod.with_io(text, limits_mod.render_io(

@@ -161,8 +161,7 @@ class LXCDriver(driver.ComputeDriver):
                 LOG.exception('Cannot remount the root of container %s', name)
 
     def _state_changed(self, name, old, new):
-        record = container_mod.Container(
-            name, None, self._lxc_path, self._state_path, self._ids).record()
+        record = self._container_of(name, None).record()
         transition = LIFECYCLE_EVENTS.get(new)
         # EVENT_LIFECYCLE_STARTED is 0: compare with None, not truth.
         if (not record or record.get('host') != CONF.host or
@@ -198,8 +197,7 @@ class LXCDriver(driver.ComputeDriver):
         started it with: the pairs of NICs attached since then died with
         the old network namespace (their host ends are gone).
         """
-        c = container_mod.Container(
-            name, None, self._lxc_path, self._state_path, self._ids)
+        c = self._container_of(name, None)
         record = c.record()
         if record.get('host') != CONF.host:
             return
@@ -212,8 +210,7 @@ class LXCDriver(driver.ComputeDriver):
             record['instance_uuid'])
         LOG.info('Container %s restarted without its NICs %s; plugging '
                  'them again', name, ', '.join(lost), instance=instance)
-        self._replug_running(self._container(instance), instance,
-                             network_info)
+        self._replug_running(c, instance, network_info)
 
     def _instance_and_network_info(self, instance_uuid):
         """The instance and its network_info, from Nova's database."""

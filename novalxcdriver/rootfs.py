@@ -134,8 +134,9 @@ class Rootfs:
 
     def disk_devices(self):
         """'MAJ:MIN' of each mounted disk of its own (root, ephemeral)."""
+        points = mount.mountpoints()
         return [d.device() for d in (self.root_disk, self.ephemeral_disk)
-                if d.is_mounted()]
+                if d.mountpoint in points]
 
     def unmount(self):
         for device in self.disk_devices():

@@ -205,8 +205,6 @@ class DestroyTest(_Base):
         self.mount.unmount_tree.assert_called_once_with(self.top)
 
     def test_disk_throttles_cleared_before_the_unmount(self):
-        self.patch('novalxcdriver.disk.Disk.is_mounted', autospec=True,
-                   side_effect=lambda d: d.mountpoint in self.mounted)
         self.patch('novalxcdriver.disk.Disk.device', autospec=True,
                    side_effect=lambda d: {
                        self.root.root_disk.mountpoint: '7:1',
