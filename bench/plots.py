@@ -40,6 +40,13 @@ def _strip_box(ax, groups, ylabel):
     ax.grid(axis='y', alpha=0.3)
 
 
+def _save(plt, fig, path):
+    """Lay out, write (110 dpi) and close one figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def spawn_latency(plt, results, path):
     spawn = results['spawn']
     keys = [k for k in ('busybox', 'debian', 'synthetic') if k in spawn]
@@ -59,9 +66,7 @@ def spawn_latency(plt, results, path):
             summary(d)['median'] - summary(r)['median']), fontsize=10)
     fig.suptitle('Spawn to RUNNING, image cached (%d runs each)'
                  % len(spawn[keys[0]]['driver']))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def spawn_vs_size(plt, results, path):
@@ -98,9 +103,7 @@ def spawn_vs_size(plt, results, path):
     ax.set_title('Spawn latency against image size')
     ax.legend(fontsize=8, loc='upper left')
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def throughput(plt, results, path):
@@ -127,9 +130,7 @@ def throughput(plt, results, path):
             results['config']['concurrency']))
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def boot_destroy(plt, results, path):
@@ -151,9 +152,7 @@ def boot_destroy(plt, results, path):
     ax2.set_ylim(bottom=0)
     ax2.set_title('Debian 12 booted: destroy with cleanup', fontsize=10)
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def density(plt, results, path):
@@ -171,9 +170,7 @@ def density(plt, results, path):
     ax.set_ylim(bottom=0)
     ax.set_title('Memory per idle container')
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def api(plt, results, path):
@@ -191,9 +188,7 @@ def api(plt, results, path):
     ax.set_title('Nova API: POST /servers to ACTIVE (%s)'
                  % results['api']['image'])
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def draw(results, out_dir, log=print):
