@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import fixtures
@@ -132,6 +133,19 @@ def processes_mentioning(text, exclude=()):
     return found
 
 
+def lasting_processes_mentioning(text, exclude=(), wait=1.0):
+    """processes_mentioning text, now and still wait seconds later.
+
+    A live driver's state watcher runs lxc-ls on lxc_path every scan: a
+    query caught in flight is no leak; a leaked LXC monitor stays.
+    """
+    first = processes_mentioning(text, exclude)
+    if not first:
+        return first
+    time.sleep(wait)
+    return sorted(set(first) & set(processes_mentioning(text, exclude)))
+
+
 def lock_holders(lock_dir, exclude=()):
     """(pid, lock file) of every process holding a lock on lock_dir's files.
 
@@ -211,7 +225,7 @@ def leaks(lxc_path, state_path, names, exclude_pids=(), veth_names=()):
     found += ['loop device %s' % d for d in loop_devices(state_path)]
     found += ['cgroup %s' % c for c in cgroups_of(names)]
     found += ['process %d %s' % p for p in
-              processes_mentioning(lxc_path, exclude_pids)]
+              lasting_processes_mentioning(lxc_path, exclude_pids)]
     found += ['lock %s held by %d' % (n, p) for p, n in lock_holders(
         os.path.join(state_path, 'locks'), exclude_pids)]
     found += ['veth %s' % n for n in veths(veth_names)]
