@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 
+from oslo_concurrency import lockutils
 from oslo_log import log as logging
 
 from novalxcdriver import conf
@@ -144,20 +145,36 @@ class Container:
         :raises ContainerNotFound: the container or its image is gone
             (a destroy may run meanwhile in another process).
         """
-        record = self.record()
-        if 'id' not in record or 'image_id' not in record:
+        cid = self.record().get('id')
+        if cid is None:
             raise exception.ContainerNotFound(name=self.name)
-        root = rootfs_mod.Rootfs(self.state_path, record['id'])
-        image = image_cache.lookup(record['image_id'])
-        if image is None:
-            raise exception.ContainerNotFound(name=self.name)
-        try:
-            root.mount(image.rootfs, self.ids.idmap(record['id']))
-        except exception.NovaLXCError:
-            # A destroy in another process removed the disks under us.
-            if not self.exists():
+        with self._lock(cid):
+            # Read again: a destroy that held the lock may have finished.
+            record = self.record()
+            if record.get('id') != cid or 'image_id' not in record:
                 raise exception.ContainerNotFound(name=self.name)
-            raise
+            image = image_cache.lookup(record['image_id'])
+            if image is None:
+                raise exception.ContainerNotFound(name=self.name)
+            try:
+                rootfs_mod.Rootfs(self.state_path, cid).mount(
+                    image.rootfs, self.ids.idmap(cid))
+            except exception.NovaLXCError:
+                # Its disks went without the lock (a crash, by hand).
+                if not self.exists():
+                    raise exception.ContainerNotFound(name=self.name)
+                raise
+
+    def _lock(self, cid):
+        """External lock of container ID cid: its destroy and remount.
+
+        Another driver process's init_host remounts the roots of the
+        records it finds; without the lock it could remount one that a
+        destroy here is taking apart. Keyed by ID: a bounded set of files.
+        """
+        return lockutils.lock('novalxc-container-%d' % cid, external=True,
+                              lock_path=os.path.join(self.state_path,
+                                                     'locks'))
 
     # -- state ----------------------------------------------------------
 
@@ -298,13 +315,17 @@ class Container:
         if self.exists():
             self.stop(timeout)
         cid = self.cid()
-        if cid is not None:
+        if cid is None:
+            if os.path.lexists(self.dir):
+                shutil.rmtree(self.dir)
+            return
+        with self._lock(cid):
             # Rootfs first: the config still names the ID meanwhile.
             rootfs_mod.Rootfs(self.state_path, cid).destroy()
-        if os.path.lexists(self.dir):
-            shutil.rmtree(self.dir)
-        if cid is not None and self.ids.find(self.instance_uuid) == cid:
-            self.ids.release(cid)
+            if os.path.lexists(self.dir):
+                shutil.rmtree(self.dir)
+            if self.ids.find(self.instance_uuid) == cid:
+                self.ids.release(cid)
 
     # -- output ---------------------------------------------------------
 

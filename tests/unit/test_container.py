@@ -414,6 +414,35 @@ class EnsureRootfsTest(_Base):
         self.assertEqual('/images/x/rootfs', image_rootfs)
         self.assertEqual(self.ids.idmap(root.cid), idmap)
 
+    def test_remount_and_destroy_share_one_external_lock(self):
+        locks = []
+        real_lock = container_mod.lockutils.lock
+
+        def lock(name, **kwargs):
+            locks.append((name, kwargs['external']))
+            return real_lock(name, **kwargs)
+        with mock.patch.object(container_mod.lockutils, 'lock', lock):
+            cid = self.c.cid()
+            self.c.ensure_rootfs(self.cache)
+            self.lxc_state = 'STOPPED'
+            self.c.destroy()
+        # (ids.release takes the ID allocator's own lock too.)
+        self.assertEqual([('novalxc-container-%d' % cid, True)] * 2,
+                         [lk for lk in locks if lk[0] != 'novalxc-ids'])
+
+    def test_destroy_done_while_waiting_for_the_lock_is_not_found(self):
+        class DestroyedWhileWaiting:
+            def __enter__(lock):
+                os.unlink(self.c.config_path)
+
+            def __exit__(lock, *exc):
+                return False
+        with mock.patch.object(container_mod.lockutils, 'lock',
+                               return_value=DestroyedWhileWaiting()):
+            self.assertRaises(exception.ContainerNotFound,
+                              self.c.ensure_rootfs, self.cache)
+        self.root_mount.assert_not_called()
+
     def test_destroyed_meanwhile_is_not_found(self):
         def destroyed_under_us(*args):
             os.unlink(self.c.config_path)
