@@ -22,6 +22,7 @@ import time
 
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
+from oslo_utils import excutils
 
 from novalxcdriver import conf
 from novalxcdriver import exception
@@ -192,10 +193,13 @@ class Container:
 
     # -- lifecycle --------------------------------------------------------
 
-    def start(self):
-        """Start init (lxc-start -d); a running container is left as is."""
-        state, _pid = self.state()
-        if state == 'RUNNING':
+    def start(self, created=False):
+        """Start init (lxc-start -d); a running container is left as is.
+
+        :param created: create() has just made it, so it cannot be
+            running: its state is not read (an lxc-info process less).
+        """
+        if not created and self.state()[0] == 'RUNNING':
             return
         self._clear_suspended()
         self._place_io_throttles()
@@ -232,10 +236,10 @@ class Container:
         The halt signal (lxc.signal.halt) is sent again every
         retry_interval seconds, as libvirt resends ACPI power button
         presses. timeout 0 kills at once.
+
+        :raises ContainerNotFound: no config for this container.
         """
-        self._thaw_if_frozen()
-        state, _pid = self.state()
-        if state == 'STOPPED':
+        if self._thawed_state() == 'STOPPED':
             return
         deadline = time.monotonic() + timeout
         while timeout > 0:
@@ -253,12 +257,25 @@ class Container:
         if timeout > 0:
             LOG.info('Container %s did not halt within %ss; killing it',
                      self.name, timeout)
-        self.kill()
+        self._kill_running()
 
     def kill(self):
-        self._thaw_if_frozen()
-        if self.state()[0] != 'STOPPED':
+        """SIGKILL init (a frozen container is thawed first).
+
+        :raises ContainerNotFound: no config for this container.
+        """
+        if self._thawed_state() != 'STOPPED':
+            self._kill_running()
+
+    def _kill_running(self):
+        # Known running a moment ago: no lxc-info first (one process less
+        # per destroy); init may have exited meanwhile, which is no error.
+        try:
             lxc.kill(self.name, self.lxc_path)
+        except exception.CommandFailed:
+            with excutils.save_and_reraise_exception() as ctx:
+                if self.state()[0] == 'STOPPED':
+                    ctx.reraise = False
 
     def reboot(self, soft, timeout, before_start=None):
         """Reboot, soft (clean) or hard (kill and start).
@@ -292,11 +309,20 @@ class Container:
         if self.state()[0] in ('FROZEN', 'FREEZING'):
             lxc.unfreeze(self.name, self.lxc_path)
 
-    def _thaw_if_frozen(self):
-        if self.exists() and self.state()[0] in ('FROZEN', 'FREEZING'):
-            # A frozen task cannot act on a signal, not even SIGKILL.
+    def _thawed_state(self):
+        """LXC state, once a frozen container is thawed; unmarks suspend.
+
+        A frozen task cannot act on a signal, not even SIGKILL, so stop
+        and kill thaw first.
+
+        :raises ContainerNotFound: no config for this container.
+        """
+        state, _pid = self.state()
+        if state in ('FROZEN', 'FREEZING'):
             lxc.unfreeze(self.name, self.lxc_path)
+            state = 'RUNNING'
         self._clear_suspended()
+        return state
 
     def _clear_suspended(self):
         try:

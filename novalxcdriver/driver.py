@@ -361,7 +361,7 @@ class LXCDriver(driver.ComputeDriver):
             plugged = network_info
             self._plug_vifs_and_wait(instance, network_info, power_on)
             if power_on:
-                c.start()
+                c.start(created=True)
         except Exception:
             with excutils.save_and_reraise_exception():
                 LOG.warning('Spawn failed; removing what it made',

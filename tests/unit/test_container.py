@@ -230,6 +230,31 @@ class StopTest(_Base):
         self.c.kill()
         self.assertEqual(['unfreeze', 'kill'], self.lxc_calls())
 
+    def test_kill_reads_the_state_once(self):
+        # Every lxc-info is a process: destroy runs stop(0) on each delete.
+        self.c.stop(0)
+        self.assertEqual(1, self.lxc.info.call_count)
+
+    def test_kill_racing_exit_of_init_is_no_error(self):
+        def exited_meanwhile(name, lxc_path):
+            self.lxc_state = 'STOPPED'
+            raise exception.CommandFailed(cmd='lxc-stop', exit_code=2,
+                                          stderr='not running')
+        self.lxc.kill.side_effect = exited_meanwhile
+        self.c.stop(0)
+        self.assertEqual('STOPPED', self.lxc_state)
+
+    def test_failed_kill_of_running_container_raises(self):
+        self.lxc.kill.side_effect = exception.CommandFailed(
+            cmd='lxc-stop', exit_code=1, stderr='failed')
+        self.assertRaises(exception.CommandFailed, self.c.stop, 0)
+
+    def test_stop_without_config_is_not_found(self):
+        os.unlink(self.c.config_path)
+        self.assertRaises(exception.ContainerNotFound, self.c.stop, 0)
+        self.assertRaises(exception.ContainerNotFound, self.c.kill)
+        self.assertEqual([], self.lxc_calls())
+
     def test_stop_clears_suspended_marker(self):
         self.c.freeze(suspend=True)
         self.c.stop(0)
@@ -251,6 +276,12 @@ class LifecycleTest(_Base):
         self.lxc_state = 'STOPPED'
         self.c.start()
         self.lxc.start.assert_called_once_with(NAME, self.lxc_path)
+
+    def test_start_of_created_container_reads_no_state(self):
+        self.lxc_state = 'STOPPED'
+        self.c.start(created=True)
+        self.lxc.start.assert_called_once_with(NAME, self.lxc_path)
+        self.lxc.info.assert_not_called()
 
     def test_start_with_io_throttles_but_no_disk_refused(self):
         # Starting unthrottled would sell more than the flavor says.
