@@ -23,6 +23,8 @@ import re
 import threading
 import time
 
+from bench import cpu
+
 CLOUDS_YAML = '/etc/novalxc-aio/clouds.yaml'
 CLOUD = 'novalxc-demo'
 PREFIX = 'nlxbench-api-'
@@ -245,7 +247,8 @@ def measure(series, image_name='debian-12', flavor_name='lxc.tiny',
     :param compute_log: nova-compute's log, read for its own timings of
         each server (added to the samples when found).
     :returns: {'skipped': reason} when the cloud cannot be used, else
-        {'series': {concurrency: {'samples': [...], 'errors': [...]}},
+        {'series': {concurrency: {'samples': [...], 'errors': [...],
+        'cpu': cpu.Meter.stop()'s figures for the series}},
         'image', 'flavor', 'poll_interval', 'leftovers'}; seconds.
     """
     try:
@@ -267,11 +270,14 @@ def measure(series, image_name='debian-12', flavor_name='lxc.tiny',
                                     1, names)
         result['warmup'] = {'samples': warm, 'errors': errors}
         for concurrency, runs in series:
+            meter = cpu.Meter()
+            meter.start()
             samples, errors = _boot_series(conn, tracker, image_id,
                                            flavor_id, concurrency, runs,
                                            names)
             result['series'][str(concurrency)] = {'samples': samples,
-                                                  'errors': errors}
+                                                  'errors': errors,
+                                                  'cpu': meter.stop()}
             secs = sorted(s['seconds'] for s in samples)
             log('  API concurrency %d: %d servers ACTIVE, median %.2f s, '
                 '%d errors' % (concurrency, len(secs),

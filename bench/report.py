@@ -240,6 +240,11 @@ def api_rows(results):
                         if 'compute_spawn' in x)['median']
         inside = ('; nova-compute medians: build %s, of which spawn %s' % (
             _s(build), _s(spawn)) if build is not None else '')
+        meter = series.get('cpu')
+        if meter:
+            inside += '; host CPU %.0f%% busy' % (
+                100 * meter['host_busy'] / max(
+                    1e-9, meter['wall'] * meter['cores']))
         rows.append(_row(
             7, 'Nova API: POST /servers to ACTIVE, %s, concurrency %s '
             '(n=%d)' % (api['image'], conc, s['n']),
@@ -249,6 +254,47 @@ def api_rows(results):
                 _errors(series['errors'])),
             _met(ok)))
     return rows
+
+
+def cpu_section(results):
+    """Markdown lines: whose CPU time filled the host during item 7."""
+    series = (results.get('api') or {}).get('series') or {}
+    meters = {c: x['cpu'] for c, x in series.items() if x.get('cpu')}
+    if not meters:
+        return []
+    concs = sorted(meters, key=int)
+    last = meters[concs[-1]]
+    booted = {c: max(1, len(series[c]['samples'])) for c in concs}
+    names = sorted(last['services'], key=lambda n: -last['services'][n])
+    body = []
+    for name in names + ['benchmark client', 'everything else']:
+        row = [name]
+        for c in concs:
+            m = meters[c]
+            value = {'benchmark client': m['client'],
+                     'everything else': m['other']}.get(
+                name, m['services'].get(name, 0.0))
+            row.append('%.1f s (%.0f ms per server)'
+                       % (value, 1000 * value / booted[c]))
+        if row[1:] == ['0.0 s (0 ms per server)'] * len(concs):
+            continue
+        body.append(row)
+    body.append(['**host busy**'] + [
+        '**%.1f s of %.1f s** (%.0f%% of %d cores)' % (
+            meters[c]['host_busy'], meters[c]['wall'] * meters[c]['cores'],
+            100 * meters[c]['host_busy'] / max(
+                1e-9, meters[c]['wall'] * meters[c]['cores']),
+            meters[c]['cores']) for c in concs])
+    return ['## Where the CPU went during item 7', '',
+            'CPU seconds (user + system) of each service of the all-in-one '
+            'cloud with its worker processes and the commands they ran, '
+            'while each series booted and deleted its servers; nova-compute '
+            'includes the driver and its lxc-*, losetup and mkfs.ext4 '
+            'commands. "Everything else" is the containers\' own '
+            'processes, LXC monitors and the kernel.', '',
+            _md_table(['service'] + ['concurrency %s (%d servers, %.0f s)'
+                                     % (c, booted[c], meters[c]['wall'])
+                                     for c in concs], body), '']
 
 
 def rows(results):
@@ -380,6 +426,7 @@ def markdown(results, command, plots):
             '%s commands run at concurrency %d (per spawn / per destroy): '
             '%s / %s.' % (key, conc, command_line(samples),
                           command_line(dsamples)), '']
+    out += cpu_section(results)
     leaks = results.get('leaks', {}).get('after')
     if leaks is not None:
         left = {k: v for k, v in leaks.items() if v}
