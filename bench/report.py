@@ -217,6 +217,12 @@ def _errors(errors):
         '%s x%d' % (c, n) for c, n in sorted(causes.items())))
 
 
+def _busy_percent(meter):
+    """Share of the host's CPU capacity busy over a bench.cpu interval."""
+    return 100 * meter['host_busy'] / max(1e-9,
+                                          meter['wall'] * meter['cores'])
+
+
 def api_rows(results):
     api = results.get('api')
     target = 'median < 2 s, p95 < 4 s at concurrency 10'
@@ -242,9 +248,7 @@ def api_rows(results):
             _s(build), _s(spawn)) if build is not None else '')
         meter = series.get('cpu')
         if meter:
-            inside += '; host CPU %.0f%% busy' % (
-                100 * meter['host_busy'] / max(
-                    1e-9, meter['wall'] * meter['cores']))
+            inside += '; host CPU %.0f%% busy' % _busy_percent(meter)
         rows.append(_row(
             7, 'Nova API: POST /servers to ACTIVE, %s, concurrency %s '
             '(n=%d)' % (api['image'], conc, s['n']),
@@ -282,9 +286,7 @@ def cpu_section(results):
     body.append(['**host busy**'] + [
         '**%.1f s of %.1f s** (%.0f%% of %d cores)' % (
             meters[c]['host_busy'], meters[c]['wall'] * meters[c]['cores'],
-            100 * meters[c]['host_busy'] / max(
-                1e-9, meters[c]['wall'] * meters[c]['cores']),
-            meters[c]['cores']) for c in concs])
+            _busy_percent(meters[c]), meters[c]['cores']) for c in concs])
     return ['## Where the CPU went during item 7', '',
             'CPU seconds (user + system) of each service of the all-in-one '
             'cloud with its worker processes and the commands they ran, '
