@@ -125,21 +125,33 @@ def unmount(target):
                                 reason=os.strerror(err))
 
 
-def mountpoints():
-    """Every mount point in this mount namespace (set of absolute paths)."""
-    points = set()
+def mounts():
+    """Mount point of every mount in this namespace, in mountinfo order.
+
+    A point appears once per mount stacked on it (list of absolute paths).
+    """
+    points = []
     with open('/proc/self/mountinfo') as f:
         for line in f:
             # Field 5 is the mount point, octal-escaped (proc(5)).
             raw = line.split()[4]
-            points.add(raw.encode().decode('unicode_escape'))
+            points.append(raw.encode().decode('unicode_escape'))
     return points
 
 
+def mountpoints():
+    """Every mount point in this mount namespace (set of absolute paths)."""
+    return set(mounts())
+
+
 def unmount_tree(top):
-    """Unmount everything mounted at or below top, deepest first."""
+    """Unmount everything mounted at or below top, deepest first.
+
+    Each mount stacked on a point is undone: umount(2) takes off only the
+    top one, and a root remounted twice (a crash, a race of two processes
+    before the remount lock) must not survive its destroy.
+    """
     top = os.path.abspath(top)
-    inside = [p for p in mountpoints()
-              if p == top or p.startswith(top + '/')]
+    inside = [p for p in mounts() if p == top or p.startswith(top + '/')]
     for point in sorted(inside, key=len, reverse=True):
         unmount(point)

@@ -81,3 +81,22 @@ class ReconcileTest(base.FunctionalTestCase):
         self.assertTrue(root.is_mounted())
         restarted.resume_state_on_host_boot(self.ctxt, instance, [], None)
         self.assertEqual('RUNNING', self.lxc_state(instance.name))
+
+    def test_destroy_undoes_mounts_stacked_on_a_disk(self):
+        # Two processes remounting one root at once (before the remount
+        # lock) stacked a second mount on a disk; umount(2) takes off only
+        # the top one, and the destroy stopped at "still mounted".
+        image_id = self.busybox_image()
+        instance = self.make_instance(ephemeral_gb=1)
+        self.spawn(instance, image_id)
+        root = rootfs.Rootfs(CONF.lxc.state_path,
+                             self.driver._ids.find(instance.uuid))
+        point = root.ephemeral_disk.mountpoint
+        subprocess.run(['mount', '-t', 'tmpfs', 'stacked', point],
+                       check=True)
+        self.assertEqual(2, mount.mounts().count(point))
+
+        self.driver.destroy(self.ctxt, instance, [])
+        self.assertEqual([], [p for p in mount.mounts()
+                              if p.startswith(root.path)])
+        self.assertFalse(os.path.exists(root.path))
