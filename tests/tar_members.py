@@ -3,9 +3,12 @@
 Shared by the unit tests of the unpacker (tests/unit/test_tarball.py) and
 the hardening suite's hostile images (tests/hardening/images.py). Every
 member gets a fixed mtime, so archives are the same from run to run.
+tree_snapshot tells both whether an archive changed anything outside.
 """
 
 import io
+import os
+import stat
 import tarfile
 
 MTIME = 1700000000
@@ -62,3 +65,24 @@ def fifo(name):
 
 def device(name, kind):
     return info(name, kind, mode=0o600, devmajor=1, devminor=3), None
+
+
+def tree_snapshot(top):
+    """Everything about a tree that an attack could change.
+
+    :returns: {relative path: (mode, uid, gid, nlink, mtime_ns, content)};
+        content is the bytes of a regular file, else None.
+    """
+    result = {}
+    for root, dirs, files in os.walk(top):
+        for name in ['.'] + dirs + files:
+            path = os.path.normpath(os.path.join(root, name))
+            st = os.lstat(path)
+            content = None
+            if stat.S_ISREG(st.st_mode):
+                with open(path, 'rb') as f:
+                    content = f.read()
+            result[os.path.relpath(path, top)] = (
+                st.st_mode, st.st_uid, st.st_gid, st.st_nlink,
+                st.st_mtime_ns, content)
+    return result

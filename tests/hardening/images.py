@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import tarfile
-import zlib
 
 from tests.functional import rootfs_images
 from tests import tar_members
@@ -294,19 +293,3 @@ def corpus(work, canary, cache_dir, bomb_bytes):
     cases.append(Case('gzip-crc-mismatch', path, 'refused',
                       'truncated or corrupt'))
     return cases
-
-
-def checksum_tree(top):
-    """{relative path: (mode, uid, gid, size, crc)} of everything below."""
-    result = {}
-    for root, dirs, files in os.walk(top):
-        for name in ['.'] + dirs + files:
-            path = os.path.normpath(os.path.join(root, name))
-            st = os.lstat(path)
-            crc = None
-            if os.path.isfile(path) and not os.path.islink(path):
-                with open(path, 'rb') as f:
-                    crc = zlib.crc32(f.read())
-            result[os.path.relpath(path, top)] = (
-                st.st_mode, st.st_uid, st.st_gid, st.st_size, crc)
-    return result

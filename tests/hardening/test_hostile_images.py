@@ -24,6 +24,7 @@ from tests.functional import base as func_base
 from tests.hardening import base
 from tests.hardening import images
 from tests.hardening import summary
+from tests import tar_members
 
 CONF = conf.CONF
 GiB = 1 << 30
@@ -71,7 +72,7 @@ class HostileImagesTest(base.HardeningTestCase):
                 instance, image_id)
 
     def test_hostile_corpus_through_spawn(self):
-        before = images.checksum_tree(self.canary)
+        before = tar_members.tree_snapshot(self.canary)
         cases = images.corpus(self.work, self.canary, base.CACHE,
                               bomb_bytes=self.max_bytes + (1 << 20))
         outcomes = {}
@@ -94,7 +95,7 @@ class HostileImagesTest(base.HardeningTestCase):
             elif os.path.lexists(os.path.join(self.state_path, 'images',
                                               image_id)):
                 wrong.append('refused image left in the cache')
-            after = images.checksum_tree(self.canary)
+            after = tar_members.tree_snapshot(self.canary)
             if after != before:
                 wrong.append('canary changed: %s' % sorted(
                     set(after.items()) ^ set(before.items())))

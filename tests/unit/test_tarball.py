@@ -50,26 +50,10 @@ class TestUnpackRootfs(base.BaseTestCase):
             f.write(b'secret')
         os.chmod(self.secret, 0o600)
         os.chmod(self.outside, 0o750)
-        self.outside_before = self._snapshot(self.outside)
+        self.outside_before = tar_members.tree_snapshot(self.outside)
         self.is_root = os.geteuid() == 0
 
     # Helpers -------------------------------------------------------------
-
-    def _snapshot(self, top):
-        """Everything about a tree that an attack could change."""
-        result = {}
-        for root, dirs, files in os.walk(top):
-            for name in ['.'] + dirs + files:
-                path = os.path.normpath(os.path.join(root, name))
-                st = os.lstat(path)
-                content = None
-                if stat.S_ISREG(st.st_mode):
-                    with open(path, 'rb') as f:
-                        content = f.read()
-                result[os.path.relpath(path, top)] = (
-                    st.st_mode, st.st_uid, st.st_gid, st.st_nlink,
-                    st.st_mtime_ns, content)
-        return result
 
     def write_archive(self, members, compression='', name='image',
                       fmt=tarfile.PAX_FORMAT):
@@ -104,7 +88,8 @@ class TestUnpackRootfs(base.BaseTestCase):
         return os.path.join(self.dest, name)
 
     def assertNothingOutside(self):
-        self.assertEqual(self.outside_before, self._snapshot(self.outside))
+        self.assertEqual(self.outside_before,
+                         tar_members.tree_snapshot(self.outside))
         self.assertEqual(['archives', 'outside', 'rootfs'],
                          sorted(os.listdir(self.tmp)))
 
