@@ -1,0 +1,81 @@
+"""Durable writes: the one way the driver writes a file that must survive.
+
+A power loss after rename(2) but before write-back can leave the new name
+pointing at an empty or torn file on ext4 and xfs alike, unless the data
+was fsync'd first, and the rename itself is only durable once the parent
+directory is fsync'd (fsync(2), "NOTES"; rename(2)). ``write`` does both,
+so readers see the old content or the whole new one, before and after a
+crash.
+"""
+
+import ctypes
+import ctypes.util
+import os
+import tempfile
+
+_libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+
+
+def fsync_dir(path):
+    """fsync(2) directory path: renames and creations in it become durable.
+
+    :raises OSError: the directory cannot be opened or synced.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write(path, data, mode=0o644, uid=None, gid=None):
+    """Replace path's content with data, atomically and durably.
+
+    The data goes to a temporary file beside path, is fsync'd, renamed over
+    path, and the directory is fsync'd.
+
+    :param data: str (UTF-8 encoded) or bytes.
+    :param mode: permission bits of the file.
+    :param uid: owner to give the file (None: the caller's).
+    :param gid: group to give the file (None: the caller's).
+    :raises OSError: nothing was replaced (a full disk: ENOSPC); the
+        temporary file is removed.
+    """
+    if isinstance(data, str):
+        data = data.encode('utf-8')
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(
+        prefix='.%s.' % os.path.basename(path), suffix='.tmp', dir=directory)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            os.fchmod(f.fileno(), mode)
+            if uid is not None or gid is not None:
+                os.fchown(f.fileno(), -1 if uid is None else uid,
+                          -1 if gid is None else gid)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
+def syncfs(path):
+    """syncfs(2) the filesystem holding path: all its written data to disk.
+
+    One call instead of an fsync per file (an unpacked image).
+
+    :raises OSError: the call failed.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
