@@ -1,20 +1,34 @@
 """Container: the model of one LXC container and every artifact it owns.
 
-Artifacts of a container named N with container ID C:
+Artifacts of a container named N with container ID C, instance U:
 
 - ``<state_path>/ids/C``           its ID reservation (ids.IdAllocator)
-- ``<state_path>/rootfs/C``        its copy-on-write root (rootfs.Rootfs)
-- ``<lxc_path>/N/config``          lxc.conf, carrying the driver's record
+- ``<state_path>/instances/U.json`` its durable record (record.py)
+- ``<lxc_path>/N/config``          lxc.conf, with a copy of the record
+- ``<state_path>/rootfs/C``        its disks and copy-on-write root
 - ``<lxc_path>/N/*.log``           console and LXC logs
 - ``<lxc_path>/N/suspended``       marks a freeze made by Nova's suspend
 - cgroups                          made and removed by LXC itself
 
-They are created in that order and removed in the reverse one, so any
-crash leaves a state that ``destroy`` recognises and finishes cleaning.
+They are created in that order (the record, in state ``spawning``, names
+everything the spawn is about to make) and removed in the reverse one, so
+any crash leaves a state that ``destroy`` recognises and finishes
+cleaning. The disks and the record are the truth; the config, the mounts
+and the cgroups are derived and ``rebuild`` makes them again from a spec.
+
+Nothing is removed that cannot be shown to be this instance's: the ID
+and its root through the reservation or the record naming the instance,
+the container directory through its config naming the instance (or, torn
+beyond reading, holding nothing but what LXC and the driver put there).
+A directory in the way that is someone else's is left alone and named in
+a ContainerExists fault.
+
 The veth pairs of its NICs are the driver's (vif.py): the config only
 names them (``nics``), and LXC moves them in and out at start and stop.
 """
 
+import dataclasses
+import functools
 import math
 import os
 import shutil
@@ -23,12 +37,15 @@ import time
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
 from oslo_utils import excutils
+from oslo_utils import uuidutils
 
 from novalxcdriver import conf
+from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import host
 from novalxcdriver import limits as limits_mod
 from novalxcdriver import lxc
+from novalxcdriver import record as record_mod
 from novalxcdriver import rootfs as rootfs_mod
 from novalxcdriver import spec as spec_mod
 from novalxcdriver import throttle
@@ -37,22 +54,31 @@ CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 CONSOLE_OUTPUT_MAX = 100 * 1024  # bytes, like libvirt's console log tail.
+# What LXC and the driver put in a container's directory (besides
+# durable.write's temporary files): a directory holding anything else is
+# not only ours.
+_OWN_FILES = frozenset(('config', 'console.log', 'console.log.1',
+                        'suspended'))
 
 
 class Container:
     """One container, named after its Nova instance.
 
     :param name: the LXC name (instance.name); checked by spec.check_name.
-    :param instance_uuid: the Nova instance it belongs to.
+    :param instance_uuid: the Nova instance it belongs to (None: only its
+        config is read, e.g. by the state watcher).
     :param ids: the host's ids.IdAllocator.
+    :param records: the host's record.RecordStore.
     """
 
-    def __init__(self, name, instance_uuid, lxc_path, state_path, ids):
+    def __init__(self, name, instance_uuid, lxc_path, state_path, ids,
+                 records):
         self.name = spec_mod.check_name(name)
         self.instance_uuid = instance_uuid
         self.lxc_path = lxc_path
         self.state_path = state_path
         self.ids = ids
+        self.records = records
         self.dir = os.path.join(lxc_path, name)
         self.config_path = os.path.join(self.dir, 'config')
         self._suspended_path = os.path.join(self.dir, 'suspended')
@@ -60,28 +86,87 @@ class Container:
     # -- what exists --------------------------------------------------
 
     def record(self):
-        """The driver's record from the config ({} when there is none)."""
+        """The durable record.InstanceRecord, or None."""
+        if self.instance_uuid is None:
+            return None
+        return self.records.get(self.instance_uuid)
+
+    def _config_text(self):
+        """The config's text, or None when missing or not text."""
         try:
-            with open(self.config_path) as f:
-                return spec_mod.parse_record(f.read())
-        except FileNotFoundError:
-            return {}
+            with open(self.config_path, 'rb') as f:
+                return f.read().decode('utf-8')
+        except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+            return None
+
+    def config_record(self):
+        """The record copied into the config ({} when it has none)."""
+        text = self._config_text()
+        return spec_mod.parse_record(text) if text else {}
+
+    def has_config(self):
+        """True when the config names this container's instance."""
+        record = self.config_record()
+        return bool(record) and (
+            self.instance_uuid is None or
+            record.get('instance_uuid') == self.instance_uuid)
 
     def exists(self):
-        """True once create() has written the config (until destroy)."""
-        return os.path.exists(self.config_path)
+        """True from the start of create() until destroy() finishes."""
+        return (self.record() is not None or self.has_config() or
+                self.ids.find(self.instance_uuid) is not None)
 
     def cid(self):
-        """This container's ID: from its record, else its reservation."""
-        return self.record().get('id', self.ids.find(self.instance_uuid))
+        """Its container ID: from its record, reservation or config."""
+        record = self.record()
+        if record is not None:
+            return record.cid
+        cid = self.ids.find(self.instance_uuid)
+        if cid is None and self.has_config():
+            cid = self.config_record().get('id')
+        return cid
+
+    def dir_owner(self):
+        """Whose <lxc_path>/<name> is: 'none' (absent), 'us' or 'other'.
+
+        Ours when its config names this instance, or, when the config
+        names no one (missing, empty, torn within the driver's header),
+        when the instance's record names this directory and nothing but
+        what LXC and the driver make is in it. A config naming another
+        instance, or any LXC key without a record, is someone else's.
+        """
+        try:
+            entries = os.listdir(self.dir)
+        except FileNotFoundError:
+            return 'none'
+        except NotADirectoryError:
+            return 'other'
+        text = self._config_text()
+        if text is None and 'config' in entries:
+            return 'other'
+        record = spec_mod.parse_record(text or '')
+        owner = record.get('instance_uuid')
+        if owner == self.instance_uuid:
+            return 'us'
+        # A torn last line can hold part of a UUID: that names no one.
+        if (uuidutils.is_uuid_like(owner) or
+                any(line.startswith('lxc.')
+                    for line in (text or '').splitlines())):
+            return 'other'
+        if not entries:
+            # Removing an empty directory loses nothing.
+            return 'us'
+        record = self.record()
+        ours = (record is not None and record.container_dir == self.dir and
+                all(e in _OWN_FILES or
+                    (e.startswith('.config.') and e.endswith('.tmp'))
+                    for e in entries))
+        return 'us' if ours else 'other'
 
     def nics(self):
         """The NICs its config gives it: tuple of spec.NicSpec."""
-        try:
-            with open(self.config_path) as f:
-                return spec_mod.parse_nics(f.read())
-        except FileNotFoundError:
-            return ()
+        text = self._config_text()
+        return spec_mod.parse_nics(text) if text else ()
 
     def set_nics(self, nics):
         """Rewrite the config with these NICs (renumbered, names kept).
@@ -91,10 +176,7 @@ class Container:
         """
         with open(self.config_path) as f:
             text = spec_mod.with_nics(f.read(), nics)
-        tmp = self.config_path + '.tmp'
-        with open(tmp, 'w') as f:
-            f.write(text)
-        os.rename(tmp, self.config_path)
+        durable.write(self.config_path, text, mode=0o644)
 
     def rootfs(self):
         cid = self.cid()
@@ -104,67 +186,131 @@ class Container:
     # -- creation -------------------------------------------------------
 
     def create(self, spec, image, root_gb=0, ephemeral_gb=0):
-        """Build the rootfs and write the config; the container stays stopped.
+        """Record it, then make its directory, config and rootfs; stopped.
 
-        On any failure everything made so far is removed.
+        The record (state spawning) is written first: it names what this
+        spawn makes. On any failure what this call made is removed, and
+        nothing it did not make.
 
         :param spec: the spec.ContainerSpec (its cid already reserved).
         :param image: images.CachedImage the rootfs is built on.
         :param root_gb: GiB of the root disk (0: unbounded, no disk).
         :param ephemeral_gb: GiB of the ephemeral disk (0: none).
-        :raises ContainerExists: a container of that name exists already.
+        :raises ContainerExists: <lxc_path>/<name> exists already.
+        :raises RootfsExists: the ID's rootfs directory exists already.
         """
-        os.makedirs(self.lxc_path, mode=0o711, exist_ok=True)
-        try:
-            os.mkdir(self.dir, 0o700)
-        except FileExistsError:
-            raise exception.ContainerExists(name=self.name)
         root = rootfs_mod.Rootfs(self.state_path, spec.cid)
+        self.records.write(self._record_of(spec, root))
+        made = []
         try:
-            root.create(image.rootfs, spec.idmap, root_gb, ephemeral_gb)
-            # systemd sets the hostname from /etc/hostname over lxc.uts.name;
-            # an image carries its build host's.
-            root.write_etc_file('hostname', spec.hostname + '\n',
-                                spec.idmap)
-            tmp = self.config_path + '.tmp'
-            with open(tmp, 'w') as f:
-                f.write(spec_mod.render_config(spec))
-            os.rename(tmp, self.config_path)
-        except BaseException:
-            self._remove_quietly(root)
-            raise
-
-    def _remove_quietly(self, root):
-        try:
-            root.destroy()
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def ensure_rootfs(self, image_cache):
-        """Remount the rootfs if missing (after a host reboot).
-
-        :raises ContainerNotFound: the container or its image is gone
-            (a destroy may run meanwhile in another process).
-        """
-        cid = self.record().get('id')
-        if cid is None:
-            raise exception.ContainerNotFound(name=self.name)
-        with self._lock(cid):
-            # Read again: a destroy that held the lock may have finished.
-            record = self.record()
-            if record.get('id') != cid or 'image_id' not in record:
-                raise exception.ContainerNotFound(name=self.name)
-            image = image_cache.lookup(record['image_id'])
-            if image is None:
-                raise exception.ContainerNotFound(name=self.name)
+            os.makedirs(self.lxc_path, mode=0o711, exist_ok=True)
             try:
-                rootfs_mod.Rootfs(self.state_path, cid).mount(
-                    image.rootfs, self.ids.idmap(cid))
-            except exception.NovaLXCError:
-                # Its disks went without the lock (a crash, by hand).
-                if not self.exists():
-                    raise exception.ContainerNotFound(name=self.name)
+                os.mkdir(self.dir, 0o700)
+            except FileExistsError:
+                raise exception.ContainerExists(
+                    name=self.name, path=self.dir,
+                    reason='it existed before this spawn')
+            made.append((self.dir, functools.partial(shutil.rmtree,
+                                                     self.dir)))
+            # Written before the rootfs: it claims the directory.
+            durable.write(self.config_path, spec_mod.render_config(spec))
+            try:
+                root.create(image.rootfs, spec.idmap, root_gb, ephemeral_gb)
+                # systemd sets the hostname from /etc/hostname over
+                # lxc.uts.name; an image carries its build host's.
+                root.write_etc_file('hostname', spec.hostname + '\n',
+                                    spec.idmap)
+            except exception.RootfsExists:
                 raise
+            except BaseException:
+                made.append((root.path, root.destroy))
+                raise
+        except BaseException:
+            with excutils.save_and_reraise_exception():
+                self._unmake(made)
+
+    def _unmake(self, made):
+        """Undo what a failed create made, last first; then its record.
+
+        :param made: list of (path, callable removing it).
+        """
+        for path, undo in reversed(made):
+            try:
+                undo()
+            except Exception:
+                # The record stays: destroy can finish the job later.
+                LOG.exception('Cannot remove %s after a failed spawn', path)
+                return
+        self.records.remove(self.instance_uuid)
+
+    def _record_of(self, spec, root, state=record_mod.SPAWNING):
+        return record_mod.InstanceRecord(
+            instance_uuid=spec.instance_uuid, name=spec.name, host=spec.host,
+            cid=spec.cid, idmap=spec.idmap, image_id=spec.image_id,
+            container_dir=self.dir, rootfs=root.path, state=state,
+            pid=os.getpid())
+
+    def mark_ready(self):
+        """Record that its spawn finished (the record leaves spawning)."""
+        record = self.record()
+        if record is not None and record.state != record_mod.READY:
+            self.records.write(dataclasses.replace(
+                record, state=record_mod.READY, pid=os.getpid()))
+
+    def rebuild(self, spec, image):
+        """Make the derived parts again from spec: config, record, mounts.
+
+        The disks are kept as they are. The config is written anew (a
+        missing, empty or torn one included), the record too when it is
+        missing or differs, and the root is mounted where it is not. A
+        running container keeps running (its config is read at start).
+
+        :param spec: spec.ContainerSpec of the instance (its recorded ID
+            and idmap).
+        :param image: images.CachedImage of its root's lower layer.
+        :raises ContainerExists: <lxc_path>/<name> is someone else's.
+        :raises MountFailed: its disks cannot be mounted.
+        """
+        root = rootfs_mod.Rootfs(self.state_path, spec.cid)
+        with self._lock(spec.cid):
+            owner = self.dir_owner()
+            if owner == 'other':
+                raise exception.ContainerExists(
+                    name=self.name, path=self.dir,
+                    reason='its config does not name instance %s'
+                    % self.instance_uuid)
+            record = self._record_of(spec, root, record_mod.READY)
+            if self.record() != record:
+                self.records.write(record)
+            if owner == 'none':
+                os.makedirs(self.lxc_path, mode=0o711, exist_ok=True)
+                os.mkdir(self.dir, 0o700)
+            config = spec_mod.render_config(spec)
+            if self._config_text() != config:
+                LOG.info('Writing the config of container %s anew',
+                         self.name)
+                durable.write(self.config_path, config)
+            root.mount(image.rootfs, spec.idmap)
+
+    def remount(self, image_cache):
+        """Mount the rootfs where missing, if its image is cached.
+
+        After a host reboot; nothing is fetched (init_host must not wait
+        on Glance).
+
+        :returns: True if the root is mounted.
+        :raises MountFailed: the mounts failed.
+        """
+        record = self.record()
+        if record is None:
+            return False
+        with self._lock(record.cid):
+            image = image_cache.lookup(record.image_id)
+            if image is None or self.record() is None:
+                return False
+            rootfs_mod.Rootfs(self.state_path, record.cid).mount(
+                image.rootfs, record.idmap)
+        return True
 
     def _lock(self, cid):
         """External lock of container ID cid: its destroy and remount.
@@ -182,9 +328,15 @@ class Container:
     def state(self):
         """(LXC state, init pid or None).
 
-        :raises ContainerNotFound: no config for this container.
+        A container whose config is gone or torn (a crash, lxc_path not
+        mounted) cannot have been started by LXC: ('STOPPED', None) until
+        rebuild writes its config again.
+
+        :raises ContainerNotFound: no record and no config.
         """
-        if not self.exists():
+        if not self.has_config():
+            if self.instance_uuid is not None and self.exists():
+                return 'STOPPED', None
             raise exception.ContainerNotFound(name=self.name)
         return lxc.info(self.name, self.lxc_path)
 
@@ -224,10 +376,7 @@ class Container:
         new = spec_mod.with_io(text, limits_mod.render_io(
             io_throttles, devices, host.cgroup_version()))
         if new != text:
-            tmp = self.config_path + '.tmp'
-            with open(tmp, 'w') as f:
-                f.write(new)
-            os.rename(tmp, self.config_path)
+            durable.write(self.config_path, new)
         throttle.set_writeback(io_throttles, devices)
 
     def stop(self, timeout=0, retry_interval=0):
@@ -277,25 +426,20 @@ class Container:
                 if self.state()[0] == 'STOPPED':
                     ctx.reraise = False
 
-    def reboot(self, soft, timeout, before_start=None):
-        """Reboot, soft (clean) or hard (kill and start).
+    def reboot_soft(self, timeout):
+        """Reboot cleanly (lxc.signal.reboot) within timeout seconds.
 
-        A soft reboot that does not complete within timeout seconds, or of
-        a container that is not running, becomes a hard one.
-
-        :param before_start: called, if given, between the kill and the
-            start of a hard reboot (to make what the start needs).
+        :returns: True once it runs again; False when it was not running
+            or did not come back in time (the caller reboots it hard).
         """
-        if soft and self.state()[0] == 'RUNNING':
-            if lxc.reboot(self.name, self.lxc_path, timeout):
-                if self.state()[0] == 'RUNNING':
-                    return
-            LOG.warning('Soft reboot of %s did not complete in %ss; '
-                        'rebooting hard', self.name, timeout)
-        self.kill()
-        if before_start:
-            before_start()
-        self.start()
+        if self.state()[0] != 'RUNNING':
+            return False
+        if lxc.reboot(self.name, self.lxc_path, timeout):
+            if self.state()[0] == 'RUNNING':
+                return True
+        LOG.warning('Soft reboot of %s did not complete in %ss; rebooting '
+                    'hard', self.name, timeout)
+        return False
 
     def freeze(self, suspend=False):
         """Freeze every process (cgroup freezer); suspend marks it so."""
@@ -331,27 +475,38 @@ class Container:
             pass
 
     def destroy(self, timeout=0):
-        """Stop the container and remove every artifact.
+        """Stop the container and remove every artifact that is its own.
 
         Idempotent; finishes the job after a failed or interrupted create
-        or destroy.
+        or destroy. A container directory that is someone else's
+        (dir_owner) is left in place and logged. The record goes last, so
+        an interrupted destroy can always be finished.
 
         :param timeout: seconds for a clean halt before the kill.
+        :raises MountBusy, MountFailed: a mount of its disks cannot be
+            undone; nothing of it is deleted and its ID stays reserved.
         """
-        if self.exists():
+        if self.has_config():
             self.stop(timeout)
         cid = self.cid()
-        if cid is None:
-            if os.path.lexists(self.dir):
-                shutil.rmtree(self.dir)
-            return
-        with self._lock(cid):
-            # Rootfs first: the config still names the ID meanwhile.
-            rootfs_mod.Rootfs(self.state_path, cid).destroy()
-            if os.path.lexists(self.dir):
-                shutil.rmtree(self.dir)
-            if self.ids.find(self.instance_uuid) == cid:
-                self.ids.release(cid)
+        if cid is not None:
+            with self._lock(cid):
+                # Rootfs first: the reservation still names the ID meanwhile.
+                rootfs_mod.Rootfs(self.state_path, cid).destroy()
+                self._remove_dir()
+                if self.ids.find(self.instance_uuid) == cid:
+                    self.ids.release(cid)
+        else:
+            self._remove_dir()
+        self.records.remove(self.instance_uuid)
+
+    def _remove_dir(self):
+        owner = self.dir_owner()
+        if owner == 'us':
+            shutil.rmtree(self.dir)
+        elif owner == 'other':
+            LOG.warning('Leaving %s in place: it is not the container of '
+                        'instance %s', self.dir, self.instance_uuid)
 
     # -- output ---------------------------------------------------------
 
@@ -372,8 +527,8 @@ class Container:
         return data[-max_bytes:]
 
 
-def all_records(lxc_path):
-    """Records of every container of ours under lxc_path.
+def config_records(lxc_path):
+    """Records copied into the configs of the containers under lxc_path.
 
     :returns: dict of container name to its record (spec.parse_record).
     """
@@ -384,17 +539,19 @@ def all_records(lxc_path):
         return records
     for name in names:
         try:
-            with open(os.path.join(lxc_path, name, 'config')) as f:
-                record = spec_mod.parse_record(f.read())
-        except (FileNotFoundError, NotADirectoryError):
+            with open(os.path.join(lxc_path, name, 'config'), 'rb') as f:
+                record = spec_mod.parse_record(f.read().decode('utf-8'))
+        except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
             continue
         if record:
             records[name] = record
     return records
 
 
-def artifact_ids(lxc_path, state_path):
-    """IDs still held by a container config or a rootfs directory."""
+def artifact_ids(lxc_path, state_path, records):
+    """IDs still held by a record, a config or a rootfs directory (set)."""
     ids = rootfs_mod.existing_ids(state_path)
-    ids.update(r['id'] for r in all_records(lxc_path).values() if 'id' in r)
+    ids.update(r.cid for r in records.all().values())
+    ids.update(r['id'] for r in config_records(lxc_path).values()
+               if 'id' in r)
     return ids

@@ -25,6 +25,7 @@ from oslo_log import log as logging
 from oslo_serialization import jsonutils
 from oslo_utils import excutils
 from oslo_utils import units
+from oslo_utils import uuidutils
 
 from novalxcdriver import conf
 from novalxcdriver import configdrive
@@ -38,6 +39,7 @@ from novalxcdriver import images
 from novalxcdriver import limits as limits_mod
 from novalxcdriver import lxcfs
 from novalxcdriver import numa
+from novalxcdriver import record as record_mod
 from novalxcdriver import rootfs as rootfs_mod
 from novalxcdriver import spec as spec_mod
 from novalxcdriver import vif as vif_mod
@@ -88,17 +90,31 @@ class LXCDriver(driver.ComputeDriver):
         self._state_path = CONF.lxc.state_path
         self._images = images.ImageCache(
             self._state_path, CONF.lxc.image_max_unpacked_gib * units.Gi)
+        self._records = record_mod.RecordStore(self._state_path)
         self._ids = None
         self._watcher = None
+        # init_host's host: Nova's harness runs several computes in one
+        # process and sets CONF.host only while each starts.
+        self._host = CONF.host
 
     # -- host -------------------------------------------------------------
 
     def init_host(self, host):
-        """Check the host, reconcile crash leftovers, watch states.
+        """Check the host, adopt and check records, watch states.
 
-        :raises HostCheckFailed: listing everything the host lacks.
+        Deletes nothing of any instance: a spawn interrupted by a crash
+        keeps what it made until Nova deletes the instance (destroy), and
+        a missing lxc_path is not made again while records exist (its
+        filesystem may just not be mounted); configs are rebuilt at the
+        next hard reboot or power on.
+
+        :raises HostCheckFailed: listing everything the host lacks, and
+            idmap settings that differ from the recorded ones.
         """
+        self._host = host
         problems = host_mod.problems()
+        problems += host_mod.traversal_problems(
+            (self._lxc_path, self._state_path))
         if not problems:
             os.makedirs(self._state_path, mode=0o711, exist_ok=True)
             problems += lxcfs.ensure(
@@ -113,11 +129,21 @@ class LXCDriver(driver.ComputeDriver):
                     CONF.lxc.id_range_size)
         except exception.IdmapUnavailable as e:
             problems.append(str(e))
+        if not problems:
+            self._adopt_configs()
+            problems += self._idmap_problems()
         if problems:
             raise exception.HostCheckFailed(problems='; '.join(problems))
-        for path in (self._lxc_path, self._state_path):
-            os.makedirs(path, mode=0o711, exist_ok=True)
-        self._reconcile()
+        records = self._records.all()
+        if not os.path.isdir(self._lxc_path) and records:
+            LOG.warning('lxc_path %s is missing while %d instances have '
+                        'records in %s: is its filesystem mounted? Their '
+                        'configs are written again at their next hard '
+                        'reboot or power on.', self._lxc_path, len(records),
+                        self._records.path)
+        else:
+            os.makedirs(self._lxc_path, mode=0o711, exist_ok=True)
+        self._reconcile(records)
         if CONF.lxc.state_poll_interval:
             self._watcher = events.StateWatcher(
                 self._lxc_path, CONF.lxc.state_poll_interval,
@@ -129,42 +155,94 @@ class LXCDriver(driver.ComputeDriver):
             self._watcher.stop()
 
     def _artifact_ids(self):
-        return container_mod.artifact_ids(self._lxc_path, self._state_path)
+        return container_mod.artifact_ids(self._lxc_path, self._state_path,
+                                          self._records)
 
-    def _reconcile(self):
-        """Finish what a crash interrupted; remount roots after a reboot."""
-        self._images.remove_partials()
-        records = container_mod.all_records(self._lxc_path)
-        complete = {r['id'] for r in records.values() if 'id' in r}
-        for cid, res in self._ids.reservations().items():
-            if cid in complete:
+    def _adopt_configs(self):
+        """Write the record of each container that has only a config.
+
+        Containers made before records existed carry theirs in their
+        config; its idmap keys give the idmap their disks were made with.
+        """
+        for name, found in container_mod.config_records(
+                self._lxc_path).items():
+            uuid = found.get('instance_uuid')
+            if ('id' not in found or not uuidutils.is_uuid_like(uuid) or
+                    self._records.get(uuid) is not None):
                 continue
-            if res.instance_uuid is None:
+            c = self._container_of(name, uuid)
+            with open(c.config_path) as f:
+                idmap = spec_mod.parse_idmap(f.read())
+            if idmap is None:
+                continue
+            root = rootfs_mod.Rootfs(self._state_path, found['id'])
+            self._records.write(record_mod.InstanceRecord(
+                instance_uuid=uuid, name=name, host=found.get('host', ''),
+                cid=found['id'], idmap=idmap,
+                image_id=found.get('image_id', ''), container_dir=c.dir,
+                rootfs=root.path, state=record_mod.READY))
+            LOG.info('Recorded container %s of instance %s from its config',
+                     name, uuid)
+
+    def _idmap_problems(self):
+        """Records whose idmap the current settings would change."""
+        problems = []
+        for rec in self._records.all().values():
+            try:
+                current = self._ids.idmap(rec.cid)
+            except exception.IdmapUnavailable as e:
+                current = str(e)
+            if current != rec.idmap:
+                problems.append(str(exception.IdmapChanged(
+                    cid=rec.cid, instance_uuid=rec.instance_uuid,
+                    recorded=_idmap_text(rec.idmap),
+                    current=(_idmap_text(current)
+                             if isinstance(current, ids.Idmap)
+                             else current))))
+        return problems
+
+    def _reconcile(self, records):
+        """Log what a crash interrupted; remount roots after a reboot.
+
+        Removes only what holds nothing: partial image downloads and ID
+        reservations that never got an owner, no artifact or record
+        using the ID.
+        """
+        self._images.remove_partials()
+        held = self._artifact_ids()
+        for cid, res in self._ids.reservations().items():
+            if res.instance_uuid is None and cid not in held:
                 # Killed between the reservation's mkdir and its owner.
                 self._ids.remove_orphan(cid)
+            elif (res.instance_uuid is not None and
+                    res.instance_uuid not in records and
+                    not host_mod.process_alive(res.pid)):
+                LOG.warning('Container ID %d of instance %s has no record: '
+                            'its spawn was interrupted. It is kept until '
+                            'Nova deletes the instance.', cid,
+                            res.instance_uuid)
+        for uuid, rec in records.items():
+            if rec.host != self._host:
                 continue
-            if host_mod.process_alive(res.pid):
-                continue
-            LOG.warning('Removing container ID %d of instance %s: its spawn '
-                        'was interrupted', cid, res.instance_uuid)
-            self._container_of(res.instance_name,
-                               res.instance_uuid).destroy()
-        for name, record in records.items():
-            if record.get('host') != CONF.host:
+            if (rec.state == record_mod.SPAWNING and
+                    not host_mod.process_alive(rec.pid)):
+                LOG.warning('The spawn of instance %s (container %s, ID %d) '
+                            'was interrupted; what it made is kept until '
+                            'Nova deletes the instance.', uuid, rec.name,
+                            rec.cid)
                 continue
             try:
-                self._container_of(name, record['instance_uuid']) \
-                    .ensure_rootfs(self._images)
-            except exception.ContainerNotFound:
-                LOG.info('Container %s was destroyed meanwhile', name)
+                self._container_of(rec.name, uuid).remount(self._images)
             except exception.NovaLXCError:
-                LOG.exception('Cannot remount the root of container %s', name)
+                LOG.exception('Cannot remount the root of container %s; '
+                              'its next hard reboot will try again',
+                              rec.name)
 
     def _state_changed(self, name, old, new):
-        record = self._container_of(name, None).record()
+        record = self._container_of(name, None).config_record()
         transition = LIFECYCLE_EVENTS.get(new)
         # EVENT_LIFECYCLE_STARTED is 0: compare with None, not truth.
-        if (not record or record.get('host') != CONF.host or
+        if (not record or record.get('host') != self._host or
                 transition is None):
             return
         if old in ('FROZEN', 'FREEZING') and new == 'RUNNING':
@@ -183,9 +261,9 @@ class LXCDriver(driver.ComputeDriver):
         """
         if not CONF.image_cache.remove_unused_base_images:
             return
-        in_use = {r['image_id'] for r in
-                  container_mod.all_records(self._lxc_path).values()
-                  if 'image_id' in r}
+        in_use = {r.image_id for r in self._records.all().values()}
+        in_use.update(r['image_id'] for r in container_mod.config_records(
+            self._lxc_path).values() if 'image_id' in r)
         in_use.update(i.image_ref for i in all_instances if i.image_ref)
         min_age = CONF.image_cache.remove_unused_original_minimum_age_seconds
         self._images.prune(in_use, min_age)
@@ -198,8 +276,8 @@ class LXCDriver(driver.ComputeDriver):
         the old network namespace (their host ends are gone).
         """
         c = self._container_of(name, None)
-        record = c.record()
-        if record.get('host') != CONF.host:
+        record = c.config_record()
+        if record.get('host') != self._host:
             return
         with self._nics_lock(record['instance_uuid']):
             lost = [nic.name for nic in c.nics()
@@ -223,7 +301,7 @@ class LXCDriver(driver.ComputeDriver):
         return CONF.my_ip
 
     def get_available_nodes(self, refresh=False):
-        return [CONF.host]
+        return [self._host]
 
     def get_available_resource(self, nodename):
         """Host CPUs, memory (MiB) and instance disk (GiB), Nova's dict."""
@@ -278,7 +356,8 @@ class LXCDriver(driver.ComputeDriver):
 
     def _container_of(self, name, instance_uuid):
         return container_mod.Container(name, instance_uuid, self._lxc_path,
-                                       self._state_path, self._ids)
+                                       self._state_path, self._ids,
+                                       self._records)
 
     def _container(self, instance):
         try:
@@ -293,14 +372,16 @@ class LXCDriver(driver.ComputeDriver):
         return c
 
     def list_instances(self):
-        return [name for name, r in
-                container_mod.all_records(self._lxc_path).items()
-                if r.get('host') == CONF.host]
+        """Names of the instances recorded on this host.
+
+        Their configs may be missing until rebuilt.
+        """
+        return [r.name for r in self._records.all().values()
+                if r.host == self._host]
 
     def list_instance_uuids(self):
-        return [r['instance_uuid'] for r in
-                container_mod.all_records(self._lxc_path).values()
-                if r.get('host') == CONF.host]
+        return [r.instance_uuid for r in self._records.all().values()
+                if r.host == self._host]
 
     def instance_exists(self, instance):
         return self._container(instance).exists()
@@ -312,6 +393,12 @@ class LXCDriver(driver.ComputeDriver):
             state, _pid = c.state()
         except exception.ContainerNotFound:
             raise nova_exc.InstanceNotFound(instance_id=instance.uuid)
+        except exception.CommandFailed as e:
+            # A config LXC cannot read: a hard reboot writes it again.
+            LOG.warning('Cannot read the state of container %s: %s',
+                        c.name, e, instance=instance)
+            return hardware.InstanceInfo(state=power_state.NOSTATE,
+                                         internal_id=c.name)
         power = POWER_STATES.get(state, power_state.NOSTATE)
         if power == power_state.PAUSED and c.is_suspended():
             power = power_state.SUSPENDED
@@ -347,13 +434,18 @@ class LXCDriver(driver.ComputeDriver):
         image = self._cached_image(context, instance, image_meta)
         flavor = instance.flavor
         cid = self._ids.allocate(instance.uuid, instance.name)
-        plugged = []
         try:
             spec = self._spec(
                 instance, c, cid, image, nics,
                 config_drive=configdrive.required_by(instance, image_meta))
+            # Undoes what it made itself when it fails, and only that.
             c.create(spec, image, root_gb=flavor.root_gb,
                      ephemeral_gb=flavor.ephemeral_gb)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                self._ids.release(cid)
+        plugged = []
+        try:
             if spec.config_drive:
                 configdrive.write(spec.config_drive, instance,
                                   injected_files, admin_password,
@@ -362,6 +454,7 @@ class LXCDriver(driver.ComputeDriver):
             self._plug_vifs_and_wait(instance, network_info, power_on)
             if power_on:
                 c.start(created=True)
+            c.mark_ready()
         except Exception:
             with excutils.save_and_reraise_exception():
                 LOG.warning('Spawn failed; removing what it made',
@@ -385,11 +478,12 @@ class LXCDriver(driver.ComputeDriver):
                        'on /mnt')
 
     def _spec(self, instance, container, cid, image, nics=(),
-              config_drive=False):
+              config_drive=False, idmap=None):
         """The instance's ContainerSpec, limits checked against the host.
 
         :param nics: tuple of spec.NicSpec (vif.nics_for).
         :param config_drive: whether it has a config drive.
+        :param idmap: ids.Idmap recorded for it (default: cid's today).
 
         :raises InvalidInput: the flavor asks more than the host has, or
             an extra spec is bad.
@@ -416,7 +510,7 @@ class LXCDriver(driver.ComputeDriver):
         except exception.InvalidFlavor as e:
             raise nova_exc.InvalidInput(reason=str(e))
         return spec_mod.build(
-            instance, CONF.host, cid, self._ids.idmap(cid), image,
+            instance, self._host, cid, idmap or self._ids.idmap(cid), image,
             container_dir=container.dir, rootfs=root.merged,
             console_log_size=CONF.lxc.console_log_size_kib * 1024,
             limits=limits, cgroup_version=host_mod.cgroup_version(),
@@ -440,14 +534,22 @@ class LXCDriver(driver.ComputeDriver):
                        'uploaded with container_format=bare and '
                        'disk_format=raw, not %s/%s' % formats)
 
-        def fetch(dest_path):
-            nova_images.fetch(context, image_id, dest_path)
-
         try:
-            return self._images.get(image_id, fetch)
+            return self._fetched_image(context, image_id)
         except exception.ImageUnpackError as e:
             raise nova_exc.ImageUnacceptable(image_id=image_id,
                                              reason=str(e))
+
+    def _fetched_image(self, context, image_id):
+        """images.CachedImage of image_id, fetched from Glance if missing.
+
+        :raises ImageNotFound: Glance has no such image.
+        :raises ImageUnpackError: it is not a usable rootfs archive.
+        """
+        def fetch(dest_path):
+            nova_images.fetch(context, image_id, dest_path)
+
+        return self._images.get(image_id, fetch)
 
     def destroy(self, context, instance, network_info, block_device_info=None,
                 destroy_disks=True, destroy_secrets=True):
@@ -479,22 +581,72 @@ class LXCDriver(driver.ComputeDriver):
                accel_info=None, share_info=None):
         """SOFT: clean reboot within [lxc] soft_reboot_timeout, else HARD.
 
-        VIFs are plugged again around it (_replug_running).
+        HARD rebuilds what is derived (_rebuild), as libvirt's hard reboot
+        defines its domain anew: the repair for a missing or torn config,
+        unmounted disks or an image gone from the cache. VIFs are plugged
+        again around it (_replug_running).
+
+        :raises InstanceNotFound: nothing of the instance on this host.
+        :raises ContainerExists: its container directory is someone else's.
+        :raises ImageGone: its image is neither cached nor in Glance.
         """
         c = self._existing(instance)
-        c.ensure_rootfs(self._images)
-        c.reboot(soft=reboot_type == 'SOFT',
-                 timeout=CONF.lxc.soft_reboot_timeout,
-                 before_start=lambda: self.plug_vifs(instance, network_info))
+        if not (reboot_type == 'SOFT' and c.has_config() and
+                c.reboot_soft(CONF.lxc.soft_reboot_timeout)):
+            self._rebuild(context, instance, c, network_info)
+            c.kill()
+            self.plug_vifs(instance, network_info)
+            c.start()
         self._replug_running(c, instance, network_info)
+
+    def _rebuild(self, context, instance, c, network_info):
+        """Write c's config and record from Nova's instance; mount its root.
+
+        Its container ID and idmap come from its record (or reservation);
+        its image from the cache, fetched from Glance again if missing or
+        corrupt there. Its NICs are those its config names (attached
+        ones keep their names), or network_info's when the config is
+        unreadable.
+
+        :raises ImageGone: the image is neither cached nor in Glance.
+        :raises ContainerExists: its container directory is someone else's.
+        """
+        rec = c.record()
+        cid = c.cid()
+        image_id = (rec.image_id if rec else
+                    c.config_record().get('image_id') or instance.image_ref)
+        root = rootfs_mod.Rootfs(self._state_path, cid)
+        try:
+            image = self._fetched_image(context, image_id)
+        except (nova_exc.ImageNotFound, exception.ImageUnpackError) as e:
+            LOG.error('Cannot assemble the root of %s: %s', c.name, e,
+                      instance=instance)
+            raise exception.ImageGone(image_id=image_id,
+                                      instance_uuid=instance.uuid,
+                                      rootfs=root.path) from e
+        try:
+            nics = c.nics() if c.has_config() else None
+        except ValueError:
+            nics = None
+        if nics is None:
+            nics = vif_mod.nics_for(network_info or [])
+        spec = self._spec(
+            instance, c, cid, image, nics,
+            config_drive=os.path.isdir(configdrive.path_for(root.path)),
+            idmap=rec.idmap if rec else None)
+        c.rebuild(spec, image)
 
     def power_off(self, instance, timeout=0, retry_interval=0):
         self._existing(instance).stop(timeout, retry_interval)
 
     def power_on(self, context, instance, network_info,
                  block_device_info=None, accel_info=None, share_info=None):
+        """Start the container; its config and mounts are made anew first.
+
+        :raises ImageGone, ContainerExists: as reboot.
+        """
         c = self._existing(instance)
-        c.ensure_rootfs(self._images)
+        self._rebuild(context, instance, c, network_info)
         self.plug_vifs(instance, network_info)
         c.start()
 
@@ -502,7 +654,7 @@ class LXCDriver(driver.ComputeDriver):
                                   share_info, block_device_info=None):
         """Restart a container that was running before the host booted."""
         c = self._existing(instance)
-        c.ensure_rootfs(self._images)
+        self._rebuild(context, instance, c, network_info)
         c.thaw()
         self.plug_vifs(instance, network_info)
         c.start()
@@ -709,3 +861,8 @@ class LXCDriver(driver.ComputeDriver):
     def get_host_uptime(self):
         """uptime(1)'s line, as libvirt returns it."""
         return diagnostics.host_uptime()
+
+
+def _idmap_text(idmap):
+    return 'uid %d, gid %d, %d ids' % (idmap.uid_start, idmap.gid_start,
+                                       idmap.size)

@@ -2,18 +2,21 @@
 
 Each class says what went wrong and what the operator can do about it. The
 driver (driver.py) maps them onto Nova's exceptions where Nova has a meaning
-for them (ImageUnacceptable, InstanceNotFound, ...).
+for them (ImageUnacceptable, InstanceNotFound, ...); every one is a Nova
+exception too, so one that reaches nova-compute becomes the instance's
+fault with this message rather than an unexplained error.
 """
 
+from nova import exception as nova_exc
 
-class NovaLXCError(Exception):
+
+class NovaLXCError(nova_exc.NovaException):
     """Base class: ``msg_fmt`` is formatted with the keyword arguments."""
 
     msg_fmt = 'An unknown novalxcdriver error occurred.'
 
     def __init__(self, **kwargs):
-        self.kwargs = kwargs
-        super().__init__(self.msg_fmt % kwargs)
+        super().__init__(**kwargs)
 
 
 class CommandFailed(NovaLXCError):
@@ -73,7 +76,34 @@ class ArchiveError(NovaLXCError):
 
 
 class ContainerExists(NovaLXCError):
-    msg_fmt = 'Container %(name)s exists already.'
+    """A container directory that this instance did not make is in the way."""
+
+    msg_fmt = ('Container %(name)s cannot be made: %(path)s holds a '
+               'container that is not this instance\'s (%(reason)s). It '
+               'was left as it is; move it out of lxc_path, then retry.')
+
+
+class RootfsExists(NovaLXCError):
+    msg_fmt = ('The root filesystem directory %(path)s exists already and '
+               'was not made by this spawn; it was left as it is.')
+
+
+class ImageGone(NovaLXCError):
+    """Neither Glance nor the host's cache holds the image of a root."""
+
+    msg_fmt = ('Image %(image_id)s is gone from Glance and from this '
+               'host\'s cache: the root filesystem of instance '
+               '%(instance_uuid)s cannot be assembled. Its disks are kept in '
+               '%(rootfs)s; rebuild the server on another image, or upload '
+               'the image again.')
+
+
+class IdmapChanged(NovaLXCError):
+    msg_fmt = ('Container ID %(cid)d of instance %(instance_uuid)s was made '
+               'with host uids %(recorded)s, but the current settings give '
+               '%(current)s: [lxc] id_range_size or root\'s ranges in '
+               '/etc/subuid and /etc/subgid changed. Set them back; changing '
+               'them would remap every existing container.')
 
 
 class InvalidFlavor(NovaLXCError):

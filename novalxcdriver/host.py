@@ -7,6 +7,7 @@ LXC version comes through the lxc module. No state, no side effects.
 import os
 import platform
 import shutil
+import stat
 
 from oslo_utils import units
 
@@ -137,4 +138,44 @@ def problems():
     if os.geteuid() != 0:
         found.append('the driver must run as root (it mounts root '
                      'filesystems and starts containers)')
+    return found
+
+
+def traversal_problems(paths):
+    """Directories on the way to paths that container uids cannot cross.
+
+    A container's processes run as host uids of its idmap, "others" to
+    every host directory: each directory from / down to lxc_path and
+    state_path (those that exist) needs the search bit for others
+    (path_resolution(7)), or lxc-start fails with a bare "ABORTING" at
+    the container's first start.
+
+    :param paths: absolute directory paths (existing or not).
+    :returns: list of problems, each naming the directory and its mode.
+    """
+    found = []
+    seen = set()
+    for path in paths:
+        current = os.path.abspath(path)
+        chain = []
+        while True:
+            chain.append(current)
+            parent = os.path.dirname(current)
+            if parent == current:
+                break
+            current = parent
+        for directory in reversed(chain):
+            if directory in seen:
+                continue
+            seen.add(directory)
+            try:
+                mode = os.stat(directory).st_mode
+            except FileNotFoundError:
+                break
+            if not mode & stat.S_IXOTH:
+                found.append(
+                    '%s (mode %04o) is not searchable by container uids: '
+                    'chmod o+x %s, or choose [lxc] lxc_path and state_path '
+                    'below searchable directories' % (
+                        directory, stat.S_IMODE(mode), directory))
     return found

@@ -70,11 +70,15 @@ class Rootfs:
         :param idmap: ids.Idmap of the container.
         :param root_gb: GiB of the root disk; 0 for none (unbounded).
         :param ephemeral_gb: GiB of the ephemeral disk; 0 for none.
+        :raises RootfsExists: its directory exists: nothing was touched.
         :raises MountFailed, CommandFailed: the caller destroys on failure.
         """
         os.makedirs(os.path.dirname(self.path), mode=0o711, exist_ok=True)
-        # mkdir, not makedirs: an existing directory belongs to someone.
-        os.mkdir(self.path, 0o711)
+        try:
+            # mkdir, not makedirs: an existing directory belongs to someone.
+            os.mkdir(self.path, 0o711)
+        except FileExistsError:
+            raise exception.RootfsExists(path=self.path)
         for d in (self.lower, self.merged):
             os.mkdir(d, 0o755)
         if root_gb:

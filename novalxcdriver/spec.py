@@ -359,6 +359,29 @@ def parse_record(config_text):
     return record
 
 
+def parse_idmap(config_text):
+    """The idmap of a rendered config's lxc.idmap keys (render_config's).
+
+    :returns: ids.Idmap, or None when the two keys are not both there
+        as ``u 0 START SIZE`` and ``g 0 START SIZE`` of one size.
+    """
+    starts = {}
+    sizes = set()
+    for line in config_text.splitlines():
+        key, _sep, value = line.partition('=')
+        fields = value.split()
+        if (key.strip() != 'lxc.idmap' or len(fields) != 4 or
+                fields[0] not in 'ug' or fields[1] != '0' or
+                not (fields[2].isdigit() and fields[3].isdigit())):
+            continue
+        starts[fields[0]] = int(fields[2])
+        sizes.add(int(fields[3]))
+    if set(starts) != {'u', 'g'} or len(sizes) != 1:
+        return None
+    return ids.Idmap(uid_start=starts['u'], gid_start=starts['g'],
+                     size=sizes.pop())
+
+
 def build(instance, host, cid, idmap, image, container_dir, rootfs,
           console_log_size, limits, cgroup_version=1, ephemeral=None,
           swap_accounting=True, nics=(), config_drive=None):

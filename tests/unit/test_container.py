@@ -14,6 +14,8 @@ from novalxcdriver import exception
 from novalxcdriver import ids
 from novalxcdriver import images
 from novalxcdriver import limits
+from novalxcdriver import record
+from novalxcdriver import rootfs
 from novalxcdriver import spec as spec_mod
 
 UUID = '0d7c2b1e-5a3f-4c9b-8e21-7f6a5b4c3d2e'
@@ -84,8 +86,10 @@ class _Base(base.BaseTestCase):
 
         self.image = images.CachedImage(IMAGE_ID, '/images/x/rootfs',
                                         'busybox', 100)
+        self.records = record.RecordStore(self.state_path)
         self.c = container_mod.Container(NAME, UUID, self.lxc_path,
-                                         self.state_path, self.ids)
+                                         self.state_path, self.ids,
+                                         self.records)
 
     def _info(self, name, lxc_path):
         self.assertEqual(NAME, name)
@@ -117,10 +121,13 @@ class _Base(base.BaseTestCase):
         with open(os.path.join(upper, 'file'), 'w') as f:
             f.write('written by the container')
         os.makedirs(self.c.dir)
+        spec = self.make_spec(cid)
         with open(self.c.config_path, 'w') as f:
-            f.write(spec_mod.render_config(self.make_spec(cid)))
+            f.write(spec_mod.render_config(spec))
         with open(os.path.join(self.c.dir, 'console.log'), 'w') as f:
             f.write('boot\n')
+        self.records.write(self.c._record_of(
+            spec, rootfs.Rootfs(self.state_path, cid), record.READY))
         return cid
 
     def lxc_calls(self):
@@ -251,9 +258,19 @@ class StopTest(_Base):
 
     def test_stop_without_config_is_not_found(self):
         os.unlink(self.c.config_path)
+        self.records.remove(UUID)
+        self.ids.release(self.ids.find(UUID))
         self.assertRaises(exception.ContainerNotFound, self.c.stop, 0)
         self.assertRaises(exception.ContainerNotFound, self.c.kill)
         self.assertEqual([], self.lxc_calls())
+
+    def test_stop_of_recorded_container_without_config_is_done(self):
+        # LXC cannot have started it without a config.
+        os.unlink(self.c.config_path)
+        self.c.stop(0)
+        self.c.kill()
+        self.assertEqual([], self.lxc_calls())
+        self.lxc.info.assert_not_called()
 
     def test_stop_clears_suspended_marker(self):
         self.c.freeze(suspend=True)
@@ -267,9 +284,19 @@ class LifecycleTest(_Base):
         super().setUp()
         self.make_container()
 
-    def test_state_without_config(self):
+    def test_state_without_config_or_record(self):
         os.unlink(self.c.config_path)
+        self.records.remove(UUID)
+        self.ids.release(self.ids.find(UUID))
         self.assertRaises(exception.ContainerNotFound, self.c.state)
+        self.lxc.info.assert_not_called()
+
+    def test_state_of_recorded_container_with_torn_config_is_stopped(self):
+        for text in ('', '# Written by novalxcdriver; changes are lost on '
+                     'rebuild.\n# novalxc.instance_uuid = 0d7c2b1e-5a'):
+            with open(self.c.config_path, 'w') as f:
+                f.write(text)
+            self.assertEqual(('STOPPED', None), self.c.state())
         self.lxc.info.assert_not_called()
 
     def test_start(self):
@@ -292,7 +319,7 @@ class LifecycleTest(_Base):
                 '# novalxc.image_id', '# novalxc.io = '
                 'disk_write_bytes_sec=1000\n# novalxc.image_id'))
         self.assertEqual('disk_write_bytes_sec=1000',
-                         self.c.record()['io'])
+                         self.c.config_record()['io'])
         self.lxc_state = 'STOPPED'
         self.assertRaises(exception.DisksNotMounted, self.c.start)
         self.lxc.start.assert_not_called()
@@ -302,34 +329,26 @@ class LifecycleTest(_Base):
         self.lxc.start.assert_not_called()
 
     def test_soft_reboot(self):
-        self.c.reboot(soft=True, timeout=60)
+        self.assertTrue(self.c.reboot_soft(60))
         self.assertEqual(['reboot'], self.lxc_calls())
         self.lxc.reboot.assert_called_once_with(NAME, self.lxc_path, 60)
 
-    def test_soft_reboot_falls_back_to_hard(self):
+    def test_soft_reboot_not_completed_is_false(self):
         self.lxc.reboot.return_value = False
-        self.c.reboot(soft=True, timeout=60)
-        self.assertEqual(['reboot', 'kill', 'start'], self.lxc_calls())
-        self.assertEqual('RUNNING', self.lxc_state)
+        self.assertFalse(self.c.reboot_soft(60))
+        self.assertEqual(['reboot'], self.lxc_calls())
 
-    def test_soft_reboot_that_leaves_it_stopped_falls_back(self):
+    def test_soft_reboot_that_leaves_it_stopped_is_false(self):
         def reboot(name, lxc_path, timeout):
             self.lxc_state = 'STOPPED'
             return True
         self.lxc.reboot.side_effect = reboot
-        self.c.reboot(soft=True, timeout=60)
-        self.assertEqual(['reboot', 'start'], self.lxc_calls())
-        self.assertEqual('RUNNING', self.lxc_state)
+        self.assertFalse(self.c.reboot_soft(60))
 
-    def test_soft_reboot_of_stopped_starts(self):
+    def test_soft_reboot_of_stopped_is_false(self):
         self.lxc_state = 'STOPPED'
-        self.c.reboot(soft=True, timeout=60)
-        self.assertEqual(['start'], self.lxc_calls())
-
-    def test_hard_reboot(self):
-        self.c.reboot(soft=False, timeout=60)
-        self.assertEqual(['kill', 'start'], self.lxc_calls())
-        self.assertEqual('RUNNING', self.lxc_state)
+        self.assertFalse(self.c.reboot_soft(60))
+        self.assertEqual([], self.lxc_calls())
 
     def test_freeze_suspend_marks_and_thaw_clears(self):
         self.assertFalse(self.c.is_suspended())
@@ -374,6 +393,7 @@ class CreateTest(_Base):
         self.rootfs_cls = patcher.start()
         self.addCleanup(patcher.stop)
         self.root = self.rootfs_cls.return_value
+        self.root.path = os.path.join(self.state_path, 'rootfs', '0')
         self.cid = self.ids.allocate(UUID, NAME)
         self.spec = self.make_spec(self.cid)
 
@@ -388,10 +408,25 @@ class CreateTest(_Base):
             self.assertEqual(spec_mod.render_config(self.spec), f.read())
         self.assertEqual({'instance_uuid': UUID, 'host': 'compute-1',
                           'id': self.cid, 'image_id': IMAGE_ID},
-                         self.c.record())
+                         self.c.config_record())
         self.assertEqual(['config'], os.listdir(self.c.dir))
+        rec = self.c.record()
+        self.assertEqual((UUID, NAME, self.cid, self.ids.idmap(self.cid),
+                          IMAGE_ID, record.SPAWNING, os.getpid()),
+                         (rec.instance_uuid, rec.name, rec.cid, rec.idmap,
+                          rec.image_id, rec.state, rec.pid))
         # Created stopped.
         self.lxc.start.assert_not_called()
+        self.c.mark_ready()
+        self.assertEqual(record.READY, self.c.record().state)
+
+    def test_record_is_written_before_anything_is_made(self):
+        def root_create(*args):
+            self.assertEqual(record.SPAWNING, self.c.record().state)
+            self.assertEqual(['config'], os.listdir(self.c.dir))
+        self.root.create.side_effect = root_create
+        self.c.create(self.spec, self.image)
+        self.root.create.assert_called_once()
 
     def test_disk_sizes_reach_rootfs(self):
         self.c.create(self.spec, self.image, root_gb=2, ephemeral_gb=3)
@@ -399,35 +434,156 @@ class CreateTest(_Base):
             self.image.rootfs, self.ids.idmap(self.cid), 2, 3)
         self.assertTrue(self.c.exists())
 
-    def test_rootfs_failure_removes_dir(self):
+    def test_rootfs_failure_removes_what_it_made(self):
         self.root.create.side_effect = exception.MountFailed(
             what='overlay', target='x', reason='EPERM')
         self.assertRaises(exception.MountFailed, self.c.create, self.spec,
                           self.image)
         self.assertFalse(os.path.lexists(self.c.dir))
-        self.assertFalse(self.c.exists())
+        self.assertIsNone(self.c.record())
         self.root.destroy.assert_called_once_with()
+
+    def test_existing_rootfs_dir_refused_and_kept(self):
+        self.root.create.side_effect = exception.RootfsExists(path='/x')
+        self.assertRaises(exception.RootfsExists, self.c.create, self.spec,
+                          self.image)
+        self.root.destroy.assert_not_called()
+        self.assertFalse(os.path.lexists(self.c.dir))
+        self.assertIsNone(self.c.record())
 
     def test_render_failure_removes_dir(self):
         bad = dataclasses.replace(self.spec, hostname='a\nlxc.x = y')
         self.assertRaises(ValueError, self.c.create, bad, self.image)
         self.assertFalse(os.path.lexists(self.c.dir))
-        self.root.destroy.assert_called_once_with()
+        self.root.create.assert_not_called()
+        self.root.destroy.assert_not_called()
+        self.assertIsNone(self.c.record())
 
     def test_existing_dir_refused_and_kept(self):
+        # Finding 2: lxc_path reused, instance names restarting at 1.
         os.makedirs(self.c.dir)
         with open(os.path.join(self.c.dir, 'config'), 'w') as f:
             f.write('someone else\n')
         e = self.assertRaises(exception.ContainerExists, self.c.create,
                               self.spec, self.image)
-        self.assertEqual({'name': NAME}, e.kwargs)
+        self.assertIn(self.c.dir, str(e))
         self.root.create.assert_not_called()
         self.root.destroy.assert_not_called()
         with open(os.path.join(self.c.dir, 'config')) as f:
             self.assertEqual('someone else\n', f.read())
+        self.assertIsNone(self.c.record())
+        # Nor does a destroy afterwards take it.
+        self.c.destroy()
+        with open(os.path.join(self.c.dir, 'config')) as f:
+            self.assertEqual('someone else\n', f.read())
 
 
-class EnsureRootfsTest(_Base):
+class DirOwnerTest(_Base):
+    """Whose <lxc_path>/<name> is: only what is proven ours goes."""
+
+    def setUp(self):
+        super().setUp()
+        self.cid = self.make_container()
+        with open(self.c.config_path) as f:
+            self.config = f.read()
+
+    def write_config(self, text):
+        with open(self.c.config_path, 'w') as f:
+            f.write(text)
+
+    def test_config_naming_us(self):
+        self.assertEqual('us', self.c.dir_owner())
+
+    def test_absent(self):
+        self.c.destroy()
+        self.assertEqual('none', self.c.dir_owner())
+
+    def test_torn_configs_of_ours(self):
+        header_end = self.config.index('\nlxc.')
+        for text in ('', self.config[:header_end - 5],
+                     self.config[:len(self.config) * 6 // 10]):
+            self.write_config(text)
+            self.assertEqual('us', self.c.dir_owner(), text)
+        os.unlink(self.c.config_path)
+        self.assertEqual('us', self.c.dir_owner())
+
+    def test_other_instance_or_foreign_lxc_config(self):
+        other = self.config.replace(UUID,
+                                    'ffffffff-5a3f-4c9b-8e21-7f6a5b4c3d2e')
+        for text in (other, 'lxc.uts.name = foreign\n'):
+            self.write_config(text)
+            self.assertEqual('other', self.c.dir_owner(), text)
+
+    def test_foreign_files_beside_no_config(self):
+        os.unlink(self.c.config_path)
+        os.mkdir(os.path.join(self.c.dir, 'rootfs'))
+        self.assertEqual('other', self.c.dir_owner())
+
+    def test_binary_config_is_not_ours(self):
+        with open(self.c.config_path, 'wb') as f:
+            f.write(b'\xff\xfe')
+        self.assertEqual('other', self.c.dir_owner())
+
+    def test_destroy_leaves_a_foreign_dir_and_removes_the_rest(self):
+        self.write_config('lxc.uts.name = foreign\n')
+        self.c.destroy()
+        self.assertEqual(['config', 'console.log'],
+                         sorted(os.listdir(self.c.dir)))
+        self.assertFalse(os.path.exists(os.path.join(
+            self.state_path, 'rootfs', str(self.cid))))
+        self.assertIsNone(self.ids.find(UUID))
+        self.assertIsNone(self.c.record())
+
+
+class RebuildTest(_Base):
+    """rebuild: the derived parts made again from a spec."""
+
+    def setUp(self):
+        super().setUp()
+        self.cid = self.make_container()
+        self.spec = self.make_spec(self.cid)
+        patcher = mock.patch('novalxcdriver.rootfs.Rootfs.mount',
+                             autospec=True)
+        self.root_mount = patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def test_missing_config_and_dir_written_again(self):
+        os.unlink(self.c.config_path)
+        os.unlink(os.path.join(self.c.dir, 'console.log'))
+        os.rmdir(self.c.dir)
+        self.c.rebuild(self.spec, self.image)
+        with open(self.c.config_path) as f:
+            self.assertEqual(spec_mod.render_config(self.spec), f.read())
+        root, image_rootfs, idmap = self.root_mount.call_args.args
+        self.assertEqual((self.cid, '/images/x/rootfs',
+                          self.ids.idmap(self.cid)),
+                         (root.cid, image_rootfs, idmap))
+
+    def test_torn_config_written_again(self):
+        with open(self.c.config_path, 'r+') as f:
+            f.truncate(100)
+        self.c.rebuild(self.spec, self.image)
+        with open(self.c.config_path) as f:
+            self.assertEqual(spec_mod.render_config(self.spec), f.read())
+
+    def test_missing_record_written_again(self):
+        self.records.remove(UUID)
+        self.c.rebuild(self.spec, self.image)
+        self.assertEqual(self.cid, self.c.record().cid)
+        self.assertEqual(record.READY, self.c.record().state)
+
+    def test_foreign_dir_refused_and_untouched(self):
+        with open(self.c.config_path, 'w') as f:
+            f.write('lxc.uts.name = foreign\n')
+        e = self.assertRaises(exception.ContainerExists, self.c.rebuild,
+                              self.spec, self.image)
+        self.assertIn(self.c.dir, str(e))
+        with open(self.c.config_path) as f:
+            self.assertEqual('lxc.uts.name = foreign\n', f.read())
+        self.root_mount.assert_not_called()
+
+
+class RemountTest(_Base):
 
     def setUp(self):
         super().setUp()
@@ -439,11 +595,16 @@ class EnsureRootfsTest(_Base):
         self.root_mount = patcher.start()
         self.addCleanup(patcher.stop)
 
-    def test_mounts_on_the_cached_image(self):
-        self.c.ensure_rootfs(self.cache)
+    def test_mounts_on_the_cached_image_with_the_recorded_idmap(self):
+        self.assertTrue(self.c.remount(self.cache))
         root, image_rootfs, idmap = self.root_mount.call_args.args
         self.assertEqual('/images/x/rootfs', image_rootfs)
-        self.assertEqual(self.ids.idmap(root.cid), idmap)
+        self.assertEqual(self.c.record().idmap, idmap)
+
+    def test_image_not_cached_mounts_nothing(self):
+        self.cache.lookup.return_value = None
+        self.assertFalse(self.c.remount(self.cache))
+        self.root_mount.assert_not_called()
 
     def test_remount_and_destroy_share_one_external_lock(self):
         locks = []
@@ -454,40 +615,29 @@ class EnsureRootfsTest(_Base):
             return real_lock(name, **kwargs)
         with mock.patch.object(container_mod.lockutils, 'lock', lock):
             cid = self.c.cid()
-            self.c.ensure_rootfs(self.cache)
+            self.c.remount(self.cache)
             self.lxc_state = 'STOPPED'
             self.c.destroy()
         # (ids.release takes the ID allocator's own lock too.)
         self.assertEqual([('novalxc-container-%d' % cid, True)] * 2,
                          [lk for lk in locks if lk[0] != 'novalxc-ids'])
 
-    def test_destroy_done_while_waiting_for_the_lock_is_not_found(self):
+    def test_destroy_done_while_waiting_for_the_lock_mounts_nothing(self):
         class DestroyedWhileWaiting:
             def __enter__(lock):
-                os.unlink(self.c.config_path)
+                self.records.remove(UUID)
 
             def __exit__(lock, *exc):
                 return False
         with mock.patch.object(container_mod.lockutils, 'lock',
                                return_value=DestroyedWhileWaiting()):
-            self.assertRaises(exception.ContainerNotFound,
-                              self.c.ensure_rootfs, self.cache)
+            self.assertFalse(self.c.remount(self.cache))
         self.root_mount.assert_not_called()
 
-    def test_destroyed_meanwhile_is_not_found(self):
-        def destroyed_under_us(*args):
-            os.unlink(self.c.config_path)
-            raise exception.CommandFailed(cmd='losetup', exit_code=1,
-                                          stderr='No such file')
-        self.root_mount.side_effect = destroyed_under_us
-        self.assertRaises(exception.ContainerNotFound,
-                          self.c.ensure_rootfs, self.cache)
-
-    def test_failure_of_a_live_container_raised(self):
+    def test_failure_raised(self):
         self.root_mount.side_effect = exception.MountFailed(
             what='overlay', target='/x', reason='EINVAL')
-        self.assertRaises(exception.MountFailed, self.c.ensure_rootfs,
-                          self.cache)
+        self.assertRaises(exception.MountFailed, self.c.remount, self.cache)
 
 
 class DestroyTest(_Base):
@@ -605,7 +755,7 @@ class ConsoleOutputTest(_Base):
 
 class RecordsTest(_Base):
 
-    def test_all_records_and_artifact_ids(self):
+    def test_config_records_and_artifact_ids(self):
         cid = self.make_container()
         os.makedirs(os.path.join(self.lxc_path, 'foreign'))
         with open(os.path.join(self.lxc_path, 'foreign', 'config'),
@@ -613,21 +763,27 @@ class RecordsTest(_Base):
             f.write('lxc.uts.name = foreign\n')
         os.makedirs(os.path.join(self.lxc_path, 'noconfig'))
         os.makedirs(os.path.join(self.state_path, 'rootfs', '9'))
+        # A record whose config and rootfs are gone still holds its ID.
+        other = dataclasses.replace(
+            self.c.record(), cid=7,
+            instance_uuid='ffffffff-5a3f-4c9b-8e21-7f6a5b4c3d2e')
+        self.records.write(other)
         self.assertEqual({NAME: {'instance_uuid': UUID,
                                  'host': 'compute-1', 'id': cid,
                                  'image_id': IMAGE_ID}},
-                         container_mod.all_records(self.lxc_path))
-        self.assertEqual({cid, 9}, container_mod.artifact_ids(
-            self.lxc_path, self.state_path))
+                         container_mod.config_records(self.lxc_path))
+        self.assertEqual({cid, 7, 9}, container_mod.artifact_ids(
+            self.lxc_path, self.state_path, self.records))
 
     def test_no_lxc_path(self):
-        self.assertEqual({}, container_mod.all_records(
+        self.assertEqual({}, container_mod.config_records(
             os.path.join(self.tmp, 'nothing')))
 
     def test_invalid_name_refused(self):
         self.assertRaises(exception.InvalidContainerName,
                           container_mod.Container, '../x', UUID,
-                          self.lxc_path, self.state_path, self.ids)
+                          self.lxc_path, self.state_path, self.ids,
+                          self.records)
 
 
 class NicsTest(_Base):
@@ -654,19 +810,6 @@ class NicsTest(_Base):
         self.assertEqual((0, 'eth1', 'b'),
                          (left.index, left.name, left.port_id))
         # The rest of the config and its record are untouched.
-        self.assertEqual(UUID, self.c.record()['instance_uuid'])
-        self.assertFalse(os.path.exists(self.c.config_path + '.tmp'))
-
-    def test_hard_reboot_calls_before_start_between_kill_and_start(self):
-        self.make_container()
-        before = mock.Mock(side_effect=lambda: self.assertEqual(
-            ['kill'], self.lxc_calls()))
-        self.c.reboot(soft=False, timeout=60, before_start=before)
-        before.assert_called_once_with()
-        self.assertEqual(['kill', 'start'], self.lxc_calls())
-
-    def test_soft_reboot_does_not_call_before_start(self):
-        self.make_container()
-        before = mock.Mock()
-        self.c.reboot(soft=True, timeout=60, before_start=before)
-        before.assert_not_called()
+        self.assertEqual(UUID, self.c.config_record()['instance_uuid'])
+        self.assertEqual(['config', 'console.log'],
+                         sorted(os.listdir(self.c.dir)))

@@ -6,6 +6,7 @@ directories; only lxc-* commands, mounts and host facts are mocked.
 
 import functools
 import os
+import shutil
 from unittest import mock
 
 import fixtures
@@ -27,9 +28,11 @@ from novalxcdriver import conf
 from novalxcdriver import container as container_mod
 from novalxcdriver import driver
 from novalxcdriver import exception
+from novalxcdriver import host as host_mod
 from novalxcdriver import ids
 from novalxcdriver import limits
 from novalxcdriver import lxc
+from novalxcdriver import record as record_mod
 from novalxcdriver import spec as spec_mod
 from novalxcdriver import vif as vif_mod
 from tests.unit import base as unit_base
@@ -41,6 +44,8 @@ UUID2 = '9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d'
 IMAGE_ID = test_images.IMAGE_ID
 OTHER_IMAGE_ID = test_images.OTHER_ID
 NODE_UUID = 'f1e2d3c4-b5a6-4978-8695-a4b3c2d1e0f9'
+# Before setUp patches it.
+_REAL_TRAVERSAL_PROBLEMS = host_mod.traversal_problems
 HOST = 'compute-1'
 SIZE = 65536
 MiB = 1024 * 1024
@@ -72,6 +77,9 @@ class _Base(unit_base.TestCase):
                                      subgid_path=self.subgid))
         self.problems = self.patch('novalxcdriver.host.problems',
                                    return_value=[])
+        # The test's temporary directories are 0700 (see InitHostTest).
+        self.traversal = self.patch(
+            'novalxcdriver.host.traversal_problems', return_value=[])
         self.lxcfs = self.patch('novalxcdriver.lxcfs.ensure',
                                 return_value=[])
         # Host facts spawn checks a flavor against.
@@ -173,13 +181,19 @@ class _Base(unit_base.TestCase):
                        image_meta or self.image_meta(), [], None, {},
                        **kwargs)
 
-    def write_container(self, name, uuid, host=HOST, cid=0, state=None):
-        """A container as a complete spawn leaves it, on disk."""
+    def write_container(self, name, uuid, host=HOST, cid=0, state=None,
+                        record=True):
+        """A container as a complete spawn leaves it, on disk.
+
+        :param record: write its durable record too (False: a container
+            made before records existed).
+        """
         path = os.path.join(self.lxc_path, name)
         os.makedirs(path)
+        start = 100000 + cid * SIZE
         spec = spec_mod.ContainerSpec(
             name=name, instance_uuid=uuid, host=host, cid=cid,
-            idmap=ids.Idmap(100000, 100000, SIZE), hostname=name,
+            idmap=ids.Idmap(start, start, SIZE), hostname=name,
             rootfs='/r', container_dir=path, image_id=IMAGE_ID,
             init_system='busybox', console_log_size=65536,
             limits=limits.Limits(
@@ -188,6 +202,14 @@ class _Base(unit_base.TestCase):
                 pids_max=4096))
         with open(os.path.join(path, 'config'), 'w') as f:
             f.write(spec_mod.render_config(spec))
+        if record:
+            record_mod.RecordStore(self.state_path).write(
+                record_mod.InstanceRecord(
+                    instance_uuid=uuid, name=name, host=host, cid=cid,
+                    idmap=spec.idmap, image_id=IMAGE_ID, container_dir=path,
+                    rootfs=os.path.join(self.state_path, 'rootfs',
+                                        str(cid)),
+                    state=record_mod.READY))
         if state:
             self.states[name] = state
         return path
@@ -202,7 +224,7 @@ class CapabilitiesTest(base.BaseTestCase):
         self.assertTrue(caps['has_imagecache'])
         for key in ('supports_evacuate', 'supports_migrate_to_same_host',
                     'supports_multiattach', 'supports_trusted_certs',
-                    'supports_extend_volume', 'supports_pcpus',
+                    'supports_extend_volume',
                     'supports_device_tagging', 'supports_vtpm',
                     'supports_image_type_qcow2', 'supports_image_type_iso',
                     'supports_image_type_vmdk', 'supports_image_type_ami'):
@@ -281,8 +303,10 @@ class InitHostTest(_Base):
             self.drv.cleanup_host(HOST)
             watcher_cls.return_value.stop.assert_called_once_with()
 
-    def test_interrupted_spawn_cleaned_up(self):
-        # A dead process reserved ID 0 and made a rootfs, no config.
+    def test_interrupted_spawn_kept_until_nova_deletes_it(self):
+        # Finding 1: a dead process reserved ID 0 and made a rootfs, no
+        # config. After any restart its owner is dead; that proves nothing
+        # about the disk, so init_host keeps it and destroy removes it.
         allocator = ids.IdAllocator(self.state_path,
                                     subuid_path=self.subuid,
                                     subgid_path=self.subgid)
@@ -291,8 +315,94 @@ class InitHostTest(_Base):
         rootfs = os.path.join(self.state_path, 'rootfs', str(cid))
         os.makedirs(os.path.join(rootfs, 'upper'))
         self.init_host()
+        self.assertEqual([cid], list(allocator.reservations()))
+        self.assertTrue(os.path.exists(rootfs))
+        self.drv.destroy(self.context, self.instance(), [])
         self.assertEqual({}, allocator.reservations())
         self.assertFalse(os.path.exists(rootfs))
+
+    def _spawned_then_restarted(self, mishap):
+        """Spawn, apply mishap(instance, config path), restart the driver.
+
+        :returns: (instance, root disk file) once the restarted driver's
+            init_host is done.
+        """
+        self.init_host()
+        instance = self.instance(root_gb=0)
+        self.spawn(instance)
+        root = os.path.join(self.state_path, 'rootfs', '0', 'root', 'upper',
+                            'data')
+        with open(root, 'w') as f:
+            f.write('user data')
+        mishap(instance, os.path.join(self.lxc_path, instance.name,
+                                      'config'))
+        self.drv = driver.LXCDriver(self.drv.virtapi)
+        with mock.patch('os.getpid', return_value=2 ** 30):
+            self.drv.init_host(HOST)
+        self.addCleanup(self.drv.cleanup_host, HOST)
+        return instance, root
+
+    def _truncate(self, size):
+        def mishap(instance, config):
+            with open(config, 'r+') as f:
+                f.truncate(size(f.read()))
+        return mishap
+
+    def test_restart_after_mishaps_deletes_nothing(self):
+        # Finding 1: lxc_path missing or empty, a config missing, empty or
+        # torn after a power loss: the disks stay, the instance is still
+        # listed, and init_host does not make a missing lxc_path again.
+        mishaps = {
+            'lxc_path missing': lambda i, c: shutil.rmtree(self.lxc_path),
+            'lxc_path empty': lambda i, c: shutil.rmtree(
+                os.path.dirname(c)),
+            'config missing': lambda i, c: os.unlink(c),
+            'config empty': self._truncate(lambda text: 0),
+            'config torn': self._truncate(lambda text: len(text) * 6 // 10),
+        }
+        for label, mishap in mishaps.items():
+            instance, root = self._spawned_then_restarted(mishap)
+            with open(root) as f:
+                self.assertEqual('user data', f.read(), label)
+            self.assertEqual([instance.name], self.drv.list_instances(),
+                             label)
+            self.assertEqual({0}, set(self.drv._ids.reservations()), label)
+            self.assertEqual(label != 'lxc_path missing',
+                             os.path.isdir(self.lxc_path), label)
+            self.drv.destroy(self.context, instance, [])
+            self.assertFalse(os.path.exists(root), label)
+            self.assertEqual({}, self.drv._ids.reservations(), label)
+
+    def test_records_of_configs_made_before_records_existed(self):
+        self.write_container('instance-00000001', UUID, cid=2,
+                             record=False)
+        self.init_host()
+        rec = self.drv._records.get(UUID)
+        self.assertEqual((2, ids.Idmap(100000 + 2 * SIZE,
+                                       100000 + 2 * SIZE, SIZE), IMAGE_ID),
+                         (rec.cid, rec.idmap, rec.image_id))
+        self.assertEqual(['instance-00000001'], self.drv.list_instances())
+
+    def test_changed_id_range_size_refused(self):
+        # Finding 5: a new range size would remap existing containers.
+        self.write_container('instance-00000001', UUID, cid=1)
+        self.cfg.config(group='lxc', id_range_size=2 * SIZE)
+        e = self.assertRaises(exception.HostCheckFailed, self.drv.init_host,
+                              HOST)
+        self.assertIn('id_range_size', str(e))
+        self.assertIn('uid %d' % (100000 + SIZE), str(e))
+        self.assertIn(UUID, str(e))
+
+    def test_untraversable_paths_refused(self):
+        self.traversal.side_effect = _REAL_TRAVERSAL_PROBLEMS
+        parent = os.path.join(self.tmp, 'closed')
+        os.mkdir(parent, 0o700)
+        self.cfg.config(group='lxc', lxc_path=os.path.join(parent, 'lxc'))
+        self.drv = driver.LXCDriver(None)
+        e = self.assertRaises(exception.HostCheckFailed, self.drv.init_host,
+                              HOST)
+        self.assertIn('%s (mode 0700) is not searchable' % parent, str(e))
+        self.assertIn('chmod o+x %s' % parent, str(e))
 
     def test_reservation_without_owner_removed(self):
         # A process killed between the reservation's mkdir and owner.json:
@@ -428,16 +538,9 @@ class SpawnTest(_Base):
 
     def assert_refused_cleanly(self, instance, *expected):
         """spawn raises InvalidInput naming expected; nothing is left."""
-        real_destroy = container_mod.Container.destroy
-        with mock.patch.object(container_mod.Container, 'destroy',
-                               autospec=True,
-                               side_effect=real_destroy) as destroy:
-            e = self.assertRaises(nova_exc.InvalidInput, self.spawn,
-                                  instance)
+        e = self.assertRaises(nova_exc.InvalidInput, self.spawn, instance)
         for text in expected:
             self.assertIn(text, str(e))
-        destroy.assert_called_once()
-        self.assertEqual(UUID, destroy.call_args.args[0].instance_uuid)
         self.rootfs_create.assert_not_called()
         self.assert_nothing_created()
         return e
@@ -597,20 +700,36 @@ class SpawnTest(_Base):
             self.instance(extra_specs={'lxc:pids_max': 'abc'}),
             'lxc:pids_max', "'abc'")
 
-    def test_failure_after_allocation_destroys(self):
-        real_destroy = container_mod.Container.destroy
+    def test_failed_create_releases_the_id(self):
+        # create() removes what it made itself; the driver frees the ID.
         with mock.patch.object(
                 container_mod.Container, 'create', autospec=True,
                 side_effect=exception.MountFailed(
                     what='overlay', target='t', reason='EPERM')), \
-                mock.patch.object(container_mod.Container, 'destroy',
-                                  autospec=True,
-                                  side_effect=real_destroy) as destroy:
+                mock.patch.object(container_mod.Container,
+                                  'destroy') as destroy:
             self.assertRaises(exception.MountFailed, self.spawn,
                               self.instance())
-        destroy.assert_called_once()
-        self.assertEqual(UUID, destroy.call_args.args[0].instance_uuid)
+        destroy.assert_not_called()
         self.assert_nothing_created()
+
+    def test_name_taken_by_a_foreign_container_refused_untouched(self):
+        # Finding 2: lxc_path reused by a new deployment.
+        foreign = os.path.join(self.lxc_path, 'instance-00000001')
+        os.makedirs(os.path.join(foreign, 'rootfs'))
+        with open(os.path.join(foreign, 'config'), 'w') as f:
+            f.write('lxc.uts.name = theirs\n')
+        e = self.assertRaises(exception.ContainerExists, self.spawn,
+                              self.instance())
+        self.assertIn(foreign, str(e))
+        self.assertIsInstance(e, nova_exc.NovaException)
+        self.assertEqual(['config', 'rootfs'], sorted(os.listdir(foreign)))
+        with open(os.path.join(foreign, 'config')) as f:
+            self.assertEqual('lxc.uts.name = theirs\n', f.read())
+        self.assertEqual({}, self.drv._ids.reservations())
+        self.assertEqual([], self.drv.list_instances())
+        self.assertFalse(os.path.exists(
+            os.path.join(self.state_path, 'rootfs', '0')))
 
     def test_start_failure_destroys(self):
         self.lxc.start.side_effect = exception.CommandFailed(
@@ -634,10 +753,107 @@ class SpawnTest(_Base):
         self.drv.destroy(self.context, instance, None)
 
 
+class RepairTest(_Base):
+    """Hard reboot, power on and host boot rebuild what is derived."""
+
+    def setUp(self):
+        super().setUp()
+        self.init_host()
+        self.instance_ = self.instance()
+        self.spawn(self.instance_)
+        self.dir = os.path.join(self.lxc_path, self.instance_.name)
+        self.config = os.path.join(self.dir, 'config')
+        with open(self.config) as f:
+            self.good_config = f.read()
+        self.rootfs_mount.reset_mock()
+        self.lxc.start.reset_mock()
+
+    def assert_repaired(self):
+        with open(self.config) as f:
+            self.assertEqual(self.good_config, f.read())
+        self.rootfs_mount.assert_called_once()
+        self.lxc.start.assert_called_once_with(self.instance_.name,
+                                               self.lxc_path)
+
+    def test_hard_reboot_writes_a_missing_config_again(self):
+        # Finding 4: ContainerNotFound reached the API as an HTTP 500.
+        shutil.rmtree(self.dir)
+        self.states[self.instance_.name] = 'STOPPED'
+        self.drv.reboot(self.context, self.instance_, [], 'HARD')
+        self.assert_repaired()
+
+    def test_soft_reboot_of_a_torn_config_becomes_hard(self):
+        with open(self.config, 'r+') as f:
+            f.truncate(40)
+        self.states[self.instance_.name] = 'STOPPED'
+        self.drv.reboot(self.context, self.instance_, [], 'SOFT')
+        self.lxc.reboot.assert_not_called()
+        self.assert_repaired()
+
+    def test_power_on_and_host_boot_rebuild(self):
+        for action in (
+                lambda: self.drv.power_on(self.context, self.instance_, []),
+                lambda: self.drv.resume_state_on_host_boot(
+                    self.context, self.instance_, [], None)):
+            with open(self.config, 'w') as f:
+                f.write('')
+            self.states[self.instance_.name] = 'STOPPED'
+            self.rootfs_mount.reset_mock()
+            self.lxc.start.reset_mock()
+            action()
+            self.assert_repaired()
+
+    def test_image_gone_from_the_cache_fetched_again(self):
+        # Finding 8: it could never start again.
+        shutil.rmtree(os.path.join(self.state_path, 'images', IMAGE_ID))
+        self.fetch.reset_mock()
+        self.drv.reboot(self.context, self.instance_, [], 'HARD')
+        self.fetch.assert_called_once()
+        self.assertEqual(IMAGE_ID, self.fetch.call_args.args[1])
+        self.assert_repaired()
+
+    def test_image_gone_everywhere_is_a_clear_fault_keeping_disks(self):
+        shutil.rmtree(os.path.join(self.state_path, 'images', IMAGE_ID))
+        self.fetch.side_effect = nova_exc.ImageNotFound(image_id=IMAGE_ID)
+        e = self.assertRaises(exception.ImageGone, self.drv.reboot,
+                              self.context, self.instance_, [], 'HARD')
+        self.assertIsInstance(e, nova_exc.NovaException)
+        self.assertIn(IMAGE_ID, str(e))
+        self.assertTrue(os.path.isdir(
+            os.path.join(self.state_path, 'rootfs', '0')))
+        self.assertEqual([self.instance_.name], self.drv.list_instances())
+
+    def test_foreign_container_on_the_name_refused_untouched(self):
+        shutil.rmtree(self.dir)
+        os.makedirs(os.path.join(self.dir, 'rootfs'))
+        with open(self.config, 'w') as f:
+            f.write('lxc.uts.name = theirs\n')
+        e = self.assertRaises(exception.ContainerExists, self.drv.reboot,
+                              self.context, self.instance_, [], 'HARD')
+        self.assertIn(self.dir, str(e))
+        with open(self.config) as f:
+            self.assertEqual('lxc.uts.name = theirs\n', f.read())
+        self.lxc.start.assert_not_called()
+        self.drv.destroy(self.context, self.instance_, [])
+        self.assertEqual(['config', 'rootfs'], sorted(os.listdir(self.dir)))
+        self.assertEqual({}, self.drv._ids.reservations())
+
+    def test_rebuilt_with_the_recorded_idmap(self):
+        # The config is derived: a changed allocator must not leak in.
+        os.unlink(self.config)
+        recorded = self.drv._records.get(UUID).idmap
+        with mock.patch.object(self.drv._ids, 'idmap',
+                               return_value=ids.Idmap(1, 1, SIZE)):
+            self.drv.reboot(self.context, self.instance_, [], 'HARD')
+        self.assertEqual(recorded, self.rootfs_mount.call_args.args[2])
+        self.assert_repaired()
+
+
 class GetInfoTest(_Base):
 
     def setUp(self):
         super().setUp()
+        self.init_host()
         self.inst = self.instance()
         self.write_container(self.inst.name, UUID, state='RUNNING')
 
@@ -684,6 +900,21 @@ class GetInfoTest(_Base):
         self.assertRaises(nova_exc.InstanceNotFound, self.drv.get_info,
                           self.inst)
 
+    def test_recorded_without_config_is_shut_down(self):
+        # Its config lost (a crash, lxc_path not mounted): not running,
+        # and a hard reboot or power on brings it back.
+        os.unlink(os.path.join(self.lxc_path, self.inst.name, 'config'))
+        self.assertEqual(power_state.SHUTDOWN,
+                         self.drv.get_info(self.inst).state)
+        self.assertTrue(self.drv.instance_exists(self.inst))
+        self.lxc.info.assert_not_called()
+
+    def test_config_lxc_cannot_read_is_nostate(self):
+        self.lxc.info.side_effect = exception.CommandFailed(
+            cmd='lxc-info', exit_code=1, stderr='Failed to load config')
+        self.assertEqual(power_state.NOSTATE,
+                         self.drv.get_info(self.inst).state)
+
 
 class ImageCacheManagerTest(_Base):
 
@@ -728,6 +959,12 @@ class ListInstancesTest(_Base):
 
     def test_no_lxc_path(self):
         self.assertEqual([], self.drv.list_instances())
+
+    def test_from_records_even_without_configs(self):
+        self.write_container('instance-00000001', UUID, cid=0)
+        shutil.rmtree(self.lxc_path)
+        self.assertEqual(['instance-00000001'], self.drv.list_instances())
+        self.assertEqual([UUID], self.drv.list_instance_uuids())
 
 
 class ResourcesTest(_Base):

@@ -50,7 +50,7 @@ class ExecuteTest(base.BaseTestCase):
             e = self.assertRaises(exception.CommandFailed, lxc.execute,
                                   'lxc-info', '-n', 'c')
         self.assertEqual({'cmd': 'lxc-info -n c', 'exit_code': 1,
-                          'stderr': 'boom'}, e.kwargs)
+                          'stderr': 'boom', 'code': 500}, e.kwargs)
 
     def test_timeout_kills_child(self):
         procs = []
@@ -70,7 +70,8 @@ class ExecuteTest(base.BaseTestCase):
             e = self.assertRaises(exception.CommandTimedOut, lxc.execute,
                                   'sleep', '5', timeout=1)
         self.assertLess(time.monotonic() - start, 4)
-        self.assertEqual({'cmd': 'sleep 5', 'timeout': 1}, e.kwargs)
+        self.assertEqual({'cmd': 'sleep 5', 'timeout': 1, 'code': 500},
+                         e.kwargs)
         self.assertEqual(1, len(procs))
         # Killed by SIGKILL and reaped: no process with that pid is left.
         self.assertEqual(-9, procs[0].returncode)
@@ -195,7 +196,8 @@ class InfoTest(_MockedExecute):
         self.fail_with("c1 doesn't exist\n")
         e = self.assertRaises(exception.ContainerNotFound, lxc.info, 'c1',
                               PATH)
-        self.assertEqual({'name': 'c1'}, e.kwargs)
+        # (Nova's exceptions add their HTTP code.)
+        self.assertEqual({'name': 'c1', 'code': 500}, e.kwargs)
 
     def test_other_failure_raises_command_failed(self):
         self.fail_with('Permission denied')

@@ -135,8 +135,8 @@ class CreateTest(_Base):
 
     def test_existing_root_refused(self):
         os.makedirs(os.path.join(self.top, 'root', 'upper'))
-        self.assertRaises(FileExistsError, self.root.create, IMAGE_ROOTFS,
-                          IDMAP)
+        self.assertRaises(exception.RootfsExists, self.root.create,
+                          IMAGE_ROOTFS, IDMAP)
         self.disk_create.assert_not_called()
         self.mount.overlay.assert_not_called()
 

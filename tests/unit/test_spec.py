@@ -467,3 +467,18 @@ class ConfigDriveTest(base.BaseTestCase):
 
     def test_none_without(self):
         self.assertNotIn('config-drive', spec.render_config(make_spec()))
+
+
+class ParseIdmapTest(base.BaseTestCase):
+
+    def test_rendered_idmap_read_back(self):
+        idmap = ids.Idmap(uid_start=165536, gid_start=365536, size=65536)
+        text = ('lxc.idmap = u 0 165536 65536\n'
+                'lxc.idmap = g 0 365536 65536\n')
+        self.assertEqual(idmap, spec.parse_idmap(text))
+
+    def test_incomplete_or_odd_idmaps_are_none(self):
+        for text in ('', 'lxc.idmap = u 0 165536 65536\n',
+                     'lxc.idmap = u 0 1 65536\nlxc.idmap = g 0 1 10\n',
+                     'lxc.idmap = u 1 1 65536\nlxc.idmap = g 1 1 65536\n'):
+            self.assertIsNone(spec.parse_idmap(text), text)

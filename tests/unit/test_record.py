@@ -1,0 +1,77 @@
+"""record: the durable per-instance record."""
+
+import dataclasses
+import json
+import os
+from unittest import mock
+
+import fixtures
+
+from novalxcdriver import ids
+from novalxcdriver import record
+from tests.unit import base
+
+UUID = '0d7c2b1e-5a3f-4c9b-8e21-7f6a5b4c3d2e'
+
+
+class RecordStoreTest(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.state_path = self.useFixture(fixtures.TempDir()).path
+        self.store = record.RecordStore(self.state_path)
+        self.record = record.InstanceRecord(
+            instance_uuid=UUID, name='instance-00000001', host='compute-1',
+            cid=3, idmap=ids.Idmap(296608, 496608, 65536),
+            image_id='a1b2c3d4-0000-4000-8000-000000000001',
+            container_dir='/lxc/instance-00000001', rootfs='/state/rootfs/3',
+            pid=42)
+        self.path = os.path.join(self.state_path, 'instances',
+                                 UUID + '.json')
+
+    def test_round_trip_through_a_durable_write(self):
+        with mock.patch('novalxcdriver.durable.write',
+                        wraps=record.durable.write) as write:
+            self.store.write(self.record)
+        write.assert_called_once_with(self.path, self.record.to_json(),
+                                      mode=0o600)
+        self.assertEqual(self.record, self.store.get(UUID))
+        self.assertEqual({UUID: self.record}, self.store.all())
+        self.assertEqual(record.SPAWNING, self.store.get(UUID).state)
+
+    def test_missing_is_none(self):
+        self.assertIsNone(self.store.get(UUID))
+        self.assertEqual({}, self.store.all())
+        self.store.remove(UUID)
+
+    def test_torn_or_foreign_records_read_as_none(self):
+        self.store.write(self.record)
+        text = self.record.to_json()
+        bad = ['', text[:len(text) // 2], '[]', '{}',
+               json.dumps(dict(json.loads(text), cid='3')),
+               json.dumps(dict(json.loads(text), state='odd')),
+               text.replace(UUID, 'ffffffff-5a3f-4c9b-8e21-7f6a5b4c3d2e')]
+        for content in bad:
+            with open(self.path, 'w') as f:
+                f.write(content)
+            self.assertIsNone(self.store.get(UUID), content)
+            self.assertEqual({}, self.store.all(), content)
+
+    def test_other_files_ignored(self):
+        self.store.write(self.record)
+        for name in ('notes.txt', 'x.json', '.%s.json.tmp' % UUID):
+            with open(os.path.join(self.store.path, name), 'w') as f:
+                f.write('{}')
+        self.assertEqual([UUID], list(self.store.all()))
+
+    def test_remove(self):
+        self.store.write(dataclasses.replace(self.record,
+                                             state=record.READY))
+        self.store.remove(UUID)
+        self.assertIsNone(self.store.get(UUID))
+        self.assertEqual([], os.listdir(self.store.path))
+
+    def test_non_uuid_refused_as_a_file_name(self):
+        bad = dataclasses.replace(self.record, instance_uuid='../x')
+        self.assertRaises(ValueError, self.store.write, bad)
+        self.assertRaises(ValueError, self.store.get, '../x')
