@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 
 from novalxcdriver import exception
 
@@ -190,18 +191,49 @@ def _comm(proc):
         return '?'
 
 
+# proc(5): mountinfo escapes space, tab, newline and backslash in paths
+# as octal (the kernel's show_mountinfo mangles exactly " \t\n\\").
+_ESCAPE = re.compile(rb'\\(040|011|012|134)')
+
+
+def _unescape(field):
+    return os.fsdecode(_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]),
+                                   field))
+
+
+def parse_mountinfo(data):
+    """The mounts listed in a mountinfo file, in its order.
+
+    Paths are bytes on the kernel's side: they are decoded as the os
+    module decodes file names (os.fsdecode), so any name comes back as the
+    str that opens it.
+
+    :param data: bytes of a /proc/PID/mountinfo file (proc(5)).
+    :returns: list of (root, point) str pairs: root (field 4) is the
+        directory of its filesystem the mount shows, which is a bind
+        mount's source under its current name; point (field 5) is where
+        it is mounted.
+    """
+    result = []
+    for line in data.split(b'\n'):
+        # Single spaces separate the fields; other whitespace is data.
+        fields = line.split(b' ')
+        if len(fields) > 4:
+            result.append((_unescape(fields[3]), _unescape(fields[4])))
+    return result
+
+
+def _mountinfo():
+    with open('/proc/self/mountinfo', 'rb') as f:
+        return parse_mountinfo(f.read())
+
+
 def mounts():
     """Mount point of every mount in this namespace, in mountinfo order.
 
     A point appears once per mount stacked on it (list of absolute paths).
     """
-    points = []
-    with open('/proc/self/mountinfo') as f:
-        for line in f:
-            # Field 5 is the mount point, octal-escaped (proc(5)).
-            raw = line.split()[4]
-            points.append(raw.encode().decode('unicode_escape'))
-    return points
+    return [point for _, point in _mountinfo()]
 
 
 def mountpoints():

@@ -1,14 +1,84 @@
-"""Tests for novalxcdriver.mount: unmount and holders."""
+"""Tests for novalxcdriver.mount: mountinfo parsing, unmount, holders."""
 
 import errno
 import os
 import subprocess
+from unittest import mock
 
 import fixtures
 
 from novalxcdriver import exception
 from novalxcdriver import mount
 from tests.unit import base
+
+# é in UTF-8, a byte that is not UTF-8, and the four escapes of proc(5).
+E_ACUTE = 'caf\xe9'
+MOUNTINFO = (
+    b'22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n'
+    b'40 22 8:1 /srv/caf\xc3\xa9/images/X/rootfs /srv/caf\xc3\xa9/lower '
+    b'ro,nodev,idmapped - ext4 /dev/sda1 rw\n'
+    b'41 22 0:40 / /srv/caf\xc3\xa9/merged rw - overlay overlay '
+    b'rw,lowerdir=/x\n'
+    b'42 22 7:0 / /mnt/my\\040disk rw - ext4 /dev/loop0 rw\n'
+    b'43 22 7:1 / /mnt/tab\\011nl\\012bs\\134040 rw - ext4 /dev/loop1 rw\n'
+    b'44 22 7:2 / /mnt/raw\xff rw shared:5 - ext4 /dev/loop2 rw\n'
+    b'45 22 7:3 / /mnt/cr\rhere rw - ext4 /dev/loop3 rw\n'
+)
+POINTS = ['/', '/srv/%s/lower' % E_ACUTE, '/srv/%s/merged' % E_ACUTE,
+          '/mnt/my disk', '/mnt/tab\tnl\nbs\\040', '/mnt/raw\udcff',
+          '/mnt/cr\rhere']
+
+
+class MountinfoTest(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        tmp = self.useFixture(fixtures.TempDir()).path
+        fake = os.path.join(tmp, 'mountinfo')
+        with open(fake, 'wb') as f:
+            f.write(MOUNTINFO)
+        real_open = open
+
+        def fake_open(path, *args, **kwargs):
+            if path == '/proc/self/mountinfo':
+                path = fake
+            return real_open(path, *args, **kwargs)
+
+        self.patch('novalxcdriver.mount.open', side_effect=fake_open,
+                   create=True)
+
+    def test_parse(self):
+        parsed = mount.parse_mountinfo(MOUNTINFO)
+        self.assertEqual(POINTS, [point for _, point in parsed])
+        self.assertEqual('/srv/%s/images/X/rootfs' % E_ACUTE, parsed[1][0])
+        self.assertEqual('/', parsed[2][0])
+
+    def test_names_open_the_same_files(self):
+        # Decoded as the os module decodes names: encoding gives the bytes.
+        self.assertEqual(b'/mnt/raw\xff', os.fsencode(POINTS[5]))
+        self.assertEqual(b'/srv/caf\xc3\xa9/lower', os.fsencode(POINTS[1]))
+
+    def test_mounts_reads_bytes(self):
+        self.assertEqual(POINTS, mount.mounts())
+        self.assertEqual(set(POINTS), mount.mountpoints())
+
+    def test_unmount_tree_finds_non_ascii_points(self):
+        unmount = self.patch('novalxcdriver.mount.unmount')
+        mount.unmount_tree('/srv/%s' % E_ACUTE)
+        self.assertEqual([mock.call('/srv/%s/merged' % E_ACUTE),
+                          mock.call('/srv/%s/lower' % E_ACUTE)],
+                         unmount.call_args_list)
+
+    def test_unmount_tree_escaped_space(self):
+        unmount = self.patch('novalxcdriver.mount.unmount')
+        mount.unmount_tree('/mnt/my disk')
+        unmount.assert_called_once_with('/mnt/my disk')
+
+
+class RealMountinfoTest(base.TestCase):
+
+    def test_root_is_mounted(self):
+        self.assertIn('/', mount.mountpoints())
 
 
 class _Processes(base.TestCase):
