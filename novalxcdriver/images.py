@@ -10,6 +10,10 @@ Concurrent boots of a new image, in threads or in other driver processes on
 the host, serialise on an external per-image lock and re-check the cache
 after taking it, so the image is fetched and unpacked exactly once.
 
+An entry is published only once its files are on disk (syncfs(2) before
+the marker is written, fsync(2) of the directory after the rename), so a
+power loss leaves either no entry or a whole one.
+
 Each ``get`` stamps the entry's mtime; ``prune`` (Nova's image cache
 manager, through the driver's manage_image_cache) removes entries no
 container uses and unused for long enough, under the same lock.
@@ -26,6 +30,7 @@ from oslo_concurrency import lockutils
 from oslo_log import log as logging
 from oslo_utils import uuidutils
 
+from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import host
 from novalxcdriver import tarball
@@ -170,15 +175,22 @@ class ImageCache:
                     image_id=image_id,
                     reason='no /sbin/init in the archive: not a root '
                            'filesystem')
-            with open(os.path.join(partial, _MARKER), 'w') as f:
-                json.dump({'init_system': init_system, 'size': size}, f)
+            # The files reach the disk before the marker says they are
+            # there: one syncfs(2) rather than an fsync(2) per file.
+            durable.syncfs(partial)
+            durable.write(os.path.join(partial, _MARKER),
+                          json.dumps({'init_system': init_system,
+                                      'size': size}), mode=0o644)
             os.rename(partial, entry)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
+        # The rename, too (rename(2) is durable once its directory is).
+        durable.fsync_dir(self.path)
         LOG.info('Image %s cached: %d bytes, %s init', image_id, size,
                  init_system)
-        return self.lookup(image_id)
+        return CachedImage(image_id, os.path.join(entry, 'rootfs'),
+                           init_system, size)
 
     def remove_partials(self):
         """Delete unpacks left by processes that died (crash leftovers).

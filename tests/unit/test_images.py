@@ -1,6 +1,8 @@
 """Tests for novalxcdriver.images: the image cache and init detection."""
 
+import errno
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -10,6 +12,7 @@ import time
 import fixtures
 from oslotest import base
 
+from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import images
 
@@ -324,6 +327,75 @@ class ImageCacheTest(base.BaseTestCase):
 
     def test_remove_partials_without_cache_dir(self):
         self.assertEqual(0, self.cache.remove_partials())
+
+
+class PublishTest(base.BaseTestCase):
+    """An entry is marked complete only once its files are on disk."""
+
+    def setUp(self):
+        super().setUp()
+        self.state = self.useFixture(fixtures.TempDir()).path
+        self.cache = images.ImageCache(self.state, 64 * 1024 * 1024)
+        self.entry = os.path.join(self.cache.path, IMAGE_ID)
+        self.events = []
+        self.partials = []
+        real = {name: getattr(durable, name)
+                for name in ('syncfs', 'write', 'fsync_dir')}
+        real_rename = os.rename
+
+        def syncfs(path):
+            self.events.append(('syncfs', path))
+            # Everything unpacked, nothing marked yet.
+            self.assertTrue(os.path.exists(
+                os.path.join(path, 'rootfs', 'bin', 'busybox')))
+            self.assertFalse(os.path.exists(os.path.join(path,
+                                                         'image.json')))
+            return real['syncfs'](path)
+
+        def write(path, data, *args, **kwargs):
+            self.events.append(('write', path))
+            return real['write'](path, data, *args, **kwargs)
+
+        def fsync_dir(path):
+            self.events.append(('fsync_dir', path))
+            return real['fsync_dir'](path)
+
+        def rename(src, dst):
+            self.events.append(('rename', src, dst))
+            return real_rename(src, dst)
+
+        for name, fake in (('syncfs', syncfs), ('write', write),
+                           ('fsync_dir', fsync_dir)):
+            self.useFixture(fixtures.MockPatchObject(durable, name,
+                                                     side_effect=fake))
+        self.useFixture(fixtures.MockPatch('os.rename', side_effect=rename))
+
+    def fetch(self, dest):
+        self.partials.append(os.path.dirname(dest))
+        write_rootfs_tarball(dest)
+
+    def test_synced_then_marked_then_renamed_then_dir_synced(self):
+        image = self.cache.get(IMAGE_ID, self.fetch)
+        partial = self.partials[0]
+        marker = os.path.join(partial, 'image.json')
+        self.assertEqual(
+            [('syncfs', partial), ('write', marker),
+             ('rename', partial, self.entry),
+             ('fsync_dir', self.cache.path)],
+            [e for e in self.events
+             if e in (('syncfs', partial), ('write', marker),
+                      ('rename', partial, self.entry),
+                      ('fsync_dir', self.cache.path))])
+        with open(os.path.join(self.entry, 'image.json')) as f:
+            self.assertEqual({'init_system': 'busybox', 'size': image.size},
+                             json.load(f))
+        self.assertEqual(image, self.cache.lookup(IMAGE_ID))
+
+    def test_failed_sync_publishes_nothing(self):
+        durable.syncfs.side_effect = OSError(errno.EIO, 'I/O error')
+        self.assertRaises(OSError, self.cache.get, IMAGE_ID, self.fetch)
+        self.assertEqual([], os.listdir(self.cache.path))
+        self.assertIsNone(self.cache.lookup(IMAGE_ID))
 
 
 class PruneTest(base.BaseTestCase):
