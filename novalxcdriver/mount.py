@@ -236,6 +236,16 @@ def mounts():
     return [point for _, point in _mountinfo()]
 
 
+def roots():
+    """Each mount's root in its filesystem (set of paths, mountinfo field 4).
+
+    For a bind mount (an idmapped view of an image) this is the source
+    directory, relative to its filesystem's root and under its current
+    name: a renamed source shows its new name.
+    """
+    return {root for root, _ in _mountinfo()}
+
+
 def mountpoints():
     """Every mount point in this mount namespace (set of absolute paths)."""
     return set(mounts())

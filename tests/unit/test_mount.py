@@ -62,6 +62,9 @@ class MountinfoTest(base.TestCase):
         self.assertEqual(POINTS, mount.mounts())
         self.assertEqual(set(POINTS), mount.mountpoints())
 
+    def test_roots(self):
+        self.assertIn('/srv/%s/images/X/rootfs' % E_ACUTE, mount.roots())
+
     def test_unmount_tree_finds_non_ascii_points(self):
         unmount = self.patch('novalxcdriver.mount.unmount')
         mount.unmount_tree('/srv/%s' % E_ACUTE)
