@@ -82,6 +82,7 @@ class LXCDriver(driver.ComputeDriver):
         supports_attach_interface=True,
         supports_multiattach=False,
         supports_trusted_certs=False,
+        supports_pcpus=True,  # PCPU inventory and pinning: numa.py
     )
 
     def __init__(self, virtapi, read_only=False):

@@ -56,6 +56,15 @@ class MountFailed(NovaLXCError):
     msg_fmt = 'Mounting %(what)s on %(target)s failed: %(reason)s'
 
 
+class MountBusy(MountFailed):
+    """A mount cannot be undone: processes still use files below it."""
+
+    msg_fmt = ('Cannot unmount %(target)s: it is busy, used by %(holders)s. '
+               'Stop those processes (or wait for them to exit) and retry; '
+               'it is not detached lazily, since its users would keep its '
+               'files while it looked unmounted.')
+
+
 class HostCheckFailed(NovaLXCError):
     msg_fmt = 'This host cannot run LXC instances: %(problems)s'
 

@@ -40,13 +40,13 @@ import pwd
 import re
 import shutil
 import stat
-import tempfile
 import threading
 import time
 
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
 
+from novalxcdriver import durable
 from novalxcdriver import exception
 
 LOG = logging.getLogger(__name__)
@@ -288,22 +288,9 @@ class IdAllocator:
                   'instance_name': instance_name,
                   'pid': os.getpid(),
                   'created_at': time.time()}
-        fd, tmp = tempfile.mkstemp(prefix='.owner.', suffix='.tmp', dir=path)
-        try:
-            with os.fdopen(fd, 'w', encoding='utf-8') as f:
-                os.fchmod(f.fileno(), 0o644)
-                json.dump(record, f)
-                f.flush()
-                # So a power loss leaves no empty owner.json behind.
-                os.fsync(f.fileno())
-            # Readers see either no owner.json or a complete one.
-            os.rename(tmp, os.path.join(path, OWNER_FILE))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        # Readers see no owner.json or a whole one, after a crash too.
+        durable.write(os.path.join(path, OWNER_FILE), json.dumps(record),
+                      mode=0o644)
 
     def _reserved_ids(self):
         try:

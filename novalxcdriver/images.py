@@ -5,10 +5,21 @@ Layout under ``<state_path>/images``::
     <image_id>/rootfs/      the unpacked root filesystem (never written again)
     <image_id>/image.json   written last: its presence marks the entry complete
     .partial-<image_id>-*   a download or unpack in progress (or crashed)
+    .corrupt-<image_id>-*   an entry found damaged, moved aside
 
 Concurrent boots of a new image, in threads or in other driver processes on
 the host, serialise on an external per-image lock and re-check the cache
 after taking it, so the image is fetched and unpacked exactly once.
+
+An entry is published only once its files are on disk (syncfs(2) before
+the marker is written, fsync(2) of the directory after the rename), so a
+power loss leaves either no entry or a whole one. Everything here can be
+fetched again from Glance: an entry found damaged anyway (a torn or
+missing marker, no rootfs) is moved aside and the image fetched again,
+never an error. Containers whose lower layer was mounted from the old
+entry keep that mount, which follows the directory and not its name,
+until their root is next mounted; remove_partials deletes the old entry
+only once no mount shows it.
 
 Each ``get`` stamps the entry's mtime; ``prune`` (Nova's image cache
 manager, through the driver's manage_image_cache) removes entries no
@@ -16,23 +27,34 @@ container uses and unused for long enough, under the same lock.
 """
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
 import tempfile
 import time
+import uuid
 
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
 from oslo_utils import uuidutils
 
+from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import host
+from novalxcdriver import mount
 from novalxcdriver import tarball
 
 LOG = logging.getLogger(__name__)
 
 _MARKER = 'image.json'
+_PARTIAL = '.partial-'
+_CORRUPT = '.corrupt-'
+# Errors reading a marker that tell of a damaged entry; others (EMFILE,
+# ENOMEM, ...) are the host's and propagate. EUCLEAN: ext4's and xfs's
+# "filesystem corrupted".
+_DAMAGED = frozenset([errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EIO,
+                      errno.EUCLEAN])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,18 +91,83 @@ class ImageCache:
         return os.path.join(self.path, image_id)
 
     def lookup(self, image_id):
-        """The cached image, or None when it is not (completely) cached."""
+        """The cached image, or None when it is not (completely) cached.
+
+        A damaged entry (an empty, torn or not-JSON image.json, missing
+        keys, wrong types, no rootfs directory) is moved aside under the
+        image's lock and None returned, so the caller fetches the image
+        again.
+
+        :raises ImageUnpackError: image_id is not a UUID.
+        :raises OSError: the entry cannot be read for a reason of the
+            host's (EMFILE, ENOMEM), or cannot be moved aside.
+        """
+        image, damage = self._read(image_id)
+        if damage is None:
+            return image
+        with self._lock(image_id):
+            # Read again: another thread or process may have replaced it.
+            return self._lookup_locked(image_id)
+
+    def _lookup_locked(self, image_id):
+        """lookup, for a caller holding the image's lock."""
+        image, damage = self._read(image_id)
+        if damage is not None:
+            self._move_aside(image_id, damage)
+        return image
+
+    def _read(self, image_id):
+        """Read an entry without changing it.
+
+        :returns: (CachedImage, None); (None, None) when there is no
+            entry; (None, str saying why) when the entry is damaged.
+        """
         entry = self._entry(image_id)
         try:
-            with open(os.path.join(entry, _MARKER)) as f:
-                meta = json.load(f)
-        except FileNotFoundError:
-            return None
-        return CachedImage(image_id, os.path.join(entry, 'rootfs'),
-                           meta['init_system'], meta['size'])
+            with open(os.path.join(entry, _MARKER), 'rb') as f:
+                meta = json.loads(f.read())
+        except OSError as e:
+            if e.errno == errno.ENOENT and not os.path.lexists(entry):
+                return None, None
+            if e.errno not in _DAMAGED:
+                raise
+            return None, 'cannot read %s: %s' % (_MARKER, e.strerror)
+        except ValueError as e:
+            # Empty or torn (written without fsync before a power loss),
+            # or not UTF-8.
+            return None, '%s is not JSON: %s' % (_MARKER, e)
+        if not (isinstance(meta, dict) and
+                isinstance(meta.get('init_system'), str) and
+                type(meta.get('size')) is int and meta['size'] >= 0):
+            return None, ('%s lacks init_system (str) or size (int): %.200r'
+                          % (_MARKER, meta))
+        rootfs = os.path.join(entry, 'rootfs')
+        if os.path.islink(rootfs) or not os.path.isdir(rootfs):
+            return None, 'no rootfs directory'
+        return CachedImage(image_id, rootfs, meta['init_system'],
+                           meta['size']), None
+
+    def _move_aside(self, image_id, why):
+        """Rename a damaged entry to a name the cache never reads.
+
+        One rename, to a new unique name: the fresh entry a get makes
+        next cannot collide with it, and remove_partials deletes it once
+        no mount shows it. The caller holds the image's lock.
+        """
+        entry = self._entry(image_id)
+        aside = os.path.join(self.path, '%s%s-%d-%s' % (
+            _CORRUPT, image_id, os.getpid(), uuid.uuid4().hex[:16]))
+        os.rename(entry, aside)
+        LOG.warning('Image cache entry %(entry)s is damaged (%(why)s): moved '
+                    'to %(aside)s; the image will be fetched again. '
+                    'Containers mounted from it keep the old files until '
+                    'their root is mounted again.',
+                    {'entry': entry, 'why': why, 'aside': aside})
 
     def get(self, image_id, fetch):
         """Return the cached image, fetching and unpacking it if needed.
+
+        A damaged entry is moved aside (see lookup) and fetched again.
 
         :param fetch: callable(dest_path) writing the image's bytes to
             dest_path (the driver wraps nova.virt.images.fetch).
@@ -94,12 +181,12 @@ class ImageCache:
             os.utime(entry)
         except FileNotFoundError:
             pass
-        cached = self.lookup(image_id)
+        cached, _ = self._read(image_id)
         if cached:
             return cached
         with self._lock(image_id):
             # Another thread or process may have finished it meanwhile.
-            cached = self.lookup(image_id)
+            cached = self._lookup_locked(image_id)
             if cached:
                 return cached
             return self._populate(image_id, fetch)
@@ -113,7 +200,8 @@ class ImageCache:
 
         An entry goes out of the cache's name space by one rename, under
         the image's lock, then is deleted; a crash in between leaves a
-        partial that remove_partials deletes.
+        partial that remove_partials deletes. An entry a mount still shows
+        (a container's lower layer, whatever Nova says) is kept.
 
         :param in_use: image ids to keep whatever their age (set of str).
         :param min_age_seconds: seconds since an image was last used
@@ -133,10 +221,16 @@ class ImageCache:
                     age = time.time() - os.stat(entry).st_mtime
                 except FileNotFoundError:
                     continue
-                if age < min_age_seconds or self.lookup(image_id) is None:
+                if (age < min_age_seconds or
+                        self._lookup_locked(image_id) is None):
+                    continue
+                if _mounted(entry):
+                    LOG.warning('Image %s is not pruned: a mount still '
+                                'shows it, though no instance uses it',
+                                image_id)
                     continue
                 doomed = tempfile.mkdtemp(
-                    prefix='.partial-%s-%d-' % (image_id, os.getpid()),
+                    prefix='%s%s-%d-' % (_PARTIAL, image_id, os.getpid()),
                     dir=self.path)
                 os.rename(entry, os.path.join(doomed, 'entry'))
             shutil.rmtree(doomed, ignore_errors=True)
@@ -150,7 +244,7 @@ class ImageCache:
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         # The pid tells remove_partials whose unpack it is.
         partial = tempfile.mkdtemp(
-            prefix='.partial-%s-%d-' % (image_id, os.getpid()),
+            prefix='%s%s-%d-' % (_PARTIAL, image_id, os.getpid()),
             dir=self.path)
         try:
             archive = os.path.join(partial, 'archive')
@@ -170,35 +264,68 @@ class ImageCache:
                     image_id=image_id,
                     reason='no /sbin/init in the archive: not a root '
                            'filesystem')
-            with open(os.path.join(partial, _MARKER), 'w') as f:
-                json.dump({'init_system': init_system, 'size': size}, f)
+            # The files reach the disk before the marker says they are
+            # there: one syncfs(2) rather than an fsync(2) per file.
+            durable.syncfs(partial)
+            durable.write(os.path.join(partial, _MARKER),
+                          json.dumps({'init_system': init_system,
+                                      'size': size}), mode=0o644)
             os.rename(partial, entry)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
+        # The rename, too (rename(2) is durable once its directory is).
+        durable.fsync_dir(self.path)
         LOG.info('Image %s cached: %d bytes, %s init', image_id, size,
                  init_system)
-        return self.lookup(image_id)
+        return CachedImage(image_id, os.path.join(entry, 'rootfs'),
+                           init_system, size)
 
     def remove_partials(self):
-        """Delete unpacks left by processes that died (crash leftovers).
+        """Delete crash leftovers and entries moved aside as damaged.
 
-        :returns: the number of partial unpacks removed.
+        Partial unpacks of live processes are kept, and so is anything a
+        mount still shows (see ``_mounted``): a tree is never deleted
+        through a mount.
+
+        :returns: the number of directories removed.
         """
         removed = 0
         if not os.path.isdir(self.path):
             return removed
         for name in os.listdir(self.path):
-            if not name.startswith('.partial-'):
+            if name.startswith(_PARTIAL):
+                # .partial-<uuid>-<pid>-<random>; a uuid has 4 dashes.
+                fields = name[len(_PARTIAL):].split('-')
+                if len(fields) > 5 and fields[5].isdigit() and \
+                        host.process_alive(int(fields[5])):
+                    continue
+            elif not name.startswith(_CORRUPT):
                 continue
-            # .partial-<uuid>-<pid>-<random>; a uuid has 4 dashes.
-            fields = name[len('.partial-'):].split('-')
-            if len(fields) > 5 and fields[5].isdigit() and \
-                    host.process_alive(int(fields[5])):
+            path = os.path.join(self.path, name)
+            if _mounted(path):
+                LOG.warning('%s is not deleted: a mount still shows it', path)
                 continue
-            shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
             removed += 1
         return removed
+
+
+def _mounted(path):
+    """Whether a mount is at or below path, or shows a directory of it.
+
+    A container's lower layer is an idmapped bind of <entry>/rootfs: it is
+    mounted elsewhere, but its root (mountinfo field 4, mount.roots) names
+    the entry, under its current name; deleting the entry would delete
+    files a running container sees. Roots are relative to their
+    filesystem's root, so they are matched by path component (path's last
+    one, a unique name here): a false match only keeps a tree.
+    """
+    top = os.path.abspath(path)
+    if any(p == top or p.startswith(top + '/') for p in mount.mountpoints()):
+        return True
+    part = '/%s/' % os.path.basename(top)
+    return any(part in root + '/' for root in mount.roots())
 
 
 def resolve_in_root(root, path, max_links=40):

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 
 from novalxcdriver import exception
 
@@ -35,8 +36,10 @@ _MOUNT_ATTR_RDONLY = 0x1
 _MOUNT_ATTR_NOSUID = 0x2
 _MOUNT_ATTR_NODEV = 0x4
 _MOUNT_ATTR_IDMAP = 0x100000
-_MNT_DETACH = 2
 _MS_NODEV = 4  # sys/mount.h
+
+# Processes a MountBusy message names at most.
+_MAX_NAMED = 10
 
 
 class _MountAttr(ctypes.Structure):
@@ -108,8 +111,16 @@ def ext4(device, target):
 
 
 def unmount(target):
-    """Unmount target; detach lazily if it is busy. Idempotent.
+    """Unmount target. Idempotent; never detaches lazily.
 
+    A lazy detach (umount2(2) MNT_DETACH) of a busy mount takes it out of
+    mountinfo while its users keep it: callers' "still mounted" checks
+    then pass, and a destroy deletes the tree and frees the uid range
+    while those processes still run in it. A busy mount is refused
+    instead.
+
+    :raises MountBusy: EBUSY; the message names the processes using files
+        at or below target (see ``holders``).
     :raises MountFailed: for errors other than 'not mounted'.
     """
     if _libc.umount2(os.fsencode(target), 0) == 0:
@@ -118,11 +129,103 @@ def unmount(target):
     if err in (errno.EINVAL, errno.ENOENT):
         return
     if err == errno.EBUSY:
-        _check(_libc.umount2(os.fsencode(target), _MNT_DETACH),
-               'lazy unmount', target)
-        return
+        found = holders(target)
+        if found:
+            names = ', '.join('pid %d (%s)' % h for h in found[:_MAX_NAMED])
+            if len(found) > _MAX_NAMED:
+                names += ' and %d more' % (len(found) - _MAX_NAMED)
+        else:
+            names = ('no process of this mount namespace (a mount below '
+                     'it, or a kernel user such as a loop device)')
+        raise exception.MountBusy(target=target, holders=names)
     raise exception.MountFailed(what='unmount', target=target,
                                 reason=os.strerror(err))
+
+
+def holders(path):
+    """Processes with a cwd, root, executable or open file at or below path.
+
+    Reads the /proc/PID/{cwd,root,exe} and /proc/PID/fd/* links (proc(5));
+    processes this one may not inspect (another user's, when not root) or
+    that exit meanwhile are skipped. Paths are compared as this process's
+    mount namespace names them.
+
+    :returns: list of (pid, comm) pairs, by pid; comm is '?' if unreadable.
+    """
+    top = os.path.abspath(path)
+    found = []
+    for name in os.listdir('/proc'):
+        if not name.isdigit():
+            continue
+        proc = os.path.join('/proc', name)
+        links = [os.path.join(proc, n) for n in ('cwd', 'root', 'exe')]
+        try:
+            links += [os.path.join(proc, 'fd', fd)
+                      for fd in os.listdir(os.path.join(proc, 'fd'))]
+        except OSError:
+            pass
+        if any(_at_or_below(_readlink(link), top) for link in links):
+            found.append((int(name), _comm(proc)))
+    return sorted(found)
+
+
+def _readlink(link):
+    try:
+        return os.readlink(link)
+    except OSError:
+        return None
+
+
+def _at_or_below(path, top):
+    # A deleted file's link reads '<path> (deleted)': still inside.
+    return path is not None and (path == top or top == '/' or
+                                 path.startswith(top + '/') or
+                                 path == top + ' (deleted)')
+
+
+def _comm(proc):
+    try:
+        with open(os.path.join(proc, 'comm'), 'rb') as f:
+            return os.fsdecode(f.read().rstrip(b'\n'))
+    except OSError:
+        return '?'
+
+
+# proc(5): mountinfo escapes space, tab, newline and backslash in paths
+# as octal (the kernel's show_mountinfo mangles exactly " \t\n\\").
+_ESCAPE = re.compile(rb'\\(040|011|012|134)')
+
+
+def _unescape(field):
+    return os.fsdecode(_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]),
+                                   field))
+
+
+def parse_mountinfo(data):
+    """The mounts listed in a mountinfo file, in its order.
+
+    Paths are bytes on the kernel's side: they are decoded as the os
+    module decodes file names (os.fsdecode), so any name comes back as the
+    str that opens it.
+
+    :param data: bytes of a /proc/PID/mountinfo file (proc(5)).
+    :returns: list of (root, point) str pairs: root (field 4) is the
+        directory of its filesystem the mount shows, which is a bind
+        mount's source under its current name; point (field 5) is where
+        it is mounted.
+    """
+    result = []
+    for line in data.split(b'\n'):
+        # Single spaces separate the fields; other whitespace is data.
+        fields = line.split(b' ')
+        if len(fields) > 4:
+            result.append((_unescape(fields[3]), _unescape(fields[4])))
+    return result
+
+
+def _mountinfo():
+    with open('/proc/self/mountinfo', 'rb') as f:
+        return parse_mountinfo(f.read())
 
 
 def mounts():
@@ -130,13 +233,17 @@ def mounts():
 
     A point appears once per mount stacked on it (list of absolute paths).
     """
-    points = []
-    with open('/proc/self/mountinfo') as f:
-        for line in f:
-            # Field 5 is the mount point, octal-escaped (proc(5)).
-            raw = line.split()[4]
-            points.append(raw.encode().decode('unicode_escape'))
-    return points
+    return [point for _, point in _mountinfo()]
+
+
+def roots():
+    """Each mount's root in its filesystem (set of paths, mountinfo field 4).
+
+    For a bind mount (an idmapped view of an image) this is the source
+    directory, relative to its filesystem's root and under its current
+    name: a renamed source shows its new name.
+    """
+    return {root for root, _ in _mountinfo()}
 
 
 def mountpoints():
@@ -150,6 +257,10 @@ def unmount_tree(top):
     Each mount stacked on a point is undone: umount(2) takes off only the
     top one, and a root remounted twice (a crash, a race of two processes
     before the remount lock) must not survive its destroy.
+
+    :raises MountBusy: a mount is in use (see ``unmount``); the ones below
+        it are undone already, it and those above it stay.
+    :raises MountFailed: umount(2) failed otherwise.
     """
     top = os.path.abspath(top)
     inside = [p for p in mounts() if p == top or p.startswith(top + '/')]

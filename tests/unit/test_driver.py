@@ -222,6 +222,8 @@ class CapabilitiesTest(base.BaseTestCase):
         self.assertTrue(caps['supports_image_type_raw'])
         self.assertTrue(caps['supports_attach_interface'])
         self.assertTrue(caps['has_imagecache'])
+        # [compute] cpu_dedicated_set gives PCPU inventory; numa.py pins.
+        self.assertTrue(caps['supports_pcpus'])
         for key in ('supports_evacuate', 'supports_migrate_to_same_host',
                     'supports_multiattach', 'supports_trusted_certs',
                     'supports_extend_volume',

@@ -1,5 +1,6 @@
 """Tests for novalxcdriver.ids: subuid parsing, idmaps, ID reservations."""
 
+import errno
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import fixtures
 from oslo_concurrency import lockutils
 from oslotest import base
 
+from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import ids
 
@@ -374,10 +376,29 @@ class AllocateTest(_Base):
 
     def test_failed_owner_write_frees_the_id(self):
         alloc = self.allocator()
-        with mock.patch.object(ids.json, 'dump', side_effect=OSError(28)):
+        # A full disk shows at the latest when the record is synced.
+        with mock.patch.object(os, 'fsync',
+                               side_effect=OSError(errno.ENOSPC, 'full')):
             self.assertRaises(OSError, alloc.allocate, 'u', 'n')
         self.assertEqual({}, alloc.reservations())
         self.assertEqual(0, alloc.allocate('u', 'n'))
+
+    def test_owner_record_is_durable(self):
+        # Synced before the rename, and the rename synced with its
+        # directory: durable.write's whole job (fsync(2), "NOTES").
+        alloc = self.allocator()
+        with mock.patch.object(durable, 'write',
+                               wraps=durable.write) as write, \
+                mock.patch.object(durable, 'fsync_dir',
+                                  wraps=durable.fsync_dir) as fsync_dir:
+            cid = alloc.allocate('u', 'n')
+        path = os.path.join(self.state, 'ids', str(cid))
+        write.assert_called_once_with(os.path.join(path, 'owner.json'),
+                                      mock.ANY, mode=0o644)
+        fsync_dir.assert_any_call(path)
+        self.assertEqual('u', self.owner(cid)['instance_uuid'])
+        self.assertEqual(0o644, os.stat(os.path.join(
+            path, 'owner.json')).st_mode & 0o777)
 
     def test_uses_external_lock(self):
         alloc = self.allocator()

@@ -1,7 +1,12 @@
 """Tests for novalxcdriver.images: the image cache and init detection."""
 
+import contextlib
+import errno
 import io
+import json
+import logging
 import os
+import shutil
 import subprocess
 import tarfile
 import threading
@@ -10,6 +15,7 @@ import time
 import fixtures
 from oslotest import base
 
+from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import images
 
@@ -325,6 +331,236 @@ class ImageCacheTest(base.BaseTestCase):
     def test_remove_partials_without_cache_dir(self):
         self.assertEqual(0, self.cache.remove_partials())
 
+    def test_remove_partials_deletes_entries_moved_aside(self):
+        os.makedirs(self.cache.path)
+        # Moved aside by this very process: no partial, deleted anyway.
+        aside = '.corrupt-%s-%d-0123456789abcdef' % (IMAGE_ID, os.getpid())
+        os.makedirs(os.path.join(self.cache.path, aside, 'rootfs', 'bin'))
+        self.assertEqual(1, self.cache.remove_partials())
+        self.assertEqual([], self.cache_entries())
+
+    def test_remove_partials_never_deletes_through_a_mount(self):
+        os.makedirs(self.cache.path)
+        child = subprocess.Popen(['true'])
+        child.wait()
+        source = '.corrupt-%s-1-aaaa' % IMAGE_ID
+        mounted_on = '.corrupt-%s-1-bbbb' % OTHER_ID
+        dead = '.partial-%s-%d-cccc' % (IMAGE_ID, child.pid)
+        free = '.corrupt-%s-1-dddd' % OTHER_ID
+        for name in (source, mounted_on, dead, free):
+            os.makedirs(os.path.join(self.cache.path, name, 'rootfs'))
+        # A container's lower layer: an idmapped bind whose root is the
+        # entry's rootfs, as mountinfo names it relative to its filesystem.
+        self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.mount.roots', create=True,
+            return_value={'/', '/srv/x/images/%s/rootfs' % source}))
+        self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.mount.mountpoints', return_value={
+                '/', os.path.join(self.cache.path, mounted_on, 'rootfs'),
+                os.path.join(self.cache.path, dead)}))
+        self.assertEqual(1, self.cache.remove_partials())
+        self.assertEqual(sorted([source, mounted_on, dead]),
+                         self.cache_entries())
+
+
+class DamagedEntryTest(base.BaseTestCase):
+    """A torn or broken entry is moved aside and fetched again."""
+
+    def setUp(self):
+        super().setUp()
+        self.state = self.useFixture(fixtures.TempDir()).path
+        self.cache = images.ImageCache(self.state, 64 * 1024 * 1024)
+        self.fetches = []
+        self.good = self.cache.get(IMAGE_ID, self.fetch)
+        self.entry = os.path.join(self.cache.path, IMAGE_ID)
+        self.marker = os.path.join(self.entry, 'image.json')
+        self.log = self.useFixture(fixtures.FakeLogger(
+            level=logging.WARNING))
+
+    def fetch(self, dest):
+        self.fetches.append(dest)
+        write_rootfs_tarball(dest)
+
+    def write_marker(self, data):
+        with open(self.marker, 'wb') as f:
+            f.write(data)
+
+    def moved_aside(self):
+        return [n for n in os.listdir(self.cache.path)
+                if n.startswith('.corrupt-%s-%d-' % (IMAGE_ID, os.getpid()))]
+
+    def assert_moved_aside_and_fetched_again(self, why):
+        self.assertIsNone(self.cache.lookup(IMAGE_ID))
+        aside = self.moved_aside()
+        self.assertEqual(1, len(aside))
+        self.assertFalse(os.path.lexists(self.entry))
+        self.assertIn(self.entry, self.log.output)
+        self.assertIn(why, self.log.output)
+        self.assertIn(aside[0], self.log.output)
+        # The next get fetches a fresh, whole entry beside the old one.
+        fresh = self.cache.get(IMAGE_ID, self.fetch)
+        self.assertEqual(2, len(self.fetches))
+        self.assertEqual(self.good, fresh)
+        self.assertEqual(fresh, self.cache.lookup(IMAGE_ID))
+        self.assertTrue(os.path.lexists(os.path.join(fresh.rootfs,
+                                                     'sbin', 'init')))
+        self.assertEqual(sorted(aside + [IMAGE_ID]),
+                         sorted(os.listdir(self.cache.path)))
+
+    def test_empty_marker(self):
+        self.write_marker(b'')
+        self.assert_moved_aside_and_fetched_again('not JSON')
+
+    def test_marker_torn_mid_json(self):
+        with open(self.marker, 'rb') as f:
+            whole = f.read()
+        self.write_marker(whole[:len(whole) // 2])
+        self.assert_moved_aside_and_fetched_again('not JSON')
+
+    def test_marker_of_zeros(self):
+        # What ext4 can show of a file whose data never reached the disk.
+        self.write_marker(b'\0' * 4096)
+        self.assert_moved_aside_and_fetched_again('not JSON')
+
+    def test_marker_not_utf8(self):
+        self.write_marker(b'\xff\xfe{')
+        self.assert_moved_aside_and_fetched_again('not JSON')
+
+    def test_marker_missing_keys(self):
+        self.write_marker(b'{}')
+        self.assert_moved_aside_and_fetched_again('lacks init_system')
+
+    def test_marker_wrong_types(self):
+        self.write_marker(b'{"init_system": 1, "size": "12"}')
+        self.assert_moved_aside_and_fetched_again('lacks init_system')
+
+    def test_marker_not_an_object(self):
+        self.write_marker(b'[]')
+        self.assert_moved_aside_and_fetched_again('lacks init_system')
+
+    def test_no_marker(self):
+        os.unlink(self.marker)
+        self.assert_moved_aside_and_fetched_again('cannot read image.json')
+
+    def test_no_rootfs(self):
+        shutil.rmtree(self.good.rootfs)
+        self.assert_moved_aside_and_fetched_again('no rootfs directory')
+
+    def test_entry_is_a_file(self):
+        shutil.rmtree(self.entry)
+        with open(self.entry, 'w') as f:
+            f.write('x')
+        self.assert_moved_aside_and_fetched_again('cannot read image.json')
+
+    def test_get_moves_aside_and_fetches_again(self):
+        self.write_marker(b'{"init_sys')
+        fresh = self.cache.get(IMAGE_ID, self.fetch)
+        self.assertEqual(2, len(self.fetches))
+        self.assertEqual(self.good, fresh)
+        self.assertEqual(1, len(self.moved_aside()))
+
+    def test_good_entry_left_alone(self):
+        self.assertEqual(self.good, self.cache.lookup(IMAGE_ID))
+        self.assertEqual([IMAGE_ID], os.listdir(self.cache.path))
+        self.assertEqual('', self.log.output)
+
+    def test_host_errors_are_not_damage(self):
+        # Out of file descriptors says nothing of the entry: kept.
+        self.useFixture(fixtures.MockPatch(
+            'builtins.open', side_effect=OSError(errno.EMFILE, 'Too many')))
+        self.assertRaises(OSError, self.cache.lookup, IMAGE_ID)
+        self.assertEqual([IMAGE_ID], os.listdir(self.cache.path))
+
+    def test_moved_aside_under_the_lock_after_a_second_look(self):
+        # Another process replaces the entry while this one waits for
+        # the image's lock: the fresh entry is not moved aside.
+        self.write_marker(b'')
+        good = json.dumps({'init_system': 'busybox',
+                           'size': self.good.size}).encode()
+        real_lock = self.cache._lock
+        taken = []
+
+        @contextlib.contextmanager
+        def lock(image_id):
+            with real_lock(image_id):
+                taken.append(image_id)
+                self.write_marker(good)
+                yield
+
+        self.cache._lock = lock
+        self.assertEqual(self.good, self.cache.lookup(IMAGE_ID))
+        self.assertEqual([IMAGE_ID], taken)
+        self.assertEqual([], self.moved_aside())
+
+
+class PublishTest(base.BaseTestCase):
+    """An entry is marked complete only once its files are on disk."""
+
+    def setUp(self):
+        super().setUp()
+        self.state = self.useFixture(fixtures.TempDir()).path
+        self.cache = images.ImageCache(self.state, 64 * 1024 * 1024)
+        self.entry = os.path.join(self.cache.path, IMAGE_ID)
+        self.events = []
+        self.partials = []
+        real = {name: getattr(durable, name)
+                for name in ('syncfs', 'write', 'fsync_dir')}
+        real_rename = os.rename
+
+        def syncfs(path):
+            self.events.append(('syncfs', path))
+            # Everything unpacked, nothing marked yet.
+            self.assertTrue(os.path.exists(
+                os.path.join(path, 'rootfs', 'bin', 'busybox')))
+            self.assertFalse(os.path.exists(os.path.join(path,
+                                                         'image.json')))
+            return real['syncfs'](path)
+
+        def write(path, data, *args, **kwargs):
+            self.events.append(('write', path))
+            return real['write'](path, data, *args, **kwargs)
+
+        def fsync_dir(path):
+            self.events.append(('fsync_dir', path))
+            return real['fsync_dir'](path)
+
+        def rename(src, dst):
+            self.events.append(('rename', src, dst))
+            return real_rename(src, dst)
+
+        for name, fake in (('syncfs', syncfs), ('write', write),
+                           ('fsync_dir', fsync_dir)):
+            self.useFixture(fixtures.MockPatchObject(durable, name,
+                                                     side_effect=fake))
+        self.useFixture(fixtures.MockPatch('os.rename', side_effect=rename))
+
+    def fetch(self, dest):
+        self.partials.append(os.path.dirname(dest))
+        write_rootfs_tarball(dest)
+
+    def test_synced_then_marked_then_renamed_then_dir_synced(self):
+        image = self.cache.get(IMAGE_ID, self.fetch)
+        partial = self.partials[0]
+        marker = os.path.join(partial, 'image.json')
+        self.assertEqual(
+            [('syncfs', partial), ('write', marker),
+             ('rename', partial, self.entry),
+             ('fsync_dir', self.cache.path)],
+            [e for e in self.events
+             if e in (('syncfs', partial), ('write', marker),
+                      ('rename', partial, self.entry),
+                      ('fsync_dir', self.cache.path))])
+        with open(os.path.join(self.entry, 'image.json')) as f:
+            self.assertEqual({'init_system': 'busybox', 'size': image.size},
+                             json.load(f))
+        self.assertEqual(image, self.cache.lookup(IMAGE_ID))
+
+    def test_failed_sync_publishes_nothing(self):
+        durable.syncfs.side_effect = OSError(errno.EIO, 'I/O error')
+        self.assertRaises(OSError, self.cache.get, IMAGE_ID, self.fetch)
+        self.assertEqual([], os.listdir(self.cache.path))
+        self.assertIsNone(self.cache.lookup(IMAGE_ID))
+
 
 class PruneTest(base.BaseTestCase):
 
@@ -388,3 +624,25 @@ class PruneTest(base.BaseTestCase):
     def test_without_cache_dir(self):
         cache = images.ImageCache(os.path.join(self.state, 'none'), 1)
         self.assertEqual([], cache.prune(set(), 0))
+
+    def test_entry_a_mount_shows_is_kept(self):
+        # A container Nova does not list (an orphan) still has its lower
+        # layer bound from the entry: deleting it would delete its files.
+        self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.mount.roots', create=True,
+            return_value={'/', '/var/x/images/%s/rootfs' % OTHER_ID}))
+        self.age(IMAGE_ID, 100)
+        self.age(OTHER_ID, 100)
+        self.assertEqual([IMAGE_ID], self.cache.prune(set(), 50))
+        self.assertEqual([OTHER_ID], self.entries())
+
+    def test_damaged_entry_moved_aside_not_pruned(self):
+        with open(os.path.join(self.cache.path, OTHER_ID, 'image.json'),
+                  'w') as f:
+            f.write('{')
+        self.age(OTHER_ID, 100)
+        self.assertEqual([], self.cache.prune({IMAGE_ID}, 50))
+        entries = self.entries()
+        self.assertEqual(2, len(entries))
+        self.assertEqual(IMAGE_ID, entries[1])
+        self.assertTrue(entries[0].startswith('.corrupt-' + OTHER_ID))

@@ -1,0 +1,181 @@
+"""Tests for novalxcdriver.mount: mountinfo parsing, unmount, holders."""
+
+import errno
+import os
+import subprocess
+from unittest import mock
+
+import fixtures
+
+from novalxcdriver import exception
+from novalxcdriver import mount
+from tests.unit import base
+
+# é in UTF-8, a byte that is not UTF-8, and the four escapes of proc(5).
+E_ACUTE = 'caf\xe9'
+MOUNTINFO = (
+    b'22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n'
+    b'40 22 8:1 /srv/caf\xc3\xa9/images/X/rootfs /srv/caf\xc3\xa9/lower '
+    b'ro,nodev,idmapped - ext4 /dev/sda1 rw\n'
+    b'41 22 0:40 / /srv/caf\xc3\xa9/merged rw - overlay overlay '
+    b'rw,lowerdir=/x\n'
+    b'42 22 7:0 / /mnt/my\\040disk rw - ext4 /dev/loop0 rw\n'
+    b'43 22 7:1 / /mnt/tab\\011nl\\012bs\\134040 rw - ext4 /dev/loop1 rw\n'
+    b'44 22 7:2 / /mnt/raw\xff rw shared:5 - ext4 /dev/loop2 rw\n'
+    b'45 22 7:3 / /mnt/cr\rhere rw - ext4 /dev/loop3 rw\n'
+)
+POINTS = ['/', '/srv/%s/lower' % E_ACUTE, '/srv/%s/merged' % E_ACUTE,
+          '/mnt/my disk', '/mnt/tab\tnl\nbs\\040', '/mnt/raw\udcff',
+          '/mnt/cr\rhere']
+
+
+class MountinfoTest(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        tmp = self.useFixture(fixtures.TempDir()).path
+        fake = os.path.join(tmp, 'mountinfo')
+        with open(fake, 'wb') as f:
+            f.write(MOUNTINFO)
+        real_open = open
+
+        def fake_open(path, *args, **kwargs):
+            if path == '/proc/self/mountinfo':
+                path = fake
+            return real_open(path, *args, **kwargs)
+
+        self.patch('novalxcdriver.mount.open', side_effect=fake_open,
+                   create=True)
+
+    def test_parse(self):
+        parsed = mount.parse_mountinfo(MOUNTINFO)
+        self.assertEqual(POINTS, [point for _, point in parsed])
+        self.assertEqual('/srv/%s/images/X/rootfs' % E_ACUTE, parsed[1][0])
+        self.assertEqual('/', parsed[2][0])
+
+    def test_names_open_the_same_files(self):
+        # Decoded as the os module decodes names: encoding gives the bytes.
+        self.assertEqual(b'/mnt/raw\xff', os.fsencode(POINTS[5]))
+        self.assertEqual(b'/srv/caf\xc3\xa9/lower', os.fsencode(POINTS[1]))
+
+    def test_mounts_reads_bytes(self):
+        self.assertEqual(POINTS, mount.mounts())
+        self.assertEqual(set(POINTS), mount.mountpoints())
+
+    def test_roots(self):
+        self.assertIn('/srv/%s/images/X/rootfs' % E_ACUTE, mount.roots())
+
+    def test_unmount_tree_finds_non_ascii_points(self):
+        unmount = self.patch('novalxcdriver.mount.unmount')
+        mount.unmount_tree('/srv/%s' % E_ACUTE)
+        self.assertEqual([mock.call('/srv/%s/merged' % E_ACUTE),
+                          mock.call('/srv/%s/lower' % E_ACUTE)],
+                         unmount.call_args_list)
+
+    def test_unmount_tree_escaped_space(self):
+        unmount = self.patch('novalxcdriver.mount.unmount')
+        mount.unmount_tree('/mnt/my disk')
+        unmount.assert_called_once_with('/mnt/my disk')
+
+
+class RealMountinfoTest(base.TestCase):
+
+    def test_root_is_mounted(self):
+        self.assertIn('/', mount.mountpoints())
+
+
+class _Processes(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+
+    def sleeper(self, cwd):
+        proc = subprocess.Popen(['sleep', '60'], cwd=cwd)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        return proc.pid
+
+
+class HoldersTest(_Processes):
+
+    def test_process_with_cwd_inside(self):
+        inside = os.path.join(self.tmp, 'top', 'sub')
+        os.makedirs(inside)
+        pid = self.sleeper(inside)
+        self.assertIn((pid, 'sleep'),
+                      mount.holders(os.path.join(self.tmp, 'top')))
+        self.assertIn((pid, 'sleep'), mount.holders(inside))
+
+    def test_open_file_inside_even_deleted(self):
+        top = os.path.join(self.tmp, 'top')
+        os.mkdir(top)
+        path = os.path.join(top, 'file')
+        f = open(path, 'w')
+        self.addCleanup(f.close)
+        os.unlink(path)
+        me = [h for h in mount.holders(top) if h[0] == os.getpid()]
+        self.assertEqual(1, len(me))
+
+    def test_sibling_with_same_prefix_is_not_inside(self):
+        os.mkdir(os.path.join(self.tmp, 'top'))
+        os.mkdir(os.path.join(self.tmp, 'top2'))
+        pid = self.sleeper(os.path.join(self.tmp, 'top2'))
+        self.assertNotIn(pid, [p for p, _ in mount.holders(
+            os.path.join(self.tmp, 'top'))])
+        self.assertEqual([], mount.holders(os.path.join(self.tmp, 'top')))
+
+
+class UnmountTest(_Processes):
+
+    def setUp(self):
+        super().setUp()
+        self.libc = self.patch('novalxcdriver.mount._libc')
+        self.errno = self.patch('ctypes.get_errno')
+
+    def fail_plain_unmount(self, err):
+        # A lazy detach (any flag) would succeed, as the kernel's does.
+        self.libc.umount2.side_effect = lambda target, flags: (
+            -1 if flags == 0 else 0)
+        self.errno.return_value = err
+
+    def test_unmounted(self):
+        self.libc.umount2.return_value = 0
+        mount.unmount('/a')
+        self.libc.umount2.assert_called_once_with(b'/a', 0)
+
+    def test_not_mounted_is_not_an_error(self):
+        for err in (errno.EINVAL, errno.ENOENT):
+            self.fail_plain_unmount(err)
+            mount.unmount('/a')
+
+    def test_busy_is_refused_and_names_the_holders(self):
+        pid = self.sleeper(self.tmp)
+        self.fail_plain_unmount(errno.EBUSY)
+        e = self.assertRaises(exception.MountBusy, mount.unmount, self.tmp)
+        self.assertIsInstance(e, exception.MountFailed)
+        self.assertIn(self.tmp, str(e))
+        self.assertIn('pid %d (sleep)' % pid, str(e))
+        # Never detached lazily: every umount2 call had no flags.
+        for call in self.libc.umount2.call_args_list:
+            self.assertEqual(0, call.args[1])
+
+    def test_busy_without_a_holder_found(self):
+        self.fail_plain_unmount(errno.EBUSY)
+        e = self.assertRaises(exception.MountBusy, mount.unmount,
+                              os.path.join(self.tmp, 'nothing'))
+        self.assertIn('no process', str(e))
+
+    def test_busy_names_ten_holders_at_most(self):
+        self.patch('novalxcdriver.mount.holders',
+                   return_value=[(p, 'sh') for p in range(100, 112)])
+        self.fail_plain_unmount(errno.EBUSY)
+        e = self.assertRaises(exception.MountBusy, mount.unmount, '/a')
+        self.assertIn('pid 109 (sh) and 2 more', str(e))
+        self.assertNotIn('pid 110', str(e))
+
+    def test_other_errors(self):
+        self.fail_plain_unmount(errno.EPERM)
+        e = self.assertRaises(exception.MountFailed, mount.unmount, '/a')
+        self.assertNotIsInstance(e, exception.MountBusy)
+        self.assertIn(os.strerror(errno.EPERM), str(e))
