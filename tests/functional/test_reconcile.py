@@ -1,4 +1,4 @@
-"""init_host after a crash: half-made containers are removed, IDs kept safe."""
+"""init_host after a crash: nothing of an instance deleted, IDs kept safe."""
 
 import os
 import subprocess
@@ -31,7 +31,7 @@ class ReconcileTest(base.FunctionalTestCase):
                 os.path.abspath(__file__)))))
         return int(out.stdout.split()[-1])
 
-    def test_interrupted_spawn_is_cleaned_and_complete_ones_kept(self):
+    def test_interrupted_spawn_kept_until_deleted(self):
         image_id = self.busybox_image()
         survivor = self.make_instance()
         self.spawn(survivor, image_id)
@@ -46,10 +46,15 @@ class ReconcileTest(base.FunctionalTestCase):
         restarted = driver.LXCDriver(None)
         restarted.init_host(self.host)
 
-        self.assertEqual([], self.artifacts_of(crashed, cid))
-        self.assertIsNone(restarted._ids.find(crashed.uuid))
+        # Its owner is dead, as after any restart: that proves nothing.
+        self.assertEqual(cid, restarted._ids.find(crashed.uuid))
+        self.assertTrue(root.is_mounted())
         self.assertEqual('RUNNING', self.lxc_state(survivor.name))
         self.assertIn(survivor.name, restarted.list_instances())
+        # Nova's delete of the instance removes it all.
+        restarted.destroy(self.ctxt, crashed, [])
+        self.assertEqual([], self.artifacts_of(crashed, cid))
+        self.assertIsNone(restarted._ids.find(crashed.uuid))
 
     def test_id_of_leftover_rootfs_is_not_reused(self):
         image_id = self.busybox_image()
