@@ -71,7 +71,7 @@ class Row:
     expect: dict
     got: dict = dataclasses.field(
         default_factory=lambda: dict.fromkeys(COLUMNS, 'n/a'))
-    problems: list = dataclasses.field(default_factory=list)
+    details: list = dataclasses.field(default_factory=list)
 
     def wrong(self):
         """Columns that differ from what is expected, as text."""
@@ -87,9 +87,9 @@ class Scenario:
     an earlier failure.
     """
 
-    def __init__(self, test, number, label, expect):
+    def __init__(self, test, number, key, label, expect):
         self.test = test
-        self.root = os.path.join(test.root, 'mishap-%02d' % number)
+        self.root = os.path.join(test.root, 'mishap-%s' % key)
         os.makedirs(self.root)
         self.image_id = str(uuid.uuid4())
         self.spec = base.instance_spec(0x4000 + 0x10 * number)
@@ -102,7 +102,7 @@ class Scenario:
         self.cid = None
         self.disk = None
         self.config = None
-        self.row = Row(label, dict(EXPECTED, **expect))
+        self.row = Row('%s. %s' % (key, label), dict(EXPECTED, **expect))
 
     # -- the columns ------------------------------------------------------
 
@@ -113,8 +113,9 @@ class Scenario:
                                 not current.startswith('no')):
             self.row.got[column] = verdict
 
-    def problem(self, text):
-        self.row.problems.append(text)
+    def detail(self, text):
+        """A line printed under the row: an error, a leak, a note."""
+        self.row.details.append(text)
 
     # -- steps ------------------------------------------------------------
 
@@ -134,7 +135,7 @@ class Scenario:
             worker.call('init_host')
         except base.WorkerError as e:
             self.set('compute up', 'no: %s' % short(first_line(e)))
-            self.problem('init_host: %s' % e)
+            self.detail('init_host: %s' % e)
             return False
         self.set('compute up', 'yes')
         return True
@@ -205,8 +206,8 @@ class Scenario:
         result, = self.worker.call('reboot', instances=[self.spec],
                                    reboot_type='HARD')
         if result['error']:
-            self.problem('hard reboot: %s: %s' % (result['error'],
-                                                  result['message']))
+            self.detail('hard reboot: %s: %s' % (result['error'],
+                                                 result['message']))
         return result
 
     def recovery(self, result, fetched=False):
@@ -226,7 +227,7 @@ class Scenario:
             return 'no: /root/f reads %r' % data
         missing = self.config_lines_lost()
         if missing:
-            self.problem('config lines lost: %s' % missing)
+            self.detail('config lines lost: %s' % missing)
             return 'no: the config lacks %d lines, e.g. %r' % (
                 len(missing), missing[0])
         if fetched and self.worker.call('counts')['fetch'] < 1:
@@ -267,17 +268,17 @@ class Scenario:
                   for r in self.worker.call('destroy', instances=specs)
                   if r['error']]
         for error in errors:
-            self.problem('delete: %s' % error)
+            self.detail('delete: %s' % error)
         try:
             self.worker.quit()
         except base.WorkerError as e:
-            self.problem('quit: %s' % e)
+            self.detail('quit: %s' % e)
         kept = {'container dir %s' % d for d in keep}
         leaks = [leak for leak in base.leaks(
             self.lxc_path, self.state_path,
             [base.instance_name(s) for s in specs]) if leak not in kept]
         if leaks:
-            self.problem('leaks: %s' % '; '.join(leaks))
+            self.detail('leaks: %s' % '; '.join(leaks))
         if errors:
             self.set('leaks', 'no: delete failed: %s' % errors[0])
         elif leaks:
@@ -362,6 +363,9 @@ def config_truncated(s):
         raise StepFailed('60%% of the config is in its header (%d <= %d)'
                          % (cut, header_end))
     os.truncate(s.config_path, cut)
+    line_start = text.rfind(b'\n', 0, cut) + 1
+    s.detail('note: config cut to %d of %d bytes, in %r' % (
+        cut, len(text), text[line_start:text.index(b'\n', cut)].decode()))
     s.restart_and_recover()
 
 
@@ -607,15 +611,15 @@ class MishapTest(oslo_base.BaseTestCase):
                                                         'bb.tar.gz'))
         self.host = 'hardening-mishap-%d' % os.getpid()
 
-    def _run(self, number, label, mishap, expect):
-        s = Scenario(self, number, label, expect)
+    def _run(self, number, key, label, mishap, expect):
+        s = Scenario(self, number, key, label, expect)
         try:
             mishap(s)
         except base.WorkerDied as e:
             s.set('compute up', 'no: %s' % e)
-            s.problem('nova-compute died: %s' % traceback.format_exc())
+            s.detail('nova-compute died: %s' % traceback.format_exc())
         except Exception:
-            s.problem('the mishap stopped: %s' % traceback.format_exc())
+            s.detail('the mishap stopped: %s' % traceback.format_exc())
         finally:
             s.close()
         return s.row
@@ -626,14 +630,13 @@ class MishapTest(oslo_base.BaseTestCase):
         for number, (key, label, mishap, expect) in enumerate(MISHAPS):
             if only and key not in only.split(','):
                 continue
-            row = self._run(number, '%s. %s' % (key, label), mishap,
-                            expect)
+            row = self._run(number, key, label, mishap, expect)
             rows.append(row)
             print('HARDENING mishap %-36s disks kept: %s | compute up: %s '
                   '| recovered: %s | leaks: %s%s' % (
                       row.mishap, *(row.got[c] for c in COLUMNS),
                       ''.join('\n    ' + x for x in
-                              row.wrong() + row.problems)))
+                              row.wrong() + row.details)))
         self.assertTrue(rows, 'NOVALXC_MISHAPS=%s chose no mishap' % only)
         print('\n' + table(rows))
         wrong = {r.mishap: r.wrong() for r in rows if r.wrong()}
