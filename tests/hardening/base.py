@@ -287,6 +287,38 @@ def attach(name, lxc_path, *argv, timeout=120, check=False):
                           timeout=timeout, check=check)
 
 
+def file_in_disk(image, path):
+    """Content of path inside the ext4 filesystem of a disk image.
+
+    Read with debugfs(8) in catastrophic (read-only) mode, so it works on
+    an image that is not mounted, or mounted and synced.
+
+    :returns: the file's text, or None if debugfs cannot read it.
+    """
+    out = subprocess.run(['debugfs', '-c', '-R', 'cat ' + path, image],
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode or 'not found' in out.stderr:
+        return None
+    return out.stdout
+
+
+def host_crash(worker, names):
+    """Simulate a host crash: the worker and containers die, mounts go.
+
+    The worker (nova-compute) is SIGKILLed, each named container killed
+    (lxc-stop -k), and everything mounted under the state path undone,
+    as after a power loss and a boot.
+
+    :returns: mounts still under the state path (should be none).
+    """
+    worker.kill()
+    for name in names:
+        subprocess.run(['lxc-stop', '-k', '-n', name, '-P', worker.lxc_path],
+                       check=True)
+    mount.unmount_tree(worker.state_path)
+    return mounts_under(worker.state_path)
+
+
 def subordinate_ranges():
     (uid_start, uid_count), (gid_start, gid_count) = \
         ids.read_subordinate_ranges()

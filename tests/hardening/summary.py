@@ -58,6 +58,7 @@ def summary_lines(figures):
         lines.append('  %-28s %s  [%.0fs ago]' % (
             name, figures[name].get('line', ''), age))
     ratio = figures.get('neighbour', {}).get('ratio')
+    mishaps = figures.get('mishaps', {})
     parts = [
         'spawns run %d' % (_sum(figures, 'concurrency', 'spawns') +
                            _sum(figures, 'api', 'boots')),
@@ -73,6 +74,9 @@ def summary_lines(figures):
             _sum(figures, 'escapes', 'attempts')),
         'neighbour latency ratio %s' % (
             'n/a' if ratio is None else '%.2f' % ratio),
+        'mishaps as expected %d/%d' % (
+            mishaps.get('mishaps', 0) - mishaps.get('wrong', 0),
+            mishaps.get('mishaps', 0)),
     ]
     lines.append('HARDENING SUMMARY: ' + ', '.join(parts))
     return lines

@@ -14,6 +14,10 @@ process prints goes to stderr (the test's log file).
 ``arm`` makes the process SIGKILL itself right before or after a named
 function runs (``module:attr.path``), so tests can crash the driver at
 any step of spawn or destroy.
+
+"Glance" is the ``images`` map given to ``configure`` (image id to a
+local tarball); ``remove_images`` deletes images from it, after which a
+fetch raises nova.exception.ImageNotFound as Glance's client does.
 """
 
 import os
@@ -37,6 +41,7 @@ import traceback  # noqa: E402
 # nova.conf registers Nova's options (host, instance_name_template).
 import nova.conf  # noqa: E402,F401
 from nova import context as nova_context  # noqa: E402
+from nova import exception as nova_exc  # noqa: E402
 from nova import objects  # noqa: E402
 from nova.tests.unit import fake_instance  # noqa: E402
 from nova.virt import fake as fake_virt  # noqa: E402
@@ -44,6 +49,7 @@ import nova.virt.images  # noqa: E402
 
 from novalxcdriver import conf  # noqa: E402
 from novalxcdriver import driver as driver_mod  # noqa: E402
+from novalxcdriver import exception  # noqa: E402
 from novalxcdriver import lxc  # noqa: E402
 from novalxcdriver import tarball  # noqa: E402
 
@@ -101,6 +107,8 @@ class Worker:
             self.counts['fetch'] += 1
         # Slow enough that concurrent boots really race for the image.
         time.sleep(self.fetch_delay)
+        if image_id not in self.images:
+            raise nova_exc.ImageNotFound(image_id=image_id)
         shutil.copyfile(self.images[image_id], path)
 
     def op_init_host(self):
@@ -108,6 +116,11 @@ class Worker:
 
     def op_add_images(self, images):
         self.images.update(images)
+
+    def op_remove_images(self, image_ids):
+        """Delete images from Glance: later fetches raise ImageNotFound."""
+        for image_id in image_ids:
+            self.images.pop(image_id, None)
 
     def op_arm(self, target, when, match=None):
         arm(target, when, match)
@@ -194,6 +207,13 @@ class Worker:
             return self._describe(instance)
         return self._each(instances, resume)
 
+    def op_reboot(self, instances, reboot_type='HARD'):
+        """:param reboot_type: 'HARD' or 'SOFT', as Nova passes it."""
+        def reboot(instance):
+            self.driver.reboot(self.ctxt, instance, [], reboot_type)
+            return self._describe(instance)
+        return self._each(instances, reboot)
+
     def op_power_on(self, instances):
         def power_on(instance):
             self.driver.power_on(self.ctxt, instance, [])
@@ -204,12 +224,22 @@ class Worker:
         return self._each(instances, self._describe)
 
     def _describe(self, instance):
+        """What the driver and LXC say of the instance's container.
+
+        The driver may know an instance (its durable record) whose
+        container LXC cannot show (config missing after a mishap): then
+        state and pid are None and info_error says why.
+        """
         exists = self.driver.instance_exists(instance)
-        state = pid = None
+        state = pid = info_error = None
         if exists:
-            state, pid = lxc.info(instance.name, CONF.lxc.lxc_path)
+            try:
+                state, pid = lxc.info(instance.name, CONF.lxc.lxc_path)
+            except exception.NovaLXCError as e:
+                info_error = '%s: %s' % (type(e).__name__, e)
         return {'name': instance.name, 'exists': exists, 'state': state,
-                'pid': pid, 'cid': self.driver._ids.find(instance.uuid)}
+                'pid': pid, 'info_error': info_error,
+                'cid': self.driver._ids.find(instance.uuid)}
 
     def op_list_instances(self):
         return self.driver.list_instances()
