@@ -58,7 +58,7 @@ CONSOLE_OUTPUT_MAX = 100 * 1024  # bytes, like libvirt's console log tail.
 # durable.write's temporary files): a directory holding anything else is
 # not only ours.
 _OWN_FILES = frozenset(('config', 'console.log', 'console.log.1',
-                        'suspended'))
+                        'lxc.log', 'suspended'))
 
 
 class Container:
