@@ -165,6 +165,15 @@ def _signal_group(pid, sig):
         pass
 
 
+def alive(pid):
+    """True if process pid exists and is not a zombie."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def _group_alive(pgid):
     for entry in os.listdir('/proc'):
         if not entry.isdigit():

@@ -3,13 +3,18 @@
 up; Neutron drives OVN; three busybox servers on demo-net, each booted
 with a Neutron port of its own: they get their ports' addresses by DHCP,
 ping each other where their security groups allow it and not where they
-do not, read the metadata service; one reboots; all are deleted. Checks
-look at the host, not only at the API: the containers, their addresses
-inside (lxc-attach), and that nothing of them remains afterwards (LXC
-dir, root filesystem and mounts, container ID reservation, veth pair, OVS
-port, port binding). Prints one line per check and "N passed, M failed".
+do not, read the metadata service; one reboots; then a restart mishap on
+it: data written inside, nova-compute stopped, lxc_path moved away,
+nova-compute started (a new process, up in the API), its root disk and ID
+reservation still there, lxc_path back, a hard reboot through the API
+(a new init), the data read back inside; all are deleted. Checks look at
+the host, not only at the API: the containers, their addresses inside
+(lxc-attach), and that nothing of them remains afterwards (LXC dir, root
+filesystem and mounts, container ID reservation, veth pair, OVS port,
+port binding). Prints one line per check and "N passed, M failed".
 """
 
+import datetime
 import glob
 import json
 import os
@@ -21,6 +26,8 @@ from novalxc_aio import api
 from novalxc_aio import commands
 from novalxc_aio import demo
 from novalxc_aio import layout
+from novalxc_aio import procs
+from novalxc_aio import setup
 from novalxc_aio import util
 
 # Interface names the driver gives a VIF's veth pair (nova's NIC_NAME_LEN).
@@ -282,6 +289,290 @@ def _reboot_check(c, node):
            lambda: demo.inside_ipv4(node.container)[0] == node.address, 30)
 
 
+# Where the mishap moves lxc_path meanwhile: a sibling, same filesystem.
+MISHAP_AWAY = layout.LXC_PATH + '.mishap-away'
+MISHAP_FILE = '/root/mishap'
+COMPUTE_UP_TIMEOUT = 180
+
+
+def _compute_service(s):
+    """nova-compute's service record of this host in the API, or None."""
+    found = s.get('compute', '/os-services?binary=nova-compute&host=' +
+                  layout.NOVA_HOST)['services']
+    return found[0] if found else None
+
+
+def _utc_now():
+    # The API's updated_at: naive UTC, ISO 8601, as Nova's clock wrote it.
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _reported_since(s, since):
+    """The compute service if it is up and reported after since (UTC)."""
+    service = _compute_service(s)
+    if not service or service['state'] != 'up' or \
+            not service.get('updated_at'):
+        return None
+    updated = datetime.datetime.fromisoformat(
+        service['updated_at'].rstrip('Z').split('+')[0])
+    return service if updated >= since else None
+
+
+def _root_disk(cid, root_gb, token):
+    """(ok, what) about the container's root disk on the host.
+
+    root_gb > 0: <state_path>/rootfs/<cid>/root.img is there (and, when
+    it is mounted, its upper layer holds the mishap file); root_gb 0: the
+    upper layer on the host's filesystem holds the mishap file.
+    """
+    root = os.path.join(layout.DRIVER_STATE, 'rootfs', cid)
+    upper_file = os.path.join(root, 'root', 'upper',
+                              MISHAP_FILE.lstrip('/'))
+    mounted = os.path.join(root, 'root') in commands.mounts_under(
+        layout.DRIVER_STATE)
+
+    def upper_holds():
+        try:
+            with open(upper_file) as f:
+                read = f.read().strip()
+        except OSError as e:
+            return False, e.strerror or str(e)
+        return read == token, 'holds %r, not what was written' % read[:100]
+    if root_gb:
+        img = os.path.join(root, 'root.img')
+        try:
+            size = os.stat(img).st_size
+        except OSError as e:
+            return False, '%s: %s; %s' % (
+                img, e.strerror, ('%s holds %s' % (root, _listing(root)))
+                if os.path.isdir(root) else '%s is gone' % root)
+        if not mounted:
+            return True, '%s, %.1f GiB, not mounted' % (img, size / 2 ** 30)
+        held, why = upper_holds()
+        return held, '%s, %.1f GiB, mounted; %s: %s' % (
+            img, size / 2 ** 30, upper_file, 'holds it' if held else why)
+    held, why = upper_holds()
+    return held, '%s: %s' % (upper_file, 'holds it' if held else why)
+
+
+def _listing(path, limit=20):
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as e:
+        return '(%s)' % (e.strerror or e)
+    more = ' ... (%d in all)' % len(names) if len(names) > limit else ''
+    return '[%s]%s' % (', '.join(names[:limit]), more)
+
+
+def _put_lxc_path_back(c):
+    """Rename MISHAP_AWAY back to lxc_path; check line; True if done.
+
+    nova-compute may have made an empty lxc_path meanwhile: rename(2)
+    replaces an empty directory. A non-empty one is a FAIL; it is then
+    moved aside (kept for a look) so that the original comes back and the
+    checks after this one see the servers again.
+    """
+    what = 'mishap: lxc_path %s moved back' % layout.LXC_PATH
+    if not os.path.lexists(layout.LXC_PATH):
+        os.rename(MISHAP_AWAY, layout.LXC_PATH)
+        return c.check(what, True)
+    made = _listing(layout.LXC_PATH)
+    try:
+        os.rename(MISHAP_AWAY, layout.LXC_PATH)
+    except OSError as e:
+        aside = '%s.mishap-made-%d' % (layout.LXC_PATH, int(time.time()))
+        os.rename(layout.LXC_PATH, aside)
+        os.rename(MISHAP_AWAY, layout.LXC_PATH)
+        return c.check(what, False, 'nova-compute made %s and put %s in it '
+                       '(%s); that one is now %s' % (
+                           layout.LXC_PATH, made, e.strerror, aside))
+    return c.check(what + ' (over the empty one nova-compute made)', True)
+
+
+def _stop_compute(c):
+    """Stop nova-compute only; its pid, or None (a FAIL line) if not."""
+    pid = procs.recorded_pid('nova-compute')
+    if not pid:
+        c.check('mishap: nova-compute stopped', False, 'it was not running')
+        return None
+    start = time.monotonic()
+    procs.stop('nova-compute')
+    # Not procs.recorded_pid: stop() removed the PID file. A zombie
+    # (waiting for PID 1 to reap it) counts as gone.
+    gone = not procs.alive(pid)
+    c.check('mishap: nova-compute stopped (pid %d, %.1f s)' % (
+        pid, time.monotonic() - start), gone, 'pid %d still runs' % pid)
+    return pid if gone else None
+
+
+def _start_compute(c, s, old_pid):
+    """Start nova-compute; True once it is a new process, up in the API."""
+    since = _utc_now()
+    start = time.monotonic()
+    try:
+        setup.start('nova-compute')
+    except util.AioError as e:
+        return c.check('mishap: nova-compute started', False, str(e))
+    new_pid = procs.recorded_pid('nova-compute')
+    if not c.check('mishap: nova-compute is a new process (pid %s -> %s)'
+                   % (old_pid, new_pid), new_pid and new_pid != old_pid,
+                   'pid %s -> %s' % (old_pid, new_pid)):
+        return False
+    try:
+        service, _w = api.wait_until(
+            'nova-compute up in the API', lambda: _reported_since(s, since),
+            COMPUTE_UP_TIMEOUT, 1)
+    except TimeoutError:
+        return c.check('mishap: nova-compute up in the API, reported since '
+                       'its start', False, 'after %ds: %s; log %s:\n%s' % (
+                           COMPUTE_UP_TIMEOUT, _compute_service(s),
+                           layout.log_file('nova-compute'),
+                           procs.tail(layout.log_file('nova-compute'))))
+    return c.check('mishap: nova-compute up in the API, init_host done '
+                   '(%.1f s after its start)' % (time.monotonic() - start),
+                   True)
+
+
+def _mishap_check(c, s, node):
+    """A server's data survives a restart of nova-compute without lxc_path.
+
+    Data written inside node's container; nova-compute stopped, lxc_path
+    moved away, nova-compute started (so its init_host sees no container
+    at all), the disks checked; lxc_path back, a hard reboot through the
+    API, the data read back inside. Whatever fails, lxc_path is put back
+    and nova-compute left running, so that the delete checks can run.
+    """
+    start = time.monotonic()
+    try:
+        _mishap(c, s, node)
+    finally:
+        util.say('mishap: %.1f s in all', time.monotonic() - start)
+
+
+def _mishap(c, s, node):
+    token = 'mishap-%s' % uuid.uuid4().hex
+    proc = demo.attach(node.container, 'sh', '-c', 'echo %s > %s && sync'
+                       % (token, MISHAP_FILE))
+    if not c.check('mishap: wrote %s in %s and synced' % (MISHAP_FILE, node),
+                   proc.returncode == 0, 'exit %d: %s' % (
+                       proc.returncode, proc.stderr.strip()[-500:])):
+        return
+    if len(node.cids) != 1:
+        c.check('mishap: %s has one container ID' % node, False,
+                str(node.cids))
+        return
+    cid = node.cids[0]
+    root_gb = s.get('compute', '/servers/' + node.server.id)[
+        'server']['flavor']['disk']
+    if os.path.lexists(MISHAP_AWAY):
+        try:
+            os.rmdir(MISHAP_AWAY)  # an empty leftover of an earlier run
+        except OSError:
+            c.check('mishap: %s is free' % MISHAP_AWAY, False,
+                    'it holds %s' % _listing(MISHAP_AWAY))
+            return
+    moved = False
+    try:
+        old_pid = _stop_compute(c)
+        if not old_pid:
+            return
+        os.rename(layout.LXC_PATH, MISHAP_AWAY)
+        moved = True
+        c.check('mishap: lxc_path moved away to %s' % MISHAP_AWAY, True)
+        log_offset = _log_size('nova-compute')
+        compute_up = _start_compute(c, s, old_pid)
+        ok, what = _root_disk(cid, root_gb, token)
+        c.check('mishap: %s\'s root disk is still there (%s)' % (
+            node, what if ok else 'root_gb %d' % root_gb), ok,
+            what + '; ' + _logged_problems('nova-compute', log_offset,
+                                           node.server.id))
+        c.check('mishap: its container ID %s is still reserved' % cid,
+                _reservations_of(node.server.id) == [cid],
+                'reservations %s' % _reservations_of(node.server.id))
+        if compute_up:
+            c.check('mishap: nova-compute still up after that',
+                    procs.recorded_pid('nova-compute') and
+                    (_compute_service(s) or {}).get('state') == 'up',
+                    'pid %s, service %s' % (
+                        procs.recorded_pid('nova-compute'),
+                        _compute_service(s)))
+        _put_lxc_path_back(c)
+    except OSError as e:
+        c.check('mishap: moving lxc_path', False, str(e))
+    finally:
+        # After an error above: put things back for the checks after.
+        if moved and os.path.isdir(MISHAP_AWAY):
+            try:
+                _put_lxc_path_back(c)
+            except OSError as e:
+                c.check('mishap: lxc_path back from %s' % MISHAP_AWAY,
+                        False, str(e))
+        if not procs.recorded_pid('nova-compute'):
+            print('mishap: starting nova-compute again', flush=True)
+            setup.start('nova-compute')
+    pid = _lxc_info(node.container, '-p')
+    log_offset = _log_size('nova-compute')
+    try:
+        seconds = node.server.action({'reboot': {'type': 'HARD'}}, 'ACTIVE')
+    except (util.AioError, api.ApiError, TimeoutError) as e:
+        c.check('mishap: hard reboot -> ACTIVE', False, '%s; %s' % (
+            e, _logged_problems('nova-compute', log_offset,
+                                node.server.id)))
+        return
+    new_pid = _lxc_info(node.container, '-p')
+    state = _lxc_info(node.container, '-s')
+    # Nova sets ACTIVE again when the driver's reboot fails while the
+    # container still runs: only a new init shows a reboot.
+    rebooted = state == 'RUNNING' and new_pid and new_pid != pid
+    c.check('mishap: hard reboot -> ACTIVE (%.1f s), container RUNNING with '
+            'a new init' % seconds, rebooted,
+            'state %r, init pid %r -> %r; %s' % (
+                state, pid, new_pid, _logged_problems(
+                    'nova-compute', log_offset, node.server.id)))
+    proc = demo.attach(node.container, 'cat', MISHAP_FILE)
+    read = proc.stdout.strip()
+    c.check('mishap: after the hard reboot, %s inside %s holds what was '
+            'written' % (MISHAP_FILE, node), rebooted and read == token,
+            'wrote %r, read %r (exit %d%s)%s' % (
+                token, read[:200], proc.returncode,
+                ': ' + proc.stderr.strip()[-300:] if proc.returncode
+                else '', '' if rebooted else
+                '; not a reboot: that is the old init\'s view, not what '
+                'the disk holds'))
+
+
+def _log_size(name):
+    try:
+        return os.path.getsize(layout.log_file(name))
+    except OSError:
+        return 0
+
+
+def _logged_problems(name, offset, server_id, limit=400):
+    """The last WARNING or ERROR about server_id in name's log since offset.
+
+    Nova sets a server ACTIVE again when the driver's reboot fails while
+    its container runs; the reason is only in nova-compute's log (and an
+    instance fault the API shows for servers in ERROR only).
+    """
+    try:
+        with open(layout.log_file(name), errors='replace') as f:
+            f.seek(offset)
+            lines = [line.strip() for line in f
+                     if server_id in line and
+                     (' WARNING ' in line or ' ERROR ' in line)]
+    except OSError as e:
+        return '(%s: %s)' % (layout.log_file(name), e.strerror)
+    if not lines:
+        return 'no warning about it in %s' % layout.log_file(name)
+    line = lines[-1]
+    # After "[instance: UUID]" if Nova logged it so, else after the
+    # request context "[req-... - - -]".
+    said = (line.split(server_id + ']', 1)[1] if server_id + ']' in line
+            else line.split('] ', 1)[-1])
+    return '%s says: %s' % (layout.log_file(name), said.strip()[:limit])
+
+
 def _delete_checks(c, s, nodes):
     start = time.monotonic()
     for node in nodes:
@@ -336,6 +627,7 @@ def smoke(keep_up=False):
         _running_checks(c, s, nodes)
         _network_checks(c, nodes, net['mtu'])
         _reboot_check(c, nodes[0])
+        _mishap_check(c, s, nodes[0])
         _delete_checks(c, s, nodes)
     except (util.AioError, api.ApiError, TimeoutError) as e:
         c.check('servers with networking', False, str(e))
