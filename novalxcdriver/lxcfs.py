@@ -64,7 +64,7 @@ def _ensure(log_path, timeout):
                     'it. Running containers keep stale /proc files until '
                     'they restart.', host.LXCFS_MOUNT)
         try:
-            mount.unmount(host.LXCFS_MOUNT)
+            mount.detach_stale(host.LXCFS_MOUNT)
         except exception.MountFailed as e:
             return ['cannot detach the stale lxcfs mount: %s' % e]
     LOG.info('lxcfs is not running; starting it on %s (log: %s)',

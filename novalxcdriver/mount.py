@@ -36,6 +36,7 @@ _MOUNT_ATTR_RDONLY = 0x1
 _MOUNT_ATTR_NOSUID = 0x2
 _MOUNT_ATTR_NODEV = 0x4
 _MOUNT_ATTR_IDMAP = 0x100000
+_MNT_DETACH = 2  # sys/mount.h
 _MS_NODEV = 4  # sys/mount.h
 
 # Processes a MountBusy message names at most.
@@ -249,6 +250,23 @@ def roots():
 def mountpoints():
     """Every mount point in this mount namespace (set of absolute paths)."""
     return set(mounts())
+
+
+def detach_stale(target):
+    """Detach a mount lazily (umount2(2) MNT_DETACH). Idempotent.
+
+    Only for a mount nothing is deleted under, such as lxcfs's FUSE mount
+    once its daemon died: its users keep it until they let go, as with any
+    lxcfs restart. Never for a container's disks (see ``unmount``).
+
+    :raises MountFailed: for errors other than 'not mounted'.
+    """
+    if _libc.umount2(os.fsencode(target), _MNT_DETACH) == 0:
+        return
+    err = ctypes.get_errno()
+    if err not in (errno.EINVAL, errno.ENOENT):
+        raise exception.MountFailed(what='lazy unmount', target=target,
+                                    reason=os.strerror(err))
 
 
 def unmount_tree(top):

@@ -49,8 +49,9 @@ class EnsureTest(_Base):
         super().setUp()
         self.state = self.useFixture(fixtures.MockPatch(
             'novalxcdriver.lxcfs.state')).mock
+        # A stale FUSE mount goes lazily: nothing is deleted under it.
         self.unmount = self.useFixture(fixtures.MockPatch(
-            'novalxcdriver.mount.unmount')).mock
+            'novalxcdriver.mount.detach_stale')).mock
         self.start = self.useFixture(fixtures.MockPatch(
             'novalxcdriver.lxc.start_daemon')).mock
         self.log = os.path.join(self.tmp, 'lxcfs.log')

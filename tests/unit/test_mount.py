@@ -179,3 +179,15 @@ class UnmountTest(_Processes):
         e = self.assertRaises(exception.MountFailed, mount.unmount, '/a')
         self.assertNotIsInstance(e, exception.MountBusy)
         self.assertIn(os.strerror(errno.EPERM), str(e))
+
+    def test_detach_stale_is_lazy_and_idempotent(self):
+        # lxcfs's dead FUSE mount only: nothing is deleted under it.
+        self.libc.umount2.return_value = 0
+        mount.detach_stale('/var/lib/lxcfs')
+        self.libc.umount2.assert_called_once_with(b'/var/lib/lxcfs', 2)
+        self.libc.umount2.return_value = -1
+        self.errno.return_value = errno.EINVAL
+        mount.detach_stale('/var/lib/lxcfs')
+        self.errno.return_value = errno.EPERM
+        self.assertRaises(exception.MountFailed, mount.detach_stale,
+                          '/var/lib/lxcfs')
