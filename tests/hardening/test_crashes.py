@@ -23,13 +23,14 @@ from oslotest import base as oslo_base
 from novalxcdriver import container
 from novalxcdriver import ids
 from novalxcdriver import mount
+from novalxcdriver import record
 from tests.functional import base as func_base
 from tests.hardening import base
 from tests.hardening import images
 from tests.hardening import summary
 
 # (label, target, when, match): match 'dir' stands for the container's
-# directory, 'config' for its config file.
+# directory, 'config' for its config file, 'record' for its record.
 SPAWN_POINTS = (
     ('fetch', 'nova.virt.images:fetch', 'after', None),
     ('ImageCache.get', 'novalxcdriver.images:ImageCache.get', 'after',
@@ -38,6 +39,8 @@ SPAWN_POINTS = (
      'before', None),
     ('IdAllocator.allocate', 'novalxcdriver.ids:IdAllocator.allocate',
      'after', None),
+    ('record write', 'novalxcdriver.durable:write', 'before', 'record'),
+    ('record write', 'novalxcdriver.durable:write', 'after', 'record'),
     ('Disk.create', 'novalxcdriver.disk:Disk.create', 'before', None),
     ('lxc.attach_loop', 'novalxcdriver.lxc:attach_loop', 'after', None),
     ('mount.ext4', 'novalxcdriver.mount:ext4', 'after', None),
@@ -50,6 +53,8 @@ SPAWN_POINTS = (
     ('config write', 'os:rename', 'after', 'config'),
     ('lxc.start', 'novalxcdriver.lxc:start', 'before', None),
     ('lxc.start', 'novalxcdriver.lxc:start', 'after', None),
+    ('Container.mark_ready', 'novalxcdriver.container:Container.mark_ready',
+     'before', None),
 )
 DESTROY_POINTS = (
     ('Container.stop', 'novalxcdriver.container:Container.stop', 'before',
@@ -80,9 +85,10 @@ class CrashTest(oslo_base.BaseTestCase):
                            images={image_id: self.tarball},
                            state_poll_interval=1.0)
 
-    def _match(self, match, lxc_path, spec):
+    def _match(self, match, lxc_path, state_path, spec):
         directory = os.path.join(lxc_path, base.instance_name(spec))
         return {'dir': directory, 'config': directory + '/config',
+                'record': os.path.join(state_path, 'instances', spec['uuid']),
                 None: None}[match]
 
     def _crash_once(self, phase, i, label, target, when, match):
@@ -108,7 +114,7 @@ class CrashTest(oslo_base.BaseTestCase):
                 return [], [], None, [], ['spawn failed: %s'
                                           % result['message']]
         worker.call('arm', target=target, when=when,
-                    match=self._match(match, lxc_path, spec))
+                    match=self._match(match, lxc_path, state_path, spec))
         op = {'spawn': dict(op='spawn', instances=[spec], image_id=image_id),
               'destroy': dict(op='destroy', instances=[spec])}[phase]
         status = worker.crash_during(**op)
@@ -120,7 +126,7 @@ class CrashTest(oslo_base.BaseTestCase):
         held = base.held_ids(lxc_path, state_path)
         allocator = ids.IdAllocator(
             state_path, artifact_ids=lambda: container.artifact_ids(
-                lxc_path, state_path))
+                lxc_path, state_path, record.RecordStore(state_path)))
         probe = allocator.allocate(str(uuid.uuid4()), 'probe')
         allocator.release(probe)
         if probe in held:
