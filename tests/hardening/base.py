@@ -22,12 +22,14 @@ import uuid
 
 import fixtures
 from oslo_config import fixture as config_fixture
+from oslotest import base as oslo_base
 
 from novalxcdriver import conf
 from novalxcdriver import ids
 from novalxcdriver import mount
 from novalxcdriver import spec as spec_mod
 from tests.functional import base as func_base
+from tests.hardening import images
 from tests.hardening import summary
 
 CONF = conf.CONF
@@ -423,6 +425,24 @@ class Worker:
         self.call('quit')
         self.proc.wait(60)
         self.kill()
+
+
+class WorkerTestCase(oslo_base.BaseTestCase):
+    """Driver processes (Worker) on a root of the test's own.
+
+    :ivar tarball: a busybox image the workers can boot.
+    :ivar host: a compute host name of this test process's own.
+    """
+
+    host_prefix = 'hardening'
+
+    def setUp(self):
+        super().setUp()
+        func_base.require_root(self)
+        self.root = test_root(self)
+        self.tarball = images.busybox_plus(os.path.join(self.root,
+                                                        'bb.tar.gz'))
+        self.host = '%s-%d' % (self.host_prefix, os.getpid())
 
 
 def instance_spec(inst_id, **flavor):

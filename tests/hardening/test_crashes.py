@@ -15,18 +15,12 @@ init_host and resume_state_on_host_boot.
 """
 
 import os
-import subprocess
 import uuid
-
-from oslotest import base as oslo_base
 
 from novalxcdriver import container
 from novalxcdriver import ids
-from novalxcdriver import mount
 from novalxcdriver import record
-from tests.functional import base as func_base
 from tests.hardening import base
-from tests.hardening import images
 from tests.hardening import summary
 
 # (label, target, when, match): match 'dir' stands for the container's
@@ -70,15 +64,9 @@ DESTROY_POINTS = (
 )
 
 
-class CrashTest(oslo_base.BaseTestCase):
+class CrashTest(base.WorkerTestCase):
 
-    def setUp(self):
-        super().setUp()
-        func_base.require_root(self)
-        self.root = base.test_root(self)
-        self.tarball = images.busybox_plus(os.path.join(self.root,
-                                                        'bb.tar.gz'))
-        self.host = 'hardening-crash-%d' % os.getpid()
+    host_prefix = 'hardening-crash'
 
     def _worker(self, root, image_id):
         return base.Worker(self, root, self.host,
@@ -197,12 +185,7 @@ class CrashTest(oslo_base.BaseTestCase):
 
         # The reboot: nova-compute dies with the host, every container
         # stops at once, every mount and loop device goes.
-        worker.kill()
-        for name in names:
-            subprocess.run(['lxc-stop', '-k', '-n', name, '-P', lxc_path],
-                           check=True)
-        mount.unmount_tree(state_path)
-        self.assertEqual([], base.mounts_under(state_path))
+        self.assertEqual([], base.host_crash(worker, names))
         self.assertEqual([], base.loop_devices(state_path))
 
         restarted = self._worker(self.root, image_id)

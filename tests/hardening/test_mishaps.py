@@ -30,11 +30,7 @@ import time
 import traceback
 import uuid
 
-from oslotest import base as oslo_base
-
-from tests.functional import base as func_base
 from tests.hardening import base
-from tests.hardening import images
 from tests.hardening import summary
 from tests import tar_members
 
@@ -601,15 +597,9 @@ def table(rows):
     return '\n'.join(lines)
 
 
-class MishapTest(oslo_base.BaseTestCase):
+class MishapTest(base.WorkerTestCase):
 
-    def setUp(self):
-        super().setUp()
-        func_base.require_root(self)
-        self.root = base.test_root(self)
-        self.tarball = images.busybox_plus(os.path.join(self.root,
-                                                        'bb.tar.gz'))
-        self.host = 'hardening-mishap-%d' % os.getpid()
+    host_prefix = 'hardening-mishap'
 
     def _run(self, number, key, label, mishap, expect):
         s = Scenario(self, number, key, label, expect)
