@@ -211,7 +211,17 @@ class LXCDriver(driver.ComputeDriver):
         """
         self._images.remove_partials()
         held = self._artifact_ids()
-        for cid, res in self._ids.reservations().items():
+        reservations = self._ids.reservations()
+        claimed = {r.cid for r in records.values()} | {
+            cid for cid, res in reservations.items()
+            if res.instance_uuid is not None}
+        for cid in sorted(rootfs_mod.existing_ids(self._state_path) -
+                          claimed):
+            LOG.warning('Left in place: %s names container ID %d, which no '
+                        'instance record or ID reservation claims. Move it '
+                        'away once you know whose disks it holds.',
+                        rootfs_mod.Rootfs(self._state_path, cid).path, cid)
+        for cid, res in reservations.items():
             if res.instance_uuid is None and cid not in held:
                 # Killed between the reservation's mkdir and its owner.
                 self._ids.remove_orphan(cid)

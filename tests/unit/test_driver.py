@@ -375,6 +375,18 @@ class InitHostTest(_Base):
             self.assertFalse(os.path.exists(root), label)
             self.assertEqual({}, self.drv._ids.reservations(), label)
 
+    def test_unclaimed_rootfs_left_in_place_and_named(self):
+        orphan = os.path.join(self.state_path, 'rootfs', '0')
+        os.makedirs(os.path.join(orphan, 'root'))
+        with mock.patch.object(driver.LOG, 'warning') as warning:
+            self.init_host()
+        self.assertTrue(os.path.isdir(orphan))
+        self.assertIn(orphan, [c.args[1] for c in warning.call_args_list
+                               if 'Left in place' in c.args[0]])
+        # Its ID is not handed out while it is there.
+        self.spawn(self.instance())
+        self.assertEqual(1, self.drv._ids.find(UUID))
+
     def test_records_of_configs_made_before_records_existed(self):
         self.write_container('instance-00000001', UUID, cid=2,
                              record=False)
