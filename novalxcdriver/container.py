@@ -302,14 +302,17 @@ class Container:
         :raises MountFailed: the mounts failed.
         """
         record = self.record()
-        if record is None:
+        # A spawn under way (or cut short) makes its own mounts.
+        if record is None or record.state == record_mod.SPAWNING:
             return False
         with self._lock(record.cid):
-            image = image_cache.lookup(record.image_id)
-            if image is None or self.record() is None:
+            root = rootfs_mod.Rootfs(self.state_path, record.cid)
+            if self.record() is None or not root.exists():
                 return False
-            rootfs_mod.Rootfs(self.state_path, record.cid).mount(
-                image.rootfs, record.idmap)
+            image = image_cache.lookup(record.image_id)
+            if image is None:
+                return False
+            root.mount(image.rootfs, record.idmap)
         return True
 
     def _lock(self, cid):
@@ -489,16 +492,18 @@ class Container:
         if self.has_config():
             self.stop(timeout)
         cid = self.cid()
-        if cid is not None:
-            with self._lock(cid):
-                # Rootfs first: the reservation still names the ID meanwhile.
-                rootfs_mod.Rootfs(self.state_path, cid).destroy()
-                self._remove_dir()
-                if self.ids.find(self.instance_uuid) == cid:
-                    self.ids.release(cid)
-        else:
+        if cid is None:
             self._remove_dir()
-        self.records.remove(self.instance_uuid)
+            self.records.remove(self.instance_uuid)
+            return
+        with self._lock(cid):
+            # Rootfs first: the reservation still names the ID meanwhile.
+            rootfs_mod.Rootfs(self.state_path, cid).destroy()
+            self._remove_dir()
+            if self.ids.find(self.instance_uuid) == cid:
+                self.ids.release(cid)
+            # Under the lock: a remount waiting for it finds no record.
+            self.records.remove(self.instance_uuid)
 
     def _remove_dir(self):
         owner = self.dir_owner()

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import shutil
 from unittest import mock
 
 import fixtures
@@ -603,6 +604,18 @@ class RemountTest(_Base):
         root, image_rootfs, idmap = self.root_mount.call_args.args
         self.assertEqual('/images/x/rootfs', image_rootfs)
         self.assertEqual(self.c.record().idmap, idmap)
+
+    def test_spawn_under_way_mounts_nothing(self):
+        # Its own process is making the mounts (or was, until a crash).
+        self.records.write(dataclasses.replace(self.c.record(),
+                                               state=record.SPAWNING))
+        self.assertFalse(self.c.remount(self.cache))
+        self.root_mount.assert_not_called()
+
+    def test_rootfs_gone_mounts_nothing(self):
+        shutil.rmtree(os.path.join(self.state_path, 'rootfs'))
+        self.assertFalse(self.c.remount(self.cache))
+        self.root_mount.assert_not_called()
 
     def test_image_not_cached_mounts_nothing(self):
         self.cache.lookup.return_value = None
