@@ -29,6 +29,7 @@ names them (``nics``), and LXC moves them in and out at start and stop.
 
 import dataclasses
 import functools
+import glob
 import math
 import os
 import shutil
@@ -54,6 +55,8 @@ CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 CONSOLE_OUTPUT_MAX = 100 * 1024  # bytes, like libvirt's console log tail.
+CGROUP_ROOT = '/sys/fs/cgroup'
+PROC_ROOT = '/proc'
 # What LXC and the driver put in a container's directory (besides
 # durable.write's temporary files): a directory holding anything else is
 # not only ours.
@@ -339,9 +342,51 @@ class Container:
         """
         if not self.has_config():
             if self.instance_uuid is not None and self.exists():
-                return 'STOPPED', None
+                pids = self._running_elsewhere()
+                return ('RUNNING', pids[0]) if pids else ('STOPPED', None)
             raise exception.ContainerNotFound(name=self.name)
         return lxc.info(self.name, self.lxc_path)
+
+    def _running_elsewhere(self):
+        """PIDs of a container of this name running on this one's disks.
+
+        LXC of this lxc_path cannot see a container started from another
+        one (lxc_path renamed or remounted under it): its processes are
+        still in a cgroup LXC named lxc.payload.<name>[-N], and their root
+        is an overlay whose upper layer is this container's. Starting
+        this container then would run two on one disk.
+
+        :returns: list of int, empty when none runs.
+        """
+        record = self.record()
+        if record is None:
+            return []
+        upper = 'upperdir=%s,' % rootfs_mod.Rootfs(self.state_path,
+                                                   record.cid).upper
+        found = []
+        for procs in sorted(
+                glob.glob(os.path.join(CGROUP_ROOT, 'lxc.payload.%s*' %
+                                       glob.escape(self.name),
+                                       'cgroup.procs')) +
+                glob.glob(os.path.join(CGROUP_ROOT, '*', 'lxc.payload.%s*' %
+                                       glob.escape(self.name),
+                                       'cgroup.procs'))):
+            group = os.path.basename(os.path.dirname(procs))
+            suffix = group[len('lxc.payload.' + self.name):]
+            if suffix and not (suffix[0] == '-' and suffix[1:].isdigit()):
+                continue
+            try:
+                with open(procs) as f:
+                    pids = [int(p) for p in f.read().split()]
+                if not pids:
+                    continue
+                with open(os.path.join(PROC_ROOT, str(pids[0]),
+                                       'mountinfo')) as f:
+                    if upper in f.read() and pids[0] not in found:
+                        found.append(pids[0])
+            except (OSError, ValueError):
+                continue
+        return found
 
     def is_suspended(self):
         return os.path.exists(self._suspended_path)
@@ -353,9 +398,15 @@ class Container:
 
         :param created: create() has just made it, so it cannot be
             running: its state is not read (an lxc-info process less).
+        :raises ContainerRunningElsewhere: it runs from another lxc_path.
         """
-        if not created and self.state()[0] == 'RUNNING':
-            return
+        if not created:
+            if self.state()[0] == 'RUNNING':
+                return
+            pids = self._running_elsewhere()
+            if pids:
+                raise exception.ContainerRunningElsewhere(
+                    name=self.name, pid=pids[0], lxc_path=self.lxc_path)
         self._clear_suspended()
         self._place_io_throttles()
         lxc.start(self.name, self.lxc_path)

@@ -122,3 +122,13 @@ class InvalidFlavor(NovaLXCError):
 class DisksNotMounted(NovaLXCError):
     msg_fmt = ('Container %(name)s has disk I/O throttles but none of its '
                'disks is mounted')
+
+
+class ContainerRunningElsewhere(NovaLXCError):
+    """Its processes run on its disks, started from another lxc_path."""
+
+    msg_fmt = ('Container %(name)s still runs on its disks (init pid '
+               '%(pid)d) but not from lxc_path %(lxc_path)s: its lxc_path '
+               'was moved or unmounted while it ran. Put that lxc_path '
+               'back, or stop the container there; starting it again would '
+               'run two on one disk.')

@@ -1,11 +1,15 @@
 """init_host after a crash: nothing of an instance deleted, IDs kept safe."""
 
 import os
+import shutil
 import subprocess
 import sys
 
+from nova.compute import power_state
+
 from novalxcdriver import conf
 from novalxcdriver import driver
+from novalxcdriver import exception
 from novalxcdriver import mount
 from novalxcdriver import rootfs
 from tests.functional import base
@@ -14,6 +18,9 @@ CONF = conf.CONF
 
 
 class ReconcileTest(base.FunctionalTestCase):
+
+    # Tests that move lxc_path must not pull it from under other tests.
+    private_root = True
 
     # init_host acts on every container of its host: a host name of this
     # process's own keeps it off containers of concurrent test processes.
@@ -105,3 +112,31 @@ class ReconcileTest(base.FunctionalTestCase):
         self.assertEqual([], [p for p in mount.mounts()
                               if p.startswith(root.path)])
         self.assertFalse(os.path.exists(root.path))
+
+    def test_not_started_twice_while_it_runs_from_another_lxc_path(self):
+        image_id = self.busybox_image()
+        instance = self.make_instance()
+        self.spawn(instance, image_id)
+        pid = self.lxc_pid(instance.name)
+        moved = CONF.lxc.lxc_path + '.moved'
+        os.rename(CONF.lxc.lxc_path, moved)
+        self.addCleanup(os.rename, moved, CONF.lxc.lxc_path)
+        # Its config gone with lxc_path: its cgroup shows it running.
+        self.assertEqual(power_state.RUNNING,
+                         self.driver.get_info(instance).state)
+        # Made again at the same path, LXC finds it through its command
+        # socket (named after lxcpath and name): started once, not twice.
+        self.driver.power_on(self.ctxt, instance, [])
+        self.assertEqual(pid, self.lxc_pid(instance.name))
+        shutil.rmtree(CONF.lxc.lxc_path)
+        # lxc_path set to another directory: LXC there cannot see it.
+        CONF.set_override('lxc_path', CONF.lxc.lxc_path + '.other',
+                          group='lxc')
+        other = driver.LXCDriver(None)
+        other.init_host(self.host)
+        self.addCleanup(shutil.rmtree, CONF.lxc.lxc_path)
+        e = self.assertRaises(exception.ContainerRunningElsewhere,
+                              other.power_on, self.ctxt, instance, [])
+        self.assertIn(str(pid), str(e))
+        # Still the one init, untouched.
+        self.assertTrue(os.path.exists('/proc/%d' % pid))

@@ -386,6 +386,50 @@ class LifecycleTest(_Base):
         self.assertFalse(self.c.is_suspended())
 
 
+class RunningElsewhereTest(_Base):
+    """A container started from an lxc_path that has since moved away."""
+
+    def setUp(self):
+        super().setUp()
+        self.cid = self.make_container()
+        self.cgroups = os.path.join(self.tmp, 'cgroup')
+        self.proc = os.path.join(self.tmp, 'proc')
+        self.useFixture(fixtures.MonkeyPatch(
+            'novalxcdriver.container.CGROUP_ROOT', self.cgroups))
+        self.useFixture(fixtures.MonkeyPatch(
+            'novalxcdriver.container.PROC_ROOT', self.proc))
+        self.upper = os.path.join(self.state_path, 'rootfs', str(self.cid),
+                                  'root', 'upper')
+        # lxc_path moved away: no config here, LXC here sees nothing.
+        os.unlink(self.c.config_path)
+
+    def process(self, group, pid, upper):
+        procs = os.path.join(self.cgroups, 'pids', group)
+        os.makedirs(procs)
+        with open(os.path.join(procs, 'cgroup.procs'), 'w') as f:
+            f.write('%d\n%d\n' % (pid, pid + 1))
+        os.makedirs(os.path.join(self.proc, str(pid)))
+        with open(os.path.join(self.proc, str(pid), 'mountinfo'), 'w') as f:
+            f.write('1 0 0:1 / / rw - overlay overlay rw,lowerdir=/l,'
+                    'upperdir=%s,workdir=/w\n' % upper)
+
+    def test_running_on_its_disks_is_running_and_not_started_again(self):
+        self.process('lxc.payload.%s-1' % NAME, 4321, self.upper)
+        self.assertEqual(('RUNNING', 4321), self.c.state())
+        with open(self.c.config_path, 'w') as f:
+            f.write(spec_mod.render_config(self.make_spec(self.cid)))
+        self.lxc_state = 'STOPPED'
+        e = self.assertRaises(exception.ContainerRunningElsewhere,
+                              self.c.start)
+        self.assertIn('4321', str(e))
+        self.lxc.start.assert_not_called()
+
+    def test_same_name_on_other_disks_does_not_count(self):
+        self.process('lxc.payload.%s' % NAME, 4321, '/elsewhere/upper')
+        self.process('lxc.payload.%sx' % NAME, 4400, self.upper)
+        self.assertEqual(('STOPPED', None), self.c.state())
+
+
 class CreateTest(_Base):
 
     def setUp(self):
