@@ -283,7 +283,10 @@ class Container:
                     reason='its config does not name instance %s'
                     % self.instance_uuid)
             record = self._record_of(spec, root, record_mod.READY)
-            if self.record() != record:
+            current = self.record()
+            # Its writer's pid alone differing is no reason for a write.
+            if (current is None or
+                    dataclasses.replace(current, pid=record.pid) != record):
                 self.records.write(record)
             if owner == 'none':
                 os.makedirs(self.lxc_path, mode=0o711, exist_ok=True)

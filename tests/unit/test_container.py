@@ -614,6 +614,13 @@ class RebuildTest(_Base):
         with open(self.c.config_path) as f:
             self.assertEqual(spec_mod.render_config(self.spec), f.read())
 
+    def test_unchanged_record_not_written_again(self):
+        # Another process (a restarted nova-compute) repairs it.
+        with mock.patch('os.getpid', return_value=2 ** 30), \
+                mock.patch.object(self.records, 'write') as write:
+            self.c.rebuild(self.spec, self.image)
+        write.assert_not_called()
+
     def test_missing_record_written_again(self):
         self.records.remove(UUID)
         self.c.rebuild(self.spec, self.image)
