@@ -50,6 +50,15 @@ lxc_opts = [
                help='Number of uids and gids in each container\'s isolated '
                     'range (the idmap). Container ID N owns the range '
                     'starting at root\'s /etc/subuid start + N * size.'),
+    cfg.StrOpt('root_disk_fs', default='btrfs', choices=[
+                   ('btrfs', 'point-in-time snapshots in milliseconds, '
+                             'online grow'),
+                   ('ext4', 'for hosts without btrfs: a snapshot freezes '
+                            'writers for the whole copy of the upper '
+                            'layer')],
+               help='Filesystem of new root disks (flavors with root_gb '
+                    '> 0). Existing disks keep theirs: the type is read '
+                    'from the disk at mount. btrfs needs btrfs-progs.'),
 ]
 
 

@@ -218,7 +218,8 @@ class Container:
             # Written before the rootfs: it claims the directory.
             durable.write(self.config_path, spec_mod.render_config(spec))
             try:
-                root.create(image.rootfs, spec.idmap, root_gb, ephemeral_gb)
+                root.create(image.rootfs, spec.idmap, root_gb, ephemeral_gb,
+                            root_fs=CONF.lxc.root_disk_fs)
                 # systemd sets the hostname from /etc/hostname over
                 # lxc.uts.name; an image carries its build host's.
                 root.write_etc_file('hostname', spec.hostname + '\n',

@@ -1,9 +1,12 @@
-"""Disks: sparse ext4 image files, loop-mounted on the host.
+"""Disks: sparse btrfs or ext4 image files, loop-mounted on the host.
 
 A container's root disk (its overlay upper layer) and its ephemeral disk
 are each a file of the flavor's size, so writes beyond it fail with ENOSPC
 inside the container and nowhere else. mkfs.ext4 with lazy inode table and
-journal init formats even a large sparse file in about 10 ms. The loop
+journal init formats even a large sparse file in about 10 ms, mkfs.btrfs
+in 10 to 40 ms more; btrfs gives the root disk O(1) read-only snapshots
+(snapshot.py). A disk's filesystem is read from its superblock at mount,
+so disks made before ``[lxc] root_disk_fs`` changed keep working. The loop
 device is detached right after mounting (LO_FLAGS_AUTOCLEAR, loop(4)), so
 unmounting frees it and nothing else needs tracking.
 
@@ -27,6 +30,11 @@ from novalxcdriver import throttle
 LOG = logging.getLogger(__name__)
 SYS_DEV_BLOCK = '/sys/dev/block'
 SYS_BLOCK = '/sys/block'
+FILESYSTEMS = ('btrfs', 'ext4')
+# (offset, magic) of each filesystem's superblock signature: btrfs's
+# superblock is at 64 KiB, magic at +0x40; ext4's at 1 KiB, s_magic at
+# +0x38 (kernel fs/btrfs/accessors.h, fs/ext4/ext4.h).
+_MAGIC = (('btrfs', 0x10040, b'_BHRfS_M'), ('ext4', 0x438, b'\x53\xef'))
 
 
 class Disk:
@@ -41,19 +49,25 @@ class Disk:
         self.mountpoint = mountpoint
         self.io_baseline_path = image_path + '.iostat'
 
-    def create(self, size_gb, uid, gid):
-        """Make a size_gb GiB ext4 image, mount it, give its root to uid.
+    def create(self, size_gb, uid, gid, fs='ext4'):
+        """Make a size_gb GiB image, mount it, give its root to uid.
 
-        :raises CommandFailed: mkfs.ext4 or losetup failed.
+        :param fs: 'ext4' or 'btrfs' (FILESYSTEMS).
+        :raises CommandFailed: mkfs or losetup failed.
         :raises MountFailed: mount(2) failed.
         """
+        if fs not in FILESYSTEMS:
+            raise ValueError('unsupported filesystem %r' % fs)
         with open(self.image_path, 'xb') as f:
             f.truncate(size_gb * units.Gi)
-        # -m 0: container root is no host root and could not use the 5%
-        # reserved for uid 0.
-        lxc.execute('mkfs.ext4', '-q', '-F', '-m', '0', '-E',
-                    'lazy_itable_init=1,lazy_journal_init=1',
-                    self.image_path)
+        if fs == 'btrfs':
+            lxc.execute('mkfs.btrfs', '-q', '-f', self.image_path)
+        else:
+            # -m 0: container root is no host root and could not use the
+            # 5% reserved for uid 0.
+            lxc.execute('mkfs.ext4', '-q', '-F', '-m', '0', '-E',
+                        'lazy_itable_init=1,lazy_journal_init=1',
+                        self.image_path)
         os.makedirs(self.mountpoint, mode=0o755, exist_ok=True)
         self.mount()
         os.chown(self.mountpoint, uid, gid)
@@ -65,17 +79,39 @@ class Disk:
     def is_mounted(self):
         return self.mountpoint in mount.mountpoints()
 
+    def filesystem(self):
+        """'btrfs' or 'ext4', from the image's superblock.
+
+        :raises DiskUnreadable: neither signature is there (not a disk
+            this driver made, or a damaged one).
+        """
+        try:
+            with open(self.image_path, 'rb') as f:
+                for fs, offset, magic in _MAGIC:
+                    f.seek(offset)
+                    if f.read(len(magic)) == magic:
+                        return fs
+        except OSError as e:
+            raise exception.DiskUnreadable(path=self.image_path,
+                                           reason=str(e))
+        raise exception.DiskUnreadable(
+            path=self.image_path, reason='no btrfs or ext4 superblock')
+
     def mount(self):
-        """Mount the image if it is not mounted (after a host reboot)."""
+        """Mount the image if it is not mounted (after a host reboot).
+
+        :raises DiskUnreadable: the image has no known filesystem.
+        """
         if self.is_mounted():
             return
+        fs = self.filesystem()
         device = lxc.attach_loop(self.image_path)
         try:
             number = self._save_io_baseline(device)
             if number:
                 # An earlier user's throttle must not follow the device.
                 throttle.clear(number)
-            mount.ext4(device, self.mountpoint)
+            mount.block_device(device, self.mountpoint, fs)
         except Exception:
             with excutils.save_and_reraise_exception():
                 lxc.detach_loop(device)
@@ -127,7 +163,16 @@ class Disk:
                 LOG.info('Cannot detach %s: %s', device, e)
 
     def device(self):
-        """'MAJ:MIN' of the mounted filesystem's device."""
+        """'MAJ:MIN' of the mounted filesystem's block device.
+
+        Read from the mount's source (a loop device): on btrfs, st_dev of
+        the mount point is an anonymous device that throttles and I/O
+        counters know nothing of.
+        """
+        source = mount.source(self.mountpoint)
+        if source and source.startswith('/dev/'):
+            rdev = os.stat(source).st_rdev
+            return '%d:%d' % (os.major(rdev), os.minor(rdev))
         st = os.stat(self.mountpoint)
         return '%d:%d' % (os.major(st.st_dev), os.minor(st.st_dev))
 

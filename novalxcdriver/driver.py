@@ -113,7 +113,7 @@ class LXCDriver(driver.ComputeDriver):
             idmap settings that differ from the recorded ones.
         """
         self._host = host
-        problems = host_mod.problems()
+        problems = host_mod.problems(CONF.lxc.root_disk_fs)
         problems += host_mod.traversal_problems(
             (self._lxc_path, self._state_path))
         if not problems:

@@ -132,3 +132,18 @@ class ContainerRunningElsewhere(NovaLXCError):
                'was moved or unmounted while it ran. Put that lxc_path '
                'back, or stop the container there; starting it again would '
                'run two on one disk.')
+
+
+class DiskUnreadable(NovaLXCError):
+    msg_fmt = ('Disk image %(path)s has no filesystem this driver can '
+               'mount: %(reason)s')
+
+
+class SnapshotFailed(NovaLXCError):
+    """Taking or streaming a snapshot of a container's root failed.
+
+    The container and its disks are as they were; the half-made image is
+    deleted by Nova.
+    """
+
+    msg_fmt = 'Snapshot of container %(name)s failed: %(reason)s'

@@ -102,9 +102,10 @@ def uptime_seconds():
         return float(f.read().split()[0])
 
 
-def problems():
+def problems(root_disk_fs='ext4'):
     """Everything this host lacks to run unprivileged LXC containers.
 
+    :param root_disk_fs: filesystem of new root disks ([lxc] root_disk_fs).
     :returns: list of human-readable problems, each saying what to do
         (empty when the host is ready). Subuid ranges are checked by
         ids.IdAllocator.
@@ -114,6 +115,10 @@ def problems():
     if missing:
         found.append('missing commands %s: install the Debian packages lxc, '
                      'uidmap, lxcfs, e2fsprogs and mount' % ', '.join(missing))
+    if root_disk_fs == 'btrfs' and shutil.which('mkfs.btrfs') is None:
+        found.append('missing command mkfs.btrfs for [lxc] root_disk_fs = '
+                     'btrfs: install the Debian package btrfs-progs, or set '
+                     'root_disk_fs = ext4')
     if not os.path.exists('/proc/self/ns/user'):
         found.append('the kernel has no user namespaces '
                      '(CONFIG_USER_NS)')

@@ -102,13 +102,15 @@ def overlay(lower, upper, work, target):
                        options.encode()), 'overlay', target)
 
 
-def ext4(device, target):
-    """Mount an ext4 device on target, without device files (nodev).
+def block_device(device, target, fstype):
+    """Mount device's fstype filesystem on target, nodev.
 
+    :param fstype: 'ext4' or 'btrfs'.
     :raises MountFailed: mount(2) failed.
     """
-    _check(_libc.mount(os.fsencode(device), os.fsencode(target), b'ext4',
-                       _MS_NODEV, None), 'ext4 %s' % device, target)
+    _check(_libc.mount(os.fsencode(device), os.fsencode(target),
+                       fstype.encode(), _MS_NODEV, None),
+           '%s %s' % (fstype, device), target)
 
 
 def unmount(target):
@@ -245,6 +247,28 @@ def roots():
     name: a renamed source shows its new name.
     """
     return {root for root, _ in _mountinfo()}
+
+
+def source(point):
+    """The source (a device's path) of the top mount on point, or None.
+
+    For btrfs, st_dev of a mounted path is an anonymous device, not the
+    block device; the mount's source field (proc(5) mountinfo, after the
+    ' - ' separator: fstype, then source) names the real one.
+    """
+    with open('/proc/self/mountinfo', 'rb') as f:
+        data = f.read()
+    found = None
+    for line in data.split(b'\n'):
+        fields = line.split(b' ')
+        if len(fields) > 4 and _unescape(fields[4]) == point:
+            try:
+                sep = fields.index(b'-', 6)
+            except ValueError:
+                continue
+            if len(fields) > sep + 2:
+                found = _unescape(fields[sep + 2])
+    return found
 
 
 def mountpoints():

@@ -3,10 +3,13 @@
 Layout under ``<state_path>/rootfs/<cid>`` (named by container ID, so a
 leftover directory keeps its ID from being reused)::
 
-    root.img       the root disk: root_gb GiB of ext4 (disk.Disk)
+    root.img       the root disk: root_gb GiB of btrfs or ext4 (disk.Disk)
     root/          its mount point, holding
       upper/       the container's own writes (owned by its root)
-      work/        overlay's work directory
+      work/        overlay's work directory (same btrfs subvolume as
+                   upper/: rename(2) does not cross subvolumes)
+      .snapshot-*  a snapshot's read-only btrfs subvolume, while it runs
+    snapshot-*/    a snapshot's staging directory, while it runs
     ephemeral.img  the ephemeral disk, when the flavor has one
     ephemeral/     its mount point, bind-mounted on /mnt in the container
     *.img.iostat   each disk's loop device I/O counters when attached
@@ -64,12 +67,14 @@ class Rootfs:
     def has_ephemeral(self):
         return os.path.exists(self.ephemeral_disk.image_path)
 
-    def create(self, image_rootfs, idmap, root_gb=0, ephemeral_gb=0):
+    def create(self, image_rootfs, idmap, root_gb=0, ephemeral_gb=0,
+               root_fs='ext4'):
         """Make the disks and directories and mount the root.
 
         :param idmap: ids.Idmap of the container.
         :param root_gb: GiB of the root disk; 0 for none (unbounded).
-        :param ephemeral_gb: GiB of the ephemeral disk; 0 for none.
+        :param ephemeral_gb: GiB of the ephemeral disk; 0 for none (ext4).
+        :param root_fs: filesystem of the root disk (disk.FILESYSTEMS).
         :raises RootfsExists: its directory exists: nothing was touched.
         :raises MountFailed, CommandFailed: the caller destroys on failure.
         """
@@ -82,7 +87,7 @@ class Rootfs:
         for d in (self.lower, self.merged):
             os.mkdir(d, 0o755)
         if root_gb:
-            self.root_disk.create(root_gb, 0, 0)
+            self.root_disk.create(root_gb, 0, 0, fs=root_fs)
         else:
             os.mkdir(self.root_disk.mountpoint, 0o755)
         for d in (self.upper, self.work):

@@ -16,6 +16,8 @@ from novalxc_aio import util
 PACKAGES = (
     # LXC and what unprivileged containers and their images need.
     'lxc', 'uidmap', 'lxcfs', 'debootstrap', 'busybox-static', 'zstd',
+    # Root disks (the driver's default [lxc] root_disk_fs).
+    'btrfs-progs',
     # Database and message bus.
     'mariadb-server', 'mariadb-client', 'rabbitmq-server',
     # Neutron's ML2/OVN data plane and what its agents call.

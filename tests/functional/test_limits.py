@@ -9,6 +9,7 @@ import os
 import time
 
 from novalxcdriver import conf
+from novalxcdriver import rootfs as rootfs_mod
 from tests.functional import base
 from tests.functional import rootfs_images
 
@@ -102,10 +103,11 @@ class LimitsTest(base.FunctionalTestCase):
             'quota:disk_write_bytes_sec': str(mib_s << 20)}
         self.spawn(throttled, self.busybox_image())
         free = self._busybox_container(root_gb=1)
-        st = os.stat(os.path.join(CONF.lxc.state_path, 'rootfs',
-                                  str(self.driver._container(throttled).cid()),
-                                  'root'))
-        device = '%d:%d' % (os.major(st.st_dev), os.minor(st.st_dev))
+        # The loop device's number: on btrfs st_dev is an anonymous one.
+        device = rootfs_mod.Rootfs(
+            CONF.lxc.state_path,
+            self.driver._container(throttled).cid()).root_disk.device()
+        self.assertTrue(device.startswith('7:'), device)
         rule = '%s %d' % (device, mib_s << 20)
         self.assertIn(rule, self._cgroup(
             throttled.name, 'blkio', 'blkio.throttle.read_bps_device'))

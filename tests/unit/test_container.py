@@ -446,7 +446,8 @@ class CreateTest(_Base):
         self.c.create(self.spec, self.image)
         self.rootfs_cls.assert_called_once_with(self.state_path, self.cid)
         self.root.create.assert_called_once_with(
-            self.image.rootfs, self.ids.idmap(self.cid), 0, 0)
+            self.image.rootfs, self.ids.idmap(self.cid), 0, 0,
+            root_fs='btrfs')
         self.assertTrue(self.c.exists())
         self.assertEqual(0o700, os.stat(self.c.dir).st_mode & 0o777)
         with open(self.c.config_path) as f:
@@ -466,7 +467,7 @@ class CreateTest(_Base):
         self.assertEqual(record.READY, self.c.record().state)
 
     def test_record_is_written_before_anything_is_made(self):
-        def root_create(*args):
+        def root_create(*args, **kwargs):
             self.assertEqual(record.SPAWNING, self.c.record().state)
             self.assertEqual(['config'], os.listdir(self.c.dir))
         self.root.create.side_effect = root_create
@@ -476,7 +477,14 @@ class CreateTest(_Base):
     def test_disk_sizes_reach_rootfs(self):
         self.c.create(self.spec, self.image, root_gb=2, ephemeral_gb=3)
         self.root.create.assert_called_once_with(
-            self.image.rootfs, self.ids.idmap(self.cid), 2, 3)
+            self.image.rootfs, self.ids.idmap(self.cid), 2, 3,
+            root_fs='btrfs')
+
+    def test_root_disk_filesystem_from_config(self):
+        conf.CONF.set_override('root_disk_fs', 'ext4', group='lxc')
+        self.c.create(self.spec, self.image, root_gb=2)
+        self.assertEqual('ext4',
+                         self.root.create.call_args.kwargs['root_fs'])
         self.assertTrue(self.c.exists())
 
     def test_rootfs_failure_removes_what_it_made(self):

@@ -30,12 +30,15 @@ class _Base(unit_base.TestCase):
         self.mount = self.patch('novalxcdriver.disk.mount', autospec=True)
         self.mounted = set()
         self.mount.mountpoints.side_effect = lambda: set(self.mounted)
-        self.mount.ext4.side_effect = self._ext4
+        self.mount.block_device.side_effect = self._ext4
+        # mkfs is mocked: the image holds no superblock to read.
+        self.fs = self.patch('novalxcdriver.disk.Disk.filesystem',
+                             autospec=True, return_value='ext4')
         self.chown = self.patch('os.chown', autospec=True)
         self.throttle = self.patch('novalxcdriver.disk.throttle',
                                    autospec=True)
 
-    def _ext4(self, device, target):
+    def _ext4(self, device, target, fstype='ext4'):
         # A fresh ext4 filesystem holds lost+found.
         self.mounted.add(target)
         os.mkdir(os.path.join(target, 'lost+found'))
@@ -68,16 +71,32 @@ class CreateTest(_Base):
         self.assertIn('lazy_itable_init=1', options)
         self.assertIn('lazy_journal_init=1', options)
 
+    def test_btrfs_mkfs_argv(self):
+        self.fs.return_value = 'btrfs'
+        self.disk.create(1, 1000, 2000, fs='btrfs')
+        self.lxc.execute.assert_called_once_with('mkfs.btrfs', '-q', '-f',
+                                                 self.image)
+        self.mount.block_device.assert_called_once_with(
+            LOOP, self.mountpoint, 'btrfs')
+        # btrfs has no lost+found; its top level is the container root's.
+        self.chown.assert_called_once_with(self.mountpoint, 1000, 2000)
+
+    def test_unknown_filesystem_refused_before_anything(self):
+        self.assertRaises(ValueError, self.disk.create, 1, 0, 0, fs='xfs')
+        self.assertFalse(os.path.exists(self.image))
+        self.lxc.execute.assert_not_called()
+
     def test_formatted_then_loop_mounted_then_detached(self):
         order = mock.Mock()
         order.attach_mock(self.lxc, 'lxc')
-        order.attach_mock(self.mount.ext4, 'ext4')
+        order.attach_mock(self.mount.block_device, 'ext4')
         self.disk.create(1, 1000, 2000)
         names = [c[0] for c in order.mock_calls]
         self.assertEqual(['lxc.execute', 'lxc.attach_loop', 'ext4',
                           'lxc.detach_loop'], names)
         self.lxc.attach_loop.assert_called_once_with(self.image)
-        self.mount.ext4.assert_called_once_with(LOOP, self.mountpoint)
+        self.mount.block_device.assert_called_once_with(
+            LOOP, self.mountpoint, 'ext4')
         self.lxc.detach_loop.assert_called_once_with(LOOP)
 
     def test_mountpoint_owned_by_uid_gid(self):
@@ -97,7 +116,8 @@ class CreateTest(_Base):
     def test_existing_mountpoint_accepted(self):
         os.mkdir(self.mountpoint)
         self.disk.create(1, 0, 0)
-        self.mount.ext4.assert_called_once_with(LOOP, self.mountpoint)
+        self.mount.block_device.assert_called_once_with(
+            LOOP, self.mountpoint, 'ext4')
 
     def test_existing_image_refused(self):
         with open(self.image, 'wb') as f:
@@ -107,7 +127,7 @@ class CreateTest(_Base):
             self.assertEqual(b'someone else', f.read())
         self.lxc.execute.assert_not_called()
         self.lxc.attach_loop.assert_not_called()
-        self.mount.ext4.assert_not_called()
+        self.mount.block_device.assert_not_called()
 
     def test_mkfs_failure_mounts_nothing(self):
         self.lxc.execute.side_effect = exception.CommandFailed(
@@ -115,11 +135,11 @@ class CreateTest(_Base):
         self.assertRaises(exception.CommandFailed, self.disk.create, 1, 0,
                           0)
         self.lxc.attach_loop.assert_not_called()
-        self.mount.ext4.assert_not_called()
+        self.mount.block_device.assert_not_called()
         self.chown.assert_not_called()
 
     def test_loop_detached_when_mount_fails(self):
-        self.mount.ext4.side_effect = exception.MountFailed(
+        self.mount.block_device.side_effect = exception.MountFailed(
             what='ext4 ' + LOOP, target=self.mountpoint, reason='EINVAL')
         self.assertRaises(exception.MountFailed, self.disk.create, 1, 0, 0)
         self.lxc.detach_loop.assert_called_once_with(LOOP)
@@ -133,7 +153,8 @@ class MountTest(_Base):
         os.mkdir(self.mountpoint)
         self.disk.mount()
         self.lxc.attach_loop.assert_called_once_with(self.image)
-        self.mount.ext4.assert_called_once_with(LOOP, self.mountpoint)
+        self.mount.block_device.assert_called_once_with(
+            LOOP, self.mountpoint, 'ext4')
         self.lxc.detach_loop.assert_called_once_with(LOOP)
         self.assertTrue(self.disk.is_mounted())
 
@@ -141,7 +162,7 @@ class MountTest(_Base):
         self.mounted.add(self.mountpoint)
         self.disk.mount()
         self.lxc.attach_loop.assert_not_called()
-        self.mount.ext4.assert_not_called()
+        self.mount.block_device.assert_not_called()
         self.lxc.detach_loop.assert_not_called()
 
     def test_other_mounts_do_not_count(self):
@@ -150,10 +171,11 @@ class MountTest(_Base):
         self.assertFalse(self.disk.is_mounted())
         os.mkdir(self.mountpoint)
         self.disk.mount()
-        self.mount.ext4.assert_called_once_with(LOOP, self.mountpoint)
+        self.mount.block_device.assert_called_once_with(
+            LOOP, self.mountpoint, 'ext4')
 
     def test_loop_detached_when_mount_fails(self):
-        self.mount.ext4.side_effect = exception.MountFailed(
+        self.mount.block_device.side_effect = exception.MountFailed(
             what='ext4', target=self.mountpoint, reason='EBUSY')
         self.assertRaises(exception.MountFailed, self.disk.mount)
         self.lxc.detach_loop.assert_called_once_with(LOOP)
@@ -161,13 +183,17 @@ class MountTest(_Base):
 
 class DeviceTest(_Base):
 
-    def test_major_minor(self):
-        st = mock.Mock(st_dev=os.makedev(259, 17))
+    def test_the_mount_source_block_device(self):
+        # btrfs: st_dev of the mount point is an anonymous device.
+        self.mount.source.return_value = LOOP
+        st = mock.Mock(st_rdev=os.makedev(7, 3), st_dev=os.makedev(0, 49))
         with mock.patch('os.stat', return_value=st) as stat:
-            self.assertEqual('259:17', self.disk.device())
-        stat.assert_called_once_with(self.mountpoint)
+            self.assertEqual('7:3', self.disk.device())
+        stat.assert_called_once_with(LOOP)
+        self.mount.source.assert_called_once_with(self.mountpoint)
 
-    def test_of_the_mountpoint(self):
+    def test_st_dev_when_the_source_is_no_device(self):
+        self.mount.source.return_value = 'overlay'
         os.mkdir(self.mountpoint)
         dev = os.stat(self.mountpoint).st_dev
         self.assertEqual('%d:%d' % (os.major(dev), os.minor(dev)),
@@ -198,24 +224,25 @@ class IoBaselineTest(_Base):
             return f.read()
 
     def test_saved_before_the_mount(self):
-        def ext4(device, target):
+        def ext4(device, target, fstype):
             # The filesystem's own mount I/O counts as the disk's.
             self.assertEqual('7:7   10 0 80 1 20 0 160 2 0 3 3 0 0 0 0 0 0\n',
                              self.baseline())
             self.mounted.add(target)
-        self.mount.ext4.side_effect = ext4
+        self.mount.block_device.side_effect = ext4
         self.disk.mount()
-        self.mount.ext4.assert_called_once_with(LOOP, self.mountpoint)
+        self.mount.block_device.assert_called_once_with(
+            LOOP, self.mountpoint, 'ext4')
         self.assertEqual(self.image + '.iostat', self.disk.io_baseline_path)
 
     def test_earlier_throttles_cleared_before_the_mount(self):
         # The loop device may have served another instance's disk.
-        def ext4(device, target):
+        def ext4(device, target, fstype):
             self.throttle.clear.assert_called_once_with('7:7')
             self.mounted.add(target)
-        self.mount.ext4.side_effect = ext4
+        self.mount.block_device.side_effect = ext4
         self.disk.mount()
-        self.mount.ext4.assert_called_once()
+        self.mount.block_device.assert_called_once()
 
     def test_replaces_an_earlier_attachment(self):
         with open(self.disk.io_baseline_path, 'w') as f:
@@ -267,3 +294,42 @@ class DetachLoopsTest(_Base):
                          disk.loop_devices_of(self.image))
         self.assertEqual(['/dev/loop1'],
                          disk.loop_devices_of(self.image, autoclear=True))
+
+
+class FilesystemTest(unit_base.TestCase):
+    """Disk.filesystem reads real superblock signatures."""
+
+    def setUp(self):
+        super().setUp()
+        self.image = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                                  'root.img')
+        self.disk = disk.Disk(self.image, self.image + '.mnt')
+
+    def _write(self, offset, data, size=128 * 1024):
+        with open(self.image, 'wb') as f:
+            f.truncate(size)
+            f.seek(offset)
+            f.write(data)
+
+    def test_btrfs(self):
+        self._write(0x10040, b'_BHRfS_M')
+        self.assertEqual('btrfs', self.disk.filesystem())
+
+    def test_ext4(self):
+        self._write(1080, b'\x53\xef')
+        self.assertEqual('ext4', self.disk.filesystem())
+
+    def test_neither_is_unreadable(self):
+        self._write(0, b'\x00')
+        self.assertRaises(exception.DiskUnreadable, self.disk.filesystem)
+
+    def test_missing_image_is_unreadable(self):
+        self.assertRaises(exception.DiskUnreadable, self.disk.filesystem)
+
+    def test_mount_refuses_an_unknown_disk(self):
+        self._write(0, b'\x00')
+        lxc = self.patch('novalxcdriver.disk.lxc', autospec=True)
+        mnt = self.patch('novalxcdriver.disk.mount', autospec=True)
+        mnt.mountpoints.return_value = set()
+        self.assertRaises(exception.DiskUnreadable, self.disk.mount)
+        lxc.attach_loop.assert_not_called()

@@ -140,7 +140,7 @@ class _Base(unit_base.TestCase):
 
     @staticmethod
     def _rootfs_create(root, image_rootfs, idmap, root_gb=0,
-                       ephemeral_gb=0):
+                       ephemeral_gb=0, root_fs='ext4'):
         # The real one makes disks, chowns and mounts; make the
         # directories only.
         for d in (root.lower, root.upper, root.work, root.merged):

@@ -191,3 +191,22 @@ class UnmountTest(_Processes):
         self.errno.return_value = errno.EPERM
         self.assertRaises(exception.MountFailed, mount.detach_stale,
                           '/var/lib/lxcfs')
+
+
+class SourceTest(base.TestCase):
+
+    def test_source_of_the_top_mount(self):
+        data = (b'36 25 0:49 / /s/root rw,relatime shared:1 - btrfs '
+                b'/dev/loop3 rw\n'
+                b'37 36 0:50 / /s/root rw - tmpfs tmp\\040fs rw\n'
+                b'38 25 7:1 / /s/r\\040x rw - ext4 /dev/loop1 rw\n')
+        self.patch('builtins.open', mock.mock_open(read_data=data))
+        self.assertEqual('tmp fs', mount.source('/s/root'))
+        self.assertEqual('/dev/loop1', mount.source('/s/r x'))
+        self.assertIsNone(mount.source('/elsewhere'))
+
+    def test_optional_fields_before_the_separator(self):
+        data = (b'36 25 0:49 / /p rw shared:1 master:2 - btrfs /dev/loop4 '
+                b'rw\n')
+        self.patch('builtins.open', mock.mock_open(read_data=data))
+        self.assertEqual('/dev/loop4', mount.source('/p'))

@@ -40,7 +40,7 @@ class _Base(unit_base.TestCase):
         self.throttle = self.patch('novalxcdriver.rootfs.throttle',
                                    autospec=True)
 
-    def _disk_create(self, d, size_gb, uid, gid):
+    def _disk_create(self, d, size_gb, uid, gid, fs='ext4'):
         # What the real one leaves: an image file, a mounted directory.
         open(d.image_path, 'x').close()
         os.makedirs(d.mountpoint)
@@ -103,7 +103,7 @@ class CreateTest(_Base):
         self.assert_overlay_mounted()
 
     def test_root_disk(self):
-        def create(d, size_gb, uid, gid):
+        def create(d, size_gb, uid, gid, fs='ext4'):
             # upper and work go on the disk: it comes first.
             self.assertFalse(os.path.exists(self.root.upper))
             self._disk_create(d, size_gb, uid, gid)
@@ -111,10 +111,15 @@ class CreateTest(_Base):
         self.root.create(IMAGE_ROOTFS, IDMAP, root_gb=2)
         # The disk's root is the host's; upper and work the container's.
         self.disk_create.assert_called_once_with(self.root.root_disk, 2, 0,
-                                                 0)
+                                                 0, fs='ext4')
         self.assert_upper_and_work_owned()
         self.assertFalse(self.root.has_ephemeral())
         self.assert_overlay_mounted()
+
+    def test_root_disk_filesystem_passed_on(self):
+        self.root.create(IMAGE_ROOTFS, IDMAP, root_gb=2, root_fs='btrfs')
+        self.disk_create.assert_called_once_with(self.root.root_disk, 2, 0,
+                                                 0, fs='btrfs')
 
     def test_ephemeral_disk(self):
         self.root.create(IMAGE_ROOTFS, IDMAP, ephemeral_gb=3)
@@ -127,7 +132,7 @@ class CreateTest(_Base):
     def test_both_disks(self):
         self.root.create(IMAGE_ROOTFS, IDMAP, root_gb=2, ephemeral_gb=3)
         self.assertEqual([
-            mock.call(self.root.root_disk, 2, 0, 0),
+            mock.call(self.root.root_disk, 2, 0, 0, fs='ext4'),
             mock.call(self.root.ephemeral_disk, 3, IDMAP.uid_start,
                       IDMAP.gid_start),
         ], self.disk_create.call_args_list)
