@@ -48,6 +48,7 @@ from novalxcdriver import limits as limits_mod
 from novalxcdriver import lxc
 from novalxcdriver import record as record_mod
 from novalxcdriver import rootfs as rootfs_mod
+from novalxcdriver import snapshot as snapshot_mod
 from novalxcdriver import spec as spec_mod
 from novalxcdriver import throttle
 
@@ -61,7 +62,7 @@ PROC_ROOT = '/proc'
 # durable.write's temporary files): a directory holding anything else is
 # not only ours.
 _OWN_FILES = frozenset(('config', 'console.log', 'console.log.1',
-                        'lxc.log', 'suspended'))
+                        'lxc.log', 'suspended', snapshot_mod.FROZEN_MARKER))
 
 
 class Container:
@@ -320,7 +321,50 @@ class Container:
             if image is None:
                 return False
             root.mount(image.rootfs, record.idmap)
+            for path in snapshot_mod.recover(root, self.dir):
+                LOG.warning('Removed %s, left by a snapshot cut short',
+                            path)
         return True
+
+    # -- snapshots ------------------------------------------------------
+
+    def take_snapshot(self, image_id):
+        """Take a point-in-time copy of its root for image image_id.
+
+        Under the container's lock, so a destroy waits for the instant
+        the copy takes and never finds half-made mounts; the upload that
+        follows runs without it (snapshot.cancel_all lets a destroy stop
+        it).
+
+        :returns: the snapshot.Snapshot, its view mounted; the caller
+            streams it, then calls end_snapshot.
+        :raises InstanceNotFound: no record, or its root is gone.
+        :raises SnapshotFailed, MountFailed: nothing of it is left.
+        """
+        record = self.record()
+        if record is None:
+            raise exception.ContainerNotFound(name=self.name)
+        with self._lock(record.cid):
+            root = rootfs_mod.Rootfs(self.state_path, record.cid)
+            if self.record() is None or not root.exists():
+                raise exception.ContainerNotFound(name=self.name)
+            if not root.is_mounted():
+                raise exception.SnapshotFailed(
+                    name=self.name, reason='its root is not mounted; a hard '
+                    'reboot or power on mounts it again')
+            snap = snapshot_mod.Snapshot(root, record.idmap, image_id,
+                                         self.dir)
+            try:
+                state = self.state()[0]
+            except exception.ContainerNotFound:
+                state = 'STOPPED'
+            snap.take(state)
+        return snap
+
+    def end_snapshot(self, snap):
+        """Remove a snapshot's artifacts (under the container's lock)."""
+        with self._lock(snap.root.cid):
+            snap.cleanup()
 
     def _lock(self, cid):
         """External lock of container ID cid: its destroy and remount.
@@ -552,8 +596,11 @@ class Container:
             self.records.remove(self.instance_uuid)
             return
         with self._lock(cid):
+            root = rootfs_mod.Rootfs(self.state_path, cid)
+            # A snapshot's readers hold its staging mount.
+            snapshot_mod.cancel_all(root.path)
             # Rootfs first: the reservation still names the ID meanwhile.
-            rootfs_mod.Rootfs(self.state_path, cid).destroy()
+            root.destroy()
             self._remove_dir()
             if self.ids.find(self.instance_uuid) == cid:
                 self.ids.release(cid)

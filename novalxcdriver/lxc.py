@@ -1,9 +1,10 @@
 """The one module that runs external commands.
 
 Every lxc-* tool (and the ``unshare`` that holds a user namespace open for an
-idmapped mount, and the ip, ethtool, nsenter and ovs-vsctl commands that wire
-NICs) is started here with an argv list, never through a shell, with a
-timeout. Failures become :class:`exception.CommandFailed` or
+idmapped mount or runs a snapshot's find and tar as the container's root,
+and the ip, ethtool, nsenter and ovs-vsctl commands that wire NICs, and
+mkfs, losetup and cp) is started here with an argv list, never through a
+shell, with a timeout. Failures become :class:`exception.CommandFailed` or
 :class:`exception.CommandTimedOut`, which carry the command, exit code and
 stderr. Option meanings follow the LXC 5 man pages (lxc-start(1),
 lxc-stop(1), lxc-info(1), lxc-ls(1), lxc-freeze(1)).
@@ -232,6 +233,31 @@ def user_namespace(idmap):
         yield fd
     finally:
         os.close(fd)
+
+
+def userns_popen(idmap, argv, cwd, stdin=None, stdout=None, stderr=None):
+    """Start argv as root of a new user namespace mapping idmap's range.
+
+    The process sees the container's owners (host uid start + n as n)
+    with only the rights the container's root has over them: a
+    container's files read as the container sees them, and nothing of
+    the host's beyond what "other" may read. Not the container's own
+    namespace: its processes could ptrace ours there. Supplementary
+    groups are dropped before the exec.
+
+    :param idmap: an ids.Idmap.
+    :param argv: list of str; run with no shell.
+    :param cwd: directory to start in (entered as host root, before the
+        namespace exists, so its ancestors need not be searchable).
+    :returns: the subprocess.Popen; the caller waits for it.
+    """
+    full = ['unshare', '--user',
+            '--map-users=%d,0,%d' % (idmap.uid_start, idmap.size),
+            '--map-groups=%d,0,%d' % (idmap.gid_start, idmap.size),
+            '--setuid', '0', '--setgid', '0', '--'] + list(argv)
+    return subprocess.Popen(full, cwd=cwd, stdin=stdin, stdout=stdout,
+                            stderr=stderr, close_fds=True, extra_groups=[],
+                            start_new_session=True)
 
 
 def _read_map(pid, which):

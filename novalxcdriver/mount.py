@@ -37,7 +37,9 @@ _MOUNT_ATTR_NOSUID = 0x2
 _MOUNT_ATTR_NODEV = 0x4
 _MOUNT_ATTR_IDMAP = 0x100000
 _MNT_DETACH = 2  # sys/mount.h
-_MS_NODEV = 4  # sys/mount.h
+_MS_RDONLY = 1  # sys/mount.h
+_MS_NOSUID = 2
+_MS_NODEV = 4
 
 # Processes a MountBusy message names at most.
 _MAX_NAMED = 10
@@ -99,6 +101,28 @@ def overlay(lower, upper, work, target):
                 reason='unsupported character in path %r' % path)
     options = 'lowerdir=%s,upperdir=%s,workdir=%s' % (lower, upper, work)
     _check(_libc.mount(b'overlay', os.fsencode(target), b'overlay', 0,
+                       options.encode()), 'overlay', target)
+
+
+def overlay_readonly(lowers, target):
+    """Mount a read-only overlay of lowers (top first) on target.
+
+    With no upper layer the overlay is read-only by itself (overlayfs
+    docs, "Multiple lower layers"); nosuid and nodev are set too, since
+    host processes read the tree. Whiteouts and opaque directories in
+    the upper lowers apply to those below.
+
+    :param lowers: list of directories, the topmost first.
+    :raises MountFailed: mount(2) failed.
+    """
+    for path in lowers:
+        if any(c in path for c in ',:\\\n'):
+            raise exception.MountFailed(
+                what='overlay', target=target,
+                reason='unsupported character in path %r' % path)
+    options = 'lowerdir=%s' % ':'.join(lowers)
+    _check(_libc.mount(b'overlay', os.fsencode(target), b'overlay',
+                       _MS_RDONLY | _MS_NOSUID | _MS_NODEV,
                        options.encode()), 'overlay', target)
 
 

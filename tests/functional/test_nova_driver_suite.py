@@ -595,10 +595,17 @@ class LXCDriverSuiteTest(test_virt_drivers._VirtDriverTestCase,
         self.assertIsNotNone(match, uptime)
         self.assertRegex(match.group(1), r'^\d\d:\d\d:\d\d$')
 
+    def test_snapshot_not_running(self):
+        # No container: InstanceNotRunning, as libvirt raises.
+        self._suite()
+
+    def test_snapshot_running(self):
+        instance = self._suite()
+        # Taken while it ran: the same init is still running.
+        self._assert_running_as_spawned(instance)
+
     # -- what LXCDriver leaves to ComputeDriver -----------------------------
 
-    test_snapshot_not_running = _unsupported('snapshot')
-    test_snapshot_running = _unsupported('snapshot')
     test_set_admin_password = _unsupported('set_admin_password')
     test_rescue = _unsupported('rescue')
     test_unrescue_unrescued_instance = _unsupported('unrescue')
