@@ -122,7 +122,8 @@ class Snapshot:
     def _point_in_time(self, state):
         """The directory holding the point-in-time upper layer."""
         root_disk = self.root.root_disk
-        if root_disk.is_mounted() and root_disk.filesystem() == 'btrfs':
+        disk_mounted = root_disk.mountpoint in mount.mountpoints()
+        if disk_mounted and root_disk.filesystem() == 'btrfs':
             self.method = 'btrfs'
             started = time.monotonic()
             durable.syncfs(root_disk.mountpoint)
@@ -141,7 +142,7 @@ class Snapshot:
             self.stall = 0.0
             return self.root.upper
         copy = os.path.join(self.stage, 'upper')
-        if root_disk.is_mounted():
+        if disk_mounted:
             self.method = 'fsfreeze'
             hold, release = (lambda: disk.freeze(root_disk.mountpoint),
                              lambda: disk.thaw(root_disk.mountpoint))

@@ -12,6 +12,7 @@ from unittest import mock
 import fixtures
 from nova.compute import power_state
 from nova.compute import provider_tree
+from nova.compute import task_states
 from nova import context as nova_context
 from nova import exception as nova_exc
 from nova.network import model as network_model
@@ -1479,3 +1480,82 @@ class ConfigDriveTest(_Base):
         self.assertEqual({}, self.drv._ids.reservations())
         self.assertEqual([], os.listdir(self.lxc_path))
         self.lxc.start.assert_not_called()
+
+
+class SnapshotTest(_Base):
+    """Nova's snapshot contract; snapshot.py's own work is mocked."""
+
+    IMAGE = 'c0ffee00-0000-4000-8000-000000000001'
+
+    def setUp(self):
+        super().setUp()
+        self.init_host()
+        self.instance_ = self.instance()
+        self.spawn(self.instance_)
+        self.image_api = mock.Mock()
+        self.image_api.get.return_value = {'name': 'my-snap'}
+        self.patch('novalxcdriver.driver.glance.API',
+                   return_value=self.image_api)
+        self.snap = mock.Mock(stall=0.004, method='btrfs')
+        self.snap.stream.return_value = mock.Mock(bytes=10)
+        self.take = self.patch(
+            'novalxcdriver.container.Container.take_snapshot',
+            autospec=True, return_value=self.snap)
+        self.end = self.patch(
+            'novalxcdriver.container.Container.end_snapshot', autospec=True)
+        self.states_seen = []
+
+    def update_task_state(self, task_state, expected_state=None):
+        self.states_seen.append((task_state, expected_state))
+
+    def snapshot(self):
+        self.drv.snapshot(self.context, self.instance_, self.IMAGE,
+                          self.update_task_state)
+
+    def test_task_states_and_upload(self):
+        def take(c, image_id):
+            self.assertEqual([(task_states.IMAGE_PENDING_UPLOAD, None)],
+                             self.states_seen)
+            return self.snap
+        self.take.side_effect = take
+        self.snapshot()
+        self.assertEqual([(task_states.IMAGE_PENDING_UPLOAD, None),
+                          (task_states.IMAGE_UPLOADING,
+                           task_states.IMAGE_PENDING_UPLOAD)],
+                         self.states_seen)
+        args, kwargs = self.image_api.update.call_args
+        self.assertEqual(self.IMAGE, args[1])
+        self.assertEqual(('raw', 'bare', 'my-snap'),
+                         (args[2]['disk_format'],
+                          args[2]['container_format'], args[2]['name']))
+        self.assertIs(self.snap.stream.return_value, kwargs['data'])
+        self.assertFalse(kwargs['purge_props'])
+        self.end.assert_called_once_with(mock.ANY, self.snap)
+
+    def test_no_container(self):
+        self.assertRaises(nova_exc.InstanceNotRunning, self.drv.snapshot,
+                          self.context, self.instance(uuid=UUID2),
+                          self.IMAGE,
+                          self.update_task_state)
+        self.take.assert_not_called()
+        self.image_api.update.assert_not_called()
+
+    def test_deleted_during_the_upload(self):
+        def upload(*args, **kwargs):
+            self.drv.destroy(self.context, self.instance_, [])
+            raise exception.SnapshotFailed(name='x', reason='tar killed')
+        self.image_api.update.side_effect = upload
+        self.assertRaises(nova_exc.InstanceNotFound, self.snapshot)
+        self.end.assert_called_once()
+
+    def test_deleted_after_a_whole_upload(self):
+        def upload(*args, **kwargs):
+            self.drv.destroy(self.context, self.instance_, [])
+        self.image_api.update.side_effect = upload
+        self.assertRaises(nova_exc.InstanceNotFound, self.snapshot)
+
+    def test_failure_kept_and_cleaned_up(self):
+        self.image_api.update.side_effect = exception.SnapshotFailed(
+            name='x', reason='tar exited 2')
+        self.assertRaises(exception.SnapshotFailed, self.snapshot)
+        self.end.assert_called_once_with(mock.ANY, self.snap)
