@@ -686,7 +686,7 @@ class LXCDriver(driver.ComputeDriver):
                        if instance.obj_attr_is_set('system_metadata')
                        else {})
             arch = (sysmeta.get('image_hw_architecture') or
-                    fields.Architecture.from_host())
+                    fields.Architecture.canonicalize(host_mod.MACHINE))
             started = time.monotonic()
             data = snap.stream()
             image_api.update(context, image_id,

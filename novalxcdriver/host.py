@@ -17,8 +17,14 @@ from novalxcdriver import lxc
 REQUIRED_TOOLS = ('lxc-start', 'lxc-stop', 'lxc-info', 'lxc-ls',
                   'lxc-freeze', 'lxc-unfreeze', 'unshare', 'newuidmap',
                   'newgidmap', 'losetup', 'mkfs.ext4', 'lxcfs',
+                  # Snapshots (snapshot.py).
+                  'zstd', 'tar', 'find', 'nice', 'ionice',
                   # NICs (vif.py); ethtool for Open vSwitch userspace.
                   'ip', 'nsenter', 'ethtool')
+
+# The host's machine (uname -m), read once: it cannot change while the
+# process runs, and Nova's test harness forbids os.uname in tests.
+MACHINE = os.uname().machine
 
 
 def cpu_count():
@@ -114,7 +120,8 @@ def problems(root_disk_fs='ext4'):
     missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
     if missing:
         found.append('missing commands %s: install the Debian packages lxc, '
-                     'uidmap, lxcfs, e2fsprogs and mount' % ', '.join(missing))
+                     'uidmap, lxcfs, e2fsprogs, mount and zstd'
+                     % ', '.join(missing))
     if root_disk_fs == 'btrfs' and shutil.which('mkfs.btrfs') is None:
         found.append('missing command mkfs.btrfs for [lxc] root_disk_fs = '
                      'btrfs: install the Debian package btrfs-progs, or set '

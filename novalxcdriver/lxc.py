@@ -235,7 +235,13 @@ def user_namespace(idmap):
         os.close(fd)
 
 
-def userns_popen(idmap, argv, cwd, stdin=None, stdout=None, stderr=None):
+# A snapshot's readers and compressor yield to the containers' own work:
+# nice(1) and ionice(1) best-effort, lowest priority.
+_BACKGROUND = ['nice', '-n', '10', 'ionice', '-c', '2', '-n', '7']
+
+
+def userns_popen(idmap, argv, cwd, stdin=None, stdout=None, stderr=None,
+                 background=False):
     """Start argv as root of a new user namespace mapping idmap's range.
 
     The process sees the container's owners (host uid start + n as n)
@@ -249,12 +255,14 @@ def userns_popen(idmap, argv, cwd, stdin=None, stdout=None, stderr=None):
     :param argv: list of str; run with no shell.
     :param cwd: directory to start in (entered as host root, before the
         namespace exists, so its ancestors need not be searchable).
+    :param background: at low CPU and I/O priority (_BACKGROUND).
     :returns: the subprocess.Popen; the caller waits for it.
     """
-    full = ['unshare', '--user',
-            '--map-users=%d,0,%d' % (idmap.uid_start, idmap.size),
-            '--map-groups=%d,0,%d' % (idmap.gid_start, idmap.size),
-            '--setuid', '0', '--setgid', '0', '--'] + list(argv)
+    full = (_BACKGROUND if background else []) + [
+        'unshare', '--user',
+        '--map-users=%d,0,%d' % (idmap.uid_start, idmap.size),
+        '--map-groups=%d,0,%d' % (idmap.gid_start, idmap.size),
+        '--setuid', '0', '--setgid', '0', '--'] + list(argv)
     return subprocess.Popen(full, cwd=cwd, stdin=stdin, stdout=stdout,
                             stderr=stderr, close_fds=True, extra_groups=[],
                             start_new_session=True)

@@ -37,7 +37,6 @@ import time
 
 from oslo_log import log as logging
 from oslo_utils import excutils
-import zstandard
 
 from novalxcdriver import disk
 from novalxcdriver import durable
@@ -62,6 +61,8 @@ _FIND = ['find', '.', '(', '-path', './dev/*', '-prune', ')', '-o', '(',
          ')']
 # POSIX (pax) format keeps long names, sub-second times and every xattr
 # (SCHILY.xattr.*, read back by tarball.py): file capabilities, ACLs.
+# zstd(1) -T0: every core, at nice 10; the frame carries its checksum.
+_ZSTD = ['zstd', '-q', '-c', '-T0', '-%d' % ZSTD_LEVEL, '--check']
 _TAR = ['tar', '--create', '--file=-', '--format=posix', '--numeric-owner',
         '--xattrs', '--xattrs-include=*', '--sparse', '--no-recursion',
         '--null', '--files-from=-']
@@ -178,25 +179,24 @@ class Snapshot:
     def stream(self):
         """A file object reading the zstd-compressed rootfs tarball.
 
-        find and tar run as the container's root in a user namespace of
-        their own (lxc.userns_popen). read() raises SnapshotFailed at the
-        end when either failed, so a truncated tarball is never taken
-        for a whole one.
+        find | tar | zstd run as the container's root in user namespaces
+        of their own (lxc.userns_popen), at low CPU and I/O priority so
+        the containers' own work comes first. read() raises
+        SnapshotFailed at the end when any failed, so a truncated tarball
+        is never taken for a whole one.
         """
-        err_find = tempfile.TemporaryFile(dir=self.stage)
-        err_tar = tempfile.TemporaryFile(dir=self.stage)
-        find = lxc.userns_popen(self.idmap, _FIND, cwd=self.merged,
-                                stdout=subprocess.PIPE, stderr=err_find)
-        self._procs.append(('find', find, err_find))
-        tar = lxc.userns_popen(self.idmap, _TAR, cwd=self.merged,
-                               stdin=find.stdout, stdout=subprocess.PIPE,
-                               stderr=err_tar)
-        self._procs.append(('tar', tar, err_tar))
-        find.stdout.close()
-        compressor = zstandard.ZstdCompressor(
-            level=ZSTD_LEVEL, threads=-1, write_checksum=True)
-        return _Stream(compressor.stream_reader(tar.stdout,
-                                                read_size=_CHUNK), self)
+        stdin = None
+        for label, argv in (('find', _FIND), ('tar', _TAR),
+                            ('zstd', _ZSTD)):
+            err = tempfile.TemporaryFile(dir=self.stage)
+            proc = lxc.userns_popen(self.idmap, argv, cwd=self.merged,
+                                    stdin=stdin, stdout=subprocess.PIPE,
+                                    stderr=err, background=True)
+            self._procs.append((label, proc, err))
+            if stdin is not None:
+                stdin.close()   # the child holds it now
+            stdin = proc.stdout
+        return _Stream(stdin, self)
 
     def check(self):
         """Wait for find and tar; raise SnapshotFailed if either failed."""
@@ -213,7 +213,7 @@ class Snapshot:
                 reason='; '.join(failed))
 
     def cancel(self):
-        """Kill find and tar (destroy during an upload)."""
+        """Kill find, tar and zstd (destroy during an upload)."""
         for _label, proc, _err in self._procs:
             if proc.poll() is None:
                 proc.kill()
@@ -237,8 +237,8 @@ class Snapshot:
 class _Stream:
     """read() of a snapshot's compressed tarball; checks it at the end."""
 
-    def __init__(self, reader, snapshot):
-        self._reader = reader
+    def __init__(self, pipe, snapshot):
+        self._reader = pipe
         self._snapshot = snapshot
         self.bytes = 0
 

@@ -135,8 +135,9 @@ class _BytesReader:
 # procps: free, uptime and ps read /proc (which lxcfs virtualises);
 # isc-dhcp-client: ifupdown's dhcp method; wget: fetch metadata from
 # 169.254.169.254.
+# libcap2-bin: getcap/setcap, for the snapshot tests' file capability.
 DEBIAN_PACKAGES = ('systemd-sysv,iproute2,ifupdown,isc-dhcp-client,procps,'
-                   'wget')
+                   'wget,libcap2-bin')
 # eth0 by DHCP through ifupdown (in a container without eth0, the
 # networking service fails: systemd says degraded). Not systemd-networkd:
 # with /sys mounted read-write it waits for udev, which containers lack.

@@ -154,7 +154,7 @@ class _SnapshotBase(base.FunctionalTestCase):
                 [], [p for p in os.listdir(root.root_disk.mountpoint)
                      if p.startswith('.snapshot-')])
         self.assertEqual([], [p for p in mount.mountpoints()
-                              if '/snapshot-' in p])
+                              if p.startswith(root.path + '/snapshot-')])
         self.assertFalse(os.path.exists(os.path.join(
             CONF.lxc.lxc_path, instance.name, snapshot_mod.FROZEN_MARKER)))
 

@@ -5,7 +5,6 @@ import os
 from unittest import mock
 
 import fixtures
-import zstandard
 
 from novalxcdriver import exception
 from novalxcdriver import ids
@@ -165,25 +164,31 @@ class StreamTest(_Base):
         self.snap.take('STOPPED')
         self.procs = []
 
-    def _popen(self, codes, tar_output=b'tar bytes'):
-        def popen(idmap, argv, cwd, stdin=None, stdout=None, stderr=None):
+    def _popen(self, codes, output=b'zstd bytes'):
+        def popen(idmap, argv, cwd, stdin=None, stdout=None, stderr=None,
+                  background=False):
             self.assertEqual(IDMAP, idmap)
             self.assertEqual(self.snap.merged, cwd)
+            # The containers' own work comes first.
+            self.assertTrue(background)
+            if self.procs:
+                # Each reads the one before.
+                self.assertIs(self.procs[-1].stdout, stdin)
             proc = _Proc(codes[len(self.procs)],
-                         tar_output if argv[0] == 'tar' else b'')
+                         output if argv[0] == 'zstd' else b'')
             proc.argv = argv
             self.procs.append(proc)
             return proc
         self.lxc.userns_popen.side_effect = popen
 
-    def test_find_then_tar_in_the_containers_view(self):
-        self._popen([0, 0])
+    def test_find_tar_zstd_in_the_containers_view(self):
+        self._popen([0, 0, 0])
         data = self.snap.stream()
         out = b''.join(iter(data))
-        self.assertEqual(b'tar bytes',
-                         zstandard.ZstdDecompressor().stream_reader(
-                             io.BytesIO(out)).read())
-        find, tar = [p.argv for p in self.procs]
+        self.assertEqual(b'zstd bytes', out)
+        find, tar, zstd = [p.argv for p in self.procs]
+        self.assertEqual('zstd', zstd[0])
+        self.assertIn('--check', zstd)
         self.assertEqual('find', find[0])
         # /dev's contents, devices and sockets never go in.
         self.assertIn('./dev/*', find)
@@ -196,7 +201,7 @@ class StreamTest(_Base):
         self.assertEqual(len(out), data.bytes)
 
     def test_failed_tar_fails_the_read_at_the_end(self):
-        self._popen([0, 2])
+        self._popen([0, 2, 0])
         data = self.snap.stream()
         with self.assertRaisesRegex(exception.SnapshotFailed,
                                     'tar exited 2'):
@@ -204,10 +209,10 @@ class StreamTest(_Base):
                 pass
 
     def test_cancel_kills_the_readers(self):
-        self._popen([None, None])
+        self._popen([None, None, None])
         self.snap.stream()
         snapshot.cancel_all(self.root.path)
-        self.assertEqual([True, True], [p.killed for p in self.procs])
+        self.assertEqual([True] * 3, [p.killed for p in self.procs])
 
 
 class RecoverTest(_Base):
