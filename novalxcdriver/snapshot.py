@@ -30,6 +30,7 @@ and, for the cgroup freezer, ``<container dir>/snapshot-frozen``.
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -308,6 +309,27 @@ def recover(root, container_dir):
     return _remove(root, container_dir, stages, subvolumes)
 
 
+def _kill_readers(stage):
+    """Kill what still reads a staging view.
+
+    A dead snapshot's find, tar or zstd not yet gone by SIGPIPE; nothing
+    else has a reason to be in a 0700 directory of the driver's own.
+    """
+    for _attempt in range(50):
+        pids = [pid for pid, _comm in mount.holders(stage)
+                if pid != os.getpid()]
+        if not pids:
+            return
+        for pid in pids:
+            LOG.warning('Killing process %d, left reading the snapshot '
+                        'view %s', pid, stage)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
+
+
 def _remove(root, container_dir, stages, subvolumes):
     removed = []
     root_disk = root.root_disk
@@ -331,6 +353,7 @@ def _remove(root, container_dir, stages, subvolumes):
     for stage in stages:
         if not os.path.lexists(stage):
             continue
+        _kill_readers(stage)
         mount.unmount_tree(stage)
         shutil.rmtree(stage)
         removed.append(stage)

@@ -1,4 +1,5 @@
-"""The driver's process killed (SIGKILL) at each step of spawn and destroy.
+"""The driver's process killed (SIGKILL) at each step of spawn, destroy and
+snapshot.
 
 For every crash point a driver process (tests.hardening.worker) is armed
 to kill itself right before or after one function of the driver runs,
@@ -14,11 +15,14 @@ killed, every mount under the state path gone, a new driver runs
 init_host and resume_state_on_host_boot.
 """
 
+import glob
 import os
 import uuid
 
 from novalxcdriver import container
+from novalxcdriver import disk
 from novalxcdriver import ids
+from novalxcdriver import mount
 from novalxcdriver import record
 from tests.hardening import base
 from tests.hardening import summary
@@ -37,7 +41,8 @@ SPAWN_POINTS = (
     ('record write', 'novalxcdriver.durable:write', 'after', 'record'),
     ('Disk.create', 'novalxcdriver.disk:Disk.create', 'before', None),
     ('lxc.attach_loop', 'novalxcdriver.lxc:attach_loop', 'after', None),
-    ('mount.ext4', 'novalxcdriver.mount:ext4', 'after', None),
+    ('mount.block_device', 'novalxcdriver.mount:block_device', 'after',
+     None),
     ('Disk.create', 'novalxcdriver.disk:Disk.create', 'after', None),
     ('mount.idmapped_bind', 'novalxcdriver.mount:idmapped_bind', 'after',
      None),
@@ -63,15 +68,51 @@ DESTROY_POINTS = (
      'before', None),
 )
 
+# (label, target, when, match, root disk): the server runs with a root
+# disk of that filesystem, or none ('unbounded': root_gb 0, cgroup freezer).
+SNAPSHOT_POINTS = (
+    ('mkdir(staging dir)', 'os:mkdir', 'after', 'snapshot-', 'btrfs'),
+    ('durable.syncfs', 'novalxcdriver.durable:syncfs', 'after', None,
+     'btrfs'),
+    ('disk.snapshot_subvolume', 'novalxcdriver.disk:snapshot_subvolume',
+     'after', None, 'btrfs'),
+    ('mount.overlay_readonly', 'novalxcdriver.mount:overlay_readonly',
+     'after', None, 'btrfs'),
+    ('zstd started', 'novalxcdriver.lxc:userns_popen', 'after', 'zstd',
+     'btrfs'),
+    ('Snapshot.cleanup', 'novalxcdriver.snapshot:Snapshot.cleanup',
+     'before', None, 'btrfs'),
+    ('disk.freeze', 'novalxcdriver.disk:freeze', 'after', None, 'ext4'),
+    ('copy of the upper layer', 'novalxcdriver.lxc:execute', 'after',
+     'reflink', 'ext4'),
+    ('lxc.freeze', 'novalxcdriver.lxc:freeze', 'after', None, 'unbounded'),
+)
+
+
+def snapshot_leftovers(state_path, lxc_path):
+    """What snapshots left: staging dirs, subvolumes, mounts, freezes."""
+    found = glob.glob(os.path.join(state_path, 'rootfs', '*', 'snapshot-*'))
+    found += glob.glob(os.path.join(state_path, 'rootfs', '*', 'root',
+                                    '.snapshot-*'))
+    found += glob.glob(os.path.join(lxc_path, '*', 'snapshot-frozen'))
+    found += [p for p in mount.mountpoints()
+              if p.startswith(state_path + '/') and '/snapshot-' in p]
+    for point in glob.glob(os.path.join(state_path, 'rootfs', '*', 'root')):
+        if point in mount.mountpoints():
+            # FITHAW succeeds only on a frozen filesystem.
+            if disk.thaw(point):
+                found.append('%s was frozen' % point)
+    return found
+
 
 class CrashTest(base.WorkerTestCase):
 
     host_prefix = 'hardening-crash'
 
-    def _worker(self, root, image_id):
+    def _worker(self, root, image_id, **options):
         return base.Worker(self, root, self.host,
                            images={image_id: self.tarball},
-                           state_poll_interval=1.0)
+                           state_poll_interval=1.0, **options)
 
     def _match(self, match, lxc_path, state_path, spec):
         directory = os.path.join(lxc_path, base.instance_name(spec))
@@ -79,7 +120,7 @@ class CrashTest(base.WorkerTestCase):
                 'record': os.path.join(state_path, 'instances', spec['uuid']),
                 None: None}[match]
 
-    def _crash_once(self, phase, i, label, target, when, match):
+    def _crash_once(self, phase, i, label, target, when, match, fs=None):
         """One crash point in a root of its own.
 
         :returns: (left, held, probe, leaks, problems): what the crash
@@ -89,13 +130,15 @@ class CrashTest(base.WorkerTestCase):
         root = os.path.join(self.root, '%s-%02d' % (phase, i))
         os.makedirs(root)
         image_id = str(uuid.uuid4())
-        spec = base.instance_spec(0x2000 + i + (100 if phase == 'destroy'
-                                                else 0))
+        spec = base.instance_spec(
+            0x2000 + i + {'spawn': 0, 'destroy': 100, 'snapshot': 200}[phase],
+            root_gb=0 if fs == 'unbounded' else 1)
         name = base.instance_name(spec)
         problems = []
-        worker = self._worker(root, image_id)
+        options = {'root_disk_fs': fs} if fs in ('btrfs', 'ext4') else {}
+        worker = self._worker(root, image_id, **options)
         lxc_path, state_path = worker.lxc_path, worker.state_path
-        if phase == 'destroy':
+        if phase in ('destroy', 'snapshot'):
             result, = worker.call('spawn', instances=[spec],
                                   image_id=image_id)
             if result['error']:
@@ -104,7 +147,9 @@ class CrashTest(base.WorkerTestCase):
         worker.call('arm', target=target, when=when,
                     match=self._match(match, lxc_path, state_path, spec))
         op = {'spawn': dict(op='spawn', instances=[spec], image_id=image_id),
-              'destroy': dict(op='destroy', instances=[spec])}[phase]
+              'destroy': dict(op='destroy', instances=[spec]),
+              'snapshot': dict(op='snapshot', instances=[spec],
+                               image_id=str(uuid.uuid4()))}[phase]
         status = worker.crash_during(**op)
         if status != -9:
             problems.append('exit status %s, not SIGKILL' % status)
@@ -122,7 +167,16 @@ class CrashTest(base.WorkerTestCase):
                 probe, sorted(held)))
         veth_names = base.veth_pairs(lxc_path)
 
-        restarted = self._worker(root, image_id)
+        restarted = self._worker(root, image_id, **options)
+        if phase == 'snapshot':
+            # init_host alone undoes the snapshot; the server runs on.
+            left_by_snapshot = snapshot_leftovers(state_path, lxc_path)
+            if left_by_snapshot:
+                problems.append('after init_host: %s' % left_by_snapshot)
+            info, = restarted.call('info', instances=[spec])
+            if info['state'] != 'RUNNING':
+                problems.append('server %s after init_host, not RUNNING'
+                                % info['state'])
         result, = restarted.call('destroy', instances=[spec])
         if result['error']:
             problems.append('destroy after restart: %s: %s' % (
@@ -137,11 +191,13 @@ class CrashTest(base.WorkerTestCase):
     def _crash_points(self, phase, points):
         figures = {}
         failures = {}
-        for i, (label, target, when, match) in enumerate(points):
+        for i, (label, target, when, match, *fs) in enumerate(points):
             point = '%s: %s %s' % (phase, when, label)
+            if fs:
+                point += ' (%s)' % fs[0]
             try:
                 left, held, probe, leaks, problems = self._crash_once(
-                    phase, i, label, target, when, match)
+                    phase, i, label, target, when, match, *fs)
             except base.WorkerError as e:
                 left, held, probe, leaks, problems = [], [], None, [], [
                     '%s' % e]
@@ -166,6 +222,9 @@ class CrashTest(base.WorkerTestCase):
 
     def test_crash_at_each_step_of_destroy(self):
         self._crash_points('destroy', DESTROY_POINTS)
+
+    def test_crash_at_each_step_of_snapshot(self):
+        self._crash_points('snapshot', SNAPSHOT_POINTS)
 
     def test_host_reboot_brings_running_instances_back(self):
         image_id = str(uuid.uuid4())

@@ -57,6 +57,22 @@ CONF = conf.CONF
 LOG = logging.getLogger('hardening.worker')
 
 
+class _DiscardingImageAPI:
+    """nova.image.glance.API whose update reads a snapshot to the end."""
+
+    def __call__(self):
+        return self
+
+    def get(self, context, image_id):
+        return {'id': image_id, 'name': 'hardening-snapshot'}
+
+    def update(self, context, image_id, metadata, data=None,
+               purge_props=True):
+        while data.read(1 << 20):
+            pass
+        return metadata
+
+
 class Worker:
 
     def __init__(self):
@@ -71,7 +87,8 @@ class Worker:
 
     def op_configure(self, host, lxc_path, state_path, images=None,
                      fetch_delay=0, name_template=None,
-                     image_max_unpacked_gib=None, state_poll_interval=0):
+                     image_max_unpacked_gib=None, state_poll_interval=0,
+                     root_disk_fs=None):
         CONF([], project='nova', default_config_files=[])
         objects.register_all()
         CONF.set_override('host', host)
@@ -82,6 +99,8 @@ class Worker:
         CONF.set_override('state_poll_interval', state_poll_interval,
                           group='lxc')
         CONF.set_override('soft_reboot_timeout', 20, group='lxc')
+        if root_disk_fs:
+            CONF.set_override('root_disk_fs', root_disk_fs, group='lxc')
         if image_max_unpacked_gib:
             CONF.set_override('image_max_unpacked_gib',
                               image_max_unpacked_gib, group='lxc')
@@ -199,6 +218,16 @@ class Worker:
         def destroy(instance):
             self.driver.destroy(self.ctxt, instance, [])
         return self._each(instances, destroy)
+
+    def op_snapshot(self, instances, image_id):
+        """Snapshot each instance to image_id; Glance reads and discards."""
+        driver_mod.glance.API = _DiscardingImageAPI()
+
+        def snapshot(instance):
+            self.driver.snapshot(self.ctxt, instance, image_id,
+                                 lambda *args, **kwargs: None)
+            return self._describe(instance)
+        return self._each(instances, snapshot)
 
     def op_resume_state_on_host_boot(self, instances):
         def resume(instance):
