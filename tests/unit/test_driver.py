@@ -867,6 +867,10 @@ class RepairTest(_Base):
         self.assert_repaired()
 
 
+class _Killed(BaseException):
+    """The process dies here: no except Exception clause runs."""
+
+
 class RescueTest(_Base):
     """rescue, unrescue, and what a rescued server's other calls do."""
 
@@ -1024,6 +1028,50 @@ class RescueTest(_Base):
         # It can be rescued then.
         self.rescue()
         self.assertEqual('RUNNING', self.states[self.name])
+
+    def restart(self):
+        """A new nova-compute process on the same host."""
+        self.drv = driver.LXCDriver(self.virtapi)
+        self.init_host()
+
+    def test_killed_anywhere_in_rescue_hard_reboot_repairs(self):
+        # The process dies (no rollback); Nova, restarted, leaves the
+        # server RESCUING until reset, then ERROR: hard reboot repairs.
+        for where in (self.rootfs_create, self.cd_write, self.lxc.start):
+            saved = where.side_effect
+            where.side_effect = _Killed()
+            self.assertRaises(_Killed, self.rescue)
+            where.side_effect = saved
+            self.restart()
+            self.instance_.vm_state = vm_states.ERROR
+            self.drv.reboot(self.context, self.instance_, self.network_info,
+                            'HARD')
+            self.assert_server_back()
+            self.assertEqual('RUNNING', self.states[self.name])
+
+    def test_killed_anywhere_in_unrescue_finished_again(self):
+        def kill_in_unmount(path):
+            raise _Killed()
+        points = ((self.mount.unmount_tree, kill_in_unmount),
+                  (self.lxc.start, _Killed()))
+        for where, killed in points:
+            for finish in (
+                    lambda: self.drv.unrescue(self.context, self.instance_),
+                    lambda: self.drv.reboot(self.context, self.instance_,
+                                            self.network_info, 'HARD')):
+                self.instance_.vm_state = vm_states.ACTIVE
+                self.rescue()
+                self.instance_.vm_state = vm_states.RESCUED
+                saved = where.side_effect
+                where.side_effect = killed
+                self.assertRaises(_Killed, self.drv.unrescue, self.context,
+                                  self.instance_)
+                where.side_effect = saved
+                self.restart()
+                self.instance_.vm_state = vm_states.ERROR
+                finish()
+                self.assert_server_back()
+                self.assertEqual('RUNNING', self.states[self.name])
 
     def test_unrescue(self):
         self.rescue()
