@@ -5,7 +5,8 @@ Artifacts of a container named N with container ID C, instance U:
 - ``<state_path>/ids/C``           its ID reservation (ids.IdAllocator)
 - ``<state_path>/instances/U.json`` its durable record (record.py)
 - ``<lxc_path>/N/config``          lxc.conf, with a copy of the record
-- ``<state_path>/rootfs/C``        its disks and copy-on-write root
+- ``<state_path>/rootfs/C``        its disks and copy-on-write root (and
+                                   its rescue root while rescued: rescue.py)
 - ``<lxc_path>/N/*.log``           console and LXC logs
 - ``<lxc_path>/N/suspended``       marks a freeze made by Nova's suspend
 - cgroups                          made and removed by LXC itself
@@ -47,6 +48,7 @@ from novalxcdriver import host
 from novalxcdriver import limits as limits_mod
 from novalxcdriver import lxc
 from novalxcdriver import record as record_mod
+from novalxcdriver import rescue as rescue_mod
 from novalxcdriver import rootfs as rootfs_mod
 from novalxcdriver import snapshot as snapshot_mod
 from novalxcdriver import spec as spec_mod
@@ -253,7 +255,8 @@ class Container:
             instance_uuid=spec.instance_uuid, name=spec.name, host=spec.host,
             cid=spec.cid, idmap=spec.idmap, image_id=spec.image_id,
             container_dir=self.dir, rootfs=root.path, state=state,
-            pid=os.getpid())
+            pid=os.getpid(),
+            rescue_image_id=spec.rescue.image_id if spec.rescue else '')
 
     def mark_ready(self):
         """Record that its spawn finished (the record leaves spawning)."""
@@ -262,7 +265,7 @@ class Container:
             self.records.write(dataclasses.replace(
                 record, state=record_mod.READY, pid=os.getpid()))
 
-    def rebuild(self, spec, image):
+    def rebuild(self, spec, image, rescue_image=None):
         """Make the derived parts again from spec: config, record, mounts.
 
         The disks are kept as they are. The config is written anew (a
@@ -270,13 +273,23 @@ class Container:
         missing or differs, and the root is mounted where it is not. A
         running container keeps running (its config is read at start).
 
+        A rescue's spec (spec.rescue) mounts its rescue root too, which
+        rescue() made. Any other spec first removes a rescue root left in
+        place (rescue.py: only a rescue makes it), before the record stops
+        naming it; the container must be stopped then.
+
         :param spec: spec.ContainerSpec of the instance (its recorded ID
             and idmap).
         :param image: images.CachedImage of its root's lower layer.
+        :param rescue_image: images.CachedImage of the rescue root's lower
+            layer, with a rescue's spec.
         :raises ContainerExists: <lxc_path>/<name> is someone else's.
         :raises MountFailed: its disks cannot be mounted.
+        :raises MountBusy: a rescue root to remove is in use.
+        :raises RescueUnavailable: a rescue's spec, and no rescue root.
         """
         root = rootfs_mod.Rootfs(self.state_path, spec.cid)
+        rescue_root = rescue_mod.root_of(root)
         with self._lock(spec.cid):
             owner = self.dir_owner()
             if owner == 'other':
@@ -284,6 +297,12 @@ class Container:
                     name=self.name, path=self.dir,
                     reason='its config does not name instance %s'
                     % self.instance_uuid)
+            if spec.rescue is None:
+                rescue_root.destroy()
+            elif not rescue_root.exists():
+                raise exception.RescueUnavailable(
+                    instance_uuid=self.instance_uuid, rootfs=root.path,
+                    reason='its rescue root %s is gone' % rescue_root.path)
             record = self._record_of(spec, root, record_mod.READY)
             current = self.record()
             # Its writer's pid alone differing is no reason for a write.
@@ -299,6 +318,46 @@ class Container:
                          self.name)
                 durable.write(self.config_path, config)
             root.mount(image.rootfs, spec.idmap)
+            if spec.rescue is not None:
+                rescue_root.mount(rescue_image.rootfs, spec.idmap)
+
+    def rescue(self, spec, image, rescue_image, root_gb=0):
+        """Make the stopped container its server's rescue (rescue.py).
+
+        In this order, so that a crash anywhere leaves what the record
+        names: the record names the rescue; a rescue root left by an
+        earlier rescue that was cut short goes (scratch, see rescue.py); a
+        fresh one is made and mounted; rebuild writes the rescue's config
+        and mounts the server's root for /mnt. The server's root is only
+        mounted. On failure the caller rebuilds the server's own spec,
+        which removes the rescue root again.
+
+        :param spec: spec.ContainerSpec of the rescue (rescue.spec_of).
+        :param image: images.CachedImage of the server's own root.
+        :param rescue_image: images.CachedImage of the rescue image.
+        :param root_gb: GiB of the rescue root's disk (the flavor's
+            root_gb); 0 for none (unbounded, as the server's then).
+        :raises ContainerExists: <lxc_path>/<name> is someone else's.
+        :raises MountFailed, MountBusy, CommandFailed: the rescue root
+            could not be made or mounted.
+        """
+        root = rootfs_mod.Rootfs(self.state_path, spec.cid)
+        rescue_root = rescue_mod.root_of(root)
+        with self._lock(spec.cid):
+            if self.dir_owner() == 'other':
+                raise exception.ContainerExists(
+                    name=self.name, path=self.dir,
+                    reason='its config does not name instance %s'
+                    % self.instance_uuid)
+            self.records.write(self._record_of(spec, root, record_mod.READY))
+            rescue_root.destroy()
+            # ext4 (create's default) whatever [lxc] root_disk_fs says: a
+            # scratch root is never snapshotted, and ext4 formats fastest.
+            rescue_root.create(rescue_image.rootfs, spec.idmap, root_gb)
+            # As create() does for the server's root.
+            rescue_root.write_etc_file('hostname', spec.hostname + '\n',
+                                       spec.idmap)
+        self.rebuild(spec, image, rescue_image)
 
     def remount(self, image_cache):
         """Mount the rootfs where missing, if its image is cached.
@@ -324,7 +383,23 @@ class Container:
             for path in snapshot_mod.recover(root, self.dir):
                 LOG.warning('Removed %s, left by a snapshot cut short',
                             path)
+            if record.rescue_image_id:
+                self._remount_rescue(root, record, image_cache)
         return True
+
+    def _remount_rescue(self, root, record, image_cache):
+        """Mount the rescue root of a rescued container, if it can be."""
+        rescue_root = rescue_mod.root_of(root)
+        rescue_image = image_cache.lookup(record.rescue_image_id)
+        if rescue_root.exists() and rescue_image is not None:
+            rescue_root.mount(rescue_image.rootfs, record.idmap)
+            return
+        # Its next start (host boot, hard reboot) fetches the image again;
+        # a lost rescue root is for unrescue (RescueUnavailable).
+        LOG.warning('The rescue root %s of container %s is not mounted: %s',
+                    rescue_root.path, self.name,
+                    'its image %s is not cached' % record.rescue_image_id
+                    if rescue_root.exists() else 'it is gone')
 
     # -- snapshots ------------------------------------------------------
 
@@ -599,6 +674,8 @@ class Container:
             root = rootfs_mod.Rootfs(self.state_path, cid)
             # A snapshot's readers hold its staging mount.
             snapshot_mod.cancel_all(root.path)
+            # Its rescue root first: it may hold a loop device of its own.
+            rescue_mod.root_of(root).destroy()
             # Rootfs first: the reservation still names the ID meanwhile.
             root.destroy()
             self._remove_dir()

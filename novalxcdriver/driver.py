@@ -43,6 +43,7 @@ from novalxcdriver import limits as limits_mod
 from novalxcdriver import lxcfs
 from novalxcdriver import numa
 from novalxcdriver import record as record_mod
+from novalxcdriver import rescue as rescue_mod
 from novalxcdriver import rootfs as rootfs_mod
 from novalxcdriver import snapshot as snapshot_mod
 from novalxcdriver import spec as spec_mod
@@ -87,6 +88,9 @@ class LXCDriver(driver.ComputeDriver):
         supports_multiattach=False,
         supports_trusted_certs=False,
         supports_pcpus=True,  # PCPU inventory and pinning: numa.py
+        # rescue and unrescue are (rescue.py); a volume-backed server
+        # cannot be (COMPUTE_RESCUE_BFV): there are no volumes.
+        supports_bfv_rescue=False,
     )
 
     def __init__(self, virtapi, read_only=False):
@@ -269,16 +273,22 @@ class LXCDriver(driver.ComputeDriver):
     def manage_image_cache(self, context, all_instances):
         """Remove cached images that nothing uses (Nova's periodic pass).
 
-        Kept: the images of every container in lxc_path and of the
-        instances Nova lists, and any image used within [image_cache]
+        Kept: the images of every container in lxc_path (its rescue
+        image too while rescued) and of the instances Nova lists, and any
+        image used within [image_cache]
         remove_unused_original_minimum_age_seconds. Nothing is removed
         when [image_cache] remove_unused_base_images is False.
         """
         if not CONF.image_cache.remove_unused_base_images:
             return
-        in_use = {r.image_id for r in self._records.all().values()}
-        in_use.update(r['image_id'] for r in container_mod.config_records(
-            self._lxc_path).values() if 'image_id' in r)
+        records = self._records.all().values()
+        in_use = {r.image_id for r in records}
+        # A rescued server's rescue image is mounted too.
+        in_use.update(r.rescue_image_id for r in records
+                      if r.rescue_image_id)
+        for r in container_mod.config_records(self._lxc_path).values():
+            in_use.update(r[key] for key in ('image_id', 'rescue_image_id')
+                          if key in r)
         in_use.update(i.image_ref for i in all_instances if i.image_ref)
         min_age = CONF.image_cache.remove_unused_original_minimum_age_seconds
         self._images.prune(in_use, min_age)
@@ -623,8 +633,48 @@ class LXCDriver(driver.ComputeDriver):
         ones keep their names), or network_info's when the config is
         unreadable.
 
+        A rescued server stays rescued while Nova says it is (rescue.kept):
+        its rescue root is mounted again, its rescue image fetched again
+        if need be. A rescue its record names but Nova does not (one that
+        failed or was cut short) is left: the container is killed and the
+        server gets its own root back.
+
         :raises ImageGone: the image is neither cached nor in Glance.
         :raises ContainerExists: its container directory is someone else's.
+        :raises RescueUnavailable: its rescue cannot be assembled again.
+        """
+        spec, image = self._server_spec(context, instance, c, network_info)
+        rec = c.record()
+        rescue_image_id = (rec.rescue_image_id if rec else
+                           c.config_record().get('rescue_image_id', ''))
+        if rescue_image_id and rescue_mod.kept(instance):
+            root = rootfs_mod.Rootfs(self._state_path, spec.cid)
+            try:
+                rescue_image = self._fetched_image(context, rescue_image_id)
+            except (nova_exc.ImageNotFound, exception.ImageUnpackError) as e:
+                raise exception.RescueUnavailable(
+                    instance_uuid=instance.uuid, rootfs=root.path,
+                    reason='its rescue image %s is neither cached nor '
+                    'usable from Glance (%s)' % (rescue_image_id, e)) from e
+            rescue_root = rescue_mod.root_of(root)
+            c.rebuild(self._rescue_spec(
+                spec, rescue_image,
+                os.path.isdir(configdrive.path_for(rescue_root.path))),
+                image, rescue_image)
+            return
+        if rescue_image_id:
+            LOG.warning('The record names a rescue (image %s) but Nova '
+                        'does not: the server gets its own root back',
+                        rescue_image_id, instance=instance)
+            c.kill()
+        c.rebuild(spec, image)
+
+    def _server_spec(self, context, instance, c, network_info):
+        """(spec.ContainerSpec, images.CachedImage) of the server's own root.
+
+        As _rebuild describes them, without a rescue.
+
+        :raises ImageGone: the image is neither cached nor in Glance.
         """
         rec = c.record()
         cid = c.cid()
@@ -649,7 +699,18 @@ class LXCDriver(driver.ComputeDriver):
             instance, c, cid, image, nics,
             config_drive=os.path.isdir(configdrive.path_for(root.path)),
             idmap=rec.idmap if rec else None)
-        c.rebuild(spec, image)
+        return spec, image
+
+    def _rescue_spec(self, spec, rescue_image, config_drive):
+        """The spec of the rescue of the server spec describes (rescue.py).
+
+        :param config_drive: whether the rescue has a config drive.
+        """
+        rescue_root = rescue_mod.root_of(
+            rootfs_mod.Rootfs(self._state_path, spec.cid))
+        return rescue_mod.spec_of(
+            spec, rescue_image, rescue_root,
+            configdrive.path_for(rescue_root.path) if config_drive else None)
 
     def snapshot(self, context, instance, image_id, update_task_state):
         """Upload the container's root, taken while it runs, to image_id.
@@ -729,6 +790,95 @@ class LXCDriver(driver.ComputeDriver):
         c.thaw()
         self.plug_vifs(instance, network_info)
         c.start()
+
+    def rescue(self, context, instance, network_info, image_meta,
+               rescue_password, block_device_info, share_info):
+        """Boot image_meta's root in the container, the server's on /mnt.
+
+        Nova's contract (nova/virt/driver.py; compute manager's
+        rescue_instance powers the server off first and reads its power
+        state after): image_meta is the rescue image Nova chose (the one
+        asked for, else the server's base image, else its own); without
+        an id, the server's own image, as libvirt falls back to
+        instance.image_ref. rescue_password is the admin_pass of the
+        rescue's config drive (configdrive.py), as in libvirt's rescue
+        config drive, when the server has a config drive or the rescue
+        image asks for one; there are no volumes or shares to attach. The
+        server's own root is only mounted, on /mnt (rescue.py).
+
+        On failure the container gets the server's own config and root
+        back, stopped, and the error is raised: Nova puts the server in
+        ERROR, from which a hard reboot starts it (or a rescue retries).
+
+        :raises InstanceNotRescuable: stable device rescue was asked
+            (hw_rescue_device, hw_rescue_bus image properties).
+        :raises InstanceNotFound: nothing of the instance on this host.
+        :raises ImageUnacceptable: the rescue image is not a usable rootfs
+            archive.
+        :raises ImageGone, ContainerExists: as reboot.
+        """
+        if hardware.check_hw_rescue_props(image_meta):
+            # As libvirt refuses it for LXC: no disk bus to boot from.
+            raise nova_exc.InstanceNotRescuable(
+                instance_id=instance.uuid,
+                reason='stable device rescue (hw_rescue_device, '
+                       'hw_rescue_bus) needs block devices; containers '
+                       'have none')
+        c = self._existing(instance)
+        spec, image = self._server_spec(context, instance, c, network_info)
+        rescue_image = (self._cached_image(context, instance, image_meta)
+                        if image_meta.obj_attr_is_set('id') else image)
+        root = rootfs_mod.Rootfs(self._state_path, spec.cid)
+        rescue_spec = self._rescue_spec(
+            spec, rescue_image,
+            os.path.isdir(configdrive.path_for(root.path)) or
+            configdrive.required_by(instance, image_meta))
+        c.kill()
+        try:
+            c.rescue(rescue_spec, image, rescue_image,
+                     root_gb=instance.flavor.root_gb)
+            if rescue_spec.config_drive:
+                configdrive.write(rescue_spec.config_drive, instance, None,
+                                  rescue_password, network_info or [],
+                                  spec.idmap)
+            self.plug_vifs(instance, network_info)
+            c.start()
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                LOG.warning('Rescue failed; giving the container its own '
+                            'root back', instance=instance)
+                try:
+                    c.kill()
+                    c.rebuild(spec, image)
+                except Exception:
+                    LOG.exception('Cannot undo the rescue; a hard reboot '
+                                  'of the server does it', instance=instance)
+        LOG.info('Container %s rescued with image %s', c.name,
+                 rescue_image.image_id, instance=instance)
+
+    def unrescue(self, context, instance):
+        """Boot the server from its own root again, as before its rescue.
+
+        Nova's contract (nova/virt/driver.py; compute manager's
+        unrescue_instance then saves it ACTIVE with the power state read
+        here): the rescue container is killed, the server's config and
+        record are written again (_rebuild's machinery, no rescue), its
+        rescue root is removed and it is started with the same container
+        ID, idmap and NICs, on its root as the rescue left it. Finishes a
+        rescue or unrescue cut short; a server not rescued is restarted.
+
+        :raises InstanceNotFound: nothing of the instance on this host.
+        :raises ImageGone, ContainerExists: as reboot; the rescue runs on.
+        :raises MountBusy: a host process holds a file of the rescue root.
+        """
+        c = self._existing(instance)
+        network_info = instance.get_network_info()
+        spec, image = self._server_spec(context, instance, c, network_info)
+        c.kill()
+        c.rebuild(spec, image)
+        self.plug_vifs(instance, network_info)
+        c.start()
+        LOG.info('Container %s unrescued', c.name, instance=instance)
 
     def pause(self, instance):
         self._existing(instance).freeze()

@@ -107,6 +107,14 @@ class ImageGone(NovaLXCError):
                'the image again.')
 
 
+class RescueUnavailable(NovaLXCError):
+    """A rescued server's rescue cannot be assembled again."""
+
+    msg_fmt = ('The rescue of instance %(instance_uuid)s cannot be started '
+               'again: %(reason)s. Unrescue the server to boot it from its '
+               'own root, kept in %(rootfs)s.')
+
+
 class IdmapChanged(NovaLXCError):
     msg_fmt = ('Container ID %(cid)d of instance %(instance_uuid)s was made '
                'with host uids %(recorded)s, but the current settings give '

@@ -12,7 +12,10 @@ idmap that ID had when the disks were made (so a changed
 ``[lxc] id_range_size`` cannot silently remap them), the image its root
 is built on and where its disks live. ``state`` is ``spawning`` from
 before spawn makes anything until it has finished: the in-progress marker
-that lets cleanup prove what a crashed spawn made. Written only through
+that lets cleanup prove what a crashed spawn made. ``rescue_image_id``
+names the image of a rescue (rescue.py) from before its rescue root is
+made until that root is removed again: a restart remounts it, and its
+presence says the config is the rescue container's. Written only through
 durable.write.
 """
 
@@ -49,6 +52,10 @@ class InstanceRecord:
     :ivar rootfs: ``<state_path>/rootfs/<cid>``: its disks.
     :ivar state: SPAWNING or READY.
     :ivar pid: the process that wrote it (whose spawn it is).
+    :ivar rescue_image_id: the Glance image of its rescue root while it
+        is rescued (rescue.py), else ''. Left out of the JSON when '', so
+        the records of servers never rescued are those earlier versions
+        wrote and read.
     """
 
     instance_uuid: str
@@ -61,9 +68,12 @@ class InstanceRecord:
     rootfs: str
     state: str = SPAWNING
     pid: int = 0
+    rescue_image_id: str = ''
 
     def to_json(self):
         data = dataclasses.asdict(self)
+        if not data['rescue_image_id']:
+            del data['rescue_image_id']
         data['version'] = _VERSION
         return json.dumps(data, sort_keys=True, indent=1) + '\n'
 
@@ -85,7 +95,8 @@ class InstanceRecord:
         ints = (record.cid, record.pid, idmap.uid_start, idmap.gid_start,
                 idmap.size)
         strs = (record.instance_uuid, record.name, record.host,
-                record.image_id, record.container_dir, record.rootfs)
+                record.image_id, record.container_dir, record.rootfs,
+                record.rescue_image_id)
         if (not all(isinstance(i, int) and not isinstance(i, bool)
                     for i in ints) or
                 not all(isinstance(s, str) for s in strs) or

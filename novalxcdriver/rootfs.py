@@ -15,6 +15,8 @@ leftover directory keeps its ID from being reused)::
     *.img.iostat   each disk's loop device I/O counters when attached
     lower/         idmapped, read-only view of the cached image's rootfs
     merged/        the overlay: lxc.rootfs.path
+    rescue/        while rescued, the rescue root: this layout again
+                   (rescue.py)
 
 A flavor with root_gb 0 gets no root disk: upper/ and work/ then live in
 root/ on the host's filesystem, unbounded.
@@ -43,11 +45,14 @@ class Rootfs:
     """The root filesystem of container ID cid.
 
     :param state_path: the driver's state directory ([lxc] state_path).
+    :param path: its directory instead of ``<state_path>/rootfs/<cid>``
+        (state_path is not read then): a rescue root lives inside its
+        server's (rescue.root_of).
     """
 
-    def __init__(self, state_path, cid):
+    def __init__(self, state_path, cid, path=None):
         self.cid = cid
-        self.path = os.path.join(state_path, 'rootfs', str(cid))
+        self.path = path or os.path.join(state_path, 'rootfs', str(cid))
         self.lower = os.path.join(self.path, 'lower')
         self.root_disk = disk.Disk(os.path.join(self.path, 'root.img'),
                                    os.path.join(self.path, 'root'))

@@ -80,6 +80,19 @@ class NicSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class RescueSpec:
+    """What makes a container its server's rescue (rescue.py).
+
+    :ivar image_id: the Glance image its root is built on.
+    :ivar server_rootfs: host path of the server's own mounted root,
+        bind-mounted read-write on /mnt.
+    """
+
+    image_id: str
+    server_rootfs: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ContainerSpec:
     """Everything LXC needs to know about one container.
 
@@ -101,6 +114,8 @@ class ContainerSpec:
     :ivar nics: tuple of NicSpec, in lxc.net index order.
     :ivar config_drive: host directory holding the config drive's files,
         bind-mounted read-only on /config-drive, or None.
+    :ivar rescue: RescueSpec of a rescue container, else None; image_id
+        stays the server's own image then.
     """
 
     name: str
@@ -120,6 +135,7 @@ class ContainerSpec:
     swap_accounting: bool = True
     nics: tuple = ()
     config_drive: object = None
+    rescue: object = None
 
     @property
     def config_path(self):
@@ -168,6 +184,8 @@ def render_config(spec):
     if spec.limits.io:
         # Applied to the disks' devices at each start (with_io).
         record.append(('io', limits_mod.format_io(spec.limits.io)))
+    if spec.rescue:
+        record.append(('rescue_image_id', spec.rescue.image_id))
     keys = [
         # Debian's stock unprivileged setup: capabilities, devices cgroup,
         # seccomp, /proc and /sys, and the lxcfs hooks (common.conf.d).
@@ -205,6 +223,12 @@ def render_config(spec):
         # Where cloud-init and Nova's other drivers put the ephemeral disk.
         keys.append(('lxc.mount.entry',
                      '%s mnt none bind,create=dir 0 0' % spec.ephemeral))
+    if spec.rescue:
+        # Read-write: rescue is for repairing it, and libvirt attaches
+        # the server's disk to its rescue guest read-write too.
+        keys.append(('lxc.mount.entry',
+                     '%s mnt none bind,create=dir 0 0'
+                     % spec.rescue.server_rootfs))
     if spec.config_drive:
         # Where cloud-init's ConfigDrive datasource looks in a container
         # (and nova-lxd put it); read-only, as a config drive is.
@@ -341,8 +365,9 @@ def parse_record(config_text):
     """Read the driver's record back from a rendered config.
 
     :returns: dict with 'instance_uuid', 'host', 'image_id' (str), 'id'
-        (int) and, with disk I/O throttles, 'io' (limits.format_io), or {}
-        when the text holds no record.
+        (int), with disk I/O throttles 'io' (limits.format_io), in a
+        rescue container 'rescue_image_id' (str); or {} when the text
+        holds no record.
     """
     record = {}
     for line in config_text.splitlines():

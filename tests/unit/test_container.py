@@ -16,6 +16,7 @@ from novalxcdriver import ids
 from novalxcdriver import images
 from novalxcdriver import limits
 from novalxcdriver import record
+from novalxcdriver import rescue
 from novalxcdriver import rootfs
 from novalxcdriver import spec as spec_mod
 
@@ -440,6 +441,7 @@ class CreateTest(_Base):
         self.root = self.rootfs_cls.return_value
         self.root.path = os.path.join(self.state_path, 'rootfs', '0')
         self.cid = self.ids.allocate(UUID, NAME)
+        self.root.cid = self.cid
         self.spec = self.make_spec(self.cid)
 
     def test_create(self):
@@ -713,6 +715,185 @@ class RemountTest(_Base):
         self.root_mount.side_effect = exception.MountFailed(
             what='overlay', target='/x', reason='EINVAL')
         self.assertRaises(exception.MountFailed, self.c.remount, self.cache)
+
+
+class RescueTest(_Base):
+    """rescue(), and rebuild, remount and destroy of a rescued container."""
+
+    def setUp(self):
+        super().setUp()
+        self.cid = self.make_container()
+        self.lxc_state = 'STOPPED'
+        self.server_spec = self.make_spec(self.cid)
+        self.server_config = spec_mod.render_config(self.server_spec)
+        self.root = rootfs.Rootfs(self.state_path, self.cid)
+        self.rescue_root = rescue.root_of(self.root)
+        self.rescue_image = images.CachedImage(
+            'rescue-image', '/images/r/rootfs', 'busybox', 50)
+        self.spec = rescue.spec_of(self.server_spec, self.rescue_image,
+                                   self.rescue_root)
+        self.server_file = os.path.join(self.root.upper, 'file')
+        self.root_mount = self._patch('mount')
+        self.root_create = self._patch('create', side_effect=self._create)
+        self.write_etc_file = self._patch('write_etc_file')
+
+    def _patch(self, name, **kwargs):
+        patcher = mock.patch('novalxcdriver.rootfs.Rootfs.' + name,
+                             autospec=True, **kwargs)
+        self.addCleanup(patcher.stop)
+        return patcher.start()
+
+    @staticmethod
+    def _create(root, image_rootfs, idmap, root_gb=0, ephemeral_gb=0):
+        # The real one makes disks and mounts; the directories suffice.
+        for d in (root.lower, root.upper, root.work, root.merged):
+            os.makedirs(d)
+
+    def config(self):
+        with open(self.c.config_path) as f:
+            return f.read()
+
+    def assert_server_untouched(self):
+        with open(self.server_file) as f:
+            self.assertEqual('written by the container', f.read())
+        self.assertEqual(['file'], os.listdir(self.root.upper))
+
+    def test_rescue(self):
+        self.c.rescue(self.spec, self.image, self.rescue_image, root_gb=2)
+        self.assertEqual('rescue-image', self.c.record().rescue_image_id)
+        self.assertEqual(spec_mod.render_config(self.spec), self.config())
+        root, *args = self.root_create.call_args.args
+        self.assertEqual((self.rescue_root.path, '/images/r/rootfs',
+                          self.ids.idmap(self.cid), 2),
+                         (root.path, *args))
+        root, *args = self.write_etc_file.call_args.args
+        self.assertEqual((self.rescue_root.path, 'hostname', 'web-1\n',
+                          self.ids.idmap(self.cid)), (root.path, *args))
+        # Its own root for /mnt, then the rescue's.
+        self.assertEqual(
+            [(self.root.path, '/images/x/rootfs'),
+             (self.rescue_root.path, '/images/r/rootfs')],
+            [(c.args[0].path, c.args[1])
+             for c in self.root_mount.call_args_list])
+        self.assert_server_untouched()
+        self.lxc.start.assert_not_called()
+
+    def test_rescue_root_made_only_once_the_record_names_it(self):
+        def create(root, *args):
+            self.assertEqual(self.rescue_root.path, root.path)
+            self.assertEqual('rescue-image',
+                             self.c.record().rescue_image_id)
+            # The config names it only once it is there.
+            self.assertEqual(self.server_config, self.config())
+            self._create(root, *args)
+        self.root_create.side_effect = create
+        self.c.rescue(self.spec, self.image, self.rescue_image)
+        self.root_create.assert_called_once()
+
+    def test_leftover_of_an_interrupted_rescue_replaced(self):
+        os.makedirs(self.rescue_root.upper)
+        with open(os.path.join(self.rescue_root.upper, 'old'), 'w') as f:
+            f.write('scratch')
+        self.c.rescue(self.spec, self.image, self.rescue_image)
+        self.assertEqual([], os.listdir(self.rescue_root.upper))
+        self.mount.unmount_tree.assert_called_once_with(
+            self.rescue_root.path)
+
+    def test_foreign_dir_refused_untouched(self):
+        with open(self.c.config_path, 'w') as f:
+            f.write('lxc.uts.name = foreign\n')
+        self.assertRaises(exception.ContainerExists, self.c.rescue,
+                          self.spec, self.image, self.rescue_image)
+        self.assertEqual('', self.c.record().rescue_image_id)
+        self.root_create.assert_not_called()
+        self.assertEqual('lxc.uts.name = foreign\n', self.config())
+
+    def test_server_spec_takes_the_rescue_root_before_the_record(self):
+        self.c.rescue(self.spec, self.image, self.rescue_image)
+        real_write = self.records.write
+
+        def write(rec):
+            self.assertFalse(os.path.lexists(self.rescue_root.path))
+            real_write(rec)
+        with mock.patch.object(self.records, 'write', side_effect=write):
+            self.c.rebuild(self.server_spec, self.image)
+        self.assertEqual('', self.c.record().rescue_image_id)
+        self.assertEqual(self.server_config, self.config())
+        self.assertEqual(['root'], os.listdir(self.root.path))
+        self.assert_server_untouched()
+
+    def test_busy_rescue_root_stays_named_by_the_record(self):
+        self.c.rescue(self.spec, self.image, self.rescue_image)
+        self.mount.mountpoints.return_value = {self.rescue_root.merged}
+        self.assertRaises(exception.MountFailed, self.c.rebuild,
+                          self.server_spec, self.image)
+        self.assertEqual('rescue-image', self.c.record().rescue_image_id)
+        self.assertEqual(spec_mod.render_config(self.spec), self.config())
+        self.assertTrue(os.path.isdir(self.rescue_root.upper))
+
+    def test_rescue_spec_rebuilt_on_its_rescue_root(self):
+        self.c.rescue(self.spec, self.image, self.rescue_image)
+        os.unlink(self.c.config_path)
+        self.root_mount.reset_mock()
+        self.c.rebuild(self.spec, self.image, self.rescue_image)
+        self.assertEqual(spec_mod.render_config(self.spec), self.config())
+        self.assertEqual([self.root.path, self.rescue_root.path],
+                         [c.args[0].path
+                          for c in self.root_mount.call_args_list])
+        self.root_create.assert_called_once()  # by rescue() alone
+
+    def test_rescue_spec_without_rescue_root_refused(self):
+        self.c.rescue(self.spec, self.image, self.rescue_image)
+        shutil.rmtree(self.rescue_root.path)
+        e = self.assertRaises(exception.RescueUnavailable, self.c.rebuild,
+                              self.spec, self.image, self.rescue_image)
+        self.assertIn(self.rescue_root.path, str(e))
+        self.assertIn('Unrescue', str(e))
+        self.root_create.assert_called_once()
+
+    def test_remount_mounts_both_roots(self):
+        self.c.rescue(self.spec, self.image, self.rescue_image)
+        self.root_mount.reset_mock()
+        cache = mock.Mock()
+        cache.lookup.side_effect = {
+            IMAGE_ID: self.image, 'rescue-image': self.rescue_image}.get
+        self.assertTrue(self.c.remount(cache))
+        self.assertEqual(
+            [(self.root.path, '/images/x/rootfs', self.ids.idmap(self.cid)),
+             (self.rescue_root.path, '/images/r/rootfs',
+              self.ids.idmap(self.cid))],
+            [(c.args[0].path,) + c.args[1:]
+             for c in self.root_mount.call_args_list])
+
+    def remounted(self, images_cached):
+        cache = mock.Mock()
+        cache.lookup.side_effect = {i.image_id: i
+                                    for i in images_cached}.get
+        self.root_mount.reset_mock()
+        self.assertTrue(self.c.remount(cache))
+        return [c.args[0].path for c in self.root_mount.call_args_list]
+
+    def test_remount_without_rescue_image_mounts_the_server(self):
+        # Its next start fetches the image (_rebuild).
+        self.c.rescue(self.spec, self.image, self.rescue_image)
+        self.assertEqual([self.root.path], self.remounted([self.image]))
+
+    def test_remount_without_rescue_root_mounts_the_server(self):
+        self.c.rescue(self.spec, self.image, self.rescue_image)
+        shutil.rmtree(self.rescue_root.path)
+        self.assertEqual([self.root.path], self.remounted(
+            [self.image, self.rescue_image]))
+
+    def test_destroy_takes_the_rescue_root_first(self):
+        self.c.rescue(self.spec, self.image, self.rescue_image)
+        self.mount.unmount_tree.reset_mock()
+        self.c.destroy()
+        self.assertEqual([mock.call(self.rescue_root.path),
+                          mock.call(self.root.path)],
+                         self.mount.unmount_tree.call_args_list)
+        self.assertFalse(os.path.lexists(self.root.path))
+        self.assertIsNone(self.c.record())
+        self.assertEqual({}, self.ids.reservations())
 
 
 class DestroyTest(_Base):

@@ -4,6 +4,7 @@ The container, ids, images and spec modules run for real over temporary
 directories; only lxc-* commands, mounts and host facts are mocked.
 """
 
+import dataclasses
 import functools
 import os
 import shutil
@@ -13,6 +14,7 @@ import fixtures
 from nova.compute import power_state
 from nova.compute import provider_tree
 from nova.compute import task_states
+from nova.compute import vm_states
 from nova import context as nova_context
 from nova import exception as nova_exc
 from nova.network import model as network_model
@@ -227,6 +229,7 @@ class CapabilitiesTest(base.BaseTestCase):
         self.assertTrue(caps['supports_pcpus'])
         for key in ('supports_evacuate', 'supports_migrate_to_same_host',
                     'supports_multiattach', 'supports_trusted_certs',
+                    'supports_bfv_rescue',
                     'supports_extend_volume',
                     'supports_device_tagging', 'supports_vtpm',
                     'supports_image_type_qcow2', 'supports_image_type_iso',
@@ -862,6 +865,323 @@ class RepairTest(_Base):
             self.drv.reboot(self.context, self.instance_, [], 'HARD')
         self.assertEqual(recorded, self.rootfs_mount.call_args.args[2])
         self.assert_repaired()
+
+
+class _Killed(BaseException):
+    """The process dies here: no except Exception clause runs."""
+
+
+class RescueTest(_Base):
+    """rescue, unrescue, and what a rescued server's other calls do."""
+
+    def setUp(self):
+        super().setUp()
+        self.init_host()
+        for name in ('plug', 'unplug', 'hot_plug', 'remove_leftovers'):
+            self.patch('novalxcdriver.vif.' + name)
+        self.patch('novalxcdriver.vif.link_exists', return_value=True)
+        self.cd_write = self.patch('novalxcdriver.configdrive.write',
+                                   side_effect=lambda path, *a: os.mkdir(
+                                       path))
+        self.network_info = network_model.NetworkInfo(
+            [test_vif.bridge_vif(test_vif.PORT2, active=True)])
+        self.instance_ = self.instance(config_drive='True')
+        self.instance_.info_cache = objects.InstanceInfoCache(
+            network_info=self.network_info)
+        self.drv.spawn(self.context, self.instance_, self.image_meta(), [],
+                       'pw', {}, network_info=self.network_info)
+        self.name = self.instance_.name
+        self.config_path = os.path.join(self.lxc_path, self.name, 'config')
+        self.server_config = self.config()
+        self.server_record = self.drv._records.get(UUID)
+        self.root = os.path.join(self.state_path, 'rootfs', '0')
+        self.rescue_root = os.path.join(self.root, 'rescue')
+        self.cd_write.reset_mock()
+        self.lxc.reset_mock()
+        self.fetch.reset_mock()
+
+    def config(self):
+        with open(self.config_path) as f:
+            return f.read()
+
+    @staticmethod
+    def rescue_meta(image_id=OTHER_IMAGE_ID, container_format='bare',
+                    **properties):
+        return objects.ImageMeta.from_dict({
+            'id': image_id, 'name': 'rescue', 'disk_format': 'raw',
+            'container_format': container_format,
+            'properties': properties})
+
+    def rescue(self, image_meta=None, password='rescue-pw'):
+        self.drv.rescue(self.context, self.instance_, self.network_info,
+                        image_meta or self.rescue_meta(), password, None,
+                        objects.ShareMappingList())
+
+    def assert_server_back(self):
+        """The server's own config and record, no rescue root left."""
+        self.assertEqual(self.server_config, self.config())
+        self.assertEqual(self.server_record,
+                         dataclasses.replace(self.drv._records.get(UUID),
+                                             pid=self.server_record.pid))
+        self.assertFalse(os.path.lexists(self.rescue_root))
+        # The server's root: its upper layer and config drive are kept.
+        self.assertTrue(os.path.isdir(os.path.join(self.root, 'root',
+                                                   'upper')))
+        self.assertTrue(os.path.isdir(os.path.join(self.root,
+                                                   'config-drive')))
+
+    def test_rescue(self):
+        def create(root, image_rootfs, *args):
+            if root.path == self.rescue_root:
+                # Nova stopped it; stopped it stays until it is ready.
+                self.assertEqual('STOPPED', self.states[self.name])
+            self._rootfs_create(root, image_rootfs, *args)
+        self.rootfs_create.side_effect = create
+        self.rescue()
+        self.assertEqual(OTHER_IMAGE_ID, self.fetch.call_args.args[1])
+        config = self.config()
+        self.assertEqual({'instance_uuid': UUID, 'host': HOST, 'id': 0,
+                          'image_id': IMAGE_ID,
+                          'rescue_image_id': OTHER_IMAGE_ID},
+                         spec_mod.parse_record(config))
+        self.assertIn('lxc.rootfs.path = dir:%s/merged\n' % self.rescue_root,
+                      config)
+        self.assertIn('lxc.mount.entry = %s/merged mnt none '
+                      'bind,create=dir 0 0\n' % self.root, config)
+        self.assertIn('lxc.mount.entry = %s/config-drive config-drive none '
+                      'bind,ro,create=dir 0 0\n' % self.rescue_root, config)
+        # Same container, idmap and NICs.
+        for line in ('lxc.idmap = u 0 100000 65536',
+                     'lxc.idmap = g 0 100000 65536', 'lxc.uts.name = web-1'):
+            self.assertIn(line + '\n', config)
+        self.assertEqual(spec_mod.parse_nics(self.server_config),
+                         spec_mod.parse_nics(config))
+        self.assertEqual(1, len(spec_mod.parse_nics(config)))
+        self.assertEqual(OTHER_IMAGE_ID,
+                         self.drv._records.get(UUID).rescue_image_id)
+        self.assertEqual(0, self.drv._ids.find(UUID))
+        # The rescue password, in the rescue's own config drive.
+        self.cd_write.assert_called_once_with(
+            self.rescue_root + '/config-drive', self.instance_, None,
+            'rescue-pw', self.network_info, self.drv._ids.idmap(0))
+        self.assertEqual(['kill', 'start'],
+                         [c[0] for c in self.lxc.mock_calls
+                          if c[0] in ('kill', 'start')])
+        self.assertEqual(power_state.RUNNING,
+                         self.drv.get_info(self.instance_).state)
+
+    def test_image_without_id_is_the_servers_own(self):
+        self.rescue(objects.ImageMeta.from_dict({}), password='')
+        self.fetch.assert_not_called()
+        self.assertEqual(IMAGE_ID,
+                         self.drv._records.get(UUID).rescue_image_id)
+        root, image_rootfs = self.rootfs_create.call_args.args[:2]
+        self.assertEqual((self.rescue_root, IMAGE_ID + '/rootfs'),
+                         (root.path, image_rootfs[-len(IMAGE_ID) - 7:]))
+        self.assertEqual('', self.cd_write.call_args.args[3])
+
+    def test_config_drive_only_with_one(self):
+        self.drv.destroy(self.context, self.instance_, self.network_info)
+        self.instance_ = self.instance(config_drive='')
+        self.instance_.info_cache = objects.InstanceInfoCache(
+            network_info=self.network_info)
+        self.drv.spawn(self.context, self.instance_, self.image_meta(), [],
+                       None, {}, network_info=self.network_info)
+        self.rescue()
+        self.cd_write.assert_not_called()
+        self.assertNotIn('config-drive', self.config())
+        # Unless the rescue image asks for one.
+        self.drv.unrescue(self.context, self.instance_)
+        self.rescue(self.rescue_meta(img_config_drive='mandatory'))
+        self.cd_write.assert_called_once()
+        self.assertIn('%s/config-drive config-drive' % self.rescue_root,
+                      self.config())
+
+    def test_refused_before_anything(self):
+        for meta, error in (
+                (self.rescue_meta(hw_rescue_device='disk'),
+                 nova_exc.InstanceNotRescuable),
+                (self.rescue_meta(hw_rescue_bus='usb'),
+                 nova_exc.InstanceNotRescuable),
+                (self.rescue_meta(container_format='ami'),
+                 nova_exc.ImageUnacceptable)):
+            self.assertRaises(error, self.rescue, meta)
+            self.lxc.kill.assert_not_called()
+            self.assert_server_back()
+
+    def test_failure_gives_the_server_its_root_back(self):
+        def fail_start(name, lxc_path):
+            raise exception.CommandFailed(cmd='lxc-start', exit_code=1,
+                                          stderr='no')
+        for where, failure, error in (
+                (self.cd_write, OSError('disk full'), OSError),
+                (self.lxc.start, fail_start, exception.CommandFailed),
+                (self.rootfs_create, exception.MountFailed(
+                    what='overlay', target='x', reason='EPERM'),
+                 exception.MountFailed)):
+            saved = where.side_effect
+            where.side_effect = failure
+            self.assertRaises(error, self.rescue)
+            where.side_effect = saved
+            self.assertEqual('STOPPED', self.states[self.name])
+            self.assert_server_back()
+        # It can be rescued then.
+        self.rescue()
+        self.assertEqual('RUNNING', self.states[self.name])
+
+    def restart(self):
+        """A new nova-compute process on the same host."""
+        self.drv = driver.LXCDriver(self.virtapi)
+        self.init_host()
+
+    def test_killed_anywhere_in_rescue_hard_reboot_repairs(self):
+        # The process dies (no rollback); Nova, restarted, leaves the
+        # server RESCUING until reset, then ERROR: hard reboot repairs.
+        for where in (self.rootfs_create, self.cd_write, self.lxc.start):
+            saved = where.side_effect
+            where.side_effect = _Killed()
+            self.assertRaises(_Killed, self.rescue)
+            where.side_effect = saved
+            self.restart()
+            self.instance_.vm_state = vm_states.ERROR
+            self.drv.reboot(self.context, self.instance_, self.network_info,
+                            'HARD')
+            self.assert_server_back()
+            self.assertEqual('RUNNING', self.states[self.name])
+
+    def test_killed_anywhere_in_unrescue_finished_again(self):
+        def kill_in_unmount(path):
+            raise _Killed()
+        points = ((self.mount.unmount_tree, kill_in_unmount),
+                  (self.lxc.start, _Killed()))
+        for where, killed in points:
+            for finish in (
+                    lambda: self.drv.unrescue(self.context, self.instance_),
+                    lambda: self.drv.reboot(self.context, self.instance_,
+                                            self.network_info, 'HARD')):
+                self.instance_.vm_state = vm_states.ACTIVE
+                self.rescue()
+                self.instance_.vm_state = vm_states.RESCUED
+                saved = where.side_effect
+                where.side_effect = killed
+                self.assertRaises(_Killed, self.drv.unrescue, self.context,
+                                  self.instance_)
+                where.side_effect = saved
+                self.restart()
+                self.instance_.vm_state = vm_states.ERROR
+                finish()
+                self.assert_server_back()
+                self.assertEqual('RUNNING', self.states[self.name])
+
+    def test_unrescue(self):
+        self.rescue()
+        self.lxc.reset_mock()
+        self.drv.unrescue(self.context, self.instance_)
+        self.assert_server_back()
+        self.assertEqual(0, self.drv._ids.find(UUID))
+        self.assertEqual(['kill', 'start'],
+                         [c[0] for c in self.lxc.mock_calls
+                          if c[0] in ('kill', 'start')])
+        self.assertEqual(power_state.RUNNING,
+                         self.drv.get_info(self.instance_).state)
+
+    def test_unrescue_of_a_server_not_rescued_restarts_it(self):
+        self.drv.unrescue(self.context, self.instance_)
+        self.assert_server_back()
+        self.lxc.start.assert_called_once_with(self.name, self.lxc_path)
+
+    def test_unrescue_keeps_the_rescue_if_the_server_cannot_boot(self):
+        self.rescue()
+        rescued = self.config()
+        shutil.rmtree(os.path.join(self.state_path, 'images', IMAGE_ID))
+        self.fetch.side_effect = nova_exc.ImageNotFound(image_id=IMAGE_ID)
+        self.assertRaises(exception.ImageGone, self.drv.unrescue,
+                          self.context, self.instance_)
+        self.assertEqual(rescued, self.config())
+        self.assertEqual('RUNNING', self.states[self.name])
+
+    def test_restarts_keep_a_rescue_nova_sees(self):
+        self.rescue()
+        rescued = self.config()
+        self.instance_.vm_state = vm_states.RESCUED
+        for action in (
+                lambda: self.drv.reboot(self.context, self.instance_,
+                                        self.network_info, 'HARD'),
+                lambda: self.drv.power_on(self.context, self.instance_,
+                                          self.network_info),
+                lambda: self.drv.resume_state_on_host_boot(
+                    self.context, self.instance_, self.network_info, None)):
+            os.unlink(self.config_path)
+            self.states[self.name] = 'STOPPED'
+            self.rootfs_mount.reset_mock()
+            action()
+            self.assertEqual(rescued, self.config())
+            self.assertEqual([self.root, self.rescue_root],
+                             [c.args[0].path
+                              for c in self.rootfs_mount.call_args_list])
+            self.assertEqual('RUNNING', self.states[self.name])
+
+    def test_hard_reboot_leaves_a_rescue_nova_does_not_see(self):
+        # A rescue cut short: Nova put the server in ERROR.
+        self.rescue()
+        self.instance_.vm_state = vm_states.ERROR
+        self.lxc.reset_mock()
+
+        def unmount_tree(path):
+            # Its mounts would be busy under a running rescue.
+            if path == self.rescue_root:
+                self.assertEqual('STOPPED', self.states[self.name])
+        self.mount.unmount_tree.side_effect = unmount_tree
+        self.drv.reboot(self.context, self.instance_, self.network_info,
+                        'HARD')
+        self.mount.unmount_tree.assert_called_once_with(self.rescue_root)
+        self.assert_server_back()
+        self.assertEqual(['kill', 'start'],
+                         [c[0] for c in self.lxc.mock_calls
+                          if c[0] in ('kill', 'start')])
+
+    def test_rescue_image_gone_everywhere(self):
+        self.rescue()
+        self.instance_.vm_state = vm_states.RESCUED
+        shutil.rmtree(os.path.join(self.state_path, 'images',
+                                   OTHER_IMAGE_ID))
+        self.fetch.side_effect = nova_exc.ImageNotFound(
+            image_id=OTHER_IMAGE_ID)
+        e = self.assertRaises(exception.RescueUnavailable,
+                              self.drv.resume_state_on_host_boot,
+                              self.context, self.instance_,
+                              self.network_info, None)
+        self.assertIn(OTHER_IMAGE_ID, str(e))
+        # Unrescue is the way out.
+        self.fetch.side_effect = None
+        self.drv.unrescue(self.context, self.instance_)
+        self.assert_server_back()
+
+    def test_init_host_remounts_the_rescue_root(self):
+        self.rescue()
+        self.rootfs_mount.reset_mock()
+        self.drv.init_host(HOST)
+        self.assertEqual([self.root, self.rescue_root],
+                         [c.args[0].path
+                          for c in self.rootfs_mount.call_args_list])
+        self.assertTrue(self.rootfs_mount.call_args.args[1].endswith(
+            OTHER_IMAGE_ID + '/rootfs'))
+
+    def test_destroy_leaves_nothing(self):
+        self.rescue()
+        self.drv.destroy(self.context, self.instance_, self.network_info)
+        self.assertEqual([], os.listdir(self.lxc_path))
+        self.assertEqual([], os.listdir(os.path.join(self.state_path,
+                                                     'rootfs')))
+        self.assertEqual({}, self.drv._ids.reservations())
+        self.assertEqual({}, self.drv._records.all())
+
+    def test_rescue_image_kept_in_the_cache(self):
+        self.rescue()
+        prune = self.patch('novalxcdriver.images.ImageCache.prune')
+        self.drv.manage_image_cache(self.context, [])
+        self.assertEqual({IMAGE_ID, OTHER_IMAGE_ID},
+                         prune.call_args.args[0])
 
 
 class GetInfoTest(_Base):

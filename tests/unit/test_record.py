@@ -75,3 +75,20 @@ class RecordStoreTest(base.TestCase):
         bad = dataclasses.replace(self.record, instance_uuid='../x')
         self.assertRaises(ValueError, self.store.write, bad)
         self.assertRaises(ValueError, self.store.get, '../x')
+
+    def test_rescue_image_only_in_records_of_rescued_servers(self):
+        # A server never rescued keeps the JSON of earlier versions.
+        data = json.loads(self.record.to_json())
+        self.assertNotIn('rescue_image_id', data)
+        self.assertEqual('', record.InstanceRecord.from_json(
+            json.dumps(data)).rescue_image_id)
+        rescued = dataclasses.replace(self.record,
+                                      rescue_image_id='rescue-image')
+        self.store.write(rescued)
+        with open(self.path) as f:
+            self.assertEqual('rescue-image',
+                             json.load(f)['rescue_image_id'])
+        self.assertEqual(rescued, self.store.get(UUID))
+        with open(self.path, 'w') as f:
+            f.write(json.dumps(dict(data, rescue_image_id=7)))
+        self.assertIsNone(self.store.get(UUID))

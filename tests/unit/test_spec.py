@@ -482,3 +482,40 @@ class ParseIdmapTest(base.BaseTestCase):
                      'lxc.idmap = u 0 1 65536\nlxc.idmap = g 0 1 10\n',
                      'lxc.idmap = u 1 1 65536\nlxc.idmap = g 1 1 65536\n'):
             self.assertIsNone(spec.parse_idmap(text), text)
+
+
+class RescueTest(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.spec = make_spec(
+            rootfs='/var/lib/novalxc/rootfs/3/rescue/merged',
+            rescue=spec.RescueSpec(
+                image_id='rescue-image',
+                server_rootfs='/var/lib/novalxc/rootfs/3/merged'))
+        self.text = spec.render_config(self.spec)
+
+    def test_server_root_bound_read_write_on_mnt(self):
+        self.assertIn(('lxc.mount.entry',
+                       '/var/lib/novalxc/rootfs/3/merged mnt none '
+                       'bind,create=dir 0 0'), config_keys(self.text))
+        self.assertIn(('lxc.rootfs.path',
+                       'dir:/var/lib/novalxc/rootfs/3/rescue/merged'),
+                      config_keys(self.text))
+
+    def test_record_names_both_images(self):
+        self.assertEqual({'instance_uuid': UUID, 'host': 'compute-1',
+                          'id': 3, 'image_id': IMAGE_ID,
+                          'rescue_image_id': 'rescue-image'},
+                         spec.parse_record(self.text))
+
+    def test_only_a_rescue_names_one(self):
+        text = spec.render_config(make_spec())
+        self.assertNotIn('rescue', text)
+        self.assertNotIn(' mnt ', text)
+
+    def test_newline_in_rescue_values_refused(self):
+        for field in ('image_id', 'server_rootfs'):
+            bad = dataclasses.replace(self.spec, rescue=dataclasses.replace(
+                self.spec.rescue, **{field: 'x\nlxc.y = z'}))
+            self.assertRaises(ValueError, spec.render_config, bad)
