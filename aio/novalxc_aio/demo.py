@@ -3,8 +3,10 @@
 Each step's time runs from the API call to the state reached, as the API
 reports it (status, and no task in progress). What the API cannot show
 (the address a server got by DHCP, what it reads from the metadata
-service) is looked at inside its container with lxc-attach: the aio runs
-as root on the compute host.
+service, a file written before a snapshot or a shelve) is looked at
+inside its container with lxc-attach: the aio runs as root on the compute
+host. The image create step runs until the image is active and the
+server has no task left.
 """
 
 import json
@@ -31,12 +33,14 @@ class Server:
         self.id = server_id
 
     @classmethod
-    def boot(cls, session, name, image, flavor, networks='none'):
+    def boot(cls, session, name, image, flavor, networks='none',
+             image_id=None):
         """POST a server; networks as the API takes them.
 
         'none', or a list of {'uuid': network id} or {'port': port id}.
+        image is an image's name, or None with image_id.
         """
-        image_id = _image_id(session, image)
+        image_id = image_id or _image_id(session, image)
         body = {'server': {'name': name, 'imageRef': image_id,
                            'flavorRef': flavor, 'networks': networks}}
         server = session.post('compute', '/servers', body)['server']
@@ -65,6 +69,46 @@ class Server:
         self.wait_status(status)
         return time.monotonic() - start
 
+    def create_image(self, name):
+        """POST createImage (a snapshot); return the new image's ID.
+
+        Nova makes the image (queued) and returns; the compute host then
+        takes the snapshot and uploads it (wait_image).
+        """
+        return self.s.post('compute', '/servers/%s/action' % self.id,
+                           {'createImage': {'name': name}})['image_id']
+
+    def wait_image(self, image_id, watch=None, timeout=STEP_TIMEOUT):
+        """Wait for the image active and the server with no task running.
+
+        watch(), if given, is called at each poll (to look at the host
+        meanwhile). Nova deletes the image when the snapshot fails.
+
+        :returns: (image, seconds, the server's statuses seen meanwhile).
+        """
+        statuses = []
+
+        def done():
+            if watch:
+                watch()
+            server = self.show()
+            if server['status'] not in statuses:
+                statuses.append(server['status'])
+            found = image(self.s, image_id)
+            if found is None or found['status'] in ('killed', 'deleted'):
+                raise util.AioError(
+                    'image %s %s: the snapshot of server %s failed (fault: '
+                    '%s; see %s)' % (
+                        image_id, found['status'] if found else 'deleted',
+                        self.id, server.get('fault', {}).get('message'),
+                        layout.log_file('nova-compute')))
+            if found['status'] == 'active' and \
+                    not server.get('OS-EXT-STS:task_state'):
+                return found
+        found, seconds = api.wait_until('image %s active' % image_id, done,
+                                        timeout)
+        return found, seconds, statuses
+
     def console(self, length=None):
         body = {'os-getConsoleOutput': {}}
         if length:
@@ -89,6 +133,43 @@ def attach(name, *argv, timeout=60):
         ['lxc-attach', '-P', layout.LXC_PATH, '-n', name, '--clear-env',
          '--'] + list(argv), capture_output=True, text=True,
         timeout=timeout)
+
+
+def lxc_info(name, *flags):
+    """lxc-info -H of container name with flags; '' if it has none."""
+    proc = subprocess.run(['lxc-info', '-P', layout.LXC_PATH, '-n', name,
+                           '-H'] + list(flags), capture_output=True,
+                          text=True, timeout=60)
+    return proc.stdout.strip() if proc.returncode == 0 else ''
+
+
+def state_and_pid(name):
+    """(LXC state, init pid) of container name; ('', '') if it has none.
+
+    Two calls: with two flags lxc-info labels its lines even with -H.
+    """
+    return lxc_info(name, '-s'), lxc_info(name, '-p')
+
+
+def write_marker(name, path):
+    """Write a new random line to path inside container name; the line.
+
+    :raises AioError: lxc-attach failed.
+    """
+    token = 'marker-%s' % uuid.uuid4().hex
+    proc = attach(name, 'sh', '-c', 'echo %s > %s' % (token, path))
+    if proc.returncode != 0:
+        raise util.AioError('cannot write %s in %s: exit %d: %s' % (
+            path, name, proc.returncode, proc.stderr.strip()[-500:]))
+    return token
+
+
+def read_marker(name, path):
+    """What path holds inside container name (stripped), or what failed."""
+    proc = attach(name, 'cat', path)
+    if proc.returncode != 0:
+        return 'exit %d: %s' % (proc.returncode, proc.stderr.strip()[-300:])
+    return proc.stdout.strip()
 
 
 def inside_ipv4(name, dev='eth0'):
@@ -129,6 +210,36 @@ def network_id(session, name=layout.DEMO_NETWORK):
     return found[0]['id']
 
 
+def image(session, image_id):
+    """The Glance image, or None if Glance does not know it (any more)."""
+    try:
+        return session.get('image', '/v2/images/' + image_id)
+    except api.ApiError as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def image_problems(found, server_id=None):
+    """What is wrong with a snapshot image for this driver ('' if none)."""
+    wanted = {'status': 'active', 'disk_format': 'raw',
+              'container_format': 'bare', 'hypervisor_type': 'lxc'}
+    if server_id:
+        wanted['instance_uuid'] = server_id
+    return ', '.join('%s %r, not %r' % (key, found.get(key), value)
+                     for key, value in wanted.items()
+                     if found.get(key) != value)
+
+
+def delete_image(session, image_id):
+    """Delete an image; best effort (report, do not raise)."""
+    try:
+        session.call('DELETE', 'image', '/v2/images/' + image_id)
+    except api.ApiError as e:
+        if e.status != 404:
+            print('could not delete image %s: %s' % (image_id, e))
+
+
 def _image_id(session, name):
     images = session.get('image', '/v2/images?name=' + name)['images']
     if not images:
@@ -146,6 +257,10 @@ def session(secrets, who):
 def demo():
     """Boot Debian 12 on demo-net as the demo user; walk it through its life.
 
+    Reboot, stop, start, pause, unpause, suspend, resume; a snapshot
+    (server image create) while it runs, a server booted from it;
+    shelve (offloaded) and unshelve; delete.
+
     :returns: 0 if every step reached its state, else 1.
     """
     secrets = util.load_secrets()
@@ -153,6 +268,7 @@ def demo():
     admin = session(secrets, 'admin')
     name = 'demo-debian-%s' % uuid.uuid4().hex[:6]
     timings = []
+    images = []
     server = None
     try:
         util.say('booting %s (image %s, flavor lxc.small, network %s) as '
@@ -210,21 +326,135 @@ def demo():
                 ('resume', {'resume': None}, 'ACTIVE')):
             seconds = server.action(body, status)
             timings.append(('%s -> %s' % (label, status), seconds))
-            util.say('%-24s %6.1f s', timings[-1][0], seconds)
+            util.say('%-28s %6.1f s', timings[-1][0], seconds)
         (got, mtu), _w = api.wait_until(
             'DHCP address %s again' % address,
             lambda: _has_address(container, address), DHCP_TIMEOUT, 0.5)
         util.say('after these, eth0 has %s again', got)
+        _snapshot_steps(s, admin, server, container, address, timings,
+                        images)
         timings.append(('delete -> gone', server.delete()))
         server = None
-        util.say('%-24s %6.1f s', timings[-1][0], timings[-1][1])
+        util.say('%-28s %6.1f s', timings[-1][0], timings[-1][1])
     except (util.AioError, api.ApiError, TimeoutError) as e:
         print('DEMO FAILED: %s' % e)
         cleanup(server)
+        for image_id in images:
+            delete_image(s, image_id)
         _print_timings(timings)
         return 1
+    for image_id in images:
+        delete_image(s, image_id)
     _print_timings(timings)
     return 0
+
+
+MARKER_FILE = '/root/demo-marker'
+
+
+def _say_step(timings, label, seconds):
+    timings.append((label, seconds))
+    util.say('%-28s %6.1f s', label, seconds)
+
+
+def _snapshot_steps(s, admin, server, container, address, timings, images):
+    """Snapshot the running server, boot a copy, shelve and unshelve it.
+
+    A marker file written inside before each is read back afterwards.
+    The snapshot's image ID goes to images (deleted by the caller); the
+    shelve's image Nova deletes itself at unshelve.
+
+    :raises AioError: a step did not do what it should.
+    """
+    name = server.show()['name']
+    token = write_marker(container, MARKER_FILE)
+    util.say('inside: wrote %s', MARKER_FILE)
+    before = state_and_pid(container)
+    seen = set()
+    start = time.monotonic()
+    image_id = server.create_image(name + '-snapshot')
+    images.append(image_id)
+    found, _s, statuses = server.wait_image(
+        image_id, lambda: seen.add(state_and_pid(container)))
+    _say_step(timings, 'image create -> image active',
+              time.monotonic() - start)
+    problems = image_problems(found, server.id)
+    if problems:
+        raise util.AioError('snapshot image %s: %s' % (image_id, problems))
+    seen.add(state_and_pid(container))
+    if before[0] != 'RUNNING' or statuses != ['ACTIVE'] or seen != {before}:
+        raise util.AioError(
+            'the snapshot stopped the server: statuses %s; container '
+            '(state, init pid) before %s, during and after %s' % (
+                statuses, before, sorted(seen)))
+    util.say('image %s active (%s, %s, hypervisor_type %s, %.1f MB); the '
+             'server stayed ACTIVE, init pid %s throughout', image_id,
+             found['disk_format'], found['container_format'],
+             found['hypervisor_type'], (found.get('size') or 0) / 1e6,
+             before[1])
+
+    start = time.monotonic()
+    copy = Server.boot(s, name + '-copy', None, 'lxc.small',
+                       networks=[{'uuid': network_id(s)}],
+                       image_id=image_id)
+    try:
+        copy.wait_status('ACTIVE', ACTIVE_TIMEOUT)
+        _say_step(timings, 'boot from snapshot -> ACTIVE',
+                  time.monotonic() - start)
+        copy_container = admin.get('compute', '/servers/' + copy.id)[
+            'server']['OS-EXT-SRV-ATTR:instance_name']
+        read = read_marker(copy_container, MARKER_FILE)
+        if read != token:
+            raise util.AioError('%s inside the server booted from the '
+                                'snapshot holds %r, not %r' % (
+                                    MARKER_FILE, read[:200], token))
+        util.say('inside %s: %s holds the marker', copy_container,
+                 MARKER_FILE)
+        seconds = copy.delete()
+        copy = None
+        _say_step(timings, 'delete (the copy) -> gone', seconds)
+    finally:
+        cleanup(copy)
+
+    token = write_marker(container, MARKER_FILE)
+    util.say('inside: wrote %s again', MARKER_FILE)
+    ports = _port_ids(s, server.id)
+    _say_step(timings, 'shelve -> SHELVED_OFFLOADED',
+              server.action({'shelve': None}, 'SHELVED_OFFLOADED'))
+    shelved = s.get('image', '/v2/images?name=%s-shelved' % name)['images']
+    if lxc_info(container, '-s'):
+        raise util.AioError('shelved offloaded, but container %s is still '
+                            'there' % container)
+    util.say('container %s gone from the host; image %s', container,
+             ', '.join('%s-shelved %s (%s)' % (name, i['id'], i['status'])
+                       for i in shelved) or 'NONE')
+    _say_step(timings, 'unshelve -> ACTIVE',
+              server.action({'unshelve': None}, 'ACTIVE'))
+    if _port_ids(s, server.id) != ports or \
+            fixed_ip(s, server.id) != address:
+        raise util.AioError('after unshelve the server has ports %s, '
+                            'address %s; before: %s, %s' % (
+                                _port_ids(s, server.id),
+                                fixed_ip(s, server.id), ports, address))
+    read = read_marker(container, MARKER_FILE)
+    if read != token:
+        raise util.AioError('after unshelve %s holds %r, not %r' % (
+            MARKER_FILE, read[:200], token))
+    (got, _mtu), _w = api.wait_until(
+        'DHCP address %s after unshelve' % address,
+        lambda: _has_address(container, address), DHCP_TIMEOUT, 0.5)
+    left = [i['id'] for i in shelved if image(s, i['id'])]
+    if not shelved or left:
+        raise util.AioError('the shelve image: %s' % (
+            'none found' if not shelved else
+            'not deleted at unshelve: %s' % ', '.join(left)))
+    util.say('after unshelve: %s holds the marker, eth0 %s (the same port), '
+             'the shelve image deleted', MARKER_FILE, got)
+
+
+def _port_ids(session, server_id):
+    return sorted(p['id'] for p in session.get(
+        'network', '/v2.0/ports?device_id=' + server_id)['ports'])
 
 
 def _has_address(container, address):

@@ -18,7 +18,6 @@ import datetime
 import glob
 import json
 import os
-import subprocess
 import time
 import uuid
 
@@ -62,11 +61,7 @@ class Checks:
         return value
 
 
-def _lxc_info(name, *flags):
-    proc = subprocess.run(['lxc-info', '-P', layout.LXC_PATH, '-n', name,
-                           '-H'] + list(flags), capture_output=True,
-                          text=True, timeout=60)
-    return proc.stdout.strip() if proc.returncode == 0 else ''
+_lxc_info = demo.lxc_info
 
 
 def _reservations_of(instance_uuid):
@@ -287,6 +282,173 @@ def _reboot_check(c, node):
             'init pid %s -> %s' % (pid, new_pid))
     c.wait('after the reboot, eth0 has %s again' % node.address,
            lambda: demo.inside_ipv4(node.container)[0] == node.address, 30)
+
+
+SNAPSHOT_FILE = '/root/snapshot-marker'
+SHELVE_FILE = '/root/shelve-marker'
+# What a snapshot stages, as novalxcdriver/snapshot.py names it (the
+# driver is not importable here): <rootfs>/snapshot-<image> and, on a
+# btrfs root disk, the subvolume <rootfs>/root/.snapshot-<image>.
+_SNAPSHOT_STAGES = ('snapshot-*', os.path.join('root', '.snapshot-*'))
+
+
+def _snapshot_leftovers(cids):
+    found = []
+    for cid in cids:
+        root = os.path.join(layout.DRIVER_STATE, 'rootfs', cid)
+        for pattern in _SNAPSHOT_STAGES:
+            found += glob.glob(os.path.join(glob.escape(root), pattern))
+        found += [m for m in commands.mounts_under(root)
+                  if '/snapshot-' in m or '/.snapshot-' in m]
+    return sorted(set(found))
+
+
+def _snapshot_checks(c, s, d, node, net_id):
+    """server image create of a running server, and a server booted from it.
+
+    A marker written inside first (not synced: the snapshot must see
+    it); the server stays ACTIVE and its container keeps its init
+    throughout; the image is an active raw/bare rootfs for LXC; nothing
+    of the snapshot stays on the host; a server booted from the image
+    has the marker; it is deleted, leaving nothing. The image is
+    deleted at the end.
+    """
+    name = s.get('compute', '/servers/' + node.server.id)['server']['name']
+    try:
+        token = demo.write_marker(node.container, SNAPSHOT_FILE)
+    except util.AioError as e:
+        c.check('snapshot: wrote %s in %s' % (SNAPSHOT_FILE, node), False,
+                str(e))
+        return
+    before = demo.state_and_pid(node.container)
+    seen = set()
+    log_offset = _log_size('nova-compute')
+    start = time.monotonic()
+    image_id = node.server.create_image(name + '-snapshot')
+    copy = None
+    try:
+        try:
+            found, _s, statuses = node.server.wait_image(
+                image_id,
+                lambda: seen.add(demo.state_and_pid(node.container)))
+        except (util.AioError, TimeoutError) as e:
+            c.check('snapshot: server image create of %s -> image active'
+                    % node, False, '%s; %s' % (e, _logged_problems(
+                        'nova-compute', log_offset, node.server.id)))
+            return
+        c.check('snapshot: server image create of %s -> image active '
+                '(%.1f s)' % (node, time.monotonic() - start), True)
+        seen.add(demo.state_and_pid(node.container))
+        c.check('snapshot: %s stayed ACTIVE, its container RUNNING with '
+                'init pid %s throughout (no downtime)' % (node, before[1]),
+                before[0] == 'RUNNING' and statuses == ['ACTIVE'] and
+                seen == {before},
+                'server statuses %s; container (state, init pid) before %s, '
+                'during and after %s' % (statuses, before, sorted(seen)))
+        problems = demo.image_problems(found, node.server.id)
+        c.check('snapshot: the image is raw/bare, hypervisor_type lxc '
+                '(%.1f MB)' % ((found.get('size') or 0) / 1e6),
+                not problems, problems)
+        left = _snapshot_leftovers(node.cids)
+        c.check('snapshot: no staging directory, subvolume or mount of it '
+                'remains', not left, ', '.join(left))
+
+        start = time.monotonic()
+        copy = demo.Server.boot(d, name + '-copy', None, 'lxc.tiny',
+                                networks=[{'uuid': net_id}],
+                                image_id=image_id)
+        copy.wait_status('ACTIVE', demo.ACTIVE_TIMEOUT)
+        c.check('snapshot: a server booted from the image -> ACTIVE '
+                '(%.1f s)' % (time.monotonic() - start), True)
+        container = s.get('compute', '/servers/' + copy.id)['server'][
+            'OS-EXT-SRV-ATTR:instance_name']
+        cids = _reservations_of(copy.id)
+        read = demo.read_marker(container, SNAPSHOT_FILE)
+        c.check('snapshot: %s inside it holds what was written in %s' % (
+            SNAPSHOT_FILE, node), read == token,
+            'wrote %r, read %r' % (token, read[:200]))
+        seconds = copy.delete()
+        copy = None
+        left = _leftovers(container, cids)
+        c.check('snapshot: that server deleted (%.1f s), nothing of it '
+                'remains on the host' % seconds,
+                cids and not left and _lxc_info(container, '-s') == '',
+                'container IDs %s; %s' % (cids, ', '.join(left)))
+    except (util.AioError, api.ApiError, TimeoutError) as e:
+        c.check('snapshot: a server from the snapshot', False, '%s; %s' % (
+            e, _logged_problems('nova-compute', log_offset,
+                                copy.id if copy else node.server.id)))
+    finally:
+        demo.cleanup(copy)
+        demo.delete_image(d, image_id)
+
+
+def _shelve_checks(c, s, d, node):
+    """Shelve (offloaded: nothing left on the host), then unshelve.
+
+    A marker written inside first is there after the unshelve, the
+    server keeps its port and address (eth0 gets it again by DHCP), and
+    Nova deletes the shelve's image. node.cids becomes the new
+    reservation (the delete checks look for it).
+    """
+    name = s.get('compute', '/servers/' + node.server.id)['server']['name']
+    try:
+        token = demo.write_marker(node.container, SHELVE_FILE)
+    except util.AioError as e:
+        c.check('shelve: wrote %s in %s' % (SHELVE_FILE, node), False, str(e))
+        return
+    log_offset = _log_size('nova-compute')
+    try:
+        seconds = node.server.action({'shelve': None}, 'SHELVED_OFFLOADED')
+    except (util.AioError, api.ApiError, TimeoutError) as e:
+        c.check('shelve: %s -> SHELVED_OFFLOADED' % node, False, '%s; %s' % (
+            e, _logged_problems('nova-compute', log_offset, node.server.id)))
+        return
+    c.check('shelve: %s -> SHELVED_OFFLOADED (%.1f s)' % (node, seconds),
+            True)
+    shelved = d.get('image', '/v2/images?name=%s-shelved' % name)['images']
+    c.check('shelve: its image %s-shelved is active in Glance' % name,
+            [i['status'] for i in shelved] == ['active'],
+            str([(i['id'], i['status']) for i in shelved]))
+    left = _leftovers(node.container, node.cids)
+    c.check('shelve: nothing of the container remains on the host',
+            not left and _lxc_info(node.container, '-s') == '' and
+            not _reservations_of(node.server.id),
+            'lxc-info %r; %s; reservations %s' % (
+                _lxc_info(node.container, '-s'), ', '.join(left),
+                _reservations_of(node.server.id)))
+    port = d.get('network', '/v2.0/ports/' + node.port['id'])['port']
+    c.check('shelve: its port is kept, with address %s' % node.address,
+            port['device_id'] == node.server.id and
+            port['fixed_ips'][0]['ip_address'] == node.address,
+            'device %s, %s' % (port['device_id'], port['fixed_ips']))
+
+    log_offset = _log_size('nova-compute')
+    try:
+        seconds = node.server.action({'unshelve': None}, 'ACTIVE')
+    except (util.AioError, api.ApiError, TimeoutError) as e:
+        c.check('unshelve: %s -> ACTIVE' % node, False, '%s; %s' % (
+            e, _logged_problems('nova-compute', log_offset, node.server.id)))
+        node.cids = _reservations_of(node.server.id)
+        return
+    node.cids = _reservations_of(node.server.id)
+    state = _lxc_info(node.container, '-s')
+    c.check('unshelve: %s -> ACTIVE (%.1f s), container RUNNING, one '
+            'container ID' % (node, seconds),
+            state == 'RUNNING' and len(node.cids) == 1,
+            'state %r, container IDs %s' % (state, node.cids))
+    read = demo.read_marker(node.container, SHELVE_FILE)
+    c.check('unshelve: %s inside %s holds what was written before the '
+            'shelve' % (SHELVE_FILE, node), read == token,
+            'wrote %r, read %r' % (token, read[:200]))
+    ports = [p['id'] for p in d.get('network', '/v2.0/ports?device_id=' +
+                                    node.server.id)['ports']]
+    c.check('unshelve: the same port %s' % node.port['id'],
+            ports == [node.port['id']], str(ports))
+    c.wait('unshelve: eth0 has %s again' % node.address,
+           lambda: demo.inside_ipv4(node.container)[0] == node.address, 30)
+    c.wait('unshelve: Nova deleted the shelve image',
+           lambda: not any(demo.image(d, i['id']) for i in shelved), 30)
 
 
 # Where the mishap moves lxc_path meanwhile: a sibling, same filesystem.
@@ -627,6 +789,8 @@ def smoke(keep_up=False):
         _running_checks(c, s, nodes)
         _network_checks(c, nodes, net['mtu'])
         _reboot_check(c, nodes[0])
+        _snapshot_checks(c, s, d, nodes[1], net['id'])
+        _shelve_checks(c, s, d, nodes[1])
         _mishap_check(c, s, nodes[0])
         _delete_checks(c, s, nodes)
     except (util.AioError, api.ApiError, TimeoutError) as e:
