@@ -15,6 +15,7 @@ killed, every mount under the state path gone, a new driver runs
 init_host and resume_state_on_host_boot.
 """
 
+import fnmatch
 import glob
 import os
 import uuid
@@ -96,7 +97,8 @@ def snapshot_leftovers(state_path, lxc_path):
                                     '.snapshot-*'))
     found += glob.glob(os.path.join(lxc_path, '*', 'snapshot-frozen'))
     found += [p for p in mount.mountpoints()
-              if p.startswith(state_path + '/') and '/snapshot-' in p]
+              if fnmatch.fnmatch(p, os.path.join(state_path, 'rootfs', '*',
+                                                 'snapshot-*'))]
     for point in glob.glob(os.path.join(state_path, 'rootfs', '*', 'root')):
         if point in mount.mountpoints():
             # FITHAW succeeds only on a frozen filesystem.
@@ -118,7 +120,7 @@ class CrashTest(base.WorkerTestCase):
         directory = os.path.join(lxc_path, base.instance_name(spec))
         return {'dir': directory, 'config': directory + '/config',
                 'record': os.path.join(state_path, 'instances', spec['uuid']),
-                None: None}[match]
+                None: None}.get(match, match)
 
     def _crash_once(self, phase, i, label, target, when, match, fs=None):
         """One crash point in a root of its own.
@@ -174,9 +176,11 @@ class CrashTest(base.WorkerTestCase):
             if left_by_snapshot:
                 problems.append('after init_host: %s' % left_by_snapshot)
             info, = restarted.call('info', instances=[spec])
-            if info['state'] != 'RUNNING':
-                problems.append('server %s after init_host, not RUNNING'
-                                % info['state'])
+            state = (info['value'] or {}).get('state')
+            if state != 'RUNNING':
+                problems.append('server %s after init_host, not RUNNING '
+                                '(%s)' % (state, info['message']
+                                          if info['error'] else ''))
         result, = restarted.call('destroy', instances=[spec])
         if result['error']:
             problems.append('destroy after restart: %s: %s' % (
