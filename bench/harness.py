@@ -339,15 +339,16 @@ class Harness:
         knows every artifact; the image cache is kept.
         """
         ids = self.driver._ids
-        for name, record in container_mod.all_records(self.lxc_path).items():
-            container_mod.Container(
-                name, record.get('instance_uuid'), self.lxc_path,
-                self.state_path, ids).destroy()
+        container = self.driver._container_of
+        for instance_uuid, record in self.driver._records.all().items():
+            container(record.name, instance_uuid).destroy()
+        for name, record in container_mod.config_records(
+                self.lxc_path).items():
+            if record.get('instance_uuid'):
+                container(name, record['instance_uuid']).destroy()
         for cid, res in ids.reservations().items():
             if res.instance_name:
-                container_mod.Container(
-                    res.instance_name, res.instance_uuid, self.lxc_path,
-                    self.state_path, ids).destroy()
+                container(res.instance_name, res.instance_uuid).destroy()
             rootfs_mod.Rootfs(self.state_path, cid).destroy()
             ids.release(cid)
         for cid in rootfs_mod.existing_ids(self.state_path):
@@ -362,8 +363,8 @@ class Harness:
 
         :returns: dict of kind -> list (all empty when nothing leaked):
             containers LXC knows, container directories, rootfs
-            directories, ID reservations, mounts under the root, cgroups
-            named after the benchmark's containers.
+            directories, ID reservations, instance records, mounts under
+            the root, cgroups named after the benchmark's containers.
         """
         found = {
             'containers': run(['lxc-ls', '-P', self.lxc_path],
@@ -372,6 +373,7 @@ class Harness:
             'rootfs dirs': _listdir(os.path.join(self.state_path,
                                                  'rootfs')),
             'reservations': _listdir(os.path.join(self.state_path, 'ids')),
+            'records': _listdir(os.path.join(self.state_path, 'instances')),
             'mounts': sorted(p for p in mount.mountpoints()
                              if p.startswith(self.root + '/')),
             'cgroups': sorted(

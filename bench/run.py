@@ -265,7 +265,8 @@ def main(argv=None):
     print()
     print('cleanup check: %s' % (
         'nothing left (containers, container dirs, rootfs dirs, ID '
-        'reservations, mounts, cgroups, API servers: none)' if not left
+        'reservations, records, mounts, cgroups, API servers: none)'
+        if not left
         else 'LEFT BEHIND: %s' % left))
     if results['errors']:
         print('failed families: %s' % ', '.join(results['errors']))
