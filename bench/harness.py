@@ -223,13 +223,17 @@ class Harness:
             image.image_id,
             lambda dest: self._fetch(None, image.image_id, dest))
 
-    def drop_stale_images(self):
-        """Remove cached images the current tarballs no longer produce."""
+    def drop_stale_images(self, keep=None):
+        """Remove cached images the current tarballs no longer produce.
+
+        :param keep: image ids to keep (default: those of self.images).
+        """
+        keep = set(self.images) if keep is None else set(keep)
         top = os.path.join(self.state_path, 'images')
         if not os.path.isdir(top):
             return
         for name in os.listdir(top):
-            if name not in self.images and not name.startswith('.'):
+            if name not in keep and not name.startswith('.'):
                 shutil.rmtree(os.path.join(top, name), ignore_errors=True)
 
     def image_meta(self, image):

@@ -99,5 +99,32 @@ def synthetic(busybox_image):
 
 def all_images():
     """busybox, Debian 12 and the synthetic 1 GB image, smallest first."""
-    bb = busybox()
-    return [bb, debian(), synthetic(bb)]
+    return chosen(KEYS)
+
+
+KEYS = ('busybox', 'debian', 'synthetic')
+
+
+def chosen(keys):
+    """The images of keys (a subset of KEYS), smallest first.
+
+    Only these are built, if missing (Debian's takes a minute).
+    """
+    bb = busybox()   # the synthetic image is made from it
+    makers = {'busybox': lambda: bb, 'debian': debian,
+              'synthetic': lambda: synthetic(bb)}
+    return [makers[key]() for key in KEYS if key in keys]
+
+
+def existing_ids():
+    """Ids of every image whose tarball is already built (set of str).
+
+    Builds nothing: a run of some images keeps the others' cache.
+    """
+    paths = {'busybox': os.path.join(rootfs_images.CACHE_DIR,
+                                     'busybox.tar.gz'),
+             'debian': rootfs_images.debian_tarball_path(),
+             'synthetic': os.path.join(rootfs_images.CACHE_DIR,
+                                       'synthetic-1g.tar')}
+    return {_image(key, key, path).image_id for key, path in paths.items()
+            if os.path.exists(path)}
