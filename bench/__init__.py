@@ -1,9 +1,10 @@
 """Benchmarks of novalxcdriver against raw LXC on the same host.
 
 ``python -m bench.run`` (or ``tox -e bench``) measures spawn latency, image
-size independence, boot to service, throughput, density, destroy and the
-Nova API of the all-in-one cloud, then writes every sample as JSON, a
-markdown table of figures against targets, and PNG plots.
+size independence, boot to service, throughput, density, destroy, the
+snapshot of a running server and unshelve, and the Nova API of the
+all-in-one cloud, then writes every sample as JSON, a markdown table of
+figures against targets, and PNG plots.
 """
 
 # nova-compute runs in native threading mode (nova/cmd/compute.py), so the

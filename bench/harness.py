@@ -145,6 +145,13 @@ _TIMED = (
     ('novalxcdriver.rootfs', 'Rootfs.destroy', 'rootfs unmount+delete'),
     ('novalxcdriver.ids', 'IdAllocator.find', 'ID lookup'),
     ('novalxcdriver.ids', 'IdAllocator.release', 'ID release'),
+    # A snapshot (bench.snapshot) and the unpack of a new image.
+    ('novalxcdriver.snapshot', 'Snapshot.take', 'snapshot take'),
+    ('novalxcdriver.durable', 'syncfs', 'syncfs'),
+    ('novalxcdriver.disk', 'snapshot_subvolume', 'btrfs snapshot'),
+    ('novalxcdriver.mount', 'overlay_readonly', 'snapshot view mount'),
+    ('novalxcdriver.snapshot', 'Snapshot.cleanup', 'snapshot cleanup'),
+    ('novalxcdriver.tarball', 'unpack_rootfs', 'image unpack'),
 )
 
 
@@ -198,6 +205,8 @@ class Harness:
         self.driver.init_host(HOST)
         self.timer = PhaseTimer()
         _instrument(self.timer)
+        # The fake Glance download, for spawns of an image not cached.
+        self.timer.wrap(nova.virt.images, 'fetch', 'image fetch')
         # Instance ids (and so names) unique within a run; leftovers of an
         # earlier run are destroyed before anything starts.
         self._ids = itertools.count(1)
@@ -243,15 +252,17 @@ class Harness:
 
     # -- the driver ----
 
-    def make_instance(self):
+    def make_instance(self, root_gb=1):
         """A Nova instance of the aio's lxc.tiny flavor (no database).
 
         256 MiB, 1 vCPU, a 1 GiB root disk: what a cloud user boots.
+
+        :param root_gb: GiB of its root disk, for servers that hold more.
         """
         inst_id = next(self._ids)
         flavor = objects.Flavor(
             flavorid='bench', name='bench', memory_mb=256, vcpus=1,
-            root_gb=1, ephemeral_gb=0, swap=0, extra_specs={})
+            root_gb=root_gb, ephemeral_gb=0, swap=0, extra_specs={})
         instance = fake_instance.fake_instance_obj(
             self.context, id=inst_id, uuid=str(uuid.uuid4()),
             hostname='bench-%d' % inst_id, host=HOST, flavor=flavor)
@@ -367,8 +378,9 @@ class Harness:
 
         :returns: dict of kind -> list (all empty when nothing leaked):
             containers LXC knows, container directories, rootfs
-            directories, ID reservations, instance records, mounts under
-            the root, cgroups named after the benchmark's containers.
+            directories, ID reservations, instance records, snapshot
+            uploads, mounts under the root, cgroups named after the
+            benchmark's containers.
         """
         found = {
             'containers': run(['lxc-ls', '-P', self.lxc_path],
@@ -378,6 +390,9 @@ class Harness:
                                                  'rootfs')),
             'reservations': _listdir(os.path.join(self.state_path, 'ids')),
             'records': _listdir(os.path.join(self.state_path, 'instances')),
+            # bench.snapshot's kept uploads (shelved images).
+            'snapshot uploads': _listdir(os.path.join(self.root,
+                                                      'snapshot-uploads')),
             'mounts': sorted(p for p in mount.mountpoints()
                              if p.startswith(self.root + '/')),
             'cgroups': sorted(

@@ -38,15 +38,16 @@ from bench import machine
 from bench import nova_api
 from bench import plots
 from bench import report
+from bench import snapshot
 from bench import spawn
 from bench import throughput
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAMILIES = ('spawn', 'boot', 'density', 'throughput', 'api')
+FAMILIES = ('spawn', 'boot', 'density', 'throughput', 'snapshot', 'api')
 # The images each family of this host boots (bench.images keys).
 IMAGES = {'spawn': ('busybox', 'debian', 'synthetic'), 'boot': ('debian',),
           'density': ('busybox', 'debian'),
-          'throughput': ('busybox', 'debian')}
+          'throughput': ('busybox', 'debian'), 'snapshot': ('busybox',)}
 
 
 def parse_args(argv):
@@ -74,6 +75,13 @@ def parse_args(argv):
                    help='idle Debian containers for density (default 10)')
     p.add_argument('--settle', type=float, default=10,
                    help='seconds idle before memory is read (default 10)')
+    p.add_argument('--snapshot-sizes', default=snapshot.DEFAULT_SIZES,
+                   help='data written in each snapshot server, comma-'
+                        'separated (binary units: 10M, 500M, 2G; default '
+                        '%(default)s)')
+    p.add_argument('--snapshot-runs', type=int, default=3,
+                   help='driver.snapshot and plain tar | zstd samples per '
+                        'size (default 3)')
     p.add_argument('--api-runs', type=int, default=10,
                    help='API boots at concurrency 1 (default 10)')
     p.add_argument('--api-concurrent-runs', type=int, default=30,
@@ -94,6 +102,10 @@ def parse_args(argv):
     unknown = set(args.only) - set(FAMILIES)
     if unknown:
         p.error('unknown --only %s' % ', '.join(sorted(unknown)))
+    try:
+        args.snapshot_sizes = snapshot.parse_sizes(args.snapshot_sizes)
+    except ValueError as e:
+        p.error('--snapshot-sizes: %s' % e)
     return args
 
 
@@ -136,7 +148,7 @@ def measure(args, results):
 
 
 def measure_host(args, results):
-    """Families 1-6: the driver and raw LXC on this host."""
+    """Families 1-6, 8 and 9: the driver and raw LXC on this host."""
     images = {}
     log('images: building or finding the tarballs')
     keys = {key for name in args.only for key in IMAGES.get(name, ())}
@@ -176,6 +188,9 @@ def measure_host(args, results):
                                         args.concurrency, args.batch,
                                         log=log)
                 for key in ('busybox', 'debian')},
+            'snapshot': lambda: snapshot.measure(
+                h, images['busybox'], args.snapshot_sizes,
+                args.snapshot_runs, log=log),
         }
         for name in FAMILIES:
             if name not in args.only or name not in families:
@@ -277,8 +292,8 @@ def main(argv=None):
     print()
     print('cleanup check: %s' % (
         'nothing left (containers, container dirs, rootfs dirs, ID '
-        'reservations, records, mounts, cgroups, API servers: none)'
-        if not left
+        'reservations, records, mounts, cgroups, snapshot uploads, API '
+        'servers: none)' if not left
         else 'LEFT BEHIND: %s' % left))
     if results['errors']:
         print('failed families: %s' % ', '.join(results['errors']))
