@@ -191,6 +191,46 @@ def api(plt, results, path):
     _save(plt, fig, path)
 
 
+def snapshot(plt, results, path):
+    """Per size: the times side by side, and the stalls against 100 ms."""
+    from matplotlib import ticker
+    sizes = results['snapshot']['sizes']
+    figures = [report.snapshot_figures(size) for size in sizes]
+    xs = range(len(sizes))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+
+    def lines(ax, series, scale):
+        for key, name, color in series:
+            ys = [None if f[key] is None else f[key] * scale
+                  for f in figures]
+            ax.plot(xs, ys, marker='o', color=color, label=name)
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([size['label'] for size in sizes])
+        ax.set_xlabel('data written in the server')
+        ax.set_yscale('log')
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.grid(alpha=0.3, which='both')
+
+    lines(ax1, (('snapshot', 'driver.snapshot', DRIVER_COLOR),
+                ('plain', 'plain tar | zstd -T0 -3', RAW_COLOR),
+                ('sts', 'stop-tar-start (nova-lxd)', '#d62728'),
+                ('unshelve', 'unshelve (fetch, unpack, spawn)', '#2ca02c')),
+          1)
+    ax1.set_ylabel('seconds (median)')
+    ax1.set_title('Snapshot of a running server, and unshelve', fontsize=10)
+    ax1.legend(fontsize=8)
+    lines(ax2, (('stall', 'driver.snapshot: worst gap', DRIVER_COLOR),
+                ('control', 'plain tar | zstd: worst gap', RAW_COLOR),
+                ('downtime', 'stop-tar-start: downtime', '#d62728')), 1e3)
+    ax2.axhline(report.SNAPSHOT_STALL_MAX * 1e3, color='grey', ls='--',
+                label='target: 100 ms')
+    ax2.set_ylabel('ms between the 10 ms ticks of a writer inside')
+    ax2.set_title('Longest write stall', fontsize=10)
+    ax2.legend(fontsize=8)
+    _save(plt, fig, path)
+
+
 def draw(results, out_dir, log=print):
     """Draw every plot the results have data for.
 
@@ -211,6 +251,8 @@ def draw(results, out_dir, log=print):
         ('throughput.png', throughput, results.get('throughput')),
         ('density.png', density, results.get('density')),
         ('api.png', api, (results.get('api') or {}).get('series')),
+        ('snapshot.png', snapshot, (results.get('snapshot') or {}).get(
+            'sizes')),
     ]
     written = []
     for name, draw_one, have in wanted:

@@ -21,6 +21,10 @@ DEBIAN_MEMORY_MAX = 24 * MIB      # bytes per idle container
 DESTROY_MAX = 1.0                 # s, Debian destroy (median)
 API_MEDIAN_MAX = 2.0              # s, POST to ACTIVE at concurrency 10
 API_P95_MAX = 4.0
+# Targets of the snapshot family (bench.snapshot).
+SNAPSHOT_STALL_MAX = 0.100        # s, longest write stall, any size
+SNAPSHOT_RATIO_MAX = 2.0          # driver.snapshot / plain tar | zstd
+SNAPSHOT_RATIO_BYTES = 500 * MIB  # ... of the server with this written
 
 
 def _ms(seconds):
@@ -217,6 +221,159 @@ def _errors(errors):
         '%s x%d' % (c, n) for c, n in sorted(causes.items())))
 
 
+def _gap(found):
+    """The gap (s) of a bench.snapshot.longest_gap, or None."""
+    return found['gap'] if found else None
+
+
+def snapshot_figures(size):
+    """The figures of one size of the snapshot family (dict of numbers).
+
+    Medians over the runs, except the stalls: the worst of them.
+    """
+    snaps, plains = size['snapshot'], size['plain']
+    snap = summary(s['seconds'] for s in snaps)['median']
+    plain = summary(p['seconds'] for p in plains)['median']
+    pairs = [ratio(s['seconds'], p['seconds'])
+             for s, p in zip(snaps, plains)]
+    stalls = [_gap(s['stall']) for s in snaps]
+    sts = size.get('stop_tar_start') or {}
+    unshelve = size.get('unshelve') or {}
+    phases = unshelve.get('phases') or {}
+
+    def worst(values):
+        values = [v for v in values if v is not None]
+        return max(values) if values else None
+
+    return {
+        'n': len(snaps),
+        'snapshot': snap,
+        'snapshot_bytes': summary(s['bytes'] for s in snaps)['median'],
+        'plain': plain,
+        'plain_bytes': summary(p['bytes'] for p in plains)['median'],
+        'ratio': ratio(snap, plain),
+        'pair_ratios': [r for r in pairs if r is not None],
+        'stall': worst(stalls),
+        'stall_median': summary(v for v in stalls
+                                if v is not None)['median'],
+        'stall_just_written': worst(_gap(s['stall']) for s in snaps
+                                    if s.get('just_written')),
+        'take_stall': worst(_gap(s['take_stall']) for s in snaps),
+        'driver_stall': worst(s.get('driver_stall') for s in snaps),
+        'methods': sorted({s.get('method') for s in snaps} - {None}),
+        'control': worst(_gap(p['stall']) for p in plains),
+        'baseline': summary(s['stall']['baseline']['median'] for s in snaps
+                            if s['stall'] and s['stall'].get('baseline')
+                            )['median'],
+        'sts': sts.get('seconds'),
+        'sts_stop': sts.get('stop'),
+        'sts_tar': sts.get('tar'),
+        'sts_start': sts.get('start'),
+        'downtime': sts.get('downtime'),
+        'unshelve': unshelve.get('seconds'),
+        'unshelve_fetch': phases.get('image fetch'),
+        'unshelve_unpack': phases.get('image unpack'),
+        'unshelve_lookup': phases.get('image lookup'),
+        'unshelve_tick': unshelve.get('first_tick'),
+        'unshelve_bytes': unshelve.get('tarball_bytes'),
+    }
+
+
+def _x(value):
+    return '—' if value is None else '%.2fx' % value
+
+
+def snapshot_rows(results):
+    """Items 8 (snapshot of a running server) and 9 (unshelve)."""
+    snap = results.get('snapshot')
+    if not snap:
+        # Results of a run before this family, or without it: no rows.
+        if ('snapshot' in results.get('config', {}).get('only', ()) or
+                'snapshot' in results.get('errors', {})):
+            return [_row(8, 'Snapshot of a running server',
+                         'write stall ≤ 100 ms; 500 MiB ≤ 2x plain tar \\| '
+                         'zstd', _failed('snapshot', results), 'n/a')]
+        return []
+    rows = []
+    for size in snap['sizes']:
+        f = snapshot_figures(size)
+        label = size['label']
+        rows.append(_row(
+            8, 'Write stall during driver.snapshot, server with %s written: '
+            'longest gap between its 10 ms ticks (worst of %d)'
+            % (label, f['n']), '≤ 100 ms whatever the size',
+            '**%s** (median %s, just written %s; point in time alone %s, '
+            '%s ioctl %s); control, plain tar \\| zstd on the same cores: '
+            '%s; ticker alone %s; stop-tar-start downtime **%s**' % (
+                _ms(f['stall']), _ms(f['stall_median']),
+                _ms(f['stall_just_written']), _ms(f['take_stall']),
+                '/'.join(f['methods']) or 'driver', _ms(f['driver_stall']),
+                _ms(f['control']), _ms(f['baseline']), _s(f['downtime'])),
+            _met(None if f['stall'] is None
+                 else f['stall'] <= SNAPSHOT_STALL_MAX)))
+        goal = size['bytes'] == SNAPSHOT_RATIO_BYTES
+        rows.append(_row(
+            8, 'Snapshot time, %s written: driver.snapshot vs plain `tar -c '
+            '\\| zstd -T0 -3` of the same tree (medians of %d)' % (
+                label, f['n']), '≤ 2x plain' if goal else '—',
+            'driver.snapshot **%s** (%s), plain **%s** (%s): **%s** '
+            '(runs %s); stop-tar-start %s (stop %s, tar %s, start %s)' % (
+                _s(f['snapshot']), _mib(f['snapshot_bytes']),
+                _s(f['plain']), _mib(f['plain_bytes']), _x(f['ratio']),
+                ' '.join('%.2fx' % r for r in f['pair_ratios']) or '—',
+                _s(f['sts']), _s(f['sts_stop']), _s(f['sts_tar']),
+                _s(f['sts_start'])),
+            _met(None if not goal or f['ratio'] is None
+                 else f['ratio'] <= SNAPSHOT_RATIO_MAX)))
+        if f['unshelve'] is not None:
+            rows.append(_row(
+                9, 'Unshelve, %s written: driver.spawn of its snapshot, '
+                'first boot of that image here (fetch, unpack, spawn)'
+                % label, '—',
+                '**%s** (fetch %s, unpack %s of a %s tarball); ticking '
+                'again %s after the call' % (
+                    _s(f['unshelve']), _s(f['unshelve_fetch']),
+                    _s(f['unshelve_unpack']), _mib(f['unshelve_bytes']),
+                    _s(f['unshelve_tick'])),
+                'n/a'))
+    return rows
+
+
+def snapshot_section(results):
+    """Markdown lines: the snapshot family's figures side by side."""
+    snap = results.get('snapshot')
+    if not snap:
+        return []
+    body = []
+    for size in snap['sizes']:
+        f = snapshot_figures(size)
+        body.append([size['label'], _s(f['snapshot']),
+                     _mib(f['snapshot_bytes']), _ms(f['stall']),
+                     _s(f['plain']), _ms(f['control']), _x(f['ratio']),
+                     _s(f['sts']), _s(f['downtime']), _s(f['unshelve'])])
+    return ['## Snapshot of a running server', '',
+            'One busybox server per size, a btrfs root disk of %s GiB, the '
+            'data written inside from /dev/urandom (64 KiB, 1 MiB and '
+            '16 MiB files). A ticker inside appends the time to a file '
+            'every 10 ms; the longest gap between its ticks is the longest '
+            'a write waited (plus the ticker\'s own 10 ms and scheduling). '
+            'driver.snapshot uploads to a fake Glance that reads and counts '
+            'the stream; the floor is `tar -cf - -C <merged root> . \\| '
+            'zstd -T0 -3` of the running server, read the same way; they '
+            'alternate, %d runs each, the first snapshot with the data just '
+            'written. Stop-tar-start is nova-lxd\'s way on the same server: '
+            'a clean stop (power_off), the same tar \\| zstd, power_on; its '
+            'downtime is the gap the ticker saw. Unshelve is a snapshot '
+            'kept as a file, the server destroyed, then driver.spawn of a '
+            'new server from it. Medians, stalls the worst.' % (
+                '/'.join(str(s['root_gb']) for s in snap['sizes']),
+                snap['runs']), '',
+            _md_table(('data', 'driver.snapshot', 'compressed', 'stall',
+                       'plain tar \\| zstd', 'its gap', 'ratio',
+                       'stop-tar-start', 'downtime', 'unshelve'), body),
+            '']
+
+
 def _busy_percent(meter):
     """Share of the host's CPU capacity busy over a bench.cpu interval."""
     return 100 * meter['host_busy'] / max(1e-9,
@@ -304,7 +461,7 @@ def rows(results):
     boot, booted_destroy = boot_rows(results)
     out = (spawn_rows(results) + boot + throughput_rows(results) +
            density_rows(results) + booted_destroy + destroy_rows(results) +
-           api_rows(results))
+           api_rows(results) + snapshot_rows(results))
     return sorted(out, key=lambda r: r['item'])
 
 
@@ -429,6 +586,7 @@ def markdown(results, command, plots):
             '%s / %s.' % (key, conc, command_line(samples),
                           command_line(dsamples)), '']
     out += cpu_section(results)
+    out += snapshot_section(results)
     leaks = results.get('leaks', {}).get('after')
     if leaks is not None:
         left = {k: v for k, v in leaks.items() if v}
@@ -449,7 +607,9 @@ def console_table(results):
     """The main table as plain text for the terminal."""
     lines = []
     for r in rows(results):
-        lines.append('%s. %s\n   target %s | measured %s | met: %s' % (
+        line = '%s. %s\n   target %s | measured %s | met: %s' % (
             r['item'], r['metric'], r['target'],
-            r['measured'].replace('**', ''), r['met']))
+            r['measured'].replace('**', ''), r['met'])
+        # A | in a markdown table cell is escaped.
+        lines.append(line.replace('\\|', '|'))
     return '\n'.join(lines)

@@ -5,9 +5,11 @@ dependencies and matplotlib (bench-requirements.txt) installed; ``tox -e
 bench`` does both. Writes, in --out (docs/benchmarks by default):
 
 - results.json   every sample, the run's options and the machine's facts
-- RESULTS.md     the figures against the targets of issue 6, and plots
+- RESULTS.md     the figures against the targets of issue 6 and of the
+                 snapshot family, and plots
 - *.png          latency distributions, spawn against image size,
-                 throughput per batch, memory per container, API latency
+                 throughput per batch, memory per container, API latency,
+                 snapshot times and write stalls
 
 --out is written whole: a run of some families (--only) replaces the
 figures of the others there, so point it elsewhere (e.g. /tmp/bench) to

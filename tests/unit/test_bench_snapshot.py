@@ -1,4 +1,4 @@
-"""bench.snapshot's helpers."""
+"""bench.snapshot's helpers and the snapshot family's report rows."""
 
 import io
 import os
@@ -8,6 +8,7 @@ import tempfile
 
 from oslotest import base
 
+from bench import report
 from bench import snapshot
 
 MIB = snapshot.MIB
@@ -148,3 +149,83 @@ class FakeImageAPITest(base.BaseTestCase):
         self.assertLess(nbytes, 220000)
         self.assertGreater(seconds, 0)
         self.assertRaises(RuntimeError, snapshot.tar_zstd, '/nonexistent')
+
+
+def _gap(seconds, baseline=0.012):
+    return {'gap': seconds, 'at': 0.1,
+            'baseline': {'median': baseline, 'max': 0.02, 'n': 90}}
+
+
+def _size(nbytes, snaps, plains, stall=0.03):
+    return {
+        'bytes': nbytes, 'label': snapshot.size_label(nbytes), 'root_gb': 2,
+        'snapshot': [{'seconds': s, 'bytes': 5 * MIB, 'stall': _gap(stall),
+                      'take_stall': _gap(0.02), 'driver_stall': 0.008,
+                      'method': 'btrfs', 'just_written': i == 0}
+                     for i, s in enumerate(snaps)],
+        'plain': [{'seconds': p, 'bytes': 5 * MIB, 'stall': _gap(0.04)}
+                  for p in plains],
+        'stop_tar_start': {'seconds': 9.0, 'stop': 2.0, 'tar': 6.5,
+                           'start': 0.5, 'downtime': 9.1},
+        'unshelve': {'seconds': 7.5, 'first_tick': 7.6,
+                     'tarball_bytes': 500 * MIB,
+                     'phases': {'image fetch': 1.0, 'image unpack': 5.0}},
+    }
+
+
+class ReportTest(base.BaseTestCase):
+
+    def _results(self, sizes):
+        return {'snapshot': {'runs': 3, 'tick_interval': 0.01,
+                             'sizes': sizes},
+                'config': {'only': ['snapshot']}, 'errors': {}}
+
+    def test_goals(self):
+        results = self._results([
+            _size(10 * MIB, [0.5, 0.7, 0.6], [0.2, 0.3, 0.2]),
+            _size(500 * MIB, [10.0, 12.0, 11.0], [6.0, 5.0, 7.0],
+                  stall=0.15)])
+        rows = report.snapshot_rows(results)
+        self.assertEqual([8, 8, 9, 8, 8, 9], [r['item'] for r in rows])
+        stall_small, time_small, _, stall_big, time_big, unshelve = rows
+        self.assertEqual('yes', stall_small['met'])
+        self.assertEqual('no', stall_big['met'])
+        self.assertIn('**150 ms**', stall_big['measured'])
+        # The 2x goal is the 500 MiB server's only.
+        self.assertEqual('n/a', time_small['met'])
+        self.assertEqual('yes', time_big['met'])
+        self.assertIn('**1.83x**', time_big['measured'])
+        self.assertIn('fetch 1.00 s, unpack 5.00 s', unshelve['measured'])
+        f = report.snapshot_figures(results['snapshot']['sizes'][1])
+        self.assertEqual(11.0, f['snapshot'])
+        self.assertEqual(6.0, f['plain'])
+        self.assertEqual(0.15, f['stall'])
+        self.assertEqual(0.04, f['control'])
+        self.assertEqual(9.1, f['downtime'])
+
+    def test_ratio_goal_missed(self):
+        rows = report.snapshot_rows(self._results([
+            _size(500 * MIB, [13.0], [6.0])]))
+        self.assertEqual('no', rows[1]['met'])
+
+    def test_markdown_and_console(self):
+        results = self._results([_size(500 * MIB, [10.0], [6.0])])
+        section = '\n'.join(report.snapshot_section(results))
+        self.assertIn('| 500 MiB | 10.00 s |', section)
+        # Escaped in markdown tables, plain on the terminal.
+        self.assertIn('plain tar \\| zstd', section)
+        results['machine'] = {}
+        console = report.console_table(results)
+        self.assertNotIn('\\|', console)
+        self.assertIn('plain tar | zstd', console)
+
+    def test_results_without_the_family(self):
+        # An older results.json: no rows, no section, as before.
+        old = {'config': {'only': ['spawn']}, 'errors': {}}
+        self.assertEqual([], report.snapshot_rows(old))
+        self.assertEqual([], report.snapshot_section(old))
+        self.assertEqual([], report.snapshot_rows({}))
+        failed = {'config': {'only': ['snapshot']},
+                  'errors': {'snapshot': 'Traceback\nRuntimeError: boom\n'}}
+        (row,) = report.snapshot_rows(failed)
+        self.assertEqual('failed: RuntimeError: boom', row['measured'])
