@@ -358,11 +358,11 @@ def snapshot_section(results):
             'every 10 ms; the longest gap between its ticks is the longest '
             'a write waited (plus the ticker\'s own 10 ms and scheduling). '
             'driver.snapshot uploads to a fake Glance that reads and counts '
-            'the stream; the floor is `tar -cf - -C <merged root> . \\| '
+            'the stream; the floor is `tar -cf - -C <merged root> . | '
             'zstd -T0 -3` of the running server, read the same way; they '
             'alternate, %d runs each, the first snapshot with the data just '
             'written. Stop-tar-start is nova-lxd\'s way on the same server: '
-            'a clean stop (power_off), the same tar \\| zstd, power_on; its '
+            'a clean stop (power_off), the same tar | zstd, power_on; its '
             'downtime is the gap the ticker saw. Unshelve is a snapshot '
             'kept as a file, the server destroyed, then driver.spawn of a '
             'new server from it. Medians, stalls the worst.' % (

@@ -212,8 +212,10 @@ class ReportTest(base.BaseTestCase):
         results = self._results([_size(500 * MIB, [10.0], [6.0])])
         section = '\n'.join(report.snapshot_section(results))
         self.assertIn('| 500 MiB | 10.00 s |', section)
-        # Escaped in markdown tables, plain on the terminal.
-        self.assertIn('plain tar \\| zstd', section)
+        # Escaped in markdown tables only, plain on the terminal.
+        self.assertIn('| plain tar \\| zstd |', section)
+        self.assertIn('`tar -cf - -C <merged root> . | zstd -T0 -3`',
+                      section)
         results['machine'] = {}
         console = report.console_table(results)
         self.assertNotIn('\\|', console)
