@@ -164,3 +164,8 @@ class ReplacementUnreadable(NovaLXCError):
                '%(path)s cannot be read (%(reason)s): which image the root '
                'was being rebuilt on is unknown. Rebuild the server again '
                '(openstack server rebuild), which replaces the record.')
+
+
+class ContainerNotStopped(NovaLXCError):
+    msg_fmt = ('Container %(name)s is running: its root cannot be replaced '
+               'under it. Stop it first.')
