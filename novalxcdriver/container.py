@@ -568,7 +568,11 @@ class Container:
                     continue
                 with open(os.path.join(PROC_ROOT, str(pids[0]),
                                        'mountinfo')) as f:
-                    if upper in f.read() and pids[0] not in found:
+                    # Its root mount (field 5 '/'), not any mount: a
+                    # container of the same name still starting has a
+                    # copy of the host's mounts, this one's overlay too.
+                    if any(line.split(' ')[4:5] == ['/'] and upper in line
+                           for line in f) and pids[0] not in found:
                         found.append(pids[0])
             except (OSError, ValueError):
                 continue

@@ -404,15 +404,17 @@ class RunningElsewhereTest(_Base):
         # lxc_path moved away: no config here, LXC here sees nothing.
         os.unlink(self.c.config_path)
 
-    def process(self, group, pid, upper):
+    def process(self, group, pid, upper, point='/'):
         procs = os.path.join(self.cgroups, 'pids', group)
         os.makedirs(procs)
         with open(os.path.join(procs, 'cgroup.procs'), 'w') as f:
             f.write('%d\n%d\n' % (pid, pid + 1))
         os.makedirs(os.path.join(self.proc, str(pid)))
         with open(os.path.join(self.proc, str(pid), 'mountinfo'), 'w') as f:
-            f.write('1 0 0:1 / / rw - overlay overlay rw,lowerdir=/l,'
-                    'upperdir=%s,workdir=/w\n' % upper)
+            if point != '/':
+                f.write('1 0 8:1 / / rw - ext4 /dev/sda1 rw\n')
+            f.write('2 1 0:1 / %s rw - overlay overlay rw,lowerdir=/l,'
+                    'upperdir=%s,workdir=/w\n' % (point, upper))
 
     def test_running_on_its_disks_is_running_and_not_started_again(self):
         self.process('lxc.payload.%s-1' % NAME, 4321, self.upper)
@@ -424,6 +426,15 @@ class RunningElsewhereTest(_Base):
                               self.c.start)
         self.assertIn('4321', str(e))
         self.lxc.start.assert_not_called()
+
+    def test_same_name_starting_with_the_hosts_mounts_does_not_count(self):
+        # Before its pivot_root, a container of the same name (another
+        # lxc_path) is in its cgroup with a copy of the host's mounts.
+        merged = os.path.join(self.state_path, 'rootfs', str(self.cid),
+                              'merged')
+        self.process('lxc.payload.%s-2' % NAME, 4500, self.upper,
+                     point=merged)
+        self.assertEqual(('STOPPED', None), self.c.state())
 
     def test_same_name_on_other_disks_does_not_count(self):
         self.process('lxc.payload.%s' % NAME, 4321, '/elsewhere/upper')
