@@ -287,8 +287,8 @@ class Container:
         :param rescue_image: images.CachedImage of the rescue root's lower
             layer, with a rescue's spec.
         :raises ContainerExists: <lxc_path>/<name> is someone else's.
-        :raises ContainerNotStopped: a replacement is under way and the
-            container runs all the same.
+        :raises ContainerNotStopped, ContainerRunningElsewhere: a
+            replacement is under way and the container runs all the same.
         :raises ReplacementUnreadable: that replacement's record is torn.
         :raises MountFailed: its disks cannot be mounted.
         :raises MountBusy: a rescue root to remove is in use.
@@ -355,8 +355,8 @@ class Container:
 
         :param replacement: rootfs.Replacement to make.
         :raises ContainerExists: <lxc_path>/<name> is someone else's.
-        :raises ContainerNotStopped: it runs (here or from another
-            lxc_path).
+        :raises ContainerNotStopped: it is not stopped.
+        :raises ContainerRunningElsewhere: it runs from another lxc_path.
         :raises MountBusy, MountFailed: its overlay or a disk to replace
             cannot be unmounted.
         """
@@ -372,9 +372,18 @@ class Container:
                 replacement)
 
     def _check_stopped(self):
-        """:raises ContainerNotStopped: it runs, here or elsewhere."""
-        if self.state()[0] != 'STOPPED' or self._running_elsewhere():
-            raise exception.ContainerNotStopped(name=self.name)
+        """Raise unless nothing runs on its disks.
+
+        :raises ContainerNotStopped: LXC does not show it STOPPED.
+        :raises ContainerRunningElsewhere: it runs from another lxc_path.
+        """
+        state, _pid = self.state()
+        if state != 'STOPPED':
+            raise exception.ContainerNotStopped(name=self.name, state=state)
+        pids = self._running_elsewhere()
+        if pids:
+            raise exception.ContainerRunningElsewhere(
+                name=self.name, pid=pids[0], lxc_path=self.lxc_path)
 
     def rescue(self, spec, image, rescue_image, root_gb=0):
         """Make the stopped container its server's rescue (rescue.py).

@@ -167,5 +167,5 @@ class ReplacementUnreadable(NovaLXCError):
 
 
 class ContainerNotStopped(NovaLXCError):
-    msg_fmt = ('Container %(name)s is running: its root cannot be replaced '
-               'under it. Stop it first.')
+    msg_fmt = ('Container %(name)s is %(state)s, not STOPPED: its root '
+               'cannot be replaced under it. Stop it first.')
