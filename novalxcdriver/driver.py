@@ -524,8 +524,8 @@ class LXCDriver(driver.ComputeDriver):
             is False, so Nova refuses before calling here).
             NotImplementedError would make Nova fall back to
             _rebuild_default_impl, which spawns a second container.
-        :raises InvalidInput: volumes (reimage_boot_volume included), or
-            a flavor this host cannot honour; nothing is touched.
+        :raises InvalidInput: volumes (a volume-backed server included),
+            or a flavor this host cannot honour; nothing is touched.
         :raises ImageUnacceptable: image_meta is not a usable rootfs
             archive; the server is untouched (still running).
         :raises ImageNotFound: neither Glance nor the cache has it.
@@ -540,9 +540,9 @@ class LXCDriver(driver.ComputeDriver):
         """
         if evacuate:
             raise nova_exc.InstanceEvacuateNotSupported()
-        if reimage_boot_volume:
-            raise nova_exc.InvalidInput(
-                reason='novalxcdriver cannot attach volumes')
+        # reimage_boot_volume is True from API microversion 2.93 on, for
+        # any server; a volume-backed one has its root volume in the
+        # mapping, refused here.
         self._refuse_unsupported(instance, block_device_info)
         network_info = network_info or []
         c = self._existing(instance)

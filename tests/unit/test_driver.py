@@ -2075,13 +2075,17 @@ class RebuildTest(_Base):
         self.lxc.request_halt.assert_not_called()
 
     def test_volumes_refused_untouched(self):
-        bdi = {'block_device_mapping': [{'mount_device': '/dev/vdb',
+        bdi = {'block_device_mapping': [{'mount_device': '/dev/vda',
                                          'connection_info': {}}]}
-        for kwargs in ({'block_device_info': bdi},
-                       {'reimage_boot_volume': True}):
-            self.assertRaises(nova_exc.InvalidInput, self.rebuild, **kwargs)
+        self.assertRaises(nova_exc.InvalidInput, self.rebuild,
+                          block_device_info=bdi, reimage_boot_volume=True)
         self.assert_untouched()
         self.fetch.assert_not_called()
+
+    def test_reimage_boot_volume_flag_of_image_backed_server(self):
+        # Nova's API sets it for every rebuild from microversion 2.93.
+        self.rebuild(reimage_boot_volume=True)
+        self.assert_rebuilt_on(OTHER_IMAGE_ID)
 
     def test_flavor_too_big_now_refused_untouched(self):
         self.memory.return_value = (128, 0)
