@@ -2214,6 +2214,24 @@ class RebuildTest(_Base):
         self.rebuild(self.image_meta())
         self.assert_rebuilt_on(IMAGE_ID)
 
+    def test_rescue_left_by_a_failure_goes_with_the_old_root(self):
+        # A rescue cut short leaves its record and rescue root; Nova puts
+        # the server in ERROR, from which it may be rebuilt.
+        rescue_meta = objects.ImageMeta.from_dict({
+            'id': OTHER_IMAGE_ID, 'name': 'rescue', 'disk_format': 'raw',
+            'container_format': 'bare', 'properties': {}})
+        self.drv.rescue(self.context, self.instance_, [], rescue_meta, 'pw',
+                        None, objects.ShareMappingList())
+        rescue_root = os.path.join(self.root.path, 'rescue')
+        self.assertTrue(os.path.isdir(rescue_root))
+        self.assertEqual(OTHER_IMAGE_ID,
+                         self.drv._records.get(UUID).rescue_image_id)
+        self.instance_.vm_state = 'error'
+        self.rebuild(self.image_meta())
+        self.assertFalse(os.path.lexists(rescue_root))
+        self.assert_rebuilt_on(IMAGE_ID)
+        self.assertEqual('', self.drv._records.get(UUID).rescue_image_id)
+
     def test_torn_replacement_record_a_clear_fault_until_rebuilt(self):
         self.crash_after_commit()
         with open(os.path.join(self.root.path, 'replacing.json'), 'w') as f:
