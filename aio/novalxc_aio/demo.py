@@ -9,7 +9,9 @@ host. The image create step runs until the image is active and the
 server has no task left.
 """
 
+import glob
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -40,7 +42,7 @@ class Server:
         'none', or a list of {'uuid': network id} or {'port': port id}.
         image is an image's name, or None with image_id.
         """
-        image_id = image_id or _image_id(session, image)
+        image_id = image_id or image_id_of(session, image)
         body = {'server': {'name': name, 'imageRef': image_id,
                            'flavorRef': flavor, 'networks': networks}}
         server = session.post('compute', '/servers', body)['server']
@@ -62,11 +64,11 @@ class Server:
         return api.wait_until('server %s %s' % (self.id, status), reached,
                               timeout)
 
-    def action(self, body, status):
+    def action(self, body, status, timeout=STEP_TIMEOUT):
         """POST an action; return seconds until status is reached."""
         start = time.monotonic()
         self.s.post('compute', '/servers/%s/action' % self.id, body)
-        self.wait_status(status)
+        self.wait_status(status, timeout)
         return time.monotonic() - start
 
     def create_image(self, name):
@@ -149,6 +151,55 @@ def state_and_pid(name):
     Two calls: with two flags lxc-info labels its lines even with -H.
     """
     return lxc_info(name, '-s'), lxc_info(name, '-p')
+
+
+def reservations_of(instance_uuid):
+    """Container IDs whose on-disk reservation names the instance."""
+    found = []
+    for owner in glob.glob(os.path.join(layout.DRIVER_STATE, 'ids', '*',
+                                        'owner.json')):
+        try:
+            with open(owner) as f:
+                if json.load(f).get('instance_uuid') == instance_uuid:
+                    found.append(os.path.basename(os.path.dirname(owner)))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def host_uid(pid):
+    """The host uid of process pid (a container's init: its root), or None.
+
+    The container's idmap shows here: its root is the first host uid of
+    its range.
+    """
+    try:
+        return os.stat('/proc/%s' % pid).st_uid if pid else None
+    except OSError:
+        return None
+
+
+def rescue_root(cid):
+    """Where the driver makes a rescue's root (<rootfs>/rescue).
+
+    <state_path>/rootfs/<cid>/rescue, as novalxcdriver/rescue.py names
+    it (the driver is not importable here).
+    """
+    return os.path.join(layout.DRIVER_STATE, 'rootfs', cid, 'rescue')
+
+
+def file_owner(name, path):
+    """The uid owning path as container name sees it (stat), or what failed."""
+    proc = attach(name, 'stat', '-c', '%u', path)
+    if proc.returncode != 0:
+        return 'exit %d: %s' % (proc.returncode, proc.stderr.strip()[-300:])
+    return proc.stdout.strip()
+
+
+def is_absent(name, path):
+    """True if path does not exist inside container name (cat says so)."""
+    proc = attach(name, 'cat', path)
+    return proc.returncode != 0 and 'No such file' in proc.stderr
 
 
 def write_marker(name, path):
@@ -240,7 +291,8 @@ def delete_image(session, image_id):
             print('could not delete image %s: %s' % (image_id, e))
 
 
-def _image_id(session, name):
+def image_id_of(session, name):
+    """The ID of the image called name."""
     images = session.get('image', '/v2/images?name=' + name)['images']
     if not images:
         raise util.AioError('no image %s: run up first' % name)

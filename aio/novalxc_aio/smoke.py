@@ -62,20 +62,7 @@ class Checks:
 
 
 _lxc_info = demo.lxc_info
-
-
-def _reservations_of(instance_uuid):
-    """Container IDs whose on-disk reservation names the instance."""
-    found = []
-    for owner in glob.glob(os.path.join(layout.DRIVER_STATE, 'ids', '*',
-                                        'owner.json')):
-        try:
-            with open(owner) as f:
-                if json.load(f).get('instance_uuid') == instance_uuid:
-                    found.append(os.path.basename(os.path.dirname(owner)))
-        except (OSError, ValueError):
-            continue
-    return found
+_reservations_of = demo.reservations_of
 
 
 def _leftovers(name, cids):
