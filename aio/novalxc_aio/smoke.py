@@ -3,15 +3,19 @@
 up; Neutron drives OVN; three busybox servers on demo-net, each booted
 with a Neutron port of its own: they get their ports' addresses by DHCP,
 ping each other where their security groups allow it and not where they
-do not, read the metadata service; one reboots; then a restart mishap on
-it: data written inside, nova-compute stopped, lxc_path moved away,
-nova-compute started (a new process, up in the API), its root disk and ID
-reservation still there, lxc_path back, a hard reboot through the API
-(a new init), the data read back inside; all are deleted. Checks look at
-the host, not only at the API: the containers, their addresses inside
-(lxc-attach), and that nothing of them remains afterwards (LXC dir, root
-filesystem and mounts, container ID reservation, veth pair, OVS port,
-port binding). Prints one line per check and "N passed, M failed".
+do not, read the metadata service; one reboots; another is snapshotted
+(a server booted from the image), shelved and unshelved; the third is
+rebuilt on the Debian image (its writes gone, the same container ID,
+port and address), rescued with busybox (its root on /mnt) and
+unrescued; then a restart mishap on the first: data written inside,
+nova-compute stopped, lxc_path moved away, nova-compute started (a new
+process, up in the API), its root disk and ID reservation still there,
+lxc_path back, a hard reboot through the API (a new init), the data read
+back inside; all are deleted. Checks look at the host, not only at the
+API: the containers, their addresses inside (lxc-attach), and that
+nothing of them remains afterwards (LXC dir, root filesystem and mounts,
+container ID reservation, veth pair, OVS port, port binding). Prints one
+line per check and "N passed, M failed".
 """
 
 import datetime
@@ -438,6 +442,169 @@ def _shelve_checks(c, s, d, node):
            lambda: not any(demo.image(d, i['id']) for i in shelved), 30)
 
 
+REBUILD_FILE = '/root/rebuild-marker'
+RESCUE_FILE = '/root/rescue-marker'
+OS_RELEASE = '/etc/os-release'  # Debian's; the busybox image has none
+
+
+def _container_now(node):
+    """(LXC state, init pid, host uid of its init) of node's container."""
+    state, pid = demo.state_and_pid(node.container)
+    return state, pid, demo.host_uid(pid)
+
+
+def _is_debian(node, prefix=''):
+    return 'Debian' in demo.read_marker(node.container, prefix + OS_RELEASE)
+
+
+def _rebuild_checks(c, d, nodes, node):
+    """Rebuild node (a busybox server) on the Debian image.
+
+    A marker written inside first is gone afterwards and the root is
+    Debian's; the container keeps its container ID and idmap (the host
+    uid of its init), its port and address; eth0 gets the address again
+    by DHCP and another server reaches it as before (tcp/22 refused, not
+    dropped: node is in no-icmp).
+    """
+    try:
+        demo.write_marker(node.container, REBUILD_FILE)
+    except util.AioError as e:
+        c.check('rebuild: wrote %s in %s' % (REBUILD_FILE, node), False,
+                str(e))
+        return
+    before = _container_now(node)
+    image_id = demo.image_id_of(d, layout.DEBIAN_IMAGE)
+    log_offset = _log_size('nova-compute')
+    try:
+        seconds = node.server.action({'rebuild': {'imageRef': image_id}},
+                                     'ACTIVE', demo.ACTIVE_TIMEOUT)
+    except (util.AioError, api.ApiError, TimeoutError) as e:
+        c.check('rebuild: %s on %s -> ACTIVE' % (node, layout.DEBIAN_IMAGE),
+                False, '%s; %s' % (e, _logged_problems(
+                    'nova-compute', log_offset, node.server.id)))
+        return
+    after = _container_now(node)
+    c.check('rebuild: %s on %s -> ACTIVE (%.1f s), container RUNNING with '
+            'a new init' % (node, layout.DEBIAN_IMAGE, seconds),
+            after[0] == 'RUNNING' and after[1] and after[1] != before[1],
+            '(state, init pid) %s -> %s; %s' % (
+                before[:2], after[:2], _logged_problems(
+                    'nova-compute', log_offset, node.server.id)))
+    cids = _reservations_of(node.server.id)
+    c.check('rebuild: the same container ID %s and idmap (its root is host '
+            'uid %s)' % (','.join(node.cids), before[2]),
+            cids == node.cids and after[2] == before[2],
+            'container IDs %s -> %s, host uid %s -> %s' % (
+                node.cids, cids, before[2], after[2]))
+    image_ref = (node.server.show().get('image') or {}).get('id')
+    gone = demo.is_absent(node.container, REBUILD_FILE)
+    c.check('rebuild: its root is %s\'s (%s), %s is gone' % (
+        layout.DEBIAN_IMAGE, OS_RELEASE, REBUILD_FILE),
+        image_ref == image_id and _is_debian(node) and gone,
+        'image %s (wanted %s), %s %r, marker %s' % (
+            image_ref, image_id, OS_RELEASE,
+            demo.read_marker(node.container, OS_RELEASE)[:100],
+            'gone' if gone else 'still there'))
+    ports = d.get('network', '/v2.0/ports?device_id=' +
+                  node.server.id)['ports']
+    c.check('rebuild: the same port %s, address %s' % (
+        node.port['id'], node.address),
+        [(p['id'], p['fixed_ips'][0]['ip_address']) for p in ports] ==
+        [(node.port['id'], node.address)],
+        str([(p['id'], p['fixed_ips']) for p in ports]))
+    c.wait('rebuild: eth0 has %s again, by DHCP' % node.address,
+           lambda: demo.inside_ipv4(node.container)[0] == node.address, 60)
+    other = next(n for n in nodes if n is not node)
+    answer = _tcp_answer(other.container, node.address, 22)
+    c.check('rebuild: %s reaches %s on tcp/22 again (refused, not dropped)'
+            % (other, node), answer == 'refused', answer)
+
+
+def _rescue_checks(c, d, node):
+    """Rescue node (now Debian) with the busybox image, then unrescue.
+
+    While rescued, the same container runs busybox with node's root on
+    /mnt, where a marker written before shows with its owner uid 0; after
+    the unrescue the marker is in / again, the rescue root is gone, the
+    container ID the same, eth0 has the address again.
+    """
+    try:
+        token = demo.write_marker(node.container, RESCUE_FILE)
+    except util.AioError as e:
+        c.check('rescue: wrote %s in %s' % (RESCUE_FILE, node), False, str(e))
+        return
+    before = _container_now(node)
+    rescue_root = demo.rescue_root(node.cids[0]) if node.cids else None
+    log_offset = _log_size('nova-compute')
+    try:
+        seconds = node.server.action({'rescue': {
+            'rescue_image_ref': demo.image_id_of(d, layout.BUSYBOX_IMAGE)}},
+            'RESCUE')
+    except (util.AioError, api.ApiError, TimeoutError) as e:
+        c.check('rescue: %s with %s -> RESCUE' % (node, layout.BUSYBOX_IMAGE),
+                False, '%s; %s' % (e, _logged_problems(
+                    'nova-compute', log_offset, node.server.id)))
+        return
+    rescued = _container_now(node)
+    cids = _reservations_of(node.server.id)
+    c.check('rescue: %s with %s -> RESCUE (%.1f s), container RUNNING with '
+            'a new init, the same container ID and idmap' % (
+                node, layout.BUSYBOX_IMAGE, seconds),
+            rescued[0] == 'RUNNING' and rescued[1] and
+            rescued[1] != before[1] and cids == node.cids and
+            rescued[2] == before[2],
+            '(state, init pid, host uid) %s -> %s, container IDs %s -> %s'
+            % (before, rescued, node.cids, cids))
+    c.check('rescue: %s runs on / (no %s), its root %s is there' % (
+        layout.BUSYBOX_IMAGE, OS_RELEASE, rescue_root),
+        demo.is_absent(node.container, OS_RELEASE) and
+        rescue_root and os.path.isdir(rescue_root),
+        '%s inside: %r; %s %s' % (
+            OS_RELEASE, demo.read_marker(node.container, OS_RELEASE)[:100],
+            rescue_root, 'is there' if rescue_root and
+            os.path.isdir(rescue_root) else 'is not there'))
+    on_mnt = '/mnt' + RESCUE_FILE
+    read = demo.read_marker(node.container, on_mnt)
+    owner = demo.file_owner(node.container, on_mnt)
+    c.check('rescue: %s inside holds the marker, owner uid 0 (and %s is '
+            'Debian\'s)' % (on_mnt, '/mnt' + OS_RELEASE),
+            read == token and owner == '0' and _is_debian(node, '/mnt'),
+            'wrote %r, read %r, owner %r, /mnt%s %r' % (
+                token, read[:200], owner, OS_RELEASE, demo.read_marker(
+                    node.container, '/mnt' + OS_RELEASE)[:100]))
+
+    log_offset = _log_size('nova-compute')
+    try:
+        seconds = node.server.action({'unrescue': None}, 'ACTIVE')
+    except (util.AioError, api.ApiError, TimeoutError) as e:
+        c.check('unrescue: %s -> ACTIVE' % node, False, '%s; %s' % (
+            e, _logged_problems('nova-compute', log_offset, node.server.id)))
+        return
+    after = _container_now(node)
+    cids = _reservations_of(node.server.id)
+    c.check('unrescue: %s -> ACTIVE (%.1f s), container RUNNING with a new '
+            'init, the same container ID and idmap' % (node, seconds),
+            after[0] == 'RUNNING' and after[1] and after[1] != rescued[1]
+            and cids == node.cids and after[2] == before[2],
+            '(state, init pid, host uid) %s -> %s, container IDs %s -> %s'
+            % (rescued, after, node.cids, cids))
+    read = demo.read_marker(node.container, RESCUE_FILE)
+    c.check('unrescue: %s inside holds the marker, / is Debian again' %
+            RESCUE_FILE, read == token and _is_debian(node),
+            'wrote %r, read %r; %s %r' % (
+                token, read[:200], OS_RELEASE, demo.read_marker(
+                    node.container, OS_RELEASE)[:100]))
+    left = ([rescue_root] if rescue_root and os.path.lexists(rescue_root)
+            else []) + [m for m in commands.mounts_under(layout.DRIVER_STATE)
+                        if rescue_root and (m + '/').startswith(
+                            rescue_root + '/')]
+    c.check('unrescue: no rescue root (%s) or mount of it remains' %
+            rescue_root, rescue_root and not left,
+            ', '.join(left) or 'no container ID')
+    c.wait('unrescue: eth0 has %s again' % node.address,
+           lambda: demo.inside_ipv4(node.container)[0] == node.address, 60)
+
+
 # Where the mishap moves lxc_path meanwhile: a sibling, same filesystem.
 MISHAP_AWAY = layout.LXC_PATH + '.mishap-away'
 MISHAP_FILE = '/root/mishap'
@@ -778,6 +945,8 @@ def smoke(keep_up=False):
         _reboot_check(c, nodes[0])
         _snapshot_checks(c, s, d, nodes[1], net['id'])
         _shelve_checks(c, s, d, nodes[1])
+        _rebuild_checks(c, d, nodes, nodes[2])
+        _rescue_checks(c, d, nodes[2])
         _mishap_check(c, s, nodes[0])
         _delete_checks(c, s, nodes)
     except (util.AioError, api.ApiError, TimeoutError) as e:
