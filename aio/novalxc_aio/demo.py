@@ -3,8 +3,9 @@
 Each step's time runs from the API call to the state reached, as the API
 reports it (status, and no task in progress). What the API cannot show
 (the address a server got by DHCP, what it reads from the metadata
-service, a file written before a snapshot or a shelve) is looked at
-inside its container with lxc-attach: the aio runs as root on the compute
+service, a file written before a snapshot, a shelve, a rebuild or a
+rescue, the container ID) is looked at inside its container with
+lxc-attach, or in the driver's state: the aio runs as root on the compute
 host. The image create step runs until the image is active and the
 server has no task left.
 """
@@ -311,7 +312,8 @@ def demo():
 
     Reboot, stop, start, pause, unpause, suspend, resume; a snapshot
     (server image create) while it runs, a server booted from it;
-    shelve (offloaded) and unshelve; delete.
+    shelve (offloaded) and unshelve; rebuild (on its image), rescue
+    (with busybox) and unrescue; delete.
 
     :returns: 0 if every step reached its state, else 1.
     """
@@ -385,6 +387,7 @@ def demo():
         util.say('after these, eth0 has %s again', got)
         _snapshot_steps(s, admin, server, container, address, timings,
                         images)
+        _rebuild_rescue_steps(s, server, container, address, timings)
         timings.append(('delete -> gone', server.delete()))
         server = None
         util.say('%-28s %6.1f s', timings[-1][0], timings[-1][1])
@@ -502,6 +505,84 @@ def _snapshot_steps(s, admin, server, container, address, timings, images):
             'not deleted at unshelve: %s' % ', '.join(left)))
     util.say('after unshelve: %s holds the marker, eth0 %s (the same port), '
              'the shelve image deleted', MARKER_FILE, got)
+
+
+def _rebuild_rescue_steps(s, server, container, address, timings):
+    """Rebuild the server on its image, rescue it with busybox, unrescue.
+
+    Rebuild: a marker written inside is gone, the container keeps its
+    container ID, its root's host uid (its idmap), its port and address.
+    Rescue: the same container runs busybox with the server's root on
+    /mnt, where a marker written before shows, owned by uid 0. Unrescue:
+    the marker is in / again and the rescue root is gone.
+
+    :raises AioError: a step did not do what it should.
+    """
+    cids = reservations_of(server.id)
+    ports = _port_ids(s, server.id)
+    uid = host_uid(lxc_info(container, '-p'))
+    write_marker(container, MARKER_FILE)
+    util.say('inside: wrote %s; container ID %s, its root host uid %s',
+             MARKER_FILE, ','.join(cids), uid)
+
+    def same_container(after):
+        now = reservations_of(server.id)
+        now_uid = host_uid(lxc_info(container, '-p'))
+        if lxc_info(container, '-s') != 'RUNNING' or now != cids or \
+                now_uid != uid:
+            raise util.AioError(
+                'after %s: container %s %r, container IDs %s (before %s), '
+                'its root host uid %s (before %s)' % (
+                    after, container, lxc_info(container, '-s'), now, cids,
+                    now_uid, uid))
+    _say_step(timings, 'rebuild -> ACTIVE', server.action(
+        {'rebuild': {'imageRef': image_id_of(s, layout.DEBIAN_IMAGE)}},
+        'ACTIVE', ACTIVE_TIMEOUT))
+    same_container('rebuild')
+    if not is_absent(container, MARKER_FILE):
+        raise util.AioError('after rebuild %s is still there: %r' % (
+            MARKER_FILE, read_marker(container, MARKER_FILE)[:200]))
+    if _port_ids(s, server.id) != ports or \
+            fixed_ip(s, server.id) != address:
+        raise util.AioError('after rebuild the server has ports %s, '
+                            'address %s; before: %s, %s' % (
+                                _port_ids(s, server.id),
+                                fixed_ip(s, server.id), ports, address))
+    (got, _mtu), _w = api.wait_until(
+        'DHCP address %s after rebuild' % address,
+        lambda: _has_address(container, address), DHCP_TIMEOUT, 0.5)
+    util.say('after rebuild: %s gone, the same container (ID %s), eth0 %s '
+             '(the same port)', MARKER_FILE, ','.join(cids), got)
+
+    token = write_marker(container, MARKER_FILE)
+    util.say('inside: wrote %s again', MARKER_FILE)
+    _say_step(timings, 'rescue (busybox) -> RESCUE', server.action(
+        {'rescue': {'rescue_image_ref': image_id_of(
+            s, layout.BUSYBOX_IMAGE)}}, 'RESCUE'))
+    same_container('rescue')
+    on_mnt = '/mnt' + MARKER_FILE
+    read = read_marker(container, on_mnt)
+    owner = file_owner(container, on_mnt)
+    if read != token or owner != '0':
+        raise util.AioError('rescued: %s holds %r (not %r), owner %r '
+                            '(not 0)' % (on_mnt, read[:200], token, owner))
+    util.say('rescued: busybox in container %s, %s holds the marker, '
+             'owner uid 0', container, on_mnt)
+    _say_step(timings, 'unrescue -> ACTIVE',
+              server.action({'unrescue': None}, 'ACTIVE'))
+    same_container('unrescue')
+    read = read_marker(container, MARKER_FILE)
+    left = [path for path in [rescue_root(cid) for cid in cids]
+            if os.path.lexists(path)]
+    if read != token or left:
+        raise util.AioError('after unrescue %s holds %r (not %r); rescue '
+                            'root left: %s' % (MARKER_FILE, read[:200],
+                                               token, left or 'none'))
+    (got, _mtu), _w = api.wait_until(
+        'DHCP address %s after unrescue' % address,
+        lambda: _has_address(container, address), DHCP_TIMEOUT, 0.5)
+    util.say('after unrescue: %s holds the marker, no rescue root left, '
+             'eth0 %s', MARKER_FILE, got)
 
 
 def _port_ids(session, server_id):
