@@ -268,10 +268,13 @@ class Container:
     def rebuild(self, spec, image, rescue_image=None):
         """Make the derived parts again from spec: config, record, mounts.
 
-        The disks are kept as they are. The config is written anew (a
-        missing, empty or torn one included), the record too when it is
-        missing or differs, and the root is mounted where it is not. A
-        running container keeps running (its config is read at start).
+        The disks are kept as they are, unless a rebuild committed the
+        stopped container to a new root (begin_replacing_root): its new
+        layers are made first (rootfs.Rootfs.replace_layers). The config
+        is written anew (a missing, empty or torn one included), the
+        record too when it is missing or differs, and the root is mounted
+        where it is not. A running container keeps running (its config is
+        read at start).
 
         A rescue's spec (spec.rescue) mounts its rescue root too, which
         rescue() made. Any other spec first removes a rescue root left in
@@ -279,11 +282,14 @@ class Container:
         naming it; the container must be stopped then.
 
         :param spec: spec.ContainerSpec of the instance (its recorded ID
-            and idmap).
+            and idmap; the image of a replacement under way).
         :param image: images.CachedImage of its root's lower layer.
         :param rescue_image: images.CachedImage of the rescue root's lower
             layer, with a rescue's spec.
         :raises ContainerExists: <lxc_path>/<name> is someone else's.
+        :raises ContainerNotStopped, ContainerRunningElsewhere: a
+            replacement is under way and the container runs all the same.
+        :raises ReplacementUnreadable: that replacement's record is torn.
         :raises MountFailed: its disks cannot be mounted.
         :raises MountBusy: a rescue root to remove is in use.
         :raises RescueUnavailable: a rescue's spec, and no rescue root.
@@ -303,6 +309,17 @@ class Container:
                 raise exception.RescueUnavailable(
                     instance_uuid=self.instance_uuid, rootfs=root.path,
                     reason='its rescue root %s is gone' % rescue_root.path)
+            # A rebuild committed to a new root (begin_replacing_root):
+            # its layers are made here, before the record names its image.
+            replacement = root.replacement()
+            if replacement is not None:
+                if replacement.image_id != spec.image_id:
+                    raise ValueError(
+                        'the root of %s is being rebuilt on image %s, not '
+                        '%s' % (self.name, replacement.image_id,
+                                spec.image_id))
+                self._check_stopped()
+                root.replace_layers(spec.idmap)
             record = self._record_of(spec, root, record_mod.READY)
             current = self.record()
             # Its writer's pid alone differing is no reason for a write.
@@ -320,6 +337,53 @@ class Container:
             root.mount(image.rootfs, spec.idmap)
             if spec.rescue is not None:
                 rescue_root.mount(rescue_image.rootfs, spec.idmap)
+            if replacement is not None:
+                # As create: systemd prefers /etc/hostname to lxc.uts.name.
+                root.write_etc_file('hostname', replacement.hostname + '\n',
+                                    spec.idmap)
+                root.end_replacement()
+
+    def begin_replacing_root(self, replacement):
+        """Commit the stopped container to a new root (Nova's rebuild).
+
+        Its own layers (upper, work, the ephemeral disk unless kept, the
+        config drive) are as good as gone once this returns: the next
+        rebuild() makes the new ones on replacement's image, and so does
+        any hard reboot or start after a crash cut that short. Its ID,
+        idmap, record, config and NICs stay. Nothing is touched when this
+        raises.
+
+        :param replacement: rootfs.Replacement to make.
+        :raises ContainerExists: <lxc_path>/<name> is someone else's.
+        :raises ContainerNotStopped: it is not stopped.
+        :raises ContainerRunningElsewhere: it runs from another lxc_path.
+        :raises MountBusy, MountFailed: its overlay or a disk to replace
+            cannot be unmounted.
+        """
+        cid = self.cid()
+        with self._lock(cid):
+            if self.dir_owner() == 'other':
+                raise exception.ContainerExists(
+                    name=self.name, path=self.dir,
+                    reason='its config does not name instance %s'
+                    % self.instance_uuid)
+            self._check_stopped()
+            rootfs_mod.Rootfs(self.state_path, cid).begin_replacement(
+                replacement)
+
+    def _check_stopped(self):
+        """Raise unless nothing runs on its disks.
+
+        :raises ContainerNotStopped: LXC does not show it STOPPED.
+        :raises ContainerRunningElsewhere: it runs from another lxc_path.
+        """
+        state, _pid = self.state()
+        if state != 'STOPPED':
+            raise exception.ContainerNotStopped(name=self.name, state=state)
+        pids = self._running_elsewhere()
+        if pids:
+            raise exception.ContainerRunningElsewhere(
+                name=self.name, pid=pids[0], lxc_path=self.lxc_path)
 
     def rescue(self, spec, image, rescue_image, root_gb=0):
         """Make the stopped container its server's rescue (rescue.py).
@@ -375,6 +439,14 @@ class Container:
         with self._lock(record.cid):
             root = rootfs_mod.Rootfs(self.state_path, record.cid)
             if self.record() is None or not root.exists():
+                return False
+            if root.replacement() is not None:
+                # Finishing it deletes the old layers: for Nova's request
+                # (a hard reboot or start, or the next rebuild), never at
+                # nova-compute's start.
+                LOG.warning('The rebuild of container %s was cut short; '
+                            'its next hard reboot, start or rebuild '
+                            'finishes it', self.name)
                 return False
             image = image_cache.lookup(record.image_id)
             if image is None:
@@ -505,7 +577,11 @@ class Container:
                     continue
                 with open(os.path.join(PROC_ROOT, str(pids[0]),
                                        'mountinfo')) as f:
-                    if upper in f.read() and pids[0] not in found:
+                    # Its root mount (field 5 '/'), not any mount: a
+                    # container of the same name still starting has a
+                    # copy of the host's mounts, this one's overlay too.
+                    if any(line.split(' ')[4:5] == ['/'] and upper in line
+                           for line in f) and pids[0] not in found:
                         found.append(pids[0])
             except (OSError, ValueError):
                 continue

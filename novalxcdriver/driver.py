@@ -7,11 +7,13 @@ as ``compute_driver = novalxc.LXCDriver`` through the nova.virt.novalxc
 shim. Method contracts: nova/virt/driver.py (Nova 34).
 """
 
+import functools
 import os
 import time
 
 from nova.compute import power_state
 from nova.compute import task_states
+from nova.compute import utils as compute_utils
 from nova import context as nova_context
 from nova import exception as nova_exc
 from nova.image import glance
@@ -489,6 +491,103 @@ class LXCDriver(driver.ComputeDriver):
         LOG.info('Container %s spawned (ID %d)', c.name, cid,
                  instance=instance)
 
+    def rebuild(self, context, instance, image_meta, injected_files,
+                admin_password, allocations, bdms, detach_block_devices,
+                attach_block_devices, network_info=None, evacuate=False,
+                block_device_info=None, preserve_ephemeral=False,
+                accel_uuids=None, reimage_boot_volume=False):
+        """Give the server a fresh root from image_meta in its container.
+
+        Nova's rebuild (nova/virt/driver.py; ComputeManager's
+        _do_rebuild_instance calls it in task state REBUILDING and saves
+        the instance expecting REBUILD_SPAWNING): the container's own
+        writes and, unless preserve_ephemeral, its ephemeral disk's
+        content are gone; its root now overlays image_meta's cached
+        rootfs. It keeps its name, container ID, idmap and record, its
+        NICs, and the flavor's limits; its config drive is made as spawn
+        makes it (injected_files, admin_password). It is started again:
+        Nova stops a server that was SHUTOFF itself afterwards.
+
+        The image is fetched and unpacked, the flavor checked and the
+        config drive written before anything of the server is touched.
+        Then the container is stopped cleanly as Nova's default rebuild
+        stops it ([DEFAULT] shutdown_timeout or the image's
+        os_shutdown_timeout), the task state moves through
+        REBUILD_BLOCK_DEVICE_MAPPING to REBUILD_SPAWNING as in Nova's
+        _rebuild_default_impl, the container commits to its new root
+        (Container.begin_replacing_root) and _rebuild makes it. A crash
+        after that commit leaves the record of the replacement, which
+        the next hard reboot, start or rebuild finishes; before it, the
+        old root is intact.
+
+        :raises InstanceEvacuateNotSupported: evacuate (supports_evacuate
+            is False, so Nova refuses before calling here).
+            NotImplementedError would make Nova fall back to
+            _rebuild_default_impl, which spawns a second container.
+        :raises InvalidInput: volumes (a volume-backed server included),
+            or a flavor this host cannot honour; nothing is touched.
+        :raises ImageUnacceptable: image_meta is not a usable rootfs
+            archive; the server is untouched (still running).
+        :raises ImageNotFound: neither Glance nor the cache has it.
+        :raises InstanceNotFound: nothing of the instance on this host.
+        :raises ContainerExists: its container directory is someone
+            else's.
+        :raises MountBusy: a host process holds a mount to undo; the
+            container is stopped, its root intact.
+        :raises MountFailed, CommandFailed: after the commit (a disk
+            cannot be made or mounted): the next hard reboot, start or
+            rebuild finishes the new root.
+        """
+        if evacuate:
+            raise nova_exc.InstanceEvacuateNotSupported()
+        # reimage_boot_volume is True from API microversion 2.93 on, for
+        # any server; a volume-backed one has its root volume in the
+        # mapping, refused here.
+        self._refuse_unsupported(instance, block_device_info)
+        network_info = network_info or []
+        c = self._existing(instance)
+        rec = c.record()
+        cid = c.cid()
+        image = self._cached_image(context, instance, image_meta)
+        spec = self._spec(
+            instance, c, cid, image,
+            config_drive=configdrive.required_by(instance, image_meta),
+            idmap=rec.idmap if rec else None)
+        root = c.rootfs()
+        try:
+            if spec.config_drive:
+                root.stage_config_drive(functools.partial(
+                    configdrive.write, instance=instance,
+                    injected_files=injected_files,
+                    admin_password=admin_password,
+                    network_info=network_info, idmap=spec.idmap))
+            timeout = compute_utils.get_value_from_system_metadata(
+                instance, key='image_os_shutdown_timeout', type=int,
+                default=CONF.shutdown_timeout)
+            c.stop(timeout, CONF.compute.shutdown_retry_interval)
+            detach_block_devices(context, bdms)
+            instance.task_state = task_states.REBUILD_BLOCK_DEVICE_MAPPING
+            instance.save(expected_task_state=[task_states.REBUILDING])
+            attach_block_devices(context, instance, bdms)
+            instance.task_state = task_states.REBUILD_SPAWNING
+            instance.save(expected_task_state=[
+                task_states.REBUILD_BLOCK_DEVICE_MAPPING])
+            c.begin_replacing_root(rootfs_mod.Replacement(
+                image_id=image.image_id, hostname=spec.hostname,
+                ephemeral_gb=(0 if preserve_ephemeral
+                              else instance.flavor.ephemeral_gb),
+                config_drive=bool(spec.config_drive)))
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                # Not committed: the old root and config drive stay.
+                root.unstage()
+        self._rebuild(context, instance, c, network_info)
+        self.plug_vifs(instance, network_info)
+        c.start()
+        self._replug_running(c, instance, network_info)
+        LOG.info('Container %s rebuilt on image %s (ID %d)', c.name,
+                 image.image_id, cid, instance=instance)
+
     @staticmethod
     def _refuse_unsupported(instance, block_device_info):
         # Each refusal is a clear build fault rather than a silent omission.
@@ -639,9 +738,13 @@ class LXCDriver(driver.ComputeDriver):
         failed or was cut short) is left: the container is killed and the
         server gets its own root back.
 
+        A rebuild cut short once it committed to a new root (see rebuild)
+        is finished here, on the image it named (_server_spec).
+
         :raises ImageGone: the image is neither cached nor in Glance.
         :raises ContainerExists: its container directory is someone else's.
         :raises RescueUnavailable: its rescue cannot be assembled again.
+        :raises ReplacementUnreadable: that rebuild's record is torn.
         """
         spec, image = self._server_spec(context, instance, c, network_info)
         rec = c.record()
@@ -674,13 +777,20 @@ class LXCDriver(driver.ComputeDriver):
 
         As _rebuild describes them, without a rescue.
 
+        A rebuild cut short once it committed to a new root (see rebuild)
+        gives the image it named: c.rebuild finishes that root.
+
         :raises ImageGone: the image is neither cached nor in Glance.
+        :raises ReplacementUnreadable: that rebuild's record is torn.
         """
         rec = c.record()
         cid = c.cid()
         image_id = (rec.image_id if rec else
                     c.config_record().get('image_id') or instance.image_ref)
         root = rootfs_mod.Rootfs(self._state_path, cid)
+        replacement = root.replacement()
+        if replacement is not None:
+            image_id = replacement.image_id
         try:
             image = self._fetched_image(context, image_id)
         except (nova_exc.ImageNotFound, exception.ImageUnpackError) as e:
@@ -697,7 +807,8 @@ class LXCDriver(driver.ComputeDriver):
             nics = vif_mod.nics_for(network_info or [])
         spec = self._spec(
             instance, c, cid, image, nics,
-            config_drive=os.path.isdir(configdrive.path_for(root.path)),
+            config_drive=(replacement.config_drive if replacement else
+                          os.path.isdir(configdrive.path_for(root.path))),
             idmap=rec.idmap if rec else None)
         return spec, image
 

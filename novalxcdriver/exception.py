@@ -155,3 +155,17 @@ class SnapshotFailed(NovaLXCError):
     """
 
     msg_fmt = 'Snapshot of container %(name)s failed: %(reason)s'
+
+
+class ReplacementUnreadable(NovaLXCError):
+    """The record of a root replacement (a rebuild) cut short is torn."""
+
+    msg_fmt = ('A rebuild of this server was cut short and its record '
+               '%(path)s cannot be read (%(reason)s): which image the root '
+               'was being rebuilt on is unknown. Rebuild the server again '
+               '(openstack server rebuild), which replaces the record.')
+
+
+class ContainerNotStopped(NovaLXCError):
+    msg_fmt = ('Container %(name)s is %(state)s, not STOPPED: its root '
+               'cannot be replaced under it. Stop it first.')

@@ -21,17 +21,34 @@ leftover directory keeps its ID from being reused)::
 A flavor with root_gb 0 gets no root disk: upper/ and work/ then live in
 root/ on the host's filesystem, unbounded.
 
+Nova's rebuild replaces the root's own layers in place (``replace_layers``)
+and keeps the directory, so the container keeps its ID and idmap. While a
+replacement is under way the directory also holds::
+
+    replacing.json              what the replacement makes (Replacement);
+                                its presence means: the old layers go
+    root/upper.rebuild-old      the old layers, set aside, then deleted
+    root/work.rebuild-old
+    ephemeral.img.rebuild-old   the old ephemeral disk, unless kept
+    config-drive.rebuild-new    the new config drive, written in full
+                                before replacing.json
+    config-drive.rebuild-old    the old one, set aside, then deleted
+
 The image is never written and never chowned; creating a root costs two
 mounts whatever the image's size. The driver owns these mounts and removes
 them itself: lxc-destroy would delete through a mounted rootfs.
 """
 
+import dataclasses
+import json
 import os
 import shutil
 
 from oslo_log import log as logging
 
+from novalxcdriver import configdrive
 from novalxcdriver import disk
+from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import images
 from novalxcdriver import lxc
@@ -39,6 +56,49 @@ from novalxcdriver import mount
 from novalxcdriver import throttle
 
 LOG = logging.getLogger(__name__)
+
+_REPLACING = 'replacing.json'
+# Suffixes of what a replacement sets aside or stages beside the real name.
+_ASIDE = '.rebuild-old'
+_STAGED = '.rebuild-new'
+_STAGING = '.rebuild-tmp'
+
+
+@dataclasses.dataclass(frozen=True)
+class Replacement:
+    """What a root replacement (Nova's rebuild) makes of a root.
+
+    :ivar image_id: the image the new upper layer overlays.
+    :ivar hostname: written to the new root's /etc/hostname.
+    :ivar ephemeral_gb: GiB of the new, empty ephemeral disk; 0 keeps the
+        ephemeral disk as it is (Nova's preserve_ephemeral, or none).
+    :ivar config_drive: whether the new root has a config drive (the one
+        staged with stage_config_drive).
+    """
+
+    image_id: str
+    hostname: str
+    ephemeral_gb: int = 0
+    config_drive: bool = False
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), sort_keys=True) + '\n'
+
+    @classmethod
+    def from_json(cls, text):
+        """:raises ValueError: not a whole Replacement."""
+        data = json.loads(text)
+        try:
+            replacement = cls(**data)
+        except TypeError as e:
+            raise ValueError(str(e))
+        if not (isinstance(replacement.image_id, str) and
+                isinstance(replacement.hostname, str) and
+                type(replacement.ephemeral_gb) is int and
+                replacement.ephemeral_gb >= 0 and
+                isinstance(replacement.config_drive, bool)):
+            raise ValueError('a field has the wrong type or value')
+        return replacement
 
 
 class Rootfs:
@@ -176,6 +236,174 @@ class Rootfs:
                 what='cleanup', target=self.path,
                 reason='still mounted: %s' % ', '.join(sorted(left)))
         shutil.rmtree(self.path)
+
+    # -- replacement of the root's own layers (Nova's rebuild) ----------
+
+    @property
+    def _replacing_path(self):
+        return os.path.join(self.path, _REPLACING)
+
+    @property
+    def config_drive(self):
+        """Host directory of its config drive (configdrive.path_for)."""
+        return configdrive.path_for(self.path)
+
+    def stage_config_drive(self, write):
+        """Make the config drive the next replacement swaps in.
+
+        Written under a temporary name and renamed when whole, so a crash
+        never leaves a partial one staged.
+
+        :param write: callable(path) making the config drive directory at
+            path (configdrive.write).
+        """
+        tmp = self.config_drive + _STAGING
+        staged = self.config_drive + _STAGED
+        _remove(tmp)
+        write(tmp)
+        _remove(staged)
+        os.rename(tmp, staged)
+
+    def unstage(self):
+        """Remove a staged config drive (a rebuild failed before begin)."""
+        for suffix in (_STAGING, _STAGED):
+            _remove(self.config_drive + suffix)
+
+    def replacement(self):
+        """The replacement under way: a Replacement, or None.
+
+        :raises ReplacementUnreadable: its file is torn or not one.
+        """
+        try:
+            with open(self._replacing_path, 'rb') as f:
+                text = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            return Replacement.from_json(text)
+        except ValueError as e:
+            raise exception.ReplacementUnreadable(
+                path=self._replacing_path, reason=str(e))
+
+    def begin_replacement(self, replacement):
+        """Unmount the overlay, then record replacement durably.
+
+        Until the record is written the root is untouched (a busy mount
+        fails here); once it is, the old layers are as good as gone:
+        replace_layers finishes the job, however often it is cut short.
+        The container must be stopped.
+
+        :param replacement: Replacement to make.
+        :raises MountBusy, MountFailed: a mount to undo stays; nothing
+            was recorded.
+        """
+        points = [self.merged, self.lower]
+        if replacement.ephemeral_gb:
+            points.append(self.ephemeral_disk.mountpoint)
+        self._unmount(points)
+        if not replacement.config_drive:
+            # Not one a crashed rebuild staged: it is not this one's.
+            self.unstage()
+        # The staged config drive is on disk before the record names it.
+        durable.syncfs(self.path)
+        durable.write(self._replacing_path, replacement.to_json(),
+                      mode=0o600)
+
+    def replace_layers(self, idmap):
+        """Carry out the recorded replacement, up to the mounts.
+
+        A fresh, empty upper and work owned by the container's root (as
+        create makes them), a new ephemeral disk of the recorded size
+        unless it is kept, the staged config drive in place of the old
+        one. Each step sets the old aside under a name of its own, makes
+        the new, then deletes the old, so it can run again from any point
+        a crash left. Nothing is mounted on the new layers yet (mount).
+
+        :param idmap: ids.Idmap of the container.
+        :raises MountBusy, MountFailed, CommandFailed: a step failed; the
+            record stays, so the next call finishes the job.
+        """
+        replacement = self.replacement()
+        if replacement is None:
+            return
+        self._unmount([self.merged, self.lower])
+        if os.path.exists(self.root_disk.image_path):
+            # upper/ and work/ live on it.
+            self.root_disk.mount()
+        for d in (self.upper, self.work):
+            _renew(d, lambda path: _make_dir(path, idmap))
+        if replacement.ephemeral_gb:
+            self._renew_ephemeral(replacement.ephemeral_gb, idmap)
+        self._swap_config_drive(replacement.config_drive)
+
+    def end_replacement(self):
+        """Forget the replacement: its layers are made and on disk."""
+        if not os.path.exists(self._replacing_path):
+            return
+        for d in (self.root_disk, self.ephemeral_disk):
+            if os.path.isdir(d.mountpoint):
+                durable.syncfs(d.mountpoint)
+        durable.syncfs(self.path)
+        os.unlink(self._replacing_path)
+        durable.fsync_dir(self.path)
+
+    def _unmount(self, points):
+        for point in points:
+            if point == self.ephemeral_disk.mountpoint and (
+                    self.ephemeral_disk.is_mounted()):
+                throttle.clear(self.ephemeral_disk.device())
+            mount.unmount_tree(point)
+
+    def _renew_ephemeral(self, size_gb, idmap):
+        d = self.ephemeral_disk
+        self._unmount([d.mountpoint])
+        # A crash between losetup and the mount leaves a loop device.
+        d.detach_loops()
+
+        def make(path):
+            d.create(size_gb, idmap.uid_start, idmap.gid_start)
+        _renew(d.image_path, make)
+
+    def _swap_config_drive(self, wanted):
+        staged = self.config_drive + _STAGED
+        if os.path.isdir(staged):
+            _renew(self.config_drive,
+                   lambda path: os.rename(staged, path))
+        elif not wanted:
+            _remove(self.config_drive)
+        # Else wanted and nothing staged: swapped in already (a crash
+        # may have left the old one aside).
+        for suffix in (_ASIDE, _STAGING):
+            _remove(self.config_drive + suffix)
+
+
+def _remove(path):
+    """Delete path (a tree or a file), if it exists; links not followed."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _renew(path, make):
+    """Replace what is at path by make(path): old aside, new, old deleted.
+
+    Runs again from any point a crash left: what is aside is old (a
+    second run deletes it first), and what is at path once a run began
+    is set aside again, so only a finished make(path) stays.
+    """
+    aside = path + _ASIDE
+    _remove(aside)
+    if os.path.lexists(path):
+        os.rename(path, aside)
+    make(path)
+    _remove(aside)
+
+
+def _make_dir(path, idmap):
+    """An empty 0755 directory owned by the container's root."""
+    os.mkdir(path, 0o755)
+    os.chown(path, idmap.uid_start, idmap.gid_start)
 
 
 def existing_ids(state_path):

@@ -404,15 +404,17 @@ class RunningElsewhereTest(_Base):
         # lxc_path moved away: no config here, LXC here sees nothing.
         os.unlink(self.c.config_path)
 
-    def process(self, group, pid, upper):
+    def process(self, group, pid, upper, point='/'):
         procs = os.path.join(self.cgroups, 'pids', group)
         os.makedirs(procs)
         with open(os.path.join(procs, 'cgroup.procs'), 'w') as f:
             f.write('%d\n%d\n' % (pid, pid + 1))
         os.makedirs(os.path.join(self.proc, str(pid)))
         with open(os.path.join(self.proc, str(pid), 'mountinfo'), 'w') as f:
-            f.write('1 0 0:1 / / rw - overlay overlay rw,lowerdir=/l,'
-                    'upperdir=%s,workdir=/w\n' % upper)
+            if point != '/':
+                f.write('1 0 8:1 / / rw - ext4 /dev/sda1 rw\n')
+            f.write('2 1 0:1 / %s rw - overlay overlay rw,lowerdir=/l,'
+                    'upperdir=%s,workdir=/w\n' % (point, upper))
 
     def test_running_on_its_disks_is_running_and_not_started_again(self):
         self.process('lxc.payload.%s-1' % NAME, 4321, self.upper)
@@ -424,6 +426,15 @@ class RunningElsewhereTest(_Base):
                               self.c.start)
         self.assertIn('4321', str(e))
         self.lxc.start.assert_not_called()
+
+    def test_same_name_starting_with_the_hosts_mounts_does_not_count(self):
+        # Before its pivot_root, a container of the same name (another
+        # lxc_path) is in its cgroup with a copy of the host's mounts.
+        merged = os.path.join(self.state_path, 'rootfs', str(self.cid),
+                              'merged')
+        self.process('lxc.payload.%s-2' % NAME, 4500, self.upper,
+                     point=merged)
+        self.assertEqual(('STOPPED', None), self.c.state())
 
     def test_same_name_on_other_disks_does_not_count(self):
         self.process('lxc.payload.%s' % NAME, 4321, '/elsewhere/upper')
@@ -1069,3 +1080,106 @@ class NicsTest(_Base):
         self.assertEqual(UUID, self.c.config_record()['instance_uuid'])
         self.assertEqual(['config', 'console.log'],
                          sorted(os.listdir(self.c.dir)))
+
+
+class ReplaceRootTest(_Base):
+    """begin_replacing_root, then rebuild: Nova's rebuild of the root."""
+
+    NEW_IMAGE = images.CachedImage('b2c3d4e5-0000-4000-8000-000000000002',
+                                   '/images/y/rootfs', 'busybox', 100)
+
+    def setUp(self):
+        super().setUp()
+        self.cid = self.make_container()
+        self.spec = self.make_spec(self.cid)
+        self.new_spec = dataclasses.replace(
+            self.spec, image_id=self.NEW_IMAGE.image_id)
+        self.root = rootfs.Rootfs(self.state_path, self.cid)
+        os.makedirs(self.root.work)
+        patcher = mock.patch('novalxcdriver.rootfs.Rootfs.mount',
+                             autospec=True)
+        self.root_mount = patcher.start()
+        self.addCleanup(patcher.stop)
+        for target in ('os.chown', 'os.fchown'):
+            patcher = mock.patch(target)
+            patcher.start()
+            self.addCleanup(patcher.stop)
+        self.replacement = rootfs.Replacement(
+            image_id=self.NEW_IMAGE.image_id, hostname='web-2')
+        self.lxc_state = 'STOPPED'
+
+    def upper_file(self):
+        return os.path.join(self.root.upper, 'file')
+
+    def test_begin_then_rebuild_makes_the_new_root(self):
+        # The new root's /etc, as its overlay shows it once mounted.
+        os.makedirs(os.path.join(self.root.merged, 'etc'))
+        self.c.begin_replacing_root(self.replacement)
+        self.assertTrue(os.path.exists(self.upper_file()))
+        self.assertEqual(IMAGE_ID, self.c.record().image_id)
+
+        self.c.rebuild(self.new_spec, self.NEW_IMAGE)
+        self.assertFalse(os.path.exists(self.upper_file()))
+        self.assertEqual([], os.listdir(self.root.upper))
+        record_ = self.c.record()
+        self.assertEqual((self.NEW_IMAGE.image_id, self.cid,
+                          self.ids.idmap(self.cid)),
+                         (record_.image_id, record_.cid, record_.idmap))
+        self.assertEqual(self.cid, self.ids.find(UUID))
+        self.assertEqual(self.NEW_IMAGE.image_id,
+                         self.c.config_record()['image_id'])
+        root, image_rootfs, idmap = self.root_mount.call_args.args
+        self.assertEqual('/images/y/rootfs', image_rootfs)
+        with open(os.path.join(self.root.merged, 'etc', 'hostname')) as f:
+            self.assertEqual('web-2\n', f.read())
+        self.assertIsNone(self.root.replacement())
+
+    def test_running_container_refused_untouched(self):
+        self.lxc_state = 'RUNNING'
+        self.assertRaises(exception.ContainerNotStopped,
+                          self.c.begin_replacing_root, self.replacement)
+        self.assertIsNone(self.root.replacement())
+        self.mount.unmount_tree.assert_not_called()
+
+    def test_foreign_dir_refused_untouched(self):
+        with open(self.c.config_path, 'w') as f:
+            f.write('lxc.uts.name = foreign\n')
+        self.assertRaises(exception.ContainerExists,
+                          self.c.begin_replacing_root, self.replacement)
+        self.assertIsNone(self.root.replacement())
+
+    def test_rebuild_on_another_image_replaces_nothing(self):
+        self.c.begin_replacing_root(self.replacement)
+        self.assertRaises(ValueError, self.c.rebuild, self.spec, self.image)
+        self.assertTrue(os.path.exists(self.upper_file()))
+        self.assertEqual(IMAGE_ID, self.c.record().image_id)
+
+    def test_started_meanwhile_replaces_nothing(self):
+        self.c.begin_replacing_root(self.replacement)
+        self.lxc_state = 'RUNNING'
+        self.assertRaises(exception.ContainerNotStopped, self.c.rebuild,
+                          self.new_spec, self.NEW_IMAGE)
+        self.assertTrue(os.path.exists(self.upper_file()))
+
+    def test_cut_short_then_finished(self):
+        self.c.begin_replacing_root(self.replacement)
+        with mock.patch.object(rootfs.Rootfs, 'end_replacement',
+                               side_effect=OSError('crash')):
+            self.assertRaises(OSError, self.c.rebuild, self.new_spec,
+                              self.NEW_IMAGE)
+        self.assertIsNotNone(self.root.replacement())
+        # Written again and again until the record is forgotten.
+        with open(self.root.upper + '/since', 'w') as f:
+            f.write('x')
+        self.c.rebuild(self.new_spec, self.NEW_IMAGE)
+        self.assertEqual([], os.listdir(self.root.upper))
+        self.assertIsNone(self.root.replacement())
+
+    def test_remount_leaves_a_replacement_under_way_alone(self):
+        self.c.begin_replacing_root(self.replacement)
+        cache = mock.Mock()
+        cache.lookup.return_value = self.NEW_IMAGE
+        self.assertFalse(self.c.remount(cache))
+        self.root_mount.assert_not_called()
+        self.assertTrue(os.path.exists(self.upper_file()))
+        self.assertIsNotNone(self.root.replacement())

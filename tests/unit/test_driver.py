@@ -1879,3 +1879,368 @@ class SnapshotTest(_Base):
             name='x', reason='tar exited 2')
         self.assertRaises(exception.SnapshotFailed, self.snapshot)
         self.end.assert_called_once_with(mock.ANY, self.snap)
+
+
+class Crash(Exception):
+    """The process dies here."""
+
+
+class RebuildTest(_Base):
+    """rebuild: a fresh root from another image in the same container."""
+
+    def setUp(self):
+        super().setUp()
+        self.init_host()
+        for target in ('os.chown', 'os.fchown',
+                       'novalxcdriver.disk.Disk.detach_loops'):
+            self.patch(target)
+        self.disk_create = self.patch('novalxcdriver.disk.Disk.create',
+                                      autospec=True,
+                                      side_effect=self._new_disk)
+        # A clean halt, at once.
+        self.lxc.request_halt.side_effect = self._halt
+        self.instance_ = self.instance(ephemeral_gb=1)
+        self.instance_.system_metadata = {}
+        self.spawn(self.instance_)
+        self.root = self.drv._container(self.instance_).rootfs()
+        self.upper_file = os.path.join(self.root.upper, 'f')
+        with open(self.upper_file, 'w') as f:
+            f.write('the container wrote this')
+        self.ephemeral_file = os.path.join(
+            self.root.ephemeral_disk.mountpoint, 'f')
+        with open(self.ephemeral_file, 'w') as f:
+            f.write('on the ephemeral disk')
+        self.record = self.drv._records.get(UUID)
+        self.saves = []
+        self.patch_object(self.instance_, 'save', side_effect=(
+            lambda **kw: self.saves.append((self.instance_.task_state,
+                                            kw))))
+        self.instance_.task_state = 'rebuilding'
+        self.lxc.start.reset_mock()
+        self.rootfs_mount.reset_mock()
+        self.fetch.reset_mock()
+        self.detach = mock.Mock()
+        self.attach = mock.Mock()
+
+    def _halt(self, name, lxc_path, timeout):
+        self.states[name] = 'STOPPED'
+        return True
+
+    def _new_disk(self, d, size_gb, uid, gid):
+        # Disk.create: a new, empty file system mounted on its mountpoint.
+        open(d.image_path, 'x').close()
+        os.makedirs(d.mountpoint, exist_ok=True)
+        for name in os.listdir(d.mountpoint):
+            os.unlink(os.path.join(d.mountpoint, name))
+
+    @staticmethod
+    def other_image(**props):
+        return objects.ImageMeta.from_dict({
+            'id': OTHER_IMAGE_ID, 'name': 'busybox-2',
+            'container_format': 'bare', 'disk_format': 'raw',
+            'properties': props})
+
+    def rebuild(self, image_meta=None, **kwargs):
+        self.drv.rebuild(
+            self.context, self.instance_, image_meta or self.other_image(),
+            kwargs.pop('injected_files', []),
+            kwargs.pop('admin_password', 'new-secret'), {}, [],
+            self.detach, self.attach, **kwargs)
+
+    def assert_untouched(self):
+        with open(self.upper_file) as f:
+            self.assertEqual('the container wrote this', f.read())
+        self.assertEqual(self.record, self.drv._records.get(UUID))
+        self.assertIsNone(self.root.replacement())
+
+    def assert_rebuilt_on(self, image_id):
+        self.assertFalse(os.path.exists(self.upper_file))
+        self.assertEqual([], os.listdir(self.root.upper))
+        record = self.drv._records.get(UUID)
+        self.assertEqual(image_id, record.image_id)
+        self.assertEqual(
+            dataclasses.replace(self.record, image_id=image_id, pid=0),
+            dataclasses.replace(record, pid=0))
+        self.assertEqual(0, self.drv._ids.find(UUID))
+        with open(os.path.join(self.lxc_path, self.instance_.name,
+                               'config')) as f:
+            config = f.read()
+        self.assertEqual(image_id, spec_mod.parse_record(config)['image_id'])
+        self.assertIn('lxc.idmap = u 0 100000 65536\n', config)
+        self.assertEqual(
+            os.path.join(self.state_path, 'images', image_id, 'rootfs'),
+            self.rootfs_mount.call_args.args[1])
+        self.assertIsNone(self.root.replacement())
+        self.assertEqual('RUNNING', self.states[self.instance_.name])
+
+    def test_fresh_root_same_container(self):
+        calls = mock.Mock()
+        calls.attach_mock(self.lxc.request_halt, 'halt')
+        calls.attach_mock(self.detach, 'detach')
+        calls.attach_mock(self.attach, 'attach')
+        calls.attach_mock(self.fetch, 'fetch')
+        calls.attach_mock(self.lxc.start, 'start')
+        self.rebuild()
+        self.assert_rebuilt_on(OTHER_IMAGE_ID)
+        self.assertEqual(['fetch', 'halt', 'detach', 'attach', 'start'],
+                         [c[0] for c in calls.mock_calls])
+        self.assertEqual(OTHER_IMAGE_ID, self.fetch.call_args.args[1])
+        # Nova's task states, as _rebuild_default_impl moves them.
+        self.assertEqual(
+            [('rebuild_block_device_mapping',
+              {'expected_task_state': ['rebuilding']}),
+             ('rebuild_spawning',
+              {'expected_task_state': ['rebuild_block_device_mapping']})],
+            self.saves)
+        self.detach.assert_called_once_with(self.context, [])
+        self.attach.assert_called_once_with(self.context, self.instance_,
+                                            [])
+        # Its ephemeral disk is made anew, empty.
+        self.disk_create.assert_called_once()
+        d, size_gb, uid, gid = self.disk_create.call_args.args
+        self.assertEqual((self.root.ephemeral_disk.image_path, 1, 100000,
+                          100000), (d.image_path, size_gb, uid, gid))
+        self.assertFalse(os.path.exists(self.ephemeral_file))
+        self.assertEqual(power_state.RUNNING,
+                         self.drv.get_info(self.instance_).state)
+
+    def test_preserve_ephemeral_keeps_it(self):
+        self.rebuild(preserve_ephemeral=True)
+        self.assert_rebuilt_on(OTHER_IMAGE_ID)
+        self.disk_create.assert_not_called()
+        with open(self.ephemeral_file) as f:
+            self.assertEqual('on the ephemeral disk', f.read())
+
+    def test_same_image_again(self):
+        self.rebuild(self.image_meta())
+        self.assert_rebuilt_on(IMAGE_ID)
+        self.fetch.assert_not_called()
+
+    def test_clean_halt_as_nova_default_rebuild(self):
+        self.cfg.config(shutdown_timeout=30)
+        self.cfg.config(group='compute', shutdown_retry_interval=7)
+        self.rebuild()
+        self.lxc.request_halt.assert_called_once_with(
+            self.instance_.name, self.lxc_path, 7)
+        self.lxc.request_halt.reset_mock()
+        self.instance_.system_metadata['image_os_shutdown_timeout'] = '3'
+        self.rebuild()
+        self.lxc.request_halt.assert_called_once_with(
+            self.instance_.name, self.lxc_path, 3)
+
+    def test_stopped_server_started_for_nova_to_stop(self):
+        self.states[self.instance_.name] = 'STOPPED'
+        self.rebuild()
+        self.lxc.request_halt.assert_not_called()
+        self.assert_rebuilt_on(OTHER_IMAGE_ID)
+
+    def test_bad_image_leaves_the_server_running_untouched(self):
+        self.fetch.side_effect = (
+            lambda ctx, image_id, dest:
+                test_images.write_rootfs_tarball(dest, with_init=False))
+        e = self.assertRaises(nova_exc.ImageUnacceptable, self.rebuild)
+        self.assertIn('/sbin/init', str(e))
+        self.assert_untouched()
+        self.assertEqual('RUNNING', self.states[self.instance_.name])
+        self.lxc.request_halt.assert_not_called()
+        self.assertEqual([], self.saves)
+        self.mount.unmount_tree.assert_not_called()
+
+    def test_image_format_refused_untouched(self):
+        meta = self.other_image()
+        meta.disk_format = 'qcow2'
+        self.assertRaises(nova_exc.ImageUnacceptable, self.rebuild, meta)
+        self.assert_untouched()
+        self.fetch.assert_not_called()
+
+    def test_image_cached_but_gone_from_glance(self):
+        # Spawn cached IMAGE_ID; Glance has forgotten it since.
+        self.fetch.side_effect = nova_exc.ImageNotFound(image_id=IMAGE_ID)
+        self.rebuild(self.image_meta())
+        self.assert_rebuilt_on(IMAGE_ID)
+
+    def test_image_gone_everywhere_refused_untouched(self):
+        self.fetch.side_effect = nova_exc.ImageNotFound(
+            image_id=OTHER_IMAGE_ID)
+        self.assertRaises(nova_exc.ImageNotFound, self.rebuild)
+        self.assert_untouched()
+        self.lxc.request_halt.assert_not_called()
+
+    def test_evacuate_refused_not_left_to_nova_default(self):
+        # NotImplementedError would make Nova spawn a second container.
+        self.assertRaises(nova_exc.InstanceEvacuateNotSupported,
+                          self.rebuild, evacuate=True)
+        self.assert_untouched()
+        self.fetch.assert_not_called()
+        self.lxc.request_halt.assert_not_called()
+
+    def test_volumes_refused_untouched(self):
+        bdi = {'block_device_mapping': [{'mount_device': '/dev/vda',
+                                         'connection_info': {}}]}
+        self.assertRaises(nova_exc.InvalidInput, self.rebuild,
+                          block_device_info=bdi, reimage_boot_volume=True)
+        self.assert_untouched()
+        self.fetch.assert_not_called()
+
+    def test_reimage_boot_volume_flag_of_image_backed_server(self):
+        # Nova's API sets it for every rebuild from microversion 2.93.
+        self.rebuild(reimage_boot_volume=True)
+        self.assert_rebuilt_on(OTHER_IMAGE_ID)
+
+    def test_flavor_too_big_now_refused_untouched(self):
+        self.memory.return_value = (128, 0)
+        self.assertRaises(nova_exc.InvalidInput, self.rebuild)
+        self.assert_untouched()
+        self.lxc.request_halt.assert_not_called()
+
+    def test_unknown_instance(self):
+        self.assertRaises(nova_exc.InstanceNotFound, self.drv.rebuild,
+                          self.context, self.instance(uuid=UUID2, id=2),
+                          self.other_image(), [], None, {}, [], self.detach,
+                          self.attach)
+
+    def test_deleted_meanwhile_leaves_the_old_root(self):
+        self.instance_.save.side_effect = (
+            nova_exc.UnexpectedDeletingTaskStateError(
+                instance_uuid=UUID, expected='rebuilding',
+                actual='deleting'))
+        self.assertRaises(nova_exc.UnexpectedDeletingTaskStateError,
+                          self.rebuild)
+        self.assert_untouched()
+        self.lxc.start.assert_not_called()
+
+    def test_nics_and_their_names_kept(self):
+        plug = self.patch('novalxcdriver.vif.plug')
+        self.patch('novalxcdriver.vif.link_exists', return_value=False)
+        network_info = network_model.NetworkInfo([
+            test_vif.bridge_vif(test_vif.PORT, active=True),
+            test_vif.bridge_vif(test_vif.PORT2, active=True)])
+        c = self.drv._container(self.instance_)
+        # eth1 gone, eth2 attached: names other than spawn would give.
+        nics = vif_mod.nics_for(network_info)
+        c.set_nics((nics[0], dataclasses.replace(nics[1], name='eth2')))
+        before = c.nics()
+        self.rebuild(network_info=network_info)
+        self.assertEqual(before, c.nics())
+        self.assertEqual(['eth0', 'eth2'], [n.name for n in c.nics()])
+        self.assertEqual([mock.call(self.instance_, vif)
+                          for vif in network_info] * 2,
+                         plug.call_args_list)
+
+    def test_config_drive_made_anew(self):
+        write = self.patch('novalxcdriver.configdrive.write',
+                           side_effect=self._write_drive)
+        drive = self.root.config_drive
+        self._write_drive(drive, password='old-secret')
+        self.instance_.config_drive = 'True'
+        self.rebuild(injected_files=[('/etc/motd', 'hi')],
+                     admin_password='new-secret')
+        write.assert_called_once()
+        self.assertEqual(
+            {'instance': self.instance_,
+             'injected_files': [('/etc/motd', 'hi')],
+             'admin_password': 'new-secret', 'network_info': [],
+             'idmap': self.record.idmap},
+            write.call_args.kwargs)
+        with open(os.path.join(drive, 'meta_data.json')) as f:
+            self.assertEqual('new-secret', f.read())
+        self.assertIn('lxc.mount.entry = %s config-drive' % drive,
+                      self.config())
+
+    def test_config_drive_failure_leaves_the_server_untouched(self):
+        self.patch('novalxcdriver.configdrive.write',
+                   side_effect=OSError('disk full'))
+        self.instance_.config_drive = 'True'
+        self.assertRaises(OSError, self.rebuild)
+        self.assert_untouched()
+        self.lxc.request_halt.assert_not_called()
+        self.assertEqual([], [n for n in os.listdir(self.root.path)
+                              if n.startswith('config-drive')])
+
+    def test_config_drive_no_longer_wanted_removed(self):
+        self._write_drive(self.root.config_drive, password='old-secret')
+        self.rebuild()
+        self.assertFalse(os.path.exists(self.root.config_drive))
+        self.assertNotIn('config-drive', self.config())
+
+    def config(self):
+        with open(os.path.join(self.lxc_path, self.instance_.name,
+                               'config')) as f:
+            return f.read()
+
+    @staticmethod
+    def _write_drive(path, instance=None, injected_files=(),
+                     admin_password=None, network_info=None, idmap=None,
+                     password=None):
+        os.mkdir(path)
+        with open(os.path.join(path, 'meta_data.json'), 'w') as f:
+            f.write(password or admin_password)
+
+    def crash_after_commit(self):
+        """A rebuild that dies once it committed to the new root."""
+        with mock.patch('novalxcdriver.rootfs.Rootfs.replace_layers',
+                        autospec=True, side_effect=Crash()):
+            self.assertRaises(Crash, self.rebuild)
+        self.assertEqual(OTHER_IMAGE_ID,
+                         self.root.replacement().image_id)
+        self.assertEqual(IMAGE_ID, self.drv._records.get(UUID).image_id)
+        self.assertEqual('STOPPED', self.states[self.instance_.name])
+
+    def restart_driver(self):
+        self.drv.cleanup_host(HOST)
+        self.drv = driver.LXCDriver(self.virtapi)
+        self.init_host()
+
+    def test_crash_after_commit_finished_by_hard_reboot(self):
+        self.crash_after_commit()
+        self.restart_driver()
+        # nova-compute's start deletes nothing and mounts nothing of it.
+        self.rootfs_mount.assert_not_called()
+        self.assertTrue(os.path.exists(self.upper_file))
+        self.drv.reboot(self.context, self.instance_, [], 'HARD')
+        self.assert_rebuilt_on(OTHER_IMAGE_ID)
+        self.assertFalse(os.path.exists(self.ephemeral_file))
+
+    def test_crash_after_commit_finished_by_power_on(self):
+        self.crash_after_commit()
+        self.restart_driver()
+        self.drv.power_on(self.context, self.instance_, [])
+        self.assert_rebuilt_on(OTHER_IMAGE_ID)
+
+    def test_crash_after_commit_then_rebuilt_again(self):
+        self.crash_after_commit()
+        self.restart_driver()
+        self.instance_.task_state = 'rebuilding'
+        self.rebuild(self.image_meta())
+        self.assert_rebuilt_on(IMAGE_ID)
+
+    def test_rescue_left_by_a_failure_goes_with_the_old_root(self):
+        # A rescue cut short leaves its record and rescue root; Nova puts
+        # the server in ERROR, from which it may be rebuilt.
+        rescue_meta = objects.ImageMeta.from_dict({
+            'id': OTHER_IMAGE_ID, 'name': 'rescue', 'disk_format': 'raw',
+            'container_format': 'bare', 'properties': {}})
+        self.drv.rescue(self.context, self.instance_, [], rescue_meta, 'pw',
+                        None, objects.ShareMappingList())
+        rescue_root = os.path.join(self.root.path, 'rescue')
+        self.assertTrue(os.path.isdir(rescue_root))
+        self.assertEqual(OTHER_IMAGE_ID,
+                         self.drv._records.get(UUID).rescue_image_id)
+        self.instance_.vm_state = 'error'
+        self.rebuild(self.image_meta())
+        self.assertFalse(os.path.lexists(rescue_root))
+        self.assert_rebuilt_on(IMAGE_ID)
+        self.assertEqual('', self.drv._records.get(UUID).rescue_image_id)
+
+    def test_torn_replacement_record_a_clear_fault_until_rebuilt(self):
+        self.crash_after_commit()
+        with open(os.path.join(self.root.path, 'replacing.json'), 'w') as f:
+            f.write('{"image_id": ')
+        e = self.assertRaises(exception.ReplacementUnreadable,
+                              self.drv.reboot, self.context, self.instance_,
+                              [], 'HARD')
+        self.assertIn('openstack server rebuild', str(e))
+        self.lxc.start.assert_not_called()
+        self.instance_.task_state = 'rebuilding'
+        self.rebuild()
+        self.assert_rebuilt_on(OTHER_IMAGE_ID)

@@ -305,3 +305,234 @@ class WriteEtcFileTest(_Base):
         self.assertTrue(os.path.isdir(os.path.join(self.root.merged, 'etc',
                                                    'hostname')))
         self.fchown.assert_not_called()
+
+
+class Crash(Exception):
+    """A crash of the process at one step."""
+
+
+class ReplacementTest(_Base):
+    """Nova's rebuild: the root's own layers replaced in place."""
+
+    REPLACEMENT = rootfs.Replacement(
+        image_id='b2c3d4e5-0000-4000-8000-000000000002', hostname='web-2',
+        ephemeral_gb=3, config_drive=True)
+
+    def setUp(self):
+        super().setUp()
+        self.detach_loops = self.patch('novalxcdriver.disk.Disk.detach_loops',
+                                       autospec=True)
+        self.disk_create.side_effect = self._new_disk
+
+    def _new_disk(self, d, size_gb, uid, gid):
+        # Disk.create: a new image file (opened 'xb'), mounted.
+        with open(d.image_path, 'x') as f:
+            f.write('new disk')
+        os.makedirs(d.mountpoint, exist_ok=True)
+
+    def make_old(self, root=None):
+        """A root as a running container leaves it, and a staged drive."""
+        root = root or self.root
+        os.makedirs(root.path)
+        for d in (root.lower, root.merged):
+            os.mkdir(d)
+        for d in (root.upper, root.work):
+            os.makedirs(d)
+            with open(os.path.join(d, 'old'), 'w') as f:
+                f.write('written by the container')
+        os.makedirs(os.path.join(root.work, 'work'))
+        with open(root.ephemeral_disk.image_path, 'w') as f:
+            f.write('old disk')
+        os.mkdir(root.ephemeral_disk.mountpoint)
+        os.makedirs(os.path.join(root.config_drive, 'openstack'))
+        with open(os.path.join(root.config_drive, 'old'), 'w') as f:
+            f.write('old password')
+        root.stage_config_drive(self._write_drive)
+        return root
+
+    @staticmethod
+    def _write_drive(path):
+        os.mkdir(path)
+        with open(os.path.join(path, 'new'), 'w') as f:
+            f.write('new password')
+
+    def assert_replaced(self, root, ephemeral='new disk', drive=('new',)):
+        for d in (root.upper, root.work):
+            self.assertEqual([], os.listdir(d), d)
+        self.assertIn(mock.call(root.upper, IDMAP.uid_start,
+                                IDMAP.gid_start), self.chown.call_args_list)
+        self.assertIn(mock.call(root.work, IDMAP.uid_start, IDMAP.gid_start),
+                      self.chown.call_args_list)
+        with open(root.ephemeral_disk.image_path) as f:
+            self.assertEqual(ephemeral, f.read())
+        if drive is None:
+            self.assertFalse(os.path.lexists(root.config_drive))
+        else:
+            self.assertEqual(sorted(drive), sorted(os.listdir(
+                root.config_drive)))
+        # Nothing set aside or staged is left.
+        leftovers = [
+            os.path.join(top, name)
+            for top in (root.path, root.root_disk.mountpoint)
+            for name in os.listdir(top)
+            if name.endswith(('.rebuild-old', '.rebuild-new',
+                              '.rebuild-tmp'))]
+        self.assertEqual([], leftovers)
+
+    def test_record_round_trip_and_absence(self):
+        self.make_old()
+        self.assertIsNone(self.root.replacement())
+        self.root.begin_replacement(self.REPLACEMENT)
+        self.assertEqual(self.REPLACEMENT, self.root.replacement())
+        self.assertEqual(0o600, os.stat(os.path.join(
+            self.top, 'replacing.json')).st_mode & 0o777)
+
+    def test_torn_record_is_a_clear_fault(self):
+        self.make_old()
+        self.root.begin_replacement(self.REPLACEMENT)
+        path = os.path.join(self.top, 'replacing.json')
+        for text in ('', '{"image_id": "x"', '[1]', '{"image_id": 1, '
+                     '"hostname": "h", "ephemeral_gb": 0, '
+                     '"config_drive": false}'):
+            with open(path, 'w') as f:
+                f.write(text)
+            e = self.assertRaises(exception.ReplacementUnreadable,
+                                  self.root.replacement)
+            self.assertIn(path, str(e))
+            self.assertIn('openstack server rebuild', str(e))
+
+    def test_begin_unmounts_then_records_and_touches_no_layer(self):
+        self.make_old()
+
+        def unmount_tree(point):
+            self.assertIsNone(self.root.replacement())
+        self.mount.unmount_tree.side_effect = unmount_tree
+        self.root.begin_replacement(self.REPLACEMENT)
+        self.assertEqual(
+            [mock.call(self.root.merged), mock.call(self.root.lower),
+             mock.call(self.root.ephemeral_disk.mountpoint)],
+            self.mount.unmount_tree.call_args_list)
+        self.assertTrue(os.path.exists(os.path.join(self.root.upper,
+                                                    'old')))
+        with open(self.root.ephemeral_disk.image_path) as f:
+            self.assertEqual('old disk', f.read())
+        self.assertEqual(['new'], os.listdir(
+            self.root.config_drive + '.rebuild-new'))
+
+    def test_begin_keeping_ephemeral_leaves_it_mounted(self):
+        self.make_old()
+        self.root.begin_replacement(rootfs.Replacement(
+            image_id='x', hostname='h', ephemeral_gb=0, config_drive=True))
+        self.assertEqual(
+            [mock.call(self.root.merged), mock.call(self.root.lower)],
+            self.mount.unmount_tree.call_args_list)
+
+    def test_busy_mount_records_nothing(self):
+        self.make_old()
+        self.mount.unmount_tree.side_effect = exception.MountBusy(
+            target=self.root.merged, holders='pid 7 (sh)')
+        self.assertRaises(exception.MountBusy, self.root.begin_replacement,
+                          self.REPLACEMENT)
+        self.assertIsNone(self.root.replacement())
+
+    def test_stale_staged_drive_not_swapped_in_when_none_is_wanted(self):
+        # A rebuild that failed before its commit staged one.
+        root = self.make_old()
+        replacement = rootfs.Replacement(image_id='x', hostname='h')
+        root.begin_replacement(replacement)
+        root.replace_layers(IDMAP)
+        self.assert_replaced(root, ephemeral='old disk', drive=None)
+
+    def test_replace_layers(self):
+        root = self.make_old()
+        root.begin_replacement(self.REPLACEMENT)
+        root.replace_layers(IDMAP)
+        self.assert_replaced(root)
+        self.disk_create.assert_called_once_with(
+            root.ephemeral_disk, 3, IDMAP.uid_start, IDMAP.gid_start)
+        self.detach_loops.assert_called_once_with(root.ephemeral_disk)
+        # The record stays until end_replacement.
+        self.assertEqual(self.REPLACEMENT, root.replacement())
+        root.end_replacement()
+        self.assertIsNone(root.replacement())
+        root.end_replacement()
+
+    def test_replace_layers_mounts_the_root_disk_first(self):
+        root = self.make_old()
+        open(root.root_disk.image_path, 'w').close()
+        root.begin_replacement(self.REPLACEMENT)
+
+        def mount(d):
+            # upper/ and work/ are on it: nothing touched before.
+            self.assertTrue(os.path.exists(os.path.join(root.upper, 'old')))
+        self.disk_mount.side_effect = mount
+        root.replace_layers(IDMAP)
+        self.assertEqual(mock.call(root.root_disk),
+                         self.disk_mount.call_args_list[0])
+        self.assert_replaced(root)
+
+    def test_replace_layers_without_record_does_nothing(self):
+        root = self.make_old()
+        root.replace_layers(IDMAP)
+        self.assertTrue(os.path.exists(os.path.join(root.upper, 'old')))
+        self.disk_create.assert_not_called()
+        self.mount.unmount_tree.assert_not_called()
+
+    def test_unstage(self):
+        root = self.make_old()
+        root.unstage()
+        self.assertEqual(['old', 'openstack'],
+                         sorted(os.listdir(root.path + '/config-drive')))
+        self.assertFalse(os.path.lexists(root.config_drive + '.rebuild-new'))
+
+    def test_staging_cut_short_leaves_nothing_staged(self):
+        root = self.make_old()
+        root.unstage()
+
+        def write(path):
+            os.mkdir(path)
+            raise Crash()
+        self.assertRaises(Crash, root.stage_config_drive, write)
+        self.assertFalse(os.path.lexists(root.config_drive + '.rebuild-new'))
+        # The next staging clears the partial one.
+        root.stage_config_drive(self._write_drive)
+        self.assertEqual(['new'], os.listdir(
+            root.config_drive + '.rebuild-new'))
+
+    def test_crash_at_every_step_is_finished_by_the_next_run(self):
+        # Each file system step of replace_layers in turn fails as a
+        # crash would; a second run must reach the same end.
+        real = {name: getattr(os, name) for name in ('rename', 'mkdir',
+                                                     'unlink')}
+        real_rmtree = rootfs.shutil.rmtree
+        step = 0
+        while True:
+            root = self.make_old(rootfs.Rootfs(self.state_path, 100 + step))
+            root.begin_replacement(self.REPLACEMENT)
+            calls = []
+
+            def crashing(fn):
+                def call(*args, **kwargs):
+                    calls.append(fn)
+                    if len(calls) == step + 1:
+                        raise Crash()
+                    return fn(*args, **kwargs)
+                return call
+            with mock.patch.multiple(
+                    os, **{n: crashing(f) for n, f in real.items()}), \
+                    mock.patch.object(rootfs.shutil, 'rmtree',
+                                      crashing(real_rmtree)), \
+                    mock.patch.object(self.disk_create, 'side_effect',
+                                      crashing(self._new_disk)):
+                try:
+                    root.replace_layers(IDMAP)
+                    crashed = False
+                except Crash:
+                    crashed = True
+            root.replace_layers(IDMAP)
+            self.assert_replaced(root)
+            if not crashed:
+                break
+            step += 1
+        # Every step of every layer was cut short once.
+        self.assertGreater(step, 12)
