@@ -211,6 +211,9 @@ def client_config(secrets):
         util.write_file(layout.etc(who + '-openrc'), '\n'.join([
             '# Source me (bash): . %s' % layout.etc(who + '-openrc'),
             '# then e.g.: openstack server list',
+            '# The password is not here: OS_CLOUD names the %s entry of %s'
+            % (cloud, layout.CLOUDS_YAML),
+            '# (mode 0600, readable by root only), which the client reads.',
             'export PATH=%s:$PATH' % layout.VENV_BIN,
             'export OS_CLIENT_CONFIG_FILE=%s' % layout.CLOUDS_YAML,
             'export OS_CLOUD=%s' % cloud,

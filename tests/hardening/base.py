@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -25,6 +26,7 @@ from oslo_config import fixture as config_fixture
 from oslotest import base as oslo_base
 
 from novalxcdriver import conf
+from novalxcdriver import disk
 from novalxcdriver import ids
 from novalxcdriver import mount
 from novalxcdriver import spec as spec_mod
@@ -290,13 +292,39 @@ def attach(name, lxc_path, *argv, timeout=120, check=False):
 
 
 def file_in_disk(image, path):
-    """Content of path inside the ext4 filesystem of a disk image.
+    """Content of path inside the filesystem of a disk image.
 
-    Read with debugfs(8) in catastrophic (read-only) mode, so it works on
-    an image that is not mounted, or mounted and synced.
+    ext4: read with debugfs(8) in catastrophic (read-only) mode, so it
+    works on an image that is not mounted, or mounted and synced. btrfs:
+    through its mount point when the driver has it mounted (next to the
+    image, as rootfs.py lays it out), else with btrfs-restore(8), which
+    reads the unmounted image without writing it.
 
-    :returns: the file's text, or None if debugfs cannot read it.
+    :returns: the file's text, or None if it cannot be read.
     """
+    fs = disk.Disk(image, os.path.join(os.path.dirname(image),
+                                       'root')).filesystem()
+    if fs == 'btrfs':
+        point = os.path.join(os.path.dirname(image), 'root')
+        if point in mount.mountpoints():
+            try:
+                with open(point + path) as f:
+                    return f.read()
+            except OSError:
+                return None
+        with tempfile.TemporaryDirectory() as out_dir:
+            parts = path.strip('/').split('/')
+            # btrfs restore matches every directory on the way down.
+            regex = '^' + ''.join('(|/%s' % re.escape(p)
+                                  for p in parts) + ')' * len(parts) + '$'
+            subprocess.run(['btrfs', 'restore', '--path-regex', regex,
+                            image, out_dir], capture_output=True,
+                           timeout=120)
+            try:
+                with open(os.path.join(out_dir, *parts)) as f:
+                    return f.read()
+            except OSError:
+                return None
     out = subprocess.run(['debugfs', '-c', '-R', 'cat ' + path, image],
                          capture_output=True, text=True, timeout=120)
     if out.returncode or 'not found' in out.stderr:
