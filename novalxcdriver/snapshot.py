@@ -27,6 +27,7 @@ crash (recover): the staging directory ``<rootfs>/snapshot-<image>/``
 and, for the cgroup freezer, ``<container dir>/snapshot-frozen``.
 """
 
+import fcntl
 import glob
 import os
 import shutil
@@ -96,6 +97,7 @@ class Snapshot:
         self.stall = None   # seconds writers were blocked
         self._procs = []
         self._errors = []
+        self._lock_fd = None
 
     # -- the point in time ---------------------------------------------
 
@@ -111,6 +113,10 @@ class Snapshot:
         if any(c in self.image_id for c in '/\0'):
             raise ValueError('bad image id %r' % self.image_id)
         os.mkdir(self.stage, 0o700)   # the marker, made first
+        # Held until cleanup, released by the kernel if this process dies:
+        # recover() leaves a locked stage alone, as another live driver
+        # process's snapshot.
+        self._lock_fd = _lock(self.stage)
         try:
             upper = self._point_in_time(state)
             os.mkdir(self.merged, 0o755)
@@ -231,8 +237,27 @@ class Snapshot:
         self.cancel()
         for _label, _proc, err in self._procs:
             err.close()
-        _remove(self.root, self.container_dir, [self.stage],
-                [os.path.basename(self.subvolume)])
+        try:
+            _remove(self.root, self.container_dir, [self.stage],
+                    [os.path.basename(self.subvolume)])
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+
+def _lock(stage):
+    """An fd of stage with an exclusive flock(2) on it, or None if held.
+
+    :raises BlockingIOError: never; a held lock returns None.
+    """
+    fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 class _Stream:
@@ -299,14 +324,33 @@ def recover(root, container_dir):
 
     :returns: list of the paths removed (for the log and tests).
     """
-    stages = glob.glob(os.path.join(glob.escape(root.path),
-                                    STAGE_PREFIX + '*'))
-    subvolumes = []
-    if root.root_disk.mountpoint in mount.mountpoints():
-        subvolumes = [os.path.basename(p) for p in glob.glob(
-            os.path.join(glob.escape(root.root_disk.mountpoint),
-                         SUBVOLUME_PREFIX + '*'))]
-    return _remove(root, container_dir, stages, subvolumes)
+    held = []
+    dead = []
+    live = set()
+    try:
+        for stage in glob.glob(os.path.join(glob.escape(root.path),
+                                            STAGE_PREFIX + '*')):
+            fd = _lock(stage)
+            if fd is None:
+                # A snapshot under way in a live process sharing this
+                # state (a restart racing the old process, tests).
+                LOG.info('Leaving %s: its snapshot is under way', stage)
+                live.add(os.path.basename(stage)[len(STAGE_PREFIX):])
+            else:
+                held.append(fd)
+                dead.append(stage)
+        if live:
+            # Its freeze, marker and subvolume may be in use.
+            return _remove(root, container_dir, dead, [], thaw=False)
+        subvolumes = []
+        if root.root_disk.mountpoint in mount.mountpoints():
+            subvolumes = [os.path.basename(p) for p in glob.glob(
+                os.path.join(glob.escape(root.root_disk.mountpoint),
+                             SUBVOLUME_PREFIX + '*'))]
+        return _remove(root, container_dir, dead, subvolumes)
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def _kill_readers(stage):
@@ -330,18 +374,18 @@ def _kill_readers(stage):
         time.sleep(0.02)
 
 
-def _remove(root, container_dir, stages, subvolumes):
+def _remove(root, container_dir, stages, subvolumes, thaw=True):
     removed = []
     root_disk = root.root_disk
     fs = (root_disk.filesystem()
           if root_disk.mountpoint in mount.mountpoints() else None)
-    if stages and fs == 'ext4':
+    if thaw and stages and fs == 'ext4':
         # Frozen by a snapshot cut short; EINVAL (not frozen) is fine.
         if disk.thaw(root_disk.mountpoint):
             LOG.warning('Thawed %s, frozen by a snapshot cut short',
                         root_disk.mountpoint)
     marker = os.path.join(container_dir, FROZEN_MARKER)
-    if os.path.exists(marker):
+    if thaw and os.path.exists(marker):
         name = os.path.basename(container_dir)
         try:
             lxc.unfreeze(name, os.path.dirname(container_dir))

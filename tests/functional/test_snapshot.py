@@ -268,8 +268,11 @@ class SnapshotCrashTest(_SnapshotBase):
         c = self.driver._container(instance)
         snap = c.take_snapshot('f0000000-0000-4000-8000-00000000c0de')
         snap.stream().read(1000)
-        # nova-compute dies: its readers with it, the mounts stay.
+        # nova-compute dies: its readers and its lock with it, the mounts
+        # stay.
         snap.cancel()
+        os.close(snap._lock_fd)
+        snap._lock_fd = None
         self.assertTrue(os.path.isdir(snap.stage))
         self.assertTrue(os.path.isdir(snap.subvolume))
         self.assertIn(snap.merged, mount.mountpoints())

@@ -245,6 +245,26 @@ class RecoverTest(_Base):
             self.root.root_disk.mountpoint)
         self.disk.delete_subvolume.assert_not_called()
 
+    def test_a_live_snapshot_is_left_alone(self):
+        # Another driver process on the same state is taking it.
+        mnt = self.root.root_disk.mountpoint
+        self.mounted.update({mnt, self.snap.merged})
+        self.fs.return_value = 'ext4'
+        os.makedirs(self.snap.merged)
+        open(os.path.join(self.container_dir, snapshot.FROZEN_MARKER),
+             'w').close()
+        held = snapshot._lock(self.snap.stage)
+        self.assertEqual([], snapshot.recover(self.root, self.container_dir))
+        self.assertTrue(os.path.isdir(self.snap.merged))
+        self.mount.unmount_tree.assert_not_called()
+        self.disk.thaw.assert_not_called()
+        self.lxc.unfreeze.assert_not_called()
+        self.disk.delete_subvolume.assert_not_called()
+        # Once its process is gone (the lock with it), it is removed.
+        os.close(held)
+        self.assertIn(self.snap.stage,
+                      snapshot.recover(self.root, self.container_dir))
+
     def test_cgroup_freeze_undone(self):
         marker = os.path.join(self.container_dir, snapshot.FROZEN_MARKER)
         open(marker, 'w').close()
