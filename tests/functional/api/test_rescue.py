@@ -176,7 +176,10 @@ class LXCRescueTest(api_base.LXCAPITestCase):
         server = self._rescue(server, rescue_image_ref=self._rescue_image())
         # A host reboot: the container is gone, and so are its mounts.
         # Nova must not hear of the stop before its restart (it would
-        # record the server shut off and not resume it).
+        # record the server shut off and not resume it). The running
+        # compute registered its listener at init_host: the flag alone
+        # only keeps the restarted one from registering again.
+        self.compute.manager.driver.register_event_listener(None)
         self.flags(handle_virt_lifecycle_events=False, group='workarounds')
         self.flags(resume_guests_state_on_host_boot=True)
         self._lxc('lxc-stop', name, '-k')
