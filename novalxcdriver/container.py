@@ -9,6 +9,8 @@ Artifacts of a container named N with container ID C, instance U:
                                    its rescue root while rescued: rescue.py)
 - ``<lxc_path>/N/*.log``           console and LXC logs
 - ``<lxc_path>/N/suspended``       marks a freeze made by Nova's suspend
+- ``<lxc_path>/N/serial-console.*`` its serial console relay's state and
+                                   log; the relay process (serialconsole)
 - cgroups                          made and removed by LXC itself
 
 They are created in that order (the record, in state ``spawning``, names
@@ -50,6 +52,7 @@ from novalxcdriver import lxc
 from novalxcdriver import record as record_mod
 from novalxcdriver import rescue as rescue_mod
 from novalxcdriver import rootfs as rootfs_mod
+from novalxcdriver import serialconsole
 from novalxcdriver import snapshot as snapshot_mod
 from novalxcdriver import spec as spec_mod
 from novalxcdriver import throttle
@@ -64,7 +67,8 @@ PROC_ROOT = '/proc'
 # durable.write's temporary files): a directory holding anything else is
 # not only ours.
 _OWN_FILES = frozenset(('config', 'console.log', 'console.log.1',
-                        'lxc.log', 'suspended', snapshot_mod.FROZEN_MARKER))
+                        'lxc.log', 'suspended', snapshot_mod.FROZEN_MARKER,
+                        serialconsole.STATE_FILE, serialconsole.LOG_FILE))
 
 
 class Container:
@@ -741,6 +745,9 @@ class Container:
         """
         if self.has_config():
             self.stop(timeout)
+        # It would follow its monitor out; gone before the dir it writes.
+        if self.dir_owner() == 'us':
+            serialconsole.stop(self.dir, self._console_argv)
         cid = self.cid()
         if cid is None:
             self._remove_dir()
@@ -767,6 +774,49 @@ class Container:
         elif owner == 'other':
             LOG.warning('Leaving %s in place: it is not the container of '
                         'instance %s', self.dir, self.instance_uuid)
+
+    # -- serial console -------------------------------------------------
+
+    @property
+    def _console_argv(self):
+        return lxc.console_argv(self.name, self.lxc_path)
+
+    def serial_console(self, address, port_range):
+        """The relay serving this container's console, started if needed.
+
+        :param address: IP address to listen on.
+        :param port_range: "START:STOP" ([serial_console] port_range).
+        :returns: serialconsole.Relay.
+        :raises ContainerNotRunning: not running (or paused).
+        :raises ConsolePortsExhausted, InvalidPortRange: see
+            serialconsole.ensure.
+        """
+        state, pid = self.state()
+        monitor = lxc.monitor_pid(pid) if pid else None
+        if state not in ('RUNNING', 'FROZEN') or monitor is None:
+            raise exception.ContainerNotRunning(name=self.name, state=state)
+        with lockutils.lock('novalxc-console-' + self.dir):
+            return serialconsole.ensure(self.dir, self._console_argv,
+                                        monitor, address, port_range)
+
+    def restart_serial_console(self, address, port_range):
+        """Start again the relay of a running container that had one.
+
+        init_host calls it: a relay killed with nova-compute's process
+        group (a service manager's stop) comes back on its port, so the
+        console URLs handed out stay valid.
+
+        :returns: the serialconsole.Relay, or None when the container had
+            no relay, has a live one, or does not run.
+        """
+        if (not os.path.exists(os.path.join(self.dir,
+                                            serialconsole.STATE_FILE)) or
+                serialconsole.current(self.dir, self._console_argv)):
+            return None
+        try:
+            return self.serial_console(address, port_range)
+        except exception.ContainerNotRunning:
+            return None
 
     # -- output ---------------------------------------------------------
 

@@ -14,6 +14,7 @@ import time
 from nova.compute import power_state
 from nova.compute import task_states
 from nova.compute import utils as compute_utils
+from nova.console import type as ctype
 from nova import context as nova_context
 from nova import exception as nova_exc
 from nova.image import glance
@@ -252,12 +253,22 @@ class LXCDriver(driver.ComputeDriver):
                             'Nova deletes the instance.', uuid, rec.name,
                             rec.cid)
                 continue
+            container = self._container_of(rec.name, uuid)
             try:
-                self._container_of(rec.name, uuid).remount(self._images)
+                container.remount(self._images)
             except exception.NovaLXCError:
                 LOG.exception('Cannot remount the root of container %s; '
                               'its next hard reboot will try again',
                               rec.name)
+            if CONF.serial_console.enabled:
+                try:
+                    container.restart_serial_console(
+                        CONF.serial_console.proxyclient_address,
+                        CONF.serial_console.port_range)
+                except exception.NovaLXCError:
+                    LOG.exception('Cannot restart the serial console relay '
+                                  'of container %s; the next console '
+                                  'request will try again', rec.name)
 
     def _state_changed(self, name, old, new):
         record = self._container_of(name, None).config_record()
@@ -433,6 +444,32 @@ class LXCDriver(driver.ComputeDriver):
 
     def get_console_output(self, context, instance):
         return self._existing(instance).console_output()
+
+    def get_serial_console(self, context, instance):
+        """Where nova-serialproxy reaches the container's /dev/console.
+
+        A relay on a port of [serial_console] port_range, bound on
+        [serial_console] proxyclient_address (serialconsole.py); asked
+        again, the same port while the relay lives (Nova validates a
+        token's port this way).
+
+        :returns: nova.console.type.ConsoleSerial.
+        :raises ConsoleTypeUnavailable: [serial_console] enabled is False.
+        :raises InstanceNotFound: no such container.
+        :raises InstanceNotReady: the container does not run (HTTP 409).
+        :raises SocketPortRangeExhaustedException: no free port (400).
+        """
+        if not CONF.serial_console.enabled:
+            raise nova_exc.ConsoleTypeUnavailable(console_type='serial')
+        address = CONF.serial_console.proxyclient_address
+        try:
+            relay = self._existing(instance).serial_console(
+                address, CONF.serial_console.port_range)
+        except exception.ContainerNotRunning:
+            raise nova_exc.InstanceNotReady(instance_id=instance.uuid)
+        except exception.ConsolePortsExhausted:
+            raise nova_exc.SocketPortRangeExhaustedException(host=address)
+        return ctype.ConsoleSerial(host=relay.address, port=relay.port)
 
     # -- lifecycle -----------------------------------------------------------
 

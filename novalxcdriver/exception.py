@@ -169,3 +169,18 @@ class ReplacementUnreadable(NovaLXCError):
 class ContainerNotStopped(NovaLXCError):
     msg_fmt = ('Container %(name)s is %(state)s, not STOPPED: its root '
                'cannot be replaced under it. Stop it first.')
+
+
+class InvalidPortRange(NovaLXCError):
+    msg_fmt = ('[serial_console] port_range %(port_range)r is not '
+               'START:STOP with 0 < START < STOP <= 65535.')
+
+
+class ConsolePortsExhausted(NovaLXCError):
+    msg_fmt = ('No port of [serial_console] port_range %(port_range)s is '
+               'free on %(address)s: widen the range.')
+
+
+class ContainerNotRunning(NovaLXCError):
+    msg_fmt = ('Container %(name)s is %(state)s: its console is served '
+               'only while it runs.')

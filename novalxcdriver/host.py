@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import stat
+import time
 
 from oslo_utils import units
 
@@ -101,6 +102,35 @@ def process_alive(pid):
     except PermissionError:
         pass
     return True
+
+
+def cmdline(pid):
+    """The argv of a live process (list of str); [] if gone or a zombie."""
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return [a.decode(errors='replace') for a in raw.split(b'\0')[:-1]]
+
+
+def wait_gone(pid, timeout=5.0):
+    """Wait until pid has exited, reaping it if it is our child.
+
+    :returns: True if it is gone (or a zombie of another parent) within
+        timeout seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            if not cmdline(pid):
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
 
 
 def uptime_seconds():

@@ -116,6 +116,37 @@ def unfreeze(name, lxc_path):
     _lxc('lxc-unfreeze', name, lxc_path)
 
 
+def console_argv(name, lxc_path):
+    """lxc-console on the container's /dev/console (tty 0), escapes off.
+
+    With no escape key every byte reaches the container (lxc-console(1));
+    its stdin and stdout are the client's.
+    """
+    return ['lxc-console', '-n', name, '-P', lxc_path, '-t', '0',
+            '-e', '-1']
+
+
+def monitor_pid(init_pid):
+    """The pid of the LXC monitor of the container whose init is init_pid.
+
+    The monitor (``[lxc monitor] PATH NAME``) is init's parent and lives
+    while the container runs, across reboots from inside, which start a
+    new init under the same monitor.
+
+    :returns: int, or None when init is gone or its parent is not a
+        monitor.
+    """
+    try:
+        with open('/proc/%d/stat' % init_pid) as f:
+            # Field 4 follows "(comm)", which may hold spaces.
+            ppid = int(f.read().rpartition(')')[2].split()[1])
+        with open('/proc/%d/cmdline' % ppid, 'rb') as f:
+            parent = f.read()
+    except (OSError, ValueError, IndexError):
+        return None
+    return ppid if parent.startswith(b'[lxc monitor]') else None
+
+
 def info(name, lxc_path):
     """State and init PID of one container.
 

@@ -36,6 +36,7 @@ from novalxcdriver import ids
 from novalxcdriver import limits
 from novalxcdriver import lxc
 from novalxcdriver import record as record_mod
+from novalxcdriver import serialconsole
 from novalxcdriver import spec as spec_mod
 from novalxcdriver import vif as vif_mod
 from tests.unit import base as unit_base
@@ -1249,6 +1250,109 @@ class GetInfoTest(_Base):
             cmd='lxc-info', exit_code=1, stderr='Failed to load config')
         self.assertEqual(power_state.NOSTATE,
                          self.drv.get_info(self.inst).state)
+
+
+class SerialConsoleTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.cfg.config(group='serial_console', enabled=True,
+                        proxyclient_address='192.0.2.7',
+                        port_range='10000:10009')
+        self.ensure = self.patch(
+            'novalxcdriver.container.serialconsole.ensure',
+            return_value=serialconsole.Relay(77, '192.0.2.7', 10003))
+        self.lxc.monitor_pid.return_value = 4241
+        self.lxc.console_argv.side_effect = lxc.console_argv
+        self.init_host()
+        self.inst = self.instance()
+        self.dir = self.write_container(self.inst.name, UUID,
+                                        state='RUNNING')
+
+    def test_running(self):
+        console = self.drv.get_serial_console(self.context, self.inst)
+        self.assertEqual(('192.0.2.7', 10003), (console.host, console.port))
+        self.lxc.monitor_pid.assert_called_once_with(4242)
+        self.ensure.assert_called_once_with(
+            self.dir, lxc.console_argv(self.inst.name, self.lxc_path), 4241,
+            '192.0.2.7', '10000:10009')
+
+    def test_paused_still_served(self):
+        self.states[self.inst.name] = 'FROZEN'
+        self.assertEqual(10003, self.drv.get_serial_console(
+            self.context, self.inst).port)
+
+    def test_disabled(self):
+        self.cfg.config(group='serial_console', enabled=False)
+        self.assertRaises(nova_exc.ConsoleTypeUnavailable,
+                          self.drv.get_serial_console, self.context,
+                          self.inst)
+        self.ensure.assert_not_called()
+
+    def test_stopped_is_not_ready(self):
+        self.states[self.inst.name] = 'STOPPED'
+        self.assertRaises(nova_exc.InstanceNotReady,
+                          self.drv.get_serial_console, self.context,
+                          self.inst)
+        self.ensure.assert_not_called()
+
+    def test_no_monitor_is_not_ready(self):
+        self.lxc.monitor_pid.return_value = None
+        self.assertRaises(nova_exc.InstanceNotReady,
+                          self.drv.get_serial_console, self.context,
+                          self.inst)
+
+    def test_no_container(self):
+        self.assertRaises(nova_exc.InstanceNotFound,
+                          self.drv.get_serial_console, self.context,
+                          self.instance(uuid=UUID2, id=2))
+
+    def test_ports_exhausted(self):
+        self.ensure.side_effect = exception.ConsolePortsExhausted(
+            port_range='10000:10009', address='192.0.2.7')
+        self.assertRaises(nova_exc.SocketPortRangeExhaustedException,
+                          self.drv.get_serial_console, self.context,
+                          self.inst)
+
+    def test_destroy_stops_the_relay(self):
+        stop = self.patch('novalxcdriver.container.serialconsole.stop')
+        self.drv.destroy(self.context, self.inst, [])
+        stop.assert_called_once_with(
+            self.dir, lxc.console_argv(self.inst.name, self.lxc_path))
+
+    def test_destroy_leaves_a_foreign_directory_alone(self):
+        stop = self.patch('novalxcdriver.container.serialconsole.stop')
+        other = self.instance(uuid=UUID2, id=2)
+        # Its name's directory holds a container of another instance.
+        self.write_container(other.name, UUID, record=False)
+        self.drv.destroy(self.context, other, [])
+        stop.assert_not_called()
+
+    def _restart(self, relay_alive, state='RUNNING'):
+        with open(os.path.join(self.dir, serialconsole.STATE_FILE),
+                  'w') as f:
+            f.write('{}')
+        self.states[self.inst.name] = state
+        self.patch('novalxcdriver.container.serialconsole.current',
+                   return_value=relay_alive)
+        self.drv.init_host(HOST)
+
+    def test_init_host_restarts_a_dead_relay(self):
+        self._restart(relay_alive=None)
+        self.ensure.assert_called_once_with(
+            self.dir, mock.ANY, 4241, '192.0.2.7', '10000:10009')
+
+    def test_init_host_keeps_a_live_relay(self):
+        self._restart(relay_alive=serialconsole.Relay(77, 'a', 1))
+        self.ensure.assert_not_called()
+
+    def test_init_host_no_relay_for_a_stopped_container(self):
+        self._restart(relay_alive=None, state='STOPPED')
+        self.ensure.assert_not_called()
+
+    def test_init_host_starts_none_never_asked_for(self):
+        self.drv.init_host(HOST)
+        self.ensure.assert_not_called()
 
 
 class ImageCacheManagerTest(_Base):
