@@ -20,9 +20,10 @@ BUSYBOX = '/bin/busybox'
 DEBIAN_MIRROR = os.environ.get('NOVALXC_DEBIAN_MIRROR',
                                'http://deb.debian.org/debian')
 
+# A shell on /dev/console: what a serial console client gets.
 _INITTAB = b"""::sysinit:/bin/mount -t tmpfs tmpfs /run
 ::sysinit:/bin/echo novalxc busybox booted
-::respawn:/bin/sleep 86400
+::respawn:-/bin/sh
 ::shutdown:/bin/echo novalxc busybox halting
 """
 _APPLETS = ('sh', 'ls', 'cat', 'echo', 'sleep', 'mount', 'id', 'ps',
