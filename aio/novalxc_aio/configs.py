@@ -210,7 +210,17 @@ def nova_conf(secrets, compute=False):
                        ('discover_hosts_in_cells_interval', -1)]),
         ('vnc', [('enabled', False)]),
         ('spice', [('enabled', False)]),
-        ('serial_console', [('enabled', False)]),
+        # Servers' /dev/console through nova-serialproxy: the compute
+        # binds a relay per console on proxyclient_address (the driver's
+        # serialconsole.py) and hands out base_url with a token.
+        ('serial_console', [
+            ('enabled', True),
+            ('base_url', 'ws://%s:%d/' % (layout.HOST,
+                                          layout.PORTS['nova-serialproxy'])),
+            ('serialproxy_host', layout.HOST),
+            ('serialproxy_port', layout.PORTS['nova-serialproxy']),
+            ('proxyclient_address', layout.HOST),
+            ('port_range', '10000:10999')]),
         ('lxc', [('lxc_path', layout.LXC_PATH),
                  ('state_path', layout.DRIVER_STATE)]),
         concurrency('nova'),

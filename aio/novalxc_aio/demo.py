@@ -18,6 +18,7 @@ import time
 import uuid
 
 from novalxc_aio import api
+from novalxc_aio import console
 from novalxc_aio import layout
 from novalxc_aio import util
 
@@ -310,7 +311,8 @@ def session(secrets, who):
 def demo():
     """Boot Debian 12 on demo-net as the demo user; walk it through its life.
 
-    Reboot, stop, start, pause, unpause, suspend, resume; a snapshot
+    Its serial console's login prompt through nova-serialproxy; reboot,
+    stop, start, pause, unpause, suspend, resume; a snapshot
     (server image create) while it runs, a server booted from it;
     shelve (offloaded) and unshelve; rebuild (on its image), rescue
     (with busybox) and unrescue; delete.
@@ -370,6 +372,14 @@ def demo():
         print('---- console log (last 25 lines) ----')
         print('\n'.join(out.rstrip('\n').splitlines()[-25:]))
         print('-------------------------------------')
+        url = console.serial_url(s, server.id)
+        util.say('serial console: %s (openstack console url show --serial '
+                 '%s)', url, name)
+        seen, seconds = console.exchange(url, b'\r', b'login: ',
+                                         CONSOLE_TIMEOUT, knock=b'\r')
+        timings.append(('serial console -> login prompt', seconds))
+        util.say('serial console answers: %r',
+                 seen.decode(errors='replace').strip().splitlines()[-1])
         for label, body, status in (
                 ('reboot (soft)', {'reboot': {'type': 'SOFT'}}, 'ACTIVE'),
                 ('stop', {'os-stop': None}, 'SHUTOFF'),

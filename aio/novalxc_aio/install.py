@@ -23,6 +23,9 @@ PACKAGES = (
     # Neutron's ML2/OVN data plane and what its agents call.
     'openvswitch-switch', 'ovn-central', 'ovn-host', 'haproxy', 'iptables',
     'ethtool',
+    # websocket-client for this tool's own Python: the smoke's and the
+    # demo's client of nova-serialproxy.
+    'python3-websocket',
     # The virtualenv, and git for pbr's version of this repository.
     'python3-venv', 'git', 'ca-certificates',
 )

@@ -65,6 +65,8 @@ PORTS = {
     # Nova's metadata API; the OVN metadata agent's haproxies forward to it.
     'nova-metadata': 8775,
     'neutron': 9696,
+    # nova-serialproxy: websockets to the servers' serial consoles.
+    'nova-serialproxy': 6083,
 }
 
 

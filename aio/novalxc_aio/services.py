@@ -228,6 +228,11 @@ def all_services():
         _oslo_service('nova-scheduler', nova_conf,
                       probe=_consumer_probe('scheduler'),
                       where='queue scheduler'),
+        _oslo_service('nova-serialproxy', nova_conf,
+                      probe=procs.tcp_probe(
+                          layout.PORTS['nova-serialproxy']),
+                      where='ws://%s:%d' % (layout.HOST, layout.PORTS[
+                          'nova-serialproxy'])),
         _oslo_service('nova-compute', layout.etc('nova', 'nova-cpu.conf'),
                       probe=_consumer_probe('compute.' + layout.NOVA_HOST),
                       where='queue compute.%s, driver novalxc.LXCDriver' %
@@ -240,7 +245,7 @@ PYTHON_SERVICES = ('keystone', 'glance', 'placement', 'neutron',
                    'neutron-ovn-maintenance-worker',
                    'neutron-ovn-metadata-agent', 'nova-api',
                    'nova-metadata', 'nova-conductor', 'nova-scheduler',
-                   'nova-compute')
+                   'nova-serialproxy', 'nova-compute')
 
 
 def by_name():

@@ -410,14 +410,14 @@ def neutron(secrets):
 # -- Nova ---------------------------------------------------------------------
 
 def nova(secrets):
-    """nova-api (:8774), nova-metadata (:8775), conductor, scheduler.
+    """nova-api, nova-metadata, conductor, scheduler, serialproxy.
 
     Cells are set up once.
     """
     conf = layout.etc('nova', 'nova.conf')
     _config(conf, configs.nova_conf(secrets),
             ['nova-api', 'nova-metadata', 'nova-conductor',
-             'nova-scheduler'], mode=0o640)
+             'nova-scheduler', 'nova-serialproxy'], mode=0o640)
     _config(layout.etc('nova', 'nova-cpu.conf'),
             configs.nova_conf(secrets, compute=True), ['nova-compute'],
             mode=0o640)
@@ -443,7 +443,7 @@ def nova(secrets):
         util.mark_done('nova-cells')
     _once('nova-db-sync', version, [manage + ['db', 'sync']], 'nova-manage')
     for name in ('nova-api', 'nova-metadata', 'nova-conductor',
-                 'nova-scheduler'):
+                 'nova-scheduler', 'nova-serialproxy'):
         launch(name)
 
 
@@ -487,6 +487,6 @@ def wait_apis():
     """Wait for the services the functions above started without waiting."""
     for name in ('glance', 'placement', 'neutron',
                  'neutron-ovn-metadata-agent', 'nova-api', 'nova-metadata',
-                 'nova-conductor', 'nova-scheduler'):
+                 'nova-conductor', 'nova-scheduler', 'nova-serialproxy'):
         _wait(name)
         util.say('%s answers', name)

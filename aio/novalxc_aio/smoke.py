@@ -3,7 +3,9 @@
 up; Neutron drives OVN; three busybox servers on demo-net, each booted
 with a Neutron port of its own: they get their ports' addresses by DHCP,
 ping each other where their security groups allow it and not where they
-do not, read the metadata service; one reboots; another is snapshotted
+do not, read the metadata service; one reboots and answers a command on
+its serial console (a websocket through nova-serialproxy); another is
+snapshotted
 (a server booted from the image), shelved and unshelved; the third is
 rebuilt on the Debian image (its writes gone, the same container ID,
 port and address), rescued with busybox (its root on /mnt) and
@@ -27,6 +29,7 @@ import uuid
 
 from novalxc_aio import api
 from novalxc_aio import commands
+from novalxc_aio import console
 from novalxc_aio import demo
 from novalxc_aio import layout
 from novalxc_aio import procs
@@ -273,6 +276,35 @@ def _reboot_check(c, node):
             'init pid %s -> %s' % (pid, new_pid))
     c.wait('after the reboot, eth0 has %s again' % node.address,
            lambda: demo.inside_ipv4(node.container)[0] == node.address, 30)
+
+
+def _serial_console_checks(c, node):
+    """The busybox shell on node's /dev/console, through the websocket."""
+    try:
+        url = console.serial_url(node.server.s, node.server.id)
+    except api.ApiError as e:
+        c.check('serial console: console url show --serial', False, str(e))
+        return
+    c.check('serial console: console url show --serial gives %s' %
+            url.split('?')[0] + '?token=...',
+            url.startswith('ws://%s:%d/' % (
+                layout.HOST, layout.PORTS['nova-serialproxy'])), url)
+    token = 'serial-%s' % uuid.uuid4().hex[:8]
+    # The shell's arithmetic answers, not the echo of the line typed.
+    command = 'echo %s-$((6*7))' % token
+    try:
+        _seen, seconds = console.exchange(
+            url, b'\n' + command.encode() + b'\n',
+            ('%s-42' % token).encode())
+    except Exception as e:  # a websocket error, a timeout: a FAIL line
+        c.check('serial console: %s answered through nova-serialproxy' %
+                node, False, str(e))
+        return
+    c.check('serial console: `%s` answered by the shell of %s through '
+            'nova-serialproxy (%.2f s)' % (command, node, seconds), True)
+    c.check('serial console: the console log recorded it too',
+            '%s-42' % token in node.server.console(length=50),
+            'not in the last 50 lines')
 
 
 SNAPSHOT_FILE = '/root/snapshot-marker'
@@ -943,6 +975,7 @@ def smoke(keep_up=False):
         _running_checks(c, s, nodes)
         _network_checks(c, nodes, net['mtu'])
         _reboot_check(c, nodes[0])
+        _serial_console_checks(c, nodes[0])
         _snapshot_checks(c, s, d, nodes[1], net['id'])
         _shelve_checks(c, s, d, nodes[1])
         _rebuild_checks(c, d, nodes, nodes[2])
