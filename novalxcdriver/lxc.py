@@ -197,15 +197,20 @@ def detach_loop(device):
     execute('losetup', '--detach', device)
 
 
-def start_daemon(argv, log_path):
+def start_daemon(argv, log_path, pass_fds=()):
     """Start argv in a session of its own, outliving this process.
 
     Its output goes to log_path. Returns at once; the caller checks that
     the daemon does its job.
+
+    :param pass_fds: file descriptors it inherits (others are closed).
+    :returns: its pid.
     """
     with open(log_path, 'ab') as log:
-        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                         stderr=log, close_fds=True, start_new_session=True)
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, close_fds=True,
+                                pass_fds=pass_fds,
+                                start_new_session=True).pid
 
 
 def version():

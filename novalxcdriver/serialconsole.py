@@ -29,7 +29,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 
 from oslo_log import log as logging
@@ -37,6 +36,7 @@ from oslo_log import log as logging
 from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import host
+from novalxcdriver import lxc
 
 LOG = logging.getLogger(__name__)
 
@@ -133,13 +133,12 @@ def ensure(container_dir, console_argv, watch_pid, address, port_range):
                                                 int) else None
     listener = _bind(address, preferred, port_range)
     port = listener.getsockname()[1]
-    with listener, open(os.path.join(container_dir, LOG_FILE), 'ab') as log:
+    with listener:
         fd = listener.fileno()
-        proc = subprocess.Popen(
-            relay_argv(fd, watch_pid, console_argv), pass_fds=(fd,),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            start_new_session=True)
-    relay = Relay(proc.pid, address, port)
+        pid = lxc.start_daemon(relay_argv(fd, watch_pid, console_argv),
+                               os.path.join(container_dir, LOG_FILE),
+                               pass_fds=(fd,))
+    relay = Relay(pid, address, port)
     durable.write(os.path.join(container_dir, STATE_FILE),
                   json.dumps(dataclasses.asdict(relay)), mode=0o600)
     LOG.info('Serial console relay of %s listens on %s:%d (pid %d)',
@@ -169,12 +168,14 @@ def _bind(address, preferred, port_range):
 def stop(container_dir, console_argv):
     """Stop the container's relay, if one runs, and forget its state.
 
-    SIGTERM: the relay stops its console client before it exits.
+    SIGTERM to its process group (the session it leads): the relay and
+    the console client it runs, which would otherwise serve its client
+    until that left.
     """
     relay = current(container_dir, console_argv)
     if relay is not None:
         try:
-            os.kill(relay.pid, signal.SIGTERM)
+            os.killpg(relay.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
         host.wait_gone(relay.pid)
