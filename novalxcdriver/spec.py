@@ -32,6 +32,8 @@ LXCFS_FILES = tuple('proc/' + f for f in (
     'cpuinfo', 'diskstats', 'loadavg', 'meminfo', 'slabinfo', 'stat',
     'swaps', 'uptime')) + ('sys/devices/system/cpu',)
 _NIC_RECORD = _RECORD_PREFIX + 'nic.'
+# The platform cloud images look for (see render_config).
+PRODUCT_NAME = 'OpenStack Nova'
 _NIC_KEY_RE = re.compile(r'^lxc\.net\.(\d+)\.([a-z.]+)\Z')
 # Each NIC's own record, beside its lxc.net keys: what LXC does not know.
 _NIC_RECORD_FIELDS = ('port_id', 'host_dev', 'kind', 'bridge')
@@ -216,6 +218,11 @@ def render_config(spec):
         ('lxc.console.logfile', spec.console_log),
         ('lxc.console.size', str(spec.console_log_size)),
         ('lxc.console.rotate', '1'),
+        # What libvirt gives a VM as its SMBIOS product name. A container
+        # has no DMI: cloud-init's ds-identify reads PID 1's environment
+        # instead (product_name, as LXD sets it), so cloud images find
+        # Nova's metadata service without a config drive.
+        ('lxc.environment', 'product_name=' + PRODUCT_NAME),
     ]
     keys += limits_mod.render(spec.limits, spec.cgroup_version,
                               spec.swap_accounting)

@@ -104,6 +104,12 @@ class RenderConfigTest(base.BaseTestCase):
         # lxc.log.file recreates its directory, even after a destroy.
         self.assertNotIn('lxc.log.file', self.single)
 
+    def test_init_names_the_platform_for_cloud_init(self):
+        # ds-identify (cloud-init) reads product_name from PID 1's
+        # environment when there is no DMI.
+        self.assertEqual('product_name=OpenStack Nova',
+                         self.value('lxc.environment'))
+
     def test_apparmor_unconfined(self):
         self.assertEqual('unconfined', self.value('lxc.apparmor.profile'))
 
