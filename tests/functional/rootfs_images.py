@@ -7,6 +7,7 @@ debian: a debootstrapped Debian 12 (systemd) root, built once per machine
 by DHCP.
 """
 
+import glob
 import hashlib
 import os
 import shutil
@@ -156,17 +157,65 @@ iface eth0 inet dhcp
 }
 
 
+# A cloud image as distributions make them: cloud-init configures the
+# hostname, the users' SSH keys and the network from Nova (config drive
+# or metadata service), sshd lets them in. python3-cffi-backend: a
+# dependency debootstrap's resolver misses (it is a virtual package's
+# provider).
+DEBIAN_CLOUD_PACKAGES = DEBIAN_PACKAGES + (
+    ',cloud-init,openssh-server,sudo,python3-cffi-backend')
+_DEBIAN_CLOUD_FILES = {
+    'etc/network/interfaces': b"""\
+# cloud-init writes eth0's configuration into interfaces.d.
+source /etc/network/interfaces.d/*
+
+auto lo
+iface lo inet loopback
+""",
+    # No DMI in a container: the driver names the platform in PID 1's
+    # environment (ds-identify reads it); the list keeps cloud-init from
+    # probing clouds that cannot be.
+    'etc/cloud/cloud.cfg.d/90-novalxc.cfg': b"""\
+datasource_list: [ConfigDrive, OpenStack, None]
+""",
+}
+# Made at first boot by cloud-init (ssh_deletekeys): never shared.
+_DEBIAN_CLOUD_REMOVE = ('etc/ssh/ssh_host_*',)
+
+
+def _debian_path(prefix, packages, files):
+    key = hashlib.sha256(repr((packages, sorted(files.items()))).encode())
+    return os.path.join(CACHE_DIR,
+                        '%s-%s.tar.zst' % (prefix, key.hexdigest()[:8]))
+
+
 def debian_tarball_path():
     """Where debian_tarball() caches it: named after what goes in."""
-    key = hashlib.sha256(repr((DEBIAN_PACKAGES,
-                               sorted(_DEBIAN_FILES.items()))).encode())
-    return os.path.join(CACHE_DIR,
-                        'debian-bookworm-%s.tar.zst' % key.hexdigest()[:8])
+    return _debian_path('debian-bookworm', DEBIAN_PACKAGES, _DEBIAN_FILES)
+
+
+def debian_cloud_tarball_path():
+    """Where debian_cloud_tarball() caches it."""
+    return _debian_path('debian-bookworm-cloud', DEBIAN_CLOUD_PACKAGES,
+                        _DEBIAN_CLOUD_FILES)
 
 
 def debian_tarball():
     """Path of a cached zstd rootfs tarball of Debian 12 with systemd."""
-    path = debian_tarball_path()
+    return _debian(debian_tarball_path(), DEBIAN_PACKAGES, _DEBIAN_FILES)
+
+
+def debian_cloud_tarball():
+    """Path of a cached zstd rootfs tarball of a Debian 12 cloud image.
+
+    cloud-init, openssh-server and sudo besides debian_tarball()'s
+    packages; the user's key goes to cloud-init's default user, debian.
+    """
+    return _debian(debian_cloud_tarball_path(), DEBIAN_CLOUD_PACKAGES,
+                   _DEBIAN_CLOUD_FILES, _DEBIAN_CLOUD_REMOVE)
+
+
+def _debian(path, packages, files, remove=()):
     if os.path.exists(path):
         return path
     os.makedirs(CACHE_DIR, exist_ok=True)
@@ -175,13 +224,16 @@ def debian_tarball():
         root = os.path.join(work, 'root')
         subprocess.run(
             ['debootstrap', '--variant=minbase',
-             '--include=' + DEBIAN_PACKAGES, 'bookworm', root,
+             '--include=' + packages, 'bookworm', root,
              DEBIAN_MIRROR], check=True, stdout=subprocess.DEVNULL)
-        for name, data in _DEBIAN_FILES.items():
+        for name, data in files.items():
             os.makedirs(os.path.dirname(os.path.join(root, name)),
                         exist_ok=True)
             with open(os.path.join(root, name), 'wb') as f:
                 f.write(data)
+        for pattern in remove:
+            for found in glob.glob(os.path.join(root, pattern)):
+                os.unlink(found)
         tmp = os.path.join(work, 'rootfs.tar.zst')
         # /dev is LXC's to populate (lxc.autodev); devices are refused.
         subprocess.run(
