@@ -68,6 +68,11 @@ def busybox_tarball():
     return path
 
 
+def debian_cloud_tarball():
+    """The Debian 12 cloud image's rootfs tarball (built once, cached)."""
+    return _rootfs_images().debian_cloud_tarball()
+
+
 def debian_tarball():
     util.say('Debian 12 rootfs: debootstrap unless cached in %s (about a '
              'minute)', layout.IMAGE_CACHE)
@@ -75,7 +80,7 @@ def debian_tarball():
 
 
 def images(secrets):
-    """Upload the busybox and Debian 12 rootfs tarballs (public images).
+    """Upload the busybox, Debian 12 and Debian 12 cloud rootfs tarballs.
 
     Rootfs tarballs go to Glance as container_format=bare,
     disk_format=raw: the driver unpacks them into the container's root.
@@ -89,6 +94,10 @@ def images(secrets):
          {'os_distro': 'busybox'}),
         (layout.DEBIAN_IMAGE, _rootfs_images().debian_tarball_path,
          debian_tarball, {'os_distro': 'debian', 'os_version': '12'}),
+        (layout.DEBIAN_CLOUD_IMAGE,
+         _rootfs_images().debian_cloud_tarball_path, debian_cloud_tarball,
+         {'os_distro': 'debian', 'os_version': '12',
+          'os_admin_user': layout.DEBIAN_CLOUD_USER}),
     )
     for name, path_of, build, properties in wanted:
         rootfs = os.path.basename(path_of())
@@ -175,7 +184,72 @@ def network(secrets):
             s.post('network', '/v2.0/security-group-rules',
                    {'security_group_rule': dict(
                        wanted, security_group_id=group['id'])})
+    admin = api.Session('admin', secrets['admin'], 'admin')
+    shared = _shared_network(admin)
+    for network in (net, shared):
+        host_access(admin, network)
     return net
+
+
+def _find(s, kind, **query):
+    found = s.get('network', '/v2.0/%s?%s' % (
+        kind.replace('_', '-'),
+        urllib.parse.urlencode(sorted(query.items()))))[kind]
+    return found[0] if found else None
+
+
+def _shared_network(admin):
+    """SHARED_NETWORK: the admin's, shared with every project, DHCP."""
+    net = _find(admin, 'networks', name=layout.SHARED_NETWORK,
+                project_id=admin.project_id)
+    if not net:
+        util.say('creating network %s (shared)', layout.SHARED_NETWORK)
+        net = admin.post('network', '/v2.0/networks', {'network': {
+            'name': layout.SHARED_NETWORK, 'shared': True}})['network']
+    if not _find(admin, 'subnets', network_id=net['id']):
+        admin.post('network', '/v2.0/subnets', {'subnet': {
+            'name': layout.SHARED_SUBNET, 'network_id': net['id'],
+            'ip_version': 4, 'cidr': layout.SHARED_CIDR,
+            'enable_dhcp': True}})
+    return net
+
+
+def host_access(admin, network):
+    """Give the host an address on network, through a port of its own.
+
+    A Neutron port (no port security: the host is not a server) bound
+    to this host, plugged as an OVS internal interface on br-int whose
+    iface-id names it, so ovn-controller claims it; the host then
+    reaches the network's servers directly (SSH, as a user would over a
+    router). Idempotent: each up plugs and addresses it again.
+
+    :returns: (interface name, the port's IPv4 address).
+    """
+    name = 'novalxc-host-%s' % network['name']
+    port = _find(admin, 'ports', network_id=network['id'], name=name)
+    if not port:
+        util.say('creating port %s: the host on %s', name, network['name'])
+        port = admin.post('network', '/v2.0/ports', {'port': {
+            'name': name, 'network_id': network['id'],
+            'device_owner': layout.HOST_ACCESS_OWNER,
+            'binding:host_id': layout.NOVA_HOST,
+            'port_security_enabled': False}})['port']
+    subnet = admin.get('network', '/v2.0/subnets/' +
+                       port['fixed_ips'][0]['subnet_id'])['subnet']
+    address = port['fixed_ips'][0]['ip_address']
+    dev = layout.HOST_ACCESS_PREFIX + network['id'][:8]
+    util.run(['ovs-vsctl', '--may-exist', 'add-port', 'br-int', dev, '--',
+              'set', 'Interface', dev, 'type=internal',
+              'external_ids:iface-id=%s' % port['id'],
+              'external_ids:attached-mac=%s' % port['mac_address'],
+              'external_ids:iface-status=active'])
+    util.wait_for('interface %s' % dev,
+                  lambda: os.path.exists('/sys/class/net/' + dev), 10)
+    util.run(['ip', 'link', 'set', dev, 'address', port['mac_address'],
+              'mtu', str(network['mtu']), 'up'])
+    util.run(['ip', 'addr', 'replace', '%s/%s' % (
+        address, subnet['cidr'].split('/')[1]), 'dev', dev])
+    return dev, address
 
 
 def _cloud(name, user, password, project):

@@ -114,6 +114,9 @@ FLAVORS = (
 # Glance image names of the busybox and Debian 12 rootfs tarballs.
 BUSYBOX_IMAGE = 'busybox'
 DEBIAN_IMAGE = 'debian-12'
+# Debian 12 as a cloud image: cloud-init and sshd; its user is debian.
+DEBIAN_CLOUD_IMAGE = 'debian-12-cloud'
+DEBIAN_CLOUD_USER = 'debian'
 
 # The demo project's tenant network (geneve, OVN native DHCP) and its
 # security groups: "default" gets ICMP and SSH ingress from anywhere,
@@ -122,6 +125,18 @@ DEMO_NETWORK = 'demo-net'
 DEMO_SUBNET = 'demo-subnet'
 DEMO_CIDR = '10.0.0.0/24'
 NO_ICMP_GROUP = 'no-icmp'
+# A network the admin shares with every project (Tempest's servers boot
+# on it when its validation logs in over SSH).
+SHARED_NETWORK = 'shared-net'
+SHARED_SUBNET = 'shared-subnet'
+SHARED_CIDR = '10.1.0.0/24'
+# The host reaches servers on these networks through a Neutron port of
+# each, bound to this host: an OVS internal interface on br-int named
+# HOST_ACCESS_PREFIX + the network ID's first 8 characters. No router:
+# Debian 12's Open vSwitch (3.1) asserts in its userspace conntrack on
+# NAT (conn_update_state) and dies, so no SNAT or floating IPs here.
+HOST_ACCESS_PREFIX = 'nlxh'
+HOST_ACCESS_OWNER = 'novalxc:host-access'
 
 # The OVN metadata agent: its state (haproxy configs and PID files, the
 # UNIX socket the haproxies forward to) and the namespaces it makes, one per

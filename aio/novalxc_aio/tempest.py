@@ -39,12 +39,22 @@ RUN_LOG = layout.log_file('tempest-run')
 
 # Issue 15's run: servers, flavors, images, limits, keypairs, and the
 # admin's server tests.
-DEFAULT_REGEX = (r'^tempest\.api\.compute\.(servers|flavors|images|limits|'
-                 r'keypairs|admin\.test_servers)')
+DEFAULT_REGEX = (r'^tempest\.api\.(compute\.(servers|flavors|images|limits|'
+                 r'keypairs|admin\.test_servers)|'
+                 r'network\.(test_ports|test_security_groups))')
+# With validation: Tempest logs in over SSH to each server it boots
+# (debian-12-cloud on the shared network, which the host reaches), so
+# its checks of the guest run too: the basic scenario (SSH, the metadata
+# service from inside, a password posted to it) and the NICs attached
+# and detached while a server runs.
+VALIDATION_REGEX = (r'^tempest\.(scenario\.test_server_basic_ops|'
+                    r'api\.compute\.servers\.test_attach_interfaces)')
 
 # image_ref boots every test server; image_ref_alt is the rebuild target
 # and the second image of the image filters.
 IMAGE = layout.BUSYBOX_IMAGE
+# With validation, what image_ref boots must let Tempest in over SSH.
+VALIDATION_IMAGE = layout.DEBIAN_CLOUD_IMAGE
 ALT_IMAGE = layout.DEBIAN_IMAGE
 # lxc.small is only a resize target (flavor_ref_alt).
 FLAVOR, ALT_FLAVOR = layout.FLAVORS[0][0], layout.FLAVORS[1][0]
@@ -196,8 +206,13 @@ def _render(sections):
     return '\n'.join(out) + '\n'
 
 
-def tempest_conf(secrets, features):
-    """tempest.conf for the cloud as up made it."""
+def tempest_conf(secrets, features, validation=False):
+    """tempest.conf for the cloud as up made it.
+
+    :param validation: log in to servers over SSH: they boot from the
+        cloud image on the shared network, which the host reaches through
+        its own port (cloud.host_access).
+    """
     s = api.Session('admin', secrets['admin'], 'admin')
     for flavor in (FLAVOR, ALT_FLAVOR):
         s.get('compute', '/flavors/' + flavor)
@@ -214,13 +229,17 @@ def tempest_conf(secrets, features):
             ('admin_domain_name', 'Default'),
             ('use_dynamic_credentials', True),
             # Each test class's project gets its own network, subnet and
-            # router (demo-net is the demo project's, not shared).
-            ('create_isolated_networks', True)]),
+            # router (demo-net is the demo project's, not shared); with
+            # validation, servers boot on the shared network the host
+            # reaches (a project's own network it could not).
+            ('create_isolated_networks', not validation)]),
         ('identity', [('uri_v3', layout.KEYSTONE_URL),
                       ('auth_version', 'v3'),
                       ('region', region)]),
         ('compute', [
-            ('image_ref', _image_id(s, IMAGE), IMAGE),
+            ('image_ref', _image_id(s, VALIDATION_IMAGE if validation
+                                    else IMAGE),
+             VALIDATION_IMAGE if validation else IMAGE),
             ('image_ref_alt', _image_id(s, ALT_IMAGE), ALT_IMAGE),
             ('flavor_ref', FLAVOR),
             ('flavor_ref_alt', ALT_FLAVOR),
@@ -229,7 +248,9 @@ def tempest_conf(secrets, features):
             ('max_microversion', 'latest'),
             ('shelved_offload_time', int(_nova_compute_option(
                 'DEFAULT', 'shelved_offload_time', 0)),
-             "nova-cpu.conf's")]),
+             "nova-cpu.conf's")] + (
+                [('fixed_network_name', layout.SHARED_NETWORK)]
+                if validation else [])),
         ('compute-feature-enabled', features),
         ('image', [('region', region)]),
         ('image-feature-enabled', [('api_v2', True)]),
@@ -242,8 +263,18 @@ def tempest_conf(secrets, features):
                                ('neutron', True), ('cinder', False),
                                ('swift', False)]),
         ('validation', [
-            ('run_validation', False, 'no route from the host to the '
-             'servers but through the ovnmeta- namespaces')]),
+            ('run_validation', True),
+            ('connect_method', 'fixed', 'no floating IPs: see '
+             'layout.HOST_ACCESS_PREFIX'),
+            ('network_for_ssh', layout.SHARED_NETWORK),
+            ('auth_method', 'keypair'),
+            ('ip_version_for_ssh', 4),
+            ('image_ssh_user', layout.DEBIAN_CLOUD_USER),
+            ('image_alt_ssh_user', layout.DEBIAN_CLOUD_USER),
+            ('ssh_timeout', 180)] if validation else [
+            ('run_validation', False, 'the host reaches servers on %s '
+             'only: tempest --validation runs those tests' %
+             layout.SHARED_NETWORK)]),
     ])
 
 
@@ -269,18 +300,28 @@ _TOTAL = re.compile(r'^ - (Passed|Skipped|Failed|Expected Fail|'
 _FAILED = re.compile(r'^\{\d+\} (\S+) .*\.\.\. FAILED$')
 
 
-def tempest(regex=None):
+def tempest(regex=None, validation=False):
     """Install, configure, run; print the summary.
 
+    :param validation: see tempest_conf (default regex VALIDATION_REGEX).
     :returns: 0 when tests ran and none failed, else 1.
     """
-    regex = regex or DEFAULT_REGEX
+    regex = regex or (VALIDATION_REGEX if validation else DEFAULT_REGEX)
     secrets = util.load_secrets()
     install()
     facts = driver_facts()
     features = compute_features(facts)
+    if validation:
+        # RemoteClient.mount_config_drive looks for a block device
+        # labelled config-2; a container gets the directory /config-drive.
+        features = [(flag, False if flag == 'config_drive' else value,
+                     'Tempest mounts it as a block device; the container '
+                     'has the directory /config-drive' if
+                     flag == 'config_drive' else reason)
+                    for flag, value, reason in features]
     workspace()
-    util.write_file(CONF, tempest_conf(secrets, features), mode=0o600)
+    util.write_file(CONF, tempest_conf(secrets, features, validation),
+                    mode=0o600)
     util.say('tempest.conf: %s', CONF)
     for flag, value, reason in features:
         print('  %-36s %-5s %s' % (flag, 'on' if value else 'off', reason))
