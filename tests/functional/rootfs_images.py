@@ -159,11 +159,12 @@ iface eth0 inet dhcp
 
 # A cloud image as distributions make them: cloud-init configures the
 # hostname, the users' SSH keys and the network from Nova (config drive
-# or metadata service), sshd lets them in. python3-cffi-backend: a
+# or metadata service), sshd lets them in; curl, as Tempest's scenarios
+# use it. python3-cffi-backend: a
 # dependency debootstrap's resolver misses (it is a virtual package's
 # provider).
 DEBIAN_CLOUD_PACKAGES = DEBIAN_PACKAGES + (
-    ',cloud-init,openssh-server,sudo,python3-cffi-backend')
+    ',cloud-init,openssh-server,sudo,curl,python3-cffi-backend')
 _DEBIAN_CLOUD_FILES = {
     'etc/network/interfaces': b"""\
 # cloud-init writes eth0's configuration into interfaces.d.
@@ -177,6 +178,9 @@ iface lo inet loopback
     # probing clouds that cannot be.
     'etc/cloud/cloud.cfg.d/90-novalxc.cfg': b"""\
 datasource_list: [ConfigDrive, OpenStack, None]
+# The hostname resolves (sudo complains otherwise), as in Debian's
+# own cloud images.
+manage_etc_hosts: true
 """,
 }
 # Made at first boot by cloud-init (ssh_deletekeys): never shared.
