@@ -293,10 +293,16 @@ def delete_image(session, image_id):
 
 
 def image_id_of(session, name):
-    """The ID of the image called name."""
-    images = session.get('image', '/v2/images?name=' + name)['images']
+    """The ID of the active image called name.
+
+    Active only: up uploads a changed image before it deletes the old one,
+    and an upload cut short leaves one queued.
+    """
+    images = [i for i in session.get('image', '/v2/images?name=' + name)[
+        'images'] if i['status'] == 'active']
     if not images:
-        raise util.AioError('no image %s: run up first' % name)
+        raise util.AioError('no active image %s in Glance: run up first'
+                            % name)
     return images[0]['id']
 
 
