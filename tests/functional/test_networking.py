@@ -502,6 +502,10 @@ class HotPlugDHCPTest(_NetworkingBase):
         self.driver.detach_interface(self.ctxt, instance, vif)
         self.assertEqual(['eth0'], self.names_inside(instance))
         self.assert_unplugged(vif)
+        # Its DHCP client goes with it; eth0's stays.
+        self.wait_for(lambda: 'eth1' not in self.sh(instance, 'ps -ef')
+                      .stdout, timeout=10)
+        self.assertIn('eth0', self.sh(instance, 'ps -ef').stdout)
         self.driver.destroy(self.ctxt, instance, [first])
         self.assert_unplugged(first, self.bridge)
 
