@@ -191,20 +191,33 @@ iface eth inet dhcp
     'usr/local/sbin/ifupdown-netlink': (0o755, b"""\
 #!/bin/sh
 # What ifupdown's udev rule does where udevd runs: ifup (-a: each ethN
-# matches "auto /eth*/=eth") when a NIC comes, ifdown when it goes. Its
+# matches "auto /eth*/=eth") when a NIC comes, ifdown when it goes; not
+# when a NIC only changes (an ifdown by hand stays down). A NIC comes in
+# as nlx..., then takes its name: each index:name seen once counts.
 # dhclient cannot release a lease on a NIC that is gone: stop it first.
+seen=' '
+for dev in /sys/class/net/*; do
+    seen="$seen$(cat "$dev/ifindex"):${dev##*/} "
+done
+set -f
 ip -o monitor link | {
     ifup -a </dev/null
-    while read -r first index name rest; do
-        if [ "$first" = Deleted ]; then
-            name=${name%:}
-            name=${name%@*}
+    # "[Deleted ]INDEX: NAME[@PEER]: <FLAGS> ..."
+    while read -r line; do
+        set -- $line
+        gone=
+        [ "$1" = Deleted ] && { gone=1; shift; }
+        name=${2%:}
+        name=${name%@*}
+        if [ "$gone" ]; then
             pid=/run/dhclient.$name.pid
             [ -e "$pid" ] && kill "$(cat "$pid")"
             ifdown --force "$name" </dev/null
-        else
-            ifup -a </dev/null
+            continue
         fi
+        case "$seen" in *" $1$name "*) continue ;; esac
+        seen="$seen$1$name "
+        ifup -a </dev/null
     done
 }
 """),
