@@ -50,6 +50,7 @@ from bench import machine
 from novalxcdriver import container as container_mod
 from novalxcdriver import driver as driver_mod
 from novalxcdriver import rootfs as rootfs_mod
+from tests import fake_glance
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -208,47 +209,9 @@ def baseline(ticks, start, seconds=1.0):
 
 # -- the fake Glance and what the driver did -------------------------------
 
-class FakeImageAPI:
-    """nova.image.glance.API that reads an upload and counts it.
-
-    :ivar keep: a directory to write the next upload into, as
-        <image id>.tar.zst (None: discard it).
-    """
-
-    def __init__(self):
-        self.keep = None
-        self.uploads = {}
-
-    def __call__(self):
-        return self
-
-    def get(self, context, image_id):
-        return {'id': image_id, 'name': 'bench-snap-%s' % image_id[:8]}
-
-    def update(self, context, image_id, metadata, data=None,
-               purge_props=True):
-        nbytes = 0
-        path = (os.path.join(self.keep, image_id + '.tar.zst')
-                if self.keep else None)
-        out = open(path, 'wb') if path else None
-        try:
-            while True:
-                chunk = data.read(GLANCE_CHUNK)
-                if not chunk:
-                    break
-                nbytes += len(chunk)
-                if out:
-                    out.write(chunk)
-        finally:
-            if out:
-                out.close()
-        self.uploads[image_id] = {'bytes': nbytes, 'path': path}
-        return metadata
-
-
 @contextlib.contextmanager
 def _fake_glance():
-    fake = FakeImageAPI()
+    fake = fake_glance.FakeImageAPI(name_prefix='bench-snap-')
     orig = driver_mod.glance.API
     driver_mod.glance.API = fake
     try:
@@ -453,11 +416,11 @@ def stop_tar_start(h, server):
 
 def unshelve(h, server, glance, taken, uploads):
     """Shelve (snapshot kept as a file, destroy) then unshelve, timed."""
-    glance.keep = uploads
+    glance.directory = uploads
     try:
         kept = snapshot_sample(h, server, glance, taken)
     finally:
-        glance.keep = None
+        glance.directory = None
     server.destroy()
     image_id = kept['image_id']
     path = kept['upload_path']

@@ -58,7 +58,7 @@ def _busybox_path():
 
 
 def busybox_tarball():
-    """The busybox rootfs; its eth0 gets an address by DHCP at boot."""
+    """The busybox rootfs; each ethN gets its address by DHCP."""
     path = _busybox_path()
     if not os.path.exists(path):
         util.makedirs(layout.IMAGE_CACHE, 0o755)

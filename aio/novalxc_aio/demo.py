@@ -294,10 +294,16 @@ def delete_image(session, image_id):
 
 
 def image_id_of(session, name):
-    """The ID of the image called name."""
-    images = session.get('image', '/v2/images?name=' + name)['images']
+    """The ID of the active image called name.
+
+    Active only: up uploads a changed image before it deletes the old one,
+    and an upload cut short leaves one queued.
+    """
+    images = [i for i in session.get('image', '/v2/images?name=' + name)[
+        'images'] if i['status'] == 'active']
     if not images:
-        raise util.AioError('no image %s: run up first' % name)
+        raise util.AioError('no active image %s in Glance: run up first'
+                            % name)
     return images[0]['id']
 
 
@@ -495,12 +501,7 @@ def _snapshot_steps(s, admin, server, container, address, timings, images):
                        for i in shelved) or 'NONE')
     _say_step(timings, 'unshelve -> ACTIVE',
               server.action({'unshelve': None}, 'ACTIVE'))
-    if _port_ids(s, server.id) != ports or \
-            fixed_ip(s, server.id) != address:
-        raise util.AioError('after unshelve the server has ports %s, '
-                            'address %s; before: %s, %s' % (
-                                _port_ids(s, server.id),
-                                fixed_ip(s, server.id), ports, address))
+    _same_ports_and_address(s, server.id, ports, address, 'unshelve')
     read = read_marker(container, MARKER_FILE)
     if read != token:
         raise util.AioError('after unshelve %s holds %r, not %r' % (
@@ -552,12 +553,7 @@ def _rebuild_rescue_steps(s, server, container, address, timings):
     if not is_absent(container, MARKER_FILE):
         raise util.AioError('after rebuild %s is still there: %r' % (
             MARKER_FILE, read_marker(container, MARKER_FILE)[:200]))
-    if _port_ids(s, server.id) != ports or \
-            fixed_ip(s, server.id) != address:
-        raise util.AioError('after rebuild the server has ports %s, '
-                            'address %s; before: %s, %s' % (
-                                _port_ids(s, server.id),
-                                fixed_ip(s, server.id), ports, address))
+    _same_ports_and_address(s, server.id, ports, address, 'rebuild')
     (got, _mtu), _w = api.wait_until(
         'DHCP address %s after rebuild' % address,
         lambda: _has_address(container, address), DHCP_TIMEOUT, 0.5)
@@ -593,6 +589,15 @@ def _rebuild_rescue_steps(s, server, container, address, timings):
         lambda: _has_address(container, address), DHCP_TIMEOUT, 0.5)
     util.say('after unrescue: %s holds the marker, no rescue root left, '
              'eth0 %s', MARKER_FILE, got)
+
+
+def _same_ports_and_address(session, server_id, ports, address, after):
+    """Raise AioError unless the server kept its ports and address."""
+    now = _port_ids(session, server_id), fixed_ip(session, server_id)
+    if now != (ports, address):
+        raise util.AioError('after %s the server has ports %s, address %s; '
+                            'before: %s, %s' % (after, now[0], now[1],
+                                                ports, address))
 
 
 def _port_ids(session, server_id):

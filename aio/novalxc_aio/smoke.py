@@ -420,12 +420,9 @@ def _shelve_checks(c, s, d, node):
     except util.AioError as e:
         c.check('shelve: wrote %s in %s' % (SHELVE_FILE, node), False, str(e))
         return
-    log_offset = _log_size('nova-compute')
-    try:
-        seconds = node.server.action({'shelve': None}, 'SHELVED_OFFLOADED')
-    except (util.AioError, api.ApiError, TimeoutError) as e:
-        c.check('shelve: %s -> SHELVED_OFFLOADED' % node, False, '%s; %s' % (
-            e, _logged_problems('nova-compute', log_offset, node.server.id)))
+    seconds = _action(c, node, 'shelve: %s -> SHELVED_OFFLOADED' % node,
+                      {'shelve': None}, 'SHELVED_OFFLOADED')
+    if seconds is None:
         return
     c.check('shelve: %s -> SHELVED_OFFLOADED (%.1f s)' % (node, seconds),
             True)
@@ -446,15 +443,11 @@ def _shelve_checks(c, s, d, node):
             port['fixed_ips'][0]['ip_address'] == node.address,
             'device %s, %s' % (port['device_id'], port['fixed_ips']))
 
-    log_offset = _log_size('nova-compute')
-    try:
-        seconds = node.server.action({'unshelve': None}, 'ACTIVE')
-    except (util.AioError, api.ApiError, TimeoutError) as e:
-        c.check('unshelve: %s -> ACTIVE' % node, False, '%s; %s' % (
-            e, _logged_problems('nova-compute', log_offset, node.server.id)))
-        node.cids = _reservations_of(node.server.id)
-        return
+    seconds = _action(c, node, 'unshelve: %s -> ACTIVE' % node,
+                      {'unshelve': None}, 'ACTIVE')
     node.cids = _reservations_of(node.server.id)
+    if seconds is None:
+        return
     state = _lxc_info(node.container, '-s')
     c.check('unshelve: %s -> ACTIVE (%.1f s), container RUNNING, one '
             'container ID' % (node, seconds),
@@ -506,14 +499,12 @@ def _rebuild_checks(c, d, nodes, node):
         return
     before = _container_now(node)
     image_id = demo.image_id_of(d, layout.DEBIAN_IMAGE)
+    # For the check after it too.
     log_offset = _log_size('nova-compute')
-    try:
-        seconds = node.server.action({'rebuild': {'imageRef': image_id}},
-                                     'ACTIVE', demo.ACTIVE_TIMEOUT)
-    except (util.AioError, api.ApiError, TimeoutError) as e:
-        c.check('rebuild: %s on %s -> ACTIVE' % (node, layout.DEBIAN_IMAGE),
-                False, '%s; %s' % (e, _logged_problems(
-                    'nova-compute', log_offset, node.server.id)))
+    seconds = _action(
+        c, node, 'rebuild: %s on %s -> ACTIVE' % (node, layout.DEBIAN_IMAGE),
+        {'rebuild': {'imageRef': image_id}}, 'ACTIVE', demo.ACTIVE_TIMEOUT)
+    if seconds is None:
         return
     after = _container_now(node)
     c.check('rebuild: %s on %s -> ACTIVE (%.1f s), container RUNNING with '
@@ -567,15 +558,11 @@ def _rescue_checks(c, d, node):
         return
     before = _container_now(node)
     rescue_root = demo.rescue_root(node.cids[0]) if node.cids else None
-    log_offset = _log_size('nova-compute')
-    try:
-        seconds = node.server.action({'rescue': {
-            'rescue_image_ref': demo.image_id_of(d, layout.BUSYBOX_IMAGE)}},
-            'RESCUE')
-    except (util.AioError, api.ApiError, TimeoutError) as e:
-        c.check('rescue: %s with %s -> RESCUE' % (node, layout.BUSYBOX_IMAGE),
-                False, '%s; %s' % (e, _logged_problems(
-                    'nova-compute', log_offset, node.server.id)))
+    seconds = _action(
+        c, node, 'rescue: %s with %s -> RESCUE' % (node, layout.BUSYBOX_IMAGE),
+        {'rescue': {'rescue_image_ref': demo.image_id_of(
+            d, layout.BUSYBOX_IMAGE)}}, 'RESCUE')
+    if seconds is None:
         return
     rescued = _container_now(node)
     cids = _reservations_of(node.server.id)
@@ -605,12 +592,9 @@ def _rescue_checks(c, d, node):
                 token, read[:200], owner, OS_RELEASE, demo.read_marker(
                     node.container, '/mnt' + OS_RELEASE)[:100]))
 
-    log_offset = _log_size('nova-compute')
-    try:
-        seconds = node.server.action({'unrescue': None}, 'ACTIVE')
-    except (util.AioError, api.ApiError, TimeoutError) as e:
-        c.check('unrescue: %s -> ACTIVE' % node, False, '%s; %s' % (
-            e, _logged_problems('nova-compute', log_offset, node.server.id)))
+    seconds = _action(c, node, 'unrescue: %s -> ACTIVE' % node,
+                      {'unrescue': None}, 'ACTIVE')
+    if seconds is None:
         return
     after = _container_now(node)
     cids = _reservations_of(node.server.id)
@@ -859,13 +843,9 @@ def _mishap(c, s, node):
             print('mishap: starting nova-compute again', flush=True)
             setup.start('nova-compute')
     pid = _lxc_info(node.container, '-p')
-    log_offset = _log_size('nova-compute')
-    try:
-        seconds = node.server.action({'reboot': {'type': 'HARD'}}, 'ACTIVE')
-    except (util.AioError, api.ApiError, TimeoutError) as e:
-        c.check('mishap: hard reboot -> ACTIVE', False, '%s; %s' % (
-            e, _logged_problems('nova-compute', log_offset,
-                                node.server.id)))
+    seconds = _action(c, node, 'mishap: hard reboot -> ACTIVE',
+                      {'reboot': {'type': 'HARD'}}, 'ACTIVE')
+    if seconds is None:
         return
     new_pid = _lxc_info(node.container, '-p')
     state = _lxc_info(node.container, '-s')
@@ -887,6 +867,22 @@ def _mishap(c, s, node):
                 else '', '' if rebooted else
                 '; not a reboot: that is the old init\'s view, not what '
                 'the disk holds'))
+
+
+def _action(c, node, what, body, status, timeout=demo.STEP_TIMEOUT):
+    """POST an action on node's server; seconds until it reached status.
+
+    On an error, or status not reached in time: the check what fails
+    with nova-compute's last problem logged about the server since the
+    action, and None is returned.
+    """
+    log_offset = _log_size('nova-compute')
+    try:
+        return node.server.action(body, status, timeout)
+    except (util.AioError, api.ApiError, TimeoutError) as e:
+        c.check(what, False, '%s; %s' % (e, _logged_problems(
+            'nova-compute', log_offset, node.server.id)))
+        return None
 
 
 def _log_size(name):

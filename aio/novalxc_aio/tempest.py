@@ -22,6 +22,7 @@ import sys
 import time
 
 from novalxc_aio import api
+from novalxc_aio import demo
 from novalxc_aio import layout
 from novalxc_aio import util
 
@@ -182,14 +183,6 @@ def _nova_compute_option(section, key, default):
     return parser.get(section, key, fallback=default)
 
 
-def _image_id(session, name):
-    found = [i for i in session.get('image', '/v2/images?name=' + name)[
-        'images'] if i['status'] == 'active']
-    if not found:
-        raise util.AioError('no active image %s in Glance: run up' % name)
-    return found[0]['id']
-
-
 def _render(sections):
     """INI text; each value may carry a comment line above it."""
     out = ['# Written by novalxc-aio tempest (aio/novalxc_aio/tempest.py) '
@@ -237,10 +230,10 @@ def tempest_conf(secrets, features, validation=False):
                       ('auth_version', 'v3'),
                       ('region', region)]),
         ('compute', [
-            ('image_ref', _image_id(s, VALIDATION_IMAGE if validation
-                                    else IMAGE),
+            ('image_ref', demo.image_id_of(
+                s, VALIDATION_IMAGE if validation else IMAGE),
              VALIDATION_IMAGE if validation else IMAGE),
-            ('image_ref_alt', _image_id(s, ALT_IMAGE), ALT_IMAGE),
+            ('image_ref_alt', demo.image_id_of(s, ALT_IMAGE), ALT_IMAGE),
             ('flavor_ref', FLAVOR),
             ('flavor_ref_alt', ALT_FLAVOR),
             ('region', region),

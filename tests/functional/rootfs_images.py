@@ -1,10 +1,11 @@
 """Real root filesystem tarballs for functional tests.
 
-busybox: built here in a second from Debian's busybox-static; with dhcp,
-eth0 (if any) gets its address by DHCP at boot (the all-in-one cloud's).
+busybox: built here in a second from Debian's busybox-static; with dhcp
+(the all-in-one cloud's), each ethN gets its address by DHCP, at boot and
+when hot-plugged.
 debian: a debootstrapped Debian 12 (systemd) root, built once per machine
-(about a minute) and cached under CACHE_DIR; ifupdown configures its eth0
-by DHCP.
+(about a minute) and cached under CACHE_DIR; ifupdown configures each ethN
+by DHCP, at boot and when hot-plugged.
 """
 
 import glob
@@ -33,17 +34,47 @@ _APPLETS = ('sh', 'ls', 'cat', 'echo', 'sleep', 'mount', 'id', 'ps',
             'seq', 'yes', 'sync', 'wc', 'tail', 'kill', 'cut', 'env', 'stat',
             'mknod', 'chmod', 'ln', 'cp', 'mv', 'sed', 'tr', 'timeout')
 
-# DHCP at boot: udhcpc(8) runs /etc/udhcpc.script (busybox ships none) and
-# forks to the background once bound (or after its last try), renewing.
+# DHCP: udhcpc(8) runs /etc/udhcpc.script (busybox ships none) and forks
+# to the background once bound (or after its last try), renewing. At boot
+# (sysinit) for each NIC there, waiting for the leases; then, as a cloud
+# image's udev rules would, for each NIC hot-plugged later. A container has
+# no udevd, so "dhcp watch" (respawned by init) looks each second. Pid
+# files name the NIC's ifindex: a udhcpc whose NIC is gone is stopped, and
+# a NIC attached again under the same name gets a udhcpc of its own. Only
+# at boot does it wait for a lease (-b: until bound or after its tries).
 _NET_APPLETS = ('ip', 'udhcpc', 'ping', 'wget', 'nc')
 _INITTAB_DHCP = _INITTAB.replace(
     b'::sysinit:/bin/echo',
-    b'::sysinit:/etc/init.d/dhcp\n::sysinit:/bin/echo', 1)
+    b'::sysinit:/etc/init.d/dhcp\n::sysinit:/bin/echo', 1).replace(
+    b'::respawn:', b'::respawn:/etc/init.d/dhcp watch\n::respawn:', 1)
 _DHCP_INIT = b"""#!/bin/sh
-# eth0 by DHCP, if the container has an eth0.
-ip link show eth0 >/dev/null 2>&1 || exit 0
-exec udhcpc -i eth0 -s /etc/udhcpc.script -b -t 5 -T 2 \\
-    -O staticroutes -O mtu
+# Each ethN by DHCP; with "watch", each one that comes later too.
+start() {
+    for dev in /sys/class/net/eth*; do
+        [ -e "$dev/ifindex" ] || continue
+        pid=/run/udhcpc-${dev##*/}-$(cat "$dev/ifindex").pid
+        [ -e "$pid" ] && continue
+        udhcpc -i "${dev##*/}" -s /etc/udhcpc.script -p "$pid" -b \\
+            -t 5 -T 2 -O staticroutes -O mtu &
+        [ "$1" = watch ] || wait $!
+    done
+}
+stop_gone() {
+    for pid in /run/udhcpc-*.pid; do
+        [ -e "$pid" ] || continue
+        nic=${pid#/run/udhcpc-}
+        nic=${nic%.pid}
+        [ "$(cat "/sys/class/net/${nic%-*}/ifindex" 2>/dev/null)" = \\
+            "${nic##*-}" ] && continue
+        kill "$(cat "$pid")" 2>/dev/null
+        rm -f "$pid"
+    done
+}
+[ "$1" = watch ] || { start; exit 0; }
+while sleep 1; do
+    stop_gone
+    start watch
+done
 """
 _UDHCPC_SCRIPT = b"""#!/bin/sh
 # udhcpc(8) calls this with deconfig, bound, renew, leasefail or nak.
@@ -80,8 +111,8 @@ exit 0
 def busybox_tarball(path, dhcp=False):
     """Write a gzip rootfs tarball of a busybox system to path.
 
-    :param dhcp: configure eth0 by DHCP at boot, and add the ip, udhcpc,
-        ping, wget and nc applets.
+    :param dhcp: configure each ethN by DHCP, at boot and when
+        hot-plugged, and add the ip, udhcpc, ping, wget and nc applets.
     """
     with tarfile.open(path, 'w:gz') as tar:
         def add_dir(name, mode=0o755):
@@ -140,55 +171,105 @@ class _BytesReader:
 # libcap2-bin: getcap/setcap, for the snapshot tests' file capability.
 DEBIAN_PACKAGES = ('systemd-sysv,iproute2,ifupdown,isc-dhcp-client,procps,'
                    'wget,libcap2-bin')
-# eth0 by DHCP through ifupdown (in a container without eth0, the
-# networking service fails: systemd says degraded). Not systemd-networkd:
-# with /sys mounted read-write it waits for udev, which containers lack.
+# Each ethN by DHCP through ifupdown, at boot (networking.service's ifup
+# -a) and when hot-plugged. On a machine, udevd runs ifupdown's hot-plug
+# rule; a container has no udevd, so ifupdown-netlink.service reads the
+# kernel's link events (ip monitor) and does it. Not systemd-networkd: with
+# /sys mounted read-write (LXC's userns.conf) it waits for udev to
+# initialise each link, for ever (ADMIN_STATE=pending, seen here with
+# systemd 252).
+# {path in the root: (mode, content)}
 _DEBIAN_FILES = {
-    'etc/network/interfaces': b"""\
-# novalxcdriver test image: eth0 by DHCP.
+    'etc/network/interfaces': (0o644, b"""\
+# novalxcdriver test image: each ethN by DHCP, hot-plugged ones too.
 source /etc/network/interfaces.d/*
 
 auto lo
 iface lo inet loopback
 
-auto eth0
-iface eth0 inet dhcp
-""",
+auto /eth*/=eth
+iface eth inet dhcp
+"""),
+    'usr/local/sbin/ifupdown-netlink': (0o755, b"""\
+#!/bin/sh
+# What ifupdown's udev rule does where udevd runs: ifup (-a: each ethN
+# matches "auto /eth*/=eth") when a NIC comes, ifdown when it goes; not
+# when a NIC only changes (an ifdown by hand stays down). A NIC comes in
+# as nlx..., then takes its name: each index:name seen once counts.
+# dhclient cannot release a lease on a NIC that is gone: stop it first.
+seen=' '
+for dev in /sys/class/net/*; do
+    seen="$seen$(cat "$dev/ifindex"):${dev##*/} "
+done
+set -f
+ip -o monitor link | {
+    ifup -a </dev/null
+    # "[Deleted ]INDEX: NAME[@PEER]: <FLAGS> ..."
+    while read -r line; do
+        set -- $line
+        gone=
+        [ "$1" = Deleted ] && { gone=1; shift; }
+        name=${2%:}
+        name=${name%@*}
+        if [ "$gone" ]; then
+            pid=/run/dhclient.$name.pid
+            [ -e "$pid" ] && kill "$(cat "$pid")"
+            ifdown --force "$name" </dev/null
+            continue
+        fi
+        case "$seen" in *" $1$name "*) continue ;; esac
+        seen="$seen$1$name "
+        ifup -a </dev/null
+    done
+}
+"""),
+    'etc/systemd/system/ifupdown-netlink.service': (0o644, b"""\
+[Unit]
+Description=ifup and ifdown of hot-plugged NICs (no udevd in a container)
+After=networking.service
+
+[Service]
+ExecStart=/usr/local/sbin/ifupdown-netlink
+Restart=always
+
+[Install]
+WantedBy=multi-user.target
+"""),
+}
+# {link: target}: systemctl enable ifupdown-netlink, as a symlink.
+_DEBIAN_LINKS = {
+    'etc/systemd/system/multi-user.target.wants/ifupdown-netlink.service':
+        '/etc/systemd/system/ifupdown-netlink.service',
 }
 
 
-# A cloud image as distributions make them: cloud-init configures the
-# hostname, the users' SSH keys and the network from Nova (config drive
-# or metadata service), sshd lets them in; curl, as Tempest's scenarios
-# use it. python3-cffi-backend: a
-# dependency debootstrap's resolver misses (it is a virtual package's
-# provider).
+# A cloud image as distributions make them: cloud-init gives it the
+# hostname and the users' SSH keys from Nova (config drive or metadata
+# service), sshd lets them in; curl, as Tempest's scenarios use it. Its
+# NICs are the Debian image's (each ethN by DHCP, hot-plugged ones too):
+# cloud-init's own eth0 stanza would clash with those. python3-cffi-backend:
+# a dependency debootstrap's resolver misses (a virtual package's provider).
 DEBIAN_CLOUD_PACKAGES = DEBIAN_PACKAGES + (
     ',cloud-init,openssh-server,sudo,curl,python3-cffi-backend')
-_DEBIAN_CLOUD_FILES = {
-    'etc/network/interfaces': b"""\
-# cloud-init writes eth0's configuration into interfaces.d.
-source /etc/network/interfaces.d/*
-
-auto lo
-iface lo inet loopback
-""",
+_DEBIAN_CLOUD_FILES = dict(_DEBIAN_FILES, **{
     # No DMI in a container: the driver names the platform in PID 1's
     # environment (ds-identify reads it); the list keeps cloud-init from
-    # probing clouds that cannot be.
-    'etc/cloud/cloud.cfg.d/90-novalxc.cfg': b"""\
+    # probing clouds that cannot be. The hostname resolves (sudo
+    # complains otherwise), as in Debian's own cloud images.
+    'etc/cloud/cloud.cfg.d/90-novalxc.cfg': (0o644, b"""\
 datasource_list: [ConfigDrive, OpenStack, None]
-# The hostname resolves (sudo complains otherwise), as in Debian's
-# own cloud images.
 manage_etc_hosts: true
-""",
-}
+network:
+  config: disabled
+"""),
+})
 # Made at first boot by cloud-init (ssh_deletekeys): never shared.
 _DEBIAN_CLOUD_REMOVE = ('etc/ssh/ssh_host_*',)
 
 
 def _debian_path(prefix, packages, files):
-    key = hashlib.sha256(repr((packages, sorted(files.items()))).encode())
+    key = hashlib.sha256(repr((packages, sorted(files.items()),
+                               sorted(_DEBIAN_LINKS.items()))).encode())
     return os.path.join(CACHE_DIR,
                         '%s-%s.tar.zst' % (prefix, key.hexdigest()[:8]))
 
@@ -230,11 +311,16 @@ def _debian(path, packages, files, remove=()):
             ['debootstrap', '--variant=minbase',
              '--include=' + packages, 'bookworm', root,
              DEBIAN_MIRROR], check=True, stdout=subprocess.DEVNULL)
-        for name, data in files.items():
+        for name, (mode, data) in files.items():
             os.makedirs(os.path.dirname(os.path.join(root, name)),
                         exist_ok=True)
             with open(os.path.join(root, name), 'wb') as f:
                 f.write(data)
+            os.chmod(os.path.join(root, name), mode)
+        for name, target in _DEBIAN_LINKS.items():
+            os.makedirs(os.path.dirname(os.path.join(root, name)),
+                        exist_ok=True)
+            os.symlink(target, os.path.join(root, name))
         for pattern in remove:
             for found in glob.glob(os.path.join(root, pattern)):
                 os.unlink(found)

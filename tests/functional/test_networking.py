@@ -1,11 +1,13 @@
 """NICs of real containers: Linux bridge and Open vSwitch ports (as root).
 
 Each test makes its own bridges, named after this process (nlxtb<pid>,
-nlxtc<pid>, nlxto<pid>) on addresses of the benchmarking range 198.18/15,
-and removes them. The Open vSwitch test needs a running ovs-vswitchd with
-its database at /run/openvswitch/db.sock (the all-in-one cloud's, or the
-Debian service's; NOVALXC_TEST_OVSDB names another); it adds a userspace
-(netdev) bridge of its own beside br-int and never touches anything else.
+nlxtc<pid>, nlxtd<pid>, nlxto<pid>) on addresses of the benchmarking range
+198.18/15, and removes them; the hot-plug DHCP test runs a dnsmasq of its
+own on its bridge alone. The Open vSwitch test needs a running ovs-vswitchd
+with its database at /run/openvswitch/db.sock (the all-in-one cloud's, or
+the Debian service's; NOVALXC_TEST_OVSDB names another); it adds a
+userspace (netdev) bridge of its own beside br-int and never touches
+anything else.
 """
 
 import os
@@ -22,6 +24,7 @@ from oslo_config import fixture as config_fixture
 from novalxcdriver import conf
 from novalxcdriver import vif as vif_mod
 from tests.functional import base
+from tests.functional import rootfs_images
 
 CONF = conf.CONF
 OVSDB = os.environ.get('NOVALXC_TEST_OVSDB', vif_mod.OVSDB_CONNECTION)
@@ -424,3 +427,98 @@ class OpenVSwitchTest(_NetworkingBase):
         self.driver.destroy(self.ctxt, instance, [])
         self.assertEqual('', self.vsctl('list-ports', self.bridge))
         self.assert_unplugged(vif)
+
+
+class HotPlugDHCPTest(_NetworkingBase):
+    """A NIC hot-plugged into a running guest gets its address by DHCP.
+
+    As in a cloud image, the test images (rootfs_images, busybox with dhcp
+    and Debian) configure each ethN by DHCP when it comes, without udevd.
+    A dnsmasq of this test's own serves DHCP on a bridge of its own.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.bridge = self.linux_bridge('nlxtd', self.addr(0, 1))
+        tmp = self.useFixture(fixtures.TempDir()).path
+        self.leases = os.path.join(tmp, 'leases')
+        self.dnsmasq_log = os.path.join(tmp, 'dnsmasq.log')
+        # DHCP only (DNS off), bound to this test's bridge alone.
+        dnsmasq = subprocess.Popen(
+            ['dnsmasq', '--keep-in-foreground', '--conf-file=/dev/null',
+             '--port=0', '--bind-interfaces', '--interface=' + self.bridge,
+             '--except-interface=lo', '--pid-file=', '--no-ping',
+             '--dhcp-range=%s,%s,255.255.255.0,1h' % (self.addr(0, 10),
+                                                      self.addr(0, 250)),
+             '--dhcp-leasefile=' + self.leases, '--log-dhcp',
+             '--log-facility=' + self.dnsmasq_log])
+        self.addCleanup(dnsmasq.wait, 10)
+        self.addCleanup(dnsmasq.terminate)
+
+    def leased(self, mac):
+        """The address dnsmasq leased to mac, or None."""
+        try:
+            with open(self.leases) as f:
+                for line in f:
+                    fields = line.split()
+                    if fields[1:2] == [mac]:
+                        return fields[2]
+        except FileNotFoundError:
+            pass
+        return None
+
+    def ipv4_inside(self, instance, nic):
+        """The container's NIC's IPv4 address, or None."""
+        out = self.sh(instance, 'ip -4 -o addr show dev ' + nic,
+                      check=False).stdout.split()
+        if 'inet' not in out:
+            return None
+        return out[out.index('inet') + 1].split('/')[0]
+
+    def wait_for_address(self, instance, nic, vif, timeout):
+        try:
+            address = self.wait_for(lambda: self.leased(vif['address']),
+                                    timeout)
+            return self.wait_for(
+                lambda: self.ipv4_inside(instance, nic) == address and
+                address, timeout)
+        except self.failureException:
+            with open(self.dnsmasq_log) as f:
+                self.fail('%s got no address by DHCP within %ss; dnsmasq: '
+                          '%s' % (nic, timeout, f.read()[-2000:]))
+
+    def check_hot_plug(self, image_id, booted=lambda instance: True):
+        first = make_vif('bridge', self.bridge)
+        instance = self.make_instance()
+        self.driver.spawn(self.ctxt, instance, self.image_meta(image_id),
+                          [], None, {}, network_info=[first])
+        self.wait_for_address(instance, 'eth0', first, timeout=60)
+        self.wait_for(lambda: booted(instance), timeout=60)
+
+        vif = make_vif('bridge', self.bridge)
+        self.driver.attach_interface(self.ctxt, instance, None, vif)
+        self.wait_for_address(instance, 'eth1', vif, timeout=30)
+
+        self.driver.detach_interface(self.ctxt, instance, vif)
+        self.assertEqual(['eth0'], self.names_inside(instance))
+        self.assert_unplugged(vif)
+        # Its DHCP client goes with it; eth0's stays.
+        self.wait_for(lambda: 'eth1' not in self.sh(instance, 'ps -ef')
+                      .stdout, timeout=10)
+        self.assertIn('eth0', self.sh(instance, 'ps -ef').stdout)
+        self.driver.destroy(self.ctxt, instance, [first])
+        self.assert_unplugged(first, self.bridge)
+
+    def test_busybox(self):
+        tmp = self.useFixture(fixtures.TempDir()).path
+        self.check_hot_plug(self.add_image(rootfs_images.busybox_tarball(
+            os.path.join(tmp, 'bb.tar.gz'), dhcp=True)))
+
+    def test_debian(self):
+        def booted(instance):
+            # Hot-plugged, not configured by the boot's own ifup -a.
+            return self.sh(instance, 'systemctl is-active ifupdown-netlink',
+                           check=False).stdout.strip() == 'active'
+
+        self.check_hot_plug(self.add_image(rootfs_images.debian_tarball()),
+                            booted)

@@ -24,6 +24,7 @@ from novalxcdriver import driver as driver_mod
 from novalxcdriver import mount
 from novalxcdriver import rootfs as rootfs_mod
 from novalxcdriver import snapshot as snapshot_mod
+from tests import fake_glance
 from tests.functional import base
 
 CONF = conf.CONF
@@ -32,43 +33,12 @@ CAP_NET_RAW_V2 = (b'\x01\x00\x00\x02' + (1 << 13).to_bytes(4, 'little') +
                   b'\x00' * 12)
 
 
-class FakeImageAPI:
-    """nova.image.glance.API keeping what snapshot uploads."""
-
-    def __init__(self, directory):
-        self.directory = directory
-        self.on_start = None
-        self.uploads = {}
-        self.metadata = {}
-
-    def __call__(self):
-        return self
-
-    def get(self, context, image_id):
-        return {'id': image_id, 'name': 'snap-%s' % image_id[:8]}
-
-    def update(self, context, image_id, metadata, data=None,
-               purge_props=True):
-        self.metadata[image_id] = metadata
-        path = os.path.join(self.directory, image_id + '.tar.zst')
-        if self.on_start:
-            self.on_start()
-        with open(path, 'wb') as f:
-            while True:
-                chunk = data.read(65536)
-                if not chunk:
-                    break
-                f.write(chunk)
-        self.uploads[image_id] = path
-        return metadata
-
-
 class _SnapshotBase(base.FunctionalTestCase):
 
     def setUp(self):
         super().setUp()
         self.tmp = self.useFixture(fixtures.TempDir()).path
-        self.glance = FakeImageAPI(self.tmp)
+        self.glance = fake_glance.FakeImageAPI(self.tmp)
         self.useFixture(fixtures.MonkeyPatch(
             'novalxcdriver.driver.glance.API', self.glance))
         self.task_states = []
@@ -104,7 +74,7 @@ class _SnapshotBase(base.FunctionalTestCase):
         return image_id
 
     def _members(self, image_id):
-        with open(self.glance.uploads[image_id], 'rb') as f:
+        with open(self.glance.uploads[image_id]['path'], 'rb') as f:
             data = zstandard.ZstdDecompressor().stream_reader(f).read()
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             return {m.name.rstrip('/').removeprefix('./'): m
@@ -135,7 +105,7 @@ class _SnapshotBase(base.FunctionalTestCase):
         return members
 
     def _boot_from(self, image_id):
-        self.fx.images[image_id] = self.glance.uploads[image_id]
+        self.fx.images[image_id] = self.glance.uploads[image_id]['path']
         clone = self.make_instance(root_gb=1)
         self.spawn(clone, image_id)
         out = self.attach(clone.name, 'sh', '-c',

@@ -52,25 +52,10 @@ from novalxcdriver import driver as driver_mod  # noqa: E402
 from novalxcdriver import exception  # noqa: E402
 from novalxcdriver import lxc  # noqa: E402
 from novalxcdriver import tarball  # noqa: E402
+from tests import fake_glance  # noqa: E402
 
 CONF = conf.CONF
 LOG = logging.getLogger('hardening.worker')
-
-
-class _DiscardingImageAPI:
-    """nova.image.glance.API whose update reads a snapshot to the end."""
-
-    def __call__(self):
-        return self
-
-    def get(self, context, image_id):
-        return {'id': image_id, 'name': 'hardening-snapshot'}
-
-    def update(self, context, image_id, metadata, data=None,
-               purge_props=True):
-        while data.read(1 << 20):
-            pass
-        return metadata
 
 
 class Worker:
@@ -221,7 +206,8 @@ class Worker:
 
     def op_snapshot(self, instances, image_id):
         """Snapshot each instance to image_id; Glance reads and discards."""
-        driver_mod.glance.API = _DiscardingImageAPI()
+        driver_mod.glance.API = fake_glance.FakeImageAPI(
+            name_prefix='hardening-snapshot-')
 
         def snapshot(instance):
             self.driver.snapshot(self.ctxt, instance, image_id,

@@ -121,7 +121,8 @@ class TicksTest(base.BaseTestCase):
 class FakeImageAPITest(base.BaseTestCase):
 
     def test_counts_or_keeps_an_upload(self):
-        glance = snapshot.FakeImageAPI()
+        with snapshot._fake_glance() as glance:
+            pass
         self.assertIs(glance, glance())
         self.assertEqual('bench-snap-12345678',
                          glance.get(None, '12345678-aaaa')['name'])
@@ -129,7 +130,7 @@ class FakeImageAPITest(base.BaseTestCase):
         self.assertEqual({'bytes': 100000, 'path': None},
                          glance.uploads['a'])
         with tempfile.TemporaryDirectory() as tmp:
-            glance.keep = tmp
+            glance.directory = tmp
             glance.update(None, 'b', {}, data=io.BytesIO(b'yz'))
             path = os.path.join(tmp, 'b.tar.zst')
             self.assertEqual({'bytes': 2, 'path': path},

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 
 from nova.tests.functional import integrated_helpers
 
@@ -78,6 +79,25 @@ class LXCAPITestCase(integrated_helpers._IntegratedTestBase):
         tmp = self.useFixture(base.fixtures.TempDir()).path
         return self._rootfs_image(rootfs_images.busybox_tarball(
             os.path.join(tmp, 'busybox.tar.gz')))
+
+    def _marked_busybox_image(self, name, content):
+        """Upload a busybox rootfs with one file more; its image id.
+
+        :param name: the file's path in the root.
+        :param content: its text (str).
+        """
+        tmp = self.useFixture(base.fixtures.TempDir()).path
+        plain = rootfs_images.busybox_tarball(os.path.join(tmp, 'bb.tar.gz'))
+        path = os.path.join(tmp, 'marked.tar.gz')
+        data = content.encode()
+        with tarfile.open(plain) as src, tarfile.open(path, 'w:gz') as dst:
+            for member in src.getmembers():
+                dst.addfile(member, src.extractfile(member)
+                            if member.isfile() else None)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+        return self._rootfs_image(path)
 
     def _lxc(self, tool, name, *args):
         return subprocess.run(

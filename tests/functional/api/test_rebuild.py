@@ -7,7 +7,6 @@ the real container (files seen through lxc-attach, /proc/PID/uid_map), not
 only the API's answer.
 """
 
-import io
 import os
 import tarfile
 from unittest import mock
@@ -19,7 +18,6 @@ from novalxcdriver import conf
 from novalxcdriver import rootfs
 from tests.functional.api import base as api_base
 from tests.functional import base
-from tests.functional import rootfs_images
 
 CONF = conf.CONF
 
@@ -32,20 +30,6 @@ class LXCRebuildTest(api_base.LXCAPITestCase):
         # A root disk and an ephemeral disk (on /mnt), both loop-mounted.
         self.flavor_id = self._create_flavor(memory_mb=128, vcpu=1, disk=1,
                                              ephemeral=1)
-
-    def _marked_image(self, marker):
-        """Upload a busybox rootfs whose /marker holds marker; its id."""
-        tmp = self.useFixture(base.fixtures.TempDir()).path
-        plain = rootfs_images.busybox_tarball(os.path.join(tmp, 'b.tar.gz'))
-        path = os.path.join(tmp, 'marked.tar.gz')
-        with tarfile.open(plain) as src, tarfile.open(path, 'w:gz') as dst:
-            for member in src.getmembers():
-                dst.addfile(member, src.extractfile(member)
-                            if member.isfile() else None)
-            info = tarfile.TarInfo('marker')
-            info.size = len(marker)
-            dst.addfile(info, io.BytesIO(marker.encode()))
-        return self._rootfs_image(path)
 
     def _boot_with_ephemeral(self, image_id):
         server = self.api.post_server({'server': self._build_server(
@@ -102,7 +86,7 @@ class LXCRebuildTest(api_base.LXCAPITestCase):
 
     def test_rebuild_fresh_root_same_container(self):
         image_a = self._busybox_image()
-        image_b = self._marked_image('image b')
+        image_b = self._marked_busybox_image('marker', 'image b')
         server = self._boot_with_ephemeral(image_a)
         self._write_data(server)
         identity = self._identity(server)
@@ -134,7 +118,7 @@ class LXCRebuildTest(api_base.LXCAPITestCase):
 
     def test_rebuild_with_images_gone_from_glance(self):
         image_a = self._busybox_image()
-        image_b = self._marked_image('image b')
+        image_b = self._marked_busybox_image('marker', 'image b')
         server = self._boot_with_ephemeral(image_a)
         # The server's first image is not needed to rebuild it.
         self.glance.delete(None, image_a)
@@ -165,8 +149,8 @@ class LXCRebuildTest(api_base.LXCAPITestCase):
         # the progress Nova's rebuild response schema asks for (a real
         # API answers REBUILD, before the compute acts).
         self.flags(response_validation='warn', group='api')
-        server = self._rebuild(server, self._marked_image('image b'),
-                               status='SHUTOFF')
+        image_b = self._marked_busybox_image('marker', 'image b')
+        server = self._rebuild(server, image_b, status='SHUTOFF')
         name = server['OS-EXT-SRV-ATTR:instance_name']
         self.assertEqual('STOPPED', self._state(name))
         server = self._action(server, {'os-start': None}, 'ACTIVE')
@@ -177,7 +161,7 @@ class LXCRebuildTest(api_base.LXCAPITestCase):
         path = os.path.join(tmp, 'evil.tar')
         with tarfile.open(path, 'w') as tar:
             tar.addfile(tarfile.TarInfo('../../../etc/cron.d/evil'))
-        image_a = self._marked_image('image a')
+        image_a = self._marked_busybox_image('marker', 'image a')
         server = self._boot_with_ephemeral(image_a)
         self._write_data(server)
         pid = self._pid(server['OS-EXT-SRV-ATTR:instance_name'])
@@ -202,10 +186,10 @@ class LXCRebuildTest(api_base.LXCAPITestCase):
         identity = self._identity(server)
         # Cut short between setting the old upper aside and making the
         # new one, on the real disks.
+        image_b = self._marked_busybox_image('marker', 'image b')
         with mock.patch.object(rootfs, '_make_dir',
                                side_effect=OSError('crash')):
-            server = self._rebuild(server, self._marked_image('image b'),
-                                   status='ERROR')
+            server = self._rebuild(server, image_b, status='ERROR')
         root = rootfs.Rootfs(CONF.lxc.state_path, identity[0])
         self.assertTrue(os.path.isdir(root.upper + '.rebuild-old'))
         self.assertFalse(os.path.exists(root.upper))

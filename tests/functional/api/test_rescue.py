@@ -8,11 +8,9 @@ the server's disk on the host, and what is left on the host.
 """
 
 import hashlib
-import io
 import json
 import os
 import stat
-import tarfile
 
 from novalxcdriver import conf
 from novalxcdriver import mount
@@ -20,7 +18,6 @@ from novalxcdriver import rescue
 from novalxcdriver import rootfs
 from tests.functional.api import base as api_base
 from tests.functional import base
-from tests.functional import rootfs_images
 
 CONF = conf.CONF
 MARKER = 'rescue-marker'
@@ -58,20 +55,6 @@ class LXCRescueTest(api_base.LXCAPITestCase):
     def setUp(self):
         super().setUp()
         self.image_id = self._busybox_image()
-
-    def _rescue_image(self):
-        """A busybox image with /rescue-marker: not the server's image."""
-        tmp = self.useFixture(base.fixtures.TempDir()).path
-        plain = rootfs_images.busybox_tarball(os.path.join(tmp, 'bb.tar.gz'))
-        path = os.path.join(tmp, 'rescue.tar.gz')
-        with tarfile.open(plain) as src, tarfile.open(path, 'w:gz') as dst:
-            for member in src.getmembers():
-                dst.addfile(member, src.extractfile(member)
-                            if member.isfile() else None)
-            info = tarfile.TarInfo(MARKER)
-            info.size = len(b'rescue\n')
-            dst.addfile(info, io.BytesIO(b'rescue\n'))
-        return self._rootfs_image(path)
 
     def _boot_with_data(self, config_drive=False):
         """An ACTIVE server with /root/keep written from inside.
@@ -113,7 +96,7 @@ class LXCRescueTest(api_base.LXCAPITestCase):
 
     def test_rescue_and_unrescue(self):
         server, name, cid = self._boot_with_data(config_drive=True)
-        rescue_image = self._rescue_image()
+        rescue_image = self._marked_busybox_image(MARKER, 'rescue\n')
         root = rootfs.Rootfs(CONF.lxc.state_path, cid)
         uid_map = self._uid_map(name)
         # The server's own disk as its last boot left it.
@@ -173,7 +156,8 @@ class LXCRescueTest(api_base.LXCAPITestCase):
 
     def test_restart_while_rescued(self):
         server, name, cid = self._boot_with_data()
-        server = self._rescue(server, rescue_image_ref=self._rescue_image())
+        rescue_image = self._marked_busybox_image(MARKER, 'rescue\n')
+        server = self._rescue(server, rescue_image_ref=rescue_image)
         # A host reboot: the container is gone, and so are its mounts.
         # Nova must not hear of the stop before its restart (it would
         # record the server shut off and not resume it). The running
