@@ -38,7 +38,7 @@ class Server:
 
     @classmethod
     def boot(cls, session, name, image, flavor, networks='none',
-             image_id=None):
+             image_id=None, key_name=None):
         """POST a server; networks as the API takes them.
 
         'none', or a list of {'uuid': network id} or {'port': port id}.
@@ -47,6 +47,8 @@ class Server:
         image_id = image_id or image_id_of(session, image)
         body = {'server': {'name': name, 'imageRef': image_id,
                            'flavorRef': flavor, 'networks': networks}}
+        if key_name:
+            body['server']['key_name'] = key_name
         server = session.post('compute', '/servers', body)['server']
         return cls(session, server['id'])
 
@@ -407,6 +409,7 @@ def demo():
         timings.append(('delete -> gone', server.delete()))
         server = None
         util.say('%-28s %6.1f s', timings[-1][0], timings[-1][1])
+        server = _cloud_image_steps(s, timings)
     except (util.AioError, api.ApiError, TimeoutError) as e:
         print('DEMO FAILED: %s' % e)
         cleanup(server)
@@ -608,6 +611,83 @@ def _port_ids(session, server_id):
 def _has_address(container, address):
     found = inside_ipv4(container)
     return found if found[0] == address else None
+
+
+# The demo user's SSH key (made once) and its Nova keypair.
+DEMO_KEY = layout.etc('demo-key')
+DEMO_KEYPAIR = 'demo-key'
+SSH_TIMEOUT = 120
+
+
+def _keypair(s):
+    """The demo keypair's name; its private key is DEMO_KEY."""
+    if not os.path.exists(DEMO_KEY):
+        util.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C',
+                  'novalxc-aio demo', '-f', DEMO_KEY])
+    with open(DEMO_KEY + '.pub') as f:
+        public = f.read().strip()
+    found = [k['keypair'] for k in s.get('compute',
+                                         '/os-keypairs')['keypairs']
+             if k['keypair']['name'] == DEMO_KEYPAIR]
+    if found and found[0]['public_key'].strip() != public:
+        s.call('DELETE', 'compute', '/os-keypairs/' + DEMO_KEYPAIR)
+        found = []
+    if not found:
+        s.post('compute', '/os-keypairs', {'keypair': {
+            'name': DEMO_KEYPAIR, 'public_key': public}})
+    return DEMO_KEYPAIR
+
+
+def ssh(address, *command, user=layout.DEBIAN_CLOUD_USER, timeout=30):
+    """Run command on a server over SSH with the demo key.
+
+    From the host, through its port on the server's network
+    (cloud.host_access). Host keys are not kept: each server is new.
+    """
+    return subprocess.run(
+        ['ssh', '-i', DEMO_KEY, '-o', 'BatchMode=yes',
+         '-o', 'StrictHostKeyChecking=no',
+         '-o', 'UserKnownHostsFile=/dev/null',
+         '-o', 'ConnectTimeout=5', '-o', 'LogLevel=ERROR',
+         '%s@%s' % (user, address)] + list(command),
+        capture_output=True, text=True, timeout=timeout)
+
+
+def _cloud_image_steps(s, timings):
+    """Boot debian-12-cloud with the demo keypair and log in over SSH.
+
+    cloud-init (the OpenStack datasource: the metadata service) puts the
+    key in place for its user; the host reaches demo-net through its own
+    port. Returns None once the server is deleted (the caller's cleanup
+    deletes it on failure).
+    """
+    key = _keypair(s)
+    name = 'demo-cloud-%s' % uuid.uuid4().hex[:6]
+    start = time.monotonic()
+    server = Server.boot(s, name, layout.DEBIAN_CLOUD_IMAGE, 'lxc.small',
+                         networks=[{'uuid': network_id(s)}], key_name=key)
+    server.wait_status('ACTIVE', ACTIVE_TIMEOUT)
+    active = time.monotonic()
+    timings.append(('cloud image: boot -> ACTIVE', active - start))
+    address = fixed_ip(s, server.id)
+    util.say('%s (%s, key %s) ACTIVE after %.1f s, address %s', name,
+             layout.DEBIAN_CLOUD_IMAGE, key, active - start, address)
+
+    def logged_in():
+        proc = ssh(address, 'hostname; cloud-init status --wait >/dev/null;'
+                   ' cloud-id; sudo -n id -un')
+        return proc.stdout.split() if proc.returncode == 0 else None
+    said, seconds = api.wait_until('SSH login as %s@%s' % (
+        layout.DEBIAN_CLOUD_USER, address), logged_in, SSH_TIMEOUT, 1)
+    timings.append(('cloud image: ACTIVE -> SSH login', seconds))
+    util.say('ssh -i %s %s@%s: hostname %s, cloud-init datasource %s, '
+             'sudo as %s', DEMO_KEY, layout.DEBIAN_CLOUD_USER, address,
+             *(said + ['?'] * 3)[:3])
+    if said[:1] != [name]:
+        raise util.AioError('%s says its hostname is %r, not %s' % (
+            address, said[:1], name))
+    timings.append(('cloud image: delete -> gone', server.delete()))
+    return None
 
 
 def cleanup(server):

@@ -26,6 +26,8 @@ PACKAGES = (
     # websocket-client for this tool's own Python: the smoke's and the
     # demo's client of nova-serialproxy.
     'python3-websocket',
+    # ssh and ssh-keygen: the demo logs in to its cloud image server.
+    'openssh-client',
     # The virtualenv, and git for pbr's version of this repository.
     'python3-venv', 'git', 'ca-certificates',
 )

@@ -59,8 +59,12 @@ class LXCAPITestCase(integrated_helpers._IntegratedTestBase):
         return {}
 
     def _setup_compute_service(self):
-        self.flags(compute_driver='novalxc.LXCDriver',
-                   **self._compute_flags())
+        # Container names, and so LXC's cgroups (lxc.payload.<name>), are
+        # host-wide, and every test numbers its instances from 1: two
+        # test processes at once would both make instance-00000001.
+        flags = {'instance_name_template': 'api%d-%%08x' % os.getpid()}
+        flags.update(self._compute_flags())
+        self.flags(compute_driver='novalxc.LXCDriver', **flags)
         root = self._api_root()
         self.flags(group='lxc', lxc_path=os.path.join(root, 'lxc'),
                    state_path=os.path.join(root, 'state'),
