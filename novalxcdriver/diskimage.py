@@ -260,7 +260,8 @@ def partitions(read_at, disk_size):
     :param read_at: callable(offset, length) -> bytes of the disk.
     :param disk_size: bytes.
     :returns: list of Partition by number; [Partition(0, 0, disk_size)]
-        when there is no partition table (a bare filesystem).
+        when there is no partition table, or no usable entry in an MBR
+        (a bare filesystem).
     """
     mbr = read_at(0, SECTOR)
     if mbr[510:512] != b'\x55\xaa':
@@ -278,9 +279,10 @@ def partitions(read_at, disk_size):
         part = Partition(i + 1, start * SECTOR, count * SECTOR)
         if _fits(part, disk_size):
             result.append(part)
-    if not result and not any(kind for kind, _, _ in entries):
-        # A boot sector signature without a partition: a bare filesystem
-        # (FAT and NTFS have one).
+    if not result:
+        # A boot sector signature without a usable partition: a bare
+        # filesystem (FAT and NTFS have one; their boot code fills the
+        # table's place).
         return [Partition(0, 0, disk_size)]
     return result
 
