@@ -41,7 +41,10 @@ lxc_opts = [
     cfg.IntOpt('image_max_unpacked_gib', default=32, min=1,
                help='Largest total size, in GiB, of the files in one '
                     'unpacked image; a larger archive (or a compression '
-                    'bomb) is refused.'),
+                    'bomb) is refused. Also the largest virtual size of '
+                    'a qcow2 image, whose raw conversion (sparse) takes '
+                    'up to that much space in the image cache while its '
+                    'root partition is copied.'),
     cfg.IntOpt('pids_max', default=4096, min=16,
                help='Most tasks (processes and threads) one container may '
                     'run at once (pids cgroup), so a fork bomb stops there. '

@@ -543,6 +543,17 @@ class SpawnTest(_Base):
         self.assertEqual((IMAGE_ID, mock.ANY, 'raw', None),
                          get.call_args.args)
 
+    def test_refetch_for_a_hard_reboot_lets_the_content_decide(self):
+        # No image_meta there: Glance's format is unknown, the content
+        # says what it is; the property comes from the instance.
+        get = self.patch_object(self.drv._images, 'get')
+        instance = self.instance()
+        instance.image_ref = IMAGE_ID
+        instance.system_metadata = {'image_novalxc_root_partition': '1'}
+        self.drv._fetched_image(self.context, IMAGE_ID, instance=instance)
+        self.assertEqual((IMAGE_ID, mock.ANY, None, '1'),
+                         get.call_args.args)
+
     def test_qcow2_content_in_a_raw_image_refused(self):
         def qcow2(ctx, image_id, dest):
             with open(dest, 'wb') as f:
