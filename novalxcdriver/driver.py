@@ -105,7 +105,12 @@ class LXCDriver(driver.ComputeDriver):
         self._lxc_path = CONF.lxc.lxc_path
         self._state_path = CONF.lxc.state_path
         self._images = images.ImageCache(
-            self._state_path, CONF.lxc.image_max_unpacked_gib * units.Gi)
+            self._state_path, CONF.lxc.image_max_unpacked_gib * units.Gi,
+            disk_images=CONF.lxc.disk_images)
+        if not CONF.lxc.disk_images:
+            # Honest traits: no COMPUTE_IMAGE_TYPE_QCOW2 for the scheduler.
+            self.capabilities = dict(self.capabilities,
+                                     supports_image_type_qcow2=False)
         self._records = record_mod.RecordStore(self._state_path)
         self._ids = None
         self._watcher = None
@@ -656,13 +661,17 @@ class LXCDriver(driver.ComputeDriver):
                    image_meta.container_format,
                    image_meta.obj_attr_is_set('disk_format') and
                    image_meta.disk_format)
-        if formats not in (('bare', 'raw'), ('bare', 'qcow2')):
+        accepted = [('bare', 'raw')]
+        if CONF.lxc.disk_images:
+            accepted.append(('bare', 'qcow2'))
+        if formats not in accepted:
             raise nova_exc.ImageUnacceptable(
                 image_id=image_id,
                 reason='novalxcdriver boots root filesystem tarballs '
-                       '(container_format=bare, disk_format=raw) and disk '
-                       'images (bare, raw or qcow2), not %s/%s'
-                       % tuple(f or '(unset)' for f in formats))
+                       '(container_format=bare, disk_format=raw)%s, not '
+                       '%s/%s' % ((' and disk images (bare, raw or qcow2)'
+                                   if CONF.lxc.disk_images else ''),
+                                  *(f or '(unset)' for f in formats)))
 
         try:
             return self._fetched_image(context, image_id, formats[1],

@@ -86,12 +86,15 @@ class ImageCache:
 
     :param state_path: the driver's state directory ([lxc] state_path).
     :param max_bytes: largest unpacked image, in bytes.
+    :param disk_images: whether disk images are converted ([lxc]
+        disk_images); False refuses them.
     """
 
-    def __init__(self, state_path, max_bytes):
+    def __init__(self, state_path, max_bytes, disk_images=True):
         self.path = os.path.join(state_path, 'images')
         self._lock_path = os.path.join(state_path, 'locks')
         self._max_bytes = max_bytes
+        self._disk_images = disk_images
 
     def _entry(self, image_id):
         if not uuidutils.is_uuid_like(image_id):
@@ -309,6 +312,10 @@ class ImageCache:
         """
         kind = diskimage.classify_file(archive)
         if kind in (diskimage.QCOW2, diskimage.DISK):
+            if not self._disk_images:
+                raise exception.DiskImageRefused(
+                    reason='this host boots root filesystem tarballs only '
+                           '([lxc] disk_images = false)')
             return diskimage.unpack(
                 archive, kind, disk_format, partial, rootfs, self._max_bytes,
                 lambda root: detect_init(root) is not None, root_partition)

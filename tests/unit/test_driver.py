@@ -543,6 +543,23 @@ class SpawnTest(_Base):
         self.assertEqual((IMAGE_ID, mock.ANY, 'raw', None),
                          get.call_args.args)
 
+    def test_disk_images_off_refuses_qcow2_and_drops_the_trait(self):
+        self.cfg.config(group='lxc', disk_images=False)
+        drv = driver.LXCDriver(self.virtapi)
+        self.assertIs(False, drv.capabilities['supports_image_type_qcow2'])
+        self.assertIs(True, driver.LXCDriver.capabilities[
+            'supports_image_type_qcow2'])
+        self.assertNotIn('COMPUTE_IMAGE_TYPE_QCOW2',
+                         [t for t, v in drv.capabilities_as_traits().items()
+                          if v])
+        self.drv = drv
+        e = self.assertRaises(nova_exc.ImageUnacceptable, self.spawn,
+                              self.instance(),
+                              self.image_meta('bare', 'qcow2'))
+        self.assertIn('tarballs (container_format=bare, disk_format=raw), '
+                      'not bare/qcow2', str(e))
+        self.fetch.assert_not_called()
+
     def test_refetch_for_a_hard_reboot_lets_the_content_decide(self):
         # No image_meta there: Glance's format is unknown, the content
         # says what it is; the property comes from the instance.

@@ -782,6 +782,19 @@ class DiskImageCacheTest(_CacheTest):
         self.assertEqual([], lxc.mock_calls)
         self.assertEqual([], self.cache_entries())
 
+    def test_disk_images_off_refused_whatever_glance_says(self):
+        cache = images.ImageCache(self.state, 64 * 1024 * 1024,
+                                  disk_images=False)
+        for fmt in ('qcow2', None):
+            e = self.assertRaises(exception.ImageUnpackError, cache.get,
+                                  IMAGE_ID, self.fetch_qcow2, fmt)
+            self.assertIn('[lxc] disk_images = false', str(e))
+        self.unpack.assert_not_called()
+        self.assertEqual([], self.cache_entries())
+        # Tarballs still boot.
+        self.assertEqual('busybox', cache.get(IMAGE_ID, self.fetch,
+                                              'raw').init_system)
+
     def test_remove_partials_releases_dead_partials_first(self):
         os.makedirs(self.cache.path)
         child = subprocess.Popen(['true'])
