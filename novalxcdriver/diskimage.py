@@ -59,6 +59,7 @@ import stat
 import struct
 
 from oslo_log import log as logging
+from oslo_utils import excutils
 from oslo_utils.imageutils import format_inspector
 
 from novalxcdriver import disk
@@ -415,7 +416,9 @@ def unpack(image_path, kind, disk_format, workdir, dest, max_bytes,
     :returns: bytes of regular file data copied.
     :raises DiskImageRefused: the image breaks a rule of the module
         docstring, has no usable root, or qemu-img is not installed.
-    :raises CommandFailed, CommandTimedOut: qemu-img or losetup failed.
+    :raises CommandFailed, CommandTimedOut: qemu-img convert or losetup
+        failed (a host's problem, such as a full disk, not the image's:
+        qemu-img info failing on the image is DiskImageRefused).
     :raises MountFailed, MountBusy: a mount could not be undone.
     """
     check_format(kind, disk_format)
@@ -479,7 +482,15 @@ def _convert(source, dest, max_bytes):
     if str(inspector) != QCOW2:
         raise exception.DiskImageRefused(
             reason='it is disk_format=qcow2 but reads as %s' % inspector)
-    out = lxc.qemu_img_info(source, QCOW2, **INFO_LIMITS)
+    try:
+        out = lxc.qemu_img_info(source, QCOW2, **INFO_LIMITS)
+    except exception.CommandFailed as e:
+        # -9: killed at its prlimit (processutils' prlimit wrapper).
+        raise exception.DiskImageRefused(
+            reason='qemu-img info cannot read it%s: %s' % (
+                ' within its CPU and memory limits'
+                if e.kwargs.get('exit_code') == -9 else '',
+                e.kwargs.get('stderr'))) from e
     try:
         info = json.loads(out)
     except ValueError as e:
@@ -506,8 +517,15 @@ class _mounted:
                                  read_only=True)
         try:
             mount.readonly(device, mnt, fs, MOUNT_OPTIONS[fs])
-        finally:
+        except BaseException:
+            with excutils.save_and_reraise_exception():
+                lxc.detach_loop(device)
+        try:
             lxc.detach_loop(device)
+        except BaseException:
+            # The with block will not run, nor its exit.
+            with excutils.save_and_reraise_exception():
+                mount.unmount(mnt)
         return mnt
 
     def __exit__(self, *exc):
@@ -549,8 +567,8 @@ def copy_tree(src, dest, max_bytes):
         up; a hard link counts nothing).
     :returns: the bytes of regular file data copied.
     :raises DiskImageRefused: the files exceed max_bytes or the free
-        space of dest, or a directory appears twice (a corrupt
-        filesystem).
+        space of dest, or the filesystem is corrupt (a directory appears
+        twice, an entry's name holds '/' or is '.' or '..').
     :raises OSError: reading or writing failed.
     """
     copier = _Copier(dest, max_bytes)
@@ -563,6 +581,13 @@ def copy_tree(src, dest, max_bytes):
         with os.scandir(src_dir) as it:
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
+            if '/' in entry.name or entry.name in ('.', '..'):
+                # Only a corrupt or crafted filesystem returns these; as a
+                # path component of dest they would lead out of it.
+                raise exception.DiskImageRefused(
+                    reason='directory %r holds an entry named %r: the '
+                           'filesystem is corrupt'
+                           % (os.path.relpath(src_dir, src), entry.name))
             s = entry.path
             d = os.path.join(dest_dir, entry.name)
             st = os.lstat(s)

@@ -386,6 +386,13 @@ class UnpackTest(_HostTest):
         self.assertEqual(1, self.lxc.detach_loop.call_count)
         self.mount.unmount.assert_not_called()
 
+    def test_failed_detach_after_mount_unmounts(self):
+        self.lxc.detach_loop.side_effect = exception.CommandFailed(
+            cmd='losetup', exit_code=1, stderr='x')
+        self.assertRaises(exception.CommandFailed, self.unpack, self.disk())
+        self.assertEqual(1, len(self.mounted))
+        self.assertEqual(1, self.mount.unmount.call_count)
+
     def test_property_names_the_partition(self):
         self.roots = {'/dev/loop-at-%d' % MiB, '/dev/loop-at-%d' % (3 * MiB)}
         self.unpack(self.disk(fs1='ext4'), root_partition='1')
@@ -465,6 +472,17 @@ class Qcow2Test(_HostTest):
         e = self.assertRaises(exception.DiskImageRefused, self.unpack,
                               self.qcow2(), diskimage.QCOW2, 'qcow2')
         self.assertIn('exceeds the limit', str(e))
+        self.lxc.qemu_img_convert.assert_not_called()
+
+    def test_unreadable_by_qemu_img_refused(self):
+        for code, words in ((1, 'cannot read it: Image is corrupt'),
+                            (-9, 'within its CPU and memory limits')):
+            self.lxc.qemu_img_info.side_effect = exception.CommandFailed(
+                cmd='qemu-img info', exit_code=code,
+                stderr='Image is corrupt')
+            e = self.assertRaises(exception.DiskImageRefused, self.unpack,
+                                  self.qcow2(), diskimage.QCOW2, 'qcow2')
+            self.assertIn(words, str(e))
         self.lxc.qemu_img_convert.assert_not_called()
 
     def test_not_json_refused(self):
@@ -606,10 +624,42 @@ class CopyTreeTest(base.TestCase):
         e = self.assertRaises(exception.DiskImageRefused, self.copy, 1000)
         self.assertIn('exceed the limit of 1000 bytes', str(e))
 
+    def test_entry_names_leading_out_refused(self):
+        # Only a crafted filesystem returns such names from readdir.
+        self.file('etc/passwd')
+        real = os.scandir
+
+        class Entry:
+            def __init__(self, name, path):
+                self.name, self.path = name, path
+
+        def scandir(path):
+            entries = list(real(path))
+            if path == self.src:
+                entries.append(Entry('../escape', os.path.join(path,
+                                                               'etc')))
+            return _Scan(entries)
+
+        self.patch('novalxcdriver.diskimage.os.scandir', side_effect=scandir)
+        e = self.assertRaises(exception.DiskImageRefused, self.copy)
+        self.assertIn("entry named '../escape'", str(e))
+        self.assertFalse(os.path.exists(os.path.join(
+            os.path.dirname(self.dest), 'escape')))
+
     def test_hard_links_count_once(self):
         self.file('a', b'x' * 600)
         os.link(os.path.join(self.src, 'a'), os.path.join(self.src, 'b'))
         self.assertEqual(600, self.copy(1000))
+
+
+class _Scan(list):
+    """os.scandir's iterator: a context manager."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 class TarballUntouchedTest(base.TestCase):
