@@ -50,6 +50,7 @@ that). Operators who do not want that accept only tarballs: they refuse
 qcow2 in Glance, or do not upload disk images.
 """
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -446,14 +447,19 @@ def unpack(image_path, kind, disk_format, workdir, dest, max_bytes,
             probed.append((part, fs, None))
             continue
         try:
-            with _mounted(raw, part, fs, mnt):
-                has_init = bool(is_root(mnt))
+            _mount(raw, part, fs, mnt)
         except exception.MountFailed as e:
             if isinstance(e, exception.MountBusy):
                 raise
+            # A damaged filesystem: named in the refusal if no other
+            # partition is the root.
             probed.append((part, '%s (cannot be mounted: %s)' % (
                 fs, e.kwargs.get('reason')), None))
             continue
+        try:
+            has_init = bool(is_root(mnt))
+        finally:
+            mount.unmount(mnt)
         probed.append((part, fs, has_init))
     root = choose_root(probed, root_partition)
     fs = [f for p, f, _ in probed if p == root][0]
@@ -501,36 +507,38 @@ def _convert(source, dest, max_bytes):
                          **CONVERT_LIMITS)
 
 
-class _mounted:
-    """Attach part of raw read-only, mount it on mnt; undo both at exit.
+def _mount(raw, part, fs, mnt):
+    """Attach part of raw as a read-only loop device, mount it on mnt.
 
     The loop device is detached right after the mount (it then goes with
-    the unmount, loop(4) autoclear), or at once if the mount fails.
+    the unmount, loop(4) autoclear), or at once if the mount fails; if
+    that detach fails, the mount is undone too.
+
+    :raises MountFailed: mount(2) failed (nothing is left).
+    :raises CommandFailed: losetup failed (nothing is left).
     """
-
-    def __init__(self, raw, part, fs, mnt):
-        self._args = (raw, part, fs, mnt)
-
-    def __enter__(self):
-        raw, part, fs, mnt = self._args
-        device = lxc.attach_loop(raw, offset=part.offset, size=part.size,
-                                 read_only=True)
-        try:
-            mount.readonly(device, mnt, fs, MOUNT_OPTIONS[fs])
-        except BaseException:
-            with excutils.save_and_reraise_exception():
-                lxc.detach_loop(device)
-        try:
+    device = lxc.attach_loop(raw, offset=part.offset, size=part.size,
+                             read_only=True)
+    try:
+        mount.readonly(device, mnt, fs, MOUNT_OPTIONS[fs])
+    except BaseException:
+        with excutils.save_and_reraise_exception():
             lxc.detach_loop(device)
-        except BaseException:
-            # The with block will not run, nor its exit.
-            with excutils.save_and_reraise_exception():
-                mount.unmount(mnt)
-        return mnt
+    try:
+        lxc.detach_loop(device)
+    except BaseException:
+        with excutils.save_and_reraise_exception():
+            mount.unmount(mnt)
 
-    def __exit__(self, *exc):
-        mount.unmount(self._args[3])
-        return False
+
+@contextlib.contextmanager
+def _mounted(raw, part, fs, mnt):
+    """_mount for the with block; unmounted at its end, whatever happens."""
+    _mount(raw, part, fs, mnt)
+    try:
+        yield mnt
+    finally:
+        mount.unmount(mnt)
 
 
 def release(workdir):

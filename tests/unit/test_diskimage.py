@@ -393,6 +393,15 @@ class UnpackTest(_HostTest):
         self.assertEqual(1, len(self.mounted))
         self.assertEqual(1, self.mount.unmount.call_count)
 
+    def test_probe_unmounted_even_when_is_root_fails(self):
+        def is_root(mnt):
+            raise OSError(errno.EIO, 'I/O error')
+
+        self.is_root = is_root
+        self.assertRaises(OSError, self.unpack, self.disk())
+        self.copy.assert_not_called()
+        self.assert_undone()
+
     def test_property_names_the_partition(self):
         self.roots = {'/dev/loop-at-%d' % MiB, '/dev/loop-at-%d' % (3 * MiB)}
         self.unpack(self.disk(fs1='ext4'), root_partition='1')
