@@ -46,8 +46,8 @@ what a crashed process left in its work directory.
 Mounting a filesystem image runs the host kernel's filesystem driver on
 data a user wrote: the driver must be trusted to survive a crafted
 filesystem (the read-only loop device and mount options do not change
-that). Operators who do not want that accept only tarballs: they refuse
-qcow2 in Glance, or do not upload disk images.
+that). Operators who do not want that set ``[lxc] disk_images = false``
+(images.py then refuses disk images; only tarballs boot).
 """
 
 import contextlib
