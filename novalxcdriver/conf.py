@@ -41,7 +41,20 @@ lxc_opts = [
     cfg.IntOpt('image_max_unpacked_gib', default=32, min=1,
                help='Largest total size, in GiB, of the files in one '
                     'unpacked image; a larger archive (or a compression '
-                    'bomb) is refused.'),
+                    'bomb) is refused. Also the largest virtual size of '
+                    'a qcow2 image, whose raw conversion (sparse) takes '
+                    'up to that much space in the image cache while its '
+                    'root partition is copied.'),
+    cfg.BoolOpt('disk_images', default=True,
+                help='Boot disk images (qcow2, and raw images holding a '
+                     'partition table or a filesystem) besides root '
+                     'filesystem tarballs: each host converts one once and '
+                     'copies its root partition\'s files (needs qemu-img, '
+                     'Debian package qemu-utils, for qcow2). This mounts, '
+                     'read-only, a filesystem a user wrote, which the '
+                     'host kernel\'s filesystem driver must survive. False '
+                     'refuses them (and drops the COMPUTE_IMAGE_TYPE_QCOW2 '
+                     'trait): only tarballs boot.'),
     cfg.IntOpt('pids_max', default=4096, min=16,
                help='Most tasks (processes and threads) one container may '
                     'run at once (pids cgroup), so a fork bomb stops there. '

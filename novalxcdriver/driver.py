@@ -37,6 +37,7 @@ from novalxcdriver import conf
 from novalxcdriver import configdrive
 from novalxcdriver import container as container_mod
 from novalxcdriver import diagnostics
+from novalxcdriver import diskimage
 from novalxcdriver import events
 from novalxcdriver import exception
 from novalxcdriver import host as host_mod
@@ -80,8 +81,12 @@ class LXCDriver(driver.ComputeDriver):
 
     capabilities = dict(
         driver.ComputeDriver.capabilities,
-        # Images are rootfs tarballs uploaded as disk_format=raw.
+        # Images are rootfs tarballs (disk_format=raw) or disk images,
+        # raw or qcow2, whose root partition's tree is copied once per
+        # host (diskimage.py). Nova turns these into COMPUTE_IMAGE_TYPE_*
+        # traits; the other formats (vmdk, iso, ami, ...) stay False.
         supports_image_type_raw=True,
+        supports_image_type_qcow2=True,
         # manage_image_cache prunes the unpacked image cache.
         has_imagecache=True,
         supports_evacuate=False,
@@ -101,7 +106,12 @@ class LXCDriver(driver.ComputeDriver):
         self._lxc_path = CONF.lxc.lxc_path
         self._state_path = CONF.lxc.state_path
         self._images = images.ImageCache(
-            self._state_path, CONF.lxc.image_max_unpacked_gib * units.Gi)
+            self._state_path, CONF.lxc.image_max_unpacked_gib * units.Gi,
+            disk_images=CONF.lxc.disk_images)
+        if not CONF.lxc.disk_images:
+            # Honest traits: no COMPUTE_IMAGE_TYPE_QCOW2 for the scheduler.
+            self.capabilities = dict(self.capabilities,
+                                     supports_image_type_qcow2=False)
         self._records = record_mod.RecordStore(self._state_path)
         self._ids = None
         self._watcher = None
@@ -688,29 +698,47 @@ class LXCDriver(driver.ComputeDriver):
                    image_meta.container_format,
                    image_meta.obj_attr_is_set('disk_format') and
                    image_meta.disk_format)
-        if formats != ('bare', 'raw'):
+        accepted = [('bare', 'raw')]
+        if CONF.lxc.disk_images:
+            accepted.append(('bare', 'qcow2'))
+        if formats not in accepted:
             raise nova_exc.ImageUnacceptable(
                 image_id=image_id,
                 reason='novalxcdriver boots root filesystem tarballs '
-                       'uploaded with container_format=bare and '
-                       'disk_format=raw, not %s/%s' % formats)
+                       '(container_format=bare, disk_format=raw)%s, not '
+                       '%s/%s' % ((' and disk images (bare, raw or qcow2)'
+                                   if CONF.lxc.disk_images else ''),
+                                  *(f or '(unset)' for f in formats)))
 
         try:
-            return self._fetched_image(context, image_id)
+            return self._fetched_image(context, image_id, formats[1],
+                                       instance)
         except exception.ImageUnpackError as e:
             raise nova_exc.ImageUnacceptable(image_id=image_id,
                                              reason=str(e))
 
-    def _fetched_image(self, context, image_id):
+    def _fetched_image(self, context, image_id, disk_format=None,
+                       instance=None):
         """images.CachedImage of image_id, fetched from Glance if missing.
 
+        :param disk_format: Glance's, or None (the content decides).
+        :param instance: when image_id is its image, its image properties
+            (Nova keeps them as ``image_<name>`` system metadata; Nova's
+            ImageMeta drops names it does not know) name a disk image's
+            root partition.
         :raises ImageNotFound: Glance has no such image.
-        :raises ImageUnpackError: it is not a usable rootfs archive.
+        :raises ImageUnpackError: it is not a usable rootfs archive or
+            disk image.
         """
         def fetch(dest_path):
             nova_images.fetch(context, image_id, dest_path)
 
-        return self._images.get(image_id, fetch)
+        root_partition = None
+        if (instance is not None and instance.image_ref == image_id and
+                instance.obj_attr_is_set('system_metadata')):
+            root_partition = instance.system_metadata.get(
+                'image_' + diskimage.ROOT_PARTITION_PROPERTY)
+        return self._images.get(image_id, fetch, disk_format, root_partition)
 
     def destroy(self, context, instance, network_info, block_device_info=None,
                 destroy_disks=True, destroy_secrets=True):
@@ -829,7 +857,8 @@ class LXCDriver(driver.ComputeDriver):
         if replacement is not None:
             image_id = replacement.image_id
         try:
-            image = self._fetched_image(context, image_id)
+            image = self._fetched_image(context, image_id,
+                                        instance=instance)
         except (nova_exc.ImageNotFound, exception.ImageUnpackError) as e:
             LOG.error('Cannot assemble the root of %s: %s', c.name, e,
                       instance=instance)

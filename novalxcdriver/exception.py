@@ -84,6 +84,12 @@ class ArchiveError(NovaLXCError):
     msg_fmt = 'archive refused: %(reason)s'
 
 
+class DiskImageRefused(NovaLXCError):
+    """A disk image (qcow2, raw with a partition table) cannot be a rootfs."""
+
+    msg_fmt = 'disk image refused: %(reason)s'
+
+
 class ContainerExists(NovaLXCError):
     """A container directory that this instance did not make is in the way."""
 

@@ -1,10 +1,18 @@
 """The per-host Glance image cache: one download and one unpack per image.
 
+An image is a root filesystem tarball (tarball.py) or a disk image, qcow2
+or raw with a partition table or a bare filesystem (diskimage.py, which
+converts it and copies its root partition's tree); its content says
+which, and must agree with Glance's disk_format. Either way the entry is
+the same directory tree.
+
 Layout under ``<state_path>/images``::
 
     <image_id>/rootfs/      the unpacked root filesystem (never written again)
     <image_id>/image.json   written last: its presence marks the entry complete
-    .partial-<image_id>-*   a download or unpack in progress (or crashed)
+    .partial-<image_id>-*   a download or unpack in progress (or crashed);
+                            a disk image's raw copy and mount point go
+                            there too
     .corrupt-<image_id>-*   an entry found damaged, moved aside
 
 Concurrent boots of a new image, in threads or in other driver processes on
@@ -37,8 +45,10 @@ import uuid
 
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
+from oslo_utils import excutils
 from oslo_utils import uuidutils
 
+from novalxcdriver import diskimage
 from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import host
@@ -76,12 +86,15 @@ class ImageCache:
 
     :param state_path: the driver's state directory ([lxc] state_path).
     :param max_bytes: largest unpacked image, in bytes.
+    :param disk_images: whether disk images are converted ([lxc]
+        disk_images); False refuses them.
     """
 
-    def __init__(self, state_path, max_bytes):
+    def __init__(self, state_path, max_bytes, disk_images=True):
         self.path = os.path.join(state_path, 'images')
         self._lock_path = os.path.join(state_path, 'locks')
         self._max_bytes = max_bytes
+        self._disk_images = disk_images
 
     def _entry(self, image_id):
         if not uuidutils.is_uuid_like(image_id):
@@ -164,16 +177,21 @@ class ImageCache:
                     'their root is mounted again.',
                     {'entry': entry, 'why': why, 'aside': aside})
 
-    def get(self, image_id, fetch):
+    def get(self, image_id, fetch, disk_format=None, root_partition=None):
         """Return the cached image, fetching and unpacking it if needed.
 
         A damaged entry is moved aside (see lookup) and fetched again.
 
         :param fetch: callable(dest_path) writing the image's bytes to
             dest_path (the driver wraps nova.virt.images.fetch).
+        :param disk_format: Glance's disk_format ('raw', 'qcow2'), which
+            the content must match; None when unknown (the content
+            decides).
+        :param root_partition: a disk image's root partition number
+            (diskimage.ROOT_PARTITION_PROPERTY), or None to find it.
 
         :raises ImageUnpackError: the image is not a usable rootfs archive
-            (nothing of it stays in the cache).
+            or disk image (nothing of it stays in the cache).
         """
         entry = self._entry(image_id)
         # Stamp first: a prune that runs from now on sees the entry in use.
@@ -189,7 +207,8 @@ class ImageCache:
             cached = self._lookup_locked(image_id)
             if cached:
                 return cached
-            return self._populate(image_id, fetch)
+            return self._populate(image_id, fetch, disk_format,
+                                  root_partition)
 
     def _lock(self, image_id):
         return lockutils.lock('novalxc-image-' + image_id, external=True,
@@ -239,7 +258,7 @@ class ImageCache:
             removed.append(image_id)
         return removed
 
-    def _populate(self, image_id, fetch):
+    def _populate(self, image_id, fetch, disk_format, root_partition):
         entry = self._entry(image_id)
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         # The pid tells remove_partials whose unpack it is.
@@ -247,22 +266,24 @@ class ImageCache:
             prefix='%s%s-%d-' % (_PARTIAL, image_id, os.getpid()),
             dir=self.path)
         try:
-            archive = os.path.join(partial, 'archive')
+            archive = os.path.join(partial, diskimage.FETCHED_FILE)
             fetch(archive)
             rootfs = os.path.join(partial, 'rootfs')
             os.mkdir(rootfs)
             try:
-                size = tarball.unpack_rootfs(archive, rootfs, self._max_bytes)
-            except (exception.ArchiveError,
-                    exception.UnsafeArchiveMember) as e:
+                size = self._unpack(archive, partial, rootfs, disk_format,
+                                    root_partition)
+            except (exception.ArchiveError, exception.UnsafeArchiveMember,
+                    exception.DiskImageRefused) as e:
                 raise exception.ImageUnpackError(image_id=image_id,
                                                  reason=str(e))
-            os.unlink(archive)
+            if os.path.exists(archive):
+                os.unlink(archive)
             init_system = detect_init(rootfs)
             if init_system is None:
                 raise exception.ImageUnpackError(
                     image_id=image_id,
-                    reason='no /sbin/init in the archive: not a root '
+                    reason='no /sbin/init in the image: not a root '
                            'filesystem')
             # The files reach the disk before the marker says they are
             # there: one syncfs(2) rather than an fsync(2) per file.
@@ -272,14 +293,48 @@ class ImageCache:
                                       'size': size}), mode=0o644)
             os.rename(partial, entry)
         except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
+            with excutils.save_and_reraise_exception():
+                self._discard(partial)
         # The rename, too (rename(2) is durable once its directory is).
         durable.fsync_dir(self.path)
         LOG.info('Image %s cached: %d bytes, %s init', image_id, size,
                  init_system)
         return CachedImage(image_id, os.path.join(entry, 'rootfs'),
                            init_system, size)
+
+    def _unpack(self, archive, partial, rootfs, disk_format,
+                root_partition):
+        """Unpack the fetched image into rootfs; the bytes of its files.
+
+        :raises ArchiveError, UnsafeArchiveMember: a bad tarball.
+        :raises DiskImageRefused: a bad disk image, or content that is
+            not what disk_format says.
+        """
+        kind = diskimage.classify_file(archive)
+        if kind in (diskimage.QCOW2, diskimage.DISK):
+            if not self._disk_images:
+                raise exception.DiskImageRefused(
+                    reason='this host boots root filesystem tarballs only '
+                           '([lxc] disk_images = false)')
+            return diskimage.unpack(
+                archive, kind, disk_format, partial, rootfs, self._max_bytes,
+                lambda root: detect_init(root) is not None, root_partition)
+        if disk_format not in (None, 'raw'):
+            diskimage.check_format(kind, disk_format)
+        return tarball.unpack_rootfs(archive, rootfs, self._max_bytes)
+
+    @staticmethod
+    def _discard(partial):
+        """Remove a failed unpack's partial.
+
+        It is kept while it has a mount (remove_partials retries).
+        """
+        try:
+            diskimage.release(partial)
+        except exception.MountFailed as e:
+            LOG.error('%s is kept: %s', partial, e)
+            return
+        shutil.rmtree(partial, ignore_errors=True)
 
     def remove_partials(self):
         """Delete crash leftovers and entries moved aside as damaged.
@@ -299,6 +354,12 @@ class ImageCache:
                 fields = name[len(_PARTIAL):].split('-')
                 if len(fields) > 5 and fields[5].isdigit() and \
                         host.process_alive(int(fields[5])):
+                    continue
+                try:
+                    # A disk image's mount and loop devices (diskimage).
+                    diskimage.release(os.path.join(self.path, name))
+                except exception.MountFailed as e:
+                    LOG.warning('%s is not deleted: %s', name, e)
                     continue
             elif not name.startswith(_CORRUPT):
                 continue

@@ -3,8 +3,9 @@
 Every lxc-* tool (and the ``unshare`` that holds a user namespace open for an
 idmapped mount or runs a snapshot's find and tar as the container's root,
 and the ip, ethtool, nsenter and ovs-vsctl commands that wire NICs, and
-mkfs, losetup and cp) is started here with an argv list, never through a
-shell, with a timeout. Failures become :class:`exception.CommandFailed` or
+mkfs, losetup, cp and qemu-img) is started here with an argv list, never
+through a shell, with a timeout (qemu-img also under resource limits).
+Failures become :class:`exception.CommandFailed` or
 :class:`exception.CommandTimedOut`, which carry the command, exit code and
 stderr. Option meanings follow the LXC 5 man pages (lxc-start(1),
 lxc-stop(1), lxc-info(1), lxc-ls(1), lxc-freeze(1)).
@@ -29,19 +30,22 @@ STATES = ('STOPPED', 'STARTING', 'RUNNING', 'STOPPING', 'ABORTING',
           'FREEZING', 'FROZEN', 'THAWED')
 
 
-def execute(*argv, timeout=None, check_exit_code=0):
+def execute(*argv, timeout=None, check_exit_code=0, prlimit=None):
     """Run argv (no shell) and return (stdout, stderr) as text.
 
     :param timeout: seconds; defaults to ``[lxc] command_timeout``.
-    :raises CommandFailed: on an exit code not in check_exit_code.
+    :param prlimit: processutils.ProcessLimits for the command, or None.
+    :raises CommandFailed: on an exit code not in check_exit_code (-9
+        when a prlimit's CPU time ran out).
     :raises CommandTimedOut: the command was killed after ``timeout``.
     """
     timeout = CONF.lxc.command_timeout if timeout is None else timeout
     procs = []
+    extra = {'prlimit': prlimit} if prlimit is not None else {}
     try:
         return processutils.execute(*argv, timeout=timeout,
                                     check_exit_code=check_exit_code,
-                                    on_execute=procs.append)
+                                    on_execute=procs.append, **extra)
     except subprocess.TimeoutExpired:
         # processutils leaves the child running on a timeout.
         for proc in procs:
@@ -186,15 +190,60 @@ def states(lxc_path):
     return result
 
 
-def attach_loop(path):
-    """Attach path to a free loop device (losetup(8)); return its path."""
-    out, _err = execute('losetup', '--find', '--show', path)
+def attach_loop(path, offset=None, size=None, read_only=False):
+    """Attach path to a free loop device (losetup(8)); return its path.
+
+    :param offset: bytes into path where the device starts (--offset).
+    :param size: bytes the device shows (--sizelimit).
+    :param read_only: the device refuses writes (--read-only).
+    """
+    argv = ['losetup', '--find', '--show']
+    if offset is not None:
+        argv += ['--offset', str(offset)]
+    if size is not None:
+        argv += ['--sizelimit', str(size)]
+    if read_only:
+        argv.append('--read-only')
+    out, _err = execute(*argv, path)
     return out.strip()
 
 
 def detach_loop(device):
     """Detach a loop device; a mounted one goes when it is unmounted."""
     execute('losetup', '--detach', device)
+
+
+# -- disk images: qemu-img(1) --
+
+def qemu_img_info(path, fmt, cpu_time, address_space):
+    """``qemu-img info --output=json`` of path read as fmt (never probed).
+
+    :param cpu_time: seconds of CPU the command may use (prlimit).
+    :param address_space: bytes of address space it may map (prlimit).
+    :returns: the JSON text.
+    """
+    out, _err = execute(
+        'env', 'LC_ALL=C', 'LANG=C', 'qemu-img', 'info', '-f', fmt,
+        '--output=json', path,
+        prlimit=processutils.ProcessLimits(cpu_time=cpu_time,
+                                           address_space=address_space))
+    return out
+
+
+def qemu_img_convert(source, dest, in_fmt, out_fmt, timeout, cpu_time,
+                     address_space):
+    """``qemu-img convert -f in_fmt -O out_fmt source dest``.
+
+    A raw dest is sparse where the source has no data.
+
+    :param timeout: seconds of wall time.
+    :param cpu_time: seconds of CPU the command may use (prlimit).
+    :param address_space: bytes of address space it may map (prlimit).
+    """
+    execute('env', 'LC_ALL=C', 'LANG=C', 'qemu-img', 'convert', '-f',
+            in_fmt, '-O', out_fmt, source, dest, timeout=timeout,
+            prlimit=processutils.ProcessLimits(cpu_time=cpu_time,
+                                               address_space=address_space))
 
 
 def start_daemon(argv, log_path, pass_fds=()):

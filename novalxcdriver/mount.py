@@ -40,6 +40,7 @@ _MNT_DETACH = 2  # sys/mount.h
 _MS_RDONLY = 1  # sys/mount.h
 _MS_NOSUID = 2
 _MS_NODEV = 4
+_MS_NOEXEC = 8
 
 # Processes a MountBusy message names at most.
 _MAX_NAMED = 10
@@ -134,6 +135,24 @@ def block_device(device, target, fstype):
     """
     _check(_libc.mount(os.fsencode(device), os.fsencode(target),
                        fstype.encode(), _MS_NODEV, None),
+           '%s %s' % (fstype, device), target)
+
+
+def readonly(device, target, fstype, options):
+    """Mount device's fstype filesystem on target: ro, nosuid, nodev, noexec.
+
+    For reading a filesystem the host does not trust (a disk image's):
+    nothing on it runs or opens a device from the host's side.
+
+    :param fstype: the kernel's filesystem name ('ext4', 'xfs', 'btrfs').
+    :param options: the filesystem's mount data (mount(8)
+        "FILESYSTEM-SPECIFIC MOUNT OPTIONS"), e.g. 'noload'.
+    :raises MountFailed: mount(2) failed.
+    """
+    _check(_libc.mount(os.fsencode(device), os.fsencode(target),
+                       fstype.encode(),
+                       _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+                       options.encode()),
            '%s %s' % (fstype, device), target)
 
 

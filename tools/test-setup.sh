@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 host to run novalxcdriver's tests (as root): LXC and
-# uidmap tools, debootstrap and busybox for test images, lxcfs, gcc for the
+# uidmap tools, debootstrap and busybox for test images, qemu-img and sfdisk
+# for disk image tests (qcow2, partitioned raw), lxcfs, gcc for the
 # hardening suite's static helper, subordinate id ranges for root, and tox.
 # Idempotent.
 set -euo pipefail
@@ -14,7 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     lxc uidmap debootstrap busybox-static lxcfs zstd xz-utils bzip2 \
-    btrfs-progs \
+    btrfs-progs qemu-utils fdisk \
     attr ca-certificates git iproute2 ethtool openvswitch-switch \
     gcc libc6-dev >/dev/null
 

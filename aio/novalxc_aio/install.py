@@ -18,6 +18,8 @@ PACKAGES = (
     'lxc', 'uidmap', 'lxcfs', 'debootstrap', 'busybox-static', 'zstd',
     # Root disks (the driver's default [lxc] root_disk_fs).
     'btrfs-progs',
+    # qemu-img, for qcow2 images (the driver's diskimage.py).
+    'qemu-utils',
     # Database and message bus.
     'mariadb-server', 'mariadb-client', 'rabbitmq-server',
     # Neutron's ML2/OVN data plane and what its agents call.

@@ -243,13 +243,23 @@ class BadImageTest(base.FunctionalTestCase):
             f.write(data)
         return self.add_image(path)
 
-    def test_qcow2_refused(self):
+    def test_qcow2_uploaded_as_raw_refused(self):
+        # Content and Glance's disk_format must agree (diskimage.py).
         self._assert_refused(self._file_image(b'QFI\xfb' + b'\0' * 4096),
+                             'disk_format=raw but its content is a qcow2')
+
+    def test_tarball_uploaded_as_qcow2_refused(self):
+        self._assert_refused(self.busybox_image(),
+                             'disk_format=qcow2 but its content is a rootfs '
+                             'tarball', disk_format='qcow2')
+
+    def test_unknown_content_refused(self):
+        self._assert_refused(self._file_image(b'KDMV' + b'\0' * 4096),
                              'not a tar archive')
 
     def test_wrong_disk_format_refused(self):
         self._assert_refused(self.busybox_image(), 'disk_format=raw',
-                             disk_format='qcow2')
+                             disk_format='vmdk')
 
     def test_hostile_member_refused(self):
         path = os.path.join(self.useFixture(base.fixtures.TempDir()).path,

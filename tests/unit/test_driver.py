@@ -233,8 +233,10 @@ class CapabilitiesTest(base.BaseTestCase):
                     'supports_bfv_rescue',
                     'supports_extend_volume',
                     'supports_device_tagging', 'supports_vtpm',
-                    'supports_image_type_qcow2', 'supports_image_type_iso',
-                    'supports_image_type_vmdk', 'supports_image_type_ami'):
+                    'supports_image_type_iso', 'supports_image_type_vmdk',
+                    'supports_image_type_ami', 'supports_image_type_vhd',
+                    'supports_image_type_vhdx', 'supports_image_type_ploop',
+                    'supports_image_type_aki', 'supports_image_type_ari'):
             self.assertIs(False, caps[key], key)
 
     def test_every_nova_capability_listed(self):
@@ -242,9 +244,12 @@ class CapabilitiesTest(base.BaseTestCase):
         for key in nova_driver.ComputeDriver.capabilities:
             self.assertIn(key, caps)
             self.assertIsInstance(caps[key], bool, key)
-        self.assertEqual(['supports_image_type_raw'],
-                         [k for k, v in caps.items()
-                          if k.startswith('supports_image_type_') and v])
+        # Tarballs and disk images are raw; qcow2 is converted
+        # (diskimage.py).
+        self.assertEqual(['supports_image_type_qcow2',
+                          'supports_image_type_raw'],
+                         sorted(k for k, v in caps.items()
+                                if k.startswith('supports_image_type_') and v))
 
 
 class InitHostTest(_Base):
@@ -495,13 +500,88 @@ class SpawnTest(_Base):
         self.assertEqual(1, self.drv._ids.find(UUID2))
 
     def test_image_formats_refused_before_anything(self):
-        for formats in (('bare', 'qcow2'), ('ovf', 'raw'), ('bare', None),
-                        (None, 'raw'), ('docker', 'raw')):
+        for formats in (('ovf', 'raw'), ('bare', None), ('bare', 'vmdk'),
+                        ('bare', 'iso'), ('ami', 'ami'), ('bare', 'vhd'),
+                        (None, 'raw'), ('docker', 'raw'), ('ovf', 'qcow2')):
             e = self.assertRaises(nova_exc.ImageUnacceptable, self.spawn,
                                   self.instance(),
                                   self.image_meta(*formats))
             self.assertIn(IMAGE_ID, str(e))
+            self.assertIn('not %s/%s' % tuple(f or '(unset)'
+                                              for f in formats), str(e))
         self.fetch.assert_not_called()
+        self.assert_nothing_created()
+
+    def test_qcow2_goes_to_the_cache_with_its_format(self):
+        get = self.patch_object(self.drv._images, 'get',
+                                side_effect=exception.ImageUnpackError(
+                                    image_id=IMAGE_ID, reason='no init'))
+        e = self.assertRaises(nova_exc.ImageUnacceptable, self.spawn,
+                              self.instance(),
+                              self.image_meta('bare', 'qcow2'))
+        self.assertIn('no init', str(e))
+        self.assertEqual((IMAGE_ID, mock.ANY, 'qcow2', None),
+                         get.call_args.args)
+        self.assert_nothing_created()
+
+    def test_root_partition_property_read_from_system_metadata(self):
+        # Nova's ImageMeta drops properties it does not know; Nova keeps
+        # every image property as image_<name> system metadata.
+        get = self.patch_object(self.drv._images, 'get',
+                                side_effect=exception.ImageUnpackError(
+                                    image_id=IMAGE_ID, reason='x'))
+        instance = self.instance()
+        instance.image_ref = IMAGE_ID
+        instance.system_metadata = {'image_novalxc_root_partition': '3'}
+        self.assertRaises(nova_exc.ImageUnacceptable, self.spawn, instance,
+                          self.image_meta('bare', 'raw'))
+        self.assertEqual((IMAGE_ID, mock.ANY, 'raw', '3'),
+                         get.call_args.args)
+        # Another image (a rescue image) does not take the instance's.
+        instance.image_ref = UUID2
+        self.assertRaises(nova_exc.ImageUnacceptable, self.spawn, instance,
+                          self.image_meta('bare', 'raw'))
+        self.assertEqual((IMAGE_ID, mock.ANY, 'raw', None),
+                         get.call_args.args)
+
+    def test_disk_images_off_refuses_qcow2_and_drops_the_trait(self):
+        self.cfg.config(group='lxc', disk_images=False)
+        drv = driver.LXCDriver(self.virtapi)
+        self.assertIs(False, drv.capabilities['supports_image_type_qcow2'])
+        self.assertIs(True, driver.LXCDriver.capabilities[
+            'supports_image_type_qcow2'])
+        self.assertNotIn('COMPUTE_IMAGE_TYPE_QCOW2',
+                         [t for t, v in drv.capabilities_as_traits().items()
+                          if v])
+        self.drv = drv
+        e = self.assertRaises(nova_exc.ImageUnacceptable, self.spawn,
+                              self.instance(),
+                              self.image_meta('bare', 'qcow2'))
+        self.assertIn('tarballs (container_format=bare, disk_format=raw), '
+                      'not bare/qcow2', str(e))
+        self.fetch.assert_not_called()
+
+    def test_refetch_for_a_hard_reboot_lets_the_content_decide(self):
+        # No image_meta there: Glance's format is unknown, the content
+        # says what it is; the property comes from the instance.
+        get = self.patch_object(self.drv._images, 'get')
+        instance = self.instance()
+        instance.image_ref = IMAGE_ID
+        instance.system_metadata = {'image_novalxc_root_partition': '1'}
+        self.drv._fetched_image(self.context, IMAGE_ID, instance=instance)
+        self.assertEqual((IMAGE_ID, mock.ANY, None, '1'),
+                         get.call_args.args)
+
+    def test_qcow2_content_in_a_raw_image_refused(self):
+        def qcow2(ctx, image_id, dest):
+            with open(dest, 'wb') as f:
+                f.write(b'QFI\xfb' + b'\0' * 508)
+
+        self.fetch.side_effect = qcow2
+        e = self.assertRaises(nova_exc.ImageUnacceptable, self.spawn,
+                              self.instance(),
+                              self.image_meta('bare', 'raw'))
+        self.assertIn('disk_format=raw but its content is a qcow2', str(e))
         self.assert_nothing_created()
 
     def test_unusable_image_refused(self):
@@ -2152,7 +2232,7 @@ class RebuildTest(_Base):
 
     def test_image_format_refused_untouched(self):
         meta = self.other_image()
-        meta.disk_format = 'qcow2'
+        meta.disk_format = 'vmdk'
         self.assertRaises(nova_exc.ImageUnacceptable, self.rebuild, meta)
         self.assert_untouched()
         self.fetch.assert_not_called()

@@ -2,6 +2,7 @@
 
 import contextlib
 import errno
+import functools
 import io
 import json
 import logging
@@ -15,10 +16,12 @@ import time
 import fixtures
 from oslotest import base
 
+from novalxcdriver import diskimage
 from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import images
 
+REAL_UNPACK = diskimage.unpack
 IMAGE_ID = '3e1c7a52-52a4-4bd0-8d3c-6f9f5d2b8a11'
 OTHER_ID = 'c0ffee00-1111-4222-8333-444455556666'
 BUSYBOX = b'\x7fELF fake busybox\n'
@@ -186,7 +189,7 @@ class DetectInitTest(_Tree):
         self.assertIsNone(images.detect_init(self.root))
 
 
-class ImageCacheTest(base.BaseTestCase):
+class _CacheTest(base.BaseTestCase):
 
     def setUp(self):
         super().setUp()
@@ -210,6 +213,9 @@ class ImageCacheTest(base.BaseTestCase):
             return sorted(os.listdir(self.cache.path))
         except FileNotFoundError:
             return []
+
+
+class ImageCacheTest(_CacheTest):
 
     def test_first_get_fetches_and_unpacks(self):
         image = self.cache.get(IMAGE_ID, self.fetch)
@@ -646,3 +652,165 @@ class PruneTest(base.BaseTestCase):
         self.assertEqual(2, len(entries))
         self.assertEqual(IMAGE_ID, entries[1])
         self.assertTrue(entries[0].startswith('.corrupt-' + OTHER_ID))
+
+
+class DiskImageCacheTest(_CacheTest):
+    """Disk images go through diskimage.unpack inside the cache's rules."""
+
+    def setUp(self):
+        super().setUp()
+        self.unpacks = []
+        self.unpack = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.diskimage.unpack',
+            side_effect=self._unpack)).mock
+        self.release = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.diskimage.release')).mock
+
+    def _unpack(self, image_path, kind, disk_format, workdir, dest,
+                max_bytes, is_root, root_partition, with_init=True):
+        self.unpacks.append(image_path)
+        os.makedirs(os.path.join(dest, 'bin'))
+        with open(os.path.join(dest, 'bin', 'busybox'), 'wb') as f:
+            f.write(BUSYBOX)
+        os.chmod(os.path.join(dest, 'bin', 'busybox'), 0o755)
+        if with_init:
+            os.makedirs(os.path.join(dest, 'sbin'))
+            os.symlink('/bin/busybox', os.path.join(dest, 'sbin', 'init'))
+        return len(BUSYBOX)
+
+    def fetch_qcow2(self, dest, delay=0):
+        with self.fetch_lock:
+            self.fetches.append(dest)
+        if delay:
+            time.sleep(delay)
+        with open(dest, 'wb') as f:
+            f.write(b'QFI\xfb' + b'\0' * 1020)
+
+    def test_qcow2_unpacked_by_diskimage_in_the_partial(self):
+        image = self.cache.get(IMAGE_ID, self.fetch_qcow2, 'qcow2', '2')
+        self.assertEqual('busybox', image.init_system)
+        self.assertEqual(len(BUSYBOX), image.size)
+        args = self.unpack.call_args.args
+        partial = os.path.dirname(args[0])
+        self.assertTrue(os.path.basename(partial).startswith(
+            '.partial-' + IMAGE_ID))
+        self.assertEqual((diskimage.QCOW2, 'qcow2', partial,
+                          os.path.join(partial, 'rootfs'), 64 * 1024 * 1024),
+                         args[1:6])
+        self.assertEqual('2', args[7])
+        # is_root is detect_init's answer.
+        self.assertFalse(args[6](self.state))
+        self.assertEqual([IMAGE_ID], self.cache_entries())
+        self.assertEqual(['image.json', 'rootfs'], sorted(os.listdir(
+            os.path.join(self.cache.path, IMAGE_ID))))
+
+    def test_concurrent_boots_convert_once(self):
+        barrier = threading.Barrier(4)
+        results, errors = [], []
+
+        def worker():
+            try:
+                barrier.wait()
+                results.append(self.cache.get(
+                    IMAGE_ID, lambda d: self.fetch_qcow2(d, delay=0.05),
+                    'qcow2'))
+            except Exception as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        self.assertEqual([], errors)
+        self.assertEqual(1, len(self.fetches))
+        self.assertEqual(1, len(self.unpacks))
+        self.assertEqual(1, len(set(results)))
+
+    def test_refused_disk_image_leaves_nothing(self):
+        self.unpack.side_effect = exception.DiskImageRefused(
+            reason='no partition holds a Linux root filesystem')
+        e = self.assertRaises(exception.ImageUnpackError, self.cache.get,
+                              IMAGE_ID, self.fetch_qcow2, 'qcow2')
+        self.assertIn('no partition holds a Linux root', str(e))
+        self.assertIn(IMAGE_ID, str(e))
+        self.assertEqual([], self.cache_entries())
+        # Its mount and loop devices were undone before the removal.
+        self.assertEqual(1, self.release.call_count)
+        self.assertTrue(os.path.basename(
+            self.release.call_args.args[0]).startswith('.partial-'))
+
+    def test_partial_kept_while_its_mount_cannot_be_undone(self):
+        self.unpack.side_effect = OSError(errno.EIO, 'I/O error')
+        self.release.side_effect = exception.MountBusy(target='mnt',
+                                                       holders='pid 1')
+        self.assertRaises(OSError, self.cache.get, IMAGE_ID,
+                          self.fetch_qcow2, 'qcow2')
+        entries = self.cache_entries()
+        self.assertEqual(1, len(entries))
+        self.assertTrue(entries[0].startswith('.partial-' + IMAGE_ID))
+        self.assertIsNone(self.cache.lookup(IMAGE_ID))
+
+    def test_disk_image_without_init_refused(self):
+        self.unpack.side_effect = functools.partial(self._unpack,
+                                                    with_init=False)
+        e = self.assertRaises(exception.ImageUnpackError, self.cache.get,
+                              IMAGE_ID, self.fetch_qcow2, 'qcow2')
+        self.assertIn('/sbin/init', str(e))
+        self.assertEqual([], self.cache_entries())
+
+    def test_tarball_declared_qcow2_refused(self):
+        e = self.assertRaises(exception.ImageUnpackError, self.cache.get,
+                              IMAGE_ID, self.fetch, 'qcow2')
+        self.assertIn('disk_format=qcow2 but its content is a rootfs '
+                      'tarball', str(e))
+        self.unpack.assert_not_called()
+        self.assertEqual([], self.cache_entries())
+
+    def test_tarball_declared_raw_unpacked_as_before(self):
+        image = self.cache.get(IMAGE_ID, self.fetch, 'raw')
+        self.assertEqual('busybox', image.init_system)
+        self.unpack.assert_not_called()
+
+    def test_qcow2_content_declared_raw_refused_before_any_host_call(self):
+        self.unpack.side_effect = REAL_UNPACK
+        lxc = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.diskimage.lxc')).mock
+        e = self.assertRaises(exception.ImageUnpackError, self.cache.get,
+                              IMAGE_ID, self.fetch_qcow2, 'raw')
+        self.assertIn('disk_format=raw but its content is a qcow2', str(e))
+        self.assertEqual([], lxc.mock_calls)
+        self.assertEqual([], self.cache_entries())
+
+    def test_disk_images_off_refused_whatever_glance_says(self):
+        cache = images.ImageCache(self.state, 64 * 1024 * 1024,
+                                  disk_images=False)
+        for fmt in ('qcow2', None):
+            e = self.assertRaises(exception.ImageUnpackError, cache.get,
+                                  IMAGE_ID, self.fetch_qcow2, fmt)
+            self.assertIn('[lxc] disk_images = false', str(e))
+        self.unpack.assert_not_called()
+        self.assertEqual([], self.cache_entries())
+        # Tarballs still boot.
+        self.assertEqual('busybox', cache.get(IMAGE_ID, self.fetch,
+                                              'raw').init_system)
+
+    def test_remove_partials_releases_dead_partials_first(self):
+        os.makedirs(self.cache.path)
+        child = subprocess.Popen(['true'])
+        child.wait()
+        dead = '.partial-%s-%d-abc123' % (IMAGE_ID, child.pid)
+        busy = '.partial-%s-%d-def456' % (OTHER_ID, child.pid)
+        for name in (dead, busy):
+            os.makedirs(os.path.join(self.cache.path, name, 'mnt'))
+
+        def release(path):
+            if os.path.basename(path) == busy:
+                raise exception.MountBusy(target=path, holders='pid 1')
+
+        self.release.side_effect = release
+        self.assertEqual(1, self.cache.remove_partials())
+        self.assertEqual([busy], self.cache_entries())
+        self.assertEqual(
+            sorted(os.path.join(self.cache.path, n) for n in (dead, busy)),
+            sorted(c.args[0] for c in self.release.call_args_list))

@@ -277,3 +277,43 @@ class NetworkDeviceTest(_MockedExecute):
         e = self.assertRaises(exception.CommandFailed, lxc.create_veth,
                               'tap1', 'nlx1', 'fa:16:3e:00:00:01', 1500)
         self.assertIn('File exists', str(e))
+
+
+class DiskImageArgvTest(_MockedExecute):
+
+    def test_attach_loop_plain(self):
+        self.pe.return_value = ('/dev/loop3\n', '')
+        self.assertEqual('/dev/loop3', lxc.attach_loop('/x/disk'))
+        self.assert_argv(['losetup', '--find', '--show', '/x/disk'])
+
+    def test_attach_loop_partition_read_only(self):
+        self.pe.return_value = ('/dev/loop4\n', '')
+        self.assertEqual('/dev/loop4', lxc.attach_loop(
+            '/x/disk.raw', offset=1048576, size=2097152, read_only=True))
+        self.assert_argv(['losetup', '--find', '--show', '--offset',
+                          '1048576', '--sizelimit', '2097152',
+                          '--read-only', '/x/disk.raw'])
+
+    def test_qemu_img_info_never_probes_and_is_limited(self):
+        self.pe.return_value = ('{"format": "qcow2"}', '')
+        self.assertEqual('{"format": "qcow2"}', lxc.qemu_img_info(
+            '/x/archive', 'qcow2', cpu_time=30, address_space=1 << 30))
+        self.assert_argv(['env', 'LC_ALL=C', 'LANG=C', 'qemu-img', 'info',
+                          '-f', 'qcow2', '--output=json', '/x/archive'])
+        limits = self.pe.call_args.kwargs['prlimit']
+        self.assertEqual((30, 1 << 30),
+                         (limits.cpu_time, limits.address_space))
+
+    def test_qemu_img_convert(self):
+        lxc.qemu_img_convert('/x/archive', '/x/disk.raw', 'qcow2', 'raw',
+                             900, cpu_time=600, address_space=2 << 30)
+        self.assert_argv(['env', 'LC_ALL=C', 'LANG=C', 'qemu-img', 'convert',
+                          '-f', 'qcow2', '-O', 'raw', '/x/archive',
+                          '/x/disk.raw'], timeout=900)
+        limits = self.pe.call_args.kwargs['prlimit']
+        self.assertEqual((600, 2 << 30),
+                         (limits.cpu_time, limits.address_space))
+
+    def test_no_prlimit_unless_asked(self):
+        lxc.execute('true')
+        self.assertNotIn('prlimit', self.pe.call_args.kwargs)

@@ -210,3 +210,23 @@ class SourceTest(base.TestCase):
                 b'rw\n')
         self.patch('builtins.open', mock.mock_open(read_data=data))
         self.assertEqual('/dev/loop4', mount.source('/p'))
+
+
+class ReadonlyTest(base.TestCase):
+
+    def test_flags_and_options(self):
+        libc = self.patch('novalxcdriver.mount._libc')
+        libc.mount.return_value = 0
+        mount.readonly('/dev/loop5', '/c/mnt', 'xfs', 'norecovery,nouuid')
+        # MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+        libc.mount.assert_called_once_with(b'/dev/loop5', b'/c/mnt', b'xfs',
+                                           1 | 2 | 4 | 8,
+                                           b'norecovery,nouuid')
+
+    def test_failure(self):
+        libc = self.patch('novalxcdriver.mount._libc')
+        libc.mount.return_value = -1
+        self.patch('ctypes.get_errno', return_value=errno.EUCLEAN)
+        e = self.assertRaises(exception.MountFailed, mount.readonly,
+                              '/dev/loop5', '/c/mnt', 'ext4', 'noload')
+        self.assertIn('ext4 /dev/loop5', str(e))
