@@ -68,9 +68,9 @@ def busybox_tarball():
     return path
 
 
-def debian_cloud_tarball():
-    """The Debian 12 cloud image's rootfs tarball (built once, cached)."""
-    return _rootfs_images().debian_cloud_tarball()
+def debian_cloud_qcow2():
+    """The Debian 12 cloud image, a qcow2 disk (built once, cached)."""
+    return _rootfs_images().debian_cloud_qcow2()
 
 
 def debian_tarball():
@@ -80,7 +80,12 @@ def debian_tarball():
 
 
 def images(secrets):
-    """Upload the busybox, Debian 12 and Debian 12 cloud rootfs tarballs.
+    """Upload the busybox and Debian 12 rootfs tarballs, the cloud image.
+
+    debian-12-cloud is made as distributions make theirs (cloud-init and
+    sshd, debootstrapped into a partitioned disk, qemu-img convert to
+    qcow2) and uploaded as disk_format=qcow2: the driver converts it once
+    per host and boots its root partition.
 
     Rootfs tarballs go to Glance as container_format=bare,
     disk_format=raw: the driver unpacks them into the container's root.
@@ -95,9 +100,10 @@ def images(secrets):
         (layout.DEBIAN_IMAGE, _rootfs_images().debian_tarball_path,
          debian_tarball, {'os_distro': 'debian', 'os_version': '12'}),
         (layout.DEBIAN_CLOUD_IMAGE,
-         _rootfs_images().debian_cloud_tarball_path, debian_cloud_tarball,
+         _rootfs_images().debian_cloud_qcow2_path, debian_cloud_qcow2,
          {'os_distro': 'debian', 'os_version': '12',
-          'os_admin_user': layout.DEBIAN_CLOUD_USER}),
+          'os_admin_user': layout.DEBIAN_CLOUD_USER,
+          'disk_format': 'qcow2'}),
     )
     for name, path_of, build, properties in wanted:
         rootfs = os.path.basename(path_of())

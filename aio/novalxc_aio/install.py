@@ -18,8 +18,9 @@ PACKAGES = (
     'lxc', 'uidmap', 'lxcfs', 'debootstrap', 'busybox-static', 'zstd',
     # Root disks (the driver's default [lxc] root_disk_fs).
     'btrfs-progs',
-    # qemu-img, for qcow2 images (the driver's diskimage.py).
-    'qemu-utils',
+    # qemu-img, for qcow2 images (the driver's diskimage.py) and for
+    # building debian-12-cloud, whose partition table sfdisk writes.
+    'qemu-utils', 'fdisk',
     # Database and message bus.
     'mariadb-server', 'mariadb-client', 'rabbitmq-server',
     # Neutron's ML2/OVN data plane and what its agents call.

@@ -352,16 +352,16 @@ def _run(*argv):
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 
 
-def disk_image(tarball, path, fmt='qcow2', label='gpt'):
+def disk_image(tarball, path, fmt='qcow2', label='gpt', marked=True):
     """Write a disk image of tarball's root to path, as a cloud image is.
 
     Partition 1 is a small ext4 "/boot" (a kernel file, no /sbin/init),
-    partition 2 the root, filled by mkfs.ext4 -d (no mount), with
-    MARK_FILE (owner, setuid mode, capability, xattr) and its hard link
-    MARK_LINK added.
+    partition 2 the root, filled by mkfs.ext4 -d (no mount).
 
     :param fmt: 'qcow2' or 'raw'.
     :param label: 'gpt' or 'dos' (sfdisk(8) label).
+    :param marked: add MARK_FILE (owner, setuid mode, capability, xattr)
+        and its hard link MARK_LINK to the root, for the tests to find.
     :returns: path.
     """
     work = tempfile.mkdtemp(dir=os.path.dirname(path), prefix='.disk-')
@@ -370,14 +370,8 @@ def disk_image(tarball, path, fmt='qcow2', label='gpt'):
         os.mkdir(root)
         _run('tar', '--numeric-owner', '--xattrs', '--xattrs-include=*',
              '-xpf', tarball, '-C', root)
-        mark = os.path.join(root, MARK_FILE)
-        os.makedirs(os.path.dirname(mark), exist_ok=True)
-        shutil.copyfile(BUSYBOX, mark)
-        os.chown(mark, MARK_UID, MARK_GID)
-        os.chmod(mark, MARK_MODE)
-        _run('setcap', MARK_CAPABILITY, mark)
-        os.setxattr(mark, *MARK_XATTR)
-        os.link(mark, os.path.join(root, MARK_LINK))
+        if marked:
+            _mark(root)
         boot = os.path.join(work, 'boot')
         os.mkdir(boot)
         with open(os.path.join(boot, 'vmlinuz'), 'wb') as f:
@@ -414,6 +408,40 @@ def disk_image(tarball, path, fmt='qcow2', label='gpt'):
             os.rename(raw, path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+def _mark(root):
+    mark = os.path.join(root, MARK_FILE)
+    os.makedirs(os.path.dirname(mark), exist_ok=True)
+    shutil.copyfile(BUSYBOX, mark)
+    os.chown(mark, MARK_UID, MARK_GID)
+    os.chmod(mark, MARK_MODE)
+    _run('setcap', MARK_CAPABILITY, mark)
+    os.setxattr(mark, *MARK_XATTR)
+    os.link(mark, os.path.join(root, MARK_LINK))
+
+
+def debian_cloud_qcow2_path():
+    """Where debian_cloud_qcow2() caches it (beside its tarball)."""
+    return debian_cloud_tarball_path()[:-len('.tar.zst')] + '.qcow2'
+
+
+def debian_cloud_qcow2():
+    """The Debian 12 cloud image as distributions publish it (qcow2).
+
+    A GPT disk with a /boot and a root (ext4) partition.
+    """
+    path = debian_cloud_qcow2_path()
+    if not os.path.exists(path):
+        tmp = '%s.%d.tmp' % (path, os.getpid())
+        try:
+            disk_image(debian_cloud_tarball(), tmp, 'qcow2', 'gpt',
+                       marked=False)
+            os.rename(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return path
 
 
