@@ -32,6 +32,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -409,6 +410,15 @@ class LXCDriverSuiteTest(test_virt_drivers._VirtDriverTestCase,
 
         self._wait_for(booted)
 
+    def test_get_serial_console(self):
+        instance = self._suite()
+        console = self.connection.get_serial_console(self.ctxt, instance)
+        # [serial_console]'s defaults, and a relay listening there.
+        self.assertEqual('127.0.0.1', console.host)
+        self.assertTrue(10000 <= console.port <= 20000, console.port)
+        socket.create_connection((console.host, console.port),
+                                 timeout=5).close()
+
     # -- lifecycle -------------------------------------------------------
 
     def test_reboot(self):
@@ -682,7 +692,6 @@ class LXCDriverSuiteTest(test_virt_drivers._VirtDriverTestCase,
     test_block_stats = _unsupported('block_stats')
     test_get_vnc_console = _unsupported('get_vnc_console')
     test_get_spice_console = _unsupported('get_spice_console')
-    test_get_serial_console = _unsupported('get_serial_console')
     test_get_mks_console = _unsupported('get_mks_console')
     # Not wrapped in catch_notimplementederror by the suite: it would fail
     # on any driver without live migration (AbstractDriverTestCase skips it).
