@@ -248,7 +248,10 @@ def corpus(work, canary, cache_dir, bomb_bytes):
     qcow2 = os.path.join(work, 'disk.qcow2')
     with open(qcow2, 'wb') as f:
         f.write(b'QFI\xfb' + bytes(4096))
-    cases.append(Case('qcow2-disk', qcow2, 'refused', '(qcow2?)'))
+    # Uploaded as disk_format=raw (the corpus's format): a qcow2 must
+    # come as qcow2, whose checks it would then meet (diskimage.py).
+    cases.append(Case('qcow2-disk', qcow2, 'refused',
+                      'its content is a qcow2 image'))
     compressed_junk = os.path.join(work, 'junk.gz')
     with open(compressed_junk, 'wb') as f:
         f.write(gzip.compress(b'#!/bin/sh\nrm -rf /\n' * 1000))
