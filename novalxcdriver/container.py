@@ -787,7 +787,9 @@ class Container:
         :param address: IP address to listen on.
         :param port_range: "START:STOP" ([serial_console] port_range).
         :returns: serialconsole.Relay.
-        :raises ContainerNotRunning: not running (or paused).
+        :raises ContainerNotRunning: neither running nor paused (a
+            paused container's console is served; it answers once
+            unpaused).
         :raises ConsolePortsExhausted, InvalidPortRange: see
             serialconsole.ensure.
         """

@@ -189,4 +189,4 @@ class ConsolePortsExhausted(NovaLXCError):
 
 class ContainerNotRunning(NovaLXCError):
     msg_fmt = ('Container %(name)s is %(state)s: its console is served '
-               'only while it runs.')
+               'only while it runs or is paused.')
