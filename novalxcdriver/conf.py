@@ -19,10 +19,20 @@ lxc_opts = [
                     '(config, console and LXC logs). Operators inspect '
                     'containers with "lxc-ls -P <lxc_path>".'),
     cfg.StrOpt('state_path', default='/var/lib/novalxc',
-               help='Directory for the driver\'s own state: container ID '
-                    'reservations (ids/), per-container root filesystems '
+               help='Directory for the driver\'s own state: instance '
+                    'records (instances/), per-container root filesystems '
                     '(rootfs/), the image cache (images/) and locks '
-                    '(locks/).'),
+                    '(locks/). Each nova-compute service of a machine '
+                    'needs its own.'),
+    cfg.StrOpt('ids_path', default='/var/lib/novalxc/ids',
+               help='The machine\'s container ID reservations, one '
+                    'directory per ID. Shared by every nova-compute '
+                    'service of the machine whatever its state_path, '
+                    'since the uid ranges are the machine\'s (root\'s '
+                    '/etc/subuid): two services with different ids_path '
+                    'would give one range to two containers. Reservations '
+                    'in <state_path>/ids, from earlier versions, are moved '
+                    'here at start.'),
     cfg.IntOpt('command_timeout', default=120, min=1,
                help='Seconds any single lxc-* or mount command may run '
                     'before it is killed and reported as failed.'),

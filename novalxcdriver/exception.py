@@ -46,6 +46,14 @@ class IdRangeExhausted(NovaLXCError):
                "root's ranges in /etc/subuid and /etc/subgid.")
 
 
+class IdConflict(NovaLXCError):
+    msg_fmt = ('Container ID %(cid)d is reserved twice: %(path)s for '
+               'instance %(holder)s (driver state %(owner)s), and '
+               '%(legacy)s for instance %(instance)s. Two drivers of this '
+               'machine gave one uid range to two containers; move one '
+               'instance away (or delete it) before starting this one.')
+
+
 class IdmapUnavailable(NovaLXCError):
     msg_fmt = ('Cannot derive container uid/gid ranges: %(reason)s. Add a '
                "line such as 'root:100000:1000000000' to /etc/subuid and "

@@ -13,12 +13,21 @@ uid space)::
 so ``floor(min(subuid count, subgid count) / size)`` IDs exist, numbered
 from 0, and the ranges of two different IDs never overlap.
 
-An ID is handed out by creating ``<state_path>/ids/<N>/`` with
-``os.mkdir``, which fails when the directory already exists: the reservation
-*is* the directory, and ``owner.json`` inside it only records who made it.
+The ranges are the machine's (root's subordinate ranges), so the IDs are
+too: every driver on one machine (several nova-compute services, each with
+its own ``[lxc] state_path``, as in a test cloud with two compute hosts on
+one machine) reserves them in one directory, ``[lxc] ids_path``
+(``/var/lib/novalxc/ids`` by default, whatever the state_path). A
+reservation names its owner, the ``state_path`` of the driver that made it,
+so the same instance on two computes of one machine (a migration between
+them) holds two IDs, one per side.
+
+An ID is handed out by creating ``<ids_path>/<N>/`` with ``os.mkdir``,
+which fails when the directory already exists: the reservation *is* the
+directory, and ``owner.json`` inside it only records who made it.
 Allocation additionally runs under the external (file-based, and also
-in-process) oslo.concurrency lock ``novalxc-ids`` in
-``<state_path>/locks``. Both are needed:
+in-process) oslo.concurrency lock ``novalxc-ids`` in ``locks/`` beside
+``ids_path``. Both are needed:
 
 * the lock alone, as in the old OpenVZ driver, was an in-process lock
   around an in-memory scan and gave one ID to two containers; it also
@@ -77,10 +86,13 @@ class Idmap:
 class Reservation:
     """Who holds container ID ``cid``.
 
-    ``instance_uuid``, ``instance_name`` and ``pid`` are None when the
-    reservation directory has no readable ``owner.json`` (a crash between
-    mkdir and rename, or a foreign entry); ``created_at`` (epoch seconds)
-    then falls back to the directory's mtime.
+    ``instance_uuid``, ``instance_name``, ``pid``, ``owner`` and ``host``
+    are None when the reservation directory has no readable ``owner.json``
+    (a crash between mkdir and rename, or a foreign entry); ``created_at``
+    (epoch seconds) then falls back to the directory's mtime. ``owner`` is
+    the state_path of the driver holding it (for reservations written
+    before IDs were machine-wide: the state_path whose ``ids`` directory
+    holds them); ``host`` its Nova host, for people ('' if unknown).
     """
 
     cid: int
@@ -88,6 +100,8 @@ class Reservation:
     instance_name: str | None
     pid: int | None
     created_at: float
+    owner: str | None = None
+    host: str | None = None
 
 
 def _user_names(user):
@@ -167,8 +181,11 @@ def read_subordinate_ranges(subuid_path='/etc/subuid',
 class IdAllocator:
     """Hands out container IDs, persistently and race-free on one host.
 
-    :param state_path: the driver's state directory; reservations live in
-        ``state_path/ids/<N>/``, the external lock in ``state_path/locks``.
+    :param state_path: the driver's state directory: the owner its
+        reservations name.
+    :param ids_path: the machine's reservation directory (``[lxc]
+        ids_path``); default ``state_path/ids`` (an allocator of its own).
+    :param host: the Nova host its reservations name, for people.
     :param range_size: uids/gids per container (``[lxc] id_range_size``).
     :param subuid_path: subuid(5) file holding root's range.
     :param subgid_path: subgid(5) file holding root's range.
@@ -184,13 +201,22 @@ class IdAllocator:
 
     def __init__(self, state_path, range_size=DEFAULT_RANGE_SIZE,
                  subuid_path='/etc/subuid', subgid_path='/etc/subgid',
-                 artifact_ids=None):
+                 artifact_ids=None, ids_path=None, host=''):
         if range_size < 1:
             raise ValueError('range_size must be positive, got %r'
                              % (range_size,))
         self.state_path = state_path
-        self.ids_path = os.path.join(state_path, 'ids')
-        self.lock_path = os.path.join(state_path, 'locks')
+        self.owner = os.path.realpath(state_path)
+        self.host = host
+        self.ids_path = ids_path or os.path.join(state_path, 'ids')
+        # Beside it: a lock file inside would look like an entry.
+        self.lock_path = os.path.join(
+            os.path.dirname(self.ids_path.rstrip('/')), 'locks')
+        # Reservations from before ids_path: their state_path's ids/.
+        self._legacy_owner = (
+            os.path.realpath(os.path.dirname(self.ids_path.rstrip('/')))
+            if os.path.basename(self.ids_path.rstrip('/')) == 'ids'
+            else None)
         self.range_size = range_size
         self.subuid_path = subuid_path
         self.subgid_path = subgid_path
@@ -252,7 +278,7 @@ class IdAllocator:
         """
         instance_uuid, instance_name = str(instance_uuid), str(instance_name)
         count = self.count
-        os.makedirs(self.ids_path, exist_ok=True)
+        os.makedirs(self.ids_path, mode=0o755, exist_ok=True)
         with self._lock():
             existing = self.find(instance_uuid)
             if existing is not None:
@@ -271,7 +297,8 @@ class IdAllocator:
                     # Someone outside our lock got there first.
                     continue
                 try:
-                    self._write_owner(path, instance_uuid, instance_name)
+                    self._write_owner(path, instance_uuid, instance_name,
+                                      self.owner, self.host)
                 except BaseException:
                     shutil.rmtree(path, ignore_errors=True)
                     raise
@@ -283,11 +310,15 @@ class IdAllocator:
         raise exception.IdRangeExhausted(count=count)
 
     @staticmethod
-    def _write_owner(path, instance_uuid, instance_name):
+    def _write_owner(path, instance_uuid, instance_name, owner, host,
+                     created_at=None):
         record = {'instance_uuid': instance_uuid,
                   'instance_name': instance_name,
+                  'owner': owner,
+                  'host': host,
                   'pid': os.getpid(),
-                  'created_at': time.time()}
+                  'created_at': time.time() if created_at is None
+                  else created_at}
         # Readers see no owner.json or a whole one, after a crash too.
         durable.write(os.path.join(path, OWNER_FILE), json.dumps(record),
                       mode=0o644)
@@ -310,45 +341,111 @@ class IdAllocator:
                 rec = json.load(f)
             uuid, name = rec['instance_uuid'], rec['instance_name']
             pid, created = rec['pid'], rec['created_at']
+            owner = rec.get('owner', self._legacy_owner)
+            host = rec.get('host', '')
             if not (isinstance(uuid, str) and isinstance(name, str) and
                     isinstance(pid, int) and
-                    isinstance(created, (int, float))):
+                    isinstance(created, (int, float)) and
+                    isinstance(owner, (str, type(None))) and
+                    isinstance(host, str)):
                 raise ValueError('unexpected types')
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             # Still taken: the directory is the reservation.
             return Reservation(cid=cid, instance_uuid=None,
                                instance_name=None, pid=None,
                                created_at=mtime)
         return Reservation(cid=cid, instance_uuid=uuid, instance_name=name,
-                           pid=pid, created_at=float(created))
+                           pid=pid, created_at=float(created), owner=owner,
+                           host=host)
 
-    def reservations(self):
-        """Return every reservation on disk, unreadable ones included.
+    def reservations(self, mine=False):
+        """Return the reservations on disk, unreadable ones included.
 
         Takes no lock: a reservation being created may show up without its
         owner (see :class:`Reservation`). IDs beyond ``count`` (left from
         larger ranges) are included too.
 
+        :param mine: only this driver's (its state_path the owner) and
+            those naming no owner.
         :returns: ``{cid: Reservation}``
         """
         result = {}
         for cid in self._reserved_ids():
             res = self._read_reservation(cid)
-            if res is not None:
+            if res is not None and not (
+                    mine and res.instance_uuid is not None and
+                    res.owner != self.owner):
                 result[cid] = res
         return result
 
     def find(self, instance_uuid):
-        """Return the ID reserved for ``instance_uuid``, or None.
+        """Return the ID this driver reserved for ``instance_uuid``, or None.
 
-        Should a corrupted state hold several, the lowest is returned.
+        Another driver's reservation for the same instance (the other end
+        of a migration on this machine) is not this one's. Should a
+        corrupted state hold several, the lowest is returned.
         """
         instance_uuid = str(instance_uuid)
         for cid in self._reserved_ids():
             res = self._read_reservation(cid)
-            if res is not None and res.instance_uuid == instance_uuid:
+            if (res is not None and res.instance_uuid == instance_uuid and
+                    res.owner == self.owner):
                 return cid
         return None
+
+    def adopt(self, legacy_path):
+        """Move this driver's reservations from legacy_path into ids_path.
+
+        Reservations made before IDs were machine-wide live in
+        ``<state_path>/ids``; each keeps its ID and gets this driver as
+        its owner. Under the lock, so no allocation sees an ID in
+        neither place.
+
+        :returns: list of the IDs moved.
+        :raises IdConflict: an ID is reserved in both places by different
+            instances: two drivers of this machine have given one uid
+            range to two containers. Nothing more is moved.
+        """
+        if os.path.realpath(legacy_path) == os.path.realpath(self.ids_path):
+            return []
+        try:
+            names = sorted(n for n in os.listdir(legacy_path)
+                           if _CID_RE.match(n))
+        except FileNotFoundError:
+            return []
+        legacy = IdAllocator(self.state_path, ids_path=legacy_path)
+        moved = []
+        os.makedirs(self.ids_path, mode=0o755, exist_ok=True)
+        with self._lock():
+            for name in names:
+                cid = int(name)
+                old = legacy._read_reservation(cid)
+                if old is None:
+                    continue
+                current = self._read_reservation(cid)
+                if current is not None and (
+                        current.instance_uuid != old.instance_uuid or
+                        current.owner != self.owner):
+                    raise exception.IdConflict(
+                        cid=cid, path=self._reservation_path(cid),
+                        holder=current.instance_uuid,
+                        owner=current.owner,
+                        legacy=legacy._reservation_path(cid),
+                        instance=old.instance_uuid)
+                if current is None:
+                    path = self._reservation_path(cid)
+                    os.mkdir(path, 0o755)
+                    if old.instance_uuid is not None:
+                        self._write_owner(path, old.instance_uuid,
+                                          old.instance_name, self.owner,
+                                          self.host, old.created_at)
+                self._remove(legacy._reservation_path(cid))
+                moved.append(cid)
+        if moved:
+            LOG.info('Moved the reservations of container IDs %s from %s '
+                     'into the machine\'s %s', moved, legacy_path,
+                     self.ids_path)
+        return moved
 
     def release(self, cid):
         """Remove the reservation of ``cid``; a missing one is not an error.

@@ -81,6 +81,8 @@ class Worker:
             CONF.set_override('instance_name_template', name_template)
         CONF.set_override('lxc_path', lxc_path, group='lxc')
         CONF.set_override('state_path', state_path, group='lxc')
+        CONF.set_override('ids_path', os.path.join(state_path, 'ids'),
+                          group='lxc')
         CONF.set_override('state_poll_interval', state_poll_interval,
                           group='lxc')
         CONF.set_override('soft_reboot_timeout', 20, group='lxc')

@@ -238,7 +238,9 @@ class AllocateTest(_Base):
         res = alloc.reservations()
         self.assertEqual([0, 1, 2], sorted(res))
         self.assertEqual(ids.Reservation(1, 'uuid-b', 'inst-b', os.getpid(),
-                                         rec['created_at']), res[1])
+                                         rec['created_at'],
+                                         owner=os.path.realpath(self.state),
+                                         host=''), res[1])
         self.assertEqual(2, alloc.find('uuid-c'))
         self.assertIsNone(alloc.find('uuid-z'))
 
@@ -499,3 +501,94 @@ class RaceTest(_Base):
             for cid in got:
                 self.assertEqual(pid, res[cid].pid)
                 self.assertEqual(cid, alloc.find(res[cid].instance_uuid))
+
+
+class MachineWideTest(_Base):
+    """Two drivers of one machine: one reservation directory, two owners."""
+
+    def two(self, n_ids=4):
+        subuid, subgid = self.ranges('root:100000:%d\n' % (n_ids * SIZE))
+        shared = os.path.join(self.tmp, 'machine', 'ids')
+        return [ids.IdAllocator(os.path.join(self.tmp, name),
+                                subuid_path=subuid, subgid_path=subgid,
+                                ids_path=shared, host=name)
+                for name in ('host1', 'host2')]
+
+    def test_no_range_shared_between_drivers(self):
+        a, b = self.two(n_ids=4)
+        got = [a.allocate('uuid-a', 'a'), b.allocate('uuid-b', 'b'),
+               a.allocate('uuid-c', 'c'), b.allocate('uuid-d', 'd')]
+        self.assertEqual([0, 1, 2, 3], got)
+        starts = {a.idmap(c).uid_start for c in got}
+        self.assertEqual(4, len(starts))
+        self.assertRaises(exception.IdRangeExhausted, a.allocate, 'e', 'e')
+        self.assertRaises(exception.IdRangeExhausted, b.allocate, 'f', 'f')
+
+    def test_same_instance_on_both_sides_holds_two_ids(self):
+        # A migration between two computes of one machine.
+        a, b = self.two()
+        self.assertEqual(0, a.allocate('uuid-x', 'x'))
+        self.assertEqual(1, b.allocate('uuid-x', 'x'))
+        self.assertEqual(0, a.find('uuid-x'))
+        self.assertEqual(1, b.find('uuid-x'))
+        self.assertEqual([0], list(a.reservations(mine=True)))
+        self.assertEqual([1], list(b.reservations(mine=True)))
+        self.assertEqual([0, 1], sorted(a.reservations()))
+        res = a.reservations()[1]
+        self.assertEqual((os.path.realpath(b.state_path), 'host2'),
+                         (res.owner, res.host))
+        a.release(0)
+        self.assertIsNone(a.find('uuid-x'))
+        self.assertEqual(1, b.find('uuid-x'))
+
+    def test_lock_beside_the_reservations(self):
+        a, _b = self.two()
+        a.allocate('uuid-a', 'a')
+        self.assertEqual(os.path.join(self.tmp, 'machine', 'locks'),
+                         a.lock_path)
+        self.assertEqual(['0'], os.listdir(a.ids_path))
+
+    def legacy(self, state_path, cid, uuid, name='old'):
+        path = os.path.join(state_path, 'ids', str(cid))
+        os.makedirs(path)
+        with open(os.path.join(path, 'owner.json'), 'w') as f:
+            json.dump({'instance_uuid': uuid, 'instance_name': name,
+                       'pid': 1, 'created_at': 1000.0}, f)
+        return path
+
+    def test_adopt_moves_legacy_reservations(self):
+        a, b = self.two(n_ids=8)
+        old = self.legacy(a.state_path, 2, 'uuid-old')
+        os.makedirs(os.path.join(a.state_path, 'ids', '3'))  # no owner
+        self.assertEqual([2, 3], a.adopt(os.path.join(a.state_path, 'ids')))
+        self.assertFalse(os.path.exists(old))
+        self.assertEqual(2, a.find('uuid-old'))
+        res = a.reservations()[2]
+        self.assertEqual((os.path.realpath(a.state_path), 'host1', 1000.0),
+                         (res.owner, res.host, res.created_at))
+        self.assertIsNone(a.reservations()[3].instance_uuid)
+        # Taken for the other driver too.
+        self.assertEqual(0, b.allocate('uuid-new', 'new'))
+        self.assertEqual(1, b.allocate('uuid-new2', 'new2'))
+        self.assertEqual(4, b.allocate('uuid-new3', 'new3'))
+        self.assertEqual([], a.adopt(os.path.join(a.state_path, 'ids')))
+
+    def test_adopt_refuses_an_id_held_by_another_instance(self):
+        a, b = self.two()
+        self.assertEqual(0, b.allocate('uuid-b', 'b'))
+        old = self.legacy(a.state_path, 0, 'uuid-a')
+        e = self.assertRaises(exception.IdConflict, a.adopt,
+                              os.path.join(a.state_path, 'ids'))
+        self.assertIn('uuid-a', str(e))
+        self.assertIn('uuid-b', str(e))
+        # Nothing lost on either side.
+        self.assertTrue(os.path.exists(os.path.join(old, 'owner.json')))
+        self.assertEqual(0, b.find('uuid-b'))
+
+    def test_legacy_entry_in_its_own_directory_is_the_drivers(self):
+        subuid, subgid = self.ranges('root:100000:%d\n' % (4 * SIZE))
+        self.legacy(self.state, 1, 'uuid-old')
+        alloc = ids.IdAllocator(self.state, subuid_path=subuid,
+                                subgid_path=subgid)
+        self.assertEqual(1, alloc.find('uuid-old'))
+        self.assertEqual([], alloc.adopt(os.path.join(self.state, 'ids')))

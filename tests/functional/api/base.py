@@ -68,6 +68,7 @@ class LXCAPITestCase(integrated_helpers._IntegratedTestBase):
         root = self._api_root()
         self.flags(group='lxc', lxc_path=os.path.join(root, 'lxc'),
                    state_path=os.path.join(root, 'state'),
+                   ids_path=os.path.join(root, 'ids'),
                    state_poll_interval=0.5, soft_reboot_timeout=20)
         return super()._setup_compute_service()
 
@@ -135,7 +136,7 @@ class LXCAPITestCase(integrated_helpers._IntegratedTestBase):
         state = CONF.lxc.state_path
         paths = [os.path.join(CONF.lxc.lxc_path, name),
                  os.path.join(state, 'rootfs', str(cid)),
-                 os.path.join(state, 'ids', str(cid))]
+                 os.path.join(CONF.lxc.ids_path, str(cid))]
         found = [p for p in paths if os.path.lexists(p)]
         found += [p for p in mount.mountpoints()
                   if p.startswith(os.path.join(state, 'rootfs', str(cid)))]
