@@ -2,7 +2,7 @@
 
 Artifacts of a container named N with container ID C, instance U:
 
-- ``<state_path>/ids/C``           its ID reservation (ids.IdAllocator)
+- ``<ids_path>/C``                 its ID reservation (ids.IdAllocator)
 - ``<state_path>/instances/U.json`` its durable record (record.py)
 - ``<lxc_path>/N/config``          lxc.conf, with a copy of the record
 - ``<state_path>/rootfs/C``        its disks and copy-on-write root (and
@@ -210,7 +210,7 @@ class Container:
         :raises RootfsExists: the ID's rootfs directory exists already.
         """
         root = rootfs_mod.Rootfs(self.state_path, spec.cid)
-        self.records.write(self._record_of(spec, root))
+        self.records.write(self._record_of(spec, root, disk_idmap=None))
         made = []
         try:
             os.makedirs(self.lxc_path, mode=0o711, exist_ok=True)
@@ -254,13 +254,116 @@ class Container:
                 return
         self.records.remove(self.instance_uuid)
 
-    def _record_of(self, spec, root, state=record_mod.SPAWNING):
+    _KEEP = object()
+
+    def _record_of(self, spec, root, state=record_mod.SPAWNING,
+                   disk_idmap=_KEEP):
+        """The record of spec; disk_idmap by default the current one's."""
+        if disk_idmap is self._KEEP:
+            current = self.record()
+            disk_idmap = current.disk_idmap if current else None
         return record_mod.InstanceRecord(
             instance_uuid=spec.instance_uuid, name=spec.name, host=spec.host,
             cid=spec.cid, idmap=spec.idmap, image_id=spec.image_id,
             container_dir=self.dir, rootfs=root.path, state=state,
             pid=os.getpid(),
-            rescue_image_id=spec.rescue.image_id if spec.rescue else '')
+            rescue_image_id=spec.rescue.image_id if spec.rescue else '',
+            disk_idmap=disk_idmap if disk_idmap != spec.idmap else None)
+
+    def _disk_idmap(self):
+        record = self.record()
+        return record.disk_idmap if record else None
+
+    def receive(self, spec, image, fetch, disk_idmap, root_gb,
+                ephemeral_gb):
+        """Make it, stopped, from the disks a migration brings.
+
+        As create, in the same order and with the same cleanup on
+        failure; the record names the disks' idmap (migration.py).
+
+        :param spec: the spec.ContainerSpec here (its cid reserved here).
+        :param image: images.CachedImage its root overlays.
+        :param fetch: callable(dest_dir) copying the source's disks.
+        :param disk_idmap: ids.Idmap the disks' files are owned in.
+        :param root_gb, ephemeral_gb: GiB of the disks here.
+        :raises ContainerExists, RootfsExists: as create.
+        """
+        root = rootfs_mod.Rootfs(self.state_path, spec.cid)
+        self.records.write(self._record_of(spec, root,
+                                           disk_idmap=disk_idmap))
+        made = []
+        try:
+            os.makedirs(self.lxc_path, mode=0o711, exist_ok=True)
+            try:
+                os.mkdir(self.dir, 0o700)
+            except FileExistsError:
+                raise exception.ContainerExists(
+                    name=self.name, path=self.dir,
+                    reason='it existed before this migration')
+            made.append((self.dir, functools.partial(shutil.rmtree,
+                                                     self.dir)))
+            durable.write(self.config_path, spec_mod.render_config(spec))
+            try:
+                root.receive(fetch, image.rootfs, spec.idmap, disk_idmap,
+                             root_gb, ephemeral_gb)
+            except exception.RootfsExists:
+                raise
+            except BaseException:
+                made.append((root.path, root.destroy))
+                raise
+        except BaseException:
+            with excutils.save_and_reraise_exception():
+                self._unmake(made)
+
+    def hand_over(self, timeout=0, retry_interval=0):
+        """Stop it and leave its disks to a migration's destination.
+
+        Stopped as power_off stops it; its serial console relay goes, its
+        record says ``migrating`` (so no restart of the driver mounts the
+        disks while the destination copies them) and its root is
+        unmounted. Everything else stays: a revert is a rebuild, a
+        confirm a destroy.
+
+        :returns: its record.InstanceRecord (as written).
+        :raises ContainerNotFound: it has no record.
+        :raises ContainerNotStopped: it did not stop.
+        :raises MountBusy, MountFailed: a mount of its disks stays.
+        """
+        record = self.record()
+        if record is None:
+            raise exception.ContainerNotFound(name=self.name)
+        if self.has_config():
+            self.stop(timeout, retry_interval)
+        with self._lock(record.cid):
+            self._check_stopped()
+            if self.dir_owner() == 'us':
+                serialconsole.stop(self.dir, self._console_argv)
+            record = dataclasses.replace(record, state=record_mod.MIGRATING,
+                                         pid=os.getpid())
+            self.records.write(record)
+            rootfs_mod.Rootfs(self.state_path, record.cid).unmount()
+        return record
+
+    def shut_down(self):
+        """Kill it and unmount its disks; keep them, its record and ID.
+
+        Destroy without its disks (Nova's destroy_disks=False). Its next
+        hard reboot or start mounts them again; a destroy removes them.
+
+        :raises MountBusy, MountFailed: a mount of its disks stays.
+        """
+        if self.has_config():
+            self.kill()
+        if self.dir_owner() == 'us':
+            serialconsole.stop(self.dir, self._console_argv)
+        cid = self.cid()
+        if cid is None:
+            return
+        with self._lock(cid):
+            self._check_stopped()
+            root = rootfs_mod.Rootfs(self.state_path, cid)
+            rescue_mod.root_of(root).unmount()
+            root.unmount()
 
     def mark_ready(self):
         """Record that its spawn finished (the record leaves spawning)."""
@@ -323,7 +426,7 @@ class Container:
                         '%s' % (self.name, replacement.image_id,
                                 spec.image_id))
                 self._check_stopped()
-                root.replace_layers(spec.idmap)
+                root.replace_layers(spec.idmap, self._disk_idmap())
             record = self._record_of(spec, root, record_mod.READY)
             current = self.record()
             # Its writer's pid alone differing is no reason for a write.
@@ -338,7 +441,7 @@ class Container:
                 LOG.info('Writing the config of container %s anew',
                          self.name)
                 durable.write(self.config_path, config)
-            root.mount(image.rootfs, spec.idmap)
+            root.mount(image.rootfs, spec.idmap, record.disk_idmap)
             if spec.rescue is not None:
                 rescue_root.mount(rescue_image.rootfs, spec.idmap)
             if replacement is not None:
@@ -437,8 +540,10 @@ class Container:
         :raises MountFailed: the mounts failed.
         """
         record = self.record()
-        # A spawn under way (or cut short) makes its own mounts.
-        if record is None or record.state == record_mod.SPAWNING:
+        # A spawn under way (or cut short) makes its own mounts; disks
+        # handed to a migration's destination stay as they are.
+        if record is None or record.state in (record_mod.SPAWNING,
+                                              record_mod.MIGRATING):
             return False
         with self._lock(record.cid):
             root = rootfs_mod.Rootfs(self.state_path, record.cid)
@@ -455,7 +560,7 @@ class Container:
             image = image_cache.lookup(record.image_id)
             if image is None:
                 return False
-            root.mount(image.rootfs, record.idmap)
+            root.mount(image.rootfs, record.idmap, record.disk_idmap)
             for path in snapshot_mod.recover(root, self.dir):
                 LOG.warning('Removed %s, left by a snapshot cut short',
                             path)

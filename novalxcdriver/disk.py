@@ -109,14 +109,23 @@ class Disk:
         raise exception.DiskUnreadable(
             path=self.image_path, reason='no btrfs or ext4 superblock')
 
-    def mount(self):
+    def mount(self, shift=None):
         """Mount the image if it is not mounted (after a host reboot).
 
+        :param shift: (disk_idmap, idmap) of disks a migration brought:
+            an idmapped mount stacked on the mount point shows their
+            files in idmap (shift_mount).
         :raises DiskUnreadable: the image has no known filesystem.
         """
-        if self.is_mounted():
-            return
+        if not self.is_mounted():
+            self._mount()
+        if shift is not None:
+            shift_mount(self.mountpoint, *shift)
+
+    def _mount(self):
         fs = self.filesystem()
+        # A migration brings the image alone.
+        os.makedirs(self.mountpoint, mode=0o755, exist_ok=True)
         device = lxc.attach_loop(self.image_path)
         try:
             number = self._save_io_baseline(device)
@@ -155,6 +164,30 @@ class Disk:
                         device, self.image_path, e)
         return number
 
+    def grow(self, size_gb):
+        """Grow the mounted disk and its filesystem to size_gb GiB, online.
+
+        The image file grows (sparse), the loop device learns its new
+        capacity (LOOP_SET_CAPACITY, losetup -c), then the filesystem
+        takes it: btrfs with ``btrfs filesystem resize max``, ext4 with
+        resize2fs, both while mounted. A disk already that large is left.
+
+        :raises CommandFailed: a tool failed; the file may be larger, the
+            filesystem as it was.
+        """
+        size = size_gb * units.Gi
+        if os.path.getsize(self.image_path) >= size:
+            return
+        os.truncate(self.image_path, size)
+        device = mount.source(self.mountpoint)
+        lxc.execute('losetup', '--set-capacity', device)
+        if self.filesystem() == 'btrfs':
+            lxc.execute('btrfs', 'filesystem', 'resize', 'max',
+                        self.mountpoint)
+        else:
+            lxc.execute('resize2fs', device)
+        LOG.info('Grew %s to %d GiB', self.image_path, size_gb)
+
     def detach_loops(self):
         """Detach loop devices still backed by the image: crash leftovers.
 
@@ -187,6 +220,18 @@ class Disk:
             return '%d:%d' % (os.major(rdev), os.minor(rdev))
         st = os.stat(self.mountpoint)
         return '%d:%d' % (os.major(st.st_dev), os.minor(st.st_dev))
+
+
+def shift_mount(point, disk_idmap, idmap):
+    """Show what is mounted at point in idmap rather than disk_idmap.
+
+    A no-op when the idmaps are equal or the top mount at point is
+    idmapped already (a second mount after a crash would shift twice).
+    """
+    if disk_idmap == idmap or mount.is_idmapped(point):
+        return
+    with lxc.shifting_namespace(disk_idmap, idmap) as userns_fd:
+        mount.idmapped_over(point, userns_fd)
 
 
 def loop_devices_of(path, autoclear=None):

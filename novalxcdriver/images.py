@@ -57,7 +57,8 @@ from novalxcdriver import tarball
 
 LOG = logging.getLogger(__name__)
 
-_MARKER = 'image.json'
+MARKER = 'image.json'
+_MARKER = MARKER
 _PARTIAL = '.partial-'
 _CORRUPT = '.corrupt-'
 # Errors reading a marker that tell of a damaged entry; others (EMFILE,
@@ -102,6 +103,10 @@ class ImageCache:
             raise exception.ImageUnpackError(
                 image_id=image_id, reason='image id is not a UUID')
         return os.path.join(self.path, image_id)
+
+    def entry_path(self, image_id):
+        """The directory of image_id's entry (whether or not it exists)."""
+        return self._entry(image_id)
 
     def lookup(self, image_id):
         """The cached image, or None when it is not (completely) cached.
@@ -257,6 +262,48 @@ class ImageCache:
                      image_id, age)
             removed.append(image_id)
         return removed
+
+    def receive(self, image_id, copy):
+        """Install an entry another host's cache holds (a migration's).
+
+        For an image Glance no longer has. The copy lands in a partial
+        (as a download does), must hold a marker and a root with an init,
+        and is renamed into place under the image's lock.
+
+        :param copy: callable(dest_dir) copying the other entry's rootfs/
+            and marker into dest_dir (migration.fetch_image).
+        :returns: the CachedImage.
+        :raises ImageUnpackError: the copy is no usable entry (nothing of
+            it stays).
+        """
+        entry = self._entry(image_id)
+        with self._lock(image_id):
+            cached = self._lookup_locked(image_id)
+            if cached:
+                return cached
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            partial = tempfile.mkdtemp(
+                prefix='%s%s-%d-' % (_PARTIAL, image_id, os.getpid()),
+                dir=self.path)
+            try:
+                copy(partial)
+                if detect_init(os.path.join(partial, 'rootfs')) is None:
+                    raise exception.ImageUnpackError(
+                        image_id=image_id,
+                        reason='the copy from the source has no /sbin/init')
+                durable.syncfs(partial)
+                os.rename(partial, entry)
+            except BaseException:
+                with excutils.save_and_reraise_exception():
+                    self._discard(partial)
+            durable.fsync_dir(self.path)
+            cached, why = self._read(image_id)
+            if cached is None:
+                self._move_aside(image_id, why)
+                raise exception.ImageUnpackError(image_id=image_id,
+                                                 reason=why)
+        LOG.info('Image %s cached from another host\'s cache', image_id)
+        return cached
 
     def _populate(self, image_id, fetch, disk_format, root_partition):
         entry = self._entry(image_id)

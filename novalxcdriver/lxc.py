@@ -320,6 +320,71 @@ def user_namespace(idmap):
         os.close(fd)
 
 
+@contextlib.contextmanager
+def shifting_namespace(disk_idmap, idmap):
+    """Yield an open fd of a user namespace shifting disk_idmap to idmap.
+
+    For an idmapped mount (mount_setattr(2)) of disks a migration brought:
+    a file owned by ``disk_idmap.uid_start + n`` shows as owned by
+    ``idmap.uid_start + n`` (gids alike), and what the container writes
+    through it lands on disk in disk_idmap's range, so the disks move on
+    unchanged. On-disk uid and gid 0 stay 0: overlayfs makes its work
+    directories as the mounter's root, which must be mapped (design.md).
+
+    unshare(1) of util-linux 2.38 keeps only the last of several
+    ``--map-users``, so the maps are written with newuidmap(1) and
+    newgidmap(1), which check them against root's /etc/subuid and
+    /etc/subgid.
+
+    :param disk_idmap, idmap: ids.Idmap of equal size.
+    :raises CommandFailed, CommandTimedOut: as user_namespace.
+    """
+    if disk_idmap.size != idmap.size:
+        raise ValueError('idmaps of %d and %d ids' % (disk_idmap.size,
+                                                      idmap.size))
+    uid_map = ['%d' % disk_idmap.uid_start, '%d' % idmap.uid_start,
+               '%d' % idmap.size, '0', '0', '1']
+    gid_map = ['%d' % disk_idmap.gid_start, '%d' % idmap.gid_start,
+               '%d' % idmap.size, '0', '0', '1']
+    argv = ['unshare', '--user', 'cat']
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, close_fds=True)
+    fd = None
+    try:
+        own = os.stat('/proc/self/ns/user').st_ino
+        deadline = time.monotonic() + CONF.lxc.command_timeout
+        # Until unshare has run, the child is in our namespace.
+        while True:
+            if proc.poll() is not None:
+                raise exception.CommandFailed(
+                    cmd=' '.join(argv), exit_code=proc.returncode,
+                    stderr=proc.stderr.read().decode(errors='replace'))
+            try:
+                if os.stat('/proc/%d/ns/user' % proc.pid).st_ino != own:
+                    break
+            except FileNotFoundError:
+                pass
+            if time.monotonic() > deadline:
+                raise exception.CommandTimedOut(
+                    cmd=' '.join(argv), timeout=CONF.lxc.command_timeout)
+            time.sleep(0.001)
+        execute('newuidmap', str(proc.pid), *uid_map)
+        execute('newgidmap', str(proc.pid), *gid_map)
+        fd = os.open('/proc/%d/ns/user' % proc.pid,
+                     os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        proc.stdin.close()
+        if fd is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 # A snapshot's readers and compressor yield to the containers' own work:
 # nice(1) and ionice(1) best-effort, lowest priority.
 _BACKGROUND = ['nice', '-n', '10', 'ionice', '-c', '2', '-n', '7']

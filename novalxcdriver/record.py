@@ -15,8 +15,13 @@ before spawn makes anything until it has finished: the in-progress marker
 that lets cleanup prove what a crashed spawn made. ``rescue_image_id``
 names the image of a rescue (rescue.py) from before its rescue root is
 made until that root is removed again: a restart remounts it, and its
-presence says the config is the rescue container's. Written only through
-durable.write.
+presence says the config is the rescue container's. ``disk_idmap`` is
+the idmap its disks' files are owned in when that is not its own: disks
+received by a migration keep their source's owners and are shown to the
+container through an idmapped mount (migration.py). State ``migrating``
+marks disks handed over to a migration's destination: nothing mounts
+them until the migration is confirmed (they go) or reverted. Written only
+through durable.write.
 """
 
 import dataclasses
@@ -33,7 +38,8 @@ LOG = logging.getLogger(__name__)
 
 SPAWNING = 'spawning'
 READY = 'ready'
-_STATES = (SPAWNING, READY)
+MIGRATING = 'migrating'
+_STATES = (SPAWNING, READY, MIGRATING)
 _VERSION = 1
 
 
@@ -50,12 +56,15 @@ class InstanceRecord:
     :ivar image_id: the Glance image its root is built on.
     :ivar container_dir: ``<lxc_path>/<name>`` when it was made.
     :ivar rootfs: ``<state_path>/rootfs/<cid>``: its disks.
-    :ivar state: SPAWNING or READY.
+    :ivar state: SPAWNING, READY or MIGRATING.
     :ivar pid: the process that wrote it (whose spawn it is).
     :ivar rescue_image_id: the Glance image of its rescue root while it
         is rescued (rescue.py), else ''. Left out of the JSON when '', so
         the records of servers never rescued are those earlier versions
         wrote and read.
+    :ivar disk_idmap: ids.Idmap its disks' files are owned in, when it
+        differs from idmap (disks a migration brought), else None (and
+        left out of the JSON).
     """
 
     instance_uuid: str
@@ -69,11 +78,19 @@ class InstanceRecord:
     state: str = SPAWNING
     pid: int = 0
     rescue_image_id: str = ''
+    disk_idmap: ids.Idmap | None = None
+
+    @property
+    def disks_idmap(self):
+        """The ids.Idmap its disks' files are owned in."""
+        return self.disk_idmap or self.idmap
 
     def to_json(self):
         data = dataclasses.asdict(self)
         if not data['rescue_image_id']:
             del data['rescue_image_id']
+        if data['disk_idmap'] is None or self.disk_idmap == self.idmap:
+            del data['disk_idmap']
         data['version'] = _VERSION
         return json.dumps(data, sort_keys=True, indent=1) + '\n'
 
@@ -89,11 +106,20 @@ class InstanceRecord:
         data.pop('version', None)
         try:
             idmap = ids.Idmap(**data.pop('idmap'))
-            record = cls(idmap=idmap, **data)
+            disk_idmap = data.pop('disk_idmap', None)
+            if disk_idmap is not None:
+                disk_idmap = ids.Idmap(**disk_idmap)
+            record = cls(idmap=idmap, disk_idmap=disk_idmap, **data)
         except (KeyError, TypeError) as e:
             raise ValueError('not an instance record: %s' % e)
         ints = (record.cid, record.pid, idmap.uid_start, idmap.gid_start,
                 idmap.size)
+        if disk_idmap is not None:
+            ints += (disk_idmap.uid_start, disk_idmap.gid_start,
+                     disk_idmap.size)
+            if disk_idmap.size != idmap.size:
+                raise ValueError('its disks\' idmap has %s ids, its own %s'
+                                 % (disk_idmap.size, idmap.size))
         strs = (record.instance_uuid, record.name, record.host,
                 record.image_id, record.container_dir, record.rootfs,
                 record.rescue_image_id)

@@ -163,17 +163,74 @@ class Rootfs:
                                        idmap.gid_start)
         self.mount(image_rootfs, idmap)
 
-    def mount(self, image_rootfs, idmap):
-        """Mount disks, lower and the overlay where missing (host boot)."""
+    def mount(self, image_rootfs, idmap, disk_idmap=None):
+        """Mount disks, lower and the overlay where missing (host boot).
+
+        :param disk_idmap: ids.Idmap the disks' files are owned in, when
+            not idmap (a migration brought them): each disk, and the
+            root directory of a root without a disk, is shown in idmap
+            through an idmapped mount (disk.shift_mount).
+        """
+        shift = (disk_idmap, idmap) if disk_idmap not in (None,
+                                                          idmap) else None
         for d in (self.root_disk, self.ephemeral_disk):
             if os.path.exists(d.image_path):
-                d.mount()
+                d.mount(shift)
+            elif d is self.root_disk and shift:
+                disk.shift_mount(d.mountpoint, *shift)
         points = mount.mountpoints()
         if self.lower not in points:
             with lxc.user_namespace(idmap) as userns_fd:
                 mount.idmapped_bind(image_rootfs, self.lower, userns_fd)
         if self.merged not in points:
             mount.overlay(self.lower, self.upper, self.work, self.merged)
+
+    def receive(self, fetch, image_rootfs, idmap, disk_idmap, root_gb,
+                ephemeral_gb):
+        """Make this root from a migrating server's disks, and mount it.
+
+        The disks keep their owners (disk_idmap): mount shows them in
+        idmap. They grow to root_gb and ephemeral_gb (migration.py's
+        check_resize refused a shrink); an ephemeral disk the source had
+        not is made, empty.
+
+        :param fetch: callable(dest_dir) copying the source's disks into
+            dest_dir (migration.fetch).
+        :param image_rootfs: the cached image's rootfs (the lower layer).
+        :param idmap: ids.Idmap of the container here.
+        :param disk_idmap: ids.Idmap the disks' files are owned in.
+        :param root_gb: GiB of its root disk (0: none, a directory came).
+        :param ephemeral_gb: GiB of its ephemeral disk (0: none).
+        :raises RootfsExists: its directory exists: nothing was touched.
+        :raises MountFailed, CommandFailed, CommandTimedOut,
+            DiskUnreadable: the caller destroys on failure.
+        """
+        os.makedirs(os.path.dirname(self.path), mode=0o711, exist_ok=True)
+        try:
+            os.mkdir(self.path, 0o711)
+        except FileExistsError:
+            raise exception.RootfsExists(path=self.path)
+        for d in (self.lower, self.merged):
+            os.mkdir(d, 0o755)
+        fetch(self.path)
+        if root_gb:
+            if not os.path.isfile(self.root_disk.image_path):
+                raise exception.DiskUnreadable(
+                    path=self.root_disk.image_path,
+                    reason='the migration brought no root disk')
+            os.makedirs(self.root_disk.mountpoint, mode=0o755,
+                        exist_ok=True)
+        elif not os.path.isdir(self.upper):
+            raise exception.DiskUnreadable(
+                path=self.upper, reason='the migration brought no root')
+        if ephemeral_gb and not self.has_ephemeral():
+            self.ephemeral_disk.create(ephemeral_gb, disk_idmap.uid_start,
+                                       disk_idmap.gid_start)
+        self.mount(image_rootfs, idmap, disk_idmap)
+        if root_gb:
+            self.root_disk.grow(root_gb)
+        if ephemeral_gb:
+            self.ephemeral_disk.grow(ephemeral_gb)
 
     def write_etc_file(self, name, text, idmap):
         """Write /etc/<name> of the container, owned by its root, 0644.
@@ -309,7 +366,7 @@ class Rootfs:
         durable.write(self._replacing_path, replacement.to_json(),
                       mode=0o600)
 
-    def replace_layers(self, idmap):
+    def replace_layers(self, idmap, disk_idmap=None):
         """Carry out the recorded replacement, up to the mounts.
 
         A fresh, empty upper and work owned by the container's root (as
@@ -320,6 +377,8 @@ class Rootfs:
         a crash left. Nothing is mounted on the new layers yet (mount).
 
         :param idmap: ids.Idmap of the container.
+        :param disk_idmap: ids.Idmap its disks' files are owned in, when
+            a migration brought them (mount).
         :raises MountBusy, MountFailed, CommandFailed: a step failed; the
             record stays, so the next call finishes the job.
         """
@@ -327,13 +386,17 @@ class Rootfs:
         if replacement is None:
             return
         self._unmount([self.merged, self.lower])
+        shift = (disk_idmap, idmap) if disk_idmap not in (None,
+                                                          idmap) else None
         if os.path.exists(self.root_disk.image_path):
             # upper/ and work/ live on it.
-            self.root_disk.mount()
+            self.root_disk.mount(shift)
+        elif shift:
+            disk.shift_mount(self.root_disk.mountpoint, *shift)
         for d in (self.upper, self.work):
             _renew(d, lambda path: _make_dir(path, idmap))
         if replacement.ephemeral_gb:
-            self._renew_ephemeral(replacement.ephemeral_gb, idmap)
+            self._renew_ephemeral(replacement.ephemeral_gb, idmap, shift)
         self._swap_config_drive(replacement.config_drive)
 
     def end_replacement(self):
@@ -354,14 +417,18 @@ class Rootfs:
                 throttle.clear(self.ephemeral_disk.device())
             mount.unmount_tree(point)
 
-    def _renew_ephemeral(self, size_gb, idmap):
+    def _renew_ephemeral(self, size_gb, idmap, shift=None):
         d = self.ephemeral_disk
         self._unmount([d.mountpoint])
         # A crash between losetup and the mount leaves a loop device.
         d.detach_loops()
+        # Its root owned on disk as its siblings are, shown as idmap's.
+        owner = shift[0] if shift else idmap
 
         def make(path):
-            d.create(size_gb, idmap.uid_start, idmap.gid_start)
+            d.create(size_gb, owner.uid_start, owner.gid_start)
+            if shift:
+                disk.shift_mount(d.mountpoint, *shift)
         _renew(d.image_path, make)
 
     def _swap_config_drive(self, wanted):

@@ -624,7 +624,9 @@ class RebuildTest(_Base):
         self.c.rebuild(self.spec, self.image)
         with open(self.c.config_path) as f:
             self.assertEqual(spec_mod.render_config(self.spec), f.read())
-        root, image_rootfs, idmap = self.root_mount.call_args.args
+        root, image_rootfs, idmap, disk_idmap = (
+            self.root_mount.call_args.args)
+        self.assertIsNone(disk_idmap)
         self.assertEqual((self.cid, '/images/x/rootfs',
                           self.ids.idmap(self.cid)),
                          (root.cid, image_rootfs, idmap))
@@ -674,7 +676,9 @@ class RemountTest(_Base):
 
     def test_mounts_on_the_cached_image_with_the_recorded_idmap(self):
         self.assertTrue(self.c.remount(self.cache))
-        root, image_rootfs, idmap = self.root_mount.call_args.args
+        root, image_rootfs, idmap, disk_idmap = (
+            self.root_mount.call_args.args)
+        self.assertIsNone(disk_idmap)
         self.assertEqual('/images/x/rootfs', image_rootfs)
         self.assertEqual(self.c.record().idmap, idmap)
 
@@ -871,7 +875,8 @@ class RescueTest(_Base):
             IMAGE_ID: self.image, 'rescue-image': self.rescue_image}.get
         self.assertTrue(self.c.remount(cache))
         self.assertEqual(
-            [(self.root.path, '/images/x/rootfs', self.ids.idmap(self.cid)),
+            [(self.root.path, '/images/x/rootfs', self.ids.idmap(self.cid),
+              None),
              (self.rescue_root.path, '/images/r/rootfs',
               self.ids.idmap(self.cid))],
             [(c.args[0].path,) + c.args[1:]
@@ -1129,7 +1134,9 @@ class ReplaceRootTest(_Base):
         self.assertEqual(self.cid, self.ids.find(UUID))
         self.assertEqual(self.NEW_IMAGE.image_id,
                          self.c.config_record()['image_id'])
-        root, image_rootfs, idmap = self.root_mount.call_args.args
+        root, image_rootfs, idmap, disk_idmap = (
+            self.root_mount.call_args.args)
+        self.assertIsNone(disk_idmap)
         self.assertEqual('/images/y/rootfs', image_rootfs)
         with open(os.path.join(self.root.merged, 'etc', 'hostname')) as f:
             self.assertEqual('web-2\n', f.read())
@@ -1184,3 +1191,184 @@ class ReplaceRootTest(_Base):
         self.root_mount.assert_not_called()
         self.assertTrue(os.path.exists(self.upper_file()))
         self.assertIsNotNone(self.root.replacement())
+
+
+class MigrationTest(_Base):
+    """hand_over (source), receive (destination), the disks' idmap."""
+
+    DISK_IDMAP = ids.Idmap(100000 + 5 * SIZE, 300000 + 5 * SIZE, SIZE)
+
+    def setUp(self):
+        super().setUp()
+        self.root_mount = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.rootfs.Rootfs.mount', autospec=True)).mock
+        self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.disk.Disk.detach_loops', autospec=True))
+
+    def rootfs_dir(self, cid):
+        return os.path.join(self.state_path, 'rootfs', str(cid))
+
+    # -- hand_over ---------------------------------------------------------
+
+    def test_hand_over_stops_unmounts_and_marks_migrating(self):
+        cid = self.make_container()
+
+        def halt(name, lxc_path, timeout):
+            self.lxc_state = 'STOPPED'
+            return True
+        self.lxc.request_halt.side_effect = halt
+        rec = self.c.hand_over(timeout=20, retry_interval=5)
+        self.lxc.request_halt.assert_called_once_with(NAME, self.lxc_path, 5)
+        self.assertEqual(record.MIGRATING, rec.state)
+        self.assertEqual(rec, self.records.get(UUID))
+        self.mount.unmount_tree.assert_any_call(self.rootfs_dir(cid))
+        # Everything else stays for a confirm or a revert.
+        self.assertEqual(cid, self.ids.find(UUID))
+        self.assertTrue(os.path.isfile(os.path.join(
+            self.rootfs_dir(cid), 'root', 'upper', 'file')))
+        self.assertTrue(os.path.exists(self.c.config_path))
+
+    def test_hand_over_of_a_stopped_container(self):
+        self.make_container()
+        self.lxc_state = 'STOPPED'
+        self.assertEqual(record.MIGRATING, self.c.hand_over().state)
+        self.assertEqual([], self.lxc_calls())
+
+    def test_hand_over_without_record(self):
+        self.assertRaises(exception.ContainerNotFound, self.c.hand_over)
+
+    def test_hand_over_of_a_container_that_does_not_stop(self):
+        self.make_container()
+        self.lxc.kill.side_effect = None
+        self.assertRaises(exception.ContainerNotStopped, self.c.hand_over)
+        self.assertEqual(record.READY, self.records.get(UUID).state)
+        self.mount.unmount_tree.assert_not_called()
+
+    def test_remount_leaves_migrating_disks_alone(self):
+        self.make_container()
+        self.lxc_state = 'STOPPED'
+        self.c.hand_over()
+        cache = mock.Mock()
+        cache.lookup.return_value = self.image
+        self.assertFalse(self.c.remount(cache))
+        self.root_mount.assert_not_called()
+
+    def test_rebuild_after_hand_over_is_a_revert(self):
+        cid = self.make_container()
+        self.lxc_state = 'STOPPED'
+        self.c.hand_over()
+        self.c.rebuild(self.make_spec(cid), self.image)
+        self.assertEqual(record.READY, self.records.get(UUID).state)
+        self.root_mount.assert_called_once()
+
+    # -- the disks' idmap --------------------------------------------------
+
+    def test_rebuild_keeps_the_disks_idmap(self):
+        cid = self.make_container()
+        self.records.write(dataclasses.replace(
+            self.records.get(UUID), disk_idmap=self.DISK_IDMAP))
+        self.c.rebuild(self.make_spec(cid), self.image)
+        self.assertEqual(self.DISK_IDMAP, self.records.get(UUID).disk_idmap)
+        root, _image_rootfs, idmap, disk_idmap = (
+            self.root_mount.call_args.args)
+        self.assertEqual((self.ids.idmap(cid), self.DISK_IDMAP),
+                         (idmap, disk_idmap))
+
+    def test_remount_with_the_disks_idmap(self):
+        self.make_container()
+        self.records.write(dataclasses.replace(
+            self.records.get(UUID), disk_idmap=self.DISK_IDMAP))
+        cache = mock.Mock()
+        cache.lookup.return_value = self.image
+        self.assertTrue(self.c.remount(cache))
+        self.assertEqual(self.DISK_IDMAP,
+                         self.root_mount.call_args.args[3])
+
+    # -- shut_down (destroy without its disks) -----------------------------
+
+    def test_shut_down_kills_unmounts_and_keeps(self):
+        cid = self.make_container()
+        self.c.shut_down()
+        self.assertEqual(['kill'], self.lxc_calls())
+        self.mount.unmount_tree.assert_any_call(self.rootfs_dir(cid))
+        self.assertEqual(record.READY, self.records.get(UUID).state)
+        self.assertEqual(cid, self.ids.find(UUID))
+        self.assertTrue(os.path.isdir(self.rootfs_dir(cid)))
+        self.assertTrue(os.path.exists(self.c.config_path))
+        # A later destroy removes it all.
+        self.c.destroy()
+        self.assertIsNone(self.records.get(UUID))
+        self.assertEqual({}, self.ids.reservations())
+        self.assertFalse(os.path.exists(self.rootfs_dir(cid)))
+
+    def test_shut_down_of_nothing(self):
+        self.c.shut_down()
+        self.assertEqual([], self.lxc_calls())
+        self.mount.unmount_tree.assert_not_called()
+
+    # -- receive -----------------------------------------------------------
+
+    def receive(self, cid, fetch=None, root_gb=1, ephemeral_gb=0):
+        self.c.receive(self.make_spec(cid), self.image,
+                       fetch or mock.Mock(), self.DISK_IDMAP, root_gb,
+                       ephemeral_gb)
+
+    def test_receive(self):
+        cid = self.ids.allocate(UUID, NAME)
+        rootfs_receive = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.rootfs.Rootfs.receive', autospec=True)).mock
+        fetch = mock.Mock()
+        self.receive(cid, fetch, root_gb=2, ephemeral_gb=1)
+        root, got_fetch, image_rootfs, idmap, disk_idmap, root_gb, eph_gb = (
+            rootfs_receive.call_args.args)
+        self.assertEqual(
+            (self.rootfs_dir(cid), fetch, '/images/x/rootfs',
+             self.ids.idmap(cid), self.DISK_IDMAP, 2, 1),
+            (root.path, got_fetch, image_rootfs, idmap, disk_idmap, root_gb,
+             eph_gb))
+        rec = self.records.get(UUID)
+        self.assertEqual(record.SPAWNING, rec.state)
+        self.assertEqual(self.DISK_IDMAP, rec.disk_idmap)
+        self.assertEqual(self.ids.idmap(cid), rec.idmap)
+        with open(self.c.config_path) as f:
+            self.assertEqual(spec_mod.render_config(self.make_spec(cid)),
+                             f.read())
+        self.c.mark_ready()
+        self.assertEqual(self.DISK_IDMAP, self.records.get(UUID).disk_idmap)
+
+    def test_receive_failure_removes_what_it_made(self):
+        cid = self.ids.allocate(UUID, NAME)
+
+        def fail(root, *args):
+            os.makedirs(root.path)
+            raise exception.CommandFailed(cmd='rsync', exit_code=12,
+                                          stderr='reset')
+        self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.rootfs.Rootfs.receive', autospec=True,
+            side_effect=fail))
+        self.assertRaises(exception.CommandFailed, self.receive, cid)
+        self.assertIsNone(self.records.get(UUID))
+        self.assertFalse(os.path.exists(self.c.dir))
+        self.assertFalse(os.path.exists(self.rootfs_dir(cid)))
+
+    def test_receive_into_an_existing_rootfs_leaves_it(self):
+        cid = self.ids.allocate(UUID, NAME)
+        os.makedirs(self.rootfs_dir(cid))
+        open(os.path.join(self.rootfs_dir(cid), 'theirs'), 'w').close()
+        fetch = mock.Mock()
+        self.assertRaises(exception.RootfsExists, self.receive, cid, fetch)
+        fetch.assert_not_called()
+        self.assertEqual(['theirs'], os.listdir(self.rootfs_dir(cid)))
+        self.assertIsNone(self.records.get(UUID))
+        self.assertFalse(os.path.exists(self.c.dir))
+
+    def test_receive_refuses_an_existing_container_dir(self):
+        cid = self.ids.allocate(UUID, NAME)
+        os.makedirs(self.c.dir)
+        open(self.c.config_path, 'w').close()
+        fetch = mock.Mock()
+        self.assertRaises(exception.ContainerExists, self.receive, cid,
+                          fetch)
+        fetch.assert_not_called()
+        self.assertTrue(os.path.exists(self.c.config_path))
+        self.assertFalse(os.path.exists(self.rootfs_dir(cid)))

@@ -7,6 +7,7 @@ import fixtures
 
 from novalxcdriver import disk
 from novalxcdriver import exception
+from novalxcdriver import ids
 from tests.unit import base as unit_base
 
 GiB = 1024 ** 3
@@ -333,3 +334,141 @@ class FilesystemTest(unit_base.TestCase):
         mnt.mountpoints.return_value = set()
         self.assertRaises(exception.DiskUnreadable, self.disk.mount)
         lxc.attach_loop.assert_not_called()
+
+
+DISK_IDMAP = ids.Idmap(296608, 296608, 65536)
+IDMAP = ids.Idmap(100000, 100000, 65536)
+
+
+class MountShiftTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.shift_mount = self.patch('novalxcdriver.disk.shift_mount',
+                                      autospec=True)
+        os.mkdir(self.mountpoint)
+
+    def test_mounts_then_shifts(self):
+        calls = mock.Mock()
+        calls.attach_mock(self.mount.block_device, 'block_device')
+        calls.attach_mock(self.shift_mount, 'shift_mount')
+        self.disk.mount((DISK_IDMAP, IDMAP))
+        self.assertEqual(
+            [mock.call.block_device(LOOP, self.mountpoint, 'ext4'),
+             mock.call.shift_mount(self.mountpoint, DISK_IDMAP, IDMAP)],
+            calls.mock_calls)
+
+    def test_shifts_a_disk_already_mounted(self):
+        # After a crash between the mount and its shift.
+        self.mounted.add(self.mountpoint)
+        self.disk.mount((DISK_IDMAP, IDMAP))
+        self.mount.block_device.assert_not_called()
+        self.shift_mount.assert_called_once_with(self.mountpoint, DISK_IDMAP,
+                                                 IDMAP)
+
+    def test_no_shift_by_default(self):
+        self.disk.mount()
+        self.mount.block_device.assert_called_once()
+        self.shift_mount.assert_not_called()
+
+    def test_mount_point_made_for_an_image_alone(self):
+        # A migration brings the image, not its mount point.
+        os.rmdir(self.mountpoint)
+        self.disk.mount()
+        self.assertTrue(os.path.isdir(self.mountpoint))
+        self.mount.block_device.assert_called_once_with(
+            LOOP, self.mountpoint, 'ext4')
+
+
+class GrowTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        with open(self.image, 'wb') as f:
+            f.truncate(1 * GiB)
+        os.mkdir(self.mountpoint)
+        self.mounted.add(self.mountpoint)
+        self.mount.source.return_value = LOOP
+
+    def test_ext4_grown_online(self):
+        self.disk.grow(3)
+        st = os.stat(self.image)
+        self.assertEqual(3 * GiB, st.st_size)
+        # Still sparse.
+        self.assertLess(st.st_blocks * 512, 1024 * 1024)
+        self.mount.source.assert_called_once_with(self.mountpoint)
+        self.assertEqual(
+            [mock.call('losetup', '--set-capacity', LOOP),
+             mock.call('resize2fs', LOOP)],
+            self.lxc.execute.call_args_list)
+
+    def test_btrfs_grown_online(self):
+        self.fs.return_value = 'btrfs'
+        self.disk.grow(2)
+        self.assertEqual(2 * GiB, os.path.getsize(self.image))
+        self.assertEqual(
+            [mock.call('losetup', '--set-capacity', LOOP),
+             mock.call('btrfs', 'filesystem', 'resize', 'max',
+                       self.mountpoint)],
+            self.lxc.execute.call_args_list)
+
+    def test_file_grown_before_the_loop_device_learns_it(self):
+        def check(*argv, **kwargs):
+            if argv[0] == 'losetup':
+                self.assertEqual(2 * GiB, os.path.getsize(self.image))
+            return '', ''
+        self.lxc.execute.side_effect = check
+        self.disk.grow(2)
+        self.assertEqual(2, self.lxc.execute.call_count)
+
+    def test_as_large_left_alone(self):
+        self.disk.grow(1)
+        self.assertEqual(1 * GiB, os.path.getsize(self.image))
+        self.lxc.execute.assert_not_called()
+
+    def test_never_shrinks(self):
+        with open(self.image, 'wb') as f:
+            f.truncate(4 * GiB)
+        self.disk.grow(2)
+        self.assertEqual(4 * GiB, os.path.getsize(self.image))
+        self.lxc.execute.assert_not_called()
+
+    def test_tool_failure_raised(self):
+        self.lxc.execute.side_effect = [
+            ('', ''), exception.CommandFailed(cmd='resize2fs', exit_code=1,
+                                              stderr='no')]
+        self.assertRaises(exception.CommandFailed, self.disk.grow, 2)
+
+
+class ShiftMountTest(unit_base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.mount = self.patch('novalxcdriver.disk.mount', autospec=True)
+        self.mount.is_idmapped.return_value = False
+        self.lxc = self.patch('novalxcdriver.disk.lxc', autospec=True)
+        userns = mock.MagicMock()
+        userns.__enter__.return_value = 57
+        self.lxc.shifting_namespace.return_value = userns
+
+    def test_equal_idmaps_no_op(self):
+        disk.shift_mount('/r/root', IDMAP, ids.Idmap(100000, 100000, 65536))
+        self.lxc.shifting_namespace.assert_not_called()
+        self.mount.idmapped_over.assert_not_called()
+
+    def test_already_idmapped_no_op(self):
+        # A second shift would map the ids twice.
+        self.mount.is_idmapped.return_value = True
+        disk.shift_mount('/r/root', DISK_IDMAP, IDMAP)
+        self.mount.is_idmapped.assert_called_once_with('/r/root')
+        self.lxc.shifting_namespace.assert_not_called()
+        self.mount.idmapped_over.assert_not_called()
+
+    def test_stacks_an_idmapped_mount(self):
+        disk.shift_mount('/r/root', DISK_IDMAP, IDMAP)
+        self.mount.is_idmapped.assert_called_once_with('/r/root')
+        self.lxc.shifting_namespace.assert_called_once_with(DISK_IDMAP,
+                                                            IDMAP)
+        self.mount.idmapped_over.assert_called_once_with('/r/root', 57)
+        # The namespace is let go once the mount holds it.
+        self.lxc.shifting_namespace.return_value.__exit__.assert_called_once()

@@ -230,3 +230,108 @@ class ReadonlyTest(base.TestCase):
         e = self.assertRaises(exception.MountFailed, mount.readonly,
                               '/dev/loop5', '/c/mnt', 'ext4', 'noload')
         self.assertIn('ext4 /dev/loop5', str(e))
+
+
+class IsIdmappedTest(base.TestCase):
+
+    def is_idmapped(self, data, point):
+        self.patch('builtins.open', mock.mock_open(read_data=data))
+        return mount.is_idmapped(point)
+
+    def test_top_mount_idmapped(self):
+        data = (b'36 25 7:3 / /s/root rw,relatime shared:1 - ext4 '
+                b'/dev/loop3 rw\n'
+                b'37 36 7:3 / /s/root rw,relatime,idmapped shared:1 - ext4 '
+                b'/dev/loop3 rw\n')
+        self.assertTrue(self.is_idmapped(data, '/s/root'))
+
+    def test_only_the_last_mount_on_a_point_counts(self):
+        # An idmapped mount covered by a plain one: the view is plain.
+        data = (b'36 25 7:3 / /s/root rw,idmapped - ext4 /dev/loop3 rw\n'
+                b'37 36 7:4 / /s/root rw,relatime - ext4 /dev/loop4 rw\n')
+        self.assertFalse(self.is_idmapped(data, '/s/root'))
+
+    def test_plain_mount(self):
+        data = b'36 25 7:3 / /s/root rw,relatime - ext4 /dev/loop3 rw\n'
+        self.assertFalse(self.is_idmapped(data, '/s/root'))
+
+    def test_other_points_do_not_count(self):
+        data = (b'36 25 7:3 / /s/root rw - ext4 /dev/loop3 rw\n'
+                b'37 25 7:3 / /s/root2 rw,idmapped - ext4 /dev/loop3 rw\n'
+                b'38 36 7:3 / /s/root/x rw,idmapped - ext4 /dev/loop3 rw\n')
+        self.assertFalse(self.is_idmapped(data, '/s/root'))
+        self.assertFalse(self.is_idmapped(data, '/elsewhere'))
+
+    def test_superblock_options_do_not_count(self):
+        # Fields after ' - ' are the filesystem's, not the mount's.
+        data = b'36 25 7:3 / /s/root rw - ext4 /dev/loop3 rw,idmapped\n'
+        self.assertFalse(self.is_idmapped(data, '/s/root'))
+
+    def test_escaped_point(self):
+        data = (b'36 25 7:3 / /s/my\\040root rw,nodev,idmapped - ext4 '
+                b'/dev/loop3 rw\n')
+        self.assertTrue(self.is_idmapped(data, '/s/my root'))
+
+    def test_reads_this_process_mountinfo(self):
+        opened = self.patch('builtins.open', mock.mock_open(read_data=b''))
+        self.assertFalse(mount.is_idmapped('/s/root'))
+        opened.assert_called_once_with('/proc/self/mountinfo', 'rb')
+
+
+class IdmappedOverTest(base.TestCase):
+
+    TREE = 9
+
+    def setUp(self):
+        super().setUp()
+        self.libc = self.patch('novalxcdriver.mount._libc')
+        self.attrs = []
+        self.results = {mount._SYS_OPEN_TREE: self.TREE,
+                        mount._SYS_MOUNT_SETATTR: 0,
+                        mount._SYS_MOVE_MOUNT: 0}
+        self.libc.syscall.side_effect = self._syscall
+        self.close = self.patch('os.close')
+
+    def _syscall(self, number, *args):
+        if number == mount._SYS_MOUNT_SETATTR:
+            # byref's object: what the kernel would read.
+            attr = args[3]._obj
+            self.attrs.append((attr.attr_set, attr.attr_clr,
+                               attr.userns_fd))
+        return self.results[number]
+
+    def test_idmapped_bind_of_the_mount_on_itself(self):
+        mount.idmapped_over('/s/root', 57)
+        calls = self.libc.syscall.call_args_list
+        self.assertEqual([mount._SYS_OPEN_TREE, mount._SYS_MOUNT_SETATTR,
+                          mount._SYS_MOVE_MOUNT],
+                         [c.args[0] for c in calls])
+        # A clone of the mount at /s/root...
+        self.assertEqual((mount._AT_FDCWD, b'/s/root',
+                          mount._OPEN_TREE_CLONE | mount._OPEN_TREE_CLOEXEC),
+                         calls[0].args[1:])
+        # ...idmapped through the namespace, read-write...
+        self.assertEqual([(mount._MOUNT_ATTR_IDMAP | mount._MOUNT_ATTR_NODEV,
+                           0, 57)], self.attrs)
+        self.assertFalse(self.attrs[0][0] & mount._MOUNT_ATTR_RDONLY)
+        self.assertEqual(self.TREE, calls[1].args[1])
+        # ...moved on top of it.
+        self.assertEqual((self.TREE, b'', mount._AT_FDCWD, b'/s/root',
+                          mount._MOVE_MOUNT_F_EMPTY_PATH), calls[2].args[1:])
+        self.close.assert_called_once_with(self.TREE)
+
+    def test_failure_closes_the_tree(self):
+        self.results[mount._SYS_MOUNT_SETATTR] = -1
+        self.patch('ctypes.get_errno', return_value=errno.EINVAL)
+        e = self.assertRaises(exception.MountFailed, mount.idmapped_over,
+                              '/s/root', 57)
+        self.assertIn('/s/root', str(e))
+        self.close.assert_called_once_with(self.TREE)
+        self.assertEqual(2, self.libc.syscall.call_count)
+
+    def test_open_tree_failure(self):
+        self.results[mount._SYS_OPEN_TREE] = -1
+        self.patch('ctypes.get_errno', return_value=errno.ENOENT)
+        self.assertRaises(exception.MountFailed, mount.idmapped_over,
+                          '/s/root', 57)
+        self.close.assert_not_called()

@@ -92,3 +92,57 @@ class RecordStoreTest(base.TestCase):
         with open(self.path, 'w') as f:
             f.write(json.dumps(dict(data, rescue_image_id=7)))
         self.assertIsNone(self.store.get(UUID))
+
+    def test_disk_idmap_round_trip(self):
+        # Disks a migration brought keep their source's owners.
+        moved = dataclasses.replace(
+            self.record, state=record.READY,
+            disk_idmap=ids.Idmap(165536, 365536, 65536))
+        self.store.write(moved)
+        with open(self.path) as f:
+            self.assertEqual({'uid_start': 165536, 'gid_start': 365536,
+                              'size': 65536}, json.load(f)['disk_idmap'])
+        got = self.store.get(UUID)
+        self.assertEqual(moved, got)
+        self.assertEqual(ids.Idmap(165536, 365536, 65536), got.disks_idmap)
+
+    def test_disk_idmap_left_out_when_none_or_own(self):
+        # Records of servers that never moved keep earlier versions' JSON.
+        for disk_idmap in (None, self.record.idmap):
+            rec = dataclasses.replace(self.record, disk_idmap=disk_idmap)
+            self.assertNotIn('disk_idmap', json.loads(rec.to_json()))
+            back = record.InstanceRecord.from_json(rec.to_json())
+            self.assertIsNone(back.disk_idmap)
+            self.assertEqual(self.record.idmap, back.disks_idmap)
+
+    def test_disks_idmap_is_own_without_disk_idmap(self):
+        self.assertIs(self.record.idmap, self.record.disks_idmap)
+        other = ids.Idmap(165536, 365536, 65536)
+        self.assertEqual(other, dataclasses.replace(
+            self.record, disk_idmap=other).disks_idmap)
+
+    def test_disk_idmap_of_another_size_refused(self):
+        data = json.loads(self.record.to_json())
+        data['disk_idmap'] = {'uid_start': 165536, 'gid_start': 365536,
+                              'size': 1000}
+        self.assertRaises(ValueError, record.InstanceRecord.from_json,
+                          json.dumps(data))
+        os.makedirs(self.store.path)
+        with open(self.path, 'w') as f:
+            f.write(json.dumps(data))
+        self.assertIsNone(self.store.get(UUID))
+
+    def test_disk_idmap_mistyped_refused(self):
+        data = json.loads(self.record.to_json())
+        for bad in ([1, 2, 3], 'x', {'uid_start': '165536',
+                                     'gid_start': 365536, 'size': 65536},
+                    {'uid_start': 1}):
+            self.assertRaises(ValueError, record.InstanceRecord.from_json,
+                              json.dumps(dict(data, disk_idmap=bad)))
+
+    def test_migrating_state_accepted(self):
+        migrating = dataclasses.replace(self.record, state=record.MIGRATING)
+        self.assertEqual('migrating', record.MIGRATING)
+        self.store.write(migrating)
+        self.assertEqual(migrating, self.store.get(UUID))
+        self.assertEqual(record.MIGRATING, self.store.get(UUID).state)

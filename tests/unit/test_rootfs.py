@@ -165,8 +165,8 @@ class MountTest(_Base):
         self.make(root_gb=2, ephemeral_gb=3)
         self.mounted.clear()
         self.root.mount(IMAGE_ROOTFS, IDMAP)
-        self.assertEqual([mock.call(self.root.root_disk),
-                          mock.call(self.root.ephemeral_disk)],
+        self.assertEqual([mock.call(self.root.root_disk, None),
+                          mock.call(self.root.ephemeral_disk, None)],
                          self.disk_mount.call_args_list)
         self.mount.idmapped_bind.assert_called_once_with(
             IMAGE_ROOTFS, self.root.lower, USERNS_FD)
@@ -462,12 +462,12 @@ class ReplacementTest(_Base):
         open(root.root_disk.image_path, 'w').close()
         root.begin_replacement(self.REPLACEMENT)
 
-        def mount(d):
+        def mount(d, shift=None):
             # upper/ and work/ are on it: nothing touched before.
             self.assertTrue(os.path.exists(os.path.join(root.upper, 'old')))
         self.disk_mount.side_effect = mount
         root.replace_layers(IDMAP)
-        self.assertEqual(mock.call(root.root_disk),
+        self.assertEqual(mock.call(root.root_disk, None),
                          self.disk_mount.call_args_list[0])
         self.assert_replaced(root)
 
@@ -536,3 +536,170 @@ class ReplacementTest(_Base):
             step += 1
         # Every step of every layer was cut short once.
         self.assertGreater(step, 12)
+
+    def test_replace_layers_of_disks_a_migration_brought(self):
+        shift_mount = self.patch('novalxcdriver.disk.shift_mount',
+                                 autospec=True)
+        root = self.make_old()
+        open(root.root_disk.image_path, 'w').close()
+        root.begin_replacement(self.REPLACEMENT)
+        root.replace_layers(IDMAP, DISK_IDMAP)
+        self.assert_replaced(root)
+        self.assertEqual(mock.call(root.root_disk, SHIFT),
+                         self.disk_mount.call_args_list[0])
+        # The new ephemeral disk is owned on disk as its siblings are,
+        # and shown in the container's idmap.
+        d, size_gb, uid, gid = self.disk_create.call_args.args
+        self.assertEqual((root.ephemeral_disk.image_path, 3,
+                          DISK_IDMAP.uid_start, DISK_IDMAP.gid_start),
+                         (d.image_path, size_gb, uid, gid))
+        shift_mount.assert_called_once_with(root.ephemeral_disk.mountpoint,
+                                            DISK_IDMAP, IDMAP)
+
+    def test_replace_layers_shifts_a_root_without_disk(self):
+        shift_mount = self.patch('novalxcdriver.disk.shift_mount',
+                                 autospec=True)
+        root = self.make_old()
+        root.begin_replacement(self.REPLACEMENT)
+        root.replace_layers(IDMAP, DISK_IDMAP)
+        self.assert_replaced(root)
+        self.assertEqual(
+            [mock.call(root.root_disk.mountpoint, DISK_IDMAP, IDMAP),
+             mock.call(root.ephemeral_disk.mountpoint, DISK_IDMAP, IDMAP)],
+            shift_mount.call_args_list)
+
+
+DISK_IDMAP = ids.Idmap(uid_start=362144, gid_start=462144, size=65536)
+SHIFT = (DISK_IDMAP, IDMAP)
+
+
+class ShiftedMountTest(_Base):
+    """mount with the disks' idmap of a migration: each disk shifted."""
+
+    def setUp(self):
+        super().setUp()
+        self.shift_mount = self.patch('novalxcdriver.disk.shift_mount',
+                                      autospec=True)
+
+    def make(self, **kwargs):
+        self.root.create(IMAGE_ROOTFS, IDMAP, **kwargs)
+        self.mounted.clear()
+        self.mount.reset_mock()
+        self.lxc.reset_mock()
+        self.disk_mount.reset_mock()
+
+    def test_each_disk_shifted(self):
+        self.make(root_gb=2, ephemeral_gb=3)
+        self.root.mount(IMAGE_ROOTFS, IDMAP, DISK_IDMAP)
+        self.assertEqual([mock.call(self.root.root_disk, SHIFT),
+                          mock.call(self.root.ephemeral_disk, SHIFT)],
+                         self.disk_mount.call_args_list)
+        self.shift_mount.assert_not_called()
+        # The lower layer is the image in the container's own idmap.
+        self.lxc.user_namespace.assert_called_once_with(IDMAP)
+        self.mount.overlay.assert_called_once()
+
+    def test_root_directory_without_disk_shifted(self):
+        self.make()
+        self.root.mount(IMAGE_ROOTFS, IDMAP, DISK_IDMAP)
+        self.shift_mount.assert_called_once_with(
+            self.root.root_disk.mountpoint, DISK_IDMAP, IDMAP)
+        self.disk_mount.assert_not_called()
+
+    def test_own_idmap_or_none_no_shift(self):
+        self.make(root_gb=2)
+        for disk_idmap in (None, IDMAP,
+                           ids.Idmap(IDMAP.uid_start, IDMAP.gid_start,
+                                     IDMAP.size)):
+            self.disk_mount.reset_mock()
+            self.root.mount(IMAGE_ROOTFS, IDMAP, disk_idmap)
+            self.disk_mount.assert_called_once_with(self.root.root_disk,
+                                                    None)
+        self.shift_mount.assert_not_called()
+
+
+class ReceiveTest(_Base):
+    """receive: the root made from the disks a migration copies here."""
+
+    def setUp(self):
+        super().setUp()
+        self.grow = self.patch('novalxcdriver.disk.Disk.grow', autospec=True)
+        self.root_mount = self.patch('novalxcdriver.rootfs.Rootfs.mount',
+                                     autospec=True)
+        self.fetched = []
+
+    def fetch(self, *names):
+        def fetch(dest_dir):
+            self.fetched.append(dest_dir)
+            for name in names:
+                path = os.path.join(dest_dir, name)
+                if name == 'root':
+                    os.makedirs(os.path.join(path, 'upper'))
+                    os.makedirs(os.path.join(path, 'work'))
+                else:
+                    open(path, 'w').close()
+        return fetch
+
+    def receive(self, fetch, root_gb=2, ephemeral_gb=0):
+        self.root.receive(fetch, IMAGE_ROOTFS, IDMAP, DISK_IDMAP, root_gb,
+                          ephemeral_gb)
+
+    def test_disks_fetched_mounted_shifted_and_grown(self):
+        calls = mock.Mock()
+        calls.attach_mock(self.root_mount, 'mount')
+        calls.attach_mock(self.grow, 'grow')
+        self.receive(self.fetch('root.img', 'ephemeral.img'), root_gb=2,
+                     ephemeral_gb=3)
+        self.assertEqual([self.root.path], self.fetched)
+        for d in (self.root.lower, self.root.merged,
+                  self.root.root_disk.mountpoint):
+            self.assertTrue(os.path.isdir(d), d)
+        self.assertEqual(
+            [mock.call.mount(self.root, IMAGE_ROOTFS, IDMAP, DISK_IDMAP),
+             mock.call.grow(self.root.root_disk, 2),
+             mock.call.grow(self.root.ephemeral_disk, 3)],
+            calls.mock_calls)
+        self.disk_create.assert_not_called()
+
+    def test_new_ephemeral_disk_owned_in_the_disks_idmap(self):
+        self.receive(self.fetch('root.img'), root_gb=2, ephemeral_gb=3)
+        self.disk_create.assert_called_once()
+        d, size_gb, uid, gid = self.disk_create.call_args.args[:4]
+        self.assertEqual((self.root.ephemeral_disk.image_path, 3,
+                          DISK_IDMAP.uid_start, DISK_IDMAP.gid_start),
+                         (d.image_path, size_gb, uid, gid))
+
+    def test_root_directory_without_disk(self):
+        self.receive(self.fetch('root'), root_gb=0)
+        self.root_mount.assert_called_once_with(self.root, IMAGE_ROOTFS,
+                                                IDMAP, DISK_IDMAP)
+        self.grow.assert_not_called()
+        self.disk_create.assert_not_called()
+
+    def test_no_root_disk_brought(self):
+        e = self.assertRaises(exception.DiskUnreadable, self.receive,
+                              self.fetch('root'), root_gb=2)
+        self.assertIn('root.img', str(e))
+        self.root_mount.assert_not_called()
+
+    def test_no_root_directory_brought(self):
+        self.assertRaises(exception.DiskUnreadable, self.receive,
+                          self.fetch(), root_gb=0)
+        self.root_mount.assert_not_called()
+
+    def test_existing_root_untouched(self):
+        os.makedirs(self.root.path)
+        marker = os.path.join(self.root.path, 'theirs')
+        open(marker, 'w').close()
+        self.assertRaises(exception.RootfsExists, self.receive,
+                          self.fetch('root.img'))
+        self.assertEqual([], self.fetched)
+        self.assertEqual(['theirs'], os.listdir(self.root.path))
+
+    def test_fetch_failure_raised(self):
+        def fail(dest_dir):
+            raise exception.CommandFailed(cmd='rsync', exit_code=23,
+                                          stderr='partial')
+        self.assertRaises(exception.CommandFailed, self.receive, fail)
+        self.root_mount.assert_not_called()
+        self.grow.assert_not_called()
