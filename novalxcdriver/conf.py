@@ -73,6 +73,25 @@ lxc_opts = [
                help='Number of uids and gids in each container\'s isolated '
                     'range (the idmap). Container ID N owns the range '
                     'starting at root\'s /etc/subuid start + N * size.'),
+    cfg.StrOpt('migration_ssh_user', default='',
+               help='User a destination host logs in as, with rsync over '
+                    'SSH, to copy a migrating server\'s disks from the '
+                    'source host (whose my_ip it reaches). Empty: the user '
+                    'nova-compute runs as. Its SSH key must be accepted '
+                    'by the other compute hosts, as for libvirt\'s cold '
+                    'migration. Not used between two services of one '
+                    'machine: they copy locally.'),
+    cfg.PortOpt('migration_ssh_port', default=22,
+                help='SSH port of the source host for migrations.'),
+    cfg.ListOpt('migration_ssh_options', default=[],
+                help='More ssh_config(5) options for the migrations\' '
+                     'SSH, each NAME=VALUE without blanks, given as -o '
+                     'NAME=VALUE: e.g. IdentityFile=/etc/nova/migration-key'
+                     ',UserKnownHostsFile=/etc/nova/known_hosts.'),
+    cfg.IntOpt('migration_timeout', default=3600, min=1,
+               help='Seconds the copy of one disk of a migrating server '
+                    'may take before it is killed and the migration '
+                    'fails (the server stays on its source).'),
     cfg.StrOpt('root_disk_fs', default='btrfs', choices=[
                    ('btrfs', 'point-in-time snapshots in milliseconds, '
                              'online grow'),

@@ -45,6 +45,7 @@ from novalxcdriver import ids
 from novalxcdriver import images
 from novalxcdriver import limits as limits_mod
 from novalxcdriver import lxcfs
+from novalxcdriver import migration as migration_mod
 from novalxcdriver import numa
 from novalxcdriver import record as record_mod
 from novalxcdriver import rescue as rescue_mod
@@ -89,7 +90,12 @@ class LXCDriver(driver.ComputeDriver):
         supports_image_type_qcow2=True,
         # manage_image_cache prunes the unpacked image cache.
         has_imagecache=True,
-        supports_evacuate=False,
+        # Evacuate rebuilds from the image on the new host (local disks:
+        # the old root's writes stay on the failed host); cold migration
+        # and resize copy the disks (migration.py). Both copies of a
+        # resize on one host would need two containers of one name:
+        # refused (migrate_disk_and_power_off), so no same-host moves.
+        supports_evacuate=True,
         supports_migrate_to_same_host=False,
         # Hot-plug into the running container's network namespace.
         supports_attach_interface=True,
@@ -105,6 +111,8 @@ class LXCDriver(driver.ComputeDriver):
         super().__init__(virtapi)
         self._lxc_path = CONF.lxc.lxc_path
         self._state_path = CONF.lxc.state_path
+        self._ids_path = CONF.lxc.ids_path
+        self._node_uuid = None
         self._images = images.ImageCache(
             self._state_path, CONF.lxc.image_max_unpacked_gib * units.Gi,
             disk_images=CONF.lxc.disk_images)
@@ -118,6 +126,7 @@ class LXCDriver(driver.ComputeDriver):
         # init_host's host: Nova's harness runs several computes in one
         # process and sets CONF.host only while each starts.
         self._host = CONF.host
+        self._my_ip = CONF.my_ip
 
     # -- host -------------------------------------------------------------
 
@@ -144,13 +153,17 @@ class LXCDriver(driver.ComputeDriver):
         try:
             self._ids = ids.IdAllocator(
                 self._state_path, range_size=CONF.lxc.id_range_size,
-                artifact_ids=self._artifact_ids)
+                artifact_ids=self._artifact_ids,
+                ids_path=self._ids_path, host=host)
             if self._ids.count < 1:
                 raise exception.IdmapUnavailable(
                     reason='the range holds no block of %d ids' %
                     CONF.lxc.id_range_size)
-        except exception.IdmapUnavailable as e:
+            if not problems:
+                self._ids.adopt(os.path.join(self._state_path, 'ids'))
+        except (exception.IdmapUnavailable, exception.IdConflict) as e:
             problems.append(str(e))
+
         if not problems:
             self._adopt_configs()
             problems += self._idmap_problems()
@@ -232,7 +245,7 @@ class LXCDriver(driver.ComputeDriver):
         """
         self._images.remove_partials()
         held = self._artifact_ids()
-        reservations = self._ids.reservations()
+        reservations = self._ids.reservations(mine=True)
         claimed = {r.cid for r in records.values()} | {
             cid for cid, res in reservations.items()
             if res.instance_uuid is not None}
@@ -346,13 +359,27 @@ class LXCDriver(driver.ComputeDriver):
         return instance, instance.get_network_info()
 
     def get_host_ip_addr(self):
-        return CONF.my_ip
+        return self._my_ip
 
     def get_available_nodes(self, refresh=False):
         return [self._host]
 
+    def _local_node_uuid(self):
+        """This compute's node UUID (nova.virt.node), kept on first use.
+
+        Kept, not read again: Nova's harness runs several computes in
+        one process, with one process-wide cache.
+        """
+        if self._node_uuid is None:
+            self._node_uuid = nova.virt.node.get_local_node_uuid()
+        return self._node_uuid
+
+    def get_nodenames_by_uuid(self, refresh=False):
+        return {self._local_node_uuid(): self._host}
+
     def get_available_resource(self, nodename):
         """Host CPUs, memory (MiB) and instance disk (GiB), Nova's dict."""
+        node_uuid = self._local_node_uuid()
         mem_total, mem_used = host_mod.memory_mb()
         disk_total, disk_used, disk_free = host_mod.disk_gb(self._state_path)
         arch = fields.Architecture.canonicalize(host_mod.arch())
@@ -371,7 +398,7 @@ class LXCDriver(driver.ComputeDriver):
             'supported_instances': [(arch, fields.HVType.LXC,
                                      fields.VMMode.EXE)],
             'numa_topology': numa.topology()._to_json(),
-            'uuid': nova.virt.node.get_local_node_uuid(),
+            'uuid': node_uuid,
         }
 
     def update_provider_tree(self, provider_tree, nodename, allocations=None):
@@ -567,10 +594,12 @@ class LXCDriver(driver.ComputeDriver):
         the next hard reboot, start or rebuild finishes; before it, the
         old root is intact.
 
-        :raises InstanceEvacuateNotSupported: evacuate (supports_evacuate
-            is False, so Nova refuses before calling here).
-            NotImplementedError would make Nova fall back to
-            _rebuild_default_impl, which spawns a second container.
+        Evacuate (evacuate=True: the server's host is down) spawns the
+        server here from image_meta, as Nova's _rebuild_default_impl
+        does (_evacuate); its disks stayed on the failed host.
+
+        :raises PreserveEphemeralNotSupported: evacuate with
+            preserve_ephemeral: the ephemeral disk is on the failed host.
         :raises InvalidInput: volumes (a volume-backed server included),
             or a flavor this host cannot honour; nothing is touched.
         :raises ImageUnacceptable: image_meta is not a usable rootfs
@@ -586,7 +615,11 @@ class LXCDriver(driver.ComputeDriver):
             rebuild finishes the new root.
         """
         if evacuate:
-            raise nova_exc.InstanceEvacuateNotSupported()
+            return self._evacuate(
+                context, instance, image_meta, injected_files,
+                admin_password, allocations, bdms, detach_block_devices,
+                attach_block_devices, network_info, block_device_info,
+                preserve_ephemeral)
         # reimage_boot_volume is True from API microversion 2.93 on, for
         # any server; a volume-backed one has its root volume in the
         # mapping, refused here.
@@ -634,6 +667,34 @@ class LXCDriver(driver.ComputeDriver):
         self._replug_running(c, instance, network_info)
         LOG.info('Container %s rebuilt on image %s (ID %d)', c.name,
                  image.image_id, cid, instance=instance)
+
+    def _evacuate(self, context, instance, image_meta, injected_files,
+                  admin_password, allocations, bdms, detach_block_devices,
+                  attach_block_devices, network_info, block_device_info,
+                  preserve_ephemeral):
+        """Spawn an evacuated server here: Nova's default rebuild's steps.
+
+        nova/compute/manager.py _rebuild_default_impl with evacuate:
+        block devices detached, the task states it moves through, spawn
+        within the instance's mutated migration context. The root's own
+        writes and the ephemeral disk's content stayed on the failed host
+        (local disks, as with libvirt's); its destroy removes them when
+        it comes back.
+        """
+        if preserve_ephemeral:
+            raise nova_exc.PreserveEphemeralNotSupported()
+        detach_block_devices(context, bdms, detach_root_bdm=True)
+        instance.task_state = task_states.REBUILD_BLOCK_DEVICE_MAPPING
+        instance.save(expected_task_state=[task_states.REBUILDING])
+        block_device_info = attach_block_devices(context, instance, bdms)
+        instance.task_state = task_states.REBUILD_SPAWNING
+        instance.save(expected_task_state=[
+            task_states.REBUILD_BLOCK_DEVICE_MAPPING])
+        with instance.mutated_migration_context():
+            self.spawn(context, instance, image_meta, injected_files,
+                       admin_password, allocations,
+                       network_info=network_info,
+                       block_device_info=block_device_info)
 
     @staticmethod
     def _refuse_unsupported(instance, block_device_info):
@@ -745,7 +806,10 @@ class LXCDriver(driver.ComputeDriver):
         """Kill the container, remove all of it and unplug its VIFs.
 
         Idempotent. The NICs its config names are removed even when
-        network_info misses them.
+        network_info misses them. destroy_disks False (Nova: the disks
+        are on shared storage, or a caller keeps them) stops the
+        container and unmounts its disks, and keeps them with its record
+        and ID: a later destroy with destroy_disks removes them.
         """
         self.cleanup(context, instance, network_info, block_device_info,
                      destroy_disks)
@@ -761,7 +825,12 @@ class LXCDriver(driver.ComputeDriver):
             LOG.warning('Cannot read the NICs of container %s: %s', c.name,
                         e, instance=instance)
             nics = ()
-        c.destroy()
+        if destroy_disks:
+            c.destroy()
+        else:
+            c.shut_down()
+            LOG.info('Container %s stopped; its disks are kept (destroy '
+                     'without destroy_disks)', c.name, instance=instance)
         if destroy_vifs:
             self._unplug_vifs(instance, network_info or [], nics)
 
@@ -1074,6 +1143,226 @@ class LXCDriver(driver.ComputeDriver):
     def resume(self, context, instance, network_info, block_device_info=None,
                share_info=None):
         self._existing(instance).thaw()
+
+    # -- cold migration and resize: migration.py ---------------------------
+
+    def migrate_disk_and_power_off(self, context, instance, dest,
+                                   flavor, network_info,
+                                   block_device_info=None,
+                                   timeout=0, retry_interval=0):
+        """Stop the server and hand its disks to the destination (source).
+
+        Nova's contract (nova/virt/driver.py; ComputeManager's
+        _resize_instance): the disks may not shrink and a root disk
+        cannot come or go (migration.check_resize); such a flavor, a
+        destination that is this host, or volumes are refused before
+        anything happens, with InstanceFaultRollback so the server stays
+        ACTIVE here. Then the container stops cleanly within timeout
+        seconds (halt resent every retry_interval), its VIFs are
+        unplugged and its root unmounted; its disks stay in place, untouched
+        until confirm_migration deletes them or finish_revert_migration
+        mounts them again. The destination pulls them (finish_migration).
+
+        :param dest: the destination's get_host_ip_addr().
+        :param flavor: the new flavor (instance.flavor is the old one).
+        :returns: the disk info (JSON text, migration.DiskInfo).
+        :raises InstanceFaultRollback: wrapping ResizeError: refused.
+        :raises InstanceNotFound: nothing of the instance on this host.
+        """
+        try:
+            self._refuse_unsupported(instance, block_device_info)
+            migration_mod.check_resize(instance.flavor, flavor)
+            self._refuse_same_host(context, instance)
+        except (exception.ResizeRefused, nova_exc.InvalidInput) as e:
+            raise nova_exc.InstanceFaultRollback(
+                nova_exc.ResizeError(reason=str(e)))
+        c = self._existing(instance)
+        record = c.hand_over(timeout, retry_interval)
+        self.unplug_vifs(instance, network_info)
+        root = rootfs_mod.Rootfs(self._state_path, record.cid)
+        files = [migration_mod.ROOT_DISK
+                 if os.path.exists(root.root_disk.image_path)
+                 else migration_mod.ROOT_DIR]
+        if root.has_ephemeral():
+            files.append(migration_mod.EPHEMERAL_DISK)
+        info = migration_mod.DiskInfo(
+            instance_uuid=instance.uuid, source_host=self._host,
+            source_ip=str(self._my_ip),
+            token=migration_mod.new_token(root.path), rootfs=root.path,
+            files=tuple(files), idmap=record.disks_idmap,
+            image_id=record.image_id,
+            image_cache=self._images.entry_path(record.image_id),
+            root_gb=instance.flavor.root_gb,
+            ephemeral_gb=instance.flavor.ephemeral_gb)
+        LOG.info('Container %s stopped for its migration to %s; its disks '
+                 '%s wait in %s', c.name, dest, ', '.join(files), root.path,
+                 instance=instance)
+        return info.to_json()
+
+    def _refuse_same_host(self, context, instance):
+        """Raise ResizeRefused when the migration's destination is here.
+
+        Both copies would be containers of one name in one lxc_path.
+        """
+        mc = instance.migration_context
+        if mc is None:
+            return
+        migration = objects.Migration.get_by_id(context, mc.migration_id)
+        if migration.dest_compute == self._host:
+            raise exception.ResizeRefused(
+                reason='novalxcdriver cannot resize a server on its own '
+                       'host (allow_resize_to_same_host): both copies '
+                       'would be containers of one name')
+
+    def finish_migration(self, context, migration, instance, disk_info,
+                         network_info, image_meta, resize_instance,
+                         allocations, block_device_info=None, power_on=True,
+                         share_info=None):
+        """Make the server here from the source's disks (destination).
+
+        The disks are copied from the source (migration.fetch: locally on
+        one machine, else rsync over SSH), keep their owners and are shown
+        in the idmap of a container ID allocated here (rootfs.receive).
+        They grow to the new flavor (instance.flavor); an ephemeral disk
+        the old flavor had not is made empty. The image comes from the
+        cache, or Glance, or (gone from Glance) the source's cache. The
+        config drive, if the server had one, is written anew from Nova's
+        instance (its admin password is not kept, as after a rebuild
+        without one). The VIFs are plugged, then the container started
+        when power_on.
+
+        On failure everything made here goes (the source still holds the
+        disks; Nova sets the server to ERROR and a revert brings it back
+        there).
+
+        :param disk_info: what migrate_disk_and_power_off returned.
+        :raises MigrationUnreadable: disk_info is not this driver's.
+        :raises ImageGone: the image is neither cached here, nor in
+            Glance, nor in the source's cache.
+        :raises InvalidInput: the flavor cannot be honoured here.
+        :raises CommandFailed, CommandTimedOut: the copy or a grow
+            failed.
+        """
+        info = migration_mod.DiskInfo.from_json(disk_info)
+        if info.instance_uuid != instance.uuid:
+            raise exception.MigrationUnreadable(
+                reason='it names instance %s' % info.instance_uuid)
+        if info.idmap.size != CONF.lxc.id_range_size:
+            # An idmapped mount shifts ranges of one size only.
+            raise exception.MigrationUnreadable(
+                reason='its disks hold %d ids per container, this host '
+                       '%d ([lxc] id_range_size)' % (
+                           info.idmap.size, CONF.lxc.id_range_size))
+        self._refuse_unsupported(instance, block_device_info)
+        network_info = network_info or []
+        c = self._container(instance)
+        if c.exists():
+            # Kept by a destroy without its disks, or a retried finish:
+            # not this migration's to take or remove.
+            raise exception.ContainerExists(
+                name=c.name, path=c.dir,
+                reason='instance %s has a container on this host already'
+                % instance.uuid)
+        try:
+            try:
+                image = self._fetched_image(context, info.image_id,
+                                            instance=instance)
+            except nova_exc.ImageNotFound:
+                LOG.info('Image %s is gone from Glance: copying it from '
+                         'the cache of %s', info.image_id, info.source_host,
+                         instance=instance)
+                image = self._images.receive(
+                    info.image_id,
+                    functools.partial(migration_mod.fetch_image, info))
+        except (nova_exc.ImageNotFound, exception.ImageUnpackError,
+                exception.CommandFailed, exception.CommandTimedOut) as e:
+            raise exception.ImageGone(
+                image_id=info.image_id, instance_uuid=instance.uuid,
+                rootfs=info.rootfs + ' on ' + info.source_host) from e
+        started = time.monotonic()
+        cid = self._ids.allocate(instance.uuid, instance.name)
+        try:
+            spec = self._spec(
+                instance, c, cid, image, vif_mod.nics_for(network_info),
+                config_drive=configdrive.required_by(instance, image_meta))
+            c.receive(spec, image, functools.partial(migration_mod.fetch,
+                                                     info),
+                      info.idmap, instance.flavor.root_gb,
+                      instance.flavor.ephemeral_gb)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                self._ids.release(cid)
+        plugged = []
+        try:
+            if spec.config_drive:
+                configdrive.write(spec.config_drive, instance, None, None,
+                                  network_info, spec.idmap)
+            plugged = network_info
+            self.plug_vifs(instance, network_info)
+            if power_on:
+                c.start(created=True)
+            c.mark_ready()
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                LOG.warning('Migration failed here; removing what it made',
+                            instance=instance)
+                c.destroy()
+                self._unplug_vifs(instance, plugged)
+        LOG.info('Container %s received from %s in %.1f s (ID %d, %s)',
+                 c.name, info.source_host, time.monotonic() - started, cid,
+                 'started' if power_on else 'stopped', instance=instance)
+
+    def confirm_migration(self, context, migration, instance, network_info):
+        """Remove every trace of the migrated server here (source).
+
+        Its VIFs were unplugged when it left; their names are the
+        destination's now, so they are not touched.
+        """
+        self._container(instance).destroy()
+        LOG.info('Migration confirmed: the source copy is gone',
+                 instance=instance)
+
+    def finish_revert_migration(self, context, instance, network_info,
+                                migration, block_device_info=None,
+                                power_on=True, share_info=None):
+        """Bring the server back on its untouched disks here (source).
+
+        Nova destroyed the destination's copy first. The record leaves
+        ``migrating``, the config is written for the old flavor (Nova
+        restored it) and the root mounted (_rebuild), the VIFs plugged
+        and the container started when power_on.
+
+        :raises InstanceNotFound: nothing of the instance on this host.
+        :raises ImageGone: its image is neither cached nor in Glance.
+        """
+        c = self._existing(instance)
+        self._rebuild(context, instance, c, network_info)
+        migration_mod.remove_token(c.rootfs().path)
+        self.plug_vifs(instance, network_info)
+        if power_on:
+            c.start()
+        LOG.info('Migration reverted: container %s is back', c.name,
+                 instance=instance)
+
+    # -- live migration: refused -------------------------------------------
+
+    def check_can_live_migrate_destination(self, context, instance,
+                                           src_compute_info, dst_compute_info,
+                                           block_migration=False,
+                                           disk_over_commit=False):
+        """Refuse: live migration needs checkpoint/restore (CRIU).
+
+        A container's memory and kernel state can only move with CRIU,
+        and Debian 12's CRIU 3.17 fails ``criu check`` on these kernels
+        (design.md). Nova's conductor tries each other host, which all
+        refuse, and ends in NoValidHost: the server stays where it is.
+        Cold migration (server migrate) moves it with a clean stop.
+
+        :raises MigrationPreCheckError: always.
+        """
+        raise nova_exc.MigrationPreCheckError(
+            reason='novalxcdriver cannot live-migrate containers (needs a '
+                   'working CRIU checkpoint/restore); use cold migration')
 
     # -- networking: vif.py ------------------------------------------------
 

@@ -198,3 +198,17 @@ class ConsolePortsExhausted(NovaLXCError):
 class ContainerNotRunning(NovaLXCError):
     msg_fmt = ('Container %(name)s is %(state)s: its console is served '
                'only while it runs or is paused.')
+
+
+class ResizeRefused(NovaLXCError):
+    msg_fmt = 'Cannot resize: %(reason)s.'
+
+
+class MigrationUnreadable(NovaLXCError):
+    msg_fmt = ('The disk info of this migration is not one this driver '
+               'wrote: %(reason)s.')
+
+
+class InvalidSSHOption(NovaLXCError):
+    msg_fmt = ('[lxc] migration_ssh_options: %(option)r is not NAME=VALUE '
+               'without blanks or quotes.')

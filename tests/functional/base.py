@@ -13,6 +13,7 @@ import uuid
 
 import fixtures
 from nova import context as nova_context
+from nova import exception as nova_exc
 from nova import objects
 from nova.tests.unit import fake_instance
 from nova.virt import fake as fake_virt
@@ -64,6 +65,7 @@ class DriverFixture(fixtures.Fixture):
         cfg.config(host=self.host)
         cfg.config(group='lxc', lxc_path=os.path.join(self.root, 'lxc'),
                    state_path=os.path.join(self.root, 'state'),
+                   ids_path=os.path.join(self.root, 'state', 'ids'),
                    state_poll_interval=self.watch_interval,
                    soft_reboot_timeout=20)
         self.images = {}
@@ -78,6 +80,8 @@ class DriverFixture(fixtures.Fixture):
 
     def fetch(self, context, image_id, path, trusted_certs=None):
         self.fetches.append(image_id)
+        if image_id not in self.images:
+            raise nova_exc.ImageNotFound(image_id=image_id)
         with open(self.images[image_id], 'rb') as src, \
                 open(path, 'wb') as dst:
             while True:
@@ -192,7 +196,7 @@ class FunctionalTestCase(base.BaseTestCase):
         found = [p for p in (
             os.path.join(CONF.lxc.lxc_path, instance.name),
             os.path.join(state, 'rootfs', str(cid)),
-            os.path.join(state, 'ids', str(cid))) if os.path.lexists(p)]
+            os.path.join(CONF.lxc.ids_path, str(cid))) if os.path.lexists(p)]
         found += [p for p in mount.mountpoints()
                   if p.startswith(os.path.join(state, 'rootfs', str(cid)))]
         for controller in os.listdir('/sys/fs/cgroup'):

@@ -171,6 +171,7 @@ class _LXCSuiteConfig(test.TestCase):
         self.flags(host=HOST, instance_name_template=NAME_PREFIX + '%08x')
         # No state watcher thread: the suite looks at no lifecycle events.
         self.flags(group='lxc', lxc_path=LXC_PATH, state_path=STATE_PATH,
+                   ids_path=os.path.join(STATE_PATH, 'ids'),
                    state_poll_interval=0, soft_reboot_timeout=20)
 
 
@@ -675,8 +676,16 @@ class LXCDriverSuiteTest(test_virt_drivers._VirtDriverTestCase,
 
     test_set_admin_password = _unsupported('set_admin_password')
     test_poll_rebooting_instances = _unsupported('poll_rebooting_instances')
-    test_migrate_disk_and_power_off = _unsupported(
-        'migrate_disk_and_power_off')
+
+    def test_migrate_disk_and_power_off(self):
+        # Nova's body; then the source's side of a cold migration: the
+        # container stopped, its root unmounted, its disks handed over.
+        instance = self._suite()
+        self.assertEqual('STOPPED', lxc_state(instance.name))
+        record = self.connection._records.get(instance.uuid)
+        self.assertEqual('migrating', record.state)
+        self.assertFalse(self.connection._container(
+            instance).rootfs().is_mounted())
     test_trigger_crash_dump = _unsupported('trigger_crash_dump')
     test_soft_delete = _unsupported('soft_delete')
     test_restore_running = _unsupported('restore')

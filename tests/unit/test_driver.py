@@ -67,7 +67,8 @@ class _Base(unit_base.TestCase):
         self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
         self.cfg.config(host=HOST)
         self.cfg.config(group='lxc', lxc_path=self.lxc_path,
-                        state_path=self.state_path, state_poll_interval=0)
+                        state_path=self.state_path, state_poll_interval=0,
+                        ids_path=os.path.join(self.state_path, 'ids'))
 
         # Root's subordinate ranges, in files of the test.
         self.subuid = os.path.join(self.tmp, 'subuid')
@@ -228,7 +229,9 @@ class CapabilitiesTest(base.BaseTestCase):
         self.assertTrue(caps['has_imagecache'])
         # [compute] cpu_dedicated_set gives PCPU inventory; numa.py pins.
         self.assertTrue(caps['supports_pcpus'])
-        for key in ('supports_evacuate', 'supports_migrate_to_same_host',
+        # Evacuate spawns from the image on the new host.
+        self.assertTrue(caps['supports_evacuate'])
+        for key in ('supports_migrate_to_same_host',
                     'supports_multiattach', 'supports_trusted_certs',
                     'supports_bfv_rescue',
                     'supports_extend_volume',
@@ -302,6 +305,37 @@ class InitHostTest(_Base):
         e = self.assertRaises(exception.HostCheckFailed, self.drv.init_host,
                               HOST)
         self.assertIn('65536', str(e))
+
+    def test_reservations_move_to_the_machine_directory(self):
+        # Made by a version whose reservations lived in <state_path>/ids.
+        machine_ids = os.path.join(self.tmp, 'machine', 'ids')
+        self.cfg.config(group='lxc', ids_path=machine_ids)
+        legacy = ids.IdAllocator(self.state_path, subuid_path=self.subuid,
+                                 subgid_path=self.subgid)
+        cid = legacy.allocate(UUID, 'instance-00000001')
+        self.drv = driver.LXCDriver(self.virtapi)
+        self.drv.init_host(HOST)
+        self.assertEqual([], os.listdir(os.path.join(self.state_path,
+                                                     'ids')))
+        self.assertEqual(cid, self.drv._ids.find(UUID))
+        self.assertEqual(machine_ids, self.drv._ids.ids_path)
+        self.assertEqual(HOST, self.drv._ids.reservations()[cid].host)
+
+    def test_reservation_conflict_stops_the_start(self):
+        machine_ids = os.path.join(self.tmp, 'machine', 'ids')
+        self.cfg.config(group='lxc', ids_path=machine_ids)
+        other = ids.IdAllocator(os.path.join(self.tmp, 'other'),
+                                subuid_path=self.subuid,
+                                subgid_path=self.subgid, ids_path=machine_ids)
+        ids.IdAllocator(self.state_path, subuid_path=self.subuid,
+                        subgid_path=self.subgid).allocate(UUID, 'mine')
+        other.allocate('0e7e2e64-4c5e-4a8c-9a6e-6f6b1d1c1e01', 'theirs')
+        self.drv = driver.LXCDriver(self.virtapi)
+        e = self.assertRaises(exception.HostCheckFailed, self.drv.init_host,
+                              HOST)
+        self.assertIn('reserved twice', str(e))
+        self.assertTrue(os.path.exists(os.path.join(self.state_path, 'ids',
+                                                    '0', 'owner.json')))
 
     def test_watcher_started_and_stopped(self):
         self.cfg.config(group='lxc', state_poll_interval=0.5)
@@ -442,7 +476,9 @@ class InitHostTest(_Base):
         self.rootfs_mount.reset_mock()
         self.drv.init_host(HOST)
         self.rootfs_mount.assert_called_once()
-        root, image_rootfs, idmap = self.rootfs_mount.call_args.args
+        root, image_rootfs, idmap, disk_idmap = (
+            self.rootfs_mount.call_args.args)
+        self.assertIsNone(disk_idmap)
         self.assertEqual(0, root.cid)
         self.assertEqual(self.drv._ids.idmap(0), idmap)
         self.assertTrue(image_rootfs.endswith(IMAGE_ID + '/rootfs'))
@@ -2248,14 +2284,6 @@ class RebuildTest(_Base):
             image_id=OTHER_IMAGE_ID)
         self.assertRaises(nova_exc.ImageNotFound, self.rebuild)
         self.assert_untouched()
-        self.lxc.request_halt.assert_not_called()
-
-    def test_evacuate_refused_not_left_to_nova_default(self):
-        # NotImplementedError would make Nova spawn a second container.
-        self.assertRaises(nova_exc.InstanceEvacuateNotSupported,
-                          self.rebuild, evacuate=True)
-        self.assert_untouched()
-        self.fetch.assert_not_called()
         self.lxc.request_halt.assert_not_called()
 
     def test_volumes_refused_untouched(self):

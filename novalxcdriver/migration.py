@@ -1,0 +1,261 @@
+"""Cold migration and resize: what the source hands over, how it travels.
+
+Nova's sequence (nova/compute/manager.py, resize_instance and
+_finish_resize; design.md): the source's ``migrate_disk_and_power_off``
+stops the container and returns *disk info*; the destination's
+``finish_migration`` receives the disks and starts it there; then the
+source's ``confirm_migration`` deletes its copy, or the destination's
+``destroy`` and the source's ``finish_revert_migration`` bring the server
+back where it was.
+
+The source moves nothing. It stops the container, unmounts its root and
+marks its record ``migrating`` (nothing mounts those disks again until the
+migration ends); the disk info names where they are. The destination
+*pulls* them: it knows its own paths, the source keeps its disks untouched
+until confirm (so a revert is a remount), and a destination that fails
+halfway deletes only its own copy. The transport:
+
+- the same machine (two nova-compute services of one host, a test cloud):
+  a local copy, sparse-aware (``cp --sparse=always --reflink=auto``). The
+  source leaves a random token beside the disks (``TOKEN_FILE``) and in
+  the disk info; only finding that token at the named path proves the
+  disks are here (a machine ID can be cloned with a disk image, and
+  another host may well have a directory of the same name);
+- another machine: rsync over SSH from the source's ``my_ip``
+  (``rsync --sparse``), as Nova's libvirt driver copies with rsync or scp
+  over SSH (``[libvirt] remote_filesystem_transport``). The operator gives
+  the nova-compute user of each host an SSH key the other hosts accept,
+  as libvirt's cold migration needs; ``[lxc] migration_ssh_user`` and
+  ``migration_ssh_port`` choose where it logs in.
+
+The destination allocates a container ID of its own, so the disks' files
+are owned in the source's uid range. They are not chowned: an idmapped
+mount stacked on each disk's mount point (mount.idmapped_over,
+lxc.shifting_namespace) shows them in the new range, and what the
+container writes lands on disk in the old one; the record keeps the
+disks' idmap (``disk_idmap``) so every later mount does the same.
+"""
+
+import dataclasses
+import json
+import os
+import re
+
+from oslo_log import log as logging
+from oslo_utils import netutils
+from oslo_utils import uuidutils
+
+from novalxcdriver import conf
+from novalxcdriver import durable
+from novalxcdriver import exception
+from novalxcdriver import ids
+from novalxcdriver import images
+from novalxcdriver import lxc
+
+CONF = conf.CONF
+LOG = logging.getLogger(__name__)
+
+_VERSION = 1
+_SSH_OPTION_RE = re.compile(r'^[A-Za-z][A-Za-z0-9]*=[^\s\'"\\]+\Z')
+TOKEN_FILE = 'migration-token'
+# What of a root directory a destination takes: its disks and, for a
+# flavor without a root disk (root_gb 0), the directory holding its
+# writes. The config drive is written anew from Nova's instance.
+ROOT_DISK = 'root.img'
+EPHEMERAL_DISK = 'ephemeral.img'
+ROOT_DIR = 'root'
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskInfo:
+    """What the source hands over (JSON between the two computes).
+
+    :ivar instance_uuid: the instance migrated.
+    :ivar source_host: the source's Nova host.
+    :ivar source_ip: the source's my_ip, where rsync reaches it.
+    :ivar token: random text the source wrote in rootfs's TOKEN_FILE:
+        found there, the disks are on this machine (is_local).
+    :ivar rootfs: the source's root directory (rootfs.Rootfs.path).
+    :ivar files: names under rootfs to take (ROOT_DISK, EPHEMERAL_DISK,
+        ROOT_DIR).
+    :ivar idmap: ids.Idmap the disks' files are owned in.
+    :ivar image_id: the image the root overlays.
+    :ivar image_cache: the source's cache entry of that image
+        (images.ImageCache), taken when Glance no longer has it.
+    :ivar root_gb: GiB of the root disk now (0: none).
+    :ivar ephemeral_gb: GiB of the ephemeral disk now (0: none).
+    """
+
+    instance_uuid: str
+    source_host: str
+    source_ip: str
+    token: str
+    rootfs: str
+    files: tuple
+    idmap: ids.Idmap
+    image_id: str
+    image_cache: str
+    root_gb: int
+    ephemeral_gb: int
+
+    def to_json(self):
+        data = dataclasses.asdict(self)
+        data['files'] = list(self.files)
+        data['version'] = _VERSION
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        """:raises MigrationUnreadable: not disk info of this driver."""
+        try:
+            data = json.loads(text)
+            if data.pop('version') != _VERSION:
+                raise ValueError('version %s' % data.get('version'))
+            info = cls(idmap=ids.Idmap(**data.pop('idmap')),
+                       files=tuple(data.pop('files')), **data)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise exception.MigrationUnreadable(reason=str(e))
+        strs = (info.instance_uuid, info.source_host, info.source_ip,
+                info.token, info.rootfs, info.image_id, info.image_cache)
+        counts = (info.root_gb, info.ephemeral_gb, info.idmap.uid_start,
+                  info.idmap.gid_start, info.idmap.size)
+        if not (all(isinstance(s, str) for s in strs + info.files) and
+                all(type(n) is int and n >= 0 for n in counts) and
+                info.idmap.size > 0):
+            raise exception.MigrationUnreadable(
+                reason='a field has the wrong type or value')
+        if not netutils.is_valid_ip(info.source_ip):
+            # It becomes part of rsync's remote argument.
+            raise exception.MigrationUnreadable(
+                reason='source_ip %r is no IP address' % info.source_ip)
+        names = set(info.files)
+        if (not names <= {ROOT_DISK, EPHEMERAL_DISK, ROOT_DIR} or
+                len(names) != len(info.files) or
+                not all(os.path.isabs(p) and '..' not in p.split('/')
+                        for p in (info.rootfs, info.image_cache))):
+            raise exception.MigrationUnreadable(
+                reason='unexpected files %s or paths' % (info.files,))
+        return info
+
+
+def check_resize(old_flavor, new_flavor):
+    """Raise unless the disks can take new_flavor's sizes.
+
+    Disks grow, never shrink (a filesystem cannot be cut below its data
+    safely, and Nova's libvirt driver refuses the same). A root disk
+    cannot come or go: a flavor with root_gb 0 has none (its writes live
+    on the host's filesystem, unbounded).
+
+    :raises ResizeRefused: with the reason.
+    """
+    old_root, new_root = old_flavor.root_gb, new_flavor.root_gb
+    if new_root < old_root:
+        raise exception.ResizeRefused(
+            reason='the root disk cannot shrink from %d GiB to %d GiB' % (
+                old_root, new_root))
+    if (old_root == 0) != (new_root == 0):
+        raise exception.ResizeRefused(
+            reason='a flavor with root_gb 0 has no root disk: a server '
+                   'cannot move between %d GiB and %d GiB' % (old_root,
+                                                              new_root))
+    if new_flavor.ephemeral_gb < old_flavor.ephemeral_gb:
+        raise exception.ResizeRefused(
+            reason='the ephemeral disk cannot shrink from %d GiB to %d '
+                   'GiB' % (old_flavor.ephemeral_gb,
+                            new_flavor.ephemeral_gb))
+
+
+def new_token(rootfs):
+    """Write a fresh token in rootfs's TOKEN_FILE and return it."""
+    token = uuidutils.generate_uuid()
+    durable.write(os.path.join(rootfs, TOKEN_FILE), token + '\n',
+                  mode=0o600)
+    return token
+
+
+def remove_token(rootfs):
+    """Remove rootfs's TOKEN_FILE, if any (the migration is over)."""
+    try:
+        os.unlink(os.path.join(rootfs, TOKEN_FILE))
+    except FileNotFoundError:
+        pass
+
+
+def is_local(info):
+    """Whether the disks are on this machine (a local copy will do)."""
+    try:
+        with open(os.path.join(info.rootfs, TOKEN_FILE)) as f:
+            return bool(info.token) and f.read().strip() == info.token
+    except OSError:
+        return False
+
+
+def copy_argv(info, name, dest, local):
+    """The command copying info's file name to dest (pure).
+
+    Directories keep numeric owners, modes, hard links, ACLs and xattrs
+    (file capabilities included); files stay sparse.
+    """
+    return _copy_argv(info, os.path.join(info.rootfs, name), dest, local,
+                      name == ROOT_DIR)
+
+
+def _copy_argv(info, source, dest, local, directory):
+    if local:
+        return ['cp', '--archive', '--sparse=always', '--reflink=auto',
+                '--no-target-directory', source, dest]
+    ssh = ['ssh', '-o', 'BatchMode=yes', '-p',
+           str(CONF.lxc.migration_ssh_port)]
+    for option in CONF.lxc.migration_ssh_options:
+        # rsync splits its -e command at blanks: none may hide in one.
+        if not _SSH_OPTION_RE.match(option):
+            raise exception.InvalidSSHOption(option=option)
+        ssh += ['-o', option]
+    user = CONF.lxc.migration_ssh_user
+    host = info.source_ip
+    if ':' in host:
+        host = '[%s]' % host
+    remote = '%s%s:%s' % (user + '@' if user else '', host,
+                          source + ('/' if directory else ''))
+    return ['rsync', '--archive', '--hard-links', '--acls', '--xattrs',
+            '--numeric-ids', '--sparse', '--protect-args',
+            '-e', ' '.join(ssh), remote, dest + ('/' if directory else '')]
+
+
+def fetch(info, dest_dir):
+    """Copy info's files into dest_dir (which exists, empty of them).
+
+    :returns: list of the paths made.
+    :raises CommandFailed, CommandTimedOut: the copy failed (what it
+        made is the caller's to remove).
+    """
+    local = is_local(info)
+    made = []
+    for name in info.files:
+        dest = os.path.join(dest_dir, name)
+        made.append(dest)
+        lxc.execute(*copy_argv(info, name, dest, local),
+                    timeout=CONF.lxc.migration_timeout)
+    LOG.info('Received %s of instance %s from %s (%s)',
+             ', '.join(info.files), info.instance_uuid, info.source_host,
+             'local copy' if local else 'rsync over SSH')
+    return made
+
+
+def fetch_image(info, dest_dir):
+    """Copy the source's cache entry of info's image into dest_dir.
+
+    For an image Glance no longer has: the source unpacked it safely
+    once (images.py), and its entry is copied as it is, owners and
+    xattrs kept (images.ImageCache.receive checks and installs it).
+
+    :raises CommandFailed, CommandTimedOut: the copy failed.
+    """
+    local = is_local(info)
+    for name, directory in (('rootfs', True), (images.MARKER, False)):
+        lxc.execute(*_copy_argv(info, os.path.join(info.image_cache, name),
+                                os.path.join(dest_dir, name), local,
+                                directory),
+                    timeout=CONF.lxc.migration_timeout)
+    LOG.info('Image %s copied from the cache of %s', info.image_id,
+             info.source_host)

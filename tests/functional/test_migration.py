@@ -1,0 +1,395 @@
+"""Cold migration and resize between two drivers of this machine.
+
+Two LXCDriver instances, each with its own lxc_path and state_path and one
+machine-wide ids_path, stand for two compute hosts (as the all-in-one's
+two computes do): the source's migrate_disk_and_power_off, the
+destination's finish_migration, then confirm or revert, on real
+containers from the busybox image.
+"""
+
+import os
+import socket
+import subprocess
+
+import fixtures
+from nova import exception as nova_exc
+from nova import objects
+from nova.virt import fake as fake_virt
+from oslo_config import fixture as config_fixture
+
+from novalxcdriver import conf
+from novalxcdriver import driver
+from novalxcdriver import lxc as lxc_mod
+from novalxcdriver import mount
+from novalxcdriver import record as record_mod
+from tests.functional import base
+from tests.functional import test_snapshot
+
+CONF = conf.CONF
+HOST_B = 'novalxc-functional-b'
+
+
+def second_driver(test):
+    """A second LXCDriver on test's root: lxc-b/, state-b/, same ids."""
+    root = test.fx.root
+    cfg = test.useFixture(config_fixture.Config(CONF))
+    own = CONF.lxc.lxc_path, CONF.lxc.state_path
+    cfg.config(group='lxc', lxc_path=os.path.join(root, 'lxc-b'),
+               state_path=os.path.join(root, 'state-b'))
+    drv = driver.LXCDriver(fake_virt.FakeVirtAPI())
+    drv.init_host(HOST_B)
+    test.addCleanup(drv.cleanup_host, HOST_B)
+    cfg.config(group='lxc', lxc_path=own[0], state_path=own[1])
+    return drv
+
+
+class MigrationTest(base.FunctionalTestCase):
+
+    private_root = True
+
+    def setUp(self):
+        super().setUp()
+        self.image_id = self.busybox_image()
+        self.a = self.driver
+        self.b = self._second_driver()
+
+    def _second_driver(self):
+        return second_driver(self)
+
+    def run_in(self, drv, instance, *argv):
+        return subprocess.run(
+            ['lxc-attach', '-n', instance.name, '-P', drv._lxc_path, '--']
+            + list(argv), capture_output=True, text=True, check=True
+        ).stdout
+
+    def state_in(self, drv, instance):
+        return subprocess.run(
+            ['lxc-info', '-n', instance.name, '-P', drv._lxc_path, '-s',
+             '-H'], capture_output=True, text=True).stdout.strip()
+
+    def flavor(self, **values):
+        base_values = {'memory_mb': 256, 'vcpus': 1, 'root_gb': 1,
+                       'ephemeral_gb': 0, 'swap': 0}
+        base_values.update(values)
+        return objects.Flavor(flavorid='2', name='bigger', extra_specs={},
+                              **base_values)
+
+    def spawned(self, **flavor):
+        instance = self.make_instance(**flavor)
+        self.addCleanup(self.b.destroy, self.ctxt, instance, [])
+        self.spawn(instance, self.image_id)
+        # Owned by the container's root and by a user of its own.
+        self.run_in(self.a, instance, 'sh', '-c',
+                    'echo before > /root/marker && mkdir -p /home/u && '
+                    'echo x > /home/u/f && chown -R 1000:1000 /home/u')
+        return instance
+
+    def migrate(self, instance, new_flavor):
+        old_flavor = instance.flavor
+        disk_info = self.a.migrate_disk_and_power_off(
+            self.ctxt, instance, '127.0.0.1', new_flavor, [])
+        instance.old_flavor, instance.flavor = old_flavor, new_flavor
+        self.b.finish_migration(
+            self.ctxt, None, instance, disk_info, [],
+            self.image_meta(self.image_id), True, {}, power_on=True)
+        return disk_info
+
+    def leftovers(self, drv, instance, cid):
+        paths = [os.path.join(drv._lxc_path, instance.name),
+                 os.path.join(drv._state_path, 'rootfs', str(cid)),
+                 os.path.join(drv._state_path, 'instances',
+                              instance.uuid + '.json')]
+        found = [p for p in paths if os.path.lexists(p)]
+        found += [p for p in mount.mountpoints()
+                  if p.startswith(paths[1] + '/') or p == paths[1]]
+        if drv._ids.find(instance.uuid) is not None:
+            found.append('ID reservation %d' % drv._ids.find(instance.uuid))
+        return found
+
+    def test_resize_up_and_confirm(self):
+        instance = self.spawned(root_gb=1, ephemeral_gb=0)
+        cid_a = self.a._ids.find(instance.uuid)
+        self.migrate(instance, self.flavor(root_gb=2, ephemeral_gb=1))
+
+        # The source's copy waits, stopped, its disks unmounted.
+        self.assertEqual('STOPPED', self.state_in(self.a, instance))
+        self.assertEqual(record_mod.MIGRATING,
+                         self.a._records.get(instance.uuid).state)
+        self.assertFalse(self.a._container(instance).rootfs().is_mounted())
+
+        self.assertEqual('RUNNING', self.state_in(self.b, instance))
+        cid_b = self.b._ids.find(instance.uuid)
+        self.assertNotEqual(cid_a, cid_b)
+        rec = self.b._records.get(instance.uuid)
+        self.assertEqual(self.a._ids.idmap(cid_a), rec.disk_idmap)
+        self.assertEqual(self.b._ids.idmap(cid_b), rec.idmap)
+        self.assertEqual('before\n', self.run_in(self.b, instance, 'cat',
+                                                 '/root/marker'))
+        # Owners as the container saw them on the source, no chown.
+        self.assertEqual('0:0 1000:1000', self.run_in(
+            self.b, instance, 'stat', '-c', '%u:%g', '/root/marker',
+            '/home/u/f').replace('\n', ' ').strip())
+        # It writes on, as its own root, through the shifted disk.
+        self.run_in(self.b, instance, 'sh', '-c', 'echo after > /root/new')
+        # The root disk grew to 2 GiB, the new ephemeral is on /mnt.
+        sizes = self.run_in(self.b, instance, 'df', '-k', '/', '/mnt')
+        blocks = [int(line.split()[1]) for line in sizes.splitlines()[1:]]
+        self.assertGreater(blocks[0], 1.5 * 1024 * 1024)
+        self.assertGreater(blocks[1], 0.8 * 1024 * 1024)
+        root_b = self.b._container(instance).rootfs()
+        self.assertEqual(2 << 30,
+                         os.path.getsize(root_b.root_disk.image_path))
+
+        self.a.confirm_migration(self.ctxt, None, instance, [])
+        self.assertEqual([], self.leftovers(self.a, instance, cid_a))
+        self.assertEqual('RUNNING', self.state_in(self.b, instance))
+        self.b.destroy(self.ctxt, instance, [])
+        self.assertEqual([], self.leftovers(self.b, instance, cid_b))
+
+    def test_resize_revert_restores_the_source(self):
+        instance = self.spawned(root_gb=1)
+        cid_a = self.a._ids.find(instance.uuid)
+        old_flavor = instance.flavor
+        self.migrate(instance, self.flavor(root_gb=2))
+        cid_b = self.b._ids.find(instance.uuid)
+        self.run_in(self.b, instance, 'sh', '-c', 'echo b > /root/only-b')
+
+        # Nova's revert: destroy on the destination, then the source.
+        self.b.destroy(self.ctxt, instance, [])
+        self.assertEqual([], self.leftovers(self.b, instance, cid_b))
+        instance.flavor = old_flavor
+        self.a.finish_revert_migration(self.ctxt, instance, [], None)
+        self.assertEqual('RUNNING', self.state_in(self.a, instance))
+        self.assertEqual(cid_a, self.a._ids.find(instance.uuid))
+        self.assertEqual(record_mod.READY,
+                         self.a._records.get(instance.uuid).state)
+        self.assertEqual('before\n', self.run_in(self.a, instance, 'cat',
+                                                 '/root/marker'))
+        self.assertEqual('', self.run_in(
+            self.a, instance, 'sh', '-c', 'ls /root/only-b 2>/dev/null; '
+            'true'))
+        root_a = self.a._container(instance).rootfs()
+        self.assertEqual(1 << 30,
+                         os.path.getsize(root_a.root_disk.image_path))
+
+    def test_migrate_same_flavor_then_back(self):
+        # Two moves: the second shifts disks that were shifted already.
+        instance = self.spawned(root_gb=1)
+        cid_a = self.a._ids.find(instance.uuid)
+        flavor = instance.flavor
+        self.migrate(instance, flavor)
+        self.a.confirm_migration(self.ctxt, None, instance, [])
+        disk_info = self.b.migrate_disk_and_power_off(
+            self.ctxt, instance, '127.0.0.1', flavor, [])
+        self.a.finish_migration(
+            self.ctxt, None, instance, disk_info, [],
+            self.image_meta(self.image_id), False, {}, power_on=True)
+        self.b.confirm_migration(self.ctxt, None, instance, [])
+        cid = self.a._ids.find(instance.uuid)
+        rec = self.a._records.get(instance.uuid)
+        # Back in the range the disks were made in: no shift left.
+        self.assertEqual(self.a._ids.idmap(cid_a), rec.disks_idmap)
+        self.assertEqual('0:0 1000:1000', self.run_in(
+            self.a, instance, 'stat', '-c', '%u:%g', '/root/marker',
+            '/home/u/f').replace('\n', ' ').strip())
+        self.assertEqual(cid == cid_a, rec.disk_idmap is None)
+
+    def test_host_reboot_after_migration(self):
+        instance = self.spawned(root_gb=1, ephemeral_gb=1)
+        self.migrate(instance, self.flavor(root_gb=1, ephemeral_gb=1))
+        self.a.confirm_migration(self.ctxt, None, instance, [])
+        self.run_in(self.b, instance, 'sh', '-c',
+                    'echo e > /mnt/eph && chown 1000 /mnt/eph')
+        # The host goes down: the container dies, every mount goes.
+        c = self.b._container(instance)
+        c.kill()
+        c.rootfs().unmount()
+        self.assertFalse(c.rootfs().is_mounted())
+        self.b.cleanup_host(HOST_B)
+        self.b = second_driver(self)
+        # init_host mounts the disks again, shifted as the record says.
+        root = self.b._container(instance).rootfs()
+        self.assertTrue(root.is_mounted())
+        self.assertTrue(mount.is_idmapped(root.root_disk.mountpoint))
+        self.assertTrue(mount.is_idmapped(root.ephemeral_disk.mountpoint))
+        self.b.power_on(self.ctxt, instance, [])
+        self.assertEqual('0:0 1000:1000 1000:0', self.run_in(
+            self.b, instance, 'stat', '-c', '%u:%g', '/root/marker',
+            '/home/u/f', '/mnt/eph').replace('\n', ' ').strip())
+
+    def test_rebuild_after_migration(self):
+        # A fresh root on shifted disks: made in the disks' own range.
+        instance = self.spawned(root_gb=1, ephemeral_gb=1)
+        self.migrate(instance, self.flavor(root_gb=1, ephemeral_gb=1))
+        self.a.confirm_migration(self.ctxt, None, instance, [])
+        instance.task_state = 'rebuilding'
+        instance.system_metadata = {}
+        instance.save = lambda **kw: None
+        self.b.rebuild(self.ctxt, instance, self.image_meta(self.image_id),
+                       [], None, {}, [], lambda *a, **k: None,
+                       lambda *a, **k: None, network_info=[])
+        self.assertEqual('', self.run_in(
+            self.b, instance, 'sh', '-c', 'ls /root/marker 2>/dev/null; '
+            'true'))
+        self.run_in(self.b, instance, 'sh', '-c',
+                    'echo new > /root/new && echo e > /mnt/eph')
+        self.assertEqual('0:0 0:0 0:0', self.run_in(
+            self.b, instance, 'stat', '-c', '%u:%g', '/root', '/root/new',
+            '/mnt/eph').replace('\n', ' ').strip())
+
+    def test_image_gone_from_glance_comes_from_the_source(self):
+        instance = self.spawned(root_gb=1)
+        del self.fx.images[self.image_id]
+        self.assertIsNone(self.b._images.lookup(self.image_id))
+        self.migrate(instance, instance.flavor)
+        cached = self.b._images.lookup(self.image_id)
+        self.assertIsNotNone(cached)
+        self.assertEqual(self.a._images.lookup(self.image_id).size,
+                         cached.size)
+        self.assertEqual('before\n', self.run_in(self.b, instance, 'cat',
+                                                 '/root/marker'))
+        # The image's own files, owners and modes as in the source's.
+        self.assertEqual('0:0 755', self.run_in(
+            self.b, instance, 'stat', '-L', '-c', '%u:%g %a',
+            '/bin/busybox').strip())
+        self.a.confirm_migration(self.ctxt, None, instance, [])
+
+    def test_shrink_refused_server_keeps_running(self):
+        instance = self.spawned(root_gb=2)
+        pid = self.lxc_pid(instance.name)
+        for flavor in (self.flavor(root_gb=1), self.flavor(root_gb=0)):
+            e = self.assertRaises(
+                nova_exc.InstanceFaultRollback,
+                self.a.migrate_disk_and_power_off, self.ctxt, instance,
+                '127.0.0.1', flavor, [])
+            self.assertIsInstance(e.inner_exception, nova_exc.ResizeError)
+        self.assertEqual('RUNNING', self.state_in(self.a, instance))
+        self.assertEqual(pid, self.lxc_pid(instance.name))
+        self.assertEqual(record_mod.READY,
+                         self.a._records.get(instance.uuid).state)
+
+
+class RsyncOverSSHTest(MigrationTest):
+    """The transport between two machines: rsync over a real sshd.
+
+    The drivers share this machine, so the local copy is ruled out
+    (is_local False) and the destination pulls from 127.0.0.1 through an
+    sshd of the test's own (its port, host key and authorized key).
+    """
+
+    def setUp(self):
+        super().setUp()
+        if not os.path.exists('/usr/sbin/sshd'):
+            self.skipTest('openssh-server is not installed '
+                          '(tools/test-setup.sh installs it)')
+        tmp = self.useFixture(fixtures.TempDir()).path
+        for key in ('host', 'client'):
+            subprocess.run(['ssh-keygen', '-q', '-N', '', '-t', 'ed25519',
+                            '-f', os.path.join(tmp, key)], check=True)
+        with open(os.path.join(tmp, 'client.pub')) as f, \
+                open(os.path.join(tmp, 'authorized_keys'), 'w') as out:
+            out.write(f.read())
+        with open(os.path.join(tmp, 'host.pub')) as f:
+            host_key = ' '.join(f.read().split()[:2])
+        port = _free_port()
+        with open(os.path.join(tmp, 'known_hosts'), 'w') as f:
+            f.write('[127.0.0.1]:%d %s\n' % (port, host_key))
+        config = os.path.join(tmp, 'sshd_config')
+        with open(config, 'w') as f:
+            f.write('\n'.join([
+                'Port %d' % port, 'ListenAddress 127.0.0.1',
+                'HostKey %s' % os.path.join(tmp, 'host'),
+                'AuthorizedKeysFile %s' % os.path.join(tmp,
+                                                       'authorized_keys'),
+                'PermitRootLogin prohibit-password',
+                'PasswordAuthentication no',
+                'UsePAM no', 'StrictModes no',
+                'PidFile %s' % os.path.join(tmp, 'sshd.pid'), '']))
+        os.makedirs('/run/sshd', mode=0o755, exist_ok=True)
+        sshd = subprocess.Popen(['/usr/sbin/sshd', '-D', '-e', '-f', config],
+                                stderr=subprocess.DEVNULL)
+        self.addCleanup(sshd.wait)
+        self.addCleanup(sshd.terminate)
+        base.poll(lambda: _port_open(port), timeout=10)
+        self.flags(migration_ssh_port=port, migration_ssh_user='root',
+                   migration_ssh_options=[
+                       'IdentityFile=%s' % os.path.join(tmp, 'client'),
+                       'UserKnownHostsFile=%s' % os.path.join(tmp,
+                                                              'known_hosts')],
+                   group='lxc')
+        self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.migration.is_local', return_value=False))
+        self.a._my_ip = self.b._my_ip = '127.0.0.1'
+        self.copies = []
+        real = lxc_mod.execute
+
+        def execute(*argv, **kwargs):
+            self.copies.append(argv[0])
+            return real(*argv, **kwargs)
+        self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.migration.lxc.execute', side_effect=execute))
+
+    def flags(self, **kw):
+        group = kw.pop('group', None)
+        for k, v in kw.items():
+            CONF.set_override(k, v, group=group)
+            self.addCleanup(CONF.clear_override, k, group=group)
+
+    def transfers(self):
+        return [c for c in self.copies if c in ('rsync', 'cp')]
+
+    def test_resize_up_and_confirm(self):
+        super().test_resize_up_and_confirm()
+        self.assertEqual(['rsync'], self.transfers())
+
+    def test_root_without_disk(self):
+        # root_gb 0: the directory of its writes travels, owners kept.
+        instance = self.spawned(root_gb=0)
+        self.migrate(instance, self.flavor(root_gb=0))
+        self.assertEqual(['rsync'], self.transfers())
+        self.assertEqual('0:0 1000:1000', self.run_in(
+            self.b, instance, 'stat', '-c', '%u:%g', '/root/marker',
+            '/home/u/f').replace('\n', ' ').strip())
+        self.run_in(self.b, instance, 'sh', '-c', 'echo after > /root/new')
+        self.a.confirm_migration(self.ctxt, None, instance, [])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port):
+    with socket.socket() as s:
+        return s.connect_ex(('127.0.0.1', port)) == 0
+
+
+class MigratedSnapshotTest(test_snapshot._SnapshotBase):
+    """A snapshot of a migrated server: owners, setuid and capabilities.
+
+    Its disks keep the source's range; the snapshot reads them through
+    the destination's idmapped mount (a btrfs snapshot of the shifted
+    root disk), so the image must show what the container saw.
+    """
+
+    private_root = True
+
+    def test_snapshot_on_the_destination(self):
+        b = second_driver(self)
+        image_id = self.busybox_image()
+        instance = self.make_instance(root_gb=1)
+        self.addCleanup(b.destroy, self.ctxt, instance, [])
+        self.spawn(instance, image_id)
+        self._prepare(instance)
+        disk_info = self.driver.migrate_disk_and_power_off(
+            self.ctxt, instance, '127.0.0.1', instance.flavor, [])
+        b.finish_migration(self.ctxt, None, instance, disk_info, [],
+                           self.image_meta(image_id), False, {})
+        self.driver.confirm_migration(self.ctxt, None, instance, [])
+        instance.system_metadata = {}
+        snapshot_id = 'f0000000-0000-4000-8000-%012d' % len(
+            self.glance.uploads)
+        b.snapshot(self.ctxt, instance, snapshot_id,
+                   self._update_task_state)
+        self._check_tarball(snapshot_id)
