@@ -1,12 +1,14 @@
 """The sub-commands: up, status, down, clean, openstack."""
 
 import glob
+import json
 import os
 import shutil
 import signal
 import time
 
 from novalxc_aio import cloud
+from novalxc_aio import compute2
 from novalxc_aio import install
 from novalxc_aio import layout
 from novalxc_aio import procs
@@ -21,9 +23,14 @@ def _require_root():
                             'services and starts LXC containers')
 
 
-def up():
-    """Install, configure and start the whole cloud; idempotent."""
+def up(computes=1):
+    """Install, configure and start the whole cloud; idempotent.
+
+    computes: 2 adds a second compute host (compute2.py).
+    """
     _require_root()
+    if computes not in (1, 2):
+        raise util.AioError('--computes: 1 or 2')
     t0 = time.monotonic()
     install.debian_packages()
     install.subordinate_ids()
@@ -31,15 +38,18 @@ def up():
     if install.virtualenv():
         setup.restart_later(*services.PYTHON_SERVICES)
     if install.this_repo():
-        setup.restart_later('nova-compute')
+        setup.restart_later('nova-compute', 'nova-compute-2')
     secrets = util.load_secrets()
     util.makedirs(layout.ETC, 0o755)
     util.makedirs(layout.LOGS, 0o755)
+    if computes > 1 or os.path.exists(layout.COMPUTES_FILE):
+        util.write_file(layout.COMPUTES_FILE, '%d\n' % computes)
     setup.lxcfs()
     setup.mariadb(secrets)
     setup.rabbitmq(secrets)
-    setup.openvswitch()
+    setup.openvswitch(computes)
     setup.ovn()
+    setup.compute2(secrets, computes)
     setup.keystone(secrets)
     setup.identities(secrets)
     # These start their APIs without waiting, so that one service's
@@ -47,9 +57,9 @@ def up():
     setup.glance(secrets)
     setup.placement(secrets)
     setup.neutron(secrets)
-    setup.nova(secrets)
+    setup.nova(secrets, computes)
     setup.wait_apis()
-    setup.nova_compute(secrets)
+    setup.nova_compute(secrets, computes)
     cloud.flavors(secrets)
     cloud.images(secrets)
     cloud.network(secrets)
@@ -105,7 +115,7 @@ def down():
     stays if containers use it: stopping it would break their /proc.
     """
     _require_root()
-    order = [s.name for s in services.all_services()]
+    order = [s.name for s in services.all_services(computes=2)]
     openstack = [n for n in reversed(order)
                  if n in services.PYTHON_SERVICES]
     # Also PID files of services this version no longer knows.
@@ -130,7 +140,8 @@ def down():
     return 1 if remaining else 0
 
 
-def _metadata_proxies():
+def _metadata_proxies(states=(layout.METADATA_STATE,
+                              layout.C2_METADATA_STATE)):
     """{PID file: PID} of the haproxies the OVN metadata agent runs.
 
     One per network, each in its ovnmeta- namespace. haproxy daemonizes
@@ -139,8 +150,11 @@ def _metadata_proxies():
     the agent's.
     """
     found = {}
-    pids = os.path.join(layout.METADATA_STATE, 'external', 'pids')
-    for path in glob.glob(os.path.join(pids, '*.pid.haproxy')):
+    paths = []
+    for state in states:
+        paths += glob.glob(os.path.join(state, 'external', 'pids',
+                                        '*.pid.haproxy'))
+    for path in paths:
         try:
             with open(path) as f:
                 pid = int(f.read().split()[0])
@@ -149,21 +163,21 @@ def _metadata_proxies():
         except (OSError, ValueError, IndexError):
             continue
         if os.path.basename(argv[0]) == 'haproxy' and any(
-                a.startswith(layout.METADATA_STATE + '/') for a in argv):
+                a.startswith(state + '/') for a in argv for state in states):
             found[path] = pid
     return found
 
 
-def _stop_metadata_proxies(timeout=10):
-    """SIGTERM the agent's haproxies; returns their PIDs."""
-    found = _metadata_proxies()
+def _stop_metadata_proxies(timeout=10, **kwargs):
+    """SIGTERM the agents' haproxies; returns their PIDs."""
+    found = _metadata_proxies(**kwargs)
     for path, pid in found.items():
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + timeout
-    while _metadata_proxies() and time.monotonic() < deadline:
+    while _metadata_proxies(**kwargs) and time.monotonic() < deadline:
         time.sleep(0.2)
     for path in found:
         try:
@@ -212,15 +226,23 @@ def clean(remove_venv=False):
     _require_root()
     down()
     configs = []
-    if os.path.isdir(layout.LXC_PATH):
-        configs = sorted(glob.glob(os.path.join(layout.LXC_PATH, '*',
-                                                'config')))
-    for config in configs:
-        name = os.path.basename(os.path.dirname(config))
-        util.run(['lxc-stop', '-k', '-P', layout.LXC_PATH, '-n', name],
-                 check=False, capture=True, timeout=60)
-        util.say('killed container %s', name)
+    for lxc_path in (layout.LXC_PATH, layout.C2_LXC_PATH):
+        found = sorted(glob.glob(os.path.join(lxc_path, '*', 'config')))
+        for config in found:
+            name = os.path.basename(os.path.dirname(config))
+            # lxc-stop reaches the monitor through an abstract socket of
+            # the network namespace the container started in.
+            netns = ['nsenter', '--net=/run/netns/' + layout.C2_NETNS,
+                     '--'] if lxc_path == layout.C2_LXC_PATH and \
+                compute2.netns_exists() else []
+            util.run(netns + ['lxc-stop', '-k', '-P', lxc_path, '-n', name],
+                     check=False, capture=True, timeout=60)
+            util.say('killed container %s', name)
+        configs += found
     _remove_veths(configs)
+    # Compute 2's namespace (its VIFs' veths and ovnmeta namespaces go
+    # with it), the links to it, the root's tunnel bridge.
+    compute2.remove_network()
     for mountpoint in mounts_under(layout.STATE):
         util.run(['umount', mountpoint], check=False, capture=True)
     left = mounts_under(layout.STATE)
@@ -229,6 +251,7 @@ def clean(remove_venv=False):
             layout.STATE, ', '.join(left)))
     _remove_ovs_taps()
     _remove_metadata_namespaces()
+    _remove_reservations()
     paths = [layout.STATE, layout.ETC, layout.LOGS]
     if procs.recorded_pid('lxcfs'):
         # down left it for containers that use it: keep its PID file.
@@ -244,6 +267,26 @@ def clean(remove_venv=False):
     util.say('clean: packages and the image cache %s are kept',
              layout.IMAGE_CACHE)
     return 0
+
+
+def _remove_reservations():
+    """Remove the container ID reservations the aio's drivers hold.
+
+    They live in the machine's directory (layout.IDS_PATH), shared with
+    whatever else runs the driver here; each names its driver's
+    state_path, which for the aio's is under layout.STATE.
+    """
+    top = os.path.realpath(layout.STATE) + '/'
+    for owner in glob.glob(os.path.join(layout.IDS_PATH, '*',
+                                        'owner.json')):
+        try:
+            with open(owner) as f:
+                held_by = json.load(f).get('owner') or ''
+        except (OSError, ValueError):
+            continue
+        if (held_by + '/').startswith(top):
+            shutil.rmtree(os.path.dirname(owner))
+            util.say('removed the reservation %s', os.path.dirname(owner))
 
 
 # The driver's one reader of the NICs a container config names, run in the
@@ -283,11 +326,17 @@ def _remove_ovs_taps():
     """The tap devices of the userspace datapath (br-int, ovs-netdev).
 
     ovs-vswitchd leaves them behind when it stops; with the aio's OVS
-    database gone they belong to nothing.
+    database gone they belong to nothing. The host's own ports
+    (cloud.host_access, nlxh<network>) too: left behind, each keeps a
+    route to its network's subnet, which the next cloud's new network of
+    the same subnet loses to (the kernel picks the stale, link-down one).
     """
     if services.process_running('ovs-vswitchd'):
         return
-    for dev in ('br-int', 'ovs-netdev'):
+    host_access = [d for d in os.listdir('/sys/class/net')
+                   if d.startswith(layout.HOST_ACCESS_PREFIX)]
+    for dev in ['br-int', 'ovs-netdev', layout.C2_UNDERLAY_BRIDGE] + \
+            host_access:
         if os.path.exists('/sys/class/net/%s/tun_flags' % dev):
             util.run(['ip', 'link', 'delete', dev], check=False,
                      capture=True)

@@ -158,19 +158,30 @@ def placement_conf(secrets):
 
 # -- Nova ---------------------------------------------------------------------
 
-def nova_conf(secrets, compute=False):
+def nova_conf(secrets, compute=False, node=1, computes=1):
     """nova.conf of the control services, or nova-cpu.conf of nova-compute.
 
     nova-compute gets no database credentials: it must reach the
     databases through the conductor only (Nova refuses direct access
     from compute and logs every attempt as an error).
+
+    node 2 is the second compute (up --computes 2): its own host name,
+    my_ip, state, LXC paths and Open vSwitch; its loopback URLs reach the
+    control services through the relay (compute2.py). With two computes,
+    compute 1's my_ip is its end of the link to compute 2.
     """
+    my_ip = layout.HOST
+    if compute and computes > 1:
+        my_ip = layout.C1_IP
+    if node == 2:
+        my_ip = layout.C2_IP
     sections = [
         ('DEFAULT', [
-            ('host', layout.NOVA_HOST),
-            ('my_ip', layout.HOST),
+            ('host', layout.C2_HOST if node == 2 else layout.NOVA_HOST),
+            ('my_ip', my_ip),
             ('transport_url', transport_url(secrets)),
-            ('state_path', layout.state('nova')),
+            ('state_path', os.path.join(layout.C2_STATE, 'nova')
+             if node == 2 else layout.state('nova')),
             ('compute_driver', 'novalxc.LXCDriver'),
             # Containers share the host's CPUs: 16 vCPUs per core lets a
             # two-core host hold 32 lxc.tiny servers (memory is not
@@ -219,12 +230,29 @@ def nova_conf(secrets, compute=False):
                                           layout.PORTS['nova-serialproxy'])),
             ('serialproxy_host', layout.HOST),
             ('serialproxy_port', layout.PORTS['nova-serialproxy']),
-            ('proxyclient_address', layout.HOST),
+            ('proxyclient_address', layout.C2_IP if node == 2
+             else layout.HOST),
             ('port_range', '10000:10999')]),
-        ('lxc', [('lxc_path', layout.LXC_PATH),
-                 ('state_path', layout.DRIVER_STATE)]),
-        concurrency('nova'),
     ]
+    if node == 2:
+        sections += [
+            # One container ID reservation directory for the machine.
+            ('lxc', [('lxc_path', layout.C2_LXC_PATH),
+                     ('state_path', layout.C2_DRIVER_STATE),
+                     ('ids_path', layout.IDS_PATH)]),
+            # os-vif plugs the VIFs into compute 2's own Open vSwitch.
+            ('os_vif_ovs', [('ovsdb_connection',
+                             'unix:%s/db.sock' % layout.C2_OVS_RUN)]),
+            ('oslo_concurrency', [('lock_path', os.path.join(
+                layout.C2_STATE, 'nova', 'locks'))]),
+        ]
+    else:
+        sections += [
+            ('lxc', [('lxc_path', layout.LXC_PATH),
+                     ('state_path', layout.DRIVER_STATE),
+                     ('ids_path', layout.IDS_PATH)]),
+            concurrency('nova'),
+        ]
     return ini(sections)
 
 
@@ -286,33 +314,41 @@ _PRIVSEP_SECTIONS = ('privsep', 'privsep_link', 'privsep_namespace',
                      'privsep_dhcp_release')
 
 
-def ovn_metadata_agent_conf(secrets):
+def ovn_metadata_agent_conf(secrets, node=1):
     """The OVN metadata agent's only configuration file.
 
     It needs no database or message bus: it reads the OVN Southbound
     database and the local OVSDB, makes the ovnmeta-<network> namespaces
-    with a haproxy each, and forwards to nova-metadata.
+    with a haproxy each, and forwards to nova-metadata. node 2: compute
+    2's agent (its own state, socket and Open vSwitch).
     """
-    conf = layout.etc('neutron', 'ovn_metadata_agent.ini')
+    if node == 2:
+        conf = os.path.join(layout.C2_ETC, 'ovn_metadata_agent.ini')
+        state, socket_path = layout.C2_METADATA_STATE, \
+            layout.C2_METADATA_SOCKET
+        ovsdb = 'unix:%s/db.sock' % layout.C2_OVS_RUN
+    else:
+        conf = layout.etc('neutron', 'ovn_metadata_agent.ini')
+        state, socket_path = layout.METADATA_STATE, layout.METADATA_SOCKET
+        ovsdb = 'unix:%s/db.sock' % layout.OVS_RUN
     # The agent runs as root and there is no sudo: privsep helpers and
     # commands run as root directly (oslo.privsep would prefix "sudo").
     helper = '%s --config-file %s' % (layout.venv_bin('privsep-helper'),
                                       conf)
     return ini([
         ('DEFAULT', [
-            ('state_path', layout.METADATA_STATE),
-            ('metadata_proxy_socket', layout.METADATA_SOCKET),
+            ('state_path', state),
+            ('metadata_proxy_socket', socket_path),
             ('nova_metadata_host', layout.HOST),
             ('nova_metadata_port', layout.PORTS['nova-metadata']),
             ('metadata_proxy_shared_secret', secrets['metadata']),
             ('debug', False),
         ]),
         ('AGENT', [('root_helper', '')]),
-        ('ovs', [('ovsdb_connection', 'unix:%s/db.sock' % layout.OVS_RUN)]),
+        ('ovs', [('ovsdb_connection', ovsdb)]),
         ('ovn', [('ovn_sb_connection', 'tcp:%s:%d' % (
             layout.HOST, layout.PORTS['ovn-sb']))]),
-        ('oslo_concurrency', [('lock_path', os.path.join(
-            layout.METADATA_STATE, 'locks'))]),
+        ('oslo_concurrency', [('lock_path', os.path.join(state, 'locks'))]),
     ] + [(section, [('helper_command', helper)])
          for section in _PRIVSEP_SECTIONS])
 

@@ -133,18 +133,45 @@ class Server:
         return time.monotonic() - start
 
 
+# (prefix, lxc_path, driver state) of each compute host: lxc-* talk to a
+# container's monitor over an abstract socket of the network namespace it
+# started in, so compute 2's are reached from its namespace.
+HOSTS = ((layout.NOVA_HOST, [], layout.LXC_PATH, layout.DRIVER_STATE),
+         (layout.C2_HOST, ['nsenter', '--net=/run/netns/' + layout.C2_NETNS,
+                           '--'], layout.C2_LXC_PATH,
+          layout.C2_DRIVER_STATE))
+
+
+def host_of(name):
+    """The HOSTS entry whose lxc_path runs container name (else the first).
+
+    A server being moved has a container on both hosts until the move is
+    confirmed or reverted: the running one is the server.
+    """
+    found = [h for h in HOSTS if os.path.isdir(os.path.join(h[2], name))]
+    for h in found:
+        proc = subprocess.run(h[1] + ['lxc-info', '-P', h[2], '-n', name,
+                                      '-H', '-s'], capture_output=True,
+                              text=True, timeout=60)
+        if proc.stdout.strip() not in ('', 'STOPPED'):
+            return h
+    return found[0] if found else HOSTS[0]
+
+
 def attach(name, *argv, timeout=60):
     """Run argv in container name (lxc-attach); CompletedProcess."""
+    _host, prefix, lxc_path, _state = host_of(name)
     return subprocess.run(
-        ['lxc-attach', '-P', layout.LXC_PATH, '-n', name, '--clear-env',
-         '--'] + list(argv), capture_output=True, text=True,
+        prefix + ['lxc-attach', '-P', lxc_path, '-n', name, '--clear-env',
+                  '--'] + list(argv), capture_output=True, text=True,
         timeout=timeout)
 
 
 def lxc_info(name, *flags):
     """lxc-info -H of container name with flags; '' if it has none."""
-    proc = subprocess.run(['lxc-info', '-P', layout.LXC_PATH, '-n', name,
-                           '-H'] + list(flags), capture_output=True,
+    _host, prefix, lxc_path, _state = host_of(name)
+    proc = subprocess.run(prefix + ['lxc-info', '-P', lxc_path, '-n', name,
+                                    '-H'] + list(flags), capture_output=True,
                           text=True, timeout=60)
     return proc.stdout.strip() if proc.returncode == 0 else ''
 
@@ -160,7 +187,7 @@ def state_and_pid(name):
 def reservations_of(instance_uuid):
     """Container IDs whose on-disk reservation names the instance."""
     found = []
-    for owner in glob.glob(os.path.join(layout.DRIVER_STATE, 'ids', '*',
+    for owner in glob.glob(os.path.join(layout.IDS_PATH, '*',
                                         'owner.json')):
         try:
             with open(owner) as f:
@@ -183,13 +210,14 @@ def host_uid(pid):
         return None
 
 
-def rescue_root(cid):
+def rescue_root(cid, name):
     """Where the driver makes a rescue's root (<rootfs>/rescue).
 
-    <state_path>/rootfs/<cid>/rescue, as novalxcdriver/rescue.py names
-    it (the driver is not importable here).
+    <state_path>/rootfs/<cid>/rescue of the host running container name,
+    as novalxcdriver/rescue.py names it (the driver is not importable
+    here).
     """
-    return os.path.join(layout.DRIVER_STATE, 'rootfs', cid, 'rescue')
+    return os.path.join(host_of(name)[3], 'rootfs', cid, 'rescue')
 
 
 def file_owner(name, path):
@@ -323,7 +351,8 @@ def demo():
     stop, start, pause, unpause, suspend, resume; a snapshot
     (server image create) while it runs, a server booted from it;
     shelve (offloaded) and unshelve; rebuild (on its image), rescue
-    (with busybox) and unrescue; delete.
+    (with busybox) and unrescue; with two compute hosts, cold migration
+    to the other host and back; delete.
 
     :returns: 0 if every step reached its state, else 1.
     """
@@ -406,6 +435,7 @@ def demo():
         _snapshot_steps(s, admin, server, container, address, timings,
                         images)
         _rebuild_rescue_steps(s, server, container, address, timings)
+        _migration_steps(admin, server, container, address, timings)
         timings.append(('delete -> gone', server.delete()))
         server = None
         util.say('%-28s %6.1f s', timings[-1][0], timings[-1][1])
@@ -581,7 +611,7 @@ def _rebuild_rescue_steps(s, server, container, address, timings):
               server.action({'unrescue': None}, 'ACTIVE'))
     same_container('unrescue')
     read = read_marker(container, MARKER_FILE)
-    left = [path for path in [rescue_root(cid) for cid in cids]
+    left = [path for path in [rescue_root(cid, container) for cid in cids]
             if os.path.lexists(path)]
     if read != token or left:
         raise util.AioError('after unrescue %s holds %r (not %r); rescue '
@@ -592,6 +622,44 @@ def _rebuild_rescue_steps(s, server, container, address, timings):
         lambda: _has_address(container, address), DHCP_TIMEOUT, 0.5)
     util.say('after unrescue: %s holds the marker, no rescue root left, '
              'eth0 %s', MARKER_FILE, got)
+
+
+def _migration_steps(admin, server, container, address, timings):
+    """With two compute hosts: cold migrate there and back, each confirmed.
+
+    As the admin (Nova's default policy). Each move: a marker written
+    inside before it is read after it, on the other host, and eth0 has
+    the port's address again by DHCP.
+
+    :raises AioError: a step did not do what it should.
+    """
+    services = admin.get('compute', '/os-services?binary=nova-compute')[
+        'services']
+    hosts = [x['host'] for x in services
+             if x['state'] == 'up' and x['status'] == 'enabled']
+    if len(hosts) < 2:
+        util.say('one compute host: no migration (up --computes 2 adds '
+                 'a second)')
+        return
+    moving = Server(admin, server.id)
+    for _there_and_back in range(2):
+        token = write_marker(container, MARKER_FILE)
+        before = moving.show()['OS-EXT-SRV-ATTR:host']
+        _say_step(timings, 'migrate (cold) -> VERIFY_RESIZE', moving.action(
+            {'migrate': None}, 'VERIFY_RESIZE', ACTIVE_TIMEOUT))
+        after = moving.show()['OS-EXT-SRV-ATTR:host']
+        _say_step(timings, 'confirm resize -> ACTIVE',
+                  moving.action({'confirmResize': None}, 'ACTIVE'))
+        read = read_marker(container, MARKER_FILE)
+        if after == before or read != token:
+            raise util.AioError('migrated from %s to %s: %s holds %r (not '
+                                '%r)' % (before, after, MARKER_FILE,
+                                         read[:200], token))
+        (got, _mtu), _w = api.wait_until(
+            'DHCP address %s after the migration' % address,
+            lambda: _has_address(container, address), DHCP_TIMEOUT, 0.5)
+        util.say('migrated from %s to %s: %s holds the marker, eth0 %s',
+                 before, after, MARKER_FILE, got)
 
 
 def _same_ports_and_address(session, server_id, ports, address, after):

@@ -31,6 +31,8 @@ PACKAGES = (
     'python3-websocket',
     # ssh and ssh-keygen: the demo logs in to its cloud image server.
     'openssh-client',
+    # sshd: root between the computes of "up --computes 2" (migrations).
+    'openssh-server',
     # The virtualenv, and git for pbr's version of this repository.
     'python3-venv', 'git', 'ca-certificates',
 )

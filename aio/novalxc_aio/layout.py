@@ -30,6 +30,9 @@ MARKERS = os.path.join(STATE, 'done')
 # (/var/lib/novalxc), so the aio never touches their containers.
 LXC_PATH = os.path.join(STATE, 'containers')
 DRIVER_STATE = os.path.join(STATE, 'driver')
+# Container ID reservations are the machine's (the uid ranges are): every
+# driver of this machine, tests and each aio compute, shares one directory.
+IDS_PATH = '/var/lib/novalxc/ids'
 
 # Open vSwitch and OVN keep their standard run directories, so that
 # ovs-vsctl, ovn-nbctl & co. work without options; their databases live
@@ -164,3 +167,48 @@ def state(*parts):
 
 def venv_bin(name):
     return os.path.join(VENV_BIN, name)
+
+
+# -- a second compute host (up --computes 2; aio/novalxc_aio/compute2.py) ----
+#
+# Compute 2 runs in the network namespace C2_NETNS with its own Open vSwitch
+# (userspace datapath), ovn-controller (chassis C2_HOST), OVN metadata agent,
+# sshd and nova-compute. Two veth pairs join it to the root namespace: one
+# plain (control: my_ip, serial consoles, SSH), one whose ends are ports of
+# each host's OVS bridge C2_UNDERLAY_BRIDGE carrying the geneve tunnel
+# (OVS userspace tunnelling needs its local IP on an OVS bridge).
+COMPUTES_FILE = os.path.join(ETC, 'computes')
+C2_HOST = NOVA_HOST + '-2'
+C2_NETNS = 'novalxc-c2'
+C2_STATE = os.path.join(STATE, 'compute2')
+C2_ETC = os.path.join(ETC, 'compute2')
+C2_RUN = os.path.join(RUN, 'compute2')
+C2_OVS_RUN = os.path.join(C2_RUN, 'openvswitch')
+C2_LXC_PATH = os.path.join(C2_STATE, 'containers')
+C2_DRIVER_STATE = os.path.join(C2_STATE, 'driver')
+C2_METADATA_STATE = os.path.join(C2_STATE, 'ovn-metadata')
+C2_METADATA_SOCKET = os.path.join(C2_METADATA_STATE, 'metadata_proxy')
+# Control link: root end, namespace end, their addresses (/24).
+C2_LINK = ('novalxc-c2a', 'novalxc-c2b')
+C1_IP = '172.30.0.1'
+C2_IP = '172.30.0.2'
+# Tunnel underlay link: each end a port of C2_UNDERLAY_BRIDGE in its host.
+C2_UNDERLAY_LINK = ('novalxc-t1', 'novalxc-t2')
+C2_UNDERLAY_BRIDGE = 'br-nlxt'
+C1_ENCAP_IP = '172.30.1.1'
+C2_ENCAP_IP = '172.30.1.2'
+# Root's SSH key for migrations between the computes, and the sshd config.
+SSH_DIR = os.path.join(ETC, 'ssh')
+SSH_CLIENT_CONFIG = '/etc/ssh/ssh_config.d/novalxc-aio.conf'
+# The loopback ports compute 2's services reach through the relay.
+C2_RELAYED = ('rabbitmq', 'keystone', 'glance', 'placement', 'nova-api',
+              'nova-metadata', 'neutron', 'ovn-sb')
+
+
+def computes():
+    """How many compute hosts the last "up" made (1 or 2)."""
+    try:
+        with open(COMPUTES_FILE) as f:
+            return int(f.read().strip() or 1)
+    except (FileNotFoundError, ValueError):
+        return 1

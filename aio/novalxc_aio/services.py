@@ -8,6 +8,7 @@ import functools
 import os
 import time
 
+from novalxc_aio import compute2
 from novalxc_aio import layout
 from novalxc_aio import procs
 from novalxc_aio import util
@@ -135,8 +136,15 @@ def _oslo_service(name, *config_files, probe, where=''):
     return procs.Service(name, tuple(argv), probe, where=where)
 
 
-def all_services():
-    """Every service of the cloud, in start order (stop: reverse)."""
+def all_services(computes=None):
+    """Every service of the cloud, in start order (stop: reverse).
+
+    computes: 1, or 2 for compute 2's services too (default: as the last
+    "up" made it).
+    """
+    if computes is None:
+        computes = layout.computes()
+    extra = compute2.all_services() if computes > 1 else []
     ovs_db = layout.state('ovs', 'conf.db')
     nova_conf = layout.etc('nova', 'nova.conf')
     neutron_confs = (layout.etc('neutron', 'neutron.conf'),
@@ -237,7 +245,7 @@ def all_services():
                       probe=_consumer_probe('compute.' + layout.NOVA_HOST),
                       where='queue compute.%s, driver novalxc.LXCDriver' %
                       layout.NOVA_HOST),
-    ]
+    ] + extra
 
 
 # Services running code from the virtualenv (restarted when it changes).
@@ -245,8 +253,9 @@ PYTHON_SERVICES = ('keystone', 'glance', 'placement', 'neutron',
                    'neutron-ovn-maintenance-worker',
                    'neutron-ovn-metadata-agent', 'nova-api',
                    'nova-metadata', 'nova-conductor', 'nova-scheduler',
-                   'nova-serialproxy', 'nova-compute')
+                   'nova-serialproxy', 'nova-compute'
+                   ) + compute2.PYTHON_SERVICES
 
 
 def by_name():
-    return {s.name: s for s in all_services()}
+    return {s.name: s for s in all_services(computes=2)}

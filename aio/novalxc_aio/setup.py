@@ -14,6 +14,7 @@ import os
 import pwd
 
 from novalxc_aio import api
+from novalxc_aio import compute2 as compute2_mod
 from novalxc_aio import configs
 from novalxc_aio import layout
 from novalxc_aio import procs
@@ -204,11 +205,13 @@ def rabbitmq(secrets):
 
 # -- Open vSwitch and OVN -----------------------------------------------------
 
-def openvswitch():
+def openvswitch(computes=1):
     """ovsdb-server and ovs-vswitchd with the userspace datapath; br-int.
 
     The bridge uses datapath_type=netdev, so no openvswitch kernel module
-    is needed; ovn-controller finds its settings in external_ids.
+    is needed; ovn-controller finds its settings in external_ids. With two
+    computes, the geneve tunnel's local address is on the tunnel bridge
+    (compute2.py) instead of loopback.
     """
     util.makedirs(layout.state('ovs'), 0o750)
     util.makedirs(layout.OVS_RUN, 0o755)
@@ -229,7 +232,8 @@ def openvswitch():
               'external_ids:ovn-remote=tcp:%s:%d' % (
                   layout.HOST, layout.PORTS['ovn-sb']),
               'external_ids:ovn-encap-type=geneve',
-              'external_ids:ovn-encap-ip=%s' % layout.HOST,
+              'external_ids:ovn-encap-ip=%s' % (
+                  layout.C1_ENCAP_IP if computes > 1 else layout.HOST),
               'external_ids:ovn-bridge-datapath-type=netdev'])
     start('ovs-vswitchd')
     util.run(['ovs-vsctl', '--may-exist', 'add-br', 'br-int', '--',
@@ -409,7 +413,35 @@ def neutron(secrets):
 
 # -- Nova ---------------------------------------------------------------------
 
-def nova(secrets):
+def compute2(secrets, computes):
+    """Compute 2's namespace, links, chassis and sshds (or their stop).
+
+    Its nova-compute and metadata agent start in nova_compute(), once the
+    APIs answer. With one compute, whatever compute 2 ran is stopped
+    (its namespace and state stay until "clean").
+    """
+    if computes < 2:
+        stopped = compute2_mod.stop_all()
+        for name, pid in sorted(stopped.items()):
+            util.say('stopped %s (pid %d): one compute asked', name, pid)
+        if stopped:
+            # Its metadata agent's haproxies daemonize out of its group.
+            from novalxc_aio import commands
+            for pid in commands._stop_metadata_proxies(
+                    states=(layout.C2_METADATA_STATE,)):
+                util.say('stopped compute 2\'s metadata haproxy (pid %d)',
+                         pid)
+        return
+    compute2_mod.network()
+    compute2_mod.prepare(secrets, _config)
+    compute2_mod.ssh_files()
+    start('relay-2')
+    compute2_mod.open_vswitch(start)
+    compute2_mod.underlay(1)
+    start('ovn-controller-2', 'sshd-1', 'sshd-2')
+
+
+def nova(secrets, computes=1):
     """nova-api, nova-metadata, conductor, scheduler, serialproxy.
 
     Cells are set up once.
@@ -419,8 +451,8 @@ def nova(secrets):
             ['nova-api', 'nova-metadata', 'nova-conductor',
              'nova-scheduler', 'nova-serialproxy'], mode=0o640)
     _config(layout.etc('nova', 'nova-cpu.conf'),
-            configs.nova_conf(secrets, compute=True), ['nova-compute'],
-            mode=0o640)
+            configs.nova_conf(secrets, compute=True, computes=computes),
+            ['nova-compute'], mode=0o640)
     _copy_paste_ini('nova', 'api-paste.ini', ['nova-api', 'nova-metadata'])
     for name, app in (('nova-api', 'nova.wsgi.osapi_compute:application'),
                       ('nova-metadata', 'nova.wsgi.metadata:application')):
@@ -447,20 +479,31 @@ def nova(secrets):
         launch(name)
 
 
-def nova_compute(secrets):
+def nova_compute(secrets, computes=1):
     """nova-compute with compute_driver = novalxc.LXCDriver.
 
     Boots scheduled before nova-compute has finished init_host go to
     ERROR: wait until it consumes its RPC queue, map the host into cell1
-    and wait until its hypervisor is listed and up.
+    and wait until its hypervisor is listed and up. With two computes,
+    compute 2's metadata agent and nova-compute too.
     """
-    start('nova-compute')
+    names = ['nova-compute']
+    if computes > 1:
+        names += ['neutron-ovn-metadata-agent-2', 'nova-compute-2']
+    start(*names)
+    for host in [layout.NOVA_HOST] + (
+            [layout.C2_HOST] if computes > 1 else []):
+        _compute_in_api(secrets, host)
+
+
+def _compute_in_api(secrets, host):
+    """Map host into cell1, wait for its hypervisor up in the API."""
     # Map the host into cell1; the scheduler cannot place servers on an
     # unmapped host. The mapping lives in the API database.
 
     def mapped():
         return _sql('SELECT COUNT(*) FROM nova_api.host_mappings '
-                    "WHERE host = '%s'" % layout.NOVA_HOST) != '0'
+                    "WHERE host = '%s'" % host) != '0'
 
     def discover():
         if mapped():
@@ -469,17 +512,17 @@ def nova_compute(secrets):
                   layout.etc('nova', 'nova.conf'), 'cell_v2',
                   'discover_hosts'], log='nova-manage')
         return mapped()
-    util.wait_for('host %s mapped to cell1' % layout.NOVA_HOST, discover, 60,
+    util.wait_for('host %s mapped to cell1' % host, discover, 60,
                   interval=2)
     s = api.Session('admin', secrets['admin'], 'admin')
 
     def hypervisor_up():
         # The list, not detail: detail asks the driver for the host's uptime.
         hvs = s.get('compute', '/os-hypervisors')['hypervisors']
-        return any(h['hypervisor_hostname'] == layout.NOVA_HOST and
+        return any(h['hypervisor_hostname'] == host and
                    h['state'] == 'up' and h['status'] == 'enabled'
                    for h in hvs)
-    util.wait_for('hypervisor %s up in the Nova API' % layout.NOVA_HOST,
+    util.wait_for('hypervisor %s up in the Nova API' % host,
                   hypervisor_up, 120, interval=1)
 
 

@@ -75,13 +75,38 @@ _reservations_of = demo.reservations_of
 def _leftovers(name, cids):
     paths = [os.path.join(layout.LXC_PATH, name)]
     for cid in cids:
-        paths += [os.path.join(layout.DRIVER_STATE, 'rootfs', cid),
-                  os.path.join(layout.DRIVER_STATE, 'ids', cid)]
+        paths += [os.path.join(layout.DRIVER_STATE, 'rootfs', cid)]
     found = [p for p in paths if os.path.lexists(p)]
+    found += held_ids(name, cids)
     for cid in cids:
         root = os.path.join(layout.DRIVER_STATE, 'rootfs', cid)
         found += [m for m in commands.mounts_under(layout.DRIVER_STATE)
                   if m == root or m.startswith(root + '/')]
+    return found
+
+
+def held_ids(name, cids):
+    """The reservations among cids still held for container name.
+
+    The directory is the machine's: once released, an ID may be taken at
+    once by another driver of this machine (the functional tests, a
+    benchmark), so only a reservation naming this container counts.
+    """
+    found = []
+    for cid in cids:
+        path = os.path.join(layout.IDS_PATH, cid)
+        try:
+            with open(os.path.join(path, 'owner.json')) as f:
+                owner = json.load(f)
+        except FileNotFoundError:
+            if os.path.lexists(path):
+                found.append(path)
+            continue
+        except (OSError, ValueError):
+            found.append(path)
+            continue
+        if owner.get('instance_name') == name:
+            found.append(path)
     return found
 
 
@@ -557,7 +582,8 @@ def _rescue_checks(c, d, node):
         c.check('rescue: wrote %s in %s' % (RESCUE_FILE, node), False, str(e))
         return
     before = _container_now(node)
-    rescue_root = demo.rescue_root(node.cids[0]) if node.cids else None
+    rescue_root = (demo.rescue_root(node.cids[0], node.container)
+                   if node.cids else None)
     seconds = _action(
         c, node, 'rescue: %s with %s -> RESCUE' % (node, layout.BUSYBOX_IMAGE),
         {'rescue': {'rescue_image_ref': demo.image_id_of(

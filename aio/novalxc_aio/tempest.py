@@ -92,8 +92,10 @@ DRIVER_FEATURES = (
 
 # Flags that no driver method decides, with the reason.
 STATIC_FEATURES = (
-    ('shelve_migrate', False, 'unshelve to another host: one compute node'),
-    ('live_migrate_back_and_forth', False, 'one compute node'),
+    ('shelve_migrate', False, 'left off: its test is a scenario (shelve, '
+     'then cold migrate over SSH) outside the selections'),
+    ('live_migrate_back_and_forth', False, 'no live migration: no working '
+     'CRIU on these kernels'),
     ('stable_rescue', False, 'the rescue image as a VM device on a chosen '
      'bus (hw_rescue_bus, hw_rescue_device)'),
     ('ide_bus', False, 'a VM device bus'),
@@ -158,8 +160,16 @@ def driver_facts():
     return json.loads(proc.stdout)
 
 
-def compute_features(facts, cinder=False):
-    """[(flag, bool, reason)] for [compute-feature-enabled]."""
+# Flags whose tests move a server to another host: the driver refuses a
+# resize to the server's own host (supports_migrate_to_same_host False).
+MULTI_HOST_FEATURES = ('resize', 'cold_migration')
+
+
+def compute_features(facts, cinder=False, computes=1):
+    """[(flag, bool, reason)] for [compute-feature-enabled].
+
+    :param computes: nova-compute services up in the cloud.
+    """
     overrides = set(facts['overrides'])
     capabilities = facts['capabilities']
     flags = []
@@ -170,6 +180,9 @@ def compute_features(facts, cinder=False):
         off = ['lacks ' + ', '.join(missing)] if missing else []
         if volumes and not cinder:
             off.append('no Cinder')
+        if flag in MULTI_HOST_FEATURES and computes < 2:
+            off.append('one compute host (up --computes 2 gives two); '
+                       'the driver does not resize on the same host')
         flags.append((flag, not off, '; '.join(off) or
                       'the driver has ' + ', '.join(methods + caps)))
     flags += list(STATIC_FEATURES)
@@ -199,7 +212,15 @@ def _render(sections):
     return '\n'.join(out) + '\n'
 
 
-def tempest_conf(secrets, features, validation=False):
+def compute_hosts(secrets):
+    """Names of the nova-compute services up and enabled (sorted)."""
+    s = api.Session('admin', secrets['admin'], 'admin')
+    services = s.get('compute', '/os-services?binary=nova-compute')
+    return sorted(svc['host'] for svc in services['services']
+                  if svc['state'] == 'up' and svc['status'] == 'enabled')
+
+
+def tempest_conf(secrets, features, validation=False, computes=1):
     """tempest.conf for the cloud as up made it.
 
     :param validation: log in to servers over SSH: they boot from the
@@ -237,7 +258,7 @@ def tempest_conf(secrets, features, validation=False):
             ('flavor_ref', FLAVOR),
             ('flavor_ref_alt', ALT_FLAVOR),
             ('region', region),
-            ('min_compute_nodes', 1),
+            ('min_compute_nodes', computes),
             ('max_microversion', 'latest'),
             ('shelved_offload_time', int(_nova_compute_option(
                 'DEFAULT', 'shelved_offload_time', 0)),
@@ -303,7 +324,8 @@ def tempest(regex=None, validation=False):
     secrets = util.load_secrets()
     install()
     facts = driver_facts()
-    features = compute_features(facts)
+    computes = len(compute_hosts(secrets))
+    features = compute_features(facts, computes=computes)
     if validation:
         # RemoteClient.mount_config_drive looks for a block device
         # labelled config-2; a container gets the directory /config-drive.
@@ -313,8 +335,8 @@ def tempest(regex=None, validation=False):
                      flag == 'config_drive' else reason)
                     for flag, value, reason in features]
     workspace()
-    util.write_file(CONF, tempest_conf(secrets, features, validation),
-                    mode=0o600)
+    util.write_file(CONF, tempest_conf(secrets, features, validation,
+                                       computes), mode=0o600)
     util.say('tempest.conf: %s', CONF)
     for flag, value, reason in features:
         print('  %-36s %-5s %s' % (flag, 'on' if value else 'off', reason))
