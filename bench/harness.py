@@ -152,6 +152,13 @@ _TIMED = (
     ('novalxcdriver.mount', 'overlay_readonly', 'snapshot view mount'),
     ('novalxcdriver.snapshot', 'Snapshot.cleanup', 'snapshot cleanup'),
     ('novalxcdriver.tarball', 'unpack_rootfs', 'image unpack'),
+    # A cold migration (bench.migration).
+    ('novalxcdriver.container', 'Container.stop', 'container stop'),
+    ('novalxcdriver.rootfs', 'Rootfs.unmount', 'rootfs unmount'),
+    ('novalxcdriver.migration', 'fetch', 'migration copy'),
+    ('novalxcdriver.rootfs', 'Rootfs.mount', 'rootfs mount'),
+    ('novalxcdriver.disk', 'Disk.grow', 'disk grow'),
+    ('novalxcdriver.container', 'Container.start', 'container start'),
 )
 
 
@@ -361,7 +368,9 @@ class Harness:
                 self.lxc_path).items():
             if record.get('instance_uuid'):
                 container(name, record['instance_uuid']).destroy()
-        for cid, res in ids.reservations().items():
+        # Only this driver's: ids_path is machine-wide, and another
+        # service's reservations (an all-in-one's) are not the bench's.
+        for cid, res in ids.reservations(mine=True).items():
             if res.instance_name:
                 container(res.instance_name, res.instance_uuid).destroy()
             rootfs_mod.Rootfs(self.state_path, cid).destroy()
@@ -388,7 +397,11 @@ class Harness:
             'container dirs': _listdir(self.lxc_path),
             'rootfs dirs': _listdir(os.path.join(self.state_path,
                                                  'rootfs')),
-            'reservations': _listdir(os.path.join(self.state_path, 'ids')),
+            # The machine's directory ([lxc] ids_path): the driver's own.
+            'reservations': sorted(
+                str(cid) for cid, res in
+                self.driver._ids.reservations(mine=True).items()
+                if res.instance_uuid is not None),
             'records': _listdir(os.path.join(self.state_path, 'instances')),
             # bench.snapshot's kept uploads (shelved images).
             'snapshot uploads': _listdir(os.path.join(self.root,

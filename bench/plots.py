@@ -231,6 +231,40 @@ def snapshot(plt, results, path):
     _save(plt, fig, path)
 
 
+def migration(plt, results, path):
+    """Per transport: driver and floor against size, the goal's line."""
+    sizes = results['migration']['sizes']
+    names = [n for n in report.MIGRATION_TRANSPORTS
+             if any(n in s['transports'] for s in sizes)]
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.5),
+                             squeeze=False)
+    xs = list(range(len(sizes)))
+    for ax, name in zip(axes[0], names):
+        figures = [report.migration_figures(s['transports'][name])
+                   if name in s['transports'] else None for s in sizes]
+
+        def ys(key):
+            return [None if f is None else f[key] for f in figures]
+        ax.plot(xs, ys('driver'), marker='o', color=DRIVER_COLOR,
+                label='driver: cold migration')
+        ax.plot(xs, ys('floor'), marker='o', color=RAW_COLOR,
+                label='floor: rsync -S')
+        ax.plot(xs, [None if f is None or f['floor'] is None else
+                     report.MIGRATION_RATIO_MAX * f['floor'] +
+                     report.MIGRATION_SLACK for f in figures],
+                color='grey', ls='--', label='goal: 1.3x floor + 2 s')
+        ax.plot(xs, ys('copy'), marker='.', color=DRIVER_COLOR, ls=':',
+                label="driver: its copy alone")
+        ax.set_xticks(xs)
+        ax.set_xticklabels([s['label'] for s in sizes])
+        ax.set_xlabel('data written in the server')
+        ax.set_ylabel('seconds (median)')
+        ax.set_title(report.MIGRATION_TRANSPORTS[name], fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(plt, fig, path)
+
+
 def draw(results, out_dir, log=print):
     """Draw every plot the results have data for.
 
@@ -252,6 +286,8 @@ def draw(results, out_dir, log=print):
         ('density.png', density, results.get('density')),
         ('api.png', api, (results.get('api') or {}).get('series')),
         ('snapshot.png', snapshot, (results.get('snapshot') or {}).get(
+            'sizes')),
+        ('migration.png', migration, (results.get('migration') or {}).get(
             'sizes')),
     ]
     written = []

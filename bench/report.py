@@ -25,6 +25,13 @@ API_P95_MAX = 4.0
 SNAPSHOT_STALL_MAX = 0.100        # s, longest write stall, any size
 SNAPSHOT_RATIO_MAX = 2.0          # driver.snapshot / plain tar | zstd
 SNAPSHOT_RATIO_BYTES = 500 * MIB  # ... of the server with this written
+# Target of the migration family (bench.migration): the driver's cold
+# migration <= this x the floor (rsync -S of the same files) + the slack.
+MIGRATION_RATIO_MAX = 1.3
+MIGRATION_SLACK = 2.0             # s
+MIGRATION_TRANSPORTS = {
+    'local': 'local copy (two drivers of one machine)',
+    'rsync': 'rsync over SSH (127.0.0.1, is_local False)'}
 
 
 def _ms(seconds):
@@ -374,6 +381,127 @@ def snapshot_section(results):
             '']
 
 
+def _med(samples, key):
+    return summary(s[key] for s in samples
+                   if s.get(key) is not None)['median']
+
+
+def migration_figures(transport):
+    """The figures of one size and transport of the migration family.
+
+    Medians over the runs (dict of numbers; None where not measured).
+    """
+    drv, floor = transport['driver'], transport['floor']
+    d, f = _med(drv, 'seconds'), _med(floor, 'seconds')
+    return {
+        'n': len(drv), 'driver': d, 'floor': f, 'ratio': ratio(d, f),
+        'pair_ratios': [r for r in (ratio(a['seconds'], b['seconds'])
+                                    for a, b in zip(drv, floor))
+                        if r is not None],
+        'met': (None if d is None or f is None else
+                d <= MIGRATION_RATIO_MAX * f + MIGRATION_SLACK),
+        'hand_over': _med(drv, 'hand_over'), 'stop': _med(drv, 'stop'),
+        'copy': _med(drv, 'copy'), 'after_copy': _med(drv, 'after_copy'),
+        'grow': _med(drv, 'grow'), 'mount': _med(drv, 'mount'),
+        'start': _med(drv, 'start'), 'confirm': _med(drv, 'confirm'),
+        'back': _med(drv, 'back_seconds'),
+        'driver_argv': _med(floor, 'driver argv'),
+        'cp': _med(floor, 'cp --sparse=always'),
+    }
+
+
+def _migration_steps(f):
+    return ('hand over %s (stop %s), copy %s, grow/mount/start %s (grow '
+            '%s, mount %s, start %s), confirm %s' % (
+                _s(f['hand_over']), _s(f['stop']), _s(f['copy']),
+                _s(f['after_copy']), _s(f['grow']), _s(f['mount']),
+                _s(f['start']), _s(f['confirm'])))
+
+
+def migration_rows(results):
+    """Item 10: cold migration against the transport's floor."""
+    mig = results.get('migration')
+    target = '≤ %gx floor + %g s (medians)' % (
+        MIGRATION_RATIO_MAX, MIGRATION_SLACK)
+    if not mig:
+        if ('migration' in results.get('config', {}).get('only', ()) or
+                'migration' in results.get('errors', {})):
+            return [_row(10, 'Cold migration vs `rsync -S` of the same '
+                         'files', target, _failed('migration', results),
+                         'n/a')]
+        return []
+    rows = []
+    for size in mig['sizes']:
+        for name, transport in size['transports'].items():
+            f = migration_figures(transport)
+            refs = ('; bare driver copy %s' % _s(f['driver_argv']) +
+                    ('' if f['cp'] is None else
+                     ', `cp --sparse=always` %s' % _s(f['cp'])))
+            rows.append(_row(
+                10, 'Cold migration, %s written (%d GiB disk), %s: '
+                'migrate_disk_and_power_off + finish_migration + '
+                'confirm_migration vs `rsync -S` of the same files '
+                '(medians of %d)' % (size['label'], size['root_gb'],
+                                     MIGRATION_TRANSPORTS.get(name, name),
+                                     f['n']),
+                target,
+                'driver **%s**, floor **%s**: **%s** (runs %s); %s%s' % (
+                    _s(f['driver']), _s(f['floor']), _x(f['ratio']),
+                    ' '.join('%.2fx' % r for r in f['pair_ratios']) or '—',
+                    _migration_steps(f), refs),
+                _met(f['met'])))
+    return rows
+
+
+def migration_section(results):
+    """Markdown lines: the migration family's figures side by side."""
+    mig = results.get('migration')
+    if not mig:
+        return []
+    body = []
+    for size in mig['sizes']:
+        for name, transport in size['transports'].items():
+            f = migration_figures(transport)
+            body.append([size['label'], name, _s(f['driver']),
+                         _s(f['floor']), _x(f['ratio']), _met(f['met']),
+                         _s(f['hand_over']), _s(f['copy']),
+                         _s(f['after_copy']), _s(f['confirm']),
+                         _s(f['driver_argv']), _s(f['cp'])])
+    return ['## Cold migration', '',
+            'Two drivers of this machine stand for two compute hosts (each '
+            'its own lxc_path and state_path, one ids_path). One busybox '
+            'server per size on the source, a btrfs root disk of %s GiB '
+            '(a sparse file), the data written inside from /dev/urandom. '
+            'The driver: migrate_disk_and_power_off on the source, '
+            'finish_migration (power_on, same flavor) on the destination, '
+            'confirm_migration on the source; the next migration goes back '
+            '(the directions alternate). The floor: the server handed over '
+            'the same way by the host it is on (untimed, its disks '
+            'unmounted and quiet), then `rsync -S` of the same files from '
+            'its root directory to a scratch directory beside the state '
+            'paths, timed, then deleted and the server reverted. '
+            'Transports: local (the driver copies with `cp --archive '
+            '--sparse=always --reflink=auto`; floor a local `rsync -S`) '
+            'and rsync over SSH to a private sshd on 127.0.0.1 (the '
+            'driver\'s `rsync --archive ... --sparse`; floor `rsync -S` '
+            'over the same SSH). For the local transport, also timed on '
+            'the same quiet files: the driver\'s own copy command run bare '
+            'and `cp --sparse=always` (after the floor\'s `rsync -S`, so '
+            'they find the files in the page cache). rsync reads a sparse '
+            'file\'s holes as zeros (and over SSH sends them): its time '
+            'follows the disk\'s size, not the data; cp skips holes. '
+            'Driver and floor '
+            'alternate, %d runs each; medians. Goal: driver ≤ %gx floor + '
+            '%g s.' % (
+                '/'.join(str(s['root_gb']) for s in mig['sizes']),
+                mig['runs'], MIGRATION_RATIO_MAX, MIGRATION_SLACK), '',
+            _md_table(('data', 'transport', 'driver', 'floor rsync -S',
+                       'ratio', 'goal met', 'hand over', 'copy',
+                       'grow/mount/start', 'confirm', 'bare driver copy',
+                       'cp --sparse=always'), body),
+            '']
+
+
 def _busy_percent(meter):
     """Share of the host's CPU capacity busy over a bench.cpu interval."""
     return 100 * meter['host_busy'] / max(1e-9,
@@ -461,7 +589,8 @@ def rows(results):
     boot, booted_destroy = boot_rows(results)
     out = (spawn_rows(results) + boot + throughput_rows(results) +
            density_rows(results) + booted_destroy + destroy_rows(results) +
-           api_rows(results) + snapshot_rows(results))
+           api_rows(results) + snapshot_rows(results) +
+           migration_rows(results))
     return sorted(out, key=lambda r: r['item'])
 
 
@@ -587,6 +716,7 @@ def markdown(results, command, plots):
                           command_line(dsamples)), '']
     out += cpu_section(results)
     out += snapshot_section(results)
+    out += migration_section(results)
     leaks = results.get('leaks', {}).get('after')
     if leaks is not None:
         left = {k: v for k, v in leaks.items() if v}

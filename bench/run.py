@@ -6,10 +6,11 @@ bench`` does both. Writes, in --out (docs/benchmarks by default):
 
 - results.json   every sample, the run's options and the machine's facts
 - RESULTS.md     the figures against the targets of issue 6 and of the
-                 snapshot family, and plots
+                 snapshot and migration families, and plots
 - *.png          latency distributions, spawn against image size,
                  throughput per batch, memory per container, API latency,
-                 snapshot times and write stalls
+                 snapshot times and write stalls, cold migration against
+                 rsync -S
 
 --out is written whole: a run of some families (--only) replaces the
 figures of the others there, so point it elsewhere (e.g. /tmp/bench) to
@@ -37,6 +38,7 @@ from bench import density
 from bench import harness
 from bench import images as bench_images
 from bench import machine
+from bench import migration
 from bench import nova_api
 from bench import plots
 from bench import report
@@ -45,11 +47,13 @@ from bench import spawn
 from bench import throughput
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAMILIES = ('spawn', 'boot', 'density', 'throughput', 'snapshot', 'api')
+FAMILIES = ('spawn', 'boot', 'density', 'throughput', 'snapshot',
+            'migration', 'api')
 # The images each family of this host boots (bench.images keys).
 IMAGES = {'spawn': ('busybox', 'debian', 'synthetic'), 'boot': ('debian',),
           'density': ('busybox', 'debian'),
-          'throughput': ('busybox', 'debian'), 'snapshot': ('busybox',)}
+          'throughput': ('busybox', 'debian'), 'snapshot': ('busybox',),
+          'migration': ('busybox',)}
 
 
 def parse_args(argv):
@@ -84,6 +88,12 @@ def parse_args(argv):
     p.add_argument('--snapshot-runs', type=int, default=3,
                    help='driver.snapshot and plain tar | zstd samples per '
                         'size (default 3)')
+    p.add_argument('--migration-sizes', default=migration.DEFAULT_SIZES,
+                   help='data written in each migrated server, comma-'
+                        'separated (binary units; default %(default)s)')
+    p.add_argument('--migration-runs', type=int, default=3,
+                   help='cold migrations and floor copies per size and '
+                        'transport, alternating (default 3)')
     p.add_argument('--api-runs', type=int, default=10,
                    help='API boots at concurrency 1 (default 10)')
     p.add_argument('--api-concurrent-runs', type=int, default=30,
@@ -108,6 +118,10 @@ def parse_args(argv):
         args.snapshot_sizes = snapshot.parse_sizes(args.snapshot_sizes)
     except ValueError as e:
         p.error('--snapshot-sizes: %s' % e)
+    try:
+        args.migration_sizes = snapshot.parse_sizes(args.migration_sizes)
+    except ValueError as e:
+        p.error('--migration-sizes: %s' % e)
     return args
 
 
@@ -150,7 +164,7 @@ def measure(args, results):
 
 
 def measure_host(args, results):
-    """Families 1-6, 8 and 9: the driver and raw LXC on this host."""
+    """Families 1-6 and 8-10: the driver and raw LXC on this host."""
     images = {}
     log('images: building or finding the tarballs')
     keys = {key for name in args.only for key in IMAGES.get(name, ())}
@@ -159,10 +173,11 @@ def measure_host(args, results):
     h = harness.Harness(args.root, list(images.values()))
     try:
         h.destroy_everything()
+        migration.destroy_leftovers(h)
         # The cache of images this run does not boot is kept too.
         h.drop_stale_images({i.image_id for i in images.values()} |
                             bench_images.existing_ids())
-        results['leaks'] = {'before': h.leaks()}
+        results['leaks'] = {'before': dict(h.leaks(), **migration.leaks(h))}
         for image in images.values():
             log('images: caching %s' % image.label)
             cached = h.cache(image)
@@ -193,6 +208,9 @@ def measure_host(args, results):
             'snapshot': lambda: snapshot.measure(
                 h, images['busybox'], args.snapshot_sizes,
                 args.snapshot_runs, log=log),
+            'migration': lambda: migration.measure(
+                h, images['busybox'], args.migration_sizes,
+                args.migration_runs, log=log),
         }
         for name in FAMILIES:
             if name not in args.only or name not in families:
@@ -204,12 +222,14 @@ def measure_host(args, results):
                 results['errors'][name] = traceback.format_exc()
                 log('%s: FAILED\n%s' % (name, results['errors'][name]))
                 h.destroy_everything()
+                migration.destroy_leftovers(h)
     finally:
         log('cleanup: destroying everything under %s' % args.root)
         try:
             h.destroy_everything()
+            migration.destroy_leftovers(h)
         finally:
-            results['leaks']['after'] = h.leaks()
+            results['leaks']['after'] = dict(h.leaks(), **migration.leaks(h))
             h.close()
 
 
