@@ -268,7 +268,6 @@ def version():
     return out.strip()
 
 
-@contextlib.contextmanager
 def user_namespace(idmap):
     """Yield an open fd of a user namespace mapping idmap's range to 0.
 
@@ -287,40 +286,14 @@ def user_namespace(idmap):
             'cat']
     want_uid = ['0', str(idmap.uid_start), str(idmap.size)]
     want_gid = ['0', str(idmap.gid_start), str(idmap.size)]
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, close_fds=True)
-    fd = None
-    try:
-        deadline = time.monotonic() + CONF.lxc.command_timeout
+
+    def mapped(pid):
         # Until unshare has run, /proc/PID/*_map show the parent's maps.
-        while True:
-            if proc.poll() is not None:
-                raise exception.CommandFailed(
-                    cmd=' '.join(argv), exit_code=proc.returncode,
-                    stderr=proc.stderr.read().decode(errors='replace'))
-            if (_read_map(proc.pid, 'uid_map') == want_uid and
-                    _read_map(proc.pid, 'gid_map') == want_gid):
-                break
-            if time.monotonic() > deadline:
-                raise exception.CommandTimedOut(
-                    cmd=' '.join(argv), timeout=CONF.lxc.command_timeout)
-            time.sleep(0.001)
-        fd = os.open('/proc/%d/ns/user' % proc.pid,
-                     os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        proc.stdin.close()
-        if fd is None:
-            proc.kill()
-        proc.wait()
-        proc.stderr.close()
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+        return (_read_map(pid, 'uid_map') == want_uid and
+                _read_map(pid, 'gid_map') == want_gid)
+    return _held_namespace(argv, mapped)
 
 
-@contextlib.contextmanager
 def shifting_namespace(disk_idmap, idmap):
     """Yield an open fd of a user namespace shifting disk_idmap to idmap.
 
@@ -346,31 +319,50 @@ def shifting_namespace(disk_idmap, idmap):
                '%d' % idmap.size, '0', '0', '1']
     gid_map = ['%d' % disk_idmap.gid_start, '%d' % idmap.gid_start,
                '%d' % idmap.size, '0', '0', '1']
-    argv = ['unshare', '--user', 'cat']
+    own = os.stat('/proc/self/ns/user').st_ino
+
+    def unshared(pid):
+        # Until unshare has run, the child is in our namespace.
+        try:
+            return os.stat('/proc/%d/ns/user' % pid).st_ino != own
+        except FileNotFoundError:
+            return False
+
+    def write_maps(pid):
+        execute('newuidmap', str(pid), *uid_map)
+        execute('newgidmap', str(pid), *gid_map)
+    return _held_namespace(['unshare', '--user', 'cat'], unshared,
+                           write_maps)
+
+
+@contextlib.contextmanager
+def _held_namespace(argv, ready, setup=None):
+    """Yield an open fd of the user namespace an ``unshare ... cat`` makes.
+
+    :param ready: callable(pid) true once the namespace is there.
+    :param setup: callable(pid) run then (e.g. writing its maps).
+    :raises CommandFailed: unshare exited first.
+    :raises CommandTimedOut: not ready within [lxc] command_timeout.
+    """
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, close_fds=True)
     fd = None
     try:
-        own = os.stat('/proc/self/ns/user').st_ino
         deadline = time.monotonic() + CONF.lxc.command_timeout
-        # Until unshare has run, the child is in our namespace.
         while True:
             if proc.poll() is not None:
                 raise exception.CommandFailed(
                     cmd=' '.join(argv), exit_code=proc.returncode,
                     stderr=proc.stderr.read().decode(errors='replace'))
-            try:
-                if os.stat('/proc/%d/ns/user' % proc.pid).st_ino != own:
-                    break
-            except FileNotFoundError:
-                pass
+            if ready(proc.pid):
+                break
             if time.monotonic() > deadline:
                 raise exception.CommandTimedOut(
                     cmd=' '.join(argv), timeout=CONF.lxc.command_timeout)
             time.sleep(0.001)
-        execute('newuidmap', str(proc.pid), *uid_map)
-        execute('newgidmap', str(proc.pid), *gid_map)
+        if setup is not None:
+            setup(proc.pid)
         fd = os.open('/proc/%d/ns/user' % proc.pid,
                      os.O_RDONLY | os.O_CLOEXEC)
     finally:

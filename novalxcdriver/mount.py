@@ -71,22 +71,8 @@ def idmapped_bind(source, target, userns_fd):
     :param userns_fd: an open /proc/PID/ns/user fd (lxc.user_namespace).
     :raises MountFailed: a syscall failed (errno text in the message).
     """
-    what = 'idmapped view of %s' % source
-    tree = _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source),
-                                _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC),
-                  what, target)
-    try:
-        # Read-only: the shared image must never be written through a view.
-        attr = _MountAttr(_MOUNT_ATTR_IDMAP | _MOUNT_ATTR_RDONLY |
-                          _MOUNT_ATTR_NODEV, 0, 0, userns_fd)
-        _check(_libc.syscall(_SYS_MOUNT_SETATTR, tree, b'', _AT_EMPTY_PATH,
-                             ctypes.byref(attr), ctypes.sizeof(attr)),
-               what, target)
-        _check(_libc.syscall(_SYS_MOVE_MOUNT, tree, b'', _AT_FDCWD,
-                             os.fsencode(target), _MOVE_MOUNT_F_EMPTY_PATH),
-               what, target)
-    finally:
-        os.close(tree)
+    # Read-only: the shared image must never be written through a view.
+    _idmapped(source, target, userns_fd, _MOUNT_ATTR_RDONLY)
 
 
 def idmapped_over(target, userns_fd):
@@ -98,13 +84,22 @@ def idmapped_over(target, userns_fd):
 
     :raises MountFailed: a syscall failed.
     """
-    what = 'idmapped view of %s' % target
-    tree = _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(target),
+    _idmapped(target, target, userns_fd, 0)
+
+
+def _idmapped(source, target, userns_fd, extra_attr):
+    """open_tree(2) a clone of source, idmap it, move_mount(2) on target.
+
+    The new mount API's idmapped mounts (mount_setattr(2),
+    MOUNT_ATTR_IDMAP); nodev always, plus extra_attr.
+    """
+    what = 'idmapped view of %s' % source
+    tree = _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source),
                                 _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC),
                   what, target)
     try:
-        attr = _MountAttr(_MOUNT_ATTR_IDMAP | _MOUNT_ATTR_NODEV, 0, 0,
-                          userns_fd)
+        attr = _MountAttr(_MOUNT_ATTR_IDMAP | _MOUNT_ATTR_NODEV | extra_attr,
+                          0, 0, userns_fd)
         _check(_libc.syscall(_SYS_MOUNT_SETATTR, tree, b'', _AT_EMPTY_PATH,
                              ctypes.byref(attr), ctypes.sizeof(attr)),
                what, target)
