@@ -42,11 +42,10 @@ The goal (issue): driver <= 1.3 x floor + 2 s, at the median.
 import contextlib
 import os
 import shutil
-import socket
-import subprocess
 import time
 from unittest import mock
 
+from nova import objects
 from nova.virt import fake as fake_virt
 
 from bench import harness as harness_mod
@@ -56,6 +55,7 @@ from novalxcdriver import container as container_mod
 from novalxcdriver import driver as driver_mod
 from novalxcdriver import migration as migration_mod
 from novalxcdriver import rootfs as rootfs_mod
+from tests import private_sshd
 
 CONF = conf.CONF
 DEFAULT_SIZES = snapshot_mod.DEFAULT_SIZES
@@ -169,72 +169,6 @@ def leaks(h):
 
 # -- the transports --------------------------------------------------------
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port):
-    with socket.socket() as s:
-        return s.connect_ex(('127.0.0.1', port)) == 0
-
-
-@contextlib.contextmanager
-def private_sshd(root):
-    """An sshd on 127.0.0.1 that root's own client key logs in to.
-
-    :yields: (port, ssh options NAME=VALUE for [lxc]
-        migration_ssh_options).
-    """
-    tmp = os.path.join(root, SSHD_DIR)
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp, mode=0o700)
-    sshd = None
-    try:
-        for key in ('host', 'client'):
-            harness_mod.run(['ssh-keygen', '-q', '-N', '', '-t', 'ed25519',
-                             '-f', os.path.join(tmp, key)])
-        shutil.copyfile(os.path.join(tmp, 'client.pub'),
-                        os.path.join(tmp, 'authorized_keys'))
-        with open(os.path.join(tmp, 'host.pub')) as f:
-            host_key = ' '.join(f.read().split()[:2])
-        port = _free_port()
-        with open(os.path.join(tmp, 'known_hosts'), 'w') as f:
-            f.write('[127.0.0.1]:%d %s\n' % (port, host_key))
-        config = os.path.join(tmp, 'sshd_config')
-        with open(config, 'w') as f:
-            f.write('\n'.join([
-                'Port %d' % port, 'ListenAddress 127.0.0.1',
-                'HostKey %s' % os.path.join(tmp, 'host'),
-                'AuthorizedKeysFile %s' % os.path.join(tmp,
-                                                       'authorized_keys'),
-                'PermitRootLogin prohibit-password',
-                'PasswordAuthentication no', 'UsePAM no', 'StrictModes no',
-                'PidFile %s' % os.path.join(tmp, 'sshd.pid'), '']))
-        os.makedirs('/run/sshd', mode=0o755, exist_ok=True)
-        sshd = subprocess.Popen(['/usr/sbin/sshd', '-D', '-e', '-f', config],
-                                stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not _port_open(port):
-            if time.monotonic() > deadline or sshd.poll() is not None:
-                raise RuntimeError('the private sshd did not listen on '
-                                   '127.0.0.1:%d' % port)
-            time.sleep(0.05)
-        yield port, ['IdentityFile=%s' % os.path.join(tmp, 'client'),
-                     'UserKnownHostsFile=%s' % os.path.join(tmp,
-                                                            'known_hosts')]
-    finally:
-        if sshd is not None:
-            sshd.terminate()
-            try:
-                sshd.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                sshd.kill()
-                sshd.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 @contextlib.contextmanager
 def transport(h, a, b, name):
     """Make the drivers copy by transport name ('local' or 'rsync')."""
@@ -244,10 +178,11 @@ def transport(h, a, b, name):
         if name == 'local':
             yield
             return
-        if not os.path.exists('/usr/sbin/sshd'):
+        if not private_sshd.available():
             raise RuntimeError('openssh-server is not installed '
                                '(tools/test-setup.sh installs it)')
-        with private_sshd(h.root) as (port, options):
+        with private_sshd.running(os.path.join(h.root, SSHD_DIR)) as (
+                port, options):
             values = {'migration_ssh_port': port,
                       'migration_ssh_user': 'root',
                       'migration_ssh_options': options}
@@ -328,14 +263,16 @@ def _migrate(h, src, dest, instance, image, phases_by_step):
     with h.timer.collect() as phases:
         start = time.perf_counter()
         instance.old_flavor = instance.flavor
-        dest.finish_migration(h.context, None, instance, disk_info, [],
+        migration = objects.Migration(source_compute=src._host,
+                                      dest_compute=dest._host)
+        dest.finish_migration(h.context, migration, instance, disk_info, [],
                               h.image_meta(image), False, {},
                               power_on=True)
         steps['finish'] = time.perf_counter() - start
     phases_by_step['finish'] = phases
     with h.timer.collect() as phases:
         start = time.perf_counter()
-        src.confirm_migration(h.context, None, instance, [])
+        src.confirm_migration(h.context, migration, instance, [])
         steps['confirm'] = time.perf_counter() - start
     phases_by_step['confirm'] = phases
     return steps, disk_info

@@ -7,8 +7,8 @@ destination's finish_migration, then confirm or revert, on real
 containers from the busybox image.
 """
 
+import contextlib
 import os
-import socket
 import subprocess
 
 import fixtures
@@ -24,6 +24,7 @@ from novalxcdriver import mount
 from novalxcdriver import record as record_mod
 from tests.functional import base
 from tests.functional import test_snapshot
+from tests import private_sshd
 
 CONF = conf.CONF
 HOST_B = 'novalxc-functional-b'
@@ -41,6 +42,12 @@ def second_driver(test):
     test.addCleanup(drv.cleanup_host, HOST_B)
     cfg.config(group='lxc', lxc_path=own[0], state_path=own[1])
     return drv
+
+
+def moved(source, dest):
+    """The Migration record Nova hands both drivers: source to dest."""
+    return objects.Migration(source_compute=source._host,
+                             dest_compute=dest._host)
 
 
 class MigrationTest(base.FunctionalTestCase):
@@ -90,7 +97,7 @@ class MigrationTest(base.FunctionalTestCase):
             self.ctxt, instance, '127.0.0.1', new_flavor, [])
         instance.old_flavor, instance.flavor = old_flavor, new_flavor
         self.b.finish_migration(
-            self.ctxt, None, instance, disk_info, [],
+            self.ctxt, moved(self.a, self.b), instance, disk_info, [],
             self.image_meta(self.image_id), True, {}, power_on=True)
         return disk_info
 
@@ -140,7 +147,8 @@ class MigrationTest(base.FunctionalTestCase):
         self.assertEqual(2 << 30,
                          os.path.getsize(root_b.root_disk.image_path))
 
-        self.a.confirm_migration(self.ctxt, None, instance, [])
+        self.a.confirm_migration(
+            self.ctxt, moved(self.a, self.b), instance, [])
         self.assertEqual([], self.leftovers(self.a, instance, cid_a))
         self.assertEqual('RUNNING', self.state_in(self.b, instance))
         self.b.destroy(self.ctxt, instance, [])
@@ -158,7 +166,8 @@ class MigrationTest(base.FunctionalTestCase):
         self.b.destroy(self.ctxt, instance, [])
         self.assertEqual([], self.leftovers(self.b, instance, cid_b))
         instance.flavor = old_flavor
-        self.a.finish_revert_migration(self.ctxt, instance, [], None)
+        self.a.finish_revert_migration(self.ctxt, instance, [],
+                                       moved(self.a, self.b))
         self.assertEqual('RUNNING', self.state_in(self.a, instance))
         self.assertEqual(cid_a, self.a._ids.find(instance.uuid))
         self.assertEqual(record_mod.READY,
@@ -178,13 +187,15 @@ class MigrationTest(base.FunctionalTestCase):
         cid_a = self.a._ids.find(instance.uuid)
         flavor = instance.flavor
         self.migrate(instance, flavor)
-        self.a.confirm_migration(self.ctxt, None, instance, [])
+        self.a.confirm_migration(
+            self.ctxt, moved(self.a, self.b), instance, [])
         disk_info = self.b.migrate_disk_and_power_off(
             self.ctxt, instance, '127.0.0.1', flavor, [])
         self.a.finish_migration(
-            self.ctxt, None, instance, disk_info, [],
+            self.ctxt, moved(self.b, self.a), instance, disk_info, [],
             self.image_meta(self.image_id), False, {}, power_on=True)
-        self.b.confirm_migration(self.ctxt, None, instance, [])
+        self.b.confirm_migration(
+            self.ctxt, moved(self.b, self.a), instance, [])
         cid = self.a._ids.find(instance.uuid)
         rec = self.a._records.get(instance.uuid)
         # Back in the range the disks were made in: no shift left.
@@ -197,7 +208,8 @@ class MigrationTest(base.FunctionalTestCase):
     def test_host_reboot_after_migration(self):
         instance = self.spawned(root_gb=1, ephemeral_gb=1)
         self.migrate(instance, self.flavor(root_gb=1, ephemeral_gb=1))
-        self.a.confirm_migration(self.ctxt, None, instance, [])
+        self.a.confirm_migration(
+            self.ctxt, moved(self.a, self.b), instance, [])
         self.run_in(self.b, instance, 'sh', '-c',
                     'echo e > /mnt/eph && chown 1000 /mnt/eph')
         # The host goes down: the container dies, every mount goes.
@@ -221,7 +233,8 @@ class MigrationTest(base.FunctionalTestCase):
         # A fresh root on shifted disks: made in the disks' own range.
         instance = self.spawned(root_gb=1, ephemeral_gb=1)
         self.migrate(instance, self.flavor(root_gb=1, ephemeral_gb=1))
-        self.a.confirm_migration(self.ctxt, None, instance, [])
+        self.a.confirm_migration(
+            self.ctxt, moved(self.a, self.b), instance, [])
         instance.task_state = 'rebuilding'
         instance.system_metadata = {}
         instance.save = lambda **kw: None
@@ -252,7 +265,8 @@ class MigrationTest(base.FunctionalTestCase):
         self.assertEqual('0:0 755', self.run_in(
             self.b, instance, 'stat', '-L', '-c', '%u:%g %a',
             '/bin/busybox').strip())
-        self.a.confirm_migration(self.ctxt, None, instance, [])
+        self.a.confirm_migration(
+            self.ctxt, moved(self.a, self.b), instance, [])
 
     def test_shrink_refused_server_keeps_running(self):
         instance = self.spawned(root_gb=2)
@@ -279,44 +293,15 @@ class RsyncOverSSHTest(MigrationTest):
 
     def setUp(self):
         super().setUp()
-        if not os.path.exists('/usr/sbin/sshd'):
+        if not private_sshd.available():
             self.skipTest('openssh-server is not installed '
                           '(tools/test-setup.sh installs it)')
-        tmp = self.useFixture(fixtures.TempDir()).path
-        for key in ('host', 'client'):
-            subprocess.run(['ssh-keygen', '-q', '-N', '', '-t', 'ed25519',
-                            '-f', os.path.join(tmp, key)], check=True)
-        with open(os.path.join(tmp, 'client.pub')) as f, \
-                open(os.path.join(tmp, 'authorized_keys'), 'w') as out:
-            out.write(f.read())
-        with open(os.path.join(tmp, 'host.pub')) as f:
-            host_key = ' '.join(f.read().split()[:2])
-        port = _free_port()
-        with open(os.path.join(tmp, 'known_hosts'), 'w') as f:
-            f.write('[127.0.0.1]:%d %s\n' % (port, host_key))
-        config = os.path.join(tmp, 'sshd_config')
-        with open(config, 'w') as f:
-            f.write('\n'.join([
-                'Port %d' % port, 'ListenAddress 127.0.0.1',
-                'HostKey %s' % os.path.join(tmp, 'host'),
-                'AuthorizedKeysFile %s' % os.path.join(tmp,
-                                                       'authorized_keys'),
-                'PermitRootLogin prohibit-password',
-                'PasswordAuthentication no',
-                'UsePAM no', 'StrictModes no',
-                'PidFile %s' % os.path.join(tmp, 'sshd.pid'), '']))
-        os.makedirs('/run/sshd', mode=0o755, exist_ok=True)
-        sshd = subprocess.Popen(['/usr/sbin/sshd', '-D', '-e', '-f', config],
-                                stderr=subprocess.DEVNULL)
-        self.addCleanup(sshd.wait)
-        self.addCleanup(sshd.terminate)
-        base.poll(lambda: _port_open(port), timeout=10)
+        tmp = os.path.join(self.useFixture(fixtures.TempDir()).path, 'sshd')
+        sshd = contextlib.ExitStack()
+        self.addCleanup(sshd.close)
+        port, options = sshd.enter_context(private_sshd.running(tmp))
         self.flags(migration_ssh_port=port, migration_ssh_user='root',
-                   migration_ssh_options=[
-                       'IdentityFile=%s' % os.path.join(tmp, 'client'),
-                       'UserKnownHostsFile=%s' % os.path.join(tmp,
-                                                              'known_hosts')],
-                   group='lxc')
+                   migration_ssh_options=options, group='lxc')
         self.useFixture(fixtures.MockPatch(
             'novalxcdriver.migration.is_local', return_value=False))
         self.a._my_ip = self.b._my_ip = '127.0.0.1'
@@ -351,18 +336,8 @@ class RsyncOverSSHTest(MigrationTest):
             self.b, instance, 'stat', '-c', '%u:%g', '/root/marker',
             '/home/u/f').replace('\n', ' ').strip())
         self.run_in(self.b, instance, 'sh', '-c', 'echo after > /root/new')
-        self.a.confirm_migration(self.ctxt, None, instance, [])
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port):
-    with socket.socket() as s:
-        return s.connect_ex(('127.0.0.1', port)) == 0
+        self.a.confirm_migration(
+            self.ctxt, moved(self.a, self.b), instance, [])
 
 
 class MigratedSnapshotTest(test_snapshot._SnapshotBase):
@@ -384,9 +359,11 @@ class MigratedSnapshotTest(test_snapshot._SnapshotBase):
         self._prepare(instance)
         disk_info = self.driver.migrate_disk_and_power_off(
             self.ctxt, instance, '127.0.0.1', instance.flavor, [])
-        b.finish_migration(self.ctxt, None, instance, disk_info, [],
+        b.finish_migration(self.ctxt, moved(self.driver, b), instance,
+                           disk_info, [],
                            self.image_meta(image_id), False, {})
-        self.driver.confirm_migration(self.ctxt, None, instance, [])
+        self.driver.confirm_migration(
+            self.ctxt, moved(self.driver, b), instance, [])
         instance.system_metadata = {}
         snapshot_id = 'f0000000-0000-4000-8000-%012d' % len(
             self.glance.uploads)
