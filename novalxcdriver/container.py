@@ -7,6 +7,9 @@ Artifacts of a container named N with container ID C, instance U:
 - ``<lxc_path>/N/config``          lxc.conf, with a copy of the record
 - ``<state_path>/rootfs/C``        its disks and copy-on-write root (and
                                    its rescue root while rescued: rescue.py)
+- ``<state_path>/resize-sources/U.json`` the record of its former
+                                   container (another C) while a resize on
+                                   this host awaits confirm or revert
 - ``<lxc_path>/N/*.log``           console and LXC logs
 - ``<lxc_path>/N/suspended``       marks a freeze made by Nova's suspend
 - ``<lxc_path>/N/serial-console.*`` its serial console relay's state and
@@ -209,8 +212,23 @@ class Container:
         :raises ContainerExists: <lxc_path>/<name> exists already.
         :raises RootfsExists: the ID's rootfs directory exists already.
         """
+        def make_root(root):
+            root.create(image.rootfs, spec.idmap, root_gb, ephemeral_gb,
+                        root_fs=CONF.lxc.root_disk_fs)
+            # systemd sets the hostname from /etc/hostname over
+            # lxc.uts.name; an image carries its build host's.
+            root.write_etc_file('hostname', spec.hostname + '\n',
+                                spec.idmap)
+        self._make(spec, None, make_root, 'it existed before this spawn')
+
+    def _make(self, spec, disk_idmap, make_root, exists_reason):
+        """create's and receive's steps: record, directory, config, root.
+
+        :param make_root: callable(rootfs.Rootfs) making the root.
+        """
         root = rootfs_mod.Rootfs(self.state_path, spec.cid)
-        self.records.write(self._record_of(spec, root, disk_idmap=None))
+        self.records.write(self._record_of(spec, root,
+                                           disk_idmap=disk_idmap))
         made = []
         try:
             os.makedirs(self.lxc_path, mode=0o711, exist_ok=True)
@@ -218,19 +236,13 @@ class Container:
                 os.mkdir(self.dir, 0o700)
             except FileExistsError:
                 raise exception.ContainerExists(
-                    name=self.name, path=self.dir,
-                    reason='it existed before this spawn')
+                    name=self.name, path=self.dir, reason=exists_reason)
             made.append((self.dir, functools.partial(shutil.rmtree,
                                                      self.dir)))
             # Written before the rootfs: it claims the directory.
             durable.write(self.config_path, spec_mod.render_config(spec))
             try:
-                root.create(image.rootfs, spec.idmap, root_gb, ephemeral_gb,
-                            root_fs=CONF.lxc.root_disk_fs)
-                # systemd sets the hostname from /etc/hostname over
-                # lxc.uts.name; an image carries its build host's.
-                root.write_etc_file('hostname', spec.hostname + '\n',
-                                    spec.idmap)
+                make_root(root)
             except exception.RootfsExists:
                 raise
             except BaseException:
@@ -288,32 +300,11 @@ class Container:
         :param root_gb, ephemeral_gb: GiB of the disks here.
         :raises ContainerExists, RootfsExists: as create.
         """
-        root = rootfs_mod.Rootfs(self.state_path, spec.cid)
-        self.records.write(self._record_of(spec, root,
-                                           disk_idmap=disk_idmap))
-        made = []
-        try:
-            os.makedirs(self.lxc_path, mode=0o711, exist_ok=True)
-            try:
-                os.mkdir(self.dir, 0o700)
-            except FileExistsError:
-                raise exception.ContainerExists(
-                    name=self.name, path=self.dir,
-                    reason='it existed before this migration')
-            made.append((self.dir, functools.partial(shutil.rmtree,
-                                                     self.dir)))
-            durable.write(self.config_path, spec_mod.render_config(spec))
-            try:
-                root.receive(fetch, image.rootfs, spec.idmap, disk_idmap,
-                             root_gb, ephemeral_gb)
-            except exception.RootfsExists:
-                raise
-            except BaseException:
-                made.append((root.path, root.destroy))
-                raise
-        except BaseException:
-            with excutils.save_and_reraise_exception():
-                self._unmake(made)
+        self._make(
+            spec, disk_idmap,
+            lambda root: root.receive(fetch, image.rootfs, spec.idmap,
+                                      disk_idmap, root_gb, ephemeral_gb),
+            'it existed before this migration')
 
     def hand_over(self, timeout=0, retry_interval=0):
         """Stop it and leave its disks to a migration's destination.
@@ -364,6 +355,125 @@ class Container:
             root = rootfs_mod.Rootfs(self.state_path, cid)
             rescue_mod.root_of(root).unmount()
             root.unmount()
+
+    # -- a resize on its own host: the former container set aside -------
+
+    def _resize_sources(self):
+        return record_mod.RecordStore(self.state_path,
+                                      record_mod.RESIZE_SOURCES)
+
+    def resize_source(self):
+        """The record of its former container a resize here set aside.
+
+        :returns: record.InstanceRecord, or None when there is none.
+        """
+        if self.instance_uuid is None:
+            return None
+        return self._resize_sources().get(self.instance_uuid)
+
+    def park_resize_source(self):
+        """Set it aside for a resize on this host, disks untouched.
+
+        The resize's new container takes its name (``<lxc_path>/<name>``)
+        and instance record under an ID of its own. This one's disks stay
+        in ``<state_path>/rootfs/<cid>`` as hand_over left them, its
+        record moves to ``<state_path>/resize-sources`` and its ID stays
+        reserved for the instance, marked as a resize source
+        (ids.IdAllocator.set_resize_source). Its directory goes: config
+        and logs are derived, and a revert writes the config again.
+
+        In this order a crash leaves the instance record naming this
+        container (with or without the set-aside copy of it) or only the
+        set-aside record: take_back_resize_source and
+        destroy_resize_source finish from either.
+
+        :returns: the record set aside.
+        :raises ContainerNotFound: it has no record.
+        :raises ContainerNotStopped: it was not handed over (stopped,
+            record ``migrating``).
+        """
+        record = self.record()
+        if record is None:
+            raise exception.ContainerNotFound(name=self.name)
+        if record.state != record_mod.MIGRATING:
+            raise exception.ContainerNotStopped(name=self.name,
+                                                state=record.state)
+        with self._lock(record.cid):
+            self._resize_sources().write(record)
+            self.ids.set_resize_source(record.cid, self.instance_uuid, True)
+            self._remove_dir()
+            self.records.remove(self.instance_uuid)
+        LOG.info('Container %s (ID %d) set aside until the resize on this '
+                 'host is confirmed or reverted', self.name, record.cid)
+        return record
+
+    def take_back_resize_source(self):
+        """Make the container set aside by park_resize_source this one's.
+
+        The resize's container, if still here (its destroy failed or was
+        skipped), is destroyed first: a revert discards it. Then the set
+        aside record becomes the instance record again and its ID is no
+        longer marked; the caller rebuilds the config and mounts (the
+        record still says ``migrating``).
+
+        :returns: the record taken back, or None when none was set aside.
+        :raises MountBusy, MountFailed: as destroy, for the resize's one.
+        """
+        parked = self.resize_source()
+        if parked is None:
+            return None
+        current = self.record()
+        if current is not None and current.cid != parked.cid:
+            LOG.info('Destroying container %s (ID %d), the resize\'s: the '
+                     'one set aside (ID %d) comes back', self.name,
+                     current.cid, parked.cid)
+            self.destroy()
+        with self._lock(parked.cid):
+            self.records.write(parked)
+            self.ids.set_resize_source(parked.cid, self.instance_uuid,
+                                       False)
+            self._resize_sources().remove(self.instance_uuid)
+        return parked
+
+    def destroy_resize_source(self, instance_deleted=False):
+        """Remove the container set aside by park_resize_source.
+
+        Its disks, its ID reservation and its set-aside record go; the
+        instance's current container is not touched (should the set-aside
+        record name the current container's own ID, a park interrupted
+        before it finished, only that record goes). Unless the instance
+        is being deleted, the set-aside disks go only when the instance
+        has a current container: otherwise they are its only copy, and
+        everything is kept (logged).
+
+        :param instance_deleted: Nova is deleting the instance (its
+            current container was destroyed already).
+        :returns: True when something set aside is no longer.
+        :raises MountBusy, MountFailed: as Rootfs.destroy; nothing more
+            is removed and the ID stays reserved.
+        """
+        parked = self.resize_source()
+        if parked is None:
+            return False
+        current = self.record()
+        if current is None and not instance_deleted:
+            LOG.error('Container %s has no record, so the one set aside by '
+                      'its resize (ID %d, %s) is its only copy: kept',
+                      self.name, parked.cid,
+                      rootfs_mod.Rootfs(self.state_path, parked.cid).path)
+            return False
+        with self._lock(parked.cid):
+            if current is None or current.cid != parked.cid:
+                rootfs_mod.Rootfs(self.state_path, parked.cid).destroy()
+                res = self.ids.reservation(parked.cid)
+                if (res is not None and
+                        res.instance_uuid == self.instance_uuid and
+                        res.owner == self.ids.owner and res.resize_source):
+                    self.ids.release(parked.cid)
+            self._resize_sources().remove(self.instance_uuid)
+        LOG.info('Removed container ID %d, set aside by the resize of %s',
+                 parked.cid, self.name)
+        return True
 
     def mark_ready(self):
         """Record that its spawn finished (the record leaves spawning)."""
@@ -871,6 +981,10 @@ class Container:
                 self.ids.release(cid)
             # Under the lock: a remount waiting for it finds no record.
             self.records.remove(self.instance_uuid)
+            # A park interrupted before it finished set this one aside.
+            parked = self.resize_source()
+            if parked is not None and parked.cid == cid:
+                self._resize_sources().remove(self.instance_uuid)
 
     def _remove_dir(self):
         owner = self.dir_owner()

@@ -92,11 +92,10 @@ class LXCDriver(driver.ComputeDriver):
         has_imagecache=True,
         # Evacuate rebuilds from the image on the new host (local disks:
         # the old root's writes stay on the failed host); cold migration
-        # and resize copy the disks (migration.py). Both copies of a
-        # resize on one host would need two containers of one name:
-        # refused (migrate_disk_and_power_off), so no same-host moves.
+        # and resize copy the disks (migration.py). On one host, both
+        # copies coexist until confirm or revert (park_resize_source).
         supports_evacuate=True,
-        supports_migrate_to_same_host=False,
+        supports_migrate_to_same_host=True,
         # Hot-plug into the running container's network namespace.
         supports_attach_interface=True,
         supports_multiattach=False,
@@ -121,6 +120,8 @@ class LXCDriver(driver.ComputeDriver):
             self.capabilities = dict(self.capabilities,
                                      supports_image_type_qcow2=False)
         self._records = record_mod.RecordStore(self._state_path)
+        self._resize_sources = record_mod.RecordStore(
+            self._state_path, record_mod.RESIZE_SOURCES)
         self._ids = None
         self._watcher = None
         # init_host's host: Nova's harness runs several computes in one
@@ -259,6 +260,10 @@ class LXCDriver(driver.ComputeDriver):
             if res.instance_uuid is None and cid not in held:
                 # Killed between the reservation's mkdir and its owner.
                 self._ids.remove_orphan(cid)
+            elif res.resize_source:
+                LOG.info('Container ID %d of instance %s is set aside by '
+                         'a resize on this host until it is confirmed or '
+                         'reverted', cid, res.instance_uuid)
             elif (res.instance_uuid is not None and
                     res.instance_uuid not in records and
                     not host_mod.process_alive(res.pid)):
@@ -317,7 +322,9 @@ class LXCDriver(driver.ComputeDriver):
         """
         if not CONF.image_cache.remove_unused_base_images:
             return
-        records = self._records.all().values()
+        # A resize's source set aside here reverts to its image.
+        records = (list(self._records.all().values()) +
+                   list(self._resize_sources.all().values()))
         in_use = {r.image_id for r in records}
         # A rescued server's rescue image is mounted too.
         in_use.update(r.rescue_image_id for r in records
@@ -545,6 +552,24 @@ class LXCDriver(driver.ComputeDriver):
         except Exception:
             with excutils.save_and_reraise_exception():
                 self._ids.release(cid)
+        self._bring_up(c, spec, instance, network_info, power_on,
+                       functools.partial(self._plug_vifs_and_wait,
+                                         instance, network_info, power_on),
+                       'Spawn', injected_files, admin_password)
+        LOG.info('Container %s spawned (ID %d)', c.name, cid,
+                 instance=instance)
+
+    def _bring_up(self, c, spec, instance, network_info, power_on, plug,
+                  what, injected_files=None, admin_password=None):
+        """Config drive, VIFs, start: the tail of spawn and finish_migration.
+
+        c has just been made (create or receive) with its ID; on any
+        failure it is destroyed, with that ID, and whatever VIFs plug()
+        may have plugged are unplugged, so nothing is left.
+
+        :param plug: plugs network_info's VIFs (and waits, if it does).
+        :param what: 'Spawn' or 'Migration', for the log.
+        """
         plugged = []
         try:
             if spec.config_drive:
@@ -552,18 +577,16 @@ class LXCDriver(driver.ComputeDriver):
                                   injected_files, admin_password,
                                   network_info, spec.idmap)
             plugged = network_info
-            self._plug_vifs_and_wait(instance, network_info, power_on)
+            plug()
             if power_on:
                 c.start(created=True)
             c.mark_ready()
         except Exception:
             with excutils.save_and_reraise_exception():
-                LOG.warning('Spawn failed; removing what it made',
+                LOG.warning('%s failed; removing what it made', what,
                             instance=instance)
                 c.destroy()
                 self._unplug_vifs(instance, plugged)
-        LOG.info('Container %s spawned (ID %d)', c.name, cid,
-                 instance=instance)
 
     def rebuild(self, context, instance, image_meta, injected_files,
                 admin_password, allocations, bdms, detach_block_devices,
@@ -827,6 +850,10 @@ class LXCDriver(driver.ComputeDriver):
             nics = ()
         if destroy_disks:
             c.destroy()
+            if instance.task_state == task_states.DELETING:
+                # Deleted before its resize here was confirmed (Nova
+                # confirms first; that failed).
+                c.destroy_resize_source(instance_deleted=True)
         else:
             c.shut_down()
             LOG.info('Container %s stopped; its disks are kept (destroy '
@@ -1154,14 +1181,19 @@ class LXCDriver(driver.ComputeDriver):
 
         Nova's contract (nova/virt/driver.py; ComputeManager's
         _resize_instance): the disks may not shrink and a root disk
-        cannot come or go (migration.check_resize); such a flavor, a
-        destination that is this host, or volumes are refused before
-        anything happens, with InstanceFaultRollback so the server stays
-        ACTIVE here. Then the container stops cleanly within timeout
-        seconds (halt resent every retry_interval), its VIFs are
-        unplugged and its root unmounted; its disks stay in place, untouched
-        until confirm_migration deletes them or finish_revert_migration
-        mounts them again. The destination pulls them (finish_migration).
+        cannot come or go (migration.check_resize); such a flavor or
+        volumes are refused before anything happens, with
+        InstanceFaultRollback so the server stays ACTIVE here. Then the
+        container stops cleanly within timeout seconds (halt resent every
+        retry_interval), its VIFs are unplugged and its root unmounted;
+        its disks stay in place, untouched until confirm_migration deletes
+        them or finish_revert_migration mounts them again. The destination
+        pulls them (finish_migration).
+
+        A resize on this host (Nova's allow_resize_to_same_host) also
+        sets the container aside (Container.park_resize_source) so that
+        the new one can take its name here; both coexist until confirm or
+        revert.
 
         :param dest: the destination's get_host_ip_addr().
         :param flavor: the new flavor (instance.flavor is the old one).
@@ -1172,10 +1204,10 @@ class LXCDriver(driver.ComputeDriver):
         try:
             self._refuse_unsupported(instance, block_device_info)
             migration_mod.check_resize(instance.flavor, flavor)
-            self._refuse_same_host(context, instance)
         except (exception.ResizeRefused, nova_exc.InvalidInput) as e:
             raise nova_exc.InstanceFaultRollback(
                 nova_exc.ResizeError(reason=str(e)))
+        here = self._moves_to_this_host(context, instance)
         c = self._existing(instance)
         record = c.hand_over(timeout, retry_interval)
         self.unplug_vifs(instance, network_info)
@@ -1194,25 +1226,25 @@ class LXCDriver(driver.ComputeDriver):
             image_cache=self._images.entry_path(record.image_id),
             root_gb=instance.flavor.root_gb,
             ephemeral_gb=instance.flavor.ephemeral_gb)
+        if here:
+            c.park_resize_source()
         LOG.info('Container %s stopped for its migration to %s; its disks '
                  '%s wait in %s', c.name, dest, ', '.join(files), root.path,
                  instance=instance)
         return info.to_json()
 
-    def _refuse_same_host(self, context, instance):
-        """Raise ResizeRefused when the migration's destination is here.
+    def _moves_to_this_host(self, context, instance):
+        """True when the instance's migration has this host for its end.
 
-        Both copies would be containers of one name in one lxc_path.
+        Nova gives the driver only the destination's IP, which two
+        compute services of one machine may share: the migration record
+        names the destination service.
         """
         mc = instance.migration_context
         if mc is None:
-            return
+            return False
         migration = objects.Migration.get_by_id(context, mc.migration_id)
-        if migration.dest_compute == self._host:
-            raise exception.ResizeRefused(
-                reason='novalxcdriver cannot resize a server on its own '
-                       'host (allow_resize_to_same_host): both copies '
-                       'would be containers of one name')
+        return migration.dest_compute == self._host
 
     def finish_migration(self, context, migration, instance, disk_info,
                          network_info, image_meta, resize_instance,
@@ -1292,33 +1324,27 @@ class LXCDriver(driver.ComputeDriver):
         except Exception:
             with excutils.save_and_reraise_exception():
                 self._ids.release(cid)
-        plugged = []
-        try:
-            if spec.config_drive:
-                configdrive.write(spec.config_drive, instance, None, None,
-                                  network_info, spec.idmap)
-            plugged = network_info
-            self.plug_vifs(instance, network_info)
-            if power_on:
-                c.start(created=True)
-            c.mark_ready()
-        except Exception:
-            with excutils.save_and_reraise_exception():
-                LOG.warning('Migration failed here; removing what it made',
-                            instance=instance)
-                c.destroy()
-                self._unplug_vifs(instance, plugged)
+        self._bring_up(c, spec, instance, network_info, power_on,
+                       functools.partial(self.plug_vifs, instance,
+                                         network_info),
+                       'Migration')
         LOG.info('Container %s received from %s in %.1f s (ID %d, %s)',
                  c.name, info.source_host, time.monotonic() - started, cid,
                  'started' if power_on else 'stopped', instance=instance)
 
     def confirm_migration(self, context, migration, instance, network_info):
-        """Remove every trace of the migrated server here (source).
+        """Remove every trace of the migrated server's source copy here.
 
         Its VIFs were unplugged when it left; their names are the
-        destination's now, so they are not touched.
+        destination's now, so they are not touched. After a resize on
+        this host only the container set aside goes (the server runs in
+        the new one).
         """
-        self._container(instance).destroy()
+        c = self._container(instance)
+        if migration.dest_compute == self._host:
+            c.destroy_resize_source()
+        else:
+            c.destroy()
         LOG.info('Migration confirmed: the source copy is gone',
                  instance=instance)
 
@@ -1327,7 +1353,9 @@ class LXCDriver(driver.ComputeDriver):
                                 power_on=True, share_info=None):
         """Bring the server back on its untouched disks here (source).
 
-        Nova destroyed the destination's copy first. The record leaves
+        Nova destroyed the destination's copy first; after a resize on
+        this host the container set aside comes back in its place
+        (Container.take_back_resize_source). The record leaves
         ``migrating``, the config is written for the old flavor (Nova
         restored it) and the root mounted (_rebuild), the VIFs plugged
         and the container started when power_on.
@@ -1335,6 +1363,7 @@ class LXCDriver(driver.ComputeDriver):
         :raises InstanceNotFound: nothing of the instance on this host.
         :raises ImageGone: its image is neither cached nor in Glance.
         """
+        self._container(instance).take_back_resize_source()
         c = self._existing(instance)
         self._rebuild(context, instance, c, network_info)
         migration_mod.remove_token(c.rootfs().path)

@@ -54,6 +54,12 @@ class IdConflict(NovaLXCError):
                'instance away (or delete it) before starting this one.')
 
 
+class IdNotHeld(NovaLXCError):
+    msg_fmt = ('Container ID %(cid)d (%(path)s) is not this driver\'s '
+               'reservation for instance %(instance)s: it names instance '
+               '%(holder)s.')
+
+
 class IdmapUnavailable(NovaLXCError):
     msg_fmt = ('Cannot derive container uid/gid ranges: %(reason)s. Add a '
                "line such as 'root:100000:1000000000' to /etc/subuid and "

@@ -102,6 +102,7 @@ class Reservation:
     created_at: float
     owner: str | None = None
     host: str | None = None
+    resize_source: bool = False
 
 
 def _user_names(user):
@@ -311,7 +312,7 @@ class IdAllocator:
 
     @staticmethod
     def _write_owner(path, instance_uuid, instance_name, owner, host,
-                     created_at=None):
+                     created_at=None, resize_source=False):
         record = {'instance_uuid': instance_uuid,
                   'instance_name': instance_name,
                   'owner': owner,
@@ -319,6 +320,8 @@ class IdAllocator:
                   'pid': os.getpid(),
                   'created_at': time.time() if created_at is None
                   else created_at}
+        if resize_source:
+            record['resize_source'] = True
         # Readers see no owner.json or a whole one, after a crash too.
         durable.write(os.path.join(path, OWNER_FILE), json.dumps(record),
                       mode=0o644)
@@ -343,11 +346,13 @@ class IdAllocator:
             pid, created = rec['pid'], rec['created_at']
             owner = rec.get('owner', self._legacy_owner)
             host = rec.get('host', '')
+            resize_source = rec.get('resize_source', False)
             if not (isinstance(uuid, str) and isinstance(name, str) and
                     isinstance(pid, int) and
                     isinstance(created, (int, float)) and
                     isinstance(owner, (str, type(None))) and
-                    isinstance(host, str)):
+                    isinstance(host, str) and
+                    isinstance(resize_source, bool)):
                 raise ValueError('unexpected types')
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             # Still taken: the directory is the reservation.
@@ -356,7 +361,11 @@ class IdAllocator:
                                created_at=mtime)
         return Reservation(cid=cid, instance_uuid=uuid, instance_name=name,
                            pid=pid, created_at=float(created), owner=owner,
-                           host=host)
+                           host=host, resize_source=resize_source)
+
+    def reservation(self, cid):
+        """The Reservation of cid, or None when it is free."""
+        return self._read_reservation(int(cid))
 
     def reservations(self, mine=False):
         """Return the reservations on disk, unreadable ones included.
@@ -382,16 +391,40 @@ class IdAllocator:
         """Return the ID this driver reserved for ``instance_uuid``, or None.
 
         Another driver's reservation for the same instance (the other end
-        of a migration on this machine) is not this one's. Should a
+        of a migration on this machine) is not this one's, nor is the ID
+        of a resize's source kept aside (set_resize_source). Should a
         corrupted state hold several, the lowest is returned.
         """
         instance_uuid = str(instance_uuid)
         for cid in self._reserved_ids():
             res = self._read_reservation(cid)
             if (res is not None and res.instance_uuid == instance_uuid and
-                    res.owner == self.owner):
+                    res.owner == self.owner and not res.resize_source):
                 return cid
         return None
+
+    def set_resize_source(self, cid, instance_uuid, resize_source):
+        """Mark (or unmark) this driver's ID cid as a resize's source.
+
+        While marked, the ID stays reserved for its instance but ``find``
+        does not name it, so the instance can hold a second ID for the
+        resize's new container on this host.
+
+        :raises IdNotHeld: cid is not this driver's reservation for
+            instance_uuid.
+        """
+        path = self._reservation_path(int(cid))
+        with self._lock():
+            res = self._read_reservation(int(cid))
+            if (res is None or res.instance_uuid != str(instance_uuid) or
+                    res.owner != self.owner):
+                raise exception.IdNotHeld(
+                    cid=cid, path=path, instance=instance_uuid,
+                    holder=res.instance_uuid if res else None)
+            if res.resize_source != resize_source:
+                self._write_owner(path, res.instance_uuid, res.instance_name,
+                                  res.owner, res.host, res.created_at,
+                                  resize_source=resize_source)
 
     def adopt(self, legacy_path):
         """Move this driver's reservations from legacy_path into ids_path.

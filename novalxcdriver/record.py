@@ -131,14 +131,23 @@ class InstanceRecord:
         return record
 
 
+INSTANCES = 'instances'
+# The records of containers a resize on their own host set aside: the
+# instance's disks it reverts to (container.Container.park_resize_source).
+RESIZE_SOURCES = 'resize-sources'
+
+
 class RecordStore:
-    """The instance records under ``<state_path>/instances``.
+    """The instance records under ``<state_path>/<kind>``.
 
     :param state_path: the driver's state directory ([lxc] state_path).
+    :param kind: INSTANCES (each instance's container here) or
+        RESIZE_SOURCES (containers set aside until a resize on this host
+        is confirmed or reverted).
     """
 
-    def __init__(self, state_path):
-        self.path = os.path.join(state_path, 'instances')
+    def __init__(self, state_path, kind=INSTANCES):
+        self.path = os.path.join(state_path, kind)
 
     def _file(self, instance_uuid):
         if not uuidutils.is_uuid_like(instance_uuid):

@@ -1306,6 +1306,99 @@ class MigrationTest(_Base):
         self.assertEqual([], self.lxc_calls())
         self.mount.unmount_tree.assert_not_called()
 
+    # -- a resize on its own host ----------------------------------------
+
+    def handed_over(self):
+        cid = self.make_container()
+        self.lxc_state = 'STOPPED'
+        self.c.hand_over()
+        return cid
+
+    def test_park_resize_source(self):
+        cid = self.handed_over()
+        parked = self.c.park_resize_source()
+        self.assertEqual((cid, record.MIGRATING),
+                         (parked.cid, parked.state))
+        self.assertEqual(parked, self.c.resize_source())
+        self.assertIsNone(self.records.get(UUID))
+        self.assertFalse(os.path.exists(self.c.dir))
+        self.assertTrue(os.path.isfile(os.path.join(
+            self.rootfs_dir(cid), 'root', 'upper', 'file')))
+        # Reserved still, but free for the resize's own ID.
+        self.assertIsNone(self.ids.find(UUID))
+        self.assertTrue(self.ids.reservation(cid).resize_source)
+        self.assertEqual(cid + 1, self.ids.allocate(UUID, NAME))
+
+    def test_park_of_a_container_not_handed_over(self):
+        cid = self.make_container()
+        self.assertRaises(exception.ContainerNotStopped,
+                          self.c.park_resize_source)
+        self.assertIsNone(self.c.resize_source())
+        self.assertEqual(cid, self.ids.find(UUID))
+        self.assertTrue(os.path.exists(self.c.config_path))
+
+    def test_take_back(self):
+        cid = self.handed_over()
+        self.c.park_resize_source()
+        self.assertEqual(cid, self.c.take_back_resize_source().cid)
+        self.assertEqual(record.MIGRATING, self.records.get(UUID).state)
+        self.assertIsNone(self.c.resize_source())
+        self.assertEqual(cid, self.ids.find(UUID))
+        self.assertFalse(self.ids.reservation(cid).resize_source)
+
+    def test_take_back_of_nothing(self):
+        cid = self.make_container()
+        self.assertIsNone(self.c.take_back_resize_source())
+        self.assertEqual(cid, self.records.get(UUID).cid)
+
+    def test_park_interrupted_before_the_record_moved(self):
+        # Set aside, but the instance record still names it: it is the
+        # instance's one container, whichever way the resize ends.
+        cid = self.handed_over()
+        self.c._resize_sources().write(self.records.get(UUID))
+        self.assertTrue(self.c.destroy_resize_source())
+        self.assertTrue(os.path.isdir(self.rootfs_dir(cid)))
+        self.assertEqual(cid, self.ids.find(UUID))
+        self.assertEqual(cid, self.records.get(UUID).cid)
+        self.c._resize_sources().write(self.records.get(UUID))
+        self.assertEqual(cid, self.c.take_back_resize_source().cid)
+        self.assertTrue(os.path.isdir(self.rootfs_dir(cid)))
+        self.assertIsNone(self.c.resize_source())
+
+    def test_destroy_forgets_an_interrupted_park(self):
+        cid = self.handed_over()
+        self.c._resize_sources().write(self.records.get(UUID))
+        self.c.destroy()
+        self.assertIsNone(self.c.resize_source())
+        self.assertFalse(os.path.exists(self.rootfs_dir(cid)))
+
+    def test_destroy_resize_source_leaves_the_new_container(self):
+        old = self.handed_over()
+        self.c.park_resize_source()
+        new = self.make_container()
+        self.assertTrue(self.c.destroy_resize_source())
+        self.assertFalse(os.path.exists(self.rootfs_dir(old)))
+        self.assertEqual([new], list(self.ids.reservations()))
+        self.assertTrue(os.path.isdir(self.rootfs_dir(new)))
+        self.assertEqual(new, self.records.get(UUID).cid)
+        self.assertTrue(os.path.exists(self.c.config_path))
+        self.assertFalse(self.c.destroy_resize_source())
+
+    def test_destroy_resize_source_keeps_an_only_copy(self):
+        # No current container (its record is lost): the set-aside disks
+        # are all the instance has, so a confirm keeps them.
+        old = self.handed_over()
+        self.c.park_resize_source()
+        self.assertFalse(self.c.destroy_resize_source())
+        self.assertTrue(os.path.isdir(self.rootfs_dir(old)))
+        self.assertTrue(self.ids.reservation(old).resize_source)
+        self.assertEqual(old, self.c.resize_source().cid)
+        # Deleting the instance removes them.
+        self.assertTrue(self.c.destroy_resize_source(instance_deleted=True))
+        self.assertFalse(os.path.exists(self.rootfs_dir(old)))
+        self.assertEqual({}, self.ids.reservations())
+        self.assertIsNone(self.c.resize_source())
+
     # -- receive -----------------------------------------------------------
 
     def receive(self, cid, fetch=None, root_gb=1, ephemeral_gb=0):

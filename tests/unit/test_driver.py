@@ -231,8 +231,9 @@ class CapabilitiesTest(base.BaseTestCase):
         self.assertTrue(caps['supports_pcpus'])
         # Evacuate spawns from the image on the new host.
         self.assertTrue(caps['supports_evacuate'])
-        for key in ('supports_migrate_to_same_host',
-                    'supports_multiattach', 'supports_trusted_certs',
+        # A resize on its own host keeps both containers until confirm.
+        self.assertTrue(caps['supports_migrate_to_same_host'])
+        for key in ('supports_multiattach', 'supports_trusted_certs',
                     'supports_bfv_rescue',
                     'supports_extend_volume',
                     'supports_device_tagging', 'supports_vtpm',

@@ -10,6 +10,7 @@ import os
 from unittest import mock
 
 from nova.compute import power_state
+from nova.compute import task_states
 from nova import exception as nova_exc
 from nova.network import model as network_model
 from nova import objects
@@ -119,18 +120,32 @@ class MigrateDiskAndPowerOffTest(_Base):
         self.assertIsInstance(e.inner_exception, nova_exc.ResizeError)
         self.assert_stays_running(instance)
 
-    def test_same_host_refused_before_anything(self):
+    def test_same_host_sets_the_container_aside(self):
         instance = self.spawned()
         instance.migration_context = objects.MigrationContext(
             instance_uuid=UUID, migration_id=7)
         self.get_migration.return_value = objects.Migration(
             id=7, source_compute=HOST, dest_compute=HOST)
-        e = self.assertRaises(nova_exc.InstanceFaultRollback, self.migrate,
-                              instance, flavor())
-        self.assertIsInstance(e.inner_exception, nova_exc.ResizeError)
-        self.assertIn('own host', str(e.inner_exception))
+        info = migration.DiskInfo.from_json(self.migrate(instance,
+                                                         flavor()))
         self.get_migration.assert_called_once_with(self.context, 7)
-        self.assert_stays_running(instance)
+        # The new container may take the name and record; this one's
+        # disks wait, untouched, under an ID still reserved.
+        self.assertEqual(self.root_path(), info.rootfs)
+        self.assertTrue(os.path.isdir(self.root_path()))
+        self.assertIsNone(self.drv._records.get(UUID))
+        self.assertEqual([], os.listdir(self.lxc_path))
+        parked = self.drv._resize_sources.get(UUID)
+        self.assertEqual((0, record_mod.MIGRATING),
+                         (parked.cid, parked.state))
+        self.assertIsNone(self.drv._ids.find(UUID))
+        self.assertTrue(self.drv._ids.reservation(0).resize_source)
+        self.assertEqual([], self.drv.list_instance_uuids())
+        # Not a spawn left half way: init_host keeps and mounts nothing.
+        self.rootfs_mount.reset_mock()
+        self.drv.init_host(HOST)
+        self.rootfs_mount.assert_not_called()
+        self.assertTrue(os.path.isdir(self.root_path()))
 
     def test_other_host_in_migration_context_accepted(self):
         instance = self.spawned()
@@ -488,6 +503,109 @@ class FinishMigrationTest(_Base):
         self.assertFalse(os.path.exists(self.root_path()))
         self.vif_unplug.assert_called_once_with(
             mock.ANY, self.network_info[0], ignore_errors=True)
+
+
+class SameHostResizeTest(_Base):
+    """A resize on the server's own host: both containers, then one."""
+
+    def setUp(self):
+        super().setUp()
+        self.patch('novalxcdriver.disk.Disk.grow', autospec=True)
+        self.patch('novalxcdriver.disk.Disk.create', autospec=True)
+        self.migration_fetch = self.patch(
+            'novalxcdriver.driver.migration_mod.fetch',
+            side_effect=self._fetch)
+        self.migration = objects.Migration(id=7, source_compute=HOST,
+                                           dest_compute=HOST)
+        self.get_migration.return_value = self.migration
+        self.instance_ = self.instance()
+        self.spawn(self.instance_)
+        self.instance_.migration_context = objects.MigrationContext(
+            instance_uuid=UUID, migration_id=7)
+        disk_info = self.drv.migrate_disk_and_power_off(
+            self.context, self.instance_, DEST_IP, flavor(root_gb=2),
+            self.network_info)
+        self.instance_.flavor = flavor(root_gb=2)
+        self.drv.finish_migration(
+            self.context, self.migration, self.instance_, disk_info,
+            self.network_info, self.image_meta(), True, {})
+        for m in (self.vif_plug, self.vif_unplug, self.lxc.start,
+                  self.lxc.kill, self.rootfs_mount):
+            m.reset_mock()
+
+    def _fetch(self, info, dest_dir):
+        path = os.path.join(dest_dir, migration.ROOT_DISK)
+        open(path, 'w').close()
+        return [path]
+
+    def test_both_containers_until_confirm_or_revert(self):
+        info, dest_dir = self.migration_fetch.call_args.args
+        self.assertEqual((self.root_path(0), self.root_path(1)),
+                         (info.rootfs, dest_dir))
+        record = self.drv._records.get(UUID)
+        self.assertEqual((1, record_mod.READY), (record.cid, record.state))
+        self.assertEqual(self.drv._ids.idmap(0), record.disk_idmap)
+        self.assertEqual(0, self.drv._resize_sources.get(UUID).cid)
+        self.assertEqual(1, self.drv._ids.find(UUID))
+        self.assertEqual({0, 1}, set(self.drv._ids.reservations()))
+        self.assertEqual([UUID], self.drv.list_instance_uuids())
+        self.assertEqual(power_state.RUNNING,
+                         self.drv.get_info(self.instance_).state)
+
+    def test_confirm_removes_only_the_container_set_aside(self):
+        self.drv.confirm_migration(self.context, self.migration,
+                                   self.instance_, self.network_info)
+        self.assertFalse(os.path.exists(self.root_path(0)))
+        self.assertTrue(os.path.isdir(self.root_path(1)))
+        self.assertEqual({1}, set(self.drv._ids.reservations()))
+        self.assertIsNone(self.drv._resize_sources.get(UUID))
+        self.assertEqual(1, self.drv._records.get(UUID).cid)
+        # The server runs on, plugged, in the new container.
+        self.lxc.kill.assert_not_called()
+        self.vif_unplug.assert_not_called()
+        self.assertEqual(power_state.RUNNING,
+                         self.drv.get_info(self.instance_).state)
+
+    def test_revert_brings_back_the_container_set_aside(self):
+        # Nova's revert_resize: the resize's container destroyed first.
+        self.drv.destroy(self.context, self.instance_, self.network_info)
+        self.assertEqual(0, self.drv._resize_sources.get(UUID).cid)
+        self.assertTrue(os.path.isdir(self.root_path(0)))
+        self.instance_.flavor = flavor(root_gb=1)
+        self.drv.finish_revert_migration(self.context, self.instance_,
+                                         self.network_info, self.migration)
+        record = self.drv._records.get(UUID)
+        self.assertEqual((0, record_mod.READY), (record.cid, record.state))
+        self.assertIsNone(self.drv._resize_sources.get(UUID))
+        self.assertEqual({0}, set(self.drv._ids.reservations()))
+        self.assertEqual(0, self.drv._ids.find(UUID))
+        self.assertFalse(os.path.exists(self.root_path(1)))
+        self.assertEqual(self.root_path(0),
+                         self.rootfs_mount.call_args.args[0].path)
+        self.lxc.start.assert_called_once_with(self.instance_.name,
+                                               self.lxc_path)
+
+    def test_revert_destroys_a_resize_container_left_behind(self):
+        self.instance_.flavor = flavor(root_gb=1)
+        self.drv.finish_revert_migration(self.context, self.instance_,
+                                         self.network_info, self.migration)
+        self.assertEqual(0, self.drv._records.get(UUID).cid)
+        self.assertEqual({0}, set(self.drv._ids.reservations()))
+        self.assertFalse(os.path.exists(self.root_path(1)))
+
+    def test_delete_before_confirm_removes_both(self):
+        self.instance_.task_state = task_states.DELETING
+        self.drv.destroy(self.context, self.instance_, self.network_info)
+        self.assertFalse(os.path.exists(self.root_path(0)))
+        self.assertFalse(os.path.exists(self.root_path(1)))
+        self.assertEqual({}, self.drv._ids.reservations())
+        self.assertIsNone(self.drv._resize_sources.get(UUID))
+
+    def test_revert_s_destroy_keeps_the_container_set_aside(self):
+        self.instance_.task_state = task_states.RESIZE_REVERTING
+        self.drv.destroy(self.context, self.instance_, self.network_info)
+        self.assertTrue(os.path.isdir(self.root_path(0)))
+        self.assertEqual({0}, set(self.drv._ids.reservations()))
 
 
 class LiveMigrationTest(_Base):

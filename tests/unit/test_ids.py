@@ -592,3 +592,45 @@ class MachineWideTest(_Base):
                                 subgid_path=subgid)
         self.assertEqual(1, alloc.find('uuid-old'))
         self.assertEqual([], alloc.adopt(os.path.join(self.state, 'ids')))
+
+
+class ResizeSourceTest(_Base):
+    """An instance holding a second ID during a resize on its own host."""
+
+    def allocator(self):
+        subuid, subgid = self.ranges('root:100000:%d\n' % (4 * SIZE))
+        return ids.IdAllocator(os.path.join(self.tmp, 'state'),
+                               subuid_path=subuid, subgid_path=subgid)
+
+    def test_marked_id_is_kept_but_not_found(self):
+        a = self.allocator()
+        self.assertEqual(0, a.allocate('uuid-x', 'x'))
+        a.set_resize_source(0, 'uuid-x', True)
+        self.assertIsNone(a.find('uuid-x'))
+        self.assertTrue(a.reservation(0).resize_source)
+        self.assertEqual(1, a.allocate('uuid-x', 'x'))
+        self.assertEqual(1, a.find('uuid-x'))
+        self.assertEqual([0, 1], sorted(a.reservations(mine=True)))
+        # Another instance gets neither.
+        self.assertEqual(2, a.allocate('uuid-y', 'y'))
+
+    def test_unmarked_again(self):
+        a = self.allocator()
+        a.allocate('uuid-x', 'x')
+        created = a.reservation(0).created_at
+        a.set_resize_source(0, 'uuid-x', True)
+        a.set_resize_source(0, 'uuid-x', False)
+        res = a.reservation(0)
+        self.assertEqual((False, 'uuid-x', created),
+                         (res.resize_source, res.instance_uuid,
+                          res.created_at))
+        self.assertEqual(0, a.find('uuid-x'))
+
+    def test_only_the_instance_s_own_id(self):
+        a = self.allocator()
+        a.allocate('uuid-x', 'x')
+        self.assertRaises(exception.IdNotHeld, a.set_resize_source, 0,
+                          'uuid-y', True)
+        self.assertRaises(exception.IdNotHeld, a.set_resize_source, 1,
+                          'uuid-x', True)
+        self.assertFalse(a.reservation(0).resize_source)

@@ -1,10 +1,11 @@
-"""Cold migration, resize and evacuate through Nova's API, two computes.
+"""Cold migration, resize and evacuate through Nova's API.
 
 Nova's harness runs two nova-compute services in this process, 'compute'
 and 'host2', each an LXCDriver with its own lxc_path and state_path and
 one machine-wide ids_path, as Nova's own multi-host functional tests run
-two fake computes (_start_compute). Each move checks a file written inside
-before it, and that nothing of the server is left on the host it left.
+two fake computes (_start_compute); or one, resizing servers on their own
+host (allow_resize_to_same_host). Each move checks a file written inside
+before it, and that nothing of the server is left where it left.
 """
 
 import os
@@ -21,7 +22,7 @@ CONF = conf.CONF
 HOSTS = ('compute', 'host2')
 
 
-class TwoComputesTest(base.LXCAPITestCase):
+class _MoveTestBase(base.LXCAPITestCase):
 
     # Casts stay casts: a source's refusal must not reach the API's call.
     CAST_AS_CALL = False
@@ -31,25 +32,6 @@ class TwoComputesTest(base.LXCAPITestCase):
         suffix = '' if host == HOSTS[0] else '-' + host
         return (os.path.join(root, 'lxc' + suffix),
                 os.path.join(root, 'state' + suffix))
-
-    def _start_lxc_compute(self, host):
-        lxc_path, state_path = self._paths(host)
-        self.flags(group='lxc', lxc_path=lxc_path, state_path=state_path)
-        # Each compute its own node UUID: the harness has no compute_id
-        # files, and Nova caches the first one process-wide.
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova.virt.node.LOCAL_NODE_UUID', None))
-        return self._start_compute(host)
-
-    def _setup_compute_service(self):
-        compute = super()._setup_compute_service()
-        self.assertEqual(self._paths(HOSTS[0]),
-                         (CONF.lxc.lxc_path, CONF.lxc.state_path))
-        self.compute2 = self._start_lxc_compute(HOSTS[1])
-        drivers = [c.manager.driver for c in (compute, self.compute2)]
-        self.assertNotEqual(drivers[0]._state_path, drivers[1]._state_path)
-        self.assertIsNotNone(nova.virt.node.LOCAL_NODE_UUID)
-        return compute
 
     def setUp(self):
         super().setUp()
@@ -136,7 +118,27 @@ class TwoComputesTest(base.LXCAPITestCase):
         self.api.post_server_action(server['id'], action)
         return self._wait_for_state_change(server, status)
 
-    # -- tests ----------------------------------------------------------
+
+class TwoComputesTest(_MoveTestBase):
+
+    def _start_lxc_compute(self, host):
+        lxc_path, state_path = self._paths(host)
+        self.flags(group='lxc', lxc_path=lxc_path, state_path=state_path)
+        # Each compute its own node UUID: the harness has no compute_id
+        # files, and Nova caches the first one process-wide.
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.virt.node.LOCAL_NODE_UUID', None))
+        return self._start_compute(host)
+
+    def _setup_compute_service(self):
+        compute = super()._setup_compute_service()
+        self.assertEqual(self._paths(HOSTS[0]),
+                         (CONF.lxc.lxc_path, CONF.lxc.state_path))
+        self.compute2 = self._start_lxc_compute(HOSTS[1])
+        drivers = [c.manager.driver for c in (compute, self.compute2)]
+        self.assertNotEqual(drivers[0]._state_path, drivers[1]._state_path)
+        self.assertIsNotNone(nova.virt.node.LOCAL_NODE_UUID)
+        return compute
 
     def test_cold_migrate_and_confirm(self):
         server = self._server_on(HOSTS[0], self.small)
@@ -229,3 +231,79 @@ class TwoComputesTest(base.LXCAPITestCase):
         self.assertEqual('RUNNING', self._lxc_state(HOSTS[1],
                                                     self._name(server)))
         self.assertEqual('after-evacuate', self._marker(HOSTS[1], server))
+
+
+class SameHostResizeTest(_MoveTestBase):
+    """One compute: Nova's allow_resize_to_same_host."""
+
+    def setUp(self):
+        self.flags(allow_resize_to_same_host=True)
+        super().setUp()
+
+    def _set_aside(self, server, old_cid):
+        """What of the server's former container is left (list of str)."""
+        drv = self._driver(HOSTS[0])
+        uuid = server['id']
+        found = [p for p in (
+            os.path.join(drv._state_path, 'resize-sources', uuid + '.json'),
+            os.path.join(drv._state_path, 'rootfs', str(old_cid)))
+            if os.path.lexists(p)]
+        res = drv._ids.reservation(old_cid)
+        if res is not None and res.instance_uuid == uuid:
+            found.append('ID reservation %d' % old_cid)
+        return found
+
+    def _resized(self, server, flavor):
+        """Resize; returns (server, ID of the container set aside)."""
+        [old] = self._cids_of(HOSTS[0], server['id'])
+        server = self._resize_server(server, flavor)
+        self.assertEqual(HOSTS[0], server['OS-EXT-SRV-ATTR:host'])
+        # Both containers until confirm or revert, the new one running.
+        self.assertNotEqual([old], self._cids_of(HOSTS[0], server['id']))
+        self.assertEqual(3, len(self._set_aside(server, old)))
+        self.assertEqual('RUNNING', self._lxc_state(HOSTS[0],
+                                                    self._name(server)))
+        return server, old
+
+    def test_resize_up_and_confirm(self):
+        server = self._server_on(HOSTS[0], self.small)
+        self._mark(HOSTS[0], server, 'resize-me-here')
+        server, old = self._resized(server, self.big)
+        self.assertEqual('resize-me-here', self._marker(HOSTS[0], server))
+        df = self._run(HOSTS[0], self._name(server), 'df', '-k', '/',
+                       '/mnt').stdout.splitlines()[1:]
+        blocks = [int(line.split()[1]) for line in df]
+        self.assertGreater(blocks[0], 1.5 * 1024 * 1024)
+        self.assertGreater(blocks[1], 0.8 * 1024 * 1024)
+        server = self._confirm_resize(server)
+        self.assertEqual('lxc.big', server['flavor']['original_name'])
+        self.assertEqual([], self._set_aside(server, old))
+        self.assertEqual('RUNNING', self._lxc_state(HOSTS[0],
+                                                    self._name(server)))
+        server = self._stop_server(server)
+        server = self._start_server(server)
+        self.assertEqual('resize-me-here', self._marker(HOSTS[0], server))
+        self._delete_server(server)
+        self.assertEqual([], self._leftovers(HOSTS[0], server))
+
+    def test_resize_revert(self):
+        server = self._server_on(HOSTS[0], self.small)
+        self._mark(HOSTS[0], server, 'keep-me-here')
+        server, old = self._resized(server, self.big)
+        new = self._cids_of(HOSTS[0], server['id'])
+        self._mark(HOSTS[0], server, 'written-in-the-resized-one')
+        server = self._revert_resize(server)
+        self.assertEqual('lxc.small', server['flavor']['original_name'])
+        self.assertEqual([old], self._cids_of(HOSTS[0], server['id']))
+        self.assertEqual('RUNNING', self._lxc_state(HOSTS[0],
+                                                    self._name(server)))
+        self.assertEqual('keep-me-here', self._marker(HOSTS[0], server))
+        drv = self._driver(HOSTS[0])
+        self.assertFalse(os.path.lexists(os.path.join(
+            drv._state_path, 'rootfs', str(new[0]))))
+        self.assertFalse(os.path.lexists(os.path.join(
+            drv._state_path, 'resize-sources', server['id'] + '.json')))
+        self.assertFalse(drv._ids.reservation(old).resize_source)
+        self.assertEqual([old], [
+            cid for cid, res in drv._ids.reservations(mine=True).items()
+            if res.instance_uuid == server['id']])
