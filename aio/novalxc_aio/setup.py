@@ -447,7 +447,7 @@ def nova(secrets, computes=1):
     Cells are set up once.
     """
     conf = layout.etc('nova', 'nova.conf')
-    _config(conf, configs.nova_conf(secrets),
+    _config(conf, configs.nova_conf(secrets, computes=computes),
             ['nova-api', 'nova-metadata', 'nova-conductor',
              'nova-scheduler', 'nova-serialproxy'], mode=0o640)
     _config(layout.etc('nova', 'nova-cpu.conf'),

@@ -647,6 +647,53 @@ def _rescue_checks(c, d, node):
            lambda: demo.inside_ipv4(node.container)[0] == node.address, 60)
 
 
+def _resize_here_checks(c, s, nodes):
+    """A resize on the server's own host (one compute host): confirmed.
+
+    Both containers until confirm, under two IDs; the marker written
+    before, the port and the address kept; the set-aside one gone after.
+    """
+    node, other = nodes[0], nodes[1]
+    marker = uuid.uuid4().hex
+    demo.attach(node.container, 'sh', '-c',
+                'echo %s > /root/resized && sync' % marker)
+    old = list(node.cids)
+    seconds = node.server.action({'resize': {'flavorRef': 'lxc.small'}},
+                                 'VERIFY_RESIZE')
+    shown = s.get('compute', '/servers/' + node.server.id)['server']
+    both = _reservations_of(node.server.id)
+    c.check('resize here: %s -> VERIFY_RESIZE on %s (%.1f s), two '
+            'container IDs until confirm' % (node, layout.NOVA_HOST,
+                                             seconds),
+            shown['OS-EXT-SRV-ATTR:host'] == layout.NOVA_HOST and
+            len(both) == 2 and set(old) < set(both),
+            '%s, IDs %s' % (shown['OS-EXT-SRV-ATTR:host'], both))
+    c.check('resize here: container RUNNING, the marker written before '
+            'is there',
+            _lxc_info(node.container, '-s') == 'RUNNING' and
+            demo.attach(node.container, 'cat', '/root/resized')
+            .stdout.strip() == marker)
+    df = demo.attach(node.container, 'df', '-k', '/').stdout.split()
+    c.check('resize here: its root disk grew to lxc.small\'s 4 GiB',
+            len(df) > 8 and int(df[8]) > 3.5 * (1 << 20), ' '.join(df))
+    seconds = node.server.action({'confirmResize': None}, 'ACTIVE')
+    node.cids = _reservations_of(node.server.id)
+    root = os.path.join(layout.DRIVER_STATE, 'rootfs', old[0])
+    left = [p for p in [root] if os.path.lexists(p)]
+    left += held_ids(node.container, old)
+    left += [m for m in commands.mounts_under(layout.DRIVER_STATE)
+             if m == root or m.startswith(root + '/')]
+    c.check('resize confirmed (%.1f s): the container set aside is gone '
+            '(root, mounts, ID %s), one ID left' % (seconds, old[0]),
+            not left and len(node.cids) == 1 and node.cids != old,
+            ', '.join(left) + ' IDs %s' % node.cids)
+    c.wait('resize confirmed: eth0 has %s again' % node.address,
+           lambda: demo.inside_ipv4(node.container)[0] == node.address,
+           demo.DHCP_TIMEOUT)
+    c.check('resize confirmed: %s pings %s' % (node, other),
+            _ping(node.container, other.address))
+
+
 # Where the mishap moves lxc_path meanwhile: a sibling, same filesystem.
 MISHAP_AWAY = layout.LXC_PATH + '.mishap-away'
 MISHAP_FILE = '/root/mishap'
@@ -1003,6 +1050,7 @@ def smoke(keep_up=False):
         _rebuild_checks(c, d, nodes, nodes[2])
         _rescue_checks(c, d, nodes[2])
         _mishap_check(c, s, nodes[0])
+        _resize_here_checks(c, s, nodes)
         _delete_checks(c, s, nodes)
     except (util.AioError, api.ApiError, TimeoutError) as e:
         c.check('servers with networking', False, str(e))

@@ -160,9 +160,9 @@ def driver_facts():
     return json.loads(proc.stdout)
 
 
-# Flags whose tests move a server to another host: the driver refuses a
-# resize to the server's own host (supports_migrate_to_same_host False).
-MULTI_HOST_FEATURES = ('resize', 'cold_migration')
+# Flags whose tests move a server to another host (a resize stays on a
+# lone compute host: allow_resize_to_same_host).
+MULTI_HOST_FEATURES = ('cold_migration',)
 
 
 def compute_features(facts, cinder=False, computes=1):
@@ -181,8 +181,7 @@ def compute_features(facts, cinder=False, computes=1):
         if volumes and not cinder:
             off.append('no Cinder')
         if flag in MULTI_HOST_FEATURES and computes < 2:
-            off.append('one compute host (up --computes 2 gives two); '
-                       'the driver does not resize on the same host')
+            off.append('one compute host (up --computes 2 gives two)')
         flags.append((flag, not off, '; '.join(off) or
                       'the driver has ' + ', '.join(methods + caps)))
     flags += list(STATIC_FEATURES)
