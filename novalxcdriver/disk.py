@@ -7,8 +7,8 @@ journal init formats even a large sparse file in about 10 ms, mkfs.btrfs
 in 10 to 40 ms more; btrfs gives the root disk O(1) read-only snapshots
 (snapshot.py). A disk's filesystem is read from its superblock at mount,
 so disks made before ``[lxc] root_disk_fs`` changed keep working. The loop
-device is detached right after mounting (LO_FLAGS_AUTOCLEAR, loop(4)), so
-unmounting frees it and nothing else needs tracking.
+device is attached with autoclear set (loop.py, loop(4)), so unmounting
+frees it and nothing else needs tracking.
 
 A loop device's I/O counters (/sys/block/loopN/stat) belong to the device,
 which later disks reuse, so each attach saves them next to the image
@@ -22,10 +22,10 @@ import os
 import struct
 
 from oslo_log import log as logging
-from oslo_utils import excutils
 from oslo_utils import units
 
 from novalxcdriver import exception
+from novalxcdriver import loop
 from novalxcdriver import lxc
 from novalxcdriver import mount
 from novalxcdriver import throttle
@@ -65,7 +65,8 @@ class Disk:
         """Make a size_gb GiB image, mount it, give its root to uid.
 
         :param fs: 'ext4' or 'btrfs' (FILESYSTEMS).
-        :raises CommandFailed: mkfs or losetup failed.
+        :raises CommandFailed: mkfs failed.
+        :raises LoopFailed: no loop device could be attached.
         :raises MountFailed: mount(2) failed.
         """
         if fs not in FILESYSTEMS:
@@ -126,18 +127,14 @@ class Disk:
         fs = self.filesystem()
         # A migration brings the image alone.
         os.makedirs(self.mountpoint, mode=0o755, exist_ok=True)
-        device = lxc.attach_loop(self.image_path)
-        try:
+        # Autoclear: the device goes with the unmount, or at the end of
+        # the block if the mount failed.
+        with loop.attached(self.image_path) as device:
             number = self._save_io_baseline(device)
             if number:
                 # An earlier user's throttle must not follow the device.
                 throttle.clear(number)
             mount.block_device(device, self.mountpoint, fs)
-        except Exception:
-            with excutils.save_and_reraise_exception():
-                lxc.detach_loop(device)
-        # Autoclear: the device goes away with the unmount.
-        lxc.detach_loop(device)
 
     def _save_io_baseline(self, device):
         """Save 'MAJ:MIN <its /sys/block stat>' of the loop device.
@@ -168,19 +165,20 @@ class Disk:
         """Grow the mounted disk and its filesystem to size_gb GiB, online.
 
         The image file grows (sparse), the loop device learns its new
-        capacity (LOOP_SET_CAPACITY, losetup -c), then the filesystem
+        capacity (LOOP_SET_CAPACITY), then the filesystem
         takes it: btrfs with ``btrfs filesystem resize max``, ext4 with
         resize2fs, both while mounted. A disk already that large is left.
 
         :raises CommandFailed: a tool failed; the file may be larger, the
             filesystem as it was.
+        :raises LoopFailed: the loop device did not take the new size.
         """
         size = size_gb * units.Gi
         if os.path.getsize(self.image_path) >= size:
             return
         os.truncate(self.image_path, size)
         device = mount.source(self.mountpoint)
-        lxc.execute('losetup', '--set-capacity', device)
+        loop.set_capacity(device)
         if self.filesystem() == 'btrfs':
             lxc.execute('btrfs', 'filesystem', 'resize', 'max',
                         self.mountpoint)
@@ -191,19 +189,21 @@ class Disk:
     def detach_loops(self):
         """Detach loop devices still backed by the image: crash leftovers.
 
-        A process killed between losetup and the detach after the mount
-        leaves a device without autoclear, which no unmount frees. Devices
-        with autoclear set go by themselves (the kernel may still be
-        clearing one right after the unmount); a device still mounted is
-        only marked autoclear by the detach (loop(4)).
+        Devices are attached with autoclear set (loop.attached), which
+        no crash can leave behind; a device without it is from a driver
+        that attached with losetup and was killed before its detach, and
+        no unmount frees it. Devices with autoclear set go by themselves
+        (the kernel may still be clearing one right after the unmount); a
+        device still mounted is only marked autoclear by the detach
+        (loop(4)).
         """
         for device in loop_devices_of(os.path.realpath(self.image_path),
                                       autoclear=False):
             LOG.warning('Detaching %s, left attached to %s', device,
                         self.image_path)
             try:
-                lxc.detach_loop(device)
-            except exception.CommandFailed as e:
+                loop.detach(device)
+            except exception.LoopFailed as e:
                 # Gone meanwhile: the work is done.
                 LOG.info('Cannot detach %s: %s', device, e)
 

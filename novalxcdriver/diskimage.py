@@ -21,8 +21,8 @@ The image comes from a user and is treated as hostile:
 3. The partition table is parsed here (``partitions``): this host's kernel
    has no partition table parsers (no CONFIG_MSDOS_PARTITION or
    CONFIG_EFI_PARTITION), so ``losetup -P`` shows no partitions; each
-   partition is attached as a read-only loop device of its own with
-   ``--offset`` and ``--sizelimit`` (losetup(8)).
+   partition is attached as a read-only loop device of its own with its
+   offset and size limit (loop.attached).
 4. Only ext2/ext3/ext4 (mounted by the ext4 driver), xfs and btrfs
    partitions are mounted (``SUPPORTED``; the filesystem is read from its
    superblock magic), read-only, nosuid, nodev, noexec, without journal
@@ -60,11 +60,11 @@ import stat
 import struct
 
 from oslo_log import log as logging
-from oslo_utils import excutils
 from oslo_utils.imageutils import format_inspector
 
 from novalxcdriver import disk
 from novalxcdriver import exception
+from novalxcdriver import loop
 from novalxcdriver import lxc
 from novalxcdriver import mount
 
@@ -417,9 +417,10 @@ def unpack(image_path, kind, disk_format, workdir, dest, max_bytes,
     :returns: bytes of regular file data copied.
     :raises DiskImageRefused: the image breaks a rule of the module
         docstring, has no usable root, or qemu-img is not installed.
-    :raises CommandFailed, CommandTimedOut: qemu-img convert or losetup
-        failed (a host's problem, such as a full disk, not the image's:
-        qemu-img info failing on the image is DiskImageRefused).
+    :raises CommandFailed, CommandTimedOut: qemu-img convert failed (a
+        host's problem, such as a full disk, not the image's: qemu-img
+        info failing on the image is DiskImageRefused).
+    :raises LoopFailed: no loop device could be attached.
     :raises MountFailed, MountBusy: a mount could not be undone.
     """
     check_format(kind, disk_format)
@@ -510,25 +511,16 @@ def _convert(source, dest, max_bytes):
 def _mount(raw, part, fs, mnt):
     """Attach part of raw as a read-only loop device, mount it on mnt.
 
-    The loop device is detached right after the mount (it then goes with
-    the unmount, loop(4) autoclear), or at once if the mount fails; if
-    that detach fails, the mount is undone too.
+    The device has autoclear set (loop.attached): it goes with the
+    unmount, or at once if the mount fails.
 
     :raises MountFailed: mount(2) failed (nothing is left).
-    :raises CommandFailed: losetup failed (nothing is left).
+    :raises LoopFailed: no loop device could be attached (nothing is
+        left).
     """
-    device = lxc.attach_loop(raw, offset=part.offset, size=part.size,
-                             read_only=True)
-    try:
+    with loop.attached(raw, offset=part.offset, size=part.size,
+                       read_only=True) as device:
         mount.readonly(device, mnt, fs, MOUNT_OPTIONS[fs])
-    except BaseException:
-        with excutils.save_and_reraise_exception():
-            lxc.detach_loop(device)
-    try:
-        lxc.detach_loop(device)
-    except BaseException:
-        with excutils.save_and_reraise_exception():
-            mount.unmount(mnt)
 
 
 @contextlib.contextmanager
@@ -556,8 +548,8 @@ def release(workdir):
         for device in disk.loop_devices_of(path):
             LOG.warning('Detaching %s, left attached to %s', device, path)
             try:
-                lxc.detach_loop(device)
-            except exception.CommandFailed as e:
+                loop.detach(device)
+            except exception.LoopFailed as e:
                 LOG.info('Cannot detach %s: %s', device, e)
 
 

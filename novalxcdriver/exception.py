@@ -70,6 +70,12 @@ class MountFailed(NovaLXCError):
     msg_fmt = 'Mounting %(what)s on %(target)s failed: %(reason)s'
 
 
+class LoopFailed(NovaLXCError):
+    """A loop device could not be attached, detached or resized."""
+
+    msg_fmt = 'Loop device work on %(path)s failed: %(reason)s'
+
+
 class MountBusy(MountFailed):
     """A mount cannot be undone: processes still use files below it."""
 

@@ -17,7 +17,7 @@ from novalxcdriver import lxc
 # What the driver runs (lxc.py) and what newuidmap-based idmaps need.
 REQUIRED_TOOLS = ('lxc-start', 'lxc-stop', 'lxc-info', 'lxc-ls',
                   'lxc-freeze', 'lxc-unfreeze', 'unshare', 'newuidmap',
-                  'newgidmap', 'losetup', 'mkfs.ext4', 'lxcfs',
+                  'newgidmap', 'mkfs.ext4', 'lxcfs',
                   # Snapshots (snapshot.py).
                   'zstd', 'tar', 'find', 'nice', 'ionice',
                   # NICs (vif.py); ethtool for Open vSwitch userspace.

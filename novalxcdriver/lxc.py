@@ -3,7 +3,7 @@
 Every lxc-* tool (and the ``unshare`` that holds a user namespace open for an
 idmapped mount or runs a snapshot's find and tar as the container's root,
 and the ip, ethtool, nsenter and ovs-vsctl commands that wire NICs, and
-mkfs, losetup, cp and qemu-img) is started here with an argv list, never
+mkfs, cp and qemu-img) is started here with an argv list, never
 through a shell, with a timeout (qemu-img also under resource limits).
 Failures become :class:`exception.CommandFailed` or
 :class:`exception.CommandTimedOut`, which carry the command, exit code and
@@ -188,29 +188,6 @@ def states(lxc_path):
             result[fields[0]] = (fields[1],
                                  int(pid) if pid.isdigit() else None)
     return result
-
-
-def attach_loop(path, offset=None, size=None, read_only=False):
-    """Attach path to a free loop device (losetup(8)); return its path.
-
-    :param offset: bytes into path where the device starts (--offset).
-    :param size: bytes the device shows (--sizelimit).
-    :param read_only: the device refuses writes (--read-only).
-    """
-    argv = ['losetup', '--find', '--show']
-    if offset is not None:
-        argv += ['--offset', str(offset)]
-    if size is not None:
-        argv += ['--sizelimit', str(size)]
-    if read_only:
-        argv.append('--read-only')
-    out, _err = execute(*argv, path)
-    return out.strip()
-
-
-def detach_loop(device):
-    """Detach a loop device; a mounted one goes when it is unmounted."""
-    execute('losetup', '--detach', device)
 
 
 # -- disk images: qemu-img(1) --

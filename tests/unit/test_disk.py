@@ -1,5 +1,7 @@
-"""Tests for novalxcdriver.disk, with losetup, mkfs.ext4 and mount mocked."""
+"""Tests for novalxcdriver.disk, with loop devices, mkfs.ext4 and mount
+mocked."""
 
+import contextlib
 import os
 from unittest import mock
 
@@ -27,7 +29,10 @@ class _Base(unit_base.TestCase):
         self.disk = disk.Disk(self.image, self.mountpoint)
 
         self.lxc = self.patch('novalxcdriver.disk.lxc', autospec=True)
-        self.lxc.attach_loop.return_value = LOOP
+        self.loop = self.patch('novalxcdriver.disk.loop', autospec=True)
+        # What happened to loop devices and mounts, in order.
+        self.events = []
+        self.loop.attached.side_effect = self._attached
         self.mount = self.patch('novalxcdriver.disk.mount', autospec=True)
         self.mounted = set()
         self.mount.mountpoints.side_effect = lambda: set(self.mounted)
@@ -39,7 +44,16 @@ class _Base(unit_base.TestCase):
         self.throttle = self.patch('novalxcdriver.disk.throttle',
                                    autospec=True)
 
+    @contextlib.contextmanager
+    def _attached(self, path):
+        self.events.append(('attach', path))
+        try:
+            yield LOOP
+        finally:
+            self.events.append(('close', LOOP))
+
     def _ext4(self, device, target, fstype='ext4'):
+        self.events.append(('mount', device, target))
         # A fresh ext4 filesystem holds lost+found.
         self.mounted.add(target)
         os.mkdir(os.path.join(target, 'lost+found'))
@@ -87,18 +101,14 @@ class CreateTest(_Base):
         self.assertFalse(os.path.exists(self.image))
         self.lxc.execute.assert_not_called()
 
-    def test_formatted_then_loop_mounted_then_detached(self):
-        order = mock.Mock()
-        order.attach_mock(self.lxc, 'lxc')
-        order.attach_mock(self.mount.block_device, 'ext4')
+    def test_formatted_then_loop_mounted_then_closed(self):
+        self.lxc.execute.side_effect = (
+            lambda *a, **k: self.events.append(('mkfs',)))
         self.disk.create(1, 1000, 2000)
-        names = [c[0] for c in order.mock_calls]
-        self.assertEqual(['lxc.execute', 'lxc.attach_loop', 'ext4',
-                          'lxc.detach_loop'], names)
-        self.lxc.attach_loop.assert_called_once_with(self.image)
-        self.mount.block_device.assert_called_once_with(
-            LOOP, self.mountpoint, 'ext4')
-        self.lxc.detach_loop.assert_called_once_with(LOOP)
+        # The device is closed after the mount, which then holds it.
+        self.assertEqual([('mkfs',), ('attach', self.image),
+                          ('mount', LOOP, self.mountpoint), ('close', LOOP)],
+                         self.events)
 
     def test_mountpoint_owned_by_uid_gid(self):
         self.disk.create(1, 1000, 2000)
@@ -127,7 +137,7 @@ class CreateTest(_Base):
         with open(self.image, 'rb') as f:
             self.assertEqual(b'someone else', f.read())
         self.lxc.execute.assert_not_called()
-        self.lxc.attach_loop.assert_not_called()
+        self.loop.attached.assert_not_called()
         self.mount.block_device.assert_not_called()
 
     def test_mkfs_failure_mounts_nothing(self):
@@ -135,7 +145,7 @@ class CreateTest(_Base):
             cmd='mkfs.ext4', exit_code=1, stderr='bad')
         self.assertRaises(exception.CommandFailed, self.disk.create, 1, 0,
                           0)
-        self.lxc.attach_loop.assert_not_called()
+        self.loop.attached.assert_not_called()
         self.mount.block_device.assert_not_called()
         self.chown.assert_not_called()
 
@@ -143,7 +153,9 @@ class CreateTest(_Base):
         self.mount.block_device.side_effect = exception.MountFailed(
             what='ext4 ' + LOOP, target=self.mountpoint, reason='EINVAL')
         self.assertRaises(exception.MountFailed, self.disk.create, 1, 0, 0)
-        self.lxc.detach_loop.assert_called_once_with(LOOP)
+        # Closed, with autoclear: nothing holds it, it goes.
+        self.assertEqual([('attach', self.image), ('close', LOOP)],
+                         self.events)
         self.chown.assert_not_called()
 
 
@@ -153,18 +165,16 @@ class MountTest(_Base):
         # As after a host reboot: image and mount point, no mount.
         os.mkdir(self.mountpoint)
         self.disk.mount()
-        self.lxc.attach_loop.assert_called_once_with(self.image)
-        self.mount.block_device.assert_called_once_with(
-            LOOP, self.mountpoint, 'ext4')
-        self.lxc.detach_loop.assert_called_once_with(LOOP)
+        self.assertEqual([('attach', self.image),
+                          ('mount', LOOP, self.mountpoint), ('close', LOOP)],
+                         self.events)
         self.assertTrue(self.disk.is_mounted())
 
     def test_noop_when_mounted(self):
         self.mounted.add(self.mountpoint)
         self.disk.mount()
-        self.lxc.attach_loop.assert_not_called()
+        self.loop.attached.assert_not_called()
         self.mount.block_device.assert_not_called()
-        self.lxc.detach_loop.assert_not_called()
 
     def test_other_mounts_do_not_count(self):
         self.mounted.update({self.tmp, self.mountpoint + '/x',
@@ -179,7 +189,8 @@ class MountTest(_Base):
         self.mount.block_device.side_effect = exception.MountFailed(
             what='ext4', target=self.mountpoint, reason='EBUSY')
         self.assertRaises(exception.MountFailed, self.disk.mount)
-        self.lxc.detach_loop.assert_called_once_with(LOOP)
+        self.assertEqual([('attach', self.image), ('close', LOOP)],
+                         self.events)
 
 
 class DeviceTest(_Base):
@@ -283,11 +294,11 @@ class DetachLoopsTest(_Base):
 
     def test_only_leftovers_without_autoclear_detached(self):
         self.disk.detach_loops()
-        self.lxc.detach_loop.assert_called_once_with('/dev/loop0')
+        self.loop.detach.assert_called_once_with('/dev/loop0')
 
     def test_device_gone_meanwhile_is_fine(self):
-        self.lxc.detach_loop.side_effect = exception.CommandFailed(
-            cmd='losetup', exit_code=1, stderr='No such device')
+        self.loop.detach.side_effect = exception.LoopFailed(
+            path='/dev/loop0', reason='No such device or address')
         self.disk.detach_loops()
 
     def test_loop_devices_of(self):
@@ -329,11 +340,11 @@ class FilesystemTest(unit_base.TestCase):
 
     def test_mount_refuses_an_unknown_disk(self):
         self._write(0, b'\x00')
-        lxc = self.patch('novalxcdriver.disk.lxc', autospec=True)
+        loop = self.patch('novalxcdriver.disk.loop', autospec=True)
         mnt = self.patch('novalxcdriver.disk.mount', autospec=True)
         mnt.mountpoints.return_value = set()
         self.assertRaises(exception.DiskUnreadable, self.disk.mount)
-        lxc.attach_loop.assert_not_called()
+        loop.attached.assert_not_called()
 
 
 DISK_IDMAP = ids.Idmap(296608, 296608, 65536)
@@ -389,6 +400,10 @@ class GrowTest(_Base):
         os.mkdir(self.mountpoint)
         self.mounted.add(self.mountpoint)
         self.mount.source.return_value = LOOP
+        # The loop device's capacity and the tools, in order.
+        self.steps = mock.Mock()
+        self.steps.attach_mock(self.loop.set_capacity, 'set_capacity')
+        self.steps.attach_mock(self.lxc.execute, 'execute')
 
     def test_ext4_grown_online(self):
         self.disk.grow(3)
@@ -398,45 +413,42 @@ class GrowTest(_Base):
         self.assertLess(st.st_blocks * 512, 1024 * 1024)
         self.mount.source.assert_called_once_with(self.mountpoint)
         self.assertEqual(
-            [mock.call('losetup', '--set-capacity', LOOP),
-             mock.call('resize2fs', LOOP)],
-            self.lxc.execute.call_args_list)
+            [mock.call.set_capacity(LOOP),
+             mock.call.execute('resize2fs', LOOP)],
+            self.steps.mock_calls)
 
     def test_btrfs_grown_online(self):
         self.fs.return_value = 'btrfs'
         self.disk.grow(2)
         self.assertEqual(2 * GiB, os.path.getsize(self.image))
         self.assertEqual(
-            [mock.call('losetup', '--set-capacity', LOOP),
-             mock.call('btrfs', 'filesystem', 'resize', 'max',
-                       self.mountpoint)],
-            self.lxc.execute.call_args_list)
+            [mock.call.set_capacity(LOOP),
+             mock.call.execute('btrfs', 'filesystem', 'resize', 'max',
+                               self.mountpoint)],
+            self.steps.mock_calls)
 
     def test_file_grown_before_the_loop_device_learns_it(self):
-        def check(*argv, **kwargs):
-            if argv[0] == 'losetup':
-                self.assertEqual(2 * GiB, os.path.getsize(self.image))
-            return '', ''
-        self.lxc.execute.side_effect = check
+        def check(device):
+            self.assertEqual(2 * GiB, os.path.getsize(self.image))
+        self.loop.set_capacity.side_effect = check
         self.disk.grow(2)
-        self.assertEqual(2, self.lxc.execute.call_count)
+        self.loop.set_capacity.assert_called_once_with(LOOP)
 
     def test_as_large_left_alone(self):
         self.disk.grow(1)
         self.assertEqual(1 * GiB, os.path.getsize(self.image))
-        self.lxc.execute.assert_not_called()
+        self.assertEqual([], self.steps.mock_calls)
 
     def test_never_shrinks(self):
         with open(self.image, 'wb') as f:
             f.truncate(4 * GiB)
         self.disk.grow(2)
         self.assertEqual(4 * GiB, os.path.getsize(self.image))
-        self.lxc.execute.assert_not_called()
+        self.assertEqual([], self.steps.mock_calls)
 
     def test_tool_failure_raised(self):
-        self.lxc.execute.side_effect = [
-            ('', ''), exception.CommandFailed(cmd='resize2fs', exit_code=1,
-                                              stderr='no')]
+        self.lxc.execute.side_effect = exception.CommandFailed(
+            cmd='resize2fs', exit_code=1, stderr='no')
         self.assertRaises(exception.CommandFailed, self.disk.grow, 2)
 
 

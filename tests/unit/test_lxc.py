@@ -283,19 +283,6 @@ class NetworkDeviceTest(_MockedExecute):
 
 class DiskImageArgvTest(_MockedExecute):
 
-    def test_attach_loop_plain(self):
-        self.pe.return_value = ('/dev/loop3\n', '')
-        self.assertEqual('/dev/loop3', lxc.attach_loop('/x/disk'))
-        self.assert_argv(['losetup', '--find', '--show', '/x/disk'])
-
-    def test_attach_loop_partition_read_only(self):
-        self.pe.return_value = ('/dev/loop4\n', '')
-        self.assertEqual('/dev/loop4', lxc.attach_loop(
-            '/x/disk.raw', offset=1048576, size=2097152, read_only=True))
-        self.assert_argv(['losetup', '--find', '--show', '--offset',
-                          '1048576', '--sizelimit', '2097152',
-                          '--read-only', '/x/disk.raw'])
-
     def test_qemu_img_info_never_probes_and_is_limited(self):
         self.pe.return_value = ('{"format": "qcow2"}', '')
         self.assertEqual('{"format": "qcow2"}', lxc.qemu_img_info(
