@@ -37,6 +37,7 @@ from novalxcdriver import conf
 from novalxcdriver import configdrive
 from novalxcdriver import container as container_mod
 from novalxcdriver import diagnostics
+from novalxcdriver import disk
 from novalxcdriver import diskimage
 from novalxcdriver import events
 from novalxcdriver import exception
@@ -245,6 +246,8 @@ class LXCDriver(driver.ComputeDriver):
         using the ID.
         """
         self._images.remove_partials()
+        disk.remove_template_leftovers(
+            os.path.join(self._state_path, disk.TEMPLATES))
         held = self._artifact_ids()
         reservations = self._ids.reservations(mine=True)
         claimed = {r.cid for r in records.values()} | {

@@ -114,11 +114,14 @@ class Rootfs:
         self.cid = cid
         self.path = path or os.path.join(state_path, 'rootfs', str(cid))
         self.lower = os.path.join(self.path, 'lower')
+        templates = (os.path.join(state_path, disk.TEMPLATES)
+                     if state_path else None)
         self.root_disk = disk.Disk(os.path.join(self.path, 'root.img'),
-                                   os.path.join(self.path, 'root'))
+                                   os.path.join(self.path, 'root'),
+                                   templates)
         self.ephemeral_disk = disk.Disk(
             os.path.join(self.path, 'ephemeral.img'),
-            os.path.join(self.path, 'ephemeral'))
+            os.path.join(self.path, 'ephemeral'), templates)
         self.upper = os.path.join(self.root_disk.mountpoint, 'upper')
         self.work = os.path.join(self.root_disk.mountpoint, 'work')
         self.merged = os.path.join(self.path, 'merged')

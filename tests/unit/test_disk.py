@@ -484,3 +484,119 @@ class ShiftMountTest(unit_base.TestCase):
         self.mount.idmapped_over.assert_called_once_with('/r/root', 57)
         # The namespace is let go once the mount holds it.
         self.lxc.shifting_namespace.return_value.__exit__.assert_called_once()
+
+
+class TemplateTest(_Base):
+    """New btrfs disks copied from a template formatted once per size."""
+
+    def setUp(self):
+        super().setUp()
+        self.templates = os.path.join(self.tmp, 'templates')
+        self.disk = disk.Disk(self.image, self.mountpoint, self.templates)
+        self.lxc.execute.side_effect = self._mkfs
+        self.patch_object(disk, 'BTRFS_TEMP_FSID', self.tmp)
+
+    def _mkfs(self, *argv, **kwargs):
+        # A superblock near the start, metadata far in: the rest a hole.
+        with open(argv[-1], 'r+b') as f:
+            f.seek(1024)
+            f.write(b'super')
+            f.seek(GiB // 2)
+            f.write(b'meta')
+        return '', ''
+
+    def template(self, fs='btrfs', size_gb=1):
+        return os.path.join(self.templates, '%s-%dG.img' % (fs, size_gb))
+
+    def test_formatted_once_then_copied(self):
+        self.fs.return_value = 'btrfs'
+        self.disk.create(1, 1000, 2000, fs='btrfs')
+        other = disk.Disk(os.path.join(self.tmp, 'other.img'),
+                          os.path.join(self.tmp, 'other'), self.templates)
+        other.create(1, 0, 0, fs='btrfs')
+        # One mkfs, of the template (not of either disk).
+        self.lxc.execute.assert_called_once()
+        self.assertTrue(self.lxc.execute.call_args.args[-1].startswith(
+            os.path.join(self.templates, '.btrfs-1G.img.')))
+        self.assertEqual(['btrfs-1G.img'], os.listdir(self.templates))
+        with open(self.template(), 'rb') as f:
+            template = f.read()
+        for path in (self.image, other.image_path):
+            with open(path, 'rb') as f:
+                self.assertEqual(template, f.read())
+            st = os.stat(path)
+            self.assertEqual(GiB, st.st_size)
+            self.assertLess(st.st_blocks * 512, 1024 * 1024)
+        self.mount.block_device.assert_called_with(
+            LOOP, other.mountpoint, 'btrfs')
+
+    def test_one_template_per_size_ext4_formatted_each(self):
+        for name, size_gb, fs in (('a', 1, 'btrfs'), ('b', 2, 'btrfs'),
+                                  ('c', 1, 'btrfs'), ('d', 1, 'ext4')):
+            disk.Disk(os.path.join(self.tmp, name + '.img'),
+                      os.path.join(self.tmp, name), self.templates).create(
+                          size_gb, 0, 0, fs=fs)
+        self.assertEqual(['btrfs-1G.img', 'btrfs-2G.img'],
+                         sorted(os.listdir(self.templates)))
+        self.assertEqual(
+            [('mkfs.btrfs', 'template'), ('mkfs.btrfs', 'template'),
+             ('mkfs.ext4', os.path.join(self.tmp, 'd.img'))],
+            [(c.args[0], 'template' if c.args[-1].startswith(
+                self.templates) else c.args[-1])
+             for c in self.lxc.execute.call_args_list])
+
+    def test_btrfs_formatted_each_time_without_temp_fsid(self):
+        # An older kernel would mount a clone as the mounted original.
+        self.patch_object(disk, 'BTRFS_TEMP_FSID',
+                          os.path.join(self.tmp, 'nope'))
+        self.disk.create(1, 0, 0, fs='btrfs')
+        self.lxc.execute.assert_called_once()
+        self.assertEqual(self.image, self.lxc.execute.call_args.args[-1])
+        self.assertFalse(os.path.exists(self.templates))
+
+    def test_failed_mkfs_leaves_no_template_and_no_disk(self):
+        self.lxc.execute.side_effect = exception.CommandFailed(
+            cmd='mkfs.ext4', exit_code=1, stderr='No space left on device')
+        self.assertRaises(exception.CommandFailed, self.disk.create, 1, 0,
+                          0, fs='btrfs')
+        self.assertEqual([], os.listdir(self.templates))
+        self.assertFalse(os.path.exists(self.image))
+        self.loop.attached.assert_not_called()
+
+    def test_existing_image_refused_and_kept(self):
+        with open(self.image, 'wb') as f:
+            f.write(b'someone else')
+        self.assertRaises(FileExistsError, self.disk.create, 1, 0, 0,
+                          fs='btrfs')
+        with open(self.image, 'rb') as f:
+            self.assertEqual(b'someone else', f.read())
+        self.loop.attached.assert_not_called()
+
+    def test_failed_copy_leaves_no_disk(self):
+        self.patch('os.copy_file_range',
+                   side_effect=OSError(28, 'No space left on device'))
+        self.patch('fcntl.ioctl', side_effect=OSError(95, 'EOPNOTSUPP'))
+        self.assertRaises(OSError, self.disk.create, 1, 0, 0, fs='btrfs')
+        self.assertFalse(os.path.exists(self.image))
+        self.assertTrue(os.path.exists(self.template()))
+        self.loop.attached.assert_not_called()
+
+    def test_crash_leftovers_removed_templates_kept(self):
+        # Killed during the template's mkfs: its temporary name is left.
+        def killed(*argv, **kwargs):
+            raise KeyboardInterrupt()
+        self.lxc.execute.side_effect = killed
+        self.patch('os.unlink')
+        self.assertRaises(KeyboardInterrupt, self.disk.create, 2, 0, 0,
+                          fs='btrfs')
+        [leftover] = os.listdir(self.templates)
+        self.assertTrue(leftover.startswith('.btrfs-2G.img.'))
+        self.useFixture(fixtures.MockPatch('os.unlink', os.remove))
+        for name in ('btrfs-1G.img', 'notes', '.hidden'):
+            open(os.path.join(self.templates, name), 'w').close()
+        self.assertEqual([os.path.join(self.templates, leftover)],
+                         disk.remove_template_leftovers(self.templates))
+        self.assertEqual(['.hidden', 'btrfs-1G.img', 'notes'],
+                         sorted(os.listdir(self.templates)))
+        self.assertEqual([], disk.remove_template_leftovers(
+            os.path.join(self.tmp, 'none')))
