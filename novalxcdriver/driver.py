@@ -93,10 +93,16 @@ class LXCDriver(driver.ComputeDriver):
         has_imagecache=True,
         # Evacuate rebuilds from the image on the new host (local disks:
         # the old root's writes stay on the failed host); cold migration
-        # and resize copy the disks (migration.py). On one host, both
-        # copies coexist until confirm or revert (park_resize_source).
+        # and resize copy the disks (migration.py). A resize on its own
+        # host (Nova's allow_resize_to_same_host) keeps both copies until
+        # confirm or revert (park_resize_source).
         supports_evacuate=True,
-        supports_migrate_to_same_host=True,
+        # Not a cluster: a cold migration (same flavor) must change host.
+        # True would report COMPUTE_SAME_HOST_COLD_MIGRATE, which lets
+        # Nova's API schedule a migrate back onto the server's own host
+        # (nova.compute.api._allow_resize_to_same_host). Same-host resize
+        # needs no capability.
+        supports_migrate_to_same_host=False,
         # Hot-plug into the running container's network namespace.
         supports_attach_interface=True,
         supports_multiattach=False,

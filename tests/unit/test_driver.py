@@ -231,8 +231,9 @@ class CapabilitiesTest(base.BaseTestCase):
         self.assertTrue(caps['supports_pcpus'])
         # Evacuate spawns from the image on the new host.
         self.assertTrue(caps['supports_evacuate'])
-        # A resize on its own host keeps both containers until confirm.
-        self.assertTrue(caps['supports_migrate_to_same_host'])
+        # A cold migration must change host (same-host resize needs no
+        # capability: allow_resize_to_same_host).
+        self.assertFalse(caps['supports_migrate_to_same_host'])
         for key in ('supports_multiattach', 'supports_trusted_certs',
                     'supports_bfv_rescue',
                     'supports_extend_volume',
