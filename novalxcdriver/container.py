@@ -448,6 +448,9 @@ class Container:
 
         :param instance_deleted: Nova is deleting the instance (its
             current container was destroyed already).
+        Nor does anything go while the set-aside ID is reserved for
+        another instance or driver: its rootfs is theirs then.
+
         :returns: True when something set aside is no longer.
         :raises MountBusy, MountFailed: as Rootfs.destroy; nothing more
             is removed and the ID stays reserved.
@@ -464,11 +467,18 @@ class Container:
             return False
         with self._lock(parked.cid):
             if current is None or current.cid != parked.cid:
-                rootfs_mod.Rootfs(self.state_path, parked.cid).destroy()
                 res = self.ids.reservation(parked.cid)
-                if (res is not None and
-                        res.instance_uuid == self.instance_uuid and
-                        res.owner == self.ids.owner and res.resize_source):
+                if res is not None and (
+                        res.instance_uuid != self.instance_uuid or
+                        res.owner != self.ids.owner):
+                    # The ID, and so its rootfs, is another's now.
+                    LOG.error('Container ID %d, set aside by the resize of '
+                              '%s, is held by instance %s: its rootfs is '
+                              'kept', parked.cid, self.name,
+                              res.instance_uuid)
+                    return False
+                rootfs_mod.Rootfs(self.state_path, parked.cid).destroy()
+                if res is not None and res.resize_source:
                     self.ids.release(parked.cid)
             self._resize_sources().remove(self.instance_uuid)
         LOG.info('Removed container ID %d, set aside by the resize of %s',

@@ -1384,6 +1384,20 @@ class MigrationTest(_Base):
         self.assertTrue(os.path.exists(self.c.config_path))
         self.assertFalse(self.c.destroy_resize_source())
 
+    def test_destroy_resize_source_keeps_another_s_id(self):
+        # The set-aside record names an ID another instance holds now.
+        old = self.handed_over()
+        self.c.park_resize_source()
+        new = self.make_container()
+        self.ids.set_resize_source(old, UUID, False)
+        self.ids.release(old)
+        self.assertEqual(old, self.ids.allocate(
+            '11111111-2222-4333-8444-555555555555', 'instance-other'))
+        self.assertFalse(self.c.destroy_resize_source())
+        self.assertTrue(os.path.isdir(self.rootfs_dir(old)))
+        self.assertEqual({old, new}, set(self.ids.reservations()))
+        self.assertEqual(old, self.c.resize_source().cid)
+
     def test_destroy_resize_source_keeps_an_only_copy(self):
         # No current container (its record is lost): the set-aside disks
         # are all the instance has, so a confirm keeps them.
