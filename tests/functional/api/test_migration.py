@@ -89,6 +89,14 @@ class _MoveTestBase(base.LXCAPITestCase):
         self.assertIn(status, ('0', '1'), out)
         return text.strip()
 
+    def _assert_big_disks(self, host, server):
+        """Root grown to lxc.big's 2 GiB, its new ephemeral disk on /mnt."""
+        df = self._run(host, self._name(server), 'df', '-k', '/',
+                       '/mnt').stdout.splitlines()[1:]
+        blocks = [int(line.split()[1]) for line in df]
+        self.assertGreater(blocks[0], 1.5 * 1024 * 1024)
+        self.assertGreater(blocks[1], 0.8 * 1024 * 1024)
+
     def _leftovers(self, host, server):
         """What of the server is still on host (list of str)."""
         drv = self._driver(host)
@@ -163,12 +171,7 @@ class TwoComputesTest(_MoveTestBase):
         server = self._resize_server(server, self.big)
         self.assertEqual(HOSTS[1], server['OS-EXT-SRV-ATTR:host'])
         self.assertEqual('resize-me', self._marker(HOSTS[1], server))
-        df = self._run(HOSTS[1], self._name(server), 'df', '-k', '/',
-                       '/mnt').stdout.splitlines()[1:]
-        blocks = [int(line.split()[1]) for line in df]
-        # The root disk grew to 2 GiB; the new ephemeral disk is on /mnt.
-        self.assertGreater(blocks[0], 1.5 * 1024 * 1024)
-        self.assertGreater(blocks[1], 0.8 * 1024 * 1024)
+        self._assert_big_disks(HOSTS[1], server)
         server = self._confirm_resize(server)
         self.assertEqual('lxc.big', server['flavor']['original_name'])
         self.assertEqual([], self._leftovers(HOSTS[0], server))
@@ -270,11 +273,7 @@ class SameHostResizeTest(_MoveTestBase):
         self._mark(HOSTS[0], server, 'resize-me-here')
         server, old = self._resized(server, self.big)
         self.assertEqual('resize-me-here', self._marker(HOSTS[0], server))
-        df = self._run(HOSTS[0], self._name(server), 'df', '-k', '/',
-                       '/mnt').stdout.splitlines()[1:]
-        blocks = [int(line.split()[1]) for line in df]
-        self.assertGreater(blocks[0], 1.5 * 1024 * 1024)
-        self.assertGreater(blocks[1], 0.8 * 1024 * 1024)
+        self._assert_big_disks(HOSTS[0], server)
         server = self._confirm_resize(server)
         self.assertEqual('lxc.big', server['flavor']['original_name'])
         self.assertEqual([], self._set_aside(server, old))
