@@ -184,28 +184,48 @@ class Disk:
         return number
 
     def grow(self, size_gb):
-        """Grow the mounted disk and its filesystem to size_gb GiB, online.
+        """Grow the disk and its filesystem to size_gb GiB.
 
-        The image file grows (sparse), the loop device learns its new
-        capacity (LOOP_SET_CAPACITY), then the filesystem
-        takes it: btrfs with ``btrfs filesystem resize max``, ext4 with
-        resize2fs, both while mounted. A disk already that large is left.
+        The image file grows (sparse), then the filesystem takes it.
+        Mounted, online: the loop device learns its new capacity
+        (LOOP_SET_CAPACITY), then ``btrfs filesystem resize max`` or
+        resize2fs on the device; online ext4 growth needs
+        CAP_SYS_RESOURCE (EXT4_IOC_RESIZE_FS, fs/ext4/ioctl.c), which a
+        host's root may lack. Unmounted, ext4 only: ``e2fsck -f -p``
+        then resize2fs on the image, as Nova grows an image
+        (nova.virt.disk.api.resize2fs). A disk already that large is
+        left.
 
         :raises CommandFailed: a tool failed; the file may be larger, the
             filesystem as it was.
         :raises LoopFailed: the loop device did not take the new size.
+        :raises DiskUnreadable: an unmounted btrfs disk (btrfs grows only
+            mounted), or no known filesystem.
         """
         size = size_gb * units.Gi
         if os.path.getsize(self.image_path) >= size:
             return
+        fs = self.filesystem()
+        mounted = self.is_mounted()
+        if not mounted and fs != 'ext4':
+            raise exception.DiskUnreadable(
+                path=self.image_path,
+                reason='a %s disk grows only mounted' % fs)
         os.truncate(self.image_path, size)
-        device = mount.source(self.mountpoint)
-        loop.set_capacity(device)
-        if self.filesystem() == 'btrfs':
-            lxc.execute('btrfs', 'filesystem', 'resize', 'max',
-                        self.mountpoint)
+        if not mounted:
+            # -p fixes only what is safe without asking; exit code 1
+            # means it did.
+            lxc.execute('e2fsck', '-f', '-p', self.image_path,
+                        check_exit_code=[0, 1])
+            lxc.execute('resize2fs', self.image_path)
         else:
-            lxc.execute('resize2fs', device)
+            device = mount.source(self.mountpoint)
+            loop.set_capacity(device)
+            if fs == 'btrfs':
+                lxc.execute('btrfs', 'filesystem', 'resize', 'max',
+                            self.mountpoint)
+            else:
+                lxc.execute('resize2fs', device)
         LOG.info('Grew %s to %d GiB', self.image_path, size_gb)
 
     def detach_loops(self):

@@ -229,11 +229,18 @@ class Rootfs:
         if ephemeral_gb and not self.has_ephemeral():
             self.ephemeral_disk.create(ephemeral_gb, disk_idmap.uid_start,
                                        disk_idmap.gid_start)
+        grow = [(d, gb) for d, gb in ((self.root_disk, root_gb),
+                                      (self.ephemeral_disk, ephemeral_gb))
+                if gb]
+        # ext4 grows unmounted (no CAP_SYS_RESOURCE needed), btrfs
+        # mounted (Disk.grow).
+        for d, gb in grow:
+            if d.filesystem() == 'ext4':
+                d.grow(gb)
         self.mount(image_rootfs, idmap, disk_idmap)
-        if root_gb:
-            self.root_disk.grow(root_gb)
-        if ephemeral_gb:
-            self.ephemeral_disk.grow(ephemeral_gb)
+        for d, gb in grow:
+            if d.filesystem() == 'btrfs':
+                d.grow(gb)
 
     def write_etc_file(self, name, text, idmap):
         """Write /etc/<name> of the container, owned by its root, 0644.

@@ -81,3 +81,16 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         d.create(1, 0, 0, fs='btrfs')
         self.assertEqual('btrfs', d.filesystem())
         self.assertFalse(os.path.exists(self.templates))
+
+    def test_ext4_grown_unmounted(self):
+        d = self.disk('eph')
+        d.create(1, 0, 0, fs='ext4')
+        with open(os.path.join(d.mountpoint, 'f'), 'w') as f:
+            f.write('kept')
+        mount.unmount_tree(d.mountpoint)
+        d.grow(2)
+        d.mount()
+        with open(os.path.join(d.mountpoint, 'f')) as f:
+            self.assertEqual('kept', f.read())
+        st = os.statvfs(d.mountpoint)
+        self.assertGreater(st.f_blocks * st.f_frsize, 1.5 * 1024 ** 3)

@@ -154,6 +154,20 @@ class MigrationTest(base.FunctionalTestCase):
         self.b.destroy(self.ctxt, instance, [])
         self.assertEqual([], self.leftovers(self.b, instance, cid_b))
 
+    def test_ephemeral_disk_grown(self):
+        # ext4 grows unmounted: no CAP_SYS_RESOURCE needed (these
+        # machines' root lacks it, so resize2fs online fails with EPERM).
+        instance = self.spawned(root_gb=1, ephemeral_gb=1)
+        self.run_in(self.a, instance, 'sh', '-c', 'echo eph > /mnt/f')
+        self.migrate(instance, self.flavor(root_gb=1, ephemeral_gb=2))
+        self.assertEqual('eph\n', self.run_in(self.b, instance, 'cat',
+                                              '/mnt/f'))
+        sizes = self.run_in(self.b, instance, 'df', '-k', '/mnt')
+        blocks = int(sizes.splitlines()[1].split()[1])
+        self.assertGreater(blocks, 1.5 * 1024 * 1024)
+        self.a.confirm_migration(
+            self.ctxt, moved(self.a, self.b), instance, [])
+
     def test_resize_revert_restores_the_source(self):
         instance = self.spawned(root_gb=1)
         cid_a = self.a._ids.find(instance.uuid)

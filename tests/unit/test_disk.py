@@ -451,6 +451,24 @@ class GrowTest(_Base):
             cmd='resize2fs', exit_code=1, stderr='no')
         self.assertRaises(exception.CommandFailed, self.disk.grow, 2)
 
+    def test_unmounted_ext4_checked_then_grown_offline(self):
+        # No CAP_SYS_RESOURCE needed: no EXT4_IOC_RESIZE_FS.
+        self.mounted.clear()
+        self.disk.grow(2)
+        self.assertEqual(2 * GiB, os.path.getsize(self.image))
+        self.assertEqual(
+            [mock.call.execute('e2fsck', '-f', '-p', self.image,
+                               check_exit_code=[0, 1]),
+             mock.call.execute('resize2fs', self.image)],
+            self.steps.mock_calls)
+
+    def test_unmounted_btrfs_refused_untouched(self):
+        self.mounted.clear()
+        self.fs.return_value = 'btrfs'
+        self.assertRaises(exception.DiskUnreadable, self.disk.grow, 2)
+        self.assertEqual(1 * GiB, os.path.getsize(self.image))
+        self.assertEqual([], self.steps.mock_calls)
+
 
 class ShiftMountTest(unit_base.TestCase):
 

@@ -626,6 +626,11 @@ class ReceiveTest(_Base):
         self.grow = self.patch('novalxcdriver.disk.Disk.grow', autospec=True)
         self.root_mount = self.patch('novalxcdriver.rootfs.Rootfs.mount',
                                      autospec=True)
+        # Default disks: btrfs root, ext4 ephemeral.
+        self.fs = {'root.img': 'btrfs', 'ephemeral.img': 'ext4'}
+        self.patch('novalxcdriver.disk.Disk.filesystem', autospec=True,
+                   side_effect=lambda d: self.fs[
+                       os.path.basename(d.image_path)])
         self.fetched = []
 
     def fetch(self, *names):
@@ -654,12 +659,24 @@ class ReceiveTest(_Base):
         for d in (self.root.lower, self.root.merged,
                   self.root.root_disk.mountpoint):
             self.assertTrue(os.path.isdir(d), d)
+        # ext4 grows unmounted, btrfs mounted.
         self.assertEqual(
-            [mock.call.mount(self.root, IMAGE_ROOTFS, IDMAP, DISK_IDMAP),
-             mock.call.grow(self.root.root_disk, 2),
-             mock.call.grow(self.root.ephemeral_disk, 3)],
+            [mock.call.grow(self.root.ephemeral_disk, 3),
+             mock.call.mount(self.root, IMAGE_ROOTFS, IDMAP, DISK_IDMAP),
+             mock.call.grow(self.root.root_disk, 2)],
             calls.mock_calls)
         self.disk_create.assert_not_called()
+
+    def test_ext4_root_grown_before_the_mount(self):
+        self.fs['root.img'] = 'ext4'
+        calls = mock.Mock()
+        calls.attach_mock(self.root_mount, 'mount')
+        calls.attach_mock(self.grow, 'grow')
+        self.receive(self.fetch('root.img'), root_gb=2)
+        self.assertEqual(
+            [mock.call.grow(self.root.root_disk, 2),
+             mock.call.mount(self.root, IMAGE_ROOTFS, IDMAP, DISK_IDMAP)],
+            calls.mock_calls)
 
     def test_new_ephemeral_disk_owned_in_the_disks_idmap(self):
         self.receive(self.fetch('root.img'), root_gb=2, ephemeral_gb=3)
