@@ -294,6 +294,9 @@ class FinishMigrationTest(_Base):
             side_effect=self._fetch)
         self.grow = self.patch('novalxcdriver.disk.Disk.grow',
                                autospec=True)
+        # The fake disks hold no superblock; btrfs grows mounted.
+        self.patch('novalxcdriver.disk.Disk.filesystem',
+                   return_value='btrfs')
         self.disk_create = self.patch('novalxcdriver.disk.Disk.create',
                                       autospec=True)
         self.migration = objects.Migration(id=7, source_compute='compute-0',
@@ -511,6 +514,8 @@ class SameHostResizeTest(_Base):
     def setUp(self):
         super().setUp()
         self.patch('novalxcdriver.disk.Disk.grow', autospec=True)
+        self.patch('novalxcdriver.disk.Disk.filesystem',
+                   return_value='btrfs')
         self.patch('novalxcdriver.disk.Disk.create', autospec=True)
         self.migration_fetch = self.patch(
             'novalxcdriver.driver.migration_mod.fetch',
