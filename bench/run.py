@@ -5,8 +5,8 @@ dependencies and matplotlib (bench-requirements.txt) installed; ``tox -e
 bench`` does both. Writes, in --out (docs/benchmarks by default):
 
 - results.json   every sample, the run's options and the machine's facts
-- RESULTS.md     the figures against the targets of issue 6 and of the
-                 snapshot and migration families, and plots
+- RESULTS.md     the figures against the targets of issues 6 and 16 and
+                 of the snapshot and migration families, and plots
 - *.png          latency distributions, spawn against image size,
                  throughput per batch, memory per container, API latency,
                  snapshot times and write stalls, cold migration against
@@ -35,6 +35,7 @@ import traceback
 
 from bench import boot
 from bench import density
+from bench import firstboot
 from bench import harness
 from bench import images as bench_images
 from bench import machine
@@ -48,12 +49,12 @@ from bench import throughput
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = ('spawn', 'boot', 'density', 'throughput', 'snapshot',
-            'migration', 'api')
+            'migration', 'firstboot', 'api')
 # The images each family of this host boots (bench.images keys).
 IMAGES = {'spawn': ('busybox', 'debian', 'synthetic'), 'boot': ('debian',),
           'density': ('busybox', 'debian'),
           'throughput': ('busybox', 'debian'), 'snapshot': ('busybox',),
-          'migration': ('busybox',)}
+          'migration': ('busybox',), 'firstboot': ('debian', 'synthetic')}
 
 
 def parse_args(argv):
@@ -94,6 +95,13 @@ def parse_args(argv):
     p.add_argument('--migration-runs', type=int, default=3,
                    help='cold migrations and floor copies per size and '
                         'transport, alternating (default 3)')
+    p.add_argument('--firstboot-runs', type=int, default=3,
+                   help='downloads and first boots of each kind per image '
+                        'and link rate, rotating (default 3)')
+    p.add_argument('--firstboot-rates', default='loopback,1000',
+                   help="the Glance stand-in's link caps in Mbit/s, comma-"
+                        "separated; 'loopback' is none (default "
+                        "%(default)s)")
     p.add_argument('--api-runs', type=int, default=10,
                    help='API boots at concurrency 1 (default 10)')
     p.add_argument('--api-concurrent-runs', type=int, default=30,
@@ -122,6 +130,12 @@ def parse_args(argv):
         args.migration_sizes = snapshot.parse_sizes(args.migration_sizes)
     except ValueError as e:
         p.error('--migration-sizes: %s' % e)
+    try:
+        args.firstboot_rates = [
+            None if r.strip() == 'loopback' else int(r)
+            for r in args.firstboot_rates.split(',') if r.strip()]
+    except ValueError as e:
+        p.error('--firstboot-rates: %s' % e)
     return args
 
 
@@ -211,6 +225,9 @@ def measure_host(args, results):
             'migration': lambda: migration.measure(
                 h, images['busybox'], args.migration_sizes,
                 args.migration_runs, log=log),
+            'firstboot': lambda: firstboot.measure(
+                h, [images['debian'], images['synthetic']],
+                args.firstboot_runs, args.firstboot_rates, log=log),
         }
         for name in FAMILIES:
             if name not in args.only or name not in families:

@@ -23,7 +23,6 @@ from nova.objects import fields
 from nova.virt import driver
 from nova.virt import event as virtevent
 from nova.virt import hardware
-from nova.virt import images as nova_images
 import nova.virt.node
 import os_resource_classes as orc
 from oslo_concurrency import lockutils
@@ -39,6 +38,7 @@ from novalxcdriver import container as container_mod
 from novalxcdriver import diagnostics
 from novalxcdriver import disk
 from novalxcdriver import diskimage
+from novalxcdriver import download
 from novalxcdriver import events
 from novalxcdriver import exception
 from novalxcdriver import host as host_mod
@@ -824,14 +824,19 @@ class LXCDriver(driver.ComputeDriver):
             disk image.
         """
         def fetch(dest_path):
-            nova_images.fetch(context, image_id, dest_path)
+            download.fetch(context, image_id, dest_path)
+
+        def stream():
+            chunks = download.chunks(context, image_id)
+            return None if chunks is None else download.held(chunks)
 
         root_partition = None
         if (instance is not None and instance.image_ref == image_id and
                 instance.obj_attr_is_set('system_metadata')):
             root_partition = instance.system_metadata.get(
                 'image_' + diskimage.ROOT_PARTITION_PROPERTY)
-        return self._images.get(image_id, fetch, disk_format, root_partition)
+        return self._images.get(image_id, fetch, disk_format, root_partition,
+                                stream)
 
     def destroy(self, context, instance, network_info, block_device_info=None,
                 destroy_disks=True, destroy_secrets=True):

@@ -36,6 +36,7 @@ container uses and unused for long enough, under the same lock.
 
 import dataclasses
 import errno
+import io
 import json
 import os
 import shutil
@@ -49,6 +50,7 @@ from oslo_utils import excutils
 from oslo_utils import uuidutils
 
 from novalxcdriver import diskimage
+from novalxcdriver import download
 from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import host
@@ -66,6 +68,10 @@ _CORRUPT = '.corrupt-'
 # "filesystem corrupted".
 _DAMAGED = frozenset([errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EIO,
                       errno.EUCLEAN])
+
+
+# Reads from a download are served in pieces of this size.
+_STREAM_BUFFER_BYTES = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,13 +188,19 @@ class ImageCache:
                     'their root is mounted again.',
                     {'entry': entry, 'why': why, 'aside': aside})
 
-    def get(self, image_id, fetch, disk_format=None, root_partition=None):
+    def get(self, image_id, fetch, disk_format=None, root_partition=None,
+            stream=None):
         """Return the cached image, fetching and unpacking it if needed.
 
         A damaged entry is moved aside (see lookup) and fetched again.
 
         :param fetch: callable(dest_path) writing the image's bytes to
             dest_path (the driver wraps nova.virt.images.fetch).
+        :param stream: callable() -> an iterator of the image's bytes that
+            checks them when read to its end (download.chunks), or None
+            where only fetch works. A tarball is unpacked as it arrives,
+            with no copy of it on disk; a disk image is written to a file
+            first (it is read at random).
         :param disk_format: Glance's disk_format ('raw', 'qcow2'), which
             the content must match; None when unknown (the content
             decides).
@@ -213,7 +225,7 @@ class ImageCache:
             if cached:
                 return cached
             return self._populate(image_id, fetch, disk_format,
-                                  root_partition)
+                                  root_partition, stream)
 
     def _lock(self, image_id):
         return lockutils.lock('novalxc-image-' + image_id, external=True,
@@ -305,7 +317,8 @@ class ImageCache:
         LOG.info('Image %s cached from another host\'s cache', image_id)
         return cached
 
-    def _populate(self, image_id, fetch, disk_format, root_partition):
+    def _populate(self, image_id, fetch, disk_format, root_partition,
+                  stream):
         entry = self._entry(image_id)
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         # The pid tells remove_partials whose unpack it is.
@@ -314,12 +327,18 @@ class ImageCache:
             dir=self.path)
         try:
             archive = os.path.join(partial, diskimage.FETCHED_FILE)
-            fetch(archive)
             rootfs = os.path.join(partial, 'rootfs')
             os.mkdir(rootfs)
+            chunks = stream() if stream is not None else None
             try:
-                size = self._unpack(archive, partial, rootfs, disk_format,
-                                    root_partition)
+                if chunks is not None:
+                    size = self._unpack_stream(chunks, archive, partial,
+                                               rootfs, disk_format,
+                                               root_partition)
+                else:
+                    fetch(archive)
+                    size = self._unpack(archive, partial, rootfs,
+                                        disk_format, root_partition)
             except (exception.ArchiveError, exception.UnsafeArchiveMember,
                     exception.DiskImageRefused) as e:
                 raise exception.ImageUnpackError(image_id=image_id,
@@ -348,6 +367,45 @@ class ImageCache:
                  init_system)
         return CachedImage(image_id, os.path.join(entry, 'rootfs'),
                            init_system, size)
+
+    def _unpack_stream(self, chunks, archive, partial, rootfs, disk_format,
+                       root_partition):
+        """Unpack a download as it arrives; the bytes of its files.
+
+        A tarball goes straight into rootfs; anything else is written to
+        archive and goes through _unpack (disk images are read at random).
+        The download is read to its end either way: that is where
+        glanceclient compares it with Glance's hash.
+
+        :raises: what the download raised (IOError: it did not match
+            Glance's hash), or as _unpack.
+        """
+        reader = download.ChunkReader(chunks)
+        with io.BufferedReader(reader, _STREAM_BUFFER_BYTES) as source:
+            head = source.read(diskimage.CLASSIFY_PEEK_BYTES)
+            kind = diskimage.classify(head)
+            if kind == diskimage.ARCHIVE:
+                if disk_format not in (None, 'raw'):
+                    diskimage.check_format(kind, disk_format)
+                try:
+                    size = tarball.unpack_stream(source, rootfs,
+                                                 self._max_bytes, head=head)
+                except (exception.ArchiveError,
+                        exception.UnsafeArchiveMember):
+                    # A failed download is not a bad image.
+                    if reader.error is not None:
+                        raise reader.error
+                    raise
+                reader.drain()
+                LOG.debug('%s unpacked as downloaded: %d bytes', partial,
+                          reader.read_bytes)
+                return size
+            with open(archive, 'wb') as f:
+                f.write(head)
+                shutil.copyfileobj(source, f, _STREAM_BUFFER_BYTES)
+            reader.drain()
+        return self._unpack(archive, partial, rootfs, disk_format,
+                            root_partition)
 
     def _unpack(self, archive, partial, rootfs, disk_format,
                 root_partition):

@@ -113,13 +113,29 @@ _MAX_MTIME = 2 ** 40
 
 
 def unpack_rootfs(archive_path, dest_dir, max_bytes):
-    """Unpack a root filesystem archive into dest_dir.
+    """Unpack the root filesystem archive at archive_path into dest_dir.
 
-    :param archive_path: path of the archive: a tarball, plain or compressed
-        with gzip, xz, bzip2 or zstd, recognised by content.
+    unpack_stream of the file.
+
+    :raises OSError: archive_path cannot be opened.
+    """
+    with open(archive_path, 'rb') as archive:
+        return unpack_stream(archive, dest_dir, max_bytes)
+
+
+def unpack_stream(stream, dest_dir, max_bytes, head=b''):
+    """Unpack a root filesystem archive, read once from stream, into dest_dir.
+
+    :param stream: a binary file object at the archive's start; only its
+        read(n) is used, so a download can be unpacked as it arrives. The
+        archive is a tarball, plain or compressed with gzip, xz, bzip2 or
+        zstd, recognised by content. Reading stops at the end of the
+        archive plus at most 16 MiB of trailer.
     :param dest_dir: an existing, empty directory that becomes the root of
         the unpacked tree.
     :param max_bytes: the most bytes of regular file data to write.
+    :param head: the archive's first bytes, already read from stream by
+        the caller (to classify it); stream goes on from there.
     :returns: the bytes of regular file data written: the sum of the sizes
         of the regular files (a sparse file counts its full size, a hard
         link nothing).
@@ -129,46 +145,49 @@ def unpack_rootfs(archive_path, dest_dir, max_bytes):
     :raises exception.UnsafeArchiveMember: a member breaks a safety rule of
         the module docstring, including the size limits; nothing has been
         written outside dest_dir.
-    :raises OSError: archive_path cannot be opened.
+    :raises OSError: writing into dest_dir failed (reading the stream
+        fails as ArchiveError).
 
     On failure dest_dir holds whatever was extracted until then; removing
     it is up to the caller.
     """
     dest_dir = os.fspath(dest_dir)
-    with open(archive_path, 'rb') as archive:
-        head = archive.read(_PEEK_BYTES)
-        compression = _detect(head)
-        archive.seek(0)
-        member_filter = _MemberFilter(dest_dir, max_bytes)
-        try:
-            source = _DECOMPRESSORS[compression](archive)
-            # errorlevel=2 turns failures that tarfile would only note
-            # (chown, chmod, utime) into exceptions; debug=0 keeps it quiet.
-            with tarfile.open(fileobj=source, mode='r|',
-                              tarinfo=_CheckedTarInfo, errorlevel=2, debug=0,
-                              errors='surrogateescape') as tar:
-                tar.extractall(dest_dir,
-                               members=_stream_members(tar, member_filter,
-                                                       dest_dir),
-                               numeric_owner=True, **_NO_STOCK_FILTER)
-            _read_to_end(source)
-            member_filter.finish()
-        except (exception.ArchiveError, exception.UnsafeArchiveMember):
-            raise
-        except tarfile.ExtractError as e:
-            cause = ': %s' % e.__cause__ if e.__cause__ else ''
-            raise exception.ArchiveError(
-                reason='extraction failed: %s%s' % (e, cause)) from e
-        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError,
-                zstandard.ZstdError) as e:
+    try:
+        head += _read_head(stream, _PEEK_BYTES - len(head))
+    except OSError as e:
+        raise _corrupt(e) from e
+    compression = _detect(head)
+    archive = _Rewound(head, stream)
+    member_filter = _MemberFilter(dest_dir, max_bytes)
+    try:
+        source = _DECOMPRESSORS[compression](archive)
+        # errorlevel=2 turns failures that tarfile would only note
+        # (chown, chmod, utime) into exceptions; debug=0 keeps it quiet.
+        with tarfile.open(fileobj=source, mode='r|',
+                          tarinfo=_CheckedTarInfo, errorlevel=2, debug=0,
+                          errors='surrogateescape') as tar:
+            tar.extractall(dest_dir,
+                           members=_stream_members(tar, member_filter,
+                                                   dest_dir),
+                           numeric_owner=True, **_NO_STOCK_FILTER)
+        _read_to_end(source)
+        member_filter.finish()
+    except (exception.ArchiveError, exception.UnsafeArchiveMember):
+        raise
+    except tarfile.ExtractError as e:
+        cause = ': %s' % e.__cause__ if e.__cause__ else ''
+        raise exception.ArchiveError(
+            reason='extraction failed: %s%s' % (e, cause)) from e
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError,
+            zstandard.ZstdError) as e:
+        raise _corrupt(e) from e
+    except OSError as e:
+        # File system calls name the file; an OSError without a name
+        # comes from reading and decompressing the archive.
+        if e.filename is None:
             raise _corrupt(e) from e
-        except OSError as e:
-            # File system calls name the file; an OSError without a name
-            # comes from reading and decompressing the archive.
-            if e.filename is None:
-                raise _corrupt(e) from e
-            raise exception.ArchiveError(
-                reason='extraction failed: %s' % e) from e
+        raise exception.ArchiveError(
+            reason='extraction failed: %s' % e) from e
     return member_filter.total
 
 
@@ -187,6 +206,35 @@ _DECOMPRESSORS = {
 # reading on to the end of the compressed stream checks its checksums.
 # Beyond this much, the rest is not read.
 _MAX_TRAILER_BYTES = 16 * 1024 * 1024
+
+
+def _read_head(stream, left):
+    """Up to left bytes from stream (fewer only at its end)."""
+    parts = []
+    while left > 0:
+        part = stream.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b''.join(parts)
+
+
+class _Rewound:
+    """stream as if head had not been read from it: read(n) only."""
+
+    def __init__(self, head, stream):
+        self._head = head
+        self._stream = stream
+
+    def read(self, n=-1):
+        if not self._head:
+            return self._stream.read(n)
+        if n is None or n < 0:
+            data, self._head = self._head + self._stream.read(), b''
+            return data
+        data, self._head = self._head[:n], self._head[n:]
+        return data
 
 
 def _read_to_end(source):

@@ -1,4 +1,6 @@
-"""A fake of nova.image.glance.API for the driver's snapshot uploads.
+"""Fakes of Glance: nova.image.glance.API for the driver's snapshot uploads,
+and an image download as the checked iterator novalxcdriver.download.chunks
+returns.
 
 Shared by the functional snapshot tests (tests/functional/test_snapshot.py),
 the hardening suite's worker (tests/hardening/worker.py) and the snapshot
@@ -11,6 +13,19 @@ import os
 
 # What the fake reads at a time (bytes), as an upload to Glance would.
 CHUNK = 64 * 1024
+
+
+def file_chunks(path, size=CHUNK):
+    """A download from Glance: the file's bytes in chunks of size bytes.
+
+    The file is opened on the first read.
+    """
+    with open(path, 'rb') as f:
+        while True:
+            chunk = f.read(size)
+            if not chunk:
+                return
+            yield chunk
 
 
 class FakeImageAPI:

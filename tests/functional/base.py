@@ -23,6 +23,7 @@ from oslotest import base
 from novalxcdriver import conf
 from novalxcdriver import driver
 from novalxcdriver import mount
+from tests import fake_glance
 from tests.functional import rootfs_images
 
 CONF = conf.CONF
@@ -72,6 +73,9 @@ class DriverFixture(fixtures.Fixture):
         self.fetches = []
         self.useFixture(fixtures.MonkeyPatch(
             'nova.virt.images.fetch', self.fetch))
+        # Glance's checked iterator: tarballs unpack as they download.
+        self.useFixture(fixtures.MonkeyPatch(
+            'novalxcdriver.download.chunks', self.chunks))
         self.events = []
         self.driver = driver.LXCDriver(fake_virt.FakeVirtAPI())
         self.driver.register_event_listener(self.events.append)
@@ -89,6 +93,12 @@ class DriverFixture(fixtures.Fixture):
                 if not chunk:
                     break
                 dst.write(chunk)
+
+    def chunks(self, context, image_id):
+        self.fetches.append(image_id)
+        if image_id not in self.images:
+            raise nova_exc.ImageNotFound(image_id=image_id)
+        return fake_glance.file_chunks(self.images[image_id])
 
 
 class FunctionalTestCase(base.BaseTestCase):

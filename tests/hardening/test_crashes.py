@@ -31,7 +31,9 @@ from tests.hardening import summary
 # (label, target, when, match): match 'dir' stands for the container's
 # directory, 'config' for its config file, 'record' for its record.
 SPAWN_POINTS = (
-    ('fetch', 'nova.virt.images:fetch', 'after', None),
+    ('download.chunks', 'novalxcdriver.download:chunks', 'after', None),
+    ('tarball.unpack_stream', 'novalxcdriver.tarball:unpack_stream',
+     'after', None),
     ('ImageCache.get', 'novalxcdriver.images:ImageCache.get', 'after',
      None),
     ('IdAllocator._write_owner', 'novalxcdriver.ids:IdAllocator._write_owner',

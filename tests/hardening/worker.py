@@ -48,6 +48,7 @@ from nova.virt import fake as fake_virt  # noqa: E402
 import nova.virt.images  # noqa: E402
 
 from novalxcdriver import conf  # noqa: E402
+from novalxcdriver import download  # noqa: E402
 from novalxcdriver import driver as driver_mod  # noqa: E402
 from novalxcdriver import exception  # noqa: E402
 from novalxcdriver import lxc  # noqa: E402
@@ -93,17 +94,19 @@ class Worker:
                               image_max_unpacked_gib, group='lxc')
         self.images = dict(images or {})
         self.fetch_delay = fetch_delay
-        # Glance: a local copy, counted. The driver calls the module's
-        # attribute at fetch time, so arm() can wrap this one too.
+        # Glance: a local copy, counted, streamed as Glance's checked
+        # iterator (fetch to a file is the fallback). The driver calls the
+        # modules' attributes at fetch time, so arm() can wrap these too.
         nova.virt.images.fetch = self._fetch
-        real_unpack = tarball.unpack_rootfs
+        download.chunks = self._chunks
+        real_unpack = tarball.unpack_stream
 
         def counted_unpack(*args, **kwargs):
             with self.counts_lock:
                 self.counts['unpack'] += 1
             return real_unpack(*args, **kwargs)
 
-        tarball.unpack_rootfs = counted_unpack
+        tarball.unpack_stream = counted_unpack
         self.ctxt = nova_context.get_admin_context()
         self.driver = driver_mod.LXCDriver(fake_virt.FakeVirtAPI())
         return {'pid': os.getpid()}
@@ -116,6 +119,14 @@ class Worker:
         if image_id not in self.images:
             raise nova_exc.ImageNotFound(image_id=image_id)
         shutil.copyfile(self.images[image_id], path)
+
+    def _chunks(self, context, image_id):
+        with self.counts_lock:
+            self.counts['fetch'] += 1
+        time.sleep(self.fetch_delay)
+        if image_id not in self.images:
+            raise nova_exc.ImageNotFound(image_id=image_id)
+        return fake_glance.file_chunks(self.images[image_id])
 
     def op_init_host(self):
         self.driver.init_host(CONF.host)

@@ -118,9 +118,13 @@ class _Base(unit_base.TestCase):
                                        autospec=True)
 
         self.fetch = self.patch(
-            'novalxcdriver.driver.nova_images.fetch',
+            'novalxcdriver.download.nova_images.fetch',
             side_effect=lambda ctx, image_id, dest:
                 test_images.write_rootfs_tarball(dest))
+        # Glance gives no stream (as with signature verification): the
+        # image is fetched to a file. StreamedImageTest streams.
+        self.chunks = self.patch('novalxcdriver.download.chunks',
+                                 return_value=None)
 
         # MagicMock: wait_for_instance_event is a context manager.
         self.virtapi = mock.MagicMock()
@@ -524,6 +528,29 @@ class SpawnTest(_Base):
         self.assertEqual([UUID], self.drv.list_instance_uuids())
         self.assertTrue(self.drv.instance_exists(instance))
 
+    def test_image_streamed_under_the_disk_ops_semaphore(self):
+        path = os.path.join(self.state_path, 'streamed.tar.gz')
+        test_images.write_rootfs_tarball(path)
+        with open(path, 'rb') as f:
+            data = f.read()
+        semaphore = mock.MagicMock()
+        self.patch('nova.compute.utils.disk_ops_semaphore', semaphore)
+        held = []
+
+        def chunks(context, image_id):
+            for i in range(0, len(data), 100):
+                held.append(semaphore.__enter__.call_count -
+                            semaphore.__exit__.call_count)
+                yield data[i:i + 100]
+        self.chunks.side_effect = chunks
+        instance = self.instance()
+        self.spawn(instance)
+        self.fetch.assert_not_called()
+        self.assertEqual(IMAGE_ID, self.chunks.call_args.args[1])
+        self.assertEqual({1}, set(held))
+        self.assertEqual(1, semaphore.__exit__.call_count)
+        self.assertTrue(self.drv.instance_exists(instance))
+
     def test_spawn_powered_off(self):
         instance = self.instance()
         self.spawn(instance, power_on=False)
@@ -558,7 +585,7 @@ class SpawnTest(_Base):
                               self.instance(),
                               self.image_meta('bare', 'qcow2'))
         self.assertIn('no init', str(e))
-        self.assertEqual((IMAGE_ID, mock.ANY, 'qcow2', None),
+        self.assertEqual((IMAGE_ID, mock.ANY, 'qcow2', None, mock.ANY),
                          get.call_args.args)
         self.assert_nothing_created()
 
@@ -573,13 +600,13 @@ class SpawnTest(_Base):
         instance.system_metadata = {'image_novalxc_root_partition': '3'}
         self.assertRaises(nova_exc.ImageUnacceptable, self.spawn, instance,
                           self.image_meta('bare', 'raw'))
-        self.assertEqual((IMAGE_ID, mock.ANY, 'raw', '3'),
+        self.assertEqual((IMAGE_ID, mock.ANY, 'raw', '3', mock.ANY),
                          get.call_args.args)
         # Another image (a rescue image) does not take the instance's.
         instance.image_ref = UUID2
         self.assertRaises(nova_exc.ImageUnacceptable, self.spawn, instance,
                           self.image_meta('bare', 'raw'))
-        self.assertEqual((IMAGE_ID, mock.ANY, 'raw', None),
+        self.assertEqual((IMAGE_ID, mock.ANY, 'raw', None, mock.ANY),
                          get.call_args.args)
 
     def test_disk_images_off_refuses_qcow2_and_drops_the_trait(self):
@@ -607,7 +634,7 @@ class SpawnTest(_Base):
         instance.image_ref = IMAGE_ID
         instance.system_metadata = {'image_novalxc_root_partition': '1'}
         self.drv._fetched_image(self.context, IMAGE_ID, instance=instance)
-        self.assertEqual((IMAGE_ID, mock.ANY, None, '1'),
+        self.assertEqual((IMAGE_ID, mock.ANY, None, '1', mock.ANY),
                          get.call_args.args)
 
     def test_qcow2_content_in_a_raw_image_refused(self):

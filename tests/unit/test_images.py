@@ -369,6 +369,152 @@ class ImageCacheTest(_CacheTest):
                          self.cache_entries())
 
 
+class StreamTest(_CacheTest):
+    """A download unpacked as it arrives (the stream argument)."""
+
+    def setUp(self):
+        super().setUp()
+        path = os.path.join(self.state, 'image.tar.gz')
+        write_rootfs_tarball(path)
+        with open(path, 'rb') as f:
+            self.data = f.read()
+        self.streams = []
+        self.closed = []
+        self.seen_in_partial = []
+
+    def stream(self, data=None, tail_error=None, chunk=100):
+        data = self.data if data is None else data
+        self.streams.append(1)
+
+        def chunks():
+            try:
+                for i in range(0, len(data), chunk):
+                    partial = [n for n in self.cache_entries()
+                               if n.startswith('.partial-')]
+                    self.seen_in_partial.extend(
+                        os.listdir(os.path.join(self.cache.path, p))
+                        for p in partial)
+                    yield data[i:i + chunk]
+                if tail_error:
+                    # glanceclient: the hash is compared after the last
+                    # chunk.
+                    raise tail_error
+            finally:
+                self.closed.append(1)
+        return chunks()
+
+    def test_tarball_unpacked_with_no_copy_on_disk(self):
+        image = self.cache.get(IMAGE_ID, self.fetch, stream=self.stream)
+        self.assertEqual([], self.fetches)
+        self.assertEqual(1, len(self.streams))
+        self.assertEqual('busybox', image.init_system)
+        with open(os.path.join(image.rootfs, 'bin/busybox'), 'rb') as f:
+            self.assertEqual(BUSYBOX, f.read())
+        # Only the rootfs directory was ever in the partial: no archive.
+        self.assertTrue(self.seen_in_partial)
+        self.assertEqual({('rootfs',)},
+                         set(tuple(sorted(e)) for e in self.seen_in_partial))
+        self.assertEqual([1], self.closed)
+        self.assertEqual([IMAGE_ID], self.cache_entries())
+
+    def test_read_to_the_end_where_the_hash_is_checked(self):
+        bad = IOError(errno.EPIPE, 'Corrupt image download. Hash was x '
+                                   'expected y')
+        e = self.assertRaises(
+            IOError, self.cache.get, IMAGE_ID, self.fetch,
+            stream=lambda: self.stream(tail_error=bad))
+        self.assertIs(bad, e)
+        self.assertEqual([], self.cache_entries())
+        self.assertIsNone(self.cache.lookup(IMAGE_ID))
+
+    def test_trailer_after_the_archive_is_read_too(self):
+        # Past the 16 MiB that tarball.py reads after the archive's end;
+        # the download's own error comes out, not a corrupt archive.
+        plain = io.BytesIO()
+        with tarfile.open(fileobj=plain, mode='w') as tar:
+            _add(tar, 'sbin', 'dir')
+            _add(tar, 'sbin/init', data=BUSYBOX)
+        bad = IOError(errno.EPIPE, 'Corrupt image download')
+        for data in (self.data + b'\0' * 1024,
+                     plain.getvalue() + b'\0' * (17 * 1024 * 1024)):
+            e = self.assertRaises(
+                IOError, self.cache.get, IMAGE_ID, self.fetch,
+                stream=lambda: self.stream(data, tail_error=bad,
+                                           chunk=1 << 20))
+            self.assertIs(bad, e)
+        self.assertEqual([], self.cache_entries())
+
+    def test_download_error_midway_comes_out_as_itself(self):
+        def stream():
+            yield self.data[:50]
+            raise ConnectionError('glance went away')
+        self.assertRaises(ConnectionError, self.cache.get, IMAGE_ID,
+                          self.fetch, stream=stream)
+        self.assertEqual([], self.cache_entries())
+
+    def test_bad_archive_closes_the_download_and_leaves_nothing(self):
+        half = self.data[:len(self.data) // 2]
+        e = self.assertRaises(
+            exception.ImageUnpackError, self.cache.get, IMAGE_ID,
+            self.fetch, stream=lambda: self.stream(half))
+        self.assertIn('truncated or corrupt', str(e))
+        self.assertEqual([1], self.closed)
+        self.assertEqual([], self.cache_entries())
+
+    def test_tarball_content_of_a_qcow2_image_refused(self):
+        e = self.assertRaises(
+            exception.ImageUnpackError, self.cache.get, IMAGE_ID,
+            self.fetch, 'qcow2', stream=self.stream)
+        self.assertIn('disk_format=qcow2 but its content is a rootfs '
+                      'tarball', str(e))
+        self.assertEqual([1], self.closed)
+        self.assertEqual([], self.cache_entries())
+
+    def test_disk_image_written_to_a_file_first(self):
+        disk = b'QFI\xfb' + os.urandom(300000)
+        got = []
+
+        def unpack(image_path, kind, *args, **kwargs):
+            with open(image_path, 'rb') as f:
+                got.append((kind, f.read()))
+            raise exception.DiskImageRefused(reason='stop here')
+        self.useFixture(fixtures.MockPatch('novalxcdriver.diskimage.unpack',
+                                           side_effect=unpack))
+        self.assertRaises(exception.ImageUnpackError, self.cache.get,
+                          IMAGE_ID, self.fetch, 'qcow2',
+                          stream=lambda: self.stream(disk, chunk=7777))
+        self.assertEqual([(diskimage.QCOW2, disk)], got)
+        self.assertEqual([], self.fetches)
+        self.assertEqual([1], self.closed)
+        self.assertEqual([], self.cache_entries())
+
+    def test_no_stream_falls_back_to_fetch(self):
+        image = self.cache.get(IMAGE_ID, self.fetch, stream=lambda: None)
+        self.assertEqual(1, len(self.fetches))
+        self.assertEqual('busybox', image.init_system)
+
+    def test_concurrent_gets_stream_once(self):
+        barrier = threading.Barrier(6)
+        results, errors = [], []
+
+        def worker():
+            try:
+                barrier.wait()
+                results.append(self.cache.get(IMAGE_ID, self.fetch,
+                                              stream=self.stream))
+            except Exception as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        self.assertEqual([], errors)
+        self.assertEqual(1, len(self.streams))
+        self.assertEqual(1, len(set(results)))
+
+
 class DamagedEntryTest(base.BaseTestCase):
     """A torn or broken entry is moved aside and fetched again."""
 
