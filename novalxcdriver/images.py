@@ -332,8 +332,8 @@ class ImageCache:
             chunks = stream() if stream is not None else None
             try:
                 if chunks is not None:
-                    size = self._unpack_stream(chunks, archive, partial,
-                                               rootfs, disk_format,
+                    size = self._unpack_stream(image_id, chunks, archive,
+                                               partial, rootfs, disk_format,
                                                root_partition)
                 else:
                     fetch(archive)
@@ -368,8 +368,8 @@ class ImageCache:
         return CachedImage(image_id, os.path.join(entry, 'rootfs'),
                            init_system, size)
 
-    def _unpack_stream(self, chunks, archive, partial, rootfs, disk_format,
-                       root_partition):
+    def _unpack_stream(self, image_id, chunks, archive, partial, rootfs,
+                       disk_format, root_partition):
         """Unpack a download as it arrives; the bytes of its files.
 
         A tarball goes straight into rootfs; anything else is written to
@@ -397,8 +397,8 @@ class ImageCache:
                         raise reader.error
                     raise
                 reader.drain()
-                LOG.debug('%s unpacked as downloaded: %d bytes', partial,
-                          reader.read_bytes)
+                LOG.info('Image %s unpacked as it downloaded (%d bytes)',
+                         image_id, reader.read_bytes)
                 return size
             with open(archive, 'wb') as f:
                 f.write(head)
