@@ -1,0 +1,82 @@
+"""lxc.user_namespace against the real kernel: its maps, no child left.
+
+Root only (writing another process's maps needs CAP_SETUID/CAP_SETGID in
+the parent namespace).
+"""
+
+import os
+import subprocess
+import threading
+
+from oslotest import base as oslo_base
+
+from novalxcdriver import exception
+from novalxcdriver import ids
+from novalxcdriver import lxc
+from tests.functional import base
+
+IDMAP = ids.Idmap(100000 + 7 * 65536, 100000 + 9 * 65536, 65536)
+
+
+class UserNamespaceTest(oslo_base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        base.require_root(self)
+        self.addCleanup(self._no_child_left)
+
+    def _no_child_left(self):
+        # waitid raises ChildProcessError when this process has none.
+        self.assertRaises(ChildProcessError, os.waitid, os.P_ALL, 0,
+                          os.WEXITED | os.WNOHANG)
+
+    def _maps(self, fd):
+        # What a process entering the namespace sees.
+        path = '/proc/%d/fd/%d' % (os.getpid(), fd)
+        return [subprocess.run(
+            ['nsenter', '--user=%s' % path, 'cat', '/proc/self/' + name],
+            check=True, capture_output=True, text=True).stdout.split()
+            for name in ('uid_map', 'gid_map')]
+
+    def test_maps_the_idmap_to_root(self):
+        with lxc.user_namespace(IDMAP) as fd:
+            self.assertTrue(os.readlink('/proc/self/fd/%d' % fd)
+                            .startswith('user:['))
+            self.assertNotEqual(os.stat('/proc/self/ns/user').st_ino,
+                                os.fstat(fd).st_ino)
+            self.assertEqual(
+                [['0', str(IDMAP.uid_start), '65536'],
+                 ['0', str(IDMAP.gid_start), '65536']], self._maps(fd))
+        self.assertRaises(OSError, os.fstat, fd)
+
+    def test_each_call_a_new_namespace(self):
+        with lxc.user_namespace(IDMAP) as a, lxc.user_namespace(IDMAP) as b:
+            self.assertNotEqual(os.fstat(a).st_ino, os.fstat(b).st_ino)
+
+    def test_concurrent_threads(self):
+        errors = []
+
+        def worker():
+            try:
+                for _ in range(20):
+                    with lxc.user_namespace(IDMAP):
+                        pass
+            except Exception as e:
+                errors.append(e)
+        threads = [threading.Thread(target=worker, daemon=True)
+                   for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual([], [t for t in threads if t.is_alive()])
+        self.assertEqual([], errors)
+
+    def test_refused_map_is_an_error_and_leaves_nothing(self):
+        # A range no uid can have (beyond 2**32 - 1): the kernel refuses.
+        bad = ids.Idmap(2 ** 32 - 10, IDMAP.gid_start, 65536)
+        fds = set(os.listdir('/proc/self/fd'))
+        e = self.assertRaises(exception.CommandFailed,
+                              lxc.user_namespace(bad).__enter__)
+        self.assertIn('uid_map', str(e))
+        self.assertEqual(fds, set(os.listdir('/proc/self/fd')))
