@@ -1,6 +1,7 @@
 """Tests for novalxcdriver.lxc: running commands and parsing lxc-* output."""
 
 import os
+import subprocess
 import sys
 import time
 from unittest import mock
@@ -44,31 +45,40 @@ class ExecuteTest(base.BaseTestCase):
             check_exit_code=[0, 2])
         self.assertEqual('1\n', out)
 
-    def test_mapped_from_processutils_error(self):
+    def test_prlimit_error_mapped_from_processutils(self):
         error = processutils.ProcessExecutionError(
             exit_code=1, stdout='', stderr='  boom \n', cmd='x')
         with mock.patch.object(processutils, 'execute',
                                side_effect=error):
-            e = self.assertRaises(exception.CommandFailed, lxc.execute,
-                                  'lxc-info', '-n', 'c')
-        self.assertEqual({'cmd': 'lxc-info -n c', 'exit_code': 1,
+            e = self.assertRaises(
+                exception.CommandFailed, lxc.execute, 'qemu-img', 'info',
+                prlimit=processutils.ProcessLimits(cpu_time=3))
+        self.assertEqual({'cmd': 'qemu-img info', 'exit_code': 1,
                           'stderr': 'boom', 'code': 500}, e.kwargs)
+
+    def test_no_preexec_fn_so_subprocess_can_vfork(self):
+        real_popen = subprocess.Popen
+        seen = []
+
+        def popen(*args, **kwargs):
+            seen.append(kwargs)
+            return real_popen(*args, **kwargs)
+        with mock.patch.object(lxc.subprocess, 'Popen', side_effect=popen):
+            lxc.execute('true')
+        self.assertEqual(1, len(seen))
+        self.assertIsNone(seen[0].get('preexec_fn'))
+        self.assertFalse(seen[0].get('shell', False))
 
     def test_timeout_kills_child(self):
         procs = []
-        real_execute = processutils.execute
+        real_popen = subprocess.Popen
 
-        def spy(*argv, **kwargs):
-            on_execute = kwargs['on_execute']
-
-            def record(proc):
-                procs.append(proc)
-                on_execute(proc)
-            kwargs['on_execute'] = record
-            return real_execute(*argv, **kwargs)
+        def popen(*args, **kwargs):
+            procs.append(real_popen(*args, **kwargs))
+            return procs[-1]
 
         start = time.monotonic()
-        with mock.patch.object(processutils, 'execute', side_effect=spy):
+        with mock.patch.object(lxc.subprocess, 'Popen', side_effect=popen):
             e = self.assertRaises(exception.CommandTimedOut, lxc.execute,
                                   'sleep', '5', timeout=1)
         self.assertLess(time.monotonic() - start, 4)
@@ -82,10 +92,10 @@ class ExecuteTest(base.BaseTestCase):
     def test_default_timeout_from_config(self):
         cfg = self.useFixture(config_fixture.Config(conf.CONF))
         cfg.config(group='lxc', command_timeout=17)
-        with mock.patch.object(processutils, 'execute',
-                               return_value=('', '')) as pe:
+        with mock.patch.object(lxc.subprocess, 'run', return_value=(
+                subprocess.CompletedProcess(['true'], 0, b'', b''))) as run:
             lxc.execute('true')
-        self.assertEqual(17, pe.call_args.kwargs['timeout'])
+        self.assertEqual(17, run.call_args.kwargs['timeout'])
 
 
 class _MockedExecute(base.BaseTestCase):
@@ -95,10 +105,25 @@ class _MockedExecute(base.BaseTestCase):
         super().setUp()
         self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
         self.cfg.config(group='lxc', command_timeout=120)
+        # One mock in processutils.execute's shape for both of execute's
+        # ways (subprocess.run; processutils with a prlimit).
         patcher = mock.patch.object(processutils, 'execute',
                                     return_value=('', ''))
         self.pe = patcher.start()
         self.addCleanup(patcher.stop)
+        run = mock.patch.object(lxc.subprocess, 'run', side_effect=self._run)
+        run.start()
+        self.addCleanup(run.stop)
+
+    def _run(self, argv, timeout=None, **kwargs):
+        self.assertIsNone(kwargs.get('preexec_fn'))
+        try:
+            out, err = self.pe(*argv, timeout=timeout)
+        except processutils.ProcessExecutionError as e:
+            return subprocess.CompletedProcess(argv, e.exit_code, b'',
+                                               e.stderr.encode())
+        return subprocess.CompletedProcess(argv, 0, out.encode(),
+                                           err.encode())
 
     def assert_argv(self, argv, timeout=120):
         self.pe.assert_called_once()
