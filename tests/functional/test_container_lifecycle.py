@@ -219,9 +219,17 @@ class ImagePruneTest(base.FunctionalTestCase):
 
 class BadImageTest(base.FunctionalTestCase):
 
+    @staticmethod
+    def _reservations():
+        # No spawn may have run yet on a fresh machine: no ids_path then.
+        try:
+            return set(os.listdir(CONF.lxc.ids_path))
+        except FileNotFoundError:
+            return set()
+
     def _assert_refused(self, image_id, reason, **meta):
         instance = self.make_instance()
-        before = set(os.listdir(CONF.lxc.state_path + '/ids'))
+        before = self._reservations()
         exc = self.assertRaises(
             nova_exc.ImageUnacceptable, self.driver.spawn, self.ctxt,
             instance, self.image_meta(image_id, **meta), [], None, {},
@@ -230,7 +238,7 @@ class BadImageTest(base.FunctionalTestCase):
         self.assertFalse(self.driver.instance_exists(instance))
         self.assertFalse(os.path.exists(
             os.path.join(CONF.lxc.lxc_path, instance.name)))
-        self.assertEqual(before, set(os.listdir(CONF.lxc.state_path + '/ids')))
+        self.assertEqual(before, self._reservations())
         self.assertIsNone(self.driver._images.lookup(image_id))
         partials = [n for n in os.listdir(self.driver._images.path)
                     if n.startswith('.partial-%s' % image_id)]
