@@ -28,7 +28,7 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def write(path, data, mode=0o644, uid=None, gid=None):
+def write(path, data, mode=0o644, uid=None, gid=None, sync=True):
     """Replace path's content with data, atomically and durably.
 
     The data goes to a temporary file beside path, is fsync'd, renamed over
@@ -38,6 +38,9 @@ def write(path, data, mode=0o644, uid=None, gid=None):
     :param mode: permission bits of the file.
     :param uid: owner to give the file (None: the caller's).
     :param gid: group to give the file (None: the caller's).
+    :param sync: False skips both fsyncs: the replacement is atomic for
+        other processes at once, and the caller makes it durable later
+        with :func:`sync` (to keep fsyncs out of a lock, for instance).
     :raises OSError: nothing was replaced (a full disk: ENOSPC); the
         temporary file is removed.
     """
@@ -54,7 +57,8 @@ def write(path, data, mode=0o644, uid=None, gid=None):
                           -1 if gid is None else gid)
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.rename(tmp, path)
     except BaseException:
         try:
@@ -62,7 +66,24 @@ def write(path, data, mode=0o644, uid=None, gid=None):
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(directory)
+    if sync:
+        fsync_dir(directory)
+
+
+def sync(path):
+    """fsync(2) file path, then its directory: what write(sync=False) skipped.
+
+    Until this returns, a power loss may leave path missing, empty or
+    torn (never a mix with other content: the rename was atomic).
+
+    :raises OSError: path cannot be opened or synced.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def syncfs(path):

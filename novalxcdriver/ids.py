@@ -299,20 +299,34 @@ class IdAllocator:
                     continue
                 try:
                     self._write_owner(path, instance_uuid, instance_name,
-                                      self.owner, self.host)
+                                      self.owner, self.host, sync=False)
                 except BaseException:
                     shutil.rmtree(path, ignore_errors=True)
                     raise
-                LOG.debug('Reserved container ID %(cid)d for instance '
-                          '%(uuid)s (%(name)s)',
-                          {'cid': cid, 'uuid': instance_uuid,
-                           'name': instance_name})
-                return cid
-        raise exception.IdRangeExhausted(count=count)
+                break
+            else:
+                raise exception.IdRangeExhausted(count=count)
+        # The fsyncs wait on the journal, behind every disk being written
+        # by concurrent spawns: outside the lock, so that ten spawns do
+        # not queue on each other's. Others see the reservation already;
+        # only its durability waits, and it comes before the ID is used.
+        # A power loss before that leaves no reservation or an ownerless
+        # one (remove_orphan), and no artifact carries the ID yet.
+        try:
+            durable.sync(os.path.join(path, OWNER_FILE))
+            durable.fsync_dir(self.ids_path)
+        except BaseException:
+            self.release(cid)
+            raise
+        LOG.debug('Reserved container ID %(cid)d for instance '
+                  '%(uuid)s (%(name)s)',
+                  {'cid': cid, 'uuid': instance_uuid,
+                   'name': instance_name})
+        return cid
 
     @staticmethod
     def _write_owner(path, instance_uuid, instance_name, owner, host,
-                     created_at=None, resize_source=False):
+                     created_at=None, resize_source=False, sync=True):
         record = {'instance_uuid': instance_uuid,
                   'instance_name': instance_name,
                   'owner': owner,
@@ -324,7 +338,7 @@ class IdAllocator:
             record['resize_source'] = True
         # Readers see no owner.json or a whole one, after a crash too.
         durable.write(os.path.join(path, OWNER_FILE), json.dumps(record),
-                      mode=0o644)
+                      mode=0o644, sync=sync)
 
     def _reserved_ids(self):
         try:

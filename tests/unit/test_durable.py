@@ -40,6 +40,22 @@ class WriteTest(base.TestCase):
         self.assertTrue(synced[0].startswith('.record.json.'))
         self.assertEqual(os.path.basename(self.dir), synced[1])
 
+    def test_unsynced_write_then_sync(self):
+        synced = []
+        real = os.fsync
+
+        def fsync(fd):
+            synced.append(os.readlink('/proc/self/fd/%d' % fd))
+            real(fd)
+
+        self.patch('os.fsync', side_effect=fsync)
+        durable.write(self.path, b'x', sync=False)
+        self.assertEqual([], synced)
+        with open(self.path, 'rb') as f:
+            self.assertEqual(b'x', f.read())
+        durable.sync(self.path)
+        self.assertEqual([self.path, self.dir], synced)
+
     def test_failed_write_keeps_old_content_and_leaves_no_temp(self):
         with open(self.path, 'w') as f:
             f.write('old')

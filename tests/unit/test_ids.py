@@ -1,5 +1,6 @@
 """Tests for novalxcdriver.ids: subuid parsing, idmaps, ID reservations."""
 
+import contextlib
 import errno
 import json
 import os
@@ -386,21 +387,61 @@ class AllocateTest(_Base):
         self.assertEqual(0, alloc.allocate('u', 'n'))
 
     def test_owner_record_is_durable(self):
-        # Synced before the rename, and the rename synced with its
-        # directory: durable.write's whole job (fsync(2), "NOTES").
+        # The record, its rename and the reservation's mkdir are all
+        # synced before allocate returns (fsync(2), "NOTES").
         alloc = self.allocator()
         with mock.patch.object(durable, 'write',
                                wraps=durable.write) as write, \
+                mock.patch.object(durable, 'sync',
+                                  wraps=durable.sync) as sync, \
                 mock.patch.object(durable, 'fsync_dir',
                                   wraps=durable.fsync_dir) as fsync_dir:
             cid = alloc.allocate('u', 'n')
         path = os.path.join(self.state, 'ids', str(cid))
-        write.assert_called_once_with(os.path.join(path, 'owner.json'),
-                                      mock.ANY, mode=0o644)
+        owner = os.path.join(path, 'owner.json')
+        write.assert_called_once_with(owner, mock.ANY, mode=0o644,
+                                      sync=False)
+        sync.assert_called_once_with(owner)
         fsync_dir.assert_any_call(path)
+        fsync_dir.assert_any_call(os.path.join(self.state, 'ids'))
         self.assertEqual('u', self.owner(cid)['instance_uuid'])
         self.assertEqual(0o644, os.stat(os.path.join(
             path, 'owner.json')).st_mode & 0o777)
+
+    def test_fsyncs_run_outside_the_lock(self):
+        # An fsync waits behind every disk concurrent spawns are writing;
+        # under the lock, ten spawns queued on each other's.
+        alloc = self.allocator()
+        held = []
+        real_lock = alloc._lock
+
+        @contextlib.contextmanager
+        def lock():
+            with real_lock():
+                held.append(True)
+                try:
+                    yield
+                finally:
+                    held.pop()
+
+        fsyncs = []
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            fsyncs.append(bool(held))
+            real_fsync(fd)
+
+        with mock.patch.object(alloc, '_lock', lock), \
+                mock.patch.object(os, 'fsync', side_effect=fsync):
+            alloc.allocate('u', 'n')
+        self.assertEqual([False, False, False], fsyncs)
+
+    def test_sync_failure_releases_the_id(self):
+        alloc = self.allocator()
+        with mock.patch.object(durable, 'sync',
+                               side_effect=OSError(errno.EIO, 'io')):
+            self.assertRaises(OSError, alloc.allocate, 'u', 'n')
+        self.assertEqual({}, alloc.reservations())
 
     def test_uses_external_lock(self):
         alloc = self.allocator()
