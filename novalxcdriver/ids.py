@@ -192,8 +192,11 @@ class IdAllocator:
     :param subgid_path: subgid(5) file holding root's range.
     :param artifact_ids: optional callable returning an iterable of IDs
         still used by leftover artifacts (rootfs dirs, container configs);
-        those IDs are never handed out. Called under the lock, once per
-        allocation; its exceptions propagate.
+        those IDs are never handed out. Called once per allocation, just
+        before the lock is taken; its exceptions propagate. That is
+        enough because artifacts of an ID are made only while it is
+        reserved, and a reservation is released only once they are gone:
+        an ID whose artifacts appeared since the call is reserved.
 
     The subordinate ranges are read on first use (``count``, ``idmap``,
     ``allocate``) and then cached: changing them under running containers
@@ -280,13 +283,15 @@ class IdAllocator:
         instance_uuid, instance_name = str(instance_uuid), str(instance_name)
         count = self.count
         os.makedirs(self.ids_path, mode=0o755, exist_ok=True)
+        # Scanning every container's artifacts is the slowest part: it
+        # runs outside the lock (see artifact_ids above for why).
+        leftovers = (set() if self._artifact_ids is None
+                     else {int(i) for i in self._artifact_ids()})
         with self._lock():
             existing = self.find(instance_uuid)
             if existing is not None:
                 return existing
-            busy = set(self._reserved_ids())
-            if self._artifact_ids is not None:
-                busy.update(int(i) for i in self._artifact_ids())
+            busy = set(self._reserved_ids()) | leftovers
             for cid in range(count):
                 if cid in busy:
                     continue

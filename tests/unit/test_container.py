@@ -1,6 +1,7 @@
 """Tests for novalxcdriver.container, with the lxc layer and mounts mocked."""
 
 import dataclasses
+import functools
 import os
 import shutil
 from unittest import mock
@@ -1047,6 +1048,43 @@ class RecordsTest(_Base):
                          container_mod.config_records(self.lxc_path))
         self.assertEqual({cid, 7, 9}, container_mod.artifact_ids(
             self.lxc_path, self.state_path, self.records))
+
+    def test_artifact_ids_read_only_changed_files(self):
+        cid = self.make_container()
+        other = dataclasses.replace(
+            self.c.record(), cid=7,
+            instance_uuid='ffffffff-5a3f-4c9b-8e21-7f6a5b4c3d2e')
+        self.records.write(other)
+        scan = functools.partial(container_mod.artifact_ids, self.lxc_path,
+                                 self.state_path, self.records)
+        self.assertEqual({cid, 7}, scan())
+        with mock.patch.object(container_mod, '_record_id') as rec, \
+                mock.patch.object(container_mod, '_config_id') as cfg:
+            self.assertEqual({cid, 7}, scan())
+        rec.assert_not_called()
+        cfg.assert_not_called()
+        # Replaced (durable.write renames): read again.
+        self.records.write(dataclasses.replace(other, cid=8))
+        self.assertEqual({cid, 8}, scan())
+        # Gone: forgotten.
+        self.records.remove(other.instance_uuid)
+        self.assertEqual({cid}, scan())
+
+    def test_artifact_ids_count_a_config_edited_in_place(self):
+        cid = self.make_container()
+        self.records.remove(UUID)
+        config = os.path.join(self.lxc_path, NAME, 'config')
+        scan = functools.partial(container_mod.artifact_ids, self.lxc_path,
+                                 self.state_path, self.records)
+        shutil.rmtree(os.path.join(self.state_path, 'rootfs'),
+                      ignore_errors=True)
+        self.assertEqual({cid}, scan())
+        with open(config) as f:
+            text = f.read()
+        with open(config, 'w') as f:
+            f.write(text.replace('novalxc.id = %d' % cid,
+                                 'novalxc.id = %d' % (cid + 40)))
+        self.assertEqual({cid + 40}, scan())
 
     def test_no_lxc_path(self):
         self.assertEqual({}, container_mod.config_records(

@@ -436,6 +436,27 @@ class AllocateTest(_Base):
             alloc.allocate('u', 'n')
         self.assertEqual([False, False, False], fsyncs)
 
+    def test_artifact_scan_runs_outside_the_lock(self):
+        # It reads every container's record and config: the slowest part.
+        held = []
+
+        def artifacts():
+            held.append('scanned')
+            return [0]
+
+        alloc = self.allocator(artifact_ids=artifacts)
+        real_lock = alloc._lock
+
+        @contextlib.contextmanager
+        def lock():
+            with real_lock():
+                held.append('locked')
+                yield
+
+        with mock.patch.object(alloc, '_lock', lock):
+            self.assertEqual(1, alloc.allocate('u', 'n'))
+        self.assertEqual(['scanned', 'locked'], held)
+
     def test_sync_failure_releases_the_id(self):
         alloc = self.allocator()
         with mock.patch.object(durable, 'sync',
