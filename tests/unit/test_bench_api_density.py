@@ -7,6 +7,7 @@ import tempfile
 from oslotest import base
 
 from bench import api_density
+from bench import report
 from bench import run
 
 MIB = 2 ** 20
@@ -110,6 +111,128 @@ class SkipTest(base.BaseTestCase):
             {'busybox': 2, 'debian': 1},
             clouds_yaml='/nonexistent/clouds.yaml', log=lambda msg: None)
         self.assertIn('all-in-one cloud not running', found['skipped'])
+
+
+def _phase(count, active, mem_kib, processes, threads, usage_mib,
+           errors=()):
+    return {
+        'count': count,
+        'samples': [{'seconds': 2.0 + i % 3, 'server_id': str(i)}
+                    for i in range(active)],
+        'errors': list(errors),
+        'boot_seconds': active / 2.0,
+        'before': {'mem_used_kib': 1000000, 'processes': 300,
+                   'threads': 900},
+        'after': {'mem_used_kib': 1000000 + mem_kib,
+                  'processes': 300 + processes, 'threads': 900 + threads},
+        'after_delete': {'mem_used_kib': 1000000 + 2048, 'processes': 300,
+                         'threads': 900},
+        'cgroups': [{'name': 'instance-%08x' % i, 'usage': usage_mib * MIB,
+                     'max_usage': 2 * usage_mib * MIB, 'failcnt': 0}
+                    for i in range(active)],
+        'cgroup_errors': [],
+        'listings': [{'seconds': s, 'servers': active}
+                     for s in (0.5, 0.4, 0.6, 0.45, 0.9)],
+        'delete_seconds': 30.0,
+        'leftovers': [], 'host_leftovers': [],
+        'idle_cpu': {'wall': 10.0, 'cores': 2, 'host_busy': 4.0,
+                     'client': 0.0, 'services': {}, 'other': 4.0},
+    }
+
+
+def _results(debian_mem_kib=50 * 20 * 1024, only=('api-density',)):
+    return {
+        'config': {'only': list(only)}, 'errors': {},
+        'api-density': {
+            'flavor': dict(api_density.FLAVOR), 'concurrency': 10,
+            'settle_seconds': 10, 'poll_interval': 1.0,
+            'placement': {'room': 250}, 'leftovers': [],
+            'images': {
+                'busybox': _phase(200, 200, 200 * 1024, 600, 800, 1),
+                'debian': _phase(50, 50, debian_mem_kib, 500, 550, 8)}}}
+
+
+class ReportTest(base.BaseTestCase):
+
+    def test_figures_per_server(self):
+        f = report.api_density_figures(
+            _results()['api-density']['images']['busybox'])
+        self.assertEqual(200 * MIB, f['memory'])
+        self.assertEqual(MIB, f['memory_per_server'])
+        self.assertEqual(3.0, f['processes_per_server'])
+        self.assertEqual(4.0, f['threads_per_server'])
+        self.assertEqual(200 * MIB, f['cgroup_sum'])
+        self.assertEqual(MIB, f['cgroup_median'])
+        self.assertEqual(2 * MIB, f['cgroup_peak'])
+        self.assertEqual(0.5, f['list_median'])
+        self.assertEqual(0.9, f['list_max'])
+        self.assertEqual(200, f['listed'])
+        self.assertEqual(2.0, f['boot_rate'])
+        self.assertEqual(2 * MIB, f['mem_not_returned'])
+        self.assertEqual(20.0, f['idle_cpu'])
+
+    def test_debian_within_the_goal_is_met(self):
+        rows = report.api_density_rows(_results())
+        self.assertEqual([5] * 4, [r['item'] for r in rows])
+        busybox_mem, busybox_host, debian_mem, debian_host = rows
+        self.assertEqual('≤ 24 MiB', debian_mem['target'])
+        self.assertEqual('yes', debian_mem['met'])
+        self.assertIn('**20.0 MiB** per server', debian_mem['measured'])
+        self.assertIn('50 of 50 ACTIVE', debian_mem['metric'])
+        self.assertEqual('n/a', busybox_mem['met'])
+        self.assertEqual('—', busybox_mem['target'])
+        self.assertIn('**1.0 MiB** per server', busybox_mem['measured'])
+        self.assertIn('**3.0 per server**', busybox_host['measured'])
+        self.assertIn('median **0.50 s**, max 0.90 s',
+                      busybox_host['measured'])
+        self.assertIn('left: none', debian_host['measured'])
+
+    def test_debian_over_the_goal_is_not_met(self):
+        rows = report.api_density_rows(_results(50 * 25 * 1024))
+        self.assertEqual('no', rows[2]['met'])
+
+    def test_servers_missing_is_not_met(self):
+        results = _results()
+        results['api-density']['images']['debian'] = _phase(
+            50, 48, 48 * 10 * 1024, 400, 400, 8,
+            errors=['RuntimeError("server x went to ERROR: No valid host '
+                    'was found.")'] * 2)
+        row = report.api_density_rows(results)[2]
+        self.assertEqual('no', row['met'])
+        self.assertIn('48 of 50 ACTIVE', row['metric'])
+        self.assertIn('2 errors', row['measured'])
+
+    def test_skipped_when_the_cloud_is_down(self):
+        results = {'config': {'only': ['api-density']}, 'errors': {},
+                   'api-density': {'skipped': 'all-in-one cloud not '
+                                   'running (no /etc/x)'}}
+        rows = report.api_density_rows(results)
+        self.assertEqual(1, len(rows))
+        self.assertEqual('n/a', rows[0]['met'])
+        self.assertIn('skipped: all-in-one cloud not running',
+                      rows[0]['measured'])
+        self.assertEqual([], report.api_density_section(results))
+
+    def test_not_asked_for_is_no_row(self):
+        self.assertEqual([], report.api_density_rows(
+            {'config': {'only': ['spawn']}, 'errors': {}}))
+
+    def test_failed_is_a_row(self):
+        rows = report.api_density_rows(
+            {'config': {'only': ['api-density']},
+             'errors': {'api-density': 'Traceback\nRuntimeError: boom\n'}})
+        self.assertEqual(['failed: RuntimeError: boom'],
+                         [r['measured'] for r in rows])
+
+    def test_section_and_the_main_table(self):
+        results = _results()
+        section = '\n'.join(report.api_density_section(results))
+        self.assertIn('## Density through the Nova API', section)
+        self.assertIn('| busybox | 200/200 | 2.0/s |', section)
+        self.assertIn('| debian | 50/50 |', section)
+        self.assertIn('room for 250', section)
+        metrics = [r['metric'] for r in report.rows(results)]
+        self.assertTrue(any('idle Debian 12 server' in m for m in metrics))
 
 
 class RunOptionsTest(base.BaseTestCase):
