@@ -377,6 +377,12 @@ def gunicorn_conf(name, wsgi_app, port, threads=4):
         'workers = 1',
         'threads = %d' % threads,
         'timeout = 300',
+        # Nova lists a page of servers' ports from Neutron with up to 150
+        # device_id=<uuid> filters in one URL (nova/network/
+        # security_group_api.py MAX_SEARCH_IDS), about 7 KB: gunicorn's
+        # default 4094 made GET /servers/detail fail (500) once a project
+        # had about 85 servers. 8190 is gunicorn's largest bounded value.
+        'limit_request_line = 8190',
         'graceful_timeout = 10',
         'proc_name = %r' % ('novalxc-aio-' + name),
         # gunicorn 27 opens a control socket by default; not needed.
