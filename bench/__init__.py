@@ -3,9 +3,10 @@
 ``python -m bench.run`` (or ``tox -e bench``) measures spawn latency, image
 size independence, boot to service, throughput, density, destroy, the
 snapshot of a running server and unshelve, cold migration between two
-drivers of the host (against ``rsync -S`` of the same files), and the Nova
-API of the all-in-one cloud, then writes every sample as JSON, a markdown
-table of figures against targets, and PNG plots.
+drivers of the host (against ``rsync -S`` of the same files), the Nova
+API of the all-in-one cloud and, when asked for, the host's figures for
+many idle servers kept running through it, then writes every sample as
+JSON, a markdown table of figures against targets, and PNG plots.
 """
 
 # nova-compute runs in native threading mode (nova/cmd/compute.py), so the

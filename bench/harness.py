@@ -185,6 +185,36 @@ def run(argv, timeout=120, check=True):
                           timeout=timeout, check=check).stdout
 
 
+# Checks of a container by name under any lxc_path: the Harness's own, or
+# an all-in-one nova-compute's (bench.api_density).
+
+def system_state(name, lxc_path):
+    """systemctl is-system-running inside the container ('' if none)."""
+    return run(['lxc-attach', '-n', name, '-P', lxc_path, '--',
+                'systemctl', 'is-system-running'], check=False).strip()
+
+
+def cgroup_memory(name, lxc_path):
+    """The running container's memory cgroup figures, bytes.
+
+    Read through lxc-cgroup, which asks the container's monitor for its
+    cgroup (cgroup v1 keys).
+
+    :returns: dict with usage (memory.usage_in_bytes) and memory.stat's
+        total_rss, total_cache, total_shmem, total_mapped_file.
+    :raises subprocess.CalledProcessError: no such running container.
+    """
+    def read(key):
+        return run(['lxc-cgroup', '-n', name, '-P', lxc_path, key])
+    result = {'usage': int(read('memory.usage_in_bytes'))}
+    for line in read('memory.stat').splitlines():
+        key, _sep, value = line.partition(' ')
+        if key in ('total_rss', 'total_cache', 'total_shmem',
+                   'total_mapped_file'):
+            result[key[len('total_'):]] = int(value)
+    return result
+
+
 class Harness:
     """An LXCDriver under root, and raw LXC containers on the same paths.
 
@@ -330,8 +360,7 @@ class Harness:
 
     def system_state(self, name):
         """systemctl is-system-running inside the container ('' if none)."""
-        return run(['lxc-attach', '-n', name, '-P', self.lxc_path, '--',
-                    'systemctl', 'is-system-running'], check=False).strip()
+        return system_state(name, self.lxc_path)
 
     def wait_booted(self, name, timeout=120, interval=0.05):
         """Poll until systemd reports running or degraded.
@@ -351,20 +380,8 @@ class Harness:
                            % (name, timeout))
 
     def cgroup_memory(self, name):
-        """The container's memory cgroup figures, bytes.
-
-        :returns: dict with usage (memory.usage_in_bytes) and memory.stat's
-            total_rss, total_cache, total_shmem, total_mapped_file.
-        """
-        def read(key):
-            return run(['lxc-cgroup', '-n', name, '-P', self.lxc_path, key])
-        result = {'usage': int(read('memory.usage_in_bytes'))}
-        for line in read('memory.stat').splitlines():
-            key, _sep, value = line.partition(' ')
-            if key in ('total_rss', 'total_cache', 'total_shmem',
-                       'total_mapped_file'):
-                result[key[len('total_'):]] = int(value)
-        return result
+        """The container's memory cgroup figures (see cgroup_memory)."""
+        return cgroup_memory(name, self.lxc_path)
 
     # -- cleanup ----
 

@@ -27,6 +27,9 @@ from bench import cpu
 
 CLOUDS_YAML = '/etc/novalxc-aio/clouds.yaml'
 CLOUD = 'novalxc-demo'
+# The aio's admin (aio/novalxc_aio/layout.py CLOUD_ADMIN), for what a
+# project member may not do: quotas, flavors, instance names.
+ADMIN_CLOUD = 'novalxc-admin'
 PREFIX = 'nlxbench-api-'
 BOOT_TIMEOUT = 300  # seconds to ACTIVE before a sample counts as failed
 DELETE_TIMEOUT = 180
@@ -147,9 +150,24 @@ def _find_ids(conn, image_name, flavor_name):
     return image.id, flavor.id
 
 
+def server_names(prefix):
+    """prefix00001, prefix00002, ...: an iterator the workers share.
+
+    Made of C-level calls only, so concurrent next() from the workers is
+    safe; a generator expression raises "generator already executing"
+    when two threads advance it at once.
+    """
+    return map((prefix.replace('%', '%%') + '%05d').__mod__,
+               itertools.count(1))
+
+
 def _boot_series(conn, tracker, image_id, flavor_id, concurrency, runs,
-                 names):
-    """runs boots by concurrency workers; returns (samples, errors)."""
+                 names, keep=False):
+    """runs boots by concurrency workers; returns (samples, errors).
+
+    :param keep: leave each server running (or in ERROR) once seen ACTIVE
+        (or failed) instead of deleting it and waiting until it is gone.
+    """
     samples, errors = [], []
     lock = threading.Lock()
     todo = iter(range(runs))
@@ -178,7 +196,7 @@ def _boot_series(conn, tracker, image_id, flavor_id, concurrency, runs,
                 with lock:
                     errors.append(repr(e))
             finally:
-                if server_id:
+                if server_id and not keep:
                     try:
                         conn.compute.delete_server(server_id)
                         tracker.wait_gone(server_id, DELETE_TIMEOUT)
@@ -257,7 +275,7 @@ def measure(series, image_name='debian-12', flavor_name='lxc.tiny',
     except Unavailable as e:
         log('  API: skipped: %s' % e)
         return {'skipped': str(e)}
-    names = ('%s%05d' % (PREFIX, i) for i in itertools.count(1))
+    names = server_names(PREFIX)
     result = {'image': image_name, 'flavor': flavor_name,
               'poll_interval': interval, 'series': {}}
     log_offset = _log_size(compute_log)

@@ -216,6 +216,168 @@ def density_rows(results):
     return rows
 
 
+def api_density_figures(phase):
+    """The figures of one image of the api-density family (dict).
+
+    Memory in bytes, times in seconds; per-server figures divide by the
+    servers that reached ACTIVE (None when none did).
+    """
+    before, after = phase['before'], phase['after']
+    active = len(phase['samples'])
+
+    def per(value):
+        return value / active if active else None
+
+    memory = (after['mem_used_kib'] - before['mem_used_kib']) * 1024
+    processes = after['processes'] - before['processes']
+    threads = after['threads'] - before['threads']
+    cgroups = phase.get('cgroups', [])
+    usage = summary(c['usage'] for c in cgroups)
+    listing = summary(x['seconds'] for x in phase.get('listings', []))
+    left_mem = phase.get('after_delete', {}).get('mem_used_kib')
+    idle = phase.get('idle_cpu')
+    return {
+        'count': phase['count'], 'active': active,
+        'errors': phase['errors'], 'booted': phase.get('booted'),
+        'memory': memory, 'memory_per_server': per(memory),
+        'mem_before': before['mem_used_kib'] * 1024,
+        'mem_after': after['mem_used_kib'] * 1024,
+        'processes': processes, 'processes_per_server': per(processes),
+        'processes_before': before['processes'],
+        'processes_after': after['processes'],
+        'threads': threads, 'threads_per_server': per(threads),
+        'cgroups': usage['n'],
+        'cgroup_sum': sum(c['usage'] for c in cgroups) if cgroups else None,
+        'cgroup_median': usage['median'], 'cgroup_max': usage['max'],
+        'cgroup_peak': max((c.get('max_usage', 0) for c in cgroups),
+                           default=None),
+        'failcnt': sum(c.get('failcnt', 0) for c in cgroups),
+        'list_median': listing['median'], 'list_max': listing['max'],
+        'list_n': listing['n'],
+        'listed': min((x['servers'] for x in phase.get('listings', [])),
+                      default=None),
+        'boot_seconds': phase.get('boot_seconds'),
+        'boot_rate': (active / phase['boot_seconds']
+                      if active and phase.get('boot_seconds') else None),
+        'boot_median': summary(x['seconds']
+                               for x in phase['samples'])['median'],
+        'delete_seconds': phase.get('delete_seconds'),
+        'left': (phase.get('leftovers', []) +
+                 phase.get('host_leftovers', [])),
+        'mem_not_returned': (None if left_mem is None else
+                             (left_mem - before['mem_used_kib']) * 1024),
+        'idle_cpu': _busy_percent(idle) if idle else None,
+    }
+
+
+def api_density_rows(results):
+    """Issue 16 goal 5: idle servers kept running through the Nova API."""
+    dens = results.get('api-density')
+    what = 'Density through the Nova API: 200 idle busybox, 50 idle Debian'
+    target = 'Debian ≤ 24 MiB per server'
+    if not dens:
+        if ('api-density' in results.get('config', {}).get('only', ()) or
+                'api-density' in results.get('errors', {})):
+            return [_row(5, what, target, _failed('api-density', results),
+                         'n/a')]
+        return []
+    if 'skipped' in dens:
+        return [_row(5, what, target, 'skipped: %s' % dens['skipped'],
+                     'n/a')]
+    labels = {'busybox': 'busybox', 'debian': 'Debian 12'}
+    rows = []
+    for key, phase in dens['images'].items():
+        f = api_density_figures(phase)
+        label = labels.get(key, key)
+        met = 'n/a'
+        if key == 'debian':
+            met = _met(f['active'] == f['count'] and
+                       f['memory_per_server'] is not None and
+                       f['memory_per_server'] <= DEBIAN_MEMORY_MAX)
+        rows.append(_row(
+            5, 'Memory per idle %s server booted through the Nova API '
+            '(%d of %d ACTIVE, kept running): rise of the host\'s memory '
+            'used (MemTotal − MemAvailable) / servers' % (
+                label, f['active'], f['count']),
+            '≤ 24 MiB' if key == 'debian' else '—',
+            '**%s** per server (+%s in all); containers\' cgroups '
+            '(memory.usage_in_bytes, %d read): median %s, max %s, sum %s; '
+            '%s' % (_mib(f['memory_per_server']), _mib(f['memory']),
+                    f['cgroups'], _mib(f['cgroup_median']),
+                    _mib(f['cgroup_max']), _mib(f['cgroup_sum']),
+                    _errors(f['errors'])),
+            met))
+        rows.append(_row(
+            5, 'Host with %d idle %s servers through the Nova API: '
+            'processes, threads, `server list` (GET /servers/detail, %d '
+            'times)' % (f['active'], label, f['list_n']), '—',
+            'processes %+d (**%s per server**), threads %+d (%s per '
+            'server); server list of %s servers: median **%s**, max %s; '
+            'booted at %s/s (POST to ACTIVE median %s); deleted in %s; '
+            'left: %s' % (
+                f['processes'], _num(f['processes_per_server']),
+                f['threads'], _num(f['threads_per_server']),
+                f['listed'], _s(f['list_median']), _s(f['list_max']),
+                _num(f['boot_rate']), _s(f['boot_median']),
+                _s(f['delete_seconds']),
+                ', '.join(f['left']) or 'none'),
+            'n/a'))
+    return rows
+
+
+def _num(value):
+    return '—' if value is None else '%.1f' % value
+
+
+def api_density_section(results):
+    """Markdown lines: the api-density family's host figures."""
+    dens = results.get('api-density')
+    if not dens or 'skipped' in dens:
+        return []
+    body = []
+    for key, phase in dens['images'].items():
+        f = api_density_figures(phase)
+        body.append([
+            key, '%d/%d' % (f['active'], f['count']),
+            '%s/s' % _num(f['boot_rate']),
+            '%s → %s' % (_mib(f['mem_before']), _mib(f['mem_after'])),
+            _mib(f['memory_per_server']),
+            '%s / %s' % (_mib(f['cgroup_median']), _mib(f['cgroup_peak'])),
+            '%d → %d' % (f['processes_before'], f['processes_after']),
+            _num(f['processes_per_server']),
+            _num(f['threads_per_server']),
+            '%s / %s' % (_s(f['list_median']), _s(f['list_max'])),
+            '—' if f['idle_cpu'] is None else '%.0f%%' % f['idle_cpu'],
+            _s(f['delete_seconds']), _mib(f['mem_not_returned'])])
+    flavor = dens['flavor']
+    room = (dens.get('placement') or {}).get('room')
+    return ['## Density through the Nova API', '',
+            'Servers of the all-in-one cloud\'s images booted through the '
+            'API (openstacksdk, `networks=\'none\'`) at concurrency %d '
+            'and kept running, a flavor of the benchmark\'s own (%d MiB, '
+            '%d vCPU, %d GiB; Placement had room for %s of them), each '
+            'image on its own after a warm-up server: the host is read '
+            'before the boots and %g s after the last is ACTIVE (Debian: '
+            'after every systemd has booted), then every server is '
+            'deleted. Memory used is MemTotal − MemAvailable; processes '
+            'and threads are /proc\'s. The cgroup figures are each '
+            'container\'s memory.usage_in_bytes (median) and the highest '
+            'memory.max_usage_in_bytes (its flavor\'s limit was reached '
+            '%d times). Idle CPU: the host\'s busy share over the settle '
+            'period. Server list: GET /servers/detail of the project, '
+            'fully read, median / max of its runs.' % (
+                dens['concurrency'], flavor['ram'], flavor['vcpus'],
+                flavor['disk'], '—' if room is None else room,
+                dens['settle_seconds'],
+                sum(api_density_figures(p)['failcnt']
+                    for p in dens['images'].values())), '',
+            _md_table(('image', 'ACTIVE', 'boots', 'memory used',
+                       'per server', 'cgroup median / peak', 'processes',
+                       'per server', 'threads per server',
+                       'server list', 'idle CPU', 'delete all',
+                       'memory not back after delete'), body), '']
+
+
 def _errors(errors):
     """'N errors (cause xK, ...)' with each distinct cause once."""
     if not errors:
@@ -620,7 +782,8 @@ def rows(results):
     """Every row of the main table, in the issue's order (list of dict)."""
     boot, booted_destroy = boot_rows(results)
     out = (spawn_rows(results) + boot + throughput_rows(results) +
-           density_rows(results) + booted_destroy + destroy_rows(results) +
+           density_rows(results) + api_density_rows(results) +
+           booted_destroy + destroy_rows(results) +
            api_rows(results) + snapshot_rows(results) +
            migration_rows(results) + firstboot_rows(results))
     return sorted(out, key=lambda r: r['item'])
@@ -746,6 +909,7 @@ def markdown(results, command, plots):
             '%s commands run at concurrency %d (per spawn / per destroy): '
             '%s / %s.' % (key, conc, command_line(samples),
                           command_line(dsamples)), '']
+    out += api_density_section(results)
     out += cpu_section(results)
     out += snapshot_section(results)
     out += migration_section(results)

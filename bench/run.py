@@ -17,6 +17,10 @@ figures of the others there, so point it elsewhere (e.g. /tmp/bench) to
 keep docs/benchmarks as committed. Only the images the chosen families
 boot are built; the cache of the others is kept.
 
+api-density (issue 16 goal 5: 200 busybox and 50 Debian idle servers kept
+running through the all-in-one cloud's API) is left out unless named in
+--only: it takes longer than the other families together.
+
 Everything runs under --root (/var/lib/novalxc-bench) and is destroyed at
 the end, even on failure; the unpacked image cache there is kept for the
 next run. The check that nothing is left is printed, and a leak makes the
@@ -33,6 +37,7 @@ import sys
 import time
 import traceback
 
+from bench import api_density
 from bench import boot
 from bench import density
 from bench import firstboot
@@ -49,7 +54,13 @@ from bench import throughput
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = ('spawn', 'boot', 'density', 'throughput', 'snapshot',
-            'migration', 'firstboot', 'api')
+            'migration', 'firstboot', 'api', 'api-density')
+# What a run without --only measures. api-density keeps 250 servers of the
+# all-in-one cloud running and takes longer than all the others together:
+# it runs only when asked for.
+DEFAULT_FAMILIES = tuple(f for f in FAMILIES if f != 'api-density')
+# The families that use the all-in-one cloud, not a driver of their own.
+API_FAMILIES = ('api', 'api-density')
 # The images each family of this host boots (bench.images keys).
 IMAGES = {'spawn': ('busybox', 'debian', 'synthetic'), 'boot': ('debian',),
           'density': ('busybox', 'debian'),
@@ -65,8 +76,9 @@ def parse_args(argv):
                    help='directory for results.json, RESULTS.md and plots')
     p.add_argument('--root', default='/var/lib/novalxc-bench',
                    help="the driver's lxc_path and state_path go under it")
-    p.add_argument('--only', default=','.join(FAMILIES),
-                   help='comma-separated subset of %s' % ', '.join(FAMILIES))
+    p.add_argument('--only', default=','.join(DEFAULT_FAMILIES),
+                   help='comma-separated subset of %s (default: all but '
+                        'api-density)' % ', '.join(FAMILIES))
     p.add_argument('--runs', type=int, default=20,
                    help='samples per image and side for spawn latency and '
                         'boot to service (default 20)')
@@ -106,10 +118,22 @@ def parse_args(argv):
                    help='API boots at concurrency 1 (default 10)')
     p.add_argument('--api-concurrent-runs', type=int, default=30,
                    help='API boots at concurrency 10 (default 30)')
+    p.add_argument('--api-density-busybox', type=int, default=200,
+                   help='idle busybox servers kept running through the API '
+                        '(default 200)')
+    p.add_argument('--api-density-debian', type=int, default=50,
+                   help='idle Debian servers kept running through the API '
+                        '(default 50)')
     p.add_argument('--api-image', default='debian-12')
     p.add_argument('--api-flavor', default='lxc.tiny')
     p.add_argument('--clouds-yaml', default=nova_api.CLOUDS_YAML)
     p.add_argument('--cloud', default=nova_api.CLOUD)
+    p.add_argument('--admin-cloud', default=nova_api.ADMIN_CLOUD,
+                   help="the aio's admin in --clouds-yaml (api-density: "
+                        "quotas, its flavor, instance names)")
+    p.add_argument('--aio-lxc-path', default=api_density.AIO_LXC_PATH,
+                   help="the aio nova-compute's lxc_path (api-density reads "
+                        "its containers' cgroups there)")
     p.add_argument('--compute-log', default=nova_api.COMPUTE_LOG,
                    help="nova-compute's log, for its own build timings")
     p.add_argument('--note', default='',
@@ -158,23 +182,28 @@ def host_warnings(args, facts):
     # systemd in each container takes ~5 inotify instances, all charged to
     # host root as well (user namespace ucounts): at 128, about 25 Debian
     # containers run at once and the rest die with "Too many open files".
-    if ('throughput' in args.only and instances is not None and
-            instances // 5 < args.count):
-        found.append(
-            'fs.inotify.max_user_instances = %d: only about %d systemd '
-            'containers can run at once here, and the Debian throughput run '
-            'starts %d (raise it first, e.g. sysctl -w '
-            'fs.inotify.max_user_instances=1048576)' % (
-                instances, instances // 5, args.count))
+    wanted = {'throughput': ('the Debian throughput run', args.count),
+              'api-density': ('api-density', args.api_density_debian)}
+    for family, (what, count) in wanted.items():
+        if (family in args.only and instances is not None and
+                instances // 5 < count):
+            found.append(
+                'fs.inotify.max_user_instances = %d: only about %d systemd '
+                'containers can run at once here, and %s starts %d (raise '
+                'it first, e.g. sysctl -w '
+                'fs.inotify.max_user_instances=1048576)' % (
+                    instances, instances // 5, what, count))
     return found
 
 
 def measure(args, results):
     """Run the chosen families into results; always clean up after."""
-    if set(args.only) - {'api'}:
+    if set(args.only) - set(API_FAMILIES):
         measure_host(args, results)
     if 'api' in args.only:
         measure_api(args, results)
+    if 'api-density' in args.only:
+        measure_api_density(args, results)
 
 
 def measure_host(args, results):
@@ -264,6 +293,29 @@ def measure_api(args, results):
     except Exception:
         results['errors']['api'] = traceback.format_exc()
         log('api: FAILED\n%s' % results['errors']['api'])
+
+
+def measure_api_density(args, results):
+    """Issue 16 goal 5: idle servers kept running through the Nova API."""
+    log('api-density: starting')
+    try:
+        results['api-density'] = api_density.measure(
+            {'busybox': args.api_density_busybox,
+             'debian': args.api_density_debian},
+            settle=args.settle, concurrency=args.concurrency,
+            clouds_yaml=args.clouds_yaml, cloud=args.cloud,
+            admin_cloud=args.admin_cloud, lxc_path=args.aio_lxc_path,
+            log=log)
+        after = results['leaks'].setdefault('after', {})
+        after['api-density servers'] = results['api-density'].get(
+            'leftovers', [])
+        after['api-density containers'] = [
+            name for phase in results['api-density'].get(
+                'images', {}).values()
+            for name in phase.get('host_leftovers', [])]
+    except Exception:
+        results['errors']['api-density'] = traceback.format_exc()
+        log('api-density: FAILED\n%s' % results['errors']['api-density'])
 
 
 def _rounded(value):
