@@ -10,13 +10,38 @@ fault with this message rather than an unexplained error.
 from nova import exception as nova_exc
 
 
+def _plain(value):
+    # What msgpack carries as it is (oslo.privsep's wire format).
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
 class NovaLXCError(nova_exc.NovaException):
-    """Base class: ``msg_fmt`` is formatted with the keyword arguments."""
+    """Base class: ``msg_fmt`` is formatted with the keyword arguments.
+
+    ``args`` is ``(message, kwargs)``, kwargs' values made plain (str,
+    int, float, bool or None), and the class can be built again from
+    them: oslo.privsep sends an exception raised in its daemon as its
+    class name and args and raises ``exc_type(*args)`` in the caller
+    (oslo_privsep.daemon, remote_call), and pickle does the same. So an
+    error of a privileged entry point reaches nova-compute with its class,
+    message and kwargs.
+    """
 
     msg_fmt = 'An unknown novalxcdriver error occurred.'
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, *args, **kwargs):
+        if args:
+            message, kwargs = args
+            super().__init__(message=message, **kwargs)
+        else:
+            super().__init__(**kwargs)
+        self.args = (self.message,
+                     {k: _plain(v) for k, v in self.kwargs.items()})
+
+    def __str__(self):
+        return self.message
 
 
 class CommandFailed(NovaLXCError):
@@ -87,6 +112,16 @@ class MountBusy(MountFailed):
 
 class HostCheckFailed(NovaLXCError):
     msg_fmt = 'This host cannot run LXC instances: %(problems)s'
+
+
+class PrivilegedCallRefused(NovaLXCError):
+    """A privileged entry point refused its arguments (novalxcdriver.privsep).
+
+    Nothing was done. Only a bug, or a compromised nova-compute, makes
+    this: the driver checks what it sends.
+    """
+
+    msg_fmt = '%(call)s refused: %(reason)s'
 
 
 class ContainerNotFound(NovaLXCError):

@@ -2,8 +2,7 @@
 
 Every lxc-* tool (and the ``unshare`` that holds a user namespace open for an
 idmapped mount or runs a snapshot's find and tar as the container's root,
-and the ip, ethtool, nsenter and ovs-vsctl commands that wire NICs, and
-mkfs, cp and qemu-img) is started here with an argv list, never
+ovs-vsctl, mkfs, cp and qemu-img) is started here with an argv list, never
 through a shell, with a timeout (qemu-img also under resource limits).
 Failures become :class:`exception.CommandFailed` or
 :class:`exception.CommandTimedOut`, which carry the command, exit code and
@@ -429,57 +428,7 @@ def userns_popen(idmap, argv, cwd, stdin=None, stdout=None, stderr=None,
                             start_new_session=True)
 
 
-# -- network devices: ip-link(8), ethtool(8), nsenter(1), ovs-vsctl(8) --
-
-def create_veth(host_dev, peer_dev, mac, mtu):
-    """Make a veth pair; peer_dev gets the MAC, both ends the MTU.
-
-    Both ends stay in the host's network namespace, down.
-    """
-    execute('ip', 'link', 'add', host_dev, 'mtu', str(mtu), 'type', 'veth',
-            'peer', 'name', peer_dev, 'address', mac, 'mtu', str(mtu))
-
-
-def delete_link(dev):
-    """Delete a network device (with a veth, both ends go)."""
-    execute('ip', 'link', 'delete', 'dev', dev)
-
-
-def set_link_master(dev, master):
-    """Make dev a port of the Linux bridge master."""
-    execute('ip', 'link', 'set', 'dev', dev, 'master', master)
-
-
-def set_link_up(dev):
-    execute('ip', 'link', 'set', 'dev', dev, 'up')
-
-
-def disable_tx_checksum(dev):
-    """Checksum sent packets in software (ethtool -K DEV tx off).
-
-    Needed on a container's veth end when the host end is a port of an
-    Open vSwitch userspace (netdev) bridge, which forwards packets with
-    the checksum a veth leaves to offload unfilled: TCP then stalls.
-    """
-    execute('ethtool', '-K', dev, 'tx', 'off')
-
-
-def move_link(dev, pid, name):
-    """Move dev into the network namespace of process pid, renamed name."""
-    execute('ip', 'link', 'set', 'dev', dev, 'netns', str(pid), 'name', name)
-
-
-def netns_ip(pid, *args):
-    """Run ip(8) with args in the network namespace of process pid.
-
-    Only the network namespace is entered (nsenter --net): the host's ip
-    binary runs, whatever the container's root holds.
-
-    :returns: (stdout, stderr).
-    """
-    return execute('nsenter', '--target', str(pid), '--net', '--', 'ip',
-                   *args)
-
+# -- Open vSwitch: ovs-vsctl(8) --
 
 def ovs_del_port(db, dev):
     """Remove port dev from whichever Open vSwitch bridge holds it.

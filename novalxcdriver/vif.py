@@ -14,19 +14,24 @@ container restarts; they go when the VIF is unplugged.
   libvirt does for its taps; with ``ovs_hybrid_plug`` it makes the per-port
   Linux bridge qbr... linked to br-int, and the host end joins qbr. On a
   userspace (netdev) datapath the container end checksums in software
-  (lxc.disable_tx_checksum), or TCP stalls.
+  (netdev.disable_tx_checksum), or TCP stalls.
 - vif_type ``bridge``: the host end joins the Linux bridge named by the
   network, which must exist. Nova 34 and os-vif 5 dropped their Linux
-  bridge support, so this is plain ip-link(8).
+  bridge support, so this is plain netlink (privsep.netdev).
 
 Anything else (vhostuser, direct, macvtap, ...) is refused with
 InvalidInput before anything is made.
 
-os-vif is set up once per process (_setup): its privileged calls (ip link
-on the host end) run in this process when nova-compute runs as root, as it
-must for this driver, unless ``[vif_plug_ovs_privileged] helper_command``
-names a privsep helper; ``[os_vif_ovs] ovsdb_connection`` defaults to the
-local ovsdb-server's socket instead of os-vif's tcp:127.0.0.1:6640.
+The veth pairs are made, plugged and moved by the privileged entry points
+of novalxcdriver.privsep.netdev (CAP_NET_ADMIN); this module decides what
+to do and runs unprivileged. os-vif is set up once per process (_setup):
+its privileged calls run in its own privsep daemon, as in any deployment;
+when nova-compute runs as root with no ``[vif_plug_ovs_privileged]
+helper_command``, that daemon is started without sudo
+(privsep.root_helper_command_opt). Its OVSDB calls, like our
+ovs_del_port, run in nova-compute: ``[os_vif_ovs] ovsdb_connection``
+defaults to the local ovsdb-server's socket instead of os-vif's
+tcp:127.0.0.1:6640.
 """
 
 import os
@@ -40,12 +45,14 @@ import os_vif
 from os_vif import objects as osv_objects
 from oslo_config import cfg
 from oslo_log import log as logging
+from pyroute2 import NetlinkError
 from vif_plug_ovs import ovs as vif_plug_ovs
-from vif_plug_ovs import privsep as vif_plug_privsep
 
 from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import lxc
+from novalxcdriver import privsep
+from novalxcdriver.privsep import netdev
 from novalxcdriver import spec as spec_mod
 
 CONF = conf.CONF
@@ -185,7 +192,9 @@ def _setup():
         os_vif.initialize(reset=True)
         if (os.geteuid() == 0 and
                 not CONF.vif_plug_ovs_privileged.helper_command):
-            vif_plug_privsep.vif_plug.set_client_mode(False)
+            CONF.set_default('helper_command',
+                             privsep.root_helper_command_opt(CONF),
+                             group='vif_plug_ovs_privileged')
         _setup_done = True
 
 
@@ -221,23 +230,23 @@ def plug(instance, vif):
     made = not link_exists(nic.host_dev)
     try:
         if made:
-            lxc.create_veth(nic.host_dev, nic.peer_dev, nic.mac, nic.mtu)
+            netdev.add_veth(nic.host_dev, nic.peer_dev, nic.mac, nic.mtu)
             if _on_userspace_ovs(vif):
-                lxc.disable_tx_checksum(nic.peer_dev)
+                netdev.disable_tx_checksum(nic.peer_dev)
         if nic.kind == 'bridge':
             if not link_exists(nic.bridge):
                 raise nova_exc.VirtualInterfacePlugException(
                     'port %s: Linux bridge %s does not exist on this host'
                     % (nic.port_id, nic.bridge))
-            lxc.set_link_master(nic.host_dev, nic.bridge)
+            netdev.set_master(nic.host_dev, nic.bridge)
         else:
             _setup()
             obj = _osvif_vif(vif)
             os_vif.plug(obj, os_vif_util.nova_to_osvif_instance(instance))
             if isinstance(obj, osv_objects.vif.VIFBridge):
                 # Hybrid plug: qbr... stands between us and br-int.
-                lxc.set_link_master(nic.host_dev, obj.bridge_name)
-        lxc.set_link_up(nic.host_dev)
+                netdev.set_master(nic.host_dev, obj.bridge_name)
+        netdev.set_up(nic.host_dev)
     except Exception as e:
         LOG.error('Plugging port %s (%s) failed: %s', nic.port_id,
                   nic.host_dev, e, instance=instance)
@@ -272,7 +281,7 @@ def unplug(instance, vif, ignore_errors=False):
     # The pair goes even when os-vif failed: it is ours, not os-vif's.
     try:
         if link_exists(nic.host_dev):
-            lxc.delete_link(nic.host_dev)
+            netdev.delete_veth(nic.host_dev)
     except Exception as e:
         errors.append(e)
     if errors:
@@ -298,8 +307,8 @@ def remove_leftovers(nics):
                 lxc.ovs_del_port(CONF.os_vif_ovs.ovsdb_connection,
                                  nic.host_dev)
             if link_exists(nic.host_dev):
-                lxc.delete_link(nic.host_dev)
-        except (exception.NovaLXCError, OSError) as e:
+                netdev.delete_veth(nic.host_dev)
+        except (exception.NovaLXCError, OSError, NetlinkError) as e:
             LOG.warning('Cannot remove %s of port %s: %s', nic.host_dev,
                         nic.port_id, e)
 
@@ -309,6 +318,4 @@ def hot_plug(pid, nic):
 
     It takes its name there (ethN), the port's MAC and MTU, and goes up.
     """
-    lxc.move_link(nic.peer_dev, pid, nic.name)
-    lxc.netns_ip(pid, 'link', 'set', 'dev', nic.name, 'address', nic.mac,
-                 'mtu', str(nic.mtu), 'up')
+    netdev.move_into(nic.peer_dev, pid, nic.name, nic.mac, nic.mtu)

@@ -5,6 +5,7 @@ real; os-vif's plug/unplug, the lxc module and the host's devices are
 mocked.
 """
 
+import sys
 from unittest import mock
 
 from nova import context as nova_context
@@ -16,6 +17,8 @@ import os_vif.objects
 from oslo_config import cfg
 from oslo_config import fixture as config_fixture
 from oslotest import base
+from pyroute2 import NetlinkError
+from vif_plug_ovs import privsep as vif_plug_privsep  # noqa: F401 (its opts)
 
 from novalxcdriver import conf
 from novalxcdriver import exception
@@ -153,10 +156,11 @@ class _HostBase(unit_base.TestCase):
         self.instance = fake_instance.fake_instance_obj(
             self.context, uuid=INSTANCE, project_id='p1')
         self.lxc = self.patch('novalxcdriver.vif.lxc', autospec=True)
+        self.netdev = self.patch('novalxcdriver.vif.netdev', autospec=True)
         self.devices = {'br-int', 'nlxtb1'}
-        self.lxc.create_veth.side_effect = (
+        self.netdev.add_veth.side_effect = (
             lambda host, peer, mac, mtu: self.devices.update((host, peer)))
-        self.lxc.delete_link.side_effect = self._delete
+        self.netdev.delete_veth.side_effect = self._delete
         self.patch('novalxcdriver.vif.link_exists',
                    side_effect=lambda dev: dev in self.devices)
         self.os_vif = self.patch('novalxcdriver.vif.os_vif')
@@ -179,11 +183,11 @@ class PlugTest(_HostBase):
         nic = vif.plug(self.instance, bridge_vif())
         self.assertEqual(vif.nic_for(bridge_vif(), 0), nic)
         self.assertEqual([
-            mock.call.create_veth('tap9f8e7d6c-5b', 'nlx9f8e7d6c-5b',
-                                  'fa:16:3e:aa:bb:cc', 1400),
-            mock.call.set_link_master('tap9f8e7d6c-5b', 'nlxtb1'),
-            mock.call.set_link_up('tap9f8e7d6c-5b'),
-        ], self.lxc.mock_calls)
+            mock.call.add_veth('tap9f8e7d6c-5b', 'nlx9f8e7d6c-5b',
+                               'fa:16:3e:aa:bb:cc', 1400),
+            mock.call.set_master('tap9f8e7d6c-5b', 'nlxtb1'),
+            mock.call.set_up('tap9f8e7d6c-5b'),
+        ], self.netdev.mock_calls)
         self.os_vif.plug.assert_not_called()
 
     def test_missing_bridge_fails_and_leaves_nothing(self):
@@ -197,12 +201,12 @@ class PlugTest(_HostBase):
         vif.plug(self.instance, ovs_vif())
         self.setup.assert_called_once_with()
         self.assertEqual([
-            mock.call.create_veth('tap4e2a7b3c-5d', 'nlx4e2a7b3c-5d',
-                                  'fa:16:3e:12:34:56', 1442),
+            mock.call.add_veth('tap4e2a7b3c-5d', 'nlx4e2a7b3c-5d',
+                               'fa:16:3e:12:34:56', 1442),
             # The container end checksums in software (TCP on netdev).
             mock.call.disable_tx_checksum('nlx4e2a7b3c-5d'),
-            mock.call.set_link_up('tap4e2a7b3c-5d'),
-        ], self.lxc.mock_calls)
+            mock.call.set_up('tap4e2a7b3c-5d'),
+        ], self.netdev.mock_calls)
         obj = self.plugged_osvif()
         self.assertIsInstance(obj, os_vif.objects.vif.VIFOpenVSwitch)
         self.assertEqual('ovs', obj.plugin)
@@ -219,21 +223,21 @@ class PlugTest(_HostBase):
 
     def test_ovs_on_kernel_datapath_keeps_offload(self):
         vif.plug(self.instance, ovs_vif(datapath='system'))
-        self.lxc.disable_tx_checksum.assert_not_called()
+        self.netdev.disable_tx_checksum.assert_not_called()
 
     def test_hybrid_plug_joins_qbr(self):
         vif.plug(self.instance, ovs_vif(hybrid=True))
         obj = self.plugged_osvif()
         self.assertIsInstance(obj, os_vif.objects.vif.VIFBridge)
         self.assertFalse(obj.port_profile.create_tap)
-        self.lxc.set_link_master.assert_called_once_with(
+        self.netdev.set_master.assert_called_once_with(
             'tap4e2a7b3c-5d', 'qbr4e2a7b3c-5d')
 
     def test_existing_pair_plugged_again(self):
         self.devices.update({'tap4e2a7b3c-5d', 'nlx4e2a7b3c-5d'})
         vif.plug(self.instance, ovs_vif())
-        self.lxc.create_veth.assert_not_called()
-        self.lxc.disable_tx_checksum.assert_not_called()
+        self.netdev.add_veth.assert_not_called()
+        self.netdev.disable_tx_checksum.assert_not_called()
         self.os_vif.plug.assert_called_once()
 
     def test_os_vif_failure_leaves_nothing(self):
@@ -250,13 +254,13 @@ class PlugTest(_HostBase):
         self.os_vif.plug.side_effect = RuntimeError('boom')
         self.assertRaises(nova_exc.VirtualInterfacePlugException,
                           vif.plug, self.instance, ovs_vif())
-        self.lxc.delete_link.assert_not_called()
+        self.netdev.delete_veth.assert_not_called()
         self.os_vif.unplug.assert_not_called()
 
     def test_unsupported_type_makes_nothing(self):
         self.assertRaises(nova_exc.InvalidInput, vif.plug, self.instance,
                           ovs_vif(type='vhostuser'))
-        self.assertEqual([], self.lxc.mock_calls)
+        self.assertEqual([], self.netdev.mock_calls + self.lxc.mock_calls)
 
 
 class UnplugTest(_HostBase):
@@ -267,22 +271,22 @@ class UnplugTest(_HostBase):
         self.os_vif.unplug.assert_called_once()
         obj = self.os_vif.unplug.call_args.args[0]
         self.assertEqual('tap4e2a7b3c-5d', obj.vif_name)
-        self.lxc.delete_link.assert_called_once_with('tap4e2a7b3c-5d')
+        self.netdev.delete_veth.assert_called_once_with('tap4e2a7b3c-5d')
         self.assertEqual({'br-int', 'nlxtb1'}, self.devices)
 
     def test_bridge(self):
         self.devices.update({'tap9f8e7d6c-5b', 'nlx9f8e7d6c-5b'})
         vif.unplug(self.instance, bridge_vif())
         self.os_vif.unplug.assert_not_called()
-        self.lxc.delete_link.assert_called_once_with('tap9f8e7d6c-5b')
+        self.netdev.delete_veth.assert_called_once_with('tap9f8e7d6c-5b')
 
     def test_idempotent(self):
         vif.unplug(self.instance, bridge_vif())
-        self.lxc.delete_link.assert_not_called()
+        self.netdev.delete_veth.assert_not_called()
 
     def test_unsupported_type_has_nothing_to_unplug(self):
         vif.unplug(self.instance, ovs_vif(type='binding_failed'))
-        self.assertEqual([], self.lxc.mock_calls)
+        self.assertEqual([], self.netdev.mock_calls + self.lxc.mock_calls)
         self.os_vif.unplug.assert_not_called()
 
     def test_failure(self):
@@ -298,7 +302,7 @@ class UnplugTest(_HostBase):
         e = self.assertRaises(nova_exc.VirtualInterfaceUnplugException,
                               vif.unplug, self.instance, ovs_vif())
         self.assertIn('no ovsdb', str(e))
-        self.lxc.delete_link.assert_called_once_with('tap4e2a7b3c-5d')
+        self.netdev.delete_veth.assert_called_once_with('tap4e2a7b3c-5d')
         self.assertEqual({'br-int', 'nlxtb1'}, self.devices)
 
 
@@ -317,10 +321,14 @@ class LeftoversTest(_HostBase):
         self.devices.update({'tap9f8e7d6c-5b'})
         self.lxc.ovs_del_port.side_effect = FileNotFoundError('ovs-vsctl')
         vif.remove_leftovers(nics)
-        self.lxc.delete_link.assert_called_once_with('tap9f8e7d6c-5b')
-        self.lxc.delete_link.side_effect = exception.CommandFailed(
-            cmd='ip', exit_code=1, stderr='no')
+        self.netdev.delete_veth.assert_called_once_with('tap9f8e7d6c-5b')
+        self.devices.add('tap9f8e7d6c-5b')
+        self.netdev.delete_veth.side_effect = NetlinkError(16, 'busy')
         vif.remove_leftovers(nics)
+        self.netdev.delete_veth.side_effect = (
+            exception.PrivilegedCallRefused(call='delete_veth', reason='no'))
+        vif.remove_leftovers(nics)
+        self.assertEqual(3, self.netdev.delete_veth.call_count)
 
 
 class HotPlugTest(_HostBase):
@@ -329,11 +337,9 @@ class HotPlugTest(_HostBase):
         nic = vif.nic_for(ovs_vif(), 1)
         vif.hot_plug(4242, nic)
         self.assertEqual([
-            mock.call.move_link('nlx4e2a7b3c-5d', 4242, 'eth1'),
-            mock.call.netns_ip(4242, 'link', 'set', 'dev', 'eth1',
-                               'address', 'fa:16:3e:12:34:56', 'mtu',
-                               '1442', 'up'),
-        ], self.lxc.mock_calls)
+            mock.call.move_into('nlx4e2a7b3c-5d', 4242, 'eth1',
+                                'fa:16:3e:12:34:56', 1442),
+        ], self.netdev.mock_calls)
 
 
 class SetupTest(base.BaseTestCase):
@@ -348,34 +354,39 @@ class SetupTest(base.BaseTestCase):
         patcher = mock.patch('novalxcdriver.vif.os_vif')
         self.os_vif = patcher.start()
         self.addCleanup(patcher.stop)
-        patcher = mock.patch.object(vif.vif_plug_privsep.vif_plug,
-                                    'set_client_mode')
-        self.client_mode = patcher.start()
-        self.addCleanup(patcher.stop)
+        # A default, which the config fixture does not reset.
+        self.addCleanup(conf.CONF.set_default, 'helper_command', None,
+                        group='vif_plug_ovs_privileged')
 
-    def test_once_in_process_as_root(self):
+    def helper_command(self):
+        return conf.CONF.vif_plug_ovs_privileged.helper_command
+
+    def test_once_as_root_with_a_daemon_started_without_sudo(self):
         with mock.patch('os.geteuid', return_value=0):
             vif._setup()
             vif._setup()
         self.os_vif.initialize.assert_called_once_with(reset=True)
-        self.client_mode.assert_called_once_with(False)
         self.assertEqual(vif.OVSDB_CONNECTION,
                          conf.CONF.os_vif_ovs.ovsdb_connection)
+        # os-vif's privileged calls go to its own daemon (never in
+        # nova-compute), which root starts with this Python, no sudo.
+        self.assertEqual('%s -m oslo_privsep.daemon' % sys.executable,
+                         self.helper_command())
 
     def test_helper_command_respected(self):
         vif._setup()  # registers the groups
+        self.cfg.config(group='vif_plug_ovs_privileged',
+                        helper_command='privsep-helper --x')
         with mock.patch('novalxcdriver.vif._setup_done', False), \
                 mock.patch('os.geteuid', return_value=0):
-            self.client_mode.reset_mock()
-            self.cfg.config(group='vif_plug_ovs_privileged',
-                            helper_command='privsep-helper --x')
             vif._setup()
-        self.client_mode.assert_not_called()
+        self.assertEqual('privsep-helper --x', self.helper_command())
 
-    def test_not_root_uses_privsep_daemon(self):
+    def test_not_root_uses_privsep_default(self):
         with mock.patch('os.geteuid', return_value=1000):
             vif._setup()
-        self.client_mode.assert_not_called()
+        # sudo privsep-helper, oslo.privsep's own default.
+        self.assertIsNone(self.helper_command())
 
     def test_configured_connection_wins(self):
         vif._setup()

@@ -1,0 +1,111 @@
+"""The net_admin privsep daemon for real: how it starts, what it may do.
+
+Run as root with no helper_command, as the functional suite does, the
+daemon is started without sudo (novalxcdriver.privsep). Its entry points
+are reached over its socket, as nova-compute reaches them.
+"""
+
+import errno
+import os
+import subprocess
+import uuid
+
+from oslotest import base
+from pyroute2 import NetlinkError
+
+from novalxcdriver import exception
+from novalxcdriver import privsep
+from novalxcdriver.privsep import netdev
+from tests.functional import base as func_base
+
+MAC = 'fa:16:3e:0a:0b:0c'
+# capabilities(7) bit numbers.
+CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 12, 19, 21
+
+
+def daemons(context):
+    """pid -> /proc/PID/status fields of context's daemons on the host."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                argv = f.read().split(b'\0')
+            if context.pypath.encode() not in argv:
+                continue
+            with open('/proc/%s/status' % pid) as f:
+                found[int(pid)] = dict(line.rstrip('\n').split(':\t', 1)
+                                       for line in f if ':\t' in line)
+        except OSError:
+            continue
+    return found
+
+
+class NetAdminDaemonTest(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        func_base.require_root(self)
+        suffix = uuid.uuid4().hex[:8]
+        self.host_dev, self.peer_dev = 'tpt' + suffix, 'npt' + suffix
+        self.addCleanup(self.remove, self.host_dev)
+
+    @staticmethod
+    def remove(dev):
+        if os.path.exists('/sys/class/net/' + dev):
+            subprocess.run(['ip', 'link', 'delete', 'dev', dev], check=True)
+
+    def test_veth_made_and_deleted_by_the_daemon(self):
+        netdev.add_veth(self.host_dev, self.peer_dev, MAC, 1400)
+        with open('/sys/class/net/%s/address' % self.peer_dev) as f:
+            self.assertEqual(MAC, f.read().strip())
+        with open('/sys/class/net/%s/mtu' % self.host_dev) as f:
+            self.assertEqual('1400', f.read().strip())
+        netdev.set_up(self.host_dev)
+        netdev.delete_veth(self.host_dev)
+        self.assertFalse(os.path.exists('/sys/class/net/' + self.peer_dev))
+
+    def test_daemon_is_root_with_only_its_capabilities(self):
+        netdev.add_veth(self.host_dev, self.peer_dev, MAC, 1500)
+        found = daemons(privsep.net_admin)
+        self.assertTrue(found)
+        want = (1 << CAP_NET_ADMIN) | (1 << CAP_SYS_ADMIN) | \
+            (1 << CAP_SYS_PTRACE)
+        for pid, status in found.items():
+            self.assertEqual('0', status['Uid'].split()[1], pid)
+            self.assertEqual(want, int(status['CapEff'], 16), pid)
+            self.assertEqual(want, int(status['CapPrm'], 16), pid)
+        # Not this process's child: oslo.privsep's helper daemonizes.
+        self.assertNotIn(os.getpid(),
+                         {int(s['PPid']) for s in found.values()})
+
+    def test_refusal_crosses_with_its_class_and_kwargs(self):
+        e = self.assertRaises(exception.PrivilegedCallRefused,
+                              netdev.delete_veth, 'lo')
+        self.assertEqual('delete_veth', e.kwargs['call'])
+        self.assertIn('lo is not a veth device', str(e))
+        self.assertTrue(os.path.exists('/sys/class/net/lo'))
+
+    def test_netlink_error_crosses(self):
+        netdev.add_veth(self.host_dev, self.peer_dev, MAC, 1500)
+        e = self.assertRaises(NetlinkError, netdev.add_veth,
+                              self.host_dev, 'npx' + self.peer_dev[3:],
+                              MAC, 1500)
+        self.assertEqual(errno.EEXIST, e.code)
+
+    def test_move_into_another_network_namespace(self):
+        holder = subprocess.Popen(['unshare', '--net', 'sleep', '60'])
+        self.addCleanup(holder.wait)
+        self.addCleanup(holder.kill)
+        func_base.poll(lambda: os.stat('/proc/%d/ns/net' % holder.pid)
+                       .st_ino != os.stat('/proc/self/ns/net').st_ino)
+        netdev.add_veth(self.host_dev, self.peer_dev, MAC, 1500)
+        netdev.move_into(self.peer_dev, holder.pid, 'eth3',
+                         'fa:16:3e:0a:0b:0d', 1300)
+        self.assertFalse(os.path.exists('/sys/class/net/' + self.peer_dev))
+        out = subprocess.run(
+            ['nsenter', '--target', str(holder.pid), '--net', '--', 'ip',
+             '-o', 'link', 'show', 'dev', 'eth3'],
+            check=True, capture_output=True, text=True).stdout
+        self.assertIn('mtu 1300', out)
+        self.assertIn('fa:16:3e:0a:0b:0d', out)
+        self.assertIn(',UP', out)
