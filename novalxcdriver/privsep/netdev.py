@@ -180,6 +180,12 @@ def move_into(dev, pid, name, mac, mtu):
         ipr.link('set', index=_index_of(ipr, call, dev, 'veth'),
                  net_ns_pid=pid, ifname=name)
     # pyroute2 opens the netlink socket in a child that setns(2)s there.
-    with IPRoute(netns='/proc/%d/ns/net' % pid) as ipr:
-        (index,) = ipr.link_lookup(ifname=name)
-        ipr.link('set', index=index, address=mac, mtu=mtu, state='up')
+    # Given a path it would list /proc/PID/ns first, which is the
+    # container root's 0500 directory: an fd needs search permission only.
+    nsfd = os.open('/proc/%d/ns/net' % pid, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with IPRoute(netns=nsfd) as ipr:
+            (index,) = ipr.link_lookup(ifname=name)
+            ipr.link('set', index=index, address=mac, mtu=mtu, state='up')
+    finally:
+        os.close(nsfd)

@@ -92,8 +92,13 @@ class NetAdminDaemonTest(base.BaseTestCase):
                               MAC, 1500)
         self.assertEqual(errno.EEXIST, e.code)
 
-    def test_move_into_another_network_namespace(self):
-        holder = subprocess.Popen(['unshare', '--net', 'sleep', '60'])
+    def test_move_into_a_user_namespace_s_network_namespace(self):
+        # As a container's init: another uid, its own user namespace, so
+        # its /proc/PID/ns is a 0500 directory the daemon cannot list.
+        holder = subprocess.Popen(
+            ['setpriv', '--reuid', '165536', '--regid', '165536',
+             '--clear-groups', 'unshare', '--user', '--map-root-user',
+             '--net', 'sleep', '60'])
         self.addCleanup(holder.wait)
         self.addCleanup(holder.kill)
         func_base.poll(lambda: os.stat('/proc/%d/ns/net' % holder.pid)

@@ -226,8 +226,9 @@ class RefusalTest(_InProcess):
 
     def test_good_arguments_pass(self):
         self.links['eth1'] = (3, 'veth')  # in the container, once moved
-        for name, args in self.GOOD.items():
-            getattr(netdev, name)(*args)
+        with mock.patch('os.open', return_value=55), mock.patch('os.close'):
+            for name, args in self.GOOD.items():
+                getattr(netdev, name)(*args)
 
 
 class NetlinkRequestsTest(_InProcess):
@@ -268,11 +269,16 @@ class NetlinkRequestsTest(_InProcess):
         inside.__enter__.return_value = inside
         inside.link_lookup.return_value = [3]
         self.IPRoute.side_effect = [self.ipr, inside]
-        with mock.patch.object(netdev, 'check_pid') as check_pid:
+        with mock.patch.object(netdev, 'check_pid') as check_pid, \
+                mock.patch('os.open', return_value=55) as os_open, \
+                mock.patch('os.close') as os_close:
             netdev.move_into('nlx1', 4242, 'eth1', MAC, 1442)
         check_pid.assert_called_once_with('move_into', 4242)
-        self.assertEqual([mock.call(), mock.call(netns='/proc/4242/ns/net')],
+        # An fd: pyroute2 would list the container's 0500 /proc/PID/ns.
+        self.assertEqual('/proc/4242/ns/net', os_open.call_args.args[0])
+        self.assertEqual([mock.call(), mock.call(netns=55)],
                          self.IPRoute.call_args_list)
+        os_close.assert_called_once_with(55)
         self.assertEqual([mock.call('set', index=8, net_ns_pid=4242,
                                     ifname='eth1')], self.changes())
         inside.link_lookup.assert_called_once_with(ifname='eth1')
