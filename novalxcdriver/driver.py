@@ -694,7 +694,7 @@ class LXCDriver(driver.ComputeDriver):
                 # Not committed: the old root and config drive stay.
                 root.unstage()
         self._rebuild(context, instance, c, network_info)
-        self.plug_vifs(instance, network_info)
+        self._plug_stopped(c, instance, network_info)
         c.start()
         self._replug_running(c, instance, network_info)
         LOG.info('Container %s rebuilt on image %s (ID %d)', c.name,
@@ -894,7 +894,7 @@ class LXCDriver(driver.ComputeDriver):
                 c.reboot_soft(CONF.lxc.soft_reboot_timeout)):
             self._rebuild(context, instance, c, network_info)
             c.kill()
-            self.plug_vifs(instance, network_info)
+            self._plug_stopped(c, instance, network_info)
             c.start()
         self._replug_running(c, instance, network_info)
 
@@ -1066,7 +1066,7 @@ class LXCDriver(driver.ComputeDriver):
         """
         c = self._existing(instance)
         self._rebuild(context, instance, c, network_info)
-        self.plug_vifs(instance, network_info)
+        self._plug_stopped(c, instance, network_info)
         c.start()
 
     def resume_state_on_host_boot(self, context, instance, network_info,
@@ -1075,7 +1075,7 @@ class LXCDriver(driver.ComputeDriver):
         c = self._existing(instance)
         self._rebuild(context, instance, c, network_info)
         c.thaw()
-        self.plug_vifs(instance, network_info)
+        self._plug_stopped(c, instance, network_info)
         c.start()
 
     def rescue(self, context, instance, network_info, image_meta,
@@ -1128,7 +1128,7 @@ class LXCDriver(driver.ComputeDriver):
                 configdrive.write(rescue_spec.config_drive, instance, None,
                                   rescue_password, network_info or [],
                                   spec.idmap)
-            self.plug_vifs(instance, network_info)
+            self._plug_stopped(c, instance, network_info)
             c.start()
         except Exception:
             with excutils.save_and_reraise_exception():
@@ -1163,7 +1163,7 @@ class LXCDriver(driver.ComputeDriver):
         spec, image = self._server_spec(context, instance, c, network_info)
         c.kill()
         c.rebuild(spec, image)
-        self.plug_vifs(instance, network_info)
+        self._plug_stopped(c, instance, network_info)
         c.start()
         LOG.info('Container %s unrescued', c.name, instance=instance)
 
@@ -1381,7 +1381,7 @@ class LXCDriver(driver.ComputeDriver):
         c = self._existing(instance)
         self._rebuild(context, instance, c, network_info)
         migration_mod.remove_token(c.rootfs().path)
-        self.plug_vifs(instance, network_info)
+        self._plug_stopped(c, instance, network_info)
         if power_on:
             c.start()
         LOG.info('Migration reverted: container %s is back', c.name,
@@ -1416,6 +1416,23 @@ class LXCDriver(driver.ComputeDriver):
         """
         for vif in network_info or ():
             vif_mod.plug(instance, vif)
+
+    def _plug_stopped(self, c, instance, network_info):
+        """plug_vifs for stopped c, once pairs it took with it are gone.
+
+        vif.settle: NICs attached since its last start died with it.
+        """
+        vif_mod.settle(self._config_nics(c))
+        self.plug_vifs(instance, network_info)
+
+    @staticmethod
+    def _config_nics(c):
+        try:
+            return c.nics()
+        except ValueError as e:
+            LOG.warning('Cannot read the NICs of container %s: %s', c.name,
+                        e)
+            return ()
 
     def unplug_vifs(self, instance, network_info):
         """:raises VirtualInterfaceUnplugException: vif.unplug."""
@@ -1471,8 +1488,10 @@ class LXCDriver(driver.ComputeDriver):
         their container ends in.
         """
         with self._nics_lock(instance.uuid):
-            self.plug_vifs(instance, network_info)
             _state, pid = c.state()
+            if pid is not None:
+                vif_mod.settle(self._config_nics(c), pid)
+            self.plug_vifs(instance, network_info)
             if pid is None:
                 return
             for nic in c.nics():

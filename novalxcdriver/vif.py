@@ -37,6 +37,7 @@ tcp:127.0.0.1:6640.
 import os
 import re
 import threading
+import time
 
 from nova import exception as nova_exc
 from nova.network import model as network_model
@@ -67,6 +68,9 @@ KINDS = {
 }
 PEER_PREFIX = 'nlx'
 # Interface names: IFNAMSIZ - 1 characters, no '/', ':' or blanks.
+# Seconds vif.settle waits for the kernel to delete dying pairs, and polls.
+SETTLE_TIMEOUT = 10
+SETTLE_POLL = 0.05
 _IFNAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,15}\Z')
 _MAC_RE = re.compile(r'^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z')
 
@@ -311,6 +315,58 @@ def remove_leftovers(nics):
         except (exception.NovaLXCError, OSError, NetlinkError) as e:
             LOG.warning('Cannot remove %s of port %s: %s', nic.host_dev,
                         nic.port_id, e)
+
+
+def names_in(pid):
+    """Network device names in the network namespace of process pid.
+
+    From /proc/PID/net/dev (proc(5)); empty when pid is gone.
+    """
+    try:
+        with open('/proc/%d/net/dev' % pid) as f:
+            lines = f.readlines()[2:]
+    except OSError:
+        return set()
+    return {line.split(':', 1)[0].strip() for line in lines}
+
+
+def settle(nics, pid=None, timeout=SETTLE_TIMEOUT):
+    """Wait for the kernel to delete pairs that died with a container.
+
+    A NIC's container end that LXC does not give back when the container
+    stops (one attached after its start) dies with its network namespace,
+    and the kernel deletes the pair, host end included, some time after
+    lxc-stop returned (cleanup_net runs from a workqueue). Until then the
+    host end looks alive: plugging it would fail, or start a container
+    whose NIC then vanishes. A pair is dying when its container end is
+    neither on the host nor, if pid is given (the container's init after
+    LXC restarted it), in pid's network namespace.
+
+    :param nics: the container's NicSpecs (its config's).
+    :param pid: None when the container is stopped.
+    :param timeout: seconds to wait for all of them; a pair still there
+        then is deleted (its container end is lost anyway).
+    :returns: the NicSpecs that were dying.
+    """
+    inside = names_in(pid) if pid is not None else set()
+    dying = [nic for nic in nics
+             if link_exists(nic.host_dev) and not link_exists(nic.peer_dev)
+             and nic.name not in inside]
+    deadline = time.monotonic() + timeout
+    for nic in dying:
+        while link_exists(nic.host_dev):
+            if time.monotonic() >= deadline:
+                LOG.warning('The veth pair of port %s (%s) outlived its '
+                            'container\'s network namespace by %d s; '
+                            'deleting it', nic.port_id, nic.host_dev,
+                            timeout)
+                try:
+                    netdev.delete_veth(nic.host_dev)
+                except (exception.NovaLXCError, NetlinkError) as e:
+                    LOG.warning('Cannot delete %s: %s', nic.host_dev, e)
+                break
+            time.sleep(SETTLE_POLL)
+    return dying
 
 
 def hot_plug(pid, nic):

@@ -422,3 +422,73 @@ class PluginsLoadedFirstTest(base.BaseTestCase):
         with mock.patch('os.geteuid', return_value=1000):
             vif._setup()
         self.assertEqual(vif.OVSDB_CONNECTION, self.ovs_plugin_connection())
+
+
+class SettleTest(_HostBase):
+    """Pairs that died with a stopped container's network namespace."""
+
+    def setUp(self):
+        super().setUp()
+        self.nic = vif.nic_for(ovs_vif(), 1)
+        self.sleep = self.patch('time.sleep')
+        self.inside = self.patch('novalxcdriver.vif.names_in',
+                                 return_value=set())
+
+    def dying(self, polls):
+        """The host end stays polls more checks, then the kernel is done."""
+        self.devices.add(self.nic.host_dev)
+        left = [polls]
+
+        def exists(dev):
+            if dev == self.nic.host_dev and left[0] == 0:
+                self.devices.discard(dev)
+            elif dev == self.nic.host_dev:
+                left[0] -= 1
+            return dev in self.devices
+        vif.link_exists.side_effect = exists
+
+    def test_waits_for_the_kernel_to_delete_a_dying_pair(self):
+        self.dying(polls=5)
+        self.assertEqual([self.nic], vif.settle([self.nic]))
+        self.assertNotIn(self.nic.host_dev, self.devices)
+        self.assertGreaterEqual(self.sleep.call_count, 3)
+        self.netdev.delete_veth.assert_not_called()
+
+    def test_deletes_one_that_outlives_the_timeout(self):
+        self.dying(polls=10 ** 6)
+        self.assertEqual([self.nic], vif.settle([self.nic], timeout=0))
+        self.netdev.delete_veth.assert_called_once_with(self.nic.host_dev)
+
+    def test_live_pairs_are_left_alone(self):
+        both = vif.nic_for(bridge_vif(), 0)
+        self.devices.update({both.host_dev, both.peer_dev})
+        gone = self.nic  # neither end: plug makes it
+        self.assertEqual([], vif.settle([both, gone]))
+        self.sleep.assert_not_called()
+        self.assertEqual([], self.netdev.mock_calls)
+
+    def test_container_end_inside_the_running_container(self):
+        self.devices.add(self.nic.host_dev)
+        self.inside.return_value = {'lo', 'eth0', 'eth1'}
+        self.assertEqual([], vif.settle([self.nic], pid=4242))
+        self.inside.assert_called_once_with(4242)
+        # Not inside the new init's namespace: it died with the old one.
+        self.inside.return_value = {'lo', 'eth0'}
+        self.dying(polls=1)
+        self.assertEqual([self.nic], vif.settle([self.nic], pid=4242))
+
+
+class NamesInTest(base.BaseTestCase):
+
+    def test_names_from_proc_net_dev(self):
+        dev = ('Inter-|   Receive |  Transmit\n'
+               ' face |bytes    packets\n'
+               '    lo:       0       0\n'
+               '  eth0: 1234 5\n')
+        with mock.patch('builtins.open',
+                        mock.mock_open(read_data=dev)) as m:
+            self.assertEqual({'lo', 'eth0'}, vif.names_in(7))
+        m.assert_called_once_with('/proc/7/net/dev')
+
+    def test_gone(self):
+        self.assertEqual(set(), vif.names_in(2 ** 22 + 1))
