@@ -1,0 +1,200 @@
+"""Every place the driver runs a command or a privileged syscall, listed.
+
+Issue 14 moves root's work behind novalxcdriver.privsep, context by
+context. This test reads the driver's source (ast) and finds each call
+that runs a command (lxc.py's runner, subprocess, processutils, exec,
+fork), makes a privileged syscall through ctypes or an ioctl, changes
+ownership, or writes a user namespace's uid_map/gid_map. Outside the
+privsep package each must be in NOT_YET_PRIVSEP, the sites still run in
+nova-compute: a new one fails the test (route it through an entry point,
+or list it here and say why), and so does a listed one that is gone (take
+it off, so that the list shows what is left to move).
+
+Not seen: plain file writes into root-only directories (DAC) and cgroup
+files; the inventory (docs/design/issue-14-privsep-inventory.md) lists
+them.
+"""
+
+import ast
+import os
+
+import fixtures
+from oslotest import base
+
+import novalxcdriver
+
+PACKAGE = os.path.dirname(novalxcdriver.__file__)
+PRIVSEP = os.path.join(PACKAGE, 'privsep')
+
+PRIMITIVES = {
+    'subprocess': {'run', 'Popen', 'call', 'check_call', 'check_output'},
+    'processutils': {'execute', 'trycmd', 'ssh_execute'},
+    'os': {'system', 'execv', 'execve', 'execvp', 'execvpe', 'execl',
+           'spawnv', 'spawnve', 'posix_spawn', 'posix_spawnp', 'fork',
+           'forkpty', 'chown', 'fchown', 'lchown', 'mknod', 'unshare',
+           'setns', 'chroot', 'setuid', 'setgid', 'setgroups'},
+    'fcntl': {'ioctl'},
+    'ctypes': {'CDLL'},
+    'shutil': {'chown'},
+}
+# lxc.py's command runners, called by name inside lxc.py.
+RUNNERS = {'execute', '_lxc', '_execute_limited', '_lxc_waits'}
+NAMESPACE_MAPS = ('uid_map', 'gid_map')
+
+# (module, function, what) still run in nova-compute, by issue 14's steps.
+NOT_YET_PRIVSEP = {
+    # lxc-* tools, unshare, ovs-vsctl, mkfs, qemu-img: lxc.py's runner.
+    ('lxc.py', '_execute_limited', 'processutils.execute'),
+    ('lxc.py', 'execute', 'subprocess.run'),
+    ('lxc.py', '_lxc', 'execute'),
+    ('lxc.py', 'request_halt', '_lxc_waits'),
+    ('lxc.py', 'execute', '_execute_limited'),
+    ('lxc.py', '_lxc_waits', '_lxc'),
+    ('lxc.py', 'kill', '_lxc'),
+    ('lxc.py', 'reboot', '_lxc_waits'),
+    ('lxc.py', 'start', '_lxc'),
+    ('lxc.py', 'stop', '_lxc'),
+    ('lxc.py', 'freeze', '_lxc'),
+    ('lxc.py', 'unfreeze', '_lxc'),
+    ('lxc.py', 'info', '_lxc'),
+    ('lxc.py', 'states', 'execute'),
+    ('lxc.py', 'qemu_img_info', 'execute'),
+    ('lxc.py', 'qemu_img_convert', 'execute'),
+    ('lxc.py', 'version', 'execute'),
+    ('lxc.py', 'start_daemon', 'subprocess.Popen'),
+    ('lxc.py', '_held_namespace', 'subprocess.Popen'),
+    ('lxc.py', 'user_namespace.write_maps', 'uid_map/gid_map'),
+    ('lxc.py', 'shifting_namespace.write_maps', 'execute'),
+    ('lxc.py', 'userns_popen', 'subprocess.Popen'),
+    ('lxc.py', 'ovs_del_port', 'execute'),
+    ('consolerelay.py', 'serve', 'subprocess.Popen'),
+    # Mounts and loop devices.
+    ('mount.py', '<module>', 'ctypes.CDLL'),
+    ('mount.py', '_idmapped', '_libc.syscall'),
+    ('mount.py', 'block_device', '_libc.mount'),
+    ('mount.py', 'detach_stale', '_libc.umount2'),
+    ('mount.py', 'overlay', '_libc.mount'),
+    ('mount.py', 'overlay_readonly', '_libc.mount'),
+    ('mount.py', 'readonly', '_libc.mount'),
+    ('mount.py', 'unmount', '_libc.umount2'),
+    ('loop.py', '_configure', 'fcntl.ioctl'),
+    ('loop.py', '_ioctl', 'fcntl.ioctl'),
+    # Disks: btrfs snapshots, fsfreeze, reflinks.
+    ('disk.py', '_copy_sparse', 'fcntl.ioctl'),
+    ('disk.py', 'delete_subvolume', 'fcntl.ioctl'),
+    ('disk.py', 'freeze', 'fcntl.ioctl'),
+    ('disk.py', 'snapshot_subvolume', 'fcntl.ioctl'),
+    ('disk.py', 'thaw', 'fcntl.ioctl'),
+    ('durable.py', '<module>', 'ctypes.CDLL'),
+    ('durable.py', 'syncfs', '_libc.syncfs'),
+    # Ownership given to the container's root.
+    ('configdrive.py', 'write_tree', 'os.chown'),
+    ('configdrive.py', 'write_tree', 'os.fchown'),
+    ('disk.py', 'Disk.create', 'os.chown'),
+    ('diskimage.py', '_Copier.metadata', 'os.chown'),
+    ('durable.py', 'write', 'os.fchown'),
+    ('rootfs.py', 'Rootfs.create', 'os.chown'),
+    ('rootfs.py', 'Rootfs.write_etc_file', 'os.fchown'),
+    ('rootfs.py', '_make_dir', 'os.chown'),
+}
+
+
+def call_sites(path, rel):
+    """{(rel, qualified function, what)} of path's privileged calls."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    found = set()
+    stack = []
+
+    def where():
+        return '.'.join(stack) or '<module>'
+
+    class Visitor(ast.NodeVisitor):
+
+        def visit_scope(self, node):
+            stack.append(node.name)
+            self.generic_visit(node)
+            stack.pop()
+
+        visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = \
+            visit_scope
+
+        def visit_Call(self, node):
+            func = node.func
+            if (isinstance(func, ast.Attribute) and
+                    isinstance(func.value, ast.Name)):
+                owner, name = func.value.id, func.attr
+                if (name in PRIMITIVES.get(owner, ()) or
+                        'libc' in owner.lower()):
+                    found.add((rel, where(), '%s.%s' % (owner, name)))
+            elif (rel == 'lxc.py' and isinstance(func, ast.Name) and
+                    func.id in RUNNERS):
+                found.add((rel, where(), func.id))
+            self.generic_visit(node)
+
+        def visit_Expr(self, node):
+            # A bare string statement (a docstring) does nothing.
+            if not isinstance(node.value, ast.Constant):
+                self.generic_visit(node)
+
+        def visit_Constant(self, node):
+            if isinstance(node.value, str) and any(
+                    m in node.value for m in NAMESPACE_MAPS):
+                found.add((rel, where(), 'uid_map/gid_map'))
+
+    Visitor().visit(tree)
+    return found
+
+
+def all_sites(privsep_too=False):
+    found = set()
+    for dirpath, dirnames, filenames in os.walk(PACKAGE):
+        if not privsep_too and dirpath.startswith(PRIVSEP):
+            continue
+        for name in filenames:
+            if name.endswith('.py'):
+                path = os.path.join(dirpath, name)
+                found |= call_sites(path, os.path.relpath(path, PACKAGE))
+    return found
+
+
+class CallSitesTest(base.BaseTestCase):
+
+    def test_no_site_bypasses_privsep_unlisted(self):
+        found = all_sites()
+        self.assertEqual(
+            set(), found - NOT_YET_PRIVSEP,
+            'privileged work outside novalxcdriver.privsep: move it into '
+            'an entry point, or list it in NOT_YET_PRIVSEP with its reason')
+        self.assertEqual(
+            set(), NOT_YET_PRIVSEP - found,
+            'gone from the code: take these off NOT_YET_PRIVSEP')
+
+    def test_network_devices_are_all_behind_privsep(self):
+        # What issue 14's first step moved: no ip, ethtool or nsenter is
+        # run and nothing opens a netlink socket outside privsep.
+        for path in ('lxc.py', 'vif.py'):
+            with open(os.path.join(PACKAGE, path)) as f:
+                source = f.read()
+            for needle in ("'ip'", "'ethtool'", "'nsenter'", 'IPRoute'):
+                self.assertNotIn(needle, source, path)
+
+    def test_scanner_sees_what_it_must(self):
+        # The scanner itself: each kind of site in a sample.
+        sample = (
+            'import subprocess, fcntl, os\n'
+            'def a():\n    subprocess.run(["x"])\n'
+            'def b():\n    fcntl.ioctl(0, 1)\n'
+            'class C:\n    def d(self):\n        os.fchown(1, 2, 3)\n'
+            'def e():\n    _libc.mount(None)\n'
+            'def f():\n    open("/proc/1/uid_map", "w")\n')
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                            's.py')
+        with open(path, 'w') as f:
+            f.write(sample)
+        self.assertEqual({('s.py', 'a', 'subprocess.run'),
+                          ('s.py', 'b', 'fcntl.ioctl'),
+                          ('s.py', 'C.d', 'os.fchown'),
+                          ('s.py', 'e', '_libc.mount'),
+                          ('s.py', 'f', 'uid_map/gid_map')},
+                         call_sites(path, 's.py'))
