@@ -32,6 +32,7 @@ import os
 import re
 import struct
 import tempfile
+import time
 
 from oslo_log import log as logging
 from oslo_utils import excutils
@@ -47,6 +48,10 @@ LOG = logging.getLogger(__name__)
 SYS_DEV_BLOCK = '/sys/dev/block'
 SYS_BLOCK = '/sys/block'
 TEMPLATES = 'disk-templates'
+# Seconds Disk.mount waits for a loop device to let go of an image, and
+# polls.
+ATTACHED_TIMEOUT = 10
+ATTACHED_POLL = 0.05
 BTRFS_TEMP_FSID = '/sys/fs/btrfs/features/temp_fsid'
 FILESYSTEMS = ('btrfs', 'ext4')
 # (offset, magic) of each filesystem's superblock signature: btrfs's
@@ -104,7 +109,8 @@ class Disk:
         else:
             _formatted(self.image_path, size_gb, fs, exclusive=True)
         os.makedirs(self.mountpoint, mode=0o755, exist_ok=True)
-        self.mount()
+        # A new image: no loop device can hold it yet (mount's wait).
+        self._mount()
         os.chown(self.mountpoint, uid, gid)
         os.chmod(self.mountpoint, 0o755)
         lost = os.path.join(self.mountpoint, 'lost+found')
@@ -139,11 +145,43 @@ class Disk:
             an idmapped mount stacked on the mount point shows their
             files in idmap (shift_mount).
         :raises DiskUnreadable: the image has no known filesystem.
+        :raises MountFailed: a loop device still holds the image after
+            ATTACHED_TIMEOUT seconds (_wait_unattached).
         """
         if not self.is_mounted():
+            self._wait_unattached()
             self._mount()
         if shift is not None:
             shift_mount(self.mountpoint, *shift)
+
+    def _wait_unattached(self, timeout=None):
+        """Wait until no loop device holds the image; refuse after timeout.
+
+        Unmounted here, its filesystem can live on in another mount
+        namespace that was cloned while it was mounted (a container being
+        started copies the host's mounts until LXC detaches them), with its
+        loop device and its unwritten data. Mounted again through a second
+        loop device, the image would carry two live filesystems, and the
+        new one would lack what the old one has not written back: the
+        functional suite saw a file written before the unmount missing.
+
+        :param timeout: seconds; ATTACHED_TIMEOUT by default.
+        :raises MountFailed: still held after timeout.
+        """
+        timeout = ATTACHED_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            held = loop_devices_of(self.image_path)
+            if not held:
+                return
+            if time.monotonic() >= deadline:
+                raise exception.MountFailed(
+                    what=self.image_path, target=self.mountpoint,
+                    reason='the image is still attached to %s after %s s '
+                           '(mounted in another mount namespace?); '
+                           'mounting it twice would corrupt it'
+                           % (', '.join(held), timeout))
+            time.sleep(ATTACHED_POLL)
 
     def _mount(self):
         fs = self.filesystem()

@@ -6,11 +6,15 @@ disk, which the last test checks instead. ext4 disks are formatted each.
 """
 
 import os
+import subprocess
+import threading
+from unittest import mock
 
 import fixtures
 from oslotest import base as oslo_base
 
 from novalxcdriver import disk
+from novalxcdriver import exception
 from novalxcdriver import mount
 from tests.functional import base
 
@@ -94,3 +98,31 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
             self.assertEqual('kept', f.read())
         st = os.statvfs(d.mountpoint)
         self.assertGreater(st.f_blocks * st.f_frsize, 1.5 * 1024 ** 3)
+
+    def test_never_mounted_twice(self):
+        # A mount namespace cloned while the disk is mounted (as a
+        # container being started clones the host's) keeps its ext4 alive
+        # after the unmount here: mounting the image again then would give
+        # it a second live filesystem that lacks the unwritten data.
+        d = self.disk('held')
+        d.create(1, 0, 0, fs='ext4')
+        with open(os.path.join(d.mountpoint, 'who'), 'w') as f:
+            f.write('first')
+        holder = subprocess.Popen(['unshare', '--mount', 'sleep', '60'])
+        self.addCleanup(holder.wait)
+        self.addCleanup(holder.kill)
+        base.poll(lambda: os.readlink('/proc/%d/ns/mnt' % holder.pid) !=
+                  os.readlink('/proc/self/ns/mnt'))
+        mount.unmount_tree(d.mountpoint)
+        self.assertTrue(disk.loop_devices_of(d.image_path))
+        with mock.patch.object(disk, 'ATTACHED_TIMEOUT', 0.5):
+            e = self.assertRaises(exception.MountFailed, d.mount)
+        self.assertIn('mounting it twice would corrupt it', str(e))
+        self.assertFalse(d.is_mounted())
+        # Once the namespace is gone, its filesystem written back, the
+        # image mounts with everything in it.
+        threading.Timer(1, holder.kill).start()
+        d.mount()
+        with open(os.path.join(d.mountpoint, 'who')) as f:
+            self.assertEqual('first', f.read())
+        self.assertEqual(1, len(disk.loop_devices_of(d.image_path)))

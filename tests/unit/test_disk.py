@@ -193,6 +193,37 @@ class MountTest(_Base):
                          self.events)
 
 
+class StillAttachedTest(_Base):
+    """An image some loop device still holds is never mounted again."""
+
+    def setUp(self):
+        super().setUp()
+        os.mkdir(self.mountpoint)
+        self.sleep = self.patch('time.sleep')
+        self.held = self.patch('novalxcdriver.disk.loop_devices_of')
+
+    def test_waits_for_the_old_device_to_go(self):
+        self.held.side_effect = [['/dev/loop9'], ['/dev/loop9'], []]
+        self.disk.mount()
+        self.assertEqual(2, self.sleep.call_count)
+        self.held.assert_called_with(self.image)
+        self.assertEqual([('attach', self.image),
+                          ('mount', LOOP, self.mountpoint), ('close', LOOP)],
+                         self.events)
+
+    def test_refused_while_still_held(self):
+        self.held.return_value = ['/dev/loop9']
+        with mock.patch.object(disk, 'ATTACHED_TIMEOUT', 0):
+            e = self.assertRaises(exception.MountFailed, self.disk.mount)
+        self.assertIn('/dev/loop9', str(e))
+        self.assertIn('mounting it twice would corrupt it', str(e))
+        self.assertEqual([], self.events)
+
+    def test_a_new_image_is_not_checked(self):
+        self.disk.create(1, 1000, 1000)
+        self.held.assert_not_called()
+
+
 class DeviceTest(_Base):
 
     def test_the_mount_source_block_device(self):
