@@ -175,6 +175,12 @@ class LXCDriver(driver.ComputeDriver):
         if not problems:
             self._adopt_configs()
             problems += self._idmap_problems()
+        if not problems:
+            try:
+                vif_mod.start_daemons()
+            except Exception as e:
+                problems.append('the privsep daemons for NICs cannot '
+                                'start: %s' % e)
         if problems:
             raise exception.HostCheckFailed(problems='; '.join(problems))
         records = self._records.all()

@@ -87,6 +87,7 @@ class _Base(unit_base.TestCase):
             'novalxcdriver.host.traversal_problems', return_value=[])
         self.lxcfs = self.patch('novalxcdriver.lxcfs.ensure',
                                 return_value=[])
+        self.daemons = self.patch('novalxcdriver.vif.start_daemons')
         # Host facts spawn checks a flavor against.
         self.memory = self.patch('novalxcdriver.host.memory_mb',
                                  return_value=(16000, 4000))
@@ -289,6 +290,17 @@ class InitHostTest(_Base):
                               HOST)
         self.assertIn('lxcfs did not start', str(e))
         self.assertFalse(os.path.exists(self.lxc_path))
+
+    def test_privsep_daemons_started(self):
+        self.init_host()
+        self.daemons.assert_called_once_with()
+
+    def test_privsep_daemon_failure_fails_host_check(self):
+        self.daemons.side_effect = OSError(2, 'No such file', 'sudo')
+        e = self.assertRaises(exception.HostCheckFailed, self.drv.init_host,
+                              HOST)
+        self.assertIn('privsep daemons for NICs cannot start', str(e))
+        self.assertIn('sudo', str(e))
 
     def test_lxcfs_not_tried_on_a_host_lacking_tools(self):
         self.problems.return_value = ['missing commands lxcfs']

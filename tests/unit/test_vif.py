@@ -8,6 +8,7 @@ mocked.
 import sys
 from unittest import mock
 
+import fixtures
 from nova import context as nova_context
 from nova import exception as nova_exc
 from nova.network import model as network_model
@@ -387,6 +388,20 @@ class SetupTest(base.BaseTestCase):
             vif._setup()
         # sudo privsep-helper, oslo.privsep's own default.
         self.assertIsNone(self.helper_command())
+
+    def test_daemons_started_once(self):
+        contexts = (vif.privsep.net_admin, vif.vif_plug_privsep.vif_plug)
+        for ctx in contexts:
+            patcher = mock.patch.object(ctx, 'channel', None)
+            patcher.start()
+            self.addCleanup(patcher.stop)
+            self.useFixture(fixtures.MockPatchObject(
+                ctx, 'start', side_effect=lambda c=ctx: setattr(
+                    c, 'channel', object())))
+        vif.start_daemons()
+        vif.start_daemons()
+        for ctx in contexts:
+            ctx.start.assert_called_once_with()
 
     def test_configured_connection_wins(self):
         vif._setup()
