@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import pwd
+import uuid
 
 from novalxc_aio import api
 from novalxc_aio import compute2 as compute2_mod
@@ -494,6 +495,36 @@ def nova_compute(secrets, computes=1):
     for host in [layout.NOVA_HOST] + (
             [layout.C2_HOST] if computes > 1 else []):
         _compute_in_api(secrets, host)
+
+
+def fake_compute(secrets, on):
+    """The fake-driver compute (layout.FAKE_HOST), or its stop.
+
+    Nova refuses to start a compute a second time without its node
+    identity file (compute_id in its state_path), which only drivers
+    that call nova.virt.node write; the fake driver does not, so it is
+    written here with the UUID layout.FAKE_DRIVER reports for its node.
+    Stopped, its service stays in Nova, down (the scheduler skips it).
+    """
+    if not on:
+        if os.path.exists(layout.FAKE_COMPUTE_FILE):
+            os.unlink(layout.FAKE_COMPUTE_FILE)
+        for name, pid in sorted(procs.stop('nova-compute-fake').items()):
+            util.say('stopped %s (pid %d): no --fake-compute', name, pid)
+        return
+    state = os.path.join(layout.FAKE_STATE, 'nova')
+    for path in (layout.FAKE_ETC, state, os.path.join(state, 'locks')):
+        util.makedirs(path, 0o711)
+    compute_id = os.path.join(state, 'compute_id')
+    if not os.path.exists(compute_id):
+        util.write_file(compute_id, '%s\n' % uuid.uuid5(
+            uuid.NAMESPACE_DNS, layout.FAKE_HOST))
+    _config(os.path.join(layout.FAKE_ETC, 'nova-cpu.conf'),
+            configs.nova_conf(secrets, compute=True, fake=True),
+            ['nova-compute-fake'], mode=0o640)
+    util.write_file(layout.FAKE_COMPUTE_FILE, '1\n')
+    start('nova-compute-fake')
+    _compute_in_api(secrets, layout.FAKE_HOST)
 
 
 def _compute_in_api(secrets, host):
