@@ -396,6 +396,14 @@ def gunicorn_conf(name, wsgi_app, port, threads=4):
         # default 4094 made GET /servers/detail fail (500) once a project
         # had about 85 servers. 8190 is gunicorn's largest bounded value.
         'limit_request_line = 8190',
+        # An idle keep-alive connection is closed after this many seconds
+        # (gunicorn's default: 2). A client that sends on a pooled
+        # connection just as the server closes it gets "connection reset"
+        # or "closed without response", and a POST is not retried: 2 of
+        # 200 POST /servers of the api-density benchmark failed so, with
+        # ten clients whose connections sat idle about 2 s. Longer than
+        # any idle gap of the aio's clients under load.
+        'keepalive = 60',
         'graceful_timeout = 10',
         'proc_name = %r' % ('novalxc-aio-' + name),
         # gunicorn 27 opens a control socket by default; not needed.
