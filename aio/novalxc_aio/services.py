@@ -138,9 +138,11 @@ def _oslo_service(name, *config_files, probe, where=''):
 
 def fake_compute_service():
     """nova-compute with Nova's fake driver (up --fake-compute)."""
-    return _oslo_service(
-        'nova-compute-fake', os.path.join(layout.FAKE_ETC, 'nova-cpu.conf'),
-        probe=_consumer_probe('compute.' + layout.FAKE_HOST),
+    return procs.Service(
+        'nova-compute-fake', (
+            layout.venv_bin('nova-compute'), '--config-file',
+            os.path.join(layout.FAKE_ETC, 'nova-cpu.conf')),
+        _consumer_probe('compute.' + layout.FAKE_HOST),
         where='queue compute.%s, driver %s' % (layout.FAKE_HOST,
                                                layout.FAKE_DRIVER))
 
