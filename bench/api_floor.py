@@ -236,7 +236,7 @@ def measure(per_side=30, batch=10, concurrency=10, image_name='debian-12',
             sample.update(timings.get(sample['server_id'], {}))
         f = side_figures(part['samples'])
         log('  api-floor %s (%s): median %.2f s, p90 %.2f s, n=%d, '
-            'nova-compute build %s s, spawn %s s' % (
+            'nova-compute build %.2f s, spawn %.2f s (-1: none)' % (
                 side, hosts[side], f['median'] or -1, f['p90'] or -1,
-                f['n'], f['build_median'], f['spawn_median']))
+                f['n'], f['build_median'] or -1, f['spawn_median'] or -1))
     return result
