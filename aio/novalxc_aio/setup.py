@@ -504,13 +504,16 @@ def fake_compute(secrets, on):
     identity file (compute_id in its state_path), which only drivers
     that call nova.virt.node write; the fake driver does not, so it is
     written here with the UUID layout.FAKE_DRIVER reports for its node.
-    Stopped, its service stays in Nova, down (the scheduler skips it).
+    Stopped, its service stays in Nova, disabled at once: Nova would
+    take service_down_time (60 s) to see it down, and the scheduler could
+    place a server there meanwhile. Started, it is enabled again.
     """
     if not on:
         if os.path.exists(layout.FAKE_COMPUTE_FILE):
             os.unlink(layout.FAKE_COMPUTE_FILE)
         for name, pid in sorted(procs.stop('nova-compute-fake').items()):
             util.say('stopped %s (pid %d): no --fake-compute', name, pid)
+        _fake_service_enabled(secrets, False)
         return
     state = os.path.join(layout.FAKE_STATE, 'nova')
     for path in (layout.FAKE_ETC, state, os.path.join(state, 'locks')):
@@ -524,7 +527,24 @@ def fake_compute(secrets, on):
             ['nova-compute-fake'], mode=0o640)
     util.write_file(layout.FAKE_COMPUTE_FILE, '1\n')
     start('nova-compute-fake')
+    _fake_service_enabled(secrets, True)
     _compute_in_api(secrets, layout.FAKE_HOST)
+
+
+def _fake_service_enabled(secrets, enabled):
+    """Enable or disable the fake compute's service in Nova (if any)."""
+    s = api.Session('admin', secrets['admin'], 'admin')
+    found = s.get('compute', '/os-services?binary=nova-compute&host=%s'
+                  % layout.FAKE_HOST)['services']
+    status = 'enabled' if enabled else 'disabled'
+    for service in found:
+        if service['status'] == status:
+            continue
+        body = {'status': status}
+        if not enabled:
+            body['disabled_reason'] = 'novalxc-aio: up without --fake-compute'
+        s.call('PUT', 'compute', '/os-services/%s' % service['id'], body)
+        util.say('%s %s in Nova', status, layout.FAKE_HOST)
 
 
 def _compute_in_api(secrets, host):
