@@ -511,9 +511,11 @@ def fake_compute(secrets, on):
     if not on:
         if os.path.exists(layout.FAKE_COMPUTE_FILE):
             os.unlink(layout.FAKE_COMPUTE_FILE)
+        # Disabled while it runs: Nova tells the compute (an RPC call),
+        # which would wait rpc_response_timeout (60 s) for a stopped one.
+        _fake_service_enabled(secrets, False)
         for name, pid in sorted(procs.stop('nova-compute-fake').items()):
             util.say('stopped %s (pid %d): no --fake-compute', name, pid)
-        _fake_service_enabled(secrets, False)
         return
     state = os.path.join(layout.FAKE_STATE, 'nova')
     for path in (layout.FAKE_ETC, state, os.path.join(state, 'locks')):
