@@ -117,6 +117,10 @@ def add_cpu(total, meter):
             'other': round(total['other'] + meter['other'], 3)}
 
 
+def _secs(value):
+    return 'none' if value is None else '%.2f s' % value
+
+
 def _compute_hosts(admin):
     """{host: (state, status)} of the cloud's nova-compute services."""
     return {s.host: (s.state, s.status) for s in admin.compute.services()
@@ -219,9 +223,9 @@ def measure(per_side=30, batch=10, concurrency=10, image_name='debian-12',
                 'median': stats.summary(
                     s['seconds'] for s in samples)['median'],
                 'errors': len(errors)})
-            log('  api-floor batch %d/%d, %s: %d/%d ACTIVE, median %.2f s, '
+            log('  api-floor batch %d/%d, %s: %d/%d ACTIVE, median %s, '
                 '%d errors' % (number + 1, len(plan), side, len(samples),
-                               count, result['batches'][-1]['median'] or -1,
+                               count, _secs(result['batches'][-1]['median']),
                                len(errors)))
     finally:
         tracker.stop()
@@ -235,8 +239,8 @@ def measure(per_side=30, batch=10, concurrency=10, image_name='debian-12',
         for sample in part['samples'] + result['warmup'][side]['samples']:
             sample.update(timings.get(sample['server_id'], {}))
         f = side_figures(part['samples'])
-        log('  api-floor %s (%s): median %.2f s, p90 %.2f s, n=%d, '
-            'nova-compute build %.2f s, spawn %.2f s (-1: none)' % (
-                side, hosts[side], f['median'] or -1, f['p90'] or -1,
-                f['n'], f['build_median'] or -1, f['spawn_median'] or -1))
+        log('  api-floor %s (%s): median %s, p90 %s, n=%d, nova-compute '
+            'build %s, spawn %s' % (
+                side, hosts[side], _secs(f['median']), _secs(f['p90']),
+                f['n'], _secs(f['build_median']), _secs(f['spawn_median'])))
     return result

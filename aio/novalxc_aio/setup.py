@@ -506,7 +506,7 @@ def fake_compute(secrets, on):
     written here with the UUID layout.FAKE_DRIVER reports for its node.
     Stopped, its service stays in Nova, disabled at once: Nova would
     take service_down_time (60 s) to see it down, and the scheduler could
-    place a server there meanwhile. Started, it is enabled again.
+    place a server there meanwhile. It is enabled again before it starts.
     """
     if not on:
         if os.path.exists(layout.FAKE_COMPUTE_FILE):
@@ -528,8 +528,13 @@ def fake_compute(secrets, on):
             configs.nova_conf(secrets, compute=True, fake=True),
             ['nova-compute-fake'], mode=0o640)
     util.write_file(layout.FAKE_COMPUTE_FILE, '1\n')
-    start('nova-compute-fake')
+    # Enabled before it starts: Nova then skips its RPC to a compute it
+    # sees down, and the compute clears the COMPUTE_STATUS_DISABLED trait
+    # of its resource provider itself at start. Enabled just after the
+    # start, the API still saw it down, and the trait (which keeps the
+    # scheduler away) stayed until its next periodic update, a minute.
     _fake_service_enabled(secrets, True)
+    start('nova-compute-fake')
     _compute_in_api(secrets, layout.FAKE_HOST)
 
 
