@@ -5,6 +5,7 @@ dict that is written as JSON), so the table can be rebuilt from a saved
 results.json with ``python -m bench.run --report-only``.
 """
 
+from bench import api_floor
 from bench import harness
 from bench.stats import ratio
 from bench.stats import summary
@@ -22,6 +23,9 @@ DEBIAN_MEMORY_MAX = 24 * MIB      # bytes per idle container
 DESTROY_MAX = 1.0                 # s, Debian destroy (median)
 API_MEDIAN_MAX = 2.0              # s, POST to ACTIVE at concurrency 10
 API_P95_MAX = 4.0
+# Issue 16 goal 4: POST to ACTIVE at concurrency 10, this driver's compute
+# over the fake driver's (the floor of Nova's control plane), medians.
+API_FLOOR_RATIO_MAX = 1.15
 # Targets of the snapshot family (bench.snapshot).
 SNAPSHOT_STALL_MAX = 0.100        # s, longest write stall, any size
 SNAPSHOT_RATIO_MAX = 2.0          # driver.snapshot / plain tar | zstd
@@ -747,6 +751,118 @@ def cpu_section(results):
                                      for c in concs], body), '']
 
 
+def api_floor_figures(fl):
+    """Both sides' figures and the ratios of the api-floor family."""
+    sides = {side: api_floor.side_figures(fl['sides'][side]['samples'])
+             for side in api_floor.SIDES}
+    d, f = sides['driver'], sides['fake']
+    complete = all(not fl['sides'][side]['errors'] and
+                   sides[side]['n'] == fl['per_side']
+                   for side in api_floor.SIDES)
+    return dict(sides, complete=complete,
+                ratio=ratio(d['median'], f['median']),
+                p90_ratio=ratio(d['p90'], f['p90']))
+
+
+def api_floor_rows(results):
+    """Issue 16 goal 4: the Nova API at concurrency 10 against its floor."""
+    fl = results.get('api-floor')
+    what = ('Nova API under load (issue 16 goal 4): POST /servers to ACTIVE '
+            'at concurrency 10, this driver vs Nova\'s fake driver (the '
+            'floor) in the same run')
+    target = 'median ≤ %.2fx the fake driver\'s' % API_FLOOR_RATIO_MAX
+    if not fl:
+        if ('api-floor' in results.get('config', {}).get('only', ()) or
+                'api-floor' in results.get('errors', {})):
+            return [_row(7, what, target, _failed('api-floor', results),
+                         'n/a')]
+        return []
+    if 'skipped' in fl:
+        return [_row(7, what, target, 'skipped: %s' % fl['skipped'], 'n/a')]
+    x = api_floor_figures(fl)
+    d, f = x['driver'], x['fake']
+    met = None
+    if x['ratio'] is not None:
+        met = x['complete'] and x['ratio'] <= API_FLOOR_RATIO_MAX
+    errors = fl['sides']['driver']['errors'] + fl['sides']['fake']['errors']
+    rows = [_row(
+        7, '%s: %s, %s, no network, %d servers a side in batches of %d '
+        '(ABBA)' % (what, fl['image'], fl['flavor'], fl['per_side'],
+                    fl['batch']),
+        target,
+        'driver median **%s**, p90 %s (n=%d); fake driver median **%s**, '
+        'p90 %s (n=%d): **%.2fx** (p90 %.2fx); %s' % (
+            _s(d['median']), _s(d['p90']), d['n'], _s(f['median']),
+            _s(f['p90']), f['n'], x['ratio'] or 0, x['p90_ratio'] or 0,
+            _errors(errors)),
+        _met(met))]
+    parts = []
+    for side, label in (('driver', 'driver'), ('fake', 'fake')):
+        s = x[side]
+        meter = fl['sides'][side].get('cpu')
+        busy = ('host CPU %.0f%% busy' % _busy_percent(meter)
+                if meter else 'no CPU figures')
+        parts.append(
+            '%s: POST %s, nova-compute build %s of which spawn %s '
+            '(%d of %d logged), %s' % (
+                label, _s(s['post_median']), _s(s['build_median']),
+                _s(s['spawn_median']), s['on_host'], s['n'], busy))
+    rows.append(_row(
+        7, 'Where a concurrency-10 boot goes, each side (medians)', '—',
+        '; '.join(parts) + '; left: %s' % (
+            ', '.join(fl.get('leftovers', []) +
+                      fl.get('host_leftovers', [])) or 'none'),
+        'n/a'))
+    return rows
+
+
+def api_floor_section(results):
+    """Markdown lines: CPU seconds of each service, each api-floor side."""
+    fl = results.get('api-floor') or {}
+    sides = [(side, fl['sides'][side]) for side in api_floor.SIDES
+             if fl.get('sides') and fl['sides'][side].get('cpu')]
+    if not sides:
+        return []
+    meters = {side: part['cpu'] for side, part in sides}
+    booted = {side: max(1, len(part['samples'])) for side, part in sides}
+    names = set()
+    for m in meters.values():
+        names.update(m['services'])
+    names = sorted(names, key=lambda n: -max(
+        m['services'].get(n, 0.0) for m in meters.values()))
+    body = []
+    for name in names + ['benchmark client', 'everything else']:
+        row = [name]
+        for side, _part in sides:
+            m = meters[side]
+            value = {'benchmark client': m['client'],
+                     'everything else': m['other']}.get(
+                name, m['services'].get(name, 0.0))
+            row.append('%.1f s (%.0f ms per server)'
+                       % (value, 1000 * value / booted[side]))
+        if all(c.startswith('0.0 s (0 ms') for c in row[1:]):
+            continue
+        body.append(row)
+    body.append(['**host busy**'] + [
+        '**%.1f s of %.1f s** (%.0f%% of %d cores)' % (
+            meters[side]['host_busy'],
+            meters[side]['wall'] * meters[side]['cores'],
+            _busy_percent(meters[side]), meters[side]['cores'])
+        for side, _part in sides])
+    return ['## Where the CPU went: this driver vs the fake driver', '',
+            'CPU seconds (user + system) of each service of the all-in-one '
+            'cloud with its workers and the commands they ran, summed over '
+            'each side\'s batches of the api-floor family (issue 16 goal '
+            '4). `nova-compute` is this driver\'s compute, '
+            '`nova-compute-fake` the fake driver\'s: each is idle while '
+            'the other side boots.', '',
+            _md_table(['service'] + [
+                '%s: %s (%d servers, %.0f s)' % (
+                    side, fl['sides'][side]['host'], booted[side],
+                    meters[side]['wall']) for side, _part in sides],
+                body), '']
+
+
 FIRSTBOOT_RATIO_MAX = 1.2        # first boot / download alone (medians)
 
 
@@ -784,7 +900,8 @@ def rows(results):
     out = (spawn_rows(results) + boot + throughput_rows(results) +
            density_rows(results) + api_density_rows(results) +
            booted_destroy + destroy_rows(results) +
-           api_rows(results) + snapshot_rows(results) +
+           api_rows(results) + api_floor_rows(results) +
+           snapshot_rows(results) +
            migration_rows(results) + firstboot_rows(results))
     return sorted(out, key=lambda r: r['item'])
 
@@ -911,6 +1028,7 @@ def markdown(results, command, plots):
                           command_line(dsamples)), '']
     out += api_density_section(results)
     out += cpu_section(results)
+    out += api_floor_section(results)
     out += snapshot_section(results)
     out += migration_section(results)
     leaks = results.get('leaks', {}).get('after')

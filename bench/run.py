@@ -19,7 +19,11 @@ boot are built; the cache of the others is kept.
 
 api-density (issue 16 goal 5: 200 busybox and 50 Debian idle servers kept
 running through the all-in-one cloud's API) is left out unless named in
---only: it takes longer than the other families together.
+--only: it takes longer than the other families together. So is
+api-floor (issue 16 goal 4: POST to ACTIVE at concurrency 10 on this
+driver's compute against a compute with Nova's fake driver, in the same
+run): it needs the fake compute, which "aio/novalxc-aio up
+--fake-compute" starts and a plain "up" does not.
 
 Everything runs under --root (/var/lib/novalxc-bench) and is destroyed at
 the end, even on failure; the unpacked image cache there is kept for the
@@ -33,11 +37,13 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import sys
 import time
 import traceback
 
 from bench import api_density
+from bench import api_floor
 from bench import boot
 from bench import density
 from bench import firstboot
@@ -54,13 +60,15 @@ from bench import throughput
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = ('spawn', 'boot', 'density', 'throughput', 'snapshot',
-            'migration', 'firstboot', 'api', 'api-density')
+            'migration', 'firstboot', 'api', 'api-floor', 'api-density')
 # What a run without --only measures. api-density keeps 250 servers of the
-# all-in-one cloud running and takes longer than all the others together:
-# it runs only when asked for.
-DEFAULT_FAMILIES = tuple(f for f in FAMILIES if f != 'api-density')
+# all-in-one cloud running and takes longer than all the others together;
+# api-floor needs the aio's fake compute (up --fake-compute): they run
+# only when asked for.
+DEFAULT_FAMILIES = tuple(f for f in FAMILIES
+                         if f not in ('api-density', 'api-floor'))
 # The families that use the all-in-one cloud, not a driver of their own.
-API_FAMILIES = ('api', 'api-density')
+API_FAMILIES = ('api', 'api-floor', 'api-density')
 # The images each family of this host boots (bench.images keys).
 IMAGES = {'spawn': ('busybox', 'debian', 'synthetic'), 'boot': ('debian',),
           'density': ('busybox', 'debian'),
@@ -118,6 +126,19 @@ def parse_args(argv):
                    help='API boots at concurrency 1 (default 10)')
     p.add_argument('--api-concurrent-runs', type=int, default=30,
                    help='API boots at concurrency 10 (default 30)')
+    p.add_argument('--api-floor-runs', type=int, default=30,
+                   help='api-floor: servers booted on each side, this '
+                        'driver and the fake driver (default 30)')
+    p.add_argument('--api-floor-batch', type=int, default=10,
+                   help='api-floor: servers per batch; batches alternate '
+                        'between the sides, ABBA (default 10)')
+    p.add_argument('--api-floor-host', default=None,
+                   help="api-floor: this driver's compute host (default: "
+                        "this machine's host name, the aio's)")
+    p.add_argument('--api-floor-fake-host', default=None,
+                   help="api-floor: the fake driver's compute host "
+                        "(default: the host name + '%s', the aio's "
+                        "up --fake-compute)" % api_floor.FAKE_SUFFIX)
     p.add_argument('--api-density-busybox', type=int, default=200,
                    help='idle busybox servers kept running through the API '
                         '(default 200)')
@@ -154,6 +175,8 @@ def parse_args(argv):
         args.migration_sizes = snapshot.parse_sizes(args.migration_sizes)
     except ValueError as e:
         p.error('--migration-sizes: %s' % e)
+    if args.api_floor_runs < 1 or args.api_floor_batch < 1:
+        p.error('--api-floor-runs and --api-floor-batch: 1 or more')
     try:
         args.firstboot_rates = [
             None if r.strip() == 'loopback' else int(r)
@@ -202,6 +225,8 @@ def measure(args, results):
         measure_host(args, results)
     if 'api' in args.only:
         measure_api(args, results)
+    if 'api-floor' in args.only:
+        measure_api_floor(args, results)
     if 'api-density' in args.only:
         measure_api_density(args, results)
 
@@ -293,6 +318,37 @@ def measure_api(args, results):
     except Exception:
         results['errors']['api'] = traceback.format_exc()
         log('api: FAILED\n%s' % results['errors']['api'])
+
+
+def floor_hosts(args, hostname):
+    """{'driver': host, 'fake': host} of the api-floor family."""
+    driver = args.api_floor_host or hostname
+    return {'driver': driver,
+            'fake': args.api_floor_fake_host or
+            hostname + api_floor.FAKE_SUFFIX}
+
+
+def measure_api_floor(args, results):
+    """Issue 16 goal 4: this driver's compute vs the fake driver's."""
+    log('api-floor: starting')
+    try:
+        results['api-floor'] = api_floor.measure(
+            per_side=args.api_floor_runs, batch=args.api_floor_batch,
+            concurrency=args.concurrency, image_name=args.api_image,
+            flavor_name=args.api_flavor,
+            hosts=floor_hosts(args, socket.gethostname()),
+            clouds_yaml=args.clouds_yaml, admin_cloud=args.admin_cloud,
+            compute_logs={'driver': args.compute_log,
+                          'fake': api_floor.COMPUTE_LOGS['fake']},
+            lxc_path=args.aio_lxc_path, log=log)
+        after = results['leaks'].setdefault('after', {})
+        after['api-floor servers'] = results['api-floor'].get(
+            'leftovers', [])
+        after['api-floor containers'] = results['api-floor'].get(
+            'host_leftovers', [])
+    except Exception:
+        results['errors']['api-floor'] = traceback.format_exc()
+        log('api-floor: FAILED\n%s' % results['errors']['api-floor'])
 
 
 def measure_api_density(args, results):

@@ -23,10 +23,12 @@ def _require_root():
                             'services and starts LXC containers')
 
 
-def up(computes=1):
+def up(computes=1, fake_compute=False):
     """Install, configure and start the whole cloud; idempotent.
 
     computes: 2 adds a second compute host (compute2.py).
+    fake_compute: True adds a compute host with Nova's fake driver
+    (layout.FAKE_HOST; the floor of bench/api_floor.py); False stops it.
     """
     _require_root()
     if computes not in (1, 2):
@@ -38,7 +40,8 @@ def up(computes=1):
     if install.virtualenv():
         setup.restart_later(*services.PYTHON_SERVICES)
     if install.this_repo():
-        setup.restart_later('nova-compute', 'nova-compute-2')
+        setup.restart_later('nova-compute', 'nova-compute-2',
+                            'nova-compute-fake')
     secrets = util.load_secrets()
     util.makedirs(layout.ETC, 0o755)
     util.makedirs(layout.LOGS, 0o755)
@@ -60,6 +63,7 @@ def up(computes=1):
     setup.nova(secrets, computes)
     setup.wait_apis()
     setup.nova_compute(secrets, computes)
+    setup.fake_compute(secrets, fake_compute)
     cloud.flavors(secrets)
     cloud.images(secrets)
     cloud.network(secrets)
@@ -115,7 +119,7 @@ def down():
     stays if containers use it: stopping it would break their /proc.
     """
     _require_root()
-    order = [s.name for s in services.all_services(computes=2)]
+    order = [s.name for s in services.all_services(computes=2, fake=True)]
     openstack = [n for n in reversed(order)
                  if n in services.PYTHON_SERVICES]
     # Also PID files of services this version no longer knows.

@@ -158,7 +158,7 @@ def placement_conf(secrets):
 
 # -- Nova ---------------------------------------------------------------------
 
-def nova_conf(secrets, compute=False, node=1, computes=1):
+def nova_conf(secrets, compute=False, node=1, computes=1, fake=False):
     """nova.conf of the control services, or nova-cpu.conf of nova-compute.
 
     nova-compute gets no database credentials: it must reach the
@@ -169,6 +169,11 @@ def nova_conf(secrets, compute=False, node=1, computes=1):
     my_ip, state, LXC paths and Open vSwitch; its loopback URLs reach the
     control services through the relay (compute2.py). With two computes,
     compute 1's my_ip is its end of the link to compute 2.
+
+    fake: the nova-cpu.conf of the fake-driver compute (up
+    --fake-compute): compute 1's settings but its own host name
+    (layout.FAKE_HOST), state and locks, and compute_driver =
+    layout.FAKE_DRIVER; no [lxc] section.
     """
     my_ip = layout.HOST
     if compute and computes > 1:
@@ -177,12 +182,15 @@ def nova_conf(secrets, compute=False, node=1, computes=1):
         my_ip = layout.C2_IP
     sections = [
         ('DEFAULT', [
-            ('host', layout.C2_HOST if node == 2 else layout.NOVA_HOST),
+            ('host', layout.C2_HOST if node == 2 else
+             layout.FAKE_HOST if fake else layout.NOVA_HOST),
             ('my_ip', my_ip),
             ('transport_url', transport_url(secrets)),
             ('state_path', os.path.join(layout.C2_STATE, 'nova')
-             if node == 2 else layout.state('nova')),
-            ('compute_driver', 'novalxc.LXCDriver'),
+             if node == 2 else os.path.join(layout.FAKE_STATE, 'nova')
+             if fake else layout.state('nova')),
+            ('compute_driver', layout.FAKE_DRIVER if fake
+             else 'novalxc.LXCDriver'),
             # Containers share the host's CPUs (a vCPU is a CPU share, not
             # a reservation): 128 vCPUs per core lets a two-core host hold
             # the 200 idle one-vCPU servers of the api-density benchmark
@@ -252,6 +260,11 @@ def nova_conf(secrets, compute=False, node=1, computes=1):
                              'unix:%s/db.sock' % layout.C2_OVS_RUN)]),
             ('oslo_concurrency', [('lock_path', os.path.join(
                 layout.C2_STATE, 'nova', 'locks'))]),
+        ]
+    elif fake:
+        sections += [
+            ('oslo_concurrency', [('lock_path', os.path.join(
+                layout.FAKE_STATE, 'nova', 'locks'))]),
         ]
     else:
         sections += [
@@ -383,6 +396,14 @@ def gunicorn_conf(name, wsgi_app, port, threads=4):
         # default 4094 made GET /servers/detail fail (500) once a project
         # had about 85 servers. 8190 is gunicorn's largest bounded value.
         'limit_request_line = 8190',
+        # An idle keep-alive connection is closed after this many seconds
+        # (gunicorn's default: 2). A client that sends on a pooled
+        # connection just as the server closes it gets "connection reset"
+        # or "closed without response", and a POST is not retried: 2 of
+        # 200 POST /servers of the api-density benchmark failed so, with
+        # ten clients whose connections sat idle about 2 s. Longer than
+        # any idle gap of the aio's clients under load.
+        'keepalive = 60',
         'graceful_timeout = 10',
         'proc_name = %r' % ('novalxc-aio-' + name),
         # gunicorn 27 opens a control socket by default; not needed.

@@ -212,3 +212,27 @@ def computes():
             return int(f.read().strip() or 1)
     except (FileNotFoundError, ValueError):
         return 1
+
+
+# -- a compute host with Nova's fake driver (up --fake-compute) ----------
+#
+# The floor of Nova's control plane for issue 16 goal 4 (bench/api_floor.py):
+# one more nova-compute, in the root namespace like compute 1, with
+# compute_driver = FAKE_DRIVER under its own host name FAKE_HOST, its own
+# config directory and state (Nova looks for its node identity file,
+# compute_id, in both). It has no OVN chassis, so only servers without a
+# network (--nic none) can be built on it. Off unless "up --fake-compute"
+# asked for it (FAKE_COMPUTE_FILE records that); a plain "up" stops it.
+FAKE_COMPUTE_FILE = os.path.join(ETC, 'fake-compute')
+FAKE_HOST = NOVA_HOST + '-fake'
+FAKE_ETC = os.path.join(ETC, 'fake-compute.d')
+FAKE_STATE = os.path.join(STATE, 'fake-compute')
+# SmallFakeDriver's inventory (2 vCPUs, 8 GiB, 1 TiB) with a node UUID
+# derived from the node name, uuid5(NAMESPACE_DNS, FAKE_HOST), so that it
+# is the same at each start (FakeDriver's changes with each process).
+FAKE_DRIVER = 'fake.PredictableNodeUUIDDriver'
+
+
+def fake_compute():
+    """True if the last "up" started the fake-driver compute."""
+    return os.path.exists(FAKE_COMPUTE_FILE)

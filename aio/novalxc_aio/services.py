@@ -136,15 +136,31 @@ def _oslo_service(name, *config_files, probe, where=''):
     return procs.Service(name, tuple(argv), probe, where=where)
 
 
-def all_services(computes=None):
+def fake_compute_service():
+    """nova-compute with Nova's fake driver (up --fake-compute)."""
+    return procs.Service(
+        'nova-compute-fake', (
+            layout.venv_bin('nova-compute'), '--config-file',
+            os.path.join(layout.FAKE_ETC, 'nova-cpu.conf')),
+        _consumer_probe('compute.' + layout.FAKE_HOST),
+        where='queue compute.%s, driver %s' % (layout.FAKE_HOST,
+                                               layout.FAKE_DRIVER))
+
+
+def all_services(computes=None, fake=None):
     """Every service of the cloud, in start order (stop: reverse).
 
     computes: 1, or 2 for compute 2's services too (default: as the last
-    "up" made it).
+    "up" made it). fake: True for the fake-driver compute too (default:
+    as the last "up" made it).
     """
     if computes is None:
         computes = layout.computes()
+    if fake is None:
+        fake = layout.fake_compute()
     extra = compute2.all_services() if computes > 1 else []
+    if fake:
+        extra.append(fake_compute_service())
     ovs_db = layout.state('ovs', 'conf.db')
     nova_conf = layout.etc('nova', 'nova.conf')
     neutron_confs = (layout.etc('neutron', 'neutron.conf'),
@@ -253,9 +269,9 @@ PYTHON_SERVICES = ('keystone', 'glance', 'placement', 'neutron',
                    'neutron-ovn-maintenance-worker',
                    'neutron-ovn-metadata-agent', 'nova-api',
                    'nova-metadata', 'nova-conductor', 'nova-scheduler',
-                   'nova-serialproxy', 'nova-compute'
+                   'nova-serialproxy', 'nova-compute', 'nova-compute-fake'
                    ) + compute2.PYTHON_SERVICES
 
 
 def by_name():
-    return {s.name: s for s in all_services(computes=2)}
+    return {s.name: s for s in all_services(computes=2, fake=True)}

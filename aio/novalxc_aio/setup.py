@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import pwd
+import uuid
 
 from novalxc_aio import api
 from novalxc_aio import compute2 as compute2_mod
@@ -494,6 +495,63 @@ def nova_compute(secrets, computes=1):
     for host in [layout.NOVA_HOST] + (
             [layout.C2_HOST] if computes > 1 else []):
         _compute_in_api(secrets, host)
+
+
+def fake_compute(secrets, on):
+    """The fake-driver compute (layout.FAKE_HOST), or its stop.
+
+    Nova refuses to start a compute a second time without its node
+    identity file (compute_id in its state_path), which only drivers
+    that call nova.virt.node write; the fake driver does not, so it is
+    written here with the UUID layout.FAKE_DRIVER reports for its node.
+    Stopped, its service stays in Nova, disabled at once: Nova would
+    take service_down_time (60 s) to see it down, and the scheduler could
+    place a server there meanwhile. It is enabled again before it starts.
+    """
+    if not on:
+        if os.path.exists(layout.FAKE_COMPUTE_FILE):
+            os.unlink(layout.FAKE_COMPUTE_FILE)
+        # Disabled while it runs: Nova tells the compute (an RPC call),
+        # which would wait rpc_response_timeout (60 s) for a stopped one.
+        _fake_service_enabled(secrets, False)
+        for name, pid in sorted(procs.stop('nova-compute-fake').items()):
+            util.say('stopped %s (pid %d): no --fake-compute', name, pid)
+        return
+    state = os.path.join(layout.FAKE_STATE, 'nova')
+    for path in (layout.FAKE_ETC, state, os.path.join(state, 'locks')):
+        util.makedirs(path, 0o711)
+    compute_id = os.path.join(state, 'compute_id')
+    if not os.path.exists(compute_id):
+        util.write_file(compute_id, '%s\n' % uuid.uuid5(
+            uuid.NAMESPACE_DNS, layout.FAKE_HOST))
+    _config(os.path.join(layout.FAKE_ETC, 'nova-cpu.conf'),
+            configs.nova_conf(secrets, compute=True, fake=True),
+            ['nova-compute-fake'], mode=0o640)
+    util.write_file(layout.FAKE_COMPUTE_FILE, '1\n')
+    # Enabled before it starts: Nova then skips its RPC to a compute it
+    # sees down, and the compute clears the COMPUTE_STATUS_DISABLED trait
+    # of its resource provider itself at start. Enabled just after the
+    # start, the API still saw it down, and the trait (which keeps the
+    # scheduler away) stayed until its next periodic update, a minute.
+    _fake_service_enabled(secrets, True)
+    start('nova-compute-fake')
+    _compute_in_api(secrets, layout.FAKE_HOST)
+
+
+def _fake_service_enabled(secrets, enabled):
+    """Enable or disable the fake compute's service in Nova (if any)."""
+    s = api.Session('admin', secrets['admin'], 'admin')
+    found = s.get('compute', '/os-services?binary=nova-compute&host=%s'
+                  % layout.FAKE_HOST)['services']
+    status = 'enabled' if enabled else 'disabled'
+    for service in found:
+        if service['status'] == status:
+            continue
+        body = {'status': status}
+        if not enabled:
+            body['disabled_reason'] = 'novalxc-aio: up without --fake-compute'
+        s.call('PUT', 'compute', '/os-services/%s' % service['id'], body)
+        util.say('%s %s in Nova', status, layout.FAKE_HOST)
 
 
 def _compute_in_api(secrets, host):
