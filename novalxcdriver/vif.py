@@ -188,6 +188,7 @@ register_opts()
 def _setup():
     """Load os-vif's plugins once; see the module's docstring."""
     global _setup_done
+    _root_helper_default()
     with _setup_lock:
         if _setup_done:
             return
@@ -195,12 +196,20 @@ def _setup():
         # this driver, so its ovs plugin read ovsdb_connection before
         # register_opts gave it our default: load them again.
         os_vif.initialize(reset=True)
-        if (os.geteuid() == 0 and
-                not CONF.vif_plug_ovs_privileged.helper_command):
-            CONF.set_default('helper_command',
-                             privsep.root_helper_command_opt(CONF),
-                             group='vif_plug_ovs_privileged')
         _setup_done = True
+
+
+def _root_helper_default():
+    """os-vif's daemon started without sudo when root; see the module.
+
+    Set at each use rather than once: a default does not survive
+    CONF.reset() (the tests' config fixture).
+    """
+    if (os.geteuid() == 0 and
+            not CONF.vif_plug_ovs_privileged.helper_command):
+        CONF.set_default('helper_command',
+                         privsep.root_helper_command_opt(CONF),
+                         group='vif_plug_ovs_privileged')
 
 
 def start_daemons():
@@ -215,9 +224,12 @@ def start_daemons():
     :raises: what oslo.privsep's start raises (e.g. FailedToDropPrivileges,
         OSError).
     """
-    _setup()
+    # Not _setup: os-vif's plugins read [os_vif_ovs] when loaded, which
+    # the first plug does.
+    _root_helper_default()
     for context in (privsep.net_admin, vif_plug_privsep.vif_plug):
-        if context.channel is None:
+        # Not in client mode, its entry points run in this process.
+        if context.client_mode and context.channel is None:
             context.start()
 
 

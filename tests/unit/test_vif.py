@@ -374,6 +374,17 @@ class SetupTest(base.BaseTestCase):
         self.assertEqual('%s -m oslo_privsep.daemon' % sys.executable,
                          self.helper_command())
 
+    def test_default_set_again_after_a_conf_reset(self):
+        with mock.patch('os.geteuid', return_value=0):
+            vif._setup()
+            conf.CONF.reset()
+            conf.CONF.set_default('helper_command', None,
+                                  group='vif_plug_ovs_privileged')
+            self.assertIsNone(self.helper_command())
+            vif._setup()
+        self.assertIn('oslo_privsep.daemon', self.helper_command())
+        self.os_vif.initialize.assert_called_once_with(reset=True)
+
     def test_helper_command_respected(self):
         vif._setup()  # registers the groups
         self.cfg.config(group='vif_plug_ovs_privileged',
@@ -398,10 +409,24 @@ class SetupTest(base.BaseTestCase):
             self.useFixture(fixtures.MockPatchObject(
                 ctx, 'start', side_effect=lambda c=ctx: setattr(
                     c, 'channel', object())))
-        vif.start_daemons()
-        vif.start_daemons()
+        with mock.patch('os.geteuid', return_value=0):
+            vif.start_daemons()
+            vif.start_daemons()
         for ctx in contexts:
             ctx.start.assert_called_once_with()
+        # Started without sudo as root; os-vif's plugins not loaded yet:
+        # they read [os_vif_ovs] at the first plug.
+        self.assertIn('oslo_privsep.daemon', self.helper_command())
+        self.os_vif.initialize.assert_not_called()
+
+    def test_no_daemon_for_contexts_run_in_process(self):
+        ctx = vif.privsep.net_admin
+        self.useFixture(fixtures.MockPatchObject(ctx, 'start'))
+        ctx.set_client_mode(False)
+        self.addCleanup(ctx.set_client_mode, True)
+        with mock.patch.object(vif.vif_plug_privsep.vif_plug, 'start'):
+            vif.start_daemons()
+        ctx.start.assert_not_called()
 
     def test_configured_connection_wins(self):
         vif._setup()

@@ -14,9 +14,11 @@ import sys
 import tarfile
 
 from nova.tests.functional import integrated_helpers
+from vif_plug_ovs import privsep as vif_plug_privsep
 
 from novalxcdriver import conf
 from novalxcdriver import mount
+from novalxcdriver import privsep
 from tests.functional import base
 from tests.functional import rootfs_images
 
@@ -39,6 +41,12 @@ class LXCAPITestCase(integrated_helpers._IntegratedTestBase):
         # the real host, whose cgroups and namespaces the driver checks.
         self.useFixture(base.fixtures.MockPatch(
             'nova.tests.fixtures.SysFsPoisonFixture.inject_poison'))
+        # Nova's harness refuses to start privsep helpers
+        # (PrivsepNoHelperFixture): this root process runs the NIC
+        # contexts' entry points itself.
+        for context in (privsep.net_admin, vif_plug_privsep.vif_plug):
+            context.set_client_mode(False)
+            self.addCleanup(context.set_client_mode, True)
         # Registered first, so it runs last: after nova-compute stopped.
         self.addCleanup(shutil.rmtree, self._api_root(), ignore_errors=True)
         super().setUp()
