@@ -33,6 +33,9 @@ from oslo_config import cfg
 from oslo_privsep import capabilities as caps
 from oslo_privsep import priv_context
 
+# What root runs instead of "[sudo] privsep-helper": the same daemon.
+ROOT_DAEMON = [sys.executable, '-m', 'oslo_privsep.daemon']
+
 
 def helper_command(context_command, helper_command_opt):
     """The command that starts a privsep daemon, as a list.
@@ -49,8 +52,7 @@ def helper_command(context_command, helper_command_opt):
     if os.geteuid() != 0 or helper_command_opt:
         return context_command
     i = context_command.index('privsep-helper')
-    return [sys.executable, '-m', 'oslo_privsep.daemon'] + \
-        context_command[i + 1:]
+    return ROOT_DAEMON + context_command[i + 1:]
 
 
 def root_helper_command_opt(conf):
@@ -61,7 +63,7 @@ def root_helper_command_opt(conf):
     daemon's --privsep_context and --privsep_sock_path are appended to
     it). With conf's config files, as privsep-helper would get them.
     """
-    cmd = [sys.executable, '-m', 'oslo_privsep.daemon']
+    cmd = list(ROOT_DAEMON)
     for opt, arg in (('config_file', '--config-file'),
                      ('config_dir', '--config-dir')):
         try:
