@@ -24,6 +24,15 @@ lxc_opts = [
                     '(rootfs/), the image cache (images/) and locks '
                     '(locks/). Each nova-compute service of a machine '
                     'needs its own.'),
+    cfg.ListOpt('extra_driver_roots', default=[],
+                help='Directories, besides lxc_path and state_path, in '
+                     'which the driver\'s privsep daemons act (absolute '
+                     'paths). For a process that runs several drivers, '
+                     'each with its own lxc_path and state_path, with one '
+                     'set of daemons: the functional tests do. A '
+                     'nova-compute service runs one driver and needs '
+                     'none. The daemons take it from their own config '
+                     'files; the caller cannot add to it.'),
     cfg.StrOpt('ids_path', default='/var/lib/novalxc/ids',
                help='The machine\'s container ID reservations, one '
                     'directory per ID. Shared by every nova-compute '

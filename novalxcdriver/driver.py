@@ -48,6 +48,7 @@ from novalxcdriver import limits as limits_mod
 from novalxcdriver import lxcfs
 from novalxcdriver import migration as migration_mod
 from novalxcdriver import numa
+from novalxcdriver import privsep
 from novalxcdriver import record as record_mod
 from novalxcdriver import rescue as rescue_mod
 from novalxcdriver import rootfs as rootfs_mod
@@ -151,6 +152,8 @@ class LXCDriver(driver.ComputeDriver):
             idmap settings that differ from the recorded ones.
         """
         self._host = host
+        # Before any call: the daemons act only under known roots.
+        privsep.add_roots(self._lxc_path, self._state_path)
         problems = host_mod.problems(CONF.lxc.root_disk_fs)
         problems += host_mod.traversal_problems(
             (self._lxc_path, self._state_path))
@@ -177,10 +180,11 @@ class LXCDriver(driver.ComputeDriver):
             problems += self._idmap_problems()
         if not problems:
             try:
+                privsep.start_daemons()
                 vif_mod.start_daemons()
             except Exception as e:
-                problems.append('the privsep daemons for NICs cannot '
-                                'start: %s' % e)
+                problems.append('the privsep daemons cannot start: %s'
+                                % e)
         if problems:
             raise exception.HostCheckFailed(problems='; '.join(problems))
         records = self._records.all()

@@ -1,13 +1,15 @@
-"""The one module that runs external commands.
+"""External commands' argv: lxc-*, unshare, qemu-img, ovs-vsctl.
 
-Every lxc-* tool (and the ``unshare`` that holds a user namespace open for an
-idmapped mount or runs a snapshot's find and tar as the container's root,
-ovs-vsctl, mkfs, cp and qemu-img) is started here with an argv list, never
-through a shell, with a timeout (qemu-img also under resource limits).
-Failures become :class:`exception.CommandFailed` or
-:class:`exception.CommandTimedOut`, which carry the command, exit code and
-stderr. Option meanings follow the LXC 5 man pages (lxc-start(1),
-lxc-stop(1), lxc-info(1), lxc-ls(1), lxc-freeze(1)).
+The commands that act on a container (lxc-start, lxc-stop, lxc-info,
+lxc-ls, lxc-freeze, lxc-unfreeze) run in a privsep daemon, through
+:mod:`novalxcdriver.privsep.lxctools`; the functions here are their
+callers' names for them. The rest (the ``unshare`` that holds a user
+namespace open for an idmapped mount or runs a snapshot's find and tar as
+the container's root, ovs-vsctl, mkfs, cp and qemu-img) still run here,
+through :func:`novalxcdriver.command.execute`: an argv list, never a
+shell, with a timeout (qemu-img also under resource limits). Option
+meanings follow the LXC 5 man pages (lxc-start(1), lxc-stop(1),
+lxc-info(1), lxc-ls(1), lxc-freeze(1)).
 """
 
 import contextlib
@@ -18,99 +20,29 @@ import time
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 
+from novalxcdriver import command
 from novalxcdriver import conf
 from novalxcdriver import exception
+from novalxcdriver.privsep import lxctools
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
+# Modules that run a command call lxc.execute (one name to mock in tests).
+execute = command.execute
 # lxc-info -s prints these; see lxc_state_t in LXC's lxccontainer.h.
 STATES = ('STOPPED', 'STARTING', 'RUNNING', 'STOPPING', 'ABORTING',
           'FREEZING', 'FROZEN', 'THAWED')
 
 
-def execute(*argv, timeout=None, check_exit_code=0, prlimit=None):
-    """Run argv (no shell) and return (stdout, stderr) as text.
-
-    Through subprocess directly, not processutils.execute: processutils
-    always passes a preexec_fn (to reset SIGPIPE, which Python's
-    restore_signals already does), and a preexec_fn makes subprocess
-    fork instead of vfork. Forking nova-compute's 150 MB or more costs
-    about 13 ms per command on these machines; a vfork costs well under
-    one. Under eventlet, subprocess is green, as processutils' is.
-    Commands with a prlimit still go through processutils, whose prlimit
-    wrapper they need.
-
-    :param timeout: seconds; defaults to ``[lxc] command_timeout``.
-    :param check_exit_code: an exit code or a list of them that are not
-        failures.
-    :param prlimit: processutils.ProcessLimits for the command, or None.
-    :raises CommandFailed: on an exit code not in check_exit_code (-9
-        when a prlimit's CPU time ran out).
-    :raises CommandTimedOut: the command was killed after ``timeout``.
-    """
-    timeout = CONF.lxc.command_timeout if timeout is None else timeout
-    if prlimit is not None:
-        return _execute_limited(argv, timeout, check_exit_code, prlimit)
-    cmd = ' '.join(argv)
-    ok = ([check_exit_code] if isinstance(check_exit_code, int)
-          else list(check_exit_code))
-    LOG.debug('Running %s', cmd)
-    try:
-        # run() kills and reaps the child on a timeout.
-        proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=timeout,
-                              close_fds=True)
-    except subprocess.TimeoutExpired:
-        raise exception.CommandTimedOut(cmd=cmd, timeout=timeout)
-    out = os.fsdecode(proc.stdout)
-    err = os.fsdecode(proc.stderr)
-    if proc.returncode not in ok:
-        raise exception.CommandFailed(cmd=cmd, exit_code=proc.returncode,
-                                      stderr=err.strip())
-    return out, err
-
-
-def _execute_limited(argv, timeout, check_exit_code, prlimit):
-    procs = []
-    try:
-        return processutils.execute(*argv, timeout=timeout,
-                                    check_exit_code=check_exit_code,
-                                    on_execute=procs.append,
-                                    prlimit=prlimit)
-    except subprocess.TimeoutExpired:
-        # processutils leaves the child running on a timeout.
-        for proc in procs:
-            proc.kill()
-            proc.wait()
-        raise exception.CommandTimedOut(cmd=' '.join(argv), timeout=timeout)
-    except processutils.ProcessExecutionError as e:
-        raise exception.CommandFailed(cmd=' '.join(argv),
-                                      exit_code=e.exit_code,
-                                      stderr=(e.stderr or '').strip())
-
-
-def _lxc(tool, name, lxc_path, *args, **kwargs):
-    return execute(tool, '-n', name, '-P', lxc_path, *args, **kwargs)
-
-
 def start(name, lxc_path):
-    """lxc-start -d: returns once the container's init has been started.
-
-    LXC's log of the container goes to <lxc_path>/<name>/lxc.log from here
-    rather than from an lxc.log.file key: every lxc-* tool that loads a
-    config holding that key creates the file and its directory (LXC's
-    log.c, build_dir), so an lxc-ls or lxc-info racing a destroy brought
-    the removed container directory back.
-    """
-    _lxc('lxc-start', name, lxc_path, '-d',
-         '-o', os.path.join(lxc_path, name, 'lxc.log'), '-l', 'WARN')
+    """lxc-start -d; see :func:`novalxcdriver.privsep.lxctools.start`."""
+    lxctools.start(name, lxc_path)
 
 
 def stop(name, lxc_path, timeout):
     """Clean halt (lxc.signal.halt) then, after ``timeout`` seconds, kill."""
-    _lxc('lxc-stop', name, lxc_path, '-t', str(timeout),
-         timeout=timeout + CONF.lxc.command_timeout)
+    lxctools.stop(name, lxc_path, timeout)
 
 
 def request_halt(name, lxc_path, timeout):
@@ -118,22 +50,12 @@ def request_halt(name, lxc_path, timeout):
 
     :returns: True if the container stopped within the timeout.
     """
-    return _lxc_waits('lxc-stop', name, lxc_path, '--nokill', timeout)
-
-
-def _lxc_waits(tool, name, lxc_path, flag, timeout):
-    # lxc-stop exits non-zero when what it waits for does not happen.
-    try:
-        _lxc(tool, name, lxc_path, flag, '-t', str(timeout),
-             timeout=timeout + CONF.lxc.command_timeout)
-    except exception.CommandFailed:
-        return False
-    return True
+    return lxctools.request_halt(name, lxc_path, timeout)
 
 
 def kill(name, lxc_path):
     """lxc-stop -k: SIGKILL init at once."""
-    _lxc('lxc-stop', name, lxc_path, '-k')
+    lxctools.kill(name, lxc_path)
 
 
 def reboot(name, lxc_path, timeout):
@@ -141,15 +63,37 @@ def reboot(name, lxc_path, timeout):
 
     :returns: True if the container rebooted within ``timeout`` seconds.
     """
-    return _lxc_waits('lxc-stop', name, lxc_path, '-r', timeout)
+    return lxctools.reboot(name, lxc_path, timeout)
 
 
 def freeze(name, lxc_path):
-    _lxc('lxc-freeze', name, lxc_path)
+    lxctools.freeze(name, lxc_path)
 
 
 def unfreeze(name, lxc_path):
-    _lxc('lxc-unfreeze', name, lxc_path)
+    lxctools.unfreeze(name, lxc_path)
+
+
+def info(name, lxc_path):
+    """State and init PID of one container.
+
+    :returns: (state, pid): state is one of STATES, pid an int or
+        None.
+    :raises ContainerNotFound: LXC does not know the container.
+    """
+    state, pid = lxctools.info(name, lxc_path)
+    return state, pid
+
+
+def states(lxc_path):
+    """State and init pid of every container under lxc_path (one lxc-ls).
+
+    :returns: dict of container name to (state, pid): state one of
+        STATES, pid an int or None.
+    """
+    # Through privsep's channel the pairs arrive as lists.
+    return {name: tuple(pair)
+            for name, pair in lxctools.states(lxc_path).items()}
 
 
 def console_argv(name, lxc_path):
@@ -181,45 +125,6 @@ def monitor_pid(init_pid):
     except (OSError, ValueError, IndexError):
         return None
     return ppid if parent.startswith(b'[lxc monitor]') else None
-
-
-def info(name, lxc_path):
-    """State and init PID of one container.
-
-    :returns: (state, pid): state is one of STATES, pid an int or None.
-    :raises ContainerNotFound: LXC does not know the container.
-    """
-    try:
-        out, _err = _lxc('lxc-info', name, lxc_path, '-s', '-p')
-    except exception.CommandFailed as e:
-        if 'doesn\'t exist' in e.kwargs['stderr']:
-            raise exception.ContainerNotFound(name=name)
-        raise
-    fields = {}
-    for line in out.splitlines():
-        key, _sep, value = line.partition(':')
-        fields[key.strip()] = value.strip()
-    state = fields.get('State', 'STOPPED')
-    pid = int(fields['PID']) if fields.get('PID', '').isdigit() else None
-    return state, pid
-
-
-def states(lxc_path):
-    """State and init pid of every container under lxc_path (one lxc-ls).
-
-    :returns: dict of container name to (state, pid): state one of STATES,
-        pid an int, or None when lxc-ls shows none ('-').
-    """
-    out, _err = execute('lxc-ls', '-P', lxc_path, '-f', '-F',
-                        'NAME,STATE,PID')
-    result = {}
-    for line in out.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) >= 2:
-            pid = fields[2] if len(fields) > 2 else ''
-            result[fields[0]] = (fields[1],
-                                 int(pid) if pid.isdigit() else None)
-    return result
 
 
 # -- disk images: qemu-img(1) --

@@ -17,10 +17,8 @@ from novalxcdriver import exception
 from novalxcdriver import host
 from novalxcdriver import ids
 from novalxcdriver import limits as limits_mod
+from novalxcdriver.privsep import lxctools
 
-# LXC uses the name as a directory under lxcpath; keep it a plain word.
-# \Z, not $: $ also matches before a trailing newline.
-_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z')
 # RFC 1123 host name label(s), as lxc.uts.name goes to sethostname(2).
 _HOSTNAME_RE = re.compile(
     r'^(?=.{1,63}\Z)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?'
@@ -154,7 +152,7 @@ def check_name(name):
     :raises InvalidContainerName: anything else (shell characters, '/',
         newlines, a leading dot, over 128 characters).
     """
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not lxctools.NAME_RE.match(name):
         raise exception.InvalidContainerName(name=name)
     return name
 

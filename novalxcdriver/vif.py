@@ -213,13 +213,9 @@ def _root_helper_default():
 
 
 def start_daemons():
-    """Start the privsep daemons NIC work uses, if not started yet.
+    """Start os-vif's privsep daemon, if not started yet.
 
-    Their first call would start them anyway, each taking 1.5 to 2 s (a
-    Python that imports nova); started with the driver, the first
-    networked boot does not wait for them, and one that cannot start (no
-    sudo rule or rootwrap filter) stops nova-compute's start with the
-    reason.
+    As privsep.start_daemons does for the driver's own (why: there).
 
     :raises: what oslo.privsep's start raises (e.g. FailedToDropPrivileges,
         OSError).
@@ -227,10 +223,10 @@ def start_daemons():
     # Not _setup: os-vif's plugins read [os_vif_ovs] when loaded, which
     # the first plug does.
     _root_helper_default()
-    for context in (privsep.net_admin, vif_plug_privsep.vif_plug):
-        # Not in client mode, its entry points run in this process.
-        if context.client_mode and context.channel is None:
-            context.start()
+    context = vif_plug_privsep.vif_plug
+    # Not in client mode, its entry points run in this process.
+    if context.client_mode and context.channel is None:
+        context.start()
 
 
 def _osvif_vif(vif):

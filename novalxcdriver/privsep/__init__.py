@@ -9,6 +9,14 @@ before doing anything: it never takes a command line, and a refusal is
 
 Contexts, one per set of capabilities (capabilities(7)):
 
+- ``lxc_admin`` (``[novalxc_lxc_admin]``): the lxc-* tools that act on
+  one container (lxctools.py). They need all of root (lxc-start makes
+  namespaces, mounts and cgroups), and an exec'd program run as uid 0
+  gets the bounding set whatever the daemon kept (execve(2),
+  capabilities(7) "Capabilities and execution of programs by root"), so
+  the context keeps no capability of its own: what it restricts is the
+  call, by name, on a container of a driver root, whose directory and
+  config must be root's (a config is code: its hooks run as root).
 - ``net_admin`` (``[novalxc_net_admin]``): the NICs' veth pairs, through
   netlink in the daemon itself (pyroute2), never an exec'd command, so
   that the capability set is all the daemon can use. CAP_NET_ADMIN for
@@ -16,25 +24,43 @@ Contexts, one per set of capabilities (capabilities(7)):
   network namespace (setns(2) needs the first, opening another uid's
   /proc/PID/ns/net the second, ptrace(2) "access mode checking").
 
+Driver roots: an entry point acts only under a driver root, an ``[lxc]``
+``lxc_path`` or ``state_path`` (or ``extra_driver_roots``) of the
+daemon's own configuration, never under a path the caller made up.
+
 Starting a daemon: as oslo.privsep does by default (``sudo privsep-helper``
 with nova-compute's config files, or ``[<section>] helper_command``),
 except when nova-compute runs as root with no helper_command configured:
 root needs no sudo, so the daemon is this Python running
 ``oslo_privsep.daemon`` directly (helper_command below). A fresh
 interpreter rather than oslo.privsep's fork method: a fork would carry
-nova-compute's open sockets and threads into the daemon.
+nova-compute's open sockets and threads into the daemon. Root trusts
+itself, so such a daemon also reads a config file written for it: the
+driver roots of this process (add_roots), which may differ from the
+config files' when a process runs several drivers (the functional tests)
+or sets its options in memory (tests, bench).
 """
 
+import copy
 import os
 import shlex
 import sys
+import tempfile
 
 from oslo_config import cfg
 from oslo_privsep import capabilities as caps
 from oslo_privsep import priv_context
 
+from novalxcdriver import conf as conf_mod
+from novalxcdriver import exception
+
 # What root runs instead of "[sudo] privsep-helper": the same daemon.
 ROOT_DAEMON = [sys.executable, '-m', 'oslo_privsep.daemon']
+
+
+def refuse(call, reason):
+    """Raise PrivilegedCallRefused: entry point call refused, and why."""
+    raise exception.PrivilegedCallRefused(call=call, reason=reason)
 
 
 def helper_command(context_command, helper_command_opt):
@@ -75,12 +101,136 @@ def root_helper_command_opt(conf):
     return ' '.join(shlex.quote(arg) for arg in cmd)
 
 
+# Driver roots this process asked for (add_roots); only this process's
+# own daemons and in-process contexts see them.
+_added_roots = set()
+
+
+def _normalized(path):
+    return os.path.normpath(os.path.abspath(path))
+
+
+def driver_roots(conf=conf_mod.CONF):
+    """Directories in which entry points may act, normalized.
+
+    :returns: frozenset of str: ``[lxc] lxc_path``, ``state_path`` and
+        ``extra_driver_roots`` of conf, and in this process also the
+        roots given to add_roots.
+    """
+    return frozenset(_normalized(p) for p in (
+        [conf.lxc.lxc_path, conf.lxc.state_path]
+        + list(conf.lxc.extra_driver_roots) + sorted(_added_roots)))
+
+
+def add_roots(*paths):
+    """Ask this process's daemons to accept paths as driver roots.
+
+    For a process that runs a driver whose roots its config files do not
+    give (tests, bench). Only a daemon this process starts as root with
+    no helper_command gets them (root trusts root); a daemon started
+    through sudo or rootwrap keeps its config files' roots. A daemon
+    started before, which lacks one, is stopped: its next call starts it
+    again with them.
+
+    :param paths: absolute paths, without commas or line breaks (they
+        go into a config file's list option).
+    :raises ValueError: a path is relative or holds such a character.
+    """
+    new = set()
+    for path in paths:
+        if not os.path.isabs(path) or any(c in path for c in ',\n\r'):
+            raise ValueError('not a usable driver root: %r' % (path,))
+        new.add(_normalized(path))
+    new -= _added_roots
+    if not new:
+        return
+    _added_roots.update(new)
+    for context in CONTEXTS:
+        if context.uses_roots and context.channel is not None and \
+                context.root_mode():
+            context.stop()
+
+
+def _roots_config(conf):
+    roots = sorted(driver_roots(conf))
+    return ('[lxc]\nlxc_path = %s\nstate_path = %s\n'
+            'extra_driver_roots = %s\n' % (
+                _normalized(conf.lxc.lxc_path),
+                _normalized(conf.lxc.state_path), ','.join(roots)))
+
+
 class _Context(priv_context.PrivContext):
+    """A PrivContext that root starts without sudo (module docstring).
+
+    :ivar uses_roots: its entry points act under driver roots, so its
+        daemon needs this process's (add_roots).
+    """
+
+    def __init__(self, *args, uses_roots=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.uses_roots = uses_roots
+        self._roots_file = None
+
+    def root_mode(self):
+        """Whether this process starts the daemon itself, as root."""
+        return os.geteuid() == 0 and not self.conf.helper_command
 
     def helper_command(self, sockpath):
-        return helper_command(super().helper_command(sockpath),
-                              self.conf.helper_command)
+        cmd = helper_command(super().helper_command(sockpath),
+                             self.conf.helper_command)
+        if self._roots_file is not None:
+            # Last, so that it overrides the config files' [lxc] roots.
+            i = cmd.index('--privsep_context')
+            cmd[i:i] = ['--config-file', self._roots_file]
+        return cmd
 
+    def start(self, method=priv_context.Method.ROOTWRAP):
+        if not (self.uses_roots and self.root_mode()):
+            return super().start(method)
+        # The daemon reads its config files before it connects back, so
+        # the file can go once start returns. mkstemp: mode 0600.
+        with tempfile.NamedTemporaryFile(
+                'w', prefix='novalxc-privsep-', suffix='.conf') as f:
+            f.write(_roots_config(conf_mod.CONF))
+            f.flush()
+            self._roots_file = f.name
+            try:
+                return super().start(method)
+            finally:
+                self._roots_file = None
+
+
+def start_daemons():
+    """Start the driver's privsep daemons that are not running yet.
+
+    Their first call would start them anyway, each taking 1.5 to 2 s (a
+    Python that imports nova); started with the driver, the first boot
+    does not wait for them, and one that cannot start (no sudo rule or
+    rootwrap filter) stops nova-compute's start with the reason.
+
+    :raises: what oslo.privsep's start raises (e.g. FailedToDropPrivileges,
+        OSError).
+    """
+    for context in CONTEXTS:
+        # Not in client mode, its entry points run in this process.
+        if context.client_mode and context.channel is None:
+            context.start()
+
+
+lxc_admin = _Context(
+    'novalxcdriver.privsep',
+    cfg_section='novalxc_lxc_admin',
+    pypath=__name__ + '.lxc_admin',
+    capabilities=[],
+    uses_roots=True,
+)
+
+# A call holds one of the daemon's threads for as long as its command
+# runs: an lxc-stop waits up to a shutdown timeout (minutes), so the pool
+# is sized for many at once, not for the CPUs (oslo.privsep's default).
+LXC_ADMIN_THREADS = 64
+cfg.CONF.set_default('thread_pool_size', LXC_ADMIN_THREADS,
+                     group=lxc_admin.cfg_section)
 
 net_admin = _Context(
     'novalxcdriver.privsep',
@@ -90,9 +240,17 @@ net_admin = _Context(
                   caps.CAP_SYS_PTRACE],
 )
 
-CONTEXTS = (net_admin,)
+CONTEXTS = (lxc_admin, net_admin)
 
 
 def list_opts():
     """Each context's section, for oslo-config-generator."""
-    return [(ctx.cfg_section, priv_context.OPTS) for ctx in CONTEXTS]
+    result = []
+    for ctx in CONTEXTS:
+        opts = priv_context.OPTS
+        if ctx is lxc_admin:
+            opts = [copy.copy(opt) for opt in opts]
+            pool = next(o for o in opts if o.name == 'thread_pool_size')
+            pool.default, pool.sample_default = LXC_ADMIN_THREADS, None
+        result.append((ctx.cfg_section, opts))
+    return result

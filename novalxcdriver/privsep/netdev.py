@@ -19,7 +19,6 @@ import re
 from pyroute2 import ethtool
 from pyroute2 import IPRoute
 
-from novalxcdriver import exception
 from novalxcdriver import privsep
 
 _IFNAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,15}\Z')
@@ -29,40 +28,37 @@ MIN_MTU = 68  # IPv4's minimum (RFC 791); the veth driver's too.
 MAX_MTU = 65535
 
 
-def _refuse(call, reason):
-    raise exception.PrivilegedCallRefused(call=call, reason=reason)
-
-
 def check_ifname(call, name, pattern=_IFNAME_RE):
     """Refuse name unless it is a network interface name (pattern)."""
     if not isinstance(name, str) or not pattern.match(name) or \
             name in ('.', '..'):
-        _refuse(call, '%r is not an interface name' % (name,))
+        privsep.refuse(call, '%r is not an interface name' % (name,))
 
 
 def check_mac(call, mac):
     """Refuse mac unless it is a unicast MAC, lower case, colon separated."""
     if not isinstance(mac, str) or not _MAC_RE.match(mac):
-        _refuse(call, '%r is not a unicast MAC address' % (mac,))
+        privsep.refuse(call, '%r is not a unicast MAC address' % (mac,))
 
 
 def check_mtu(call, mtu):
     """Refuse mtu unless it is an int in [MIN_MTU, MAX_MTU] bytes."""
     if type(mtu) is not int or not MIN_MTU <= mtu <= MAX_MTU:
-        _refuse(call, 'MTU %r is not an integer from %d to %d'
-                % (mtu, MIN_MTU, MAX_MTU))
+        privsep.refuse(call, 'MTU %r is not an integer from %d to %d'
+                       % (mtu, MIN_MTU, MAX_MTU))
 
 
 def check_pid(call, pid):
     """Refuse pid unless it is a live process outside our netns."""
     if type(pid) is not int or pid <= 1:
-        _refuse(call, 'pid %r is not a container process' % (pid,))
+        privsep.refuse(call, 'pid %r is not a container process' % (pid,))
     try:
         theirs = os.stat('/proc/%d/ns/net' % pid).st_ino
     except OSError as e:
-        _refuse(call, 'pid %d: %s' % (pid, e.strerror))
+        privsep.refuse(call, 'pid %d: %s' % (pid, e.strerror))
     if theirs == os.stat('/proc/self/ns/net').st_ino:
-        _refuse(call, 'pid %d is in the host\'s network namespace' % pid)
+        privsep.refuse(call, 'pid %d is in the host\'s network namespace'
+                       % pid)
 
 
 def _kind(link):
@@ -74,10 +70,10 @@ def _index_of(ipr, call, dev, kind):
     """Index of dev, refused unless it exists and is of kind."""
     found = ipr.link_lookup(ifname=dev)
     if not found:
-        _refuse(call, 'no network device %s' % dev)
+        privsep.refuse(call, 'no network device %s' % dev)
     (link,) = ipr.link('get', index=found[0])
     if _kind(link) != kind:
-        _refuse(call, '%s is not a %s device' % (dev, kind))
+        privsep.refuse(call, '%s is not a %s device' % (dev, kind))
     return found[0]
 
 

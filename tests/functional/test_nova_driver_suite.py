@@ -50,6 +50,7 @@ import nova.virt
 from nova.virt import driver as nova_driver
 from nova.virt import fake
 import os_resource_classes as orc
+from oslo_privsep import daemon as privsep_daemon
 from oslo_serialization import jsonutils
 
 from novalxcdriver import conf
@@ -92,6 +93,9 @@ _REAL_HOST_ACCESS = {
     'glob.iglob': glob.iglob,
     'os.uname': os.uname,
 }
+
+# Taken before nova.test's PrivsepNoHelperFixture replaces it.
+_REAL_CLIENT_CHANNEL = privsep_daemon.RootwrapClientChannel
 
 # The code object of catch_notimplementederror's wrapper, to recognise it.
 _CATCH_CODE = test_virt_drivers.catch_notimplementederror(
@@ -168,6 +172,11 @@ class _LXCSuiteConfig(test.TestCase):
     def setUp(self):
         super().setUp()
         base.require_root(self)
+        # Nova's harness refuses privsep helpers (PrivsepNoHelperFixture):
+        # real containers need the driver's real daemons, started as root.
+        self.useFixture(fixtures.MonkeyPatch(
+            'oslo_privsep.daemon.RootwrapClientChannel',
+            _REAL_CLIENT_CHANNEL))
         self.flags(host=HOST, instance_name_template=NAME_PREFIX + '%08x')
         # No state watcher thread: the suite looks at no lifecycle events.
         self.flags(group='lxc', lxc_path=LXC_PATH, state_path=STATE_PATH,

@@ -1,4 +1,4 @@
-"""The net_admin privsep daemon for real: how it starts, what it may do.
+"""The privsep daemons for real: how they start, what they may do.
 
 Run as root with no helper_command, as the functional suite does, the
 daemon is started without sudo (novalxcdriver.privsep). Its entry points
@@ -7,18 +7,24 @@ are reached over its socket, as nova-compute reaches them.
 
 import errno
 import os
+import shutil
 import subprocess
 import uuid
 
+import fixtures
 from oslotest import base
 from pyroute2 import NetlinkError
 
+from novalxcdriver import conf
 from novalxcdriver import exception
+from novalxcdriver import lxc
 from novalxcdriver import privsep
 from novalxcdriver.privsep import netdev
 from tests.functional import base as func_base
 
+CONF = conf.CONF
 MAC = 'fa:16:3e:0a:0b:0c'
+FUNC_ROOT_PARENT = os.path.dirname(func_base.FUNC_ROOT)
 # capabilities(7) bit numbers.
 CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 12, 19, 21
 
@@ -114,3 +120,73 @@ class NetAdminDaemonTest(base.BaseTestCase):
         self.assertIn('mtu 1300', out)
         self.assertIn('fa:16:3e:0a:0b:0d', out)
         self.assertIn(',UP', out)
+
+
+class LxcAdminDaemonTest(func_base.FunctionalTestCase):
+    """lxc-* tools through the lxc_admin daemon, as the driver runs them."""
+
+    def setUp(self):
+        super().setUp()
+        self.image_id = self.busybox_image()
+        self.marker = os.path.join(self.useFixture(
+            fixtures.TempDir()).path, 'hook-ran')
+
+    def plant(self, config_mode=0o600, dir_uid=0):
+        """A container dir whose config has a hook, as an attacker's."""
+        name = 'planted-' + uuid.uuid4().hex[:8]
+        path = os.path.join(CONF.lxc.lxc_path, name)
+        os.mkdir(path, 0o700)
+        self.addCleanup(shutil.rmtree, path, ignore_errors=True)
+        config = os.path.join(path, 'config')
+        with open(config, 'w') as f:
+            f.write('lxc.rootfs.path = dir:/\n'
+                    'lxc.hook.pre-start = /usr/bin/touch %s\n' % self.marker)
+        os.chmod(config, config_mode)
+        os.chown(path, dir_uid, 0)
+        return name
+
+    def test_daemon_is_root_with_no_capability_and_starts_containers(self):
+        instance = self.make_instance()
+        self.spawn(instance, self.image_id)
+        self.assertEqual('RUNNING', self.lxc_state(instance.name))
+        found = daemons(privsep.lxc_admin)
+        self.assertTrue(found)
+        for pid, status in found.items():
+            self.assertEqual('0', status['Uid'].split()[1], pid)
+            self.assertEqual(0, int(status['CapEff'], 16), pid)
+            self.assertEqual(0, int(status['CapPrm'], 16), pid)
+        # The daemon runs with umask 0; what LXC made for the container is
+        # still nobody else's to write.
+        container_dir = os.path.join(CONF.lxc.lxc_path, instance.name)
+        for name in ('lxc.log', 'console.log'):
+            mode = os.stat(os.path.join(container_dir, name)).st_mode
+            self.assertEqual(0, mode & 0o022, '%s %o' % (name, mode))
+
+    def test_a_config_others_may_write_is_refused_and_its_hook_never_runs(
+            self):
+        name = self.plant(config_mode=0o666)
+        e = self.assertRaises(exception.PrivilegedCallRefused, lxc.start,
+                              name, CONF.lxc.lxc_path)
+        self.assertEqual('start', e.kwargs['call'])
+        self.assertIn('not root\'s alone', str(e))
+        self.assertFalse(os.path.exists(self.marker))
+
+    def test_a_container_dir_of_another_uid_is_refused(self):
+        name = self.plant(dir_uid=165536)
+        self.assertRaises(exception.PrivilegedCallRefused, lxc.start,
+                          name, CONF.lxc.lxc_path)
+        self.assertFalse(os.path.exists(self.marker))
+
+    def test_paths_outside_the_daemon_s_roots_refused(self):
+        for name, path in (('etc', '/'), ('lxc', FUNC_ROOT_PARENT),
+                           ('x', CONF.lxc.lxc_path + '/..')):
+            e = self.assertRaises(exception.PrivilegedCallRefused,
+                                  lxc.info, name, path)
+            self.assertEqual('info', e.kwargs['call'])
+
+    def test_lxc_failures_cross_with_their_class(self):
+        self.assertRaises(exception.ContainerNotFound, lxc.info,
+                          'no-such-container', CONF.lxc.lxc_path)
+        e = self.assertRaises(exception.CommandFailed, lxc.freeze,
+                              'no-such-container', CONF.lxc.lxc_path)
+        self.assertIn('lxc-freeze', e.kwargs['cmd'])

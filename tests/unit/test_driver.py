@@ -88,6 +88,10 @@ class _Base(unit_base.TestCase):
         self.lxcfs = self.patch('novalxcdriver.lxcfs.ensure',
                                 return_value=[])
         self.daemons = self.patch('novalxcdriver.vif.start_daemons')
+        self.our_daemons = self.patch(
+            'novalxcdriver.privsep.start_daemons')
+        self.roots = self.patch('novalxcdriver.privsep._added_roots',
+                                new=set())
         # Host facts spawn checks a flavor against.
         self.memory = self.patch('novalxcdriver.host.memory_mb',
                                  return_value=(16000, 4000))
@@ -294,12 +298,19 @@ class InitHostTest(_Base):
     def test_privsep_daemons_started(self):
         self.init_host()
         self.daemons.assert_called_once_with()
+        self.our_daemons.assert_called_once_with()
+
+    def test_roots_given_to_the_daemons_first(self):
+        self.our_daemons.side_effect = lambda: self.assertEqual(
+            {self.lxc_path, self.state_path}, self.roots)
+        self.init_host()
+        self.our_daemons.assert_called_once_with()
 
     def test_privsep_daemon_failure_fails_host_check(self):
         self.daemons.side_effect = OSError(2, 'No such file', 'sudo')
         e = self.assertRaises(exception.HostCheckFailed, self.drv.init_host,
                               HOST)
-        self.assertIn('privsep daemons for NICs cannot start', str(e))
+        self.assertIn('privsep daemons cannot start', str(e))
         self.assertIn('sudo', str(e))
 
     def test_lxcfs_not_tried_on_a_host_lacking_tools(self):
@@ -1897,6 +1908,7 @@ class NetworkingTest(_Base):
         # then plug made it again.
         present = {nics[0].host_dev}
         self.vif.link_exists.side_effect = lambda dev: dev in present
+        self.patch('novalxcdriver.vif.names_in', return_value={'eth0'})
 
         def plug(inst, vif):
             # As vif.plug: a pair only where its host end is missing.

@@ -284,3 +284,15 @@ class NetlinkRequestsTest(_InProcess):
         inside.link_lookup.assert_called_once_with(ifname='eth1')
         inside.link.assert_called_once_with(
             'set', index=3, address=MAC, mtu=1442, state='up')
+
+
+class RootwrapFiltersTest(unit_base.TestCase):
+
+    def test_a_filter_per_context(self):
+        path = os.path.join(os.path.dirname(__file__), '..', '..', 'etc',
+                            'rootwrap.d', 'novalxcdriver.filters')
+        with open(path) as f:
+            text = f.read()
+        for ctx in privsep.CONTEXTS:
+            self.assertIn('--privsep_context, %s,' % re.escape(ctx.pypath),
+                          text)

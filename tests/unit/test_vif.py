@@ -401,7 +401,7 @@ class SetupTest(base.BaseTestCase):
         self.assertIsNone(self.helper_command())
 
     def test_daemons_started_once(self):
-        contexts = (vif.privsep.net_admin, vif.vif_plug_privsep.vif_plug)
+        contexts = (vif.vif_plug_privsep.vif_plug,)
         for ctx in contexts:
             patcher = mock.patch.object(ctx, 'channel', None)
             patcher.start()

@@ -44,7 +44,7 @@ class LXCAPITestCase(integrated_helpers._IntegratedTestBase):
         # Nova's harness refuses to start privsep helpers
         # (PrivsepNoHelperFixture): this root process runs the NIC
         # contexts' entry points itself.
-        for context in (privsep.net_admin, vif_plug_privsep.vif_plug):
+        for context in privsep.CONTEXTS + (vif_plug_privsep.vif_plug,):
             context.set_client_mode(False)
             self.addCleanup(context.set_client_mode, True)
         # Registered first, so it runs last: after nova-compute stopped.

@@ -1,0 +1,219 @@
+"""Privileged entry points for the lxc-* tools (``lxc_admin`` context).
+
+One per action on a container: start, stop (clean halt, then kill),
+request_halt (never kill), kill, reboot, freeze, unfreeze, info, and
+states for every container of an lxc_path. Each runs its tool in the
+daemon with an argv it builds itself (never a shell), after checking in
+the daemon that:
+
+- lxc_path is a driver root of the daemon's configuration
+  (:func:`novalxcdriver.privsep.driver_roots`), given as an absolute,
+  normalized path;
+- name is a container name (NAME_RE: a plain word, so that
+  ``<lxc_path>/<name>`` stays one level below the root);
+- if ``<lxc_path>/<name>`` exists, it is a directory (not a symlink)
+  owned by root and writable by no one else, and so is its ``config``
+  file when there is one: LXC runs a config's hooks as root, so a config
+  anyone else could have written is code run as root;
+- a timeout is an int of seconds from 0 to MAX_TIMEOUT.
+
+A refusal raises PrivilegedCallRefused and runs nothing. A tool's failure
+comes back as CommandFailed or CommandTimedOut, and lxc-info's "doesn't
+exist" as ContainerNotFound. Option meanings follow the LXC 5 man pages
+(lxc-start(1), lxc-stop(1), lxc-info(1), lxc-ls(1), lxc-freeze(1)).
+
+The daemon's umask is 0 (oslo.privsep sets it); every tool runs with
+022, as from a shell, so that what LXC creates (its log, the container's
+console log, cgroup directories it makes) is not world-writable.
+"""
+
+import os
+import re
+import stat
+
+from novalxcdriver import command
+from novalxcdriver import conf
+from novalxcdriver import exception
+from novalxcdriver import privsep
+
+CONF = conf.CONF
+
+# A container name: LXC makes it a directory under the lxc_path, so a
+# plain word (no '/', no leading dot, no shell or control characters).
+# \Z, not $: $ also matches before a trailing newline. spec checks names
+# with it too.
+NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z')
+MAX_TIMEOUT = 86400  # seconds; a day is beyond any shutdown timeout.
+UMASK = 0o022
+
+
+def check_lxc_path(call, lxc_path):
+    """Refuse lxc_path unless it is one of the daemon's driver roots."""
+    if not isinstance(lxc_path, str) or not os.path.isabs(lxc_path) or \
+            os.path.normpath(lxc_path) != lxc_path:
+        privsep.refuse(call, '%r is not an absolute normalized path'
+                       % (lxc_path,))
+    if lxc_path not in privsep.driver_roots():
+        privsep.refuse(call, '%s is not a driver root of this daemon\'s '
+                       'configuration' % lxc_path)
+
+
+def _check_root_owned(call, path, want):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not want(st.st_mode):
+        privsep.refuse(call, '%s is a symlink or of an unexpected type'
+                       % path)
+    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        privsep.refuse(call, '%s is not root\'s alone (uid %d, mode %o)'
+                       % (path, st.st_uid, stat.S_IMODE(st.st_mode)))
+
+
+def check_container(call, name, lxc_path):
+    """Refuse unless name is a container of lxc_path that root alone owns.
+
+    :returns: the container's directory, ``<lxc_path>/<name>``.
+    """
+    check_lxc_path(call, lxc_path)
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        privsep.refuse(call, '%r is not a container name' % (name,))
+    container_dir = os.path.join(lxc_path, name)
+    _check_root_owned(call, container_dir, stat.S_ISDIR)
+    _check_root_owned(call, os.path.join(container_dir, 'config'),
+                      stat.S_ISREG)
+    return container_dir
+
+
+def check_timeout(call, timeout):
+    """Refuse timeout unless it is an int from 0 to MAX_TIMEOUT seconds."""
+    if type(timeout) is not int or not 0 <= timeout <= MAX_TIMEOUT:
+        privsep.refuse(call, 'timeout %r is not an integer from 0 to %d '
+                       'seconds' % (timeout, MAX_TIMEOUT))
+
+
+def _run(tool, name, lxc_path, *args, **kwargs):
+    os.umask(UMASK)
+    return command.execute(tool, '-n', name, '-P', lxc_path, *args,
+                           **kwargs)
+
+
+def _runs_until(tool, name, lxc_path, flag, timeout):
+    # lxc-stop exits non-zero when what it waits for does not happen.
+    try:
+        _run(tool, name, lxc_path, flag, '-t', str(timeout),
+             timeout=timeout + CONF.lxc.command_timeout)
+    except exception.CommandFailed:
+        return False
+    return True
+
+
+@privsep.lxc_admin.entrypoint
+def start(name, lxc_path):
+    """lxc-start -d: returns once the container's init has been started.
+
+    LXC's log of the container goes to <lxc_path>/<name>/lxc.log from here
+    rather than from an lxc.log.file key: every lxc-* tool that loads a
+    config holding that key creates the file and its directory (LXC's
+    log.c, build_dir), so an lxc-ls or lxc-info racing a destroy brought
+    the removed container directory back.
+    """
+    container_dir = check_container('start', name, lxc_path)
+    _run('lxc-start', name, lxc_path, '-d',
+         '-o', os.path.join(container_dir, 'lxc.log'), '-l', 'WARN')
+
+
+@privsep.lxc_admin.entrypoint
+def stop(name, lxc_path, timeout):
+    """Clean halt (lxc.signal.halt) then, after ``timeout`` seconds, kill."""
+    check_container('stop', name, lxc_path)
+    check_timeout('stop', timeout)
+    _run('lxc-stop', name, lxc_path, '-t', str(timeout),
+         timeout=timeout + CONF.lxc.command_timeout)
+
+
+@privsep.lxc_admin.entrypoint
+def request_halt(name, lxc_path, timeout):
+    """Ask for a clean halt and wait up to ``timeout`` seconds; never kill.
+
+    :returns: True if the container stopped within the timeout.
+    """
+    check_container('request_halt', name, lxc_path)
+    check_timeout('request_halt', timeout)
+    return _runs_until('lxc-stop', name, lxc_path, '--nokill', timeout)
+
+
+@privsep.lxc_admin.entrypoint
+def kill(name, lxc_path):
+    """lxc-stop -k: SIGKILL init at once."""
+    check_container('kill', name, lxc_path)
+    _run('lxc-stop', name, lxc_path, '-k')
+
+
+@privsep.lxc_admin.entrypoint
+def reboot(name, lxc_path, timeout):
+    """Request a clean reboot (lxc.signal.reboot) and wait for it.
+
+    :returns: True if the container rebooted within ``timeout`` seconds.
+    """
+    check_container('reboot', name, lxc_path)
+    check_timeout('reboot', timeout)
+    return _runs_until('lxc-stop', name, lxc_path, '-r', timeout)
+
+
+@privsep.lxc_admin.entrypoint
+def freeze(name, lxc_path):
+    check_container('freeze', name, lxc_path)
+    _run('lxc-freeze', name, lxc_path)
+
+
+@privsep.lxc_admin.entrypoint
+def unfreeze(name, lxc_path):
+    check_container('unfreeze', name, lxc_path)
+    _run('lxc-unfreeze', name, lxc_path)
+
+
+@privsep.lxc_admin.entrypoint
+def info(name, lxc_path):
+    """State and init PID of one container.
+
+    :returns: [state, pid]: state is one of lxc.STATES, pid an int or None (a
+        list: privsep's channel turns tuples into lists).
+    :raises ContainerNotFound: LXC does not know the container.
+    """
+    check_container('info', name, lxc_path)
+    try:
+        out, _err = _run('lxc-info', name, lxc_path, '-s', '-p')
+    except exception.CommandFailed as e:
+        if 'doesn\'t exist' in e.kwargs['stderr']:
+            raise exception.ContainerNotFound(name=name)
+        raise
+    fields = {}
+    for line in out.splitlines():
+        key, _sep, value = line.partition(':')
+        fields[key.strip()] = value.strip()
+    state = fields.get('State', 'STOPPED')
+    pid = int(fields['PID']) if fields.get('PID', '').isdigit() else None
+    return [state, pid]
+
+
+@privsep.lxc_admin.entrypoint
+def states(lxc_path):
+    """State and init pid of every container under lxc_path (one lxc-ls).
+
+    :returns: dict of container name to [state, pid]: state one of
+        lxc.STATES, pid an int, or None when lxc-ls shows none ('-').
+    """
+    check_lxc_path('states', lxc_path)
+    os.umask(UMASK)
+    out, _err = command.execute('lxc-ls', '-P', lxc_path, '-f', '-F',
+                                'NAME,STATE,PID')
+    result = {}
+    for line in out.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 2:
+            pid = fields[2] if len(fields) > 2 else ''
+            result[fields[0]] = [fields[1],
+                                 int(pid) if pid.isdigit() else None]
+    return result

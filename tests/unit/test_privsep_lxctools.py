@@ -1,0 +1,226 @@
+"""privsep.lxctools' checks and the driver roots the daemons accept.
+
+Entry points run here in-process (client mode off) with the command
+runner mocked: what is asserted is what each refuses before running
+anything, and the file a root-started daemon is given. Through a real
+daemon: tests/functional/test_privsep.py.
+"""
+
+import os
+import stat
+import subprocess
+import sys
+from unittest import mock
+
+import fixtures
+from oslo_config import fixture as config_fixture
+from oslo_privsep import priv_context
+
+from novalxcdriver import conf
+from novalxcdriver import exception
+from novalxcdriver import privsep
+from novalxcdriver.privsep import lxctools
+from tests.unit import base as unit_base
+
+CONF = conf.CONF
+
+
+class _Roots(unit_base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.lxc_path = os.path.join(self.tmp, 'lxc')
+        os.mkdir(self.lxc_path, 0o711)
+        self.cfg = self.useFixture(config_fixture.Config(CONF))
+        self.cfg.config(group='lxc', lxc_path=self.lxc_path,
+                        state_path=os.path.join(self.tmp, 'state'))
+        self.added = self.patch('novalxcdriver.privsep._added_roots',
+                                new=set())
+
+
+class EntryPointChecksTest(_Roots):
+
+    def setUp(self):
+        super().setUp()
+        privsep.lxc_admin.set_client_mode(False)
+        self.addCleanup(privsep.lxc_admin.set_client_mode, True)
+        self.execute = self.patch('novalxcdriver.command.execute',
+                                  return_value=('', ''))
+
+    def container(self, name='instance-00000001', mode=0o700, uid=0):
+        path = os.path.join(self.lxc_path, name)
+        os.mkdir(path, mode)
+        with open(os.path.join(path, 'config'), 'w') as f:
+            f.write('lxc.uts.name = x\n')
+        os.chmod(os.path.join(path, 'config'), 0o600)
+        os.chown(path, uid, 0)
+        return path
+
+    def refused(self, fn, *args, match):
+        e = self.assertRaises(exception.PrivilegedCallRefused, fn, *args)
+        self.assertIn(match, str(e))
+        self.execute.assert_not_called()
+
+    def test_every_entry_point_refuses_a_path_outside_the_roots(self):
+        for fn, args in ((lxctools.start, ()), (lxctools.kill, ()),
+                         (lxctools.freeze, ()), (lxctools.unfreeze, ()),
+                         (lxctools.info, ()), (lxctools.stop, (5,)),
+                         (lxctools.request_halt, (5,)),
+                         (lxctools.reboot, (5,))):
+            for path in ('/', '/etc', self.tmp, self.lxc_path + '/x'):
+                self.refused(fn, 'etc', path, *args,
+                             match='not a driver root')
+        self.refused(lxctools.states, '/etc', match='not a driver root')
+
+    def test_relative_or_unnormalized_paths_refused(self):
+        for path in ('lxc', self.lxc_path + '/', self.lxc_path + '/../lxc',
+                     self.lxc_path + '/.', b'/x', None):
+            self.refused(lxctools.start, 'c1', path,
+                         match='not an absolute normalized path')
+
+    def test_names_that_leave_the_root_refused(self):
+        for name in ('..', '.', '../etc', 'a/b', 'a b', 'x;reboot',
+                     'x\n', '-n', '', 'a' * 129, 7, None):
+            self.refused(lxctools.start, name, self.lxc_path,
+                         match='not a container name')
+
+    def test_a_symlinked_container_refused(self):
+        os.symlink('/etc', os.path.join(self.lxc_path, 'c1'))
+        self.refused(lxctools.start, 'c1', self.lxc_path,
+                     match='symlink or of an unexpected type')
+
+    def test_a_container_dir_another_user_owns_refused(self):
+        if os.geteuid() != 0:
+            self.skipTest('chown needs root')
+        self.container('c1', uid=65534)
+        self.refused(lxctools.start, 'c1', self.lxc_path,
+                     match='not root\'s alone (uid 65534')
+
+    def test_a_config_others_may_write_refused(self):
+        path = self.container('c1')
+        os.chmod(os.path.join(path, 'config'), 0o620)
+        self.refused(lxctools.info, 'c1', self.lxc_path,
+                     match='not root\'s alone')
+        os.chmod(os.path.join(path, 'config'), 0o600)
+        os.chmod(path, 0o777)
+        self.refused(lxctools.info, 'c1', self.lxc_path,
+                     match='not root\'s alone')
+
+    def test_a_config_that_is_a_symlink_refused(self):
+        path = self.container('c1')
+        os.unlink(os.path.join(path, 'config'))
+        os.symlink('/tmp/evil', os.path.join(path, 'config'))
+        self.refused(lxctools.start, 'c1', self.lxc_path,
+                     match='symlink')
+
+    def test_timeouts_must_be_whole_seconds_in_range(self):
+        self.container('c1')
+        for timeout in (-1, 86401, 1.5, '5', True, None):
+            self.refused(lxctools.stop, 'c1', self.lxc_path, timeout,
+                         match='timeout')
+
+    def test_root_owned_container_runs_with_umask_022(self):
+        path = self.container('c1')
+        umask = self.patch('os.umask')
+        lxctools.start('c1', self.lxc_path)
+        umask.assert_called_with(0o022)
+        self.execute.assert_called_once_with(
+            'lxc-start', '-n', 'c1', '-P', self.lxc_path, '-d', '-o',
+            os.path.join(path, 'lxc.log'), '-l', 'WARN')
+
+    def test_a_missing_container_is_left_to_lxc(self):
+        # Nothing on disk to trust or distrust: lxc-info says it is not
+        # there, as before.
+        self.execute.side_effect = exception.CommandFailed(
+            cmd='lxc-info', exit_code=1,
+            stderr='c9 doesn\'t exist')
+        self.assertRaises(exception.ContainerNotFound, lxctools.info, 'c9',
+                          self.lxc_path)
+
+    def test_extra_roots_of_the_config_accepted(self):
+        other = os.path.join(self.tmp, 'lxc-b')
+        os.mkdir(other)
+        self.cfg.config(group='lxc', extra_driver_roots=[other])
+        lxctools.kill('c1', other)
+        self.execute.assert_called_once_with('lxc-stop', '-n', 'c1', '-P',
+                                             other, '-k')
+
+
+class RootsTest(_Roots):
+
+    def test_roots_of_the_config_and_this_process(self):
+        privsep.add_roots('/srv/b/lxc', '/srv/b/state/')
+        self.assertEqual(
+            {self.lxc_path, os.path.join(self.tmp, 'state'), '/srv/b/lxc',
+             '/srv/b/state'}, privsep.driver_roots())
+
+    def test_unusable_roots_refused(self):
+        for path in ('relative', '/a,b', '/a\nb'):
+            self.assertRaises(ValueError, privsep.add_roots, path)
+        self.assertEqual(set(), self.added)
+
+    def test_a_running_root_daemon_lacking_a_root_is_stopped(self):
+        ctx = privsep.lxc_admin
+        self.useFixture(fixtures.MockPatchObject(ctx, 'channel', object()))
+        stop = self.useFixture(fixtures.MockPatchObject(ctx, 'stop')).mock
+        with mock.patch('os.geteuid', return_value=0):
+            privsep.add_roots('/srv/b/lxc')
+            privsep.add_roots('/srv/b/lxc')
+        stop.assert_called_once_with()
+
+    def test_a_daemon_of_sudo_keeps_its_config_files_roots(self):
+        ctx = privsep.lxc_admin
+        self.useFixture(fixtures.MockPatchObject(ctx, 'channel', object()))
+        stop = self.useFixture(fixtures.MockPatchObject(ctx, 'stop')).mock
+        with mock.patch('os.geteuid', return_value=1000):
+            privsep.add_roots('/srv/b/lxc')
+        stop.assert_not_called()
+
+    def test_root_gives_its_daemon_a_file_of_its_roots(self):
+        privsep.add_roots('/srv/b/lxc')
+        seen = {}
+
+        def start(context, method):
+            cmd = context.helper_command('/t/sock')
+            path = cmd[cmd.index('--privsep_context') - 1]
+            seen['mode'] = stat.S_IMODE(os.stat(path).st_mode)
+            with open(path) as f:
+                seen['text'] = f.read()
+            seen['cmd'] = cmd
+            seen['path'] = path
+        self.patch_object(priv_context.PrivContext, 'start', start)
+        with mock.patch('os.geteuid', return_value=0):
+            privsep.lxc_admin.start()
+        self.assertEqual(0o600, seen['mode'])
+        self.assertIn('lxc_path = %s\n' % self.lxc_path, seen['text'])
+        self.assertIn('extra_driver_roots = /srv/b/lxc,%s,%s\n' % (
+            self.lxc_path, os.path.join(self.tmp, 'state')), seen['text'])
+        self.assertEqual(['--config-file', seen['path'], '--privsep_context',
+                          'novalxcdriver.privsep.lxc_admin'],
+                         seen['cmd'][-6:-2])
+        self.assertFalse(os.path.exists(seen['path']))
+        # Not kept for a later start through sudo.
+        self.assertNotIn('--config-file',
+                         privsep.lxc_admin.helper_command('/t/s'))
+
+    def test_a_daemon_of_sudo_gets_no_file(self):
+        start = self.patch_object(priv_context.PrivContext, 'start')
+        with mock.patch('os.geteuid', return_value=1000):
+            privsep.lxc_admin.start()
+        start.assert_called_once_with(priv_context.Method.ROOTWRAP)
+        self.assertNotIn('--config-file',
+                         privsep.lxc_admin.helper_command('/t/s'))
+
+    def test_thread_pool_sized_for_waiting_calls(self):
+        # As the daemon sees it: a fresh process that imports the context
+        # (a config fixture's reset here would have cleared the default).
+        out = subprocess.run(
+            [sys.executable, '-c',
+             'from oslo_config import cfg\n'
+             'import novalxcdriver.privsep\n'
+             'cfg.CONF([], project="privsep")\n'
+             'g = cfg.CONF.novalxc_lxc_admin\n'
+             'print(g.thread_pool_size, g.capabilities)\n'],
+            capture_output=True, text=True, check=True).stdout
+        self.assertEqual('%d []\n' % privsep.LXC_ADMIN_THREADS, out)
