@@ -30,6 +30,8 @@ API_FLOOR_RATIO_MAX = 1.15
 SNAPSHOT_STALL_MAX = 0.100        # s, longest write stall, any size
 SNAPSHOT_RATIO_MAX = 2.0          # driver.snapshot / plain tar | zstd
 SNAPSHOT_RATIO_BYTES = 500 * MIB  # ... of the server with this written
+# Issue 14: privsep's cost, daemons over in-process, per spawn (median).
+PRIVSEP_OVERHEAD_MAX = 0.010      # s
 # Target of the migration family (bench.migration): the driver's cold
 # migration <= this x the floor (rsync -S of the same files) + the slack.
 MIGRATION_RATIO_MAX = 1.3
@@ -894,6 +896,33 @@ def firstboot_rows(results):
     return rows
 
 
+def privsep_rows(results):
+    """Issue 14: spawn and destroy through privsep's daemons vs in-process.
+
+    Item 12. The overhead is the difference of the medians (one side's
+    samples alternate with the other's).
+    """
+    ps = results.get('privsep')
+    what = ('privsep\'s cost (issue 14): busybox spawn and destroy with '
+            'the entry points over the daemons\' sockets vs run in '
+            'nova-compute')
+    target = '≤ +10 ms per spawn at the median'
+    if not ps:
+        return [_row(12, what, target, _failed('privsep', results), 'n/a')]
+    d = summary(s['spawn'] for s in ps['daemon'])
+    i = summary(s['spawn'] for s in ps['in_process'])
+    dd = summary(s['destroy'] for s in ps['daemon'])
+    di = summary(s['destroy'] for s in ps['in_process'])
+    over = d['median'] - i['median']
+    return [_row(
+        12, what + ' (n=%d each)' % d['n'], target,
+        'spawn %s vs %s: **%+.1f ms**; destroy %s vs %s: %+.1f ms' % (
+            _ms(d['median']), _ms(i['median']), over * 1e3,
+            _ms(dd['median']), _ms(di['median']),
+            (dd['median'] - di['median']) * 1e3),
+        _met(over <= PRIVSEP_OVERHEAD_MAX))]
+
+
 def rows(results):
     """Every row of the main table, in the issue's order (list of dict)."""
     boot, booted_destroy = boot_rows(results)
@@ -902,7 +931,8 @@ def rows(results):
            booted_destroy + destroy_rows(results) +
            api_rows(results) + api_floor_rows(results) +
            snapshot_rows(results) +
-           migration_rows(results) + firstboot_rows(results))
+           migration_rows(results) + firstboot_rows(results) +
+           privsep_rows(results))
     return sorted(out, key=lambda r: r['item'])
 
 

@@ -5,8 +5,9 @@ dependencies and matplotlib (bench-requirements.txt) installed; ``tox -e
 bench`` does both. Writes, in --out (docs/benchmarks by default):
 
 - results.json   every sample, the run's options and the machine's facts
-- RESULTS.md     the figures against the targets of issues 6 and 16 and
-                 of the snapshot and migration families, and plots
+- RESULTS.md     the figures against the targets of issues 6, 14 (privsep's
+                 cost per spawn) and 16 and of the snapshot and migration
+                 families, and plots
 - *.png          latency distributions, spawn against image size,
                  throughput per batch, memory per container, API latency,
                  snapshot times and write stalls, cold migration against
@@ -53,6 +54,7 @@ from bench import machine
 from bench import migration
 from bench import nova_api
 from bench import plots
+from bench import privsep
 from bench import report
 from bench import snapshot
 from bench import spawn
@@ -60,7 +62,8 @@ from bench import throughput
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = ('spawn', 'boot', 'density', 'throughput', 'snapshot',
-            'migration', 'firstboot', 'api', 'api-floor', 'api-density')
+            'migration', 'firstboot', 'privsep', 'api', 'api-floor',
+            'api-density')
 # What a run without --only measures. api-density keeps 250 servers of the
 # all-in-one cloud running and takes longer than all the others together;
 # api-floor needs the aio's fake compute (up --fake-compute): they run
@@ -73,7 +76,8 @@ API_FAMILIES = ('api', 'api-floor', 'api-density')
 IMAGES = {'spawn': ('busybox', 'debian', 'synthetic'), 'boot': ('debian',),
           'density': ('busybox', 'debian'),
           'throughput': ('busybox', 'debian'), 'snapshot': ('busybox',),
-          'migration': ('busybox',), 'firstboot': ('debian', 'synthetic')}
+          'migration': ('busybox',), 'firstboot': ('debian', 'synthetic'),
+          'privsep': ('busybox',)}
 
 
 def parse_args(argv):
@@ -88,8 +92,8 @@ def parse_args(argv):
                    help='comma-separated subset of %s (default: all but '
                         'api-density)' % ', '.join(FAMILIES))
     p.add_argument('--runs', type=int, default=20,
-                   help='samples per image and side for spawn latency and '
-                        'boot to service (default 20)')
+                   help='samples per image and side for spawn latency, '
+                        'boot to service and privsep\'s cost (default 20)')
     p.add_argument('--count', type=int, default=100,
                    help='spawns per throughput run (default 100)')
     p.add_argument('--concurrency', type=int, default=10,
@@ -232,7 +236,7 @@ def measure(args, results):
 
 
 def measure_host(args, results):
-    """Families 1-6 and 8-10: the driver and raw LXC on this host."""
+    """Families 1-6, 8-12: the driver (and raw LXC) on this host."""
     images = {}
     log('images: building or finding the tarballs')
     keys = {key for name in args.only for key in IMAGES.get(name, ())}
@@ -282,6 +286,8 @@ def measure_host(args, results):
             'firstboot': lambda: firstboot.measure(
                 h, [images['debian'], images['synthetic']],
                 args.firstboot_runs, args.firstboot_rates, log=log),
+            'privsep': lambda: privsep.measure(
+                h, images['busybox'], args.runs, log=log),
         }
         for name in FAMILIES:
             if name not in args.only or name not in families:
