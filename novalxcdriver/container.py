@@ -47,7 +47,6 @@ from oslo_utils import excutils
 from oslo_utils import uuidutils
 
 from novalxcdriver import conf
-from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import host
 from novalxcdriver import limits as limits_mod
@@ -189,7 +188,7 @@ class Container:
         """
         with open(self.config_path) as f:
             text = spec_mod.with_nics(f.read(), nics)
-        durable.write(self.config_path, text, mode=0o644)
+        lxc.write_config(self.name, self.lxc_path, text)
 
     def rootfs(self):
         cid = self.cid()
@@ -240,7 +239,8 @@ class Container:
             made.append((self.dir, functools.partial(shutil.rmtree,
                                                      self.dir)))
             # Written before the rootfs: it claims the directory.
-            durable.write(self.config_path, spec_mod.render_config(spec))
+            lxc.write_config(self.name, self.lxc_path,
+                             spec_mod.render_config(spec))
             try:
                 make_root(root)
             except exception.RootfsExists:
@@ -560,7 +560,7 @@ class Container:
             if self._config_text() != config:
                 LOG.info('Writing the config of container %s anew',
                          self.name)
-                durable.write(self.config_path, config)
+                lxc.write_config(self.name, self.lxc_path, config)
             root.mount(image.rootfs, spec.idmap, record.disk_idmap)
             if spec.rescue is not None:
                 rescue_root.mount(rescue_image.rootfs, spec.idmap)
@@ -858,7 +858,7 @@ class Container:
         new = spec_mod.with_io(text, limits_mod.render_io(
             io_throttles, devices, host.cgroup_version()))
         if new != text:
-            durable.write(self.config_path, new)
+            lxc.write_config(self.name, self.lxc_path, new)
         throttle.set_writeback(io_throttles, devices)
 
     def stop(self, timeout=0, retry_interval=0):

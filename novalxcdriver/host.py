@@ -13,6 +13,7 @@ import time
 from oslo_utils import units
 
 from novalxcdriver import lxc
+from novalxcdriver.privsep import lxcconf
 
 # What the driver runs (lxc.py) and what newuidmap-based idmaps need.
 REQUIRED_TOOLS = ('lxc-start', 'lxc-stop', 'lxc-info', 'lxc-ls',
@@ -90,7 +91,7 @@ def swap_accounting():
     return os.path.exists('/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes')
 
 
-LXCFS_MOUNT = '/var/lib/lxcfs'
+LXCFS_MOUNT = lxcconf.LXCFS_MOUNT
 
 
 def process_alive(pid):

@@ -35,6 +35,11 @@ STATES = ('STOPPED', 'STARTING', 'RUNNING', 'STOPPING', 'ABORTING',
           'FREEZING', 'FROZEN', 'THAWED')
 
 
+def write_config(name, lxc_path, text):
+    """Replace the container's config; see lxctools.write_config."""
+    lxctools.write_config(name, lxc_path, text)
+
+
 def start(name, lxc_path):
     """lxc-start -d; see :func:`novalxcdriver.privsep.lxctools.start`."""
     lxctools.start(name, lxc_path)

@@ -54,6 +54,7 @@ from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import lxc
 from novalxcdriver import privsep
+from novalxcdriver.privsep import lxcconf
 from novalxcdriver.privsep import netdev
 from novalxcdriver import spec as spec_mod
 
@@ -67,7 +68,7 @@ KINDS = {
     network_model.VIF_TYPE_OVS: 'ovs',
     network_model.VIF_TYPE_BRIDGE: 'bridge',
 }
-PEER_PREFIX = 'nlx'
+PEER_PREFIX = lxcconf.PEER_PREFIX
 # Interface names: IFNAMSIZ - 1 characters, no '/', ':' or blanks.
 # Seconds vif.settle waits for the kernel to delete dying pairs, and polls.
 SETTLE_TIMEOUT = 10

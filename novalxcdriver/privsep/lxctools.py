@@ -1,10 +1,11 @@
 """Privileged entry points for the lxc-* tools (``lxc_admin`` context).
 
-One per action on a container: start, stop (clean halt, then kill),
-request_halt (never kill), kill, reboot, freeze, unfreeze, info, and
-states for every container of an lxc_path. Each runs its tool in the
-daemon with an argv it builds itself (never a shell), after checking in
-the daemon that:
+One per action on a container: write_config (the one way a config is
+written: only one that passes privsep.lxcconf's policy), start, stop
+(clean halt, then kill), request_halt (never kill), kill, reboot, freeze,
+unfreeze, info, and states for every container of an lxc_path. Each runs
+its tool in the daemon with an argv it builds itself (never a shell),
+after checking in the daemon that:
 
 - lxc_path is a driver root of the daemon's configuration
   (:func:`novalxcdriver.privsep.driver_roots`), given as an absolute,
@@ -33,8 +34,11 @@ import stat
 
 from novalxcdriver import command
 from novalxcdriver import conf
+from novalxcdriver import durable
 from novalxcdriver import exception
+from novalxcdriver import ids
 from novalxcdriver import privsep
+from novalxcdriver.privsep import lxcconf
 
 CONF = conf.CONF
 
@@ -44,6 +48,7 @@ CONF = conf.CONF
 # with it too.
 NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z')
 MAX_TIMEOUT = 86400  # seconds; a day is beyond any shutdown timeout.
+MAX_CONFIG = 1 << 20  # bytes; the driver's configs are a few KiB.
 UMASK = 0o022
 
 
@@ -107,6 +112,34 @@ def _runs_until(tool, name, lxc_path, flag, timeout):
     except exception.CommandFailed:
         return False
     return True
+
+
+@privsep.lxc_admin.entrypoint
+def write_config(name, lxc_path, text):
+    """Replace the container's config with text (atomically, mode 0644).
+
+    :param text: str, the whole config; checked by lxcconf.check against
+        this daemon's driver roots and root's subordinate ids.
+    :raises PrivilegedCallRefused: the checks above, a text over
+        MAX_CONFIG bytes, the policy's refusal, or no container directory.
+    :raises IdmapUnavailable: root's subuid or subgid range is unreadable.
+    :raises OSError: nothing was replaced (e.g. ENOSPC).
+    """
+    call = 'write_config'
+    container_dir = check_container(call, name, lxc_path)
+    if not isinstance(text, str) or len(text.encode()) > MAX_CONFIG:
+        privsep.refuse(call, 'a config is a str of at most %d bytes'
+                       % MAX_CONFIG)
+    subuids, subgids = ids.read_subordinate_ranges()
+    try:
+        lxcconf.check(text, container_dir, privsep.driver_roots(),
+                      [subuids], [subgids], lxcconf.LXCFS_MOUNT)
+    except lxcconf.Refused as e:
+        privsep.refuse(call, str(e))
+    if not os.path.isdir(container_dir):
+        privsep.refuse(call, 'no container directory %s' % container_dir)
+    os.umask(UMASK)
+    durable.write(os.path.join(container_dir, 'config'), text, mode=0o644)
 
 
 @privsep.lxc_admin.entrypoint

@@ -18,6 +18,7 @@ from novalxcdriver import conf
 from novalxcdriver import driver
 from novalxcdriver import durable
 from novalxcdriver import host
+from novalxcdriver import lxc
 from novalxcdriver import mount
 from tests.functional import base
 
@@ -57,11 +58,20 @@ class PowerLossTest(base.FunctionalTestCase):
         written = []
         real_write = durable.write
 
+        real_write_config = lxc.write_config
+
         def recording_write(path, *args, **kwargs):
             written.append(path)
             return real_write(path, *args, **kwargs)
 
-        with mock.patch.object(durable, 'write', recording_write):
+        def recording_write_config(name, lxc_path, text):
+            # Written by durable.write in the lxc_admin daemon.
+            written.append(os.path.join(lxc_path, name, 'config'))
+            return real_write_config(name, lxc_path, text)
+
+        with mock.patch.object(durable, 'write', recording_write), \
+                mock.patch.object(lxc, 'write_config',
+                                  recording_write_config):
             self.spawn(instance, image_id)
         self.attach(instance.name, 'sh', '-c',
                     'echo power-loss-data > /root/f && sync')

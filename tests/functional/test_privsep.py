@@ -190,3 +190,24 @@ class LxcAdminDaemonTest(func_base.FunctionalTestCase):
         e = self.assertRaises(exception.CommandFailed, lxc.freeze,
                               'no-such-container', CONF.lxc.lxc_path)
         self.assertIn('lxc-freeze', e.kwargs['cmd'])
+
+    def test_the_daemon_writes_only_configs_its_policy_passes(self):
+        instance = self.make_instance()
+        self.spawn(instance, self.image_id, power_on=False)
+        config = os.path.join(CONF.lxc.lxc_path, instance.name, 'config')
+        with open(config) as f:
+            original = f.read()
+        for extra in ('lxc.hook.pre-start = /usr/bin/touch %s\n'
+                      % self.marker,
+                      'lxc.mount.entry = /etc etc none bind 0 0\n',
+                      'lxc.cgroup2.devices.allow = a\n'):
+            self.assertRaises(exception.PrivilegedCallRefused,
+                              lxc.write_config, instance.name,
+                              CONF.lxc.lxc_path, original + extra)
+        with open(config) as f:
+            self.assertEqual(original, f.read())
+        # What the driver wrote is written again, and starts.
+        lxc.write_config(instance.name, CONF.lxc.lxc_path, original)
+        self.driver.power_on(self.ctxt, instance, [])
+        self.assertEqual('RUNNING', self.lxc_state(instance.name))
+        self.assertFalse(os.path.exists(self.marker))

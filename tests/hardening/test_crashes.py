@@ -52,8 +52,10 @@ SPAWN_POINTS = (
      None),
     ('mount.overlay', 'novalxcdriver.mount:overlay', 'after', None),
     ('Rootfs.create', 'novalxcdriver.rootfs:Rootfs.create', 'after', None),
-    ('config write', 'os:rename', 'before', 'config'),
-    ('config write', 'os:rename', 'after', 'config'),
+    # Written by the lxc_admin daemon: the crash is nova-compute's, around
+    # its call.
+    ('config write', 'novalxcdriver.lxc:write_config', 'before', None),
+    ('config write', 'novalxcdriver.lxc:write_config', 'after', None),
     ('lxc.start', 'novalxcdriver.lxc:start', 'before', None),
     ('lxc.start', 'novalxcdriver.lxc:start', 'after', None),
     ('Container.mark_ready', 'novalxcdriver.container:Container.mark_ready',

@@ -20,6 +20,7 @@ from novalxcdriver import record
 from novalxcdriver import rescue
 from novalxcdriver import rootfs
 from novalxcdriver import spec as spec_mod
+from tests.unit import base as unit_base
 
 UUID = '0d7c2b1e-5a3f-4c9b-8e21-7f6a5b4c3d2e'
 IMAGE_ID = 'a1b2c3d4-0000-4000-8000-000000000001'
@@ -69,6 +70,8 @@ class _Base(base.BaseTestCase):
         self.lxc = patcher.start()
         self.addCleanup(patcher.stop)
         self.lxc.info.side_effect = self._info
+        self.lxc.write_config.side_effect = unit_base.checked_config_writer(
+            (self.lxc_path, self.state_path), subuid, subgid)
         self.lxc.kill.side_effect = self._set('STOPPED')
         self.lxc.start.side_effect = self._set('RUNNING')
         self.lxc.freeze.side_effect = self._set('FROZEN')

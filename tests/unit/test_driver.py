@@ -106,6 +106,8 @@ class _Base(unit_base.TestCase):
         self.states = {}
         self.lxc = self.patch('novalxcdriver.container.lxc', autospec=True)
         self.lxc.info.side_effect = self._info
+        self.lxc.write_config.side_effect = unit_base.checked_config_writer(
+            (self.lxc_path, self.state_path), self.subuid, self.subgid)
         self.lxc.start.side_effect = self._setter('RUNNING')
         self.lxc.kill.side_effect = self._setter('STOPPED')
         self.lxc.freeze.side_effect = self._setter('FROZEN')

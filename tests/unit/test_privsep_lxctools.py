@@ -21,6 +21,7 @@ from novalxcdriver import exception
 from novalxcdriver import privsep
 from novalxcdriver.privsep import lxctools
 from tests.unit import base as unit_base
+from tests.unit import test_privsep_lxcconf
 
 CONF = conf.CONF
 
@@ -137,6 +138,44 @@ class EntryPointChecksTest(_Roots):
             stderr='c9 doesn\'t exist')
         self.assertRaises(exception.ContainerNotFound, lxctools.info, 'c9',
                           self.lxc_path)
+
+    def write_config(self, text):
+        self.patch('novalxcdriver.ids.read_subordinate_ranges',
+                   return_value=((100000, 10 ** 9), (100000, 10 ** 9)))
+        lxctools.write_config('instance-0000001a', self.lxc_path, text)
+
+    def config_text(self):
+        return test_privsep_lxcconf.full_config().replace(
+            test_privsep_lxcconf.CONTAINER_DIR,
+            os.path.join(self.lxc_path, 'instance-0000001a')).replace(
+            '/var/lib/novalxc/', os.path.join(self.tmp, 'state') + '/')
+
+    def test_a_config_the_policy_passes_is_written(self):
+        path = self.container('instance-0000001a')
+        text = self.config_text()
+        self.write_config(text)
+        with open(os.path.join(path, 'config')) as f:
+            self.assertEqual(text, f.read())
+        self.assertEqual(0o644, stat.S_IMODE(
+            os.stat(os.path.join(path, 'config')).st_mode))
+
+    def test_a_config_the_policy_refuses_is_not_written(self):
+        path = self.container('instance-0000001a')
+        e = self.assertRaises(
+            exception.PrivilegedCallRefused, self.write_config,
+            self.config_text() + 'lxc.hook.pre-start = /bin/sh\n')
+        self.assertIn('a hook command', str(e))
+        with open(os.path.join(path, 'config')) as f:
+            self.assertEqual('lxc.uts.name = x\n', f.read())
+
+    def test_no_container_dir_or_too_big_refused(self):
+        e = self.assertRaises(exception.PrivilegedCallRefused,
+                              self.write_config, self.config_text())
+        self.assertIn('no container directory', str(e))
+        self.container('instance-0000001a')
+        e = self.assertRaises(exception.PrivilegedCallRefused,
+                              self.write_config, '#' * (1 << 20) + '\n')
+        self.assertIn('at most', str(e))
 
     def test_extra_roots_of_the_config_accepted(self):
         other = os.path.join(self.tmp, 'lxc-b')
