@@ -51,6 +51,7 @@ from novalxcdriver import exception
 from novalxcdriver import host
 from novalxcdriver import limits as limits_mod
 from novalxcdriver import lxc
+from novalxcdriver.privsep import console as console_ps
 from novalxcdriver import record as record_mod
 from novalxcdriver import rescue as rescue_mod
 from novalxcdriver import rootfs as rootfs_mod
@@ -328,7 +329,7 @@ class Container:
         with self._lock(record.cid):
             self._check_stopped()
             if self.dir_owner() == 'us':
-                serialconsole.stop(self.dir, self._console_argv)
+                console_ps.stop_relay(self.name, self.lxc_path)
             record = dataclasses.replace(record, state=record_mod.MIGRATING,
                                          pid=os.getpid())
             self.records.write(record)
@@ -346,7 +347,7 @@ class Container:
         if self.has_config():
             self.kill()
         if self.dir_owner() == 'us':
-            serialconsole.stop(self.dir, self._console_argv)
+            console_ps.stop_relay(self.name, self.lxc_path)
         cid = self.cid()
         if cid is None:
             return
@@ -972,7 +973,7 @@ class Container:
             self.stop(timeout)
         # It would follow its monitor out; gone before the dir it writes.
         if self.dir_owner() == 'us':
-            serialconsole.stop(self.dir, self._console_argv)
+            console_ps.stop_relay(self.name, self.lxc_path)
         cid = self.cid()
         if cid is None:
             self._remove_dir()
@@ -1006,12 +1007,11 @@ class Container:
 
     # -- serial console -------------------------------------------------
 
-    @property
-    def _console_argv(self):
-        return lxc.console_argv(self.name, self.lxc_path)
-
     def serial_console(self, address, port_range):
         """The relay serving this container's console, started if needed.
+
+        Started by the lxc_admin daemon (privsep.console): it runs
+        lxc-console as root.
 
         :param address: IP address to listen on.
         :param port_range: "START:STOP" ([serial_console] port_range).
@@ -1022,13 +1022,7 @@ class Container:
         :raises ConsolePortsExhausted, InvalidPortRange: see
             serialconsole.ensure.
         """
-        state, pid = self.state()
-        monitor = lxc.monitor_pid(pid) if pid else None
-        if state not in ('RUNNING', 'FROZEN') or monitor is None:
-            raise exception.ContainerNotRunning(name=self.name, state=state)
-        with lockutils.lock('novalxc-console-' + self.dir):
-            return serialconsole.ensure(self.dir, self._console_argv,
-                                        monitor, address, port_range)
+        return self._relay(address, port_range, restart_only=False)
 
     def restart_serial_console(self, address, port_range):
         """Start again the relay of a running container that had one.
@@ -1040,14 +1034,21 @@ class Container:
         :returns: the serialconsole.Relay, or None when the container had
             no relay, has a live one, or does not run.
         """
-        if (not os.path.exists(os.path.join(self.dir,
-                                            serialconsole.STATE_FILE)) or
-                serialconsole.current(self.dir, self._console_argv)):
-            return None
         try:
-            return self.serial_console(address, port_range)
+            return self._relay(address, port_range, restart_only=True)
         except exception.ContainerNotRunning:
             return None
+
+    def _relay(self, address, port_range, restart_only):
+        state, pid = self.state()
+        monitor = lxc.monitor_pid(pid) if pid else None
+        if state not in ('RUNNING', 'FROZEN') or monitor is None:
+            raise exception.ContainerNotRunning(name=self.name, state=state)
+        with lockutils.lock('novalxc-console-' + self.dir):
+            relay = console_ps.ensure_relay(
+                self.name, self.lxc_path, monitor, address, port_range,
+                restart_only=restart_only)
+        return None if relay is None else serialconsole.Relay(*relay)
 
     # -- output ---------------------------------------------------------
 

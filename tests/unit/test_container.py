@@ -70,6 +70,10 @@ class _Base(base.BaseTestCase):
         self.lxc = patcher.start()
         self.addCleanup(patcher.stop)
         self.lxc.info.side_effect = self._info
+        # Serial console relays: the lxc_admin daemon's (privsep.console).
+        self.console = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.container.console_ps', autospec=True)).mock
+        self.console.ensure_relay.return_value = None
         self.lxc.write_config.side_effect = unit_base.checked_config_writer(
             (self.lxc_path, self.state_path), subuid, subgid)
         self.lxc.kill.side_effect = self._set('STOPPED')

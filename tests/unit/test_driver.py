@@ -36,7 +36,6 @@ from novalxcdriver import ids
 from novalxcdriver import limits
 from novalxcdriver import lxc
 from novalxcdriver import record as record_mod
-from novalxcdriver import serialconsole
 from novalxcdriver import spec as spec_mod
 from novalxcdriver import vif as vif_mod
 from tests.unit import base as unit_base
@@ -106,6 +105,10 @@ class _Base(unit_base.TestCase):
         self.states = {}
         self.lxc = self.patch('novalxcdriver.container.lxc', autospec=True)
         self.lxc.info.side_effect = self._info
+        # Serial console relays: the lxc_admin daemon's (privsep.console).
+        self.console = self.patch('novalxcdriver.container.console_ps',
+                                  autospec=True)
+        self.console.ensure_relay.return_value = None
         self.lxc.write_config.side_effect = unit_base.checked_config_writer(
             (self.lxc_path, self.state_path), self.subuid, self.subgid)
         self.lxc.start.side_effect = self._setter('RUNNING')
@@ -1429,9 +1432,8 @@ class SerialConsoleTest(_Base):
         self.cfg.config(group='serial_console', enabled=True,
                         proxyclient_address='192.0.2.7',
                         port_range='10000:10009')
-        self.ensure = self.patch(
-            'novalxcdriver.container.serialconsole.ensure',
-            return_value=serialconsole.Relay(77, '192.0.2.7', 10003))
+        self.ensure = self.console.ensure_relay
+        self.ensure.return_value = [77, '192.0.2.7', 10003]
         self.lxc.monitor_pid.return_value = 4241
         self.lxc.console_argv.side_effect = lxc.console_argv
         self.init_host()
@@ -1444,8 +1446,8 @@ class SerialConsoleTest(_Base):
         self.assertEqual(('192.0.2.7', 10003), (console.host, console.port))
         self.lxc.monitor_pid.assert_called_once_with(4242)
         self.ensure.assert_called_once_with(
-            self.dir, lxc.console_argv(self.inst.name, self.lxc_path), 4241,
-            '192.0.2.7', '10000:10009')
+            self.inst.name, self.lxc_path, 4241, '192.0.2.7', '10000:10009',
+            restart_only=False)
 
     def test_paused_still_served(self):
         self.states[self.inst.name] = 'FROZEN'
@@ -1485,42 +1487,28 @@ class SerialConsoleTest(_Base):
                           self.inst)
 
     def test_destroy_stops_the_relay(self):
-        stop = self.patch('novalxcdriver.container.serialconsole.stop')
         self.drv.destroy(self.context, self.inst, [])
-        stop.assert_called_once_with(
-            self.dir, lxc.console_argv(self.inst.name, self.lxc_path))
+        self.console.stop_relay.assert_called_once_with(self.inst.name,
+                                                        self.lxc_path)
 
     def test_destroy_leaves_a_foreign_directory_alone(self):
-        stop = self.patch('novalxcdriver.container.serialconsole.stop')
         other = self.instance(uuid=UUID2, id=2)
         # Its name's directory holds a container of another instance.
         self.write_container(other.name, UUID, record=False)
         self.drv.destroy(self.context, other, [])
-        stop.assert_not_called()
+        self.console.stop_relay.assert_not_called()
 
-    def _restart(self, relay_alive, state='RUNNING'):
-        with open(os.path.join(self.dir, serialconsole.STATE_FILE),
-                  'w') as f:
-            f.write('{}')
-        self.states[self.inst.name] = state
-        self.patch('novalxcdriver.container.serialconsole.current',
-                   return_value=relay_alive)
+    def test_init_host_asks_the_daemon_to_restart_a_running_one_s(self):
+        # Whether it had a relay that died is the daemon's to see
+        # (privsep.console.ensure_relay, tested there).
+        self.ensure.return_value = None
         self.drv.init_host(HOST)
-
-    def test_init_host_restarts_a_dead_relay(self):
-        self._restart(relay_alive=None)
         self.ensure.assert_called_once_with(
-            self.dir, mock.ANY, 4241, '192.0.2.7', '10000:10009')
-
-    def test_init_host_keeps_a_live_relay(self):
-        self._restart(relay_alive=serialconsole.Relay(77, 'a', 1))
-        self.ensure.assert_not_called()
+            self.inst.name, self.lxc_path, 4241, '192.0.2.7', '10000:10009',
+            restart_only=True)
 
     def test_init_host_no_relay_for_a_stopped_container(self):
-        self._restart(relay_alive=None, state='STOPPED')
-        self.ensure.assert_not_called()
-
-    def test_init_host_starts_none_never_asked_for(self):
+        self.states[self.inst.name] = 'STOPPED'
         self.drv.init_host(HOST)
         self.ensure.assert_not_called()
 

@@ -50,6 +50,8 @@ class EntryPointChecksTest(_Roots):
                                   return_value=('', ''))
 
     def container(self, name='instance-00000001', mode=0o700, uid=0):
+        if os.geteuid() != 0:
+            self.skipTest('the daemon trusts root\'s containers only')
         path = os.path.join(self.lxc_path, name)
         os.mkdir(path, mode)
         with open(os.path.join(path, 'config'), 'w') as f:
