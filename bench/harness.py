@@ -75,20 +75,6 @@ class PhaseTimer:
         setattr(owner, attr, timed)
         self._undo.append((owner, attr, orig))
 
-    def wrap_context(self, owner, attr, label):
-        """Time the entry of a context manager function (its set-up)."""
-        orig = getattr(owner, attr)
-
-        @contextlib.contextmanager
-        @functools.wraps(orig)
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            with orig(*args, **kwargs) as value:
-                self._add(label, time.perf_counter() - start)
-                yield value
-        setattr(owner, attr, timed)
-        self._undo.append((owner, attr, orig))
-
     def wrap_commands(self, owner, attr):
         """Time each external command by name: 'command <argv[0]>'.
 
@@ -125,9 +111,10 @@ class PhaseTimer:
 
 
 # What a spawn and a destroy are made of. The leaves do not overlap;
-# 'rootfs' contains the disk, userns and mount leaves.
+# 'rootfs' contains the disk and mount leaves; 'idmapped mount' includes
+# the user namespace the storage daemon makes for it.
 SPAWN_LEAVES = ('image lookup', 'ID reservation', 'root disk',
-                'user namespace', 'idmapped mount', 'overlay mount',
+                'idmapped mount', 'overlay mount',
                 'lxc-info', 'lxc-start')
 DESTROY_LEAVES = ('lxc-info', 'lxc-stop -k', 'rootfs unmount+delete',
                   'ID lookup', 'ID release')
@@ -174,7 +161,6 @@ def _instrument(timer):
             owner = getattr(owner, name, None)
         if owner is not None and hasattr(owner, attr):
             timer.wrap(owner, attr, label)
-    timer.wrap_context(lxc, 'user_namespace', 'user namespace')
     # Every command the driver runs goes through lxc.execute.
     timer.wrap_commands(lxc, 'execute')
 

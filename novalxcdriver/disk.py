@@ -7,7 +7,7 @@ journal init formats even a large sparse file in about 10 ms, mkfs.btrfs
 in 10 to 40 ms more; btrfs gives the root disk O(1) read-only snapshots
 (snapshot.py). A disk's filesystem is read from its superblock at mount,
 so disks made before ``[lxc] root_disk_fs`` changed keep working. The loop
-device is attached with autoclear set (loop.py, loop(4)), so unmounting
+device is attached with autoclear set (privsep.storage, loop(4)), so unmounting
 frees it and nothing else needs tracking.
 
 A fresh btrfs disk is a copy of a template of its size, formatted once per
@@ -187,14 +187,14 @@ class Disk:
         fs = self.filesystem()
         # A migration brings the image alone.
         os.makedirs(self.mountpoint, mode=0o755, exist_ok=True)
-        # Autoclear: the device goes with the unmount, or at the end of
-        # the block if the mount failed.
-        with loop.attached(self.image_path) as device:
-            number = self._save_io_baseline(device)
-            if number:
-                # An earlier user's throttle must not follow the device.
-                throttle.clear(number)
-            mount.block_device(device, self.mountpoint, fs)
+        # Autoclear: the device goes with the unmount, or at once if the
+        # mount failed.
+        device = mount.disk_image(self.image_path, self.mountpoint, fs)
+        number = self._save_io_baseline(device)
+        if number:
+            # An earlier user's throttle must not follow the device; the
+            # container starts after this.
+            throttle.clear(number)
 
     def _save_io_baseline(self, device):
         """Save 'MAJ:MIN <its /sys/block stat>' of the loop device.
@@ -269,7 +269,7 @@ class Disk:
     def detach_loops(self):
         """Detach loop devices still backed by the image: crash leftovers.
 
-        Devices are attached with autoclear set (loop.attached), which
+        Devices are attached with autoclear set (mount.disk_image), which
         no crash can leave behind; a device without it is from a driver
         that attached with losetup and was killed before its detach, and
         no unmount frees it. Devices with autoclear set go by themselves
@@ -434,8 +434,7 @@ def shift_mount(point, disk_idmap, idmap):
     """
     if disk_idmap == idmap or mount.is_idmapped(point):
         return
-    with lxc.shifting_namespace(disk_idmap, idmap) as userns_fd:
-        mount.idmapped_over(point, userns_fd)
+    mount.idmapped_over(point, disk_idmap, idmap)
 
 
 def loop_devices_of(path, autoclear=None):

@@ -22,11 +22,11 @@ The image comes from a user and is treated as hostile:
    has no partition table parsers (no CONFIG_MSDOS_PARTITION or
    CONFIG_EFI_PARTITION), so ``losetup -P`` shows no partitions; each
    partition is attached as a read-only loop device of its own with its
-   offset and size limit (loop.attached).
+   offset and size limit (privsep.storage.mount_untrusted).
 4. Only ext2/ext3/ext4 (mounted by the ext4 driver), xfs and btrfs
    partitions are mounted (``SUPPORTED``; the filesystem is read from its
    superblock magic), read-only, nosuid, nodev, noexec, without journal
-   replay (``MOUNT_OPTIONS``; mount(8) "FILESYSTEM-SPECIFIC MOUNT
+   replay (storage's ``UNTRUSTED_OPTIONS``; mount(8) "FILESYSTEM-SPECIFIC MOUNT
    OPTIONS"), from a read-only loop device, so neither the image nor the
    host is written. The root is the partition holding an executable
    /sbin/init, or the one the image property ``novalxc_root_partition``
@@ -67,6 +67,7 @@ from novalxcdriver import exception
 from novalxcdriver import loop
 from novalxcdriver import lxc
 from novalxcdriver import mount
+from novalxcdriver.privsep import storage
 
 LOG = logging.getLogger(__name__)
 
@@ -78,17 +79,9 @@ DISK = 'disk'
 _GLANCE_FORMAT = {QCOW2: 'qcow2', DISK: 'raw'}
 
 SECTOR = 512
-# Filesystems whose tree can become a rootfs, and the mount(2) data that
-# keeps each from writing: ext4 'noload' does not load (replay) the
-# journal, xfs 'norecovery' does not replay the log ('nouuid': two images
-# made from one cloud image share a UUID), btrfs 'rescue=nologreplay'
-# does not replay the log tree. All need a read-only mount.
-SUPPORTED = ('ext4', 'xfs', 'btrfs')
-MOUNT_OPTIONS = {
-    'ext4': 'noload',
-    'xfs': 'norecovery,nouuid',
-    'btrfs': 'rescue=nologreplay',
-}
+# Filesystems whose tree can become a rootfs: the ones the storage
+# daemon mounts read-only without replaying their journal.
+SUPPORTED = tuple(storage.UNTRUSTED_OPTIONS)
 # The image property naming the root partition (its number, as Linux
 # and sfdisk(8) number them: 1 to 4 for MBR primaries, the entry's index
 # plus one for GPT; 0 for a disk without a partition table).
@@ -511,16 +504,14 @@ def _convert(source, dest, max_bytes):
 def _mount(raw, part, fs, mnt):
     """Attach part of raw as a read-only loop device, mount it on mnt.
 
-    The device has autoclear set (loop.attached): it goes with the
-    unmount, or at once if the mount fails.
+    The device has autoclear set: it goes with the unmount, or at once if
+    the mount fails.
 
     :raises MountFailed: mount(2) failed (nothing is left).
     :raises LoopFailed: no loop device could be attached (nothing is
         left).
     """
-    with loop.attached(raw, offset=part.offset, size=part.size,
-                       read_only=True) as device:
-        mount.readonly(device, mnt, fs, MOUNT_OPTIONS[fs])
+    mount.untrusted_partition(raw, mnt, fs, part.offset, part.size)
 
 
 @contextlib.contextmanager

@@ -3,26 +3,22 @@
 The commands that act on a container (lxc-start, lxc-stop, lxc-info,
 lxc-ls, lxc-freeze, lxc-unfreeze) run in a privsep daemon, through
 :mod:`novalxcdriver.privsep.lxctools`; the functions here are their
-callers' names for them. The rest (the ``unshare`` that holds a user
-namespace open for an idmapped mount or runs a snapshot's find and tar as
-the container's root, ovs-vsctl, mkfs, cp and qemu-img) still run here,
+callers' names for them. The rest (the ``unshare`` that runs a snapshot's
+find and tar as the container's root, ovs-vsctl, mkfs, cp and qemu-img)
+still run here,
 through :func:`novalxcdriver.command.execute`: an argv list, never a
 shell, with a timeout (qemu-img also under resource limits). Option
 meanings follow the LXC 5 man pages (lxc-start(1), lxc-stop(1),
 lxc-info(1), lxc-ls(1), lxc-freeze(1)).
 """
 
-import contextlib
-import os
 import subprocess
-import time
 
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 
 from novalxcdriver import command
 from novalxcdriver import conf
-from novalxcdriver import exception
 from novalxcdriver.privsep import lxctools
 
 CONF = conf.CONF
@@ -185,124 +181,6 @@ def version():
     """The installed LXC version as a string, e.g. '5.0.2'."""
     out, _err = execute('lxc-start', '--version')
     return out.strip()
-
-
-def user_namespace(idmap):
-    """Yield an open fd of a user namespace mapping idmap's range to 0.
-
-    The namespace is held by a short-lived ``unshare --user cat``
-    (util-linux), which subprocess starts with vfork; this process, root
-    in the parent namespace, writes its uid_map and gid_map
-    (user_namespaces(7), "Defining user and group ID mappings"). idmap is
-    one of ids.py's, carved from root's /etc/subuid and /etc/subgid
-    ranges. Not a fork of this process: on these machines forking a
-    nova-compute-sized process (150 MB) costs 13 ms, twice the whole
-    unshare. The fd alone keeps the namespace alive once the process is
-    gone.
-
-    :param idmap: an ids.Idmap (uid_start, gid_start, size).
-    :raises CommandFailed: unshare exited first, or a map was refused.
-    :raises CommandTimedOut: unshare did not unshare in time.
-    """
-    def write_maps(pid):
-        for name, start in (('uid_map', idmap.uid_start),
-                            ('gid_map', idmap.gid_start)):
-            try:
-                with open('/proc/%d/%s' % (pid, name), 'w') as f:
-                    f.write('0 %d %d\n' % (start, idmap.size))
-            except OSError as e:
-                raise exception.CommandFailed(
-                    cmd='writing /proc/%d/%s' % (pid, name),
-                    exit_code=e.errno, stderr=str(e))
-    return _held_namespace(['unshare', '--user', 'cat'], _unshared(),
-                           write_maps)
-
-
-def _unshared():
-    """callable(pid): whether pid has left this process's user namespace."""
-    own = os.stat('/proc/self/ns/user').st_ino
-
-    def unshared(pid):
-        try:
-            return os.stat('/proc/%d/ns/user' % pid).st_ino != own
-        except FileNotFoundError:
-            return False
-    return unshared
-
-
-def shifting_namespace(disk_idmap, idmap):
-    """Yield an open fd of a user namespace shifting disk_idmap to idmap.
-
-    For an idmapped mount (mount_setattr(2)) of disks a migration brought:
-    a file owned by ``disk_idmap.uid_start + n`` shows as owned by
-    ``idmap.uid_start + n`` (gids alike), and what the container writes
-    through it lands on disk in disk_idmap's range, so the disks move on
-    unchanged. On-disk uid and gid 0 stay 0: overlayfs makes its work
-    directories as the mounter's root, which must be mapped (design.md).
-
-    unshare(1) of util-linux 2.38 keeps only the last of several
-    ``--map-users``, so the maps are written with newuidmap(1) and
-    newgidmap(1), which check them against root's /etc/subuid and
-    /etc/subgid.
-
-    :param disk_idmap, idmap: ids.Idmap of equal size.
-    :raises CommandFailed, CommandTimedOut: as user_namespace.
-    """
-    if disk_idmap.size != idmap.size:
-        raise ValueError('idmaps of %d and %d ids' % (disk_idmap.size,
-                                                      idmap.size))
-    uid_map = ['%d' % disk_idmap.uid_start, '%d' % idmap.uid_start,
-               '%d' % idmap.size, '0', '0', '1']
-    gid_map = ['%d' % disk_idmap.gid_start, '%d' % idmap.gid_start,
-               '%d' % idmap.size, '0', '0', '1']
-
-    def write_maps(pid):
-        execute('newuidmap', str(pid), *uid_map)
-        execute('newgidmap', str(pid), *gid_map)
-    return _held_namespace(['unshare', '--user', 'cat'], _unshared(),
-                           write_maps)
-
-
-@contextlib.contextmanager
-def _held_namespace(argv, ready, setup=None):
-    """Yield an open fd of the user namespace an ``unshare ... cat`` makes.
-
-    :param ready: callable(pid) true once the namespace is there.
-    :param setup: callable(pid) run then (e.g. writing its maps).
-    :raises CommandFailed: unshare exited first.
-    :raises CommandTimedOut: not ready within [lxc] command_timeout.
-    """
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, close_fds=True)
-    fd = None
-    try:
-        deadline = time.monotonic() + CONF.lxc.command_timeout
-        while True:
-            if proc.poll() is not None:
-                raise exception.CommandFailed(
-                    cmd=' '.join(argv), exit_code=proc.returncode,
-                    stderr=proc.stderr.read().decode(errors='replace'))
-            if ready(proc.pid):
-                break
-            if time.monotonic() > deadline:
-                raise exception.CommandTimedOut(
-                    cmd=' '.join(argv), timeout=CONF.lxc.command_timeout)
-            time.sleep(0.001)
-        if setup is not None:
-            setup(proc.pid)
-        fd = os.open('/proc/%d/ns/user' % proc.pid,
-                     os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        proc.stdin.close()
-        if fd is None:
-            proc.kill()
-        proc.wait()
-        proc.stderr.close()
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 # A snapshot's readers and compressor yield to the containers' own work:

@@ -1,193 +1,93 @@
-"""Mounts the driver makes on the host, through the kernel's syscalls.
+"""Mounts the driver makes on the host, and the host's mount table.
 
-An idmapped mount (mount_setattr(2) with MOUNT_ATTR_IDMAP) shows the shared,
-unshifted image directory to a container's user namespace as if owned by
-that container's range, without chowning a file. Overlay (kernel
-Documentation/filesystems/overlayfs.rst) stacks a per-container upper
-directory on that view; an overlay mount itself cannot be idmapped, so the
-idmap goes on the lower layer. Syscall numbers are x86_64's.
+The mounts themselves (loop-mounted disks, idmapped views of images,
+overlays, unmounts) are made by the ``storage_admin`` privsep daemon
+(:mod:`novalxcdriver.privsep.storage`, where their kernel documentation
+is cited); the functions here are their callers' names for them. Reading
+the mount table (proc(5) mountinfo) and finding a mount's users need no
+privilege beyond reading /proc, and stay in nova-compute.
 """
 
-import ctypes
-import ctypes.util
-import errno
 import os
 import re
 
-from novalxcdriver import exception
-
-_libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                        ctypes.c_ulong, ctypes.c_char_p)
-_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
-
-# asm/unistd_64.h
-_SYS_OPEN_TREE = 428
-_SYS_MOVE_MOUNT = 429
-_SYS_MOUNT_SETATTR = 442
-# linux/mount.h, fcntl.h
-_AT_FDCWD = -100
-_AT_EMPTY_PATH = 0x1000
-_OPEN_TREE_CLONE = 1
-_OPEN_TREE_CLOEXEC = os.O_CLOEXEC
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
-_MOUNT_ATTR_RDONLY = 0x1
-_MOUNT_ATTR_NOSUID = 0x2
-_MOUNT_ATTR_NODEV = 0x4
-_MOUNT_ATTR_IDMAP = 0x100000
-_MNT_DETACH = 2  # sys/mount.h
-_MS_RDONLY = 1  # sys/mount.h
-_MS_NOSUID = 2
-_MS_NODEV = 4
-_MS_NOEXEC = 8
-
-# Processes a MountBusy message names at most.
-_MAX_NAMED = 10
+# storage imports this module back, for its mountinfo readers.
+from novalxcdriver.privsep import storage
 
 
-class _MountAttr(ctypes.Structure):
-    # struct mount_attr, linux/mount.h (MOUNT_ATTR_SIZE_VER0 = 32 bytes)
-    _fields_ = [('attr_set', ctypes.c_uint64),
-                ('attr_clr', ctypes.c_uint64),
-                ('propagation', ctypes.c_uint64),
-                ('userns_fd', ctypes.c_uint64)]
+def _idmap(idmap):
+    return [idmap.uid_start, idmap.gid_start, idmap.size]
 
 
-def _check(result, what, target):
-    if result < 0:
-        err = ctypes.get_errno()
-        raise exception.MountFailed(what=what, target=target,
-                                    reason=os.strerror(err))
-    return result
+def disk_image(path, target, fstype):
+    """Mount the disk image file path on target through a loop device.
 
-
-def idmapped_bind(source, target, userns_fd):
-    """Bind source on target, read-only, shifted by userns_fd's idmap.
-
-    A file owned by host uid 0 in source appears owned by the namespace's
-    first mapped host uid (the container's root) under target.
-
-    :param userns_fd: an open /proc/PID/ns/user fd (lxc.user_namespace).
-    :raises MountFailed: a syscall failed (errno text in the message).
+    :param fstype: 'ext4' or 'btrfs'.
+    :returns: the loop device, '/dev/loopN' (autoclear: it goes with the
+        unmount).
+    :raises LoopFailed, MountFailed: nothing is left.
     """
-    # Read-only: the shared image must never be written through a view.
-    _idmapped(source, target, userns_fd, _MOUNT_ATTR_RDONLY)
+    return storage.mount_disk(path, target, fstype)
 
 
-def idmapped_over(target, userns_fd):
-    """Stack an idmapped bind of the mount at target on target itself.
+def untrusted_partition(path, target, fstype, offset, size):
+    """Mount bytes offset..offset+size of path: ro, nosuid, nodev, noexec.
+
+    For reading the files of a disk image the host does not trust
+    (storage.mount_untrusted): nothing on it runs or opens a device from
+    the host's side, and no journal is replayed into the image.
+
+    :param fstype: 'ext4', 'xfs' or 'btrfs'.
+    :param offset, size: bytes; size 0 for the rest of the file.
+    :returns: the loop device's path.
+    :raises LoopFailed, MountFailed: nothing is left.
+    """
+    return storage.mount_untrusted(path, target, fstype, offset, size)
+
+
+def idmapped_bind(source, target, idmap):
+    """Bind source on target, read-only, shifted into idmap's range.
+
+    A file owned by host uid 0 in source appears owned by the container's
+    root (``idmap.uid_start``) under target.
+
+    :param idmap: ids.Idmap.
+    :raises MountFailed: a syscall failed (errno text in the message).
+    :raises CommandFailed, CommandTimedOut: no user namespace was made.
+    """
+    storage.idmapped_bind(source, target, _idmap(idmap))
+
+
+def idmapped_over(target, disk_idmap, idmap):
+    """Stack on target an idmapped bind of itself, disk_idmap to idmap.
 
     Read-write: the disks a migration brought, shown in the container's
-    idmap (lxc.shifting_namespace) at the paths every other part of the
-    driver uses. unmount_tree takes both mounts off.
+    idmap at the paths every other part of the driver uses; what the
+    container writes lands in disk_idmap's range, so the disks move on
+    unchanged. unmount_tree takes both mounts off.
 
-    :raises MountFailed: a syscall failed.
+    :param disk_idmap, idmap: ids.Idmap of equal size.
+    :raises MountFailed, CommandFailed, CommandTimedOut: as idmapped_bind.
     """
-    _idmapped(target, target, userns_fd, 0)
-
-
-def _idmapped(source, target, userns_fd, extra_attr):
-    """open_tree(2) a clone of source, idmap it, move_mount(2) on target.
-
-    The new mount API's idmapped mounts (mount_setattr(2),
-    MOUNT_ATTR_IDMAP); nodev always, plus extra_attr.
-    """
-    what = 'idmapped view of %s' % source
-    tree = _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source),
-                                _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC),
-                  what, target)
-    try:
-        attr = _MountAttr(_MOUNT_ATTR_IDMAP | _MOUNT_ATTR_NODEV | extra_attr,
-                          0, 0, userns_fd)
-        _check(_libc.syscall(_SYS_MOUNT_SETATTR, tree, b'', _AT_EMPTY_PATH,
-                             ctypes.byref(attr), ctypes.sizeof(attr)),
-               what, target)
-        _check(_libc.syscall(_SYS_MOVE_MOUNT, tree, b'', _AT_FDCWD,
-                             os.fsencode(target), _MOVE_MOUNT_F_EMPTY_PATH),
-               what, target)
-    finally:
-        os.close(tree)
-
-
-def is_idmapped(point):
-    """True when the top mount at point is idmapped (mountinfo says so)."""
-    found = False
-    with open('/proc/self/mountinfo', 'rb') as f:
-        data = f.read()
-    for line in data.split(b'\n'):
-        fields = line.split(b' ')
-        # Field 6: the mount's own options (proc(5)).
-        if len(fields) > 5 and _unescape(fields[4]) == point:
-            found = b'idmapped' in fields[5].split(b',')
-    return found
+    storage.idmapped_over(target, _idmap(disk_idmap), _idmap(idmap))
 
 
 def overlay(lower, upper, work, target):
     """Mount an overlay of upper (read-write) over lower on target.
 
-    :raises MountFailed: mount(2) failed.
+    :raises MountFailed: mount(2) failed, or a path holds ',', ':', '\\'
+        or a newline (overlay options have no escaping).
     """
-    for path in (lower, upper, work):
-        # Overlay options are comma/colon separated with no escaping.
-        if any(c in path for c in ',:\\\n'):
-            raise exception.MountFailed(
-                what='overlay', target=target,
-                reason='unsupported character in path %r' % path)
-    options = 'lowerdir=%s,upperdir=%s,workdir=%s' % (lower, upper, work)
-    _check(_libc.mount(b'overlay', os.fsencode(target), b'overlay', 0,
-                       options.encode()), 'overlay', target)
+    storage.overlay(lower, upper, work, target)
 
 
 def overlay_readonly(lowers, target):
-    """Mount a read-only overlay of lowers (top first) on target.
-
-    With no upper layer the overlay is read-only by itself (overlayfs
-    docs, "Multiple lower layers"); nosuid and nodev are set too, since
-    host processes read the tree. Whiteouts and opaque directories in
-    the upper lowers apply to those below.
+    """Mount a read-only, nosuid, nodev overlay of lowers (top first).
 
     :param lowers: list of directories, the topmost first.
-    :raises MountFailed: mount(2) failed.
+    :raises MountFailed: as overlay.
     """
-    for path in lowers:
-        if any(c in path for c in ',:\\\n'):
-            raise exception.MountFailed(
-                what='overlay', target=target,
-                reason='unsupported character in path %r' % path)
-    options = 'lowerdir=%s' % ':'.join(lowers)
-    _check(_libc.mount(b'overlay', os.fsencode(target), b'overlay',
-                       _MS_RDONLY | _MS_NOSUID | _MS_NODEV,
-                       options.encode()), 'overlay', target)
-
-
-def block_device(device, target, fstype):
-    """Mount device's fstype filesystem on target, nodev.
-
-    :param fstype: 'ext4' or 'btrfs'.
-    :raises MountFailed: mount(2) failed.
-    """
-    _check(_libc.mount(os.fsencode(device), os.fsencode(target),
-                       fstype.encode(), _MS_NODEV, None),
-           '%s %s' % (fstype, device), target)
-
-
-def readonly(device, target, fstype, options):
-    """Mount device's fstype filesystem on target: ro, nosuid, nodev, noexec.
-
-    For reading a filesystem the host does not trust (a disk image's):
-    nothing on it runs or opens a device from the host's side.
-
-    :param fstype: the kernel's filesystem name ('ext4', 'xfs', 'btrfs').
-    :param options: the filesystem's mount data (mount(8)
-        "FILESYSTEM-SPECIFIC MOUNT OPTIONS"), e.g. 'noload'.
-    :raises MountFailed: mount(2) failed.
-    """
-    _check(_libc.mount(os.fsencode(device), os.fsencode(target),
-                       fstype.encode(),
-                       _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
-                       options.encode()),
-           '%s %s' % (fstype, device), target)
+    storage.overlay_readonly(list(lowers), target)
 
 
 def unmount(target):
@@ -203,23 +103,51 @@ def unmount(target):
         at or below target (see ``holders``).
     :raises MountFailed: for errors other than 'not mounted'.
     """
-    if _libc.umount2(os.fsencode(target), 0) == 0:
-        return
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOENT):
-        return
-    if err == errno.EBUSY:
-        found = holders(target)
-        if found:
-            names = ', '.join('pid %d (%s)' % h for h in found[:_MAX_NAMED])
-            if len(found) > _MAX_NAMED:
-                names += ' and %d more' % (len(found) - _MAX_NAMED)
-        else:
-            names = ('no process of this mount namespace (a mount below '
-                     'it, or a kernel user such as a loop device)')
-        raise exception.MountBusy(target=target, holders=names)
-    raise exception.MountFailed(what='unmount', target=target,
-                                reason=os.strerror(err))
+    storage.unmount(target)
+
+
+def unmount_tree(top):
+    """Unmount everything mounted at or below top, deepest first.
+
+    Each mount stacked on a point is undone: umount(2) takes off only the
+    top one, and a root remounted twice (a crash, a race of two processes
+    before the remount lock) must not survive its destroy.
+
+    :raises MountBusy: a mount is in use (see ``unmount``); the ones below
+        it are undone already, it and those above it stay.
+    :raises MountFailed: umount(2) failed otherwise.
+    """
+    top = os.path.abspath(top)
+    # Nothing mounted there (most calls: a cleanup's), no round trip; the
+    # daemon reads the table again.
+    if any(p == top or p.startswith(top + '/') for p in mounts()):
+        storage.unmount_tree(top)
+
+
+def detach_stale(target):
+    """Detach lxcfs's stale mount lazily (umount2(2) MNT_DETACH).
+
+    Only for a mount nothing is deleted under, lxcfs's FUSE mount once
+    its daemon died: its users keep it until they let go, as with any
+    lxcfs restart. Never for a container's disks (see ``unmount``).
+    Idempotent.
+
+    :raises MountFailed: for errors other than 'not mounted'.
+    """
+    storage.detach_stale(target)
+
+
+def is_idmapped(point):
+    """True when the top mount at point is idmapped (mountinfo says so)."""
+    found = False
+    with open('/proc/self/mountinfo', 'rb') as f:
+        data = f.read()
+    for line in data.split(b'\n'):
+        fields = line.split(b' ')
+        # Field 6: the mount's own options (proc(5)).
+        if len(fields) > 5 and _unescape(fields[4]) == point:
+            found = b'idmapped' in fields[5].split(b',')
+    return found
 
 
 def holders(path):
@@ -351,37 +279,3 @@ def source(point):
 def mountpoints():
     """Every mount point in this mount namespace (set of absolute paths)."""
     return set(mounts())
-
-
-def detach_stale(target):
-    """Detach a mount lazily (umount2(2) MNT_DETACH). Idempotent.
-
-    Only for a mount nothing is deleted under, such as lxcfs's FUSE mount
-    once its daemon died: its users keep it until they let go, as with any
-    lxcfs restart. Never for a container's disks (see ``unmount``).
-
-    :raises MountFailed: for errors other than 'not mounted'.
-    """
-    if _libc.umount2(os.fsencode(target), _MNT_DETACH) == 0:
-        return
-    err = ctypes.get_errno()
-    if err not in (errno.EINVAL, errno.ENOENT):
-        raise exception.MountFailed(what='lazy unmount', target=target,
-                                    reason=os.strerror(err))
-
-
-def unmount_tree(top):
-    """Unmount everything mounted at or below top, deepest first.
-
-    Each mount stacked on a point is undone: umount(2) takes off only the
-    top one, and a root remounted twice (a crash, a race of two processes
-    before the remount lock) must not survive its destroy.
-
-    :raises MountBusy: a mount is in use (see ``unmount``); the ones below
-        it are undone already, it and those above it stay.
-    :raises MountFailed: umount(2) failed otherwise.
-    """
-    top = os.path.abspath(top)
-    inside = [p for p in mounts() if p == top or p.startswith(top + '/')]
-    for point in sorted(inside, key=len, reverse=True):
-        unmount(point)

@@ -51,7 +51,6 @@ from novalxcdriver import disk
 from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import images
-from novalxcdriver import lxc
 from novalxcdriver import mount
 from novalxcdriver import throttle
 
@@ -183,8 +182,7 @@ class Rootfs:
                 disk.shift_mount(d.mountpoint, *shift)
         points = mount.mountpoints()
         if self.lower not in points:
-            with lxc.user_namespace(idmap) as userns_fd:
-                mount.idmapped_bind(image_rootfs, self.lower, userns_fd)
+            mount.idmapped_bind(image_rootfs, self.lower, idmap)
         if self.merged not in points:
             mount.overlay(self.lower, self.upper, self.work, self.merged)
 

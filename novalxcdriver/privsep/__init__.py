@@ -24,6 +24,10 @@ Contexts, one per set of capabilities (capabilities(7)):
   network namespace (setns(2) needs the first, opening another uid's
   /proc/PID/ns/net the second, ptrace(2) "access mode checking").
 
+- ``storage_admin`` (``[novalxc_storage_admin]``): mounts and loop
+  devices, through syscalls in the daemon (storage.py): CAP_SYS_ADMIN
+  for them, and what overlayfs needs of its mounter (see below).
+
 Driver roots: an entry point acts only under a driver root, an ``[lxc]``
 ``lxc_path`` or ``state_path`` (or ``extra_driver_roots``) of the
 daemon's own configuration, never under a path the caller made up.
@@ -240,7 +244,26 @@ net_admin = _Context(
                   caps.CAP_SYS_PTRACE],
 )
 
-CONTEXTS = (lxc_admin, net_admin)
+# Overlayfs checks every access to its layers against its mounter's
+# credentials as well (overlayfs.rst, "Permission model"): a container's
+# root can do on its rootfs only what this daemon's capabilities allow,
+# so the set covers what a container's root does to its own files
+# (chown, setuid bits, file capabilities, reading and writing others'
+# files) besides the mounts, loop devices and idmaps' user namespaces
+# (SETUID and SETGID write their maps, SYS_PTRACE opens their
+# /proc/PID/ns/user and finds a busy mount's users).
+storage_admin = _Context(
+    'novalxcdriver.privsep',
+    cfg_section='novalxc_storage_admin',
+    pypath=__name__ + '.storage_admin',
+    capabilities=[caps.CAP_SYS_ADMIN, caps.CAP_CHOWN, caps.CAP_DAC_OVERRIDE,
+                  caps.CAP_DAC_READ_SEARCH, caps.CAP_FOWNER,
+                  caps.CAP_FSETID, caps.CAP_SETFCAP, caps.CAP_MKNOD,
+                  caps.CAP_SETUID, caps.CAP_SETGID, caps.CAP_SYS_PTRACE],
+    uses_roots=True,
+)
+
+CONTEXTS = (lxc_admin, net_admin, storage_admin)
 
 
 def list_opts():

@@ -16,6 +16,7 @@ from oslotest import base as oslo_base
 from novalxcdriver import disk
 from novalxcdriver import exception
 from novalxcdriver import mount
+from novalxcdriver import privsep
 from tests.functional import base
 
 
@@ -25,6 +26,8 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         super().setUp()
         base.require_root(self)
         self.tmp = self.useFixture(fixtures.TempDir()).path
+        # Mounts are made below driver roots only.
+        privsep.add_roots(self.tmp)
         self.templates = os.path.join(self.tmp, disk.TEMPLATES)
 
     def disk(self, name):

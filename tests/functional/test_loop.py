@@ -1,6 +1,9 @@
-"""novalxcdriver.loop against the real kernel: sysfs, autoclear, a mount.
+"""Loop devices against the real kernel: sysfs, autoclear, a mount.
 
-Root only (loop devices). Each test's device must be gone at its end.
+privsep.storage's loop_attached in this process, and the storage_admin
+daemon's entry points (mount.disk_image, loop.set_capacity, loop.detach)
+for real, with the test's directory as a driver root. Root only (loop
+devices). Each test's device must be gone at its end.
 """
 
 import contextlib
@@ -14,6 +17,8 @@ from novalxcdriver import disk
 from novalxcdriver import exception
 from novalxcdriver import loop
 from novalxcdriver import mount
+from novalxcdriver import privsep
+from novalxcdriver.privsep import storage
 from tests.functional import base
 
 MiB = 1024 * 1024
@@ -25,6 +30,8 @@ class LoopTest(oslo_base.BaseTestCase):
         super().setUp()
         base.require_root(self)
         self.tmp = self.useFixture(fixtures.TempDir()).path
+        # The daemon's entry points act below driver roots only.
+        privsep.add_roots(self.tmp)
         self.image = os.path.join(self.tmp, 'disk;$(x) a.img')
         with open(self.image, 'wb') as f:
             f.truncate(64 * MiB)
@@ -39,8 +46,8 @@ class LoopTest(oslo_base.BaseTestCase):
             return f.read().strip()
 
     def test_attached_with_its_settings_then_gone(self):
-        with loop.attached(self.image, offset=MiB, size=8 * MiB,
-                           read_only=True) as device:
+        with storage.loop_attached(self.image, offset=MiB, size=8 * MiB,
+                                   read_only=True) as device:
             self.assertEqual([device], disk.loop_devices_of(self.image))
             self.assertEqual('1', self.sysfs(device, 'loop/autoclear'))
             self.assertEqual(str(MiB), self.sysfs(device, 'loop/offset'))
@@ -55,8 +62,9 @@ class LoopTest(oslo_base.BaseTestCase):
         subprocess.run(['mkfs.ext4', '-q', '-F', self.image], check=True)
         mnt = os.path.join(self.tmp, 'mnt')
         os.mkdir(mnt)
-        with loop.attached(self.image) as device:
-            mount.block_device(device, mnt, 'ext4')
+        # Through the storage_admin daemon: attached and mounted in one
+        # call, with autoclear.
+        device = mount.disk_image(self.image, mnt, 'ext4')
         try:
             self.assertEqual([device], disk.loop_devices_of(self.image))
             with open(os.path.join(mnt, 'f'), 'w') as f:
@@ -66,7 +74,7 @@ class LoopTest(oslo_base.BaseTestCase):
         base.poll(lambda: not disk.loop_devices_of(self.image), timeout=5)
 
     def test_set_capacity_shows_a_grown_file(self):
-        with loop.attached(self.image) as device:
+        with storage.loop_attached(self.image) as device:
             os.truncate(self.image, 128 * MiB)
             self.assertEqual(str(64 * MiB // 512), self.sysfs(device, 'size'))
             loop.set_capacity(device)
@@ -92,11 +100,23 @@ class LoopTest(oslo_base.BaseTestCase):
                 f.truncate(MiB)
             images.append(path)
         with contextlib.ExitStack() as stack:
-            devices = [stack.enter_context(loop.attached(p)) for p in images]
+            devices = [stack.enter_context(storage.loop_attached(p))
+                       for p in images]
             self.assertEqual(len(images), len(set(devices)))
         base.poll(lambda: not any(disk.loop_devices_of(p) for p in images),
                   timeout=5)
 
     def test_missing_file_attaches_nothing(self):
-        self.assertRaises(exception.LoopFailed, loop._configure,
+        self.assertRaises(exception.LoopFailed, storage._loop_configure,
                           os.path.join(self.tmp, 'nope'), 0, 0, False)
+
+    def test_the_daemon_refuses_a_device_backed_elsewhere(self):
+        other = self.useFixture(fixtures.TempDir()).path
+        image = os.path.join(other, 'x.img')
+        with open(image, 'wb') as f:
+            f.truncate(MiB)
+        with storage.loop_attached(image) as device:
+            self.assertRaises(exception.PrivilegedCallRefused, loop.detach,
+                              device)
+            self.assertEqual([device], disk.loop_devices_of(image))
+        base.poll(lambda: not disk.loop_devices_of(image), timeout=5)

@@ -18,6 +18,7 @@ from pyroute2 import NetlinkError
 from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import lxc
+from novalxcdriver import mount
 from novalxcdriver import privsep
 from novalxcdriver.privsep import netdev
 from tests.functional import base as func_base
@@ -27,6 +28,9 @@ MAC = 'fa:16:3e:0a:0b:0c'
 FUNC_ROOT_PARENT = os.path.dirname(func_base.FUNC_ROOT)
 # capabilities(7) bit numbers.
 CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 12, 19, 21
+# storage_admin's: CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID,
+# SETGID, SETUID, MKNOD, SETFCAP with SYS_PTRACE and SYS_ADMIN.
+STORAGE_CAPS = (0, 1, 2, 3, 4, 6, 7, 27, 31, CAP_SYS_PTRACE, CAP_SYS_ADMIN)
 
 
 def daemons(context):
@@ -211,3 +215,57 @@ class LxcAdminDaemonTest(func_base.FunctionalTestCase):
         self.driver.power_on(self.ctxt, instance, [])
         self.assertEqual('RUNNING', self.lxc_state(instance.name))
         self.assertFalse(os.path.exists(self.marker))
+
+
+class StorageAdminDaemonTest(func_base.FunctionalTestCase):
+    """Mounts through the storage_admin daemon, as the driver makes them."""
+
+    def test_daemon_has_its_capabilities_and_containers_own_their_root(self):
+        instance = self.make_instance()
+        self.spawn(instance, self.busybox_image())
+        found = daemons(privsep.storage_admin)
+        self.assertTrue(found)
+        for pid, status in found.items():
+            self.assertEqual('0', status['Uid'].split()[1], pid)
+            self.assertEqual(sum(1 << n for n in STORAGE_CAPS),
+                             int(status['CapEff'], 16), pid)
+        # Overlayfs checks the layers against its mounter's credentials:
+        # what a container's root does to its files works with the
+        # daemon's. A copy-up with a chown, a setuid bit, a whiteout.
+        script = ('set -e; touch /f; busybox chown 1000:1000 /f; '
+                  'chmod 4755 /f; busybox chown 1000 /etc/group; '
+                  'rm /etc/passwd; mkdir -p /d/e; rm -r /d; '
+                  'stat -c "%u %g %a" /f /etc/group; '
+                  'test ! -e /etc/passwd && echo whiteout')
+        out = self.attach(instance.name, 'sh', '-c', script).stdout
+        self.assertEqual(['1000 1000 4755', '1000 0 644', 'whiteout'],
+                         out.split('\n')[:3])
+
+    def test_paths_outside_the_daemon_s_roots_refused(self):
+        for call, args in ((mount.unmount, ('/proc',)),
+                           (mount.overlay, ('/etc', '/tmp/u', '/tmp/w',
+                                            '/mnt')),
+                           (mount.disk_image, ('/dev/sda', '/mnt', 'ext4')),
+                           (mount.unmount, (CONF.lxc.state_path +
+                                            '/../../etc',))):
+            e = self.assertRaises(exception.PrivilegedCallRefused, call,
+                                  *args)
+            self.assertIn('refused', str(e))
+        self.assertIn('/proc', mount.mountpoints())
+
+    def test_unmount_of_a_busy_mount_crosses_with_its_holders(self):
+        instance = self.make_instance()
+        self.spawn(instance, self.busybox_image())
+        config = os.path.join(CONF.lxc.lxc_path, instance.name, 'config')
+        with open(config) as f:
+            merged = [line.split('= dir:', 1)[1].strip() for line in f
+                      if line.startswith('lxc.rootfs.path')]
+        self.assertIn(merged[0], mount.mountpoints())
+        # A host process in it: the daemon sees it (CAP_SYS_PTRACE).
+        proc = subprocess.Popen(['sleep', '60'], cwd=merged[0])
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        e = self.assertRaises(exception.MountBusy, mount.unmount, merged[0])
+        self.assertIn(merged[0], str(e))
+        self.assertIn('pid %d (sleep)' % proc.pid, str(e))
+        self.assertIn(merged[0], mount.mountpoints())

@@ -1,4 +1,4 @@
-"""lxc.user_namespace against the real kernel: its maps, no child left.
+"""privsep.storage's user namespaces against the real kernel: maps, no child.
 
 Root only (writing another process's maps needs CAP_SETUID/CAP_SETGID in
 the parent namespace).
@@ -12,10 +12,11 @@ from oslotest import base as oslo_base
 
 from novalxcdriver import exception
 from novalxcdriver import ids
-from novalxcdriver import lxc
+from novalxcdriver.privsep import storage
 from tests.functional import base
 
 IDMAP = ids.Idmap(100000 + 7 * 65536, 100000 + 9 * 65536, 65536)
+DISK_IDMAP = ids.Idmap(100000 + 3 * 65536, 100000 + 5 * 65536, 65536)
 
 
 class UserNamespaceTest(oslo_base.BaseTestCase):
@@ -50,7 +51,7 @@ class UserNamespaceTest(oslo_base.BaseTestCase):
             for name in ('uid_map', 'gid_map')]
 
     def test_maps_the_idmap_to_root(self):
-        with lxc.user_namespace(IDMAP) as fd:
+        with storage.user_namespace(IDMAP) as fd:
             self.assertTrue(os.readlink('/proc/self/fd/%d' % fd)
                             .startswith('user:['))
             self.assertNotEqual(os.stat('/proc/self/ns/user').st_ino,
@@ -60,8 +61,17 @@ class UserNamespaceTest(oslo_base.BaseTestCase):
                  ['0', str(IDMAP.gid_start), '65536']], self._maps(fd))
         self.assertRaises(OSError, os.fstat, fd)
 
+    def test_shifting_namespace_two_extents(self):
+        with storage.shifting_namespace(DISK_IDMAP, IDMAP) as fd:
+            self.assertEqual(
+                [[str(DISK_IDMAP.uid_start), str(IDMAP.uid_start), '65536',
+                  '0', '0', '1'],
+                 [str(DISK_IDMAP.gid_start), str(IDMAP.gid_start), '65536',
+                  '0', '0', '1']], self._maps(fd))
+
     def test_each_call_a_new_namespace(self):
-        with lxc.user_namespace(IDMAP) as a, lxc.user_namespace(IDMAP) as b:
+        with storage.user_namespace(IDMAP) as a, \
+                storage.user_namespace(IDMAP) as b:
             self.assertNotEqual(os.fstat(a).st_ino, os.fstat(b).st_ino)
 
     def test_concurrent_threads(self):
@@ -70,7 +80,7 @@ class UserNamespaceTest(oslo_base.BaseTestCase):
         def worker():
             try:
                 for _ in range(20):
-                    with lxc.user_namespace(IDMAP):
+                    with storage.user_namespace(IDMAP):
                         pass
             except Exception as e:
                 errors.append(e)
@@ -88,6 +98,6 @@ class UserNamespaceTest(oslo_base.BaseTestCase):
         bad = ids.Idmap(2 ** 32 - 10, IDMAP.gid_start, 65536)
         fds = set(os.listdir('/proc/self/fd'))
         e = self.assertRaises(exception.CommandFailed,
-                              lxc.user_namespace(bad).__enter__)
+                              storage.user_namespace(bad).__enter__)
         self.assertIn('uid_map', str(e))
         self.assertEqual(fds, set(os.listdir('/proc/self/fd')))

@@ -43,10 +43,10 @@ SPAWN_POINTS = (
     ('record write', 'novalxcdriver.durable:write', 'before', 'record'),
     ('record write', 'novalxcdriver.durable:write', 'after', 'record'),
     ('Disk.create', 'novalxcdriver.disk:Disk.create', 'before', None),
-    ('loop device configured', 'novalxcdriver.loop:_configure', 'after',
-     None),
-    ('mount.block_device', 'novalxcdriver.mount:block_device', 'after',
-     None),
+    # Mounts are made by the storage_admin daemon: the crash is
+    # nova-compute's, around its call.
+    ('mount.disk_image', 'novalxcdriver.mount:disk_image', 'before', None),
+    ('mount.disk_image', 'novalxcdriver.mount:disk_image', 'after', None),
     ('Disk.create', 'novalxcdriver.disk:Disk.create', 'after', None),
     ('mount.idmapped_bind', 'novalxcdriver.mount:idmapped_bind', 'after',
      None),

@@ -1,7 +1,6 @@
 """Tests for novalxcdriver.disk, with loop devices, mkfs.ext4 and mount
 mocked."""
 
-import contextlib
 import os
 from unittest import mock
 
@@ -30,13 +29,12 @@ class _Base(unit_base.TestCase):
 
         self.lxc = self.patch('novalxcdriver.disk.lxc', autospec=True)
         self.loop = self.patch('novalxcdriver.disk.loop', autospec=True)
-        # What happened to loop devices and mounts, in order.
+        # What happened to mounts, in order.
         self.events = []
-        self.loop.attached.side_effect = self._attached
         self.mount = self.patch('novalxcdriver.disk.mount', autospec=True)
         self.mounted = set()
         self.mount.mountpoints.side_effect = lambda: set(self.mounted)
-        self.mount.block_device.side_effect = self._ext4
+        self.mount.disk_image.side_effect = self._ext4
         # mkfs is mocked: the image holds no superblock to read.
         self.fs = self.patch('novalxcdriver.disk.Disk.filesystem',
                              autospec=True, return_value='ext4')
@@ -44,19 +42,20 @@ class _Base(unit_base.TestCase):
         self.throttle = self.patch('novalxcdriver.disk.throttle',
                                    autospec=True)
 
-    @contextlib.contextmanager
-    def _attached(self, path):
-        self.events.append(('attach', path))
-        try:
-            yield LOOP
-        finally:
-            self.events.append(('close', LOOP))
-
-    def _ext4(self, device, target, fstype='ext4'):
-        self.events.append(('mount', device, target))
+    def _ext4(self, path, target, fstype):
+        # The daemon attaches path to a loop device (autoclear) and mounts
+        # it, in one call.
+        self.events.append(('mount', path, target, fstype))
         # A fresh ext4 filesystem holds lost+found.
         self.mounted.add(target)
         os.mkdir(os.path.join(target, 'lost+found'))
+        return LOOP
+
+    def assert_nothing_left(self):
+        """A failed mount_disk leaves nothing for nova-compute to undo."""
+        self.assertFalse(self.disk.is_mounted())
+        self.assertEqual([], self.loop.mock_calls)
+        self.throttle.clear.assert_not_called()
 
 
 class CreateTest(_Base):
@@ -91,8 +90,8 @@ class CreateTest(_Base):
         self.disk.create(1, 1000, 2000, fs='btrfs')
         self.lxc.execute.assert_called_once_with('mkfs.btrfs', '-q', '-f',
                                                  self.image)
-        self.mount.block_device.assert_called_once_with(
-            LOOP, self.mountpoint, 'btrfs')
+        self.mount.disk_image.assert_called_once_with(
+            self.image, self.mountpoint, 'btrfs')
         # btrfs has no lost+found; its top level is the container root's.
         self.chown.assert_called_once_with(self.mountpoint, 1000, 2000)
 
@@ -101,13 +100,12 @@ class CreateTest(_Base):
         self.assertFalse(os.path.exists(self.image))
         self.lxc.execute.assert_not_called()
 
-    def test_formatted_then_loop_mounted_then_closed(self):
+    def test_formatted_then_loop_mounted(self):
         self.lxc.execute.side_effect = (
             lambda *a, **k: self.events.append(('mkfs',)))
         self.disk.create(1, 1000, 2000)
-        # The device is closed after the mount, which then holds it.
-        self.assertEqual([('mkfs',), ('attach', self.image),
-                          ('mount', LOOP, self.mountpoint), ('close', LOOP)],
+        self.assertEqual([('mkfs',),
+                          ('mount', self.image, self.mountpoint, 'ext4')],
                          self.events)
 
     def test_mountpoint_owned_by_uid_gid(self):
@@ -127,8 +125,8 @@ class CreateTest(_Base):
     def test_existing_mountpoint_accepted(self):
         os.mkdir(self.mountpoint)
         self.disk.create(1, 0, 0)
-        self.mount.block_device.assert_called_once_with(
-            LOOP, self.mountpoint, 'ext4')
+        self.mount.disk_image.assert_called_once_with(
+            self.image, self.mountpoint, 'ext4')
 
     def test_existing_image_refused(self):
         with open(self.image, 'wb') as f:
@@ -137,25 +135,25 @@ class CreateTest(_Base):
         with open(self.image, 'rb') as f:
             self.assertEqual(b'someone else', f.read())
         self.lxc.execute.assert_not_called()
-        self.loop.attached.assert_not_called()
-        self.mount.block_device.assert_not_called()
+        self.mount.disk_image.assert_not_called()
 
     def test_mkfs_failure_mounts_nothing(self):
         self.lxc.execute.side_effect = exception.CommandFailed(
             cmd='mkfs.ext4', exit_code=1, stderr='bad')
         self.assertRaises(exception.CommandFailed, self.disk.create, 1, 0,
                           0)
-        self.loop.attached.assert_not_called()
-        self.mount.block_device.assert_not_called()
+        self.mount.disk_image.assert_not_called()
         self.chown.assert_not_called()
 
-    def test_loop_detached_when_mount_fails(self):
-        self.mount.block_device.side_effect = exception.MountFailed(
+    def test_nothing_left_when_mount_fails(self):
+        self.mount.disk_image.side_effect = exception.MountFailed(
             what='ext4 ' + LOOP, target=self.mountpoint, reason='EINVAL')
         self.assertRaises(exception.MountFailed, self.disk.create, 1, 0, 0)
-        # Closed, with autoclear: nothing holds it, it goes.
-        self.assertEqual([('attach', self.image), ('close', LOOP)],
-                         self.events)
+        self.mount.disk_image.assert_called_once_with(
+            self.image, self.mountpoint, 'ext4')
+        # The daemon's loop device had autoclear set: it went at once.
+        self.assert_nothing_left()
+        self.assertFalse(os.path.exists(self.disk.io_baseline_path))
         self.chown.assert_not_called()
 
 
@@ -165,16 +163,15 @@ class MountTest(_Base):
         # As after a host reboot: image and mount point, no mount.
         os.mkdir(self.mountpoint)
         self.disk.mount()
-        self.assertEqual([('attach', self.image),
-                          ('mount', LOOP, self.mountpoint), ('close', LOOP)],
+        self.assertEqual([('mount', self.image, self.mountpoint, 'ext4')],
                          self.events)
         self.assertTrue(self.disk.is_mounted())
 
     def test_noop_when_mounted(self):
         self.mounted.add(self.mountpoint)
         self.disk.mount()
-        self.loop.attached.assert_not_called()
-        self.mount.block_device.assert_not_called()
+        self.mount.disk_image.assert_not_called()
+        self.throttle.clear.assert_not_called()
 
     def test_other_mounts_do_not_count(self):
         self.mounted.update({self.tmp, self.mountpoint + '/x',
@@ -182,15 +179,16 @@ class MountTest(_Base):
         self.assertFalse(self.disk.is_mounted())
         os.mkdir(self.mountpoint)
         self.disk.mount()
-        self.mount.block_device.assert_called_once_with(
-            LOOP, self.mountpoint, 'ext4')
+        self.mount.disk_image.assert_called_once_with(
+            self.image, self.mountpoint, 'ext4')
 
-    def test_loop_detached_when_mount_fails(self):
-        self.mount.block_device.side_effect = exception.MountFailed(
+    def test_nothing_left_when_mount_fails(self):
+        self.mount.disk_image.side_effect = exception.MountFailed(
             what='ext4', target=self.mountpoint, reason='EBUSY')
         self.assertRaises(exception.MountFailed, self.disk.mount)
-        self.assertEqual([('attach', self.image), ('close', LOOP)],
-                         self.events)
+        self.mount.disk_image.assert_called_once_with(
+            self.image, self.mountpoint, 'ext4')
+        self.assert_nothing_left()
 
 
 class StillAttachedTest(_Base):
@@ -207,8 +205,7 @@ class StillAttachedTest(_Base):
         self.disk.mount()
         self.assertEqual(2, self.sleep.call_count)
         self.held.assert_called_with(self.image)
-        self.assertEqual([('attach', self.image),
-                          ('mount', LOOP, self.mountpoint), ('close', LOOP)],
+        self.assertEqual([('mount', self.image, self.mountpoint, 'ext4')],
                          self.events)
 
     def test_refused_while_still_held(self):
@@ -218,6 +215,7 @@ class StillAttachedTest(_Base):
         self.assertIn('/dev/loop9', str(e))
         self.assertIn('mounting it twice would corrupt it', str(e))
         self.assertEqual([], self.events)
+        self.mount.disk_image.assert_not_called()
 
     def test_a_new_image_is_not_checked(self):
         self.disk.create(1, 1000, 1000)
@@ -244,48 +242,62 @@ class DeviceTest(_Base):
 
 
 class IoBaselineTest(_Base):
-    """Each attach saves the loop device's counters for diagnostics."""
+    """Each mount saves its loop device's counters for diagnostics."""
+
+    COUNTERS = '  10 0 80 1 20 0 160 2 0 3 3 0 0 0 0 0 0\n'
 
     def setUp(self):
         super().setUp()
         self.sys = os.path.join(self.tmp, 'sys-dev-block')
         self.patch('novalxcdriver.disk.SYS_DEV_BLOCK', self.sys)
         real_stat = os.stat
+        devices = {LOOP: os.makedev(7, 7), '/dev/loop3': os.makedev(7, 3)}
 
         def stat(path, *args, **kwargs):
-            if path == LOOP:
-                return mock.Mock(st_rdev=os.makedev(7, 7))
+            if path in devices:
+                return mock.Mock(st_rdev=devices[path])
             return real_stat(path, *args, **kwargs)
         self.patch('os.stat', side_effect=stat)
-        os.makedirs(os.path.join(self.sys, '7:7'))
-        with open(os.path.join(self.sys, '7:7', 'stat'), 'w') as f:
-            f.write('  10 0 80 1 20 0 160 2 0 3 3 0 0 0 0 0 0\n')
+        for number, counters in (('7:7', self.COUNTERS),
+                                 ('7:3', '  1 2 3 4 5 6 7 8\n')):
+            os.makedirs(os.path.join(self.sys, number))
+            with open(os.path.join(self.sys, number, 'stat'), 'w') as f:
+                f.write(counters)
         os.mkdir(self.mountpoint)
+        self.throttle.clear.side_effect = (
+            lambda number: self.events.append(('clear', number)))
 
     def baseline(self):
         with open(self.disk.io_baseline_path) as f:
             return f.read()
 
-    def test_saved_before_the_mount(self):
-        def ext4(device, target, fstype):
-            # The filesystem's own mount I/O counts as the disk's.
-            self.assertEqual('7:7   10 0 80 1 20 0 160 2 0 3 3 0 0 0 0 0 0\n',
-                             self.baseline())
+    def test_saved_after_the_mount(self):
+        def mount_disk(path, target, fstype):
+            # The device is only known once the daemon attached it.
+            self.assertFalse(os.path.exists(self.disk.io_baseline_path))
             self.mounted.add(target)
-        self.mount.block_device.side_effect = ext4
+            return LOOP
+        self.mount.disk_image.side_effect = mount_disk
         self.disk.mount()
-        self.mount.block_device.assert_called_once_with(
-            LOOP, self.mountpoint, 'ext4')
+        self.mount.disk_image.assert_called_once_with(
+            self.image, self.mountpoint, 'ext4')
+        self.assertEqual('7:7 ' + self.COUNTERS, self.baseline())
         self.assertEqual(self.image + '.iostat', self.disk.io_baseline_path)
 
-    def test_earlier_throttles_cleared_before_the_mount(self):
-        # The loop device may have served another instance's disk.
-        def ext4(device, target, fstype):
-            self.throttle.clear.assert_called_once_with('7:7')
-            self.mounted.add(target)
-        self.mount.block_device.side_effect = ext4
+    def test_of_the_device_the_mount_attached(self):
+        self.mount.disk_image.side_effect = None
+        self.mount.disk_image.return_value = '/dev/loop3'
         self.disk.mount()
-        self.mount.block_device.assert_called_once()
+        self.assertEqual('7:3   1 2 3 4 5 6 7 8\n', self.baseline())
+        self.throttle.clear.assert_called_once_with('7:3')
+
+    def test_earlier_throttles_cleared_after_the_mount(self):
+        # The loop device may have served another instance's disk; the
+        # container starts after the mount.
+        self.disk.mount()
+        self.assertEqual([('mount', self.image, self.mountpoint, 'ext4'),
+                          ('clear', '7:7')], self.events)
+        self.throttle.clear.assert_called_once_with('7:7')
 
     def test_replaces_an_earlier_attachment(self):
         with open(self.disk.io_baseline_path, 'w') as f:
@@ -301,6 +313,13 @@ class IoBaselineTest(_Base):
         self.assertFalse(os.path.exists(self.disk.io_baseline_path))
         self.assertTrue(self.disk.is_mounted())
         self.throttle.clear.assert_called_once_with('7:7')
+
+    def test_failed_mount_saves_nothing_clears_nothing(self):
+        self.mount.disk_image.side_effect = exception.LoopFailed(
+            path=self.image, reason='no free loop device')
+        self.assertRaises(exception.LoopFailed, self.disk.mount)
+        self.assertFalse(os.path.exists(self.disk.io_baseline_path))
+        self.throttle.clear.assert_not_called()
 
 
 class DetachLoopsTest(_Base):
@@ -371,11 +390,10 @@ class FilesystemTest(unit_base.TestCase):
 
     def test_mount_refuses_an_unknown_disk(self):
         self._write(0, b'\x00')
-        loop = self.patch('novalxcdriver.disk.loop', autospec=True)
         mnt = self.patch('novalxcdriver.disk.mount', autospec=True)
         mnt.mountpoints.return_value = set()
         self.assertRaises(exception.DiskUnreadable, self.disk.mount)
-        loop.attached.assert_not_called()
+        mnt.disk_image.assert_not_called()
 
 
 DISK_IDMAP = ids.Idmap(296608, 296608, 65536)
@@ -392,11 +410,11 @@ class MountShiftTest(_Base):
 
     def test_mounts_then_shifts(self):
         calls = mock.Mock()
-        calls.attach_mock(self.mount.block_device, 'block_device')
+        calls.attach_mock(self.mount.disk_image, 'disk_image')
         calls.attach_mock(self.shift_mount, 'shift_mount')
         self.disk.mount((DISK_IDMAP, IDMAP))
         self.assertEqual(
-            [mock.call.block_device(LOOP, self.mountpoint, 'ext4'),
+            [mock.call.disk_image(self.image, self.mountpoint, 'ext4'),
              mock.call.shift_mount(self.mountpoint, DISK_IDMAP, IDMAP)],
             calls.mock_calls)
 
@@ -404,13 +422,14 @@ class MountShiftTest(_Base):
         # After a crash between the mount and its shift.
         self.mounted.add(self.mountpoint)
         self.disk.mount((DISK_IDMAP, IDMAP))
-        self.mount.block_device.assert_not_called()
+        self.mount.disk_image.assert_not_called()
         self.shift_mount.assert_called_once_with(self.mountpoint, DISK_IDMAP,
                                                  IDMAP)
 
     def test_no_shift_by_default(self):
         self.disk.mount()
-        self.mount.block_device.assert_called_once()
+        self.mount.disk_image.assert_called_once_with(
+            self.image, self.mountpoint, 'ext4')
         self.shift_mount.assert_not_called()
 
     def test_mount_point_made_for_an_image_alone(self):
@@ -418,8 +437,8 @@ class MountShiftTest(_Base):
         os.rmdir(self.mountpoint)
         self.disk.mount()
         self.assertTrue(os.path.isdir(self.mountpoint))
-        self.mount.block_device.assert_called_once_with(
-            LOOP, self.mountpoint, 'ext4')
+        self.mount.disk_image.assert_called_once_with(
+            self.image, self.mountpoint, 'ext4')
 
 
 class GrowTest(_Base):
@@ -507,14 +526,9 @@ class ShiftMountTest(unit_base.TestCase):
         super().setUp()
         self.mount = self.patch('novalxcdriver.disk.mount', autospec=True)
         self.mount.is_idmapped.return_value = False
-        self.lxc = self.patch('novalxcdriver.disk.lxc', autospec=True)
-        userns = mock.MagicMock()
-        userns.__enter__.return_value = 57
-        self.lxc.shifting_namespace.return_value = userns
 
     def test_equal_idmaps_no_op(self):
         disk.shift_mount('/r/root', IDMAP, ids.Idmap(100000, 100000, 65536))
-        self.lxc.shifting_namespace.assert_not_called()
         self.mount.idmapped_over.assert_not_called()
 
     def test_already_idmapped_no_op(self):
@@ -522,17 +536,14 @@ class ShiftMountTest(unit_base.TestCase):
         self.mount.is_idmapped.return_value = True
         disk.shift_mount('/r/root', DISK_IDMAP, IDMAP)
         self.mount.is_idmapped.assert_called_once_with('/r/root')
-        self.lxc.shifting_namespace.assert_not_called()
         self.mount.idmapped_over.assert_not_called()
 
     def test_stacks_an_idmapped_mount(self):
         disk.shift_mount('/r/root', DISK_IDMAP, IDMAP)
         self.mount.is_idmapped.assert_called_once_with('/r/root')
-        self.lxc.shifting_namespace.assert_called_once_with(DISK_IDMAP,
-                                                            IDMAP)
-        self.mount.idmapped_over.assert_called_once_with('/r/root', 57)
-        # The namespace is let go once the mount holds it.
-        self.lxc.shifting_namespace.return_value.__exit__.assert_called_once()
+        # The daemon makes the user namespace from the two idmaps.
+        self.mount.idmapped_over.assert_called_once_with('/r/root',
+                                                         DISK_IDMAP, IDMAP)
 
 
 class TemplateTest(_Base):
@@ -576,8 +587,10 @@ class TemplateTest(_Base):
             st = os.stat(path)
             self.assertEqual(GiB, st.st_size)
             self.assertLess(st.st_blocks * 512, 1024 * 1024)
-        self.mount.block_device.assert_called_with(
-            LOOP, other.mountpoint, 'btrfs')
+        self.assertEqual(
+            [mock.call(self.image, self.mountpoint, 'btrfs'),
+             mock.call(other.image_path, other.mountpoint, 'btrfs')],
+            self.mount.disk_image.call_args_list)
 
     def test_one_template_per_size_ext4_formatted_each(self):
         for name, size_gb, fs in (('a', 1, 'btrfs'), ('b', 2, 'btrfs'),
@@ -610,7 +623,7 @@ class TemplateTest(_Base):
                           0, fs='btrfs')
         self.assertEqual([], os.listdir(self.templates))
         self.assertFalse(os.path.exists(self.image))
-        self.loop.attached.assert_not_called()
+        self.mount.disk_image.assert_not_called()
 
     def test_existing_image_refused_and_kept(self):
         with open(self.image, 'wb') as f:
@@ -619,7 +632,7 @@ class TemplateTest(_Base):
                           fs='btrfs')
         with open(self.image, 'rb') as f:
             self.assertEqual(b'someone else', f.read())
-        self.loop.attached.assert_not_called()
+        self.mount.disk_image.assert_not_called()
 
     def test_failed_copy_leaves_no_disk(self):
         self.patch('os.copy_file_range',
@@ -628,7 +641,7 @@ class TemplateTest(_Base):
         self.assertRaises(OSError, self.disk.create, 1, 0, 0, fs='btrfs')
         self.assertFalse(os.path.exists(self.image))
         self.assertTrue(os.path.exists(self.template()))
-        self.loop.attached.assert_not_called()
+        self.mount.disk_image.assert_not_called()
 
     def test_crash_leftovers_removed_templates_kept(self):
         # Killed during the template's mkfs: its temporary name is left.

@@ -1,6 +1,5 @@
 """Tests for novalxcdriver.diskimage: disk images as rootfs trees."""
 
-import contextlib
 import errno
 import io
 import json
@@ -15,6 +14,7 @@ import fixtures
 
 from novalxcdriver import diskimage
 from novalxcdriver import exception
+from novalxcdriver.privsep import storage
 from tests.unit import base
 
 MiB = 1 << 20
@@ -277,7 +277,8 @@ class RootPartitionTest(base.TestCase):
 class _HostTest(base.TestCase):
     """unpack with the host layer (loop devices, mount, qemu-img) mocked.
 
-    Loop devices are named after the offset they start at, so a mount
+    mount.untrusted_partition (the daemon's loop device and mount, in one
+    call) names its loop device after the offset it starts at, so a mount
     tells which partition it shows.
     """
 
@@ -285,34 +286,27 @@ class _HostTest(base.TestCase):
         super().setUp()
         self.work = self.useFixture(fixtures.TempDir()).path
         self.dest = os.path.join(self.work, 'rootfs')
+        self.mnt = os.path.join(self.work, 'mnt')
         os.mkdir(self.dest)
         self.lxc = self.patch('novalxcdriver.diskimage.lxc', autospec=True)
         self.loop = self.patch('novalxcdriver.diskimage.loop',
                                autospec=True)
-        self.attaches = []
-        self.closes = 0
-        self.loop.attached.side_effect = self._attached
         self.mount = self.patch('novalxcdriver.diskimage.mount',
                                 autospec=True)
         self.mounted = []
-        self.mount.readonly.side_effect = (
-            lambda device, target, fs, options: self.mounted.append(device))
+        self.mount.untrusted_partition.side_effect = self._mount_untrusted
         self.copy = self.patch('novalxcdriver.diskimage.copy_tree',
                                return_value=42)
         # Partition 2 (at 3 MiB) is the root.
         self.roots = {'/dev/loop-at-%d' % (3 * MiB)}
 
-    @contextlib.contextmanager
-    def _attached(self, path, offset, size, read_only):
-        self.attaches.append(mock.call(path, offset=offset, size=size,
-                                       read_only=read_only))
-        try:
-            yield '/dev/loop-at-%d' % offset
-        finally:
-            self.closes += 1
+    def _mount_untrusted(self, path, target, fstype, offset, size):
+        device = '/dev/loop-at-%d' % offset
+        self.mounted.append(device)
+        return device
 
     def is_root(self, mnt):
-        self.assertEqual(os.path.join(self.work, 'mnt'), mnt)
+        self.assertEqual(self.mnt, mnt)
         return self.mounted[-1] in self.roots
 
     def disk(self, fs1='vfat', fs2='ext4', size=8 * MiB):
@@ -334,35 +328,37 @@ class _HostTest(base.TestCase):
                                 root_partition)
 
     def assert_undone(self):
-        """Every loop device detached, every mount undone."""
-        self.assertEqual(len(self.attaches), self.closes)
-        self.assertEqual(len(self.mounted), self.mount.unmount.call_count)
+        """Every mount undone (its loop device, autoclear, goes with it)."""
+        self.assertEqual([mock.call(self.mnt)] * len(self.mounted),
+                         self.mount.unmount.call_args_list)
+        # Nothing else for nova-compute to detach.
+        self.loop.detach.assert_not_called()
 
 
 class UnpackTest(_HostTest):
 
     def test_root_partition_found_mounted_safely_and_copied(self):
         self.assertEqual(42, self.unpack(self.disk()))
-        # Only the supported filesystem was attached: read-only, at its
-        # offset, its size.
-        self.assertEqual(self.attaches[-1], mock.call(
-            os.path.join(self.work, 'archive'), offset=3 * MiB,
-            size=4 * MiB, read_only=True))
-        self.mount.readonly.assert_called_with(
-            '/dev/loop-at-%d' % (3 * MiB), os.path.join(self.work, 'mnt'),
-            'ext4', 'noload')
-        self.copy.assert_called_once_with(os.path.join(self.work, 'mnt'),
-                                          self.dest, 4 * GiB)
+        # Only the supported filesystem was mounted (the probe's mount and
+        # the copy's), as untrusted: at its offset, its size.
+        self.assertEqual(
+            [mock.call(os.path.join(self.work, 'archive'), self.mnt, 'ext4',
+                       3 * MiB, 4 * MiB)] * 2,
+            self.mount.untrusted_partition.call_args_list)
+        self.copy.assert_called_once_with(self.mnt, self.dest, 4 * GiB)
         self.assert_undone()
         self.lxc.qemu_img_info.assert_not_called()
 
     def test_mount_options_keep_each_filesystem_from_writing(self):
+        # Only filesystems the daemon mounts without replaying a journal.
         self.assertEqual({'ext4': 'noload', 'xfs': 'norecovery,nouuid',
                           'btrfs': 'rescue=nologreplay'},
-                         diskimage.MOUNT_OPTIONS)
+                         storage.UNTRUSTED_OPTIONS)
+        self.assertEqual(sorted(storage.UNTRUSTED_OPTIONS),
+                         sorted(diskimage.SUPPORTED))
         self.unpack(self.disk(fs2='xfs'))
-        self.assertEqual('norecovery,nouuid',
-                         self.mount.readonly.call_args.args[3])
+        self.assertEqual('xfs',
+                         self.mount.untrusted_partition.call_args.args[2])
 
     def test_no_linux_root_refused_and_undone(self):
         self.roots = set()
@@ -377,25 +373,29 @@ class UnpackTest(_HostTest):
         e = self.assertRaises(exception.DiskImageRefused, self.unpack,
                               self.disk(fs1='ntfs', fs2='ntfs'))
         self.assertIn('partition 2: ntfs (not supported)', str(e))
-        self.assertEqual([], self.attaches)
-        self.mount.readonly.assert_not_called()
+        self.mount.untrusted_partition.assert_not_called()
 
-    def test_failed_copy_still_unmounts_and_detaches(self):
+    def test_failed_copy_still_unmounts(self):
         self.copy.side_effect = OSError(errno.ENOSPC, 'No space left')
         self.assertRaises(OSError, self.unpack, self.disk())
         # The probe's mount and the copy's.
         self.assertEqual(2, len(self.mounted))
         self.assert_undone()
 
-    def test_failed_mount_detaches_and_names_the_reason(self):
-        self.mount.readonly.side_effect = exception.MountFailed(
+    def test_failed_mount_leaves_nothing_and_names_the_reason(self):
+        self.mount.untrusted_partition.side_effect = exception.MountFailed(
             what='ext4', target='mnt', reason='Structure needs cleaning')
         e = self.assertRaises(exception.DiskImageRefused, self.unpack,
                               self.disk())
         self.assertIn('partition 2: ext4 (cannot be mounted: Structure '
                       'needs cleaning)', str(e))
-        self.assertEqual(1, self.closes)
+        self.mount.untrusted_partition.assert_called_once_with(
+            os.path.join(self.work, 'archive'), self.mnt, 'ext4', 3 * MiB,
+            4 * MiB)
+        # The daemon left no mount and no loop device to undo.
         self.mount.unmount.assert_not_called()
+        self.loop.detach.assert_not_called()
+        self.copy.assert_not_called()
 
     def test_probe_unmounted_even_when_is_root_fails(self):
         def is_root(mnt):
@@ -420,14 +420,15 @@ class UnpackTest(_HostTest):
             f.write(superblock('ext4') + bytes(MiB))
         self.roots = {'/dev/loop-at-0'}
         self.unpack(path)
-        self.assertEqual(self.attaches[-1], mock.call(
-            path, offset=0, size=os.path.getsize(path), read_only=True))
+        self.mount.untrusted_partition.assert_called_with(
+            path, self.mnt, 'ext4', 0, os.path.getsize(path))
+        self.assertEqual(['/dev/loop-at-0'] * 2, self.mounted)
 
     def test_raw_declared_for_qcow2_content_refused(self):
         self.assertRaises(exception.DiskImageRefused, self.unpack,
                           self.disk(), kind=diskimage.QCOW2,
                           disk_format='raw')
-        self.assertEqual([], self.attaches)
+        self.mount.untrusted_partition.assert_not_called()
 
 
 class Qcow2Test(_HostTest):
@@ -461,7 +462,8 @@ class Qcow2Test(_HostTest):
             path, raw, 'qcow2', 'raw', diskimage.CONVERT_TIMEOUT,
             **diskimage.CONVERT_LIMITS)
         self.assertFalse(os.path.exists(path))
-        self.assertEqual(raw, self.attaches[-1].args[0])
+        self.assertEqual(raw,
+                         self.mount.untrusted_partition.call_args.args[0])
         self.assert_undone()
 
     def test_backing_file_refused_before_qemu_img_runs(self):

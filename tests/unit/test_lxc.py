@@ -6,14 +6,12 @@ import sys
 import time
 from unittest import mock
 
-import fixtures
 from oslo_concurrency import processutils
 from oslo_config import fixture as config_fixture
 from oslotest import base
 
 from novalxcdriver import conf
 from novalxcdriver import exception
-from novalxcdriver import ids
 from novalxcdriver import lxc
 from novalxcdriver import privsep
 
@@ -302,98 +300,3 @@ class DiskImageArgvTest(_MockedExecute):
     def test_no_prlimit_unless_asked(self):
         lxc.execute('true')
         self.assertNotIn('prlimit', self.pe.call_args.kwargs)
-
-
-class ShiftingNamespaceTest(base.BaseTestCase):
-    """shifting_namespace: unshare's child gets two extents per map."""
-
-    DISK = ids.Idmap(uid_start=296608, gid_start=496608, size=65536)
-    OWN = ids.Idmap(uid_start=100000, gid_start=300000, size=65536)
-    PID = 4321
-    FD = 77
-
-    def setUp(self):
-        super().setUp()
-        self.popen = self.useFixture(fixtures.MockPatch(
-            'novalxcdriver.lxc.subprocess.Popen')).mock
-        self.proc = self.popen.return_value
-        self.proc.pid = self.PID
-        self.proc.poll.return_value = None
-        self.proc.stderr.read.return_value = b'unshare: no'
-        self.execute = self.useFixture(fixtures.MockPatch(
-            'novalxcdriver.lxc.execute', return_value=('', ''))).mock
-        self.calls = mock.Mock()
-        self.calls.attach_mock(self.execute, 'execute')
-        self.calls.attach_mock(self.proc.kill, 'kill')
-        self.calls.attach_mock(self.proc.stdin.close, 'stdin_close')
-
-    def _stat(self, path):
-        # The child's namespace differs from ours once unshare has run.
-        inos = {'/proc/self/ns/user': 1,
-                '/proc/%d/ns/user' % self.PID: 2}
-        return mock.Mock(st_ino=inos[path])
-
-    def enter(self, disk_idmap=None, idmap=None):
-        """Enter and leave the context; the fd it yielded, os.open/close."""
-        with mock.patch('os.stat', side_effect=self._stat), \
-                mock.patch('os.open', return_value=self.FD) as os_open, \
-                mock.patch('os.close') as os_close:
-            with lxc.shifting_namespace(disk_idmap or self.DISK,
-                                        idmap or self.OWN) as fd:
-                os_close.assert_not_called()
-            return fd, os_open, os_close
-
-    def test_maps_written_with_two_extents(self):
-        fd, os_open, os_close = self.enter()
-        self.assertEqual(['unshare', '--user', 'cat'],
-                         self.popen.call_args.args[0])
-        self.assertEqual(
-            [mock.call('newuidmap', str(self.PID), '296608', '100000',
-                       '65536', '0', '0', '1'),
-             mock.call('newgidmap', str(self.PID), '496608', '300000',
-                       '65536', '0', '0', '1')],
-            self.execute.call_args_list)
-        self.assertEqual(self.FD, fd)
-        self.assertEqual('/proc/%d/ns/user' % self.PID,
-                         os_open.call_args.args[0])
-        # The fd holds the namespace; the process goes, then the fd.
-        self.proc.kill.assert_not_called()
-        self.proc.stdin.close.assert_called_once()
-        self.proc.wait.assert_called_once()
-        os_close.assert_called_once_with(self.FD)
-
-    def test_argv_only_strings(self):
-        self.enter()
-        for c in self.execute.call_args_list:
-            self.assertTrue(all(isinstance(a, str) for a in c.args), c)
-
-    def test_unequal_sizes_refused(self):
-        self.assertRaises(ValueError, self.enter,
-                          idmap=ids.Idmap(100000, 300000, 1000))
-        self.popen.assert_not_called()
-        self.execute.assert_not_called()
-
-    def test_map_failure_kills_the_child(self):
-        self.execute.side_effect = exception.CommandFailed(
-            cmd='newuidmap', exit_code=1, stderr='not allowed')
-        with mock.patch('os.stat', side_effect=self._stat), \
-                mock.patch('os.open') as os_open:
-            e = self.assertRaises(exception.CommandFailed,
-                                  self._enter_plain)
-        self.assertIn('not allowed', str(e))
-        os_open.assert_not_called()
-        self.proc.kill.assert_called_once()
-        self.proc.wait.assert_called_once()
-
-    def _enter_plain(self):
-        with lxc.shifting_namespace(self.DISK, self.OWN):
-            pass
-
-    def test_unshare_failure_raised(self):
-        self.proc.poll.return_value = 1
-        self.proc.returncode = 1
-        with mock.patch('os.stat', side_effect=self._stat):
-            e = self.assertRaises(exception.CommandFailed,
-                                  self._enter_plain)
-        self.assertIn('unshare: no', str(e))
-        self.execute.assert_not_called()

@@ -1,13 +1,11 @@
 """Tests for novalxcdriver.mount: mountinfo parsing, unmount, holders."""
 
-import errno
 import os
 import subprocess
 from unittest import mock
 
 import fixtures
 
-from novalxcdriver import exception
 from novalxcdriver import mount
 from tests.unit import base
 
@@ -65,17 +63,20 @@ class MountinfoTest(base.TestCase):
     def test_roots(self):
         self.assertIn('/srv/%s/images/X/rootfs' % E_ACUTE, mount.roots())
 
-    def test_unmount_tree_finds_non_ascii_points(self):
-        unmount = self.patch('novalxcdriver.mount.unmount')
+    def test_unmount_tree_asks_the_daemon_when_something_is_below(self):
+        storage = self.patch('novalxcdriver.mount.storage')
         mount.unmount_tree('/srv/%s' % E_ACUTE)
-        self.assertEqual([mock.call('/srv/%s/merged' % E_ACUTE),
-                          mock.call('/srv/%s/lower' % E_ACUTE)],
-                         unmount.call_args_list)
-
-    def test_unmount_tree_escaped_space(self):
-        unmount = self.patch('novalxcdriver.mount.unmount')
         mount.unmount_tree('/mnt/my disk')
-        unmount.assert_called_once_with('/mnt/my disk')
+        self.assertEqual([mock.call('/srv/%s' % E_ACUTE),
+                          mock.call('/mnt/my disk')],
+                         storage.unmount_tree.call_args_list)
+
+    def test_unmount_tree_nothing_below_no_round_trip(self):
+        storage = self.patch('novalxcdriver.mount.storage')
+        # A sibling with the same prefix is not below.
+        mount.unmount_tree('/srv/%s/merge' % E_ACUTE)
+        mount.unmount_tree('/mnt/my')
+        storage.unmount_tree.assert_not_called()
 
 
 class RealMountinfoTest(base.TestCase):
@@ -126,73 +127,6 @@ class HoldersTest(_Processes):
         self.assertEqual([], mount.holders(os.path.join(self.tmp, 'top')))
 
 
-class UnmountTest(_Processes):
-
-    def setUp(self):
-        super().setUp()
-        self.libc = self.patch('novalxcdriver.mount._libc')
-        self.errno = self.patch('ctypes.get_errno')
-
-    def fail_plain_unmount(self, err):
-        # A lazy detach (any flag) would succeed, as the kernel's does.
-        self.libc.umount2.side_effect = lambda target, flags: (
-            -1 if flags == 0 else 0)
-        self.errno.return_value = err
-
-    def test_unmounted(self):
-        self.libc.umount2.return_value = 0
-        mount.unmount('/a')
-        self.libc.umount2.assert_called_once_with(b'/a', 0)
-
-    def test_not_mounted_is_not_an_error(self):
-        for err in (errno.EINVAL, errno.ENOENT):
-            self.fail_plain_unmount(err)
-            mount.unmount('/a')
-
-    def test_busy_is_refused_and_names_the_holders(self):
-        pid = self.sleeper(self.tmp)
-        self.fail_plain_unmount(errno.EBUSY)
-        e = self.assertRaises(exception.MountBusy, mount.unmount, self.tmp)
-        self.assertIsInstance(e, exception.MountFailed)
-        self.assertIn(self.tmp, str(e))
-        self.assertIn('pid %d (sleep)' % pid, str(e))
-        # Never detached lazily: every umount2 call had no flags.
-        for call in self.libc.umount2.call_args_list:
-            self.assertEqual(0, call.args[1])
-
-    def test_busy_without_a_holder_found(self):
-        self.fail_plain_unmount(errno.EBUSY)
-        e = self.assertRaises(exception.MountBusy, mount.unmount,
-                              os.path.join(self.tmp, 'nothing'))
-        self.assertIn('no process', str(e))
-
-    def test_busy_names_ten_holders_at_most(self):
-        self.patch('novalxcdriver.mount.holders',
-                   return_value=[(p, 'sh') for p in range(100, 112)])
-        self.fail_plain_unmount(errno.EBUSY)
-        e = self.assertRaises(exception.MountBusy, mount.unmount, '/a')
-        self.assertIn('pid 109 (sh) and 2 more', str(e))
-        self.assertNotIn('pid 110', str(e))
-
-    def test_other_errors(self):
-        self.fail_plain_unmount(errno.EPERM)
-        e = self.assertRaises(exception.MountFailed, mount.unmount, '/a')
-        self.assertNotIsInstance(e, exception.MountBusy)
-        self.assertIn(os.strerror(errno.EPERM), str(e))
-
-    def test_detach_stale_is_lazy_and_idempotent(self):
-        # lxcfs's dead FUSE mount only: nothing is deleted under it.
-        self.libc.umount2.return_value = 0
-        mount.detach_stale('/var/lib/lxcfs')
-        self.libc.umount2.assert_called_once_with(b'/var/lib/lxcfs', 2)
-        self.libc.umount2.return_value = -1
-        self.errno.return_value = errno.EINVAL
-        mount.detach_stale('/var/lib/lxcfs')
-        self.errno.return_value = errno.EPERM
-        self.assertRaises(exception.MountFailed, mount.detach_stale,
-                          '/var/lib/lxcfs')
-
-
 class SourceTest(base.TestCase):
 
     def test_source_of_the_top_mount(self):
@@ -210,26 +144,6 @@ class SourceTest(base.TestCase):
                 b'rw\n')
         self.patch('builtins.open', mock.mock_open(read_data=data))
         self.assertEqual('/dev/loop4', mount.source('/p'))
-
-
-class ReadonlyTest(base.TestCase):
-
-    def test_flags_and_options(self):
-        libc = self.patch('novalxcdriver.mount._libc')
-        libc.mount.return_value = 0
-        mount.readonly('/dev/loop5', '/c/mnt', 'xfs', 'norecovery,nouuid')
-        # MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
-        libc.mount.assert_called_once_with(b'/dev/loop5', b'/c/mnt', b'xfs',
-                                           1 | 2 | 4 | 8,
-                                           b'norecovery,nouuid')
-
-    def test_failure(self):
-        libc = self.patch('novalxcdriver.mount._libc')
-        libc.mount.return_value = -1
-        self.patch('ctypes.get_errno', return_value=errno.EUCLEAN)
-        e = self.assertRaises(exception.MountFailed, mount.readonly,
-                              '/dev/loop5', '/c/mnt', 'ext4', 'noload')
-        self.assertIn('ext4 /dev/loop5', str(e))
 
 
 class IsIdmappedTest(base.TestCase):
@@ -276,62 +190,3 @@ class IsIdmappedTest(base.TestCase):
         opened = self.patch('builtins.open', mock.mock_open(read_data=b''))
         self.assertFalse(mount.is_idmapped('/s/root'))
         opened.assert_called_once_with('/proc/self/mountinfo', 'rb')
-
-
-class IdmappedOverTest(base.TestCase):
-
-    TREE = 9
-
-    def setUp(self):
-        super().setUp()
-        self.libc = self.patch('novalxcdriver.mount._libc')
-        self.attrs = []
-        self.results = {mount._SYS_OPEN_TREE: self.TREE,
-                        mount._SYS_MOUNT_SETATTR: 0,
-                        mount._SYS_MOVE_MOUNT: 0}
-        self.libc.syscall.side_effect = self._syscall
-        self.close = self.patch('os.close')
-
-    def _syscall(self, number, *args):
-        if number == mount._SYS_MOUNT_SETATTR:
-            # byref's object: what the kernel would read.
-            attr = args[3]._obj
-            self.attrs.append((attr.attr_set, attr.attr_clr,
-                               attr.userns_fd))
-        return self.results[number]
-
-    def test_idmapped_bind_of_the_mount_on_itself(self):
-        mount.idmapped_over('/s/root', 57)
-        calls = self.libc.syscall.call_args_list
-        self.assertEqual([mount._SYS_OPEN_TREE, mount._SYS_MOUNT_SETATTR,
-                          mount._SYS_MOVE_MOUNT],
-                         [c.args[0] for c in calls])
-        # A clone of the mount at /s/root...
-        self.assertEqual((mount._AT_FDCWD, b'/s/root',
-                          mount._OPEN_TREE_CLONE | mount._OPEN_TREE_CLOEXEC),
-                         calls[0].args[1:])
-        # ...idmapped through the namespace, read-write...
-        self.assertEqual([(mount._MOUNT_ATTR_IDMAP | mount._MOUNT_ATTR_NODEV,
-                           0, 57)], self.attrs)
-        self.assertFalse(self.attrs[0][0] & mount._MOUNT_ATTR_RDONLY)
-        self.assertEqual(self.TREE, calls[1].args[1])
-        # ...moved on top of it.
-        self.assertEqual((self.TREE, b'', mount._AT_FDCWD, b'/s/root',
-                          mount._MOVE_MOUNT_F_EMPTY_PATH), calls[2].args[1:])
-        self.close.assert_called_once_with(self.TREE)
-
-    def test_failure_closes_the_tree(self):
-        self.results[mount._SYS_MOUNT_SETATTR] = -1
-        self.patch('ctypes.get_errno', return_value=errno.EINVAL)
-        e = self.assertRaises(exception.MountFailed, mount.idmapped_over,
-                              '/s/root', 57)
-        self.assertIn('/s/root', str(e))
-        self.close.assert_called_once_with(self.TREE)
-        self.assertEqual(2, self.libc.syscall.call_count)
-
-    def test_open_tree_failure(self):
-        self.results[mount._SYS_OPEN_TREE] = -1
-        self.patch('ctypes.get_errno', return_value=errno.ENOENT)
-        self.assertRaises(exception.MountFailed, mount.idmapped_over,
-                          '/s/root', 57)
-        self.close.assert_not_called()

@@ -43,33 +43,20 @@ NAMESPACE_MAPS = ('uid_map', 'gid_map')
 
 # (module, function, what) still run in nova-compute, by issue 14's steps.
 NOT_YET_PRIVSEP = {
-    # unshare, ovs-vsctl, mkfs, qemu-img: the runner (command.py) and
-    # lxc.py's argv (lxc-* tools are privsep.lxctools').
+    # unshare (a snapshot's readers), ovs-vsctl, mkfs, qemu-img: the
+    # runner (command.py) and lxc.py's argv (lxc-* tools are
+    # privsep.lxctools', mounts and loop devices privsep.storage's).
     ('command.py', '_execute_limited', 'processutils.execute'),
     ('command.py', 'execute', 'subprocess.run'),
     ('lxc.py', 'qemu_img_info', 'execute'),
     ('lxc.py', 'qemu_img_convert', 'execute'),
     ('lxc.py', 'version', 'execute'),
     ('lxc.py', 'start_daemon', 'subprocess.Popen'),
-    ('lxc.py', '_held_namespace', 'subprocess.Popen'),
-    ('lxc.py', 'user_namespace.write_maps', 'uid_map/gid_map'),
-    ('lxc.py', 'shifting_namespace.write_maps', 'execute'),
     ('lxc.py', 'userns_popen', 'subprocess.Popen'),
     ('lxc.py', 'ovs_del_port', 'execute'),
     # The relay's lxc-console: the relay is the lxc_admin daemon's child
     # (privsep.console) but its module is not privsep's.
     ('consolerelay.py', 'serve', 'subprocess.Popen'),
-    # Mounts and loop devices.
-    ('mount.py', '<module>', 'ctypes.CDLL'),
-    ('mount.py', '_idmapped', '_libc.syscall'),
-    ('mount.py', 'block_device', '_libc.mount'),
-    ('mount.py', 'detach_stale', '_libc.umount2'),
-    ('mount.py', 'overlay', '_libc.mount'),
-    ('mount.py', 'overlay_readonly', '_libc.mount'),
-    ('mount.py', 'readonly', '_libc.mount'),
-    ('mount.py', 'unmount', '_libc.umount2'),
-    ('loop.py', '_configure', 'fcntl.ioctl'),
-    ('loop.py', '_ioctl', 'fcntl.ioctl'),
     # Disks: btrfs snapshots, fsfreeze, reflinks.
     ('disk.py', '_copy_sparse', 'fcntl.ioctl'),
     ('disk.py', 'delete_subvolume', 'fcntl.ioctl'),

@@ -13,7 +13,6 @@ from tests.unit import base as unit_base
 
 IDMAP = ids.Idmap(uid_start=165536, gid_start=265536, size=65536)
 IMAGE_ROOTFS = '/images/x/rootfs'
-USERNS_FD = 42
 
 
 class _Base(unit_base.TestCase):
@@ -27,10 +26,6 @@ class _Base(unit_base.TestCase):
         self.mounted = set()
         self.mount = self.patch('novalxcdriver.rootfs.mount', autospec=True)
         self.mount.mountpoints.side_effect = lambda: set(self.mounted)
-        self.lxc = self.patch('novalxcdriver.rootfs.lxc', autospec=True)
-        userns = mock.MagicMock()
-        userns.__enter__.return_value = USERNS_FD
-        self.lxc.user_namespace.return_value = userns
         self.disk_create = self.patch('novalxcdriver.disk.Disk.create',
                                       autospec=True,
                                       side_effect=self._disk_create)
@@ -78,9 +73,8 @@ class CreateTest(_Base):
              if c.args[0] in (self.root.upper, self.root.work)])
 
     def assert_overlay_mounted(self):
-        self.lxc.user_namespace.assert_called_once_with(IDMAP)
         self.mount.idmapped_bind.assert_called_once_with(
-            IMAGE_ROOTFS, self.root.lower, USERNS_FD)
+            IMAGE_ROOTFS, self.root.lower, IDMAP)
         self.mount.overlay.assert_called_once_with(
             self.root.lower, self.root.upper, self.root.work,
             self.root.merged)
@@ -158,7 +152,6 @@ class MountTest(_Base):
     def make(self, **kwargs):
         self.root.create(IMAGE_ROOTFS, IDMAP, **kwargs)
         self.mount.reset_mock()
-        self.lxc.reset_mock()
         self.disk_mount.reset_mock()
 
     def test_remounts_everything_after_reboot(self):
@@ -169,7 +162,7 @@ class MountTest(_Base):
                           mock.call(self.root.ephemeral_disk, None)],
                          self.disk_mount.call_args_list)
         self.mount.idmapped_bind.assert_called_once_with(
-            IMAGE_ROOTFS, self.root.lower, USERNS_FD)
+            IMAGE_ROOTFS, self.root.lower, IDMAP)
         self.mount.overlay.assert_called_once_with(
             self.root.lower, self.root.upper, self.root.work,
             self.root.merged)
@@ -185,7 +178,6 @@ class MountTest(_Base):
         self.make()
         self.mounted.update({self.root.lower, self.root.merged})
         self.root.mount(IMAGE_ROOTFS, IDMAP)
-        self.lxc.user_namespace.assert_not_called()
         self.mount.idmapped_bind.assert_not_called()
         self.mount.overlay.assert_not_called()
 
@@ -585,7 +577,6 @@ class ShiftedMountTest(_Base):
         self.root.create(IMAGE_ROOTFS, IDMAP, **kwargs)
         self.mounted.clear()
         self.mount.reset_mock()
-        self.lxc.reset_mock()
         self.disk_mount.reset_mock()
 
     def test_each_disk_shifted(self):
@@ -596,7 +587,8 @@ class ShiftedMountTest(_Base):
                          self.disk_mount.call_args_list)
         self.shift_mount.assert_not_called()
         # The lower layer is the image in the container's own idmap.
-        self.lxc.user_namespace.assert_called_once_with(IDMAP)
+        self.mount.idmapped_bind.assert_called_once_with(
+            IMAGE_ROOTFS, self.root.lower, IDMAP)
         self.mount.overlay.assert_called_once()
 
     def test_root_directory_without_disk_shifted(self):

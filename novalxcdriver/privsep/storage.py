@@ -1,0 +1,647 @@
+"""Privileged entry points for mounts and loop devices (``storage_admin``).
+
+Every mount the driver makes on the host, and the loop devices its disks
+and unpacked disk images are mounted from, are made here, in the privsep
+daemon, through the kernel's syscalls (no mount(8), no losetup(8)). Each
+entry point first checks, in the daemon, that:
+
+- every path is absolute, normalized and strictly below a driver root of
+  the daemon's configuration (:func:`novalxcdriver.privsep.driver_roots`),
+  with no symlink below the root: the caller never steers a mount onto
+  the host's own directories (lxcfs's mount point alone, for
+  detach_stale, is outside them);
+- an idmap is ``[uid_start, gid_start, size]`` inside root's subordinate
+  ranges (subuid(5), subgid(5)), so a view it maps is never host root's;
+- a loop device is ``/dev/loopN`` backed by a file below a driver root;
+- a filesystem is one the driver mounts (FILESYSTEMS, UNTRUSTED_OPTIONS).
+
+A refusal raises PrivilegedCallRefused and mounts nothing; a syscall's
+failure comes back as MountFailed, MountBusy or LoopFailed.
+
+Idmapped mounts (mount_setattr(2) with MOUNT_ATTR_IDMAP) show the shared,
+unshifted image directory to a container's user namespace as if owned by
+its range, without chowning a file; the daemon makes the user namespace
+itself from the idmap it is given (a held ``unshare --user``), since an
+fd does not cross its socket. Overlay (kernel
+Documentation/filesystems/overlayfs.rst) stacks a per-container upper
+directory on that view; an overlay mount cannot be idmapped itself, so
+the idmap goes on the lower layer. Loop devices (loop(4)) are configured
+in one LOOP_CONFIGURE ioctl (Linux 5.8) with autoclear, so no crash leaves
+one attached. Syscall numbers are x86_64's; structures are
+include/uapi/linux/mount.h's and loop.h's.
+"""
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import re
+import struct
+import subprocess
+import time
+
+from novalxcdriver import conf
+from novalxcdriver import exception
+from novalxcdriver import ids
+from novalxcdriver import mount
+from novalxcdriver import privsep
+from novalxcdriver.privsep import lxcconf
+
+CONF = conf.CONF
+
+_libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                        ctypes.c_ulong, ctypes.c_char_p)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+
+# asm/unistd_64.h
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_MOUNT_SETATTR = 442
+# linux/mount.h, fcntl.h
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_OPEN_TREE_CLONE = 1
+_OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_RDONLY = 0x1
+_MOUNT_ATTR_NODEV = 0x4
+_MOUNT_ATTR_IDMAP = 0x100000
+_MNT_DETACH = 2  # sys/mount.h
+_MS_RDONLY = 1
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_NOEXEC = 8
+
+# The driver's own disks (disk.FILESYSTEMS).
+FILESYSTEMS = ('ext4', 'btrfs')
+# Filesystems of disk images the host does not trust, with the mount(2)
+# data that keeps each from writing (mount(8) "FILESYSTEM-SPECIFIC MOUNT
+# OPTIONS"): ext4 'noload' does not load (replay) the journal, xfs
+# 'norecovery' does not replay the log ('nouuid': two images made from
+# one cloud image share a UUID), btrfs 'rescue=nologreplay' does not
+# replay the log tree. All need a read-only mount.
+UNTRUSTED_OPTIONS = {
+    'ext4': 'noload',
+    'xfs': 'norecovery,nouuid',
+    'btrfs': 'rescue=nologreplay',
+}
+# Processes a MountBusy message names at most.
+_MAX_NAMED = 10
+_LOOP_RE = re.compile(r'^/dev/loop[0-9]{1,7}\Z')
+
+# loop(4), include/uapi/linux/loop.h.
+LOOP_CONTROL = '/dev/loop-control'
+_LOOP_CLR_FD = 0x4C01
+_LOOP_SET_CAPACITY = 0x4C07
+_LOOP_CONFIGURE = 0x4C0A
+_LOOP_CTL_GET_FREE = 0x4C82
+_LO_FLAGS_READ_ONLY = 1
+_LO_FLAGS_AUTOCLEAR = 4
+_LO_NAME_SIZE = 64
+# struct loop_config: fd, block_size, then struct loop_info64 (lo_device,
+# lo_inode, lo_rdevice, lo_offset, lo_sizelimit; lo_number,
+# lo_encrypt_type, lo_encrypt_key_size, lo_flags; lo_file_name,
+# lo_crypt_name, lo_encrypt_key; lo_init[2]), then __reserved[8]: 304
+# bytes, no padding.
+_LOOP_CONFIG = struct.Struct('=II5Q4I64s64s32s2Q8Q')
+# A device LOOP_CTL_GET_FREE named may be taken by another process before
+# LOOP_CONFIGURE (EBUSY): ask again, as losetup does.
+LOOP_ATTEMPTS = 16
+
+
+class _MountAttr(ctypes.Structure):
+    # struct mount_attr (MOUNT_ATTR_SIZE_VER0 = 32 bytes)
+    _fields_ = [('attr_set', ctypes.c_uint64),
+                ('attr_clr', ctypes.c_uint64),
+                ('propagation', ctypes.c_uint64),
+                ('userns_fd', ctypes.c_uint64)]
+
+
+# -- checks -------------------------------------------------------------
+
+def check_path(call, path, root_too=False):
+    """Refuse path unless it is strictly below a driver root, unaliased.
+
+    Absolute and normalized, and no component below the root is a
+    symlink (what exists of it): the kernel would follow one out.
+
+    :param root_too: a driver root itself passes too (nothing is ever
+        mounted on one, but everything below it may be unmounted).
+    """
+    if not isinstance(path, str) or not os.path.isabs(path) or \
+            os.path.normpath(path) != path or '\0' in path:
+        privsep.refuse(call, '%r is not an absolute normalized path'
+                       % (path,))
+    for root in privsep.driver_roots():
+        if root_too and path == root:
+            return
+        if path.startswith(root.rstrip('/') + '/'):
+            below = os.path.relpath(path, root)
+            if os.path.realpath(path) != os.path.join(
+                    os.path.realpath(root), below):
+                privsep.refuse(call, '%s goes through a symlink' % path)
+            return
+    privsep.refuse(call, '%s is not below a driver root of this daemon\'s '
+                   'configuration' % path)
+
+
+def check_idmap(call, idmap):
+    """Refuse idmap unless it is [uid_start, gid_start, size] of root's.
+
+    :returns: ids.Idmap.
+    :raises IdmapUnavailable: root's subuid or subgid range is unreadable.
+    """
+    if not isinstance(idmap, (list, tuple)) or len(idmap) != 3 or \
+            any(type(n) is not int for n in idmap) or idmap[2] <= 0:
+        privsep.refuse(call, '%r is not [uid_start, gid_start, size]'
+                       % (idmap,))
+    uid_start, gid_start, size = idmap
+    (sub_uid, uid_count), (sub_gid, gid_count) = \
+        ids.read_subordinate_ranges()
+    if not (sub_uid <= uid_start and uid_start + size <= sub_uid + uid_count
+            and sub_gid <= gid_start and
+            gid_start + size <= sub_gid + gid_count):
+        privsep.refuse(call, 'idmap %r is not inside root\'s subordinate '
+                       'ids' % (idmap,))
+    return ids.Idmap(uid_start, gid_start, size)
+
+
+def check_loop_device(call, device):
+    """Refuse device unless it is a loop device backed below a root.
+
+    :raises LoopFailed: it is not attached (any more).
+    """
+    if not isinstance(device, str) or not _LOOP_RE.match(device):
+        privsep.refuse(call, '%r is not a loop device' % (device,))
+    sysfs = '/sys/block/%s/loop/backing_file' % os.path.basename(device)
+    try:
+        with open(sysfs) as f:
+            backing = f.read().rstrip('\n')
+    except OSError:
+        # Nothing to refuse: detached meanwhile, which callers expect.
+        raise exception.LoopFailed(path=device, reason='not attached')
+    if backing.endswith(' (deleted)'):
+        backing = backing[:-len(' (deleted)')]
+    check_path(call, backing)
+
+
+def _check_fstype(call, fstype, allowed):
+    if fstype not in allowed:
+        privsep.refuse(call, 'filesystem %r is not one of %s'
+                       % (fstype, ', '.join(sorted(allowed))))
+
+
+def _check_size(call, what, n):
+    if type(n) is not int or n < 0:
+        privsep.refuse(call, '%s %r is not a byte count' % (what, n))
+
+
+# -- syscalls -------------------------------------------------------------
+
+def _check(result, what, target):
+    if result < 0:
+        err = ctypes.get_errno()
+        raise exception.MountFailed(what=what, target=target,
+                                    reason=os.strerror(err))
+    return result
+
+
+def _mount(source, target, fstype, flags, data, what):
+    _check(_libc.mount(os.fsencode(source), os.fsencode(target),
+                       fstype.encode(), flags,
+                       data.encode() if data is not None else None),
+           what, target)
+
+
+def _idmapped(source, target, userns_fd, extra_attr):
+    """open_tree(2) a clone of source, idmap it, move_mount(2) on target.
+
+    nodev always, plus extra_attr.
+    """
+    what = 'idmapped view of %s' % source
+    tree = _check(_libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source),
+                                _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC),
+                  what, target)
+    try:
+        attr = _MountAttr(_MOUNT_ATTR_IDMAP | _MOUNT_ATTR_NODEV | extra_attr,
+                          0, 0, userns_fd)
+        _check(_libc.syscall(_SYS_MOUNT_SETATTR, tree, b'', _AT_EMPTY_PATH,
+                             ctypes.byref(attr), ctypes.sizeof(attr)),
+               what, target)
+        _check(_libc.syscall(_SYS_MOVE_MOUNT, tree, b'', _AT_FDCWD,
+                             os.fsencode(target), _MOVE_MOUNT_F_EMPTY_PATH),
+               what, target)
+    finally:
+        os.close(tree)
+
+
+def _unmount(target):
+    """umount2(2) without MNT_DETACH; see mount.unmount."""
+    if _libc.umount2(os.fsencode(target), 0) == 0:
+        return
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOENT):
+        return
+    if err == errno.EBUSY:
+        found = mount.holders(target)
+        if found:
+            names = ', '.join('pid %d (%s)' % h for h in found[:_MAX_NAMED])
+            if len(found) > _MAX_NAMED:
+                names += ' and %d more' % (len(found) - _MAX_NAMED)
+        else:
+            names = ('no process of this mount namespace (a mount below '
+                     'it, or a kernel user such as a loop device)')
+        raise exception.MountBusy(target=target, holders=names)
+    raise exception.MountFailed(what='unmount', target=target,
+                                reason=os.strerror(err))
+
+
+def _loop_config(backing_fd, name, offset, size, read_only):
+    flags = _LO_FLAGS_AUTOCLEAR | (_LO_FLAGS_READ_ONLY if read_only else 0)
+    return _LOOP_CONFIG.pack(
+        backing_fd, 0,
+        0, 0, 0, offset, size,
+        0, 0, 0, flags,
+        os.fsencode(name)[:_LO_NAME_SIZE - 1], b'', b'',
+        0, 0,
+        *([0] * 8))
+
+
+def _loop_configure(path, offset, size, read_only):
+    """Configure a free loop device on path; return (device path, its fd).
+
+    :raises LoopFailed: no device could be configured (nothing is left).
+    """
+    mode = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
+    try:
+        backing = os.open(path, mode | os.O_NOFOLLOW)
+    except OSError as e:
+        raise exception.LoopFailed(path=path, reason=e.strerror)
+    try:
+        config = _loop_config(backing, path, offset, size, read_only)
+        control = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            for _attempt in range(LOOP_ATTEMPTS):
+                device = '/dev/loop%d' % fcntl.ioctl(control,
+                                                     _LOOP_CTL_GET_FREE)
+                fd = os.open(device, mode)
+                try:
+                    fcntl.ioctl(fd, _LOOP_CONFIGURE, config)
+                except OSError as e:
+                    os.close(fd)
+                    if e.errno != errno.EBUSY:
+                        raise
+                    continue
+                return device, fd
+        finally:
+            os.close(control)
+    except OSError as e:
+        raise exception.LoopFailed(path=path, reason=e.strerror)
+    finally:
+        # The device holds its own reference to the file.
+        os.close(backing)
+    raise exception.LoopFailed(
+        path=path, reason='every free device was taken first (%d tries)'
+        % LOOP_ATTEMPTS)
+
+
+@contextlib.contextmanager
+def loop_attached(path, offset=0, size=0, read_only=False):
+    """Attach path to a free loop device for the with block (autoclear).
+
+    Once the block ends the device stays only as long as something else
+    holds it, such as a mount made from it in the block.
+
+    :param offset: bytes into path where the device starts.
+    :param size: bytes the device shows; 0 for the rest of the file.
+    :yields: the device's path, '/dev/loopN'.
+    :raises LoopFailed: the file cannot be opened or no device configured.
+    """
+    device, fd = _loop_configure(path, offset, size, read_only)
+    try:
+        yield device
+    finally:
+        os.close(fd)
+
+
+def _loop_ioctl(device, request):
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, request, 0)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise exception.LoopFailed(path=device, reason=e.strerror)
+
+
+# -- user namespaces for idmapped mounts ------------------------------------
+
+def _unshared():
+    """callable(pid): whether pid has left this process's user namespace."""
+    own = os.stat('/proc/self/ns/user').st_ino
+
+    def unshared(pid):
+        try:
+            return os.stat('/proc/%d/ns/user' % pid).st_ino != own
+        except FileNotFoundError:
+            return False
+    return unshared
+
+
+@contextlib.contextmanager
+def held_namespace(write_maps):
+    """Yield an open fd of a new user namespace, its maps written.
+
+    The namespace is held by a short-lived ``unshare --user cat``
+    (util-linux); write_maps(pid) writes its uid_map and gid_map
+    (user_namespaces(7), "Defining user and group ID mappings"). The fd
+    alone keeps the namespace alive once the process is gone.
+
+    :raises CommandFailed: unshare exited first, or a map was refused.
+    :raises CommandTimedOut: not unshared within [lxc] command_timeout.
+    """
+    argv = ['unshare', '--user', 'cat']
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, close_fds=True)
+    ready = _unshared()
+    fd = None
+    try:
+        deadline = time.monotonic() + CONF.lxc.command_timeout
+        while True:
+            if proc.poll() is not None:
+                raise exception.CommandFailed(
+                    cmd=' '.join(argv), exit_code=proc.returncode,
+                    stderr=proc.stderr.read().decode(errors='replace'))
+            if ready(proc.pid):
+                break
+            if time.monotonic() > deadline:
+                raise exception.CommandTimedOut(
+                    cmd=' '.join(argv), timeout=CONF.lxc.command_timeout)
+            time.sleep(0.001)
+        write_maps(proc.pid)
+        fd = os.open('/proc/%d/ns/user' % proc.pid,
+                     os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        proc.stdin.close()
+        if fd is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _map_writer(uid_lines, gid_lines):
+    def write_maps(pid):
+        for name, lines in (('uid_map', uid_lines), ('gid_map', gid_lines)):
+            path = '/proc/%d/%s' % (pid, name)
+            try:
+                with open(path, 'w') as f:
+                    f.write(''.join('%d %d %d\n' % line for line in lines))
+            except OSError as e:
+                raise exception.CommandFailed(
+                    cmd='writing %s' % path, exit_code=e.errno,
+                    stderr=str(e))
+    return write_maps
+
+
+def user_namespace(idmap):
+    """A held user namespace mapping idmap's host range to ids 0..size-1.
+
+    :param idmap: ids.Idmap.
+    """
+    return held_namespace(_map_writer([(0, idmap.uid_start, idmap.size)],
+                                      [(0, idmap.gid_start, idmap.size)]))
+
+
+def shifting_namespace(disk_idmap, idmap):
+    """A held user namespace shifting disk_idmap's host ids to idmap's.
+
+    Through an idmapped mount made with it, a file owned by
+    ``disk_idmap.uid_start + n`` shows as owned by ``idmap.uid_start +
+    n`` (gids alike), and what is written through it lands in
+    disk_idmap's range. Id 0 maps to itself: overlayfs makes its work
+    directories as the mounter's root, which must be mapped.
+    """
+    return held_namespace(_map_writer(
+        [(disk_idmap.uid_start, idmap.uid_start, idmap.size), (0, 0, 1)],
+        [(disk_idmap.gid_start, idmap.gid_start, idmap.size), (0, 0, 1)]))
+
+
+# -- entry points -----------------------------------------------------------
+
+@privsep.storage_admin.entrypoint
+def mount_disk(path, target, fstype):
+    """Attach the disk image file path to a loop device, mount it on target.
+
+    Mounted nodev. The device has autoclear set: it goes with the
+    unmount, or at once if the mount fails.
+
+    :param fstype: one of FILESYSTEMS.
+    :returns: the loop device's path, '/dev/loopN'.
+    :raises PrivilegedCallRefused: the checks (module docstring).
+    :raises LoopFailed: no loop device could be attached.
+    :raises MountFailed: mount(2) failed (nothing is left).
+    """
+    call = 'mount_disk'
+    check_path(call, path)
+    check_path(call, target)
+    _check_fstype(call, fstype, FILESYSTEMS)
+    with loop_attached(path) as device:
+        _mount(device, target, fstype, _MS_NODEV, None,
+               '%s %s' % (fstype, device))
+    return device
+
+
+@privsep.storage_admin.entrypoint
+def mount_untrusted(path, target, fstype, offset, size):
+    """Mount a partition of a disk image read-only for reading its files.
+
+    ro, nosuid, nodev, noexec, with UNTRUSTED_OPTIONS' mount data, from a
+    read-only loop device (autoclear) over bytes offset to offset + size
+    of path: nothing on it runs or opens a device from the host's side,
+    and nothing is written to the image.
+
+    :param fstype: one of UNTRUSTED_OPTIONS.
+    :param offset, size: bytes; size 0 for the rest of the file.
+    :returns: the loop device's path.
+    :raises PrivilegedCallRefused, LoopFailed, MountFailed: as mount_disk.
+    """
+    call = 'mount_untrusted'
+    check_path(call, path)
+    check_path(call, target)
+    _check_fstype(call, fstype, UNTRUSTED_OPTIONS)
+    _check_size(call, 'offset', offset)
+    _check_size(call, 'size', size)
+    with loop_attached(path, offset=offset, size=size,
+                       read_only=True) as device:
+        _mount(device, target, fstype,
+               _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+               UNTRUSTED_OPTIONS[fstype], '%s %s' % (fstype, device))
+    return device
+
+
+@privsep.storage_admin.entrypoint
+def idmapped_bind(source, target, idmap):
+    """Bind source on target, read-only and nodev, shifted by idmap.
+
+    A file owned by host uid 0 in source appears owned by
+    ``idmap[0]`` (the container's root) under target.
+
+    :param idmap: [uid_start, gid_start, size] (an ids.Idmap's fields).
+    :raises PrivilegedCallRefused: the checks (module docstring).
+    :raises MountFailed: a syscall failed.
+    :raises CommandFailed, CommandTimedOut: no user namespace was made.
+    """
+    call = 'idmapped_bind'
+    check_path(call, source)
+    check_path(call, target)
+    checked = check_idmap(call, idmap)
+    with user_namespace(checked) as userns_fd:
+        # Read-only: the shared image is never written through a view.
+        _idmapped(source, target, userns_fd, _MOUNT_ATTR_RDONLY)
+
+
+@privsep.storage_admin.entrypoint
+def idmapped_over(target, disk_idmap, idmap):
+    """Stack an idmapped bind of the mount at target on target itself.
+
+    Read-write: disks a migration brought, owned in disk_idmap, shown in
+    the container's idmap at the paths the rest of the driver uses
+    (shifting_namespace). An unmount_tree takes both mounts off.
+
+    :param disk_idmap, idmap: [uid_start, gid_start, size], equal sizes.
+    :raises PrivilegedCallRefused, MountFailed, CommandFailed,
+        CommandTimedOut: as idmapped_bind.
+    """
+    call = 'idmapped_over'
+    check_path(call, target)
+    disk = check_idmap(call, disk_idmap)
+    checked = check_idmap(call, idmap)
+    if disk.size != checked.size:
+        privsep.refuse(call, 'idmaps of %d and %d ids' % (disk.size,
+                                                          checked.size))
+    with shifting_namespace(disk, checked) as userns_fd:
+        _idmapped(target, target, userns_fd, 0)
+
+
+def _check_overlay_dirs(call, paths, target):
+    for path in paths:
+        check_path(call, path)
+        # Overlay options are comma/colon separated with no escaping.
+        if any(c in path for c in ',:\\\n'):
+            raise exception.MountFailed(
+                what='overlay', target=target,
+                reason='unsupported character in path %r' % path)
+
+
+@privsep.storage_admin.entrypoint
+def overlay(lower, upper, work, target):
+    """Mount an overlay of upper (read-write) over lower on target.
+
+    Overlayfs keeps the mounter's credentials and checks every access to
+    the layers against them too (overlayfs.rst, "Permission model"): what
+    a container may do on its root is bounded by this daemon's
+    capabilities, hence storage_admin's list.
+
+    :raises PrivilegedCallRefused: the checks (module docstring).
+    :raises MountFailed: mount(2) failed, or a path holds ',', ':', '\\'.
+    """
+    call = 'overlay'
+    check_path(call, target)
+    _check_overlay_dirs(call, (lower, upper, work), target)
+    _mount('overlay', target, 'overlay', 0,
+           'lowerdir=%s,upperdir=%s,workdir=%s' % (lower, upper, work),
+           'overlay')
+
+
+@privsep.storage_admin.entrypoint
+def overlay_readonly(lowers, target):
+    """Mount a read-only overlay of lowers (top first) on target.
+
+    With no upper layer the overlay is read-only by itself (overlayfs.rst,
+    "Multiple lower layers"); nosuid and nodev too, since host processes
+    read the tree.
+
+    :param lowers: list of directories, the topmost first.
+    :raises PrivilegedCallRefused, MountFailed: as overlay.
+    """
+    call = 'overlay_readonly'
+    check_path(call, target)
+    if not isinstance(lowers, (list, tuple)) or not lowers:
+        privsep.refuse(call, 'lowers %r is not a list of paths' % (lowers,))
+    _check_overlay_dirs(call, lowers, target)
+    _mount('overlay', target, 'overlay', _MS_RDONLY | _MS_NOSUID | _MS_NODEV,
+           'lowerdir=%s' % ':'.join(lowers), 'overlay')
+
+
+@privsep.storage_admin.entrypoint
+def unmount(target):
+    """Unmount target; see mount.unmount."""
+    check_path('unmount', target)
+    _unmount(target)
+
+
+@privsep.storage_admin.entrypoint
+def unmount_tree(top):
+    """Unmount everything at or below top, deepest first; mount.unmount_tree.
+
+    top may be a driver root itself (everything of the driver's). The
+    daemon's own mountinfo decides what is below top.
+    """
+    check_path('unmount_tree', top, root_too=True)
+    inside = [p for p in mount.mounts()
+              if p == top or p.startswith(top + '/')]
+    for point in sorted(inside, key=len, reverse=True):
+        _unmount(point)
+
+
+@privsep.storage_admin.entrypoint
+def detach_stale(target):
+    """Detach lxcfs's mount lazily (umount2(2) MNT_DETACH). Idempotent.
+
+    Only lxcfs's FUSE mount once its daemon died (nothing is deleted under
+    it; its users keep it until they let go, as with any lxcfs restart).
+
+    :raises PrivilegedCallRefused: target is not lxcfs's mount point.
+    :raises MountFailed: for errors other than 'not mounted'.
+    """
+    if target != lxcconf.LXCFS_MOUNT:
+        privsep.refuse('detach_stale', '%r is not lxcfs\'s mount point %s'
+                       % (target, lxcconf.LXCFS_MOUNT))
+    if _libc.umount2(os.fsencode(target), _MNT_DETACH) == 0:
+        return
+    err = ctypes.get_errno()
+    if err not in (errno.EINVAL, errno.ENOENT):
+        raise exception.MountFailed(what='lazy unmount', target=target,
+                                    reason=os.strerror(err))
+
+
+@privsep.storage_admin.entrypoint
+def loop_set_capacity(device):
+    """Make device show its backing file's current size (after a grow).
+
+    :raises PrivilegedCallRefused: not a loop device backed below a root.
+    :raises LoopFailed: the ioctl failed.
+    """
+    check_loop_device('loop_set_capacity', device)
+    _loop_ioctl(device, _LOOP_SET_CAPACITY)
+
+
+@privsep.storage_admin.entrypoint
+def loop_detach(device):
+    """Detach device (LOOP_CLR_FD); a mounted one goes with its unmount.
+
+    :raises PrivilegedCallRefused: not a loop device backed below a root.
+    :raises LoopFailed: it is not attached, or the ioctl failed.
+    """
+    check_loop_device('loop_detach', device)
+    _loop_ioctl(device, _LOOP_CLR_FD)

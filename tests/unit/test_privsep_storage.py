@@ -1,0 +1,528 @@
+"""privsep.storage: its checks, syscalls, loop devices and namespaces.
+
+Entry points run here in-process (client mode off) with the kernel's side
+mocked: what is asserted is what each refuses before touching anything,
+and the syscalls and ioctls it makes. Through a real daemon, with real
+mounts: tests/functional/test_privsep.py, test_loop.py and
+test_user_namespace.py.
+"""
+
+import errno
+import os
+from unittest import mock
+
+import fixtures
+from oslo_config import fixture as config_fixture
+
+from novalxcdriver import conf
+from novalxcdriver import exception
+from novalxcdriver import ids
+from novalxcdriver import privsep
+from novalxcdriver.privsep import storage
+from tests.unit import base
+from tests.unit import test_mount
+
+CONF = conf.CONF
+
+
+class LoopConfigTest(base.TestCase):
+
+    def unpack(self, data):
+        return storage._LOOP_CONFIG.unpack(data)
+
+    def test_the_kernel_s_struct_size(self):
+        # sizeof(struct loop_config) in include/uapi/linux/loop.h.
+        self.assertEqual(304, storage._LOOP_CONFIG.size)
+
+    def test_fields(self):
+        fields = self.unpack(storage._loop_config(9, '/x/root.img', 4096,
+                                                  1 << 20, False))
+        self.assertEqual((9, 0), fields[:2])
+        # lo_offset, lo_sizelimit.
+        self.assertEqual((4096, 1 << 20), fields[5:7])
+        # lo_flags: autoclear, writable.
+        self.assertEqual(storage._LO_FLAGS_AUTOCLEAR, fields[10])
+        self.assertEqual(b'/x/root.img', fields[11].rstrip(b'\0'))
+        self.assertEqual([0] * 8, list(fields[-8:]))
+
+    def test_read_only_flag(self):
+        fields = self.unpack(storage._loop_config(3, 'f', 0, 0, True))
+        self.assertEqual(storage._LO_FLAGS_AUTOCLEAR |
+                         storage._LO_FLAGS_READ_ONLY,
+                         fields[10])
+
+    def test_long_name_truncated_with_its_nul(self):
+        fields = self.unpack(storage._loop_config(3, '/' + 'a' * 100, 0, 0,
+                                                  False))
+        self.assertEqual(63, len(fields[11].rstrip(b'\0')))
+
+
+class LoopAttachTest(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.image = os.path.join(self.tmp, 'disk.img')
+        open(self.image, 'wb').close()
+        self.ioctl = self.patch('fcntl.ioctl', autospec=True)
+        self.free = iter(range(3, 100))
+        self.busy = set()
+        self.opened = {}
+        self.ioctl.side_effect = self._ioctl
+        real_open = os.open
+        self.closed = []
+        real_close = os.close
+
+        def fake_open(path, flags, *args):
+            if path.startswith('/dev/'):
+                fd = real_open(os.devnull, os.O_RDONLY)
+                self.opened[fd] = path
+                return fd
+            return real_open(path, flags, *args)
+
+        def fake_close(fd):
+            self.closed.append(self.opened.get(fd, fd))
+            real_close(fd)
+        self.patch('os.open', side_effect=fake_open)
+        self.patch('os.close', side_effect=fake_close)
+
+    def _ioctl(self, fd, request, arg=0):
+        if request == storage._LOOP_CTL_GET_FREE:
+            return next(self.free)
+        if request == storage._LOOP_CONFIGURE:
+            if self.opened[fd] in self.busy:
+                raise OSError(errno.EBUSY, 'Device or resource busy')
+            return arg
+        raise AssertionError('unexpected ioctl %x' % request)
+
+    def test_attached_and_closed(self):
+        with storage.loop_attached(self.image) as device:
+            self.assertEqual('/dev/loop3', device)
+            self.assertNotIn('/dev/loop3', self.closed)
+        self.assertIn('/dev/loop3', self.closed)
+        # The control device is closed, the backing file too.
+        self.assertIn(storage.LOOP_CONTROL, self.closed)
+
+    def test_closed_when_the_block_fails(self):
+        self.assertRaises(RuntimeError, self._fail_in_block)
+        self.assertIn('/dev/loop3', self.closed)
+
+    def _fail_in_block(self):
+        with storage.loop_attached(self.image):
+            raise RuntimeError('mount failed')
+
+    def test_device_taken_meanwhile_next_one(self):
+        self.busy = {'/dev/loop3', '/dev/loop4'}
+        with storage.loop_attached(self.image) as device:
+            self.assertEqual('/dev/loop5', device)
+        # The busy ones were closed again, the control device once.
+        self.assertEqual(['/dev/loop3', '/dev/loop4'], self.closed[:2])
+        self.assertEqual(1, self.closed.count(storage.LOOP_CONTROL))
+
+    def test_gives_up_after_attempts(self):
+        self.busy = {'/dev/loop%d' % n for n in range(3, 100)}
+        e = self.assertRaises(exception.LoopFailed, self._attach)
+        self.assertIn('16 tries', str(e))
+        self.assertEqual(storage.LOOP_ATTEMPTS,
+                         sum(1 for c in self.closed
+                             if str(c).startswith('/dev/loop') and
+                             c != storage.LOOP_CONTROL))
+
+    def _attach(self):
+        with storage.loop_attached(self.image):
+            pass
+
+    def test_other_ioctl_error_raised(self):
+        self.ioctl.side_effect = OSError(errno.ENXIO, 'No such device')
+        e = self.assertRaises(exception.LoopFailed, self._attach)
+        self.assertIn('No such device', str(e))
+
+    def test_missing_file(self):
+        e = self.assertRaises(exception.LoopFailed, storage._loop_configure,
+                              os.path.join(self.tmp, 'nope'), 0, 0, False)
+        self.assertIn('No such file', str(e))
+        self.ioctl.assert_not_called()
+
+    def test_symlink_not_followed(self):
+        link = os.path.join(self.tmp, 'link')
+        os.symlink(self.image, link)
+        self.assertRaises(exception.LoopFailed, storage._loop_configure,
+                          link, 0, 0,
+                          False)
+        self.ioctl.assert_not_called()
+
+
+class UnmountTest(test_mount._Processes):
+
+    def setUp(self):
+        super().setUp()
+        privsep.storage_admin.set_client_mode(False)
+        self.addCleanup(privsep.storage_admin.set_client_mode, True)
+        self.libc = self.patch('novalxcdriver.privsep.storage._libc')
+        self.errno = self.patch('ctypes.get_errno')
+
+    def fail_plain_unmount(self, err):
+        # A lazy detach (any flag) would succeed, as the kernel's does.
+        self.libc.umount2.side_effect = lambda target, flags: (
+            -1 if flags == 0 else 0)
+        self.errno.return_value = err
+
+    def test_unmounted(self):
+        self.libc.umount2.return_value = 0
+        storage._unmount('/a')
+        self.libc.umount2.assert_called_once_with(b'/a', 0)
+
+    def test_not_mounted_is_not_an_error(self):
+        for err in (errno.EINVAL, errno.ENOENT):
+            self.fail_plain_unmount(err)
+            storage._unmount('/a')
+
+    def test_busy_is_refused_and_names_the_holders(self):
+        pid = self.sleeper(self.tmp)
+        self.fail_plain_unmount(errno.EBUSY)
+        e = self.assertRaises(exception.MountBusy, storage._unmount, self.tmp)
+        self.assertIsInstance(e, exception.MountFailed)
+        self.assertIn(self.tmp, str(e))
+        self.assertIn('pid %d (sleep)' % pid, str(e))
+        # Never detached lazily: every umount2 call had no flags.
+        for call in self.libc.umount2.call_args_list:
+            self.assertEqual(0, call.args[1])
+
+    def test_busy_without_a_holder_found(self):
+        self.fail_plain_unmount(errno.EBUSY)
+        e = self.assertRaises(exception.MountBusy, storage._unmount,
+                              os.path.join(self.tmp, 'nothing'))
+        self.assertIn('no process', str(e))
+
+    def test_busy_names_ten_holders_at_most(self):
+        self.patch('novalxcdriver.mount.holders',
+                   return_value=[(p, 'sh') for p in range(100, 112)])
+        self.fail_plain_unmount(errno.EBUSY)
+        e = self.assertRaises(exception.MountBusy, storage._unmount, '/a')
+        self.assertIn('pid 109 (sh) and 2 more', str(e))
+        self.assertNotIn('pid 110', str(e))
+
+    def test_other_errors(self):
+        self.fail_plain_unmount(errno.EPERM)
+        e = self.assertRaises(exception.MountFailed, storage._unmount, '/a')
+        self.assertNotIsInstance(e, exception.MountBusy)
+        self.assertIn(os.strerror(errno.EPERM), str(e))
+
+    def test_detach_stale_is_lazy_and_idempotent(self):
+        # lxcfs's dead FUSE mount only: nothing is deleted under it.
+        self.libc.umount2.return_value = 0
+        storage.detach_stale('/var/lib/lxcfs')
+        self.libc.umount2.assert_called_once_with(b'/var/lib/lxcfs', 2)
+        self.libc.umount2.return_value = -1
+        self.errno.return_value = errno.EINVAL
+        storage.detach_stale('/var/lib/lxcfs')
+        self.errno.return_value = errno.EPERM
+        self.assertRaises(exception.MountFailed, storage.detach_stale,
+                          '/var/lib/lxcfs')
+
+
+class MountTest(base.TestCase):
+
+    def test_flags_and_options(self):
+        libc = self.patch('novalxcdriver.privsep.storage._libc')
+        libc.mount.return_value = 0
+        storage._mount('/dev/loop5', '/c/mnt', 'xfs',
+                       1 | 2 | 4 | 8, 'norecovery,nouuid', 'xfs /dev/loop5')
+        # MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+        libc.mount.assert_called_once_with(b'/dev/loop5', b'/c/mnt', b'xfs',
+                                           1 | 2 | 4 | 8,
+                                           b'norecovery,nouuid')
+
+    def test_failure(self):
+        libc = self.patch('novalxcdriver.privsep.storage._libc')
+        libc.mount.return_value = -1
+        self.patch('ctypes.get_errno', return_value=errno.EUCLEAN)
+        e = self.assertRaises(exception.MountFailed, storage._mount,
+                              '/dev/loop5', '/c/mnt', 'ext4', 1, 'noload',
+                              'ext4 /dev/loop5')
+        self.assertIn('ext4 /dev/loop5', str(e))
+
+
+class IdmappedTest(base.TestCase):
+
+    TREE = 9
+
+    def setUp(self):
+        super().setUp()
+        self.libc = self.patch('novalxcdriver.privsep.storage._libc')
+        self.attrs = []
+        self.results = {storage._SYS_OPEN_TREE: self.TREE,
+                        storage._SYS_MOUNT_SETATTR: 0,
+                        storage._SYS_MOVE_MOUNT: 0}
+        self.libc.syscall.side_effect = self._syscall
+        self.close = self.patch('os.close')
+
+    def _syscall(self, number, *args):
+        if number == storage._SYS_MOUNT_SETATTR:
+            # byref's object: what the kernel would read.
+            attr = args[3]._obj
+            self.attrs.append((attr.attr_set, attr.attr_clr,
+                               attr.userns_fd))
+        return self.results[number]
+
+    def test_idmapped_bind_of_the_mount_on_itself(self):
+        storage._idmapped('/s/root', '/s/root', 57, 0)
+        calls = self.libc.syscall.call_args_list
+        self.assertEqual([storage._SYS_OPEN_TREE, storage._SYS_MOUNT_SETATTR,
+                          storage._SYS_MOVE_MOUNT],
+                         [c.args[0] for c in calls])
+        # A clone of the mount at /s/root...
+        self.assertEqual((storage._AT_FDCWD, b'/s/root',
+                          storage._OPEN_TREE_CLONE |
+                          storage._OPEN_TREE_CLOEXEC),
+                         calls[0].args[1:])
+        # ...idmapped through the namespace, read-write...
+        self.assertEqual([(storage._MOUNT_ATTR_IDMAP |
+                           storage._MOUNT_ATTR_NODEV,
+                           0, 57)], self.attrs)
+        self.assertFalse(self.attrs[0][0] & storage._MOUNT_ATTR_RDONLY)
+        self.assertEqual(self.TREE, calls[1].args[1])
+        # ...moved on top of it.
+        self.assertEqual((self.TREE, b'', storage._AT_FDCWD, b'/s/root',
+                          storage._MOVE_MOUNT_F_EMPTY_PATH), calls[2].args[1:])
+        self.close.assert_called_once_with(self.TREE)
+
+    def test_failure_closes_the_tree(self):
+        self.results[storage._SYS_MOUNT_SETATTR] = -1
+        self.patch('ctypes.get_errno', return_value=errno.EINVAL)
+        e = self.assertRaises(exception.MountFailed, storage._idmapped,
+                              '/s/root', '/s/root', 57, 0)
+        self.assertIn('/s/root', str(e))
+        self.close.assert_called_once_with(self.TREE)
+        self.assertEqual(2, self.libc.syscall.call_count)
+
+    def test_open_tree_failure(self):
+        self.results[storage._SYS_OPEN_TREE] = -1
+        self.patch('ctypes.get_errno', return_value=errno.ENOENT)
+        self.assertRaises(exception.MountFailed, storage._idmapped,
+                          '/s/root', '/s/root', 57, 0)
+        self.close.assert_not_called()
+
+
+class HeldNamespaceTest(base.TestCase):
+    """The idmaps' user namespaces: unshare's child gets its maps."""
+
+    DISK = ids.Idmap(uid_start=296608, gid_start=496608, size=65536)
+    OWN = ids.Idmap(uid_start=100000, gid_start=300000, size=65536)
+    PID = 4321
+    FD = 77
+
+    def setUp(self):
+        super().setUp()
+        self.popen = self.patch('novalxcdriver.privsep.storage.subprocess.'
+                                'Popen')
+        self.proc = self.popen.return_value
+        self.proc.pid = self.PID
+        self.proc.poll.return_value = None
+        self.proc.stderr.read.return_value = b'unshare: no'
+        self.written = {}
+        self.fail_write = None
+
+    def _stat(self, path):
+        # The child's namespace differs from ours once unshare has run.
+        inos = {'/proc/self/ns/user': 1,
+                '/proc/%d/ns/user' % self.PID: 2}
+        return mock.Mock(st_ino=inos[path])
+
+    def _open(self, path, mode='r'):
+        if self.fail_write:
+            raise OSError(errno.EPERM, 'Operation not permitted')
+        f = mock.MagicMock()
+        f.__enter__.return_value.write.side_effect = (
+            lambda data: self.written.__setitem__(path, data))
+        return f
+
+    def enter(self, namespace):
+        """Enter and leave it; the fd it yielded, os.open and os.close."""
+        with mock.patch('os.stat', side_effect=self._stat), \
+                mock.patch('builtins.open', side_effect=self._open), \
+                mock.patch('os.open', return_value=self.FD) as os_open, \
+                mock.patch('os.close') as os_close:
+            with namespace as fd:
+                os_close.assert_not_called()
+            return fd, os_open, os_close
+
+    def test_user_namespace_maps_the_range_to_zero(self):
+        fd, os_open, os_close = self.enter(storage.user_namespace(self.OWN))
+        self.assertEqual(['unshare', '--user', 'cat'],
+                         self.popen.call_args.args[0])
+        self.assertEqual(
+            {'/proc/4321/uid_map': '0 100000 65536\n',
+             '/proc/4321/gid_map': '0 300000 65536\n'}, self.written)
+        self.assertEqual(self.FD, fd)
+        self.assertEqual('/proc/%d/ns/user' % self.PID,
+                         os_open.call_args.args[0])
+        # The fd holds the namespace; the process goes, then the fd.
+        self.proc.kill.assert_not_called()
+        self.proc.stdin.close.assert_called_once()
+        self.proc.wait.assert_called_once()
+        os_close.assert_called_once_with(self.FD)
+
+    def test_shifting_namespace_two_extents(self):
+        self.enter(storage.shifting_namespace(self.DISK, self.OWN))
+        self.assertEqual(
+            {'/proc/4321/uid_map': '296608 100000 65536\n0 0 1\n',
+             '/proc/4321/gid_map': '496608 300000 65536\n0 0 1\n'},
+            self.written)
+
+    def test_map_failure_kills_the_child(self):
+        self.fail_write = True
+        e = self.assertRaises(exception.CommandFailed, self.enter,
+                              storage.user_namespace(self.OWN))
+        self.assertIn('/proc/4321/uid_map', str(e))
+        self.proc.kill.assert_called_once()
+        self.proc.wait.assert_called_once()
+
+    def test_unshare_failure_raised(self):
+        self.proc.poll.return_value = 1
+        self.proc.returncode = 1
+        e = self.assertRaises(exception.CommandFailed, self.enter,
+                              storage.user_namespace(self.OWN))
+        self.assertIn('unshare: no', str(e))
+        self.assertEqual({}, self.written)
+
+
+class EntryPointChecksTest(base.TestCase):
+    """What each entry point refuses, before any syscall."""
+
+    SUBUIDS = ((100000, 1000000), (300000, 1000000))
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = os.path.realpath(self.useFixture(fixtures.TempDir()).path)
+        self.state = os.path.join(self.tmp, 'state')
+        os.makedirs(os.path.join(self.state, 'rootfs', '3', 'root'))
+        self.cfg = self.useFixture(config_fixture.Config(CONF))
+        self.cfg.config(group='lxc', lxc_path=os.path.join(self.tmp, 'lxc'),
+                        state_path=self.state)
+        self.patch('novalxcdriver.privsep._added_roots', new=set())
+        privsep.storage_admin.set_client_mode(False)
+        self.addCleanup(privsep.storage_admin.set_client_mode, True)
+        self.libc = self.patch('novalxcdriver.privsep.storage._libc')
+        self.libc.mount.return_value = 0
+        self.libc.umount2.return_value = 0
+        self.libc.syscall.return_value = 0
+        self.ioctl = self.patch('fcntl.ioctl')
+        self.popen = self.patch('novalxcdriver.privsep.storage.subprocess.'
+                                'Popen')
+        self.patch('novalxcdriver.ids.read_subordinate_ranges',
+                   return_value=self.SUBUIDS)
+        self.root = os.path.join(self.state, 'rootfs', '3')
+
+    def refused(self, fn, *args):
+        e = self.assertRaises(exception.PrivilegedCallRefused, fn, *args)
+        self.libc.mount.assert_not_called()
+        self.libc.umount2.assert_not_called()
+        self.libc.syscall.assert_not_called()
+        self.ioctl.assert_not_called()
+        self.popen.assert_not_called()
+        return str(e)
+
+    def test_paths_outside_the_roots(self):
+        for path in ('/etc', '/', self.tmp, self.state, '/proc/1/root/x'):
+            self.refused(storage.unmount, path)
+            self.refused(storage.overlay, path, self.root + '/u',
+                         self.root + '/w', self.root + '/m')
+            self.refused(storage.overlay, self.root + '/l', self.root + '/u',
+                         self.root + '/w', path)
+            self.refused(storage.mount_disk, self.root + '/root.img', path,
+                         'ext4')
+            self.refused(storage.mount_disk, path, self.root + '/root',
+                         'ext4')
+
+    def test_a_root_itself_only_for_unmount_tree(self):
+        self.refused(storage.unmount, self.state)
+        self.refused(storage.overlay, self.root + '/l', self.root + '/u',
+                     self.root + '/w', self.state)
+        storage.unmount_tree(self.state)
+
+    def test_paths_not_normalized_or_relative(self):
+        for path in (self.root + '/../../../../etc', self.root + '/./x',
+                     self.root + '/', 'rootfs/3', self.root + '//x',
+                     self.root + '/x\0', None, 3, [self.root]):
+            msg = self.refused(storage.unmount_tree, path)
+            self.assertIn('not an absolute normalized path', msg)
+
+    def test_symlink_below_a_root(self):
+        os.symlink('/etc', os.path.join(self.root, 'link'))
+        msg = self.refused(storage.unmount,
+                           os.path.join(self.root, 'link', 'x'))
+        self.assertIn('goes through a symlink', msg)
+        self.refused(storage.idmapped_bind, self.root + '/root',
+                     os.path.join(self.root, 'link'), [100000, 300000, 65536])
+
+    def test_a_root_reached_through_a_symlink_is_fine(self):
+        alias = os.path.join(self.tmp, 'alias')
+        os.symlink(self.state, alias)
+        self.cfg.config(group='lxc', state_path=alias)
+        storage.unmount(os.path.join(alias, 'rootfs', '3', 'root'))
+        self.libc.umount2.assert_called_once()
+
+    def test_idmaps(self):
+        for idmap in ([0, 0, 65536], [100000, 0, 65536],
+                      [100000, 300000, 2000000], [99999, 300000, 10],
+                      [100000, 300000, 0], [100000, 300000], '1 2 3',
+                      [100000.0, 300000, 10], None):
+            msg = self.refused(storage.idmapped_bind, self.root + '/root',
+                               self.root + '/lower', idmap)
+        self.assertIn('not [uid_start, gid_start, size]', msg)
+        self.refused(storage.idmapped_over, self.root + '/root',
+                     [100000, 300000, 65536], [200000, 400000, 1000])
+
+    def test_filesystems_and_sizes(self):
+        img, mnt = self.root + '/root.img', self.root + '/root'
+        for fs in ('xfs', 'vfat', 'ext4,dirsync', None):
+            self.refused(storage.mount_disk, img, mnt, fs)
+        for fs in ('vfat', 'ntfs', 'ext4 '):
+            self.refused(storage.mount_untrusted, img, mnt, fs, 0, 0)
+        for n in (-1, 1.5, '0', None):
+            self.refused(storage.mount_untrusted, img, mnt, 'ext4', n, 0)
+            self.refused(storage.mount_untrusted, img, mnt, 'ext4', 0, n)
+
+    def test_overlay_lowers(self):
+        for lowers in ([], None, self.root + '/l', ['/etc']):
+            self.refused(storage.overlay_readonly, lowers, self.root + '/m')
+
+    def test_detach_stale_only_lxcfs(self):
+        for target in (self.root + '/root', '/', '/var/lib/lxcfs/'):
+            self.refused(storage.detach_stale, target)
+        storage.detach_stale('/var/lib/lxcfs')
+        self.libc.umount2.assert_called_once_with(b'/var/lib/lxcfs', 2)
+
+    def test_loop_devices(self):
+        for device in ('/dev/sda', '/dev/loop-control', '/dev/loop1/../sda',
+                       'loop1', '/dev/loop', None):
+            self.refused(storage.loop_detach, device)
+            self.refused(storage.loop_set_capacity, device)
+
+    def test_loop_device_backed_outside_the_roots(self):
+        backing = {'/sys/block/loop7/loop/backing_file': '/etc/shadow\n',
+                   '/sys/block/loop8/loop/backing_file':
+                       self.root + '/root.img (deleted)\n'}
+        with mock.patch('builtins.open', side_effect=lambda p: mock.mock_open(
+                read_data=backing[p])()):
+            msg = self.refused(storage.loop_detach, '/dev/loop7')
+            self.assertIn('/etc/shadow', msg)
+            storage.loop_detach('/dev/loop8')
+        self.ioctl.assert_called_once_with(mock.ANY, storage._LOOP_CLR_FD, 0)
+
+    def test_unattached_loop_device(self):
+        # Detached meanwhile: what callers expect of a detach, not a refusal.
+        e = self.assertRaises(exception.LoopFailed, storage.loop_detach,
+                              '/dev/loop1234567')
+        self.assertIn('not attached', str(e))
+        self.ioctl.assert_not_called()
+
+    def test_what_passes_reaches_the_kernel(self):
+        storage.overlay(self.root + '/lower', self.root + '/upper',
+                        self.root + '/work', self.root + '/merged')
+        self.libc.mount.assert_called_once_with(
+            b'overlay', (self.root + '/merged').encode(), b'overlay', 0,
+            ('lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work'
+             .format(self.root)).encode())
+        storage.unmount_tree(self.root)
