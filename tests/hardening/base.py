@@ -69,7 +69,7 @@ def force_clean(root):
             subprocess.run(['lxc-stop', '-k', '-n', name, '-P', lxc_path],
                            stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=60)
-    mount.unmount_tree(root)
+    unmount_all(root)
     for device in loop_devices(root):
         subprocess.run(['losetup', '-d', device], stderr=subprocess.DEVNULL)
     left = mounts_under(root)
@@ -81,6 +81,17 @@ def force_clean(root):
 
 
 # -- what is left on the host ---------------------------------------------
+
+def unmount_all(path):
+    """umount(8) everything at or below path, deepest first, as the host.
+
+    Test tooling (a crash's aftermath, a failed test's leftovers): the
+    driver's storage daemon mounts only below its own driver roots, and
+    these are the workers'.
+    """
+    for point in sorted(mounts_under(path), key=len, reverse=True):
+        subprocess.run(['umount', point], stderr=subprocess.DEVNULL)
+
 
 def mounts_under(path):
     return sorted(p for p in mount.mountpoints()
@@ -345,7 +356,7 @@ def host_crash(worker, names):
     for name in names:
         subprocess.run(['lxc-stop', '-k', '-n', name, '-P', worker.lxc_path],
                        check=True)
-    mount.unmount_tree(worker.state_path)
+    unmount_all(worker.state_path)
     return mounts_under(worker.state_path)
 
 
