@@ -47,6 +47,7 @@ def up(computes=1, fake_compute=False):
     util.makedirs(layout.LOGS, 0o755)
     if computes > 1 or os.path.exists(layout.COMPUTES_FILE):
         util.write_file(layout.COMPUTES_FILE, '%d\n' % computes)
+    setup.system_users()
     setup.lxcfs()
     setup.mariadb(secrets)
     setup.rabbitmq(secrets)

@@ -334,9 +334,9 @@ def prepare(secrets, config):
     util.makedirs(layout.C2_METADATA_STATE, 0o750)
     config(NOVA_CONF, configs.nova_conf(secrets, compute=True, node=2,
                                         computes=2),
-           ['nova-compute-2'], mode=0o640)
+           ['nova-compute-2'], mode=0o600)
     config(AGENT_CONF, configs.ovn_metadata_agent_conf(secrets, node=2),
-           ['neutron-ovn-metadata-agent-2'], mode=0o640)
+           ['neutron-ovn-metadata-agent-2'], mode=0o600)
     db = os.path.join(layout.C2_STATE, 'ovs', 'conf.db')
     if not os.path.exists(db):
         util.run(['ovsdb-tool', 'create', db,

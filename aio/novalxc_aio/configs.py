@@ -117,6 +117,10 @@ def keystone_conf(secrets):
         ('token', [('provider', 'fernet')]),
         ('fernet_tokens', [('key_repository',
                             layout.state('keystone', 'fernet-keys'))]),
+        # Auth receipts (MFA) are fernet too: the same keys, rather than
+        # /etc/keystone/fernet-keys, which only root could open.
+        ('fernet_receipts', [('key_repository',
+                              layout.state('keystone', 'fernet-keys'))]),
         ('credential', [('key_repository',
                          layout.state('keystone', 'credential-keys'))]),
     ])
@@ -271,7 +275,8 @@ def nova_conf(secrets, compute=False, node=1, computes=1, fake=False):
             ('lxc', [('lxc_path', layout.LXC_PATH),
                      ('state_path', layout.DRIVER_STATE),
                      ('ids_path', layout.IDS_PATH)]),
-            concurrency('nova'),
+            # Root's locks, apart from the nova user's (nova.conf).
+            concurrency('nova-compute'),
         ]
     return ini(sections)
 

@@ -90,6 +90,24 @@ DATABASES = {
     'neutron': 'neutron',
 }
 
+# The system user each OpenStack service's processes run as (issue 14's
+# production shape): no uid 0, no capability, only its own files. The
+# computes (nova-compute, its fake-driver twin) and the OVN metadata
+# agents (network namespaces, haproxy) still run as root.
+SYSTEM_USERS = ('keystone', 'glance', 'placement', 'neutron', 'nova')
+SERVICE_ACCOUNTS = {
+    'keystone': 'keystone',
+    'glance': 'glance',
+    'placement': 'placement',
+    'neutron': 'neutron',
+    'neutron-ovn-maintenance-worker': 'neutron',
+    'nova-api': 'nova',
+    'nova-metadata': 'nova',
+    'nova-conductor': 'nova',
+    'nova-scheduler': 'nova',
+    'nova-serialproxy': 'nova',
+}
+
 # Users in Keystone's "service" project, one per service.
 SERVICE_USERS = ('glance', 'placement', 'nova', 'neutron')
 

@@ -11,6 +11,7 @@ ours only if both match, and only ours are ever signalled.
 import dataclasses
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -98,11 +99,19 @@ def start(service):
         log.write('\n=== %s: starting %s\n' % (
             time.strftime('%Y-%m-%d %H:%M:%S'), ' '.join(service.argv)))
         log.flush()
+        env = dict(service.env)
+        if service.user:
+            # Its own group only, and a home it may write (not root's).
+            account = pwd.getpwnam(service.user)
+            env.setdefault('HOME', account.pw_dir)
+            ids = {'user': account.pw_uid, 'group': account.pw_gid,
+                   'extra_groups': []}
+        else:
+            ids = {}
         proc = subprocess.Popen(
             list(service.argv), stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, cwd=service.cwd,
-            env=util.clean_env(service.env), user=service.user,
-            start_new_session=True)
+            env=util.clean_env(env), start_new_session=True, **ids)
     start_time = _start_time(proc.pid)
     util.write_file(layout.pid_file(service.name),
                     '%d %s\n' % (proc.pid, start_time))

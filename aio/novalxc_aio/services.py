@@ -126,14 +126,15 @@ def _gunicorn(name, port, path='/', env=None):
         name, (layout.venv_bin('gunicorn'),),
         procs.http_probe(layout.url(name, path)),
         where=layout.url(name), cwd=layout.etc(name), env=env or {},
-        port=port)
+        port=port, user=layout.SERVICE_ACCOUNTS[name])
 
 
 def _oslo_service(name, *config_files, probe, where=''):
     argv = [layout.venv_bin(name)]
     for path in config_files:
         argv += ['--config-file', path]
-    return procs.Service(name, tuple(argv), probe, where=where)
+    return procs.Service(name, tuple(argv), probe, where=where,
+                         user=layout.SERVICE_ACCOUNTS.get(name))
 
 
 def fake_compute_service():

@@ -34,9 +34,13 @@ def restart_later(*names):
     _restart.update(names)
 
 
-def _config(path, text, readers, mode=0o644):
-    """Write a configuration file; its readers restart if it changed."""
-    if util.write_file(path, text, mode):
+def _config(path, text, readers, mode=0o644, owner=None):
+    """Write a configuration file; its readers restart if it changed.
+
+    :param owner: (uid, gid) of the one service user that reads it (a
+        file with secrets: mode 0600), or None for root's.
+    """
+    if util.write_file(path, text, mode, owner):
         _restart.update(readers)
 
 
@@ -81,6 +85,36 @@ def _wait(name):
 
 def _owner(user):
     return pwd.getpwnam(user).pw_uid, grp.getgrnam(user).gr_gid
+
+
+def system_users():
+    """A system user and group per OpenStack service (layout.SYSTEM_USERS).
+
+    No login shell, no home of its own beyond its state directory, no
+    supplementary group: each reads only its own configuration and
+    writes only its own state.
+    """
+    for user in layout.SYSTEM_USERS:
+        try:
+            pwd.getpwnam(user)
+            continue
+        except KeyError:
+            pass
+        util.say('adding system user %s', user)
+        util.run(['useradd', '--system', '--user-group', '--no-create-home',
+                  '--home-dir', layout.state(user), '--shell',
+                  '/usr/sbin/nologin', '--comment',
+                  'novalxc-aio %s' % user, user])
+
+
+def _service_dirs(user, *paths, mode=0o750):
+    """Directories of user's state, owned by it (older runs: root's)."""
+    owner = _owner(user)
+    util.makedirs(layout.state(user), mode, owner)
+    for path in paths:
+        util.makedirs(path, mode, owner)
+        util.chown_tree(path, owner)
+    return owner
 
 
 def _version(package):
@@ -259,8 +293,11 @@ def ovn():
 
 def keystone(secrets):
     """Keystone on :5000 with fernet tokens; admin bootstrapped."""
+    keystone_user = _service_dirs('keystone',
+                                  layout.state('keystone', 'locks'))
     _config(layout.etc('keystone', 'keystone.conf'),
-            configs.keystone_conf(secrets), ['keystone'], mode=0o640)
+            configs.keystone_conf(secrets), ['keystone'], mode=0o600,
+            owner=keystone_user)
     _config(layout.etc('keystone', 'gunicorn.conf.py'),
             configs.gunicorn_conf('keystone', 'keystone.wsgi.api:application',
                                   layout.PORTS['keystone']), ['keystone'])
@@ -272,10 +309,11 @@ def keystone(secrets):
                           ('credential-keys', 'credential_setup')):
         path = layout.state('keystone', keys)
         if not os.path.exists(os.path.join(path, '0')):
-            util.makedirs(path, 0o700)
-            util.run(manage + [command, '--keystone-user', 'root',
-                               '--keystone-group', 'root'],
+            util.makedirs(path, 0o700, keystone_user)
+            util.run(manage + [command, '--keystone-user', 'keystone',
+                               '--keystone-group', 'keystone'],
                      log='keystone-manage')
+        util.chown_tree(path, keystone_user)
     # Re-run when the admin password changes (marker: its hash only). The
     # password goes through the environment, not the command line.
     admin = hashlib.sha256(secrets['admin'].encode()).hexdigest()
@@ -353,14 +391,16 @@ def identities(secrets):
 
 def glance(secrets):
     """Glance on :9292, images in a file store under the aio state."""
+    glance_user = _service_dirs('glance', *[
+        layout.state('glance', sub)
+        for sub in ('images', 'staging', 'tasks', 'locks')])
     _config(layout.etc('glance', 'glance-api.conf'),
-            configs.glance_api_conf(secrets), ['glance'], mode=0o640)
+            configs.glance_api_conf(secrets), ['glance'], mode=0o600,
+            owner=glance_user)
     _copy_paste_ini('glance', 'glance-api-paste.ini', ['glance'])
     _config(layout.etc('glance', 'gunicorn.conf.py'),
             configs.gunicorn_conf('glance', 'glance.wsgi.api:application',
                                   layout.PORTS['glance']), ['glance'])
-    for sub in ('images', 'staging', 'tasks', 'locks'):
-        util.makedirs(layout.state('glance', sub), 0o750)
     _once('glance-db-sync', _version('glance'), [[
         layout.venv_bin('glance-manage'), '--config-file',
         layout.etc('glance', 'glance-api.conf'), 'db_sync']], 'glance-manage')
@@ -369,8 +409,11 @@ def glance(secrets):
 
 def placement(secrets):
     """Placement on :8778."""
+    placement_user = _service_dirs('placement',
+                                   layout.state('placement', 'locks'))
     _config(layout.etc('placement', 'placement.conf'),
-            configs.placement_conf(secrets), ['placement'], mode=0o640)
+            configs.placement_conf(secrets), ['placement'], mode=0o600,
+            owner=placement_user)
     _config(layout.etc('placement', 'gunicorn.conf.py'),
             configs.gunicorn_conf('placement',
                                   'placement.wsgi.api:application',
@@ -393,13 +436,14 @@ def neutron(secrets):
     neutron_conf = layout.etc('neutron', 'neutron.conf')
     ml2_conf = layout.etc('neutron', 'plugins', 'ml2', 'ml2_conf.ini')
     readers = ['neutron', 'neutron-ovn-maintenance-worker']
-    _config(neutron_conf, configs.neutron_conf(secrets), readers, mode=0o640)
+    neutron_user = _service_dirs('neutron', layout.state('neutron', 'locks'))
+    _config(neutron_conf, configs.neutron_conf(secrets), readers, mode=0o600,
+            owner=neutron_user)
     _config(ml2_conf, configs.ml2_conf(), readers)
     _copy_paste_ini('neutron', 'api-paste.ini', ['neutron'])
     _config(layout.etc('neutron', 'gunicorn.conf.py'),
             configs.gunicorn_conf('neutron', 'neutron.wsgi.api:application',
                                   layout.PORTS['neutron']), ['neutron'])
-    util.makedirs(layout.state('neutron', 'locks'), 0o750)
     _once('neutron-db-sync', _version('neutron'), [[
         layout.venv_bin('neutron-db-manage'), '--config-file', neutron_conf,
         '--config-file', ml2_conf, 'upgrade', 'heads']], 'neutron-db-manage')
@@ -407,7 +451,7 @@ def neutron(secrets):
     launch('neutron-ovn-maintenance-worker')
     agent_conf = layout.etc('neutron', 'ovn_metadata_agent.ini')
     _config(agent_conf, configs.ovn_metadata_agent_conf(secrets),
-            ['neutron-ovn-metadata-agent'], mode=0o640)
+            ['neutron-ovn-metadata-agent'], mode=0o600)
     util.makedirs(layout.METADATA_STATE, 0o750)
     launch('neutron-ovn-metadata-agent')
 
@@ -448,18 +492,21 @@ def nova(secrets, computes=1):
     Cells are set up once.
     """
     conf = layout.etc('nova', 'nova.conf')
+    nova_user = _service_dirs('nova', layout.state('nova', 'locks'))
     _config(conf, configs.nova_conf(secrets, computes=computes),
             ['nova-api', 'nova-metadata', 'nova-conductor',
-             'nova-scheduler', 'nova-serialproxy'], mode=0o640)
+             'nova-scheduler', 'nova-serialproxy'], mode=0o600,
+            owner=nova_user)
+    # nova-compute still runs as root (issue 14): its own file and locks.
     _config(layout.etc('nova', 'nova-cpu.conf'),
             configs.nova_conf(secrets, compute=True, computes=computes),
-            ['nova-compute'], mode=0o640)
+            ['nova-compute'], mode=0o600)
     _copy_paste_ini('nova', 'api-paste.ini', ['nova-api', 'nova-metadata'])
     for name, app in (('nova-api', 'nova.wsgi.osapi_compute:application'),
                       ('nova-metadata', 'nova.wsgi.metadata:application')):
         _config(layout.etc(name, 'gunicorn.conf.py'),
                 configs.gunicorn_conf(name, app, layout.PORTS[name]), [name])
-    for path in (layout.state('nova', 'locks'), layout.LXC_PATH,
+    for path in (layout.state('nova-compute', 'locks'), layout.LXC_PATH,
                  layout.DRIVER_STATE):
         util.makedirs(path, 0o711)
     manage = [layout.venv_bin('nova-manage'), '--config-file', conf]
@@ -526,7 +573,7 @@ def fake_compute(secrets, on):
             uuid.NAMESPACE_DNS, layout.FAKE_HOST))
     _config(os.path.join(layout.FAKE_ETC, 'nova-cpu.conf'),
             configs.nova_conf(secrets, compute=True, fake=True),
-            ['nova-compute-fake'], mode=0o640)
+            ['nova-compute-fake'], mode=0o600)
     util.write_file(layout.FAKE_COMPUTE_FILE, '1\n')
     # Enabled before it starts: Nova then skips its RPC to a compute it
     # sees down, and the compute clears the COMPUTE_STATUS_DISABLED trait

@@ -24,6 +24,7 @@ import datetime
 import glob
 import json
 import os
+import pwd
 import time
 import uuid
 
@@ -157,6 +158,65 @@ def _group_ingress(d, name):
     return {r['protocol'] for r in groups[0]['security_group_rules']
             if r['direction'] == 'ingress' and
             r['remote_ip_prefix'] == '0.0.0.0/0'}
+
+
+def _process_tree(pid):
+    """pid and its descendants (gunicorn's workers, oslo's children)."""
+    children = {}
+    for name in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open('/proc/%s/stat' % name) as f:
+                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return sorted(tree)
+
+
+def _credentials(pid):
+    """(uids, gids, groups, CapEff, CapPrm) of pid from /proc/PID/status."""
+    with open('/proc/%d/status' % pid) as f:
+        status = dict(line.rstrip('\n').split(':\t', 1)
+                      for line in f if ':\t' in line)
+    return (status['Uid'].split(), status['Gid'].split(),
+            status['Groups'].split(), int(status['CapEff'], 16),
+            int(status['CapPrm'], 16))
+
+
+def _service_user_checks(c):
+    """Each API service and Nova's control plane runs as its own user.
+
+    From /proc (issue 14): every process of the service has the user's
+    uid and gid as real, effective, saved and filesystem ids, no
+    supplementary group and no capability (effective or permitted).
+    """
+    for name, user in sorted(layout.SERVICE_ACCOUNTS.items()):
+        account = pwd.getpwnam(user)
+        pid = procs.recorded_pid(name)
+        if not pid:
+            c.check('%s runs as %s' % (name, user), False, 'not running')
+            continue
+        bad = []
+        tree = _process_tree(pid)
+        for p in tree:
+            try:
+                uids, gids, groups, eff, prm = _credentials(p)
+            except (OSError, KeyError):
+                continue  # gone meanwhile
+            if set(uids) != {str(account.pw_uid)} or \
+                    set(gids) != {str(account.pw_gid)} or groups or \
+                    eff or prm:
+                bad.append('pid %d: uids %s gids %s groups %s CapEff %x '
+                           'CapPrm %x' % (p, ','.join(uids), ','.join(gids),
+                                          ','.join(groups), eff, prm))
+        c.check('%s runs as %s (uid %d, %d processes, no capability, no '
+                'other group)' % (name, user, account.pw_uid, len(tree)),
+                account.pw_uid != 0 and not bad, '; '.join(bad))
 
 
 def _demo_network_checks(c, d):
@@ -1035,6 +1095,7 @@ def smoke(keep_up=False):
     s = demo.session(secrets, 'admin')
     d = demo.session(secrets, 'demo')
     _neutron_checks(c, s)
+    _service_user_checks(c)
     nodes = []
     try:
         _demo_network_checks(c, d)

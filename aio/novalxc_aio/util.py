@@ -91,11 +91,17 @@ def run(argv, check=True, capture=False, env=None, input=None,
 
 
 def write_file(path, text, mode=0o644, owner=None):
-    """Write text to path atomically with mode; True if it changed."""
+    """Write text to path atomically with mode; True if it changed.
+
+    :param owner: (uid, gid), or None for root's.
+    """
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    want = tuple(owner) if owner else (0, 0)
     try:
         with open(path) as f:
-            if f.read() == text and (os.stat(path).st_mode & 0o7777) == mode:
+            st = os.stat(path)
+            if f.read() == text and (st.st_mode & 0o7777) == mode and \
+                    (st.st_uid, st.st_gid) == want:
                 return False
     except FileNotFoundError:
         pass
@@ -115,6 +121,20 @@ def makedirs(path, mode=0o755, owner=None):
     os.chmod(path, mode)
     if owner:
         os.chown(path, owner[0], owner[1])
+
+
+def chown_tree(path, owner):
+    """Give path and everything below it (no symlink followed) to owner.
+
+    For a service's own state made by an older "up" that ran it as root.
+    """
+    uid, gid = owner
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in [dirpath] + [os.path.join(dirpath, n)
+                                 for n in dirnames + filenames]:
+            st = os.lstat(name)
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                os.lchown(name, uid, gid)
 
 
 def load_secrets():
