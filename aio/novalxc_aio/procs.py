@@ -51,14 +51,24 @@ class Service:
     port: int = None
 
 
-def _start_time(pid):
+def stat_fields(pid):
+    """/proc/PID/stat's fields after the command name, or None if gone.
+
+    Field 3 of proc(5) (state) is [0], the parent's pid [1], the start
+    time [19].
+    """
     try:
         with open('/proc/%d/stat' % pid) as f:
             stat = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may hold spaces: split after its ')'.
-    return stat.rsplit(')', 1)[1].split()[19]
+    return stat.rsplit(')', 1)[1].split()
+
+
+def _start_time(pid):
+    fields = stat_fields(pid)
+    return fields[19] if fields else None
 
 
 def recorded_pid(name):

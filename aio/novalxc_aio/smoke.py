@@ -165,10 +165,9 @@ def _process_tree(pid):
     children = {}
     for name in filter(str.isdigit, os.listdir('/proc')):
         try:
-            with open('/proc/%s/stat' % name) as f:
-                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
+            ppid = int(procs.stat_fields(int(name))[1])
+        except (OSError, TypeError, ValueError, IndexError):
+            continue  # gone meanwhile
         children.setdefault(ppid, []).append(int(name))
     tree, todo = [], [pid]
     while todo:

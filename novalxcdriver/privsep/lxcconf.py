@@ -85,7 +85,11 @@ def _under(path, roots):
     return any(path.startswith(root.rstrip('/') + '/') for root in roots)
 
 
-def _within(start, size, ranges):
+def within(start, size, ranges):
+    """Whether ids start..start+size-1 (size > 0) lie in one of ranges.
+
+    :param ranges: [(start, count)], e.g. root's subordinate uids.
+    """
     return size > 0 and any(s <= start and start + size <= s + n
                             for s, n in ranges)
 
@@ -161,8 +165,8 @@ def check(text, container_dir, roots, subuids, subgids, lxcfs):
                 raise Refused('line %d: lxc.idmap: not one "u|g 0 START '
                               'SIZE" of each kind' % n)
             kind, start, size = m.group(1), int(m.group(2)), int(m.group(3))
-            if not _within(start, size,
-                           subuids if kind == 'u' else subgids):
+            if not within(start, size,
+                          subuids if kind == 'u' else subgids):
                 raise Refused('line %d: lxc.idmap %s: host ids %d-%d are not '
                               'all root\'s subordinate ids' % (
                                   n, kind, start, start + size - 1))

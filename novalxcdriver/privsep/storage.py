@@ -160,11 +160,9 @@ def check_idmap(call, idmap):
         privsep.refuse(call, '%r is not [uid_start, gid_start, size]'
                        % (idmap,))
     uid_start, gid_start, size = idmap
-    (sub_uid, uid_count), (sub_gid, gid_count) = \
-        ids.read_subordinate_ranges()
-    if not (sub_uid <= uid_start and uid_start + size <= sub_uid + uid_count
-            and sub_gid <= gid_start and
-            gid_start + size <= sub_gid + gid_count):
+    subuids, subgids = ids.read_subordinate_ranges()
+    if not (lxcconf.within(uid_start, size, [subuids]) and
+            lxcconf.within(gid_start, size, [subgids])):
         privsep.refuse(call, 'idmap %r is not inside root\'s subordinate '
                        'ids' % (idmap,))
     return ids.Idmap(uid_start, gid_start, size)
