@@ -81,6 +81,10 @@ class Idmap:
     gid_start: int
     size: int
 
+    def fields(self):
+        """[uid_start, gid_start, size]: how privsep entry points take it."""
+        return [self.uid_start, self.gid_start, self.size]
+
 
 @dataclasses.dataclass(frozen=True)
 class Reservation:

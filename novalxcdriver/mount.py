@@ -15,10 +15,6 @@ import re
 from novalxcdriver.privsep import storage
 
 
-def _idmap(idmap):
-    return [idmap.uid_start, idmap.gid_start, idmap.size]
-
-
 def disk_image(path, target, fstype):
     """Mount the disk image file path on target through a loop device.
 
@@ -55,7 +51,7 @@ def idmapped_bind(source, target, idmap):
     :raises MountFailed: a syscall failed (errno text in the message).
     :raises CommandFailed, CommandTimedOut: no user namespace was made.
     """
-    storage.idmapped_bind(source, target, _idmap(idmap))
+    storage.idmapped_bind(source, target, idmap.fields())
 
 
 def idmapped_over(target, disk_idmap, idmap):
@@ -69,7 +65,7 @@ def idmapped_over(target, disk_idmap, idmap):
     :param disk_idmap, idmap: ids.Idmap of equal size.
     :raises MountFailed, CommandFailed, CommandTimedOut: as idmapped_bind.
     """
-    storage.idmapped_over(target, _idmap(disk_idmap), _idmap(idmap))
+    storage.idmapped_over(target, disk_idmap.fields(), idmap.fields())
 
 
 def overlay(lower, upper, work, target):
