@@ -21,6 +21,8 @@ from nova.api.metadata import base as instance_metadata
 import nova.conf
 from nova.objects import fields
 
+from novalxcdriver.privsep import ownership
+
 CONF = nova.conf.CONF
 DIR_NAME = 'config-drive'
 
@@ -58,36 +60,22 @@ def write(path, instance, injected_files, admin_password, network_info,
     metadata = instance_metadata.InstanceMetadata(
         instance, content=injected_files, extra_md=extra_md,
         network_info=network_info)
-    write_tree(path, metadata.metadata_for_config_drive(), idmap.uid_start,
-               idmap.gid_start)
+    write_tree(path, metadata.metadata_for_config_drive(), idmap)
 
 
-def write_tree(path, files, uid, gid):
+def write_tree(path, files, idmap):
     """Write files, (relative path, str or bytes) pairs, under path.
 
-    Directories are 0500 and files 0400, owned by uid:gid (the container's
-    root), as only root reads a config drive it mounts.
+    Directories are 0500 and files 0400, owned by the container's root,
+    as only root reads a config drive it mounts. Made by the
+    storage_admin daemon (ownership.write_config_drive), str data as
+    UTF-8; nothing is made if a path is refused.
 
-    :raises ValueError: a path that is absolute or leaves path.
+    :param idmap: ids.Idmap of the container.
+    :raises PrivilegedCallRefused: a path that is absolute or leaves path,
+        or over ownership.MAX_CONFIG_DRIVE bytes in all.
     :raises FileExistsError: path exists already.
     """
-    os.mkdir(path, 0o500)
-    os.chown(path, uid, gid)
-    for rel, data in files:
-        parts = rel.split('/')
-        if rel.startswith('/') or any(p in ('', '.', '..') for p in parts):
-            raise ValueError('config drive path %r refused' % rel)
-        parent = path
-        for part in parts[:-1]:
-            parent = os.path.join(parent, part)
-            if not os.path.isdir(parent):
-                os.mkdir(parent, 0o500)
-                os.chown(parent, uid, gid)
-        if isinstance(data, str):
-            data = data.encode('utf-8')
-        fd = os.open(os.path.join(parent, parts[-1]),
-                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                     0o400)
-        with os.fdopen(fd, 'wb') as f:
-            os.fchown(fd, uid, gid)
-            f.write(data)
+    files = [[rel, data.encode('utf-8') if isinstance(data, str) else data]
+             for rel, data in files]
+    ownership.write_config_drive(path, files, idmap.fields())

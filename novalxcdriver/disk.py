@@ -20,28 +20,27 @@ filesystem of that fsid, so there each disk is formatted on its own.
 ext4 disks always are: mkfs.ext4 takes about 7 ms, too little to be
 worth many filesystems sharing one UUID.
 
+The images, in root's directories, are made, grown, snapshotted and
+frozen by the storage_admin privsep daemon (privsep/disks.py), which also
+decides whether a template may be used; their mounts are made there too
+(privsep/storage.py). This module is nova-compute's model of a disk.
+
 A loop device's I/O counters (/sys/block/loopN/stat) belong to the device,
 which later disks reuse, so each attach saves them next to the image
 (``<image>.iostat``): diagnostics reports the disk's own I/O as the
 difference.
 """
 
-import errno
-import fcntl
 import os
-import re
-import struct
-import tempfile
 import time
 
 from oslo_log import log as logging
-from oslo_utils import excutils
-from oslo_utils import units
 
 from novalxcdriver import exception
 from novalxcdriver import loop
-from novalxcdriver import lxc
 from novalxcdriver import mount
+from novalxcdriver.privsep import disks
+from novalxcdriver.privsep import ownership
 from novalxcdriver import throttle
 
 LOG = logging.getLogger(__name__)
@@ -52,24 +51,7 @@ TEMPLATES = 'disk-templates'
 # polls.
 ATTACHED_TIMEOUT = 10
 ATTACHED_POLL = 0.05
-BTRFS_TEMP_FSID = '/sys/fs/btrfs/features/temp_fsid'
-FILESYSTEMS = ('btrfs', 'ext4')
-# (offset, magic) of each filesystem's superblock signature: btrfs's
-# superblock is at 64 KiB, magic at +0x40; ext4's at 1 KiB, s_magic at
-# +0x38 (kernel fs/btrfs/accessors.h, fs/ext4/ext4.h).
-# ioctl numbers, _IOW/_IOWR as the kernel computes them: btrfs's from
-# include/uapi/linux/btrfs.h (struct btrfs_ioctl_vol_args_v2 and
-# btrfs_ioctl_vol_args, 4096 bytes each), the freeze pair from
-# include/uapi/linux/fs.h.
-_BTRFS_IOC_SNAP_CREATE_V2 = 0x50009417   # _IOW(0x94, 23, vol_args_v2)
-_BTRFS_IOC_SNAP_DESTROY = 0x5000940f     # _IOW(0x94, 15, vol_args)
-_BTRFS_SUBVOL_RDONLY = 1 << 1
-_FIFREEZE = 0xc0045877                   # _IOWR('X', 119, int)
-_FITHAW = 0xc0045878                     # _IOWR('X', 120, int)
-_FICLONE = 0x40049409                    # _IOW(0x94, 9, int)
-# _template's temporary names (tempfile.mkstemp's suffix).
-_TEMPLATE_LEFTOVER = re.compile(r'^\.(btrfs|ext4)-[0-9]+G\.img\.\w+$')
-_MAGIC = (('btrfs', 0x10040, b'_BHRfS_M'), ('ext4', 0x438, b'\x53\xef'))
+FILESYSTEMS = disks.FILESYSTEMS
 
 
 class Disk:
@@ -87,35 +69,27 @@ class Disk:
         self.templates = templates
         self.io_baseline_path = image_path + '.iostat'
 
-    def create(self, size_gb, uid, gid, fs='ext4'):
-        """Make a size_gb GiB image, mount it, give its root to uid.
+    def create(self, size_gb, owner=None, fs='ext4'):
+        """Make a size_gb GiB image, mount it, give its root to owner.
 
+        The image is made in the storage_admin daemon
+        (privsep.disks.create_image: a template's copy or mkfs).
+
+        :param owner: ids.Idmap whose root gets the disk's top directory,
+            or None to leave it host root's (a root disk's holds upper/
+            and work/, each the container's).
         :param fs: 'ext4' or 'btrfs' (FILESYSTEMS).
-        :raises CommandFailed: mkfs failed.
+        :raises FileExistsError: the image exists (it is left alone).
+        :raises CommandFailed: mkfs failed (no image is left).
         :raises LoopFailed: no loop device could be attached.
         :raises MountFailed: mount(2) failed.
         """
-        if fs not in FILESYSTEMS:
-            raise ValueError('unsupported filesystem %r' % fs)
-        if self.templates is not None and from_template(fs):
-            template = _template(self.templates, fs, size_gb)
-            try:
-                _copy_sparse(template, self.image_path)
-            except FileExistsError:
-                raise
-            except OSError:
-                with excutils.save_and_reraise_exception():
-                    os.unlink(self.image_path)
-        else:
-            _formatted(self.image_path, size_gb, fs, exclusive=True)
+        disks.create_image(self.image_path, size_gb, fs, self.templates)
         os.makedirs(self.mountpoint, mode=0o755, exist_ok=True)
         # A new image: no loop device can hold it yet (mount's wait).
         self._mount()
-        os.chown(self.mountpoint, uid, gid)
-        os.chmod(self.mountpoint, 0o755)
-        lost = os.path.join(self.mountpoint, 'lost+found')
-        if os.path.isdir(lost):
-            os.rmdir(lost)
+        ownership.give_disk_root(self.mountpoint,
+                                 owner.fields() if owner else None)
 
     def is_mounted(self):
         return self.mountpoint in mount.mountpoints()
@@ -126,17 +100,7 @@ class Disk:
         :raises DiskUnreadable: neither signature is there (not a disk
             this driver made, or a damaged one).
         """
-        try:
-            with open(self.image_path, 'rb') as f:
-                for fs, offset, magic in _MAGIC:
-                    f.seek(offset)
-                    if f.read(len(magic)) == magic:
-                        return fs
-        except OSError as e:
-            raise exception.DiskUnreadable(path=self.image_path,
-                                           reason=str(e))
-        raise exception.DiskUnreadable(
-            path=self.image_path, reason='no btrfs or ext4 superblock')
+        return disks.filesystem_of(self.image_path)
 
     def mount(self, shift=None):
         """Mount the image if it is not mounted (after a host reboot).
@@ -224,14 +188,8 @@ class Disk:
     def grow(self, size_gb):
         """Grow the disk and its filesystem to size_gb GiB.
 
-        The image file grows (sparse), then the filesystem takes it.
-        Mounted, online: the loop device learns its new capacity
-        (LOOP_SET_CAPACITY), then ``btrfs filesystem resize max`` or
-        resize2fs on the device; online ext4 growth needs
-        CAP_SYS_RESOURCE (EXT4_IOC_RESIZE_FS, fs/ext4/ioctl.c), which a
-        host's root may lack. Unmounted, ext4 only: ``e2fsck -f -p``
-        then resize2fs on the image, as Nova grows an image
-        (nova.virt.disk.api.resize2fs). A disk already that large is
+        Online if mounted, else unmounted (ext4 only); the steps and
+        their sources: privsep.disks.grow. A disk already that large is
         left.
 
         :raises CommandFailed: a tool failed; the file may be larger, the
@@ -240,31 +198,9 @@ class Disk:
         :raises DiskUnreadable: an unmounted btrfs disk (btrfs grows only
             mounted), or no known filesystem.
         """
-        size = size_gb * units.Gi
-        if os.path.getsize(self.image_path) >= size:
-            return
-        fs = self.filesystem()
-        mounted = self.is_mounted()
-        if not mounted and fs != 'ext4':
-            raise exception.DiskUnreadable(
-                path=self.image_path,
-                reason='a %s disk grows only mounted' % fs)
-        os.truncate(self.image_path, size)
-        if not mounted:
-            # -p fixes only what is safe without asking; exit code 1
-            # means it did.
-            lxc.execute('e2fsck', '-f', '-p', self.image_path,
-                        check_exit_code=[0, 1])
-            lxc.execute('resize2fs', self.image_path)
-        else:
-            device = mount.source(self.mountpoint)
-            loop.set_capacity(device)
-            if fs == 'btrfs':
-                lxc.execute('btrfs', 'filesystem', 'resize', 'max',
-                            self.mountpoint)
-            else:
-                lxc.execute('resize2fs', device)
-        LOG.info('Grew %s to %d GiB', self.image_path, size_gb)
+        if disks.grow(self.image_path, size_gb,
+                      self.mountpoint if self.is_mounted() else None):
+            LOG.info('Grew %s to %d GiB', self.image_path, size_gb)
 
     def detach_loops(self):
         """Detach loop devices still backed by the image: crash leftovers.
@@ -302,128 +238,15 @@ class Disk:
         return '%d:%d' % (os.major(st.st_dev), os.minor(st.st_dev))
 
 
-def from_template(fs):
-    """Whether new fs disks are copies of a template (module docstring).
-
-    btrfs gives a clone a temporary fsid from Linux 6.7 (temp_fsid in
-    /sys/fs/btrfs/features; fs/btrfs/volumes.c), and before that would
-    resolve it to the filesystem of that fsid already mounted.
-    """
-    return fs == 'btrfs' and os.path.exists(BTRFS_TEMP_FSID)
-
-
-def _formatted(path, size_gb, fs, exclusive):
-    """Make path a size_gb GiB sparse file holding an empty fs filesystem.
-
-    :param exclusive: path must not exist (else FileExistsError).
-    :raises CommandFailed: mkfs failed.
-    """
-    with open(path, 'xb' if exclusive else 'wb') as f:
-        f.truncate(size_gb * units.Gi)
-    if fs == 'btrfs':
-        lxc.execute('mkfs.btrfs', '-q', '-f', path)
-    else:
-        # -m 0: container root is no host root and could not use the
-        # 5% reserved for uid 0.
-        lxc.execute('mkfs.ext4', '-q', '-F', '-m', '0', '-E',
-                    'lazy_itable_init=1,lazy_journal_init=1', path)
-
-
-def _template(directory, fs, size_gb):
-    """The path of the formatted fs template of size_gb GiB, made if new.
-
-    Made under a unique temporary name and renamed into place once
-    complete and synced, so a reader sees a whole template or none; two
-    makers racing each rename a valid one.
-
-    :raises CommandFailed: mkfs failed (nothing is left).
-    """
-    path = os.path.join(directory, '%s-%dG.img' % (fs, size_gb))
-    if os.path.exists(path):
-        return path
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.',
-                               dir=directory)
-    os.close(fd)
-    try:
-        _formatted(tmp, size_gb, fs, exclusive=False)
-        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
-        with excutils.save_and_reraise_exception():
-            os.unlink(tmp)
-    LOG.info('Formatted the %s template of %d GiB disks: %s', fs, size_gb,
-             path)
-    return path
-
-
 def remove_template_leftovers(directory):
-    """Delete templates a crash left half made (their temporary names).
-
-    Call before this driver makes any disk (init_host): a template being
-    made by a live process of the same state path would go too.
+    """Delete templates a crash left half made (privsep.disks).
 
     :returns: the paths removed.
     """
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    removed = []
-    for name in names:
-        if _TEMPLATE_LEFTOVER.match(name):
-            path = os.path.join(directory, name)
-            os.unlink(path)
-            LOG.info('Removed %s, a disk template a crash left half made',
-                     path)
-            removed.append(path)
+    removed = disks.remove_template_leftovers(directory)
+    for path in removed:
+        LOG.info('Removed %s, a disk template a crash left half made', path)
     return removed
-
-
-def _copy_sparse(source, dest):
-    """Copy source to a new file dest: a reflink, else its data extents.
-
-    Holes stay holes (SEEK_DATA/SEEK_HOLE, lseek(2)); the data moves in
-    the kernel (copy_file_range(2)).
-
-    :raises FileExistsError: dest exists (it is left alone).
-    :raises OSError: reading or writing failed (dest may be partial).
-    """
-    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        dst = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
-                      os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                fcntl.ioctl(dst, _FICLONE, src)
-                return
-            except OSError:
-                # No reflinks on this filesystem.
-                pass
-            size = os.fstat(src).st_size
-            os.ftruncate(dst, size)
-            offset = 0
-            while offset < size:
-                try:
-                    start = os.lseek(src, offset, os.SEEK_DATA)
-                except OSError as e:
-                    if e.errno == errno.ENXIO:
-                        # Only a hole is left.
-                        break
-                    raise
-                end = os.lseek(src, start, os.SEEK_HOLE)
-                while start < end:
-                    start += os.copy_file_range(src, dst, end - start,
-                                                start, start)
-                offset = end
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
 
 
 def shift_mount(point, disk_idmap, idmap):
@@ -455,94 +278,3 @@ def loop_devices_of(path, autoclear=None):
         if backing == path and autoclear in (None, flag):
             found.append('/dev/' + name)
     return found
-
-
-def _dir_fd(path):
-    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
-                   os.O_CLOEXEC)
-
-
-def _subvolume_name(name):
-    if not name or '/' in name or name in ('.', '..') or '\0' in name:
-        raise ValueError('bad subvolume name %r' % name)
-    encoded = os.fsencode(name)
-    if len(encoded) > 255:
-        raise ValueError('subvolume name too long: %r' % name)
-    return encoded
-
-
-def snapshot_subvolume(subvolume, name):
-    """Make a read-only btrfs snapshot of subvolume, as subvolume/name.
-
-    Atomic and O(1) whatever the data (BTRFS_IOC_SNAP_CREATE_V2 with
-    BTRFS_SUBVOL_RDONLY). Data still in the page cache may be missing
-    from it (seen here under heavy writeback): call durable.syncfs on
-    the filesystem first.
-
-    :param subvolume: a btrfs subvolume's top directory (a root disk's
-        mount point is subvolume 5).
-    :param name: one path component.
-    :raises OSError: the ioctl failed (ENOTTY: not btrfs; EEXIST).
-    """
-    encoded = _subvolume_name(name)
-    src = _dir_fd(subvolume)
-    try:
-        # struct btrfs_ioctl_vol_args_v2: fd, transid, flags, a 32-byte
-        # union, then name[4040].
-        args = bytearray(struct.pack('=qQQ32x4040s', src, 0,
-                                     _BTRFS_SUBVOL_RDONLY, encoded))
-        fcntl.ioctl(src, _BTRFS_IOC_SNAP_CREATE_V2, args, True)
-    finally:
-        os.close(src)
-
-
-def delete_subvolume(parent, name):
-    """Delete the btrfs subvolume parent/name (BTRFS_IOC_SNAP_DESTROY).
-
-    Its space comes back asynchronously (btrfs cleaner).
-
-    :returns: False if there is no such subvolume.
-    :raises OSError: the ioctl failed otherwise.
-    """
-    encoded = _subvolume_name(name)
-    fd = _dir_fd(parent)
-    try:
-        # struct btrfs_ioctl_vol_args: fd, then name[4088].
-        args = bytearray(struct.pack('=q4088s', 0, encoded))
-        try:
-            fcntl.ioctl(fd, _BTRFS_IOC_SNAP_DESTROY, args, True)
-        except FileNotFoundError:
-            return False
-        return True
-    finally:
-        os.close(fd)
-
-
-def freeze(mountpoint):
-    """Block writers to the filesystem on mountpoint (FIFREEZE).
-
-    Readers and every process keep running; writes wait until thaw().
-    """
-    fd = _dir_fd(mountpoint)
-    try:
-        fcntl.ioctl(fd, _FIFREEZE, 0)
-    finally:
-        os.close(fd)
-
-
-def thaw(mountpoint):
-    """Undo freeze() (FITHAW).
-
-    :returns: False if the filesystem was not frozen (EINVAL).
-    """
-    fd = _dir_fd(mountpoint)
-    try:
-        try:
-            fcntl.ioctl(fd, _FITHAW, 0)
-        except OSError as e:
-            if e.errno == errno.EINVAL:
-                return False
-            raise
-        return True
-    finally:
-        os.close(fd)

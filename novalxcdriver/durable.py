@@ -28,7 +28,7 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def write(path, data, mode=0o644, uid=None, gid=None, sync=True):
+def write(path, data, mode=0o644, sync=True):
     """Replace path's content with data, atomically and durably.
 
     The data goes to a temporary file beside path, is fsync'd, renamed over
@@ -36,8 +36,6 @@ def write(path, data, mode=0o644, uid=None, gid=None, sync=True):
 
     :param data: str (UTF-8 encoded) or bytes.
     :param mode: permission bits of the file.
-    :param uid: owner to give the file (None: the caller's).
-    :param gid: group to give the file (None: the caller's).
     :param sync: False skips both fsyncs: the replacement is atomic for
         other processes at once, and the caller makes it durable later
         with :func:`sync` (to keep fsyncs out of a lock, for instance).
@@ -52,9 +50,6 @@ def write(path, data, mode=0o644, uid=None, gid=None, sync=True):
     try:
         with os.fdopen(fd, 'wb') as f:
             os.fchmod(f.fileno(), mode)
-            if uid is not None or gid is not None:
-                os.fchown(f.fileno(), -1 if uid is None else uid,
-                          -1 if gid is None else gid)
             f.write(data)
             f.flush()
             if sync:

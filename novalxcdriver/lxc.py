@@ -3,13 +3,13 @@
 The commands that act on a container (lxc-start, lxc-stop, lxc-info,
 lxc-ls, lxc-freeze, lxc-unfreeze) run in a privsep daemon, through
 :mod:`novalxcdriver.privsep.lxctools`; the functions here are their
-callers' names for them. The rest (the ``unshare`` that runs a snapshot's
-find and tar as the container's root, ovs-vsctl, mkfs, cp and qemu-img)
-still run here,
-through :func:`novalxcdriver.command.execute`: an argv list, never a
-shell, with a timeout (qemu-img also under resource limits). Option
-meanings follow the LXC 5 man pages (lxc-start(1), lxc-stop(1),
-lxc-info(1), lxc-ls(1), lxc-freeze(1)).
+callers' names for them; the disks' tools run in
+:mod:`novalxcdriver.privsep.disks`. The rest (the ``unshare`` that runs
+a snapshot's find and tar as the container's root, ovs-vsctl, cp and
+qemu-img) still run here, through :func:`novalxcdriver.command.execute`:
+an argv list, never a shell, with a timeout (qemu-img also under
+resource limits). Option meanings follow the LXC 5 man pages
+(lxc-start(1), lxc-stop(1), lxc-info(1), lxc-ls(1), lxc-freeze(1)).
 """
 
 import subprocess

@@ -50,8 +50,8 @@ from novalxcdriver import configdrive
 from novalxcdriver import disk
 from novalxcdriver import durable
 from novalxcdriver import exception
-from novalxcdriver import images
 from novalxcdriver import mount
+from novalxcdriver.privsep import ownership
 from novalxcdriver import throttle
 
 LOG = logging.getLogger(__name__)
@@ -154,15 +154,13 @@ class Rootfs:
         for d in (self.lower, self.merged):
             os.mkdir(d, 0o755)
         if root_gb:
-            self.root_disk.create(root_gb, 0, 0, fs=root_fs)
+            self.root_disk.create(root_gb, fs=root_fs)
         else:
             os.mkdir(self.root_disk.mountpoint, 0o755)
         for d in (self.upper, self.work):
-            os.mkdir(d, 0o755)
-            os.chown(d, idmap.uid_start, idmap.gid_start)
+            _make_dir(d, idmap)
         if ephemeral_gb:
-            self.ephemeral_disk.create(ephemeral_gb, idmap.uid_start,
-                                       idmap.gid_start)
+            self.ephemeral_disk.create(ephemeral_gb, idmap)
         self.mount(image_rootfs, idmap)
 
     def mount(self, image_rootfs, idmap, disk_idmap=None):
@@ -225,8 +223,7 @@ class Rootfs:
             raise exception.DiskUnreadable(
                 path=self.upper, reason='the migration brought no root')
         if ephemeral_gb and not self.has_ephemeral():
-            self.ephemeral_disk.create(ephemeral_gb, disk_idmap.uid_start,
-                                       disk_idmap.gid_start)
+            self.ephemeral_disk.create(ephemeral_gb, disk_idmap)
         grow = [(d, gb) for d, gb in ((self.root_disk, root_gb),
                                       (self.ephemeral_disk, ephemeral_gb))
                 if gb]
@@ -243,33 +240,26 @@ class Rootfs:
     def write_etc_file(self, name, text, idmap):
         """Write /etc/<name> of the container, owned by its root, 0644.
 
+        Written by the storage_admin daemon (ownership.write_etc_file).
         Paths resolve as inside the container (images.resolve_in_root), so
         a hostile image's links cannot lead the write out of its root; an
-        image with no /etc directory is left as it is. The root must be
-        mounted and the container stopped.
+        image with no /etc directory, or with a directory at /etc/<name>,
+        is left as it is. The root must be mounted and the container
+        stopped.
+
+        :param name: a file of ownership.ETC_FILES ('hostname').
+        :param text: str, the whole file.
+        :param idmap: ids.Idmap of the container.
+        :raises OSError: the write failed.
         """
-        etc = images.resolve_in_root(self.merged, '/etc')
-        if etc is None or os.path.islink(etc) or not os.path.isdir(etc):
+        left = ownership.write_etc_file(self.merged, name, text,
+                                        idmap.fields())
+        if left == ownership.NO_ETC:
             LOG.info('No /etc in the root of container ID %d; %s not '
                      'written', self.cid, name)
-            return
-        dir_fd = os.open(etc, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            try:
-                os.unlink(name, dir_fd=dir_fd)
-            except FileNotFoundError:
-                pass
-            except IsADirectoryError:
-                LOG.info('/etc/%s is a directory in the root of container '
-                         'ID %d; left as it is', name, self.cid)
-                return
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
-                         os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
-            with os.fdopen(fd, 'w') as f:
-                os.fchown(fd, idmap.uid_start, idmap.gid_start)
-                f.write(text)
-        finally:
-            os.close(dir_fd)
+        elif left is not None:
+            LOG.info('/etc/%s is a directory in the root of container '
+                     'ID %d; left as it is', name, self.cid)
 
     def disk_devices(self):
         """'MAJ:MIN' of each mounted disk of its own (root, ephemeral)."""
@@ -434,7 +424,7 @@ class Rootfs:
         owner = shift[0] if shift else idmap
 
         def make(path):
-            d.create(size_gb, owner.uid_start, owner.gid_start)
+            d.create(size_gb, owner)
             if shift:
                 disk.shift_mount(d.mountpoint, *shift)
         _renew(d.image_path, make)
@@ -476,9 +466,14 @@ def _renew(path, make):
 
 
 def _make_dir(path, idmap):
-    """An empty 0755 directory owned by the container's root."""
-    os.mkdir(path, 0o755)
-    os.chown(path, idmap.uid_start, idmap.gid_start)
+    """An empty 0755 directory owned by the container's root.
+
+    Made by the storage_admin daemon (ownership.make_owned_dir).
+
+    :param idmap: ids.Idmap of the container.
+    :raises FileExistsError: path exists.
+    """
+    ownership.make_owned_dir(path, idmap.fields())
 
 
 def existing_ids(state_path):

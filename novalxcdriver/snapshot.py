@@ -40,11 +40,11 @@ import time
 from oslo_log import log as logging
 from oslo_utils import excutils
 
-from novalxcdriver import disk
 from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import lxc
 from novalxcdriver import mount
+from novalxcdriver.privsep import disks
 
 LOG = logging.getLogger(__name__)
 
@@ -136,8 +136,8 @@ class Snapshot:
             started = time.monotonic()
             durable.syncfs(root_disk.mountpoint)
             synced = time.monotonic()
-            disk.snapshot_subvolume(root_disk.mountpoint,
-                                    os.path.basename(self.subvolume))
+            disks.snapshot_subvolume(root_disk.mountpoint,
+                                     os.path.basename(self.subvolume))
             self.stall = time.monotonic() - synced
             LOG.info('Snapshot %s of %s: syncfs %.3f s, btrfs snapshot '
                      '%.3f s', self.image_id, self.root.path,
@@ -152,8 +152,8 @@ class Snapshot:
         copy = os.path.join(self.stage, 'upper')
         if disk_mounted:
             self.method = 'fsfreeze'
-            hold, release = (lambda: disk.freeze(root_disk.mountpoint),
-                             lambda: disk.thaw(root_disk.mountpoint))
+            hold, release = (lambda: disks.freeze(root_disk.mountpoint),
+                             lambda: disks.thaw(root_disk.mountpoint))
         else:
             self.method = 'cgroup-freezer'
             marker = os.path.join(self.container_dir, FROZEN_MARKER)
@@ -381,7 +381,7 @@ def _remove(root, container_dir, stages, subvolumes, thaw=True):
           if root_disk.mountpoint in mount.mountpoints() else None)
     if thaw and stages and fs == 'ext4':
         # Frozen by a snapshot cut short; EINVAL (not frozen) is fine.
-        if disk.thaw(root_disk.mountpoint):
+        if disks.thaw(root_disk.mountpoint):
             LOG.warning('Thawed %s, frozen by a snapshot cut short',
                         root_disk.mountpoint)
     marker = os.path.join(container_dir, FROZEN_MARKER)
@@ -402,6 +402,6 @@ def _remove(root, container_dir, stages, subvolumes, thaw=True):
         shutil.rmtree(stage)
         removed.append(stage)
     for name in subvolumes if fs == 'btrfs' else ():
-        if disk.delete_subvolume(root_disk.mountpoint, name):
+        if disks.delete_subvolume(root_disk.mountpoint, name):
             removed.append(os.path.join(root_disk.mountpoint, name))
     return removed

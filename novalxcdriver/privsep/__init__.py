@@ -26,7 +26,9 @@ Contexts, one per set of capabilities (capabilities(7)):
 
 - ``storage_admin`` (``[novalxc_storage_admin]``): mounts and loop
   devices, through syscalls in the daemon (storage.py): CAP_SYS_ADMIN
-  for them, and what overlayfs needs of its mounter (see below).
+  for them, and what overlayfs needs of its mounter (see below); the
+  disks' images, their tools and ioctls (disks.py); and the files given
+  to a container's root (ownership.py), with CAP_CHOWN.
 
 Driver roots: an entry point acts only under a driver root, an ``[lxc]``
 ``lxc_path`` or ``state_path`` (or ``extra_driver_roots``) of the
@@ -229,12 +231,6 @@ lxc_admin = _Context(
     uses_roots=True,
 )
 
-# A call holds one of the daemon's threads for as long as its command
-# runs: an lxc-stop waits up to a shutdown timeout (minutes), so the pool
-# is sized for many at once, not for the CPUs (oslo.privsep's default).
-LXC_ADMIN_THREADS = 64
-cfg.CONF.set_default('thread_pool_size', LXC_ADMIN_THREADS,
-                     group=lxc_admin.cfg_section)
 
 net_admin = _Context(
     'novalxcdriver.privsep',
@@ -265,15 +261,25 @@ storage_admin = _Context(
 
 CONTEXTS = (lxc_admin, net_admin, storage_admin)
 
+# A call holds one of its daemon's threads for as long as its command
+# runs, so pools are sized for the calls that wait, not for the CPUs
+# (oslo.privsep's default): an lxc-stop waits up to a shutdown timeout
+# (minutes); a disk's mkfs, e2fsck or resize2fs takes milliseconds to
+# minutes, and spawns at concurrency 10 each make one or two disks.
+THREAD_POOL_SIZES = {lxc_admin: 64, storage_admin: 16}
+for _ctx, _size in THREAD_POOL_SIZES.items():
+    cfg.CONF.set_default('thread_pool_size', _size, group=_ctx.cfg_section)
+
 
 def list_opts():
     """Each context's section, for oslo-config-generator."""
     result = []
     for ctx in CONTEXTS:
         opts = priv_context.OPTS
-        if ctx is lxc_admin:
+        if ctx in THREAD_POOL_SIZES:
             opts = [copy.copy(opt) for opt in opts]
             pool = next(o for o in opts if o.name == 'thread_pool_size')
-            pool.default, pool.sample_default = LXC_ADMIN_THREADS, None
+            pool.default = THREAD_POOL_SIZES[ctx]
+            pool.sample_default = None
         result.append((ctx.cfg_section, opts))
     return result

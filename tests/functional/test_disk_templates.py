@@ -1,8 +1,9 @@
 """btrfs disks copied from one formatted template, mounted side by side.
 
 Real mkfs, loop devices and mounts (root). This needs the kernel's
-temp-fsid (disk.from_template); without it the driver formats each btrfs
-disk, which the last test checks instead. ext4 disks are formatted each.
+temp-fsid (privsep.disks.from_template, decided in the storage_admin
+daemon); without it the driver formats each btrfs disk, as it does with
+no templates directory. ext4 disks are formatted each.
 """
 
 import os
@@ -15,8 +16,10 @@ from oslotest import base as oslo_base
 
 from novalxcdriver import disk
 from novalxcdriver import exception
+from novalxcdriver import ids
 from novalxcdriver import mount
 from novalxcdriver import privsep
+from novalxcdriver.privsep import disks as privsep_disks
 from tests.functional import base
 
 
@@ -36,6 +39,12 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         self.addCleanup(self._gone, d)
         return d
 
+    @staticmethod
+    def owner(n):
+        # An idmap inside root's subordinate ids (the daemon checks).
+        start = 100000 + (n + 1) * 65536
+        return ids.Idmap(start, start, 65536)
+
     def _gone(self, d):
         mount.unmount_tree(d.mountpoint)
         base.poll(lambda: not disk.loop_devices_of(d.image_path), timeout=5)
@@ -44,7 +53,7 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
     def _side_by_side(self, fs):
         disks = [self.disk('%s%d' % (fs, n)) for n in range(3)]
         for n, d in enumerate(disks):
-            d.create(1, 1000 + n, 1000 + n, fs=fs)
+            d.create(1, self.owner(n), fs=fs)
             with open(os.path.join(d.mountpoint, 'who'), 'w') as f:
                 f.write(str(n))
         # Each mount shows its own disk, its root owned as asked.
@@ -53,7 +62,8 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
             self.assertTrue(d.is_mounted())
             with open(os.path.join(d.mountpoint, 'who')) as f:
                 self.assertEqual(str(n), f.read())
-            self.assertEqual(1000 + n, os.stat(d.mountpoint).st_uid)
+            self.assertEqual(self.owner(n).uid_start,
+                             os.stat(d.mountpoint).st_uid)
         # And again after all are unmounted and mounted in another order.
         for d in disks:
             mount.unmount_tree(d.mountpoint)
@@ -68,7 +78,7 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         self.assertFalse(os.path.exists(self.templates))
 
     def test_btrfs(self):
-        if not disk.from_template('btrfs'):
+        if not privsep_disks.from_template('btrfs'):
             self.skipTest('no btrfs temp-fsid in this kernel')
         disks = self._side_by_side('btrfs')
         self.assertEqual(['btrfs-1G.img'], os.listdir(self.templates))
@@ -77,21 +87,23 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         st = os.statvfs(disks[1].mountpoint)
         self.assertGreater(st.f_blocks * st.f_frsize, 1.5 * 1024 ** 3)
         # Subvolume snapshots (snapshot.py) work on a clone.
-        disk.snapshot_subvolume(disks[2].mountpoint, 'snap')
+        privsep_disks.snapshot_subvolume(disks[2].mountpoint, 'snap')
         self.assertTrue(os.path.exists(os.path.join(
             disks[2].mountpoint, 'snap', 'who')))
 
-    def test_btrfs_without_temp_fsid_formats_each(self):
-        self.useFixture(fixtures.MockPatchObject(
-            disk, 'BTRFS_TEMP_FSID', os.path.join(self.tmp, 'nope')))
-        d = self.disk('plain')
-        d.create(1, 0, 0, fs='btrfs')
+    def test_btrfs_without_templates_formats_each(self):
+        # Kernels without temp-fsid: privsep.disks passes no template
+        # either (test_privsep_disks).
+        d = disk.Disk(os.path.join(self.tmp, 'plain.img'),
+                      os.path.join(self.tmp, 'plain'), None)
+        self.addCleanup(self._gone, d)
+        d.create(1, fs='btrfs')
         self.assertEqual('btrfs', d.filesystem())
         self.assertFalse(os.path.exists(self.templates))
 
     def test_ext4_grown_unmounted(self):
         d = self.disk('eph')
-        d.create(1, 0, 0, fs='ext4')
+        d.create(1, fs='ext4')
         with open(os.path.join(d.mountpoint, 'f'), 'w') as f:
             f.write('kept')
         mount.unmount_tree(d.mountpoint)
@@ -108,7 +120,7 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         # after the unmount here: mounting the image again then would give
         # it a second live filesystem that lacks the unwritten data.
         d = self.disk('held')
-        d.create(1, 0, 0, fs='ext4')
+        d.create(1, fs='ext4')
         with open(os.path.join(d.mountpoint, 'who'), 'w') as f:
             f.write('first')
         holder = subprocess.Popen(['unshare', '--mount', 'sleep', '60'])

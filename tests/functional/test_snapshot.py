@@ -161,8 +161,8 @@ class SnapshotTest(_SnapshotBase):
         self.useFixture(fixtures.MonkeyPatch(
             'novalxcdriver.conf.CONF.lxc.root_disk_fs', 'ext4'))
         instance = self.make_instance(root_gb=1)
-        with mock.patch.object(snapshot_mod.disk, 'freeze',
-                               wraps=snapshot_mod.disk.freeze) as freeze:
+        with mock.patch.object(snapshot_mod.disks, 'freeze',
+                               wraps=snapshot_mod.disks.freeze) as freeze:
             self._boot_from(self._snapshot_running(instance))
         freeze.assert_called_once()
 

@@ -18,10 +18,10 @@ init_host and resume_state_on_host_boot.
 import fnmatch
 import glob
 import os
+import subprocess
 import uuid
 
 from novalxcdriver import container
-from novalxcdriver import disk
 from novalxcdriver import ids
 from novalxcdriver import mount
 from novalxcdriver import record
@@ -80,7 +80,8 @@ SNAPSHOT_POINTS = (
     ('mkdir(staging dir)', 'os:mkdir', 'after', 'snapshot-', 'btrfs'),
     ('durable.syncfs', 'novalxcdriver.durable:syncfs', 'after', None,
      'btrfs'),
-    ('disk.snapshot_subvolume', 'novalxcdriver.disk:snapshot_subvolume',
+    ('disks.snapshot_subvolume',
+     'novalxcdriver.privsep.disks:snapshot_subvolume',
      'after', None, 'btrfs'),
     ('mount.overlay_readonly', 'novalxcdriver.mount:overlay_readonly',
      'after', None, 'btrfs'),
@@ -88,7 +89,8 @@ SNAPSHOT_POINTS = (
      'btrfs'),
     ('Snapshot.cleanup', 'novalxcdriver.snapshot:Snapshot.cleanup',
      'before', None, 'btrfs'),
-    ('disk.freeze', 'novalxcdriver.disk:freeze', 'after', None, 'ext4'),
+    ('disks.freeze', 'novalxcdriver.privsep.disks:freeze', 'after', None,
+     'ext4'),
     ('copy of the upper layer', 'novalxcdriver.lxc:execute', 'after',
      'reflink', 'ext4'),
     ('lxc.freeze', 'novalxcdriver.lxc:freeze', 'after', None, 'unbounded'),
@@ -106,8 +108,10 @@ def snapshot_leftovers(state_path, lxc_path):
                                                  'snapshot-*'))]
     for point in glob.glob(os.path.join(state_path, 'rootfs', '*', 'root')):
         if point in mount.mountpoints():
-            # FITHAW succeeds only on a frozen filesystem.
-            if disk.thaw(point):
+            # FITHAW succeeds only on a frozen filesystem. As the host:
+            # this process's daemons lack the workers' roots.
+            if subprocess.run(['fsfreeze', '--unfreeze', point],
+                              capture_output=True).returncode == 0:
                 found.append('%s was frozen' % point)
     return found
 

@@ -8,7 +8,9 @@ from oslotest import base
 
 from novalxcdriver import durable
 from novalxcdriver import ids
+from novalxcdriver import privsep
 from novalxcdriver.privsep import lxcconf
+from novalxcdriver.privsep import ownership
 
 
 class TestCase(base.BaseTestCase):
@@ -39,3 +41,54 @@ def checked_config_writer(roots, subuid_path, subgid_path):
                       lxcconf.LXCFS_MOUNT)
         durable.write(os.path.join(container_dir, 'config'), text)
     return write_config
+
+
+class OwnershipInProcess(fixtures.Fixture):
+    """privsep.ownership's entry points run in this process, chown mocked.
+
+    For tests of the code that calls them: each entry point is a mock
+    (to assert its calls) that runs the real one in this process, its
+    checks included: paths below the driver roots (CONF's, add_roots',
+    and roots), idmaps inside SUBORDINATE in place of root's
+    /etc/subuid and /etc/subgid. Ownership needs root: os.chown and
+    os.fchown are mocks. Only these entry points run here; any other of
+    storage_admin still needs its own mock.
+
+    :ivar make_owned_dir, write_etc_file, write_config_drive,
+        give_disk_root: the mocks.
+    :ivar chown, fchown: os.chown's and os.fchown's mocks.
+    """
+
+    SUBORDINATE = ((100000, 1 << 30), (100000, 1 << 30))
+    ENTRY_POINTS = ('make_owned_dir', 'write_etc_file', 'write_config_drive',
+                    'give_disk_root')
+
+    def __init__(self, *roots):
+        super().__init__()
+        self.roots = roots
+
+    def _setUp(self):
+        if self.roots:
+            self.useFixture(fixtures.MockPatchObject(
+                privsep, '_added_roots', new=privsep._added_roots | {
+                    os.path.normpath(os.path.abspath(r))
+                    for r in self.roots}))
+        self.chown = self.useFixture(fixtures.MockPatch('os.chown')).mock
+        self.fchown = self.useFixture(fixtures.MockPatch('os.fchown')).mock
+        for name in self.ENTRY_POINTS:
+            setattr(self, name, self.useFixture(fixtures.MockPatchObject(
+                ownership, name,
+                side_effect=self._in_process(getattr(ownership, name)))).mock)
+
+    def _in_process(self, entry_point):
+        def call(*args):
+            context = privsep.storage_admin
+            was = context.client_mode
+            context.set_client_mode(False)
+            try:
+                with mock.patch.object(ids, 'read_subordinate_ranges',
+                                       return_value=self.SUBORDINATE):
+                    return entry_point(*args)
+            finally:
+                context.set_client_mode(was)
+        return call

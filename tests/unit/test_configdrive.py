@@ -13,7 +13,9 @@ from oslotest import base
 
 from novalxcdriver import conf
 from novalxcdriver import configdrive
+from novalxcdriver import exception
 from novalxcdriver import ids
+from tests.unit import base as unit_base
 
 
 class RequiredByTest(base.BaseTestCase):
@@ -44,23 +46,36 @@ class RequiredByTest(base.BaseTestCase):
 
 
 class WriteTreeTest(base.BaseTestCase):
+    """write_tree through ownership.write_config_drive, in this process.
+
+    (Its checks: test_privsep_ownership; through the daemon:
+    tests/functional/test_privsep_ownership.py.)
+    """
+
+    IDMAP = ids.Idmap(100000, 200000, 65536)
 
     def setUp(self):
         super().setUp()
         self.tmp = self.useFixture(fixtures.TempDir()).path
         self.path = os.path.join(self.tmp, 'config-drive')
-        self.chowns = []
-        self.useFixture(fixtures.MonkeyPatch(
-            'os.chown', lambda p, u, g: self.chowns.append((p, u, g))))
-        self.useFixture(fixtures.MonkeyPatch(
-            'os.fchown', lambda fd, u, g: self.chowns.append((fd, u, g))))
+        self.own = self.useFixture(unit_base.OwnershipInProcess(self.tmp))
+
+    def owners(self):
+        return [c.args[1:3] for c in (self.own.chown.call_args_list +
+                                      self.own.fchown.call_args_list)]
 
     def test_files_for_root_only(self):
         configdrive.write_tree(self.path, [
             ('openstack/latest/meta_data.json', '{"uuid": "u"}'),
             ('openstack/latest/user_data', b'\x00#!/bin/sh'),
             ('ec2/latest/meta-data.json', '{}'),
-        ], 100000, 100000)
+        ], self.IDMAP)
+        # str data goes as UTF-8 bytes, the idmap as its fields.
+        self.own.write_config_drive.assert_called_once_with(self.path, [
+            ['openstack/latest/meta_data.json', b'{"uuid": "u"}'],
+            ['openstack/latest/user_data', b'\x00#!/bin/sh'],
+            ['ec2/latest/meta-data.json', b'{}'],
+        ], [100000, 200000, 65536])
         with open(os.path.join(self.path, 'openstack/latest/user_data'),
                   'rb') as f:
             self.assertEqual(b'\x00#!/bin/sh', f.read())
@@ -70,21 +85,24 @@ class WriteTreeTest(base.BaseTestCase):
                 self.assertEqual(0o400, stat.S_IMODE(
                     os.stat(os.path.join(dirpath, name)).st_mode))
         # Every directory and file goes to the container's root.
-        self.assertEqual(8, len(self.chowns))
-        self.assertEqual({(100000, 100000)},
-                         {(u, g) for _p, u, g in self.chowns})
+        self.assertEqual(8, len(self.owners()))
+        self.assertEqual({(100000, 200000)}, set(self.owners()))
 
     def test_escaping_paths_refused(self):
         for rel in ('../x', '/etc/passwd', 'a/../../x', 'a//b', 'a/./b'):
             path = os.path.join(self.tmp, 'cd-%d' % len(os.listdir(self.tmp)))
-            self.assertRaises(ValueError, configdrive.write_tree, path,
-                              [(rel, 'x')], 1, 1)
+            self.assertRaises(exception.PrivilegedCallRefused,
+                              configdrive.write_tree, path,
+                              [('ok', 'x'), (rel, 'x')], self.IDMAP)
+            # Refused before anything is made.
+            self.assertFalse(os.path.lexists(path))
         self.assertFalse(os.path.exists(os.path.join(self.tmp, 'x')))
+        self.assertEqual([], self.owners())
 
     def test_existing_directory_refused(self):
         os.mkdir(self.path)
         self.assertRaises(FileExistsError, configdrive.write_tree,
-                          self.path, [], 1, 1)
+                          self.path, [], self.IDMAP)
 
 
 class WriteTest(base.BaseTestCase):
@@ -100,8 +118,7 @@ class WriteTest(base.BaseTestCase):
                                    network_info=['vif'])
         write_tree.assert_called_once_with(
             '/s/rootfs/3/config-drive',
-            md.return_value.metadata_for_config_drive.return_value,
-            100000, 200000)
+            md.return_value.metadata_for_config_drive.return_value, idmap)
         configdrive.write('/p', 'inst', [], None, [], idmap)
         self.assertEqual({}, md.call_args.kwargs['extra_md'])
 

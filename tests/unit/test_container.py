@@ -1151,10 +1151,9 @@ class ReplaceRootTest(_Base):
                              autospec=True)
         self.root_mount = patcher.start()
         self.addCleanup(patcher.stop)
-        for target in ('os.chown', 'os.fchown'):
-            patcher = mock.patch(target)
-            patcher.start()
-            self.addCleanup(patcher.stop)
+        # The new layers and /etc/hostname: the storage_admin daemon's
+        # entry points, in this process.
+        self.useFixture(unit_base.OwnershipInProcess(self.state_path))
         self.replacement = rootfs.Replacement(
             image_id=self.NEW_IMAGE.image_id, hostname='web-2')
         self.lxc_state = 'STOPPED'

@@ -1,6 +1,11 @@
-"""Tests for novalxcdriver.disk, with loop devices, mkfs.ext4 and mount
-mocked."""
+"""Tests for novalxcdriver.disk, the nova-side model of a disk.
 
+What the storage_admin daemon does (privsep.disks: making, growing the
+image; privsep.ownership: its top directory) is mocked, as are mounts and
+loop devices; the daemon's side is tests/unit/test_privsep_disks.py.
+"""
+
+import logging
 import os
 from unittest import mock
 
@@ -11,44 +16,50 @@ from novalxcdriver import exception
 from novalxcdriver import ids
 from tests.unit import base as unit_base
 
-GiB = 1024 ** 3
 LOOP = '/dev/loop7'
+OWNER = ids.Idmap(100000, 100000, 65536)
 
 
 class _Base(unit_base.TestCase):
 
     def setUp(self):
         super().setUp()
-        # Shell metacharacters and a space: argv must carry them as is.
-        self.tmp = os.path.join(self.useFixture(fixtures.TempDir()).path,
-                                'a b;$(x)')
-        os.mkdir(self.tmp)
+        self.tmp = self.useFixture(fixtures.TempDir()).path
         self.image = os.path.join(self.tmp, 'root.img')
         self.mountpoint = os.path.join(self.tmp, 'root')
         self.disk = disk.Disk(self.image, self.mountpoint)
 
-        self.lxc = self.patch('novalxcdriver.disk.lxc', autospec=True)
+        # The daemon's side: the image made, grown, its root given.
+        self.disks = self.patch('novalxcdriver.disk.disks', autospec=True)
+        self.disks.create_image.side_effect = self._create_image
+        # Read from the image's superblock; there is none here.
+        self.disks.filesystem_of.return_value = 'ext4'
+        self.ownership = self.patch('novalxcdriver.disk.ownership',
+                                    autospec=True)
         self.loop = self.patch('novalxcdriver.disk.loop', autospec=True)
         # What happened to mounts, in order.
         self.events = []
         self.mount = self.patch('novalxcdriver.disk.mount', autospec=True)
         self.mounted = set()
         self.mount.mountpoints.side_effect = lambda: set(self.mounted)
-        self.mount.disk_image.side_effect = self._ext4
-        # mkfs is mocked: the image holds no superblock to read.
-        self.fs = self.patch('novalxcdriver.disk.Disk.filesystem',
-                             autospec=True, return_value='ext4')
-        self.chown = self.patch('os.chown', autospec=True)
+        self.mount.disk_image.side_effect = self._mount_disk
         self.throttle = self.patch('novalxcdriver.disk.throttle',
                                    autospec=True)
+        # The daemon's calls, in order.
+        self.calls = mock.Mock()
+        self.calls.attach_mock(self.disks.create_image, 'create_image')
+        self.calls.attach_mock(self.mount.disk_image, 'disk_image')
+        self.calls.attach_mock(self.ownership.give_disk_root,
+                               'give_disk_root')
 
-    def _ext4(self, path, target, fstype):
+    def _create_image(self, path, size_gb, fs, templates):
+        open(path, 'xb').close()
+
+    def _mount_disk(self, path, target, fstype):
         # The daemon attaches path to a loop device (autoclear) and mounts
         # it, in one call.
         self.events.append(('mount', path, target, fstype))
-        # A fresh ext4 filesystem holds lost+found.
         self.mounted.add(target)
-        os.mkdir(os.path.join(target, 'lost+found'))
         return LOOP
 
     def assert_nothing_left(self):
@@ -60,101 +71,84 @@ class _Base(unit_base.TestCase):
 
 class CreateTest(_Base):
 
-    def test_sparse_image_of_exact_size(self):
-        self.disk.create(2, 1000, 2000)
-        st = os.stat(self.image)
-        self.assertEqual(2 * GiB, st.st_size)
-        # Sparse: (almost) nothing allocated.
-        self.assertLess(st.st_blocks * 512, 1024 * 1024)
+    def test_made_then_mounted_then_its_root_given(self):
+        self.disk.create(1, OWNER)
+        self.assertEqual(
+            [mock.call.create_image(self.image, 1, 'ext4', None),
+             mock.call.disk_image(self.image, self.mountpoint, 'ext4'),
+             mock.call.give_disk_root(self.mountpoint,
+                                      [100000, 100000, 65536])],
+            self.calls.mock_calls)
+        self.assertTrue(self.disk.is_mounted())
 
-    def test_mkfs_argv(self):
-        self.disk.create(1, 1000, 2000)
-        self.lxc.execute.assert_called_once()
-        call = self.lxc.execute.call_args
-        argv = list(call.args)
-        self.assertEqual('mkfs.ext4', argv[0])
-        # The image path is one argument, unquoted: no shell.
-        self.assertEqual(self.image, argv[-1])
-        self.assertNotIn('shell', call.kwargs)
-        for arg in argv:
-            self.assertIsInstance(arg, str)
-        self.assertIn('-F', argv)
-        # No blocks reserved for root.
-        self.assertEqual('0', argv[argv.index('-m') + 1])
-        options = argv[argv.index('-E') + 1].split(',')
-        self.assertIn('lazy_itable_init=1', options)
-        self.assertIn('lazy_journal_init=1', options)
+    def test_no_owner_leaves_the_root_host_root_s(self):
+        # A root disk's top directory holds upper/ and work/.
+        self.disk.create(2)
+        self.ownership.give_disk_root.assert_called_once_with(
+            self.mountpoint, None)
+        self.disks.create_image.assert_called_once_with(self.image, 2,
+                                                        'ext4', None)
 
-    def test_btrfs_mkfs_argv(self):
-        self.fs.return_value = 'btrfs'
-        self.disk.create(1, 1000, 2000, fs='btrfs')
-        self.lxc.execute.assert_called_once_with('mkfs.btrfs', '-q', '-f',
-                                                 self.image)
+    def test_btrfs_from_the_templates(self):
+        self.disks.filesystem_of.return_value = 'btrfs'
+        templates = os.path.join(self.tmp, 'disk-templates')
+        d = disk.Disk(self.image, self.mountpoint, templates)
+        d.create(3, OWNER, fs='btrfs')
+        self.disks.create_image.assert_called_once_with(self.image, 3,
+                                                        'btrfs', templates)
+        # The filesystem mounted is the one the new image holds.
+        self.disks.filesystem_of.assert_called_with(self.image)
         self.mount.disk_image.assert_called_once_with(
             self.image, self.mountpoint, 'btrfs')
-        # btrfs has no lost+found; its top level is the container root's.
-        self.chown.assert_called_once_with(self.mountpoint, 1000, 2000)
 
-    def test_unknown_filesystem_refused_before_anything(self):
-        self.assertRaises(ValueError, self.disk.create, 1, 0, 0, fs='xfs')
-        self.assertFalse(os.path.exists(self.image))
-        self.lxc.execute.assert_not_called()
-
-    def test_formatted_then_loop_mounted(self):
-        self.lxc.execute.side_effect = (
-            lambda *a, **k: self.events.append(('mkfs',)))
-        self.disk.create(1, 1000, 2000)
-        self.assertEqual([('mkfs',),
-                          ('mount', self.image, self.mountpoint, 'ext4')],
-                         self.events)
-
-    def test_mountpoint_owned_by_uid_gid(self):
-        self.disk.create(1, 1000, 2000)
-        self.chown.assert_called_once_with(self.mountpoint, 1000, 2000)
-        self.assertEqual(0o755, os.stat(self.mountpoint).st_mode & 0o777)
-        self.assertEqual([], os.listdir(self.mountpoint))
-
-    def test_chown_after_mount(self):
+    def test_root_given_after_the_mount(self):
         # Owning the directory below the mount would not show in it.
-        def chown(path, uid, gid):
+        def give(path, idmap):
             self.assertIn(path, self.mounted)
-        self.chown.side_effect = chown
-        self.disk.create(1, 0, 0)
-        self.chown.assert_called_once_with(self.mountpoint, 0, 0)
+        self.ownership.give_disk_root.side_effect = give
+        self.disk.create(1, OWNER)
+        self.ownership.give_disk_root.assert_called_once()
+
+    def test_mountpoint_made_0755(self):
+        self.disk.create(1)
+        self.assertEqual(0o755, os.stat(self.mountpoint).st_mode & 0o777)
 
     def test_existing_mountpoint_accepted(self):
         os.mkdir(self.mountpoint)
-        self.disk.create(1, 0, 0)
+        self.disk.create(1)
         self.mount.disk_image.assert_called_once_with(
             self.image, self.mountpoint, 'ext4')
 
-    def test_existing_image_refused(self):
-        with open(self.image, 'wb') as f:
-            f.write(b'someone else')
-        self.assertRaises(FileExistsError, self.disk.create, 1, 0, 0)
-        with open(self.image, 'rb') as f:
-            self.assertEqual(b'someone else', f.read())
-        self.lxc.execute.assert_not_called()
+    def test_failures_to_make_the_image_mount_nothing(self):
+        for error in (FileExistsError(17, 'File exists'),
+                      exception.CommandFailed(cmd='mkfs.ext4', exit_code=1,
+                                              stderr='bad'),
+                      exception.PrivilegedCallRefused(
+                          call='create_image', reason='filesystem \'xfs\'')):
+            self.disks.create_image.side_effect = error
+            self.assertRaises(type(error), self.disk.create, 1, OWNER,
+                              fs='xfs')
         self.mount.disk_image.assert_not_called()
-
-    def test_mkfs_failure_mounts_nothing(self):
-        self.lxc.execute.side_effect = exception.CommandFailed(
-            cmd='mkfs.ext4', exit_code=1, stderr='bad')
-        self.assertRaises(exception.CommandFailed, self.disk.create, 1, 0,
-                          0)
-        self.mount.disk_image.assert_not_called()
-        self.chown.assert_not_called()
+        self.ownership.give_disk_root.assert_not_called()
+        self.assertFalse(os.path.exists(self.disk.io_baseline_path))
 
     def test_nothing_left_when_mount_fails(self):
         self.mount.disk_image.side_effect = exception.MountFailed(
             what='ext4 ' + LOOP, target=self.mountpoint, reason='EINVAL')
-        self.assertRaises(exception.MountFailed, self.disk.create, 1, 0, 0)
+        self.assertRaises(exception.MountFailed, self.disk.create, 1, OWNER)
         self.mount.disk_image.assert_called_once_with(
             self.image, self.mountpoint, 'ext4')
         # The daemon's loop device had autoclear set: it went at once.
         self.assert_nothing_left()
         self.assertFalse(os.path.exists(self.disk.io_baseline_path))
-        self.chown.assert_not_called()
+        self.ownership.give_disk_root.assert_not_called()
+
+    def test_failure_to_give_the_root_raised(self):
+        self.ownership.give_disk_root.side_effect = (
+            exception.PrivilegedCallRefused(call='give_disk_root',
+                                            reason='not a mount point'))
+        self.assertRaises(exception.PrivilegedCallRefused, self.disk.create,
+                          1, OWNER)
 
 
 class MountTest(_Base):
@@ -218,7 +212,7 @@ class StillAttachedTest(_Base):
         self.mount.disk_image.assert_not_called()
 
     def test_a_new_image_is_not_checked(self):
-        self.disk.create(1, 1000, 1000)
+        self.disk.create(1, OWNER)
         self.held.assert_not_called()
 
 
@@ -299,6 +293,11 @@ class IoBaselineTest(_Base):
                           ('clear', '7:7')], self.events)
         self.throttle.clear.assert_called_once_with('7:7')
 
+    def test_a_new_disk_s_too(self):
+        self.disk.create(1, OWNER)
+        self.assertTrue(self.baseline().startswith('7:7 '))
+        self.throttle.clear.assert_called_once_with('7:7')
+
     def test_replaces_an_earlier_attachment(self):
         with open(self.disk.io_baseline_path, 'w') as f:
             f.write('7:3 1 2 3 4 5 6 7 8\n')
@@ -358,42 +357,18 @@ class DetachLoopsTest(_Base):
                          disk.loop_devices_of(self.image, autoclear=True))
 
 
-class FilesystemTest(unit_base.TestCase):
-    """Disk.filesystem reads real superblock signatures."""
+class FilesystemTest(_Base):
 
-    def setUp(self):
-        super().setUp()
-        self.image = os.path.join(self.useFixture(fixtures.TempDir()).path,
-                                  'root.img')
-        self.disk = disk.Disk(self.image, self.image + '.mnt')
-
-    def _write(self, offset, data, size=128 * 1024):
-        with open(self.image, 'wb') as f:
-            f.truncate(size)
-            f.seek(offset)
-            f.write(data)
-
-    def test_btrfs(self):
-        self._write(0x10040, b'_BHRfS_M')
+    def test_read_from_the_image_s_superblock(self):
+        self.disks.filesystem_of.return_value = 'btrfs'
         self.assertEqual('btrfs', self.disk.filesystem())
-
-    def test_ext4(self):
-        self._write(1080, b'\x53\xef')
-        self.assertEqual('ext4', self.disk.filesystem())
-
-    def test_neither_is_unreadable(self):
-        self._write(0, b'\x00')
-        self.assertRaises(exception.DiskUnreadable, self.disk.filesystem)
-
-    def test_missing_image_is_unreadable(self):
-        self.assertRaises(exception.DiskUnreadable, self.disk.filesystem)
+        self.disks.filesystem_of.assert_called_once_with(self.image)
 
     def test_mount_refuses_an_unknown_disk(self):
-        self._write(0, b'\x00')
-        mnt = self.patch('novalxcdriver.disk.mount', autospec=True)
-        mnt.mountpoints.return_value = set()
+        self.disks.filesystem_of.side_effect = exception.DiskUnreadable(
+            path=self.image, reason='no btrfs or ext4 superblock')
         self.assertRaises(exception.DiskUnreadable, self.disk.mount)
-        mnt.disk_image.assert_not_called()
+        self.mount.disk_image.assert_not_called()
 
 
 DISK_IDMAP = ids.Idmap(296608, 296608, 65536)
@@ -445,79 +420,59 @@ class GrowTest(_Base):
 
     def setUp(self):
         super().setUp()
-        with open(self.image, 'wb') as f:
-            f.truncate(1 * GiB)
         os.mkdir(self.mountpoint)
+        self.log = self.useFixture(fixtures.FakeLogger(
+            name='novalxcdriver.disk', level=logging.INFO))
+
+    def test_online_when_mounted(self):
         self.mounted.add(self.mountpoint)
-        self.mount.source.return_value = LOOP
-        # The loop device's capacity and the tools, in order.
-        self.steps = mock.Mock()
-        self.steps.attach_mock(self.loop.set_capacity, 'set_capacity')
-        self.steps.attach_mock(self.lxc.execute, 'execute')
-
-    def test_ext4_grown_online(self):
+        self.disks.grow.return_value = True
         self.disk.grow(3)
-        st = os.stat(self.image)
-        self.assertEqual(3 * GiB, st.st_size)
-        # Still sparse.
-        self.assertLess(st.st_blocks * 512, 1024 * 1024)
-        self.mount.source.assert_called_once_with(self.mountpoint)
-        self.assertEqual(
-            [mock.call.set_capacity(LOOP),
-             mock.call.execute('resize2fs', LOOP)],
-            self.steps.mock_calls)
+        # The daemon checks that this is the image's own mount.
+        self.disks.grow.assert_called_once_with(self.image, 3,
+                                                self.mountpoint)
+        self.assertIn('Grew %s to 3 GiB' % self.image, self.log.output)
 
-    def test_btrfs_grown_online(self):
-        self.fs.return_value = 'btrfs'
+    def test_offline_when_not_mounted(self):
+        # Other mounts, even below the mount point, do not count.
+        self.mounted.update({self.mountpoint + '/x', self.tmp})
+        self.disks.grow.return_value = True
         self.disk.grow(2)
-        self.assertEqual(2 * GiB, os.path.getsize(self.image))
-        self.assertEqual(
-            [mock.call.set_capacity(LOOP),
-             mock.call.execute('btrfs', 'filesystem', 'resize', 'max',
-                               self.mountpoint)],
-            self.steps.mock_calls)
+        self.disks.grow.assert_called_once_with(self.image, 2, None)
+        self.assertIn('Grew %s to 2 GiB' % self.image, self.log.output)
 
-    def test_file_grown_before_the_loop_device_learns_it(self):
-        def check(device):
-            self.assertEqual(2 * GiB, os.path.getsize(self.image))
-        self.loop.set_capacity.side_effect = check
-        self.disk.grow(2)
-        self.loop.set_capacity.assert_called_once_with(LOOP)
-
-    def test_as_large_left_alone(self):
+    def test_as_large_already_is_not_logged(self):
+        self.disks.grow.return_value = False
         self.disk.grow(1)
-        self.assertEqual(1 * GiB, os.path.getsize(self.image))
-        self.assertEqual([], self.steps.mock_calls)
+        self.disks.grow.assert_called_once_with(self.image, 1, None)
+        self.assertNotIn('Grew', self.log.output)
 
-    def test_never_shrinks(self):
-        with open(self.image, 'wb') as f:
-            f.truncate(4 * GiB)
-        self.disk.grow(2)
-        self.assertEqual(4 * GiB, os.path.getsize(self.image))
-        self.assertEqual([], self.steps.mock_calls)
+    def test_failures_raised_not_logged(self):
+        for error in (exception.CommandFailed(cmd='resize2fs', exit_code=1,
+                                              stderr='no'),
+                      exception.DiskUnreadable(
+                          path=self.image,
+                          reason='a btrfs disk grows only mounted'),
+                      exception.LoopFailed(path=LOOP, reason='ENXIO')):
+            self.disks.grow.side_effect = error
+            self.assertRaises(type(error), self.disk.grow, 2)
+        self.assertNotIn('Grew', self.log.output)
 
-    def test_tool_failure_raised(self):
-        self.lxc.execute.side_effect = exception.CommandFailed(
-            cmd='resize2fs', exit_code=1, stderr='no')
-        self.assertRaises(exception.CommandFailed, self.disk.grow, 2)
 
-    def test_unmounted_ext4_checked_then_grown_offline(self):
-        # No CAP_SYS_RESOURCE needed: no EXT4_IOC_RESIZE_FS.
-        self.mounted.clear()
-        self.disk.grow(2)
-        self.assertEqual(2 * GiB, os.path.getsize(self.image))
-        self.assertEqual(
-            [mock.call.execute('e2fsck', '-f', '-p', self.image,
-                               check_exit_code=[0, 1]),
-             mock.call.execute('resize2fs', self.image)],
-            self.steps.mock_calls)
+class RemoveTemplateLeftoversTest(_Base):
 
-    def test_unmounted_btrfs_refused_untouched(self):
-        self.mounted.clear()
-        self.fs.return_value = 'btrfs'
-        self.assertRaises(exception.DiskUnreadable, self.disk.grow, 2)
-        self.assertEqual(1 * GiB, os.path.getsize(self.image))
-        self.assertEqual([], self.steps.mock_calls)
+    def test_the_daemon_removes_them_each_logged(self):
+        log = self.useFixture(fixtures.FakeLogger(
+            name='novalxcdriver.disk', level=logging.INFO))
+        templates = os.path.join(self.tmp, 'disk-templates')
+        leftovers = [os.path.join(templates, '.btrfs-1G.img.abc'),
+                     os.path.join(templates, '.ext4-2G.img.def')]
+        self.disks.remove_template_leftovers.return_value = leftovers
+        self.assertEqual(leftovers, disk.remove_template_leftovers(templates))
+        self.disks.remove_template_leftovers.assert_called_once_with(
+            templates)
+        for path in leftovers:
+            self.assertIn('Removed %s' % path, log.output)
 
 
 class ShiftMountTest(unit_base.TestCase):
@@ -544,121 +499,3 @@ class ShiftMountTest(unit_base.TestCase):
         # The daemon makes the user namespace from the two idmaps.
         self.mount.idmapped_over.assert_called_once_with('/r/root',
                                                          DISK_IDMAP, IDMAP)
-
-
-class TemplateTest(_Base):
-    """New btrfs disks copied from a template formatted once per size."""
-
-    def setUp(self):
-        super().setUp()
-        self.templates = os.path.join(self.tmp, 'templates')
-        self.disk = disk.Disk(self.image, self.mountpoint, self.templates)
-        self.lxc.execute.side_effect = self._mkfs
-        self.patch_object(disk, 'BTRFS_TEMP_FSID', self.tmp)
-
-    def _mkfs(self, *argv, **kwargs):
-        # A superblock near the start, metadata far in: the rest a hole.
-        with open(argv[-1], 'r+b') as f:
-            f.seek(1024)
-            f.write(b'super')
-            f.seek(GiB // 2)
-            f.write(b'meta')
-        return '', ''
-
-    def template(self, fs='btrfs', size_gb=1):
-        return os.path.join(self.templates, '%s-%dG.img' % (fs, size_gb))
-
-    def test_formatted_once_then_copied(self):
-        self.fs.return_value = 'btrfs'
-        self.disk.create(1, 1000, 2000, fs='btrfs')
-        other = disk.Disk(os.path.join(self.tmp, 'other.img'),
-                          os.path.join(self.tmp, 'other'), self.templates)
-        other.create(1, 0, 0, fs='btrfs')
-        # One mkfs, of the template (not of either disk).
-        self.lxc.execute.assert_called_once()
-        self.assertTrue(self.lxc.execute.call_args.args[-1].startswith(
-            os.path.join(self.templates, '.btrfs-1G.img.')))
-        self.assertEqual(['btrfs-1G.img'], os.listdir(self.templates))
-        with open(self.template(), 'rb') as f:
-            template = f.read()
-        for path in (self.image, other.image_path):
-            with open(path, 'rb') as f:
-                self.assertEqual(template, f.read())
-            st = os.stat(path)
-            self.assertEqual(GiB, st.st_size)
-            self.assertLess(st.st_blocks * 512, 1024 * 1024)
-        self.assertEqual(
-            [mock.call(self.image, self.mountpoint, 'btrfs'),
-             mock.call(other.image_path, other.mountpoint, 'btrfs')],
-            self.mount.disk_image.call_args_list)
-
-    def test_one_template_per_size_ext4_formatted_each(self):
-        for name, size_gb, fs in (('a', 1, 'btrfs'), ('b', 2, 'btrfs'),
-                                  ('c', 1, 'btrfs'), ('d', 1, 'ext4')):
-            disk.Disk(os.path.join(self.tmp, name + '.img'),
-                      os.path.join(self.tmp, name), self.templates).create(
-                          size_gb, 0, 0, fs=fs)
-        self.assertEqual(['btrfs-1G.img', 'btrfs-2G.img'],
-                         sorted(os.listdir(self.templates)))
-        self.assertEqual(
-            [('mkfs.btrfs', 'template'), ('mkfs.btrfs', 'template'),
-             ('mkfs.ext4', os.path.join(self.tmp, 'd.img'))],
-            [(c.args[0], 'template' if c.args[-1].startswith(
-                self.templates) else c.args[-1])
-             for c in self.lxc.execute.call_args_list])
-
-    def test_btrfs_formatted_each_time_without_temp_fsid(self):
-        # An older kernel would mount a clone as the mounted original.
-        self.patch_object(disk, 'BTRFS_TEMP_FSID',
-                          os.path.join(self.tmp, 'nope'))
-        self.disk.create(1, 0, 0, fs='btrfs')
-        self.lxc.execute.assert_called_once()
-        self.assertEqual(self.image, self.lxc.execute.call_args.args[-1])
-        self.assertFalse(os.path.exists(self.templates))
-
-    def test_failed_mkfs_leaves_no_template_and_no_disk(self):
-        self.lxc.execute.side_effect = exception.CommandFailed(
-            cmd='mkfs.ext4', exit_code=1, stderr='No space left on device')
-        self.assertRaises(exception.CommandFailed, self.disk.create, 1, 0,
-                          0, fs='btrfs')
-        self.assertEqual([], os.listdir(self.templates))
-        self.assertFalse(os.path.exists(self.image))
-        self.mount.disk_image.assert_not_called()
-
-    def test_existing_image_refused_and_kept(self):
-        with open(self.image, 'wb') as f:
-            f.write(b'someone else')
-        self.assertRaises(FileExistsError, self.disk.create, 1, 0, 0,
-                          fs='btrfs')
-        with open(self.image, 'rb') as f:
-            self.assertEqual(b'someone else', f.read())
-        self.mount.disk_image.assert_not_called()
-
-    def test_failed_copy_leaves_no_disk(self):
-        self.patch('os.copy_file_range',
-                   side_effect=OSError(28, 'No space left on device'))
-        self.patch('fcntl.ioctl', side_effect=OSError(95, 'EOPNOTSUPP'))
-        self.assertRaises(OSError, self.disk.create, 1, 0, 0, fs='btrfs')
-        self.assertFalse(os.path.exists(self.image))
-        self.assertTrue(os.path.exists(self.template()))
-        self.mount.disk_image.assert_not_called()
-
-    def test_crash_leftovers_removed_templates_kept(self):
-        # Killed during the template's mkfs: its temporary name is left.
-        def killed(*argv, **kwargs):
-            raise KeyboardInterrupt()
-        self.lxc.execute.side_effect = killed
-        self.patch('os.unlink')
-        self.assertRaises(KeyboardInterrupt, self.disk.create, 2, 0, 0,
-                          fs='btrfs')
-        [leftover] = os.listdir(self.templates)
-        self.assertTrue(leftover.startswith('.btrfs-2G.img.'))
-        self.useFixture(fixtures.MockPatch('os.unlink', os.remove))
-        for name in ('btrfs-1G.img', 'notes', '.hidden'):
-            open(os.path.join(self.templates, name), 'w').close()
-        self.assertEqual([os.path.join(self.templates, leftover)],
-                         disk.remove_template_leftovers(self.templates))
-        self.assertEqual(['.hidden', 'btrfs-1G.img', 'notes'],
-                         sorted(os.listdir(self.templates)))
-        self.assertEqual([], disk.remove_template_leftovers(
-            os.path.join(self.tmp, 'none')))

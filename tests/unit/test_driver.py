@@ -91,6 +91,10 @@ class _Base(unit_base.TestCase):
             'novalxcdriver.privsep.start_daemons')
         self.roots = self.patch('novalxcdriver.privsep._added_roots',
                                 new=set())
+        # The storage_admin daemon's; init_host's reconcile calls it.
+        self.template_leftovers = self.patch(
+            'novalxcdriver.disk.disks.remove_template_leftovers',
+            return_value=[])
         # Host facts spawn checks a flavor against.
         self.memory = self.patch('novalxcdriver.host.memory_mb',
                                  return_value=(16000, 4000))
@@ -118,6 +122,9 @@ class _Base(unit_base.TestCase):
         self.lxc.request_halt.return_value = False
         self.lxc.reboot.return_value = True
 
+        # Ownership (/etc/hostname, config drives, layers): the
+        # storage_admin daemon's entry points, in this process.
+        self.own = self.useFixture(unit_base.OwnershipInProcess())
         # Mounts: Rootfs makes its directories, mounts nothing.
         self.mount = self.patch('novalxcdriver.rootfs.mount', autospec=True)
         self.mount.mountpoints.return_value = set()
@@ -287,6 +294,11 @@ class InitHostTest(_Base):
         self.assertIn('missing commands lxc-start', str(e))
         self.assertIn('no cgroup freezer', str(e))
         self.assertFalse(os.path.exists(self.lxc_path))
+
+    def test_half_made_disk_templates_removed(self):
+        self.init_host()
+        self.template_leftovers.assert_called_once_with(
+            os.path.join(self.state_path, 'disk-templates'))
 
     def test_lxcfs_ensured_with_log_in_state_path(self):
         self.init_host()
@@ -2154,9 +2166,7 @@ class RebuildTest(_Base):
     def setUp(self):
         super().setUp()
         self.init_host()
-        for target in ('os.chown', 'os.fchown',
-                       'novalxcdriver.disk.Disk.detach_loops'):
-            self.patch(target)
+        self.patch('novalxcdriver.disk.Disk.detach_loops')
         self.disk_create = self.patch('novalxcdriver.disk.Disk.create',
                                       autospec=True,
                                       side_effect=self._new_disk)
@@ -2189,7 +2199,7 @@ class RebuildTest(_Base):
         self.states[name] = 'STOPPED'
         return True
 
-    def _new_disk(self, d, size_gb, uid, gid):
+    def _new_disk(self, d, size_gb, owner=None):
         # Disk.create: a new, empty file system mounted on its mountpoint.
         open(d.image_path, 'x').close()
         os.makedirs(d.mountpoint, exist_ok=True)
@@ -2260,9 +2270,10 @@ class RebuildTest(_Base):
                                             [])
         # Its ephemeral disk is made anew, empty.
         self.disk_create.assert_called_once()
-        d, size_gb, uid, gid = self.disk_create.call_args.args
+        d, size_gb, owner = self.disk_create.call_args.args
         self.assertEqual((self.root.ephemeral_disk.image_path, 1, 100000,
-                          100000), (d.image_path, size_gb, uid, gid))
+                          100000), (d.image_path, size_gb, owner.uid_start,
+                                    owner.gid_start))
         self.assertFalse(os.path.exists(self.ephemeral_file))
         self.assertEqual(power_state.RUNNING,
                          self.drv.get_info(self.instance_).state)

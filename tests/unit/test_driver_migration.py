@@ -420,11 +420,10 @@ class FinishMigrationTest(_Base):
         instance = self.instance(root_gb=1, ephemeral_gb=2)
         self.finish(instance, self.disk_info())
         self.disk_create.assert_called_once()
-        d, size_gb, uid, gid = self.disk_create.call_args.args[:4]
+        d, size_gb, owner = self.disk_create.call_args.args[:3]
         self.assertEqual(
             (os.path.join(self.root_path(), 'ephemeral.img'), 2,
-             self.SOURCE_IDMAP.uid_start, self.SOURCE_IDMAP.gid_start),
-            (d.image_path, size_gb, uid, gid))
+             self.SOURCE_IDMAP), (d.image_path, size_gb, owner))
 
     def test_disk_info_of_another_instance_refused(self):
         instance = self.instance()

@@ -253,7 +253,7 @@ class RootsTest(_Roots):
         self.assertNotIn('--config-file',
                          privsep.lxc_admin.helper_command('/t/s'))
 
-    def test_thread_pool_sized_for_waiting_calls(self):
+    def test_thread_pools_sized_for_waiting_calls(self):
         # As the daemon sees it: a fresh process that imports the context
         # (a config fixture's reset here would have cleared the default).
         out = subprocess.run(
@@ -261,7 +261,8 @@ class RootsTest(_Roots):
              'from oslo_config import cfg\n'
              'import novalxcdriver.privsep\n'
              'cfg.CONF([], project="privsep")\n'
-             'g = cfg.CONF.novalxc_lxc_admin\n'
-             'print(g.thread_pool_size, g.capabilities)\n'],
+             'for g in (cfg.CONF.novalxc_lxc_admin,\n'
+             '          cfg.CONF.novalxc_storage_admin):\n'
+             '    print(g.thread_pool_size)\n'],
             capture_output=True, text=True, check=True).stdout
-        self.assertEqual('%d []\n' % privsep.LXC_ADMIN_THREADS, out)
+        self.assertEqual('64\n16\n', out)

@@ -1,4 +1,8 @@
-"""Tests for novalxcdriver.rootfs, with disks, mounts and chown mocked."""
+"""Tests for novalxcdriver.rootfs, with disks, mounts and chown mocked.
+
+privsep.ownership's entry points run in this process (chown mocked), so
+that what they make is asserted with the calls that make it.
+"""
 
 import os
 from unittest import mock
@@ -31,11 +35,13 @@ class _Base(unit_base.TestCase):
                                       side_effect=self._disk_create)
         self.disk_mount = self.patch('novalxcdriver.disk.Disk.mount',
                                      autospec=True)
-        self.chown = self.patch('os.chown', autospec=True)
+        self.own = self.useFixture(
+            unit_base.OwnershipInProcess(self.state_path))
+        self.chown = self.own.chown
         self.throttle = self.patch('novalxcdriver.rootfs.throttle',
                                    autospec=True)
 
-    def _disk_create(self, d, size_gb, uid, gid, fs='ext4'):
+    def _disk_create(self, d, size_gb, owner=None, fs='ext4'):
         # What the real one leaves: an image file, a mounted directory.
         open(d.image_path, 'x').close()
         os.makedirs(d.mountpoint)
@@ -66,9 +72,16 @@ class CreateTest(_Base):
         for d in (self.root.upper, self.root.work):
             self.assertTrue(os.path.isdir(d), d)
             self.assertEqual(0o755, os.stat(d).st_mode & 0o777)
+        # Made by the storage_admin daemon, given the container's root.
         self.assertEqual(
-            [mock.call(self.root.upper, IDMAP.uid_start, IDMAP.gid_start),
-             mock.call(self.root.work, IDMAP.uid_start, IDMAP.gid_start)],
+            [mock.call(self.root.upper, IDMAP.fields()),
+             mock.call(self.root.work, IDMAP.fields())],
+            self.own.make_owned_dir.call_args_list)
+        self.assertEqual(
+            [mock.call(self.root.upper, IDMAP.uid_start, IDMAP.gid_start,
+                       follow_symlinks=False),
+             mock.call(self.root.work, IDMAP.uid_start, IDMAP.gid_start,
+                       follow_symlinks=False)],
             [c for c in self.chown.call_args_list
              if c.args[0] in (self.root.upper, self.root.work)])
 
@@ -97,28 +110,28 @@ class CreateTest(_Base):
         self.assert_overlay_mounted()
 
     def test_root_disk(self):
-        def create(d, size_gb, uid, gid, fs='ext4'):
+        def create(d, size_gb, owner=None, fs='ext4'):
             # upper and work go on the disk: it comes first.
             self.assertFalse(os.path.exists(self.root.upper))
-            self._disk_create(d, size_gb, uid, gid)
+            self._disk_create(d, size_gb, owner)
         self.disk_create.side_effect = create
         self.root.create(IMAGE_ROOTFS, IDMAP, root_gb=2)
         # The disk's root is the host's; upper and work the container's.
-        self.disk_create.assert_called_once_with(self.root.root_disk, 2, 0,
-                                                 0, fs='ext4')
+        self.disk_create.assert_called_once_with(self.root.root_disk, 2,
+                                                 fs='ext4')
         self.assert_upper_and_work_owned()
         self.assertFalse(self.root.has_ephemeral())
         self.assert_overlay_mounted()
 
     def test_root_disk_filesystem_passed_on(self):
         self.root.create(IMAGE_ROOTFS, IDMAP, root_gb=2, root_fs='btrfs')
-        self.disk_create.assert_called_once_with(self.root.root_disk, 2, 0,
-                                                 0, fs='btrfs')
+        self.disk_create.assert_called_once_with(self.root.root_disk, 2,
+                                                 fs='btrfs')
 
     def test_ephemeral_disk(self):
         self.root.create(IMAGE_ROOTFS, IDMAP, ephemeral_gb=3)
         self.disk_create.assert_called_once_with(
-            self.root.ephemeral_disk, 3, IDMAP.uid_start, IDMAP.gid_start)
+            self.root.ephemeral_disk, 3, IDMAP)
         self.assertTrue(self.root.has_ephemeral())
         self.assert_upper_and_work_owned()
         self.assert_overlay_mounted()
@@ -126,9 +139,8 @@ class CreateTest(_Base):
     def test_both_disks(self):
         self.root.create(IMAGE_ROOTFS, IDMAP, root_gb=2, ephemeral_gb=3)
         self.assertEqual([
-            mock.call(self.root.root_disk, 2, 0, 0, fs='ext4'),
-            mock.call(self.root.ephemeral_disk, 3, IDMAP.uid_start,
-                      IDMAP.gid_start),
+            mock.call(self.root.root_disk, 2, fs='ext4'),
+            mock.call(self.root.ephemeral_disk, 3, IDMAP),
         ], self.disk_create.call_args_list)
         self.assert_upper_and_work_owned()
 
@@ -245,15 +257,24 @@ class ExistingIdsTest(_Base):
 
 
 class WriteEtcFileTest(_Base):
-    """write_etc_file stays inside the root whatever the image's links."""
+    """write_etc_file stays inside the root whatever the image's links.
+
+    The storage_admin daemon writes it (ownership.write_etc_file, its own
+    tests in test_privsep_ownership); here, in this process.
+    """
 
     IDMAP = ids.Idmap(uid_start=165536, gid_start=265536, size=65536)
 
     def setUp(self):
         super().setUp()
-        self.fchown = self.patch('os.fchown', autospec=True)
+        self.fchown = self.own.fchown
+        self.log = self.patch_object(rootfs, 'LOG')
         os.makedirs(self.root.merged)
         self.outside = self.useFixture(fixtures.TempDir()).path
+
+    def assert_written_by_the_daemon(self):
+        self.own.write_etc_file.assert_called_once_with(
+            self.root.merged, 'hostname', 'web-1\n', [165536, 265536, 65536])
 
     def test_writes_hostname_owned_by_container_root(self):
         os.mkdir(os.path.join(self.root.merged, 'etc'))
@@ -261,11 +282,13 @@ class WriteEtcFileTest(_Base):
                   'w') as f:
             f.write('vm\n')
         self.root.write_etc_file('hostname', 'web-1\n', self.IDMAP)
+        self.assert_written_by_the_daemon()
         path = os.path.join(self.root.merged, 'etc', 'hostname')
         with open(path) as f:
             self.assertEqual('web-1\n', f.read())
         self.assertEqual(0o644, os.stat(path).st_mode & 0o777)
         self.fchown.assert_called_once_with(mock.ANY, 165536, 265536)
+        self.log.info.assert_not_called()
 
     def test_absolute_etc_link_resolves_inside_the_root(self):
         # /etc -> /srv/etc in the image: the host's /srv is never touched.
@@ -292,11 +315,18 @@ class WriteEtcFileTest(_Base):
         self.root.write_etc_file('hostname', 'web-1\n', self.IDMAP)
         self.assertFalse(os.path.exists(os.path.join(self.root.merged,
                                                      'etc')))
+        self.assertEqual(('No /etc in the root of container ID %d; %s not '
+                          'written', 3, 'hostname'),
+                         self.log.info.call_args.args)
         os.makedirs(os.path.join(self.root.merged, 'etc', 'hostname'))
         self.root.write_etc_file('hostname', 'web-1\n', self.IDMAP)
         self.assertTrue(os.path.isdir(os.path.join(self.root.merged, 'etc',
                                                    'hostname')))
+        self.assertEqual(('/etc/%s is a directory in the root of container '
+                          'ID %d; left as it is', 'hostname', 3),
+                         self.log.info.call_args.args)
         self.fchown.assert_not_called()
+        self.assertEqual(2, self.own.write_etc_file.call_count)
 
 
 class Crash(Exception):
@@ -316,7 +346,7 @@ class ReplacementTest(_Base):
                                        autospec=True)
         self.disk_create.side_effect = self._new_disk
 
-    def _new_disk(self, d, size_gb, uid, gid):
+    def _new_disk(self, d, size_gb, owner=None):
         # Disk.create: a new image file (opened 'xb'), mounted.
         with open(d.image_path, 'x') as f:
             f.write('new disk')
@@ -351,10 +381,12 @@ class ReplacementTest(_Base):
     def assert_replaced(self, root, ephemeral='new disk', drive=('new',)):
         for d in (root.upper, root.work):
             self.assertEqual([], os.listdir(d), d)
-        self.assertIn(mock.call(root.upper, IDMAP.uid_start,
-                                IDMAP.gid_start), self.chown.call_args_list)
-        self.assertIn(mock.call(root.work, IDMAP.uid_start, IDMAP.gid_start),
-                      self.chown.call_args_list)
+        for d in (root.upper, root.work):
+            self.assertIn(mock.call(d, IDMAP.fields()),
+                          self.own.make_owned_dir.call_args_list)
+            self.assertIn(mock.call(d, IDMAP.uid_start, IDMAP.gid_start,
+                                    follow_symlinks=False),
+                          self.chown.call_args_list)
         with open(root.ephemeral_disk.image_path) as f:
             self.assertEqual(ephemeral, f.read())
         if drive is None:
@@ -441,7 +473,7 @@ class ReplacementTest(_Base):
         root.replace_layers(IDMAP)
         self.assert_replaced(root)
         self.disk_create.assert_called_once_with(
-            root.ephemeral_disk, 3, IDMAP.uid_start, IDMAP.gid_start)
+            root.ephemeral_disk, 3, IDMAP)
         self.detach_loops.assert_called_once_with(root.ephemeral_disk)
         # The record stays until end_replacement.
         self.assertEqual(self.REPLACEMENT, root.replacement())
@@ -541,10 +573,9 @@ class ReplacementTest(_Base):
                          self.disk_mount.call_args_list[0])
         # The new ephemeral disk is owned on disk as its siblings are,
         # and shown in the container's idmap.
-        d, size_gb, uid, gid = self.disk_create.call_args.args
-        self.assertEqual((root.ephemeral_disk.image_path, 3,
-                          DISK_IDMAP.uid_start, DISK_IDMAP.gid_start),
-                         (d.image_path, size_gb, uid, gid))
+        d, size_gb, owner = self.disk_create.call_args.args
+        self.assertEqual((root.ephemeral_disk.image_path, 3, DISK_IDMAP),
+                         (d.image_path, size_gb, owner))
         shift_mount.assert_called_once_with(root.ephemeral_disk.mountpoint,
                                             DISK_IDMAP, IDMAP)
 
@@ -673,10 +704,9 @@ class ReceiveTest(_Base):
     def test_new_ephemeral_disk_owned_in_the_disks_idmap(self):
         self.receive(self.fetch('root.img'), root_gb=2, ephemeral_gb=3)
         self.disk_create.assert_called_once()
-        d, size_gb, uid, gid = self.disk_create.call_args.args[:4]
+        d, size_gb, owner = self.disk_create.call_args.args[:3]
         self.assertEqual((self.root.ephemeral_disk.image_path, 3,
-                          DISK_IDMAP.uid_start, DISK_IDMAP.gid_start),
-                         (d.image_path, size_gb, uid, gid))
+                          DISK_IDMAP), (d.image_path, size_gb, owner))
 
     def test_root_directory_without_disk(self):
         self.receive(self.fetch('root'), root_gb=0)

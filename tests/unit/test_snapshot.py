@@ -1,4 +1,8 @@
-"""Tests for novalxcdriver.snapshot, with disks, mounts and commands mocked."""
+"""Tests for novalxcdriver.snapshot, with disks, mounts and commands mocked.
+
+The storage_admin daemon's entry points (privsep.disks: subvolumes,
+freezing) are mocked; their checks are tests/unit/test_privsep_disks.py.
+"""
 
 import io
 import os
@@ -30,7 +34,8 @@ class _Base(unit_base.TestCase):
         self.mount = self.patch('novalxcdriver.snapshot.mount',
                                 autospec=True)
         self.mount.mountpoints.side_effect = lambda: set(self.mounted)
-        self.disk = self.patch('novalxcdriver.snapshot.disk', autospec=True)
+        self.disks = self.patch('novalxcdriver.snapshot.disks',
+                                autospec=True)
         self.lxc = self.patch('novalxcdriver.snapshot.lxc', autospec=True)
         self.durable = self.patch('novalxcdriver.snapshot.durable',
                                   autospec=True)
@@ -39,9 +44,9 @@ class _Base(unit_base.TestCase):
                              autospec=True, return_value='btrfs')
         self.order = mock.Mock()
         for name, m in (('syncfs', self.durable.syncfs),
-                        ('snap', self.disk.snapshot_subvolume),
-                        ('freeze', self.disk.freeze),
-                        ('thaw', self.disk.thaw),
+                        ('snap', self.disks.snapshot_subvolume),
+                        ('freeze', self.disks.freeze),
+                        ('thaw', self.disks.thaw),
                         ('execute', self.lxc.execute),
                         ('cg_freeze', self.lxc.freeze),
                         ('cg_unfreeze', self.lxc.unfreeze),
@@ -66,7 +71,7 @@ class TakeTest(_Base):
         self.mounted.add(self.root.root_disk.mountpoint)
         self.snap.take('RUNNING')
         self.assertEqual(['syncfs', 'snap', 'overlay'], self.calls())
-        self.disk.snapshot_subvolume.assert_called_once_with(
+        self.disks.snapshot_subvolume.assert_called_once_with(
             self.root.root_disk.mountpoint, '.snapshot-' + IMAGE_ID)
         self.mount.overlay_readonly.assert_called_once_with(
             [self.snap.subvolume + '/upper', self.root.lower],
@@ -131,14 +136,14 @@ class TakeTest(_Base):
             what='overlay', target='x', reason='EINVAL')
         self.assertRaises(exception.MountFailed, self.snap.take, 'RUNNING')
         self.assertFalse(os.path.exists(self.snap.stage))
-        self.disk.delete_subvolume.assert_called_once_with(
+        self.disks.delete_subvolume.assert_called_once_with(
             self.root.root_disk.mountpoint, '.snapshot-' + IMAGE_ID)
 
     def test_existing_stage_is_never_reused(self):
         os.mkdir(self.snap.stage)
         self.assertRaises(FileExistsError, self.snap.take, 'RUNNING')
         self.assertTrue(os.path.isdir(self.snap.stage))
-        self.disk.snapshot_subvolume.assert_not_called()
+        self.disks.snapshot_subvolume.assert_not_called()
 
 
 class _Proc:
@@ -219,7 +224,7 @@ class RecoverTest(_Base):
 
     def test_nothing_to_do(self):
         self.assertEqual([], snapshot.recover(self.root, self.container_dir))
-        self.disk.thaw.assert_not_called()
+        self.disks.thaw.assert_not_called()
 
     def test_btrfs_leftovers_removed(self):
         mnt = self.root.root_disk.mountpoint
@@ -229,21 +234,21 @@ class RecoverTest(_Base):
         # Not a snapshot's: the container's own upper layer stays.
         removed = snapshot.recover(self.root, self.container_dir)
         self.mount.unmount_tree.assert_called_once_with(self.snap.stage)
-        self.disk.delete_subvolume.assert_called_once_with(mnt,
-                                                           '.snapshot-x')
+        self.disks.delete_subvolume.assert_called_once_with(mnt,
+                                                            '.snapshot-x')
         self.assertIn(self.snap.stage, removed)
         self.assertFalse(os.path.exists(self.snap.stage))
         self.assertTrue(os.path.isdir(self.root.upper))
-        self.disk.thaw.assert_not_called()
+        self.disks.thaw.assert_not_called()
 
     def test_ext4_thawed_when_a_stage_is_left(self):
         self.mounted.add(self.root.root_disk.mountpoint)
         self.fs.return_value = 'ext4'
         os.makedirs(self.snap.stage)
         snapshot.recover(self.root, self.container_dir)
-        self.disk.thaw.assert_called_once_with(
+        self.disks.thaw.assert_called_once_with(
             self.root.root_disk.mountpoint)
-        self.disk.delete_subvolume.assert_not_called()
+        self.disks.delete_subvolume.assert_not_called()
 
     def test_a_live_snapshot_is_left_alone(self):
         # Another driver process on the same state is taking it.
@@ -257,9 +262,9 @@ class RecoverTest(_Base):
         self.assertEqual([], snapshot.recover(self.root, self.container_dir))
         self.assertTrue(os.path.isdir(self.snap.merged))
         self.mount.unmount_tree.assert_not_called()
-        self.disk.thaw.assert_not_called()
+        self.disks.thaw.assert_not_called()
         self.lxc.unfreeze.assert_not_called()
-        self.disk.delete_subvolume.assert_not_called()
+        self.disks.delete_subvolume.assert_not_called()
         # Once its process is gone (the lock with it), it is removed.
         os.close(held)
         self.assertIn(self.snap.stage,
