@@ -219,17 +219,14 @@ class ImagePruneTest(base.FunctionalTestCase):
 
 class BadImageTest(base.FunctionalTestCase):
 
-    @staticmethod
-    def _reservations():
-        # No spawn may have run yet on a fresh machine: no ids_path then.
-        try:
-            return set(os.listdir(CONF.lxc.ids_path))
-        except FileNotFoundError:
-            return set()
+    def _reservations_of(self, instance):
+        # Other workers reserve IDs of their own meanwhile (the ids_path
+        # is shared): only this instance's count.
+        return [cid for cid, res in self.driver._ids.reservations().items()
+                if res.instance_uuid == instance.uuid]
 
     def _assert_refused(self, image_id, reason, **meta):
         instance = self.make_instance()
-        before = self._reservations()
         exc = self.assertRaises(
             nova_exc.ImageUnacceptable, self.driver.spawn, self.ctxt,
             instance, self.image_meta(image_id, **meta), [], None, {},
@@ -238,7 +235,7 @@ class BadImageTest(base.FunctionalTestCase):
         self.assertFalse(self.driver.instance_exists(instance))
         self.assertFalse(os.path.exists(
             os.path.join(CONF.lxc.lxc_path, instance.name)))
-        self.assertEqual(before, self._reservations())
+        self.assertEqual([], self._reservations_of(instance))
         self.assertIsNone(self.driver._images.lookup(image_id))
         partials = [n for n in os.listdir(self.driver._images.path)
                     if n.startswith('.partial-%s' % image_id)]
