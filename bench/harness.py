@@ -135,8 +135,8 @@ _TIMED = (
     ('novalxcdriver.ids', 'IdAllocator.release', 'ID release'),
     # A snapshot (bench.snapshot) and the unpack of a new image.
     ('novalxcdriver.snapshot', 'Snapshot.take', 'snapshot take'),
-    ('novalxcdriver.durable', 'syncfs', 'syncfs'),
-    ('novalxcdriver.disk', 'snapshot_subvolume', 'btrfs snapshot'),
+    ('novalxcdriver.privsep.disks', 'sync_filesystem', 'syncfs'),
+    ('novalxcdriver.privsep.disks', 'snapshot_subvolume', 'btrfs snapshot'),
     ('novalxcdriver.mount', 'overlay_readonly', 'snapshot view mount'),
     ('novalxcdriver.snapshot', 'Snapshot.cleanup', 'snapshot cleanup'),
     ('novalxcdriver.tarball', 'unpack_rootfs', 'image unpack'),

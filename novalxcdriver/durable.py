@@ -8,12 +8,8 @@ so readers see the old content or the whole new one, before and after a
 crash.
 """
 
-import ctypes
-import ctypes.util
 import os
 import tempfile
-
-_libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
 
 
 def fsync_dir(path):
@@ -79,19 +75,3 @@ def sync(path):
     finally:
         os.close(fd)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def syncfs(path):
-    """syncfs(2) the filesystem holding path: all its written data to disk.
-
-    One call instead of an fsync per file (an unpacked image).
-
-    :raises OSError: the call failed.
-    """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
-    finally:
-        os.close(fd)

@@ -55,6 +55,7 @@ from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import host
 from novalxcdriver import mount
+from novalxcdriver.privsep import disks
 from novalxcdriver import tarball
 
 LOG = logging.getLogger(__name__)
@@ -303,7 +304,7 @@ class ImageCache:
                     raise exception.ImageUnpackError(
                         image_id=image_id,
                         reason='the copy from the source has no /sbin/init')
-                durable.syncfs(partial)
+                disks.sync_filesystem(partial)
                 os.rename(partial, entry)
             except BaseException:
                 with excutils.save_and_reraise_exception():
@@ -353,7 +354,7 @@ class ImageCache:
                            'filesystem')
             # The files reach the disk before the marker says they are
             # there: one syncfs(2) rather than an fsync(2) per file.
-            durable.syncfs(partial)
+            disks.sync_filesystem(partial)
             durable.write(os.path.join(partial, _MARKER),
                           json.dumps({'init_system': init_system,
                                       'size': size}), mode=0o644)

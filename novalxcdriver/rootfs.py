@@ -51,6 +51,7 @@ from novalxcdriver import disk
 from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import mount
+from novalxcdriver.privsep import disks
 from novalxcdriver.privsep import ownership
 from novalxcdriver import throttle
 
@@ -360,7 +361,7 @@ class Rootfs:
             # Not one a crashed rebuild staged: it is not this one's.
             self.unstage()
         # The staged config drive is on disk before the record names it.
-        durable.syncfs(self.path)
+        disks.sync_filesystem(self.path)
         durable.write(self._replacing_path, replacement.to_json(),
                       mode=0o600)
 
@@ -403,8 +404,8 @@ class Rootfs:
             return
         for d in (self.root_disk, self.ephemeral_disk):
             if os.path.isdir(d.mountpoint):
-                durable.syncfs(d.mountpoint)
-        durable.syncfs(self.path)
+                disks.sync_filesystem(d.mountpoint)
+        disks.sync_filesystem(self.path)
         os.unlink(self._replacing_path)
         durable.fsync_dir(self.path)
 

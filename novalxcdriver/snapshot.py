@@ -134,7 +134,7 @@ class Snapshot:
         if disk_mounted and root_disk.filesystem() == 'btrfs':
             self.method = 'btrfs'
             started = time.monotonic()
-            durable.syncfs(root_disk.mountpoint)
+            disks.sync_filesystem(root_disk.mountpoint)
             synced = time.monotonic()
             disks.snapshot_subvolume(root_disk.mountpoint,
                                      os.path.basename(self.subvolume))
@@ -170,8 +170,7 @@ class Snapshot:
         started = time.monotonic()
         hold()
         try:
-            lxc.execute('cp', '-a', '--reflink=auto', '--',
-                        self.root.upper, copy)
+            disks.copy_layer(self.root.upper, copy)
         finally:
             release()
             self.stall = time.monotonic() - started

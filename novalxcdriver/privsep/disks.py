@@ -16,7 +16,8 @@ checked before, in the daemon:
   (check_disk_mount): freezing or snapshotting the host's own
   filesystem is refused;
 - sizes are whole GiB in 1..MAX_DISK_GB, filesystems from FILESYSTEMS,
-  a subvolume's name one path component.
+  a subvolume's name one path component;
+- a layer is copied only to a path that does not exist yet.
 
 Every entry point that makes a file sets the umask first: oslo.privsep's
 daemon runs with umask 0.
@@ -26,6 +27,8 @@ reading the image, and runs wherever it is called.
 """
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import os
@@ -46,6 +49,8 @@ from novalxcdriver.privsep import lxctools
 from novalxcdriver.privsep import storage
 
 LOG = logging.getLogger(__name__)
+_libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+_libc.syncfs.argtypes = (ctypes.c_int,)
 
 FILESYSTEMS = storage.FILESYSTEMS
 # GiB; Nova's flavors are far below, this only refuses absurd numbers.
@@ -392,7 +397,55 @@ def grow(path, size_gb, mountpoint):
     return True
 
 
-# -- subvolumes and freezing ------------------------------------------------
+# -- a point in time: syncs, copies, subvolumes, freezing --------------------
+
+@privsep.storage_admin.entrypoint
+def sync_filesystem(path):
+    """syncfs(2) the filesystem holding path: its written data to disk.
+
+    One call instead of an fsync per file (an unpacked image, a disk).
+    Here rather than in nova-compute because it needs path opened, and
+    the driver's directories are root's.
+
+    :param path: below a driver root (storage.check_path).
+    :raises PrivilegedCallRefused: the checks (module docstring).
+    :raises OSError: the open or the call failed.
+    """
+    storage.check_path('sync_filesystem', path)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+
+
+@privsep.storage_admin.entrypoint
+def copy_layer(source, dest):
+    """Copy the directory tree source to dest, which must not exist.
+
+    ``cp -a --reflink=auto`` (coreutils cp(1)): owners, modes, times,
+    xattrs (overlayfs' opaque markers) and device nodes (its whiteouts)
+    are kept, which needs root; extents are shared where the filesystem
+    can. For a snapshot of an overlay's upper layer kept still
+    meanwhile (snapshot.py).
+
+    :param source, dest: below a driver root (storage.check_path).
+    :raises PrivilegedCallRefused: the checks (module docstring).
+    :raises FileExistsError: dest exists (cp would copy into it).
+    :raises CommandFailed, CommandTimedOut: cp failed (dest may be
+        partial: the caller removes its stage).
+    """
+    call = 'copy_layer'
+    storage.check_path(call, source)
+    storage.check_path(call, dest)
+    if os.path.lexists(dest):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dest)
+    os.umask(lxctools.UMASK)
+    # -T: dest itself is the copy, never a directory to copy into.
+    command.execute('cp', '-a', '--reflink=auto', '-T', '--', source, dest)
+
 
 def _dir_fd(path):
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
@@ -406,7 +459,7 @@ def snapshot_subvolume(mountpoint, name):
     Atomic and O(1) whatever the data (BTRFS_IOC_SNAP_CREATE_V2 with
     BTRFS_SUBVOL_RDONLY); the disk's top directory is subvolume 5. Data
     still in the page cache may be missing from it (seen here under
-    heavy writeback): call durable.syncfs on the filesystem first.
+    heavy writeback): call sync_filesystem on it first.
 
     :param mountpoint: a driver disk's mount point (check_disk_mount).
     :param name: one path component; the snapshot is mountpoint/name.

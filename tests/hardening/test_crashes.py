@@ -78,8 +78,8 @@ DESTROY_POINTS = (
 # disk of that filesystem, or none ('unbounded': root_gb 0, cgroup freezer).
 SNAPSHOT_POINTS = (
     ('mkdir(staging dir)', 'os:mkdir', 'after', 'snapshot-', 'btrfs'),
-    ('durable.syncfs', 'novalxcdriver.durable:syncfs', 'after', None,
-     'btrfs'),
+    ('disks.sync_filesystem', 'novalxcdriver.privsep.disks:sync_filesystem',
+     'after', None, 'btrfs'),
     ('disks.snapshot_subvolume',
      'novalxcdriver.privsep.disks:snapshot_subvolume',
      'after', None, 'btrfs'),
@@ -91,8 +91,8 @@ SNAPSHOT_POINTS = (
      'before', None, 'btrfs'),
     ('disks.freeze', 'novalxcdriver.privsep.disks:freeze', 'after', None,
      'ext4'),
-    ('copy of the upper layer', 'novalxcdriver.lxc:execute', 'after',
-     'reflink', 'ext4'),
+    ('disks.copy_layer', 'novalxcdriver.privsep.disks:copy_layer', 'after',
+     None, 'ext4'),
     ('lxc.freeze', 'novalxcdriver.lxc:freeze', 'after', None, 'unbounded'),
 )
 

@@ -51,6 +51,9 @@ class _Base(base.BaseTestCase):
 
     def setUp(self):
         super().setUp()
+        # syncfs(2) runs in the storage_admin daemon.
+        self.sync_filesystem = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.privsep.disks.sync_filesystem')).mock
         self.useFixture(config_fixture.Config(conf.CONF))
         self.tmp = self.useFixture(fixtures.TempDir()).path
         self.lxc_path = os.path.join(self.tmp, 'containers')

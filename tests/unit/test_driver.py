@@ -58,6 +58,9 @@ class _Base(unit_base.TestCase):
 
     def setUp(self):
         super().setUp()
+        # syncfs(2) runs in the storage_admin daemon.
+        self.sync_filesystem = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.privsep.disks.sync_filesystem')).mock
         objects.register_all()
         self.context = nova_context.get_admin_context()
         self.tmp = self.useFixture(fixtures.TempDir()).path

@@ -1,7 +1,6 @@
 """durable: atomic, fsync'd replacement of a file."""
 
 import os
-from unittest import mock
 
 import fixtures
 
@@ -64,8 +63,3 @@ class WriteTest(base.TestCase):
         with open(self.path) as f:
             self.assertEqual('old', f.read())
         self.assertEqual(['record.json'], os.listdir(self.dir))
-
-    def test_syncfs_raises_on_failure(self):
-        durable.syncfs(self.dir)
-        with mock.patch.object(durable._libc, 'syncfs', return_value=-1):
-            self.assertRaises(OSError, durable.syncfs, self.dir)

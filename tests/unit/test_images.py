@@ -193,6 +193,9 @@ class _CacheTest(base.BaseTestCase):
 
     def setUp(self):
         super().setUp()
+        # syncfs(2) runs in the storage_admin daemon.
+        self.sync_filesystem = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.privsep.disks.sync_filesystem')).mock
         self.state = self.useFixture(fixtures.TempDir()).path
         self.cache = images.ImageCache(self.state, 64 * 1024 * 1024)
         self.fetches = []
@@ -520,6 +523,9 @@ class DamagedEntryTest(base.BaseTestCase):
 
     def setUp(self):
         super().setUp()
+        # syncfs(2) runs in the storage_admin daemon.
+        self.sync_filesystem = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.privsep.disks.sync_filesystem')).mock
         self.state = self.useFixture(fixtures.TempDir()).path
         self.cache = images.ImageCache(self.state, 64 * 1024 * 1024)
         self.fetches = []
@@ -656,7 +662,7 @@ class PublishTest(base.BaseTestCase):
         self.events = []
         self.partials = []
         real = {name: getattr(durable, name)
-                for name in ('syncfs', 'write', 'fsync_dir')}
+                for name in ('write', 'fsync_dir')}
         real_rename = os.rename
 
         def syncfs(path):
@@ -666,7 +672,6 @@ class PublishTest(base.BaseTestCase):
                 os.path.join(path, 'rootfs', 'bin', 'busybox')))
             self.assertFalse(os.path.exists(os.path.join(path,
                                                          'image.json')))
-            return real['syncfs'](path)
 
         def write(path, data, *args, **kwargs):
             self.events.append(('write', path))
@@ -680,10 +685,13 @@ class PublishTest(base.BaseTestCase):
             self.events.append(('rename', src, dst))
             return real_rename(src, dst)
 
-        for name, fake in (('syncfs', syncfs), ('write', write),
-                           ('fsync_dir', fsync_dir)):
+        for name, fake in (('write', write), ('fsync_dir', fsync_dir)):
             self.useFixture(fixtures.MockPatchObject(durable, name,
                                                      side_effect=fake))
+        # The storage_admin daemon's.
+        self.sync_filesystem = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.privsep.disks.sync_filesystem',
+            side_effect=syncfs)).mock
         self.useFixture(fixtures.MockPatch('os.rename', side_effect=rename))
 
     def fetch(self, dest):
@@ -708,7 +716,7 @@ class PublishTest(base.BaseTestCase):
         self.assertEqual(image, self.cache.lookup(IMAGE_ID))
 
     def test_failed_sync_publishes_nothing(self):
-        durable.syncfs.side_effect = OSError(errno.EIO, 'I/O error')
+        self.sync_filesystem.side_effect = OSError(errno.EIO, 'I/O error')
         self.assertRaises(OSError, self.cache.get, IMAGE_ID, self.fetch)
         self.assertEqual([], os.listdir(self.cache.path))
         self.assertIsNone(self.cache.lookup(IMAGE_ID))
@@ -718,6 +726,9 @@ class PruneTest(base.BaseTestCase):
 
     def setUp(self):
         super().setUp()
+        # syncfs(2) runs in the storage_admin daemon.
+        self.sync_filesystem = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.privsep.disks.sync_filesystem')).mock
         self.state = self.useFixture(fixtures.TempDir()).path
         self.cache = images.ImageCache(self.state, 64 * 1024 * 1024)
         self.fetches = []

@@ -43,8 +43,7 @@ NAMESPACE_MAPS = ('uid_map', 'gid_map')
 
 # (module, function, what) still run in nova-compute, by issue 14's steps.
 NOT_YET_PRIVSEP = {
-    # unshare (a snapshot's readers), ovs-vsctl, qemu-img, cp (a
-    # snapshot's copy of an ext4 upper layer): the
+    # unshare (a snapshot's readers), ovs-vsctl, qemu-img: the
     # runner (command.py) and lxc.py's argv (lxc-* tools are
     # privsep.lxctools', mounts and loop devices privsep.storage's).
     ('command.py', '_execute_limited', 'processutils.execute'),
@@ -58,9 +57,6 @@ NOT_YET_PRIVSEP = {
     # The relay's lxc-console: the relay is the lxc_admin daemon's child
     # (privsep.console) but its module is not privsep's.
     ('consolerelay.py', 'serve', 'subprocess.Popen'),
-    # syncfs(2) needs no capability, only the directory opened.
-    ('durable.py', '<module>', 'ctypes.CDLL'),
-    ('durable.py', 'syncfs', '_libc.syncfs'),
     # The disk-image copier gives an unpacked tree its image's owners
     # (to be confined with the unpack: the inventory's section 3).
     ('diskimage.py', '_Copier.metadata', 'os.chown'),
@@ -163,10 +159,10 @@ class CallSitesTest(base.BaseTestCase):
             self.assertNotIn("'lxc-start', '-n'", source, name)
 
     def test_disk_tools_are_all_behind_privsep(self):
-        # Issue 14's fourth step: disks are formatted, checked and grown
-        # only in privsep.disks.
+        # Issue 14's fourth step: disks are formatted, checked and grown,
+        # filesystems synced and layers copied only in privsep.disks.
         tools = ("'mkfs.ext4'", "'mkfs.btrfs'", "'e2fsck'", "'resize2fs'",
-                 "'btrfs', 'filesystem'")
+                 "'btrfs', 'filesystem'", "'cp', '-a'")
         for name in sorted(os.listdir(PACKAGE)):
             # host.py names them only to check they are installed.
             if not name.endswith('.py') or name == 'host.py':

@@ -9,6 +9,7 @@ Through a real daemon, with real filesystems: tests/functional/
 test_disk_templates.py and test_snapshot.py.
 """
 
+import ctypes
 import errno
 import io
 import os
@@ -668,6 +669,73 @@ class FreezeTest(_Base):
         self.ioctl.side_effect = OSError(errno.EPERM, 'no')
         self.assertRaises(OSError, disks.thaw, self.mountpoint)
         self.assertNotIn(self.mountpoint, self._fd_paths().values())
+
+
+class PointInTimeTest(_Base):
+    """sync_filesystem and copy_layer."""
+
+    def test_syncfs_of_the_path_s_filesystem(self):
+        synced = []
+
+        def syncfs(fd):
+            synced.append(os.readlink('/proc/self/fd/%d' % fd))
+            return 0
+        self.patch_object(disks._libc, 'syncfs', side_effect=syncfs)
+        disks.sync_filesystem(self.mountpoint)
+        self.assertEqual([self.mountpoint], synced)
+        self.assertNotIn(self.mountpoint, self._fd_paths().values())
+
+    def test_syncfs_failure_raised_with_its_errno(self):
+        # The real call, then a failing one (ctypes' errno set by hand).
+        disks.sync_filesystem(self.mountpoint)
+
+        def failing(fd):
+            ctypes.set_errno(errno.EIO)
+            return -1
+        self.patch_object(disks._libc, 'syncfs', side_effect=failing)
+        e = self.assertRaises(OSError, disks.sync_filesystem,
+                              self.mountpoint)
+        self.assertEqual(errno.EIO, e.errno)
+
+    def test_syncfs_outside_the_roots_refused(self):
+        syncfs = self.patch_object(disks._libc, 'syncfs')
+        for path in (self.outside, '/', self.root + '/../outside'):
+            self.assertRaises(exception.PrivilegedCallRefused,
+                              disks.sync_filesystem, path)
+        syncfs.assert_not_called()
+
+    def test_copy_argv_and_umask(self):
+        umasks = []
+
+        def cp(*argv, **kwargs):
+            umasks.append(os.umask(0))
+            os.umask(umasks[-1])
+            return '', ''
+        self.execute.side_effect = cp
+        os.umask(0)
+        self.addCleanup(os.umask, 0o022)
+        dest = os.path.join(self.root, 'stage', 'upper')
+        disks.copy_layer(self.mountpoint, dest)
+        # -T: dest is the copy, never a directory copied into.
+        self.execute.assert_called_once_with(
+            'cp', '-a', '--reflink=auto', '-T', '--', self.mountpoint, dest)
+        self.assertEqual([0o022], umasks)
+
+    def test_copy_onto_something_refused(self):
+        # What is in the way is not copied into.
+        dest = os.path.join(self.root, 'upper-copy')
+        os.mkdir(dest)
+        self.assertRaises(FileExistsError, disks.copy_layer,
+                          self.mountpoint, dest)
+        link = os.path.join(self.root, 'upper-link')
+        os.symlink(self.outside, link)
+        self.assertRaises(exception.PrivilegedCallRefused, disks.copy_layer,
+                          self.mountpoint, link)
+        for source, dest in ((self.outside, self.root + '/c'),
+                             (self.mountpoint, self.outside + '/c')):
+            self.assertRaises(exception.PrivilegedCallRefused,
+                              disks.copy_layer, source, dest)
+        self.execute.assert_not_called()
 
 
 class ChecksTest(_Base):

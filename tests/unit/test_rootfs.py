@@ -23,6 +23,9 @@ class _Base(unit_base.TestCase):
 
     def setUp(self):
         super().setUp()
+        # syncfs(2) runs in the storage_admin daemon.
+        self.sync_filesystem = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.privsep.disks.sync_filesystem')).mock
         self.state_path = self.useFixture(fixtures.TempDir()).path
         self.root = rootfs.Rootfs(self.state_path, 3)
         self.top = os.path.join(self.state_path, 'rootfs', '3')

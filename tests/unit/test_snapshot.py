@@ -43,11 +43,11 @@ class _Base(unit_base.TestCase):
         self.fs = self.patch('novalxcdriver.disk.Disk.filesystem',
                              autospec=True, return_value='btrfs')
         self.order = mock.Mock()
-        for name, m in (('syncfs', self.durable.syncfs),
+        for name, m in (('syncfs', self.disks.sync_filesystem),
                         ('snap', self.disks.snapshot_subvolume),
                         ('freeze', self.disks.freeze),
                         ('thaw', self.disks.thaw),
-                        ('execute', self.lxc.execute),
+                        ('copy', self.disks.copy_layer),
                         ('cg_freeze', self.lxc.freeze),
                         ('cg_unfreeze', self.lxc.unfreeze),
                         ('overlay', self.mount.overlay_readonly)):
@@ -85,12 +85,10 @@ class TakeTest(_Base):
         self.mounted.add(self.root.root_disk.mountpoint)
         self.fs.return_value = 'ext4'
         self.snap.take('RUNNING')
-        self.assertEqual(['freeze', 'execute', 'thaw', 'overlay'],
+        self.assertEqual(['freeze', 'copy', 'thaw', 'overlay'],
                          self.calls())
-        argv = self.lxc.execute.call_args.args
-        self.assertEqual(('cp', '-a', '--reflink=auto', '--',
-                          self.root.upper,
-                          os.path.join(self.snap.stage, 'upper')), argv)
+        self.disks.copy_layer.assert_called_once_with(
+            self.root.upper, os.path.join(self.snap.stage, 'upper'))
         self.mount.overlay_readonly.assert_called_once_with(
             [os.path.join(self.snap.stage, 'upper'), self.root.lower],
             self.snap.merged)
@@ -98,10 +96,10 @@ class TakeTest(_Base):
     def test_thawed_when_the_copy_fails(self):
         self.mounted.add(self.root.root_disk.mountpoint)
         self.fs.return_value = 'ext4'
-        self.lxc.execute.side_effect = exception.CommandFailed(
+        self.disks.copy_layer.side_effect = exception.CommandFailed(
             cmd='cp', exit_code=1, stderr='No space left on device')
         self.assertRaises(exception.CommandFailed, self.snap.take, 'RUNNING')
-        self.assertEqual(['freeze', 'execute', 'thaw'],
+        self.assertEqual(['freeze', 'copy', 'thaw'],
                          self.calls()[:3])
         self.assertFalse(os.path.exists(self.snap.stage))
         self.assertNotIn(self.root.path, snapshot._RUNNING)
@@ -115,7 +113,7 @@ class TakeTest(_Base):
                 self.container_dir)), (name, lxc_path))
         self.lxc.freeze.side_effect = freeze
         self.snap.take('RUNNING')
-        self.assertEqual(['cg_freeze', 'execute', 'cg_unfreeze', 'overlay'],
+        self.assertEqual(['cg_freeze', 'copy', 'cg_unfreeze', 'overlay'],
                          self.calls())
         self.assertFalse(os.path.exists(marker))
         self.assertEqual('cgroup-freezer', self.snap.method)
