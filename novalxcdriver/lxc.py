@@ -1,12 +1,12 @@
-"""External commands' argv: lxc-*, unshare, qemu-img, ovs-vsctl.
+"""External commands' argv: lxc-*, unshare, qemu-img.
 
 The commands that act on a container (lxc-start, lxc-stop, lxc-info,
 lxc-ls, lxc-freeze, lxc-unfreeze) run in a privsep daemon, through
 :mod:`novalxcdriver.privsep.lxctools`; the functions here are their
 callers' names for them; the disks' tools run in
 :mod:`novalxcdriver.privsep.disks`. The rest (the ``unshare`` that runs
-a snapshot's find and tar as the container's root, ovs-vsctl, cp and
-qemu-img) still run here, through :func:`novalxcdriver.command.execute`:
+a snapshot's find and tar as the container's root, and qemu-img) still
+run here, through :func:`novalxcdriver.command.execute`:
 an argv list, never a shell, with a timeout (qemu-img also under
 resource limits). Option meanings follow the LXC 5 man pages
 (lxc-start(1), lxc-stop(1), lxc-info(1), lxc-ls(1), lxc-freeze(1)).
@@ -214,16 +214,3 @@ def userns_popen(idmap, argv, cwd, stdin=None, stdout=None, stderr=None,
     return subprocess.Popen(full, cwd=cwd, stdin=stdin, stdout=stdout,
                             stderr=stderr, close_fds=True, extra_groups=[],
                             start_new_session=True)
-
-
-# -- Open vSwitch: ovs-vsctl(8) --
-
-def ovs_del_port(db, dev):
-    """Remove port dev from whichever Open vSwitch bridge holds it.
-
-    :param db: the OVSDB to talk to, as ovs-vsctl --db takes it
-        (e.g. unix:/run/openvswitch/db.sock).
-    """
-    execute('ovs-vsctl', '--db=' + db,
-            '--timeout=%d' % CONF.lxc.command_timeout,
-            '--if-exists', 'del-port', dev)

@@ -28,10 +28,10 @@ to do and runs unprivileged. os-vif is set up once per process (_setup):
 its privileged calls run in its own privsep daemon, as in any deployment;
 when nova-compute runs as root with no ``[vif_plug_ovs_privileged]
 helper_command``, that daemon is started without sudo
-(privsep.root_helper_command_opt). Its OVSDB calls, like our
-ovs_del_port, run in nova-compute: ``[os_vif_ovs] ovsdb_connection``
-defaults to the local ovsdb-server's socket instead of os-vif's
-tcp:127.0.0.1:6640.
+(privsep.root_helper_command_opt). Its OVSDB calls, and ours through
+its OVSDB library (a leftover port's removal), run in nova-compute:
+``[os_vif_ovs] ovsdb_connection`` defaults to the local ovsdb-server's
+socket instead of os-vif's tcp:127.0.0.1:6640.
 """
 
 import os
@@ -48,11 +48,11 @@ from oslo_config import cfg
 from oslo_log import log as logging
 from pyroute2 import NetlinkError
 from vif_plug_ovs import ovs as vif_plug_ovs
+from vif_plug_ovs.ovsdb import ovsdb_lib
 from vif_plug_ovs import privsep as vif_plug_privsep
 
 from novalxcdriver import conf
 from novalxcdriver import exception
-from novalxcdriver import lxc
 from novalxcdriver import privsep
 from novalxcdriver.privsep import lxcconf
 from novalxcdriver.privsep import netdev
@@ -78,6 +78,8 @@ _MAC_RE = re.compile(r'^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z')
 
 _setup_lock = threading.Lock()
 _setup_done = False
+# (ovsdb_connection, ovsdb_interface) -> os-vif's OVSDB API (_ovsdb).
+_ovsdb_apis = {}
 
 
 # -- the description: pure ------------------------------------------------
@@ -198,6 +200,20 @@ def _setup():
         # register_opts gave it our default: load them again.
         os_vif.initialize(reset=True)
         _setup_done = True
+
+
+def _ovsdb():
+    """os-vif's OVSDB API for [os_vif_ovs] as configured now.
+
+    One per connection and interface, made at first use: the native
+    interface connects and keeps a thread reading the database.
+    """
+    group = CONF.os_vif_ovs
+    key = (group.ovsdb_connection, group.ovsdb_interface)
+    with _setup_lock:
+        if key not in _ovsdb_apis:
+            _ovsdb_apis[key] = ovsdb_lib.BaseOVS(group).ovsdb
+        return _ovsdb_apis[key]
 
 
 def _root_helper_default():
@@ -336,8 +352,13 @@ def remove_leftovers(nics):
         try:
             if nic.kind == 'ovs':
                 _setup()
-                lxc.ovs_del_port(CONF.os_vif_ovs.ovsdb_connection,
-                                 nic.host_dev)
+                _ovsdb().del_port(nic.host_dev, if_exists=True).execute(
+                    check_error=True)
+        except Exception as e:
+            # ovsdbapp's errors have no common base; the veth goes anyway.
+            LOG.warning('Cannot remove the OVS port %s of port %s: %s',
+                        nic.host_dev, nic.port_id, e)
+        try:
             if link_exists(nic.host_dev):
                 netdev.delete_veth(nic.host_dev)
         except (exception.NovaLXCError, OSError, NetlinkError) as e:

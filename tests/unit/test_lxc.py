@@ -259,22 +259,6 @@ class StatesTest(_MockedExecute):
         self.assertEqual({}, lxc.states(PATH))
 
 
-class OvsTest(_MockedExecute):
-    """ovs-vsctl's argv (veth pairs are novalxcdriver.privsep.netdev's)."""
-
-    def test_ovs_del_port(self):
-        lxc.ovs_del_port('unix:/run/openvswitch/db.sock', 'tap1')
-        self.assert_argv(['ovs-vsctl', '--db=unix:/run/openvswitch/db.sock',
-                          '--timeout=120', '--if-exists', 'del-port',
-                          'tap1'])
-
-    def test_failure_carries_stderr(self):
-        self.fail_with('database connection failed', 1)
-        e = self.assertRaises(exception.CommandFailed, lxc.ovs_del_port,
-                              'unix:/nowhere', 'tap1')
-        self.assertIn('database connection failed', str(e))
-
-
 class DiskImageArgvTest(_MockedExecute):
 
     def test_qemu_img_info_never_probes_and_is_limited(self):

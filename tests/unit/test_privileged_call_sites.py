@@ -43,7 +43,7 @@ NAMESPACE_MAPS = ('uid_map', 'gid_map')
 
 # (module, function, what) still run in nova-compute, by issue 14's steps.
 NOT_YET_PRIVSEP = {
-    # unshare (a snapshot's readers), ovs-vsctl, qemu-img: the
+    # unshare (a snapshot's readers), qemu-img, lxc-start --version: the
     # runner (command.py) and lxc.py's argv (lxc-* tools are
     # privsep.lxctools', mounts and loop devices privsep.storage's).
     ('command.py', '_execute_limited', 'processutils.execute'),
@@ -53,7 +53,6 @@ NOT_YET_PRIVSEP = {
     ('lxc.py', 'version', 'execute'),
     ('lxc.py', 'start_daemon', 'subprocess.Popen'),
     ('lxc.py', 'userns_popen', 'subprocess.Popen'),
-    ('lxc.py', 'ovs_del_port', 'execute'),
     # The relay's lxc-console: the relay is the lxc_admin daemon's child
     # (privsep.console) but its module is not privsep's.
     ('consolerelay.py', 'serve', 'subprocess.Popen'),

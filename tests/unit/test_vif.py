@@ -156,7 +156,8 @@ class _HostBase(unit_base.TestCase):
         self.context = nova_context.get_admin_context()
         self.instance = fake_instance.fake_instance_obj(
             self.context, uuid=INSTANCE, project_id='p1')
-        self.lxc = self.patch('novalxcdriver.vif.lxc', autospec=True)
+        # os-vif's OVSDB API (ovsdbapp): what leftovers' removal asks.
+        self.ovsdb = self.patch('novalxcdriver.vif._ovsdb').return_value
         self.netdev = self.patch('novalxcdriver.vif.netdev', autospec=True)
         self.devices = {'br-int', 'nlxtb1'}
         self.netdev.add_veth.side_effect = (
@@ -261,7 +262,7 @@ class PlugTest(_HostBase):
     def test_unsupported_type_makes_nothing(self):
         self.assertRaises(nova_exc.InvalidInput, vif.plug, self.instance,
                           ovs_vif(type='vhostuser'))
-        self.assertEqual([], self.netdev.mock_calls + self.lxc.mock_calls)
+        self.assertEqual([], self.netdev.mock_calls + self.ovsdb.mock_calls)
 
 
 class UnplugTest(_HostBase):
@@ -287,7 +288,7 @@ class UnplugTest(_HostBase):
 
     def test_unsupported_type_has_nothing_to_unplug(self):
         vif.unplug(self.instance, ovs_vif(type='binding_failed'))
-        self.assertEqual([], self.netdev.mock_calls + self.lxc.mock_calls)
+        self.assertEqual([], self.netdev.mock_calls + self.ovsdb.mock_calls)
         self.os_vif.unplug.assert_not_called()
 
     def test_failure(self):
@@ -313,23 +314,49 @@ class LeftoversTest(_HostBase):
         nics = vif.nics_for([ovs_vif(), bridge_vif()])
         self.devices.update({'tap4e2a7b3c-5d', 'tap9f8e7d6c-5b'})
         vif.remove_leftovers(nics)
-        self.lxc.ovs_del_port.assert_called_once_with(
-            conf.CONF.os_vif_ovs.ovsdb_connection, 'tap4e2a7b3c-5d')
+        # From whichever bridge holds it; an error is an error.
+        self.ovsdb.del_port.assert_called_once_with('tap4e2a7b3c-5d',
+                                                    if_exists=True)
+        self.ovsdb.del_port.return_value.execute.assert_called_once_with(
+            check_error=True)
         self.assertEqual({'br-int', 'nlxtb1'}, self.devices)
 
     def test_never_raises(self):
         nics = vif.nics_for([ovs_vif(), bridge_vif()])
-        self.devices.update({'tap9f8e7d6c-5b'})
-        self.lxc.ovs_del_port.side_effect = FileNotFoundError('ovs-vsctl')
+        self.devices.update({'tap4e2a7b3c-5d', 'tap9f8e7d6c-5b'})
+        # ovsdbapp's errors share no base class.
+        self.ovsdb.del_port.return_value.execute.side_effect = RuntimeError(
+            'OVSDB Error: no such port')
         vif.remove_leftovers(nics)
-        self.netdev.delete_veth.assert_called_once_with('tap9f8e7d6c-5b')
+        # The OVS port's veth goes all the same.
+        self.assertEqual([mock.call('tap4e2a7b3c-5d'),
+                          mock.call('tap9f8e7d6c-5b')],
+                         self.netdev.delete_veth.call_args_list)
+        self.netdev.delete_veth.reset_mock()
         self.devices.add('tap9f8e7d6c-5b')
         self.netdev.delete_veth.side_effect = NetlinkError(16, 'busy')
         vif.remove_leftovers(nics)
         self.netdev.delete_veth.side_effect = (
             exception.PrivilegedCallRefused(call='delete_veth', reason='no'))
         vif.remove_leftovers(nics)
-        self.assertEqual(3, self.netdev.delete_veth.call_count)
+        self.assertEqual(2, self.netdev.delete_veth.call_count)
+
+
+class OvsdbTest(unit_base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
+        self.base_ovs = self.patch('novalxcdriver.vif.ovsdb_lib.BaseOVS')
+        self.patch('novalxcdriver.vif._ovsdb_apis', new={})
+
+    def test_one_api_per_connection(self):
+        first = vif._ovsdb()
+        self.assertIs(first, vif._ovsdb())
+        self.base_ovs.assert_called_once_with(conf.CONF.os_vif_ovs)
+        self.cfg.config(group='os_vif_ovs', ovsdb_connection='tcp:1.2.3.4:1')
+        vif._ovsdb()
+        self.assertEqual(2, self.base_ovs.call_count)
 
 
 class HotPlugTest(_HostBase):
