@@ -95,12 +95,19 @@ class Disk:
         return self.mountpoint in mount.mountpoints()
 
     def filesystem(self):
-        """'btrfs' or 'ext4', from the image's superblock.
+        """'btrfs' or 'ext4': the mounted disk's, else its superblock's.
+
+        Mounted, the mount table says, with no privilege; else the
+        storage_admin daemon reads the image (privsep.disks).
 
         :raises DiskUnreadable: neither signature is there (not a disk
             this driver made, or a damaged one).
         """
-        return disks.filesystem_of(self.image_path)
+        found = mount.top(self.mountpoint)
+        if found and found[0] in FILESYSTEMS and \
+                found[1].startswith('/dev/loop'):
+            return found[0]
+        return disks.image_filesystem(self.image_path)
 
     def mount(self, shift=None):
         """Mount the image if it is not mounted (after a host reboot).
@@ -148,12 +155,11 @@ class Disk:
             time.sleep(ATTACHED_POLL)
 
     def _mount(self):
-        fs = self.filesystem()
         # A migration brings the image alone.
         os.makedirs(self.mountpoint, mode=0o755, exist_ok=True)
         # Autoclear: the device goes with the unmount, or at once if the
         # mount failed.
-        device = mount.disk_image(self.image_path, self.mountpoint, fs)
+        device = mount.disk_image(self.image_path, self.mountpoint)
         number = self._save_io_baseline(device)
         if number:
             # An earlier user's throttle must not follow the device; the

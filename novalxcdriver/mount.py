@@ -15,15 +15,18 @@ import re
 from novalxcdriver.privsep import storage
 
 
-def disk_image(path, target, fstype):
+def disk_image(path, target):
     """Mount the disk image file path on target through a loop device.
 
-    :param fstype: 'ext4' or 'btrfs'.
+    Its filesystem (ext4 or btrfs) is read from its superblock by the
+    daemon: the image is root's.
+
     :returns: the loop device, '/dev/loopN' (autoclear: it goes with the
         unmount).
+    :raises DiskUnreadable: the image holds no known filesystem.
     :raises LoopFailed, MountFailed: nothing is left.
     """
-    return storage.mount_disk(path, target, fstype)
+    return storage.mount_disk(path, target)
 
 
 def untrusted_partition(path, target, fstype, offset, size):
@@ -250,12 +253,12 @@ def roots():
     return {root for root, _ in _mountinfo()}
 
 
-def source(point):
-    """The source (a device's path) of the top mount on point, or None.
+def top(point):
+    """(fstype, source) of the top mount on point, or None if none.
 
     For btrfs, st_dev of a mounted path is an anonymous device, not the
-    block device; the mount's source field (proc(5) mountinfo, after the
-    ' - ' separator: fstype, then source) names the real one.
+    block device; the mount's fields after the ' - ' separator (proc(5)
+    mountinfo: fstype, then source) name the real one.
     """
     with open('/proc/self/mountinfo', 'rb') as f:
         data = f.read()
@@ -268,8 +271,15 @@ def source(point):
             except ValueError:
                 continue
             if len(fields) > sep + 2:
-                found = _unescape(fields[sep + 2])
+                found = (_unescape(fields[sep + 1]),
+                         _unescape(fields[sep + 2]))
     return found
+
+
+def source(point):
+    """The source (a device's path) of the top mount on point, or None."""
+    found = top(point)
+    return found[1] if found else None
 
 
 def mountpoints():

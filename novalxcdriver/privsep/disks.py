@@ -22,8 +22,8 @@ checked before, in the daemon:
 Every entry point that makes a file sets the umask first: oslo.privsep's
 daemon runs with umask 0.
 
-Reading a disk's superblock (filesystem_of) needs no privilege beyond
-reading the image, and runs wherever it is called.
+A disk's filesystem is read from its superblock here too
+(image_filesystem), for the same reason.
 """
 
 import contextlib
@@ -56,10 +56,6 @@ FILESYSTEMS = storage.FILESYSTEMS
 # GiB; Nova's flavors are far below, this only refuses absurd numbers.
 MAX_DISK_GB = 1 << 20
 BTRFS_TEMP_FSID = '/sys/fs/btrfs/features/temp_fsid'
-# (fs, offset, magic) of each filesystem's superblock signature: btrfs's
-# superblock is at 64 KiB, magic at +0x40; ext4's at 1 KiB, s_magic at
-# +0x38 (kernel fs/btrfs/accessors.h, fs/ext4/ext4.h).
-_MAGIC = (('btrfs', 0x10040, b'_BHRfS_M'), ('ext4', 0x438, b'\x53\xef'))
 # ioctl numbers, _IOW/_IOWR as the kernel computes them: btrfs's from
 # include/uapi/linux/btrfs.h (struct btrfs_ioctl_vol_args_v2 and
 # btrfs_ioctl_vol_args, 4096 bytes each), the freeze pair and FICLONE
@@ -127,22 +123,17 @@ def _check_subvolume_name(call, name):
 
 # -- unprivileged helpers -------------------------------------------------
 
-def filesystem_of(path):
+@privsep.storage_admin.entrypoint
+def image_filesystem(path):
     """'btrfs' or 'ext4', from the superblock of the image file at path.
 
-    :raises DiskUnreadable: neither signature is there (not a disk this
-        driver made, or a damaged one), or the file is unreadable.
+    In the daemon: images are root's alone (IMAGE_MODE).
+
+    :raises PrivilegedCallRefused: path is not below a driver root.
+    :raises DiskUnreadable: no known filesystem, or the file unreadable.
     """
-    try:
-        with open(path, 'rb') as f:
-            for fs, offset, magic in _MAGIC:
-                f.seek(offset)
-                if f.read(len(magic)) == magic:
-                    return fs
-    except OSError as e:
-        raise exception.DiskUnreadable(path=path, reason=str(e))
-    raise exception.DiskUnreadable(path=path,
-                                   reason='no btrfs or ext4 superblock')
+    storage.check_path('image_filesystem', path)
+    return storage.filesystem_of(path)
 
 
 def from_template(fs):
@@ -377,7 +368,7 @@ def grow(path, size_gb, mountpoint):
     size = size_gb * units.Gi
     if os.path.getsize(path) >= size:
         return False
-    fs = filesystem_of(path)
+    fs = storage.filesystem_of(path)
     if device is None and fs != 'ext4':
         raise exception.DiskUnreadable(
             path=path, reason='a %s disk grows only mounted' % fs)

@@ -38,6 +38,7 @@ import errno
 import fcntl
 import os
 import re
+import stat
 import struct
 import subprocess
 import time
@@ -78,6 +79,10 @@ _MS_NOEXEC = 8
 
 # The driver's own disks (disk.FILESYSTEMS).
 FILESYSTEMS = ('ext4', 'btrfs')
+# (fs, offset, magic) of each filesystem's superblock signature: btrfs's
+# superblock is at 64 KiB, magic at +0x40; ext4's at 1 KiB, s_magic at
+# +0x38 (kernel fs/btrfs/accessors.h, fs/ext4/ext4.h).
+_MAGIC = (('btrfs', 0x10040, b'_BHRfS_M'), ('ext4', 0x438, b'\x53\xef'))
 # Filesystems of disk images the host does not trust, with the mount(2)
 # data that keeps each from writing (mount(8) "FILESYSTEM-SPECIFIC MOUNT
 # OPTIONS"): ext4 'noload' does not load (replay) the journal, xfs
@@ -196,6 +201,30 @@ def _check_fstype(call, fstype, allowed):
 def _check_size(call, what, n):
     if type(n) is not int or n < 0:
         privsep.refuse(call, '%s %r is not a byte count' % (what, n))
+
+
+def filesystem_of(path):
+    """'btrfs' or 'ext4', from the superblock of the image file at path.
+
+    :raises DiskUnreadable: neither signature is there (not a disk this
+        driver made, or a damaged one), or the file is unreadable.
+    """
+    try:
+        # O_NONBLOCK: a FIFO in the image's place must not hold a thread.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK |
+                     os.O_CLOEXEC)
+        with open(fd, 'rb') as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise exception.DiskUnreadable(path=path,
+                                               reason='not a regular file')
+            for fs, offset, magic in _MAGIC:
+                f.seek(offset)
+                if f.read(len(magic)) == magic:
+                    return fs
+    except OSError as e:
+        raise exception.DiskUnreadable(path=path, reason=str(e))
+    raise exception.DiskUnreadable(path=path,
+                                   reason='no btrfs or ext4 superblock')
 
 
 # -- syscalls -------------------------------------------------------------
@@ -437,22 +466,23 @@ def shifting_namespace(disk_idmap, idmap):
 # -- entry points -----------------------------------------------------------
 
 @privsep.storage_admin.entrypoint
-def mount_disk(path, target, fstype):
+def mount_disk(path, target):
     """Attach the disk image file path to a loop device, mount it on target.
 
-    Mounted nodev. The device has autoclear set: it goes with the
-    unmount, or at once if the mount fails.
+    Mounted nodev, as the filesystem its superblock names (one of
+    FILESYSTEMS, filesystem_of). The device has autoclear set: it goes
+    with the unmount, or at once if the mount fails.
 
-    :param fstype: one of FILESYSTEMS.
     :returns: the loop device's path, '/dev/loopN'.
     :raises PrivilegedCallRefused: the checks (module docstring).
+    :raises DiskUnreadable: no known filesystem (nothing is attached).
     :raises LoopFailed: no loop device could be attached.
     :raises MountFailed: mount(2) failed (nothing is left).
     """
     call = 'mount_disk'
     check_path(call, path)
     check_path(call, target)
-    _check_fstype(call, fstype, FILESYSTEMS)
+    fstype = filesystem_of(path)
     with loop_attached(path) as device:
         _mount(device, target, fstype, _MS_NODEV, None,
                '%s %s' % (fstype, device))

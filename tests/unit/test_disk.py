@@ -32,8 +32,8 @@ class _Base(unit_base.TestCase):
         # The daemon's side: the image made, grown, its root given.
         self.disks = self.patch('novalxcdriver.disk.disks', autospec=True)
         self.disks.create_image.side_effect = self._create_image
-        # Read from the image's superblock; there is none here.
-        self.disks.filesystem_of.return_value = 'ext4'
+        # Read from the image's superblock by the daemon; none here.
+        self.disks.image_filesystem.return_value = 'ext4'
         self.ownership = self.patch('novalxcdriver.disk.ownership',
                                     autospec=True)
         self.loop = self.patch('novalxcdriver.disk.loop', autospec=True)
@@ -43,6 +43,9 @@ class _Base(unit_base.TestCase):
         self.mounted = set()
         self.mount.mountpoints.side_effect = lambda: set(self.mounted)
         self.mount.disk_image.side_effect = self._mount_disk
+        # What a mounted disk's top mount is: ext4 from a loop device.
+        self.mount.top.side_effect = lambda point: (
+            ('ext4', LOOP) if point in self.mounted else None)
         self.throttle = self.patch('novalxcdriver.disk.throttle',
                                    autospec=True)
         # The daemon's calls, in order.
@@ -55,10 +58,10 @@ class _Base(unit_base.TestCase):
     def _create_image(self, path, size_gb, fs, templates):
         open(path, 'xb').close()
 
-    def _mount_disk(self, path, target, fstype):
-        # The daemon attaches path to a loop device (autoclear) and mounts
-        # it, in one call.
-        self.events.append(('mount', path, target, fstype))
+    def _mount_disk(self, path, target):
+        # The daemon reads its filesystem, attaches path to a loop device
+        # (autoclear) and mounts it, in one call.
+        self.events.append(('mount', path, target))
         self.mounted.add(target)
         return LOOP
 
@@ -75,7 +78,7 @@ class CreateTest(_Base):
         self.disk.create(1, OWNER)
         self.assertEqual(
             [mock.call.create_image(self.image, 1, 'ext4', None),
-             mock.call.disk_image(self.image, self.mountpoint, 'ext4'),
+             mock.call.disk_image(self.image, self.mountpoint),
              mock.call.give_disk_root(self.mountpoint,
                                       [100000, 100000, 65536])],
             self.calls.mock_calls)
@@ -90,16 +93,16 @@ class CreateTest(_Base):
                                                         'ext4', None)
 
     def test_btrfs_from_the_templates(self):
-        self.disks.filesystem_of.return_value = 'btrfs'
         templates = os.path.join(self.tmp, 'disk-templates')
         d = disk.Disk(self.image, self.mountpoint, templates)
         d.create(3, OWNER, fs='btrfs')
         self.disks.create_image.assert_called_once_with(self.image, 3,
                                                         'btrfs', templates)
-        # The filesystem mounted is the one the new image holds.
-        self.disks.filesystem_of.assert_called_with(self.image)
-        self.mount.disk_image.assert_called_once_with(
-            self.image, self.mountpoint, 'btrfs')
+        # The daemon mounts what the new image holds: nova-compute
+        # never reads the image.
+        self.mount.disk_image.assert_called_once_with(self.image,
+                                                      self.mountpoint)
+        self.disks.image_filesystem.assert_not_called()
 
     def test_root_given_after_the_mount(self):
         # Owning the directory below the mount would not show in it.
@@ -117,7 +120,7 @@ class CreateTest(_Base):
         os.mkdir(self.mountpoint)
         self.disk.create(1)
         self.mount.disk_image.assert_called_once_with(
-            self.image, self.mountpoint, 'ext4')
+            self.image, self.mountpoint)
 
     def test_failures_to_make_the_image_mount_nothing(self):
         for error in (FileExistsError(17, 'File exists'),
@@ -137,7 +140,7 @@ class CreateTest(_Base):
             what='ext4 ' + LOOP, target=self.mountpoint, reason='EINVAL')
         self.assertRaises(exception.MountFailed, self.disk.create, 1, OWNER)
         self.mount.disk_image.assert_called_once_with(
-            self.image, self.mountpoint, 'ext4')
+            self.image, self.mountpoint)
         # The daemon's loop device had autoclear set: it went at once.
         self.assert_nothing_left()
         self.assertFalse(os.path.exists(self.disk.io_baseline_path))
@@ -157,7 +160,7 @@ class MountTest(_Base):
         # As after a host reboot: image and mount point, no mount.
         os.mkdir(self.mountpoint)
         self.disk.mount()
-        self.assertEqual([('mount', self.image, self.mountpoint, 'ext4')],
+        self.assertEqual([('mount', self.image, self.mountpoint)],
                          self.events)
         self.assertTrue(self.disk.is_mounted())
 
@@ -174,14 +177,14 @@ class MountTest(_Base):
         os.mkdir(self.mountpoint)
         self.disk.mount()
         self.mount.disk_image.assert_called_once_with(
-            self.image, self.mountpoint, 'ext4')
+            self.image, self.mountpoint)
 
     def test_nothing_left_when_mount_fails(self):
         self.mount.disk_image.side_effect = exception.MountFailed(
             what='ext4', target=self.mountpoint, reason='EBUSY')
         self.assertRaises(exception.MountFailed, self.disk.mount)
         self.mount.disk_image.assert_called_once_with(
-            self.image, self.mountpoint, 'ext4')
+            self.image, self.mountpoint)
         self.assert_nothing_left()
 
 
@@ -199,7 +202,7 @@ class StillAttachedTest(_Base):
         self.disk.mount()
         self.assertEqual(2, self.sleep.call_count)
         self.held.assert_called_with(self.image)
-        self.assertEqual([('mount', self.image, self.mountpoint, 'ext4')],
+        self.assertEqual([('mount', self.image, self.mountpoint)],
                          self.events)
 
     def test_refused_while_still_held(self):
@@ -266,7 +269,7 @@ class IoBaselineTest(_Base):
             return f.read()
 
     def test_saved_after_the_mount(self):
-        def mount_disk(path, target, fstype):
+        def mount_disk(path, target):
             # The device is only known once the daemon attached it.
             self.assertFalse(os.path.exists(self.disk.io_baseline_path))
             self.mounted.add(target)
@@ -274,7 +277,7 @@ class IoBaselineTest(_Base):
         self.mount.disk_image.side_effect = mount_disk
         self.disk.mount()
         self.mount.disk_image.assert_called_once_with(
-            self.image, self.mountpoint, 'ext4')
+            self.image, self.mountpoint)
         self.assertEqual('7:7 ' + self.COUNTERS, self.baseline())
         self.assertEqual(self.image + '.iostat', self.disk.io_baseline_path)
 
@@ -289,7 +292,7 @@ class IoBaselineTest(_Base):
         # The loop device may have served another instance's disk; the
         # container starts after the mount.
         self.disk.mount()
-        self.assertEqual([('mount', self.image, self.mountpoint, 'ext4'),
+        self.assertEqual([('mount', self.image, self.mountpoint),
                           ('clear', '7:7')], self.events)
         self.throttle.clear.assert_called_once_with('7:7')
 
@@ -359,16 +362,30 @@ class DetachLoopsTest(_Base):
 
 class FilesystemTest(_Base):
 
-    def test_read_from_the_image_s_superblock(self):
-        self.disks.filesystem_of.return_value = 'btrfs'
+    def test_unmounted_read_from_the_image_s_superblock(self):
+        self.disks.image_filesystem.return_value = 'btrfs'
         self.assertEqual('btrfs', self.disk.filesystem())
-        self.disks.filesystem_of.assert_called_once_with(self.image)
+        self.disks.image_filesystem.assert_called_once_with(self.image)
+
+    def test_mounted_from_the_mount_table(self):
+        self.mounted.add(self.mountpoint)
+        self.mount.top.side_effect = lambda point: ('btrfs', LOOP)
+        self.assertEqual('btrfs', self.disk.filesystem())
+        self.disks.image_filesystem.assert_not_called()
+
+    def test_a_mount_of_no_loop_device_is_not_the_disk(self):
+        # A root without a disk shifted by a migration: an idmapped bind
+        # of the host's own filesystem on the mount point.
+        self.mount.top.side_effect = lambda point: ('ext4', '/dev/sda1')
+        self.disks.image_filesystem.return_value = 'btrfs'
+        self.assertEqual('btrfs', self.disk.filesystem())
+        self.disks.image_filesystem.assert_called_once_with(self.image)
 
     def test_mount_refuses_an_unknown_disk(self):
-        self.disks.filesystem_of.side_effect = exception.DiskUnreadable(
+        self.mount.disk_image.side_effect = exception.DiskUnreadable(
             path=self.image, reason='no btrfs or ext4 superblock')
         self.assertRaises(exception.DiskUnreadable, self.disk.mount)
-        self.mount.disk_image.assert_not_called()
+        self.assertFalse(self.disk.is_mounted())
 
 
 DISK_IDMAP = ids.Idmap(296608, 296608, 65536)
@@ -389,7 +406,7 @@ class MountShiftTest(_Base):
         calls.attach_mock(self.shift_mount, 'shift_mount')
         self.disk.mount((DISK_IDMAP, IDMAP))
         self.assertEqual(
-            [mock.call.disk_image(self.image, self.mountpoint, 'ext4'),
+            [mock.call.disk_image(self.image, self.mountpoint),
              mock.call.shift_mount(self.mountpoint, DISK_IDMAP, IDMAP)],
             calls.mock_calls)
 
@@ -404,7 +421,7 @@ class MountShiftTest(_Base):
     def test_no_shift_by_default(self):
         self.disk.mount()
         self.mount.disk_image.assert_called_once_with(
-            self.image, self.mountpoint, 'ext4')
+            self.image, self.mountpoint)
         self.shift_mount.assert_not_called()
 
     def test_mount_point_made_for_an_image_alone(self):
@@ -413,7 +430,7 @@ class MountShiftTest(_Base):
         self.disk.mount()
         self.assertTrue(os.path.isdir(self.mountpoint))
         self.mount.disk_image.assert_called_once_with(
-            self.image, self.mountpoint, 'ext4')
+            self.image, self.mountpoint)
 
 
 class GrowTest(_Base):

@@ -145,6 +145,14 @@ class SourceTest(base.TestCase):
         self.patch('builtins.open', mock.mock_open(read_data=data))
         self.assertEqual('/dev/loop4', mount.source('/p'))
 
+    def test_top_gives_the_filesystem_type_too(self):
+        data = (b'36 25 0:49 / /s/root rw shared:1 - btrfs /dev/loop3 rw\n'
+                b'38 25 7:1 / /s/r\\040x rw - ext4 /dev/loop1 rw\n')
+        self.patch('builtins.open', mock.mock_open(read_data=data))
+        self.assertEqual(('btrfs', '/dev/loop3'), mount.top('/s/root'))
+        self.assertEqual(('ext4', '/dev/loop1'), mount.top('/s/r x'))
+        self.assertIsNone(mount.top('/elsewhere'))
+
 
 class IsIdmappedTest(base.TestCase):
 

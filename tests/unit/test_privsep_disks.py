@@ -561,22 +561,36 @@ class FilesystemOfTest(_Base):
 
     def test_btrfs(self):
         self.make_image(size=128 * 1024, magic=BTRFS_MAGIC)
-        self.assertEqual('btrfs', disks.filesystem_of(self.image))
+        self.assertEqual('btrfs', disks.image_filesystem(self.image))
 
     def test_ext4(self):
         self.make_image(size=128 * 1024, magic=EXT4_MAGIC)
-        self.assertEqual('ext4', disks.filesystem_of(self.image))
+        self.assertEqual('ext4', disks.image_filesystem(self.image))
 
     def test_neither_is_unreadable(self):
         for magic in ((0, b'\0'), (0x438 + 1, EXT4_MAGIC[1]),
                       (0x10000, BTRFS_MAGIC[1])):
             self.make_image(size=128 * 1024, magic=magic)
-            self.assertRaises(exception.DiskUnreadable, disks.filesystem_of,
-                              self.image)
+            self.assertRaises(exception.DiskUnreadable,
+                              disks.image_filesystem, self.image)
 
     def test_missing_image_is_unreadable(self):
-        self.assertRaises(exception.DiskUnreadable, disks.filesystem_of,
+        self.assertRaises(exception.DiskUnreadable, disks.image_filesystem,
                           self.image)
+
+    def test_a_fifo_is_unreadable_at_once(self):
+        # Opened without blocking: a planted FIFO holds no daemon thread.
+        os.mkfifo(self.image)
+        e = self.assertRaises(exception.DiskUnreadable,
+                              disks.image_filesystem, self.image)
+        self.assertIn('not a regular file', str(e))
+
+    def test_outside_the_roots_refused(self):
+        outside = os.path.join(self.outside, 'x.img')
+        with open(outside, 'wb') as f:
+            f.write(b'\0' * 0x440)
+        self.assertRaises(exception.PrivilegedCallRefused,
+                          disks.image_filesystem, outside)
 
 
 class SubvolumeTest(_Base):

@@ -430,10 +430,8 @@ class EntryPointChecksTest(base.TestCase):
                          self.root + '/w', self.root + '/m')
             self.refused(storage.overlay, self.root + '/l', self.root + '/u',
                          self.root + '/w', path)
-            self.refused(storage.mount_disk, self.root + '/root.img', path,
-                         'ext4')
-            self.refused(storage.mount_disk, path, self.root + '/root',
-                         'ext4')
+            self.refused(storage.mount_disk, self.root + '/root.img', path)
+            self.refused(storage.mount_disk, path, self.root + '/root')
 
     def test_a_root_itself_only_for_unmount_tree(self):
         self.refused(storage.unmount, self.state)
@@ -476,13 +474,36 @@ class EntryPointChecksTest(base.TestCase):
 
     def test_filesystems_and_sizes(self):
         img, mnt = self.root + '/root.img', self.root + '/root'
-        for fs in ('xfs', 'vfat', 'ext4,dirsync', None):
-            self.refused(storage.mount_disk, img, mnt, fs)
+        # The daemon mounts a disk as what its superblock says, only ext4
+        # or btrfs: anything else (an xfs written by a container, say) is
+        # not attached.
+        os.makedirs(self.root, exist_ok=True)
+        with open(img, 'wb') as f:
+            f.write(b'XFSB' + b'\0' * 0x20000)
+        self.assertRaises(exception.DiskUnreadable, storage.mount_disk, img,
+                          mnt)
+        self.libc.mount.assert_not_called()
+        self.ioctl.assert_not_called()
         for fs in ('vfat', 'ntfs', 'ext4 '):
             self.refused(storage.mount_untrusted, img, mnt, fs, 0, 0)
         for n in (-1, 1.5, '0', None):
             self.refused(storage.mount_untrusted, img, mnt, 'ext4', n, 0)
             self.refused(storage.mount_untrusted, img, mnt, 'ext4', 0, n)
+
+    def test_a_disk_mounted_as_its_superblock_says(self):
+        img, mnt = self.root + '/root.img', self.root + '/root'
+        os.makedirs(self.root, exist_ok=True)
+        with open(img, 'wb') as f:
+            f.truncate(0x20000)
+            f.seek(0x10040)
+            f.write(b'_BHRfS_M')
+        configure = self.patch(
+            'novalxcdriver.privsep.storage._loop_configure',
+            return_value=('/dev/loop4', os.open(os.devnull, os.O_RDONLY)))
+        self.assertEqual('/dev/loop4', storage.mount_disk(img, mnt))
+        configure.assert_called_once_with(img, 0, 0, False)
+        self.libc.mount.assert_called_once_with(
+            b'/dev/loop4', os.fsencode(mnt), b'btrfs', 4, None)
 
     def test_overlay_lowers(self):
         for lowers in ([], None, self.root + '/l', ['/etc']):
