@@ -64,7 +64,7 @@ class LoopTest(oslo_base.BaseTestCase):
         os.mkdir(mnt)
         # Through the storage_admin daemon: attached and mounted in one
         # call, with autoclear.
-        device = mount.disk_image(self.image, mnt, 'ext4')
+        device = mount.disk_image(self.image, mnt)
         try:
             self.assertEqual([device], disk.loop_devices_of(self.image))
             with open(os.path.join(mnt, 'f'), 'w') as f:

@@ -262,7 +262,7 @@ class StorageAdminDaemonTest(func_base.FunctionalTestCase):
         for call, args in ((mount.unmount, ('/proc',)),
                            (mount.overlay, ('/etc', '/tmp/u', '/tmp/w',
                                             '/mnt')),
-                           (mount.disk_image, ('/dev/sda', '/mnt', 'ext4')),
+                           (mount.disk_image, ('/dev/sda', '/mnt')),
                            (mount.unmount, (CONF.lxc.state_path +
                                             '/../../etc',))):
             e = self.assertRaises(exception.PrivilegedCallRefused, call,

@@ -123,7 +123,7 @@ class OwnershipDaemonTest(oslo_base.BaseTestCase):
         os.mkdir(mnt)
         self.assertRaises(exception.PrivilegedCallRefused,
                           ownership.give_disk_root, mnt, self.idmap.fields())
-        mount.disk_image(image, mnt, 'ext4')
+        mount.disk_image(image, mnt)
         self.addCleanup(self._unmounted, image, mnt)
         self.assertTrue(os.path.isdir(os.path.join(mnt, 'lost+found')))
         ownership.give_disk_root(mnt, self.idmap.fields())
