@@ -26,9 +26,9 @@ from oslo_config import fixture as config_fixture
 from oslotest import base as oslo_base
 
 from novalxcdriver import conf
-from novalxcdriver import disk
 from novalxcdriver import ids
 from novalxcdriver import mount
+from novalxcdriver.privsep import storage
 from novalxcdriver import spec as spec_mod
 from tests.functional import base as func_base
 from tests.hardening import images
@@ -313,8 +313,9 @@ def file_in_disk(image, path):
 
     :returns: the file's text, or None if it cannot be read.
     """
-    fs = disk.Disk(image, os.path.join(os.path.dirname(image),
-                                       'root')).filesystem()
+    # Its superblock, read here as the host: this process's daemons lack
+    # the workers' roots.
+    fs = storage.filesystem_of(image)
     if fs == 'btrfs':
         point = os.path.join(os.path.dirname(image), 'root')
         if point in mount.mountpoints():
