@@ -146,16 +146,6 @@ def from_template(fs):
     return fs == 'btrfs' and os.path.exists(BTRFS_TEMP_FSID)
 
 
-def backing_file(device):
-    """The file behind loop device '/dev/loopN' (sysfs), or None."""
-    sysfs = '/sys/block/%s/loop/backing_file' % os.path.basename(device)
-    try:
-        with open(sysfs) as f:
-            return f.read().rstrip('\n')
-    except OSError:
-        return None
-
-
 # -- making a disk --------------------------------------------------------
 
 def _formatted(path, size_gb, fs, exclusive):
@@ -362,7 +352,7 @@ def grow(path, size_gb, mountpoint):
     device = None
     if mountpoint is not None:
         device = check_disk_mount(call, mountpoint)
-        if backing_file(device) != os.path.realpath(path):
+        if storage.backing_file(device) != os.path.realpath(path):
             privsep.refuse(call, '%s is not mounted on %s'
                            % (path, mountpoint))
     size = size_gb * units.Gi

@@ -180,16 +180,26 @@ def check_loop_device(call, device):
     """
     if not isinstance(device, str) or not _LOOP_RE.match(device):
         privsep.refuse(call, '%r is not a loop device' % (device,))
-    sysfs = '/sys/block/%s/loop/backing_file' % os.path.basename(device)
-    try:
-        with open(sysfs) as f:
-            backing = f.read().rstrip('\n')
-    except OSError:
+    backing = backing_file(device)
+    if backing is None:
         # Nothing to refuse: detached meanwhile, which callers expect.
         raise exception.LoopFailed(path=device, reason='not attached')
     if backing.endswith(' (deleted)'):
         backing = backing[:-len(' (deleted)')]
     check_path(call, backing)
+
+
+def backing_file(device):
+    """The file behind loop device '/dev/loopN' (sysfs), or None.
+
+    As sysfs gives it: ' (deleted)' follows the path of an unlinked file.
+    """
+    sysfs = '/sys/block/%s/loop/backing_file' % os.path.basename(device)
+    try:
+        with open(sysfs) as f:
+            return f.read().rstrip('\n')
+    except OSError:
+        return None
 
 
 def _check_fstype(call, fstype, allowed):
