@@ -4,8 +4,10 @@ import os
 from unittest import mock
 
 import fixtures
+from oslo_config import fixture as config_fixture
 from oslotest import base
 
+from novalxcdriver import conf
 from novalxcdriver import durable
 from novalxcdriver import ids
 from novalxcdriver import privsep
@@ -25,6 +27,21 @@ class TestCase(base.BaseTestCase):
         """mock.patch.object(...) for this test; the mock."""
         return self.useFixture(fixtures.MockPatchObject(
             target, attribute, new, **kwargs)).mock
+
+    def storage_admin_here(self, lxc_path, state_path):
+        """Run storage_admin's entry points in this process, for this test.
+
+        The driver roots are lxc_path and state_path alone (no add_roots
+        of other tests).
+
+        :returns: the config fixture, for further options.
+        """
+        cfg = self.useFixture(config_fixture.Config(conf.CONF))
+        cfg.config(group='lxc', lxc_path=lxc_path, state_path=state_path)
+        self.patch('novalxcdriver.privsep._added_roots', new=set())
+        privsep.storage_admin.set_client_mode(False)
+        self.addCleanup(privsep.storage_admin.set_client_mode, True)
+        return cfg
 
 
 def checked_config_writer(roots, subuid_path, subgid_path):

@@ -121,6 +121,17 @@ def all_sites(privsep_too=False):
     return found
 
 
+def driver_sources():
+    """(name, source) of the package's top-level modules but host.py.
+
+    host.py names the tools only to check they are installed.
+    """
+    for name in sorted(os.listdir(PACKAGE)):
+        if name.endswith('.py') and name != 'host.py':
+            with open(os.path.join(PACKAGE, name)) as f:
+                yield name, f.read()
+
+
 class CallSitesTest(base.BaseTestCase):
 
     def test_no_site_bypasses_privsep_unlisted(self):
@@ -147,12 +158,7 @@ class CallSitesTest(base.BaseTestCase):
         # run only in privsep.lxctools (lxc-start --version aside).
         tools = ("'lxc-stop'", "'lxc-info'", "'lxc-ls'", "'lxc-freeze'",
                  "'lxc-unfreeze'", "'lxc-attach'", "'lxc-destroy'")
-        for name in sorted(os.listdir(PACKAGE)):
-            # host.py names them only to check they are installed.
-            if not name.endswith('.py') or name == 'host.py':
-                continue
-            with open(os.path.join(PACKAGE, name)) as f:
-                source = f.read()
+        for name, source in driver_sources():
             for needle in tools:
                 self.assertNotIn(needle, source, name)
             self.assertNotIn("'lxc-start', '-n'", source, name)
@@ -162,12 +168,7 @@ class CallSitesTest(base.BaseTestCase):
         # filesystems synced and layers copied only in privsep.disks.
         tools = ("'mkfs.ext4'", "'mkfs.btrfs'", "'e2fsck'", "'resize2fs'",
                  "'btrfs', 'filesystem'", "'cp', '-a'")
-        for name in sorted(os.listdir(PACKAGE)):
-            # host.py names them only to check they are installed.
-            if not name.endswith('.py') or name == 'host.py':
-                continue
-            with open(os.path.join(PACKAGE, name)) as f:
-                source = f.read()
+        for name, source in driver_sources():
             for needle in tools:
                 self.assertNotIn(needle, source, name)
 

@@ -18,11 +18,9 @@ import struct
 from unittest import mock
 
 import fixtures
-from oslo_config import fixture as config_fixture
 
 from novalxcdriver import conf
 from novalxcdriver import exception
-from novalxcdriver import privsep
 from novalxcdriver.privsep import disks
 from tests.unit import base
 
@@ -80,12 +78,8 @@ class _Base(base.TestCase):
         # Shell metacharacters and a space: argv must carry them as is.
         self.root = os.path.join(self.tmp, 'state a b;$(x)')
         os.mkdir(self.root)
-        self.cfg = self.useFixture(config_fixture.Config(CONF))
-        self.cfg.config(group='lxc', lxc_path=os.path.join(self.tmp, 'lxc'),
-                        state_path=self.root)
-        self.patch('novalxcdriver.privsep._added_roots', new=set())
-        privsep.storage_admin.set_client_mode(False)
-        self.addCleanup(privsep.storage_admin.set_client_mode, True)
+        self.cfg = self.storage_admin_here(os.path.join(self.tmp, 'lxc'),
+                                           self.root)
 
         self.image = os.path.join(self.root, 'root.img')
         self.mountpoint = os.path.join(self.root, 'root')

@@ -11,11 +11,9 @@ import os
 import stat
 
 import fixtures
-from oslo_config import fixture as config_fixture
 
 from novalxcdriver import conf
 from novalxcdriver import exception
-from novalxcdriver import privsep
 from novalxcdriver.privsep import ownership
 from tests.unit import base
 
@@ -37,12 +35,8 @@ class _Base(base.TestCase):
         self.state = os.path.join(self.tmp, 'state')
         self.top = os.path.join(self.state, 'rootfs', '3')
         os.makedirs(self.top)
-        self.cfg = self.useFixture(config_fixture.Config(CONF))
-        self.cfg.config(group='lxc', lxc_path=os.path.join(self.tmp, 'lxc'),
-                        state_path=self.state)
-        self.patch('novalxcdriver.privsep._added_roots', new=set())
-        privsep.storage_admin.set_client_mode(False)
-        self.addCleanup(privsep.storage_admin.set_client_mode, True)
+        self.cfg = self.storage_admin_here(os.path.join(self.tmp, 'lxc'),
+                                           self.state)
         self.patch('novalxcdriver.ids.read_subordinate_ranges',
                    return_value=SUBORDINATE)
         # Entry points set the process's umask: the test's comes back.

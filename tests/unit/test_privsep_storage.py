@@ -12,7 +12,6 @@ import os
 from unittest import mock
 
 import fixtures
-from oslo_config import fixture as config_fixture
 
 from novalxcdriver import conf
 from novalxcdriver import exception
@@ -397,12 +396,8 @@ class EntryPointChecksTest(base.TestCase):
         self.tmp = os.path.realpath(self.useFixture(fixtures.TempDir()).path)
         self.state = os.path.join(self.tmp, 'state')
         os.makedirs(os.path.join(self.state, 'rootfs', '3', 'root'))
-        self.cfg = self.useFixture(config_fixture.Config(CONF))
-        self.cfg.config(group='lxc', lxc_path=os.path.join(self.tmp, 'lxc'),
-                        state_path=self.state)
-        self.patch('novalxcdriver.privsep._added_roots', new=set())
-        privsep.storage_admin.set_client_mode(False)
-        self.addCleanup(privsep.storage_admin.set_client_mode, True)
+        self.cfg = self.storage_admin_here(os.path.join(self.tmp, 'lxc'),
+                                           self.state)
         self.libc = self.patch('novalxcdriver.privsep.storage._libc')
         self.libc.mount.return_value = 0
         self.libc.umount2.return_value = 0
