@@ -27,8 +27,9 @@ Contexts, one per set of capabilities (capabilities(7)):
 - ``storage_admin`` (``[novalxc_storage_admin]``): mounts and loop
   devices, through syscalls in the daemon (storage.py): CAP_SYS_ADMIN
   for them, and what overlayfs needs of its mounter (see below); the
-  disks' images, their tools and ioctls (disks.py); and the files given
-  to a container's root (ownership.py), with CAP_CHOWN.
+  disks' images, their tools and ioctls (disks.py); the files given
+  to a container's root (ownership.py), with CAP_CHOWN; and a
+  snapshot's stage and readers (snapshots.py).
 
 Driver roots: an entry point acts only under a driver root, an ``[lxc]``
 ``lxc_path`` or ``state_path`` (or ``extra_driver_roots``) of the
@@ -247,7 +248,8 @@ net_admin = _Context(
 # (chown, setuid bits, file capabilities, reading and writing others'
 # files) besides the mounts, loop devices and idmaps' user namespaces
 # (SETUID and SETGID write their maps, SYS_PTRACE opens their
-# /proc/PID/ns/user and finds a busy mount's users).
+# /proc/PID/ns/user and finds a busy mount's users, KILL ends what a
+# crash left reading a snapshot's view).
 storage_admin = _Context(
     'novalxcdriver.privsep',
     cfg_section='novalxc_storage_admin',
@@ -255,7 +257,8 @@ storage_admin = _Context(
     capabilities=[caps.CAP_SYS_ADMIN, caps.CAP_CHOWN, caps.CAP_DAC_OVERRIDE,
                   caps.CAP_DAC_READ_SEARCH, caps.CAP_FOWNER,
                   caps.CAP_FSETID, caps.CAP_SETFCAP, caps.CAP_MKNOD,
-                  caps.CAP_SETUID, caps.CAP_SETGID, caps.CAP_SYS_PTRACE],
+                  caps.CAP_SETUID, caps.CAP_SETGID, caps.CAP_SYS_PTRACE,
+                  caps.CAP_KILL],
     uses_roots=True,
 )
 

@@ -29,8 +29,9 @@ FUNC_ROOT_PARENT = os.path.dirname(func_base.FUNC_ROOT)
 # capabilities(7) bit numbers.
 CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN = 12, 19, 21
 # storage_admin's: CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID,
-# SETGID, SETUID, MKNOD, SETFCAP with SYS_PTRACE and SYS_ADMIN.
-STORAGE_CAPS = (0, 1, 2, 3, 4, 6, 7, 27, 31, CAP_SYS_PTRACE, CAP_SYS_ADMIN)
+# KILL, SETGID, SETUID, MKNOD, SETFCAP with SYS_PTRACE and SYS_ADMIN.
+STORAGE_CAPS = (0, 1, 2, 3, 4, 5, 6, 7, 27, 31, CAP_SYS_PTRACE,
+                CAP_SYS_ADMIN)
 
 
 def daemons(context):
