@@ -66,11 +66,13 @@ LOG = logging.getLogger(__name__)
 CONSOLE_OUTPUT_MAX = 100 * 1024  # bytes, like libvirt's console log tail.
 CGROUP_ROOT = '/sys/fs/cgroup'
 PROC_ROOT = '/proc'
+SUSPENDED_MARKER = 'suspended'   # one of lxctools.MARKERS
 # What LXC and the driver put in a container's directory (besides
 # durable.write's temporary files): a directory holding anything else is
 # not only ours.
 _OWN_FILES = frozenset(('config', 'console.log', 'console.log.1',
-                        'lxc.log', 'suspended', snapshot_mod.FROZEN_MARKER,
+                        'lxc.log', SUSPENDED_MARKER,
+                        snapshot_mod.FROZEN_MARKER,
                         serialconsole.STATE_FILE, serialconsole.LOG_FILE))
 
 
@@ -94,7 +96,7 @@ class Container:
         self.records = records
         self.dir = os.path.join(lxc_path, name)
         self.config_path = os.path.join(self.dir, 'config')
-        self._suspended_path = os.path.join(self.dir, 'suspended')
+        self._suspended_path = os.path.join(self.dir, SUSPENDED_MARKER)
 
     # -- what exists --------------------------------------------------
 
@@ -729,8 +731,9 @@ class Container:
                 raise exception.SnapshotFailed(
                     name=self.name, reason='its root is not mounted; a hard '
                     'reboot or power on mounts it again')
-            snap = snapshot_mod.Snapshot(root, record.idmap, image_id,
-                                         self.dir)
+            snap = snapshot_mod.Snapshot(
+                root, record.idmap, image_id, self.dir,
+                os.path.join(self.state_path, snapshot_mod.SPOOL))
             try:
                 state = self.state()[0]
             except exception.ContainerNotFound:
@@ -927,7 +930,7 @@ class Container:
     def freeze(self, suspend=False):
         """Freeze every process (cgroup freezer); suspend marks it so."""
         if suspend:
-            open(self._suspended_path, 'w').close()
+            lxc.set_marker(self.name, self.lxc_path, SUSPENDED_MARKER)
         if self.state()[0] != 'FROZEN':
             lxc.freeze(self.name, self.lxc_path)
 
@@ -952,10 +955,10 @@ class Container:
         return state
 
     def _clear_suspended(self):
-        try:
-            os.unlink(self._suspended_path)
-        except FileNotFoundError:
-            pass
+        # Read first: most thaws and stops have no marker to clear, and
+        # reading needs no round trip to the daemon.
+        if os.path.lexists(self._suspended_path):
+            lxc.clear_marker(self.name, self.lxc_path, SUSPENDED_MARKER)
 
     def destroy(self, timeout=0):
         """Stop the container and remove every artifact that is its own.

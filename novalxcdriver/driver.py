@@ -264,6 +264,9 @@ class LXCDriver(driver.ComputeDriver):
         self._images.remove_partials()
         disk.remove_template_leftovers(
             os.path.join(self._state_path, disk.TEMPLATES))
+        for path in snapshot_mod.remove_spool_leftovers(
+                os.path.join(self._state_path, snapshot_mod.SPOOL)):
+            LOG.info('Removed %s, left by a snapshot cut short', path)
         held = self._artifact_ids()
         reservations = self._ids.reservations(mine=True)
         claimed = {r.cid for r in records.values()} | {

@@ -1,12 +1,13 @@
-"""External commands' argv: lxc-*, unshare, qemu-img.
+"""External commands' argv: lxc-*, qemu-img.
 
 The commands that act on a container (lxc-start, lxc-stop, lxc-info,
 lxc-ls, lxc-freeze, lxc-unfreeze) run in a privsep daemon, through
 :mod:`novalxcdriver.privsep.lxctools`; the functions here are their
 callers' names for them; the disks' tools run in
-:mod:`novalxcdriver.privsep.disks`. The rest (the ``unshare`` that runs
-a snapshot's find and tar as the container's root, and qemu-img) still
-run here, through :func:`novalxcdriver.command.execute`:
+:mod:`novalxcdriver.privsep.disks`, a snapshot's readers in
+:mod:`novalxcdriver.privsep.snapshots`. The rest (qemu-img,
+``lxc-start --version``) still run here, through
+:func:`novalxcdriver.command.execute`:
 an argv list, never a shell, with a timeout (qemu-img also under
 resource limits). Option meanings follow the LXC 5 man pages
 (lxc-start(1), lxc-stop(1), lxc-info(1), lxc-ls(1), lxc-freeze(1)).
@@ -73,6 +74,16 @@ def freeze(name, lxc_path):
 
 def unfreeze(name, lxc_path):
     lxctools.unfreeze(name, lxc_path)
+
+
+def set_marker(name, lxc_path, marker, text=''):
+    """Write marker (lxctools.MARKERS) in the container's directory."""
+    lxctools.set_marker(name, lxc_path, marker, text)
+
+
+def clear_marker(name, lxc_path, marker):
+    """Remove marker from the container's directory; True if it was."""
+    return lxctools.clear_marker(name, lxc_path, marker)
 
 
 def info(name, lxc_path):
@@ -181,36 +192,3 @@ def version():
     """The installed LXC version as a string, e.g. '5.0.2'."""
     out, _err = execute('lxc-start', '--version')
     return out.strip()
-
-
-# A snapshot's readers and compressor yield to the containers' own work:
-# nice(1) and ionice(1) best-effort, lowest priority.
-_BACKGROUND = ['nice', '-n', '10', 'ionice', '-c', '2', '-n', '7']
-
-
-def userns_popen(idmap, argv, cwd, stdin=None, stdout=None, stderr=None,
-                 background=False):
-    """Start argv as root of a new user namespace mapping idmap's range.
-
-    The process sees the container's owners (host uid start + n as n)
-    with only the rights the container's root has over them: a
-    container's files read as the container sees them, and nothing of
-    the host's beyond what "other" may read. Not the container's own
-    namespace: its processes could ptrace ours there. Supplementary
-    groups are dropped before the exec.
-
-    :param idmap: an ids.Idmap.
-    :param argv: list of str; run with no shell.
-    :param cwd: directory to start in (entered as host root, before the
-        namespace exists, so its ancestors need not be searchable).
-    :param background: at low CPU and I/O priority (_BACKGROUND).
-    :returns: the subprocess.Popen; the caller waits for it.
-    """
-    full = (_BACKGROUND if background else []) + [
-        'unshare', '--user',
-        '--map-users=%d,0,%d' % (idmap.uid_start, idmap.size),
-        '--map-groups=%d,0,%d' % (idmap.gid_start, idmap.size),
-        '--setuid', '0', '--setgid', '0', '--'] + list(argv)
-    return subprocess.Popen(full, cwd=cwd, stdin=stdin, stdout=stdout,
-                            stderr=stderr, close_fds=True, extra_groups=[],
-                            start_new_session=True)

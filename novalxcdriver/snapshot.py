@@ -25,49 +25,40 @@ Every artifact is named after the image and recognised by name after a
 crash (recover): the staging directory ``<rootfs>/snapshot-<image>/``
 (made first, removed last), the subvolume ``<rootfs>/root/.snapshot-<image>``
 and, for the cgroup freezer, ``<container dir>/snapshot-frozen``.
+
+The stage, the readers (find | tar | zstd) and their end run in the
+storage_admin daemon (privsep.snapshots), the marker and the freezer in
+lxc_admin's (privsep.lxctools); the tarball comes back through a FIFO in
+``<state_path>/spool``.
 """
 
-import fcntl
 import glob
 import os
-import shutil
-import signal
-import subprocess
-import tempfile
+import re
 import threading
 import time
+import uuid
 
 from oslo_log import log as logging
 from oslo_utils import excutils
 
-from novalxcdriver import durable
 from novalxcdriver import exception
+from novalxcdriver import host as host_mod
 from novalxcdriver import lxc
 from novalxcdriver import mount
 from novalxcdriver.privsep import disks
+from novalxcdriver.privsep import snapshots
 
 LOG = logging.getLogger(__name__)
 
-STAGE_PREFIX = 'snapshot-'
+STAGE_PREFIX = snapshots.STAGE_PREFIX
 SUBVOLUME_PREFIX = '.snapshot-'
-FROZEN_MARKER = 'snapshot-frozen'
-ZSTD_LEVEL = 3
+FROZEN_MARKER = 'snapshot-frozen'   # one of lxctools.MARKERS
+SPOOL = snapshots.SPOOL
 _CHUNK = 1024 * 1024
-
-# find(1) lists what tar(1) archives: /dev's contents are LXC's (it
-# populates /dev at start), and device nodes and sockets are never part
-# of an image (tarball.py refuses devices). The view is read-only, so
-# the list cannot race with the tree.
-_FIND = ['find', '.', '(', '-path', './dev/*', '-prune', ')', '-o', '(',
-         '!', '-type', 'b', '!', '-type', 'c', '!', '-type', 's', '-print0',
-         ')']
-# POSIX (pax) format keeps long names, sub-second times and every xattr
-# (SCHILY.xattr.*, read back by tarball.py): file capabilities, ACLs.
-# zstd(1) -T0: every core, at nice 10; the frame carries its checksum.
-_ZSTD = ['zstd', '-q', '-c', '-T0', '-%d' % ZSTD_LEVEL, '--check']
-_TAR = ['tar', '--create', '--file=-', '--format=posix', '--numeric-owner',
-        '--xattrs', '--xattrs-include=*', '--sparse', '--no-recursion',
-        '--null', '--files-from=-']
+# A stream's FIFO in the spool: snapshot-<pid>-<hex>.fifo, the pid of the
+# nova-compute that made it (remove_spool_leftovers).
+_FIFO_RE = re.compile(r'^snapshot-([0-9]+)-[0-9a-f]+\.fifo\Z')
 
 # In-process registry: destroy kills a snapshot's readers before it
 # unmounts, or the unmount would find them holding the staging mount.
@@ -78,26 +69,31 @@ _RUNNING_LOCK = threading.Lock()
 class Snapshot:
     """One snapshot of root (a rootfs.Rootfs), named after image_id.
 
+    Its stage, readers and their end are the storage_admin daemon's
+    (privsep.snapshots); what is decided here is the point in time's
+    method, and the tarball is read here, from a FIFO in spool.
+
     :param root: the container's rootfs.Rootfs.
     :param idmap: its ids.Idmap.
     :param image_id: the Glance image receiving it (names the artifacts).
     :param container_dir: <lxc_path>/<name>, for the freezer's marker.
+    :param spool: ``<state_path>/spool``, where the stream's FIFO is made.
     """
 
-    def __init__(self, root, idmap, image_id, container_dir):
+    def __init__(self, root, idmap, image_id, container_dir, spool):
         self.root = root
         self.idmap = idmap
         self.image_id = image_id
         self.container_dir = container_dir
+        self.spool = spool
         self.stage = os.path.join(root.path, STAGE_PREFIX + image_id)
-        self.merged = os.path.join(self.stage, 'merged')
+        self.merged = os.path.join(self.stage, snapshots.MERGED)
         self.subvolume = os.path.join(root.root_disk.mountpoint,
                                       SUBVOLUME_PREFIX + image_id)
         self.method = None
         self.stall = None   # seconds writers were blocked
-        self._procs = []
-        self._errors = []
-        self._lock_fd = None
+        self._streaming = False
+        self._reader = None
 
     # -- the point in time ---------------------------------------------
 
@@ -108,18 +104,16 @@ class Snapshot:
             'STOPPED', ...); only a running one is frozen for a copy.
         :raises SnapshotFailed: the copy or its view failed; what was
             made is removed.
+        :raises FileExistsError: a stage of this image exists already.
         :raises OSError: as SnapshotFailed.
         """
-        if any(c in self.image_id for c in '/\0'):
+        if not snapshots.STAGE_RE.match(os.path.basename(self.stage)):
             raise ValueError('bad image id %r' % self.image_id)
-        os.mkdir(self.stage, 0o700)   # the marker, made first
-        # Held until cleanup, released by the kernel if this process dies:
-        # recover() leaves a locked stage alone, as another live driver
-        # process's snapshot.
-        self._lock_fd = _lock(self.stage)
+        # The marker, made first; the daemon holds its lock until it goes
+        # (recover leaves a held stage alone: another live process's).
+        snapshots.make_stage(self.stage)
         try:
             upper = self._point_in_time(state)
-            os.mkdir(self.merged, 0o755)
             mount.overlay_readonly([upper, self.root.lower], self.merged)
         except Exception:
             with excutils.save_and_reraise_exception():
@@ -156,17 +150,16 @@ class Snapshot:
                              lambda: disks.thaw(root_disk.mountpoint))
         else:
             self.method = 'cgroup-freezer'
-            marker = os.path.join(self.container_dir, FROZEN_MARKER)
             name = os.path.basename(self.container_dir)
             lxc_path = os.path.dirname(self.container_dir)
 
             def hold():
-                durable.write(marker, self.image_id + '\n')
+                lxc.set_marker(name, lxc_path, FROZEN_MARKER, self.image_id)
                 lxc.freeze(name, lxc_path)
 
             def release():
                 lxc.unfreeze(name, lxc_path)
-                os.unlink(marker)
+                lxc.clear_marker(name, lxc_path, FROZEN_MARKER)
         started = time.monotonic()
         hold()
         try:
@@ -185,34 +178,37 @@ class Snapshot:
     def stream(self):
         """A file object reading the zstd-compressed rootfs tarball.
 
-        find | tar | zstd run as the container's root in user namespaces
-        of their own (lxc.userns_popen), at low CPU and I/O priority so
-        the containers' own work comes first. read() raises
-        SnapshotFailed at the end when any failed, so a truncated tarball
-        is never taken for a whole one.
+        find | tar | zstd run in the storage_admin daemon as the
+        container's root (privsep.snapshots.stream); zstd writes into a
+        FIFO made here, which goes from the spool as soon as both ends
+        are open. read() raises SnapshotFailed at the end when any
+        failed, so a truncated tarball is never taken for a whole one.
+
+        :raises PrivilegedCallRefused, OSError: nothing was started.
         """
-        stdin = None
-        for label, argv in (('find', _FIND), ('tar', _TAR),
-                            ('zstd', _ZSTD)):
-            err = tempfile.TemporaryFile(dir=self.stage)
-            proc = lxc.userns_popen(self.idmap, argv, cwd=self.merged,
-                                    stdin=stdin, stdout=subprocess.PIPE,
-                                    stderr=err, background=True)
-            self._procs.append((label, proc, err))
-            if stdin is not None:
-                stdin.close()   # the child holds it now
-            stdin = proc.stdout
-        return _Stream(stdin, self)
+        os.makedirs(self.spool, mode=0o700, exist_ok=True)
+        fifo = os.path.join(self.spool, 'snapshot-%d-%s.fifo'
+                            % (os.getpid(), uuid.uuid4().hex))
+        os.mkfifo(fifo, 0o600)
+        try:
+            # Non-blocking: no writer yet; the daemon's open needs a
+            # reader (ENXIO otherwise).
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                snapshots.stream(self.stage, self.idmap.fields(), fifo)
+            except BaseException:
+                os.close(fd)
+                raise
+        finally:
+            os.unlink(fifo)
+        os.set_blocking(fd, True)
+        self._streaming = True
+        self._reader = os.fdopen(fd, 'rb')
+        return _Stream(self._reader, self)
 
     def check(self):
         """Wait for find and tar; raise SnapshotFailed if either failed."""
-        failed = []
-        for label, proc, err in self._procs:
-            code = proc.wait()
-            if code != 0:
-                err.seek(0)
-                text = err.read(4096).decode(errors='replace').strip()
-                failed.append('%s exited %d: %s' % (label, code, text))
+        failed = snapshots.finish(self.stage)
         if failed:
             raise exception.SnapshotFailed(
                 name=os.path.basename(self.container_dir),
@@ -220,10 +216,8 @@ class Snapshot:
 
     def cancel(self):
         """Kill find, tar and zstd (destroy during an upload)."""
-        for _label, proc, _err in self._procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        if self._streaming:
+            snapshots.cancel(self.stage)
 
     def cleanup(self):
         """Remove every artifact of this snapshot; thaw what it froze.
@@ -233,30 +227,11 @@ class Snapshot:
         """
         with _RUNNING_LOCK:
             _RUNNING.get(self.root.path, set()).discard(self)
-        self.cancel()
-        for _label, _proc, err in self._procs:
-            err.close()
-        try:
-            _remove(self.root, self.container_dir, [self.stage],
-                    [os.path.basename(self.subvolume)])
-        finally:
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
-
-
-def _lock(stage):
-    """An fd of stage with an exclusive flock(2) on it, or None if held.
-
-    :raises BlockingIOError: never; a held lock returns None.
-    """
-    fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        _remove(self.root, self.container_dir, [self.stage],
+                [os.path.basename(self.subvolume)])
 
 
 class _Stream:
@@ -318,59 +293,52 @@ def recover(root, container_dir):
     """Remove what snapshots cut short by a crash left; thaw first.
 
     Run by init_host for each instance's root (mounted). Everything is
-    recognised by name under the instance's own directories; the
-    processes of a killed nova-compute died with its pipes (SIGPIPE).
+    recognised by name under the instance's own directories; a stage
+    whose lock a live process holds (privsep.snapshots.stages) is that
+    process's snapshot under way, and it is left alone with what it may
+    use (its freeze, marker and subvolume).
 
     :returns: list of the paths removed (for the log and tests).
     """
-    held = []
-    dead = []
-    live = set()
-    try:
-        for stage in glob.glob(os.path.join(glob.escape(root.path),
-                                            STAGE_PREFIX + '*')):
-            fd = _lock(stage)
-            if fd is None:
-                # A snapshot under way in a live process sharing this
-                # state (a restart racing the old process, tests).
-                LOG.info('Leaving %s: its snapshot is under way', stage)
-                live.add(os.path.basename(stage)[len(STAGE_PREFIX):])
-            else:
-                held.append(fd)
-                dead.append(stage)
-        if live:
-            # Its freeze, marker and subvolume may be in use.
-            return _remove(root, container_dir, dead, [], thaw=False)
-        subvolumes = []
-        if root.root_disk.mountpoint in mount.mountpoints():
-            subvolumes = [os.path.basename(p) for p in glob.glob(
-                os.path.join(glob.escape(root.root_disk.mountpoint),
-                             SUBVOLUME_PREFIX + '*'))]
-        return _remove(root, container_dir, dead, subvolumes)
-    finally:
-        for fd in held:
-            os.close(fd)
+    found = snapshots.stages(root.path)
+    dead = [stage for stage, live in found if not live]
+    live = [stage for stage, live in found if live]
+    for stage in live:
+        # A restart racing the old process, or tests sharing a state.
+        LOG.info('Leaving %s: its snapshot is under way', stage)
+    if live:
+        return _remove(root, container_dir, dead, [], thaw=False)
+    subvolumes = []
+    if root.root_disk.mountpoint in mount.mountpoints():
+        subvolumes = [os.path.basename(p) for p in glob.glob(
+            os.path.join(glob.escape(root.root_disk.mountpoint),
+                         SUBVOLUME_PREFIX + '*'))]
+    return _remove(root, container_dir, dead, subvolumes)
 
 
-def _kill_readers(stage):
-    """Kill what still reads a staging view.
+def remove_spool_leftovers(spool):
+    """Remove the FIFOs of snapshots whose nova-compute died.
 
-    A dead snapshot's find, tar or zstd not yet gone by SIGPIPE; nothing
-    else has a reason to be in a 0700 directory of the driver's own.
+    A FIFO is unlinked as soon as its stream starts; one left was made by
+    a process killed in between (its pid in the name is gone).
+
+    :returns: list of the paths removed.
     """
-    for _attempt in range(50):
-        pids = [pid for pid, _comm in mount.holders(stage)
-                if pid != os.getpid()]
-        if not pids:
-            return
-        for pid in pids:
-            LOG.warning('Killing process %d, left reading the snapshot '
-                        'view %s', pid, stage)
+    try:
+        names = os.listdir(spool)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in sorted(names):
+        m = _FIFO_RE.match(name)
+        if m and not host_mod.process_alive(int(m.group(1))):
+            path = os.path.join(spool, name)
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.02)
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    return removed
 
 
 def _remove(root, container_dir, stages, subvolumes, thaw=True):
@@ -386,20 +354,17 @@ def _remove(root, container_dir, stages, subvolumes, thaw=True):
     marker = os.path.join(container_dir, FROZEN_MARKER)
     if thaw and os.path.exists(marker):
         name = os.path.basename(container_dir)
+        lxc_path = os.path.dirname(container_dir)
         try:
-            lxc.unfreeze(name, os.path.dirname(container_dir))
+            lxc.unfreeze(name, lxc_path)
         except exception.CommandFailed as e:
             # Stopped meanwhile: nothing to thaw.
             LOG.info('Cannot unfreeze %s: %s', name, e)
-        os.unlink(marker)
+        lxc.clear_marker(name, lxc_path, FROZEN_MARKER)
         removed.append(marker)
     for stage in stages:
-        if not os.path.lexists(stage):
-            continue
-        _kill_readers(stage)
-        mount.unmount_tree(stage)
-        shutil.rmtree(stage)
-        removed.append(stage)
+        if snapshots.remove_stage(stage):
+            removed.append(stage)
     for name in subvolumes if fs == 'btrfs' else ():
         if disks.delete_subvolume(root_disk.mountpoint, name):
             removed.append(os.path.join(root_disk.mountpoint, name))

@@ -1,7 +1,8 @@
 """Privileged entry points for the lxc-* tools (``lxc_admin`` context).
 
 One per action on a container: write_config (the one way a config is
-written: only one that passes privsep.lxcconf's policy), start, stop
+written: only one that passes privsep.lxcconf's policy), set_marker and
+clear_marker (the state files of MARKERS), start, stop
 (clean halt, then kill), request_halt (never kill), kill, reboot, freeze,
 unfreeze, info, and states for every container of an lxc_path. Each runs
 its tool in the daemon with an argv it builds itself (never a shell),
@@ -50,6 +51,11 @@ NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z')
 MAX_TIMEOUT = 86400  # seconds; a day is beyond any shutdown timeout.
 MAX_CONFIG = 1 << 20  # bytes; the driver's configs are a few KiB.
 UMASK = 0o022
+# Files in a container's directory that keep a state across the driver's
+# own restarts: Nova's suspend (a freeze that a start undoes) and a
+# snapshot's cgroup freeze (snapshot.recover undoes it).
+MARKERS = ('suspended', 'snapshot-frozen')
+MAX_MARKER = 256  # bytes of a marker's text (an image ID)
 
 
 def check_lxc_path(call, lxc_path):
@@ -140,6 +146,52 @@ def write_config(name, lxc_path, text):
         privsep.refuse(call, 'no container directory %s' % container_dir)
     os.umask(UMASK)
     durable.write(os.path.join(container_dir, 'config'), text, mode=0o644)
+
+
+def _check_marker(call, marker):
+    if marker not in MARKERS:
+        privsep.refuse(call, '%r is not one of the markers %s'
+                       % (marker, ', '.join(MARKERS)))
+
+
+@privsep.lxc_admin.entrypoint
+def set_marker(name, lxc_path, marker, text=''):
+    """Write the marker file ``<lxc_path>/<name>/<marker>`` (0644).
+
+    :param marker: one of MARKERS.
+    :param text: str of at most MAX_MARKER bytes, without NUL.
+    :raises PrivilegedCallRefused: the container checks, another marker
+        or text, or no container directory.
+    :raises OSError: nothing was written (e.g. ENOSPC).
+    """
+    call = 'set_marker'
+    container_dir = check_container(call, name, lxc_path)
+    _check_marker(call, marker)
+    if not isinstance(text, str) or '\0' in text or \
+            len(text.encode()) > MAX_MARKER:
+        privsep.refuse(call, 'a marker\'s text is a str of at most %d '
+                       'bytes, without NUL' % MAX_MARKER)
+    if not os.path.isdir(container_dir):
+        privsep.refuse(call, 'no container directory %s' % container_dir)
+    os.umask(UMASK)
+    durable.write(os.path.join(container_dir, marker), text, mode=0o644)
+
+
+@privsep.lxc_admin.entrypoint
+def clear_marker(name, lxc_path, marker):
+    """Remove the marker file ``<lxc_path>/<name>/<marker>``.
+
+    :param marker: one of MARKERS.
+    :returns: True if it existed.
+    :raises PrivilegedCallRefused: the container checks, another marker.
+    """
+    container_dir = check_container('clear_marker', name, lxc_path)
+    _check_marker('clear_marker', marker)
+    try:
+        os.unlink(os.path.join(container_dir, marker))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 @privsep.lxc_admin.entrypoint

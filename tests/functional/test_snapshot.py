@@ -22,6 +22,7 @@ from nova import exception as nova_exc
 from novalxcdriver import conf
 from novalxcdriver import driver as driver_mod
 from novalxcdriver import mount
+from novalxcdriver import privsep
 from novalxcdriver import rootfs as rootfs_mod
 from novalxcdriver import snapshot as snapshot_mod
 from tests import fake_glance
@@ -238,11 +239,11 @@ class SnapshotCrashTest(_SnapshotBase):
         c = self.driver._container(instance)
         snap = c.take_snapshot('f0000000-0000-4000-8000-00000000c0de')
         snap.stream().read(1000)
-        # nova-compute dies: its readers and its lock with it, the mounts
-        # stay.
-        snap.cancel()
-        os.close(snap._lock_fd)
-        snap._lock_fd = None
+        # nova-compute dies: its end of the FIFO closes (the readers die of
+        # SIGPIPE) and its storage_admin daemon exits with the stage's
+        # lock; the mounts stay.
+        snap._reader.close()
+        privsep.storage_admin.stop()
         self.assertTrue(os.path.isdir(snap.stage))
         self.assertTrue(os.path.isdir(snap.subvolume))
         self.assertIn(snap.merged, mount.mountpoints())

@@ -77,7 +77,8 @@ DESTROY_POINTS = (
 # (label, target, when, match, root disk): the server runs with a root
 # disk of that filesystem, or none ('unbounded': root_gb 0, cgroup freezer).
 SNAPSHOT_POINTS = (
-    ('mkdir(staging dir)', 'os:mkdir', 'after', 'snapshot-', 'btrfs'),
+    ('snapshots.make_stage', 'novalxcdriver.privsep.snapshots:make_stage',
+     'after', None, 'btrfs'),
     ('disks.sync_filesystem', 'novalxcdriver.privsep.disks:sync_filesystem',
      'after', None, 'btrfs'),
     ('disks.snapshot_subvolume',
@@ -85,24 +86,28 @@ SNAPSHOT_POINTS = (
      'after', None, 'btrfs'),
     ('mount.overlay_readonly', 'novalxcdriver.mount:overlay_readonly',
      'after', None, 'btrfs'),
-    ('zstd started', 'novalxcdriver.lxc:userns_popen', 'after', 'zstd',
-     'btrfs'),
+    ('mkfifo(spool)', 'os:mkfifo', 'after', None, 'btrfs'),
+    ('snapshots.stream', 'novalxcdriver.privsep.snapshots:stream', 'after',
+     None, 'btrfs'),
     ('Snapshot.cleanup', 'novalxcdriver.snapshot:Snapshot.cleanup',
      'before', None, 'btrfs'),
     ('disks.freeze', 'novalxcdriver.privsep.disks:freeze', 'after', None,
      'ext4'),
     ('disks.copy_layer', 'novalxcdriver.privsep.disks:copy_layer', 'after',
      None, 'ext4'),
+    ('lxc.set_marker', 'novalxcdriver.lxc:set_marker', 'after', None,
+     'unbounded'),
     ('lxc.freeze', 'novalxcdriver.lxc:freeze', 'after', None, 'unbounded'),
 )
 
 
 def snapshot_leftovers(state_path, lxc_path):
-    """What snapshots left: staging dirs, subvolumes, mounts, freezes."""
+    """What snapshots left: stages, subvolumes, FIFOs, mounts, freezes."""
     found = glob.glob(os.path.join(state_path, 'rootfs', '*', 'snapshot-*'))
     found += glob.glob(os.path.join(state_path, 'rootfs', '*', 'root',
                                     '.snapshot-*'))
     found += glob.glob(os.path.join(lxc_path, '*', 'snapshot-frozen'))
+    found += glob.glob(os.path.join(state_path, 'spool', '*'))
     found += [p for p in mount.mountpoints()
               if fnmatch.fnmatch(p, os.path.join(state_path, 'rootfs', '*',
                                                  'snapshot-*'))]

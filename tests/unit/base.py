@@ -1,6 +1,7 @@
 """The unit tests' base class."""
 
 import os
+import shutil
 from unittest import mock
 
 import fixtures
@@ -13,6 +14,7 @@ from novalxcdriver import ids
 from novalxcdriver import privsep
 from novalxcdriver.privsep import lxcconf
 from novalxcdriver.privsep import ownership
+from novalxcdriver.privsep import snapshots
 
 
 class TestCase(base.BaseTestCase):
@@ -109,3 +111,58 @@ class OwnershipInProcess(fixtures.Fixture):
             finally:
                 context.set_client_mode(was)
         return call
+
+
+def marker_files(lxc_mock):
+    """A mocked lxc module's set_marker and clear_marker, on the tree.
+
+    As privsep.lxctools writes and removes them, without its checks.
+    """
+    def set_marker(name, lxc_path, marker, text=''):
+        durable.write(os.path.join(lxc_path, name, marker), text)
+
+    def clear_marker(name, lxc_path, marker):
+        try:
+            os.unlink(os.path.join(lxc_path, name, marker))
+        except FileNotFoundError:
+            return False
+        return True
+    lxc_mock.set_marker.side_effect = set_marker
+    lxc_mock.clear_marker.side_effect = clear_marker
+
+
+class SnapshotStages(fixtures.Fixture):
+    """privsep.snapshots' stage entry points as stand-ins on the tree.
+
+    make_stage, remove_stage and stages act on the directories as the
+    daemon does, without its checks or locks; a stage in ``live`` is one
+    another process holds (left alone).
+
+    :ivar live: set of stage paths.
+    :ivar make_stage, remove_stage, stages: the mocks.
+    """
+
+    def _setUp(self):
+        self.live = set()
+        for name in ('make_stage', 'remove_stage', 'stages'):
+            setattr(self, name, self.useFixture(fixtures.MockPatchObject(
+                snapshots, name, side_effect=getattr(self, '_' + name))).mock)
+
+    @staticmethod
+    def _make_stage(stage):
+        os.mkdir(stage, 0o700)
+        os.mkdir(os.path.join(stage, snapshots.MERGED))
+
+    def _remove_stage(self, stage):
+        if stage in self.live or not os.path.lexists(stage):
+            return False
+        shutil.rmtree(stage)
+        return True
+
+    def _stages(self, rootfs_dir):
+        if not os.path.isdir(rootfs_dir):
+            return []
+        return [[os.path.join(rootfs_dir, n),
+                 os.path.join(rootfs_dir, n) in self.live]
+                for n in sorted(os.listdir(rootfs_dir))
+                if snapshots.STAGE_RE.match(n)]

@@ -73,6 +73,9 @@ class _Base(base.BaseTestCase):
         self.lxc = patcher.start()
         self.addCleanup(patcher.stop)
         self.lxc.info.side_effect = self._info
+        unit_base.marker_files(self.lxc)
+        # snapshot.recover's, at each remount.
+        self.useFixture(unit_base.SnapshotStages())
         # Serial console relays: the lxc_admin daemon's (privsep.console).
         self.console = self.useFixture(fixtures.MockPatch(
             'novalxcdriver.container.console_ps', autospec=True)).mock

@@ -187,6 +187,52 @@ class EntryPointChecksTest(_Roots):
         self.execute.assert_called_once_with('lxc-stop', '-n', 'c1', '-P',
                                              other, '-k')
 
+    def test_markers_are_written_and_cleared_in_the_containers_dir(self):
+        path = self.container()
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        for marker in ('suspended', 'snapshot-frozen'):
+            lxctools.set_marker('instance-00000001', self.lxc_path, marker,
+                                'image-1')
+            with open(os.path.join(path, marker)) as f:
+                self.assertEqual('image-1', f.read())
+            self.assertEqual(0o644, stat.S_IMODE(
+                os.stat(os.path.join(path, marker)).st_mode))
+            self.assertTrue(lxctools.clear_marker(
+                'instance-00000001', self.lxc_path, marker))
+            self.assertFalse(os.path.exists(os.path.join(path, marker)))
+            self.assertFalse(lxctools.clear_marker(
+                'instance-00000001', self.lxc_path, marker))
+
+    def test_markers_refused_with_nothing_written(self):
+        path = self.container()
+        before = sorted(os.listdir(path))
+        name = 'instance-00000001'
+        for marker in ('config', '../x', 'lxc.log', 'suspended/x', '',
+                       None):
+            self.refused(lxctools.set_marker, name, self.lxc_path, marker,
+                         match='not one of the markers')
+            self.refused(lxctools.clear_marker, name, self.lxc_path, marker,
+                         match='not one of the markers')
+        for text in ('x' * 257, 'a\0b', b'bytes', 7):
+            self.refused(lxctools.set_marker, name, self.lxc_path,
+                         'suspended', text, match='text is a str')
+        self.refused(lxctools.set_marker, name, '/etc', 'suspended',
+                     match='not a driver root')
+        self.refused(lxctools.set_marker, '../etc', self.lxc_path,
+                     'suspended', match='not a container name')
+        self.refused(lxctools.set_marker, 'instance-00000002',
+                     self.lxc_path, 'suspended',
+                     match='no container directory')
+        self.assertEqual(before, sorted(os.listdir(path)))
+        self.assertEqual(['instance-00000001'], os.listdir(self.lxc_path))
+
+    def test_markers_refused_in_a_directory_not_roots_alone(self):
+        path = self.container(name='instance-00000003', uid=1000)
+        self.refused(lxctools.set_marker, 'instance-00000003',
+                     self.lxc_path, 'suspended', match='not root\'s alone')
+        self.assertEqual(['config'], os.listdir(path))
+
 
 class RootsTest(_Roots):
 

@@ -1,10 +1,11 @@
 """Tests for novalxcdriver.snapshot, with disks, mounts and commands mocked.
 
 The storage_admin daemon's entry points (privsep.disks: subvolumes,
-freezing) are mocked; their checks are tests/unit/test_privsep_disks.py.
+freezing; privsep.snapshots: the stage and its readers) are mocked by
+stand-ins that act on the temporary tree; their checks are
+tests/unit/test_privsep_disks.py and test_privsep_snapshots.py.
 """
 
-import io
 import os
 from unittest import mock
 
@@ -12,6 +13,7 @@ import fixtures
 
 from novalxcdriver import exception
 from novalxcdriver import ids
+from novalxcdriver.privsep import snapshots
 from novalxcdriver import rootfs
 from novalxcdriver import snapshot
 from tests.unit import base as unit_base
@@ -37,9 +39,15 @@ class _Base(unit_base.TestCase):
         self.disks = self.patch('novalxcdriver.snapshot.disks',
                                 autospec=True)
         self.lxc = self.patch('novalxcdriver.snapshot.lxc', autospec=True)
-        self.durable = self.patch('novalxcdriver.snapshot.durable',
-                                  autospec=True)
-        self.durable.write.side_effect = self._write
+        unit_base.marker_files(self.lxc)
+        stages = self.useFixture(unit_base.SnapshotStages())
+        self.live = stages.live
+        self.daemon = mock.Mock()
+        for name in ('stream', 'finish', 'cancel'):
+            setattr(self.daemon, name, self.patch_object(
+                snapshots, name, autospec=True))
+        for name in ('make_stage', 'remove_stage', 'stages'):
+            setattr(self.daemon, name, getattr(stages, name))
         self.fs = self.patch('novalxcdriver.disk.Disk.filesystem',
                              autospec=True, return_value='btrfs')
         self.order = mock.Mock()
@@ -50,16 +58,14 @@ class _Base(unit_base.TestCase):
                         ('copy', self.disks.copy_layer),
                         ('cg_freeze', self.lxc.freeze),
                         ('cg_unfreeze', self.lxc.unfreeze),
-                        ('overlay', self.mount.overlay_readonly)):
+                        ('overlay', self.mount.overlay_readonly),
+                        ('make_stage', self.daemon.make_stage),
+                        ('remove_stage', self.daemon.remove_stage)):
             self.order.attach_mock(m, name)
+        self.spool = os.path.join(tmp, 'state', 'spool')
         self.snap = snapshot.Snapshot(self.root, IDMAP, IMAGE_ID,
-                                      self.container_dir)
+                                      self.container_dir, self.spool)
         self.addCleanup(snapshot._RUNNING.clear)
-
-    @staticmethod
-    def _write(path, data, *args, **kwargs):
-        with open(path, 'w') as f:
-            f.write(data)
 
     def calls(self):
         return [c[0] for c in self.order.mock_calls]
@@ -70,13 +76,19 @@ class TakeTest(_Base):
     def test_btrfs_syncfs_then_snapshot_then_view(self):
         self.mounted.add(self.root.root_disk.mountpoint)
         self.snap.take('RUNNING')
-        self.assertEqual(['syncfs', 'snap', 'overlay'], self.calls())
+        self.assertEqual(['make_stage', 'syncfs', 'snap', 'overlay'],
+                         self.calls())
+        self.daemon.make_stage.assert_called_once_with(self.snap.stage)
+        self.assertEqual(os.path.join(self.root.path,
+                                      'snapshot-' + IMAGE_ID),
+                         self.snap.stage)
         self.disks.snapshot_subvolume.assert_called_once_with(
             self.root.root_disk.mountpoint, '.snapshot-' + IMAGE_ID)
         self.mount.overlay_readonly.assert_called_once_with(
             [self.snap.subvolume + '/upper', self.root.lower],
             self.snap.merged)
-        self.assertEqual(0o700, os.stat(self.snap.stage).st_mode & 0o777)
+        self.assertEqual(os.path.join(self.snap.stage, 'merged'),
+                         self.snap.merged)
         self.assertEqual('btrfs', self.snap.method)
         self.assertIsNotNone(self.snap.stall)
         self.assertIn(self.snap, snapshot._RUNNING[self.root.path])
@@ -85,8 +97,8 @@ class TakeTest(_Base):
         self.mounted.add(self.root.root_disk.mountpoint)
         self.fs.return_value = 'ext4'
         self.snap.take('RUNNING')
-        self.assertEqual(['freeze', 'copy', 'thaw', 'overlay'],
-                         self.calls())
+        self.assertEqual(['make_stage', 'freeze', 'copy', 'thaw',
+                          'overlay'], self.calls())
         self.disks.copy_layer.assert_called_once_with(
             self.root.upper, os.path.join(self.snap.stage, 'upper'))
         self.mount.overlay_readonly.assert_called_once_with(
@@ -99,34 +111,40 @@ class TakeTest(_Base):
         self.disks.copy_layer.side_effect = exception.CommandFailed(
             cmd='cp', exit_code=1, stderr='No space left on device')
         self.assertRaises(exception.CommandFailed, self.snap.take, 'RUNNING')
-        self.assertEqual(['freeze', 'copy', 'thaw'],
-                         self.calls()[:3])
+        self.assertEqual(['make_stage', 'freeze', 'copy', 'thaw'],
+                         self.calls()[:4])
+        self.daemon.remove_stage.assert_called_once_with(self.snap.stage)
         self.assertFalse(os.path.exists(self.snap.stage))
         self.assertNotIn(self.root.path, snapshot._RUNNING)
 
     def test_unbounded_root_cgroup_frozen_with_a_marker(self):
         marker = os.path.join(self.container_dir, snapshot.FROZEN_MARKER)
+        lxc_path = os.path.dirname(self.container_dir)
 
-        def freeze(name, lxc_path):
-            self.assertTrue(os.path.exists(marker))
-            self.assertEqual(('instance-1', os.path.dirname(
-                self.container_dir)), (name, lxc_path))
+        def freeze(name, path):
+            with open(marker) as f:
+                self.assertEqual(IMAGE_ID, f.read())
+            self.assertEqual(('instance-1', lxc_path), (name, path))
         self.lxc.freeze.side_effect = freeze
         self.snap.take('RUNNING')
-        self.assertEqual(['cg_freeze', 'copy', 'cg_unfreeze', 'overlay'],
-                         self.calls())
+        self.assertEqual(['make_stage', 'cg_freeze', 'copy', 'cg_unfreeze',
+                          'overlay'], self.calls())
+        self.lxc.set_marker.assert_called_once_with(
+            'instance-1', lxc_path, 'snapshot-frozen', IMAGE_ID)
+        self.lxc.clear_marker.assert_called_once_with(
+            'instance-1', lxc_path, 'snapshot-frozen')
         self.assertFalse(os.path.exists(marker))
         self.assertEqual('cgroup-freezer', self.snap.method)
 
     def test_stopped_or_paused_read_in_place(self):
         for state in ('STOPPED', 'FROZEN'):
             snap = snapshot.Snapshot(self.root, IDMAP, IMAGE_ID + state,
-                                     self.container_dir)
+                                     self.container_dir, self.spool)
             snap.take(state)
             self.mount.overlay_readonly.assert_called_with(
                 [self.root.upper, self.root.lower], snap.merged)
             self.assertEqual(0.0, snap.stall)
-        self.assertEqual(['overlay', 'overlay'], self.calls())
+        self.assertEqual(['make_stage', 'overlay'] * 2, self.calls())
 
     def test_failed_view_leaves_nothing(self):
         self.mounted.add(self.root.root_disk.mountpoint)
@@ -134,6 +152,7 @@ class TakeTest(_Base):
             what='overlay', target='x', reason='EINVAL')
         self.assertRaises(exception.MountFailed, self.snap.take, 'RUNNING')
         self.assertFalse(os.path.exists(self.snap.stage))
+        self.daemon.remove_stage.assert_called_once_with(self.snap.stage)
         self.disks.delete_subvolume.assert_called_once_with(
             self.root.root_disk.mountpoint, '.snapshot-' + IMAGE_ID)
 
@@ -142,22 +161,14 @@ class TakeTest(_Base):
         self.assertRaises(FileExistsError, self.snap.take, 'RUNNING')
         self.assertTrue(os.path.isdir(self.snap.stage))
         self.disks.snapshot_subvolume.assert_not_called()
+        self.daemon.remove_stage.assert_not_called()
 
-
-class _Proc:
-    def __init__(self, code, stdout=b''):
-        self.code = code
-        self.stdout = io.BytesIO(stdout)
-        self.killed = False
-
-    def wait(self):
-        return self.code
-
-    def poll(self):
-        return self.code
-
-    def kill(self):
-        self.killed = True
+    def test_an_image_id_that_is_no_name_is_refused_first(self):
+        for bad in ('a/b', '..', '', 'x\n'):
+            snap = snapshot.Snapshot(self.root, IDMAP, bad,
+                                     self.container_dir, self.spool)
+            self.assertRaises(ValueError, snap.take, 'RUNNING')
+        self.daemon.make_stage.assert_not_called()
 
 
 class StreamTest(_Base):
@@ -165,64 +176,81 @@ class StreamTest(_Base):
     def setUp(self):
         super().setUp()
         self.snap.take('STOPPED')
-        self.procs = []
+        self.fifos = []
+        self.daemon.finish.return_value = []
 
-    def _popen(self, codes, output=b'zstd bytes'):
-        def popen(idmap, argv, cwd, stdin=None, stdout=None, stderr=None,
-                  background=False):
-            self.assertEqual(IDMAP, idmap)
-            self.assertEqual(self.snap.merged, cwd)
-            # The containers' own work comes first.
-            self.assertTrue(background)
-            if self.procs:
-                # Each reads the one before.
-                self.assertIs(self.procs[-1].stdout, stdin)
-            proc = _Proc(codes[len(self.procs)],
-                         output if argv[0] == 'zstd' else b'')
-            proc.argv = argv
-            self.procs.append(proc)
-            return proc
-        self.lxc.userns_popen.side_effect = popen
+    def _stream(self, output):
+        def stream(stage, idmap, fifo):
+            self.assertEqual(self.snap.stage, stage)
+            self.assertEqual([IDMAP.uid_start, IDMAP.gid_start,
+                              IDMAP.size], idmap)
+            self.fifos.append(fifo)
+            # What zstd does: writes, then closes (the reader's EOF).
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.write(fd, output)
+            os.close(fd)
+        self.daemon.stream.side_effect = stream
 
-    def test_find_tar_zstd_in_the_containers_view(self):
-        self._popen([0, 0, 0])
+    def test_the_tarball_comes_through_a_fifo_of_the_spool(self):
+        self._stream(b'zstd bytes')
         data = self.snap.stream()
+        # Gone once both ends are open: no FIFO outlives its stream.
+        self.assertEqual([], os.listdir(self.spool))
         out = b''.join(iter(data))
         self.assertEqual(b'zstd bytes', out)
-        find, tar, zstd = [p.argv for p in self.procs]
-        self.assertEqual('zstd', zstd[0])
-        self.assertIn('--check', zstd)
-        self.assertEqual('find', find[0])
-        # /dev's contents, devices and sockets never go in.
-        self.assertIn('./dev/*', find)
-        for kind in ('b', 'c', 's'):
-            self.assertIn(['!', '-type', kind],
-                          [find[i:i + 3] for i in range(len(find))])
-        for flag in ('--numeric-owner', '--xattrs', '--format=posix',
-                     '--no-recursion', '--null', '--files-from=-'):
-            self.assertIn(flag, tar)
         self.assertEqual(len(out), data.bytes)
+        fifo, = self.fifos
+        self.assertEqual(self.spool, os.path.dirname(fifo))
+        self.assertRegex(os.path.basename(fifo),
+                         r'^snapshot-%d-[0-9a-f]{32}\.fifo$' % os.getpid())
+        self.assertTrue(snapshots.FIFO_RE.match(os.path.basename(fifo)))
+        self.assertEqual(0o700, os.stat(self.spool).st_mode & 0o777)
+        self.daemon.finish.assert_called_once_with(self.snap.stage)
 
     def test_failed_tar_fails_the_read_at_the_end(self):
-        self._popen([0, 2, 0])
+        self._stream(b'partial')
+        self.daemon.finish.return_value = ['tar exited 2: boom']
         data = self.snap.stream()
         with self.assertRaisesRegex(exception.SnapshotFailed,
-                                    'tar exited 2'):
+                                    'tar exited 2: boom'):
             while data.read(65536):
                 pass
 
-    def test_cancel_kills_the_readers(self):
-        self._popen([None, None, None])
+    def test_a_refused_stream_leaves_no_fifo_and_no_fd(self):
+        self.daemon.stream.side_effect = exception.PrivilegedCallRefused(
+            call='stream', reason='no')
+        before = len(os.listdir('/proc/self/fd'))
+        self.assertRaises(exception.PrivilegedCallRefused, self.snap.stream)
+        self.assertEqual(before, len(os.listdir('/proc/self/fd')))
+        self.assertEqual([], os.listdir(self.spool))
+
+    def test_cancel_kills_the_readers_once_they_run(self):
+        snapshot.cancel_all(self.root.path)
+        self.daemon.cancel.assert_not_called()
+        self._stream(b'')
         self.snap.stream()
         snapshot.cancel_all(self.root.path)
-        self.assertEqual([True] * 3, [p.killed for p in self.procs])
+        self.daemon.cancel.assert_called_once_with(self.snap.stage)
+
+    def test_cleanup_closes_the_reader_and_removes_the_stage(self):
+        self._stream(b'x')
+        data = self.snap.stream()
+        reader = data._reader
+        self.snap.cleanup()
+        self.assertTrue(reader.closed)
+        self.daemon.remove_stage.assert_called_once_with(self.snap.stage)
+        self.assertFalse(os.path.exists(self.snap.stage))
+        self.assertNotIn(self.snap, snapshot._RUNNING.get(self.root.path,
+                                                          ()))
 
 
 class RecoverTest(_Base):
 
     def test_nothing_to_do(self):
         self.assertEqual([], snapshot.recover(self.root, self.container_dir))
+        self.daemon.stages.assert_called_once_with(self.root.path)
         self.disks.thaw.assert_not_called()
+        self.daemon.remove_stage.assert_not_called()
 
     def test_btrfs_leftovers_removed(self):
         mnt = self.root.root_disk.mountpoint
@@ -231,7 +259,7 @@ class RecoverTest(_Base):
         os.mkdir(os.path.join(mnt, '.snapshot-x'))
         # Not a snapshot's: the container's own upper layer stays.
         removed = snapshot.recover(self.root, self.container_dir)
-        self.mount.unmount_tree.assert_called_once_with(self.snap.stage)
+        self.daemon.remove_stage.assert_called_once_with(self.snap.stage)
         self.disks.delete_subvolume.assert_called_once_with(mnt,
                                                             '.snapshot-x')
         self.assertIn(self.snap.stage, removed)
@@ -256,17 +284,32 @@ class RecoverTest(_Base):
         os.makedirs(self.snap.merged)
         open(os.path.join(self.container_dir, snapshot.FROZEN_MARKER),
              'w').close()
-        held = snapshot._lock(self.snap.stage)
+        self.live.add(self.snap.stage)
         self.assertEqual([], snapshot.recover(self.root, self.container_dir))
         self.assertTrue(os.path.isdir(self.snap.merged))
-        self.mount.unmount_tree.assert_not_called()
+        self.daemon.remove_stage.assert_not_called()
         self.disks.thaw.assert_not_called()
         self.lxc.unfreeze.assert_not_called()
+        self.lxc.clear_marker.assert_not_called()
         self.disks.delete_subvolume.assert_not_called()
         # Once its process is gone (the lock with it), it is removed.
-        os.close(held)
+        self.live.clear()
         self.assertIn(self.snap.stage,
                       snapshot.recover(self.root, self.container_dir))
+
+    def test_a_dead_stage_beside_a_live_one_goes_alone(self):
+        mnt = self.root.root_disk.mountpoint
+        self.mounted.add(mnt)
+        live = os.path.join(self.root.path, 'snapshot-live')
+        os.makedirs(live)
+        os.makedirs(self.snap.stage)
+        os.mkdir(os.path.join(mnt, '.snapshot-live'))
+        self.live.add(live)
+        self.assertEqual([self.snap.stage],
+                         snapshot.recover(self.root, self.container_dir))
+        self.assertTrue(os.path.isdir(live))
+        self.disks.delete_subvolume.assert_not_called()
+        self.disks.thaw.assert_not_called()
 
     def test_cgroup_freeze_undone(self):
         marker = os.path.join(self.container_dir, snapshot.FROZEN_MARKER)
@@ -274,8 +317,33 @@ class RecoverTest(_Base):
         removed = snapshot.recover(self.root, self.container_dir)
         self.lxc.unfreeze.assert_called_once_with(
             'instance-1', os.path.dirname(self.container_dir))
+        self.lxc.clear_marker.assert_called_once_with(
+            'instance-1', os.path.dirname(self.container_dir),
+            'snapshot-frozen')
         self.assertEqual([marker], removed)
         self.assertFalse(os.path.exists(marker))
+
+
+class SpoolTest(unit_base.TestCase):
+
+    def test_only_dead_processes_fifos_go(self):
+        spool = self.useFixture(fixtures.TempDir()).path
+        child = os.fork()
+        if child == 0:
+            os._exit(0)
+        os.waitpid(child, 0)   # a pid that is gone
+        dead = os.path.join(spool, 'snapshot-%d-ab12.fifo' % child)
+        mine = os.path.join(spool, 'snapshot-%d-ab12.fifo' % os.getpid())
+        other = os.path.join(spool, 'notes.fifo')
+        for path in (dead, mine, other):
+            os.mkfifo(path)
+        self.assertEqual([dead], snapshot.remove_spool_leftovers(spool))
+        self.assertEqual(sorted([mine, other]), sorted(
+            os.path.join(spool, n) for n in os.listdir(spool)))
+
+    def test_no_spool_yet(self):
+        self.assertEqual([], snapshot.remove_spool_leftovers(
+            '/nonexistent/spool'))
 
 
 class ImageMetadataTest(unit_base.TestCase):
