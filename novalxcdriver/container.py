@@ -38,7 +38,6 @@ import functools
 import glob
 import math
 import os
-import shutil
 import time
 
 from oslo_concurrency import lockutils
@@ -52,6 +51,7 @@ from novalxcdriver import host
 from novalxcdriver import limits as limits_mod
 from novalxcdriver import lxc
 from novalxcdriver.privsep import console as console_ps
+from novalxcdriver.privsep import lxctools
 from novalxcdriver import record as record_mod
 from novalxcdriver import rescue as rescue_mod
 from novalxcdriver import rootfs as rootfs_mod
@@ -67,13 +67,6 @@ CONSOLE_OUTPUT_MAX = 100 * 1024  # bytes, like libvirt's console log tail.
 CGROUP_ROOT = '/sys/fs/cgroup'
 PROC_ROOT = '/proc'
 SUSPENDED_MARKER = 'suspended'   # one of lxctools.MARKERS
-# What LXC and the driver put in a container's directory (besides
-# durable.write's temporary files): a directory holding anything else is
-# not only ours.
-_OWN_FILES = frozenset(('config', 'console.log', 'console.log.1',
-                        'lxc.log', SUSPENDED_MARKER,
-                        snapshot_mod.FROZEN_MARKER,
-                        serialconsole.STATE_FILE, serialconsole.LOG_FILE))
 
 
 class Container:
@@ -173,9 +166,7 @@ class Container:
             return 'us'
         record = self.record()
         ours = (record is not None and record.container_dir == self.dir and
-                all(e in _OWN_FILES or
-                    (e.startswith('.config.') and e.endswith('.tmp'))
-                    for e in entries))
+                lxctools.only_own_files(entries))
         return 'us' if ours else 'other'
 
     def nics(self):
@@ -233,14 +224,14 @@ class Container:
                                            disk_idmap=disk_idmap))
         made = []
         try:
-            os.makedirs(self.lxc_path, mode=0o711, exist_ok=True)
             try:
-                os.mkdir(self.dir, 0o700)
+                lxc.make_dir(self.name, self.lxc_path)
             except FileExistsError:
                 raise exception.ContainerExists(
                     name=self.name, path=self.dir, reason=exists_reason)
-            made.append((self.dir, functools.partial(shutil.rmtree,
-                                                     self.dir)))
+            made.append((self.dir, functools.partial(
+                lxc.remove_dir, self.name, self.lxc_path,
+                self.instance_uuid)))
             # Written before the rootfs: it claims the directory.
             lxc.write_config(self.name, self.lxc_path,
                              spec_mod.render_config(spec))
@@ -557,8 +548,7 @@ class Container:
                     dataclasses.replace(current, pid=record.pid) != record):
                 self.records.write(record)
             if owner == 'none':
-                os.makedirs(self.lxc_path, mode=0o711, exist_ok=True)
-                os.mkdir(self.dir, 0o700)
+                lxc.make_dir(self.name, self.lxc_path)
             config = spec_mod.render_config(spec)
             if self._config_text() != config:
                 LOG.info('Writing the config of container %s anew',
@@ -1003,7 +993,7 @@ class Container:
     def _remove_dir(self):
         owner = self.dir_owner()
         if owner == 'us':
-            shutil.rmtree(self.dir)
+            lxc.remove_dir(self.name, self.lxc_path, self.instance_uuid)
         elif owner == 'other':
             LOG.warning('Leaving %s in place: it is not the container of '
                         'instance %s', self.dir, self.instance_uuid)

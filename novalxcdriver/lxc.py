@@ -76,6 +76,25 @@ def unfreeze(name, lxc_path):
     lxctools.unfreeze(name, lxc_path)
 
 
+def make_dir(name, lxc_path):
+    """Make the container's directory (root's 0700).
+
+    :raises FileExistsError: it exists; nothing was touched.
+    """
+    lxctools.make_dir(name, lxc_path)
+
+
+def remove_dir(name, lxc_path, instance_uuid):
+    """Remove the container's directory if it is the instance's.
+
+    The daemon decides whose it is (lxctools.remove_dir).
+
+    :returns: True if it was there.
+    :raises PrivilegedCallRefused: it is not (only) the instance's.
+    """
+    return lxctools.remove_dir(name, lxc_path, instance_uuid)
+
+
 def set_marker(name, lxc_path, marker, text=''):
     """Write marker (lxctools.MARKERS) in the container's directory."""
     lxctools.set_marker(name, lxc_path, marker, text)

@@ -17,13 +17,14 @@ from novalxcdriver import exception
 from novalxcdriver import host
 from novalxcdriver import ids
 from novalxcdriver import limits as limits_mod
+from novalxcdriver.privsep import lxcconf
 from novalxcdriver.privsep import lxctools
 
 # RFC 1123 host name label(s), as lxc.uts.name goes to sethostname(2).
 _HOSTNAME_RE = re.compile(
     r'^(?=.{1,63}\Z)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?'
     r'(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\Z')
-_RECORD_PREFIX = '# novalxc.'
+_RECORD_PREFIX = lxcconf.RECORD_PREFIX
 
 # What lxcfs serves per container (lxcfs(1)), bound over the container's own.
 LXCFS_FILES = tuple('proc/' + f for f in (

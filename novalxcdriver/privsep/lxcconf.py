@@ -26,6 +26,9 @@ driver's render_config makes it do and nothing more, whoever sent it:
 
 import re
 
+# The driver's own comment lines in a config (spec.render_config): its
+# record of the instance, read back by spec.parse_record.
+RECORD_PREFIX = '# novalxc.'
 # A NIC's container end while on the host: this prefix and the first
 # characters of its Neutron port's id (vif.py). LXC moves the device a
 # phys NIC names into the container: only those, never a host NIC.
@@ -57,6 +60,8 @@ _NET_VALUES = {
     'mtu': re.compile(r'^[0-9]{2,5}\Z'),
     'flags': re.compile(r'^up\Z'),
 }
+
+
 # Keys whose value is checked by a pattern (or a fixed set).
 KEYS = {
     'lxc.arch': re.compile(r'^linux64\Z'),
@@ -181,3 +186,19 @@ def check(text, container_dir, roots, subuids, subgids, lxcfs):
         raise Refused('no u and g idmap: the container would be privileged')
     if sorted(set(includes)) != sorted(LXC_INCLUDES):
         raise Refused('LXC\'s common.conf and userns.conf must be included')
+
+
+def record_owner(text):
+    """The instance_uuid the driver's record in a config names, or None.
+
+    As spec.parse_record reads it: the last ``# novalxc.instance_uuid =``
+    line at the start of a line.
+    """
+    owner = None
+    for line in text.splitlines():
+        if not line.startswith(RECORD_PREFIX):
+            continue
+        key, sep, value = line[len(RECORD_PREFIX):].partition('=')
+        if sep and key.strip() == 'instance_uuid':
+            owner = value.strip()
+    return owner

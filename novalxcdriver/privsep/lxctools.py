@@ -1,8 +1,10 @@
 """Privileged entry points for the lxc-* tools (``lxc_admin`` context).
 
 One per action on a container: write_config (the one way a config is
-written: only one that passes privsep.lxcconf's policy), set_marker and
-clear_marker (the state files of MARKERS), start, stop
+written: only one that passes privsep.lxcconf's policy), make_dir and
+remove_dir (the container's directory, removed only when the daemon
+finds it the instance's), set_marker and clear_marker (the state files
+of MARKERS), start, stop
 (clean halt, then kill), request_halt (never kill), kill, reboot, freeze,
 unfreeze, info, and states for every container of an lxc_path. Each runs
 its tool in the daemon with an argv it builds itself (never a shell),
@@ -31,7 +33,10 @@ console log, cgroup directories it makes) is not world-writable.
 
 import os
 import re
+import shutil
 import stat
+
+from oslo_utils import uuidutils
 
 from novalxcdriver import command
 from novalxcdriver import conf
@@ -56,6 +61,15 @@ UMASK = 0o022
 # snapshot's cgroup freeze (snapshot.recover undoes it).
 MARKERS = ('suspended', 'snapshot-frozen')
 MAX_MARKER = 256  # bytes of a marker's text (an image ID)
+# What LXC and the driver put in a container's directory, besides
+# durable.write's temporary files (.<name>.<random>.tmp): a directory
+# holding anything else is not only the driver's.
+OWN_FILES = frozenset(('config', 'console.log', 'console.log.1', 'lxc.log',
+                       'serial-console.json', 'serial-console.log') +
+                      MARKERS)
+_TEMPORARY_RE = re.compile(r'^\.(config|serial-console\.json|%s)\.'
+                           r'[A-Za-z0-9_]+\.tmp\Z'
+                           % '|'.join(re.escape(m) for m in MARKERS))
 
 
 def check_lxc_path(call, lxc_path):
@@ -191,6 +205,69 @@ def clear_marker(name, lxc_path, marker):
         os.unlink(os.path.join(container_dir, marker))
     except FileNotFoundError:
         return False
+    return True
+
+
+def only_own_files(entries):
+    """Whether a container directory's entries are all LXC's or ours.
+
+    :param entries: names in the directory.
+    :returns: True if each is in OWN_FILES or a durable.write temporary.
+    """
+    return all(e in OWN_FILES or _TEMPORARY_RE.match(e) for e in entries)
+
+
+@privsep.lxc_admin.entrypoint
+def make_dir(name, lxc_path):
+    """Make the container's directory ``<lxc_path>/<name>``, root's 0700.
+
+    :raises PrivilegedCallRefused: the container checks.
+    :raises FileExistsError: it exists (whoever's it is, it is left).
+    """
+    container_dir = check_container('make_dir', name, lxc_path)
+    os.umask(UMASK)
+    os.makedirs(lxc_path, mode=0o711, exist_ok=True)
+    os.mkdir(container_dir, 0o700)
+
+
+@privsep.lxc_admin.entrypoint
+def remove_dir(name, lxc_path, instance_uuid):
+    """Remove the container's directory, when it is instance_uuid's.
+
+    The daemon's own reading of whose it is, whatever the caller says:
+    its config's record names instance_uuid, or, with a config naming
+    no one (missing, empty, torn), it holds only what LXC and the driver
+    make (only_own_files). A config naming another instance, or LXC keys
+    without a record, is someone else's.
+
+    :returns: True if it was removed, False if it did not exist.
+    :raises PrivilegedCallRefused: the container checks, instance_uuid
+        is not a UUID, or the directory is not (only) the instance's.
+    """
+    call = 'remove_dir'
+    container_dir = check_container(call, name, lxc_path)
+    if not isinstance(instance_uuid, str) or \
+            not uuidutils.is_uuid_like(instance_uuid):
+        privsep.refuse(call, '%r is not an instance UUID' % (instance_uuid,))
+    try:
+        entries = os.listdir(container_dir)
+    except FileNotFoundError:
+        return False
+    text = ''
+    if 'config' in entries:
+        with open(os.path.join(container_dir, 'config'), 'rb') as f:
+            text = f.read(MAX_CONFIG).decode('utf-8', 'replace')
+    owner = lxcconf.record_owner(text)
+    if owner != instance_uuid:
+        if uuidutils.is_uuid_like(owner) or any(
+                line.startswith('lxc.') for line in text.splitlines()):
+            privsep.refuse(call, '%s is the container of %s, not of %s'
+                           % (container_dir, owner or 'someone else',
+                              instance_uuid))
+        if not only_own_files(entries):
+            privsep.refuse(call, '%s holds what neither LXC nor the driver '
+                           'makes' % container_dir)
+    shutil.rmtree(container_dir)
     return True
 
 

@@ -52,8 +52,9 @@ SPAWN_POINTS = (
      None),
     ('mount.overlay', 'novalxcdriver.mount:overlay', 'after', None),
     ('Rootfs.create', 'novalxcdriver.rootfs:Rootfs.create', 'after', None),
-    # Written by the lxc_admin daemon: the crash is nova-compute's, around
-    # its call.
+    # Made and written by the lxc_admin daemon: the crash is
+    # nova-compute's, around its call.
+    ('lxc.make_dir', 'novalxcdriver.lxc:make_dir', 'after', None),
     ('config write', 'novalxcdriver.lxc:write_config', 'before', None),
     ('config write', 'novalxcdriver.lxc:write_config', 'after', None),
     ('lxc.start', 'novalxcdriver.lxc:start', 'before', None),
@@ -68,8 +69,10 @@ DESTROY_POINTS = (
      None),
     ('Rootfs.unmount', 'novalxcdriver.rootfs:Rootfs.unmount', 'after', None),
     ('Rootfs.destroy', 'novalxcdriver.rootfs:Rootfs.destroy', 'after', None),
-    ('rmtree(container dir)', 'shutil:rmtree', 'before', 'dir'),
-    ('rmtree(container dir)', 'shutil:rmtree', 'after', 'dir'),
+    # Removed by the lxc_admin daemon: the crash is nova-compute's,
+    # around its call.
+    ('lxc.remove_dir', 'novalxcdriver.lxc:remove_dir', 'before', None),
+    ('lxc.remove_dir', 'novalxcdriver.lxc:remove_dir', 'after', None),
     ('IdAllocator.release', 'novalxcdriver.ids:IdAllocator.release',
      'before', None),
 )

@@ -73,7 +73,7 @@ class _Base(base.BaseTestCase):
         self.lxc = patcher.start()
         self.addCleanup(patcher.stop)
         self.lxc.info.side_effect = self._info
-        unit_base.marker_files(self.lxc)
+        unit_base.container_dirs(self.lxc)
         # snapshot.recover's, at each remount.
         self.useFixture(unit_base.SnapshotStages())
         # Serial console relays: the lxc_admin daemon's (privsep.console).
@@ -935,7 +935,7 @@ class DestroyTest(_Base):
     def test_destroy(self):
         cid = self.make_container()
         self.c.destroy()
-        self.assertEqual(['kill'], self.lxc_calls())
+        self.assertEqual(['kill', 'remove_dir'], self.lxc_calls())
         self.assertFalse(os.path.lexists(self.c.dir))
         self.assertFalse(os.path.lexists(self.rootfs_dir(cid)))
         self.assertIsNone(self.ids.find(UUID))
@@ -950,7 +950,7 @@ class DestroyTest(_Base):
             return True
         self.lxc.request_halt.side_effect = halt
         self.c.destroy(timeout=20)
-        self.assertEqual(['request_halt'], self.lxc_calls())
+        self.assertEqual(['request_halt', 'remove_dir'], self.lxc_calls())
         self.assertFalse(os.path.lexists(self.c.dir))
 
     def test_destroy_is_idempotent(self):

@@ -112,7 +112,7 @@ class _Base(unit_base.TestCase):
         self.states = {}
         self.lxc = self.patch('novalxcdriver.container.lxc', autospec=True)
         self.lxc.info.side_effect = self._info
-        unit_base.marker_files(self.lxc)
+        unit_base.container_dirs(self.lxc)
         # snapshot.recover's, at each remount.
         self.useFixture(unit_base.SnapshotStages())
         # Serial console relays: the lxc_admin daemon's (privsep.console).

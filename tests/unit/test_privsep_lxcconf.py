@@ -156,3 +156,30 @@ class PolicyTest(base.BaseTestCase):
         self.refused(self.replaced('lxc.uts.name = web-1',
                                    'lxc.uts.name = web 1'),
                      'lxc.uts.name: bad value')
+
+
+class RecordOwnerTest(base.BaseTestCase):
+
+    def test_reads_what_spec_renders_as_parse_record_does(self):
+        text = full_config()
+        owner = spec.parse_record(text)['instance_uuid']
+        self.assertTrue(owner)
+        self.assertEqual(owner, lxcconf.record_owner(text))
+
+    def test_the_record_line_only(self):
+        uuid = 'c0ffee00-0000-4000-8000-000000000001'
+        for text, owner in (
+                ('', None),
+                ('lxc.uts.name = x\n', None),
+                ('# novalxc.instance_uuid = %s\n' % uuid, uuid),
+                ('# novalxc.instance_uuid=%s' % uuid, uuid),
+                # Not at the start of its line: not the driver's record.
+                (' # novalxc.instance_uuid = %s\n' % uuid, None),
+                ('# novalxc.nic.0.instance_uuid = %s\n' % uuid, None),
+                ('# novalxc.host = h\n# novalxc.instance_uuid\n', None),
+                ('# novalxc.instance_uuid = a\n'
+                 '# novalxc.instance_uuid = b\n', 'b')):
+            self.assertEqual(owner, lxcconf.record_owner(text), text)
+            if owner is not None:
+                self.assertEqual(owner, spec.parse_record(text).get(
+                    'instance_uuid'), text)

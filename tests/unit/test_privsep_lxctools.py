@@ -7,6 +7,7 @@ daemon: tests/functional/test_privsep.py.
 """
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -17,9 +18,12 @@ from oslo_config import fixture as config_fixture
 from oslo_privsep import priv_context
 
 from novalxcdriver import conf
+from novalxcdriver import container as container_mod
 from novalxcdriver import exception
 from novalxcdriver import privsep
 from novalxcdriver.privsep import lxctools
+from novalxcdriver import serialconsole
+from novalxcdriver import snapshot
 from tests.unit import base as unit_base
 from tests.unit import test_privsep_lxcconf
 
@@ -232,6 +236,94 @@ class EntryPointChecksTest(_Roots):
         self.refused(lxctools.set_marker, 'instance-00000003',
                      self.lxc_path, 'suspended', match='not root\'s alone')
         self.assertEqual(['config'], os.listdir(path))
+
+    def test_make_dir_makes_roots_0700_and_never_reuses(self):
+        if os.geteuid() != 0:
+            self.skipTest('the daemon trusts root\'s containers only')
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        lxctools.make_dir('instance-00000001', self.lxc_path)
+        path = os.path.join(self.lxc_path, 'instance-00000001')
+        self.assertEqual(0o700, stat.S_IMODE(os.stat(path).st_mode))
+        self.assertEqual(0, os.stat(path).st_uid)
+        with open(os.path.join(path, 'mine'), 'w') as f:
+            f.write('x')
+        self.assertRaises(FileExistsError, lxctools.make_dir,
+                          'instance-00000001', self.lxc_path)
+        self.assertEqual(['mine'], os.listdir(path))
+        self.refused(lxctools.make_dir, '../x', self.lxc_path,
+                     match='not a container name')
+        self.refused(lxctools.make_dir, 'x', '/etc', match='not a driver')
+        self.assertFalse(os.path.exists('/etc/x'))
+
+    def _config(self, path, text):
+        with open(os.path.join(path, 'config'), 'w') as f:
+            f.write(text)
+
+    def test_remove_dir_of_the_instance_it_names(self):
+        path = self.container()
+        uuid = 'c0ffee00-0000-4000-8000-000000000001'
+        self._config(path, '# novalxc.instance_uuid = %s\nlxc.uts.name = '
+                     'x\n' % uuid)
+        with open(os.path.join(path, 'guest-data'), 'w') as f:
+            f.write('whatever LXC or the guest left')
+        self.assertTrue(lxctools.remove_dir('instance-00000001',
+                                            self.lxc_path, uuid))
+        self.assertFalse(os.path.lexists(path))
+        self.assertFalse(lxctools.remove_dir('instance-00000001',
+                                             self.lxc_path, uuid))
+
+    def test_remove_dir_naming_no_one_only_with_own_files(self):
+        uuid = 'c0ffee00-0000-4000-8000-000000000001'
+        for entries, removed in (
+                ((), True),
+                (('console.log', 'lxc.log', 'suspended',
+                  '.config.abc_12.tmp', 'serial-console.json'), True),
+                (('console.log', 'notes.txt'), False),
+                (('.config.abc.tmp.x',), False),
+                (('sub/',), False)):
+            path = self.container()
+            self._config(path, '# novalxc.host = h\n')   # torn: no owner
+            for e in entries:
+                if e.endswith('/'):
+                    os.mkdir(os.path.join(path, e))
+                else:
+                    open(os.path.join(path, e), 'w').close()
+            if removed:
+                self.assertTrue(lxctools.remove_dir(
+                    'instance-00000001', self.lxc_path, uuid), entries)
+                self.assertFalse(os.path.lexists(path))
+            else:
+                self.refused(lxctools.remove_dir, 'instance-00000001',
+                             self.lxc_path, uuid, match='neither LXC nor')
+                self.assertTrue(os.path.isdir(path))
+                shutil.rmtree(path)
+
+    def test_remove_dir_refuses_another_s_container(self):
+        path = self.container()
+        uuid = 'c0ffee00-0000-4000-8000-000000000001'
+        other = 'c0ffee00-0000-4000-8000-000000000002'
+        for text in ('# novalxc.instance_uuid = %s\n' % other,
+                     'lxc.uts.name = foreign\n',
+                     ' # novalxc.instance_uuid = %s\nlxc.rootfs.path = '
+                     '/x\n' % uuid):
+            self._config(path, text)
+            self.refused(lxctools.remove_dir, 'instance-00000001',
+                         self.lxc_path, uuid, match='is the container of')
+            self.assertTrue(os.path.isfile(os.path.join(path, 'config')))
+        for bad in ('', 'x', None, 7, '../etc'):
+            self.refused(lxctools.remove_dir, 'instance-00000001',
+                         self.lxc_path, bad, match='not an instance UUID')
+        self.refused(lxctools.remove_dir, 'etc', '/', uuid,
+                     match='not a driver root')
+        self.assertTrue(os.path.isdir(path))
+
+    def test_own_files_name_what_the_driver_writes(self):
+        self.assertIn(container_mod.SUSPENDED_MARKER, lxctools.MARKERS)
+        self.assertIn(snapshot.FROZEN_MARKER, lxctools.MARKERS)
+        for name in (serialconsole.STATE_FILE, serialconsole.LOG_FILE,
+                     'config', 'console.log', 'lxc.log'):
+            self.assertIn(name, lxctools.OWN_FILES)
 
 
 class RootsTest(_Roots):

@@ -39,7 +39,7 @@ class _Base(unit_base.TestCase):
         self.disks = self.patch('novalxcdriver.snapshot.disks',
                                 autospec=True)
         self.lxc = self.patch('novalxcdriver.snapshot.lxc', autospec=True)
-        unit_base.marker_files(self.lxc)
+        unit_base.container_dirs(self.lxc)
         stages = self.useFixture(unit_base.SnapshotStages())
         self.live = stages.live
         self.daemon = mock.Mock()
