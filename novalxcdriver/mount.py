@@ -119,8 +119,21 @@ def unmount_tree(top):
     top = os.path.abspath(top)
     # Nothing mounted there (most calls: a cleanup's), no round trip; the
     # daemon reads the table again.
-    if any(p == top or p.startswith(top + '/') for p in mounts()):
+    if below(top):
         storage.unmount_tree(top)
+
+
+def below(top, points=None):
+    """The mount points at or below top (list, in mountinfo's order).
+
+    mountinfo names the resolved paths, so top's realpath is matched too:
+    a driver root may be a symlink (/var/lib/nova -> /srv/nova).
+
+    :param points: mount points to look in; default this namespace's.
+    """
+    tops = {top, os.path.realpath(top)}
+    return [p for p in (mounts() if points is None else points)
+            if any(p == t or p.startswith(t + '/') for t in tops)]
 
 
 def detach_stale(target):

@@ -636,9 +636,7 @@ def unmount_tree(top):
     daemon's own mountinfo decides what is below top.
     """
     check_path('unmount_tree', top, root_too=True)
-    inside = [p for p in mount.mounts()
-              if p == top or p.startswith(top + '/')]
-    for point in sorted(inside, key=len, reverse=True):
+    for point in sorted(mount.below(top), key=len, reverse=True):
         _unmount(point)
 
 

@@ -198,3 +198,20 @@ class IsIdmappedTest(base.TestCase):
         opened = self.patch('builtins.open', mock.mock_open(read_data=b''))
         self.assertFalse(mount.is_idmapped('/s/root'))
         opened.assert_called_once_with('/proc/self/mountinfo', 'rb')
+
+
+class BelowTest(base.TestCase):
+
+    def test_at_or_below_by_its_own_and_its_real_path(self):
+        tmp = os.path.realpath(self.useFixture(fixtures.TempDir()).path)
+        real = os.path.join(tmp, 'srv')
+        os.mkdir(real)
+        link = os.path.join(tmp, 'var')
+        os.symlink(real, link)
+        points = [real + '/a', real + '/a/b', link + '/c', real,
+                  real + '0/a', real + '-x', tmp, '/']
+        self.assertEqual([real + '/a', real + '/a/b', link + '/c', real],
+                         mount.below(link, points))
+        self.assertEqual([real + '/a', real + '/a/b'],
+                         mount.below(real + '/a', points))
+        self.assertEqual([], mount.below(real + '/z', points))

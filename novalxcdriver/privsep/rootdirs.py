@@ -1,0 +1,131 @@
+"""Privileged entry points for a root's directory (``storage_admin``).
+
+A container's root lives in ``<driver root>/rootfs/<cid>/`` (rootfs.py),
+a rescue root in its ``rescue/`` (rescue.py): the disks' images and mount
+points, the image's idmapped view (``lower``) and the overlay
+(``merged``). The directories are root's (0711: containers traverse
+them, nothing lists them), so they are made and removed here.
+
+What is checked before anything is done:
+
+- a root's path is ``<driver root>/rootfs/<digits>`` or that followed by
+  ``/rescue``, below a root without symlinks (storage.check_path);
+- a mount point is ``root`` or ``ephemeral`` of such a path;
+- a root is removed only when nothing is mounted at or below it (the
+  daemon's own mount table): never a delete through a mount into an
+  image, a disk or the host.
+"""
+
+import os
+import re
+import shutil
+import stat
+
+from novalxcdriver import exception
+from novalxcdriver import mount
+from novalxcdriver import privsep
+from novalxcdriver.privsep import lxctools
+from novalxcdriver.privsep import storage
+
+RESCUE = 'rescue'
+MOUNTPOINTS = ('root', 'ephemeral')
+LAYERS = ('lower', 'merged')
+# ASCII digits: str.isdigit also takes '²'.
+CID_RE = re.compile(r'^[0-9]+\Z')
+
+
+def check_root_dir(call, path, rescue_too=False):
+    """Refuse path unless it is ``<driver root>/rootfs/<digits>``.
+
+    :param rescue_too: ``<driver root>/rootfs/<digits>/rescue`` passes
+        too.
+    """
+    storage.check_path(call, path)
+    server = path
+    if rescue_too and os.path.basename(path) == RESCUE:
+        server = os.path.dirname(path)
+    rootfs_dir = os.path.dirname(server)
+    if not CID_RE.match(os.path.basename(server)) or \
+            os.path.basename(rootfs_dir) != 'rootfs' or \
+            os.path.dirname(rootfs_dir) not in privsep.driver_roots():
+        privsep.refuse(call, '%s is not a root\'s directory (<driver '
+                       'root>/rootfs/<id>%s)'
+                       % (path, '[/rescue]' if rescue_too else ''))
+
+
+@privsep.storage_admin.entrypoint
+def make_root(path, disk_mountpoint):
+    """Make a root's directory (0711) with its lower and merged (0755).
+
+    ``<driver root>/rootfs`` is made (0711) if missing; a rescue root's
+    server root must exist.
+
+    :param path: the root's directory (check_root_dir, rescue too).
+    :param disk_mountpoint: also make ``root/`` (0755), the upper
+        layer's home on the host's filesystem when there is no root
+        disk.
+    :raises PrivilegedCallRefused: the checks (module docstring).
+    :raises FileExistsError: path exists (whoever's it is, it is left).
+    :raises OSError: a directory could not be made (path is left, for
+        the caller's destroy).
+    """
+    call = 'make_root'
+    check_root_dir(call, path, rescue_too=True)
+    if type(disk_mountpoint) is not bool:
+        privsep.refuse(call, 'disk_mountpoint %r is not a bool'
+                       % (disk_mountpoint,))
+    os.umask(lxctools.UMASK)
+    if os.path.basename(path) != RESCUE:
+        os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+    # mkdir, not makedirs: an existing directory belongs to someone.
+    os.mkdir(path, 0o711)
+    for name in LAYERS + (MOUNTPOINTS[:1] if disk_mountpoint else ()):
+        os.mkdir(os.path.join(path, name), 0o755)
+
+
+@privsep.storage_admin.entrypoint
+def make_mountpoint(path):
+    """Make a disk's mount point (0755) in a root's directory, if missing.
+
+    :param path: ``<root's directory>/root`` or ``.../ephemeral``.
+    :raises PrivilegedCallRefused: the checks (module docstring).
+    :raises FileNotFoundError: the root's directory does not exist.
+    :raises FileExistsError: something else than a directory is there.
+    """
+    call = 'make_mountpoint'
+    if not isinstance(path, str) or \
+            os.path.basename(path) not in MOUNTPOINTS:
+        privsep.refuse(call, '%r is not a disk\'s mount point (%s)'
+                       % (path, ', '.join(MOUNTPOINTS)))
+    check_root_dir(call, os.path.dirname(path), rescue_too=True)
+    storage.check_path(call, path)
+    os.umask(lxctools.UMASK)
+    try:
+        # mkdir: a missing root's directory is make_root's, with its modes.
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise
+
+
+@privsep.storage_admin.entrypoint
+def remove_root(path):
+    """Delete a root's directory and all it holds (its disks' images).
+
+    :param path: the root's directory (check_root_dir, rescue too).
+    :returns: True if it was deleted, False if it did not exist.
+    :raises PrivilegedCallRefused: the checks (module docstring).
+    :raises MountFailed: something is mounted at or below it; nothing
+        was deleted.
+    """
+    call = 'remove_root'
+    check_root_dir(call, path, rescue_too=True)
+    if not os.path.lexists(path):
+        return False
+    left = mount.below(path)
+    if left:
+        raise exception.MountFailed(
+            what='cleanup', target=path,
+            reason='still mounted: %s' % ', '.join(sorted(set(left))))
+    shutil.rmtree(path)
+    return True

@@ -1,0 +1,639 @@
+"""privsep.rootdirs: a root's directory, its mount points, its removal.
+
+Entry points run here in-process (client mode off) against temporary
+driver roots (state and lxc), on a real tree: only the daemon's mount
+table (mount.mounts) is mocked, a list of paths the test sets. What a
+refusal leaves is the whole temporary tree as it was (modes, inodes,
+mtimes, contents, links' targets) and this process's fds. The tests run
+in the temporary directory (relative paths land in it), and rmtree fails
+a test rather than delete anything outside it, should a check ever let
+'/' through.
+"""
+
+import os
+import shutil
+import stat
+
+import fixtures
+
+from novalxcdriver import exception
+from novalxcdriver.privsep import rootdirs
+from tests.unit import base
+
+# Cids that are not ASCII digits (str.isdigit takes the last two).
+BAD_CIDS = ('abc', '-3', '+3', '3 ', ' 3', '3\n', '3a', '0x3', '3.0',
+            '\u00b2', '\u0663')
+# Host paths, only ever checked or given to remove_root (whose rmtree is
+# guarded): nothing is made there even if a check failed.
+HOST = ('/', '/rootfs/3', '/rootfs/3/rescue', '/etc', '/tmp')
+_RMTREE = shutil.rmtree
+
+
+def _mode(path):
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def _fds():
+    """{fd: what it is open on} of this process (/proc/self/fd)."""
+    found = {}
+    for name in os.listdir('/proc/self/fd'):
+        try:
+            found[int(name)] = os.readlink('/proc/self/fd/' + name)
+        except OSError:
+            pass
+    return found
+
+
+def _write(path, text='x'):
+    with open(path, 'w') as f:
+        f.write(text)
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+class _Base(base.TestCase):
+    """Driver roots state and lxc, empty; a tree outside them."""
+
+    def setUp(self):
+        super().setUp()
+        # Umask 0: the modes are the entry points' own (restored at the
+        # end, whatever an entry point set).
+        self.addCleanup(os.umask, os.umask(0))
+        self.tmp = os.path.realpath(self.useFixture(fixtures.TempDir()).path)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.tmp)
+        self.patch_object(rootdirs.shutil, 'rmtree', side_effect=self._rmtree)
+        self.state = os.path.join(self.tmp, 'state')
+        self.lxc = os.path.join(self.tmp, 'lxc')
+        os.mkdir(self.state, 0o755)
+        os.mkdir(self.lxc, 0o755)
+        self.storage_admin_here(self.lxc, self.state)
+        self.rootfs = os.path.join(self.state, 'rootfs')
+        # A server root's path, and its rescue root's (not made).
+        self.root = os.path.join(self.rootfs, '3')
+        self.rescue = os.path.join(self.root, 'rescue')
+        # Not a driver root: what is refused there must stay as it is.
+        self.outside = os.path.join(self.tmp, 'outside')
+        os.makedirs(os.path.join(self.outside, 'rootfs', '3'))
+        _write(os.path.join(self.outside, 'rootfs', '3', 'keep'), 'keep')
+        self.mounted = []
+        self.mounts = self.patch_object(
+            rootdirs.mount, 'mounts', side_effect=lambda: list(self.mounted))
+
+    def _rmtree(self, path, *args, **kwargs):
+        if not isinstance(path, str) or \
+                not os.path.abspath(path).startswith(self.tmp + '/'):
+            raise AssertionError('rmtree(%r) outside the test\'s tree'
+                                 % (path,))
+        return _RMTREE(path, *args, **kwargs)
+
+    def tree(self):
+        """Every path under the temporary directory, as it is."""
+        found = {}
+        for top, dirs, files in os.walk(self.tmp):
+            for name in dirs + files:
+                path = os.path.join(top, name)
+                st = os.lstat(path)
+                what = None
+                if stat.S_ISLNK(st.st_mode):
+                    what = os.readlink(path)
+                elif stat.S_ISREG(st.st_mode):
+                    what = _read(path)
+                found[path] = (st.st_mode, st.st_size, st.st_mtime_ns,
+                               st.st_ino, what)
+        return found
+
+    def listing(self, top):
+        """{path relative to top: 'd' or 'f', and its mode} below top."""
+        found = {}
+        for d, dirs, files in os.walk(top):
+            for name in dirs + files:
+                path = os.path.join(d, name)
+                kind = 'd' if name in dirs else 'f'
+                found[os.path.relpath(path, top)] = (kind, _mode(path))
+        return found
+
+    def refused(self, fn, *args, match=None):
+        """fn(*args) is refused and touches nothing; the message."""
+        before = self.tree()
+        fds = _fds()
+        e = self.assertRaises(exception.PrivilegedCallRefused, fn, *args)
+        if match is not None:
+            self.assertIn(match, str(e))
+        self.assertEqual(before, self.tree(), args)
+        self.assertEqual(fds, _fds(), args)
+        self.mounts.assert_not_called()
+        return str(e)
+
+    def make_server_root(self, root=None, rescue=False):
+        """A root's directory as make_root leaves it, with a file."""
+        root = root or self.root
+        os.makedirs(os.path.dirname(root), 0o711, exist_ok=True)
+        os.mkdir(root, 0o711)
+        for name in ('lower', 'merged'):
+            os.mkdir(os.path.join(root, name), 0o755)
+        _write(os.path.join(root, 'root.img'), 'image')
+        if rescue:
+            self.make_server_root(os.path.join(root, 'rescue'))
+        return root
+
+
+class ChecksTest(_Base):
+    """What is refused as a root's directory, by every entry point."""
+
+    def setUp(self):
+        super().setUp()
+        s = self.state
+        self.make_server_root(rescue=True)
+        # What each refused path would need to be made or removed: all
+        # there.
+        for cid in BAD_CIDS:
+            os.makedirs(os.path.join(self.rootfs, cid))
+        for d in (('other', '3'), ('sub', 'rootfs', '3'),
+                  ('rootfs', '3', 'root'), ('rootfs', '3', 'x', 'rescue'),
+                  ('rootfs', '3', 'rescue', 'rescue'), ('rootfs', 'rescue'),
+                  ('rescue',), ('rootfs', '3', '4')):
+            os.makedirs(os.path.join(s, *d), exist_ok=True)
+        # rootfs/7 is rootfs/3 through a symlink; lxc's rootfs is another
+        # tree's (its 3 exists there, its 4 does not).
+        os.symlink('3', os.path.join(self.rootfs, '7'))
+        os.symlink(os.path.join(self.outside, 'rootfs'),
+                   os.path.join(self.lxc, 'rootfs'))
+
+    def bad_roots(self):
+        r = self.root
+        s = self.state
+        return [
+            # Outside the driver roots, or one itself, or its rootfs.
+            os.path.join(self.outside, 'rootfs', '3'),
+            os.path.join(self.outside, 'rootfs', '4'),
+            os.path.join(self.tmp, 'rootfs', '3'),
+            self.tmp, s, self.lxc, self.rootfs, self.outside,
+            # Not absolute (the cwd is self.tmp) or not normalized.
+            'state/rootfs/3', 'state/rootfs/4', 'state/rootfs/3/rescue',
+            'rootfs/3', '3', '', './state/rootfs/3',
+            s + '/rootfs/x/../3', r + '/../3', r + '/', r + '/.',
+            s + '//rootfs/3', s + '/./rootfs/3', self.rootfs + '/',
+            r + '/rescue/', r + '/./rescue', r + '//rescue',
+            # Through a symlink: the cid, the rootfs directory.
+            os.path.join(self.rootfs, '7'),
+            os.path.join(self.rootfs, '7', 'rescue'),
+            os.path.join(self.lxc, 'rootfs', '3'),
+            os.path.join(self.lxc, 'rootfs', '4'),
+            os.path.join(self.lxc, 'rootfs', '3', 'rescue'),
+            # Its parent not named rootfs, or not directly under a root.
+            os.path.join(s, 'other', '3'), os.path.join(s, '3'),
+            os.path.join(s, 'sub', 'rootfs', '3'),
+            os.path.join(r, 'rootfs', '4'), os.path.join(r, '4'),
+            os.path.join(s, 'ROOTFS', '3'),
+        ] + [
+            # The cid not ASCII digits.
+            os.path.join(self.rootfs, cid) for cid in BAD_CIDS
+        ] + [
+            os.path.join(self.rootfs, cid, 'rescue') for cid in BAD_CIDS
+        ] + [
+            # rescue only directly under a cid's directory.
+            os.path.join(self.rootfs, 'rescue'), os.path.join(s, 'rescue'),
+            os.path.join(r, 'x', 'rescue'), os.path.join(r, 'root'),
+            os.path.join(self.rescue, 'rescue'), os.path.join(r, 'Rescue'),
+            os.path.join(r, 'rescue2'), os.path.join(r, 'lower'),
+            # NUL.
+            r + '\0', r + '\0/x', self.rescue + '\0',
+            # Not a str.
+            None, 3, 3.0, os.fsencode(r), [r], (r,),
+        ]
+
+    def test_check_root_dir_accepts(self):
+        # Whether it exists or not.
+        for path in (self.root, os.path.join(self.rootfs, '0'),
+                     os.path.join(self.rootfs, '0123456789')):
+            self.assertIsNone(rootdirs.check_root_dir('c', path))
+            self.assertIsNone(rootdirs.check_root_dir('c', path,
+                                                      rescue_too=True))
+        self.assertIsNone(rootdirs.check_root_dir('c', self.rescue,
+                                                  rescue_too=True))
+        # In the other root, and a root that does not exist yet.
+        os.unlink(os.path.join(self.lxc, 'rootfs'))
+        for path in (os.path.join(self.lxc, 'rootfs', '5'),
+                     os.path.join(self.lxc, 'rootfs', '5', 'rescue')):
+            self.assertIsNone(rootdirs.check_root_dir('c', path,
+                                                      rescue_too=True))
+
+    def test_check_root_dir(self):
+        for path in self.bad_roots() + list(HOST):
+            self.refused(rootdirs.check_root_dir, 'c', path)
+            self.refused(rootdirs.check_root_dir, 'c', path, True)
+        msg = self.refused(rootdirs.check_root_dir, 'the_call',
+                           os.path.join(self.state, 'other', '3'))
+        self.assertIn('the_call', msg)
+
+    def test_rescue_only_with_rescue_too(self):
+        self.refused(rootdirs.check_root_dir, 'c', self.rescue,
+                     match='not a root')
+        self.refused(rootdirs.check_root_dir, 'c', self.rescue, False)
+        self.assertIsNone(rootdirs.check_root_dir('c', self.rescue, True))
+
+    def test_make_root(self):
+        for path in self.bad_roots() + ['/']:
+            self.refused(rootdirs.make_root, path, False)
+            self.refused(rootdirs.make_root, path, True)
+
+    def test_make_mountpoint(self):
+        for path in self.bad_roots():
+            if isinstance(path, str):
+                for name in rootdirs.MOUNTPOINTS:
+                    self.refused(rootdirs.make_mountpoint,
+                                 path + '/' + name)
+            else:
+                self.refused(rootdirs.make_mountpoint, path)
+
+    def test_remove_root(self):
+        for path in self.bad_roots() + list(HOST):
+            self.refused(rootdirs.remove_root, path)
+        self.assertEqual('keep', _read(os.path.join(
+            self.outside, 'rootfs', '3', 'keep')))
+
+
+class MakeRootTest(_Base):
+
+    def test_a_server_root(self):
+        self.assertIsNone(rootdirs.make_root(self.root, False))
+        self.assertEqual({'rootfs': ('d', 0o711),
+                          'rootfs/3': ('d', 0o711),
+                          'rootfs/3/lower': ('d', 0o755),
+                          'rootfs/3/merged': ('d', 0o755)},
+                         self.listing(self.state))
+
+    def test_with_its_disk_mountpoint(self):
+        rootdirs.make_root(self.root, True)
+        self.assertEqual({'lower': ('d', 0o755), 'merged': ('d', 0o755),
+                          'root': ('d', 0o755)},
+                         self.listing(self.root))
+        self.assertEqual(0o711, _mode(self.root))
+        self.assertEqual(0o711, _mode(self.rootfs))
+
+    def test_in_either_driver_root(self):
+        path = os.path.join(self.lxc, 'rootfs', '0')
+        rootdirs.make_root(path, False)
+        self.assertEqual({'rootfs': ('d', 0o711),
+                          'rootfs/0': ('d', 0o711),
+                          'rootfs/0/lower': ('d', 0o755),
+                          'rootfs/0/merged': ('d', 0o755)},
+                         self.listing(self.lxc))
+        self.assertEqual({}, self.listing(self.state))
+
+    def test_an_existing_rootfs_directory_is_left(self):
+        os.mkdir(self.rootfs, 0o750)
+        other = self.make_server_root(os.path.join(self.rootfs, '5'))
+        os.chmod(other, 0o700)
+        before = self.tree()
+        rootdirs.make_root(self.root, False)
+        self.assertEqual(0o750, _mode(self.rootfs))
+        self.assertEqual(0o711, _mode(self.root))
+        after = self.tree()
+        for path in before:
+            if path != self.rootfs:   # its mtime: 3 was made in it
+                self.assertEqual(before[path], after[path], path)
+
+    def test_an_existing_root_is_left(self):
+        # Someone's: mode, contents, and no layer added to it.
+        os.makedirs(self.root, 0o700)
+        os.chmod(self.rootfs, 0o755)
+        _write(os.path.join(self.root, 'mine'), 'mine')
+        before = self.tree()
+        for disk_mountpoint in (False, True):
+            self.assertRaises(FileExistsError, rootdirs.make_root,
+                              self.root, disk_mountpoint)
+            self.assertEqual(before, self.tree())
+        self.assertEqual(['mine'], os.listdir(self.root))
+        self.assertEqual(0o700, _mode(self.root))
+        self.assertEqual(0o755, _mode(self.rootfs))
+        # A rescue root too.
+        os.mkdir(self.rescue, 0o700)
+        before = self.tree()
+        self.assertRaises(FileExistsError, rootdirs.make_root, self.rescue,
+                          False)
+        self.assertEqual(before, self.tree())
+
+    def test_an_existing_file_or_link_is_left(self):
+        os.mkdir(self.rootfs, 0o711)
+        _write(self.root, 'a file')
+        os.chmod(self.root, 0o600)
+        before = self.tree()
+        self.assertRaises(FileExistsError, rootdirs.make_root, self.root,
+                          True)
+        self.assertEqual(before, self.tree())
+        # A dangling symlink: refused, nothing made where it points.
+        os.unlink(self.root)
+        target = os.path.join(self.outside, 'made')
+        os.symlink(target, self.root)
+        self.refused(rootdirs.make_root, self.root, False, match='symlink')
+        self.assertFalse(os.path.lexists(target))
+
+    def test_a_rescue_root_in_its_server_root(self):
+        rootdirs.make_root(self.root, False)
+        server = self.listing(self.root)
+        rootdirs.make_root(self.rescue, False)
+        self.assertEqual({'lower': ('d', 0o755), 'merged': ('d', 0o755)},
+                         self.listing(self.rescue))
+        self.assertEqual(0o711, _mode(self.rescue))
+        self.assertEqual(dict(server, rescue=('d', 0o711),
+                              **{'rescue/lower': ('d', 0o755),
+                                 'rescue/merged': ('d', 0o755)}),
+                         self.listing(self.root))
+        self.assertRaises(FileExistsError, rootdirs.make_root, self.rescue,
+                          True)
+
+    def test_a_rescue_root_with_its_disk_mountpoint(self):
+        self.make_server_root()
+        rootdirs.make_root(self.rescue, True)
+        self.assertEqual({'lower': ('d', 0o755), 'merged': ('d', 0o755),
+                          'root': ('d', 0o755)},
+                         self.listing(self.rescue))
+
+    def test_a_rescue_root_needs_its_server_root(self):
+        # Nothing is made for it: not its server root, nor rootfs.
+        for made in ((), (self.rootfs,)):
+            for d in made:
+                os.mkdir(d, 0o711)
+            before = self.tree()
+            for disk_mountpoint in (False, True):
+                self.assertRaises(FileNotFoundError, rootdirs.make_root,
+                                  self.rescue, disk_mountpoint)
+                self.assertEqual(before, self.tree())
+        self.assertFalse(os.path.lexists(self.root))
+
+    def test_disk_mountpoint_is_a_bool(self):
+        for value in (1, 0, 'yes', '', 'True', None, 1.0, [], [True]):
+            msg = self.refused(rootdirs.make_root, self.root, value)
+            self.assertIn(repr(value), msg)
+            self.assertIn('make_root', msg)
+        self.make_server_root()
+        for value in (1, 'yes', None):
+            self.refused(rootdirs.make_root, self.rescue, value)
+
+    def test_a_missing_driver_root_is_not_made_writable_by_others(self):
+        # The daemon's umask, not the caller's (0 here), for what makedirs
+        # makes with its default mode.
+        os.rmdir(self.state)
+        rootdirs.make_root(self.root, False)
+        self.assertEqual(0, _mode(self.state) & 0o022)
+        self.assertEqual(0o711, _mode(self.rootfs))
+        self.assertEqual(0o711, _mode(self.root))
+
+
+class MakeMountpointTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.make_server_root(rescue=True)
+
+    def test_root_and_ephemeral(self):
+        for top in (self.root, self.rescue):
+            before = self.listing(top)
+            for name in ('root', 'ephemeral'):
+                path = os.path.join(top, name)
+                self.assertIsNone(rootdirs.make_mountpoint(path))
+                self.assertTrue(stat.S_ISDIR(os.lstat(path).st_mode))
+                self.assertEqual(0o755, _mode(path))
+            self.assertEqual(dict(before, root=('d', 0o755),
+                                  ephemeral=('d', 0o755)),
+                             self.listing(top))
+        self.assertEqual(0o711, _mode(self.root))
+        self.assertEqual(0o711, _mode(self.rescue))
+
+    def test_in_the_other_driver_root(self):
+        root = self.make_server_root(os.path.join(self.lxc, 'rootfs', '0'))
+        rootdirs.make_mountpoint(os.path.join(root, 'ephemeral'))
+        self.assertEqual(0o755, _mode(os.path.join(root, 'ephemeral')))
+
+    def test_an_existing_one_is_left(self):
+        path = os.path.join(self.root, 'root')
+        os.mkdir(path, 0o700)
+        _write(os.path.join(path, 'etc'), 'mine')
+        before = self.tree()
+        for _twice in range(2):
+            self.assertIsNone(rootdirs.make_mountpoint(path))
+            self.assertEqual(before, self.tree())
+        # And one this made, again.
+        path = os.path.join(self.rescue, 'ephemeral')
+        rootdirs.make_mountpoint(path)
+        before = self.tree()
+        rootdirs.make_mountpoint(path)
+        self.assertEqual(before, self.tree())
+
+    def test_a_file_in_its_place_is_left(self):
+        path = os.path.join(self.root, 'ephemeral')
+        _write(path, 'not a directory')
+        before = self.tree()
+        self.assertRaises(FileExistsError, rootdirs.make_mountpoint, path)
+        self.assertEqual(before, self.tree())
+
+    def test_other_names(self):
+        for top in (self.root, self.rescue):
+            for name in ('upper', 'work', 'lower', 'merged', 'rescue',
+                         'root.img', '..', '.', '', 'root/x', 'root/root',
+                         'ephemeral/x', 'x/root', 'rescue/x/root',
+                         'lower/ephemeral', 'Root', 'root ', 'root\n',
+                         'ephemeral2', 'root/', 'root/.', 'root/..',
+                         '/root', './root', 'x/../root', 'root\0'):
+                os.makedirs(os.path.join(top, 'x'), exist_ok=True)
+                os.makedirs(os.path.join(top, 'root'), exist_ok=True)
+                self.refused(rootdirs.make_mountpoint, top + '/' + name)
+        for value in (None, 3, b'root', os.fsencode(self.root + '/root'),
+                      [self.root + '/root']):
+            self.refused(rootdirs.make_mountpoint, value)
+
+    def test_through_a_symlink(self):
+        target = os.path.join(self.outside, 'target')
+        os.mkdir(target, 0o700)
+        os.symlink(target, os.path.join(self.root, 'root'))
+        os.symlink(os.path.join(self.outside, 'missing'),
+                   os.path.join(self.root, 'ephemeral'))
+        for name in ('root', 'ephemeral'):
+            self.refused(rootdirs.make_mountpoint,
+                         os.path.join(self.root, name),
+                         match='symlink')
+        self.assertFalse(os.path.lexists(os.path.join(self.outside,
+                                                      'missing')))
+        self.assertEqual(0o700, _mode(target))
+
+
+class RemoveRootTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.make_server_root(rescue=True)
+        self.other = self.make_server_root(os.path.join(self.rootfs, '30'))
+        r = self.root
+        os.makedirs(os.path.join(r, 'upper', 'etc', 'deep', 'er'))
+        _write(os.path.join(r, 'upper', 'etc', 'deep', 'er', 'f'))
+        os.mkdir(os.path.join(r, 'root'), 0o755)
+        os.mkdir(os.path.join(r, 'empty'), 0o700)
+        _write(os.path.join(r, 'root', 'private'))
+        os.chmod(os.path.join(r, 'root', 'private'), 0)
+        # Links out of the tree: to a directory, a file; dangling.
+        self.victim = os.path.join(self.outside, 'victim')
+        os.mkdir(self.victim)
+        _write(os.path.join(self.victim, 'file'), 'keep')
+        os.symlink(self.victim, os.path.join(r, 'upper', 'to-dir'))
+        os.symlink(os.path.join(self.victim, 'file'),
+                   os.path.join(r, 'upper', 'etc', 'to-file'))
+        os.symlink('/nonexistent', os.path.join(r, 'dangling'))
+        os.symlink(self.outside, os.path.join(self.rescue, 'out'))
+        os.mkfifo(os.path.join(r, 'fifo'))
+
+    def assertOthersKept(self, before):
+        """What is not below self.root is as it was (its parent aside)."""
+        after = self.tree()
+        for path, seen in before.items():
+            if path == self.rootfs:
+                continue
+            if path == self.root or path.startswith(self.root + '/'):
+                continue
+            self.assertEqual(seen, after.get(path), path)
+        self.assertEqual(['file'], os.listdir(self.victim))
+        self.assertEqual('keep', _read(os.path.join(self.victim, 'file')))
+
+    def test_deletes_the_whole_tree(self):
+        before = self.tree()
+        self.assertIs(True, rootdirs.remove_root(self.root))
+        self.assertFalse(os.path.lexists(self.root))
+        self.assertEqual(['30'], os.listdir(self.rootfs))
+        self.assertOthersKept(before)
+        self.assertEqual(
+            {p for p in before if not p.startswith(self.root + '/') and
+             p != self.root}, set(self.tree()))
+        self.mounts.assert_called_once_with()
+
+    def test_a_rescue_root(self):
+        before = self.tree()
+        self.assertIs(True, rootdirs.remove_root(self.rescue))
+        self.assertFalse(os.path.lexists(self.rescue))
+        after = self.tree()
+        for path in before:
+            if path.startswith(self.rescue + '/') or path == self.rescue:
+                continue
+            if path != self.root:   # its mtime
+                self.assertEqual(before[path], after[path], path)
+        self.assertEqual(['file'], os.listdir(self.victim))
+        self.assertTrue(os.path.isdir(self.outside))
+
+    def test_a_missing_one(self):
+        before = self.tree()
+        for path in (os.path.join(self.rootfs, '4'),
+                     os.path.join(self.rootfs, '4', 'rescue'),
+                     os.path.join(self.lxc, 'rootfs', '3'),
+                     os.path.join(self.other, 'rescue')):
+            self.assertIs(False, rootdirs.remove_root(path))
+        self.assertEqual(before, self.tree())
+        # And once removed.
+        self.assertIs(True, rootdirs.remove_root(self.root))
+        self.assertIs(False, rootdirs.remove_root(self.root))
+        self.assertIs(False, rootdirs.remove_root(self.rescue))
+
+    def refused_mounted(self, path, *points):
+        before = self.tree()
+        e = self.assertRaises(exception.MountFailed, rootdirs.remove_root,
+                              path)
+        self.assertEqual(before, self.tree())
+        msg = str(e)
+        self.assertIn(path, msg)
+        for point in points:
+            self.assertIn(point, msg)
+        return msg
+
+    def test_mounted_on_itself(self):
+        for path in (self.root, self.rescue):
+            self.mounted = ['/proc', path, '/sys']
+            msg = self.refused_mounted(path, path)
+            self.assertNotIn('/proc', msg)
+
+    def test_mounted_below_it(self):
+        deep = os.path.join(self.root, 'upper', 'etc', 'deep', 'er')
+        points = [os.path.join(self.root, 'root'),
+                  os.path.join(self.rescue, 'merged'), deep]
+        self.mounted = ['/', self.state] + points
+        msg = self.refused_mounted(self.root, *points)
+        # Named in order.
+        self.assertIn('still mounted: ' + ', '.join(sorted(points)), msg)
+        # One stacked on another.
+        self.mounted = points[:1] * 2
+        self.refused_mounted(self.root, points[0])
+        # A rescue root's, for it and its server root.
+        self.mounted = [os.path.join(self.rescue, 'merged')]
+        self.refused_mounted(self.rescue, self.mounted[0])
+        self.refused_mounted(self.root, self.mounted[0])
+        # Even where nothing exists (a mount table is what counts).
+        self.mounted = [os.path.join(self.root, 'gone', 'x')]
+        self.refused_mounted(self.root, self.mounted[0])
+
+    def test_mounts_elsewhere_do_not_block(self):
+        r = self.root
+        self.mounted = ['/', self.tmp, self.state, self.rootfs,
+                        r + '0', r + '-x', r + '0/root', self.other,
+                        os.path.join(self.other, 'root'), r + 'escue',
+                        os.path.join(self.lxc, 'rootfs', '3')]
+        # A server root's mounts outside its rescue root let the rescue
+        # root go.
+        self.mounted += [os.path.join(r, 'root'), self.rescue + '0',
+                         self.rescue + '-x', r + '/rescu']
+        self.assertIs(True, rootdirs.remove_root(self.rescue))
+        self.mounted = self.mounted[:-4]
+        self.assertIs(True, rootdirs.remove_root(r))
+        self.assertFalse(os.path.lexists(r))
+        self.assertTrue(os.path.isdir(os.path.join(self.other, 'lower')))
+
+    def test_refused_keeps_everything(self):
+        r = self.root
+        for path in ('/', self.tmp, self.state, self.lxc, self.rootfs,
+                     r + '/', r + '/root', r + '/upper', r + '/fifo',
+                     r + '/dangling', r + '/upper/to-dir',
+                     self.rescue + '/out', self.rescue + '/rescue',
+                     self.victim, os.path.join(self.outside, 'rootfs', '3'),
+                     'state/rootfs/3', 'state/rootfs/3/rescue', r + '\0',
+                     None, os.fsencode(r)):
+            self.refused(rootdirs.remove_root, path)
+
+
+class SymlinkedDriverRootTest(_Base):
+    """A driver root that is a symlink (/var/lib/nova -> /srv/nova).
+
+    The mount table names resolved paths: a mount below the root must
+    still block its removal.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.real = os.path.join(self.tmp, 'srv-state')
+        os.mkdir(self.real, 0o755)
+        self.link = os.path.join(self.tmp, 'state-link')
+        os.symlink(self.real, self.link)
+        self.storage_admin_here(self.lxc, self.link)
+
+    def test_a_mount_named_by_its_real_path_blocks_the_removal(self):
+        root = os.path.join(self.link, 'rootfs', '3')
+        rootdirs.make_root(root, False)
+        _write(os.path.join(root, 'root.img'), 'disk')
+        self.mounted = [os.path.join(self.real, 'rootfs', '3', 'root')]
+        before = self.tree()
+        e = self.assertRaises(exception.MountFailed, rootdirs.remove_root,
+                              root)
+        self.assertIn(self.mounted[0], str(e))
+        self.assertEqual(before, self.tree())
+        self.mounted = []
+        self.assertTrue(rootdirs.remove_root(root))
+        self.assertFalse(os.path.lexists(root))
+
+
+class MakeMountpointOfAMissingRootTest(_Base):
+
+    def test_never_makes_the_root_s_directory(self):
+        before = self.tree()
+        self.assertRaises(FileNotFoundError, rootdirs.make_mountpoint,
+                          os.path.join(self.root, 'root'))
+        self.assertEqual(before, self.tree())
+        self.assertFalse(os.path.lexists(self.rootfs))
