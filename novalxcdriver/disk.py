@@ -41,6 +41,7 @@ from novalxcdriver import loop
 from novalxcdriver import mount
 from novalxcdriver.privsep import disks
 from novalxcdriver.privsep import ownership
+from novalxcdriver.privsep import rootdirs
 from novalxcdriver import throttle
 
 LOG = logging.getLogger(__name__)
@@ -85,7 +86,6 @@ class Disk:
         :raises MountFailed: mount(2) failed.
         """
         disks.create_image(self.image_path, size_gb, fs, self.templates)
-        os.makedirs(self.mountpoint, mode=0o755, exist_ok=True)
         # A new image: no loop device can hold it yet (mount's wait).
         self._mount()
         ownership.give_disk_root(self.mountpoint,
@@ -156,7 +156,7 @@ class Disk:
 
     def _mount(self):
         # A migration brings the image alone.
-        os.makedirs(self.mountpoint, mode=0o755, exist_ok=True)
+        rootdirs.make_mountpoint(self.mountpoint)
         # Autoclear: the device goes with the unmount, or at once if the
         # mount failed.
         device = mount.disk_image(self.image_path, self.mountpoint)

@@ -53,6 +53,7 @@ from novalxcdriver import exception
 from novalxcdriver import mount
 from novalxcdriver.privsep import disks
 from novalxcdriver.privsep import ownership
+from novalxcdriver.privsep import rootdirs
 from novalxcdriver import throttle
 
 LOG = logging.getLogger(__name__)
@@ -146,18 +147,9 @@ class Rootfs:
         :raises RootfsExists: its directory exists: nothing was touched.
         :raises MountFailed, CommandFailed: the caller destroys on failure.
         """
-        os.makedirs(os.path.dirname(self.path), mode=0o711, exist_ok=True)
-        try:
-            # mkdir, not makedirs: an existing directory belongs to someone.
-            os.mkdir(self.path, 0o711)
-        except FileExistsError:
-            raise exception.RootfsExists(path=self.path)
-        for d in (self.lower, self.merged):
-            os.mkdir(d, 0o755)
+        self._make(disk_mountpoint=not root_gb)
         if root_gb:
             self.root_disk.create(root_gb, fs=root_fs)
-        else:
-            os.mkdir(self.root_disk.mountpoint, 0o755)
         for d in (self.upper, self.work):
             _make_dir(d, idmap)
         if ephemeral_gb:
@@ -205,21 +197,14 @@ class Rootfs:
         :raises MountFailed, CommandFailed, CommandTimedOut,
             DiskUnreadable: the caller destroys on failure.
         """
-        os.makedirs(os.path.dirname(self.path), mode=0o711, exist_ok=True)
-        try:
-            os.mkdir(self.path, 0o711)
-        except FileExistsError:
-            raise exception.RootfsExists(path=self.path)
-        for d in (self.lower, self.merged):
-            os.mkdir(d, 0o755)
+        self._make(disk_mountpoint=False)
         fetch(self.path)
         if root_gb:
             if not os.path.isfile(self.root_disk.image_path):
                 raise exception.DiskUnreadable(
                     path=self.root_disk.image_path,
                     reason='the migration brought no root disk')
-            os.makedirs(self.root_disk.mountpoint, mode=0o755,
-                        exist_ok=True)
+            rootdirs.make_mountpoint(self.root_disk.mountpoint)
         elif not os.path.isdir(self.upper):
             raise exception.DiskUnreadable(
                 path=self.upper, reason='the migration brought no root')
@@ -237,6 +222,16 @@ class Rootfs:
         for d, gb in grow:
             if d.filesystem() == 'btrfs':
                 d.grow(gb)
+
+    def _make(self, disk_mountpoint):
+        """Make its directory, lower and merged (privsep.rootdirs).
+
+        :raises RootfsExists: its directory exists: nothing was touched.
+        """
+        try:
+            rootdirs.make_root(self.path, disk_mountpoint)
+        except FileExistsError:
+            raise exception.RootfsExists(path=self.path)
 
     def write_etc_file(self, name, text, idmap):
         """Write /etc/<name> of the container, owned by its root, 0644.
@@ -280,18 +275,14 @@ class Rootfs:
         """Unmount and delete everything of this root. Idempotent.
 
         :raises MountFailed: something stays mounted below it; nothing is
-            deleted then, so the image cannot be deleted through a mount.
+            deleted then, so the image cannot be deleted through a mount
+            (the storage_admin daemon, which deletes it, checks again:
+            privsep.rootdirs.remove_root).
         """
         if not self.exists():
             return
         self.unmount()
-        left = [p for p in mount.mountpoints()
-                if p == self.path or p.startswith(self.path + '/')]
-        if left:
-            raise exception.MountFailed(
-                what='cleanup', target=self.path,
-                reason='still mounted: %s' % ', '.join(sorted(left)))
-        shutil.rmtree(self.path)
+        rootdirs.remove_root(self.path)
 
     # -- replacement of the root's own layers (Nova's rebuild) ----------
 

@@ -51,6 +51,7 @@ from novalxcdriver import conf
 from novalxcdriver import mount
 from novalxcdriver import privsep
 from novalxcdriver.privsep import lxctools
+from novalxcdriver.privsep import rootdirs
 from novalxcdriver.privsep import storage
 
 CONF = conf.CONF
@@ -61,7 +62,6 @@ MERGED = 'merged'
 SPOOL = 'spool'
 STAGE_RE = re.compile(r'^snapshot-[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z')
 FIFO_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.fifo\Z')
-CID_RE = re.compile(r'^[0-9]+\Z')   # ASCII digits: str.isdigit takes '²'
 ZSTD_LEVEL = 3
 
 # find(1) lists what tar(1) archives: /dev's contents are LXC's (it
@@ -100,23 +100,12 @@ _held_lock = threading.Lock()
 
 # -- checks -------------------------------------------------------------
 
-def _check_rootfs_dir(call, path):
-    """Refuse path unless it is ``<driver root>/rootfs/<digits>``."""
-    storage.check_path(call, path)
-    rootfs_dir = os.path.dirname(path)
-    if not CID_RE.match(os.path.basename(path)) or \
-            os.path.basename(rootfs_dir) != 'rootfs' or \
-            os.path.dirname(rootfs_dir) not in privsep.driver_roots():
-        privsep.refuse(call, '%s is not a container\'s root directory '
-                       '(<driver root>/rootfs/<id>)' % path)
-
-
 def check_stage(call, stage):
     """Refuse stage unless it is a snapshot stage's path (STAGE_RE)."""
     storage.check_path(call, stage)
     if not STAGE_RE.match(os.path.basename(stage)):
         privsep.refuse(call, '%s is not named as a snapshot stage' % stage)
-    _check_rootfs_dir(call, os.path.dirname(stage))
+    rootdirs.check_root_dir(call, os.path.dirname(stage))
 
 
 def _check_fifo_path(call, fifo):
@@ -424,7 +413,7 @@ def stages(rootfs_dir):
         (this daemon or another) holds the stage's lock.
     :raises PrivilegedCallRefused: rootfs_dir is not a root directory.
     """
-    _check_rootfs_dir('stages', rootfs_dir)
+    rootdirs.check_root_dir('stages', rootfs_dir)
     try:
         names = os.listdir(rootfs_dir)
     except FileNotFoundError:

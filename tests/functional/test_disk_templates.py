@@ -32,10 +32,18 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         # Mounts are made below driver roots only.
         privsep.add_roots(self.tmp)
         self.templates = os.path.join(self.tmp, disk.TEMPLATES)
+        self._roots = []
 
-    def disk(self, name):
-        d = disk.Disk(os.path.join(self.tmp, name + '.img'),
-                      os.path.join(self.tmp, name), self.templates)
+    def disk(self, name, templates=True):
+        # In a root's directory of its own, as rootfs.py lays them out
+        # (the daemon makes mount points there only).
+        root_dir = os.path.join(self.tmp, 'rootfs',
+                                str(len(self._roots)))
+        self._roots.append(name)
+        os.makedirs(root_dir)
+        d = disk.Disk(os.path.join(root_dir, 'root.img'),
+                      os.path.join(root_dir, 'root'),
+                      self.templates if templates else None)
         self.addCleanup(self._gone, d)
         return d
 
@@ -94,9 +102,7 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
     def test_btrfs_without_templates_formats_each(self):
         # Kernels without temp-fsid: privsep.disks passes no template
         # either (test_privsep_disks).
-        d = disk.Disk(os.path.join(self.tmp, 'plain.img'),
-                      os.path.join(self.tmp, 'plain'), None)
-        self.addCleanup(self._gone, d)
+        d = self.disk('plain', templates=False)
         d.create(1, fs='btrfs')
         self.assertEqual('btrfs', d.filesystem())
         self.assertFalse(os.path.exists(self.templates))

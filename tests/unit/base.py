@@ -15,6 +15,7 @@ from novalxcdriver import privsep
 from novalxcdriver.privsep import lxcconf
 from novalxcdriver.privsep import lxctools
 from novalxcdriver.privsep import ownership
+from novalxcdriver.privsep import rootdirs
 from novalxcdriver.privsep import snapshots
 
 
@@ -108,6 +109,53 @@ class OwnershipInProcess(fixtures.Fixture):
             try:
                 with mock.patch.object(ids, 'read_subordinate_ranges',
                                        return_value=self.SUBORDINATE):
+                    return entry_point(*args)
+            finally:
+                context.set_client_mode(was)
+        return call
+
+
+class RootDirsInProcess(fixtures.Fixture):
+    """privsep.rootdirs' entry points run in this process, on the tree.
+
+    Each entry point is a mock (to assert its calls) running the real one
+    here, its checks included: paths below the driver roots (CONF's,
+    add_roots', and roots); remove_root sees the mount points ``mounts``
+    gives (the test's mocked mount table) instead of the host's.
+
+    :param roots: driver roots besides CONF's.
+    :param mounts: callable returning a collection of mount points;
+        default none.
+    :ivar make_root, make_mountpoint, remove_root: the mocks.
+    """
+
+    ENTRY_POINTS = ('make_root', 'make_mountpoint', 'remove_root')
+
+    def __init__(self, *roots, mounts=None):
+        super().__init__()
+        self.roots = roots
+        self.mounts = mounts or (lambda: ())
+
+    def _setUp(self):
+        if self.roots:
+            self.useFixture(fixtures.MockPatchObject(
+                privsep, '_added_roots', new=privsep._added_roots | {
+                    os.path.normpath(os.path.abspath(r))
+                    for r in self.roots}))
+        for name in self.ENTRY_POINTS:
+            setattr(self, name, self.useFixture(fixtures.MockPatchObject(
+                rootdirs, name,
+                side_effect=self._in_process(getattr(rootdirs, name)))).mock)
+
+    def _in_process(self, entry_point):
+        def call(*args):
+            context = privsep.storage_admin
+            was = context.client_mode
+            context.set_client_mode(False)
+            try:
+                with mock.patch.object(rootdirs.mount, 'mounts',
+                                       side_effect=lambda: list(
+                                           self.mounts())):
                     return entry_point(*args)
             finally:
                 context.set_client_mode(was)

@@ -94,6 +94,9 @@ class _Base(base.BaseTestCase):
         self.mount = patcher.start()
         self.addCleanup(patcher.stop)
         self.mount.mountpoints.return_value = set()
+        # Roots' directories: the storage_admin daemon's, in this process.
+        self.useFixture(unit_base.RootDirsInProcess(
+            self.state_path, mounts=lambda: self.mount.mountpoints()))
 
         self.clock = FakeClock()
         patcher = mock.patch.object(container_mod, 'time', self.clock)

@@ -25,9 +25,15 @@ class _Base(unit_base.TestCase):
     def setUp(self):
         super().setUp()
         self.tmp = self.useFixture(fixtures.TempDir()).path
-        self.image = os.path.join(self.tmp, 'root.img')
-        self.mountpoint = os.path.join(self.tmp, 'root')
+        # A root's directory below a driver root, as rootfs.py lays out.
+        root_dir = os.path.join(self.tmp, 'rootfs', '3')
+        os.makedirs(root_dir)
+        self.image = os.path.join(root_dir, 'root.img')
+        self.mountpoint = os.path.join(root_dir, 'root')
         self.disk = disk.Disk(self.image, self.mountpoint)
+        # Mount points: the storage_admin daemon's, in this process.
+        self.rootdirs = self.useFixture(unit_base.RootDirsInProcess(
+            self.tmp, mounts=lambda: self.mounted))
 
         # The daemon's side: the image made, grown, its root given.
         self.disks = self.patch('novalxcdriver.disk.disks', autospec=True)

@@ -134,6 +134,9 @@ class _Base(unit_base.TestCase):
         # Mounts: Rootfs makes its directories, mounts nothing.
         self.mount = self.patch('novalxcdriver.rootfs.mount', autospec=True)
         self.mount.mountpoints.return_value = set()
+        # Roots' directories: the storage_admin daemon's, in this process.
+        self.useFixture(unit_base.RootDirsInProcess(
+            mounts=lambda: self.mount.mountpoints()))
         self.rootfs_create = self.patch(
             'novalxcdriver.rootfs.Rootfs.create', autospec=True,
             side_effect=self._rootfs_create)

@@ -40,6 +40,9 @@ class _Base(unit_base.TestCase):
                                      autospec=True)
         self.own = self.useFixture(
             unit_base.OwnershipInProcess(self.state_path))
+        # Its directories: the storage_admin daemon's, in this process.
+        self.rootdirs = self.useFixture(unit_base.RootDirsInProcess(
+            self.state_path, mounts=lambda: self.mounted))
         self.chown = self.own.chown
         self.throttle = self.patch('novalxcdriver.rootfs.throttle',
                                    autospec=True)
