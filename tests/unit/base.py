@@ -1,7 +1,9 @@
 """The unit tests' base class."""
 
+import contextlib
 import os
 import shutil
+import stat
 from unittest import mock
 
 import fixtures
@@ -64,7 +66,95 @@ def checked_config_writer(roots, subuid_path, subgid_path):
     return write_config
 
 
-class OwnershipInProcess(fixtures.Fixture):
+def process_umask():
+    """This process's umask, read without changing it (proc(5))."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('Umask:'):
+                return int(line.split()[1], 8)
+
+
+def open_fds():
+    """{fd: what it is open on} of this process (/proc/self/fd)."""
+    found = {}
+    for name in os.listdir('/proc/self/fd'):
+        try:
+            found[int(name)] = os.readlink('/proc/self/fd/' + name)
+        except OSError:
+            pass
+    return found
+
+
+def tree_state(top, contents=False):
+    """Every path below top as it is, to assert a call changed nothing.
+
+    :param contents: read regular files too (not for large disk images).
+    :returns: {path: (mode, size, mtime, inode, a symlink's target, a
+        regular file's bytes when contents, else None)}.
+    """
+    found = {}
+    for parent, dirs, files in os.walk(top):
+        for name in dirs + files:
+            path = os.path.join(parent, name)
+            st = os.lstat(path)
+            what = None
+            if stat.S_ISLNK(st.st_mode):
+                what = os.readlink(path)
+            elif contents and stat.S_ISREG(st.st_mode):
+                with open(path, 'rb') as f:
+                    what = f.read()
+            found[path] = (st.st_mode, st.st_size, st.st_mtime_ns,
+                           st.st_ino, what)
+    return found
+
+
+class _StorageAdminInProcess(fixtures.Fixture):
+    """Some storage_admin entry points, each a mock running the real one.
+
+    In this process, with client mode off for the call, their checks
+    included; roots are added to the driver roots.
+
+    :cvar MODULE: the privsep module; ENTRY_POINTS: its names to run.
+    """
+
+    MODULE = None
+    ENTRY_POINTS = ()
+
+    def __init__(self, *roots):
+        super().__init__()
+        self.roots = roots
+
+    def _setUp(self):
+        if self.roots:
+            self.useFixture(fixtures.MockPatchObject(
+                privsep, '_added_roots', new=privsep._added_roots | {
+                    os.path.normpath(os.path.abspath(r))
+                    for r in self.roots}))
+        for name in self.ENTRY_POINTS:
+            setattr(self, name, self.useFixture(fixtures.MockPatchObject(
+                self.MODULE, name, side_effect=self._in_process(
+                    getattr(self.MODULE, name)))).mock)
+
+    def _patches(self):
+        """Context managers held during each call."""
+        return []
+
+    def _in_process(self, entry_point):
+        def call(*args):
+            context = privsep.storage_admin
+            was = context.client_mode
+            context.set_client_mode(False)
+            try:
+                with contextlib.ExitStack() as stack:
+                    for patch in self._patches():
+                        stack.enter_context(patch)
+                    return entry_point(*args)
+            finally:
+                context.set_client_mode(was)
+        return call
+
+
+class OwnershipInProcess(_StorageAdminInProcess):
     """privsep.ownership's entry points run in this process, chown mocked.
 
     For tests of the code that calls them: each entry point is a mock
@@ -81,41 +171,21 @@ class OwnershipInProcess(fixtures.Fixture):
     """
 
     SUBORDINATE = ((100000, 1 << 30), (100000, 1 << 30))
+    MODULE = ownership
     ENTRY_POINTS = ('make_owned_dir', 'write_etc_file', 'write_config_drive',
                     'give_disk_root')
 
-    def __init__(self, *roots):
-        super().__init__()
-        self.roots = roots
-
     def _setUp(self):
-        if self.roots:
-            self.useFixture(fixtures.MockPatchObject(
-                privsep, '_added_roots', new=privsep._added_roots | {
-                    os.path.normpath(os.path.abspath(r))
-                    for r in self.roots}))
         self.chown = self.useFixture(fixtures.MockPatch('os.chown')).mock
         self.fchown = self.useFixture(fixtures.MockPatch('os.fchown')).mock
-        for name in self.ENTRY_POINTS:
-            setattr(self, name, self.useFixture(fixtures.MockPatchObject(
-                ownership, name,
-                side_effect=self._in_process(getattr(ownership, name)))).mock)
+        super()._setUp()
 
-    def _in_process(self, entry_point):
-        def call(*args):
-            context = privsep.storage_admin
-            was = context.client_mode
-            context.set_client_mode(False)
-            try:
-                with mock.patch.object(ids, 'read_subordinate_ranges',
-                                       return_value=self.SUBORDINATE):
-                    return entry_point(*args)
-            finally:
-                context.set_client_mode(was)
-        return call
+    def _patches(self):
+        return [mock.patch.object(ids, 'read_subordinate_ranges',
+                                  return_value=self.SUBORDINATE)]
 
 
-class RootDirsInProcess(fixtures.Fixture):
+class RootDirsInProcess(_StorageAdminInProcess):
     """privsep.rootdirs' entry points run in this process, on the tree.
 
     Each entry point is a mock (to assert its calls) running the real one
@@ -129,37 +199,16 @@ class RootDirsInProcess(fixtures.Fixture):
     :ivar make_root, make_mountpoint, remove_root: the mocks.
     """
 
+    MODULE = rootdirs
     ENTRY_POINTS = ('make_root', 'make_mountpoint', 'remove_root')
 
     def __init__(self, *roots, mounts=None):
-        super().__init__()
-        self.roots = roots
+        super().__init__(*roots)
         self.mounts = mounts or (lambda: ())
 
-    def _setUp(self):
-        if self.roots:
-            self.useFixture(fixtures.MockPatchObject(
-                privsep, '_added_roots', new=privsep._added_roots | {
-                    os.path.normpath(os.path.abspath(r))
-                    for r in self.roots}))
-        for name in self.ENTRY_POINTS:
-            setattr(self, name, self.useFixture(fixtures.MockPatchObject(
-                rootdirs, name,
-                side_effect=self._in_process(getattr(rootdirs, name)))).mock)
-
-    def _in_process(self, entry_point):
-        def call(*args):
-            context = privsep.storage_admin
-            was = context.client_mode
-            context.set_client_mode(False)
-            try:
-                with mock.patch.object(rootdirs.mount, 'mounts',
-                                       side_effect=lambda: list(
-                                           self.mounts())):
-                    return entry_point(*args)
-            finally:
-                context.set_client_mode(was)
-        return call
+    def _patches(self):
+        return [mock.patch.object(rootdirs.mount, 'mounts',
+                                  side_effect=lambda: list(self.mounts()))]
 
 
 def container_dirs(lxc_mock):

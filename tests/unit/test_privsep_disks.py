@@ -38,14 +38,6 @@ def _ioc(direction, kind, number, size):
     return direction << 30 | size << 16 | kind << 8 | number
 
 
-def _umask():
-    """This process's umask, read without changing it (proc(5))."""
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('Umask:'):
-                return int(line.split()[1], 8)
-
-
 def _mode(path):
     return os.stat(path).st_mode & 0o7777
 
@@ -119,19 +111,8 @@ class _Base(base.TestCase):
             return io.StringIO(self.sysfs[path])
         return open(path, *args, **kwargs)
 
-    @staticmethod
-    def _fd_paths():
-        """{fd: path} of this process's open file descriptors."""
-        found = {}
-        for name in os.listdir('/proc/self/fd'):
-            try:
-                found[int(name)] = os.readlink('/proc/self/fd/' + name)
-            except OSError:
-                pass
-        return found
-
     def _ioctl(self, fd, request, arg=0, mutate=True):
-        fds = self._fd_paths()
+        fds = base.open_fds()
         self.ioctls.append((fds[fd], request,
                             bytes(arg) if isinstance(arg, bytearray)
                             else arg, fds))
@@ -149,14 +130,8 @@ class _Base(base.TestCase):
         return path
 
     def tree(self):
-        """Every path under the temporary directory: mode, size, mtime."""
-        found = {}
-        for top, dirs, files in os.walk(self.tmp):
-            for name in dirs + files:
-                path = os.path.join(top, name)
-                st = os.lstat(path)
-                found[path] = (st.st_mode, st.st_size, st.st_mtime_ns)
-        return found
+        """Every path under the temporary directory, as it is."""
+        return base.tree_state(self.tmp)
 
     def refused(self, fn, *args, match=None):
         """fn(*args) is refused and touches nothing; the message."""
@@ -276,7 +251,7 @@ class CreateImageTest(_Create):
 
         def mkfs(*argv, **kwargs):
             # mkfs, the daemon's child, inherits it.
-            umasks.append(_umask())
+            umasks.append(base.process_umask())
             return self._mkfs(*argv)
         self.execute.side_effect = mkfs
         # The templates' parent is made too, with the default mode.
@@ -606,13 +581,13 @@ class SubvolumeTest(_Base):
         # name[4040] after the 32-byte union.
         self.assertEqual(b'.snapshot-1', args[56:67])
         self.assertEqual(b'\0' * (4096 - 67), args[67:])
-        self.assertNotIn(self.mountpoint, self._fd_paths().values())
+        self.assertNotIn(self.mountpoint, base.open_fds().values())
 
     def test_snapshot_failure_raised(self):
         self.ioctl.side_effect = OSError(errno.ENOTTY, 'not btrfs')
         self.assertRaises(OSError, disks.snapshot_subvolume,
                           self.mountpoint, '.snapshot-1')
-        self.assertNotIn(self.mountpoint, self._fd_paths().values())
+        self.assertNotIn(self.mountpoint, base.open_fds().values())
 
     def test_delete_struct(self):
         self.assertTrue(disks.delete_subvolume(self.mountpoint,
@@ -625,7 +600,7 @@ class SubvolumeTest(_Base):
         self.assertEqual((0,), struct.unpack_from('=q', args))
         self.assertEqual(b'.snapshot-1', args[8:19])
         self.assertEqual(b'\0' * (4096 - 19), args[19:])
-        self.assertNotIn(self.mountpoint, self._fd_paths().values())
+        self.assertNotIn(self.mountpoint, base.open_fds().values())
 
     def test_delete_of_no_such_subvolume(self):
         self.ioctl.side_effect = FileNotFoundError(errno.ENOENT, 'gone')
@@ -659,12 +634,12 @@ class FreezeTest(_Base):
         disks.freeze(self.mountpoint)
         self.assertEqual([(self.mountpoint, disks._FIFREEZE, 0)],
                          [i[:3] for i in self.ioctls])
-        self.assertNotIn(self.mountpoint, self._fd_paths().values())
+        self.assertNotIn(self.mountpoint, base.open_fds().values())
 
     def test_freeze_failure_raised(self):
         self.ioctl.side_effect = OSError(errno.EBUSY, 'frozen already')
         self.assertRaises(OSError, disks.freeze, self.mountpoint)
-        self.assertNotIn(self.mountpoint, self._fd_paths().values())
+        self.assertNotIn(self.mountpoint, base.open_fds().values())
 
     def test_thaw(self):
         self.assertTrue(disks.thaw(self.mountpoint))
@@ -676,7 +651,7 @@ class FreezeTest(_Base):
         self.assertFalse(disks.thaw(self.mountpoint))
         self.ioctl.side_effect = OSError(errno.EPERM, 'no')
         self.assertRaises(OSError, disks.thaw, self.mountpoint)
-        self.assertNotIn(self.mountpoint, self._fd_paths().values())
+        self.assertNotIn(self.mountpoint, base.open_fds().values())
 
 
 class PointInTimeTest(_Base):
@@ -691,7 +666,7 @@ class PointInTimeTest(_Base):
         self.patch_object(disks._libc, 'syncfs', side_effect=syncfs)
         disks.sync_filesystem(self.mountpoint)
         self.assertEqual([self.mountpoint], synced)
-        self.assertNotIn(self.mountpoint, self._fd_paths().values())
+        self.assertNotIn(self.mountpoint, base.open_fds().values())
 
     def test_syncfs_failure_raised_with_its_errno(self):
         # The real call, then a failing one (ctypes' errno set by hand).

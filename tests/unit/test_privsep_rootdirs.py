@@ -33,17 +33,6 @@ def _mode(path):
     return stat.S_IMODE(os.lstat(path).st_mode)
 
 
-def _fds():
-    """{fd: what it is open on} of this process (/proc/self/fd)."""
-    found = {}
-    for name in os.listdir('/proc/self/fd'):
-        try:
-            found[int(name)] = os.readlink('/proc/self/fd/' + name)
-        except OSError:
-            pass
-    return found
-
-
 def _write(path, text='x'):
     with open(path, 'w') as f:
         f.write(text)
@@ -92,19 +81,7 @@ class _Base(base.TestCase):
 
     def tree(self):
         """Every path under the temporary directory, as it is."""
-        found = {}
-        for top, dirs, files in os.walk(self.tmp):
-            for name in dirs + files:
-                path = os.path.join(top, name)
-                st = os.lstat(path)
-                what = None
-                if stat.S_ISLNK(st.st_mode):
-                    what = os.readlink(path)
-                elif stat.S_ISREG(st.st_mode):
-                    what = _read(path)
-                found[path] = (st.st_mode, st.st_size, st.st_mtime_ns,
-                               st.st_ino, what)
-        return found
+        return base.tree_state(self.tmp, contents=True)
 
     def listing(self, top):
         """{path relative to top: 'd' or 'f', and its mode} below top."""
@@ -119,12 +96,12 @@ class _Base(base.TestCase):
     def refused(self, fn, *args, match=None):
         """fn(*args) is refused and touches nothing; the message."""
         before = self.tree()
-        fds = _fds()
+        fds = base.open_fds()
         e = self.assertRaises(exception.PrivilegedCallRefused, fn, *args)
         if match is not None:
             self.assertIn(match, str(e))
         self.assertEqual(before, self.tree(), args)
-        self.assertEqual(fds, _fds(), args)
+        self.assertEqual(fds, base.open_fds(), args)
         self.mounts.assert_not_called()
         return str(e)
 

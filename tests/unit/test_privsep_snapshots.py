@@ -45,32 +45,13 @@ SLEEPING = {'find': ['sleep', '60'], 'tar': ['sleep', '60'],
             'zstd': ['sleep', '60']}
 
 
-def _umask():
-    """This process's umask, read without changing it (proc(5))."""
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('Umask:'):
-                return int(line.split()[1], 8)
-
-
 def _mode(path):
     return os.lstat(path).st_mode & 0o7777
 
 
-def _fds():
-    """{fd: what it is open on} of this process (/proc/self/fd)."""
-    found = {}
-    for name in os.listdir('/proc/self/fd'):
-        try:
-            found[int(name)] = os.readlink('/proc/self/fd/' + name)
-        except OSError:
-            pass
-    return found
-
-
 def _fds_on(path):
     """This process's fds open on path or below (deleted ones too)."""
-    return sorted(fd for fd, target in _fds().items()
+    return sorted(fd for fd, target in base.open_fds().items()
                   if target == path or target.startswith(path + '/') or
                   target == path + ' (deleted)')
 
@@ -167,27 +148,20 @@ class _Base(base.TestCase):
         self.held.clear()
 
     def tree(self):
-        """Every path under the temporary directory: mode, size, mtime."""
-        found = {}
-        for top, dirs, files in os.walk(self.tmp):
-            for name in dirs + files:
-                path = os.path.join(top, name)
-                st = os.lstat(path)
-                found[path] = (st.st_mode, st.st_size, st.st_mtime_ns,
-                               st.st_ino)
-        return found
+        """Every path under the temporary directory, as it is."""
+        return base.tree_state(self.tmp)
 
     def refused(self, fn, *args, match=None):
         """fn(*args) is refused and touches nothing; the message."""
         before = self.tree()
-        fds = _fds()
+        fds = base.open_fds()
         held = {stage: (h.lock_fd, list(h.readers))
                 for stage, h in self.held.items()}
         e = self.assertRaises(exception.PrivilegedCallRefused, fn, *args)
         if match is not None:
             self.assertIn(match, str(e))
         self.assertEqual(before, self.tree(), args)
-        self.assertEqual(fds, _fds(), args)
+        self.assertEqual(fds, base.open_fds(), args)
         self.assertEqual(held, {stage: (h.lock_fd, list(h.readers))
                                 for stage, h in self.held.items()})
         self.popen.assert_not_called()
@@ -365,7 +339,7 @@ class MakeStageTest(_Base):
             self.assertEqual(0o755, _mode(merged))
             self.assertTrue(stat.S_ISDIR(os.lstat(merged).st_mode))
             self.assertEqual(['merged'], os.listdir(stage))
-            self.assertEqual(0o022, _umask())
+            self.assertEqual(0o022, base.process_umask())
 
     def test_holds_its_lock(self):
         snapshots.make_stage(self.stage)
@@ -437,11 +411,11 @@ class MakeStageTest(_Base):
             os.mkdir(path)
             return fd
         self.patch_object(snapshots, '_lock', side_effect=lock)
-        fds = _fds()
+        fds = base.open_fds()
         self.assertRaises(FileExistsError, snapshots.make_stage, self.stage)
         self.assertTrue(os.path.isdir(self.stage))
         self.assertEqual({}, self.held)
-        self.assertEqual(fds, _fds())
+        self.assertEqual(fds, base.open_fds())
 
     def test_nothing_left_when_merged_cannot_be_made(self):
         real_mkdir = os.mkdir
@@ -741,11 +715,11 @@ class StreamTest(_Base):
                 os.symlink(self.fifo, link)
             return st
         self.patch('os.lstat', side_effect=lstat)
-        fds = _fds()
+        fds = base.open_fds()
         e = self.assertRaises(exception.PrivilegedCallRefused,
                               snapshots._open_fifo, 'stream', link)
         self.assertIn('Too many levels of symbolic links', str(e))
-        self.assertEqual(fds, _fds())
+        self.assertEqual(fds, base.open_fds())
 
     def test_a_fifo_swapped_for_another_is_refused(self):
         # Another FIFO with a reader put in the checked one's place.
@@ -761,12 +735,12 @@ class StreamTest(_Base):
                 os.rename(other, swapped)
             return st
         self.patch('os.lstat', side_effect=lstat)
-        fds = _fds()
+        fds = base.open_fds()
         e = self.assertRaises(exception.PrivilegedCallRefused,
                               snapshots._open_fifo, 'stream', swapped)
         self.assertIn('replaced while it was opened', str(e))
         # The test's reader is the one fd on the FIFO: renamed, not new.
-        self.assertEqual(set(fds), set(_fds()))
+        self.assertEqual(set(fds), set(base.open_fds()))
 
     def test_a_device_node_is_never_opened(self):
         if os.geteuid() != 0:
@@ -982,7 +956,7 @@ class RemoveStageTest(_Base):
         self.assertIs(False, snapshots.remove_stage(self.stage))
         self.unmount_tree.assert_not_called()
         self.assertEqual({}, self.held)
-        self.assertEqual([], [fd for fd, target in _fds().items()
+        self.assertEqual([], [fd for fd, target in base.open_fds().items()
                               if target == os.path.join(self.tmp, 'gone')])
 
     def test_a_stage_another_process_holds(self):
@@ -990,10 +964,10 @@ class RemoveStageTest(_Base):
         fd = _flock(self.stage)
         self.addCleanup(os.close, fd)
         before = self.tree()
-        fds = _fds()
+        fds = base.open_fds()
         self.assertIs(False, snapshots.remove_stage(self.stage))
         self.assertEqual(before, self.tree())
-        self.assertEqual(fds, _fds())
+        self.assertEqual(fds, base.open_fds())
         self.unmount_tree.assert_not_called()
         self.holders.assert_not_called()
         # Still the other one's.

@@ -458,9 +458,14 @@ class TestUnpackRootfs(base.BaseTestCase):
         self.assertIn('only 1000 are free', str(e))
 
     def test_free_space_read_from_dest(self):
-        st = os.statvfs(self.dest)
-        self.assertEqual(st.f_bavail * st.f_frsize,
-                         tarball._free_bytes(self.dest))
+        # statvfs(2) of dest itself, in bytes available to unprivileged
+        # writers (f_bavail, not f_bfree); mocked, since other writers
+        # change the real figure between two reads.
+        st = os.statvfs_result((4096, 4096, 100, 90, 7, 10, 5, 5, 0, 255))
+        with mock.patch.object(tarball.os, 'statvfs',
+                               return_value=st) as statvfs:
+            self.assertEqual(7 * 4096, tarball._free_bytes(self.dest))
+        statvfs.assert_called_once_with(self.dest)
 
     def test_oversized_metadata_header_refused(self):
         info, data = reg('f', b'x')
