@@ -30,7 +30,7 @@ _RECORD_PREFIX = lxcconf.RECORD_PREFIX
 LXCFS_FILES = tuple('proc/' + f for f in (
     'cpuinfo', 'diskstats', 'loadavg', 'meminfo', 'slabinfo', 'stat',
     'swaps', 'uptime')) + ('sys/devices/system/cpu',)
-_NIC_RECORD = _RECORD_PREFIX + 'nic.'
+_NIC_RECORD = lxcconf.NIC_RECORD_PREFIX
 # The platform cloud images look for (see render_config).
 PRODUCT_NAME = 'OpenStack Nova'
 _NIC_KEY_RE = re.compile(r'^lxc\.net\.(\d+)\.([a-z.]+)\Z')
@@ -367,27 +367,8 @@ def with_io(config_text, keys):
     return '\n'.join(lines + new) + '\n'
 
 
-def parse_record(config_text):
-    """Read the driver's record back from a rendered config.
-
-    :returns: dict with 'instance_uuid', 'host', 'image_id' (str), 'id'
-        (int), with disk I/O throttles 'io' (limits.format_io), in a
-        rescue container 'rescue_image_id' (str); or {} when the text
-        holds no record.
-    """
-    record = {}
-    for line in config_text.splitlines():
-        if line.startswith(_NIC_RECORD):
-            continue
-        if line.startswith(_RECORD_PREFIX) and '=' in line:
-            key, _sep, value = line[len(_RECORD_PREFIX):].partition('=')
-            record[key.strip()] = value.strip()
-    if 'id' in record:
-        try:
-            record['id'] = int(record['id'])
-        except ValueError:
-            del record['id']
-    return record
+# The record's one reader, shared with the lxc_admin daemon.
+parse_record = lxcconf.parse_record
 
 
 def parse_idmap(config_text):

@@ -27,8 +27,9 @@ driver's render_config makes it do and nothing more, whoever sent it:
 import re
 
 # The driver's own comment lines in a config (spec.render_config): its
-# record of the instance, read back by spec.parse_record.
+# record of the instance (parse_record) and of its NICs (spec.parse_nics).
 RECORD_PREFIX = '# novalxc.'
+NIC_RECORD_PREFIX = RECORD_PREFIX + 'nic.'
 # A NIC's container end while on the host: this prefix and the first
 # characters of its Neutron port's id (vif.py). LXC moves the device a
 # phys NIC names into the container: only those, never a host NIC.
@@ -188,17 +189,27 @@ def check(text, container_dir, roots, subuids, subgids, lxcfs):
         raise Refused('LXC\'s common.conf and userns.conf must be included')
 
 
-def record_owner(text):
-    """The instance_uuid the driver's record in a config names, or None.
+def parse_record(config_text):
+    """Read the driver's record back from a rendered config.
 
-    As spec.parse_record reads it: the last ``# novalxc.instance_uuid =``
-    line at the start of a line.
+    Here, not in spec.py (which names it too), so that the lxc_admin
+    daemon reads a config's owner as nova-compute does.
+
+    :returns: dict with 'instance_uuid', 'host', 'image_id' (str), 'id'
+        (int), with disk I/O throttles 'io' (limits.format_io), in a
+        rescue container 'rescue_image_id' (str); or {} when the text
+        holds no record.
     """
-    owner = None
-    for line in text.splitlines():
-        if not line.startswith(RECORD_PREFIX):
+    record = {}
+    for line in config_text.splitlines():
+        if line.startswith(NIC_RECORD_PREFIX):
             continue
-        key, sep, value = line[len(RECORD_PREFIX):].partition('=')
-        if sep and key.strip() == 'instance_uuid':
-            owner = value.strip()
-    return owner
+        if line.startswith(RECORD_PREFIX) and '=' in line:
+            key, _sep, value = line[len(RECORD_PREFIX):].partition('=')
+            record[key.strip()] = value.strip()
+    if 'id' in record:
+        try:
+            record['id'] = int(record['id'])
+        except ValueError:
+            del record['id']
+    return record

@@ -235,7 +235,8 @@ def remove_dir(name, lxc_path, instance_uuid):
     """Remove the container's directory, when it is instance_uuid's.
 
     The daemon's own reading of whose it is, whatever the caller says:
-    its config's record names instance_uuid, or, with a config naming
+    its config's record (lxcconf.parse_record) names instance_uuid, or,
+    with a config naming
     no one (missing, empty, torn), it holds only what LXC and the driver
     make (only_own_files). A config naming another instance, or LXC keys
     without a record, is someone else's.
@@ -257,7 +258,7 @@ def remove_dir(name, lxc_path, instance_uuid):
     if 'config' in entries:
         with open(os.path.join(container_dir, 'config'), 'rb') as f:
             text = f.read(MAX_CONFIG).decode('utf-8', 'replace')
-    owner = lxcconf.record_owner(text)
+    owner = lxcconf.parse_record(text).get('instance_uuid')
     if owner != instance_uuid:
         if uuidutils.is_uuid_like(owner) or any(
                 line.startswith('lxc.') for line in text.splitlines()):

@@ -158,13 +158,14 @@ class PolicyTest(base.BaseTestCase):
                      'lxc.uts.name: bad value')
 
 
-class RecordOwnerTest(base.BaseTestCase):
+class ParseRecordTest(base.BaseTestCase):
 
-    def test_reads_what_spec_renders_as_parse_record_does(self):
+    def test_spec_reads_with_the_daemon_s_reader(self):
         text = full_config()
         owner = spec.parse_record(text)['instance_uuid']
         self.assertTrue(owner)
-        self.assertEqual(owner, lxcconf.record_owner(text))
+        self.assertIs(lxcconf.parse_record, spec.parse_record)
+        self.assertEqual(owner, lxcconf.parse_record(text)['instance_uuid'])
 
     def test_the_record_line_only(self):
         uuid = 'c0ffee00-0000-4000-8000-000000000001'
@@ -179,7 +180,5 @@ class RecordOwnerTest(base.BaseTestCase):
                 ('# novalxc.host = h\n# novalxc.instance_uuid\n', None),
                 ('# novalxc.instance_uuid = a\n'
                  '# novalxc.instance_uuid = b\n', 'b')):
-            self.assertEqual(owner, lxcconf.record_owner(text), text)
-            if owner is not None:
-                self.assertEqual(owner, spec.parse_record(text).get(
-                    'instance_uuid'), text)
+            self.assertEqual(owner, lxcconf.parse_record(text).get(
+                'instance_uuid'), text)
