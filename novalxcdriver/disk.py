@@ -155,8 +155,10 @@ class Disk:
             time.sleep(ATTACHED_POLL)
 
     def _mount(self):
-        # A migration brings the image alone.
-        rootdirs.make_mountpoint(self.mountpoint)
+        # A migration brings the image alone. Looked at first: a remount
+        # (host boot, hard reboot) finds it and needs no round trip.
+        if not os.path.isdir(self.mountpoint):
+            rootdirs.make_mountpoint(self.mountpoint)
         # Autoclear: the device goes with the unmount, or at once if the
         # mount failed.
         device = mount.disk_image(self.image_path, self.mountpoint)

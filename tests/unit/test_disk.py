@@ -170,6 +170,19 @@ class MountTest(_Base):
                          self.events)
         self.assertTrue(self.disk.is_mounted())
 
+    def test_mount_point_made_by_the_daemon_only_when_missing(self):
+        # A remount finds it: no round trip.
+        os.mkdir(self.mountpoint)
+        self.disk.mount()
+        self.rootdirs.make_mountpoint.assert_not_called()
+        # A migration brought the image alone.
+        self.mounted.clear()
+        os.rmdir(self.mountpoint)
+        self.disk.mount()
+        self.rootdirs.make_mountpoint.assert_called_once_with(
+            self.mountpoint)
+        self.assertTrue(os.path.isdir(self.mountpoint))
+
     def test_noop_when_mounted(self):
         self.mounted.add(self.mountpoint)
         self.disk.mount()
