@@ -39,67 +39,30 @@ mounts whatever the image's size. The driver owns these mounts and removes
 them itself: lxc-destroy would delete through a mounted rootfs.
 """
 
-import dataclasses
-import json
 import os
-import shutil
 
 from oslo_log import log as logging
 
 from novalxcdriver import configdrive
 from novalxcdriver import disk
-from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import mount
 from novalxcdriver.privsep import disks
 from novalxcdriver.privsep import ownership
+from novalxcdriver.privsep import replacement as replacement_mod
 from novalxcdriver.privsep import rootdirs
 from novalxcdriver import throttle
 
 LOG = logging.getLogger(__name__)
 
-_REPLACING = 'replacing.json'
 # Suffixes of what a replacement sets aside or stages beside the real name.
-_ASIDE = '.rebuild-old'
-_STAGED = '.rebuild-new'
-_STAGING = '.rebuild-tmp'
+_ASIDE = replacement_mod.ASIDE
+_STAGED = replacement_mod.STAGED
+_STAGING = replacement_mod.STAGING
 
 
-@dataclasses.dataclass(frozen=True)
-class Replacement:
-    """What a root replacement (Nova's rebuild) makes of a root.
-
-    :ivar image_id: the image the new upper layer overlays.
-    :ivar hostname: written to the new root's /etc/hostname.
-    :ivar ephemeral_gb: GiB of the new, empty ephemeral disk; 0 keeps the
-        ephemeral disk as it is (Nova's preserve_ephemeral, or none).
-    :ivar config_drive: whether the new root has a config drive (the one
-        staged with stage_config_drive).
-    """
-
-    image_id: str
-    hostname: str
-    ephemeral_gb: int = 0
-    config_drive: bool = False
-
-    def to_json(self):
-        return json.dumps(dataclasses.asdict(self), sort_keys=True) + '\n'
-
-    @classmethod
-    def from_json(cls, text):
-        """:raises ValueError: not a whole Replacement."""
-        data = json.loads(text)
-        try:
-            replacement = cls(**data)
-        except TypeError as e:
-            raise ValueError(str(e))
-        if not (isinstance(replacement.image_id, str) and
-                isinstance(replacement.hostname, str) and
-                type(replacement.ephemeral_gb) is int and
-                replacement.ephemeral_gb >= 0 and
-                isinstance(replacement.config_drive, bool)):
-            raise ValueError('a field has the wrong type or value')
-        return replacement
+# What a replacement records (its one definition: the daemon checks it).
+Replacement = replacement_mod.Replacement
 
 
 class Rootfs:
@@ -288,7 +251,7 @@ class Rootfs:
 
     @property
     def _replacing_path(self):
-        return os.path.join(self.path, _REPLACING)
+        return os.path.join(self.path, replacement_mod.RECORD)
 
     @property
     def config_drive(self):
@@ -299,7 +262,8 @@ class Rootfs:
         """Make the config drive the next replacement swaps in.
 
         Written under a temporary name and renamed when whole, so a crash
-        never leaves a partial one staged.
+        never leaves a partial one staged (the storage_admin daemon
+        renames and removes: privsep.replacement).
 
         :param write: callable(path) making the config drive directory at
             path (configdrive.write).
@@ -309,7 +273,7 @@ class Rootfs:
         _remove(tmp)
         write(tmp)
         _remove(staged)
-        os.rename(tmp, staged)
+        replacement_mod.promote(tmp)
 
     def unstage(self):
         """Remove a staged config drive (a rebuild failed before begin)."""
@@ -351,10 +315,9 @@ class Rootfs:
         if not replacement.config_drive:
             # Not one a crashed rebuild staged: it is not this one's.
             self.unstage()
-        # The staged config drive is on disk before the record names it.
-        disks.sync_filesystem(self.path)
-        durable.write(self._replacing_path, replacement.to_json(),
-                      mode=0o600)
+        # Synced first: the staged config drive is on disk before the
+        # record names it.
+        replacement_mod.write_record(self.path, replacement.to_json())
 
     def replace_layers(self, idmap, disk_idmap=None):
         """Carry out the recorded replacement, up to the mounts.
@@ -396,9 +359,7 @@ class Rootfs:
         for d in (self.root_disk, self.ephemeral_disk):
             if os.path.isdir(d.mountpoint):
                 disks.sync_filesystem(d.mountpoint)
-        disks.sync_filesystem(self.path)
-        os.unlink(self._replacing_path)
-        durable.fsync_dir(self.path)
+        replacement_mod.remove_record(self.path)
 
     def _unmount(self, points):
         for point in points:
@@ -425,7 +386,7 @@ class Rootfs:
         staged = self.config_drive + _STAGED
         if os.path.isdir(staged):
             _renew(self.config_drive,
-                   lambda path: os.rename(staged, path))
+                   lambda path: replacement_mod.promote(staged))
         elif not wanted:
             _remove(self.config_drive)
         # Else wanted and nothing staged: swapped in already (a crash
@@ -435,11 +396,12 @@ class Rootfs:
 
 
 def _remove(path):
-    """Delete path (a tree or a file), if it exists; links not followed."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
+    """Delete a layer's path (a tree or a file), if it exists.
+
+    By the storage_admin daemon (privsep.replacement.remove_layer): links
+    are not followed, and nothing mounted on is deleted.
+    """
+    replacement_mod.remove_layer(path)
 
 
 def _renew(path, make):
@@ -449,12 +411,9 @@ def _renew(path, make):
     second run deletes it first), and what is at path once a run began
     is set aside again, so only a finished make(path) stays.
     """
-    aside = path + _ASIDE
-    _remove(aside)
-    if os.path.lexists(path):
-        os.rename(path, aside)
+    replacement_mod.set_aside(path)
     make(path)
-    _remove(aside)
+    _remove(path + _ASIDE)
 
 
 def _make_dir(path, idmap):

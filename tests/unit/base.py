@@ -17,6 +17,7 @@ from novalxcdriver import privsep
 from novalxcdriver.privsep import lxcconf
 from novalxcdriver.privsep import lxctools
 from novalxcdriver.privsep import ownership
+from novalxcdriver.privsep import replacement
 from novalxcdriver.privsep import rootdirs
 from novalxcdriver.privsep import snapshots
 
@@ -114,10 +115,9 @@ class _StorageAdminInProcess(fixtures.Fixture):
     In this process, with client mode off for the call, their checks
     included; roots are added to the driver roots.
 
-    :cvar MODULE: the privsep module; ENTRY_POINTS: its names to run.
+    :cvar ENTRY_POINTS: ((privsep module, (names to run, ...)), ...).
     """
 
-    MODULE = None
     ENTRY_POINTS = ()
 
     def __init__(self, *roots):
@@ -130,10 +130,12 @@ class _StorageAdminInProcess(fixtures.Fixture):
                 privsep, '_added_roots', new=privsep._added_roots | {
                     os.path.normpath(os.path.abspath(r))
                     for r in self.roots}))
-        for name in self.ENTRY_POINTS:
-            setattr(self, name, self.useFixture(fixtures.MockPatchObject(
-                self.MODULE, name, side_effect=self._in_process(
-                    getattr(self.MODULE, name)))).mock)
+        for module, names in self.ENTRY_POINTS:
+            for name in names:
+                setattr(self, name, self.useFixture(
+                    fixtures.MockPatchObject(
+                        module, name, side_effect=self._in_process(
+                            getattr(module, name)))).mock)
 
     def _patches(self):
         """Context managers held during each call."""
@@ -171,9 +173,8 @@ class OwnershipInProcess(_StorageAdminInProcess):
     """
 
     SUBORDINATE = ((100000, 1 << 30), (100000, 1 << 30))
-    MODULE = ownership
-    ENTRY_POINTS = ('make_owned_dir', 'write_etc_file', 'write_config_drive',
-                    'give_disk_root')
+    ENTRY_POINTS = ((ownership, ('make_owned_dir', 'write_etc_file',
+                                 'write_config_drive', 'give_disk_root')),)
 
     def _setUp(self):
         self.chown = self.useFixture(fixtures.MockPatch('os.chown')).mock
@@ -186,21 +187,27 @@ class OwnershipInProcess(_StorageAdminInProcess):
 
 
 class RootDirsInProcess(_StorageAdminInProcess):
-    """privsep.rootdirs' entry points run in this process, on the tree.
+    """privsep.rootdirs' and privsep.replacement's entry points, in process.
 
-    Each entry point is a mock (to assert its calls) running the real one
-    here, its checks included: paths below the driver roots (CONF's,
-    add_roots', and roots); remove_root sees the mount points ``mounts``
-    gives (the test's mocked mount table) instead of the host's.
+    On the tree: each entry point is a mock (to assert its calls) running
+    the real one here, its checks included: paths below the driver roots
+    (CONF's, add_roots', and roots); what refuses to delete under a mount
+    sees the mount points ``mounts`` gives (the test's mocked mount
+    table) instead of the host's.
 
     :param roots: driver roots besides CONF's.
     :param mounts: callable returning a collection of mount points;
         default none.
-    :ivar make_root, make_mountpoint, remove_root: the mocks.
+    :ivar make_root, make_mountpoint, remove_root, new_token,
+        remove_token, has_token, remove_layer, set_aside, promote,
+        write_record, remove_record: the mocks.
     """
 
-    MODULE = rootdirs
-    ENTRY_POINTS = ('make_root', 'make_mountpoint', 'remove_root')
+    ENTRY_POINTS = (
+        (rootdirs, ('make_root', 'make_mountpoint', 'remove_root',
+                    'new_token', 'remove_token', 'has_token')),
+        (replacement, ('remove_layer', 'set_aside', 'promote',
+                       'write_record', 'remove_record')))
 
     def __init__(self, *roots, mounts=None):
         super().__init__(*roots)

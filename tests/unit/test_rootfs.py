@@ -12,6 +12,7 @@ import fixtures
 from novalxcdriver import disk
 from novalxcdriver import exception
 from novalxcdriver import ids
+from novalxcdriver.privsep import replacement
 from novalxcdriver import rootfs
 from tests.unit import base as unit_base
 
@@ -414,7 +415,8 @@ class ReplacementTest(_Base):
         self.assertIsNone(self.root.replacement())
         self.root.begin_replacement(self.REPLACEMENT)
         self.assertEqual(self.REPLACEMENT, self.root.replacement())
-        self.assertEqual(0o600, os.stat(os.path.join(
+        # Not secret, and nova-compute reads it.
+        self.assertEqual(0o644, os.stat(os.path.join(
             self.top, 'replacing.json')).st_mode & 0o777)
 
     def test_torn_record_is_a_clear_fault(self):
@@ -534,7 +536,7 @@ class ReplacementTest(_Base):
         # crash would; a second run must reach the same end.
         real = {name: getattr(os, name) for name in ('rename', 'mkdir',
                                                      'unlink')}
-        real_rmtree = rootfs.shutil.rmtree
+        real_rmtree = replacement.shutil.rmtree
         step = 0
         while True:
             root = self.make_old(rootfs.Rootfs(self.state_path, 100 + step))
@@ -550,7 +552,7 @@ class ReplacementTest(_Base):
                 return call
             with mock.patch.multiple(
                     os, **{n: crashing(f) for n, f in real.items()}), \
-                    mock.patch.object(rootfs.shutil, 'rmtree',
+                    mock.patch.object(replacement.shutil, 'rmtree',
                                       crashing(real_rmtree)), \
                     mock.patch.object(self.disk_create, 'side_effect',
                                       crashing(self._new_disk)):
