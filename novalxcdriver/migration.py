@@ -43,21 +43,20 @@ import re
 
 from oslo_log import log as logging
 from oslo_utils import netutils
-from oslo_utils import uuidutils
 
 from novalxcdriver import conf
-from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import ids
 from novalxcdriver import images
 from novalxcdriver import lxc
+from novalxcdriver.privsep import rootdirs
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 _VERSION = 1
 _SSH_OPTION_RE = re.compile(r'^[A-Za-z][A-Za-z0-9]*=[^\s\'"\\]+\Z')
-TOKEN_FILE = 'migration-token'
+TOKEN_FILE = rootdirs.TOKEN
 # What of a root directory a destination takes: its disks and, for a
 # flavor without a root disk (root_gb 0), the directory holding its
 # writes. The config drive is written anew from Nova's instance.
@@ -166,27 +165,30 @@ def check_resize(old_flavor, new_flavor):
 
 
 def new_token(rootfs):
-    """Write a fresh token in rootfs's TOKEN_FILE and return it."""
-    token = uuidutils.generate_uuid()
-    durable.write(os.path.join(rootfs, TOKEN_FILE), token + '\n',
-                  mode=0o600)
-    return token
+    """Write a fresh token in rootfs's TOKEN_FILE and return it.
+
+    Written by the storage_admin daemon (privsep.rootdirs.new_token):
+    root's directories are root's.
+    """
+    return rootdirs.new_token(rootfs)
 
 
 def remove_token(rootfs):
     """Remove rootfs's TOKEN_FILE, if any (the migration is over)."""
-    try:
-        os.unlink(os.path.join(rootfs, TOKEN_FILE))
-    except FileNotFoundError:
-        pass
+    rootdirs.remove_token(rootfs)
 
 
 def is_local(info):
-    """Whether the disks are on this machine (a local copy will do)."""
+    """Whether the disks are on this machine (a local copy will do).
+
+    The storage_admin daemon reads the token (privsep.rootdirs.has_token);
+    a path that is no root's directory here is not local.
+    """
     try:
-        with open(os.path.join(info.rootfs, TOKEN_FILE)) as f:
-            return bool(info.token) and f.read().strip() == info.token
-    except OSError:
+        return rootdirs.has_token(info.rootfs, info.token)
+    except exception.PrivilegedCallRefused as e:
+        LOG.debug('The disks of instance %s are not on this machine: %s',
+                  info.instance_uuid, e)
         return False
 
 

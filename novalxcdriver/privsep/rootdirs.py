@@ -14,13 +14,22 @@ What is checked before anything is done:
 - a root is removed only when nothing is mounted at or below it (the
   daemon's own mount table): never a delete through a mount into an
   image, a disk or the host.
+
+A migration's source also leaves a token in its root's directory
+(TOKEN, migration.py): found there by the destination, it proves the
+disks are on this machine. It is root's 0600: another user of the host
+who read it could pass another root off as the migrating one.
 """
 
+import hmac
 import os
 import re
 import shutil
 import stat
 
+from oslo_utils import uuidutils
+
+from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import mount
 from novalxcdriver import privsep
@@ -30,6 +39,9 @@ from novalxcdriver.privsep import storage
 RESCUE = 'rescue'
 MOUNTPOINTS = ('root', 'ephemeral')
 LAYERS = ('lower', 'merged')
+TOKEN = 'migration-token'
+# A token is a UUID; more than this is never one.
+_TOKEN_MAX = 64
 # ASCII digits: str.isdigit also takes '²'.
 CID_RE = re.compile(r'^[0-9]+\Z')
 
@@ -129,3 +141,67 @@ def remove_root(path):
             reason='still mounted: %s' % ', '.join(sorted(set(left))))
     shutil.rmtree(path)
     return True
+
+
+@privsep.storage_admin.entrypoint
+def new_token(path):
+    """Write a fresh migration token in a root's directory, durably.
+
+    :param path: the root's directory (check_root_dir).
+    :returns: the token, a str (a random UUID).
+    :raises PrivilegedCallRefused: the checks (module docstring).
+    :raises OSError: nothing was written (a full disk: ENOSPC).
+    """
+    check_root_dir('new_token', path)
+    token = uuidutils.generate_uuid()
+    os.umask(lxctools.UMASK)
+    durable.write(os.path.join(path, TOKEN), token + '\n', mode=0o600)
+    return token
+
+
+@privsep.storage_admin.entrypoint
+def remove_token(path):
+    """Remove a root's migration token, if any (its migration is over).
+
+    :param path: the root's directory (check_root_dir).
+    :returns: True if there was one.
+    :raises PrivilegedCallRefused: the checks (module docstring).
+    """
+    check_root_dir('remove_token', path)
+    try:
+        os.unlink(os.path.join(path, TOKEN))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@privsep.storage_admin.entrypoint
+def has_token(path, token):
+    """Whether a root's directory holds this migration token.
+
+    :param path: the root's directory (check_root_dir): a peer's, from
+        a migration's disk info.
+    :param token: str, the token the disk info carries.
+    :returns: True only if the file is there, a regular file, and holds
+        token; False otherwise (no file, another token, an empty one).
+    :raises PrivilegedCallRefused: the checks (module docstring), or
+        token is not a str.
+    """
+    call = 'has_token'
+    check_root_dir(call, path)
+    if not isinstance(token, str):
+        privsep.refuse(call, 'token %r is not a str' % (token,))
+    try:
+        fd = os.open(os.path.join(path, TOKEN),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK |
+                     os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        found = os.read(fd, _TOKEN_MAX + 1).strip()
+    finally:
+        os.close(fd)
+    return bool(token) and hmac.compare_digest(found,
+                                               token.encode('utf-8'))

@@ -203,12 +203,17 @@ class CheckResizeTest(unit_base.TestCase):
 
 
 class TokenTest(unit_base.TestCase):
-    """A token beside the disks proves they are on this machine."""
+    """A token beside the disks proves they are on this machine.
+
+    The storage_admin daemon writes and reads it (privsep.rootdirs), here
+    in this process with its checks.
+    """
 
     def setUp(self):
         super().setUp()
-        self.rootfs = os.path.join(self.useFixture(fixtures.TempDir()).path,
-                                   'rootfs', '3')
+        top = self.useFixture(fixtures.TempDir()).path
+        self.rootdirs = self.useFixture(unit_base.RootDirsInProcess(top))
+        self.rootfs = os.path.join(top, 'rootfs', '3')
         os.makedirs(self.rootfs)
         self.token_file = os.path.join(self.rootfs, migration.TOKEN_FILE)
 
@@ -233,7 +238,17 @@ class TokenTest(unit_base.TestCase):
     def test_no_token_file_means_remote(self):
         self.assertFalse(migration.is_local(disk_info(rootfs=self.rootfs)))
         self.assertFalse(migration.is_local(disk_info(
-            rootfs=os.path.join(self.rootfs, 'missing'))))
+            rootfs=os.path.join(os.path.dirname(self.rootfs), '4'))))
+
+    def test_path_of_no_root_here_means_remote(self):
+        # The daemon refuses to read a path that is no root's directory
+        # of its own (another host's layout): not local, not an error.
+        token = migration.new_token(self.rootfs)
+        for path in ('/elsewhere/rootfs/3', self.rootfs + '/x',
+                     os.path.dirname(self.rootfs)):
+            self.assertFalse(migration.is_local(disk_info(rootfs=path,
+                                                          token=token)))
+        self.assertEqual(3, self.rootdirs.has_token.call_count)
 
     def test_empty_tokens_never_match(self):
         open(self.token_file, 'w').close()
