@@ -42,10 +42,10 @@ from novalxcdriver import mount
 from novalxcdriver.privsep import disks
 from novalxcdriver.privsep import ownership
 from novalxcdriver.privsep import rootdirs
+from novalxcdriver.privsep import storage
 from novalxcdriver import throttle
 
 LOG = logging.getLogger(__name__)
-SYS_DEV_BLOCK = '/sys/dev/block'
 SYS_BLOCK = '/sys/block'
 TEMPLATES = 'disk-templates'
 # Seconds Disk.mount waits for a loop device to let go of an image, and
@@ -68,7 +68,7 @@ class Disk:
         self.image_path = image_path
         self.mountpoint = mountpoint
         self.templates = templates
-        self.io_baseline_path = image_path + '.iostat'
+        self.io_baseline_path = image_path + storage.IO_BASELINE
 
     def create(self, size_gb, owner=None, fs='ext4'):
         """Make a size_gb GiB image, mount it, give its root to owner.
@@ -161,37 +161,17 @@ class Disk:
             rootdirs.make_mountpoint(self.mountpoint)
         # Autoclear: the device goes with the unmount, or at once if the
         # mount failed.
+        # The daemon saves the device's I/O counters (io_baseline_path).
         device = mount.disk_image(self.image_path, self.mountpoint)
-        number = self._save_io_baseline(device)
-        if number:
-            # An earlier user's throttle must not follow the device; the
-            # container starts after this.
-            throttle.clear(number)
-
-    def _save_io_baseline(self, device):
-        """Save 'MAJ:MIN <its /sys/block stat>' of the loop device.
-
-        Bookkeeping for diagnostics only: a failure is logged, and leaves
-        no baseline (rather than an earlier attachment's).
-
-        :returns: the device's 'MAJ:MIN', or None if stat(2) failed on it.
-        """
-        number = None
         try:
-            try:
-                os.unlink(self.io_baseline_path)
-            except FileNotFoundError:
-                pass
             rdev = os.stat(device).st_rdev
-            number = '%d:%d' % (os.major(rdev), os.minor(rdev))
-            with open(os.path.join(SYS_DEV_BLOCK, number, 'stat')) as f:
-                counters = f.read()
-            with open(self.io_baseline_path, 'w') as f:
-                f.write('%s %s' % (number, counters))
         except OSError as e:
-            LOG.warning('Cannot save the I/O counters of %s for %s: %s',
+            LOG.warning('Cannot stat %s, the loop device of %s: %s',
                         device, self.image_path, e)
-        return number
+            return
+        # An earlier user's throttle must not follow the device; the
+        # container starts after this.
+        throttle.clear('%d:%d' % (os.major(rdev), os.minor(rdev)))
 
     def grow(self, size_gb):
         """Grow the disk and its filesystem to size_gb GiB.

@@ -43,6 +43,8 @@ import struct
 import subprocess
 import time
 
+from oslo_log import log as logging
+
 from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import ids
@@ -51,6 +53,7 @@ from novalxcdriver import privsep
 from novalxcdriver.privsep import lxcconf
 
 CONF = conf.CONF
+LOG = logging.getLogger(__name__)
 
 _libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -79,6 +82,11 @@ _MS_NOEXEC = 8
 
 # The driver's own disks (disk.FILESYSTEMS).
 FILESYSTEMS = ('ext4', 'btrfs')
+# A disk's loop device I/O counters when attached, beside its image
+# (Documentation/block/stat.rst): the device is reused by later disks,
+# so diagnostics reports the difference.
+IO_BASELINE = '.iostat'
+SYS_DEV_BLOCK = '/sys/dev/block'
 # (fs, offset, magic) of each filesystem's superblock signature: btrfs's
 # superblock is at 64 KiB, magic at +0x40; ext4's at 1 KiB, s_magic at
 # +0x38 (kernel fs/btrfs/accessors.h, fs/ext4/ext4.h).
@@ -496,7 +504,35 @@ def mount_disk(path, target):
     with loop_attached(path) as device:
         _mount(device, target, fstype, _MS_NODEV, None,
                '%s %s' % (fstype, device))
+    _save_io_baseline(path, device)
     return device
+
+
+def _save_io_baseline(path, device):
+    """Save 'MAJ:MIN <the device's stat>' in ``<path>.iostat``, 0644.
+
+    Bookkeeping for diagnostics only: a failure is logged, and leaves no
+    baseline (rather than an earlier attachment's). Made anew, never
+    opened through a link.
+    """
+    baseline = path + IO_BASELINE
+    try:
+        try:
+            os.unlink(baseline)
+        except FileNotFoundError:
+            pass
+        rdev = os.stat(device).st_rdev
+        number = '%d:%d' % (os.major(rdev), os.minor(rdev))
+        with open(os.path.join(SYS_DEV_BLOCK, number, 'stat')) as f:
+            counters = f.read()
+        os.umask(0o022)
+        fd = os.open(baseline, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                     os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, 'w') as f:
+            f.write('%s %s' % (number, counters))
+    except OSError as e:
+        LOG.warning('Cannot save the I/O counters of %s for %s: %s',
+                    device, path, e)
 
 
 @privsep.storage_admin.entrypoint

@@ -139,7 +139,6 @@ class CreateTest(_Base):
                               fs='xfs')
         self.mount.disk_image.assert_not_called()
         self.ownership.give_disk_root.assert_not_called()
-        self.assertFalse(os.path.exists(self.disk.io_baseline_path))
 
     def test_nothing_left_when_mount_fails(self):
         self.mount.disk_image.side_effect = exception.MountFailed(
@@ -149,7 +148,6 @@ class CreateTest(_Base):
             self.image, self.mountpoint)
         # The daemon's loop device had autoclear set: it went at once.
         self.assert_nothing_left()
-        self.assertFalse(os.path.exists(self.disk.io_baseline_path))
         self.ownership.give_disk_root.assert_not_called()
 
     def test_failure_to_give_the_root_raised(self):
@@ -257,15 +255,15 @@ class DeviceTest(_Base):
                          self.disk.device())
 
 
-class IoBaselineTest(_Base):
-    """Each mount saves its loop device's counters for diagnostics."""
+class ThrottleClearTest(_Base):
+    """Each mount clears what throttles its loop device still had.
 
-    COUNTERS = '  10 0 80 1 20 0 160 2 0 3 3 0 0 0 0 0 0\n'
+    The device's I/O baseline is saved by the daemon that mounts it
+    (privsep.storage.mount_disk; tests/unit/test_privsep_storage.py).
+    """
 
     def setUp(self):
         super().setUp()
-        self.sys = os.path.join(self.tmp, 'sys-dev-block')
-        self.patch('novalxcdriver.disk.SYS_DEV_BLOCK', self.sys)
         real_stat = os.stat
         devices = {LOOP: os.makedev(7, 7), '/dev/loop3': os.makedev(7, 3)}
 
@@ -273,38 +271,15 @@ class IoBaselineTest(_Base):
             if path in devices:
                 return mock.Mock(st_rdev=devices[path])
             return real_stat(path, *args, **kwargs)
-        self.patch('os.stat', side_effect=stat)
-        for number, counters in (('7:7', self.COUNTERS),
-                                 ('7:3', '  1 2 3 4 5 6 7 8\n')):
-            os.makedirs(os.path.join(self.sys, number))
-            with open(os.path.join(self.sys, number, 'stat'), 'w') as f:
-                f.write(counters)
+        self.stat = self.patch('os.stat', side_effect=stat)
         os.mkdir(self.mountpoint)
         self.throttle.clear.side_effect = (
             lambda number: self.events.append(('clear', number)))
-
-    def baseline(self):
-        with open(self.disk.io_baseline_path) as f:
-            return f.read()
-
-    def test_saved_after_the_mount(self):
-        def mount_disk(path, target):
-            # The device is only known once the daemon attached it.
-            self.assertFalse(os.path.exists(self.disk.io_baseline_path))
-            self.mounted.add(target)
-            return LOOP
-        self.mount.disk_image.side_effect = mount_disk
-        self.disk.mount()
-        self.mount.disk_image.assert_called_once_with(
-            self.image, self.mountpoint)
-        self.assertEqual('7:7 ' + self.COUNTERS, self.baseline())
-        self.assertEqual(self.image + '.iostat', self.disk.io_baseline_path)
 
     def test_of_the_device_the_mount_attached(self):
         self.mount.disk_image.side_effect = None
         self.mount.disk_image.return_value = '/dev/loop3'
         self.disk.mount()
-        self.assertEqual('7:3   1 2 3 4 5 6 7 8\n', self.baseline())
         self.throttle.clear.assert_called_once_with('7:3')
 
     def test_earlier_throttles_cleared_after_the_mount(self):
@@ -317,30 +292,26 @@ class IoBaselineTest(_Base):
 
     def test_a_new_disk_s_too(self):
         self.disk.create(1, OWNER)
-        self.assertTrue(self.baseline().startswith('7:7 '))
         self.throttle.clear.assert_called_once_with('7:7')
 
-    def test_replaces_an_earlier_attachment(self):
-        with open(self.disk.io_baseline_path, 'w') as f:
-            f.write('7:3 1 2 3 4 5 6 7 8\n')
+    def test_a_device_gone_is_logged_and_mounted_still(self):
+        self.mount.disk_image.side_effect = None
+        self.mount.disk_image.return_value = '/dev/loop9'
+        self.stat.side_effect = FileNotFoundError(2, 'gone')
+        log = self.patch('novalxcdriver.disk.LOG')
         self.disk.mount()
-        self.assertTrue(self.baseline().startswith('7:7 '))
+        self.throttle.clear.assert_not_called()
+        self.assertIn('/dev/loop9', log.warning.call_args.args)
 
-    def test_failure_leaves_no_baseline_and_mounts(self):
-        with open(self.disk.io_baseline_path, 'w') as f:
-            f.write('7:3 1 2 3 4 5 6 7 8\n')
-        os.unlink(os.path.join(self.sys, '7:7', 'stat'))
-        self.disk.mount()
-        self.assertFalse(os.path.exists(self.disk.io_baseline_path))
-        self.assertTrue(self.disk.is_mounted())
-        self.throttle.clear.assert_called_once_with('7:7')
-
-    def test_failed_mount_saves_nothing_clears_nothing(self):
+    def test_failed_mount_clears_nothing(self):
         self.mount.disk_image.side_effect = exception.LoopFailed(
             path=self.image, reason='no free loop device')
         self.assertRaises(exception.LoopFailed, self.disk.mount)
-        self.assertFalse(os.path.exists(self.disk.io_baseline_path))
         self.throttle.clear.assert_not_called()
+
+    def test_baseline_beside_the_image(self):
+        # Where diagnostics reads what the daemon saved.
+        self.assertEqual(self.image + '.iostat', self.disk.io_baseline_path)
 
 
 class DetachLoopsTest(_Base):

@@ -500,6 +500,72 @@ class EntryPointChecksTest(base.TestCase):
         self.libc.mount.assert_called_once_with(
             b'/dev/loop4', os.fsencode(mnt), b'btrfs', 4, None)
 
+    def _btrfs_image(self):
+        img = self.root + '/root.img'
+        os.makedirs(self.root, exist_ok=True)
+        with open(img, 'wb') as f:
+            f.truncate(0x20000)
+            f.seek(0x10040)
+            f.write(b'_BHRfS_M')
+        self.patch('novalxcdriver.privsep.storage._loop_configure',
+                   return_value=('/dev/loop4',
+                                 os.open(os.devnull, os.O_RDONLY)))
+        return img
+
+    def _sys_dev_block(self, counters):
+        sys = os.path.join(self.tmp, 'sys-dev-block')
+        os.makedirs(os.path.join(sys, '7:4'))
+        with open(os.path.join(sys, '7:4', 'stat'), 'w') as f:
+            f.write(counters)
+        self.patch('novalxcdriver.privsep.storage.SYS_DEV_BLOCK', sys)
+        real_stat = os.stat
+
+        def stat(path, *args, **kwargs):
+            if path == '/dev/loop4':
+                return mock.Mock(st_rdev=os.makedev(7, 4))
+            return real_stat(path, *args, **kwargs)
+        return self.patch('os.stat', side_effect=stat)
+
+    def test_a_mount_saves_its_device_s_io_baseline(self):
+        # Beside the image, 0644 (diagnostics reads it in nova-compute),
+        # made anew: an earlier attachment's goes.
+        img = self._btrfs_image()
+        baseline = img + '.iostat'
+        with open(baseline, 'w') as f:
+            f.write('7:3 1 2 3\n')
+        counters = '  10 0 80 1 20 0 160 2 0 3 3 0 0 0 0 0 0\n'
+        self._sys_dev_block(counters)
+        storage.mount_disk(img, self.root + '/root')
+        with open(baseline) as f:
+            self.assertEqual('7:4 ' + counters, f.read())
+        self.assertEqual(0o644, os.lstat(baseline).st_mode & 0o7777)
+
+    def test_a_baseline_never_written_through_a_link(self):
+        img = self._btrfs_image()
+        target = os.path.join(self.tmp, 'elsewhere')
+        with open(target, 'w') as f:
+            f.write('kept')
+        os.symlink(target, img + '.iostat')
+        self._sys_dev_block('1 2 3\n')
+        storage.mount_disk(img, self.root + '/root')
+        with open(target) as f:
+            self.assertEqual('kept', f.read())
+        self.assertFalse(os.path.islink(img + '.iostat'))
+
+    def test_no_counters_no_baseline_and_still_mounted(self):
+        # Bookkeeping only: the mount stands, an earlier baseline goes.
+        img = self._btrfs_image()
+        with open(img + '.iostat', 'w') as f:
+            f.write('7:3 1 2 3\n')
+        self._sys_dev_block('1\n')
+        os.unlink(os.path.join(self.tmp, 'sys-dev-block', '7:4', 'stat'))
+        log = self.patch('novalxcdriver.privsep.storage.LOG')
+        self.assertEqual('/dev/loop4',
+                         storage.mount_disk(img, self.root + '/root'))
+        self.assertFalse(os.path.lexists(img + '.iostat'))
+        self.assertIn('/dev/loop4', log.warning.call_args.args)
+        self.libc.mount.assert_called_once()
+
     def test_overlay_lowers(self):
         for lowers in ([], None, self.root + '/l', ['/etc']):
             self.refused(storage.overlay_readonly, lowers, self.root + '/m')
