@@ -1,5 +1,5 @@
-"""The driver's process killed (SIGKILL) at each step of spawn, destroy and
-snapshot.
+"""The driver's process killed (SIGKILL) at each step of spawn, destroy,
+snapshot and rebuild.
 
 For every crash point a driver process (tests.hardening.worker) is armed
 to kill itself right before or after one function of the driver runs,
@@ -9,6 +9,11 @@ hand out its ID. Then a new driver process starts on the same host and
 state, runs init_host and deletes the instance: nothing may be left, no
 mount, directory, cgroup, ID reservation, loop device, monitor process,
 veth or held lock.
+
+A rebuild cut short must leave the server whole: before the replacement
+is recorded, a hard reboot brings back the old root as it was (the
+container's writes, the ephemeral disk's files); after, it finishes the
+new one, with none of the old writes and nothing set aside left.
 
 A host reboot is simulated too: containers running, every container
 killed, every mount under the state path gone, a new driver runs
@@ -102,6 +107,51 @@ SNAPSHOT_POINTS = (
      'unbounded'),
     ('lxc.freeze', 'novalxcdriver.lxc:freeze', 'after', None, 'unbounded'),
 )
+
+# (label, target, when, match, committed): committed says whether the
+# replacement is recorded at that point (Rootfs.begin_replacement), so
+# that a hard reboot finishes the new root rather than keeps the old.
+REBUILD_POINTS = (
+    ('Rootfs.stage_config_drive',
+     'novalxcdriver.rootfs:Rootfs.stage_config_drive', 'after', None,
+     False),
+    ('Container.stop', 'novalxcdriver.container:Container.stop', 'after',
+     None, False),
+    ('replacement.write_record',
+     'novalxcdriver.privsep.replacement:write_record', 'before', None,
+     False),
+    ('replacement.write_record',
+     'novalxcdriver.privsep.replacement:write_record', 'after', None, True),
+    ('replacement.set_aside(upper)',
+     'novalxcdriver.privsep.replacement:set_aside', 'after', 'root/upper',
+     True),
+    ('ownership.make_owned_dir(upper)',
+     'novalxcdriver.privsep.ownership:make_owned_dir', 'after',
+     'root/upper', True),
+    ('replacement.remove_layer(upper)',
+     'novalxcdriver.privsep.replacement:remove_layer', 'after',
+     'upper.rebuild-old', True),
+    ('replacement.set_aside(ephemeral)',
+     'novalxcdriver.privsep.replacement:set_aside', 'after',
+     'ephemeral.img', True),
+    ('Disk.create(ephemeral)', 'novalxcdriver.disk:Disk.create', 'after',
+     None, True),
+    ('replacement.promote(config drive)',
+     'novalxcdriver.privsep.replacement:promote', 'after', '.rebuild-new',
+     True),
+    ('replacement.remove_record',
+     'novalxcdriver.privsep.replacement:remove_record', 'after', None,
+     True),
+    ('lxc.start', 'novalxcdriver.lxc:start', 'before', None, True),
+)
+OLD_WRITE = 'written-before-the-rebuild'
+
+
+def rebuild_leftovers(root_dir):
+    """What a replacement sets aside or stages, and its record."""
+    return (glob.glob(os.path.join(root_dir, '*.rebuild-*')) +
+            glob.glob(os.path.join(root_dir, 'root', '*.rebuild-*')) +
+            glob.glob(os.path.join(root_dir, 'replacing.json')))
 
 
 def snapshot_leftovers(state_path, lxc_path):
@@ -246,6 +296,103 @@ class CrashTest(base.WorkerTestCase):
 
     def test_crash_at_each_step_of_snapshot(self):
         self._crash_points('snapshot', SNAPSHOT_POINTS)
+
+    def test_crash_at_each_step_of_rebuild(self):
+        figures = {}
+        failures = {}
+        for i, (label, target, when, match, committed) in enumerate(
+                REBUILD_POINTS):
+            point = 'rebuild: %s %s' % (when, label)
+            try:
+                leaks, problems = self._rebuild_crash_once(
+                    i, target, when, match, committed)
+            except base.WorkerError as e:
+                leaks, problems = [], ['%s' % e]
+            figures[point] = len(leaks)
+            print('HARDENING crash point %-48s %s root after a hard reboot;'
+                  ' leaks after delete %d%s' % (
+                      point, 'new' if committed else 'old', len(leaks),
+                      ''.join('\n    ' + x for x in leaks + problems)))
+            if leaks or problems:
+                failures[point] = leaks + problems
+        summary.record(
+            'crashes.rebuild',
+            '%d crash points in rebuild, %d leaks after a hard reboot and '
+            'delete, %d points with problems' % (
+                len(REBUILD_POINTS), sum(figures.values()), len(failures)),
+            points=len(REBUILD_POINTS), leaks=sum(figures.values()),
+            per_point=figures)
+        self.assertEqual({}, failures)
+
+    def _rebuild_crash_once(self, i, target, when, match, committed):
+        """One crash in a rebuild, then a hard reboot and a delete.
+
+        :returns: (leaks, problems) as text.
+        """
+        root = os.path.join(self.root, 'rebuild-%02d' % i)
+        os.makedirs(root)
+        old_image, new_image = str(uuid.uuid4()), str(uuid.uuid4())
+        spec = base.instance_spec(0x2300 + i, ephemeral_gb=1,
+                                  config_drive=True)
+        name = base.instance_name(spec)
+        worker = base.Worker(self, root, self.host,
+                             images={old_image: self.tarball,
+                                     new_image: self.tarball},
+                             state_poll_interval=1.0)
+        lxc_path, state_path = worker.lxc_path, worker.state_path
+        result, = worker.call('spawn', instances=[spec], image_id=old_image)
+        if result['error']:
+            return [], ['spawn failed: %s' % result['message']]
+        root_dir = os.path.join(state_path, 'rootfs',
+                                str(result['value']['cid']))
+        # The container's own writes, as the host sees them.
+        old_writes = [os.path.join(root_dir, 'root', 'upper', OLD_WRITE),
+                      os.path.join(root_dir, 'ephemeral', OLD_WRITE)]
+        for path in old_writes:
+            with open(path, 'w') as f:
+                f.write('old')
+        worker.call('arm', target=target, when=when, match=match)
+        problems = []
+        status = worker.crash_during('rebuild', instances=[spec],
+                                     image_id=new_image)
+        if status != -9:
+            problems.append('exit status %s, not SIGKILL' % status)
+
+        restarted = base.Worker(self, root, self.host,
+                                images={old_image: self.tarball,
+                                        new_image: self.tarball},
+                                state_poll_interval=1.0)
+        # Nova puts a server whose rebuild a restart cut short in ERROR;
+        # a hard reboot is what its user may do next.
+        result, = restarted.call('reboot', instances=[spec])
+        if result['error']:
+            problems.append('hard reboot: %s: %s' % (result['error'],
+                                                     result['message']))
+        elif result['value']['state'] != 'RUNNING':
+            problems.append('%s after the hard reboot, not RUNNING'
+                            % result['value']['state'])
+        kept = [p for p in old_writes if os.path.exists(p)]
+        if committed and kept:
+            problems.append('old writes kept by a recorded replacement: %s'
+                            % kept)
+        elif not committed and kept != old_writes:
+            problems.append('old writes lost before the replacement was '
+                            'recorded: %s' % sorted(set(old_writes) -
+                                                    set(kept)))
+        left = rebuild_leftovers(root_dir)
+        if committed and left:
+            problems.append('after the hard reboot: %s' % left)
+        veth_names = base.veth_pairs(lxc_path)
+        result, = restarted.call('destroy', instances=[spec])
+        if result['error']:
+            problems.append('destroy after restart: %s: %s' % (
+                result['error'], result['message']))
+        restarted.quit()
+        leaks = base.leaks(lxc_path, state_path, [name],
+                           veth_names=veth_names)
+        if not leaks:
+            base.force_clean(root)
+        return leaks, problems
 
     def test_host_reboot_brings_running_instances_back(self):
         image_id = str(uuid.uuid4())

@@ -37,7 +37,9 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
+from unittest import mock  # noqa: E402
 
+from nova.compute import task_states  # noqa: E402
 # nova.conf registers Nova's options (host, instance_name_template).
 import nova.conf  # noqa: E402,F401
 from nova import context as nova_context  # noqa: E402
@@ -48,6 +50,7 @@ from nova.virt import fake as fake_virt  # noqa: E402
 import nova.virt.images  # noqa: E402
 
 from novalxcdriver import conf  # noqa: E402
+from novalxcdriver import configdrive  # noqa: E402
 from novalxcdriver import download  # noqa: E402
 from novalxcdriver import driver as driver_mod  # noqa: E402
 from novalxcdriver import exception  # noqa: E402
@@ -107,6 +110,9 @@ class Worker:
             return real_unpack(*args, **kwargs)
 
         tarball.unpack_stream = counted_unpack
+        # Nova's InstanceMetadata reads the database, which workers have
+        # not: a config drive gets its meta_data.json alone.
+        configdrive.instance_metadata.InstanceMetadata = _Metadata
         self.ctxt = nova_context.get_admin_context()
         self.driver = driver_mod.LXCDriver(fake_virt.FakeVirtAPI())
         return {'pid': os.getpid()}
@@ -167,8 +173,12 @@ class Worker:
             display_name=spec.get('display_name', 'hardening'),
             host=CONF.host, node=CONF.host, flavor=flavor,
             metadata=spec.get('metadata', {}),
-            user_data=spec.get('user_data'))
+            user_data=spec.get('user_data'),
+            config_drive=spec.get('config_drive', False))
         instance.numa_topology = None
+        # Not loaded from a database (rebuild reads the image's shutdown
+        # timeout from it).
+        instance.system_metadata = {}
         return instance
 
     def _each(self, specs, action):
@@ -228,6 +238,24 @@ class Worker:
             return self._describe(instance)
         return self._each(instances, snapshot)
 
+    def op_rebuild(self, instances, image_id, preserve_ephemeral=False):
+        """Nova's rebuild of each instance on image_id (no volumes).
+
+        The instance is not in a database: its saves do nothing.
+        """
+        def no_block_devices(*args, **kwargs):
+            pass
+
+        def rebuild(instance):
+            instance.task_state = task_states.REBUILDING
+            with mock.patch.object(instance, 'save'):
+                self.driver.rebuild(
+                    self.ctxt, instance, self.image_meta(image_id), [],
+                    None, {}, [], no_block_devices, no_block_devices,
+                    network_info=[], preserve_ephemeral=preserve_ephemeral)
+            return self._describe(instance)
+        return self._each(instances, rebuild)
+
     def op_resume_state_on_host_boot(self, instances):
         def resume(instance):
             self.driver.resume_state_on_host_boot(self.ctxt, instance, [],
@@ -277,6 +305,20 @@ class Worker:
         cid = self.driver._ids.allocate(uuid, 'probe')
         self.driver._ids.release(cid)
         return cid
+
+
+class _Metadata:
+    """Stands in for Nova's InstanceMetadata, without a database."""
+
+    def __init__(self, instance, content=None, extra_md=None,
+                 network_info=None):
+        self.instance = instance
+        self.extra_md = extra_md or {}
+
+    def metadata_for_config_drive(self):
+        yield ('openstack/latest/meta_data.json', json.dumps(
+            dict(self.extra_md, uuid=self.instance.uuid,
+                 hostname=self.instance.hostname)))
 
 
 def arm(target, when, match=None):
