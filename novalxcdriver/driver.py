@@ -42,6 +42,7 @@ from novalxcdriver import download
 from novalxcdriver import events
 from novalxcdriver import exception
 from novalxcdriver import host as host_mod
+from novalxcdriver import hostdirs
 from novalxcdriver import ids
 from novalxcdriver import images
 from novalxcdriver import limits as limits_mod
@@ -157,6 +158,8 @@ class LXCDriver(driver.ComputeDriver):
         problems = host_mod.problems(CONF.lxc.root_disk_fs)
         problems += host_mod.traversal_problems(
             (self._lxc_path, self._state_path))
+        problems += hostdirs.problems(self._lxc_path, self._state_path,
+                                      self._ids_path)
         if not problems:
             os.makedirs(self._state_path, mode=0o711, exist_ok=True)
             problems += lxcfs.ensure(
