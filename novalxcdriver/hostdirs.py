@@ -1,11 +1,15 @@
 """The driver's directories on a compute host: whose each is, and making them.
 
-Two kinds (docs/design/issue-14-privsep-inventory.md, 2.1):
+Three kinds (docs/design/issue-14-privsep-inventory.md, 2.1):
 
-- root's: ``[lxc] lxc_path`` and ``state_path`` (0711: containers'
-  uids traverse them) and what the privsep daemons make below them
-  (containers' directories, roots, the image cache);
-- nova-compute's bookkeeping (BOOKKEEPING): instance records and the
+- root's (ROOT): ``[lxc] state_path`` (0711: containers' uids traverse
+  it) and what the privsep daemons make below it (roots, the image
+  cache);
+- root's, read by nova-compute's group (SHARED): ``[lxc] lxc_path``,
+  setgid (2751), so that the containers' directories the lxc_admin
+  daemon makes in it (0750) are that group's: nova-compute reads their
+  configs without a privileged call; only root writes them;
+- nova-compute's bookkeeping (USER): instance records and the
   records of resize sources, lock files, the snapshot spool, ID
   reservations and their lock directory. Only nova-compute reads and
   writes them; the daemons never trust them (they take names and IDs,
@@ -26,13 +30,15 @@ import argparse
 import collections
 import os
 import pwd
+import stat
 import sys
 
 from novalxcdriver import conf as conf_mod
 
 CONF = conf_mod.CONF
 
-Directory = collections.namedtuple('Directory', 'path mode bookkeeping')
+Directory = collections.namedtuple('Directory', 'path mode owner')
+ROOT, SHARED, USER = 'root', 'shared', 'user'
 # Below state_path: records (record.py: instances, resize-sources),
 # lockutils' lock files (container.py, images.py), the snapshot spool
 # (snapshot.py).
@@ -46,22 +52,22 @@ def layout(lxc_path, state_path, ids_path=None):
     :param lxc_path, state_path, ids_path: a driver's ``[lxc]`` paths;
         ids_path None is ``<state_path>/ids``.
     :returns: Directory tuples: path (absolute, normalized), mode (the
-        permission bits it is made with), bookkeeping (True for
-        nova-compute's own, False for root's).
+        permission bits prepare gives it), owner (ROOT, SHARED or USER:
+        module docstring).
     """
     state = os.path.normpath(os.path.abspath(state_path))
-    found = [Directory(os.path.normpath(os.path.abspath(lxc_path)), 0o711,
-                       False),
-             Directory(state, 0o711, False)]
-    found += [Directory(os.path.join(state, name), mode, True)
+    found = [Directory(os.path.normpath(os.path.abspath(lxc_path)), 0o2751,
+                       SHARED),
+             Directory(state, 0o711, ROOT)]
+    found += [Directory(os.path.join(state, name), mode, USER)
               for name, mode in STATE_BOOKKEEPING]
     # ids.IdAllocator: the reservations, and their lock beside them.
     ids_path = os.path.normpath(os.path.abspath(
         ids_path or os.path.join(state, 'ids')))
-    found.append(Directory(ids_path, 0o755, True))
+    found.append(Directory(ids_path, 0o755, USER))
     ids_locks = os.path.join(os.path.dirname(ids_path), 'locks')
     if ids_locks not in {d.path for d in found}:
-        found.append(Directory(ids_locks, 0o700, True))
+        found.append(Directory(ids_locks, 0o700, USER))
     return found
 
 
@@ -70,7 +76,8 @@ def problems(lxc_path, state_path, ids_path=None):
 
     Root makes its directories as it needs them: nothing to report.
     Another user needs each bookkeeping directory to exist and be
-    writable and searchable by it (access(2)).
+    writable and searchable by it, and lxc_path to be readable and
+    searchable (access(2)).
 
     :param lxc_path, state_path, ids_path: as layout's.
     :returns: list of str, one naming the directories and the fix.
@@ -78,23 +85,24 @@ def problems(lxc_path, state_path, ids_path=None):
     if os.geteuid() == 0:
         return []
     user = pwd.getpwuid(os.geteuid()).pw_name
+    need = {USER: os.W_OK | os.X_OK, SHARED: os.R_OK | os.X_OK}
     missing = [d.path for d in layout(lxc_path, state_path, ids_path)
-               if d.bookkeeping and
-               not os.access(d.path, os.W_OK | os.X_OK)]
+               if d.owner in need and not os.access(d.path, need[d.owner])]
     if not missing:
         return []
-    return ['%s cannot write %s: run novalxc-prepare-host --user %s with '
+    return ['%s cannot use %s: run novalxc-prepare-host --user %s with '
             'nova-compute\'s --config-file options, as root'
             % (user, ', '.join(missing), user)]
 
 
 def prepare(uid, gid, lxc_path, state_path, ids_path=None, log=print):
-    """Make every directory of layout; give the bookkeeping to uid:gid.
+    """Make every directory of layout, each with its owner and mode.
 
-    Root's directories are made (0711) if missing and otherwise left as
-    they are. Each bookkeeping directory is made if missing, and it and
-    everything it holds is given to uid:gid (links themselves, never
-    followed: lchown).
+    ROOT: made (0711) if missing, otherwise left as it is. SHARED:
+    root:gid with its mode, and each container directory already in it
+    root:gid 2750 (an earlier version made them root's 0700); nothing
+    in them changes. USER: made if missing, and it and everything it
+    holds given to uid:gid (links themselves, never followed: lchown).
 
     :param lxc_path, state_path, ids_path: as layout's.
     :param log: callable(str) told each change.
@@ -102,23 +110,45 @@ def prepare(uid, gid, lxc_path, state_path, ids_path=None, log=print):
     """
     for d in layout(lxc_path, state_path, ids_path):
         if not os.path.isdir(d.path):
-            os.makedirs(d.path, mode=d.mode)
+            os.makedirs(d.path, mode=d.mode & 0o777)
             os.chmod(d.path, d.mode)
             log('made %s (%04o)' % (d.path, d.mode))
-        if not d.bookkeeping:
-            continue
-        given = 0
-        # Each entry once: the top, then what each directory lists.
-        paths = [d.path]
-        for top, dirs, files in os.walk(d.path):
-            paths += [os.path.join(top, n) for n in dirs + files]
-        for path in paths:
-            st = os.lstat(path)
-            if (st.st_uid, st.st_gid) != (uid, gid):
-                os.lchown(path, uid, gid)
-                given += 1
-        if given:
-            log('gave %s (%d entries) to %d:%d' % (d.path, given, uid, gid))
+        if d.owner == SHARED:
+            _give(d.path, 0, gid, d.mode, log)
+            for name in os.listdir(d.path):
+                path = os.path.join(d.path, name)
+                st = os.lstat(path)
+                if stat.S_ISDIR(st.st_mode) and st.st_uid == 0:
+                    _give(path, 0, gid, 0o2750, log)
+        elif d.owner == USER:
+            # Each entry once: the top, then what each directory lists.
+            paths = [d.path]
+            for top, dirs, files in os.walk(d.path):
+                paths += [os.path.join(top, n) for n in dirs + files]
+            given = sum(_give(path, uid, gid, None, None) for path in paths)
+            if given:
+                log('gave %s (%d entries) to %d:%d'
+                    % (d.path, given, uid, gid))
+
+
+def _give(path, uid, gid, mode, log):
+    """lchown path to uid:gid and chmod it to mode (None: kept), if not so.
+
+    :returns: whether anything changed.
+    """
+    st = os.lstat(path)
+    changed = False
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        os.lchown(path, uid, gid)
+        changed = True
+    # chown(2) clears the setgid bit: the mode after it.
+    if mode is not None and (changed or stat.S_IMODE(st.st_mode) != mode):
+        os.chmod(path, mode)
+        changed = True
+    if changed and log:
+        log('gave %s to %d:%d%s' % (path, uid, gid,
+                                    ' (%04o)' % mode if mode else ''))
+    return changed
 
 
 def main(argv=None):

@@ -219,7 +219,11 @@ def only_own_files(entries):
 
 @privsep.lxc_admin.entrypoint
 def make_dir(name, lxc_path):
-    """Make the container's directory ``<lxc_path>/<name>``, root's 0700.
+    """Make the container's directory ``<lxc_path>/<name>``, root's.
+
+    0700, or 2750 when lxc_path is setgid: novalxc-prepare-host makes it
+    so, with nova-compute's group, which then reads the config (the
+    directory inherits the group, mkdir(2)); only root writes.
 
     :raises PrivilegedCallRefused: the container checks.
     :raises FileExistsError: it exists (whoever's it is, it is left).
@@ -227,7 +231,8 @@ def make_dir(name, lxc_path):
     container_dir = check_container('make_dir', name, lxc_path)
     os.umask(UMASK)
     os.makedirs(lxc_path, mode=0o711, exist_ok=True)
-    os.mkdir(container_dir, 0o700)
+    shared = os.stat(lxc_path).st_mode & stat.S_ISGID
+    os.mkdir(container_dir, 0o750 if shared else 0o700)
 
 
 @privsep.lxc_admin.entrypoint

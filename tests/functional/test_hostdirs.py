@@ -3,8 +3,8 @@
 As root, on a private tree: the directories are made and given for real
 (lchown), then a child process running as ``nobody`` does what
 nova-compute's bookkeeping does (an ID reserved under its lock, an
-instance record written durably). Without the preparation, the same
-child fails: the directories are root's.
+instance record written durably, a container's config read). Without
+the preparation, the same child fails: the directories are root's.
 """
 
 import os
@@ -12,11 +12,15 @@ import pwd
 import traceback
 import uuid
 
+from unittest import mock
+
 import fixtures
 from oslotest import base
 
 from novalxcdriver import hostdirs
 from novalxcdriver import ids
+from novalxcdriver import privsep
+from novalxcdriver.privsep import lxctools
 from novalxcdriver import record
 
 
@@ -86,7 +90,7 @@ class PrepareHostTest(base.BaseTestCase):
         self.assertEqual(0, status, error)
         nobody = (self.nobody.pw_uid, self.nobody.pw_gid)
         for d in hostdirs.layout(self.lxc, self.state, self.ids_path):
-            if not d.bookkeeping:
+            if d.owner != hostdirs.USER:
                 continue
             paths = [d.path]
             for top, dirs, files in os.walk(d.path):
@@ -94,10 +98,12 @@ class PrepareHostTest(base.BaseTestCase):
             owners = {(os.lstat(p).st_uid, os.lstat(p).st_gid)
                       for p in paths}
             self.assertEqual({nobody}, owners, d.path)
-        # Root's stay root's; the records of both users are there.
-        for path in (self.state, self.lxc):
-            self.assertEqual((0, 0), (os.lstat(path).st_uid,
-                                      os.lstat(path).st_gid))
+        # Root's stay root's (lxc_path readable by the group); the
+        # records of both users are there.
+        for path, owner in ((self.state, (0, 0)),
+                            (self.lxc, (0, self.nobody.pw_gid))):
+            self.assertEqual(owner, (os.lstat(path).st_uid,
+                                     os.lstat(path).st_gid))
         self.assertEqual(2, len(record.RecordStore(self.state).all()))
         self.assertTrue(logged)
 
@@ -119,3 +125,44 @@ class PrepareHostTest(base.BaseTestCase):
         self.assertEqual(0, os.lstat(target).st_uid)
         self.assertEqual(self.nobody.pw_uid, os.lstat(
             os.path.join(self.state, 'locks', 'link')).st_uid)
+
+    def make_container(self):
+        """lxc_admin's make_dir, in this process; a config as it writes."""
+        context = privsep.lxc_admin
+        was = context.client_mode
+        context.set_client_mode(False)
+        try:
+            with mock.patch.object(privsep, '_added_roots',
+                                   new={self.lxc}):
+                lxctools.make_dir('instance-1', self.lxc)
+        finally:
+            context.set_client_mode(was)
+        config = os.path.join(self.lxc, 'instance-1', 'config')
+        with open(config, 'w') as f:
+            f.write('lxc.uts.name = instance-1\n')
+        os.chmod(config, 0o644)
+        return config
+
+    def read_as_nobody(self, config):
+        def read():
+            os.listdir(os.path.dirname(config))
+            with open(config) as f:
+                f.read()
+        return _as_user(self.nobody.pw_uid, self.nobody.pw_gid, read)
+
+    def test_the_user_s_group_reads_containers_configs(self):
+        hostdirs.prepare(self.nobody.pw_uid, self.nobody.pw_gid, self.lxc,
+                         self.state, self.ids_path, log=lambda line: None)
+        config = self.make_container()
+        status, error = self.read_as_nobody(config)
+        self.assertEqual(0, status, error)
+        st = os.stat(os.path.dirname(config))
+        self.assertEqual((0, self.nobody.pw_gid, 0o2750),
+                         (st.st_uid, st.st_gid, st.st_mode & 0o7777))
+
+    def test_containers_stay_root_s_alone_without_it(self):
+        os.makedirs(self.lxc, mode=0o711)
+        config = self.make_container()
+        status, error = self.read_as_nobody(config)
+        self.assertEqual(1, status)
+        self.assertIn('PermissionError', error)

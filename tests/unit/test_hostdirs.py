@@ -22,32 +22,32 @@ class LayoutTest(base.TestCase):
         found = hostdirs.layout('/var/lib/novalxc/containers',
                                 '/var/lib/novalxc', '/var/lib/novalxc/ids')
         self.assertEqual([
-            ('/var/lib/novalxc/containers', 0o711, False),
-            ('/var/lib/novalxc', 0o711, False),
-            ('/var/lib/novalxc/instances', 0o700, True),
-            ('/var/lib/novalxc/resize-sources', 0o700, True),
-            ('/var/lib/novalxc/locks', 0o700, True),
-            ('/var/lib/novalxc/spool', 0o700, True),
-            ('/var/lib/novalxc/ids', 0o755, True)], found)
+            ('/var/lib/novalxc/containers', 0o2751, 'shared'),
+            ('/var/lib/novalxc', 0o711, 'root'),
+            ('/var/lib/novalxc/instances', 0o700, 'user'),
+            ('/var/lib/novalxc/resize-sources', 0o700, 'user'),
+            ('/var/lib/novalxc/locks', 0o700, 'user'),
+            ('/var/lib/novalxc/spool', 0o700, 'user'),
+            ('/var/lib/novalxc/ids', 0o755, 'user')], found)
 
     def test_ids_shared_elsewhere_bring_their_lock_directory(self):
         # ids.IdAllocator locks in <dirname(ids_path)>/locks.
         found = hostdirs.layout('/srv/lxc', '/srv/state/',
                                 '/var/lib/novalxc-shared/ids/')
         self.assertEqual(
-            [('/var/lib/novalxc-shared/ids', 0o755, True),
-             ('/var/lib/novalxc-shared/locks', 0o700, True)], found[-2:])
+            [('/var/lib/novalxc-shared/ids', 0o755, 'user'),
+             ('/var/lib/novalxc-shared/locks', 0o700, 'user')], found[-2:])
         self.assertEqual('/srv/state', found[1].path)
 
     def test_default_ids_path(self):
-        self.assertEqual(('/s/ids', 0o755, True),
+        self.assertEqual(('/s/ids', 0o755, 'user'),
                          hostdirs.layout('/l', '/s')[-1])
 
-    def test_root_s_directories_are_never_bookkeeping(self):
+    def test_root_s_directories_are_never_the_user_s(self):
         # What the daemons act in: never given to nova-compute's user.
         found = hostdirs.layout('/l', '/s', '/s/ids')
         self.assertEqual({'/l', '/s'},
-                         {d.path for d in found if not d.bookkeeping})
+                         {d.path for d in found if d.owner != 'user'})
 
 
 class _Tree(base.TestCase):
@@ -70,21 +70,51 @@ class PrepareTest(_Tree):
     def prepare(self):
         hostdirs.prepare(UID, GID, self.lxc, self.state, log=self.log)
 
-    def given(self):
+    def given(self, owner=(UID, GID)):
         return sorted(os.path.relpath(c.args[0], self.tmp)
                       for c in self.lchown.call_args_list
-                      if c.args[1:] == (UID, GID))
+                      if c.args[1:] == owner)
 
     def test_makes_every_directory_with_its_mode(self):
         self.prepare()
         for d in hostdirs.layout(self.lxc, self.state):
             self.assertEqual(d.mode,
                              stat.S_IMODE(os.lstat(d.path).st_mode), d.path)
-        # The bookkeeping only is given.
+        # The bookkeeping is given; lxc_path is root's, the group's.
         self.assertEqual(['state/ids', 'state/instances', 'state/locks',
                           'state/resize-sources', 'state/spool'],
                          self.given())
-        self.assertEqual(len(self.lchown.call_args_list), len(self.given()))
+        self.assertEqual(['lxc'], self.given((0, GID)))
+        self.assertEqual(len(self.lchown.call_args_list),
+                         len(self.given()) + 1)
+
+    def test_containers_made_earlier_become_the_group_s_to_read(self):
+        # Root's 0700 container directories of an earlier version: root's
+        # still, 2750 and the group's; nothing in them is touched, and
+        # neither is a link or someone else's directory.
+        for name in ('instance-1', 'instance-2'):
+            os.makedirs(os.path.join(self.lxc, name), mode=0o700)
+            with open(os.path.join(self.lxc, name, 'config'), 'w') as f:
+                f.write('x')
+        os.symlink('/etc', os.path.join(self.lxc, 'link'))
+        real_lstat = os.lstat
+
+        def stat_of(path, *args, **kwargs):
+            st = real_lstat(path, *args, **kwargs)
+            if path.endswith('instance-2'):
+                return mock.Mock(st_uid=1000, st_gid=1000,
+                                 st_mode=st.st_mode, st_ino=st.st_ino,
+                                 st_dev=st.st_dev)
+            return st
+        self.patch('os.lstat', side_effect=stat_of)
+        self.prepare()
+        self.assertEqual(['lxc', 'lxc/instance-1'], self.given((0, GID)))
+        self.assertEqual(0o2750, stat.S_IMODE(
+            os.stat(os.path.join(self.lxc, 'instance-1')).st_mode))
+        self.assertEqual(0o700, stat.S_IMODE(
+            os.stat(os.path.join(self.lxc, 'instance-2')).st_mode))
+        self.assertEqual(0o644, stat.S_IMODE(os.stat(
+            os.path.join(self.lxc, 'instance-1', 'config')).st_mode))
 
     def test_what_the_bookkeeping_holds_is_given_links_not_followed(self):
         # A host where nova-compute ran as root: records, reservations,
@@ -146,13 +176,15 @@ class ProblemsTest(_Tree):
         access = self.patch('os.access',
                             side_effect=lambda path, mode: path in writable)
         problem, = hostdirs.problems(self.lxc, self.state)
-        self.assertIn('nova cannot write %s/locks, %s/ids: run '
+        self.assertIn('nova cannot use %s, %s/locks, %s/ids: run '
                       'novalxc-prepare-host --user nova'
-                      % (self.state, self.state), problem)
-        # Only the bookkeeping is asked about, for writing and searching.
-        self.assertEqual(
-            {os.W_OK | os.X_OK}, {c.args[1] for c in access.call_args_list})
-        self.assertNotIn(self.lxc, [c.args[0] for c in access.call_args_list])
+                      % (self.lxc, self.state, self.state), problem)
+        # The bookkeeping for writing and searching, lxc_path for reading
+        # and searching, state_path not at all.
+        asked = {c.args[0]: c.args[1] for c in access.call_args_list}
+        self.assertEqual(os.R_OK | os.X_OK, asked.pop(self.lxc))
+        self.assertEqual({os.W_OK | os.X_OK}, set(asked.values()))
+        self.assertNotIn(self.state, asked)
 
     def test_another_user_with_all_of_it(self):
         self.patch('os.geteuid', return_value=UID)

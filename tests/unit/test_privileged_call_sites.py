@@ -72,7 +72,7 @@ UNPRIVILEGED = {
 # install, never by nova-compute.
 OPERATOR_TOOLS = {
     # novalxc-prepare-host gives the bookkeeping to nova-compute's user.
-    ('hostdirs.py', 'prepare', 'os.lchown'),
+    ('hostdirs.py', '_give', 'os.lchown'),
 }
 
 

@@ -256,6 +256,25 @@ class EntryPointChecksTest(_Roots):
         self.refused(lxctools.make_dir, 'x', '/etc', match='not a driver')
         self.assertFalse(os.path.exists('/etc/x'))
 
+    def test_make_dir_in_a_setgid_lxc_path_is_its_group_s_to_read(self):
+        # novalxc-prepare-host: lxc_path root:<nova-compute's group> 2751.
+        if os.geteuid() != 0:
+            self.skipTest('the daemon trusts root\'s containers only')
+        self.addCleanup(os.umask, os.umask(0))
+        os.chown(self.lxc_path, 0, 64001)
+        os.chmod(self.lxc_path, 0o2751)
+        lxctools.make_dir('instance-0000001a', self.lxc_path)
+        path = os.path.join(self.lxc_path, 'instance-0000001a')
+        st = os.stat(path)
+        self.assertEqual((0o2750, 0, 64001),
+                         (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid))
+        # Still root's alone for the daemon's checks: a config written,
+        # the group's to read.
+        self.write_config(self.config_text())
+        st = os.stat(os.path.join(path, 'config'))
+        self.assertEqual((0o644, 64001),
+                         (stat.S_IMODE(st.st_mode), st.st_gid))
+
     def _config(self, path, text):
         with open(os.path.join(path, 'config'), 'w') as f:
             f.write(text)
