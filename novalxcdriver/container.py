@@ -63,7 +63,7 @@ from novalxcdriver import throttle
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
-CONSOLE_OUTPUT_MAX = 100 * 1024  # bytes, like libvirt's console log tail.
+CONSOLE_OUTPUT_MAX = lxctools.MAX_CONSOLE_OUTPUT  # bytes
 CGROUP_ROOT = '/sys/fs/cgroup'
 PROC_ROOT = '/proc'
 SUSPENDED_MARKER = 'suspended'   # one of lxctools.MARKERS
@@ -1048,18 +1048,11 @@ class Container:
     def console_output(self, max_bytes=CONSOLE_OUTPUT_MAX):
         """The last max_bytes of the console log (and its rotation).
 
+        Read by the lxc_admin daemon: LXC writes it root's 0600.
+
         :returns: bytes (empty before the container first started).
         """
-        data = b''
-        for path in (self.dir + '/console.log.1', self.dir + '/console.log'):
-            try:
-                with open(path, 'rb') as f:
-                    size = os.fstat(f.fileno()).st_size
-                    f.seek(max(0, size - max_bytes))
-                    data += f.read()
-            except FileNotFoundError:
-                pass
-        return data[-max_bytes:]
+        return lxc.console_output(self.name, self.lxc_path, max_bytes)
 
 
 def config_records(lxc_path):

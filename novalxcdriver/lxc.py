@@ -105,6 +105,11 @@ def clear_marker(name, lxc_path, marker):
     return lxctools.clear_marker(name, lxc_path, marker)
 
 
+def console_output(name, lxc_path, max_bytes):
+    """The tail of the container's console log (lxctools.console_output)."""
+    return lxctools.console_output(name, lxc_path, max_bytes)
+
+
 def info(name, lxc_path):
     """State and init PID of one container.
 

@@ -61,6 +61,9 @@ UMASK = 0o022
 # snapshot's cgroup freeze (snapshot.recover undoes it).
 MARKERS = ('suspended', 'snapshot-frozen')
 MAX_MARKER = 256  # bytes of a marker's text (an image ID)
+# Bytes of the console log's tail Nova gets, as libvirt's.
+MAX_CONSOLE_OUTPUT = 100 * 1024
+CONSOLE_LOGS = ('console.log.1', 'console.log')  # oldest first
 # What LXC and the driver put in a container's directory, besides
 # durable.write's temporary files (.<name>.<random>.tmp): a directory
 # holding anything else is not only the driver's.
@@ -364,6 +367,42 @@ def info(name, lxc_path):
     state = fields.get('State', 'STOPPED')
     pid = int(fields['PID']) if fields.get('PID', '').isdigit() else None
     return [state, pid]
+
+
+@privsep.lxc_admin.entrypoint
+def console_output(name, lxc_path, max_bytes):
+    """The last max_bytes of the container's console log, rotation first.
+
+    LXC writes it root's 0600 (lxc.console.logfile, lxc.console.rotate,
+    lxc.container.conf(5)), so it is read here; a link or anything but a
+    regular file in its place is not read.
+
+    :param max_bytes: int, 1 to MAX_CONSOLE_OUTPUT.
+    :returns: bytes (empty before the container first started).
+    :raises PrivilegedCallRefused: the container checks, or max_bytes.
+    """
+    call = 'console_output'
+    container_dir = check_container(call, name, lxc_path)
+    if type(max_bytes) is not int or \
+            not 0 < max_bytes <= MAX_CONSOLE_OUTPUT:
+        privsep.refuse(call, 'max_bytes %r is not an integer from 1 to %d'
+                       % (max_bytes, MAX_CONSOLE_OUTPUT))
+    data = b''
+    for log in CONSOLE_LOGS:
+        try:
+            fd = os.open(os.path.join(container_dir, log),
+                         os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK |
+                         os.O_CLOEXEC)
+        except OSError:
+            # Missing, or a link (ELOOP).
+            continue
+        with os.fdopen(fd, 'rb') as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            f.seek(max(0, st.st_size - max_bytes))
+            data += f.read(max_bytes)
+    return data[-max_bytes:]
 
 
 @privsep.lxc_admin.entrypoint

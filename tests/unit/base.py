@@ -222,25 +222,28 @@ def container_dirs(lxc_mock):
     """A mocked lxc module's container directories and markers, on the tree.
 
     make_dir, set_marker and clear_marker act as privsep.lxctools' do,
-    without its checks; remove_dir is lxctools' own, run in this process
-    (whose the directory is decided as in the daemon), without its check
-    that the directory is root's (the tests may run as another user).
+    without its checks; remove_dir and console_output are lxctools' own,
+    run in this process (whose the directory is decided as in the
+    daemon), without its check that the directory is root's (the tests
+    may run as another user).
     """
     def make_dir(name, lxc_path):
         os.makedirs(lxc_path, mode=0o711, exist_ok=True)
         os.mkdir(os.path.join(lxc_path, name), 0o700)
 
-    def remove_dir(name, lxc_path, instance_uuid):
-        context = privsep.lxc_admin
-        was = context.client_mode
-        context.set_client_mode(False)
-        try:
-            with mock.patch.object(lxctools, '_check_root_owned'), \
-                    mock.patch.object(privsep, '_added_roots',
-                                      new={lxc_path}):
-                return lxctools.remove_dir(name, lxc_path, instance_uuid)
-        finally:
-            context.set_client_mode(was)
+    def in_process(entry_point):
+        def call(name, lxc_path, *args):
+            context = privsep.lxc_admin
+            was = context.client_mode
+            context.set_client_mode(False)
+            try:
+                with mock.patch.object(lxctools, '_check_root_owned'), \
+                        mock.patch.object(privsep, '_added_roots',
+                                          new={lxc_path}):
+                    return entry_point(name, lxc_path, *args)
+            finally:
+                context.set_client_mode(was)
+        return call
 
     def set_marker(name, lxc_path, marker, text=''):
         durable.write(os.path.join(lxc_path, name, marker), text)
@@ -252,7 +255,8 @@ def container_dirs(lxc_mock):
             return False
         return True
     lxc_mock.make_dir.side_effect = make_dir
-    lxc_mock.remove_dir.side_effect = remove_dir
+    lxc_mock.remove_dir.side_effect = in_process(lxctools.remove_dir)
+    lxc_mock.console_output.side_effect = in_process(lxctools.console_output)
     lxc_mock.set_marker.side_effect = set_marker
     lxc_mock.clear_marker.side_effect = clear_marker
 

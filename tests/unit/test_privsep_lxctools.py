@@ -44,7 +44,8 @@ class _Roots(unit_base.TestCase):
                                 new=set())
 
 
-class EntryPointChecksTest(_Roots):
+class _EntryPoints(_Roots):
+    """Entry points run in this process, lxc-* tools mocked."""
 
     def setUp(self):
         super().setUp()
@@ -68,6 +69,9 @@ class EntryPointChecksTest(_Roots):
         e = self.assertRaises(exception.PrivilegedCallRefused, fn, *args)
         self.assertIn(match, str(e))
         self.execute.assert_not_called()
+
+
+class EntryPointChecksTest(_EntryPoints):
 
     def test_every_entry_point_refuses_a_path_outside_the_roots(self):
         for fn, args in ((lxctools.start, ()), (lxctools.kill, ()),
@@ -423,3 +427,50 @@ class RootsTest(_Roots):
              '    print(g.thread_pool_size)\n'],
             capture_output=True, text=True, check=True).stdout
         self.assertEqual('64\n16\n', out)
+
+
+class ConsoleOutputTest(_EntryPoints):
+    """console_output: the console log's tail, read as root."""
+
+    def log(self, path, name, data):
+        with open(os.path.join(path, name), 'wb') as f:
+            f.write(data)
+
+    def test_tail_across_the_rotation(self):
+        path = self.container('c1')
+        self.assertEqual(b'', lxctools.console_output('c1', self.lxc_path,
+                                                      80))
+        self.log(path, 'console.log.1', b'a' * 100)
+        self.log(path, 'console.log', b'b' * 50)
+        self.assertEqual(b'a' * 30 + b'b' * 50,
+                         lxctools.console_output('c1', self.lxc_path, 80))
+        self.assertEqual(b'b' * 4,
+                         lxctools.console_output('c1', self.lxc_path, 4))
+        self.assertEqual(b'a' * 100 + b'b' * 50,
+                         lxctools.console_output('c1', self.lxc_path,
+                                                 lxctools.MAX_CONSOLE_OUTPUT))
+
+    def test_links_and_fifos_are_not_read(self):
+        path = self.container('c1')
+        secret = os.path.join(self.tmp, 'secret')
+        self.log(self.tmp, 'secret', b'host secret')
+        os.symlink(secret, os.path.join(path, 'console.log'))
+        os.mkfifo(os.path.join(path, 'console.log.1'))
+        # A FIFO would block a reader that waited for a writer.
+        self.assertEqual(b'', lxctools.console_output('c1', self.lxc_path,
+                                                      100))
+
+    def test_sizes_and_containers_refused(self):
+        self.container('c1')
+        for size in (0, -1, lxctools.MAX_CONSOLE_OUTPUT + 1, 1.5, '10',
+                     True, None):
+            self.refused(lxctools.console_output, 'c1', self.lxc_path, size,
+                         match='max_bytes')
+        self.refused(lxctools.console_output, '../c1', self.lxc_path, 10,
+                     match='not a container name')
+        self.refused(lxctools.console_output, 'c1', '/etc', 10,
+                     match='not a driver root')
+        path = self.container('c2', uid=1000)
+        self.log(path, 'console.log', b'x')
+        self.refused(lxctools.console_output, 'c2', self.lxc_path, 10,
+                     match='not root\'s alone')
