@@ -28,12 +28,14 @@ ran as root). init_host reports what nova-compute cannot write
 
 import argparse
 import collections
+import glob
 import os
 import pwd
 import stat
 import sys
 
 from novalxcdriver import conf as conf_mod
+from novalxcdriver.privsep import replacement
 
 CONF = conf_mod.CONF
 
@@ -98,7 +100,9 @@ def problems(lxc_path, state_path, ids_path=None):
 def prepare(uid, gid, lxc_path, state_path, ids_path=None, log=print):
     """Make every directory of layout, each with its owner and mode.
 
-    ROOT: made (0711) if missing, otherwise left as it is. SHARED:
+    ROOT: made (0711) if missing, otherwise left as it is (but for the
+    rebuild records of earlier versions in its roots, made readable,
+    0644). SHARED:
     root:gid with its mode, and each container directory already in it
     root:gid 2750 (an earlier version made them root's 0700); nothing
     in them changes. USER: made if missing, and it and everything it
@@ -108,6 +112,7 @@ def prepare(uid, gid, lxc_path, state_path, ids_path=None, log=print):
     :param log: callable(str) told each change.
     :raises OSError: a directory could not be made or given.
     """
+    state = os.path.normpath(os.path.abspath(state_path))
     for d in layout(lxc_path, state_path, ids_path):
         if not os.path.isdir(d.path):
             os.makedirs(d.path, mode=d.mode & 0o777)
@@ -120,6 +125,14 @@ def prepare(uid, gid, lxc_path, state_path, ids_path=None, log=print):
                 st = os.lstat(path)
                 if stat.S_ISDIR(st.st_mode) and st.st_uid == 0:
                     _give(path, 0, gid, 0o2750, log)
+        elif d.owner == ROOT and d.path == state:
+            # Rebuild records of earlier versions were 0600; nova-compute
+            # reads them (privsep.replacement.write_record makes 0644).
+            for path in glob.glob(os.path.join(state, 'rootfs', '*',
+                                               replacement.RECORD)):
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and st.st_uid == 0:
+                    _give(path, 0, 0, 0o644, log)
         elif d.owner == USER:
             # Each entry once: the top, then what each directory lists.
             paths = [d.path]

@@ -145,6 +145,25 @@ class PrepareTest(_Tree):
         self.assertNotIn('state', self.given())
         self.assertNotIn('lxc', self.given())
 
+    def test_rebuild_records_of_earlier_versions_become_readable(self):
+        # They were 0600; nova-compute reads them now. Root's only.
+        if os.geteuid() != 0:
+            self.skipTest('the records are root\'s')
+        for cid in ('3', '4'):
+            os.makedirs(os.path.join(self.state, 'rootfs', cid, 'root'))
+        record = os.path.join(self.state, 'rootfs', '3', 'replacing.json')
+        with open(record, 'w') as f:
+            f.write('{}')
+        os.chmod(record, 0o600)
+        other = os.path.join(self.state, 'rootfs', '4', 'root', 'x.json')
+        with open(other, 'w') as f:
+            f.write('{}')
+        os.chmod(other, 0o600)
+        self.prepare()
+        self.assertEqual(0o644, stat.S_IMODE(os.stat(record).st_mode))
+        self.assertEqual(0o600, stat.S_IMODE(os.stat(other).st_mode))
+        self.assertNotIn('state/rootfs/3/replacing.json', self.given())
+
     def test_owned_already_is_not_given_again(self):
         real_lstat = os.lstat
 
