@@ -15,6 +15,7 @@ import shutil
 import stat
 
 import fixtures
+from oslo_utils import uuidutils
 
 from novalxcdriver import exception
 from novalxcdriver.privsep import rootdirs
@@ -614,3 +615,244 @@ class MakeMountpointOfAMissingRootTest(_Base):
                           os.path.join(self.root, 'root'))
         self.assertEqual(before, self.tree())
         self.assertFalse(os.path.lexists(self.rootfs))
+
+
+class TokenChecksTest(_Base):
+    """What the migration token's entry points refuse, as ChecksTest's.
+
+    Each refused root's directory that exists holds a token file (the
+    same token), so that a check letting one through would change the
+    tree or find it.
+    """
+
+    TOKEN = '11111111-2222-3333-4444-555555555555'
+    bad_roots = ChecksTest.bad_roots
+
+    def setUp(self):
+        super().setUp()
+        # ChecksTest's tree.
+        s = self.state
+        self.make_server_root(rescue=True)
+        for cid in BAD_CIDS:
+            os.makedirs(os.path.join(self.rootfs, cid))
+        for d in (('other', '3'), ('sub', 'rootfs', '3'),
+                  ('rootfs', '3', 'root'), ('rootfs', '3', 'x', 'rescue'),
+                  ('rootfs', '3', 'rescue', 'rescue'), ('rootfs', 'rescue'),
+                  ('rescue',), ('rootfs', '3', '4')):
+            os.makedirs(os.path.join(s, *d), exist_ok=True)
+        os.symlink('3', os.path.join(self.rootfs, '7'))
+        os.symlink(os.path.join(self.outside, 'rootfs'),
+                   os.path.join(self.lxc, 'rootfs'))
+        for path in self.bad_roots() + [self.root]:
+            if isinstance(path, str) and '\0' not in path and \
+                    os.path.isdir(path) and not os.path.lexists(
+                        os.path.join(path, rootdirs.TOKEN)):
+                _write(os.path.join(path, rootdirs.TOKEN), self.TOKEN + '\n')
+        os.chmod(os.path.join(self.rescue, rootdirs.TOKEN), 0o600)
+        # The server root's own is not refused: never given below.
+        self.roots = self.bad_roots() + [self.rescue]
+        self.assertTrue(rootdirs.has_token(self.root, self.TOKEN))
+
+    def test_new_token(self):
+        before = self.tree()
+        for path in self.roots:
+            self.refused(rootdirs.new_token, path)
+        self.assertEqual(before, self.tree())
+        self.assertEqual(self.TOKEN + '\n', _read(os.path.join(
+            self.outside, 'rootfs', '3', rootdirs.TOKEN)))
+
+    def test_remove_token(self):
+        for path in self.roots:
+            self.refused(rootdirs.remove_token, path)
+        self.assertEqual(self.TOKEN + '\n', _read(os.path.join(
+            self.rescue, rootdirs.TOKEN)))
+
+    def test_has_token(self):
+        for path in self.roots + list(HOST):
+            msg = self.refused(rootdirs.has_token, path, self.TOKEN)
+            self.assertIn('has_token', msg)
+
+    def test_the_rescue_root_s(self):
+        for fn, args in ((rootdirs.new_token, ()),
+                         (rootdirs.remove_token, ()),
+                         (rootdirs.has_token, (self.TOKEN,))):
+            self.refused(fn, self.rescue, *args, match='not a root')
+
+    def test_has_token_takes_a_str(self):
+        for token in (None, self.TOKEN.encode(), (self.TOKEN + '\n').encode(),
+                      3, [self.TOKEN], (self.TOKEN,), {self.TOKEN: 1},
+                      bytearray(self.TOKEN.encode()), True):
+            msg = self.refused(rootdirs.has_token, self.root, token)
+            self.assertIn(repr(token), msg)
+        self.assertTrue(rootdirs.has_token(self.root, self.TOKEN))
+
+
+class NewTokenTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.make_server_root()
+        self.token = os.path.join(self.root, rootdirs.TOKEN)
+
+    def test_a_fresh_token_each_time(self):
+        before = self.listing(self.root)
+        seen = set()
+        for _time in range(3):
+            token = rootdirs.new_token(self.root)
+            self.assertIsInstance(token, str)
+            self.assertTrue(uuidutils.is_uuid_like(token), token)
+            self.assertNotIn(token, seen)
+            seen.add(token)
+            self.assertEqual(token + '\n', _read(self.token))
+            self.assertTrue(stat.S_ISREG(os.lstat(self.token).st_mode))
+            # Root's alone, whatever the umask (0 here).
+            self.assertEqual(0o600, _mode(self.token))
+            # Nothing else: no temporary file left.
+            self.assertEqual(dict(before, **{rootdirs.TOKEN: ('f', 0o600)}),
+                             self.listing(self.root))
+            self.assertTrue(rootdirs.has_token(self.root, token))
+        for old in seen - {token}:
+            self.assertFalse(rootdirs.has_token(self.root, old))
+
+    def test_in_the_other_driver_root(self):
+        root = self.make_server_root(os.path.join(self.lxc, 'rootfs', '0'))
+        state = base.tree_state(self.state, contents=True)
+        token = rootdirs.new_token(root)
+        self.assertEqual(token + '\n', _read(os.path.join(root,
+                                                          rootdirs.TOKEN)))
+        self.assertEqual(state, base.tree_state(self.state, contents=True))
+
+    def test_a_link_at_its_name_is_replaced_not_followed(self):
+        target = os.path.join(self.outside, 'rootfs', '3', 'keep')
+        os.symlink(target, self.token)
+        token = rootdirs.new_token(self.root)
+        self.assertFalse(os.path.islink(self.token))
+        self.assertEqual(token + '\n', _read(self.token))
+        self.assertEqual('keep', _read(target))
+
+    def test_a_missing_root(self):
+        before = self.tree()
+        self.assertRaises(FileNotFoundError, rootdirs.new_token,
+                          os.path.join(self.rootfs, '4'))
+        self.assertEqual(before, self.tree())
+
+
+class RemoveTokenTest(_Base):
+
+    def setUp(self):
+        super().setUp()
+        self.make_server_root()
+        self.token = os.path.join(self.root, rootdirs.TOKEN)
+
+    def test_removed_once(self):
+        rootdirs.new_token(self.root)
+        before = self.tree()
+        self.assertIs(True, rootdirs.remove_token(self.root))
+        self.assertFalse(os.path.lexists(self.token))
+        after = self.tree()
+        self.assertEqual({p for p in before if p != self.token}, set(after))
+        for path in after:
+            if path != self.root:   # its mtime
+                self.assertEqual(before[path], after[path], path)
+        for _twice in range(2):
+            self.assertIs(False, rootdirs.remove_token(self.root))
+        self.assertEqual(after, self.tree())
+
+    def test_none(self):
+        before = self.tree()
+        self.assertIs(False, rootdirs.remove_token(self.root))
+        self.assertIs(False, rootdirs.remove_token(
+            os.path.join(self.rootfs, '4')))
+        self.assertEqual(before, self.tree())
+
+    def test_a_link_itself(self):
+        target = os.path.join(self.outside, 'rootfs', '3', 'keep')
+        os.symlink(target, self.token)
+        self.assertIs(True, rootdirs.remove_token(self.root))
+        self.assertFalse(os.path.lexists(self.token))
+        self.assertEqual('keep', _read(target))
+
+
+class HasTokenTest(_Base):
+
+    TOKEN = '11111111-2222-3333-4444-555555555555'
+
+    def setUp(self):
+        super().setUp()
+        self.make_server_root()
+        self.token = os.path.join(self.root, rootdirs.TOKEN)
+        # A FIFO's open must not hold the test (nor the daemon) forever.
+        self.useFixture(fixtures.Timeout(10, gentle=True))
+
+    def found(self, token):
+        """has_token(self.root, token), which changed nothing."""
+        before = self.tree()
+        fds = base.open_fds()
+        found = rootdirs.has_token(self.root, token)
+        self.assertIsInstance(found, bool)
+        self.assertEqual(fds, base.open_fds())
+        self.assertEqual(before, self.tree())
+        self.mounts.assert_not_called()
+        return found
+
+    def test_the_token_only(self):
+        token = rootdirs.new_token(self.root)
+        self.assertIs(True, self.found(token))
+        for other in (uuidutils.generate_uuid(), token[:-1], token + '0',
+                      token[1:], token.upper(), token + '\n', ' ' + token,
+                      token + token, token[:8], '', ' ', '\n',
+                      token.replace('-', ''), token + '\0'):
+            self.assertIs(False, self.found(other), other)
+
+    def test_more_than_a_token_in_the_file(self):
+        token = rootdirs.new_token(self.root)
+        for text in (token + '\n' + token + '\n', token + 'x',
+                     'x' + token, token + '\n' + 'x' * 100,
+                     token * 100):
+            _write(self.token, text)
+            self.assertIs(False, self.found(token), text)
+        # A long token in a file holding it whole.
+        long = 'a' * 200
+        _write(self.token, long)
+        self.assertIs(False, self.found(long))
+
+    def test_an_empty_token(self):
+        for text in ('', '\n', ' \n'):
+            _write(self.token, text)
+            self.assertIs(False, self.found(''), text)
+            self.assertIs(False, self.found(' '), text)
+
+    def test_no_file(self):
+        self.assertFalse(os.path.lexists(self.token))
+        self.assertIs(False, self.found(self.TOKEN))
+        # Nor a root's directory.
+        self.assertIs(False, rootdirs.has_token(
+            os.path.join(self.rootfs, '4'), self.TOKEN))
+        self.assertIs(False, rootdirs.has_token(
+            os.path.join(self.lxc, 'rootfs', '3'), self.TOKEN))
+
+    def test_a_link_to_a_file_holding_it(self):
+        # Anyone's file with the token would do: never followed.
+        target = os.path.join(self.outside, 'token')
+        _write(target, self.TOKEN + '\n')
+        os.symlink(target, self.token)
+        self.assertIs(False, self.found(self.TOKEN))
+        # Relative, in the root's directory.
+        os.unlink(self.token)
+        _write(os.path.join(self.root, 'other'), self.TOKEN + '\n')
+        os.symlink('other', self.token)
+        self.assertIs(False, self.found(self.TOKEN))
+
+    def test_a_fifo(self):
+        os.mkfifo(self.token, 0o600)
+        self.assertIs(False, self.found(self.TOKEN))
+        # Even one a writer holds open with the token in it.
+        writer = os.open(self.token, os.O_RDWR | os.O_NONBLOCK)
+        self.addCleanup(os.close, writer)
+        os.write(writer, (self.TOKEN + '\n').encode())
+        self.assertIs(False, self.found(self.TOKEN))
+
+    def test_a_directory(self):
+        os.mkdir(self.token, 0o700)
+        _write(os.path.join(self.token, self.TOKEN), self.TOKEN)
+        self.assertIs(False, self.found(self.TOKEN))
