@@ -47,6 +47,8 @@ STAGING = '.rebuild-tmp'
 # written whole under STAGING, then renamed STAGED, then swapped in).
 SUFFIXES = {layer: ('', ASIDE) for layer in LAYERS}
 SUFFIXES[CONFIG_DRIVE] = ('', ASIDE, STAGED, STAGING)
+# Bytes of a record: an image ID, a hostname (at most 255), two values.
+MAX_RECORD = 4096
 # promote: each staged name's next one.
 _NEXT = {STAGING: STAGED, STAGED: ''}
 
@@ -188,7 +190,8 @@ def write_record(root, text):
     nova-compute reads it (it is not secret: an image, a hostname).
 
     :param root: a root's directory (rootdirs.check_root_dir).
-    :param text: Replacement.to_json() of the replacement.
+    :param text: Replacement.to_json() of the replacement, at most
+        MAX_RECORD bytes.
     :raises PrivilegedCallRefused: the checks, or text is not a whole
         Replacement.
     :raises OSError: nothing was recorded (a full disk: ENOSPC).
@@ -198,6 +201,8 @@ def write_record(root, text):
     try:
         if not isinstance(text, str):
             raise ValueError('not a str')
+        if len(text.encode('utf-8', 'surrogatepass')) > MAX_RECORD:
+            raise ValueError('more than %d bytes' % MAX_RECORD)
         Replacement.from_json(text)
     except ValueError as e:
         privsep.refuse(call, 'not a replacement record: %s' % e)

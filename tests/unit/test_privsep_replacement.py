@@ -964,6 +964,21 @@ class WriteRecordTest(_Base):
         self.assertIn('write_record', msg)
         self.assertIn('not a replacement record', msg)
 
+    def test_a_record_of_at_most_4_kib(self):
+        # A whole Replacement, but longer than any the driver writes.
+        long_name = R('img', 'h' * 5000).to_json()
+        msg = self.refused(replacement.write_record, self.root, long_name)
+        self.assertIn('more than 4096 bytes', msg)
+        self.assertFalse(os.path.lexists(self.record))
+        # UTF-8 bytes count, not characters.
+        wide = json.dumps(dict(DEFAULTS, hostname='\u00e9' * 2040),
+                          ensure_ascii=False)
+        self.assertLess(len(wide), replacement.MAX_RECORD)
+        self.refused(replacement.write_record, self.root, wide)
+        fits = R('img', 'h' * 255, 10, True).to_json()
+        replacement.write_record(self.root, fits)
+        self.assertEqual(fits, _read(self.record))
+
     def test_a_bad_root_or_a_bad_text(self):
         # A bad root with a good text, a good root with a bad text, both.
         self.refused(replacement.write_record, self.rescue,
