@@ -5,7 +5,6 @@ Containers live under FUNC_ROOT so that a run never touches an operator's
 """
 
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -25,6 +24,7 @@ from novalxcdriver import driver
 from novalxcdriver import mount
 from tests import fake_glance
 from tests.functional import rootfs_images
+from tests import host_cleanup
 
 CONF = conf.CONF
 FUNC_ROOT = os.environ.get('NOVALXC_FUNC_ROOT', '/var/lib/novalxc-functional')
@@ -116,7 +116,9 @@ class FunctionalTestCase(base.BaseTestCase):
         root = FUNC_ROOT
         if self.private_root:
             root = os.path.join(FUNC_ROOT, 'private-%d' % os.getpid())
-            self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+            # Containers stopped and mounts undone first: never a delete
+            # through a mount a failed test left.
+            self.addCleanup(host_cleanup.force_clean, root)
         self.fx = self.useFixture(DriverFixture(self.watch_interval,
                                                 self.host, root))
         self.driver = self.fx.driver

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from novalxcdriver import spec as spec_mod
 from tests.functional import base as func_base
 from tests.hardening import images
 from tests.hardening import summary
+from tests import host_cleanup
 
 CONF = conf.CONF
 ROOT = summary.ROOT
@@ -55,62 +55,11 @@ def test_root(testcase):
     return root
 
 
-def force_clean(root):
-    """Kill every container under root, unmount it all, remove it all.
-
-    The safety net behind each test: the driver's own destroy is what the
-    tests check; this only makes sure a failed test leaves nothing.
-    """
-    if not os.path.isdir(root):
-        return
-    lxc_path = os.path.join(root, 'lxc')
-    if os.path.isdir(lxc_path):
-        for name in os.listdir(lxc_path):
-            subprocess.run(['lxc-stop', '-k', '-n', name, '-P', lxc_path],
-                           stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=60)
-    unmount_all(root)
-    for device in loop_devices(root):
-        subprocess.run(['losetup', '-d', device], stderr=subprocess.DEVNULL)
-    left = mounts_under(root)
-    if left:
-        # Never delete through a mount.
-        print('hardening: %s still has mounts %s; not removed' % (root, left))
-        return
-    shutil.rmtree(root, ignore_errors=True)
-
-
-# -- what is left on the host ---------------------------------------------
-
-def unmount_all(path):
-    """umount(8) everything at or below path, deepest first, as the host.
-
-    Test tooling (a crash's aftermath, a failed test's leftovers): the
-    driver's storage daemon mounts only below its own driver roots, and
-    these are the workers'.
-    """
-    for point in sorted(mounts_under(path), key=len, reverse=True):
-        subprocess.run(['umount', point], stderr=subprocess.DEVNULL)
-
-
-def mounts_under(path):
-    return sorted(p for p in mount.mountpoints()
-                  if p == path or p.startswith(path + '/'))
-
-
-def loop_devices(path):
-    """Loop devices whose backing file is under path (deleted ones too)."""
-    found = []
-    for dev in sorted(os.listdir('/sys/block')):
-        backing = os.path.join('/sys/block', dev, 'loop', 'backing_file')
-        try:
-            with open(backing) as f:
-                target = f.read().strip()
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        if target.startswith(path + '/'):
-            found.append('/dev/' + dev)
-    return found
+# Test tooling shared with the functional suite's private roots.
+force_clean = host_cleanup.force_clean
+unmount_all = host_cleanup.unmount_all
+mounts_under = host_cleanup.mounts_under
+loop_devices = host_cleanup.loop_devices
 
 
 def cgroups_of(names):

@@ -1,0 +1,73 @@
+"""Test tooling: what a failed test left on the host under a root, removed.
+
+Shared by the functional suite's private roots and the hardening suite.
+Nothing here is the driver's: the tests check the driver's own destroy;
+this only makes sure a failed test leaves nothing, and never deletes
+through a mount.
+"""
+
+import os
+import shutil
+import subprocess
+
+from novalxcdriver import mount
+
+
+def force_clean(root):
+    """Kill every container under root, unmount it all, remove it all.
+
+    The safety net behind each test: the driver's own destroy is what the
+    tests check; this only makes sure a failed test leaves nothing.
+    """
+    if not os.path.isdir(root):
+        return
+    # lxc/, and lxc-b/ of a second driver (the functional suite's).
+    for sub in sorted(os.listdir(root)):
+        lxc_path = os.path.join(root, sub)
+        if not sub.startswith('lxc') or not os.path.isdir(lxc_path):
+            continue
+        for name in os.listdir(lxc_path):
+            subprocess.run(['lxc-stop', '-k', '-n', name, '-P', lxc_path],
+                           stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=60)
+    unmount_all(root)
+    for device in loop_devices(root):
+        subprocess.run(['losetup', '-d', device], stderr=subprocess.DEVNULL)
+    left = mounts_under(root)
+    if left:
+        # Never delete through a mount.
+        print('test cleanup: %s still has mounts %s; not removed'
+              % (root, left))
+        return
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def unmount_all(path):
+    """umount(8) everything at or below path, deepest first, as the host.
+
+    Test tooling (a crash's aftermath, a failed test's leftovers): the
+    driver's storage daemon mounts only below its own driver roots, and
+    these are the workers'.
+    """
+    for point in sorted(mounts_under(path), key=len, reverse=True):
+        subprocess.run(['umount', point], stderr=subprocess.DEVNULL)
+
+
+def mounts_under(path):
+    return sorted(p for p in mount.mountpoints()
+                  if p == path or p.startswith(path + '/'))
+
+
+def loop_devices(path):
+    """Loop devices whose backing file is under path (deleted ones too)."""
+    found = []
+    for dev in sorted(os.listdir('/sys/block')):
+        backing = os.path.join('/sys/block', dev, 'loop', 'backing_file')
+        try:
+            with open(backing) as f:
+                target = f.read().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if target.startswith(path + '/'):
+            found.append('/dev/' + dev)
+    return found
