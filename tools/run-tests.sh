@@ -2,7 +2,7 @@
 # Set up the host and run every test suite: style, unit, functional (real
 # LXC containers, busybox and Debian 12 roots, Linux bridge and Open vSwitch
 # NICs) and hardening (races, crashes, hostile images, escapes, noisy
-# neighbours; about 9 minutes). Run as root.
+# neighbours; about 14 minutes). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/test-setup.sh

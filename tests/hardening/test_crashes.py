@@ -248,16 +248,27 @@ class CrashTest(base.WorkerTestCase):
                 problems.append('server %s after init_host, not RUNNING '
                                 '(%s)' % (state, info['message']
                                           if info['error'] else ''))
+        leaks = self._delete(restarted, spec, root, veth_names, problems)
+        return left, sorted(held), probe, leaks, problems
+
+    @staticmethod
+    def _delete(restarted, spec, root, veth_names, problems):
+        """Delete spec's instance with the restarted worker, and quit it.
+
+        :returns: what it left (base.leaks); the root is removed if
+            nothing. A failed destroy is added to problems.
+        """
         result, = restarted.call('destroy', instances=[spec])
         if result['error']:
             problems.append('destroy after restart: %s: %s' % (
                 result['error'], result['message']))
         restarted.quit()
-        leaks = base.leaks(lxc_path, state_path, [name],
+        leaks = base.leaks(restarted.lxc_path, restarted.state_path,
+                           [base.instance_name(spec)],
                            veth_names=veth_names)
         if not leaks:
             base.force_clean(root)
-        return left, sorted(held), probe, leaks, problems
+        return leaks
 
     def _crash_points(self, phase, points):
         figures = {}
@@ -334,7 +345,6 @@ class CrashTest(base.WorkerTestCase):
         old_image, new_image = str(uuid.uuid4()), str(uuid.uuid4())
         spec = base.instance_spec(0x2300 + i, ephemeral_gb=1,
                                   config_drive=True)
-        name = base.instance_name(spec)
         worker = base.Worker(self, root, self.host,
                              images={old_image: self.tarball,
                                      new_image: self.tarball},
@@ -382,16 +392,8 @@ class CrashTest(base.WorkerTestCase):
         left = rebuild_leftovers(root_dir)
         if committed and left:
             problems.append('after the hard reboot: %s' % left)
-        veth_names = base.veth_pairs(lxc_path)
-        result, = restarted.call('destroy', instances=[spec])
-        if result['error']:
-            problems.append('destroy after restart: %s: %s' % (
-                result['error'], result['message']))
-        restarted.quit()
-        leaks = base.leaks(lxc_path, state_path, [name],
-                           veth_names=veth_names)
-        if not leaks:
-            base.force_clean(root)
+        leaks = self._delete(restarted, spec, root,
+                             base.veth_pairs(lxc_path), problems)
         return leaks, problems
 
     def test_host_reboot_brings_running_instances_back(self):

@@ -17,8 +17,6 @@ import pathlib
 import shutil
 import stat
 
-import fixtures
-
 from novalxcdriver import exception
 from novalxcdriver.privsep import disks
 from novalxcdriver.privsep import replacement
@@ -26,6 +24,9 @@ from tests.unit import base
 from tests.unit import test_privsep_rootdirs
 
 BAD_CIDS = test_privsep_rootdirs.BAD_CIDS
+_mode = test_privsep_rootdirs._mode
+_write = test_privsep_rootdirs._write
+_read = test_privsep_rootdirs._read
 R = replacement.Replacement
 RECORD = 'replacing.json'
 # Every (layer, suffix) a replacement acts on, written out rather than
@@ -54,69 +55,30 @@ NOT_LAYERS = (
     '.', '..', '../config-drive', '../3/config-drive')
 DEFAULTS = {'image_id': 'img', 'hostname': 'host', 'ephemeral_gb': 2,
             'config_drive': True}
-_RMTREE = shutil.rmtree
 _SYNC_FILESYSTEM = disks.sync_filesystem
-
-
-def _mode(path):
-    return stat.S_IMODE(os.lstat(path).st_mode)
-
-
-def _write(path, text='x'):
-    with open(path, 'w') as f:
-        f.write(text)
-
-
-def _read(path):
-    with open(path) as f:
-        return f.read()
 
 
 def _at_or_below(path, top):
     return path == top or path.startswith(top + '/')
 
 
-class _Base(base.TestCase):
-    """Driver roots state and lxc, empty; a tree outside them."""
+class _Base(test_privsep_rootdirs._Base):
+    """Driver roots state and lxc, empty; a tree outside them.
+
+    As test_privsep_rootdirs' (rmtree guarded, the daemon's mount table
+    mocked, refusals checked against the whole tree and the fds), with
+    a victim outside the roots and disks.sync_filesystem recorded.
+    """
 
     def setUp(self):
         super().setUp()
-        # Umask 0, as the daemon's may be: the modes are the entry
-        # points' own (restored at the end, whatever one set).
-        self.addCleanup(os.umask, os.umask(0))
-        self.tmp = os.path.realpath(self.useFixture(fixtures.TempDir()).path)
-        self.addCleanup(os.chdir, os.getcwd())
-        os.chdir(self.tmp)
-        self.patch_object(replacement.shutil, 'rmtree',
-                          side_effect=self._rmtree)
-        self.state = os.path.join(self.tmp, 'state')
-        self.lxc = os.path.join(self.tmp, 'lxc')
-        os.mkdir(self.state, 0o755)
-        os.mkdir(self.lxc, 0o755)
-        self.storage_admin_here(self.lxc, self.state)
-        self.rootfs = os.path.join(self.state, 'rootfs')
-        self.root = os.path.join(self.rootfs, '3')
-        self.rescue = os.path.join(self.root, 'rescue')
-        # Not a driver root: what is refused there must stay as it is.
-        self.outside = os.path.join(self.tmp, 'outside')
         self.victim = os.path.join(self.outside, 'victim')
         os.makedirs(self.victim)
         _write(os.path.join(self.victim, 'keep'), 'keep')
-        self.mounted = []
-        self.mounts = self.patch_object(
-            replacement.mount, 'mounts',
-            side_effect=lambda: list(self.mounted))
         # (path, the record's text then, or None if there was none).
         self.synced = []
         self.sync = self.patch_object(replacement.disks, 'sync_filesystem',
                                       side_effect=self._sync)
-
-    def _rmtree(self, path, *args, **kwargs):
-        if not isinstance(path, str) or \
-                not os.path.abspath(path).startswith(self.tmp + '/'):
-            raise AssertionError('rmtree(%r) outside the test\'s tree'
-                                 % (path,))
-        return _RMTREE(path, *args, **kwargs)
 
     def _sync(self, path):
         record = os.path.join(path, RECORD)
@@ -126,26 +88,11 @@ class _Base(base.TestCase):
     def p(self, *names, root=None):
         return os.path.join(root or self.root, *names)
 
-    def tree(self):
-        """Every path under the temporary directory, as it is."""
-        return base.tree_state(self.tmp, contents=True)
-
     def refused(self, fn, *args, match=None, before=None):
-        """fn(*args) is refused and touches nothing; the message.
-
-        :param before: the tree before, if the test took it already.
-        """
-        if before is None:
-            before = self.tree()
-        fds = base.open_fds()
-        e = self.assertRaises(exception.PrivilegedCallRefused, fn, *args)
-        if match is not None:
-            self.assertIn(match, str(e))
-        self.assertEqual(before, self.tree(), args)
-        self.assertEqual(fds, base.open_fds(), args)
-        self.mounts.assert_not_called()
+        """As rootdirs' tests', and nothing synced either."""
+        message = super().refused(fn, *args, match=match, before=before)
         self.sync.assert_not_called()
-        return str(e)
+        return message
 
     def make_layers(self, root=None):
         """A root's directory with all its layers, as a rebuild finds it.

@@ -94,9 +94,13 @@ class _Base(base.TestCase):
                 found[os.path.relpath(path, top)] = (kind, _mode(path))
         return found
 
-    def refused(self, fn, *args, match=None):
-        """fn(*args) is refused and touches nothing; the message."""
-        before = self.tree()
+    def refused(self, fn, *args, match=None, before=None):
+        """fn(*args) is refused and touches nothing; the message.
+
+        :param before: the tree before, if the test took it already.
+        """
+        if before is None:
+            before = self.tree()
         fds = base.open_fds()
         e = self.assertRaises(exception.PrivilegedCallRefused, fn, *args)
         if match is not None:
@@ -124,10 +128,16 @@ class ChecksTest(_Base):
 
     def setUp(self):
         super().setUp()
+        self.make_bad_roots()
+
+    def make_bad_roots(self):
+        """A server root with its rescue, and the paths bad_roots names.
+
+        What each refused path would need to be made or removed: all
+        there.
+        """
         s = self.state
         self.make_server_root(rescue=True)
-        # What each refused path would need to be made or removed: all
-        # there.
         for cid in BAD_CIDS:
             os.makedirs(os.path.join(self.rootfs, cid))
         for d in (('other', '3'), ('sub', 'rootfs', '3'),
@@ -627,22 +637,11 @@ class TokenChecksTest(_Base):
 
     TOKEN = '11111111-2222-3333-4444-555555555555'
     bad_roots = ChecksTest.bad_roots
+    make_bad_roots = ChecksTest.make_bad_roots
 
     def setUp(self):
         super().setUp()
-        # ChecksTest's tree.
-        s = self.state
-        self.make_server_root(rescue=True)
-        for cid in BAD_CIDS:
-            os.makedirs(os.path.join(self.rootfs, cid))
-        for d in (('other', '3'), ('sub', 'rootfs', '3'),
-                  ('rootfs', '3', 'root'), ('rootfs', '3', 'x', 'rescue'),
-                  ('rootfs', '3', 'rescue', 'rescue'), ('rootfs', 'rescue'),
-                  ('rescue',), ('rootfs', '3', '4')):
-            os.makedirs(os.path.join(s, *d), exist_ok=True)
-        os.symlink('3', os.path.join(self.rootfs, '7'))
-        os.symlink(os.path.join(self.outside, 'rootfs'),
-                   os.path.join(self.lxc, 'rootfs'))
+        self.make_bad_roots()
         for path in self.bad_roots() + [self.root]:
             if isinstance(path, str) and '\0' not in path and \
                     os.path.isdir(path) and not os.path.lexists(
