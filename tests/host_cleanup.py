@@ -21,15 +21,12 @@ def force_clean(root):
     """
     if not os.path.isdir(root):
         return
-    # lxc/, and lxc-b/ of a second driver (the functional suite's).
-    for sub in sorted(os.listdir(root)):
-        lxc_path = os.path.join(root, sub)
-        if not sub.startswith('lxc') or not os.path.isdir(lxc_path):
-            continue
-        for name in os.listdir(lxc_path):
-            subprocess.run(['lxc-stop', '-k', '-n', name, '-P', lxc_path],
-                           stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=60)
+    # Whatever lxc_path below root they run from (a second driver's
+    # lxc-b/, a crash point's own root).
+    for lxc_path, name in containers_under(root):
+        subprocess.run(['lxc-stop', '-k', '-n', name, '-P', lxc_path],
+                       stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=60)
     unmount_all(root)
     for device in loop_devices(root):
         subprocess.run(['losetup', '-d', device], stderr=subprocess.DEVNULL)
@@ -40,6 +37,28 @@ def force_clean(root):
               % (root, left))
         return
     shutil.rmtree(root, ignore_errors=True)
+
+
+def containers_under(path):
+    """(lxc_path, name) of each running container whose lxc_path is below.
+
+    Read from the LXC monitors' command lines ("[lxc monitor] LXCPATH
+    NAME"), so that a container is found even when its directory is
+    gone.
+    """
+    found = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                # The title LXC writes over its argv, NUL-padded.
+                words = f.read().decode('utf-8', 'replace').replace(
+                    '\0', ' ').split()
+        except OSError:
+            continue
+        if len(words) == 4 and words[:2] == ['[lxc', 'monitor]'] and \
+                words[2].startswith(path + '/'):
+            found.append((words[2], words[3]))
+    return sorted(set(found))
 
 
 def unmount_all(path):
