@@ -175,20 +175,38 @@ def remove_token(path):
     return True
 
 
+def check_root_shape(call, path):
+    """Refuse path unless it reads ``<anything>/rootfs/<digits>``.
+
+    Absolute and normalized, without NUL; not necessarily below a driver
+    root of this daemon.
+    """
+    if not isinstance(path, str) or not os.path.isabs(path) or \
+            os.path.normpath(path) != path or '\0' in path or \
+            not CID_RE.match(os.path.basename(path)) or \
+            os.path.basename(os.path.dirname(path)) != 'rootfs':
+        privsep.refuse(call, '%r is not shaped as a root\'s directory '
+                       '(/.../rootfs/<id>)' % (path,))
+
+
 @privsep.storage_admin.entrypoint
 def has_token(path, token):
     """Whether a root's directory holds this migration token.
 
-    :param path: the root's directory (check_root_dir): a peer's, from
+    The migrating server's root may be another driver's of this machine
+    (a second nova-compute service, whose roots this daemon does not
+    act in), so only its shape is checked: the file is read, never
+    written or returned, and only a file at that one name is compared.
+
+    :param path: the root's directory (check_root_shape): a peer's, from
         a migration's disk info.
     :param token: str, the token the disk info carries.
     :returns: True only if the file is there, a regular file, and holds
         token; False otherwise (no file, another token, an empty one).
-    :raises PrivilegedCallRefused: the checks (module docstring), or
-        token is not a str.
+    :raises PrivilegedCallRefused: path's shape, or token is not a str.
     """
     call = 'has_token'
-    check_root_dir(call, path)
+    check_root_shape(call, path)
     if not isinstance(token, str):
         privsep.refuse(call, 'token %r is not a str' % (token,))
     try:

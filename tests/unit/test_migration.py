@@ -240,6 +240,18 @@ class TokenTest(unit_base.TestCase):
         self.assertFalse(migration.is_local(disk_info(
             rootfs=os.path.join(os.path.dirname(self.rootfs), '4'))))
 
+    def test_another_driver_s_root_on_this_machine_is_local(self):
+        # A second nova-compute service of the machine: its roots are
+        # not this daemon's, its token proves the disks are here.
+        other = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                             'rootfs', '5')
+        os.makedirs(other)
+        with open(os.path.join(other, migration.TOKEN_FILE), 'w') as f:
+            f.write(TOKEN + '\n')
+        self.assertTrue(migration.is_local(disk_info(rootfs=other)))
+        self.assertFalse(migration.is_local(disk_info(rootfs=other,
+                                                      token='other')))
+
     def test_path_of_no_root_here_means_remote(self):
         # The daemon refuses to read a path that is no root's directory
         # of its own (another host's layout): not local, not an error.

@@ -667,15 +667,45 @@ class TokenChecksTest(_Base):
             self.rescue, rootdirs.TOKEN)))
 
     def test_has_token(self):
-        for path in self.roots + list(HOST):
+        # Only the shape counts: another driver's root of this machine,
+        # through a link or not, is read (nothing changes).
+        shaped = [p for p in self.roots if isinstance(p, str) and
+                  os.path.isabs(p) and os.path.normpath(p) == p and
+                  '\0' not in p and rootdirs.CID_RE.match(
+                      os.path.basename(p)) and
+                  os.path.basename(os.path.dirname(p)) == 'rootfs']
+        self.assertEqual(
+            sorted([os.path.join(self.outside, 'rootfs', '3'),
+                    os.path.join(self.outside, 'rootfs', '4'),
+                    os.path.join(self.tmp, 'rootfs', '3'),
+                    os.path.join(self.rootfs, '7'),
+                    os.path.join(self.lxc, 'rootfs', '3'),
+                    os.path.join(self.lxc, 'rootfs', '4'),
+                    os.path.join(self.state, 'sub', 'rootfs', '3'),
+                    os.path.join(self.root, 'rootfs', '4')]),
+            sorted(shaped))
+        before = self.tree()
+        found = {p: rootdirs.has_token(p, self.TOKEN) for p in shaped}
+        self.assertEqual(before, self.tree())
+        self.assertEqual(
+            {os.path.join(self.outside, 'rootfs', '3'),
+             os.path.join(self.rootfs, '7'),
+             os.path.join(self.lxc, 'rootfs', '3'),
+             os.path.join(self.state, 'sub', 'rootfs', '3')},
+            {p for p, yes in found.items() if yes})
+        for path in [p for p in self.roots if p not in shaped] + list(HOST):
+            if path in ('/rootfs/3',):
+                continue
             msg = self.refused(rootdirs.has_token, path, self.TOKEN)
-            self.assertIn('has_token', msg)
+            self.assertIn('not shaped as a root', msg)
+        self.assertIs(False, rootdirs.has_token('/rootfs/3', self.TOKEN))
 
     def test_the_rescue_root_s(self):
         for fn, args in ((rootdirs.new_token, ()),
-                         (rootdirs.remove_token, ()),
-                         (rootdirs.has_token, (self.TOKEN,))):
+                         (rootdirs.remove_token, ())):
             self.refused(fn, self.rescue, *args, match='not a root')
+        self.refused(rootdirs.has_token, self.rescue, self.TOKEN,
+                     match='not shaped as a root')
 
     def test_has_token_takes_a_str(self):
         for token in (None, self.TOKEN.encode(), (self.TOKEN + '\n').encode(),
