@@ -107,6 +107,8 @@ class _Host:
         return sorted(names & (links | bridge))
 
 
+# The two computes' logs (novalxc_aio.layout names).
+COMPUTE_LOGS = ('nova-compute', 'nova-compute-2')
 HOSTS = (
     _Host(layout.NOVA_HOST, layout.LXC_PATH, layout.DRIVER_STATE,
           'unix:%s/db.sock' % layout.OVS_RUN),
@@ -270,13 +272,38 @@ def _ping(c, src, dst, what):
 
 
 def _move(c, n, body, what):
-    """POST a move; wait for VERIFY_RESIZE; return its seconds."""
+    """POST a move; wait for VERIFY_RESIZE; return its seconds.
+
+    Both computes are on this machine: the destination must have found
+    the source's migration token and copied the disks locally
+    (novalxcdriver.migration logs which transport it took).
+    """
     n.marker = uuid.uuid4().hex
     n.host_spec.attach(n.container, 'sh', '-c',
                        'echo %s > /root/moved && sync' % n.marker)
+    offsets = {log: smoke._log_size(log) for log in COMPUTE_LOGS}
     seconds = n.server.action(body, 'VERIFY_RESIZE', demo.STEP_TIMEOUT)
     c.check('%s -> VERIFY_RESIZE (%.1f s)' % (what, seconds), True)
+    received = _received(n.server.id, offsets)
+    c.check('%s: the disks came by local copy (the same machine)' % what,
+            received and all('(local copy)' in line for line in received),
+            '; '.join(received) or 'no "Received" line logged')
     return seconds
+
+
+def _received(server_id, offsets):
+    """The computes' "Received ... of instance server_id" lines since."""
+    found = []
+    for log, offset in offsets.items():
+        try:
+            with open(layout.log_file(log), errors='replace') as f:
+                f.seek(offset)
+                found += [line.strip()[-120:] for line in f
+                          if 'Received ' in line and server_id in line and
+                          'novalxcdriver.migration' in line]
+        except OSError:
+            continue
+    return found
 
 
 def _migration_checks(c, s, nodes):
