@@ -43,7 +43,6 @@ from novalxcdriver.privsep import disks
 from novalxcdriver.privsep import ownership
 from novalxcdriver.privsep import rootdirs
 from novalxcdriver.privsep import storage
-from novalxcdriver import throttle
 
 LOG = logging.getLogger(__name__)
 SYS_BLOCK = '/sys/block'
@@ -160,18 +159,10 @@ class Disk:
         if not os.path.isdir(self.mountpoint):
             rootdirs.make_mountpoint(self.mountpoint)
         # Autoclear: the device goes with the unmount, or at once if the
-        # mount failed.
-        # The daemon saves the device's I/O counters (io_baseline_path).
-        device = mount.disk_image(self.image_path, self.mountpoint)
-        try:
-            rdev = os.stat(device).st_rdev
-        except OSError as e:
-            LOG.warning('Cannot stat %s, the loop device of %s: %s',
-                        device, self.image_path, e)
-            return
-        # An earlier user's throttle must not follow the device; the
-        # container starts after this.
-        throttle.clear('%d:%d' % (os.major(rdev), os.minor(rdev)))
+        # mount failed. The daemon also clears the device's root blkio
+        # throttles (an earlier user's must not follow it) and saves its
+        # I/O counters (io_baseline_path).
+        mount.disk_image(self.image_path, self.mountpoint)
 
     def grow(self, size_gb):
         """Grow the disk and its filesystem to size_gb GiB.

@@ -162,8 +162,7 @@ class LXCDriver(driver.ComputeDriver):
                                       self._ids_path)
         if not problems:
             os.makedirs(self._state_path, mode=0o711, exist_ok=True)
-            problems += lxcfs.ensure(
-                os.path.join(self._state_path, 'lxcfs.log'))
+            problems += lxcfs.ensure(self._state_path)
         try:
             self._ids = ids.IdAllocator(
                 self._state_path, range_size=CONF.lxc.id_range_size,

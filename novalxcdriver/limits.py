@@ -23,8 +23,9 @@ DEFAULT_CPU_PERIOD_US = 100000
 PIDS_MAX_SPEC = 'lxc:pids_max'
 # Lowest value of lxc:pids_max (as of the [lxc] pids_max option).
 PIDS_MAX_MIN = 16
-_IO_SPECS = ('disk_read_bytes_sec', 'disk_write_bytes_sec',
-             'disk_read_iops_sec', 'disk_write_iops_sec')
+# Nova's quota:disk_* flavor extra specs a flavor may throttle disks with.
+IO_KINDS = ('disk_read_bytes_sec', 'disk_write_bytes_sec',
+            'disk_read_iops_sec', 'disk_write_iops_sec')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Limits:
     :ivar cpu_quota_us: CFS quota per period, µs (-1: unlimited).
     :ivar cpu_shares: relative weight (cgroup v1 cpu.shares), or None.
     :ivar pids_max: most tasks at once.
-    :ivar io: tuple of (kind, value) with kind one of _IO_SPECS (bytes or
+    :ivar io: tuple of (kind, value) with kind one of IO_KINDS (bytes or
         operations per second), for each of the instance's own disks.
     """
 
@@ -150,7 +151,7 @@ def io(extra_specs):
                 reason='quota:%s cannot be enforced on containers; use the '
                        'read and write limits' % kind)
     result = []
-    for kind in _IO_SPECS:
+    for kind in IO_KINDS:
         value = _int_spec(extra_specs, 'quota:' + kind, 0)
         if value:
             result.append((kind, value))
@@ -300,6 +301,6 @@ def parse_io(text):
     result = []
     for item in (text or '').split(','):
         kind, _sep, value = item.partition('=')
-        if kind in _IO_SPECS and value.isdigit() and int(value) > 0:
+        if kind in IO_KINDS and value.isdigit() and int(value) > 0:
             result.append((kind, int(value)))
     return tuple(result)

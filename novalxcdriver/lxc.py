@@ -13,8 +13,6 @@ resource limits). Option meanings follow the LXC 5 man pages
 (lxc-start(1), lxc-stop(1), lxc-info(1), lxc-ls(1), lxc-freeze(1)).
 """
 
-import subprocess
-
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 
@@ -194,22 +192,6 @@ def qemu_img_convert(source, dest, in_fmt, out_fmt, timeout, cpu_time,
             in_fmt, '-O', out_fmt, source, dest, timeout=timeout,
             prlimit=processutils.ProcessLimits(cpu_time=cpu_time,
                                                address_space=address_space))
-
-
-def start_daemon(argv, log_path, pass_fds=()):
-    """Start argv in a session of its own, outliving this process.
-
-    Its output goes to log_path. Returns at once; the caller checks that
-    the daemon does its job.
-
-    :param pass_fds: file descriptors it inherits (others are closed).
-    :returns: its pid.
-    """
-    with open(log_path, 'ab') as log:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=log, close_fds=True,
-                                pass_fds=pass_fds,
-                                start_new_session=True).pid
 
 
 def version():

@@ -136,19 +136,6 @@ def below(top, points=None):
             if any(p == t or p.startswith(t + '/') for t in tops)]
 
 
-def detach_stale(target):
-    """Detach lxcfs's stale mount lazily (umount2(2) MNT_DETACH).
-
-    Only for a mount nothing is deleted under, lxcfs's FUSE mount once
-    its daemon died: its users keep it until they let go, as with any
-    lxcfs restart. Never for a container's disks (see ``unmount``).
-    Idempotent.
-
-    :raises MountFailed: for errors other than 'not mounted'.
-    """
-    storage.detach_stale(target)
-
-
 def is_idmapped(point):
     """True when the top mount at point is idmapped (mountinfo says so)."""
     found = False

@@ -36,7 +36,7 @@ from oslo_log import log as logging
 from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import host
-from novalxcdriver import lxc
+from novalxcdriver.privsep import daemons
 
 LOG = logging.getLogger(__name__)
 
@@ -135,9 +135,9 @@ def ensure(container_dir, console_argv, watch_pid, address, port_range):
     port = listener.getsockname()[1]
     with listener:
         fd = listener.fileno()
-        pid = lxc.start_daemon(relay_argv(fd, watch_pid, console_argv),
-                               os.path.join(container_dir, LOG_FILE),
-                               pass_fds=(fd,))
+        pid = daemons.start_daemon(
+            relay_argv(fd, watch_pid, console_argv),
+            os.path.join(container_dir, LOG_FILE), pass_fds=(fd,))
     relay = Relay(pid, address, port)
     durable.write(os.path.join(container_dir, STATE_FILE),
                   json.dumps(dataclasses.asdict(relay)), mode=0o600)

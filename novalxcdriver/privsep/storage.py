@@ -9,7 +9,7 @@ entry point first checks, in the daemon, that:
   the daemon's configuration (:func:`novalxcdriver.privsep.driver_roots`),
   with no symlink below the root: the caller never steers a mount onto
   the host's own directories (lxcfs's mount point alone, for
-  detach_stale, is outside them);
+  detach_lazily, is outside them);
 - an idmap is ``[uid_start, gid_start, size]`` inside root's subordinate
   ranges (subuid(5), subgid(5)), so a view it maps is never host root's;
 - a loop device is ``/dev/loopN`` backed by a file below a driver root;
@@ -51,6 +51,7 @@ from novalxcdriver import ids
 from novalxcdriver import mount
 from novalxcdriver import privsep
 from novalxcdriver.privsep import lxcconf
+from novalxcdriver.privsep import writeback
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -504,6 +505,9 @@ def mount_disk(path, target):
     with loop_attached(path) as device:
         _mount(device, target, fstype, _MS_NODEV, None,
                '%s %s' % (fstype, device))
+    # Before the container starts: an earlier user's throttle must not
+    # follow the device.
+    writeback.clear_attached(device)
     _save_io_baseline(path, device)
     return device
 
@@ -676,18 +680,18 @@ def unmount_tree(top):
         _unmount(point)
 
 
-@privsep.storage_admin.entrypoint
-def detach_stale(target):
+def detach_lazily(target):
     """Detach lxcfs's mount lazily (umount2(2) MNT_DETACH). Idempotent.
 
     Only lxcfs's FUSE mount once its daemon died (nothing is deleted under
-    it; its users keep it until they let go, as with any lxcfs restart).
+    it; its users keep it until they let go, as with any lxcfs restart),
+    for privsep.daemons.ensure_lxcfs, in the daemon.
 
     :raises PrivilegedCallRefused: target is not lxcfs's mount point.
     :raises MountFailed: for errors other than 'not mounted'.
     """
     if target != lxcconf.LXCFS_MOUNT:
-        privsep.refuse('detach_stale', '%r is not lxcfs\'s mount point %s'
+        privsep.refuse('detach_lazily', '%r is not lxcfs\'s mount point %s'
                        % (target, lxcconf.LXCFS_MOUNT))
     if _libc.umount2(os.fsencode(target), _MNT_DETACH) == 0:
         return

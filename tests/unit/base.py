@@ -46,6 +46,9 @@ class TestCase(base.BaseTestCase):
         cfg = self.useFixture(config_fixture.Config(conf.CONF))
         cfg.config(group='lxc', lxc_path=lxc_path, state_path=state_path)
         self.patch('novalxcdriver.privsep._added_roots', new=set())
+        # Never the host's cgroups (mount_disk clears a device's rules).
+        self.patch('novalxcdriver.privsep.writeback.ROOT_BLKIO',
+                   new=os.path.join(state_path, 'no-blkio'))
         privsep.storage_admin.set_client_mode(False)
         self.addCleanup(privsep.storage_admin.set_client_mode, True)
         return cfg

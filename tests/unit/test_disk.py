@@ -52,8 +52,6 @@ class _Base(unit_base.TestCase):
         # What a mounted disk's top mount is: ext4 from a loop device.
         self.mount.top.side_effect = lambda point: (
             ('ext4', LOOP) if point in self.mounted else None)
-        self.throttle = self.patch('novalxcdriver.disk.throttle',
-                                   autospec=True)
         # The daemon's calls, in order.
         self.calls = mock.Mock()
         self.calls.attach_mock(self.disks.create_image, 'create_image')
@@ -75,7 +73,6 @@ class _Base(unit_base.TestCase):
         """A failed mount_disk leaves nothing for nova-compute to undo."""
         self.assertFalse(self.disk.is_mounted())
         self.assertEqual([], self.loop.mock_calls)
-        self.throttle.clear.assert_not_called()
 
 
 class CreateTest(_Base):
@@ -185,7 +182,7 @@ class MountTest(_Base):
         self.mounted.add(self.mountpoint)
         self.disk.mount()
         self.mount.disk_image.assert_not_called()
-        self.throttle.clear.assert_not_called()
+        self.assertEqual([], self.calls.mock_calls)
 
     def test_other_mounts_do_not_count(self):
         self.mounted.update({self.tmp, self.mountpoint + '/x',
@@ -255,59 +252,19 @@ class DeviceTest(_Base):
                          self.disk.device())
 
 
-class ThrottleClearTest(_Base):
-    """Each mount clears what throttles its loop device still had.
+class IoBaselineTest(_Base):
+    """What the daemon does at each mount besides mounting.
 
-    The device's I/O baseline is saved by the daemon that mounts it
-    (privsep.storage.mount_disk; tests/unit/test_privsep_storage.py).
+    It clears the loop device's root blkio throttles and saves its I/O
+    baseline (privsep.storage.mount_disk; test_privsep_storage.py):
+    nova-compute makes no other call.
     """
 
-    def setUp(self):
-        super().setUp()
-        real_stat = os.stat
-        devices = {LOOP: os.makedev(7, 7), '/dev/loop3': os.makedev(7, 3)}
-
-        def stat(path, *args, **kwargs):
-            if path in devices:
-                return mock.Mock(st_rdev=devices[path])
-            return real_stat(path, *args, **kwargs)
-        self.stat = self.patch('os.stat', side_effect=stat)
+    def test_one_privileged_call_per_mount(self):
         os.mkdir(self.mountpoint)
-        self.throttle.clear.side_effect = (
-            lambda number: self.events.append(('clear', number)))
-
-    def test_of_the_device_the_mount_attached(self):
-        self.mount.disk_image.side_effect = None
-        self.mount.disk_image.return_value = '/dev/loop3'
         self.disk.mount()
-        self.throttle.clear.assert_called_once_with('7:3')
-
-    def test_earlier_throttles_cleared_after_the_mount(self):
-        # The loop device may have served another instance's disk; the
-        # container starts after the mount.
-        self.disk.mount()
-        self.assertEqual([('mount', self.image, self.mountpoint),
-                          ('clear', '7:7')], self.events)
-        self.throttle.clear.assert_called_once_with('7:7')
-
-    def test_a_new_disk_s_too(self):
-        self.disk.create(1, OWNER)
-        self.throttle.clear.assert_called_once_with('7:7')
-
-    def test_a_device_gone_is_logged_and_mounted_still(self):
-        self.mount.disk_image.side_effect = None
-        self.mount.disk_image.return_value = '/dev/loop9'
-        self.stat.side_effect = FileNotFoundError(2, 'gone')
-        log = self.patch('novalxcdriver.disk.LOG')
-        self.disk.mount()
-        self.throttle.clear.assert_not_called()
-        self.assertIn('/dev/loop9', log.warning.call_args.args)
-
-    def test_failed_mount_clears_nothing(self):
-        self.mount.disk_image.side_effect = exception.LoopFailed(
-            path=self.image, reason='no free loop device')
-        self.assertRaises(exception.LoopFailed, self.disk.mount)
-        self.throttle.clear.assert_not_called()
+        self.assertEqual([mock.call.disk_image(self.image, self.mountpoint)],
+                         self.calls.mock_calls)
 
     def test_baseline_beside_the_image(self):
         # Where diagnostics reads what the daemon saved.

@@ -309,10 +309,10 @@ class InitHostTest(_Base):
         self.template_leftovers.assert_called_once_with(
             os.path.join(self.state_path, 'disk-templates'))
 
-    def test_lxcfs_ensured_with_log_in_state_path(self):
+    def test_lxcfs_ensured_for_the_state_path(self):
+        # Where the daemon appends lxcfs's log, if it starts it.
         self.init_host()
-        self.lxcfs.assert_called_once_with(
-            os.path.join(self.state_path, 'lxcfs.log'))
+        self.lxcfs.assert_called_once_with(self.state_path)
 
     def test_lxcfs_problem_fails_host_check(self):
         self.lxcfs.return_value = ['lxcfs did not start on /var/lib/lxcfs']

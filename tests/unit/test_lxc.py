@@ -10,6 +10,7 @@ from oslo_concurrency import processutils
 from oslo_config import fixture as config_fixture
 from oslotest import base
 
+from novalxcdriver import command
 from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import lxc
@@ -62,7 +63,7 @@ class ExecuteTest(base.BaseTestCase):
         def popen(*args, **kwargs):
             seen.append(kwargs)
             return real_popen(*args, **kwargs)
-        with mock.patch.object(lxc.subprocess, 'Popen', side_effect=popen):
+        with mock.patch.object(command.subprocess, 'Popen', side_effect=popen):
             lxc.execute('true')
         self.assertEqual(1, len(seen))
         self.assertIsNone(seen[0].get('preexec_fn'))
@@ -77,7 +78,7 @@ class ExecuteTest(base.BaseTestCase):
             return procs[-1]
 
         start = time.monotonic()
-        with mock.patch.object(lxc.subprocess, 'Popen', side_effect=popen):
+        with mock.patch.object(command.subprocess, 'Popen', side_effect=popen):
             e = self.assertRaises(exception.CommandTimedOut, lxc.execute,
                                   'sleep', '5', timeout=1)
         self.assertLess(time.monotonic() - start, 4)
@@ -91,7 +92,7 @@ class ExecuteTest(base.BaseTestCase):
     def test_default_timeout_from_config(self):
         cfg = self.useFixture(config_fixture.Config(conf.CONF))
         cfg.config(group='lxc', command_timeout=17)
-        with mock.patch.object(lxc.subprocess, 'run', return_value=(
+        with mock.patch.object(command.subprocess, 'run', return_value=(
                 subprocess.CompletedProcess(['true'], 0, b'', b''))) as run:
             lxc.execute('true')
         self.assertEqual(17, run.call_args.kwargs['timeout'])
@@ -114,7 +115,8 @@ class _MockedExecute(base.BaseTestCase):
                                     return_value=('', ''))
         self.pe = patcher.start()
         self.addCleanup(patcher.stop)
-        run = mock.patch.object(lxc.subprocess, 'run', side_effect=self._run)
+        run = mock.patch.object(command.subprocess, 'run',
+                                side_effect=self._run)
         run.start()
         self.addCleanup(run.stop)
 

@@ -1,12 +1,14 @@
-"""Tests for novalxcdriver.lxcfs: finding, recovering and starting lxcfs."""
+"""Tests for novalxcdriver.lxcfs: finding lxcfs, and asking for it.
+
+Starting it (the storage_admin daemon's ensure_lxcfs) is
+tests/unit/test_privsep_daemons.py's.
+"""
 
 import os
-from unittest import mock
 
 import fixtures
 from oslotest import base
 
-from novalxcdriver import exception
 from novalxcdriver import lxcfs
 
 
@@ -49,52 +51,25 @@ class EnsureTest(_Base):
         super().setUp()
         self.state = self.useFixture(fixtures.MockPatch(
             'novalxcdriver.lxcfs.state')).mock
-        # A stale FUSE mount goes lazily: nothing is deleted under it.
-        self.unmount = self.useFixture(fixtures.MockPatch(
-            'novalxcdriver.mount.detach_stale')).mock
-        self.start = self.useFixture(fixtures.MockPatch(
-            'novalxcdriver.lxc.start_daemon')).mock
-        self.log = os.path.join(self.tmp, 'lxcfs.log')
-        self.useFixture(fixtures.MonkeyPatch(
-            'novalxcdriver.lxcfs.LOCK_PATH', os.path.join(self.tmp, 'locks')))
+        self.daemon = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.privsep.daemons.ensure_lxcfs',
+            return_value=[])).mock
 
-    def test_serving_left_alone(self):
+    def test_serving_costs_no_privileged_call(self):
         self.state.return_value = lxcfs.SERVING
-        self.assertEqual([], lxcfs.ensure(self.log))
-        self.unmount.assert_not_called()
-        self.start.assert_not_called()
+        self.assertEqual([], lxcfs.ensure('/var/lib/novalxc'))
+        self.daemon.assert_not_called()
 
-    def test_absent_started(self):
-        self.state.side_effect = [lxcfs.ABSENT, lxcfs.ABSENT, lxcfs.SERVING]
-        self.assertEqual([], lxcfs.ensure(self.log))
-        self.unmount.assert_not_called()
-        self.assertTrue(os.path.isdir(self.mnt))
-        self.start.assert_called_once_with(['lxcfs', self.mnt], self.log)
+    def test_otherwise_the_daemon_with_the_normalized_state_path(self):
+        for current in (lxcfs.ABSENT, lxcfs.STALE):
+            self.daemon.reset_mock()
+            self.state.return_value = current
+            self.assertEqual([], lxcfs.ensure('/var/lib/novalxc/'))
+            self.daemon.assert_called_once_with('/var/lib/novalxc', 10)
 
-    def test_stale_detached_then_started(self):
-        calls = mock.Mock()
-        calls.attach_mock(self.unmount, 'unmount')
-        calls.attach_mock(self.start, 'start')
-        self.state.side_effect = [lxcfs.STALE, lxcfs.SERVING]
-        self.assertEqual([], lxcfs.ensure(self.log))
-        self.assertEqual(
-            [mock.call.unmount(self.mnt),
-             mock.call.start(['lxcfs', self.mnt], self.log)],
-            calls.mock_calls)
-
-    def test_stale_that_cannot_be_detached(self):
-        self.state.return_value = lxcfs.STALE
-        self.unmount.side_effect = exception.MountFailed(
-            what='unmount', target=self.mnt, reason='Device or resource busy')
-        problems = lxcfs.ensure(self.log)
-        self.assertEqual(1, len(problems))
-        self.assertIn('stale lxcfs mount', problems[0])
-        self.assertIn('busy', problems[0])
-        self.start.assert_not_called()
-
-    def test_never_serving_is_a_problem_naming_the_log(self):
+    def test_the_daemons_problems_returned(self):
         self.state.return_value = lxcfs.ABSENT
-        problems = lxcfs.ensure(self.log, timeout=0.3)
-        self.assertEqual(1, len(problems))
-        self.assertIn(self.log, problems[0])
-        self.start.assert_called_once()
+        self.daemon.return_value = ['lxcfs did not start on /var/lib/lxcfs']
+        self.assertEqual(['lxcfs did not start on /var/lib/lxcfs'],
+                         lxcfs.ensure('/s', timeout=3))
+        self.daemon.assert_called_once_with('/s', 3)

@@ -52,7 +52,6 @@ NOT_YET_PRIVSEP = {
     ('command.py', 'execute', 'subprocess.run'),
     ('lxc.py', 'qemu_img_info', 'execute'),
     ('lxc.py', 'qemu_img_convert', 'execute'),
-    ('lxc.py', 'start_daemon', 'subprocess.Popen'),
     # The relay's lxc-console: the relay is the lxc_admin daemon's child
     # (privsep.console) but its module is not privsep's.
     ('consolerelay.py', 'serve', 'subprocess.Popen'),

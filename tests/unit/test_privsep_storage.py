@@ -18,6 +18,7 @@ from novalxcdriver import exception
 from novalxcdriver import ids
 from novalxcdriver import privsep
 from novalxcdriver.privsep import storage
+from novalxcdriver.privsep import writeback
 from tests.unit import base
 from tests.unit import test_mount
 
@@ -207,16 +208,16 @@ class UnmountTest(test_mount._Processes):
         self.assertNotIsInstance(e, exception.MountBusy)
         self.assertIn(os.strerror(errno.EPERM), str(e))
 
-    def test_detach_stale_is_lazy_and_idempotent(self):
+    def test_detach_lazily_is_lazy_and_idempotent(self):
         # lxcfs's dead FUSE mount only: nothing is deleted under it.
         self.libc.umount2.return_value = 0
-        storage.detach_stale('/var/lib/lxcfs')
+        storage.detach_lazily('/var/lib/lxcfs')
         self.libc.umount2.assert_called_once_with(b'/var/lib/lxcfs', 2)
         self.libc.umount2.return_value = -1
         self.errno.return_value = errno.EINVAL
-        storage.detach_stale('/var/lib/lxcfs')
+        storage.detach_lazily('/var/lib/lxcfs')
         self.errno.return_value = errno.EPERM
-        self.assertRaises(exception.MountFailed, storage.detach_stale,
+        self.assertRaises(exception.MountFailed, storage.detach_lazily,
                           '/var/lib/lxcfs')
 
 
@@ -526,6 +527,35 @@ class EntryPointChecksTest(base.TestCase):
             return real_stat(path, *args, **kwargs)
         return self.patch('os.stat', side_effect=stat)
 
+    def test_a_mount_clears_its_device_s_root_throttles(self):
+        # Loop devices are reused: an earlier user's write-back throttle
+        # must not follow the device to this disk. After the mount (the
+        # device is attached for good), before the baseline.
+        img = self._btrfs_image()
+        self._sys_dev_block('1 2 3\n')
+        blkio = os.path.join(self.tmp, 'blkio')
+        os.mkdir(blkio)
+        for name in ('read_bps', 'write_bps', 'read_iops', 'write_iops'):
+            with open(os.path.join(blkio, 'blkio.throttle.%s_device'
+                                   % name), 'w') as f:
+                f.write('7:4 100\n')
+        self.patch('novalxcdriver.privsep.writeback.ROOT_BLKIO', blkio)
+        calls = mock.Mock()
+        calls.attach_mock(self.libc.mount, 'mount')
+        calls.attach_mock(self.patch(
+            'novalxcdriver.privsep.writeback.clear_attached',
+            wraps=writeback.clear_attached), 'clear_attached')
+        calls.attach_mock(self.patch(
+            'novalxcdriver.privsep.storage._save_io_baseline',
+            wraps=storage._save_io_baseline), 'baseline')
+        storage.mount_disk(img, self.root + '/root')
+        self.assertEqual(['mount', 'clear_attached', 'baseline'],
+                         [c[0] for c in calls.mock_calls])
+        calls.clear_attached.assert_called_once_with('/dev/loop4')
+        for name in os.listdir(blkio):
+            with open(os.path.join(blkio, name)) as f:
+                self.assertEqual('7:4 0', f.read())
+
     def test_a_mount_saves_its_device_s_io_baseline(self):
         # Beside the image, 0644 (diagnostics reads it in nova-compute),
         # made anew: an earlier attachment's goes.
@@ -570,10 +600,10 @@ class EntryPointChecksTest(base.TestCase):
         for lowers in ([], None, self.root + '/l', ['/etc']):
             self.refused(storage.overlay_readonly, lowers, self.root + '/m')
 
-    def test_detach_stale_only_lxcfs(self):
+    def test_detach_lazily_only_lxcfs(self):
         for target in (self.root + '/root', '/', '/var/lib/lxcfs/'):
-            self.refused(storage.detach_stale, target)
-        storage.detach_stale('/var/lib/lxcfs')
+            self.refused(storage.detach_lazily, target)
+        storage.detach_lazily('/var/lib/lxcfs')
         self.libc.umount2.assert_called_once_with(b'/var/lib/lxcfs', 2)
 
     def test_loop_devices(self):
