@@ -162,13 +162,16 @@ def server_names(prefix):
 
 
 def _boot_series(conn, tracker, image_id, flavor_id, concurrency, runs,
-                 names, keep=False, availability_zone=None):
+                 names, keep=False, availability_zone=None,
+                 networks='none'):
     """runs boots by concurrency workers; returns (samples, errors).
 
     :param keep: leave each server running (or in ERROR) once seen ACTIVE
         (or failed) instead of deleting it and waiting until it is gone.
     :param availability_zone: of each server, e.g. 'nova:HOST' (an admin
         forcing a compute host); None: the scheduler chooses.
+    :param networks: the servers' networks as POST /servers takes them:
+        'none', or [{'uuid': network id}, ...].
     """
     extra = {}
     if availability_zone:
@@ -188,7 +191,7 @@ def _boot_series(conn, tracker, image_id, flavor_id, concurrency, runs,
                 start = time.perf_counter()
                 server = conn.compute.create_server(
                     name=next(names), image_id=image_id,
-                    flavor_id=flavor_id, networks='none', **extra)
+                    flavor_id=flavor_id, networks=networks, **extra)
                 server_id = server.id
                 posted = time.perf_counter() - start
                 active = tracker.wait_active(server_id, BOOT_TIMEOUT)

@@ -7,6 +7,7 @@ results.json with ``python -m bench.run --report-only``.
 
 from bench import api_floor
 from bench import harness
+from bench import networked_boot
 from bench.stats import ratio
 from bench.stats import summary
 
@@ -714,6 +715,58 @@ def api_rows(results):
     return rows
 
 
+def networked_boot_rows(results):
+    """Item 13 (issue 16 goal 3): networked boot against --nic none."""
+    what = 'Networked boot through the API, concurrency 1: POST to ACTIVE'
+    target = '≤ %.1fx the same boot without a network (median)' % (
+        networked_boot.GOAL_RATIO)
+    nb = results.get('networked-boot')
+    if not nb:
+        if ('networked-boot' in results.get('config', {}).get('only', ())
+                or 'networked-boot' in results.get('errors', {})):
+            return [_row(13, what, target, _failed('networked-boot',
+                                                   results), 'n/a')]
+        return []
+    if 'skipped' in nb:
+        return [_row(13, what, target, 'skipped: %s' % nb['skipped'],
+                     'n/a')]
+    f = {side: nb['sides'][side]['figures'] for side in networked_boot.SIDES}
+    errors = [e for side in networked_boot.SIDES
+              for e in nb['sides'][side]['errors']]
+    ok = nb['met'] and not errors
+    return [_row(
+        13, '%s, %s on %s vs `--nic none` (n=%d each)' % (
+            what, nb['image'], nb['network'], f['none']['n']), target,
+        'networked median **%s** (p95 %s), none **%s** (p95 %s): '
+        '**%sx**; network-vif-plugged awaited in %d of %d; %s' % (
+            _s(f['networked']['median']), _s(f['networked']['p95']),
+            _s(f['none']['median']), _s(f['none']['p95']),
+            '%.2f' % nb['ratio'] if nb['ratio'] is not None else '—',
+            nb['awaited'], f['networked']['n'], _errors(errors)),
+        _met(ok))]
+
+
+def networked_boot_section(results):
+    """Markdown lines: the median timeline of each side of item 13."""
+    nb = results.get('networked-boot') or {}
+    if 'sides' not in nb:
+        return []
+    names = networked_boot.MILESTONES
+    body = []
+    for name in names:
+        row = [name]
+        for side in networked_boot.SIDES:
+            value = nb['sides'][side]['timeline'].get(name)
+            row.append('—' if value is None else '+%.2f s' % value)
+        body.append(row)
+    return ['## Where a networked boot\'s seconds go (item 13)', '',
+            'Median seconds after the POST, from the services\' INFO logs '
+            'by server and port ID (bench/networked_boot.py says what '
+            'each milestone is).', '',
+            '| milestone | networked | none |', '| --- | --- | --- |'] + [
+        '| %s |' % ' | '.join(r) for r in body] + ['']
+
+
 def cpu_section(results):
     """Markdown lines: whose CPU time filled the host during item 7."""
     series = (results.get('api') or {}).get('series') or {}
@@ -929,7 +982,8 @@ def rows(results):
     out = (spawn_rows(results) + boot + throughput_rows(results) +
            density_rows(results) + api_density_rows(results) +
            booted_destroy + destroy_rows(results) +
-           api_rows(results) + api_floor_rows(results) +
+           api_rows(results) + networked_boot_rows(results) +
+           api_floor_rows(results) +
            snapshot_rows(results) +
            migration_rows(results) + firstboot_rows(results) +
            privsep_rows(results))
@@ -1058,6 +1112,7 @@ def markdown(results, command, plots):
                           command_line(dsamples)), '']
     out += api_density_section(results)
     out += cpu_section(results)
+    out += networked_boot_section(results)
     out += api_floor_section(results)
     out += snapshot_section(results)
     out += migration_section(results)

@@ -52,6 +52,7 @@ from bench import harness
 from bench import images as bench_images
 from bench import machine
 from bench import migration
+from bench import networked_boot
 from bench import nova_api
 from bench import plots
 from bench import privsep
@@ -62,8 +63,8 @@ from bench import throughput
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = ('spawn', 'boot', 'density', 'throughput', 'snapshot',
-            'migration', 'firstboot', 'privsep', 'api', 'api-floor',
-            'api-density')
+            'migration', 'firstboot', 'privsep', 'api', 'networked-boot',
+            'api-floor', 'api-density')
 # What a run without --only measures. api-density keeps 250 servers of the
 # all-in-one cloud running and takes longer than all the others together;
 # api-floor needs the aio's fake compute (up --fake-compute): they run
@@ -71,7 +72,7 @@ FAMILIES = ('spawn', 'boot', 'density', 'throughput', 'snapshot',
 DEFAULT_FAMILIES = tuple(f for f in FAMILIES
                          if f not in ('api-density', 'api-floor'))
 # The families that use the all-in-one cloud, not a driver of their own.
-API_FAMILIES = ('api', 'api-floor', 'api-density')
+API_FAMILIES = ('api', 'networked-boot', 'api-floor', 'api-density')
 # The images each family of this host boots (bench.images keys).
 IMAGES = {'spawn': ('busybox', 'debian', 'synthetic'), 'boot': ('debian',),
           'density': ('busybox', 'debian'),
@@ -149,6 +150,11 @@ def parse_args(argv):
     p.add_argument('--api-density-debian', type=int, default=50,
                    help='idle Debian servers kept running through the API '
                         '(default 50)')
+    p.add_argument('--networked-boot-runs', type=int, default=5,
+                   help='networked-boot: boots on the network and without '
+                        'one, each (concurrency 1)')
+    p.add_argument('--api-network', default='demo-net',
+                   help='networked-boot: the network of the networked side')
     p.add_argument('--api-image', default='debian-12')
     p.add_argument('--api-flavor', default='lxc.tiny')
     p.add_argument('--clouds-yaml', default=nova_api.CLOUDS_YAML)
@@ -229,6 +235,8 @@ def measure(args, results):
         measure_host(args, results)
     if 'api' in args.only:
         measure_api(args, results)
+    if 'networked-boot' in args.only:
+        measure_networked_boot(args, results)
     if 'api-floor' in args.only:
         measure_api_floor(args, results)
     if 'api-density' in args.only:
@@ -324,6 +332,26 @@ def measure_api(args, results):
     except Exception:
         results['errors']['api'] = traceback.format_exc()
         log('api: FAILED\n%s' % results['errors']['api'])
+
+
+def measure_networked_boot(args, results):
+    """Issue 16 goal 3: a boot on a network against one without."""
+    log('networked-boot: starting')
+    try:
+        results['networked-boot'] = networked_boot.measure(
+            args.networked_boot_runs, image_name=args.api_image,
+            flavor_name=args.api_flavor, network_name=args.api_network,
+            clouds_yaml=args.clouds_yaml, cloud=args.cloud,
+            logs={'compute': args.compute_log}, log=log)
+        for line in networked_boot.describe(results['networked-boot']):
+            log('  ' + line)
+        results['leaks'].setdefault('after', {})[
+            'networked-boot servers'] = results['networked-boot'].get(
+                'leftovers', [])
+    except Exception:
+        results['errors']['networked-boot'] = traceback.format_exc()
+        log('networked-boot: FAILED\n%s'
+            % results['errors']['networked-boot'])
 
 
 def floor_hosts(args, hostname):

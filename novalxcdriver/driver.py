@@ -1486,6 +1486,15 @@ class LXCDriver(driver.ComputeDriver):
                     instance, events, timeout=timeout,
                     error_callback=self._neutron_failed_callback):
                 self.plug_vifs(instance, network_info)
+                if network_info:
+                    # Where a boot's seconds go (the networked boot's
+                    # timeline, bench.networked_boot), and why one hangs.
+                    LOG.info('Plugged VIFs %s; waiting for '
+                             'network-vif-plugged of %s',
+                             [vif['id'] for vif in network_info],
+                             [tag for _name, tag in events] or
+                             'none (active already, or not to be started)',
+                             instance=instance)
         except nova_exc.InstanceEventTimeout:
             if CONF.vif_plugging_is_fatal:
                 raise nova_exc.VirtualInterfaceCreateException()

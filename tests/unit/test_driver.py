@@ -1760,6 +1760,22 @@ class NetworkingTest(_Base):
             mock.call.start(instance.name, self.lxc_path),
         ], self.calls.mock_calls)
 
+    def test_plug_logged_with_the_awaited_ports(self):
+        # bench.networked_boot reads it (the plug's moment in a boot).
+        log = self.useFixture(fixtures.FakeLogger())
+        instance = self.instance()
+        self.spawn(instance, network_info=self.network_info)
+        line = [x for x in log.output.splitlines() if 'Plugged VIFs' in x]
+        self.assertEqual(1, len(line))
+        for vif in self.network_info:
+            self.assertIn(vif['id'], line[0])
+        self.assertIn("network-vif-plugged of ['%s']" % test_vif.PORT,
+                      line[0])
+        log = self.useFixture(fixtures.FakeLogger())
+        self.spawn(self.instance(uuid=UUID2, id=2),
+                   network_info=network_model.NetworkInfo())
+        self.assertNotIn('Plugged VIFs', log.output)
+
     def test_spawn_writes_nics(self):
         instance = self.instance()
         self.spawn(instance, network_info=self.network_info)
