@@ -78,6 +78,9 @@ def ensure_lxcfs(state_path, timeout):
     if type(timeout) not in (int, float) or not 0 <= timeout <= 60:
         privsep.refuse(call, 'timeout %r is not 0 to 60 seconds'
                        % (timeout,))
+    # The daemon's umask is 0: the lock's directory and file would be
+    # anyone's to replace (a link root then opens) or to hold.
+    os.umask(0o022)
     with lockutils.lock('novalxc-lxcfs', external=True, lock_path=LOCK_PATH):
         return _ensure(os.path.join(state_path, LXCFS_LOG), timeout)
 

@@ -193,8 +193,23 @@ def check_loop_device(call, device):
     if backing is None:
         # Nothing to refuse: detached meanwhile, which callers expect.
         raise exception.LoopFailed(path=device, reason='not attached')
+    check_backing(call, backing)
+
+
+def check_backing(call, backing):
+    """Refuse a loop device's backing file unless it is below a root.
+
+    :param backing: as sysfs gives it (backing_file): resolved by the
+        kernel, so below a driver root's real path when that root is a
+        symlink (mount.py), and followed by ' (deleted)' once unlinked.
+    """
     if backing.endswith(' (deleted)'):
         backing = backing[:-len(' (deleted)')]
+    for root in privsep.driver_roots():
+        real = os.path.realpath(root)
+        if real != root and backing.startswith(real.rstrip('/') + '/'):
+            backing = os.path.join(root, os.path.relpath(backing, real))
+            break
     check_path(call, backing)
 
 

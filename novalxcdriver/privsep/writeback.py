@@ -70,9 +70,7 @@ def check_device(call, number):
             backing = f.read().rstrip('\n')
     except FileNotFoundError:
         raise exception.LoopFailed(path=number, reason='not attached')
-    if backing.endswith(' (deleted)'):
-        backing = backing[:-len(' (deleted)')]
-    storage.check_path(call, backing)
+    storage.check_backing(call, backing)
 
 
 def check_throttles(call, io_throttles):
