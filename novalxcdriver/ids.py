@@ -10,8 +10,11 @@ uid space)::
     container ID N  ->  host uids [subuid_start + N * size, + size)
                         host gids [subgid_start + N * size, + size)
 
-so ``floor(min(subuid count, subgid count) / size)`` IDs exist, numbered
-from 0, and the ranges of two different IDs never overlap.
+so ``floor((min(subuid count, subgid count) - UNPACK_IDS) / size)`` IDs
+exist, numbered from 0, and the ranges of two different IDs never overlap.
+The last UNPACK_IDS ids of root's ranges are no container's: images are
+unpacked as root of a user namespace mapping them (unpack_idmap;
+privsep.unpack), so a bug in the unpacker writes as nobody's uids.
 
 The ranges are the machine's (root's subordinate ranges), so the IDs are
 too: every driver on one machine (several nova-compute services, each with
@@ -63,6 +66,9 @@ LOG = logging.getLogger(__name__)
 LOCK_NAME = 'novalxc-ids'
 OWNER_FILE = 'owner.json'
 DEFAULT_RANGE_SIZE = 65536
+# The ids an image's files may be owned by (0..65535), and the size of the
+# range at the top of root's that unpacks them.
+UNPACK_IDS = 65536
 
 # Only canonical decimal names are reservations; '007' would not block
 # os.mkdir('7'), so it must not be counted either.
@@ -183,6 +189,26 @@ def read_subordinate_ranges(subuid_path='/etc/subuid',
     return (_read_range(subuid_path, names), _read_range(subgid_path, names))
 
 
+def unpack_idmap(ranges=None):
+    """The idmap images are unpacked under: the top UNPACK_IDS of root's.
+
+    :param ranges: read_subordinate_ranges()'s result; read if None.
+    :returns: Idmap of UNPACK_IDS ids, no container's (IdAllocator.count
+        leaves them out).
+    :raises exception.IdmapUnavailable: root's ranges are unreadable or
+        smaller than UNPACK_IDS.
+    """
+    (uid_start, uid_count), (gid_start, gid_count) = (
+        ranges or read_subordinate_ranges())
+    if min(uid_count, gid_count) < UNPACK_IDS:
+        raise exception.IdmapUnavailable(
+            reason='root\'s subordinate ranges hold fewer than the %d ids '
+                   'images are unpacked under' % UNPACK_IDS)
+    return Idmap(uid_start=uid_start + uid_count - UNPACK_IDS,
+                 gid_start=gid_start + gid_count - UNPACK_IDS,
+                 size=UNPACK_IDS)
+
+
 class IdAllocator:
     """Hands out container IDs, persistently and race-free on one host.
 
@@ -247,7 +273,9 @@ class IdAllocator:
         :raises exception.IdmapUnavailable: no subordinate range for root.
         """
         (_, uid_count), (_, gid_count) = self._get_ranges()
-        return min(uid_count, gid_count) // self.range_size
+        # The top UNPACK_IDS are the unpacker's (unpack_idmap).
+        return max(0, min(uid_count, gid_count) - UNPACK_IDS) // \
+            self.range_size
 
     def idmap(self, cid):
         """Return the :class:`Idmap` of container ID ``cid``.

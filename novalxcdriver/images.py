@@ -39,6 +39,7 @@ import errno
 import io
 import json
 import os
+import select
 import shutil
 import tempfile
 import time
@@ -56,7 +57,7 @@ from novalxcdriver import exception
 from novalxcdriver import host
 from novalxcdriver import mount
 from novalxcdriver.privsep import disks
-from novalxcdriver import tarball
+from novalxcdriver.privsep import unpack
 
 LOG = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ _DAMAGED = frozenset([errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EIO,
 
 # Reads from a download are served in pieces of this size.
 _STREAM_BUFFER_BYTES = 1 << 20
+# Seconds the confined unpacker may take once the whole tarball is written
+# into its FIFO (it is at most a pipe's buffer behind by then).
+UNPACK_FINISH_TIMEOUT = 600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +105,8 @@ class ImageCache:
     def __init__(self, state_path, max_bytes, disk_images=True):
         self.path = os.path.join(state_path, 'images')
         self._lock_path = os.path.join(state_path, 'locks')
+        # nova-compute's: the unpacker's FIFOs (privsep.unpack).
+        self._spool = os.path.join(state_path, 'spool')
         self._max_bytes = max_bytes
         self._disk_images = disk_images
 
@@ -389,8 +395,7 @@ class ImageCache:
                 if disk_format not in (None, 'raw'):
                     diskimage.check_format(kind, disk_format)
                 try:
-                    size = tarball.unpack_stream(source, rootfs,
-                                                 self._max_bytes, head=head)
+                    size = self._unpack_confined(source, rootfs, head)
                 except (exception.ArchiveError,
                         exception.UnsafeArchiveMember):
                     # A failed download is not a bad image.
@@ -427,7 +432,56 @@ class ImageCache:
                 lambda root: detect_init(root) is not None, root_partition)
         if disk_format not in (None, 'raw'):
             diskimage.check_format(kind, disk_format)
-        return tarball.unpack_rootfs(archive, rootfs, self._max_bytes)
+        with open(archive, 'rb') as source:
+            return self._unpack_confined(source, rootfs)
+
+    def _unpack_confined(self, source, rootfs, head=b''):
+        """Unpack the tarball head + source into rootfs, confined.
+
+        By the storage_admin daemon's child, in a user namespace of no
+        one's ids (privsep.unpack), fed through a FIFO in the spool: no
+        tarball is parsed as host root. The FIFO is open at both ends
+        before the child starts (so it never sees an early end) and goes
+        from the spool at once.
+
+        :returns: the bytes of file data unpacked.
+        :raises ArchiveError, UnsafeArchiveMember: the tarball is refused.
+        :raises: what reading source raised (the download failed).
+        """
+        os.makedirs(self._spool, mode=0o700, exist_ok=True)
+        fifo = os.path.join(self._spool, 'unpack-%d-%s.fifo'
+                            % (os.getpid(), uuid.uuid4().hex))
+        os.mkfifo(fifo, 0o600)
+        try:
+            # A reader of our own for a moment: the write end's open
+            # needs one (ENXIO otherwise).
+            reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK |
+                             os.O_CLOEXEC)
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK |
+                             os.O_CLOEXEC)
+            finally:
+                os.close(reader)
+            try:
+                unpack.start_unpack(rootfs, fifo, self._max_bytes)
+            except BaseException:
+                os.close(fd)
+                raise
+        finally:
+            os.unlink(fifo)
+        try:
+            try:
+                _feed(fd, head, source)
+            finally:
+                os.close(fd)
+        except BaseException:
+            with excutils.save_and_reraise_exception():
+                try:
+                    unpack.cancel_unpack(rootfs)
+                except Exception as e:
+                    LOG.warning('Cannot stop the unpacker of %s: %s',
+                                rootfs, e)
+        return unpack.finish_unpack(rootfs, UNPACK_FINISH_TIMEOUT)
 
     @staticmethod
     def _discard(partial):
@@ -436,7 +490,7 @@ class ImageCache:
         It is kept while it has a mount (remove_partials retries).
         """
         try:
-            diskimage.release(partial)
+            _release(partial)
         except exception.MountFailed as e:
             LOG.error('%s is kept: %s', partial, e)
             return
@@ -463,7 +517,7 @@ class ImageCache:
                     continue
                 try:
                     # A disk image's mount and loop devices (diskimage).
-                    diskimage.release(os.path.join(self.path, name))
+                    _release(os.path.join(self.path, name))
                 except exception.MountFailed as e:
                     LOG.warning('%s is not deleted: %s', name, e)
                     continue
@@ -476,6 +530,41 @@ class ImageCache:
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
         return removed
+
+
+def _release(partial):
+    """Undo the mounts and loop devices a crashed unpack left in partial.
+
+    The confined unpacker's view (privsep.unpack; its daemon unmounts it
+    unless it died) and a disk image's (diskimage.release).
+
+    :raises MountBusy, MountFailed: a mount cannot be undone.
+    """
+    mount.unmount_tree(os.path.join(partial, unpack.VIEW))
+    diskimage.release(partial)
+
+
+def _feed(fd, head, source):
+    """Write head, then source read to its end, into the FIFO fd.
+
+    fd is non-blocking, and a full FIFO is waited for with select(2),
+    which eventlet makes green: nova-compute's other work goes on while
+    the unpacker catches up. The unpacker stops reading once the archive
+    ends (or it refuses it): the rest is not written (EPIPE).
+    """
+    data = head
+    while True:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                select.select([], [fd], [])
+            except BrokenPipeError:
+                return
+        data = source.read(_STREAM_BUFFER_BYTES)
+        if not data:
+            return
 
 
 def _mounted(path):

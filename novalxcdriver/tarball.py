@@ -44,7 +44,9 @@ stops the whole unpack:
 7. Regular file sizes, added up, stay within ``max_bytes``, and each file
    fits in the free space of the destination; both are checked before the
    file is written, so a compression bomb stops before it fills the disk.
-8. Owners and mtimes are values the kernel accepts; pax and GNU long-name
+8. Owners are at most ``max_id`` (the unpacker's user namespace maps
+   only ids.UNPACK_IDS ids) and mtimes values the kernel accepts; pax
+   and GNU long-name
    headers, which tarfile reads whole into memory, are at most 8 MiB; the
    archive must end with its end-of-archive marker (tarfile itself takes a
    stream cut at a member boundary, or a corrupt header, for the end of a
@@ -54,6 +56,12 @@ Extended attributes come from the ``SCHILY.xattr.*`` pax records that GNU
 tar ``--xattrs`` writes. They are set after extractall() has finished,
 without following symlinks, because chown clears security.capability and
 tarfile chowns a hard-linked inode again when it extracts the link.
+``trusted.*`` and ``security.*`` attributes other than
+``security.capability`` are left out (xattr(7)): only CAP_SYS_ADMIN of
+the host's initial user namespace may set or read them, so no container
+can use them, the confined unpacker (privsep.unpack) may not set them,
+and overlayfs takes a layer's ``trusted.overlay.*`` for its own
+metadata (diskimage.py leaves those out of disk images too).
 """
 
 import bz2
@@ -112,7 +120,7 @@ _MAX_ID = 2 ** 32 - 2
 _MAX_MTIME = 2 ** 40
 
 
-def unpack_rootfs(archive_path, dest_dir, max_bytes):
+def unpack_rootfs(archive_path, dest_dir, max_bytes, max_id=None):
     """Unpack the root filesystem archive at archive_path into dest_dir.
 
     unpack_stream of the file.
@@ -120,10 +128,10 @@ def unpack_rootfs(archive_path, dest_dir, max_bytes):
     :raises OSError: archive_path cannot be opened.
     """
     with open(archive_path, 'rb') as archive:
-        return unpack_stream(archive, dest_dir, max_bytes)
+        return unpack_stream(archive, dest_dir, max_bytes, max_id=max_id)
 
 
-def unpack_stream(stream, dest_dir, max_bytes, head=b''):
+def unpack_stream(stream, dest_dir, max_bytes, head=b'', max_id=None):
     """Unpack a root filesystem archive, read once from stream, into dest_dir.
 
     :param stream: a binary file object at the archive's start; only its
@@ -136,6 +144,8 @@ def unpack_stream(stream, dest_dir, max_bytes, head=b''):
     :param max_bytes: the most bytes of regular file data to write.
     :param head: the archive's first bytes, already read from stream by
         the caller (to classify it); stream goes on from there.
+    :param max_id: the highest uid or gid a member may be owned by; None
+        for any the kernel takes.
     :returns: the bytes of regular file data written: the sum of the sizes
         of the regular files (a sparse file counts its full size, a hard
         link nothing).
@@ -158,7 +168,8 @@ def unpack_stream(stream, dest_dir, max_bytes, head=b''):
         raise _corrupt(e) from e
     compression = _detect(head)
     archive = _Rewound(head, stream)
-    member_filter = _MemberFilter(dest_dir, max_bytes)
+    member_filter = _MemberFilter(dest_dir, max_bytes,
+                                  _MAX_ID if max_id is None else max_id)
     try:
         source = _DECOMPRESSORS[compression](archive)
         # errorlevel=2 turns failures that tarfile would only note
@@ -372,6 +383,14 @@ def _free_bytes(path):
     return st.f_bavail * st.f_frsize
 
 
+def _kept_xattr(name):
+    """Whether the attribute name (bytes) is set (module docstring)."""
+    if name.startswith(b'trusted.'):
+        return False
+    return not name.startswith(b'security.') or \
+        name == b'security.capability'
+
+
 def _xattr_name(keyword):
     # GNU tar escapes '=' and '%' in attribute names inside pax keywords.
     name = re.sub('%(3D|25)', lambda m: '=' if m.group(1) == '3D' else '%',
@@ -382,9 +401,10 @@ def _xattr_name(keyword):
 class _MemberFilter(object):
     """The extraction filter: checks one member, tracks sizes and xattrs."""
 
-    def __init__(self, dest_dir, max_bytes):
+    def __init__(self, dest_dir, max_bytes, max_id=_MAX_ID):
         self._dest = dest_dir
         self._max_bytes = max_bytes
+        self._max_id = max_id
         self.total = 0
         self._xattrs = {}
         self._xattr_bytes = 0
@@ -465,12 +485,15 @@ class _MemberFilter(object):
             raise _refuse(member, 'unsupported member type %r'
                           % member.type.decode('ascii', 'backslashreplace'))
 
-    @staticmethod
-    def _check_metadata(member):
+    def _check_metadata(self, member):
         for field in ('uid', 'gid'):
             value = getattr(member, field)
             if not 0 <= value <= _MAX_ID:
                 raise _refuse(member, 'invalid %s %r' % (field, value))
+            if value > self._max_id:
+                raise _refuse(member, '%s %d is above %d, the highest an '
+                              'image\'s files may be owned by'
+                              % (field, value, self._max_id))
         mtime = member.mtime
         # Also false for NaN and infinities.
         if not abs(mtime) < _MAX_MTIME:
@@ -566,6 +589,7 @@ class _MemberFilter(object):
         xattrs = [(_xattr_name(k), v.encode('utf-8', 'surrogateescape'))
                   for k, v in member.pax_headers.items()
                   if k.startswith(_XATTR_PREFIX)]
+        xattrs = [(k, v) for k, v in xattrs if _kept_xattr(k)]
         if not xattrs:
             return
         self._xattr_bytes += sum(len(k) + len(v) + _XATTR_OVERHEAD

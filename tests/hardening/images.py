@@ -205,6 +205,12 @@ def corpus(work, canary, cache_dir, bomb_bytes):
         [tar_members.symlink('etc/hostname', secret)], 'harmless')
     add('setuid-file', [_reg('bin/suid', b'#!/bin/sh\n', mode=0o4755)],
         'harmless')
+    # The confined unpacker's user namespace maps ids 0..65535 only.
+    add('owner-beyond-unpack-range', [_reg('etc/high', uid=65536)],
+        'refused', 'uid 65536 is above 65535')
+    # Only the host's CAP_SYS_ADMIN sets them; left out (tarball.py).
+    add('trusted-xattr', [_reg('etc/trusted', pax_headers={
+        'SCHILY.xattr.trusted.overlay.redirect': '/etc'})], 'harmless')
     add('file-replaces-directory', [_reg('etc')], 'refused',
         'cannot replace')
     add('no-sbin-init', [_reg('etc/hostname', b'x\n')], 'refused',

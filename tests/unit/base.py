@@ -4,6 +4,7 @@ import contextlib
 import os
 import shutil
 import stat
+import threading
 from unittest import mock
 
 import fixtures
@@ -20,6 +21,8 @@ from novalxcdriver.privsep import ownership
 from novalxcdriver.privsep import replacement
 from novalxcdriver.privsep import rootdirs
 from novalxcdriver.privsep import snapshots
+from novalxcdriver.privsep import unpack
+from novalxcdriver import tarball
 
 
 class TestCase(base.BaseTestCase):
@@ -219,6 +222,69 @@ class RootDirsInProcess(_StorageAdminInProcess):
     def _patches(self):
         return [mock.patch.object(rootdirs.mount, 'mounts',
                                   side_effect=lambda: list(self.mounts()))]
+
+
+class ConfinedUnpackInProcess(fixtures.Fixture):
+    """privsep.unpack's entry points, as a thread of this process.
+
+    For tests of the image cache: start_unpack checks its arguments'
+    shapes as the daemon does (an image cache partial's empty rootfs, a
+    spool's unpack FIFO; not that the rootfs is root's, so that tests run
+    as any user), opens the FIFO for reading and unpacks it in a thread
+    with tarball.unpack_stream, owners at most ids.UNPACK_IDS - 1, as the
+    confined child does (no user namespace here); finish_unpack joins it
+    and returns or raises its outcome; cancel_unpack stops it.
+
+    :ivar start_unpack, finish_unpack, cancel_unpack: the mocks.
+    """
+
+    def _setUp(self):
+        self.running = {}
+        for name in ('start_unpack', 'finish_unpack', 'cancel_unpack'):
+            setattr(self, name, self.useFixture(fixtures.MockPatchObject(
+                unpack, name, side_effect=getattr(self, '_' + name))).mock)
+        self.addCleanup(self._stop_all)
+
+    def _start_unpack(self, rootfs, fifo, max_bytes):
+        root = os.path.dirname(os.path.dirname(os.path.dirname(rootfs)))
+        if not unpack.ROOTFS_RE.match(os.path.relpath(rootfs, root)) or \
+                os.listdir(rootfs):
+            raise AssertionError('not an empty partial rootfs: %s' % rootfs)
+        if not unpack.FIFO_RE.match(os.path.basename(fifo)) or \
+                os.path.basename(os.path.dirname(fifo)) != unpack.SPOOL:
+            raise AssertionError('not a spool\'s unpack FIFO: %s' % fifo)
+        if not stat.S_ISFIFO(os.lstat(fifo).st_mode):
+            raise AssertionError('%s is not a FIFO' % fifo)
+        source = os.fdopen(os.open(fifo, os.O_RDONLY | os.O_CLOEXEC), 'rb')
+        outcome = {}
+
+        def run():
+            try:
+                outcome['size'] = tarball.unpack_stream(
+                    source, rootfs, max_bytes, max_id=ids.UNPACK_IDS - 1)
+            except BaseException as e:
+                outcome['error'] = e
+            finally:
+                source.close()
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.running[rootfs] = (thread, outcome, source)
+
+    def _finish_unpack(self, rootfs, timeout):
+        thread, outcome, _source = self.running.pop(rootfs)
+        thread.join(timeout)
+        if 'error' in outcome:
+            raise outcome['error']
+        return outcome['size']
+
+    def _cancel_unpack(self, rootfs):
+        thread, _outcome, source = self.running.pop(rootfs)
+        source.close()
+        thread.join(10)
+
+    def _stop_all(self):
+        for rootfs in list(self.running):
+            self._cancel_unpack(rootfs)
 
 
 def container_dirs(lxc_mock):

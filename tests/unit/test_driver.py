@@ -58,6 +58,8 @@ class _Base(unit_base.TestCase):
 
     def setUp(self):
         super().setUp()
+        # The confined unpacker (privsep.unpack), as a thread here.
+        self.useFixture(unit_base.ConfinedUnpackInProcess())
         # syncfs(2) runs in the storage_admin daemon.
         self.sync_filesystem = self.useFixture(fixtures.MockPatch(
             'novalxcdriver.privsep.disks.sync_filesystem')).mock

@@ -62,9 +62,10 @@ class _Base(base.BaseTestCase):
                 self.write('subgid', subuid if subgid is None else subgid))
 
     def allocator(self, n_ids=256, artifact_ids=None, **kw):
+        # n_ids containers' ranges, then the unpacker's.
         subuid, subgid = self.ranges(
-            'root:100000:%d\n' % (n_ids * SIZE),
-            'root:300000:%d\n' % (n_ids * SIZE))
+            'root:100000:%d\n' % (n_ids * SIZE + ids.UNPACK_IDS),
+            'root:300000:%d\n' % (n_ids * SIZE + ids.UNPACK_IDS))
         return ids.IdAllocator(self.state, subuid_path=subuid,
                                subgid_path=subgid,
                                artifact_ids=artifact_ids, **kw)
@@ -136,19 +137,20 @@ class ReadSubordinateRangesTest(_Base):
         self.assertIn(missing, e.kwargs['reason'])
 
     def test_count_from_smaller_range(self):
+        # Less the unpacker's UNPACK_IDS at the top (unpack_idmap).
         for uid_count, gid_count in ((10 * SIZE, 4 * SIZE + 5),
                                      (4 * SIZE + 5, 10 * SIZE)):
             uid, gid = self.ranges('root:100000:%d\n' % uid_count,
                                    'root:100000:%d\n' % gid_count)
             alloc = ids.IdAllocator(self.state, subuid_path=uid,
                                     subgid_path=gid)
-            self.assertEqual(4, alloc.count)
+            self.assertEqual(3, alloc.count)
 
     def test_count_with_custom_size(self):
         uid, gid = self.ranges('root:100000:1000000000\n')
         alloc = ids.IdAllocator(self.state, range_size=10 ** 6,
                                 subuid_path=uid, subgid_path=gid)
-        self.assertEqual(1000, alloc.count)
+        self.assertEqual(999, alloc.count)
 
     def test_no_range_for_root_on_use(self):
         uid, gid = self.ranges('alice:100000:65536\n')
@@ -188,14 +190,15 @@ class IdmapTest(_Base):
         uid, gid = self.ranges('root:100000:1000000000\n',
                                'root:100000:999999999\n')
         alloc = ids.IdAllocator(self.state, subuid_path=uid, subgid_path=gid)
-        self.assertEqual(15258, alloc.count)
+        self.assertEqual(15257, alloc.count)
         self._check_disjoint_inside(alloc, (100000, 1000000000),
                                     (100000, 999999999))
 
     def test_no_overlap_every_pair(self):
         # Odd size and count so no power-of-two arithmetic hides a bug.
-        uid, gid = self.ranges('root:1000:%d\n' % (150 * 70001 + 3),
-                               'root:5:%d\n' % (150 * 70001 + 70000))
+        uid, gid = self.ranges(
+            'root:1000:%d\n' % (150 * 70001 + 3 + ids.UNPACK_IDS),
+            'root:5:%d\n' % (150 * 70001 + 70000 + ids.UNPACK_IDS))
         alloc = ids.IdAllocator(self.state, range_size=70001,
                                 subuid_path=uid, subgid_path=gid)
         self.assertEqual(150, alloc.count)
@@ -208,6 +211,27 @@ class IdmapTest(_Base):
                     self.assertGreaterEqual(hi, lo + 70001)
         self._check_disjoint_inside(alloc, (1000, 150 * 70001 + 3),
                                     (5, 150 * 70001 + 70000))
+        unpack = ids.unpack_idmap(ids.read_subordinate_ranges(uid, gid))
+        self.assertGreaterEqual(unpack.uid_start, maps[-1].uid_start + 70001)
+        self.assertGreaterEqual(unpack.gid_start, maps[-1].gid_start + 70001)
+
+    def test_unpack_range_is_the_top_of_root_s_and_no_container_s(self):
+        uid, gid = self.ranges('root:100000:1000000000\n',
+                               'root:200000:999999999\n')
+        ranges = ids.read_subordinate_ranges(uid, gid)
+        unpack = ids.unpack_idmap(ranges)
+        self.assertEqual(ids.Idmap(100000 + 1000000000 - 65536,
+                                   200000 + 999999999 - 65536, 65536),
+                         unpack)
+        alloc = ids.IdAllocator(self.state, subuid_path=uid, subgid_path=gid)
+        last = alloc.idmap(alloc.count - 1)
+        self.assertLessEqual(last.uid_start + last.size, unpack.uid_start)
+        self.assertLessEqual(last.gid_start + last.size, unpack.gid_start)
+
+    def test_unpack_range_needs_its_ids(self):
+        uid, gid = self.ranges('root:100000:65535\n')
+        self.assertRaises(exception.IdmapUnavailable, ids.unpack_idmap,
+                          ids.read_subordinate_ranges(uid, gid))
 
     def test_out_of_range_raises(self):
         alloc = self.allocator(n_ids=4)
@@ -569,7 +593,8 @@ class MachineWideTest(_Base):
     """Two drivers of one machine: one reservation directory, two owners."""
 
     def two(self, n_ids=4):
-        subuid, subgid = self.ranges('root:100000:%d\n' % (n_ids * SIZE))
+        subuid, subgid = self.ranges('root:100000:%d\n' % (
+            n_ids * SIZE + ids.UNPACK_IDS))
         shared = os.path.join(self.tmp, 'machine', 'ids')
         return [ids.IdAllocator(os.path.join(self.tmp, name),
                                 subuid_path=subuid, subgid_path=subgid,

@@ -20,6 +20,7 @@ from novalxcdriver import diskimage
 from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import images
+from tests.unit import base as unit_base
 
 REAL_UNPACK = diskimage.unpack
 IMAGE_ID = '3e1c7a52-52a4-4bd0-8d3c-6f9f5d2b8a11'
@@ -193,6 +194,8 @@ class _CacheTest(base.BaseTestCase):
 
     def setUp(self):
         super().setUp()
+        # The confined unpacker (privsep.unpack), as a thread here.
+        self.unpacker = self.useFixture(unit_base.ConfinedUnpackInProcess())
         # syncfs(2) runs in the storage_admin daemon.
         self.sync_filesystem = self.useFixture(fixtures.MockPatch(
             'novalxcdriver.privsep.disks.sync_filesystem')).mock
@@ -523,6 +526,8 @@ class DamagedEntryTest(base.BaseTestCase):
 
     def setUp(self):
         super().setUp()
+        # The confined unpacker (privsep.unpack), as a thread here.
+        self.unpacker = self.useFixture(unit_base.ConfinedUnpackInProcess())
         # syncfs(2) runs in the storage_admin daemon.
         self.sync_filesystem = self.useFixture(fixtures.MockPatch(
             'novalxcdriver.privsep.disks.sync_filesystem')).mock
@@ -656,6 +661,8 @@ class PublishTest(base.BaseTestCase):
 
     def setUp(self):
         super().setUp()
+        # The confined unpacker (privsep.unpack), as a thread here.
+        self.unpacker = self.useFixture(unit_base.ConfinedUnpackInProcess())
         self.state = self.useFixture(fixtures.TempDir()).path
         self.cache = images.ImageCache(self.state, 64 * 1024 * 1024)
         self.entry = os.path.join(self.cache.path, IMAGE_ID)
@@ -726,6 +733,8 @@ class PruneTest(base.BaseTestCase):
 
     def setUp(self):
         super().setUp()
+        # The confined unpacker (privsep.unpack), as a thread here.
+        self.unpacker = self.useFixture(unit_base.ConfinedUnpackInProcess())
         # syncfs(2) runs in the storage_admin daemon.
         self.sync_filesystem = self.useFixture(fixtures.MockPatch(
             'novalxcdriver.privsep.disks.sync_filesystem')).mock

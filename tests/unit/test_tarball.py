@@ -246,6 +246,37 @@ class TestUnpackRootfs(base.BaseTestCase):
         self.assertEqual(cap, os.getxattr(self.in_dest('usr/bin/ping2'),
                                           'security.capability'))
 
+    def test_trusted_and_security_xattrs_left_out(self):
+        # Only the host's CAP_SYS_ADMIN may set them, no container can
+        # use them, and overlayfs reads trusted.overlay.* of a layer as
+        # its own; security.capability is kept (above).
+        self.require_user_xattrs()
+        info, data = reg('f', b'x')
+        info.pax_headers = dict(xattr('trusted.overlay.opaque', b'y'),
+                                **xattr('security.selinux', b'system_u'))
+        info.pax_headers.update(xattr('trusted.x', b'1'))
+        info.pax_headers.update(xattr('user.kept', b'1'))
+        self.unpack(self.write_archive([(info, data)]))
+        self.assertEqual(['user.kept'], os.listxattr(self.in_dest('f')))
+
+    def test_owners_above_max_id_refused(self):
+        for field in ('uid', 'gid'):
+            info, data = reg('f-%s' % field, b'x', **{field: 65536})
+            path = self.write_archive([(info, data)], name=field)
+            e = self.assertRaises(exception.UnsafeArchiveMember,
+                                  tarball.unpack_rootfs, path, self.dest,
+                                  BIG, max_id=65535)
+            self.assertIn('%s 65536 is above 65535' % field, str(e))
+            self.assertFalse(os.path.lexists(self.in_dest('f-' + field)))
+        # At the limit, and without one, both pass.
+        info, data = reg('top', b'x', uid=65535, gid=65535)
+        tarball.unpack_rootfs(self.write_archive([(info, data)], name='top'),
+                              self.dest, BIG, max_id=65535)
+        info, data = reg('high', b'x', uid=70000, gid=70000)
+        tarball.unpack_rootfs(self.write_archive([(info, data)],
+                                                 name='high'),
+                              self.dest, BIG)
+
     def test_replacing_member_keeps_last_version(self):
         members = [reg('f', b'old'), reg('f', b'new!'), symlink('l', 'f'),
                    symlink('l', '/f'), reg('x', b'1'), symlink('x', 'f')]

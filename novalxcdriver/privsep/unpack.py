@@ -1,0 +1,338 @@
+"""An image's tarball unpacked by a confined child (``storage_admin``).
+
+A Glance image is hostile input: tarfile, tarball.py's filter and the C
+decompressors (zlib, lzma, bz2, zstd) all parse it. None of them runs as
+host root. The daemon starts unpackchild.py, which loads its code as root
+and then enters a user namespace of its own mapping ids 0..65535 onto
+:func:`novalxcdriver.ids.unpack_idmap` (the top of root's subordinate
+ranges, which IdAllocator never gives a container). It unpacks into an
+idmapped bind of the new rootfs (mount_setattr(2) MOUNT_ATTR_IDMAP with
+the same range): a file it makes as namespace uid n (host R+n) lands on
+disk owned by n, as root's unpack made it, setuid bits and file
+capabilities included, so the image cache's layout does not change. A bug
+in the unpacker can write only as host uids R.., which own nothing: not
+the host's files, not a container's, only the rootfs it was given (the
+view's) and what "others" may write. Owners above 65535 cannot be mapped
+and are refused (tarball.py rule 8).
+
+The flow, for one rootfs (``<driver root>/images/.partial-<image id>-
+<pid>-<x>/rootfs``, made by nova-compute's image cache, empty):
+
+1. nova-compute makes a FIFO in its spool (``<driver root>/spool/
+   unpack-<pid>-<hex>.fifo``) and opens it for writing (a reader of its
+   own first, then closed, so that the open does not block);
+2. start: the daemon opens the FIFO for reading (a FIFO, never through a
+   link), mounts the view on ``<partial>/view``, starts the child with
+   the FIFO as its stdin, maps its namespace and lets it go;
+3. nova-compute writes the tarball and closes the FIFO;
+4. finish: the daemon waits for the child, unmounts and removes the view
+   and returns the bytes unpacked, or raises what the child reported.
+
+cancel kills the child and removes the view (a download that failed).
+The daemon keeps one record per running unpack; a crash of nova-compute
+leaves the child reading a FIFO without a writer (EOF: it fails), and
+the partial (with its view's mount, if the daemon died too) is removed by
+the image cache's remove_partials, which unmounts first.
+"""
+
+import json
+import os
+import re
+import select
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+
+from oslo_log import log as logging
+
+from novalxcdriver import conf
+from novalxcdriver import exception
+from novalxcdriver import ids
+from novalxcdriver import privsep
+from novalxcdriver.privsep import storage
+
+CONF = conf.CONF
+LOG = logging.getLogger(__name__)
+
+CHILD_MODULE = 'novalxcdriver.privsep.unpackchild'
+PACKAGE = os.path.dirname(os.path.abspath(privsep.__file__))
+VIEW = 'view'
+SPOOL = 'spool'
+FIFO_RE = re.compile(r'^unpack-[0-9]+-[0-9a-f]{1,64}\.fifo\Z')
+# images/.partial-<image uuid>-<pid>-<mkdtemp's suffix>/rootfs
+ROOTFS_RE = re.compile(
+    r'^images/\.partial-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-'
+    r'[0-9a-f]{12}-[0-9]+-[A-Za-z0-9_]{1,64}/rootfs\Z')
+# Its last words: one JSON object; more is not read.
+_MAX_RESULT = 64 * 1024
+_STDERR_TAIL = 2000
+
+_running = {}
+_running_lock = threading.Lock()
+
+
+class _Unpack:
+    def __init__(self, proc, view, out, err):
+        self.proc = proc
+        self.view = view
+        # Files, not pipes: nobody reads the child's output until it is
+        # done, and a full pipe would stop it (and the download with it).
+        self.out = out
+        self.err = err
+
+    def output(self):
+        for f in (self.out, self.err):
+            f.seek(0)
+        out = self.out.read(_MAX_RESULT)
+        self.err.seek(0, os.SEEK_END)
+        self.err.seek(max(0, self.err.tell() - _STDERR_TAIL))
+        err = self.err.read()
+        self.out.close()
+        self.err.close()
+        return out, err
+
+
+def check_rootfs(call, rootfs):
+    """Refuse rootfs unless it is an image cache partial's, root's.
+
+    :returns: its view's path (``<partial>/view``).
+    """
+    storage.check_path(call, rootfs)
+    for root in privsep.driver_roots():
+        if rootfs.startswith(root.rstrip('/') + '/') and \
+                ROOTFS_RE.match(os.path.relpath(rootfs, root)):
+            break
+    else:
+        privsep.refuse(call, '%s is not the rootfs of an image cache '
+                       'partial (<driver root>/images/.partial-<image id>-'
+                       '<pid>-<x>/rootfs)' % rootfs)
+    try:
+        st = os.lstat(rootfs)
+    except FileNotFoundError:
+        privsep.refuse(call, '%s does not exist' % rootfs)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+        privsep.refuse(call, '%s is not a directory of root\'s' % rootfs)
+    return os.path.join(os.path.dirname(rootfs), VIEW)
+
+
+def _open_fifo(call, fifo):
+    """fifo's read end, blocking once open; never through a link."""
+    storage.check_path(call, fifo)
+    spool = os.path.dirname(fifo)
+    if not FIFO_RE.match(os.path.basename(fifo)) or \
+            os.path.basename(spool) != SPOOL or \
+            os.path.dirname(spool) not in privsep.driver_roots():
+        privsep.refuse(call, '%s is not an unpack FIFO of a driver root\'s '
+                       'spool (<driver root>/%s/unpack-<pid>-<hex>.fifo)'
+                       % (fifo, SPOOL))
+    try:
+        before = os.lstat(fifo)
+    except FileNotFoundError:
+        privsep.refuse(call, '%s does not exist' % fifo)
+    if not stat.S_ISFIFO(before.st_mode):
+        privsep.refuse(call, '%s is not a FIFO' % fifo)
+    try:
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW |
+                     os.O_CLOEXEC)
+    except OSError as e:
+        privsep.refuse(call, 'cannot open %s for reading: %s'
+                       % (fifo, e.strerror))
+    after = os.fstat(fd)
+    if not stat.S_ISFIFO(after.st_mode) or \
+            not os.path.samestat(before, after):
+        os.close(fd)
+        privsep.refuse(call, '%s was replaced while it was opened' % fifo)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _child_argv(max_bytes, ready_fd, go_fd):
+    return [sys.executable, '-m', CHILD_MODULE,
+            '--max-bytes', str(max_bytes),
+            '--max-id', str(ids.UNPACK_IDS - 1),
+            '--ready-fd', str(ready_fd), '--go-fd', str(go_fd)]
+
+
+def _child_env():
+    # The same code as this daemon's, wherever it was imported from.
+    return {'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LANG': 'C',
+            'PYTHONPATH': os.path.dirname(os.path.dirname(PACKAGE))}
+
+
+def _wait_readable(fd, timeout, what):
+    ready, _w, _x = select.select([fd], [], [], timeout)
+    if not ready:
+        raise exception.CommandTimedOut(cmd=what, timeout=timeout)
+
+
+def _kill(proc):
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def _remove_view(view):
+    storage._unmount(view)
+    try:
+        os.rmdir(view)
+    except FileNotFoundError:
+        pass
+
+
+@privsep.storage_admin.entrypoint
+def start_unpack(rootfs, fifo, max_bytes):
+    """Start the confined child unpacking fifo's tarball into rootfs.
+
+    Returns once the child runs in its namespace, reading fifo.
+
+    :param rootfs: an image cache partial's empty rootfs (check_rootfs).
+    :param fifo: ``<driver root>/spool/unpack-<pid>-<hex>.fifo``, open for
+        writing by the caller.
+    :param max_bytes: the most bytes of file data to unpack (> 0).
+    :raises PrivilegedCallRefused: the checks, a rootfs not empty or
+        already being unpacked.
+    :raises IdmapUnavailable: root's subordinate ranges lack the unpack
+        range.
+    :raises CommandFailed, CommandTimedOut: the child did not start.
+    :raises MountFailed: the view could not be mounted.
+    """
+    call = 'start_unpack'
+    view = check_rootfs(call, rootfs)
+    if type(max_bytes) is not int or max_bytes <= 0:
+        privsep.refuse(call, 'max_bytes %r is not a positive int'
+                       % (max_bytes,))
+    with _running_lock:
+        if rootfs in _running:
+            privsep.refuse(call, '%s is being unpacked already' % rootfs)
+        if os.listdir(rootfs):
+            privsep.refuse(call, '%s is not empty' % rootfs)
+        idmap = ids.unpack_idmap()
+        try:
+            os.mkdir(view, 0o700)
+        except FileExistsError:
+            privsep.refuse(call, '%s exists already' % view)
+        proc = stdin = None
+        fds = []
+        out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        try:
+            stdin = _open_fifo(call, fifo)
+            with storage.user_namespace(idmap) as userns_fd:
+                storage._idmapped(rootfs, view, userns_fd, 0)
+            ready_r, ready_w = os.pipe()
+            go_r, go_w = os.pipe()
+            fds = [ready_r, ready_w, go_r, go_w]
+            # umask 022: the daemon's is 0, and tarfile makes missing
+            # parents with the default mode.
+            proc = subprocess.Popen(
+                _child_argv(max_bytes, ready_w, go_r), stdin=stdin,
+                stdout=out, stderr=err, cwd=view,
+                pass_fds=(ready_w, go_r), close_fds=True, umask=0o022,
+                env=_child_env())
+            os.close(ready_w)
+            os.close(go_r)
+            fds = [ready_r, go_w]
+            _wait_readable(ready_r, CONF.lxc.command_timeout,
+                           'unpacker unshare')
+            if os.read(ready_r, 1) != b'r':
+                status = proc.wait()
+                raise exception.CommandFailed(
+                    cmd=CHILD_MODULE, exit_code=status,
+                    stderr=_Unpack(proc, view, out, err).output()[1].decode(
+                        errors='replace'))
+            storage._map_writer([(0, idmap.uid_start, idmap.size)],
+                                [(0, idmap.gid_start, idmap.size)])(proc.pid)
+            os.write(go_w, b'g')
+        except BaseException:
+            if proc is not None:
+                _kill(proc)
+            _remove_view(view)
+            out.close()
+            err.close()
+            raise
+        finally:
+            if stdin is not None:
+                os.close(stdin)
+            for fd in fds:
+                os.close(fd)
+        _running[rootfs] = _Unpack(proc, view, out, err)
+
+
+def _held(call, rootfs):
+    check_rootfs(call, rootfs)
+    with _running_lock:
+        held = _running.pop(rootfs, None)
+    if held is None:
+        privsep.refuse(call, '%s is not being unpacked (start_unpack)'
+                       % rootfs)
+    return held
+
+
+@privsep.storage_admin.entrypoint
+def finish_unpack(rootfs, timeout):
+    """Wait for rootfs's unpacker; the bytes of file data it unpacked.
+
+    The view is unmounted and removed whatever the outcome.
+
+    :param timeout: seconds to wait after the caller closed the FIFO.
+    :raises PrivilegedCallRefused: no unpack of rootfs is running.
+    :raises UnsafeArchiveMember, ArchiveError: the tarball was refused (as
+        tarball.unpack_stream raises them).
+    :raises OSError: writing the rootfs failed (e.g. ENOSPC).
+    """
+    held = _held('finish_unpack', rootfs)
+    proc = held.proc
+    try:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            held.output()
+            raise exception.ArchiveError(
+                reason='the unpacker did not finish within %s s of the '
+                       'end of the download' % timeout)
+    finally:
+        _remove_view(held.view)
+    out, err = held.output()
+    return _result(proc.returncode, out, err)
+
+
+def _result(returncode, out, err):
+    """The child's outcome: bytes unpacked, or the exception it reported."""
+    tail = err[-_STDERR_TAIL:].decode(errors='replace').strip()
+    try:
+        result = json.loads(out[:_MAX_RESULT].decode().splitlines()[-1])
+    except (ValueError, IndexError, UnicodeDecodeError):
+        result = None
+    if returncode == 0 and isinstance(result, dict) and \
+            type(result.get('size')) is int:
+        return result['size']
+    if isinstance(result, dict):
+        kind = result.get('error')
+        if kind == 'UnsafeArchiveMember':
+            raise exception.UnsafeArchiveMember(
+                member=str(result.get('member')),
+                reason=str(result.get('reason')))
+        if kind == 'ArchiveError':
+            raise exception.ArchiveError(reason=str(result.get('reason')))
+        if kind == 'OSError' and type(result.get('errno')) is int:
+            raise OSError(result['errno'], str(result.get('strerror')))
+    how = ('killed by signal %d' % -returncode if returncode < 0
+           else 'exit status %d' % returncode)
+    raise exception.ArchiveError(reason='the unpacker failed (%s): %s'
+                                 % (how, tail or 'no message'))
+
+
+@privsep.storage_admin.entrypoint
+def cancel_unpack(rootfs):
+    """Kill rootfs's unpacker and remove its view (a failed download).
+
+    :raises PrivilegedCallRefused: no unpack of rootfs is running.
+    """
+    held = _held('cancel_unpack', rootfs)
+    try:
+        _kill(held.proc)
+        held.output()
+    finally:
+        _remove_view(held.view)

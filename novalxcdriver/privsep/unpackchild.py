@@ -1,0 +1,116 @@
+"""The confined unpacker: a child of the storage_admin daemon (unpack.py).
+
+``python -m novalxcdriver.privsep.unpackchild --max-bytes N --max-id M
+--ready-fd R --go-fd G``, started as root with the tarball on stdin (a
+FIFO) and its working directory on an idmapped view of the image's new
+rootfs. It loads everything it will run while it can still read root's
+files (the interpreter, tarball.py and the decompressors may live in
+directories only root may enter), then leaves root for good:
+
+1. unshare(2) CLONE_NEWUSER: a user namespace of its own;
+2. one byte on the ready fd; the daemon writes the namespace's uid_map
+   and gid_map (0..size-1 onto ids.unpack_idmap()) and answers on the go
+   fd;
+3. no supplementary group, then gid and uid 0 of the namespace (host ids
+   of the unpack range, which no container and no host user has), no new
+   privileges (prctl(2) PR_SET_NO_NEW_PRIVS), killed with the daemon
+   (PR_SET_PDEATHSIG);
+4. tarball.unpack_stream of stdin into '.', owners at most --max-id.
+
+It prints one JSON object on stdout: ``{"size": N}``, or ``{"error":
+"UnsafeArchiveMember", "member": ..., "reason": ...}``, ``{"error":
+"ArchiveError", "reason": ...}``, ``{"error": "OSError", "errno": ...,
+"strerror": ...}``, and exits 0 only on success. Only this module runs
+here; it is never imported by nova-compute or the daemon.
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import sys
+import threading
+
+# Loaded as root: nothing is imported once the namespace is entered.
+import bz2  # noqa: F401  (tarball.py's decompressors, loaded now)
+import gzip  # noqa: F401
+import lzma  # noqa: F401
+
+import zstandard  # noqa: F401
+
+from novalxcdriver import exception
+from novalxcdriver import tarball
+
+CLONE_NEWUSER = 0x10000000    # sched.h
+PR_SET_PDEATHSIG = 1          # prctl.h
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result, what):
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, '%s: %s' % (what, os.strerror(err)))
+
+
+def confine(libc, ready_fd, go_fd):
+    """Steps 1 to 3 of the module docstring.
+
+    :raises OSError: a step failed (the unpack does not start).
+    """
+    _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0),
+           'prctl(PR_SET_PDEATHSIG)')
+    if threading.active_count() != 1:
+        # unshare(2): EINVAL in a threaded process.
+        raise OSError(0, 'threads were started before the unshare')
+    _check(libc.unshare(CLONE_NEWUSER), 'unshare(CLONE_NEWUSER)')
+    os.write(ready_fd, b'r')
+    if os.read(go_fd, 1) != b'g':
+        raise OSError(0, 'the daemon did not map the user namespace')
+    os.close(ready_fd)
+    os.close(go_fd)
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+           'prctl(PR_SET_NO_NEW_PRIVS)')
+
+
+def run(argv=None):
+    """Confine, unpack; returns (exit status, JSON-able result)."""
+    parser = argparse.ArgumentParser(prog='unpackchild')
+    parser.add_argument('--max-bytes', type=int, required=True)
+    parser.add_argument('--max-id', type=int, required=True)
+    parser.add_argument('--ready-fd', type=int, required=True)
+    parser.add_argument('--go-fd', type=int, required=True)
+    args = parser.parse_args(argv)
+    try:
+        confine(_libc(), args.ready_fd, args.go_fd)
+        size = tarball.unpack_stream(sys.stdin.buffer, '.', args.max_bytes,
+                                     max_id=args.max_id)
+    except exception.UnsafeArchiveMember as e:
+        return 1, {'error': 'UnsafeArchiveMember',
+                   'member': str(e.kwargs.get('member')),
+                   'reason': str(e.kwargs.get('reason'))}
+    except exception.ArchiveError as e:
+        return 1, {'error': 'ArchiveError',
+                   'reason': str(e.kwargs.get('reason'))}
+    except OSError as e:
+        return 1, {'error': 'OSError', 'errno': e.errno or 0,
+                   'strerror': e.strerror or str(e)}
+    return 0, {'size': size}
+
+
+def main():
+    status, result = run()
+    sys.stdout.write(json.dumps(result) + '\n')
+    sys.stdout.flush()
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())
