@@ -68,12 +68,21 @@ def unmount_all(path):
     driver's storage daemon mounts only below its own driver roots, and
     these are the workers'.
     """
-    for point in sorted(mounts_under(path), key=len, reverse=True):
-        subprocess.run(['umount', point], stderr=subprocess.DEVNULL)
+    # Passes until nothing changes: mounts stacked on one point (a root
+    # disk and its idmapped view) go one per umount.
+    left = None
+    while True:
+        points = mounts_under(path)
+        if not points or points == left:
+            return
+        left = points
+        for point in sorted(points, key=len, reverse=True):
+            subprocess.run(['umount', point], stderr=subprocess.DEVNULL)
 
 
 def mounts_under(path):
-    return sorted(p for p in mount.mountpoints()
+    """Mount points at or below path, once per mount stacked there."""
+    return sorted(p for p in mount.mounts()
                   if p == path or p.startswith(path + '/'))
 
 

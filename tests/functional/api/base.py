@@ -8,7 +8,6 @@ on the real host: real containers, as root.
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -21,6 +20,7 @@ from novalxcdriver import mount
 from novalxcdriver import privsep
 from tests.functional import base
 from tests.functional import rootfs_images
+from tests import host_cleanup
 
 CONF = conf.CONF
 # Per test process: concurrent workers each run their own nova-compute.
@@ -48,7 +48,9 @@ class LXCAPITestCase(integrated_helpers._IntegratedTestBase):
             context.set_client_mode(False)
             self.addCleanup(context.set_client_mode, True)
         # Registered first, so it runs last: after nova-compute stopped.
-        self.addCleanup(shutil.rmtree, self._api_root(), ignore_errors=True)
+        # Containers stopped and mounts undone first: never a delete
+        # through the mounts a failed test left (a plain rmtree did).
+        self.addCleanup(host_cleanup.force_clean, self._api_root())
         super().setUp()
 
     def _setup_services(self):
