@@ -203,67 +203,87 @@ def start_unpack(rootfs, fifo, max_bytes):
     if type(max_bytes) is not int or max_bytes <= 0:
         privsep.refuse(call, 'max_bytes %r is not a positive int'
                        % (max_bytes,))
+    # Claimed under the lock, started outside it: a slow start (the
+    # child's imports) holds no other unpack up.
     with _running_lock:
         if rootfs in _running:
             privsep.refuse(call, '%s is being unpacked already' % rootfs)
         if os.listdir(rootfs):
             privsep.refuse(call, '%s is not empty' % rootfs)
-        idmap = ids.unpack_idmap()
-        try:
-            os.mkdir(view, 0o700)
-        except FileExistsError:
-            privsep.refuse(call, '%s exists already' % view)
-        proc = stdin = None
-        fds = []
-        out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-        try:
-            stdin = _open_fifo(call, fifo)
-            with storage.user_namespace(idmap) as userns_fd:
-                storage._idmapped(rootfs, view, userns_fd, 0)
-            ready_r, ready_w = os.pipe()
-            go_r, go_w = os.pipe()
-            fds = [ready_r, ready_w, go_r, go_w]
-            # umask 022: the daemon's is 0, and tarfile makes missing
-            # parents with the default mode.
-            proc = subprocess.Popen(
-                _child_argv(max_bytes, ready_w, go_r), stdin=stdin,
-                stdout=out, stderr=err, cwd=view,
-                pass_fds=(ready_w, go_r), close_fds=True, umask=0o022,
-                env=_child_env())
-            os.close(ready_w)
-            os.close(go_r)
-            fds = [ready_r, go_w]
-            _wait_readable(ready_r, CONF.lxc.command_timeout,
-                           'unpacker unshare')
-            if os.read(ready_r, 1) != b'r':
-                status = proc.wait()
-                raise exception.CommandFailed(
-                    cmd=CHILD_MODULE, exit_code=status,
-                    stderr=_Unpack(proc, view, out, err).output()[1].decode(
-                        errors='replace'))
-            storage._map_writer([(0, idmap.uid_start, idmap.size)],
-                                [(0, idmap.gid_start, idmap.size)])(proc.pid)
-            os.write(go_w, b'g')
-        except BaseException:
-            if proc is not None:
-                _kill(proc)
-            _remove_view(view)
-            out.close()
-            err.close()
-            raise
-        finally:
-            if stdin is not None:
-                os.close(stdin)
-            for fd in fds:
-                os.close(fd)
-        _running[rootfs] = _Unpack(proc, view, out, err)
+        _running[rootfs] = None
+    try:
+        held = _start(call, rootfs, view, fifo, max_bytes)
+    except BaseException:
+        with _running_lock:
+            del _running[rootfs]
+        raise
+    with _running_lock:
+        _running[rootfs] = held
+
+
+def _start(call, rootfs, view, fifo, max_bytes):
+    """start_unpack's work once rootfs is claimed; the _Unpack."""
+    idmap = ids.unpack_idmap()
+    try:
+        os.mkdir(view, 0o700)
+    except FileExistsError:
+        privsep.refuse(call, '%s exists already' % view)
+    proc = stdin = out = err = None
+    fds = []
+    try:
+        out = tempfile.TemporaryFile()
+        err = tempfile.TemporaryFile()
+        stdin = _open_fifo(call, fifo)
+        with storage.user_namespace(idmap) as userns_fd:
+            storage._idmapped(rootfs, view, userns_fd, 0)
+        ready_r, ready_w = os.pipe()
+        go_r, go_w = os.pipe()
+        fds = [ready_r, ready_w, go_r, go_w]
+        # umask 022: the daemon's is 0, and tarfile makes missing
+        # parents with the default mode.
+        proc = subprocess.Popen(
+            _child_argv(max_bytes, ready_w, go_r), stdin=stdin,
+            stdout=out, stderr=err, cwd=view,
+            pass_fds=(ready_w, go_r), close_fds=True, umask=0o022,
+            env=_child_env())
+        os.close(ready_w)
+        os.close(go_r)
+        fds = [ready_r, go_w]
+        _wait_readable(ready_r, CONF.lxc.command_timeout,
+                       'unpacker unshare')
+        if os.read(ready_r, 1) != b'r':
+            status = proc.wait()
+            raise exception.CommandFailed(
+                cmd=CHILD_MODULE, exit_code=status,
+                stderr=_Unpack(proc, view, out, err).output()[1].decode(
+                    errors='replace'))
+        storage._map_writer([(0, idmap.uid_start, idmap.size)],
+                            [(0, idmap.gid_start, idmap.size)])(proc.pid)
+        os.write(go_w, b'g')
+    except BaseException:
+        if proc is not None:
+            _kill(proc)
+        _remove_view(view)
+        for f in (out, err):
+            if f is not None:
+                f.close()
+        raise
+    finally:
+        if stdin is not None:
+            os.close(stdin)
+        for fd in fds:
+            os.close(fd)
+    return _Unpack(proc, view, out, err)
 
 
 def _held(call, rootfs):
     check_rootfs(call, rootfs)
     with _running_lock:
-        held = _running.pop(rootfs, None)
+        held = _running.get(rootfs)
+        if held is not None:
+            del _running[rootfs]
     if held is None:
+        # None: not started, or its start still running.
         privsep.refuse(call, '%s is not being unpacked (start_unpack)'
                        % rootfs)
     return held

@@ -37,7 +37,13 @@ from tests.hardening import summary
 # directory, 'config' for its config file, 'record' for its record.
 SPAWN_POINTS = (
     ('download.chunks', 'novalxcdriver.download:chunks', 'after', None),
-    ('tarball.unpack_stream', 'novalxcdriver.tarball:unpack_stream',
+    # The tarball is unpacked by the storage_admin daemon's confined
+    # child: the crash is nova-compute's (its daemons die with it, the
+    # child with them, the child's view stays mounted), with the child
+    # reading and once it is done.
+    ('unpack.start_unpack', 'novalxcdriver.privsep.unpack:start_unpack',
+     'after', None),
+    ('unpack.finish_unpack', 'novalxcdriver.privsep.unpack:finish_unpack',
      'after', None),
     ('ImageCache.get', 'novalxcdriver.images:ImageCache.get', 'after',
      None),

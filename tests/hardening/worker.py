@@ -55,7 +55,7 @@ from novalxcdriver import download  # noqa: E402
 from novalxcdriver import driver as driver_mod  # noqa: E402
 from novalxcdriver import exception  # noqa: E402
 from novalxcdriver import lxc  # noqa: E402
-from novalxcdriver import tarball  # noqa: E402
+from novalxcdriver.privsep import unpack  # noqa: E402
 from tests import fake_glance  # noqa: E402
 
 CONF = conf.CONF
@@ -102,14 +102,16 @@ class Worker:
         # modules' attributes at fetch time, so arm() can wrap these too.
         nova.virt.images.fetch = self._fetch
         download.chunks = self._chunks
-        real_unpack = tarball.unpack_stream
+        # Tarballs are unpacked by the storage_admin daemon's child:
+        # counted where nova-compute starts one.
+        real_unpack = unpack.start_unpack
 
         def counted_unpack(*args, **kwargs):
             with self.counts_lock:
                 self.counts['unpack'] += 1
             return real_unpack(*args, **kwargs)
 
-        tarball.unpack_stream = counted_unpack
+        unpack.start_unpack = counted_unpack
         # Nova's InstanceMetadata reads the database, which workers have
         # not: a config drive gets its meta_data.json alone.
         configdrive.instance_metadata.InstanceMetadata = _Metadata

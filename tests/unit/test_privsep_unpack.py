@@ -1,0 +1,1198 @@
+"""privsep.unpack: the confined unpacker's entry points, host side mocked.
+
+The entry points run here in-process (client mode off, storage_admin_here)
+on a temporary tree; the host's side is mocked: the idmapped view
+(storage._idmapped, user_namespace, _unmount), the namespace's maps
+(storage._map_writer), root's unpack range (ids.unpack_idmap) and the
+child (subprocess.Popen, a FakeChild playing its half of the ready/go
+handshake). What is asserted is what each refuses before touching
+anything, what a start sets up and what every outcome leaves: no view, no
+fd, no record.
+
+RealUnpackTest (root only) runs the real child into a real idmapped view
+under /var/tmp.
+"""
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import io
+import json
+import os
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+
+from unittest import mock
+
+import fixtures
+
+import novalxcdriver
+from novalxcdriver import conf
+from novalxcdriver import exception
+from novalxcdriver import ids
+from novalxcdriver import privsep
+from novalxcdriver.privsep import unpack
+from novalxcdriver import tarball
+from tests.unit import base
+
+CONF = conf.CONF
+IMAGE = '0b5e8d6c-3f1a-4c2e-9d7b-1a2b3c4d5e6f'
+# Distinct uid and gid starts: a swapped map shows.
+IDMAP = ids.Idmap(uid_start=1000034464, gid_start=2000034464, size=65536)
+USERNS_FD = 987
+PARTIAL = '.partial-%s-1234-ab_C9' % IMAGE
+FIFO = 'unpack-1234-00ff.fifo'
+
+
+class FakeChild:
+    """subprocess.Popen's stand-in, playing the child's half of the start.
+
+    :param ready: what it writes on the ready fd (None: nothing, as a
+        child that died first).
+    :param returncode: its exit status once it ends.
+    :param stdout, stderr: what it wrote there.
+    :param finishes: whether wait(timeout) sees it end.
+    """
+
+    pid = 4242
+
+    def __init__(self, ready=b'r', returncode=0, stdout=b'', stderr=b'',
+                 finishes=True, on_start=None):
+        self.ready = ready
+        self.exit_status = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.finishes = finishes
+        self.on_start = on_start
+        self.argv = self.kwargs = None
+        self.returncode = None
+        self.killed = False
+        self.waits = []
+        self.go = None
+        self.stdin_stat = None
+        self.stdin_blocking = None
+        self.pass_fd_modes = None
+
+    def popen(self, argv, **kwargs):
+        self.argv, self.kwargs = argv, kwargs
+        if self.on_start:
+            self.on_start(self)
+        ready_w, go_r = kwargs['pass_fds']
+        self.pass_fd_modes = [fcntl_mode(ready_w), fcntl_mode(go_r)]
+        self.stdin_stat = os.fstat(kwargs['stdin'])
+        self.stdin_blocking = os.get_blocking(kwargs['stdin'])
+        # The go pipe's read end, as the child holds it.
+        self.go = os.dup(go_r)
+        if self.ready:
+            os.write(ready_w, self.ready)
+        os.write(kwargs['stdout'].fileno(), self.stdout)
+        os.write(kwargs['stderr'].fileno(), self.stderr)
+        return self
+
+    def go_bytes(self):
+        """What the daemon sent on the go pipe: b'' when it closed it."""
+        if not select.select([self.go], [], [], 0)[0]:
+            return None
+        return os.read(self.go, 16)
+
+    def close(self):
+        if self.go is not None:
+            os.close(self.go)
+            self.go = None
+
+    def poll(self):
+        return self.returncode
+
+    def kill(self):
+        self.killed = True
+        self.returncode = -signal.SIGKILL
+
+    def wait(self, timeout=None):
+        self.waits.append(timeout)
+        if self.returncode is None:
+            if not self.finishes:
+                if timeout is None:
+                    raise AssertionError('waited without a timeout for a '
+                                         'child that does not end')
+                raise subprocess.TimeoutExpired(unpack.CHILD_MODULE, timeout)
+            self.returncode = self.exit_status
+        return self.returncode
+
+
+def fcntl_mode(fd):
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+
+
+class _Base(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = os.path.realpath(self.useFixture(fixtures.TempDir()).path)
+        self.state = os.path.join(self.tmp, 'state')
+        self.lxc = os.path.join(self.tmp, 'lxc')
+        self.spool = os.path.join(self.state, 'spool')
+        for path in (self.lxc, os.path.join(self.state, 'images'),
+                     self.spool):
+            os.makedirs(path)
+        self.storage_admin_here(self.lxc, self.state)
+        self.others = set()
+        if os.geteuid() != 0:
+            self._tree_as_root()
+        self.partial = os.path.join(self.state, 'images', PARTIAL)
+        self.rootfs = os.path.join(self.partial, 'rootfs')
+        self.view = os.path.join(self.partial, 'view')
+        os.makedirs(self.rootfs, mode=0o755)
+        self.fifo = os.path.join(self.spool, FIFO)
+        os.mkfifo(self.fifo, 0o600)
+
+    def _tree_as_root(self):
+        # Not root: the tree's files show as root's but for self.others.
+        real = os.lstat
+
+        def lstat(path, *args, **kwargs):
+            st = real(path, *args, **kwargs)
+            if isinstance(path, str) and path.startswith(self.tmp) and \
+                    path not in self.others:
+                st = os.stat_result((st.st_mode, st.st_ino, st.st_dev,
+                                     st.st_nlink, 0, st.st_gid, st.st_size,
+                                     st.st_atime, st.st_mtime, st.st_ctime))
+            return st
+        self.patch('os.lstat', new=lstat)
+
+    def not_root_s(self, path):
+        if os.geteuid() == 0:
+            os.lchown(path, 1000, 1000)
+        else:
+            self.others.add(path)
+
+    def make_partial(self, name):
+        rootfs = os.path.join(self.state, 'images', name, 'rootfs')
+        os.makedirs(rootfs, mode=0o755)
+        return rootfs
+
+    def views(self):
+        """Every path named 'view' in the tree."""
+        return {os.path.join(top, name)
+                for top, dirs, files in os.walk(self.tmp)
+                for name in dirs + files if name == unpack.VIEW}
+
+
+class _Mocked(_Base):
+    """The host's side mocked; self.child is what Popen starts."""
+
+    def setUp(self):
+        super().setUp()
+        self.running = self.patch('novalxcdriver.privsep.unpack._running',
+                                  new={})
+        self.idmap = self.patch('novalxcdriver.ids.unpack_idmap',
+                                return_value=IDMAP)
+        self.userns = self.patch(
+            'novalxcdriver.privsep.storage.user_namespace')
+        self.userns.return_value.__enter__.return_value = USERNS_FD
+        self.idmapped = self.patch('novalxcdriver.privsep.storage._idmapped')
+        self.unmount = self.patch('novalxcdriver.privsep.storage._unmount')
+        self.map_writer = self.patch(
+            'novalxcdriver.privsep.storage._map_writer')
+        self.write_maps = self.map_writer.return_value
+        # As nova-compute holds it: open for writing.
+        reader = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self.writer = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(reader)
+        self.addCleanup(os.close, self.writer)
+        self.child = self.new_child()
+        self.popen = self.patch(
+            'novalxcdriver.privsep.unpack.subprocess.Popen',
+            side_effect=lambda *a, **kw: self.child.popen(*a, **kw))
+
+    def new_child(self, **kwargs):
+        child = FakeChild(**kwargs)
+        self.addCleanup(child.close)
+        self.child = child
+        return child
+
+    def refused(self, fn, *args):
+        """fn(*args) is refused, having started and mounted nothing."""
+        views = self.views()
+        fds = base.open_fds()
+        running = dict(self.running)
+        mocks = (self.popen, self.userns, self.idmapped, self.map_writer,
+                 self.write_maps, self.unmount)
+        calls = [m.call_count for m in mocks]
+        e = self.assertRaises(exception.PrivilegedCallRefused, fn, *args)
+        self.assertEqual(calls, [m.call_count for m in mocks])
+        self.assertEqual(views, self.views())
+        self.assertEqual(set(fds), set(base.open_fds()))
+        self.assertEqual(running, self.running)
+        return str(e)
+
+    def start(self, rootfs=None, fifo=None, max_bytes=1 << 20):
+        unpack.start_unpack(rootfs or self.rootfs, fifo or self.fifo,
+                            max_bytes)
+
+    def assertCleanedUp(self, fds, view=None):
+        """The view is unmounted and gone, fds as before, no record."""
+        view = view or self.view
+        self.unmount.assert_called_once_with(view)
+        self.assertFalse(os.path.lexists(view))
+        self.child.close()
+        self.assertEqual(fds, base.open_fds())
+        self.assertEqual({}, self.running)
+
+
+class EntryPointsTest(base.TestCase):
+
+    def test_every_entry_point_is_covered(self):
+        # A new entry point needs its checks tested here.
+        names = {n for n, f in vars(unpack).items()
+                 if privsep.storage_admin.is_entrypoint(f)}
+        self.assertEqual({'start_unpack', 'finish_unpack', 'cancel_unpack'},
+                         names)
+
+
+class CheckRootfsTest(_Mocked):
+
+    def refused_everywhere(self, rootfs):
+        msgs = [self.refused(unpack.start_unpack, rootfs, self.fifo, 100),
+                self.refused(unpack.finish_unpack, rootfs, 10),
+                self.refused(unpack.cancel_unpack, rootfs)]
+        msgs.append(self.refused(unpack.check_rootfs, 'start_unpack',
+                                 rootfs))
+        return msgs
+
+    def test_a_good_rootfs(self):
+        self.assertEqual(self.view,
+                         unpack.check_rootfs('start_unpack', self.rootfs))
+        # Any driver root's image cache.
+        other = os.path.join(self.lxc, 'images', PARTIAL, 'rootfs')
+        os.makedirs(other)
+        self.assertEqual(os.path.join(self.lxc, 'images', PARTIAL, 'view'),
+                         unpack.check_rootfs('start_unpack', other))
+
+    def test_outside_the_roots(self):
+        outside = os.path.join(self.tmp, 'images', PARTIAL, 'rootfs')
+        os.makedirs(outside)
+        for path in ('/etc', '/', outside, self.state, self.lxc,
+                     '/proc/1/root' + self.rootfs):
+            for msg in self.refused_everywhere(path):
+                self.assertIn('driver root', msg)
+
+    def test_relative_or_not_normalized(self):
+        rel = os.path.relpath(self.rootfs, self.state)
+        for path in (rel, 'images/%s/rootfs' % PARTIAL, self.rootfs + '/',
+                     os.path.join(self.state, 'images', '.', PARTIAL,
+                                  'rootfs'),
+                     os.path.join(self.partial, 'x', '..', 'rootfs'),
+                     self.state + '//images/%s/rootfs' % PARTIAL,
+                     self.rootfs + '\0', None, 3, [self.rootfs],
+                     self.rootfs.encode()):
+            for msg in self.refused_everywhere(path):
+                self.assertIn('not an absolute normalized path', msg)
+
+    def test_not_a_partial_s_rootfs(self):
+        # Each is a directory of root's, empty: the shape alone refuses.
+        bad = [
+            # A published entry of the image cache.
+            'images/%s/rootfs' % IMAGE,
+            'images/.partial-%s-1234-ab/rootfs' % IMAGE.upper(),
+            'images/.partial-%s-1234-ab/rootfs' % IMAGE[:-1],
+            'images/.partial-%s-1234-ab/rootfs' % IMAGE.replace('-', ''),
+            'images/.partial-%s-1234-ab/rootfs' % ('g' + IMAGE[1:]),
+            'images/.partial-%s-x1-ab/rootfs' % IMAGE,
+            'images/.partial-%s--ab/rootfs' % IMAGE,
+            'images/.partial-%s-1234-/rootfs' % IMAGE,
+            'images/.partial-%s-1234-a.b/rootfs' % IMAGE,
+            'images/.partial-%s-1234-%s/rootfs' % (IMAGE, 'a' * 65),
+            'images/partial-%s-1234-ab/rootfs' % IMAGE,
+            'images/.partial-%s-1234-ab/rootfs2' % IMAGE,
+            'images/.partial-%s-1234-ab/view' % IMAGE,
+            'images/.partial-%s-1234-ab/rootfs/usr' % IMAGE,
+            'images/.partial-%s-1234-ab' % IMAGE,
+            'images/x/.partial-%s-1234-ab/rootfs' % IMAGE,
+            'x/images/.partial-%s-1234-ab/rootfs' % IMAGE,
+            'rootfs/.partial-%s-1234-ab/rootfs' % IMAGE,
+            '.partial-%s-1234-ab/rootfs' % IMAGE,
+            'images/.partial-%s-1234-ab\n/rootfs' % IMAGE,
+        ]
+        for rel in bad:
+            path = os.path.join(self.state, rel)
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            for msg in self.refused_everywhere(path):
+                self.assertIn('is not the rootfs of an image cache partial',
+                              msg)
+
+    def test_a_symlink(self):
+        elsewhere = os.path.join(self.state, 'elsewhere')
+        os.mkdir(elsewhere, 0o755)
+        rootfs = os.path.join(self.state, 'images', PARTIAL + 'x', 'rootfs')
+        os.makedirs(os.path.dirname(rootfs))
+        os.symlink('../../elsewhere', rootfs)
+        for msg in self.refused_everywhere(rootfs):
+            self.assertIn('goes through a symlink', msg)
+        os.unlink(rootfs)
+        os.symlink(elsewhere, rootfs)
+        self.refused_everywhere(rootfs)
+        # A link to itself resolves to itself: lstat's type refuses it.
+        os.unlink(rootfs)
+        os.symlink('rootfs', rootfs)
+        for msg in self.refused_everywhere(rootfs):
+            self.assertIn('is not a directory of root\'s', msg)
+        self.assertTrue(os.path.islink(rootfs))
+
+    def test_a_symlinked_partial(self):
+        real = self.make_partial(PARTIAL + 'y')
+        link = os.path.join(self.state, 'images', PARTIAL + 'z')
+        os.symlink(os.path.dirname(real), link)
+        for msg in self.refused_everywhere(os.path.join(link, 'rootfs')):
+            self.assertIn('goes through a symlink', msg)
+
+    def test_not_a_directory(self):
+        os.rmdir(self.rootfs)
+        with open(self.rootfs, 'w'):
+            pass
+        for msg in self.refused_everywhere(self.rootfs):
+            self.assertIn('is not a directory of root\'s', msg)
+        os.unlink(self.rootfs)
+        os.mkfifo(self.rootfs)
+        self.refused_everywhere(self.rootfs)
+
+    def test_missing(self):
+        os.rmdir(self.rootfs)
+        for msg in self.refused_everywhere(self.rootfs):
+            self.assertIn('does not exist', msg)
+        shutil.rmtree(self.partial)
+        self.refused_everywhere(self.rootfs)
+
+    def test_not_root_s(self):
+        self.not_root_s(self.rootfs)
+        for msg in self.refused_everywhere(self.rootfs):
+            self.assertIn('is not a directory of root\'s', msg)
+
+
+class OpenFifoTest(_Mocked):
+
+    def open(self, fifo):
+        return unpack._open_fifo('start_unpack', fifo)
+
+    def refused_fifo(self, fifo):
+        msg = self.refused(self.open, fifo)
+        self.assertIn('start_unpack', msg)
+        return msg
+
+    def test_opened_for_reading_without_blocking(self):
+        # Nobody writes: an open without O_NONBLOCK would wait for ever.
+        fifo = os.path.join(self.spool, 'unpack-1-beef.fifo')
+        os.mkfifo(fifo)
+        found = {}
+
+        def opener():
+            found['fd'] = self.open(fifo)
+        thread = threading.Thread(target=opener, daemon=True)
+        thread.start()
+        thread.join(5)
+        if thread.is_alive():
+            # Let it go: a reader and writer of our own.
+            os.close(os.open(fifo, os.O_RDWR))
+            thread.join(5)
+            os.close(found['fd'])
+            self.fail('opening the FIFO blocked')
+        fd = found['fd']
+        try:
+            st = os.fstat(fd)
+            self.assertTrue(stat.S_ISFIFO(st.st_mode))
+            self.assertTrue(os.path.samestat(os.lstat(fifo), st))
+            self.assertEqual(os.O_RDONLY, fcntl_mode(fd))
+            # Blocking once open: the child reads it as its stdin.
+            self.assertTrue(os.get_blocking(fd))
+            self.assertFalse(os.get_inheritable(fd))
+        finally:
+            os.close(fd)
+
+    def test_any_driver_root_s_spool(self):
+        os.mkdir(os.path.join(self.lxc, 'spool'))
+        fifo = os.path.join(self.lxc, 'spool', 'unpack-1-a.fifo')
+        os.mkfifo(fifo)
+        self.addCleanup(os.close, os.open(fifo, os.O_RDWR))
+        os.close(self.open(fifo))
+
+    def test_bad_names(self):
+        for name in ('unpack--00ff.fifo', 'unpack-1-00FF.fifo',
+                     'unpack-1-.fifo', 'unpack-1-00ff.fif',
+                     'unpack-1-00ff.fifo.x', 'x-1-00ff.fifo',
+                     'unpack-x-00ff.fifo', 'unpack-1-00fg.fifo',
+                     'unpack-1-%s.fifo' % ('a' * 65), 'unpack-1-00ff.fifo\n',
+                     '.unpack-1-00ff.fifo', 'unpack-1-00ff'):
+            fifo = os.path.join(self.spool, name)
+            os.mkfifo(fifo)
+            msg = self.refused_fifo(fifo)
+            self.assertIn('is not an unpack FIFO of a driver root\'s spool',
+                          msg)
+
+    def test_not_a_driver_root_s_spool(self):
+        for parent in (os.path.join(self.state, 'images'),
+                       os.path.join(self.state, 'x', 'spool'),
+                       os.path.join(self.partial, 'spool'),
+                       os.path.join(self.state, 'spool2'),
+                       os.path.join(self.spool, 'spool')):
+            os.makedirs(parent, exist_ok=True)
+            fifo = os.path.join(parent, FIFO)
+            os.mkfifo(fifo)
+            msg = self.refused_fifo(fifo)
+            self.assertIn('is not an unpack FIFO of a driver root\'s spool',
+                          msg)
+
+    def test_outside_the_roots(self):
+        spool = os.path.join(self.tmp, 'spool')
+        os.mkdir(spool)
+        fifo = os.path.join(spool, FIFO)
+        os.mkfifo(fifo)
+        for path in (fifo, '/etc/passwd', '/dev/stdin',
+                     '/proc/self/fd/0', self.state):
+            self.assertIn('driver root', self.refused_fifo(path))
+        for path in ('spool/' + FIFO, self.spool + '/./' + FIFO, None, 7):
+            self.assertIn('not an absolute normalized path',
+                          self.refused_fifo(path))
+
+    def test_not_a_fifo(self):
+        os.unlink(self.fifo)
+        with open(self.fifo, 'w') as f:
+            f.write('tarball')
+        self.assertIn('is not a FIFO', self.refused_fifo(self.fifo))
+        os.unlink(self.fifo)
+        os.mkdir(self.fifo)
+        self.assertIn('is not a FIFO', self.refused_fifo(self.fifo))
+
+    def test_a_symlink_to_a_fifo(self):
+        other = os.path.join(self.spool, 'unpack-1-1.fifo')
+        os.rename(self.fifo, other)
+        os.symlink(os.path.basename(other), self.fifo)
+        self.assertIn('goes through a symlink', self.refused_fifo(self.fifo))
+        os.unlink(self.fifo)
+        os.symlink(other, self.fifo)
+        self.refused_fifo(self.fifo)
+        # One to itself passes check_path: lstat's type refuses it.
+        os.unlink(self.fifo)
+        os.symlink(FIFO, self.fifo)
+        self.assertIn('is not a FIFO', self.refused_fifo(self.fifo))
+
+    def test_missing(self):
+        os.unlink(self.fifo)
+        self.assertIn('does not exist', self.refused_fifo(self.fifo))
+
+    def swapped_after_lstat(self, swap):
+        """os.lstat that runs swap() once _open_fifo has lstat'ed it."""
+        prev = os.lstat
+
+        def lstat(path, *args, **kwargs):
+            st = prev(path, *args, **kwargs)
+            if path == self.fifo and \
+                    sys._getframe(1).f_code.co_name == '_open_fifo':
+                swap()
+            return st
+        self.patch('os.lstat', new=lstat)
+
+    def test_replaced_by_another_fifo_before_the_open(self):
+        # Made first: a new inode (an unlinked one's number may be reused
+        # at once); with a writer: never a wait, whatever the open's flags.
+        os.mkfifo(self.fifo + '.new')
+        self.addCleanup(os.close, os.open(self.fifo + '.new', os.O_RDWR))
+
+        def swap():
+            os.rename(self.fifo + '.new', self.fifo)
+        self.swapped_after_lstat(swap)
+        self.assertIn('was replaced while it was opened',
+                      self.refused_fifo(self.fifo))
+
+    def test_replaced_by_a_file_before_the_open(self):
+        def swap():
+            os.unlink(self.fifo)
+            with open(self.fifo, 'w'):
+                pass
+        self.swapped_after_lstat(swap)
+        self.assertIn('was replaced while it was opened',
+                      self.refused_fifo(self.fifo))
+
+    def test_replaced_by_a_symlink_to_itself_before_the_open(self):
+        # The same FIFO through a link: never opened through it.
+        def swap():
+            other = os.path.join(self.spool, 'unpack-1-1.fifo')
+            os.link(self.fifo, other)
+            os.unlink(self.fifo)
+            os.symlink(os.path.basename(other), self.fifo)
+        self.swapped_after_lstat(swap)
+        msg = self.refused_fifo(self.fifo)
+        self.assertIn('cannot open', msg)
+        self.assertIn(os.strerror(errno.ELOOP), msg)
+
+    def test_removed_before_the_open(self):
+        self.swapped_after_lstat(lambda: os.unlink(self.fifo))
+        self.assertIn('cannot open', self.refused_fifo(self.fifo))
+
+
+class StartRefusedTest(_Mocked):
+
+    def test_max_bytes(self):
+        for max_bytes in (0, -1, True, False, 1.5, '5', None, [5], 5.0):
+            msg = self.refused(unpack.start_unpack, self.rootfs, self.fifo,
+                               max_bytes)
+            self.assertIn('is not a positive int', msg)
+        self.idmap.assert_not_called()
+
+    def test_rootfs_not_empty(self):
+        with open(os.path.join(self.rootfs, 'x'), 'w'):
+            pass
+        self.assertIn('is not empty', self.refused(
+            unpack.start_unpack, self.rootfs, self.fifo, 100))
+        os.unlink(os.path.join(self.rootfs, 'x'))
+        os.mkdir(os.path.join(self.rootfs, '.hidden'))
+        self.refused(unpack.start_unpack, self.rootfs, self.fifo, 100)
+        self.idmap.assert_not_called()
+
+    def test_an_existing_view_is_refused_and_left(self):
+        os.mkdir(self.view, 0o755)
+        mine = os.path.join(self.view, 'mine')
+        with open(mine, 'w'):
+            pass
+        self.assertIn('exists already', self.refused(
+            unpack.start_unpack, self.rootfs, self.fifo, 100))
+        self.assertTrue(os.path.exists(mine))
+        os.unlink(mine)
+        os.rmdir(self.view)
+        os.symlink('/etc', self.view)
+        self.refused(unpack.start_unpack, self.rootfs, self.fifo, 100)
+        self.assertEqual('/etc', os.readlink(self.view))
+
+    def test_a_bad_fifo_removes_the_view(self):
+        os.unlink(self.fifo)
+        with open(self.fifo, 'w'):
+            pass
+        fds = base.open_fds()
+        e = self.assertRaises(exception.PrivilegedCallRefused,
+                              unpack.start_unpack, self.rootfs, self.fifo,
+                              100)
+        self.assertIn('is not a FIFO', str(e))
+        self.popen.assert_not_called()
+        self.idmapped.assert_not_called()
+        self.assertCleanedUp(fds)
+
+    def test_second_start_refused_while_one_runs(self):
+        self.start()
+        self.addCleanup(unpack.cancel_unpack, self.rootfs)
+        first = self.running[self.rootfs]
+        e = self.assertRaises(exception.PrivilegedCallRefused, self.start)
+        self.assertIn('is being unpacked already', str(e))
+        self.assertEqual(1, self.popen.call_count)
+        self.assertIs(first, self.running[self.rootfs])
+        self.assertTrue(os.path.isdir(self.view))
+        self.unmount.assert_not_called()
+
+    def test_no_unpack_range(self):
+        self.idmap.side_effect = exception.IdmapUnavailable(reason='none')
+        self.assertRaises(exception.IdmapUnavailable, self.start)
+        self.assertEqual(set(), self.views())
+        self.popen.assert_not_called()
+
+
+class StartTest(_Mocked):
+
+    def test_started(self):
+        seen = {}
+
+        def on_start(child):
+            # The view is mounted before the child starts in it.
+            seen['mounted'] = self.idmapped.called
+            seen['view_mode'] = stat.S_IMODE(os.lstat(self.view).st_mode)
+
+        self.new_child(on_start=on_start)
+
+        def write_maps(pid):
+            # The child waits for its maps: 'g' comes after them.
+            seen['go_before_maps'] = self.child.go_bytes()
+        self.write_maps.side_effect = write_maps
+        fds = base.open_fds()
+        self.assertIsNone(unpack.start_unpack(self.rootfs, self.fifo, 5000))
+
+        argv, kw = self.child.argv, self.child.kwargs
+        ready_w, go_r = kw['pass_fds']
+        self.assertEqual(unpack._child_argv(5000, ready_w, go_r), argv)
+        self.assertEqual([os.O_WRONLY, os.O_RDONLY],
+                         self.child.pass_fd_modes)
+        self.assertEqual(unpack._child_env(), kw['env'])
+        self.assertEqual(self.view, kw['cwd'])
+        self.assertTrue(kw['close_fds'])
+        self.assertEqual(0o022, kw['umask'])
+        # Its stdin: the FIFO, blocking.
+        self.assertTrue(os.path.samestat(os.lstat(self.fifo),
+                                         self.child.stdin_stat))
+        self.assertTrue(self.child.stdin_blocking)
+        self.assertEqual({'mounted': True, 'view_mode': 0o700,
+                          'go_before_maps': None}, seen)
+
+        self.idmap.assert_called_once_with()
+        self.userns.assert_called_once_with(IDMAP)
+        self.idmapped.assert_called_once_with(self.rootfs, self.view,
+                                              USERNS_FD, 0)
+        self.map_writer.assert_called_once_with(
+            [(0, IDMAP.uid_start, IDMAP.size)],
+            [(0, IDMAP.gid_start, IDMAP.size)])
+        self.write_maps.assert_called_once_with(FakeChild.pid)
+        self.assertEqual(b'g', self.child.go_bytes())
+        # Then the daemon's go end is closed.
+        self.assertEqual(b'', self.child.go_bytes())
+        self.unmount.assert_not_called()
+        self.assertFalse(self.child.killed)
+        self.assertEqual([], self.child.waits)
+
+        # Nothing left open but the child's stdout and stderr files (and
+        # the test's copy of the go pipe).
+        held = self.running[self.rootfs]
+        self.assertEqual(self.view, held.view)
+        self.assertIs(self.child, held.proc)
+        new = set(base.open_fds()) - set(fds)
+        self.assertEqual({held.out.fileno(), held.err.fileno(),
+                          self.child.go}, new)
+
+        self.child.stdout = b'{"size": 1234}\n'
+        os.write(held.out.fileno(), self.child.stdout)
+        self.assertEqual(1234, unpack.finish_unpack(self.rootfs, 30))
+        self.assertEqual([30], self.child.waits)
+        self.assertCleanedUp(fds)
+
+    def test_two_rootfs_at_once(self):
+        other = self.make_partial(PARTIAL + 'Z')
+        fifo2 = os.path.join(self.spool, 'unpack-1-2.fifo')
+        os.mkfifo(fifo2)
+        self.addCleanup(os.close, os.open(fifo2, os.O_RDWR))
+        first = self.child
+        self.start()
+        second = self.new_child()
+        self.start(other, fifo2)
+        self.assertEqual({self.rootfs, other}, set(self.running))
+        unpack.cancel_unpack(self.rootfs)
+        self.assertTrue(first.killed)
+        self.assertFalse(second.killed)
+        unpack.cancel_unpack(other)
+        self.assertTrue(second.killed)
+        self.assertEqual(set(), self.views())
+
+    def check_failed(self, exc, killed, fds):
+        e = self.assertRaises(exc, self.start)
+        if self.popen.called:
+            # Never let go: the daemon closed its go end, sending nothing.
+            self.assertEqual(b'', self.child.go_bytes())
+            # Waited for: no zombie.
+            self.assertIsNotNone(self.child.returncode)
+            self.assertIn(None, self.child.waits)
+        self.assertEqual(killed, self.child.killed)
+        self.assertCleanedUp(fds)
+        return e
+
+    def test_the_child_dies_before_the_handshake(self):
+        self.new_child(ready=None, returncode=1, stderr=b'Traceback\n' +
+                       b'x' * 3000 + b'\nImportError: no zstandard\n')
+        fds = base.open_fds()
+        e = self.check_failed(exception.CommandFailed, False, fds)
+        self.assertIn('ImportError: no zstandard', str(e))
+        self.assertIn('exit code 1', str(e))
+        self.assertIn(unpack.CHILD_MODULE, str(e))
+        self.write_maps.assert_not_called()
+
+    def test_a_wrong_handshake_byte(self):
+        self.new_child(ready=b'x', returncode=3)
+        fds = base.open_fds()
+        e = self.check_failed(exception.CommandFailed, False, fds)
+        self.assertIn('exit code 3', str(e))
+        self.write_maps.assert_not_called()
+
+    def test_the_child_does_not_get_ready(self):
+        sel = self.patch_object(unpack, 'select')
+        sel.select.return_value = ([], [], [])
+        self.new_child(ready=None, finishes=False)
+        fds = base.open_fds()
+        e = self.check_failed(exception.CommandTimedOut, True, fds)
+        self.assertIn('unpacker unshare', str(e))
+        self.assertEqual(CONF.lxc.command_timeout,
+                         sel.select.call_args[0][3])
+        self.write_maps.assert_not_called()
+
+    def test_the_maps_cannot_be_written(self):
+        self.new_child(finishes=False)
+        self.write_maps.side_effect = exception.CommandFailed(
+            cmd='writing uid_map', exit_code=1, stderr='EPERM')
+        fds = base.open_fds()
+        self.check_failed(exception.CommandFailed, True, fds)
+
+    def test_the_child_cannot_start(self):
+        self.popen.side_effect = OSError(errno.ENOENT, 'no python')
+        fds = base.open_fds()
+        self.assertRaises(OSError, self.start)
+        self.assertCleanedUp(fds)
+
+    def test_no_file_for_its_output(self):
+        # ENOSPC or EMFILE in the daemon's tmpdir: the view goes, and the
+        # rootfs is not left claimed.
+        real = tempfile.TemporaryFile
+        made = []
+
+        def temporary_file():
+            if made:
+                raise OSError(errno.ENOSPC, 'No space left on device')
+            made.append(real())
+            return made[-1]
+        fds = base.open_fds()
+        with mock.patch.object(unpack.tempfile, 'TemporaryFile',
+                               side_effect=temporary_file):
+            self.assertRaises(OSError, self.start)
+        self.assertTrue(made[0].closed)
+        self.popen.assert_not_called()
+        self.assertFalse(os.path.lexists(self.view))
+        self.assertEqual(fds, base.open_fds())
+        self.assertEqual({}, self.running)
+
+    def test_the_view_cannot_be_mounted(self):
+        self.idmapped.side_effect = exception.MountFailed(
+            what='idmapped view', target=self.view, reason='EINVAL')
+        fds = base.open_fds()
+        self.assertRaises(exception.MountFailed, self.start)
+        self.popen.assert_not_called()
+        self.assertCleanedUp(fds)
+
+    def test_no_user_namespace(self):
+        self.userns.side_effect = exception.CommandFailed(
+            cmd='unshare', exit_code=1, stderr='no')
+        fds = base.open_fds()
+        self.assertRaises(exception.CommandFailed, self.start)
+        self.idmapped.assert_not_called()
+        self.popen.assert_not_called()
+        self.assertCleanedUp(fds)
+
+    def test_interrupted(self):
+        self.write_maps.side_effect = KeyboardInterrupt
+        self.new_child(finishes=False)
+        fds = base.open_fds()
+        self.check_failed(KeyboardInterrupt, True, fds)
+
+
+class FinishCancelTest(_Mocked):
+
+    def started(self, **child):
+        self.new_child(**child)
+        self.fds = base.open_fds()
+        self.start()
+        self.assertIn(self.rootfs, self.running)
+
+    def test_unknown_rootfs_refused(self):
+        for fn, args in ((unpack.finish_unpack, (self.rootfs, 10)),
+                         (unpack.cancel_unpack, (self.rootfs,))):
+            self.assertIn('is not being unpacked', self.refused(fn, *args))
+        # Another rootfs's unpack is not this one's.
+        other = self.make_partial(PARTIAL + 'Z')
+        self.start(other)
+        self.addCleanup(unpack.cancel_unpack, other)
+        e = self.assertRaises(exception.PrivilegedCallRefused,
+                              unpack.finish_unpack, self.rootfs, 10)
+        self.assertIn('is not being unpacked', str(e))
+        self.assertFalse(self.child.killed)
+        self.unmount.assert_not_called()
+
+    def test_finished(self):
+        self.started(stdout=b'{"size": 77}\n', stderr=b'warning\n')
+        self.assertEqual(77, unpack.finish_unpack(self.rootfs, 12))
+        self.assertEqual([12], self.child.waits)
+        self.assertFalse(self.child.killed)
+        self.assertCleanedUp(self.fds)
+        # Once.
+        self.assertIn('is not being unpacked', self.refused(
+            unpack.finish_unpack, self.rootfs, 12))
+
+    def test_refused_tarball(self):
+        self.started(returncode=1, stdout=json.dumps(
+            {'error': 'UnsafeArchiveMember', 'member': '../etc/passwd',
+             'reason': 'outside'}).encode() + b'\n')
+        e = self.assertRaises(exception.UnsafeArchiveMember,
+                              unpack.finish_unpack, self.rootfs, 12)
+        self.assertEqual('../etc/passwd', e.kwargs['member'])
+        self.assertCleanedUp(self.fds)
+
+    def test_crashed(self):
+        self.started(returncode=-signal.SIGSEGV, stdout=b'',
+                     stderr=b'a' * 5000 + b'Fatal Python error')
+        e = self.assertRaises(exception.ArchiveError,
+                              unpack.finish_unpack, self.rootfs, 12)
+        self.assertIn('killed by signal %d' % signal.SIGSEGV, str(e))
+        self.assertIn('Fatal Python error', str(e))
+        # Only the tail of its stderr.
+        self.assertLess(str(e).count('a'), unpack._STDERR_TAIL + 100)
+        self.assertCleanedUp(self.fds)
+
+    def test_timed_out(self):
+        self.started(finishes=False, stdout=b'{"size": 5}\n')
+        e = self.assertRaises(exception.ArchiveError,
+                              unpack.finish_unpack, self.rootfs, 7)
+        self.assertIn('did not finish within 7 s', str(e))
+        self.assertTrue(self.child.killed)
+        self.assertEqual([7, None], self.child.waits)
+        self.assertCleanedUp(self.fds)
+
+    def test_the_view_goes_even_if_the_wait_fails(self):
+        self.started()
+        self.child.wait = mock_raising(OSError(errno.ECHILD, 'gone'))
+        self.assertRaises(OSError, unpack.finish_unpack, self.rootfs, 7)
+        self.unmount.assert_called_once_with(self.view)
+        self.assertFalse(os.path.lexists(self.view))
+        self.assertEqual({}, self.running)
+
+    def test_a_view_already_gone(self):
+        self.started(stdout=b'{"size": 5}\n')
+        os.rmdir(self.view)
+        self.assertEqual(5, unpack.finish_unpack(self.rootfs, 7))
+        self.assertCleanedUp(self.fds)
+
+    def test_cancelled(self):
+        self.started(finishes=False)
+        self.assertIsNone(unpack.cancel_unpack(self.rootfs))
+        self.assertTrue(self.child.killed)
+        self.assertEqual([None], self.child.waits)
+        self.assertCleanedUp(self.fds)
+        self.assertIn('is not being unpacked', self.refused(
+            unpack.cancel_unpack, self.rootfs))
+        self.assertIn('is not being unpacked', self.refused(
+            unpack.finish_unpack, self.rootfs, 1))
+
+    def test_cancelled_after_it_ended(self):
+        self.started(returncode=1)
+        self.child.wait()
+        unpack.cancel_unpack(self.rootfs)
+        self.assertFalse(self.child.killed)
+        self.assertCleanedUp(self.fds)
+
+    def test_restart_after_finish(self):
+        self.started(stdout=b'{"size": 5}\n')
+        unpack.finish_unpack(self.rootfs, 7)
+        self.new_child()
+        self.start()
+        self.assertIn(self.rootfs, self.running)
+        unpack.cancel_unpack(self.rootfs)
+
+
+def mock_raising(error):
+    def fail(*args, **kwargs):
+        raise error
+    return fail
+
+
+class ResultTest(base.TestCase):
+
+    def result(self, returncode, out, err=b''):
+        if not isinstance(out, bytes):
+            out = json.dumps(out).encode() + b'\n'
+        return unpack._result(returncode, out, err)
+
+    def test_size(self):
+        self.assertEqual(123, self.result(0, {'size': 123}))
+        self.assertEqual(0, self.result(0, {'size': 0}))
+        # The last line counts.
+        self.assertEqual(9, self.result(0, b'noise\n{"size": 9}\n'))
+        self.assertEqual(9, self.result(0, b'{"size": 9}'))
+
+    def test_unsafe_member(self):
+        e = self.assertRaises(
+            exception.UnsafeArchiveMember, self.result, 1,
+            {'error': 'UnsafeArchiveMember', 'member': '../x',
+             'reason': 'climbs out'})
+        self.assertEqual({'member': '../x', 'reason': 'climbs out'},
+                         {k: e.kwargs[k] for k in ('member', 'reason')})
+        self.assertIn('climbs out', str(e))
+
+    def test_archive_error(self):
+        e = self.assertRaises(exception.ArchiveError, self.result, 1,
+                              {'error': 'ArchiveError', 'reason': 'bad gz'})
+        self.assertEqual('bad gz', e.kwargs['reason'])
+
+    def test_os_error(self):
+        e = self.assertRaises(OSError, self.result, 1,
+                              {'error': 'OSError', 'errno': errno.ENOSPC,
+                               'strerror': 'No space left on device'})
+        self.assertEqual(errno.ENOSPC, e.errno)
+        self.assertEqual('No space left on device', e.strerror)
+        self.assertNotIsInstance(e, exception.ArchiveError)
+
+    def test_os_error_without_an_int_errno(self):
+        for bad in ('28', None, 28.0, True):
+            e = self.assertRaises(exception.ArchiveError, self.result, 1,
+                                  {'error': 'OSError', 'errno': bad,
+                                   'strerror': 'x'})
+            self.assertIn('exit status 1', str(e))
+
+    def test_size_only_with_status_0(self):
+        for status in (1, 2, -9):
+            e = self.assertRaises(exception.ArchiveError, self.result,
+                                  status, {'size': 5})
+            self.assertIn('the unpacker failed', str(e))
+
+    def test_status_0_without_a_size(self):
+        for out in ({}, {'size': '5'}, {'size': 5.0}, {'size': True},
+                    {'size': None}, [5], 5, 'size', {'Size': 5}):
+            e = self.assertRaises(exception.ArchiveError, self.result, 0,
+                                  out, b'some stderr')
+            self.assertIn('exit status 0', str(e))
+            self.assertIn('some stderr', str(e))
+
+    def test_garbage(self):
+        for out in (b'', b'\n', b'\xff\xfe{"size": 5}', b'not json\n',
+                    b'{"size": 5', b'{"size": 5}\ntrailing\n',
+                    b'{"size": ' + b'1' * (unpack._MAX_RESULT + 10) + b'}'):
+            e = self.assertRaises(exception.ArchiveError, self.result, 0,
+                                  out, b'Traceback: boom\n')
+            self.assertIn('exit status 0', str(e))
+            self.assertIn('Traceback: boom', str(e))
+
+    def test_signal(self):
+        e = self.assertRaises(exception.ArchiveError, self.result,
+                              -signal.SIGKILL, b'', b'')
+        self.assertIn('killed by signal 9', str(e))
+        self.assertIn('no message', str(e))
+
+    def test_exit_status_and_stderr_tail(self):
+        err = b'HEAD' + b'x' * 5000 + b'\xff the end \n'
+        e = self.assertRaises(exception.ArchiveError, self.result, 2,
+                              b'', err)
+        self.assertIn('exit status 2', str(e))
+        self.assertIn('the end', str(e))
+        self.assertNotIn('HEAD', str(e))
+
+    def test_unknown_error(self):
+        for out in ({'error': 'SystemExit', 'size': 5},
+                    {'error': 'MemoryError'}, {'error': None},
+                    {'error': 'unsafearchivemember', 'member': 'x'}):
+            self.assertRaises(exception.ArchiveError, self.result, 1, out)
+        e = self.assertRaises(exception.ArchiveError, self.result, 1,
+                              {'error': 'KeyError', 'size': 5})
+        self.assertNotIsInstance(e, exception.UnsafeArchiveMember)
+
+
+class ChildTest(base.TestCase):
+
+    def test_argv(self):
+        self.assertEqual(
+            [sys.executable, '-m', 'novalxcdriver.privsep.unpackchild',
+             '--max-bytes', '5000', '--max-id', '65535',
+             '--ready-fd', '7', '--go-fd', '9'],
+            unpack._child_argv(5000, 7, 9))
+        self.assertEqual(65535, ids.UNPACK_IDS - 1)
+
+    def test_env(self):
+        for name, value in (('LD_PRELOAD', '/tmp/evil.so'),
+                            ('PYTHONPATH', '/tmp/evil'),
+                            ('PYTHONSTARTUP', '/tmp/evil.py'),
+                            ('PYTHONHOME', '/tmp/evil'),
+                            ('PATH', '/tmp/evil:/usr/bin')):
+            self.useFixture(fixtures.EnvironmentVariable(name, value))
+        env = unpack._child_env()
+        self.assertEqual({'PATH', 'LANG', 'PYTHONPATH'}, set(env))
+        self.assertEqual('/usr/sbin:/usr/bin:/sbin:/bin', env['PATH'])
+        for value in env.values():
+            self.assertNotIn('evil', value)
+        imported = os.path.dirname(os.path.dirname(
+            os.path.abspath(novalxcdriver.__file__)))
+        self.assertEqual(imported, env['PYTHONPATH'])
+        self.assertTrue(os.path.isfile(os.path.join(
+            env['PYTHONPATH'], 'novalxcdriver', 'privsep',
+            'unpackchild.py')))
+
+    def test_the_child_finds_this_code(self):
+        # From / with the child's environment: this package (found as
+        # import would, without the cost of importing it).
+        code = ('import importlib.machinery as m; '
+                'print(m.PathFinder.find_spec("novalxcdriver").origin)')
+        out = subprocess.run([sys.executable, '-S', '-c', code], cwd='/',
+                             env=unpack._child_env(), check=True,
+                             stdout=subprocess.PIPE).stdout.decode()
+        self.assertEqual(os.path.abspath(novalxcdriver.__file__),
+                         out.strip())
+
+
+# -- for real ------------------------------------------------------------
+
+def _member(name, kind=tarfile.REGTYPE, data=b'', uid=0, gid=0, mode=0o644,
+            link=''):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.uid, info.gid, info.mode = uid, gid, mode
+    info.linkname = link
+    info.mtime = 1700000000
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, io.BytesIO(data) if kind == tarfile.REGTYPE else None
+
+
+def tiny_rootfs():
+    """A few members a root unpack must keep as they are."""
+    members = [
+        _member('.', tarfile.DIRTYPE, mode=0o755),
+        _member('usr', tarfile.DIRTYPE, mode=0o755),
+        _member('usr/bin', tarfile.DIRTYPE, mode=0o755),
+        _member('usr/bin/su', data=b'#!su\n', mode=0o4755),
+        _member('usr/bin/wall', data=b'#!wall\n', gid=5, mode=0o2755),
+        # tarfile sets a hard link's mode on its inode, as GNU tar
+        # writes it: the target's.
+        _member('usr/bin/su2', tarfile.LNKTYPE, link='usr/bin/su',
+                mode=0o4755),
+        _member('bin', tarfile.SYMTYPE, link='usr/bin', mode=0o777),
+        _member('home', tarfile.DIRTYPE, mode=0o755),
+        _member('home/user', tarfile.DIRTYPE, uid=1000, gid=1000,
+                mode=0o750),
+        _member('home/user/notes', data=b'hello\n' * 100, uid=1000,
+                gid=1000, mode=0o640),
+        _member('home/user/top', data=b'x', uid=65535, gid=65535),
+        _member('run', tarfile.DIRTYPE, mode=0o755),
+        _member('run/initctl', tarfile.FIFOTYPE, mode=0o600),
+        _member('tmp', tarfile.DIRTYPE, mode=0o1777),
+    ]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w|gz',
+                      format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, data)
+    return buf.getvalue()
+
+
+def tree(root):
+    found = {}
+    for top, dirs, files in os.walk(root):
+        for name in [''] + dirs + files if top == root else dirs + files:
+            path = os.path.join(top, name) if name else top
+            st = os.lstat(path)
+            found[os.path.relpath(path, root)] = (
+                stat.filemode(st.st_mode), st.st_uid, st.st_gid,
+                st.st_size if stat.S_ISREG(st.st_mode) else 0,
+                st.st_nlink if not stat.S_ISDIR(st.st_mode) else 0,
+                os.readlink(path) if stat.S_ISLNK(st.st_mode) else None,
+                st.st_mtime if not stat.S_ISLNK(st.st_mode) else 0)
+    return found
+
+
+def mounts_below(path):
+    with open('/proc/self/mountinfo') as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p == path or p.startswith(path + '/')]
+
+
+def process_status(pid):
+    with open('/proc/%d/status' % pid) as f:
+        return {k: v.split() for k, v in
+                (line.split(':', 1) for line in f if ':' in line)}
+
+
+class RealUnpackTest(base.TestCase):
+    """start_unpack, the FIFO fed, finish_unpack: a real child and view."""
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest('root only: an idmapped mount and a user '
+                          'namespace')
+        top = os.path.realpath(tempfile.mkdtemp(prefix='novalxc-unpack-',
+                                                dir='/var/tmp'))
+        self.addCleanup(shutil.rmtree, top, ignore_errors=True)
+        self.state = os.path.join(top, 'state')
+        self.lxc = os.path.join(top, 'lxc')
+        partial = os.path.join(self.state, 'images', '.partial-%s-%d-x' % (
+            uuid.uuid4(), os.getpid()))
+        self.rootfs = os.path.join(partial, 'rootfs')
+        self.view = os.path.join(partial, 'view')
+        os.makedirs(self.rootfs)
+        os.makedirs(self.lxc)
+        os.chmod(self.rootfs, 0o755)
+        spool = os.path.join(self.state, 'spool')
+        os.mkdir(spool, 0o755)
+        self.fifo = os.path.join(spool, 'unpack-%d-%s.fifo' % (
+            os.getpid(), os.urandom(4).hex()))
+        os.mkfifo(self.fifo, 0o600)
+        self.plain = os.path.join(top, 'plain')
+        os.mkdir(self.plain, 0o755)
+        libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+        self.addCleanup(lambda: mounts_below(self.view) and libc.umount2(
+            os.fsencode(self.view), 2))  # MNT_DETACH
+        self.running = self.patch('novalxcdriver.privsep.unpack._running',
+                                  new={})
+        self.addCleanup(self._kill_left)
+        cfg = self.storage_admin_here(self.lxc, self.state)
+        # A child that never gets ready fails the test soon.
+        cfg.config(group='lxc', command_timeout=10)
+
+    def _kill_left(self):
+        for held in self.running.values():
+            with contextlib.suppress(OSError):
+                held.proc.kill()
+            held.proc.wait()
+
+    def test_unpacked_as_root_s_unpack_would(self):
+        data = tiny_rootfs()
+        fds = base.open_fds()
+        reader = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
+        writer = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(reader)
+        groups = os.getgroups()
+        try:
+            # Groups the child inherits: gone once it is let go.
+            os.setgroups([4242])
+            try:
+                unpack.start_unpack(self.rootfs, self.fifo, 1 << 20)
+            finally:
+                os.setgroups(groups)
+            os.unlink(self.fifo)
+            pid = self.running[self.rootfs].proc.pid
+            self.assertEqual([self.view], mounts_below(self.view))
+            # Once the daemon let it go: the unpack range's root, no
+            # group, no new privileges.
+            idmap = ids.unpack_idmap()
+            want = {'Uid': [str(idmap.uid_start)] * 4,
+                    'Gid': [str(idmap.gid_start)] * 4,
+                    'Groups': [], 'NoNewPrivs': ['1']}
+            deadline = time.monotonic() + 10
+            while True:
+                status = process_status(pid)
+                got = {k: status.get(k) for k in want}
+                if got == want or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            self.assertEqual(want, got)
+            with open('/proc/%d/uid_map' % pid) as f:
+                self.assertEqual([['0', str(idmap.uid_start), '65536']],
+                                 [line.split() for line in f])
+            os.set_blocking(writer, True)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(writer, view):]
+        finally:
+            os.close(writer)
+        size = unpack.finish_unpack(self.rootfs, 30)
+        self.assertEqual({}, self.running)
+        self.assertEqual([], mounts_below(os.path.dirname(self.rootfs)))
+        self.assertFalse(os.path.lexists(self.view))
+        self.assertEqual(fds, base.open_fds())
+
+        plain_size = tarball.unpack_stream(io.BytesIO(data), self.plain,
+                                           1 << 20,
+                                           max_id=ids.UNPACK_IDS - 1)
+        self.assertEqual(plain_size, size)
+        got, want = tree(self.rootfs), tree(self.plain)
+        self.assertEqual(want, got)
+        self.assertEqual(('-rwsr-xr-x', 0, 0), got['usr/bin/su'][:3])
+        self.assertEqual(('-rwxr-sr-x', 0, 5), got['usr/bin/wall'][:3])
+        self.assertEqual(2, got['usr/bin/su2'][4])
+        self.assertEqual((1000, 1000), got['home/user/notes'][1:3])
+        self.assertEqual((65535, 65535), got['home/user/top'][1:3])
+        self.assertEqual('prw-------', got['run/initctl'][0])
+        self.assertEqual('usr/bin', got['bin'][5])
+        self.assertEqual('drwxrwxrwt', got['tmp'][0])

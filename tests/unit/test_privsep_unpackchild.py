@@ -1,0 +1,421 @@
+"""privsep.unpackchild: the confined unpacker's own program, in process.
+
+run() with confine mocked unpacks a real tarball from a stdin stand-in
+into a temporary working directory; confine() runs with a fake libc
+(prctl, unshare), os.setgroups/setresgid/setresuid mocked and real pipes
+for its ready/go handshake. The real child, in a real user namespace:
+test_privsep_unpack.RealUnpackTest.
+"""
+
+import errno
+import io
+import json
+import os
+import select
+import signal
+import tarfile
+import threading
+from unittest import mock
+
+import fixtures
+
+from novalxcdriver import exception
+from novalxcdriver.privsep import unpack
+from novalxcdriver.privsep import unpackchild
+from tests.unit import base
+
+ARGV = ['--max-bytes', '100000', '--max-id', '65535', '--ready-fd', '5',
+        '--go-fd', '6']
+
+
+def member(name, data=b'', kind=tarfile.REGTYPE, uid=0, gid=0, mode=0o644,
+           link=''):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.uid, info.gid, info.mode, info.linkname = uid, gid, mode, link
+    info.mtime = 1700000000
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, io.BytesIO(data) if kind == tarfile.REGTYPE else None
+
+
+def archive(*members, mode='w'):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode,
+                      format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, data)
+    return buf.getvalue()
+
+
+class RunTest(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        top = os.path.realpath(self.useFixture(fixtures.TempDir()).path)
+        self.cwd = os.path.join(top, 'view')
+        os.mkdir(self.cwd)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.cwd)
+        self.top = top
+        self.libc = mock.sentinel.libc
+        self.patch_object(unpackchild, '_libc', return_value=self.libc)
+        self.stdin = None
+        self.read_at_confine = []
+        self.confine = self.patch_object(
+            unpackchild, 'confine',
+            side_effect=lambda *a: self.read_at_confine.append(
+                self.stdin.buffer.tell()))
+
+    def feed(self, data):
+        self.stdin = mock.Mock(spec=['buffer'])
+        self.stdin.buffer = io.BytesIO(data)
+        self.patch('sys.stdin', new=self.stdin)
+
+    def run_child(self, argv=ARGV):
+        status, result = unpackchild.run(argv)
+        # What main prints.
+        self.assertEqual(result, json.loads(json.dumps(result)))
+        return status, result
+
+    def test_unpacked_into_its_working_directory(self):
+        self.feed(archive(member('etc', kind=tarfile.DIRTYPE, mode=0o755),
+                          member('etc/hostname', b'box\n'),
+                          member('etc/motd', b'hello', uid=1000, gid=1000),
+                          member('bin', kind=tarfile.SYMTYPE,
+                                 link='usr/bin')))
+        self.assertEqual((0, {'size': 9}), self.run_child())
+        # Confined first, before a byte of the tarball was read.
+        self.confine.assert_called_once_with(self.libc, 5, 6)
+        self.assertEqual([0], self.read_at_confine)
+        with open(os.path.join(self.cwd, 'etc', 'hostname'), 'rb') as f:
+            self.assertEqual(b'box\n', f.read())
+        self.assertEqual('usr/bin', os.readlink(os.path.join(self.cwd,
+                                                             'bin')))
+        if os.geteuid() == 0:
+            st = os.lstat(os.path.join(self.cwd, 'etc', 'motd'))
+            self.assertEqual((1000, 1000), (st.st_uid, st.st_gid))
+        self.assertEqual(['view'], os.listdir(self.top))
+
+    def test_compressed(self):
+        self.feed(archive(member('a', b'xyz'), mode='w:xz'))
+        self.assertEqual((0, {'size': 3}), self.run_child())
+
+    def test_the_daemon_s_argv(self):
+        self.feed(archive(member('a', b'xyz')))
+        stream = self.patch_object(unpackchild.tarball, 'unpack_stream',
+                                   return_value=3)
+        argv = unpack._child_argv(4096, 11, 12)
+        self.assertEqual(['-m', unpackchild.__name__], argv[1:3])
+        self.assertEqual((0, {'size': 3}), self.run_child(argv[3:]))
+        self.confine.assert_called_once_with(self.libc, 11, 12)
+        stream.assert_called_once_with(self.stdin.buffer, '.', 4096,
+                                       max_id=65535)
+
+    def test_missing_arguments(self):
+        self.patch('sys.stderr', new=io.StringIO())
+        for i in range(0, len(ARGV), 2):
+            self.assertRaises(SystemExit, unpackchild.run,
+                              ARGV[:i] + ARGV[i + 2:])
+        self.confine.assert_not_called()
+
+    def assertNothingUnpacked(self):
+        self.assertEqual([], os.listdir(self.cwd))
+        self.assertEqual(['view'], os.listdir(self.top))
+
+    def test_a_member_climbing_out(self):
+        for name in ('../x', '/x', 'a/../../x'):
+            self.feed(archive(member(name, b'evil')))
+            status, result = self.run_child()
+            self.assertEqual(1, status)
+            self.assertEqual({'error', 'member', 'reason'}, set(result))
+            self.assertEqual('UnsafeArchiveMember', result['error'])
+            self.assertEqual(name, result['member'])
+            self.assertIsInstance(result['reason'], str)
+            self.assertTrue(result['reason'])
+            self.assertNothingUnpacked()
+
+    def test_garbage(self):
+        for data in (b'', b'not a tarball ' * 100, b'\x1f\x8b' + b'x' * 600):
+            self.feed(data)
+            status, result = self.run_child()
+            self.assertEqual(1, status)
+            self.assertEqual('ArchiveError', result['error'])
+            self.assertEqual({'error', 'reason'}, set(result))
+            self.assertIn('archive', result['reason'])
+        self.assertNothingUnpacked()
+
+    def test_owners_above_max_id(self):
+        for uid, gid in ((65536, 0), (0, 65536), (1 << 20, 1 << 20)):
+            self.feed(archive(member('a', b'x', uid=uid, gid=gid)))
+            status, result = self.run_child()
+            self.assertEqual((1, 'UnsafeArchiveMember', 'a'),
+                             (status, result['error'], result['member']))
+            self.assertIn('65535', result['reason'])
+            self.assertNothingUnpacked()
+        # The highest mapped id is fine.
+        self.feed(archive(member('a', b'x', uid=65535, gid=65535)))
+        self.assertEqual((0, {'size': 1}), self.run_child())
+
+    def test_too_many_bytes(self):
+        self.feed(archive(member('a', b'x' * 100001)))
+        status, result = self.run_child()
+        self.assertEqual((1, 'UnsafeArchiveMember'),
+                         (status, result['error']))
+
+    def test_confine_fails(self):
+        self.feed(archive(member('a', b'x')))
+        self.confine.side_effect = OSError(
+            errno.EPERM, 'unshare(CLONE_NEWUSER): Operation not permitted')
+        self.assertEqual(
+            (1, {'error': 'OSError', 'errno': errno.EPERM,
+                 'strerror': 'unshare(CLONE_NEWUSER): Operation not '
+                             'permitted'}),
+            self.run_child())
+        self.assertEqual(0, self.stdin.buffer.tell())
+        self.assertNothingUnpacked()
+        # Its own refusals carry no errno.
+        self.confine.side_effect = OSError(0, 'threads were started')
+        self.assertEqual(
+            (1, {'error': 'OSError', 'errno': 0,
+                 'strerror': 'threads were started'}), self.run_child())
+        self.assertNothingUnpacked()
+
+    def test_an_os_error_without_errno(self):
+        self.feed(archive(member('a', b'x')))
+        self.confine.side_effect = OSError('no errno here')
+        status, result = self.run_child()
+        self.assertEqual((1, {'error': 'OSError', 'errno': 0,
+                              'strerror': 'no errno here'}),
+                         (status, result))
+        # Still an OSError for the daemon's caller.
+        e = self.assertRaises(OSError, unpack._result, status,
+                              json.dumps(result).encode(), b'')
+        self.assertEqual(0, e.errno)
+
+    def test_writing_fails(self):
+        self.feed(archive(member('a', b'x')))
+        self.patch_object(unpackchild.tarball, 'unpack_stream',
+                          side_effect=OSError(errno.ENOSPC, 'No space'))
+        self.assertEqual((1, {'error': 'OSError', 'errno': errno.ENOSPC,
+                              'strerror': 'No space'}), self.run_child())
+
+    def test_results_are_what_unpack_reads(self):
+        # Each outcome of run() as the daemon's _result takes it.
+        self.feed(archive(member('a', b'abc')))
+        status, result = self.run_child()
+        self.assertEqual(3, unpack._result(
+            status, json.dumps(result).encode() + b'\n', b''))
+        self.feed(archive(member('../a', b'abc')))
+        status, result = self.run_child()
+        e = self.assertRaises(exception.UnsafeArchiveMember, unpack._result,
+                              status, json.dumps(result).encode(), b'')
+        self.assertEqual('../a', e.kwargs['member'])
+        self.feed(b'junk' * 200)
+        status, result = self.run_child()
+        self.assertRaises(exception.ArchiveError, unpack._result,
+                          status, json.dumps(result).encode(), b'')
+        self.confine.side_effect = OSError(errno.EPERM, 'no')
+        status, result = self.run_child()
+        e = self.assertRaises(OSError, unpack._result,
+                              status, json.dumps(result).encode(), b'')
+        self.assertEqual(errno.EPERM, e.errno)
+
+
+class ConfineTest(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.events = []
+        self.failing = {}
+        self.libc = mock.Mock(spec=['prctl', 'unshare'])
+        self.libc.prctl.side_effect = self.call('prctl')
+        self.libc.unshare.side_effect = self.call('unshare')
+        self.patch_object(unpackchild.ctypes, 'get_errno',
+                          return_value=errno.EPERM)
+        for name in ('setgroups', 'setresgid', 'setresuid'):
+            self.patch('os.' + name, side_effect=self.call(name))
+        self.ready_r, self.ready_w = self.pipe()
+        self.go_r, self.go_w = self.pipe()
+        # The test's process may run threads of its own (other tests').
+        self.threads = self.patch_object(unpackchild, 'threading')
+        self.threads.active_count.return_value = 1
+
+    def pipe(self):
+        fds = os.pipe()
+        for fd in fds:
+            self.addCleanup(self.close, fd)
+        return fds
+
+    def close(self, fd):
+        # Only what confine left open: a closed fd's number may be reused.
+        if fd not in getattr(self, 'closed', ()):
+            os.close(fd)
+
+    def call(self, name):
+        def record(*args):
+            event = (name,) + args
+            if name == 'unshare':
+                self.at_unshare = self.readable(self.ready_r)
+            if name == 'setgroups':
+                self.at_setgroups = (self.readable(self.ready_r),
+                                     self.is_open(self.go_r),
+                                     self.is_open(self.ready_w))
+            self.events.append(event)
+            if isinstance(self.failing.get(name), BaseException):
+                raise self.failing[name]
+            if name in ('prctl', 'unshare'):
+                return self.failing.get((name, args[0]), 0)
+        return record
+
+    @staticmethod
+    def readable(fd):
+        return bool(select.select([fd], [], [], 0)[0])
+
+    @staticmethod
+    def is_open(fd):
+        try:
+            os.fstat(fd)
+        except OSError:
+            return False
+        return True
+
+    def confine(self):
+        return unpackchild.confine(self.libc, self.ready_w, self.go_r)
+
+    def ready_bytes(self):
+        os.close(self.ready_w)
+        self.closed = {self.ready_w}
+        return os.read(self.ready_r, 16)
+
+    def test_order(self):
+        os.write(self.go_w, b'g')
+        self.assertIsNone(self.confine())
+        self.assertEqual([
+            ('prctl', unpackchild.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0),
+            ('unshare', 0x10000000),
+            ('setgroups', []),
+            ('setresgid', 0, 0, 0),
+            ('setresuid', 0, 0, 0),
+            ('prctl', 38, 1, 0, 0, 0),
+        ], self.events)
+        self.assertEqual(1, unpackchild.PR_SET_PDEATHSIG)
+        # 'r' only once unshared; its ids dropped once 'g' was read and
+        # both ends closed (nothing of the daemon's kept).
+        self.assertFalse(self.at_unshare)
+        self.assertEqual((True, False, False), self.at_setgroups)
+        self.closed = {self.ready_w, self.go_r}
+        self.assertEqual(b'r', os.read(self.ready_r, 16))
+
+    def test_pdeathsig_fails(self):
+        os.write(self.go_w, b'g')
+        self.failing[('prctl', unpackchild.PR_SET_PDEATHSIG)] = -1
+        e = self.assertRaises(OSError, self.confine)
+        self.assertEqual(errno.EPERM, e.errno)
+        self.assertIn('PR_SET_PDEATHSIG', e.strerror)
+        self.assertEqual(['prctl'], [ev[0] for ev in self.events])
+        self.assertFalse(self.readable(self.ready_r))
+
+    def test_unshare_fails(self):
+        os.write(self.go_w, b'g')
+        self.failing[('unshare', 0x10000000)] = -1
+        e = self.assertRaises(OSError, self.confine)
+        self.assertEqual(errno.EPERM, e.errno)
+        self.assertIn('unshare(CLONE_NEWUSER)', e.strerror)
+        self.assertIn(os.strerror(errno.EPERM), e.strerror)
+        self.assertEqual(['prctl', 'unshare'], [ev[0] for ev in self.events])
+        # Nothing written: the daemon maps no namespace.
+        self.assertEqual(b'', self.ready_bytes())
+
+    def test_a_wrong_go_byte(self):
+        for go in (b'x', b'G', b'\0'):
+            self.events[:] = []
+            os.write(self.go_w, go)
+            self.assertRaises(OSError, self.confine)
+            self.assertEqual(['prctl', 'unshare'],
+                             [ev[0] for ev in self.events])
+        self.assertEqual(b'rrr', self.ready_bytes())
+
+    def test_the_daemon_hung_up(self):
+        os.close(self.go_w)
+        self.closed = {self.go_w}
+        self.assertRaises(OSError, self.confine)
+        self.assertEqual(['prctl', 'unshare'], [ev[0] for ev in self.events])
+
+    def test_no_new_privs_fails(self):
+        os.write(self.go_w, b'g')
+        self.failing[('prctl', unpackchild.PR_SET_NO_NEW_PRIVS)] = -1
+        e = self.assertRaises(OSError, self.confine)
+        self.assertIn('PR_SET_NO_NEW_PRIVS', e.strerror)
+        self.closed = {self.ready_w, self.go_r}
+
+    def test_setresgid_fails(self):
+        os.write(self.go_w, b'g')
+        self.failing['setresgid'] = PermissionError(errno.EPERM, 'no')
+        self.assertRaises(PermissionError, self.confine)
+        self.assertNotIn('setresuid', [ev[0] for ev in self.events])
+        self.closed = {self.ready_w, self.go_r}
+
+    def test_threads_counted(self):
+        self.threads.active_count.return_value = 2
+        os.write(self.go_w, b'g')
+        e = self.assertRaises(OSError, self.confine)
+        self.assertIn('threads', str(e))
+        self.assertEqual(['prctl'], [ev[0] for ev in self.events])
+        self.assertEqual(b'', self.ready_bytes())
+
+    def test_a_second_thread_running(self):
+        # The real count: unshare(2) fails in a threaded process.
+        self.patch_object(unpackchild, 'threading', new=threading)
+        stop = threading.Event()
+        thread = threading.Thread(target=stop.wait, daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 5)
+        self.addCleanup(stop.set)
+        os.write(self.go_w, b'g')
+        e = self.assertRaises(OSError, self.confine)
+        self.assertIn('threads', str(e))
+        self.libc.unshare.assert_not_called()
+        self.assertEqual(b'', self.ready_bytes())
+
+    def test_the_real_libc(self):
+        libc = unpackchild._libc()
+        self.assertTrue(callable(libc.prctl))
+        self.assertTrue(callable(libc.unshare))
+
+
+class MainTest(base.TestCase):
+
+    def printed(self):
+        out = io.StringIO()
+        self.patch('sys.stdout', new=out)
+        status = unpackchild.main()
+        lines = out.getvalue().split('\n')
+        self.assertEqual('', lines[-1])
+        self.assertEqual(2, len(lines))
+        return status, json.loads(lines[0])
+
+    def test_one_json_line(self):
+        for status, result in (
+                (0, {'size': 3}),
+                (1, {'error': 'UnsafeArchiveMember', 'member': 'a\nb',
+                     'reason': 'x\ny'}),
+                (1, {'error': 'OSError', 'errno': 28, 'strerror': 'full'})):
+            self.patch_object(unpackchild, 'run',
+                              return_value=(status, result))
+            self.assertEqual((status, result), self.printed())
+
+    def test_with_its_argv(self):
+        top = os.path.realpath(self.useFixture(fixtures.TempDir()).path)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(top)
+        confine = self.patch_object(unpackchild, 'confine')
+        stdin = mock.Mock(spec=['buffer'])
+        stdin.buffer = io.BytesIO(archive(member('f', b'12345')))
+        self.patch('sys.stdin', new=stdin)
+        self.patch('sys.argv', new=['unpackchild'] + ARGV)
+        self.assertEqual((0, {'size': 5}), self.printed())
+        confine.assert_called_once_with(mock.ANY, 5, 6)
+
+    def test_decompressors_loaded_before_confining(self):
+        for name in ('bz2', 'gzip', 'lzma', 'zstandard', 'tarball'):
+            self.assertIn(name, vars(unpackchild))
