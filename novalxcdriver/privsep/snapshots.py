@@ -39,7 +39,6 @@ import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import tempfile
 import threading
@@ -59,7 +58,7 @@ LOG = logging.getLogger(__name__)
 
 STAGE_PREFIX = 'snapshot-'
 MERGED = 'merged'
-SPOOL = 'spool'
+SPOOL = storage.SPOOL
 STAGE_RE = re.compile(r'^snapshot-[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z')
 FIFO_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.fifo\Z')
 ZSTD_LEVEL = 3
@@ -108,16 +107,6 @@ def check_stage(call, stage):
     rootdirs.check_root_dir(call, os.path.dirname(stage))
 
 
-def _check_fifo_path(call, fifo):
-    storage.check_path(call, fifo)
-    spool = os.path.dirname(fifo)
-    if not FIFO_RE.match(os.path.basename(fifo)) or \
-            os.path.basename(spool) != SPOOL or \
-            os.path.dirname(spool) not in privsep.driver_roots():
-        privsep.refuse(call, '%s is not a FIFO of a driver root\'s spool '
-                       '(<driver root>/%s/<name>.fifo)' % (fifo, SPOOL))
-
-
 def _held_stage(call, stage):
     check_stage(call, stage)
     with _held_lock:
@@ -147,33 +136,9 @@ def _lock(path, wait=False):
 
 
 def _open_fifo(call, fifo):
-    """fifo's write end, blocking once open.
-
-    :raises PrivilegedCallRefused: not a FIFO, or nobody reads it.
-    """
-    _check_fifo_path(call, fifo)
-    # Looked at before the open too: opening a device node for writing
-    # can act on its device.
-    try:
-        before = os.lstat(fifo)
-    except FileNotFoundError:
-        privsep.refuse(call, '%s does not exist' % fifo)
-    if not stat.S_ISFIFO(before.st_mode):
-        privsep.refuse(call, '%s is not a FIFO' % fifo)
-    try:
-        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW |
-                     os.O_CLOEXEC)
-    except OSError as e:
-        # ENXIO: no reader; ELOOP: a symlink; ENOENT: gone.
-        privsep.refuse(call, 'cannot open %s for writing: %s'
-                       % (fifo, e.strerror))
-    after = os.fstat(fd)
-    if not stat.S_ISFIFO(after.st_mode) or \
-            not os.path.samestat(before, after):
-        os.close(fd)
-        privsep.refuse(call, '%s was replaced while it was opened' % fifo)
-    os.set_blocking(fd, True)
-    return fd
+    """fifo's write end, blocking once open; never through a link."""
+    return storage.open_spool_fifo(call, fifo, FIFO_RE, 'a FIFO',
+                                   write=True)
 
 
 # -- entry points ---------------------------------------------------------

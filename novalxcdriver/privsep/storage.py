@@ -106,6 +106,9 @@ UNTRUSTED_OPTIONS = {
 # Processes a MountBusy message names at most.
 _MAX_NAMED = 10
 _LOOP_RE = re.compile(r'^/dev/loop[0-9]{1,7}\Z')
+# nova-compute's directory below a driver root for the FIFOs it shares
+# with the daemons (a snapshot's stream, an unpack's tarball).
+SPOOL = 'spool'
 
 # loop(4), include/uapi/linux/loop.h.
 LOOP_CONTROL = '/dev/loop-control'
@@ -211,6 +214,53 @@ def check_backing(call, backing):
             backing = os.path.join(root, os.path.relpath(backing, real))
             break
     check_path(call, backing)
+
+
+def open_spool_fifo(call, fifo, name_re, what, write):
+    """A FIFO of a driver root's spool, opened; blocking once open.
+
+    nova-compute makes it (``<driver root>/spool`` is its own) and holds
+    the other end. It must be named as name_re says, be a FIFO (looked
+    at before the open too: opening a device node can act on its
+    device), and is never opened through a link; the open file must be
+    what was looked at (samestat).
+
+    :param what: its kind, for the refusal ('an unpack FIFO').
+    :param write: True for the write end (nova-compute must be reading:
+        ENXIO otherwise), False for the read end.
+    :returns: the fd.
+    :raises PrivilegedCallRefused: any of the above.
+    """
+    check_path(call, fifo)
+    spool = os.path.dirname(fifo)
+    if not name_re.match(os.path.basename(fifo)) or \
+            os.path.basename(spool) != SPOOL or \
+            os.path.dirname(spool) not in privsep.driver_roots():
+        privsep.refuse(call, '%s is not %s of a driver root\'s spool '
+                       '(<driver root>/%s/%s)' % (fifo, what, SPOOL,
+                                                  name_re.pattern))
+    try:
+        before = os.lstat(fifo)
+    except FileNotFoundError:
+        privsep.refuse(call, '%s does not exist' % fifo)
+    if not stat.S_ISFIFO(before.st_mode):
+        privsep.refuse(call, '%s is not a FIFO' % fifo)
+    mode = os.O_WRONLY if write else os.O_RDONLY
+    try:
+        fd = os.open(fifo, mode | os.O_NONBLOCK | os.O_NOFOLLOW |
+                     os.O_CLOEXEC)
+    except OSError as e:
+        # ENXIO: no reader; ELOOP: a symlink; ENOENT: gone.
+        privsep.refuse(call, 'cannot open %s for %s: %s'
+                       % (fifo, 'writing' if write else 'reading',
+                          e.strerror))
+    after = os.fstat(fd)
+    if not stat.S_ISFIFO(after.st_mode) or \
+            not os.path.samestat(before, after):
+        os.close(fd)
+        privsep.refuse(call, '%s was replaced while it was opened' % fifo)
+    os.set_blocking(fd, True)
+    return fd
 
 
 def backing_file(device):

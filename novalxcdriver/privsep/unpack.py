@@ -59,7 +59,7 @@ LOG = logging.getLogger(__name__)
 CHILD_MODULE = 'novalxcdriver.privsep.unpackchild'
 PACKAGE = os.path.dirname(os.path.abspath(privsep.__file__))
 VIEW = 'view'
-SPOOL = 'spool'
+SPOOL = storage.SPOOL
 FIFO_RE = re.compile(r'^unpack-[0-9]+-[0-9a-f]{1,64}\.fifo\Z')
 # images/.partial-<image uuid>-<pid>-<mkdtemp's suffix>/rootfs
 ROOTFS_RE = re.compile(
@@ -119,33 +119,8 @@ def check_rootfs(call, rootfs):
 
 def _open_fifo(call, fifo):
     """fifo's read end, blocking once open; never through a link."""
-    storage.check_path(call, fifo)
-    spool = os.path.dirname(fifo)
-    if not FIFO_RE.match(os.path.basename(fifo)) or \
-            os.path.basename(spool) != SPOOL or \
-            os.path.dirname(spool) not in privsep.driver_roots():
-        privsep.refuse(call, '%s is not an unpack FIFO of a driver root\'s '
-                       'spool (<driver root>/%s/unpack-<pid>-<hex>.fifo)'
-                       % (fifo, SPOOL))
-    try:
-        before = os.lstat(fifo)
-    except FileNotFoundError:
-        privsep.refuse(call, '%s does not exist' % fifo)
-    if not stat.S_ISFIFO(before.st_mode):
-        privsep.refuse(call, '%s is not a FIFO' % fifo)
-    try:
-        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW |
-                     os.O_CLOEXEC)
-    except OSError as e:
-        privsep.refuse(call, 'cannot open %s for reading: %s'
-                       % (fifo, e.strerror))
-    after = os.fstat(fd)
-    if not stat.S_ISFIFO(after.st_mode) or \
-            not os.path.samestat(before, after):
-        os.close(fd)
-        privsep.refuse(call, '%s was replaced while it was opened' % fifo)
-    os.set_blocking(fd, True)
-    return fd
+    return storage.open_spool_fifo(call, fifo, FIFO_RE, 'an unpack FIFO',
+                                   write=False)
 
 
 def _child_argv(max_bytes, ready_fd, go_fd):

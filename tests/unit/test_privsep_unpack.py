@@ -490,13 +490,13 @@ class OpenFifoTest(_Mocked):
         self.assertIn('does not exist', self.refused_fifo(self.fifo))
 
     def swapped_after_lstat(self, swap):
-        """os.lstat that runs swap() once _open_fifo has lstat'ed it."""
+        """os.lstat running swap() once the FIFO was looked at."""
         prev = os.lstat
 
         def lstat(path, *args, **kwargs):
             st = prev(path, *args, **kwargs)
             if path == self.fifo and \
-                    sys._getframe(1).f_code.co_name == '_open_fifo':
+                    sys._getframe(1).f_code.co_name == 'open_spool_fifo':
                 swap()
             return st
         self.patch('os.lstat', new=lstat)
