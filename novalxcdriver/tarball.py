@@ -120,17 +120,6 @@ _MAX_ID = 2 ** 32 - 2
 _MAX_MTIME = 2 ** 40
 
 
-def unpack_rootfs(archive_path, dest_dir, max_bytes, max_id=None):
-    """Unpack the root filesystem archive at archive_path into dest_dir.
-
-    unpack_stream of the file.
-
-    :raises OSError: archive_path cannot be opened.
-    """
-    with open(archive_path, 'rb') as archive:
-        return unpack_stream(archive, dest_dir, max_bytes, max_id=max_id)
-
-
 def unpack_stream(stream, dest_dir, max_bytes, head=b'', max_id=None):
     """Unpack a root filesystem archive, read once from stream, into dest_dir.
 

@@ -35,6 +35,12 @@ def xattr(attr, value):
     return {'SCHILY.xattr.' + attr: value.decode('utf-8', 'surrogateescape')}
 
 
+def unpack_file(path, dest, max_bytes, max_id=None):
+    """tarball.unpack_stream of the archive file at path."""
+    with open(path, 'rb') as archive:
+        return tarball.unpack_stream(archive, dest, max_bytes, max_id=max_id)
+
+
 class TestUnpackRootfs(base.BaseTestCase):
 
     def setUp(self):
@@ -82,7 +88,7 @@ class TestUnpackRootfs(base.BaseTestCase):
         return path
 
     def unpack(self, path, max_bytes=BIG):
-        return tarball.unpack_rootfs(path, self.dest, max_bytes)
+        return unpack_file(path, self.dest, max_bytes)
 
     def in_dest(self, name):
         return os.path.join(self.dest, name)
@@ -141,7 +147,7 @@ class TestUnpackRootfs(base.BaseTestCase):
             path = self.write_archive(
                 [directory('etc'), reg('etc/hostname', b'box\n')],
                 compression, name)
-            self.assertEqual(4, tarball.unpack_rootfs(path, dest, BIG),
+            self.assertEqual(4, unpack_file(path, dest, BIG),
                              compression)
             with open(os.path.join(dest, 'etc/hostname'), 'rb') as f:
                 self.assertEqual(b'box\n', f.read(), compression)
@@ -264,18 +270,17 @@ class TestUnpackRootfs(base.BaseTestCase):
             info, data = reg('f-%s' % field, b'x', **{field: 65536})
             path = self.write_archive([(info, data)], name=field)
             e = self.assertRaises(exception.UnsafeArchiveMember,
-                                  tarball.unpack_rootfs, path, self.dest,
+                                  unpack_file, path, self.dest,
                                   BIG, max_id=65535)
             self.assertIn('%s 65536 is above 65535' % field, str(e))
             self.assertFalse(os.path.lexists(self.in_dest('f-' + field)))
         # At the limit, and without one, both pass.
         info, data = reg('top', b'x', uid=65535, gid=65535)
-        tarball.unpack_rootfs(self.write_archive([(info, data)], name='top'),
-                              self.dest, BIG, max_id=65535)
+        unpack_file(self.write_archive([(info, data)], name='top'),
+                    self.dest, BIG, max_id=65535)
         info, data = reg('high', b'x', uid=70000, gid=70000)
-        tarball.unpack_rootfs(self.write_archive([(info, data)],
-                                                 name='high'),
-                              self.dest, BIG)
+        unpack_file(self.write_archive([(info, data)], name='high'),
+                    self.dest, BIG)
 
     def test_replacing_member_keeps_last_version(self):
         members = [reg('f', b'old'), reg('f', b'new!'), symlink('l', 'f'),
