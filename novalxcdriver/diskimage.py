@@ -31,14 +31,15 @@ The image comes from a user and is treated as hostile:
    host is written. The root is the partition holding an executable
    /sbin/init, or the one the image property ``novalxc_root_partition``
    names (``choose_root``).
-5. The root's tree is copied (``copy_tree``) keeping numeric owners, all
-   mode bits, hard links, symlinks, FIFOs, mtimes and extended attributes
-   (security.capability included, set after the chown that clears it);
-   device nodes and sockets are skipped (LXC populates /dev itself, and a
-   0/0 character device would be an overlay whiteout in the lower layer),
-   and so are overlayfs's own ``trusted.overlay.*`` attributes, which the
-   overlay would obey. Regular file sizes, added up, stay within the
-   cache's limit, as for a tarball.
+5. The root's tree is copied by the storage_admin daemon's confined child
+   (privsep.unpack.copy_partition, treecopy.copy_tree), as root of a user
+   namespace of the unpack range between idmapped views of the partition
+   and the rootfs, never as host root: numeric owners, all mode bits, hard
+   links, symlinks, FIFOs, mtimes and extended attributes
+   (security.capability included) are kept; device nodes, sockets and
+   the ``trusted.*`` and ``security.*`` attributes tarball.py leaves out
+   are skipped. Regular file sizes, added up, stay within the cache's
+   limit, as for a tarball.
 
 The mount and loop devices are undone whatever happens; ``release`` undoes
 what a crashed process left in its work directory.
@@ -52,11 +53,9 @@ that). Operators who do not want that set ``[lxc] disk_images = false``
 
 import contextlib
 import dataclasses
-import errno
 import json
 import os
 import shutil
-import stat
 import struct
 
 from oslo_log import log as logging
@@ -68,6 +67,7 @@ from novalxcdriver import loop
 from novalxcdriver import lxc
 from novalxcdriver import mount
 from novalxcdriver.privsep import storage
+from novalxcdriver.privsep import unpack as confined
 
 LOG = logging.getLogger(__name__)
 
@@ -126,12 +126,13 @@ _GPT_MAX_ENTRY_SIZE = 4096
 INFO_LIMITS = dict(cpu_time=30, address_space=1 << 30)
 CONVERT_LIMITS = dict(cpu_time=600, address_space=2 << 30)
 CONVERT_TIMEOUT = 900
+# The copy of the root partition's files (privsep.unpack.copy_partition).
+COPY_TIMEOUT = 900
 
-_SKIPPED_XATTR_PREFIX = b'trusted.overlay.'
 # What unpack makes in its work directory, besides the fetched image
 # (images.py names it 'archive').
 RAW_FILE = 'disk.raw'
-MOUNT_DIR = 'mnt'
+MOUNT_DIR = confined.PARTITION
 FETCHED_FILE = 'archive'
 
 
@@ -458,9 +459,11 @@ def unpack(image_path, kind, disk_format, workdir, dest, max_bytes,
     root = choose_root(probed, root_partition)
     fs = [f for p, f, _ in probed if p == root][0]
     with _mounted(raw, root, fs, mnt):
-        copied = copy_tree(mnt, dest, max_bytes)
-    LOG.info('Disk image %s: partition %d (%s) copied, %d bytes of files',
-             image_path, root.number, fs, copied)
+        copied, skipped = confined.copy_partition(dest, max_bytes,
+                                                   COPY_TIMEOUT)
+    LOG.info('Disk image %s: partition %d (%s) copied, %d bytes of files; '
+             '%d device nodes and sockets skipped (LXC makes /dev)',
+             image_path, root.number, fs, copied, skipped)
     return copied
 
 
@@ -542,186 +545,3 @@ def release(workdir):
                 loop.detach(device)
             except exception.LoopFailed as e:
                 LOG.info('Cannot detach %s: %s', device, e)
-
-
-# -- the copy --------------------------------------------------------------
-
-def copy_tree(src, dest, max_bytes):
-    """Copy the tree under src into the empty directory dest, as root.
-
-    Numeric owners, mode bits (setuid, setgid, sticky), mtimes, hard links
-    (of regular files and FIFOs), symlinks (never followed), FIFOs and
-    extended attributes are kept; device nodes, sockets and overlayfs's
-    trusted.overlay.* attributes are skipped. Sparse files stay sparse.
-
-    :param max_bytes: the most bytes of regular file data (sizes added
-        up; a hard link counts nothing).
-    :returns: the bytes of regular file data copied.
-    :raises DiskImageRefused: the files exceed max_bytes or the free
-        space of dest, or the filesystem is corrupt (a directory appears
-        twice, an entry's name holds '/' or is '.' or '..').
-    :raises OSError: reading or writing failed.
-    """
-    copier = _Copier(dest, max_bytes)
-    root_st = os.lstat(src)
-    seen = {(root_st.st_dev, root_st.st_ino)}
-    dirs = [(src, dest, root_st)]
-    stack = [(src, dest)]
-    while stack:
-        src_dir, dest_dir = stack.pop()
-        with os.scandir(src_dir) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
-            if '/' in entry.name or entry.name in ('.', '..'):
-                # Only a corrupt or crafted filesystem returns these; as a
-                # path component of dest they would lead out of it.
-                raise exception.DiskImageRefused(
-                    reason='directory %r holds an entry named %r: the '
-                           'filesystem is corrupt'
-                           % (os.path.relpath(src_dir, src), entry.name))
-            s = entry.path
-            d = os.path.join(dest_dir, entry.name)
-            st = os.lstat(s)
-            if stat.S_ISDIR(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    raise exception.DiskImageRefused(
-                        reason='directory %r appears twice: the filesystem '
-                               'is corrupt' % os.path.relpath(s, src))
-                seen.add(key)
-                os.mkdir(d, 0o700)
-                dirs.append((s, d, st))
-                stack.append((s, d))
-            else:
-                copier.copy(s, d, st)
-    # Directories last, deepest first: creating their entries changed
-    # their mtimes.
-    for s, d, st in reversed(dirs):
-        copier.metadata(s, d, st)
-    if copier.skipped:
-        LOG.info('Skipped %d device nodes and sockets of the disk image '
-                 '(LXC makes /dev)', copier.skipped)
-    return copier.total
-
-
-class _Copier:
-
-    def __init__(self, dest, max_bytes):
-        self._dest = dest
-        self._max_bytes = max_bytes
-        self.total = 0
-        self.skipped = 0
-        self._links = {}
-
-    def copy(self, s, d, st):
-        mode = st.st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or
-                stat.S_ISFIFO(mode)):
-            self.skipped += 1
-            return
-        key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and not stat.S_ISLNK(mode):
-            first = self._links.get(key)
-            if first is not None:
-                os.link(first, d, follow_symlinks=False)
-                return
-            self._links[key] = d
-        if stat.S_ISLNK(mode):
-            os.symlink(os.readlink(s), d)
-        elif stat.S_ISFIFO(mode):
-            os.mkfifo(d, 0o600)
-        else:
-            self._account(s, st)
-            _copy_data(s, d, st.st_size)
-        self.metadata(s, d, st)
-
-    def _account(self, s, st):
-        if self.total + st.st_size > self._max_bytes:
-            raise exception.DiskImageRefused(
-                reason='its files would exceed the limit of %d bytes '
-                       '([lxc] image_max_unpacked_gib)' % self._max_bytes)
-        vfs = os.statvfs(self._dest)
-        free = vfs.f_bavail * vfs.f_frsize
-        needed = min(st.st_size, st.st_blocks * 512)
-        if needed > free:
-            raise exception.DiskImageRefused(
-                reason='%s needs %d bytes but only %d are free in the '
-                       'image cache' % (s, needed, free))
-        self.total += st.st_size
-
-    @staticmethod
-    def metadata(s, d, st):
-        """Give d the metadata of s (whose lstat is st).
-
-        Owner, then mode (chown clears setuid bits), then xattrs (chown
-        clears security.capability), then times.
-        """
-        link = stat.S_ISLNK(st.st_mode)
-        os.chown(d, st.st_uid, st.st_gid, follow_symlinks=False)
-        if not link:
-            os.chmod(d, stat.S_IMODE(st.st_mode))
-        for name, value in _xattrs(s):
-            try:
-                os.setxattr(d, name, value, follow_symlinks=False)
-            except OSError as e:
-                if link and e.errno in (errno.EPERM, errno.ENOTSUP):
-                    continue
-                raise
-        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns),
-                 follow_symlinks=False)
-
-
-def _xattrs(path):
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as e:
-        if e.errno == errno.ENOTSUP:
-            return []
-        raise
-    result = []
-    for name in names:
-        encoded = os.fsencode(name)
-        if encoded.startswith(_SKIPPED_XATTR_PREFIX):
-            continue
-        try:
-            result.append((name, os.getxattr(path, name,
-                                             follow_symlinks=False)))
-        except OSError as e:
-            if e.errno != errno.ENODATA:
-                raise
-    return result
-
-
-def _copy_data(src, dest, size):
-    """Copy a regular file's data, keeping its holes.
-
-    Data segments are found with SEEK_DATA/SEEK_HOLE (lseek(2)).
-    """
-    fin = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        fout = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
-                       os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            pos = 0
-            while pos < size:
-                try:
-                    start = os.lseek(fin, pos, os.SEEK_DATA)
-                except OSError as e:
-                    if e.errno == errno.ENXIO:  # only a hole is left
-                        break
-                    raise
-                end = os.lseek(fin, start, os.SEEK_HOLE)
-                os.lseek(fout, start, os.SEEK_SET)
-                offset = start
-                while offset < end:
-                    sent = os.sendfile(fout, fin, offset,
-                                       min(end - offset, 1 << 30))
-                    if sent == 0:
-                        break
-                    offset += sent
-                pos = end
-            os.ftruncate(fout, size)
-        finally:
-            os.close(fout)
-    finally:
-        os.close(fin)

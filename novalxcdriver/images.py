@@ -535,12 +535,13 @@ class ImageCache:
 def _release(partial):
     """Undo the mounts and loop devices a crashed unpack left in partial.
 
-    The confined unpacker's view (privsep.unpack; its daemon unmounts it
-    unless it died) and a disk image's (diskimage.release).
+    The confined unpacker's views (privsep.unpack; its daemon unmounts
+    them unless it died) and a disk image's (diskimage.release).
 
     :raises MountBusy, MountFailed: a mount cannot be undone.
     """
     mount.unmount_tree(os.path.join(partial, unpack.VIEW))
+    mount.unmount_tree(os.path.join(partial, unpack.COPY))
     diskimage.release(partial)
 
 

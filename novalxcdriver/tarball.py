@@ -372,7 +372,7 @@ def _free_bytes(path):
     return st.f_bavail * st.f_frsize
 
 
-def _kept_xattr(name):
+def kept_xattr(name):
     """Whether the attribute name (bytes) is set (module docstring)."""
     if name.startswith(b'trusted.'):
         return False
@@ -578,7 +578,7 @@ class _MemberFilter(object):
         xattrs = [(_xattr_name(k), v.encode('utf-8', 'surrogateescape'))
                   for k, v in member.pax_headers.items()
                   if k.startswith(_XATTR_PREFIX)]
-        xattrs = [(k, v) for k, v in xattrs if _kept_xattr(k)]
+        xattrs = [(k, v) for k, v in xattrs if kept_xattr(k)]
         if not xattrs:
             return
         self._xattr_bytes += sum(len(k) + len(v) + _XATTR_OVERHEAD

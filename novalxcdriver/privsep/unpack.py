@@ -29,6 +29,15 @@ The flow, for one rootfs (``<driver root>/images/.partial-<image id>-
    and returns the bytes unpacked, or raises what the child reported.
 
 cancel kills the child and removes the view (a download that failed).
+
+A disk image's root partition (diskimage.py) is copied by the same child
+(``--mode tree``, treecopy.py) in one call, copy_partition: the partition
+nova-compute mounted read-only on ``<partial>/mnt`` gets a read-only
+idmapped view of the same range, so the child reads the image's files as
+their owners 0..65535 of its namespace and writes them so into the
+rootfs's view. Both views sit in ``<partial>/copy``, a directory of the
+range's root (the child's working directory: it cannot enter the
+partial, root's 0700, once confined).
 The daemon keeps one record per running unpack; a crash of nova-compute
 leaves the child reading a FIFO without a writer (EOF: it fails), and
 the partial (with its view's mount, if the daemon died too) is removed by
@@ -50,6 +59,7 @@ from oslo_log import log as logging
 from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import ids
+from novalxcdriver import mount
 from novalxcdriver import privsep
 from novalxcdriver.privsep import storage
 
@@ -59,6 +69,13 @@ LOG = logging.getLogger(__name__)
 CHILD_MODULE = 'novalxcdriver.privsep.unpackchild'
 PACKAGE = os.path.dirname(os.path.abspath(privsep.__file__))
 VIEW = 'view'
+# A disk image's copy: the partition's mount point (diskimage.py mounts
+# it), and the child's directory with the two views.
+PARTITION = 'mnt'
+COPY = 'copy'
+COPY_SOURCE = 'source'
+COPY_ROOTFS = 'rootfs'
+MODES = ('tarball', 'tree')
 SPOOL = storage.SPOOL
 FIFO_RE = re.compile(r'^unpack-[0-9]+-[0-9a-f]{1,64}\.fifo\Z')
 # images/.partial-<image uuid>-<pid>-<mkdtemp's suffix>/rootfs
@@ -74,9 +91,10 @@ _running_lock = threading.Lock()
 
 
 class _Unpack:
-    def __init__(self, proc, view, out, err):
+    def __init__(self, proc, made, out, err):
         self.proc = proc
-        self.view = view
+        # The directories start made (mount points among them), in order.
+        self.made = made
         # Files, not pipes: nobody reads the child's output until it is
         # done, and a full pipe would stop it (and the download with it).
         self.out = out
@@ -123,8 +141,8 @@ def _open_fifo(call, fifo):
                                    write=False)
 
 
-def _child_argv(max_bytes, ready_fd, go_fd):
-    return [sys.executable, '-m', CHILD_MODULE,
+def _child_argv(max_bytes, ready_fd, go_fd, mode='tarball'):
+    return [sys.executable, '-m', CHILD_MODULE, '--mode', mode,
             '--max-bytes', str(max_bytes),
             '--max-id', str(ids.UNPACK_IDS - 1),
             '--ready-fd', str(ready_fd), '--go-fd', str(go_fd)]
@@ -148,12 +166,35 @@ def _kill(proc):
     proc.wait()
 
 
-def _remove_view(view):
-    storage._unmount(view)
-    try:
-        os.rmdir(view)
-    except FileNotFoundError:
-        pass
+def _remove(made):
+    """Unmount and remove made's directories, the last made first."""
+    for path in reversed(made):
+        # EINVAL (not a mount point) is no failure.
+        storage._unmount(path)
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+
+
+def _claim(call, rootfs):
+    with _running_lock:
+        if rootfs in _running:
+            privsep.refuse(call, '%s is being unpacked already' % rootfs)
+        if os.listdir(rootfs):
+            privsep.refuse(call, '%s is not empty' % rootfs)
+        _running[rootfs] = None
+
+
+def _unclaim(rootfs):
+    with _running_lock:
+        del _running[rootfs]
+
+
+def _check_max_bytes(call, max_bytes):
+    if type(max_bytes) is not int or max_bytes <= 0:
+        privsep.refuse(call, 'max_bytes %r is not a positive int'
+                       % (max_bytes,))
 
 
 @privsep.storage_admin.entrypoint
@@ -175,50 +216,57 @@ def start_unpack(rootfs, fifo, max_bytes):
     """
     call = 'start_unpack'
     view = check_rootfs(call, rootfs)
-    if type(max_bytes) is not int or max_bytes <= 0:
-        privsep.refuse(call, 'max_bytes %r is not a positive int'
-                       % (max_bytes,))
+    _check_max_bytes(call, max_bytes)
     # Claimed under the lock, started outside it: a slow start (the
     # child's imports) holds no other unpack up.
-    with _running_lock:
-        if rootfs in _running:
-            privsep.refuse(call, '%s is being unpacked already' % rootfs)
-        if os.listdir(rootfs):
-            privsep.refuse(call, '%s is not empty' % rootfs)
-        _running[rootfs] = None
+    _claim(call, rootfs)
     try:
-        held = _start(call, rootfs, view, fifo, max_bytes)
+        held = _start(call, [(view, False)], [(rootfs, view, 0)],
+                      lambda: _open_fifo(call, fifo), 'tarball', max_bytes)
     except BaseException:
-        with _running_lock:
-            del _running[rootfs]
+        _unclaim(rootfs)
         raise
     with _running_lock:
         _running[rootfs] = held
 
 
-def _start(call, rootfs, view, fifo, max_bytes):
-    """start_unpack's work once rootfs is claimed; the _Unpack."""
+def _start(call, dirs, mounts, open_stdin, mode, max_bytes):
+    """Start the child in mode once its rootfs is claimed; the _Unpack.
+
+    :param dirs: [(path, owned)] to make, 0700, in order (refused if one
+        exists), owned by the unpack range's root if owned, root's
+        otherwise; the first is the child's working directory.
+    :param mounts: [(source, target, extra mount_setattr flags)]: the
+        idmapped views.
+    :param open_stdin: callable returning the child's stdin (an fd).
+    """
     idmap = ids.unpack_idmap()
-    try:
-        os.mkdir(view, 0o700)
-    except FileExistsError:
-        privsep.refuse(call, '%s exists already' % view)
+    made = []
     proc = stdin = out = err = None
     fds = []
     try:
+        for path, owned in dirs:
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                privsep.refuse(call, '%s exists already' % path)
+            made.append(path)
+            if owned:
+                os.chown(path, idmap.uid_start, idmap.gid_start)
         out = tempfile.TemporaryFile()
         err = tempfile.TemporaryFile()
-        stdin = _open_fifo(call, fifo)
+        stdin = open_stdin()
         with storage.user_namespace(idmap) as userns_fd:
-            storage._idmapped(rootfs, view, userns_fd, 0)
+            for source, target, attr in mounts:
+                storage._idmapped(source, target, userns_fd, attr)
         ready_r, ready_w = os.pipe()
         go_r, go_w = os.pipe()
         fds = [ready_r, ready_w, go_r, go_w]
         # umask 022: the daemon's is 0, and tarfile makes missing
         # parents with the default mode.
         proc = subprocess.Popen(
-            _child_argv(max_bytes, ready_w, go_r), stdin=stdin,
-            stdout=out, stderr=err, cwd=view,
+            _child_argv(max_bytes, ready_w, go_r, mode), stdin=stdin,
+            stdout=out, stderr=err, cwd=made[0],
             pass_fds=(ready_w, go_r), close_fds=True, umask=0o022,
             env=_child_env())
         os.close(ready_w)
@@ -230,7 +278,7 @@ def _start(call, rootfs, view, fifo, max_bytes):
             status = proc.wait()
             raise exception.CommandFailed(
                 cmd=CHILD_MODULE, exit_code=status,
-                stderr=_Unpack(proc, view, out, err).output()[1].decode(
+                stderr=_Unpack(proc, made, out, err).output()[1].decode(
                     errors='replace'))
         storage._map_writer([(0, idmap.uid_start, idmap.size)],
                             [(0, idmap.gid_start, idmap.size)])(proc.pid)
@@ -238,7 +286,7 @@ def _start(call, rootfs, view, fifo, max_bytes):
     except BaseException:
         if proc is not None:
             _kill(proc)
-        _remove_view(view)
+        _remove(made)
         for f in (out, err):
             if f is not None:
                 f.close()
@@ -248,7 +296,7 @@ def _start(call, rootfs, view, fifo, max_bytes):
             os.close(stdin)
         for fd in fds:
             os.close(fd)
-    return _Unpack(proc, view, out, err)
+    return _Unpack(proc, made, out, err)
 
 
 def _held(call, rootfs):
@@ -288,13 +336,18 @@ def finish_unpack(rootfs, timeout):
                 reason='the unpacker did not finish within %s s of the '
                        'end of the download' % timeout)
     finally:
-        _remove_view(held.view)
+        _remove(held.made)
     out, err = held.output()
     return _result(proc.returncode, out, err)
 
 
 def _result(returncode, out, err):
     """The child's outcome: bytes unpacked, or the exception it reported."""
+    return _outcome(returncode, out, err)['size']
+
+
+def _outcome(returncode, out, err):
+    """The child's result object, or the exception it reported."""
     tail = err[-_STDERR_TAIL:].decode(errors='replace').strip()
     try:
         result = json.loads(out[:_MAX_RESULT].decode().splitlines()[-1])
@@ -302,9 +355,11 @@ def _result(returncode, out, err):
         result = None
     if returncode == 0 and isinstance(result, dict) and \
             type(result.get('size')) is int:
-        return result['size']
+        return result
     if isinstance(result, dict):
         kind = result.get('error')
+        if kind == 'DiskImageRefused':
+            raise exception.DiskImageRefused(reason=str(result.get('reason')))
         if kind == 'UnsafeArchiveMember':
             raise exception.UnsafeArchiveMember(
                 member=str(result.get('member')),
@@ -312,6 +367,9 @@ def _result(returncode, out, err):
         if kind == 'ArchiveError':
             raise exception.ArchiveError(reason=str(result.get('reason')))
         if kind == 'OSError' and type(result.get('errno')) is int:
+            if isinstance(result.get('filename'), str):
+                raise OSError(result['errno'], str(result.get('strerror')),
+                              result['filename'])
             raise OSError(result['errno'], str(result.get('strerror')))
     how = ('killed by signal %d' % -returncode if returncode < 0
            else 'exit status %d' % returncode)
@@ -330,4 +388,71 @@ def cancel_unpack(rootfs):
         _kill(held.proc)
         held.output()
     finally:
-        _remove_view(held.view)
+        _remove(held.made)
+
+
+def _check_partition(call, partition):
+    """Refuse unless a read-only mount is on partition."""
+    if mount.top(partition) is None:
+        privsep.refuse(call, 'nothing is mounted on %s' % partition)
+    if not os.statvfs(partition).f_flag & os.ST_RDONLY:
+        privsep.refuse(call, '%s is mounted read-write' % partition)
+
+
+@privsep.storage_admin.entrypoint
+def copy_partition(rootfs, max_bytes, timeout):
+    """Copy the partition mounted on rootfs's ``<partial>/mnt`` into it.
+
+    By the confined child (module docstring), through idmapped views in
+    ``<partial>/copy``, which are unmounted and removed whatever happens.
+    Files keep their owners, modes, links, times and the xattrs
+    treecopy.copy_tree keeps.
+
+    :param rootfs: an image cache partial's empty rootfs (check_rootfs).
+    :param max_bytes: the most bytes of file data (> 0).
+    :param timeout: seconds the copy may take (> 0); the child is killed
+        after.
+    :returns: (bytes of file data copied, device nodes and sockets
+        skipped).
+    :raises PrivilegedCallRefused: the checks, no read-only mount on
+        ``<partial>/mnt``, a rootfs not empty or being unpacked.
+    :raises DiskImageRefused: the image's files break treecopy's rules or
+        the limit, or the copy took longer than timeout.
+    :raises OSError: reading or writing failed (e.g. ENOSPC).
+    :raises CommandFailed, CommandTimedOut, MountFailed: as start_unpack.
+    """
+    call = 'copy_partition'
+    check_rootfs(call, rootfs)
+    _check_max_bytes(call, max_bytes)
+    if type(timeout) not in (int, float) or not 0 < timeout < float('inf'):
+        privsep.refuse(call, 'timeout %r is not a positive number of '
+                       'seconds' % (timeout,))
+    partial = os.path.dirname(rootfs)
+    partition = os.path.join(partial, PARTITION)
+    _check_partition(call, partition)
+    work = os.path.join(partial, COPY)
+    source = os.path.join(work, COPY_SOURCE)
+    target = os.path.join(work, COPY_ROOTFS)
+    _claim(call, rootfs)
+    try:
+        held = _start(
+            call, [(work, True), (source, False), (target, False)],
+            [(partition, source, storage._MOUNT_ATTR_RDONLY),
+             (rootfs, target, 0)],
+            lambda: os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC),
+            'tree', max_bytes)
+        try:
+            try:
+                held.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill(held.proc)
+                held.output()
+                raise exception.DiskImageRefused(
+                    reason='its copy took longer than %s s' % timeout)
+        finally:
+            _remove(held.made)
+        out, err = held.output()
+        result = _outcome(held.proc.returncode, out, err)
+    finally:
+        _unclaim(rootfs)
+    return result['size'], int(result.get('skipped') or 0)

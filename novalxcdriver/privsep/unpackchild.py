@@ -1,11 +1,14 @@
 """The confined unpacker: a child of the storage_admin daemon (unpack.py).
 
-``python -m novalxcdriver.privsep.unpackchild --max-bytes N --max-id M
---ready-fd R --go-fd G``, started as root with the tarball on stdin (a
-FIFO) and its working directory on an idmapped view of the image's new
-rootfs. It loads everything it will run while it can still read root's
-files (the interpreter, tarball.py and the decompressors may live in
-directories only root may enter), then leaves root for good:
+``python -m novalxcdriver.privsep.unpackchild --mode tarball|tree
+--max-bytes N --max-id M --ready-fd R --go-fd G``, started as root. In
+mode tarball, the tarball is on stdin (a FIFO) and its working directory
+is an idmapped view of the image's new rootfs; in mode tree (a disk
+image's root partition), its working directory holds two idmapped views,
+``source`` (the partition, read-only) and ``rootfs``. It loads
+everything it will run while it can still read root's files (the
+interpreter, tarball.py and the decompressors may live in directories
+only root may enter), then leaves root for good:
 
 1. unshare(2) CLONE_NEWUSER: a user namespace of its own;
 2. one byte on the ready fd; the daemon writes the namespace's uid_map
@@ -15,13 +18,16 @@ directories only root may enter), then leaves root for good:
    of the unpack range, which no container and no host user has), no new
    privileges (prctl(2) PR_SET_NO_NEW_PRIVS), killed with the daemon
    (PR_SET_PDEATHSIG);
-4. tarball.unpack_stream of stdin into '.', owners at most --max-id.
+4. tarball: tarball.unpack_stream of stdin into '.', owners at most
+   --max-id; tree: treecopy.copy_tree of source into rootfs.
 
-It prints one JSON object on stdout: ``{"size": N}``, or ``{"error":
-"UnsafeArchiveMember", "member": ..., "reason": ...}``, ``{"error":
-"ArchiveError", "reason": ...}``, ``{"error": "OSError", "errno": ...,
-"strerror": ...}``, and exits 0 only on success. Only this module runs
-here; it is never imported by nova-compute or the daemon.
+It prints one JSON object on stdout: ``{"size": N}`` (tree: and
+``"skipped": K``), or ``{"error": "UnsafeArchiveMember", "member": ...,
+"reason": ...}``, ``{"error": "ArchiveError", "reason": ...}``,
+``{"error": "DiskImageRefused", "reason": ...}``, ``{"error":
+"OSError", "errno": ..., "strerror": ..., "filename": ...}``, and exits 0 only on
+success. Only this module runs here; it is never imported by nova-compute
+or the daemon.
 """
 
 import argparse
@@ -41,6 +47,7 @@ import zstandard  # noqa: F401
 
 from novalxcdriver import exception
 from novalxcdriver import tarball
+from novalxcdriver import treecopy
 
 CLONE_NEWUSER = 0x10000000    # sched.h
 PR_SET_PDEATHSIG = 1          # prctl.h
@@ -83,6 +90,8 @@ def confine(libc, ready_fd, go_fd):
 def run(argv=None):
     """Confine, unpack; returns (exit status, JSON-able result)."""
     parser = argparse.ArgumentParser(prog='unpackchild')
+    parser.add_argument('--mode', choices=('tarball', 'tree'),
+                        default='tarball')
     parser.add_argument('--max-bytes', type=int, required=True)
     parser.add_argument('--max-id', type=int, required=True)
     parser.add_argument('--ready-fd', type=int, required=True)
@@ -90,8 +99,16 @@ def run(argv=None):
     args = parser.parse_args(argv)
     try:
         confine(_libc(), args.ready_fd, args.go_fd)
+        if args.mode == 'tree':
+            # unpack.COPY_SOURCE and COPY_ROOTFS (not imported here).
+            size, skipped = treecopy.copy_tree('source', 'rootfs',
+                                               args.max_bytes)
+            return 0, {'size': size, 'skipped': skipped}
         size = tarball.unpack_stream(sys.stdin.buffer, '.', args.max_bytes,
                                      max_id=args.max_id)
+    except exception.DiskImageRefused as e:
+        return 1, {'error': 'DiskImageRefused',
+                   'reason': str(e.kwargs.get('reason'))}
     except exception.UnsafeArchiveMember as e:
         return 1, {'error': 'UnsafeArchiveMember',
                    'member': str(e.kwargs.get('member')),
@@ -100,8 +117,12 @@ def run(argv=None):
         return 1, {'error': 'ArchiveError',
                    'reason': str(e.kwargs.get('reason'))}
     except OSError as e:
-        return 1, {'error': 'OSError', 'errno': e.errno or 0,
-                   'strerror': e.strerror or str(e)}
+        result = {'error': 'OSError', 'errno': e.errno or 0,
+                  'strerror': e.strerror or str(e)}
+        if e.filename is not None:
+            # Relative to the child's working directory.
+            result['filename'] = os.fsdecode(e.filename)
+        return 1, result
     return 0, {'size': size}
 
 

@@ -60,9 +60,6 @@ NOT_YET_PRIVSEP = {
     # an image's cache entry (not moved yet: design 5.6, "Next").
     ('migration.py', 'fetch', 'lxc.execute'),
     ('migration.py', 'fetch_image', 'lxc.execute'),
-    # The disk-image copier gives an unpacked tree its image's owners
-    # (to be confined with the unpack: the inventory's section 3).
-    ('diskimage.py', '_Copier.metadata', 'os.chown'),
 }
 
 # (module, function, what) that run a command needing no privilege, with
@@ -74,12 +71,16 @@ UNPRIVILEGED = {
     # uptime(1) prints the host's load and uptime, for any user.
     ('diagnostics.py', 'host_uptime', 'lxc.execute'),
 }
-# (module, function, what) of programs only a privsep daemon starts, as
-# root, never nova-compute: the serial console relay (consolerelay.py,
+# (module, function, what) of programs only a privsep daemon starts, never
+# nova-compute: the serial console relay (consolerelay.py, as root,
 # started by privsep.daemons.start_daemon from serialconsole.ensure in
 # the lxc_admin daemon, privsep.console) runs one lxc-console per client.
 DAEMON_CHILDREN = {
     ('consolerelay.py', 'serve', 'subprocess.Popen'),
+    # A disk image's files copied with their owners by the confined
+    # unpacker (privsep.unpackchild --mode tree, started by
+    # privsep.unpack.copy_partition), root only of its user namespace.
+    ('treecopy.py', '_Copier.metadata', 'os.chown'),
 }
 # (module, function, what) of the operator's tools, run as root at
 # install, never by nova-compute.

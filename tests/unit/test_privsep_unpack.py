@@ -256,8 +256,8 @@ class EntryPointsTest(base.TestCase):
         # A new entry point needs its checks tested here.
         names = {n for n, f in vars(unpack).items()
                  if privsep.storage_admin.is_entrypoint(f)}
-        self.assertEqual({'start_unpack', 'finish_unpack', 'cancel_unpack'},
-                         names)
+        self.assertEqual({'start_unpack', 'finish_unpack', 'cancel_unpack',
+                          'copy_partition'}, names)
 
 
 class CheckRootfsTest(_Mocked):
@@ -656,7 +656,7 @@ class StartTest(_Mocked):
         # Nothing left open but the child's stdout and stderr files (and
         # the test's copy of the go pipe).
         held = self.running[self.rootfs]
-        self.assertEqual(self.view, held.view)
+        self.assertEqual([self.view], held.made)
         self.assertIs(self.child, held.proc)
         new = set(base.open_fds()) - set(fds)
         self.assertEqual({held.out.fileno(), held.err.fileno(),
@@ -986,9 +986,11 @@ class ChildTest(base.TestCase):
     def test_argv(self):
         self.assertEqual(
             [sys.executable, '-m', 'novalxcdriver.privsep.unpackchild',
-             '--max-bytes', '5000', '--max-id', '65535',
+             '--mode', 'tarball', '--max-bytes', '5000', '--max-id', '65535',
              '--ready-fd', '7', '--go-fd', '9'],
             unpack._child_argv(5000, 7, 9))
+        self.assertEqual(
+            ['--mode', 'tree'], unpack._child_argv(5000, 7, 9, 'tree')[3:5])
         self.assertEqual(65535, ids.UNPACK_IDS - 1)
 
     def test_env(self):
