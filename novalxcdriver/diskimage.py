@@ -460,7 +460,7 @@ def unpack(image_path, kind, disk_format, workdir, dest, max_bytes,
     fs = [f for p, f, _ in probed if p == root][0]
     with _mounted(raw, root, fs, mnt):
         copied, skipped = confined.copy_partition(dest, max_bytes,
-                                                   COPY_TIMEOUT)
+                                                  COPY_TIMEOUT)
     LOG.info('Disk image %s: partition %d (%s) copied, %d bytes of files; '
              '%d device nodes and sockets skipped (LXC makes /dev)',
              image_path, root.number, fs, copied, skipped)

@@ -37,10 +37,28 @@ def copy_tree(src, dest, max_bytes):
     :returns: (bytes of regular file data copied, device nodes and
         sockets skipped).
     :raises DiskImageRefused: the files exceed max_bytes or the free
-        space of dest, or the filesystem is corrupt (a directory appears
-        twice, an entry's name holds '/' or is '.' or '..').
+        space of dest, the filesystem is corrupt (a directory appears
+        twice, an entry's name holds '/' or is '.' or '..'), or a file
+        below src cannot be read (EACCES: confined, an owner beyond
+        0..65535).
     :raises OSError: reading or writing failed.
     """
+    try:
+        return _copy_tree(src, dest, max_bytes)
+    except PermissionError as e:
+        if e.filename is None or not os.fsdecode(e.filename).startswith(
+                src.rstrip('/') + '/'):
+            raise
+        # Confined, the copy reads what the image's owners 0..65535 or
+        # others may read: a file or directory only an owner beyond them
+        # may read is the image's, not the host's, problem.
+        raise exception.DiskImageRefused(
+            reason='%s cannot be read: its owner is beyond the 65536 ids '
+                   'a container maps' % os.path.relpath(
+                       os.fsdecode(e.filename), src)) from e
+
+
+def _copy_tree(src, dest, max_bytes):
     copier = _Copier(dest, max_bytes)
     root_st = os.lstat(src)
     seen = {(root_st.st_dev, root_st.st_ino)}

@@ -367,10 +367,12 @@ def _outcome(returncode, out, err):
         if kind == 'ArchiveError':
             raise exception.ArchiveError(reason=str(result.get('reason')))
         if kind == 'OSError' and type(result.get('errno')) is int:
+            strerror = str(result.get('strerror'))
             if isinstance(result.get('filename'), str):
-                raise OSError(result['errno'], str(result.get('strerror')),
-                              result['filename'])
-            raise OSError(result['errno'], str(result.get('strerror')))
+                # In the message: privsep sends an exception's args only,
+                # and OSError's filename is not one of them.
+                strerror = '%s: %r' % (strerror, result['filename'])
+            raise OSError(result['errno'], strerror)
     how = ('killed by signal %d' % -returncode if returncode < 0
            else 'exit status %d' % returncode)
     raise exception.ArchiveError(reason='the unpacker failed (%s): %s'

@@ -25,9 +25,9 @@ It prints one JSON object on stdout: ``{"size": N}`` (tree: and
 ``"skipped": K``), or ``{"error": "UnsafeArchiveMember", "member": ...,
 "reason": ...}``, ``{"error": "ArchiveError", "reason": ...}``,
 ``{"error": "DiskImageRefused", "reason": ...}``, ``{"error":
-"OSError", "errno": ..., "strerror": ..., "filename": ...}``, and exits 0 only on
-success. Only this module runs here; it is never imported by nova-compute
-or the daemon.
+"OSError", "errno": ..., "strerror": ..., "filename": ...}``, and exits 0
+only on success. Only this module runs here; it is never imported by
+nova-compute or the daemon.
 """
 
 import argparse

@@ -5,8 +5,10 @@ fills a partition without mounting it; sfdisk writes the table; qemu-img
 makes the qcow2), then booted as Nova boots a Glance image.
 """
 
+import io
 import os
 import shutil
+import tarfile
 import time
 
 import fixtures
@@ -158,4 +160,48 @@ class DiskImageTest(base.FunctionalTestCase):
             image_id)
         self.assertIn('no partition holds a Linux root filesystem', str(e))
         self.assertIn('partition 1: ext4 without /sbin/init', str(e))
+        self.assert_nothing_left(image_id)
+
+    def test_copied_by_the_confined_child(self):
+        # The copy runs as root of a user namespace of the unpack range
+        # (privsep.unpack.copy_partition): owners 0..65535 are kept, one
+        # above reads, and is copied, as the overflowuid; a file only
+        # such an owner may read cannot be copied, and the image is
+        # refused with nothing left.
+        base_tar = ri.busybox_tarball(os.path.join(self.work, 'bb.tar.gz'))
+
+        def tarball(name, extra_mode):
+            path = os.path.join(self.work, name)
+            with tarfile.open(base_tar) as src, \
+                    tarfile.open(path, 'w:gz') as dst:
+                for member in src.getmembers():
+                    dst.addfile(member, src.extractfile(member)
+                                if member.isfile() else None)
+                for rel, uid, mode in (('high', 70000, extra_mode),
+                                       ('nobody', 65534, 0o644),
+                                       ('top', 65535, 0o600)):
+                    info = tarfile.TarInfo('usr/share/novalxc-' + rel)
+                    info.uid = info.gid = uid
+                    info.mode = mode
+                    info.size = 3
+                    dst.addfile(info, io.BytesIO(b'abc'))
+            return path
+
+        image_id = self.image(tarball('owners.tar.gz', 0o644), 'o.raw',
+                              'raw', 'gpt')
+        self.boot(image_id, 'raw')
+        rootfs = self.driver._images.lookup(image_id).rootfs
+        owners = {rel: os.lstat(os.path.join(
+            rootfs, 'usr/share/novalxc-' + rel)).st_uid
+            for rel in ('high', 'nobody', 'top')}
+        self.assertEqual({'high': 65534, 'nobody': 65534, 'top': 65535},
+                         owners)
+        self.assertEqual(0, os.lstat(os.path.join(rootfs, 'bin')).st_uid)
+
+        image_id = self.image(tarball('closed.tar.gz', 0o600), 'c.raw',
+                              'raw', 'gpt')
+        e = self.assertRaises(
+            nova_exc.ImageUnacceptable, self.spawn, self.make_instance(),
+            image_id)
+        self.assertIn('usr/share/novalxc-high cannot be read', str(e))
         self.assert_nothing_left(image_id)

@@ -980,3 +980,33 @@ class DiskImageCacheTest(_CacheTest):
         self.assertEqual(
             sorted(os.path.join(self.cache.path, n) for n in (dead, busy)),
             sorted(c.args[0] for c in self.release.call_args_list))
+
+
+class ReleaseTest(base.BaseTestCase):
+    """_release: what a crashed unpack left, undone in the right order."""
+
+    def test_views_unmounted_before_the_partition_is_released(self):
+        calls = []
+        unmount = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.images.mount.unmount_tree',
+            side_effect=lambda path: calls.append(('unmount', path)))).mock
+        self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.images.diskimage.release',
+            side_effect=lambda path: calls.append(('release', path))))
+        images._release('/s/images/.partial-x')
+        # The copy's views hold the partition's loop device: they go
+        # before diskimage.release detaches it.
+        self.assertEqual([('unmount', '/s/images/.partial-x/view'),
+                          ('unmount', '/s/images/.partial-x/copy'),
+                          ('release', '/s/images/.partial-x')], calls)
+        self.assertEqual(2, unmount.call_count)
+
+    def test_a_busy_view_keeps_the_partition(self):
+        self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.images.mount.unmount_tree',
+            side_effect=exception.MountBusy(target='copy/source',
+                                            holders='pid 1')))
+        release = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.images.diskimage.release')).mock
+        self.assertRaises(exception.MountBusy, images._release, '/s/p')
+        release.assert_not_called()

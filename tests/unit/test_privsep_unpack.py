@@ -41,7 +41,9 @@ import novalxcdriver
 from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import ids
+from novalxcdriver import mount
 from novalxcdriver import privsep
+from novalxcdriver.privsep import storage
 from novalxcdriver.privsep import unpack
 from novalxcdriver import tarball
 from tests.unit import base
@@ -82,6 +84,8 @@ class FakeChild:
         self.go = None
         self.stdin_stat = None
         self.stdin_blocking = None
+        self.stdin_mode = None
+        self.stdin_inheritable = None
         self.pass_fd_modes = None
 
     def popen(self, argv, **kwargs):
@@ -92,6 +96,8 @@ class FakeChild:
         self.pass_fd_modes = [fcntl_mode(ready_w), fcntl_mode(go_r)]
         self.stdin_stat = os.fstat(kwargs['stdin'])
         self.stdin_blocking = os.get_blocking(kwargs['stdin'])
+        self.stdin_mode = fcntl_mode(kwargs['stdin'])
+        self.stdin_inheritable = os.get_inheritable(kwargs['stdin'])
         # The go pipe's read end, as the child holds it.
         self.go = os.dup(go_r)
         if self.ready:
@@ -182,10 +188,11 @@ class _Base(base.TestCase):
         return rootfs
 
     def views(self):
-        """Every path named 'view' in the tree."""
+        """Every path named 'view' or 'copy' (copy_partition's) in the tree."""
         return {os.path.join(top, name)
                 for top, dirs, files in os.walk(self.tmp)
-                for name in dirs + files if name == unpack.VIEW}
+                for name in dirs + files
+                if name in (unpack.VIEW, unpack.COPY)}
 
 
 class _Mocked(_Base):
@@ -265,7 +272,8 @@ class CheckRootfsTest(_Mocked):
     def refused_everywhere(self, rootfs):
         msgs = [self.refused(unpack.start_unpack, rootfs, self.fifo, 100),
                 self.refused(unpack.finish_unpack, rootfs, 10),
-                self.refused(unpack.cancel_unpack, rootfs)]
+                self.refused(unpack.cancel_unpack, rootfs),
+                self.refused(unpack.copy_partition, rootfs, 100, 10)]
         msgs.append(self.refused(unpack.check_rootfs, 'start_unpack',
                                  rootfs))
         return msgs
@@ -635,6 +643,7 @@ class StartTest(_Mocked):
         self.assertTrue(os.path.samestat(os.lstat(self.fifo),
                                          self.child.stdin_stat))
         self.assertTrue(self.child.stdin_blocking)
+        self.assertEqual(os.O_RDONLY, self.child.stdin_mode)
         self.assertEqual({'mounted': True, 'view_mode': 0o700,
                           'go_before_maps': None}, seen)
 
@@ -891,6 +900,438 @@ def mock_raising(error):
     return fail
 
 
+# -- copy_partition, the host's side mocked ------------------------------
+
+# diskimage.py's mount of the partition: ro, nosuid, nodev, noexec; and
+# the same read-write.
+RO_FLAGS = os.ST_RDONLY | os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
+RW_FLAGS = os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
+
+
+class _CopyMocked(_Mocked):
+    """_Mocked, with a partition mounted read-only on <partial>/mnt.
+
+    mount.top and os.statvfs answer for self.mnt as self.mounted and
+    self.mnt_flags say (the real ones for any other path); os.mkdir and
+    os.chown are recorded (the chown done only as root); each unmount
+    records whether its directory still existed.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.mnt = os.path.join(self.partial, 'mnt')
+        self.work = os.path.join(self.partial, 'copy')
+        self.source = os.path.join(self.work, 'source')
+        self.target = os.path.join(self.work, 'rootfs')
+        os.mkdir(self.mnt, 0o700)
+        # The partition's files, as its mount shows them.
+        with open(os.path.join(self.mnt, 'init'), 'w'):
+            pass
+        self.mounted = True
+        self.mnt_flags = RO_FLAGS
+        real_top = mount.top
+        self.top = self.patch(
+            'novalxcdriver.mount.top',
+            side_effect=lambda point: (
+                ('ext4', '/dev/loop7') if point == self.mnt
+                else real_top(point)) if self.mounted or point != self.mnt
+            else None)
+        real_statvfs = os.statvfs
+
+        def statvfs(path):
+            st = real_statvfs(path)
+            if path == self.mnt:
+                st = os.statvfs_result(tuple(st[:8]) + (self.mnt_flags,) +
+                                       tuple(st[9:]))
+            return st
+        self.patch('os.statvfs', side_effect=statvfs)
+        self.mkdirs = []
+        real_mkdir = os.mkdir
+
+        def mkdir(path, *args, **kwargs):
+            self.mkdirs.append((path,) + args)
+            return real_mkdir(path, *args, **kwargs)
+        self.patch('os.mkdir', side_effect=mkdir)
+        self.chowns = []
+        real_chown = os.chown
+
+        def chown(path, uid, gid, *args, **kwargs):
+            self.chowns.append((path, uid, gid))
+            if os.geteuid() == 0:
+                real_chown(path, uid, gid, *args, **kwargs)
+        self.chown = self.patch('os.chown', side_effect=chown)
+        self.unmounted = []
+        self.unmount.side_effect = lambda path: self.unmounted.append(
+            (path, os.path.isdir(path)))
+
+    def copy(self, rootfs=None, max_bytes=5000, timeout=45):
+        return unpack.copy_partition(rootfs or self.rootfs, max_bytes,
+                                     timeout)
+
+    def copy_child(self, result=None, **child):
+        """The child to start: result is the JSON object it prints."""
+        if result is not None:
+            child['stdout'] = json.dumps(result).encode() + b'\n'
+        return self.new_child(**child)
+
+    def assertCopyCleanedUp(self, fds, made=3):
+        """Views unmounted then removed, last made first; no fd, no claim.
+
+        :param made: how many of copy, copy/source, copy/rootfs were made.
+        """
+        want = [self.work, self.source, self.target][:made]
+        self.assertEqual([(path, True) for path in reversed(want)],
+                         self.unmounted)
+        self.assertFalse(os.path.lexists(self.work))
+        # The partition stays mounted (diskimage.py unmounts it), the
+        # rootfs where it was.
+        self.assertEqual(['init'], os.listdir(self.mnt))
+        self.assertTrue(os.path.isdir(self.rootfs))
+        self.assertNotIn(self.mnt, [c[0][0] for c in
+                                    self.unmount.call_args_list])
+        self.child.close()
+        self.assertEqual(fds, base.open_fds())
+        self.assertEqual({}, self.running)
+
+
+class CopyRefusedTest(_CopyMocked):
+
+    def test_max_bytes(self):
+        for max_bytes in (0, -1, True, False, 1.5, '5', None, [5], 5.0):
+            msg = self.refused(unpack.copy_partition, self.rootfs,
+                               max_bytes, 10)
+            self.assertIn('is not a positive int', msg)
+            self.assertIn('copy_partition', msg)
+        self.idmap.assert_not_called()
+        self.assertEqual([], self.mkdirs)
+
+    def test_timeout(self):
+        for timeout in (0, -1, 0.0, -0.5, True, False, '5', None, [5],
+                        float('nan'), float('inf'), float('-inf'), 1j,
+                        b'5'):
+            msg = self.refused(unpack.copy_partition, self.rootfs, 100,
+                               timeout)
+            self.assertIn('is not a positive number of seconds', msg)
+            self.assertIn(repr(timeout), msg)
+        self.idmap.assert_not_called()
+        self.assertEqual([], self.mkdirs)
+
+    def test_nothing_mounted_on_mnt(self):
+        self.mounted = False
+        msg = self.refused(unpack.copy_partition, self.rootfs, 100, 10)
+        self.assertIn('nothing is mounted on %s' % self.mnt, msg)
+        self.top.assert_called_with(self.mnt)
+        shutil.rmtree(self.mnt)
+        self.refused(unpack.copy_partition, self.rootfs, 100, 10)
+        self.idmap.assert_not_called()
+        self.assertEqual([], self.mkdirs)
+
+    def test_mnt_mounted_read_write(self):
+        for flags in (RW_FLAGS, 0, os.ST_NOSUID):
+            self.mnt_flags = flags
+            msg = self.refused(unpack.copy_partition, self.rootfs, 100, 10)
+            self.assertIn('%s is mounted read-write' % self.mnt, msg)
+        self.idmap.assert_not_called()
+        self.assertEqual([], self.mkdirs)
+
+    def test_rootfs_not_empty(self):
+        with open(os.path.join(self.rootfs, 'x'), 'w'):
+            pass
+        self.assertIn('is not empty', self.refused(
+            unpack.copy_partition, self.rootfs, 100, 10))
+        os.unlink(os.path.join(self.rootfs, 'x'))
+        os.mkdir(os.path.join(self.rootfs, '.hidden'))
+        self.refused(unpack.copy_partition, self.rootfs, 100, 10)
+        self.idmap.assert_not_called()
+
+    def test_an_existing_copy_is_refused_and_left(self):
+        os.mkdir(self.work, 0o755)
+        self.assertIn('%s exists already' % self.work, self.refused(
+            unpack.copy_partition, self.rootfs, 100, 10))
+        self.assertTrue(os.path.isdir(self.work))
+        mine = os.path.join(self.work, 'mine')
+        with open(mine, 'w'):
+            pass
+        self.refused(unpack.copy_partition, self.rootfs, 100, 10)
+        self.assertTrue(os.path.exists(mine))
+        shutil.rmtree(self.work)
+        os.symlink('/etc', self.work)
+        self.refused(unpack.copy_partition, self.rootfs, 100, 10)
+        self.assertEqual('/etc', os.readlink(self.work))
+        self.assertEqual([], self.chowns)
+
+    def test_refused_while_start_unpack_runs(self):
+        self.start()
+        self.addCleanup(unpack.cancel_unpack, self.rootfs)
+        first = self.running[self.rootfs]
+        self.assertIn('is being unpacked already', self.refused(
+            unpack.copy_partition, self.rootfs, 100, 10))
+        self.assertIs(first, self.running[self.rootfs])
+        self.assertEqual(1, self.popen.call_count)
+        self.assertTrue(os.path.isdir(self.view))
+
+    def test_the_rest_refused_while_a_copy_runs(self):
+        seen = {}
+
+        def on_start(child):
+            seen['claim'] = dict(self.running)
+            for name, fn, args in (
+                    ('start', unpack.start_unpack,
+                     (self.rootfs, self.fifo, 100)),
+                    ('copy', unpack.copy_partition, (self.rootfs, 100, 10)),
+                    ('finish', unpack.finish_unpack, (self.rootfs, 10)),
+                    ('cancel', unpack.cancel_unpack, (self.rootfs,))):
+                try:
+                    fn(*args)
+                except exception.PrivilegedCallRefused as e:
+                    seen[name] = str(e)
+            # Still claimed by the copy.
+            seen['claim after'] = dict(self.running)
+        self.copy_child({'size': 1, 'skipped': 0}, on_start=on_start)
+        fds = base.open_fds()
+        self.assertEqual((1, 0), self.copy())
+        self.assertEqual({self.rootfs: None}, seen.pop('claim'))
+        self.assertEqual({self.rootfs: None}, seen.pop('claim after'))
+        self.assertIn('is being unpacked already', seen.pop('start'))
+        self.assertIn('is being unpacked already', seen.pop('copy'))
+        self.assertIn('is not being unpacked', seen.pop('finish'))
+        self.assertIn('is not being unpacked', seen.pop('cancel'))
+        self.assertEqual({}, seen)
+        self.assertEqual(1, self.popen.call_count)
+        self.assertFalse(os.path.lexists(self.view))
+        self.assertCopyCleanedUp(fds)
+        # Released: an unpack may start now.
+        self.new_child()
+        self.start()
+        unpack.cancel_unpack(self.rootfs)
+
+
+class CopyTest(_CopyMocked):
+
+    def test_copied(self):
+        seen = {'mounts': []}
+
+        def idmapped(source, target, userns_fd, attr):
+            # On a directory made for it, empty, once all three are.
+            seen['mounts'].append((target, os.listdir(target),
+                                   len(self.mkdirs)))
+
+        def on_start(child):
+            seen['claim'] = dict(self.running)
+            seen['mounted'] = self.idmapped.call_count
+            seen['modes'] = [stat.S_IMODE(os.lstat(path).st_mode)
+                             for path in (self.work, self.source,
+                                          self.target)]
+            if os.geteuid() == 0:
+                seen['owners'] = [(os.lstat(path).st_uid,
+                                   os.lstat(path).st_gid)
+                                  for path in (self.work, self.source,
+                                               self.target)]
+
+        def write_maps(pid):
+            # The child waits for its maps: 'g' comes after them.
+            seen['go_before_maps'] = self.child.go_bytes()
+
+        self.idmapped.side_effect = idmapped
+        self.write_maps.side_effect = write_maps
+        self.copy_child({'size': 1234, 'skipped': 3}, stderr=b'warning\n',
+                        on_start=on_start)
+        fds = base.open_fds()
+        self.assertEqual((1234, 3), self.copy(max_bytes=5000, timeout=45))
+
+        # copy (the range's root's), then its two mount points (root's),
+        # each 0700.
+        self.assertEqual([(self.work, 0o700), (self.source, 0o700),
+                          (self.target, 0o700)], self.mkdirs)
+        self.assertEqual([(self.work, IDMAP.uid_start, IDMAP.gid_start)],
+                         self.chowns)
+        want = {'claim': {self.rootfs: None}, 'mounted': 2,
+                'modes': [0o700] * 3, 'go_before_maps': None,
+                'mounts': [(self.source, [], 3), (self.target, [], 3)]}
+        if os.geteuid() == 0:
+            want['owners'] = [(IDMAP.uid_start, IDMAP.gid_start), (0, 0),
+                              (0, 0)]
+        self.assertEqual(want, seen)
+        self.idmap.assert_called_once_with()
+        self.userns.assert_called_once_with(IDMAP)
+        # The partition read-only, the rootfs read-write.
+        self.assertEqual(
+            [mock.call(self.mnt, self.source, USERNS_FD,
+                       storage._MOUNT_ATTR_RDONLY),
+             mock.call(self.rootfs, self.target, USERNS_FD, 0)],
+            self.idmapped.call_args_list)
+        self.assertEqual(1, storage._MOUNT_ATTR_RDONLY)
+
+        argv, kw = self.child.argv, self.child.kwargs
+        ready_w, go_r = kw['pass_fds']
+        self.assertEqual(unpack._child_argv(5000, ready_w, go_r, 'tree'),
+                         argv)
+        self.assertEqual(['--mode', 'tree', '--max-bytes', '5000'],
+                         argv[3:7])
+        self.assertEqual([os.O_WRONLY, os.O_RDONLY],
+                         self.child.pass_fd_modes)
+        self.assertEqual(self.work, kw['cwd'])
+        self.assertEqual(unpack._child_env(), kw['env'])
+        self.assertTrue(kw['close_fds'])
+        self.assertEqual(0o022, kw['umask'])
+        # Its stdin: /dev/null, read-only, not inherited but as stdin.
+        self.assertTrue(os.path.samestat(os.stat(os.devnull),
+                                         self.child.stdin_stat))
+        self.assertEqual(os.O_RDONLY, self.child.stdin_mode)
+        self.assertFalse(self.child.stdin_inheritable)
+
+        self.map_writer.assert_called_once_with(
+            [(0, IDMAP.uid_start, IDMAP.size)],
+            [(0, IDMAP.gid_start, IDMAP.size)])
+        self.write_maps.assert_called_once_with(FakeChild.pid)
+        self.assertEqual(b'g', self.child.go_bytes())
+        self.assertEqual(b'', self.child.go_bytes())
+        self.assertEqual([45], self.child.waits)
+        self.assertFalse(self.child.killed)
+        self.assertCopyCleanedUp(fds)
+        self.assertEqual([], os.listdir(self.rootfs))
+
+    def test_skipped_left_out(self):
+        self.copy_child({'size': 7})
+        self.assertEqual((7, 0), self.copy())
+        self.copy_child({'size': 0, 'skipped': 0})
+        self.assertEqual((0, 0), self.copy())
+
+    def test_any_positive_timeout(self):
+        for timeout in (1, 0.25, 86400.5, 1 << 40):
+            self.copy_child({'size': 5, 'skipped': 1})
+            fds = base.open_fds()
+            self.assertEqual((5, 1), self.copy(timeout=timeout))
+            self.assertEqual([timeout], self.child.waits)
+            self.child.close()
+            self.assertEqual(fds, base.open_fds())
+        self.assertEqual({}, self.running)
+
+    def test_refused_by_the_child(self):
+        self.copy_child({'error': 'DiskImageRefused',
+                         'reason': 'its files would exceed the limit'},
+                        returncode=1)
+        fds = base.open_fds()
+        e = self.assertRaises(exception.DiskImageRefused, self.copy)
+        self.assertEqual('its files would exceed the limit',
+                         e.kwargs['reason'])
+        self.assertCopyCleanedUp(fds)
+
+    def test_an_os_error_with_its_file(self):
+        name = 'rootfs/usr/lib/libc.so.6'
+        self.copy_child({'error': 'OSError', 'errno': errno.ENOSPC,
+                         'strerror': 'No space left on device',
+                         'filename': name}, returncode=1)
+        fds = base.open_fds()
+        e = self.assertRaises(OSError, self.copy)
+        self.assertEqual(errno.ENOSPC, e.errno)
+        self.assertIn('No space left on device', e.strerror)
+        # Named in what crosses the daemon's channel: the args.
+        self.assertIn(repr(name), str(type(e)(*e.args)))
+        self.assertCopyCleanedUp(fds)
+        self.unmounted[:] = []
+        self.copy_child({'error': 'OSError', 'errno': errno.EACCES,
+                         'strerror': 'Permission denied'}, returncode=1)
+        e = self.assertRaises(PermissionError, self.copy)
+        self.assertEqual((errno.EACCES, 'Permission denied'), e.args)
+        self.assertCopyCleanedUp(fds)
+
+    def test_killed_by_a_signal(self):
+        self.copy_child(returncode=-signal.SIGKILL,
+                        stderr=b'x' * 5000 + b'MemoryError')
+        fds = base.open_fds()
+        e = self.assertRaises(exception.ArchiveError, self.copy)
+        self.assertIn('killed by signal 9', str(e))
+        self.assertIn('MemoryError', str(e))
+        self.assertFalse(self.child.killed)
+        self.assertCopyCleanedUp(fds)
+
+    def test_a_size_only_with_status_0(self):
+        self.copy_child({'size': 5, 'skipped': 0}, returncode=1)
+        fds = base.open_fds()
+        e = self.assertRaises(exception.ArchiveError, self.copy)
+        self.assertIn('exit status 1', str(e))
+        self.assertCopyCleanedUp(fds)
+
+    def test_timed_out(self):
+        self.copy_child({'size': 5, 'skipped': 0}, finishes=False)
+        fds = base.open_fds()
+        e = self.assertRaises(exception.DiskImageRefused, self.copy,
+                              None, 5000, 7)
+        self.assertIn('longer than 7 s', e.kwargs['reason'])
+        self.assertTrue(self.child.killed)
+        self.assertEqual([7, None], self.child.waits)
+        self.assertCopyCleanedUp(fds)
+
+    def test_the_views_go_even_if_the_wait_fails(self):
+        self.copy_child({'size': 5, 'skipped': 0})
+        self.child.wait = mock_raising(OSError(errno.ECHILD, 'gone'))
+        self.assertRaises(OSError, self.copy)
+        self.assertEqual([(self.target, True), (self.source, True),
+                          (self.work, True)], self.unmounted)
+        self.assertFalse(os.path.lexists(self.work))
+        self.assertEqual({}, self.running)
+
+    def check_failed(self, exc, made, fds):
+        """The start failed: as if nothing had been tried."""
+        e = self.assertRaises(exc, self.copy)
+        if self.popen.called:
+            # Never let go, and waited for.
+            self.assertEqual(b'', self.child.go_bytes())
+            self.assertIsNotNone(self.child.returncode)
+            self.assertIn(None, self.child.waits)
+        self.assertCopyCleanedUp(fds, made)
+        return e
+
+    def test_the_rootfs_view_cannot_be_mounted(self):
+        self.idmapped.side_effect = [None, exception.MountFailed(
+            what='idmapped view', target=self.target, reason='EINVAL')]
+        fds = base.open_fds()
+        self.check_failed(exception.MountFailed, 3, fds)
+        self.assertEqual(2, self.idmapped.call_count)
+        self.popen.assert_not_called()
+
+    def test_the_partition_view_cannot_be_mounted(self):
+        self.idmapped.side_effect = exception.MountFailed(
+            what='idmapped view', target=self.source, reason='EINVAL')
+        fds = base.open_fds()
+        self.check_failed(exception.MountFailed, 3, fds)
+        self.assertEqual(1, self.idmapped.call_count)
+        self.popen.assert_not_called()
+
+    def test_copy_cannot_be_given_to_the_range(self):
+        self.chown.side_effect = PermissionError(errno.EPERM, 'no')
+        fds = base.open_fds()
+        self.check_failed(PermissionError, 1, fds)
+        self.userns.assert_not_called()
+        self.popen.assert_not_called()
+
+    def test_no_unpack_range(self):
+        self.idmap.side_effect = exception.IdmapUnavailable(reason='none')
+        fds = base.open_fds()
+        self.check_failed(exception.IdmapUnavailable, 0, fds)
+        self.assertEqual([], self.mkdirs)
+        self.popen.assert_not_called()
+
+    def test_the_child_dies_before_the_handshake(self):
+        self.copy_child(ready=None, returncode=1,
+                        stderr=b'ImportError: no treecopy\n')
+        fds = base.open_fds()
+        e = self.check_failed(exception.CommandFailed, 3, fds)
+        self.assertIn('ImportError: no treecopy', str(e))
+        self.assertFalse(self.child.killed)
+        self.write_maps.assert_not_called()
+
+    def test_the_maps_cannot_be_written(self):
+        self.copy_child(finishes=False)
+        self.write_maps.side_effect = exception.CommandFailed(
+            cmd='writing uid_map', exit_code=1, stderr='EPERM')
+        fds = base.open_fds()
+        self.check_failed(exception.CommandFailed, 3, fds)
+        self.assertTrue(self.child.killed)
+        self.assertEqual([None], self.child.waits)
+
+
 class ResultTest(base.TestCase):
 
     def result(self, returncode, out, err=b''):
@@ -926,6 +1367,50 @@ class ResultTest(base.TestCase):
         self.assertEqual(errno.ENOSPC, e.errno)
         self.assertEqual('No space left on device', e.strerror)
         self.assertNotIsInstance(e, exception.ArchiveError)
+
+    def test_os_error_naming_its_file(self):
+        e = self.assertRaises(FileNotFoundError, self.result, 1,
+                              {'error': 'OSError', 'errno': 2,
+                               'strerror': 'x', 'filename': 'etc/a'})
+        self.assertEqual(2, e.errno)
+        self.assertTrue(e.strerror.startswith('x'))
+        # Named in the args: what crosses the daemon's channel.
+        self.assertIn("'etc/a'", str(FileNotFoundError(*e.args)))
+        # A filename that is no str is left out.
+        for bad in (5, None, ['etc/a'], {'etc/a': 1}, True):
+            e = self.assertRaises(FileNotFoundError, self.result, 1,
+                                  {'error': 'OSError', 'errno': 2,
+                                   'strerror': 'x', 'filename': bad})
+            self.assertEqual((2, 'x'), e.args)
+            self.assertIsNone(e.filename)
+
+    def test_disk_image_refused(self):
+        e = self.assertRaises(exception.DiskImageRefused, self.result, 1,
+                              {'error': 'DiskImageRefused',
+                               'reason': 'directory \'a\' appears twice'})
+        self.assertEqual("directory 'a' appears twice", e.kwargs['reason'])
+        self.assertNotIsInstance(e, exception.ArchiveError)
+        for reason, want in ((5, '5'), (None, 'None')):
+            e = self.assertRaises(exception.DiskImageRefused, self.result,
+                                  1, {'error': 'DiskImageRefused',
+                                      'reason': reason})
+            self.assertEqual(want, e.kwargs['reason'])
+        e = self.assertRaises(exception.DiskImageRefused, self.result, 1,
+                              {'error': 'DiskImageRefused'})
+        self.assertEqual('None', e.kwargs['reason'])
+        for kind in ('diskimagerefused', 'DiskImage'):
+            self.assertRaises(exception.ArchiveError, self.result, 1,
+                              {'error': kind, 'reason': 'x'})
+
+    def test_outcome_is_the_child_s_object(self):
+        out = json.dumps({'size': 5, 'skipped': 2}).encode() + b'\n'
+        self.assertEqual({'size': 5, 'skipped': 2},
+                         unpack._outcome(0, out, b''))
+        # _result (finish_unpack's): the size alone.
+        self.assertEqual(5, self.result(0, out))
+        self.assertRaises(exception.DiskImageRefused, unpack._outcome, 1,
+                          b'{"error": "DiskImageRefused", "reason": "x"}',
+                          b'')
 
     def test_os_error_without_an_int_errno(self):
         for bad in ('28', None, 28.0, True):

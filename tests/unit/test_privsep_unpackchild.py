@@ -13,6 +13,7 @@ import json
 import os
 import select
 import signal
+import socket
 import tarfile
 import threading
 from unittest import mock
@@ -110,6 +111,20 @@ class RunTest(base.TestCase):
         self.confine.assert_called_once_with(self.libc, 11, 12)
         stream.assert_called_once_with(self.stdin.buffer, '.', 4096,
                                        max_id=65535)
+
+    def test_tarball_without_a_mode(self):
+        # ARGV has no --mode: a tarball on stdin, as before modes.
+        self.assertNotIn('--mode', ARGV)
+        self.feed(archive(member('a', b'xyz')))
+        stream = self.patch_object(unpackchild.tarball, 'unpack_stream',
+                                   return_value=3)
+        copy_tree = self.patch_object(unpackchild.treecopy, 'copy_tree')
+        self.assertEqual((0, {'size': 3}), self.run_child(ARGV))
+        stream.assert_called_once_with(self.stdin.buffer, '.', 100000,
+                                       max_id=65535)
+        copy_tree.assert_not_called()
+        self.assertEqual(
+            ['--mode', 'tarball'], unpack._child_argv(1, 2, 3)[3:5])
 
     def test_missing_arguments(self):
         self.patch('sys.stderr', new=io.StringIO())
@@ -219,6 +234,183 @@ class RunTest(base.TestCase):
         e = self.assertRaises(OSError, unpack._result,
                               status, json.dumps(result).encode(), b'')
         self.assertEqual(errno.EPERM, e.errno)
+
+
+TREE_ARGV = ['--mode', 'tree'] + ARGV
+
+
+class TreeRunTest(base.TestCase):
+    """run() in mode tree: source copied into rootfs, both in its cwd."""
+
+    def setUp(self):
+        super().setUp()
+        top = os.path.realpath(self.useFixture(fixtures.TempDir()).path)
+        # As the daemon makes it: the two views in the child's directory.
+        self.cwd = os.path.join(top, 'copy')
+        self.source = os.path.join(self.cwd, 'source')
+        self.rootfs = os.path.join(self.cwd, 'rootfs')
+        for path in (self.cwd, self.source, self.rootfs):
+            os.mkdir(path, 0o700)
+        os.mkdir(os.path.join(self.source, 'etc'), 0o755)
+        with open(os.path.join(self.source, 'etc', 'hostname'), 'wb') as f:
+            f.write(b'box\n')
+        os.symlink('usr/bin', os.path.join(self.source, 'bin'))
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.cwd)
+        self.top = top
+        self.libc = mock.sentinel.libc
+        self.patch_object(unpackchild, '_libc', return_value=self.libc)
+        # Not read in mode tree.
+        self.stdin = mock.Mock(spec=['buffer'])
+        self.stdin.buffer = io.BytesIO(b'never read')
+        self.patch('sys.stdin', new=self.stdin)
+        self.at_confine = []
+        self.confine = self.patch_object(
+            unpackchild, 'confine',
+            side_effect=lambda *a: self.at_confine.append(
+                os.listdir(self.rootfs)))
+        self.stream = self.patch_object(
+            unpackchild.tarball, 'unpack_stream',
+            side_effect=AssertionError('a tarball unpacked in mode tree'))
+
+    def run_child(self, argv=TREE_ARGV):
+        status, result = unpackchild.run(argv)
+        self.assertEqual(result, json.loads(json.dumps(result)))
+        return status, result
+
+    def test_copied_into_rootfs(self):
+        self.assertEqual((0, {'size': 4, 'skipped': 0}), self.run_child())
+        # Confined first, before anything was copied.
+        self.confine.assert_called_once_with(self.libc, 5, 6)
+        self.assertEqual([[]], self.at_confine)
+        with open(os.path.join(self.rootfs, 'etc', 'hostname'), 'rb') as f:
+            self.assertEqual(b'box\n', f.read())
+        self.assertEqual('usr/bin',
+                         os.readlink(os.path.join(self.rootfs, 'bin')))
+        self.assertEqual(['bin', 'etc'], sorted(os.listdir(self.source)))
+        self.assertEqual(['rootfs', 'source'], sorted(os.listdir(self.cwd)))
+        self.assertEqual(['copy'], os.listdir(self.top))
+        self.assertEqual(0, self.stdin.buffer.tell())
+
+    def test_skipped_counted(self):
+        sock = socket.socket(socket.AF_UNIX)
+        self.addCleanup(sock.close)
+        sock.bind('source/sock')
+        self.assertEqual((0, {'size': 4, 'skipped': 1}), self.run_child())
+        self.assertFalse(os.path.lexists(os.path.join(self.rootfs, 'sock')))
+
+    def test_the_daemon_s_argv(self):
+        copy_tree = self.patch_object(unpackchild.treecopy, 'copy_tree',
+                                      return_value=(3, 1))
+        argv = unpack._child_argv(4096, 11, 12, 'tree')
+        self.assertEqual(['-m', unpackchild.__name__], argv[1:3])
+        self.assertEqual((0, {'size': 3, 'skipped': 1}),
+                         self.run_child(argv[3:]))
+        self.confine.assert_called_once_with(self.libc, 11, 12)
+        # Names relative to its working directory: the daemon's views.
+        copy_tree.assert_called_once_with('source', 'rootfs', 4096)
+        self.assertEqual(
+            (unpack.COPY_SOURCE, unpack.COPY_ROOTFS, 4096),
+            copy_tree.call_args[0])
+        self.stream.assert_not_called()
+
+    def test_copied_once_confined(self):
+        seen = []
+        self.patch_object(
+            unpackchild.treecopy, 'copy_tree',
+            side_effect=lambda *a: seen.append(self.confine.called) or
+            (0, 0))
+        self.assertEqual((0, {'size': 0, 'skipped': 0}), self.run_child())
+        self.assertEqual([True], seen)
+
+    def test_confine_fails(self):
+        copy_tree = self.patch_object(unpackchild.treecopy, 'copy_tree')
+        self.confine.side_effect = OSError(errno.EPERM, 'unshare: no')
+        self.assertEqual((1, {'error': 'OSError', 'errno': errno.EPERM,
+                              'strerror': 'unshare: no'}), self.run_child())
+        copy_tree.assert_not_called()
+        self.assertEqual([], os.listdir(self.rootfs))
+
+    def test_every_mode_of_the_daemon_s(self):
+        self.patch_object(unpackchild.treecopy, 'copy_tree',
+                          return_value=(1, 0))
+        self.stream.side_effect = None
+        self.stream.return_value = 2
+        got = [self.run_child(['--mode', mode] + ARGV)
+               for mode in unpack.MODES]
+        self.assertEqual([(0, {'size': 2}), (0, {'size': 1, 'skipped': 0})],
+                         got)
+        self.assertEqual(('tarball', 'tree'), unpack.MODES)
+
+    def test_an_unknown_mode(self):
+        self.patch('sys.stderr', new=io.StringIO())
+        copy_tree = self.patch_object(unpackchild.treecopy, 'copy_tree')
+        for mode in ('Tree', 'TREE', 'zip', '', 'tree ', 'copy'):
+            self.assertRaises(SystemExit, unpackchild.run,
+                              ['--mode', mode] + ARGV)
+        self.assertRaises(SystemExit, unpackchild.run, ['--mode'] + ARGV)
+        self.confine.assert_not_called()
+        copy_tree.assert_not_called()
+
+    def test_over_the_limit(self):
+        argv = ['--mode', 'tree', '--max-bytes', '3', '--max-id', '65535',
+                '--ready-fd', '5', '--go-fd', '6']
+        status, result = self.run_child(argv)
+        self.assertEqual((1, 'DiskImageRefused', {'error', 'reason'}),
+                         (status, result['error'], set(result)))
+        self.assertIn('limit of 3 bytes', result['reason'])
+
+    def test_refused(self):
+        self.patch_object(unpackchild.treecopy, 'copy_tree',
+                          side_effect=exception.DiskImageRefused(
+                              reason="directory 'a' appears twice"))
+        self.assertEqual(
+            (1, {'error': 'DiskImageRefused',
+                 'reason': "directory 'a' appears twice"}),
+            self.run_child())
+
+    def test_an_os_error_names_its_file(self):
+        # rootfs gone: its first entry cannot be made.
+        os.rmdir(self.rootfs)
+        status, result = self.run_child()
+        self.assertEqual(
+            (1, {'error': 'OSError', 'errno': errno.ENOENT,
+                 'strerror': os.strerror(errno.ENOENT),
+                 'filename': 'rootfs/bin'}), (status, result))
+
+    def test_an_os_error_s_filename(self):
+        copy_tree = self.patch_object(unpackchild.treecopy, 'copy_tree')
+        for filename, want in (('rootfs/etc/x', 'rootfs/etc/x'),
+                               (b'source/\xff', 'source/\udcff'),
+                               ('', '')):
+            copy_tree.side_effect = OSError(errno.ENOSPC, 'No space',
+                                            filename)
+            self.assertEqual((1, {'error': 'OSError', 'errno': errno.ENOSPC,
+                                  'strerror': 'No space',
+                                  'filename': want}), self.run_child())
+        # Without one: no key.
+        copy_tree.side_effect = OSError(errno.EIO, 'I/O error')
+        self.assertEqual((1, {'error': 'OSError', 'errno': errno.EIO,
+                              'strerror': 'I/O error'}), self.run_child())
+
+    def test_results_are_what_copy_partition_reads(self):
+        status, result = self.run_child()
+        out = json.dumps(result).encode() + b'\n'
+        self.assertEqual({'size': 4, 'skipped': 0},
+                         unpack._outcome(status, out, b''))
+        self.patch_object(unpackchild.treecopy, 'copy_tree',
+                          side_effect=exception.DiskImageRefused(reason='x'))
+        status, result = self.run_child()
+        e = self.assertRaises(exception.DiskImageRefused, unpack._outcome,
+                              status, json.dumps(result).encode(), b'')
+        self.assertEqual('x', e.kwargs['reason'])
+        self.patch_object(unpackchild.treecopy, 'copy_tree',
+                          side_effect=FileNotFoundError(
+                              errno.ENOENT, 'gone', 'source/etc/a'))
+        status, result = self.run_child()
+        e = self.assertRaises(FileNotFoundError, unpack._outcome,
+                              status, json.dumps(result).encode(), b'')
+        self.assertIn("'source/etc/a'", str(FileNotFoundError(*e.args)))
 
 
 class ConfineTest(base.TestCase):
@@ -399,7 +591,11 @@ class MainTest(base.TestCase):
                 (0, {'size': 3}),
                 (1, {'error': 'UnsafeArchiveMember', 'member': 'a\nb',
                      'reason': 'x\ny'}),
-                (1, {'error': 'OSError', 'errno': 28, 'strerror': 'full'})):
+                (1, {'error': 'OSError', 'errno': 28, 'strerror': 'full'}),
+                (0, {'size': 3, 'skipped': 1}),
+                (1, {'error': 'DiskImageRefused', 'reason': 'x\ny'}),
+                (1, {'error': 'OSError', 'errno': 2, 'strerror': 'gone',
+                     'filename': 'source/\udcff\n'})):
             self.patch_object(unpackchild, 'run',
                               return_value=(status, result))
             self.assertEqual((status, result), self.printed())

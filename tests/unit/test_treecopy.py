@@ -169,3 +169,33 @@ class _Scan(list):
 
     def __exit__(self, *exc):
         return False
+
+    def test_unreadable_source_file_refuses_the_image(self):
+        # Confined, a file only an owner beyond 0..65535 may read gives
+        # EACCES: the image is refused, naming it.
+        self.file('etc/shadow', b'x', 0o600)
+        real = os.open
+
+        def open_(path, flags, *args, **kw):
+            if os.fsdecode(path).endswith('etc/shadow') and \
+                    os.fsdecode(path).startswith(self.src):
+                raise PermissionError(13, 'Permission denied', path)
+            return real(path, flags, *args, **kw)
+
+        self.patch('novalxcdriver.treecopy.os.open', side_effect=open_)
+        e = self.assertRaises(exception.DiskImageRefused, self.copy)
+        self.assertIn('etc/shadow cannot be read: its owner is beyond',
+                      str(e))
+
+    def test_unwritable_destination_is_the_hosts_error(self):
+        self.file('etc/motd')
+        real = os.open
+
+        def open_(path, flags, *args, **kw):
+            if os.fsdecode(path).startswith(self.dest + '/'):
+                raise PermissionError(13, 'Permission denied', path)
+            return real(path, flags, *args, **kw)
+
+        self.patch('novalxcdriver.treecopy.os.open', side_effect=open_)
+        e = self.assertRaises(PermissionError, self.copy)
+        self.assertNotIsInstance(e, exception.DiskImageRefused)
