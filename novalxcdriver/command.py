@@ -1,16 +1,15 @@
 """The one runner of external commands.
 
-A command is an argv list, never a shell line, run with a timeout (and,
-for qemu-img, under resource limits); a failure becomes
-:class:`exception.CommandFailed` or :class:`exception.CommandTimedOut`,
-which carry the command, its exit code and stderr. Used by lxc.py in
+A command is an argv list, never a shell line, run with a timeout; a
+failure becomes :class:`exception.CommandFailed` or
+:class:`exception.CommandTimedOut`, which carry the command, its exit code
+and stderr. Used by lxc.py in
 nova-compute and by the privsep daemons' entry points alike.
 """
 
 import os
 import subprocess
 
-from oslo_concurrency import processutils
 from oslo_log import log as logging
 
 from novalxcdriver import conf
@@ -20,7 +19,7 @@ CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 
-def execute(*argv, timeout=None, check_exit_code=0, prlimit=None):
+def execute(*argv, timeout=None, check_exit_code=0):
     """Run argv (no shell) and return (stdout, stderr) as text.
 
     Through subprocess directly, not processutils.execute: processutils
@@ -29,20 +28,14 @@ def execute(*argv, timeout=None, check_exit_code=0, prlimit=None):
     fork instead of vfork. Forking nova-compute's 150 MB or more costs
     about 13 ms per command on these machines; a vfork costs well under
     one. Under eventlet, subprocess is green, as processutils' is.
-    Commands with a prlimit still go through processutils, whose prlimit
-    wrapper they need.
 
     :param timeout: seconds; defaults to ``[lxc] command_timeout``.
     :param check_exit_code: an exit code or a list of them that are not
         failures.
-    :param prlimit: processutils.ProcessLimits for the command, or None.
-    :raises CommandFailed: on an exit code not in check_exit_code (-9
-        when a prlimit's CPU time ran out).
+    :raises CommandFailed: on an exit code not in check_exit_code.
     :raises CommandTimedOut: the command was killed after ``timeout``.
     """
     timeout = CONF.lxc.command_timeout if timeout is None else timeout
-    if prlimit is not None:
-        return _execute_limited(argv, timeout, check_exit_code, prlimit)
     cmd = ' '.join(argv)
     ok = ([check_exit_code] if isinstance(check_exit_code, int)
           else list(check_exit_code))
@@ -60,22 +53,3 @@ def execute(*argv, timeout=None, check_exit_code=0, prlimit=None):
         raise exception.CommandFailed(cmd=cmd, exit_code=proc.returncode,
                                       stderr=err.strip())
     return out, err
-
-
-def _execute_limited(argv, timeout, check_exit_code, prlimit):
-    procs = []
-    try:
-        return processutils.execute(*argv, timeout=timeout,
-                                    check_exit_code=check_exit_code,
-                                    on_execute=procs.append,
-                                    prlimit=prlimit)
-    except subprocess.TimeoutExpired:
-        # processutils leaves the child running on a timeout.
-        for proc in procs:
-            proc.kill()
-            proc.wait()
-        raise exception.CommandTimedOut(cmd=' '.join(argv), timeout=timeout)
-    except processutils.ProcessExecutionError as e:
-        raise exception.CommandFailed(cmd=' '.join(argv),
-                                      exit_code=e.exit_code,
-                                      stderr=(e.stderr or '').strip())

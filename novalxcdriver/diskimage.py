@@ -16,8 +16,9 @@ The image comes from a user and is treated as hostile:
    checks (``check_info``): no backing file (a hostile qcow2 can name a
    host file, whose content a conversion would copy into the image), no
    external data file, not encrypted, a virtual size within the cache's
-   limit. qemu-img runs under resource limits (prlimit), then ``qemu-img
-   convert -O raw`` writes a sparse raw copy (qemu-img(1)).
+   limit. qemu-img runs in the storage_admin daemon as nobody's uid,
+   under resource limits (privsep.qemuimg), then ``qemu-img convert -O
+   raw`` writes a sparse raw copy (qemu-img(1)).
 3. The partition table is parsed here (``partitions``): this host's kernel
    has no partition table parsers (no CONFIG_MSDOS_PARTITION or
    CONFIG_EFI_PARTITION), so ``losetup -P`` shows no partitions; each
@@ -56,6 +57,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import struct
 
 from oslo_log import log as logging
@@ -64,8 +66,8 @@ from oslo_utils.imageutils import format_inspector
 from novalxcdriver import disk
 from novalxcdriver import exception
 from novalxcdriver import loop
-from novalxcdriver import lxc
 from novalxcdriver import mount
+from novalxcdriver.privsep import qemuimg
 from novalxcdriver.privsep import storage
 from novalxcdriver.privsep import unpack as confined
 
@@ -123,17 +125,19 @@ _GPT_MAX_ENTRY_SIZE = 4096
 # qemu-img info as nova.virt.images runs it: 30 s of CPU, 1 GiB of address
 # space (a crafted image must not take the host's memory); convert needs
 # more of both for a large image.
-INFO_LIMITS = dict(cpu_time=30, address_space=1 << 30)
-CONVERT_LIMITS = dict(cpu_time=600, address_space=2 << 30)
-CONVERT_TIMEOUT = 900
+INFO_LIMITS = dict(timeout=60, cpu_time=30, address_space=1 << 30)
+CONVERT_LIMITS = dict(timeout=900, cpu_time=600, address_space=2 << 30)
+# exit codes of a qemu-img killed at its CPU limit (SIGXCPU) or by the
+# kernel (SIGKILL, e.g. the OOM killer).
+_KILLED_AT_LIMIT = (-signal.SIGXCPU, -signal.SIGKILL)
 # The copy of the root partition's files (privsep.unpack.copy_partition).
 COPY_TIMEOUT = 900
 
 # What unpack makes in its work directory, besides the fetched image
 # (images.py names it 'archive').
-RAW_FILE = 'disk.raw'
+RAW_FILE = qemuimg.RAW
 MOUNT_DIR = confined.PARTITION
-FETCHED_FILE = 'archive'
+FETCHED_FILE = qemuimg.ARCHIVE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,8 +400,8 @@ def unpack(image_path, kind, disk_format, workdir, dest, max_bytes,
            is_root, root_partition=None):
     """Copy the root filesystem of a disk image into dest.
 
-    :param image_path: the image as fetched from Glance (removed here once
-        converted).
+    :param image_path: the image as fetched from Glance,
+        ``<workdir>/archive`` (removed here once converted).
     :param kind: QCOW2 or DISK (classify's answer).
     :param disk_format: Glance's disk_format, or None (the content's).
     :param workdir: a private directory of the caller (the cache's
@@ -422,7 +426,7 @@ def unpack(image_path, kind, disk_format, workdir, dest, max_bytes,
     raw = image_path
     if kind == QCOW2:
         raw = os.path.join(workdir, RAW_FILE)
-        _convert(image_path, raw, max_bytes)
+        _convert(workdir, max_bytes)
         os.unlink(image_path)
     size = os.path.getsize(raw)
 
@@ -467,8 +471,14 @@ def unpack(image_path, kind, disk_format, workdir, dest, max_bytes,
     return copied
 
 
-def _convert(source, dest, max_bytes):
-    """qemu-img info checks, then qemu-img convert -O raw (qemu-img(1))."""
+def _convert(workdir, max_bytes):
+    """qemu-img info checks, then qemu-img convert -O raw (qemu-img(1)).
+
+    qemu-img runs in the storage_admin daemon as nobody's uid
+    (privsep.qemuimg), on ``<workdir>/archive``, into
+    ``<workdir>/disk.raw``.
+    """
+    source = os.path.join(workdir, FETCHED_FILE)
     if shutil.which('qemu-img') is None:
         raise exception.DiskImageRefused(
             reason='qcow2 images need qemu-img on the compute host: '
@@ -486,22 +496,28 @@ def _convert(source, dest, max_bytes):
         raise exception.DiskImageRefused(
             reason='it is disk_format=qcow2 but reads as %s' % inspector)
     try:
-        out = lxc.qemu_img_info(source, QCOW2, **INFO_LIMITS)
+        out = qemuimg.qcow2_info(workdir, **INFO_LIMITS)
     except exception.CommandFailed as e:
-        # -9: killed at its prlimit (processutils' prlimit wrapper).
+        # Killed at its CPU limit (SIGXCPU, prlimit(1)) or by the kernel.
         raise exception.DiskImageRefused(
             reason='qemu-img info cannot read it%s: %s' % (
                 ' within its CPU and memory limits'
-                if e.kwargs.get('exit_code') == -9 else '',
+                if e.kwargs.get('exit_code') in _KILLED_AT_LIMIT else '',
                 e.kwargs.get('stderr'))) from e
+    except exception.CommandTimedOut as e:
+        raise exception.DiskImageRefused(
+            reason='qemu-img info did not read it within %s s'
+                   % e.kwargs.get('timeout')) from e
     try:
         info = json.loads(out)
     except ValueError as e:
         raise exception.DiskImageRefused(
             reason='qemu-img info gave no JSON: %s' % e)
     check_info(info, QCOW2, max_bytes)
-    lxc.qemu_img_convert(source, dest, QCOW2, 'raw', CONVERT_TIMEOUT,
-                         **CONVERT_LIMITS)
+    if info['virtual-size'] == 0:
+        raise exception.DiskImageRefused(reason='its virtual size is 0')
+    qemuimg.qcow2_convert(workdir, info['virtual-size'], max_bytes,
+                          **CONVERT_LIMITS)
 
 
 def _mount(raw, part, fs, mnt):

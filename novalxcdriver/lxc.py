@@ -1,19 +1,17 @@
-"""External commands' argv: lxc-*, qemu-img.
+"""External commands' argv: lxc-*.
 
 The commands that act on a container (lxc-start, lxc-stop, lxc-info,
 lxc-ls, lxc-freeze, lxc-unfreeze) run in a privsep daemon, through
 :mod:`novalxcdriver.privsep.lxctools`; the functions here are their
 callers' names for them; the disks' tools run in
 :mod:`novalxcdriver.privsep.disks`, a snapshot's readers in
-:mod:`novalxcdriver.privsep.snapshots`. The rest (qemu-img,
-``lxc-start --version``) still run here, through
-:func:`novalxcdriver.command.execute`:
-an argv list, never a shell, with a timeout (qemu-img also under
-resource limits). Option meanings follow the LXC 5 man pages
+:mod:`novalxcdriver.privsep.snapshots`, qemu-img in
+:mod:`novalxcdriver.privsep.qemuimg`. ``lxc-start --version`` still runs
+here, through :func:`novalxcdriver.command.execute`: an argv list, never
+a shell, with a timeout. Option meanings follow the LXC 5 man pages
 (lxc-start(1), lxc-stop(1), lxc-info(1), lxc-ls(1), lxc-freeze(1)).
 """
 
-from oslo_concurrency import processutils
 from oslo_log import log as logging
 
 from novalxcdriver import command
@@ -159,39 +157,6 @@ def monitor_pid(init_pid):
     except (OSError, ValueError, IndexError):
         return None
     return ppid if parent.startswith(b'[lxc monitor]') else None
-
-
-# -- disk images: qemu-img(1) --
-
-def qemu_img_info(path, fmt, cpu_time, address_space):
-    """``qemu-img info --output=json`` of path read as fmt (never probed).
-
-    :param cpu_time: seconds of CPU the command may use (prlimit).
-    :param address_space: bytes of address space it may map (prlimit).
-    :returns: the JSON text.
-    """
-    out, _err = execute(
-        'env', 'LC_ALL=C', 'LANG=C', 'qemu-img', 'info', '-f', fmt,
-        '--output=json', path,
-        prlimit=processutils.ProcessLimits(cpu_time=cpu_time,
-                                           address_space=address_space))
-    return out
-
-
-def qemu_img_convert(source, dest, in_fmt, out_fmt, timeout, cpu_time,
-                     address_space):
-    """``qemu-img convert -f in_fmt -O out_fmt source dest``.
-
-    A raw dest is sparse where the source has no data.
-
-    :param timeout: seconds of wall time.
-    :param cpu_time: seconds of CPU the command may use (prlimit).
-    :param address_space: bytes of address space it may map (prlimit).
-    """
-    execute('env', 'LC_ALL=C', 'LANG=C', 'qemu-img', 'convert', '-f',
-            in_fmt, '-O', out_fmt, source, dest, timeout=timeout,
-            prlimit=processutils.ProcessLimits(cpu_time=cpu_time,
-                                               address_space=address_space))
 
 
 def version():

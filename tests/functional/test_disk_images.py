@@ -10,12 +10,16 @@ import os
 import shutil
 import tarfile
 import time
+import uuid
 
 import fixtures
 from nova import exception as nova_exc
 
 from novalxcdriver import conf
+from novalxcdriver import exception
+from novalxcdriver import ids
 from novalxcdriver import mount
+from novalxcdriver.privsep import qemuimg
 from tests.functional import base
 from tests.functional import rootfs_images as ri
 
@@ -205,3 +209,52 @@ class DiskImageTest(base.FunctionalTestCase):
             image_id)
         self.assertIn('usr/share/novalxc-high cannot be read', str(e))
         self.assert_nothing_left(image_id)
+
+    def partial(self, source):
+        """An image cache partial holding source as its fetched archive."""
+        images = os.path.join(CONF.lxc.state_path, 'images')
+        os.makedirs(images, 0o700, exist_ok=True)
+        partial = os.path.join(images, '.partial-%s-%d-t%s' % (
+            uuid.uuid4(), os.getpid(), uuid.uuid4().hex[:6]))
+        os.mkdir(partial, 0o700)
+        self.addCleanup(shutil.rmtree, partial, ignore_errors=True)
+        shutil.copyfile(source, os.path.join(partial, 'archive'))
+        os.chmod(os.path.join(partial, 'archive'), 0o600)
+        return partial
+
+    def test_qemu_img_runs_as_nobodys_uid(self):
+        # A root-only host file named as a backing file: qemu-img, run by
+        # the daemon as the unpack range's uid, cannot open it to convert
+        # (root's qemu-img would copy it into the image). The driver never
+        # gets this far (the format inspector and check_info refuse
+        # backing files first): this calls the entry points themselves.
+        secret = os.path.join(self.work, 'root-only')
+        with open(secret, 'wb') as f:
+            f.write(b'\0' * 65536)
+        os.chmod(secret, 0o600)
+        partial = self.partial(ri.qcow2_with_backing_file(
+            os.path.join(self.work, 'b.qcow2'), secret))
+        info = qemuimg.qcow2_info(partial, 60, 30, 1 << 30)
+        self.assertIn(secret, info)
+        e = self.assertRaises(exception.CommandFailed, qemuimg.qcow2_convert,
+                              partial, 65536, 1 << 30, 60, 30, 1 << 30)
+        self.assertIn('Permission denied', str(e))
+        self.assertEqual(['archive'], os.listdir(partial))
+        archive = os.lstat(os.path.join(partial, 'archive'))
+        self.assertEqual((0, 0), (archive.st_uid, archive.st_gid))
+
+        # A plain qcow2 converts, sparse, as the range's uid, and both
+        # files are root's again afterwards.
+        plain = os.path.join(self.work, 'p.qcow2')
+        ri._run('qemu-img', 'create', '-q', '-f', 'qcow2', plain, '64M')
+        partial = self.partial(plain)
+        info = qemuimg.qcow2_info(partial, 60, 30, 1 << 30)
+        self.assertIn('"virtual-size": 67108864', info)
+        qemuimg.qcow2_convert(partial, 64 << 20, 1 << 30, 60, 30, 1 << 30)
+        raw = os.lstat(os.path.join(partial, 'disk.raw'))
+        self.assertEqual(64 << 20, raw.st_size)
+        self.assertLess(raw.st_blocks * 512, 1 << 20)
+        for name in ('archive', 'disk.raw'):
+            st = os.lstat(os.path.join(partial, name))
+            self.assertEqual((0, 0), (st.st_uid, st.st_gid))
+        self.assertNotEqual(0, ids.unpack_idmap().uid_start)

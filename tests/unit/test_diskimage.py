@@ -286,7 +286,8 @@ class _HostTest(base.TestCase):
         self.dest = os.path.join(self.work, 'rootfs')
         self.mnt = os.path.join(self.work, 'mnt')
         os.mkdir(self.dest)
-        self.lxc = self.patch('novalxcdriver.diskimage.lxc', autospec=True)
+        self.qemu = self.patch('novalxcdriver.diskimage.qemuimg',
+                               autospec=True)
         self.loop = self.patch('novalxcdriver.diskimage.loop',
                                autospec=True)
         self.mount = self.patch('novalxcdriver.diskimage.mount',
@@ -347,7 +348,7 @@ class UnpackTest(_HostTest):
         self.copy.assert_called_once_with(self.dest, 4 * GiB,
                                           diskimage.COPY_TIMEOUT)
         self.assert_undone()
-        self.lxc.qemu_img_info.assert_not_called()
+        self.qemu.qcow2_info.assert_not_called()
 
     def test_mount_options_keep_each_filesystem_from_writing(self):
         # Only filesystems the daemon mounts without replaying a journal.
@@ -438,16 +439,17 @@ class Qcow2Test(_HostTest):
         self.patch('novalxcdriver.diskimage.shutil.which',
                    return_value='/usr/bin/qemu-img')
         self.info = {'format': 'qcow2', 'virtual-size': 8 * MiB}
-        self.lxc.qemu_img_info.side_effect = (
+        self.qemu.qcow2_info.side_effect = (
             lambda *a, **kw: json.dumps(self.info))
-        self.lxc.qemu_img_convert.side_effect = self._convert
+        self.qemu.qcow2_convert.side_effect = self._convert
 
-    def _convert(self, source, dest, *args, **kwargs):
+    def _convert(self, workdir, virtual_size, max_bytes, **kwargs):
+        dest = os.path.join(workdir, 'disk.raw')
         with open(self.disk(), 'rb') as src, open(dest, 'wb') as dst:
             dst.write(src.read())
 
     def qcow2(self, **kwargs):
-        path = os.path.join(self.work, 'image.qcow2')
+        path = os.path.join(self.work, 'archive')
         with open(path, 'wb') as f:
             f.write(qcow2_header(**kwargs))
         return path
@@ -455,12 +457,12 @@ class Qcow2Test(_HostTest):
     def test_checked_converted_then_unpacked(self):
         path = self.qcow2()
         self.assertEqual(42, self.unpack(path, diskimage.QCOW2, 'qcow2'))
-        self.lxc.qemu_img_info.assert_called_once_with(
-            path, 'qcow2', cpu_time=30, address_space=GiB)
+        self.qemu.qcow2_info.assert_called_once_with(
+            self.work, timeout=60, cpu_time=30, address_space=GiB)
         raw = os.path.join(self.work, 'disk.raw')
-        self.lxc.qemu_img_convert.assert_called_once_with(
-            path, raw, 'qcow2', 'raw', diskimage.CONVERT_TIMEOUT,
-            **diskimage.CONVERT_LIMITS)
+        self.qemu.qcow2_convert.assert_called_once_with(
+            self.work, 8 * MiB, 4 * GiB, timeout=900, cpu_time=600,
+            address_space=2 * GiB)
         self.assertFalse(os.path.exists(path))
         self.assertEqual(raw,
                          self.mount.untrusted_partition.call_args.args[0])
@@ -472,37 +474,54 @@ class Qcow2Test(_HostTest):
                               self.qcow2(backing='/etc/shadow'),
                               diskimage.QCOW2, 'qcow2')
         self.assertIn('safety checks', str(e))
-        self.lxc.qemu_img_info.assert_not_called()
-        self.lxc.qemu_img_convert.assert_not_called()
+        self.qemu.qcow2_info.assert_not_called()
+        self.qemu.qcow2_convert.assert_not_called()
 
     def test_backing_file_qemu_img_reports_refused(self):
         self.info['backing-filename'] = '/var/lib/nova/secret'
         e = self.assertRaises(exception.DiskImageRefused, self.unpack,
                               self.qcow2(), diskimage.QCOW2, 'qcow2')
         self.assertIn('backing file', str(e))
-        self.lxc.qemu_img_convert.assert_not_called()
+        self.qemu.qcow2_convert.assert_not_called()
 
     def test_virtual_size_over_the_limit_refused(self):
         self.info['virtual-size'] = 4 * GiB + 1
         e = self.assertRaises(exception.DiskImageRefused, self.unpack,
                               self.qcow2(), diskimage.QCOW2, 'qcow2')
         self.assertIn('exceeds the limit', str(e))
-        self.lxc.qemu_img_convert.assert_not_called()
+        self.qemu.qcow2_convert.assert_not_called()
 
     def test_unreadable_by_qemu_img_refused(self):
         for code, words in ((1, 'cannot read it: Image is corrupt'),
-                            (-9, 'within its CPU and memory limits')):
-            self.lxc.qemu_img_info.side_effect = exception.CommandFailed(
+                            (-9, 'within its CPU and memory limits'),
+                            (-24, 'within its CPU and memory limits'),
+                            (-11, 'cannot read it: Image is corrupt')):
+            self.qemu.qcow2_info.side_effect = exception.CommandFailed(
                 cmd='qemu-img info', exit_code=code,
                 stderr='Image is corrupt')
             e = self.assertRaises(exception.DiskImageRefused, self.unpack,
                                   self.qcow2(), diskimage.QCOW2, 'qcow2')
             self.assertIn(words, str(e))
-        self.lxc.qemu_img_convert.assert_not_called()
+        self.qemu.qcow2_convert.assert_not_called()
+
+    def test_info_timed_out_refused(self):
+        self.qemu.qcow2_info.side_effect = exception.CommandTimedOut(
+            cmd='qemu-img info', timeout=60)
+        e = self.assertRaises(exception.DiskImageRefused, self.unpack,
+                              self.qcow2(), diskimage.QCOW2, 'qcow2')
+        self.assertIn('did not read it within 60 s', str(e))
+        self.qemu.qcow2_convert.assert_not_called()
+
+    def test_empty_image_refused(self):
+        self.info['virtual-size'] = 0
+        e = self.assertRaises(exception.DiskImageRefused, self.unpack,
+                              self.qcow2(), diskimage.QCOW2, 'qcow2')
+        self.assertIn('virtual size is 0', str(e))
+        self.qemu.qcow2_convert.assert_not_called()
 
     def test_not_json_refused(self):
-        self.lxc.qemu_img_info.side_effect = None
-        self.lxc.qemu_img_info.return_value = 'oops'
+        self.qemu.qcow2_info.side_effect = None
+        self.qemu.qcow2_info.return_value = 'oops'
         e = self.assertRaises(exception.DiskImageRefused, self.unpack,
                               self.qcow2(), diskimage.QCOW2, 'qcow2')
         self.assertIn('no JSON', str(e))
@@ -512,7 +531,7 @@ class Qcow2Test(_HostTest):
         e = self.assertRaises(exception.DiskImageRefused, self.unpack,
                               self.qcow2(), diskimage.QCOW2, 'qcow2')
         self.assertIn('install the Debian package qemu-utils', str(e))
-        self.lxc.qemu_img_info.assert_not_called()
+        self.qemu.qcow2_info.assert_not_called()
 
 
 class ReleaseTest(_HostTest):

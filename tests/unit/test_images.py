@@ -940,12 +940,12 @@ class DiskImageCacheTest(_CacheTest):
 
     def test_qcow2_content_declared_raw_refused_before_any_host_call(self):
         self.unpack.side_effect = REAL_UNPACK
-        lxc = self.useFixture(fixtures.MockPatch(
-            'novalxcdriver.diskimage.lxc')).mock
+        qemu = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.diskimage.qemuimg')).mock
         e = self.assertRaises(exception.ImageUnpackError, self.cache.get,
                               IMAGE_ID, self.fetch_qcow2, 'raw')
         self.assertIn('disk_format=raw but its content is a qcow2', str(e))
-        self.assertEqual([], lxc.mock_calls)
+        self.assertEqual([], qemu.mock_calls)
         self.assertEqual([], self.cache_entries())
 
     def test_disk_images_off_refused_whatever_glance_says(self):

@@ -45,17 +45,6 @@ class ExecuteTest(base.BaseTestCase):
             check_exit_code=[0, 2])
         self.assertEqual('1\n', out)
 
-    def test_prlimit_error_mapped_from_processutils(self):
-        error = processutils.ProcessExecutionError(
-            exit_code=1, stdout='', stderr='  boom \n', cmd='x')
-        with mock.patch.object(processutils, 'execute',
-                               side_effect=error):
-            e = self.assertRaises(
-                exception.CommandFailed, lxc.execute, 'qemu-img', 'info',
-                prlimit=processutils.ProcessLimits(cpu_time=3))
-        self.assertEqual({'cmd': 'qemu-img info', 'exit_code': 1,
-                          'stderr': 'boom', 'code': 500}, e.kwargs)
-
     def test_no_preexec_fn_so_subprocess_can_vfork(self):
         real_popen = subprocess.Popen
         seen = []
@@ -109,8 +98,8 @@ class _MockedExecute(base.BaseTestCase):
         # find no PATH/c1 here, so check nothing on disk).
         privsep.lxc_admin.set_client_mode(False)
         self.addCleanup(privsep.lxc_admin.set_client_mode, True)
-        # One mock in processutils.execute's shape for both of execute's
-        # ways (subprocess.run; processutils with a prlimit).
+        # subprocess.run's calls, seen through one mock in
+        # processutils.execute's shape.
         patcher = mock.patch.object(processutils, 'execute',
                                     return_value=('', ''))
         self.pe = patcher.start()
@@ -259,30 +248,3 @@ class StatesTest(_MockedExecute):
     def test_empty(self):
         self.pe.return_value = ('', '')
         self.assertEqual({}, lxc.states(PATH))
-
-
-class DiskImageArgvTest(_MockedExecute):
-
-    def test_qemu_img_info_never_probes_and_is_limited(self):
-        self.pe.return_value = ('{"format": "qcow2"}', '')
-        self.assertEqual('{"format": "qcow2"}', lxc.qemu_img_info(
-            '/x/archive', 'qcow2', cpu_time=30, address_space=1 << 30))
-        self.assert_argv(['env', 'LC_ALL=C', 'LANG=C', 'qemu-img', 'info',
-                          '-f', 'qcow2', '--output=json', '/x/archive'])
-        limits = self.pe.call_args.kwargs['prlimit']
-        self.assertEqual((30, 1 << 30),
-                         (limits.cpu_time, limits.address_space))
-
-    def test_qemu_img_convert(self):
-        lxc.qemu_img_convert('/x/archive', '/x/disk.raw', 'qcow2', 'raw',
-                             900, cpu_time=600, address_space=2 << 30)
-        self.assert_argv(['env', 'LC_ALL=C', 'LANG=C', 'qemu-img', 'convert',
-                          '-f', 'qcow2', '-O', 'raw', '/x/archive',
-                          '/x/disk.raw'], timeout=900)
-        limits = self.pe.call_args.kwargs['prlimit']
-        self.assertEqual((600, 2 << 30),
-                         (limits.cpu_time, limits.address_space))
-
-    def test_no_prlimit_unless_asked(self):
-        lxc.execute('true')
-        self.assertNotIn('prlimit', self.pe.call_args.kwargs)

@@ -1,0 +1,246 @@
+"""qemu-img on a fetched qcow2, run as nobody's uid (``storage_admin``).
+
+A qcow2 from Glance is hostile input, and qemu-img parses it (qemu-img(1)).
+It never does so as host root: the daemon runs it as the unpack range's
+root (ids.unpack_idmap(): host uid and gid R, which no container, no host
+user and no file outside a confined unpack owns), with no supplementary
+group, no new privileges (PR_SET_NO_NEW_PRIVS), killed with the daemon
+(PR_SET_PDEATHSIG), all through setpriv(1), under the CPU time and
+address space limits nova.virt.images gives it (prlimit(1)), and killed
+after a timeout. Exec'd tools rather than a preexec_fn: the daemon runs
+its calls in threads, where a preexec_fn may deadlock (subprocess).
+
+It reaches its files through descriptors the daemon opened and hands
+over: the fetched image (``<partial>/archive``) and, for a conversion,
+the new raw image (``<partial>/disk.raw``, made here), named
+``/dev/fd/N``.
+qemu-img opens those names again, which the kernel checks against the
+file's owner (proc(5), /proc/PID/fd), so both are the range's while
+qemu-img runs and root's again after; the partial, root's 0700, keeps
+everyone else out. A bug in qemu-img can then write as R, which owns
+nothing but those two files.
+
+The checks of qemu-img's answer (no backing file, no data file, a size
+within the cache's limit: diskimage.check_info) stay in nova-compute;
+``convert`` takes the virtual size it checked, and refuses a raw image
+larger than max_bytes.
+"""
+
+import os
+import re
+import stat
+import subprocess
+
+from oslo_log import log as logging
+
+from novalxcdriver import exception
+from novalxcdriver import ids
+from novalxcdriver import privsep
+from novalxcdriver.privsep import storage
+
+LOG = logging.getLogger(__name__)
+
+ARCHIVE = 'archive'
+RAW = 'disk.raw'
+# images/.partial-<image uuid>-<pid>-<mkdtemp's suffix>
+PARTIAL_RE = re.compile(
+    r'^images/\.partial-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-'
+    r'[0-9a-f]{12}-[0-9]+-[A-Za-z0-9_]{1,64}\Z')
+_ENV = {'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LANG': 'C',
+        'LC_ALL': 'C'}
+_MAX_STDERR = 4000
+
+
+def check_partial(call, partial):
+    """Refuse partial unless it is an image cache partial's directory."""
+    storage.check_path(call, partial)
+    for root in privsep.driver_roots():
+        if partial.startswith(root.rstrip('/') + '/') and \
+                PARTIAL_RE.match(os.path.relpath(partial, root)):
+            break
+    else:
+        privsep.refuse(call, '%s is not an image cache partial '
+                       '(<driver root>/images/.partial-<image id>-<pid>-'
+                       '<x>)' % partial)
+    try:
+        st = os.lstat(partial)
+    except FileNotFoundError:
+        privsep.refuse(call, '%s does not exist' % partial)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or \
+            st.st_mode & 0o077:
+        privsep.refuse(call, '%s is not a directory of root\'s, 0700'
+                       % partial)
+
+
+def _check_limits(call, timeout, cpu_time, address_space):
+    for name, value in (('timeout', timeout), ('cpu_time', cpu_time),
+                        ('address_space', address_space)):
+        if type(value) is not int or value <= 0:
+            privsep.refuse(call, '%s %r is not a positive int'
+                           % (name, value))
+
+
+def _open_archive(call, partial):
+    """The fetched image's fd: a regular file of one link, root's or R's."""
+    path = os.path.join(partial, ARCHIVE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC |
+                     os.O_NONBLOCK)
+    except FileNotFoundError:
+        privsep.refuse(call, '%s does not exist' % path)
+    except OSError as e:
+        privsep.refuse(call, '%s cannot be opened: %s' % (path, e))
+    try:
+        st = os.fstat(fd)
+        idmap = ids.unpack_idmap()
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or \
+                st.st_uid not in (0, idmap.uid_start):
+            privsep.refuse(call, '%s is not a regular file of root\'s with '
+                           'one link' % path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def confined_argv(argv, cpu_time, address_space):
+    """argv behind setpriv(1) and prlimit(1) (module docstring)."""
+    idmap = ids.unpack_idmap()
+    return ['setpriv', '--reuid', str(idmap.uid_start),
+            '--regid', str(idmap.gid_start), '--clear-groups',
+            '--no-new-privs', '--pdeathsig', 'KILL', '--',
+            'prlimit', '--cpu=%d' % cpu_time, '--as=%d' % address_space,
+            '--'] + list(argv)
+
+
+def _run(argv, fds, timeout, cpu_time, address_space):
+    """argv, confined (confined_argv); (stdout, stderr) as text.
+
+    :param fds: the daemon's fds to hand over, at the same numbers.
+    :raises CommandFailed: a non-zero exit (exit_code -N: killed by
+        signal N, e.g. SIGXCPU at the CPU limit).
+    :raises CommandTimedOut: killed after timeout seconds.
+    """
+    cmd = ' '.join(argv)
+    try:
+        proc = subprocess.run(
+            confined_argv(argv, cpu_time, address_space),
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+            close_fds=True, pass_fds=tuple(fds), env=dict(_ENV), cwd='/',
+            umask=0o077)
+    except subprocess.TimeoutExpired:
+        raise exception.CommandTimedOut(cmd=cmd, timeout=timeout)
+    out = os.fsdecode(proc.stdout)
+    err = os.fsdecode(proc.stderr[-_MAX_STDERR:]).strip()
+    if proc.returncode != 0:
+        raise exception.CommandFailed(cmd=cmd, exit_code=proc.returncode,
+                                      stderr=err)
+    return out, err
+
+
+class _Given:
+    """Files handed to the range's root for the call, root's again after."""
+
+    def __init__(self):
+        self._fds = []
+        self._idmap = ids.unpack_idmap()
+
+    def give(self, fd):
+        os.fchown(fd, self._idmap.uid_start, self._idmap.gid_start)
+        self._fds.append(fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for fd in self._fds:
+            try:
+                os.fchown(fd, 0, 0)
+            except OSError as e:
+                LOG.warning('Cannot give fd %d back to root: %s', fd, e)
+        return False
+
+
+@privsep.storage_admin.entrypoint
+def qcow2_info(partial, timeout, cpu_time, address_space):
+    """``qemu-img info -f qcow2 --output=json`` of ``<partial>/archive``.
+
+    :param partial: an image cache partial (check_partial) holding the
+        fetched image.
+    :param timeout: seconds of wall time (int > 0).
+    :param cpu_time: seconds of CPU (int > 0; RLIMIT_CPU).
+    :param address_space: bytes (int > 0; RLIMIT_AS).
+    :returns: qemu-img's JSON text.
+    :raises PrivilegedCallRefused: the checks, an archive that is not a
+        regular file of root's with one link.
+    :raises CommandFailed, CommandTimedOut: qemu-img failed, was killed at
+        a limit, or took longer than timeout.
+    """
+    call = 'qcow2_info'
+    check_partial(call, partial)
+    _check_limits(call, timeout, cpu_time, address_space)
+    fd = _open_archive(call, partial)
+    try:
+        with _Given() as given:
+            given.give(fd)
+            out, _err = _run(
+                ['qemu-img', 'info', '-f', 'qcow2', '--output=json',
+                 '/dev/fd/%d' % fd], [fd], timeout, cpu_time,
+                address_space)
+    finally:
+        os.close(fd)
+    return out
+
+
+@privsep.storage_admin.entrypoint
+def qcow2_convert(partial, virtual_size, max_bytes, timeout, cpu_time,
+                  address_space):
+    """``<partial>/archive`` (qcow2) to the sparse raw ``<partial>/disk.raw``.
+
+    The raw file is made here (O_EXCL), virtual_size bytes long, and
+    ``qemu-img convert -n --target-is-zero`` writes the image's data into
+    it (qemu-img(1)): it keeps its holes. A failed conversion removes it.
+
+    :param virtual_size: bytes, as qemu-img info gave it (int > 0, at most
+        max_bytes).
+    :param max_bytes: the cache's limit (int > 0).
+    :param timeout, cpu_time, address_space: as qcow2_info.
+    :raises PrivilegedCallRefused: the checks, disk.raw exists already.
+    :raises CommandFailed, CommandTimedOut: as qcow2_info.
+    :raises OSError: the raw file could not be made (e.g. ENOSPC).
+    """
+    call = 'qcow2_convert'
+    check_partial(call, partial)
+    _check_limits(call, timeout, cpu_time, address_space)
+    for name, value in (('virtual_size', virtual_size),
+                        ('max_bytes', max_bytes)):
+        if type(value) is not int or value <= 0:
+            privsep.refuse(call, '%s %r is not a positive int'
+                           % (name, value))
+    if virtual_size > max_bytes:
+        privsep.refuse(call, 'virtual_size %d is above max_bytes %d'
+                       % (virtual_size, max_bytes))
+    raw = os.path.join(partial, RAW)
+    fd = _open_archive(call, partial)
+    try:
+        try:
+            out = os.open(raw, os.O_RDWR | os.O_CREAT | os.O_EXCL |
+                          os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            privsep.refuse(call, '%s exists already' % raw)
+        try:
+            os.ftruncate(out, virtual_size)
+            with _Given() as given:
+                given.give(fd)
+                given.give(out)
+                _run(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw',
+                      '-n', '--target-is-zero', '/dev/fd/%d' % fd,
+                      '/dev/fd/%d' % out], [fd, out], timeout, cpu_time,
+                     address_space)
+        except BaseException:
+            os.unlink(raw)
+            raise
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
