@@ -1683,3 +1683,132 @@ class RealUnpackTest(base.TestCase):
         self.assertEqual('prw-------', got['run/initctl'][0])
         self.assertEqual('usr/bin', got['bin'][5])
         self.assertEqual('drwxrwxrwt', got['tmp'][0])
+
+
+MS_RDONLY, MS_REMOUNT, MS_BIND = 1, 32, 4096  # sys/mount.h
+
+
+class RealCopyTest(base.TestCase):
+    """copy_partition of a read-only bind mount: a real child and views."""
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest('root only: idmapped mounts and a user namespace')
+        top = os.path.realpath(tempfile.mkdtemp(prefix='novalxc-copy-',
+                                                dir='/var/tmp'))
+        self.addCleanup(shutil.rmtree, top, ignore_errors=True)
+        state = os.path.join(top, 'state')
+        lxc = os.path.join(top, 'lxc')
+        self.partial = os.path.join(state, 'images', '.partial-%s-%d-x' % (
+            uuid.uuid4(), os.getpid()))
+        self.rootfs = os.path.join(self.partial, 'rootfs')
+        self.mnt = os.path.join(self.partial, 'mnt')
+        self.work = os.path.join(self.partial, 'copy')
+        os.makedirs(self.rootfs)
+        os.chmod(self.rootfs, 0o755)
+        os.mkdir(self.mnt, 0o700)
+        os.makedirs(lxc)
+        # The partition's files, bind-mounted read-only on mnt.
+        self.image = os.path.join(top, 'image')
+        self.libc = ctypes.CDLL(ctypes.util.find_library('c'),
+                                use_errno=True)
+        self.addCleanup(self._unmount_all)
+        self.running = self.patch('novalxcdriver.privsep.unpack._running',
+                                  new={})
+        cfg = self.storage_admin_here(lxc, state)
+        cfg.config(group='lxc', command_timeout=10)
+
+    def _unmount_all(self):
+        for point in reversed(mounts_below(self.partial)):
+            self.libc.umount2(os.fsencode(point), 2)  # MNT_DETACH
+
+    def _mount(self, source, flags):
+        if self.libc.mount(source and os.fsencode(source),
+                           os.fsencode(self.mnt), None, flags, None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), self.mnt)
+
+    def mount_image(self, read_only=True):
+        self._mount(self.image, MS_BIND)
+        if read_only:
+            self._mount(None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+    def make_image(self):
+        """A small root filesystem; its bytes of file data."""
+        img = self.image
+        os.mkdir(img, 0o755)
+        for path, mode, owner in (
+                ('etc', 0o755, 0), ('usr', 0o755, 0),
+                ('usr/bin', 0o755, 0), ('home', 0o755, 0),
+                ('home/user', 0o750, 1000), ('run', 0o755, 0),
+                ('dev', 0o755, 0), ('tmp', 0o1777, 0)):
+            os.mkdir(os.path.join(img, path))
+            os.chmod(os.path.join(img, path), mode)
+            os.chown(os.path.join(img, path), owner, owner)
+        size = 0
+        for path, data, mode, uid, gid in (
+                ('etc/hostname', b'box\n', 0o644, 0, 0),
+                ('usr/bin/su', b'#!su\n', 0o4755, 0, 0),
+                ('usr/bin/wall', b'#!wall\n', 0o2755, 0, 5),
+                ('home/user/notes', b'hello\n' * 100, 0o640, 1000, 1000),
+                ('home/user/top', b'x', 0o644, 65535, 65535),
+                # Beyond the range: read as the overflow ids.
+                ('home/user/far', b'far', 0o644, 70000, 70000)):
+            full = os.path.join(img, path)
+            with open(full, 'wb') as f:
+                f.write(data)
+            os.chown(full, uid, gid)
+            os.chmod(full, mode)
+            size += len(data)
+        os.link(os.path.join(img, 'usr/bin/su'),
+                os.path.join(img, 'usr/bin/su2'))
+        os.symlink('usr/bin', os.path.join(img, 'bin'))
+        os.mkfifo(os.path.join(img, 'run/initctl'), 0o600)
+        # Skipped: LXC makes /dev.
+        os.mknod(os.path.join(img, 'dev/null'), stat.S_IFCHR | 0o666,
+                 os.makedev(1, 3))
+        for top, dirs, files in os.walk(img, topdown=False):
+            for name in dirs + files + ([''] if top == img else []):
+                os.utime(os.path.join(top, name) if name else top,
+                         (1700000000, 1700000000), follow_symlinks=False)
+        return size
+
+    def test_copied_as_root_s_copy_would(self):
+        size = self.make_image()
+        self.mount_image()
+        fds = base.open_fds()
+        self.assertEqual((size, 1),
+                         unpack.copy_partition(self.rootfs, 1 << 20, 30))
+        self.assertEqual({}, self.running)
+        # The views gone, the partition still mounted.
+        self.assertEqual([self.mnt], mounts_below(self.partial))
+        self.assertFalse(os.path.lexists(self.work))
+        self.assertEqual(fds, base.open_fds())
+
+        with open('/proc/sys/kernel/overflowuid') as f:
+            overflow = int(f.read())
+        want = tree(self.image)
+        del want['dev/null']
+        want['home/user/far'] = want['home/user/far'][:1] + (
+            overflow, overflow) + want['home/user/far'][3:]
+        got = tree(self.rootfs)
+        self.assertEqual(want, got)
+        self.assertEqual(('-rwsr-xr-x', 0, 0), got['usr/bin/su'][:3])
+        self.assertEqual(('-rwxr-sr-x', 0, 5), got['usr/bin/wall'][:3])
+        self.assertEqual(2, got['usr/bin/su2'][4])
+        self.assertEqual((1000, 1000), got['home/user/notes'][1:3])
+        self.assertEqual((65535, 65535), got['home/user/top'][1:3])
+
+    def test_the_partition_must_be_mounted_read_only(self):
+        self.make_image()
+        e = self.assertRaises(exception.PrivilegedCallRefused,
+                              unpack.copy_partition, self.rootfs, 100, 10)
+        self.assertIn('nothing is mounted on %s' % self.mnt, str(e))
+        self.mount_image(read_only=False)
+        e = self.assertRaises(exception.PrivilegedCallRefused,
+                              unpack.copy_partition, self.rootfs, 100, 10)
+        self.assertIn('is mounted read-write', str(e))
+        self.assertEqual([self.mnt], mounts_below(self.partial))
+        self.assertEqual([], os.listdir(self.rootfs))
+        self.assertFalse(os.path.lexists(self.work))

@@ -268,7 +268,7 @@ class TreeRunTest(base.TestCase):
         self.confine = self.patch_object(
             unpackchild, 'confine',
             side_effect=lambda *a: self.at_confine.append(
-                os.listdir(self.rootfs)))
+                os.path.isdir(self.rootfs) and os.listdir(self.rootfs)))
         self.stream = self.patch_object(
             unpackchild.tarball, 'unpack_stream',
             side_effect=AssertionError('a tarball unpacked in mode tree'))
@@ -371,12 +371,14 @@ class TreeRunTest(base.TestCase):
 
     def test_an_os_error_names_its_file(self):
         # rootfs gone: its first entry cannot be made.
+        os.unlink(os.path.join(self.source, 'bin'))
         os.rmdir(self.rootfs)
         status, result = self.run_child()
         self.assertEqual(
             (1, {'error': 'OSError', 'errno': errno.ENOENT,
                  'strerror': os.strerror(errno.ENOENT),
-                 'filename': 'rootfs/bin'}), (status, result))
+                 'filename': 'rootfs/etc'}), (status, result))
+        self.assertEqual([False], self.at_confine)
 
     def test_an_os_error_s_filename(self):
         copy_tree = self.patch_object(unpackchild.treecopy, 'copy_tree')
