@@ -301,4 +301,31 @@ def corpus(work, canary, cache_dir, bomb_bytes):
         f.write(bytes(late))
     cases.append(Case('gzip-crc-mismatch', path, 'refused',
                       'truncated or corrupt'))
+
+    # Disk images (a GPT raw image; the root partition's files copied by
+    # the confined child, privsep.unpack.copy_partition): what a tarball
+    # could not carry past tarball.py reaches the copy here.
+    def add_disk(name, members, expect, reason=''):
+        tarball = _tar(os.path.join(work, name + '.tar.gz'), members)
+        path = os.path.join(work, name + '.raw')
+        rootfs_images.disk_image(tarball, path, 'raw', 'gpt', marked=False)
+        os.unlink(tarball)
+        cases.append(Case(name, path, expect, reason))
+
+    add_disk('disk-links-out', [
+        tar_members.symlink('root/canary', secret),
+        tar_members.symlink('escape', canary),
+        tar_members.symlink('etc/up', '../' * 12 + canary.lstrip('/')),
+        tar_members.hardlink('etc/busybox-link', 'bin/busybox')], 'harmless')
+    add_disk('disk-device-nodes', [
+        tar_members.device('dev-mem', tarfile.CHRTYPE),
+        tar_members.device('etc/blk', tarfile.BLKTYPE),
+        (tar_members.info('etc/whiteout', tarfile.CHRTYPE, devmajor=0,
+                          devminor=0), None)], 'harmless')
+    add_disk('disk-trusted-xattr', [_reg('etc/trusted', pax_headers={
+        'SCHILY.xattr.trusted.overlay.redirect': '/etc',
+        'SCHILY.xattr.security.evil': 'x'})], 'harmless')
+    add_disk('disk-unreadable-owner-beyond-range',
+             [_reg('etc/high', uid=70000, gid=70000, mode=0o600)],
+             'refused', 'etc/high cannot be read: its owner is beyond')
     return cases
