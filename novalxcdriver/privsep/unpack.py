@@ -457,4 +457,8 @@ def copy_partition(rootfs, max_bytes, timeout):
         result = _outcome(held.proc.returncode, out, err)
     finally:
         _unclaim(rootfs)
-    return result['size'], int(result.get('skipped') or 0)
+    skipped = result.get('skipped', 0)
+    if type(skipped) is not int or skipped < 0:
+        raise exception.ArchiveError(
+            reason='the unpacker reported %r skipped' % (skipped,))
+    return result['size'], skipped

@@ -119,9 +119,12 @@ def run(argv=None):
     except OSError as e:
         result = {'error': 'OSError', 'errno': e.errno or 0,
                   'strerror': e.strerror or str(e)}
-        if e.filename is not None:
+        # symlink(2) and link(2) name the new path second: the first is
+        # the link's text, the image's own.
+        name = e.filename2 if e.filename2 is not None else e.filename
+        if name is not None:
             # Relative to the child's working directory.
-            result['filename'] = os.fsdecode(e.filename)
+            result['filename'] = os.fsdecode(name)
         return 1, result
     return 0, {'size': size}
 

@@ -930,12 +930,12 @@ class _CopyMocked(_Mocked):
         self.mounted = True
         self.mnt_flags = RO_FLAGS
         real_top = mount.top
-        self.top = self.patch(
-            'novalxcdriver.mount.top',
-            side_effect=lambda point: (
-                ('ext4', '/dev/loop7') if point == self.mnt
-                else real_top(point)) if self.mounted or point != self.mnt
-            else None)
+
+        def top(point):
+            if point == self.mnt:
+                return ('ext4', '/dev/loop7') if self.mounted else None
+            return real_top(point)
+        self.top = self.patch('novalxcdriver.mount.top', side_effect=top)
         real_statvfs = os.statvfs
 
         def statvfs(path):
@@ -1196,6 +1196,14 @@ class CopyTest(_CopyMocked):
         self.assertEqual((7, 0), self.copy())
         self.copy_child({'size': 0, 'skipped': 0})
         self.assertEqual((0, 0), self.copy())
+
+    def test_a_bad_skipped_count(self):
+        for skipped in ('x', -1, True, 2.9, [1], None):
+            self.copy_child({'size': 7, 'skipped': skipped})
+            e = self.assertRaises(exception.ArchiveError, self.copy)
+            self.assertIn('reported %r skipped' % (skipped,), str(e))
+            self.child.close()
+        self.assertEqual({}, self.running)
 
     def test_any_positive_timeout(self):
         for timeout in (1, 0.25, 86400.5, 1 << 40):

@@ -390,6 +390,13 @@ class TreeRunTest(base.TestCase):
             self.assertEqual((1, {'error': 'OSError', 'errno': errno.ENOSPC,
                                   'strerror': 'No space',
                                   'filename': want}), self.run_child())
+        # symlink(2), link(2): the path made is the second, the first is
+        # the image's link text.
+        copy_tree.side_effect = OSError(errno.EEXIST, 'File exists',
+                                        '/etc/shadow', None, 'rootfs/etc/x')
+        self.assertEqual((1, {'error': 'OSError', 'errno': errno.EEXIST,
+                              'strerror': 'File exists',
+                              'filename': 'rootfs/etc/x'}), self.run_child())
         # Without one: no key.
         copy_tree.side_effect = OSError(errno.EIO, 'I/O error')
         self.assertEqual((1, {'error': 'OSError', 'errno': errno.EIO,
