@@ -10,11 +10,16 @@ uid space)::
     container ID N  ->  host uids [subuid_start + N * size, + size)
                         host gids [subgid_start + N * size, + size)
 
-so ``floor((min(subuid count, subgid count) - UNPACK_IDS) / size)`` IDs
-exist, numbered from 0, and the ranges of two different IDs never overlap.
-The last UNPACK_IDS ids of root's ranges are no container's: images are
-unpacked as root of a user namespace mapping them (unpack_idmap;
-privsep.unpack), so a bug in the unpacker writes as nobody's uids.
+so ``floor((min(subuid count, subgid count) - UNPACK_IDS - HELPER_IDS) /
+size)`` IDs exist, numbered from 0, and the ranges of two different IDs
+never overlap. The last UNPACK_IDS ids of root's ranges are no
+container's: images are unpacked as root of a user namespace mapping them
+(unpack_idmap; privsep.unpack), so a bug in the unpacker writes as
+nobody's uids. The HELPER_IDS ids below them are neither a container's
+nor the unpacker's: each running qemu-img has one of its own
+(helper_ids; privsep.qemuimg), so that no two parsers of images share a
+uid (a process may reopen the files of another of its uid through
+/proc/PID/fd, proc(5)).
 
 The ranges are the machine's (root's subordinate ranges), so the IDs are
 too: every driver on one machine (several nova-compute services, each with
@@ -69,6 +74,8 @@ DEFAULT_RANGE_SIZE = 65536
 # The ids an image's files may be owned by (0..65535), and the size of the
 # range at the top of root's that unpacks them.
 UNPACK_IDS = 65536
+# The ids below them: one per qemu-img run at a time (helper_ids).
+HELPER_IDS = 64
 
 # Only canonical decimal names are reservations; '007' would not block
 # os.mkdir('7'), so it must not be counted either.
@@ -209,6 +216,27 @@ def unpack_idmap(ranges=None):
                  size=UNPACK_IDS)
 
 
+def helper_ids(ranges=None):
+    """The HELPER_IDS ids just below the unpack range (module docstring).
+
+    :param ranges: read_subordinate_ranges()'s result; read if None.
+    :returns: Idmap of HELPER_IDS ids: uid_start + n and gid_start + n
+        are helper n's.
+    :raises exception.IdmapUnavailable: root's ranges are unreadable or
+        smaller than UNPACK_IDS + HELPER_IDS.
+    """
+    (uid_start, uid_count), (gid_start, gid_count) = (
+        ranges or read_subordinate_ranges())
+    reserved = UNPACK_IDS + HELPER_IDS
+    if min(uid_count, gid_count) < reserved:
+        raise exception.IdmapUnavailable(
+            reason='root\'s subordinate ranges hold fewer than the %d ids '
+                   'images are unpacked and converted under' % reserved)
+    return Idmap(uid_start=uid_start + uid_count - reserved,
+                 gid_start=gid_start + gid_count - reserved,
+                 size=HELPER_IDS)
+
+
 class IdAllocator:
     """Hands out container IDs, persistently and race-free on one host.
 
@@ -273,9 +301,10 @@ class IdAllocator:
         :raises exception.IdmapUnavailable: no subordinate range for root.
         """
         (_, uid_count), (_, gid_count) = self._get_ranges()
-        # The top UNPACK_IDS are the unpacker's (unpack_idmap).
-        return max(0, min(uid_count, gid_count) - UNPACK_IDS) // \
-            self.range_size
+        # The top UNPACK_IDS are the unpacker's (unpack_idmap), the
+        # HELPER_IDS below them qemu-img's (helper_ids).
+        return max(0, min(uid_count, gid_count) - UNPACK_IDS -
+                   HELPER_IDS) // self.range_size
 
     def idmap(self, cid):
         """Return the :class:`Idmap` of container ID ``cid``.

@@ -1,10 +1,12 @@
 """qemu-img on a fetched qcow2, run as nobody's uid (``storage_admin``).
 
 A qcow2 from Glance is hostile input, and qemu-img parses it (qemu-img(1)).
-It never does so as host root: the daemon runs it as the unpack range's
-root (ids.unpack_idmap(): host uid and gid R, which no container, no host
-user and no file outside a confined unpack owns), with no supplementary
-group, no new privileges (PR_SET_NO_NEW_PRIVS), killed with the daemon
+It never does so as host root: the daemon runs each qemu-img as an id of
+its own (ids.helper_ids(): host uid and gid H + n for the n-th run at a
+time, which no container, no host user, no unpacker and no other
+qemu-img has: a process may reopen the files of another process of its
+uid through /proc/PID/fd, proc(5)), with no supplementary group, no new
+privileges (PR_SET_NO_NEW_PRIVS), killed with the daemon
 (PR_SET_PDEATHSIG), all through setpriv(1), under the CPU time and
 address space limits nova.virt.images gives it (prlimit(1)), and killed
 after a timeout. Exec'd tools rather than a preexec_fn: the daemon runs
@@ -13,11 +15,10 @@ its calls in threads, where a preexec_fn may deadlock (subprocess).
 It reaches its files through descriptors the daemon opened and hands
 over: the fetched image (``<partial>/archive``) and, for a conversion,
 the new raw image (``<partial>/disk.raw``, made here), named
-``/dev/fd/N``.
-qemu-img opens those names again, which the kernel checks against the
-file's owner (proc(5), /proc/PID/fd), so both are the range's while
-qemu-img runs and root's again after; the partial, root's 0700, keeps
-everyone else out. A bug in qemu-img can then write as R, which owns
+``/dev/fd/N``. qemu-img opens those names again, which the kernel checks
+against the file's owner (proc(5), /proc/PID/fd), so both are its id's
+while it runs and root's again after; the partial, root's 0700, keeps
+everyone else out. A bug in qemu-img can then write as H + n, which owns
 nothing but those two files.
 
 The checks of qemu-img's answer (no backing file, no data file, a size
@@ -26,10 +27,12 @@ within the cache's limit: diskimage.check_info) stay in nova-compute;
 larger than max_bytes.
 """
 
+import contextlib
 import os
 import re
 import stat
 import subprocess
+import threading
 
 from oslo_log import log as logging
 
@@ -49,6 +52,26 @@ PARTIAL_RE = re.compile(
 _ENV = {'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LANG': 'C',
         'LC_ALL': 'C'}
 _MAX_STDERR = 4000
+
+_slots_lock = threading.Lock()
+_slots_used = set()
+
+
+@contextlib.contextmanager
+def _slot(call):
+    """The helper number (0..HELPER_IDS-1) of one run, free again after."""
+    with _slots_lock:
+        free = [n for n in range(ids.HELPER_IDS) if n not in _slots_used]
+        if not free:
+            privsep.refuse(call, 'more than %d qemu-img runs at once'
+                           % ids.HELPER_IDS)
+        slot = free[0]
+        _slots_used.add(slot)
+    try:
+        yield slot
+    finally:
+        with _slots_lock:
+            _slots_used.discard(slot)
 
 
 def check_partial(call, partial):
@@ -81,7 +104,10 @@ def _check_limits(call, timeout, cpu_time, address_space):
 
 
 def _open_archive(call, partial):
-    """The fetched image's fd: a regular file of one link, root's or R's."""
+    """The fetched image's fd: a regular file of one link, root's.
+
+    Or a helper's: a daemon that died mid-run left it so.
+    """
     path = os.path.join(partial, ARCHIVE)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC |
@@ -92,9 +118,10 @@ def _open_archive(call, partial):
         privsep.refuse(call, '%s cannot be opened: %s' % (path, e))
     try:
         st = os.fstat(fd)
-        idmap = ids.unpack_idmap()
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or \
-                st.st_uid not in (0, idmap.uid_start):
+        helpers = ids.helper_ids()
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not (
+                st.st_uid == 0 or helpers.uid_start <= st.st_uid <
+                helpers.uid_start + helpers.size):
             privsep.refuse(call, '%s is not a regular file of root\'s with '
                            'one link' % path)
     except BaseException:
@@ -103,17 +130,17 @@ def _open_archive(call, partial):
     return fd
 
 
-def confined_argv(argv, cpu_time, address_space):
-    """argv behind setpriv(1) and prlimit(1) (module docstring)."""
-    idmap = ids.unpack_idmap()
-    return ['setpriv', '--reuid', str(idmap.uid_start),
-            '--regid', str(idmap.gid_start), '--clear-groups',
+def confined_argv(argv, cpu_time, address_space, slot=0):
+    """argv behind setpriv(1) and prlimit(1), as helper slot's ids."""
+    helpers = ids.helper_ids()
+    return ['setpriv', '--reuid', str(helpers.uid_start + slot),
+            '--regid', str(helpers.gid_start + slot), '--clear-groups',
             '--no-new-privs', '--pdeathsig', 'KILL', '--',
             'prlimit', '--cpu=%d' % cpu_time, '--as=%d' % address_space,
             '--'] + list(argv)
 
 
-def _run(argv, fds, timeout, cpu_time, address_space):
+def _run(argv, fds, timeout, cpu_time, address_space, slot):
     """argv, confined (confined_argv); (stdout, stderr) as text.
 
     :param fds: the daemon's fds to hand over, at the same numbers.
@@ -124,7 +151,7 @@ def _run(argv, fds, timeout, cpu_time, address_space):
     cmd = ' '.join(argv)
     try:
         proc = subprocess.run(
-            confined_argv(argv, cpu_time, address_space),
+            confined_argv(argv, cpu_time, address_space, slot),
             stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
             close_fds=True, pass_fds=tuple(fds), env=dict(_ENV), cwd='/',
             umask=0o077)
@@ -139,14 +166,16 @@ def _run(argv, fds, timeout, cpu_time, address_space):
 
 
 class _Given:
-    """Files handed to the range's root for the call, root's again after."""
+    """Files handed to a helper's ids for the call, root's again after."""
 
-    def __init__(self):
+    def __init__(self, slot):
         self._fds = []
-        self._idmap = ids.unpack_idmap()
+        self._helpers = ids.helper_ids()
+        self.slot = slot
 
     def give(self, fd):
-        os.fchown(fd, self._idmap.uid_start, self._idmap.gid_start)
+        os.fchown(fd, self._helpers.uid_start + self.slot,
+                  self._helpers.gid_start + self.slot)
         self._fds.append(fd)
 
     def __enter__(self):
@@ -181,12 +210,12 @@ def qcow2_info(partial, timeout, cpu_time, address_space):
     _check_limits(call, timeout, cpu_time, address_space)
     fd = _open_archive(call, partial)
     try:
-        with _Given() as given:
+        with _slot(call) as slot, _Given(slot) as given:
             given.give(fd)
             out, _err = _run(
                 ['qemu-img', 'info', '-f', 'qcow2', '--output=json',
                  '/dev/fd/%d' % fd], [fd], timeout, cpu_time,
-                address_space)
+                address_space, slot)
     finally:
         os.close(fd)
     return out
@@ -230,13 +259,13 @@ def qcow2_convert(partial, virtual_size, max_bytes, timeout, cpu_time,
             privsep.refuse(call, '%s exists already' % raw)
         try:
             os.ftruncate(out, virtual_size)
-            with _Given() as given:
+            with _slot(call) as slot, _Given(slot) as given:
                 given.give(fd)
                 given.give(out)
                 _run(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw',
                       '-n', '--target-is-zero', '/dev/fd/%d' % fd,
                       '/dev/fd/%d' % out], [fd, out], timeout, cpu_time,
-                     address_space)
+                     address_space, slot)
         except BaseException:
             os.unlink(raw)
             raise

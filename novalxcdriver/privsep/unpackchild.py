@@ -15,9 +15,10 @@ only root may enter), then leaves root for good:
    and gid_map (0..size-1 onto ids.unpack_idmap()) and answers on the go
    fd;
 3. no supplementary group, then gid and uid 0 of the namespace (host ids
-   of the unpack range, which no container and no host user has), no new
-   privileges (prctl(2) PR_SET_NO_NEW_PRIVS), killed with the daemon
-   (PR_SET_PDEATHSIG);
+   of the unpack range, which no container and no host user has), not
+   dumpable (PR_SET_DUMPABLE 0: a concurrent unpacker has the same host
+   uid), no new privileges (prctl(2) PR_SET_NO_NEW_PRIVS), killed with
+   the daemon (PR_SET_PDEATHSIG);
 4. tarball: tarball.unpack_stream of stdin into '.', owners at most
    --max-id; tree: treecopy.copy_tree of source into rootfs.
 
@@ -51,6 +52,7 @@ from novalxcdriver import treecopy
 
 CLONE_NEWUSER = 0x10000000    # sched.h
 PR_SET_PDEATHSIG = 1          # prctl.h
+PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
 
@@ -83,6 +85,12 @@ def confine(libc, ready_fd, go_fd):
     os.setgroups([])
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+    # Not dumpable: another unpacker (the same host uid) may not reach
+    # this one's files or views through /proc/PID/fd, cwd or root
+    # (proc(5), ptrace(2) "access mode checking"). The uid change made it
+    # so already unless fs.suid_dumpable is 1.
+    _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0),
+           'prctl(PR_SET_DUMPABLE)')
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
            'prctl(PR_SET_NO_NEW_PRIVS)')
 

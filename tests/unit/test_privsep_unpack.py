@@ -1662,6 +1662,9 @@ class RealUnpackTest(base.TestCase):
                     break
                 time.sleep(0.01)
             self.assertEqual(want, got)
+            # Not dumpable: its /proc files are root's, out of reach of
+            # another unpacker of the same host uid.
+            self.assertEqual(0, os.stat('/proc/%d/fd' % pid).st_uid)
             with open('/proc/%d/uid_map' % pid) as f:
                 self.assertEqual([['0', str(idmap.uid_start), '65536']],
                                  [line.split() for line in f])

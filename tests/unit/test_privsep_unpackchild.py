@@ -497,9 +497,11 @@ class ConfineTest(base.TestCase):
             ('setgroups', []),
             ('setresgid', 0, 0, 0),
             ('setresuid', 0, 0, 0),
+            ('prctl', 4, 0, 0, 0, 0),
             ('prctl', 38, 1, 0, 0, 0),
         ], self.events)
         self.assertEqual(1, unpackchild.PR_SET_PDEATHSIG)
+        self.assertEqual(4, unpackchild.PR_SET_DUMPABLE)
         # 'r' only once unshared; its ids dropped once 'g' was read and
         # both ends closed (nothing of the daemon's kept).
         self.assertFalse(self.at_unshare)
@@ -541,6 +543,15 @@ class ConfineTest(base.TestCase):
         self.closed = {self.go_w}
         self.assertRaises(OSError, self.confine)
         self.assertEqual(['prctl', 'unshare'], [ev[0] for ev in self.events])
+
+    def test_dumpable_fails(self):
+        os.write(self.go_w, b'g')
+        self.failing[('prctl', unpackchild.PR_SET_DUMPABLE)] = -1
+        e = self.assertRaises(OSError, self.confine)
+        self.assertIn('PR_SET_DUMPABLE', e.strerror)
+        # Stopped there: no new privileges was not reached either.
+        self.assertEqual(('prctl', 4, 0, 0, 0, 0), self.events[-1])
+        self.closed = {self.ready_w, self.go_r}
 
     def test_no_new_privs_fails(self):
         os.write(self.go_w, b'g')
