@@ -19,6 +19,8 @@ from novalxcdriver import exception
 from novalxcdriver import ids
 
 SIZE = 65536
+# The top of root's ranges that no container gets.
+RESERVED = ids.UNPACK_IDS + ids.HELPER_IDS
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
@@ -64,8 +66,8 @@ class _Base(base.BaseTestCase):
     def allocator(self, n_ids=256, artifact_ids=None, **kw):
         # n_ids containers' ranges, then the unpacker's.
         subuid, subgid = self.ranges(
-            'root:100000:%d\n' % (n_ids * SIZE + ids.UNPACK_IDS),
-            'root:300000:%d\n' % (n_ids * SIZE + ids.UNPACK_IDS))
+            'root:100000:%d\n' % (n_ids * SIZE + RESERVED),
+            'root:300000:%d\n' % (n_ids * SIZE + RESERVED))
         return ids.IdAllocator(self.state, subuid_path=subuid,
                                subgid_path=subgid,
                                artifact_ids=artifact_ids, **kw)
@@ -137,9 +139,11 @@ class ReadSubordinateRangesTest(_Base):
         self.assertIn(missing, e.kwargs['reason'])
 
     def test_count_from_smaller_range(self):
-        # Less the unpacker's UNPACK_IDS at the top (unpack_idmap).
-        for uid_count, gid_count in ((10 * SIZE, 4 * SIZE + 5),
-                                     (4 * SIZE + 5, 10 * SIZE)):
+        # Less the unpacker's UNPACK_IDS at the top (unpack_idmap) and
+        # the HELPER_IDS below them (helper_ids).
+        small = 4 * SIZE + ids.HELPER_IDS
+        for uid_count, gid_count in ((10 * SIZE, small), (small, 10 * SIZE),
+                                     (10 * SIZE, small + SIZE - 1)):
             uid, gid = self.ranges('root:100000:%d\n' % uid_count,
                                    'root:100000:%d\n' % gid_count)
             alloc = ids.IdAllocator(self.state, subuid_path=uid,
@@ -197,8 +201,8 @@ class IdmapTest(_Base):
     def test_no_overlap_every_pair(self):
         # Odd size and count so no power-of-two arithmetic hides a bug.
         uid, gid = self.ranges(
-            'root:1000:%d\n' % (150 * 70001 + 3 + ids.UNPACK_IDS),
-            'root:5:%d\n' % (150 * 70001 + 70000 + ids.UNPACK_IDS))
+            'root:1000:%d\n' % (150 * 70001 + 3 + RESERVED),
+            'root:5:%d\n' % (150 * 70001 + 70000 + RESERVED))
         alloc = ids.IdAllocator(self.state, range_size=70001,
                                 subuid_path=uid, subgid_path=gid)
         self.assertEqual(150, alloc.count)
@@ -227,6 +231,35 @@ class IdmapTest(_Base):
         last = alloc.idmap(alloc.count - 1)
         self.assertLessEqual(last.uid_start + last.size, unpack.uid_start)
         self.assertLessEqual(last.gid_start + last.size, unpack.gid_start)
+
+    def test_count_one_short_of_the_helpers(self):
+        uid, gid = self.ranges('root:100000:%d\n' % (
+            4 * SIZE + ids.HELPER_IDS - 1))
+        alloc = ids.IdAllocator(self.state, subuid_path=uid, subgid_path=gid)
+        self.assertEqual(2, alloc.count)
+
+    def test_helper_ids_below_the_unpack_range_and_no_container_s(self):
+        uid, gid = self.ranges('root:100000:1000000000\n',
+                               'root:200000:999999999\n')
+        ranges = ids.read_subordinate_ranges(uid, gid)
+        unpack = ids.unpack_idmap(ranges)
+        helpers = ids.helper_ids(ranges)
+        self.assertEqual(ids.Idmap(unpack.uid_start - 64,
+                                   unpack.gid_start - 64, 64), helpers)
+        self.assertEqual(64, ids.HELPER_IDS)
+        alloc = ids.IdAllocator(self.state, subuid_path=uid, subgid_path=gid)
+        last = alloc.idmap(alloc.count - 1)
+        self.assertLessEqual(last.uid_start + last.size, helpers.uid_start)
+        self.assertLessEqual(last.gid_start + last.size, helpers.gid_start)
+
+    def test_helper_ids_need_their_ids(self):
+        uid, gid = self.ranges('root:100000:%d\n' % (
+            RESERVED - 1))
+        ranges = ids.read_subordinate_ranges(uid, gid)
+        ids.unpack_idmap(ranges)
+        e = self.assertRaises(exception.IdmapUnavailable, ids.helper_ids,
+                              ranges)
+        self.assertIn('65600 ids', str(e))
 
     def test_unpack_range_needs_its_ids(self):
         uid, gid = self.ranges('root:100000:65535\n')
@@ -594,7 +627,7 @@ class MachineWideTest(_Base):
 
     def two(self, n_ids=4):
         subuid, subgid = self.ranges('root:100000:%d\n' % (
-            n_ids * SIZE + ids.UNPACK_IDS))
+            n_ids * SIZE + RESERVED))
         shared = os.path.join(self.tmp, 'machine', 'ids')
         return [ids.IdAllocator(os.path.join(self.tmp, name),
                                 subuid_path=subuid, subgid_path=subgid,
@@ -685,7 +718,8 @@ class ResizeSourceTest(_Base):
     """An instance holding a second ID during a resize on its own host."""
 
     def allocator(self):
-        subuid, subgid = self.ranges('root:100000:%d\n' % (4 * SIZE))
+        subuid, subgid = self.ranges('root:100000:%d\n'
+                                     % (3 * SIZE + RESERVED))
         return ids.IdAllocator(os.path.join(self.tmp, 'state'),
                                subuid_path=subuid, subgid_path=subgid)
 
