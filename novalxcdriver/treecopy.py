@@ -1,7 +1,7 @@
 """A disk image's root filesystem copied into an image cache rootfs.
 
 Run only by the confined child of the storage_admin daemon
-(privsep/unpackchild.py, ``--mode tree``), as root of a user namespace
+(unpackchild.py, ``--mode tree``), as root of a user namespace
 mapping 0..65535 onto the unpack range (ids.unpack_idmap), between two
 idmapped views of the same range: the partition diskimage.py mounted
 (read-only) and the new rootfs. The copy keeps on-disk owners 0..65535;

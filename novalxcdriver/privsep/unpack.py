@@ -66,7 +66,7 @@ from novalxcdriver.privsep import storage
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
-CHILD_MODULE = 'novalxcdriver.privsep.unpackchild'
+CHILD_MODULE = 'novalxcdriver.unpackchild'
 PACKAGE = os.path.dirname(os.path.abspath(privsep.__file__))
 VIEW = 'view'
 # A disk image's copy: the partition's mount point (diskimage.py mounts

@@ -18,7 +18,7 @@ from novalxcdriver import tarball
 from tests.functional import base
 from tests.functional import rootfs_images
 
-CHILD = b'novalxcdriver.privsep.unpackchild'
+CHILD = b'novalxcdriver.unpackchild'
 
 
 def unpackers(below):

@@ -77,9 +77,15 @@ UNPRIVILEGED = {
 DAEMON_CHILDREN = {
     ('consolerelay.py', 'serve', 'subprocess.Popen'),
     # A disk image's files copied with their owners by the confined
-    # unpacker (privsep.unpackchild --mode tree, started by
+    # unpacker (unpackchild.py --mode tree, started by
     # privsep.unpack.copy_partition), root only of its user namespace.
     ('treecopy.py', '_Copier.metadata', 'os.chown'),
+    # That child's own confinement: the user namespace it enters, its
+    # ids dropped, its prctl(2) flags (unpackchild.confine).
+    ('unpackchild.py', '_libc', 'ctypes.CDLL'),
+    ('unpackchild.py', 'confine', 'libc.prctl'),
+    ('unpackchild.py', 'confine', 'libc.unshare'),
+    ('unpackchild.py', 'confine', 'os.setgroups'),
 }
 # (module, function, what) of the operator's tools, run as root at
 # install, never by nova-compute.

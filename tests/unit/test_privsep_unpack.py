@@ -1478,7 +1478,7 @@ class ChildTest(base.TestCase):
 
     def test_argv(self):
         self.assertEqual(
-            [sys.executable, '-m', 'novalxcdriver.privsep.unpackchild',
+            [sys.executable, '-m', 'novalxcdriver.unpackchild',
              '--mode', 'tarball', '--max-bytes', '5000', '--max-id', '65535',
              '--ready-fd', '7', '--go-fd', '9'],
             unpack._child_argv(5000, 7, 9))
@@ -1502,8 +1502,7 @@ class ChildTest(base.TestCase):
             os.path.abspath(novalxcdriver.__file__)))
         self.assertEqual(imported, env['PYTHONPATH'])
         self.assertTrue(os.path.isfile(os.path.join(
-            env['PYTHONPATH'], 'novalxcdriver', 'privsep',
-            'unpackchild.py')))
+            env['PYTHONPATH'], 'novalxcdriver', 'unpackchild.py')))
 
     def test_the_child_finds_this_code(self):
         # From / with the child's environment: this package (found as

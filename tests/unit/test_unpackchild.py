@@ -1,4 +1,4 @@
-"""privsep.unpackchild: the confined unpacker's own program, in process.
+"""unpackchild: the confined unpacker's own program, in process.
 
 run() with confine mocked unpacks a real tarball from a stdin stand-in
 into a temporary working directory; confine() runs with a fake libc
@@ -22,7 +22,7 @@ import fixtures
 
 from novalxcdriver import exception
 from novalxcdriver.privsep import unpack
-from novalxcdriver.privsep import unpackchild
+from novalxcdriver import unpackchild
 from tests.unit import base
 
 ARGV = ['--max-bytes', '100000', '--max-id', '65535', '--ready-fd', '5',
