@@ -29,6 +29,10 @@ The flow, for one rootfs (``<driver root>/images/.partial-<image id>-
    and returns the bytes unpacked, or raises what the child reported.
 
 cancel kills the child and removes the view (a download that failed).
+The daemon keeps one record per running unpack; a crash of nova-compute
+leaves the child reading a FIFO without a writer (EOF: it fails), and
+the partial (with its view's mount, if the daemon died too) is removed by
+the image cache's remove_partials, which unmounts first.
 
 A disk image's root partition (diskimage.py) is copied by the same child
 (``--mode tree``, treecopy.py) in one call, copy_partition: the partition
@@ -38,10 +42,6 @@ their owners 0..65535 of its namespace and writes them so into the
 rootfs's view. Both views sit in ``<partial>/copy``, a directory of the
 range's root (the child's working directory: it cannot enter the
 partial, root's 0700, once confined).
-The daemon keeps one record per running unpack; a crash of nova-compute
-leaves the child reading a FIFO without a writer (EOF: it fails), and
-the partial (with its view's mount, if the daemon died too) is removed by
-the image cache's remove_partials, which unmounts first.
 """
 
 import json
