@@ -7,6 +7,13 @@ have given (images.py publishes it like any other cache entry), so spawn
 does not know the difference. A kernel or boot loader in the image is
 ignored: the container runs on the host's kernel.
 
+The whole of ``unpack`` runs in the storage_admin daemon
+(privsep.imagecache.unpack_disk_image), on the image that daemon
+received into the cache's partial: nova-compute writes nothing there.
+Its parsers here are pure Python reads of bounded headers (the format
+inspector, the partition table, a superblock's magic, /sbin/init's
+name); the ones in C run confined (qemu-img, the tree's copy).
+
 The image comes from a user and is treated as hostile:
 
 1. Its format is read from its content (``classify``) and must be the one
@@ -390,17 +397,11 @@ def _listing(probed):
 
 # -- on the host -------------------------------------------------------------
 
-def classify_file(path):
-    """classify() of the file at path."""
-    with open(path, 'rb') as f:
-        return classify(f.read(CLASSIFY_PEEK_BYTES))
-
-
 def unpack(image_path, kind, disk_format, workdir, dest, max_bytes,
            is_root, root_partition=None):
     """Copy the root filesystem of a disk image into dest.
 
-    :param image_path: the image as fetched from Glance,
+    :param image_path: the image as received from Glance,
         ``<workdir>/archive`` (removed here once converted).
     :param kind: QCOW2 or DISK (classify's answer).
     :param disk_format: Glance's disk_format, or None (the content's).
@@ -409,7 +410,7 @@ def unpack(image_path, kind, disk_format, workdir, dest, max_bytes,
     :param dest: an existing, empty directory: the rootfs.
     :param max_bytes: the largest virtual size and file data total.
     :param is_root: callable(directory) -> bool: whether a mounted
-        filesystem holds an executable /sbin/init (images.detect_init).
+        filesystem holds an executable /sbin/init (initsystem.detect_init).
     :param root_partition: the image property ROOT_PARTITION_PROPERTY's
         value (str), or None to find the root.
     :returns: bytes of regular file data copied.

@@ -11,8 +11,9 @@ Layout under ``<state_path>/images``::
     <image_id>/rootfs/      the unpacked root filesystem (never written again)
     <image_id>/image.json   written last: its presence marks the entry complete
     .partial-<image_id>-*   a download or unpack in progress (or crashed);
-                            a disk image's raw copy and mount point go
-                            there too
+                            a disk image, its raw copy and mount point go
+                            there too, and are removed before it is
+                            published
     .corrupt-<image_id>-*   an entry found damaged, moved aside
 
 Concurrent boots of a new image, in threads or in other driver processes on
@@ -29,53 +30,49 @@ entry keep that mount, which follows the directory and not its name,
 until their root is next mounted; remove_partials deletes the old entry
 only once no mount shows it.
 
+The cache's directories are root's 0700 (a tenant's private image is in
+there): the storage_admin daemon makes, reads, publishes and deletes
+them (privsep.imagecache), and every byte reaches them through it (a
+FIFO in nova-compute's spool, read by the confined unpacker for a
+tarball, by the daemon for a disk image, which it then unpacks). This
+module keeps the order of the steps and the per-image lock.
+
 Each ``get`` stamps the entry's mtime; ``prune`` (Nova's image cache
 manager, through the driver's manage_image_cache) removes entries no
 container uses and unused for long enough, under the same lock.
 """
 
+import contextlib
 import dataclasses
-import errno
 import io
-import json
 import os
 import select
-import shutil
-import tempfile
 import time
 import uuid
 
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
 from oslo_utils import excutils
-from oslo_utils import uuidutils
 
 from novalxcdriver import diskimage
 from novalxcdriver import download
-from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import host
 from novalxcdriver import mount
-from novalxcdriver.privsep import disks
+from novalxcdriver.privsep import imagecache
 from novalxcdriver.privsep import unpack
 
 LOG = logging.getLogger(__name__)
 
-MARKER = 'image.json'
-_MARKER = MARKER
-_PARTIAL = '.partial-'
-_CORRUPT = '.corrupt-'
-# Errors reading a marker that tell of a damaged entry; others (EMFILE,
-# ENOMEM, ...) are the host's and propagate. EUCLEAN: ext4's and xfs's
-# "filesystem corrupted".
-_DAMAGED = frozenset([errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EIO,
-                      errno.EUCLEAN])
+MARKER = imagecache.MARKER
+_PARTIAL = imagecache.PARTIAL
 
 
 # Reads from a download are served in pieces of this size.
 _STREAM_BUFFER_BYTES = 1 << 20
-# Seconds the confined unpacker may take once the whole tarball is written
-# into its FIFO (it is at most a pipe's buffer behind by then).
+# Seconds the confined unpacker (or the daemon's receive of a disk image)
+# may take once the whole image is written into its FIFO (it is at most
+# a pipe's buffer behind by then).
 UNPACK_FINISH_TIMEOUT = 600
 
 
@@ -105,16 +102,18 @@ class ImageCache:
     def __init__(self, state_path, max_bytes, disk_images=True):
         self.path = os.path.join(state_path, 'images')
         self._lock_path = os.path.join(state_path, 'locks')
-        # nova-compute's: the unpacker's FIFOs (privsep.unpack).
+        # nova-compute's: the FIFOs the storage_admin daemon reads
+        # (privsep.unpack, privsep.imagecache) and a fetched image.
         self._spool = os.path.join(state_path, 'spool')
         self._max_bytes = max_bytes
         self._disk_images = disk_images
 
     def _entry(self, image_id):
-        if not uuidutils.is_uuid_like(image_id):
+        if not _is_image_id(image_id):
             # The id becomes a path component.
             raise exception.ImageUnpackError(
-                image_id=image_id, reason='image id is not a UUID')
+                image_id=image_id, reason='image id is not a UUID '
+                '(lowercase, with dashes)')
         return os.path.join(self.path, image_id)
 
     def entry_path(self, image_id):
@@ -147,36 +146,18 @@ class ImageCache:
             self._move_aside(image_id, damage)
         return image
 
-    def _read(self, image_id):
-        """Read an entry without changing it.
+    def _read(self, image_id, stamp=False):
+        """Read an entry without changing it (but its mtime, if stamp).
 
         :returns: (CachedImage, None); (None, None) when there is no
             entry; (None, str saying why) when the entry is damaged.
         """
         entry = self._entry(image_id)
-        try:
-            with open(os.path.join(entry, _MARKER), 'rb') as f:
-                meta = json.loads(f.read())
-        except OSError as e:
-            if e.errno == errno.ENOENT and not os.path.lexists(entry):
-                return None, None
-            if e.errno not in _DAMAGED:
-                raise
-            return None, 'cannot read %s: %s' % (_MARKER, e.strerror)
-        except ValueError as e:
-            # Empty or torn (written without fsync before a power loss),
-            # or not UTF-8.
-            return None, '%s is not JSON: %s' % (_MARKER, e)
-        if not (isinstance(meta, dict) and
-                isinstance(meta.get('init_system'), str) and
-                type(meta.get('size')) is int and meta['size'] >= 0):
-            return None, ('%s lacks init_system (str) or size (int): %.200r'
-                          % (_MARKER, meta))
-        rootfs = os.path.join(entry, 'rootfs')
-        if os.path.islink(rootfs) or not os.path.isdir(rootfs):
-            return None, 'no rootfs directory'
-        return CachedImage(image_id, rootfs, meta['init_system'],
-                           meta['size']), None
+        meta, damage, _ = imagecache.read_entry(entry, stamp)
+        if meta is None:
+            return None, damage
+        return CachedImage(image_id, os.path.join(entry, 'rootfs'),
+                           meta['init_system'], meta['size']), None
 
     def _move_aside(self, image_id, why):
         """Rename a damaged entry to a name the cache never reads.
@@ -186,9 +167,7 @@ class ImageCache:
         no mount shows it. The caller holds the image's lock.
         """
         entry = self._entry(image_id)
-        aside = os.path.join(self.path, '%s%s-%d-%s' % (
-            _CORRUPT, image_id, os.getpid(), uuid.uuid4().hex[:16]))
-        os.rename(entry, aside)
+        aside = imagecache.move_aside(entry)
         LOG.warning('Image cache entry %(entry)s is damaged (%(why)s): moved '
                     'to %(aside)s; the image will be fetched again. '
                     'Containers mounted from it keep the old files until '
@@ -217,13 +196,8 @@ class ImageCache:
         :raises ImageUnpackError: the image is not a usable rootfs archive
             or disk image (nothing of it stays in the cache).
         """
-        entry = self._entry(image_id)
         # Stamp first: a prune that runs from now on sees the entry in use.
-        try:
-            os.utime(entry)
-        except FileNotFoundError:
-            pass
-        cached, _ = self._read(image_id)
+        cached, _ = self._read(image_id, stamp=True)
         if cached:
             return cached
         with self._lock(image_id):
@@ -252,31 +226,26 @@ class ImageCache:
         :returns: list of the image ids removed.
         """
         removed = []
-        if not os.path.isdir(self.path):
-            return removed
-        for image_id in sorted(os.listdir(self.path)):
-            if image_id in in_use or not uuidutils.is_uuid_like(image_id):
+        for image_id in imagecache.list_names(self.path):
+            if image_id in in_use or not _is_image_id(image_id):
                 continue
             with self._lock(image_id):
                 entry = self._entry(image_id)
-                try:
-                    # Re-read under the lock: a get() may have stamped it.
-                    age = time.time() - os.stat(entry).st_mtime
-                except FileNotFoundError:
+                # Read under the lock: a get() may have stamped it.
+                cached, damage, mtime = imagecache.read_entry(entry)
+                if mtime is None:
                     continue
-                if (age < min_age_seconds or
-                        self._lookup_locked(image_id) is None):
+                age = time.time() - mtime
+                if age < min_age_seconds or \
+                        self._lookup_locked(image_id) is None:
                     continue
-                if _mounted(entry):
+                doomed = imagecache.retire(entry)
+                if doomed is None:
                     LOG.warning('Image %s is not pruned: a mount still '
                                 'shows it, though no instance uses it',
                                 image_id)
                     continue
-                doomed = tempfile.mkdtemp(
-                    prefix='%s%s-%d-' % (_PARTIAL, image_id, os.getpid()),
-                    dir=self.path)
-                os.rename(entry, os.path.join(doomed, 'entry'))
-            shutil.rmtree(doomed, ignore_errors=True)
+            self._remove(doomed)
             LOG.info('Image %s removed from the cache: unused for %d s',
                      image_id, age)
             removed.append(image_id)
@@ -295,93 +264,60 @@ class ImageCache:
         :raises ImageUnpackError: the copy is no usable entry (nothing of
             it stays).
         """
-        entry = self._entry(image_id)
+        self._entry(image_id)  # checks the id
         with self._lock(image_id):
             cached = self._lookup_locked(image_id)
             if cached:
                 return cached
-            os.makedirs(self.path, mode=0o700, exist_ok=True)
-            partial = tempfile.mkdtemp(
-                prefix='%s%s-%d-' % (_PARTIAL, image_id, os.getpid()),
-                dir=self.path)
+            partial = imagecache.make_partial(self.path, image_id)
             try:
                 copy(partial)
-                if detect_init(os.path.join(partial, 'rootfs')) is None:
-                    raise exception.ImageUnpackError(
-                        image_id=image_id,
-                        reason='the copy from the source has no /sbin/init')
-                disks.sync_filesystem(partial)
-                os.rename(partial, entry)
+                # The copy's marker must be whole and agree with its root.
+                imagecache.publish(partial, None)
             except BaseException:
                 with excutils.save_and_reraise_exception():
                     self._discard(partial)
-            durable.fsync_dir(self.path)
             cached, why = self._read(image_id)
             if cached is None:
-                self._move_aside(image_id, why)
                 raise exception.ImageUnpackError(image_id=image_id,
-                                                 reason=why)
+                                                 reason=why or 'no entry')
         LOG.info('Image %s cached from another host\'s cache', image_id)
         return cached
 
     def _populate(self, image_id, fetch, disk_format, root_partition,
                   stream):
         entry = self._entry(image_id)
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
-        # The pid tells remove_partials whose unpack it is.
-        partial = tempfile.mkdtemp(
-            prefix='%s%s-%d-' % (_PARTIAL, image_id, os.getpid()),
-            dir=self.path)
+        # Its name holds the daemon's pid: remove_partials keeps it while
+        # the daemon (and so this process) lives.
+        partial = imagecache.make_partial(self.path, image_id)
         try:
-            archive = os.path.join(partial, diskimage.FETCHED_FILE)
-            rootfs = os.path.join(partial, 'rootfs')
-            os.mkdir(rootfs)
             chunks = stream() if stream is not None else None
             try:
                 if chunks is not None:
-                    size = self._unpack_stream(image_id, chunks, archive,
-                                               partial, rootfs, disk_format,
-                                               root_partition)
+                    size = self._unpack_stream(image_id, chunks, partial,
+                                               disk_format, root_partition)
                 else:
-                    fetch(archive)
-                    size = self._unpack(archive, partial, rootfs,
-                                        disk_format, root_partition)
+                    size = self._unpack_fetched(fetch, partial, disk_format,
+                                                root_partition)
             except (exception.ArchiveError, exception.UnsafeArchiveMember,
                     exception.DiskImageRefused) as e:
                 raise exception.ImageUnpackError(image_id=image_id,
                                                  reason=str(e))
-            if os.path.exists(archive):
-                os.unlink(archive)
-            init_system = detect_init(rootfs)
-            if init_system is None:
-                raise exception.ImageUnpackError(
-                    image_id=image_id,
-                    reason='no /sbin/init in the image: not a root '
-                           'filesystem')
-            # The files reach the disk before the marker says they are
-            # there: one syncfs(2) rather than an fsync(2) per file.
-            disks.sync_filesystem(partial)
-            durable.write(os.path.join(partial, _MARKER),
-                          json.dumps({'init_system': init_system,
-                                      'size': size}), mode=0o644)
-            os.rename(partial, entry)
+            # Checks the init, syncs, marks and renames (durably).
+            init_system = imagecache.publish(partial, size)
         except BaseException:
             with excutils.save_and_reraise_exception():
                 self._discard(partial)
-        # The rename, too (rename(2) is durable once its directory is).
-        durable.fsync_dir(self.path)
         LOG.info('Image %s cached: %d bytes, %s init', image_id, size,
                  init_system)
         return CachedImage(image_id, os.path.join(entry, 'rootfs'),
                            init_system, size)
 
-    def _unpack_stream(self, image_id, chunks, archive, partial, rootfs,
-                       disk_format, root_partition):
+    def _unpack_stream(self, image_id, chunks, partial, disk_format,
+                       root_partition):
         """Unpack a download as it arrives; the bytes of its files.
 
-        A tarball goes straight into rootfs; anything else is written to
-        archive and goes through _unpack (disk images are read at random).
-        The download is read to its end either way: that is where
+        The download is read to its end whatever it holds: that is where
         glanceclient compares it with Glance's hash.
 
         :raises: what the download raised (IOError: it did not match
@@ -389,68 +325,89 @@ class ImageCache:
         """
         reader = download.ChunkReader(chunks)
         with io.BufferedReader(reader, _STREAM_BUFFER_BYTES) as source:
-            head = source.read(diskimage.CLASSIFY_PEEK_BYTES)
-            kind = diskimage.classify(head)
-            if kind == diskimage.ARCHIVE:
-                if disk_format not in (None, 'raw'):
-                    diskimage.check_format(kind, disk_format)
-                try:
-                    size = self._unpack_confined(source, rootfs, head)
-                except (exception.ArchiveError,
-                        exception.UnsafeArchiveMember):
-                    # A failed download is not a bad image.
-                    if reader.error is not None:
-                        raise reader.error
-                    raise
-                reader.drain()
-                LOG.info('Image %s unpacked as it downloaded (%d bytes)',
-                         image_id, reader.read_bytes)
-                return size
-            with open(archive, 'wb') as f:
-                f.write(head)
-                shutil.copyfileobj(source, f, _STREAM_BUFFER_BYTES)
+            try:
+                size = self._unpack(source, partial, disk_format,
+                                    root_partition)
+            except (exception.ArchiveError, exception.UnsafeArchiveMember,
+                    exception.DiskImageRefused):
+                # A failed download is not a bad image.
+                if reader.error is not None:
+                    raise reader.error
+                raise
             reader.drain()
-        return self._unpack(archive, partial, rootfs, disk_format,
-                            root_partition)
+        LOG.info('Image %s unpacked as it downloaded (%d bytes)',
+                 image_id, reader.read_bytes)
+        return size
 
-    def _unpack(self, archive, partial, rootfs, disk_format,
-                root_partition):
-        """Unpack the fetched image into rootfs; the bytes of its files.
+    def _unpack_fetched(self, fetch, partial, disk_format, root_partition):
+        """Fetch the image into the spool, then unpack it from there.
 
+        Where Glance gives no stream: nova.virt.images.fetch writes a
+        file, this process's own (the spool is nova-compute's), removed
+        once read.
+        """
+        self._make_spool()
+        fetched = os.path.join(self._spool, 'fetched-%d-%s' % (
+            os.getpid(), uuid.uuid4().hex))
+        try:
+            fetch(fetched)
+            with open(fetched, 'rb') as source:
+                return self._unpack(source, partial, disk_format,
+                                    root_partition)
+        finally:
+            try:
+                os.unlink(fetched)
+            except FileNotFoundError:
+                pass
+
+    def _unpack(self, source, partial, disk_format, root_partition):
+        """Unpack the image read from source; the bytes of its files.
+
+        Its first bytes say what it is (diskimage.classify), which must
+        agree with disk_format. A tarball is unpacked by the confined
+        child as it is read; a disk image is received whole by the
+        storage_admin daemon (it is read at random), which then unpacks
+        it (privsep.imagecache.unpack_disk_image).
+
+        :param source: a binary file object, at the image's start.
         :raises ArchiveError, UnsafeArchiveMember: a bad tarball.
         :raises DiskImageRefused: a bad disk image, or content that is
             not what disk_format says.
-        """
-        kind = diskimage.classify_file(archive)
-        if kind in (diskimage.QCOW2, diskimage.DISK):
-            if not self._disk_images:
-                raise exception.DiskImageRefused(
-                    reason='this host boots root filesystem tarballs only '
-                           '([lxc] disk_images = false)')
-            return diskimage.unpack(
-                archive, kind, disk_format, partial, rootfs, self._max_bytes,
-                lambda root: detect_init(root) is not None, root_partition)
-        if disk_format not in (None, 'raw'):
-            diskimage.check_format(kind, disk_format)
-        with open(archive, 'rb') as source:
-            return self._unpack_confined(source, rootfs)
-
-    def _unpack_confined(self, source, rootfs, head=b''):
-        """Unpack the tarball head + source into rootfs, confined.
-
-        By the storage_admin daemon's child, in a user namespace of no
-        one's ids (privsep.unpack), fed through a FIFO in the spool: no
-        tarball is parsed as host root. The FIFO is open at both ends
-        before the child starts (so it never sees an early end) and goes
-        from the spool at once.
-
-        :returns: the bytes of file data unpacked.
-        :raises ArchiveError, UnsafeArchiveMember: the tarball is refused.
         :raises: what reading source raised (the download failed).
         """
+        head = source.read(diskimage.CLASSIFY_PEEK_BYTES)
+        kind = diskimage.classify(head)
+        rootfs = os.path.join(partial, 'rootfs')
+        if kind not in (diskimage.QCOW2, diskimage.DISK):
+            if disk_format not in (None, 'raw'):
+                diskimage.check_format(kind, disk_format)
+            return self._unpack_confined(source, rootfs, head)
+        if not self._disk_images:
+            raise exception.DiskImageRefused(
+                reason='this host boots root filesystem tarballs only '
+                       '([lxc] disk_images = false)')
+        # Before any download into the cache: a refusal costs nothing.
+        diskimage.check_format(kind, disk_format)
+        self._receive(source, partial, head)
+        return imagecache.unpack_disk_image(partial, kind, disk_format,
+                                            self._max_bytes, root_partition)
+
+    def _make_spool(self):
         os.makedirs(self._spool, mode=0o700, exist_ok=True)
-        fifo = os.path.join(self._spool, 'unpack-%d-%s.fifo'
-                            % (os.getpid(), uuid.uuid4().hex))
+
+    @contextlib.contextmanager
+    def _spool_fifo(self, prefix):
+        """A new FIFO in the spool and its write end: (path, fd).
+
+        Open at both ends before the daemon's reader is started (so that
+        it never sees an early end), and gone from the spool once the
+        with block's start call is made: the block must open the read
+        end (through the daemon) before it yields control back. The fd
+        is non-blocking; the caller closes it.
+        """
+        self._make_spool()
+        fifo = os.path.join(self._spool, '%s-%d-%s.fifo'
+                            % (prefix, os.getpid(), uuid.uuid4().hex))
         os.mkfifo(fifo, 0o600)
         try:
             # A reader of our own for a moment: the write end's open
@@ -463,12 +420,21 @@ class ImageCache:
             finally:
                 os.close(reader)
             try:
-                unpack.start_unpack(rootfs, fifo, self._max_bytes)
+                yield fifo, fd
             except BaseException:
                 os.close(fd)
                 raise
         finally:
             os.unlink(fifo)
+
+    def _through_fifo(self, prefix, start, cancel, head, source):
+        """Write head + source into a new spool FIFO the daemon reads.
+
+        :param start: callable(fifo) starting the daemon's reader.
+        :param cancel: callable() stopping it, if the writing fails.
+        """
+        with self._spool_fifo(prefix) as (fifo, fd):
+            start(fifo)
         try:
             try:
                 _feed(fd, head, source)
@@ -477,14 +443,44 @@ class ImageCache:
         except BaseException:
             with excutils.save_and_reraise_exception():
                 try:
-                    unpack.cancel_unpack(rootfs)
+                    cancel()
                 except Exception as e:
-                    LOG.warning('Cannot stop the unpacker of %s: %s',
-                                rootfs, e)
+                    LOG.warning('Cannot stop the daemon\'s reader of %s: '
+                                '%s', prefix, e)
+
+    def _receive(self, source, partial, head):
+        """The disk image head + source, written into partial by the daemon.
+
+        :returns: its size in bytes.
+        :raises DiskImageRefused: it is larger than the cache's limit.
+        :raises: what reading source raised (the download failed).
+        """
+        self._through_fifo(
+            'archive',
+            lambda fifo: imagecache.start_receive(partial, fifo,
+                                                  self._max_bytes),
+            lambda: imagecache.cancel_receive(partial), head, source)
+        return imagecache.finish_receive(partial, UNPACK_FINISH_TIMEOUT)
+
+    def _unpack_confined(self, source, rootfs, head=b''):
+        """Unpack the tarball head + source into rootfs, confined.
+
+        By the storage_admin daemon's child, in a user namespace of no
+        one's ids (privsep.unpack), fed through a FIFO in the spool: no
+        tarball is parsed as host root.
+
+        :returns: the bytes of file data unpacked.
+        :raises ArchiveError, UnsafeArchiveMember: the tarball is refused.
+        :raises: what reading source raised (the download failed).
+        """
+        self._through_fifo(
+            'unpack',
+            lambda fifo: unpack.start_unpack(rootfs, fifo, self._max_bytes),
+            lambda: unpack.cancel_unpack(rootfs), head, source)
         return unpack.finish_unpack(rootfs, UNPACK_FINISH_TIMEOUT)
 
-    @staticmethod
-    def _discard(partial):
+    @classmethod
+    def _discard(cls, partial):
         """Remove a failed unpack's partial.
 
         It is kept while it has a mount (remove_partials retries).
@@ -494,7 +490,22 @@ class ImageCache:
         except exception.MountFailed as e:
             LOG.error('%s is kept: %s', partial, e)
             return
-        shutil.rmtree(partial, ignore_errors=True)
+        cls._remove(partial)
+
+    @staticmethod
+    def _remove(path):
+        """Delete a partial or a moved-aside entry; whether it is gone.
+
+        Kept, with a warning, while a mount shows it or when the delete
+        fails (remove_partials retries).
+        """
+        try:
+            if imagecache.remove(path):
+                return True
+            LOG.warning('%s is not deleted: a mount still shows it', path)
+        except OSError as e:
+            LOG.warning('%s is not deleted: %s', path, e)
+        return False
 
     def remove_partials(self):
         """Delete crash leftovers and entries moved aside as damaged.
@@ -506,14 +517,12 @@ class ImageCache:
         :returns: the number of directories removed.
         """
         removed = 0
-        if not os.path.isdir(self.path):
-            return removed
-        for name in os.listdir(self.path):
-            if name.startswith(_PARTIAL):
+        for name in imagecache.list_names(self.path):
+            named = os.path.join(imagecache.IMAGES, name)
+            if imagecache.PARTIAL_RE.match(named):
                 # .partial-<uuid>-<pid>-<random>; a uuid has 4 dashes.
-                fields = name[len(_PARTIAL):].split('-')
-                if len(fields) > 5 and fields[5].isdigit() and \
-                        host.process_alive(int(fields[5])):
+                pid = int(name[len(_PARTIAL):].split('-')[5])
+                if host.process_alive(pid):
                     continue
                 try:
                     # A disk image's mount and loop devices (diskimage).
@@ -521,14 +530,10 @@ class ImageCache:
                 except exception.MountFailed as e:
                     LOG.warning('%s is not deleted: %s', name, e)
                     continue
-            elif not name.startswith(_CORRUPT):
+            elif not imagecache.CORRUPT_RE.match(named):
                 continue
-            path = os.path.join(self.path, name)
-            if _mounted(path):
-                LOG.warning('%s is not deleted: a mount still shows it', path)
-                continue
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
+            if self._remove(os.path.join(self.path, name)):
+                removed += 1
         return removed
 
 
@@ -568,72 +573,7 @@ def _feed(fd, head, source):
             return
 
 
-def _mounted(path):
-    """Whether a mount is at or below path, or shows a directory of it.
-
-    A container's lower layer is an idmapped bind of <entry>/rootfs: it is
-    mounted elsewhere, but its root (mountinfo field 4, mount.roots) names
-    the entry, under its current name; deleting the entry would delete
-    files a running container sees. Roots are relative to their
-    filesystem's root, so they are matched by path component (path's last
-    one, a unique name here): a false match only keeps a tree.
-    """
-    top = os.path.abspath(path)
-    if any(p == top or p.startswith(top + '/') for p in mount.mountpoints()):
-        return True
-    part = '/%s/' % os.path.basename(top)
-    return any(part in root + '/' for root in mount.roots())
-
-
-def resolve_in_root(root, path, max_links=40):
-    """Resolve path as the container would see it, without leaving root.
-
-    Symlinks are followed with root as '/', so an absolute or climbing link
-    cannot lead outside (path_resolution(7) inside a chroot).
-
-    :returns: the host path inside root, or None when it does not exist.
-    """
-    parts = [p for p in path.split('/') if p]
-    resolved = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == '.':
-            continue
-        if part == '..':
-            if resolved:
-                resolved.pop()
-            continue
-        host = os.path.join(root, *resolved, part)
-        if os.path.islink(host):
-            links += 1
-            if links > max_links:
-                return None
-            target = os.readlink(host)
-            if target.startswith('/'):
-                resolved = []
-            parts = [p for p in target.split('/') if p] + parts
-            continue
-        if not os.path.lexists(host):
-            return None
-        resolved.append(part)
-    return os.path.join(root, *resolved)
-
-
-def detect_init(rootfs):
-    """Which init /sbin/init of rootfs is: a key of spec.INIT_SIGNALS.
-
-    :returns: 'systemd', 'busybox', 'sysvinit', or None when there is no
-        executable /sbin/init.
-    """
-    init = resolve_in_root(rootfs, '/sbin/init')
-    if init is None or not os.path.isfile(init):
-        return None
-    if not os.stat(init).st_mode & 0o111:
-        return None
-    base = os.path.basename(init)
-    if 'systemd' in base:
-        return 'systemd'
-    if 'busybox' in base:
-        return 'busybox'
-    return 'sysvinit'
+def _is_image_id(image_id):
+    """Whether image_id is a UUID as Glance writes it (lowercase, dashes)."""
+    return isinstance(image_id, str) and \
+        imagecache.ENTRY_RE.match('images/' + image_id) is not None

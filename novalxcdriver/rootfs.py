@@ -200,7 +200,7 @@ class Rootfs:
         """Write /etc/<name> of the container, owned by its root, 0644.
 
         Written by the storage_admin daemon (ownership.write_etc_file).
-        Paths resolve as inside the container (images.resolve_in_root), so
+        Paths resolve as inside the container (initsystem.resolve_in_root), so
         a hostile image's links cannot lead the write out of its root; an
         image with no /etc directory, or with a directory at /etc/<name>,
         is left as it is. The root must be mounted and the container

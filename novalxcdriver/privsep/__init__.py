@@ -28,8 +28,10 @@ Contexts, one per set of capabilities (capabilities(7)):
   devices, through syscalls in the daemon (storage.py): CAP_SYS_ADMIN
   for them, and what overlayfs needs of its mounter (see below); the
   disks' images, their tools and ioctls (disks.py); the files given
-  to a container's root (ownership.py), with CAP_CHOWN; and a
-  snapshot's stage and readers (snapshots.py).
+  to a container's root (ownership.py), with CAP_CHOWN; a
+  snapshot's stage and readers (snapshots.py); the image cache's
+  directories and a disk image's unpack (imagecache.py), its tarball's
+  confined unpacker (unpack.py) and qemu-img (qemuimg.py).
 
 Driver roots: an entry point acts only under a driver root, an ``[lxc]``
 ``lxc_path`` or ``state_path`` (or ``extra_driver_roots``) of the

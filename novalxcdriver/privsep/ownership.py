@@ -21,7 +21,7 @@ than in nova-compute. Each entry point first checks, in the daemon, that:
 A refusal raises PrivilegedCallRefused and makes nothing. What is made is
 made without following a symlink at its last component (O_NOFOLLOW, or a
 chown that does not follow), and a container's /etc is found as inside
-the container (images.resolve_in_root), so a hostile image's links do not
+the container (initsystem.resolve_in_root), so a hostile image's links do not
 lead a write out of its root.
 
 oslo.privsep's daemon runs with umask 0: every entry point sets UMASK
@@ -33,7 +33,7 @@ import errno
 import os
 import stat
 
-from novalxcdriver import images
+from novalxcdriver import initsystem
 from novalxcdriver import mount
 from novalxcdriver import privsep
 from novalxcdriver.privsep import lxctools
@@ -150,7 +150,7 @@ def make_owned_dir(path, idmap):
 def write_etc_file(merged, name, text, idmap):
     """Write /etc/<name> of the root mounted at merged: 0644, idmap's root's.
 
-    /etc resolves as inside the container (images.resolve_in_root), so a
+    /etc resolves as inside the container (initsystem.resolve_in_root), so a
     hostile image's links cannot lead the write out of its root; an
     existing /etc/<name> is replaced, a link there never followed. The
     container must be stopped.
@@ -170,7 +170,7 @@ def write_etc_file(merged, name, text, idmap):
     data = _check_text(call, text)
     checked = storage.check_idmap(call, idmap)
     os.umask(UMASK)
-    etc = images.resolve_in_root(merged, '/etc')
+    etc = initsystem.resolve_in_root(merged, '/etc')
     if etc is None or os.path.islink(etc) or not os.path.isdir(etc):
         return NO_ETC
     dir_fd = os.open(etc, _DIR_FLAGS)

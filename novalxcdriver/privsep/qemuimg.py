@@ -29,7 +29,6 @@ larger than max_bytes.
 
 import contextlib
 import os
-import re
 import stat
 import subprocess
 import threading
@@ -39,16 +38,12 @@ from oslo_log import log as logging
 from novalxcdriver import exception
 from novalxcdriver import ids
 from novalxcdriver import privsep
-from novalxcdriver.privsep import storage
+from novalxcdriver.privsep import imagecache
 
 LOG = logging.getLogger(__name__)
 
 ARCHIVE = 'archive'
 RAW = 'disk.raw'
-# images/.partial-<image uuid>-<pid>-<mkdtemp's suffix>
-PARTIAL_RE = re.compile(
-    r'^images/\.partial-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-'
-    r'[0-9a-f]{12}-[0-9]+-[A-Za-z0-9_]{1,64}\Z')
 _ENV = {'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LANG': 'C',
         'LC_ALL': 'C'}
 _MAX_STDERR = 4000
@@ -75,24 +70,8 @@ def _slot(call):
 
 
 def check_partial(call, partial):
-    """Refuse partial unless it is an image cache partial's directory."""
-    storage.check_path(call, partial)
-    for root in privsep.driver_roots():
-        if partial.startswith(root.rstrip('/') + '/') and \
-                PARTIAL_RE.match(os.path.relpath(partial, root)):
-            break
-    else:
-        privsep.refuse(call, '%s is not an image cache partial '
-                       '(<driver root>/images/.partial-<image id>-<pid>-'
-                       '<x>)' % partial)
-    try:
-        st = os.lstat(partial)
-    except FileNotFoundError:
-        privsep.refuse(call, '%s does not exist' % partial)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or \
-            st.st_mode & 0o077:
-        privsep.refuse(call, '%s is not a directory of root\'s, 0700'
-                       % partial)
+    """Refuse partial unless it is an image cache partial, root's 0700."""
+    imagecache.check_partial(call, partial)
 
 
 def _check_limits(call, timeout, cpu_time, address_space):

@@ -61,6 +61,7 @@ from novalxcdriver import exception
 from novalxcdriver import ids
 from novalxcdriver import mount
 from novalxcdriver import privsep
+from novalxcdriver.privsep import imagecache
 from novalxcdriver.privsep import storage
 
 CONF = conf.CONF
@@ -79,9 +80,7 @@ MODES = ('tarball', 'tree')
 SPOOL = storage.SPOOL
 FIFO_RE = re.compile(r'^unpack-[0-9]+-[0-9a-f]{1,64}\.fifo\Z')
 # images/.partial-<image uuid>-<pid>-<mkdtemp's suffix>/rootfs
-ROOTFS_RE = re.compile(
-    r'^images/\.partial-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-'
-    r'[0-9a-f]{12}-[0-9]+-[A-Za-z0-9_]{1,64}/rootfs\Z')
+ROOTFS_RE = re.compile(imagecache.PARTIAL_RE.pattern[:-2] + r'/rootfs\Z')
 # Its last words: one JSON object; more is not read.
 _MAX_RESULT = 64 * 1024
 _STDERR_TAIL = 2000
@@ -117,15 +116,9 @@ def check_rootfs(call, rootfs):
 
     :returns: its view's path (``<partial>/view``).
     """
-    storage.check_path(call, rootfs)
-    for root in privsep.driver_roots():
-        if rootfs.startswith(root.rstrip('/') + '/') and \
-                ROOTFS_RE.match(os.path.relpath(rootfs, root)):
-            break
-    else:
-        privsep.refuse(call, '%s is not the rootfs of an image cache '
-                       'partial (<driver root>/images/.partial-<image id>-'
-                       '<pid>-<x>/rootfs)' % rootfs)
+    imagecache.check_named(call, rootfs, ROOTFS_RE, 'the rootfs of an image '
+                           'cache partial (<driver root>/images/.partial-'
+                           '<image id>-<pid>-<x>/rootfs)')
     try:
         st = os.lstat(rootfs)
     except FileNotFoundError:

@@ -20,6 +20,7 @@ from novalxcdriver import durable
 from novalxcdriver import host
 from novalxcdriver import lxc
 from novalxcdriver import mount
+from novalxcdriver.privsep import imagecache
 from tests.functional import base
 
 CONF = conf.CONF
@@ -69,9 +70,18 @@ class PowerLossTest(base.FunctionalTestCase):
             written.append(os.path.join(lxc_path, name, 'config'))
             return real_write_config(name, lxc_path, text)
 
+        real_publish = imagecache.publish
+
+        def recording_publish(partial, size):
+            # The marker, written by durable.write in the storage_admin
+            # daemon, lands with the partial's rename.
+            written.append(os.path.join(partial, imagecache.MARKER))
+            return real_publish(partial, size)
+
         with mock.patch.object(durable, 'write', recording_write), \
                 mock.patch.object(lxc, 'write_config',
-                                  recording_write_config):
+                                  recording_write_config), \
+                mock.patch.object(imagecache, 'publish', recording_publish):
             self.spawn(instance, image_id)
         self.attach(instance.name, 'sh', '-c',
                     'echo power-loss-data > /root/f && sync')

@@ -37,6 +37,10 @@ from tests.hardening import summary
 # directory, 'config' for its config file, 'record' for its record.
 SPAWN_POINTS = (
     ('download.chunks', 'novalxcdriver.download:chunks', 'after', None),
+    # The image cache's directories are the storage_admin daemon's: the
+    # partial is made, then published (marker, rename) in one call.
+    ('imagecache.make_partial',
+     'novalxcdriver.privsep.imagecache:make_partial', 'after', None),
     # The tarball is unpacked by the storage_admin daemon's confined
     # child: the crash is nova-compute's (its daemons die with it, the
     # child with them, the child's view stays mounted), with the child
@@ -44,6 +48,10 @@ SPAWN_POINTS = (
     ('unpack.start_unpack', 'novalxcdriver.privsep.unpack:start_unpack',
      'after', None),
     ('unpack.finish_unpack', 'novalxcdriver.privsep.unpack:finish_unpack',
+     'after', None),
+    ('imagecache.publish', 'novalxcdriver.privsep.imagecache:publish',
+     'before', None),
+    ('imagecache.publish', 'novalxcdriver.privsep.imagecache:publish',
      'after', None),
     ('ImageCache.get', 'novalxcdriver.images:ImageCache.get', 'after',
      None),

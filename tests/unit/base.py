@@ -15,6 +15,7 @@ from novalxcdriver import conf
 from novalxcdriver import durable
 from novalxcdriver import ids
 from novalxcdriver import privsep
+from novalxcdriver.privsep import imagecache
 from novalxcdriver.privsep import lxcconf
 from novalxcdriver.privsep import lxctools
 from novalxcdriver.privsep import ownership
@@ -222,6 +223,26 @@ class RootDirsInProcess(_StorageAdminInProcess):
     def _patches(self):
         return [mock.patch.object(rootdirs.mount, 'mounts',
                                   side_effect=lambda: list(self.mounts()))]
+
+
+class ImageCacheInProcess(_StorageAdminInProcess):
+    """privsep.imagecache's entry points, in this process, on the tree.
+
+    Each is a mock (to assert its calls) running the real one here, its
+    checks included (paths below the driver roots: CONF's, add_roots'
+    and roots; a partial root's 0700, so tests run as root). syncfs(2)
+    is disks.sync_filesystem's, which tests mock or not as they need.
+
+    :ivar read_entry, list_names, make_partial, publish, move_aside,
+        retire, remove, start_receive, finish_receive, cancel_receive,
+        unpack_disk_image: the mocks.
+    """
+
+    ENTRY_POINTS = ((imagecache, ('read_entry', 'list_names',
+                                  'make_partial', 'publish', 'move_aside',
+                                  'retire', 'remove', 'start_receive',
+                                  'finish_receive', 'cancel_receive',
+                                  'unpack_disk_image')),)
 
 
 class ConfinedUnpackInProcess(fixtures.Fixture):

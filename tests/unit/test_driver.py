@@ -139,6 +139,8 @@ class _Base(unit_base.TestCase):
         # Roots' directories: the storage_admin daemon's, in this process.
         self.useFixture(unit_base.RootDirsInProcess(
             mounts=lambda: self.mount.mountpoints()))
+        # The image cache's directories: the same daemon's, in this process.
+        self.useFixture(unit_base.ImageCacheInProcess())
         self.rootfs_create = self.patch(
             'novalxcdriver.rootfs.Rootfs.create', autospec=True,
             side_effect=self._rootfs_create)

@@ -12,6 +12,7 @@ import subprocess
 import tarfile
 import threading
 import time
+import unittest.mock
 
 import fixtures
 from oslotest import base
@@ -57,139 +58,6 @@ def write_rootfs_tarball(path, with_init=True):
             _add(tar, 'sbin/init', 'symlink', target='/bin/busybox')
 
 
-class _Tree(base.BaseTestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.root = self.useFixture(fixtures.TempDir()).path
-
-    def file(self, rel, mode=0o755, data=b'x'):
-        path = os.path.join(self.root, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, 'wb') as f:
-            f.write(data)
-        os.chmod(path, mode)
-        return path
-
-    def link(self, rel, target):
-        path = os.path.join(self.root, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.symlink(target, path)
-        return path
-
-
-class ResolveInRootTest(_Tree):
-
-    def test_plain_file(self):
-        busybox = self.file('bin/busybox')
-        self.assertEqual(busybox,
-                         images.resolve_in_root(self.root, '/bin/busybox'))
-
-    def test_absolute_symlink(self):
-        busybox = self.file('bin/busybox')
-        self.link('sbin/init', '/bin/busybox')
-        self.assertEqual(busybox,
-                         images.resolve_in_root(self.root, '/sbin/init'))
-
-    def test_relative_symlink(self):
-        systemd = self.file('lib/systemd/systemd')
-        self.link('sbin/init', '../lib/systemd/systemd')
-        self.assertEqual(systemd,
-                         images.resolve_in_root(self.root, '/sbin/init'))
-
-    def test_climbing_symlink_stays_in_root(self):
-        busybox = self.file('bin/busybox')
-        self.link('sbin/init', '../../../../../../bin/busybox')
-        self.assertEqual(busybox,
-                         images.resolve_in_root(self.root, '/sbin/init'))
-
-    def test_absolute_symlink_to_host_file_not_followed(self):
-        # /etc/passwd exists on the host, not in the root.
-        self.link('etc/passwd-link', '/etc/passwd')
-        self.assertTrue(os.path.exists('/etc/passwd'))
-        self.assertIsNone(images.resolve_in_root(self.root,
-                                                 '/etc/passwd-link'))
-
-    def test_climbing_symlink_to_host_file_not_followed(self):
-        self.link('sbin/init', '../../../../../../../etc/passwd')
-        self.assertIsNone(images.resolve_in_root(self.root, '/sbin/init'))
-
-    def test_symlinked_directory(self):
-        systemd = self.file('usr/lib/systemd/systemd')
-        self.link('lib', 'usr/lib')
-        self.link('sbin/init', '/lib/systemd/systemd')
-        self.assertEqual(systemd,
-                         images.resolve_in_root(self.root, '/sbin/init'))
-
-    def test_chain_of_links(self):
-        target = self.file('bin/real')
-        self.link('bin/b', 'real')
-        self.link('bin/a', '/bin/b')
-        self.assertEqual(target, images.resolve_in_root(self.root, 'bin/a'))
-
-    def test_loop(self):
-        self.link('sbin/a', 'b')
-        self.link('sbin/b', '/sbin/a')
-        self.assertIsNone(images.resolve_in_root(self.root, '/sbin/a'))
-
-    def test_self_loop(self):
-        self.link('sbin/init', 'init')
-        self.assertIsNone(images.resolve_in_root(self.root, '/sbin/init'))
-
-    def test_missing(self):
-        self.assertIsNone(images.resolve_in_root(self.root, '/sbin/init'))
-        os.mkdir(os.path.join(self.root, 'sbin'))
-        self.assertIsNone(images.resolve_in_root(self.root, '/sbin/init'))
-
-    def test_dangling_link(self):
-        self.link('sbin/init', '/bin/nothing')
-        self.assertIsNone(images.resolve_in_root(self.root, '/sbin/init'))
-
-    def test_dot_and_dotdot_in_path(self):
-        busybox = self.file('bin/busybox')
-        os.mkdir(os.path.join(self.root, 'sbin'))
-        self.assertEqual(busybox, images.resolve_in_root(
-            self.root, '/../sbin/../bin/./busybox'))
-        # As in path_resolution(7), a missing directory before '..' fails.
-        self.assertIsNone(images.resolve_in_root(
-            self.root, '/nothing/../bin/busybox'))
-
-
-class DetectInitTest(_Tree):
-
-    def test_systemd(self):
-        self.file('lib/systemd/systemd')
-        self.link('sbin/init', '/lib/systemd/systemd')
-        self.assertEqual('systemd', images.detect_init(self.root))
-
-    def test_busybox(self):
-        self.file('bin/busybox')
-        self.link('sbin/init', '../bin/busybox')
-        self.assertEqual('busybox', images.detect_init(self.root))
-
-    def test_sysvinit(self):
-        self.file('sbin/init')
-        self.assertEqual('sysvinit', images.detect_init(self.root))
-
-    def test_no_init(self):
-        self.file('bin/sh')
-        self.assertIsNone(images.detect_init(self.root))
-
-    def test_not_executable(self):
-        self.file('sbin/init', mode=0o644)
-        self.assertIsNone(images.detect_init(self.root))
-
-    def test_directory(self):
-        os.makedirs(os.path.join(self.root, 'sbin/init'))
-        self.assertIsNone(images.detect_init(self.root))
-
-    def test_link_out_of_root_ignored(self):
-        # Resolved inside the root, where it does not exist.
-        self.link('sbin/init', '/bin/sh')
-        self.assertTrue(os.path.exists('/bin/sh'))
-        self.assertIsNone(images.detect_init(self.root))
-
-
 class _CacheTest(base.BaseTestCase):
 
     def setUp(self):
@@ -200,6 +68,9 @@ class _CacheTest(base.BaseTestCase):
         self.sync_filesystem = self.useFixture(fixtures.MockPatch(
             'novalxcdriver.privsep.disks.sync_filesystem')).mock
         self.state = self.useFixture(fixtures.TempDir()).path
+        # The cache's directories: the storage_admin daemon's, here.
+        self.cache_dirs = self.useFixture(
+            unit_base.ImageCacheInProcess(self.state))
         self.cache = images.ImageCache(self.state, 64 * 1024 * 1024)
         self.fetches = []
         self.fetch_lock = threading.Lock()
@@ -207,9 +78,11 @@ class _CacheTest(base.BaseTestCase):
     def fetch(self, dest, with_init=True, delay=0):
         with self.fetch_lock:
             self.fetches.append(dest)
-        # The archive goes inside a partial directory of the cache.
-        self.assertTrue(os.path.basename(os.path.dirname(dest))
-                        .startswith('.partial-' + IMAGE_ID))
+        # The image goes to this process's spool, never into the cache.
+        self.assertEqual(os.path.join(self.state, 'spool'),
+                         os.path.dirname(dest))
+        self.assertTrue(os.path.basename(dest).startswith(
+            'fetched-%d-' % os.getpid()))
         if delay:
             time.sleep(delay)
         write_rootfs_tarball(dest, with_init=with_init)
@@ -336,8 +209,10 @@ class ImageCacheTest(_CacheTest):
             os.makedirs(os.path.join(self.cache.path, name, 'rootfs'))
         complete = self.cache.get(IMAGE_ID, self.fetch)
 
-        self.assertEqual(2, self.cache.remove_partials())
-        self.assertEqual(sorted([alive, IMAGE_ID]), self.cache_entries())
+        self.assertEqual(1, self.cache.remove_partials())
+        # A name the cache never makes is not the cache's to delete.
+        self.assertEqual(sorted([odd, alive, IMAGE_ID]),
+                         self.cache_entries())
         self.assertEqual(complete, self.cache.lookup(IMAGE_ID))
 
     def test_remove_partials_without_cache_dir(self):
@@ -532,6 +407,9 @@ class DamagedEntryTest(base.BaseTestCase):
         self.sync_filesystem = self.useFixture(fixtures.MockPatch(
             'novalxcdriver.privsep.disks.sync_filesystem')).mock
         self.state = self.useFixture(fixtures.TempDir()).path
+        # The cache's directories: the storage_admin daemon's, here.
+        self.cache_dirs = self.useFixture(
+            unit_base.ImageCacheInProcess(self.state))
         self.cache = images.ImageCache(self.state, 64 * 1024 * 1024)
         self.fetches = []
         self.good = self.cache.get(IMAGE_ID, self.fetch)
@@ -613,7 +491,7 @@ class DamagedEntryTest(base.BaseTestCase):
         shutil.rmtree(self.entry)
         with open(self.entry, 'w') as f:
             f.write('x')
-        self.assert_moved_aside_and_fetched_again('cannot read image.json')
+        self.assert_moved_aside_and_fetched_again('not a directory')
 
     def test_get_moves_aside_and_fetches_again(self):
         self.write_marker(b'{"init_sys')
@@ -630,7 +508,8 @@ class DamagedEntryTest(base.BaseTestCase):
     def test_host_errors_are_not_damage(self):
         # Out of file descriptors says nothing of the entry: kept.
         self.useFixture(fixtures.MockPatch(
-            'builtins.open', side_effect=OSError(errno.EMFILE, 'Too many')))
+            'novalxcdriver.privsep.imagecache.os.open',
+            side_effect=OSError(errno.EMFILE, 'Too many')))
         self.assertRaises(OSError, self.cache.lookup, IMAGE_ID)
         self.assertEqual([IMAGE_ID], os.listdir(self.cache.path))
 
@@ -664,10 +543,12 @@ class PublishTest(base.BaseTestCase):
         # The confined unpacker (privsep.unpack), as a thread here.
         self.unpacker = self.useFixture(unit_base.ConfinedUnpackInProcess())
         self.state = self.useFixture(fixtures.TempDir()).path
+        # The cache's directories: the storage_admin daemon's, here.
+        self.cache_dirs = self.useFixture(
+            unit_base.ImageCacheInProcess(self.state))
         self.cache = images.ImageCache(self.state, 64 * 1024 * 1024)
         self.entry = os.path.join(self.cache.path, IMAGE_ID)
         self.events = []
-        self.partials = []
         real = {name: getattr(durable, name)
                 for name in ('write', 'fsync_dir')}
         real_rename = os.rename
@@ -702,12 +583,15 @@ class PublishTest(base.BaseTestCase):
         self.useFixture(fixtures.MockPatch('os.rename', side_effect=rename))
 
     def fetch(self, dest):
-        self.partials.append(os.path.dirname(dest))
         write_rootfs_tarball(dest)
 
     def test_synced_then_marked_then_renamed_then_dir_synced(self):
         image = self.cache.get(IMAGE_ID, self.fetch)
-        partial = self.partials[0]
+        # The one partial the image was unpacked in is what was synced.
+        partial, = [e[1] for e in self.events if e[0] == 'syncfs']
+        self.assertEqual(self.cache.path, os.path.dirname(partial))
+        self.assertTrue(os.path.basename(partial).startswith(
+            '.partial-%s-%d-' % (IMAGE_ID, os.getpid())))
         marker = os.path.join(partial, 'image.json')
         self.assertEqual(
             [('syncfs', partial), ('write', marker),
@@ -739,6 +623,9 @@ class PruneTest(base.BaseTestCase):
         self.sync_filesystem = self.useFixture(fixtures.MockPatch(
             'novalxcdriver.privsep.disks.sync_filesystem')).mock
         self.state = self.useFixture(fixtures.TempDir()).path
+        # The cache's directories: the storage_admin daemon's, here.
+        self.cache_dirs = self.useFixture(
+            unit_base.ImageCacheInProcess(self.state))
         self.cache = images.ImageCache(self.state, 64 * 1024 * 1024)
         self.fetches = []
         for image_id in (IMAGE_ID, OTHER_ID):
@@ -794,7 +681,9 @@ class PruneTest(base.BaseTestCase):
         self.assertEqual(sorted([partial, 'not-an-image']), self.entries())
 
     def test_without_cache_dir(self):
-        cache = images.ImageCache(os.path.join(self.state, 'none'), 1)
+        none = os.path.join(self.state, 'none')
+        self.useFixture(unit_base.ImageCacheInProcess(none))
+        cache = images.ImageCache(none, 1)
         self.assertEqual([], cache.prune(set(), 0))
 
     def test_entry_a_mount_shows_is_kept(self):
@@ -835,6 +724,13 @@ class DiskImageCacheTest(_CacheTest):
     def _unpack(self, image_path, kind, disk_format, workdir, dest,
                 max_bytes, is_root, root_partition, with_init=True):
         self.unpacks.append(image_path)
+        # What the real one leaves: the received image, its raw copy and
+        # the partition's mount point.
+        self.assertEqual(os.path.join(workdir, 'archive'), image_path)
+        self.assertTrue(os.path.isfile(image_path))
+        with open(os.path.join(workdir, 'disk.raw'), 'wb') as f:
+            f.write(b'\0' * 512)
+        os.mkdir(os.path.join(workdir, 'mnt'), 0o700)
         os.makedirs(os.path.join(dest, 'bin'))
         with open(os.path.join(dest, 'bin', 'busybox'), 'wb') as f:
             f.write(BUSYBOX)
@@ -867,8 +763,22 @@ class DiskImageCacheTest(_CacheTest):
         # is_root is detect_init's answer.
         self.assertFalse(args[6](self.state))
         self.assertEqual([IMAGE_ID], self.cache_entries())
+        # The work files are not published with it.
         self.assertEqual(['image.json', 'rootfs'], sorted(os.listdir(
             os.path.join(self.cache.path, IMAGE_ID))))
+        # The image reached the cache through the daemon, not a file of
+        # this process's in the partial.
+        self.cache_dirs.start_receive.assert_called_once_with(
+            partial, unittest.mock.ANY, 64 * 1024 * 1024)
+        self.assertEqual([], os.listdir(os.path.join(self.state, 'spool')))
+
+    def test_disk_image_larger_than_the_limit_refused(self):
+        cache = images.ImageCache(self.state, 1000)
+        e = self.assertRaises(exception.ImageUnpackError, cache.get,
+                              IMAGE_ID, self.fetch_qcow2, 'qcow2')
+        self.assertIn('larger than 1000 bytes', str(e))
+        self.unpack.assert_not_called()
+        self.assertEqual([], self.cache_entries())
 
     def test_concurrent_boots_convert_once(self):
         barrier = threading.Barrier(4)
