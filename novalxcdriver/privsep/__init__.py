@@ -72,6 +72,17 @@ def refuse(call, reason):
     raise exception.PrivilegedCallRefused(call=call, reason=reason)
 
 
+def check_positive_ints(call, **values):
+    """Refuse unless each value is an int above 0 (a bool is not one).
+
+    :param values: name=value, named in the refusal (the first wrong
+        one, in the order given).
+    """
+    for name, value in values.items():
+        if type(value) is not int or value <= 0:
+            refuse(call, '%s %r is not a positive int' % (name, value))
+
+
 def helper_command(context_command, helper_command_opt):
     """The command that starts a privsep daemon, as a list.
 

@@ -513,9 +513,7 @@ def start_receive(partial, fifo, max_bytes):
     """
     call = 'start_receive'
     check_partial(call, partial)
-    if type(max_bytes) is not int or max_bytes <= 0:
-        privsep.refuse(call, 'max_bytes %r is not a positive int'
-                       % (max_bytes,))
+    privsep.check_positive_ints(call, max_bytes=max_bytes)
     with _receiving_lock:
         if partial in _receiving:
             privsep.refuse(call, 'a receive into %s is running' % partial)
@@ -558,9 +556,7 @@ def finish_receive(partial, timeout):
         (ETIMEDOUT).
     """
     call = 'finish_receive'
-    if type(timeout) is not int or timeout <= 0:
-        privsep.refuse(call, 'timeout %r is not a positive int'
-                       % (timeout,))
+    privsep.check_positive_ints(call, timeout=timeout)
     receive = _held_receive(call, partial)
     receive.thread.join(timeout)
     if receive.thread.is_alive():
@@ -625,9 +621,7 @@ def unpack_disk_image(partial, kind, disk_format, max_bytes,
     if disk_format not in DISK_FORMATS:
         privsep.refuse(call, 'disk_format %r is not one of %r'
                        % (disk_format, DISK_FORMATS))
-    if type(max_bytes) is not int or max_bytes <= 0:
-        privsep.refuse(call, 'max_bytes %r is not a positive int'
-                       % (max_bytes,))
+    privsep.check_positive_ints(call, max_bytes=max_bytes)
     if root_partition is not None and not isinstance(root_partition, str):
         privsep.refuse(call, 'root_partition %r is not a str or None'
                        % (root_partition,))

@@ -74,14 +74,6 @@ def check_partial(call, partial):
     imagecache.check_partial(call, partial)
 
 
-def _check_limits(call, timeout, cpu_time, address_space):
-    for name, value in (('timeout', timeout), ('cpu_time', cpu_time),
-                        ('address_space', address_space)):
-        if type(value) is not int or value <= 0:
-            privsep.refuse(call, '%s %r is not a positive int'
-                           % (name, value))
-
-
 def _open_archive(call, partial):
     """The fetched image's fd: a regular file of one link, root's.
 
@@ -186,7 +178,8 @@ def qcow2_info(partial, timeout, cpu_time, address_space):
     """
     call = 'qcow2_info'
     check_partial(call, partial)
-    _check_limits(call, timeout, cpu_time, address_space)
+    privsep.check_positive_ints(call, timeout=timeout, cpu_time=cpu_time,
+                                address_space=address_space)
     fd = _open_archive(call, partial)
     try:
         with _slot(call) as slot, _Given(slot) as given:
@@ -219,12 +212,10 @@ def qcow2_convert(partial, virtual_size, max_bytes, timeout, cpu_time,
     """
     call = 'qcow2_convert'
     check_partial(call, partial)
-    _check_limits(call, timeout, cpu_time, address_space)
-    for name, value in (('virtual_size', virtual_size),
-                        ('max_bytes', max_bytes)):
-        if type(value) is not int or value <= 0:
-            privsep.refuse(call, '%s %r is not a positive int'
-                           % (name, value))
+    privsep.check_positive_ints(
+        call, timeout=timeout, cpu_time=cpu_time,
+        address_space=address_space, virtual_size=virtual_size,
+        max_bytes=max_bytes)
     if virtual_size > max_bytes:
         privsep.refuse(call, 'virtual_size %d is above max_bytes %d'
                        % (virtual_size, max_bytes))

@@ -184,12 +184,6 @@ def _unclaim(rootfs):
         del _running[rootfs]
 
 
-def _check_max_bytes(call, max_bytes):
-    if type(max_bytes) is not int or max_bytes <= 0:
-        privsep.refuse(call, 'max_bytes %r is not a positive int'
-                       % (max_bytes,))
-
-
 @privsep.storage_admin.entrypoint
 def start_unpack(rootfs, fifo, max_bytes):
     """Start the confined child unpacking fifo's tarball into rootfs.
@@ -209,7 +203,7 @@ def start_unpack(rootfs, fifo, max_bytes):
     """
     call = 'start_unpack'
     view = check_rootfs(call, rootfs)
-    _check_max_bytes(call, max_bytes)
+    privsep.check_positive_ints(call, max_bytes=max_bytes)
     # Claimed under the lock, started outside it: a slow start (the
     # child's imports) holds no other unpack up.
     _claim(call, rootfs)
@@ -418,7 +412,7 @@ def copy_partition(rootfs, max_bytes, timeout):
     """
     call = 'copy_partition'
     check_rootfs(call, rootfs)
-    _check_max_bytes(call, max_bytes)
+    privsep.check_positive_ints(call, max_bytes=max_bytes)
     if type(timeout) not in (int, float) or not 0 < timeout < float('inf'):
         privsep.refuse(call, 'timeout %r is not a positive number of '
                        'seconds' % (timeout,))

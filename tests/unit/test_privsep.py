@@ -62,6 +62,20 @@ class ExceptionsCrossTest(unit_base.TestCase):
         self.assertEqual(['ip'], e.kwargs['cmd'])
 
 
+class CheckPositiveIntsTest(unit_base.TestCase):
+
+    def test_positive_ints_pass(self):
+        privsep.check_positive_ints('call', a=1, b=2 ** 62)
+
+    def test_the_first_wrong_one_named(self):
+        for bad in (0, -1, 1.0, True, '3', None):
+            e = self.assertRaises(
+                exception.PrivilegedCallRefused, privsep.check_positive_ints,
+                'my_call', good=5, wrong=bad, later=0)
+            self.assertIn('my_call', str(e))
+            self.assertIn('wrong %r is not a positive int' % (bad,), str(e))
+
+
 class HelperCommandTest(unit_base.TestCase):
 
     PRIVSEP = ['sudo', 'privsep-helper', '--config-file', '/etc/nova.conf',
