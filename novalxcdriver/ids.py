@@ -196,6 +196,24 @@ def read_subordinate_ranges(subuid_path='/etc/subuid',
     return (_read_range(subuid_path, names), _read_range(subgid_path, names))
 
 
+def _top_of_root(ranges, skip, size, what):
+    """size ids of root's ranges just below their top skip ids.
+
+    :raises exception.IdmapUnavailable: the ranges are unreadable or
+        smaller than skip + size.
+    """
+    (uid_start, uid_count), (gid_start, gid_count) = (
+        ranges or read_subordinate_ranges())
+    reserved = skip + size
+    if min(uid_count, gid_count) < reserved:
+        raise exception.IdmapUnavailable(
+            reason='root\'s subordinate ranges hold fewer than the %d ids '
+                   'images are %s under' % (reserved, what))
+    return Idmap(uid_start=uid_start + uid_count - reserved,
+                 gid_start=gid_start + gid_count - reserved,
+                 size=size)
+
+
 def unpack_idmap(ranges=None):
     """The idmap images are unpacked under: the top UNPACK_IDS of root's.
 
@@ -205,15 +223,7 @@ def unpack_idmap(ranges=None):
     :raises exception.IdmapUnavailable: root's ranges are unreadable or
         smaller than UNPACK_IDS.
     """
-    (uid_start, uid_count), (gid_start, gid_count) = (
-        ranges or read_subordinate_ranges())
-    if min(uid_count, gid_count) < UNPACK_IDS:
-        raise exception.IdmapUnavailable(
-            reason='root\'s subordinate ranges hold fewer than the %d ids '
-                   'images are unpacked under' % UNPACK_IDS)
-    return Idmap(uid_start=uid_start + uid_count - UNPACK_IDS,
-                 gid_start=gid_start + gid_count - UNPACK_IDS,
-                 size=UNPACK_IDS)
+    return _top_of_root(ranges, 0, UNPACK_IDS, 'unpacked')
 
 
 def helper_ids(ranges=None):
@@ -225,16 +235,8 @@ def helper_ids(ranges=None):
     :raises exception.IdmapUnavailable: root's ranges are unreadable or
         smaller than UNPACK_IDS + HELPER_IDS.
     """
-    (uid_start, uid_count), (gid_start, gid_count) = (
-        ranges or read_subordinate_ranges())
-    reserved = UNPACK_IDS + HELPER_IDS
-    if min(uid_count, gid_count) < reserved:
-        raise exception.IdmapUnavailable(
-            reason='root\'s subordinate ranges hold fewer than the %d ids '
-                   'images are unpacked and converted under' % reserved)
-    return Idmap(uid_start=uid_start + uid_count - reserved,
-                 gid_start=gid_start + gid_count - reserved,
-                 size=HELPER_IDS)
+    return _top_of_root(ranges, UNPACK_IDS, HELPER_IDS,
+                        'unpacked and converted')
 
 
 class IdAllocator:

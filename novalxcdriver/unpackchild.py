@@ -52,6 +52,10 @@ from novalxcdriver import exception
 from novalxcdriver import tarball
 from novalxcdriver import treecopy
 
+# What it unpacks: a tarball from stdin, or a tree (a disk image's root
+# partition) from its working directory's source/ into rootfs/.
+MODES = ('tarball', 'tree')
+
 CLONE_NEWUSER = 0x10000000    # sched.h
 PR_SET_PDEATHSIG = 1          # prctl.h
 PR_SET_DUMPABLE = 4
@@ -100,8 +104,7 @@ def confine(libc, ready_fd, go_fd):
 def run(argv=None):
     """Confine, unpack; returns (exit status, JSON-able result)."""
     parser = argparse.ArgumentParser(prog='unpackchild')
-    parser.add_argument('--mode', choices=('tarball', 'tree'),
-                        default='tarball')
+    parser.add_argument('--mode', choices=MODES, default='tarball')
     parser.add_argument('--max-bytes', type=int, required=True)
     parser.add_argument('--max-id', type=int, required=True)
     parser.add_argument('--ready-fd', type=int, required=True)

@@ -76,7 +76,6 @@ PARTITION = 'mnt'
 COPY = 'copy'
 COPY_SOURCE = 'source'
 COPY_ROOTFS = 'rootfs'
-MODES = ('tarball', 'tree')
 SPOOL = storage.SPOOL
 FIFO_RE = re.compile(r'^unpack-[0-9]+-[0-9a-f]{1,64}\.fifo\Z')
 # images/.partial-<image uuid>-<pid>-<mkdtemp's suffix>/rootfs
@@ -312,25 +311,28 @@ def finish_unpack(rootfs, timeout):
     :raises OSError: writing the rootfs failed (e.g. ENOSPC).
     """
     held = _held('finish_unpack', rootfs)
-    proc = held.proc
+    return _wait(held, timeout, lambda: exception.ArchiveError(
+        reason='the unpacker did not finish within %s s of the end of the '
+               'download' % timeout))['size']
+
+
+def _wait(held, timeout, late):
+    """The child's outcome (_outcome) once it ends; its views removed.
+
+    :param late: callable() -> the exception raised when the child is
+        still running after timeout seconds (it is killed first).
+    """
     try:
         try:
-            proc.wait(timeout=timeout)
+            held.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill(proc)
+            _kill(held.proc)
             held.output()
-            raise exception.ArchiveError(
-                reason='the unpacker did not finish within %s s of the '
-                       'end of the download' % timeout)
+            raise late()
     finally:
         _remove(held.made)
     out, err = held.output()
-    return _result(proc.returncode, out, err)
-
-
-def _result(returncode, out, err):
-    """The child's outcome: bytes unpacked, or the exception it reported."""
-    return _outcome(returncode, out, err)['size']
+    return _outcome(held.proc.returncode, out, err)
 
 
 def _outcome(returncode, out, err):
@@ -430,18 +432,8 @@ def copy_partition(rootfs, max_bytes, timeout):
              (rootfs, target, 0)],
             lambda: os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC),
             'tree', max_bytes)
-        try:
-            try:
-                held.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill(held.proc)
-                held.output()
-                raise exception.DiskImageRefused(
-                    reason='its copy took longer than %s s' % timeout)
-        finally:
-            _remove(held.made)
-        out, err = held.output()
-        result = _outcome(held.proc.returncode, out, err)
+        result = _wait(held, timeout, lambda: exception.DiskImageRefused(
+            reason='its copy took longer than %s s' % timeout))
     finally:
         _unclaim(rootfs)
     skipped = result.get('skipped', 0)

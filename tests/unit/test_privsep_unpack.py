@@ -1345,7 +1345,7 @@ class ResultTest(base.TestCase):
     def result(self, returncode, out, err=b''):
         if not isinstance(out, bytes):
             out = json.dumps(out).encode() + b'\n'
-        return unpack._result(returncode, out, err)
+        return unpack._outcome(returncode, out, err)['size']
 
     def test_size(self):
         self.assertEqual(123, self.result(0, {'size': 123}))

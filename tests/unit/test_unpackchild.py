@@ -203,7 +203,7 @@ class RunTest(base.TestCase):
                               'strerror': 'no errno here'}),
                          (status, result))
         # Still an OSError for the daemon's caller.
-        e = self.assertRaises(OSError, unpack._result, status,
+        e = self.assertRaises(OSError, unpack._outcome, status,
                               json.dumps(result).encode(), b'')
         self.assertEqual(0, e.errno)
 
@@ -215,23 +215,24 @@ class RunTest(base.TestCase):
                               'strerror': 'No space'}), self.run_child())
 
     def test_results_are_what_unpack_reads(self):
-        # Each outcome of run() as the daemon's _result takes it.
+        # Each outcome of run() as the daemon's _outcome takes it.
         self.feed(archive(member('a', b'abc')))
         status, result = self.run_child()
-        self.assertEqual(3, unpack._result(
-            status, json.dumps(result).encode() + b'\n', b''))
+        self.assertEqual(3, unpack._outcome(
+            status, json.dumps(result).encode() + b'\n', b'')['size'])
         self.feed(archive(member('../a', b'abc')))
         status, result = self.run_child()
-        e = self.assertRaises(exception.UnsafeArchiveMember, unpack._result,
-                              status, json.dumps(result).encode(), b'')
+        e = self.assertRaises(exception.UnsafeArchiveMember,
+                              unpack._outcome, status,
+                              json.dumps(result).encode(), b'')
         self.assertEqual('../a', e.kwargs['member'])
         self.feed(b'junk' * 200)
         status, result = self.run_child()
-        self.assertRaises(exception.ArchiveError, unpack._result,
+        self.assertRaises(exception.ArchiveError, unpack._outcome,
                           status, json.dumps(result).encode(), b'')
         self.confine.side_effect = OSError(errno.EPERM, 'no')
         status, result = self.run_child()
-        e = self.assertRaises(OSError, unpack._result,
+        e = self.assertRaises(OSError, unpack._outcome,
                               status, json.dumps(result).encode(), b'')
         self.assertEqual(errno.EPERM, e.errno)
 
@@ -337,10 +338,10 @@ class TreeRunTest(base.TestCase):
         self.stream.side_effect = None
         self.stream.return_value = 2
         got = [self.run_child(['--mode', mode] + ARGV)
-               for mode in unpack.MODES]
+               for mode in unpackchild.MODES]
         self.assertEqual([(0, {'size': 2}), (0, {'size': 1, 'skipped': 0})],
                          got)
-        self.assertEqual(('tarball', 'tree'), unpack.MODES)
+        self.assertEqual(('tarball', 'tree'), unpackchild.MODES)
 
     def test_an_unknown_mode(self):
         self.patch('sys.stderr', new=io.StringIO())
