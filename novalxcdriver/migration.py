@@ -137,6 +137,24 @@ class DiskInfo:
         return info
 
 
+def check_copier():
+    """Raise unless this process can copy a migration's disks.
+
+    The copy (fetch, fetch_image: cp, or rsync over SSH) runs in
+    nova-compute and needs root: it is not behind privsep yet (issue 14;
+    docs/design/issue-14-privsep-inventory.md 5.6, "Next"). An
+    unprivileged nova-compute refuses cold migration and resize with this
+    reason before anything is stopped, rather than failing midway.
+
+    :raises ResizeRefused: this process is not root.
+    """
+    if os.geteuid() != 0:
+        raise exception.ResizeRefused(
+            reason='cold migration and resize need nova-compute to run as '
+                   'root on this host: the copy of the disks is not done '
+                   'through privsep yet')
+
+
 def check_resize(old_flavor, new_flavor):
     """Raise unless the disks can take new_flavor's sizes.
 
@@ -231,6 +249,7 @@ def fetch(info, dest_dir):
     :raises CommandFailed, CommandTimedOut: the copy failed (what it
         made is the caller's to remove).
     """
+    check_copier()
     local = is_local(info)
     made = []
     for name in info.files:
@@ -253,6 +272,7 @@ def fetch_image(info, dest_dir):
 
     :raises CommandFailed, CommandTimedOut: the copy failed.
     """
+    check_copier()
     local = is_local(info)
     for name, directory in (('rootfs', True), (images.MARKER, False)):
         lxc.execute(*_copy_argv(info, os.path.join(info.image_cache, name),

@@ -428,10 +428,9 @@ def _make_dir(path, idmap):
 
 
 def existing_ids(state_path):
-    """Container IDs that still have a rootfs directory (set of int)."""
-    top = os.path.join(state_path, 'rootfs')
-    try:
-        names = os.listdir(top)
-    except FileNotFoundError:
-        return set()
-    return {int(n) for n in names if n.isdigit()}
+    """Container IDs that still have a rootfs directory (set of int).
+
+    Listed by the storage_admin daemon (privsep.rootdirs.root_ids): the
+    directory is root's 0711.
+    """
+    return set(rootdirs.root_ids(os.path.join(state_path, 'rootfs')))

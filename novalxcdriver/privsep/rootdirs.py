@@ -121,6 +121,30 @@ def make_mountpoint(path):
 
 
 @privsep.storage_admin.entrypoint
+def root_ids(top):
+    """The container IDs that have a root's directory in top.
+
+    top is 0711 (containers traverse it; nothing else lists it), so
+    nova-compute asks here: at its start, which IDs a root still holds.
+
+    :param top: ``<driver root>/rootfs``.
+    :returns: sorted list of int (empty when top does not exist).
+    :raises PrivilegedCallRefused: top is not a driver root's rootfs.
+    """
+    call = 'root_ids'
+    storage.check_path(call, top)
+    if os.path.basename(top) != 'rootfs' or \
+            os.path.dirname(top) not in privsep.driver_roots():
+        privsep.refuse(call, '%s is not a driver root\'s rootfs directory '
+                       '(<driver root>/rootfs)' % top)
+    try:
+        names = os.listdir(top)
+    except FileNotFoundError:
+        return []
+    return sorted(int(n) for n in names if CID_RE.match(n))
+
+
+@privsep.storage_admin.entrypoint
 def remove_root(path):
     """Delete a root's directory and all it holds (its disks' images).
 

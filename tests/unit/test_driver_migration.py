@@ -109,6 +109,17 @@ class MigrateDiskAndPowerOffTest(_Base):
         self.assertIsInstance(e.inner_exception, nova_exc.ResizeError)
         self.assert_stays_running(instance)
 
+    def test_unprivileged_compute_refused_before_anything(self):
+        # The disks' copy still needs root (migration.check_copier).
+        instance = self.spawned()
+        self.patch('novalxcdriver.migration.os.geteuid', return_value=990)
+        e = self.assertRaises(nova_exc.InstanceFaultRollback, self.migrate,
+                              instance, flavor(root_gb=2))
+        self.assertIsInstance(e.inner_exception, nova_exc.ResizeError)
+        self.assertIn('need nova-compute to run as root',
+                      str(e.inner_exception))
+        self.assert_stays_running(instance)
+
     def test_volumes_refused_before_anything(self):
         instance = self.spawned()
         bdi = {'block_device_mapping': [{'mount_device': '/dev/vdb',

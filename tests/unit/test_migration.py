@@ -405,6 +405,16 @@ class FetchTest(unit_base.TestCase):
         self.assertEqual('cp', self.execute.call_args.args[0])
         self.assertEqual(123, self.execute.call_args.kwargs['timeout'])
 
+    def test_unprivileged_refused_before_any_copy(self):
+        self.patch('os.geteuid', return_value=990)
+        e = self.assertRaises(exception.ResizeRefused, migration.fetch,
+                              disk_info(), '/dst')
+        self.assertIn('need nova-compute to run as root', str(e))
+        self.execute.assert_not_called()
+        self.assertRaises(exception.ResizeRefused, migration.fetch_image,
+                          disk_info(), '/cache/.partial-x')
+        self.execute.assert_not_called()
+
     def test_failure_stops_and_raises(self):
         self.execute.side_effect = exception.CommandTimedOut(
             cmd='rsync', timeout=123)

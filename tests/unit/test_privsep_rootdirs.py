@@ -587,6 +587,31 @@ class RemoveRootTest(_Base):
             self.refused(rootdirs.remove_root, path)
 
 
+class RootIdsTest(_Base):
+
+    def test_none_before_any_root(self):
+        self.assertEqual([], rootdirs.root_ids(self.rootfs))
+
+    def test_ids_of_the_roots_only(self):
+        for name in ('12', '3', '0'):
+            self.make_server_root(os.path.join(self.rootfs, name))
+        # Not a root's name: left out (str.isdigit takes '\u00b2').
+        for name in ('x', '\u00b2', '-1', '4.tmp'):
+            os.mkdir(os.path.join(self.rootfs, name))
+        self.assertEqual([0, 3, 12], rootdirs.root_ids(self.rootfs))
+
+    def test_refused_elsewhere(self):
+        for top in (self.state, os.path.join(self.outside, 'rootfs'),
+                    os.path.join(self.lxc, 'x', 'rootfs'), 'rootfs',
+                    self.rootfs + '/', os.path.join(self.state, 'roots')):
+            self.refused(rootdirs.root_ids, top)
+
+    def test_refused_through_a_symlink(self):
+        os.symlink(os.path.join(self.outside, 'rootfs'), self.rootfs)
+        self.refused(rootdirs.root_ids, self.rootfs,
+                     match='goes through a symlink')
+
+
 class SymlinkedDriverRootTest(_Base):
     """A driver root that is a symlink (/var/lib/nova -> /srv/nova).
 
