@@ -14,6 +14,7 @@ from novalxc_aio import layout
 from novalxc_aio import procs
 from novalxc_aio import services
 from novalxc_aio import setup
+from novalxc_aio import unprivileged
 from novalxc_aio import util
 
 
@@ -231,7 +232,8 @@ def clean(remove_venv=False):
     _require_root()
     down()
     configs = []
-    for lxc_path in (layout.LXC_PATH, layout.C2_LXC_PATH):
+    for lxc_path in (layout.LXC_PATH, layout.C2_LXC_PATH,
+                     unprivileged.LXC_PATH):
         found = sorted(glob.glob(os.path.join(lxc_path, '*', 'config')))
         for config in found:
             name = os.path.basename(os.path.dirname(config))
@@ -269,6 +271,10 @@ def clean(remove_venv=False):
         if os.path.lexists(path):
             shutil.rmtree(path)
             util.say('removed %s', path)
+    if os.path.lexists(unprivileged.SUDOERS):
+        # It lets the unprivileged check's user start root daemons.
+        os.unlink(unprivileged.SUDOERS)
+        util.say('removed %s', unprivileged.SUDOERS)
     util.say('clean: packages and the image cache %s are kept',
              layout.IMAGE_CACHE)
     return 0
