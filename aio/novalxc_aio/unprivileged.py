@@ -13,7 +13,8 @@ reason, destroy, prune, a restart. It checks, from /proc, that the
 child's uids are the user's and its capability sets empty, and that the
 privsep daemons it started are root's.
 
-Needs the virtualenv (``up`` first; the cloud itself may be down) and
+Needs the virtualenv (``up`` first; the cloud itself may be down; this
+tree's driver is installed into it if it changed) and
 sudo (installed here if missing). Its own state, not the cloud's: run it
 while no server of the cloud exists, because it allocates container IDs
 from an ids_path of its own.
@@ -25,6 +26,7 @@ import shutil
 import subprocess
 
 from novalxc_aio import cloud
+from novalxc_aio import install
 from novalxc_aio import layout
 from novalxc_aio import util
 
@@ -117,6 +119,8 @@ def unprivileged():
     if not os.path.exists(os.path.join(layout.VENV, 'bin', 'python')):
         raise util.AioError('no virtualenv at %s: run "novalxc-aio up" '
                             'first' % layout.VENV)
+    # This tree's driver, as up would install it (a no-op if unchanged).
+    install.this_repo()
     child = _set_up()
     tarball = cloud.busybox_tarball()
     qcow2 = cloud.debian_cloud_qcow2()
