@@ -36,6 +36,7 @@ CONF = conf.CONF
 def main():
     config_file, tarball, qcow2 = sys.argv[1:4]
     CONF(['--config-file', config_file], project='nova')
+    CONF.set_override('enabled', True, group='serial_console')
     with open('/proc/self/status') as f:
         for line in f:
             if line.split(':')[0] in ('Uid', 'Gid', 'CapEff', 'CapPrm'):
@@ -114,6 +115,7 @@ def main():
     step('spawn (tarball, not cached, with an ephemeral disk)', drv.spawn,
          ctxt, inst, tarball_meta, [], None, {}, network_info=[])
     step('get_info', drv.get_info, inst)
+    step('serial console', drv.get_serial_console, ctxt, inst)
     step('console log', console_says, inst, b'busybox booted')
     step('diagnostics', drv.get_instance_diagnostics, inst)
     step('reboot (soft)', drv.reboot, ctxt, inst, [], 'SOFT')
