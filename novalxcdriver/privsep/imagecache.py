@@ -99,9 +99,9 @@ _UUID_RE = re.compile(r'^%s\Z' % UUID_PATTERN)
 _MARKER_MAX = 64 * 1024
 # Errors reading a marker that tell of a damaged entry; others (EMFILE,
 # ENOMEM, ...) are the host's and propagate. EUCLEAN: ext4's and xfs's
-# "filesystem corrupted". ELOOP: the marker is a symlink.
+# "filesystem corrupted". ELOOP: the marker is a symlink; ENXIO: a socket.
 _DAMAGED = frozenset([errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EIO,
-                      errno.EUCLEAN, errno.ELOOP])
+                      errno.EUCLEAN, errno.ELOOP, errno.ENXIO])
 
 
 def check_named(call, path, pattern, what):
@@ -165,9 +165,9 @@ def parse_marker(data):
     """
     try:
         meta = json.loads(data)
-    except ValueError as e:
-        # Empty or torn (written without fsync before a power loss), or
-        # not UTF-8.
+    except (ValueError, RecursionError) as e:
+        # Empty or torn (written without fsync before a power loss), not
+        # UTF-8, or nested deeper than the parser goes.
         return None, '%s is not JSON: %s' % (MARKER, e)
     if not (isinstance(meta, dict) and
             isinstance(meta.get('init_system'), str) and
@@ -325,8 +325,9 @@ def publish(partial, size):
     :raises PrivilegedCallRefused: the checks (module docstring).
     :raises ImageUnpackError: no init, or a copied marker is not whole;
         nothing was published.
-    :raises OSError: the entry exists already (ENOTEMPTY), or the disk
-        is full; nothing was published.
+    :raises OSError: the entry exists already (EEXIST), a work file
+        cannot be removed (``mnt`` not empty: ENOTEMPTY), or the disk is
+        full; nothing was published.
     """
     call = 'publish'
     check_partial(call, partial)
@@ -369,7 +370,11 @@ def publish(partial, size):
                       json.dumps({'init_system': init_system,
                                   'size': size}), mode=0o644)
     images = os.path.dirname(partial)
-    os.rename(partial, os.path.join(images, image_id))
+    entry = os.path.join(images, image_id)
+    # rename(2) would replace an empty directory there: never an entry.
+    if os.path.lexists(entry):
+        raise OSError(errno.EEXIST, 'the image\'s entry exists', entry)
+    os.rename(partial, entry)
     # The rename, too (rename(2) is durable once its directory is).
     durable.fsync_dir(images)
     return init_system
