@@ -20,6 +20,7 @@ killed, every mount under the state path gone, a new driver runs
 init_host and resume_state_on_host_boot.
 """
 
+import contextlib
 import fnmatch
 import glob
 import os
@@ -29,6 +30,7 @@ import uuid
 from novalxcdriver import container
 from novalxcdriver import ids
 from novalxcdriver import mount
+from novalxcdriver import privsep
 from novalxcdriver import record
 from tests.hardening import base
 from tests.hardening import summary
@@ -161,6 +163,27 @@ REBUILD_POINTS = (
 OLD_WRITE = 'written-before-the-rebuild'
 
 
+@contextlib.contextmanager
+def _storage_admin_here(*roots):
+    """storage_admin's entry points run in this process, for roots.
+
+    This test process (root) probes each crash point's private roots
+    with the driver's own code (the ID allocator lists the roots'
+    directories through privsep.rootdirs.root_ids): its daemon would
+    need a restart per new root (privsep.add_roots), so the entry points
+    run here, with their checks, as the daemon would.
+    """
+    added = {os.path.normpath(r) for r in roots} - privsep._added_roots
+    privsep._added_roots.update(added)
+    was = privsep.storage_admin.client_mode
+    privsep.storage_admin.set_client_mode(False)
+    try:
+        yield
+    finally:
+        privsep.storage_admin.set_client_mode(was)
+        privsep._added_roots.difference_update(added)
+
+
 def rebuild_leftovers(root_dir):
     """What a replacement sets aside or stages, and its record."""
     return (glob.glob(os.path.join(root_dir, '*.rebuild-*')) +
@@ -243,7 +266,8 @@ class CrashTest(base.WorkerTestCase):
         allocator = ids.IdAllocator(
             state_path, artifact_ids=lambda: container.artifact_ids(
                 lxc_path, state_path, record.RecordStore(state_path)))
-        probe = allocator.allocate(str(uuid.uuid4()), 'probe')
+        with _storage_admin_here(lxc_path, state_path):
+            probe = allocator.allocate(str(uuid.uuid4()), 'probe')
         allocator.release(probe)
         if probe in held:
             problems.append('ID %d handed out again while held by %s' % (
