@@ -80,6 +80,9 @@ RECEIVE_FIFO_RE = re.compile(r'^archive-[0-9]+-[0-9a-f]{1,64}\.fifo\Z')
 DISK_KINDS = ('qcow2', 'disk')
 DISK_FORMATS = (None, 'raw', 'qcow2')
 _RECEIVE_BYTES = 1 << 20
+# The longest finish_receive waits (seconds): far above any caller's, and
+# below what threading's join takes (threading.TIMEOUT_MAX).
+MAX_RECEIVE_TIMEOUT = 24 * 3600
 PARTIAL = '.partial-'
 CORRUPT = '.corrupt-'
 UUID_PATTERN = (r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-'
@@ -535,8 +538,15 @@ def start_receive(partial, fifo, max_bytes):
             os.close(fifo_fd)
             raise
         receive = _Receive(fifo_fd, out_fd, max_bytes)
+        try:
+            receive.thread.start()
+        except BaseException:
+            # No thread (the daemon's pids limit): nothing runs, nothing
+            # is registered.
+            os.close(fifo_fd)
+            os.close(out_fd)
+            raise
         _receiving[partial] = receive
-        receive.thread.start()
 
 
 def _held_receive(call, partial):
@@ -553,7 +563,8 @@ def finish_receive(partial, timeout):
     """Wait for start_receive's copy to reach the FIFO's end.
 
     :param timeout: seconds to wait once nova-compute closed the FIFO
-        (positive int): the copy is at most a pipe's buffer behind.
+        (positive int, at most MAX_RECEIVE_TIMEOUT): the copy is at most
+        a pipe's buffer behind.
     :returns: the bytes received.
     :raises PrivilegedCallRefused: the checks, or no receive is running.
     :raises DiskImageRefused: it is larger than max_bytes.
@@ -562,6 +573,9 @@ def finish_receive(partial, timeout):
     """
     call = 'finish_receive'
     privsep.check_positive_ints(call, timeout=timeout)
+    if timeout > MAX_RECEIVE_TIMEOUT:
+        privsep.refuse(call, 'timeout %d is above %d s'
+                       % (timeout, MAX_RECEIVE_TIMEOUT))
     receive = _held_receive(call, partial)
     receive.thread.join(timeout)
     if receive.thread.is_alive():

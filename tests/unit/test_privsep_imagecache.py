@@ -11,6 +11,14 @@ it), and rmtree fails a test rather than delete anything outside it,
 should a check ever let such a path through. Nothing here hands a
 host path to an entry point that could change it.
 
+A disk image's receive (start_receive, finish_receive, cancel_receive)
+runs for real: a FIFO in the state root's spool, its write end held here
+as nova-compute holds it (images._spool_fifo), the daemon's copying
+thread in this process; the registry of running receives is a fresh
+dict for each test, and what a test leaves running is stopped at its
+end. unpack_disk_image's checks run for real, diskimage.unpack (qemu-img,
+loop devices, mounts) is a fake.
+
 RealMountTest (root only) bind-mounts an entry's rootfs, as a
 container's lower layer is, and reads the real mount table.
 """
@@ -18,11 +26,13 @@ container's lower layer is, and reads the real mount table.
 import errno
 import json
 import os
+import select
 import shutil
 import stat
 import subprocess
 import threading
 import time
+from unittest import mock
 
 import fixtures
 
@@ -43,6 +53,13 @@ CORRUPT = '.corrupt-%s-%d-0123456789abcdef' % (IMAGE, PID)
 META = {'init_system': 'systemd', 'size': 12345}
 MARKER = json.dumps(META).encode()
 OLD = 1000000000
+# A receive FIFO's name in a spool, as images._spool_fifo makes it.
+RECEIVE_FIFO = 'archive-%d-00ff' % PID + '.fifo'
+# A disk image's first bytes (a qcow2 header's magic), as received.
+ARCHIVE_DATA = b'QFI\xfb' + b'\0' * 1020
+MIB = 1 << 20
+# An argument left as the test's good one.
+_GOOD = object()
 _RMTREE = shutil.rmtree
 # The real mount table's, for RealMountTest (the others mock them).
 _MOUNTPOINTS = mount.mountpoints
@@ -241,18 +258,15 @@ class _Base(base.TestCase):
 
 class EntryPointsTest(base.TestCase):
 
-    # Added to the module while this file was written: their checks are
-    # not tested here yet.
-    NOT_COVERED = {'start_receive', 'finish_receive', 'cancel_receive',
-                   'unpack_disk_image'}
-
     def test_every_entry_point_is_covered(self):
         # A new entry point needs its checks tested here.
         names = {n for n, f in vars(imagecache).items()
                  if privsep.storage_admin.is_entrypoint(f)}
         self.assertEqual({'read_entry', 'list_names', 'make_partial',
-                          'publish', 'move_aside', 'retire', 'remove'},
-                         names - self.NOT_COVERED)
+                          'publish', 'move_aside', 'retire', 'remove',
+                          'start_receive', 'finish_receive',
+                          'cancel_receive', 'unpack_disk_image'},
+                         names)
 
 
 class ChecksTest(_Base):
@@ -453,6 +467,58 @@ class ChecksTest(_Base):
             self.refused(imagecache.make_partial,
                          os.path.join(self.lxc, 'images'), image_id)
         self.assertFalse(os.path.lexists(os.path.join(self.lxc, 'images')))
+
+    def receiving_all(self, paths):
+        """A registry of receives claiming one for each str in paths.
+
+        Were a path's checks skipped, it would be found running (or its
+        sham receive used): the refusals must come first.
+        """
+        return self.patch_object(
+            imagecache, '_receiving',
+            new={p: object() for p in paths if isinstance(p, str)})
+
+    def test_start_receive(self):
+        spool = os.path.join(self.state, imagecache.SPOOL)
+        os.mkdir(spool, 0o700)
+        fifo = os.path.join(spool, RECEIVE_FIFO)
+        os.mkfifo(fifo, 0o600)
+        bad = self.bad_partials()
+        receiving = self.receiving_all(bad)
+        registered = dict(receiving)
+        for path in bad:
+            msg = self.refused(imagecache.start_receive, path, fifo, MIB,
+                               call='start_receive')
+            self.assertNotIn('is running', msg)
+        self.assertEqual(registered, receiving)
+
+    def test_finish_and_cancel_receive(self):
+        bad = self.bad_partials()
+        receiving = self.receiving_all(bad)
+        registered = dict(receiving)
+        for path in bad:
+            for msg in (
+                    self.refused(imagecache.finish_receive, path, 30,
+                                 call='finish_receive'),
+                    self.refused(imagecache.cancel_receive, path,
+                                 call='cancel_receive')):
+                self.assertNotIn('no receive into', msg)
+        # Nothing was taken out of the registry.
+        self.assertEqual(registered, receiving)
+
+    def test_unpack_disk_image(self):
+        unpack = self.patch('novalxcdriver.diskimage.unpack',
+                            side_effect=AssertionError('unpacked'))
+        # Each with an archive: only the path is wrong.
+        for partial in (self.partial,
+                        os.path.join(self.other_images, PARTIAL)):
+            _write(os.path.join(partial, imagecache.ARCHIVE), ARCHIVE_DATA,
+                   0o600)
+        self.patch_object(imagecache, '_receiving', new={})
+        for path in self.bad_partials():
+            self.refused(imagecache.unpack_disk_image, path, 'qcow2',
+                         'qcow2', MIB, None, call='unpack_disk_image')
+        unpack.assert_not_called()
 
     def test_refusals_name_the_path(self):
         path = os.path.join(self.state, 'sub', 'images', IMAGE)
@@ -1591,6 +1657,910 @@ class RemoveTest(_Base):
             self.refused(imagecache.remove, entry, call='remove',
                          match='is not an image cache partial or a '
                          'damaged entry')
+
+
+def _feed(fd, data, piece=64 * 1024, timeout=10):
+    """Write data into a FIFO's non-blocking write end, as images._feed.
+
+    A full FIFO is waited for (select), up to timeout seconds at a time.
+
+    :returns: the bytes written: fewer than len(data) when the reader
+        went away (EPIPE).
+    """
+    view = memoryview(data)
+    sent = 0
+    while sent < len(data):
+        try:
+            sent += os.write(fd, view[sent:sent + piece])
+        except BlockingIOError:
+            if not select.select([], [fd], [], timeout)[1]:
+                raise AssertionError('the FIFO was not read for %d s'
+                                     % timeout)
+        except BrokenPipeError:
+            break
+    return sent
+
+
+class _ReceiveBase(_Base):
+    """A partial with an empty rootfs, and the state root's spool.
+
+    self.receiving is imagecache's registry of running receives (a fresh
+    dict); the FIFOs' write ends a test leaves open are closed, then
+    what it left running stopped, at its end.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.receiving = self.patch_object(imagecache, '_receiving',
+                                           new={})
+        self.addCleanup(self._stop_receives)
+        self.writers = set()
+        self.addCleanup(self._close_writers)
+        self.spool = os.path.join(self.state, imagecache.SPOOL)
+        os.mkdir(self.spool, 0o700)
+        self.partial = self.empty_partial()
+        self.archive = os.path.join(self.partial, imagecache.ARCHIVE)
+        self.fifos = 0
+
+    def _stop_receives(self):
+        for receive in list(self.receiving.values()):
+            if receive.thread.ident is not None:
+                receive.stop.set()
+                receive.thread.join(10)
+
+    def _close_writers(self):
+        for fd in self.writers:
+            os.close(fd)
+        self.writers.clear()
+
+    def empty_partial(self, name=PARTIAL, images=None):
+        """A partial as make_partial makes it: an empty rootfs; its path."""
+        images = images or self.images
+        os.makedirs(images, 0o700, exist_ok=True)
+        partial = os.path.join(images, name)
+        os.mkdir(partial, 0o700)
+        os.mkdir(os.path.join(partial, 'rootfs'), 0o755)
+        return partial
+
+    def make_fifo(self, name=None, spool=None):
+        """A FIFO in a spool, held for writing as images._spool_fifo does.
+
+        :param name: its name (a new receive FIFO's by default).
+        :returns: (its path, the write end: non-blocking, closed at the
+            test's end unless close_writer closed it).
+        """
+        if name is None:
+            self.fifos += 1
+            name = 'archive-%d-%x.fifo' % (PID, 0xf0 + self.fifos)
+        fifo = os.path.join(spool or self.spool, name)
+        os.mkfifo(fifo, 0o600)
+        # A reader of our own for a moment: the write end's open needs one.
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK |
+                             os.O_CLOEXEC)
+        finally:
+            os.close(reader)
+        self.writers.add(writer)
+        return fifo, writer
+
+    def close_writer(self, fd):
+        """The end of the image, as nova-compute closes it."""
+        self.writers.remove(fd)
+        os.close(fd)
+
+    def start(self, max_bytes=1 << 30, partial=None, spool=None):
+        """start_receive from a new FIFO; the FIFO's write end.
+
+        The FIFO is gone from the spool once started, as
+        images._through_fifo leaves it.
+        """
+        fifo, writer = self.make_fifo(spool=spool)
+        imagecache.start_receive(partial or self.partial, fifo, max_bytes)
+        os.unlink(fifo)
+        return writer
+
+    def received(self, data, max_bytes=1 << 30, timeout=30):
+        """data received in a new receive; what finish_receive returns."""
+        writer = self.start(max_bytes)
+        _feed(writer, data, piece=100000)
+        self.close_writer(writer)
+        return imagecache.finish_receive(self.partial, timeout)
+
+    def no_receive(self, partial=None):
+        """finish_receive and cancel_receive refuse: none is running."""
+        partial = partial or self.partial
+        match = 'no receive into %s is running' % partial
+        self.refused(imagecache.finish_receive, partial, 30, match=match,
+                     call='finish_receive')
+        self.refused(imagecache.cancel_receive, partial, match=match,
+                     call='cancel_receive')
+
+
+class StartReceiveTest(_ReceiveBase):
+
+    def setUp(self):
+        super().setUp()
+        self.fifo, self.writer = self.make_fifo(RECEIVE_FIFO)
+
+    def refused_start(self, partial=_GOOD, fifo=_GOOD, max_bytes=MIB,
+                      match=None):
+        """start_receive is refused: no archive made, no fd held."""
+        msg = self.refused(
+            imagecache.start_receive,
+            self.partial if partial is _GOOD else partial,
+            self.fifo if fifo is _GOOD else fifo, max_bytes, match=match,
+            call='start_receive')
+        self.assertEqual({}, self.receiving)
+        return msg
+
+    def test_started(self):
+        # What is open but the write end, which the test closes.
+        fds = {fd: p for fd, p in base.open_fds().items()
+               if fd != self.writer}
+        imagecache.start_receive(self.partial, self.fifo, MIB)
+        self.assertEqual([self.partial], list(self.receiving))
+        # The archive is made at once, empty, root's 0600.
+        st = os.lstat(self.archive)
+        self.assertTrue(stat.S_ISREG(st.st_mode))
+        self.assertEqual(0o600, stat.S_IMODE(st.st_mode))
+        self.assertEqual((0, 0), (st.st_uid, st.st_size))
+        self.assertEqual(['archive', 'rootfs'],
+                         sorted(os.listdir(self.partial)))
+        # Two fds more (the FIFO's read end, the archive), neither
+        # inherited by a child.
+        opened = set(base.open_fds()) - set(fds) - {self.writer}
+        self.assertEqual(2, len(opened))
+        for fd in opened:
+            self.assertFalse(os.get_inheritable(fd))
+        self.assertEqual({self.fifo, self.archive},
+                         {base.open_fds()[fd] for fd in opened})
+        self.close_writer(self.writer)
+        self.assertEqual(0, imagecache.finish_receive(self.partial, 30))
+        self.assertEqual(fds, base.open_fds())
+
+    def test_bad_partials(self):
+        os.chmod(self.partial, 0o750)
+        self.assertIn('0700', self.refused_start())
+        os.chmod(self.partial, 0o700)
+        os.chown(self.partial, 1000, 1000)
+        self.assertIn('0700', self.refused_start())
+        os.chown(self.partial, 0, 0)
+        shutil.rmtree(self.partial)
+        self.assertIn('does not exist', self.refused_start())
+        _write(self.partial, b'x', 0o600)
+        self.refused_start()
+        os.unlink(self.partial)
+        # An entry, a corrupt one: not a partial.
+        for path in (self.make_entry(), self.make_entry(CORRUPT)):
+            self.refused_start(path, match='is not an image cache partial')
+        # A symlink to a partial.
+        real = self.empty_partial('.partial-%s-1-real' % IMAGE)
+        os.symlink(real, self.partial)
+        self.refused_start(match='symlink')
+        self.assertFalse(os.path.lexists(os.path.join(real, 'archive')))
+
+    def test_fifos_not_in_a_driver_root_s_spool(self):
+        for parent in (self.images, self.partial,
+                       os.path.join(self.state, 'x', 'spool'),
+                       os.path.join(self.partial, 'spool'),
+                       os.path.join(self.state, 'spool2'),
+                       os.path.join(self.state, 'Spool'),
+                       os.path.join(self.spool, 'spool'),
+                       os.path.join(self.tmp, 'spool'),
+                       os.path.join(self.outside, 'spool'),
+                       self.state, self.outside):
+            os.makedirs(parent, exist_ok=True)
+            fifo = os.path.join(parent, 'archive-1-ab.fifo')
+            os.mkfifo(fifo, 0o600)
+            msg = self.refused_start(fifo=fifo)
+            self.assertIn(fifo, msg)
+        for path in ('/dev/stdin', '/proc/self/fd/0', '/etc/passwd',
+                     self.spool):
+            self.refused_start(fifo=path)
+        # Not absolute, not normalized, not a str.
+        for path in ('spool/' + RECEIVE_FIFO, 'state/spool/' + RECEIVE_FIFO,
+                     self.spool + '/./' + RECEIVE_FIFO,
+                     self.spool + '//' + RECEIVE_FIFO,
+                     self.state + '/x/../spool/' + RECEIVE_FIFO,
+                     self.fifo + '\0', os.fsencode(self.fifo), None, 7,
+                     [self.fifo]):
+            self.refused_start(fifo=path)
+
+    def test_bad_fifo_names(self):
+        for name in ('archive--00ff.fifo', 'archive-1-00FF.fifo',
+                     'archive-1-.fifo', 'archive-1-00ff.fif',
+                     'archive-1-00ff.fifo.x', 'archive-x-00ff.fifo',
+                     'archive-1-00fg.fifo', 'archive-1-0-1.fifo',
+                     'archive-1-%s.fifo' % ('a' * 65),
+                     'archive-1-00ff.fifo\n', '.archive-1-00ff.fifo',
+                     'archive-1-00ff', 'Archive-1-00ff.fifo',
+                     'archive1-00ff.fifo', 'archive-1_00ff.fifo',
+                     'archive--1-00ff.fifo', 'x-1-00ff.fifo',
+                     # An unpack's FIFO (privsep.unpack) is not a
+                     # receive's.
+                     'unpack-1-00ff.fifo', 'archive', 'spool'):
+            fifo = os.path.join(self.spool, name)
+            os.mkfifo(fifo, 0o600)
+            msg = self.refused_start(fifo=fifo)
+            self.assertIn('is not a receive FIFO of a driver root\'s spool',
+                          msg)
+
+    def test_the_longest_name(self):
+        # archive-<pid>-<64 hex>.fifo, with a writer holding it.
+        fifo, writer = self.make_fifo('archive-1-%s.fifo' % ('f' * 64))
+        imagecache.start_receive(self.partial, fifo, MIB)
+        _feed(writer, b'1234')
+        self.close_writer(writer)
+        self.assertEqual(4, imagecache.finish_receive(self.partial, 30))
+
+    def test_not_a_fifo(self):
+        os.unlink(self.fifo)
+        _write(self.fifo, b'a disk image', 0o600)
+        self.refused_start(match='is not a FIFO')
+        os.unlink(self.fifo)
+        os.mkdir(self.fifo, 0o700)
+        self.refused_start(match='is not a FIFO')
+        os.rmdir(self.fifo)
+        self.refused_start(match='does not exist')
+        # A device: never opened (/dev/zero's numbers).
+        os.mknod(self.fifo, 0o600 | stat.S_IFCHR,
+                 os.stat('/dev/zero').st_rdev)
+        self.refused_start(match='is not a FIFO')
+        os.unlink(self.fifo)
+
+    def test_a_symlink_to_a_fifo(self):
+        other, _ = self.make_fifo()
+        os.unlink(self.fifo)
+        for target in (os.path.basename(other), other):
+            os.symlink(target, self.fifo)
+            self.refused_start(match='symlink')
+            os.unlink(self.fifo)
+        # One to itself: lstat's type refuses it.
+        os.symlink(RECEIVE_FIFO, self.fifo)
+        self.refused_start(match='is not a FIFO')
+
+    def test_bad_max_bytes(self):
+        for max_bytes in (0, -1, -MIB, True, False, 1.5, 1.0, float(MIB),
+                          '3', b'3', None, [MIB], float('inf')):
+            msg = self.refused_start(max_bytes=max_bytes)
+            self.assertIn('max_bytes %r is not a positive int'
+                          % (max_bytes,), msg)
+
+    def test_refused_when_the_partial_holds_an_archive(self):
+        # Whatever it is: never written to, nor through.
+        target = os.path.join(self.outside, 'target')
+        _write(target, b'keep', 0o600)
+        nothing = os.path.join(self.outside, 'nothing')
+        for make in (lambda: _write(self.archive, b'old', 0o600),
+                     lambda: _write(self.archive, b'', 0o600),
+                     lambda: os.symlink(target, self.archive),
+                     lambda: os.symlink(nothing, self.archive),
+                     lambda: os.symlink('rootfs', self.archive),
+                     lambda: os.link(target, self.archive),
+                     lambda: os.mkdir(self.archive, 0o700),
+                     lambda: os.mkfifo(self.archive, 0o600)):
+            make()
+            self.refused_start(match='%s holds an archive already'
+                               % self.partial)
+            if os.path.isdir(self.archive) and \
+                    not os.path.islink(self.archive):
+                os.rmdir(self.archive)
+            else:
+                os.unlink(self.archive)
+        self.assertEqual(b'keep', _read(target))
+        self.assertFalse(os.path.lexists(nothing))
+        # The FIFO was opened, and closed again: it can start a receive.
+        imagecache.start_receive(self.partial, self.fifo, MIB)
+        _feed(self.writer, b'new')
+        self.close_writer(self.writer)
+        self.assertEqual(3, imagecache.finish_receive(self.partial, 30))
+        self.assertEqual(b'new', _read(self.archive))
+
+    def test_refused_once_received(self):
+        self.assertEqual(3, self.received(b'abc'))
+        self.refused_start(match='holds an archive already')
+        self.assertEqual(b'abc', _read(self.archive))
+
+    def test_a_second_receive_into_the_partial(self):
+        writer = self.start()
+        receive = self.receiving[self.partial]
+        other, _ = self.make_fifo()
+        msg = self.refused(imagecache.start_receive, self.partial, other,
+                           MIB, call='start_receive')
+        self.assertIn('a receive into %s is running' % self.partial, msg)
+        self.assertIs(receive, self.receiving[self.partial])
+        # The first goes on.
+        _feed(writer, b'first')
+        self.close_writer(writer)
+        self.assertEqual(5, imagecache.finish_receive(self.partial, 30))
+        self.assertEqual(b'first', _read(self.archive))
+
+    def test_receives_into_other_partials(self):
+        # One each, at once, from either root's spool.
+        lxc_spool = os.path.join(self.lxc, imagecache.SPOOL)
+        os.mkdir(lxc_spool, 0o700)
+        other = self.empty_partial('.partial-%s-%d-x' % (OTHER, PID))
+        third = self.empty_partial(
+            PARTIAL, images=os.path.join(self.lxc, 'images'))
+        writers = [(self.partial, self.start()),
+                   (other, self.start(partial=other, spool=lxc_spool)),
+                   (third, self.start(partial=third))]
+        self.assertEqual({self.partial, other, third}, set(self.receiving))
+        for partial, writer in writers:
+            _feed(writer, partial.encode())
+        for partial, writer in reversed(writers):
+            self.close_writer(writer)
+            self.assertEqual(len(partial),
+                             imagecache.finish_receive(partial, 30))
+            self.assertEqual(partial.encode(), _read(
+                os.path.join(partial, imagecache.ARCHIVE)))
+        self.assertEqual({}, self.receiving)
+
+    # No thread can start (RuntimeError "can't start new thread": the
+    # daemon's pids limit): nothing stays registered or open.
+    def test_a_thread_that_cannot_start(self):
+        real = imagecache._Receive
+
+        def receive_(*args):
+            receive = real(*args)
+            receive.thread.start = mock.Mock(
+                side_effect=RuntimeError('can\'t start new thread'))
+            return receive
+        self.patch_object(imagecache, '_Receive', side_effect=receive_)
+
+        def forget():
+            # What the bug leaves: this test's cleanup, not a cleanup's
+            # error.
+            receive = self.receiving.pop(self.partial, None)
+            if receive is not None and receive.thread.ident is None:
+                for fd in (receive.fifo_fd, receive.out_fd):
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+        self.addCleanup(forget)
+        fds = base.open_fds()
+        self.assertRaises(RuntimeError, imagecache.start_receive,
+                          self.partial, self.fifo, MIB)
+        self.assertEqual({}, self.receiving)
+        self.assertEqual(fds, base.open_fds())
+
+
+class ReceiveTest(_ReceiveBase):
+    """start_receive, then finish_receive or cancel_receive."""
+
+    def test_received(self):
+        data = os.urandom(3 * MIB)
+        fds = base.open_fds()
+        writer = self.start(max_bytes=4 * MIB)
+        self.assertEqual(len(data), _feed(writer, data, piece=100000))
+        self.close_writer(writer)
+        self.assertEqual(len(data),
+                         imagecache.finish_receive(self.partial, 30))
+        self.assertEqual(data, _read(self.archive))
+        st = os.lstat(self.archive)
+        self.assertTrue(stat.S_ISREG(st.st_mode))
+        self.assertEqual(0o600, stat.S_IMODE(st.st_mode))
+        self.assertEqual((0, 0, 1), (st.st_uid, st.st_gid, st.st_nlink))
+        self.assertEqual(['archive', 'rootfs'],
+                         sorted(os.listdir(self.partial)))
+        self.assertEqual([], os.listdir(os.path.join(self.partial,
+                                                     'rootfs')))
+        self.assertEqual({}, self.receiving)
+        self.assertEqual(fds, base.open_fds())
+        self.syncfs.assert_not_called()
+        # Forgotten once finished.
+        self.no_receive()
+
+    def test_in_the_other_root(self):
+        spool = os.path.join(self.lxc, imagecache.SPOOL)
+        os.mkdir(spool, 0o700)
+        partial = self.empty_partial(
+            images=os.path.join(self.lxc, 'images'))
+        writer = self.start(partial=partial, spool=spool)
+        _feed(writer, b'other root')
+        self.close_writer(writer)
+        self.assertEqual(10, imagecache.finish_receive(partial, 30))
+        self.assertEqual(b'other root', _read(
+            os.path.join(partial, imagecache.ARCHIVE)))
+
+    def test_empty(self):
+        self.assertEqual(0, self.received(b''))
+        self.assertEqual(b'', _read(self.archive))
+
+    def test_exactly_max_bytes(self):
+        for size in (1, 10, MIB, MIB + 1):
+            if os.path.lexists(self.archive):
+                os.unlink(self.archive)
+            data = os.urandom(size)
+            self.assertEqual(size, self.received(data, max_bytes=size))
+            self.assertEqual(data, _read(self.archive))
+
+    def refused_larger(self, data, max_bytes):
+        fds = base.open_fds()
+        writer = self.start(max_bytes)
+        # The reader stops: the rest may not be written (EPIPE).
+        sent = _feed(writer, data, piece=100000)
+        self.close_writer(writer)
+        e = self.assertRaises(exception.DiskImageRefused,
+                              imagecache.finish_receive, self.partial, 30)
+        self.assertIn('larger than %d bytes' % max_bytes, str(e))
+        self.assertEqual({}, self.receiving)
+        self.assertEqual(fds, base.open_fds())
+        # What was copied before: at most max_bytes, the image's start.
+        copied = _read(self.archive)
+        self.assertLessEqual(len(copied), max_bytes)
+        self.assertTrue(data.startswith(copied))
+        self.assertLessEqual(len(copied), sent)
+        self.no_receive()
+
+    def test_larger_than_max_bytes(self):
+        self.refused_larger(os.urandom(3 * MIB), MIB)
+
+    def test_one_byte_more(self):
+        for size in (1, 10, MIB):
+            if os.path.lexists(self.archive):
+                os.unlink(self.archive)
+            self.refused_larger(os.urandom(size + 1), size)
+
+    def test_the_writer_is_told_when_the_reader_stops(self):
+        # More than a FIFO's buffer past max_bytes: the write fails.
+        writer = self.start(max_bytes=10)
+        self.assertLess(_feed(writer, os.urandom(8 * MIB)), 8 * MIB)
+        self.assertRaises(BrokenPipeError, os.write, writer, b'x')
+        self.close_writer(writer)
+        self.assertRaises(exception.DiskImageRefused,
+                          imagecache.finish_receive, self.partial, 30)
+
+    def test_finish_waits_for_the_end(self):
+        # finish_receive called before nova-compute closed the FIFO.
+        data = os.urandom(MIB)
+        writer = self.start()
+
+        def write():
+            time.sleep(0.5)
+            _feed(writer, data)
+            self.close_writer(writer)
+        thread = threading.Thread(target=write, daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 30)
+        started = time.monotonic()
+        self.assertEqual(len(data),
+                         imagecache.finish_receive(self.partial, 30))
+        self.assertGreaterEqual(time.monotonic() - started, 0.4)
+        self.assertEqual(data, _read(self.archive))
+
+    def test_finish_times_out(self):
+        fds = base.open_fds()
+        writer = self.start()
+        _feed(writer, b'part')
+        started = time.monotonic()
+        e = self.assertRaises(OSError, imagecache.finish_receive,
+                              self.partial, 1)
+        elapsed = time.monotonic() - started
+        self.assertEqual(errno.ETIMEDOUT, e.errno)
+        self.assertIn('within 1 s', str(e))
+        self.assertEqual(self.partial, e.filename)
+        # The timeout, then at most one poll of the thread (1 s).
+        self.assertGreaterEqual(elapsed, 0.9)
+        self.assertLess(elapsed, 4)
+        # Forgotten, and stopped: the read end is closed.
+        self.assertEqual({}, self.receiving)
+        self.no_receive()
+        self.assertRaises(BrokenPipeError, os.write, writer, b'x')
+        self.close_writer(writer)
+        self.assertEqual(fds, base.open_fds())
+        self.assertTrue(b'part'.startswith(_read(self.archive)))
+
+    def test_bad_timeouts(self):
+        writer = self.start()
+        receive = self.receiving[self.partial]
+        for timeout in (0, -1, True, False, 1.5, 30.0, '30', b'30', None,
+                        [30], float('inf')):
+            msg = self.refused(imagecache.finish_receive, self.partial,
+                               timeout, call='finish_receive')
+            self.assertIn('timeout %r is not a positive int' % (timeout,),
+                          msg)
+            # Still running.
+            self.assertIs(receive, self.receiving[self.partial])
+        _feed(writer, b'still')
+        self.close_writer(writer)
+        self.assertEqual(5, imagecache.finish_receive(self.partial, 30))
+
+    # threading's join raises OverflowError above threading.TIMEOUT_MAX:
+    # such a timeout is refused, the receive left running and registered.
+    def test_a_timeout_longer_than_a_wait_takes(self):
+        writer = self.start()
+        _feed(writer, b'abc')
+        # The end comes half a second later.
+        timer = threading.Timer(0.5, self.close_writer, (writer,))
+        timer.start()
+        self.addCleanup(timer.join)
+        try:
+            n = imagecache.finish_receive(self.partial, 10 ** 10)
+        except exception.PrivilegedCallRefused:
+            # A refusal would do, leaving the receive as it was.
+            self.assertIn(self.partial, self.receiving)
+            n = imagecache.finish_receive(self.partial, 30)
+        except OverflowError as e:
+            self.fail('finish_receive raised %r; the receive is %s' % (
+                e, 'registered' if self.partial in self.receiving
+                else 'forgotten, its thread running'))
+        self.assertEqual(3, n)
+
+    def test_a_failed_copy(self):
+        # The archive's disk is full: finish_receive raises that.
+        fds = base.open_fds()
+        writer = self.start()
+        out_fd = self.receiving[self.partial].out_fd
+        real_write = os.write
+
+        def write(fd, data):
+            if fd == out_fd:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_write(fd, data)
+        self.patch_object(imagecache.os, 'write', side_effect=write)
+        _feed(writer, b'data')
+        self.close_writer(writer)
+        e = self.assertRaises(OSError, imagecache.finish_receive,
+                              self.partial, 30)
+        self.assertEqual(errno.ENOSPC, e.errno)
+        self.assertEqual({}, self.receiving)
+        self.assertEqual(fds, base.open_fds())
+        self.assertEqual(b'', _read(self.archive))
+        self.no_receive()
+
+    def test_cancel_while_the_writer_holds_it(self):
+        fds = base.open_fds()
+        writer = self.start()
+        data = os.urandom(1000)
+        _feed(writer, data)
+        started = time.monotonic()
+        self.assertIsNone(imagecache.cancel_receive(self.partial))
+        # The thread looks for a cancel every second.
+        self.assertLess(time.monotonic() - started, 4)
+        self.assertEqual({}, self.receiving)
+        self.no_receive()
+        # The read end is closed; what was written stays.
+        self.assertRaises(BrokenPipeError, os.write, writer, b'x')
+        self.assertTrue(data.startswith(_read(self.archive)))
+        self.close_writer(writer)
+        self.assertEqual(fds, base.open_fds())
+
+    def test_cancel_an_idle_receive(self):
+        fds = base.open_fds()
+        writer = self.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        imagecache.cancel_receive(self.partial)
+        self.assertLess(time.monotonic() - started, 4)
+        self.assertEqual(b'', _read(self.archive))
+        self.close_writer(writer)
+        self.assertEqual(fds, base.open_fds())
+        # The partial can receive again once its archive is gone (the
+        # caller discards it; here, the archive only).
+        os.unlink(self.archive)
+        self.assertEqual(2, self.received(b'ok'))
+
+    def test_cancel_while_the_writer_writes(self):
+        # A download going on: the thread is never idle, and still stops.
+        writer = self.start()
+        stopped = []
+
+        def write():
+            chunk = os.urandom(64 * 1024)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    os.write(writer, chunk)
+                    # A download's pace: no idle second, little disk.
+                    time.sleep(0.005)
+                except BlockingIOError:
+                    select.select([], [writer], [], 1)
+                except BrokenPipeError:
+                    stopped.append(True)
+                    return
+        thread = threading.Thread(target=write, daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 40)
+        time.sleep(0.3)
+        started = time.monotonic()
+        imagecache.cancel_receive(self.partial)
+        self.assertLess(time.monotonic() - started, 4)
+        thread.join(10)
+        self.assertEqual([True], stopped)
+        self.assertEqual({}, self.receiving)
+
+    def test_cancel_once_the_copy_ended(self):
+        writer = self.start()
+        _feed(writer, b'all')
+        self.close_writer(writer)
+        # The thread ends at the FIFO's end; cancel joins it.
+        self.receiving[self.partial].thread.join(10)
+        imagecache.cancel_receive(self.partial)
+        self.assertEqual(b'all', _read(self.archive))
+        self.no_receive()
+
+    def test_none_running(self):
+        self.no_receive()
+        # Nor is another partial's receive this one's.
+        other = self.empty_partial('.partial-%s-%d-x' % (OTHER, PID))
+        writer = self.start(partial=other)
+        self.no_receive()
+        self.assertEqual([other], list(self.receiving))
+        self.close_writer(writer)
+        self.assertEqual(0, imagecache.finish_receive(other, 30))
+        self.no_receive(other)
+
+    def test_publish_refused_while_receiving(self):
+        make_init(os.path.join(self.partial, 'rootfs'), 'busybox')
+        writer = self.start()
+        self.refused(imagecache.publish, self.partial, 1, call='publish',
+                     match='a receive into %s is running' % self.partial)
+        self.close_writer(writer)
+        imagecache.finish_receive(self.partial, 30)
+        # The archive is a work file: not published.
+        self.assertEqual('busybox', imagecache.publish(self.partial, 1))
+        self.assertEqual(sorted([imagecache.MARKER, 'rootfs']),
+                         sorted(os.listdir(self.entry)))
+
+
+class UnpackDiskImageTest(_ReceiveBase):
+    """unpack_disk_image's checks; diskimage.unpack is a fake."""
+
+    def setUp(self):
+        super().setUp()
+        self.cfg = self.storage_admin_here(self.lxc, self.state)
+        self.rootfs = os.path.join(self.partial, 'rootfs')
+        _write(self.archive, ARCHIVE_DATA, 0o600)
+        # Trees for is_root: what the real unpack's partitions may hold.
+        self.trees = {}
+        for init in ('systemd', 'busybox', 'sysvinit', 'noexec', None):
+            tree = os.path.join(self.outside, 'root-%s' % init)
+            os.mkdir(tree)
+            make_init(tree, init)
+            self.trees[init] = tree
+        self.is_root_said = []
+        self.raises = None
+        self.archive_data = ARCHIVE_DATA
+        self.unpack = self.patch('novalxcdriver.diskimage.unpack',
+                                 side_effect=self.fake_unpack)
+
+    def fake_unpack(self, image_path, kind, disk_format, workdir, dest,
+                    max_bytes, is_root, root_partition=None):
+        """diskimage.unpack's work files and copy, its arguments checked."""
+        self.assertEqual(self.archive, image_path)
+        self.assertEqual(self.archive_data, _read(image_path))
+        self.assertEqual(self.partial, workdir)
+        self.assertEqual(self.rootfs, dest)
+        self.assertEqual([], os.listdir(dest))
+        self.is_root_said.append({init: is_root(tree)
+                                  for init, tree in self.trees.items()})
+        _write(os.path.join(workdir, imagecache.RAW), b'raw', 0o600)
+        os.mkdir(os.path.join(workdir, imagecache.PARTITION), 0o700)
+        make_init(dest, 'busybox')
+        _write(os.path.join(dest, 'hello'), b'hello')
+        if self.raises is not None:
+            raise self.raises
+        return 1234
+
+    def unpacked(self, kind='qcow2', disk_format='qcow2', max_bytes=MIB,
+                 root_partition=None):
+        """unpack_disk_image copies, and removes the work files."""
+        fds = base.open_fds()
+        calls = self.unpack.call_count
+        self.assertEqual(1234, imagecache.unpack_disk_image(
+            self.partial, kind, disk_format, max_bytes, root_partition))
+        self.assertEqual(calls + 1, self.unpack.call_count)
+        args = self.unpack.call_args[0]
+        self.assertEqual((self.archive, kind, disk_format, self.partial,
+                          self.rootfs, max_bytes), args[:6])
+        self.assertTrue(callable(args[6]))
+        self.assertEqual((root_partition,), args[7:])
+        self.assertEqual({}, self.unpack.call_args[1])
+        # is_root: an executable /sbin/init (initsystem.detect_init).
+        self.assertEqual({'systemd': True, 'busybox': True,
+                          'sysvinit': True, 'noexec': False, None: False},
+                         self.is_root_said[-1])
+        # The work files are gone; the rootfs is kept.
+        self.assertEqual(['rootfs'], os.listdir(self.partial))
+        self.assertEqual(b'hello', _read(os.path.join(self.rootfs,
+                                                      'hello')))
+        self.assertEqual(fds, base.open_fds())
+
+    def reset(self):
+        """The partial as received: the archive, an empty rootfs."""
+        shutil.rmtree(self.partial)
+        self.empty_partial()
+        _write(self.archive, self.archive_data, 0o600)
+
+    def refused_unpack(self, *args, partial=_GOOD, match=None):
+        """unpack_disk_image(partial, *args) is refused, unpacking nothing.
+
+        :param args: kind, disk_format, max_bytes, root_partition (good
+            ones by default).
+        """
+        args = args + ('qcow2', 'qcow2', MIB, None)[len(args):]
+        calls = self.unpack.call_count
+        msg = self.refused(imagecache.unpack_disk_image,
+                           self.partial if partial is _GOOD else partial,
+                           *args, match=match, call='unpack_disk_image')
+        self.assertEqual(calls, self.unpack.call_count)
+        return msg
+
+    def test_unpacked(self):
+        self.unpacked()
+
+    def test_kinds_formats_and_root_partitions(self):
+        for kind, disk_format, root_partition in (
+                ('qcow2', None, None), ('qcow2', 'qcow2', '2'),
+                ('disk', None, '1'), ('disk', 'raw', None),
+                ('disk', 'raw', 'p1'), ('disk', 'qcow2', '')):
+            self.reset()
+            self.unpacked(kind, disk_format, 5 * MIB, root_partition)
+
+    def test_the_largest_max_bytes(self):
+        self.unpacked(max_bytes=1 << 62)
+
+    def test_then_published(self):
+        self.unpacked()
+        self.assertEqual('busybox', imagecache.publish(self.partial, 1234))
+        self.assertEqual(({'init_system': 'busybox', 'size': 1234}, None),
+                         imagecache.read_entry(self.entry)[:2])
+        self.assertEqual(sorted([imagecache.MARKER, 'rootfs']),
+                         sorted(os.listdir(self.entry)))
+
+    def test_received_then_unpacked(self):
+        # The whole path: an archive from start_receive.
+        os.unlink(self.archive)
+        self.archive_data = os.urandom(3 * MIB)
+        self.assertEqual(len(self.archive_data),
+                         self.received(self.archive_data))
+        self.unpacked('disk', 'raw', 4 * MIB, '1')
+
+    def test_refused_images_propagate_and_work_files_stay(self):
+        # For the caller's discard of the partial.
+        for error in (exception.DiskImageRefused(reason='no root found'),
+                      OSError(errno.ENOSPC, 'No space left on device')):
+            self.reset()
+            self.raises = error
+            fds = base.open_fds()
+            e = self.assertRaises(type(error), imagecache.unpack_disk_image,
+                                  self.partial, 'qcow2', 'qcow2', MIB, None)
+            self.assertIs(error, e)
+            self.assertEqual(sorted(['archive', 'disk.raw', 'mnt',
+                                     'rootfs']),
+                             sorted(os.listdir(self.partial)))
+            self.assertEqual(self.archive_data, _read(self.archive))
+            self.assertEqual(fds, base.open_fds())
+
+    def test_a_work_mount_point_not_empty(self):
+        # Something still in mnt (a mount the unpack did not undo): an
+        # error, and the files are not deleted through it.
+        real = self.fake_unpack
+
+        def fake(*args):
+            result = real(*args)
+            _write(os.path.join(self.partial, 'mnt', 'left'), b'x')
+            return result
+        self.unpack.side_effect = fake
+        e = self.assertRaises(OSError, imagecache.unpack_disk_image,
+                              self.partial, 'qcow2', 'qcow2', MIB, None)
+        self.assertEqual(errno.ENOTEMPTY, e.errno)
+        self.assertEqual(b'x', _read(os.path.join(self.partial, 'mnt',
+                                                  'left')))
+
+    def test_bad_partials(self):
+        os.chmod(self.partial, 0o750)
+        self.assertIn('0700', self.refused_unpack())
+        os.chmod(self.partial, 0o700)
+        os.chown(self.partial, 1000, 1000)
+        self.refused_unpack(match='0700')
+        os.chown(self.partial, 0, 0)
+        for path in (self.make_entry(), self.make_entry(CORRUPT)):
+            _write(os.path.join(path, imagecache.ARCHIVE), ARCHIVE_DATA,
+                   0o600)
+            self.refused_unpack(partial=path,
+                                match='is not an image cache partial')
+        shutil.rmtree(self.partial)
+        self.refused_unpack(match='does not exist')
+
+    def test_bad_kinds(self):
+        for kind in (None, 'raw', 'QCOW2', 'Disk', 'qcow2 ', ' disk',
+                     'tar', 'iso', 'vmdk', '', b'qcow2', ['qcow2'],
+                     ('disk',), 2, True):
+            msg = self.refused_unpack(kind)
+            self.assertIn('%r is not a kind of disk image' % (kind,), msg)
+
+    def test_bad_disk_formats(self):
+        for disk_format in ('vmdk', 'vdi', 'vhd', 'iso', 'ami', 'ari',
+                            'aki', 'ploop', 'RAW', 'Qcow2', 'raw ', '',
+                            'disk', b'raw', ['raw'], 0, False, 1):
+            msg = self.refused_unpack('qcow2', disk_format)
+            self.assertIn('disk_format %r is not one of' % (disk_format,),
+                          msg)
+
+    def test_bad_max_bytes(self):
+        for max_bytes in (0, -1, True, False, 1.5, 1.0, '3', b'3', None,
+                          [MIB], float('inf')):
+            msg = self.refused_unpack('disk', 'raw', max_bytes)
+            self.assertIn('max_bytes %r is not a positive int'
+                          % (max_bytes,), msg)
+
+    def test_bad_root_partitions(self):
+        for root_partition in (1, 0, 1.0, True, False, b'1', ['1'],
+                               ('1',), {'1': 1}):
+            msg = self.refused_unpack('disk', None, MIB, root_partition)
+            self.assertIn('root_partition %r is not a str or None'
+                          % (root_partition,), msg)
+
+    def test_archive_missing(self):
+        os.unlink(self.archive)
+        self.refused_unpack(match='%s does not exist' % self.archive)
+
+    def test_archive_not_a_file_of_root_s_with_one_link(self):
+        match = 'is not a regular file of root\'s with one link'
+        real = os.path.join(self.partial, 'real')
+        outside = os.path.join(self.outside, 'image')
+        os.rename(self.archive, real)
+        _write(outside, ARCHIVE_DATA, 0o600)
+        # Symlinks: to a file of root's in the partial, outside it, to
+        # nothing, to /dev/zero.
+        for target in ('real', real, outside, '/dev/zero',
+                       os.path.join(self.outside, 'nothing')):
+            os.symlink(target, self.archive)
+            self.refused_unpack(match=match)
+            os.unlink(self.archive)
+        # A directory, a FIFO, a device.
+        os.mkdir(self.archive, 0o700)
+        self.refused_unpack(match=match)
+        os.rmdir(self.archive)
+        os.mkfifo(self.archive, 0o600)
+        self.refused_unpack(match=match)
+        os.unlink(self.archive)
+        os.mknod(self.archive, 0o600 | stat.S_IFCHR,
+                 os.stat('/dev/zero').st_rdev)
+        self.refused_unpack(match=match)
+        os.unlink(self.archive)
+        # Two links: in the partial, or to a file outside it.
+        os.link(real, self.archive)
+        self.refused_unpack(match=match)
+        os.unlink(real)
+        os.link(self.archive, os.path.join(self.outside, 'second'))
+        self.refused_unpack(match=match)
+        os.unlink(os.path.join(self.outside, 'second'))
+        # Not root's (its group is not looked at).
+        for uid, gid in ((12345, 12345), (12345, 0), (65534, 65534)):
+            os.chown(self.archive, uid, gid)
+            self.refused_unpack(match=match)
+        os.chown(self.archive, 0, 12345)
+        self.unpacked()
+
+    def test_refused_while_a_receive_runs(self):
+        os.unlink(self.archive)
+        writer = self.start()
+        self.refused_unpack(match='a receive into %s is running'
+                            % self.partial)
+        _feed(writer, ARCHIVE_DATA)
+        self.close_writer(writer)
+        self.assertEqual(len(ARCHIVE_DATA),
+                         imagecache.finish_receive(self.partial, 30))
+        self.unpacked()
+
+    def test_refused_when_disk_images_are_off(self):
+        self.cfg.config(group='lxc', disk_images=False)
+        msg = self.refused_unpack()
+        self.assertIn('[lxc] disk_images = false', msg)
+        for args in (('disk', 'raw', MIB, '1'), ('qcow2', None, 1, None)):
+            self.refused_unpack(*args, match='disk_images')
+        self.cfg.config(group='lxc', disk_images=True)
+        self.unpacked()
+
+    def test_refused_once_unpacked(self):
+        self.unpacked()
+        self.refused_unpack(match='does not exist')
+        self.assertEqual(1, self.unpack.call_count)
 
 
 class RealMountTest(_Base):
