@@ -32,6 +32,15 @@ entry's rootfs, so deleting the entry would delete files a running
 container sees); a tree is deleted with shutil.rmtree, which does not
 follow its symlinks.
 
+A disk image reaches the cache through this daemon too: nova-compute
+writes it into a FIFO of its spool (``<driver root>/spool/archive-<pid>-
+<hex>.fifo``), which start_receive opens and a thread of the daemon
+copies, unparsed, into ``<partial>/archive`` (finish_receive,
+cancel_receive); unpack_disk_image then runs diskimage.unpack here on
+it, and removes the work files (``archive``, ``disk.raw``, ``mnt``)
+once the root's files are copied. A tarball goes to the confined
+unpacker instead (privsep.unpack).
+
 An entry is published whole or not at all: its files reach the disk
 (syncfs(2)) before its marker is written (durably), and the rename is
 made durable (fsync(2) of ``images``), so a power loss leaves either no
@@ -49,8 +58,6 @@ import tempfile
 import threading
 import uuid
 
-from oslo_log import log as logging
-
 from novalxcdriver import conf
 from novalxcdriver import durable
 from novalxcdriver import exception
@@ -62,7 +69,6 @@ from novalxcdriver.privsep import lxctools
 from novalxcdriver.privsep import storage
 
 CONF = conf.CONF
-LOG = logging.getLogger(__name__)
 
 IMAGES = 'images'
 MARKER = 'image.json'
@@ -73,6 +79,7 @@ ROOTFS = 'rootfs'
 ARCHIVE = 'archive'
 RAW = 'disk.raw'
 PARTITION = 'mnt'
+# Where a receive's FIFO must be (storage.open_spool_fifo).
 SPOOL = storage.SPOOL
 RECEIVE_FIFO_RE = re.compile(r'^archive-[0-9]+-[0-9a-f]{1,64}\.fifo\Z')
 # Kinds of disk image (diskimage.classify), and the disk_format Glance
