@@ -327,11 +327,13 @@ def _wait(held, timeout, late):
             held.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill(held.proc)
-            held.output()
             raise late()
+        finally:
+            _remove(held.made)
     finally:
-        _remove(held.made)
-    out, err = held.output()
+        # Read and closed whatever happened (a view that cannot be
+        # removed would otherwise leave the daemon two open files).
+        out, err = held.output()
     return _outcome(held.proc.returncode, out, err)
 
 
@@ -377,9 +379,11 @@ def cancel_unpack(rootfs):
     held = _held('cancel_unpack', rootfs)
     try:
         _kill(held.proc)
-        held.output()
     finally:
-        _remove(held.made)
+        try:
+            _remove(held.made)
+        finally:
+            held.output()
 
 
 def _check_partition(call, partition):
