@@ -347,9 +347,7 @@ def publish(partial, size):
     if left:
         privsep.refuse(call, '%s still has mounts: %s'
                        % (partial, ', '.join(sorted(set(left)))))
-    with _receiving_lock:
-        if partial in _receiving:
-            privsep.refuse(call, 'a receive into %s is running' % partial)
+    _refuse_while_receiving(call, partial)
     # An entry holds its rootfs and marker only (a disk image's work files
     # are gone once it is copied; a crash may have left them).
     _remove_work_files(partial)
@@ -508,6 +506,12 @@ _receiving = {}
 _receiving_lock = threading.Lock()
 
 
+def _refuse_while_receiving(call, partial):
+    with _receiving_lock:
+        if partial in _receiving:
+            privsep.refuse(call, 'a receive into %s is running' % partial)
+
+
 @privsep.storage_admin.entrypoint
 def start_receive(partial, fifo, max_bytes):
     """Start writing a disk image from a spool FIFO into a partial.
@@ -651,9 +655,7 @@ def unpack_disk_image(partial, kind, disk_format, max_bytes,
     if root_partition is not None and not isinstance(root_partition, str):
         privsep.refuse(call, 'root_partition %r is not a str or None'
                        % (root_partition,))
-    with _receiving_lock:
-        if partial in _receiving:
-            privsep.refuse(call, 'a receive into %s is running' % partial)
+    _refuse_while_receiving(call, partial)
     archive = os.path.join(partial, ARCHIVE)
     try:
         st = os.lstat(archive)

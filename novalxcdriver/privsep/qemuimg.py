@@ -42,8 +42,8 @@ from novalxcdriver.privsep import imagecache
 
 LOG = logging.getLogger(__name__)
 
-ARCHIVE = 'archive'
-RAW = 'disk.raw'
+ARCHIVE = imagecache.ARCHIVE
+RAW = imagecache.RAW
 _ENV = {'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LANG': 'C',
         'LC_ALL': 'C'}
 _MAX_STDERR = 4000

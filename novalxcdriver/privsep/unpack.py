@@ -72,7 +72,7 @@ PACKAGE = os.path.dirname(os.path.abspath(privsep.__file__))
 VIEW = 'view'
 # A disk image's copy: the partition's mount point (diskimage.py mounts
 # it), and the child's directory with the two views.
-PARTITION = 'mnt'
+PARTITION = imagecache.PARTITION
 COPY = 'copy'
 COPY_SOURCE = 'source'
 COPY_ROOTFS = 'rootfs'
