@@ -28,13 +28,18 @@ c) the floor: the server handed over the same way by the host it is on
 
 a and c alternate (ac, ca, ...) ``runs`` times. The transports:
 
-- local: the default between two drivers of one machine (a copy,
-  ``cp --archive --sparse=always --reflink=auto``); floor: local
-  ``rsync -S`` (the issue's floor);
-- rsync: rsync over SSH, as between two machines: a private sshd on
+- local: the default between two drivers of one machine (disk images
+  copied by the storage_admin daemon, reflinks or data extents; a root
+  without a disk by ``cp --archive --sparse=always --reflink=auto``);
+  floor: local ``rsync -S`` (the issue's floor); "driver argv" is the
+  cp command the driver used for every file before the disk images
+  went through privsep;
+- rsync: over SSH, as between two machines: a private sshd on
   127.0.0.1 (a port, host key and client key of its own, as
   tests/functional RsyncOverSSHTest), ``migration.is_local`` patched to
-  False; floor: ``rsync -S`` over the same SSH.
+  False; the disk images travel as ``tar --sparse``'s stream read by
+  the daemon's confined child, a root without a disk by rsync; floor:
+  ``rsync -S`` over the same SSH.
 
 The goal (issue): driver <= 1.3 x floor + 2 s, at the median.
 """
@@ -54,6 +59,7 @@ from novalxcdriver import conf
 from novalxcdriver import container as container_mod
 from novalxcdriver import driver as driver_mod
 from novalxcdriver import migration as migration_mod
+from novalxcdriver import privsep
 from novalxcdriver import rootfs as rootfs_mod
 from tests import private_sshd
 
@@ -188,6 +194,8 @@ def transport(h, a, b, name):
                       'migration_ssh_options': options}
             for key, value in values.items():
                 CONF.set_override(key, value, group='lxc')
+            # The storage_admin daemon runs ssh for the disk images.
+            privsep.refresh_root_daemons()
             try:
                 with mock.patch.object(migration_mod, 'is_local',
                                        return_value=False):
@@ -195,6 +203,7 @@ def transport(h, a, b, name):
             finally:
                 for key in values:
                     CONF.clear_override(key, group='lxc')
+                privsep.refresh_root_daemons()
     finally:
         a._my_ip, b._my_ip = ips
 

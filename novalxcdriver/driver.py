@@ -1233,7 +1233,9 @@ class LXCDriver(driver.ComputeDriver):
         try:
             self._refuse_unsupported(instance, block_device_info)
             migration_mod.check_resize(instance.flavor, flavor)
-            migration_mod.check_copier()
+            if not instance.flavor.root_gb:
+                # Its root travels as a tree (migration.fetch).
+                migration_mod.check_copier()
         except (exception.ResizeRefused, nova_exc.InvalidInput) as e:
             raise nova_exc.InstanceFaultRollback(
                 nova_exc.ResizeError(reason=str(e)))

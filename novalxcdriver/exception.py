@@ -256,6 +256,11 @@ class MigrationUnreadable(NovaLXCError):
                'wrote: %(reason)s.')
 
 
+class MigrationDiskRefused(NovaLXCError):
+    msg_fmt = ('Disk %(path)s of the migration\'s source was not copied: '
+               '%(reason)s.')
+
+
 class InvalidSSHOption(NovaLXCError):
     msg_fmt = ('[lxc] migration_ssh_options: %(option)r is not NAME=VALUE '
                'without blanks or quotes.')

@@ -16,17 +16,25 @@ until confirm (so a revert is a remount), and a destination that fails
 halfway deletes only its own copy. The transport:
 
 - the same machine (two nova-compute services of one host, a test cloud):
-  a local copy, sparse-aware (``cp --sparse=always --reflink=auto``). The
+  a local copy, sparse-aware (reflinks, or data extents only). The
   source leaves a random token beside the disks (``TOKEN_FILE``) and in
   the disk info; only finding that token at the named path proves the
   disks are here (a machine ID can be cloned with a disk image, and
   another host may well have a directory of the same name);
-- another machine: rsync over SSH from the source's ``my_ip``
-  (``rsync --sparse``), as Nova's libvirt driver copies with rsync or scp
-  over SSH (``[libvirt] remote_filesystem_transport``). The operator gives
-  the nova-compute user of each host an SSH key the other hosts accept,
-  as libvirt's cold migration needs; ``[lxc] migration_ssh_user`` and
+- another machine: over SSH from the source's ``my_ip``, as Nova's
+  libvirt driver copies with rsync or scp over SSH (``[libvirt]
+  remote_filesystem_transport``): the disk images as ``tar --sparse``'s
+  stream, a root without a disk with ``rsync``. The operator gives root
+  of each host (the storage_admin privsep daemon runs ssh; nova-compute
+  itself for rsync) an SSH key the other hosts accept, as libvirt's cold
+  migration needs; ``[lxc] migration_ssh_user`` and
   ``migration_ssh_port`` choose where it logs in.
+
+The disk images are copied by the storage_admin daemon
+(privsep/migrationcopy.py), which checks the source itself and has the
+source's stream parsed by a confined child; the trees (a root without a
+disk, an image's cache entry) still by cp or rsync in nova-compute, as
+root (check_copier).
 
 The destination allocates a container ID of its own, so the disks' files
 are owned in the source's uid range. They are not chowned: an idmapped
@@ -39,23 +47,23 @@ disks' idmap (``disk_idmap``) so every later mount does the same.
 import dataclasses
 import json
 import os
-import re
 
 from oslo_log import log as logging
 from oslo_utils import netutils
+from oslo_utils import units
 
 from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import ids
 from novalxcdriver import images
 from novalxcdriver import lxc
+from novalxcdriver.privsep import migrationcopy
 from novalxcdriver.privsep import rootdirs
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 _VERSION = 1
-_SSH_OPTION_RE = re.compile(r'^[A-Za-z][A-Za-z0-9]*=[^\s\'"\\]+\Z')
 TOKEN_FILE = rootdirs.TOKEN
 # What of a root directory a destination takes: its disks and, for a
 # flavor without a root disk (root_gb 0), the directory holding its
@@ -137,22 +145,23 @@ class DiskInfo:
         return info
 
 
-def check_copier():
-    """Raise unless this process can copy a migration's disks.
+def check_copier(what='the root of a flavor without a root disk'):
+    """Raise unless this process can copy a migration's trees.
 
-    The copy (fetch, fetch_image: cp, or rsync over SSH) runs in
-    nova-compute and needs root: it is not behind privsep yet (issue 14;
-    docs/design/issue-14-privsep-inventory.md 5.6, "Next"). An
-    unprivileged nova-compute refuses cold migration and resize with this
+    Disk images travel through privsep (privsep.migrationcopy). Trees do
+    not yet: a root without a disk (flavor root_gb 0) and an image's cache
+    entry are copied by cp, or rsync over SSH, in nova-compute, which
+    needs root for it (issue 14; docs/design/issue-14-privsep-inventory.md
+    5.12). An unprivileged nova-compute refuses such a migration with this
     reason before anything is stopped, rather than failing midway.
 
+    :param what: the tree, for the message.
     :raises ResizeRefused: this process is not root.
     """
     if os.geteuid() != 0:
         raise exception.ResizeRefused(
-            reason='cold migration and resize need nova-compute to run as '
-                   'root on this host: the copy of the disks is not done '
-                   'through privsep yet')
+            reason='the copy of %s needs nova-compute to run as root on '
+                   'this host: it is not done through privsep yet' % what)
 
 
 def check_resize(old_flavor, new_flavor):
@@ -211,7 +220,7 @@ def is_local(info):
 
 
 def copy_argv(info, name, dest, local):
-    """The command copying info's file name to dest (pure).
+    """The command copying info's tree name to dest (pure).
 
     Directories keep numeric owners, modes, hard links, ACLs and xattrs
     (file capabilities included); files stay sparse.
@@ -228,7 +237,7 @@ def _copy_argv(info, source, dest, local, directory):
            str(CONF.lxc.migration_ssh_port)]
     for option in CONF.lxc.migration_ssh_options:
         # rsync splits its -e command at blanks: none may hide in one.
-        if not _SSH_OPTION_RE.match(option):
+        if not migrationcopy.SSH_OPTION_RE.match(option):
             raise exception.InvalidSSHOption(option=option)
         ssh += ['-o', option]
     user = CONF.lxc.migration_ssh_user
@@ -245,21 +254,39 @@ def _copy_argv(info, source, dest, local, directory):
 def fetch(info, dest_dir):
     """Copy info's files into dest_dir (which exists, empty of them).
 
+    The disk images through the storage_admin daemon
+    (privsep.migrationcopy.receive_disks: a local copy, or ssh and tar
+    read by a confined child); a root without a disk by cp, or rsync over
+    SSH, here (check_copier).
+
     :returns: list of the paths made.
     :raises CommandFailed, CommandTimedOut: the copy failed (what it
         made is the caller's to remove).
+    :raises ArchiveError, UnsafeArchiveMember, MigrationDiskRefused,
+        PrivilegedCallRefused, ResizeRefused, OSError: the source's disks
+        were refused, or could not be written (ENOSPC).
     """
-    check_copier()
+    trees = [name for name in info.files if name == ROOT_DIR]
+    if trees:
+        check_copier()
     local = is_local(info)
     made = []
-    for name in info.files:
+    images = [name for name in info.files if name != ROOT_DIR]
+    if images:
+        made += [os.path.join(dest_dir, name) for name in images]
+        migrationcopy.receive_disks(
+            dest_dir, images, info.rootfs, info.token, info.source_ip,
+            'local' if local else 'ssh',
+            max(info.root_gb, info.ephemeral_gb) * units.Gi,
+            CONF.lxc.migration_timeout)
+    for name in trees:
         dest = os.path.join(dest_dir, name)
         made.append(dest)
         lxc.execute(*copy_argv(info, name, dest, local),
                     timeout=CONF.lxc.migration_timeout)
     LOG.info('Received %s of instance %s from %s (%s)',
              ', '.join(info.files), info.instance_uuid, info.source_host,
-             'local copy' if local else 'rsync over SSH')
+             'local copy' if local else 'over SSH')
     return made
 
 
@@ -272,7 +299,7 @@ def fetch_image(info, dest_dir):
 
     :raises CommandFailed, CommandTimedOut: the copy failed.
     """
-    check_copier()
+    check_copier('an image\'s cache entry')
     local = is_local(info)
     for name, directory in (('rootfs', True), (images.MARKER, False)):
         lxc.execute(*_copy_argv(info, os.path.join(info.image_cache, name),

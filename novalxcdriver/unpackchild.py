@@ -1,12 +1,15 @@
 """The confined unpacker, a child of the storage_admin daemon.
 
 Started by privsep/unpack.py, as root: ``python -m
-novalxcdriver.unpackchild --mode tarball|tree --max-bytes N --max-id M
---ready-fd R --go-fd G``. In mode tarball, the tarball is on stdin (a
-FIFO) and its working directory is an idmapped view of the image's new
-rootfs; in mode tree (a disk image's root partition), its working
-directory holds two idmapped views, ``source`` (the partition,
-read-only) and ``rootfs``. It loads
+novalxcdriver.unpackchild --mode tarball|tree|disks --max-bytes N
+--max-id M --ready-fd R --go-fd G [--disk NAME=FD ...]``. In mode
+tarball, the tarball is on stdin (a FIFO) and its working directory is an
+idmapped view of the image's new rootfs; in mode tree (a disk image's root
+partition), its working directory holds two idmapped views, ``source``
+(the partition, read-only) and ``rootfs``; in mode disks (a migration's
+disk images, privsep/migrationcopy.py), stdin is the source host's tar
+stream and each ``--disk`` names a disk and the fd of its new file, which
+the daemon opened. It loads
 everything it will run while it can still read root's files (the
 interpreter, tarball.py and the decompressors may live in directories
 only root may enter), then leaves root for good:
@@ -21,15 +24,18 @@ only root may enter), then leaves root for good:
    uid), no new privileges (prctl(2) PR_SET_NO_NEW_PRIVS), killed with
    the daemon (PR_SET_PDEATHSIG);
 4. tarball: tarball.unpack_stream of stdin into '.', owners at most
-   --max-id; tree: treecopy.copy_tree of source into rootfs.
+   --max-id; tree: treecopy.copy_tree of source into rootfs; disks:
+   diskstream.receive of stdin into the fds.
 
 It prints one JSON object on stdout: ``{"size": N}`` (tree: and
-``"skipped": K``), or ``{"error": "UnsafeArchiveMember", "member": ...,
-"reason": ...}``, ``{"error": "ArchiveError", "reason": ...}``,
-``{"error": "DiskImageRefused", "reason": ...}``, ``{"error":
-"OSError", "errno": ..., "strerror": ..., "filename": ...}``, and exits 0
-only on success. Only this module runs here; it is never imported by
-nova-compute or the daemon. It lives outside the privsep package, whose
+``"skipped": K``; disks: N is the sum of the disks' apparent sizes,
+and ``"sizes"`` maps each disk's name to its own),
+or ``{"error": "UnsafeArchiveMember", "member": ..., "reason": ...}``,
+``{"error": "ArchiveError", "reason": ...}``, ``{"error":
+"DiskImageRefused", "reason": ...}``, ``{"error": "OSError", "errno":
+..., "strerror": ..., "filename": ...}``, and exits 0 only on success.
+Only this module runs here; it is never imported by nova-compute or the
+daemon. It lives outside the privsep package, whose
 import (oslo.privsep, eventlet) would add about 0.3 s to each start.
 """
 
@@ -48,13 +54,15 @@ import lzma  # noqa: F401
 
 import zstandard  # noqa: F401
 
+from novalxcdriver import diskstream
 from novalxcdriver import exception
 from novalxcdriver import tarball
 from novalxcdriver import treecopy
 
-# What it unpacks: a tarball from stdin, or a tree (a disk image's root
-# partition) from its working directory's source/ into rootfs/.
-MODES = ('tarball', 'tree')
+# What it unpacks: a tarball from stdin, a tree (a disk image's root
+# partition) from its working directory's source/ into rootfs/, or a
+# migration's disk images from stdin into the files it was handed.
+MODES = ('tarball', 'tree', 'disks')
 
 CLONE_NEWUSER = 0x10000000    # sched.h
 PR_SET_PDEATHSIG = 1          # prctl.h
@@ -101,6 +109,11 @@ def confine(libc, ready_fd, go_fd):
            'prctl(PR_SET_NO_NEW_PRIVS)')
 
 
+def _disk_arg(text):
+    name, _sep, fd = text.partition('=')
+    return name, int(fd)
+
+
 def run(argv=None):
     """Confine, unpack; returns (exit status, JSON-able result)."""
     parser = argparse.ArgumentParser(prog='unpackchild')
@@ -109,6 +122,8 @@ def run(argv=None):
     parser.add_argument('--max-id', type=int, required=True)
     parser.add_argument('--ready-fd', type=int, required=True)
     parser.add_argument('--go-fd', type=int, required=True)
+    parser.add_argument('--disk', action='append', default=[],
+                        type=_disk_arg, help='NAME=FD (mode disks)')
     args = parser.parse_args(argv)
     try:
         confine(_libc(), args.ready_fd, args.go_fd)
@@ -117,6 +132,10 @@ def run(argv=None):
             size, skipped = treecopy.copy_tree('source', 'rootfs',
                                                args.max_bytes)
             return 0, {'size': size, 'skipped': skipped}
+        if args.mode == 'disks':
+            sizes = diskstream.receive(sys.stdin.buffer, dict(args.disk),
+                                       args.max_bytes)
+            return 0, {'size': sum(sizes.values()), 'sizes': sizes}
         size = tarball.unpack_stream(sys.stdin.buffer, '.', args.max_bytes,
                                      max_id=args.max_id)
     except exception.DiskImageRefused as e:

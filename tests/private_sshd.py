@@ -33,11 +33,13 @@ def _port_open(port):
 
 
 @contextlib.contextmanager
-def running(tmp, timeout=10):
+def running(tmp, timeout=10, force_command=None):
     """Run an sshd that root logs in to with a key made here.
 
     :param tmp: a directory of its own (made, and removed after).
     :param timeout: seconds to wait for it to listen.
+    :param force_command: what it runs whatever the client asks
+        (sshd_config(5) ForceCommand): a hostile source host.
     :yields: (port, ssh options NAME=VALUE, as for [lxc]
         migration_ssh_options).
     :raises RuntimeError: it did not listen in time.
@@ -65,7 +67,9 @@ def running(tmp, timeout=10):
                                                        'authorized_keys'),
                 'PermitRootLogin prohibit-password',
                 'PasswordAuthentication no', 'UsePAM no', 'StrictModes no',
-                'PidFile %s' % os.path.join(tmp, 'sshd.pid'), '']))
+                'PidFile %s' % os.path.join(tmp, 'sshd.pid')]
+                + (['ForceCommand %s' % force_command] if force_command
+                   else []) + ['']))
         # sshd's privilege separation directory.
         os.makedirs('/run/sshd', mode=0o755, exist_ok=True)
         sshd = subprocess.Popen([SSHD, '-D', '-e', '-f', config],

@@ -135,21 +135,53 @@ def main():
     step('rebuild', drv.rebuild, ctxt, inst, tarball_meta, [], None, {}, [],
          lambda *args: None, lambda *args: None, network_info=[])
 
-    def migration_refused():
+    def resize_here():
+        # Nova's resize to the same host (allow_resize_to_same_host): its
+        # migration record names this host, which the driver would read
+        # from the database; the disk images are copied by the
+        # storage_admin daemon (privsep.migrationcopy).
+        drv._moves_to_this_host = lambda context, instance: True
+        migration = objects.Migration(source_compute=CONF.host,
+                                      dest_compute=CONF.host)
+        new_flavor = inst.flavor.obj_clone()
+        new_flavor.flavorid, new_flavor.root_gb = 'unpriv-2', 2
+        disk_info = drv.migrate_disk_and_power_off(
+            ctxt, inst, '127.0.0.1', new_flavor, [])
+        old_flavor, inst.flavor = inst.flavor, new_flavor
         try:
-            drv.migrate_disk_and_power_off(ctxt, inst, '127.0.0.1',
-                                           inst.flavor, [])
+            drv.finish_migration(ctxt, migration, inst, disk_info, [],
+                                 tarball_meta, True, {})
+        except Exception:
+            inst.flavor = old_flavor
+            drv.finish_revert_migration(ctxt, inst, [], migration)
+            raise
+        drv.confirm_migration(ctxt, migration, inst, [])
+        if drv.get_info(inst).state != 1:
+            raise AssertionError('the resized server is not running')
+        console_says(inst, b'busybox booted')
+
+    step('resize on this host (disk images copied through privsep)',
+         resize_here)
+
+    def migration_refused(tree):
+        try:
+            drv.migrate_disk_and_power_off(ctxt, tree, '127.0.0.1',
+                                           tree.flavor, [])
         except Exception as e:
-            if 'need nova-compute to run as root' not in str(
+            if 'needs nova-compute to run as root' not in str(
                     getattr(e, 'inner_exception', e)):
                 raise
-            if drv.get_info(inst).state != 1:
+            if drv.get_info(tree).state != 1:
                 raise AssertionError('the server was not left running')
             return
         raise AssertionError('a migration was not refused')
 
-    step('cold migration refused with its reason, server left running',
-         migration_refused)
+    tree = instance(3, tarball_id, root_gb=0)
+    step('spawn (root_gb 0)', drv.spawn, ctxt, tree, tarball_meta, [], None,
+         {}, network_info=[])
+    step('cold migration of a root without a disk refused with its '
+         'reason, server left running', migration_refused, tree)
+    step('destroy (root_gb 0)', drv.destroy, ctxt, tree, [])
     step('destroy', drv.destroy, ctxt, inst, [])
     inst2 = instance(2, qcow2_id)
     step('spawn (qcow2, not cached)', drv.spawn, ctxt, inst2,

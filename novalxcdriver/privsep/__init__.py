@@ -45,9 +45,10 @@ root needs no sudo, so the daemon is this Python running
 interpreter rather than oslo.privsep's fork method: a fork would carry
 nova-compute's open sockets and threads into the daemon. Root trusts
 itself, so such a daemon also reads a config file written for it: the
-driver roots of this process (add_roots), which may differ from the
-config files' when a process runs several drivers (the functional tests)
-or sets its options in memory (tests, bench).
+driver roots of this process (add_roots) and its migration SSH options,
+which may differ from the config files' when a process runs several
+drivers (the functional tests) or sets its options in memory (tests,
+bench; refresh_root_daemons).
 """
 
 import copy
@@ -172,11 +173,44 @@ def add_roots(*paths):
 
 
 def _roots_config(conf):
+    """The config file root gives the daemons it starts itself.
+
+    The driver roots of this process, and the migration's SSH options
+    (privsep.migrationcopy reads them in the daemon) as this process has
+    them, which may be set in memory (tests, bench). A value a config
+    file cannot hold on one line is left to the config files.
+    """
     roots = sorted(driver_roots(conf))
-    return ('[lxc]\nlxc_path = %s\nstate_path = %s\n'
+    text = ('[lxc]\nlxc_path = %s\nstate_path = %s\n'
             'extra_driver_roots = %s\n' % (
                 _normalized(conf.lxc.lxc_path),
                 _normalized(conf.lxc.state_path), ','.join(roots)))
+    options = conf.lxc.migration_ssh_options
+    for name, value, ok in (
+            ('migration_ssh_user', conf.lxc.migration_ssh_user, True),
+            ('migration_ssh_port', conf.lxc.migration_ssh_port, True),
+            ('migration_ssh_options', ','.join(options),
+             not any(',' in o for o in options))):
+        value = str(value)
+        if ok and not any(c in value for c in '\n\r') and \
+                value == value.strip():
+            text += '%s = %s\n' % (name, value)
+    return text
+
+
+def refresh_root_daemons():
+    """Stop the daemons root started with another config than now's.
+
+    For a process that changes the options _roots_config writes in
+    memory (tests, bench): their next call starts them again with the
+    new values. A daemon started through sudo or rootwrap is left: it
+    reads only its config files.
+    """
+    text = _roots_config(conf_mod.CONF)
+    for context in CONTEXTS:
+        if context.uses_roots and context.channel is not None and \
+                context.root_mode() and context.started_config != text:
+            context.stop()
 
 
 class _Context(priv_context.PrivContext):
@@ -190,6 +224,8 @@ class _Context(priv_context.PrivContext):
         super().__init__(*args, **kwargs)
         self.uses_roots = uses_roots
         self._roots_file = None
+        # What _roots_config gave its running daemon (root mode).
+        self.started_config = None
 
     def root_mode(self):
         """Whether this process starts the daemon itself, as root."""
@@ -211,7 +247,8 @@ class _Context(priv_context.PrivContext):
         # the file can go once start returns. mkstemp: mode 0600.
         with tempfile.NamedTemporaryFile(
                 'w', prefix='novalxc-privsep-', suffix='.conf') as f:
-            f.write(_roots_config(conf_mod.CONF))
+            self.started_config = _roots_config(conf_mod.CONF)
+            f.write(self.started_config)
             f.flush()
             self._roots_file = f.name
             try:

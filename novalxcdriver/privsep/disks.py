@@ -230,28 +230,7 @@ def _copy_sparse(source, dest):
         dst = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
                       os.O_NOFOLLOW | os.O_CLOEXEC, IMAGE_MODE)
         try:
-            try:
-                fcntl.ioctl(dst, _FICLONE, src)
-                return
-            except OSError:
-                # No reflinks on this filesystem.
-                pass
-            size = os.fstat(src).st_size
-            os.ftruncate(dst, size)
-            offset = 0
-            while offset < size:
-                try:
-                    start = os.lseek(src, offset, os.SEEK_DATA)
-                except OSError as e:
-                    if e.errno == errno.ENXIO:
-                        # Only a hole is left.
-                        break
-                    raise
-                end = os.lseek(src, start, os.SEEK_HOLE)
-                while start < end:
-                    start += os.copy_file_range(src, dst, end - start,
-                                                start, start)
-                offset = end
+            copy_fd_sparse(src, dst)
         except BaseException:
             # Only once made here: a file in the way is someone else's.
             with excutils.save_and_reraise_exception():
@@ -260,6 +239,42 @@ def _copy_sparse(source, dest):
             os.close(dst)
     finally:
         os.close(src)
+
+
+def copy_fd_sparse(src, dst):
+    """Copy open regular file src into the empty file dst, holes kept.
+
+    A reflink (FICLONE, ioctl_ficlone(2)) if the filesystem shares
+    extents between the two, else src's data extents (SEEK_DATA,
+    SEEK_HOLE, lseek(2)) moved in the kernel (copy_file_range(2)).
+
+    :raises OSError: reading or writing failed.
+    """
+    try:
+        fcntl.ioctl(dst, _FICLONE, src)
+        return
+    except OSError:
+        # No reflinks on this filesystem.
+        pass
+    size = os.fstat(src).st_size
+    os.ftruncate(dst, size)
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(src, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                # Only a hole is left.
+                break
+            raise
+        end = os.lseek(src, start, os.SEEK_HOLE)
+        while start < end:
+            copied = os.copy_file_range(src, dst, end - start, start, start)
+            if not copied:
+                # The file shrank under the copy.
+                raise OSError(errno.EIO, 'the source ended early')
+            start += copied
+        offset = end
 
 
 @privsep.storage_admin.entrypoint

@@ -233,10 +233,19 @@ def has_token(path, token):
     check_root_shape(call, path)
     if not isinstance(token, str):
         privsep.refuse(call, 'token %r is not a str' % (token,))
+    return holds_token(path, token)
+
+
+def holds_token(path, token, dir_fd=None):
+    """has_token's answer, unchecked (token a str).
+
+    :param dir_fd: path's directory, open (path is then not used).
+    """
     try:
-        fd = os.open(os.path.join(path, TOKEN),
+        fd = os.open(TOKEN if dir_fd is not None else
+                     os.path.join(path, TOKEN),
                      os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK |
-                     os.O_CLOEXEC)
+                     os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return False
     try:

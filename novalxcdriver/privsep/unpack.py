@@ -133,11 +133,13 @@ def _open_fifo(call, fifo):
                                    write=False)
 
 
-def _child_argv(max_bytes, ready_fd, go_fd, mode='tarball'):
+def _child_argv(max_bytes, ready_fd, go_fd, mode='tarball',
+                extra_argv=()):
     return [sys.executable, '-m', CHILD_MODULE, '--mode', mode,
             '--max-bytes', str(max_bytes),
             '--max-id', str(ids.UNPACK_IDS - 1),
-            '--ready-fd', str(ready_fd), '--go-fd', str(go_fd)]
+            '--ready-fd', str(ready_fd), '--go-fd', str(go_fd)] + list(
+                extra_argv)
 
 
 def _child_env():
@@ -216,15 +218,19 @@ def start_unpack(rootfs, fifo, max_bytes):
         _running[rootfs] = held
 
 
-def _start(call, dirs, mounts, open_stdin, mode, max_bytes):
+def _start(call, dirs, mounts, open_stdin, mode, max_bytes, extra_argv=(),
+           pass_fds=()):
     """Start the child in mode once its rootfs is claimed; the _Unpack.
 
     :param dirs: [(path, owned)] to make, 0700, in order (refused if one
         exists), owned by the unpack range's root if owned, root's
-        otherwise; the first is the child's working directory.
+        otherwise; the first is the child's working directory (``/``
+        when there is none).
     :param mounts: [(source, target, extra mount_setattr flags)]: the
         idmapped views.
     :param open_stdin: callable returning the child's stdin (an fd).
+    :param extra_argv: more arguments for the child.
+    :param pass_fds: more fds the child inherits (its files).
     """
     idmap = ids.unpack_idmap()
     made = []
@@ -251,10 +257,11 @@ def _start(call, dirs, mounts, open_stdin, mode, max_bytes):
         # umask 022: the daemon's is 0, and tarfile makes missing
         # parents with the default mode.
         proc = subprocess.Popen(
-            _child_argv(max_bytes, ready_w, go_r, mode), stdin=stdin,
-            stdout=out, stderr=err, cwd=made[0],
-            pass_fds=(ready_w, go_r), close_fds=True, umask=0o022,
-            env=_child_env())
+            _child_argv(max_bytes, ready_w, go_r, mode, extra_argv),
+            stdin=stdin, stdout=out, stderr=err,
+            cwd=made[0] if made else '/',
+            pass_fds=(ready_w, go_r) + tuple(pass_fds), close_fds=True,
+            umask=0o022, env=_child_env())
         os.close(ready_w)
         os.close(go_r)
         fds = [ready_r, go_w]

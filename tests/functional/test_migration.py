@@ -8,8 +8,10 @@ containers from the busybox image.
 """
 
 import contextlib
+import io
 import os
 import subprocess
+import tarfile
 
 import fixtures
 from nova import exception as nova_exc
@@ -21,6 +23,8 @@ from novalxcdriver import conf
 from novalxcdriver import driver
 from novalxcdriver import lxc as lxc_mod
 from novalxcdriver import mount
+from novalxcdriver import privsep
+from novalxcdriver.privsep import migrationcopy
 from novalxcdriver import record as record_mod
 from tests.functional import base
 from tests.functional import test_snapshot
@@ -50,7 +54,8 @@ def moved(source, dest):
                              dest_compute=dest._host)
 
 
-class MigrationTest(base.FunctionalTestCase):
+class _MigrationBase(base.FunctionalTestCase):
+    """Two drivers of this machine, a and b, and the busybox image."""
 
     private_root = True
 
@@ -112,6 +117,9 @@ class MigrationTest(base.FunctionalTestCase):
         if drv._ids.find(instance.uuid) is not None:
             found.append('ID reservation %d' % drv._ids.find(instance.uuid))
         return found
+
+
+class MigrationTest(_MigrationBase):
 
     def test_resize_up_and_confirm(self):
         instance = self.spawned(root_gb=1, ephemeral_gb=0)
@@ -298,11 +306,13 @@ class MigrationTest(base.FunctionalTestCase):
 
 
 class RsyncOverSSHTest(MigrationTest):
-    """The transport between two machines: rsync over a real sshd.
+    """The transport between two machines, over a real sshd.
 
     The drivers share this machine, so the local copy is ruled out
     (is_local False) and the destination pulls from 127.0.0.1 through an
-    sshd of the test's own (its port, host key and authorized key).
+    sshd of the test's own (its port, host key and authorized key): disk
+    images as tar's stream through the storage_admin daemon, a root
+    without a disk with rsync.
     """
 
     def setUp(self):
@@ -316,6 +326,9 @@ class RsyncOverSSHTest(MigrationTest):
         port, options = sshd.enter_context(private_sshd.running(tmp))
         self.flags(migration_ssh_port=port, migration_ssh_user='root',
                    migration_ssh_options=options, group='lxc')
+        # The daemon reads them from the config root gives it.
+        privsep.refresh_root_daemons()
+        self.addCleanup(privsep.refresh_root_daemons)
         self.useFixture(fixtures.MockPatch(
             'novalxcdriver.migration.is_local', return_value=False))
         self.a._my_ip = self.b._my_ip = '127.0.0.1'
@@ -327,6 +340,14 @@ class RsyncOverSSHTest(MigrationTest):
             return real(*argv, **kwargs)
         self.useFixture(fixtures.MockPatch(
             'novalxcdriver.migration.lxc.execute', side_effect=execute))
+        real_receive = migrationcopy.receive_disks
+
+        def receive_disks(*args):
+            self.copies.append(args[5])
+            return real_receive(*args)
+        self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.migration.migrationcopy.receive_disks',
+            side_effect=receive_disks))
 
     def flags(self, **kw):
         group = kw.pop('group', None)
@@ -335,11 +356,12 @@ class RsyncOverSSHTest(MigrationTest):
             self.addCleanup(CONF.clear_override, k, group=group)
 
     def transfers(self):
-        return [c for c in self.copies if c in ('rsync', 'cp')]
+        return [c for c in self.copies
+                if c in ('rsync', 'cp', 'ssh', 'local')]
 
     def test_resize_up_and_confirm(self):
         super().test_resize_up_and_confirm()
-        self.assertEqual(['rsync'], self.transfers())
+        self.assertEqual(['ssh'], self.transfers())
 
     def test_root_without_disk(self):
         # root_gb 0: the directory of its writes travels, owners kept.
@@ -352,6 +374,119 @@ class RsyncOverSSHTest(MigrationTest):
         self.run_in(self.b, instance, 'sh', '-c', 'echo after > /root/new')
         self.a.confirm_migration(
             self.ctxt, moved(self.a, self.b), instance, [])
+
+
+def _member(name, size, kind=tarfile.REGTYPE, linkname=''):
+    info = tarfile.TarInfo(name)
+    info.size, info.type, info.linkname = size, kind, linkname
+    return info
+
+
+def _tar(*members):
+    """An uncompressed tar of (TarInfo, data) pairs, closed properly."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode='w', format=tarfile.GNU_FORMAT) as t:
+        for info, data in members:
+            t.addfile(info, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+# What a hostile or broken source host sends in place of tar's stream of
+# the disks (root.img only: root_gb 1, no ephemeral disk).
+HOSTILE_STREAMS = {
+    'a name outside the root': _tar(
+        (_member('../../../../etc/cron.d/x', 4), b'boo\n')),
+    'the disk as a symlink to the host\'s shadow': _tar(
+        (_member('root.img', 0, tarfile.SYMTYPE, '/etc/shadow'), None)),
+    'the disk as a hard link': _tar(
+        (_member('root.img', 0, tarfile.LNKTYPE, 'etc/shadow'), None)),
+    'the disk as a device': _tar(
+        (_member('root.img', 0, tarfile.CHRTYPE), None)),
+    'the disk twice': _tar((_member('root.img', 4), b'abcd'),
+                           (_member('root.img', 4), b'efgh')),
+    'a file after the disks': _tar(
+        (_member('root.img', 4), b'abcd'),
+        (_member('authorized_keys', 4), b'key\n')),
+    'a disk larger than its flavor': _member(
+        'root.img', (1 << 30) + 1).tobuf(format=tarfile.GNU_FORMAT),
+    'a stream cut inside the disk': _member(
+        'root.img', 1 << 20).tobuf(format=tarfile.GNU_FORMAT) + b'x' * 1000,
+    'no tar at all': b'<html>not a tar</html>\n' * 100,
+    'nothing': b'',
+}
+
+
+class HostileSourceTest(_MigrationBase):
+    """A source host that sends something else than its disks.
+
+    The destination's daemon runs ssh and tar (privsep.migrationcopy);
+    here the sshd answers any command with HOSTILE_STREAMS' bytes
+    (ForceCommand). Each is refused by the confined child, nothing of it
+    stays on the destination, and the server goes back to its source.
+    """
+
+    def setUp(self):
+        super().setUp()
+        if not private_sshd.available():
+            self.skipTest('openssh-server is not installed '
+                          '(tools/test-setup.sh installs it)')
+        tmp = self.useFixture(fixtures.TempDir()).path
+        self.stream = os.path.join(tmp, 'stream')
+        sshd = contextlib.ExitStack()
+        self.addCleanup(sshd.close)
+        port, options = sshd.enter_context(private_sshd.running(
+            os.path.join(tmp, 'sshd'), force_command='cat ' + self.stream))
+        self.flags(migration_ssh_port=port, migration_ssh_user='root',
+                   migration_ssh_options=options, group='lxc')
+        privsep.refresh_root_daemons()
+        self.addCleanup(privsep.refresh_root_daemons)
+        self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.migration.is_local', return_value=False))
+        self.a._my_ip = self.b._my_ip = '127.0.0.1'
+
+    flags = RsyncOverSSHTest.flags
+
+    def test_every_hostile_stream_refused_nothing_left(self):
+        instance = self.spawned(root_gb=1)
+        cid_a = self.a._ids.find(instance.uuid)
+        disk_info = self.a.migrate_disk_and_power_off(
+            self.ctxt, instance, '127.0.0.1', instance.flavor, [])
+        rootfs_b = os.path.join(self.b._state_path, 'rootfs')
+
+        def roots_b():
+            return sorted(os.listdir(rootfs_b)) if os.path.isdir(
+                rootfs_b) else []
+        outcomes = {}
+        for label, data in HOSTILE_STREAMS.items():
+            with open(self.stream, 'wb') as f:
+                f.write(data)
+            try:
+                self.b.finish_migration(
+                    self.ctxt, moved(self.a, self.b), instance, disk_info,
+                    [], self.image_meta(self.image_id), True, {},
+                    power_on=True)
+            except Exception as e:
+                outcomes[label] = type(e).__name__
+            else:
+                outcomes[label] = 'accepted'
+            # Nothing of the attempt stays on the destination.
+            self.assertEqual([], roots_b(), label)
+            self.assertIsNone(self.b._ids.find(instance.uuid), label)
+            self.assertFalse(self.b._container(instance).exists(), label)
+            self.assertFalse(os.path.lexists(os.path.join(
+                self.b._state_path, 'instances', instance.uuid + '.json')),
+                label)
+        self.assertNotIn('accepted', outcomes.values(), outcomes)
+        for label, outcome in sorted(outcomes.items()):
+            print('hostile source: %s -> %s' % (label, outcome))
+        self.assertFalse(os.path.exists('/etc/cron.d/x'))
+        # The source's disks are untouched: the server comes back.
+        self.a.finish_revert_migration(self.ctxt, instance, [],
+                                       moved(self.a, self.b))
+        self.assertEqual('RUNNING', self.state_in(self.a, instance))
+        self.assertEqual(cid_a, self.a._ids.find(instance.uuid))
+        self.assertEqual('before\n', self.run_in(self.a, instance, 'cat',
+                                                 '/root/marker'))
 
 
 class MigratedSnapshotTest(test_snapshot._SnapshotBase):

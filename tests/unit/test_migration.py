@@ -7,6 +7,7 @@ from unittest import mock
 import fixtures
 from nova import objects
 from oslo_config import fixture as config_fixture
+from oslo_utils import units
 
 from novalxcdriver import conf
 from novalxcdriver import exception
@@ -383,18 +384,34 @@ class FetchTest(unit_base.TestCase):
                                   return_value=('', ''))
         self.is_local = self.patch('novalxcdriver.migration.is_local',
                                    return_value=False)
+        self.receive = self.patch(
+            'novalxcdriver.migration.migrationcopy.receive_disks')
 
-    def test_one_command_per_file(self):
-        info = disk_info()
+    def test_disk_images_through_the_daemon(self):
+        info = disk_info(root_gb=3, ephemeral_gb=5)
         made = migration.fetch(info, '/dst')
         self.assertEqual(['/dst/root.img', '/dst/ephemeral.img'], made)
+        self.receive.assert_called_once_with(
+            '/dst', ['root.img', 'ephemeral.img'], info.rootfs, info.token,
+            info.source_ip, 'ssh', 5 * units.Gi, 123)
+        self.execute.assert_not_called()
+
+    def test_local_disk_images(self):
+        self.is_local.return_value = True
+        migration.fetch(disk_info(), '/dst')
+        self.assertEqual('local', self.receive.call_args.args[5])
+
+    def test_root_without_disk_over_rsync(self):
+        info = disk_info(files=('root', 'ephemeral.img'), root_gb=0,
+                         ephemeral_gb=2)
+        made = migration.fetch(info, '/dst')
+        self.assertEqual(['/dst/ephemeral.img', '/dst/root'], made)
+        self.receive.assert_called_once_with(
+            '/dst', ['ephemeral.img'], info.rootfs, info.token,
+            info.source_ip, 'ssh', 2 * units.Gi, 123)
         self.assertEqual(
-            [mock.call(*migration.copy_argv(info, 'root.img',
-                                            '/dst/root.img', False),
-                       timeout=123),
-             mock.call(*migration.copy_argv(info, 'ephemeral.img',
-                                            '/dst/ephemeral.img', False),
-                       timeout=123)],
+            [mock.call(*migration.copy_argv(info, 'root', '/dst/root',
+                                            False), timeout=123)],
             self.execute.call_args_list)
         self.assertEqual('rsync', self.execute.call_args.args[0])
 
@@ -404,23 +421,32 @@ class FetchTest(unit_base.TestCase):
         self.execute.assert_called_once()
         self.assertEqual('cp', self.execute.call_args.args[0])
         self.assertEqual(123, self.execute.call_args.kwargs['timeout'])
+        self.receive.assert_not_called()
 
-    def test_unprivileged_refused_before_any_copy(self):
+    def test_unprivileged_refused_before_any_copy_of_a_tree(self):
         self.patch('os.geteuid', return_value=990)
         e = self.assertRaises(exception.ResizeRefused, migration.fetch,
-                              disk_info(), '/dst')
-        self.assertIn('need nova-compute to run as root', str(e))
+                              disk_info(files=('root', 'ephemeral.img')),
+                              '/dst')
+        self.assertIn('needs nova-compute to run as root', str(e))
         self.execute.assert_not_called()
+        self.receive.assert_not_called()
         self.assertRaises(exception.ResizeRefused, migration.fetch_image,
                           disk_info(), '/cache/.partial-x')
         self.execute.assert_not_called()
 
+    def test_unprivileged_copies_disk_images(self):
+        self.patch('os.geteuid', return_value=990)
+        migration.fetch(disk_info(), '/dst')
+        self.receive.assert_called_once()
+
     def test_failure_stops_and_raises(self):
-        self.execute.side_effect = exception.CommandTimedOut(
-            cmd='rsync', timeout=123)
+        self.receive.side_effect = exception.CommandTimedOut(
+            cmd='ssh', timeout=123)
         self.assertRaises(exception.CommandTimedOut, migration.fetch,
-                          disk_info(), '/dst')
-        self.execute.assert_called_once()
+                          disk_info(files=('ephemeral.img', 'root')),
+                          '/dst')
+        self.execute.assert_not_called()
 
 
 class FetchImageTest(unit_base.TestCase):

@@ -337,11 +337,15 @@ class TreeRunTest(base.TestCase):
                           return_value=(1, 0))
         self.stream.side_effect = None
         self.stream.return_value = 2
+        self.patch_object(unpackchild.diskstream, 'receive',
+                          return_value={'root.img': 3, 'ephemeral.img': 4})
         got = [self.run_child(['--mode', mode] + ARGV)
                for mode in unpackchild.MODES]
-        self.assertEqual([(0, {'size': 2}), (0, {'size': 1, 'skipped': 0})],
-                         got)
-        self.assertEqual(('tarball', 'tree'), unpackchild.MODES)
+        self.assertEqual(
+            [(0, {'size': 2}), (0, {'size': 1, 'skipped': 0}),
+             (0, {'size': 7, 'sizes': {'root.img': 3, 'ephemeral.img': 4}})],
+            got)
+        self.assertEqual(('tarball', 'tree', 'disks'), unpackchild.MODES)
 
     def test_an_unknown_mode(self):
         self.patch('sys.stderr', new=io.StringIO())

@@ -1,0 +1,305 @@
+"""The disk images a migration receives (``storage_admin``).
+
+A cold migration's destination pulls the source's disks into a root
+directory of its own (migration.py). Run as root in nova-compute, the
+copy would take the source's address and paths from the disk info, which
+nova-compute hands over: a compromised nova-compute could have root pull
+an attacker's bytes anywhere, or read root's files into a disk its
+tenant sees. So the daemon does it, and decides what it trusts itself
+(docs/design/issue-14-privsep-inventory.md 5.12):
+
+- the destination: ``<driver root>/rootfs/<digits>`` of this daemon
+  (rootdirs.check_root_dir); each disk is a new file the daemon makes
+  there (O_EXCL, root's 0600), never a path or a tree it is given;
+- the disks: ``root.img`` and ``ephemeral.img`` only. A root without a
+  disk (flavor root_gb 0) travels as a tree, still copied by
+  nova-compute (migration.check_copier);
+- ``local``, two services of one machine: the source's root directory
+  must be reached from ``/`` through directories of root's that only
+  root may write to (or sticky, as /tmp), without a symlink, and hold
+  the migration's token (rootdirs.TOKEN, root's 0600): only a root that
+  root made and the source marked. Each disk, a regular file opened
+  without following a link, is copied by the daemon, reflinked or data
+  extents only (disks.copy_fd_sparse);
+- ``ssh``, another machine: the daemon runs ``ssh <source> tar --create
+  --sparse ...`` with the options of its own configuration (``[lxc]
+  migration_ssh_user``, ``migration_ssh_port``,
+  ``migration_ssh_options``), never the caller's: ssh_config(5) options
+  such as ProxyCommand run commands. The source's tar stream is parsed
+  only by the confined child of unpack.py (mode ``disks``: a user
+  namespace of the unpack range, which owns nothing), which writes into
+  the files the daemon opened for it and nothing else
+  (diskstream.receive).
+
+What a failed copy made is removed before the error is raised.
+"""
+
+import contextlib
+import ipaddress
+import os
+import re
+import shlex
+import stat
+import subprocess
+import tempfile
+
+from oslo_log import log as logging
+
+from novalxcdriver import conf
+from novalxcdriver import exception
+from novalxcdriver import privsep
+from novalxcdriver.privsep import disks
+from novalxcdriver.privsep import rootdirs
+from novalxcdriver.privsep import unpack
+
+CONF = conf.CONF
+LOG = logging.getLogger(__name__)
+
+DISKS = ('root.img', 'ephemeral.img')
+TRANSPORTS = ('local', 'ssh')
+# At most a day for one disk (the [lxc] migration_timeout it is given).
+MAX_TIMEOUT = 24 * 3600
+# ssh_config(5) NAME=VALUE, no blank: rsync's -e (migration.py) splits
+# its command at blanks.
+SSH_OPTION_RE = re.compile(r'^[A-Za-z][A-Za-z0-9]*=[^\s\'"\\]+\Z')
+# What the remote shell gets of a path: no quoting needed, none trusted.
+_REMOTE_PATH_RE = re.compile(r'^[A-Za-z0-9/._+-]+\Z')
+_STDERR_TAIL = 2000
+
+
+def ssh_command(host):
+    """ssh's argv up to the remote command, from this process's config.
+
+    :param host: the source's IP address (a str ipaddress accepts).
+    :raises InvalidSSHOption: an ``[lxc] migration_ssh_options`` entry
+        is not NAME=VALUE without blanks or quotes.
+    """
+    argv = ['ssh', '-T', '-o', 'BatchMode=yes', '-p',
+            str(CONF.lxc.migration_ssh_port)]
+    for option in CONF.lxc.migration_ssh_options:
+        if not SSH_OPTION_RE.match(option):
+            raise exception.InvalidSSHOption(option=option)
+        argv += ['-o', option]
+    user = CONF.lxc.migration_ssh_user
+    return argv + ['--', '%s%s' % (user + '@' if user else '', host)]
+
+
+def tar_command(source, names):
+    """The remote shell's command sending source's disks names (pure)."""
+    return 'tar --create --sparse --numeric-owner --file=- ' \
+           '--directory=%s -- %s' % (shlex.quote(source),
+                                     ' '.join(shlex.quote(n) for n in names))
+
+
+def _check(call, root, names, source, token, source_ip, transport,
+           max_bytes, timeout):
+    rootdirs.check_root_dir(call, root)
+    if not isinstance(names, (list, tuple)) or not names or \
+            len(set(names)) != len(names) or \
+            not all(isinstance(n, str) and n in DISKS for n in names):
+        privsep.refuse(call, 'names %r are not distinct disks of %s'
+                       % (names, ', '.join(DISKS)))
+    rootdirs.check_root_shape(call, source)
+    if not _REMOTE_PATH_RE.match(source):
+        privsep.refuse(call, 'source %r holds characters a migration\'s '
+                       'path never has' % (source,))
+    if not isinstance(token, str) or not token:
+        privsep.refuse(call, 'token %r is not a non-empty str' % (token,))
+    try:
+        ipaddress.ip_address(source_ip)
+    except ValueError:
+        privsep.refuse(call, 'source_ip %r is no IP address' % (source_ip,))
+    if transport not in TRANSPORTS:
+        privsep.refuse(call, 'transport %r is not one of %s'
+                       % (transport, ', '.join(TRANSPORTS)))
+    privsep.check_positive_ints(call, max_bytes=max_bytes, timeout=timeout)
+    if timeout > MAX_TIMEOUT:
+        privsep.refuse(call, 'timeout %d is above %d s'
+                       % (timeout, MAX_TIMEOUT))
+
+
+@privsep.storage_admin.entrypoint
+def receive_disks(root, names, source, token, source_ip, transport,
+                  max_bytes, timeout):
+    """Copy a migrating server's disk images into a new root here.
+
+    :param root: this host's new root directory (``<driver root>/rootfs/
+        <digits>``), without any of names.
+    :param names: list of distinct names of DISKS to take.
+    :param source: the source's root directory (``/.../rootfs/<digits>``,
+        letters, digits and ``/._+-`` only).
+    :param token: the migration's token, from the disk info.
+    :param source_ip: the source host's IP address (ssh).
+    :param transport: ``local`` (this machine; verified here, see the
+        module docstring) or ``ssh``.
+    :param max_bytes: the most bytes of each disk's apparent size (> 0).
+    :param timeout: seconds per disk (positive int, at most a day); the
+        copy is killed after timeout times len(names).
+    :returns: {name: apparent size in bytes}.
+    :raises PrivilegedCallRefused: an argument fails the checks; local,
+        and the source is not a root directory of root's holding the
+        token.
+    :raises FileExistsError: a disk of names exists in root (left alone).
+    :raises UnsafeArchiveMember, ArchiveError: ssh: the source's stream
+        was refused (diskstream.receive).
+    :raises MigrationDiskRefused: local: a disk is missing, no regular
+        file, or larger than max_bytes.
+    :raises CommandFailed, CommandTimedOut: ssh failed, or the copy took
+        too long.
+    :raises OSError: reading or writing failed (e.g. ENOSPC).
+    """
+    call = 'receive_disks'
+    _check(call, root, names, source, token, source_ip, transport,
+           max_bytes, timeout)
+    made = {}
+    try:
+        for name in names:
+            made[name] = os.open(
+                os.path.join(root, name),
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                os.O_CLOEXEC, disks.IMAGE_MODE)
+        if transport == 'local':
+            sizes = _local(call, made, source, token, max_bytes)
+        else:
+            sizes = _ssh(made, source, source_ip, max_bytes,
+                         timeout * len(names))
+        for fd in made.values():
+            os.fsync(fd)
+        dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        for name in made:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(root, name))
+        raise
+    finally:
+        for fd in made.values():
+            os.close(fd)
+    LOG.info('Received %s from %s (%s)', ', '.join(names),
+             source if transport == 'local' else source_ip, transport)
+    return sizes
+
+
+def _trusted_dir(call, path):
+    """fd of directory path, every step of it root's alone (docstring)."""
+    fd = os.open('/', os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in [''] + path.strip('/').split('/'):
+            if part:
+                try:
+                    new = os.open(part, os.O_PATH | os.O_DIRECTORY |
+                                  os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError as e:
+                    privsep.refuse(call, '%s: %s is no directory reached '
+                                   'without a link (%s)'
+                                   % (path, part, e.strerror))
+                os.close(fd)
+                fd = new
+            st = os.fstat(fd)
+            if st.st_uid != 0 or (st.st_mode & 0o022 and
+                                  not st.st_mode & stat.S_ISVTX):
+                privsep.refuse(call, '%s: %s is not root\'s alone (owner '
+                               '%d, mode %o)' % (path, part or '/',
+                                                 st.st_uid,
+                                                 stat.S_IMODE(st.st_mode)))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _local(call, made, source, token, max_bytes):
+    dir_fd = _trusted_dir(call, source)
+    try:
+        # O_PATH cannot read the token: the directory again, for real.
+        real = os.open('.', os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                       dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    sizes = {}
+    try:
+        if not rootdirs.holds_token(source, token, dir_fd=real):
+            privsep.refuse(call, '%s does not hold this migration\'s '
+                           'token' % source)
+        for name, dst in made.items():
+            path = os.path.join(source, name)
+            try:
+                # O_NONBLOCK: a FIFO there must not hold a daemon thread.
+                src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW |
+                              os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=real)
+            except OSError as e:
+                raise exception.MigrationDiskRefused(path=path,
+                                                     reason=e.strerror)
+            try:
+                st = os.fstat(src)
+                if not stat.S_ISREG(st.st_mode):
+                    raise exception.MigrationDiskRefused(
+                        path=path, reason='not a regular file')
+                if st.st_size > max_bytes:
+                    raise exception.MigrationDiskRefused(
+                        path=path, reason='%d bytes, above the %d '
+                        'allowed' % (st.st_size, max_bytes))
+                disks.copy_fd_sparse(src, dst)
+                sizes[name] = st.st_size
+            finally:
+                os.close(src)
+    finally:
+        os.close(real)
+    return sizes
+
+
+def _ssh(made, source, source_ip, max_bytes, timeout):
+    names = list(made)
+    argv = ssh_command(source_ip) + [tar_command(source, names)]
+    with tempfile.TemporaryFile() as err:
+        ssh = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=err,
+                               close_fds=True, umask=0o077)
+        try:
+            try:
+                held = unpack._start(
+                    'receive_disks', [], [],
+                    lambda: os.dup(ssh.stdout.fileno()), 'disks',
+                    max_bytes,
+                    extra_argv=[a for name, fd in made.items()
+                                for a in ('--disk', '%s=%d' % (name, fd))],
+                    pass_fds=tuple(made.values()))
+            finally:
+                # The child holds the stream now: if it dies, ssh gets
+                # EPIPE rather than filling a pipe nobody reads.
+                ssh.stdout.close()
+            try:
+                result = unpack._wait(
+                    held, timeout, lambda: exception.CommandTimedOut(
+                        cmd=' '.join(argv), timeout=timeout))
+            except (exception.ArchiveError, exception.UnsafeArchiveMember):
+                # A stream cut short: ssh's own failure says why.
+                _check_ssh(ssh, argv, err)
+                raise
+            _check_ssh(ssh, argv, err)
+        finally:
+            unpack._kill(ssh)
+    sizes = result.get('sizes')
+    if not isinstance(sizes, dict) or sorted(sizes) != sorted(names) or \
+            not all(type(n) is int and 0 <= n <= max_bytes
+                    for n in sizes.values()):
+        raise exception.ArchiveError(
+            reason='the receiver reported sizes %r' % (sizes,))
+    return sizes
+
+
+def _check_ssh(ssh, argv, err):
+    """Raise CommandFailed if ssh failed (its stderr's tail)."""
+    try:
+        ssh.wait(timeout=CONF.lxc.command_timeout)
+    except subprocess.TimeoutExpired:
+        return
+    if ssh.returncode:
+        err.seek(0, os.SEEK_END)
+        err.seek(max(0, err.tell() - _STDERR_TAIL))
+        raise exception.CommandFailed(
+            cmd=' '.join(argv), exit_code=ssh.returncode,
+            stderr=err.read().decode(errors='replace').strip())
