@@ -258,11 +258,14 @@ class ImageCache:
         (as a download does), must hold a marker and a root with an init,
         and is renamed into place under the image's lock.
 
-        :param copy: callable(dest_dir) copying the other entry's rootfs/
-            and marker into dest_dir (migration.fetch_image).
+        :param copy: callable(rootfs, max_bytes) unpacking the other
+            entry's rootfs into the partial's empty rootfs and returning
+            the bytes of file data (migration.fetch_image).
         :returns: the CachedImage.
         :raises ImageUnpackError: the copy is no usable entry (nothing of
             it stays).
+        :raises CommandFailed, CommandTimedOut: the copy failed (nothing
+            of it stays).
         """
         self._entry(image_id)  # checks the id
         with self._lock(image_id):
@@ -271,9 +274,15 @@ class ImageCache:
                 return cached
             partial = imagecache.make_partial(self.path, image_id)
             try:
-                copy(partial)
-                # The copy's marker must be whole and agree with its root.
-                imagecache.publish(partial, None)
+                try:
+                    size = copy(os.path.join(partial, 'rootfs'),
+                                self._max_bytes)
+                except (exception.ArchiveError,
+                        exception.UnsafeArchiveMember) as e:
+                    raise exception.ImageUnpackError(image_id=image_id,
+                                                     reason=str(e))
+                # Checks the init, syncs, marks and renames (durably).
+                imagecache.publish(partial, size)
             except BaseException:
                 with excutils.save_and_reraise_exception():
                     self._discard(partial)

@@ -55,7 +55,6 @@ from oslo_utils import units
 from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import ids
-from novalxcdriver import images
 from novalxcdriver import lxc
 from novalxcdriver.privsep import migrationcopy
 from novalxcdriver.privsep import rootdirs
@@ -145,23 +144,25 @@ class DiskInfo:
         return info
 
 
-def check_copier(what='the root of a flavor without a root disk'):
-    """Raise unless this process can copy a migration's trees.
+def check_copier():
+    """Raise unless this process can copy a root without a disk.
 
-    Disk images travel through privsep (privsep.migrationcopy). Trees do
-    not yet: a root without a disk (flavor root_gb 0) and an image's cache
-    entry are copied by cp, or rsync over SSH, in nova-compute, which
-    needs root for it (issue 14; docs/design/issue-14-privsep-inventory.md
-    5.12). An unprivileged nova-compute refuses such a migration with this
-    reason before anything is stopped, rather than failing midway.
+    Disk images and an image's cache entry travel through privsep
+    (privsep.migrationcopy). A root without a disk (flavor root_gb 0)
+    does not yet: its directory, with overlayfs's whiteouts and
+    trusted.overlay.* xattrs, is copied by cp, or rsync over SSH, in
+    nova-compute, which needs root for it (issue 14;
+    docs/design/issue-14-privsep-inventory.md 5.12). An unprivileged
+    nova-compute refuses such a migration with this reason before
+    anything is stopped, rather than failing midway.
 
-    :param what: the tree, for the message.
     :raises ResizeRefused: this process is not root.
     """
     if os.geteuid() != 0:
         raise exception.ResizeRefused(
-            reason='the copy of %s needs nova-compute to run as root on '
-                   'this host: it is not done through privsep yet' % what)
+            reason='the copy of the root of a flavor without a root disk '
+                   'needs nova-compute to run as root on this host: it is '
+                   'not done through privsep yet')
 
 
 def check_resize(old_flavor, new_flavor):
@@ -290,21 +291,26 @@ def fetch(info, dest_dir):
     return made
 
 
-def fetch_image(info, dest_dir):
-    """Copy the source's cache entry of info's image into dest_dir.
+def fetch_image(info, rootfs, max_bytes):
+    """Unpack the source's cache entry of info's image into rootfs.
 
     For an image Glance no longer has: the source unpacked it safely
-    once (images.py), and its entry is copied as it is, owners and
-    xattrs kept (images.ImageCache.receive checks and installs it).
+    once, and its entry travels as a tar stream into the confined
+    unpacker, which checks it as it checks a Glance tarball
+    (privsep.migrationcopy.receive_image; images.ImageCache.receive
+    publishes it).
 
+    :param rootfs: an image cache partial's empty rootfs.
+    :param max_bytes: the most bytes of file data.
+    :returns: bytes of file data unpacked.
     :raises CommandFailed, CommandTimedOut: the copy failed.
+    :raises UnsafeArchiveMember, ArchiveError, PrivilegedCallRefused:
+        the source's entry was refused.
     """
-    check_copier('an image\'s cache entry')
     local = is_local(info)
-    for name, directory in (('rootfs', True), (images.MARKER, False)):
-        lxc.execute(*_copy_argv(info, os.path.join(info.image_cache, name),
-                                os.path.join(dest_dir, name), local,
-                                directory),
-                    timeout=CONF.lxc.migration_timeout)
+    size = migrationcopy.receive_image(
+        rootfs, info.image_cache, info.image_id, info.source_ip,
+        'local' if local else 'ssh', max_bytes, CONF.lxc.migration_timeout)
     LOG.info('Image %s copied from the cache of %s', info.image_id,
              info.source_host)
+    return size

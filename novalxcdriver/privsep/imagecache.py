@@ -329,20 +329,18 @@ def publish(partial, size):
     :param partial: a partial (check_partial) with nothing mounted in
         it, holding the unpacked ``rootfs``.
     :param size: bytes of file data in the rootfs (int >= 0), for the
-        marker; None when the partial holds a marker already (an entry
-        copied from another host's cache), which must then be whole.
+        marker (which replaces any file of its name in the partial).
     :returns: the init system (a key of spec.INIT_SIGNALS).
     :raises PrivilegedCallRefused: the checks (module docstring).
-    :raises ImageUnpackError: no init, or a copied marker is not whole;
-        nothing was published.
+    :raises ImageUnpackError: no init; nothing was published.
     :raises OSError: the entry exists already (EEXIST), a work file
         cannot be removed (``mnt`` not empty: ENOTEMPTY), or the disk is
         full; nothing was published.
     """
     call = 'publish'
     check_partial(call, partial)
-    if size is not None and (type(size) is not int or size < 0):
-        privsep.refuse(call, 'size %r is not an int >= 0 or None' % (size,))
+    if type(size) is not int or size < 0:
+        privsep.refuse(call, 'size %r is not an int >= 0' % (size,))
     left = mount.below(partial, mount.mountpoints())
     if left:
         privsep.refuse(call, '%s still has mounts: %s'
@@ -361,22 +359,11 @@ def publish(partial, size):
         raise exception.ImageUnpackError(
             image_id=image_id,
             reason='no /sbin/init in the image: not a root filesystem')
-    if size is None:
-        meta, damage = _read_marker(partial)
-        if damage is not None:
-            raise exception.ImageUnpackError(image_id=image_id,
-                                             reason=damage)
-        if meta['init_system'] != init_system:
-            raise exception.ImageUnpackError(
-                image_id=image_id,
-                reason='%s says init %s, the rootfs has %s' % (
-                    MARKER, meta['init_system'], init_system))
     disks.sync_filesystem(partial)
-    if size is not None:
-        os.umask(lxctools.UMASK)
-        durable.write(os.path.join(partial, MARKER),
-                      json.dumps({'init_system': init_system,
-                                  'size': size}), mode=0o644)
+    os.umask(lxctools.UMASK)
+    durable.write(os.path.join(partial, MARKER),
+                  json.dumps({'init_system': init_system, 'size': size}),
+                  mode=0o644)
     images = os.path.dirname(partial)
     entry = os.path.join(images, image_id)
     # rename(2) would replace an empty directory there: never an entry.

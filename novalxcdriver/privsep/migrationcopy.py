@@ -49,6 +49,7 @@ from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import privsep
 from novalxcdriver.privsep import disks
+from novalxcdriver.privsep import imagecache
 from novalxcdriver.privsep import rootdirs
 from novalxcdriver.privsep import unpack
 
@@ -254,34 +255,12 @@ def _local(call, made, source, token, max_bytes):
 def _ssh(made, source, source_ip, max_bytes, timeout):
     names = list(made)
     argv = ssh_command(source_ip) + [tar_command(source, names)]
-    with tempfile.TemporaryFile() as err:
-        ssh = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=err,
-                               close_fds=True, umask=0o077)
-        try:
-            try:
-                held = unpack._start(
-                    'receive_disks', [], [],
-                    lambda: os.dup(ssh.stdout.fileno()), 'disks',
-                    max_bytes,
-                    extra_argv=[a for name, fd in made.items()
-                                for a in ('--disk', '%s=%d' % (name, fd))],
-                    pass_fds=tuple(made.values()))
-            finally:
-                # The child holds the stream now: if it dies, ssh gets
-                # EPIPE rather than filling a pipe nobody reads.
-                ssh.stdout.close()
-            try:
-                result = unpack._wait(
-                    held, timeout, lambda: exception.CommandTimedOut(
-                        cmd=' '.join(argv), timeout=timeout))
-            except (exception.ArchiveError, exception.UnsafeArchiveMember):
-                # A stream cut short: ssh's own failure says why.
-                _check_ssh(ssh, argv, err)
-                raise
-            _check_ssh(ssh, argv, err)
-        finally:
-            unpack._kill(ssh)
+    result = _through_child(
+        argv, lambda open_stdin: unpack._start(
+            'receive_disks', [], [], open_stdin, 'disks', max_bytes,
+            extra_argv=[a for name, fd in made.items()
+                        for a in ('--disk', '%s=%d' % (name, fd))],
+            pass_fds=tuple(made.values())), timeout)
     sizes = result.get('sizes')
     if not isinstance(sizes, dict) or sorted(sizes) != sorted(names) or \
             not all(type(n) is int and 0 <= n <= max_bytes
@@ -291,15 +270,142 @@ def _ssh(made, source, source_ip, max_bytes, timeout):
     return sizes
 
 
-def _check_ssh(ssh, argv, err):
-    """Raise CommandFailed if ssh failed (its stderr's tail)."""
+def _through_child(argv, start, timeout):
+    """Run argv, its stdout the stdin of the child start starts.
+
+    :param argv: the stream's producer (ssh, or tar here).
+    :param start: callable(open_stdin) -> unpack._Unpack, starting the
+        confined child with open_stdin() as its stdin.
+    :returns: the child's result (unpack._outcome).
+    :raises CommandFailed: argv failed (its stderr's tail), whether or
+        not the child refused what it got.
+    :raises CommandTimedOut: the child ran longer than timeout seconds.
+    """
+    with tempfile.TemporaryFile() as err:
+        producer = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=err,
+                                    close_fds=True, umask=0o077)
+        try:
+            try:
+                held = start(lambda: os.dup(producer.stdout.fileno()))
+            finally:
+                # The child holds the stream now: if it dies, the
+                # producer gets EPIPE rather than filling a pipe nobody
+                # reads.
+                producer.stdout.close()
+            try:
+                result = unpack._wait(
+                    held, timeout, lambda: exception.CommandTimedOut(
+                        cmd=' '.join(argv), timeout=timeout))
+            except (exception.ArchiveError, exception.UnsafeArchiveMember):
+                # A stream cut short: the producer's failure says why.
+                _check_producer(producer, argv, err)
+                raise
+            _check_producer(producer, argv, err)
+        finally:
+            unpack._kill(producer)
+    return result
+
+
+def _check_producer(producer, argv, err):
+    """Raise CommandFailed if producer failed (its stderr's tail)."""
     try:
-        ssh.wait(timeout=CONF.lxc.command_timeout)
+        producer.wait(timeout=CONF.lxc.command_timeout)
     except subprocess.TimeoutExpired:
         return
-    if ssh.returncode:
+    if producer.returncode:
         err.seek(0, os.SEEK_END)
         err.seek(max(0, err.tell() - _STDERR_TAIL))
         raise exception.CommandFailed(
-            cmd=' '.join(argv), exit_code=ssh.returncode,
+            cmd=' '.join(argv), exit_code=producer.returncode,
             stderr=err.read().decode(errors='replace').strip())
+
+
+# GNU tar's options for an image's cache entry: owners as numbers, the
+# xattrs tarball.py keeps (file capabilities) as pax records.
+IMAGE_TAR_OPTIONS = ('--create', '--numeric-owner', '--format=posix',
+                     '--xattrs', '--xattrs-include=*', '--file=-')
+
+
+def image_tar_command(rootfs):
+    """The remote shell's command sending a cache entry's rootfs (pure)."""
+    return 'tar %s --directory=%s -- .' % (
+        ' '.join(shlex.quote(o) for o in IMAGE_TAR_OPTIONS),
+        shlex.quote(rootfs))
+
+
+def _check_entry(call, source, image_id):
+    if not isinstance(source, str) or not os.path.isabs(source) or \
+            os.path.normpath(source) != source or \
+            not _REMOTE_PATH_RE.match(source) or \
+            os.path.basename(source) != image_id or \
+            os.path.basename(os.path.dirname(source)) != 'images':
+        privsep.refuse(call, '%r is not shaped as image %s\'s cache entry '
+                       '(/.../images/<image id>, letters, digits and '
+                       '/._+- only)' % (source, image_id))
+
+
+@privsep.storage_admin.entrypoint
+def receive_image(rootfs, source, image_id, source_ip, transport,
+                  max_bytes, timeout):
+    """Unpack another cache's entry of image_id into a partial's rootfs.
+
+    For a migration whose image Glance no longer has: the source's entry
+    travels as a tar stream (``tar --create --xattrs`` of its rootfs,
+    here or on the source over ssh) into the confined unpacker, which
+    applies every rule a Glance tarball meets (tarball.py). Locally the
+    entry must be reached as the module docstring says (directories only
+    root may write to, no link); the daemon's tar reads it.
+
+    :param rootfs: an image cache partial's empty rootfs
+        (unpack.check_rootfs).
+    :param source: the source's entry (``/.../images/<image_id>``).
+    :param image_id: the image's id, canonical.
+    :param source_ip: the source host's IP address (ssh).
+    :param transport: ``local`` or ``ssh``.
+    :param max_bytes: the most bytes of file data (> 0).
+    :param timeout: seconds the copy may take (positive int, at most a
+        day).
+    :returns: bytes of file data unpacked (for publish's marker).
+    :raises PrivilegedCallRefused: an argument fails the checks; local,
+        and the entry is not reached through root's directories alone;
+        rootfs not empty or being unpacked.
+    :raises UnsafeArchiveMember, ArchiveError: the stream was refused.
+    :raises CommandFailed, CommandTimedOut: tar or ssh failed, or the
+        copy took too long.
+    :raises OSError: writing failed (e.g. ENOSPC).
+    """
+    call = 'receive_image'
+    view = unpack.check_rootfs(call, rootfs)
+    imagecache.check_image_id(call, image_id)
+    _check_entry(call, source, image_id)
+    try:
+        ipaddress.ip_address(source_ip)
+    except ValueError:
+        privsep.refuse(call, 'source_ip %r is no IP address' % (source_ip,))
+    if transport not in TRANSPORTS:
+        privsep.refuse(call, 'transport %r is not one of %s'
+                       % (transport, ', '.join(TRANSPORTS)))
+    privsep.check_positive_ints(call, max_bytes=max_bytes, timeout=timeout)
+    if timeout > MAX_TIMEOUT:
+        privsep.refuse(call, 'timeout %d is above %d s'
+                       % (timeout, MAX_TIMEOUT))
+    source_rootfs = os.path.join(source, imagecache.ROOTFS)
+    if transport == 'local':
+        os.close(_trusted_dir(call, source_rootfs))
+        argv = ['tar'] + list(IMAGE_TAR_OPTIONS) + [
+            '--directory=' + source_rootfs, '--', '.']
+    else:
+        argv = ssh_command(source_ip) + [image_tar_command(source_rootfs)]
+    unpack._claim(call, rootfs)
+    try:
+        result = _through_child(
+            argv, lambda open_stdin: unpack._start(
+                call, [(view, False)], [(rootfs, view, 0)], open_stdin,
+                'tarball', max_bytes), timeout)
+    finally:
+        unpack._unclaim(rootfs)
+    LOG.info('Image %s unpacked from %s (%s): %d bytes', image_id,
+             source if transport == 'local' else source_ip, transport,
+             result['size'])
+    return result['size']

@@ -8,10 +8,12 @@ containers from the busybox image.
 """
 
 import contextlib
+import functools
 import io
 import os
 import subprocess
 import tarfile
+from unittest import mock
 
 import fixtures
 from nova import exception as nova_exc
@@ -21,7 +23,9 @@ from oslo_config import fixture as config_fixture
 
 from novalxcdriver import conf
 from novalxcdriver import driver
+from novalxcdriver import exception
 from novalxcdriver import lxc as lxc_mod
+from novalxcdriver import migration as migration_mod
 from novalxcdriver import mount
 from novalxcdriver import privsep
 from novalxcdriver.privsep import migrationcopy
@@ -34,13 +38,16 @@ CONF = conf.CONF
 HOST_B = 'novalxc-functional-b'
 
 
-def second_driver(test):
-    """A second LXCDriver on test's root: lxc-b/, state-b/, same ids."""
+def second_driver(test, suffix=''):
+    """A second LXCDriver on test's root: lxc-b/, state-b/, same ids.
+
+    :param suffix: added to both directories' names (a third driver).
+    """
     root = test.fx.root
     cfg = test.useFixture(config_fixture.Config(CONF))
     own = CONF.lxc.lxc_path, CONF.lxc.state_path
-    cfg.config(group='lxc', lxc_path=os.path.join(root, 'lxc-b'),
-               state_path=os.path.join(root, 'state-b'))
+    cfg.config(group='lxc', lxc_path=os.path.join(root, 'lxc-b' + suffix),
+               state_path=os.path.join(root, 'state-b' + suffix))
     drv = driver.LXCDriver(fake_virt.FakeVirtAPI())
     drv.init_host(HOST_B)
     test.addCleanup(drv.cleanup_host, HOST_B)
@@ -488,6 +495,27 @@ class HostileSourceTest(_MigrationBase):
         self.assertEqual('before\n', self.run_in(self.a, instance, 'cat',
                                                  '/root/marker'))
 
+    def test_hostile_image_entry_refused_nothing_cached(self):
+        # Glance lost the image: the source's cache entry is asked for,
+        # and the source sends a tarball that climbs out of the rootfs.
+        instance = self.spawned(root_gb=1)
+        del self.fx.images[self.image_id]
+        disk_info = self.a.migrate_disk_and_power_off(
+            self.ctxt, instance, '127.0.0.1', instance.flavor, [])
+        with open(self.stream, 'wb') as f:
+            f.write(_tar((_member('sbin/init', 4), b'boo\n'),
+                         (_member('../../../../escaped', 4), b'boo\n')))
+        e = self.assertRaises(
+            exception.ImageGone, self.b.finish_migration, self.ctxt,
+            moved(self.a, self.b), instance, disk_info, [],
+            self.image_meta(self.image_id), True, {}, power_on=True)
+        self.assertIn('escaped', str(e.__cause__))
+        self.assertEqual([], os.listdir(self.b._images.path))
+        self.assertIsNone(self.b._ids.find(instance.uuid))
+        self.a.finish_revert_migration(self.ctxt, instance, [],
+                                       moved(self.a, self.b))
+        self.assertEqual('RUNNING', self.state_in(self.a, instance))
+
 
 class MigratedSnapshotTest(test_snapshot._SnapshotBase):
     """A snapshot of a migrated server: owners, setuid and capabilities.
@@ -519,3 +547,86 @@ class MigratedSnapshotTest(test_snapshot._SnapshotBase):
         b.snapshot(self.ctxt, instance, snapshot_id,
                    self._update_task_state)
         self._check_tarball(snapshot_id)
+
+    def test_entry_of_an_image_gone_from_glance_travels_whole(self):
+        # A snapshot (setuid, a file capability, a hard link, a FIFO,
+        # owners) becomes the image of a server; gone from Glance, its
+        # cache entry goes through the confined unpacker to the other
+        # driver's cache, over each transport, and arrives identical.
+        source = self.make_instance(root_gb=1)
+        self.spawn(source, self.busybox_image())
+        self._prepare(source)
+        snapshot_id = 'f0000000-0000-4000-8000-%012d' % len(
+            self.glance.uploads)
+        self.driver.snapshot(self.ctxt, source, snapshot_id,
+                             self._update_task_state)
+        self.driver.destroy(self.ctxt, source, [])
+        clone = self._boot_from(snapshot_id)
+        del self.fx.images[snapshot_id]
+        entry = self.driver._images.lookup(snapshot_id).rootfs
+        # Where the private sshd listens.
+        self.driver._my_ip = '127.0.0.1'
+        for transport in ('local', 'ssh'):
+            b = second_driver(self, suffix='-' + transport)
+            info = migration_mod.DiskInfo.from_json(
+                self.driver.migrate_disk_and_power_off(
+                    self.ctxt, clone, '127.0.0.1', clone.flavor, []))
+            with self.transport(transport):
+                b._images.receive(
+                    snapshot_id,
+                    functools.partial(migration_mod.fetch_image, info))
+            self.driver.finish_revert_migration(
+                self.ctxt, clone, [], moved(self.driver, b))
+            copied = b._images.lookup(snapshot_id)
+            self.assertEqual(self.driver._images.lookup(snapshot_id).size,
+                             copied.size)
+            self.assertEqual(tree(entry), tree(copied.rootfs), transport)
+        self.assertIn(('bin/suid', 0o104755, 0, 0, None, ()),
+                      tree(entry))
+
+    @contextlib.contextmanager
+    def transport(self, name):
+        if name == 'local':
+            yield
+            return
+        tmp = self.useFixture(fixtures.TempDir()).path
+        sshd = private_sshd.running(os.path.join(tmp, 'sshd'))
+        with sshd as (port, options):
+            values = {'migration_ssh_port': port,
+                      'migration_ssh_user': 'root',
+                      'migration_ssh_options': options}
+            for key, value in values.items():
+                CONF.set_override(key, value, group='lxc')
+            privsep.refresh_root_daemons()
+            try:
+                with mock.patch.object(migration_mod, 'is_local',
+                                       return_value=False):
+                    yield
+            finally:
+                for key in values:
+                    CONF.clear_override(key, group='lxc')
+                privsep.refresh_root_daemons()
+
+
+def tree(top):
+    """(path, mode, uid, gid, link target, xattrs) of each file below top.
+
+    Hard links show as equal inode groups' first names, in order.
+    """
+    out = []
+    first = {}
+    for d, dirs, files in os.walk(top):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = os.path.join(d, name)
+            rel = os.path.relpath(path, top)
+            st = os.lstat(path)
+            link = os.readlink(path) if os.path.islink(path) else None
+            if st.st_nlink > 1 and not os.path.isdir(path):
+                link = 'hardlink:' + first.setdefault(st.st_ino, rel)
+            xattrs = () if os.path.islink(path) else tuple(sorted(
+                (k, os.getxattr(path, k, follow_symlinks=False))
+                for k in os.listxattr(path, follow_symlinks=False)))
+            out.append((rel, st.st_mode, st.st_uid, st.st_gid, link,
+                        xattrs))
+    return out

@@ -250,6 +250,68 @@ class ImageCacheTest(_CacheTest):
                          self.cache_entries())
 
 
+class ReceiveTest(_CacheTest):
+    """receive: an entry another host's cache holds (a migration's)."""
+
+    def copy(self, rootfs, max_bytes, with_init=True):
+        # What migrationcopy.receive_image leaves: an unpacked rootfs.
+        self.copies.append((rootfs, max_bytes))
+        os.makedirs(os.path.join(rootfs, 'bin'))
+        with open(os.path.join(rootfs, 'bin', 'busybox'), 'wb') as f:
+            f.write(b'\x7fELF' + b'x' * 96)
+        os.chmod(os.path.join(rootfs, 'bin', 'busybox'), 0o755)
+        os.makedirs(os.path.join(rootfs, 'sbin'))
+        if with_init:
+            os.symlink('/bin/busybox', os.path.join(rootfs, 'sbin', 'init'))
+        return 100
+
+    def setUp(self):
+        super().setUp()
+        self.copies = []
+
+    def test_unpacked_into_a_partial_then_published(self):
+        image = self.cache.receive(IMAGE_ID, self.copy)
+        [(rootfs, max_bytes)] = self.copies
+        self.assertEqual(64 * 1024 * 1024, max_bytes)
+        self.assertEqual('rootfs', os.path.basename(rootfs))
+        self.assertTrue(os.path.basename(os.path.dirname(rootfs)).startswith(
+            '.partial-' + IMAGE_ID))
+        self.assertEqual([IMAGE_ID], self.cache_entries())
+        self.assertEqual(('busybox', 100), (image.init_system, image.size))
+        with open(os.path.join(self.cache.path, IMAGE_ID, 'image.json')) as f:
+            self.assertEqual({'init_system': 'busybox', 'size': 100},
+                             json.load(f))
+
+    def test_cached_already_nothing_copied(self):
+        self.cache.get(IMAGE_ID, self.fetch)
+        self.cache.receive(IMAGE_ID, self.copy)
+        self.assertEqual([], self.copies)
+
+    def test_refused_stream_is_an_unpack_error_nothing_left(self):
+        def copy(rootfs, max_bytes):
+            os.mkdir(os.path.join(rootfs, 'half'))
+            raise exception.UnsafeArchiveMember(member='../x', reason='no')
+        e = self.assertRaises(exception.ImageUnpackError,
+                              self.cache.receive, IMAGE_ID, copy)
+        self.assertIn('../x', str(e))
+        self.assertEqual([], self.cache_entries())
+
+    def test_failed_copy_raises_as_it_is_nothing_left(self):
+        def copy(rootfs, max_bytes):
+            raise exception.CommandFailed(cmd='ssh', exit_code=255,
+                                          stderr='refused')
+        self.assertRaises(exception.CommandFailed, self.cache.receive,
+                          IMAGE_ID, copy)
+        self.assertEqual([], self.cache_entries())
+
+    def test_no_init_refused_nothing_left(self):
+        self.assertRaises(
+            exception.ImageUnpackError, self.cache.receive, IMAGE_ID,
+            lambda rootfs, max_bytes: self.copy(rootfs, max_bytes,
+                                                with_init=False))
+        self.assertEqual([], self.cache_entries())
+
+
 class StreamTest(_CacheTest):
     """A download unpacked as it arrives (the stream argument)."""
 

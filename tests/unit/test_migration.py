@@ -431,9 +431,6 @@ class FetchTest(unit_base.TestCase):
         self.assertIn('needs nova-compute to run as root', str(e))
         self.execute.assert_not_called()
         self.receive.assert_not_called()
-        self.assertRaises(exception.ResizeRefused, migration.fetch_image,
-                          disk_info(), '/cache/.partial-x')
-        self.execute.assert_not_called()
 
     def test_unprivileged_copies_disk_images(self):
         self.patch('os.geteuid', return_value=990)
@@ -460,29 +457,25 @@ class FetchImageTest(unit_base.TestCase):
                                   return_value=('', ''))
         self.is_local = self.patch('novalxcdriver.migration.is_local',
                                    return_value=False)
+        self.receive = self.patch(
+            'novalxcdriver.migration.migrationcopy.receive_image',
+            return_value=1234)
 
-    def test_rootfs_and_marker_over_rsync(self):
-        migration.fetch_image(disk_info(), '/cache/.partial-x')
-        self.assertEqual(2, self.execute.call_count)
-        rootfs, marker = [c.args for c in self.execute.call_args_list]
-        self.assertEqual('rsync', rootfs[0])
-        # The directory's content into the directory.
-        self.assertEqual(['192.0.2.10:%s/rootfs/' % IMAGE_CACHE,
-                          '/cache/.partial-x/rootfs/'], list(rootfs[-2:]))
-        self.assertEqual(['192.0.2.10:%s/image.json' % IMAGE_CACHE,
-                          '/cache/.partial-x/image.json'], list(marker[-2:]))
-        # Owners and xattrs (file capabilities) as the source has them.
-        for flag in ('--numeric-ids', '--xattrs', '--acls', '--hard-links'):
-            self.assertIn(flag, rootfs)
-        self.assertEqual([77, 77], [c.kwargs['timeout']
-                                    for c in self.execute.call_args_list])
+    def test_entry_through_the_daemon_over_ssh(self):
+        info = disk_info()
+        self.assertEqual(1234, migration.fetch_image(
+            info, '/cache/.partial-x/rootfs', 999))
+        self.receive.assert_called_once_with(
+            '/cache/.partial-x/rootfs', IMAGE_CACHE, info.image_id,
+            info.source_ip, 'ssh', 999, 77)
+        self.execute.assert_not_called()
 
     def test_local_copy(self):
         self.is_local.return_value = True
-        migration.fetch_image(disk_info(), '/cache/.partial-x')
-        self.assertEqual(
-            [['cp', IMAGE_CACHE + '/rootfs', '/cache/.partial-x/rootfs'],
-             ['cp', IMAGE_CACHE + '/image.json',
-              '/cache/.partial-x/image.json']],
-            [[c.args[0]] + list(c.args[-2:])
-             for c in self.execute.call_args_list])
+        migration.fetch_image(disk_info(), '/cache/.partial-x/rootfs', 999)
+        self.assertEqual('local', self.receive.call_args.args[4])
+
+    def test_unprivileged_too(self):
+        self.patch('os.geteuid', return_value=990)
+        migration.fetch_image(disk_info(), '/cache/.partial-x/rootfs', 999)
+        self.receive.assert_called_once()

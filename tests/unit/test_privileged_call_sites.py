@@ -49,12 +49,10 @@ NAMESPACE_MAPS = ('uid_map', 'gid_map')
 
 # (module, function, what) still run in nova-compute, by issue 14's steps.
 NOT_YET_PRIVSEP = {
-    # The migration's trees, cp or rsync over SSH: a root without a disk
-    # into the new root, an image's cache entry into a partial (not moved
-    # yet: design 5.12; the disk images go through
-    # privsep.migrationcopy).
+    # A root without a disk (root_gb 0), cp or rsync over SSH into the
+    # new root (not moved yet: design 5.12; the disk images and an
+    # image's cache entry go through privsep.migrationcopy).
     ('migration.py', 'fetch', 'lxc.execute'),
-    ('migration.py', 'fetch_image', 'lxc.execute'),
 }
 
 # The runner itself: every command it runs is found where it is called

@@ -549,7 +549,6 @@ class CheckPartialTest(_Base):
             os.chmod(self.partial, mode)
             msg = self.refused(imagecache.publish, self.partial, 1)
             self.assertIn('0700', msg)
-            self.refused(imagecache.publish, self.partial, None)
         for mode in (0o700, 0o500, 0o300):
             os.chmod(self.partial, mode)
             self.assertIsNone(imagecache.check_partial('c', self.partial))
@@ -568,7 +567,6 @@ class CheckPartialTest(_Base):
         os.makedirs(self.images, 0o700)
         _write(self.partial, b'x', 0o600)
         self.refused(imagecache.publish, self.partial, 1)
-        self.refused(imagecache.publish, self.partial, None)
         os.unlink(self.partial)
         os.mkfifo(self.partial, 0o600)
         self.refused(imagecache.publish, self.partial, 1)
@@ -1173,7 +1171,7 @@ class PublishTest(_Base):
         for init in (None, 'noexec'):
             shutil.rmtree(self.images)
             self.make_partial(init=init)
-            for size in (5, None):
+            for size in (5, 0):
                 e = self.not_published(imagecache.publish, self.partial,
                                        size, match='no /sbin/init')
                 self.assertIn(IMAGE, str(e))
@@ -1202,60 +1200,10 @@ class PublishTest(_Base):
             os.symlink(target, rootfs)
             self.not_published(imagecache.publish, self.partial, 5,
                                match='no rootfs directory')
-            self.not_published(imagecache.publish, self.partial, None,
-                               match='no rootfs directory')
             os.unlink(rootfs)
         _write(rootfs)
         self.not_published(imagecache.publish, self.partial, 5,
                            match='no rootfs directory')
-
-    def test_a_copied_whole_marker(self):
-        data = b'{"size": 777, "init_system": "systemd", "from": "h2"}'
-        _write(os.path.join(self.partial, imagecache.MARKER), data)
-        self.assertEqual('systemd', imagecache.publish(self.partial, None))
-        self.assertFalse(os.path.lexists(self.partial))
-        # The copy's marker, as it was.
-        self.assertEqual(data, _read(self.marker))
-        self.assertEqual(({'init_system': 'systemd', 'size': 777}, None),
-                         imagecache.read_entry(self.entry)[:2])
-        self.assertEqual([(self.partial, True)], self.synced)
-        self.assertEqual((self.images, True, False), self.fsynced[-1])
-
-    def test_a_copied_damaged_marker(self):
-        marker = os.path.join(self.partial, imagecache.MARKER)
-        for data in (None, b'', MARKER[:-3], b'[]', b'{"size": 3}',
-                     b'{"init_system": "systemd", "size": -1}',
-                     b'{"init_system": "systemd", "size": "3"}'):
-            if os.path.lexists(marker):
-                os.unlink(marker)
-            if data is not None:
-                _write(marker, data)
-            self.not_published(imagecache.publish, self.partial, None)
-        # A symlink to a whole one: not followed.
-        os.unlink(marker)
-        _write(os.path.join(self.outside, 'whole.json'), MARKER)
-        os.symlink(os.path.join(self.outside, 'whole.json'), marker)
-        self.not_published(imagecache.publish, self.partial, None,
-                           match=os.strerror(errno.ELOOP))
-
-    # A copied marker that is a socket, or nested too deep, is refused
-    # as any damaged marker is (ImageUnpackError).
-    def test_a_copied_marker_a_socket(self):
-        os.mknod(os.path.join(self.partial, imagecache.MARKER),
-                 0o644 | stat.S_IFSOCK)
-        self.not_published(imagecache.publish, self.partial, None)
-
-    def test_a_copied_marker_nested_too_deep(self):
-        _write(os.path.join(self.partial, imagecache.MARKER), b'[' * 60000)
-        self.not_published(imagecache.publish, self.partial, None)
-
-    def test_a_copied_marker_that_disagrees(self):
-        marker = os.path.join(self.partial, imagecache.MARKER)
-        for init in ('busybox', 'sysvinit', 'Systemd', ''):
-            _write(marker, json.dumps({'init_system': init, 'size': 1}))
-            e = self.not_published(imagecache.publish, self.partial, None)
-            self.assertIn('the rootfs has systemd', str(e))
-            os.unlink(marker)
 
     def test_a_marker_in_the_partial_is_replaced_when_sized(self):
         _write(os.path.join(self.partial, imagecache.MARKER),
@@ -1264,8 +1212,8 @@ class PublishTest(_Base):
         self.published('systemd', 2)
 
     def test_bad_sizes(self):
-        for size in (-1, -(1 << 70), 1.5, 1.0, 0.0, True, False, '3', b'3',
-                     [3], {'size': 3}, float('nan')):
+        for size in (None, -1, -(1 << 70), 1.5, 1.0, 0.0, True, False, '3',
+                     b'3', [3], {'size': 3}, float('nan')):
             msg = self.refused(imagecache.publish, self.partial, size,
                                call='publish')
             self.assertIn('size %r' % (size,), msg)
@@ -1277,7 +1225,7 @@ class PublishTest(_Base):
                        {os.path.join(rootfs, 'proc'), '/', self.images},
                        {os.path.join(rootfs, 'a', 'b')}):
             self.points = points
-            for size in (5, None):
+            for size in (5, 0):
                 msg = self.refused(imagecache.publish, self.partial, size,
                                    call='publish')
                 self.assertIn('still has mounts', msg)
@@ -1308,7 +1256,7 @@ class PublishTest(_Base):
         _write(os.path.join(self.partial, imagecache.ARCHIVE), b'qcow')
         self.patch_object(imagecache, '_receiving',
                           new={self.partial: object()})
-        for size in (4, None):
+        for size in (4, 0):
             self.refused(imagecache.publish, self.partial, size,
                          match='a receive into %s is running'
                          % self.partial)
