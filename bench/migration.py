@@ -21,25 +21,22 @@ c) the floor: the server handed over the same way by the host it is on
    files from its root directory to a scratch directory beside the
    destination state paths, timed; the copy
    deleted, and the server brought back with
-   ``finish_revert_migration`` (untimed). References, timed in the same
-   window, for the local transport only (over SSH each would cost as
-   much as the floor): the driver's own copy command run bare and
-   ``cp --sparse=always``.
+   ``finish_revert_migration`` (untimed). A reference, timed in the same
+   window, for the local transport only (over SSH it would cost as
+   much as the floor): ``cp --sparse=always``.
 
 a and c alternate (ac, ca, ...) ``runs`` times. The transports:
 
-- local: the default between two drivers of one machine (disk images
-  copied by the storage_admin daemon, reflinks or data extents; a root
-  without a disk by ``cp --archive --sparse=always --reflink=auto``);
-  floor: local ``rsync -S`` (the issue's floor); "driver argv" is the
-  cp command the driver used for every file before the disk images
-  went through privsep;
+- local: the default between two drivers of one machine (copied by
+  the storage_admin daemon: disk images reflinked or their data extents,
+  a root without a disk's upper layer as tar's stream into the confined
+  child);
+  floor: local ``rsync -S`` (the issue's floor);
 - rsync: over SSH, as between two machines: a private sshd on
   127.0.0.1 (a port, host key and client key of its own, as
   tests/functional RsyncOverSSHTest), ``migration.is_local`` patched to
-  False; the disk images travel as ``tar --sparse``'s stream read by
-  the daemon's confined child, a root without a disk by rsync; floor:
-  ``rsync -S`` over the same SSH.
+  False; the disks travel as ``tar --sparse``'s stream read by the
+  daemon's confined child; floor: ``rsync -S`` over the same SSH.
 
 The goal (issue): driver <= 1.3 x floor + 2 s, at the median.
 """
@@ -60,6 +57,7 @@ from novalxcdriver import container as container_mod
 from novalxcdriver import driver as driver_mod
 from novalxcdriver import migration as migration_mod
 from novalxcdriver import privsep
+from novalxcdriver.privsep import migrationcopy
 from novalxcdriver import rootfs as rootfs_mod
 from tests import private_sshd
 
@@ -213,33 +211,31 @@ def transport(h, a, b, name):
 def floor_commands(info, dest_dir, local):
     """The floor's commands for info's files: name -> list of argv.
 
-    'rsync -S' is the floor (the issue's); 'driver argv' the driver's own
-    copy command run bare; locally also 'cp --sparse=always'.
+    'rsync -S' is the floor (the issue's): locally, or over the SSH the
+    driver's daemon uses (migrationcopy.ssh_command); locally also 'cp
+    --sparse=always'.
     """
     out = {'rsync -S': []}
     if local:
-        # Cheap here; over SSH each would cost as much as the floor.
-        out['driver argv'] = []
+        # Cheap here; over SSH it would cost as much as the floor.
         out['cp --sparse=always'] = []
     for name in info.files:
         directory = name == migration_mod.ROOT_DIR
-        source = os.path.join(info.rootfs, name)
-        dest = os.path.join(dest_dir, name)
-        argv = migration_mod.copy_argv(info, name, dest, local)
+        source = os.path.join(info.rootfs, name) + ('/' if directory
+                                                    else '')
+        dest = os.path.join(dest_dir, name) + ('/' if directory else '')
         flags = ['-S'] + (['-a'] if directory else [])
         if local:
-            out['driver argv'].append(argv)
-            out['rsync -S'].append(
-                ['rsync'] + flags + [source + ('/' if directory else ''),
-                                     dest + ('/' if directory else '')])
+            out['rsync -S'].append(['rsync'] + flags + [source, dest])
             out['cp --sparse=always'].append(
                 ['cp', '--sparse=always'] + (['-a'] if directory else []) +
-                ['--no-target-directory', source, dest])
+                ['--no-target-directory', source.rstrip('/'),
+                 dest.rstrip('/')])
         else:
-            # The driver's ssh command and remote spec, rsync -S alone.
-            e = argv.index('-e')
-            out['rsync -S'].append(['rsync'] + flags +
-                                   ['-e', argv[e + 1], argv[-2], argv[-1]])
+            ssh = migrationcopy.ssh_command(info.source_ip)[:-2]
+            host = migrationcopy.ssh_command(info.source_ip)[-1]
+            out['rsync -S'].append(['rsync'] + flags + [
+                '-e', ' '.join(ssh), '%s:%s' % (host, source), dest])
     return out
 
 
@@ -367,7 +363,7 @@ def measure_transport(h, hosts, instance, image, name, runs, label,
                 out[side].append(sample)
             d, f = out['driver'][-1], out['floor'][-1]
             refs = ''.join(', %s %.2f s' % (k, f[k]) for k in
-                           ('driver argv', 'cp --sparse=always') if k in f)
+                           ('cp --sparse=always',) if k in f)
             log('  migration %s %s run %d/%d: driver %.2f s (%s: hand over '
                 '%.2f, copy %.2f, grow/mount/start %.2f, confirm %.2f), '
                 'floor rsync -S %.2f s%s' % (

@@ -39,7 +39,7 @@ MIGRATION_RATIO_MAX = 1.3
 MIGRATION_SLACK = 2.0             # s
 MIGRATION_TRANSPORTS = {
     'local': 'local copy (two drivers of one machine)',
-    'rsync': 'rsync over SSH (127.0.0.1, is_local False)'}
+    'rsync': 'over SSH (127.0.0.1, is_local False)'}
 
 
 def _ms(seconds):
@@ -604,9 +604,12 @@ def migration_rows(results):
     for size in mig['sizes']:
         for name, transport in size['transports'].items():
             f = migration_figures(transport)
-            refs = ('; bare driver copy %s' % _s(f['driver_argv']) +
-                    ('' if f['cp'] is None else
-                     ', `cp --sparse=always` %s' % _s(f['cp'])))
+            # 'driver argv': runs from before the copy went to privsep.
+            refs = ''.join('; %s %s' % (label, _s(f[key]))
+                           for key, label in (
+                               ('driver_argv', 'bare driver copy'),
+                               ('cp', '`cp --sparse=always`'))
+                           if f[key] is not None)
             rows.append(_row(
                 10, 'Cold migration, %s written (%d GiB disk), %s: '
                 'migrate_disk_and_power_off + finish_migration + '
@@ -650,16 +653,17 @@ def migration_section(results):
             'unmounted and quiet), then `rsync -S` of the same files from '
             'its root directory to a scratch directory beside the state '
             'paths, timed, then deleted and the server reverted. '
-            'Transports: local (the driver copies with `cp --archive '
-            '--sparse=always --reflink=auto`; floor a local `rsync -S`) '
-            'and rsync over SSH to a private sshd on 127.0.0.1 (the '
-            'driver\'s `rsync --archive ... --sparse`; floor `rsync -S` '
-            'over the same SSH). For the local transport, also timed on '
-            'the same quiet files: the driver\'s own copy command run bare '
-            'and `cp --sparse=always` (after the floor\'s `rsync -S`, so '
-            'they find the files in the page cache). rsync reads a sparse '
+            'Transports: local (the driver\'s storage_admin daemon '
+            'reflinks a disk or copies its data extents; floor a local '
+            '`rsync -S`) and SSH to a private sshd on 127.0.0.1 (the '
+            'daemon runs `ssh ... tar --create --sparse` and its confined '
+            'child reads the stream; floor `rsync -S` over the same SSH). '
+            'For the local transport, also timed on the same quiet files: '
+            '`cp --sparse=always` (after the floor\'s `rsync -S`, so it '
+            'finds the files in the page cache). rsync reads a sparse '
             'file\'s holes as zeros (and over SSH sends them): its time '
-            'follows the disk\'s size, not the data; cp skips holes. '
+            'follows the disk\'s size, not the data; cp and tar --sparse '
+            'skip holes. '
             'Driver and floor '
             'alternate, %d runs each; medians. Goal: driver ≤ %gx floor + '
             '%g s.' % (

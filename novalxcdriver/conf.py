@@ -85,16 +85,15 @@ lxc_opts = [
     cfg.StrOpt('migration_ssh_user', default='',
                help='User a destination host logs in as over SSH to '
                     'copy a migrating server\'s disks from the source '
-                    'host (whose my_ip it reaches). Empty: the local '
-                    'user. The disk images are copied by root (the '
-                    'storage_admin privsep daemon, which reads this '
-                    'option from its own config files), a root without a '
-                    'disk (flavor root_gb 0) by nova-compute with rsync. '
-                    'Root\'s SSH key must be accepted by the other '
-                    'compute hosts, as for libvirt\'s cold migration, '
-                    'and the remote user must read the disks (root). Not '
-                    'used between two services of one machine: they copy '
-                    'locally.'),
+                    'host (whose my_ip it reaches), running tar there. '
+                    'Empty: the local user, root: the copy is made by the '
+                    'storage_admin privsep daemon, which reads this and '
+                    'the other migration_ssh_* options from its own '
+                    'config files. Root\'s SSH key must be accepted by '
+                    'the other compute hosts, as for libvirt\'s cold '
+                    'migration, and the remote user must read the disks '
+                    '(root). Not used between two services of one '
+                    'machine: they copy locally.'),
     cfg.PortOpt('migration_ssh_port', default=22,
                 help='SSH port of the source host for migrations.'),
     cfg.ListOpt('migration_ssh_options', default=[],

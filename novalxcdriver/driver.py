@@ -1233,9 +1233,6 @@ class LXCDriver(driver.ComputeDriver):
         try:
             self._refuse_unsupported(instance, block_device_info)
             migration_mod.check_resize(instance.flavor, flavor)
-            if not instance.flavor.root_gb:
-                # Its root travels as a tree (migration.fetch).
-                migration_mod.check_copier()
         except (exception.ResizeRefused, nova_exc.InvalidInput) as e:
             raise nova_exc.InstanceFaultRollback(
                 nova_exc.ResizeError(reason=str(e)))
@@ -1284,8 +1281,9 @@ class LXCDriver(driver.ComputeDriver):
                          share_info=None):
         """Make the server here from the source's disks (destination).
 
-        The disks are copied from the source (migration.fetch: locally on
-        one machine, else rsync over SSH), keep their owners and are shown
+        The disks are copied from the source by the storage_admin daemon
+        (migration.fetch: locally on one machine, else over SSH), keep
+        their owners and are shown
         in the idmap of a container ID allocated here (rootfs.receive).
         They grow to the new flavor (instance.flavor); an ephemeral disk
         the old flavor had not is made empty. The image comes from the

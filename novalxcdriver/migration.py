@@ -23,18 +23,17 @@ halfway deletes only its own copy. The transport:
   another host may well have a directory of the same name);
 - another machine: over SSH from the source's ``my_ip``, as Nova's
   libvirt driver copies with rsync or scp over SSH (``[libvirt]
-  remote_filesystem_transport``): the disk images as ``tar --sparse``'s
-  stream, a root without a disk with ``rsync``. The operator gives root
-  of each host (the storage_admin privsep daemon runs ssh; nova-compute
-  itself for rsync) an SSH key the other hosts accept, as libvirt's cold
-  migration needs; ``[lxc] migration_ssh_user`` and
-  ``migration_ssh_port`` choose where it logs in.
+  remote_filesystem_transport``): ``tar --sparse``'s stream of the disk
+  images, or of a root without a disk's upper layer. The operator gives
+  root of each host (the storage_admin privsep daemon runs ssh) an SSH
+  key the other hosts accept, as libvirt's cold migration needs; ``[lxc]
+  migration_ssh_user`` and ``migration_ssh_port`` choose where it logs
+  in.
 
-The disk images are copied by the storage_admin daemon
+Everything is copied by the storage_admin daemon
 (privsep/migrationcopy.py), which checks the source itself and has the
-source's stream parsed by a confined child; the trees (a root without a
-disk, an image's cache entry) still by cp or rsync in nova-compute, as
-root (check_copier).
+source's stream parsed by a confined child: nova-compute needs no
+privilege for it.
 
 The destination allocates a container ID of its own, so the disks' files
 are owned in the source's uid range. They are not chowned: an idmapped
@@ -55,7 +54,6 @@ from oslo_utils import units
 from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import ids
-from novalxcdriver import lxc
 from novalxcdriver.privsep import migrationcopy
 from novalxcdriver.privsep import rootdirs
 
@@ -144,27 +142,6 @@ class DiskInfo:
         return info
 
 
-def check_copier():
-    """Raise unless this process can copy a root without a disk.
-
-    Disk images and an image's cache entry travel through privsep
-    (privsep.migrationcopy). A root without a disk (flavor root_gb 0)
-    does not yet: its directory, with overlayfs's whiteouts and
-    trusted.overlay.* xattrs, is copied by cp, or rsync over SSH, in
-    nova-compute, which needs root for it (issue 14;
-    docs/design/issue-14-privsep-inventory.md 5.12). An unprivileged
-    nova-compute refuses such a migration with this reason before
-    anything is stopped, rather than failing midway.
-
-    :raises ResizeRefused: this process is not root.
-    """
-    if os.geteuid() != 0:
-        raise exception.ResizeRefused(
-            reason='the copy of the root of a flavor without a root disk '
-                   'needs nova-compute to run as root on this host: it is '
-                   'not done through privsep yet')
-
-
 def check_resize(old_flavor, new_flavor):
     """Raise unless the disks can take new_flavor's sizes.
 
@@ -220,74 +197,41 @@ def is_local(info):
         return False
 
 
-def copy_argv(info, name, dest, local):
-    """The command copying info's tree name to dest (pure).
-
-    Directories keep numeric owners, modes, hard links, ACLs and xattrs
-    (file capabilities included); files stay sparse.
-    """
-    return _copy_argv(info, os.path.join(info.rootfs, name), dest, local,
-                      name == ROOT_DIR)
-
-
-def _copy_argv(info, source, dest, local, directory):
-    if local:
-        return ['cp', '--archive', '--sparse=always', '--reflink=auto',
-                '--no-target-directory', source, dest]
-    ssh = ['ssh', '-o', 'BatchMode=yes', '-p',
-           str(CONF.lxc.migration_ssh_port)]
-    for option in CONF.lxc.migration_ssh_options:
-        # rsync splits its -e command at blanks: none may hide in one.
-        if not migrationcopy.SSH_OPTION_RE.match(option):
-            raise exception.InvalidSSHOption(option=option)
-        ssh += ['-o', option]
-    user = CONF.lxc.migration_ssh_user
-    host = info.source_ip
-    if ':' in host:
-        host = '[%s]' % host
-    remote = '%s%s:%s' % (user + '@' if user else '', host,
-                          source + ('/' if directory else ''))
-    return ['rsync', '--archive', '--hard-links', '--acls', '--xattrs',
-            '--numeric-ids', '--sparse', '--protect-args',
-            '-e', ' '.join(ssh), remote, dest + ('/' if directory else '')]
-
-
 def fetch(info, dest_dir):
     """Copy info's files into dest_dir (which exists, empty of them).
 
-    The disk images through the storage_admin daemon
-    (privsep.migrationcopy.receive_disks: a local copy, or ssh and tar
-    read by a confined child); a root without a disk by cp, or rsync over
-    SSH, here (check_copier).
+    Through the storage_admin daemon (privsep.migrationcopy): the disk
+    images (receive_disks), or a root without a disk's upper layer
+    (receive_upper, at most the bytes free where it goes), by a local
+    copy or from the source over SSH, the source's stream parsed by a
+    confined child.
 
     :returns: list of the paths made.
     :raises CommandFailed, CommandTimedOut: the copy failed (what it
         made is the caller's to remove).
     :raises ArchiveError, UnsafeArchiveMember, MigrationDiskRefused,
-        PrivilegedCallRefused, ResizeRefused, OSError: the source's disks
-        were refused, or could not be written (ENOSPC).
+        PrivilegedCallRefused, OSError: the source's disks were refused,
+        or could not be written (ENOSPC).
     """
-    trees = [name for name in info.files if name == ROOT_DIR]
-    if trees:
-        check_copier()
-    local = is_local(info)
+    transport = 'local' if is_local(info) else 'ssh'
     made = []
     images = [name for name in info.files if name != ROOT_DIR]
     if images:
         made += [os.path.join(dest_dir, name) for name in images]
         migrationcopy.receive_disks(
             dest_dir, images, info.rootfs, info.token, info.source_ip,
-            'local' if local else 'ssh',
-            max(info.root_gb, info.ephemeral_gb) * units.Gi,
+            transport, max(info.root_gb, info.ephemeral_gb) * units.Gi,
             CONF.lxc.migration_timeout)
-    for name in trees:
-        dest = os.path.join(dest_dir, name)
-        made.append(dest)
-        lxc.execute(*copy_argv(info, name, dest, local),
-                    timeout=CONF.lxc.migration_timeout)
+    if ROOT_DIR in info.files:
+        made.append(os.path.join(dest_dir, ROOT_DIR))
+        free = os.statvfs(dest_dir)
+        migrationcopy.receive_upper(
+            dest_dir, info.rootfs, info.token, info.source_ip, transport,
+            list(info.idmap.fields()), max(1, free.f_bavail * free.f_frsize),
+            CONF.lxc.migration_timeout)
     LOG.info('Received %s of instance %s from %s (%s)',
              ', '.join(info.files), info.instance_uuid, info.source_host,
-             'local copy' if local else 'over SSH')
+             transport)
     return made
 
 

@@ -40,7 +40,8 @@ stops the whole unpack:
    link points into the host's own tree, so any later host-side code that
    writes into the rootfs must not follow symlinks either.
 6. No character or block devices (LXC populates /dev itself) and no
-   unknown member types; FIFOs are harmless and allowed.
+   unknown member types; FIFOs are harmless and allowed (an overlayfs
+   upper layer's whiteouts, unpack_upper, are the one exception).
 7. Regular file sizes, added up, stay within ``max_bytes``, and each file
    fits in the free space of the destination; both are checked before the
    file is written, so a compression bomb stops before it fills the disk.
@@ -114,6 +115,8 @@ _MAX_GLOBAL_PAX_RECORDS = 1024
 _MAX_XATTR_BYTES = 64 * 1024 * 1024
 _XATTR_OVERHEAD = 100
 _XATTR_PREFIX = 'SCHILY.xattr.'
+# overlayfs's mark of a directory that hides the lower one's entries.
+_OPAQUE = b'trusted.overlay.opaque'
 # uid/gid 2**32 - 1 means "unchanged" to chown(2).
 _MAX_ID = 2 ** 32 - 2
 # Far beyond any real mtime (about 34,000 years), still a valid time_t.
@@ -151,14 +154,51 @@ def unpack_stream(stream, dest_dir, max_bytes, head=b'', max_id=None):
     it is up to the caller.
     """
     dest_dir = os.fspath(dest_dir)
+    member_filter = _MemberFilter(dest_dir, max_bytes,
+                                  _MAX_ID if max_id is None else max_id)
+    return _unpack(stream, dest_dir, head, member_filter)
+
+
+def unpack_upper(stream, dest_dir, max_bytes, uid_offset, gid_offset,
+                 max_id):
+    """Unpack an overlayfs upper layer's tarball (a migrating server's).
+
+    The rules of unpack_stream, and for what an upper layer holds besides
+    an image's files (overlayfs.rst, "whiteouts and opaque directories"):
+
+    - whiteouts, character devices 0/0, are made (mknod(2) allows them in
+      a user namespace), hard links between them too (overlayfs shares
+      one whiteout inode); no other device;
+    - owners in the tarball are the host's (GNU tar ``--numeric-owner`` of
+      a layer owned in a container's range): uid_offset and gid_offset are
+      taken off, and what is left must be 0..max_id; whiteouts, which
+      overlayfs makes as its mounter (the host's root), are the
+      namespace's root's whoever owned them;
+    - a directory's ``trusted.overlay.opaque`` "y" is not set (only the
+      host's root may set trusted.* attributes) but returned, for the
+      caller to set; other ``trusted.overlay.*`` attributes (origin,
+      impure, uuid: inode bookkeeping of the source's overlay) are left
+      out, as unpack_stream leaves every trusted.* one out.
+
+    :returns: (bytes of regular file data written, sorted list of the
+        opaque directories' paths relative to dest_dir, '.' for itself).
+    :raises: as unpack_stream.
+    """
+    dest_dir = os.fspath(dest_dir)
+    member_filter = _MemberFilter(dest_dir, max_bytes, max_id,
+                                  uid_offset=uid_offset,
+                                  gid_offset=gid_offset, upper=True)
+    total = _unpack(stream, dest_dir, b'', member_filter)
+    return total, sorted(member_filter.opaque)
+
+
+def _unpack(stream, dest_dir, head, member_filter):
     try:
         head += _read_head(stream, _PEEK_BYTES - len(head))
     except OSError as e:
         raise _corrupt(e) from e
     compression = _detect(head)
     archive = _Rewound(head, stream)
-    member_filter = _MemberFilter(dest_dir, max_bytes,
-                                  _MAX_ID if max_id is None else max_id)
     try:
         source = _DECOMPRESSORS[compression](archive)
         # errorlevel=2 turns failures that tarfile would only note
@@ -380,6 +420,10 @@ def kept_xattr(name):
         name == b'security.capability'
 
 
+def _is_whiteout(member):
+    return member.ischr() and member.devmajor == 0 and member.devminor == 0
+
+
 def _xattr_name(keyword):
     # GNU tar escapes '=' and '%' in attribute names inside pax keywords.
     name = re.sub('%(3D|25)', lambda m: '=' if m.group(1) == '3D' else '%',
@@ -390,10 +434,15 @@ def _xattr_name(keyword):
 class _MemberFilter(object):
     """The extraction filter: checks one member, tracks sizes and xattrs."""
 
-    def __init__(self, dest_dir, max_bytes, max_id=_MAX_ID):
+    def __init__(self, dest_dir, max_bytes, max_id=_MAX_ID, uid_offset=0,
+                 gid_offset=0, upper=False):
         self._dest = dest_dir
         self._max_bytes = max_bytes
         self._max_id = max_id
+        self._offsets = {'uid': uid_offset, 'gid': gid_offset}
+        # An overlayfs upper layer (unpack_upper).
+        self._upper = upper
+        self.opaque = set()
         self.total = 0
         self._xattrs = {}
         self._xattr_bytes = 0
@@ -415,6 +464,14 @@ class _MemberFilter(object):
             self._check_replace(member, target)
         changes = {'name': '/'.join(parts) or '.',
                    'mode': member.mode & 0o7777}
+        if self._whiteout(member):
+            # The overlay's mounter owns them, the host's root; here the
+            # namespace's root does (overlayfs looks at the type alone).
+            changes['uid'] = changes['gid'] = 0
+        else:
+            for field, offset in self._offsets.items():
+                if offset:
+                    changes[field] = getattr(member, field) - offset
         if member.islnk():
             changes['linkname'] = self._check_hard_link(member)
         elif member.issym():
@@ -465,8 +522,9 @@ class _MemberFilter(object):
             raise _refuse(member, "'..' in %s %r" % (what, path))
         return parts
 
-    @staticmethod
-    def _check_type(member):
+    def _check_type(self, member):
+        if self._upper and _is_whiteout(member):
+            return
         if member.ischr() or member.isblk():
             raise _refuse(member, 'device node (LXC creates /dev itself)')
         if not (member.isreg() or member.isdir() or member.issym() or
@@ -474,15 +532,32 @@ class _MemberFilter(object):
             raise _refuse(member, 'unsupported member type %r'
                           % member.type.decode('ascii', 'backslashreplace'))
 
+    def _whiteout(self, member):
+        """Whether member is an upper layer's whiteout, or a link to one."""
+        if not self._upper:
+            return False
+        if _is_whiteout(member):
+            return True
+        if not member.islnk():
+            return False
+        parts = self._split(member, member.linkname, 'hard link target')
+        st = _lstat(os.path.join(self._dest, *parts)) if parts else None
+        return st is not None and stat.S_ISCHR(st.st_mode) and \
+            st.st_rdev == 0
+
     def _check_metadata(self, member):
         for field in ('uid', 'gid'):
+            if self._whiteout(member):
+                break
             value = getattr(member, field)
             if not 0 <= value <= _MAX_ID:
                 raise _refuse(member, 'invalid %s %r' % (field, value))
-            if value > self._max_id:
-                raise _refuse(member, '%s %d is above %d, the highest an '
-                              'image\'s files may be owned by'
-                              % (field, value, self._max_id))
+            offset = self._offsets[field]
+            if not offset <= value <= offset + self._max_id:
+                raise _refuse(member, '%s %d is outside %d..%d, the ids '
+                              'its files may be owned by'
+                              % (field, value, offset,
+                                 offset + self._max_id))
         mtime = member.mtime
         # Also false for NaN and infinities.
         if not abs(mtime) < _MAX_MTIME:
@@ -529,7 +604,10 @@ class _MemberFilter(object):
         if st is None:
             raise _refuse(member, 'hard link target %r has not been '
                           'extracted' % linkname)
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        whiteout = self._upper and stat.S_ISCHR(st.st_mode) and \
+            st.st_rdev == 0
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode) or
+                whiteout):
             raise _refuse(member, 'hard link to the %s %r' % (
                 _kind(st.st_mode), linkname))
         return linkname
@@ -575,9 +653,13 @@ class _MemberFilter(object):
         # A member replacing an earlier one of the same name replaces its
         # attributes too.
         self._xattrs.pop(name, None)
+        self.opaque.discard(name)
         xattrs = [(_xattr_name(k), v.encode('utf-8', 'surrogateescape'))
                   for k, v in member.pax_headers.items()
                   if k.startswith(_XATTR_PREFIX)]
+        if self._upper and member.isdir() and \
+                (_OPAQUE, b'y') in xattrs:
+            self.opaque.add(name)
         xattrs = [(k, v) for k, v in xattrs if kept_xattr(k)]
         if not xattrs:
             return

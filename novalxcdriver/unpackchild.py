@@ -1,15 +1,18 @@
 """The confined unpacker, a child of the storage_admin daemon.
 
 Started by privsep/unpack.py, as root: ``python -m
-novalxcdriver.unpackchild --mode tarball|tree|disks --max-bytes N
---max-id M --ready-fd R --go-fd G [--disk NAME=FD ...]``. In mode
+novalxcdriver.unpackchild --mode tarball|tree|disks|upper --max-bytes N
+--max-id M --ready-fd R --go-fd G [--disk NAME=FD ...] [--uid-offset U
+--gid-offset G]``. In mode
 tarball, the tarball is on stdin (a FIFO) and its working directory is an
 idmapped view of the image's new rootfs; in mode tree (a disk image's root
 partition), its working directory holds two idmapped views, ``source``
 (the partition, read-only) and ``rootfs``; in mode disks (a migration's
 disk images, privsep/migrationcopy.py), stdin is the source host's tar
 stream and each ``--disk`` names a disk and the fd of its new file, which
-the daemon opened. It loads
+the daemon opened; in mode upper (a migration's root without a disk), its
+working directory is the new upper layer, its namespace maps the disks'
+range, and stdin is the source's tar stream of its upper layer. It loads
 everything it will run while it can still read root's files (the
 interpreter, tarball.py and the decompressors may live in directories
 only root may enter), then leaves root for good:
@@ -25,11 +28,13 @@ only root may enter), then leaves root for good:
    the daemon (PR_SET_PDEATHSIG);
 4. tarball: tarball.unpack_stream of stdin into '.', owners at most
    --max-id; tree: treecopy.copy_tree of source into rootfs; disks:
-   diskstream.receive of stdin into the fds.
+   diskstream.receive of stdin into the fds; upper: tarball.unpack_upper
+   of stdin into '.'.
 
 It prints one JSON object on stdout: ``{"size": N}`` (tree: and
 ``"skipped": K``; disks: N is the sum of the disks' apparent sizes,
-and ``"sizes"`` maps each disk's name to its own),
+and ``"sizes"`` maps each disk's name to its own; upper: and
+``"opaque"``, the directories to mark opaque),
 or ``{"error": "UnsafeArchiveMember", "member": ..., "reason": ...}``,
 ``{"error": "ArchiveError", "reason": ...}``, ``{"error":
 "DiskImageRefused", "reason": ...}``, ``{"error": "OSError", "errno":
@@ -62,7 +67,7 @@ from novalxcdriver import treecopy
 # What it unpacks: a tarball from stdin, a tree (a disk image's root
 # partition) from its working directory's source/ into rootfs/, or a
 # migration's disk images from stdin into the files it was handed.
-MODES = ('tarball', 'tree', 'disks')
+MODES = ('tarball', 'tree', 'disks', 'upper')
 
 CLONE_NEWUSER = 0x10000000    # sched.h
 PR_SET_PDEATHSIG = 1          # prctl.h
@@ -124,6 +129,9 @@ def run(argv=None):
     parser.add_argument('--go-fd', type=int, required=True)
     parser.add_argument('--disk', action='append', default=[],
                         type=_disk_arg, help='NAME=FD (mode disks)')
+    parser.add_argument('--uid-offset', type=int, default=0,
+                        help='taken off owners (mode upper)')
+    parser.add_argument('--gid-offset', type=int, default=0)
     args = parser.parse_args(argv)
     try:
         confine(_libc(), args.ready_fd, args.go_fd)
@@ -136,6 +144,11 @@ def run(argv=None):
             sizes = diskstream.receive(sys.stdin.buffer, dict(args.disk),
                                        args.max_bytes)
             return 0, {'size': sum(sizes.values()), 'sizes': sizes}
+        if args.mode == 'upper':
+            size, opaque = tarball.unpack_upper(
+                sys.stdin.buffer, '.', args.max_bytes, args.uid_offset,
+                args.gid_offset, args.max_id)
+            return 0, {'size': size, 'opaque': opaque}
         size = tarball.unpack_stream(sys.stdin.buffer, '.', args.max_bytes,
                                      max_id=args.max_id)
     except exception.DiskImageRefused as e:

@@ -1,4 +1,4 @@
-"""The disk images a migration receives (``storage_admin``).
+"""What a migration's destination receives (``storage_admin``).
 
 A cold migration's destination pulls the source's disks into a root
 directory of its own (migration.py). Run as root in nova-compute, the
@@ -11,9 +11,11 @@ tenant sees. So the daemon does it, and decides what it trusts itself
 - the destination: ``<driver root>/rootfs/<digits>`` of this daemon
   (rootdirs.check_root_dir); each disk is a new file the daemon makes
   there (O_EXCL, root's 0600), never a path or a tree it is given;
-- the disks: ``root.img`` and ``ephemeral.img`` only. A root without a
-  disk (flavor root_gb 0) travels as a tree, still copied by
-  nova-compute (migration.check_copier);
+- what travels: the disk images, ``root.img`` and ``ephemeral.img``
+  (receive_disks); a root without a disk's upper layer (flavor root_gb
+  0, receive_upper); the image's cache entry when Glance lost the image
+  (receive_image). Nothing else, never a tree into a path the caller
+  names;
 - ``local``, two services of one machine: the source's root directory
   must be reached from ``/`` through directories of root's that only
   root may write to (or sticky, as /tmp), without a symlink, and hold
@@ -22,7 +24,7 @@ tenant sees. So the daemon does it, and decides what it trusts itself
   without following a link, is copied by the daemon, reflinked or data
   extents only (disks.copy_fd_sparse);
 - ``ssh``, another machine: the daemon runs ``ssh <source> tar --create
-  --sparse ...`` with the options of its own configuration (``[lxc]
+  ...`` with the options of its own configuration (``[lxc]
   migration_ssh_user``, ``migration_ssh_port``,
   ``migration_ssh_options``), never the caller's: ssh_config(5) options
   such as ProxyCommand run commands. The source's tar stream is parsed
@@ -31,7 +33,12 @@ tenant sees. So the daemon does it, and decides what it trusts itself
   the files the daemon opened for it and nothing else
   (diskstream.receive).
 
-What a failed copy made is removed before the error is raised.
+Trees (an upper layer, a cache entry) travel as ``tar --xattrs``'s
+stream too, on either transport, into the confined child: in the
+container's range for an upper layer (tarball.unpack_upper), the unpack
+range's idmapped view for an image (tarball.unpack_stream's rules, as a
+Glance tarball). What a failed copy made is removed before the error is
+raised.
 """
 
 import contextlib
@@ -39,6 +46,7 @@ import ipaddress
 import os
 import re
 import shlex
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -47,10 +55,13 @@ from oslo_log import log as logging
 
 from novalxcdriver import conf
 from novalxcdriver import exception
+from novalxcdriver import ids
 from novalxcdriver import privsep
 from novalxcdriver.privsep import disks
 from novalxcdriver.privsep import imagecache
+from novalxcdriver.privsep import lxctools
 from novalxcdriver.privsep import rootdirs
+from novalxcdriver.privsep import storage
 from novalxcdriver.privsep import unpack
 
 CONF = conf.CONF
@@ -100,6 +111,12 @@ def _check(call, root, names, source, token, source_ip, transport,
             not all(isinstance(n, str) and n in DISKS for n in names):
         privsep.refuse(call, 'names %r are not distinct disks of %s'
                        % (names, ', '.join(DISKS)))
+    _check_source(call, source, token, source_ip, transport, max_bytes,
+                  timeout)
+
+
+def _check_source(call, source, token, source_ip, transport, max_bytes,
+                  timeout):
     rootdirs.check_root_shape(call, source)
     if not _REMOTE_PATH_RE.match(source):
         privsep.refuse(call, 'source %r holds characters a migration\'s '
@@ -322,16 +339,17 @@ def _check_producer(producer, argv, err):
 
 
 # GNU tar's options for an image's cache entry: owners as numbers, the
-# xattrs tarball.py keeps (file capabilities) as pax records.
+# xattrs tarball.py keeps (file capabilities) as pax records; an upper
+# layer's also sparse (its files are the container's own).
 IMAGE_TAR_OPTIONS = ('--create', '--numeric-owner', '--format=posix',
                      '--xattrs', '--xattrs-include=*', '--file=-')
+UPPER_TAR_OPTIONS = IMAGE_TAR_OPTIONS + ('--sparse',)
 
 
-def image_tar_command(rootfs):
-    """The remote shell's command sending a cache entry's rootfs (pure)."""
+def tree_tar_command(options, directory):
+    """The remote shell's command sending directory's tree (pure)."""
     return 'tar %s --directory=%s -- .' % (
-        ' '.join(shlex.quote(o) for o in IMAGE_TAR_OPTIONS),
-        shlex.quote(rootfs))
+        ' '.join(shlex.quote(o) for o in options), shlex.quote(directory))
 
 
 def _check_entry(call, source, image_id):
@@ -396,7 +414,8 @@ def receive_image(rootfs, source, image_id, source_ip, transport,
         argv = ['tar'] + list(IMAGE_TAR_OPTIONS) + [
             '--directory=' + source_rootfs, '--', '.']
     else:
-        argv = ssh_command(source_ip) + [image_tar_command(source_rootfs)]
+        argv = ssh_command(source_ip) + [
+            tree_tar_command(IMAGE_TAR_OPTIONS, source_rootfs)]
     unpack._claim(call, rootfs)
     try:
         result = _through_child(
@@ -409,3 +428,132 @@ def receive_image(rootfs, source, image_id, source_ip, transport,
              source if transport == 'local' else source_ip, transport,
              result['size'])
     return result['size']
+
+
+# A root without a disk: its directory's layers (rootfs.py).
+ROOT_DIR = 'root'
+UPPER = 'upper'
+WORK = 'work'
+_OPAQUE = 'trusted.overlay.opaque'
+
+
+@privsep.storage_admin.entrypoint
+def receive_upper(root, source, token, source_ip, transport, idmap,
+                  max_bytes, timeout):
+    """Copy a migrating root without a disk: its upper layer, here.
+
+    A flavor with root_gb 0 keeps the container's writes in
+    ``root/upper`` on the host's filesystem, owned in its range (idmap),
+    with overlayfs's whiteouts and opaque marks. The daemon makes
+    ``<root>/root`` (root's 0755) and, owned by idmap's root, an empty
+    ``upper`` and ``work`` (0755); the source's upper travels as ``tar
+    --xattrs --sparse`` (here by the daemon's tar, after the walk and
+    token of receive_disks, or on the source over ssh) into the confined
+    child in a user namespace mapping idmap (tarball.unpack_upper: an
+    image's rules, whiteouts allowed, owners shifted out of the host's
+    range). The opaque directories it reports get
+    ``trusted.overlay.opaque`` here, reached without a link. A failure
+    removes ``<root>/root``.
+
+    :param root: this host's new root directory (``<driver root>/rootfs/
+        <digits>``), without ``root``.
+    :param source: the source's root directory (receive_disks).
+    :param token: the migration's token.
+    :param source_ip: the source host's IP address (ssh).
+    :param transport: ``local`` or ``ssh``.
+    :param idmap: [uid_start, gid_start, size] the layer is owned in
+        (inside root's subordinate ranges, not the unpack range).
+    :param max_bytes: the most bytes of file data (> 0).
+    :param timeout: seconds (positive int, at most a day).
+    :returns: bytes of file data received.
+    :raises PrivilegedCallRefused: an argument fails the checks; local,
+        and the source is not root's alone or lacks the token.
+    :raises FileExistsError: ``<root>/root`` exists (left alone).
+    :raises UnsafeArchiveMember, ArchiveError: the stream was refused.
+    :raises CommandFailed, CommandTimedOut: tar or ssh failed, or the
+        copy took too long.
+    :raises OSError: writing failed (e.g. ENOSPC).
+    """
+    call = 'receive_upper'
+    rootdirs.check_root_dir(call, root)
+    _check_source(call, source, token, source_ip, transport, max_bytes,
+                  timeout)
+    checked = storage.check_idmap(call, idmap)
+    unpacker = ids.unpack_idmap()
+    if checked.uid_start < unpacker.uid_start + unpacker.size and \
+            unpacker.uid_start < checked.uid_start + checked.size or \
+            checked.gid_start < unpacker.gid_start + unpacker.size and \
+            unpacker.gid_start < checked.gid_start + checked.size:
+        privsep.refuse(call, 'idmap %r overlaps the unpack range' % (idmap,))
+    source_upper = os.path.join(source, ROOT_DIR, UPPER)
+    if transport == 'local':
+        for path in (source, os.path.join(source, ROOT_DIR)):
+            fd = _trusted_dir(call, path)
+            try:
+                real = os.open('.', os.O_RDONLY | os.O_DIRECTORY |
+                               os.O_CLOEXEC, dir_fd=fd)
+            finally:
+                os.close(fd)
+            try:
+                if path == source and not rootdirs.holds_token(
+                        source, token, dir_fd=real):
+                    privsep.refuse(call, '%s does not hold this '
+                                   'migration\'s token' % source)
+            finally:
+                os.close(real)
+        argv = ['tar'] + list(UPPER_TAR_OPTIONS) + [
+            '--directory=' + source_upper, '--', '.']
+    else:
+        argv = ssh_command(source_ip) + [
+            tree_tar_command(UPPER_TAR_OPTIONS, source_upper)]
+    dest = os.path.join(root, ROOT_DIR)
+    os.umask(lxctools.UMASK)
+    os.mkdir(dest, 0o755)
+    try:
+        upper = os.path.join(dest, UPPER)
+        for layer in (upper, os.path.join(dest, WORK)):
+            os.mkdir(layer, 0o755)
+            os.chown(layer, checked.uid_start, checked.gid_start,
+                     follow_symlinks=False)
+        result = _through_child(
+            argv, lambda open_stdin: unpack._start(
+                call, [], [], open_stdin, 'upper', max_bytes,
+                extra_argv=['--uid-offset', str(checked.uid_start),
+                            '--gid-offset', str(checked.gid_start)],
+                idmap=checked, cwd=upper), timeout)
+        opaque = result.get('opaque')
+        if not isinstance(opaque, list):
+            raise exception.ArchiveError(
+                reason='the receiver reported opaque %r' % (opaque,))
+        for rel in opaque:
+            _mark_opaque(upper, rel)
+        disks.sync_filesystem(dest)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    LOG.info('Received the upper layer of %s from %s (%s): %d bytes',
+             source, source if transport == 'local' else source_ip,
+             transport, result['size'])
+    return result['size']
+
+
+def _mark_opaque(upper, rel):
+    """Set trusted.overlay.opaque on upper's directory rel, no link."""
+    if not isinstance(rel, str) or '\0' in rel or rel.startswith('/'):
+        raise exception.ArchiveError(
+            reason='the receiver reported opaque %r' % (rel,))
+    parts = [p for p in rel.split('/') if p not in ('', '.')]
+    if '..' in parts:
+        raise exception.ArchiveError(
+            reason='the receiver reported opaque %r' % (rel,))
+    fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
+                 os.O_CLOEXEC)
+    try:
+        for part in parts:
+            new = os.open(part, os.O_RDONLY | os.O_DIRECTORY |
+                          os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = new
+        os.setxattr(fd, _OPAQUE, b'y')
+    finally:
+        os.close(fd)

@@ -134,10 +134,10 @@ def _open_fifo(call, fifo):
 
 
 def _child_argv(max_bytes, ready_fd, go_fd, mode='tarball',
-                extra_argv=()):
+                extra_argv=(), max_id=ids.UNPACK_IDS - 1):
     return [sys.executable, '-m', CHILD_MODULE, '--mode', mode,
             '--max-bytes', str(max_bytes),
-            '--max-id', str(ids.UNPACK_IDS - 1),
+            '--max-id', str(max_id),
             '--ready-fd', str(ready_fd), '--go-fd', str(go_fd)] + list(
                 extra_argv)
 
@@ -219,7 +219,7 @@ def start_unpack(rootfs, fifo, max_bytes):
 
 
 def _start(call, dirs, mounts, open_stdin, mode, max_bytes, extra_argv=(),
-           pass_fds=()):
+           pass_fds=(), idmap=None, cwd=None):
     """Start the child in mode once its rootfs is claimed; the _Unpack.
 
     :param dirs: [(path, owned)] to make, 0700, in order (refused if one
@@ -231,8 +231,11 @@ def _start(call, dirs, mounts, open_stdin, mode, max_bytes, extra_argv=(),
     :param open_stdin: callable returning the child's stdin (an fd).
     :param extra_argv: more arguments for the child.
     :param pass_fds: more fds the child inherits (its files).
+    :param idmap: ids.Idmap its namespace maps (default: the unpack
+        range, ids.unpack_idmap).
+    :param cwd: its working directory when dirs is empty (default ``/``).
     """
-    idmap = ids.unpack_idmap()
+    idmap = idmap or ids.unpack_idmap()
     made = []
     proc = stdin = out = err = None
     fds = []
@@ -257,9 +260,10 @@ def _start(call, dirs, mounts, open_stdin, mode, max_bytes, extra_argv=(),
         # umask 022: the daemon's is 0, and tarfile makes missing
         # parents with the default mode.
         proc = subprocess.Popen(
-            _child_argv(max_bytes, ready_w, go_r, mode, extra_argv),
+            _child_argv(max_bytes, ready_w, go_r, mode, extra_argv,
+                        idmap.size - 1),
             stdin=stdin, stdout=out, stderr=err,
-            cwd=made[0] if made else '/',
+            cwd=made[0] if made else (cwd or '/'),
             pass_fds=(ready_w, go_r) + tuple(pass_fds), close_fds=True,
             umask=0o022, env=_child_env())
         os.close(ready_w)

@@ -141,7 +141,7 @@ class ConfinedUnpackTest(base.FunctionalTestCase):
             nova_exc.ImageUnacceptable, self.driver.spawn, self.ctxt,
             instance, self.image_meta(image_id), [], None, {},
             network_info=[])
-        self.assertIn('uid 65536 is above 65535', str(e))
+        self.assertIn('uid 65536 is outside 0..65535', str(e))
         cache = self.driver._images
         self.assertIsNone(cache.lookup(image_id))
         self.assertEqual([], [n for n in os.listdir(cache.path)

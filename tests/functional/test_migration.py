@@ -24,7 +24,6 @@ from oslo_config import fixture as config_fixture
 from novalxcdriver import conf
 from novalxcdriver import driver
 from novalxcdriver import exception
-from novalxcdriver import lxc as lxc_mod
 from novalxcdriver import migration as migration_mod
 from novalxcdriver import mount
 from novalxcdriver import privsep
@@ -297,6 +296,28 @@ class MigrationTest(_MigrationBase):
         self.a.confirm_migration(
             self.ctxt, moved(self.a, self.b), instance, [])
 
+    def test_root_without_disk_keeps_whiteouts_and_opaque_dirs(self):
+        # root_gb 0: the upper layer travels as a tree. A file of the
+        # image deleted (a whiteout) stays deleted, a directory of the
+        # image deleted and made again (opaque) hides the image's files.
+        instance = self.spawned(root_gb=0)
+        script = ('cp /etc/inittab /etc/passwd /tmp/ && rm -rf /etc && '
+                  'mkdir /etc && cp /tmp/inittab /tmp/passwd /etc/ && '
+                  'echo new > /etc/only && rm /bin/ls && '
+                  'test ! -e /etc/group && test ! -e /bin/ls && '
+                  'cat /etc/only')
+        self.assertEqual('new\n', self.run_in(self.a, instance, 'sh', '-c',
+                                              script))
+        self.migrate(instance, self.flavor(root_gb=0))
+        self.assertEqual('RUNNING', self.state_in(self.b, instance))
+        self.assertEqual('new\n0:0 1000:1000\n', self.run_in(
+            self.b, instance, 'sh', '-c',
+            'test ! -e /etc/group && test ! -e /bin/ls && cat /etc/only '
+            '&& stat -c %u:%g /root/marker /home/u/f | tr "\\n" " " | '
+            'sed "s/ $/\\n/"'))
+        self.a.confirm_migration(
+            self.ctxt, moved(self.a, self.b), instance, [])
+
     def test_shrink_refused_server_keeps_running(self):
         instance = self.spawned(root_gb=2)
         pid = self.lxc_pid(instance.name)
@@ -340,21 +361,17 @@ class RsyncOverSSHTest(MigrationTest):
             'novalxcdriver.migration.is_local', return_value=False))
         self.a._my_ip = self.b._my_ip = '127.0.0.1'
         self.copies = []
-        real = lxc_mod.execute
+        for name, transport in (('receive_disks', 5), ('receive_upper', 4)):
+            self.useFixture(fixtures.MockPatch(
+                'novalxcdriver.migration.migrationcopy.' + name,
+                side_effect=self.recorder(getattr(migrationcopy, name),
+                                          transport)))
 
-        def execute(*argv, **kwargs):
-            self.copies.append(argv[0])
-            return real(*argv, **kwargs)
-        self.useFixture(fixtures.MockPatch(
-            'novalxcdriver.migration.lxc.execute', side_effect=execute))
-        real_receive = migrationcopy.receive_disks
-
-        def receive_disks(*args):
-            self.copies.append(args[5])
-            return real_receive(*args)
-        self.useFixture(fixtures.MockPatch(
-            'novalxcdriver.migration.migrationcopy.receive_disks',
-            side_effect=receive_disks))
+    def recorder(self, real, transport):
+        def call(*args):
+            self.copies.append(args[transport])
+            return real(*args)
+        return call
 
     def flags(self, **kw):
         group = kw.pop('group', None)
@@ -363,8 +380,7 @@ class RsyncOverSSHTest(MigrationTest):
             self.addCleanup(CONF.clear_override, k, group=group)
 
     def transfers(self):
-        return [c for c in self.copies
-                if c in ('rsync', 'cp', 'ssh', 'local')]
+        return list(self.copies)
 
     def test_resize_up_and_confirm(self):
         super().test_resize_up_and_confirm()
@@ -374,7 +390,7 @@ class RsyncOverSSHTest(MigrationTest):
         # root_gb 0: the directory of its writes travels, owners kept.
         instance = self.spawned(root_gb=0)
         self.migrate(instance, self.flavor(root_gb=0))
-        self.assertEqual(['rsync'], self.transfers())
+        self.assertEqual(['ssh'], self.transfers())
         self.assertEqual('0:0 1000:1000', self.run_in(
             self.b, instance, 'stat', '-c', '%u:%g', '/root/marker',
             '/home/u/f').replace('\n', ' ').strip())

@@ -207,7 +207,7 @@ def corpus(work, canary, cache_dir, bomb_bytes):
         'harmless')
     # The confined unpacker's user namespace maps ids 0..65535 only.
     add('owner-beyond-unpack-range', [_reg('etc/high', uid=65536)],
-        'refused', 'uid 65536 is above 65535')
+        'refused', 'uid 65536 is outside 0..65535')
     # Only the host's CAP_SYS_ADMIN sets them; left out (tarball.py).
     add('trusted-xattr', [_reg('etc/trusted', pax_headers={
         'SCHILY.xattr.trusted.overlay.redirect': '/etc'})], 'harmless')

@@ -109,24 +109,15 @@ class MigrateDiskAndPowerOffTest(_Base):
         self.assertIsInstance(e.inner_exception, nova_exc.ResizeError)
         self.assert_stays_running(instance)
 
-    def test_unprivileged_compute_refuses_a_root_without_disk(self):
-        # Its tree's copy still needs root (migration.check_copier).
-        instance = self.spawned(root_gb=0)
-        self.patch('novalxcdriver.migration.os.geteuid', return_value=990)
-        e = self.assertRaises(nova_exc.InstanceFaultRollback, self.migrate,
-                              instance, flavor(root_gb=0))
-        self.assertIsInstance(e.inner_exception, nova_exc.ResizeError)
-        self.assertIn('needs nova-compute to run as root',
-                      str(e.inner_exception))
-        self.assert_stays_running(instance)
-
-    def test_unprivileged_compute_hands_disk_images_over(self):
-        # Disk images travel through privsep (migrationcopy).
-        instance = self.spawned(root_gb=1)
-        self.patch('novalxcdriver.migration.os.geteuid', return_value=990)
-        info = migration.DiskInfo.from_json(
-            self.migrate(instance, flavor(root_gb=2)))
-        self.assertEqual(instance.uuid, info.instance_uuid)
+    def test_unprivileged_compute_hands_its_disks_over(self):
+        # The copy goes through privsep (migrationcopy): nothing to refuse.
+        self.patch('os.geteuid', return_value=990)
+        for n, root_gb in enumerate((1, 0)):
+            instance = self.spawned(root_gb=root_gb, id=n + 1,
+                                    uuid='00000000-0000-4000-8000-%012d' % n)
+            info = migration.DiskInfo.from_json(
+                self.migrate(instance, flavor(root_gb=root_gb)))
+            self.assertEqual(instance.uuid, info.instance_uuid)
 
     def test_volumes_refused_before_anything(self):
         instance = self.spawned()

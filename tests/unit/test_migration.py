@@ -278,114 +278,20 @@ class TokenTest(unit_base.TestCase):
         migration.remove_token(self.rootfs)
 
 
-class CopyArgvTest(unit_base.TestCase):
-
-    def setUp(self):
-        super().setUp()
-        self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
-
-    def test_local_file(self):
-        argv = migration.copy_argv(disk_info(), 'root.img', '/dst/root.img',
-                                   local=True)
-        self.assertEqual('cp', argv[0])
-        for flag in ('--archive', '--sparse=always', '--reflink=auto',
-                     '--no-target-directory'):
-            self.assertIn(flag, argv)
-        self.assertEqual([ROOTFS + '/root.img', '/dst/root.img'], argv[-2:])
-
-    def test_local_directory_no_trailing_slash(self):
-        argv = migration.copy_argv(disk_info(), 'root', '/dst/root',
-                                   local=True)
-        self.assertEqual([ROOTFS + '/root', '/dst/root'], argv[-2:])
-
-    def test_no_shell(self):
-        for local in (True, False):
-            argv = migration.copy_argv(disk_info(), 'root.img', '/dst/x',
-                                       local=local)
-            self.assertIsInstance(argv, list)
-            self.assertTrue(all(isinstance(a, str) for a in argv))
-            self.assertNotIn(argv[0], ('sh', 'bash', '/bin/sh'))
-            self.assertNotIn('-c', argv[:2])
-
-    def test_remote_file(self):
-        self.cfg.config(group='lxc', migration_ssh_port=2222)
-        argv = migration.copy_argv(disk_info(), 'ephemeral.img',
-                                   '/dst/ephemeral.img', local=False)
-        self.assertEqual('rsync', argv[0])
-        for flag in ('--archive', '--hard-links', '--acls', '--xattrs',
-                     '--numeric-ids', '--sparse', '--protect-args'):
-            self.assertIn(flag, argv)
-        ssh = argv[argv.index('-e') + 1]
-        self.assertEqual('ssh -o BatchMode=yes -p 2222', ssh)
-        self.assertEqual(['192.0.2.10:%s/ephemeral.img' % ROOTFS,
-                          '/dst/ephemeral.img'], argv[-2:])
-
-    def test_remote_default_port(self):
-        argv = migration.copy_argv(disk_info(), 'root.img', '/dst/root.img',
-                                   local=False)
-        self.assertEqual('ssh -o BatchMode=yes -p 22',
-                         argv[argv.index('-e') + 1])
-
-    def test_remote_user(self):
-        self.cfg.config(group='lxc', migration_ssh_user='nova')
-        argv = migration.copy_argv(disk_info(), 'root.img', '/dst/root.img',
-                                   local=False)
-        self.assertEqual('nova@192.0.2.10:%s/root.img' % ROOTFS, argv[-2])
-
-    def test_remote_ipv6_bracketed(self):
-        self.cfg.config(group='lxc', migration_ssh_user='nova')
-        argv = migration.copy_argv(disk_info(source_ip='2001:db8::10'),
-                                   'root.img', '/dst/root.img', local=False)
-        self.assertEqual('nova@[2001:db8::10]:%s/root.img' % ROOTFS,
-                         argv[-2])
-
-    def test_ssh_options(self):
-        self.cfg.config(group='lxc', migration_ssh_options=[
-            'IdentityFile=/etc/nova/migration-key',
-            'UserKnownHostsFile=/etc/nova/known_hosts'])
-        argv = migration.copy_argv(disk_info(), 'root.img', '/dst/root.img',
-                                   local=False)
-        self.assertEqual(
-            'ssh -o BatchMode=yes -p 22 -o IdentityFile=/etc/nova/migration-'
-            'key -o UserKnownHostsFile=/etc/nova/known_hosts',
-            argv[argv.index('-e') + 1])
-
-    def test_ssh_options_that_rsync_would_split_refused(self):
-        # rsync splits -e at blanks: an option must be one word.
-        for option in ('IdentityFile=/a b', 'ProxyCommand=sh -c x',
-                       "IdentityFile='/a'", 'IdentityFile="/a"',
-                       'IdentityFile=/a\\b', 'NoValue', '=x',
-                       'IdentityFile=/a\tb'):
-            self.cfg.config(group='lxc', migration_ssh_options=[option])
-            self.assertRaises(exception.InvalidSSHOption,
-                              migration.copy_argv, disk_info(), 'root.img',
-                              '/dst/root.img', local=False)
-
-    def test_ssh_options_unused_for_a_local_copy(self):
-        self.cfg.config(group='lxc',
-                        migration_ssh_options=['bad option'])
-        self.assertEqual('cp', migration.copy_argv(
-            disk_info(), 'root.img', '/dst/root.img', local=True)[0])
-
-    def test_remote_directory_trailing_slashes(self):
-        argv = migration.copy_argv(disk_info(files=('root',)), 'root',
-                                   '/dst/root', local=False)
-        self.assertEqual(['192.0.2.10:%s/root/' % ROOTFS, '/dst/root/'],
-                         argv[-2:])
-
-
 class FetchTest(unit_base.TestCase):
 
     def setUp(self):
         super().setUp()
         self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
         self.cfg.config(group='lxc', migration_timeout=123)
-        self.execute = self.patch('novalxcdriver.migration.lxc.execute',
-                                  return_value=('', ''))
         self.is_local = self.patch('novalxcdriver.migration.is_local',
                                    return_value=False)
         self.receive = self.patch(
             'novalxcdriver.migration.migrationcopy.receive_disks')
+        self.upper = self.patch(
+            'novalxcdriver.migration.migrationcopy.receive_upper')
+        self.statvfs = self.patch(
+            'os.statvfs', return_value=mock.Mock(f_bavail=10, f_frsize=4096))
 
     def test_disk_images_through_the_daemon(self):
         info = disk_info(root_gb=3, ephemeral_gb=5)
@@ -394,14 +300,14 @@ class FetchTest(unit_base.TestCase):
         self.receive.assert_called_once_with(
             '/dst', ['root.img', 'ephemeral.img'], info.rootfs, info.token,
             info.source_ip, 'ssh', 5 * units.Gi, 123)
-        self.execute.assert_not_called()
+        self.upper.assert_not_called()
 
     def test_local_disk_images(self):
         self.is_local.return_value = True
         migration.fetch(disk_info(), '/dst')
         self.assertEqual('local', self.receive.call_args.args[5])
 
-    def test_root_without_disk_over_rsync(self):
+    def test_root_without_disk_its_upper_layer(self):
         info = disk_info(files=('root', 'ephemeral.img'), root_gb=0,
                          ephemeral_gb=2)
         made = migration.fetch(info, '/dst')
@@ -409,33 +315,23 @@ class FetchTest(unit_base.TestCase):
         self.receive.assert_called_once_with(
             '/dst', ['ephemeral.img'], info.rootfs, info.token,
             info.source_ip, 'ssh', 2 * units.Gi, 123)
-        self.assertEqual(
-            [mock.call(*migration.copy_argv(info, 'root', '/dst/root',
-                                            False), timeout=123)],
-            self.execute.call_args_list)
-        self.assertEqual('rsync', self.execute.call_args.args[0])
+        # At most what is free where it goes; owned in the disks' range.
+        self.upper.assert_called_once_with(
+            '/dst', info.rootfs, info.token, info.source_ip, 'ssh',
+            IDMAP.fields(), 40960, 123)
+        self.statvfs.assert_called_once_with('/dst')
 
-    def test_local_copy(self):
+    def test_local_root_without_disk(self):
         self.is_local.return_value = True
-        migration.fetch(disk_info(files=('root',)), '/dst')
-        self.execute.assert_called_once()
-        self.assertEqual('cp', self.execute.call_args.args[0])
-        self.assertEqual(123, self.execute.call_args.kwargs['timeout'])
+        migration.fetch(disk_info(files=('root',), root_gb=0), '/dst')
+        self.assertEqual('local', self.upper.call_args.args[4])
         self.receive.assert_not_called()
 
-    def test_unprivileged_refused_before_any_copy_of_a_tree(self):
+    def test_unprivileged_copies_everything(self):
         self.patch('os.geteuid', return_value=990)
-        e = self.assertRaises(exception.ResizeRefused, migration.fetch,
-                              disk_info(files=('root', 'ephemeral.img')),
-                              '/dst')
-        self.assertIn('needs nova-compute to run as root', str(e))
-        self.execute.assert_not_called()
-        self.receive.assert_not_called()
-
-    def test_unprivileged_copies_disk_images(self):
-        self.patch('os.geteuid', return_value=990)
-        migration.fetch(disk_info(), '/dst')
+        migration.fetch(disk_info(files=('root', 'ephemeral.img')), '/dst')
         self.receive.assert_called_once()
+        self.upper.assert_called_once()
 
     def test_failure_stops_and_raises(self):
         self.receive.side_effect = exception.CommandTimedOut(
@@ -443,7 +339,7 @@ class FetchTest(unit_base.TestCase):
         self.assertRaises(exception.CommandTimedOut, migration.fetch,
                           disk_info(files=('ephemeral.img', 'root')),
                           '/dst')
-        self.execute.assert_not_called()
+        self.upper.assert_not_called()
 
 
 class FetchImageTest(unit_base.TestCase):
@@ -453,8 +349,6 @@ class FetchImageTest(unit_base.TestCase):
         super().setUp()
         self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
         self.cfg.config(group='lxc', migration_timeout=77)
-        self.execute = self.patch('novalxcdriver.migration.lxc.execute',
-                                  return_value=('', ''))
         self.is_local = self.patch('novalxcdriver.migration.is_local',
                                    return_value=False)
         self.receive = self.patch(
@@ -468,7 +362,6 @@ class FetchImageTest(unit_base.TestCase):
         self.receive.assert_called_once_with(
             '/cache/.partial-x/rootfs', IMAGE_CACHE, info.image_id,
             info.source_ip, 'ssh', 999, 77)
-        self.execute.assert_not_called()
 
     def test_local_copy(self):
         self.is_local.return_value = True

@@ -272,7 +272,7 @@ class TestUnpackRootfs(base.BaseTestCase):
             e = self.assertRaises(exception.UnsafeArchiveMember,
                                   unpack_file, path, self.dest,
                                   BIG, max_id=65535)
-            self.assertIn('%s 65536 is above 65535' % field, str(e))
+            self.assertIn('%s 65536 is outside 0..65535' % field, str(e))
             self.assertFalse(os.path.lexists(self.in_dest('f-' + field)))
         # At the limit, and without one, both pass.
         info, data = reg('top', b'x', uid=65535, gid=65535)
@@ -636,3 +636,127 @@ class TestUnpackRootfs(base.BaseTestCase):
     def test_empty_file_refused(self):
         path = self.write_bytes(b'')
         self.assertArchiveError(path, 'not a tar archive: empty file')
+
+
+def whiteout(name, **kwargs):
+    return tar_members.info(name, tarfile.CHRTYPE, mode=0o600, devmajor=0,
+                            devminor=0, **kwargs), None
+
+
+class TestUnpackUpper(base.BaseTestCase):
+    """unpack_upper: an overlayfs upper layer a migration brings."""
+
+    UID, GID = 231072, 231100
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest('whiteouts and owners need root')
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.dest = os.path.join(self.tmp, 'upper')
+        os.mkdir(self.dest)
+
+    def unpack(self, members):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode='w',
+                          format=tarfile.PAX_FORMAT) as tar:
+            for info, data in members:
+                tar.addfile(info, data)
+        buf.seek(0)
+        return tarball.unpack_upper(buf, self.dest, MiB, self.UID, self.GID,
+                                    65535)
+
+    def owned(self, n=0, **kwargs):
+        return dict(uid=self.UID + n, gid=self.GID + n, **kwargs)
+
+    def test_whiteouts_owners_shifted_opaque_returned(self):
+        opaque = xattr('trusted.overlay.opaque', b'y')
+        origin = xattr('trusted.overlay.origin', b'\x00\xfb')
+        total, dirs = self.unpack([
+            directory('.', **self.owned(pax_headers=xattr(
+                'trusted.overlay.impure', b'y'))),
+            directory('etc', **self.owned(pax_headers=opaque)),
+            reg('etc/passwd', b'root\n', **self.owned(pax_headers=origin)),
+            directory('home', **self.owned(1000)),
+            directory('home/u', **self.owned(1000, pax_headers=opaque)),
+            reg('home/u/f', b'x', **self.owned(1000, pax_headers=xattr(
+                'user.note', b'kept'))),
+            # overlayfs makes them as the host's root.
+            whiteout('gone'),
+            whiteout('etc/gone-too', **self.owned()),
+            (tar_members.info('etc/same-whiteout', tarfile.LNKTYPE,
+                              linkname='gone'), None),
+        ])
+        self.assertEqual(6, total)
+        self.assertEqual(['etc', 'home/u'], dirs)
+        st = os.lstat(os.path.join(self.dest, 'gone'))
+        self.assertTrue(stat.S_ISCHR(st.st_mode))
+        self.assertEqual(0, st.st_rdev)
+        self.assertEqual((0, 0), (st.st_uid, st.st_gid))
+        self.assertEqual(st.st_ino, os.lstat(os.path.join(
+            self.dest, 'etc', 'same-whiteout')).st_ino)
+        self.assertEqual((1000, 1000), (lambda s: (s.st_uid, s.st_gid))(
+            os.lstat(os.path.join(self.dest, 'home', 'u', 'f'))))
+        self.assertEqual(b'kept', os.getxattr(
+            os.path.join(self.dest, 'home', 'u', 'f'), 'user.note'))
+        # overlayfs's own attributes are not set by the unpacker.
+        for path in ('.', 'etc', 'etc/passwd', 'home/u'):
+            self.assertEqual([], [a for a in os.listxattr(
+                os.path.join(self.dest, path)) if a.startswith('trusted.')])
+
+    def test_a_replaced_opaque_directory_is_not_reported(self):
+        _total, dirs = self.unpack([
+            directory('d', **self.owned(pax_headers=xattr(
+                'trusted.overlay.opaque', b'y'))),
+            directory('d', **self.owned()),
+            directory('e', **self.owned(pax_headers=xattr(
+                'trusted.overlay.opaque', b'n'))),
+        ])
+        self.assertEqual([], dirs)
+
+    def test_owners_outside_the_range_refused(self):
+        for n in (-1, 65536):
+            for field in ('uid', 'gid'):
+                owner = self.owned()
+                owner[field] += n
+                e = self.assertRaises(exception.UnsafeArchiveMember,
+                                      self.unpack, [reg('f-%s-%d' % (
+                                          field, n), b'', **owner)])
+                self.assertIn('%s %d is outside' % (field, owner[field]),
+                              str(e))
+
+    def test_a_link_owned_by_host_root_to_a_file_refused(self):
+        e = self.assertRaises(
+            exception.UnsafeArchiveMember, self.unpack,
+            [reg('f', b'x', **self.owned()),
+             (tar_members.info('g', tarfile.LNKTYPE, linkname='f'), None)])
+        self.assertIn('uid 0 is outside', str(e))
+
+    def test_devices_other_than_whiteouts_refused(self):
+        for major, minor in ((1, 3), (0, 1), (1, 0)):
+            member = tar_members.info('dev', tarfile.CHRTYPE, mode=0o600,
+                                      devmajor=major, devminor=minor,
+                                      **self.owned())
+            self.assertRaises(exception.UnsafeArchiveMember, self.unpack,
+                              [(member, None)])
+        member = tar_members.info('blk', tarfile.BLKTYPE, mode=0o600,
+                                  devmajor=0, devminor=0, **self.owned())
+        self.assertRaises(exception.UnsafeArchiveMember, self.unpack,
+                          [(member, None)])
+        self.assertEqual([], os.listdir(self.dest))
+
+    def test_image_rules_still_hold(self):
+        for members in ([reg('../x', b'', **self.owned())],
+                        [(tar_members.info('l', tarfile.SYMTYPE,
+                                           linkname='../../etc',
+                                           **self.owned()), None)]):
+            self.assertRaises(exception.UnsafeArchiveMember, self.unpack,
+                              members)
+
+    def test_a_whiteout_in_an_image_is_still_refused(self):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode='w') as tar:
+            tar.addfile(whiteout('w')[0])
+        buf.seek(0)
+        self.assertRaises(exception.UnsafeArchiveMember,
+                          tarball.unpack_stream, buf, self.dest, MiB)

@@ -339,13 +339,21 @@ class TreeRunTest(base.TestCase):
         self.stream.return_value = 2
         self.patch_object(unpackchild.diskstream, 'receive',
                           return_value={'root.img': 3, 'ephemeral.img': 4})
+        upper = self.patch_object(unpackchild.tarball, 'unpack_upper',
+                                  return_value=(5, ['a', 'b/c']))
         got = [self.run_child(['--mode', mode] + ARGV)
                for mode in unpackchild.MODES]
         self.assertEqual(
             [(0, {'size': 2}), (0, {'size': 1, 'skipped': 0}),
-             (0, {'size': 7, 'sizes': {'root.img': 3, 'ephemeral.img': 4}})],
+             (0, {'size': 7, 'sizes': {'root.img': 3, 'ephemeral.img': 4}}),
+             (0, {'size': 5, 'opaque': ['a', 'b/c']})],
             got)
-        self.assertEqual(('tarball', 'tree', 'disks'), unpackchild.MODES)
+        self.assertEqual(('tarball', 'tree', 'disks', 'upper'),
+                         unpackchild.MODES)
+        self.assertEqual((0, 0), upper.call_args.args[3:5])
+        self.run_child(['--mode', 'upper', '--uid-offset', '231072',
+                        '--gid-offset', '7'] + ARGV)
+        self.assertEqual((231072, 7), upper.call_args.args[3:5])
 
     def test_an_unknown_mode(self):
         self.patch('sys.stderr', new=io.StringIO())
