@@ -434,6 +434,8 @@ def receive_image(rootfs, source, image_id, source_ip, transport,
 ROOT_DIR = 'root'
 UPPER = 'upper'
 WORK = 'work'
+# The confined child's idmapped view of the new upper layer, while it runs.
+UPPER_VIEW = 'receive-upper'
 _OPAQUE = 'trusted.overlay.opaque'
 
 
@@ -449,11 +451,14 @@ def receive_upper(root, source, token, source_ip, transport, idmap,
     ``upper`` and ``work`` (0755); the source's upper travels as ``tar
     --xattrs --sparse`` (here by the daemon's tar, after the walk and
     token of receive_disks, or on the source over ssh) into the confined
-    child in a user namespace mapping idmap (tarball.unpack_upper: an
-    image's rules, whiteouts allowed, owners shifted out of the host's
-    range). The opaque directories it reports get
-    ``trusted.overlay.opaque`` here, reached without a link. A failure
-    removes ``<root>/root``.
+    child (tarball.unpack_upper: an image's rules, whiteouts allowed,
+    owners shifted out of the host's range, at most 65535). The child
+    runs as the unpack range, as for an image, never as idmap (on this
+    host the range of another container maybe): it writes through an
+    idmapped view of upper (``<root>/receive-upper``, storage.
+    shifting_namespace) that stores its ids n as idmap's. The opaque
+    directories it reports get ``trusted.overlay.opaque`` here, reached
+    without a link. A failure removes ``<root>/root``.
 
     :param root: this host's new root directory (``<driver root>/rootfs/
         <digits>``), without ``root``.
@@ -515,12 +520,21 @@ def receive_upper(root, source, token, source_ip, transport, idmap,
             os.mkdir(layer, 0o755)
             os.chown(layer, checked.uid_start, checked.gid_start,
                      follow_symlinks=False)
+        # The child runs as the unpack range, which owns nothing: not as
+        # the disks' range, another container's maybe on this host. Its
+        # view of upper shows the disks' ids n as the unpack range's.
+        shifted = ids.Idmap(checked.uid_start, checked.gid_start,
+                            unpacker.size)
+        view = os.path.join(root, UPPER_VIEW)
         result = _through_child(
             argv, lambda open_stdin: unpack._start(
-                call, [], [], open_stdin, 'upper', max_bytes,
+                call, [(view, True)], [(upper, view, 0)], open_stdin,
+                'upper', max_bytes,
                 extra_argv=['--uid-offset', str(checked.uid_start),
                             '--gid-offset', str(checked.gid_start)],
-                idmap=checked, cwd=upper), timeout)
+                view_namespace=storage.shifting_namespace(shifted,
+                                                          unpacker)),
+            timeout)
         opaque = result.get('opaque')
         if not isinstance(opaque, list):
             raise exception.ArchiveError(

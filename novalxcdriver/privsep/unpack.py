@@ -219,7 +219,7 @@ def start_unpack(rootfs, fifo, max_bytes):
 
 
 def _start(call, dirs, mounts, open_stdin, mode, max_bytes, extra_argv=(),
-           pass_fds=(), idmap=None, cwd=None):
+           pass_fds=(), cwd=None, view_namespace=None):
     """Start the child in mode once its rootfs is claimed; the _Unpack.
 
     :param dirs: [(path, owned)] to make, 0700, in order (refused if one
@@ -231,11 +231,12 @@ def _start(call, dirs, mounts, open_stdin, mode, max_bytes, extra_argv=(),
     :param open_stdin: callable returning the child's stdin (an fd).
     :param extra_argv: more arguments for the child.
     :param pass_fds: more fds the child inherits (its files).
-    :param idmap: ids.Idmap its namespace maps (default: the unpack
-        range, ids.unpack_idmap).
     :param cwd: its working directory when dirs is empty (default ``/``).
+    :param view_namespace: the held user namespace (storage.
+        held_namespace) the views are idmapped with; default: the unpack
+        range's, storage.user_namespace.
     """
-    idmap = idmap or ids.unpack_idmap()
+    idmap = ids.unpack_idmap()
     made = []
     proc = stdin = out = err = None
     fds = []
@@ -251,7 +252,7 @@ def _start(call, dirs, mounts, open_stdin, mode, max_bytes, extra_argv=(),
         out = tempfile.TemporaryFile()
         err = tempfile.TemporaryFile()
         stdin = open_stdin()
-        with storage.user_namespace(idmap) as userns_fd:
+        with view_namespace or storage.user_namespace(idmap) as userns_fd:
             for source, target, attr in mounts:
                 storage._idmapped(source, target, userns_fd, attr)
         ready_r, ready_w = os.pipe()
