@@ -229,9 +229,10 @@ def fetch(info, dest_dir):
             dest_dir, info.rootfs, info.token, info.source_ip, transport,
             list(info.idmap.fields()), max(1, free.f_bavail * free.f_frsize),
             CONF.lxc.migration_timeout)
+    # aio/novalxc_aio/smoke2.py reads which transport was taken here.
     LOG.info('Received %s of instance %s from %s (%s)',
              ', '.join(info.files), info.instance_uuid, info.source_host,
-             transport)
+             'local copy' if transport == 'local' else 'over SSH')
     return made
 
 

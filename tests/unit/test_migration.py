@@ -1,6 +1,7 @@
 """Tests for novalxcdriver.migration: disk info, resize checks, transport."""
 
 import json
+import logging
 import os
 from unittest import mock
 
@@ -332,6 +333,16 @@ class FetchTest(unit_base.TestCase):
         migration.fetch(disk_info(files=('root', 'ephemeral.img')), '/dst')
         self.receive.assert_called_once()
         self.upper.assert_called_once()
+
+    def test_the_log_names_the_transport(self):
+        # aio/novalxc_aio/smoke2.py checks a move's transport with it.
+        log = self.useFixture(fixtures.FakeLogger(level=logging.INFO))
+        self.is_local.return_value = True
+        migration.fetch(disk_info(), '/dst')
+        self.assertIn('(local copy)', log.output)
+        self.is_local.return_value = False
+        migration.fetch(disk_info(), '/dst')
+        self.assertIn('(over SSH)', log.output)
 
     def test_failure_stops_and_raises(self):
         self.receive.side_effect = exception.CommandTimedOut(
