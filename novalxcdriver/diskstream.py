@@ -25,9 +25,10 @@ import zlib
 
 from novalxcdriver import exception
 
-# Read and write in pieces of this many bytes (a multiple of the 4 KiB
-# block, so a skipped piece of zeros stays a hole).
+# Read in pieces of this many bytes; within one, pieces of BLOCK bytes
+# of zeros are not written (a filesystem's block: they stay holes).
 CHUNK = 1 << 20
+BLOCK = 4096
 _ZEROS = bytes(CHUNK)
 
 
@@ -79,6 +80,8 @@ def _check(member, files, sizes, max_bytes):
         _refuse(member.name, 'it comes twice')
     if not member.isreg():
         _refuse(member.name, 'not a regular file')
+    if member.size < 0:
+        _refuse(member.name, 'a negative size, %d' % member.size)
     if member.size > max_bytes:
         _refuse(member.name, '%d bytes, above the %d allowed'
                 % (member.size, max_bytes))
@@ -92,12 +95,28 @@ def _copy(source, fd, size):
             raise exception.ArchiveError(reason='the disks\' stream ends '
                                                 'inside a disk')
         if block != _ZEROS[:len(block)]:
-            view = memoryview(block)
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view = view[written:]
-                offset += written
-        else:
-            offset += len(block)
+            _write_data(fd, memoryview(block), offset)
+        offset += len(block)
     os.ftruncate(fd, size)
     os.fsync(fd)
+
+
+def _write_data(fd, block, offset):
+    """pwrite block's runs of non-zero BLOCK-sized pieces at offset.
+
+    A piece of zeros stays a hole: the source's own data extents may be
+    a few KiB apart (a filesystem's scattered metadata).
+    """
+    start = None
+    for i in range(0, len(block) + BLOCK, BLOCK):
+        piece = block[i:i + BLOCK]
+        zero = not piece or piece == _ZEROS[:len(piece)]
+        if not zero and start is None:
+            start = i
+        elif zero and start is not None:
+            run = block[start:i]
+            while run:
+                written = os.pwrite(fd, run, offset + start)
+                run = run[written:]
+                start += written
+            start = None

@@ -194,7 +194,8 @@ def _roots_config(conf):
         value = str(value)
         if ok and not any(c in value for c in '\n\r') and \
                 value == value.strip():
-            text += '%s = %s\n' % (name, value)
+            # oslo.config substitutes $name: $$ is a '$'.
+            text += '%s = %s\n' % (name, value.replace('$', '$$'))
     return text
 
 

@@ -47,6 +47,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -103,12 +104,23 @@ def tar_command(source, names):
                                      ' '.join(shlex.quote(n) for n in names))
 
 
+def _check_ip(call, source_ip):
+    # ipaddress also takes ints, packed bytes and IPv6 scope ids (any
+    # text after '%'), none of which belongs on ssh's command line.
+    try:
+        if type(source_ip) is not str or '%' in source_ip:
+            raise ValueError(source_ip)
+        ipaddress.ip_address(source_ip)
+    except ValueError:
+        privsep.refuse(call, 'source_ip %r is no IP address' % (source_ip,))
+
+
 def _check(call, root, names, source, token, source_ip, transport,
            max_bytes, timeout):
     rootdirs.check_root_dir(call, root)
     if not isinstance(names, (list, tuple)) or not names or \
-            len(set(names)) != len(names) or \
-            not all(isinstance(n, str) and n in DISKS for n in names):
+            not all(isinstance(n, str) and n in DISKS for n in names) or \
+            len(set(names)) != len(names):
         privsep.refuse(call, 'names %r are not distinct disks of %s'
                        % (names, ', '.join(DISKS)))
     _check_source(call, source, token, source_ip, transport, max_bytes,
@@ -123,10 +135,7 @@ def _check_source(call, source, token, source_ip, transport, max_bytes,
                        'path never has' % (source,))
     if not isinstance(token, str) or not token:
         privsep.refuse(call, 'token %r is not a non-empty str' % (token,))
-    try:
-        ipaddress.ip_address(source_ip)
-    except ValueError:
-        privsep.refuse(call, 'source_ip %r is no IP address' % (source_ip,))
+    _check_ip(call, source_ip)
     if transport not in TRANSPORTS:
         privsep.refuse(call, 'transport %r is not one of %s'
                        % (transport, ', '.join(TRANSPORTS)))
@@ -169,6 +178,9 @@ def receive_disks(root, names, source, token, source_ip, transport,
     call = 'receive_disks'
     _check(call, root, names, source, token, source_ip, transport,
            max_bytes, timeout)
+    # Local: the source is checked before anything is made here.
+    local = _source_dir(call, source, token) if transport == 'local' \
+        else None
     made = {}
     try:
         for name in names:
@@ -176,8 +188,8 @@ def receive_disks(root, names, source, token, source_ip, transport,
                 os.path.join(root, name),
                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
                 os.O_CLOEXEC, disks.IMAGE_MODE)
-        if transport == 'local':
-            sizes = _local(call, made, source, token, max_bytes)
+        if local is not None:
+            sizes = _local(local, made, source, max_bytes)
         else:
             sizes = _ssh(made, source, source_ip, max_bytes,
                          timeout * len(names))
@@ -196,6 +208,8 @@ def receive_disks(root, names, source, token, source_ip, transport,
     finally:
         for fd in made.values():
             os.close(fd)
+        if local is not None:
+            os.close(local)
     LOG.info('Received %s from %s (%s)', ', '.join(names),
              source if transport == 'local' else source_ip, transport)
     return sizes
@@ -229,7 +243,8 @@ def _trusted_dir(call, path):
     return fd
 
 
-def _local(call, made, source, token, max_bytes):
+def _source_dir(call, source, token):
+    """source's directory, open, once walked and found holding token."""
     dir_fd = _trusted_dir(call, source)
     try:
         # O_PATH cannot read the token: the directory again, for real.
@@ -237,35 +252,47 @@ def _local(call, made, source, token, max_bytes):
                        dir_fd=dir_fd)
     finally:
         os.close(dir_fd)
-    sizes = {}
     try:
         if not rootdirs.holds_token(source, token, dir_fd=real):
             privsep.refuse(call, '%s does not hold this migration\'s '
                            'token' % source)
-        for name, dst in made.items():
-            path = os.path.join(source, name)
-            try:
-                # O_NONBLOCK: a FIFO there must not hold a daemon thread.
-                src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW |
-                              os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=real)
-            except OSError as e:
-                raise exception.MigrationDiskRefused(path=path,
-                                                     reason=e.strerror)
-            try:
-                st = os.fstat(src)
-                if not stat.S_ISREG(st.st_mode):
-                    raise exception.MigrationDiskRefused(
-                        path=path, reason='not a regular file')
-                if st.st_size > max_bytes:
-                    raise exception.MigrationDiskRefused(
-                        path=path, reason='%d bytes, above the %d '
-                        'allowed' % (st.st_size, max_bytes))
-                disks.copy_fd_sparse(src, dst)
-                sizes[name] = st.st_size
-            finally:
-                os.close(src)
-    finally:
+    except BaseException:
         os.close(real)
+        raise
+    return real
+
+
+def _local(real, made, source, max_bytes):
+    """Copy each disk of made from source's open directory real."""
+    sizes = {}
+    for name, dst in made.items():
+        path = os.path.join(source, name)
+        try:
+            # O_NONBLOCK: a FIFO there must not hold a daemon thread.
+            src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW |
+                          os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=real)
+        except OSError as e:
+            raise exception.MigrationDiskRefused(path=path,
+                                                 reason=e.strerror)
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode):
+                raise exception.MigrationDiskRefused(
+                    path=path, reason='not a regular file')
+            if st.st_size > max_bytes:
+                raise exception.MigrationDiskRefused(
+                    path=path, reason='%d bytes, above the %d '
+                    'allowed' % (st.st_size, max_bytes))
+            disks.copy_fd_sparse(src, dst)
+            # What was copied, should the file have grown meanwhile.
+            sizes[name] = os.fstat(dst).st_size
+            if sizes[name] > max_bytes:
+                raise exception.MigrationDiskRefused(
+                    path=path, reason='it grew to %d bytes during the '
+                    'copy, above the %d allowed' % (sizes[name],
+                                                    max_bytes))
+        finally:
+            os.close(src)
     return sizes
 
 
@@ -314,9 +341,12 @@ def _through_child(argv, start, timeout):
                 result = unpack._wait(
                     held, timeout, lambda: exception.CommandTimedOut(
                         cmd=' '.join(argv), timeout=timeout))
-            except (exception.ArchiveError, exception.UnsafeArchiveMember):
-                # A stream cut short: the producer's failure says why.
-                _check_producer(producer, argv, err)
+            except exception.ArchiveError:
+                # A stream cut short: the producer's failure says why,
+                # unless the child's refusal ended it (a broken pipe). An
+                # UnsafeArchiveMember is raised as it is: what came was
+                # refused, whatever the producer did after.
+                _check_producer(producer, argv, err, cut=True)
                 raise
             _check_producer(producer, argv, err)
         finally:
@@ -324,18 +354,28 @@ def _through_child(argv, start, timeout):
     return result
 
 
-def _check_producer(producer, argv, err):
-    """Raise CommandFailed if producer failed (its stderr's tail)."""
+def _check_producer(producer, argv, err, cut=False):
+    """Raise CommandFailed if producer failed (its stderr's tail).
+
+    :param cut: the child stopped reading early: a producer killed by
+        SIGPIPE, or ssh's silent 255 after its write failed, failed
+        because of that, not on its own.
+    """
     try:
         producer.wait(timeout=CONF.lxc.command_timeout)
     except subprocess.TimeoutExpired:
         return
-    if producer.returncode:
-        err.seek(0, os.SEEK_END)
-        err.seek(max(0, err.tell() - _STDERR_TAIL))
-        raise exception.CommandFailed(
-            cmd=' '.join(argv), exit_code=producer.returncode,
-            stderr=err.read().decode(errors='replace').strip())
+    if not producer.returncode:
+        return
+    err.seek(0, os.SEEK_END)
+    err.seek(max(0, err.tell() - _STDERR_TAIL))
+    tail = err.read().decode(errors='replace').strip()
+    if cut and (producer.returncode == -signal.SIGPIPE or
+                (producer.returncode == 255 and not tail)):
+        return
+    raise exception.CommandFailed(cmd=' '.join(argv),
+                                  exit_code=producer.returncode,
+                                  stderr=tail)
 
 
 # GNU tar's options for an image's cache entry: owners as numbers, the
@@ -397,10 +437,7 @@ def receive_image(rootfs, source, image_id, source_ip, transport,
     view = unpack.check_rootfs(call, rootfs)
     imagecache.check_image_id(call, image_id)
     _check_entry(call, source, image_id)
-    try:
-        ipaddress.ip_address(source_ip)
-    except ValueError:
-        privsep.refuse(call, 'source_ip %r is no IP address' % (source_ip,))
+    _check_ip(call, source_ip)
     if transport not in TRANSPORTS:
         privsep.refuse(call, 'transport %r is not one of %s'
                        % (transport, ', '.join(TRANSPORTS)))
@@ -492,20 +529,8 @@ def receive_upper(root, source, token, source_ip, transport, idmap,
         privsep.refuse(call, 'idmap %r overlaps the unpack range' % (idmap,))
     source_upper = os.path.join(source, ROOT_DIR, UPPER)
     if transport == 'local':
-        for path in (source, os.path.join(source, ROOT_DIR)):
-            fd = _trusted_dir(call, path)
-            try:
-                real = os.open('.', os.O_RDONLY | os.O_DIRECTORY |
-                               os.O_CLOEXEC, dir_fd=fd)
-            finally:
-                os.close(fd)
-            try:
-                if path == source and not rootdirs.holds_token(
-                        source, token, dir_fd=real):
-                    privsep.refuse(call, '%s does not hold this '
-                                   'migration\'s token' % source)
-            finally:
-                os.close(real)
+        os.close(_source_dir(call, source, token))
+        os.close(_trusted_dir(call, os.path.join(source, ROOT_DIR)))
         argv = ['tar'] + list(UPPER_TAR_OPTIONS) + [
             '--directory=' + source_upper, '--', '.']
     else:
