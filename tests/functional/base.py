@@ -189,7 +189,9 @@ class FunctionalTestCase(base.BaseTestCase):
         out = subprocess.run(
             ['lxc-info', '-n', name, '-P', CONF.lxc.lxc_path, '-p', '-H'],
             capture_output=True, text=True, check=True)
-        return int(out.stdout.strip())
+        # Nothing while it is not running (a reboot from inside: between
+        # its stop and its start, whatever the state read just before).
+        return int(out.stdout.strip()) if out.stdout.strip() else None
 
     def attach(self, name, *argv, check=True):
         return subprocess.run(
