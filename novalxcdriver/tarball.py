@@ -167,8 +167,9 @@ def unpack_upper(stream, dest_dir, max_bytes, uid_offset, gid_offset,
     an image's files (overlayfs.rst, "whiteouts and opaque directories"):
 
     - whiteouts, character devices 0/0, are made (mknod(2) allows them in
-      a user namespace), hard links between them too (overlayfs shares
-      one whiteout inode); no other device;
+      a user namespace); no other device. overlayfs shares one whiteout
+      inode between names, which GNU tar sends as separate devices; a
+      stream's hard links between whiteouts are accepted too;
     - owners in the tarball are the host's (GNU tar ``--numeric-owner`` of
       a layer owned in a container's range): uid_offset and gid_offset are
       taken off, and what is left must be 0..max_id; whiteouts, which

@@ -178,7 +178,8 @@ def _roots_config(conf):
     The driver roots of this process, and the migration's SSH options
     (privsep.migrationcopy reads them in the daemon) as this process has
     them, which may be set in memory (tests, bench). A value a config
-    file cannot hold on one line is left to the config files.
+    file cannot hold as it is (a line break, a '$') is left to the
+    config files.
     """
     roots = sorted(driver_roots(conf))
     text = ('[lxc]\nlxc_path = %s\nstate_path = %s\n'
@@ -192,10 +193,11 @@ def _roots_config(conf):
             ('migration_ssh_options', ','.join(options),
              not any(',' in o for o in options))):
         value = str(value)
-        if ok and not any(c in value for c in '\n\r') and \
+        # oslo.config substitutes $name (and a list's items once more,
+        # so even $$ does not hold).
+        if ok and not any(c in value for c in '\n\r$') and \
                 value == value.strip():
-            # oslo.config substitutes $name: $$ is a '$'.
-            text += '%s = %s\n' % (name, value.replace('$', '$$'))
+            text += '%s = %s\n' % (name, value)
     return text
 
 

@@ -504,7 +504,8 @@ def receive_upper(root, source, token, source_ip, transport, idmap,
     :param source_ip: the source host's IP address (ssh).
     :param transport: ``local`` or ``ssh``.
     :param idmap: [uid_start, gid_start, size] the layer is owned in
-        (inside root's subordinate ranges, not the unpack range).
+        (inside root's subordinate ranges, not the unpack range, at
+        least ids.UNPACK_IDS ids).
     :param max_bytes: the most bytes of file data (> 0).
     :param timeout: seconds (positive int, at most a day).
     :returns: bytes of file data received.
@@ -527,6 +528,10 @@ def receive_upper(root, source, token, source_ip, transport, idmap,
             checked.gid_start < unpacker.gid_start + unpacker.size and \
             unpacker.gid_start < checked.gid_start + checked.size:
         privsep.refuse(call, 'idmap %r overlaps the unpack range' % (idmap,))
+    if checked.size < unpacker.size:
+        # The child takes owners 0..65535 and its view shifts as many.
+        privsep.refuse(call, 'idmap %r holds fewer than %d ids'
+                       % (idmap, unpacker.size))
     source_upper = os.path.join(source, ROOT_DIR, UPPER)
     if transport == 'local':
         os.close(_source_dir(call, source, token))
