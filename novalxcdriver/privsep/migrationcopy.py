@@ -127,14 +127,8 @@ def _check(call, root, names, source, token, source_ip, transport,
                   timeout)
 
 
-def _check_source(call, source, token, source_ip, transport, max_bytes,
-                  timeout):
-    rootdirs.check_root_shape(call, source)
-    if not _REMOTE_PATH_RE.match(source):
-        privsep.refuse(call, 'source %r holds characters a migration\'s '
-                       'path never has' % (source,))
-    if not isinstance(token, str) or not token:
-        privsep.refuse(call, 'token %r is not a non-empty str' % (token,))
+def _check_transfer(call, source_ip, transport, max_bytes, timeout):
+    """Refuse what every receive takes unless it is well formed."""
     _check_ip(call, source_ip)
     if transport not in TRANSPORTS:
         privsep.refuse(call, 'transport %r is not one of %s'
@@ -143,6 +137,17 @@ def _check_source(call, source, token, source_ip, transport, max_bytes,
     if timeout > MAX_TIMEOUT:
         privsep.refuse(call, 'timeout %d is above %d s'
                        % (timeout, MAX_TIMEOUT))
+
+
+def _check_source(call, source, token, source_ip, transport, max_bytes,
+                  timeout):
+    rootdirs.check_root_shape(call, source)
+    if not _REMOTE_PATH_RE.match(source):
+        privsep.refuse(call, 'source %r holds characters a migration\'s '
+                       'path never has' % (source,))
+    if not isinstance(token, str) or not token:
+        privsep.refuse(call, 'token %r is not a non-empty str' % (token,))
+    _check_transfer(call, source_ip, transport, max_bytes, timeout)
 
 
 @privsep.storage_admin.entrypoint
@@ -437,14 +442,7 @@ def receive_image(rootfs, source, image_id, source_ip, transport,
     view = unpack.check_rootfs(call, rootfs)
     imagecache.check_image_id(call, image_id)
     _check_entry(call, source, image_id)
-    _check_ip(call, source_ip)
-    if transport not in TRANSPORTS:
-        privsep.refuse(call, 'transport %r is not one of %s'
-                       % (transport, ', '.join(TRANSPORTS)))
-    privsep.check_positive_ints(call, max_bytes=max_bytes, timeout=timeout)
-    if timeout > MAX_TIMEOUT:
-        privsep.refuse(call, 'timeout %d is above %d s'
-                       % (timeout, MAX_TIMEOUT))
+    _check_transfer(call, source_ip, transport, max_bytes, timeout)
     source_rootfs = os.path.join(source, imagecache.ROOTFS)
     if transport == 'local':
         os.close(_trusted_dir(call, source_rootfs))
