@@ -197,7 +197,7 @@ class LXCDriver(driver.ComputeDriver):
                         'reboot or power on.', self._lxc_path, len(records),
                         self._records.path)
         else:
-            os.makedirs(self._lxc_path, mode=0o711, exist_ok=True)
+            hostdirs.make_lxc_path(self._lxc_path)
         self._reconcile(records)
         if CONF.lxc.state_poll_interval:
             self._watcher = events.StateWatcher(

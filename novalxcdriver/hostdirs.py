@@ -35,6 +35,7 @@ import stat
 import sys
 
 from novalxcdriver import conf as conf_mod
+from novalxcdriver.privsep import lxctools
 from novalxcdriver.privsep import replacement
 
 CONF = conf_mod.CONF
@@ -58,8 +59,8 @@ def layout(lxc_path, state_path, ids_path=None):
         module docstring).
     """
     state = os.path.normpath(os.path.abspath(state_path))
-    found = [Directory(os.path.normpath(os.path.abspath(lxc_path)), 0o2751,
-                       SHARED),
+    found = [Directory(os.path.normpath(os.path.abspath(lxc_path)),
+                       lxctools.SHARED_MODE, SHARED),
              Directory(state, 0o711, ROOT)]
     found += [Directory(os.path.join(state, name), mode, USER)
               for name, mode in STATE_BOOKKEEPING]
@@ -78,8 +79,9 @@ def problems(lxc_path, state_path, ids_path=None):
 
     Root makes its directories as it needs them: nothing to report.
     Another user needs each bookkeeping directory to exist and be
-    writable and searchable by it, and lxc_path to be readable and
-    searchable (access(2)).
+    writable and searchable by it, and lxc_path, if it exists, to be
+    readable and searchable (access(2)); a missing one is
+    make_lxc_path's.
 
     :param lxc_path, state_path, ids_path: as layout's.
     :returns: list of str, one naming the directories and the fix.
@@ -89,12 +91,35 @@ def problems(lxc_path, state_path, ids_path=None):
     user = pwd.getpwuid(os.geteuid()).pw_name
     need = {USER: os.W_OK | os.X_OK, SHARED: os.R_OK | os.X_OK}
     missing = [d.path for d in layout(lxc_path, state_path, ids_path)
-               if d.owner in need and not os.access(d.path, need[d.owner])]
+               if d.owner in need and not os.access(d.path, need[d.owner])
+               and (d.owner != SHARED or os.path.lexists(d.path))]
     if not missing:
         return []
     return ['%s cannot use %s: run novalxc-prepare-host --user %s with '
             'nova-compute\'s --config-file options, as root'
             % (user, ', '.join(missing), user)]
+
+
+def make_lxc_path(lxc_path):
+    """Make a missing lxc_path for this process's nova-compute.
+
+    Root: 0711, as before prepare existed. Another user: through the
+    lxc_admin daemon, root's and this process's group's, as prepare
+    makes it (lxctools.make_lxc_path).
+
+    :raises OSError: it could not be made (e.g. its parent is missing).
+    :raises PrivilegedCallRefused: lxc_path is not a driver root.
+    """
+    if os.path.isdir(lxc_path):
+        return
+    if os.geteuid() == 0:
+        os.makedirs(lxc_path, mode=0o711, exist_ok=True)
+        return
+    try:
+        lxctools.make_lxc_path(os.path.normpath(os.path.abspath(lxc_path)),
+                               os.getegid())
+    except FileExistsError:
+        pass
 
 
 def prepare(uid, gid, lxc_path, state_path, ids_path=None, log=print):

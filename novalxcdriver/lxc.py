@@ -16,6 +16,7 @@ from oslo_log import log as logging
 
 from novalxcdriver import command
 from novalxcdriver import conf
+from novalxcdriver import hostdirs
 from novalxcdriver.privsep import lxctools
 
 CONF = conf.CONF
@@ -73,10 +74,14 @@ def unfreeze(name, lxc_path):
 
 
 def make_dir(name, lxc_path):
-    """Make the container's directory (root's 0700).
+    """Make the container's directory, and a missing lxc_path first.
+
+    Root's 0700, or 2750 in a shared lxc_path; lxc_path as
+    hostdirs.make_lxc_path makes it.
 
     :raises FileExistsError: it exists; nothing was touched.
     """
+    hostdirs.make_lxc_path(lxc_path)
     lxctools.make_dir(name, lxc_path)
 
 

@@ -188,6 +188,7 @@ class ProblemsTest(_Tree):
         self.assertEqual([], hostdirs.problems(self.lxc, self.state))
 
     def test_another_user_needs_the_bookkeeping_writable(self):
+        os.mkdir(self.lxc)
         self.patch('os.geteuid', return_value=UID)
         self.patch('pwd.getpwuid', return_value=mock.Mock(pw_name='nova'))
         writable = {os.path.join(self.state, n)
@@ -205,11 +206,61 @@ class ProblemsTest(_Tree):
         self.assertEqual({os.W_OK | os.X_OK}, set(asked.values()))
         self.assertNotIn(self.state, asked)
 
+    def test_a_missing_lxc_path_is_make_lxc_path_s(self):
+        # Moved away, or new: init_host makes it through the daemon.
+        self.patch('os.geteuid', return_value=UID)
+        self.patch('pwd.getpwuid', return_value=mock.Mock(pw_name='nova'))
+        self.patch('os.access', side_effect=lambda path, mode:
+                   path != self.lxc)
+        self.assertEqual([], hostdirs.problems(self.lxc, self.state))
+        # A link where it should be is not missing: reported.
+        os.symlink('/nowhere', self.lxc)
+        problem, = hostdirs.problems(self.lxc, self.state)
+        self.assertIn('nova cannot use %s: run' % self.lxc, problem)
+
     def test_another_user_with_all_of_it(self):
         self.patch('os.geteuid', return_value=UID)
         self.patch('pwd.getpwuid', return_value=mock.Mock(pw_name='nova'))
         self.patch('os.access', return_value=True)
         self.assertEqual([], hostdirs.problems(self.lxc, self.state))
+
+
+class MakeLxcPathTest(_Tree):
+
+    def setUp(self):
+        super().setUp()
+        self.daemon = self.patch(
+            'novalxcdriver.privsep.lxctools.make_lxc_path')
+
+    def test_root_makes_it_0711(self):
+        self.patch('os.geteuid', return_value=0)
+        deeper = os.path.join(self.lxc, 'deeper')
+        hostdirs.make_lxc_path(deeper)
+        self.assertEqual(0o711, stat.S_IMODE(os.stat(deeper).st_mode))
+        self.daemon.assert_not_called()
+
+    def test_another_user_asks_the_daemon_for_its_group_s(self):
+        self.patch('os.geteuid', return_value=UID)
+        self.patch('os.getegid', return_value=GID)
+        hostdirs.make_lxc_path(self.lxc + '/')
+        self.daemon.assert_called_once_with(self.lxc, GID)
+        self.assertFalse(os.path.exists(self.lxc))
+
+    def test_made_meanwhile_is_no_error(self):
+        self.patch('os.geteuid', return_value=UID)
+        self.daemon.side_effect = FileExistsError(17, 'File exists')
+        hostdirs.make_lxc_path(self.lxc)
+        self.daemon.side_effect = FileNotFoundError(2, 'No such file')
+        self.assertRaises(FileNotFoundError, hostdirs.make_lxc_path,
+                          self.lxc)
+
+    def test_there_already_is_left_alone(self):
+        os.mkdir(self.lxc, 0o700)
+        for euid in (0, UID):
+            self.patch('os.geteuid', return_value=euid)
+            hostdirs.make_lxc_path(self.lxc)
+        self.daemon.assert_not_called()
+        self.assertEqual(0o700, stat.S_IMODE(os.stat(self.lxc).st_mode))
 
 
 class MainTest(_Tree):

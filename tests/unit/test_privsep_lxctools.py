@@ -260,6 +260,40 @@ class EntryPointChecksTest(_EntryPoints):
         self.refused(lxctools.make_dir, 'x', '/etc', match='not a driver')
         self.assertFalse(os.path.exists('/etc/x'))
 
+    def test_make_lxc_path_is_root_s_and_the_group_s_to_read(self):
+        if os.geteuid() != 0:
+            self.skipTest('chown to another group needs root')
+        self.addCleanup(os.umask, os.umask(0))
+        os.rmdir(self.lxc_path)
+        lxctools.make_lxc_path(self.lxc_path, 64001)
+        st = os.stat(self.lxc_path)
+        self.assertEqual((0o2751, 0, 64001),
+                         (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid))
+        # A container made in it is then the group's to read.
+        lxctools.make_dir('instance-0000001b', self.lxc_path)
+        self.assertEqual(64001, os.stat(os.path.join(
+            self.lxc_path, 'instance-0000001b')).st_gid)
+        self.assertRaises(FileExistsError, lxctools.make_lxc_path,
+                          self.lxc_path, 0)
+        self.assertEqual(64001, os.stat(self.lxc_path).st_gid)
+
+    def test_make_lxc_path_refusals(self):
+        os.rmdir(self.lxc_path)
+        self.refused(lxctools.make_lxc_path, '/etc/x', 1,
+                     match='not a driver root')
+        self.refused(lxctools.make_lxc_path, self.lxc_path + '/', 1,
+                     match='not an absolute normalized')
+        for gid in (-1, '5', True, 1.0, None):
+            self.refused(lxctools.make_lxc_path, self.lxc_path, gid,
+                         match='is not an int >= 0')
+        self.assertFalse(os.path.exists(self.lxc_path))
+        self.assertFalse(os.path.exists('/etc/x'))
+        # Only the last component: a missing parent stays missing.
+        CONF.set_override('extra_driver_roots', [self.tmp + '/a/b'], 'lxc')
+        self.assertRaises(FileNotFoundError, lxctools.make_lxc_path,
+                          self.tmp + '/a/b', 1)
+        self.assertFalse(os.path.exists(self.tmp + '/a'))
+
     def test_make_dir_in_a_setgid_lxc_path_is_its_group_s_to_read(self):
         # novalxc-prepare-host: lxc_path root:<nova-compute's group> 2751.
         if os.geteuid() != 0:
