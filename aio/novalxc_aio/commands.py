@@ -271,10 +271,12 @@ def clean(remove_venv=False):
         if os.path.lexists(path):
             shutil.rmtree(path)
             util.say('removed %s', path)
-    if os.path.lexists(unprivileged.SUDOERS):
-        # It lets the unprivileged check's user start root daemons.
-        os.unlink(unprivileged.SUDOERS)
-        util.say('removed %s', unprivileged.SUDOERS)
+    # They let the computes' user and the unprivileged check's start
+    # root daemons.
+    for sudoers in (layout.COMPUTE_SUDOERS, unprivileged.SUDOERS):
+        if os.path.lexists(sudoers):
+            os.unlink(sudoers)
+            util.say('removed %s', sudoers)
     util.say('clean: packages and the image cache %s are kept',
              layout.IMAGE_CACHE)
     return 0

@@ -22,6 +22,7 @@ all run in the namespace layout.C2_NETNS, joined to the root namespace by
 """
 
 import os
+import pwd
 import subprocess
 
 from novalxc_aio import configs
@@ -30,6 +31,7 @@ from novalxc_aio import procs
 from novalxc_aio import util
 
 NS = layout.C2_NETNS
+_USER = layout.OPTIONAL_SERVICE_ACCOUNTS['nova-compute-2']
 OVS_DB_SOCK = 'unix:%s/db.sock' % layout.C2_OVS_RUN
 NOVA_CONF = os.path.join(layout.C2_ETC, 'nova-cpu.conf')
 AGENT_CONF = os.path.join(layout.C2_ETC, 'ovn_metadata_agent.ini')
@@ -195,11 +197,16 @@ def all_services():
             '--config-file', AGENT_CONF),
             _agent_listening,
             where='169.254.169.254 on %s' % layout.C2_HOST),
+        # As nova, like compute 1; setpriv after the namespaces, which
+        # need root. The bounding set stays: sudo starts the daemons.
         procs.Service('nova-compute-2', _in_host_view(
+            'setpriv', '--reuid=' + _USER, '--regid=' + _USER,
+            '--clear-groups', '--inh-caps=-all', '--',
             layout.venv_bin('nova-compute'), '--config-file', NOVA_CONF),
             _consumer_probe('compute.' + layout.C2_HOST),
             where='queue compute.%s, my_ip %s' % (layout.C2_HOST,
-                                                  layout.C2_IP)),
+                                                  layout.C2_IP),
+            env={'HOME': os.path.join(layout.C2_STATE, 'nova')}),
     ]
 
 
@@ -324,17 +331,22 @@ def ssh_files():
 
 def prepare(secrets, config):
     """Directories and configuration files; config is setup._config."""
+    # The driver's directories are novalxc-prepare-host's
+    # (setup.compute_user); nova-compute's own state nova's.
     for path in (layout.C2_STATE, layout.C2_ETC, layout.C2_RUN,
-                 layout.C2_OVS_RUN, os.path.join(layout.C2_STATE, 'ovs'),
-                 os.path.join(layout.C2_STATE, 'nova', 'locks'),
-                 layout.C2_LXC_PATH, layout.C2_DRIVER_STATE):
+                 layout.C2_OVS_RUN, os.path.join(layout.C2_STATE, 'ovs')):
         util.makedirs(path, 0o711)
+    user = pwd.getpwnam(_USER)
+    owner = (user.pw_uid, user.pw_gid)
+    for path in (os.path.join(layout.C2_STATE, 'nova'),
+                 os.path.join(layout.C2_STATE, 'nova', 'locks')):
+        util.makedirs(path, 0o700, owner)
     util.makedirs(_SYS, 0o755)
     _shared_state()
     util.makedirs(layout.C2_METADATA_STATE, 0o750)
     config(NOVA_CONF, configs.nova_conf(secrets, compute=True, node=2,
                                         computes=2),
-           ['nova-compute-2'], mode=0o600)
+           ['nova-compute-2'], mode=0o600, owner=owner)
     config(AGENT_CONF, configs.ovn_metadata_agent_conf(secrets, node=2),
            ['neutron-ovn-metadata-agent-2'], mode=0o600)
     db = os.path.join(layout.C2_STATE, 'ovs', 'conf.db')
@@ -343,9 +355,13 @@ def prepare(secrets, config):
                   '/usr/share/openvswitch/vswitch.ovsschema'])
 
 
-def open_vswitch(start):
-    """Compute 2's ovsdb-server, ovs-vswitchd, br-int, tunnel bridge."""
+def open_vswitch(start, nova_may_use_ovsdb):
+    """Compute 2's ovsdb-server, ovs-vswitchd, br-int, tunnel bridge.
+
+    start and nova_may_use_ovsdb: setup's.
+    """
     start('ovsdb-server-2')
+    nova_may_use_ovsdb(layout.C2_OVS_RUN)
     vsctl = ['ovs-vsctl', '--db=' + OVS_DB_SOCK]
     util.run(vsctl + ['--no-wait', 'init'])
     util.run(vsctl + ['--no-wait', 'set', 'Open_vSwitch', '.'] +

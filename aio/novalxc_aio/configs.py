@@ -253,6 +253,12 @@ def nova_conf(secrets, compute=False, node=1, computes=1, fake=False):
              else layout.HOST),
             ('port_range', '10000:10999')]),
     ]
+    if compute and not fake:
+        # nova-compute runs as layout.COMPUTE_USER: each privsep daemon
+        # through sudo, reading this file (COMPUTE_SUDOERS allows that).
+        helper = layout.privsep_helper_command(node)
+        sections += [(context, [('helper_command', helper)])
+                     for context in layout.PRIVSEP_CONTEXTS]
     if node == 2:
         sections += [
             # One container ID reservation directory for the machine.
@@ -275,7 +281,11 @@ def nova_conf(secrets, compute=False, node=1, computes=1, fake=False):
             ('lxc', [('lxc_path', layout.LXC_PATH),
                      ('state_path', layout.DRIVER_STATE),
                      ('ids_path', layout.IDS_PATH)]),
-            # Root's locks, apart from the nova user's (nova.conf).
+            # The socket, group nova's (setup.openvswitch): nova-compute
+            # removes leftover ports itself, as os-vif adds them.
+            ('os_vif_ovs', [('ovsdb_connection',
+                             'unix:%s/db.sock' % layout.OVS_RUN)]),
+            # Apart from the control services' locks (nova.conf).
             concurrency('nova-compute'),
         ]
     return ini(sections)

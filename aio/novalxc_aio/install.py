@@ -33,6 +33,8 @@ PACKAGES = (
     'openssh-client',
     # sshd: root between the computes of "up --computes 2" (migrations).
     'openssh-server',
+    # sudo: nova-compute, as nova, starts its privsep daemons through it.
+    'sudo',
     # The virtualenv, and git for pbr's version of this repository.
     'python3-venv', 'git', 'ca-certificates',
 )

@@ -92,10 +92,13 @@ DATABASES = {
 
 # The system user each OpenStack service's processes run as (issue 14's
 # production shape): no uid 0, no capability, only its own files. The
-# computes (nova-compute, its fake-driver twin) and the OVN metadata
-# agents (network namespaces, haproxy) still run as root.
+# computes run as nova too, their root work done by the privsep daemons
+# they start through sudo (COMPUTE_SUDOERS). The OVN metadata agents
+# (network namespaces, haproxy) still run as root.
 SYSTEM_USERS = ('keystone', 'glance', 'placement', 'neutron', 'nova')
+COMPUTE_USER = 'nova'
 SERVICE_ACCOUNTS = {
+    'nova-compute': COMPUTE_USER,
     'keystone': 'keystone',
     'glance': 'glance',
     'placement': 'placement',
@@ -107,6 +110,35 @@ SERVICE_ACCOUNTS = {
     'nova-scheduler': 'nova',
     'nova-serialproxy': 'nova',
 }
+
+# Compute 2 runs in its own network namespace (compute2.py): it drops to
+# COMPUTE_USER itself, and runs only with "up --computes 2"; the
+# fake-driver compute only with "up --fake-compute".
+OPTIONAL_SERVICE_ACCOUNTS = {
+    'nova-compute-2': COMPUTE_USER,
+    'nova-compute-fake': COMPUTE_USER,
+}
+
+# The privsep contexts a compute's daemons run (the driver's and
+# os-vif's), each started with "sudo privsep-helper --config-file
+# <the compute's nova-cpu.conf>", which COMPUTE_SUDOERS allows, exactly.
+PRIVSEP_CONTEXTS = ('novalxc_lxc_admin', 'novalxc_net_admin',
+                    'novalxc_storage_admin', 'vif_plug_ovs_privileged',
+                    'vif_plug_linux_bridge_privileged')
+COMPUTE_SUDOERS = '/etc/sudoers.d/novalxc-aio-nova-compute'
+
+
+def compute_conf(node=1):
+    """nova-cpu.conf of compute node (1 or 2)."""
+    return os.path.join(C2_ETC if node == 2 else etc('nova'),
+                        'nova-cpu.conf')
+
+
+def privsep_helper_command(node=1):
+    """[<context>] helper_command of compute node's daemons (sudo)."""
+    return 'sudo %s --config-file %s' % (venv_bin('privsep-helper'),
+                                         compute_conf(node))
+
 
 # Users in Keystone's "service" project, one per service.
 SERVICE_USERS = ('glance', 'placement', 'nova', 'neutron')

@@ -145,7 +145,8 @@ def fake_compute_service():
             os.path.join(layout.FAKE_ETC, 'nova-cpu.conf')),
         _consumer_probe('compute.' + layout.FAKE_HOST),
         where='queue compute.%s, driver %s' % (layout.FAKE_HOST,
-                                               layout.FAKE_DRIVER))
+                                               layout.FAKE_DRIVER),
+        user=layout.OPTIONAL_SERVICE_ACCOUNTS['nova-compute-fake'])
 
 
 def all_services(computes=None, fake=None):

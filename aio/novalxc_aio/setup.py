@@ -260,6 +260,7 @@ def openvswitch(computes=1):
         util.run(['ovsdb-tool', 'create', db,
                   '/usr/share/openvswitch/vswitch.ovsschema'])
     start('ovsdb-server')
+    nova_may_use_ovsdb(layout.OVS_RUN)
     util.run(['ovs-vsctl', '--no-wait', 'init'])
     util.run(['ovs-vsctl', '--no-wait', 'set', 'Open_vSwitch', '.',
               'external_ids:system-id=%s' % layout.NOVA_HOST,
@@ -274,6 +275,19 @@ def openvswitch(computes=1):
     util.run(['ovs-vsctl', '--may-exist', 'add-br', 'br-int', '--',
               'set', 'Bridge', 'br-int', 'datapath_type=netdev',
               'fail_mode=secure', 'other_config:disable-in-band=true'])
+
+
+def nova_may_use_ovsdb(run):
+    """Group nova may connect to the ovsdb-server socket in run.
+
+    nova-compute (as nova) reads and writes the Open vSwitch database
+    itself, as os-vif does everywhere ([os_vif_ovs] ovsdb_connection);
+    ovsdb-server makes its socket root's alone, and has no option for
+    its group. No other user may.
+    """
+    sock = os.path.join(run, 'db.sock')
+    os.chown(sock, 0, _owner(layout.COMPUTE_USER)[1])
+    os.chmod(sock, 0o660)
 
 
 def ovn():
@@ -481,7 +495,7 @@ def compute2(secrets, computes):
     compute2_mod.prepare(secrets, _config)
     compute2_mod.ssh_files()
     start('relay-2')
-    compute2_mod.open_vswitch(start)
+    compute2_mod.open_vswitch(start, nova_may_use_ovsdb)
     compute2_mod.underlay(1)
     start('ovn-controller-2', 'sshd-1', 'sshd-2')
 
@@ -497,18 +511,20 @@ def nova(secrets, computes=1):
             ['nova-api', 'nova-metadata', 'nova-conductor',
              'nova-scheduler', 'nova-serialproxy'], mode=0o600,
             owner=nova_user)
-    # nova-compute still runs as root (issue 14): its own file and locks.
-    _config(layout.etc('nova', 'nova-cpu.conf'),
+    # nova-compute's own file and locks, as nova too: its privsep daemons
+    # read the file through sudo as root.
+    _config(layout.compute_conf(),
             configs.nova_conf(secrets, compute=True, computes=computes),
-            ['nova-compute'], mode=0o600)
+            ['nova-compute'], mode=0o600, owner=nova_user)
     _copy_paste_ini('nova', 'api-paste.ini', ['nova-api', 'nova-metadata'])
     for name, app in (('nova-api', 'nova.wsgi.osapi_compute:application'),
                       ('nova-metadata', 'nova.wsgi.metadata:application')):
         _config(layout.etc(name, 'gunicorn.conf.py'),
                 configs.gunicorn_conf(name, app, layout.PORTS[name]), [name])
-    for path in (layout.state('nova-compute', 'locks'), layout.LXC_PATH,
-                 layout.DRIVER_STATE):
-        util.makedirs(path, 0o711)
+    # The driver's directories are novalxc-prepare-host's (nova_compute).
+    util.makedirs(layout.state('nova-compute'), 0o755)
+    util.makedirs(layout.state('nova-compute', 'locks'), 0o700, nova_user)
+    util.chown_tree(layout.state('nova-compute', 'locks'), nova_user)
     manage = [layout.venv_bin('nova-manage'), '--config-file', conf]
     version = _version('nova')
     _once('nova-api-db-sync', version, [manage + ['api_db', 'sync']],
@@ -538,10 +554,37 @@ def nova_compute(secrets, computes=1):
     names = ['nova-compute']
     if computes > 1:
         names += ['neutron-ovn-metadata-agent-2', 'nova-compute-2']
+    compute_user(computes)
     start(*names)
     for host in [layout.NOVA_HOST] + (
             [layout.C2_HOST] if computes > 1 else []):
         _compute_in_api(secrets, host)
+
+
+def compute_user(computes=1):
+    """What nova-compute needs to run as layout.COMPUTE_USER (issue 14).
+
+    A sudoers rule that lets it start exactly its privsep daemons
+    (privsep-helper with its own nova-cpu.conf, whatever context and
+    socket follow), and the driver's directories of each compute,
+    made and given by novalxc-prepare-host as an operator would run it;
+    Nova's own state (the node's compute_id) the user's too.
+    """
+    owner = _owner(layout.COMPUTE_USER)
+    nodes = (1, 2) if computes > 1 else (1,)
+    rule = ', '.join('%s --config-file %s *' % (
+        layout.venv_bin('privsep-helper'), layout.compute_conf(node))
+        for node in (1, 2))
+    if util.write_file(layout.COMPUTE_SUDOERS, '%s ALL=(root) NOPASSWD: '
+                       '%s\n' % (layout.COMPUTE_USER, rule), 0o440):
+        util.run(['visudo', '-c', '-q', '-f', layout.COMPUTE_SUDOERS])
+    for node in nodes:
+        util.run([layout.venv_bin('novalxc-prepare-host'), '--user',
+                  layout.COMPUTE_USER, '--config-file',
+                  layout.compute_conf(node)], log='nova-compute')
+    util.chown_tree(layout.state('nova'), owner)
+    if computes > 1:
+        util.chown_tree(os.path.join(layout.C2_STATE, 'nova'), owner)
 
 
 def fake_compute(secrets, on):
@@ -565,15 +608,18 @@ def fake_compute(secrets, on):
             util.say('stopped %s (pid %d): no --fake-compute', name, pid)
         return
     state = os.path.join(layout.FAKE_STATE, 'nova')
-    for path in (layout.FAKE_ETC, state, os.path.join(state, 'locks')):
-        util.makedirs(path, 0o711)
+    owner = _owner(layout.COMPUTE_USER)
+    util.makedirs(layout.FAKE_ETC, 0o711)
+    for path in (state, os.path.join(state, 'locks')):
+        util.makedirs(path, 0o700, owner)
     compute_id = os.path.join(state, 'compute_id')
     if not os.path.exists(compute_id):
         util.write_file(compute_id, '%s\n' % uuid.uuid5(
             uuid.NAMESPACE_DNS, layout.FAKE_HOST))
     _config(os.path.join(layout.FAKE_ETC, 'nova-cpu.conf'),
             configs.nova_conf(secrets, compute=True, fake=True),
-            ['nova-compute-fake'], mode=0o600)
+            ['nova-compute-fake'], mode=0o600, owner=owner)
+    util.chown_tree(state, owner)
     util.write_file(layout.FAKE_COMPUTE_FILE, '1\n')
     # Enabled before it starts: Nova then skips its RPC to a compute it
     # sees down, and the compute clears the COMPUTE_STATUS_DISABLED trait

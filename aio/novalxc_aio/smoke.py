@@ -188,13 +188,20 @@ def _credentials(pid):
 
 
 def _service_user_checks(c):
-    """Each API service and Nova's control plane runs as its own user.
+    """Each OpenStack service runs as its own user; only privsep is root.
 
     From /proc (issue 14): every process of the service has the user's
     uid and gid as real, effective, saved and filesystem ids, no
-    supplementary group and no capability (effective or permitted).
+    supplementary group and no capability (effective or permitted). The
+    computes (nova-compute, and compute 2 and the fake-driver one when
+    running) too; a compute's root work is its privsep daemons'
+    (_privsep_daemon_checks).
     """
-    for name, user in sorted(layout.SERVICE_ACCOUNTS.items()):
+    accounts = dict(layout.SERVICE_ACCOUNTS)
+    accounts.update((name, user) for name, user in
+                    layout.OPTIONAL_SERVICE_ACCOUNTS.items()
+                    if procs.recorded_pid(name))
+    for name, user in sorted(accounts.items()):
         account = pwd.getpwnam(user)
         pid = procs.recorded_pid(name)
         if not pid:
@@ -216,6 +223,67 @@ def _service_user_checks(c):
         c.check('%s runs as %s (uid %d, %d processes, no capability, no '
                 'other group)' % (name, user, account.pw_uid, len(tree)),
                 account.pw_uid != 0 and not bad, '; '.join(bad))
+    for name, node in (('nova-compute', 1), ('nova-compute-2', 2)):
+        if name in accounts:
+            _privsep_daemon_checks(c, name, layout.compute_conf(node))
+
+
+def _argv(pid):
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            return [a.decode(errors='replace')
+                    for a in f.read().split(b'\0')[:-1]]
+    except OSError:
+        return []
+
+
+def _privsep_daemon_checks(c, name, conf):
+    """A compute's privsep daemons: root, its own, one per context.
+
+    oslo.privsep's helper forks its daemon away from sudo, and the daemon
+    keeps the session of the nova-compute that started it: the root
+    processes of that session are the daemons, whose argv name the
+    compute's config file, each with its own context, and what they run
+    (the lxc-* tools; containers' monitors leave the session).
+    """
+    pid = procs.recorded_pid(name)
+    helper = layout.venv_bin('privsep-helper')
+    daemons, contexts, bad, rooted = [], [], [], {}
+    for entry in filter(str.isdigit, os.listdir('/proc')):
+        p = int(entry)
+        fields = procs.stat_fields(p)
+        if not fields or int(fields[3]) != pid or p == pid:
+            continue
+        argv = _argv(p)
+        try:
+            uids = _credentials(p)[0]
+        except (OSError, KeyError):
+            continue
+        if helper not in argv:
+            if '0' in uids:
+                rooted[p] = (int(fields[1]), argv, uids)
+            continue
+        daemons.append(p)
+        i = argv.index(helper)
+        if argv[i + 1:i + 3] != ['--config-file', conf]:
+            bad.append('privsep daemon %d reads %s' % (p, argv[i + 1:i + 3]))
+        if '--privsep_context' in argv:
+            contexts.append(argv[argv.index('--privsep_context') + 1])
+        if set(uids) != {'0'}:
+            bad.append('privsep daemon %d runs as uid %s' % (
+                p, ','.join(uids)))
+    for p, (ppid, argv, uids) in sorted(rooted.items()):
+        while ppid in rooted:
+            ppid = rooted[ppid][0]
+        if ppid not in daemons:
+            bad.append('pid %d (%s) runs as uid %s' % (
+                p, ' '.join(argv)[:80], ','.join(uids)))
+    if len(set(contexts)) != len(contexts):
+        bad.append('a context twice: %s' % sorted(contexts))
+    c.check('%s\'s root work is its %d privsep daemons\' alone (uid 0, '
+            'each its own context: %s; no other root process in its '
+            'session)' % (name, len(daemons), ', '.join(sorted(contexts))),
+            daemons and not bad, '; '.join(bad) or 'no daemon found')
 
 
 def _demo_network_checks(c, d):
@@ -1111,6 +1179,8 @@ def smoke(keep_up=False):
         _rescue_checks(c, d, nodes[2])
         _mishap_check(c, s, nodes[0])
         _resize_here_checks(c, s, nodes)
+        # Again after the lifecycle and the mishap's restart: new daemons.
+        _privsep_daemon_checks(c, 'nova-compute', layout.compute_conf())
         _delete_checks(c, s, nodes)
     except (util.AioError, api.ApiError, TimeoutError) as e:
         c.check('servers with networking', False, str(e))

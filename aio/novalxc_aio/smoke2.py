@@ -398,6 +398,8 @@ def smoke2(keep_up=False):
     s = demo.session(secrets, 'admin')
     d = demo.session(secrets, 'demo')
     _cloud_checks(c, s)
+    # Both computes as nova, each with its own privsep daemons.
+    smoke._service_user_checks(c)
     nodes = []
     try:
         nodes = _boot(c, s, demo.network_id(d), uuid.uuid4().hex[:6])
@@ -407,6 +409,9 @@ def smoke2(keep_up=False):
         # relay on its my_ip.
         smoke._serial_console_checks(c, nodes[1])
         _migration_checks(c, s, nodes)
+        # Again after the migrations: what the daemons ran has ended.
+        for name, node in (('nova-compute', 1), ('nova-compute-2', 2)):
+            smoke._privsep_daemon_checks(c, name, layout.compute_conf(node))
         _delete_checks(c, s, nodes)
     except (util.AioError, api.ApiError, TimeoutError) as e:
         c.check('a server on each host', False, str(e))
