@@ -37,6 +37,7 @@ import sys
 from novalxcdriver import conf as conf_mod
 from novalxcdriver.privsep import lxctools
 from novalxcdriver.privsep import replacement
+from novalxcdriver.privsep import rootdirs
 
 CONF = conf_mod.CONF
 
@@ -104,8 +105,8 @@ def make_lxc_path(lxc_path):
     """Make a missing lxc_path for this process's nova-compute.
 
     Root: 0711, as before prepare existed. Another user: through the
-    lxc_admin daemon, root's and this process's group's, as prepare
-    makes it (lxctools.make_lxc_path).
+    storage_admin daemon, root's and this process's group's, as prepare
+    makes it (rootdirs.make_lxc_path).
 
     :raises OSError: it could not be made (e.g. its parent is missing).
     :raises PrivilegedCallRefused: lxc_path is not a driver root.
@@ -116,7 +117,7 @@ def make_lxc_path(lxc_path):
         os.makedirs(lxc_path, mode=0o711, exist_ok=True)
         return
     try:
-        lxctools.make_lxc_path(os.path.normpath(os.path.abspath(lxc_path)),
+        rootdirs.make_lxc_path(os.path.normpath(os.path.abspath(lxc_path)),
                                os.getegid())
     except FileExistsError:
         pass

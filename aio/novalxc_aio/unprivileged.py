@@ -23,6 +23,7 @@ from an ids_path of its own.
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 
 from novalxc_aio import cloud
@@ -79,6 +80,14 @@ def _set_up():
     util.run(['visudo', '-c', '-f', SUDOERS])
     util.run([os.path.join(layout.VENV, 'bin', 'novalxc-prepare-host'),
               '--user', USER, '--config-file', CONFIG], log='unprivileged')
+    # Gone, as after a mishap: the driver's start makes it again through
+    # its storage_admin daemon (hostdirs.make_lxc_path), the user's group's.
+    # Empty: the last run ended with destroy and prune.
+    try:
+        os.rmdir(LXC_PATH)
+    except OSError as e:
+        util.warn('%s kept (%s): its remaking is not checked', LXC_PATH,
+                  e.strerror)
     # The child's code, where the user can read it.
     child = os.path.join(ROOT, 'lifecycle.py')
     shutil.copyfile(CHILD, child)
@@ -157,6 +166,13 @@ def unprivileged():
                             % (key, creds.get(key)))
     if not daemons:
         failures.append('no privsep daemon of %s was seen' % CONFIG)
+    st = os.stat(LXC_PATH)
+    made = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+    print('lxc_path %s made again: uid %d, gid %d, mode %04o'
+          % ((LXC_PATH,) + made))
+    if made != (0, user.pw_gid, 0o2751):
+        failures.append('lxc_path %s is not root:%d 2751 but %s'
+                        % (LXC_PATH, user.pw_gid, made))
     for pid, uid in daemons:
         if uid != 0:
             failures.append('privsep daemon %d runs as uid %d' % (pid, uid))

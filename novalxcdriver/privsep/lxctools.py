@@ -244,34 +244,6 @@ SHARED_MODE = 0o2751
 
 
 @privsep.lxc_admin.entrypoint
-def make_lxc_path(lxc_path, gid):
-    """Make lxc_path root:gid, SHARED_MODE, as novalxc-prepare-host would.
-
-    For an unprivileged nova-compute that finds it missing at start (a
-    new lxc_path, or one moved away). Only the last component is made:
-    a missing parent may be a filesystem not mounted yet.
-
-    :param lxc_path: one of the daemon's driver roots, absolute and
-        normalized.
-    :param gid: nova-compute's group (int >= 0), which then reads the
-        containers' configs; the configs hold no secret.
-    :raises PrivilegedCallRefused: lxc_path is not a driver root, or gid
-        not an int >= 0.
-    :raises FileExistsError: it exists (left as it is).
-    :raises FileNotFoundError: its parent is missing.
-    """
-    call = 'make_lxc_path'
-    check_lxc_path(call, lxc_path)
-    if type(gid) is not int or gid < 0:
-        privsep.refuse(call, 'gid %r is not an int >= 0' % (gid,))
-    os.umask(UMASK)
-    os.mkdir(lxc_path, 0o700)
-    # chown(2) clears setgid: the mode after it.
-    os.chown(lxc_path, 0, gid)
-    os.chmod(lxc_path, SHARED_MODE)
-
-
-@privsep.lxc_admin.entrypoint
 def remove_dir(name, lxc_path, instance_uuid):
     """Remove the container's directory, when it is instance_uuid's.
 

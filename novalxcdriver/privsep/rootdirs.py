@@ -66,6 +66,36 @@ def check_root_dir(call, path, rescue_too=False):
 
 
 @privsep.storage_admin.entrypoint
+def make_lxc_path(lxc_path, gid):
+    """Make lxc_path root:gid, lxctools.SHARED_MODE, as prepare-host would.
+
+    For an unprivileged nova-compute that finds it missing at start (a
+    new lxc_path, or one moved away). Only the last component is made:
+    a missing parent may be a filesystem not mounted yet. In
+    storage_admin: giving it the group takes CAP_CHOWN, which lxc_admin
+    has not.
+
+    :param lxc_path: one of the daemon's driver roots, absolute and
+        normalized.
+    :param gid: nova-compute's group (int >= 0), which then reads the
+        containers' configs; the configs hold no secret.
+    :raises PrivilegedCallRefused: lxc_path is not a driver root, or gid
+        not an int >= 0.
+    :raises FileExistsError: it exists (left as it is).
+    :raises FileNotFoundError: its parent is missing.
+    """
+    call = 'make_lxc_path'
+    lxctools.check_lxc_path(call, lxc_path)
+    if type(gid) is not int or gid < 0:
+        privsep.refuse(call, 'gid %r is not an int >= 0' % (gid,))
+    os.umask(lxctools.UMASK)
+    os.mkdir(lxc_path, 0o700)
+    # chown(2) clears setgid: the mode after it.
+    os.chown(lxc_path, 0, gid)
+    os.chmod(lxc_path, lxctools.SHARED_MODE)
+
+
+@privsep.storage_admin.entrypoint
 def make_root(path, disk_mountpoint):
     """Make a root's directory (0711) with its lower and merged (0755).
 

@@ -230,7 +230,7 @@ class MakeLxcPathTest(_Tree):
     def setUp(self):
         super().setUp()
         self.daemon = self.patch(
-            'novalxcdriver.privsep.lxctools.make_lxc_path')
+            'novalxcdriver.privsep.rootdirs.make_lxc_path')
 
     def test_root_makes_it_0711(self):
         self.patch('os.geteuid', return_value=0)

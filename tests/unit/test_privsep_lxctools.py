@@ -22,6 +22,7 @@ from novalxcdriver import container as container_mod
 from novalxcdriver import exception
 from novalxcdriver import privsep
 from novalxcdriver.privsep import lxctools
+from novalxcdriver.privsep import rootdirs
 from novalxcdriver import serialconsole
 from novalxcdriver import snapshot
 from tests.unit import base as unit_base
@@ -53,6 +54,10 @@ class _EntryPoints(_Roots):
         self.addCleanup(privsep.lxc_admin.set_client_mode, True)
         self.execute = self.patch('novalxcdriver.command.execute',
                                   return_value=('', ''))
+
+    def in_process(self, context):
+        context.set_client_mode(False)
+        self.addCleanup(context.set_client_mode, True)
 
     def container(self, name='instance-00000001', mode=0o700, uid=0):
         if os.geteuid() != 0:
@@ -264,8 +269,9 @@ class EntryPointChecksTest(_EntryPoints):
         if os.geteuid() != 0:
             self.skipTest('chown to another group needs root')
         self.addCleanup(os.umask, os.umask(0))
+        self.in_process(privsep.storage_admin)
         os.rmdir(self.lxc_path)
-        lxctools.make_lxc_path(self.lxc_path, 64001)
+        rootdirs.make_lxc_path(self.lxc_path, 64001)
         st = os.stat(self.lxc_path)
         self.assertEqual((0o2751, 0, 64001),
                          (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid))
@@ -273,24 +279,25 @@ class EntryPointChecksTest(_EntryPoints):
         lxctools.make_dir('instance-0000001b', self.lxc_path)
         self.assertEqual(64001, os.stat(os.path.join(
             self.lxc_path, 'instance-0000001b')).st_gid)
-        self.assertRaises(FileExistsError, lxctools.make_lxc_path,
+        self.assertRaises(FileExistsError, rootdirs.make_lxc_path,
                           self.lxc_path, 0)
         self.assertEqual(64001, os.stat(self.lxc_path).st_gid)
 
     def test_make_lxc_path_refusals(self):
+        self.in_process(privsep.storage_admin)
         os.rmdir(self.lxc_path)
-        self.refused(lxctools.make_lxc_path, '/etc/x', 1,
+        self.refused(rootdirs.make_lxc_path, '/etc/x', 1,
                      match='not a driver root')
-        self.refused(lxctools.make_lxc_path, self.lxc_path + '/', 1,
+        self.refused(rootdirs.make_lxc_path, self.lxc_path + '/', 1,
                      match='not an absolute normalized')
         for gid in (-1, '5', True, 1.0, None):
-            self.refused(lxctools.make_lxc_path, self.lxc_path, gid,
+            self.refused(rootdirs.make_lxc_path, self.lxc_path, gid,
                          match='is not an int >= 0')
         self.assertFalse(os.path.exists(self.lxc_path))
         self.assertFalse(os.path.exists('/etc/x'))
         # Only the last component: a missing parent stays missing.
         CONF.set_override('extra_driver_roots', [self.tmp + '/a/b'], 'lxc')
-        self.assertRaises(FileNotFoundError, lxctools.make_lxc_path,
+        self.assertRaises(FileNotFoundError, rootdirs.make_lxc_path,
                           self.tmp + '/a/b', 1)
         self.assertFalse(os.path.exists(self.tmp + '/a'))
 
