@@ -193,6 +193,19 @@ def traversal_problems(paths):
     :param paths: absolute directory paths (existing or not).
     :returns: list of problems, each naming the directory and its mode.
     """
+    return ['%s (mode %04o) is not searchable by container uids: '
+            'chmod o+x %s, or choose [lxc] lxc_path and state_path '
+            'below searchable directories' % (directory, mode, directory)
+            for directory, mode in unsearchable(paths)]
+
+
+def unsearchable(paths):
+    """Existing directories from / down to each of paths, others -x.
+
+    :param paths: absolute directory paths (existing or not).
+    :returns: list of (directory, its permission bits), each once, in
+        the order met (parents first).
+    """
     found = []
     seen = set()
     for path in paths:
@@ -213,9 +226,5 @@ def traversal_problems(paths):
             except FileNotFoundError:
                 break
             if not mode & stat.S_IXOTH:
-                found.append(
-                    '%s (mode %04o) is not searchable by container uids: '
-                    'chmod o+x %s, or choose [lxc] lxc_path and state_path '
-                    'below searchable directories' % (
-                        directory, stat.S_IMODE(mode), directory))
+                found.append((directory, stat.S_IMODE(mode)))
     return found

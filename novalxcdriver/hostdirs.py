@@ -35,6 +35,7 @@ import stat
 import sys
 
 from novalxcdriver import conf as conf_mod
+from novalxcdriver.privsep import lxcconf
 from novalxcdriver.privsep import lxctools
 from novalxcdriver.privsep import replacement
 from novalxcdriver.privsep import rootdirs
@@ -130,9 +131,11 @@ def prepare(uid, gid, lxc_path, state_path, ids_path=None, log=print):
     rebuild records of earlier versions in its roots, made readable,
     0644). SHARED:
     root:gid with its mode, and each container directory already in it
-    root:gid 2750 (an earlier version made them root's 0700); nothing
-    in them changes. USER: made if missing, and it and everything it
-    holds given to uid:gid (links themselves, never followed: lchown).
+    whose config carries the driver's record root:gid 2750 (an earlier
+    version made them root's 0700); nothing in them changes, and
+    another container there is left alone. USER: made if missing, and
+    it and everything it holds given to uid:gid (links themselves,
+    never followed: lchown).
 
     :param lxc_path, state_path, ids_path: as layout's.
     :param log: callable(str) told each change.
@@ -149,7 +152,8 @@ def prepare(uid, gid, lxc_path, state_path, ids_path=None, log=print):
             for name in os.listdir(d.path):
                 path = os.path.join(d.path, name)
                 st = os.lstat(path)
-                if stat.S_ISDIR(st.st_mode) and st.st_uid == 0:
+                if stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and \
+                        _driver_s(path):
                     _give(path, 0, gid, 0o2750, log)
         elif d.owner == ROOT and d.path == state:
             # Rebuild records of earlier versions were 0600; nova-compute
@@ -168,6 +172,24 @@ def prepare(uid, gid, lxc_path, state_path, ids_path=None, log=print):
             if given:
                 log('gave %s (%d entries) to %d:%d'
                     % (d.path, given, uid, gid))
+
+
+def _driver_s(container_dir):
+    """Whether container_dir's config carries this driver's record.
+
+    Another container in lxc_path (LXC's own, an operator's) is left as
+    it is: its config is not nova-compute's to read.
+    """
+    try:
+        fd = os.open(os.path.join(container_dir, 'config'),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with os.fdopen(fd) as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        record = lxcconf.parse_record(f.read(1 << 20))
+    return 'instance_uuid' in record
 
 
 def _give(path, uid, gid, mode, log):

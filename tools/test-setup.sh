@@ -17,7 +17,13 @@ apt-get install -y -qq --no-install-recommends \
     lxc uidmap debootstrap busybox-static lxcfs zstd xz-utils bzip2 \
     btrfs-progs qemu-utils fdisk rsync openssh-client openssh-server \
     attr ca-certificates git iproute2 ethtool openvswitch-switch \
-    gcc libc6-dev >/dev/null
+    gcc libc6-dev sudo acl >/dev/null
+
+# tox -e functional-unprivileged calls the driver as this user, its privsep
+# daemons through sudo (tests/unprivileged.py).
+id -u novalxc-test >/dev/null 2>&1 || \
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin novalxc-test
 
 # Unprivileged containers take their uid/gid ranges from root's subordinate
 # ranges (subuid(5)); without one, newuidmap refuses every mapping.

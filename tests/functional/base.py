@@ -5,6 +5,7 @@ Containers live under FUNC_ROOT so that a run never touches an operator's
 """
 
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -25,6 +26,7 @@ from novalxcdriver import mount
 from tests import fake_glance
 from tests.functional import rootfs_images
 from tests import host_cleanup
+from tests import unprivileged
 
 CONF = conf.CONF
 FUNC_ROOT = os.environ.get('NOVALXC_FUNC_ROOT', '/var/lib/novalxc-functional')
@@ -45,6 +47,23 @@ def poll(predicate, timeout=30, interval=0.05):
 def require_root(testcase):
     if os.geteuid() != 0:
         testcase.skipTest('functional tests need root and real LXC')
+
+
+def new_driver(virtapi):
+    """An LXCDriver on CONF's [lxc] paths, as the suite runs drivers.
+
+    With NOVALXC_TEST_USER (tests/unprivileged.py): its directories
+    given to that user as novalxc-prepare-host would, and every call
+    into it made as that user.
+    """
+    account = unprivileged.user()
+    if not account:
+        return driver.LXCDriver(virtapi)
+    unprivileged.prepare(account, CONF.lxc.lxc_path, CONF.lxc.state_path,
+                         CONF.lxc.ids_path)
+    unprivileged.refresh()
+    return unprivileged.Driver(unprivileged.call_as(
+        account, driver.LXCDriver, virtapi), account)
 
 
 class DriverFixture(fixtures.Fixture):
@@ -77,7 +96,18 @@ class DriverFixture(fixtures.Fixture):
         self.useFixture(fixtures.MonkeyPatch(
             'novalxcdriver.download.chunks', self.chunks))
         self.events = []
-        self.driver = driver.LXCDriver(fake_virt.FakeVirtAPI())
+        account = unprivileged.user()
+        if account:
+            # As nova-compute run by that user: its daemons through sudo.
+            unprivileged.install()
+            unprivileged.configure(
+                lambda group, name, value: cfg.config(
+                    group=group, **{name: value}))
+            # oslotest's per-test TMPDIR is root's 0700.
+            self.useFixture(fixtures.MonkeyPatch('tempfile.tempdir', None))
+            self.addCleanup(shutil.rmtree, unprivileged.user_tempdir(
+                account), ignore_errors=True)
+        self.driver = new_driver(fake_virt.FakeVirtAPI())
         self.driver.register_event_listener(self.events.append)
         self.driver.init_host(self.host)
         self.addCleanup(self.driver.cleanup_host, self.host)
@@ -86,8 +116,10 @@ class DriverFixture(fixtures.Fixture):
         self.fetches.append(image_id)
         if image_id not in self.images:
             raise nova_exc.ImageNotFound(image_id=image_id)
-        with open(self.images[image_id], 'rb') as src, \
-                open(path, 'wb') as dst:
+        # Glance's side (root's test files), then the driver's.
+        with unprivileged.as_root():
+            src = open(self.images[image_id], 'rb')
+        with src, open(path, 'wb') as dst:
             while True:
                 chunk = src.read(1 << 20)
                 if not chunk:
@@ -98,7 +130,10 @@ class DriverFixture(fixtures.Fixture):
         self.fetches.append(image_id)
         if image_id not in self.images:
             raise nova_exc.ImageNotFound(image_id=image_id)
-        return fake_glance.file_chunks(self.images[image_id])
+        # Opened now, as Glance's side (root's test files).
+        with unprivileged.as_root():
+            src = open(self.images[image_id], 'rb')
+        return fake_glance.file_chunks(src)
 
 
 class FunctionalTestCase(base.BaseTestCase):

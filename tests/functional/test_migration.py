@@ -22,7 +22,6 @@ from nova.virt import fake as fake_virt
 from oslo_config import fixture as config_fixture
 
 from novalxcdriver import conf
-from novalxcdriver import driver
 from novalxcdriver import exception
 from novalxcdriver import migration as migration_mod
 from novalxcdriver import mount
@@ -47,7 +46,7 @@ def second_driver(test, suffix=''):
     own = CONF.lxc.lxc_path, CONF.lxc.state_path
     cfg.config(group='lxc', lxc_path=os.path.join(root, 'lxc-b' + suffix),
                state_path=os.path.join(root, 'state-b' + suffix))
-    drv = driver.LXCDriver(fake_virt.FakeVirtAPI())
+    drv = base.new_driver(fake_virt.FakeVirtAPI())
     drv.init_host(HOST_B)
     test.addCleanup(drv.cleanup_host, HOST_B)
     cfg.config(group='lxc', lxc_path=own[0], state_path=own[1])

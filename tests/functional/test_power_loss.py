@@ -15,7 +15,6 @@ import subprocess
 from unittest import mock
 
 from novalxcdriver import conf
-from novalxcdriver import driver
 from novalxcdriver import durable
 from novalxcdriver import host
 from novalxcdriver import lxc
@@ -43,7 +42,7 @@ class PowerLossTest(base.FunctionalTestCase):
 
         :returns: the driver, or the exception init_host raised.
         """
-        restarted = driver.LXCDriver(self.driver.virtapi)
+        restarted = base.new_driver(self.driver.virtapi)
         try:
             with mock.patch.object(host, 'process_alive',
                                    return_value=False):
@@ -102,7 +101,8 @@ class PowerLossTest(base.FunctionalTestCase):
         for path in files:
             with open(path, 'rb') as f:
                 original = f.read()
-            mode = os.stat(path).st_mode & 0o7777
+            st = os.stat(path)
+            mode = st.st_mode & 0o7777
             for label, content in (('empty', b''),
                                    ('torn', original[:len(original) // 2])):
                 with open(path, 'wb') as f:
@@ -129,8 +129,10 @@ class PowerLossTest(base.FunctionalTestCase):
                 if fate == 'set aside':
                     # What the next hard reboot does: fetch it again.
                     self.driver._fetched_image(self.ctxt, image_id)
-                # Put back; the next case starts from a sound state.
+                # Put back, its owner's (nova-compute's, or the daemons'
+                # root); the next case starts from a sound state.
                 real_write(path, original, mode=mode)
+                os.chown(path, st.st_uid, st.st_gid)
         self.assertEqual([], failures)
         # Every file put back; a hard reboot brings the server back.
         self.driver.reboot(self.ctxt, instance, [], 'HARD')

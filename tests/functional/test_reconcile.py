@@ -8,7 +8,6 @@ import sys
 from nova.compute import power_state
 
 from novalxcdriver import conf
-from novalxcdriver import driver
 from novalxcdriver import exception
 from novalxcdriver import mount
 from novalxcdriver import rootfs
@@ -50,7 +49,7 @@ class ReconcileTest(base.FunctionalTestCase):
         root.create(image.rootfs, self.driver._ids.idmap(cid))
         self.assertTrue(root.is_mounted())
 
-        restarted = driver.LXCDriver(None)
+        restarted = base.new_driver(None)
         restarted.init_host(self.host)
 
         # Its owner is dead, as after any restart: that proves nothing.
@@ -88,7 +87,7 @@ class ReconcileTest(base.FunctionalTestCase):
         mount.unmount_tree(root.path)
         self.assertFalse(root.is_mounted())
 
-        restarted = driver.LXCDriver(None)
+        restarted = base.new_driver(None)
         restarted.init_host(self.host)
         self.assertTrue(root.is_mounted())
         restarted.resume_state_on_host_boot(self.ctxt, instance, [], None)
@@ -132,7 +131,7 @@ class ReconcileTest(base.FunctionalTestCase):
         # lxc_path set to another directory: LXC there cannot see it.
         CONF.set_override('lxc_path', CONF.lxc.lxc_path + '.other',
                           group='lxc')
-        other = driver.LXCDriver(None)
+        other = base.new_driver(None)
         other.init_host(self.host)
         self.addCleanup(shutil.rmtree, CONF.lxc.lxc_path)
         e = self.assertRaises(exception.ContainerRunningElsewhere,

@@ -10,7 +10,6 @@ from nova.virt import fake as fake_virt
 from oslo_config import fixture as config_fixture
 
 from novalxcdriver import consolerelay
-from novalxcdriver import driver as driver_mod
 from novalxcdriver import host
 from novalxcdriver import serialconsole
 from tests.functional import base
@@ -85,7 +84,7 @@ class SerialConsoleTest(base.FunctionalTestCase):
 
         The old one's state watcher is stopped by its fixture's cleanup.
         """
-        drv = driver_mod.LXCDriver(fake_virt.FakeVirtAPI())
+        drv = base.new_driver(fake_virt.FakeVirtAPI())
         drv.init_host(self.fx.host)
         self.addCleanup(drv.cleanup_host, self.fx.host)
         return drv

@@ -20,7 +20,6 @@ from nova.compute import task_states
 from nova import exception as nova_exc
 
 from novalxcdriver import conf
-from novalxcdriver import driver as driver_mod
 from novalxcdriver import mount
 from novalxcdriver import privsep
 from novalxcdriver import rootfs as rootfs_mod
@@ -247,7 +246,7 @@ class SnapshotCrashTest(_SnapshotBase):
         self.assertTrue(os.path.isdir(snap.stage))
         self.assertTrue(os.path.isdir(snap.subvolume))
         self.assertIn(snap.merged, mount.mountpoints())
-        again = driver_mod.LXCDriver(self.driver.virtapi)
+        again = base.new_driver(self.driver.virtapi)
         again.init_host(CONF.host)
         self.addCleanup(again.cleanup_host, CONF.host)
         self._no_leftovers(instance)

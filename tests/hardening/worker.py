@@ -57,6 +57,7 @@ from novalxcdriver import exception  # noqa: E402
 from novalxcdriver import lxc  # noqa: E402
 from novalxcdriver.privsep import unpack  # noqa: E402
 from tests import fake_glance  # noqa: E402
+from tests import unprivileged  # noqa: E402
 
 CONF = conf.CONF
 LOG = logging.getLogger('hardening.worker')
@@ -116,7 +117,24 @@ class Worker:
         # not: a config drive gets its meta_data.json alone.
         configdrive.instance_metadata.InstanceMetadata = _Metadata
         self.ctxt = nova_context.get_admin_context()
-        self.driver = driver_mod.LXCDriver(fake_virt.FakeVirtAPI())
+        account = unprivileged.user()
+        if account:
+            # As nova-compute run by that user (tests/unprivileged.py).
+            unprivileged.install()
+            unprivileged.configure(
+                lambda group, name, value: CONF.set_override(
+                    name, value, group=group))
+            unprivileged.prepare(account, lxc_path, state_path,
+                                 CONF.lxc.ids_path)
+            unprivileged.refresh()
+            # In /tmp: a privsep socket's path must stay short (the
+            # test roots are long). A crashed worker leaves it, empty.
+            unprivileged.user_tempdir(account)
+            self.driver = unprivileged.Driver(unprivileged.call_as(
+                account, driver_mod.LXCDriver, fake_virt.FakeVirtAPI()),
+                account)
+        else:
+            self.driver = driver_mod.LXCDriver(fake_virt.FakeVirtAPI())
         return {'pid': os.getpid()}
 
     def _fetch(self, context, image_id, path, trusted_certs=None):
@@ -126,7 +144,11 @@ class Worker:
         time.sleep(self.fetch_delay)
         if image_id not in self.images:
             raise nova_exc.ImageNotFound(image_id=image_id)
-        shutil.copyfile(self.images[image_id], path)
+        # Glance's side reads the test's file as root.
+        with unprivileged.as_root():
+            src = open(self.images[image_id], 'rb')
+        with src, open(path, 'wb') as dst:
+            shutil.copyfileobj(src, dst)
 
     def _chunks(self, context, image_id):
         with self.counts_lock:
@@ -134,7 +156,9 @@ class Worker:
         time.sleep(self.fetch_delay)
         if image_id not in self.images:
             raise nova_exc.ImageNotFound(image_id=image_id)
-        return fake_glance.file_chunks(self.images[image_id])
+        with unprivileged.as_root():
+            src = open(self.images[image_id], 'rb')
+        return fake_glance.file_chunks(src)
 
     def op_init_host(self):
         self.driver.init_host(CONF.host)

@@ -91,11 +91,19 @@ class PrepareTest(_Tree):
     def test_containers_made_earlier_become_the_group_s_to_read(self):
         # Root's 0700 container directories of an earlier version: root's
         # still, 2750 and the group's; nothing in them is touched, and
-        # neither is a link or someone else's directory.
-        for name in ('instance-1', 'instance-2'):
+        # neither is a link, someone else's directory, nor a container
+        # whose config is not the driver's (LXC's own, an operator's).
+        record = ('lxc.uts.name = x\n# novalxc.instance_uuid = '
+                  '6f3c1c9e-8b9b-4a4e-9d1e-1f2f3f4f5f6f\n# novalxc.id = 3\n')
+        for name, text in (('instance-1', record), ('instance-2', record),
+                           ('foreign', 'lxc.uts.name = foreign\n'),
+                           ('no-config', None)):
             os.makedirs(os.path.join(self.lxc, name), mode=0o700)
-            with open(os.path.join(self.lxc, name, 'config'), 'w') as f:
-                f.write('x')
+            if text is not None:
+                with open(os.path.join(self.lxc, name, 'config'), 'w') as f:
+                    f.write(text)
+        os.symlink('/etc/hostname', os.path.join(self.lxc, 'no-config',
+                                                 'config'))
         os.symlink('/etc', os.path.join(self.lxc, 'link'))
         real_lstat = os.lstat
 
@@ -111,8 +119,9 @@ class PrepareTest(_Tree):
         self.assertEqual(['lxc', 'lxc/instance-1'], self.given((0, GID)))
         self.assertEqual(0o2750, stat.S_IMODE(
             os.stat(os.path.join(self.lxc, 'instance-1')).st_mode))
-        self.assertEqual(0o700, stat.S_IMODE(
-            os.stat(os.path.join(self.lxc, 'instance-2')).st_mode))
+        for name in ('instance-2', 'foreign', 'no-config'):
+            self.assertEqual(0o700, stat.S_IMODE(
+                os.stat(os.path.join(self.lxc, name)).st_mode))
         self.assertEqual(0o644, stat.S_IMODE(os.stat(
             os.path.join(self.lxc, 'instance-1', 'config')).st_mode))
 
