@@ -67,8 +67,8 @@ class FakeImageAPI:
         # runs as another user (tests/unprivileged.py).
         from tests import unprivileged
         with unprivileged.as_root():
-            out = open(path, 'wb') if path else contextlib.nullcontext()
-        with out:
+            opened = open(path, 'wb') if path else contextlib.nullcontext()
+        with opened as out:
             while True:
                 chunk = data.read(CHUNK)
                 if not chunk:
