@@ -616,12 +616,18 @@ class EntryPointChecksTest(base.TestCase):
         backing = {'/sys/block/loop7/loop/backing_file': '/etc/shadow\n',
                    '/sys/block/loop8/loop/backing_file':
                        self.root + '/root.img (deleted)\n'}
+        # The device node itself need not exist on this host: a stand-in
+        # fd receives the ioctl.
+        fd = os.open(os.devnull, os.O_RDONLY)
         with mock.patch('builtins.open', side_effect=lambda p: mock.mock_open(
-                read_data=backing[p])()):
+                read_data=backing[p])()), \
+                mock.patch('os.open', return_value=fd) as os_open:
             msg = self.refused(storage.loop_detach, '/dev/loop7')
             self.assertIn('/etc/shadow', msg)
+            os_open.assert_not_called()
             storage.loop_detach('/dev/loop8')
-        self.ioctl.assert_called_once_with(mock.ANY, storage._LOOP_CLR_FD, 0)
+        os_open.assert_called_once_with('/dev/loop8', mock.ANY)
+        self.ioctl.assert_called_once_with(fd, storage._LOOP_CLR_FD, 0)
 
     def test_unattached_loop_device(self):
         # Detached meanwhile: what callers expect of a detach, not a refusal.
