@@ -271,9 +271,10 @@ def clean(remove_venv=False):
         if os.path.lexists(path):
             shutil.rmtree(path)
             util.say('removed %s', path)
-    # They let the computes' user and the unprivileged check's start
-    # root daemons.
-    for sudoers in (layout.COMPUTE_SUDOERS, unprivileged.SUDOERS):
+    # They let the computes' user, the metadata agents' and the
+    # unprivileged check's start root daemons.
+    for sudoers in (layout.COMPUTE_SUDOERS, layout.NEUTRON_SUDOERS,
+                    unprivileged.SUDOERS):
         if os.path.lexists(sudoers):
             os.unlink(sudoers)
             util.say('removed %s', sudoers)

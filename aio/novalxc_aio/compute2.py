@@ -32,9 +32,10 @@ from novalxc_aio import util
 
 NS = layout.C2_NETNS
 _USER = layout.OPTIONAL_SERVICE_ACCOUNTS['nova-compute-2']
+_AGENT_USER = layout.OPTIONAL_SERVICE_ACCOUNTS['neutron-ovn-metadata-agent-2']
 OVS_DB_SOCK = 'unix:%s/db.sock' % layout.C2_OVS_RUN
-NOVA_CONF = os.path.join(layout.C2_ETC, 'nova-cpu.conf')
-AGENT_CONF = os.path.join(layout.C2_ETC, 'ovn_metadata_agent.ini')
+NOVA_CONF = layout.compute_conf(2)
+AGENT_CONF = layout.agent_conf(2)
 SSHD_CONF = os.path.join(layout.SSH_DIR, 'sshd_config-%d')
 SSH_KEY = os.path.join(layout.SSH_DIR, 'id_ed25519')
 HOST_KEY = os.path.join(layout.SSH_DIR, 'ssh_host_ed25519_key')
@@ -191,12 +192,16 @@ def all_services():
         # The agent makes an ovnmeta-<network> namespace per network, named
         # like compute 1's agent's: it gets a /run/netns of its own (a
         # tmpfs in the private mount namespace "ip netns exec" gives it).
+        # As neutron, like compute 1's agent: setpriv after the mount.
         procs.Service('neutron-ovn-metadata-agent-2', _in_ns(
             'sh', '-c', 'mount -t tmpfs novalxc-c2-netns /run/netns && '
-            'exec "$@"', 'sh', layout.venv_bin('neutron-ovn-metadata-agent'),
+            'exec "$@"', 'sh', 'setpriv', '--reuid=' + _AGENT_USER,
+            '--regid=' + _AGENT_USER, '--clear-groups', '--inh-caps=-all',
+            '--', layout.venv_bin('neutron-ovn-metadata-agent'),
             '--config-file', AGENT_CONF),
             _agent_listening,
-            where='169.254.169.254 on %s' % layout.C2_HOST),
+            where='169.254.169.254 on %s' % layout.C2_HOST,
+            env={'HOME': layout.state(_AGENT_USER)}),
         # As nova, like compute 1; setpriv after the namespaces, which
         # need root. The bounding set stays: sudo starts the daemons.
         procs.Service('nova-compute-2', _in_host_view(
@@ -343,25 +348,31 @@ def prepare(secrets, config):
         util.makedirs(path, 0o700, owner)
     util.makedirs(_SYS, 0o755)
     _shared_state()
-    util.makedirs(layout.C2_METADATA_STATE, 0o750)
+    agent = pwd.getpwnam(_AGENT_USER)
+    agent_owner = (agent.pw_uid, agent.pw_gid)
+    util.makedirs(layout.C2_METADATA_STATE, 0o750, agent_owner)
+    util.chown_tree(layout.C2_METADATA_STATE, agent_owner)
+    # Root's, their users may read them: the privsep daemons read them
+    # as root (setup.compute_user, setup.metadata_agent_user).
     config(NOVA_CONF, configs.nova_conf(secrets, compute=True, node=2,
                                         computes=2),
-           ['nova-compute-2'], mode=0o600, owner=owner)
+           ['nova-compute-2'], mode=0o640, owner=(0, owner[1]))
     config(AGENT_CONF, configs.ovn_metadata_agent_conf(secrets, node=2),
-           ['neutron-ovn-metadata-agent-2'], mode=0o600)
+           ['neutron-ovn-metadata-agent-2'], mode=0o640,
+           owner=(0, agent_owner[1]))
     db = os.path.join(layout.C2_STATE, 'ovs', 'conf.db')
     if not os.path.exists(db):
         util.run(['ovsdb-tool', 'create', db,
                   '/usr/share/openvswitch/vswitch.ovsschema'])
 
 
-def open_vswitch(start, nova_may_use_ovsdb):
+def open_vswitch(start, services_may_use_ovsdb):
     """Compute 2's ovsdb-server, ovs-vswitchd, br-int, tunnel bridge.
 
-    start and nova_may_use_ovsdb: setup's.
+    start and services_may_use_ovsdb: setup's.
     """
     start('ovsdb-server-2')
-    nova_may_use_ovsdb(layout.C2_OVS_RUN)
+    services_may_use_ovsdb(layout.C2_OVS_RUN)
     vsctl = ['ovs-vsctl', '--db=' + OVS_DB_SOCK]
     util.run(vsctl + ['--no-wait', 'init'])
     util.run(vsctl + ['--no-wait', 'set', 'Open_vSwitch', '.'] +

@@ -5,6 +5,7 @@ files on each run, so they always match this code.
 """
 
 import os
+import re
 
 from novalxc_aio import layout
 
@@ -355,21 +356,19 @@ def ovn_metadata_agent_conf(secrets, node=1):
     It needs no database or message bus: it reads the OVN Southbound
     database and the local OVSDB, makes the ovnmeta-<network> namespaces
     with a haproxy each, and forwards to nova-metadata. node 2: compute
-    2's agent (its own state, socket and Open vSwitch).
+    2's agent (its own state, socket and Open vSwitch). The agent runs as
+    neutron: its privsep daemons start through sudo, reading this file,
+    and the haproxies through neutron-rootwrap (layout.NEUTRON_SUDOERS);
+    each haproxy drops to the agent's user.
     """
     if node == 2:
-        conf = os.path.join(layout.C2_ETC, 'ovn_metadata_agent.ini')
         state, socket_path = layout.C2_METADATA_STATE, \
             layout.C2_METADATA_SOCKET
         ovsdb = 'unix:%s/db.sock' % layout.C2_OVS_RUN
     else:
-        conf = layout.etc('neutron', 'ovn_metadata_agent.ini')
         state, socket_path = layout.METADATA_STATE, layout.METADATA_SOCKET
         ovsdb = 'unix:%s/db.sock' % layout.OVS_RUN
-    # The agent runs as root and there is no sudo: privsep helpers and
-    # commands run as root directly (oslo.privsep would prefix "sudo").
-    helper = '%s --config-file %s' % (layout.venv_bin('privsep-helper'),
-                                      conf)
+    helper = layout.privsep_helper_command(conf=layout.agent_conf(node))
     return ini([
         ('DEFAULT', [
             ('state_path', state),
@@ -379,13 +378,52 @@ def ovn_metadata_agent_conf(secrets, node=1):
             ('metadata_proxy_shared_secret', secrets['metadata']),
             ('debug', False),
         ]),
-        ('AGENT', [('root_helper', '')]),
+        ('AGENT', [('root_helper', layout.neutron_root_helper())]),
         ('ovs', [('ovsdb_connection', ovsdb)]),
         ('ovn', [('ovn_sb_connection', 'tcp:%s:%d' % (
             layout.HOST, layout.PORTS['ovn-sb']))]),
         ('oslo_concurrency', [('lock_path', os.path.join(state, 'locks'))]),
     ] + [(section, [('helper_command', helper)])
          for section in _PRIVSEP_SECTIONS])
+
+
+def neutron_rootwrap_conf():
+    """rootwrap.conf of the agents' neutron-rootwrap (oslo.rootwrap).
+
+    Only this aio's filters, and only the system's directories to find
+    the commands in: never a directory a service user can write.
+    """
+    return ini([('DEFAULT', [
+        ('filters_path', layout.NEUTRON_ROOTWRAP_FILTERS),
+        ('exec_dirs', '/usr/sbin,/usr/bin,/sbin,/bin'),
+        ('use_syslog', False),
+    ])])
+
+
+def metadata_agent_filters():
+    """The rootwrap filters of what the OVN metadata agents run as root.
+
+    Neutron 29's OVN metadata agent runs one command through its
+    root_helper (all else is its privsep contexts'): "ip netns exec
+    <namespace> env PROCESS_TAG=haproxy-<network> haproxy -f
+    <state_path>/ovn-metadata-proxy/<network>.conf"
+    (neutron/agent/linux/external_process.py, agent/metadata/
+    driver_base.py). Neutron's own rootwrap.filters would also let any
+    "ip" command and any haproxy or env PROCESS_TAG=... haproxy command
+    line through; these filters only that one, with the agents' own
+    state directories (oslo.rootwrap: IpNetnsExecFilter matches the inner
+    command against the other filters; RegExpFilter every argument).
+    """
+    states = '(%s)' % '|'.join(re.escape(p) for p in (
+        layout.METADATA_STATE, layout.C2_METADATA_STATE))
+    return '\n'.join([
+        '# Written by novalxc-aio: the OVN metadata agents\' haproxies.',
+        '[Filters]',
+        'ip_exec: IpNetnsExecFilter, ip, root',
+        'haproxy_env: RegExpFilter, env, root, env, '
+        'PROCESS_TAG=haproxy-[-0-9a-f]+, haproxy, -f, '
+        '%s/ovn-metadata-proxy/[-0-9a-f]+\\.conf' % states,
+        ''])
 
 
 # -- gunicorn -----------------------------------------------------------------

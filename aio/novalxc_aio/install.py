@@ -33,8 +33,10 @@ PACKAGES = (
     'openssh-client',
     # sshd: root between the computes of "up --computes 2" (migrations).
     'openssh-server',
-    # sudo: nova-compute, as nova, starts its privsep daemons through it.
-    'sudo',
+    # sudo: nova-compute (as nova) and the OVN metadata agents (as
+    # neutron) start their root helpers through it; setfacl lets neutron
+    # reach Open vSwitch's socket.
+    'sudo', 'acl',
     # The virtualenv, and git for pbr's version of this repository.
     'python3-venv', 'git', 'ca-certificates',
 )

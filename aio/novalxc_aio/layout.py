@@ -93,8 +93,9 @@ DATABASES = {
 # The system user each OpenStack service's processes run as (issue 14's
 # production shape): no uid 0, no capability, only its own files. The
 # computes run as nova too, their root work done by the privsep daemons
-# they start through sudo (COMPUTE_SUDOERS). The OVN metadata agents
-# (network namespaces, haproxy) still run as root.
+# they start through sudo (COMPUTE_SUDOERS); the OVN metadata agents as
+# neutron, theirs by their privsep daemons and, for the haproxies they
+# start in the networks' namespaces, neutron-rootwrap (NEUTRON_SUDOERS).
 SYSTEM_USERS = ('keystone', 'glance', 'placement', 'neutron', 'nova')
 COMPUTE_USER = 'nova'
 SERVICE_ACCOUNTS = {
@@ -104,6 +105,7 @@ SERVICE_ACCOUNTS = {
     'placement': 'placement',
     'neutron': 'neutron',
     'neutron-ovn-maintenance-worker': 'neutron',
+    'neutron-ovn-metadata-agent': 'neutron',
     'nova-api': 'nova',
     'nova-metadata': 'nova',
     'nova-conductor': 'nova',
@@ -116,6 +118,7 @@ SERVICE_ACCOUNTS = {
 # fake-driver compute only with "up --fake-compute".
 OPTIONAL_SERVICE_ACCOUNTS = {
     'nova-compute-2': COMPUTE_USER,
+    'neutron-ovn-metadata-agent-2': 'neutron',
     'nova-compute-fake': COMPUTE_USER,
 }
 
@@ -127,6 +130,16 @@ PRIVSEP_CONTEXTS = ('novalxc_lxc_admin', 'novalxc_net_admin',
                     'vif_plug_linux_bridge_privileged')
 COMPUTE_SUDOERS = '/etc/sudoers.d/novalxc-aio-nova-compute'
 
+# The OVN metadata agents' root work: their privsep daemons ("sudo
+# privsep-helper --config-file <the agent's file>") and the haproxy each
+# starts in a network's namespace ("sudo neutron-rootwrap
+# NEUTRON_ROOTWRAP_CONF ip netns exec ...", only the filters of
+# NEUTRON_ROOTWRAP_FILTERS). Root's files, in root's directories: a
+# file that sudo's commands read as root must not be the caller's.
+NEUTRON_SUDOERS = '/etc/sudoers.d/novalxc-aio-neutron-metadata'
+NEUTRON_ROOTWRAP_CONF = os.path.join(ETC, 'neutron', 'rootwrap.conf')
+NEUTRON_ROOTWRAP_FILTERS = os.path.join(ETC, 'neutron', 'rootwrap.d')
+
 
 def compute_conf(node=1):
     """nova-cpu.conf of compute node (1 or 2)."""
@@ -134,10 +147,25 @@ def compute_conf(node=1):
                         'nova-cpu.conf')
 
 
-def privsep_helper_command(node=1):
-    """[<context>] helper_command of compute node's daemons (sudo)."""
+def agent_conf(node=1):
+    """ovn_metadata_agent.ini of compute node's OVN metadata agent."""
+    return os.path.join(C2_ETC if node == 2 else etc('neutron'),
+                        'ovn_metadata_agent.ini')
+
+
+def privsep_helper_command(node=1, conf=None):
+    """[<context>] helper_command of compute node's daemons (sudo).
+
+    conf: the file the daemons read (default: the compute's).
+    """
     return 'sudo %s --config-file %s' % (venv_bin('privsep-helper'),
-                                         compute_conf(node))
+                                         conf or compute_conf(node))
+
+
+def neutron_root_helper():
+    """[AGENT] root_helper of the OVN metadata agents."""
+    return 'sudo %s %s' % (venv_bin('neutron-rootwrap'),
+                           NEUTRON_ROOTWRAP_CONF)
 
 
 # Users in Keystone's "service" project, one per service.

@@ -38,7 +38,8 @@ def _config(path, text, readers, mode=0o644, owner=None):
     """Write a configuration file; its readers restart if it changed.
 
     :param owner: (uid, gid) of the one service user that reads it (a
-        file with secrets: mode 0600), or None for root's.
+        file with secrets: mode 0600), (0, its gid) for a file a root
+        helper reads too (mode 0640), or None for root's.
     """
     if util.write_file(path, text, mode, owner):
         _restart.update(readers)
@@ -260,7 +261,7 @@ def openvswitch(computes=1):
         util.run(['ovsdb-tool', 'create', db,
                   '/usr/share/openvswitch/vswitch.ovsschema'])
     start('ovsdb-server')
-    nova_may_use_ovsdb(layout.OVS_RUN)
+    services_may_use_ovsdb(layout.OVS_RUN)
     util.run(['ovs-vsctl', '--no-wait', 'init'])
     util.run(['ovs-vsctl', '--no-wait', 'set', 'Open_vSwitch', '.',
               'external_ids:system-id=%s' % layout.NOVA_HOST,
@@ -277,17 +278,20 @@ def openvswitch(computes=1):
               'fail_mode=secure', 'other_config:disable-in-band=true'])
 
 
-def nova_may_use_ovsdb(run):
-    """Group nova may connect to the ovsdb-server socket in run.
+def services_may_use_ovsdb(run):
+    """nova and neutron may connect to the ovsdb-server socket in run.
 
     nova-compute (as nova) reads and writes the Open vSwitch database
-    itself, as os-vif does everywhere ([os_vif_ovs] ovsdb_connection);
-    ovsdb-server makes its socket root's alone, and has no option for
-    its group. No other user may.
+    itself, as os-vif does everywhere ([os_vif_ovs] ovsdb_connection),
+    and so does the OVN metadata agent (as neutron: its namespaces'
+    ports on br-int); ovsdb-server makes its socket root's alone, and
+    has no option for its owner. Group nova, and an ACL entry for
+    neutron: no other user may.
     """
     sock = os.path.join(run, 'db.sock')
     os.chown(sock, 0, _owner(layout.COMPUTE_USER)[1])
     os.chmod(sock, 0o660)
+    util.run(['setfacl', '-m', 'u:neutron:rw', sock])
 
 
 def ovn():
@@ -463,11 +467,38 @@ def neutron(secrets):
         '--config-file', ml2_conf, 'upgrade', 'heads']], 'neutron-db-manage')
     launch('neutron')
     launch('neutron-ovn-maintenance-worker')
-    agent_conf = layout.etc('neutron', 'ovn_metadata_agent.ini')
-    _config(agent_conf, configs.ovn_metadata_agent_conf(secrets),
-            ['neutron-ovn-metadata-agent'], mode=0o600)
-    util.makedirs(layout.METADATA_STATE, 0o750)
+    metadata_agent_user()
+    # Root's, neutron may read it: its privsep daemons read it as root.
+    _config(layout.agent_conf(), configs.ovn_metadata_agent_conf(secrets),
+            ['neutron-ovn-metadata-agent'], mode=0o640,
+            owner=(0, neutron_user[1]))
+    util.makedirs(layout.METADATA_STATE, 0o750, neutron_user)
+    util.chown_tree(layout.METADATA_STATE, neutron_user)
     launch('neutron-ovn-metadata-agent')
+
+
+def metadata_agent_user():
+    """What the OVN metadata agents need to run as neutron (issue 14).
+
+    A sudoers rule that lets neutron start exactly the agents' privsep
+    daemons (privsep-helper with an agent's own file, whatever context
+    and socket follow) and neutron-rootwrap with this aio's rootwrap.conf,
+    whose filters let through only the agents' haproxies.
+    """
+    agents = ['neutron-ovn-metadata-agent', 'neutron-ovn-metadata-agent-2']
+    _config(layout.NEUTRON_ROOTWRAP_CONF, configs.neutron_rootwrap_conf(),
+            agents)
+    _config(os.path.join(layout.NEUTRON_ROOTWRAP_FILTERS,
+                         'ovn-metadata-agent.filters'),
+            configs.metadata_agent_filters(), agents)
+    rule = ', '.join(['%s --config-file %s *' % (
+        layout.venv_bin('privsep-helper'), layout.agent_conf(node))
+        for node in (1, 2)] + ['%s %s *' % (
+            layout.venv_bin('neutron-rootwrap'),
+            layout.NEUTRON_ROOTWRAP_CONF)])
+    if util.write_file(layout.NEUTRON_SUDOERS, 'neutron ALL=(root) '
+                       'NOPASSWD: %s\n' % rule, 0o440):
+        util.run(['visudo', '-c', '-q', '-f', layout.NEUTRON_SUDOERS])
 
 
 # -- Nova ---------------------------------------------------------------------
@@ -495,7 +526,7 @@ def compute2(secrets, computes):
     compute2_mod.prepare(secrets, _config)
     compute2_mod.ssh_files()
     start('relay-2')
-    compute2_mod.open_vswitch(start, nova_may_use_ovsdb)
+    compute2_mod.open_vswitch(start, services_may_use_ovsdb)
     compute2_mod.underlay(1)
     start('ovn-controller-2', 'sshd-1', 'sshd-2')
 
@@ -511,11 +542,11 @@ def nova(secrets, computes=1):
             ['nova-api', 'nova-metadata', 'nova-conductor',
              'nova-scheduler', 'nova-serialproxy'], mode=0o600,
             owner=nova_user)
-    # nova-compute's own file and locks, as nova too: its privsep daemons
-    # read the file through sudo as root.
+    # nova-compute's own file, root's: its privsep daemons read it
+    # through sudo as root, so nova may read it, not write it.
     _config(layout.compute_conf(),
             configs.nova_conf(secrets, compute=True, computes=computes),
-            ['nova-compute'], mode=0o600, owner=nova_user)
+            ['nova-compute'], mode=0o640, owner=(0, nova_user[1]))
     _copy_paste_ini('nova', 'api-paste.ini', ['nova-api', 'nova-metadata'])
     for name, app in (('nova-api', 'nova.wsgi.osapi_compute:application'),
                       ('nova-metadata', 'nova.wsgi.metadata:application')):

@@ -226,6 +226,55 @@ def _service_user_checks(c):
     for name, node in (('nova-compute', 1), ('nova-compute-2', 2)):
         if name in accounts:
             _privsep_daemon_checks(c, name, layout.compute_conf(node))
+    metadata_agent_checks(c)
+
+
+def metadata_agent_checks(c, served=False):
+    """The OVN metadata agents' root work: privsep daemons, haproxies.
+
+    An agent starts its privsep daemons on first use (a network's
+    namespace on its chassis) and a haproxy per network: none is a
+    failure only if served (servers on demo-net on each host running an
+    agent). Each haproxy, started through neutron-rootwrap as root, runs
+    as the agent's user.
+    """
+    for name, node in (('neutron-ovn-metadata-agent', 1),
+                       ('neutron-ovn-metadata-agent-2', 2)):
+        if not procs.recorded_pid(name):
+            continue
+        _privsep_daemon_checks(c, name, layout.agent_conf(node),
+                               need_daemons=served)
+        user = pwd.getpwnam(layout.OPTIONAL_SERVICE_ACCOUNTS.get(
+            name, layout.SERVICE_ACCOUNTS.get(name)))
+        state = layout.C2_METADATA_STATE if node == 2 else \
+            layout.METADATA_STATE
+        found, bad = [], []
+        for p in _haproxies(state):
+            try:
+                uids, gids = _credentials(p)[:2]
+            except (OSError, KeyError):
+                continue
+            found.append(p)
+            if set(uids) != {str(user.pw_uid)} or \
+                    set(gids) != {str(user.pw_gid)}:
+                bad.append('pid %d: uids %s gids %s' % (
+                    p, ','.join(uids), ','.join(gids)))
+        c.check('%s\'s %d haproxies run as %s' % (
+            name, len(found), user.pw_name),
+                (found or not served) and not bad,
+                '; '.join(bad) or 'no haproxy found')
+
+
+def _haproxies(state):
+    """PIDs of the haproxies whose configuration is in state."""
+    prefix = os.path.join(state, 'ovn-metadata-proxy') + '/'
+    found = []
+    for entry in filter(str.isdigit, os.listdir('/proc')):
+        argv = _argv(int(entry))
+        if argv and os.path.basename(argv[0]) == 'haproxy' and \
+                any(a.startswith(prefix) for a in argv):
+            found.append(int(entry))
+    return found
 
 
 def _argv(pid):
@@ -237,14 +286,15 @@ def _argv(pid):
         return []
 
 
-def _privsep_daemon_checks(c, name, conf):
-    """A compute's privsep daemons: root, its own, one per context.
+def _privsep_daemon_checks(c, name, conf, need_daemons=True):
+    """A service's privsep daemons: root, its own, one per context.
 
     oslo.privsep's helper forks its daemon away from sudo, and the daemon
-    keeps the session of the nova-compute that started it: the root
-    processes of that session are the daemons, whose argv name the
-    compute's config file, each with its own context, and what they run
-    (the lxc-* tools; containers' monitors leave the session).
+    keeps the session of the service (a compute, an OVN metadata agent)
+    that started it: the root processes of that session are the daemons,
+    whose argv name the service's config file, each with its own
+    context, and what they run (the lxc-* tools; containers' monitors
+    leave the session). need_daemons: no daemon is a failure.
     """
     pid = procs.recorded_pid(name)
     helper = layout.venv_bin('privsep-helper')
@@ -283,7 +333,8 @@ def _privsep_daemon_checks(c, name, conf):
     c.check('%s\'s root work is its %d privsep daemons\' alone (uid 0, '
             'each its own context: %s; no other root process in its '
             'session)' % (name, len(daemons), ', '.join(sorted(contexts))),
-            daemons and not bad, '; '.join(bad) or 'no daemon found')
+            (daemons or not need_daemons) and not bad,
+            '; '.join(bad) or 'no daemon found')
 
 
 def _demo_network_checks(c, d):
@@ -1181,6 +1232,7 @@ def smoke(keep_up=False):
         _resize_here_checks(c, s, nodes)
         # Again after the lifecycle and the mishap's restart: new daemons.
         _privsep_daemon_checks(c, 'nova-compute', layout.compute_conf())
+        metadata_agent_checks(c, served=True)
         _delete_checks(c, s, nodes)
     except (util.AioError, api.ApiError, TimeoutError) as e:
         c.check('servers with networking', False, str(e))

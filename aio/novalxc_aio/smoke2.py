@@ -412,6 +412,7 @@ def smoke2(keep_up=False):
         # Again after the migrations: what the daemons ran has ended.
         for name, node in (('nova-compute', 1), ('nova-compute-2', 2)):
             smoke._privsep_daemon_checks(c, name, layout.compute_conf(node))
+        smoke.metadata_agent_checks(c, served=True)
         _delete_checks(c, s, nodes)
     except (util.AioError, api.ApiError, TimeoutError) as e:
         c.check('a server on each host', False, str(e))
