@@ -15,6 +15,7 @@ from unittest import mock
 
 import fixtures
 from oslo_config import cfg
+from oslo_rootwrap import wrapper as rootwrap_wrapper
 
 from novalxcdriver import exception
 from novalxcdriver import privsep
@@ -302,11 +303,59 @@ class NetlinkRequestsTest(_InProcess):
 
 class RootwrapFiltersTest(unit_base.TestCase):
 
+    DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'etc',
+                       'rootwrap.d')
+    SOCK = '/tmp/tmpk2_9xq0a/privsep.sock'
+
     def test_a_filter_per_context(self):
-        path = os.path.join(os.path.dirname(__file__), '..', '..', 'etc',
-                            'rootwrap.d', 'novalxcdriver.filters')
-        with open(path) as f:
+        with open(os.path.join(self.DIR, 'novalxcdriver.filters')) as f:
             text = f.read()
         for ctx in privsep.CONTEXTS:
             self.assertIn('--privsep_context, %s,' % re.escape(ctx.pypath),
                           text)
+
+    def allowed(self, *argv):
+        """Whether the filters of etc/ let argv through.
+
+        oslo.rootwrap's load_filters adds its own "privsep-helper"
+        CommandFilter, any arguments, to every list: left out here, it is
+        why the README has operators use sudo rules instead.
+        """
+        filters = [f for f in rootwrap_wrapper.load_filters([self.DIR])
+                   if f.name != 'privsep-helper']
+        self.assertEqual(4, len(filters))
+        return any(f.match(list(argv)) for f in filters)
+
+    def helper(self, conf='/etc/nova/nova.conf',
+               context='novalxcdriver.privsep.lxc_admin', sock=SOCK):
+        return ['privsep-helper', '--config-file', conf,
+                '--privsep_context', context, '--privsep_sock_path', sock]
+
+    def test_what_oslo_privsep_runs_passes(self):
+        for ctx in privsep.CONTEXTS:
+            self.assertTrue(self.allowed(*self.helper(context=ctx.pypath)),
+                            ctx.pypath)
+        self.assertTrue(self.allowed(*self.helper(
+            context='vif_plug_ovs.privsep.vif_plug')))
+
+    def test_nothing_else_passes(self):
+        refused = [
+            # A file outside /etc, or reached through "..".
+            self.helper(conf='/tmp/nova.conf'),
+            self.helper(conf='/etc/nova/../../tmp/evil.conf'),
+            self.helper(conf='/etc/../tmp/evil.conf'),
+            # Another context, or a look-alike.
+            self.helper(context='neutron.privileged.default'),
+            self.helper(context='novalxcdriverXprivsep.lxc_admin'),
+            # A socket elsewhere.
+            self.helper(sock='/var/lib/nova/privsep.sock'),
+            self.helper(sock='/tmp/tmpab/../../x/privsep.sock'),
+            # Options of the caller's own, read by the helper as root.
+            self.helper() + ['--log-config-append', '/tmp/log.conf'],
+            self.helper()[:3] + ['--config-file', '/etc/evil.conf'] +
+            self.helper()[3:],
+            ['privsep-helper', '--privsep_context',
+             'novalxcdriver.privsep.lxc_admin'],
+        ]
+        for argv in refused:
+            self.assertFalse(self.allowed(*argv), argv)
