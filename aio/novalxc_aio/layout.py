@@ -129,6 +129,15 @@ PRIVSEP_CONTEXTS = ('novalxc_lxc_admin', 'novalxc_net_admin',
                     'novalxc_storage_admin', 'vif_plug_ovs_privileged',
                     'vif_plug_linux_bridge_privileged')
 COMPUTE_SUDOERS = '/etc/sudoers.d/novalxc-aio-nova-compute'
+# Their PrivContexts' Python paths (what --privsep_context names).
+COMPUTE_PRIVSEP_PYPATHS = (
+    'novalxcdriver.privsep.lxc_admin', 'novalxcdriver.privsep.net_admin',
+    'novalxcdriver.privsep.storage_admin', 'vif_plug_ovs.privsep.vif_plug',
+    'vif_plug_linux_bridge.privsep.vif_plug')
+# Neutron's (neutron/privileged/__init__.py), for the metadata agents.
+NEUTRON_PRIVSEP_PYPATHS = tuple('neutron.privileged.' + name for name in (
+    'default', 'link_cmd', 'namespace_cmd', 'ovs_vsctl_cmd',
+    'conntrack_cmd', 'dhcp_release_cmd'))
 
 # The OVN metadata agents' root work: their privsep daemons ("sudo
 # privsep-helper --config-file <the agent's file>") and the haproxy each
@@ -160,6 +169,29 @@ def privsep_helper_command(node=1, conf=None):
     """
     return 'sudo %s --config-file %s' % (venv_bin('privsep-helper'),
                                          conf or compute_conf(node))
+
+
+def privsep_sudoers_command(conf, pypaths):
+    """A sudoers Cmnd: privsep-helper as oslo.privsep starts it, exactly.
+
+    "privsep-helper --config-file conf --privsep_context <one of pypaths>
+    --privsep_sock_path <mkdtemp()'s>/privsep.sock" and nothing more, as a
+    regular expression over the arguments (sudoers(5), sudo 1.9.10 and
+    later: "^...$"). A trailing "*" would let the caller add options of
+    its own, and privsep-helper reads them as root: another
+    --config-file, or --log-config-append, whose logging configuration
+    is code. oslo.privsep's socket is in tempfile.mkdtemp()'s directory
+    (the service's TMPDIR unset: /tmp). No "\\", ",", ":" or "=" in
+    it, which sudoers would need escaped: "[.]" for a dot.
+    """
+    def literal(text):
+        if not re.fullmatch(r'[A-Za-z0-9_./-]+', text):
+            raise ValueError('not a plain path or name: %r' % text)
+        return text.replace('.', '[.]')
+    return ('%s ^--config-file %s --privsep_context (%s) '
+            '--privsep_sock_path /tmp/tmp[a-z0-9_]+/privsep[.]sock$' % (
+                venv_bin('privsep-helper'), literal(conf),
+                '|'.join(literal(p) for p in pypaths)))
 
 
 def neutron_root_helper():

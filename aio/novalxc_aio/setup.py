@@ -481,9 +481,10 @@ def metadata_agent_user():
     """What the OVN metadata agents need to run as neutron (issue 14).
 
     A sudoers rule that lets neutron start exactly the agents' privsep
-    daemons (privsep-helper with an agent's own file, whatever context
-    and socket follow) and neutron-rootwrap with this aio's rootwrap.conf,
-    whose filters let through only the agents' haproxies.
+    daemons (privsep-helper with an agent's own file, one of Neutron's
+    contexts and oslo.privsep's socket) and neutron-rootwrap with this
+    aio's rootwrap.conf, whose filters let through only the agents'
+    haproxies.
     """
     agents = ['neutron-ovn-metadata-agent', 'neutron-ovn-metadata-agent-2']
     _config(layout.NEUTRON_ROOTWRAP_CONF, configs.neutron_rootwrap_conf(),
@@ -491,8 +492,8 @@ def metadata_agent_user():
     _config(os.path.join(layout.NEUTRON_ROOTWRAP_FILTERS,
                          'ovn-metadata-agent.filters'),
             configs.metadata_agent_filters(), agents)
-    rule = ', '.join(['%s --config-file %s *' % (
-        layout.venv_bin('privsep-helper'), layout.agent_conf(node))
+    rule = ', '.join([layout.privsep_sudoers_command(
+        layout.agent_conf(node), layout.NEUTRON_PRIVSEP_PYPATHS)
         for node in (1, 2)] + ['%s %s *' % (
             layout.venv_bin('neutron-rootwrap'),
             layout.NEUTRON_ROOTWRAP_CONF)])
@@ -596,15 +597,16 @@ def compute_user(computes=1):
     """What nova-compute needs to run as layout.COMPUTE_USER (issue 14).
 
     A sudoers rule that lets it start exactly its privsep daemons
-    (privsep-helper with its own nova-cpu.conf, whatever context and
-    socket follow), and the driver's directories of each compute,
+    (privsep-helper with its own nova-cpu.conf, one of its contexts and
+    oslo.privsep's socket: layout.privsep_sudoers_command), and the
+    driver's directories of each compute,
     made and given by novalxc-prepare-host as an operator would run it;
     Nova's own state (the node's compute_id) the user's too.
     """
     owner = _owner(layout.COMPUTE_USER)
     nodes = (1, 2) if computes > 1 else (1,)
-    rule = ', '.join('%s --config-file %s *' % (
-        layout.venv_bin('privsep-helper'), layout.compute_conf(node))
+    rule = ', '.join(layout.privsep_sudoers_command(
+        layout.compute_conf(node), layout.COMPUTE_PRIVSEP_PYPATHS)
         for node in (1, 2))
     if util.write_file(layout.COMPUTE_SUDOERS, '%s ALL=(root) NOPASSWD: '
                        '%s\n' % (layout.COMPUTE_USER, rule), 0o440):

@@ -227,6 +227,44 @@ def _service_user_checks(c):
         if name in accounts:
             _privsep_daemon_checks(c, name, layout.compute_conf(node))
     metadata_agent_checks(c)
+    _sudo_rule_checks(c, layout.COMPUTE_USER, layout.compute_conf(),
+                      layout.COMPUTE_PRIVSEP_PYPATHS[0])
+    _sudo_rule_checks(c, 'neutron', layout.agent_conf(),
+                      layout.NEUTRON_PRIVSEP_PYPATHS[0])
+
+
+def _sudo_rule_checks(c, user, conf, context):
+    """What user may run as root through sudo: privsep-helper exactly.
+
+    Asked of sudo itself ("sudo -n -l <command>" as the user): the command
+    oslo.privsep runs is allowed; with an option of the user's own after
+    it (privsep-helper would read a logging configuration as root), or
+    another config file, or another service's context, it is not.
+    """
+    sock = '/tmp/tmpsmoke_0/privsep.sock'
+
+    def allowed(*args):
+        return util.run(
+            ['setpriv', '--reuid=' + user, '--regid=' + user,
+             '--clear-groups', 'sudo', '-n', '-l',
+             layout.venv_bin('privsep-helper')] + list(args),
+            check=False, capture=True).returncode == 0
+
+    exact = ['--config-file', conf, '--privsep_context', context,
+             '--privsep_sock_path', sock]
+    refused = {
+        'an option of its own': exact + ['--log-config-append', '/tmp/x'],
+        'another config file': exact[:2] + ['--config-file', '/tmp/x'] +
+        exact[2:],
+        'another context': exact[:3] + ['os_brick.privileged.default'] +
+        exact[4:],
+    }
+    let = [what for what, args in sorted(refused.items()) if allowed(*args)]
+    c.check('%s may sudo privsep-helper exactly as oslo.privsep runs it, '
+            'not with %s' % (user, ', '.join(sorted(refused))),
+            allowed(*exact) and not let,
+            'exact command refused' if not allowed(*exact) else
+            'allowed: %s' % ', '.join(let))
 
 
 def metadata_agent_checks(c, served=False):

@@ -74,9 +74,10 @@ def _set_up():
     util.makedirs(CONFIG_DIR, 0o755)
     # No secret in it; the daemons read it as root, the user too.
     util.write_file(CONFIG, _config(), 0o644)
-    # Exactly the daemon's command with this config file, nothing else.
-    util.write_file(SUDOERS, '%s ALL=(root) NOPASSWD: %s --config-file %s '
-                    '*\n' % (USER, _helper(), CONFIG), 0o440)
+    # Exactly the daemons' commands with this config file, nothing else.
+    util.write_file(SUDOERS, '%s ALL=(root) NOPASSWD: %s\n' % (
+        USER, layout.privsep_sudoers_command(
+            CONFIG, layout.COMPUTE_PRIVSEP_PYPATHS)), 0o440)
     util.run(['visudo', '-c', '-f', SUDOERS])
     util.run([os.path.join(layout.VENV, 'bin', 'novalxc-prepare-host'),
               '--user', USER, '--config-file', CONFIG], log='unprivileged')
