@@ -259,12 +259,13 @@ def _sudo_rule_checks(c, user, conf, context):
         'another context': exact[:3] + ['os_brick.privileged.default'] +
         exact[4:],
     }
+    runs = allowed(*exact)
     let = [what for what, args in sorted(refused.items()) if allowed(*args)]
     c.check('%s may sudo privsep-helper exactly as oslo.privsep runs it, '
             'not with %s' % (user, ', '.join(sorted(refused))),
-            allowed(*exact) and not let,
-            'exact command refused' if not allowed(*exact) else
-            'allowed: %s' % ', '.join(let))
+            runs and not let,
+            'allowed: %s' % ', '.join(let) if runs else
+            'the exact command is refused')
 
 
 def metadata_agent_checks(c, served=False):
