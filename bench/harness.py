@@ -428,9 +428,13 @@ class Harness:
                                                       'snapshot-uploads')),
             'mounts': sorted(p for p in mount.mountpoints()
                              if p.startswith(self.root + '/')),
+            # At the root and under [lxc] cgroup_parent (lxc.cgroup.dir).
             'cgroups': sorted(
-                glob.glob('/sys/fs/cgroup/*/lxc.payload.' + PREFIX + '*') +
-                glob.glob('/sys/fs/cgroup/*/lxc.monitor.' + PREFIX + '*')),
+                path for parent in ('', CONF.lxc.cgroup_parent)
+                for kind in ('payload', 'monitor')
+                for path in glob.glob(os.path.join(
+                    '/sys/fs/cgroup/*', parent,
+                    'lxc.%s.%s*' % (kind, PREFIX)))),
         }
         return found
 

@@ -78,6 +78,24 @@ lxc_opts = [
                help='Most tasks (processes and threads) one container may '
                     'run at once (pids cgroup), so a fork bomb stops there. '
                     'A flavor overrides it with the extra spec lxc:pids_max.'),
+    cfg.StrOpt('cgroup_parent', default='novalxc',
+               regex=r'^(%s(/%s){0,7})?$' % ((r'[A-Za-z0-9_][A-Za-z0-9_.-]'
+                                              r'{0,63}',) * 2),
+               help='cgroup, relative to each hierarchy\'s root, under '
+                    'which every container\'s cgroup is made '
+                    '(lxc.cgroup.dir; LXC names the container\'s own '
+                    'lxc.payload.<name> inside it). All the instances then '
+                    'weigh together as one group against the host\'s '
+                    'services when the CPUs are contended (cpu.shares, '
+                    'cpu.weight: the kernel\'s default 1024 and 100 unless '
+                    'the operator sets the parent\'s), as libvirt groups '
+                    'its guests under machine.slice; without it each '
+                    'container weighs as much as all of nova-compute, and '
+                    'ten booting guests can starve the control plane. '
+                    'Empty: LXC\'s default, each container at the root. '
+                    'The lxc_admin privsep daemon writes only configs that '
+                    'name its own value. Running containers keep their '
+                    'cgroup until they stop.'),
     cfg.IntOpt('id_range_size', default=65536, min=65536,
                help='Number of uids and gids in each container\'s isolated '
                     'range (the idmap). Container ID N owns the range '

@@ -770,7 +770,8 @@ class Container:
 
         LXC of this lxc_path cannot see a container started from another
         one (lxc_path renamed or remounted under it): its processes are
-        still in a cgroup LXC named lxc.payload.<name>[-N], and their root
+        still in a cgroup LXC named lxc.payload.<name>[-N] (at the root
+        of a hierarchy, or under ``[lxc] cgroup_parent``), and their root
         is an overlay whose upper layer is this container's. Starting
         this container then would run two on one disk.
 
@@ -782,13 +783,17 @@ class Container:
         upper = 'upperdir=%s,' % rootfs_mod.Rootfs(self.state_path,
                                                    record.cid).upper
         found = []
-        for procs in sorted(
-                glob.glob(os.path.join(CGROUP_ROOT, 'lxc.payload.%s*' %
-                                       glob.escape(self.name),
-                                       'cgroup.procs')) +
-                glob.glob(os.path.join(CGROUP_ROOT, '*', 'lxc.payload.%s*' %
-                                       glob.escape(self.name),
-                                       'cgroup.procs'))):
+        group = 'lxc.payload.%s*' % glob.escape(self.name)
+        # cgroup v2's single hierarchy, then v1's one per controller; the
+        # root as well as the parent: a container started before the
+        # parent was set (or changed) stays where it was until it stops.
+        parents = ['']
+        if CONF.lxc.cgroup_parent:
+            parents.append(glob.escape(CONF.lxc.cgroup_parent))
+        for procs in sorted(set(
+                path for top in ((), ('*',)) for parent in parents
+                for path in glob.glob(os.path.join(
+                    CGROUP_ROOT, *top, parent, group, 'cgroup.procs')))):
             group = os.path.basename(os.path.dirname(procs))
             suffix = group[len('lxc.payload.' + self.name):]
             if suffix and not (suffix[0] == '-' and suffix[1:].isdigit()):

@@ -793,6 +793,7 @@ class LXCDriver(driver.ComputeDriver):
             container_dir=container.dir, rootfs=root.merged,
             console_log_size=CONF.lxc.console_log_size_kib * 1024,
             limits=limits, cgroup_version=host_mod.cgroup_version(),
+            cgroup_parent=CONF.lxc.cgroup_parent,
             swap_accounting=host_mod.swap_accounting(),
             ephemeral=(root.ephemeral_disk.mountpoint
                        if flavor.ephemeral_gb else None),

@@ -110,6 +110,8 @@ class ContainerSpec:
     :ivar console_log_size: bytes before LXC rotates the console log.
     :ivar limits: limits.Limits of the container.
     :ivar cgroup_version: the host's cgroup layout, 1 or 2.
+    :ivar cgroup_parent: cgroup under which LXC makes the container's
+        (lxc.cgroup.dir, ``[lxc] cgroup_parent``), or '' for the root.
     :ivar swap_accounting: whether the host's memory cgroups limit swap.
     :ivar ephemeral: host directory bind-mounted on /mnt, or None.
     :ivar nics: tuple of NicSpec, in lxc.net index order.
@@ -137,6 +139,7 @@ class ContainerSpec:
     nics: tuple = ()
     config_drive: object = None
     rescue: object = None
+    cgroup_parent: str = ''
 
     @property
     def config_path(self):
@@ -210,6 +213,9 @@ def render_config(spec):
         # namespace, seccomp, dropped capabilities and cgroups.
         ('lxc.apparmor.profile', 'unconfined'),
         ('lxc.autodev', '1'),
+        # All instances weigh as one group against the host's services
+        # (conf.py, cgroup_parent); LXC makes lxc.payload.<name> inside.
+        ('lxc.cgroup.dir', spec.cgroup_parent),
         # The NICs, or a loopback only (render_nics).
         ('lxc.net', None),
         ('lxc.signal.halt', halt),
@@ -246,6 +252,8 @@ def render_config(spec):
     for k, v in keys:
         if k == 'lxc.net':
             lines += render_nics(spec.nics)
+        elif k == 'lxc.cgroup.dir' and not v:
+            continue
         else:
             lines.append('%s = %s' % (k, v))
     _check_lines(lines)
@@ -396,7 +404,8 @@ def parse_idmap(config_text):
 
 def build(instance, host, cid, idmap, image, container_dir, rootfs,
           console_log_size, limits, cgroup_version=1, ephemeral=None,
-          swap_accounting=True, nics=(), config_drive=None):
+          swap_accounting=True, nics=(), config_drive=None,
+          cgroup_parent=''):
     """Describe the container of a Nova instance.
 
     :param instance: nova.objects.Instance (name, uuid, hostname are read).
@@ -407,6 +416,7 @@ def build(instance, host, cid, idmap, image, container_dir, rootfs,
     :param ephemeral: host directory of the ephemeral disk, or None.
     :param nics: tuple of NicSpec (vif.nics_for).
     :param config_drive: host directory of the config drive, or None.
+    :param cgroup_parent: ``[lxc] cgroup_parent``, '' for the root.
     :raises InvalidContainerName: instance.name is not a safe LXC name.
     """
     return ContainerSpec(
@@ -427,4 +437,5 @@ def build(instance, host, cid, idmap, image, container_dir, rootfs,
         swap_accounting=swap_accounting,
         nics=tuple(nics),
         config_drive=config_drive,
+        cgroup_parent=cgroup_parent,
     )

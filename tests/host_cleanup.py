@@ -7,9 +7,11 @@ through a mount.
 """
 
 import os
+import re
 import shutil
 import subprocess
 
+from novalxcdriver import conf
 from novalxcdriver import mount
 
 
@@ -99,3 +101,43 @@ def loop_devices(path):
         if target.startswith(path + '/'):
             found.append('/dev/' + dev)
     return found
+
+
+CGROUP_ROOT = '/sys/fs/cgroup'
+
+
+def payload_cgroup(controller, name):
+    """A running container's cgroup directory in a cgroup v1 hierarchy.
+
+    Under ``[lxc] cgroup_parent`` (lxc.cgroup.dir) of this process's
+    config; LXC's suffix for a taken name (-N) is not guessed here.
+    """
+    return os.path.join(CGROUP_ROOT, controller,
+                        conf.CONF.lxc.cgroup_parent, 'lxc.payload.' + name)
+
+
+def cgroups_of(names):
+    """Host cgroup directories LXC made for these containers.
+
+    Its payload and monitor groups, ``lxc.(payload|monitor).<name>[-N]``,
+    at each hierarchy's root (where LXC puts them without a parent) and
+    under ``[lxc] cgroup_parent``, for cgroup v1's hierarchies and v2's.
+    """
+    names = list(names)
+    if not names:
+        return []
+    pattern = re.compile(r'^lxc\.(payload|monitor)\.(%s)(-\d+)?$' % '|'.join(
+        re.escape(n) for n in names))
+    tops = [CGROUP_ROOT] + [
+        os.path.join(CGROUP_ROOT, c) for c in sorted(os.listdir(CGROUP_ROOT))
+        if os.path.isdir(os.path.join(CGROUP_ROOT, c))]
+    parent = conf.CONF.lxc.cgroup_parent
+    found = []
+    for top in tops + ([os.path.join(t, parent) for t in tops]
+                       if parent else []):
+        try:
+            entries = os.listdir(top)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        found += [os.path.join(top, e) for e in entries if pattern.match(e)]
+    return sorted(found)

@@ -20,6 +20,9 @@ driver's render_config makes it do and nothing more, whoever sent it:
   is the container's own, and a mount entry binds lxcfs's files or a
   directory under a driver root to a relative target without ``..``,
   with only the options the driver uses;
+- ``lxc.cgroup.dir`` is the daemon's own ``[lxc] cgroup_parent``, and
+  is there when that is set: a config cannot place its container in
+  another's cgroup, nor outside the group the operator weighs;
 - one line per key, no carriage return or NUL, nothing but comments,
   blank lines and ``key = value``.
 """
@@ -143,7 +146,8 @@ def _value_problem(key, value, container_dir, roots, lxcfs):
     return 'not a key the driver writes'
 
 
-def check(text, container_dir, roots, subuids, subgids, lxcfs):
+def check(text, container_dir, roots, subuids, subgids, lxcfs,
+          cgroup_parent=''):
     """Raise Refused unless text is a config the driver could have written.
 
     :param text: the config, str.
@@ -152,11 +156,13 @@ def check(text, container_dir, roots, subuids, subgids, lxcfs):
     :param subuids: root's subordinate uid ranges, [(start, count)].
     :param subgids: the same for gids.
     :param lxcfs: lxcfs's mount point (host.LXCFS_MOUNT).
+    :param cgroup_parent: the only lxc.cgroup.dir allowed, and required
+        unless it is ''.
     :raises Refused: with the first offending line's number and reason.
     """
     if '\r' in text or '\0' in text:
         raise Refused('a carriage return or NUL byte')
-    includes, idmaps = [], {}
+    includes, idmaps, cgroup_dirs = [], {}, []
     for n, line in enumerate(text.split('\n'), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith('#'):
@@ -178,6 +184,12 @@ def check(text, container_dir, roots, subuids, subgids, lxcfs):
                                   n, kind, start, start + size - 1))
             idmaps[kind] = (start, size)
             continue
+        if key == 'lxc.cgroup.dir':
+            if value != cgroup_parent or not value or cgroup_dirs:
+                raise Refused('line %d: lxc.cgroup.dir: not once this '
+                              'host\'s cgroup_parent %r' % (n, cgroup_parent))
+            cgroup_dirs.append(value)
+            continue
         problem = _value_problem(key, value, container_dir, roots, lxcfs)
         if problem:
             raise Refused('line %d: %s: %s' % (n, key, problem))
@@ -187,6 +199,9 @@ def check(text, container_dir, roots, subuids, subgids, lxcfs):
         raise Refused('no u and g idmap: the container would be privileged')
     if sorted(set(includes)) != sorted(LXC_INCLUDES):
         raise Refused('LXC\'s common.conf and userns.conf must be included')
+    if cgroup_parent and not cgroup_dirs:
+        raise Refused('no lxc.cgroup.dir: this host puts every container '
+                      'under %r' % cgroup_parent)
 
 
 def parse_record(config_text):

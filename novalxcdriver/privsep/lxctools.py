@@ -142,7 +142,8 @@ def write_config(name, lxc_path, text):
     """Replace the container's config with text (atomically, mode 0644).
 
     :param text: str, the whole config; checked by lxcconf.check against
-        this daemon's driver roots and root's subordinate ids.
+        this daemon's driver roots, root's subordinate ids and its
+        ``[lxc] cgroup_parent``.
     :raises PrivilegedCallRefused: the checks above, a text over
         MAX_CONFIG bytes, the policy's refusal, or no container directory.
     :raises IdmapUnavailable: root's subuid or subgid range is unreadable.
@@ -156,7 +157,8 @@ def write_config(name, lxc_path, text):
     subuids, subgids = ids.read_subordinate_ranges()
     try:
         lxcconf.check(text, container_dir, privsep.driver_roots(),
-                      [subuids], [subgids], lxcconf.LXCFS_MOUNT)
+                      [subuids], [subgids], lxcconf.LXCFS_MOUNT,
+                      cgroup_parent=CONF.lxc.cgroup_parent)
     except lxcconf.Refused as e:
         privsep.refuse(call, str(e))
     if not os.path.isdir(container_dir):

@@ -248,9 +248,5 @@ class FunctionalTestCase(base.BaseTestCase):
             os.path.join(CONF.lxc.ids_path, str(cid))) if os.path.lexists(p)]
         found += [p for p in mount.mountpoints()
                   if p.startswith(os.path.join(state, 'rootfs', str(cid)))]
-        for controller in os.listdir('/sys/fs/cgroup'):
-            cg = os.path.join('/sys/fs/cgroup', controller,
-                              'lxc.payload.' + instance.name)
-            if os.path.exists(cg):
-                found.append(cg)
+        found += host_cleanup.cgroups_of([instance.name])
         return found

@@ -14,16 +14,17 @@ import time
 
 from novalxcdriver import conf
 from tests.functional import base
+from tests import host_cleanup
 
 CONF = conf.CONF
-CGROUP = '/sys/fs/cgroup'
 MiB = 1024 * 1024
 
 
 class DiagnosticsTest(base.FunctionalTestCase):
 
     def _cgroup(self, name, controller, key):
-        path = os.path.join(CGROUP, controller, 'lxc.payload.' + name, key)
+        path = os.path.join(host_cleanup.payload_cgroup(controller, name),
+                            key)
         with open(path) as f:
             return f.read().strip()
 

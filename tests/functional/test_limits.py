@@ -12,6 +12,7 @@ from novalxcdriver import conf
 from novalxcdriver import rootfs as rootfs_mod
 from tests.functional import base
 from tests.functional import rootfs_images
+from tests import host_cleanup
 
 CONF = conf.CONF
 CGROUP = '/sys/fs/cgroup'
@@ -20,7 +21,8 @@ CGROUP = '/sys/fs/cgroup'
 class LimitsTest(base.FunctionalTestCase):
 
     def _cgroup(self, name, controller, key):
-        path = os.path.join(CGROUP, controller, 'lxc.payload.' + name, key)
+        path = os.path.join(host_cleanup.payload_cgroup(controller, name),
+                            key)
         with open(path) as f:
             return f.read().strip()
 

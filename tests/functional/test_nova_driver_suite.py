@@ -60,6 +60,7 @@ from novalxcdriver import rescue
 from novalxcdriver import rootfs as rootfs_mod
 from tests.functional import base
 from tests.functional import rootfs_images
+from tests import host_cleanup
 
 CONF = conf.CONF
 
@@ -142,10 +143,7 @@ def mem_total_mb():
 
 def cgroups_of(name):
     """cgroup directories LXC made for the container that still exist."""
-    return [path for path in (
-        os.path.join('/sys/fs/cgroup', controller, 'lxc.payload.' + name)
-        for controller in os.listdir('/sys/fs/cgroup'))
-        if os.path.exists(path)]
+    return host_cleanup.cgroups_of([name])
 
 
 def _unsupported(method, state='RUNNING'):
@@ -577,8 +575,8 @@ class LXCDriverSuiteTest(test_virt_drivers._VirtDriverTestCase,
     # -- diagnostics and host figures ---------------------------------------
 
     def _cgroup(self, instance, controller, key):
-        with open(os.path.join('/sys/fs/cgroup', controller,
-                               'lxc.payload.' + instance.name, key)) as f:
+        with open(os.path.join(host_cleanup.payload_cgroup(
+                controller, instance.name), key)) as f:
             return f.read().strip()
 
     def test_get_instance_diagnostics(self):

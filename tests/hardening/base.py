@@ -62,22 +62,7 @@ mounts_under = host_cleanup.mounts_under
 loop_devices = host_cleanup.loop_devices
 
 
-def cgroups_of(names):
-    """Host cgroup directories LXC made for these containers."""
-    found = []
-    if not names:
-        return found
-    pattern = re.compile(r'^lxc\.(payload|monitor)\.(%s)(-\d+)?$' % '|'.join(
-        re.escape(n) for n in names))
-    for controller in sorted(os.listdir(CGROUP)):
-        top = os.path.join(CGROUP, controller)
-        try:
-            entries = os.listdir(top)
-        except NotADirectoryError:
-            continue
-        found += [os.path.join(top, e) for e in entries if pattern.match(e)]
-    # cgroup v2 puts them below lxc.payload/ and lxc.monitor/ instead.
-    return found
+cgroups_of = host_cleanup.cgroups_of
 
 
 def processes_mentioning(text, exclude=()):

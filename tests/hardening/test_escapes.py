@@ -19,6 +19,7 @@ import uuid
 from tests.hardening import base
 from tests.hardening import images
 from tests.hardening import summary
+from tests import host_cleanup
 
 CGROUP = '/sys/fs/cgroup'
 LXC_BINARIES = ('/usr/bin/lxc-attach', '/usr/bin/lxc-start',
@@ -97,8 +98,8 @@ class EscapeTest(base.HardeningTestCase):
                                 ('cpuset', 'cpuset.cpus'),
                                 ('cpu', 'cpu.cfs_quota_us'),
                                 ('devices', 'devices.list')):
-            with open(os.path.join(CGROUP, controller, 'lxc.payload.' +
-                                   self.name, key)) as f:
+            with open(os.path.join(host_cleanup.payload_cgroup(
+                    controller, self.name), key)) as f:
                 values[key] = f.read()
         with open('/proc/sys/kernel/core_pattern') as f:
             values['core_pattern'] = f.read()
@@ -112,6 +113,7 @@ class EscapeTest(base.HardeningTestCase):
         self.assertEqual(before, self._limits())
         listing = self.attach(self.name, 'ls', '/sys/fs/cgroup/memory').stdout
         self.assertNotIn('lxc.payload', listing)
+        self.assertNotIn('novalxc', listing)
         self.check('host-files', [out])
 
     # -- devices, modules, kexec ---------------------------------------------

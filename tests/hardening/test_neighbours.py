@@ -19,8 +19,8 @@ from novalxcdriver import disk
 from tests.hardening import base
 from tests.hardening import images
 from tests.hardening import summary
+from tests import host_cleanup
 
-CGROUP = '/sys/fs/cgroup'
 # Generous: the host also runs other work; the figure is what matters.
 MAX_RATIO = float(os.environ.get('NOVALXC_HARDENING_MAX_LATENCY_RATIO',
                                  '5'))
@@ -29,7 +29,7 @@ MAX_RATIO = float(os.environ.get('NOVALXC_HARDENING_MAX_LATENCY_RATIO',
 class NoisyNeighbourTest(base.HardeningTestCase):
 
     def _cgroup(self, name, controller, key):
-        with open(os.path.join(CGROUP, controller, 'lxc.payload.' + name,
+        with open(os.path.join(host_cleanup.payload_cgroup(controller, name),
                                key)) as f:
             return f.read()
 

@@ -69,7 +69,8 @@ def checked_config_writer(roots, subuid_path, subgid_path):
         subuids, subgids = ids.read_subordinate_ranges(subuid_path,
                                                        subgid_path)
         lxcconf.check(text, container_dir, roots, [subuids], [subgids],
-                      lxcconf.LXCFS_MOUNT)
+                      lxcconf.LXCFS_MOUNT,
+                      cgroup_parent=conf.CONF.lxc.cgroup_parent)
         durable.write(os.path.join(container_dir, 'config'), text)
     return write_config
 

@@ -28,3 +28,16 @@ class SampleTest(base.BaseTestCase):
             self.assertEqual(f.read(), out.getvalue(),
                              'etc/novalxcdriver.conf.sample is stale: '
                              'run tox -e genconfig')
+
+
+class CgroupParentTest(base.BaseTestCase):
+
+    def test_relative_plain_components_only(self):
+        from novalxcdriver import conf as conf_mod
+        opt = [o for o in conf_mod.lxc_opts if o.name == 'cgroup_parent'][0]
+        for good in ('', 'novalxc', 'machine.slice/novalxc', 'a_1-b.c'):
+            self.assertEqual(good, opt.type(good))
+        for bad in ('/novalxc', 'novalxc/', '../x', 'a/../b', 'a//b', '.',
+                    'a/.hidden', 'a b', 'a;id', 'a\nlxc.hook.mount=x',
+                    '/'.join(['a'] * 9), 'x' * 65):
+            self.assertRaises(ValueError, opt.type, bad)

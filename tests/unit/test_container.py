@@ -24,6 +24,7 @@ from tests.unit import base as unit_base
 
 UUID = '0d7c2b1e-5a3f-4c9b-8e21-7f6a5b4c3d2e'
 IMAGE_ID = 'a1b2c3d4-0000-4000-8000-000000000001'
+CONF = conf.CONF
 NAME = 'instance-0000001a'
 SIZE = 65536
 LIMITS = limits.Limits(
@@ -54,7 +55,7 @@ class _Base(base.BaseTestCase):
         # syncfs(2) runs in the storage_admin daemon.
         self.sync_filesystem = self.useFixture(fixtures.MockPatch(
             'novalxcdriver.privsep.disks.sync_filesystem')).mock
-        self.useFixture(config_fixture.Config(conf.CONF))
+        self.conf_fixture = self.useFixture(config_fixture.Config(conf.CONF))
         self.tmp = self.useFixture(fixtures.TempDir()).path
         self.lxc_path = os.path.join(self.tmp, 'containers')
         self.state_path = os.path.join(self.tmp, 'state')
@@ -129,7 +130,8 @@ class _Base(base.BaseTestCase):
             rootfs=os.path.join(self.state_path, 'rootfs', str(cid),
                                 'merged'),
             container_dir=self.c.dir, image_id=IMAGE_ID,
-            init_system='busybox', console_log_size=65536, limits=LIMITS)
+            init_system='busybox', console_log_size=65536, limits=LIMITS,
+            cgroup_parent=CONF.lxc.cgroup_parent)
 
     def make_container(self):
         """Lay out what a complete create() leaves: ID, rootfs, config."""
@@ -422,8 +424,8 @@ class RunningElsewhereTest(_Base):
         # lxc_path moved away: no config here, LXC here sees nothing.
         os.unlink(self.c.config_path)
 
-    def process(self, group, pid, upper, point='/'):
-        procs = os.path.join(self.cgroups, 'pids', group)
+    def process(self, group, pid, upper, point='/', controller='pids'):
+        procs = os.path.join(self.cgroups, controller, group)
         os.makedirs(procs)
         with open(os.path.join(procs, 'cgroup.procs'), 'w') as f:
             f.write('%d\n%d\n' % (pid, pid + 1))
@@ -452,6 +454,28 @@ class RunningElsewhereTest(_Base):
                               'merged')
         self.process('lxc.payload.%s-2' % NAME, 4500, self.upper,
                      point=merged)
+        self.assertEqual(('STOPPED', None), self.c.state())
+
+    def test_found_under_the_cgroup_parent(self):
+        # [lxc] cgroup_parent (lxc.cgroup.dir): v1, one hierarchy per
+        # controller, and v2's single one.
+        self.conf_fixture.config(cgroup_parent='novalxc/guests', group='lxc')
+        self.process('novalxc/guests/lxc.payload.%s' % NAME, 4321,
+                     self.upper)
+        self.assertEqual(('RUNNING', 4321), self.c.state())
+        shutil.rmtree(self.cgroups)
+        self.process('novalxc/guests/lxc.payload.%s-1' % NAME, 4600,
+                     self.upper, controller='')
+        self.assertEqual(('RUNNING', 4600), self.c.state())
+
+    def test_started_at_the_root_before_the_parent_was_set(self):
+        self.process('lxc.payload.%s' % NAME, 4321, self.upper)
+        self.conf_fixture.config(cgroup_parent='novalxc', group='lxc')
+        self.assertEqual(('RUNNING', 4321), self.c.state())
+
+    def test_another_parent_is_not_searched(self):
+        self.conf_fixture.config(cgroup_parent='novalxc', group='lxc')
+        self.process('other/lxc.payload.%s' % NAME, 4321, self.upper)
         self.assertEqual(('STOPPED', None), self.c.state())
 
     def test_same_name_on_other_disks_does_not_count(self):

@@ -740,9 +740,10 @@ class SpawnTest(_Base):
             return f.read()
 
     def limit_keys(self, config, prefix='lxc.cgroup2.'):
+        # lxc.cgroup.dir places the cgroup; it limits nothing.
         return {k[len(prefix):]: v for k, v in (
             line.split(' = ', 1) for line in config.splitlines()
-            if line.startswith(prefix))}
+            if line.startswith(prefix)) if k != 'lxc.cgroup.dir'}
 
     def spawn_recording_create(self, instance):
         real_create = container_mod.Container.create
@@ -838,6 +839,15 @@ class SpawnTest(_Base):
         self.spawn(instance)
         self.assertEqual('5,6', self.limit_keys(
             self.config(instance))['cpuset.cpus'])
+
+    def test_cgroup_parent_from_conf(self):
+        instance = self.instance()
+        self.spawn(instance)
+        self.assertIn('\nlxc.cgroup.dir = novalxc\n', self.config(instance))
+        self.cfg.config(group='lxc', cgroup_parent='')
+        other = self.instance(uuid=UUID2, id=2)
+        self.spawn(other)
+        self.assertNotIn('lxc.cgroup.dir', self.config(other))
 
     def test_pids_max_from_conf_and_extra_spec(self):
         self.cfg.config(group='lxc', pids_max=100)

@@ -19,6 +19,7 @@ ROOTS = ('/var/lib/novalxc/containers', '/var/lib/novalxc')
 CONTAINER_DIR = '/var/lib/novalxc/containers/instance-0000001a'
 SUBUIDS = [(100000, 1000000000)]
 SUBGIDS = [(100000, 1000000000)]
+CGROUP_PARENT = 'novalxc'
 NIC = spec.NicSpec(index=0, name='eth0', mac='fa:16:3e:12:34:56', mtu=1442,
                    host_dev='tap4e2a7b3c-5d', peer_dev='nlx4e2a7b3c-5d',
                    kind='ovs', bridge='br-int',
@@ -35,6 +36,7 @@ def full_config(cgroup_version=2):
             image_id=test_spec.IMAGE_ID,
             server_rootfs='/var/lib/novalxc/rootfs/3/merged'),
         cgroup_version=cgroup_version,
+        cgroup_parent=CGROUP_PARENT,
         limits=dataclasses.replace(test_spec.LIMITS, io=(
             ('disk_read_bytes_sec', 1000), ('disk_write_bytes_sec', 2000),
             ('disk_read_iops_sec', 10), ('disk_write_iops_sec', 20))))
@@ -43,9 +45,9 @@ def full_config(cgroup_version=2):
         s.limits.io, ['7:3'], cgroup_version))
 
 
-def check(text):
+def check(text, cgroup_parent=CGROUP_PARENT):
     lxcconf.check(text, CONTAINER_DIR, ROOTS, SUBUIDS, SUBGIDS,
-                  lxcconf.LXCFS_MOUNT)
+                  lxcconf.LXCFS_MOUNT, cgroup_parent=cgroup_parent)
 
 
 class PolicyTest(base.BaseTestCase):
@@ -60,6 +62,25 @@ class PolicyTest(base.BaseTestCase):
             self.assertIn('lxc.net.1.link = nlx5e2a7b3c-5d', text)
             self.assertIn('7:3 ', text)
             check(text)
+
+    def test_cgroup_dir_only_the_hosts_parent_and_always_it(self):
+        line = 'lxc.cgroup.dir = novalxc\n'
+        for other in ('', 'other', 'novalxc/lxc.payload.instance-00000001',
+                      '../novalxc', 'novalxc/..'):
+            self.refused(self.replaced(line, 'lxc.cgroup.dir = %s\n' % other),
+                         "not once this host's cgroup_parent 'novalxc'")
+        self.refused(self.added(line.strip()),
+                     "lxc.cgroup.dir: not once this host's cgroup_parent")
+        self.refused(self.replaced(line, ''),
+                     "no lxc.cgroup.dir: this host puts every container "
+                     "under 'novalxc'")
+
+    def test_cgroup_dir_refused_where_the_root_is_the_parent(self):
+        text = full_config()
+        e = self.assertRaises(lxcconf.Refused, check, text, cgroup_parent='')
+        self.assertIn("not once this host's cgroup_parent ''", str(e))
+        check(text.replace('lxc.cgroup.dir = novalxc\n', ''),
+              cgroup_parent='')
 
     def replaced(self, old, new):
         text = full_config()

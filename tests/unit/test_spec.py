@@ -104,6 +104,15 @@ class RenderConfigTest(base.BaseTestCase):
         # lxc.log.file recreates its directory, even after a destroy.
         self.assertNotIn('lxc.log.file', self.single)
 
+    def test_no_cgroup_parent_leaves_lxc_s_default(self):
+        self.assertNotIn('lxc.cgroup.dir', self.single)
+
+    def test_cgroup_parent(self):
+        text = spec.render_config(make_spec(cgroup_parent='novalxc/guests'))
+        self.assertEqual([('lxc.cgroup.dir', 'novalxc/guests')],
+                         [p for p in config_keys(text)
+                          if p[0].startswith('lxc.cgroup.dir')])
+
     def test_init_names_the_platform_for_cloud_init(self):
         # ds-identify (cloud-init) reads product_name from PID 1's
         # environment when there is no DMI.

@@ -13,6 +13,7 @@ import subprocess
 from novalxcdriver import conf
 from novalxcdriver import host
 from tests.functional.api import base as api_base
+from tests import host_cleanup
 
 CONF = conf.CONF
 
@@ -26,7 +27,8 @@ class PlacementTest(api_base.LXCAPITestCase):
         return super()._setup_compute_service()
 
     def _cpuset(self, name):
-        path = '/sys/fs/cgroup/cpuset/lxc.payload.%s/cpuset.cpus' % name
+        path = os.path.join(host_cleanup.payload_cgroup('cpuset', name),
+                            'cpuset.cpus')
         with open(path) as f:
             return f.read().strip()
 
