@@ -244,16 +244,23 @@ def loop_devices_of(path, autoclear=None):
 
     :param autoclear: True or False: only devices with that flag.
     """
+    # Every device of every container is scanned (sysfs has no index by
+    # backing file): the flag first, which rules out all of this driver's
+    # own devices (autoclear) when looking for a crash's leftovers.
     found = []
     for name in sorted(os.listdir(SYS_BLOCK)):
+        if not name.startswith('loop'):
+            continue
         sysfs = os.path.join(SYS_BLOCK, name, 'loop')
         try:
-            with open(os.path.join(sysfs, 'backing_file')) as f:
-                backing = f.read().rstrip('\n')
             with open(os.path.join(sysfs, 'autoclear')) as f:
                 flag = f.read().strip() == '1'
+            if autoclear not in (None, flag):
+                continue
+            with open(os.path.join(sysfs, 'backing_file')) as f:
+                backing = f.read().rstrip('\n')
         except OSError:
             continue
-        if backing == path and autoclear in (None, flag):
+        if backing == path:
             found.append('/dev/' + name)
     return found

@@ -305,6 +305,14 @@ class DetachLoopsTest(_Base):
                          disk.loop_devices_of(self.image))
         self.assertEqual(['/dev/loop1'],
                          disk.loop_devices_of(self.image, autoclear=True))
+        self.assertEqual(['/dev/loop0'],
+                         disk.loop_devices_of(self.image, autoclear=False))
+
+    def test_a_loop_device_without_its_flag_or_file_is_skipped(self):
+        os.unlink(os.path.join(self.sys_block, 'loop1', 'loop', 'autoclear'))
+        os.unlink(os.path.join(self.sys_block, 'loop0', 'loop',
+                               'backing_file'))
+        self.assertEqual([], disk.loop_devices_of(self.image))
 
 
 class FilesystemTest(_Base):
