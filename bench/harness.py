@@ -27,6 +27,7 @@ from nova import objects
 from nova.tests.unit import fake_instance
 from nova.virt import fake as fake_virt
 import nova.virt.images
+from oslo_privsep import daemon as privsep_daemon
 
 from novalxcdriver import conf
 from novalxcdriver import container as container_mod
@@ -91,6 +92,27 @@ class PhaseTimer:
                 name = 'command ' + os.path.basename(str(argv[0]))
                 self._add(name, time.perf_counter() - start)
                 self._add('calls ' + name, 1)
+        setattr(owner, attr, timed)
+        self._undo.append((owner, attr, orig))
+
+    def wrap_privsep(self, owner, attr):
+        """Time each privsep call by entry point: 'privsep <name>'.
+
+        owner.attr is oslo.privsep's client channel's remote_call, which
+        every entry point's call goes through, named by its qualified
+        name; 'calls privsep <name>' counts the calls.
+        """
+        orig = getattr(owner, attr)
+
+        @functools.wraps(orig)
+        def timed(channel, name, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return orig(channel, name, *args, **kwargs)
+            finally:
+                label = 'privsep ' + str(name).rpartition('.')[2]
+                self._add(label, time.perf_counter() - start)
+                self._add('calls ' + label, 1)
         setattr(owner, attr, timed)
         self._undo.append((owner, attr, orig))
 
@@ -163,8 +185,10 @@ def _instrument(timer):
             owner = getattr(owner, name, None)
         if owner is not None and hasattr(owner, attr):
             timer.wrap(owner, attr, label)
-    # Every command the driver runs goes through lxc.execute.
+    # What nova-compute's process still runs itself goes through
+    # lxc.execute; every root operation is a call to a privsep daemon.
     timer.wrap_commands(lxc, 'execute')
+    timer.wrap_privsep(privsep_daemon._ClientChannel, 'remote_call')
 
 
 def run(argv, timeout=120, check=True):

@@ -1011,15 +1011,24 @@ def phase_table(samples, leaves, key='phases', total='spawn'):
 
 
 def command_line(samples, key='phases'):
-    """'command X median' for every command the driver ran, as text."""
+    """'X Nx median' for every privsep call and command, as text.
+
+    Privsep entry points (bench.harness.PhaseTimer.wrap_privsep) first,
+    then the commands nova-compute's process ran itself; '(none)' when
+    there were neither.
+    """
     samples = [s[key] for s in samples if s.get(key)]
     names = sorted({k for p in samples for k in p if
-                    k.startswith('command ')})
-    return ', '.join('%s %gx %s' % (
-        name[len('command '):],
+                    k.startswith(('privsep ', 'command '))},
+                   key=lambda k: (not k.startswith('privsep '), k))
+    calls = summary(sum(v for k, v in p.items() if k.startswith(
+        'calls privsep ')) for p in samples)['median'] if samples else 0
+    return '%g privsep calls: %s' % (calls, ', '.join('%s %gx %s' % (
+        name.partition(' ')[2] if name.startswith('privsep ') else
+        '`%s`' % name.partition(' ')[2],
         summary(p.get('calls ' + name, 0) for p in samples)['median'],
         _ms(summary(p.get(name, 0.0) for p in samples)['median']))
-        for name in names)
+        for name in names) or '(none)')
 
 
 def _md_table(header, body):
@@ -1085,7 +1094,8 @@ def markdown(results, command, plots):
                 '%s %s' % (k, _ms(v)) for k, v in table) + '.', '',
                 '%s destroy: ' % key + ', '.join(
                     '%s %s' % (k, _ms(v)) for k, v in dtable) + '.', '',
-                '%s commands run (total per spawn / per destroy): %s / %s.'
+                '%s privsep calls and commands (medians per spawn; per '
+                'destroy): %s; %s.'
                 % (key, command_line(spawn[key]['driver']),
                    command_line(spawn[key]['driver'], 'destroy_phases')),
                 '']
@@ -1111,9 +1121,10 @@ def markdown(results, command, plots):
             '%s %s' % (k, _ms(v)) for k, v in table) + '.', '',
             '%s destroy at concurrency %d: ' % (key, conc) + ', '.join(
                 '%s %s' % (k, _ms(v)) for k, v in dtable) + '.', '',
-            '%s commands run at concurrency %d (per spawn / per destroy): '
-            '%s / %s.' % (key, conc, command_line(samples),
-                          command_line(dsamples)), '']
+            '%s privsep calls and commands at concurrency %d (medians per '
+            'spawn; per destroy): %s; %s.' % (
+                key, conc, command_line(samples), command_line(dsamples)),
+            '']
     out += api_density_section(results)
     out += cpu_section(results)
     out += networked_boot_section(results)
