@@ -117,7 +117,10 @@ class Rootfs:
             _make_dir(d, idmap)
         if ephemeral_gb:
             self.ephemeral_disk.create(ephemeral_gb, idmap)
-        self.mount(image_rootfs, idmap)
+        # Disk.create mounted the disks, and nothing can be mounted on
+        # directories _make has just made: no mount table to read (each
+        # read parses every container's mounts; a spawn read it twice).
+        self._mount_layers(image_rootfs, idmap, points=())
 
     def mount(self, image_rootfs, idmap, disk_idmap=None):
         """Mount disks, lower and the overlay where missing (host boot).
@@ -134,7 +137,10 @@ class Rootfs:
                 d.mount(shift)
             elif d is self.root_disk and shift:
                 disk.shift_mount(d.mountpoint, *shift)
-        points = mount.mountpoints()
+        self._mount_layers(image_rootfs, idmap, mount.mountpoints())
+
+    def _mount_layers(self, image_rootfs, idmap, points):
+        """The idmapped lower layer and the overlay, unless in points."""
         if self.lower not in points:
             mount.idmapped_bind(image_rootfs, self.lower, idmap)
         if self.merged not in points:

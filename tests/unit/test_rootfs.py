@@ -150,6 +150,11 @@ class CreateTest(_Base):
             mock.call(self.root.ephemeral_disk, 3, IDMAP),
         ], self.disk_create.call_args_list)
         self.assert_upper_and_work_owned()
+        # The disks are new and mounted, the layers' directories new: the
+        # mount table (every container's mounts) is not read.
+        self.disk_mount.assert_not_called()
+        self.mount.mountpoints.assert_not_called()
+        self.assert_overlay_mounted()
 
     def test_existing_root_refused(self):
         os.makedirs(os.path.join(self.top, 'root', 'upper'))
