@@ -182,7 +182,8 @@ class Container:
         """
         with open(self.config_path) as f:
             text = spec_mod.with_nics(f.read(), nics)
-        lxc.write_config(self.name, self.lxc_path, text)
+        lxc.write_config(self.name, self.lxc_path, spec_mod.with_cgroup_parent(
+            text, CONF.lxc.cgroup_parent))
 
     def rootfs(self):
         cid = self.cid()
@@ -854,8 +855,10 @@ class Container:
                                     record['id']).disk_devices()
         if not devices:
             raise exception.DisksNotMounted(name=self.name)
-        new = spec_mod.with_io(text, limits_mod.render_io(
-            io_throttles, devices, host.cgroup_version()))
+        new = spec_mod.with_cgroup_parent(spec_mod.with_io(
+            text, limits_mod.render_io(io_throttles, devices,
+                                       host.cgroup_version())),
+            CONF.lxc.cgroup_parent)
         if new != text:
             lxc.write_config(self.name, self.lxc_path, new)
         throttle.set_writeback(io_throttles, devices)

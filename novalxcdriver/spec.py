@@ -375,6 +375,27 @@ def with_io(config_text, keys):
     return '\n'.join(lines + new) + '\n'
 
 
+def with_cgroup_parent(config_text, parent):
+    """config_text with one lxc.cgroup.dir naming parent, or none if ''.
+
+    For configs written before ``[lxc] cgroup_parent`` was set or changed:
+    the lxc_admin daemon writes only configs naming its own parent. The
+    key keeps its place when there; else it is added at the end.
+    """
+    new = 'lxc.cgroup.dir = %s' % parent
+    _check_lines([new])
+    lines = []
+    for line in config_text.splitlines():
+        if line.partition('=')[0].strip() == 'lxc.cgroup.dir':
+            if parent and new not in lines:
+                lines.append(new)
+            continue
+        lines.append(line)
+    if parent and new not in lines:
+        lines.append(new)
+    return '\n'.join(lines) + '\n'
+
+
 # The record's one reader, shared with the lxc_admin daemon.
 parse_record = lxcconf.parse_record
 

@@ -31,6 +31,27 @@ class LimitsTest(base.FunctionalTestCase):
         self.spawn(instance, self.busybox_image())
         return instance
 
+    def test_every_container_under_the_cgroup_parent(self):
+        # [lxc] cgroup_parent: the instances weigh as one group against
+        # the host's processes, whatever their number.
+        self.assertEqual('novalxc', CONF.lxc.cgroup_parent)
+        for instance in (self._busybox_container(),
+                         self._busybox_container()):
+            paths = {}
+            with open('/proc/%d/cgroup' % self.lxc_pid(instance.name)) as f:
+                for line in f:
+                    _n, controllers, path = line.strip().split(':', 2)
+                    for c in controllers.split(','):
+                        paths[c] = path
+            for controller in ('cpu', 'memory', 'pids'):
+                self.assertEqual('/novalxc/lxc.payload.' + instance.name,
+                                 paths[controller], controller)
+                self.assertFalse(os.path.exists(os.path.join(
+                    CGROUP, controller, 'lxc.payload.' + instance.name)))
+        # The kernel's default weight: the operator's to change.
+        with open(os.path.join(CGROUP, 'cpu', 'novalxc', 'cpu.shares')) as f:
+            self.assertEqual('1024', f.read().strip())
+
     def test_memory_hog_is_killed_inside_only(self):
         instance = self._busybox_container(memory_mb=128)
         self.assertEqual(str(128 << 20), self._cgroup(

@@ -346,6 +346,29 @@ class LifecycleTest(_Base):
         self.assertRaises(exception.DisksNotMounted, self.c.start)
         self.lxc.start.assert_not_called()
 
+    def test_io_throttles_placed_in_a_config_of_another_cgroup_parent(self):
+        with open(self.c.config_path) as f:
+            text = f.read()
+        self.assertIn('\nlxc.cgroup.dir = novalxc\n', text)
+        with open(self.c.config_path, 'w') as f:
+            f.write(text.replace('\nlxc.cgroup.dir = novalxc\n', '\n').replace(
+                '# novalxc.image_id', '# novalxc.io = '
+                'disk_write_bytes_sec=1000\n# novalxc.image_id'))
+        self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.rootfs.Rootfs.disk_devices',
+            return_value=['7:3']))
+        set_writeback = self.useFixture(fixtures.MockPatch(
+            'novalxcdriver.throttle.set_writeback')).mock
+        self.lxc_state = 'STOPPED'
+        self.c.start()
+        with open(self.c.config_path) as f:
+            text = f.read()
+        self.assertIn('\nlxc.cgroup.dir = novalxc\n', text)
+        self.assertIn('7:3 1000', text)
+        set_writeback.assert_called_once_with(
+            (('disk_write_bytes_sec', 1000),), ['7:3'])
+        self.lxc.start.assert_called_once_with(NAME, self.lxc_path)
+
     def test_start_running_does_nothing(self):
         self.c.start()
         self.lxc.start.assert_not_called()
@@ -1164,6 +1187,19 @@ class NicsTest(_Base):
         self.assertEqual(UUID, self.c.config_record()['instance_uuid'])
         self.assertEqual(['config', 'console.log'],
                          sorted(os.listdir(self.c.dir)))
+
+    def test_set_on_a_config_of_another_cgroup_parent(self):
+        # Written before [lxc] cgroup_parent was set, or changed since:
+        # the lxc_admin daemon (checked_config_writer here) writes only
+        # configs naming its own parent.
+        self.conf_fixture.config(cgroup_parent='', group='lxc')
+        self.make_container()
+        self.conf_fixture.config(cgroup_parent='novalxc/guests', group='lxc')
+        self.c.set_nics((self.nic(0, 'a'),))
+        with open(self.c.config_path) as f:
+            text = f.read()
+        self.assertEqual(1, text.count('\nlxc.cgroup.dir = novalxc/guests\n'))
+        self.assertEqual(1, len(self.c.nics()))
 
 
 class ReplaceRootTest(_Base):

@@ -113,6 +113,21 @@ class RenderConfigTest(base.BaseTestCase):
                          [p for p in config_keys(text)
                           if p[0].startswith('lxc.cgroup.dir')])
 
+    def test_with_cgroup_parent(self):
+        text = spec.render_config(make_spec(cgroup_parent='novalxc'))
+        at = text.index('lxc.cgroup.dir = novalxc\n')
+        self.assertEqual(text, spec.with_cgroup_parent(text, 'novalxc'))
+        moved = spec.with_cgroup_parent(text, 'other')
+        self.assertEqual(at, moved.index('lxc.cgroup.dir = other\n'))
+        self.assertNotIn('novalxc\n', moved)
+        self.assertEqual(self.text, spec.with_cgroup_parent(text, ''))
+        added = spec.with_cgroup_parent(self.text + 'lxc.cgroup.dir = a\n'
+                                        'lxc.cgroup.dir = b\n', 'c')
+        self.assertEqual(self.text + 'lxc.cgroup.dir = c\n', added)
+        self.assertTrue(spec.with_cgroup_parent(
+            self.text, 'novalxc').endswith('\nlxc.cgroup.dir = novalxc\n'))
+        self.assertRaises(ValueError, spec.with_cgroup_parent, text, 'a\nb')
+
     def test_init_names_the_platform_for_cloud_init(self):
         # ds-identify (cloud-init) reads product_name from PID 1's
         # environment when there is no DMI.
