@@ -12,10 +12,10 @@ adds.
 
 import contextlib
 import functools
-import glob
 import importlib
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -36,6 +36,7 @@ from novalxcdriver import driver as driver_mod
 from novalxcdriver import lxc
 from novalxcdriver import mount
 from novalxcdriver import rootfs as rootfs_mod
+from tests import host_cleanup
 
 CONF = conf.CONF
 HOST = 'novalxc-bench'
@@ -76,45 +77,40 @@ class PhaseTimer:
         setattr(owner, attr, timed)
         self._undo.append((owner, attr, orig))
 
-    def wrap_commands(self, owner, attr):
-        """Time each external command by name: 'command <argv[0]>'.
+    def wrap_counted(self, owner, attr, label_of):
+        """Time and count every call of owner.attr by its label.
 
-        'calls command <argv[0]>' counts the calls.
+        :param label_of: callable(args) naming the call from its
+            positional arguments; 'calls <label>' counts them.
         """
         orig = getattr(owner, attr)
 
         @functools.wraps(orig)
-        def timed(*argv, **kwargs):
+        def timed(*args, **kwargs):
             start = time.perf_counter()
             try:
-                return orig(*argv, **kwargs)
+                return orig(*args, **kwargs)
             finally:
-                name = 'command ' + os.path.basename(str(argv[0]))
-                self._add(name, time.perf_counter() - start)
-                self._add('calls ' + name, 1)
-        setattr(owner, attr, timed)
-        self._undo.append((owner, attr, orig))
-
-    def wrap_privsep(self, owner, attr):
-        """Time each privsep call by entry point: 'privsep <name>'.
-
-        owner.attr is oslo.privsep's client channel's remote_call, which
-        every entry point's call goes through, named by its qualified
-        name; 'calls privsep <name>' counts the calls.
-        """
-        orig = getattr(owner, attr)
-
-        @functools.wraps(orig)
-        def timed(channel, name, *args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return orig(channel, name, *args, **kwargs)
-            finally:
-                label = 'privsep ' + str(name).rpartition('.')[2]
+                label = label_of(args)
                 self._add(label, time.perf_counter() - start)
                 self._add('calls ' + label, 1)
         setattr(owner, attr, timed)
         self._undo.append((owner, attr, orig))
+
+    def wrap_commands(self, owner, attr):
+        """Time each external command by name: 'command <argv[0]>'."""
+        self.wrap_counted(owner, attr, lambda argv: (
+            'command ' + os.path.basename(str(argv[0]))))
+
+    def wrap_privsep(self, owner, attr):
+        """Time each privsep call by entry point: 'privsep <name>'.
+
+        owner.attr is oslo.privsep's client channel's remote_call(self,
+        name, ...), which every entry point's call goes through, named by
+        its qualified name.
+        """
+        self.wrap_counted(owner, attr, lambda args: (
+            'privsep ' + str(args[1]).rpartition('.')[2]))
 
     @contextlib.contextmanager
     def collect(self):
@@ -453,12 +449,8 @@ class Harness:
             'mounts': sorted(p for p in mount.mountpoints()
                              if p.startswith(self.root + '/')),
             # At the root and under [lxc] cgroup_parent (lxc.cgroup.dir).
-            'cgroups': sorted(
-                path for parent in ('', CONF.lxc.cgroup_parent)
-                for kind in ('payload', 'monitor')
-                for path in glob.glob(os.path.join(
-                    '/sys/fs/cgroup/*', parent,
-                    'lxc.%s.%s*' % (kind, PREFIX)))),
+            'cgroups': host_cleanup.cgroups_matching(
+                re.escape(PREFIX) + '.*'),
         }
         return found
 

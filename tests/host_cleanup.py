@@ -126,8 +126,13 @@ def cgroups_of(names):
     names = list(names)
     if not names:
         return []
-    pattern = re.compile(r'^lxc\.(payload|monitor)\.(%s)(-\d+)?$' % '|'.join(
+    return cgroups_matching(r'(%s)(-\d+)?' % '|'.join(
         re.escape(n) for n in names))
+
+
+def cgroups_matching(name_pattern):
+    """cgroups_of for the container names name_pattern (a regex) matches."""
+    pattern = re.compile(r'^lxc\.(payload|monitor)\.%s$' % name_pattern)
     tops = [CGROUP_ROOT] + [
         os.path.join(CGROUP_ROOT, c) for c in sorted(os.listdir(CGROUP_ROOT))
         if os.path.isdir(os.path.join(CGROUP_ROOT, c))]
