@@ -784,17 +784,18 @@ class Container:
         upper = 'upperdir=%s,' % rootfs_mod.Rootfs(self.state_path,
                                                    record.cid).upper
         found = []
-        group = 'lxc.payload.%s*' % glob.escape(self.name)
+        pattern = 'lxc.payload.%s*' % glob.escape(self.name)
         # cgroup v2's single hierarchy, then v1's one per controller; the
         # root as well as the parent: a container started before the
         # parent was set (or changed) stays where it was until it stops.
+        # A set: on v2, <root>/*/ matches the parent too.
         parents = ['']
         if CONF.lxc.cgroup_parent:
             parents.append(glob.escape(CONF.lxc.cgroup_parent))
         for procs in sorted(set(
                 path for top in ((), ('*',)) for parent in parents
                 for path in glob.glob(os.path.join(
-                    CGROUP_ROOT, *top, parent, group, 'cgroup.procs')))):
+                    CGROUP_ROOT, *top, parent, pattern, 'cgroup.procs')))):
             group = os.path.basename(os.path.dirname(procs))
             suffix = group[len('lxc.payload.' + self.name):]
             if suffix and not (suffix[0] == '-' and suffix[1:].isdigit()):
