@@ -178,7 +178,7 @@ class LXCDriver(driver.ComputeDriver):
             problems.append(str(e))
 
         if not problems:
-            self._adopt_configs()
+            self._adopt_configs(host)
             problems += self._idmap_problems()
         if not problems:
             try:
@@ -213,21 +213,28 @@ class LXCDriver(driver.ComputeDriver):
         return container_mod.artifact_ids(self._lxc_path, self._state_path,
                                           self._records)
 
-    def _adopt_configs(self):
+    def _adopt_configs(self, host):
         """Write the record of each container that has only a config.
 
         Containers made before records existed carry theirs in their
         config; its idmap keys give the idmap their disks were made with.
+        Only this host's: a config naming another host belongs to a driver
+        sharing lxc_path with another state_path, whose record is there.
+        A container deleted since the listing is skipped.
         """
         for name, found in container_mod.config_records(
                 self._lxc_path).items():
             uuid = found.get('instance_uuid')
             if ('id' not in found or not uuidutils.is_uuid_like(uuid) or
+                    found.get('host', host) != host or
                     self._records.get(uuid) is not None):
                 continue
             c = self._container_of(name, uuid)
-            with open(c.config_path) as f:
-                idmap = spec_mod.parse_idmap(f.read())
+            try:
+                with open(c.config_path) as f:
+                    idmap = spec_mod.parse_idmap(f.read())
+            except FileNotFoundError:
+                continue
             if idmap is None:
                 continue
             root = rootfs_mod.Rootfs(self._state_path, found['id'])

@@ -500,6 +500,26 @@ class InitHostTest(_Base):
                          (rec.cid, rec.idmap, rec.image_id))
         self.assertEqual(['instance-00000001'], self.drv.list_instances())
 
+    def test_configs_of_another_host_not_recorded(self):
+        # Two drivers sharing lxc_path, each with its own state_path: the
+        # other's container has its record in the other's state_path.
+        self.write_container('instance-00000001', UUID, host='other',
+                             cid=2, record=False)
+        self.init_host()
+        self.assertIsNone(self.drv._records.get(UUID))
+        self.assertEqual({}, self.drv._records.all())
+
+    def test_config_deleted_after_the_listing_skipped(self):
+        self.write_container('instance-00000001', UUID, cid=2,
+                             record=False)
+        config = os.path.join(self.lxc_path, 'instance-00000001', 'config')
+        listed = container_mod.config_records(self.lxc_path)
+        os.unlink(config)
+        with mock.patch.object(container_mod, 'config_records',
+                               return_value=listed):
+            self.init_host()
+        self.assertIsNone(self.drv._records.get(UUID))
+
     def test_changed_id_range_size_refused(self):
         # Finding 5: a new range size would remap existing containers.
         self.write_container('instance-00000001', UUID, cid=1)
