@@ -1,5 +1,6 @@
 """Tests for novalxcdriver.tarball: every archive is built here."""
 
+import collections
 import errno
 import gzip
 import io
@@ -382,6 +383,59 @@ class TestUnpackRootfs(base.BaseTestCase):
         path = self.write_archive([directory('d'), symlink('d', '/etc')])
         self.assertRefused(path, 'd')
         self.assertTrue(os.path.isdir(self.in_dest('d')))
+
+    def test_symlink_over_a_directory_already_used_as_parent_refused(self):
+        # The filter remembers a/ as a directory once a/f has gone
+        # through it; that must not let a symlink take its place.
+        path = self.write_archive([directory('a'), reg('a/f', b'x'),
+                                   symlink('a', self.outside),
+                                   reg('a/pwned', b'x')])
+        self.assertRefused(path, 'a')
+        self.assertTrue(os.path.isdir(self.in_dest('a')))
+        self.assertFalse(os.path.lexists(os.path.join(self.outside,
+                                                      'pwned')))
+
+    def test_each_parent_looked_at_once(self):
+        members = [directory('a'), directory('a/b'), directory('a/b/c')]
+        members += [reg('a/b/c/f%d' % i, b'x') for i in range(20)]
+        members += [hardlink('a/b/c/l%d' % i, 'a/b/c/f%d' % i)
+                    for i in range(5)]
+        path = self.write_archive(members)
+        real = tarball._lstat
+        seen = collections.Counter()
+
+        def counted(p):
+            seen[os.path.relpath(p, self.dest)] += 1
+            return real(p)
+
+        with mock.patch.object(tarball, '_lstat', side_effect=counted):
+            self.unpack(path)
+        # Once as the member's own place, once as a parent: not once for
+        # each member beneath.
+        self.assertEqual({'a': 2, 'a/b': 2, 'a/b/c': 2},
+                         {d: seen[d] for d in ('a', 'a/b', 'a/b/c')})
+        self.assertEqual(25, len(os.listdir(self.in_dest('a/b/c'))))
+
+    def test_parents_remembered_up_to_the_bound(self):
+        members = []
+        for i in range(10):
+            members += [directory('d%d' % i), directory('d%d/e' % i),
+                        reg('d%d/e/f' % i, b'x')]
+        path = self.write_archive(members)
+        filters = []
+        real = tarball._MemberFilter
+
+        def kept(*args, **kwargs):
+            filters.append(real(*args, **kwargs))
+            return filters[-1]
+
+        with mock.patch.object(tarball, '_MAX_KNOWN_DIRS', 3), \
+                mock.patch.object(tarball, '_MemberFilter',
+                                  side_effect=kept):
+            self.unpack(path)
+        self.assertLessEqual(len(filters[0]._dirs), 3)
+        self.assertIn(self.in_dest('d9/e'), filters[0]._dirs)
+        self.assertTrue(os.path.isfile(self.in_dest('d9/e/f')))
 
     def test_file_over_existing_fifo_refused(self):
         # open() for writing would block forever on the FIFO.
