@@ -181,7 +181,7 @@ class Disk:
                       self.mountpoint if self.is_mounted() else None):
             LOG.info('Grew %s to %d GiB', self.image_path, size_gb)
 
-    def detach_loops(self):
+    def detach_loops(self, leftovers=None):
         """Detach loop devices still backed by the image: crash leftovers.
 
         Devices are attached with autoclear set (mount.disk_image), which
@@ -191,9 +191,14 @@ class Disk:
         (the kernel may still be clearing one right after the unmount); a
         device still mounted is only marked autoclear by the detach
         (loop(4)).
+
+        :param leftovers: ``leftover_loops()`` scanned by the caller in the
+            same operation; default: scan now.
         """
-        for device in loop_devices_of(os.path.realpath(self.image_path),
-                                      autoclear=False):
+        image = os.path.realpath(self.image_path)
+        devices = (loop_devices_of(image, autoclear=False)
+                   if leftovers is None else leftovers.get(image, []))
+        for device in devices:
             LOG.warning('Detaching %s, left attached to %s', device,
                         self.image_path)
             try:
@@ -202,14 +207,17 @@ class Disk:
                 # Gone meanwhile: the work is done.
                 LOG.info('Cannot detach %s: %s', device, e)
 
-    def device(self):
+    def device(self, mounts=None):
         """'MAJ:MIN' of the mounted filesystem's block device.
 
         Read from the mount's source (a loop device): on btrfs, st_dev of
         the mount point is an anonymous device that throttles and I/O
         counters know nothing of.
+
+        :param mounts: ``mount.table()`` read by the caller; default: read
+            now.
         """
-        source = mount.source(self.mountpoint)
+        source = mount.source(self.mountpoint, mounts)
         if source and source.startswith('/dev/'):
             rdev = os.stat(source).st_rdev
             return '%d:%d' % (os.major(rdev), os.minor(rdev))
@@ -244,10 +252,23 @@ def loop_devices_of(path, autoclear=None):
 
     :param autoclear: True or False: only devices with that flag.
     """
+    return _loop_devices(autoclear).get(path, [])
+
+
+def leftover_loops():
+    """Loop devices without autoclear, by backing file (dict of lists).
+
+    A crash's leftovers (Disk.detach_loops): one scan for all the disks
+    of a root.
+    """
+    return _loop_devices(False)
+
+
+def _loop_devices(autoclear):
     # Every device of every container is scanned (sysfs has no index by
     # backing file): the flag first, which rules out all of this driver's
     # own devices (autoclear) when looking for a crash's leftovers.
-    found = []
+    found = {}
     for name in sorted(os.listdir(SYS_BLOCK)):
         if not name.startswith('loop'):
             continue
@@ -261,6 +282,5 @@ def loop_devices_of(path, autoclear=None):
                 backing = f.read().rstrip('\n')
         except OSError:
             continue
-        if backing == path:
-            found.append('/dev/' + name)
+        found.setdefault(backing, []).append('/dev/' + name)
     return found

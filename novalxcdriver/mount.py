@@ -8,6 +8,7 @@ the mount table (proc(5) mountinfo) and finding a mount's users need no
 privilege beyond reading /proc, and stay in nova-compute.
 """
 
+import collections
 import os
 import re
 
@@ -105,13 +106,15 @@ def unmount(target):
     storage.unmount(target)
 
 
-def unmount_tree(top):
+def unmount_tree(top, points=None):
     """Unmount everything mounted at or below top, deepest first.
 
     Each mount stacked on a point is undone: umount(2) takes off only the
     top one, and a root remounted twice (a crash, a race of two processes
     before the remount lock) must not survive its destroy.
 
+    :param points: this namespace's mount points, read by the caller
+        (``table``) in the same operation; default: read now.
     :raises MountBusy: a mount is in use (see ``unmount``); the ones below
         it are undone already, it and those above it stay.
     :raises MountFailed: umount(2) failed otherwise.
@@ -119,7 +122,7 @@ def unmount_tree(top):
     top = os.path.abspath(top)
     # Nothing mounted there (most calls: a cleanup's), no round trip; the
     # daemon reads the table again.
-    if below(top):
+    if below(top, points):
         storage.unmount_tree(top)
 
 
@@ -202,6 +205,11 @@ def _comm(proc):
 # as octal (the kernel's show_mountinfo mangles exactly " \t\n\\").
 _ESCAPE = re.compile(rb'\\(040|011|012|134)')
 
+# A line of mountinfo (proc(5)): root (field 4, the directory of its
+# filesystem the mount shows), point (field 5), fstype and source (after
+# the ' - ' separator; None if the line has none).
+Mount = collections.namedtuple('Mount', 'root point fstype source')
+
 
 def _unescape(field):
     return os.fsdecode(_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]),
@@ -253,32 +261,56 @@ def roots():
     return {root for root, _ in _mountinfo()}
 
 
-def top(point):
+def table():
+    """Every mount in this namespace, in mountinfo order (list of Mount).
+
+    One read of the table for an operation that asks several questions of
+    it: with hundreds of containers each read is hundreds of lines.
+    """
+    with open('/proc/self/mountinfo', 'rb') as f:
+        data = f.read()
+    result = []
+    for line in data.split(b'\n'):
+        fields = line.split(b' ')
+        if len(fields) <= 4:
+            continue
+        # proc(5): optional fields, then ' - ', fstype and source.
+        try:
+            sep = fields.index(b'-', 6)
+        except ValueError:
+            fstype = source = None
+        else:
+            fstype = (_unescape(fields[sep + 1])
+                      if len(fields) > sep + 1 else None)
+            source = (_unescape(fields[sep + 2])
+                      if len(fields) > sep + 2 else None)
+        result.append(Mount(_unescape(fields[3]), _unescape(fields[4]),
+                            fstype, source))
+    return result
+
+
+def top(point, mounts_=None):
     """(fstype, source) of the top mount on point, or None if none.
 
     For btrfs, st_dev of a mounted path is an anonymous device, not the
     block device; the mount's fields after the ' - ' separator (proc(5)
     mountinfo: fstype, then source) name the real one.
+
+    :param mounts_: ``table()`` read by the caller; default: read now.
     """
-    with open('/proc/self/mountinfo', 'rb') as f:
-        data = f.read()
     found = None
-    for line in data.split(b'\n'):
-        fields = line.split(b' ')
-        if len(fields) > 4 and _unescape(fields[4]) == point:
-            try:
-                sep = fields.index(b'-', 6)
-            except ValueError:
-                continue
-            if len(fields) > sep + 2:
-                found = (_unescape(fields[sep + 1]),
-                         _unescape(fields[sep + 2]))
+    for m in (table() if mounts_ is None else mounts_):
+        if m.point == point and m.source is not None:
+            found = (m.fstype, m.source)
     return found
 
 
-def source(point):
-    """The source (a device's path) of the top mount on point, or None."""
-    found = top(point)
+def source(point, mounts_=None):
+    """The source (a device's path) of the top mount on point, or None.
+
+    :param mounts_: ``table()`` read by the caller; default: read now.
+    """
+    found = top(point, mounts_)
     return found[1] if found else None
 
 

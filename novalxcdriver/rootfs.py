@@ -226,19 +226,30 @@ class Rootfs:
             LOG.info('/etc/%s is a directory in the root of container '
                      'ID %d; left as it is', name, self.cid)
 
-    def disk_devices(self):
-        """'MAJ:MIN' of each mounted disk of its own (root, ephemeral)."""
-        points = mount.mountpoints()
-        return [d.device() for d in (self.root_disk, self.ephemeral_disk)
+    def disk_devices(self, mounts=None):
+        """'MAJ:MIN' of each mounted disk of its own (root, ephemeral).
+
+        :param mounts: ``mount.table()`` read by the caller; default: read
+            now.
+        """
+        if mounts is None:
+            mounts = mount.table()
+        points = {m.point for m in mounts}
+        return [d.device(mounts)
+                for d in (self.root_disk, self.ephemeral_disk)
                 if d.mountpoint in points]
 
     def unmount(self):
-        for device in self.disk_devices():
+        # One read of the mount table and one scan of the loop devices for
+        # the whole destroy: both grow with the containers on the host.
+        mounts = mount.table()
+        for device in self.disk_devices(mounts):
             throttle.clear(device)
-        mount.unmount_tree(self.path)
+        mount.unmount_tree(self.path, [m.point for m in mounts])
         # A crash between losetup and the mount leaves a loop device.
+        leftovers = disk.leftover_loops()
         for d in (self.root_disk, self.ephemeral_disk):
-            d.detach_loops()
+            d.detach_loops(leftovers)
 
     def destroy(self):
         """Unmount and delete everything of this root. Idempotent.

@@ -16,6 +16,7 @@ from novalxcdriver import exception
 from novalxcdriver import ids
 from novalxcdriver import images
 from novalxcdriver import limits
+from novalxcdriver import mount as real_mount
 from novalxcdriver import record
 from novalxcdriver import rescue
 from novalxcdriver import rootfs
@@ -95,6 +96,9 @@ class _Base(base.BaseTestCase):
         self.mount = patcher.start()
         self.addCleanup(patcher.stop)
         self.mount.mountpoints.return_value = set()
+        self.mount.table.side_effect = lambda: [
+            real_mount.Mount('/', p, None, None)
+            for p in sorted(self.mount.mountpoints())]
         # Roots' directories: the storage_admin daemon's, in this process.
         self.useFixture(unit_base.RootDirsInProcess(
             self.state_path, mounts=lambda: self.mount.mountpoints()))
@@ -877,7 +881,7 @@ class RescueTest(_Base):
         self.c.rescue(self.spec, self.image, self.rescue_image)
         self.assertEqual([], os.listdir(self.rescue_root.upper))
         self.mount.unmount_tree.assert_called_once_with(
-            self.rescue_root.path)
+            self.rescue_root.path, mock.ANY)
 
     def test_foreign_dir_refused_untouched(self):
         with open(self.c.config_path, 'w') as f:
@@ -969,8 +973,8 @@ class RescueTest(_Base):
         self.c.rescue(self.spec, self.image, self.rescue_image)
         self.mount.unmount_tree.reset_mock()
         self.c.destroy()
-        self.assertEqual([mock.call(self.rescue_root.path),
-                          mock.call(self.root.path)],
+        self.assertEqual([mock.call(self.rescue_root.path, mock.ANY),
+                          mock.call(self.root.path, mock.ANY)],
                          self.mount.unmount_tree.call_args_list)
         self.assertFalse(os.path.lexists(self.root.path))
         self.assertIsNone(self.c.record())
@@ -1050,7 +1054,8 @@ class DestroyTest(_Base):
         merged = os.path.join(self.rootfs_dir(cid), 'merged')
         self.mount.mountpoints.return_value = {merged}
         self.assertRaises(exception.MountFailed, self.c.destroy)
-        self.mount.unmount_tree.assert_called_once_with(self.rootfs_dir(cid))
+        self.mount.unmount_tree.assert_called_once_with(self.rootfs_dir(cid),
+                                                        [merged])
         # Nothing deleted through the mount; the ID stays reserved.
         self.assertTrue(os.path.exists(os.path.join(
             self.rootfs_dir(cid), 'root', 'upper', 'file')))
@@ -1334,7 +1339,8 @@ class MigrationTest(_Base):
         self.lxc.request_halt.assert_called_once_with(NAME, self.lxc_path, 5)
         self.assertEqual(record.MIGRATING, rec.state)
         self.assertEqual(rec, self.records.get(UUID))
-        self.mount.unmount_tree.assert_any_call(self.rootfs_dir(cid))
+        self.mount.unmount_tree.assert_any_call(self.rootfs_dir(cid),
+                                                mock.ANY)
         # Everything else stays for a confirm or a revert.
         self.assertEqual(cid, self.ids.find(UUID))
         self.assertTrue(os.path.isfile(os.path.join(
@@ -1403,7 +1409,8 @@ class MigrationTest(_Base):
         cid = self.make_container()
         self.c.shut_down()
         self.assertEqual(['kill'], self.lxc_calls())
-        self.mount.unmount_tree.assert_any_call(self.rootfs_dir(cid))
+        self.mount.unmount_tree.assert_any_call(self.rootfs_dir(cid),
+                                                mock.ANY)
         self.assertEqual(record.READY, self.records.get(UUID).state)
         self.assertEqual(cid, self.ids.find(UUID))
         self.assertTrue(os.path.isdir(self.rootfs_dir(cid)))

@@ -242,7 +242,7 @@ class DeviceTest(_Base):
         with mock.patch('os.stat', return_value=st) as stat:
             self.assertEqual('7:3', self.disk.device())
         stat.assert_called_once_with(LOOP)
-        self.mount.source.assert_called_once_with(self.mountpoint)
+        self.mount.source.assert_called_once_with(self.mountpoint, None)
 
     def test_st_dev_when_the_source_is_no_device(self):
         self.mount.source.return_value = 'overlay'
@@ -299,6 +299,18 @@ class DetachLoopsTest(_Base):
         self.loop.detach.side_effect = exception.LoopFailed(
             path='/dev/loop0', reason='No such device or address')
         self.disk.detach_loops()
+
+    def test_leftovers_scanned_before_not_scanned_again(self):
+        scan = self.patch('novalxcdriver.disk._loop_devices')
+        self.disk.detach_loops({self.image: ['/dev/loop5'],
+                                self.image + '.other': ['/dev/loop6']})
+        self.loop.detach.assert_called_once_with('/dev/loop5')
+        scan.assert_not_called()
+
+    def test_leftover_loops_by_backing_file(self):
+        self.assertEqual({self.image: ['/dev/loop0'],
+                          self.image + '.other': ['/dev/loop2']},
+                         disk.leftover_loops())
 
     def test_loop_devices_of(self):
         self.assertEqual(['/dev/loop0', '/dev/loop1'],

@@ -35,6 +35,7 @@ from novalxcdriver import host as host_mod
 from novalxcdriver import ids
 from novalxcdriver import limits
 from novalxcdriver import lxc
+from novalxcdriver import mount as real_mount
 from novalxcdriver import record as record_mod
 from novalxcdriver import spec as spec_mod
 from novalxcdriver import vif as vif_mod
@@ -136,6 +137,9 @@ class _Base(unit_base.TestCase):
         # Mounts: Rootfs makes its directories, mounts nothing.
         self.mount = self.patch('novalxcdriver.rootfs.mount', autospec=True)
         self.mount.mountpoints.return_value = set()
+        self.mount.table.side_effect = lambda: [
+            real_mount.Mount('/', p, None, None)
+            for p in sorted(self.mount.mountpoints())]
         # Roots' directories: the storage_admin daemon's, in this process.
         self.useFixture(unit_base.RootDirsInProcess(
             mounts=lambda: self.mount.mountpoints()))
@@ -1279,7 +1283,7 @@ class RescueTest(_Base):
             self.assertEqual('RUNNING', self.states[self.name])
 
     def test_killed_anywhere_in_unrescue_finished_again(self):
-        def kill_in_unmount(path):
+        def kill_in_unmount(path, points=None):
             raise _Killed()
         points = ((self.mount.unmount_tree, kill_in_unmount),
                   (self.lxc.start, _Killed()))
@@ -1356,14 +1360,15 @@ class RescueTest(_Base):
         self.instance_.vm_state = vm_states.ERROR
         self.lxc.reset_mock()
 
-        def unmount_tree(path):
+        def unmount_tree(path, points=None):
             # Its mounts would be busy under a running rescue.
             if path == self.rescue_root:
                 self.assertEqual('STOPPED', self.states[self.name])
         self.mount.unmount_tree.side_effect = unmount_tree
         self.drv.reboot(self.context, self.instance_, self.network_info,
                         'HARD')
-        self.mount.unmount_tree.assert_called_once_with(self.rescue_root)
+        self.mount.unmount_tree.assert_called_once_with(self.rescue_root,
+                                                        mock.ANY)
         self.assert_server_back()
         self.assertEqual(['kill', 'start'],
                          [c[0] for c in self.lxc.mock_calls

@@ -208,7 +208,7 @@ class MigrateDiskAndPowerOffTest(_Base):
                          self.drv.get_info(instance).state)
         self.vif_unplug.assert_called_once_with(instance,
                                                 self.network_info[0])
-        self.mount.unmount_tree.assert_any_call(self.root_path())
+        self.mount.unmount_tree.assert_any_call(self.root_path(), mock.ANY)
         record = self.drv._records.get(UUID)
         self.assertEqual(record_mod.MIGRATING, record.state)
         # The disks, their ID and config stay until confirm or revert.
@@ -694,7 +694,7 @@ class DestroyKeepingDisksTest(_Base):
                          destroy_disks=False)
         self.lxc.kill.assert_called_once_with(self.instance_.name,
                                               self.lxc_path)
-        self.mount.unmount_tree.assert_any_call(self.root_path())
+        self.mount.unmount_tree.assert_any_call(self.root_path(), mock.ANY)
         record = self.drv._records.get(UUID)
         self.assertIsNotNone(record)
         self.assertEqual(record_mod.READY, record.state)

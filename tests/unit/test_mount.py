@@ -84,6 +84,13 @@ class RealMountinfoTest(base.TestCase):
     def test_root_is_mounted(self):
         self.assertIn('/', mount.mountpoints())
 
+    def test_table_has_every_mount_with_its_type(self):
+        mounts = mount.table()
+        self.assertEqual(mount.mounts(), [m.point for m in mounts])
+        self.assertIn('proc', {m.fstype for m in mounts
+                               if m.point == '/proc'})
+        self.assertNotIn(None, [m.fstype for m in mounts])
+
 
 class _Processes(base.TestCase):
 
@@ -152,6 +159,39 @@ class SourceTest(base.TestCase):
         self.assertEqual(('btrfs', '/dev/loop3'), mount.top('/s/root'))
         self.assertEqual(('ext4', '/dev/loop1'), mount.top('/s/r x'))
         self.assertIsNone(mount.top('/elsewhere'))
+
+
+class TableTest(base.TestCase):
+
+    def test_every_line_with_its_filesystem_and_source(self):
+        data = (b'36 25 0:49 / /s/root rw,relatime shared:1 - btrfs '
+                b'/dev/loop3 rw\n'
+                b'37 36 0:50 /a\\040b /s/r\\040x rw - tmpfs tmp\\040fs rw\n'
+                b'38 25 7:1 / /no/separator rw\n')
+        self.patch('builtins.open', mock.mock_open(read_data=data))
+        self.assertEqual(
+            [mount.Mount('/', '/s/root', 'btrfs', '/dev/loop3'),
+             mount.Mount('/a b', '/s/r x', 'tmpfs', 'tmp fs'),
+             mount.Mount('/', '/no/separator', None, None)],
+            mount.table())
+
+    def test_a_table_read_before_is_not_read_again(self):
+        mounts = [mount.Mount('/', '/p', 'ext4', '/dev/loop1'),
+                  mount.Mount('/', '/p', 'btrfs', '/dev/loop2')]
+        opened = self.patch('builtins.open')
+        self.assertEqual(('btrfs', '/dev/loop2'), mount.top('/p', mounts))
+        self.assertEqual('/dev/loop2', mount.source('/p', mounts))
+        self.assertIsNone(mount.source('/q', mounts))
+        opened.assert_not_called()
+
+    def test_unmount_tree_with_points_read_before(self):
+        storage = self.patch('novalxcdriver.mount.storage')
+        opened = self.patch('builtins.open')
+        mount.unmount_tree('/r/3', ['/', '/r/30/merged'])
+        storage.unmount_tree.assert_not_called()
+        mount.unmount_tree('/r/3', ['/', '/r/3/merged'])
+        storage.unmount_tree.assert_called_once_with('/r/3')
+        opened.assert_not_called()
 
 
 class IsIdmappedTest(base.TestCase):

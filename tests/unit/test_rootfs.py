@@ -12,6 +12,7 @@ import fixtures
 from novalxcdriver import disk
 from novalxcdriver import exception
 from novalxcdriver import ids
+from novalxcdriver import mount as real_mount
 from novalxcdriver.privsep import replacement
 from novalxcdriver import rootfs
 from tests.unit import base as unit_base
@@ -34,6 +35,9 @@ class _Base(unit_base.TestCase):
         self.mounted = set()
         self.mount = self.patch('novalxcdriver.rootfs.mount', autospec=True)
         self.mount.mountpoints.side_effect = lambda: set(self.mounted)
+        self.mount.table.side_effect = lambda: [
+            real_mount.Mount('/', p, 'btrfs', '/dev/loop9')
+            for p in sorted(self.mounted)]
         self.disk_create = self.patch('novalxcdriver.disk.Disk.create',
                                       autospec=True,
                                       side_effect=self._disk_create)
@@ -216,30 +220,53 @@ class DestroyTest(_Base):
 
     def test_deletes_when_nothing_stays_mounted(self):
         self.mount.unmount_tree.side_effect = (
-            lambda top: self.mounted.clear())
+            lambda top, points: self.mounted.clear())
+        self.assertEqual({self.root.ephemeral_disk.mountpoint,
+                          self.root.root_disk.mountpoint}, self.mounted)
         self.root.destroy()
-        self.mount.unmount_tree.assert_called_once_with(self.top)
+        self.mount.unmount_tree.assert_called_once_with(
+            self.top, sorted([self.root.ephemeral_disk.mountpoint,
+                              self.root.root_disk.mountpoint]))
         self.assertFalse(os.path.lexists(self.top))
         self.assertFalse(self.root.exists())
         # Idempotent.
         self.root.destroy()
-        self.mount.unmount_tree.assert_called_once_with(self.top)
+        self.mount.unmount_tree.assert_called_once()
+
+    def test_one_mount_table_and_one_loop_scan_per_destroy(self):
+        # Both grow with the containers on the host; the disks share them.
+        self.mount.unmount_tree.side_effect = (
+            lambda top, points: self.mounted.clear())
+        leftovers = self.patch('novalxcdriver.disk.leftover_loops',
+                               return_value={})
+        scan = self.patch('novalxcdriver.disk.loop_devices_of')
+        device = self.patch('novalxcdriver.disk.Disk.device', autospec=True,
+                            return_value='7:1')
+        self.root.destroy()
+        self.mount.table.assert_called_once_with()
+        self.mount.mountpoints.assert_not_called()
+        leftovers.assert_called_once_with()
+        scan.assert_not_called()
+        tables = {id(c.args[1]) for c in device.call_args_list}
+        self.assertEqual(2, device.call_count)
+        self.assertEqual(1, len(tables))
 
     def test_disk_throttles_cleared_before_the_unmount(self):
         self.patch('novalxcdriver.disk.Disk.device', autospec=True,
-                   side_effect=lambda d: {
+                   side_effect=lambda d, mounts=None: {
                        self.root.root_disk.mountpoint: '7:1',
                        self.root.ephemeral_disk.mountpoint: '7:2',
                    }[d.mountpoint])
         self.assertEqual(['7:1', '7:2'], self.root.disk_devices())
 
-        def unmount_tree(top):
+        def unmount_tree(top, points):
             self.assertEqual([mock.call('7:1'), mock.call('7:2')],
                              self.throttle.clear.call_args_list)
             self.mounted.clear()
         self.mount.unmount_tree.side_effect = unmount_tree
         self.root.destroy()
-        self.mount.unmount_tree.assert_called_once_with(self.top)
+        self.assertEqual(self.top,
+                         self.mount.unmount_tree.call_args.args[0])
         self.assertEqual([], self.root.disk_devices())
 
     def test_refuses_while_something_stays_mounted(self):
