@@ -272,21 +272,21 @@ def table():
     result = []
     for line in data.split(b'\n'):
         fields = line.split(b' ')
-        if len(fields) <= 4:
-            continue
-        # proc(5): optional fields, then ' - ', fstype and source.
-        try:
-            sep = fields.index(b'-', 6)
-        except ValueError:
-            fstype = source = None
-        else:
-            fstype = (_unescape(fields[sep + 1])
-                      if len(fields) > sep + 1 else None)
-            source = (_unescape(fields[sep + 2])
-                      if len(fields) > sep + 2 else None)
-        result.append(Mount(_unescape(fields[3]), _unescape(fields[4]),
-                            fstype, source))
+        if len(fields) > 4:
+            result.append(Mount(_unescape(fields[3]), _unescape(fields[4]),
+                                *_type_and_source(fields)))
     return result
+
+
+def _type_and_source(fields):
+    # proc(5): optional fields, then ' - ', fstype and source.
+    try:
+        sep = fields.index(b'-', 6)
+    except ValueError:
+        return None, None
+    if len(fields) > sep + 2:
+        return _unescape(fields[sep + 1]), _unescape(fields[sep + 2])
+    return None, None
 
 
 def top(point, mounts_=None):
@@ -296,10 +296,18 @@ def top(point, mounts_=None):
     block device; the mount's fields after the ' - ' separator (proc(5)
     mountinfo: fstype, then source) name the real one.
 
-    :param mounts_: ``table()`` read by the caller; default: read now.
+    :param mounts_: ``table()`` read by the caller; default: read now
+        (only the lines of point are decoded whole).
     """
+    if mounts_ is None:
+        with open('/proc/self/mountinfo', 'rb') as f:
+            data = f.read()
+        mounts_ = [Mount(None, point, *_type_and_source(fields))
+                   for fields in (line.split(b' ')
+                                  for line in data.split(b'\n'))
+                   if len(fields) > 4 and _unescape(fields[4]) == point]
     found = None
-    for m in (table() if mounts_ is None else mounts_):
+    for m in mounts_:
         if m.point == point and m.source is not None:
             found = (m.fstype, m.source)
     return found

@@ -184,6 +184,16 @@ class TableTest(base.TestCase):
         self.assertIsNone(mount.source('/q', mounts))
         opened.assert_not_called()
 
+    def test_top_alone_decodes_only_the_lines_of_its_point(self):
+        data = b''.join(b'%d 25 0:49 / /c/%d rw - btrfs /dev/loop%d rw\n'
+                        % (i, i, i) for i in range(50))
+        self.patch('builtins.open', mock.mock_open(read_data=data))
+        real = mount._type_and_source
+        decode = self.patch('novalxcdriver.mount._type_and_source',
+                            side_effect=real)
+        self.assertEqual(('btrfs', '/dev/loop7'), mount.top('/c/7'))
+        self.assertEqual(1, decode.call_count)
+
     def test_unmount_tree_with_points_read_before(self):
         storage = self.patch('novalxcdriver.mount.storage')
         opened = self.patch('builtins.open')
