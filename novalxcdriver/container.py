@@ -2,7 +2,9 @@
 
 Artifacts of a container named N with container ID C, instance U:
 
-- ``<ids_path>/C``                 its ID reservation (ids.IdAllocator)
+- ``<ids_path>/C``                 its ID reservation, and the entry
+                                   naming it in ``<ids_path>/by-instance``
+                                   (ids.IdAllocator)
 - ``<state_path>/instances/U.json`` its durable record (record.py)
 - ``<lxc_path>/N/config``          lxc.conf, with a copy of the record
 - ``<state_path>/rootfs/C``        its disks and copy-on-write root (and

@@ -47,10 +47,26 @@ in-process) oslo.concurrency lock ``novalxc-ids`` in ``locks/`` beside
 * the lock makes "is this instance already holding an ID? else take the
   lowest free one" a single step, so two concurrent spawns of one instance
   get one ID, and the lowest-free scan does not race.
+
+Which ID an instance holds is looked up in an index,
+``<ids_path>/by-instance/``: a symlink per (owner, instance), named by
+index_key, whose target ``../<N>`` is that owner's reservation for that
+instance (the lowest, in a state that holds several). Without it, each
+lookup (each spawn's, under the lock) read every reservation's owner.json.
+The reservation stays the truth: a lookup follows the link and checks the
+owner.json it reaches, so a dangling or stale link means "none". That is
+sound because every writer keeps one rule, under the lock: a reservation a
+lookup may return has a link naming it. So a new reservation's link is
+written before its owner.json, and a released one's link is removed after
+the reservation. Each allocator rebuilds the index from the reservations,
+under the lock, on first use (the driver's at init_host). That covers
+reservations made before the index, and links lost in a power cut (links
+are not fsynced; the reservations are).
 """
 
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import pwd
@@ -77,9 +93,24 @@ UNPACK_IDS = 65536
 # The ids below them: one per qemu-img run at a time (helper_ids).
 HELPER_IDS = 64
 
+INDEX_DIR = 'by-instance'
+
 # Only canonical decimal names are reservations; '007' would not block
 # os.mkdir('7'), so it must not be counted either.
 _CID_RE = re.compile(r'^(0|[1-9][0-9]*)$')
+_LINK_RE = re.compile(r'^\.\./(0|[1-9][0-9]*)$')
+
+
+def index_key(owner, instance_uuid):
+    """The name of (owner, instance_uuid)'s entry in the ID index.
+
+    A digest, so that neither string needs to be a safe file name.
+
+    :returns: 64 hex digits (sha256 of ``owner NUL instance_uuid``).
+    """
+    text = '%s\0%s' % (owner, instance_uuid)
+    return hashlib.sha256(
+        text.encode('utf-8', 'surrogateescape')).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,6 +304,7 @@ class IdAllocator:
         self.owner = os.path.realpath(state_path)
         self.host = host
         self.ids_path = ids_path or os.path.join(state_path, 'ids')
+        self.index_path = os.path.join(self.ids_path, INDEX_DIR)
         # Beside it: a lock file inside would look like an entry.
         self.lock_path = os.path.join(
             os.path.dirname(self.ids_path.rstrip('/')), 'locks')
@@ -287,6 +319,9 @@ class IdAllocator:
         self._artifact_ids = artifact_ids
         self._ranges = None
         self._ranges_lock = threading.Lock()
+        # Set once this process has rebuilt the index (ensure_index).
+        self._indexed = False
+        self._index_lock = threading.Lock()
 
     def _get_ranges(self):
         with self._ranges_lock:
@@ -346,12 +381,13 @@ class IdAllocator:
         instance_uuid, instance_name = str(instance_uuid), str(instance_name)
         count = self.count
         os.makedirs(self.ids_path, mode=0o755, exist_ok=True)
+        self.ensure_index()
         # Scanning every container's artifacts is the slowest part: it
         # runs outside the lock (see artifact_ids above for why).
         leftovers = (set() if self._artifact_ids is None
                      else {int(i) for i in self._artifact_ids()})
         with self._lock():
-            existing = self.find(instance_uuid)
+            existing = self._find(instance_uuid)
             if existing is not None:
                 return existing
             busy = set(self._reserved_ids()) | leftovers
@@ -366,6 +402,9 @@ class IdAllocator:
                     # Someone outside our lock got there first.
                     continue
                 try:
+                    # The link first: a lookup finds no owner.json
+                    # without one (module docstring).
+                    self._link(instance_uuid, cid)
                     self._write_owner(path, instance_uuid, instance_name,
                                       self.owner, self.host, sync=False)
                 except BaseException:
@@ -475,15 +514,138 @@ class IdAllocator:
         Another driver's reservation for the same instance (the other end
         of a migration on this machine) is not this one's, nor is the ID
         of a resize's source kept aside (set_resize_source). Should a
-        corrupted state hold several, the lowest is returned.
+        corrupted state hold several, the index names the lowest as of
+        its last rebuild.
+
+        Reads the index entry and the one owner.json it names (module
+        docstring); the first call in a process rebuilds the index.
         """
-        instance_uuid = str(instance_uuid)
-        for cid in self._reserved_ids():
-            res = self._read_reservation(cid)
-            if (res is not None and res.instance_uuid == instance_uuid and
-                    res.owner == self.owner and not res.resize_source):
-                return cid
+        self.ensure_index()
+        return self._find(str(instance_uuid))
+
+    def _findable(self, res, instance_uuid):
+        return (res is not None and res.instance_uuid == instance_uuid and
+                res.owner == self.owner and not res.resize_source)
+
+    def _find(self, instance_uuid):
+        cid = self._linked(index_key(self.owner, instance_uuid))
+        if cid is not None and self._findable(self._read_reservation(cid),
+                                              instance_uuid):
+            return cid
         return None
+
+    def _linked(self, key):
+        """The ID index entry key names, or None (absent or not a link)."""
+        try:
+            target = os.readlink(os.path.join(self.index_path, key))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                # Not a symlink: no writer of ours made it.
+                return None
+            raise
+        match = _LINK_RE.match(target)
+        return int(match.group(1)) if match else None
+
+    def _link(self, instance_uuid, cid):
+        """Point this driver's index entry of instance_uuid at cid.
+
+        Under the lock. Only a stale entry is ever replaced, so the moment
+        it does not exist is one when none would be found anyway.
+        """
+        os.makedirs(self.index_path, mode=0o755, exist_ok=True)
+        path = os.path.join(self.index_path,
+                            index_key(self.owner, instance_uuid))
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.symlink('../%d' % cid, path)
+
+    def _unindex(self, res):
+        """Remove res's index entry if it names res's ID (under the lock).
+
+        Then the index directory too, once empty: an ids_path without
+        reservations holds nothing.
+        """
+        if res is not None and res.instance_uuid is not None and (
+                res.owner is not None):
+            key = index_key(res.owner, res.instance_uuid)
+            if self._linked(key) == res.cid:
+                self._remove(os.path.join(self.index_path, key))
+        self._remove_empty_index()
+
+    def _remove_empty_index(self):
+        try:
+            os.rmdir(self.index_path)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+                raise
+
+    def ensure_index(self):
+        """Rebuild the index once in this process (rebuild_index)."""
+        if self._indexed:
+            return
+        with self._index_lock:
+            if not self._indexed:
+                self.rebuild_index()
+
+    def rebuild_index(self):
+        """Make the ID index agree with the reservations, under the lock.
+
+        This driver's reservations a lookup may return get an entry
+        naming them (the lowest ID of an instance holding several).
+        Entries of any owner that name nothing a lookup would return
+        under their name (dangling, an ownerless or set-aside
+        reservation, another instance's) go; so do entries that are not
+        symlinks, except directories (logged, left alone).
+
+        :returns: ``(written, removed)``: numbers of entries.
+        """
+        written = removed = 0
+        with self._lock():
+            held = {}
+            wanted = {}
+            for cid in self._reserved_ids():
+                res = self._read_reservation(cid)
+                if res is None:
+                    continue
+                held[cid] = res
+                if self._findable(res, res.instance_uuid):
+                    # _reserved_ids ascends: the first is the lowest.
+                    wanted.setdefault(
+                        index_key(self.owner, res.instance_uuid), cid)
+            try:
+                names = os.listdir(self.index_path)
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                cid = self._linked(name)
+                res = held.get(cid)
+                if name in wanted or (
+                        res is not None and res.instance_uuid is not None and
+                        not res.resize_source and res.owner is not None and
+                        index_key(res.owner, res.instance_uuid) == name):
+                    continue
+                path = os.path.join(self.index_path, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    LOG.warning('Left in place: %s is a directory, which no '
+                                'writer of the ID index makes', path)
+                    continue
+                self._remove(path)
+                removed += 1
+            for key, cid in wanted.items():
+                if self._linked(key) != cid:
+                    self._link(held[cid].instance_uuid, cid)
+                    written += 1
+            self._remove_empty_index()
+            self._indexed = True
+        if written or removed:
+            LOG.info('ID index %(path)s rebuilt: %(w)d entries written, '
+                     '%(r)d removed', {'path': self.index_path,
+                                       'w': written, 'r': removed})
+        return written, removed
 
     def set_resize_source(self, cid, instance_uuid, resize_source):
         """Mark (or unmark) this driver's ID cid as a resize's source.
@@ -496,6 +658,7 @@ class IdAllocator:
             instance_uuid.
         """
         path = self._reservation_path(int(cid))
+        self.ensure_index()
         with self._lock():
             res = self._read_reservation(int(cid))
             if (res is None or res.instance_uuid != str(instance_uuid) or
@@ -504,9 +667,17 @@ class IdAllocator:
                     cid=cid, path=path, instance=instance_uuid,
                     holder=res.instance_uuid if res else None)
             if res.resize_source != resize_source:
+                if not resize_source:
+                    # Findable again: linked first, as by allocate, unless
+                    # a lower ID of the instance is found already.
+                    found = self._find(res.instance_uuid)
+                    if found is None or found > res.cid:
+                        self._link(res.instance_uuid, res.cid)
                 self._write_owner(path, res.instance_uuid, res.instance_name,
                                   res.owner, res.host, res.created_at,
                                   resize_source=resize_source)
+                if resize_source:
+                    self._unindex(res)
 
     def adopt(self, legacy_path):
         """Move this driver's reservations from legacy_path into ids_path.
@@ -531,6 +702,7 @@ class IdAllocator:
         legacy = IdAllocator(self.state_path, ids_path=legacy_path)
         moved = []
         os.makedirs(self.ids_path, mode=0o755, exist_ok=True)
+        self.ensure_index()
         with self._lock():
             for name in names:
                 cid = int(name)
@@ -551,10 +723,13 @@ class IdAllocator:
                     path = self._reservation_path(cid)
                     os.mkdir(path, 0o755)
                     if old.instance_uuid is not None:
+                        if self._find(old.instance_uuid) is None:
+                            self._link(old.instance_uuid, cid)
                         self._write_owner(path, old.instance_uuid,
                                           old.instance_name, self.owner,
                                           self.host, old.created_at)
                 self._remove(legacy._reservation_path(cid))
+                legacy._unindex(old)
                 moved.append(cid)
         if moved:
             LOG.info('Moved the reservations of container IDs %s from %s '
@@ -570,7 +745,11 @@ class IdAllocator:
         """
         path = self._reservation_path(int(cid))
         with self._lock():
+            res = self._read_reservation(int(cid))
             self._remove(path)
+            # After the reservation: a link left by a crash in between
+            # dangles, and dangling means none.
+            self._unindex(res)
         LOG.debug('Released container ID %d', cid)
 
     def remove_orphan(self, cid):

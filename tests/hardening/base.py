@@ -165,7 +165,15 @@ def leaks(lxc_path, state_path, names, exclude_pids=(), veth_names=()):
                       ('ID reservation', os.path.join(state_path, 'ids'))):
         if os.path.isdir(path):
             found += ['%s %s' % (sub, os.path.join(path, e))
-                      for e in sorted(os.listdir(path))]
+                      for e in sorted(os.listdir(path))
+                      if e != ids.INDEX_DIR]
+    index = os.path.join(state_path, 'ids', ids.INDEX_DIR)
+    if os.path.isdir(index):
+        # Release removes the directory with its last entry.
+        found += ['ID index entry %s -> %s' % (
+            e, os.readlink(os.path.join(index, e))
+            if os.path.islink(os.path.join(index, e)) else '(not a link)')
+            for e in sorted(os.listdir(index))] or ['ID index %s' % index]
     images = os.path.join(state_path, 'images')
     if os.path.isdir(images):
         found += ['partial image %s' % e for e in os.listdir(images)

@@ -96,6 +96,9 @@ DESTROY_POINTS = (
     ('lxc.remove_dir', 'novalxcdriver.lxc:remove_dir', 'after', None),
     ('IdAllocator.release', 'novalxcdriver.ids:IdAllocator.release',
      'before', None),
+    # Its reservation gone, its index entry not yet.
+    ('IdAllocator._unindex', 'novalxcdriver.ids:IdAllocator._unindex',
+     'before', None),
 )
 
 # (label, target, when, match, root disk): the server runs with a root

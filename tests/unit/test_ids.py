@@ -4,6 +4,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -502,6 +503,7 @@ class AllocateTest(_Base):
             return [0]
 
         alloc = self.allocator(artifact_ids=artifacts)
+        alloc.ensure_index()
         real_lock = alloc._lock
 
         @contextlib.contextmanager
@@ -529,7 +531,8 @@ class AllocateTest(_Base):
             alloc.release(0)
         lock.assert_called_with('novalxc-ids', external=True,
                                 lock_path=os.path.join(self.state, 'locks'))
-        self.assertEqual(2, lock.call_count)
+        # The index's rebuild on first use, the allocation, the release.
+        self.assertEqual(3, lock.call_count)
         self.assertTrue(os.path.exists(
             os.path.join(self.state, 'locks', 'novalxc-ids')))
 
@@ -666,7 +669,7 @@ class MachineWideTest(_Base):
         a.allocate('uuid-a', 'a')
         self.assertEqual(os.path.join(self.tmp, 'machine', 'locks'),
                          a.lock_path)
-        self.assertEqual(['0'], os.listdir(a.ids_path))
+        self.assertEqual(['0', ids.INDEX_DIR], sorted(os.listdir(a.ids_path)))
 
     def legacy(self, state_path, cid, uuid, name='old'):
         path = os.path.join(state_path, 'ids', str(cid))
@@ -755,3 +758,202 @@ class ResizeSourceTest(_Base):
         self.assertRaises(exception.IdNotHeld, a.set_resize_source, 1,
                           'uuid-x', True)
         self.assertFalse(a.reservation(0).resize_source)
+
+
+class IndexTest(_Base):
+    """The by-instance index: one lookup reads one reservation."""
+
+    def owner_reads(self, alloc, work):
+        """Call work(); return the reservations' owner.json it opened."""
+        opened = []
+        real_open = open
+
+        def counting_open(path, *args, **kwargs):
+            if str(path).endswith(ids.OWNER_FILE):
+                opened.append(path)
+            return real_open(path, *args, **kwargs)
+
+        with mock.patch('builtins.open', side_effect=counting_open):
+            work()
+        return opened
+
+    def link(self, alloc, uuid):
+        return os.path.join(alloc.index_path,
+                            ids.index_key(alloc.owner, uuid))
+
+    def test_find_reads_one_reservation(self):
+        alloc = self.allocator(n_ids=64)
+        for i in range(50):
+            alloc.allocate('uuid-%d' % i, 'n')
+        opened = self.owner_reads(alloc, lambda: self.assertEqual(
+            37, alloc.find('uuid-37')))
+        self.assertEqual([os.path.join(alloc.ids_path, '37', 'owner.json')],
+                         opened)
+        self.assertEqual([], self.owner_reads(
+            alloc, lambda: self.assertIsNone(alloc.find('uuid-none'))))
+
+    def test_allocate_reads_no_other_reservation(self):
+        alloc = self.allocator(n_ids=64)
+        for i in range(50):
+            alloc.allocate('uuid-%d' % i, 'n')
+        self.assertEqual([], self.owner_reads(
+            alloc, lambda: self.assertEqual(50, alloc.allocate('new', 'n'))))
+
+    def test_link_names_the_reservation_and_goes_with_it(self):
+        alloc = self.allocator()
+        alloc.allocate('uuid-a', 'a')
+        self.assertEqual('../0', os.readlink(self.link(alloc, 'uuid-a')))
+        self.assertEqual(os.path.join(alloc.ids_path, '0'),
+                         os.path.realpath(self.link(alloc, 'uuid-a')))
+        alloc.release(0)
+        # Nothing left: an ids_path without reservations is empty.
+        self.assertEqual([], os.listdir(alloc.ids_path))
+
+    def test_link_written_before_the_owner(self):
+        alloc = self.allocator()
+        order = []
+        real_link, real_write = alloc._link, alloc._write_owner
+
+        def link(*args):
+            order.append('link')
+            return real_link(*args)
+
+        def write(*args, **kwargs):
+            order.append('owner')
+            return real_write(*args, **kwargs)
+
+        with mock.patch.object(alloc, '_link', side_effect=link), \
+                mock.patch.object(alloc, '_write_owner', side_effect=write):
+            alloc.allocate('uuid-a', 'a')
+        self.assertEqual(['link', 'owner'], order)
+
+    def test_crash_between_link_and_owner(self):
+        # What a kill between the two writes leaves: the link, an
+        # ownerless reservation.
+        alloc = self.allocator()
+        alloc.ensure_index()
+        os.makedirs(os.path.join(alloc.ids_path, '0'))
+        os.makedirs(alloc.index_path)
+        os.symlink('../0', self.link(alloc, 'uuid-a'))
+        self.assertIsNone(alloc.find('uuid-a'))
+        # The ownerless ID stays taken; the link is made to name the new.
+        self.assertEqual(1, alloc.allocate('uuid-a', 'a'))
+        self.assertEqual(1, alloc.find('uuid-a'))
+        # A new process's rebuild keeps it and drops nothing else.
+        again = self.allocator()
+        self.assertEqual((0, 0), again.rebuild_index())
+        self.assertEqual(1, again.find('uuid-a'))
+
+    def test_crash_between_release_and_unlink(self):
+        alloc = self.allocator()
+        alloc.allocate('uuid-a', 'a')
+        with mock.patch.object(alloc, '_unindex',
+                               side_effect=SystemExit('killed')):
+            self.assertRaises(SystemExit, alloc.release, 0)
+        self.assertTrue(os.path.islink(self.link(alloc, 'uuid-a')))
+        self.assertIsNone(alloc.find('uuid-a'))
+        # Another instance takes ID 0: the dangling link still says none.
+        self.assertEqual(0, alloc.allocate('uuid-b', 'b'))
+        self.assertIsNone(alloc.find('uuid-a'))
+        self.assertEqual(1, alloc.allocate('uuid-a', 'a'))
+        self.assertEqual((1, 0), (alloc.find('uuid-a'), alloc.find('uuid-b')))
+
+    def test_reservations_without_links_found_on_first_use(self):
+        # Made before the index existed, or links lost with a power cut.
+        alloc = self.allocator()
+        for i in range(3):
+            alloc.allocate('uuid-%d' % i, 'n')
+        alloc.allocate('uuid-1', 'n')
+        shutil.rmtree(alloc.index_path)
+        again = self.allocator()
+        self.assertEqual(1, again.find('uuid-1'))
+        self.assertEqual(1, again.allocate('uuid-1', 'n'))
+        self.assertEqual(3, again.allocate('uuid-3', 'n'))
+        self.assertEqual(4, len(os.listdir(again.index_path)))
+
+    def test_rebuild_names_the_lowest_and_drops_stale_entries(self):
+        alloc = self.allocator()
+        alloc.allocate('uuid-a', 'a')
+        alloc.allocate('uuid-b', 'b')
+        # A corrupted state: uuid-a holds ID 2 as well, and its link
+        # names that one; stale entries of all kinds beside.
+        os.makedirs(os.path.join(alloc.ids_path, '2'))
+        alloc._write_owner(os.path.join(alloc.ids_path, '2'), 'uuid-a',
+                           'a', alloc.owner, '')
+        os.unlink(self.link(alloc, 'uuid-a'))
+        os.symlink('../2', self.link(alloc, 'uuid-a'))
+        os.symlink('../9', os.path.join(alloc.index_path, 'dangling'))
+        os.symlink('../1', os.path.join(alloc.index_path, 'not-its-name'))
+        with open(os.path.join(alloc.index_path, 'file'), 'w'):
+            pass
+        os.mkdir(os.path.join(alloc.index_path, 'dir'))
+        self.assertEqual((1, 3), alloc.rebuild_index())
+        self.assertEqual(0, alloc.find('uuid-a'))
+        self.assertEqual(1, alloc.find('uuid-b'))
+        self.assertEqual(
+            sorted([ids.index_key(alloc.owner, 'uuid-a'),
+                    ids.index_key(alloc.owner, 'uuid-b'), 'dir']),
+            sorted(os.listdir(alloc.index_path)))
+
+    def test_hostile_names_stay_in_the_index(self):
+        alloc = self.allocator()
+        for uuid in ('../../etc/passwd', 'a/b', '$(reboot)', '\udcff'):
+            cid = alloc.allocate(uuid, 'n')
+            self.assertEqual(cid, alloc.find(uuid))
+        for name in os.listdir(alloc.index_path):
+            self.assertRegex(name, '^[0-9a-f]{64}$')
+        self.assertEqual(['0', '1', '2', '3', ids.INDEX_DIR],
+                         sorted(os.listdir(alloc.ids_path)))
+
+    def test_another_owner_s_links_are_kept(self):
+        subuid, subgid = self.ranges('root:100000:%d\n' % (
+            4 * SIZE + RESERVED))
+        shared = os.path.join(self.tmp, 'machine', 'ids')
+        a, b = [ids.IdAllocator(os.path.join(self.tmp, name),
+                                subuid_path=subuid, subgid_path=subgid,
+                                ids_path=shared)
+                for name in ('host1', 'host2')]
+        self.assertEqual(0, b.allocate('uuid-x', 'x'))
+        self.assertEqual((0, 0), a.rebuild_index())
+        self.assertEqual(0, b.find('uuid-x'))
+        self.assertIsNone(a.find('uuid-x'))
+
+    def test_links_made_by_another_process_are_seen(self):
+        # Two allocators of one owner (two processes): each keeps the
+        # index for the other, which rebuilt it only once.
+        a, b = self.allocator(), self.allocator()
+        a.ensure_index()
+        b.ensure_index()
+        self.assertEqual(0, b.allocate('uuid-x', 'x'))
+        self.assertEqual(0, a.find('uuid-x'))
+        self.assertEqual(0, a.allocate('uuid-x', 'x'))
+        a.release(0)
+        self.assertIsNone(b.find('uuid-x'))
+
+    def test_resize_source_and_back(self):
+        alloc = self.allocator()
+        alloc.allocate('uuid-x', 'x')
+        alloc.set_resize_source(0, 'uuid-x', True)
+        self.assertFalse(os.path.lexists(self.link(alloc, 'uuid-x')))
+        self.assertEqual(1, alloc.allocate('uuid-x', 'x'))
+        # A revert: the resize's ID goes, the source comes back.
+        alloc.release(1)
+        alloc.set_resize_source(0, 'uuid-x', False)
+        self.assertEqual('../0', os.readlink(self.link(alloc, 'uuid-x')))
+        self.assertEqual(0, alloc.find('uuid-x'))
+        # A confirm: the source goes, the resize's ID stays found.
+        alloc.set_resize_source(0, 'uuid-x', True)
+        self.assertEqual(1, alloc.allocate('uuid-x', 'x'))
+        alloc.release(0)
+        self.assertEqual(1, alloc.find('uuid-x'))
+
+    def test_unmark_keeps_a_lower_id_found(self):
+        alloc = self.allocator()
+        alloc.allocate('uuid-x', 'x')
+        alloc.allocate('uuid-y', 'y')
+        alloc.set_resize_source(1, 'uuid-y', True)
+        # Corrupted: uuid-x's reservation 0, and 1 re-owned to it.
+        alloc._write_owner(os.path.join(alloc.ids_path, '1'), 'uuid-x',
+                           'x', alloc.owner, '', resize_source=True)
+        alloc.set_resize_source(1, 'uuid-x', False)
+        self.assertEqual(0, alloc.find('uuid-x'))
