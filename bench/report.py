@@ -33,6 +33,11 @@ SNAPSHOT_RATIO_MAX = 2.0          # driver.snapshot / plain tar | zstd
 SNAPSHOT_RATIO_BYTES = 500 * MIB  # ... of the server with this written
 # Issue 14: privsep's cost, daemons over in-process, per spawn (median).
 PRIVSEP_OVERHEAD_MAX = 0.010      # s
+# The ID index (bench.idlookup): find among the most reservations costs
+# no more than the scan it replaced did among the fewest (medians). Not a
+# ratio of find to itself: its few path lookups get slower as the
+# directories outgrow the CPU's caches (1.8 to 2.9x from 10 to 1000).
+IDLOOKUP_FIND_OVER_SCAN_MAX = 1.0
 # Target of the migration family (bench.migration): the driver's cold
 # migration <= this x the floor (rsync -S of the same files) + the slack.
 MIGRATION_RATIO_MAX = 1.3
@@ -980,6 +985,39 @@ def privsep_rows(results):
         _met(over <= PRIVSEP_OVERHEAD_MAX))]
 
 
+def idlookup_rows(results):
+    """Issue 16 goal 1: the ID lookup against the number of reservations.
+
+    Item 13: find (the by-instance index) and the scan it replaced, timed
+    alternately on one allocator, and a new instance's allocate.
+    """
+    found = results.get('idlookup')
+    what = ('Container ID lookup (issue 16 goal 1): IdAllocator.find vs '
+            'the scan of every reservation it replaced, and allocate')
+    target = ('find among the most reservations ≤ the scan among the '
+              'fewest')
+    if not found:
+        return [_row(13, what, target, _failed('idlookup', results), 'n/a')]
+    counts = sorted(found, key=int)
+    med = {n: {side: summary(found[n][side])['median']
+               for side in ('find', 'scan', 'allocate')} for n in counts}
+    most, fewest = med[counts[-1]], med[counts[0]]
+    over = ratio(most['find'], fewest['scan'])
+    return [_row(
+        13, what + ' (n=%d each)' % len(found[counts[0]]['find']), target,
+        '; '.join('%s reservations: find %.3f ms, scan %.3f ms, allocate '
+                  '%.2f ms' % (n, med[n]['find'] * 1e3,
+                               med[n]['scan'] * 1e3,
+                               med[n]['allocate'] * 1e3)
+                  for n in counts) +
+        '; find at %s over the scan at %s: **%.2fx**; from %s to %s '
+        'find grows %.1fx, the scan %.1fx' % (
+            counts[-1], counts[0], over or 0, counts[0], counts[-1],
+            ratio(most['find'], fewest['find']) or 0,
+            ratio(most['scan'], fewest['scan']) or 0),
+        _met(over is not None and over <= IDLOOKUP_FIND_OVER_SCAN_MAX))]
+
+
 def rows(results):
     """Every row of the main table, in the issue's order (list of dict)."""
     boot, booted_destroy = boot_rows(results)
@@ -990,7 +1028,7 @@ def rows(results):
            api_floor_rows(results) +
            snapshot_rows(results) +
            migration_rows(results) + firstboot_rows(results) +
-           privsep_rows(results))
+           privsep_rows(results) + idlookup_rows(results))
     return sorted(out, key=lambda r: r['item'])
 
 

@@ -49,6 +49,7 @@ from bench import boot
 from bench import density
 from bench import firstboot
 from bench import harness
+from bench import idlookup
 from bench import images as bench_images
 from bench import machine
 from bench import migration
@@ -63,8 +64,8 @@ from bench import throughput
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = ('spawn', 'boot', 'density', 'throughput', 'snapshot',
-            'migration', 'firstboot', 'privsep', 'api', 'networked-boot',
-            'api-floor', 'api-density')
+            'migration', 'firstboot', 'privsep', 'idlookup', 'api',
+            'networked-boot', 'api-floor', 'api-density')
 # What a run without --only measures. api-density keeps 250 servers of the
 # all-in-one cloud running and takes longer than all the others together;
 # api-floor needs the aio's fake compute (up --fake-compute): they run
@@ -296,6 +297,7 @@ def measure_host(args, results):
                 args.firstboot_runs, args.firstboot_rates, log=log),
             'privsep': lambda: privsep.measure(
                 h, images['busybox'], args.runs, log=log),
+            'idlookup': lambda: idlookup.measure(args.root, log=log),
         }
         for name in FAMILIES:
             if name not in args.only or name not in families:
