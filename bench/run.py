@@ -285,7 +285,7 @@ def measure_host(args, results):
                 key: throughput.measure(h, images[key], args.count,
                                         args.concurrency, args.batch,
                                         log=log)
-                for key in ('busybox', 'debian')},
+                for key in IMAGES['throughput']},
             'snapshot': lambda: snapshot.measure(
                 h, images['busybox'], args.snapshot_sizes,
                 args.snapshot_runs, log=log),
