@@ -988,7 +988,7 @@ def privsep_rows(results):
 def idlookup_rows(results):
     """Issue 16 goal 1: the ID lookup against the number of reservations.
 
-    Item 13: find (the by-instance index) and the scan it replaced, timed
+    Item 14: find (the by-instance index) and the scan it replaced, timed
     alternately on one allocator, and a new instance's allocate.
     """
     found = results.get('idlookup')
@@ -997,14 +997,14 @@ def idlookup_rows(results):
     target = ('find among the most reservations ≤ the scan among the '
               'fewest')
     if not found:
-        return [_row(13, what, target, _failed('idlookup', results), 'n/a')]
+        return [_row(14, what, target, _failed('idlookup', results), 'n/a')]
     counts = sorted(found, key=int)
     med = {n: {side: summary(found[n][side])['median']
                for side in ('find', 'scan', 'allocate')} for n in counts}
     most, fewest = med[counts[-1]], med[counts[0]]
     over = ratio(most['find'], fewest['scan'])
     return [_row(
-        13, what + ' (n=%d each)' % len(found[counts[0]]['find']), target,
+        14, what + ' (n=%d each)' % len(found[counts[0]]['find']), target,
         '; '.join('%s reservations: find %.3f ms, scan %.3f ms, allocate '
                   '%.2f ms' % (n, med[n]['find'] * 1e3,
                                med[n]['scan'] * 1e3,

@@ -52,7 +52,7 @@ class RowTest(base.BaseTestCase):
     def test_below_the_scan_of_the_fewest_met(self):
         (row,) = report.idlookup_rows(self.results((0.08, 0.09, 0.12),
                                                    (0.2, 1.4, 14.0)))
-        self.assertEqual(13, row['item'])
+        self.assertEqual(14, row['item'])
         self.assertEqual('yes', row['met'])
         self.assertIn('find at 1000 over the scan at 10: **0.60x**; from 10 '
                       'to 1000 find grows 1.5x, the scan 70.0x',
