@@ -554,17 +554,7 @@ class IdAllocator:
         Under the lock. Only a stale entry is ever replaced, so the moment
         it does not exist is one when none would be found anyway.
         """
-        try:
-            os.mkdir(self.index_path, 0o755)
-        except FileExistsError:
-            pass
-        else:
-            if os.geteuid() == 0:
-                # Owned as ids_path is: a root process sharing it (the
-                # bench, a tool) must not leave nova-compute's user a
-                # directory it cannot link in.
-                st = os.stat(self.ids_path)
-                os.chown(self.index_path, st.st_uid, st.st_gid)
+        os.makedirs(self.index_path, mode=0o755, exist_ok=True)
         path = os.path.join(self.index_path,
                             index_key(self.owner, instance_uuid))
         try:

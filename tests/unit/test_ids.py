@@ -930,19 +930,6 @@ class IndexTest(_Base):
         a.release(0)
         self.assertIsNone(b.find('uuid-x'))
 
-    def test_index_directory_owned_as_ids_path_is(self):
-        # A root process linking first must leave the directory to
-        # nova-compute's user, who owns ids_path.
-        alloc = self.allocator()
-        os.makedirs(alloc.ids_path)
-        owner = os.stat(alloc.ids_path)
-        with mock.patch.object(os, 'geteuid', return_value=0), \
-                mock.patch.object(os, 'chown') as chown:
-            alloc.allocate('uuid-a', 'a')
-            alloc.allocate('uuid-b', 'b')
-        chown.assert_called_once_with(alloc.index_path, owner.st_uid,
-                                      owner.st_gid)
-
     def test_resize_source_and_back(self):
         alloc = self.allocator()
         alloc.allocate('uuid-x', 'x')
