@@ -31,8 +31,7 @@ SIDES = ('find', 'scan', 'allocate')
 def _scan(alloc, instance_uuid):
     """The lookup before the index: every reservation read."""
     found = [cid for cid, res in alloc.reservations().items()
-             if res.instance_uuid == instance_uuid and
-             res.owner == alloc.owner and not res.resize_source]
+             if alloc._findable(res, instance_uuid)]
     return min(found) if found else None
 
 

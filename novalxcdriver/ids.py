@@ -563,17 +563,22 @@ class IdAllocator:
             pass
         os.symlink('../%d' % cid, path)
 
+    @staticmethod
+    def _entry_of(res):
+        """The name of res's index entry, or None: no owner or instance."""
+        if res is None or res.instance_uuid is None or res.owner is None:
+            return None
+        return index_key(res.owner, res.instance_uuid)
+
     def _unindex(self, res):
         """Remove res's index entry if it names res's ID (under the lock).
 
         Then the index directory too, once empty: an ids_path without
         reservations holds nothing.
         """
-        if res is not None and res.instance_uuid is not None and (
-                res.owner is not None):
-            key = index_key(res.owner, res.instance_uuid)
-            if self._linked(key) == res.cid:
-                self._remove(os.path.join(self.index_path, key))
+        key = self._entry_of(res)
+        if key is not None and self._linked(key) == res.cid:
+            self._remove(os.path.join(self.index_path, key))
         self._remove_empty_index()
 
     def _remove_empty_index(self):
@@ -623,10 +628,8 @@ class IdAllocator:
             for name in names:
                 cid = self._linked(name)
                 res = held.get(cid)
-                if name in wanted or (
-                        res is not None and res.instance_uuid is not None and
-                        not res.resize_source and res.owner is not None and
-                        index_key(res.owner, res.instance_uuid) == name):
+                if name in wanted or (self._entry_of(res) == name and
+                                      not res.resize_source):
                     continue
                 path = os.path.join(self.index_path, name)
                 if os.path.isdir(path) and not os.path.islink(path):
