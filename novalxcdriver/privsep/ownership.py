@@ -16,7 +16,7 @@ than in nova-compute. Each entry point first checks, in the daemon, that:
   to an id outside the ranges the host set aside for containers;
 - a file of /etc is one of ETC_FILES, a text or a config drive within its
   size bound, a config drive's paths relative and inside it;
-- a disk's root directory is a mount point in the daemon's mount table.
+- a disk's root directory is a mount point (storage.is_mount_root).
 
 A refusal raises PrivilegedCallRefused and makes nothing. What is made is
 made without following a symlink at its last component (O_NOFOLLOW, or a
@@ -34,7 +34,6 @@ import os
 import stat
 
 from novalxcdriver import initsystem
-from novalxcdriver import mount
 from novalxcdriver import privsep
 from novalxcdriver.privsep import lxctools
 from novalxcdriver.privsep import storage
@@ -253,7 +252,7 @@ def give_disk_root(mountpoint, idmap):
     call = 'give_disk_root'
     storage.check_path(call, mountpoint)
     checked = None if idmap is None else storage.check_idmap(call, idmap)
-    if mountpoint not in mount.mountpoints():
+    if not storage.is_mount_root(mountpoint):
         privsep.refuse(call, '%s is not a mount point' % mountpoint)
     os.umask(UMASK)
     fd = os.open(mountpoint, _DIR_FLAGS)

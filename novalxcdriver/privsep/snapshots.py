@@ -211,7 +211,7 @@ def stream(stage, idmap, fifo):
     held = _held_stage(call, stage)
     idmap = storage.check_idmap(call, idmap)
     merged = os.path.join(stage, MERGED)
-    if merged not in mount.mountpoints():
+    if not storage.is_mount_root(merged):
         privsep.refuse(call, 'no view is mounted on %s' % merged)
     with _held_lock:
         if held.readers:

@@ -61,6 +61,8 @@ _libc.syscall.restype = ctypes.c_long
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
                         ctypes.c_ulong, ctypes.c_char_p)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_libc.statx.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                        ctypes.c_uint, ctypes.c_char_p)
 
 # asm/unistd_64.h
 _SYS_OPEN_TREE = 428
@@ -164,6 +166,45 @@ def check_path(call, path, root_too=False):
             return
     privsep.refuse(call, '%s is not below a driver root of this daemon\'s '
                    'configuration' % path)
+
+
+# statx(2), include/uapi/linux/stat.h: struct statx is 256 bytes;
+# stx_attributes is the u64 at byte 8, stx_attributes_mask the one at 56.
+_AT_SYMLINK_NOFOLLOW = 0x100
+_STATX_ATTR_MOUNT_ROOT = 0x2000
+_STATX_SIZE = 256
+_STATX_ATTRIBUTES = struct.Struct('=8xQ')
+_STATX_ATTRIBUTES_MASK = struct.Struct('=56xQ')
+
+
+def is_mount_root(path):
+    """True when path, its last component not followed, is a mount's root.
+
+    What ``path in mount.mountpoints()`` says for a path without symlinks,
+    from one statx(2) (STATX_ATTR_MOUNT_ROOT, Linux 5.8; idmapped mounts
+    need 5.12) instead of a read of the whole mount table, which grows
+    with the containers on the host and which the kernel prints under
+    the lock every mount(2) takes. A symlink among path's parents is
+    followed, as mount(2) follows it.
+
+    :param path: absolute path (str).
+    :returns: False when nothing is there.
+    :raises OSError: statx failed otherwise, or ENOTSUP: the kernel does
+        not report mount roots.
+    """
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    if _libc.statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, 0,
+                   buf) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOENT, errno.ENOTDIR):
+            return False
+        raise OSError(err, os.strerror(err), path)
+    if not _STATX_ATTRIBUTES_MASK.unpack_from(buf)[0] & \
+            _STATX_ATTR_MOUNT_ROOT:
+        raise OSError(errno.ENOTSUP, 'statx(2) reports no mount roots on '
+                      'this kernel', path)
+    return bool(_STATX_ATTRIBUTES.unpack_from(buf)[0] &
+                _STATX_ATTR_MOUNT_ROOT)
 
 
 def check_idmap(call, idmap):

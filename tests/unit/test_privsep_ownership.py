@@ -50,8 +50,8 @@ class _Base(base.TestCase):
         self.outside = os.path.realpath(
             self.useFixture(fixtures.TempDir()).path)
         self.points = set()
-        self.patch('novalxcdriver.mount.mountpoints',
-                   side_effect=lambda: set(self.points))
+        self.patch('novalxcdriver.privsep.storage.is_mount_root',
+                   side_effect=lambda p: p in self.points)
 
     def tree(self):
         """Every path below self.tmp and self.outside, with its mode."""

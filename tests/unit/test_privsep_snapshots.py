@@ -1,7 +1,7 @@
 """privsep.snapshots: a snapshot's stage, its readers and the FIFO.
 
 Entry points run here in-process (client mode off) against temporary
-driver roots. The mount table (mount.mountpoints, mount.holders) and
+driver roots. The mount table (storage.is_mount_root, mount.holders) and
 storage.unmount_tree are mocked; the readers' unshare(1) prefix is not
 used (_argv is replaced: no user namespace is made), but the readers
 themselves are real processes, either the real find | tar | zstd or
@@ -94,9 +94,8 @@ class _Base(base.TestCase):
         self.patch_object(snapshots, '_held', new=self.held)
         self.addCleanup(self._release)
         self.mounted = set()
-        self.mountpoints = self.patch_object(
-            snapshots.mount, 'mountpoints',
-            side_effect=lambda: set(self.mounted))
+        self.patch_object(snapshots.storage, 'is_mount_root',
+                          side_effect=lambda p: p in self.mounted)
         self.holders = self.patch_object(snapshots.mount, 'holders',
                                          return_value=[])
         self.unmount_tree = self.patch_object(snapshots.storage,

@@ -16,6 +16,7 @@ import fixtures
 from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import ids
+from novalxcdriver import mount
 from novalxcdriver import privsep
 from novalxcdriver.privsep import storage
 from novalxcdriver.privsep import writeback
@@ -241,6 +242,72 @@ class MountTest(base.TestCase):
                               '/dev/loop5', '/c/mnt', 'ext4', 1, 'noload',
                               'ext4 /dev/loop5')
         self.assertIn('ext4 /dev/loop5', str(e))
+
+
+class IsMountRootTest(base.TestCase):
+    """storage.is_mount_root against this machine's own mounts (statx)."""
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = os.path.realpath(self.useFixture(fixtures.TempDir()).path)
+
+    def test_agrees_with_the_mount_table(self):
+        points = set(mount.mountpoints())
+        for path in ('/', '/proc', '/sys', '/dev', '/proc/self', '/etc',
+                     self.tmp):
+            self.assertEqual(path in points, storage.is_mount_root(path),
+                             path)
+        self.assertTrue(storage.is_mount_root('/'))
+        self.assertTrue(storage.is_mount_root('/proc'))
+        self.assertFalse(storage.is_mount_root(self.tmp))
+
+    def test_nothing_there_is_no_mount_root(self):
+        self.assertFalse(storage.is_mount_root(os.path.join(self.tmp, 'x')))
+        with open(os.path.join(self.tmp, 'f'), 'w'):
+            pass
+        self.assertFalse(storage.is_mount_root(os.path.join(self.tmp, 'f')))
+        self.assertFalse(storage.is_mount_root(
+            os.path.join(self.tmp, 'f', 'below')))
+
+    def test_a_symlink_is_not_followed_a_parent_is(self):
+        link = os.path.join(self.tmp, 'link')
+        os.symlink('/proc', link)
+        self.assertFalse(storage.is_mount_root(link))
+        up = os.path.join(self.tmp, 'up')
+        os.symlink('/', up)
+        self.assertTrue(storage.is_mount_root(os.path.join(up, 'proc')))
+
+    def _statx(self, attributes, mask):
+        def statx(dirfd, path, flags, want, buf):
+            raw = bytearray(len(buf.raw))
+            raw[8:16] = attributes.to_bytes(8, 'little')
+            raw[56:64] = mask.to_bytes(8, 'little')
+            buf.raw = bytes(raw)
+            return 0
+        libc = self.patch('novalxcdriver.privsep.storage._libc')
+        libc.statx.side_effect = statx
+        return libc
+
+    def test_the_attribute_is_what_counts(self):
+        libc = self._statx(0x2000, 0x2000)
+        self.assertTrue(storage.is_mount_root('/c/mnt'))
+        # AT_FDCWD, the path, AT_SYMLINK_NOFOLLOW, no fields asked for.
+        self.assertEqual((-100, b'/c/mnt', 0x100, 0),
+                         libc.statx.call_args.args[:4])
+        self._statx(0x2000 ^ 0xffff, 0xffff)
+        self.assertFalse(storage.is_mount_root('/c/mnt'))
+
+    def test_a_kernel_that_does_not_say_is_an_error(self):
+        self._statx(0, 0xffff ^ 0x2000)
+        e = self.assertRaises(OSError, storage.is_mount_root, '/c/mnt')
+        self.assertEqual(errno.ENOTSUP, e.errno)
+
+    def test_other_failures_raise(self):
+        libc = self.patch('novalxcdriver.privsep.storage._libc')
+        libc.statx.return_value = -1
+        self.patch('ctypes.get_errno', return_value=errno.EACCES)
+        e = self.assertRaises(OSError, storage.is_mount_root, '/c/mnt')
+        self.assertEqual((errno.EACCES, '/c/mnt'), (e.errno, e.filename))
 
 
 class IdmappedTest(base.TestCase):
