@@ -193,6 +193,11 @@ def _template(directory, fs, size_gb):
     os.close(fd)
     try:
         _formatted(tmp, size_gb, fs, exclusive=False)
+        # mkfs.btrfs writes zeros over the first and last MiBs (4.4 of
+        # the 4.7 MiB it writes for 1 GiB): as holes, every disk copied
+        # from the template is that much less to copy, write back and
+        # keep. util-linux fallocate(1) punches only all-zero blocks.
+        command.execute('fallocate', '--dig-holes', tmp)
         fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fsync(fd)

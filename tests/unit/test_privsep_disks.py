@@ -15,6 +15,7 @@ import io
 import os
 import socket
 import struct
+import subprocess
 from unittest import mock
 
 import fixtures
@@ -153,8 +154,15 @@ class _Create(_Base):
         self.execute.side_effect = self._mkfs
 
     def _mkfs(self, *argv, **kwargs):
-        # A superblock near the start, metadata far in: the rest a hole.
+        if argv[0] == 'fallocate':
+            # The real tool, on the test's own file.
+            subprocess.run(argv, check=True)
+            return '', ''
+        # A superblock near the start, metadata far in: the rest a hole,
+        # but for the MiB of zeros mkfs.btrfs writes over old signatures.
         with open(argv[-1], 'r+b') as f:
+            if argv[0] == 'mkfs.btrfs':
+                f.write(bytes(1024 * 1024))
             f.seek(1024)
             f.write(b'super')
             f.seek(GiB // 2)
@@ -261,7 +269,8 @@ class CreateImageTest(_Create):
         os.umask(0)
         other = os.path.join(self.root, 'other.img')
         disks.create_image(other, 1, 'ext4', templates)
-        self.assertEqual([0o022, 0o022], umasks)
+        # mkfs.btrfs and fallocate of the template, mkfs.ext4.
+        self.assertEqual([0o022] * 3, umasks)
         self.assertEqual(0o755, _mode(parent))
         self.assertEqual(0o700, _mode(templates))
         for path in (self.image, other,
@@ -284,14 +293,22 @@ class TemplateTest(_Create):
         other = os.path.join(self.root, 'other.img')
         disks.create_image(self.image, 1, 'btrfs', self.templates)
         disks.create_image(other, 1, 'btrfs', self.templates)
-        # One mkfs, of the template under its temporary name.
-        self.execute.assert_called_once()
-        self.assertTrue(self.execute.call_args.args[-1].startswith(
-            os.path.join(self.templates, '.btrfs-1G.img.')))
+        # One mkfs, of the template under its temporary name, whose zeros
+        # then become holes.
+        self.assertEqual(['mkfs.btrfs', 'fallocate'],
+                         [c.args[0] for c in self.execute.call_args_list])
+        self.assertEqual(['--dig-holes'], [
+            a for a in self.execute.call_args.args if a.startswith('-')])
+        for c in self.execute.call_args_list:
+            self.assertTrue(c.args[-1].startswith(
+                os.path.join(self.templates, '.btrfs-1G.img.')))
         self.assertEqual(['btrfs-1G.img'], os.listdir(self.templates))
         template = _data(self.template())
         self.assertEqual([b'super', b'meta'],
                          [data.strip(b'\0') for _, data in template])
+        # Only the blocks holding data are left: no MiB of zeros.
+        self.assertLessEqual(sum(len(data) for _, data in template),
+                             2 * 64 * 1024)
         for path in (self.image, other):
             # The same data at the same offsets, holes where it has them.
             self.assertEqual(template, _data(path))
@@ -329,7 +346,8 @@ class TemplateTest(_Create):
         self.assertEqual(['btrfs-1G.img', 'btrfs-2G.img'],
                          sorted(os.listdir(self.templates)))
         self.assertEqual(
-            [('mkfs.btrfs', 'template'), ('mkfs.btrfs', 'template'),
+            [('mkfs.btrfs', 'template'), ('fallocate', 'template'),
+             ('mkfs.btrfs', 'template'), ('fallocate', 'template'),
              ('mkfs.ext4', os.path.join(self.root, 'd.img'))],
             [(c.args[0], 'template' if c.args[-1].startswith(
                 self.templates) else c.args[-1])
