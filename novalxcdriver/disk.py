@@ -13,12 +13,12 @@ frees it and nothing else needs tracking.
 A fresh btrfs disk is a copy of a template of its size, formatted once per
 host in ``<state_path>/disk-templates`` (a sparse copy of the 368 KiB
 that are not zeros for 1 GiB, or a reflink: half a millisecond against
-40 ms of mkfs.btrfs here). All copies share the template's fsid, which btrfs mounts side by
-side only on kernels with temp-fsid (Linux 6.7, /sys/fs/btrfs/features/
-temp_fsid); an older kernel would take a clone for the mounted
-filesystem of that fsid, so there each disk is formatted on its own.
-ext4 disks always are: mkfs.ext4 takes about 7 ms, too little to be
-worth many filesystems sharing one UUID.
+40 ms of mkfs.btrfs here). All copies share the template's fsid, which
+btrfs mounts side by side only on kernels with temp-fsid (Linux 6.7,
+/sys/fs/btrfs/features/temp_fsid); an older kernel would take a clone
+for the mounted filesystem of that fsid, so there each disk is
+formatted on its own. ext4 disks always are: mkfs.ext4 takes about
+7 ms, too little to be worth many filesystems sharing one UUID.
 
 The images, in root's directories, are made, grown, snapshotted and
 frozen by the storage_admin privsep daemon (privsep/disks.py), which also
