@@ -107,6 +107,27 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         self.assertEqual('btrfs', d.filesystem())
         self.assertFalse(os.path.exists(self.templates))
 
+    def test_under_a_driver_root_reached_through_a_symlink(self):
+        # A state_path such as /var/lib/nova -> /srv/nova: the daemon
+        # finds the new disk's mount point where the kernel put it (the
+        # mount table names the resolved path, which a string match
+        # against the driver's path missed: give_disk_root refused).
+        other = self.useFixture(fixtures.TempDir()).path
+        real = os.path.join(other, 'real')
+        os.makedirs(os.path.join(real, 'rootfs', '0'))
+        root = os.path.join(other, 'state')
+        os.symlink(real, root)
+        privsep.add_roots(root)
+        d = disk.Disk(os.path.join(root, 'rootfs', '0', 'root.img'),
+                      os.path.join(root, 'rootfs', '0', 'root'),
+                      self.templates)
+        self.addCleanup(self._gone, d)
+        d.create(1, self.owner(0), fs='btrfs')
+        self.assertIn(os.path.join(real, 'rootfs', '0', 'root'),
+                      mount.mountpoints())
+        self.assertEqual(self.owner(0).uid_start,
+                         os.stat(d.mountpoint).st_uid)
+
     def test_ext4_grown_unmounted(self):
         d = self.disk('eph')
         d.create(1, fs='ext4')
