@@ -91,7 +91,7 @@ class Disk:
                                  owner.fields() if owner else None)
 
     def is_mounted(self):
-        return self.mountpoint in mount.mountpoints()
+        return mount.is_mountpoint(self.mountpoint)
 
     def filesystem(self):
         """'btrfs' or 'ext4': the mounted disk's, else its superblock's.

@@ -134,20 +134,24 @@ def below(top, points=None):
 
     :param points: mount points to look in; default this namespace's.
     """
-    tops = {top, os.path.realpath(top)}
+    tops = _names(top)
     return [p for p in (mounts() if points is None else points)
             if any(p == t or p.startswith(t + '/') for t in tops)]
 
 
 def is_idmapped(point):
-    """True when the top mount at point is idmapped (mountinfo says so)."""
+    """True when the top mount at point is idmapped (mountinfo says so).
+
+    point's realpath is matched too, as mountinfo names it.
+    """
+    names = _names(point)
     found = False
     with open('/proc/self/mountinfo', 'rb') as f:
         data = f.read()
     for line in data.split(b'\n'):
         fields = line.split(b' ')
         # Field 6: the mount's own options (proc(5)).
-        if len(fields) > 5 and _unescape(fields[4]) == point:
+        if len(fields) > 5 and _unescape(fields[4]) in names:
             found = b'idmapped' in fields[5].split(b',')
     return found
 
@@ -296,19 +300,25 @@ def top(point, mounts_=None):
     block device; the mount's fields after the ' - ' separator (proc(5)
     mountinfo: fstype, then source) name the real one.
 
+    mountinfo names the resolved path: point's realpath is matched too.
+
     :param mounts_: ``table()`` read by the caller; default: read now
         (only the lines of point are decoded whole).
     """
+    names = _names(point)
     if mounts_ is None:
         with open('/proc/self/mountinfo', 'rb') as f:
             data = f.read()
-        mounts_ = [Mount(None, point, *_type_and_source(fields))
-                   for fields in (line.split(b' ')
-                                  for line in data.split(b'\n'))
-                   if len(fields) > 4 and _unescape(fields[4]) == point]
+        mounts_ = []
+        for fields in (line.split(b' ') for line in data.split(b'\n')):
+            if len(fields) > 4:
+                name = _unescape(fields[4])
+                if name in names:
+                    mounts_.append(
+                        Mount(None, name, *_type_and_source(fields)))
     found = None
     for m in mounts_:
-        if m.point == point and m.source is not None:
+        if m.point in names and m.source is not None:
             found = (m.fstype, m.source)
     return found
 
@@ -323,5 +333,29 @@ def source(point, mounts_=None):
 
 
 def mountpoints():
-    """Every mount point in this mount namespace (set of absolute paths)."""
+    """Every mount point in this mount namespace (set of absolute paths).
+
+    Resolved paths, as mountinfo names them: ask ``is_mountpoint`` about
+    a path that may lead through a symlink.
+    """
     return set(mounts())
+
+
+def is_mountpoint(path, points=None):
+    """True when a mount is on path, or on its realpath.
+
+    A driver root may be a symlink (/var/lib/nova -> /srv/nova) and
+    mountinfo (proc(5)) names the resolved path. realpath resolves what
+    this process may lstat; the rest of the path is kept as it is.
+
+    :param points: ``mountpoints()`` read by the caller; default: read
+        now.
+    """
+    if points is None:
+        points = mountpoints()
+    return any(name in points for name in _names(path))
+
+
+def _names(path):
+    """path and its realpath: the names mountinfo may give its mount."""
+    return {path, os.path.realpath(path)}

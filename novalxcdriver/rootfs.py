@@ -94,7 +94,7 @@ class Rootfs:
         return os.path.lexists(self.path)
 
     def is_mounted(self):
-        return self.merged in mount.mountpoints()
+        return mount.is_mountpoint(self.merged)
 
     def has_ephemeral(self):
         return os.path.exists(self.ephemeral_disk.image_path)
@@ -141,9 +141,9 @@ class Rootfs:
 
     def _mount_layers(self, image_rootfs, idmap, points):
         """The idmapped lower layer and the overlay, unless in points."""
-        if self.lower not in points:
+        if not mount.is_mountpoint(self.lower, points):
             mount.idmapped_bind(image_rootfs, self.lower, idmap)
-        if self.merged not in points:
+        if not mount.is_mountpoint(self.merged, points):
             mount.overlay(self.lower, self.upper, self.work, self.merged)
 
     def receive(self, fetch, image_rootfs, idmap, disk_idmap, root_gb,
@@ -237,7 +237,7 @@ class Rootfs:
         points = {m.point for m in mounts}
         return [d.device(mounts)
                 for d in (self.root_disk, self.ephemeral_disk)
-                if d.mountpoint in points]
+                if mount.is_mountpoint(d.mountpoint, points)]
 
     def unmount(self):
         # One read of the mount table and one scan of the loop devices for

@@ -144,6 +144,9 @@ class FunctionalTestCase(base.BaseTestCase):
     # True: a driver root of this test's own (for tests that act on the
     # whole state, which other tests share), removed after it.
     private_root = False
+    # True (with private_root): that root is a symlink to a directory
+    # beside it, as /var/lib/nova -> /srv/nova on a host.
+    symlinked_root = False
 
     def setUp(self):
         super().setUp()
@@ -151,9 +154,15 @@ class FunctionalTestCase(base.BaseTestCase):
         root = FUNC_ROOT
         if self.private_root:
             root = os.path.join(FUNC_ROOT, 'private-%d' % os.getpid())
+            real = root
+            if self.symlinked_root:
+                real = root + '-real'
+                os.makedirs(real, mode=0o755, exist_ok=True)
+                os.symlink(real, root)
+                self.addCleanup(os.unlink, root)
             # Containers stopped and mounts undone first: never a delete
             # through a mount a failed test left.
-            self.addCleanup(host_cleanup.force_clean, root)
+            self.addCleanup(host_cleanup.force_clean, real)
         self.fx = self.useFixture(DriverFixture(self.watch_interval,
                                                 self.host, root))
         self.driver = self.fx.driver
@@ -246,7 +255,6 @@ class FunctionalTestCase(base.BaseTestCase):
             os.path.join(CONF.lxc.lxc_path, instance.name),
             os.path.join(state, 'rootfs', str(cid)),
             os.path.join(CONF.lxc.ids_path, str(cid))) if os.path.lexists(p)]
-        found += [p for p in mount.mountpoints()
-                  if p.startswith(os.path.join(state, 'rootfs', str(cid)))]
+        found += mount.below(os.path.join(state, 'rootfs', str(cid)))
         found += host_cleanup.cgroups_of([instance.name])
         return found

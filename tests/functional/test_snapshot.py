@@ -251,3 +251,38 @@ class SnapshotCrashTest(_SnapshotBase):
         self.addCleanup(again.cleanup_host, CONF.host)
         self._no_leftovers(instance)
         self.assertEqual('RUNNING', self.lxc_state(instance.name))
+
+
+class SymlinkedRootTest(_SnapshotBase):
+    """A state_path reached through a symlink (/var/lib/nova -> /srv/nova).
+
+    mountinfo names the resolved paths; each check of a mount the driver
+    makes must find it by the path it builds through the link.
+    """
+
+    private_root = True
+    symlinked_root = True
+
+    def test_snapshot_reboot_power_cycle_destroy(self):
+        self.assertTrue(os.path.islink(os.path.dirname(CONF.lxc.state_path)))
+        instance = self.make_instance(root_gb=1)
+        image_id = self._snapshot_running(instance)
+        self._boot_from(image_id)
+        cid = self.driver._ids.find(instance.uuid)
+        root = rootfs_mod.Rootfs(CONF.lxc.state_path, cid)
+        self.assertTrue(root.is_mounted())
+        self.assertTrue(root.root_disk.is_mounted())
+        self.assertEqual('btrfs', root.root_disk.filesystem())
+        self.assertEqual(1, len(root.disk_devices()))
+        points = mount.mounts()
+        # Mounted already: nothing is mounted twice (nor waited for).
+        self.driver.reboot(self.ctxt, instance, [], 'HARD')
+        self.assertEqual('RUNNING', self.lxc_state(instance.name))
+        self.driver.power_off(instance, timeout=0)
+        self.driver.power_on(self.ctxt, instance, [])
+        self.assertEqual('RUNNING', self.lxc_state(instance.name))
+        self.assertEqual(sorted(points), sorted(mount.mounts()))
+        self.assertEqual('kept', self.attach(
+            instance.name, 'cat', '/root/data').stdout.strip())
+        self.driver.destroy(self.ctxt, instance, [])
+        self.assertEqual([], self.artifacts_of(instance, cid))

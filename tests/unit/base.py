@@ -309,6 +309,16 @@ class ConfinedUnpackInProcess(fixtures.Fixture):
             self._cancel_unpack(rootfs)
 
 
+def mounts_by_name(mount_mock):
+    """Let an autospec'd mount module answer is_mountpoint by name.
+
+    From its own mountpoints() (what the test says is mounted), or the
+    points given: the tests' paths lead through no symlink.
+    """
+    mount_mock.is_mountpoint.side_effect = lambda path, points=None: (
+        path in (mount_mock.mountpoints() if points is None else points))
+
+
 def container_dirs(lxc_mock):
     """A mocked lxc module's container directories and markers, on the tree.
 

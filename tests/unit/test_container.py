@@ -96,6 +96,7 @@ class _Base(base.BaseTestCase):
         self.mount = patcher.start()
         self.addCleanup(patcher.stop)
         self.mount.mountpoints.return_value = set()
+        unit_base.mounts_by_name(self.mount)
         self.mount.table.side_effect = lambda: [
             real_mount.Mount('/', p, None, None)
             for p in sorted(self.mount.mountpoints())]

@@ -48,6 +48,7 @@ class _Base(unit_base.TestCase):
         self.mount = self.patch('novalxcdriver.disk.mount', autospec=True)
         self.mounted = set()
         self.mount.mountpoints.side_effect = lambda: set(self.mounted)
+        unit_base.mounts_by_name(self.mount)
         self.mount.disk_image.side_effect = self._mount_disk
         # What a mounted disk's top mount is: ext4 from a loop device.
         self.mount.top.side_effect = lambda point: (

@@ -137,6 +137,7 @@ class _Base(unit_base.TestCase):
         # Mounts: Rootfs makes its directories, mounts nothing.
         self.mount = self.patch('novalxcdriver.rootfs.mount', autospec=True)
         self.mount.mountpoints.return_value = set()
+        unit_base.mounts_by_name(self.mount)
         self.mount.table.side_effect = lambda: [
             real_mount.Mount('/', p, None, None)
             for p in sorted(self.mount.mountpoints())]

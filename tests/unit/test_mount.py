@@ -265,3 +265,54 @@ class BelowTest(base.TestCase):
         self.assertEqual([real + '/a', real + '/a/b'],
                          mount.below(real + '/a', points))
         self.assertEqual([], mount.below(real + '/z', points))
+
+
+class ThroughASymlinkTest(base.TestCase):
+    """A driver root reached through a symlink: mountinfo names the target.
+
+    Each question about a mount point is asked by the path the driver
+    builds (through the link) and answered by the resolved one.
+    """
+
+    def setUp(self):
+        super().setUp()
+        tmp = os.path.realpath(self.useFixture(fixtures.TempDir()).path)
+        self.real = os.path.join(tmp, 'srv')
+        os.makedirs(os.path.join(self.real, 'rootfs', '3', 'root'))
+        self.link = os.path.join(tmp, 'var')
+        os.symlink(self.real, self.link)
+        self.point = os.path.join(self.link, 'rootfs', '3', 'root')
+        self.resolved = os.path.join(self.real, 'rootfs', '3', 'root')
+
+    def mountinfo(self, options=b'rw'):
+        data = (b'36 25 7:3 / %s %s - btrfs /dev/loop3 rw\n'
+                % (os.fsencode(self.resolved), options))
+        self.patch('builtins.open', mock.mock_open(read_data=data))
+
+    def test_is_mountpoint(self):
+        self.mountinfo()
+        self.assertTrue(mount.is_mountpoint(self.point))
+        self.assertTrue(mount.is_mountpoint(self.resolved))
+        self.assertFalse(mount.is_mountpoint(os.path.dirname(self.point)))
+
+    def test_is_mountpoint_in_points_read_before(self):
+        opened = self.patch('builtins.open')
+        self.assertTrue(mount.is_mountpoint(self.point, {self.resolved}))
+        self.assertFalse(mount.is_mountpoint(self.point, ()))
+        opened.assert_not_called()
+
+    def test_top_and_source(self):
+        self.mountinfo()
+        self.assertEqual(('btrfs', '/dev/loop3'), mount.top(self.point))
+        table = [mount.Mount('/', self.resolved, 'btrfs', '/dev/loop3')]
+        self.assertEqual('/dev/loop3', mount.source(self.point, table))
+
+    def test_is_idmapped(self):
+        self.mountinfo(b'rw,idmapped')
+        self.assertTrue(mount.is_idmapped(self.point))
+
+    def test_an_unreadable_path_raises_nothing(self):
+        # realpath of a path nova-compute may not lstat below the link.
+        self.patch('os.lstat', side_effect=PermissionError(13, 'denied'))
+        self.assertFalse(mount.is_mountpoint(self.point, {self.resolved}))
+        self.assertTrue(mount.is_mountpoint(self.point, {self.point}))

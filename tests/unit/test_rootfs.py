@@ -35,6 +35,7 @@ class _Base(unit_base.TestCase):
         self.mounted = set()
         self.mount = self.patch('novalxcdriver.rootfs.mount', autospec=True)
         self.mount.mountpoints.side_effect = lambda: set(self.mounted)
+        unit_base.mounts_by_name(self.mount)
         self.mount.table.side_effect = lambda: [
             real_mount.Mount('/', p, 'btrfs', '/dev/loop9')
             for p in sorted(self.mounted)]

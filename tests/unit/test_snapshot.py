@@ -36,6 +36,7 @@ class _Base(unit_base.TestCase):
         self.mount = self.patch('novalxcdriver.snapshot.mount',
                                 autospec=True)
         self.mount.mountpoints.side_effect = lambda: set(self.mounted)
+        unit_base.mounts_by_name(self.mount)
         self.disks = self.patch('novalxcdriver.snapshot.disks',
                                 autospec=True)
         self.lxc = self.patch('novalxcdriver.snapshot.lxc', autospec=True)
