@@ -1254,13 +1254,18 @@ class LXCDriver(driver.ComputeDriver):
                  else migration_mod.ROOT_DIR]
         if root.has_ephemeral():
             files.append(migration_mod.EPHEMERAL_DISK)
+        # Resolved: the destination's daemon walks them from / without
+        # following a link, and a driver root may be one (/var/lib/nova
+        # -> /srv/nova).
         info = migration_mod.DiskInfo(
             instance_uuid=instance.uuid, source_host=self._host,
             source_ip=str(self._my_ip),
-            token=migration_mod.new_token(root.path), rootfs=root.path,
+            token=migration_mod.new_token(root.path),
+            rootfs=os.path.realpath(root.path),
             files=tuple(files), idmap=record.disks_idmap,
             image_id=record.image_id,
-            image_cache=self._images.entry_path(record.image_id),
+            image_cache=os.path.realpath(
+                self._images.entry_path(record.image_id)),
             root_gb=instance.flavor.root_gb,
             ephemeral_gb=instance.flavor.ephemeral_gb)
         if here:

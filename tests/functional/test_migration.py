@@ -117,8 +117,7 @@ class _MigrationBase(base.FunctionalTestCase):
                  os.path.join(drv._state_path, 'instances',
                               instance.uuid + '.json')]
         found = [p for p in paths if os.path.lexists(p)]
-        found += [p for p in mount.mountpoints()
-                  if p.startswith(paths[1] + '/') or p == paths[1]]
+        found += mount.below(paths[1])
         if drv._ids.find(instance.uuid) is not None:
             found.append('ID reservation %d' % drv._ids.find(instance.uuid))
         return found
@@ -330,6 +329,16 @@ class MigrationTest(_MigrationBase):
         self.assertEqual(pid, self.lxc_pid(instance.name))
         self.assertEqual(record_mod.READY,
                          self.a._records.get(instance.uuid).state)
+
+
+class SymlinkedRootMigrationTest(MigrationTest):
+    """The same, both drivers' roots reached through a symlink.
+
+    As /var/lib/nova -> /srv/nova: the received disks' mounts and their
+    idmapped shifts must be found by the paths the drivers build.
+    """
+
+    symlinked_root = True
 
 
 class RsyncOverSSHTest(MigrationTest):
