@@ -138,3 +138,9 @@ class PowerLossTest(base.FunctionalTestCase):
         self.driver.reboot(self.ctxt, instance, [], 'HARD')
         self.assertEqual('power-loss-data\n',
                          self.attach(instance.name, 'cat', '/root/f').stdout)
+
+
+class SymlinkedRootPowerLossTest(PowerLossTest):
+    """The same, the driver's root reached through a symlink."""
+
+    symlinked_root = True
