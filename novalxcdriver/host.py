@@ -202,6 +202,10 @@ def traversal_problems(paths):
 def unsearchable(paths):
     """Existing directories from / down to each of paths, others -x.
 
+    A path through a symlink (/var/lib/nova -> /srv/nova) is crossed by
+    its resolved directories too: stat(2) follows the link, and /srv's
+    own mode counts.
+
     :param paths: absolute directory paths (existing or not).
     :returns: list of (directory, its permission bits), each once, in
         the order met (parents first).
@@ -209,22 +213,28 @@ def unsearchable(paths):
     found = []
     seen = set()
     for path in paths:
-        current = os.path.abspath(path)
-        chain = []
-        while True:
-            chain.append(current)
-            parent = os.path.dirname(current)
-            if parent == current:
-                break
-            current = parent
-        for directory in reversed(chain):
-            if directory in seen:
-                continue
-            seen.add(directory)
-            try:
-                mode = os.stat(directory).st_mode
-            except FileNotFoundError:
-                break
-            if not mode & stat.S_IXOTH:
-                found.append((directory, stat.S_IMODE(mode)))
+        for name in (os.path.abspath(path), os.path.realpath(path)):
+            _unsearchable_chain(name, seen, found)
     return found
+
+
+def _unsearchable_chain(path, seen, found):
+    """unsearchable's work for one path: appends to found, adds to seen."""
+    chain = []
+    current = path
+    while True:
+        chain.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(chain):
+        if directory in seen:
+            continue
+        seen.add(directory)
+        try:
+            mode = os.stat(directory).st_mode
+        except FileNotFoundError:
+            break
+        if not mode & stat.S_IXOTH:
+            found.append((directory, stat.S_IMODE(mode)))

@@ -546,6 +546,22 @@ class InitHostTest(_Base):
         self.assertIn('%s (mode 0700) is not searchable' % parent, str(e))
         self.assertIn('chmod o+x %s' % parent, str(e))
 
+    def test_untraversable_target_of_a_symlink_refused(self):
+        # /var/lib/nova -> /srv/nova with /srv closed: the link's own
+        # directories are open, the containers cross /srv.
+        self.traversal.side_effect = _REAL_TRAVERSAL_PROBLEMS
+        closed = os.path.join(self.tmp, 'srv')
+        os.makedirs(os.path.join(closed, 'nova'))
+        os.chmod(closed, 0o700)
+        link = os.path.join(self.tmp, 'nova')
+        os.symlink(os.path.join(closed, 'nova'), link)
+        os.chmod(self.tmp, 0o755)
+        self.cfg.config(group='lxc', lxc_path=os.path.join(link, 'lxc'))
+        self.drv = driver.LXCDriver(None)
+        e = self.assertRaises(exception.HostCheckFailed, self.drv.init_host,
+                              HOST)
+        self.assertIn('%s (mode 0700) is not searchable' % closed, str(e))
+
     def test_reservation_without_owner_removed(self):
         # A process killed between the reservation's mkdir and owner.json:
         # no pid to ask, no container; init_host must not trip on it.
