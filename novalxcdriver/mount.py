@@ -53,7 +53,7 @@ def idmapped_bind(source, target, idmap):
 
     :param idmap: ids.Idmap.
     :raises MountFailed: a syscall failed (errno text in the message).
-    :raises CommandFailed, CommandTimedOut: no user namespace was made.
+    :raises CommandFailed: no user namespace was made.
     """
     storage.idmapped_bind(source, target, idmap.fields())
 
@@ -67,7 +67,7 @@ def idmapped_over(target, disk_idmap, idmap):
     unchanged. unmount_tree takes both mounts off.
 
     :param disk_idmap, idmap: ids.Idmap of equal size.
-    :raises MountFailed, CommandFailed, CommandTimedOut: as idmapped_bind.
+    :raises MountFailed, CommandFailed: as idmapped_bind.
     """
     storage.idmapped_over(target, disk_idmap.fields(), idmap.fields())
 

@@ -21,13 +21,13 @@ failure comes back as MountFailed, MountBusy or LoopFailed.
 Idmapped mounts (mount_setattr(2) with MOUNT_ATTR_IDMAP) show the shared,
 unshifted image directory to a container's user namespace as if owned by
 its range, without chowning a file; the daemon makes the user namespace
-itself from the idmap it is given (a held ``unshare --user``), since an
-fd does not cross its socket. Overlay (kernel
-Documentation/filesystems/overlayfs.rst) stacks a per-container upper
-directory on that view; an overlay mount cannot be idmapped itself, so
-the idmap goes on the lower layer. Loop devices (loop(4)) are configured
-in one LOOP_CONFIGURE ioctl (Linux 5.8) with autoclear, so no crash leaves
-one attached. Syscall numbers are x86_64's; structures are
+itself from the idmap it is given (held by a clone of its own that only
+waits: held_namespace), since an fd does not cross its socket. Overlay
+(kernel Documentation/filesystems/overlayfs.rst) stacks a per-container
+upper directory on that view; an overlay mount cannot be idmapped
+itself, so the idmap goes on the lower layer. Loop devices (loop(4)) are
+configured in one LOOP_CONFIGURE ioctl (Linux 5.8) with autoclear, so no
+crash leaves one attached. Syscall numbers are x86_64's; structures are
 include/uapi/linux/mount.h's and loop.h's.
 """
 
@@ -38,10 +38,9 @@ import errno
 import fcntl
 import os
 import re
+import signal
 import stat
 import struct
-import subprocess
-import time
 
 from oslo_log import log as logging
 
@@ -63,6 +62,8 @@ _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _libc.statx.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
                         ctypes.c_uint, ctypes.c_char_p)
+_libc.clone.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                        ctypes.c_void_p)
 
 # asm/unistd_64.h
 _SYS_OPEN_TREE = 428
@@ -493,58 +494,67 @@ def _loop_ioctl(device, request):
 
 # -- user namespaces for idmapped mounts ------------------------------------
 
-def _unshared():
-    """callable(pid): whether pid has left this process's user namespace."""
-    own = os.stat('/proc/self/ns/user').st_ino
+# sched.h: the holder shares the daemon's memory (no copy, no exec) and
+# gets a user namespace of its own.
+_CLONE_VM = 0x00000100
+_CLONE_NEWUSER = 0x10000000
+# What the holder runs: pause(3), a C function, on a stack of its own.
+_HOLDER_FN = ctypes.cast(_libc.pause, ctypes.c_void_p)
+_HOLDER_STACK = 64 * 1024
 
-    def unshared(pid):
-        try:
-            return os.stat('/proc/%d/ns/user' % pid).st_ino != own
-        except FileNotFoundError:
-            return False
-    return unshared
+
+def _clone_holder():
+    """Start a process in a new user namespace that only waits.
+
+    clone(2) with CLONE_VM runs pause(3) on a stack of its own in this
+    process's memory, as glibc's posix_spawn runs its child: no Python
+    runs there, nothing is copied or executed. Every signal but SIGKILL
+    is blocked in it (the mask is inherited), so no handler of this
+    process runs in it and pause never returns.
+
+    :returns: (pid, stack): the stack must outlive the process.
+    :raises OSError: clone(2) failed.
+    """
+    stack = ctypes.create_string_buffer(_HOLDER_STACK)
+    top = (ctypes.addressof(stack) + _HOLDER_STACK) & ~15
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        pid = _libc.clone(_HOLDER_FN, top,
+                          _CLONE_VM | _CLONE_NEWUSER | signal.SIGCHLD, None)
+        err = ctypes.get_errno()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    if pid < 0:
+        raise OSError(err, os.strerror(err))
+    return pid, stack
 
 
 @contextlib.contextmanager
 def held_namespace(write_maps):
     """Yield an open fd of a new user namespace, its maps written.
 
-    The namespace is held by a short-lived ``unshare --user cat``
-    (util-linux); write_maps(pid) writes its uid_map and gid_map
+    The namespace is held by a short-lived process of the daemon's own
+    (_clone_holder); write_maps(pid) writes its uid_map and gid_map
     (user_namespaces(7), "Defining user and group ID mappings"). The fd
-    alone keeps the namespace alive once the process is gone.
+    alone keeps the namespace alive once the process is gone. (Two
+    execs, ``unshare --user cat``, did this before: about 2 ms of CPU
+    against 0.4 ms.)
 
-    :raises CommandFailed: unshare exited first, or a map was refused.
-    :raises CommandTimedOut: not unshared within [lxc] command_timeout.
+    :raises CommandFailed: clone(2) failed, or a map was refused.
     """
-    argv = ['unshare', '--user', 'cat']
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, close_fds=True)
-    ready = _unshared()
+    try:
+        pid, stack = _clone_holder()
+    except OSError as e:
+        raise exception.CommandFailed(
+            cmd='clone(CLONE_NEWUSER)', exit_code=e.errno, stderr=str(e))
     fd = None
     try:
-        deadline = time.monotonic() + CONF.lxc.command_timeout
-        while True:
-            if proc.poll() is not None:
-                raise exception.CommandFailed(
-                    cmd=' '.join(argv), exit_code=proc.returncode,
-                    stderr=proc.stderr.read().decode(errors='replace'))
-            if ready(proc.pid):
-                break
-            if time.monotonic() > deadline:
-                raise exception.CommandTimedOut(
-                    cmd=' '.join(argv), timeout=CONF.lxc.command_timeout)
-            time.sleep(0.001)
-        write_maps(proc.pid)
-        fd = os.open('/proc/%d/ns/user' % proc.pid,
-                     os.O_RDONLY | os.O_CLOEXEC)
+        write_maps(pid)
+        fd = os.open('/proc/%d/ns/user' % pid, os.O_RDONLY | os.O_CLOEXEC)
     finally:
-        proc.stdin.close()
-        if fd is None:
-            proc.kill()
-        proc.wait()
-        proc.stderr.close()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        del stack
     try:
         yield fd
     finally:
@@ -683,7 +693,7 @@ def idmapped_bind(source, target, idmap):
     :param idmap: [uid_start, gid_start, size] (an ids.Idmap's fields).
     :raises PrivilegedCallRefused: the checks (module docstring).
     :raises MountFailed: a syscall failed.
-    :raises CommandFailed, CommandTimedOut: no user namespace was made.
+    :raises CommandFailed: no user namespace was made.
     """
     call = 'idmapped_bind'
     check_path(call, source)
@@ -703,8 +713,8 @@ def idmapped_over(target, disk_idmap, idmap):
     (shifting_namespace). An unmount_tree takes both mounts off.
 
     :param disk_idmap, idmap: [uid_start, gid_start, size], equal sizes.
-    :raises PrivilegedCallRefused, MountFailed, CommandFailed,
-        CommandTimedOut: as idmapped_bind.
+    :raises PrivilegedCallRefused, MountFailed, CommandFailed: as
+        idmapped_bind.
     """
     call = 'idmapped_over'
     check_path(call, target)

@@ -9,6 +9,7 @@ test_user_namespace.py.
 
 import errno
 import os
+import signal
 from unittest import mock
 
 import fixtures
@@ -372,7 +373,7 @@ class IdmappedTest(base.TestCase):
 
 
 class HeldNamespaceTest(base.TestCase):
-    """The idmaps' user namespaces: unshare's child gets its maps."""
+    """The idmaps' user namespaces: the daemon's holder gets its maps."""
 
     DISK = ids.Idmap(uid_start=296608, gid_start=496608, size=65536)
     OWN = ids.Idmap(uid_start=100000, gid_start=300000, size=65536)
@@ -381,24 +382,18 @@ class HeldNamespaceTest(base.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.popen = self.patch('novalxcdriver.privsep.storage.subprocess.'
-                                'Popen')
-        self.proc = self.popen.return_value
-        self.proc.pid = self.PID
-        self.proc.poll.return_value = None
-        self.proc.stderr.read.return_value = b'unshare: no'
+        self.libc = self.patch('novalxcdriver.privsep.storage._libc')
+        self.libc.clone.return_value = self.PID
+        self.kill = self.patch('os.kill')
+        self.waitpid = self.patch('os.waitpid', return_value=(self.PID, 9))
         self.written = {}
         self.fail_write = None
-
-    def _stat(self, path):
-        # The child's namespace differs from ours once unshare has run.
-        inos = {'/proc/self/ns/user': 1,
-                '/proc/%d/ns/user' % self.PID: 2}
-        return mock.Mock(st_ino=inos[path])
 
     def _open(self, path, mode='r'):
         if self.fail_write:
             raise OSError(errno.EPERM, 'Operation not permitted')
+        # Killed and reaped only once the maps and the fd are done.
+        self.kill.assert_not_called()
         f = mock.MagicMock()
         f.__enter__.return_value.write.side_effect = (
             lambda data: self.written.__setitem__(path, data))
@@ -406,8 +401,7 @@ class HeldNamespaceTest(base.TestCase):
 
     def enter(self, namespace):
         """Enter and leave it; the fd it yielded, os.open and os.close."""
-        with mock.patch('os.stat', side_effect=self._stat), \
-                mock.patch('builtins.open', side_effect=self._open), \
+        with mock.patch('builtins.open', side_effect=self._open), \
                 mock.patch('os.open', return_value=self.FD) as os_open, \
                 mock.patch('os.close') as os_close:
             with namespace as fd:
@@ -416,8 +410,11 @@ class HeldNamespaceTest(base.TestCase):
 
     def test_user_namespace_maps_the_range_to_zero(self):
         fd, os_open, os_close = self.enter(storage.user_namespace(self.OWN))
-        self.assertEqual(['unshare', '--user', 'cat'],
-                         self.popen.call_args.args[0])
+        fn, top, flags, arg = self.libc.clone.call_args.args
+        self.assertEqual(storage._HOLDER_FN, fn)
+        self.assertEqual(storage._CLONE_VM | storage._CLONE_NEWUSER |
+                         signal.SIGCHLD, flags)
+        self.assertEqual(0, top % 16)
         self.assertEqual(
             {'/proc/4321/uid_map': '0 100000 65536\n',
              '/proc/4321/gid_map': '0 300000 65536\n'}, self.written)
@@ -425,10 +422,22 @@ class HeldNamespaceTest(base.TestCase):
         self.assertEqual('/proc/%d/ns/user' % self.PID,
                          os_open.call_args.args[0])
         # The fd holds the namespace; the process goes, then the fd.
-        self.proc.kill.assert_not_called()
-        self.proc.stdin.close.assert_called_once()
-        self.proc.wait.assert_called_once()
+        self.kill.assert_called_once_with(self.PID, signal.SIGKILL)
+        self.waitpid.assert_called_once_with(self.PID, 0)
         os_close.assert_called_once_with(self.FD)
+
+    def test_holder_starts_with_every_signal_blocked(self):
+        masks = []
+        self.libc.clone.side_effect = lambda *a: masks.append(
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])) or self.PID
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        self.enter(storage.user_namespace(self.OWN))
+        blockable = signal.valid_signals() - {signal.SIGKILL,
+                                              signal.SIGSTOP}
+        self.assertEqual(blockable, masks[0] & blockable)
+        # This thread's own mask is given back.
+        self.assertEqual(before, signal.pthread_sigmask(signal.SIG_BLOCK,
+                                                        []))
 
     def test_shifting_namespace_two_extents(self):
         self.enter(storage.shifting_namespace(self.DISK, self.OWN))
@@ -437,21 +446,23 @@ class HeldNamespaceTest(base.TestCase):
              '/proc/4321/gid_map': '496608 300000 65536\n0 0 1\n'},
             self.written)
 
-    def test_map_failure_kills_the_child(self):
+    def test_map_failure_kills_the_holder(self):
         self.fail_write = True
         e = self.assertRaises(exception.CommandFailed, self.enter,
                               storage.user_namespace(self.OWN))
         self.assertIn('/proc/4321/uid_map', str(e))
-        self.proc.kill.assert_called_once()
-        self.proc.wait.assert_called_once()
+        self.kill.assert_called_once_with(self.PID, signal.SIGKILL)
+        self.waitpid.assert_called_once_with(self.PID, 0)
 
-    def test_unshare_failure_raised(self):
-        self.proc.poll.return_value = 1
-        self.proc.returncode = 1
+    def test_clone_failure_raised(self):
+        self.libc.clone.return_value = -1
+        self.patch('ctypes.get_errno', return_value=errno.ENOSPC)
         e = self.assertRaises(exception.CommandFailed, self.enter,
                               storage.user_namespace(self.OWN))
-        self.assertIn('unshare: no', str(e))
+        self.assertIn('clone(CLONE_NEWUSER)', str(e))
+        self.assertIn(os.strerror(errno.ENOSPC), str(e))
         self.assertEqual({}, self.written)
+        self.kill.assert_not_called()
 
 
 class EntryPointChecksTest(base.TestCase):
@@ -471,8 +482,9 @@ class EntryPointChecksTest(base.TestCase):
         self.libc.umount2.return_value = 0
         self.libc.syscall.return_value = 0
         self.ioctl = self.patch('fcntl.ioctl')
-        self.popen = self.patch('novalxcdriver.privsep.storage.subprocess.'
-                                'Popen')
+        # The idmapped mounts' user namespace holder (held_namespace).
+        self.holder = self.patch(
+            'novalxcdriver.privsep.storage._clone_holder')
         self.patch('novalxcdriver.ids.read_subordinate_ranges',
                    return_value=self.SUBUIDS)
         self.root = os.path.join(self.state, 'rootfs', '3')
@@ -483,7 +495,7 @@ class EntryPointChecksTest(base.TestCase):
         self.libc.umount2.assert_not_called()
         self.libc.syscall.assert_not_called()
         self.ioctl.assert_not_called()
-        self.popen.assert_not_called()
+        self.holder.assert_not_called()
         return str(e)
 
     def test_paths_outside_the_roots(self):
