@@ -124,7 +124,7 @@ class Snapshot:
     def _point_in_time(self, state):
         """The directory holding the point-in-time upper layer."""
         root_disk = self.root.root_disk
-        disk_mounted = mount.is_mountpoint(root_disk.mountpoint)
+        disk_mounted = root_disk.is_mounted()
         if disk_mounted and root_disk.filesystem() == 'btrfs':
             self.method = 'btrfs'
             started = time.monotonic()
@@ -309,7 +309,7 @@ def recover(root, container_dir):
     if live:
         return _remove(root, container_dir, dead, [], thaw=False)
     subvolumes = []
-    if mount.is_mountpoint(root.root_disk.mountpoint):
+    if root.root_disk.is_mounted():
         subvolumes = [os.path.basename(p) for p in glob.glob(
             os.path.join(glob.escape(root.root_disk.mountpoint),
                          SUBVOLUME_PREFIX + '*'))]
@@ -344,8 +344,7 @@ def remove_spool_leftovers(spool):
 def _remove(root, container_dir, stages, subvolumes, thaw=True):
     removed = []
     root_disk = root.root_disk
-    fs = (root_disk.filesystem()
-          if mount.is_mountpoint(root_disk.mountpoint) else None)
+    fs = root_disk.filesystem() if root_disk.is_mounted() else None
     if thaw and stages and fs == 'ext4':
         # Frozen by a snapshot cut short; EINVAL (not frozen) is fine.
         if disks.thaw(root_disk.mountpoint):

@@ -35,8 +35,8 @@ class _Base(unit_base.TestCase):
         self.mounted = set()
         self.mount = self.patch('novalxcdriver.snapshot.mount',
                                 autospec=True)
-        self.mount.mountpoints.side_effect = lambda: set(self.mounted)
-        unit_base.mounts_by_name(self.mount)
+        self.patch('novalxcdriver.disk.Disk.is_mounted', autospec=True,
+                   side_effect=lambda d: d.mountpoint in self.mounted)
         self.disks = self.patch('novalxcdriver.snapshot.disks',
                                 autospec=True)
         self.lxc = self.patch('novalxcdriver.snapshot.lxc', autospec=True)
