@@ -353,7 +353,9 @@ def is_mountpoint(path, points=None):
     """
     if points is None:
         points = mountpoints()
-    return any(name in points for name in _names(path))
+    # realpath lstats each component: only when the name alone misses.
+    return path in points or bool(points) and (
+        os.path.realpath(path) in points)
 
 
 def _names(path):

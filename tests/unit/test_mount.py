@@ -301,6 +301,13 @@ class ThroughASymlinkTest(base.TestCase):
         self.assertFalse(mount.is_mountpoint(self.point, ()))
         opened.assert_not_called()
 
+    def test_no_realpath_when_the_name_answers(self):
+        # Rootfs.create asks about points it has just made (none).
+        real = self.patch('os.path.realpath')
+        self.assertFalse(mount.is_mountpoint(self.point, ()))
+        self.assertTrue(mount.is_mountpoint(self.point, {self.point}))
+        real.assert_not_called()
+
     def test_top_and_source(self):
         self.mountinfo()
         self.assertEqual(('btrfs', '/dev/loop3'), mount.top(self.point))
