@@ -210,11 +210,8 @@ class Container:
         """
         def make_root(root):
             root.create(image.rootfs, spec.idmap, root_gb, ephemeral_gb,
-                        root_fs=CONF.lxc.root_disk_fs)
-            # systemd sets the hostname from /etc/hostname over
-            # lxc.uts.name; an image carries its build host's.
-            root.write_etc_file('hostname', spec.hostname + '\n',
-                                spec.idmap)
+                        root_fs=CONF.lxc.root_disk_fs,
+                        hostname=spec.hostname)
         self._make(spec, None, make_root, 'it existed before this spawn')
 
     def _make(self, spec, disk_idmap, make_root, exists_reason):
@@ -640,10 +637,8 @@ class Container:
             rescue_root.destroy()
             # ext4 (create's default) whatever [lxc] root_disk_fs says: a
             # scratch root is never snapshotted, and ext4 formats fastest.
-            rescue_root.create(rescue_image.rootfs, spec.idmap, root_gb)
-            # As create() does for the server's root.
-            rescue_root.write_etc_file('hostname', spec.hostname + '\n',
-                                       spec.idmap)
+            rescue_root.create(rescue_image.rootfs, spec.idmap, root_gb,
+                               hostname=spec.hostname)
         self.rebuild(spec, image, rescue_image)
 
     def remount(self, image_cache):

@@ -90,6 +90,16 @@ class Disk:
         ownership.give_disk_root(self.mountpoint,
                                  owner.fields() if owner else None)
 
+    def plan(self, size_gb, fs, owned):
+        """This disk as privsep.rootdirs.create_root makes it (as create).
+
+        :param owned: whether its top directory becomes the container's
+            root's (create's owner), else stays host root's.
+        :returns: [image_path, mountpoint, size_gb, fs, templates, owned].
+        """
+        return [self.image_path, self.mountpoint, size_gb, fs,
+                self.templates, owned]
+
     def is_mounted(self):
         return mount.is_mountpoint(self.mountpoint)
 

@@ -100,27 +100,37 @@ class Rootfs:
         return os.path.exists(self.ephemeral_disk.image_path)
 
     def create(self, image_rootfs, idmap, root_gb=0, ephemeral_gb=0,
-               root_fs='ext4'):
-        """Make the disks and directories and mount the root.
+               root_fs='ext4', hostname=None):
+        """Make the disks and directories, mount the root, write its name.
+
+        All in one call to the storage_admin daemon
+        (privsep.rootdirs.create_root): the disks are new, so nothing is
+        asked of the mount table.
 
         :param idmap: ids.Idmap of the container.
         :param root_gb: GiB of the root disk; 0 for none (unbounded).
         :param ephemeral_gb: GiB of the ephemeral disk; 0 for none (ext4).
         :param root_fs: filesystem of the root disk (disk.FILESYSTEMS).
+        :param hostname: written to /etc/hostname (write_etc_file's
+            rules: systemd sets the hostname from it over lxc.uts.name,
+            and an image carries its build host's); None leaves it.
         :raises RootfsExists: its directory exists: nothing was touched.
         :raises MountFailed, CommandFailed: the caller destroys on failure.
         """
-        self._make(disk_mountpoint=not root_gb)
+        disks = []
         if root_gb:
-            self.root_disk.create(root_gb, fs=root_fs)
-        for d in (self.upper, self.work):
-            _make_dir(d, idmap)
+            disks.append(self.root_disk.plan(root_gb, root_fs, False))
         if ephemeral_gb:
-            self.ephemeral_disk.create(ephemeral_gb, idmap)
-        # Disk.create mounted the disks, and nothing can be mounted on
-        # directories _make has just made: no mount table to read (each
-        # read parses every container's mounts; a spawn read it twice).
-        self._mount_layers(image_rootfs, idmap, points=())
+            disks.append(self.ephemeral_disk.plan(ephemeral_gb, 'ext4',
+                                                  True))
+        etc_files = [] if hostname is None else [['hostname',
+                                                  hostname + '\n']]
+        left = rootdirs.create_root(
+            self.path, not root_gb, disks,
+            [self.lower, self.upper, self.work, self.merged],
+            image_rootfs, idmap.fields(), etc_files)
+        for (name, _text), why in zip(etc_files, left):
+            self._log_etc_file_left(name, why)
 
     def mount(self, image_rootfs, idmap, disk_idmap=None):
         """Mount disks, lower and the overlay where missing (host boot).
@@ -217,12 +227,15 @@ class Rootfs:
         :param idmap: ids.Idmap of the container.
         :raises OSError: the write failed.
         """
-        left = ownership.write_etc_file(self.merged, name, text,
-                                        idmap.fields())
-        if left == ownership.NO_ETC:
+        self._log_etc_file_left(name, ownership.write_etc_file(
+            self.merged, name, text, idmap.fields()))
+
+    def _log_etc_file_left(self, name, why):
+        """Log why write_etc_file left /etc/<name>, if it did."""
+        if why == ownership.NO_ETC:
             LOG.info('No /etc in the root of container ID %d; %s not '
                      'written', self.cid, name)
-        elif left is not None:
+        elif why is not None:
             LOG.info('/etc/%s is a directory in the root of container '
                      'ID %d; left as it is', name, self.cid)
 

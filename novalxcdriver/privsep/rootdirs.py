@@ -33,7 +33,9 @@ from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import mount
 from novalxcdriver import privsep
+from novalxcdriver.privsep import disks as disks_mod
 from novalxcdriver.privsep import lxctools
+from novalxcdriver.privsep import ownership
 from novalxcdriver.privsep import storage
 
 RESCUE = 'rescue'
@@ -148,6 +150,71 @@ def make_mountpoint(path):
     except FileExistsError:
         if not stat.S_ISDIR(os.lstat(path).st_mode):
             raise
+
+
+@privsep.storage_admin.entrypoint
+def create_root(path, disk_mountpoint, disks, layers, image_rootfs, idmap,
+                etc_files):
+    """Make a new root and mount it: what a spawn asked in ten calls.
+
+    Each step is the entry point of that name, with its own checks, run
+    here in this order: make_root; for each disk disks.create_image,
+    make_mountpoint, storage.mount_disk and ownership.give_disk_root;
+    ownership.make_owned_dir of upper and work; storage.idmapped_bind of
+    image_rootfs on lower; storage.overlay on merged; then
+    ownership.write_etc_file of each etc file. One call instead of one
+    per step: each round trip costs nova-compute and this daemon about
+    0.3 ms of CPU, which at concurrency 10 on two cores bounds the rate.
+
+    :param path: the root's directory (make_root; rescue too).
+    :param disk_mountpoint: bool, make_root's: make ``root/`` (no root
+        disk).
+    :param disks: list of [image_path, mountpoint, size_gb, fs, templates,
+        owned]: each made (create_image's arguments), mounted on
+        mountpoint, its root given to idmap's root if owned (a bool),
+        else left host root's (a root disk's, holding upper and work).
+    :param layers: [lower, upper, work, merged].
+    :param image_rootfs: the cached image's rootfs, the lower layer.
+    :param idmap: [uid_start, gid_start, size] (an ids.Idmap's fields).
+    :param etc_files: list of [name, text] (write_etc_file's).
+    :returns: list of write_etc_file's results, one per etc file.
+    :raises PrivilegedCallRefused: an argument's shape, or a step's
+        checks.
+    :raises RootfsExists: path exists: nothing was touched.
+    :raises CommandFailed, LoopFailed, MountFailed, OSError: as the
+        steps; what was made is left for the caller's destroy.
+    """
+    call = 'create_root'
+    if not isinstance(disks, (list, tuple)) or any(
+            not isinstance(d, (list, tuple)) or len(d) != 6 or
+            type(d[5]) is not bool for d in disks):
+        privsep.refuse(call, 'disks %r is not a list of [image_path, '
+                       'mountpoint, size_gb, fs, templates, owned]'
+                       % (disks,))
+    if not isinstance(layers, (list, tuple)) or len(layers) != 4:
+        privsep.refuse(call, 'layers %r is not [lower, upper, work, '
+                       'merged]' % (layers,))
+    if not isinstance(etc_files, (list, tuple)) or any(
+            not isinstance(f, (list, tuple)) or len(f) != 2
+            for f in etc_files):
+        privsep.refuse(call, 'etc_files %r is not a list of [name, text]'
+                       % (etc_files,))
+    try:
+        make_root(path, disk_mountpoint)
+    except FileExistsError:
+        raise exception.RootfsExists(path=path)
+    for image_path, mountpoint, size_gb, fs, templates, owned in disks:
+        disks_mod.create_image(image_path, size_gb, fs, templates)
+        make_mountpoint(mountpoint)
+        storage.mount_disk(image_path, mountpoint)
+        ownership.give_disk_root(mountpoint, idmap if owned else None)
+    lower, upper, work, merged = layers
+    for d in (upper, work):
+        ownership.make_owned_dir(d, idmap)
+    storage.idmapped_bind(image_rootfs, lower, idmap)
+    storage.overlay(lower, upper, work, merged)
+    return [ownership.write_etc_file(merged, name, text, idmap)
+            for name, text in etc_files]
 
 
 @privsep.storage_admin.entrypoint

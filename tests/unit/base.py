@@ -206,14 +206,15 @@ class RootDirsInProcess(_StorageAdminInProcess):
     :param roots: driver roots besides CONF's.
     :param mounts: callable returning a collection of mount points;
         default none.
-    :ivar make_root, make_mountpoint, remove_root, new_token,
-        remove_token, has_token, root_ids, remove_layer, set_aside, promote,
-        write_record, remove_record: the mocks.
+    :ivar make_root, make_mountpoint, create_root, remove_root,
+        new_token, remove_token, has_token, root_ids, remove_layer,
+        set_aside, promote, write_record, remove_record: the mocks.
     """
 
     ENTRY_POINTS = (
-        (rootdirs, ('make_root', 'make_mountpoint', 'remove_root',
-                    'new_token', 'remove_token', 'has_token', 'root_ids')),
+        (rootdirs, ('make_root', 'make_mountpoint', 'create_root',
+                    'remove_root', 'new_token', 'remove_token', 'has_token',
+                    'root_ids')),
         (replacement, ('remove_layer', 'set_aside', 'promote',
                        'write_record', 'remove_record')))
 

@@ -528,9 +528,10 @@ class CreateTest(_Base):
     def test_create(self):
         self.c.create(self.spec, self.image)
         self.rootfs_cls.assert_called_once_with(self.state_path, self.cid)
+        # /etc/hostname too: systemd prefers it to lxc.uts.name.
         self.root.create.assert_called_once_with(
             self.image.rootfs, self.ids.idmap(self.cid), 0, 0,
-            root_fs='btrfs')
+            root_fs='btrfs', hostname='web-1')
         self.assertTrue(self.c.exists())
         self.assertEqual(0o700, os.stat(self.c.dir).st_mode & 0o777)
         with open(self.c.config_path) as f:
@@ -561,7 +562,7 @@ class CreateTest(_Base):
         self.c.create(self.spec, self.image, root_gb=2, ephemeral_gb=3)
         self.root.create.assert_called_once_with(
             self.image.rootfs, self.ids.idmap(self.cid), 2, 3,
-            root_fs='btrfs')
+            root_fs='btrfs', hostname='web-1')
 
     def test_root_disk_filesystem_from_config(self):
         conf.CONF.set_override('root_disk_fs', 'ext4', group='lxc')
@@ -820,7 +821,6 @@ class RescueTest(_Base):
         self.server_file = os.path.join(self.root.upper, 'file')
         self.root_mount = self._patch('mount')
         self.root_create = self._patch('create', side_effect=self._create)
-        self.write_etc_file = self._patch('write_etc_file')
 
     def _patch(self, name, **kwargs):
         patcher = mock.patch('novalxcdriver.rootfs.Rootfs.' + name,
@@ -829,7 +829,8 @@ class RescueTest(_Base):
         return patcher.start()
 
     @staticmethod
-    def _create(root, image_rootfs, idmap, root_gb=0, ephemeral_gb=0):
+    def _create(root, image_rootfs, idmap, root_gb=0, ephemeral_gb=0,
+                hostname=None):
         # The real one makes disks and mounts; the directories suffice.
         for d in (root.lower, root.upper, root.work, root.merged):
             os.makedirs(d)
@@ -851,9 +852,9 @@ class RescueTest(_Base):
         self.assertEqual((self.rescue_root.path, '/images/r/rootfs',
                           self.ids.idmap(self.cid), 2),
                          (root.path, *args))
-        root, *args = self.write_etc_file.call_args.args
-        self.assertEqual((self.rescue_root.path, 'hostname', 'web-1\n',
-                          self.ids.idmap(self.cid)), (root.path, *args))
+        # Its /etc/hostname, as create writes the server's.
+        self.assertEqual({'hostname': 'web-1'},
+                         self.root_create.call_args.kwargs)
         # Its own root for /mnt, then the rescue's.
         self.assertEqual(
             [(self.root.path, '/images/x/rootfs'),
@@ -864,13 +865,13 @@ class RescueTest(_Base):
         self.lxc.start.assert_not_called()
 
     def test_rescue_root_made_only_once_the_record_names_it(self):
-        def create(root, *args):
+        def create(root, *args, **kwargs):
             self.assertEqual(self.rescue_root.path, root.path)
             self.assertEqual('rescue-image',
                              self.c.record().rescue_image_id)
             # The config names it only once it is there.
             self.assertEqual(self.server_config, self.config())
-            self._create(root, *args)
+            self._create(root, *args, **kwargs)
         self.root_create.side_effect = create
         self.c.rescue(self.spec, self.image, self.rescue_image)
         self.root_create.assert_called_once()

@@ -184,7 +184,7 @@ class _Base(unit_base.TestCase):
 
     @staticmethod
     def _rootfs_create(root, image_rootfs, idmap, root_gb=0,
-                       ephemeral_gb=0, root_fs='ext4'):
+                       ephemeral_gb=0, root_fs='ext4', hostname=None):
         # The real one makes disks, chowns and mounts; make the
         # directories only.
         for d in (root.lower, root.upper, root.work, root.merged):
@@ -1181,11 +1181,11 @@ class RescueTest(_Base):
                                                    'config-drive')))
 
     def test_rescue(self):
-        def create(root, image_rootfs, *args):
+        def create(root, image_rootfs, *args, **kwargs):
             if root.path == self.rescue_root:
                 # Nova stopped it; stopped it stays until it is ready.
                 self.assertEqual('STOPPED', self.states[self.name])
-            self._rootfs_create(root, image_rootfs, *args)
+            self._rootfs_create(root, image_rootfs, *args, **kwargs)
         self.rootfs_create.side_effect = create
         self.rescue()
         self.assertEqual(OTHER_IMAGE_ID, self.fetch.call_args.args[1])

@@ -14,6 +14,7 @@ from novalxcdriver import exception
 from novalxcdriver import ids
 from novalxcdriver import mount as real_mount
 from novalxcdriver.privsep import replacement
+from novalxcdriver.privsep import rootdirs
 from novalxcdriver import rootfs
 from tests.unit import base as unit_base
 
@@ -42,6 +43,19 @@ class _Base(unit_base.TestCase):
         self.disk_create = self.patch('novalxcdriver.disk.Disk.create',
                                       autospec=True,
                                       side_effect=self._disk_create)
+        # A new root's disks and mounts: privsep.rootdirs.create_root
+        # runs here (RootDirsInProcess), its steps' syscalls mocked.
+        self.create_image = self.patch(
+            'novalxcdriver.privsep.disks.create_image',
+            side_effect=lambda path, *a: open(path, 'x').close())
+        self.mount_disk = self.patch(
+            'novalxcdriver.privsep.storage.mount_disk',
+            side_effect=lambda path, target: self.mounted.add(target))
+        self.patch('novalxcdriver.privsep.storage.is_mount_root',
+                   side_effect=lambda p: p in self.mounted)
+        self.idmapped_bind = self.patch(
+            'novalxcdriver.privsep.storage.idmapped_bind')
+        self.overlay = self.patch('novalxcdriver.privsep.storage.overlay')
         self.disk_mount = self.patch('novalxcdriver.disk.Disk.mount',
                                      autospec=True)
         self.own = self.useFixture(
@@ -98,15 +112,36 @@ class CreateTest(_Base):
              if c.args[0] in (self.root.upper, self.root.work)])
 
     def assert_overlay_mounted(self):
-        self.mount.idmapped_bind.assert_called_once_with(
-            IMAGE_ROOTFS, self.root.lower, IDMAP)
-        self.mount.overlay.assert_called_once_with(
+        self.idmapped_bind.assert_called_once_with(
+            IMAGE_ROOTFS, self.root.lower, IDMAP.fields())
+        self.overlay.assert_called_once_with(
             self.root.lower, self.root.upper, self.root.work,
             self.root.merged)
 
+    def assert_disks(self, *made):
+        """made: (disk.Disk, size_gb, fs, owner Idmap or None) in order."""
+        templates = os.path.join(self.state_path, disk.TEMPLATES)
+        self.assertEqual(
+            [mock.call(d.image_path, gb, fs, templates)
+             for d, gb, fs, _ in made],
+            self.create_image.call_args_list)
+        self.assertEqual(
+            [mock.call(d.image_path, d.mountpoint) for d, *_ in made],
+            self.mount_disk.call_args_list)
+        self.assertEqual(
+            [mock.call(d.mountpoint, o.fields() if o else None)
+             for d, _, _, o in made],
+            self.own.give_disk_root.call_args_list)
+        for d, *_ in made:
+            self.assertTrue(os.path.isfile(d.image_path))
+            self.assertIn(d.mountpoint, self.mounted)
+        # The steps ran in the daemon, in one call (one round trip).
+        self.rootdirs.create_root.assert_called_once()
+        self.disk_create.assert_not_called()
+
     def test_without_disks(self):
         self.root.create(IMAGE_ROOTFS, IDMAP)
-        self.disk_create.assert_not_called()
+        self.assert_disks()
         self.assertEqual(0o711, os.stat(self.top).st_mode & 0o777)
         for d in (self.root.lower, self.root.merged,
                   self.root.root_disk.mountpoint):
@@ -119,41 +154,37 @@ class CreateTest(_Base):
             self.root.ephemeral_disk.mountpoint))
         self.assertFalse(self.root.has_ephemeral())
         self.disk_mount.assert_not_called()
+        self.own.write_etc_file.assert_not_called()
         self.assert_overlay_mounted()
 
     def test_root_disk(self):
-        def create(d, size_gb, owner=None, fs='ext4'):
+        def give_disk_root(mountpoint, idmap):
             # upper and work go on the disk: it comes first.
             self.assertFalse(os.path.exists(self.root.upper))
-            self._disk_create(d, size_gb, owner)
-        self.disk_create.side_effect = create
+        self.own.give_disk_root.side_effect = give_disk_root
         self.root.create(IMAGE_ROOTFS, IDMAP, root_gb=2)
         # The disk's root is the host's; upper and work the container's.
-        self.disk_create.assert_called_once_with(self.root.root_disk, 2,
-                                                 fs='ext4')
+        self.assert_disks((self.root.root_disk, 2, 'ext4', None))
         self.assert_upper_and_work_owned()
         self.assertFalse(self.root.has_ephemeral())
         self.assert_overlay_mounted()
 
     def test_root_disk_filesystem_passed_on(self):
         self.root.create(IMAGE_ROOTFS, IDMAP, root_gb=2, root_fs='btrfs')
-        self.disk_create.assert_called_once_with(self.root.root_disk, 2,
-                                                 fs='btrfs')
+        self.assert_disks((self.root.root_disk, 2, 'btrfs', None))
 
     def test_ephemeral_disk(self):
         self.root.create(IMAGE_ROOTFS, IDMAP, ephemeral_gb=3)
-        self.disk_create.assert_called_once_with(
-            self.root.ephemeral_disk, 3, IDMAP)
+        self.assert_disks((self.root.ephemeral_disk, 3, 'ext4', IDMAP))
         self.assertTrue(self.root.has_ephemeral())
         self.assert_upper_and_work_owned()
         self.assert_overlay_mounted()
 
     def test_both_disks(self):
-        self.root.create(IMAGE_ROOTFS, IDMAP, root_gb=2, ephemeral_gb=3)
-        self.assertEqual([
-            mock.call(self.root.root_disk, 2, fs='ext4'),
-            mock.call(self.root.ephemeral_disk, 3, IDMAP),
-        ], self.disk_create.call_args_list)
+        self.root.create(IMAGE_ROOTFS, IDMAP, root_gb=2, ephemeral_gb=3,
+                         root_fs='btrfs')
+        self.assert_disks((self.root.root_disk, 2, 'btrfs', None),
+                          (self.root.ephemeral_disk, 3, 'ext4', IDMAP))
         self.assert_upper_and_work_owned()
         # The disks are new and mounted, the layers' directories new: the
         # mount table (every container's mounts) is not read.
@@ -161,19 +192,57 @@ class CreateTest(_Base):
         self.mount.mountpoints.assert_not_called()
         self.assert_overlay_mounted()
 
+    def test_hostname_written_into_the_mounted_root(self):
+        def overlay(lower, upper, work, merged):
+            os.makedirs(os.path.join(merged, 'etc'))
+        self.overlay.side_effect = overlay
+        self.root.create(IMAGE_ROOTFS, IDMAP, root_gb=1, hostname='web-1')
+        self.own.write_etc_file.assert_called_once_with(
+            self.root.merged, 'hostname', 'web-1\n', IDMAP.fields())
+        with open(os.path.join(self.root.merged, 'etc', 'hostname')) as f:
+            self.assertEqual('web-1\n', f.read())
+
+    def test_an_image_without_etc_is_left_as_it_is(self):
+        self.root.create(IMAGE_ROOTFS, IDMAP, hostname='web-1')
+        self.own.write_etc_file.assert_called_once()
+        self.assertEqual([], os.listdir(self.root.merged))
+
     def test_existing_root_refused(self):
         os.makedirs(os.path.join(self.top, 'root', 'upper'))
         self.assertRaises(exception.RootfsExists, self.root.create,
-                          IMAGE_ROOTFS, IDMAP)
-        self.disk_create.assert_not_called()
-        self.mount.overlay.assert_not_called()
+                          IMAGE_ROOTFS, IDMAP, root_gb=1)
+        # Nothing was touched: no disk, no mount, its files left.
+        self.create_image.assert_not_called()
+        self.mount_disk.assert_not_called()
+        self.overlay.assert_not_called()
+        self.assertEqual(['upper'], os.listdir(os.path.join(self.top,
+                                                            'root')))
 
     def test_disk_failure_propagates(self):
-        self.disk_create.side_effect = exception.CommandFailed(
+        self.create_image.side_effect = exception.CommandFailed(
             cmd='mkfs.ext4', exit_code=1, stderr='no')
         self.assertRaises(exception.CommandFailed, self.root.create,
                           IMAGE_ROOTFS, IDMAP, root_gb=1)
-        self.mount.overlay.assert_not_called()
+        self.mount_disk.assert_not_called()
+        self.own.make_owned_dir.assert_not_called()
+        self.overlay.assert_not_called()
+
+    def test_a_bad_plan_is_refused_before_anything_is_made(self):
+        for args in (
+                ([['img', 'mnt', 1, 'ext4', None]], ['l', 'u', 'w', 'm'],
+                 []),
+                ([['img', 'mnt', 1, 'ext4', None, 'yes']],
+                 ['l', 'u', 'w', 'm'], []),
+                ([], ['l', 'u', 'w'], []),
+                ([], ['l', 'u', 'w', 'm'], [['hostname']]),
+                ('disks', ['l', 'u', 'w', 'm'], [])):
+            disks, layers, etc_files = args
+            self.assertRaises(
+                exception.PrivilegedCallRefused, rootdirs.create_root,
+                self.root.path, False, disks, layers, IMAGE_ROOTFS,
+                IDMAP.fields(), etc_files)
+        self.assertFalse(os.path.exists(self.top))
+        self.rootdirs.make_root.assert_not_called()
 
 
 class MountTest(_Base):
