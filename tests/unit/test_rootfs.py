@@ -227,6 +227,18 @@ class CreateTest(_Base):
         self.own.make_owned_dir.assert_not_called()
         self.overlay.assert_not_called()
 
+    def test_a_late_failure_leaves_what_was_made_to_destroy(self):
+        self.overlay.side_effect = exception.MountFailed(
+            what='overlay', target=self.root.merged, reason='EINVAL')
+        self.assertRaises(exception.MountFailed, self.root.create,
+                          IMAGE_ROOTFS, IDMAP, root_gb=1, hostname='web-1')
+        # The steps before it ran; none after. The caller destroys.
+        self.assertIn(self.root.root_disk.mountpoint, self.mounted)
+        self.assert_upper_and_work_owned()
+        self.idmapped_bind.assert_called_once()
+        self.own.write_etc_file.assert_not_called()
+        self.assertTrue(os.path.isfile(self.root.root_disk.image_path))
+
     def test_a_bad_plan_is_refused_before_anything_is_made(self):
         for args in (
                 ([['img', 'mnt', 1, 'ext4', None]], ['l', 'u', 'w', 'm'],
