@@ -102,6 +102,10 @@ def parse_args(argv):
                    help='threads of the throughput run (default 10)')
     p.add_argument('--batch', type=int, default=10,
                    help='spawns per throughput batch (default 10)')
+    p.add_argument('--throughput-rounds', type=int, default=3,
+                   help='driver-then-raw throughput runs per image, '
+                        'alternating; issue 16 goal 1 takes the median '
+                        'ratio (default 3)')
     p.add_argument('--density-busybox', type=int, default=20,
                    help='idle busybox containers for density (default 20)')
     p.add_argument('--density-debian', type=int, default=10,
@@ -284,7 +288,7 @@ def measure_host(args, results):
             'throughput': lambda: {
                 key: throughput.measure(h, images[key], args.count,
                                         args.concurrency, args.batch,
-                                        log=log)
+                                        args.throughput_rounds, log=log)
                 for key in IMAGES['throughput']},
             'snapshot': lambda: snapshot.measure(
                 h, images['busybox'], args.snapshot_sizes,

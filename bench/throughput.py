@@ -11,6 +11,7 @@ cleanup. The raw side starts as many prepared containers with
 """
 
 import concurrent.futures
+import statistics
 import time
 
 
@@ -114,21 +115,49 @@ def _figures(start, spawns, errors, running, batch, d_start, destroys,
     return figures
 
 
-def measure(h, image, count, concurrency, batch=10, log=print):
-    """count create+start of image at concurrency, driver then raw.
+def measure(h, image, count, concurrency, batch=10, rounds=1, log=print):
+    """count create+start of image at concurrency, driver then raw; rounds.
 
-    :returns: {'driver': figures, 'raw': figures}: per-spawn seconds,
+    Issue 16 goal 1 compares the two rates at concurrency 10. One round of
+    100 busybox spawns lasts about two seconds, and on two cores the
+    batches of either side vary twofold within a round, so the goal's
+    figure is the median over rounds of raw's rate over the driver's,
+    each round the two sides back to back.
+
+    :param rounds: driver-then-raw pairs; the first pair's samples are
+        kept whole.
+    :returns: {'driver': figures, 'raw': figures, 'rounds': [{'driver':
+        rate, 'raw': rate} per round (per second)], 'ratio': the median of
+        raw rate / driver rate over rounds, or None}: per-spawn seconds,
         finish times since the start (s), overall rate and batch rates
         (per second), errors, how many were RUNNING afterwards, and the
         same for destroys.
     """
-    results = {}
-    for side, runner in (('driver', _driver), ('raw', _raw)):
-        results[side] = r = runner(h, image, count, concurrency, batch)
-        log('  throughput %s %s: %d in %.1f s = %.1f/s; batches %s; '
-            'destroy %.1f/s; errors %d' % (
-                image.key, side, len(r['spawn_seconds']), r['total_seconds'],
-                r['rate'], ' '.join('%.1f' % x for x in r['batch_rates']),
-                r['destroy_rate'] or 0, len(r['errors'])))
-        time.sleep(3)
+    results = {'rounds': []}
+    for n in range(rounds):
+        rates = {}
+        for side, runner in (('driver', _driver), ('raw', _raw)):
+            r = runner(h, image, count, concurrency, batch)
+            if n == 0:
+                results[side] = r
+            rates[side] = r['rate']
+            log('  throughput %s %s (round %d/%d): %d in %.1f s = %.1f/s; '
+                'batches %s; destroy %.1f/s; errors %d' % (
+                    image.key, side, n + 1, rounds, len(r['spawn_seconds']),
+                    r['total_seconds'] or 0, r['rate'] or 0,
+                    ' '.join('%.1f' % x for x in r['batch_rates']),
+                    r['destroy_rate'] or 0, len(r['errors'])))
+            time.sleep(3)
+        results['rounds'].append(rates)
+    results['ratio'] = rounds_ratio(results['rounds'])
     return results
+
+
+def rounds_ratio(rounds):
+    """Median of raw rate / driver rate over rounds; None if none has both.
+
+    :param rounds: [{'driver': rate or None, 'raw': rate or None}, ...].
+    """
+    ratios = [r['raw'] / r['driver'] for r in rounds
+              if r.get('driver') and r.get('raw')]
+    return statistics.median(ratios) if ratios else None
