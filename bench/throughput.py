@@ -127,8 +127,8 @@ def measure(h, image, count, concurrency, batch=10, rounds=1, log=print):
     :param rounds: driver-then-raw pairs; the first pair's samples are
         kept whole.
     :returns: {'driver': figures, 'raw': figures, 'rounds': [{'driver':
-        rate, 'raw': rate} per round (per second)], 'ratio': the median of
-        raw rate / driver rate over rounds, or None}: per-spawn seconds,
+        rate, 'raw': rate} per round (per second); rounds_ratio gives the
+        goal's figure]}: per-spawn seconds,
         finish times since the start (s), overall rate and batch rates
         (per second), errors, how many were RUNNING afterwards, and the
         same for destroys.
@@ -149,7 +149,6 @@ def measure(h, image, count, concurrency, batch=10, rounds=1, log=print):
                     r['destroy_rate'] or 0, len(r['errors'])))
             time.sleep(3)
         results['rounds'].append(rates)
-    results['ratio'] = rounds_ratio(results['rounds'])
     return results
 
 

@@ -57,7 +57,7 @@ class MeasureTest(base.BaseTestCase):
         self.assertEqual([{'driver': 40, 'raw': 80},
                           {'driver': 50, 'raw': 70},
                           {'driver': 30, 'raw': 90}], out['rounds'])
-        self.assertEqual(2.0, out['ratio'])
+        self.assertEqual(2.0, throughput.rounds_ratio(out['rounds']))
 
     @staticmethod
     def _patch(name, side_effect):
