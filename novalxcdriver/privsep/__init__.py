@@ -125,6 +125,8 @@ def root_helper_command_opt(conf):
 # Driver roots this process asked for (add_roots); only this process's
 # own daemons and in-process contexts see them.
 _added_roots = set()
+# driver_roots' results: {(lxc_path, state_path, extra roots, added): roots}
+_roots_of = {}
 
 
 def _normalized(path):
@@ -138,9 +140,17 @@ def driver_roots(conf=conf_mod.CONF):
         ``extra_driver_roots`` of conf, and in this process also the
         roots given to add_roots.
     """
-    return frozenset(_normalized(p) for p in (
-        [conf.lxc.lxc_path, conf.lxc.state_path]
-        + list(conf.lxc.extra_driver_roots) + sorted(_added_roots)))
+    lxc = conf.lxc
+    key = (lxc.lxc_path, lxc.state_path, tuple(lxc.extra_driver_roots),
+           frozenset(_added_roots))
+    roots = _roots_of.get(key)
+    if roots is None:
+        # Every path check asks (about 20 per spawn): normalizing is most
+        # of the cost. The options are read each time (tests and a
+        # reload may change them); few distinct values ever occur.
+        roots = _roots_of[key] = frozenset(
+            _normalized(p) for p in key[:2] + key[2] + tuple(key[3]))
+    return roots
 
 
 def add_roots(*paths):

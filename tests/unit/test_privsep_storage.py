@@ -529,6 +529,56 @@ class EntryPointChecksTest(base.TestCase):
         self.refused(storage.idmapped_bind, self.root + '/root',
                      os.path.join(self.root, 'link'), [100000, 300000, 65536])
 
+    def test_symlink_loops_below_a_root(self):
+        # realpath leaves a loop unresolved, equal to the path itself.
+        one = os.path.join(self.root, 'loop')
+        os.symlink('loop', one)
+        a, b = os.path.join(self.root, 'a'), os.path.join(self.root, 'b')
+        os.symlink('b', a)
+        os.symlink('a', b)
+        for path in (one, one + '/x', a, b + '/x/y'):
+            msg = self.refused(storage.unmount, path)
+            self.assertIn('goes through a symlink', msg)
+
+    def test_what_does_not_exist_below_a_root(self):
+        # Nothing below a missing component exists to be a symlink, nor
+        # below a file.
+        with open(os.path.join(self.root, 'file'), 'w'):
+            pass
+        for path in ('missing/x/y', 'file/x', 'root/missing'):
+            storage.unmount(os.path.join(self.root, path))
+        self.assertEqual(3, self.libc.umount2.call_count)
+
+    def test_a_component_that_cannot_be_looked_at(self):
+        real = os.lstat
+        path = os.path.join(self.root, 'root', 'x')
+
+        def lstat(p, *args, **kwargs):
+            if p == os.path.join(self.root, 'root'):
+                raise PermissionError(errno.EACCES, 'denied', p)
+            return real(p, *args, **kwargs)
+
+        with mock.patch('os.lstat', side_effect=lstat):
+            msg = self.refused(storage.unmount, path)
+        self.assertIn('cannot tell whether %s/root is a symlink'
+                      % self.root, msg)
+
+    def test_below_the_deepest_root(self):
+        # A root the operator made a symlink, inside another root: paths
+        # below it are checked from it, not from the outer root.
+        target = os.path.join(self.tmp, 'elsewhere')
+        os.mkdir(target)
+        inner = os.path.join(self.state, 'inner')
+        os.symlink(target, inner)
+        self.refused(storage.unmount, os.path.join(inner, 'x'))
+        self.cfg.config(group='lxc', extra_driver_roots=[inner])
+        storage.unmount(os.path.join(inner, 'x'))
+        self.libc.umount2.assert_called_once()
+        self.libc.umount2.reset_mock()
+        os.symlink('/etc', os.path.join(target, 'link'))
+        self.assertIn('goes through a symlink', self.refused(
+            storage.unmount, os.path.join(inner, 'link', 'x')))
+
     def test_a_root_reached_through_a_symlink_is_fine(self):
         alias = os.path.join(self.tmp, 'alias')
         os.symlink(self.state, alias)
