@@ -153,6 +153,11 @@ class Reservation:
     resize_source: bool = False
 
 
+# read_subordinate_ranges' results: {(paths, user, files' stats): ranges}
+_RANGES_READ = {}
+_PASSWD = '/etc/passwd'
+
+
 def _user_names(user):
     """Return the spellings of ``user`` a subuid line may use: name, uid."""
     names = {str(user)}
@@ -219,12 +224,32 @@ def read_subordinate_ranges(subuid_path='/etc/subuid',
     the largest range would silently remap every container when a bigger
     range is appended.
 
+    Read again only when a file's inode, size, mtime or ctime changed
+    since the last read: the storage_admin daemon checks an idmap against
+    them about five times per spawn, and the reading (with the passwd
+    lookup) was most of that check's cost.
+
     :returns: ``((uid_start, uid_count), (gid_start, gid_count))``
     :raises exception.IdmapUnavailable: a file is unreadable or has no
         usable range for the user.
     """
-    names = _user_names(user)
-    return (_read_range(subuid_path, names), _read_range(subgid_path, names))
+    try:
+        key = (subuid_path, subgid_path, user) + tuple(
+            (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            for st in map(os.stat, (subuid_path, subgid_path, _PASSWD)))
+    except OSError:
+        key = None
+    ranges = _RANGES_READ.get(key)
+    if ranges is None:
+        names = _user_names(user)
+        ranges = (_read_range(subuid_path, names),
+                  _read_range(subgid_path, names))
+        if key is not None:
+            # Only success: fixing a file is seen at the next call.
+            if len(_RANGES_READ) >= 8:
+                _RANGES_READ.clear()
+            _RANGES_READ[key] = ranges
+    return ranges
 
 
 def _top_of_root(ranges, skip, size, what):
@@ -270,6 +295,57 @@ def helper_ids(ranges=None):
                         'unpacked and converted')
 
 
+class _SharedCall:
+    """fn() for concurrent callers, each given a call begun after it asked.
+
+    A caller that comes while a call runs waits for the next one, which
+    one of the waiters makes for all of them: the artifact scan, O(n) in
+    the containers, ran once per spawn, ten at a time at concurrency 10.
+    Such a result is as fresh as the caller's own call would have been.
+    A failed call's waiters call fn themselves (its exception is the
+    caller's that made it).
+    """
+
+    def __init__(self, fn):
+        self._fn = fn
+        self._cond = threading.Condition()
+        self._started = 0
+        self._running = False
+        # The last call that ended: its number, result, and whether it
+        # raised.
+        self._finished = 0
+        self._result = None
+        self._failed = False
+
+    def __call__(self):
+        with self._cond:
+            wanted = self._started + 1
+            while self._finished < wanted:
+                if not self._running:
+                    self._running = True
+                    self._started += 1
+                    number = self._started
+                    break
+                self._cond.wait()
+            else:
+                if not self._failed:
+                    return self._result
+                number = None
+        if number is None:
+            return self._fn()
+        result, failed = None, True
+        try:
+            result = self._fn()
+            failed = False
+            return result
+        finally:
+            with self._cond:
+                self._running = False
+                self._finished = number
+                self._result, self._failed = result, failed
+                self._cond.notify_all()
+
+
 class IdAllocator:
     """Hands out container IDs, persistently and race-free on one host.
 
@@ -283,11 +359,13 @@ class IdAllocator:
     :param subgid_path: subgid(5) file holding root's range.
     :param artifact_ids: optional callable returning an iterable of IDs
         still used by leftover artifacts (rootfs dirs, container configs);
-        those IDs are never handed out. Called once per allocation, just
-        before the lock is taken; its exceptions propagate. That is
-        enough because artifacts of an ID are made only while it is
-        reserved, and a reservation is released only once they are gone:
-        an ID whose artifacts appeared since the call is reserved.
+        those IDs are never handed out. Each allocation uses the result of
+        a call begun after the allocation began, before the lock is taken
+        (concurrent allocations share one: _SharedCall); its exceptions
+        propagate. That is enough because artifacts of an ID are made
+        only while it is reserved, and a reservation is released only
+        once they are gone: an ID whose artifacts appeared since the call
+        is reserved.
 
     The subordinate ranges are read on first use (``count``, ``idmap``,
     ``allocate``) and then cached: changing them under running containers
@@ -316,7 +394,8 @@ class IdAllocator:
         self.range_size = range_size
         self.subuid_path = subuid_path
         self.subgid_path = subgid_path
-        self._artifact_ids = artifact_ids
+        self._artifact_ids = (None if artifact_ids is None
+                              else _SharedCall(artifact_ids))
         self._ranges = None
         self._ranges_lock = threading.Lock()
         # Set once this process has rebuilt the index (ensure_index).

@@ -139,6 +139,40 @@ class ReadSubordinateRangesTest(_Base):
                               ids.read_subordinate_ranges, uid, missing)
         self.assertIn(missing, e.kwargs['reason'])
 
+    def test_read_again_only_when_a_file_changed(self):
+        uid, gid = self.ranges('root:100000:65536\n', 'root:7:65536\n')
+        opened = []
+        real = open
+
+        def counting_open(path, mode='r', *args, **kwargs):
+            if mode == 'r':
+                opened.append(path)
+            return real(path, mode, *args, **kwargs)
+
+        with mock.patch('builtins.open', side_effect=counting_open):
+            for _ in range(3):
+                self.assertEqual(((100000, 65536), (7, 65536)),
+                                 ids.read_subordinate_ranges(uid, gid))
+            self.assertEqual([uid, gid], opened)
+            # Rewritten in place, same size: the new range is read.
+            self.write('subgid', 'root:8:65536\n')
+            self.assertEqual(((100000, 65536), (8, 65536)),
+                             ids.read_subordinate_ranges(uid, gid))
+            # Replaced by a rename (shadow's tools do): read too.
+            new = self.write('subuid.new', 'root:200000:65536\n')
+            os.rename(new, uid)
+            self.assertEqual(((200000, 65536), (8, 65536)),
+                             ids.read_subordinate_ranges(uid, gid))
+        self.assertEqual([uid, gid] * 3, opened)
+
+    def test_a_failure_is_not_remembered(self):
+        uid, gid = self.ranges('root:100000:65536\n', 'alice:7:65536\n')
+        self.assertRaises(exception.IdmapUnavailable,
+                          ids.read_subordinate_ranges, uid, gid)
+        self.write('subgid', 'root:7:65536\n')
+        self.assertEqual(((100000, 65536), (7, 65536)),
+                         ids.read_subordinate_ranges(uid, gid))
+
     def test_count_from_smaller_range(self):
         # Less the unpacker's UNPACK_IDS at the top (unpack_idmap) and
         # the HELPER_IDS below them (helper_ids).
@@ -515,6 +549,96 @@ class AllocateTest(_Base):
         with mock.patch.object(alloc, '_lock', lock):
             self.assertEqual(1, alloc.allocate('u', 'n'))
         self.assertEqual(['scanned', 'locked'], held)
+
+    def test_concurrent_allocations_share_a_scan_begun_after_them(self):
+        # A scan already running when an allocation begins may have
+        # missed an artifact made since: the allocation waits for the
+        # next scan, which serves every allocation waiting.
+        first_in = threading.Event()
+        release_first = threading.Event()
+        calls = []
+        leftovers = {0}
+
+        def artifacts():
+            seen = set(leftovers)
+            calls.append(seen)
+            if len(calls) == 1:
+                first_in.set()
+                release_first.wait(10)
+            return seen
+
+        alloc = self.allocator(artifact_ids=artifacts)
+        alloc.ensure_index()
+        got = {}
+
+        def spawn(name):
+            got[name] = alloc.allocate('uuid-' + name, name)
+
+        early = threading.Thread(target=spawn, args=('early',))
+        early.start()
+        self.assertTrue(first_in.wait(10))
+        # A leftover of ID 1 appears while the first scan runs.
+        leftovers.add(1)
+        late = [threading.Thread(target=spawn, args=('late%d' % i,))
+                for i in range(4)]
+        for t in late:
+            t.start()
+        deadline = time.monotonic() + 10
+        while (len(alloc._artifact_ids._cond._waiters) < 4 and
+               time.monotonic() < deadline):
+            time.sleep(0.005)
+        release_first.set()
+        for t in [early] + late:
+            t.join(10)
+        # The early one saw only 0 (and took 1); the four late ones shared
+        # one scan that saw 1 too.
+        self.assertEqual([{0}, {0, 1}], calls)
+        self.assertEqual(1, got['early'])
+        self.assertEqual({2, 3, 4, 5},
+                         {got['late%d' % i] for i in range(4)})
+
+    def test_a_failed_shared_scan_is_not_handed_on(self):
+        in_scan = threading.Event()
+        go = threading.Event()
+        calls = []
+
+        def artifacts():
+            calls.append(threading.current_thread().name)
+            if len(calls) == 1:
+                in_scan.set()
+                go.wait(10)
+            if len(calls) == 2:
+                raise OSError(errno.EIO, 'scan failed')
+            return []
+
+        shared = ids._SharedCall(artifacts)
+        out = {}
+
+        def call(name):
+            try:
+                out[name] = shared()
+            except OSError as e:
+                out[name] = e
+
+        threads = [threading.Thread(target=call, args=(n,), name=n)
+                   for n in ('a', 'b', 'c')]
+        threads[0].start()
+        self.assertTrue(in_scan.wait(10))
+        for t in threads[1:]:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(shared._cond._waiters) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        go.set()
+        for t in threads:
+            t.join(10)
+        # a's own scan; then one of b and c scans for both and fails: that
+        # one gets the error, the other scans again itself.
+        self.assertEqual(3, len(calls))
+        self.assertEqual([], out['a'])
+        errors = [n for n in 'bc' if isinstance(out[n], OSError)]
+        self.assertEqual(1, len(errors), out)
+        self.assertEqual(calls[1], errors[0])
 
     def test_sync_failure_releases_the_id(self):
         alloc = self.allocator()
