@@ -92,3 +92,25 @@ class GoalRowTest(base.BaseTestCase):
         row = report._throughput_goal_row('busybox', t, CONFIG)
         self.assertIn('**2.00x**', row['measured'])
         self.assertIn('median of 1 round,', row['metric'])
+
+
+class PoolTest(base.BaseTestCase):
+
+    def test_garbage_is_collected_before_the_clock(self):
+        events = []
+        self.useFixture(fixtures.MockPatch(
+            'gc.collect', side_effect=lambda: events.append('collect')))
+        real = throughput.time.perf_counter
+
+        def clock():
+            events.append('clock')
+            return real()
+
+        self.useFixture(fixtures.MockPatchObject(
+            throughput.time, 'perf_counter', side_effect=clock))
+        start, results, errors = throughput._pool(
+            2, lambda n: events.append('work') or n * 2, [1, 2, 3])
+        self.assertEqual(['collect', 'clock'], events[:2])
+        self.assertEqual(1, events.count('collect'))
+        self.assertEqual([2, 4, 6], sorted(results))
+        self.assertEqual([], errors)
