@@ -23,7 +23,7 @@ import os
 import tarfile
 import zlib
 
-from novalxcdriver import exception
+from novalxcdriver import refusal
 
 # Read in pieces of this many bytes; within one, pieces of BLOCK bytes
 # of zeros are not written (a filesystem's block: they stay holes).
@@ -59,17 +59,17 @@ def receive(stream, files, max_bytes):
                 _copy(source, files[member.name], member.size)
                 sizes[member.name] = member.size
     except (tarfile.TarError, EOFError, zlib.error) as e:
-        raise exception.ArchiveError(reason='the disks\' stream is '
-                                            'corrupt: %s' % (e,))
+        raise refusal.ArchiveError(reason='the disks\' stream is '
+                                          'corrupt: %s' % (e,))
     missing = sorted(set(files) - set(sizes))
     if missing:
-        raise exception.ArchiveError(reason='the disks\' stream lacks %s'
-                                     % ', '.join(missing))
+        raise refusal.ArchiveError(reason='the disks\' stream lacks %s'
+                                   % ', '.join(missing))
     return sizes
 
 
 def _refuse(name, reason):
-    raise exception.UnsafeArchiveMember(member=name, reason=reason)
+    raise refusal.UnsafeArchiveMember(member=name, reason=reason)
 
 
 def _check(member, files, sizes, max_bytes):
@@ -92,8 +92,8 @@ def _copy(source, fd, size):
     while offset < size:
         block = source.read(min(CHUNK, size - offset))
         if not block:
-            raise exception.ArchiveError(reason='the disks\' stream ends '
-                                                'inside a disk')
+            raise refusal.ArchiveError(reason='the disks\' stream ends '
+                                              'inside a disk')
         if block != _ZEROS[:len(block)]:
             _write_data(fd, memoryview(block), offset)
         offset += len(block)

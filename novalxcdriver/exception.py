@@ -9,6 +9,8 @@ fault with this message rather than an unexplained error.
 
 from nova import exception as nova_exc
 
+from novalxcdriver import refusal
+
 
 def _plain(value):
     # What msgpack carries as it is (oslo.privsep's wire format).
@@ -62,7 +64,7 @@ class ImageUnpackError(NovaLXCError):
 class UnsafeArchiveMember(NovaLXCError):
     """One archive member would escape or abuse the image root."""
 
-    msg_fmt = 'archive member %(member)r refused: %(reason)s'
+    msg_fmt = refusal.UnsafeArchiveMember.msg_fmt
 
 
 class IdRangeExhausted(NovaLXCError):
@@ -136,13 +138,13 @@ class InvalidContainerName(NovaLXCError):
 class ArchiveError(NovaLXCError):
     """A root filesystem archive is not a supported tarball, or is corrupt."""
 
-    msg_fmt = 'archive refused: %(reason)s'
+    msg_fmt = refusal.ArchiveError.msg_fmt
 
 
 class DiskImageRefused(NovaLXCError):
     """A disk image (qcow2, raw with a partition table) cannot be a rootfs."""
 
-    msg_fmt = 'disk image refused: %(reason)s'
+    msg_fmt = refusal.DiskImageRefused.msg_fmt
 
 
 class ContainerExists(NovaLXCError):

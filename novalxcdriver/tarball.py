@@ -77,7 +77,7 @@ import zlib
 
 import zstandard
 
-from novalxcdriver import exception
+from novalxcdriver import refusal
 
 # Compressed formats by magic bytes, as tarfile stream-mode suffixes; zstd
 # is not one of them and is decompressed with the zstandard package.
@@ -144,10 +144,10 @@ def unpack_stream(stream, dest_dir, max_bytes, head=b'', max_id=None):
     :returns: the bytes of regular file data written: the sum of the sizes
         of the regular files (a sparse file counts its full size, a hard
         link nothing).
-    :raises exception.ArchiveError: the content is not a supported tarball,
+    :raises refusal.ArchiveError: the content is not a supported tarball,
         it is truncated or corrupt, or extraction failed (the reason says
         which).
-    :raises exception.UnsafeArchiveMember: a member breaks a safety rule of
+    :raises refusal.UnsafeArchiveMember: a member breaks a safety rule of
         the module docstring, including the size limits; nothing has been
         written outside dest_dir.
     :raises OSError: writing into dest_dir failed (reading the stream
@@ -216,11 +216,11 @@ def _unpack(stream, dest_dir, head, member_filter):
                            numeric_owner=True, **_NO_STOCK_FILTER)
         _read_to_end(source)
         member_filter.finish()
-    except (exception.ArchiveError, exception.UnsafeArchiveMember):
+    except (refusal.ArchiveError, refusal.UnsafeArchiveMember):
         raise
     except tarfile.ExtractError as e:
         cause = ': %s' % e.__cause__ if e.__cause__ else ''
-        raise exception.ArchiveError(
+        raise refusal.ArchiveError(
             reason='extraction failed: %s%s' % (e, cause)) from e
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError,
             zstandard.ZstdError) as e:
@@ -230,7 +230,7 @@ def _unpack(stream, dest_dir, head, member_filter):
         # comes from reading and decompressing the archive.
         if e.filename is None:
             raise _corrupt(e) from e
-        raise exception.ArchiveError(
+        raise refusal.ArchiveError(
             reason='extraction failed: %s' % e) from e
     return member_filter.total
 
@@ -291,7 +291,7 @@ def _read_to_end(source):
 
 
 def _corrupt(error):
-    return exception.ArchiveError(
+    return refusal.ArchiveError(
         reason='archive is truncated or corrupt: %s' % error)
 
 
@@ -304,7 +304,7 @@ def _detect(head):
     if head[_TAR_MAGIC_OFFSET:magic_end] == _TAR_MAGIC:
         return ''
     if not head:
-        raise exception.ArchiveError(reason='not a tar archive: empty file')
+        raise refusal.ArchiveError(reason='not a tar archive: empty file')
     shown = ''.join(chr(b) if 0x20 <= b < 0x7f and b != 0x5c else '\\x%02x' % b
                     for b in head[:8])
     reason = 'not a tar archive: content starts with %s' % shown
@@ -312,7 +312,7 @@ def _detect(head):
         if head[offset:offset + len(magic)] == magic:
             reason += ' (%s?)' % name
             break
-    raise exception.ArchiveError(reason=reason)
+    raise refusal.ArchiveError(reason=reason)
 
 
 # Our checks run in _stream_members, on every Python: extractall()'s
@@ -355,31 +355,31 @@ class _CheckedTarInfo(tarfile.TarInfo):
         except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):
             # tarfile takes end of data where a header should start for the
             # end of the archive; a real end has zero blocks.
-            raise exception.ArchiveError(
+            raise refusal.ArchiveError(
                 reason='archive is truncated or corrupt: data ends before '
                        'the end-of-archive marker') from None
         except tarfile.InvalidHeaderError as e:
             # tarfile takes a bad header after the first for the end of
             # the archive too, and drops every member after it.
-            raise exception.ArchiveError(
+            raise refusal.ArchiveError(
                 reason='archive is truncated or corrupt: %s at byte %d' % (
                     e, tar.offset)) from None
 
     def _proc_member(self, tar):
         if self.type in _METADATA_TYPES and self.size > _MAX_HEADER_BYTES:
-            raise exception.ArchiveError(
+            raise refusal.ArchiveError(
                 reason='a %d-byte metadata header exceeds the limit of %d '
                        'bytes' % (self.size, _MAX_HEADER_BYTES))
         member = super()._proc_member(tar)
         if len(tar.pax_headers) > _MAX_GLOBAL_PAX_RECORDS:
-            raise exception.ArchiveError(
+            raise refusal.ArchiveError(
                 reason='more than %d global pax records'
                        % _MAX_GLOBAL_PAX_RECORDS)
         return member
 
 
 def _refuse(member, reason):
-    return exception.UnsafeArchiveMember(member=member.name, reason=reason)
+    return refusal.UnsafeArchiveMember(member=member.name, reason=reason)
 
 
 def _lstat(path):
@@ -507,7 +507,7 @@ class _MemberFilter(object):
                 try:
                     os.setxattr(path, key, value, follow_symlinks=False)
                 except OSError as e:
-                    raise exception.ArchiveError(
+                    raise refusal.ArchiveError(
                         reason='cannot set extended attribute %s on %r: %s'
                                % (key.decode('utf-8', 'backslashreplace'),
                                   name, e.strerror)) from e

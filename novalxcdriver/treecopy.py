@@ -17,7 +17,7 @@ import errno
 import os
 import stat
 
-from novalxcdriver import exception
+from novalxcdriver import refusal
 from novalxcdriver import tarball
 
 
@@ -52,7 +52,7 @@ def copy_tree(src, dest, max_bytes):
         # Confined, the copy reads what the image's owners 0..65535 or
         # others may read: a file or directory only an owner beyond them
         # may read is the image's, not the host's, problem.
-        raise exception.DiskImageRefused(
+        raise refusal.DiskImageRefused(
             reason='%s cannot be read: its owner is beyond the 65536 ids '
                    'a container maps' % os.path.relpath(
                        os.fsdecode(e.filename), src)) from e
@@ -72,7 +72,7 @@ def _copy_tree(src, dest, max_bytes):
             if '/' in entry.name or entry.name in ('.', '..'):
                 # Only a corrupt or crafted filesystem returns these; as a
                 # path component of dest they would lead out of it.
-                raise exception.DiskImageRefused(
+                raise refusal.DiskImageRefused(
                     reason='directory %r holds an entry named %r: the '
                            'filesystem is corrupt'
                            % (os.path.relpath(src_dir, src), entry.name))
@@ -82,7 +82,7 @@ def _copy_tree(src, dest, max_bytes):
             if stat.S_ISDIR(st.st_mode):
                 key = (st.st_dev, st.st_ino)
                 if key in seen:
-                    raise exception.DiskImageRefused(
+                    raise refusal.DiskImageRefused(
                         reason='directory %r appears twice: the filesystem '
                                'is corrupt' % os.path.relpath(s, src))
                 seen.add(key)
@@ -131,14 +131,14 @@ class _Copier:
 
     def _account(self, s, st):
         if self.total + st.st_size > self._max_bytes:
-            raise exception.DiskImageRefused(
+            raise refusal.DiskImageRefused(
                 reason='its files would exceed the limit of %d bytes '
                        '([lxc] image_max_unpacked_gib)' % self._max_bytes)
         vfs = os.statvfs(self._dest)
         free = vfs.f_bavail * vfs.f_frsize
         needed = min(st.st_size, st.st_blocks * 512)
         if needed > free:
-            raise exception.DiskImageRefused(
+            raise refusal.DiskImageRefused(
                 reason='%s needs %d bytes but only %d are free in the '
                        'image cache' % (s, needed, free))
         self.total += st.st_size

@@ -60,7 +60,7 @@ import lzma  # noqa: F401
 import zstandard  # noqa: F401
 
 from novalxcdriver import diskstream
-from novalxcdriver import exception
+from novalxcdriver import refusal
 from novalxcdriver import tarball
 from novalxcdriver import treecopy
 
@@ -151,27 +151,36 @@ def run(argv=None):
             return 0, {'size': size, 'opaque': opaque}
         size = tarball.unpack_stream(sys.stdin.buffer, '.', args.max_bytes,
                                      max_id=args.max_id)
-    except exception.DiskImageRefused as e:
-        return 1, {'error': 'DiskImageRefused',
-                   'reason': str(e.kwargs.get('reason'))}
-    except exception.UnsafeArchiveMember as e:
-        return 1, {'error': 'UnsafeArchiveMember',
-                   'member': str(e.kwargs.get('member')),
-                   'reason': str(e.kwargs.get('reason'))}
-    except exception.ArchiveError as e:
-        return 1, {'error': 'ArchiveError',
-                   'reason': str(e.kwargs.get('reason'))}
-    except OSError as e:
-        result = {'error': 'OSError', 'errno': e.errno or 0,
-                  'strerror': e.strerror or str(e)}
-        # symlink(2) and link(2) name the new path second: the first is
-        # the link's text, the image's own.
-        name = e.filename2 if e.filename2 is not None else e.filename
-        if name is not None:
-            # Relative to the child's working directory.
-            result['filename'] = os.fsdecode(name)
-        return 1, result
+    except (refusal.DiskImageRefused, refusal.UnsafeArchiveMember,
+            refusal.ArchiveError, OSError) as e:
+        return 1, failure(e)
     return 0, {'size': size}
+
+
+def failure(error):
+    """What the child prints for error, a refusal or an OSError.
+
+    :returns: a JSON-able dict, ``{"error": <class name>, ...}`` as the
+        module docstring gives; privsep/unpack.py's _outcome raises the
+        matching exception.py class (or OSError) from it.
+    """
+    if isinstance(error, refusal.UnsafeArchiveMember):
+        return {'error': 'UnsafeArchiveMember',
+                'member': str(error.kwargs.get('member')),
+                'reason': str(error.kwargs.get('reason'))}
+    for kind in (refusal.DiskImageRefused, refusal.ArchiveError):
+        if isinstance(error, kind):
+            return {'error': kind.__name__,
+                    'reason': str(error.kwargs.get('reason'))}
+    result = {'error': 'OSError', 'errno': error.errno or 0,
+              'strerror': error.strerror or str(error)}
+    # symlink(2) and link(2) name the new path second: the first is
+    # the link's text, the image's own.
+    name = error.filename2 if error.filename2 is not None else error.filename
+    if name is not None:
+        # Relative to the child's working directory.
+        result['filename'] = os.fsdecode(name)
+    return result
 
 
 def main():

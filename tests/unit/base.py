@@ -1,6 +1,7 @@
 """The unit tests' base class."""
 
 import contextlib
+import json
 import os
 import shutil
 import stat
@@ -23,7 +24,9 @@ from novalxcdriver.privsep import replacement
 from novalxcdriver.privsep import rootdirs
 from novalxcdriver.privsep import snapshots
 from novalxcdriver.privsep import unpack
+from novalxcdriver import refusal
 from novalxcdriver import tarball
+from novalxcdriver import unpackchild
 
 
 class TestCase(base.BaseTestCase):
@@ -285,6 +288,13 @@ class ConfinedUnpackInProcess(fixtures.Fixture):
             try:
                 outcome['size'] = tarball.unpack_stream(
                     source, rootfs, max_bytes, max_id=ids.UNPACK_IDS - 1)
+            except refusal.Refusal as e:
+                # As the daemon raises what the child printed.
+                try:
+                    unpack._outcome(1, json.dumps(
+                        unpackchild.failure(e)).encode(), b'')
+                except Exception as raised:
+                    outcome['error'] = raised
             except BaseException as e:
                 outcome['error'] = e
             finally:

@@ -19,6 +19,7 @@ import fixtures
 
 from novalxcdriver import diskstream
 from novalxcdriver import exception
+from novalxcdriver import refusal
 from tests.tar_members import device
 from tests.tar_members import directory
 from tests.tar_members import fifo
@@ -122,7 +123,7 @@ class _Base(base.TestCase):
         return os.path.join(self.dst, name)
 
     def refused(self, data, names=('root.img',), max_bytes=1 << 30,
-                error=exception.UnsafeArchiveMember):
+                error=refusal.UnsafeArchiveMember):
         """receive refuses data with error; its str."""
         e = self.assertRaises(error, self.receive, data, names, max_bytes)
         return str(e)
@@ -278,10 +279,10 @@ class PlainMemberTest(_Base):
         # tarfile raises first (ReadError); should its reader ever come
         # back short, the disk is no smaller for it.
         fd = self.files('root.img')['root.img']
-        e = self.assertRaises(exception.ArchiveError, diskstream._copy,
+        e = self.assertRaises(refusal.ArchiveError, diskstream._copy,
                               io.BytesIO(b'abc'), fd, CHUNK + 10)
         self.assertIn('ends inside a disk', str(e))
-        self.assertRaises(exception.ArchiveError, diskstream._copy,
+        self.assertRaises(refusal.ArchiveError, diskstream._copy,
                           io.BytesIO(bytes(CHUNK)), fd, CHUNK + 1)
 
     def test_a_pax_member(self):
@@ -410,7 +411,7 @@ class RefusedTest(_Base):
         data[148:156] = b'%06o\0 ' % sum(data[:512])
         with tarfile.open(fileobj=io.BytesIO(bytes(data)), mode='r|') as t:
             self.assertEqual([-5], [m.size for m in t])
-        e = self.assertRaises(exception.UnsafeArchiveMember, self.receive,
+        e = self.assertRaises(refusal.UnsafeArchiveMember, self.receive,
                               bytes(data))
         self.assertIn('negative size', str(e))
         self.assertEmpty('root.img')
@@ -422,26 +423,26 @@ class CorruptTest(_Base):
     def test_a_missing_disk(self):
         data = tar_of([reg('root.img', b'r')])
         msg = self.refused(data, ('root.img', 'ephemeral.img'),
-                           error=exception.ArchiveError)
+                           error=refusal.ArchiveError)
         self.assertIn('lacks ephemeral.img', msg)
         self.reset()
         msg = self.refused(tar_of([]), ('root.img', 'ephemeral.img'),
-                           error=exception.ArchiveError)
+                           error=refusal.ArchiveError)
         self.assertIn('ephemeral.img', msg)
         self.assertIn('root.img', msg)
 
     def test_an_empty_tar(self):
         # The end-of-archive blocks alone.
-        self.refused(tar_of([]), error=exception.ArchiveError)
+        self.refused(tar_of([]), error=refusal.ArchiveError)
         self.reset()
-        self.refused(bytes(10240), error=exception.ArchiveError)
+        self.refused(bytes(10240), error=refusal.ArchiveError)
 
     def test_cut_inside_a_member_s_data(self):
         body = os.urandom(3 * CHUNK)
         data = tar_of([reg('root.img', body)])
         for cut in (512 + 1, 512 + CHUNK, 512 + CHUNK + 1,
                     512 + len(body) - 1):
-            msg = self.refused(data[:cut], error=exception.ArchiveError)
+            msg = self.refused(data[:cut], error=refusal.ArchiveError)
             self.assertIn('stream', msg)
             self.reset()
 
@@ -450,7 +451,7 @@ class CorruptTest(_Base):
                     {0: os.urandom(8 * KiB), 6 * MiB: os.urandom(8 * KiB)})
         data = gnu_tar(self.src, 'root.img')
         for cut in (512 + 100, 512 + 8 * KiB + 512):
-            self.refused(data[:cut], error=exception.ArchiveError)
+            self.refused(data[:cut], error=refusal.ArchiveError)
             self.reset()
 
     def test_cut_inside_a_header(self):
@@ -458,27 +459,27 @@ class CorruptTest(_Base):
                        reg('ephemeral.img', b'e')])
         for cut in (0, 1, 100, 511, 1536 + 100):
             self.refused(data[:cut], ('root.img', 'ephemeral.img'),
-                         error=exception.ArchiveError)
+                         error=refusal.ArchiveError)
             self.reset()
 
     def test_garbage(self):
         for data in (b'', b'\0', b'not a tar', os.urandom(4096),
                      b'x' * 10240, b'ustar' * 1000):
-            self.refused(data, error=exception.ArchiveError)
+            self.refused(data, error=refusal.ArchiveError)
             self.assertEmpty('root.img')
             self.reset()
 
     def test_a_bad_checksum(self):
         data = bytearray(tar_of([reg('root.img', b'x')]))
         data[0:1] = b'R'
-        self.refused(bytes(data), error=exception.ArchiveError)
+        self.refused(bytes(data), error=refusal.ArchiveError)
         self.assertEmpty('root.img')
 
     def test_compressed_tars_are_refused(self):
         plain = tar_of([reg('root.img', b'compressed')])
         for data in (gzip.compress(plain), bz2.compress(plain),
                      lzma.compress(plain)):
-            self.refused(data, error=exception.ArchiveError)
+            self.refused(data, error=refusal.ArchiveError)
             self.assertEmpty('root.img')
             self.reset()
 

@@ -16,7 +16,7 @@ import fixtures
 from oslotest import base
 import zstandard
 
-from novalxcdriver import exception
+from novalxcdriver import refusal
 from novalxcdriver import tarball
 from tests import tar_members
 from tests.tar_members import device
@@ -102,7 +102,7 @@ class TestUnpackRootfs(base.BaseTestCase):
 
     def assertRefused(self, path, member, max_bytes=BIG):
         """The archive is refused because of member; nothing leaked."""
-        e = self.assertRaises(exception.UnsafeArchiveMember,
+        e = self.assertRaises(refusal.UnsafeArchiveMember,
                               self.unpack, path, max_bytes)
         self.assertEqual(member, e.kwargs['member'])
         self.assertIn(repr(member), str(e))
@@ -110,7 +110,7 @@ class TestUnpackRootfs(base.BaseTestCase):
         return e
 
     def assertArchiveError(self, path, *fragments):
-        e = self.assertRaises(exception.ArchiveError, self.unpack, path)
+        e = self.assertRaises(refusal.ArchiveError, self.unpack, path)
         for fragment in fragments:
             self.assertIn(fragment, str(e))
         self.assertNothingOutside()
@@ -244,7 +244,7 @@ class TestUnpackRootfs(base.BaseTestCase):
                             gid=7)]
         try:
             self.unpack(self.write_archive(members))
-        except exception.ArchiveError as e:
+        except refusal.ArchiveError as e:
             if 'Operation not supported' in str(e):
                 self.skipTest(str(e))
             raise
@@ -270,7 +270,7 @@ class TestUnpackRootfs(base.BaseTestCase):
         for field in ('uid', 'gid'):
             info, data = reg('f-%s' % field, b'x', **{field: 65536})
             path = self.write_archive([(info, data)], name=field)
-            e = self.assertRaises(exception.UnsafeArchiveMember,
+            e = self.assertRaises(refusal.UnsafeArchiveMember,
                                   unpack_file, path, self.dest,
                                   BIG, max_id=65535)
             self.assertIn('%s 65536 is outside 0..65535' % field, str(e))
@@ -588,7 +588,7 @@ class TestUnpackRootfs(base.BaseTestCase):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')
             self.unpack(ok)
-            self.assertRaises(exception.UnsafeArchiveMember, self.unpack, bad)
+            self.assertRaises(refusal.UnsafeArchiveMember, self.unpack, bad)
         self.assertEqual([], caught)
         stderr.seek(0)
         stdout.seek(0)
@@ -773,7 +773,7 @@ class TestUnpackUpper(base.BaseTestCase):
             for field in ('uid', 'gid'):
                 owner = self.owned()
                 owner[field] += n
-                e = self.assertRaises(exception.UnsafeArchiveMember,
+                e = self.assertRaises(refusal.UnsafeArchiveMember,
                                       self.unpack, [reg('f-%s-%d' % (
                                           field, n), b'', **owner)])
                 self.assertIn('%s %d is outside' % (field, owner[field]),
@@ -781,7 +781,7 @@ class TestUnpackUpper(base.BaseTestCase):
 
     def test_a_link_owned_by_host_root_to_a_file_refused(self):
         e = self.assertRaises(
-            exception.UnsafeArchiveMember, self.unpack,
+            refusal.UnsafeArchiveMember, self.unpack,
             [reg('f', b'x', **self.owned()),
              (tar_members.info('g', tarfile.LNKTYPE, linkname='f'), None)])
         self.assertIn('uid 0 is outside', str(e))
@@ -791,11 +791,11 @@ class TestUnpackUpper(base.BaseTestCase):
             member = tar_members.info('dev', tarfile.CHRTYPE, mode=0o600,
                                       devmajor=major, devminor=minor,
                                       **self.owned())
-            self.assertRaises(exception.UnsafeArchiveMember, self.unpack,
+            self.assertRaises(refusal.UnsafeArchiveMember, self.unpack,
                               [(member, None)])
         member = tar_members.info('blk', tarfile.BLKTYPE, mode=0o600,
                                   devmajor=0, devminor=0, **self.owned())
-        self.assertRaises(exception.UnsafeArchiveMember, self.unpack,
+        self.assertRaises(refusal.UnsafeArchiveMember, self.unpack,
                           [(member, None)])
         self.assertEqual([], os.listdir(self.dest))
 
@@ -804,7 +804,7 @@ class TestUnpackUpper(base.BaseTestCase):
                         [(tar_members.info('l', tarfile.SYMTYPE,
                                            linkname='../../etc',
                                            **self.owned()), None)]):
-            self.assertRaises(exception.UnsafeArchiveMember, self.unpack,
+            self.assertRaises(refusal.UnsafeArchiveMember, self.unpack,
                               members)
 
     def test_a_whiteout_in_an_image_is_still_refused(self):
@@ -812,5 +812,5 @@ class TestUnpackUpper(base.BaseTestCase):
         with tarfile.open(fileobj=buf, mode='w') as tar:
             tar.addfile(whiteout('w')[0])
         buf.seek(0)
-        self.assertRaises(exception.UnsafeArchiveMember,
+        self.assertRaises(refusal.UnsafeArchiveMember,
                           tarball.unpack_stream, buf, self.dest, MiB)

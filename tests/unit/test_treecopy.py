@@ -6,7 +6,7 @@ import stat
 
 import fixtures
 
-from novalxcdriver import exception
+from novalxcdriver import refusal
 from novalxcdriver import treecopy
 from tests.unit import base
 
@@ -130,7 +130,7 @@ class CopyTreeTest(base.TestCase):
     def test_over_the_limit_refused(self):
         self.file('a', b'x' * 600)
         self.file('b', b'x' * 600)
-        e = self.assertRaises(exception.DiskImageRefused, self.copy, 1000)
+        e = self.assertRaises(refusal.DiskImageRefused, self.copy, 1000)
         self.assertIn('exceed the limit of 1000 bytes', str(e))
 
     def test_entry_names_leading_out_refused(self):
@@ -150,7 +150,7 @@ class CopyTreeTest(base.TestCase):
             return _Scan(entries)
 
         self.patch('novalxcdriver.treecopy.os.scandir', side_effect=scandir)
-        e = self.assertRaises(exception.DiskImageRefused, self.copy)
+        e = self.assertRaises(refusal.DiskImageRefused, self.copy)
         self.assertIn("entry named '../escape'", str(e))
         self.assertFalse(os.path.exists(os.path.join(
             os.path.dirname(self.dest), 'escape')))
@@ -183,7 +183,7 @@ class _Scan(list):
             return real(path, flags, *args, **kw)
 
         self.patch('novalxcdriver.treecopy.os.open', side_effect=open_)
-        e = self.assertRaises(exception.DiskImageRefused, self.copy)
+        e = self.assertRaises(refusal.DiskImageRefused, self.copy)
         self.assertIn('etc/shadow cannot be read: its owner is beyond',
                       str(e))
 
@@ -198,4 +198,4 @@ class _Scan(list):
 
         self.patch('novalxcdriver.treecopy.os.open', side_effect=open_)
         e = self.assertRaises(PermissionError, self.copy)
-        self.assertNotIsInstance(e, exception.DiskImageRefused)
+        self.assertNotIsInstance(e, refusal.DiskImageRefused)
