@@ -70,9 +70,11 @@ import copy
 import gzip
 import lzma
 import os
+import queue
 import re
 import stat
 import tarfile
+import threading
 import zlib
 
 import zstandard
@@ -133,7 +135,9 @@ def unpack_stream(stream, dest_dir, max_bytes, head=b'', max_id=None):
         read(n) is used, so a download can be unpacked as it arrives. The
         archive is a tarball, plain or compressed with gzip, xz, bzip2 or
         zstd, recognised by content. Reading stops at the end of the
-        archive plus at most 16 MiB of trailer.
+        archive plus at most 16 MiB of trailer (and 5 MiB decompressed
+        that a thread reads ahead: _ReadAhead), and is done by that
+        thread, so stream.read must be callable from another thread.
     :param dest_dir: an existing, empty directory that becomes the root of
         the unpacked tree.
     :param max_bytes: the most bytes of regular file data to write.
@@ -203,8 +207,9 @@ def _unpack(stream, dest_dir, head, member_filter):
         raise _corrupt(e) from e
     compression = _detect(head)
     archive = _Rewound(head, stream)
+    source = None
     try:
-        source = _DECOMPRESSORS[compression](archive)
+        source = _ReadAhead(_DECOMPRESSORS[compression](archive))
         # errorlevel=2 turns failures that tarfile would only note
         # (chown, chmod, utime) into exceptions; debug=0 keeps it quiet.
         with tarfile.open(fileobj=source, mode='r|',
@@ -232,6 +237,9 @@ def _unpack(stream, dest_dir, head, member_filter):
             raise _corrupt(e) from e
         raise refusal.ArchiveError(
             reason='extraction failed: %s' % e) from e
+    finally:
+        if source is not None:
+            source.stop()
     return member_filter.total
 
 
@@ -250,6 +258,9 @@ _DECOMPRESSORS = {
 # reading on to the end of the compressed stream checks its checksums.
 # Beyond this much, the rest is not read.
 _MAX_TRAILER_BYTES = 16 * 1024 * 1024
+# _ReadAhead's blocks: 1 MiB each (decompressed), at most 4 waiting.
+_AHEAD_BLOCK = 1024 * 1024
+_AHEAD_BLOCKS = 4
 
 
 def _read_head(stream, left):
@@ -279,6 +290,71 @@ class _Rewound:
             return data
         data, self._head = self._head[:n], self._head[n:]
         return data
+
+
+class _ReadAhead:
+    """source, read by a thread of its own up to a few MiB ahead.
+
+    zlib, lzma, bz2 and zstandard release the GIL while they decompress,
+    so decompression runs beside the extraction, on another core (a
+    Debian root in zstd: 0.2 s of its 1.4 s unpack). What source.read
+    raises, read() raises in the caller's thread, once the data before it
+    has been read; so an archive cut short or corrupt fails where it did.
+    Only read(n) is offered, and it may return fewer than n bytes
+    (tarfile's stream mode and _read_to_end read on until they have
+    enough). stop() ends the thread at its next block: source is read at
+    most _AHEAD_BLOCKS + 1 blocks past what read() returned.
+    """
+
+    def __init__(self, source):
+        self._source = source
+        self._blocks = queue.Queue(_AHEAD_BLOCKS)
+        self._stopped = threading.Event()
+        self._block = memoryview(b'')
+        self._end = None      # b'' at the end, or what source raised
+        self._thread = threading.Thread(target=self._fill, daemon=True,
+                                        name='tarball-read-ahead')
+        self._thread.start()
+
+    def _fill(self):
+        try:
+            while not self._stopped.is_set():
+                block = self._source.read(_AHEAD_BLOCK)
+                self._put(block)
+                if not block:
+                    return
+        except BaseException as e:
+            self._put(e)
+
+    def _put(self, item):
+        while not self._stopped.is_set():
+            try:
+                self._blocks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                pass
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            return b''.join(iter(lambda: self.read(_AHEAD_BLOCK), b''))
+        while not self._block:
+            if self._end is None:
+                item = self._blocks.get()
+                if isinstance(item, BaseException) or not item:
+                    self._end = item
+                else:
+                    self._block = memoryview(item).cast('B')
+                    continue
+            if isinstance(self._end, BaseException):
+                raise self._end
+            return b''
+        data = self._block[:n].tobytes()
+        self._block = self._block[n:]
+        return data
+
+    def stop(self):
+        """Stop reading ahead (the thread ends at its next block)."""
+        self._stopped.set()
 
 
 def _read_to_end(source):

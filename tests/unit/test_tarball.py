@@ -11,6 +11,7 @@ import tarfile
 import time
 from unittest import mock
 import warnings
+import zlib
 
 import fixtures
 from oslotest import base
@@ -814,3 +815,100 @@ class TestUnpackUpper(base.BaseTestCase):
         buf.seek(0)
         self.assertRaises(refusal.UnsafeArchiveMember,
                           tarball.unpack_stream, buf, self.dest, MiB)
+
+
+class _Blocks:
+    """A source whose read() hands out given items (raising exceptions)."""
+
+    def __init__(self, items, forever=None):
+        self.items = list(items)
+        self.forever = forever
+        self.reads = 0
+
+    def read(self, n):
+        self.reads += 1
+        if not self.items:
+            if self.forever is not None:
+                return self.forever
+            return b''
+        item = self.items.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+class TestReadAhead(base.BaseTestCase):
+    """_ReadAhead: the decompressed stream read by a thread of its own."""
+
+    def ahead(self, source):
+        ahead = tarball._ReadAhead(source)
+        self.addCleanup(ahead.stop)
+        return ahead
+
+    def read_all(self, ahead, n):
+        parts = []
+        while True:
+            part = ahead.read(n)
+            if not part:
+                return b''.join(parts)
+            self.assertLessEqual(len(part), n)
+            parts.append(part)
+
+    def test_the_bytes_in_order_in_reads_of_any_size(self):
+        items = [b'abc', bytearray(b'defgh'), b'i' * 5000]
+        want = b''.join(bytes(item) for item in items)
+        for n in (1, 2, 512, 10240):
+            self.assertEqual(want, self.read_all(
+                self.ahead(_Blocks(items)), n))
+        self.assertEqual(want, self.ahead(_Blocks(items)).read())
+        ahead = self.ahead(_Blocks([]))
+        self.assertEqual(b'', ahead.read(10))
+        self.assertEqual(b'', ahead.read(10))
+
+    def test_an_error_comes_after_the_data_before_it(self):
+        error = zlib.error('invalid distance')
+        ahead = self.ahead(_Blocks([b'abc', b'de', error, b'never']))
+        self.assertEqual(b'abc', ahead.read(3))
+        self.assertEqual(b'd', ahead.read(1))
+        self.assertEqual(b'e', ahead.read(5))
+        self.assertIs(error, self.assertRaises(zlib.error, ahead.read, 1))
+        # And again: the stream stays broken.
+        self.assertRaises(zlib.error, ahead.read, 1)
+
+    def test_stop_ends_the_thread_a_few_blocks_ahead(self):
+        source = _Blocks([], forever=b'x' * 100)
+        ahead = self.ahead(source)
+        self.assertEqual(b'x' * 100, ahead.read(100))
+        ahead.stop()
+        ahead._thread.join(5)
+        self.assertFalse(ahead._thread.is_alive())
+        # One block handed out, the queue's, and one that waited for room.
+        self.assertLessEqual(source.reads, 1 + tarball._AHEAD_BLOCKS + 1)
+
+    def test_unpack_stream_stops_it_on_success_and_on_failure(self):
+        started = []
+        real = tarball._ReadAhead
+
+        def tracked(source):
+            ahead = real(source)
+            started.append(ahead)
+            return ahead
+        self.useFixture(fixtures.MockPatchObject(tarball, '_ReadAhead',
+                                                 side_effect=tracked))
+        dest = self.useFixture(fixtures.TempDir()).path
+        good = io.BytesIO()
+        with tarfile.open(fileobj=good, mode='w:gz') as tar:
+            info, data = reg('a', b'abc')
+            tar.addfile(info, data)
+        self.assertEqual(3, tarball.unpack_stream(
+            io.BytesIO(good.getvalue()), dest, MiB))
+        # A gzip stream whose CRC is wrong: refused, as before.
+        bad = bytearray(good.getvalue())
+        bad[-8] ^= 0xff
+        self.assertRaises(refusal.ArchiveError, tarball.unpack_stream,
+                          io.BytesIO(bytes(bad)),
+                          self.useFixture(fixtures.TempDir()).path, MiB)
+        self.assertEqual(2, len(started))
+        for ahead in started:
+            ahead._thread.join(5)
+            self.assertFalse(ahead._thread.is_alive())
