@@ -29,7 +29,9 @@ only root may enter), then leaves root for good:
 4. tarball: tarball.unpack_stream of stdin into '.', owners at most
    --max-id; tree: treecopy.copy_tree of source into rootfs; disks:
    diskstream.receive of stdin into the fds; upper: tarball.unpack_upper
-   of stdin into '.'.
+   of stdin into '.'. Except in mode disks, the new tree's filesystem is
+   synced every quarter second meanwhile (Writeback), so that the
+   daemon's syncfs afterwards finds little left to write.
 
 It prints one JSON object on stdout: ``{"size": N}`` (tree: and
 ``"skipped": K``; disks: N is the sum of the disks' apparent sizes,
@@ -73,6 +75,9 @@ CLONE_NEWUSER = 0x10000000    # sched.h
 PR_SET_PDEATHSIG = 1          # prctl.h
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.syncfs.argtypes = (ctypes.c_int,)
 
 
 def _libc():
@@ -135,26 +140,88 @@ def run(argv=None):
     args = parser.parse_args(argv)
     try:
         confine(_libc(), args.ready_fd, args.go_fd)
-        if args.mode == 'tree':
-            # unpack.COPY_SOURCE and COPY_ROOTFS (not imported here).
-            size, skipped = treecopy.copy_tree('source', 'rootfs',
-                                               args.max_bytes)
-            return 0, {'size': size, 'skipped': skipped}
         if args.mode == 'disks':
+            # The daemon syncs the files it handed over itself.
             sizes = diskstream.receive(sys.stdin.buffer, dict(args.disk),
                                        args.max_bytes)
             return 0, {'size': sum(sizes.values()), 'sizes': sizes}
-        if args.mode == 'upper':
-            size, opaque = tarball.unpack_upper(
-                sys.stdin.buffer, '.', args.max_bytes, args.uid_offset,
-                args.gid_offset, args.max_id)
-            return 0, {'size': size, 'opaque': opaque}
-        size = tarball.unpack_stream(sys.stdin.buffer, '.', args.max_bytes,
-                                     max_id=args.max_id)
+        # unpack.COPY_ROOTFS (not imported here); '.' is the new tree.
+        with Writeback('rootfs' if args.mode == 'tree' else '.'):
+            if args.mode == 'tree':
+                # unpack.COPY_SOURCE and COPY_ROOTFS.
+                size, skipped = treecopy.copy_tree('source', 'rootfs',
+                                                   args.max_bytes)
+                return 0, {'size': size, 'skipped': skipped}
+            if args.mode == 'upper':
+                size, opaque = tarball.unpack_upper(
+                    sys.stdin.buffer, '.', args.max_bytes, args.uid_offset,
+                    args.gid_offset, args.max_id)
+                return 0, {'size': size, 'opaque': opaque}
+            size = tarball.unpack_stream(sys.stdin.buffer, '.',
+                                         args.max_bytes, max_id=args.max_id)
     except (refusal.DiskImageRefused, refusal.UnsafeArchiveMember,
             refusal.ArchiveError, OSError) as e:
         return 1, failure(e)
     return 0, {'size': size}
+
+
+def syncfs(fd):
+    """syncfs(2) of the filesystem holding fd (which waits for it).
+
+    :raises OSError: the call failed.
+    """
+    if _LIBC.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, 'syncfs: %s' % os.strerror(err))
+
+
+class Writeback:
+    """While in it, a thread syncs path's filesystem every INTERVAL s.
+
+    The daemon syncs the tree before it publishes it (privsep/imagecache.py,
+    disks.sync_filesystem) and nova-compute waits for that; nothing writes
+    it back before (vm.dirty_expire_centisecs is 30 s). Syncing as the
+    tree is written overlaps the write-back with the unpack: a Debian
+    root (8,600 files) at 1 Gbit/s, on a fresh ext4, waited 0.28 s for
+    its final syncfs, and 0.08 to 0.12 s with these. A failed call here
+    is not reported: the daemon's own syncfs, which follows, is the one
+    that counts (and fails the same way).
+    """
+
+    INTERVAL = 0.25   # seconds
+
+    def __init__(self, path):
+        self._path = path
+        self._stopped = threading.Event()
+        self._thread = None
+        self._fd = None
+
+    def __enter__(self):
+        try:
+            self._fd = os.open(self._path, os.O_RDONLY | os.O_DIRECTORY |
+                               os.O_CLOEXEC)
+        except OSError:
+            # The unpack, which writes there, says what is wrong.
+            return self
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name='writeback')
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stopped.wait(self.INTERVAL):
+            try:
+                syncfs(self._fd)
+            except OSError:
+                pass
+
+    def __exit__(self, *exc):
+        if self._thread is None:
+            return
+        self._stopped.set()
+        # A syncfs under way ends first: the daemon's would wait for it.
+        self._thread.join()
+        os.close(self._fd)
 
 
 def failure(error):

@@ -83,6 +83,11 @@ DAEMON_CHILDREN = {
     ('unpackchild.py', 'confine', 'libc.prctl'),
     ('unpackchild.py', 'confine', 'libc.unshare'),
     ('unpackchild.py', 'confine', 'os.setgroups'),
+    # And its syncfs(2) of the tree it writes, as it writes it
+    # (unpackchild.Writeback): no privilege needed, libc loaded before
+    # the child confines itself.
+    ('unpackchild.py', '<module>', 'ctypes.CDLL'),
+    ('unpackchild.py', 'syncfs', '_LIBC.syncfs'),
 }
 # (module, function, what) of the operator's tools, run as root at
 # install, never by nova-compute.

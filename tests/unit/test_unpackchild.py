@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from unittest import mock
 
 import fixtures
@@ -388,6 +389,59 @@ class TreeRunTest(base.TestCase):
         self.run_child(['--mode', 'upper', '--uid-offset', '231072',
                         '--gid-offset', '7'] + ARGV)
         self.assertEqual((231072, 7), upper.call_args.args[3:5])
+
+    def test_the_new_tree_written_back_as_it_is_written(self):
+        synced = []
+        self.patch_object(unpackchild, 'syncfs', side_effect=lambda fd:
+                          synced.append(os.readlink('/proc/self/fd/%d' % fd)))
+        self.patch_object(unpackchild.Writeback, 'INTERVAL', 0.02)
+
+        def slow(result):
+            return lambda *a, **k: time.sleep(0.2) or result
+        self.patch_object(unpackchild.treecopy, 'copy_tree',
+                          side_effect=slow((1, 0)))
+        self.stream.side_effect = slow(2)
+        self.patch_object(unpackchild.diskstream, 'receive',
+                          side_effect=slow({'root.img': 3}))
+        self.patch_object(unpackchild.tarball, 'unpack_upper',
+                          side_effect=slow((5, [])))
+        for mode, where in (('tarball', self.cwd), ('tree', self.rootfs),
+                            ('upper', self.cwd), ('disks', None)):
+            del synced[:]
+            self.assertEqual(0, self.run_child(['--mode', mode] + ARGV)[0])
+            done = len(synced)
+            time.sleep(0.1)
+            # Not after the unpack: the thread has ended.
+            self.assertEqual(done, len(synced))
+            self.assertNotIn('writeback',
+                             [t.name for t in threading.enumerate()])
+            if where is None:
+                # The daemon syncs the disks' files it handed over.
+                self.assertEqual([], synced)
+            else:
+                self.assertGreaterEqual(len(synced), 3, mode)
+                self.assertEqual({where}, set(synced))
+
+    def test_a_failed_writeback_changes_nothing(self):
+        self.patch_object(unpackchild, 'syncfs',
+                          side_effect=OSError(errno.EIO, 'I/O error'))
+        self.patch_object(unpackchild.Writeback, 'INTERVAL', 0.01)
+        self.patch_object(unpackchild.treecopy, 'copy_tree',
+                          side_effect=lambda *a: time.sleep(0.1) or (1, 0))
+        self.assertEqual((0, {'size': 1, 'skipped': 0}), self.run_child())
+        # Nor a tree the child cannot open: the copy says what is wrong.
+        os.rmdir(self.rootfs)
+        self.patch_object(unpackchild.treecopy, 'copy_tree',
+                          side_effect=OSError(errno.ENOENT, 'gone',
+                                              'rootfs/etc'))
+        self.assertEqual('rootfs/etc', self.run_child()[1]['filename'])
+
+    def test_syncfs(self):
+        fd = os.open(self.cwd, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        self.assertIsNone(unpackchild.syncfs(fd))
+        e = self.assertRaises(OSError, unpackchild.syncfs, 9999)
+        self.assertEqual(errno.EBADF, e.errno)
 
     def test_an_unknown_mode(self):
         self.patch('sys.stderr', new=io.StringIO())
