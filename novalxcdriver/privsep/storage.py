@@ -41,6 +41,7 @@ import re
 import signal
 import stat
 import struct
+import time
 
 from oslo_log import log as logging
 
@@ -108,6 +109,10 @@ UNTRUSTED_OPTIONS = {
 }
 # Processes a MountBusy message names at most.
 _MAX_NAMED = 10
+# An unmount found busy while no process holds the mount is tried again
+# this many times, this many seconds apart.
+_BUSY_RETRIES = 10
+_BUSY_RETRY_S = 0.02
 _LOOP_RE = re.compile(r'^/dev/loop[0-9]{1,7}\Z')
 # nova-compute's directory below a driver root for the FIFOs it shares
 # with the daemons (a snapshot's stream, an unpack's tarball).
@@ -418,13 +423,22 @@ def _idmapped(source, target, userns_fd, extra_attr):
 
 def _unmount(target):
     """umount2(2) without MNT_DETACH; see mount.unmount."""
-    if _libc.umount2(os.fsencode(target), 0) == 0:
-        return
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOENT):
-        return
-    if err == errno.EBUSY:
+    for attempt in range(_BUSY_RETRIES + 1):
+        if _libc.umount2(os.fsencode(target), 0) == 0:
+            return
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOENT):
+            return
+        if err != errno.EBUSY:
+            break
         found = mount.holders(target)
+        if found or attempt == _BUSY_RETRIES:
+            break
+        # Busy with no holder left: one that was just killed (a
+        # snapshot reader's unshare(1) helper, whose cwd is the stage)
+        # may still be on its way out.
+        time.sleep(_BUSY_RETRY_S)
+    if err == errno.EBUSY:
         if found:
             names = ', '.join('pid %d (%s)' % h for h in found[:_MAX_NAMED])
             if len(found) > _MAX_NAMED:

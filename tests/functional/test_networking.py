@@ -287,6 +287,10 @@ class RebootFromInsideTest(_NetworkingBase):
                                                               'eth1'])
         self.assertEqual((vif['address'], 1300),
                          self.nic_inside(instance, 'eth1'))
+        # The NIC appears inside before the driver has set it up (CI once
+        # pinged in between: "Network is unreachable").
+        self.wait_for(lambda: int(self.sh(
+            instance, 'cat /sys/class/net/eth1/flags').stdout, 16) & 1)
         self.ping(instance, 'eth1', self.addr(2, 3), self.addr(2, 1))
 
         self.driver.destroy(self.ctxt, instance, [first, vif])

@@ -191,10 +191,33 @@ class UnmountTest(test_mount._Processes):
             self.assertEqual(0, call.args[1])
 
     def test_busy_without_a_holder_found(self):
+        sleep = self.patch('novalxcdriver.privsep.storage.time.sleep')
         self.fail_plain_unmount(errno.EBUSY)
         e = self.assertRaises(exception.MountBusy, storage._unmount,
                               os.path.join(self.tmp, 'nothing'))
         self.assertIn('no process', str(e))
+        # Tried again while nothing holds it, then given up.
+        self.assertEqual(storage._BUSY_RETRIES + 1,
+                         self.libc.umount2.call_count)
+        self.assertEqual(storage._BUSY_RETRIES, sleep.call_count)
+
+    def test_busy_until_a_killed_holder_is_gone(self):
+        # A process just killed and reaped may hold the mount a moment
+        # longer (CI: a snapshot reader's unshare helper, cwd the stage).
+        self.patch('novalxcdriver.privsep.storage.time.sleep')
+        results = [-1, -1, 0]
+        self.libc.umount2.side_effect = lambda target, flags: results.pop(0)
+        self.errno.return_value = errno.EBUSY
+        storage._unmount(os.path.join(self.tmp, 'nothing'))
+        self.assertEqual(3, self.libc.umount2.call_count)
+
+    def test_busy_with_a_holder_is_not_tried_again(self):
+        self.sleeper(self.tmp)
+        sleep = self.patch('novalxcdriver.privsep.storage.time.sleep')
+        self.fail_plain_unmount(errno.EBUSY)
+        self.assertRaises(exception.MountBusy, storage._unmount, self.tmp)
+        self.assertEqual(1, self.libc.umount2.call_count)
+        sleep.assert_not_called()
 
     def test_busy_names_ten_holders_at_most(self):
         self.patch('novalxcdriver.mount.holders',
