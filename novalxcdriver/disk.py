@@ -260,9 +260,14 @@ def shift_mount(point, disk_idmap, idmap):
 def loop_devices_of(path, autoclear=None):
     """Loop devices whose backing file is path (/sys/block/loopN/loop).
 
+    sysfs names the resolved file (the kernel's d_path), so path is
+    resolved first: a driver root may be a symlink, and a device holding
+    an image reached through it must not go unseen (Disk.mount would
+    then attach the image a second time).
+
     :param autoclear: True or False: only devices with that flag.
     """
-    return _loop_devices(autoclear).get(path, [])
+    return _loop_devices(autoclear).get(os.path.realpath(path), [])
 
 
 def leftover_loops():

@@ -162,11 +162,12 @@ def holders(path):
     Reads the /proc/PID/{cwd,root,exe} and /proc/PID/fd/* links (proc(5));
     processes this one may not inspect (another user's, when not root) or
     that exit meanwhile are skipped. Paths are compared as this process's
-    mount namespace names them.
+    mount namespace names them; the links name resolved paths, so path's
+    realpath is matched too (a driver root may be a symlink).
 
     :returns: list of (pid, comm) pairs, by pid; comm is '?' if unreadable.
     """
-    top = os.path.abspath(path)
+    tops = _names(os.path.abspath(path))
     found = []
     for name in os.listdir('/proc'):
         if not name.isdigit():
@@ -178,7 +179,8 @@ def holders(path):
                       for fd in os.listdir(os.path.join(proc, 'fd'))]
         except OSError:
             pass
-        if any(_at_or_below(_readlink(link), top) for link in links):
+        if any(_at_or_below(_readlink(link), top)
+               for link in links for top in tops):
             found.append((int(name), _comm(proc)))
     return sorted(found)
 

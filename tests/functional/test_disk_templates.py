@@ -34,10 +34,10 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         self.templates = os.path.join(self.tmp, disk.TEMPLATES)
         self._roots = []
 
-    def disk(self, name, templates=True):
+    def disk(self, name, templates=True, top=None):
         # In a root's directory of its own, as rootfs.py lays them out
         # (the daemon makes mount points there only).
-        root_dir = os.path.join(self.tmp, 'rootfs',
+        root_dir = os.path.join(top or self.tmp, 'rootfs',
                                 str(len(self._roots)))
         self._roots.append(name)
         os.makedirs(root_dir)
@@ -142,11 +142,24 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         self.assertGreater(st.f_blocks * st.f_frsize, 1.5 * 1024 ** 3)
 
     def test_never_mounted_twice(self):
+        self._never_mounted_twice(self.disk('held'))
+
+    def test_never_mounted_twice_through_a_symlinked_root(self):
+        # sysfs names the image's resolved path: a remount after a host
+        # reboot under /var/lib/nova -> /srv/nova saw no device holding it
+        # (the symlinked-root reconcile test's rare "overlay ... No such
+        # file or directory": upper/ not yet written back).
+        link = self.tmp + '.link'
+        os.symlink(self.tmp, link)
+        self.addCleanup(os.unlink, link)
+        privsep.add_roots(link)
+        self._never_mounted_twice(self.disk('held', top=link))
+
+    def _never_mounted_twice(self, d):
         # A mount namespace cloned while the disk is mounted (as a
         # container being started clones the host's) keeps its ext4 alive
         # after the unmount here: mounting the image again then would give
         # it a second live filesystem that lacks the unwritten data.
-        d = self.disk('held')
         d.create(1, fs='ext4')
         with open(os.path.join(d.mountpoint, 'who'), 'w') as f:
             f.write('first')

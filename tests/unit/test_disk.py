@@ -321,6 +321,21 @@ class DetachLoopsTest(_Base):
         self.assertEqual(['/dev/loop0'],
                          disk.loop_devices_of(self.image, autoclear=False))
 
+    def test_found_through_a_symlinked_root(self):
+        # sysfs names the resolved file; the driver root may be a link
+        # (the functional suite's symlinked-root remount mounted an image
+        # a second time while a cloned namespace still held it).
+        link = os.path.join(self.tmp, 'link')
+        os.symlink(os.path.dirname(self.image), link)
+        image = os.path.join(link, 'root.img')
+        self.assertEqual(['/dev/loop0', '/dev/loop1'],
+                         disk.loop_devices_of(image))
+        held = disk.Disk(image, os.path.join(link, 'root'))
+        with mock.patch.object(disk, 'ATTACHED_TIMEOUT', 0):
+            e = self.assertRaises(exception.MountFailed, held.mount)
+        self.assertIn('/dev/loop0, /dev/loop1', str(e))
+        self.mount.disk_image.assert_not_called()
+
     def test_a_loop_device_without_its_flag_or_file_is_skipped(self):
         os.unlink(os.path.join(self.sys_block, 'loop1', 'loop', 'autoclear'))
         os.unlink(os.path.join(self.sys_block, 'loop0', 'loop',

@@ -115,6 +115,17 @@ class HoldersTest(_Processes):
                       mount.holders(os.path.join(self.tmp, 'top')))
         self.assertIn((pid, 'sleep'), mount.holders(inside))
 
+    def test_found_through_a_symlink(self):
+        # /proc's links name resolved paths; a driver root may be a link.
+        inside = os.path.join(self.tmp, 'top', 'sub')
+        os.makedirs(inside)
+        link = os.path.join(self.tmp, 'link')
+        os.symlink(os.path.join(self.tmp, 'top'), link)
+        pid = self.sleeper(inside)
+        self.assertIn((pid, 'sleep'), mount.holders(link))
+        self.assertIn((pid, 'sleep'),
+                      mount.holders(os.path.join(link, 'sub')))
+
     def test_open_file_inside_even_deleted(self):
         top = os.path.join(self.tmp, 'top')
         os.mkdir(top)
