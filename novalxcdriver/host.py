@@ -18,11 +18,17 @@ from novalxcdriver.privsep import lxcconf
 # What the driver runs (lxc.py) and what newuidmap-based idmaps need.
 REQUIRED_TOOLS = ('lxc-start', 'lxc-stop', 'lxc-info', 'lxc-ls',
                   'lxc-freeze', 'lxc-unfreeze', 'unshare', 'newuidmap',
-                  'newgidmap', 'mkfs.ext4', 'lxcfs',
+                  'newgidmap', 'lxcfs',
+                  # Disks (privsep/disks.py): made, checked, grown.
+                  'mkfs.ext4', 'e2fsck', 'resize2fs',
                   # Snapshots (snapshot.py).
                   'zstd', 'tar', 'find', 'nice', 'ionice',
                   # NICs (vif.py); ethtool for Open vSwitch userspace.
                   'ip', 'nsenter', 'ethtool')
+
+# For [lxc] root_disk_fs = btrfs: made, grown (btrfs filesystem resize),
+# and fallocate --dig-holes on each new template (privsep/disks.py).
+BTRFS_TOOLS = ('mkfs.btrfs', 'btrfs', 'fallocate')
 
 # The host's machine (uname -m), read once: it cannot change while the
 # process runs, and Nova's test harness forbids os.uname in tests.
@@ -153,10 +159,12 @@ def problems(root_disk_fs='ext4'):
         found.append('missing commands %s: install the Debian packages lxc, '
                      'uidmap, lxcfs, e2fsprogs, mount and zstd'
                      % ', '.join(missing))
-    if root_disk_fs == 'btrfs' and shutil.which('mkfs.btrfs') is None:
-        found.append('missing command mkfs.btrfs for [lxc] root_disk_fs = '
-                     'btrfs: install the Debian package btrfs-progs, or set '
-                     'root_disk_fs = ext4')
+    missing = [t for t in BTRFS_TOOLS if shutil.which(t) is None]
+    if root_disk_fs == 'btrfs' and missing:
+        found.append('missing commands %s for [lxc] root_disk_fs = btrfs: '
+                     'install the Debian packages btrfs-progs and '
+                     'util-linux, or set root_disk_fs = ext4'
+                     % ', '.join(missing))
     if not os.path.exists('/proc/self/ns/user'):
         found.append('the kernel has no user namespaces '
                      '(CONFIG_USER_NS)')
