@@ -198,8 +198,10 @@ class Writeback:
 
     def __enter__(self):
         try:
+            # The daemon made path; a link there (never the image's to
+            # write) is not followed to another filesystem.
             self._fd = os.open(self._path, os.O_RDONLY | os.O_DIRECTORY |
-                               os.O_CLOEXEC)
+                               os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             # The unpack, which writes there, says what is wrong.
             return self

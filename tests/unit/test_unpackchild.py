@@ -436,6 +436,16 @@ class TreeRunTest(base.TestCase):
                                               'rootfs/etc'))
         self.assertEqual('rootfs/etc', self.run_child()[1]['filename'])
 
+    def test_a_link_in_the_tree_s_place_is_not_synced(self):
+        synced = self.patch_object(unpackchild, 'syncfs')
+        self.patch_object(unpackchild.Writeback, 'INTERVAL', 0.01)
+        self.patch_object(unpackchild.treecopy, 'copy_tree',
+                          side_effect=lambda *a: time.sleep(0.1) or (1, 0))
+        os.rmdir(self.rootfs)
+        os.symlink(self.cwd, self.rootfs)
+        self.assertEqual((0, {'size': 1, 'skipped': 0}), self.run_child())
+        synced.assert_not_called()
+
     def test_syncfs(self):
         fd = os.open(self.cwd, os.O_RDONLY)
         self.addCleanup(os.close, fd)
