@@ -306,6 +306,11 @@ def cancel(stage):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+    if readers:
+        # What a reader left behind: util-linux unshare's helper child,
+        # cwd the stage, outlives a killed unshare for a moment and keeps
+        # the view busy for the destroy's unmount.
+        _kill_holders(stage)
     return True
 
 

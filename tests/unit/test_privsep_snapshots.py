@@ -871,6 +871,8 @@ class CancelTest(_Base):
         self.assertLess(time.monotonic() - started, 5)
         self.assertEqual([-signal.SIGKILL] * 3,
                          [p.returncode for p in self.started])
+        # Then what the readers left holding it (unshare's helper).
+        self.holders.assert_called_once_with(self.stage)
         self.assertEqual(b'', self.read_all(self.fd))
         # The stage stays, held, until removed.
         self.assertTrue(os.path.isdir(self.merged))
@@ -885,6 +887,7 @@ class CancelTest(_Base):
         snapshots.make_stage(self.stage)
         self.assertIs(True, snapshots.cancel(self.stage))
         self.popen.assert_not_called()
+        self.holders.assert_not_called()
         self.assertIn(self.stage, self.held)
 
     def test_a_stage_this_daemon_does_not_hold(self):
