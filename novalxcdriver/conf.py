@@ -54,6 +54,19 @@ lxc_opts = [
                       'lifecycle events, and give a container that rebooted '
                       'itself back the NICs attached since its start. 0 '
                       'disables the scan.'),
+    cfg.FloatOpt('ovn_installed_timeout', default=10.0, min=0.0,
+                 help='Seconds a start waits for ovn-controller to mark '
+                      'the OVS interfaces of its ports bound by ML2/OVN '
+                      'installed (external_ids:ovn-installed, set with '
+                      'the southbound Port_Binding.up from which Neutron '
+                      'reports the port up). Marked, the start goes on '
+                      'without Neutron\'s network-vif-plugged event, '
+                      'which reaches Nova about a second later (Neutron '
+                      'batches its events to Nova, [DEFAULT] '
+                      'send_events_interval, at least 1 s); not marked '
+                      'in time, or for other ports, it waits for the '
+                      'event as Nova\'s libvirt driver does. 0: always '
+                      'wait for the event.'),
     cfg.IntOpt('console_log_size_kib', default=1024, min=64,
                help='Size in KiB at which LXC rotates a container\'s '
                     'console log (lxc.console.size).'),

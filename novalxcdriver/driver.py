@@ -1488,13 +1488,16 @@ class LXCDriver(driver.ComputeDriver):
         Nova's libvirt driver's rule (_create_guest_with_network): wait
         for network-vif-plugged of each VIF not active yet, only before a
         start and with [DEFAULT] vif_plugging_timeout set; a failure event
-        or a timeout is fatal if vif_plugging_is_fatal, else logged.
+        or a timeout is fatal if vif_plugging_is_fatal, else logged. An
+        ML2/OVN port's wait ends when ovn-controller marks it installed
+        here ([lxc] ovn_installed_timeout; _exit_wait_if_ovn_installed).
 
         :raises VirtualInterfaceCreateException: a fatal failure.
         """
         timeout = CONF.vif_plugging_timeout
         events = (vif_mod.neutron_events(network_info)
                   if power_on and timeout else [])
+        since = time.time()
         try:
             with self.virtapi.wait_for_instance_event(
                     instance, events, timeout=timeout,
@@ -1509,6 +1512,8 @@ class LXCDriver(driver.ComputeDriver):
                              [tag for _name, tag in events] or
                              'none (active already, or not to be started)',
                              instance=instance)
+                self._exit_wait_if_ovn_installed(instance, network_info,
+                                                 events, since)
         except nova_exc.InstanceEventTimeout:
             if CONF.vif_plugging_is_fatal:
                 raise nova_exc.VirtualInterfaceCreateException()
@@ -1516,6 +1521,23 @@ class LXCDriver(driver.ComputeDriver):
                         '%ss; starting anyway (vif_plugging_is_fatal is '
                         'False)', [tag for _name, tag in events], timeout,
                         instance=instance)
+
+    def _exit_wait_if_ovn_installed(self, instance, network_info, events,
+                                    since):
+        """Stop waiting for the events of VIFs OVN has installed here.
+
+        vif.installed_events says which; Nova's VirtAPI.exit_wait_early is
+        for a driver that knows the condition is met (the events still
+        arrive, and are taken as expected). Only inside
+        wait_for_instance_event's block.
+
+        :param since: time.time() before the plug (seconds).
+        """
+        early = vif_mod.installed_events(
+            instance, network_info, events, since,
+            min(CONF.lxc.ovn_installed_timeout, CONF.vif_plugging_timeout))
+        if early:
+            self.virtapi.exit_wait_early(early)
 
     def _replug_running(self, c, instance, network_info):
         """Give a running container the NICs its config names.

@@ -73,6 +73,11 @@ PEER_PREFIX = lxcconf.PEER_PREFIX
 # Seconds vif.settle waits for the kernel to delete dying pairs, and polls.
 SETTLE_TIMEOUT = 10
 SETTLE_POLL = 0.05
+# ovn-controller's marks on an OVS interface whose flows it installed
+# (ovn_installed), and how often a start looks for them (seconds).
+OVN_INSTALLED = 'ovn-installed'
+OVN_INSTALLED_TS = 'ovn-installed-ts'
+OVN_POLL = 0.02
 _IFNAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,15}\Z')
 _MAC_RE = re.compile(r'^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z')
 
@@ -155,6 +160,20 @@ def neutron_events(network_info):
     return [('network-vif-plugged', vif['id'])
             for vif in network_info or ()
             if vif.get('active', True) is False]
+
+
+def ovn_bound(vif):
+    """Whether Neutron's ML2/OVN bound the VIF, plugged straight into OVS.
+
+    The binding's vif_details name the mechanism drivers that bound it
+    (neutron-lib portbindings.VIF_DETAILS_BOUND_DRIVERS, by level); OVN
+    never asks for a hybrid plug.
+    """
+    details = vif.get('details') or {}
+    drivers = details.get('bound_drivers') or {}
+    return (vif['type'] == network_model.VIF_TYPE_OVS and
+            not vif.is_hybrid_plug_enabled() and
+            isinstance(drivers, dict) and 'ovn' in drivers.values())
 
 
 def _on_userspace_ovs(vif):
@@ -244,6 +263,82 @@ def start_daemons():
     # Not in client mode, its entry points run in this process.
     if context.client_mode and context.channel is None:
         context.start()
+
+
+def ovn_installed(vifs, since, timeout, poll=OVN_POLL):
+    """Port ids of vifs whose flows ovn-controller installed here.
+
+    ovn-controller sets external_ids:ovn-installed="true" on a port's OVS
+    interface once its flows (security groups included) are in place,
+    with Port_Binding.up in the southbound database, from which Neutron's
+    ML2/OVN reports the port up and Nova hears network-vif-plugged
+    (ovn-controller(8); ovn-installed-ts in ms since the epoch, OVN
+    22.03+). Only marks set since the plug count: a row left by an
+    earlier plug of the same name must not pass.
+
+    :param vifs: nova.network.model.VIFs plugged into OVS (ovn_bound).
+    :param since: time.time() before the plug (seconds).
+    :param timeout: seconds to wait for all of them.
+    :returns: set of the port ids whose interface was marked in time.
+    """
+    pending = {nic_for(v, 0).host_dev: v['id'] for v in vifs}
+    since_ms = int(since * 1000)
+    installed = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        for dev, port_id in list(pending.items()):
+            if _marked_installed(dev, since_ms):
+                installed.add(port_id)
+                del pending[dev]
+        if not pending or time.monotonic() >= deadline:
+            return installed
+        time.sleep(poll)
+
+
+def installed_events(instance, network_info, events, since, timeout):
+    """The awaited events of VIFs OVN has installed on this host.
+
+    ovn-controller marks a port's OVS interface installed (ovn_installed)
+    with the southbound change from which Neutron reports the port up;
+    Neutron's network-vif-plugged then reaches Nova about a second later,
+    held by its batching of events to Nova (send_events_interval).
+
+    :param events: the (name, port id) pairs the start waits for.
+    :param since: time.time() before the plug (seconds).
+    :param timeout: seconds to wait for the marks; 0 waits for none.
+    :returns: the pairs of events whose VIFs were marked in time: their
+        wait may end (list; empty if none).
+    """
+    awaited = {tag for _name, tag in events}
+    vifs = [v for v in network_info if v['id'] in awaited and ovn_bound(v)]
+    if not (timeout > 0 and vifs):
+        return []
+    installed = ovn_installed(vifs, since, timeout)
+    if not installed:
+        LOG.info('OVN did not mark %s installed within %s s; waiting for '
+                 'Neutron\'s network-vif-plugged',
+                 sorted(v['id'] for v in vifs), timeout,
+                 instance=instance)
+        return []
+    LOG.info('OVN installed the flows of %s on this host; not waiting for '
+             'Neutron\'s network-vif-plugged of them', sorted(installed),
+             instance=instance)
+    return [(name, tag) for name, tag in events if tag in installed]
+
+
+def _marked_installed(dev, since_ms):
+    try:
+        ids = _ovsdb().db_get('Interface', dev, 'external_ids').execute(
+            check_error=True)
+    except Exception as e:
+        # ovsdbapp's errors have no common base (a row not there yet).
+        LOG.debug('Cannot read the external_ids of %s: %s', dev, e)
+        return False
+    try:
+        stamp = int(ids.get(OVN_INSTALLED_TS, ''))
+    except ValueError:
+        return False
+    return ids.get(OVN_INSTALLED) == 'true' and stamp >= since_ms
 
 
 def _osvif_vif(vif):

@@ -14,11 +14,15 @@ import os
 import socket
 import subprocess
 import threading
+import time
+from unittest import mock
 import uuid
 
 import fixtures
+from nova.compute import manager as compute_manager
 from nova import exception as nova_exc
 from nova.network import model as network_model
+from nova import objects
 from oslo_config import fixture as config_fixture
 
 from novalxcdriver import conf
@@ -424,6 +428,82 @@ class OpenVSwitchTest(_NetworkingBase):
         self.assertEqual(set(), {'qbr' + short, 'qvb' + short,
                                  'qvo' + short} & links())
         self.assert_unplugged(vif)
+
+    def _waiting_virtapi(self):
+        """Nova's own ComputeVirtAPI: a start waits for Neutron's events.
+
+        With nova-compute's InstanceEvents; no Neutron here sends any.
+        """
+        virtapi = compute_manager.ComputeVirtAPI(
+            mock.Mock(instance_events=compute_manager.InstanceEvents()))
+        real = getattr(self.driver, '_driver', self.driver)
+        self.useFixture(fixtures.MockPatchObject(real, 'virtapi', virtapi))
+        return virtapi
+
+    def _ovn_vif(self):
+        vif = ovs_vif(self.bridge)
+        vif['active'] = False
+        vif['details']['bound_drivers'] = {'0': 'ovn'}
+        return vif
+
+    def test_ovn_installed_ends_the_wait(self):
+        # What ovn-controller does once the port's flows are in place;
+        # Neutron's network-vif-plugged never comes here, so without the
+        # mark the start would fail after vif_plugging_timeout.
+        self.flags_timeouts(vif_plugging=60)
+        virtapi = self._waiting_virtapi()
+        vif = self._ovn_vif()
+        dev = vif_mod.nic_for(vif, 0).host_dev
+
+        def ovn_controller():
+            for _ in range(600):
+                if self.external_ids_or_none(dev, 'iface-id') == vif['id']:
+                    self.vsctl('set', 'Interface', dev,
+                               'external_ids:ovn-installed="true"',
+                               'external_ids:ovn-installed-ts="%d"'
+                               % (time.time() * 1000))
+                    return
+                time.sleep(0.02)
+
+        thread = threading.Thread(target=ovn_controller)
+        thread.start()
+        self.addCleanup(thread.join)
+        log = self.useFixture(fixtures.FakeLogger())
+        instance = self.spawn_with([vif])
+        self.assertEqual('RUNNING', self.lxc_state(instance.name))
+        self.assertIn("OVN installed the flows of ['%s']" % vif['id'],
+                      log.output)
+        # Neutron's event, when it comes, is one Nova still expects.
+        event = objects.InstanceExternalEvent(
+            name='network-vif-plugged', tag=vif['id'], status='completed')
+        self.assertIsNotNone(
+            virtapi._compute.instance_events.pop_instance_event(instance,
+                                                                event))
+        self.ping(instance, 'eth0', self.addr(2, 2), self.addr(2, 1))
+        self.driver.destroy(self.ctxt, instance, [vif])
+        self.assert_unplugged(vif)
+
+    def test_no_ovn_mark_waits_for_neutron(self):
+        # No ovn-controller: the wait for Neutron's event goes on, and
+        # times out as ever (vif_plugging_is_fatal), leaving nothing.
+        self.flags_timeouts(vif_plugging=2, ovn_installed=1)
+        self._waiting_virtapi()
+        vif = self._ovn_vif()
+        self.assertRaises(nova_exc.VirtualInterfaceCreateException,
+                          self.spawn_with, [vif])
+        self.assertEqual('', self.vsctl('list-ports', self.bridge))
+        self.assert_unplugged(vif)
+
+    def flags_timeouts(self, vif_plugging, ovn_installed=10):
+        fixture = self.useFixture(config_fixture.Config(CONF))
+        fixture.config(vif_plugging_timeout=vif_plugging)
+        fixture.config(ovn_installed_timeout=ovn_installed, group='lxc')
+
+    def external_ids_or_none(self, dev, key):
+        result = run('ovs-vsctl', '--db=' + OVSDB, '--timeout=5',
+                     '--if-exists', 'get', 'Interface', dev,
+                     'external_ids:' + key, check=False)
+        return result.stdout.strip().strip('"') or None
 
     def test_destroy_without_network_info_removes_ovs_port(self):
         vif = ovs_vif(self.bridge)

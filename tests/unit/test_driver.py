@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import os
 import shutil
+import time
 from unittest import mock
 
 import fixtures
@@ -45,6 +46,7 @@ from tests.unit import test_vif
 
 UUID = '0d7c2b1e-5a3f-4c9b-8e21-7f6a5b4c3d2e'
 UUID2 = '9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d'
+UUID3 = '3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f'
 IMAGE_ID = test_images.IMAGE_ID
 OTHER_IMAGE_ID = test_images.OTHER_ID
 NODE_UUID = 'f1e2d3c4-b5a6-4978-8695-a4b3c2d1e0f9'
@@ -1815,6 +1817,62 @@ class NetworkingTest(_Base):
             mock.call.wait_exit(),
             mock.call.start(instance.name, self.lxc_path),
         ], self.calls.mock_calls)
+
+    def test_ovn_installed_ends_the_wait(self):
+        # ML2/OVN's port: once ovn-controller marks its interface
+        # installed, Neutron's event (a second later) is not waited for.
+        ovn = test_vif.ovs_vif(test_vif.PORT, active=False)
+        ovn['details']['bound_drivers'] = {'0': 'ovn'}
+        info = network_model.NetworkInfo([ovn, self.network_info[1]])
+        installed = self.patch('novalxcdriver.vif.ovn_installed',
+                               side_effect=lambda vifs, since, timeout: (
+                                   self.calls.ovn_installed(
+                                       [v['id'] for v in vifs], timeout),
+                                   {test_vif.PORT})[1])
+        self.calls.attach_mock(self.virtapi.exit_wait_early,
+                               'exit_wait_early')
+        before = time.time()
+        instance = self.instance()
+        self.spawn(instance, network_info=info)
+        self.assertEqual([
+            mock.call.wait_enter(),
+            mock.call.plug(instance, info[0]),
+            mock.call.plug(instance, info[1]),
+            mock.call.ovn_installed([test_vif.PORT], 10.0),
+            mock.call.exit_wait_early(
+                [('network-vif-plugged', test_vif.PORT)]),
+            mock.call.wait_exit(),
+            mock.call.start(instance.name, self.lxc_path),
+        ], self.calls.mock_calls)
+        # Marks set since before the plug count.
+        since = installed.call_args.args[1]
+        self.assertLessEqual(before, since)
+        # Not marked in time: Nova's wait goes on.
+        installed.side_effect = None
+        installed.return_value = set()
+        self.virtapi.exit_wait_early.reset_mock()
+        self.spawn(self.instance(uuid=UUID2, id=2), network_info=info)
+        self.virtapi.exit_wait_early.assert_not_called()
+        # Never looked for when turned off, or with a shorter plug wait.
+        installed.reset_mock()
+        self.cfg.config(ovn_installed_timeout=0, group='lxc')
+        self.spawn(self.instance(uuid=UUID3, id=3), network_info=info)
+        installed.assert_not_called()
+
+    def test_ovn_wait_bounded_by_vif_plugging_timeout(self):
+        ovn = test_vif.ovs_vif(test_vif.PORT, active=False)
+        ovn['details']['bound_drivers'] = {'0': 'ovn'}
+        installed = self.patch('novalxcdriver.vif.ovn_installed',
+                               return_value=set())
+        self.cfg.config(vif_plugging_timeout=3)
+        self.spawn(self.instance(), network_info=network_model.NetworkInfo(
+            [ovn]))
+        self.assertEqual(3, installed.call_args.args[2])
+        # Not an OVN port: not looked for.
+        installed.reset_mock()
+        self.spawn(self.instance(uuid=UUID2, id=2),
+                   network_info=self.network_info)
+        installed.assert_not_called()
 
     def test_plug_logged_with_the_awaited_ports(self):
         # bench.networked_boot reads it (the plug's moment in a boot).

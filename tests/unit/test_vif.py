@@ -145,6 +145,30 @@ class NeutronEventsTest(base.BaseTestCase):
         self.assertEqual([], vif.neutron_events(None))
 
 
+def ovn_vif(port_id=PORT, **kwargs):
+    """A port as ML2/OVN binds it (its binding names the driver)."""
+    v = ovs_vif(port_id, **kwargs)
+    v['details']['bound_drivers'] = {'0': 'ovn'}
+    return v
+
+
+class OvnBoundTest(base.BaseTestCase):
+
+    def test_bound_by_ovn(self):
+        self.assertTrue(vif.ovn_bound(ovn_vif()))
+
+    def test_not_bound_by_ovn(self):
+        agent = ovs_vif()
+        agent['details']['bound_drivers'] = {'0': 'openvswitch'}
+        hybrid = ovn_vif(hybrid=True)
+        bridge = bridge_vif()
+        bridge['details'] = {'bound_drivers': {'0': 'ovn'}}
+        odd = ovs_vif()
+        odd['details']['bound_drivers'] = ['ovn']
+        for v in (ovs_vif(), agent, hybrid, bridge, odd):
+            self.assertFalse(vif.ovn_bound(v), v)
+
+
 class _HostBase(unit_base.TestCase):
     """lxc, os-vif and the host's devices mocked."""
 
@@ -340,6 +364,96 @@ class LeftoversTest(_HostBase):
             exception.PrivilegedCallRefused(call='delete_veth', reason='no'))
         vif.remove_leftovers(nics)
         self.assertEqual(2, self.netdev.delete_veth.call_count)
+
+
+class OvnInstalledTest(_HostBase):
+    """ovn-controller's marks read from the Interface rows (ovsdbapp)."""
+
+    SINCE = 1796630900.0   # time.time() before the plug
+
+    def setUp(self):
+        super().setUp()
+        self.sleep = self.patch('time.sleep')
+        # Each read: what the Interface row's external_ids are then.
+        self.rows = {}
+        self.reads = []
+        self.ovsdb.db_get.side_effect = self._db_get
+
+    def _db_get(self, table, name, column):
+        self.assertEqual(('Interface', 'external_ids'), (table, column))
+        self.reads.append(name)
+        command = mock.Mock()
+        values = self.rows.get(name)
+        if isinstance(values, list):
+            values = values.pop(0) if len(values) > 1 else values[0]
+        if isinstance(values, Exception):
+            command.execute.side_effect = values
+        else:
+            command.execute.return_value = values
+        return command
+
+    @staticmethod
+    def marked(ms_after=0, flag='true'):
+        return {'iface-id': PORT, 'ovn-installed': flag,
+                'ovn-installed-ts': str(int(OvnInstalledTest.SINCE * 1000) +
+                                        ms_after)}
+
+    def test_waits_for_the_mark(self):
+        dev = vif.nic_for(ovn_vif(), 0).host_dev
+        # Not there yet, then there unmarked, then marked.
+        self.rows[dev] = [RuntimeError('Cannot find Interface'),
+                          {'iface-id': PORT}, self.marked(35)]
+        self.assertEqual({PORT}, vif.ovn_installed([ovn_vif()], self.SINCE,
+                                                   10))
+        self.assertEqual([dev] * 3, self.reads)
+        self.assertEqual(2, self.sleep.call_count)
+
+    def test_a_mark_from_before_the_plug_does_not_count(self):
+        dev = vif.nic_for(ovn_vif(), 0).host_dev
+        for stale in (self.marked(-1), self.marked(5, flag='false'),
+                      dict(self.marked(5), **{'ovn-installed-ts': 'x'}),
+                      {'ovn-installed': 'true'}):
+            self.rows[dev] = [stale]
+            self.assertEqual(set(), vif.ovn_installed(
+                [ovn_vif()], self.SINCE, 0))
+
+    def test_some_marked_in_time(self):
+        self.patch('time.monotonic', side_effect=[0, 0, 5, 11])
+        first, second = ovn_vif(PORT), ovn_vif(PORT2)
+        self.rows[vif.nic_for(first, 0).host_dev] = [self.marked(1)]
+        self.rows[vif.nic_for(second, 0).host_dev] = [{}]
+        self.assertEqual({PORT}, vif.ovn_installed([first, second],
+                                                   self.SINCE, 10))
+        # The marked one is not read again.
+        self.assertEqual(1, self.reads.count(vif.nic_for(first, 0).host_dev))
+        self.assertEqual(3, self.reads.count(vif.nic_for(second, 0).host_dev))
+
+    def test_installed_events(self):
+        info = network_model.NetworkInfo([
+            ovn_vif(PORT, active=False), bridge_vif(PORT2)])
+        events = [('network-vif-plugged', PORT),
+                  ('network-vif-plugged', PORT2)]
+        self.rows[info[0]['devname']] = [self.marked(2)]
+        log = self.useFixture(fixtures.FakeLogger())
+        self.assertEqual([('network-vif-plugged', PORT)],
+                         vif.installed_events(self.instance, info, events,
+                                              self.SINCE, 10))
+        self.assertIn('OVN installed the flows of [%r]' % PORT, log.output)
+        # Not waited for: no OVN VIF among the events, or no time.
+        self.assertEqual([], vif.installed_events(
+            self.instance, info, events[1:], self.SINCE, 10))
+        self.assertEqual([], vif.installed_events(
+            self.instance, info, events, self.SINCE, 0))
+        self.assertEqual(1, len(self.reads))
+
+    def test_none_marked(self):
+        info = network_model.NetworkInfo([ovn_vif(PORT, active=False)])
+        self.rows[info[0]['devname']] = [{}]
+        log = self.useFixture(fixtures.FakeLogger())
+        self.assertEqual([], vif.installed_events(
+            self.instance, info, [('network-vif-plugged', PORT)],
+            self.SINCE, 0.01))
+        self.assertIn('OVN did not mark', log.output)
 
 
 class OvsdbTest(unit_base.TestCase):
