@@ -18,6 +18,9 @@ local timestamps against this host's clock: the services run here):
 - ``plugged``: the driver plugged the VIFs (its "Plugged VIFs" line),
   which also says whether it waits for network-vif-plugged;
 - ``ovn_up``: OVN reports the port up (ovn-controller claimed it);
+- ``ovn_installed``: the driver saw ovn-controller's mark on the port's
+  OVS interface and stopped waiting for network-vif-plugged (its "OVN
+  installed the flows" line; [lxc] ovn_installed_timeout);
 - ``vif_plugged``: the network-vif-plugged event reaches nova-api;
 - ``spawned`` and ``built``: nova-compute's "Took N seconds to spawn /
   build" lines;
@@ -43,7 +46,7 @@ LOGS = {'compute': nova_api.COMPUTE_LOG,
         'api': os.path.join(LOG_DIR, 'nova-api.log'),
         'neutron': os.path.join(LOG_DIR, 'neutron.log')}
 MILESTONES = ('claim', 'port_down', 'network_changed', 'plugged', 'ovn_up',
-              'vif_plugged', 'spawned', 'built', 'active')
+              'ovn_installed', 'vif_plugged', 'spawned', 'built', 'active')
 
 _UUID = r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
 _STAMP = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) ')
@@ -54,6 +57,8 @@ _PATTERNS = (
     ('compute', 'plugged',
      r'\[instance: (?P<server>%s)\] Plugged VIFs .*; waiting for '
      r'network-vif-plugged of (?P<awaited>.*)$' % _UUID),
+    ('compute', 'ovn_installed',
+     r'\[instance: (?P<server>%s)\] OVN installed the flows of ' % _UUID),
     ('compute', 'spawned',
      r'\[instance: (?P<server>%s)\] Took [0-9.]+ seconds to spawn' % _UUID),
     ('compute', 'built',
@@ -254,6 +259,8 @@ def measure(runs, image_name='debian-12', flavor_name='lxc.tiny',
     networked = result['sides']['networked']['samples']
     result['awaited'] = sum(1 for s in networked
                             if s.get('awaited', '').startswith('['))
+    result['ovn_installed'] = sum(1 for s in networked
+                                  if 'ovn_installed' in s['timeline'])
     return result
 
 

@@ -775,11 +775,13 @@ def networked_boot_rows(results):
         13, '%s, %s on %s vs `--nic none` (n=%d each)' % (
             what, nb['image'], nb['network'], f['none']['n']), target,
         'networked median **%s** (p95 %s), none **%s** (p95 %s): '
-        '**%sx**; network-vif-plugged awaited in %d of %d; %s' % (
+        '**%sx**; network-vif-plugged awaited in %d of %d, the wait '
+        'ended by OVN\'s installed mark in %d; %s' % (
             _s(f['networked']['median']), _s(f['networked']['p95']),
             _s(f['none']['median']), _s(f['none']['p95']),
             '%.2f' % nb['ratio'] if nb['ratio'] is not None else '—',
-            nb['awaited'], f['networked']['n'], _errors(errors)),
+            nb['awaited'], f['networked']['n'],
+            nb.get('ovn_installed', 0), _errors(errors)),
         _met(ok))]
 
 

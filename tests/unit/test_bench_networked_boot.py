@@ -33,6 +33,9 @@ COMPUTE = [
     '%s 27614 INFO novalxcdriver.driver %s [instance: %s] Plugged VIFs '
     "['%s']; waiting for network-vif-plugged of ['%s']"
     % (stamp(1.50), REQ, SERVER, PORT, PORT),
+    '%s 27614 INFO novalxcdriver.vif %s [instance: %s] OVN installed the '
+    "flows of ['%s'] on this host; not waiting for Neutron's "
+    'network-vif-plugged of them' % (stamp(1.58), REQ, SERVER, PORT),
     '%s 27614 INFO nova.compute.manager %s [instance: %s] Took 1.52 '
     'seconds to spawn the instance on the hypervisor.'
     % (stamp(2.60), REQ, SERVER),
@@ -86,8 +89,9 @@ class EventsTest(base.BaseTestCase):
         by_server, by_port, ports, _awaited = self.parsed()
         t0 = posted_at()
         self.assertEqual(
-            {'claim': 0.30, 'plugged': 1.50, 'spawned': 2.60, 'built': 2.65,
-             'network_changed': 0.90, 'vif_plugged': 2.55},
+            {'claim': 0.30, 'plugged': 1.50, 'ovn_installed': 1.58,
+             'spawned': 2.60, 'built': 2.65, 'network_changed': 0.90,
+             'vif_plugged': 2.55},
             {k: round(v - t0, 3) for k, v in by_server[SERVER].items()})
         self.assertEqual(
             {'port_down': 0.70, 'ovn_up': 1.60},
@@ -105,7 +109,8 @@ class EventsTest(base.BaseTestCase):
                   'seconds': 3.1}
         self.assertEqual(
             {'claim': 0.3, 'port_down': 0.7, 'network_changed': 0.9,
-             'plugged': 1.5, 'ovn_up': 1.6, 'vif_plugged': 2.55,
+             'plugged': 1.5, 'ovn_installed': 1.58, 'ovn_up': 1.6,
+             'vif_plugged': 2.55,
              'spawned': 2.6, 'built': 2.65, 'active': 3.1},
             nb.timeline(sample, by_server, by_port, ports))
 
@@ -149,6 +154,13 @@ class ReportTest(base.BaseTestCase):
         self.assertIn('**1.00 s**', row['measured'])
         self.assertIn('**3.80x**', row['measured'])
         self.assertIn('awaited in 3 of 3', row['measured'])
+        # Results from before the OVN mark was looked for have no count.
+        self.assertIn("ended by OVN's installed mark in 0", row['measured'])
+        result = _result([1.2, 1.3], [1.0, 1.0])
+        result['ovn_installed'] = 2
+        row, = report.networked_boot_rows({'networked-boot': result})
+        self.assertIn("awaited in 2 of 2, the wait ended by OVN's "
+                      'installed mark in 2', row['measured'])
 
     def test_met_only_without_errors(self):
         row, = report.networked_boot_rows({'networked-boot': _result(
