@@ -567,10 +567,14 @@ class LXCDriver(driver.ComputeDriver):
             failed, or not in time (vif_plugging_is_fatal).
         """
         self._refuse_unsupported(instance, block_device_info)
+        c = self._container(instance)
+        # Before network_info is looked at: Nova allocates the ports in
+        # Neutron beside the spawn (NetworkInfoAsyncWrapper, whose first
+        # use waits), so a new image downloads and unpacks meanwhile, as
+        # libvirt's driver makes its disks first.
+        image = self._cached_image(context, instance, image_meta)
         network_info = network_info or []
         nics = vif_mod.nics_for(network_info)
-        c = self._container(instance)
-        image = self._cached_image(context, instance, image_meta)
         flavor = instance.flavor
         cid = self._ids.allocate(instance.uuid, instance.name)
         try:

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import os
 import shutil
+import threading
 import time
 from unittest import mock
 
@@ -754,7 +755,7 @@ class SpawnTest(_Base):
         self.assertIn('/sbin/init', str(e))
         self.assert_nothing_created()
 
-    def test_unsupported_vif_type_refused_before_anything(self):
+    def test_unsupported_vif_type_refused_before_the_container(self):
         network_info = network_model.NetworkInfo([
             network_model.VIF(id='4e2a7b3c-0000-4000-8000-00000000000a',
                               address='fa:16:3e:00:00:01',
@@ -762,7 +763,9 @@ class SpawnTest(_Base):
         e = self.assertRaises(nova_exc.InvalidInput, self.spawn,
                               self.instance(), network_info=network_info)
         self.assertIn("vif_type 'vhostuser'", str(e))
-        self.fetch.assert_not_called()
+        # The image was fetched while Nova allocated the network (it
+        # stays cached); nothing of the container was made.
+        self.fetch.assert_called_once()
         self.assert_nothing_created()
 
     def test_empty_network_info_accepted(self):
@@ -1817,6 +1820,34 @@ class NetworkingTest(_Base):
             mock.call.wait_exit(),
             mock.call.start(instance.name, self.lxc_path),
         ], self.calls.mock_calls)
+
+    def test_image_fetched_while_nova_allocates_the_network(self):
+        # Nova hands spawn a NetworkInfoAsyncWrapper whose first use
+        # waits for the ports' allocation in Neutron: a new image is
+        # fetched before, meanwhile.
+        released = threading.Event()
+        order = []
+
+        def allocate():
+            # Neutron's port create and bind, done once the fetch began
+            # (or after 5 s: the spawn then waited for it first).
+            order.append('allocated' if released.wait(5) else 'gave up')
+            return self.network_info
+
+        real = self.drv._fetched_image
+
+        def fetched(*args, **kwargs):
+            order.append('fetch')
+            released.set()
+            return real(*args, **kwargs)
+
+        self.patch_object(self.drv, '_fetched_image', side_effect=fetched)
+        instance = self.instance()
+        info = network_model.NetworkInfoAsyncWrapper(allocate)
+        self.spawn(instance, network_info=info)
+        self.assertEqual(['fetch', 'allocated'], order)
+        self.assertEqual(2, self.vif.plug.call_count)
+        self.lxc.start.assert_called_once_with(instance.name, self.lxc_path)
 
     def test_ovn_installed_ends_the_wait(self):
         # ML2/OVN's port: once ovn-controller marks its interface
