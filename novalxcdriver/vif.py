@@ -272,9 +272,10 @@ def ovn_installed(vifs, since, timeout, poll=OVN_POLL):
     interface once its flows (security groups included) are in place,
     with Port_Binding.up in the southbound database, from which Neutron's
     ML2/OVN reports the port up and Nova hears network-vif-plugged
-    (ovn-controller(8); ovn-installed-ts in ms since the epoch, OVN
-    22.03+). Only marks set since the plug count: a row left by an
-    earlier plug of the same name must not pass.
+    (ovn-controller(8); ovn-installed-ts in ms since the epoch, which
+    the OVN of Debian 12, 23.03, sets; an OVN that sets no stamp never
+    ends the wait). Only marks set since the plug count: a row left by
+    an earlier plug of the same name must not pass.
 
     :param vifs: nova.network.model.VIFs plugged into OVS (ovn_bound).
     :param since: time.time() before the plug (seconds).
