@@ -179,8 +179,8 @@ def holders(path):
                       for fd in os.listdir(os.path.join(proc, 'fd'))]
         except OSError:
             pass
-        if any(_at_or_below(_readlink(link), top)
-               for link in links for top in tops):
+        if any(_at_or_below(target, top)
+               for target in map(_readlink, links) for top in tops):
             found.append((int(name), _comm(proc)))
     return sorted(found)
 
