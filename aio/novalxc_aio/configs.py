@@ -311,6 +311,9 @@ def neutron_conf(secrets):
             # for the next: a boot's network-vif-plugged follows its
             # network-changed within 2 s (the default), so it waited.
             ('send_events_interval', 1),
+            # OVN serves DHCP itself: no DHCP agent to schedule a network
+            # to at each port create (it tried, logged a warning, gave up).
+            ('dhcp_agent_notification', False),
             ('debug', False),
         ]),
         ('database', [('connection', db_url(secrets, 'neutron'))]),
@@ -428,6 +431,35 @@ def metadata_agent_filters():
 
 # -- gunicorn -----------------------------------------------------------------
 
+# gunicorn's access log on its stdout (the service's log) in the format
+# of oslo.log's lines. gunicorn lays this over its own logging config one
+# key deep, so the rest of that is repeated: its error log on stderr, and
+# a root logger left as Python's (the service's oslo.log sets it up).
+ACCESS_LOG_CONFIG = {
+    'version': 1,
+    'disable_existing_loggers': False,
+    'root': {'level': 'WARNING', 'handlers': []},
+    'formatters': {
+        'access': {'format': '%(asctime)s.%(msecs)03d %(process)d INFO '
+                             '%(name)s %(message)s',
+                   'datefmt': '%Y-%m-%d %H:%M:%S'},
+        'generic': {'format': '%(asctime)s [%(process)d] [%(levelname)s] '
+                              '%(message)s',
+                    'datefmt': '[%Y-%m-%d %H:%M:%S %z]'}},
+    'handlers': {
+        'access': {'class': 'logging.StreamHandler', 'formatter': 'access',
+                   'stream': 'ext://sys.stdout'},
+        'error_console': {'class': 'logging.StreamHandler',
+                          'formatter': 'generic',
+                          'stream': 'ext://sys.stderr'}},
+    'loggers': {
+        'gunicorn.access': {'handlers': ['access'], 'level': 'INFO',
+                            'propagate': False},
+        'gunicorn.error': {'handlers': ['error_console'], 'level': 'INFO',
+                           'propagate': False}},
+}
+
+
 def gunicorn_conf(name, wsgi_app, port, threads=4):
     """gunicorn.conf.py of one API, read from the service's directory.
 
@@ -461,5 +493,10 @@ def gunicorn_conf(name, wsgi_app, port, threads=4):
         'proc_name = %r' % ('novalxc-aio-' + name),
         # gunicorn 27 opens a control socket by default; not needed.
         'control_socket_disable = True',
+        # Each request with its time in milliseconds, stamped when it
+        # ends as the services stamp theirs: where a boot's seconds go
+        # (bench/networked_boot.py reads Neutron's port binding here).
+        'access_log_format = %r' % '"%(r)s" %(s)s %(M)sms',
+        'logconfig_dict = %r' % ACCESS_LOG_CONFIG,
         '',
     ])
