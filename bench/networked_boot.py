@@ -13,6 +13,9 @@ local timestamps against this host's clock: the services run here):
 - ``claim``: nova-compute's resource claim succeeded;
 - ``port_down``: Neutron's OVN driver reports the new port down (it is
   in OVN's northbound database);
+- ``port_bound``: Neutron answered Nova's update of the port that binds
+  it to the host (the first ``PUT /v2.0/ports/<id>`` in the access log
+  the aio's gunicorn writes, stamped at its end);
 - ``network_changed``: Neutron's network-changed event reaches nova-api
   (the port was bound to the host);
 - ``plugged``: the driver plugged the VIFs (its "Plugged VIFs" line),
@@ -45,8 +48,9 @@ LOG_DIR = '/var/log/novalxc-aio'
 LOGS = {'compute': nova_api.COMPUTE_LOG,
         'api': os.path.join(LOG_DIR, 'nova-api.log'),
         'neutron': os.path.join(LOG_DIR, 'neutron.log')}
-MILESTONES = ('claim', 'port_down', 'network_changed', 'plugged', 'ovn_up',
-              'ovn_installed', 'vif_plugged', 'spawned', 'built', 'active')
+MILESTONES = ('claim', 'port_down', 'port_bound', 'network_changed',
+              'plugged', 'ovn_up', 'ovn_installed', 'vif_plugged', 'spawned',
+              'built', 'active')
 
 _UUID = r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
 _STAMP = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) ')
@@ -73,6 +77,9 @@ _PATTERNS = (
      r'OVN reports status down for port: (?P<port>%s)' % _UUID),
     ('neutron', 'ovn_up',
      r'OVN reports status up for port: (?P<port>%s)' % _UUID),
+    ('neutron', 'port_bound',
+     r'gunicorn\.access "PUT /v2\.0/ports/(?P<port>%s) HTTP/[0-9.]+" 200 '
+     % _UUID),
 )
 _COMPILED = tuple((log, name, re.compile(pattern))
                   for log, name, pattern in _PATTERNS)
@@ -134,7 +141,8 @@ def events(lines_by_log):
 def timeline(sample, by_server, by_port, ports):
     """{milestone: seconds after the POST} of one sample's server.
 
-    A port milestone (port_down, ovn_up) is its first port's.
+    A port milestone (port_down, port_bound, ovn_up) is its first
+    port's.
     """
     server = sample['server_id']
     found = dict(by_server.get(server, {}))

@@ -63,6 +63,16 @@ API = [
 NEUTRON = [
     '%s 2001 INFO neutron.plugins.ml2.drivers.ovn.mech_driver.mech_driver '
     '%s OVN reports status down for port: %s' % (stamp(0.70), REQ, PORT),
+    # The aio's gunicorn access log: Nova's binding update, then a later
+    # one (the first counts), a failed one of another port, a GET.
+    '%s 2001 INFO gunicorn.access "PUT /v2.0/ports/%s HTTP/1.1" 200 361ms'
+    % (stamp(0.85), PORT),
+    '%s 2001 INFO gunicorn.access "PUT /v2.0/ports/%s HTTP/1.1" 200 90ms'
+    % (stamp(20.0), PORT),
+    '%s 2001 INFO gunicorn.access "PUT /v2.0/ports/%s HTTP/1.1" 409 9ms'
+    % (stamp(0.80), SERVER),
+    '%s 2001 INFO gunicorn.access "GET /v2.0/ports/%s HTTP/1.1" 200 9ms'
+    % (stamp(0.75), PORT),
     '%s 2001 INFO neutron.plugins.ml2.drivers.ovn.mech_driver.mech_driver '
     '%s OVN reports status up for port: %s' % (stamp(1.60), REQ, PORT),
     # The delete's, later: the first one counts.
@@ -94,7 +104,7 @@ class EventsTest(base.BaseTestCase):
              'vif_plugged': 2.55},
             {k: round(v - t0, 3) for k, v in by_server[SERVER].items()})
         self.assertEqual(
-            {'port_down': 0.70, 'ovn_up': 1.60},
+            {'port_down': 0.70, 'port_bound': 0.85, 'ovn_up': 1.60},
             {k: round(v - t0, 3) for k, v in by_port[PORT].items()})
         self.assertEqual({SERVER: [PORT]}, ports)
 
@@ -108,7 +118,8 @@ class EventsTest(base.BaseTestCase):
         sample = {'server_id': SERVER, 'posted_at': posted_at(),
                   'seconds': 3.1}
         self.assertEqual(
-            {'claim': 0.3, 'port_down': 0.7, 'network_changed': 0.9,
+            {'claim': 0.3, 'port_down': 0.7, 'port_bound': 0.85,
+             'network_changed': 0.9,
              'plugged': 1.5, 'ovn_installed': 1.58, 'ovn_up': 1.6,
              'vif_plugged': 2.55,
              'spawned': 2.6, 'built': 2.65, 'active': 3.1},

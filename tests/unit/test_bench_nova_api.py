@@ -86,3 +86,91 @@ class DeleteLeftoversTest(base.BaseTestCase):
         left, elapsed, conn = self._run(listings, timeout=5)
         self.assertEqual(['a', 'b'], left)
         self.assertEqual(5, elapsed)
+
+
+class _Server:
+    def __init__(self, sid, status='BUILD', task_state='spawning',
+                 fault=None):
+        self.id, self.status, self.task_state, self.fault = (
+            sid, status, task_state, fault)
+
+
+class _Cloud:
+    """conn.compute.servers of a test: what each listing was asked."""
+
+    def __init__(self):
+        self.servers = {}  # id -> _Server
+        self.calls = []
+
+    def list(self, details, name, status=None):
+        self.calls.append((details, status))
+        assert name == '^' + nova_api.PREFIX
+        return [s for s in self.servers.values()
+                if status is None or s.status == status]
+
+
+class TrackerTest(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.cloud = _Cloud()
+        conn = mock.Mock()
+        conn.compute.servers.side_effect = self.cloud.list
+        self.tracker = nova_api.Tracker(conn, 0.15, detail_interval=1.0)
+        self.clock = 100.0
+        self.patch = mock.patch.object(nova_api.time, 'monotonic',
+                                       side_effect=lambda: self.clock)
+        self.patch.start()
+        self.addCleanup(self.patch.stop)
+
+    def poll(self, at):
+        self.clock = at
+        self.tracker._servers, active = self.tracker._list(
+            self.tracker._detailed_due())
+        return active
+
+    def test_detailed_once_a_second_cheap_between(self):
+        self.cloud.servers['a'] = _Server('a')
+        self.poll(100.0)
+        self.poll(100.2)
+        self.poll(100.9)
+        self.poll(101.1)
+        self.assertEqual([(True, None), (False, 'ACTIVE'), (False, None),
+                          (False, 'ACTIVE'), (False, None), (True, None)],
+                         self.cloud.calls)
+
+    def test_active_from_the_cheap_listing(self):
+        self.cloud.servers['a'] = _Server('a')
+        self.assertEqual(set(), self.poll(100.0))
+        self.cloud.servers['a'] = _Server('a', 'ACTIVE', None)
+        self.assertEqual({'a'}, self.poll(100.2))
+        # Its state stays the last detailed one until the next.
+        self.assertEqual(('BUILD', 'spawning', None),
+                         self.tracker._servers['a'])
+
+    def test_a_new_server_is_building_until_listed_in_detail(self):
+        self.poll(100.0)
+        self.cloud.servers['b'] = _Server('b')
+        self.poll(100.2)
+        self.assertEqual({'b': ('BUILD', None, None)}, self.tracker._servers)
+
+    def test_gone_at_the_cheap_listing(self):
+        self.cloud.servers['a'] = _Server('a', 'ACTIVE', None)
+        self.poll(100.0)
+        del self.cloud.servers['a']
+        self.poll(100.2)
+        self.assertEqual({}, self.tracker._servers)
+
+    def test_error_and_fault_from_the_detailed_listing(self):
+        self.poll(100.0)
+        self.cloud.servers['a'] = _Server('a', 'ERROR', None,
+                                          {'message': 'No valid host'})
+        self.poll(100.2)
+        self.assertEqual('BUILD', self.tracker._servers['a'][0])
+        self.assertEqual(set(), self.poll(101.0))
+        self.assertEqual(('ERROR', None, 'No valid host'),
+                         self.tracker._servers['a'])
+
+    def test_active_with_a_task_left_is_not_active_in_detail(self):
+        self.cloud.servers['a'] = _Server('a', 'ACTIVE', 'deleting')
+        self.assertEqual(set(), self.poll(100.0))
