@@ -1849,6 +1849,22 @@ class NetworkingTest(_Base):
         self.assertEqual(2, self.vif.plug.call_count)
         self.lxc.start.assert_called_once_with(instance.name, self.lxc_path)
 
+    def test_failed_network_allocation_leaves_nothing(self):
+        def allocate():
+            raise nova_exc.PortLimitExceeded()
+
+        self.assertRaises(
+            nova_exc.PortLimitExceeded, self.spawn, self.instance(),
+            network_info=network_model.NetworkInfoAsyncWrapper(allocate))
+        self.assertEqual({}, self.drv._ids.reservations())
+        self.assertEqual([], os.listdir(self.lxc_path))
+        roots = os.path.join(self.state_path, 'rootfs')
+        self.assertEqual([], os.listdir(roots) if os.path.isdir(roots)
+                         else [])
+        self.assertEqual({}, self.drv._records.all())
+        self.lxc.start.assert_not_called()
+        self.vif.plug.assert_not_called()
+
     def test_ovn_installed_ends_the_wait(self):
         # ML2/OVN's port: once ovn-controller marks its interface
         # installed, Neutron's event (a second later) is not waited for.
