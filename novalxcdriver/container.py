@@ -1064,6 +1064,9 @@ class Container:
 def config_records(lxc_path):
     """Records copied into the configs of the containers under lxc_path.
 
+    A config this process may not read is not one the driver wrote
+    (_scan_ids): skipped, logged once.
+
     :returns: dict of container name to its record (spec.parse_record).
     """
     records = {}
@@ -1072,10 +1075,14 @@ def config_records(lxc_path):
     except FileNotFoundError:
         return records
     for name in names:
+        path = os.path.join(lxc_path, name, 'config')
         try:
-            with open(os.path.join(lxc_path, name, 'config'), 'rb') as f:
+            with open(path, 'rb') as f:
                 record = spec_mod.parse_record(f.read().decode('utf-8'))
         except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+            continue
+        except PermissionError:
+            _unreadable(path)
             continue
         if record:
             records[name] = record
@@ -1084,6 +1091,8 @@ def config_records(lxc_path):
 
 # {directory: {file name: ((st_ino, st_size, st_mtime_ns), ID or None)}}
 _SCANNED = {}
+# Paths _scan_ids could not read, each logged once.
+_UNREADABLE = set()
 
 
 def _record_id(data):
@@ -1108,6 +1117,11 @@ def _scan_ids(directory, names, path_of, parse):
     7 ms of CPU per spawn with 100 containers. Records and configs are
     replaced by rename (durable.write), so a new content has a new
     inode; a file edited in place changes its size or mtime.
+
+    A file this process may not read (a directory in lxc_path of
+    someone else's, 0700, while the driver runs unprivileged) is skipped
+    and logged once: the driver can read what it writes, and an ID of
+    its own is also held by its record and rootfs directory.
     """
     old = _SCANNED.get(directory, {})
     new = {}
@@ -1117,6 +1131,9 @@ def _scan_ids(directory, names, path_of, parse):
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
+            continue
+        except PermissionError:
+            _unreadable(path)
             continue
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         hit = old.get(name)
@@ -1130,11 +1147,21 @@ def _scan_ids(directory, names, path_of, parse):
                     cid = parse(f.read())
             except (FileNotFoundError, NotADirectoryError):
                 continue
+            except PermissionError:
+                _unreadable(path)
+                continue
         new[name] = (key, cid)
         if cid is not None:
             found.add(cid)
     _SCANNED[directory] = new
     return found
+
+
+def _unreadable(path):
+    if path not in _UNREADABLE:
+        _UNREADABLE.add(path)
+        LOG.warning('Cannot read %s: not a file of this driver; any '
+                    'container ID it names is not counted', path)
 
 
 def artifact_ids(lxc_path, state_path, records):

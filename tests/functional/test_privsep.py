@@ -184,6 +184,18 @@ class LxcAdminDaemonTest(func_base.FunctionalTestCase):
             mode = os.stat(os.path.join(container_dir, name)).st_mode
             self.assertEqual(0, mode & 0o022, '%s %o' % (name, mode))
 
+    def test_a_container_dir_it_may_not_read_does_not_stop_a_spawn(self):
+        # Someone else's directory in lxc_path, 0700: run unprivileged,
+        # the driver cannot read its config. Every spawn's ID allocation
+        # scans the configs there; it skips this one (it raised
+        # PermissionError, out of a parallel test's init_host in CI).
+        self.plant()
+        instance = self.make_instance()
+        self.spawn(instance, self.image_id)
+        self.assertEqual('RUNNING', self.lxc_state(instance.name))
+        self.driver.init_host(self.host)
+        self.assertFalse(os.path.exists(self.marker))
+
     def test_a_config_others_may_write_is_refused_and_its_hook_never_runs(
             self):
         name = self.plant(config_mode=0o666)

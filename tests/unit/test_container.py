@@ -1156,6 +1156,46 @@ class RecordsTest(_Base):
                                  'novalxc.id = %d' % (cid + 40)))
         self.assertEqual({cid + 40}, scan())
 
+    def test_artifact_ids_skip_a_config_they_may_not_read(self):
+        # Someone else's directory, 0700, while the driver runs as a user
+        # of its own: skipped and logged once, where it was a
+        # PermissionError out of every spawn's ID allocation.
+        cid = self.make_container()
+        planted = os.path.join(self.lxc_path, 'planted', 'config')
+        os.makedirs(os.path.dirname(planted))
+        with open(planted, 'w') as f:
+            f.write('lxc.uts.name = planted\n')
+        real_stat, real_open = os.stat, open
+
+        def stat(path, *args, **kwargs):
+            if path == planted:
+                raise PermissionError(13, 'Permission denied', path)
+            return real_stat(path, *args, **kwargs)
+
+        scan = functools.partial(container_mod.artifact_ids, self.lxc_path,
+                                 self.state_path, self.records)
+        self.addCleanup(lambda: getattr(container_mod, '_UNREADABLE',
+                                        set()).discard(planted))
+        with mock.patch.object(container_mod.os, 'stat', side_effect=stat), \
+                mock.patch.object(container_mod.LOG, 'warning') as warn:
+            self.assertEqual({cid}, scan())
+            self.assertEqual({cid}, scan())
+        self.assertEqual(1, warn.call_count)
+        self.assertIn(planted, warn.call_args[0])
+
+        # Readable to stat, not to open: the same.
+        def refuse(path, *args, **kwargs):
+            if path == planted:
+                raise PermissionError(13, 'Permission denied', path)
+            return real_open(path, *args, **kwargs)
+
+        container_mod._SCANNED.clear()
+        with mock.patch('builtins.open', side_effect=refuse):
+            self.assertEqual({cid}, scan())
+            # Nor do they stop init_host's adoption of configs.
+            self.assertEqual([NAME], list(
+                container_mod.config_records(self.lxc_path)))
+
     def test_no_lxc_path(self):
         self.assertEqual({}, container_mod.config_records(
             os.path.join(self.tmp, 'nothing')))
