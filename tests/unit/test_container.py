@@ -1165,18 +1165,20 @@ class RecordsTest(_Base):
         os.makedirs(os.path.dirname(planted))
         with open(planted, 'w') as f:
             f.write('lxc.uts.name = planted\n')
-        real_stat, real_open = os.stat, open
 
-        def stat(path, *args, **kwargs):
-            if path == planted:
-                raise PermissionError(13, 'Permission denied', path)
-            return real_stat(path, *args, **kwargs)
+        def refusing(real):
+            def call(path, *args, **kwargs):
+                if path == planted:
+                    raise PermissionError(13, 'Permission denied', path)
+                return real(path, *args, **kwargs)
+            return call
 
         scan = functools.partial(container_mod.artifact_ids, self.lxc_path,
                                  self.state_path, self.records)
         self.addCleanup(lambda: getattr(container_mod, '_UNREADABLE',
                                         set()).discard(planted))
-        with mock.patch.object(container_mod.os, 'stat', side_effect=stat), \
+        with mock.patch.object(container_mod.os, 'stat',
+                               side_effect=refusing(os.stat)), \
                 mock.patch.object(container_mod.LOG, 'warning') as warn:
             self.assertEqual({cid}, scan())
             self.assertEqual({cid}, scan())
@@ -1184,13 +1186,8 @@ class RecordsTest(_Base):
         self.assertIn(planted, warn.call_args[0])
 
         # Readable to stat, not to open: the same.
-        def refuse(path, *args, **kwargs):
-            if path == planted:
-                raise PermissionError(13, 'Permission denied', path)
-            return real_open(path, *args, **kwargs)
-
         container_mod._SCANNED.clear()
-        with mock.patch('builtins.open', side_effect=refuse):
+        with mock.patch('builtins.open', side_effect=refusing(open)):
             self.assertEqual({cid}, scan())
             # Nor do they stop init_host's adoption of configs.
             self.assertEqual([NAME], list(
