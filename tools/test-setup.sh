@@ -15,6 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     lxc uidmap debootstrap busybox-static lxcfs zstd xz-utils bzip2 \
+    libarchive13 \
     btrfs-progs qemu-utils fdisk rsync openssh-client openssh-server \
     attr ca-certificates git iproute2 ethtool openvswitch-switch \
     gcc libc6-dev sudo acl >/dev/null

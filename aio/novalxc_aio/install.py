@@ -16,6 +16,8 @@ from novalxc_aio import util
 PACKAGES = (
     # LXC and what unprivileged containers and their images need.
     'lxc', 'uidmap', 'lxcfs', 'debootstrap', 'busybox-static', 'zstd',
+    # The image unpacker's parser and writer (novalxcdriver/tarball.py).
+    'libarchive13',
     # Root disks (the driver's default [lxc] root_disk_fs).
     'btrfs-progs',
     # qemu-img, for qcow2 images (the driver's diskimage.py) and for

@@ -1,6 +1,6 @@
 """An image's tarball unpacked by a confined child (``storage_admin``).
 
-A Glance image is hostile input: tarfile, tarball.py's filter and the C
+A Glance image is hostile input: libarchive, tarball.py's filter and the C
 decompressors (zlib, lzma, bz2, zstd) all parse it. None of them runs as
 host root. The daemon starts unpackchild.py, which loads its code as root
 and then enters a user namespace of its own mapping ids 0..65535 onto
@@ -258,7 +258,7 @@ def _start(call, dirs, mounts, open_stdin, mode, max_bytes, extra_argv=(),
         ready_r, ready_w = os.pipe()
         go_r, go_w = os.pipe()
         fds = [ready_r, ready_w, go_r, go_w]
-        # umask 022: the daemon's is 0, and tarfile makes missing
+        # umask 022: the daemon's is 0, and libarchive makes missing
         # parents with the default mode.
         proc = subprocess.Popen(
             _child_argv(max_bytes, ready_w, go_r, mode, extra_argv,

@@ -272,7 +272,7 @@ def corpus(work, canary, cache_dir, bomb_bytes):
     cases.append(Case('corrupt-deflate', corrupt, 'refused',
                       'truncated or corrupt'))
 
-    # A complete root whose later part is damaged: tarfile alone would
+    # A complete root whose later part is damaged: tarfile would once
     # take a bad header for the end of the archive, and never reads as
     # far as the gzip CRC; either way files would be silently missing.
     raw = io.BytesIO()
@@ -292,7 +292,7 @@ def corpus(work, canary, cache_dir, bomb_bytes):
     with open(path, 'wb') as f:
         f.write(gzip.compress(bytes(bad_header)))
     cases.append(Case('bad-header-mid-archive', path, 'refused',
-                      'truncated or corrupt: bad checksum'))
+                      'truncated or corrupt: Damaged tar archive'))
     late = bytearray(gzip.compress(bytes(whole), compresslevel=1))
     for i in range(len(late) * 9 // 10, len(late) * 9 // 10 + 16):
         late[i] ^= 0x55

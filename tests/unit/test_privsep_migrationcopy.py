@@ -1523,8 +1523,8 @@ class UpperHostileTest(_RealUpper):
         self.assertEqual(('crw-------', self.uid, self.gid, (0, 0), None,
                           {}, ['v']), got['v'])
         for rel in ('w', 'd/w2', 'd/w3'):
-            # The last name's mode (the inode's).
-            self.assertEqual(('crw-r--r--', self.uid, self.gid, (0, 0),
+            # The first name's mode: libarchive links without a chmod.
+            self.assertEqual(('crw-------', self.uid, self.gid, (0, 0),
                               None, {}, ['d/w2', 'd/w3', 'w']), got[rel])
         self.assertEqual(('-rw-r--r--', self.uid + 7, self.gid + 7, (0, 0),
                           b'data', {}, ['d/f2', 'f']), got['f'])
