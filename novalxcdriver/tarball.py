@@ -278,20 +278,18 @@ def _extract(feed, dest_dir, member_filter):
                 member = _Member(entry)
                 checked = member_filter(member, dest_dir)
                 _apply(entry, member, checked, root)
-                _check_warning(writer, _call(
-                    feed, la_ffi.write_header, writer, entry._entry_p),
-                    'writing %r' % checked['name'])
+                name = checked['name']
+                _write(feed, writer, name, la_ffi.write_header, writer,
+                       entry._entry_p)
                 # libarchive's tar reader gives only regular files data
                 # (a hard link's or FIFO's is a damaged header to it).
                 while _call(
                         feed, la_ffi.read_data_block, archive,
                         ctypes.byref(buff), ctypes.byref(size),
                         ctypes.byref(offset)) != la_ffi.ARCHIVE_EOF:
-                    _call(feed, la_ffi.write_data_block, writer, buff, size,
-                          offset)
-                _check_warning(writer, _call(
-                    feed, la_ffi.write_finish_entry, writer),
-                    'writing %r' % checked['name'])
+                    _write(feed, writer, name, la_ffi.write_data_block,
+                           writer, buff, size, offset)
+                _write(feed, writer, name, la_ffi.write_finish_entry, writer)
                 data_end = la_ffi.filter_bytes(archive, -1)
             # libarchive takes data ending where a header should start for
             # the end of the archive; a real end has two zero blocks.
@@ -302,7 +300,7 @@ def _extract(feed, dest_dir, member_filter):
                     reason='archive is truncated or corrupt: data ends '
                            'before the end-of-archive marker')
             # Directories get their modes and times here (their fixups).
-            _call(feed, la_ffi.write_close, writer)
+            _write(feed, writer, '.', la_ffi.write_close, writer)
     except la_exception.ArchiveError as e:
         if feed.error is not None:
             raise feed.error from None
@@ -325,6 +323,24 @@ def _check_warning(archive, retcode, doing):
     if retcode == la_ffi.ARCHIVE_WARN:
         raise refusal.ArchiveError(reason='%s: %s' % (
             doing, la_ffi._error_string(archive)))
+
+
+def _write(feed, writer, name, function, *args):
+    """Make a write call of libarchive's for the member name.
+
+    Its failure (a full disk, an owner the kernel refuses) raises
+    refusal.ArchiveError naming the member.
+    """
+    doing = 'extraction failed: writing %r' % name
+    try:
+        retcode = _call(feed, function, *args)
+    except la_exception.ArchiveError as e:
+        reason = e.msg if isinstance(e.msg, str) else repr(e.msg)
+        if e.errno and e.errno > 0:
+            reason += ' (%s)' % os.strerror(e.errno)
+        raise refusal.ArchiveError(reason='%s: %s' % (doing, reason)) \
+            from None
+    _check_warning(writer, retcode, doing)
 
 
 def _apply(entry, member, checked, root):
@@ -394,7 +410,8 @@ def _entry_xattrs(entry_p):
     xattrs = []
     name, value, size = ctypes.c_char_p(), ctypes.c_void_p(), \
         ctypes.c_size_t()
-    _entry_xattr_reset(entry_p)
+    if not _entry_xattr_reset(entry_p):
+        return xattrs
     while _entry_xattr_next(entry_p, ctypes.byref(name), ctypes.byref(value),
                             ctypes.byref(size)) == la_ffi.ARCHIVE_OK:
         xattrs.append((_xattr_name(name.value),
@@ -419,22 +436,26 @@ class _Member:
     def __init__(self, entry):
         p = entry._entry_p
         self.name = _text(la_ffi.entry_pathname(p))
-        self.kind = stat.S_IFMT(la_ffi.entry_filetype(p))
+        self.mode = la_ffi.entry_mode(p)
+        self.kind = stat.S_IFMT(self.mode)
+        self.linkname = ''
+        self.devmajor = self.devminor = 0
         if self.kind == stat.S_IFDIR:
             # tar(5) writes directory names with a trailing slash.
             self.name = self.name.rstrip('/') or self.name[:1]
+        elif self.kind == stat.S_IFLNK:
+            self.linkname = _text(la_ffi.entry_symlink(p))
+        elif self.kind == stat.S_IFCHR or self.kind == stat.S_IFBLK:
+            self.devmajor = la_ffi.entry_rdevmajor(p)
+            self.devminor = la_ffi.entry_rdevminor(p)
         hardlink = la_ffi.entry_hardlink(p)
-        self.linkname = _text(hardlink if hardlink is not None
-                              else la_ffi.entry_symlink(p))
         if hardlink is not None:
             self.kind = _HARDLINK
-        self.mode = la_ffi.entry_mode(p)
+            self.linkname = _text(hardlink)
         self.uid = la_ffi.entry_uid(p)
         self.gid = la_ffi.entry_gid(p)
         self.mtime = la_ffi.entry_mtime(p)
         self.size = la_ffi.entry_size(p)
-        self.devmajor = la_ffi.entry_rdevmajor(p)
-        self.devminor = la_ffi.entry_rdevminor(p)
         self.xattrs = _entry_xattrs(p)
 
     def isdir(self):

@@ -14,6 +14,7 @@ import warnings
 import zlib
 
 import fixtures
+from libarchive import exception as la_exception
 from oslo_concurrency import processutils
 from oslotest import base
 import zstandard
@@ -530,6 +531,18 @@ class TestUnpackRootfs(base.BaseTestCase):
             info.pax_headers = record
             e = self.assertRefused(self.write_archive([(info, data)]), 'f')
             self.assertIn('invalid', str(e))
+
+    def test_a_failed_write_is_an_extraction_error_naming_the_member(self):
+        # Not "truncated or corrupt": the archive was fine, the disk not.
+        full = la_exception.ArchiveError('Write failed', errno.ENOSPC, -30)
+        path = self.write_archive([reg('etc/a', b'x'), reg('etc/b', b'y')])
+        with mock.patch.object(tarball.la_ffi, 'write_data_block',
+                               side_effect=full):
+            e = self.assertArchiveError(path, 'extraction failed',
+                                        "writing 'etc/a'", 'Write failed',
+                                        os.strerror(errno.ENOSPC))
+        self.assertNotIn('corrupt', str(e))
+        self.assertFalse(os.path.exists(self.in_dest('etc/b')))
 
     def test_xattr_that_cannot_be_set_is_an_error(self):
         self.require_user_xattrs()
