@@ -213,6 +213,23 @@ def corpus(work, canary, cache_dir, bomb_bytes):
         'SCHILY.xattr.trusted.overlay.redirect': '/etc'})], 'harmless')
     add('file-replaces-directory', [_reg('etc')], 'refused',
         'cannot replace')
+    # libarchive's tar reader gives a hard link no data: its data would
+    # otherwise be written into its target, uncounted by the size limit.
+    add('hardlink-with-data', [
+        _reg('etc/target', b'orig'),
+        (tar_members.hardlink('etc/link', 'etc/target', size=1 << 16)[0],
+         io.BytesIO(bytes(1 << 16)))], 'refused', 'Damaged tar archive')
+    # Headers libarchive reads whole into memory stop at 1 MiB.
+    add('oversized-pax-header', [_reg('etc/big', pax_headers={
+        'comment': 'x' * (2 << 20)})], 'refused', 'Special header too large')
+    # Not applied (no ARCHIVE_EXTRACT_FFLAGS): an immutable file would
+    # outlive the server's delete.
+    add('immutable-flag', [_reg('etc/stuck', pax_headers={
+        'SCHILY.fflags': 'schg,sappnd'})], 'harmless')
+    # A type tar(5) does not define is a regular file (POSIX pax).
+    add('unknown-member-type', [
+        (tar_members.info('etc/odd', b'Z', size=3), io.BytesIO(b'odd'))],
+        'harmless')
     add('no-sbin-init', [_reg('etc/hostname', b'x\n')], 'refused',
         'no /sbin/init', with_base=False)
     add('init-symlink-to-host', [

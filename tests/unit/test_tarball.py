@@ -532,6 +532,14 @@ class TestUnpackRootfs(base.BaseTestCase):
             e = self.assertRefused(self.write_archive([(info, data)]), 'f')
             self.assertIn('invalid', str(e))
 
+    def test_file_flags_not_applied(self):
+        # An immutable or append-only file could not be deleted with the
+        # server (chattr(1); libarchive sets them only if asked to).
+        info, data = reg('stuck', b'x')
+        info.pax_headers = {'SCHILY.fflags': 'schg,sappnd'}
+        self.unpack(self.write_archive([(info, data)]))
+        os.unlink(self.in_dest('stuck'))
+
     def test_a_failed_write_is_an_extraction_error_naming_the_member(self):
         # Not "truncated or corrupt": the archive was fine, the disk not.
         full = la_exception.ArchiveError('Write failed', errno.ENOSPC, -30)
