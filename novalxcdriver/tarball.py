@@ -69,6 +69,12 @@ the host's initial user namespace may set or read them, so no container
 can use them, the confined unpacker (privsep.unpack) may not set them,
 and overlayfs takes a layer's ``trusted.overlay.*`` for its own
 metadata (diskimage.py leaves those out of disk images too).
+
+File flags (``SCHILY.fflags``: chattr(1)'s immutable, append-only) and
+pax ACL records (``SCHILY.acl.*``) are not applied (no
+ARCHIVE_EXTRACT_FFLAGS or _ACL): an immutable file would outlive the
+server's delete. POSIX ACLs written as ``system.posix_acl_*`` extended
+attributes are set as such.
 """
 
 import bz2

@@ -532,12 +532,16 @@ class TestUnpackRootfs(base.BaseTestCase):
             e = self.assertRefused(self.write_archive([(info, data)]), 'f')
             self.assertIn('invalid', str(e))
 
-    def test_file_flags_not_applied(self):
+    def test_file_flags_and_pax_acls_not_applied(self):
         # An immutable or append-only file could not be deleted with the
-        # server (chattr(1); libarchive sets them only if asked to).
+        # server (chattr(1)); libarchive sets flags and ACLs if asked to.
         info, data = reg('stuck', b'x')
-        info.pax_headers = {'SCHILY.fflags': 'schg,sappnd'}
+        info.pax_headers = {
+            'SCHILY.fflags': 'schg,sappnd',
+            'SCHILY.acl.access': 'user::rw-,user:1234:rwx,group::r--,'
+                                 'mask::rwx,other::r--'}
         self.unpack(self.write_archive([(info, data)]))
+        self.assertEqual([], os.listxattr(self.in_dest('stuck')))
         os.unlink(self.in_dest('stuck'))
 
     def test_a_failed_write_is_an_extraction_error_naming_the_member(self):
