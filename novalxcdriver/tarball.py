@@ -74,7 +74,8 @@ File flags (``SCHILY.fflags``: chattr(1)'s immutable, append-only) and
 pax ACL records (``SCHILY.acl.*``) are not applied (no
 ARCHIVE_EXTRACT_FFLAGS or _ACL): an immutable file would outlive the
 server's delete. POSIX ACLs written as ``system.posix_acl_*`` extended
-attributes are set as such.
+attributes are set as such. pax global headers are ignored, as libarchive
+ignores them (tarfile applied their records to every later member).
 """
 
 import bz2

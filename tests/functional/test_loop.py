@@ -90,7 +90,8 @@ class LoopTest(oslo_base.BaseTestCase):
         self.assertEqual('0', self.sysfs(device, 'loop/autoclear'))
         loop.detach(device)
         base.poll(lambda: not disk.loop_devices_of(self.image), timeout=5)
-        self.assertRaises(exception.LoopFailed, loop.detach, device)
+        # Not a second detach of device: a parallel worker may attach its
+        # own image to the freed number at once (CI: "returned None").
 
     def test_attaches_get_their_own_devices(self):
         images = [self.image]

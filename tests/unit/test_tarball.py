@@ -221,6 +221,16 @@ class TestUnpackRootfs(base.BaseTestCase):
         st = os.lstat(self.in_dest('f'))
         self.assertEqual((4321, 4322), (st.st_uid, st.st_gid))
 
+    def test_global_pax_header_ignored(self):
+        if not self.is_root:
+            self.skipTest('owners are only kept when running as root')
+        path = os.path.join(self.archives, 'global')
+        with tarfile.open(path, 'w', format=tarfile.PAX_FORMAT,
+                          pax_headers={'uid': '4242'}) as tar:
+            tar.addfile(*reg('f', b'x', uid=7))
+        self.unpack(path)
+        self.assertEqual(7, os.lstat(self.in_dest('f')).st_uid)
+
     def test_binary_user_xattr_kept_exactly(self):
         self.require_user_xattrs()
         value = bytes(range(256)) + b'\xff\xfe\x00\xc3('
