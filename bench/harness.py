@@ -400,27 +400,7 @@ class Harness:
         failure. Goes through the driver's own Container.destroy, which
         knows every artifact; the image cache is kept.
         """
-        ids = self.driver._ids
-        container = self.driver._container_of
-        for instance_uuid, record in self.driver._records.all().items():
-            container(record.name, instance_uuid).destroy()
-        for name, record in container_mod.config_records(
-                self.lxc_path).items():
-            if record.get('instance_uuid'):
-                container(name, record['instance_uuid']).destroy()
-        # Only this driver's: ids_path is machine-wide, and another
-        # service's reservations (an all-in-one's) are not the bench's.
-        for cid, res in ids.reservations(mine=True).items():
-            if res.instance_name:
-                container(res.instance_name, res.instance_uuid).destroy()
-            rootfs_mod.Rootfs(self.state_path, cid).destroy()
-            ids.release(cid)
-        for cid in rootfs_mod.existing_ids(self.state_path):
-            rootfs_mod.Rootfs(self.state_path, cid).destroy()
-        if os.path.isdir(self.lxc_path):
-            for name in os.listdir(self.lxc_path):
-                # A directory without config: lxc-stop cannot know it.
-                shutil.rmtree(os.path.join(self.lxc_path, name))
+        destroy_all(self.driver, self.lxc_path, self.state_path)
 
     def leaks(self):
         """Whatever of the benchmark's containers is left on the host.
@@ -453,6 +433,50 @@ class Harness:
                 re.escape(PREFIX) + '.*'),
         }
         return found
+
+
+def driver_on(lxc_path, state_path, host):
+    """Another LXCDriver in this process, on its own paths (init_host'ed).
+
+    Another host's driver, as Nova would run one there; it shares the
+    machine's ids_path. CONF keeps the Harness's paths afterwards.
+    """
+    own = CONF.lxc.lxc_path, CONF.lxc.state_path
+    CONF.set_override('lxc_path', lxc_path, group='lxc')
+    CONF.set_override('state_path', state_path, group='lxc')
+    try:
+        drv = driver_mod.LXCDriver(fake_virt.FakeVirtAPI())
+        drv.init_host(host)
+    finally:
+        CONF.set_override('lxc_path', own[0], group='lxc')
+        CONF.set_override('state_path', own[1], group='lxc')
+    return drv
+
+
+def destroy_all(drv, lxc_path, state_path):
+    """Destroy every container and root of drv's (its paths given).
+
+    Through the driver's own Container.destroy, which knows every
+    artifact; only drv's own ID reservations (ids_path is machine-wide,
+    and another service's, an all-in-one's, are not the bench's). The
+    image cache is kept.
+    """
+    container = drv._container_of
+    for instance_uuid, record in drv._records.all().items():
+        container(record.name, instance_uuid).destroy()
+    for name, record in container_mod.config_records(lxc_path).items():
+        if record.get('instance_uuid'):
+            container(name, record['instance_uuid']).destroy()
+    for cid, res in drv._ids.reservations(mine=True).items():
+        if res.instance_name:
+            container(res.instance_name, res.instance_uuid).destroy()
+        rootfs_mod.Rootfs(state_path, cid).destroy()
+        drv._ids.release(cid)
+    for cid in rootfs_mod.existing_ids(state_path):
+        rootfs_mod.Rootfs(state_path, cid).destroy()
+    for name in _listdir(lxc_path):
+        # A directory without config: lxc-stop cannot know it.
+        shutil.rmtree(os.path.join(lxc_path, name))
 
 
 def _listdir(path):

@@ -48,17 +48,13 @@ import time
 from unittest import mock
 
 from nova import objects
-from nova.virt import fake as fake_virt
 
 from bench import harness as harness_mod
 from bench import snapshot as snapshot_mod
 from novalxcdriver import conf
-from novalxcdriver import container as container_mod
-from novalxcdriver import driver as driver_mod
 from novalxcdriver import migration as migration_mod
 from novalxcdriver import privsep
 from novalxcdriver.privsep import migrationcopy
-from novalxcdriver import rootfs as rootfs_mod
 from tests import private_sshd
 
 CONF = conf.CONF
@@ -95,37 +91,12 @@ def dest_paths(root):
 
 def destination_driver(h):
     """A second LXCDriver (host B) on lxc-b/ and state-b/ under h.root."""
-    lxc_path, state_path = dest_paths(h.root)
-    own = CONF.lxc.lxc_path, CONF.lxc.state_path
-    CONF.set_override('lxc_path', lxc_path, group='lxc')
-    CONF.set_override('state_path', state_path, group='lxc')
-    try:
-        drv = driver_mod.LXCDriver(fake_virt.FakeVirtAPI())
-        drv.init_host(HOST_B)
-    finally:
-        CONF.set_override('lxc_path', own[0], group='lxc')
-        CONF.set_override('state_path', own[1], group='lxc')
-    return drv
+    return harness_mod.driver_on(*dest_paths(h.root), host=HOST_B)
 
 
 def _destroy_all(h, drv):
     """Harness.destroy_everything for B's paths (B's own IDs only)."""
-    lxc_path, state_path = dest_paths(h.root)
-    container = drv._container_of
-    for instance_uuid, record in drv._records.all().items():
-        container(record.name, instance_uuid).destroy()
-    for name, record in container_mod.config_records(lxc_path).items():
-        if record.get('instance_uuid'):
-            container(name, record['instance_uuid']).destroy()
-    for cid, res in drv._ids.reservations(mine=True).items():
-        if res.instance_name:
-            container(res.instance_name, res.instance_uuid).destroy()
-        rootfs_mod.Rootfs(state_path, cid).destroy()
-        drv._ids.release(cid)
-    for cid in rootfs_mod.existing_ids(state_path):
-        rootfs_mod.Rootfs(state_path, cid).destroy()
-    for name in harness_mod._listdir(lxc_path):
-        shutil.rmtree(os.path.join(lxc_path, name))
+    harness_mod.destroy_all(drv, *dest_paths(h.root))
 
 
 def _has_content(path):

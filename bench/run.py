@@ -259,10 +259,11 @@ def measure_host(args, results):
     try:
         h.destroy_everything()
         migration.destroy_leftovers(h)
+        firstboot.destroy_leftovers(h)
         # The cache of images this run does not boot is kept too.
         h.drop_stale_images({i.image_id for i in images.values()} |
                             bench_images.existing_ids())
-        results['leaks'] = {'before': dict(h.leaks(), **migration.leaks(h))}
+        results['leaks'] = {'before': _leaks(h)}
         for image in images.values():
             log('images: caching %s' % image.label)
             cached = h.cache(image)
@@ -314,14 +315,20 @@ def measure_host(args, results):
                 log('%s: FAILED\n%s' % (name, results['errors'][name]))
                 h.destroy_everything()
                 migration.destroy_leftovers(h)
+                firstboot.destroy_leftovers(h)
     finally:
         log('cleanup: destroying everything under %s' % args.root)
         try:
             h.destroy_everything()
             migration.destroy_leftovers(h)
+            firstboot.destroy_leftovers(h)
         finally:
-            results['leaks']['after'] = dict(h.leaks(), **migration.leaks(h))
+            results['leaks']['after'] = _leaks(h)
             h.close()
+
+
+def _leaks(h):
+    return dict(h.leaks(), **migration.leaks(h), **firstboot.leaks(h))
 
 
 def measure_api(args, results):
