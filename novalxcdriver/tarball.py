@@ -283,10 +283,10 @@ def _extract(feed, dest_dir, member_filter):
                     break
                 _check_warning(archive, r, 'reading')
                 member = _Member(entry)
-                checked = member_filter(member, dest_dir)
+                checked = member_filter(member)
                 _apply(entry, member, checked, root)
                 name = checked['name']
-                _write(feed, writer, name, la_ffi.write_header, writer,
+                _write(feed, writer, name, la_ffi.write_header,
                        entry._entry_p)
                 # libarchive's tar reader gives only regular files data
                 # (a hard link's or FIFO's is a damaged header to it).
@@ -295,8 +295,8 @@ def _extract(feed, dest_dir, member_filter):
                         ctypes.byref(buff), ctypes.byref(size),
                         ctypes.byref(offset)) != la_ffi.ARCHIVE_EOF:
                     _write(feed, writer, name, la_ffi.write_data_block,
-                           writer, buff, size, offset)
-                _write(feed, writer, name, la_ffi.write_finish_entry, writer)
+                           buff, size, offset)
+                _write(feed, writer, name, la_ffi.write_finish_entry)
                 data_end = la_ffi.filter_bytes(archive, -1)
             # libarchive takes data ending where a header should start for
             # the end of the archive; a real end has two zero blocks.
@@ -307,7 +307,7 @@ def _extract(feed, dest_dir, member_filter):
                     reason='archive is truncated or corrupt: data ends '
                            'before the end-of-archive marker')
             # Directories get their modes and times here (their fixups).
-            _write(feed, writer, '.', la_ffi.write_close, writer)
+            _write(feed, writer, '.', la_ffi.write_close)
     except la_exception.ArchiveError as e:
         if feed.error is not None:
             raise feed.error from None
@@ -333,14 +333,14 @@ def _check_warning(archive, retcode, doing):
 
 
 def _write(feed, writer, name, function, *args):
-    """Make a write call of libarchive's for the member name.
+    """function(writer, *args): a write call of libarchive's for member name.
 
     Its failure (a full disk, an owner the kernel refuses) raises
     refusal.ArchiveError naming the member.
     """
     doing = 'extraction failed: writing %r' % name
     try:
-        retcode = _call(feed, function, *args)
+        retcode = _call(feed, function, writer, *args)
     except la_exception.ArchiveError as e:
         reason = e.msg if isinstance(e.msg, str) else repr(e.msg)
         if e.errno and e.errno > 0:
@@ -719,7 +719,7 @@ class _MemberFilter(object):
         # root has 8,600 members 4 to 6 deep).
         self._dirs = set()
 
-    def __call__(self, member, path):
+    def __call__(self, member):
         """Check member; return what to write it as.
 
         :returns: {'name': its path relative to the root ('.' for the

@@ -44,6 +44,7 @@ range's root (the child's working directory: it cannot enter the
 partial, root's 0700, once confined).
 """
 
+import ctypes.util
 import json
 import os
 import re
@@ -68,6 +69,11 @@ CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 CHILD_MODULE = 'novalxcdriver.unpackchild'
+# libarchive-c loads os.environ['LIBARCHIVE'], else asks find_library, which
+# runs ldconfig -p: about 10 ms of each child's start, so asked once here
+# (never from this process's environment). A soname: dlopen(3) looks for it
+# in the system's library directories only. None: the child's import fails.
+LIBARCHIVE_SONAME = ctypes.util.find_library('archive')
 PACKAGE = os.path.dirname(os.path.abspath(privsep.__file__))
 VIEW = 'view'
 # A disk image's copy: the partition's mount point (diskimage.py mounts
@@ -144,8 +150,11 @@ def _child_argv(max_bytes, ready_fd, go_fd, mode='tarball',
 
 def _child_env():
     # The same code as this daemon's, wherever it was imported from.
-    return {'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LANG': 'C',
-            'PYTHONPATH': os.path.dirname(os.path.dirname(PACKAGE))}
+    env = {'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LANG': 'C',
+           'PYTHONPATH': os.path.dirname(os.path.dirname(PACKAGE))}
+    if LIBARCHIVE_SONAME:
+        env['LIBARCHIVE'] = LIBARCHIVE_SONAME
+    return env
 
 
 def _wait_readable(fd, timeout, what):

@@ -1502,11 +1502,15 @@ class ChildTest(base.TestCase):
                             ('PYTHONPATH', '/tmp/evil'),
                             ('PYTHONSTARTUP', '/tmp/evil.py'),
                             ('PYTHONHOME', '/tmp/evil'),
-                            ('PATH', '/tmp/evil:/usr/bin')):
+                            ('PATH', '/tmp/evil:/usr/bin'),
+                            ('LIBARCHIVE', '/tmp/evil.so')):
             self.useFixture(fixtures.EnvironmentVariable(name, value))
         env = unpack._child_env()
-        self.assertEqual({'PATH', 'LANG', 'PYTHONPATH'}, set(env))
+        self.assertEqual({'PATH', 'LANG', 'PYTHONPATH', 'LIBARCHIVE'},
+                         set(env))
         self.assertEqual('/usr/sbin:/usr/bin:/sbin:/bin', env['PATH'])
+        # A soname, found in the system's library directories only.
+        self.assertRegex(env['LIBARCHIVE'], r'^libarchive\.so\.[0-9]+$')
         for value in env.values():
             self.assertNotIn('evil', value)
         imported = os.path.dirname(os.path.dirname(
@@ -1514,6 +1518,19 @@ class ChildTest(base.TestCase):
         self.assertEqual(imported, env['PYTHONPATH'])
         self.assertTrue(os.path.isfile(os.path.join(
             env['PYTHONPATH'], 'novalxcdriver', 'unpackchild.py')))
+
+    def test_no_libarchive_found_leaves_the_child_to_fail_importing(self):
+        with mock.patch.object(unpack, 'LIBARCHIVE_SONAME', None):
+            self.assertNotIn('LIBARCHIVE', unpack._child_env())
+
+    def test_the_child_loads_libarchive_by_its_soname(self):
+        code = 'import libarchive.ffi as f; print(f.libarchive_path)'
+        env = unpack._child_env()
+        out = subprocess.run([sys.executable, '-c', code], cwd='/',
+                             env=dict(env, PYTHONPATH=os.pathsep.join(
+                                 sys.path)),
+                             check=True, stdout=subprocess.PIPE).stdout
+        self.assertEqual(env['LIBARCHIVE'], out.decode().strip())
 
     def test_the_child_finds_this_code(self):
         # From / with the child's environment: this package (found as
