@@ -41,10 +41,11 @@ it, and removes the work files (``archive``, ``disk.raw``, ``mnt``)
 once the root's files are copied. A tarball goes to the confined
 unpacker instead (privsep.unpack).
 
-An entry is published whole or not at all: its files reach the disk
-(syncfs(2)) before its marker is written (durably), and the rename is
-made durable (fsync(2) of ``images``), so a power loss leaves either no
-entry or a whole one.
+An entry is published whole or not at all: its files and its marker reach
+the disk (one syncfs(2) after the marker is written) before the rename,
+and the rename is made durable (fsync(2) of ``images``), so a power loss
+leaves either no entry or a whole one (a marked partial is still a
+partial).
 """
 
 import errno
@@ -322,9 +323,8 @@ def publish(partial, size):
     """Make a partial its image's entry: marker, then rename, durably.
 
     The rootfs must hold an executable /sbin/init (initsystem.detect_init,
-    run here on the unpacked tree). Its files are synced (syncfs(2))
-    before the marker is written, and the marker before the rename
-    (module docstring).
+    run here on the unpacked tree). Its files and the marker are synced
+    (syncfs(2)) before the rename (module docstring).
 
     :param partial: a partial (check_partial) with nothing mounted in
         it, holding the unpacked ``rootfs``.
@@ -359,11 +359,18 @@ def publish(partial, size):
         raise exception.ImageUnpackError(
             image_id=image_id,
             reason='no /sbin/init in the image: not a root filesystem')
-    disks.sync_filesystem(partial)
     os.umask(lxctools.UMASK)
-    durable.write(os.path.join(partial, MARKER),
-                  json.dumps({'init_system': init_system, 'size': size}),
-                  mode=0o644)
+    # Synced with the files below: one journal commit, not three.
+    marker = os.path.join(partial, MARKER)
+    durable.write(marker, json.dumps({'init_system': init_system,
+                                      'size': size}),
+                  mode=0o644, sync=False)
+    try:
+        disks.sync_filesystem(partial)
+    except BaseException:
+        # As it was: a failed publish changes nothing.
+        os.unlink(marker)
+        raise
     images = os.path.dirname(partial)
     entry = os.path.join(images, image_id)
     # rename(2) would replace an empty directory there: never an entry.

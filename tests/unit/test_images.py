@@ -617,11 +617,12 @@ class PublishTest(base.BaseTestCase):
 
         def syncfs(path):
             self.events.append(('syncfs', path))
-            # Everything unpacked, nothing marked yet.
+            # Everything unpacked and marked, not yet renamed: one sync
+            # for both.
             self.assertTrue(os.path.exists(
                 os.path.join(path, 'rootfs', 'bin', 'busybox')))
-            self.assertFalse(os.path.exists(os.path.join(path,
-                                                         'image.json')))
+            self.assertTrue(os.path.exists(os.path.join(path,
+                                                        'image.json')))
 
         def write(path, data, *args, **kwargs):
             self.events.append(('write', path))
@@ -647,7 +648,7 @@ class PublishTest(base.BaseTestCase):
     def fetch(self, dest):
         write_rootfs_tarball(dest)
 
-    def test_synced_then_marked_then_renamed_then_dir_synced(self):
+    def test_marked_then_synced_then_renamed_then_dir_synced(self):
         image = self.cache.get(IMAGE_ID, self.fetch)
         # The one partial the image was unpacked in is what was synced.
         partial, = [e[1] for e in self.events if e[0] == 'syncfs']
@@ -656,7 +657,7 @@ class PublishTest(base.BaseTestCase):
             '.partial-%s-%d-' % (IMAGE_ID, os.getpid())))
         marker = os.path.join(partial, 'image.json')
         self.assertEqual(
-            [('syncfs', partial), ('write', marker),
+            [('write', marker), ('syncfs', partial),
              ('rename', partial, self.entry),
              ('fsync_dir', self.cache.path)],
             [e for e in self.events
