@@ -243,7 +243,8 @@ def _unpack(stream, dest_dir, head, member_filter):
 # archive_write_disk(3): owners, all mode bits and times as the archive
 # has them, and libarchive's own refusal of '..' and of writing through a
 # symlink, behind our rules. Extended attributes are set by
-# _MemberFilter.finish, not by libarchive.
+# _MemberFilter.finish, not by libarchive. A member's atime is its pax
+# atime record's, else the time of the unpack (tarfile made it the mtime).
 _EXTRACT_FLAGS = (la_extract.EXTRACT_OWNER | la_extract.EXTRACT_PERM |
                   la_extract.EXTRACT_TIME |
                   la_extract.EXTRACT_SECURE_NODOTDOT |

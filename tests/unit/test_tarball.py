@@ -162,6 +162,20 @@ class TestUnpackRootfs(base.BaseTestCase):
 
     # What a rootfs needs kept --------------------------------------------
 
+    def test_atime_is_the_pax_records_else_the_unpacks(self):
+        members = [directory('.'),
+                   reg('./a', b'a', pax_headers={'atime': '1600000000'}),
+                   reg('./b', b'b')]
+        path = self.write_archive(members)
+        before = int(time.time())
+        self.unpack(path)
+        after = time.time()
+        a, b = (os.lstat(self.in_dest(n)) for n in 'ab')
+        self.assertEqual(1600000000, a.st_atime)
+        self.assertEqual(tar_members.MTIME, a.st_mtime)
+        self.assertEqual(tar_members.MTIME, b.st_mtime)
+        self.assertTrue(before <= b.st_atime <= after, b.st_atime)
+
     def test_rootfs_metadata_kept(self):
         members = [
             directory('.', mode=0o755),
