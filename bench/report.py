@@ -975,8 +975,8 @@ def firstboot_rows(results):
             rows.append(_row(
                 11, 'First boot of a new image, %s, Glance stand-in at %s: '
                 'driver.spawn (download, unpack, start) vs the download '
-                'alone (medians of %d)' % (labels.get(key, key), rate,
-                                           len(sides['download'])),
+                'alone, both onto a journaled file system (medians of %d)'
+                % (labels.get(key, key), rate, len(sides['download'])),
                 '≤ 1.2x',
                 'download %s; unpacked as it downloads %s: **%.2fx**; '
                 'file first, then unpacked %s (%.2fx)' % (
