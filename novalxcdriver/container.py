@@ -306,8 +306,9 @@ class Container:
         Stopped as power_off stops it; its serial console relay goes, its
         record says ``migrating`` (so no restart of the driver mounts the
         disks while the destination copies them) and its root is
-        unmounted. Everything else stays: a revert is a rebuild, a
-        confirm a destroy.
+        unmounted, its disks' images whole for the copy
+        (Rootfs.unmount_for_copy). Everything else stays: a revert is a
+        rebuild, a confirm a destroy.
 
         :returns: its record.InstanceRecord (as written).
         :raises ContainerNotFound: it has no record.
@@ -326,7 +327,7 @@ class Container:
             record = dataclasses.replace(record, state=record_mod.MIGRATING,
                                          pid=os.getpid())
             self.records.write(record)
-            rootfs_mod.Rootfs(self.state_path, record.cid).unmount()
+            rootfs_mod.Rootfs(self.state_path, record.cid).unmount_for_copy()
         return record
 
     def shut_down(self):

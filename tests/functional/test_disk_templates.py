@@ -155,6 +155,33 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         privsep.add_roots(link)
         self._never_mounted_twice(self.disk('held', top=link))
 
+    def test_a_copy_after_the_unmount_has_what_was_written(self):
+        # Rootfs.unmount_for_copy (a migration's hand_over) for one disk:
+        # synced while mounted, the image read while another namespace
+        # still holds its filesystem has the file. Without the sync the
+        # read found no /who (ext4 writes back 30 s later).
+        d = self.disk('copied')
+        d.create(1, fs='ext4')
+        with open(os.path.join(d.mountpoint, 'who'), 'w') as f:
+            f.write('first')
+        holder = subprocess.Popen(['unshare', '--mount', 'sleep', '60'])
+        self.addCleanup(holder.wait)
+        self.addCleanup(holder.kill)
+        base.poll(lambda: os.readlink('/proc/%d/ns/mnt' % holder.pid) !=
+                  os.readlink('/proc/self/ns/mnt'))
+        d.sync()
+        mount.unmount_tree(d.mountpoint)
+        self.assertTrue(disk.loop_devices_of(d.image_path))
+        read = subprocess.run(['debugfs', '-R', 'cat /who', d.image_path],
+                              capture_output=True, check=True)
+        self.assertEqual(b'first', read.stdout)
+        with mock.patch.object(disk, 'ATTACHED_TIMEOUT', 0.2):
+            e = self.assertRaises(exception.MountFailed, d.wait_unattached,
+                                  why='a copy now would lack it')
+        self.assertIn('a copy now would lack it', str(e))
+        holder.kill()
+        d.wait_unattached()
+
     def _never_mounted_twice(self, d):
         # A mount namespace cloned while the disk is mounted (as a
         # container being started clones the host's) keeps its ext4 alive

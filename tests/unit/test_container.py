@@ -1386,6 +1386,15 @@ class MigrationTest(_Base):
             self.rootfs_dir(cid), 'root', 'upper', 'file')))
         self.assertTrue(os.path.exists(self.c.config_path))
 
+    def test_hand_over_leaves_the_disks_whole_for_the_copy(self):
+        cid = self.make_container()
+        self.lxc_state = 'STOPPED'
+        with mock.patch('novalxcdriver.rootfs.Rootfs.unmount_for_copy',
+                        autospec=True) as unmount:
+            self.c.hand_over()
+        unmount.assert_called_once_with(mock.ANY)
+        self.assertEqual(self.rootfs_dir(cid), unmount.call_args[0][0].path)
+
     def test_hand_over_of_a_stopped_container(self):
         self.make_container()
         self.lxc_state = 'STOPPED'
