@@ -159,16 +159,9 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         # Rootfs.unmount_for_copy (a migration's hand_over) for one disk:
         # synced while mounted, the image read while another namespace
         # still holds its filesystem has the file. Without the sync the
-        # read found no /who (ext4 writes back 30 s later).
+        # read found /who empty (ext4 writes its data back 30 s later).
         d = self.disk('copied')
-        d.create(1, fs='ext4')
-        with open(os.path.join(d.mountpoint, 'who'), 'w') as f:
-            f.write('first')
-        holder = subprocess.Popen(['unshare', '--mount', 'sleep', '60'])
-        self.addCleanup(holder.wait)
-        self.addCleanup(holder.kill)
-        base.poll(lambda: os.readlink('/proc/%d/ns/mnt' % holder.pid) !=
-                  os.readlink('/proc/self/ns/mnt'))
+        holder = self._held(d)
         d.sync()
         mount.unmount_tree(d.mountpoint)
         self.assertTrue(disk.loop_devices_of(d.image_path))
@@ -182,11 +175,13 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         holder.kill()
         d.wait_unattached()
 
-    def _never_mounted_twice(self, d):
-        # A mount namespace cloned while the disk is mounted (as a
-        # container being started clones the host's) keeps its ext4 alive
-        # after the unmount here: mounting the image again then would give
-        # it a second live filesystem that lacks the unwritten data.
+    def _held(self, d):
+        """d made (ext4) with /who, a mount namespace holding it; that.
+
+        The namespace is cloned while the disk is mounted, as a container
+        being started clones the host's: it keeps the ext4 alive after an
+        unmount here, with what it has not written back.
+        """
         d.create(1, fs='ext4')
         with open(os.path.join(d.mountpoint, 'who'), 'w') as f:
             f.write('first')
@@ -195,6 +190,12 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         self.addCleanup(holder.kill)
         base.poll(lambda: os.readlink('/proc/%d/ns/mnt' % holder.pid) !=
                   os.readlink('/proc/self/ns/mnt'))
+        return holder
+
+    def _never_mounted_twice(self, d):
+        # Mounting the image again while the namespace holds it would give
+        # it a second live filesystem that lacks the unwritten data.
+        holder = self._held(d)
         mount.unmount_tree(d.mountpoint)
         self.assertTrue(disk.loop_devices_of(d.image_path))
         with mock.patch.object(disk, 'ATTACHED_TIMEOUT', 0.5):
