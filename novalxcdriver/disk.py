@@ -126,10 +126,10 @@ class Disk:
             files in idmap (shift_mount).
         :raises DiskUnreadable: the image has no known filesystem.
         :raises MountFailed: a loop device still holds the image after
-            ATTACHED_TIMEOUT seconds (wait_unattached).
+            ATTACHED_TIMEOUT seconds (_wait_unattached).
         """
         if not self.is_mounted():
-            self.wait_unattached()
+            self._wait_unattached()
             self._mount()
         if shift is not None:
             shift_mount(self.mountpoint, *shift)
@@ -138,7 +138,7 @@ class Disk:
         """syncfs(2) the disk's filesystem if it is mounted here.
 
         Before an unmount whose image is then copied: the filesystem may
-        live on in another mount namespace (wait_unattached) and write
+        live on in another mount namespace (_wait_unattached) and write
         back later, after the copy has read the file.
 
         :raises OSError: the sync failed (an I/O error).
@@ -146,8 +146,7 @@ class Disk:
         if self.is_mounted():
             disks.sync_filesystem(self.mountpoint)
 
-    def wait_unattached(self, timeout=None,
-                        why='mounting it twice would corrupt it'):
+    def _wait_unattached(self, timeout=None):
         """Wait until no loop device holds the image; refuse after timeout.
 
         Unmounted here, its filesystem can live on in another mount
@@ -159,7 +158,6 @@ class Disk:
         functional suite saw a file written before the unmount missing.
 
         :param timeout: seconds; ATTACHED_TIMEOUT by default.
-        :param why: the refusal's reason, for MountFailed's message.
         :raises MountFailed: still held after timeout.
         """
         timeout = ATTACHED_TIMEOUT if timeout is None else timeout
@@ -172,8 +170,9 @@ class Disk:
                 raise exception.MountFailed(
                     what=self.image_path, target=self.mountpoint,
                     reason='the image is still attached to %s after %s s '
-                           '(mounted in another mount namespace?); %s'
-                           % (', '.join(held), timeout, why))
+                           '(mounted in another mount namespace?); '
+                           'mounting it twice would corrupt it'
+                           % (', '.join(held), timeout))
             time.sleep(ATTACHED_POLL)
 
     def _mount(self):

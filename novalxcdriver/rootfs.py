@@ -265,27 +265,24 @@ class Rootfs:
             d.detach_loops(leftovers)
 
     def unmount_for_copy(self):
-        """Unmount it, its disks' image files whole for a copy.
+        """Unmount it, each mounted disk synced first, for a copy.
 
-        Each mounted disk is synced first, and after the unmount no loop
-        device may hold an image any more: a mount namespace cloned while
-        the disks were mounted (a container being started elsewhere on
-        the host) keeps their filesystems alive past the unmount here,
-        with what they had not written back, and a copy read meanwhile
-        lacked it (a migration's destination found no upper/ on its root
-        disk: "overlay ... No such file or directory").
+        A mount namespace cloned while the disks were mounted (a container
+        being started elsewhere on the host, a daemon run through ``ip
+        netns exec``) keeps their filesystems alive past the unmount here,
+        with what they had not written back, and may keep them for as long
+        as it lives. A copy read meanwhile lacked it: a migration's
+        destination found no upper/ on its root disk ("overlay ... No such
+        file or directory"). Synced while still mounted here, the image
+        files hold everything; the filesystem left alive is clean, and
+        nothing can write to it (the container is stopped).
 
-        :raises OSError: a sync failed.
-        :raises MountBusy, MountFailed: a mount stays, or an image is
-            still attached after disk.ATTACHED_TIMEOUT seconds.
+        :raises OSError: a sync failed; nothing was unmounted.
+        :raises MountBusy, MountFailed: a mount stays.
         """
         for d in (self.root_disk, self.ephemeral_disk):
             d.sync()
         self.unmount()
-        for d in (self.root_disk, self.ephemeral_disk):
-            if os.path.exists(d.image_path):
-                d.wait_unattached(why='a copy would lack what it has not '
-                                      'written back')
 
     def destroy(self):
         """Unmount and delete everything of this root. Idempotent.
