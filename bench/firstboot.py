@@ -201,6 +201,7 @@ def journalless_ext4(path):
 
 
 def _fs_paths(h):
+    """(mount point, lxc_path, state_path, image file) of h's family fs."""
     mnt = os.path.join(h.root, FS_DIR)
     return (mnt, os.path.join(mnt, 'lxc'), os.path.join(mnt, 'state'),
             os.path.join(h.root, FS_IMAGE))
@@ -237,10 +238,7 @@ def journaled(h, log=print):
                 yield h
             finally:
                 h.driver, h.lxc_path, h.state_path = own
-                try:
-                    harness_mod.destroy_all(drv, lxc_path, state_path)
-                finally:
-                    drv.cleanup_host(HOST)
+                harness_mod.retire_driver(drv, lxc_path, state_path, HOST)
         finally:
             harness_mod.run(['umount', mnt])
             os.rmdir(mnt)
@@ -256,11 +254,9 @@ def destroy_leftovers(h):
     """
     mnt, lxc_path, state_path, image = _fs_paths(h)
     if os.path.ismount(mnt):
-        drv = harness_mod.driver_on(lxc_path, state_path, HOST)
-        try:
-            harness_mod.destroy_all(drv, lxc_path, state_path)
-        finally:
-            drv.cleanup_host(HOST)
+        harness_mod.retire_driver(
+            harness_mod.driver_on(lxc_path, state_path, HOST), lxc_path,
+            state_path, HOST)
         harness_mod.run(['umount', mnt])
     if os.path.isdir(mnt):
         os.rmdir(mnt)

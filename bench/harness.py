@@ -479,6 +479,17 @@ def destroy_all(drv, lxc_path, state_path):
         shutil.rmtree(os.path.join(lxc_path, name))
 
 
+def retire_driver(drv, lxc_path, state_path, host):
+    """End a driver_on driver: destroy_all, then cleanup_host(host).
+
+    cleanup_host runs whatever destroy_all raised.
+    """
+    try:
+        destroy_all(drv, lxc_path, state_path)
+    finally:
+        drv.cleanup_host(host)
+
+
 def _listdir(path):
     try:
         return sorted(os.listdir(path))

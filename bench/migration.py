@@ -94,9 +94,9 @@ def destination_driver(h):
     return harness_mod.driver_on(*dest_paths(h.root), host=HOST_B)
 
 
-def _destroy_all(h, drv):
-    """Harness.destroy_everything for B's paths (B's own IDs only)."""
-    harness_mod.destroy_all(drv, *dest_paths(h.root))
+def _retire(h, drv):
+    """Destroy B's containers and roots (B's own IDs only); B's end."""
+    harness_mod.retire_driver(drv, *dest_paths(h.root), host=HOST_B)
 
 
 def _has_content(path):
@@ -114,11 +114,7 @@ def destroy_leftovers(h):
     if _has_content(lxc_path) or _has_content(
             os.path.join(state_path, 'rootfs')) or _has_content(
             os.path.join(state_path, 'instances')):
-        drv = destination_driver(h)
-        try:
-            _destroy_all(h, drv)
-        finally:
-            drv.cleanup_host(HOST_B)
+        _retire(h, destination_driver(h))
     for name in (SCRATCH, SSHD_DIR):
         shutil.rmtree(os.path.join(h.root, name), ignore_errors=True)
 
@@ -400,7 +396,9 @@ def measure(h, image, sizes, runs, log=print):
     finally:
         try:
             h.destroy_everything()
-            _destroy_all(h, b)
         finally:
-            b.cleanup_host(HOST_B)
-            shutil.rmtree(os.path.join(h.root, SCRATCH), ignore_errors=True)
+            try:
+                _retire(h, b)
+            finally:
+                shutil.rmtree(os.path.join(h.root, SCRATCH),
+                              ignore_errors=True)
