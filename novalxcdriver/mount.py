@@ -222,31 +222,32 @@ def _unescape(field):
                                    field))
 
 
-def parse_mountinfo(data):
-    """The mounts listed in a mountinfo file, in its order.
+def parse_mountinfo(data, points=None):
+    """The mounts listed in a mountinfo file, in its order (list of Mount).
 
     Paths are bytes on the kernel's side: they are decoded as the os
     module decodes file names (os.fsdecode), so any name comes back as the
     str that opens it.
 
     :param data: bytes of a /proc/PID/mountinfo file (proc(5)).
-    :returns: list of (root, point) str pairs: root (field 4) is the
-        directory of its filesystem the mount shows, which is a bind
-        mount's source under its current name; point (field 5) is where
-        it is mounted.
+    :param points: if given, the mounts on these points only (a set of
+        paths): the other lines' fields are not decoded.
     """
     result = []
     for line in data.split(b'\n'):
         # Single spaces separate the fields; other whitespace is data.
         fields = line.split(b' ')
         if len(fields) > 4:
-            result.append((_unescape(fields[3]), _unescape(fields[4])))
+            point = _unescape(fields[4])
+            if points is None or point in points:
+                result.append(Mount(_unescape(fields[3]), point,
+                                    *_type_and_source(fields)))
     return result
 
 
-def _mountinfo():
+def _read_mountinfo():
     with open('/proc/self/mountinfo', 'rb') as f:
-        return parse_mountinfo(f.read())
+        return f.read()
 
 
 def mounts():
@@ -254,7 +255,7 @@ def mounts():
 
     A point appears once per mount stacked on it (list of absolute paths).
     """
-    return [point for _, point in _mountinfo()]
+    return [m.point for m in table()]
 
 
 def roots():
@@ -264,7 +265,7 @@ def roots():
     directory, relative to its filesystem's root and under its current
     name: a renamed source shows its new name.
     """
-    return {root for root, _ in _mountinfo()}
+    return {m.root for m in table()}
 
 
 def table():
@@ -273,15 +274,7 @@ def table():
     One read of the table for an operation that asks several questions of
     it: with hundreds of containers each read is hundreds of lines.
     """
-    with open('/proc/self/mountinfo', 'rb') as f:
-        data = f.read()
-    result = []
-    for line in data.split(b'\n'):
-        fields = line.split(b' ')
-        if len(fields) > 4:
-            result.append(Mount(_unescape(fields[3]), _unescape(fields[4]),
-                                *_type_and_source(fields)))
-    return result
+    return parse_mountinfo(_read_mountinfo())
 
 
 def _type_and_source(fields):
@@ -293,6 +286,39 @@ def _type_and_source(fields):
     if len(fields) > sep + 2:
         return _unescape(fields[sep + 1]), _unescape(fields[sep + 2])
     return None, None
+
+
+def propagation(path):
+    """The mount holding path, and whether it is shared.
+
+    Shared (mountinfo's optional field ``shared:N``, proc(5)): the mounts
+    made under it reach its peers and slaves, and so do their unmounts
+    (mount_namespaces(7), "Shared subtrees"). A mount namespace cloned
+    while a container's disk is mounted below path holds a copy of that
+    mount: ``ip netns exec`` and LXC make their copies slaves, which
+    lose the copy with the driver's unmount only when the mount holding
+    path is shared (systemd makes every mount shared at boot). Under a
+    private one the copy keeps the disk's filesystem and its loop device
+    alive after the unmount, for as long as that namespace lives.
+
+    :param path: an absolute path; its realpath is what is looked up.
+    :returns: (mount point, shared) of the last-listed mount whose point
+        is the longest one at or above path's realpath.
+    """
+    real = os.path.realpath(path)
+    found = ('/', False)
+    for line in _read_mountinfo().split(b'\n'):
+        fields = line.split(b' ')
+        if len(fields) < 7:
+            continue
+        point = _unescape(fields[4])
+        if _at_or_below(real, point) and len(point) >= len(found[0]):
+            try:
+                optional = fields[6:fields.index(b'-', 6)]
+            except ValueError:
+                optional = fields[6:]
+            found = (point, any(f.startswith(b'shared:') for f in optional))
+    return found
 
 
 def top(point, mounts_=None):
@@ -309,15 +335,7 @@ def top(point, mounts_=None):
     """
     names = _names(point)
     if mounts_ is None:
-        with open('/proc/self/mountinfo', 'rb') as f:
-            data = f.read()
-        mounts_ = []
-        for fields in (line.split(b' ') for line in data.split(b'\n')):
-            if len(fields) > 4:
-                name = _unescape(fields[4])
-                if name in names:
-                    mounts_.append(
-                        Mount(None, name, *_type_and_source(fields)))
+        mounts_ = parse_mountinfo(_read_mountinfo(), names)
     found = None
     for m in mounts_:
         if m.point in names and m.source is not None:

@@ -47,9 +47,42 @@ class MountinfoTest(base.TestCase):
 
     def test_parse(self):
         parsed = mount.parse_mountinfo(MOUNTINFO)
-        self.assertEqual(POINTS, [point for _, point in parsed])
-        self.assertEqual('/srv/%s/images/X/rootfs' % E_ACUTE, parsed[1][0])
-        self.assertEqual('/', parsed[2][0])
+        self.assertEqual(POINTS, [m.point for m in parsed])
+        self.assertEqual('/srv/%s/images/X/rootfs' % E_ACUTE, parsed[1].root)
+        self.assertEqual('/', parsed[2].root)
+        self.assertEqual(('overlay', 'overlay'),
+                         (parsed[2].fstype, parsed[2].source))
+
+    def test_parse_only_some_points(self):
+        parsed = mount.parse_mountinfo(MOUNTINFO, {'/mnt/my disk', '/x'})
+        self.assertEqual([mount.Mount('/', '/mnt/my disk', 'ext4',
+                                      '/dev/loop0')], parsed)
+
+    def test_propagation_of_the_longest_point_above(self):
+        self.assertEqual(('/', True), mount.propagation('/srv/a/b'))
+        self.assertEqual(('/mnt/my disk', False),
+                         mount.propagation('/mnt/my disk/rootfs/1'))
+        self.assertEqual(('/mnt/my disk', False),
+                         mount.propagation('/mnt/my disk'))
+        # A sibling that shares a prefix is not below it.
+        self.assertEqual(('/', True), mount.propagation('/mnt/my diskette'))
+        self.assertEqual(('/mnt/raw\udcff', True),
+                         mount.propagation('/mnt/raw\udcff/state'))
+
+    def test_propagation_of_the_last_mount_stacked_on_a_point(self):
+        data = (b'22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw\n'
+                b'30 22 8:1 /s /var/lib/nova rw shared:2 - ext4 /dev/sda1 '
+                b'rw\n'
+                b'31 30 0:40 / /var/lib/nova rw - tmpfs tmpfs rw\n')
+        self.patch('novalxcdriver.mount._read_mountinfo', return_value=data)
+        self.assertEqual(('/var/lib/nova', False),
+                         mount.propagation('/var/lib/nova/state'))
+
+    def test_propagation_follows_a_symlinked_path(self):
+        tmp = self.useFixture(fixtures.TempDir()).path
+        link = os.path.join(tmp, 'state')
+        os.symlink('/mnt/my disk/state', link)
+        self.assertEqual(('/mnt/my disk', False), mount.propagation(link))
 
     def test_names_open_the_same_files(self):
         # Decoded as the os module decodes names: encoding gives the bytes.
@@ -83,6 +116,9 @@ class RealMountinfoTest(base.TestCase):
 
     def test_root_is_mounted(self):
         self.assertIn('/', mount.mountpoints())
+
+    def test_propagation_of_a_path_in_proc(self):
+        self.assertEqual('/proc', mount.propagation('/proc/1')[0])
 
     def test_table_has_every_mount_with_its_type(self):
         mounts = mount.table()
