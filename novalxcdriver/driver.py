@@ -189,6 +189,10 @@ class LXCDriver(driver.ComputeDriver):
                                 % e)
         if problems:
             raise exception.HostCheckFailed(problems='; '.join(problems))
+        warning = host_mod.private_mount_warning(self._state_path,
+                                                 disk.ATTACHED_TIMEOUT)
+        if warning:
+            LOG.warning('%s', warning)
         records = self._records.all()
         if not os.path.isdir(self._lxc_path) and records:
             LOG.warning('lxc_path %s is missing while %d instances have '

@@ -13,6 +13,7 @@ import time
 from oslo_utils import units
 
 from novalxcdriver import lxc
+from novalxcdriver import mount
 from novalxcdriver.privsep import lxcconf
 
 # What the driver runs (lxc.py) and what newuidmap-based idmaps need.
@@ -187,6 +188,32 @@ def problems(root_disk_fs='ext4'):
     if not os.path.exists('/dev/loop-control'):
         found.append('no loop devices (/dev/loop-control): modprobe loop')
     return found
+
+
+def private_mount_warning(state_path, wait_seconds):
+    """Why the mount holding state_path risks refused remounts, or None.
+
+    Under a private mount, a mount namespace cloned while a container's
+    disk is mounted keeps the disk after the driver's unmount
+    (mount.propagation). Not a problem init_host refuses: such a disk is
+    never mounted twice, its next mount waits for it and then refuses
+    (disk.Disk.mount).
+
+    :param wait_seconds: how long that mount waits (disk.ATTACHED_TIMEOUT).
+    :returns: a warning naming the mount and what to do, or None when it
+        is shared.
+    """
+    point, shared = mount.propagation(state_path)
+    if shared:
+        return None
+    return ('The mount on %s, which holds state_path %s, is private: a '
+            'mount namespace cloned while a container\'s disk is mounted '
+            '(ip netns exec, as the OVN metadata agent starts haproxy; '
+            'another container starting) keeps the disk\'s filesystem '
+            'after the driver unmounts it, and the disk\'s next mount '
+            '(hard reboot, power on, a resize\'s revert) waits %d s for it, '
+            'then fails. Make it shared, as systemd does at boot: mount '
+            '--make-shared %s' % (point, state_path, wait_seconds, point))
 
 
 def traversal_problems(paths):

@@ -9,6 +9,7 @@ no templates directory. ext4 disks are formatted each.
 import os
 import subprocess
 import threading
+import time
 from unittest import mock
 
 import fixtures
@@ -172,6 +173,45 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         self.assertTrue(disk.loop_devices_of(d.image_path))
         holder.kill()
 
+    def test_a_slave_namespace_lets_go_under_a_shared_mount(self):
+        # host.private_mount_warning's reason: a namespace cloned while the
+        # disk is mounted and made a slave (ip netns exec's and LXC's way)
+        # loses the disk with the unmount here only when the mount holding
+        # the driver root is shared.
+        for shared in (True, False):
+            top = os.path.join(self.tmp, 'shared' if shared else 'private')
+            os.makedirs(top)
+            subprocess.run(['mount', '--bind', top, top], check=True)
+            self.addCleanup(subprocess.run, ['umount', top], check=True)
+            subprocess.run(['mount', '--make-shared' if shared else
+                            '--make-private', top], check=True)
+            self.assertEqual((top, shared),
+                             mount.propagation(os.path.join(top, 'rootfs')))
+            privsep.add_roots(top)
+            d = self.disk('slave-%s' % shared, top=top)
+            d.create(1, fs='ext4')
+            holder = self._namespace('--propagation', 'slave')
+            mount.unmount_tree(d.mountpoint)
+            if shared:
+                self.assertTrue(base.poll(
+                    lambda: not disk.loop_devices_of(d.image_path),
+                    timeout=5))
+            else:
+                time.sleep(0.5)
+                self.assertTrue(disk.loop_devices_of(d.image_path))
+            holder.kill()
+            holder.wait()
+
+    def _namespace(self, *options):
+        """A process in a mount namespace cloned from this one, now."""
+        holder = subprocess.Popen(['unshare', '--mount'] + list(options) +
+                                  ['sleep', '60'])
+        self.addCleanup(holder.wait)
+        self.addCleanup(holder.kill)
+        base.poll(lambda: os.readlink('/proc/%d/ns/mnt' % holder.pid) !=
+                  os.readlink('/proc/self/ns/mnt'))
+        return holder
+
     def _held(self, d):
         """d made (ext4) with /who, a mount namespace holding it; that.
 
@@ -182,12 +222,9 @@ class DiskTemplateTest(oslo_base.BaseTestCase):
         d.create(1, fs='ext4')
         with open(os.path.join(d.mountpoint, 'who'), 'w') as f:
             f.write('first')
-        holder = subprocess.Popen(['unshare', '--mount', 'sleep', '60'])
-        self.addCleanup(holder.wait)
-        self.addCleanup(holder.kill)
-        base.poll(lambda: os.readlink('/proc/%d/ns/mnt' % holder.pid) !=
-                  os.readlink('/proc/self/ns/mnt'))
-        return holder
+        # unshare's default: the clone's mounts private, held whatever
+        # the host's propagation.
+        return self._namespace()
 
     def _never_mounted_twice(self, d):
         # Mounting the image again while the namespace holds it would give

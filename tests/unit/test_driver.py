@@ -316,6 +316,22 @@ class InitHostTest(_Base):
         self.assertIn('no cgroup freezer', str(e))
         self.assertFalse(os.path.exists(self.lxc_path))
 
+    def test_a_private_mount_above_state_path_warned_of(self):
+        propagation = self.patch('novalxcdriver.mount.propagation',
+                                 return_value=('/srv', False))
+        log = self.useFixture(fixtures.FakeLogger())
+        self.init_host()
+        propagation.assert_called_once_with(self.state_path)
+        self.assertIn('The mount on /srv, which holds state_path %s, is '
+                      'private' % self.state_path, log.output)
+
+    def test_no_warning_under_a_shared_mount(self):
+        self.patch('novalxcdriver.mount.propagation',
+                   return_value=('/srv', True))
+        log = self.useFixture(fixtures.FakeLogger())
+        self.init_host()
+        self.assertNotIn('private', log.output)
+
     def test_half_made_disk_templates_removed(self):
         self.init_host()
         self.template_leftovers.assert_called_once_with(

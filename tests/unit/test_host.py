@@ -47,3 +47,21 @@ class ToolsTest(base.TestCase):
                      'btrfs', 'fallocate'):
             self.assertIn("'%s'" % name, source)
             self.assertIn(name, host.REQUIRED_TOOLS + host.BTRFS_TOOLS)
+
+
+class PrivateMountWarningTest(base.TestCase):
+
+    def test_none_under_a_shared_mount(self):
+        self.patch('novalxcdriver.mount.propagation',
+                   return_value=('/', True))
+        self.assertIsNone(host.private_mount_warning('/var/lib/novalxc', 10))
+
+    def test_a_private_mount_named_with_the_remedy(self):
+        propagation = self.patch('novalxcdriver.mount.propagation',
+                                 return_value=('/var', False))
+        warning = host.private_mount_warning('/var/lib/novalxc', 10)
+        propagation.assert_called_once_with('/var/lib/novalxc')
+        self.assertIn('The mount on /var, which holds state_path '
+                      '/var/lib/novalxc, is private', warning)
+        self.assertIn('waits 10 s', warning)
+        self.assertTrue(warning.endswith('mount --make-shared /var'))
