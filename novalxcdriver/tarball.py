@@ -134,6 +134,9 @@ _MAX_ID = 2 ** 32 - 2
 # Directories _MemberFilter remembers; beyond it, it starts again (a
 # hostile archive of millions of directories costs lstat calls, not memory).
 _MAX_KNOWN_DIRS = 65536
+# Names _MemberFilter remembers as written; beyond it, it looks each
+# member's name up on disk again (memory, as above).
+_MAX_KNOWN_NAMES = 1 << 20
 # Far beyond any real mtime (about 34,000 years), still a valid time_t.
 _MAX_MTIME = 2 ** 40
 
@@ -678,6 +681,11 @@ def _member_kind(member):
     return 'regular file'
 
 
+def _is_empty(path):
+    with os.scandir(path) as entries:
+        return next(entries, None) is None
+
+
 def _free_bytes(path):
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
@@ -719,6 +727,15 @@ class _MemberFilter(object):
         # never removes one. Saves an lstat per parent per member (a Debian
         # root has 8,600 members 4 to 6 deep).
         self._dirs = set()
+        # Into an empty tree only this unpack writes, a name is on disk
+        # only if a member had it or had it as a parent (libarchive makes
+        # missing parents): the names it gave so far (relative, '/'
+        # joined), so that a new name's replace check needs no lstat.
+        # None: look every name up (dest_dir was not empty, or too many).
+        self._names = set() if _is_empty(dest_dir) else None
+        # Free bytes as last read, less what members took since; read
+        # again when a member may not fit.
+        self._free = None
 
     def __call__(self, member):
         """Check member; return what to write it as.
@@ -739,7 +756,7 @@ class _MemberFilter(object):
                               % _member_kind(member))
             self._root_mtime = member.mtime
         else:
-            self._check_replace(member, target)
+            self._check_replace_of(member, parts, target)
         changes = {'name': '/'.join(parts) or '.',
                    'mode': member.mode & 0o7777}
         if self._whiteout(member):
@@ -849,6 +866,26 @@ class _MemberFilter(object):
                 self._dirs.clear()
             self._dirs.add(path)
 
+    def _check_replace_of(self, member, parts, target):
+        """_check_replace where target may exist; remember its name."""
+        names = self._names
+        if names is None:
+            self._check_replace(member, target)
+            return
+        name = '/'.join(parts)
+        if name in names:
+            self._check_replace(member, target)
+        elif len(names) + len(parts) > _MAX_KNOWN_NAMES:
+            self._names = None
+            self._check_replace(member, target)
+            return
+        names.add(name)
+        for i in range(len(parts) - 1, 0, -1):
+            parent = '/'.join(parts[:i])
+            if parent in names:
+                break
+            names.add(parent)
+
     @staticmethod
     def _check_replace(member, target):
         st = _lstat(target)
@@ -913,10 +950,17 @@ class _MemberFilter(object):
         if self.total + size > self._max_bytes:
             raise _refuse(member, 'unpacked files would exceed the limit of '
                           '%d bytes' % self._max_bytes)
-        free = _free_bytes(self._dest)
-        if size > free:
-            raise _refuse(member, 'needs %d bytes but only %d are free'
-                          % (size, free))
+        if size and (self._free is None or size > self._free):
+            # Read again only when the estimate says it may not fit: it
+            # does not count metadata or block rounding, so a member it
+            # lets through may still meet a full disk, which libarchive's
+            # write reports (ENOSPC).
+            self._free = _free_bytes(self._dest)
+            if size > self._free:
+                raise _refuse(member, 'needs %d bytes but only %d are free'
+                              % (size, self._free))
+        if self._free is not None:
+            self._free -= size
         self.total += size
 
     def _collect_xattrs(self, member, name):

@@ -5,6 +5,7 @@ import errno
 import gzip
 import io
 import os
+import shutil
 import stat
 import struct
 import tarfile
@@ -405,6 +406,56 @@ class TestUnpackRootfs(base.BaseTestCase):
         self.assertRefused(self.write_archive([reg('s', b'pwned')],
                                               name='two'), 's')
 
+    def test_a_parent_libarchive_made_cannot_be_replaced(self):
+        # a/b was no member's name: libarchive made it for a/b/c.
+        path = self.write_archive([reg('a/b/c', b'x'), reg('a/b', b'y')])
+        e = self.assertRefused(path, 'a/b')
+        self.assertIn('regular file cannot replace the existing directory',
+                      str(e))
+
+    def lstat_targets(self, members):
+        """The member paths _lstat looked at while unpacking members."""
+        path = self.write_archive(members)
+        seen = []
+        real = tarball._lstat
+
+        def lstat(p):
+            seen.append(os.path.relpath(p, self.dest))
+            return real(p)
+        with mock.patch.object(tarball, '_lstat', side_effect=lstat):
+            self.unpack(path)
+        return seen
+
+    def test_a_new_name_in_an_empty_tree_is_not_looked_up(self):
+        # Only a name given before may be on disk: the second d/f.
+        self.assertEqual(['d', 'd/f'], self.lstat_targets([
+            directory('d'), reg('d/f', b'1'), reg('d/g', b'2'),
+            reg('d/f', b'3')]))
+
+    def test_every_name_looked_up_in_a_tree_not_empty(self):
+        os.mkdir(self.in_dest('d'))
+        # d as its own place, then as a parent (remembered after).
+        self.assertEqual(['d', 'd', 'd/f', 'd/g'], self.lstat_targets([
+            directory('d'), reg('d/f', b'1'), reg('d/g', b'2')]))
+        # And an existing directory stays one.
+        shutil.rmtree(self.in_dest('d'))
+        os.mkdir(self.in_dest('d'))
+        os.mkdir(self.in_dest('x'))
+        self.assertRefused(self.write_archive([reg('d', b'1')]), 'd')
+
+    def test_beyond_the_names_remembered_every_name_looked_up(self):
+        with mock.patch.object(tarball, '_MAX_KNOWN_NAMES', 3):
+            # a as a parent (missing), then e: one name too many, so e and
+            # a/b are looked up as their own places.
+            self.assertEqual(['a', 'e', 'a', 'a/b'], self.lstat_targets([
+                reg('a/b/c', b'x'), reg('e', b'1'), directory('a/b')]))
+            shutil.rmtree(self.dest)
+            os.mkdir(self.dest)
+            e = self.assertRefused(self.write_archive(
+                [reg('a/b/c', b'x'), reg('e', b'1'), reg('a/b', b'y')],
+                name='again'), 'a/b')
+        self.assertIn('cannot replace the existing directory', str(e))
+
     def test_directory_over_existing_symlink_refused(self):
         # Without the check, tarfile chmods the directory at the end,
         # through the symlink.
@@ -443,9 +494,9 @@ class TestUnpackRootfs(base.BaseTestCase):
 
         with mock.patch.object(tarball, '_lstat', side_effect=counted):
             self.unpack(path)
-        # Once as the member's own place, once as a parent: not once for
-        # each member beneath.
-        self.assertEqual({'a': 2, 'a/b': 2, 'a/b/c': 2},
+        # Once, as a parent (as its own place, a new name in an empty tree
+        # needs none): not once for each member beneath.
+        self.assertEqual({'a': 1, 'a/b': 1, 'a/b/c': 1},
                          {d: seen[d] for d in ('a', 'a/b', 'a/b/c')})
         self.assertEqual(25, len(os.listdir(self.in_dest('a/b/c'))))
 
@@ -621,6 +672,25 @@ class TestUnpackRootfs(base.BaseTestCase):
         with mock.patch.object(tarball, '_free_bytes', return_value=1000):
             e = self.assertRefused(path, 'f')
         self.assertIn('only 1000 are free', str(e))
+
+    def test_free_space_read_again_only_when_a_member_may_not_fit(self):
+        path = self.write_archive([directory('d'), reg('d/a', b'x' * 4000),
+                                   reg('d/empty'), reg('d/b', b'x' * 4000),
+                                   reg('d/c', b'x' * 4000)])
+        with mock.patch.object(tarball, '_free_bytes',
+                               side_effect=[10000, 3000]) as free:
+            e = self.assertRefused(path, 'd/c')
+        # Read for a, then for c, which the estimate (2000) cannot hold.
+        self.assertEqual([mock.call(self.dest)] * 2, free.call_args_list)
+        self.assertIn('needs 4000 bytes but only 3000 are free', str(e))
+        self.assertTrue(os.path.isfile(self.in_dest('d/b')))
+
+    def test_no_free_space_read_for_members_without_data(self):
+        path = self.write_archive([directory('d'), reg('d/empty'),
+                                   symlink('d/s', 'empty')])
+        with mock.patch.object(tarball, '_free_bytes') as free:
+            self.assertEqual(0, self.unpack(path))
+        free.assert_not_called()
 
     def test_free_space_read_from_dest(self):
         # statvfs(2) of dest itself, in bytes available to unprivileged
