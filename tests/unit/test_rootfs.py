@@ -38,8 +38,10 @@ class _Base(unit_base.TestCase):
         self.mount = self.patch('novalxcdriver.rootfs.mount', autospec=True)
         self.mount.mountpoints.side_effect = lambda: set(self.mounted)
         unit_base.mounts_by_name(self.mount)
+        # Disk.device stats the source: a device node every host has (a
+        # fresh machine has /dev/loop0 to loop7 only).
         self.mount.table.side_effect = lambda: [
-            real_mount.Mount('/', p, 'btrfs', '/dev/loop9')
+            real_mount.Mount('/', p, 'btrfs', '/dev/null')
             for p in sorted(self.mounted)]
         self.disk_create = self.patch('novalxcdriver.disk.Disk.create',
                                       autospec=True,
