@@ -61,6 +61,7 @@ from novalxcdriver import host
 from novalxcdriver import mount
 from novalxcdriver.privsep import imagecache
 from novalxcdriver.privsep import unpack
+from novalxcdriver import spool
 
 LOG = logging.getLogger(__name__)
 
@@ -428,6 +429,7 @@ class ImageCache:
                              os.O_CLOEXEC)
             finally:
                 os.close(reader)
+            spool.widen(fd)
             try:
                 yield fifo, fd
             except BaseException:

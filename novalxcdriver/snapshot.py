@@ -48,6 +48,7 @@ from novalxcdriver import lxc
 from novalxcdriver import mount
 from novalxcdriver.privsep import disks
 from novalxcdriver.privsep import snapshots
+from novalxcdriver import spool
 
 LOG = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ class Snapshot:
             # reader (ENXIO otherwise).
             fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             try:
+                spool.widen(fd)
                 snapshots.stream(self.stage, self.idmap.fields(), fifo)
             except BaseException:
                 os.close(fd)

@@ -1,6 +1,7 @@
 """The unit tests' base class."""
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -262,10 +263,12 @@ class ConfinedUnpackInProcess(fixtures.Fixture):
     and returns or raises its outcome; cancel_unpack stops it.
 
     :ivar start_unpack, finish_unpack, cancel_unpack: the mocks.
+    :ivar pipe_sizes: each FIFO's capacity in bytes when it was opened.
     """
 
     def _setUp(self):
         self.running = {}
+        self.pipe_sizes = []
         for name in ('start_unpack', 'finish_unpack', 'cancel_unpack'):
             setattr(self, name, self.useFixture(fixtures.MockPatchObject(
                 unpack, name, side_effect=getattr(self, '_' + name))).mock)
@@ -282,6 +285,8 @@ class ConfinedUnpackInProcess(fixtures.Fixture):
         if not stat.S_ISFIFO(os.lstat(fifo).st_mode):
             raise AssertionError('%s is not a FIFO' % fifo)
         source = os.fdopen(os.open(fifo, os.O_RDONLY | os.O_CLOEXEC), 'rb')
+        self.pipe_sizes.append(fcntl.fcntl(source.fileno(),
+                                           fcntl.F_GETPIPE_SZ))
         outcome = {}
 
         def run():

@@ -21,6 +21,7 @@ from novalxcdriver import diskimage
 from novalxcdriver import durable
 from novalxcdriver import exception
 from novalxcdriver import images
+from novalxcdriver import spool
 from tests.unit import base as unit_base
 
 REAL_UNPACK = diskimage.unpack
@@ -194,6 +195,10 @@ class ImageCacheTest(_CacheTest):
             self.assertRaises(exception.ImageUnpackError, self.cache.lookup,
                               bad)
         self.assertEqual([], self.fetches)
+
+    def test_the_unpacker_s_fifo_holds_a_mebibyte(self):
+        self.cache.get(IMAGE_ID, self.fetch)
+        self.assertEqual([spool.PIPE_BYTES], self.unpacker.pipe_sizes)
 
     def test_lookup_of_uncached(self):
         self.assertIsNone(self.cache.lookup(OTHER_ID))

@@ -6,6 +6,7 @@ stand-ins that act on the temporary tree; their checks are
 tests/unit/test_privsep_disks.py and test_privsep_snapshots.py.
 """
 
+import fcntl
 import os
 from unittest import mock
 
@@ -16,6 +17,7 @@ from novalxcdriver import ids
 from novalxcdriver.privsep import snapshots
 from novalxcdriver import rootfs
 from novalxcdriver import snapshot
+from novalxcdriver import spool
 from tests.unit import base as unit_base
 
 IDMAP = ids.Idmap(uid_start=165536, gid_start=265536, size=65536)
@@ -178,6 +180,7 @@ class StreamTest(_Base):
         super().setUp()
         self.snap.take('STOPPED')
         self.fifos = []
+        self.pipe_sizes = []
         self.daemon.finish.return_value = []
 
     def _stream(self, output):
@@ -188,6 +191,7 @@ class StreamTest(_Base):
             self.fifos.append(fifo)
             # What zstd does: writes, then closes (the reader's EOF).
             fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            self.pipe_sizes.append(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
             os.write(fd, output)
             os.close(fd)
         self.daemon.stream.side_effect = stream
@@ -207,6 +211,8 @@ class StreamTest(_Base):
         self.assertTrue(snapshots.FIFO_RE.match(os.path.basename(fifo)))
         self.assertEqual(0o700, os.stat(self.spool).st_mode & 0o777)
         self.daemon.finish.assert_called_once_with(self.snap.stage)
+        # zstd writes into a pipe of a mebibyte.
+        self.assertEqual([spool.PIPE_BYTES], self.pipe_sizes)
 
     def test_failed_tar_fails_the_read_at_the_end(self):
         self._stream(b'partial')
