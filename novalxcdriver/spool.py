@@ -21,7 +21,7 @@ PIPE_BYTES = 1 << 20
 
 
 def widen(fd):
-    """Give the pipe or FIFO fd holds PIPE_BYTES, if the kernel lets it.
+    """Set the capacity of fd's pipe or FIFO to PIPE_BYTES, if allowed.
 
     fcntl(2) F_SETPIPE_SZ. A refusal (EPERM: above pipe-max-size, or the
     user's pipes already over /proc/sys/fs/pipe-user-pages-soft, pipe(7))
