@@ -277,13 +277,18 @@ def table():
     return parse_mountinfo(_read_mountinfo())
 
 
+def _separator(fields):
+    # proc(5): the optional fields end at the ' - ' field; None: no such.
+    try:
+        return fields.index(b'-', 6)
+    except ValueError:
+        return None
+
+
 def _type_and_source(fields):
     # proc(5): optional fields, then ' - ', fstype and source.
-    try:
-        sep = fields.index(b'-', 6)
-    except ValueError:
-        return None, None
-    if len(fields) > sep + 2:
+    sep = _separator(fields)
+    if sep is not None and len(fields) > sep + 2:
         return _unescape(fields[sep + 1]), _unescape(fields[sep + 2])
     return None, None
 
@@ -313,10 +318,7 @@ def propagation(path):
             continue
         point = _unescape(fields[4])
         if _at_or_below(real, point) and len(point) >= len(found[0]):
-            try:
-                optional = fields[6:fields.index(b'-', 6)]
-            except ValueError:
-                optional = fields[6:]
+            optional = fields[6:_separator(fields)]
             found = (point, any(f.startswith(b'shared:') for f in optional))
     return found
 
