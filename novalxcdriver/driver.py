@@ -189,6 +189,11 @@ class LXCDriver(driver.ComputeDriver):
                                 % e)
         if problems:
             raise exception.HostCheckFailed(problems='; '.join(problems))
+        try:
+            self._images.prepare()
+        except Exception as e:
+            # A first boot then starts its own unpacker.
+            LOG.warning('No spare image unpacker: %s', e)
         warning = host_mod.private_mount_warning(self._state_path,
                                                  disk.ATTACHED_TIMEOUT)
         if warning:

@@ -54,6 +54,7 @@ from oslo_concurrency import lockutils
 from oslo_log import log as logging
 from oslo_utils import excutils
 
+from novalxcdriver import conf
 from novalxcdriver import diskimage
 from novalxcdriver import download
 from novalxcdriver import exception
@@ -63,6 +64,7 @@ from novalxcdriver.privsep import imagecache
 from novalxcdriver.privsep import unpack
 from novalxcdriver import spool
 
+CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 MARKER = imagecache.MARKER
@@ -108,6 +110,15 @@ class ImageCache:
         self._spool = os.path.join(state_path, 'spool')
         self._max_bytes = max_bytes
         self._disk_images = disk_images
+
+    def prepare(self):
+        """Have the storage_admin daemon start a spare unpacker.
+
+        With ``[lxc] spare_unpacker`` (privsep.unpack): a first boot of a
+        new image then skips the unpacker's start.
+        """
+        if CONF.lxc.spare_unpacker:
+            unpack.prepare_spare()
 
     def _entry(self, image_id):
         if not _is_image_id(image_id):

@@ -41,16 +41,29 @@ or ``{"error": "UnsafeArchiveMember", "member": ..., "reason": ...}``,
 ``{"error": "ArchiveError", "reason": ...}``, ``{"error":
 "DiskImageRefused", "reason": ...}``, ``{"error": "OSError", "errno":
 ..., "strerror": ..., "filename": ...}``, and exits 0 only on success.
+
+A spare (``python -m novalxcdriver.unpackchild --spare-fd S``) is the same
+child started ahead of its job, its imports done: it waits on the socket
+S for one message, ``{"argv": [...], "cwd": path, "fds": [n, ...]}`` with
+as many fds (SCM_RIGHTS), puts each fd at the number the daemon gave
+(stdin, stdout and stderr at 0, 1 and 2: the numbers a child started
+with that argv would have had), enters cwd and runs as above with argv.
+The socket's end without a message (the daemon let it go) ends it with
+status 0, having done nothing.
+
 Only this module runs here; it is never imported by nova-compute or the
-daemon. It lives outside the privsep package, whose
-import (oslo.privsep, eventlet) would add about 0.3 s to each start.
+daemon. It lives outside the privsep package, whose import (oslo.privsep,
+eventlet) would add about 0.3 s to each start.
 """
 
 import argparse
 import ctypes
+import errno
+import fcntl
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 
@@ -117,6 +130,79 @@ def confine(libc, ready_fd, go_fd):
            'prctl(PR_SET_DUMPABLE)')
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
            'prctl(PR_SET_NO_NEW_PRIVS)')
+
+
+# A job's message: its argv, cwd and fd numbers, and the fds themselves.
+JOB_BYTES = 64 * 1024
+JOB_FDS = 64
+
+
+def await_job(libc, sock_fd):
+    """A spare's wait for its job; the argv to run, or None (let go).
+
+    Killed with the daemon meanwhile (PR_SET_PDEATHSIG, as confine sets
+    it again). The job's fds are put where it says, its cwd entered, the
+    socket closed.
+
+    :raises OSError: a step failed, or the message is not a job (the
+        spare then fails as a child whose confinement failed).
+    """
+    _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0),
+           'prctl(PR_SET_PDEATHSIG)')
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(sock, JOB_BYTES, JOB_FDS)
+    finally:
+        sock.close()
+    try:
+        job = json.loads(data) if data else None
+        if job is None:
+            return None
+        argv, cwd, targets = job['argv'], job['cwd'], job['fds']
+        if not (isinstance(argv, list) and isinstance(cwd, str) and
+                isinstance(targets, list) and len(targets) == len(fds) and
+                all(isinstance(a, str) for a in argv) and
+                all(type(n) is int and n >= 0 for n in targets) and
+                len(set(targets)) == len(targets)):
+            raise ValueError('not a job')
+    except (ValueError, KeyError, TypeError) as e:
+        for fd in fds:
+            os.close(fd)
+        raise OSError(errno.EINVAL, 'the spare\'s job: %s' % e)
+    place(fds, targets)
+    os.chdir(cwd)
+    return argv
+
+
+def place(fds, targets):
+    """Move each of fds to the number in targets at its index.
+
+    0, 1 and 2 are replaced; any other target must be free (nothing
+    this process opened is closed by it).
+
+    :raises OSError: EBUSY, a target in use.
+    """
+    # Above every number in play first, so that no move closes another.
+    top = max(fds + targets) + 1
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    for fd, target in zip(moved, targets):
+        if target > 2 and _is_open(target):
+            for left in moved:
+                os.close(left)
+            raise OSError(errno.EBUSY, 'fd %d is in use' % target)
+    for fd, target in zip(moved, targets):
+        os.dup2(fd, target)
+        os.close(fd)
+
+
+def _is_open(fd):
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except OSError:
+        return False
+    return True
 
 
 def _disk_arg(text):
@@ -252,8 +338,18 @@ def failure(error):
     return result
 
 
-def main():
-    status, result = run()
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ['--spare-fd'] and len(argv) == 2:
+        try:
+            argv = await_job(_libc(), int(argv[1]))
+        except OSError as e:
+            sys.stdout.write(json.dumps(failure(e)) + '\n')
+            sys.stdout.flush()
+            return 1
+        if argv is None:
+            return 0
+    status, result = run(argv)
     sys.stdout.write(json.dumps(result) + '\n')
     sys.stdout.flush()
     return status

@@ -52,7 +52,9 @@ class TestCase(base.BaseTestCase):
         :returns: the config fixture, for further options.
         """
         cfg = self.useFixture(config_fixture.Config(conf.CONF))
-        cfg.config(group='lxc', lxc_path=lxc_path, state_path=state_path)
+        # No spare unpacker started behind a test's back (one asks).
+        cfg.config(group='lxc', lxc_path=lxc_path, state_path=state_path,
+                   spare_unpacker=False)
         self.patch('novalxcdriver.privsep._added_roots', new=set())
         # Never the host's cgroups (mount_disk clears a device's rules).
         self.patch('novalxcdriver.privsep.writeback.ROOT_BLKIO',
@@ -263,6 +265,7 @@ class ConfinedUnpackInProcess(fixtures.Fixture):
     and returns or raises its outcome; cancel_unpack stops it.
 
     :ivar start_unpack, finish_unpack, cancel_unpack: the mocks.
+    :ivar prepare_spare: a mock (no spare child is started).
     :ivar pipe_sizes: each FIFO's capacity in bytes when it was opened.
     """
 
@@ -272,6 +275,8 @@ class ConfinedUnpackInProcess(fixtures.Fixture):
         for name in ('start_unpack', 'finish_unpack', 'cancel_unpack'):
             setattr(self, name, self.useFixture(fixtures.MockPatchObject(
                 unpack, name, side_effect=getattr(self, '_' + name))).mock)
+        self.prepare_spare = self.useFixture(fixtures.MockPatchObject(
+            unpack, 'prepare_spare')).mock
         self.addCleanup(self._stop_all)
 
     def _start_unpack(self, rootfs, fifo, max_bytes):

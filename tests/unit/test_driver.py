@@ -5,6 +5,7 @@ directories; only lxc-* commands, mounts and host facts are mocked.
 """
 
 import dataclasses
+import errno
 import functools
 import os
 import shutil
@@ -315,6 +316,28 @@ class InitHostTest(_Base):
         self.assertIn('missing commands lxc-start', str(e))
         self.assertIn('no cgroup freezer', str(e))
         self.assertFalse(os.path.exists(self.lxc_path))
+
+    def test_a_spare_unpacker_asked_for_once_the_daemons_run(self):
+        prepare = self.patch('novalxcdriver.privsep.unpack.prepare_spare',
+                             side_effect=lambda: self.assertTrue(
+                                 self.our_daemons.called))
+        self.init_host()
+        prepare.assert_called_once_with()
+
+    def test_no_spare_unpacker_when_off(self):
+        self.cfg.config(group='lxc', spare_unpacker=False)
+        prepare = self.patch('novalxcdriver.privsep.unpack.prepare_spare')
+        self.init_host()
+        prepare.assert_not_called()
+
+    def test_a_spare_unpacker_s_failure_is_only_logged(self):
+        self.patch('novalxcdriver.privsep.unpack.prepare_spare',
+                   side_effect=OSError(errno.EAGAIN, 'no fork'))
+        log = self.useFixture(fixtures.FakeLogger())
+        self.init_host()
+        self.assertIn('No spare image unpacker: [Errno 11] no fork',
+                      log.output)
+        self.assertTrue(os.path.isdir(self.state_path))
 
     def test_a_private_mount_above_state_path_warned_of(self):
         propagation = self.patch('novalxcdriver.mount.propagation',

@@ -83,6 +83,9 @@ DAEMON_CHILDREN = {
     ('unpackchild.py', 'confine', 'libc.prctl'),
     ('unpackchild.py', 'confine', 'libc.unshare'),
     ('unpackchild.py', 'confine', 'os.setgroups'),
+    # A spare child's death with the daemon while it waits for its job
+    # (unpackchild.await_job), before it confines itself.
+    ('unpackchild.py', 'await_job', 'libc.prctl'),
     # And its syncfs(2) of the tree it writes, as it writes it
     # (unpackchild.Writeback): no privilege needed, libc loaded before
     # the child confines itself.

@@ -24,6 +24,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -36,6 +37,7 @@ import uuid
 from unittest import mock
 
 import fixtures
+from oslo_config import fixture as config_fixture
 
 import novalxcdriver
 from novalxcdriver import conf
@@ -275,7 +277,7 @@ class EntryPointsTest(base.TestCase):
         names = {n for n, f in vars(unpack).items()
                  if privsep.storage_admin.is_entrypoint(f)}
         self.assertEqual({'start_unpack', 'finish_unpack', 'cancel_unpack',
-                          'copy_partition'}, names)
+                          'copy_partition', 'prepare_spare'}, names)
 
 
 class CheckRootfsTest(_Mocked):
@@ -801,6 +803,191 @@ class StartTest(_Mocked):
         self.new_child(finishes=False)
         fds = base.open_fds()
         self.check_failed(KeyboardInterrupt, True, fds)
+
+
+class SpareTest(_Mocked):
+    """A spare child handed the job a new child would have been started with.
+
+    The spare's side is played by a thread on the other end of its socket.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.spares = self.patch_object(unpack, '_SPARES',
+                                        new=unpack._Spares())
+        self.want = self.patch_object(self.spares, 'want')
+        self.spare = FakeChild()
+        self.spare.pid = 5151
+        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX,
+                                                   socket.SOCK_SEQPACKET)
+        self.addCleanup(self.ours.close)
+        self.addCleanup(self.theirs.close)
+        self.spares._spare = (self.spare, self.ours)
+        self.job = {}
+
+    def play_spare(self):
+        """Receive the job, close the socket, answer 'r' on its ready fd."""
+        def run():
+            data, fds, _f, _a = socket.recv_fds(self.theirs, 65536, 16)
+            self.theirs.close()
+            self.job['message'] = json.loads(data)
+            self.job['stats'] = [os.fstat(fd) for fd in fds]
+            self.job['modes'] = [fcntl_mode(fd) for fd in fds]
+            self.job['fds'] = fds
+            os.write(fds[3], b'r')
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    def close_job_fds(self):
+        for fd in self.job.get('fds', ()):
+            os.close(fd)
+
+    def test_the_spare_gets_the_job_a_child_would_have(self):
+        self.addCleanup(self.close_job_fds)
+        thread = self.play_spare()
+        fds = base.open_fds()
+        self.start(max_bytes=5000)
+        thread.join()
+        self.popen.assert_not_called()
+        message = self.job['message']
+        # As Popen would have placed them: stdin, stdout, stderr, then the
+        # ready and go pipes' ends at the numbers in argv.
+        ready_w, go_r = message['fds'][3:]
+        self.assertEqual(
+            {'argv': unpack._child_argv(5000, ready_w, go_r)[3:],
+             'cwd': self.view, 'fds': [0, 1, 2, ready_w, go_r]}, message)
+        held = self.running[self.rootfs]
+        self.assertIs(self.spare, held.proc)
+        stdin, out, err, ready, go = self.job['stats']
+        self.assertTrue(os.path.samestat(os.lstat(self.fifo), stdin))
+        self.assertTrue(os.path.samestat(os.fstat(held.out.fileno()), out))
+        self.assertTrue(os.path.samestat(os.fstat(held.err.fileno()), err))
+        self.assertEqual([os.O_RDONLY, os.O_RDWR, os.O_RDWR, os.O_WRONLY,
+                          os.O_RDONLY], self.job['modes'])
+        self.write_maps.assert_called_once_with(5151)
+        self.assertEqual(b'g', os.read(self.job['fds'][4], 1))
+        # The daemon's ends are closed: its socket, its pipe ends.
+        self.assertEqual(b'', os.read(self.job['fds'][4], 1))
+        self.assertEqual(-1, self.ours.fileno())
+        # What the spare received (here, in this process) aside.
+        self.assertEqual({held.out.fileno(), held.err.fileno()},
+                         set(base.open_fds()) - set(fds) -
+                         set(self.job['fds']))
+        self.assertIsNone(self.spares.take())
+        self.want.assert_not_called()
+
+        os.write(held.out.fileno(), b'{"size": 77}\n')
+        self.assertEqual(77, unpack.finish_unpack(self.rootfs, 30))
+        # Its end asks for the next spare.
+        self.want.assert_called_once_with()
+        self.assertEqual([30], self.spare.waits)
+
+    def test_a_spare_gone_meanwhile_a_new_child_instead(self):
+        self.theirs.close()
+        fds = base.open_fds()
+        self.start(max_bytes=5000)
+        # The spare is killed and reaped; a child is started.
+        self.assertTrue(self.spare.killed)
+        self.assertEqual([None], self.spare.waits)
+        self.assertIs(self.child, self.running[self.rootfs].proc)
+        ready_w, go_r = self.child.kwargs['pass_fds']
+        self.assertEqual(unpack._child_argv(5000, ready_w, go_r),
+                         self.child.argv)
+        held = self.running[self.rootfs]
+        self.assertEqual({held.out.fileno(), held.err.fileno(),
+                          self.child.go},
+                         set(base.open_fds()) - set(fds) | {self.child.go})
+
+    def test_a_spare_that_ended_is_not_used(self):
+        self.spare.returncode = 1
+        self.assertIsNone(self.spares.take())
+        self.assertEqual(-1, self.ours.fileno())
+        self.start()
+        self.assertIs(self.child, self.running[self.rootfs].proc)
+
+    def test_a_cancel_asks_for_the_next_spare(self):
+        self.spares._spare = None
+        self.start()
+        unpack.cancel_unpack(self.rootfs)
+        self.want.assert_called_once_with()
+
+    def test_a_failed_finish_asks_for_the_next_spare(self):
+        self.spares._spare = None
+        self.new_child(returncode=1, stdout=b'garbage')
+        self.start()
+        self.assertRaises(exception.ArchiveError, unpack.finish_unpack,
+                          self.rootfs, 30)
+        self.want.assert_called_once_with()
+
+
+class SparesTest(base.TestCase):
+    """_Spares: one spare at most, started by its own thread."""
+
+    def setUp(self):
+        super().setUp()
+        self.cfg = self.useFixture(config_fixture.Config(CONF))
+        self.spares = unpack._Spares()
+        self.made = []
+
+        def start_spare():
+            proc = mock.Mock(pid=100 + len(self.made))
+            proc.poll.return_value = None
+            self.made.append(proc)
+            return proc, mock.Mock()
+        self.start_spare = self.patch_object(unpack, '_start_spare',
+                                             side_effect=start_spare)
+
+    def await_take(self):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            spare = self.spares.take()
+            if spare is not None:
+                return spare
+            time.sleep(0.005)
+        self.fail('no spare within 10 s')
+
+    def test_off_nothing_started(self):
+        self.cfg.config(group='lxc', spare_unpacker=False)
+        self.spares.want()
+        self.assertIsNone(self.spares._thread)
+        self.assertIsNone(self.spares.take())
+        self.start_spare.assert_not_called()
+
+    def test_one_at_a_time_by_one_thread(self):
+        self.cfg.config(group='lxc', spare_unpacker=True)
+        self.spares.want()
+        thread = self.spares._thread
+        self.assertTrue(thread.daemon)
+        proc, _sock = self.await_take()
+        self.assertIs(self.made[0], proc)
+        # Taken: the next want starts the next, from the same thread.
+        self.spares.want()
+        proc, _sock = self.await_take()
+        self.assertIs(self.made[1], proc)
+        self.assertIs(thread, self.spares._thread)
+        # While one waits, a want starts none.
+        self.spares.want()
+        spare = self.await_take()
+        self.spares._spare = spare
+        self.spares.want()
+        time.sleep(0.05)
+        self.assertEqual(3, len(self.made))
+
+    def test_a_failed_start_is_logged_and_the_next_want_tries_again(self):
+        self.cfg.config(group='lxc', spare_unpacker=True)
+        self.start_spare.side_effect = [OSError(errno.ENOMEM, 'no memory'),
+                                        (mock.Mock(**{'poll.return_value':
+                                                      None}), mock.Mock())]
+        log = self.useFixture(fixtures.FakeLogger())
+        self.spares.want()
+        deadline = time.monotonic() + 10
+        while 'no memory' not in log.output and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.assertIn('Cannot start a spare unpacker', log.output)
+        self.assertIsNone(self.spares.take())
+        self.spares.want()
+        self.assertIsNotNone(self.await_take())
 
 
 class FinishCancelTest(_Mocked):
@@ -1659,6 +1846,56 @@ class RealUnpackTest(base.TestCase):
             held.proc.wait()
 
     def test_unpacked_as_root_s_unpack_would(self):
+        self.unpack_as_root()
+
+    def test_unpacked_by_a_spare_as_by_a_new_child(self):
+        spares = self.patch_object(unpack, '_SPARES', new=unpack._Spares())
+        self.addCleanup(self.drop_spare, spares)
+        self.flags(spare_unpacker=True, group='lxc')
+        # Started with a group the child would inherit: gone once let go.
+        groups = os.getgroups()
+        os.setgroups([4242])
+        try:
+            unpack.prepare_spare()
+            spare = self.await_spare(spares)
+        finally:
+            os.setgroups(groups)
+        spares._spare = spare
+        # The spare's socket, open now, is handed over and closed.
+        fds = base.open_fds()
+        del fds[spare[1].fileno()]
+        self.assertEqual(spare[0].pid, self.unpack_as_root(check_fds=False))
+        # Its end asked for the next one, whose socket is the only fd new.
+        self.kill_spare(spares)
+        self.assertEqual(fds, base.open_fds())
+
+    def await_spare(self, spares):
+        """The spare spares started, taken from it."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            spare = spares.take()
+            if spare is not None:
+                return spare
+            time.sleep(0.01)
+        self.fail('no spare unpacker within 10 s')
+
+    def drop_spare(self, spares):
+        spare = spares.take()
+        if spare is not None:
+            spare[1].close()
+            spare[0].wait(10)
+
+    def kill_spare(self, spares):
+        proc, sock = self.await_spare(spares)
+        sock.close()
+        # Let go (the socket's end without a job): it does nothing.
+        self.assertEqual(0, proc.wait(10))
+
+    def flags(self, **kwargs):
+        self.useFixture(config_fixture.Config(CONF)).config(**kwargs)
+
+    def unpack_as_root(self, check_fds=True):
+        """The unpack checked; its child's pid."""
         data = tiny_rootfs()
         fds = base.open_fds()
         reader = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
@@ -1705,7 +1942,8 @@ class RealUnpackTest(base.TestCase):
         self.assertEqual({}, self.running)
         self.assertEqual([], mounts_below(os.path.dirname(self.rootfs)))
         self.assertFalse(os.path.lexists(self.view))
-        self.assertEqual(fds, base.open_fds())
+        if check_fds:
+            self.assertEqual(fds, base.open_fds())
 
         plain_size = tarball.unpack_stream(io.BytesIO(data), self.plain,
                                            1 << 20,
@@ -1721,6 +1959,7 @@ class RealUnpackTest(base.TestCase):
         self.assertEqual('prw-------', got['run/initctl'][0])
         self.assertEqual('usr/bin', got['bin'][5])
         self.assertEqual('drwxrwxrwt', got['tmp'][0])
+        return pid
 
 
 MS_RDONLY, MS_REMOUNT, MS_BIND = 1, 32, 4096  # sys/mount.h

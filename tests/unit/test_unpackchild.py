@@ -746,3 +746,175 @@ class MainTest(base.TestCase):
     def test_decompressors_loaded_before_confining(self):
         for name in ('bz2', 'gzip', 'lzma', 'zstandard', 'tarball'):
             self.assertIn(name, vars(unpackchild))
+
+
+def free_fds(n):
+    """n fd numbers nothing in this process has open (above all it has)."""
+    top = max(base.open_fds()) + 50
+    return list(range(top, top + n))
+
+
+class PlaceTest(base.TestCase):
+
+    def pipe(self):
+        r, w = os.pipe()
+        self.addCleanup(self.close, r)
+        self.addCleanup(self.close, w)
+        return r, w
+
+    @staticmethod
+    def close(fd):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    def test_each_fd_at_its_number(self):
+        r, w = self.pipe()
+        targets = free_fds(2)
+        for fd in targets:
+            self.addCleanup(self.close, fd)
+        before = base.open_fds()
+        unpackchild.place([r, w], targets)
+        after = base.open_fds()
+        # Moved, not copied: the old numbers are closed.
+        self.assertEqual(set(before) - {r, w} | set(targets), set(after))
+        os.write(targets[1], b'x')
+        self.assertEqual(b'x', os.read(targets[0], 1))
+
+    def test_a_swap_loses_nothing(self):
+        r, w = self.pipe()
+        unpackchild.place([r, w], [w, r])
+        os.write(r, b'y')
+        self.assertEqual(b'y', os.read(w, 1))
+
+    def test_a_target_in_use_is_refused(self):
+        r, w = self.pipe()
+        busy_r, busy_w = self.pipe()
+        target = free_fds(1)[0]
+        self.addCleanup(self.close, target)
+        before = base.open_fds()
+        e = self.assertRaises(OSError, unpackchild.place, [r, w],
+                              [target, busy_w])
+        self.assertEqual(errno.EBUSY, e.errno)
+        # The busy fd is as it was; what was received is closed.
+        self.assertEqual(set(before) - {r, w}, set(base.open_fds()))
+        os.write(busy_w, b'z')
+        self.assertEqual(b'z', os.read(busy_r, 1))
+
+
+class AwaitJobTest(base.TestCase):
+    """A spare's wait for its job, over a real socket pair."""
+
+    def setUp(self):
+        super().setUp()
+        self.daemon, child = socket.socketpair(socket.AF_UNIX,
+                                               socket.SOCK_SEQPACKET)
+        self.addCleanup(self.daemon.close)
+        self.child_fd = child.detach()
+        self.libc = mock.Mock()
+        self.libc.prctl.return_value = 0
+        self.top = os.path.realpath(self.useFixture(fixtures.TempDir()).path)
+        self.addCleanup(os.chdir, os.getcwd())
+
+    def send(self, job, fds):
+        socket.send_fds(self.daemon, [json.dumps(job).encode()], fds)
+
+    def assertSocketClosed(self):
+        self.assertNotIn(self.child_fd, base.open_fds())
+
+    def test_the_job_s_argv_fds_and_cwd(self):
+        r, w = os.pipe()
+        targets = free_fds(2)
+        for fd in targets:
+            self.addCleanup(os.close, fd)
+        self.send({'argv': ['--mode', 'tarball'], 'cwd': self.top,
+                   'fds': targets}, [r, w])
+        os.close(r)
+        os.close(w)
+        self.assertEqual(['--mode', 'tarball'],
+                         unpackchild.await_job(self.libc, self.child_fd))
+        self.libc.prctl.assert_called_once_with(
+            unpackchild.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        self.assertEqual(self.top, os.getcwd())
+        self.assertSocketClosed()
+        os.write(targets[1], b'j')
+        self.assertEqual(b'j', os.read(targets[0], 1))
+
+    def test_let_go(self):
+        self.daemon.close()
+        cwd = os.getcwd()
+        self.assertIsNone(unpackchild.await_job(self.libc, self.child_fd))
+        self.assertEqual(cwd, os.getcwd())
+        self.assertSocketClosed()
+
+    def test_not_a_job(self):
+        cwd = os.getcwd()
+        targets = free_fds(1)
+        for job in ({'argv': 'x', 'cwd': self.top, 'fds': targets},
+                    {'argv': [], 'cwd': self.top, 'fds': targets * 2},
+                    {'argv': [], 'cwd': self.top, 'fds': [-1]},
+                    {'argv': [1], 'cwd': self.top, 'fds': targets},
+                    {'cwd': self.top, 'fds': targets}, ['x']):
+            daemon, child = socket.socketpair(socket.AF_UNIX,
+                                              socket.SOCK_SEQPACKET)
+            with daemon:
+                child_fd = child.detach()
+                r, w = os.pipe()
+                socket.send_fds(daemon, [json.dumps(job).encode()], [r])
+                os.close(r)
+                before = base.open_fds()
+                e = self.assertRaises(OSError, unpackchild.await_job,
+                                      self.libc, child_fd)
+                self.assertEqual(errno.EINVAL, e.errno)
+                # What came with it is closed, the socket too.
+                self.assertEqual(set(before) - {child_fd},
+                                 set(base.open_fds()))
+                os.close(w)
+        self.assertEqual(cwd, os.getcwd())
+
+    def test_pdeathsig_fails(self):
+        self.libc.prctl.return_value = -1
+        self.assertRaises(OSError, unpackchild.await_job, self.libc,
+                          self.child_fd)
+        os.close(self.child_fd)
+
+    def test_main_runs_the_job_s_argv(self):
+        run = self.patch_object(unpackchild, 'run',
+                                return_value=(0, {'size': 1}))
+        await_job = self.patch_object(unpackchild, 'await_job',
+                                      return_value=ARGV)
+        self.patch('sys.stdout', new=io.StringIO())
+        os.close(self.child_fd)
+        self.assertEqual(0, unpackchild.main(['--spare-fd', '7']))
+        await_job.assert_called_once_with(mock.ANY, 7)
+        run.assert_called_once_with(ARGV)
+
+    def test_main_let_go_runs_nothing(self):
+        run = self.patch_object(unpackchild, 'run')
+        self.patch_object(unpackchild, 'await_job', return_value=None)
+        out = self.patch('sys.stdout', new=io.StringIO())
+        os.close(self.child_fd)
+        self.assertEqual(0, unpackchild.main(['--spare-fd', '7']))
+        run.assert_not_called()
+        self.assertEqual('', out.getvalue())
+
+    def test_main_a_bad_job_fails_as_a_confinement_would(self):
+        run = self.patch_object(unpackchild, 'run')
+        self.patch_object(unpackchild, 'await_job',
+                          side_effect=OSError(errno.EINVAL, 'not a job'))
+        out = self.patch('sys.stdout', new=io.StringIO())
+        os.close(self.child_fd)
+        self.assertEqual(1, unpackchild.main(['--spare-fd', '7']))
+        run.assert_not_called()
+        self.assertEqual({'error': 'OSError', 'errno': errno.EINVAL,
+                          'strerror': 'not a job'}, json.loads(out.getvalue()))
+
+    def test_a_real_spare_let_go_ends_at_once(self):
+        os.close(self.child_fd)
+        proc, sock = unpack._start_spare()
+        try:
+            self.assertIsNone(proc.poll())
+        finally:
+            sock.close()
+        self.assertEqual(0, proc.wait(30))
