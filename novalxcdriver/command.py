@@ -8,6 +8,7 @@ nova-compute and by the privsep daemons' entry points alike.
 """
 
 import os
+import select
 import subprocess
 
 from oslo_log import log as logging
@@ -53,3 +54,31 @@ def execute(*argv, timeout=None, check_exit_code=0):
         raise exception.CommandFailed(cmd=cmd, exit_code=proc.returncode,
                                       stderr=err.strip())
     return out, err
+
+
+def wait_exit(proc, timeout):
+    """proc's exit status once it ends, waiting up to timeout seconds.
+
+    Popen.wait(timeout) polls, sleeping up to 50 ms between looks
+    (CPython's subprocess), so a process's end was seen up to 50 ms late;
+    a pidfd (pidfd_open(2), Linux 5.3) turns readable when it ends.
+
+    :param proc: a subprocess.Popen.
+    :param timeout: seconds (>= 0).
+    :raises subprocess.TimeoutExpired: proc still runs after timeout.
+    """
+    if proc.poll() is not None:
+        return proc.returncode
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:
+        # Reaped meanwhile (ESRCH), or no pidfd here (ENOSYS).
+        return proc.wait(timeout=timeout)
+    try:
+        # Alive now, so the pidfd is proc's, not a reused pid's.
+        if proc.poll() is None and \
+                not select.select([pidfd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(pidfd)
+    return proc.wait()

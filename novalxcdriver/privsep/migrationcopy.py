@@ -54,6 +54,7 @@ import tempfile
 
 from oslo_log import log as logging
 
+from novalxcdriver import command
 from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import ids
@@ -367,7 +368,7 @@ def _check_producer(producer, argv, err, cut=False):
         because of that, not on its own.
     """
     try:
-        producer.wait(timeout=CONF.lxc.command_timeout)
+        command.wait_exit(producer, CONF.lxc.command_timeout)
     except subprocess.TimeoutExpired:
         return
     if not producer.returncode:

@@ -46,6 +46,7 @@ import time
 
 from oslo_log import log as logging
 
+from novalxcdriver import command
 from novalxcdriver import conf
 from novalxcdriver import mount
 from novalxcdriver import privsep
@@ -269,7 +270,8 @@ def finish(stage):
     failed = []
     for label, proc, err in readers:
         try:
-            code = proc.wait(timeout=max(0, deadline - time.monotonic()))
+            code = command.wait_exit(
+                proc, max(0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()

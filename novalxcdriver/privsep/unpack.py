@@ -67,6 +67,7 @@ import threading
 
 from oslo_log import log as logging
 
+from novalxcdriver import command
 from novalxcdriver import conf
 from novalxcdriver import exception
 from novalxcdriver import ids
@@ -467,7 +468,7 @@ def _wait(held, timeout, late):
     """
     try:
         try:
-            held.proc.wait(timeout=timeout)
+            command.wait_exit(held.proc, timeout)
         except subprocess.TimeoutExpired:
             _kill(held.proc)
             raise late()

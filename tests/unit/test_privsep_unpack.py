@@ -224,6 +224,9 @@ class _Mocked(_Base):
         os.close(reader)
         self.addCleanup(os.close, self.writer)
         self.child = self.new_child()
+        # A FakeChild's pid is no process of this test's.
+        self.patch('novalxcdriver.command.wait_exit',
+                   side_effect=lambda proc, timeout: proc.wait(timeout))
         self.popen = self.patch(
             'novalxcdriver.privsep.unpack.subprocess.Popen',
             side_effect=lambda *a, **kw: self.child.popen(*a, **kw))
