@@ -850,6 +850,10 @@ class _MemberFilter(object):
 
     def _check_parents(self, member, parts, what):
         """Refuse a path whose existing parents are not real directories."""
+        if len(parts) > 1 and \
+                os.path.join(self._dest, *parts[:-1]) in self._dirs:
+            # Its parents were checked with it, and stay directories.
+            return
         path = self._dest
         for i, part in enumerate(parts[:-1]):
             path = os.path.join(path, part)

@@ -504,6 +504,23 @@ class TestUnpackRootfs(base.BaseTestCase):
                          {d: seen[d] for d in ('a', 'a/b', 'a/b/c')})
         self.assertEqual(25, len(os.listdir(self.in_dest('a/b/c'))))
 
+    def test_a_known_parent_ends_the_check_of_its_own_parents(self):
+        # Below a directory already checked, a member's parents cost one
+        # lookup, not a walk from the root: os.path.join twice per member
+        # (its own path, its parent's), whatever its depth.
+        def joins(files):
+            self.dest = self.useFixture(fixtures.TempDir()).path
+            members = [directory('a'), directory('a/b'), directory('a/b/c')]
+            members += [reg('a/b/c/f%d' % i, b'x') for i in range(files)]
+            path = self.write_archive(members)
+            with mock.patch.object(tarball.os.path, 'join',
+                                   wraps=os.path.join) as join:
+                self.unpack(path)
+            self.assertEqual(files, len(os.listdir(self.in_dest('a/b/c'))))
+            return join.call_count
+
+        self.assertEqual(10 * 2, joins(13) - joins(3))
+
     def test_parents_remembered_up_to_the_bound(self):
         members = []
         for i in range(10):
