@@ -721,11 +721,12 @@ class _MemberFilter(object):
         self._root_mtime = None
         self._xattrs = {}
         self._xattr_bytes = 0
-        # Paths seen on disk as real directories. One stays one for the
-        # rest of the unpack: only this unpack writes the tree, rule 3 lets
-        # nothing but a directory land on a directory, and libarchive
-        # never removes one. Saves an lstat per parent per member (a Debian
-        # root has 8,600 members 4 to 6 deep).
+        # Names (relative, '/'-separated) seen on disk as real
+        # directories. One stays one for the rest of the unpack: only this
+        # unpack writes the tree, rule 3 lets nothing but a directory land
+        # on a directory, and libarchive never removes one. Saves an lstat
+        # per parent per member (a Debian root has 8,600 members 4 to 6
+        # deep).
         self._dirs = set()
         # Into an empty tree only this unpack writes, a name is on disk
         # only if a member had it or had it as a parent (libarchive makes
@@ -850,25 +851,25 @@ class _MemberFilter(object):
 
     def _check_parents(self, member, parts, what):
         """Refuse a path whose existing parents are not real directories."""
-        if len(parts) > 1 and \
-                os.path.join(self._dest, *parts[:-1]) in self._dirs:
+        dirs = self._dirs
+        if len(parts) > 1 and '/'.join(parts[:-1]) in dirs:
             # Its parents were checked with it, and stay directories.
             return
-        path = self._dest
-        for i, part in enumerate(parts[:-1]):
-            path = os.path.join(path, part)
-            if path in self._dirs:
+        name = None
+        for part in parts[:-1]:
+            name = part if name is None else name + '/' + part
+            if name in dirs:
                 continue
-            st = _lstat(path)
+            st = _lstat(os.path.join(self._dest, name))
             if st is None:
                 # libarchive creates the missing rest as directories.
                 return
             if not stat.S_ISDIR(st.st_mode):
                 raise _refuse(member, '%s goes through the %s %r' % (
-                    what, _kind(st.st_mode), '/'.join(parts[:i + 1])))
-            if len(self._dirs) >= _MAX_KNOWN_DIRS:
-                self._dirs.clear()
-            self._dirs.add(path)
+                    what, _kind(st.st_mode), name))
+            if len(dirs) >= _MAX_KNOWN_DIRS:
+                dirs.clear()
+            dirs.add(name)
 
     def _check_replace_of(self, member, parts, target):
         """_check_replace where target may exist; remember its name."""
