@@ -342,16 +342,17 @@ def _write(feed, writer, name, function, *args):
     Its failure (a full disk, an owner the kernel refuses) raises
     refusal.ArchiveError naming the member.
     """
-    doing = 'extraction failed: writing %r' % name
     try:
         retcode = _call(feed, function, writer, *args)
     except la_exception.ArchiveError as e:
         reason = e.msg if isinstance(e.msg, str) else repr(e.msg)
         if e.errno and e.errno > 0:
             reason += ' (%s)' % os.strerror(e.errno)
-        raise refusal.ArchiveError(reason='%s: %s' % (doing, reason)) \
-            from None
-    _check_warning(writer, retcode, doing)
+        raise refusal.ArchiveError(reason='extraction failed: writing %r: %s'
+                                   % (name, reason)) from None
+    if retcode == la_ffi.ARCHIVE_WARN:
+        _check_warning(writer, retcode,
+                       'extraction failed: writing %r' % name)
 
 
 def _apply(entry, member, checked, root):
@@ -419,10 +420,10 @@ _entry_xattr_next = _libarchive_function(
 def _entry_xattrs(entry_p):
     """[(name bytes, value bytes)] of a libarchive entry."""
     xattrs = []
-    name, value, size = ctypes.c_char_p(), ctypes.c_void_p(), \
-        ctypes.c_size_t()
     if not _entry_xattr_reset(entry_p):
         return xattrs
+    name, value, size = ctypes.c_char_p(), ctypes.c_void_p(), \
+        ctypes.c_size_t()
     while _entry_xattr_next(entry_p, ctypes.byref(name), ctypes.byref(value),
                             ctypes.byref(size)) == la_ffi.ARCHIVE_OK:
         xattrs.append((_xattr_name(name.value),
