@@ -918,3 +918,33 @@ class AwaitJobTest(base.TestCase):
         finally:
             sock.close()
         self.assertEqual(0, proc.wait(30))
+
+    def test_a_real_spare_dies_with_the_thread_that_started_it(self):
+        # PR_SET_PDEATHSIG, set before it waits: it dies when the thread
+        # that started it ends (the daemon's keeps one for good), its
+        # socket still open (so not for the socket's end).
+        os.close(self.child_fd)
+        starter = subprocess.run(
+            [sys.executable, '-c',
+             'import os, threading, time\n'
+             'from novalxcdriver.privsep import unpack\n'
+             'spares = []\n'
+             'def start():\n'
+             '    spares.append(unpack._start_spare())\n'
+             '    wchan = "/proc/%d/wchan" % spares[0][0].pid\n'
+             '    deadline = time.monotonic() + 30\n'
+             '    while time.monotonic() < deadline:\n'
+             '        with open(wchan) as f:\n'
+             '            if "wait_for_more_packets" in f.read():\n'
+             '                break\n'
+             '        time.sleep(0.01)\n'
+             't = threading.Thread(target=start)\n'
+             't.start(); t.join()\n'
+             'proc, sock = spares[0]\n'
+             'try:\n'
+             '    print(proc.wait(10))\n'
+             'finally:\n'
+             '    proc.kill()\n'],
+            capture_output=True, check=True, timeout=60,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        self.assertEqual(str(-signal.SIGKILL), starter.stdout.decode().strip())
