@@ -225,14 +225,9 @@ def _start_spare():
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         with open(os.devnull, 'r+b') as null:
-            # umask 022: the daemon's is 0, and libarchive makes missing
-            # parents with the default mode.
-            proc = subprocess.Popen(
-                [sys.executable, '-m', CHILD_MODULE, '--spare-fd',
-                 str(theirs.fileno())],
-                stdin=null, stdout=null, stderr=null, cwd='/',
-                pass_fds=(theirs.fileno(),), close_fds=True, umask=0o022,
-                env=_child_env())
+            proc = _popen([sys.executable, '-m', CHILD_MODULE, '--spare-fd',
+                           str(theirs.fileno())], null, null, null, '/',
+                          (theirs.fileno(),))
     except BaseException:
         ours.close()
         raise
@@ -422,10 +417,15 @@ def _launch(argv, stdin, out, err, cwd, pass_fds):
         except OSError as e:
             LOG.warning('The spare unpacker could not take its job (%s): '
                         'starting another', e)
+    return _popen(argv, stdin, out, err, cwd, pass_fds)
+
+
+def _popen(argv, stdin, stdout, stderr, cwd, pass_fds):
+    """A new child process (a spare or an unpacker) running argv."""
     # umask 022: the daemon's is 0, and libarchive makes missing parents
     # with the default mode.
     return subprocess.Popen(
-        argv, stdin=stdin, stdout=out, stderr=err, cwd=cwd,
+        argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd,
         pass_fds=pass_fds, close_fds=True, umask=0o022, env=_child_env())
 
 
